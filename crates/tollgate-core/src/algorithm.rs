@@ -1,0 +1,404 @@
+//! The per-key state of each algorithm and its arithmetic, on microsecond timestamps.
+//!
+//! These functions are the specification the Redis store's Lua script mirrors; see
+//! [`Algorithm`] for what each guarantees. Every operation first brings the state up to
+//! `now` ([`State::advance`]); a clock that goes backwards never un-spends anything.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::decision::{BucketState, Refusal};
+use crate::limit::{Algorithm, Limit};
+
+/// The state of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    /// [`Algorithm::SlidingWindow`]: the newest segment index and a ring of k+1 counters,
+    /// the counter of segment `i` at `i % (k+1)`.
+    Segments { head: u64, counts: Box<[u64]> },
+    /// [`Algorithm::SlidingLog`]: admitted (time, cost), oldest first, and their sum.
+    Log {
+        entries: VecDeque<(u64, u64)>,
+        total: u64,
+    },
+    /// [`Algorithm::TokenBucket`]: the theoretical arrival time.
+    Tat(u64),
+    /// [`Algorithm::FixedWindow`]: the window index and what it has used.
+    Fixed { window: u64, used: u64 },
+}
+
+/// Whether a cost fits now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// It fits.
+    Now,
+    /// It fits after this many microseconds (never 0).
+    After(u64),
+    /// It never fits: it costs more than the capacity.
+    Never,
+}
+
+impl State {
+    /// The state of a key nothing has been counted against.
+    pub(crate) fn fresh(limit: &Limit, now: u64) -> Self {
+        match limit.algorithm() {
+            Algorithm::SlidingWindow { segments } => State::Segments {
+                head: now / limit.segment_micros(),
+                counts: vec![0; usize::from(segments) + 1].into_boxed_slice(),
+            },
+            Algorithm::SlidingLog => State::Log {
+                entries: VecDeque::new(),
+                total: 0,
+            },
+            Algorithm::TokenBucket { .. } => State::Tat(0),
+            Algorithm::FixedWindow => State::Fixed {
+                window: now / limit.quota().period_micros(),
+                used: 0,
+            },
+        }
+    }
+
+    /// Whether this state belongs to `limit`'s algorithm (a limit changed at runtime starts
+    /// its keys afresh).
+    pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
+        match (self, limit.algorithm()) {
+            (State::Segments { counts, .. }, Algorithm::SlidingWindow { segments }) => {
+                counts.len() == usize::from(segments) + 1
+            }
+            (State::Log { .. }, Algorithm::SlidingLog)
+            | (State::Tat(_), Algorithm::TokenBucket { .. })
+            | (State::Fixed { .. }, Algorithm::FixedWindow) => true,
+            _ => false,
+        }
+    }
+
+    /// Brings the state up to `now`: drops what has aged out of the window.
+    pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
+        match self {
+            State::Segments { head, counts } => {
+                let current = now / limit.segment_micros();
+                if current > *head {
+                    let ring = counts.len() as u64;
+                    if current - *head >= ring {
+                        counts.fill(0);
+                    } else {
+                        for i in *head + 1..=current {
+                            counts[(i % ring) as usize] = 0;
+                        }
+                    }
+                    *head = current;
+                }
+            }
+            State::Log { entries, total } => {
+                let period = limit.quota().period_micros();
+                while let Some(&(at, cost)) = entries.front() {
+                    if at.saturating_add(period) > now {
+                        break;
+                    }
+                    entries.pop_front();
+                    *total -= cost;
+                }
+            }
+            State::Tat(_) => {}
+            State::Fixed { window, used } => {
+                let current = now / limit.quota().period_micros();
+                if current > *window {
+                    *window = current;
+                    *used = 0;
+                }
+            }
+        }
+    }
+
+    /// What is counted against the window now, in the quota's units (for the token bucket,
+    /// the tokens missing from a full bucket, rounded up).
+    fn used(&self, limit: &Limit, now: u64) -> u64 {
+        match self {
+            State::Segments { counts, .. } => counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
+            State::Log { total, .. } => *total,
+            State::Tat(tat) => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
+            State::Fixed { used, .. } => *used,
+        }
+    }
+
+    /// Whether `cost` fits now, and if not, when. Call after [`State::advance`].
+    pub(crate) fn fit(&self, limit: &Limit, cost: u64, now: u64) -> Fit {
+        let capacity = limit.capacity();
+        if cost > capacity {
+            return Fit::Never;
+        }
+        let wait = match self {
+            State::Segments { head, counts } => {
+                let sum = self.used(limit, now);
+                let Some(need) = (sum.saturating_add(cost)).checked_sub(capacity) else {
+                    return Fit::Now;
+                };
+                if need == 0 {
+                    return Fit::Now;
+                }
+                // Segments leave the count oldest first; segment j leaves when the head
+                // reaches j + k + 1.
+                let ring = counts.len() as u64;
+                let seg = limit.segment_micros();
+                let oldest = head.saturating_sub(ring - 1);
+                let mut freed = 0u64;
+                let mut leaves_at = (head + ring) * seg;
+                for j in oldest..=*head {
+                    freed = freed.saturating_add(counts[(j % ring) as usize]);
+                    if freed >= need {
+                        leaves_at = (j + ring) * seg;
+                        break;
+                    }
+                }
+                leaves_at.saturating_sub(now)
+            }
+            State::Log { entries, total } => {
+                let Some(need) = (total.saturating_add(cost)).checked_sub(capacity) else {
+                    return Fit::Now;
+                };
+                if need == 0 {
+                    return Fit::Now;
+                }
+                let period = limit.quota().period_micros();
+                let mut freed = 0u64;
+                let mut leaves_at = now + period;
+                for &(at, c) in entries {
+                    freed += c;
+                    if freed >= need {
+                        leaves_at = at + period;
+                        break;
+                    }
+                }
+                leaves_at.saturating_sub(now)
+            }
+            State::Tat(tat) => {
+                let t = limit.emission_interval();
+                let base = (*tat).max(now);
+                let new_tat = base.saturating_add(cost.saturating_mul(t));
+                let tolerance = capacity.saturating_mul(t);
+                (new_tat - now).saturating_sub(tolerance)
+            }
+            State::Fixed { window, used } => {
+                if used.saturating_add(cost) <= capacity {
+                    return Fit::Now;
+                }
+                ((window + 1) * limit.quota().period_micros()).saturating_sub(now)
+            }
+        };
+        if wait == 0 {
+            Fit::Now
+        } else {
+            Fit::After(wait)
+        }
+    }
+
+    /// Counts `cost` against the state (a charge or a penalty; it may go over the limit).
+    pub(crate) fn add(&mut self, limit: &Limit, cost: u64, now: u64) {
+        match self {
+            State::Segments { head, counts } => {
+                let i = (*head % counts.len() as u64) as usize;
+                counts[i] = counts[i].saturating_add(cost);
+            }
+            State::Log { entries, total } => {
+                let at = entries.back().map_or(now, |&(last, _)| last.max(now));
+                match entries.back_mut() {
+                    Some((last, c)) if *last == at => *c = c.saturating_add(cost),
+                    _ => entries.push_back((at, cost)),
+                }
+                *total = total.saturating_add(cost);
+            }
+            State::Tat(tat) => {
+                let base = (*tat).max(now);
+                *tat = base.saturating_add(cost.saturating_mul(limit.emission_interval()));
+            }
+            State::Fixed { used, .. } => *used = used.saturating_add(cost),
+        }
+    }
+
+    /// Gives `cost` back, newest charges first; never below empty.
+    pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, now: u64) {
+        match self {
+            State::Segments { head, counts } => {
+                let ring = counts.len() as u64;
+                let mut left = cost;
+                for back in 0..ring {
+                    let Some(j) = head.checked_sub(back) else {
+                        break;
+                    };
+                    let c = &mut counts[(j % ring) as usize];
+                    let take = (*c).min(left);
+                    *c -= take;
+                    left -= take;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+            State::Log { entries, total } => {
+                let mut left = cost;
+                while left > 0 {
+                    let Some((_, c)) = entries.back_mut() else {
+                        break;
+                    };
+                    let take = (*c).min(left);
+                    *c -= take;
+                    *total -= take;
+                    left -= take;
+                    if *c == 0 {
+                        entries.pop_back();
+                    }
+                }
+            }
+            State::Tat(tat) => {
+                let back = cost.saturating_mul(limit.emission_interval());
+                *tat = tat.saturating_sub(back).max(now.min(*tat));
+            }
+            State::Fixed { used, .. } => *used = used.saturating_sub(cost),
+        }
+    }
+
+    /// When the state is back to fresh (nothing counted): the entry can be dropped then.
+    /// Zero if it is fresh already.
+    pub(crate) fn expires_at(&self, limit: &Limit) -> u64 {
+        match self {
+            State::Segments { head, counts } => {
+                let ring = counts.len() as u64;
+                (0..ring)
+                    .filter_map(|back| head.checked_sub(back))
+                    .find(|j| counts[(j % ring) as usize] > 0)
+                    .map_or(0, |j| (j + ring) * limit.segment_micros())
+            }
+            State::Log { entries, .. } => entries
+                .back()
+                .map_or(0, |&(at, _)| at + limit.quota().period_micros()),
+            State::Tat(tat) => *tat,
+            State::Fixed { window, used } => {
+                if *used == 0 {
+                    0
+                } else {
+                    (window + 1) * limit.quota().period_micros()
+                }
+            }
+        }
+    }
+
+    /// The bucket's answer: `fit` is this call's verdict (`Fit::Now` for operations that do
+    /// not refuse). Call after the state was changed.
+    pub(crate) fn report(&self, limit: &Limit, fit: Fit, cost: u64, now: u64) -> BucketState {
+        let capacity = limit.capacity();
+        let remaining = capacity.saturating_sub(self.used(limit, now));
+        let (allowed, retry_after, refusal) = match fit {
+            Fit::Now => (true, None, None),
+            Fit::After(wait) => (
+                false,
+                Some(Duration::from_micros(wait)),
+                Some(Refusal::OverLimit),
+            ),
+            Fit::Never => (
+                false,
+                None,
+                Some(Refusal::CostExceedsCapacity { cost, capacity }),
+            ),
+        };
+        BucketState {
+            allowed,
+            limit: limit.quota().count(),
+            remaining,
+            reset_after: Duration::from_micros(self.expires_at(limit).saturating_sub(now)),
+            retry_after,
+            refusal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+
+    const MIN: u64 = 60_000_000;
+
+    /// Charges `cost` at `now` if it fits; returns the verdict.
+    fn charge(state: &mut State, limit: &Limit, cost: u64, now: u64) -> Fit {
+        state.advance(limit, now);
+        let fit = state.fit(limit, cost, now);
+        if fit == Fit::Now {
+            state.add(limit, cost, now);
+        }
+        fit
+    }
+
+    #[test]
+    fn sliding_window_counts_and_waits() {
+        let limit = Limit::sliding(Quota::per_minute(10)); // segments of 6 s
+        let t0 = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t0);
+        for i in 0..10 {
+            assert_eq!(charge(&mut s, &limit, 1, t0 + i), Fit::Now);
+        }
+        // Full: the ten sit in segment t0/6s, which leaves the count 11 segments later.
+        assert_eq!(
+            charge(&mut s, &limit, 1, t0 + 10),
+            Fit::After(66_000_000 - 10)
+        );
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 65_999_999), Fit::After(1));
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 66_000_000), Fit::Now);
+        let r = s.report(&limit, Fit::Now, 1, t0 + 66_000_000);
+        assert_eq!(r.remaining, 9);
+        assert_eq!(r.reset_after, Duration::from_secs(66));
+    }
+
+    #[test]
+    fn sliding_log_is_exact() {
+        let limit = Limit::sliding_exact(Quota::per_minute(3));
+        let mut s = State::fresh(&limit, 0);
+        assert_eq!(charge(&mut s, &limit, 1, 0), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 2, 10 * 1_000_000), Fit::Now);
+        assert_eq!(
+            charge(&mut s, &limit, 1, 20 * 1_000_000),
+            Fit::After(40 * 1_000_000)
+        );
+        // The first leaves at exactly 60 s; the second needs both of the 10 s pair gone.
+        assert_eq!(charge(&mut s, &limit, 1, MIN), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 2, MIN), Fit::After(10 * 1_000_000));
+    }
+
+    #[test]
+    fn token_bucket_bursts_then_refills() {
+        let limit = Limit::token_bucket(Quota::per_minute(100), 20).unwrap(); // 0.6 s per token
+        let t0 = 5 * MIN;
+        let mut s = State::fresh(&limit, t0);
+        for _ in 0..20 {
+            assert_eq!(charge(&mut s, &limit, 1, t0), Fit::Now);
+        }
+        assert_eq!(charge(&mut s, &limit, 1, t0), Fit::After(600_000));
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 600_000), Fit::Now);
+        let r = s.report(&limit, Fit::Now, 1, t0 + 600_000);
+        assert_eq!((r.limit, r.remaining), (100, 0));
+        assert_eq!(r.reset_after, Duration::from_secs(12));
+        assert_eq!(charge(&mut s, &limit, 21, t0 + MIN), Fit::Never);
+    }
+
+    #[test]
+    fn fixed_window_resets_at_utc_midnight() {
+        let limit = Limit::fixed(Quota::per_day(2));
+        let day = 86_400_000_000u64;
+        let noon = 20_000 * day + day / 2;
+        let mut s = State::fresh(&limit, noon);
+        assert_eq!(charge(&mut s, &limit, 2, noon), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 1, noon), Fit::After(day / 2));
+        assert_eq!(charge(&mut s, &limit, 1, 20_001 * day - 1), Fit::After(1));
+        assert_eq!(charge(&mut s, &limit, 1, 20_001 * day), Fit::Now);
+    }
+
+    #[test]
+    fn refund_and_clock_going_back() {
+        let limit = Limit::sliding(Quota::per_minute(2));
+        let mut s = State::fresh(&limit, MIN);
+        charge(&mut s, &limit, 2, MIN);
+        s.sub(&limit, 1, MIN);
+        assert_eq!(charge(&mut s, &limit, 1, MIN), Fit::Now);
+        // The clock steps back a minute: what was spent stays spent.
+        assert!(matches!(charge(&mut s, &limit, 1, 0), Fit::After(_)));
+    }
+}

@@ -1,0 +1,109 @@
+//! Time, as the algorithms read it: microseconds since the Unix epoch, through a [`Clock`]
+//! that tests move by hand.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate_core::{Clock, ManualClock};
+//!
+//! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+//! let before = clock.now();
+//! clock.advance(Duration::from_millis(1500));
+//! assert_eq!(clock.now().as_micros() - before.as_micros(), 1_500_000);
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in time: microseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The timestamp `micros` microseconds after the Unix epoch.
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// Whole milliseconds since the Unix epoch, rounded up.
+    pub const fn as_unix_millis_ceil(self) -> u64 {
+        self.0.div_ceil(1_000)
+    }
+
+    /// Whole seconds since the Unix epoch, rounded up (a reset time is never early).
+    pub const fn as_unix_secs_ceil(self) -> u64 {
+        self.0.div_ceil(1_000_000)
+    }
+
+    /// As a [`SystemTime`].
+    pub fn as_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.0)
+    }
+
+    /// This time plus `d` (saturating).
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(d.as_micros().min(u128::from(u64::MAX)) as u64),
+        )
+    }
+}
+
+/// A source of the current time. Stores read it once per decision.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock ([`SystemTime::now`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Timestamp(micros)
+    }
+}
+
+/// A clock that only moves when told to. Clones share one time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock showing `since_epoch` after the Unix epoch.
+    pub fn new(since_epoch: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(since_epoch.as_micros() as u64)))
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `t`, forwards or backwards.
+    pub fn set(&self, t: Timestamp) {
+        self.0.store(t.0, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+}

@@ -1,0 +1,240 @@
+//! Limits: a [`Quota`] and the algorithm that counts against it.
+//!
+//! | algorithm | guarantee | state per key |
+//! |---|---|---|
+//! | [`Algorithm::SlidingWindow`] (default) | never more than N in any interval of length W; refuses only when the last W·(1+1/k) held more than N − cost | k+1 counters |
+//! | [`Algorithm::SlidingLog`] | exactly: admits iff the interval (now−W, now] plus this cost stays within N | one entry per admitted request |
+//! | [`Algorithm::TokenBucket`] | GCRA: a bucket of `burst` tokens refilled at N per W; in any interval of length L at most `burst + L·N/W` | one timestamp |
+//! | [`Algorithm::FixedWindow`] | at most N per calendar window aligned to the Unix epoch (UTC midnight for days) | a counter and the window |
+//!
+//! ```
+//! use tollgate_core::{Limit, Quota};
+//!
+//! let rolling = Limit::sliding(Quota::parse("500/min")?);
+//! let exact = Limit::sliding_exact(Quota::parse("60/60s")?);
+//! let bucket = Limit::token_bucket(Quota::parse("100/min")?, 20)?;
+//! let daily = Limit::fixed(Quota::parse("10000/day")?);
+//! assert_eq!(bucket.capacity(), 20);
+//! assert_eq!(daily.to_string(), "10000/day fixed");
+//! # Ok::<(), tollgate_core::QuotaError>(())
+//! ```
+
+use std::fmt;
+
+use crate::quota::{Quota, QuotaError, MAX_PERIOD};
+
+/// How many segments [`Limit::sliding`] splits its window into.
+pub const DEFAULT_SEGMENTS: u16 = 10;
+
+/// The counting algorithm of a [`Limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Rolling window counted in `segments` (k) equal segments of W/k (rounded up to a
+    /// microsecond). A request is admitted iff the costs admitted in the current segment and
+    /// the k before it, plus this cost, stay within N.
+    ///
+    /// **Bound**: in every interval of length W at most N are admitted (the counted segments
+    /// always cover the whole window). It errs only towards refusing: a request is refused
+    /// only if more than N − cost were admitted in the last W + W/k. With k = 10, a client
+    /// that spends its whole budget at once waits at most 1.1 W instead of W.
+    SlidingWindow {
+        /// Segments per window, 1 to 1000.
+        segments: u16,
+    },
+    /// Exact rolling window: a log of admitted requests. Admitted iff the costs admitted in
+    /// (now − W, now] plus this cost stay within N. Memory grows with N per key.
+    SlidingLog,
+    /// GCRA (a token bucket kept as one timestamp): capacity `burst`, refilled at the
+    /// quota's rate, one token every W/N (rounded up to a microsecond).
+    TokenBucket {
+        /// The bucket's capacity: how much may be spent at once.
+        burst: u64,
+    },
+    /// Fixed window aligned to the Unix epoch: `10000/day` resets at 00:00 UTC.
+    FixedWindow,
+}
+
+/// A quota and the algorithm that enforces it. Cheap to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    quota: Quota,
+    algorithm: Algorithm,
+}
+
+impl Limit {
+    /// A rolling window in [`DEFAULT_SEGMENTS`] segments (see [`Algorithm::SlidingWindow`]).
+    pub fn sliding(quota: Quota) -> Self {
+        let segments = u64::from(DEFAULT_SEGMENTS).min(quota.period().as_millis() as u64) as u16;
+        Self {
+            quota,
+            algorithm: Algorithm::SlidingWindow { segments },
+        }
+    }
+
+    /// A rolling window in `segments` segments.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::BadSegments`] if `segments` is 0, above 1000, or above the number of
+    /// milliseconds in the window.
+    pub fn sliding_segments(quota: Quota, segments: u32) -> Result<Self, QuotaError> {
+        let ms = quota.period().as_millis() as u64;
+        if segments == 0 || segments > 1000 || u64::from(segments) > ms {
+            return Err(QuotaError::BadSegments {
+                period: quota.period(),
+                segments,
+            });
+        }
+        Ok(Self {
+            quota,
+            algorithm: Algorithm::SlidingWindow {
+                segments: segments as u16,
+            },
+        })
+    }
+
+    /// An exact rolling window (see [`Algorithm::SlidingLog`]).
+    pub fn sliding_exact(quota: Quota) -> Self {
+        Self {
+            quota,
+            algorithm: Algorithm::SlidingLog,
+        }
+    }
+
+    /// A token bucket of capacity `burst` refilled at `sustained` (see
+    /// [`Algorithm::TokenBucket`]). Seed 004's `sustained: 100/min, burst: 20/s` is
+    /// `token_bucket(Quota::per_minute(100), 20)`.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroBurst`], or [`QuotaError::BurstTooLarge`] if refilling the whole
+    /// bucket would take longer than 400 days.
+    pub fn token_bucket(sustained: Quota, burst: u64) -> Result<Self, QuotaError> {
+        if burst == 0 {
+            return Err(QuotaError::ZeroBurst);
+        }
+        let limit = Self {
+            quota: sustained,
+            algorithm: Algorithm::TokenBucket { burst },
+        };
+        let refill = u128::from(burst) * u128::from(limit.emission_interval());
+        if refill > MAX_PERIOD.as_micros() {
+            return Err(QuotaError::BurstTooLarge { burst, sustained });
+        }
+        Ok(limit)
+    }
+
+    /// A fixed window aligned to the clock (see [`Algorithm::FixedWindow`]).
+    pub fn fixed(quota: Quota) -> Self {
+        Self {
+            quota,
+            algorithm: Algorithm::FixedWindow,
+        }
+    }
+
+    /// The quota.
+    pub const fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// The algorithm.
+    pub const fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The largest cost one request can ever be admitted with: the burst of a token bucket,
+    /// the quota's count otherwise.
+    pub const fn capacity(&self) -> u64 {
+        match self.algorithm {
+            Algorithm::TokenBucket { burst } => burst,
+            _ => self.quota.count(),
+        }
+    }
+
+    /// The token bucket's time per token in microseconds, W/N rounded up (so the sustained
+    /// rate is never above the quota). For other algorithms, the same number.
+    pub const fn emission_interval(&self) -> u64 {
+        self.quota.period_micros().div_ceil(self.quota.count())
+    }
+
+    /// The sliding window's segment length in microseconds (W/k rounded up); the window
+    /// itself for other algorithms.
+    pub const fn segment_micros(&self) -> u64 {
+        match self.algorithm {
+            Algorithm::SlidingWindow { segments } => {
+                self.quota.period_micros().div_ceil(segments as u64)
+            }
+            _ => self.quota.period_micros(),
+        }
+    }
+
+    /// The same limit with its count (and burst) divided by `divisor`, at least 1: what each
+    /// of `divisor` app instances may admit while they cannot share a store.
+    pub fn divided_by(&self, divisor: u32) -> Self {
+        let algorithm = match self.algorithm {
+            Algorithm::TokenBucket { burst } => Algorithm::TokenBucket {
+                burst: (burst / u64::from(divisor.max(1))).max(1),
+            },
+            other => other,
+        };
+        Self {
+            quota: self.quota.divided_by(divisor),
+            algorithm,
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    /// `500/min sliding`, `60/min exact`, `100/min burst 20`, `10000/day fixed`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.algorithm {
+            Algorithm::SlidingWindow { .. } => write!(f, "{} sliding", self.quota),
+            Algorithm::SlidingLog => write!(f, "{} exact", self.quota),
+            Algorithm::TokenBucket { burst } => write!(f, "{} burst {burst}", self.quota),
+            Algorithm::FixedWindow => write!(f, "{} fixed", self.quota),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_validate() {
+        let q = Quota::per_minute(100);
+        assert_eq!(Limit::token_bucket(q, 0), Err(QuotaError::ZeroBurst));
+        assert!(matches!(
+            Limit::token_bucket(Quota::per_day(1), 1000),
+            Err(QuotaError::BurstTooLarge { .. })
+        ));
+        assert!(Limit::sliding_segments(q, 0).is_err());
+        assert!(Limit::sliding_segments(q, 1001).is_err());
+        assert!(Limit::sliding_segments(Quota::parse("1/5ms").unwrap(), 6).is_err());
+        assert_eq!(
+            Limit::sliding(Quota::parse("1/5ms").unwrap()).algorithm(),
+            Algorithm::SlidingWindow { segments: 5 }
+        );
+    }
+
+    #[test]
+    fn derived_numbers() {
+        let l = Limit::token_bucket(Quota::per_minute(100), 20).unwrap();
+        assert_eq!(l.capacity(), 20);
+        assert_eq!(l.emission_interval(), 600_000);
+        assert_eq!(
+            Limit::token_bucket(Quota::per_minute(7), 1)
+                .unwrap()
+                .emission_interval(),
+            8_571_429
+        );
+        assert_eq!(
+            Limit::sliding(Quota::per_minute(6)).segment_micros(),
+            6_000_000
+        );
+        let d = l.divided_by(3);
+        assert_eq!(d.quota().count(), 33);
+        assert_eq!(d.capacity(), 6);
+    }
+}
