@@ -127,7 +127,7 @@ impl Quota {
         if count == 0 {
             return Err(QuotaError::ZeroCount { input: input() });
         }
-        if period.is_zero() || period.subsec_nanos() % 1_000_000 != 0 {
+        if period.is_zero() || !period.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(QuotaError::ZeroPeriod { input: input() });
         }
         if count > MAX_COUNT || period > MAX_PERIOD {
@@ -319,7 +319,7 @@ impl fmt::Display for Quota {
             (1, "ms", "ms"),
         ];
         for (ms, one, many) in UNITS {
-            if self.period_ms % ms == 0 {
+            if self.period_ms.is_multiple_of(ms) {
                 let n = self.period_ms / ms;
                 return if n == 1 {
                     write!(f, "{}/{one}", self.count)

@@ -1,0 +1,638 @@
+//! [`ErrorBody`]: the JSON body of a 429, and [`too_many_requests`], the whole refusal.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::headers::HeaderStyle;
+use super::info::RateLimitInfo;
+
+/// A closure that renders a body: the info, and whether to pretty-print.
+type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error> + Send + Sync;
+
+/// The JSON body of a `429 Too Many Requests`.
+///
+/// Ready shapes, with the key order shown (it does not depend on serde_json's
+/// `preserve_order` feature):
+///
+/// | constructor | body (compact) |
+/// |---|---|
+/// | [`ErrorBody::retry_after_camel`] (the default; seed 000) | `{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}` |
+/// | [`ErrorBody::code_details`] (seed 003) | `{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,"window":"1m","retryAfter":23}}` |
+/// | [`ErrorBody::message`] (seed 004) | `{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}` |
+/// | [`ErrorBody::custom`] | whatever the closure returns |
+///
+/// Numbers describe the most restrictive bucket; `retryAfter` is whole seconds rounded up,
+/// `window` the quota's period (`1m`, `15m`, `1h`, `1d`, `90s`, `250ms`), `reset_at` Unix
+/// seconds rounded up. Bodies are compact unless [`ErrorBody::pretty`] asks for two-space
+/// indentation (seed 004 prints its body that way).
+///
+/// **A request that can never fit** (it costs more than the bucket holds): the text field
+/// (`message` in the default and seed-004 shapes, `error` in the seed-003 shape) says so,
+/// e.g. `This request costs 12 points, but this rate limit allows at most 10 at once;
+/// retrying will not help.`, and `retryAfter` is `null`.
+///
+/// ```
+/// use tollgate::respond::ErrorBody;
+///
+/// let default = ErrorBody::default();
+/// let seed_003 = ErrorBody::code_details();
+/// let seed_004 = ErrorBody::message().pretty();
+/// let mine = ErrorBody::custom(|info| {
+///     serde_json::json!({ "status": 429, "retry_in": info.retry_after_secs() })
+/// });
+/// # let _ = (default, seed_003, seed_004, mine);
+/// ```
+#[derive(Clone)]
+pub struct ErrorBody {
+    shape: Shape,
+    pretty: bool,
+}
+
+#[derive(Clone)]
+enum Shape {
+    Ready(Ready),
+    Custom(Arc<Render>),
+}
+
+/// The ready shapes.
+#[derive(Clone, Copy, Debug)]
+enum Ready {
+    RetryAfterCamel,
+    CodeDetails,
+    Message,
+}
+
+impl fmt::Debug for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("ErrorBody");
+        match &self.shape {
+            Shape::Ready(ready) => debug.field("shape", ready),
+            Shape::Custom(_) => debug.field("shape", &"Custom(<closure>)"),
+        };
+        debug.field("pretty", &self.pretty).finish()
+    }
+}
+
+impl Default for ErrorBody {
+    /// [`ErrorBody::retry_after_camel`].
+    fn default() -> Self {
+        Self::retry_after_camel()
+    }
+}
+
+impl ErrorBody {
+    const fn shape(shape: Shape) -> Self {
+        Self {
+            shape,
+            pretty: false,
+        }
+    }
+
+    /// `{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23
+    /// seconds.","retryAfter":23}`: a body that "includes retryAfter (seconds)" (seed 000).
+    /// The default.
+    pub const fn retry_after_camel() -> Self {
+        Self::shape(Shape::Ready(Ready::RetryAfterCamel))
+    }
+
+    /// `{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,
+    /// "window":"1m","retryAfter":23}}` (seed 003).
+    pub const fn code_details() -> Self {
+        Self::shape(Shape::Ready(Ready::CodeDetails))
+    }
+
+    /// `{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET
+    /// /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}` (seed 004; that
+    /// page prints it [`pretty`](ErrorBody::pretty)).
+    pub const fn message() -> Self {
+        Self::shape(Shape::Ready(Ready::Message))
+    }
+
+    /// The body seed 000 describes: [`ErrorBody::retry_after_camel`].
+    pub const fn seed_000() -> Self {
+        Self::retry_after_camel()
+    }
+
+    /// The body seed 003 prints: [`ErrorBody::code_details`].
+    pub const fn seed_003() -> Self {
+        Self::code_details()
+    }
+
+    /// The body seed 004 prints, indentation included: [`ErrorBody::message`], pretty.
+    pub const fn seed_004() -> Self {
+        Self::message().pretty()
+    }
+
+    /// A body of your own: the closure's value as JSON. Anything [`Serialize`] works: a
+    /// `#[derive(Serialize)]` struct keeps its field order; a [`serde_json::Value`] built
+    /// with `json!` keeps its key order only if serde_json's `preserve_order` feature is
+    /// on (otherwise keys are sorted). If serialization fails, the default body is sent
+    /// instead and a `tracing` warning says why: a refusal is never turned into a 500.
+    ///
+    /// ```
+    /// use tollgate::respond::ErrorBody;
+    ///
+    /// let body = ErrorBody::custom(|info| {
+    ///     serde_json::json!({
+    ///         "error": "slow down",
+    ///         "path": info.path,
+    ///         "retry_after": info.retry_after_secs(),
+    ///     })
+    /// });
+    /// # let _ = body;
+    /// ```
+    pub fn custom<F, T>(render: F) -> Self
+    where
+        F: Fn(&RateLimitInfo) -> T + Send + Sync + 'static,
+        T: Serialize,
+    {
+        Self::shape(Shape::Custom(Arc::new(move |info, pretty| {
+            to_json(&render(info), pretty)
+        })))
+    }
+
+    /// The same shape, indented with two spaces and one key per line.
+    pub const fn pretty(mut self) -> Self {
+        self.pretty = true;
+        self
+    }
+
+    /// The body's bytes for `info`.
+    pub fn render(&self, info: &RateLimitInfo) -> Bytes {
+        let bytes = match &self.shape {
+            Shape::Custom(render) => render(info, self.pretty).unwrap_or_else(|error| {
+                tracing::warn!(
+                    %error,
+                    policy = %info.policy,
+                    "custom 429 body failed to serialize; sending the default body"
+                );
+                ready_shape(Ready::RetryAfterCamel, info, self.pretty)
+            }),
+            Shape::Ready(ready) => ready_shape(*ready, info, self.pretty),
+        };
+        Bytes::from(bytes)
+    }
+}
+
+/// The whole refusal: `429 Too Many Requests`, `Content-Type: application/json`, the
+/// headers of `style` (with `Retry-After` unless waiting cannot help) and `body`'s bytes.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::Method;
+/// use tollgate::respond::{too_many_requests, ErrorBody, HeaderStyle, RateLimitInfo, ResetFormat};
+/// use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+///
+/// let decision = Decision {
+///     allowed: false,
+///     now: Timestamp::from_micros(1_717_200_048_000_000),
+///     buckets: vec![BucketState {
+///         allowed: false,
+///         limit: 100,
+///         remaining: 0,
+///         reset_after: Duration::from_secs(12),
+///         retry_after: Some(Duration::from_millis(600)),
+///         refusal: Some(Refusal::OverLimit),
+///     }],
+/// };
+/// let info = RateLimitInfo::from_decision(
+///     "invoices", &decision, [("invoices:key", Quota::per_minute(100))], Method::GET, "/v1/invoices",
+/// );
+/// let style = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds);
+/// let response = too_many_requests(&info, &style, &ErrorBody::seed_004());
+/// assert_eq!(response.status(), 429);
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// assert_eq!(response.headers()["retry-after"], "1");
+/// assert_eq!(response.headers()["x-ratelimit-reset"], "1717200060");
+/// assert!(response.body().ends_with(b"\"reset_at\": 1717200060\n}"));
+/// ```
+pub fn too_many_requests(
+    info: &RateLimitInfo,
+    style: &HeaderStyle,
+    body: &ErrorBody,
+) -> Response<Bytes> {
+    let mut response = Response::new(body.render(info));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    style.write(info, headers);
+    response
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T, pretty: bool) -> Result<Vec<u8>, serde_json::Error> {
+    if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    }
+}
+
+/// The bytes of a ready shape.
+fn ready_shape(shape: Ready, info: &RateLimitInfo, pretty: bool) -> Vec<u8> {
+    let bucket = info.most_restrictive_bucket();
+    let limit = Json::opt(bucket.map(|b| b.state.limit));
+    let retry_after = Json::opt(info.retry_after_secs());
+    let never_fits = info.never_fits().map(|(cost, capacity)| {
+        format!(
+            "This request costs {cost} points, but this rate limit allows at most {capacity} at once; retrying will not help."
+        )
+    });
+    let value = match shape {
+        Ready::RetryAfterCamel => {
+            let message = never_fits.unwrap_or_else(|| match info.retry_after_secs() {
+                Some(1) => "Rate limit exceeded; retry in 1 second.".to_owned(),
+                Some(secs) => format!("Rate limit exceeded; retry in {secs} seconds."),
+                None => "Rate limit exceeded.".to_owned(),
+            });
+            Json::Obj(vec![
+                ("error", Json::str("Too Many Requests")),
+                ("message", Json::Str(message.into())),
+                ("retryAfter", retry_after),
+            ])
+        }
+        Ready::CodeDetails => Json::Obj(vec![
+            (
+                "error",
+                Json::Str(never_fits.map_or("Rate limit exceeded".into(), Cow::Owned)),
+            ),
+            ("code", Json::str("RATE_LIMIT_EXCEEDED")),
+            (
+                "details",
+                Json::Obj(vec![
+                    ("limit", limit),
+                    (
+                        "window",
+                        bucket.map_or(Json::Null, |b| Json::Str(window(b.quota.period()).into())),
+                    ),
+                    ("retryAfter", retry_after),
+                ]),
+            ),
+        ]),
+        Ready::Message => {
+            let message = never_fits.unwrap_or_else(|| {
+                format!(
+                    "You have exceeded the rate limit for {} {}.",
+                    info.method, info.path
+                )
+            });
+            Json::Obj(vec![
+                ("error", Json::str("rate_limit_exceeded")),
+                ("message", Json::Str(message.into())),
+                ("limit", limit),
+                ("remaining", Json::opt(bucket.map(|b| b.state.remaining))),
+                (
+                    "reset_at",
+                    Json::opt(info.reset_at().map(|t| t.as_unix_secs_ceil())),
+                ),
+            ])
+        }
+    };
+    // Serializing strings, integers and string-keyed objects cannot fail.
+    to_json(&value, pretty).unwrap_or_default()
+}
+
+/// A quota's period as the seed-003 body writes it: the largest unit that divides it,
+/// `1m`, `15m`, `1h`, `1d`, `90s`, `250ms`.
+fn window(period: Duration) -> String {
+    const UNITS: [(u128, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let ms = period.as_millis();
+    UNITS
+        .iter()
+        .find(|(unit, _)| ms > 0 && ms.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(unit, name)| format!("{}{name}", ms / unit),
+        )
+}
+
+/// A JSON value whose objects keep the order their keys were written in, whatever
+/// serde_json's features.
+enum Json<'a> {
+    Str(Cow<'a, str>),
+    Int(u64),
+    Null,
+    Obj(Vec<(&'static str, Json<'a>)>),
+}
+
+impl Json<'_> {
+    const fn str(s: &'static str) -> Self {
+        Json::Str(Cow::Borrowed(s))
+    }
+
+    fn opt(n: Option<u64>) -> Self {
+        n.map_or(Json::Null, Json::Int)
+    }
+}
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Str(s) => serializer.serialize_str(s),
+            Json::Int(n) => serializer.serialize_u64(*n),
+            Json::Null => serializer.serialize_unit(),
+            Json::Obj(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    map.serialize_entry(key, value)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+
+    use super::super::headers::ResetFormat;
+    use super::super::info::tests::{single, state};
+    use super::*;
+
+    /// 2024-06-01 00:00:00 UTC.
+    const JUNE_1: u64 = 1_717_200_000_000_000;
+
+    fn text(bytes: &Bytes) -> &str {
+        std::str::from_utf8(bytes).unwrap()
+    }
+
+    /// Seed 003: 100 per minute per tenant, empty for 22.4 more seconds.
+    fn tenant_refused() -> RateLimitInfo {
+        single(
+            "tenant",
+            Quota::per_minute(100),
+            Timestamp::from_micros(JUNE_1),
+            state(
+                100,
+                0,
+                Duration::from_secs(60),
+                Some(Duration::from_millis(22_400)),
+            ),
+            "/api/tickets",
+        )
+    }
+
+    /// Seed 004: GET /v1/invoices, sustained 100/min, refused 48.3 s into the minute.
+    fn invoices_refused() -> RateLimitInfo {
+        single(
+            "invoices:key",
+            Quota::per_minute(100),
+            Timestamp::from_micros(JUNE_1 + 48_300_000),
+            state(
+                100,
+                0,
+                Duration::from_millis(11_700),
+                Some(Duration::from_millis(11_200)),
+            ),
+            "/v1/invoices",
+        )
+    }
+
+    fn never_fits() -> RateLimitInfo {
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(JUNE_1),
+            buckets: vec![BucketState {
+                allowed: false,
+                limit: 10,
+                remaining: 10,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+                refusal: Some(Refusal::CostExceedsCapacity {
+                    cost: 12,
+                    capacity: 10,
+                }),
+            }],
+        };
+        RateLimitInfo::from_decision(
+            "reports",
+            &decision,
+            [("reports:key", Quota::per_minute(10))],
+            Method::GET,
+            "/v1/reports",
+        )
+    }
+
+    #[test]
+    fn seed_000_body_includes_retry_after_seconds() {
+        let body = ErrorBody::seed_000().render(&tenant_refused());
+        assert_eq!(
+            text(&body),
+            r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}"#
+        );
+        assert_eq!(ErrorBody::default().render(&tenant_refused()), body);
+        let one = single(
+            "b",
+            Quota::per_minute(1),
+            Timestamp::from_micros(0),
+            state(1, 0, Duration::from_secs(1), Some(Duration::from_micros(1))),
+            "/",
+        );
+        assert_eq!(
+            text(&ErrorBody::default().render(&one)),
+            r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 1 second.","retryAfter":1}"#
+        );
+    }
+
+    #[test]
+    fn seed_003_response_byte_for_byte() {
+        let response = too_many_requests(
+            &tenant_refused(),
+            &HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds),
+            &ErrorBody::seed_003(),
+        );
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers();
+        assert_eq!(headers.len(), 5);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["retry-after"], "23");
+        assert_eq!(headers["x-ratelimit-limit"], "100");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert_eq!(headers["x-ratelimit-reset"], "1717200060");
+        assert_eq!(
+            text(response.body()),
+            r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,"window":"1m","retryAfter":23}}"#
+        );
+    }
+
+    #[test]
+    fn seed_004_response_byte_for_byte() {
+        let response = too_many_requests(
+            &invoices_refused(),
+            &HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds),
+            &ErrorBody::seed_004(),
+        );
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["retry-after"], "12");
+        assert_eq!(response.headers()["x-ratelimit-reset"], "1717200060");
+        // As the seed prints it.
+        let expected = r#"{
+  "error": "rate_limit_exceeded",
+  "message": "You have exceeded the rate limit for GET /v1/invoices.",
+  "limit": 100,
+  "remaining": 0,
+  "reset_at": 1717200060
+}"#;
+        assert_eq!(text(response.body()), expected);
+        assert_eq!(
+            text(&ErrorBody::message().render(&invoices_refused())),
+            r#"{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}"#
+        );
+    }
+
+    #[test]
+    fn a_request_that_never_fits_says_retrying_will_not_help() {
+        let info = never_fits();
+        let response = too_many_requests(&info, &HeaderStyle::default(), &ErrorBody::default());
+        assert_eq!(response.status(), 429);
+        assert!(!response.headers().contains_key("retry-after"));
+        assert_eq!(response.headers()["x-ratelimit-limit"], "10");
+        let why = "This request costs 12 points, but this rate limit allows at most 10 at once; retrying will not help.";
+        assert_eq!(
+            text(response.body()),
+            format!(r#"{{"error":"Too Many Requests","message":"{why}","retryAfter":null}}"#)
+        );
+        assert_eq!(
+            text(&ErrorBody::code_details().render(&info)),
+            format!(
+                r#"{{"error":"{why}","code":"RATE_LIMIT_EXCEEDED","details":{{"limit":10,"window":"1m","retryAfter":null}}}}"#
+            )
+        );
+        assert_eq!(
+            text(&ErrorBody::message().render(&info)),
+            format!(
+                r#"{{"error":"rate_limit_exceeded","message":"{why}","limit":10,"remaining":10,"reset_at":1717200000}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn custom_bodies_get_the_info() {
+        let body = ErrorBody::custom(
+            |info: &RateLimitInfo| serde_json::json!({ "retry": info.retry_after_secs(), "path": info.path }),
+        );
+        let bytes = body.render(&tenant_refused());
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({ "retry": 23, "path": "/api/tickets" })
+        );
+        assert_eq!(
+            text(
+                &ErrorBody::custom(|_: &RateLimitInfo| [1, 2])
+                    .pretty()
+                    .render(&tenant_refused())
+            ),
+            "[\n  1,\n  2\n]"
+        );
+    }
+
+    #[test]
+    fn a_custom_body_that_fails_to_serialize_falls_back_to_the_default() {
+        struct Broken;
+        impl Serialize for Broken {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("broken"))
+            }
+        }
+        let body = ErrorBody::custom(|_: &RateLimitInfo| Broken);
+        assert_eq!(
+            body.render(&tenant_refused()),
+            ErrorBody::default().render(&tenant_refused())
+        );
+    }
+
+    #[test]
+    fn paths_are_escaped_into_valid_json() {
+        let info = single(
+            "b",
+            Quota::per_minute(1),
+            Timestamp::from_micros(0),
+            state(1, 0, Duration::from_secs(60), Some(Duration::from_secs(60))),
+            "/a\"b\\c\u{1}\u{e9}</script>",
+        );
+        let bytes = ErrorBody::message().render(&info);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value["message"],
+            "You have exceeded the rate limit for GET /a\"b\\c\u{1}\u{e9}</script>."
+        );
+    }
+
+    #[test]
+    fn windows_use_the_largest_unit_that_divides() {
+        for (period, shown) in [
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(900), "15m"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(400 * 86_400), "400d"),
+            (Duration::ZERO, "0ms"),
+        ] {
+            assert_eq!(window(period), shown);
+        }
+    }
+
+    #[test]
+    fn no_buckets_and_huge_values_do_not_panic() {
+        let empty = RateLimitInfo::from_decision(
+            "p",
+            &Decision {
+                allowed: false,
+                now: Timestamp::from_micros(u64::MAX),
+                buckets: Vec::new(),
+            },
+            std::iter::empty::<(&str, Quota)>(),
+            Method::GET,
+            "/",
+        );
+        let response = too_many_requests(&empty, &HeaderStyle::default(), &ErrorBody::seed_003());
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers().len(), 1);
+        assert_eq!(
+            text(response.body()),
+            r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":null,"window":null,"retryAfter":null}}"#
+        );
+        let max = tollgate_core::MAX_COUNT;
+        let huge = single(
+            "b",
+            Quota::new(max, tollgate_core::MAX_PERIOD).unwrap(),
+            Timestamp::from_micros(u64::MAX),
+            state(max, max, Duration::MAX, Some(Duration::MAX)),
+            "/",
+        );
+        let body = ErrorBody::message().render(&huge);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["reset_at"], u64::MAX.div_ceil(1_000_000));
+        assert_eq!(
+            text(&ErrorBody::seed_000().render(&huge)),
+            r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 18446744073709551615 seconds.","retryAfter":18446744073709551615}"#
+        );
+    }
+
+    #[test]
+    fn debug_names_the_shape() {
+        assert_eq!(
+            format!("{:?}", ErrorBody::seed_004()),
+            "ErrorBody { shape: Message, pretty: true }"
+        );
+        assert!(format!("{:?}", ErrorBody::custom(|_: &RateLimitInfo| 1)).contains("Custom"));
+    }
+}

@@ -1,0 +1,662 @@
+//! [`HeaderStyle`]: which rate-limit headers a response carries, and how they are spelled.
+
+use std::fmt::Write as _;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::info::{ceil_secs, RateLimitInfo};
+
+/// `X-RateLimit-Limit`: the most restrictive bucket's quota count.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`: what is left in the most restrictive bucket.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-Reset`: when the most restrictive bucket is full again ([`ResetFormat`]).
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// The IETF `RateLimit` field: what is left of each bucket, and when it resets.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The IETF `RateLimit-Policy` field: each bucket's quota and window.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The largest integer a structured field may carry (RFC 9651: at most 15 digits); larger
+/// values are clamped to it.
+const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+
+/// The last second an HTTP date can show (9999-12-31 23:59:59 UTC); later times are
+/// clamped to it.
+const HTTP_DATE_MAX_SECS: u64 = 253_402_300_799;
+
+/// How `X-RateLimit-Reset` spells the time the most restrictive bucket is full again.
+/// Every format rounds up, so a reset is never announced early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ResetFormat {
+    /// Unix time in whole seconds: `1717200060` (seeds 003, 004; GitHub).
+    #[default]
+    UnixSeconds,
+    /// Unix time in whole milliseconds: `1717200060000` (seed 002).
+    UnixMillis,
+    /// Whole seconds from now: `60`.
+    Seconds,
+    /// An HTTP date (IMF-fixdate, RFC 9110): `Sat, 01 Jun 2024 00:01:00 GMT` (seed 001).
+    HttpDate,
+}
+
+/// Which rate-limit headers to write, on admitted and refused responses alike.
+///
+/// - **`X-RateLimit-*`** ([`HeaderStyle::x_ratelimit`]): `X-RateLimit-Limit`, `-Remaining`
+///   and `-Reset` for the most restrictive bucket (see
+///   [`Decision::most_restrictive`](tollgate_core::Decision::most_restrictive)), reset in a
+///   [`ResetFormat`].
+/// - **IETF** ([`HeaderStyle::ietf`]): `RateLimit-Policy` and `RateLimit` as in
+///   draft-ietf-httpapi-ratelimit-headers-10, one item per bucket, so stacked limits
+///   (per IP and per user) are all visible and none overwrites another:
+///
+///   ```text
+///   RateLimit-Policy: "default-ip";q=500;w=60, "default-user";q=10000;w=3600
+///   RateLimit: "default-ip";r=499;t=60, "default-user";r=9999;t=3600
+///   ```
+///
+///   The item is the bucket's name with `:` turned into `-` (other characters outside
+///   printable ASCII become `_`; `"` and `\` are escaped), `q` the quota count, `w` the
+///   window in seconds, `r` what is left and `t` the seconds until the bucket is full
+///   again (both windows and times rounded up). Integers above the 15 digits a structured
+///   field allows are clamped.
+/// - **`Retry-After`**: on refused requests only, whole seconds rounded up and never 0;
+///   absent when waiting cannot help (a request that costs more than the bucket holds).
+///   It is written by every style, [`HeaderStyle::none`] included, since it is part of
+///   what a 429 means; [`HeaderStyle::without_retry_after`] drops it.
+///
+/// The default is `X-RateLimit-*` with Unix seconds, plus the IETF fields.
+///
+/// ```
+/// use tollgate::respond::{HeaderStyle, ResetFormat};
+///
+/// let seed_001 = HeaderStyle::x_ratelimit(ResetFormat::HttpDate);
+/// let seed_002 = HeaderStyle::x_ratelimit(ResetFormat::UnixMillis);
+/// let both = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds).with_ietf();
+/// assert_eq!(both, HeaderStyle::default());
+/// let only_ietf = HeaderStyle::ietf();
+/// let silent = HeaderStyle::none().without_retry_after();
+/// # let _ = (seed_001, seed_002, only_ietf, silent);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeaderStyle {
+    x_ratelimit: Option<ResetFormat>,
+    ietf: bool,
+    retry_after: bool,
+}
+
+impl Default for HeaderStyle {
+    fn default() -> Self {
+        Self::x_ratelimit(ResetFormat::UnixSeconds).with_ietf()
+    }
+}
+
+impl HeaderStyle {
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (in `reset` format), and
+    /// `Retry-After` on refusals.
+    pub const fn x_ratelimit(reset: ResetFormat) -> Self {
+        Self {
+            x_ratelimit: Some(reset),
+            ietf: false,
+            retry_after: true,
+        }
+    }
+
+    /// The IETF `RateLimit-Policy` and `RateLimit` fields, and `Retry-After` on refusals.
+    pub const fn ietf() -> Self {
+        Self {
+            x_ratelimit: None,
+            ietf: true,
+            retry_after: true,
+        }
+    }
+
+    /// No rate-limit headers; only `Retry-After` on refusals.
+    pub const fn none() -> Self {
+        Self {
+            x_ratelimit: None,
+            ietf: false,
+            retry_after: true,
+        }
+    }
+
+    /// Adds (or changes the reset format of) the `X-RateLimit-*` headers.
+    pub const fn with_x_ratelimit(mut self, reset: ResetFormat) -> Self {
+        self.x_ratelimit = Some(reset);
+        self
+    }
+
+    /// Adds the IETF `RateLimit-Policy` and `RateLimit` fields.
+    pub const fn with_ietf(mut self) -> Self {
+        self.ietf = true;
+        self
+    }
+
+    /// Leaves `Retry-After` out of refusals too.
+    pub const fn without_retry_after(mut self) -> Self {
+        self.retry_after = false;
+        self
+    }
+
+    /// The reset format of the `X-RateLimit-*` headers, if they are written.
+    pub const fn x_ratelimit_format(&self) -> Option<ResetFormat> {
+        self.x_ratelimit
+    }
+
+    /// Whether the IETF fields are written.
+    pub const fn writes_ietf(&self) -> bool {
+        self.ietf
+    }
+
+    /// Writes this style's headers for `info` into `headers`, replacing any of the same
+    /// name. Writes nothing if `info` has no buckets.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::{HeaderMap, Method};
+    /// use tollgate::respond::{HeaderStyle, RateLimitInfo, ResetFormat};
+    /// use tollgate_core::{BucketState, Decision, Quota, Timestamp};
+    ///
+    /// let decision = Decision {
+    ///     allowed: true,
+    ///     now: Timestamp::from_micros(1_717_200_000_000_000),
+    ///     buckets: vec![BucketState {
+    ///         allowed: true,
+    ///         limit: 60,
+    ///         remaining: 59,
+    ///         reset_after: Duration::from_secs(60),
+    ///         retry_after: None,
+    ///         refusal: None,
+    ///     }],
+    /// };
+    /// let info = RateLimitInfo::from_decision(
+    ///     "campaigns", &decision, [("campaigns:key", Quota::per_minute(60))], Method::GET, "/v1/campaigns",
+    /// );
+    /// let mut headers = HeaderMap::new();
+    /// HeaderStyle::x_ratelimit(ResetFormat::UnixMillis).write(&info, &mut headers);
+    /// assert_eq!(headers["x-ratelimit-limit"], "60");
+    /// assert_eq!(headers["x-ratelimit-remaining"], "59");
+    /// assert_eq!(headers["x-ratelimit-reset"], "1717200060000");
+    /// assert!(!headers.contains_key("retry-after"));
+    /// ```
+    pub fn write(&self, info: &RateLimitInfo, headers: &mut HeaderMap) {
+        let Some(bucket) = info.most_restrictive_bucket() else {
+            return;
+        };
+        if let Some(format) = self.x_ratelimit {
+            let state = &bucket.state;
+            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(state.limit));
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(state.remaining));
+            let reset = format_reset(format, info);
+            headers.insert(X_RATELIMIT_RESET, ascii_value(&reset));
+        }
+        if self.ietf {
+            let (policy, current) = ietf_fields(info);
+            headers.insert(RATELIMIT_POLICY, ascii_value(&policy));
+            headers.insert(RATELIMIT, ascii_value(&current));
+        }
+        if let (true, Some(secs)) = (self.retry_after, info.retry_after_secs()) {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+    }
+}
+
+/// A header value from text this module built (printable ASCII only, by construction).
+fn ascii_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn format_reset(format: ResetFormat, info: &RateLimitInfo) -> String {
+    let at = info.reset_at().unwrap_or(info.now);
+    match format {
+        ResetFormat::UnixSeconds => at.as_unix_secs_ceil().to_string(),
+        ResetFormat::UnixMillis => at.as_unix_millis_ceil().to_string(),
+        ResetFormat::Seconds => info
+            .most_restrictive_bucket()
+            .map_or(0, |b| ceil_secs(b.state.reset_after))
+            .to_string(),
+        ResetFormat::HttpDate => http_date(at.as_unix_secs_ceil()),
+    }
+}
+
+/// The `RateLimit-Policy` and `RateLimit` field values: one item per bucket.
+fn ietf_fields(info: &RateLimitInfo) -> (String, String) {
+    let mut policy = String::new();
+    let mut current = String::new();
+    for (i, bucket) in info.buckets.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+            current.push_str(", ");
+        }
+        let window = ceil_secs(bucket.quota.period());
+        let reset = ceil_secs(bucket.state.reset_after);
+        write_sf_string(&mut policy, &bucket.name);
+        let _ = write!(
+            policy,
+            ";q={};w={}",
+            bucket.quota.count().min(SF_INTEGER_MAX),
+            window.min(SF_INTEGER_MAX)
+        );
+        write_sf_string(&mut current, &bucket.name);
+        let _ = write!(
+            current,
+            ";r={};t={}",
+            bucket.state.remaining.min(SF_INTEGER_MAX),
+            reset.min(SF_INTEGER_MAX)
+        );
+    }
+    (policy, current)
+}
+
+/// A bucket name as a structured-field string (RFC 9651 §3.3.3): `:` becomes `-`, anything
+/// outside printable ASCII becomes `_`, `"` and `\` are escaped.
+fn write_sf_string(out: &mut String, name: &str) {
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            ':' => out.push('-'),
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7) for `secs` after the Unix epoch, clamped to the year
+/// 9999: `Sat, 01 Jun 2024 00:01:00 GMT`.
+fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = secs.min(HTTP_DATE_MAX_SECS);
+    let (days, time) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        time / 3600,
+        time % 3600 / 60,
+        time % 60,
+    )
+}
+
+/// (year, month 1..=12, day 1..=31) of the day `days` after 1970-01-01, in the proleptic
+/// Gregorian calendar: count 400-year eras of 146,097 days from 0000-03-01, so that the
+/// leap day ends each year.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    const DAYS_0000_03_01_TO_1970_01_01: u64 = 719_468;
+    let z = days + DAYS_0000_03_01_TO_1970_01_01;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::Method;
+    use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+
+    use super::super::info::tests::{single, state};
+    use super::*;
+
+    /// 2024-06-01 00:00:00 UTC.
+    const JUNE_1: u64 = 1_717_200_000_000_000;
+
+    fn written(style: &HeaderStyle, info: &RateLimitInfo) -> Vec<(String, String)> {
+        let mut headers = HeaderMap::new();
+        style.write(info, &mut headers);
+        let mut all: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut all: Vec<_> = expected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn seed_001_reset_as_http_date() {
+        // Build plan: 100 points per minute; a 5-point request with 3 left is refused
+        // for 4.2 s; the window is full again 59.5 s after 00:00:00.5.
+        let mut refused = state(
+            100,
+            3,
+            Duration::from_millis(59_500),
+            Some(Duration::from_millis(4_200)),
+        );
+        refused.allowed = false;
+        let info = single(
+            "points:org",
+            Quota::per_minute(100),
+            Timestamp::from_micros(JUNE_1 + 500_000),
+            refused,
+            "/v1/things",
+        );
+        assert_eq!(
+            written(&HeaderStyle::x_ratelimit(ResetFormat::HttpDate), &info),
+            pairs(&[
+                ("retry-after", "5"),
+                ("x-ratelimit-limit", "100"),
+                ("x-ratelimit-remaining", "3"),
+                ("x-ratelimit-reset", "Sat, 01 Jun 2024 00:01:00 GMT"),
+            ])
+        );
+    }
+
+    #[test]
+    fn seed_002_reset_in_unix_millis_on_admitted_and_refused() {
+        let now = Timestamp::from_micros(JUNE_1 + 123_456);
+        let style = HeaderStyle::x_ratelimit(ResetFormat::UnixMillis);
+        let admitted = single(
+            "campaigns:key",
+            Quota::per_minute(60),
+            now,
+            state(60, 59, Duration::from_millis(59_500), None),
+            "/v1/campaigns",
+        );
+        // 123.456 ms + 59 500 ms = 59 623.456 ms: rounded up.
+        assert_eq!(
+            written(&style, &admitted),
+            pairs(&[
+                ("x-ratelimit-limit", "60"),
+                ("x-ratelimit-remaining", "59"),
+                ("x-ratelimit-reset", "1717200059624"),
+            ])
+        );
+        let refused = single(
+            "campaigns:key",
+            Quota::per_minute(60),
+            now,
+            state(
+                60,
+                0,
+                Duration::from_secs(60),
+                Some(Duration::from_millis(999)),
+            ),
+            "/v1/campaigns",
+        );
+        assert_eq!(
+            written(&style, &refused),
+            pairs(&[
+                ("retry-after", "1"),
+                ("x-ratelimit-limit", "60"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1717200060124"),
+            ])
+        );
+    }
+
+    #[test]
+    fn seed_003_and_004_reset_in_unix_seconds() {
+        let style = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds);
+        // Seed 004: "X-RateLimit-Limit: 100 / Remaining: 84 / Reset: 1717200060".
+        let admitted = single(
+            "invoices:key",
+            Quota::per_minute(100),
+            Timestamp::from_micros(JUNE_1 + 48_300_000),
+            state(100, 84, Duration::from_millis(11_700), None),
+            "/v1/invoices",
+        );
+        assert_eq!(
+            written(&style, &admitted),
+            pairs(&[
+                ("x-ratelimit-limit", "100"),
+                ("x-ratelimit-remaining", "84"),
+                ("x-ratelimit-reset", "1717200060"),
+            ])
+        );
+        // "Retry-After: 12 (only on 429)".
+        let refused = single(
+            "invoices:key",
+            Quota::per_minute(100),
+            Timestamp::from_micros(JUNE_1 + 48_300_000),
+            state(
+                100,
+                0,
+                Duration::from_millis(11_700),
+                Some(Duration::from_millis(11_200)),
+            ),
+            "/v1/invoices",
+        );
+        assert_eq!(
+            written(&style, &refused),
+            pairs(&[
+                ("retry-after", "12"),
+                ("x-ratelimit-limit", "100"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1717200060"),
+            ])
+        );
+    }
+
+    #[test]
+    fn reset_in_seconds_from_now_rounds_up() {
+        let info = single(
+            "b",
+            Quota::per_minute(10),
+            Timestamp::from_micros(JUNE_1),
+            state(10, 4, Duration::from_micros(30_000_001), None),
+            "/",
+        );
+        let mut headers = HeaderMap::new();
+        HeaderStyle::x_ratelimit(ResetFormat::Seconds).write(&info, &mut headers);
+        assert_eq!(headers[X_RATELIMIT_RESET], "31");
+    }
+
+    fn stacked(allowed: bool) -> RateLimitInfo {
+        let wait = |d: u64| (!allowed).then(|| Duration::from_secs(d));
+        let decision = Decision {
+            allowed,
+            now: Timestamp::from_micros(JUNE_1),
+            buckets: vec![
+                state(500, 499, Duration::from_secs(60), None),
+                state(10_000, 0, Duration::from_millis(3_599_001), wait(1_800)),
+            ],
+        };
+        RateLimitInfo::from_decision(
+            "default",
+            &decision,
+            [
+                ("default:ip", Quota::per_minute(500)),
+                ("default:user", Quota::per_hour(10_000)),
+            ],
+            Method::GET,
+            "/api/things",
+        )
+    }
+
+    #[test]
+    fn ietf_fields_name_every_stacked_bucket() {
+        let expected_policy = r#""default-ip";q=500;w=60, "default-user";q=10000;w=3600"#;
+        let expected_current = r#""default-ip";r=499;t=60, "default-user";r=0;t=3600"#;
+        assert_eq!(
+            written(&HeaderStyle::ietf(), &stacked(true)),
+            pairs(&[
+                ("ratelimit-policy", expected_policy),
+                ("ratelimit", expected_current),
+            ])
+        );
+        // Refused by the user bucket: Retry-After from it; X-RateLimit-* describe it too.
+        assert_eq!(
+            written(&HeaderStyle::default(), &stacked(false)),
+            pairs(&[
+                ("ratelimit-policy", expected_policy),
+                ("ratelimit", expected_current),
+                ("retry-after", "1800"),
+                ("x-ratelimit-limit", "10000"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1717203600"),
+            ])
+        );
+    }
+
+    #[test]
+    fn ietf_names_are_valid_structured_field_strings() {
+        let info = single(
+            r#"we"ird\name:ü"#,
+            Quota::new(3, Duration::from_millis(250)).unwrap(),
+            Timestamp::from_micros(0),
+            state(3, 2, Duration::from_millis(100), None),
+            "/",
+        );
+        let mut headers = HeaderMap::new();
+        HeaderStyle::ietf().write(&info, &mut headers);
+        assert_eq!(headers[RATELIMIT_POLICY], r#""we\"ird\\name-_";q=3;w=1"#);
+        assert_eq!(headers[RATELIMIT], r#""we\"ird\\name-_";r=2;t=1"#);
+    }
+
+    #[test]
+    fn styles_choose_what_is_written() {
+        let refused = stacked(false);
+        let names = |style: &HeaderStyle| -> Vec<String> {
+            written(style, &refused)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(names(&HeaderStyle::none()), ["retry-after"]);
+        assert!(names(&HeaderStyle::none().without_retry_after()).is_empty());
+        assert_eq!(
+            names(&HeaderStyle::ietf().without_retry_after()),
+            ["ratelimit", "ratelimit-policy"]
+        );
+        assert_eq!(
+            HeaderStyle::ietf().with_x_ratelimit(ResetFormat::UnixSeconds),
+            HeaderStyle::default()
+        );
+        assert_eq!(
+            HeaderStyle::default().x_ratelimit_format(),
+            Some(ResetFormat::UnixSeconds)
+        );
+        assert!(HeaderStyle::default().writes_ietf());
+    }
+
+    #[test]
+    fn writing_replaces_and_leaves_foreign_headers_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from_static("stale"));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        HeaderStyle::default().write(&stacked(true), &mut headers);
+        assert_eq!(headers.get_all(X_RATELIMIT_LIMIT).iter().count(), 1);
+        // The user bucket has the least left: it is the most restrictive.
+        assert_eq!(headers[X_RATELIMIT_LIMIT], "10000");
+        // An admitted response keeps a Retry-After its handler set (a 503, say).
+        assert_eq!(headers[RETRY_AFTER], "120");
+    }
+
+    #[test]
+    fn a_request_that_never_fits_gets_no_retry_after() {
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(JUNE_1),
+            buckets: vec![BucketState {
+                allowed: false,
+                limit: 10,
+                remaining: 10,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+                refusal: Some(Refusal::CostExceedsCapacity {
+                    cost: 12,
+                    capacity: 10,
+                }),
+            }],
+        };
+        let info = RateLimitInfo::from_decision(
+            "p",
+            &decision,
+            [("p:ip", Quota::per_minute(10))],
+            Method::POST,
+            "/",
+        );
+        assert_eq!(
+            written(&HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds), &info),
+            pairs(&[
+                ("x-ratelimit-limit", "10"),
+                ("x-ratelimit-remaining", "10"),
+                ("x-ratelimit-reset", "1717200000"),
+            ])
+        );
+    }
+
+    #[test]
+    fn huge_values_do_not_panic_and_stay_valid() {
+        let max = tollgate_core::MAX_COUNT;
+        let mut headers = HeaderMap::new();
+        for now in [0, u64::MAX] {
+            let info = single(
+                "b",
+                Quota::new(max, tollgate_core::MAX_PERIOD).unwrap(),
+                Timestamp::from_micros(now),
+                state(max, max, Duration::MAX, Some(Duration::MAX)),
+                "/",
+            );
+            for format in [
+                ResetFormat::UnixSeconds,
+                ResetFormat::UnixMillis,
+                ResetFormat::Seconds,
+                ResetFormat::HttpDate,
+            ] {
+                HeaderStyle::x_ratelimit(format)
+                    .with_ietf()
+                    .write(&info, &mut headers);
+                assert!(!headers[X_RATELIMIT_RESET].is_empty());
+            }
+            assert_eq!(headers[RETRY_AFTER], u64::MAX.to_string().as_str());
+            assert_eq!(
+                headers[RATELIMIT],
+                r#""b";r=999999999999999;t=999999999999999"#
+            );
+            assert_eq!(
+                headers[RATELIMIT_POLICY],
+                r#""b";q=999999999999999;w=34560000"#
+            );
+        }
+        assert_eq!(headers[X_RATELIMIT_RESET], "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
+
+    #[test]
+    fn http_dates_match_an_independent_formatter() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+        // Every day from 1970 to 2200 and a spread of times of day, against httpdate.
+        let mut secs = 0;
+        while secs < 7_258_118_400 {
+            let expected =
+                httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+            assert_eq!(http_date(secs), expected, "{secs}");
+            secs += 86_400 + 3_607;
+        }
+        let last = std::time::UNIX_EPOCH + Duration::from_secs(HTTP_DATE_MAX_SECS);
+        assert_eq!(http_date(HTTP_DATE_MAX_SECS), httpdate::fmt_http_date(last));
+    }
+}

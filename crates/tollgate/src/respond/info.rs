@@ -1,0 +1,286 @@
+//! [`RateLimitInfo`]: a decision in the terms of headers and bodies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+
+/// One bucket a request spent (or would have spent): its name, its quota and what the store
+/// answered for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    /// The bucket's name, as the policy names it (`"default:ip"`, `"auth"`), without the
+    /// client's key. The IETF fields use it as the policy identifier.
+    pub name: Arc<str>,
+    /// The quota the bucket was charged against (after per-key overrides): its period is
+    /// the window headers and bodies show.
+    pub quota: Quota,
+    /// What the store answered for this bucket.
+    pub state: BucketState,
+}
+
+/// Everything the headers and the 429 body of one request are made of: one
+/// [`BucketInfo`] per bucket the request spent, which of them is the most restrictive, the
+/// time the store decided at, and the request's method and path.
+///
+/// Build it with [`RateLimitInfo::from_decision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// The name of the policy (route class) that applied.
+    pub policy: Arc<str>,
+    /// The buckets, in the order they were given to the store.
+    pub buckets: Vec<BucketInfo>,
+    /// The index in `buckets` of the bucket the `X-RateLimit-*` headers describe (see
+    /// [`Decision::most_restrictive`]); `0` when `buckets` is empty.
+    pub most_restrictive: usize,
+    /// When the store decided (the Redis server's clock for the Redis store); reset times
+    /// are counted from it.
+    pub now: Timestamp,
+    /// The request's method.
+    pub method: Method,
+    /// The request's path, without the query.
+    pub path: String,
+    /// Whether the request was admitted.
+    pub allowed: bool,
+}
+
+impl RateLimitInfo {
+    /// Pairs a store's [`Decision`] with the names and quotas of its buckets, given in the
+    /// same order as the buckets of the batch. Extra entries on either side are ignored.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::Method;
+    /// use tollgate::respond::RateLimitInfo;
+    /// use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
+    ///
+    /// let store = MemoryStore::new();
+    /// let (ip, user) = (Quota::per_minute(500), Quota::per_hour(10_000));
+    /// let decision = store.charge(&[
+    ///     Bucket::new("default:ip", "203.0.113.7", Limit::sliding(ip)),
+    ///     Bucket::new("default:user", "u_42", Limit::sliding(user)),
+    /// ]);
+    /// let info = RateLimitInfo::from_decision(
+    ///     "default",
+    ///     &decision,
+    ///     [("default:ip", ip), ("default:user", user)],
+    ///     Method::GET,
+    ///     "/api/invoices",
+    /// );
+    /// assert!(info.allowed);
+    /// assert_eq!(&*info.most_restrictive_bucket().unwrap().name, "default:ip");
+    /// assert_eq!(info.retry_after_secs(), None);
+    /// ```
+    pub fn from_decision<I, N>(
+        policy: impl Into<Arc<str>>,
+        decision: &Decision,
+        buckets: I,
+        method: Method,
+        path: impl Into<String>,
+    ) -> Self
+    where
+        I: IntoIterator<Item = (N, Quota)>,
+        N: Into<Arc<str>>,
+    {
+        let buckets: Vec<BucketInfo> = buckets
+            .into_iter()
+            .zip(&decision.buckets)
+            .map(|((name, quota), state)| BucketInfo {
+                name: name.into(),
+                quota,
+                state: state.clone(),
+            })
+            .collect();
+        let most_restrictive = decision
+            .most_restrictive()
+            .filter(|&i| i < buckets.len())
+            .unwrap_or(0);
+        Self {
+            policy: policy.into(),
+            buckets,
+            most_restrictive,
+            now: decision.now,
+            method,
+            path: path.into(),
+            allowed: decision.allowed,
+        }
+    }
+
+    /// The bucket the `X-RateLimit-*` headers describe; `None` if there are no buckets.
+    pub fn most_restrictive_bucket(&self) -> Option<&BucketInfo> {
+        self.buckets.get(self.most_restrictive)
+    }
+
+    /// How long a refused request should wait before retrying; `None` if it was admitted,
+    /// or if waiting cannot help (see [`RateLimitInfo::never_fits`]).
+    pub fn retry_after(&self) -> Option<Duration> {
+        if self.allowed {
+            return None;
+        }
+        self.most_restrictive_bucket()?.state.retry_after
+    }
+
+    /// [`RateLimitInfo::retry_after`] in whole seconds, rounded up and never 0: what
+    /// `Retry-After` says. 1 µs is 1, exactly 2 s is 2, 2.000001 s is 3.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after().map(|d| ceil_secs(d).max(1))
+    }
+
+    /// When the most restrictive bucket is back to its full state (nothing counted against
+    /// it): what `X-RateLimit-Reset` says. Saturates instead of overflowing.
+    pub fn reset_at(&self) -> Option<Timestamp> {
+        let bucket = self.most_restrictive_bucket()?;
+        Some(self.now.saturating_add(bucket.state.reset_after))
+    }
+
+    /// Set when the request was refused because it costs more than a bucket can ever
+    /// hold: `(cost, capacity)`. Retrying cannot help, so there is no `Retry-After`.
+    pub fn never_fits(&self) -> Option<(u64, u64)> {
+        if self.allowed {
+            return None;
+        }
+        match self.most_restrictive_bucket()?.state.refusal? {
+            Refusal::CostExceedsCapacity { cost, capacity } => Some((cost, capacity)),
+            _ => None,
+        }
+    }
+}
+
+/// Whole seconds in `d`, rounded up (a wait or a reset is never announced early).
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A refused or admitted bucket state, built by hand.
+    pub(crate) fn state(
+        limit: u64,
+        remaining: u64,
+        reset_after: Duration,
+        retry_after: Option<Duration>,
+    ) -> BucketState {
+        BucketState {
+            allowed: retry_after.is_none(),
+            limit,
+            remaining,
+            reset_after,
+            retry_after,
+            refusal: retry_after.map(|_| Refusal::OverLimit),
+        }
+    }
+
+    /// An info for one bucket named `name`.
+    pub(crate) fn single(
+        name: &str,
+        quota: Quota,
+        now: Timestamp,
+        state: BucketState,
+        path: &str,
+    ) -> RateLimitInfo {
+        let decision = Decision {
+            allowed: state.allowed,
+            now,
+            buckets: vec![state],
+        };
+        RateLimitInfo::from_decision("p", &decision, [(name, quota)], Method::GET, path)
+    }
+
+    fn refused_after(wait: Duration) -> RateLimitInfo {
+        single(
+            "b",
+            Quota::per_minute(10),
+            Timestamp::from_micros(0),
+            state(10, 0, Duration::from_secs(60), Some(wait)),
+            "/",
+        )
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        let secs = |d| refused_after(d).retry_after_secs();
+        assert_eq!(secs(Duration::from_micros(1)), Some(1));
+        assert_eq!(secs(Duration::from_nanos(1)), Some(1));
+        assert_eq!(secs(Duration::ZERO), Some(1));
+        assert_eq!(secs(Duration::from_secs(2)), Some(2));
+        assert_eq!(secs(Duration::from_micros(2_000_001)), Some(3));
+        assert_eq!(secs(Duration::from_millis(22_400)), Some(23));
+        assert_eq!(secs(Duration::MAX), Some(u64::MAX));
+    }
+
+    #[test]
+    fn admitted_has_no_retry_after() {
+        let info = single(
+            "b",
+            Quota::per_minute(10),
+            Timestamp::from_micros(5),
+            state(10, 9, Duration::from_secs(6), None),
+            "/",
+        );
+        assert_eq!(info.retry_after_secs(), None);
+        assert_eq!(info.never_fits(), None);
+        assert_eq!(info.reset_at(), Some(Timestamp::from_micros(6_000_005)));
+    }
+
+    #[test]
+    fn most_restrictive_follows_the_decision() {
+        let ip = state(
+            500,
+            0,
+            Duration::from_secs(60),
+            Some(Duration::from_secs(3)),
+        );
+        let user = state(
+            10_000,
+            0,
+            Duration::from_secs(3600),
+            Some(Duration::from_secs(40)),
+        );
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(0),
+            buckets: vec![ip, user],
+        };
+        let info = RateLimitInfo::from_decision(
+            "default",
+            &decision,
+            [
+                ("default:ip", Quota::per_minute(500)),
+                ("default:user", Quota::per_hour(10_000)),
+            ],
+            Method::POST,
+            "/api/x",
+        );
+        assert_eq!(info.most_restrictive, 1);
+        assert_eq!(info.retry_after_secs(), Some(40));
+        assert_eq!(info.reset_at(), Some(Timestamp::from_micros(3_600_000_000)));
+    }
+
+    #[test]
+    fn mismatched_or_empty_bucket_lists_do_not_panic() {
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(u64::MAX),
+            buckets: vec![state(1, 0, Duration::MAX, Some(Duration::MAX))],
+        };
+        let none: [(&str, Quota); 0] = [];
+        let info = RateLimitInfo::from_decision("p", &decision, none, Method::GET, "/");
+        assert!(info.buckets.is_empty());
+        assert_eq!(info.most_restrictive_bucket(), None);
+        assert_eq!(info.retry_after_secs(), None);
+        assert_eq!(info.reset_at(), None);
+
+        let info = RateLimitInfo::from_decision(
+            "p",
+            &decision,
+            [("a", Quota::per_second(1)), ("b", Quota::per_second(1))],
+            Method::GET,
+            "/",
+        );
+        assert_eq!(info.buckets.len(), 1);
+        assert_eq!(info.reset_at(), Some(Timestamp::from_micros(u64::MAX)));
+    }
+}
