@@ -1,0 +1,1157 @@
+//! Route classification: which rule of a table a request belongs to.
+//!
+//! A [`RouteTable`] maps rules (an optional list of methods and a path pattern,
+//! see [`RoutePattern`]) to values, and [`RouteTable::classify`] picks the value
+//! of the **most specific** rule that matches a request:
+//!
+//! - segment by segment from the left, a literal segment beats a parameter
+//!   (`{id}` or `:id`), and a parameter beats a trailing wildcard (`/*`), so an
+//!   exact path beats a parameter, a parameter beats a wildcard and a longer
+//!   prefix beats a shorter one;
+//! - for the same path, a rule that names the method beats one that does not
+//!   (a `GET` rule also covers `HEAD`, as axum's `get` handlers do, unless
+//!   another rule names `HEAD`).
+//!
+//! Two rules that tie (the same path shape with overlapping methods) and a rule
+//! that can never be chosen (every request it matches goes to more specific
+//! rules) are errors from [`RouteTableBuilder::build`] that name the rules.
+//!
+//! ```
+//! use tollgate::classify::{RoutePattern, RouteTable};
+//! use http::Method;
+//!
+//! # fn main() -> Result<(), tollgate::classify::PatternError> {
+//! let table = RouteTable::builder()
+//!     .route("/*".parse()?, "default")
+//!     .route("/api/twilio/*".parse()?, "exempt")
+//!     .route("/api/stripe/webhook".parse()?, "exempt")
+//!     .route(RoutePattern::parse("POST /api/templates/{id}/generate")?, "generate")
+//!     .lenient(|class| *class == "exempt")
+//!     .build()?;
+//!
+//! assert_eq!(table.classify(&Method::POST, "/api/templates/7/generate"), Some(&"generate"));
+//! assert_eq!(table.classify(&Method::GET, "/api/templates/7/generate"), Some(&"default"));
+//! assert_eq!(table.classify(&Method::POST, "/api/twilio/sms/status"), Some(&"exempt"));
+//! // Spelling tricks do not leave a class, and never reach an exempt one.
+//! assert_eq!(table.classify(&Method::POST, "/api/templates/7/%67enerate"), Some(&"generate"));
+//! assert_eq!(table.classify(&Method::POST, "/api/stripe%2Fwebhook"), Some(&"default"));
+//! assert_eq!(table.classify(&Method::POST, "/api/templates/../twilio/x"), Some(&"default"));
+//!
+//! // Mistakes are errors at build time, naming both rules.
+//! let err = RouteTable::builder()
+//!     .route("GET /v1/items/{id}".parse()?, 1)
+//!     .route("GET,HEAD /v1/items/:item".parse()?, 2)
+//!     .build()
+//!     .unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "rules `GET /v1/items/{id}` and `GET,HEAD /v1/items/:item` tie: both match `GET /v1/items/x` \
+//!      and neither is more specific; remove one or give them different methods"
+//! );
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How a raw path is read
+//!
+//! [`RouteTable::classify`] takes the path exactly as received (percent-encoded).
+//! It reads it twice:
+//!
+//! - **as axum's router does**: split on `/`, byte for byte, no decoding, empty
+//!   segments and `.`/`..` kept (`/x/` is not `/x`, `%2F` is not a separator);
+//! - **canonically** (RFC 3986 normalisation): percent-encoded unreserved
+//!   characters decoded (`%7E` is `~`), other escapes kept (upper-cased hex; `%2F`
+//!   stays inside its segment and is never a separator), empty segments (`//`,
+//!   trailing `/`) and `.` dropped, `..` resolved.
+//!
+//! For ordinary paths the two readings agree. When they pick different rules
+//! (the path was spelled unusually), the table prefers a rule that is not
+//! *lenient* (see [`RouteTableBuilder::lenient`]; the layer marks exempt classes
+//! lenient), then no rule; between two rules that are not lenient the
+//! canonical reading wins, between two lenient ones axum's. So an unusual spelling
+//! can move a request into a stricter class, never into an exempt one: whatever
+//! axum's router, or a path normaliser placed after this classifier, would
+//! route the path to, the request is limited at least as strictly.
+//!
+//! Paths longer than [`MAX_PATH_LEN`] bytes or with more than [`MAX_SEGMENTS`]
+//! segments are cut at a `/` within both limits and matched only against
+//! wildcard rules that are not lenient: such a path costs bounded work and is
+//! never exempt (nor in a lenient class).
+//!
+//! Matching is case-sensitive (as in axum). Query strings are not part of the
+//! path.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+use http::Method;
+
+/// Paths longer than this many bytes are classified conservatively: only
+/// wildcard rules that are not lenient can match them.
+pub const MAX_PATH_LEN: usize = 8 * 1024;
+
+/// Paths with more segments than this are classified like paths over
+/// [`MAX_PATH_LEN`].
+pub const MAX_SEGMENTS: usize = 64;
+
+/// The most segments a pattern may have.
+pub const MAX_PATTERN_SEGMENTS: usize = 32;
+
+/// A segment that equals no literal of any pattern (a space is never part of a
+/// valid pattern): used to build the requests that prove a rule can match.
+const FRESH: &str = " ";
+
+/// One segment of a pattern's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    /// Matches this exact (canonical) text.
+    Literal(String),
+    /// Matches any non-empty segment.
+    Param,
+}
+
+/// A rule's pattern: optional methods and a path pattern.
+///
+/// Accepted forms:
+///
+/// | pattern | matches |
+/// |---|---|
+/// | `/api/stripe/webhook` | that path, any method |
+/// | `POST /api/templates/{id}/generate` | any single non-empty segment for `{id}`, `POST` only |
+/// | `GET,HEAD /v1/campaigns/:id` | `:id` is the same as `{id}` |
+/// | `/api/twilio/*` (or `/api/twilio/{*rest}`) | `/api/twilio` and everything below it |
+/// | `/*` or `*` | every path (the default rule) |
+///
+/// Methods are upper case and comma separated. Literal segments are written
+/// as they appear in a URI (`%`-escapes allowed; `%7E` and `~` are the same).
+/// Parameters and wildcards must be whole segments; a wildcard only at the end.
+#[derive(Clone, Debug)]
+pub struct RoutePattern {
+    /// `None`: any method. Otherwise sorted and deduplicated.
+    methods: Option<Vec<Method>>,
+    segments: Vec<Segment>,
+    /// A trailing `/*`: the path continues with zero or more segments.
+    wildcard: bool,
+    /// The text as written, for messages.
+    source: String,
+}
+
+impl PartialEq for RoutePattern {
+    /// Patterns are equal when they match the same requests the same way
+    /// (`:id` equals `{id}`, `*` equals `/*`); parameter names are ignored.
+    fn eq(&self, other: &Self) -> bool {
+        self.methods == other.methods && self.same_path_shape(other)
+    }
+}
+
+impl Eq for RoutePattern {}
+
+impl fmt::Display for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl FromStr for RoutePattern {
+    type Err = PatternError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl RoutePattern {
+    /// Parses a pattern such as `"POST /api/templates/{id}/generate"`,
+    /// `"/api/twilio/*"`, `"GET,HEAD /v1/campaigns/:id"` or `"/*"`.
+    pub fn parse(s: &str) -> Result<Self, PatternError> {
+        let source = s.trim();
+        let invalid = |reason| PatternError::Invalid {
+            pattern: source.to_owned(),
+            reason,
+        };
+        if source.is_empty() {
+            return Err(invalid(InvalidReason::Empty));
+        }
+        let (methods, path) = if source == "*" || source.starts_with('/') {
+            (None, if source == "*" { "/*" } else { source })
+        } else {
+            // `GET,HEAD /path` (spaces after commas allowed).
+            let (methods, path) = source
+                .find('/')
+                .map(|slash| source.split_at(slash))
+                .filter(|(methods, _)| methods.ends_with(char::is_whitespace))
+                .ok_or_else(|| invalid(InvalidReason::MissingPath))?;
+            (Some(parse_methods(methods).map_err(invalid)?), path)
+        };
+        let (segments, wildcard) = parse_path(path).map_err(invalid)?;
+        Ok(Self {
+            methods,
+            segments,
+            wildcard,
+            source: source.to_owned(),
+        })
+    }
+
+    /// The methods this rule is limited to, or `None` for any method.
+    pub fn methods(&self) -> Option<&[Method]> {
+        self.methods.as_deref()
+    }
+
+    /// Whether the pattern ends in a wildcard (`/*`).
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    fn same_path_shape(&self, other: &Self) -> bool {
+        self.wildcard == other.wildcard
+            && self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param, Segment::Param) => true,
+                    _ => false,
+                })
+    }
+
+    /// How well the method matches: 2 named, 1 `HEAD` through `GET`, 0 any
+    /// method; `None` when it does not match.
+    fn method_rank(&self, method: &Method) -> Option<u8> {
+        match &self.methods {
+            None => Some(0),
+            Some(list) if list.contains(method) => Some(2),
+            Some(list) if *method == Method::HEAD && list.contains(&Method::GET) => Some(1),
+            Some(_) => None,
+        }
+    }
+
+    fn matches_path<S: AsRef<str>>(&self, path: &[S], truncated: bool) -> bool {
+        let length_ok = if self.wildcard {
+            // As in axum, a wildcard takes nothing or a non-empty rest:
+            // `/x/` is neither `/x` nor `/x/{*rest}`.
+            let rest = path.get(self.segments.len()..).unwrap_or(&[]);
+            self.segments.len() <= path.len()
+                && !(rest.len() == 1 && rest[0].as_ref().is_empty() && !truncated)
+        } else {
+            !truncated && self.segments.len() == path.len()
+        };
+        length_ok
+            && self
+                .segments
+                .iter()
+                .zip(path)
+                .all(|(pattern, segment)| match pattern {
+                    Segment::Literal(text) => text == segment.as_ref(),
+                    Segment::Param => !segment.as_ref().is_empty(),
+                })
+    }
+
+    /// Rank of the pattern at path position `i`: literal 3, parameter 2, end 1,
+    /// wildcard 0.
+    fn rank_at(&self, i: usize) -> u8 {
+        match self.segments.get(i) {
+            Some(Segment::Literal(_)) => 3,
+            Some(Segment::Param) => 2,
+            None if i == self.segments.len() && !self.wildcard => 1,
+            None => 0,
+        }
+    }
+
+    /// Compares two patterns that both match one path: `Greater` when `self`
+    /// is more specific. Looks at the path only.
+    fn cmp_path_specificity(&self, other: &Self) -> Ordering {
+        let len = self.segments.len().max(other.segments.len());
+        (0..=len)
+            .map(|i| self.rank_at(i).cmp(&other.rank_at(i)))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    }
+
+    /// Whether some method matches both rules equally well (a tie).
+    fn methods_overlap(&self, other: &Self) -> bool {
+        match (&self.methods, &other.methods) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+            _ => false,
+        }
+    }
+
+    /// A request that both `self` and a same-shaped rule match, for messages.
+    fn example_request(&self, method: Option<&Method>) -> String {
+        let mut out = String::new();
+        if let Some(method) = method {
+            out.push_str(method.as_str());
+            out.push(' ');
+        }
+        for segment in &self.segments {
+            out.push('/');
+            out.push_str(match segment {
+                Segment::Literal(text) => text,
+                Segment::Param => "x",
+            });
+        }
+        if self.wildcard {
+            out.push_str("/any");
+        } else if self.segments.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+}
+
+fn parse_methods(list: &str) -> Result<Vec<Method>, InvalidReason> {
+    let mut methods = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(InvalidReason::EmptyMethod);
+        }
+        if name.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(InvalidReason::LowercaseMethod(name.to_owned()));
+        }
+        let method = Method::from_bytes(name.as_bytes())
+            .map_err(|_| InvalidReason::BadMethod(name.to_owned()))?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(methods)
+}
+
+fn parse_path(path: &str) -> Result<(Vec<Segment>, bool), InvalidReason> {
+    if !path.starts_with('/') {
+        return Err(InvalidReason::MissingPath);
+    }
+    if let Some(c) = path.chars().find(|c| c.is_whitespace()) {
+        return Err(InvalidReason::BadChar(c));
+    }
+    if path.contains(['?', '#']) {
+        return Err(InvalidReason::QueryOrFragment);
+    }
+    if path == "/" {
+        return Ok((Vec::new(), false));
+    }
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    if parts.len() > MAX_PATTERN_SEGMENTS {
+        return Err(InvalidReason::TooManySegments);
+    }
+    let mut segments = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let is_catch_all = *part == "*" || (part.starts_with("{*") && part.ends_with('}'));
+        if is_catch_all {
+            if !last {
+                return Err(InvalidReason::WildcardNotLast);
+            }
+            if *part != "*" {
+                check_param_name(&part[2..part.len() - 1], part)?;
+            }
+            return Ok((segments, true));
+        }
+        segments.push(parse_segment(part, last)?);
+    }
+    Ok((segments, false))
+}
+
+fn parse_segment(part: &str, last: bool) -> Result<Segment, InvalidReason> {
+    if part.is_empty() {
+        return Err(if last {
+            InvalidReason::TrailingSlash
+        } else {
+            InvalidReason::EmptySegment
+        });
+    }
+    if part == "." || part == ".." {
+        return Err(InvalidReason::DotSegment);
+    }
+    if let Some(name) = part.strip_prefix(':') {
+        check_param_name(name, part)?;
+        return Ok(Segment::Param);
+    }
+    if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+        check_param_name(name, part)?;
+        return Ok(Segment::Param);
+    }
+    if part.contains(['{', '}']) {
+        return Err(InvalidReason::PartialParam(part.to_owned()));
+    }
+    let bytes = part.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let valid = bytes.len() > i + 2
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
+            if !valid {
+                return Err(InvalidReason::BadPercent);
+            }
+            i += 3;
+            continue;
+        }
+        if !is_pchar(b) {
+            let c = part[i..].chars().next().unwrap_or('?');
+            return Err(InvalidReason::BadChar(c));
+        }
+        i += 1;
+    }
+    Ok(Segment::Literal(canonical_segment(part).into_owned()))
+}
+
+fn check_param_name(name: &str, part: &str) -> Result<(), InvalidReason> {
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidReason::PartialParam(part.to_owned()))
+    }
+}
+
+/// RFC 3986 `unreserved`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `pchar` without `%` (escapes are checked separately).
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes escaped unreserved characters and upper-cases the hex digits of
+/// the other escapes. Anything else (invalid escapes included) is kept as is.
+fn canonical_segment(segment: &str) -> Cow<'_, str> {
+    if !segment.contains('%') {
+        return Cow::Borrowed(segment);
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex_value(h).zip(hex_value(l)),
+            _ => None,
+        };
+        match escape {
+            Some((h, l)) => {
+                let value = h * 16 + l;
+                if is_unreserved(value) {
+                    out.push(value);
+                } else {
+                    out.push(b'%');
+                    out.push(bytes[i + 1].to_ascii_uppercase());
+                    out.push(bytes[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII was replaced by ASCII, so this is still UTF-8.
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// For a path over [`MAX_PATH_LEN`] bytes or [`MAX_SEGMENTS`] segments, its
+/// start up to a `/` within both limits; `None` for other paths. Looks at no
+/// more than `MAX_PATH_LEN` bytes.
+fn over_limit_prefix(path: &str) -> Option<&str> {
+    let mut slashes = 0;
+    let mut last_slash = 0;
+    for (i, b) in path.bytes().enumerate() {
+        if i == MAX_PATH_LEN {
+            return Some(&path[..last_slash]);
+        }
+        if b == b'/' {
+            slashes += 1;
+            if slashes > MAX_SEGMENTS {
+                return Some(&path[..i]);
+            }
+            last_slash = i;
+        }
+    }
+    None
+}
+
+/// The path as axum's router reads it: `/` separated, nothing decoded.
+fn raw_segments(path: &str) -> Vec<&str> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split('/').collect()
+    }
+}
+
+/// The path after RFC 3986 normalisation, with empty segments dropped.
+fn canonical_segments<'a>(raw: &[&'a str]) -> Vec<Cow<'a, str>> {
+    let mut out: Vec<Cow<'a, str>> = Vec::with_capacity(raw.len());
+    for segment in raw {
+        let segment = canonical_segment(segment);
+        match segment.as_ref() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(segment),
+        }
+    }
+    out
+}
+
+/// Why a pattern is invalid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidReason {
+    /// Nothing was given.
+    #[error("the pattern is empty")]
+    Empty,
+    /// No path, or the path does not start with `/`.
+    #[error("the path must start with `/`")]
+    MissingPath,
+    /// `GET,,POST`.
+    #[error("empty method in the method list")]
+    EmptyMethod,
+    /// Methods are case-sensitive.
+    #[error("method `{0}` must be upper case")]
+    LowercaseMethod(String),
+    /// Not an HTTP method token.
+    #[error("`{0}` is not an HTTP method")]
+    BadMethod(String),
+    /// `/a//b`.
+    #[error("empty segment (`//`)")]
+    EmptySegment,
+    /// `/a/b/`.
+    #[error("trailing `/`: write the path without it (`/a/` and `/a` are one class)")]
+    TrailingSlash,
+    /// `/a/../b`.
+    #[error("`.` and `..` segments are not allowed")]
+    DotSegment,
+    /// `/a/*/b`.
+    #[error("a wildcard `*` may only be the last segment")]
+    WildcardNotLast,
+    /// `/a/x{id}`, `{}`, `{a-b}`.
+    #[error("`{0}`: a parameter is a whole segment, `{{name}}` or `:name`, name of letters, digits, `_`")]
+    PartialParam(String),
+    /// A character that cannot appear in a URI path.
+    #[error("character {0:?} cannot appear in a URI path; percent-encode it")]
+    BadChar(char),
+    /// `%` not followed by two hex digits.
+    #[error("`%` must be followed by two hex digits")]
+    BadPercent,
+    /// Patterns match paths, not queries.
+    #[error("a pattern matches the path only; remove the `?query` or `#fragment`")]
+    QueryOrFragment,
+    /// More than [`MAX_PATTERN_SEGMENTS`].
+    #[error("more than {MAX_PATTERN_SEGMENTS} segments")]
+    TooManySegments,
+}
+
+/// A pattern or a route table that is not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// A pattern that cannot be parsed.
+    #[error(
+        "invalid route pattern `{pattern}`: {reason} (examples: `POST /api/items/{{id}}/generate`, \
+         `GET,HEAD /v1/items/:id`, `/api/webhooks/*`, `/*`)"
+    )]
+    Invalid {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: InvalidReason,
+    },
+    /// Two rules that match the same requests equally well.
+    #[error(
+        "rules `{first}` and `{second}` tie: both match `{example}` and neither is more \
+         specific; remove one or give them different methods"
+    )]
+    Tie {
+        /// The rule added first.
+        first: Box<RoutePattern>,
+        /// The rule added later.
+        second: Box<RoutePattern>,
+        /// A request both match.
+        example: String,
+    },
+    /// A rule that more specific rules always beat.
+    #[error(
+        "rule `{rule}` can never match: every request it matches goes to a more specific rule ({})",
+        list(.shadowed_by)
+    )]
+    NeverMatches {
+        /// The rule that is never chosen.
+        rule: Box<RoutePattern>,
+        /// The rules that take its requests.
+        shadowed_by: Vec<RoutePattern>,
+    },
+}
+
+fn list(patterns: &[RoutePattern]) -> String {
+    patterns
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A rule and its value.
+#[derive(Clone, Debug)]
+struct Rule<T> {
+    pattern: RoutePattern,
+    value: T,
+}
+
+/// Rules and their values; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct RouteTable<T> {
+    rules: Vec<Rule<T>>,
+    lenient: Option<fn(&T) -> bool>,
+}
+
+/// Builds a [`RouteTable`]; created by [`RouteTable::builder`].
+#[derive(Clone, Debug)]
+pub struct RouteTableBuilder<T> {
+    rules: Vec<Rule<T>>,
+    lenient: Option<fn(&T) -> bool>,
+}
+
+impl<T> RouteTable<T> {
+    /// Starts an empty table.
+    pub fn builder() -> RouteTableBuilder<T> {
+        RouteTableBuilder {
+            rules: Vec::new(),
+            lenient: None,
+        }
+    }
+
+    /// The value of the most specific rule matching `method` and `path`, or
+    /// `None` if no rule matches (add a `/*` rule as the default).
+    ///
+    /// `path` is the raw request URI path (percent-encoded, as received);
+    /// see the [module docs](self) for how it is read.
+    pub fn classify(&self, method: &http::Method, path: &str) -> Option<&T> {
+        self.classify_index(method, path)
+            .map(|i| &self.rules[i].value)
+    }
+
+    /// The rules with their values, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoutePattern, &T)> {
+        self.rules.iter().map(|rule| (&rule.pattern, &rule.value))
+    }
+
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the table has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn is_lenient(&self, index: usize) -> bool {
+        self.lenient.is_some_and(|f| f(&self.rules[index].value))
+    }
+
+    fn classify_index(&self, method: &Method, path: &str) -> Option<usize> {
+        if let Some(prefix) = over_limit_prefix(path) {
+            // The rest of the path is unknown, so only wildcards can match.
+            let raw = raw_segments(prefix);
+            let canonical = canonical_segments(&raw);
+            return self.best(method, &canonical, true);
+        }
+        let raw = raw_segments(path);
+        let canonical = canonical_segments(&raw);
+        let by_raw = self.best(method, &raw, false);
+        let same_reading = raw.len() == canonical.len()
+            && raw.iter().zip(&canonical).all(|(a, b)| *a == b.as_ref());
+        if same_reading {
+            return by_raw;
+        }
+        let by_canonical = self.best(method, &canonical, false);
+        // Strictness: a non-lenient rule, then no rule, then a lenient rule.
+        // Between two non-lenient rules the canonical reading wins (a path
+        // normaliser may send the request there); between two lenient ones,
+        // axum's reading (where the request really goes).
+        let strictness = |choice: Option<usize>| match choice {
+            Some(i) if !self.is_lenient(i) => 2,
+            None => 1,
+            Some(_) => 0,
+        };
+        match strictness(by_raw).cmp(&strictness(by_canonical)) {
+            Ordering::Greater => by_raw,
+            Ordering::Equal if strictness(by_raw) == 0 => by_raw,
+            _ => by_canonical,
+        }
+    }
+
+    /// The most specific rule matching, skipping lenient rules when the path
+    /// was truncated.
+    fn best<S: AsRef<str>>(&self, method: &Method, path: &[S], truncated: bool) -> Option<usize> {
+        let mut best: Option<(usize, u8)> = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            let Some(method_rank) = rule.pattern.method_rank(method) else {
+                continue;
+            };
+            if !rule.pattern.matches_path(path, truncated) || (truncated && self.is_lenient(i)) {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((j, best_rank)) => rule
+                    .pattern
+                    .cmp_path_specificity(&self.rules[j].pattern)
+                    .then(method_rank.cmp(&best_rank))
+                    .is_gt(),
+            };
+            if better {
+                best = Some((i, method_rank));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+impl<T> RouteTableBuilder<T> {
+    /// Adds a rule.
+    pub fn route(mut self, pattern: RoutePattern, value: T) -> Self {
+        self.rules.push(Rule { pattern, value });
+        self
+    }
+
+    /// Marks the values for which `is_lenient` is true (exempt classes) as
+    /// lenient: a request whose path is spelled unusually or is too long is
+    /// never classified into a lenient rule unless every reading of the path
+    /// agrees (see the [module docs](self)).
+    pub fn lenient(mut self, is_lenient: fn(&T) -> bool) -> Self {
+        self.lenient = Some(is_lenient);
+        self
+    }
+
+    /// Checks the rules and builds the table.
+    ///
+    /// # Errors
+    ///
+    /// [`PatternError::Tie`] for two rules with the same path shape and an
+    /// overlapping method, [`PatternError::NeverMatches`] for a rule that more
+    /// specific rules always beat.
+    pub fn build(self) -> Result<RouteTable<T>, PatternError> {
+        let table = RouteTable {
+            rules: self.rules,
+            lenient: self.lenient,
+        };
+        check_ties(&table)?;
+        check_reachable(&table)?;
+        Ok(table)
+    }
+}
+
+fn check_ties<T>(table: &RouteTable<T>) -> Result<(), PatternError> {
+    for (i, first) in table.rules.iter().enumerate() {
+        for second in &table.rules[i + 1..] {
+            let (a, b) = (&first.pattern, &second.pattern);
+            if a.same_path_shape(b) && a.methods_overlap(b) {
+                let method = a
+                    .methods
+                    .as_ref()
+                    .and_then(|list| list.iter().find(|m| b.methods().unwrap_or(&[]).contains(m)));
+                return Err(PatternError::Tie {
+                    first: Box::new(a.clone()),
+                    second: Box::new(b.clone()),
+                    example: a.example_request(method),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A rule can be chosen if some request it matches has no more specific rule.
+/// Rules only differ by literals, so it is enough to try, for each method the
+/// rule names (or a method no rule names) and each path length it accepts,
+/// the path with the rule's literals and, everywhere else, a segment equal to
+/// no literal: any other choice would only let more rules compete.
+fn check_reachable<T>(table: &RouteTable<T>) -> Result<(), PatternError> {
+    let longest = table
+        .rules
+        .iter()
+        .map(|rule| rule.pattern.segments.len())
+        .max()
+        .unwrap_or(0);
+    let unnamed = Method::from_bytes(b"TOLLGATE-PROBE").ok();
+    for (index, rule) in table.rules.iter().enumerate() {
+        let pattern = &rule.pattern;
+        let mut methods: Vec<Method> = match &pattern.methods {
+            Some(list) => list.clone(),
+            None => unnamed.iter().cloned().collect(),
+        };
+        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+            methods.push(Method::HEAD);
+        }
+        let base: Vec<&str> = pattern
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(text) => text.as_str(),
+                Segment::Param => FRESH,
+            })
+            .collect();
+        let lengths = if pattern.wildcard {
+            base.len()..=longest + 1
+        } else {
+            base.len()..=base.len()
+        };
+        let mut shadowed_by = Vec::new();
+        let reachable = lengths.into_iter().any(|len| {
+            let mut path = base.clone();
+            path.resize(len, FRESH);
+            methods.iter().any(|method| {
+                let winner = table.best(method, &path, false);
+                if let Some(w) = winner.filter(|&w| w != index) {
+                    let by = &table.rules[w].pattern;
+                    if !shadowed_by.contains(by) {
+                        shadowed_by.push(by.clone());
+                    }
+                }
+                winner == Some(index)
+            })
+        });
+        if !reachable {
+            return Err(PatternError::NeverMatches {
+                rule: Box::new(pattern.clone()),
+                shadowed_by,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RoutePattern {
+        RoutePattern::parse(s).unwrap()
+    }
+
+    fn table(rules: &[(&str, &'static str)]) -> RouteTable<&'static str> {
+        rules
+            .iter()
+            .fold(RouteTable::builder(), |b, (pattern, v)| {
+                b.route(p(pattern), *v)
+            })
+            .lenient(|v| v.starts_with("exempt"))
+            .build()
+            .unwrap()
+    }
+
+    fn seed_table() -> RouteTable<&'static str> {
+        table(&[
+            ("/*", "default"),
+            ("/api/*", "api"),
+            ("/api/auth/*", "exempt-auth"),
+            ("/api/twilio/*", "exempt-twilio"),
+            ("/api/stripe/webhook", "exempt-stripe"),
+            ("/api/stripe/{id}", "stripe-object"),
+            ("POST /api/templates/{id}/generate", "generate"),
+            ("GET /api/templates/{id}", "template-read"),
+            ("/api/templates/{id}", "template-any"),
+            ("/api/templates/recent", "recent"),
+        ])
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let pattern = p("POST /api/templates/{id}/generate");
+        assert_eq!(pattern.methods(), Some(&[Method::POST][..]));
+        assert!(!pattern.is_wildcard());
+        assert_eq!(pattern.to_string(), "POST /api/templates/{id}/generate");
+        assert_eq!(
+            p("GET,HEAD /v1/campaigns/:id"),
+            p("HEAD, GET /v1/campaigns/{x}")
+        );
+        assert_eq!(p("*"), p("/*"));
+        assert_eq!(p("/api/twilio/*"), p("/api/twilio/{*rest}"));
+        assert_eq!(p("/a/%7euser"), p("/a/~user"));
+        assert_ne!(p("/a/b"), p("GET /a/b"));
+        let parsed: RoutePattern = "/api/stripe/webhook".parse().unwrap();
+        assert_eq!(parsed, p("/api/stripe/webhook"));
+        assert!(p("/").methods().is_none());
+    }
+
+    #[test]
+    fn invalid_patterns_say_why() {
+        let cases = [
+            ("", InvalidReason::Empty),
+            ("api/x", InvalidReason::MissingPath),
+            ("GET", InvalidReason::MissingPath),
+            ("get /x", InvalidReason::LowercaseMethod("get".into())),
+            ("GET,,POST /x", InvalidReason::EmptyMethod),
+            ("G(T /x", InvalidReason::BadMethod("G(T".into())),
+            ("/a//b", InvalidReason::EmptySegment),
+            ("/a/b/", InvalidReason::TrailingSlash),
+            ("/a/../b", InvalidReason::DotSegment),
+            ("/a/*/b", InvalidReason::WildcardNotLast),
+            ("/a/x{id}", InvalidReason::PartialParam("x{id}".into())),
+            ("/a/{}", InvalidReason::PartialParam("{}".into())),
+            ("/a/:", InvalidReason::PartialParam(":".into())),
+            ("/a/{a-b}", InvalidReason::PartialParam("{a-b}".into())),
+            ("/a/caf\u{e9}", InvalidReason::BadChar('\u{e9}')),
+            ("/a/%zz", InvalidReason::BadPercent),
+            ("/a?x=1", InvalidReason::QueryOrFragment),
+        ];
+        for (pattern, reason) in cases {
+            let err = RoutePattern::parse(pattern).unwrap_err();
+            assert_eq!(
+                err,
+                PatternError::Invalid {
+                    pattern: pattern.trim().to_owned(),
+                    reason
+                },
+                "{pattern}"
+            );
+        }
+        let long = "/a".repeat(MAX_PATTERN_SEGMENTS + 1);
+        assert!(RoutePattern::parse(&long).is_err());
+        assert_eq!(
+            RoutePattern::parse("/a/*/b").unwrap_err().to_string(),
+            "invalid route pattern `/a/*/b`: a wildcard `*` may only be the last segment \
+             (examples: `POST /api/items/{id}/generate`, `GET,HEAD /v1/items/:id`, \
+             `/api/webhooks/*`, `/*`)"
+        );
+    }
+
+    #[test]
+    fn most_specific_rule_wins() {
+        let t = seed_table();
+        let c = |m: Method, path: &str| t.classify(&m, path).copied();
+        assert_eq!(c(Method::GET, "/"), Some("default"));
+        assert_eq!(c(Method::GET, "/health"), Some("default"));
+        assert_eq!(c(Method::GET, "/api"), Some("api"));
+        assert_eq!(c(Method::GET, "/api/users/1"), Some("api"));
+        assert_eq!(
+            c(Method::POST, "/api/twilio/sms/status"),
+            Some("exempt-twilio")
+        );
+        assert_eq!(c(Method::POST, "/api/twilio"), Some("exempt-twilio"));
+        // `/api/twilio/` is `/api/twilio` canonically, but axum routes it to
+        // `/api/{*rest}`: not exempt.
+        assert_eq!(c(Method::POST, "/api/twilio/"), Some("api"));
+        // Exact beats parameter beats wildcard.
+        assert_eq!(
+            c(Method::POST, "/api/stripe/webhook"),
+            Some("exempt-stripe")
+        );
+        assert_eq!(c(Method::GET, "/api/stripe/ch_1"), Some("stripe-object"));
+        assert_eq!(c(Method::GET, "/api/stripe/ch_1/refunds"), Some("api"));
+        assert_eq!(c(Method::GET, "/api/templates/recent"), Some("recent"));
+        // A method beats no method; GET covers HEAD.
+        assert_eq!(c(Method::GET, "/api/templates/5"), Some("template-read"));
+        assert_eq!(c(Method::HEAD, "/api/templates/5"), Some("template-read"));
+        assert_eq!(c(Method::DELETE, "/api/templates/5"), Some("template-any"));
+        assert_eq!(
+            c(Method::POST, "/api/templates/5/generate"),
+            Some("generate")
+        );
+        assert_eq!(c(Method::GET, "/api/templates/5/generate"), Some("api"));
+        // Case-sensitive, like axum.
+        assert_eq!(c(Method::POST, "/API/stripe/webhook"), Some("default"));
+    }
+
+    #[test]
+    fn a_named_head_rule_beats_get_for_head() {
+        let t = table(&[("GET /x", "get"), ("HEAD /x", "head"), ("/x", "any")]);
+        assert_eq!(t.classify(&Method::HEAD, "/x"), Some(&"head"));
+        assert_eq!(t.classify(&Method::GET, "/x"), Some(&"get"));
+        assert_eq!(t.classify(&Method::PUT, "/x"), Some(&"any"));
+    }
+
+    #[test]
+    fn no_default_means_none() {
+        let t = table(&[("/api/*", "api")]);
+        assert_eq!(t.classify(&Method::GET, "/other"), None);
+        assert_eq!(t.classify(&Method::GET, "/apix"), None);
+        assert_eq!(t.len(), 1);
+        assert!(!t.is_empty());
+        assert_eq!(
+            t.iter().next().map(|(p, v)| (p.to_string(), *v)),
+            Some(("/api/*".into(), "api"))
+        );
+    }
+
+    #[test]
+    fn spelling_tricks_never_reach_an_exempt_rule() {
+        let t = seed_table();
+        let c = |path: &str| *t.classify(&Method::POST, path).unwrap();
+        // Escaped unreserved characters are the same path...
+        assert_eq!(c("/api/templates/5/%67enerate"), "generate");
+        assert_eq!(c("/api/templates/5/generate/"), "generate");
+        assert_eq!(c("/api//templates/5/generate"), "generate");
+        assert_eq!(c("/api/templates/./5/generate"), "generate");
+        assert_eq!(c("/api/x/../templates/5/generate"), "generate");
+        // ...but an exempt rule needs the plain spelling: axum would route these
+        // elsewhere (`/api/stripe/{id}` gets `%77ebhook`).
+        assert_eq!(c("/api/stripe/webhook"), "exempt-stripe");
+        assert_eq!(c("/api/stripe/%77ebhook"), "stripe-object");
+        assert_eq!(c("/api/stripe/webhook/"), "api");
+        assert_eq!(c("/api//stripe/webhook"), "api");
+        assert_eq!(c("/api/./stripe/webhook"), "api");
+        assert_eq!(c("/api/templates/../stripe/webhook"), "api");
+        assert_eq!(c("/api/templates/%2e%2e/twilio/x"), "api");
+        // `%2F` is never a separator.
+        assert_eq!(c("/api%2Ftwilio/x"), "default");
+        assert_eq!(c("/api/stripe%2Fwebhook"), "api");
+        assert_eq!(c("/api/twilio%2f..%2f..%2ftemplates"), "api");
+        // Through `..` out of an exempt prefix: still not exempt when the
+        // canonical path is elsewhere, and stricter classes win.
+        assert_eq!(c("/api/twilio/../templates/5/generate"), "generate");
+        assert_eq!(c("/api/twilio/../users"), "api");
+        // Two exempt readings: where axum sends it.
+        assert_eq!(c("/api/twilio/../auth/x"), "exempt-twilio");
+        // `..` above the root stays at the root.
+        assert_eq!(c("/../../api/twilio/x"), "default");
+        // Non-UTF-8 bytes stay escaped and match only parameters/wildcards.
+        assert_eq!(c("/api/stripe/%FF%FE"), "stripe-object");
+        assert_eq!(c("/api/stripe/%ff%fe/x"), "api");
+    }
+
+    #[test]
+    fn without_a_lenient_marker_the_canonical_reading_wins() {
+        let t = RouteTable::builder()
+            .route(p("/*"), "default")
+            .route(p("/api/stripe/webhook"), "webhook")
+            .build()
+            .unwrap();
+        assert_eq!(
+            t.classify(&Method::POST, "/api/stripe/webhook/"),
+            Some(&"webhook")
+        );
+        assert_eq!(
+            t.classify(&Method::POST, "/api/stripe/%77ebhook"),
+            Some(&"webhook")
+        );
+    }
+
+    #[test]
+    fn long_paths_are_never_exempt() {
+        let t = seed_table();
+        let long_twilio = format!("/api/twilio/{}", "a/".repeat(MAX_PATH_LEN));
+        assert_eq!(t.classify(&Method::POST, &long_twilio), Some(&"api"));
+        let long_segment = format!("/api/twilio/{}", "a".repeat(MAX_PATH_LEN));
+        assert_eq!(t.classify(&Method::POST, &long_segment), Some(&"api"));
+        let long_root = format!("/{}", "a".repeat(MAX_PATH_LEN));
+        assert_eq!(t.classify(&Method::POST, &long_root), Some(&"default"));
+        let many_segments = format!("/api/twilio{}", "/a".repeat(MAX_SEGMENTS));
+        assert_eq!(t.classify(&Method::POST, &many_segments), Some(&"api"));
+        let fewer = format!("/api/twilio{}", "/a".repeat(MAX_SEGMENTS - 2));
+        assert_eq!(t.classify(&Method::POST, &fewer), Some(&"exempt-twilio"));
+        // Just under the limit is read normally.
+        let fits = format!("/api/twilio/{}", "a".repeat(MAX_PATH_LEN - 20));
+        assert_eq!(t.classify(&Method::POST, &fits), Some(&"exempt-twilio"));
+        // Without a wildcard rule a long path has no class.
+        let t = table(&[("/api/x", "x")]);
+        assert_eq!(t.classify(&Method::GET, &long_root), None);
+    }
+
+    #[test]
+    fn ties_are_errors_naming_both_rules() {
+        let err = RouteTable::builder()
+            .route(p("/*"), 0)
+            .route(p("POST /api/templates/{id}/generate"), 1)
+            .route(p("POST,PUT /api/templates/:tid/generate"), 2)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rules `POST /api/templates/{id}/generate` and `POST,PUT /api/templates/:tid/generate` \
+             tie: both match `POST /api/templates/x/generate` and neither is more specific; \
+             remove one or give them different methods"
+        );
+        let err = RouteTable::builder()
+            .route(p("/*"), 0)
+            .route(p("*"), 1)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, PatternError::Tie { .. }), "{err}");
+        // Different methods, or a method against none, do not tie.
+        assert!(RouteTable::builder()
+            .route(p("GET /a/{id}"), 0)
+            .route(p("POST /a/{id}"), 1)
+            .route(p("/a/{id}"), 2)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn never_matching_rules_are_errors_naming_the_shadowing_rules() {
+        let err = RouteTable::builder()
+            .route(p("/x/*"), 0)
+            .route(p("/x"), 1)
+            .route(p("/x/{id}"), 2)
+            .route(p("/x/{id}/*"), 3)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rule `/x/*` can never match: every request it matches goes to a more specific rule \
+             (`/x`, `/x/{id}`, `/x/{id}/*`)"
+        );
+        let err = RouteTable::builder()
+            .route(p("/x/*"), 0)
+            .route(p("GET /x/*"), 1)
+            .route(p("GET /x"), 2)
+            .route(p("GET /x/{id}"), 3)
+            .route(p("GET /x/{id}/*"), 4)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PatternError::NeverMatches {
+                rule: Box::new(p("GET /x/*")),
+                shadowed_by: vec![p("GET /x"), p("GET /x/{id}"), p("GET /x/{id}/*")],
+            }
+        );
+        // A wildcard still owns deeper paths, and `/x` alone.
+        assert!(RouteTable::builder()
+            .route(p("/x/*"), 0)
+            .route(p("/x/{id}"), 2)
+            .build()
+            .is_ok());
+        assert!(RouteTable::builder()
+            .route(p("/x/*"), 0)
+            .route(p("/x/{id}/*"), 2)
+            .build()
+            .is_ok());
+    }
+}

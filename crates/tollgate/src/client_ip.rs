@@ -1,0 +1,779 @@
+//! The client's IP address, and the rate-limit key made from it.
+//!
+//! By default the client is the TCP peer ([`ClientIp::peer`]). Behind a reverse
+//! proxy or load balancer every request comes from the proxy, so the client is
+//! read from the header the proxy writes, **but only when the peer is one of
+//! the configured trusted proxies** ([`ClientIp::trust_proxies`]); a client
+//! that connects directly can send any header it likes and is still itself.
+//!
+//! The header is read from the right (the hop nearest to us) to the left,
+//! skipping trusted proxies, and the first address that is not a trusted proxy
+//! is the client. A value that cannot be read (garbage, `unknown`, an
+//! obfuscated `Forwarded` node) stops the walk: the client is then the last
+//! trusted hop (at worst the proxy itself), never an address the client chose.
+//! Work is bounded: at most [`MAX_HOPS`] entries of at most [`MAX_ENTRY_LEN`]
+//! bytes are looked at, however long the header or however many lines it has.
+//!
+//! Read exactly one header, the one your proxy sets ([`ProxyHeader`]; default
+//! `X-Forwarded-For`): a proxy that appends to `X-Forwarded-For` passes a
+//! client's forged `Forwarded` through untouched.
+//!
+//! [`ClientIp::key`] turns the address into a bucket key: IPv4 as is, IPv6
+//! folded to its /64 network (configurable with [`ClientIp::ipv6_prefix`]),
+//! since one customer usually holds a whole /64; IPv4-mapped IPv6 addresses
+//! (`::ffff:203.0.113.7`, from dual-stack sockets) are IPv4.
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use http::HeaderMap;
+//! use tollgate::client_ip::{ClientIp, ProxyHeader};
+//!
+//! # fn main() -> Result<(), tollgate::client_ip::ClientIpError> {
+//! let client_ip = ClientIp::peer().trust_proxies(["10.0.0.0/8", "::1"]);
+//! client_ip.validate()?; // the layer does this once, when it is built
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.0.0.3".parse().unwrap());
+//!
+//! // From a trusted proxy: the first untrusted hop from the right.
+//! let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+//! let client = client_ip.resolve(Some(proxy), &headers).unwrap();
+//! assert_eq!(client_ip.key(client), "203.0.113.7");
+//!
+//! // From anyone else: the header is ignored.
+//! let direct: IpAddr = "192.0.2.9".parse().unwrap();
+//! assert_eq!(client_ip.resolve(Some(direct), &headers), Some(direct));
+//!
+//! // IPv6 clients are keyed by their /64.
+//! let v6: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
+//! assert_eq!(client_ip.key(v6), "2001:db8:1:2::/64");
+//!
+//! // RFC 7239 `Forwarded`, if that is what the proxy writes.
+//! let forwarded = ClientIp::peer().trust_proxies(["10.0.0.0/8"]).proxy_header(ProxyHeader::Forwarded);
+//! let mut headers = HeaderMap::new();
+//! headers.insert("forwarded", r#"for="[2001:db8::17]:4711";proto=https"#.parse().unwrap());
+//! assert_eq!(forwarded.resolve(Some(proxy), &headers), Some("2001:db8::17".parse().unwrap()));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use http::{HeaderMap, HeaderValue};
+
+/// The most header entries (hops) looked at per request.
+pub const MAX_HOPS: usize = 32;
+
+/// Entries longer than this many bytes are treated as unreadable.
+pub const MAX_ENTRY_LEN: usize = 256;
+
+/// Prefixes shorter than this for IPv6 keys get a warning.
+const COARSE_IPV6_PREFIX: u8 = 48;
+
+/// Which header a trusted proxy writes the client's address to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, HAProxy, AWS ALB,
+    /// Cloudflare, Google Cloud): each proxy appends the peer it saw.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=192.0.2.60;proto=https, for="[2001:db8::1]:4711"`.
+    Forwarded,
+    /// `X-Real-IP: 192.0.2.60`: one address, overwritten by the proxy (the
+    /// last line counts if there are several).
+    XRealIp,
+}
+
+impl ProxyHeader {
+    fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+            Self::XRealIp => "x-real-ip",
+        }
+    }
+}
+
+/// An IP network such as `10.0.0.0/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    fn parse(input: &str) -> Result<Self, ClientIpError> {
+        let text = input.trim();
+        let invalid = |reason: &'static str| ClientIpError::InvalidProxy {
+            input: input.to_owned(),
+            reason,
+        };
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| invalid("not an IP address"))?;
+        let max = max_prefix(address);
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                invalid("the prefix length must be 0..=32 (IPv4) or 0..=128 (IPv6)")
+            })?,
+        };
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: addresses are compared in
+        // their canonical form.
+        let (address, prefix) = match address {
+            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
+                (address.to_canonical(), prefix - 96)
+            }
+            _ => (address, prefix),
+        };
+        let network = mask(address, prefix);
+        if network != address {
+            return Err(ClientIpError::HostBitsSet {
+                input: input.to_owned(),
+                network: format!("{network}/{prefix}"),
+            });
+        }
+        Ok(Self { network, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        mask(ip, self.prefix) == self.network
+            && matches!(
+                (ip, self.network),
+                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_))
+            )
+    }
+}
+
+fn max_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// Keeps the first `prefix` bits of `ip` (`prefix` larger than the address
+/// keeps all of it).
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let kept = bits
+                .checked_shr(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            let bits = kept
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(bits))
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let shift = 128 - u32::from(prefix.min(128));
+            let bits = bits
+                .checked_shr(shift)
+                .unwrap_or(0)
+                .checked_shl(shift)
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+    }
+}
+
+/// A client-IP configuration that is not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientIpError {
+    /// A trusted proxy entry that cannot be read.
+    #[error(
+        "trusted proxy `{input}`: {reason} (examples: `10.0.0.0/8`, `192.168.1.1`, `::1/128`)"
+    )]
+    InvalidProxy {
+        /// The entry as given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `10.0.0.1/8`: probably a typo for the network.
+    #[error("trusted proxy `{input}` has host bits set; did you mean `{network}`?")]
+    HostBitsSet {
+        /// The entry as given.
+        input: String,
+        /// The network it lies in.
+        network: String,
+    },
+    /// The IPv6 key prefix is longer than 128 bits.
+    #[error("ipv6_prefix({0}) is out of range: use 0..=128 (64 folds each /64 into one key)")]
+    Ipv6Prefix(u8),
+}
+
+/// How to find a request's client address; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct ClientIp {
+    trusted: Vec<Cidr>,
+    /// Errors from `trust_proxies`, reported by `validate`.
+    errors: Vec<ClientIpError>,
+    ipv6_prefix: u8,
+    header: ProxyHeader,
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        Self::peer()
+    }
+}
+
+impl ClientIp {
+    /// The TCP peer is the client; no header is trusted.
+    pub fn peer() -> Self {
+        Self {
+            trusted: Vec::new(),
+            errors: Vec::new(),
+            ipv6_prefix: 64,
+            header: ProxyHeader::default(),
+        }
+    }
+
+    /// Adds trusted proxies: addresses (`"192.168.1.1"`, `"::1"`) or networks
+    /// (`"10.0.0.0/8"`, `"fd00::/8"`). Entries that cannot be read are
+    /// reported by [`validate`](Self::validate).
+    pub fn trust_proxies<I, S>(mut self, cidrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for cidr in cidrs {
+            match Cidr::parse(cidr.as_ref()) {
+                Ok(cidr) => self.trusted.push(cidr),
+                Err(error) => self.errors.push(error),
+            }
+        }
+        self
+    }
+
+    /// How many leading bits of an IPv6 address make its key (default 64;
+    /// 128 keys each address on its own). Checked by
+    /// [`validate`](Self::validate).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
+    }
+
+    /// The header trusted proxies write the client to (default
+    /// [`ProxyHeader::XForwardedFor`]). Only this header is read.
+    pub fn proxy_header(mut self, header: ProxyHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Checks the configuration; the layer calls this once when it is built.
+    ///
+    /// # Errors
+    ///
+    /// The first trusted-proxy entry that could not be read, or an IPv6 prefix
+    /// over 128.
+    pub fn validate(&self) -> Result<(), ClientIpError> {
+        if let Some(error) = self.errors.first() {
+            return Err(error.clone());
+        }
+        if self.ipv6_prefix > 128 {
+            return Err(ClientIpError::Ipv6Prefix(self.ipv6_prefix));
+        }
+        Ok(())
+    }
+
+    /// Settings that are valid but probably not meant; the layer logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> =
+            self.trusted
+                .iter()
+                .filter(|cidr| cidr.prefix == 0)
+                .map(|cidr| {
+                    format!(
+                    "trusted proxies include `{}/0`, i.e. every {} address: any client can choose \
+                     its own IP (and rate-limit key) by sending `{}`",
+                    cidr.network,
+                    if cidr.network.is_ipv4() { "IPv4" } else { "IPv6" },
+                    self.header.name(),
+                )
+                })
+                .collect();
+        if self.ipv6_prefix < COARSE_IPV6_PREFIX {
+            warnings.push(format!(
+                "ipv6_prefix({}) puts a whole /{} (many unrelated clients) in one rate-limit key",
+                self.ipv6_prefix, self.ipv6_prefix
+            ));
+        }
+        warnings
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|cidr| cidr.contains(ip))
+    }
+
+    /// The client address of a request from `peer` with `headers`, or `None`
+    /// when the peer is unknown (the layer reports that as a configuration
+    /// error). Never panics, whatever the headers hold.
+    pub fn resolve(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?.to_canonical();
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let mut lines = headers.get_all(self.header.name()).iter();
+        Some(match self.header {
+            ProxyHeader::XForwardedFor => self.walk(peer, lines, parse_node),
+            ProxyHeader::Forwarded => self.walk(peer, lines, forwarded_for),
+            ProxyHeader::XRealIp => lines
+                .next_back()
+                .and_then(|line| parse_node(line.as_bytes()))
+                .map_or(peer, |ip| ip.to_canonical()),
+        })
+    }
+
+    /// Walks comma-separated entries right to left (last line first) and
+    /// returns the first untrusted hop, or the last trusted one.
+    fn walk<'a>(
+        &self,
+        peer: IpAddr,
+        lines: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+        read: fn(&[u8]) -> Option<IpAddr>,
+    ) -> IpAddr {
+        let mut last_trusted = peer;
+        let mut entries = lines.rev().flat_map(|line| RevEntries {
+            rest: Some(line.as_bytes()),
+        });
+        for _ in 0..MAX_HOPS {
+            let Some(entry) = entries.next() else {
+                break;
+            };
+            let Some(hop) = entry.and_then(read).map(|ip| ip.to_canonical()) else {
+                break;
+            };
+            if !self.is_trusted(hop) {
+                return hop;
+            }
+            last_trusted = hop;
+        }
+        last_trusted
+    }
+
+    /// The rate-limit key of a client address: `"203.0.113.7"`, or for IPv6
+    /// the network of the configured prefix, `"2001:db8:1:2::/64"` (the bare
+    /// address when the prefix is 128).
+    pub fn key(&self, ip: IpAddr) -> String {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.to_string(),
+            v6 @ IpAddr::V6(_) => {
+                let prefix = self.ipv6_prefix.min(128);
+                let network = mask(v6, prefix);
+                if prefix == 128 {
+                    network.to_string()
+                } else {
+                    format!("{network}/{prefix}")
+                }
+            }
+        }
+    }
+}
+
+/// Yields the comma-separated entries of one header line from the right; an
+/// entry longer than [`MAX_ENTRY_LEN`] comes out as `None` (and ends the line),
+/// so no more than that is scanned per entry.
+struct RevEntries<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for RevEntries<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest?;
+        let window = rest.len().saturating_sub(MAX_ENTRY_LEN + 1);
+        match rest[window..].iter().rposition(|&b| b == b',') {
+            Some(at) => {
+                let comma = window + at;
+                self.rest = Some(&rest[..comma]);
+                Some(Some(&rest[comma + 1..]))
+            }
+            None if rest.len() <= MAX_ENTRY_LEN => {
+                self.rest = None;
+                Some(Some(rest))
+            }
+            None => {
+                self.rest = None;
+                Some(None)
+            }
+        }
+    }
+}
+
+/// An address as proxies write it: `203.0.113.7`, `203.0.113.7:8080`,
+/// `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`, with optional spaces.
+fn parse_node(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    if let Some(bracketed) = text.strip_prefix('[') {
+        let (address, after) = bracketed.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|port| port.parse::<u16>().is_ok());
+        return if port_ok {
+            address.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        } else {
+            None
+        };
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    text.parse::<SocketAddr>().ok().map(|addr| addr.ip())
+}
+
+/// The `for=` node of one `Forwarded` element
+/// (`for=192.0.2.60;proto=http;by=203.0.113.43`, `for="[2001:db8::1]:4711"`).
+/// `unknown`, obfuscated nodes, a missing or repeated `for` are unreadable.
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(element).ok()?;
+    let mut found = None;
+    for pair in text.split(';') {
+        let (key, value) = pair.split_once('=')?;
+        if !key.trim().eq_ignore_ascii_case("for") {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => quoted
+                .strip_suffix('"')
+                .filter(|v| !v.contains(['"', '\\']))?,
+            None => value,
+        };
+        found = Some(value);
+    }
+    parse_node(found?.as_bytes())
+}
+
+/// The TCP peer address of a request: axum's `ConnectInfo<SocketAddr>` (with
+/// the `axum` feature), else a `SocketAddr` or `IpAddr` in the extensions.
+pub fn peer_addr(extensions: &http::Extensions) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    extensions
+        .get::<SocketAddr>()
+        .map(SocketAddr::ip)
+        .or_else(|| extensions.get::<IpAddr>().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const PROXY: &str = "10.0.0.2";
+
+    fn behind_proxy(header: ProxyHeader) -> ClientIp {
+        ClientIp::peer()
+            .trust_proxies(["10.0.0.0/8", "2001:db8:ffff::/48"])
+            .proxy_header(header)
+    }
+
+    #[test]
+    fn parses_trusted_proxies_and_reports_bad_ones() {
+        let ok =
+            ClientIp::peer().trust_proxies(["10.0.0.0/8", "192.168.1.1", "::1/128", " fd00::/8 "]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert!(ok.is_trusted(ip("10.255.0.1")));
+        assert!(ok.is_trusted(ip("192.168.1.1")));
+        assert!(!ok.is_trusted(ip("192.168.1.2")));
+        assert!(ok.is_trusted(ip("::1")));
+        assert!(ok.is_trusted(ip("fdab::1")));
+        assert!(ok.is_trusted(ip("::ffff:10.1.2.3")), "IPv4-mapped is IPv4");
+        assert!(!ok.is_trusted(ip("11.0.0.1")));
+        let mapped = ClientIp::peer().trust_proxies(["::ffff:10.0.0.0/104"]);
+        assert!(mapped.is_trusted(ip("10.9.9.9")));
+
+        let bad = |input: &str| {
+            ClientIp::peer()
+                .trust_proxies([input])
+                .validate()
+                .unwrap_err()
+        };
+        assert_eq!(
+            bad("10.0.0.1/8"),
+            ClientIpError::HostBitsSet {
+                input: "10.0.0.1/8".into(),
+                network: "10.0.0.0/8".into()
+            }
+        );
+        assert!(matches!(
+            bad("10.0.0.0/33"),
+            ClientIpError::InvalidProxy { .. }
+        ));
+        assert!(matches!(bad("::/129"), ClientIpError::InvalidProxy { .. }));
+        assert!(matches!(
+            bad("localhost"),
+            ClientIpError::InvalidProxy { .. }
+        ));
+        assert!(matches!(
+            bad("10.0.0.0/x"),
+            ClientIpError::InvalidProxy { .. }
+        ));
+        assert_eq!(
+            bad("proxy.internal").to_string(),
+            "trusted proxy `proxy.internal`: not an IP address (examples: `10.0.0.0/8`, \
+             `192.168.1.1`, `::1/128`)"
+        );
+        assert_eq!(
+            ClientIp::peer().ipv6_prefix(129).validate(),
+            Err(ClientIpError::Ipv6Prefix(129))
+        );
+    }
+
+    #[test]
+    fn warns_about_trusting_everyone_and_coarse_prefixes() {
+        assert!(ClientIp::peer()
+            .trust_proxies(["10.0.0.0/8"])
+            .warnings()
+            .is_empty());
+        let w = ClientIp::peer()
+            .trust_proxies(["0.0.0.0/0", "::/0"])
+            .ipv6_prefix(32)
+            .warnings();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].contains("`0.0.0.0/0`") && w[0].contains("x-forwarded-for"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("`::/0`"), "{w:?}");
+        assert!(w[2].contains("ipv6_prefix(32)"), "{w:?}");
+    }
+
+    #[test]
+    fn keys_fold_ipv6_and_unmap_ipv4() {
+        let c = ClientIp::peer();
+        assert_eq!(c.key(ip("203.0.113.7")), "203.0.113.7");
+        assert_eq!(c.key(ip("::ffff:203.0.113.7")), "203.0.113.7");
+        assert_eq!(c.key(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+        assert_eq!(c.key(ip("2001:db8:1:2::9")), "2001:db8:1:2::/64");
+        assert_eq!(c.key(ip("2001:db8:1:3::9")), "2001:db8:1:3::/64");
+        assert_eq!(
+            ClientIp::peer().ipv6_prefix(128).key(ip("2001:db8::9")),
+            "2001:db8::9"
+        );
+        assert_eq!(
+            ClientIp::peer().ipv6_prefix(48).key(ip("2001:db8:1:2::9")),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(
+            ClientIp::peer().ipv6_prefix(0).key(ip("2001:db8::9")),
+            "::/0"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_itself_whatever_it_sends() {
+        let forged = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+        ]);
+        for header in [
+            ProxyHeader::XForwardedFor,
+            ProxyHeader::Forwarded,
+            ProxyHeader::XRealIp,
+        ] {
+            let c = behind_proxy(header);
+            assert_eq!(
+                c.resolve(Some(ip("198.51.100.9")), &forged),
+                Some(ip("198.51.100.9"))
+            );
+            // No proxies configured: even a private peer is itself.
+            let peer_only = ClientIp::peer().proxy_header(header);
+            assert_eq!(peer_only.resolve(Some(ip(PROXY)), &forged), Some(ip(PROXY)));
+        }
+        assert_eq!(ClientIp::peer().resolve(None, &forged), None);
+        assert_eq!(
+            ClientIp::peer().resolve(Some(ip("::ffff:198.51.100.9")), &forged),
+            Some(ip("198.51.100.9"))
+        );
+    }
+
+    #[test]
+    fn x_forwarded_for_walks_right_to_left_past_trusted_hops() {
+        let c = behind_proxy(ProxyHeader::XForwardedFor);
+        let resolve =
+            |value: &str| c.resolve(Some(ip(PROXY)), &headers(&[("x-forwarded-for", value)]));
+        assert_eq!(resolve("203.0.113.7"), Some(ip("203.0.113.7")));
+        assert_eq!(
+            resolve("1.2.3.4, 203.0.113.7"),
+            Some(ip("203.0.113.7")),
+            "forged left part ignored"
+        );
+        assert_eq!(
+            resolve("1.2.3.4, 203.0.113.7, 10.0.0.3, 10.1.1.1"),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(resolve("203.0.113.7:5555"), Some(ip("203.0.113.7")));
+        assert_eq!(resolve(" [2001:db8::5]:443 "), Some(ip("2001:db8::5")));
+        assert_eq!(resolve("2001:db8::5"), Some(ip("2001:db8::5")));
+        assert_eq!(resolve("::ffff:203.0.113.7"), Some(ip("203.0.113.7")));
+        assert_eq!(
+            resolve("2001:db8:ffff::1, 2001:db8::5"),
+            Some(ip("2001:db8::5"))
+        );
+        // All hops trusted: the leftmost (an internal client).
+        assert_eq!(resolve("10.9.9.9, 10.0.0.3"), Some(ip("10.9.9.9")));
+        // Unreadable entries stop at the last trusted hop.
+        assert_eq!(resolve("203.0.113.7, garbage"), Some(ip(PROXY)));
+        assert_eq!(
+            resolve("203.0.113.7, garbage, 10.0.0.3"),
+            Some(ip("10.0.0.3"))
+        );
+        assert_eq!(resolve("203.0.113.7, unknown"), Some(ip(PROXY)));
+        assert_eq!(resolve(""), Some(ip(PROXY)));
+        assert_eq!(resolve(",,,"), Some(ip(PROXY)));
+        assert_eq!(resolve("203.0.113.7:99999"), Some(ip(PROXY)));
+        // Several lines are one list, the last line nearest.
+        let lines = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "203.0.113.7, 10.0.0.3"),
+        ]);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &lines), Some(ip("203.0.113.7")));
+        let lines = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.3"),
+        ]);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &lines), Some(ip("1.2.3.4")));
+        // Other headers are not read.
+        let other = headers(&[("forwarded", "for=1.2.3.4"), ("x-real-ip", "1.2.3.4")]);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &other), Some(ip(PROXY)));
+    }
+
+    #[test]
+    fn forwarded_reads_the_for_node() {
+        let c = behind_proxy(ProxyHeader::Forwarded);
+        let resolve = |value: &str| c.resolve(Some(ip(PROXY)), &headers(&[("forwarded", value)]));
+        assert_eq!(resolve("for=203.0.113.7"), Some(ip("203.0.113.7")));
+        assert_eq!(
+            resolve("For=203.0.113.7;proto=https;by=10.0.0.2"),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            resolve(r#"for="[2001:db8:cafe::17]:4711""#),
+            Some(ip("2001:db8:cafe::17"))
+        );
+        assert_eq!(
+            resolve(r#"for="[2001:db8:cafe::17]""#),
+            Some(ip("2001:db8:cafe::17"))
+        );
+        assert_eq!(resolve(r#"for="203.0.113.7:80""#), Some(ip("203.0.113.7")));
+        assert_eq!(
+            resolve("for=1.2.3.4, for=203.0.113.7, for=10.0.0.3"),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(resolve("for=1.2.3.4, for=unknown"), Some(ip(PROXY)));
+        assert_eq!(resolve("for=1.2.3.4, for=_hidden"), Some(ip(PROXY)));
+        assert_eq!(resolve("for=1.2.3.4, proto=https"), Some(ip(PROXY)));
+        assert_eq!(resolve("for=1.2.3.4;for=5.6.7.8"), Some(ip(PROXY)));
+        assert_eq!(resolve(r#"for="[2001:db8::1"#), Some(ip(PROXY)));
+        assert_eq!(resolve(r#"for="2001:db8::1\"""#), Some(ip(PROXY)));
+        assert_eq!(resolve("garbage"), Some(ip(PROXY)));
+    }
+
+    #[test]
+    fn x_real_ip_is_one_address() {
+        let c = behind_proxy(ProxyHeader::XRealIp);
+        let resolve = |h: &HeaderMap| c.resolve(Some(ip(PROXY)), h);
+        assert_eq!(
+            resolve(&headers(&[("x-real-ip", "203.0.113.7")])),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            resolve(&headers(&[
+                ("x-real-ip", "1.2.3.4"),
+                ("x-real-ip", "203.0.113.7")
+            ])),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            resolve(&headers(&[("x-real-ip", "1.2.3.4, 5.6.7.8")])),
+            Some(ip(PROXY))
+        );
+        assert_eq!(resolve(&headers(&[])), Some(ip(PROXY)));
+    }
+
+    #[test]
+    fn work_is_bounded() {
+        let c = behind_proxy(ProxyHeader::XForwardedFor);
+        // 10,000 trusted entries: the walk stops after MAX_HOPS.
+        let many = vec!["10.0.0.3"; 10_000].join(", ");
+        let h = headers(&[("x-forwarded-for", &many)]);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &h), Some(ip("10.0.0.3")));
+        // 10,000 entries with the client at the right.
+        let many = format!("{}, 203.0.113.7", vec!["1.2.3.4"; 10_000].join(", "));
+        let h = headers(&[("x-forwarded-for", &many)]);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &h), Some(ip("203.0.113.7")));
+        // One enormous entry is unreadable.
+        let huge = "9".repeat(100_000);
+        let h = headers(&[("x-forwarded-for", &huge)]);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &h), Some(ip(PROXY)));
+        // Many lines.
+        let mut h = HeaderMap::new();
+        for _ in 0..10_000 {
+            h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.3"));
+        }
+        assert_eq!(c.resolve(Some(ip(PROXY)), &h), Some(ip("10.0.0.3")));
+    }
+
+    #[test]
+    fn non_utf8_header_values_fall_back() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.7\xff").unwrap(),
+        );
+        let c = behind_proxy(ProxyHeader::XForwardedFor);
+        assert_eq!(c.resolve(Some(ip(PROXY)), &h), Some(ip(PROXY)));
+    }
+
+    #[test]
+    fn peer_addr_reads_the_extensions() {
+        let mut ext = http::Extensions::new();
+        assert_eq!(peer_addr(&ext), None);
+        ext.insert(ip("192.0.2.1"));
+        assert_eq!(peer_addr(&ext), Some(ip("192.0.2.1")));
+        ext.insert(SocketAddr::new(ip("192.0.2.2"), 80));
+        assert_eq!(peer_addr(&ext), Some(ip("192.0.2.2")));
+        #[cfg(feature = "axum")]
+        {
+            ext.insert(axum::extract::ConnectInfo(SocketAddr::new(
+                ip("192.0.2.3"),
+                80,
+            )));
+            assert_eq!(peer_addr(&ext), Some(ip("192.0.2.3")));
+        }
+    }
+}
