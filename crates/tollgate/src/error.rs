@@ -1,0 +1,126 @@
+//! Errors: [`BuildError`] for every configuration mistake (returned by
+//! [`LimiterBuilder::build`](crate::LimiterBuilder::build)), [`CheckError`] for direct use.
+
+use tollgate_core::StoreError;
+
+use crate::classify::PatternError;
+use crate::client_ip::ClientIpError;
+use crate::rate::RateError;
+
+/// A configuration mistake, found when the limiter is built (never at request time).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A quota did not parse, or a limit is impossible (a burst of 0).
+    #[error("policy `{policy}`, limit per {key}: {source}")]
+    Rate {
+        /// The policy.
+        policy: String,
+        /// The limit's key kind.
+        key: String,
+        /// What was wrong.
+        #[source]
+        source: Box<RateError>,
+    },
+    /// A route pattern is malformed, two patterns tie, or a pattern can never match.
+    #[error(transparent)]
+    Route(#[from] PatternError),
+    /// The client-IP configuration is wrong (e.g. a CIDR that does not parse).
+    #[error(transparent)]
+    ClientIp(#[from] ClientIpError),
+    /// A policy that is not exempt has no limit.
+    #[error("policy `{policy}` has no limit: add one (`.per_ip(\"100/min\")`) or use `Policy::exempt()`")]
+    EmptyPolicy {
+        /// The policy.
+        policy: String,
+    },
+    /// A policy name (or bucket name) is empty or holds characters other than letters,
+    /// digits, `_`, `-`, `.`.
+    #[error("`{name}` is not a usable policy or bucket name: use letters, digits, `_`, `-`, `.`")]
+    BadName {
+        /// The name as given.
+        name: String,
+    },
+    /// A header name (of an API key or header key) is not a valid HTTP header name.
+    #[error("policy `{policy}`: `{header}` is not a valid header name")]
+    BadHeaderName {
+        /// The policy.
+        policy: String,
+        /// The name as given.
+        header: String,
+    },
+    /// A custom key kind is empty or holds unusable characters.
+    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`")]
+    BadKeyKind {
+        /// The policy.
+        policy: String,
+        /// The kind as given.
+        kind: String,
+    },
+    /// A policy limits per user but the limiter has no identity function.
+    #[error("policy `{policy}` limits per user, but no identity is configured: call `.identity(|parts| ...)` on the builder")]
+    NoIdentity {
+        /// The policy.
+        policy: String,
+    },
+    /// A cost of 0.
+    #[error("policy `{policy}`: a cost must be at least 1")]
+    ZeroCost {
+        /// The policy.
+        policy: String,
+    },
+    /// A fixed cost above what a limit can ever admit: every request would be refused.
+    #[error("policy `{policy}`: a cost of {cost} can never fit the limit per {key}, which admits at most {capacity} at once")]
+    CostExceedsCapacity {
+        /// The policy.
+        policy: String,
+        /// The limit's key kind.
+        key: String,
+        /// The cost.
+        cost: u64,
+        /// The limit's capacity.
+        capacity: u64,
+    },
+    /// Two policies share a bucket name but declare different limits.
+    #[error("policies `{first}` and `{second}` share bucket `{bucket}` but declare different limits; give them the same limits or different `.bucket(..)` names")]
+    SharedBucketMismatch {
+        /// The bucket name.
+        bucket: String,
+        /// The policy seen first.
+        first: String,
+        /// The policy seen second.
+        second: String,
+    },
+    /// A bucket for direct use is declared twice.
+    #[error("bucket `{name}` is declared twice")]
+    DuplicateBucket {
+        /// The bucket name.
+        name: String,
+    },
+    /// A default rule is required ([`LimiterBuilder::require_default`](crate::LimiterBuilder::require_default))
+    /// and none is configured.
+    #[error("no default rule: add `.route(\"/*\", policy)` (or `.default_policy(policy)`) for what no other rule matches")]
+    NoDefaultRule,
+    /// `RATE_LIMIT_ENABLED` holds something other than true/false.
+    #[error(
+        "RATE_LIMIT_ENABLED=`{value}` is not a switch: use true/false (or 1/0, on/off, yes/no)"
+    )]
+    BadEnvSwitch {
+        /// The value.
+        value: String,
+    },
+}
+
+/// Why a direct call ([`Limiter::check`](crate::Limiter::check) and the like) did not
+/// decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// No bucket of that name was declared with
+    /// [`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket).
+    #[error("no bucket named `{0}` (declare it with `.bucket(name, rate)` on the builder)")]
+    UnknownBucket(String),
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,146 @@
+//! [`ResponseFuture`]: the response future of [`RateLimit`](crate::RateLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tollgate_core::BoxFuture;
+use tower_service::Service;
+
+use crate::engine::{After, Outcome};
+use crate::response_body::ResponseBody;
+
+pin_project! {
+    /// Asks the store, then calls the inner service (or answers 429), then adds the
+    /// rate-limit headers and gives the charge back if the response does not count.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Deciding {
+            decide: BoxFuture<'static, Outcome>,
+            inner: Option<S>,
+            req: Option<Request<B>>,
+        },
+        Calling {
+            #[pin]
+            fut: S::Future,
+            after: Option<After>,
+        },
+        Settling {
+            settle: BoxFuture<'static, ()>,
+            response: Option<S::Response>,
+        },
+        Done,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn calling(fut: S::Future, after: Option<After>) -> Self {
+        Self {
+            state: State::Calling { fut, after },
+        }
+    }
+
+    pub(crate) fn deciding(decide: BoxFuture<'static, Outcome>, inner: S, req: Request<B>) -> Self {
+        Self {
+            state: State::Deciding {
+                decide,
+                inner: Some(inner),
+                req: Some(req),
+            },
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Deciding { decide, inner, req } => {
+                    let outcome = ready!(decide.as_mut().poll(cx));
+                    match outcome {
+                        Outcome::Respond(response) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                        }
+                        Outcome::Proceed(after) => {
+                            let (Some(mut inner), Some(req)) = (inner.take(), req.take()) else {
+                                unreachable!("ResponseFuture polled after it was taken apart");
+                            };
+                            let fut = inner.call(req);
+                            this.state.set(State::Calling { fut, after });
+                        }
+                    }
+                }
+                StateProj::Calling { fut, after } => {
+                    let mut response = match ready!(fut.poll(cx)) {
+                        Ok(response) => response,
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    let settle = match after.take() {
+                        Some(after) => {
+                            let status = response.status();
+                            after.finish(response.headers_mut(), status)
+                        }
+                        None => None,
+                    };
+                    match settle {
+                        Some(settle) => this.state.set(State::Settling {
+                            settle,
+                            response: Some(response),
+                        }),
+                        None => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                        }
+                    }
+                }
+                StateProj::Settling { settle, response } => {
+                    ready!(settle.as_mut().poll(cx));
+                    let response = response.take();
+                    this.state.set(State::Done);
+                    if let Some(response) = response {
+                        return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    }
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

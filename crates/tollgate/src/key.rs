@@ -1,0 +1,241 @@
+//! [`Key`]: whose budget a limit spends (client IP, user, API key, tenant, a header, or any
+//! function of the request).
+//!
+//! A limit whose key is absent from a request (nobody signed in, no API key sent) does not
+//! apply to that request. Keys that carry secrets (API keys, `Authorization`, cookies, or any
+//! key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
+//! process, so instances sharing Redis share the bucket and Redis never holds the secret.
+//!
+//! ```
+//! use tollgate::{Key, Policy};
+//!
+//! struct Org(String);
+//! let policy = Policy::named("api")
+//!     .limit(Key::api_key("x-api-key"), "60/60s")
+//!     .limit(Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.0.clone())), "100/min")
+//!     .limit(Key::header("x-device-id"), "10/s");
+//! assert_eq!(Key::api_key("x-api-key").kind(), "api_key");
+//! assert_eq!(Key::header("X-Device-Id").kind(), "header:x-device-id");
+//! # let _ = policy;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::HeaderName;
+use sha2::{Digest, Sha256};
+
+/// A function of the request that names a key, or `None` when the request has none.
+pub(crate) type Extractor = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Keys longer than this are stored as their digest (bounded memory per key).
+pub(crate) const MAX_PLAIN_KEY: usize = 128;
+
+/// Whose budget a limit spends. Cheap to clone.
+#[derive(Clone)]
+pub struct Key {
+    pub(crate) source: Source,
+    pub(crate) kind: Arc<str>,
+    pub(crate) hashed: bool,
+}
+
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// The client IP, as the limiter's [`ClientIp`](crate::ClientIp) resolves it.
+    Ip,
+    /// The limiter's identity function ([`LimiterBuilder::identity`](crate::LimiterBuilder::identity)).
+    User,
+    /// One key for every request.
+    Global,
+    /// A header's value; the name is checked when the limiter is built.
+    Header(Result<HeaderName, String>),
+    /// A function of the request.
+    Custom(Extractor),
+}
+
+impl Key {
+    /// The client IP ([`LimiterBuilder::client_ip`](crate::LimiterBuilder::client_ip)):
+    /// the TCP peer, or the forwarded client behind trusted proxies; IPv6 by its /64.
+    pub fn ip() -> Self {
+        Self::new(Source::Ip, "ip")
+    }
+
+    /// The signed-in user ([`LimiterBuilder::identity`](crate::LimiterBuilder::identity));
+    /// absent for anonymous requests.
+    pub fn user() -> Self {
+        Self::new(Source::User, "user")
+    }
+
+    /// One bucket shared by every request: a backstop for the whole service.
+    pub fn global() -> Self {
+        Self::new(Source::Global, "global")
+    }
+
+    /// The API key sent in `header` (e.g. `x-api-key`, or `authorization` for bearer
+    /// tokens). Always hashed before it reaches the store. Kind `api_key`.
+    pub fn api_key(header: &str) -> Self {
+        let mut key = Self::new(Source::Header(parse_header(header)), "api_key");
+        key.hashed = true;
+        key
+    }
+
+    /// The value of `header`. Hashed if the header is `authorization`,
+    /// `proxy-authorization` or `cookie` (or if [`Key::hashed`] is used). Kind
+    /// `header:<name>`.
+    pub fn header(name: &str) -> Self {
+        let parsed = parse_header(name);
+        let secret = matches!(
+            &parsed,
+            Ok(h) if *h == http::header::AUTHORIZATION
+                || *h == http::header::PROXY_AUTHORIZATION
+                || *h == http::header::COOKIE
+        );
+        let kind = format!("header:{}", name.trim().to_ascii_lowercase());
+        let mut key = Self::new(Source::Header(parsed), &kind);
+        key.hashed = secret;
+        key
+    }
+
+    /// The tenant (organisation, team) a request belongs to, from a function of the request.
+    /// Kind `tenant`.
+    pub fn tenant<F>(f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        Self::custom("tenant", f)
+    }
+
+    /// Any function of the request, under a kind name of your own (shown in logs and used
+    /// in bucket names: letters, digits, `_`, `-`, `.`; checked when the limiter is built).
+    pub fn custom<F>(kind: &str, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        Self::new(Source::Custom(Arc::new(f)), kind)
+    }
+
+    /// Store this key only as a digest (for keys that carry secrets).
+    pub fn hashed(mut self) -> Self {
+        self.hashed = true;
+        self
+    }
+
+    /// The key's kind: `ip`, `user`, `api_key`, `tenant`, `global`, `header:<name>`, or a
+    /// custom kind. What logs show instead of the key itself.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn new(source: Source, kind: &str) -> Self {
+        Self {
+            source,
+            kind: kind.into(),
+            hashed: false,
+        }
+    }
+
+    /// Whether the kind name is usable in bucket names.
+    pub(crate) fn kind_is_valid(&self) -> bool {
+        !self.kind.is_empty()
+            && self.kind.len() <= 64
+            && self
+                .kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || c == ':')
+            && !self.kind.starts_with(':')
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("kind", &self.kind)
+            .field("hashed", &self.hashed)
+            .finish()
+    }
+}
+
+fn parse_header(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| name.to_string())
+}
+
+/// The form of a raw key that reaches the store: the key itself when it is short,
+/// printable and not secret; otherwise `#` and the first 128 bits of its SHA-256 in hex.
+/// Stable across processes and machines.
+pub(crate) fn store_key(raw: &[u8], secret: bool) -> String {
+    let plain_ok = !secret
+        && !raw.is_empty()
+        && raw.len() <= MAX_PLAIN_KEY
+        && raw[0] != b'#'
+        && raw.iter().all(|b| b.is_ascii_graphic());
+    if plain_ok {
+        // Checked ASCII above.
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let digest = Sha256::new()
+        .chain_update(b"tollgate-key\0")
+        .chain_update(raw)
+        .finalize();
+    let mut out = String::with_capacity(33);
+    out.push('#');
+    for byte in &digest[..16] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hashed_stably() {
+        let k = store_key(b"sk_live_123", true);
+        // A fixed value: every process and machine must compute the same key.
+        assert_eq!(k, store_key(b"sk_live_123", true));
+        assert_eq!(k.len(), 33);
+        assert!(k.starts_with('#'));
+        assert!(!k.contains("sk_live"));
+        // Computed independently: SHA-256("tollgate-key\0sk_live_123"), first 16 bytes.
+        assert_eq!(k, "#f2795ce9bb62232f9699b5061dbbc985");
+        assert_ne!(k, store_key(b"sk_live_124", true));
+    }
+
+    #[test]
+    fn plain_keys_stay_readable_unless_odd() {
+        assert_eq!(store_key(b"203.0.113.7", false), "203.0.113.7");
+        assert_eq!(store_key(b"u_42", false), "u_42");
+        // Spaces, non-ASCII, a leading '#', or a very long key: digest.
+        for odd in [
+            b"a b".to_vec(),
+            "é".as_bytes().to_vec(),
+            b"#3d3b".to_vec(),
+            vec![b'a'; MAX_PLAIN_KEY + 1],
+            vec![0xff, 0xfe],
+        ] {
+            let k = store_key(&odd, false);
+            assert!(k.starts_with('#') && k.len() == 33, "{k}");
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(Key::ip().kind(), "ip");
+        assert!(Key::api_key("x-api-key").hashed);
+        assert!(Key::header("Authorization").hashed);
+        assert!(!Key::header("x-device").hashed);
+        assert!(Key::header("bad header").source_is_bad_header());
+        assert!(!Key::custom("a b", |_| None).kind_is_valid());
+        assert!(Key::custom("plan-tier", |_| None).kind_is_valid());
+    }
+
+    impl Key {
+        fn source_is_bad_header(&self) -> bool {
+            matches!(self.source, Source::Header(Err(_)))
+        }
+    }
+}

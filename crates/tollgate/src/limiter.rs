@@ -1,0 +1,612 @@
+//! [`Limiter`]: the configured rate limiter, its [`LimiterBuilder`], and direct use from
+//! handlers.
+//!
+//! ```
+//! use tollgate::{ClientIp, Limiter, Policy};
+//!
+//! # #[derive(Clone)] struct Session { user_id: String }
+//! let limiter = Limiter::builder()
+//!     .client_ip(ClientIp::peer().trust_proxies(["10.0.0.0/8"]))
+//!     .identity(|parts| parts.extensions.get::<Session>().map(|s| s.user_id.clone()))
+//!     .route("/api/stripe/webhook", Policy::exempt())
+//!     .route("POST /api/templates/{id}/generate", Policy::named("generate").per_ip("300/min").per_user("3000/h"))
+//!     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
+//!     .global("1000/min")
+//!     .bucket("sign-in-failures", "5/30min")
+//!     .build()?;
+//!
+//! // A typo is an error here, not at request time:
+//! let err = Limiter::builder().route("/*", Policy::named("x").per_ip("10/fortnight")).build();
+//! assert!(err.unwrap_err().to_string().contains("fortnight"));
+//! # let _ = limiter;
+//! # Ok::<(), tollgate::BuildError>(())
+//! ```
+//!
+//! Direct use (seed 000's lockout: 5 failed sign-ins per 30 minutes per e-mail):
+//!
+//! ```
+//! # use tollgate::Limiter;
+//! # async fn sign_in(limiter: &Limiter, email: &str, password_ok: bool) -> Result<bool, tollgate::CheckError> {
+//! if !limiter.peek("sign-in-failures", email).await?.allowed {
+//!     return Ok(false); // locked: answer 429 (see `Limiter::refusal`)
+//! }
+//! if password_ok {
+//!     limiter.reset("sign-in-failures", email).await?;
+//! } else {
+//!     limiter.penalize("sign-in-failures", email).await?;
+//! }
+//! # Ok(password_ok) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::Method;
+use tollgate_core::{Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Store};
+
+use crate::classify::{RoutePattern, RouteTable};
+use crate::client_ip::ClientIp;
+use crate::engine::{self, Compiled, Signatures};
+use crate::error::{BuildError, CheckError};
+use crate::key::{self, Extractor, Key};
+use crate::layer::RateLimitLayer;
+use crate::policy::Policy;
+use crate::rate::{Rate, RateError};
+use crate::respond::{self, ErrorBody, HeaderStyle};
+
+/// The environment variable that switches rate limiting off (`false`) or on (`true`),
+/// overriding [`LimiterBuilder::enabled`].
+pub const ENABLED_ENV: &str = "RATE_LIMIT_ENABLED";
+
+/// The configured rate limiter. Cheap to clone (an `Arc`); every clone, and every layer
+/// made from it, enforces the same limits.
+///
+/// Use it as middleware with [`Limiter::layer`] (the central route table) and
+/// [`Limiter::policy`] (a per-route policy), or directly with [`Limiter::check`],
+/// [`Limiter::peek`], [`Limiter::penalize`], [`Limiter::reset`].
+#[derive(Clone)]
+pub struct Limiter {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    pub(crate) enabled: bool,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) client_ip: ClientIp,
+    pub(crate) identity: Option<Extractor>,
+    pub(crate) table: RouteTable<Arc<Compiled>>,
+    pub(crate) globals: Vec<Arc<Compiled>>,
+    pub(crate) direct: HashMap<String, Limit>,
+    pub(crate) header_style: HeaderStyle,
+    pub(crate) error_body: ErrorBody,
+    pub(crate) defaults: engine::Defaults,
+    pub(crate) signatures: Mutex<Signatures>,
+    /// Per-key overrides: (key kind, stored key) -> limit.
+    pub(crate) overrides: RwLock<HashMap<(Arc<str>, String), Limit>>,
+    /// (method, matched path) of routes that carry their own policy.
+    pub(crate) per_route: RwLock<HashSet<(Method, Arc<str>)>>,
+    pub(crate) stats: Counters,
+    pub(crate) warned_no_peer: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) admitted: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) would_refuse: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+/// What a limiter has done since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterStats {
+    /// Requests admitted after a check.
+    pub admitted: u64,
+    /// Requests refused (429).
+    pub refused: u64,
+    /// Requests a shadow policy would have refused (admitted anyway).
+    pub would_refuse: u64,
+    /// Checks the store could not answer (admitted without headers, or 503 when failing
+    /// closed).
+    pub store_errors: u64,
+}
+
+impl Limiter {
+    /// A builder. Without a store it uses a [`MemoryStore`]; without
+    /// [`LimiterBuilder::client_ip`], the TCP peer address.
+    pub fn builder() -> LimiterBuilder {
+        LimiterBuilder::default()
+    }
+
+    /// The middleware for the central route table: classifies each request, charges its
+    /// class and the global limits, answers 429 when over. Use with `Router::layer`,
+    /// `Router::route_layer`, on one route, or on any tower service.
+    pub fn layer(&self) -> RateLimitLayer {
+        RateLimitLayer::central(self.clone())
+    }
+
+    /// A per-route policy (`post(chat).layer(limiter.policy(..))`): the route's requests
+    /// spend this policy's buckets (and the global limits) instead of the class the
+    /// central table gives them.
+    ///
+    /// # Panics
+    ///
+    /// If the policy is invalid (see [`Limiter::try_policy`]), when the router is
+    /// assembled at start-up, never at request time.
+    #[track_caller]
+    pub fn policy(&self, policy: Policy) -> RateLimitLayer {
+        match self.try_policy(policy) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid per-route rate-limit policy: {e}"),
+        }
+    }
+
+    /// [`Limiter::policy`], returning configuration mistakes as errors.
+    ///
+    /// # Errors
+    ///
+    /// The [`BuildError`]s of a policy: a quota that does not parse, an empty policy, a
+    /// bucket shared with a policy that declares other limits, per-user limits without an
+    /// identity.
+    pub fn try_policy(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
+        let mut signatures = lock(&self.inner.signatures);
+        let compiled = engine::compile(
+            &policy,
+            &self.inner.defaults,
+            self.inner.identity.is_some(),
+            &mut signatures,
+        )?;
+        Ok(RateLimitLayer::route(self.clone(), compiled))
+    }
+
+    /// Whether limiting is on (see [`LimiterBuilder::enabled`] and [`ENABLED_ENV`]).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    /// Charges 1 to the direct-use bucket `bucket` for `key`: admitted iff it fits.
+    /// When limiting is disabled, answers admitted with no bucket state.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckError::UnknownBucket`], or the store's error.
+    pub async fn check(&self, bucket: &str, key: &str) -> Result<Decision, CheckError> {
+        self.direct(Op::Charge, bucket, key, 1).await
+    }
+
+    /// [`Limiter::check`] with a cost.
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::check`].
+    pub async fn check_cost(
+        &self,
+        bucket: &str,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
+        self.direct(Op::Charge, bucket, key, cost.max(1)).await
+    }
+
+    /// What [`Limiter::check`] would answer, changing nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::check`].
+    pub async fn peek(&self, bucket: &str, key: &str) -> Result<Decision, CheckError> {
+        self.direct(Op::Peek, bucket, key, 1).await
+    }
+
+    /// Counts 1 against `key` whether or not it fits (a failed sign-in).
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::check`].
+    pub async fn penalize(&self, bucket: &str, key: &str) -> Result<Decision, CheckError> {
+        self.direct(Op::Penalize, bucket, key, 1).await
+    }
+
+    /// Gives 1 back to `key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::check`].
+    pub async fn refund(&self, bucket: &str, key: &str) -> Result<Decision, CheckError> {
+        self.direct(Op::Refund, bucket, key, 1).await
+    }
+
+    /// Forgets everything counted against `key` (a successful sign-in).
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::check`].
+    pub async fn reset(&self, bucket: &str, key: &str) -> Result<Decision, CheckError> {
+        self.direct(Op::Reset, bucket, key, 1).await
+    }
+
+    /// The 429 response the middleware would send for a refused direct-use `decision`
+    /// (same header style and body), for handlers that enforce a direct bucket.
+    pub fn refusal(
+        &self,
+        bucket: &str,
+        decision: &Decision,
+        method: &Method,
+        path: &str,
+    ) -> http::Response<Bytes> {
+        let quota = self.inner.direct.get(bucket).map(|l| (bucket, l.quota()));
+        let info =
+            respond::RateLimitInfo::from_decision(bucket, decision, quota, method.clone(), path);
+        respond::too_many_requests(&info, &self.inner.header_style, &self.inner.error_body)
+    }
+
+    async fn direct(
+        &self,
+        op: Op,
+        bucket: &str,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
+        let limit = *self
+            .inner
+            .direct
+            .get(bucket)
+            .ok_or_else(|| CheckError::UnknownBucket(bucket.to_string()))?;
+        if !self.inner.enabled {
+            return Ok(Decision {
+                allowed: true,
+                now: tollgate_core::Timestamp::default(),
+                buckets: Vec::new(),
+            });
+        }
+        let stored = key::store_key(key.as_bytes(), false);
+        let bucket = Bucket::new(bucket, &stored, limit).with_cost(cost);
+        let batch = Batch::new(op, vec![bucket]).with_failure_mode(self.inner.defaults.on_failure);
+        Ok(self.inner.store.apply(&batch).await?)
+    }
+
+    /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
+    /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket of
+    /// `rate` shared by all routes, so the more restrictive of key and endpoint applies
+    /// (seed 004's per-key limits). Takes effect on the next request, no restart.
+    ///
+    /// # Errors
+    ///
+    /// [`RateError`] if the rate does not parse.
+    pub fn set_override(
+        &self,
+        key: &Key,
+        value: &str,
+        rate: impl Into<Rate>,
+    ) -> Result<(), RateError> {
+        let limit = rate.into().limit()?;
+        let stored = key::store_key(value.as_bytes(), key.hashed);
+        write(&self.inner.overrides).insert((key.kind.clone(), stored), limit);
+        Ok(())
+    }
+
+    /// Removes a per-key override; returns whether there was one.
+    pub fn remove_override(&self, key: &Key, value: &str) -> bool {
+        let stored = key::store_key(value.as_bytes(), key.hashed);
+        write(&self.inner.overrides)
+            .remove(&(key.kind.clone(), stored))
+            .is_some()
+    }
+
+    /// Counters of what the limiter has done.
+    pub fn stats(&self) -> LimiterStats {
+        let c = &self.inner.stats;
+        LimiterStats {
+            admitted: c.admitted.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            would_refuse: c.would_refuse.load(Ordering::Relaxed),
+            store_errors: c.store_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The policy the central table gives `method` `path` (`None`: no rule matches, only
+    /// global limits apply). For tests and diagnostics.
+    pub fn classify(&self, method: &Method, path: &str) -> Option<&str> {
+        self.inner.table.classify(method, path).map(|c| &*c.name)
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("enabled", &self.inner.enabled)
+            .field("store", &self.inner.store)
+            .field("globals", &self.inner.globals.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Limiter`]; every mistake is a [`BuildError`] from [`LimiterBuilder::build`].
+#[derive(Default)]
+pub struct LimiterBuilder {
+    store: Option<Arc<dyn Store>>,
+    client_ip: Option<ClientIp>,
+    identity: Option<Extractor>,
+    routes: Vec<(String, Policy)>,
+    global: Option<Policy>,
+    global_policies: Vec<Policy>,
+    direct: Vec<(String, Rate)>,
+    header_style: Option<HeaderStyle>,
+    error_body: Option<ErrorBody>,
+    enabled: Option<bool>,
+    read_env: Option<bool>,
+    shadow: bool,
+    on_failure: Option<FailureMode>,
+    require_default: bool,
+}
+
+impl fmt::Debug for LimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimiterBuilder")
+            .field("routes", &self.routes)
+            .field("global", &self.global)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimiterBuilder {
+    /// Where bucket state lives. Default: a [`MemoryStore`] (this process only).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// [`LimiterBuilder::store`] with a store already shared.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// How the client IP is found. Default [`ClientIp::peer`]: the TCP peer, forwarded
+    /// headers ignored.
+    pub fn client_ip(mut self, client_ip: ClientIp) -> Self {
+        self.client_ip = Some(client_ip);
+        self
+    }
+
+    /// Who is signed in: the key of [`Policy::per_user`] limits. `None` (anonymous) skips
+    /// them. The function sees what earlier middleware put in the extensions, so put the
+    /// authentication layer outside (after, in `Router::layer` order) the limiter.
+    pub fn identity<F>(mut self, identity: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// A rule of the central table: `pattern` is `[METHODS ]PATH` (`"/api/*"`,
+    /// `"POST /api/templates/{id}/generate"`, `"GET,HEAD /v1/campaigns/:id"`). The most
+    /// specific rule matching a request gives its class; two rules that tie are a build
+    /// error.
+    pub fn route(mut self, pattern: &str, policy: Policy) -> Self {
+        self.routes.push((pattern.to_string(), policy));
+        self
+    }
+
+    /// The class of requests no other rule matches: the same as `.route("/*", policy)`.
+    pub fn default_policy(self, policy: Policy) -> Self {
+        self.route("/*", policy)
+    }
+
+    /// Make a missing default rule a build error ([`BuildError::NoDefaultRule`]), so no
+    /// route is left unlimited by accident.
+    pub fn require_default(mut self) -> Self {
+        self.require_default = true;
+        self
+    }
+
+    /// A global limit: one bucket for the whole service, spent by every non-exempt request
+    /// on top of its class (seed 004's backstop). Several calls add several limits (e.g. a
+    /// token bucket and a daily cap) to the policy named `global`.
+    pub fn global(mut self, rate: impl Into<Rate>) -> Self {
+        let policy = self
+            .global
+            .take()
+            .unwrap_or_else(|| Policy::named("global"));
+        self.global = Some(policy.limit(Key::global(), rate));
+        self
+    }
+
+    /// A policy spent by every non-exempt request on top of its class, with keys of its own
+    /// (e.g. `Policy::named("global-ip").per_ip("1000/min")`).
+    pub fn global_policy(mut self, policy: Policy) -> Self {
+        self.global_policies.push(policy);
+        self
+    }
+
+    /// A bucket for direct use from handlers ([`Limiter::check`], [`Limiter::peek`],
+    /// [`Limiter::penalize`], [`Limiter::reset`]), e.g. `.bucket("sign-in-failures",
+    /// Rate::exact("5/30min"))`.
+    pub fn bucket(mut self, name: &str, rate: impl Into<Rate>) -> Self {
+        self.direct.push((name.to_string(), rate.into()));
+        self
+    }
+
+    /// Which rate-limit headers responses carry. Default: see [`HeaderStyle`].
+    pub fn header_style(mut self, style: HeaderStyle) -> Self {
+        self.header_style = Some(style);
+        self
+    }
+
+    /// The body of 429 responses. Default: see [`ErrorBody`].
+    pub fn error_body(mut self, body: ErrorBody) -> Self {
+        self.error_body = Some(body);
+        self
+    }
+
+    /// Switch limiting on or off (default on). When off, requests pass untouched, without
+    /// headers. The environment variable [`ENABLED_ENV`] (`RATE_LIMIT_ENABLED`), when set,
+    /// overrides this.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = Some(enabled);
+        self
+    }
+
+    /// Whether to read [`ENABLED_ENV`] at build (default true).
+    pub fn read_env(mut self, read: bool) -> Self {
+        self.read_env = Some(read);
+        self
+    }
+
+    /// Dry run for every policy: count and log what would be refused, refuse nothing.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// What to do when the store cannot answer, for policies that do not say (default
+    /// [`FailureMode::Fallback`]; a store error then admits without headers).
+    pub fn on_store_failure(mut self, mode: FailureMode) -> Self {
+        self.on_failure = Some(mode);
+        self
+    }
+
+    /// Checks everything and builds the limiter. Logs configuration warnings with
+    /// `tracing` (e.g. every address trusted as a proxy, limiting disabled).
+    ///
+    /// # Errors
+    ///
+    /// The first [`BuildError`] found.
+    pub fn build(self) -> Result<Limiter, BuildError> {
+        let env = if self.read_env.unwrap_or(true) {
+            std::env::var(ENABLED_ENV).ok()
+        } else {
+            None
+        };
+        let enabled = match env.as_deref().map(parse_switch) {
+            Some(Some(on)) => on,
+            Some(None) => {
+                return Err(BuildError::BadEnvSwitch {
+                    value: env.unwrap_or_default(),
+                })
+            }
+            None => self.enabled.unwrap_or(true),
+        };
+
+        let client_ip = self.client_ip.unwrap_or_else(ClientIp::peer);
+        client_ip.validate()?;
+        for warning in client_ip.warnings() {
+            tracing::warn!(target: "tollgate", "{warning}");
+        }
+
+        let defaults = engine::Defaults {
+            shadow: self.shadow,
+            on_failure: self.on_failure.unwrap_or_default(),
+        };
+        let has_identity = self.identity.is_some();
+        let mut signatures = Signatures::default();
+
+        let mut table = RouteTable::builder().lenient(|class: &Arc<Compiled>| class.exempt);
+        let mut has_default = false;
+        for (pattern, policy) in &self.routes {
+            let pattern = RoutePattern::parse(pattern)?;
+            let compiled = engine::compile(policy, &defaults, has_identity, &mut signatures)?;
+            has_default |= pattern.methods().is_none() && pattern.to_string() == "/*";
+            table = table.route(pattern, compiled);
+        }
+        let table = table.build()?;
+        if self.require_default && !has_default {
+            return Err(BuildError::NoDefaultRule);
+        }
+
+        let mut globals = Vec::new();
+        for policy in self.global.iter().chain(&self.global_policies) {
+            let compiled = engine::compile(policy, &defaults, has_identity, &mut signatures)?;
+            if !compiled.exempt {
+                globals.push(compiled);
+            }
+        }
+
+        let mut direct = HashMap::new();
+        for (name, rate) in self.direct {
+            if !engine::name_is_valid(&name) {
+                return Err(BuildError::BadName { name });
+            }
+            let limit = rate.limit().map_err(|source| BuildError::Rate {
+                policy: name.clone(),
+                key: "direct".into(),
+                source: Box::new(source),
+            })?;
+            if direct.insert(name.clone(), limit).is_some() {
+                return Err(BuildError::DuplicateBucket { name });
+            }
+        }
+
+        if !enabled {
+            tracing::warn!(target: "tollgate", "rate limiting is disabled: requests pass unlimited");
+        }
+        if self.shadow {
+            tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
+        }
+
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let inner = Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            enabled,
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            client_ip,
+            identity: self.identity,
+            table,
+            globals,
+            direct,
+            header_style: self.header_style.unwrap_or_default(),
+            error_body: self.error_body.unwrap_or_default(),
+            defaults,
+            signatures: Mutex::new(signatures),
+            overrides: RwLock::default(),
+            per_route: RwLock::default(),
+            stats: Counters::default(),
+            warned_no_peer: AtomicBool::new(false),
+        };
+        Ok(Limiter {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+/// `true`/`false`, `1`/`0`, `on`/`off`, `yes`/`no`, any case.
+fn parse_switch(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" | "yes" => Some(true),
+        "false" | "0" | "off" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_values() {
+        for on in ["true", "1", "ON", " yes "] {
+            assert_eq!(parse_switch(on), Some(true));
+        }
+        for off in ["false", "0", "Off", "NO"] {
+            assert_eq!(parse_switch(off), Some(false));
+        }
+        assert_eq!(parse_switch("maybe"), None);
+    }
+}

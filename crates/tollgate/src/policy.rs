@@ -1,0 +1,282 @@
+//! [`Policy`]: a named set of limits for a class of routes, and what a request costs in it.
+//!
+//! ```
+//! use http::StatusCode;
+//! use tollgate::{FailureMode, Key, Limit, Policy, Quota, Rate};
+//!
+//! // Seed 000: one AUTH bucket shared by sign-in, forgot and reset password.
+//! let auth = Policy::named("auth").per_ip("20/15min");
+//!
+//! // Seed 000: 60/min per IP and 30/min per signed-in user.
+//! let chat = Policy::named("chat").per_ip("60/min").per_user("30/min");
+//!
+//! // Seed 004: token bucket (sustained 100/min, burst 20) and a daily cap, per API key.
+//! let invoices = Policy::named("invoices")
+//!     .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20))
+//!     .limit(Key::api_key("x-api-key"), Rate::fixed("10000/day"));
+//!
+//! // Seed 001: points per organisation, the quota depends on the plan.
+//! let points = Policy::named("points")
+//!     .limit_with(Key::tenant(|p| p.headers.get("x-org").and_then(|v| v.to_str().ok()).map(String::from)),
+//!         |_org, parts| Some(Limit::sliding(Quota::per_minute(
+//!             if parts.headers.contains_key("x-enterprise") { 1000 } else { 100 }))))
+//!     .cost(5);
+//!
+//! // Seed 003: a 304 Not Modified does not count.
+//! let tenant = Policy::named("tenant")
+//!     .per_tenant(|p| p.extensions.get::<String>().cloned(), "100/min")
+//!     .refund_if(|status| status == StatusCode::NOT_MODIFIED);
+//!
+//! // A sign-in limit that only counts failures, failing closed if the store is down.
+//! let sign_in = Policy::named("sign-in")
+//!     .per_ip("5/min")
+//!     .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
+//!     .on_store_failure(FailureMode::Closed);
+//! # let _ = (auth, chat, invoices, points, tenant, sign_in);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::StatusCode;
+use tollgate_core::{FailureMode, Limit};
+
+use crate::key::Key;
+use crate::rate::Rate;
+
+/// A quota chosen per key and request (plan tiers); `None` means the limit does not apply.
+pub(crate) type QuotaFn = Arc<dyn Fn(&str, &Parts) -> Option<Limit> + Send + Sync>;
+/// What a request costs, from the request.
+pub(crate) type CostFn = Arc<dyn Fn(&Parts) -> u64 + Send + Sync>;
+/// A test on the response status.
+pub(crate) type StatusFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+
+/// A named set of limits, the cost of a request in them, and what to do after the response.
+/// Cheap to clone; built by chaining.
+///
+/// Bucket state is keyed by the policy's bucket name ([`Policy::bucket`], the policy's name
+/// by default), the key's kind and the key, so policies with the same bucket name share
+/// their budgets (they must then declare the same limits: checked at build).
+#[derive(Clone)]
+pub struct Policy {
+    pub(crate) name: Arc<str>,
+    pub(crate) bucket: Option<Arc<str>>,
+    pub(crate) exempt: bool,
+    pub(crate) limits: Vec<LimitRule>,
+    pub(crate) cost: Cost,
+    pub(crate) refund_if: Option<StatusFn>,
+    pub(crate) count_only_if: Option<StatusFn>,
+    pub(crate) shadow: bool,
+    pub(crate) on_failure: Option<FailureMode>,
+}
+
+/// One limit of a policy: a key and its quota.
+#[derive(Clone)]
+pub(crate) struct LimitRule {
+    pub(crate) key: Key,
+    pub(crate) quota: QuotaSource,
+}
+
+#[derive(Clone)]
+pub(crate) enum QuotaSource {
+    Fixed(Rate),
+    PerKey(QuotaFn),
+}
+
+#[derive(Clone)]
+pub(crate) enum Cost {
+    Fixed(u64),
+    PerRequest(CostFn),
+}
+
+impl Policy {
+    /// An empty policy named `name` (the name appears in logs, in the IETF headers and, by
+    /// default, in bucket names). Add limits with [`Policy::per_ip`] and the like.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into().into(),
+            bucket: None,
+            exempt: false,
+            limits: Vec::new(),
+            cost: Cost::Fixed(1),
+            refund_if: None,
+            count_only_if: None,
+            shadow: false,
+            on_failure: None,
+        }
+    }
+
+    /// Routes that are never limited (webhooks, cron callbacks): requests pass untouched,
+    /// global limits included, with no rate-limit headers.
+    pub fn exempt() -> Self {
+        let mut policy = Self::named("exempt");
+        policy.exempt = true;
+        policy
+    }
+
+    /// A limit per client IP.
+    pub fn per_ip(self, rate: impl Into<Rate>) -> Self {
+        self.limit(Key::ip(), rate)
+    }
+
+    /// A limit per signed-in user (see
+    /// [`LimiterBuilder::identity`](crate::LimiterBuilder::identity)); anonymous requests
+    /// skip it.
+    pub fn per_user(self, rate: impl Into<Rate>) -> Self {
+        self.limit(Key::user(), rate)
+    }
+
+    /// A limit per API key sent in `header` (hashed before it is stored).
+    pub fn per_api_key(self, header: &str, rate: impl Into<Rate>) -> Self {
+        self.limit(Key::api_key(header), rate)
+    }
+
+    /// A limit per tenant, named by `tenant` from the request.
+    pub fn per_tenant<F>(self, tenant: F, rate: impl Into<Rate>) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.limit(Key::tenant(tenant), rate)
+    }
+
+    /// A limit per value of a request header (see [`Key::header`]).
+    pub fn per_header(self, name: &str, rate: impl Into<Rate>) -> Self {
+        self.limit(Key::header(name), rate)
+    }
+
+    /// A limit per key computed by `key` from the request, under the kind name `kind`
+    /// (see [`Key::custom`]).
+    pub fn per_key<F>(self, kind: &str, key: F, rate: impl Into<Rate>) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.limit(Key::custom(kind, key), rate)
+    }
+
+    /// A limit on any [`Key`] with any [`Rate`] (token bucket, fixed daily cap, exact log).
+    /// Several limits may share a key kind (burst + daily cap): each has its own bucket.
+    pub fn limit(mut self, key: Key, rate: impl Into<Rate>) -> Self {
+        self.limits.push(LimitRule {
+            key,
+            quota: QuotaSource::Fixed(rate.into()),
+        });
+        self
+    }
+
+    /// A limit whose quota is chosen per request by `quota(key, parts)` (plan tiers: seed
+    /// 001's Enterprise 1000 points/min, Build 100). `None` skips the limit for that
+    /// request. Changing the quota a key gets takes effect on its next request.
+    pub fn limit_with<F>(mut self, key: Key, quota: F) -> Self
+    where
+        F: Fn(&str, &Parts) -> Option<Limit> + Send + Sync + 'static,
+    {
+        self.limits.push(LimitRule {
+            key,
+            quota: QuotaSource::PerKey(Arc::new(quota)),
+        });
+        self
+    }
+
+    /// Share budgets with every policy using the same bucket name (seed 000: sign-in,
+    /// forgot password and reset password spend one `auth` bucket). Policies sharing a
+    /// bucket must declare the same limits.
+    pub fn bucket(mut self, name: impl Into<String>) -> Self {
+        self.bucket = Some(name.into().into());
+        self
+    }
+
+    /// What a request costs in every bucket of this policy (points); at least 1.
+    pub fn cost(mut self, points: u64) -> Self {
+        self.cost = Cost::Fixed(points);
+        self
+    }
+
+    /// The cost of each request, from the request (0 is counted as 1).
+    pub fn cost_fn<F>(mut self, cost: F) -> Self
+    where
+        F: Fn(&Parts) -> u64 + Send + Sync + 'static,
+    {
+        self.cost = Cost::PerRequest(Arc::new(cost));
+        self
+    }
+
+    /// Give the charge back when the response's status satisfies `refund` (seed 003: a
+    /// `304 Not Modified` does not count).
+    pub fn refund_if<F>(mut self, refund: F) -> Self
+    where
+        F: Fn(StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.refund_if = Some(Arc::new(refund));
+        self
+    }
+
+    /// Count only responses whose status satisfies `counts` (a sign-in limit that counts
+    /// only `401`s). A request is still refused while the budget is spent; each request
+    /// reserves its cost while it runs, and the charge is given back when its response
+    /// does not count.
+    pub fn count_only_if<F>(mut self, counts: F) -> Self
+    where
+        F: Fn(StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.count_only_if = Some(Arc::new(counts));
+        self
+    }
+
+    /// Dry run: count, log what would be refused (and count it in
+    /// [`LimiterStats::would_refuse`](crate::LimiterStats)), refuse nothing.
+    pub fn shadow(mut self) -> Self {
+        self.shadow = true;
+        self
+    }
+
+    /// What to do when the store cannot answer (see [`FailureMode`]): `Fallback` (the
+    /// default) lets the store answer from memory; `Open` admits without rate-limit
+    /// headers; `Closed` answers `503 Service Unavailable`.
+    pub fn on_store_failure(mut self, mode: FailureMode) -> Self {
+        self.on_failure = Some(mode);
+        self
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether requests under this policy pass unlimited.
+    pub fn is_exempt(&self) -> bool {
+        self.exempt
+    }
+
+    /// The name bucket state is kept under.
+    pub(crate) fn bucket_name(&self) -> &Arc<str> {
+        self.bucket.as_ref().unwrap_or(&self.name)
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Policy");
+        d.field("name", &self.name);
+        if self.exempt {
+            d.field("exempt", &true);
+        }
+        if let Some(bucket) = &self.bucket {
+            d.field("bucket", bucket);
+        }
+        let limits: Vec<String> = self
+            .limits
+            .iter()
+            .map(|l| match &l.quota {
+                QuotaSource::Fixed(rate) => format!("{} {rate:?}", l.key.kind()),
+                QuotaSource::PerKey(_) => format!("{} per-key quota", l.key.kind()),
+            })
+            .collect();
+        d.field("limits", &limits);
+        match &self.cost {
+            Cost::Fixed(n) => d.field("cost", n),
+            Cost::PerRequest(_) => d.field("cost", &"fn"),
+        };
+        d.field("shadow", &self.shadow).finish_non_exhaustive()
+    }
+}

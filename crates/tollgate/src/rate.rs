@@ -1,0 +1,165 @@
+//! [`Rate`]: a limit as a policy is written, `"300/min"` or a [`Limit`], checked when the
+//! [`Limiter`](crate::Limiter) is built.
+//!
+//! Policies take quotas as text so a table reads like the page it implements; a typo is a
+//! [`BuildError`](crate::BuildError) from [`LimiterBuilder::build`](crate::LimiterBuilder::build),
+//! never a panic or a failure at request time.
+//!
+//! ```
+//! use tollgate::{Limit, Quota, Rate};
+//!
+//! let rolling: Rate = "500/min".into();                   // sliding window (segmented)
+//! let exact = Rate::exact("60/60s");                       // sliding log, exact
+//! let bucket = Rate::token_bucket("100/min", 20);          // sustained 100/min, burst 20
+//! let daily = Rate::fixed("10000/day");                    // calendar window, UTC days
+//! let typed: Rate = Limit::sliding(Quota::per_hour(10_000)).into();
+//! assert_eq!(bucket.limit().unwrap().capacity(), 20);
+//! assert_eq!(daily.limit().unwrap().to_string(), "10000/day fixed");
+//! assert!(Rate::from("10/fortnight").limit().is_err());
+//! # let _ = (rolling, exact, typed);
+//! ```
+
+use std::fmt;
+
+use tollgate_core::{Limit, Quota, QuotaError};
+
+/// A quota that did not parse, with the text it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source}")]
+pub struct RateError {
+    /// The text as given (or a description of the values).
+    pub input: String,
+    /// What was wrong.
+    #[source]
+    pub source: QuotaError,
+}
+
+/// A [`Limit`] or the text of one, validated when the limiter is built.
+///
+/// From text or a [`Quota`] it is a sliding window ([`Limit::sliding`]); the constructors
+/// choose another algorithm.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rate(Result<Limit, RateError>);
+
+impl Rate {
+    /// A rolling window counted in segments ([`Limit::sliding`]): the default.
+    pub fn sliding(quota: impl Into<Rate>) -> Self {
+        Self::map_quota(quota, Limit::sliding)
+    }
+
+    /// An exact rolling window ([`Limit::sliding_exact`]): memory grows with the count.
+    pub fn exact(quota: impl Into<Rate>) -> Self {
+        Self::map_quota(quota, Limit::sliding_exact)
+    }
+
+    /// A fixed calendar window ([`Limit::fixed`]): `10000/day` resets at 00:00 UTC.
+    pub fn fixed(quota: impl Into<Rate>) -> Self {
+        Self::map_quota(quota, Limit::fixed)
+    }
+
+    /// A token bucket ([`Limit::token_bucket`]) refilled at `sustained` holding at most
+    /// `burst` tokens: seed 004's `sustained: 100/min, burst: 20/s` is
+    /// `Rate::token_bucket("100/min", 20)`.
+    pub fn token_bucket(sustained: impl Into<Rate>, burst: u64) -> Self {
+        let sustained = sustained.into();
+        match sustained.0 {
+            Ok(limit) => {
+                Self(
+                    Limit::token_bucket(limit.quota(), burst).map_err(|source| RateError {
+                        input: format!("{} burst {burst}", limit.quota()),
+                        source,
+                    }),
+                )
+            }
+            Err(e) => Self(Err(e)),
+        }
+    }
+
+    /// The limit, or why the text did not parse.
+    ///
+    /// # Errors
+    ///
+    /// [`RateError`] naming the input.
+    pub fn limit(&self) -> Result<Limit, RateError> {
+        self.0.clone()
+    }
+
+    fn map_quota(quota: impl Into<Rate>, f: fn(Quota) -> Limit) -> Self {
+        Self(quota.into().0.map(|l| f(l.quota())))
+    }
+}
+
+impl fmt::Debug for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Ok(limit) => write!(f, "Rate({limit})"),
+            Err(e) => write!(f, "Rate(invalid {:?}: {})", e.input, e.source),
+        }
+    }
+}
+
+impl From<&str> for Rate {
+    fn from(text: &str) -> Self {
+        Self(
+            Quota::parse(text)
+                .map(Limit::sliding)
+                .map_err(|source| RateError {
+                    input: text.to_string(),
+                    source,
+                }),
+        )
+    }
+}
+
+impl From<String> for Rate {
+    fn from(text: String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
+impl From<&String> for Rate {
+    fn from(text: &String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
+impl From<Quota> for Rate {
+    fn from(quota: Quota) -> Self {
+        Self(Ok(Limit::sliding(quota)))
+    }
+}
+
+impl From<Limit> for Rate {
+    fn from(limit: Limit) -> Self {
+        Self(Ok(limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::Algorithm;
+
+    #[test]
+    fn text_and_constructors() {
+        let r = Rate::from("300/min").limit().unwrap();
+        assert_eq!(r.quota(), Quota::per_minute(300));
+        assert!(matches!(r.algorithm(), Algorithm::SlidingWindow { .. }));
+        assert_eq!(
+            Rate::exact("60/60s").limit().unwrap().algorithm(),
+            Algorithm::SlidingLog
+        );
+        assert_eq!(
+            Rate::token_bucket("100/min", 20)
+                .limit()
+                .unwrap()
+                .algorithm(),
+            Algorithm::TokenBucket { burst: 20 }
+        );
+        let bad = Rate::fixed("12/fortnight").limit().unwrap_err();
+        assert_eq!(bad.input, "12/fortnight");
+        assert!(matches!(bad.source, QuotaError::UnknownUnit { .. }));
+        let zero = Rate::token_bucket("1/min", 0).limit().unwrap_err();
+        assert_eq!(zero.source, QuotaError::ZeroBurst);
+    }
+}

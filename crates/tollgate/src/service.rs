@@ -1,0 +1,89 @@
+//! [`RateLimit`]: the middleware service.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::engine::{Scope, Start};
+use crate::future::ResponseFuture;
+use crate::limiter::Limiter;
+use crate::response_body::ResponseBody;
+
+/// Rate-limits the requests to `S` (made by [`RateLimitLayer`](crate::RateLimitLayer)).
+/// Works on any `Service<http::Request<B>>` whose responses are `http::Response`s; all
+/// clones enforce the same limits.
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: Limiter,
+    scope: Scope,
+}
+
+impl<S> RateLimit<S> {
+    pub(crate) fn new(inner: S, limiter: Limiter, scope: Scope) -> Self {
+        Self {
+            inner,
+            limiter,
+            scope,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the middleware.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Body,
+    ResBody::Data: From<Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let start = self.limiter.inner.start(&self.scope, &mut parts);
+        let req = Request::from_parts(parts, body);
+        match start {
+            Start::Pass => ResponseFuture::calling(self.inner.call(req), None),
+            Start::Check(decide) => {
+                // The ready service goes into the future; a fresh clone stays here.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::deciding(decide, inner, req)
+            }
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}

@@ -1,0 +1,852 @@
+//! Policies end to end: real axum servers on loopback, a real HTTP client, a manual clock.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use common::{clock_and_store, header, serve, times, user_header, Down, Recording};
+use tollgate::{
+    BuildError, ErrorBody, FailureMode, HeaderStyle, Key, Limit, Limiter, Policy, Quota, Rate,
+    ResetFormat,
+};
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+fn x_style() -> HeaderStyle {
+    HeaderStyle::x_ratelimit(ResetFormat::Seconds)
+}
+
+#[tokio::test]
+async fn most_specific_rule_wins() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(x_style())
+        .route("/api/*", Policy::named("default").per_ip("6/min"))
+        .route("/api/twilio/*", Policy::named("twilio").per_ip("5/min"))
+        .route(
+            "/api/templates/{id}",
+            Policy::named("template").per_ip("4/min"),
+        )
+        .route(
+            "POST /api/templates/{id}/generate",
+            Policy::named("generate").per_ip("3/min"),
+        )
+        .route(
+            "/api/templates/special",
+            Policy::named("special").per_ip("2/min"),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/twilio/calls/{id}", get(ok))
+        .route("/api/templates/{id}", get(ok))
+        .route("/api/templates/{id}/generate", get(ok).post(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+
+    let limit_of = |path: &'static str, post: bool| {
+        let server = &server;
+        async move {
+            let request = if post {
+                server.post(path)
+            } else {
+                server.get(path)
+            };
+            header(&request.send().await.unwrap(), "x-ratelimit-limit")
+        }
+    };
+    assert_eq!(limit_of("/api/items", false).await, "6");
+    assert_eq!(limit_of("/api/twilio/calls/7", false).await, "5");
+    assert_eq!(limit_of("/api/templates/7", false).await, "4");
+    assert_eq!(limit_of("/api/templates/special", false).await, "2"); // exact beats {id}
+    assert_eq!(limit_of("/api/templates/7/generate", true).await, "3");
+    // GET is not covered by the POST rule: the longest other match is the /api/* default.
+    assert_eq!(limit_of("/api/templates/7/generate", false).await, "6");
+
+    // Each class has its own budget: generate refuses its 4th POST, the others go on.
+    let post_status = || async {
+        server
+            .post("/api/templates/8/generate")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post_status().await, 200);
+    assert_eq!(post_status().await, 200);
+    assert_eq!(post_status().await, 429);
+    assert_eq!(server.status("/api/templates/7").await, 200);
+}
+
+#[test]
+fn rules_that_tie_are_build_errors_naming_both() {
+    let err = Limiter::builder()
+        .route("/api/{id}", Policy::named("a").per_ip("1/min"))
+        .route("/api/:other", Policy::named("b").per_ip("1/min"))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Route(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("/api/{id}") && text.contains("/api/:other"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn exempt_routes_are_never_limited_nor_given_headers() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/api/stripe/webhook", Policy::exempt())
+        .route("/api/cron/*", Policy::exempt())
+        .route("/api/*", Policy::named("default").per_ip("2/min"))
+        .global("3/min")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/stripe/webhook", post(ok))
+        .route("/api/cron/{job}", get(ok))
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+
+    for _ in 0..20 {
+        let r = server.post("/api/stripe/webhook").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("x-ratelimit-limit").is_none());
+        assert!(r.headers().get("ratelimit").is_none());
+    }
+    assert_eq!(
+        server.statuses("/api/cron/nightly", 20).await,
+        times(200, 20)
+    );
+    // The exempt traffic spent nothing, global included.
+    assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
+}
+
+#[tokio::test]
+async fn ip_and_user_buckets_stack() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(x_style())
+        .identity(user_header)
+        .route(
+            "/*",
+            Policy::named("default").per_ip("5/min").per_user("3/min"),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let as_user = |user: &'static str| {
+        let server = &server;
+        async move {
+            let r = server
+                .get("/api/items")
+                .header("x-user", user)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), header(&r, "x-ratelimit-limit"))
+        }
+    };
+    // alice is limited by the smaller (per-user) bucket.
+    assert_eq!(as_user("alice").await, (200, "3".into()));
+    assert_eq!(as_user("alice").await, (200, "3".into()));
+    assert_eq!(as_user("alice").await, (200, "3".into()));
+    assert_eq!(as_user("alice").await, (429, "3".into()));
+    // bob, same IP: his user bucket is fresh, but the IP has 2 left (alice's refusal
+    // charged nothing).
+    assert_eq!(as_user("bob").await, (200, "5".into()));
+    assert_eq!(as_user("bob").await, (200, "5".into()));
+    assert_eq!(as_user("bob").await, (429, "5".into()));
+    // Anonymous requests skip the per-user limit but not the IP's.
+    assert_eq!(server.status("/api/items").await, 429);
+}
+
+#[tokio::test]
+async fn a_named_bucket_is_shared_by_three_routes() {
+    let (clock, store) = clock_and_store();
+    let auth = |name: &str| Policy::named(name).bucket("auth").per_ip("20/15min");
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::ietf())
+        .route("POST /api/auth/sign-in", auth("sign-in"))
+        .route("POST /api/auth/forgot-password", auth("forgot-password"))
+        .route("POST /api/auth/reset-password", auth("reset-password"))
+        .route("/api/*", Policy::named("default").per_ip("500/min"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/auth/sign-in", post(ok))
+        .route("/api/auth/forgot-password", post(ok))
+        .route("/api/auth/reset-password", post(ok))
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let paths = [
+        "/api/auth/sign-in",
+        "/api/auth/forgot-password",
+        "/api/auth/reset-password",
+    ];
+    let mut statuses = Vec::new();
+    for i in 0..21 {
+        let r = server.post(paths[i % 3]).send().await.unwrap();
+        if i == 0 {
+            assert_eq!(header(&r, "ratelimit"), r#""auth-ip";r=19;t=990"#);
+            assert_eq!(header(&r, "ratelimit-policy"), r#""auth-ip";q=20;w=900"#);
+        }
+        statuses.push(r.status().as_u16());
+    }
+    let mut expected = times(200, 20);
+    expected.push(429);
+    assert_eq!(statuses, expected);
+    // Other classes are not touched.
+    assert_eq!(server.status("/api/items").await, 200);
+    // 15 minutes and a segment later the bucket is full again.
+    clock.advance(Duration::from_secs(990));
+    assert_eq!(server.post(paths[1]).send().await.unwrap().status(), 200);
+}
+
+#[test]
+fn a_shared_bucket_with_different_limits_is_a_build_error() {
+    let err = Limiter::builder()
+        .route("/a", Policy::named("a").bucket("auth").per_ip("20/15min"))
+        .route("/b", Policy::named("b").bucket("auth").per_ip("30/15min"))
+        .build()
+        .unwrap_err();
+    match err {
+        BuildError::SharedBucketMismatch {
+            bucket,
+            first,
+            second,
+        } => assert_eq!((&*bucket, &*first, &*second), ("auth", "a", "b")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_per_route_policy_replaces_the_central_class() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::ietf())
+        .identity(user_header)
+        .route("/api/*", Policy::named("default").per_ip("3/min"))
+        .global("100/min")
+        .build()
+        .unwrap();
+    let chat = Policy::named("chat").per_ip("5/min").per_user("2/min");
+    let app = Router::new()
+        .route("/api/assistant/chat", post(ok).layer(limiter.policy(chat)))
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+
+    let chat = || async {
+        let r = server.post("/api/assistant/chat").send().await.unwrap();
+        (r.status().as_u16(), header(&r, "ratelimit"))
+    };
+    // The first request: charged provisionally by the central class, given back, then
+    // charged to the route's own buckets. The global bucket is spent once.
+    assert_eq!(
+        chat().await,
+        (200, r#""chat-ip";r=4;t=66, "global";r=99;t=66"#.into())
+    );
+    for left in [3, 2, 1, 0] {
+        let expected = format!(r#""chat-ip";r={left};t=66, "global";r={};t=66"#, 95 + left);
+        assert_eq!(chat().await, (200, expected));
+    }
+    assert_eq!(chat().await.0, 429);
+    // The central class was never spent by the chat route.
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "ratelimit"),
+        r#""default-ip";r=2;t=66, "global";r=94;t=66"#
+    );
+    assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
+
+    // Per-user on the route: a signed-in user gets 2.
+    let limiter_user = |user: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .post("/api/assistant/chat")
+                .header("x-user", user)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The IP bucket of chat is spent: even a user is refused.
+    assert_eq!(limiter_user("alice").await, 429);
+}
+
+#[tokio::test]
+async fn a_per_route_policy_alone_and_inside_route_layer() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/*", Policy::named("default").per_ip("100/min"))
+        .build()
+        .unwrap();
+    // No central layer at all.
+    let app = Router::new().route(
+        "/one",
+        get(ok).layer(limiter.policy(Policy::named("one").per_ip("2/min"))),
+    );
+    let server = serve(app).await;
+    assert_eq!(server.statuses("/one", 3).await, vec![200, 200, 429]);
+
+    // Central layer as route_layer, and on a single route.
+    let app = Router::new()
+        .route("/two", get(ok))
+        .route("/three", get(ok).layer(limiter.layer()))
+        .route_layer(limiter.layer());
+    let server = serve(app).await;
+    // /three is under both the route's central layer and route_layer: charged once.
+    let r = server.get("/three").send().await.unwrap();
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "99");
+    let r = server.get("/two").send().await.unwrap();
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "98");
+    // route_layer does not see unmatched paths.
+    assert_eq!(server.status("/nope").await, 404);
+}
+
+#[tokio::test]
+async fn a_global_limit_applies_on_top_of_every_class() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(x_style())
+        .route("/a/*", Policy::named("a").per_ip("10/min"))
+        .route("/b/*", Policy::named("b").per_ip("10/min"))
+        .route("/hook", Policy::exempt())
+        .global("4/min")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/a/x", get(ok))
+        .route("/b/x", get(ok))
+        .route("/hook", get(ok))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.statuses("/a/x", 2).await, vec![200, 200]);
+    // Unclassified paths (404s) still spend the global bucket.
+    assert_eq!(server.status("/unknown").await, 404);
+    let r = server.get("/b/x").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-limit"), "4");
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
+    let r = server.get("/b/x").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after"), "66");
+    assert_eq!(server.status("/hook").await, 200);
+}
+
+#[tokio::test]
+async fn a_304_gives_the_charge_back() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/*",
+            Policy::named("tenant")
+                .per_ip("2/min")
+                .refund_if(|s| s == StatusCode::NOT_MODIFIED),
+        )
+        .build()
+        .unwrap();
+    async fn catalog(headers: HeaderMap) -> StatusCode {
+        if headers.contains_key("if-none-match") {
+            StatusCode::NOT_MODIFIED
+        } else {
+            StatusCode::OK
+        }
+    }
+    let app = Router::new()
+        .route("/catalog", get(catalog))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    for _ in 0..10 {
+        let r = server
+            .get("/catalog")
+            .header("if-none-match", "\"etag-abc123\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304);
+    }
+    assert_eq!(server.statuses("/catalog", 3).await, vec![200, 200, 429]);
+}
+
+#[tokio::test]
+async fn count_only_failures() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "POST /sign-in",
+            Policy::named("sign-in")
+                .per_ip("3/min")
+                .count_only_if(|s| s == StatusCode::UNAUTHORIZED),
+        )
+        .build()
+        .unwrap();
+    async fn sign_in(headers: HeaderMap) -> StatusCode {
+        if headers.get("x-password").is_some_and(|p| p == "right") {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        }
+    }
+    let app = Router::new()
+        .route("/sign-in", post(sign_in))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let attempt = |password: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .post("/sign-in")
+                .header("x-password", password)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(attempt("right").await, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong").await, 401);
+    }
+    assert_eq!(attempt("right").await, 429);
+    assert_eq!(attempt("wrong").await, 429);
+}
+
+#[tokio::test]
+async fn shadow_mode_counts_but_refuses_nothing() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(x_style())
+        .route(
+            "/shadow",
+            Policy::named("new-limit").per_ip("2/min").shadow(),
+        )
+        .route("/enforced", Policy::named("old").per_ip("100/min"))
+        .global("6/min")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/shadow", get(ok))
+        .route("/enforced", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    // The shadow class would refuse the 3rd and 4th; the enforced global admits them.
+    assert_eq!(server.statuses("/shadow", 4).await, times(200, 4));
+    assert_eq!(limiter.stats().would_refuse, 2);
+    assert_eq!(limiter.stats().refused, 0);
+    // The global limit still holds: 4 spent, 2 left.
+    assert_eq!(server.statuses("/enforced", 3).await, vec![200, 200, 429]);
+    assert_eq!(limiter.stats().refused, 1);
+
+    // Shadow for the whole limiter.
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .shadow(true)
+        .route("/*", Policy::named("default").per_ip("1/min"))
+        .global("1/min")
+        .build()
+        .unwrap();
+    let server = serve(Router::new().route("/x", get(ok)).layer(limiter.layer())).await;
+    assert_eq!(server.statuses("/x", 5).await, times(200, 5));
+    assert_eq!(limiter.stats().would_refuse, 4);
+}
+
+#[tokio::test]
+async fn store_failure_open_or_closed() {
+    let limiter = Limiter::builder()
+        .store(Down)
+        .route(
+            "/open",
+            Policy::named("open")
+                .per_ip("1/min")
+                .on_store_failure(FailureMode::Open),
+        )
+        .route(
+            "/closed",
+            Policy::named("closed")
+                .per_ip("1/min")
+                .on_store_failure(FailureMode::Closed),
+        )
+        .route("/default", Policy::named("default").per_ip("1/min"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/open", get(ok))
+        .route("/closed", get(ok))
+        .route("/default", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    for path in ["/open", "/default"] {
+        let r = server.get(path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers().get("x-ratelimit-limit").is_none(), "{path}");
+    }
+    let r = server.get("/closed").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"error":"rate limiter unavailable"}"#
+    );
+    assert_eq!(limiter.stats().store_errors, 3);
+}
+
+#[tokio::test]
+async fn plan_tiers_costs_and_runtime_overrides() {
+    let (_clock, store) = clock_and_store();
+    let org = |p: &http::request::Parts| user_header(p);
+    let points = Policy::named("points")
+        .limit_with(Key::tenant(org), |org, _parts| {
+            Some(Limit::sliding(Quota::per_minute(if org == "acme" {
+                1000
+            } else {
+                100
+            })))
+        })
+        .cost_fn(|parts| {
+            parts
+                .headers
+                .get("x-points")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        });
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(x_style())
+        .route("/points", points)
+        .route(
+            "/keyed",
+            Policy::named("keyed").per_api_key("x-api-key", "10/min"),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/points", get(ok))
+        .route("/keyed", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+
+    let spend = |org: &'static str, points: u64| {
+        let server = &server;
+        async move {
+            let r = server
+                .get("/points")
+                .header("x-user", org)
+                .header("x-points", points.to_string())
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                header(&r, "x-ratelimit-limit"),
+                header(&r, "x-ratelimit-remaining"),
+            )
+        }
+    };
+    assert_eq!(spend("acme", 10).await, (200, "1000".into(), "990".into()));
+    assert_eq!(spend("tiny", 10).await, (200, "100".into(), "90".into()));
+    for _ in 0..9 {
+        assert_eq!(spend("tiny", 10).await.0, 200);
+    }
+    assert_eq!(spend("tiny", 1).await.0, 429);
+    assert_eq!(spend("acme", 5).await, (200, "1000".into(), "985".into()));
+    // No tenant: the limit does not apply (no headers).
+    let r = server.get("/points").send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-ratelimit-limit")),
+        (200, String::new())
+    );
+
+    // Per-key override on top of the endpoint limit: the more restrictive applies.
+    let key = Key::api_key("x-api-key");
+    limiter.set_override(&key, "k1", "3/min").unwrap();
+    let call = |k: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .get("/keyed")
+                .header("x-api-key", k)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(call("k1").await, 200);
+    }
+    assert_eq!(call("k1").await, 429);
+    for _ in 0..10 {
+        assert_eq!(call("k2").await, 200);
+    }
+    assert_eq!(call("k2").await, 429);
+    // Raised at runtime: 2 more for k1.
+    limiter.set_override(&key, "k1", "5/min").unwrap();
+    assert_eq!(call("k1").await, 200);
+    assert_eq!(call("k1").await, 200);
+    assert_eq!(call("k1").await, 429);
+    // Removed: the endpoint's 10 apply (5 spent).
+    assert!(limiter.remove_override(&key, "k1"));
+    for _ in 0..5 {
+        assert_eq!(call("k1").await, 200);
+    }
+    assert_eq!(call("k1").await, 429);
+}
+
+#[tokio::test]
+async fn token_bucket_and_daily_cap_per_api_key() {
+    let (clock, store) = clock_and_store();
+    let recording = Recording::new(store);
+    let key = Key::api_key("x-api-key");
+    let limiter = Limiter::builder()
+        .store(recording.clone())
+        .route(
+            "GET /v1/invoices",
+            Policy::named("invoices")
+                .limit(key.clone(), Rate::token_bucket("100/min", 20))
+                .limit(key, Rate::fixed("30/day")),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/v1/invoices", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let call = || async {
+        server
+            .get("/v1/invoices")
+            .header("x-api-key", "sk_live_123")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // A burst of 20, then refused until a token drips back (every 0.6 s).
+    for _ in 0..20 {
+        assert_eq!(call().await, 200);
+    }
+    assert_eq!(call().await, 429);
+    clock.advance(Duration::from_millis(600));
+    assert_eq!(call().await, 200);
+    assert_eq!(call().await, 429);
+    // A minute later the bucket is full, but the daily cap has 9 left.
+    clock.advance(Duration::from_secs(60));
+    for _ in 0..9 {
+        assert_eq!(call().await, 200);
+    }
+    assert_eq!(call().await, 429);
+    // The secret never reached the store: only its stable digest.
+    let keys = recording.keys();
+    assert!(keys.iter().all(|k| !k.contains("sk_live")), "{keys:?}");
+    assert!(keys.contains(&"invoices:api_key:#f2795ce9bb62232f9699b5061dbbc985".to_string()));
+    assert!(keys.contains(&"invoices:api_key#2:#f2795ce9bb62232f9699b5061dbbc985".to_string()));
+}
+
+/// Seed 000's failed sign-in lockout: 5 failures per 30 minutes per e-mail, from a handler.
+#[tokio::test]
+async fn direct_use_from_a_handler_locks_out_an_email() {
+    let (clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .error_body(ErrorBody::seed_000())
+        .bucket("sign-in-failures", Rate::exact("5/30min"))
+        .build()
+        .unwrap();
+
+    async fn sign_in(
+        State(limiter): State<Limiter>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let email = headers["x-email"].to_str().unwrap().to_string();
+        let decision = limiter.peek("sign-in-failures", &email).await.unwrap();
+        if !decision.allowed {
+            let refusal = limiter.refusal(
+                "sign-in-failures",
+                &decision,
+                &http::Method::POST,
+                "/sign-in",
+            );
+            let (parts, body) = refusal.into_parts();
+            return (parts, body).into_response();
+        }
+        if headers.get("x-password").is_some_and(|p| p == "right") {
+            limiter.reset("sign-in-failures", &email).await.unwrap();
+            StatusCode::OK.into_response()
+        } else {
+            limiter.penalize("sign-in-failures", &email).await.unwrap();
+            StatusCode::UNAUTHORIZED.into_response()
+        }
+    }
+    let app = Router::new()
+        .route("/sign-in", post(sign_in))
+        .with_state(limiter.clone());
+    let server = serve(app).await;
+    let attempt = |email: &'static str, password: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .post("/sign-in")
+                .header("x-email", email)
+                .header("x-password", password)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(attempt("alice@example.com", "wrong").await.status(), 401);
+    }
+    let locked = attempt("alice@example.com", "right").await;
+    assert_eq!(locked.status(), 429);
+    assert_eq!(header(&locked, "retry-after"), "1800");
+    assert_eq!(
+        locked.text().await.unwrap(),
+        r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 1800 seconds.","retryAfter":1800}"#
+    );
+    // Another account is not affected; a success resets the count.
+    assert_eq!(attempt("bob@example.com", "wrong").await.status(), 401);
+    assert_eq!(attempt("bob@example.com", "right").await.status(), 200);
+    assert!(
+        limiter
+            .peek("sign-in-failures", "bob@example.com")
+            .await
+            .unwrap()
+            .buckets[0]
+            .remaining
+            == 5
+    );
+    // Half an hour later alice may try again.
+    clock.advance(Duration::from_secs(1800));
+    assert_eq!(attempt("alice@example.com", "right").await.status(), 200);
+    assert!(matches!(
+        limiter.check("nope", "x").await,
+        Err(tollgate::CheckError::UnknownBucket(_))
+    ));
+}
+
+#[test]
+fn configuration_mistakes_are_typed_build_errors() {
+    let bad_quota = Limiter::builder()
+        .route("/*", Policy::named("default").per_ip("300/minn"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&bad_quota, BuildError::Rate { policy, key, .. } if policy == "default" && key == "ip")
+    );
+    assert!(bad_quota.to_string().contains("minn"), "{bad_quota}");
+
+    let cases: Vec<(Result<Limiter, BuildError>, &str)> = vec![
+        (
+            Limiter::builder()
+                .route("/*", Policy::named("empty"))
+                .build(),
+            "no limit",
+        ),
+        (
+            Limiter::builder()
+                .route("/*", Policy::named("u").per_user("1/min"))
+                .build(),
+            "identity",
+        ),
+        (
+            Limiter::builder()
+                .route("/*", Policy::named("h").per_header("bad header", "1/min"))
+                .build(),
+            "bad header",
+        ),
+        (
+            Limiter::builder()
+                .route("/*", Policy::named("c").per_ip("5/min").cost(6))
+                .build(),
+            "can never fit",
+        ),
+        (
+            Limiter::builder()
+                .route("/*", Policy::named("z").per_ip("5/min").cost(0))
+                .build(),
+            "at least 1",
+        ),
+        (
+            Limiter::builder()
+                .route("/*", Policy::named("with space").per_ip("5/min"))
+                .build(),
+            "with space",
+        ),
+        (
+            Limiter::builder()
+                .route("/api/*", Policy::named("a").per_ip("5/min"))
+                .require_default()
+                .build(),
+            "no default rule",
+        ),
+        (
+            Limiter::builder()
+                .bucket("x", "1/min")
+                .bucket("x", "2/min")
+                .build(),
+            "declared twice",
+        ),
+        (
+            Limiter::builder()
+                .global(Rate::token_bucket("1/min", 0))
+                .build(),
+            "burst",
+        ),
+    ];
+    for (result, needle) in cases {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains(needle), "`{err}` should mention `{needle}`");
+    }
+
+    // A bad per-route policy is an error from try_policy (and a start-up panic from policy).
+    let limiter = Limiter::builder()
+        .route("/a", Policy::named("auth").per_ip("20/15min"))
+        .build()
+        .unwrap();
+    assert!(limiter
+        .try_policy(Policy::named("chat").per_ip("60/mn"))
+        .is_err());
+    assert!(matches!(
+        limiter.try_policy(Policy::named("auth").per_ip("21/15min")),
+        Err(BuildError::SharedBucketMismatch { .. })
+    ));
+    assert!(limiter
+        .try_policy(Policy::named("auth").per_ip("20/15min"))
+        .is_ok());
+}

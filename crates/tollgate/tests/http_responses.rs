@@ -1,0 +1,216 @@
+//! Headers and 429 bodies end to end, exact values (the clock is manual: T0 = 2024-06-01
+//! 00:00:00 UTC). The byte-level rules of each style are unit-tested in `respond`.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use common::{clock_and_store, header, serve, Server, T0};
+use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, ManualClock, Policy, Rate, ResetFormat};
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+/// A server whose `/api/items` allows 5 per minute per IP (sliding, 6 s segments).
+async fn server(style: HeaderStyle, body: ErrorBody) -> (ManualClock, Server) {
+    let (clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(style)
+        .error_body(body)
+        .route("/api/*", Policy::named("default").per_ip("5/min"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    (clock, serve(app).await)
+}
+
+/// The headers named `names` of a response, in order.
+fn headers(r: &reqwest::Response, names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| header(r, n)).collect()
+}
+
+const X: [&str; 4] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
+];
+
+#[tokio::test]
+async fn every_reset_format_on_admitted_and_refused_responses() {
+    // Admitted at T0: 4 left, the bucket is full again 66 s later (the request leaves the
+    // window with its 6 s segment). Refused at T0 + 10 s: retry in 56 s.
+    let cases = [
+        (ResetFormat::UnixSeconds, "1717200066", "1717200066"),
+        (ResetFormat::UnixMillis, "1717200066000", "1717200066000"),
+        (ResetFormat::Seconds, "66", "56"),
+        (
+            ResetFormat::HttpDate,
+            "Sat, 01 Jun 2024 00:01:06 GMT",
+            "Sat, 01 Jun 2024 00:01:06 GMT",
+        ),
+    ];
+    for (format, admitted_reset, refused_reset) in cases {
+        let (clock, server) = server(HeaderStyle::x_ratelimit(format), ErrorBody::default()).await;
+        let r = server.get("/api/items").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            headers(&r, &X),
+            ["5", "4", admitted_reset, ""],
+            "{format:?}"
+        );
+        assert!(r.headers().get("ratelimit").is_none());
+        for _ in 0..4 {
+            server.get("/api/items").send().await.unwrap();
+        }
+        clock.advance(Duration::from_secs(10));
+        let r = server.get("/api/items").send().await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(
+            headers(&r, &X),
+            ["5", "0", refused_reset, "56"],
+            "{format:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ietf_fields_alone_and_combined() {
+    let names = [
+        "ratelimit-policy",
+        "ratelimit",
+        "x-ratelimit-limit",
+        "retry-after",
+    ];
+    let (clock, server) = server(HeaderStyle::ietf(), ErrorBody::default()).await;
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(
+        headers(&r, &names),
+        [
+            r#""default-ip";q=5;w=60"#,
+            r#""default-ip";r=4;t=66"#,
+            "",
+            ""
+        ]
+    );
+    for _ in 0..4 {
+        server.get("/api/items").send().await.unwrap();
+    }
+    clock.advance(Duration::from_millis(30_500));
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // 35.5 s to wait: rounded up.
+    assert_eq!(
+        headers(&r, &names),
+        [
+            r#""default-ip";q=5;w=60"#,
+            r#""default-ip";r=0;t=36"#,
+            "",
+            "36"
+        ]
+    );
+
+    // The default style: X-RateLimit-* (Unix seconds) and the IETF fields.
+    let (_clock, server) = server_default().await;
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(
+        headers(
+            &r,
+            &[
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "ratelimit"
+            ]
+        ),
+        ["5", "4", "1717200066", r#""default-ip";r=4;t=66"#]
+    );
+}
+
+async fn server_default() -> (ManualClock, Server) {
+    server(HeaderStyle::default(), ErrorBody::default()).await
+}
+
+/// Exhausts the 5/min budget at T0, then asks again at T0 + 10 s.
+async fn refusal(body: ErrorBody) -> reqwest::Response {
+    let (clock, server) = server(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds), body).await;
+    for _ in 0..5 {
+        assert_eq!(server.status("/api/items").await, 200);
+    }
+    clock.advance(Duration::from_secs(10));
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "content-type"), "application/json");
+    r
+}
+
+#[tokio::test]
+async fn bodies_byte_for_byte() {
+    let seed_000 = refusal(ErrorBody::seed_000()).await;
+    assert_eq!(
+        seed_000.text().await.unwrap(),
+        r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 56 seconds.","retryAfter":56}"#
+    );
+    let seed_003 = refusal(ErrorBody::seed_003()).await;
+    assert_eq!(
+        seed_003.text().await.unwrap(),
+        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":5,"window":"1m","retryAfter":56}}"#
+    );
+    let custom = refusal(ErrorBody::custom(
+        |info| serde_json::json!({ "status": 429, "retry_in": info.retry_after_secs() }),
+    ))
+    .await;
+    assert_eq!(
+        custom.text().await.unwrap(),
+        r#"{"retry_in":56,"status":429}"#
+    );
+}
+
+/// Seed 004: a token bucket (sustained 100/min, burst 20) per API key, its pretty body.
+#[tokio::test]
+async fn seed_004_token_bucket_refusal() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
+        .error_body(ErrorBody::seed_004())
+        .route(
+            "GET /v1/invoices",
+            Policy::named("invoices")
+                .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20)),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/v1/invoices", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let call = || {
+        server
+            .get("/v1/invoices")
+            .header("x-api-key", "partner-key")
+            .send()
+    };
+    let first = call().await.unwrap();
+    assert_eq!(
+        headers(&first, &X),
+        ["100", "19", &(T0 + 1).to_string(), ""]
+    );
+    for _ in 0..19 {
+        assert_eq!(call().await.unwrap().status(), 200);
+    }
+    let r = call().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // 20 tokens spent at T0 refill at one per 0.6 s: full at T0 + 12 s, next token in 0.6 s.
+    assert_eq!(headers(&r, &X), ["100", "0", "1717200012", "1"]);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\n  \"error\": \"rate_limit_exceeded\",\n  \"message\": \"You have exceeded the rate limit for GET /v1/invoices.\",\n  \"limit\": 100,\n  \"remaining\": 0,\n  \"reset_at\": 1717200012\n}"
+    );
+}

@@ -1,0 +1,237 @@
+//! Forged forwarding headers, and requests built to break the middleware, against a real
+//! server. (Header parsing itself is property-tested in `client_ip_spoofing.rs`.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use common::{clock_and_store, header, serve, times, Server};
+use tollgate::{ClientIp, HeaderStyle, Limiter, Policy, ProxyHeader, ResetFormat};
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn limited_server(client_ip: ClientIp) -> Server {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::x_ratelimit(ResetFormat::Seconds))
+        .client_ip(client_ip)
+        .identity(common::user_header)
+        .route("/api/webhooks/*", Policy::exempt())
+        .route(
+            "/*",
+            Policy::named("default")
+                .per_ip("3/min")
+                .per_api_key("x-api-key", "100/min"),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/webhooks/{name}", get(ok))
+        .fallback(|| async { "fallback" })
+        .layer(limiter.layer());
+    serve(app).await
+}
+
+#[tokio::test]
+async fn an_untrusted_client_forging_every_header_is_still_itself() {
+    for header_kind in [
+        ProxyHeader::XForwardedFor,
+        ProxyHeader::Forwarded,
+        ProxyHeader::XRealIp,
+    ] {
+        // Proxies are trusted, but not the loopback peer the test connects from.
+        let server = limited_server(
+            ClientIp::peer()
+                .trust_proxies(["10.0.0.0/8", "192.168.0.0/16"])
+                .proxy_header(header_kind),
+        )
+        .await;
+        let mut statuses = Vec::new();
+        for i in 0..6 {
+            let forged = format!("198.51.100.{i}");
+            let r = server
+                .get("/api/items")
+                .header("x-forwarded-for", format!("{forged}, 10.0.0.{i}"))
+                .header("forwarded", format!("for={forged}"))
+                .header("x-real-ip", &forged)
+                .send()
+                .await
+                .unwrap();
+            statuses.push(r.status().as_u16());
+        }
+        assert_eq!(
+            statuses,
+            vec![200, 200, 200, 429, 429, 429],
+            "{header_kind:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_gets_its_own_bucket() {
+    // The test's connection plays the proxy: 127.0.0.1 is trusted.
+    let server = limited_server(ClientIp::peer().trust_proxies(["127.0.0.0/8"])).await;
+    let via_proxy = |xff: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .get("/api/items")
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(via_proxy("203.0.113.7").await, 200);
+    }
+    assert_eq!(via_proxy("203.0.113.7").await, 429);
+    // Another client behind the same proxy has its own budget.
+    for _ in 0..3 {
+        assert_eq!(via_proxy("203.0.113.8").await, 200);
+    }
+    // A client that forges an entry to the left of what the proxy appended stays itself.
+    assert_eq!(via_proxy("198.51.100.99, 203.0.113.7").await, 429);
+    // IPv6 clients share their /64.
+    assert_eq!(via_proxy("2001:db8:1:2::1").await, 200);
+    assert_eq!(via_proxy("2001:db8:1:2::2").await, 200);
+    assert_eq!(via_proxy("2001:db8:1:2:ffff::3").await, 200);
+    assert_eq!(via_proxy("2001:db8:1:2::4").await, 429);
+    assert_eq!(via_proxy("2001:db8:1:3::1").await, 200);
+}
+
+/// Sends raw bytes and returns the status line of the answer.
+fn raw(server: &Server, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn no_request_makes_it_panic() {
+    let server = limited_server(ClientIp::peer().trust_proxies(["127.0.0.0/8"])).await;
+    let addr = server.addr();
+
+    // Malformed header values: non-UTF-8, empty, garbage, in every header the limiter reads.
+    let odd = [
+        reqwest::header::HeaderValue::from_bytes(b"\xff\xfe\xfd").unwrap(),
+        reqwest::header::HeaderValue::from_static(""),
+        reqwest::header::HeaderValue::from_static("unknown, , ,,"),
+        reqwest::header::HeaderValue::from_static("[::1]:99999, 300.1.1.1, for=\"\\"),
+    ];
+    for value in &odd {
+        let r = server
+            .get("/api/items")
+            .header("x-forwarded-for", value.clone())
+            .header("forwarded", value.clone())
+            .header("x-real-ip", value.clone())
+            .header("x-api-key", value.clone())
+            .header("x-user", value.clone())
+            .send()
+            .await
+            .unwrap();
+        // Every one of them is limited (as the proxy itself, or its last good hop).
+        assert!(matches!(r.status().as_u16(), 200 | 429), "{value:?}");
+    }
+
+    // 10,000 X-Forwarded-For entries in one header, and in 80 lines of 125 (hyper takes
+    // at most 100 header lines).
+    let entries: Vec<String> = (0..10_000)
+        .map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256))
+        .collect();
+    let r = server
+        .get("/api/items")
+        .header("x-forwarded-for", entries.join(", "))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 429));
+    let mut request = server.get("/api/items");
+    for line in entries.chunks(125) {
+        request = request.header("x-forwarded-for", line.join(","));
+    }
+    assert!(matches!(
+        request.send().await.unwrap().status().as_u16(),
+        200 | 429
+    ));
+
+    // Paths: percent-encoded non-UTF-8, raw non-ASCII bytes, dot segments, and 20 kB.
+    let server_ref = &server;
+    let statuses = tokio::task::spawn_blocking({
+        let server = Server {
+            base: server_ref.base.clone(),
+            client: server_ref.client.clone(),
+        };
+        move || {
+            [
+                raw(&server, b"GET /api/%ff%fe%00 HTTP/1.1\r\nhost: x\r\n\r\n"),
+                raw(&server, b"GET /api/\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n"),
+                raw(&server, b"GET /api/webhooks/../items HTTP/1.1\r\nhost: x\r\n\r\n"),
+                raw(&server, format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a/".repeat(10_000)).as_bytes()),
+                raw(&server, b"GET /api/items HTTP/1.1\r\nhost: x\r\nx-forwarded-for: \xc3\x28, \xa0\xa1\r\nx-api-key: \x80\x81\r\n\r\n"),
+            ]
+        }
+    })
+    .await
+    .unwrap();
+    for status in &statuses {
+        assert!(status.starts_with("HTTP/1.1 "), "{statuses:?}");
+        assert!(!status.starts_with("HTTP/1.1 5"), "{statuses:?}");
+    }
+    // The server is still up and still limiting.
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = c
+        .get(format!("http://{addr}/api/items"))
+        .header("x-forwarded-for", "203.0.113.50")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "2");
+}
+
+#[tokio::test]
+async fn unusual_spellings_do_not_reach_an_exempt_class() {
+    let server = limited_server(ClientIp::peer()).await;
+    // /api/webhooks/* is exempt; these reach the same handlers (or the fallback) but are
+    // limited like everything else.
+    assert_eq!(
+        server.statuses("/api/webhooks/stripe", 5).await,
+        times(200, 5)
+    );
+    let mut statuses = Vec::new();
+    for path in [
+        "/api/items",
+        "/api//webhooks/x",
+        "/api/%77ebhooks/x",
+        "/api/webhooks%2Fx",
+    ] {
+        statuses.push(server.status(path).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+}

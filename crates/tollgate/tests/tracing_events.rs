@@ -1,0 +1,158 @@
+//! What the limiter logs: one event per refusal (never the raw key), per shadow refusal,
+//! per configuration warning. Alone in its binary: tracing caches callsite interest
+//! process-wide, so tests running in parallel without a subscriber would hide events.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tollgate::{ClientIp, Limiter, Policy};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+type Body = Full<Bytes>;
+
+fn request(path: &str, peer: Option<&str>, api_key: Option<&str>) -> Request<Body> {
+    let mut req = Request::get(path).body(Body::new(Bytes::new())).unwrap();
+    if let Some(peer) = peer {
+        req.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+    }
+    if let Some(key) = api_key {
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    }
+    req
+}
+
+async fn echo(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    Ok(Response::new(Body::new(Bytes::from_static(b"hello"))))
+}
+
+/// Collects every tracing event as `LEVEL field=value ...`.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, " {}={:?}", field.name(), value);
+            }
+        }
+        let mut fields = Fields(event.metadata().level().to_string());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn refusals_and_warnings_are_logged_without_secrets() {
+    let capture = Capture::default();
+    let events = capture.0.clone();
+    tracing::subscriber::with_default(capture, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let limiter = Limiter::builder()
+                .client_ip(ClientIp::peer().trust_proxies(["0.0.0.0/0"]))
+                .route(
+                    "/*",
+                    Policy::named("keys").per_api_key("x-api-key", "1/min"),
+                )
+                .route("/shadow/*", Policy::named("trial").per_ip("1/min").shadow())
+                .build()
+                .unwrap();
+            let svc = ServiceBuilder::new()
+                .layer(limiter.layer())
+                .service(service_fn(echo));
+            let peer = Some("192.0.2.1:5000");
+            for _ in 0..2 {
+                let _ = svc
+                    .clone()
+                    .oneshot(request("/x", peer, Some("sk_live_secret")))
+                    .await
+                    .unwrap();
+                let _ = svc
+                    .clone()
+                    .oneshot(request("/shadow/x", peer, None))
+                    .await
+                    .unwrap();
+            }
+            // No peer address at all: one clear error, then the requests share one key.
+            let first = svc
+                .clone()
+                .oneshot(request("/shadow/y", None, None))
+                .await
+                .unwrap();
+            let second = svc
+                .clone()
+                .oneshot(request("/shadow/y", None, None))
+                .await
+                .unwrap();
+            assert_eq!(
+                (first.status(), second.status()),
+                (StatusCode::OK, StatusCode::OK)
+            );
+            assert_eq!(limiter.stats().would_refuse, 2);
+        });
+    });
+    let events = events.lock().unwrap().clone();
+    let all = events.join("\n");
+    assert!(!all.contains("sk_live_secret"), "{all}");
+    let refusals: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("rate limit exceeded"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{all}");
+    assert!(refusals[0].starts_with("INFO"), "{all}");
+    for field in [
+        r#"policy=keys"#,
+        r#"bucket=keys:api_key"#,
+        r#"key_kind=api_key"#,
+        "shadow=false",
+        "path=/x",
+    ] {
+        assert!(
+            refusals[0].contains(field),
+            "{field} missing in {}",
+            refusals[0]
+        );
+    }
+    let shadow: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("would refuse"))
+        .collect();
+    assert_eq!(shadow.len(), 2, "{all}");
+    assert!(shadow[0].contains("policy=trial") && shadow[0].contains("shadow=true"));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("WARN") && e.contains("0.0.0.0/0"))
+            .count(),
+        1,
+        "{all}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("ERROR") && e.contains("into_make_service_with_connect_info"))
+            .count(),
+        1,
+        "{all}"
+    );
+}
