@@ -57,8 +57,29 @@
 //! route's buckets. Two consequences: that first request is refused if its central class
 //! is already exhausted; and without axum's `MatchedPath` (a plain tower stack) the
 //! provisional charge and refund happen on every request.
-
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//!
+//! # Client address
+//!
+//! Per-IP keys come from the TCP peer (axum's `ConnectInfo<SocketAddr>`, or a
+//! `SocketAddr` / `IpAddr` request extension), or from the forwarding header of a trusted
+//! proxy ([`ClientIp`]). A request with no peer address at all is a deployment mistake
+//! (axum served without `into_make_service_with_connect_info::<SocketAddr>()`): the first
+//! such request logs one `tracing` error saying how to fix it, and such requests then
+//! share one per-IP bucket (`unknown-peer`), so they are still limited and never answered
+//! with a 500.
+//!
+//! # Stores
+//!
+//! [`MemoryStore`] by default (this process only, bounded). Any [`Store`] works
+//! (tollgate-redis provides the Redis and fallback stores).
+//!
+//! # Observability
+//!
+//! `tracing` events (target `tollgate`): `INFO` per refused request and per request a
+//! shadow policy would refuse (fields `policy`, `bucket`, `key_kind`, `shadow`,
+//! `retry_after_ms`, `method`, `path`; never the key itself), `WARN` per configuration
+//! warning and store failure, `ERROR` once for requests without a peer address.
+//! [`Limiter::stats`] counts admitted, refused, would-refuse and store errors.
 
 pub mod classify;
 pub mod client_ip;

@@ -850,3 +850,27 @@ fn configuration_mistakes_are_typed_build_errors() {
         .try_policy(Policy::named("auth").per_ip("20/15min"))
         .is_ok());
 }
+
+#[tokio::test]
+async fn concurrent_requests_admit_exactly_the_limit() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/*", Policy::named("default").per_ip("20/min"))
+        .global("1000/min")
+        .build()
+        .unwrap();
+    let server = serve(Router::new().route("/x", get(ok)).layer(limiter.layer())).await;
+    let requests = (0..60).map(|_| {
+        let request = server.get("/x");
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    });
+    let mut statuses = Vec::new();
+    for r in requests.collect::<Vec<_>>() {
+        statuses.push(r.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40);
+    assert_eq!(limiter.stats().admitted, 20);
+    assert_eq!(limiter.stats().refused, 40);
+}

@@ -122,3 +122,18 @@ async fn a_per_route_policy_without_axum_replaces_the_class_on_every_request() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[test]
+fn layer_and_service_are_clone_debug_send_sync() {
+    fn check<T: Clone + std::fmt::Debug + Send + Sync + 'static>() {}
+    check::<Limiter>();
+    check::<tollgate::RateLimitLayer>();
+    check::<
+        tollgate::RateLimit<
+            tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+        >,
+    >();
+    check::<Policy>();
+    check::<tollgate::Key>();
+    check::<tollgate::Rate>();
+}
