@@ -15,16 +15,46 @@ use crate::limit::{Algorithm, Limit};
 pub(crate) enum State {
     /// [`Algorithm::SlidingWindow`]: the newest segment index and a ring of k+1 counters,
     /// the counter of segment `i` at `i % (k+1)`.
-    Segments { head: u64, counts: Box<[u64]> },
+    Segments(Ring),
     /// [`Algorithm::SlidingLog`]: admitted (time, cost), oldest first, and their sum.
     Log {
-        entries: VecDeque<(u64, u64)>,
+        /// Boxed, so that a state is three words whatever the algorithm (the memory
+        /// store's entries then fit a cache line).
+        #[allow(clippy::box_collection)]
+        entries: Box<VecDeque<(u64, u64)>>,
         total: u64,
     },
     /// [`Algorithm::TokenBucket`]: the theoretical arrival time.
     Tat(u64),
     /// [`Algorithm::FixedWindow`]: the window index and what it has used.
     Fixed { window: u64, used: u64 },
+}
+
+/// A sliding window's newest segment index followed by its k+1 counters, in one
+/// allocation: a state is three words, which keeps the memory store's entries to one
+/// cache line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ring(Box<[u64]>);
+
+impl Ring {
+    /// `counters` zeroed counters, the newest segment being `head`.
+    fn new(head: u64, counters: usize) -> Self {
+        let mut all = vec![0; counters + 1];
+        all[0] = head;
+        Self(all.into_boxed_slice())
+    }
+
+    /// The newest segment index and the counters.
+    fn parts(&self) -> (&u64, &[u64]) {
+        let (head, counts) = self.0.split_at(1);
+        (&head[0], counts)
+    }
+
+    /// The newest segment index and the counters, to change.
+    fn parts_mut(&mut self) -> (&mut u64, &mut [u64]) {
+        let (head, counts) = self.0.split_at_mut(1);
+        (&mut head[0], counts)
+    }
 }
 
 /// Whether a cost fits now.
@@ -42,12 +72,12 @@ impl State {
     /// The state of a key nothing has been counted against.
     pub(crate) fn fresh(limit: &Limit, now: u64) -> Self {
         match limit.algorithm() {
-            Algorithm::SlidingWindow { segments } => State::Segments {
-                head: now / limit.segment_micros(),
-                counts: vec![0; usize::from(segments) + 1].into_boxed_slice(),
-            },
+            Algorithm::SlidingWindow { segments } => State::Segments(Ring::new(
+                now / limit.segment_micros(),
+                usize::from(segments) + 1,
+            )),
             Algorithm::SlidingLog => State::Log {
-                entries: VecDeque::new(),
+                entries: Box::default(),
                 total: 0,
             },
             Algorithm::TokenBucket { .. } => State::Tat(0),
@@ -62,8 +92,8 @@ impl State {
     /// its keys afresh).
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
         match (self, limit.algorithm()) {
-            (State::Segments { counts, .. }, Algorithm::SlidingWindow { segments }) => {
-                counts.len() == usize::from(segments) + 1
+            (State::Segments(ring), Algorithm::SlidingWindow { segments }) => {
+                ring.parts().1.len() == usize::from(segments) + 1
             }
             (State::Log { .. }, Algorithm::SlidingLog)
             | (State::Tat(_), Algorithm::TokenBucket { .. })
@@ -75,7 +105,8 @@ impl State {
     /// Brings the state up to `now`: drops what has aged out of the window.
     pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
         match self {
-            State::Segments { head, counts } => {
+            State::Segments(ring) => {
+                let (head, counts) = ring.parts_mut();
                 let current = now / limit.segment_micros();
                 if current > *head {
                     let ring = counts.len() as u64;
@@ -114,7 +145,11 @@ impl State {
     /// the tokens missing from a full bucket, rounded up).
     fn used(&self, limit: &Limit, now: u64) -> u64 {
         match self {
-            State::Segments { counts, .. } => counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
+            State::Segments(ring) => ring
+                .parts()
+                .1
+                .iter()
+                .fold(0u64, |a, c| a.saturating_add(*c)),
             State::Log { total, .. } => *total,
             State::Tat(tat) => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
             State::Fixed { used, .. } => *used,
@@ -128,7 +163,8 @@ impl State {
             return Fit::Never;
         }
         let wait = match self {
-            State::Segments { head, counts } => {
+            State::Segments(ring) => {
+                let (head, counts) = ring.parts();
                 let sum = self.used(limit, now);
                 let Some(need) = (sum.saturating_add(cost)).checked_sub(capacity) else {
                     return Fit::Now;
@@ -162,7 +198,7 @@ impl State {
                 let period = limit.quota().period_micros();
                 let mut freed = 0u64;
                 let mut leaves_at = now + period;
-                for &(at, c) in entries {
+                for &(at, c) in entries.iter() {
                     freed += c;
                     if freed >= need {
                         leaves_at = at + period;
@@ -195,7 +231,8 @@ impl State {
     /// Counts `cost` against the state (a charge or a penalty; it may go over the limit).
     pub(crate) fn add(&mut self, limit: &Limit, cost: u64, now: u64) {
         match self {
-            State::Segments { head, counts } => {
+            State::Segments(ring) => {
+                let (head, counts) = ring.parts_mut();
                 let i = (*head % counts.len() as u64) as usize;
                 counts[i] = counts[i].saturating_add(cost);
             }
@@ -218,7 +255,8 @@ impl State {
     /// Gives `cost` back, newest charges first; never below empty.
     pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, now: u64) {
         match self {
-            State::Segments { head, counts } => {
+            State::Segments(ring) => {
+                let (head, counts) = ring.parts_mut();
                 let ring = counts.len() as u64;
                 let mut left = cost;
                 for back in 0..ring {
@@ -261,7 +299,8 @@ impl State {
     /// Zero if it is fresh already.
     pub(crate) fn expires_at(&self, limit: &Limit) -> u64 {
         match self {
-            State::Segments { head, counts } => {
+            State::Segments(ring) => {
+                let (head, counts) = ring.parts();
                 let ring = counts.len() as u64;
                 (0..ring)
                     .filter_map(|back| head.checked_sub(back))

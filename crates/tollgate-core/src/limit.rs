@@ -36,8 +36,9 @@ pub enum Algorithm {
     ///
     /// **Bound**: in every interval of length W at most N are admitted (the counted segments
     /// always cover the whole window). It errs only towards refusing: a request is refused
-    /// only if more than N − cost were admitted in the last W + W/k. With k = 10, a client
-    /// that spends its whole budget at once waits at most 1.1 W instead of W.
+    /// only if more than N − cost were admitted in the last (k+1)·⌈W/k⌉ µs (W + W/k,
+    /// plus at most k+1 µs of rounding). With k = 10, a client that spends its whole
+    /// budget at once waits at most 1.1 W instead of W.
     SlidingWindow {
         /// Segments per window, 1 to 1000.
         segments: u16,

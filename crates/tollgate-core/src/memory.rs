@@ -27,18 +27,27 @@
 //!   remains) are never evicted, so a flood of invented keys cannot free a limited client.
 //!   If every entry of a shard is at its limit, a new key is decided as fresh and not
 //!   stored ([`MemoryStats::not_stored`] counts them).
+//! - An entry is one 64-byte slot of its shard's hash table (keys of up to 22 bytes are
+//!   held in it), plus the key if longer, plus (k + 2) × 8 bytes of counters for a
+//!   sliding window of k segments, or 16 bytes per distinct admission time for an exact
+//!   log. Tables grow by doubling, so the cap costs at most about 2 × 64 bytes per entry
+//!   before those extras (13 MB for the default 100,000).
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
 //!   several shards locks them in index order.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
 use crate::algorithm::{Fit, State};
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::decision::Decision;
+use crate::decision::{BucketState, Decision};
+use crate::limit::Limit;
 use crate::store::{Batch, BoxFuture, Bucket, Op, Store, StoreError};
 
 /// The default for [`MemoryStoreBuilder::max_entries`].
@@ -51,15 +60,60 @@ struct Entry {
     state: State,
     /// When the state is back to fresh (microseconds); the entry may go then.
     expires_at: u64,
-    /// When it was last charged or checked.
-    last_seen: u64,
-    /// At its limit: the last check was refused, or nothing remains.
-    limited: bool,
+    /// When it was last charged or checked, if it may be evicted; `None` while it is at
+    /// its limit (the last check was refused, or nothing remains): such an entry is
+    /// never evicted.
+    evictable_since: Option<NonZeroU64>,
 }
 
+/// A stored key. Short keys (a bucket name and an IPv4 address or a user id fit) are
+/// held in the table itself, so finding one does not follow a second pointer.
+#[derive(Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+/// The longest key held inline (the key then takes as much room as a boxed one plus 8).
+const INLINE_KEY: usize = 22;
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key);
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Heap(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+/// One key of a shard's table and its entry: 64 bytes, aligned so that finding a key
+/// and deciding on it touch one cache line.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Slot {
+    key: Key,
+    entry: Entry,
+}
+
+// A key, a state and two times fill the line exactly; growing any of them costs speed.
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+/// One independently locked part of the store. Its table is looked up with the hash the
+/// store computed once per bucket (which also chose the shard).
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Box<str>, Entry, Hasher>,
+    table: HashTable<Slot>,
     /// The size after the last sweep of fresh entries.
     swept_len: usize,
 }
@@ -85,7 +139,7 @@ struct Counters {
 }
 
 struct Inner {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded]>,
     shard_cap: usize,
     hasher: Hasher,
     clock: Arc<dyn Clock>,
@@ -158,7 +212,7 @@ impl MemoryStoreBuilder {
             shards /= 2;
         }
         let inner = Inner {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            shards: (0..shards).map(|_| Padded::default()).collect(),
             shard_cap: self.max_entries / shards,
             hasher: Hasher::default(),
             clock: self.clock,
@@ -201,123 +255,55 @@ impl MemoryStore {
     /// [`Store::apply`], which cannot fail here.
     pub fn apply_now(&self, op: Op, buckets: &[Bucket]) -> Decision {
         let now = self.inner.clock.now();
+        let now_us = now.as_micros();
         let inner = &*self.inner;
         let mask = inner.shards.len() - 1;
         // Lock the shards this request touches, in index order (no deadlock between
-        // requests that share several shards).
-        let mut shard_of: [usize; 8] = [0; 8];
-        let mut owned;
-        let shard_of: &mut [usize] = if buckets.len() <= 8 {
-            &mut shard_of[..buckets.len()]
-        } else {
-            owned = vec![0; buckets.len()];
-            &mut owned
-        };
-        for (slot, bucket) in shard_of.iter_mut().zip(buckets) {
-            *slot = inner.hasher.hash_one(bucket.key.as_str()) as usize & mask;
-        }
-        let mut order: Vec<usize> = shard_of.to_vec();
+        // requests that share several shards). Up to `INLINE` buckets, nothing here
+        // allocates.
+        let hashes: Scratch<u64> = buckets.iter().map(|b| inner.hash(&b.key)).collect();
+        // The shard comes from bits the table does not use to place keys (it uses the
+        // low bits for the position and the top 7 as a tag).
+        let shard_of: Scratch<usize> = hashes
+            .iter()
+            .map(|h| (h >> SHARD_SHIFT) as usize & mask)
+            .collect();
+        let mut order = shard_of.clone();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
-            order.iter().map(|&i| (i, lock(&inner.shards[i]))).collect();
-        let shard = |i: usize| -> usize {
-            guards
+        let mut guards: Scratch<MutexGuard<'_, Shard>> =
+            order.iter().map(|&i| lock(&inner.shards[i])).collect();
+        // Each bucket's guard.
+        let slots: Scratch<usize> = shard_of
+            .iter()
+            .map(|i| order.binary_search(i).unwrap_or_default())
+            .collect();
+
+        // A charge of several buckets first sees whether every cost fits, and changes a
+        // bucket only if all do. Any other call decides each bucket on its own.
+        let verdicts: Option<Scratch<Fit>> = (op == Op::Charge && buckets.len() > 1).then(|| {
+            buckets
                 .iter()
-                .position(|(idx, _)| *idx == i)
-                .unwrap_or_default()
-        };
-        let slots: Vec<usize> = shard_of.iter().map(|&i| shard(i)).collect();
+                .zip(&slots)
+                .zip(&hashes)
+                .map(|((bucket, &slot), &hash)| guards[slot].fit(hash, bucket, now_us))
+                .collect()
+        });
+        let all_fit = verdicts
+            .as_ref()
+            .map(|fits| fits.iter().all(|f| *f == Fit::Now));
 
-        let now_us = now.as_micros();
-        // Phase 1: bring every bucket up to now and see whether its cost fits.
-        let mut fits = Vec::with_capacity(buckets.len());
-        for (bucket, &slot) in buckets.iter().zip(&slots) {
-            let shard = &mut guards[slot].1;
-            let fit = match shard.map.get_mut(bucket.key.as_str()) {
-                Some(entry) => {
-                    if !entry.state.fits_algorithm(&bucket.limit) {
-                        entry.state = State::fresh(&bucket.limit, now_us);
-                    }
-                    entry.state.advance(&bucket.limit, now_us);
-                    entry.state.fit(&bucket.limit, bucket.cost, now_us)
-                }
-                None => State::fresh(&bucket.limit, now_us).fit(&bucket.limit, bucket.cost, now_us),
-            };
-            fits.push(fit);
-        }
-        let allowed = match op {
-            Op::Charge | Op::Peek => fits.iter().all(|f| *f == Fit::Now),
-            Op::Refund | Op::Penalize | Op::Reset => true,
-        };
-
-        // Phase 2: change the state (or not) and report.
-        let mut states = Vec::with_capacity(buckets.len());
-        for ((bucket, &slot), fit) in buckets.iter().zip(&slots).zip(fits) {
-            let shard = &mut *guards[slot].1;
-            let key = bucket.key.as_str();
-            let limit = &bucket.limit;
-            let report_fit = match op {
-                Op::Charge | Op::Peek => fit,
-                _ => Fit::Now,
-            };
-            let changes = match op {
-                Op::Charge => allowed,
-                Op::Peek => false,
-                Op::Refund | Op::Penalize | Op::Reset => true,
-            };
-            if op == Op::Reset {
-                shard.map.remove(key);
-                let fresh = State::fresh(limit, now_us);
-                states.push(fresh.report(limit, Fit::Now, bucket.cost, now_us));
-                continue;
-            }
-            if !shard.map.contains_key(key) {
-                let fresh = State::fresh(limit, now_us);
-                let adds = changes && matches!(op, Op::Charge | Op::Penalize);
-                if !adds {
-                    // Nothing to remember: a refusal or a peek of a fresh key, or a refund
-                    // of nothing.
-                    states.push(fresh.report(limit, report_fit, bucket.cost, now_us));
-                    continue;
-                }
-                if !inner.make_room(shard, now_us) {
-                    let mut state = fresh;
-                    state.add(limit, bucket.cost, now_us);
-                    states.push(state.report(limit, report_fit, bucket.cost, now_us));
-                    continue;
-                }
-                shard.map.insert(
-                    key.into(),
-                    Entry {
-                        state: fresh,
-                        expires_at: 0,
-                        last_seen: now_us,
-                        limited: false,
-                    },
-                );
-            }
-            let Some(entry) = shard.map.get_mut(key) else {
-                continue;
-            };
-            if changes {
-                match op {
-                    Op::Charge | Op::Penalize => entry.state.add(limit, bucket.cost, now_us),
-                    Op::Refund => entry.state.sub(limit, bucket.cost, now_us),
-                    Op::Peek | Op::Reset => {}
-                }
-            }
-            let state = entry.state.report(limit, report_fit, bucket.cost, now_us);
-            entry.expires_at = entry.state.expires_at(limit);
-            entry.last_seen = now_us;
-            entry.limited = !state.allowed || state.remaining == 0;
-            if entry.expires_at <= now_us {
-                shard.map.remove(key);
-            }
-            states.push(state);
-        }
+        let states: Vec<BucketState> = buckets
+            .iter()
+            .zip(&slots)
+            .enumerate()
+            .map(|(i, (bucket, &slot))| {
+                let verdict = verdicts.as_ref().zip(all_fit).map(|(f, all)| (f[i], all));
+                inner.apply_one(&mut guards[slot], hashes[i], op, bucket, verdict, now_us)
+            })
+            .collect();
         Decision {
-            allowed,
+            allowed: states.iter().all(|s| s.allowed),
             now,
             buckets: states,
         }
@@ -346,7 +332,7 @@ impl MemoryStore {
 
     /// How many keys the store holds.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.inner.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
     /// Whether the store holds no key.
@@ -361,13 +347,161 @@ impl MemoryStore {
     }
 }
 
+/// Per-request scratch space, on the stack for up to `INLINE` buckets.
+type Scratch<T> = SmallVec<[T; INLINE]>;
+
+/// How many buckets a request may have before its scratch space is allocated.
+const INLINE: usize = 4;
+
+/// Bits of a key's hash below the ones that choose its shard (at most 2^16 shards, under
+/// the table's 7-bit tag at the top).
+const SHARD_SHIFT: u32 = 40;
+
+impl Shard {
+    fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut Entry> {
+        self.table
+            .find_mut(hash, |slot| slot.key.as_bytes() == key.as_bytes())
+            .map(|slot| &mut slot.entry)
+    }
+
+    fn remove(&mut self, hash: u64, key: &str) {
+        if let Ok(found) = self
+            .table
+            .find_entry(hash, |slot| slot.key.as_bytes() == key.as_bytes())
+        {
+            found.remove();
+        }
+    }
+
+    /// Adds a key known to be absent.
+    fn insert(&mut self, hash: u64, key: &str, entry: Entry, hasher: &Hasher) {
+        let slot = Slot {
+            key: Key::new(key.as_bytes()),
+            entry,
+        };
+        self.table
+            .insert_unique(hash, slot, |s| hasher.hash_one(s.key.as_bytes()));
+    }
+
+    /// Keeps the entries `keep` says to keep; returns how many went.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
+        let before = self.table.len();
+        self.table.retain(|slot| keep(&slot.entry));
+        before - self.table.len()
+    }
+
+    /// Brings `bucket`'s entry up to `now` and says whether its cost fits.
+    fn fit(&mut self, hash: u64, bucket: &Bucket, now: u64) -> Fit {
+        let limit = &bucket.limit;
+        match self.get_mut(hash, &bucket.key) {
+            Some(entry) => {
+                entry.catch_up(limit, now);
+                entry.state.fit(limit, bucket.cost, now)
+            }
+            None => State::fresh(limit, now).fit(limit, bucket.cost, now),
+        }
+    }
+}
+
+impl Entry {
+    /// Notes what a call answered: when the state is fresh again, when it was seen,
+    /// whether it is at its limit.
+    fn remember(&mut self, report: &BucketState, now: u64) {
+        // `reset_after` is the time until the state is fresh (zero if it already is).
+        let reset = u64::try_from(report.reset_after.as_micros()).unwrap_or(u64::MAX);
+        self.expires_at = now.saturating_add(reset);
+        let limited = !report.allowed || report.remaining == 0;
+        self.evictable_since = if limited {
+            None
+        } else {
+            NonZeroU64::new(now.max(1))
+        };
+    }
+
+    /// Brings the state up to `now`; a state of another algorithm (the limit changed)
+    /// starts afresh.
+    fn catch_up(&mut self, limit: &Limit, now: u64) {
+        if !self.state.fits_algorithm(limit) {
+            self.state = State::fresh(limit, now);
+        }
+        self.state.advance(limit, now);
+    }
+}
+
 impl Inner {
+    /// A key's hash: chooses its shard and places it in the shard's table.
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key.as_bytes())
+    }
+
+    /// Applies `op` to one bucket and reports it. `verdict`, for a charge of several
+    /// buckets, is this bucket's fit and whether every bucket fits.
+    fn apply_one(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        op: Op,
+        bucket: &Bucket,
+        verdict: Option<(Fit, bool)>,
+        now: u64,
+    ) -> BucketState {
+        let (key, limit, cost) = (bucket.key.as_str(), &bucket.limit, bucket.cost);
+        if op == Op::Reset {
+            shard.remove(hash, key);
+            return State::fresh(limit, now).report(limit, Fit::Now, cost, now);
+        }
+        // What to answer for this bucket, and whether its state changes.
+        let decide = |state: &State| match (op, verdict) {
+            (Op::Charge, Some((fit, all))) => (fit, all),
+            (Op::Charge, None) => {
+                let fit = state.fit(limit, cost, now);
+                (fit, fit == Fit::Now)
+            }
+            (Op::Peek, _) => (state.fit(limit, cost, now), false),
+            (Op::Refund | Op::Penalize | Op::Reset, _) => (Fit::Now, true),
+        };
+        if let Some(entry) = shard.get_mut(hash, key) {
+            entry.catch_up(limit, now);
+            let (fit, changes) = decide(&entry.state);
+            if changes {
+                match op {
+                    Op::Charge | Op::Penalize => entry.state.add(limit, cost, now),
+                    Op::Refund => entry.state.sub(limit, cost, now),
+                    Op::Peek | Op::Reset => {}
+                }
+            }
+            let report = entry.state.report(limit, fit, cost, now);
+            entry.remember(&report, now);
+            if entry.expires_at <= now {
+                shard.remove(hash, key);
+            }
+            return report;
+        }
+        let mut state = State::fresh(limit, now);
+        let (fit, changes) = decide(&state);
+        if !(changes && matches!(op, Op::Charge | Op::Penalize)) {
+            // Nothing to remember: a refusal or a peek of a fresh key, or a refund of
+            // nothing.
+            return state.report(limit, fit, cost, now);
+        }
+        state.add(limit, cost, now);
+        let report = state.report(limit, fit, cost, now);
+        let mut entry = Entry {
+            state,
+            expires_at: 0,
+            evictable_since: None,
+        };
+        entry.remember(&report, now);
+        if entry.expires_at > now && self.make_room(shard, now) {
+            shard.insert(hash, key, entry, &self.hasher);
+        }
+        report
+    }
+
     /// Drops fresh entries from `shard`; returns how many.
     fn sweep(&self, shard: &mut Shard, now: u64) -> usize {
-        let before = shard.map.len();
-        shard.map.retain(|_, e| e.expires_at > now);
-        let gone = before - shard.map.len();
-        shard.swept_len = shard.map.len();
+        let gone = shard.retain(|e| e.expires_at > now);
+        shard.swept_len = shard.table.len();
         self.counters
             .expired
             .fetch_add(gone as u64, Ordering::Relaxed);
@@ -376,19 +510,18 @@ impl Inner {
 
     /// Makes room for one more entry in `shard`; false if every entry is at its limit.
     fn make_room(&self, shard: &mut Shard, now: u64) -> bool {
-        let len = shard.map.len();
+        let len = shard.table.len();
         if len >= 2 * shard.swept_len + 64 || len >= self.shard_cap {
             self.sweep(shard, now);
         }
-        if shard.map.len() < self.shard_cap {
+        if shard.table.len() < self.shard_cap {
             return true;
         }
         // Evict the least recently seen eighth of the entries not at their limit.
-        let mut idle: Vec<u64> = shard
-            .map
-            .values()
-            .filter(|e| !e.limited)
-            .map(|e| e.last_seen)
+        let mut idle: Vec<NonZeroU64> = shard
+            .table
+            .iter()
+            .filter_map(|s| s.entry.evictable_since)
             .collect();
         if idle.is_empty() {
             self.counters.not_stored.fetch_add(1, Ordering::Relaxed);
@@ -397,26 +530,31 @@ impl Inner {
         let batch = (self.shard_cap / 8).clamp(1, idle.len());
         let (_, &mut cutoff, _) = idle.select_nth_unstable(batch - 1);
         let mut left = batch;
-        shard.map.retain(|_, e| {
-            if left > 0 && !e.limited && e.last_seen <= cutoff {
+        let evicted = shard.retain(|e| {
+            if left > 0 && e.evictable_since.is_some_and(|seen| seen <= cutoff) {
                 left -= 1;
                 false
             } else {
                 true
             }
         });
-        let evicted = batch - left;
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
-        shard.swept_len = shard.map.len();
+        shard.swept_len = shard.table.len();
         true
     }
 }
 
+/// A shard's lock on a cache line of its own, so that threads working in different
+/// shards do not invalidate each other's lines.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(Mutex<Shard>);
+
 /// Locks a shard; a poisoned lock (a panic elsewhere) still holds valid state.
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(shard: &Padded) -> MutexGuard<'_, Shard> {
+    shard.0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Store for MemoryStore {

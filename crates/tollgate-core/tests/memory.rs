@@ -1,0 +1,178 @@
+//! The memory store stays bounded whatever keys clients invent, and a flood of invented
+//! keys never frees a client that is being limited.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota};
+
+const T0: Duration = Duration::from_secs(1_700_000_000);
+
+/// Keys at their limit, each reached differently: refused, exhausted exactly, penalized.
+fn limited_keys(group: &str) -> Vec<Bucket> {
+    vec![
+        Bucket::new(
+            "login",
+            &format!("{group}-alice@example.com"),
+            Limit::sliding_exact(Quota::per_minute(5)),
+        ),
+        Bucket::new(
+            "burst",
+            &format!("{group}-203.0.113.7"),
+            Limit::token_bucket(Quota::per_hour(100), 10).expect("valid burst"),
+        ),
+        Bucket::new(
+            "daily",
+            &format!("{group}-key_live_42"),
+            Limit::fixed(Quota::per_day(10_000)),
+        ),
+        Bucket::new(
+            "api",
+            &format!("{group}-u_7"),
+            Limit::sliding(Quota::per_hour(3)),
+        ),
+    ]
+}
+
+/// Brings each key to its limit.
+fn exhaust(store: &MemoryStore, keys: &[Bucket]) {
+    let [login, burst, daily, api] = keys else {
+        unreachable!("four keys")
+    };
+    let one = std::slice::from_ref;
+    for _ in 0..5 {
+        assert!(store.charge(one(login)).allowed);
+    }
+    assert!(!store.charge(one(login)).allowed);
+    let last = store.charge(one(&burst.clone().with_cost(10)));
+    assert!(last.allowed);
+    assert_eq!(last.buckets[0].remaining, 0);
+    let penalty = daily.clone().with_cost(12_000);
+    assert!(store.apply_now(Op::Penalize, one(&penalty)).allowed);
+    assert!(store.charge(one(&api.clone().with_cost(3))).allowed);
+    assert!(!store.charge(one(api)).allowed);
+}
+
+/// Every key is still refused.
+fn assert_still_limited(store: &MemoryStore, keys: &[Bucket], when: &str) {
+    for key in keys {
+        let d = store.charge(std::slice::from_ref(key));
+        assert!(!d.allowed, "{} was freed {when}", key.key);
+        assert!(d.retry_after().is_some(), "{}", key.key);
+    }
+}
+
+/// 1,000,000 distinct keys into a store capped at 100,000: the store never holds more
+/// than the cap, keys checked during the flood and keys left alone during it all stay
+/// limited. About 1 s when tollgate-core and hashbrown are optimized in test builds
+/// (`[profile.dev.package.*]`); about 9 s of CPU in a plain debug build, where the
+/// unoptimized hash table dominates.
+#[test]
+fn a_million_invented_keys_stay_within_the_cap_and_free_no_limited_client() {
+    const CAP: usize = 100_000;
+    const KEYS: usize = 1_000_000;
+    let clock = ManualClock::new(T0);
+    let store = MemoryStore::builder()
+        .max_entries(CAP)
+        .clock(clock.clone())
+        .build();
+    assert!(store.capacity() <= CAP);
+    let watched = limited_keys("watched");
+    let untouched = limited_keys("untouched");
+    exhaust(&store, &watched);
+    exhaust(&store, &untouched);
+
+    // Each invented key is charged once against a limit that keeps it for a minute, so
+    // nothing expires during the flood (the clock moves 1 µs per request): the store must
+    // evict.
+    let mut bucket = Bucket::new("flood", "", Limit::sliding(Quota::per_minute(100)));
+    let mut peak = 0;
+    for i in 0..KEYS {
+        clock.advance(Duration::from_micros(1));
+        bucket.key.truncate("flood:".len());
+        write!(bucket.key, "{i}").expect("writing to a String");
+        assert!(store.charge(std::slice::from_ref(&bucket)).allowed);
+        if i % 10_000 == 0 {
+            let len = store.len();
+            assert!(len <= CAP, "{len} entries after {i} keys");
+            peak = peak.max(len);
+        }
+        if i % 5_000 == 0 {
+            assert_still_limited(&store, &watched, &format!("after {i} keys"));
+        }
+    }
+    let stats = store.stats();
+    assert!(stats.entries <= CAP, "{stats:?}");
+    assert!(
+        peak >= CAP * 8 / 10,
+        "the store should fill up: peak {peak}"
+    );
+    assert!(stats.evicted >= (KEYS - CAP) as u64, "{stats:?}");
+    assert_eq!(stats.not_stored, 0, "{stats:?}");
+    assert_still_limited(&store, &watched, "at the end");
+    // The keys nobody touched for a million requests are limited too.
+    assert_still_limited(&store, &untouched, "while idle");
+}
+
+/// When a shard holds only limited keys, a new key is decided as fresh but not stored;
+/// the limited keys stay.
+#[test]
+fn a_store_full_of_limited_keys_stays_at_its_cap() {
+    let clock = ManualClock::new(T0);
+    let store = MemoryStore::builder()
+        .max_entries(64)
+        .clock(clock.clone())
+        .build();
+    assert_eq!(store.capacity(), 64);
+    let tight = Limit::sliding(Quota::per_hour(1));
+    let limited: Vec<Bucket> = (0..64)
+        .map(|i| Bucket::new("tight", &format!("client-{i}"), tight))
+        .collect();
+    for b in &limited {
+        assert!(store.charge(std::slice::from_ref(b)).allowed);
+    }
+    assert_eq!(store.len(), 64);
+    for i in 0..1000 {
+        let b = Bucket::new("tight", &format!("new-{i}"), tight);
+        assert!(store.charge(std::slice::from_ref(&b)).allowed);
+        assert!(store.len() <= 64);
+    }
+    assert!(store.stats().not_stored >= 1000);
+    for b in &limited {
+        assert!(!store.charge(std::slice::from_ref(b)).allowed, "{}", b.key);
+    }
+}
+
+/// Entries whose state is back to fresh are dropped: by `purge_expired`, and lazily as
+/// new keys arrive.
+#[test]
+fn fresh_entries_are_dropped() {
+    let clock = ManualClock::new(T0);
+    let store = MemoryStore::builder()
+        .max_entries(10_000)
+        .clock(clock.clone())
+        .build();
+    let per_second = Limit::sliding(Quota::per_second(10));
+    let charge = |prefix: &str, n: usize| {
+        for i in 0..n {
+            let b = Bucket::new(prefix, &i.to_string(), per_second);
+            assert!(store.charge(std::slice::from_ref(&b)).allowed);
+        }
+    };
+    charge("first", 5_000);
+    assert_eq!(store.len(), 5_000);
+    // One window and one segment later, all 5,000 are fresh again.
+    clock.advance(Duration::from_millis(1_100));
+    assert_eq!(store.purge_expired(), 5_000);
+    assert!(store.is_empty());
+
+    charge("second", 5_000);
+    clock.advance(Duration::from_millis(1_100));
+    // Without purging, new keys sweep the expired ones as the shards grow: the store
+    // never needs to evict a live key.
+    charge("third", 6_000);
+    let stats = store.stats();
+    assert!(stats.entries <= 10_000, "{stats:?}");
+    assert_eq!(stats.evicted, 0, "{stats:?}");
+    assert!(stats.expired >= 10_000, "{stats:?}");
+}

@@ -1,0 +1,293 @@
+//! Peek, refund, penalize, reset and oversized costs, for every algorithm, through
+//! [`MemoryStore`] on a [`ManualClock`]; and the [`Store`] trait's validation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tollgate_core::{
+    Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, Store,
+    StoreError, Timestamp,
+};
+
+const T0: Duration = Duration::from_secs(1_700_000_000);
+
+/// One limit of capacity 5 per algorithm.
+fn limits() -> [Limit; 4] {
+    let q = Quota::per_minute(5);
+    [
+        Limit::sliding(q),
+        Limit::sliding_exact(q),
+        Limit::token_bucket(q, 5).expect("valid burst"),
+        Limit::fixed(q),
+    ]
+}
+
+fn manual_store() -> (MemoryStore, ManualClock) {
+    let clock = ManualClock::new(T0);
+    (MemoryStore::builder().clock(clock.clone()).build(), clock)
+}
+
+fn one(limit: Limit, cost: u64) -> [Bucket; 1] {
+    [Bucket::new("ops", "198.51.100.9", limit).with_cost(cost)]
+}
+
+fn apply(store: &MemoryStore, op: Op, limit: Limit, cost: u64) -> Decision {
+    store.apply_now(op, &one(limit, cost))
+}
+
+/// Polls a future that is ready at once (the memory store never waits).
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the memory store's future was not ready"),
+    }
+}
+
+#[test]
+fn a_cost_above_the_capacity_is_refused_with_no_retry_time() {
+    for limit in limits() {
+        let (store, clock) = manual_store();
+        for _ in 0..2 {
+            let d = apply(&store, Op::Charge, limit, 6);
+            assert!(!d.allowed, "{limit}");
+            let b = &d.buckets[0];
+            assert_eq!(
+                b.refusal,
+                Some(Refusal::CostExceedsCapacity {
+                    cost: 6,
+                    capacity: 5
+                }),
+                "{limit}"
+            );
+            assert_eq!(b.retry_after, None, "{limit}");
+            assert_eq!(d.retry_after(), None, "{limit}");
+            assert_eq!(b.remaining, 5, "{limit}: a refusal charges nothing");
+            assert_eq!(store.len(), 0, "{limit}: nothing to remember");
+            // Waiting does not help.
+            clock.advance(Duration::from_secs(86_400));
+        }
+        // The whole capacity at once is fine.
+        assert!(apply(&store, Op::Charge, limit, 5).allowed, "{limit}");
+    }
+    // A token bucket's capacity is its burst, not its sustained count.
+    let (store, _) = manual_store();
+    let bucket = Limit::token_bucket(Quota::per_minute(100), 2).expect("valid burst");
+    let d = apply(&store, Op::Charge, bucket, 3);
+    assert_eq!(
+        d.buckets[0].refusal,
+        Some(Refusal::CostExceedsCapacity {
+            cost: 3,
+            capacity: 2
+        })
+    );
+}
+
+#[test]
+fn an_impossible_bucket_beats_any_wait_in_a_batch() {
+    let (store, _) = manual_store();
+    let tight = Bucket::new("tight", "k", Limit::sliding(Quota::per_minute(1)));
+    let small = Bucket::new("small", "k", Limit::fixed(Quota::per_hour(3))).with_cost(4);
+    let roomy = Bucket::new("roomy", "k", Limit::sliding_exact(Quota::per_hour(100)));
+    assert!(store.charge(std::slice::from_ref(&tight)).allowed);
+    let d = store.charge(&[tight.clone(), small, roomy]);
+    assert!(!d.allowed);
+    assert_eq!(d.most_restrictive(), Some(1));
+    assert_eq!(d.retry_after(), None);
+    assert!(d.buckets[0].retry_after.is_some());
+    assert!(d.buckets[2].allowed);
+    assert_eq!(
+        d.buckets[2].remaining, 100,
+        "refused: the roomy bucket was not charged"
+    );
+    // Without the impossible bucket, the wait is the tight bucket's.
+    let d = store.charge(&[tight]);
+    assert_eq!(d.most_restrictive(), Some(0));
+    assert_eq!(d.retry_after(), d.buckets[0].retry_after);
+}
+
+#[test]
+fn peek_changes_nothing() {
+    for limit in limits() {
+        let (store, _) = manual_store();
+        for _ in 0..10 {
+            let d = apply(&store, Op::Peek, limit, 5);
+            assert!(d.allowed, "{limit}");
+            assert_eq!(d.buckets[0].remaining, 5, "{limit}");
+        }
+        assert_eq!(
+            store.len(),
+            0,
+            "{limit}: a peek of a fresh key stores nothing"
+        );
+        assert!(apply(&store, Op::Charge, limit, 5).allowed, "{limit}");
+        let d = apply(&store, Op::Peek, limit, 1);
+        assert!(!d.allowed, "{limit}");
+        assert_eq!(d.buckets[0].refusal, Some(Refusal::OverLimit), "{limit}");
+    }
+}
+
+#[test]
+fn penalize_counts_even_past_the_limit() {
+    for limit in limits() {
+        let (store, _) = manual_store();
+        assert_eq!(apply(&store, Op::Charge, limit, 4).buckets[0].remaining, 1);
+        let d = apply(&store, Op::Penalize, limit, 3);
+        assert!(d.allowed, "{limit}: a penalty is not a refusal");
+        assert_eq!(d.buckets[0].remaining, 0, "{limit}");
+        let refused = apply(&store, Op::Charge, limit, 1);
+        assert!(!refused.allowed, "{limit}");
+
+        // The penalty counts beyond the limit: it takes at least as long to recover as a
+        // plain exhaustion, and longer where the algorithm keeps the debt (GCRA).
+        let (plain, _) = manual_store();
+        apply(&plain, Op::Charge, limit, 5);
+        let plain_wait = apply(&plain, Op::Charge, limit, 1).retry_after();
+        assert!(refused.retry_after() >= plain_wait, "{limit}");
+        if limit.to_string().contains("burst") {
+            // 7 tokens owed at 12 s each, 5 forgiven by the burst: 2 + 1 to wait for.
+            assert_eq!(refused.retry_after(), Some(Duration::from_secs(36)));
+            assert_eq!(plain_wait, Some(Duration::from_secs(12)));
+        }
+    }
+}
+
+#[test]
+fn penalize_stores_a_fresh_key() {
+    for limit in limits() {
+        let (store, _) = manual_store();
+        let d = apply(&store, Op::Penalize, limit, 9);
+        assert!(d.allowed, "{limit}");
+        assert_eq!(d.buckets[0].remaining, 0, "{limit}");
+        assert_eq!(store.len(), 1, "{limit}");
+        assert!(!apply(&store, Op::Charge, limit, 1).allowed, "{limit}");
+    }
+}
+
+#[test]
+fn refund_gives_back_newest_first_and_never_below_empty() {
+    for limit in limits() {
+        let (store, _) = manual_store();
+        // Refunding a key never charged stores nothing and changes nothing.
+        let d = apply(&store, Op::Refund, limit, 3);
+        assert!(d.allowed, "{limit}");
+        assert_eq!(d.buckets[0].remaining, 5, "{limit}");
+        assert_eq!(store.len(), 0, "{limit}");
+
+        assert_eq!(apply(&store, Op::Charge, limit, 5).buckets[0].remaining, 0);
+        assert_eq!(apply(&store, Op::Refund, limit, 2).buckets[0].remaining, 2);
+        assert!(apply(&store, Op::Charge, limit, 2).allowed, "{limit}");
+        assert!(!apply(&store, Op::Charge, limit, 1).allowed, "{limit}");
+        // Refunding more than was counted empties the bucket, no further; the entry goes.
+        let d = apply(&store, Op::Refund, limit, 50);
+        assert_eq!(d.buckets[0].remaining, 5, "{limit}");
+        assert_eq!(d.buckets[0].reset_after, Duration::ZERO, "{limit}");
+        assert_eq!(store.len(), 0, "{limit}: a fresh state is not kept");
+        assert_eq!(apply(&store, Op::Charge, limit, 5).buckets[0].remaining, 0);
+        assert!(!apply(&store, Op::Charge, limit, 1).allowed, "{limit}");
+    }
+}
+
+#[test]
+fn reset_forgets_one_key() {
+    for limit in limits() {
+        let (store, _) = manual_store();
+        let other = [Bucket::new("ops", "192.0.2.1", limit).with_cost(5)];
+        assert!(apply(&store, Op::Charge, limit, 5).allowed);
+        assert!(store.charge(&other).allowed);
+        assert_eq!(store.len(), 2);
+        assert!(!apply(&store, Op::Charge, limit, 1).allowed, "{limit}");
+
+        let d = apply(&store, Op::Reset, limit, 1);
+        assert!(d.allowed, "{limit}");
+        assert_eq!(d.buckets[0].remaining, 5, "{limit}");
+        assert_eq!(d.buckets[0].reset_after, Duration::ZERO, "{limit}");
+        assert_eq!(store.len(), 1, "{limit}");
+        assert_eq!(apply(&store, Op::Charge, limit, 1).buckets[0].remaining, 4);
+        // The other key is untouched.
+        assert!(!store.charge(&other).allowed, "{limit}");
+        // Resetting a key that is not there is harmless.
+        assert!(
+            store
+                .apply_now(Op::Reset, &one(Limit::fixed(Quota::per_day(1)), 1))
+                .allowed
+        );
+    }
+}
+
+#[test]
+fn a_clock_that_goes_back_unspends_nothing() {
+    for limit in limits() {
+        let (store, clock) = manual_store();
+        assert!(apply(&store, Op::Charge, limit, 5).allowed);
+        clock.set(Timestamp::from_micros(
+            u64::try_from((T0 - Duration::from_secs(90)).as_micros()).expect("fits"),
+        ));
+        let d = apply(&store, Op::Charge, limit, 1);
+        assert!(!d.allowed, "{limit}");
+        assert!(d.retry_after().is_some(), "{limit}");
+    }
+}
+
+#[test]
+fn a_limit_changed_at_runtime_starts_its_key_afresh() {
+    let (store, _) = manual_store();
+    let [sliding, exact, bucket, fixed] = limits();
+    assert!(apply(&store, Op::Charge, sliding, 5).allowed);
+    for next in [exact, bucket, fixed, sliding] {
+        let d = apply(&store, Op::Charge, next, 5);
+        assert!(d.allowed, "{next}");
+        assert_eq!(d.buckets[0].remaining, 0, "{next}");
+    }
+}
+
+#[test]
+fn admitted_decisions_describe_the_bucket_with_least_left() {
+    let (store, clock) = manual_store();
+    let per_ip = Bucket::new(
+        "api:ip",
+        "203.0.113.7",
+        Limit::sliding(Quota::per_minute(500)),
+    );
+    let per_user = Bucket::new("api:user", "u_42", Limit::sliding_exact(Quota::per_hour(3)));
+    let d = store.charge(&[per_ip, per_user]);
+    assert!(d.allowed);
+    assert_eq!(d.most_restrictive(), Some(1));
+    assert_eq!(d.most_restrictive_state().map(|b| b.remaining), Some(2));
+    assert_eq!(d.retry_after(), None);
+    assert_eq!(d.now, tollgate_core::Clock::now(&clock));
+    assert_eq!(d.buckets[1].reset_after, Duration::from_secs(3600));
+    assert_eq!(d.buckets[1].limit, 3);
+}
+
+#[test]
+fn the_store_trait_rejects_invalid_batches() {
+    let (store, _) = manual_store();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let limit = Limit::sliding(Quota::per_minute(5));
+    let empty = Batch::charge(Vec::new());
+    assert!(matches!(
+        ready(store.apply(&empty)),
+        Err(StoreError::InvalidBatch(_))
+    ));
+    let free = Batch::charge(vec![Bucket::new("x", "y", limit).with_cost(0)]);
+    assert!(matches!(
+        ready(store.apply(&free)),
+        Err(StoreError::InvalidBatch(_))
+    ));
+    // A peek of cost 0 is a valid question.
+    let peek = Batch::new(Op::Peek, vec![Bucket::new("x", "y", limit).with_cost(0)]);
+    assert_eq!(
+        ready(store.apply(&peek)).map(|d| d.allowed).ok(),
+        Some(true)
+    );
+    let charge = Batch::charge(vec![Bucket::new("x", "y", limit)]);
+    for left in (0..5).rev() {
+        let d = ready(store.apply(&charge)).expect("the memory store does not fail");
+        assert_eq!(d.buckets[0].remaining, left);
+    }
+    assert!(!ready(store.apply(&charge)).expect("no failure").allowed);
+}
