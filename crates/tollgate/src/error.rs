@@ -91,8 +91,8 @@ pub enum BuildError {
         /// The policy seen second.
         second: String,
     },
-    /// A bucket for direct use is declared twice.
-    #[error("bucket `{name}` is declared twice")]
+    /// A bucket for direct use is declared twice, or has the name of a policy's bucket.
+    #[error("bucket `{name}` is declared twice (or is also a policy's bucket name)")]
     DuplicateBucket {
         /// The bucket name.
         name: String,

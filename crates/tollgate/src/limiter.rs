@@ -426,7 +426,7 @@ impl LimiterBuilder {
 
     /// A bucket for direct use from handlers ([`Limiter::check`], [`Limiter::peek`],
     /// [`Limiter::penalize`], [`Limiter::reset`]), e.g. `.bucket("sign-in-failures",
-    /// Rate::exact("5/30min"))`.
+    /// Rate::exact("5/30min"))`. Its name must differ from every policy's bucket name.
     pub fn bucket(mut self, name: &str, rate: impl Into<Rate>) -> Self {
         self.direct.push((name.to_string(), rate.into()));
         self
@@ -537,7 +537,9 @@ impl LimiterBuilder {
                 key: "direct".into(),
                 source: Box::new(source),
             })?;
-            if direct.insert(name.clone(), limit).is_some() {
+            if signatures.contains_key(name.as_str())
+                || direct.insert(name.clone(), limit).is_some()
+            {
                 return Err(BuildError::DuplicateBucket { name });
             }
         }

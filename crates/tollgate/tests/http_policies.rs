@@ -828,6 +828,25 @@ fn configuration_mistakes_are_typed_build_errors() {
                 .build(),
             "burst",
         ),
+        (
+            Limiter::builder()
+                .route("/a", Policy::named("auth").per_ip("1/min"))
+                .bucket("auth", "5/30min")
+                .build(),
+            "declared twice",
+        ),
+        (
+            Limiter::builder()
+                .client_ip(tollgate::ClientIp::peer().trust_proxies(["10.0.0.0/33"]))
+                .build(),
+            "10.0.0.0/33",
+        ),
+        (
+            Limiter::builder()
+                .route("/api/items/", Policy::named("a").per_ip("1/min"))
+                .build(),
+            "trailing",
+        ),
     ];
     for (result, needle) in cases {
         let err = result.unwrap_err().to_string();
