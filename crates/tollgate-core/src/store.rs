@@ -124,7 +124,8 @@ impl Batch {
         Self::new(Op::Charge, buckets)
     }
 
-    /// Rejects batches no store should act on: no buckets, or a charge of cost 0.
+    /// Rejects batches no store should act on: no buckets, a charge of cost 0, or the same
+    /// key twice.
     ///
     /// # Errors
     ///
@@ -137,6 +138,16 @@ impl Batch {
         }
         if self.op == Op::Charge && self.buckets.iter().any(|b| b.cost == 0) {
             return Err(StoreError::InvalidBatch("a charge must cost at least 1"));
+        }
+        // The same key twice would be checked twice against one state and could admit
+        // over its limit; a request names each bucket once.
+        let duplicate = self
+            .buckets
+            .iter()
+            .enumerate()
+            .any(|(i, b)| self.buckets[..i].iter().any(|a| a.key == b.key));
+        if duplicate {
+            return Err(StoreError::InvalidBatch("a batch names the same key twice"));
         }
         Ok(())
     }

@@ -291,3 +291,17 @@ fn the_store_trait_rejects_invalid_batches() {
     }
     assert!(!ready(store.apply(&charge)).expect("no failure").allowed);
 }
+
+#[test]
+fn a_batch_naming_one_key_twice_is_rejected_and_charges_nothing() {
+    let store = MemoryStore::new();
+    let limit = Limit::sliding(Quota::per_minute(1));
+    let twice = Batch::charge(vec![
+        Bucket::new("b", "k", limit),
+        Bucket::new("b", "k", limit),
+    ]);
+    let err = ready(store.apply(&twice)).unwrap_err();
+    assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
+    // Nothing was charged: the key still admits its one request.
+    assert!(store.charge(&[Bucket::new("b", "k", limit)]).allowed);
+}
