@@ -1,0 +1,285 @@
+//! The local cache of refusals: once Redis refused a key until T, further charges of that key
+//! before T are refused here, without a round trip.
+//!
+//! A refusal can only end sooner than Redis said if some bucket gets budget back: a refund or
+//! reset through this store forgets the keys it touches, but one made by another instance is
+//! seen here only after T. Charges by other instances only make refusals longer, so a cached
+//! refusal never refuses what Redis would admit, except after such a foreign refund or reset
+//! (or a Redis restarted empty), and then at most until T. The deadline is counted from when
+//! the request was *sent*, so the cache lets go no later than Redis would (it may ask Redis
+//! again a round trip early, which then refuses again).
+//!
+//! A hit needs the state of every bucket of the batch from one recent refusal (the usual case:
+//! a client hammering the same route), a refusing bucket whose deadline has not passed and a
+//! cost at least what was refused. The answer reports each bucket as Redis last did, with
+//! the waits shortened by the time that passed.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tollgate_core::{Bucket, BucketState, Decision, Limit, Refusal, Timestamp};
+
+/// The default capacity of the cache (keys).
+pub const DEFAULT_REFUSAL_CACHE: usize = 10_000;
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    limit: Limit,
+    state: BucketState,
+    /// When the request whose refusal this is was sent.
+    sent_at: Instant,
+    /// The server's time in that decision.
+    server_now: Timestamp,
+    /// Until when the entry may serve (the refusal's longest wait).
+    valid_until: Instant,
+    /// Set if this bucket refused: until when, and at what cost.
+    refused: Option<(Instant, u64)>,
+}
+
+type Shard = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+
+/// A bounded map of recent refusals.
+#[derive(Debug)]
+pub(crate) struct RefusalCache {
+    shards: Box<[Mutex<Shard>]>,
+    shard_cap: usize,
+    hasher: foldhash::fast::RandomState,
+    /// Entries held, so that the usual case (nothing refused lately) costs no lock.
+    len: AtomicUsize,
+}
+
+impl RefusalCache {
+    /// A cache of at most `capacity` keys (at least one per shard).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_cap: capacity.div_ceil(SHARDS).max(1),
+            hasher: foldhash::fast::RandomState::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The locally decided refusal of a charge of `buckets` at `now`, if the cache knows one.
+    pub(crate) fn lookup(&self, buckets: &[Bucket], now: Instant) -> Option<Decision> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(buckets.len());
+        let mut refusing = false;
+        for bucket in buckets {
+            let entry = self.shard(&bucket.key).get(bucket.key.as_str()).cloned()?;
+            if entry.limit != bucket.limit || entry.valid_until <= now {
+                return None;
+            }
+            refusing |=
+                matches!(entry.refused, Some((until, cost)) if until > now && bucket.cost >= cost);
+            entries.push(entry);
+        }
+        if !refusing {
+            return None;
+        }
+        let first = &entries[0];
+        let server_now = first
+            .server_now
+            .saturating_add(now.saturating_duration_since(first.sent_at));
+        let states = buckets
+            .iter()
+            .zip(entries)
+            .map(|(bucket, entry)| {
+                let elapsed = now.saturating_duration_since(entry.sent_at);
+                let mut state = entry.state;
+                state.reset_after = state.reset_after.saturating_sub(elapsed);
+                let capacity = bucket.limit.capacity();
+                if bucket.cost > capacity {
+                    state.allowed = false;
+                    state.retry_after = None;
+                    state.refusal = Some(Refusal::CostExceedsCapacity {
+                        cost: bucket.cost,
+                        capacity,
+                    });
+                } else {
+                    match entry.refused {
+                        Some((until, cost)) if until > now && bucket.cost >= cost => {
+                            state.allowed = false;
+                            state.retry_after = Some((until - now).max(Duration::from_micros(1)));
+                            state.refusal = Some(Refusal::OverLimit);
+                        }
+                        _ => {
+                            state.allowed = true;
+                            state.retry_after = None;
+                            state.refusal = None;
+                        }
+                    }
+                }
+                state
+            })
+            .collect();
+        Some(Decision {
+            allowed: false,
+            now: server_now,
+            buckets: states,
+        })
+    }
+
+    /// Remembers a refused charge of `buckets` (sent at `sent_at`).
+    pub(crate) fn record(&self, buckets: &[Bucket], decision: &Decision, sent_at: Instant) {
+        let longest = decision
+            .buckets
+            .iter()
+            .filter_map(|b| match b.refusal {
+                Some(Refusal::OverLimit) => b.retry_after,
+                _ => None,
+            })
+            .max();
+        let Some(longest) = longest else {
+            return; // refused only because a cost exceeds a capacity: nothing to wait for
+        };
+        let now = Instant::now();
+        let valid_until = sent_at + longest;
+        for (bucket, state) in buckets.iter().zip(&decision.buckets) {
+            let refused = match (state.refusal, state.retry_after) {
+                (Some(Refusal::OverLimit), Some(wait)) => Some((sent_at + wait, bucket.cost)),
+                _ => None,
+            };
+            let entry = Entry {
+                limit: bucket.limit,
+                state: state.clone(),
+                sent_at,
+                server_now: decision.now,
+                valid_until,
+                refused,
+            };
+            let mut shard = self.shard(&bucket.key);
+            if !shard.contains_key(bucket.key.as_str()) && shard.len() >= self.shard_cap {
+                let before = shard.len();
+                shard.retain(|_, e| e.valid_until > now);
+                self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+                if shard.len() >= self.shard_cap {
+                    continue; // full of live refusals: this one is decided by Redis
+                }
+            }
+            if shard.insert(bucket.key.as_str().into(), entry).is_none() {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets what is known of `buckets` (their state changed through this store).
+    pub(crate) fn forget(&self, buckets: &[Bucket]) {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for bucket in buckets {
+            if self
+                .shard(&bucket.key)
+                .remove(bucket.key.as_str())
+                .is_some()
+            {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::Quota;
+
+    fn refused(wait: Duration) -> BucketState {
+        BucketState {
+            allowed: false,
+            limit: 2,
+            remaining: 0,
+            reset_after: wait,
+            retry_after: Some(wait),
+            refusal: Some(Refusal::OverLimit),
+        }
+    }
+
+    fn fine() -> BucketState {
+        BucketState {
+            allowed: true,
+            limit: 100,
+            remaining: 40,
+            reset_after: Duration::from_secs(30),
+            retry_after: None,
+            refusal: None,
+        }
+    }
+
+    #[test]
+    fn refuses_until_the_deadline_with_the_same_buckets() {
+        let cache = RefusalCache::new(100);
+        let ip = Bucket::new("ip", "1.2.3.4", Limit::sliding(Quota::per_minute(2)));
+        let global = Bucket::new("global", "all", Limit::sliding(Quota::per_minute(100)));
+        let buckets = vec![ip.clone(), global.clone()];
+        let t0 = Instant::now();
+        assert!(cache.lookup(&buckets, t0).is_none());
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(1_000_000),
+            buckets: vec![refused(Duration::from_secs(10)), fine()],
+        };
+        cache.record(&buckets, &decision, t0);
+        assert_eq!(cache.len(), 2);
+
+        let hit = cache.lookup(&buckets, t0 + Duration::from_secs(4)).unwrap();
+        assert!(!hit.allowed);
+        assert_eq!(hit.now, Timestamp::from_micros(5_000_000));
+        assert_eq!(hit.buckets[0].retry_after, Some(Duration::from_secs(6)));
+        assert_eq!(hit.retry_after(), Some(Duration::from_secs(6)));
+        assert_eq!(hit.buckets[1].remaining, 40);
+        assert!(hit.buckets[1].allowed);
+
+        // A cheaper request, another limit, an unknown companion or a passed deadline: ask Redis.
+        assert!(cache
+            .lookup(&[ip.clone().with_cost(0), global.clone()], t0)
+            .is_none());
+        let other_limit = Bucket::new("ip", "1.2.3.4", Limit::sliding(Quota::per_minute(3)));
+        assert!(cache.lookup(&[other_limit, global.clone()], t0).is_none());
+        let stranger = Bucket::new("user", "u1", Limit::sliding(Quota::per_minute(3)));
+        assert!(cache.lookup(&[ip.clone(), stranger], t0).is_none());
+        assert!(cache
+            .lookup(&buckets, t0 + Duration::from_secs(10))
+            .is_none());
+        // Only the refusing bucket alone is enough.
+        assert!(cache.lookup(std::slice::from_ref(&ip), t0).is_some());
+        assert!(cache.lookup(std::slice::from_ref(&global), t0).is_none());
+
+        cache.forget(std::slice::from_ref(&ip));
+        assert!(cache.lookup(&buckets, t0).is_none());
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn bounded() {
+        let cache = RefusalCache::new(SHARDS); // one per shard
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            let b = Bucket::new("ip", &i.to_string(), Limit::sliding(Quota::per_minute(2)));
+            let d = Decision {
+                allowed: false,
+                now: Timestamp::from_micros(0),
+                buckets: vec![refused(Duration::from_secs(60))],
+            };
+            cache.record(&[b], &d, t0);
+        }
+        assert!(cache.len() <= SHARDS);
+    }
+}

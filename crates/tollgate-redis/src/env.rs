@@ -1,0 +1,152 @@
+//! The store an application gets from its environment: Redis (with the memory fallback) when
+//! `REDIS_URL` or `KV_URL` is set, memory otherwise.
+//!
+//! ```no_run
+//! use tollgate_core::Store;
+//!
+//! # fn demo() -> Result<(), tollgate_redis::RedisConfigError> {
+//! let store = tollgate_redis::from_env()?; // a bad URL is an error here; an unreachable Redis is not
+//! match store.redis() {
+//!     Some(fallback) => println!("rate limits in Redis, now on {}", fallback.mode()),
+//!     None => println!("rate limits in memory (no REDIS_URL / KV_URL)"),
+//! }
+//! # Ok(()) }
+//! ```
+
+use tollgate_core::{Batch, BoxFuture, Decision, MemoryStore, Store, StoreError};
+
+use crate::error::RedisConfigError;
+use crate::fallback::{FallbackConfig, FallbackStore};
+use crate::store::{RedisStore, RedisStoreBuilder};
+
+/// The environment variables holding the Redis URL, in the order they are read (empty
+/// values count as unset). `KV_URL` is what Vercel KV / Upstash set.
+pub const URL_VARIABLES: [&str; 2] = ["REDIS_URL", "KV_URL"];
+
+/// The Redis URL of the environment, if any (see [`URL_VARIABLES`]).
+pub fn redis_url_from_env() -> Option<String> {
+    url_from(|name| std::env::var(name).ok())
+}
+
+fn url_from(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    URL_VARIABLES
+        .iter()
+        .filter_map(|name| get(name))
+        .map(|v| v.trim().to_owned())
+        .find(|v| !v.is_empty())
+}
+
+/// A store chosen by the environment: see [`from_env`].
+#[derive(Debug, Clone)]
+pub enum EnvStore {
+    /// No Redis URL: state in this process.
+    Memory(MemoryStore),
+    /// Redis, falling back to memory when it fails.
+    Redis(FallbackStore<RedisStore>),
+}
+
+impl EnvStore {
+    /// The Redis fallback store, if a Redis URL was set.
+    pub fn redis(&self) -> Option<&FallbackStore<RedisStore>> {
+        match self {
+            EnvStore::Redis(store) => Some(store),
+            EnvStore::Memory(_) => None,
+        }
+    }
+}
+
+impl Store for EnvStore {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        match self {
+            EnvStore::Memory(store) => store.apply(batch),
+            EnvStore::Redis(store) => store.apply(batch),
+        }
+    }
+}
+
+/// The store of the environment: `REDIS_URL` (or `KV_URL`) set → a [`FallbackStore`] over a
+/// [`RedisStore`] at that URL with the default settings; unset → a [`MemoryStore`].
+///
+/// Never connects and never fails because Redis is unreachable (the fallback store starts on
+/// memory and probes it); only a URL that does not parse is an error.
+///
+/// # Errors
+///
+/// [`RedisConfigError::InvalidUrl`].
+pub fn from_env() -> Result<EnvStore, RedisConfigError> {
+    from_env_with(RedisStore::builder(), FallbackConfig::default())
+}
+
+/// [`from_env`] with a builder for the Redis store (prefix, refusal cache, timeouts; its URL
+/// is replaced by the environment's) and fallback settings.
+///
+/// # Errors
+///
+/// [`RedisConfigError::InvalidUrl`].
+pub fn from_env_with(
+    redis: RedisStoreBuilder,
+    config: FallbackConfig,
+) -> Result<EnvStore, RedisConfigError> {
+    from_url(redis_url_from_env(), redis, config)
+}
+
+fn from_url(
+    url: Option<String>,
+    redis: RedisStoreBuilder,
+    config: FallbackConfig,
+) -> Result<EnvStore, RedisConfigError> {
+    Ok(match url {
+        None => EnvStore::Memory(MemoryStore::new()),
+        Some(url) => EnvStore::Redis(FallbackStore::with_config(redis.url(url).build()?, config)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_redis_url_then_kv_url() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(url_from(vars(&[])), None);
+        assert_eq!(
+            url_from(vars(&[
+                ("KV_URL", "rediss://kv:1"),
+                ("REDIS_URL", "redis://r:2")
+            ])),
+            Some("redis://r:2".into())
+        );
+        assert_eq!(
+            url_from(vars(&[("KV_URL", "rediss://kv:1"), ("REDIS_URL", "  ")])),
+            Some("rediss://kv:1".into())
+        );
+    }
+
+    #[test]
+    fn memory_without_url_and_typed_error_for_a_bad_one() {
+        let store = from_url(None, RedisStore::builder(), FallbackConfig::default()).unwrap();
+        assert!(store.redis().is_none());
+        let err = from_url(
+            Some("http://user:pw@host".into()),
+            RedisStore::builder(),
+            FallbackConfig::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RedisConfigError::InvalidUrl { .. }));
+        assert!(!err.to_string().contains("pw"), "{err}");
+        let store = from_url(
+            Some("redis://127.0.0.1:1/".into()),
+            RedisStore::builder(),
+            FallbackConfig::default(),
+        )
+        .unwrap();
+        assert!(store.redis().is_some());
+    }
+}

@@ -1,0 +1,68 @@
+//! Configuration errors: what [`RedisStoreBuilder::build`](crate::RedisStoreBuilder::build)
+//! and [`from_env`](crate::from_env) reject, before any request is served.
+
+/// Why a Redis store could not be configured. Never returned because Redis is unreachable:
+/// connections are made lazily, and the [`FallbackStore`](crate::FallbackStore) covers an
+/// unreachable Redis.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConfigError {
+    /// The builder was given no URL, cluster nodes, connection manager or pool.
+    #[error("no Redis connection configured: give a URL (`redis://host:6379`), cluster nodes, a ConnectionManager or a deadpool-redis Pool")]
+    NoConnection,
+    /// The URL could not be parsed (or names TLS, `rediss://`, without the `tls` feature).
+    /// The password, if any, is not shown.
+    #[error("invalid Redis URL `{url}` (expected `redis://[user:password@]host[:port][/db]`, `rediss://...` with the `tls` feature, or `unix:///path`): {source}")]
+    InvalidUrl {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What the Redis client said.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A cluster was asked for with no node.
+    #[error("a Redis Cluster needs at least one node URL")]
+    EmptyCluster,
+}
+
+/// `url` with the password of its user info replaced by `***`, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or_default();
+    if !userinfo.contains(':') && !user.is_empty() {
+        // `redis://password@host` is also accepted by some clients: hide it all.
+        return format!("{}***@{}", &url[..scheme_end + 3], &rest[at + 1..]);
+    }
+    format!("{}{user}:***@{}", &url[..scheme_end + 3], &rest[at + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact("rediss://default:s3cret@eu1.example.com:6379"),
+            "rediss://default:***@eu1.example.com:6379"
+        );
+        assert_eq!(
+            redact("redis://:s3cret@localhost/0"),
+            "redis://:***@localhost/0"
+        );
+        assert_eq!(redact("redis://s3cret@localhost"), "redis://***@localhost");
+        assert_eq!(
+            redact("redis://localhost:6379/0"),
+            "redis://localhost:6379/0"
+        );
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

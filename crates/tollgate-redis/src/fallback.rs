@@ -1,0 +1,393 @@
+//! [`FallbackStore`]: a primary store (Redis) with a per-call timeout and a circuit breaker,
+//! answering from memory while the primary is slow or down, and going back to it when it is
+//! healthy again.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
+//!
+//! # async fn demo() -> Result<(), tollgate_redis::RedisConfigError> {
+//! let redis = RedisStore::open("redis://127.0.0.1:6379/")?;
+//! let config = FallbackConfig::default()
+//!     .timeout(Duration::from_millis(50))
+//!     .fallback_divisor(4); // 4 app instances: each admits a quarter while on memory
+//! let store = FallbackStore::connect(redis, config).await; // never fails: memory if Redis is down
+//! if store.mode() == Mode::Fallback {
+//!     eprintln!("Redis unreachable at startup; limiting from memory meanwhile");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Behaviour
+//!
+//! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::timeout`]; a call
+//!   that takes longer is a failure, answered as below. No request waits on a dead or paused
+//!   Redis longer than that.
+//! - **Circuit breaker**: after [`FallbackConfig::failure_threshold`] failures in a row, the
+//!   store switches to [`Mode::Fallback`]: calls no longer try the primary at all. A background
+//!   task (on the tokio runtime) probes the primary, waiting [`FallbackConfig::probe_backoff`]
+//!   between probes, doubling up to its maximum; the first probe answered within the timeout
+//!   switches back to [`Mode::Primary`].
+//! - **A failure is never a refusal**: what a failed call answers depends on the batch's
+//!   [`FailureMode`]: [`FailureMode::Fallback`] (the default) decides from the in-memory
+//!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
+//!   caller to admit without headers or to answer 503.
+//! - **Scaled limits**: while on memory each instance counts alone, so N instances admit N
+//!   times the limit. [`FallbackConfig::fallback_divisor`] divides every limit (and burst) on
+//!   memory by the expected number of instances.
+//! - **Startup**: [`FallbackStore::connect`] probes once and starts on memory if the primary
+//!   does not answer; [`FallbackStore::new`] probes in the background as soon as a tokio runtime
+//!   runs it. Neither fails.
+//! - **Observability**: each switch is a `tracing` event (target `tollgate::store`): `warn`
+//!   when leaving the primary, with the reason, `info` when returning. [`FallbackStore::mode`]
+//!   tells where decisions are made now.
+//!
+//! State is not copied between the stores: after a switch, counting starts from what the
+//! other store had (memory starts empty the first time; Redis keeps what it had unless it
+//! restarted empty).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tollgate_core::{
+    Batch, BoxFuture, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Quota, Store,
+    StoreError,
+};
+
+/// The default [`FallbackConfig::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Where a [`FallbackStore`] decides now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// On the primary store (Redis).
+    Primary,
+    /// On the in-memory store: the primary failed, and is being probed.
+    Fallback,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Primary => "primary",
+            Mode::Fallback => "fallback (memory)",
+        })
+    }
+}
+
+/// The settings of a [`FallbackStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackConfig {
+    timeout: Duration,
+    failure_threshold: u32,
+    probe_min: Duration,
+    probe_max: Duration,
+    divisor: u32,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            failure_threshold: 3,
+            probe_min: Duration::from_millis(100),
+            probe_max: Duration::from_secs(2),
+            divisor: 1,
+        }
+    }
+}
+
+impl FallbackConfig {
+    /// The longest a call may wait for the primary (at least 1 ms). Default
+    /// [`DEFAULT_TIMEOUT`] (50 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many failed calls in a row open the circuit (at least 1). Default 3.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// The wait before the first probe of a failed primary, and the most it grows to
+    /// (doubling after each failed probe). Default 100 ms up to 2 s: a primary that is back
+    /// is used again within about 2 s.
+    pub fn probe_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.probe_min = first.max(Duration::from_millis(1));
+        self.probe_max = max.max(self.probe_min);
+        self
+    }
+
+    /// Divide every limit by `instances` while deciding from memory (at least 1, the
+    /// default): with N app instances each on its own memory, N × (limit / N) ≈ the limit.
+    pub fn fallback_divisor(mut self, instances: u32) -> Self {
+        self.divisor = instances.max(1);
+        self
+    }
+
+    /// The per-call timeout.
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The divisor applied to limits on memory.
+    pub fn get_fallback_divisor(&self) -> u32 {
+        self.divisor
+    }
+}
+
+struct Shared<P> {
+    primary: P,
+    memory: MemoryStore,
+    config: FallbackConfig,
+    on_primary: AtomicBool,
+    failures: AtomicU32,
+    /// Why the circuit opened last.
+    reason: Mutex<String>,
+}
+
+/// A [`Store`] that decides on `P` (usually [`RedisStore`](crate::RedisStore)) and falls back
+/// to a [`MemoryStore`] when `P` fails or is slow. Clones share one state. See the
+/// [module documentation](crate::fallback).
+pub struct FallbackStore<P: Store> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P: Store> Clone for FallbackStore<P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<P: Store> fmt::Debug for FallbackStore<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackStore")
+            .field("mode", &self.mode())
+            .field("primary", &self.shared.primary)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+/// What the probe asks: a peek at a key nothing writes, through the whole path (connection,
+/// script, reply).
+fn probe_batch() -> Batch {
+    Batch::new(
+        Op::Peek,
+        vec![Bucket::new(
+            "tollgate-probe",
+            "health",
+            Limit::fixed(Quota::per_second(1)),
+        )],
+    )
+}
+
+impl<P: Store> FallbackStore<P> {
+    /// A fallback store over `primary` with the default settings and memory store.
+    pub fn new(primary: P) -> Self {
+        Self::with_config(primary, FallbackConfig::default())
+    }
+
+    /// A fallback store over `primary` with `config` and the default memory store.
+    pub fn with_config(primary: P, config: FallbackConfig) -> Self {
+        Self::with_memory(primary, MemoryStore::new(), config)
+    }
+
+    /// A fallback store over `primary` deciding from `memory` when it fails.
+    ///
+    /// It starts on the primary; if a tokio runtime is running, it checks the primary at
+    /// once in the background and switches to memory if that fails. Without a runtime the
+    /// first calls find out.
+    pub fn with_memory(primary: P, memory: MemoryStore, config: FallbackConfig) -> Self {
+        let store = Self::unchecked(primary, memory, config);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::downgrade(&store.shared);
+            runtime.spawn(async move {
+                if let Some(shared) = shared.upgrade() {
+                    if let Err(e) = shared.check().await {
+                        shared.trip(&format!("at startup: {e}"));
+                    }
+                }
+            });
+        }
+        store
+    }
+
+    /// A fallback store over `primary` that has checked it once (within the timeout): on
+    /// the primary if it answered, otherwise on memory, probing in the background.
+    pub async fn connect(primary: P, config: FallbackConfig) -> Self {
+        let store = Self::unchecked(primary, MemoryStore::new(), config);
+        if let Err(e) = store.shared.check().await {
+            store.shared.trip(&format!("at startup: {e}"));
+        }
+        store
+    }
+
+    fn unchecked(primary: P, memory: MemoryStore, config: FallbackConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                primary,
+                memory,
+                config,
+                on_primary: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
+                reason: Mutex::new(String::new()),
+            }),
+        }
+    }
+
+    /// Where decisions are made now.
+    pub fn mode(&self) -> Mode {
+        if self.shared.on_primary.load(Ordering::Acquire) {
+            Mode::Primary
+        } else {
+            Mode::Fallback
+        }
+    }
+
+    /// The primary store.
+    pub fn primary(&self) -> &P {
+        &self.shared.primary
+    }
+
+    /// The in-memory store used while the primary fails.
+    pub fn memory(&self) -> &MemoryStore {
+        &self.shared.memory
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FallbackConfig {
+        &self.shared.config
+    }
+}
+
+impl<P: Store> Shared<P> {
+    /// One call to the primary within the timeout.
+    async fn call(&self, batch: &Batch) -> Result<Decision, StoreError> {
+        match tokio::time::timeout(self.config.timeout, self.primary.apply(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.config.timeout)),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.call(&probe_batch()).await.map(drop)
+    }
+
+    /// Counts a failure; opens the circuit at the threshold.
+    fn failed(self: &Arc<Self>, error: &StoreError) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.config.failure_threshold {
+            self.trip(&error.to_string());
+        }
+    }
+
+    /// Switches to memory (if not already) and starts probing.
+    fn trip(self: &Arc<Self>, reason: &str) {
+        if !self.on_primary.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
+        tracing::warn!(
+            target: "tollgate::store",
+            reason,
+            timeout_ms = self.config.timeout.as_millis() as u64,
+            "rate-limit store switched to the in-memory fallback"
+        );
+        let weak = Arc::downgrade(self);
+        let first = self.config.probe_min;
+        let max = self.config.probe_max;
+        tokio::spawn(probe(weak, first, max));
+    }
+
+    /// Answers a batch the primary could not.
+    fn on_failure(&self, batch: &Batch, error: StoreError) -> Result<Decision, StoreError> {
+        match batch.on_failure {
+            FailureMode::Fallback => Ok(self.decide_in_memory(batch)),
+            FailureMode::Open | FailureMode::Closed => Err(error),
+        }
+    }
+
+    fn decide_in_memory(&self, batch: &Batch) -> Decision {
+        if self.config.divisor <= 1 {
+            return self.memory.apply_now(batch.op, &batch.buckets);
+        }
+        let scaled: Vec<Bucket> = batch
+            .buckets
+            .iter()
+            .map(|b| Bucket {
+                key: b.key.clone(),
+                limit: b.limit.divided_by(self.config.divisor),
+                cost: b.cost,
+            })
+            .collect();
+        self.memory.apply_now(batch.op, &scaled)
+    }
+}
+
+/// Probes the primary with backoff until it answers, then switches back to it. Ends when
+/// the store is dropped.
+async fn probe<P: Store>(shared: Weak<Shared<P>>, first: Duration, max: Duration) {
+    let mut delay = first;
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match shared.check().await {
+            Ok(()) => {
+                shared.failures.store(0, Ordering::Release);
+                shared.on_primary.store(true, Ordering::Release);
+                tracing::info!(
+                    target: "tollgate::store",
+                    "rate-limit store back on the primary"
+                );
+                return;
+            }
+            Err(e) => tracing::debug!(
+                target: "tollgate::store",
+                error = %e,
+                next_probe_ms = (delay * 2).min(max).as_millis() as u64,
+                "rate-limit store primary still failing"
+            ),
+        }
+        delay = (delay * 2).min(max);
+    }
+}
+
+impl<P: Store> Store for FallbackStore<P> {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            batch.validate()?;
+            let shared = &self.shared;
+            if !shared.on_primary.load(Ordering::Acquire) {
+                if batch.on_failure == FailureMode::Fallback {
+                    return Ok(shared.decide_in_memory(batch));
+                }
+                let reason = shared
+                    .reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                return Err(StoreError::Unavailable(format!("circuit open: {reason}")));
+            }
+            match shared.call(batch).await {
+                Ok(decision) => {
+                    shared.failures.store(0, Ordering::Release);
+                    Ok(decision)
+                }
+                Err(e @ StoreError::InvalidBatch(_)) => Err(e),
+                Err(e) => {
+                    shared.failed(&e);
+                    shared.on_failure(batch, e)
+                }
+            }
+        })
+    }
+}

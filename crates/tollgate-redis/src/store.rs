@@ -1,0 +1,593 @@
+//! [`RedisStore`]: bucket state in Redis, one Lua round trip per request, on the Redis
+//! server's clock.
+//!
+//! # Keys
+//!
+//! A bucket's key is the store's prefix (default `tollgate:`) followed by
+//! [`Bucket::key`] (`<bucket name>:<key>`), for example `tollgate:default:ip:203.0.113.7`.
+//! Sliding windows, token buckets and fixed windows keep one string per key; an exact
+//! sliding log keeps a hash with one field per admitted instant. Every key written gets an
+//! expiry (`PXAT` / `PEXPIREAT`) at the moment its state is back to fresh, so idle keys leave
+//! Redis by themselves.
+//!
+//! On Redis Cluster, `{...}` in a key is a *hash tag*: only what is inside the braces decides
+//! the slot. A prefix such as `{tollgate}:` puts every key on one slot (every request is then
+//! atomic, but one node carries all the rate-limit traffic); braces in bucket names or keys
+//! group those keys. Without braces, keys spread over the cluster.
+//!
+//! # Atomicity
+//!
+//! On one Redis server, a request is decided by one script run: every bucket is checked and,
+//! for a charge, either all are charged or none. On Redis Cluster a script can only touch
+//! keys of one slot, so a request whose keys span several slots is decided per slot (those
+//! calls run concurrently), and if a slot refuses, the charges of the slots that admitted
+//! are given back with a second call. **That path is not atomic across slots**: between the
+//! two calls another request may see the temporary charge (and be refused when it would not
+//! have been), and if the refund cannot be delivered, the charge stays until the key expires.
+//! Put the keys of one request on one slot with a hash tag to avoid it.
+//!
+//! # Time
+//!
+//! The script reads the Redis server's clock (`TIME`), so app instances whose clocks differ
+//! share one timeline. [`Decision::now`] is that time. On a cluster, each node's clock is
+//! used for its own keys.
+//!
+//! # Numbers
+//!
+//! The script computes in Lua numbers, exact up to 2^53, which covers every quota
+//! ([`MAX_COUNT`](tollgate_core::MAX_COUNT)) and every timestamp until the year 2255. Costs
+//! above 2^53 are sent as 2^53 (more than any capacity: the charge is refused the same way).
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Value};
+use tollgate_core::{Batch, BoxFuture, Bucket, Decision, Op, Store, StoreError};
+
+use crate::cache::{RefusalCache, DEFAULT_REFUSAL_CACHE};
+use crate::error::{redact, RedisConfigError};
+use crate::script::{self, Arg};
+use crate::slot::slot;
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "tollgate:";
+
+/// The default time a command may wait for Redis's answer before failing.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The default time a connection attempt may take.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How the store reaches Redis.
+enum Connection {
+    /// One multiplexed connection shared by every request, made on first use and remade
+    /// after a failure.
+    Manager {
+        url: String,
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        manager: OnceLock<ConnectionManager>,
+    },
+    /// A pool of connections, one per request in flight.
+    Pool(deadpool_redis::Pool),
+    /// Redis Cluster, connected on first use.
+    Cluster {
+        client: ClusterClient,
+        connection: tokio::sync::OnceCell<ClusterConnection>,
+    },
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Connection::Manager { url, .. } => {
+                f.debug_tuple("ConnectionManager").field(url).finish()
+            }
+            Connection::Pool(pool) => f.debug_tuple("Pool").field(&pool.status()).finish(),
+            Connection::Cluster { .. } => f.write_str("Cluster"),
+        }
+    }
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+/// Whether a reply or an error says the server does not have the script.
+fn is_noscript(reply: &Result<Value, RedisError>) -> bool {
+    match reply {
+        Ok(Value::ServerError(e)) => e.code() == "NOSCRIPT",
+        Err(e) => e.code() == Some("NOSCRIPT"),
+        Ok(_) => false,
+    }
+}
+
+/// Runs the script on `buckets` over `conn`: `EVALSHA`, and `EVAL` (which also caches the
+/// script again) if the server does not know it (a restart, a failover, `SCRIPT FLUSH`).
+async fn run<C: ConnectionLike>(
+    conn: &mut C,
+    op: Op,
+    buckets: &[Arg<'_>],
+) -> Result<Decision, StoreError> {
+    let mut reply = conn
+        .req_packed_command(&script::command(op, buckets, false)?)
+        .await;
+    if is_noscript(&reply) {
+        reply = conn
+            .req_packed_command(&script::command(op, buckets, true)?)
+            .await;
+    }
+    match reply.map_err(backend)? {
+        Value::ServerError(e) => Err(backend(e)),
+        reply => script::decision(&reply, buckets),
+    }
+}
+
+impl Connection {
+    async fn run(&self, op: Op, buckets: &[Arg<'_>]) -> Result<Decision, StoreError> {
+        match self {
+            Connection::Manager {
+                client,
+                config,
+                manager,
+                ..
+            } => {
+                let mut conn = match manager.get() {
+                    Some(m) => m.clone(),
+                    None => {
+                        // Lazily, so that building the store needs neither a runtime nor Redis.
+                        let m =
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map_err(backend)?;
+                        manager.get_or_init(|| m).clone()
+                    }
+                };
+                run(&mut conn, op, buckets).await
+            }
+            Connection::Pool(pool) => {
+                let mut conn = pool.get().await.map_err(backend)?;
+                run(&mut conn, op, buckets).await
+            }
+            Connection::Cluster { client, connection } => {
+                let conn = connection
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await
+                    .map_err(backend)?;
+                run(&mut conn.clone(), op, buckets).await
+            }
+        }
+    }
+}
+
+struct Inner {
+    connection: Connection,
+    prefix: String,
+    cache: Option<RefusalCache>,
+}
+
+/// A [`Store`] keeping bucket state in Redis (a server, or Redis Cluster). Clones share one
+/// connection.
+///
+/// ```no_run
+/// use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+/// use tollgate_redis::RedisStore;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::open("redis://127.0.0.1:6379/")?; // connects on first use
+/// let bucket = Bucket::new("default:ip", "203.0.113.7", Limit::sliding(Quota::parse("500/min")?));
+/// let decision = store.apply(&Batch::charge(vec![bucket])).await?;
+/// assert!(decision.allowed);
+/// # Ok(()) }
+/// ```
+///
+/// See the [module documentation](crate::store) for keys, atomicity and time.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("connection", &self.inner.connection)
+            .field("prefix", &self.inner.prefix)
+            .field(
+                "refusal_cache",
+                &self.inner.cache.as_ref().map(RefusalCache::len),
+            )
+            .finish()
+    }
+}
+
+enum Target {
+    None,
+    Url(String),
+    Cluster(Vec<String>),
+    Pool(deadpool_redis::Pool),
+}
+
+/// Builds a [`RedisStore`]: where Redis is, the key prefix, timeouts, the refusal cache.
+pub struct RedisStoreBuilder {
+    target: Target,
+    prefix: String,
+    refusal_cache: usize,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let target = match &self.target {
+            Target::None => "none".to_owned(),
+            Target::Url(u) => redact(u),
+            Target::Cluster(nodes) => format!(
+                "cluster {:?}",
+                nodes.iter().map(|n| redact(n)).collect::<Vec<_>>()
+            ),
+            Target::Pool(_) => "pool".to_owned(),
+        };
+        f.debug_struct("RedisStoreBuilder")
+            .field("target", &target)
+            .field("prefix", &self.prefix)
+            .field("refusal_cache", &self.refusal_cache)
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .finish()
+    }
+}
+
+impl Default for RedisStoreBuilder {
+    fn default() -> Self {
+        Self {
+            target: Target::None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            refusal_cache: DEFAULT_REFUSAL_CACHE,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+        }
+    }
+}
+
+impl RedisStoreBuilder {
+    /// Connect to one Redis server through one multiplexed connection
+    /// ([`ConnectionManager`]), the fastest way: concurrent requests share its writes.
+    /// `redis://[user:password@]host[:port][/db]`, `rediss://` (feature `tls`) or
+    /// `unix:///path/to/socket`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.target = Target::Url(url.into());
+        self
+    }
+
+    /// Connect to Redis Cluster through these initial nodes (the rest of the cluster is
+    /// discovered). Keys are grouped by hash slot; see the [module documentation](crate::store).
+    pub fn cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.target = Target::Cluster(nodes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Use an application's existing deadpool-redis pool: each request takes a connection
+    /// from it for its round trip. (One multiplexed connection, [`RedisStoreBuilder::url`],
+    /// carries several times more decisions per second; see the benchmark.)
+    pub fn pool(mut self, pool: deadpool_redis::Pool) -> Self {
+        self.target = Target::Pool(pool);
+        self
+    }
+
+    /// What every key starts with. Default [`DEFAULT_PREFIX`] (`tollgate:`). On Redis Cluster,
+    /// braces are a hash tag: `{tollgate}:` puts every key on one slot.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How many keys the local cache of refusals may hold; 0 turns it off. Default
+    /// 10 000: a client hammering while refused then costs no Redis call until its wait is
+    /// over. See [`RedisStore`]'s "Refusal cache" notes in the crate documentation.
+    pub fn refusal_cache(mut self, max_keys: usize) -> Self {
+        self.refusal_cache = max_keys;
+        self
+    }
+
+    /// How long one command may wait for its answer before it fails. Default
+    /// [`DEFAULT_RESPONSE_TIMEOUT`]. ([`FallbackStore`](crate::FallbackStore) has its own,
+    /// shorter, per-call timeout.) Not used with [`RedisStoreBuilder::pool`], whose own
+    /// configuration applies.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take. Default [`DEFAULT_CONNECTION_TIMEOUT`].
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    fn parse(url: &str) -> Result<redis::Client, RedisConfigError> {
+        redis::Client::open(url).map_err(|source| RedisConfigError::InvalidUrl {
+            url: redact(url),
+            source,
+        })
+    }
+
+    /// The store. Nothing connects yet: the first call does, so an unreachable Redis is a
+    /// failed call (which [`FallbackStore`](crate::FallbackStore) answers from memory),
+    /// never a failed start.
+    ///
+    /// # Errors
+    ///
+    /// No connection given, a URL that does not parse, or a cluster with no nodes.
+    pub fn build(self) -> Result<RedisStore, RedisConfigError> {
+        let connection = match self.target {
+            Target::None => return Err(RedisConfigError::NoConnection),
+            Target::Url(url) => Connection::Manager {
+                client: Self::parse(&url)?,
+                url: redact(&url),
+                config: ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(self.response_timeout))
+                    .set_connection_timeout(Some(self.connection_timeout))
+                    // Reconnect quickly after Redis restarts; every failed command triggers
+                    // a new attempt after these are spent.
+                    .set_min_delay(Duration::from_millis(20))
+                    .set_max_delay(Duration::from_millis(500))
+                    .set_number_of_retries(4),
+                manager: OnceLock::new(),
+            },
+            Target::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(RedisConfigError::EmptyCluster);
+                }
+                for node in &nodes {
+                    Self::parse(node)?;
+                }
+                let client = ClusterClient::builder(nodes.clone())
+                    .response_timeout(self.response_timeout)
+                    .connection_timeout(self.connection_timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(|source| RedisConfigError::InvalidUrl {
+                        url: nodes
+                            .iter()
+                            .map(|n| redact(n))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        source,
+                    })?;
+                Connection::Cluster {
+                    client,
+                    connection: tokio::sync::OnceCell::new(),
+                }
+            }
+            Target::Pool(pool) => Connection::Pool(pool),
+        };
+        Ok(RedisStore::with_connection(
+            connection,
+            self.prefix,
+            self.refusal_cache,
+        ))
+    }
+}
+
+impl RedisStore {
+    /// A builder.
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// A store on the Redis server at `url`, through one multiplexed connection made on
+    /// first use, with the default prefix and refusal cache.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisConfigError::InvalidUrl`].
+    pub fn open(url: &str) -> Result<Self, RedisConfigError> {
+        Self::builder().url(url).build()
+    }
+
+    /// A store using an application's deadpool-redis pool, with the default prefix and
+    /// refusal cache.
+    pub fn from_pool(pool: deadpool_redis::Pool) -> Self {
+        Self::with_connection(
+            Connection::Pool(pool),
+            DEFAULT_PREFIX.to_owned(),
+            DEFAULT_REFUSAL_CACHE,
+        )
+    }
+
+    fn with_connection(connection: Connection, prefix: String, refusal_cache: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connection,
+                prefix,
+                cache: (refusal_cache > 0).then(|| RefusalCache::new(refusal_cache)),
+            }),
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The Redis key of `bucket`: the prefix and [`Bucket::key`].
+    pub fn redis_key(&self, bucket: &Bucket) -> String {
+        let mut key = String::with_capacity(self.inner.prefix.len() + bucket.key.len());
+        key.push_str(&self.inner.prefix);
+        key.push_str(&bucket.key);
+        key
+    }
+
+    /// The SHA1 of the Lua script, the name `EVALSHA` calls it by.
+    pub fn script_sha() -> &'static str {
+        script::SHA.as_str()
+    }
+
+    /// The Lua script's source (to load it with `SCRIPT LOAD`, or read it).
+    pub fn script_source() -> &'static str {
+        script::SOURCE
+    }
+
+    /// The arguments after `EVALSHA <sha>` that this store sends for `batch`: the number of
+    /// keys, the keys, then the numbers. With them, `redis-cli` or `redis-benchmark` can
+    /// replay exactly what the store asks (the benchmark does).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidBatch`] for a batch the store would refuse to send.
+    pub fn script_args(&self, batch: &Batch) -> Result<Vec<String>, StoreError> {
+        batch.validate()?;
+        let keys = self.keys(batch);
+        let cmd = script::command(batch.op, &args(batch, &keys), false)?;
+        Ok(cmd
+            .args_iter()
+            .skip(2)
+            .map(|a| match a {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            })
+            .collect())
+    }
+
+    fn keys(&self, batch: &Batch) -> Vec<String> {
+        batch.buckets.iter().map(|b| self.redis_key(b)).collect()
+    }
+
+    /// Whether this store talks to Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.connection, Connection::Cluster { .. })
+    }
+
+    async fn decide(&self, batch: &Batch) -> Result<Decision, StoreError> {
+        batch.validate()?;
+        let cache = self.inner.cache.as_ref();
+        let sent_at = Instant::now();
+        if let (Some(cache), Op::Charge) = (cache, batch.op) {
+            if let Some(decision) = cache.lookup(&batch.buckets, sent_at) {
+                return Ok(decision);
+            }
+        }
+        let keys = self.keys(batch);
+        let args = args(batch, &keys);
+        let decision = if self.is_cluster() {
+            self.decide_by_slot(batch.op, &args).await?
+        } else {
+            self.inner.connection.run(batch.op, &args).await?
+        };
+        if let Some(cache) = cache {
+            match batch.op {
+                Op::Charge if !decision.allowed => cache.record(&batch.buckets, &decision, sent_at),
+                Op::Peek => {}
+                _ => cache.forget(&batch.buckets),
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Redis Cluster: one script run per hash slot, concurrently; a charge refused by one
+    /// slot is given back in the others.
+    async fn decide_by_slot(&self, op: Op, args: &[Arg<'_>]) -> Result<Decision, StoreError> {
+        let slots: Vec<u16> = args.iter().map(|a| slot(a.key)).collect();
+        let mut distinct = slots.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() == 1 {
+            return self.inner.connection.run(op, args).await;
+        }
+        let groups: Vec<(Vec<usize>, Vec<Arg<'_>>)> = distinct
+            .iter()
+            .map(|&s| {
+                let idx: Vec<usize> = (0..args.len()).filter(|&i| slots[i] == s).collect();
+                let group = idx.iter().map(|&i| args[i]).collect();
+                (idx, group)
+            })
+            .collect();
+        let results = futures_util::future::join_all(
+            groups
+                .iter()
+                .map(|(_, group)| self.inner.connection.run(op, group)),
+        )
+        .await;
+
+        let charged =
+            |r: &Result<Decision, StoreError>| op == Op::Charge && matches!(r, Ok(d) if d.allowed);
+        let failed = results.iter().any(|r| r.is_err());
+        let refused = results.iter().any(|r| matches!(r, Ok(d) if !d.allowed));
+        let give_back = op == Op::Charge && (failed || refused);
+        let mut results = results;
+        if give_back {
+            let refunds = futures_util::future::join_all(
+                groups
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| charged(r))
+                    .map(|((_, group), _)| self.inner.connection.run(Op::Refund, group)),
+            )
+            .await;
+            let mut refunds = refunds.into_iter();
+            for r in results.iter_mut().filter(|r| charged(r)) {
+                match refunds.next() {
+                    // The bucket fit but was not charged: report it as it is now.
+                    Some(Ok(refund)) => {
+                        if let Ok(d) = r {
+                            d.buckets = refund.buckets;
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(
+                        target: "tollgate::redis",
+                        error = %e,
+                        "could not give back a charge on one Redis Cluster slot after another slot refused; it stays until the key expires"
+                    ),
+                    None => {}
+                }
+            }
+        }
+
+        let mut states = vec![None; args.len()];
+        let mut allowed = true;
+        let mut now = None;
+        for ((idx, _), result) in groups.iter().zip(results) {
+            let d = result?;
+            allowed &= d.allowed;
+            now = now.max(Some(d.now));
+            for (i, state) in idx.iter().zip(d.buckets) {
+                states[*i] = Some(state);
+            }
+        }
+        if op != Op::Charge && op != Op::Peek {
+            allowed = true;
+        }
+        Ok(Decision {
+            allowed,
+            now: now.unwrap_or_default(),
+            buckets: states.into_iter().flatten().collect(),
+        })
+    }
+}
+
+/// The script's view of `batch`'s buckets, under their Redis `keys`.
+fn args<'a>(batch: &'a Batch, keys: &'a [String]) -> Vec<Arg<'a>> {
+    batch
+        .buckets
+        .iter()
+        .zip(keys)
+        .map(|(b, key)| Arg {
+            key,
+            limit: &b.limit,
+            cost: b.cost,
+        })
+        .collect()
+}
+
+impl Store for RedisStore {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(self.decide(batch))
+    }
+}

@@ -1,0 +1,124 @@
+//! Redis Cluster of 3 masters on loopback: requests whose buckets live on different slots
+//! (and nodes) are decided per slot, and a refusal in one slot gives back the charges made in
+//! the others.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_redis::RedisStore;
+use tollgate_testkit::RedisCluster;
+
+/// The slot of `key` and the port of the node serving it, asked from the cluster itself.
+fn node_of(cluster: &RedisCluster, key: &str) -> (u16, u16) {
+    let first = &cluster.nodes()[0];
+    let slot: u16 = first
+        .cli(["CLUSTER", "KEYSLOT", key])
+        .trim()
+        .parse()
+        .unwrap();
+    // Lines: <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
+    for line in first.cli(["CLUSTER", "NODES"]).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+        for range in &fields[8..] {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            if (lo.parse().unwrap()..=hi.parse().unwrap()).contains(&slot) {
+                return (slot, port);
+            }
+        }
+    }
+    panic!("no node owns slot {slot}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_slot_requests_decide_correctly() {
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::builder()
+        .cluster(cluster.urls())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    assert!(store.is_cluster());
+
+    // Three buckets whose keys live on three different nodes.
+    let mut by_node = std::collections::BTreeMap::new();
+    for i in 0..64 {
+        let key = format!("tollgate:b{i}:k");
+        by_node.entry(node_of(&cluster, &key).1).or_insert(i);
+    }
+    assert_eq!(by_node.len(), 3, "keys on every node");
+    let names: Vec<String> = by_node.values().map(|i| format!("b{i}")).collect();
+    let tight = Bucket::new(&names[0], "k", Limit::sliding_exact(Quota::per_hour(3)));
+    let loose = Bucket::new(&names[1], "k", Limit::sliding(Quota::per_hour(100)));
+    let burst = Bucket::new(
+        &names[2],
+        "k",
+        Limit::token_bucket(Quota::per_day(50), 50).unwrap(),
+    )
+    .with_cost(2);
+    let batch = Batch::charge(vec![loose.clone(), tight.clone(), burst.clone()]);
+
+    for i in 0..3 {
+        let d = store.apply(&batch).await.unwrap();
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.buckets[1].remaining, 2 - i);
+    }
+    for _ in 0..4 {
+        let d = store.apply(&batch).await.unwrap();
+        assert!(!d.allowed);
+        assert!(d.buckets[0].allowed && !d.buckets[1].allowed && d.buckets[2].allowed);
+        // The buckets that admitted are reported as they are, after the give-back.
+        assert_eq!(d.buckets[0].remaining, 97);
+        assert_eq!(d.buckets[2].remaining, 44);
+    }
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![loose.clone(), burst.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        peek.buckets[0].remaining, 97,
+        "refusals gave their charges back"
+    );
+    assert_eq!(peek.buckets[1].remaining, 44);
+
+    // Concurrent multi-slot charges stay exact in the refusing bucket, and every slot ends
+    // with exactly the admitted charges.
+    let fresh_tight = Bucket::new(&names[0], "k2", Limit::sliding_exact(Quota::per_hour(40)));
+    let fresh_loose = Bucket::new(&names[1], "k2", Limit::sliding(Quota::per_hour(1000)));
+    let batch = Arc::new(Batch::charge(vec![fresh_tight, fresh_loose.clone()]));
+    let store = Arc::new(store);
+    let admitted = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (store, batch, admitted) = (store.clone(), batch.clone(), admitted.clone());
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    let d = store.apply(&batch).await.unwrap();
+                    admitted.fetch_add(u64::from(d.allowed), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::Relaxed), 40);
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![fresh_loose]))
+        .await
+        .unwrap();
+    assert_eq!(peek.buckets[0].remaining, 1000 - 40);
+
+    // A hash tag in the prefix puts a request's keys on one slot: one atomic call.
+    let tagged = RedisStore::builder()
+        .cluster(cluster.urls())
+        .prefix("{tollgate}:")
+        .build()
+        .unwrap();
+    assert!(tagged.apply(&batch).await.unwrap().allowed);
+    let (slot, port) = node_of(&cluster, "{tollgate}:anything");
+    let owner = cluster.nodes().iter().find(|n| n.port() == port).unwrap();
+    let count = owner.cli(["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+    assert_eq!(count.trim(), "2", "both keys of the request in slot {slot}");
+}

@@ -1,0 +1,66 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use tollgate_core::{Limit, Quota};
+use tollgate_redis::redis;
+
+/// A small deterministic generator (SplitMix64), so failures replay from their seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+pub fn quota(count: u64, millis: u64) -> Quota {
+    Quota::new(count, Duration::from_millis(millis)).unwrap()
+}
+
+/// Limits of every algorithm, short enough that real time moves windows during a test.
+///
+/// Limits of one algorithm share their window length: when a key's window length changes
+/// (a config change), the memory store's answer depends on when it swept the key, while
+/// Redis has expired it by the old window; sliding and fixed windows start afresh on Redis
+/// (see decide.lua).
+pub fn short_limits() -> Vec<Limit> {
+    vec![
+        Limit::sliding(quota(5, 40)),
+        Limit::sliding_segments(quota(7, 30), 3).unwrap(),
+        Limit::sliding_segments(quota(3, 15), 5).unwrap(),
+        Limit::sliding_exact(quota(4, 30)),
+        Limit::sliding_exact(quota(9, 30)),
+        Limit::token_bucket(quota(10, 50), 4).unwrap(),
+        Limit::token_bucket(quota(3, 20), 1).unwrap(),
+        Limit::fixed(quota(6, 35)),
+        Limit::fixed(quota(2, 35)),
+    ]
+}
+
+/// A plain connection for checks from the outside.
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,225 @@
+//! The Redis store decides exactly like the memory store: same `Decision`, field for field,
+//! for random sequences of every operation over every algorithm, with costs, multi-bucket
+//! batches and keys whose limit changes.
+//!
+//! Time: each Redis decision reports the Redis server's clock; the memory store's
+//! `ManualClock` is set to that time before it decides the same batch. Real time passes
+//! (windows here are 10 to 60 ms long, and the test sleeps now and then), so windows roll,
+//! tokens refill and keys expire in Redis during the sequence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{connect, short_limits, Rng};
+use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
+use tollgate_redis::{redis, RedisStore};
+use tollgate_testkit::RedisServer;
+
+fn random_batch(rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
+    let op = match rng.below(100) {
+        0..=59 => Op::Charge,
+        60..=69 => Op::Peek,
+        70..=81 => Op::Refund,
+        82..=93 => Op::Penalize,
+        _ => Op::Reset,
+    };
+    let n = 1 + rng.below(3) as usize;
+    // Distinct keys (a batch naming a key twice is invalid).
+    let mut keys: Vec<usize> = Vec::with_capacity(n);
+    while keys.len() < n {
+        let k = rng.below(limits.len() as u64 + 2) as usize;
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let buckets = keys
+        .into_iter()
+        .map(|k| {
+            // Each key has its own limit, except now and then (the limit changed).
+            let limit = if rng.below(20) == 0 {
+                *rng.pick(limits)
+            } else {
+                limits[k % limits.len()]
+            };
+            let cost = match rng.below(20) {
+                0 => limit.capacity() + 1,
+                1 if op != Op::Charge => 0,
+                _ => 1 + rng.below(3),
+            };
+            Bucket::new(&format!("s{seed}"), &format!("k{k}"), limit).with_cost(cost)
+        })
+        .collect();
+    Batch::new(op, buckets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_decisions_as_memory_for_random_sequences() {
+    let server = RedisServer::start();
+    let redis = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(Duration::ZERO);
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let limits = short_limits();
+    let mut refused = 0;
+    let mut admitted = 0;
+    for seed in 0..12 {
+        let mut rng = Rng::new(seed);
+        for step in 0..250 {
+            let batch = random_batch(&mut rng, seed, &limits);
+            let on_redis = redis.apply(&batch).await.unwrap();
+            clock.set(on_redis.now);
+            let on_memory = memory.apply(&batch).await.unwrap();
+            assert_eq!(
+                on_redis, on_memory,
+                "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
+            );
+            if batch.op == Op::Charge {
+                if on_redis.allowed {
+                    admitted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            if rng.below(5) == 0 {
+                tokio::time::sleep(Duration::from_millis(rng.below(8))).await;
+            }
+        }
+    }
+    // The sequences exercised both answers.
+    assert!(
+        admitted > 200 && refused > 200,
+        "{admitted} admitted, {refused} refused"
+    );
+}
+
+/// Long windows, so nothing expires while the test runs: the exact counts of a seed
+/// scenario, and a refusal charging no bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_charges_no_bucket() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let per_ip = Bucket::new(
+        "generate:ip",
+        "203.0.113.7",
+        Limit::sliding(Quota::per_minute(3)),
+    );
+    let per_user = Bucket::new(
+        "generate:user",
+        "u_1",
+        Limit::sliding_exact(Quota::per_hour(10)),
+    );
+    let daily = Bucket::new("generate:day", "u_1", Limit::fixed(Quota::per_day(100)));
+    let burst = Bucket::new(
+        "generate:burst",
+        "u_1",
+        Limit::token_bucket(Quota::per_minute(100), 20).unwrap(),
+    );
+    let batch = Batch::charge(vec![per_ip, per_user.clone(), daily.clone(), burst.clone()]);
+    for i in 0..3 {
+        let d = store.apply(&batch).await.unwrap();
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.buckets[0].remaining, 2 - i);
+    }
+    for _ in 0..5 {
+        let d = store.apply(&batch).await.unwrap();
+        assert!(!d.allowed);
+        assert!(!d.buckets[0].allowed && d.buckets[1].allowed && d.buckets[2].allowed);
+        let wait = d.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(60) && wait <= Duration::from_secs(66),
+            "{wait:?}"
+        );
+    }
+    // The four refusals charged nothing in the other buckets.
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![per_user, daily, burst]))
+        .await
+        .unwrap();
+    let remaining: Vec<u64> = peek.buckets.iter().map(|b| b.remaining).collect();
+    assert_eq!(remaining, [7, 97, 17]);
+}
+
+/// Every key written expires when its state is back to fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_expires_when_fresh_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let limits = [
+        Limit::sliding(Quota::per_minute(10)),
+        Limit::sliding_exact(Quota::per_hour(10)),
+        Limit::token_bucket(Quota::per_minute(100), 20).unwrap(),
+        Limit::fixed(Quota::per_day(1000)),
+    ];
+    let mut conn = connect(&server.url()).await;
+    for (i, limit) in limits.iter().enumerate() {
+        let bucket = Bucket::new("ttl", &i.to_string(), *limit).with_cost(3);
+        let d = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        assert!(d.allowed);
+        let expected_ms =
+            (d.now.as_micros() + d.buckets[0].reset_after.as_micros() as u64).div_ceil(1000);
+        let at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(store.redis_key(&bucket))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(at as u64, expected_ms, "{limit}");
+    }
+    // Keys are readable: the prefix, the bucket name and the key.
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "tollgate:ttl:0",
+            "tollgate:ttl:1",
+            "tollgate:ttl:2",
+            "tollgate:ttl:3"
+        ]
+    );
+    // A refund back to nothing deletes the key instead of leaving it to expire.
+    let bucket = Bucket::new("ttl", "0", limits[0]).with_cost(3);
+    store
+        .apply(&Batch::new(Op::Refund, vec![bucket]))
+        .await
+        .unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("tollgate:ttl:0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_batches_are_typed_errors_without_a_round_trip() {
+    // No server at all: validation happens before any connection.
+    let store = RedisStore::open("redis://127.0.0.1:1/").unwrap();
+    let limit = Limit::sliding(Quota::per_minute(5));
+    let twice = Batch::charge(vec![
+        Bucket::new("a", "k", limit),
+        Bucket::new("a", "k", limit),
+    ]);
+    let free = Batch::charge(vec![Bucket::new("a", "k", limit).with_cost(0)]);
+    for batch in [twice, free, Batch::charge(vec![])] {
+        let err = store.apply(&batch).await.unwrap_err();
+        assert!(
+            matches!(err, tollgate_core::StoreError::InvalidBatch(_)),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! What happens when Redis dies, hangs or comes back empty, under load: no request fails,
+//! none waits longer than the fallback timeout plus a small margin, decisions continue from
+//! memory, and the store is back on Redis within a few seconds of Redis answering again.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tollgate_core::{Batch, Bucket, FailureMode, Limit, Quota, Store, StoreError};
+use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
+use tollgate_testkit::RedisServer;
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+/// Scheduling slack on a loaded 2-core machine (the test binary, redis-server and whatever
+/// else runs share it). The timeout itself is what bounds a call.
+const MARGIN: Duration = Duration::from_millis(100);
+/// How soon after Redis answers again the store must be back on it (the probe backs off to
+/// at most 2 s).
+const RECOVERY: Duration = Duration::from_secs(4);
+
+fn config() -> FallbackConfig {
+    FallbackConfig::default().timeout(TIMEOUT)
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    max_latency_us: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Tasks charging a generous limit in a loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(store: &FallbackStore<RedisStore>, tasks: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let limit = Limit::sliding(Quota::per_hour(1_000_000));
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (store, stop, stats) = (store.clone(), stop.clone(), stats.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let bucket = Bucket::new("load", &format!("{t}:{}", i % 32), limit);
+                        let batch = Batch::charge(vec![bucket]);
+                        let started = Instant::now();
+                        let result = store.apply(&batch).await;
+                        let took = started.elapsed().as_micros() as u64;
+                        stats.calls.fetch_add(1, Ordering::Relaxed);
+                        stats.max_latency_us.fetch_max(took, Ordering::Relaxed);
+                        match result {
+                            Ok(d) => assert!(d.allowed, "a generous limit admits"),
+                            Err(e) => {
+                                stats.errors.fetch_add(1, Ordering::Relaxed);
+                                *stats.last_error.lock().unwrap() = Some(e.to_string());
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, stats, tasks }
+    }
+
+    fn calls(&self) -> u64 {
+        self.stats.calls.load(Ordering::Relaxed)
+    }
+
+    async fn finish(self) -> Arc<Stats> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.stats
+    }
+}
+
+async fn wait_for_mode(
+    store: &FallbackStore<RedisStore>,
+    mode: Mode,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while store.mode() != mode {
+        assert!(
+            started.elapsed() < within,
+            "still {} after {within:?}, expected {mode}",
+            store.mode()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// After recovery, decisions are made in Redis: what this store charges, another instance
+/// on the same Redis sees.
+async fn assert_deciding_on_redis(
+    store: &FallbackStore<RedisStore>,
+    server: &RedisServer,
+    tag: &str,
+) {
+    let bucket = Bucket::new("after", tag, Limit::sliding(Quota::per_hour(2)));
+    for _ in 0..2 {
+        assert!(
+            store
+                .apply(&Batch::charge(vec![bucket.clone()]))
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let other = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let d = other.apply(&Batch::charge(vec![bucket])).await.unwrap();
+    assert!(
+        !d.allowed,
+        "the other instance sees the two charges made after recovery"
+    );
+}
+
+/// Runs load, breaks Redis with `fault`, checks decisions go on from memory, heals it with
+/// `heal`, checks the store returns to Redis; no request may fail or wait too long.
+/// `trips`: whether the fault lasts long enough that the circuit must open.
+async fn scenario(
+    name: &str,
+    trips: bool,
+    fault: impl FnOnce(&mut RedisServer),
+    heal: impl FnOnce(&mut RedisServer),
+) {
+    let mut server = RedisServer::start();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let load = Load::start(&store, 16);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = load.calls();
+    assert!(before > 0);
+
+    fault(&mut server);
+    let mut tripped = None;
+    if trips {
+        tripped = Some(wait_for_mode(&store, Mode::Fallback, Duration::from_secs(2)).await);
+        let on_fallback = load.calls();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            load.calls() > on_fallback + 100,
+            "{name}: decisions go on from memory"
+        );
+    }
+
+    heal(&mut server);
+    let recovered = wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = load.finish().await;
+
+    let max = Duration::from_micros(stats.max_latency_us.load(Ordering::Relaxed));
+    eprintln!(
+        "{name}: {} calls, {} errors, max latency {max:?}, on memory after {tripped:?}, on redis {recovered:?} after healing",
+        stats.calls.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        stats.errors.load(Ordering::Relaxed),
+        0,
+        "{name}: {:?}",
+        stats.last_error.lock().unwrap()
+    );
+    assert!(max <= TIMEOUT + MARGIN, "{name}: a call took {max:?}");
+    assert_deciding_on_redis(&store, &server, name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted() {
+    scenario(
+        "SIGKILL",
+        true,
+        |s| s.kill(),
+        |s| {
+            std::thread::sleep(Duration::from_millis(200));
+            s.restart();
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_then_resumed() {
+    // SIGSTOP: the connection stays open and calls hang; only the timeout saves them.
+    scenario("SIGSTOP", true, |s| s.pause(), |s| s.resume()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty() {
+    // Killed and back at once, without data or scripts: the calls caught in between are
+    // answered from memory (the circuit may or may not open), then NOSCRIPT, reconnect.
+    scenario("restart", false, |s| s.restart(), |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_on_memory_when_redis_is_down_and_moves_to_redis() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let started = Instant::now();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    assert!(
+        started.elapsed() < TIMEOUT + MARGIN,
+        "startup is not held up"
+    );
+    assert_eq!(store.mode(), Mode::Fallback);
+    // Limiting goes on from memory.
+    let bucket = Bucket::new("startup", "k", Limit::sliding(Quota::per_hour(3)));
+    let batch = Batch::charge(vec![bucket]);
+    let admitted = {
+        let mut n = 0;
+        for _ in 0..5 {
+            n += u32::from(store.apply(&batch).await.unwrap().allowed);
+        }
+        n
+    };
+    assert_eq!(admitted, 3);
+
+    server.restart();
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    assert_deciding_on_redis(&store, &server, "startup").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_and_closed_return_errors_not_refusals() {
+    let mut server = RedisServer::start();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    let bucket = Bucket::new("modes", "k", Limit::sliding(Quota::per_hour(100)));
+    let fallback = Batch::charge(vec![bucket.clone()]);
+    let open = fallback.clone().with_failure_mode(FailureMode::Open);
+    let closed = fallback.clone().with_failure_mode(FailureMode::Closed);
+    assert!(store.apply(&open).await.unwrap().allowed);
+
+    // Paused: the call times out, and says so.
+    server.pause();
+    let started = Instant::now();
+    let err = store.apply(&open).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Timeout(t) if t == TIMEOUT),
+        "{err}"
+    );
+    assert!(started.elapsed() < TIMEOUT + MARGIN);
+    server.resume();
+
+    server.kill();
+    // Until the circuit opens, each call fails on its own; then at once.
+    for _ in 0..3 {
+        assert!(store.apply(&closed).await.is_err());
+    }
+    assert_eq!(store.mode(), Mode::Fallback);
+    let started = Instant::now();
+    for batch in [&open, &closed] {
+        let err = store.apply(batch).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(5),
+        "an open circuit answers at once"
+    );
+    assert!(store.apply(&fallback).await.unwrap().allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_limits_are_divided_by_the_instance_count() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let store = FallbackStore::connect(
+        RedisStore::open(&server.url()).unwrap(),
+        config().fallback_divisor(4),
+    )
+    .await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    let limits = [
+        Limit::sliding(Quota::per_minute(10)),
+        Limit::token_bucket(Quota::per_hour(100), 8).unwrap(),
+    ];
+    for (limit, expected) in limits.iter().zip([2, 2]) {
+        let batch = Batch::charge(vec![Bucket::new("divided", &limit.to_string(), *limit)]);
+        let mut admitted = 0;
+        for _ in 0..10 {
+            let d = store.apply(&batch).await.unwrap();
+            admitted += u32::from(d.allowed);
+            assert_eq!(d.buckets[0].limit, limit.quota().count() / 4);
+        }
+        assert_eq!(admitted, expected, "{limit}");
+    }
+}
+
+/// Records the message and fields of every event.
+#[derive(Default, Clone)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut fields = Fields(format!(
+            "{} {}:",
+            event.metadata().level(),
+            event.metadata().target()
+        ));
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn every_transition_is_a_tracing_event_with_its_reason() {
+    let recorder = Recorder::default();
+    let events = recorder.0.clone();
+    tracing::subscriber::with_default(recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut server = RedisServer::start();
+            server.kill();
+            let store =
+                FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+            assert_eq!(store.mode(), Mode::Fallback);
+            server.restart();
+            wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+        });
+    });
+    let events = events.lock().unwrap();
+    let transitions: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("tollgate::store") && !e.starts_with("DEBUG"))
+        .collect();
+    assert_eq!(transitions.len(), 2, "{events:#?}");
+    assert!(
+        transitions[0].starts_with("WARN")
+            && transitions[0].contains("switched to the in-memory fallback")
+            && transitions[0].contains("reason=\"at startup: rate-limit store"),
+        "{}",
+        transitions[0]
+    );
+    assert!(
+        transitions[1].starts_with("INFO") && transitions[1].contains("back on the primary"),
+        "{}",
+        transitions[1]
+    );
+}

@@ -1,0 +1,136 @@
+//! The script survives `SCRIPT FLUSH` under load (NOSCRIPT → EVAL), and the local refusal
+//! cache keeps a client hammering while refused from costing Redis calls.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::connect;
+use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_redis::{redis, RedisStore};
+use tollgate_testkit::RedisServer;
+
+/// How many times Redis ran `command` (from `INFO commandstats`).
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_under_load_loses_nothing() {
+    const N: u64 = 1_500;
+    let server = RedisServer::start();
+    let store = Arc::new(RedisStore::open(&server.url()).unwrap());
+    let mut admin = connect(&server.url()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let stop = stop.clone();
+        let mut admin = admin.clone();
+        tokio::spawn(async move {
+            let mut flushes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let _: () = redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                flushes += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            flushes
+        })
+    };
+    let bucket = Bucket::new("flush", "k", Limit::sliding_exact(Quota::per_hour(N)));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (store, admitted, bucket) = (store.clone(), admitted.clone(), bucket.clone());
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    let d = store
+                        .apply(&Batch::charge(vec![bucket.clone()]))
+                        .await
+                        .expect("no call fails while scripts are flushed");
+                    admitted.fetch_add(u64::from(d.allowed), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flushes = flusher.await.unwrap();
+    // 32 × 60 = 1920 tries of a limit of 1500: exact despite the reloads.
+    assert_eq!(admitted.load(Ordering::Relaxed), N);
+    let reloads = calls(&mut admin, "eval").await;
+    assert!(
+        flushes > 5 && reloads > 0,
+        "{flushes} flushes, {reloads} EVAL reloads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_clients_are_answered_locally_until_their_wait_is_over() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let mut admin = connect(&server.url()).await;
+    let limit = Limit::sliding_exact(Quota::new(2, Duration::from_millis(400)).unwrap());
+    let batch = Batch::charge(vec![
+        Bucket::new("hammer", "ip", limit),
+        Bucket::new("global", "all", Limit::sliding(Quota::per_hour(1_000))),
+    ]);
+    assert!(store.apply(&batch).await.unwrap().allowed);
+    assert!(store.apply(&batch).await.unwrap().allowed);
+    let refused = store.apply(&batch).await.unwrap();
+    assert!(!refused.allowed);
+    let first_wait = refused.retry_after().unwrap();
+    let before = calls(&mut admin, "evalsha").await;
+    for _ in 0..1_000 {
+        let d = store.apply(&batch).await.unwrap();
+        assert!(!d.allowed);
+        let wait = d.retry_after().unwrap();
+        assert!(wait <= first_wait && wait > Duration::ZERO);
+        assert_eq!(
+            d.buckets[1].remaining, 998,
+            "the global bucket as Redis last said"
+        );
+    }
+    let during = calls(&mut admin, "evalsha").await - before;
+    assert_eq!(during, 0, "1000 refusals cost Redis {during} calls");
+
+    // After the wait, Redis decides again (and admits).
+    tokio::time::sleep(first_wait).await;
+    assert!(store.apply(&batch).await.unwrap().allowed);
+
+    // A refund through this store takes effect at once.
+    assert!(store.apply(&batch).await.unwrap().allowed);
+    assert!(!store.apply(&batch).await.unwrap().allowed);
+    store
+        .apply(&Batch::new(Op::Refund, batch.buckets.clone()))
+        .await
+        .unwrap();
+    assert!(store.apply(&batch).await.unwrap().allowed);
+
+    // Without the cache, every refusal is a Redis call.
+    let uncached = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let before = calls(&mut admin, "evalsha").await;
+    for _ in 0..10 {
+        assert!(!uncached.apply(&batch).await.unwrap().allowed);
+    }
+    assert_eq!(calls(&mut admin, "evalsha").await - before, 10);
+}
