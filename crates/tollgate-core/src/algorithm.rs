@@ -11,15 +11,13 @@ use crate::decision::{BucketState, Refusal};
 use crate::limit::{Algorithm, Limit};
 
 /// The state of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum State {
-    /// [`Algorithm::SlidingWindow`]: the newest segment index and a ring of k+1 counters,
-    /// the counter of segment `i` at `i % (k+1)`.
+    /// [`Algorithm::SlidingWindow`]: the newest segment index and a ring of k+1 counters.
     Segments(Ring),
     /// [`Algorithm::SlidingLog`]: admitted (time, cost), oldest first, and their sum.
     Log {
-        /// Boxed, so that a state is three words whatever the algorithm (the memory
-        /// store's entries then fit a cache line).
+        /// Boxed, so that a log takes two words in the memory store's slot.
         #[allow(clippy::box_collection)]
         entries: Box<VecDeque<(u64, u64)>>,
         total: u64,
@@ -30,30 +28,116 @@ pub(crate) enum State {
     Fixed { window: u64, used: u64 },
 }
 
-/// A sliding window's newest segment index followed by its k+1 counters, in one
-/// allocation: a state is three words, which keeps the memory store's entries to one
-/// cache line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Ring(Box<[u64]>);
+/// A sliding window's newest segment index and its k+1 counters, the counter of segment
+/// `i` at `i % (k+1)`.
+#[derive(Debug, Clone)]
+pub(crate) struct Ring {
+    head: u64,
+    counts: Counts,
+}
+
+/// How many counters a ring holds inline: windows of up to 15 segments (the default is
+/// 10).
+const NARROW: usize = 16;
+
+/// A ring's counters. Up to [`NARROW`] counters that each fit in a `u32` are held in the
+/// state itself, so that the memory store finds a key and its whole window in one table
+/// slot, without following a pointer. A longer ring, or one a counter of which passes
+/// `u32::MAX` (a huge cost or penalty), holds `u64` counters in one allocation. Both
+/// hold the same numbers; only [`Counts::get`] and [`Counts::set`] tell them apart.
+#[derive(Debug, Clone)]
+enum Counts {
+    /// `len` counters; the ones past `len` stay zero.
+    Narrow { len: u16, counts: [u32; NARROW] },
+    /// Any number of counters, of any size.
+    Wide(Box<[u64]>),
+}
+
+impl Counts {
+    /// `len` zeroed counters.
+    fn new(len: usize) -> Self {
+        match u16::try_from(len) {
+            Ok(narrow) if len <= NARROW => Counts::Narrow {
+                len: narrow,
+                counts: [0; NARROW],
+            },
+            _ => Counts::Wide(vec![0; len].into_boxed_slice()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Counts::Narrow { len, .. } => usize::from(*len),
+            Counts::Wide(counts) => counts.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        match self {
+            Counts::Narrow { counts, .. } => u64::from(counts[i]),
+            Counts::Wide(counts) => counts[i],
+        }
+    }
+
+    /// Sets counter `i`; a narrow ring turns wide if `value` does not fit in a `u32`.
+    fn set(&mut self, i: usize, value: u64) {
+        match self {
+            Counts::Narrow { len, counts } => match u32::try_from(value) {
+                Ok(value) => counts[i] = value,
+                Err(_) => {
+                    let mut wide: Box<[u64]> = counts[..usize::from(*len)]
+                        .iter()
+                        .map(|&c| u64::from(c))
+                        .collect();
+                    wide[i] = value;
+                    *self = Counts::Wide(wide);
+                }
+            },
+            Counts::Wide(counts) => counts[i] = value,
+        }
+    }
+
+    /// Zeroes every counter.
+    fn clear(&mut self) {
+        match self {
+            Counts::Narrow { counts, .. } => counts.fill(0),
+            Counts::Wide(counts) => counts.fill(0),
+        }
+    }
+
+    /// The sum of the counters, saturating at `u64::MAX`.
+    fn sum(&self) -> u64 {
+        match self {
+            // At most 16 × (2^32 − 1): no overflow. All of them, so that it unrolls.
+            Counts::Narrow { counts, .. } => counts.iter().map(|&c| u64::from(c)).sum(),
+            Counts::Wide(counts) => counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
+        }
+    }
+}
 
 impl Ring {
-    /// `counters` zeroed counters, the newest segment being `head`.
-    fn new(head: u64, counters: usize) -> Self {
-        let mut all = vec![0; counters + 1];
-        all[0] = head;
-        Self(all.into_boxed_slice())
+    /// A ring of `len` zeroed counters whose newest segment is `head`.
+    fn new(head: u64, len: usize) -> Self {
+        Self {
+            head,
+            counts: Counts::new(len),
+        }
     }
 
-    /// The newest segment index and the counters.
-    fn parts(&self) -> (&u64, &[u64]) {
-        let (head, counts) = self.0.split_at(1);
-        (&head[0], counts)
+    /// How many segments are counted (k+1).
+    fn len(&self) -> u64 {
+        self.counts.len() as u64
     }
 
-    /// The newest segment index and the counters, to change.
-    fn parts_mut(&mut self) -> (&mut u64, &mut [u64]) {
-        let (head, counts) = self.0.split_at_mut(1);
-        (&mut head[0], counts)
+    /// The counter of segment `segment` (one of the last k+1).
+    fn count(&self, segment: u64) -> u64 {
+        self.counts.get((segment % self.len()) as usize)
+    }
+
+    /// Sets the counter of segment `segment` (one of the last k+1).
+    fn set_count(&mut self, segment: u64, value: u64) {
+        let i = (segment % self.len()) as usize;
+        self.counts.set(i, value);
     }
 }
 
@@ -93,7 +177,7 @@ impl State {
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
         match (self, limit.algorithm()) {
             (State::Segments(ring), Algorithm::SlidingWindow { segments }) => {
-                ring.parts().1.len() == usize::from(segments) + 1
+                ring.len() == u64::from(segments) + 1
             }
             (State::Log { .. }, Algorithm::SlidingLog)
             | (State::Tat(_), Algorithm::TokenBucket { .. })
@@ -106,18 +190,16 @@ impl State {
     pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
         match self {
             State::Segments(ring) => {
-                let (head, counts) = ring.parts_mut();
                 let current = now / limit.segment_micros();
-                if current > *head {
-                    let ring = counts.len() as u64;
-                    if current - *head >= ring {
-                        counts.fill(0);
+                if current > ring.head {
+                    if current - ring.head >= ring.len() {
+                        ring.counts.clear();
                     } else {
-                        for i in *head + 1..=current {
-                            counts[(i % ring) as usize] = 0;
+                        for i in ring.head + 1..=current {
+                            ring.set_count(i, 0);
                         }
                     }
-                    *head = current;
+                    ring.head = current;
                 }
             }
             State::Log { entries, total } => {
@@ -145,11 +227,7 @@ impl State {
     /// the tokens missing from a full bucket, rounded up).
     fn used(&self, limit: &Limit, now: u64) -> u64 {
         match self {
-            State::Segments(ring) => ring
-                .parts()
-                .1
-                .iter()
-                .fold(0u64, |a, c| a.saturating_add(*c)),
+            State::Segments(ring) => ring.counts.sum(),
             State::Log { total, .. } => *total,
             State::Tat(tat) => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
             State::Fixed { used, .. } => *used,
@@ -164,7 +242,6 @@ impl State {
         }
         let wait = match self {
             State::Segments(ring) => {
-                let (head, counts) = ring.parts();
                 let sum = self.used(limit, now);
                 let Some(need) = (sum.saturating_add(cost)).checked_sub(capacity) else {
                     return Fit::Now;
@@ -174,15 +251,15 @@ impl State {
                 }
                 // Segments leave the count oldest first; segment j leaves when the head
                 // reaches j + k + 1.
-                let ring = counts.len() as u64;
+                let (head, len) = (ring.head, ring.len());
                 let seg = limit.segment_micros();
-                let oldest = head.saturating_sub(ring - 1);
+                let oldest = head.saturating_sub(len - 1);
                 let mut freed = 0u64;
-                let mut leaves_at = (head + ring) * seg;
-                for j in oldest..=*head {
-                    freed = freed.saturating_add(counts[(j % ring) as usize]);
+                let mut leaves_at = (head + len) * seg;
+                for j in oldest..=head {
+                    freed = freed.saturating_add(ring.count(j));
                     if freed >= need {
-                        leaves_at = (j + ring) * seg;
+                        leaves_at = (j + len) * seg;
                         break;
                     }
                 }
@@ -232,9 +309,8 @@ impl State {
     pub(crate) fn add(&mut self, limit: &Limit, cost: u64, now: u64) {
         match self {
             State::Segments(ring) => {
-                let (head, counts) = ring.parts_mut();
-                let i = (*head % counts.len() as u64) as usize;
-                counts[i] = counts[i].saturating_add(cost);
+                let head = ring.head;
+                ring.set_count(head, ring.count(head).saturating_add(cost));
             }
             State::Log { entries, total } => {
                 let at = entries.back().map_or(now, |&(last, _)| last.max(now));
@@ -256,16 +332,14 @@ impl State {
     pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, now: u64) {
         match self {
             State::Segments(ring) => {
-                let (head, counts) = ring.parts_mut();
-                let ring = counts.len() as u64;
                 let mut left = cost;
-                for back in 0..ring {
-                    let Some(j) = head.checked_sub(back) else {
+                for back in 0..ring.len() {
+                    let Some(j) = ring.head.checked_sub(back) else {
                         break;
                     };
-                    let c = &mut counts[(j % ring) as usize];
-                    let take = (*c).min(left);
-                    *c -= take;
+                    let c = ring.count(j);
+                    let take = c.min(left);
+                    ring.set_count(j, c - take);
                     left -= take;
                     if left == 0 {
                         break;
@@ -299,14 +373,10 @@ impl State {
     /// Zero if it is fresh already.
     pub(crate) fn expires_at(&self, limit: &Limit) -> u64 {
         match self {
-            State::Segments(ring) => {
-                let (head, counts) = ring.parts();
-                let ring = counts.len() as u64;
-                (0..ring)
-                    .filter_map(|back| head.checked_sub(back))
-                    .find(|j| counts[(j % ring) as usize] > 0)
-                    .map_or(0, |j| (j + ring) * limit.segment_micros())
-            }
+            State::Segments(ring) => (0..ring.len())
+                .filter_map(|back| ring.head.checked_sub(back))
+                .find(|&j| ring.count(j) > 0)
+                .map_or(0, |j| (j + ring.len()) * limit.segment_micros()),
             State::Log { entries, .. } => entries
                 .back()
                 .map_or(0, |&(at, _)| at + limit.quota().period_micros()),
@@ -428,6 +498,70 @@ mod tests {
         assert_eq!(charge(&mut s, &limit, 1, noon), Fit::After(day / 2));
         assert_eq!(charge(&mut s, &limit, 1, 20_001 * day - 1), Fit::After(1));
         assert_eq!(charge(&mut s, &limit, 1, 20_001 * day), Fit::Now);
+    }
+
+    /// A sliding window's counters held inline (u32) or in an allocation (u64) answer
+    /// alike, also once a cost past `u32::MAX` turns an inline ring wide midway.
+    #[test]
+    fn inline_and_allocated_counters_agree() {
+        let limit = Limit::sliding_segments(Quota::per_minute(20), 6).unwrap();
+        let t0 = 1_000 * MIN;
+        let mut narrow = State::fresh(&limit, t0);
+        let mut wide = State::Segments(Ring {
+            head: t0 / limit.segment_micros(),
+            counts: Counts::Wide(vec![0; 7].into_boxed_slice()),
+        });
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut now = t0;
+        for step in 0..2_000 {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            now += x % 4_000_000;
+            // Once, a penalty too large for a u32 counter.
+            let (op, cost) = if step == 1_500 {
+                (1, 5_000_000_000)
+            } else {
+                (x % 5, x % 7)
+            };
+            for state in [&mut narrow, &mut wide] {
+                state.advance(&limit, now);
+                match op {
+                    0 => state.sub(&limit, cost, now),
+                    1 => state.add(&limit, cost, now),
+                    _ => {
+                        if state.fit(&limit, cost, now) == Fit::Now {
+                            state.add(&limit, cost, now);
+                        }
+                    }
+                }
+            }
+            assert_eq!(narrow.fit(&limit, 3, now), wide.fit(&limit, 3, now));
+            assert_eq!(
+                narrow.report(&limit, Fit::Now, 1, now),
+                wide.report(&limit, Fit::Now, 1, now)
+            );
+        }
+        let State::Segments(ring) = &narrow else {
+            panic!("a sliding state")
+        };
+        assert!(matches!(ring.counts, Counts::Wide(_)));
+    }
+
+    #[test]
+    fn a_cost_past_u32_is_counted_exactly() {
+        let limit = Limit::sliding(Quota::per_minute(10));
+        let mut s = State::fresh(&limit, MIN);
+        s.add(&limit, u64::from(u32::MAX) + 7, MIN);
+        s.add(&limit, 1, MIN + 7_000_000); // the next segment
+        s.sub(&limit, u64::from(u32::MAX) + 2, MIN + 7_000_000);
+        // The refund took the newest segment's 1, then 2^32 + 1 of the first: 6 remain.
+        assert_eq!(s.used(&limit, MIN + 7_000_000), 6);
+        assert_eq!(charge(&mut s, &limit, 4, MIN + 7_000_000), Fit::Now);
+        assert_eq!(
+            charge(&mut s, &limit, 1, MIN + 7_000_000),
+            Fit::After(59_000_000)
+        );
     }
 
     #[test]

@@ -27,11 +27,12 @@
 //!   remains) are never evicted, so a flood of invented keys cannot free a limited client.
 //!   If every entry of a shard is at its limit, a new key is decided as fresh and not
 //!   stored ([`MemoryStats::not_stored`] counts them).
-//! - An entry is one 64-byte slot of its shard's hash table (keys of up to 22 bytes are
-//!   held in it), plus the key if longer, plus (k + 2) × 8 bytes of counters for a
-//!   sliding window of k segments, or 16 bytes per distinct admission time for an exact
-//!   log. Tables grow by doubling, so the cap costs at most about 2 × 64 bytes per entry
-//!   before those extras (13 MB for the default 100,000).
+//! - An entry is one 128-byte slot of its shard's hash table, which holds keys of up to
+//!   22 bytes and a sliding window of up to 15 segments; plus the key if longer, plus
+//!   (k + 1) × 8 bytes of counters for a sliding window of more segments (or one that
+//!   counted more than 2^32 − 1 in a segment), or 16 bytes per distinct admission time
+//!   for an exact log. Tables grow by doubling, so the cap costs at most about
+//!   2 × 128 bytes per entry before those extras (26 MB for the default 100,000).
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
 //!   several shards locks them in index order.
 
@@ -55,15 +56,18 @@ pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 type Hasher = foldhash::fast::RandomState;
 
+/// A key's state and what keeps the store bounded. In this order (`repr(C)`): what every
+/// decision reads comes first, a sliding window's counters last (see [`Slot`]).
 #[derive(Debug)]
+#[repr(C)]
 struct Entry {
-    state: State,
     /// When the state is back to fresh (microseconds); the entry may go then.
     expires_at: u64,
     /// When it was last charged or checked, if it may be evicted; `None` while it is at
     /// its limit (the last check was refused, or nothing remains): such an entry is
     /// never evicted.
     evictable_since: Option<NonZeroU64>,
+    state: State,
 }
 
 /// A stored key. Short keys (a bucket name and an IPv4 address or a user id fit) are
@@ -97,17 +101,21 @@ impl Key {
     }
 }
 
-/// One key of a shard's table and its entry: 64 bytes, aligned so that finding a key
-/// and deciding on it touch one cache line.
+/// One key of a shard's table and its entry: 128 bytes (two cache lines), aligned so
+/// that finding a key and deciding on it touch only them. The key, the two times and a
+/// token bucket's or fixed window's state share the first line; a sliding window's
+/// counters (up to 16, held inline) follow in the second, which the processor fetches
+/// together with the first rather than after it (no pointer to follow).
 #[derive(Debug)]
-#[repr(align(64))]
+#[repr(C, align(128))]
 struct Slot {
     key: Key,
     entry: Entry,
 }
 
-// A key, a state and two times fill the line exactly; growing any of them costs speed.
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+// A key, two times and a state with a window of up to 15 segments fill the slot exactly;
+// growing any of them costs speed.
+const _: () = assert!(std::mem::size_of::<Slot>() == 128);
 
 /// One independently locked part of the store. Its table is looked up with the hash the
 /// store computed once per bucket (which also chose the shard).
