@@ -358,7 +358,12 @@ impl Inner {
 }
 
 impl Plan {
+    /// Adds a bucket, unless the request already spends it (a global policy sharing a
+    /// bucket name with the class): each bucket is charged once per request.
     fn push(&mut self, bucket: Bucket, group: usize, label: Arc<str>, kind: Arc<str>) {
+        if self.buckets.iter().any(|b| b.key == bucket.key) {
+            return;
+        }
         self.meta.push(Meta {
             group,
             label,

@@ -101,6 +101,10 @@ pub enum BuildError {
     /// and none is configured.
     #[error("no default rule: add `.route(\"/*\", policy)` (or `.default_policy(policy)`) for what no other rule matches")]
     NoDefaultRule,
+    /// The store the environment names cannot be used (e.g. `REDIS_URL` does not parse).
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Store(#[from] tollgate_redis::RedisConfigError),
     /// `RATE_LIMIT_ENABLED` holds something other than true/false.
     #[error(
         "RATE_LIMIT_ENABLED=`{value}` is not a switch: use true/false (or 1/0, on/off, yes/no)"

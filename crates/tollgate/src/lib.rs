@@ -70,8 +70,9 @@
 //!
 //! # Stores
 //!
-//! [`MemoryStore`] by default (this process only, bounded). Any [`Store`] works
-//! (tollgate-redis provides the Redis and fallback stores).
+//! [`MemoryStore`] by default (this process only, bounded). With the `redis` feature (on by
+//! default), `store_from_env()` picks Redis behind a fallback store when `REDIS_URL` /
+//! `KV_URL` is set, and the `redis` module re-exports tollgate-redis. Any [`Store`] works.
 //!
 //! # Observability
 //!
@@ -94,6 +95,14 @@ pub mod rate;
 pub mod respond;
 pub mod response_body;
 pub mod service;
+
+#[cfg(feature = "redis")]
+pub use limiter::store_from_env;
+/// The Redis store and the fallback store (feature `redis`).
+#[cfg(feature = "redis")]
+pub use tollgate_redis as redis;
+#[cfg(feature = "redis")]
+pub use tollgate_redis::{EnvStore, FallbackStore, RedisStore};
 
 pub use classify::{PatternError, RoutePattern};
 pub use client_ip::{ClientIp, ClientIpError, ProxyHeader};

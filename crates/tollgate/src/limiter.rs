@@ -576,6 +576,28 @@ impl LimiterBuilder {
     }
 }
 
+/// The store the environment names (feature `redis`): `REDIS_URL` or `KV_URL` set → Redis
+/// behind a [`FallbackStore`](tollgate_redis::FallbackStore) that answers from memory while
+/// Redis fails; unset → a [`MemoryStore`]. Never connects here: an unreachable Redis is not
+/// an error, a URL that does not parse is.
+///
+/// ```no_run
+/// # fn main() -> Result<(), tollgate::BuildError> {
+/// let limiter = tollgate::Limiter::builder()
+///     .store(tollgate::store_from_env()?)
+///     .global("1000/min")
+///     .build()?;
+/// # let _ = limiter; Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`BuildError::Store`] for a URL that does not parse.
+#[cfg(feature = "redis")]
+pub fn store_from_env() -> Result<tollgate_redis::EnvStore, BuildError> {
+    Ok(tollgate_redis::from_env()?)
+}
+
 /// `true`/`false`, `1`/`0`, `on`/`off`, `yes`/`no`, any case.
 fn parse_switch(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {

@@ -82,3 +82,26 @@ async fn the_environment_switch_overrides_the_configuration() {
     assert!(on.is_enabled());
     std::env::remove_var("RATE_LIMIT_ENABLED");
 }
+
+/// `store_from_env`: memory without `REDIS_URL` / `KV_URL`, a typed error for a bad URL.
+#[cfg(feature = "redis")]
+#[test]
+fn the_store_comes_from_the_environment() {
+    std::env::remove_var("REDIS_URL");
+    std::env::remove_var("KV_URL");
+    assert!(matches!(
+        tollgate::store_from_env(),
+        Ok(tollgate::EnvStore::Memory(_))
+    ));
+    std::env::set_var("REDIS_URL", "redis://127.0.0.1:1/");
+    assert!(matches!(
+        tollgate::store_from_env(),
+        Ok(tollgate::EnvStore::Redis(_))
+    ));
+    std::env::set_var("REDIS_URL", "not a url");
+    assert!(matches!(
+        tollgate::store_from_env(),
+        Err(BuildError::Store(_))
+    ));
+    std::env::remove_var("REDIS_URL");
+}

@@ -893,3 +893,20 @@ async fn concurrent_requests_admit_exactly_the_limit() {
     assert_eq!(limiter.stats().admitted, 20);
     assert_eq!(limiter.stats().refused, 40);
 }
+
+#[tokio::test]
+async fn a_bucket_named_twice_in_one_request_is_charged_once() {
+    let (_clock, store) = clock_and_store();
+    let shared = Policy::named("api").per_ip("3/min");
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/*", shared.clone())
+        .global_policy(shared)
+        .build()
+        .unwrap();
+    let server = serve(Router::new().route("/x", get(ok)).layer(limiter.layer())).await;
+    let r = server.get("/x").send().await.unwrap();
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "2");
+    assert_eq!(server.statuses("/x", 3).await, vec![200, 200, 429]);
+    assert_eq!(limiter.stats().store_errors, 0);
+}

@@ -1,5 +1,7 @@
 //! Forged forwarding headers, and requests built to break the middleware, against a real
-//! server. (Header parsing itself is property-tested in `client_ip_spoofing.rs`.)
+//! server. (Header parsing itself is property-tested in `client_ip_spoofing.rs`.) Needs the
+//! `axum` feature: without it the layer does not read axum's `ConnectInfo`.
+#![cfg(feature = "axum")]
 
 mod common;
 
