@@ -265,51 +265,49 @@ impl MemoryStore {
         let now = self.inner.clock.now();
         let now_us = now.as_micros();
         let inner = &*self.inner;
-        let mask = inner.shards.len() - 1;
-        // Lock the shards this request touches, in index order (no deadlock between
-        // requests that share several shards). Up to `INLINE` buckets, nothing here
-        // allocates.
-        let hashes: Scratch<u64> = buckets.iter().map(|b| inner.hash(&b.key)).collect();
-        // The shard comes from bits the table does not use to place keys (it uses the
-        // low bits for the position and the top 7 as a tag).
-        let shard_of: Scratch<usize> = hashes
-            .iter()
-            .map(|h| (h >> SHARD_SHIFT) as usize & mask)
-            .collect();
-        let mut order = shard_of.clone();
+        // Up to `INLINE` buckets, nothing here allocates but the answer. The scratch
+        // vectors are filled by `push`, which inlines (collecting into them does not,
+        // and costs more than the rest of this function).
+        let mut placed: Scratch<Placed> = Scratch::new();
+        let mut order: Scratch<usize> = Scratch::new();
+        for bucket in buckets {
+            let hash = inner.hash(&bucket.key);
+            let shard = inner.shard_of(hash);
+            placed.push(Placed {
+                hash,
+                shard,
+                guard: 0,
+            });
+            order.push(shard);
+        }
+        // Lock the shards this request touches, each once, in index order (no deadlock
+        // between requests that share several shards).
         order.sort_unstable();
         order.dedup();
-        let mut guards: Scratch<MutexGuard<'_, Shard>> =
-            order.iter().map(|&i| lock(&inner.shards[i])).collect();
-        // Each bucket's guard.
-        let slots: Scratch<usize> = shard_of
-            .iter()
-            .map(|i| order.binary_search(i).unwrap_or_default())
-            .collect();
+        let mut guards: Scratch<MutexGuard<'_, Shard>> = Scratch::new();
+        for &shard in &order {
+            guards.push(lock(&inner.shards[shard]));
+        }
+        for p in &mut placed {
+            p.guard = order.binary_search(&p.shard).unwrap_or_default();
+        }
 
         // A charge of several buckets first sees whether every cost fits, and changes a
         // bucket only if all do. Any other call decides each bucket on its own.
-        let verdicts: Option<Scratch<Fit>> = (op == Op::Charge && buckets.len() > 1).then(|| {
-            buckets
-                .iter()
-                .zip(&slots)
-                .zip(&hashes)
-                .map(|((bucket, &slot), &hash)| guards[slot].fit(hash, bucket, now_us))
-                .collect()
-        });
-        let all_fit = verdicts
-            .as_ref()
-            .map(|fits| fits.iter().all(|f| *f == Fit::Now));
+        let mut verdicts: Scratch<Fit> = Scratch::new();
+        if op == Op::Charge && buckets.len() > 1 {
+            for (bucket, p) in buckets.iter().zip(&placed) {
+                verdicts.push(guards[p.guard].fit(p.hash, bucket, now_us));
+            }
+        }
+        let all_fit = verdicts.iter().all(|f| *f == Fit::Now);
 
-        let states: Vec<BucketState> = buckets
-            .iter()
-            .zip(&slots)
-            .enumerate()
-            .map(|(i, (bucket, &slot))| {
-                let verdict = verdicts.as_ref().zip(all_fit).map(|(f, all)| (f[i], all));
-                inner.apply_one(&mut guards[slot], hashes[i], op, bucket, verdict, now_us)
-            })
-            .collect();
+        let mut states = Vec::with_capacity(buckets.len());
+        for (i, (bucket, p)) in buckets.iter().zip(&placed).enumerate() {
+            let verdict = verdicts.get(i).map(|&fit| (fit, all_fit));
+            let shard = &mut guards[p.guard];
+            states.push(inner.apply_one(shard, p.hash, op, bucket, verdict, now_us));
+        }
         Decision {
             allowed: states.iter().all(|s| s.allowed),
             now,
@@ -360,6 +358,14 @@ type Scratch<T> = SmallVec<[T; INLINE]>;
 
 /// How many buckets a request may have before its scratch space is allocated.
 const INLINE: usize = 4;
+
+/// Where one bucket of a request lives: its key's hash, its shard, and the index of that
+/// shard's guard among the request's locks.
+struct Placed {
+    hash: u64,
+    shard: usize,
+    guard: usize,
+}
 
 /// Bits of a key's hash below the ones that choose its shard (at most 2^16 shards, under
 /// the table's 7-bit tag at the top).
@@ -440,6 +446,12 @@ impl Inner {
     /// A key's hash: chooses its shard and places it in the shard's table.
     fn hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key.as_bytes())
+    }
+
+    /// The shard of a key with this hash. It comes from bits the table does not use to
+    /// place keys (it uses the low bits for the position and the top 7 as a tag).
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> SHARD_SHIFT) as usize & (self.shards.len() - 1)
     }
 
     /// Applies `op` to one bucket and reports it. `verdict`, for a charge of several
