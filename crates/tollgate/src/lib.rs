@@ -84,6 +84,8 @@
 
 pub mod classify;
 pub mod client_ip;
+#[cfg(feature = "config")]
+pub mod config;
 mod engine;
 pub mod error;
 pub mod future;
@@ -106,6 +108,8 @@ pub use tollgate_redis::{EnvStore, FallbackStore, RedisStore};
 
 pub use classify::{PatternError, RoutePattern};
 pub use client_ip::{ClientIp, ClientIpError, ProxyHeader};
+#[cfg(feature = "config")]
+pub use config::{Config, ConfigError};
 pub use error::{BuildError, CheckError};
 pub use future::ResponseFuture;
 pub use key::Key;

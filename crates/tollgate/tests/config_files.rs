@@ -1,0 +1,225 @@
+//! Configuration files (TOML and YAML) load onto the builder and enforce what they say.
+
+mod common;
+
+use std::io::Write;
+
+use axum::routing::get;
+use axum::Router;
+use common::{clock_and_store, header, serve, times};
+use tollgate::{ConfigError, Limiter, LimiterBuilder};
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+fn app(limiter: &Limiter) -> Router {
+    Router::new()
+        .route("/v1/invoices", get(|| async { "invoices" }))
+        .route("/v1/reports", get(|| async { "reports" }))
+        .route("/v1/other", get(|| async { "other" }))
+        .layer(limiter.layer())
+}
+
+#[tokio::test]
+async fn seed_004_yaml_loads_as_printed_and_enforces_burst_then_refill() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_004.yaml");
+    let (clock, store) = clock_and_store();
+    let limiter = LimiterBuilder::from_config(path)
+        .unwrap()
+        .store(store)
+        .build()
+        .unwrap();
+    let server = serve(app(&limiter)).await;
+
+    // /v1/reports: burst 2, then one token every 12 s (5/min).
+    assert_eq!(server.statuses("/v1/reports", 3).await, vec![200, 200, 429]);
+    let refused = server.get("/v1/reports").send().await.unwrap();
+    assert_eq!(header(&refused, "retry-after"), "12");
+    clock.advance(std::time::Duration::from_secs(12));
+    assert_eq!(server.statuses("/v1/reports", 2).await, vec![200, 429]);
+
+    // /v1/invoices: burst 20 on its own bucket, untouched by the reports above.
+    assert_eq!(server.statuses("/v1/invoices", 20).await, times(200, 20));
+    let refused = server.get("/v1/invoices").send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    // sustained 100/min: a token every 0.6 s, so Retry-After rounds up to 1.
+    assert_eq!(header(&refused, "retry-after"), "1");
+    assert_eq!(header(&refused, "x-ratelimit-limit"), "100");
+}
+
+#[tokio::test]
+async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
+    let path = write_temp(
+        "global.yaml",
+        "routes:\n  - path: /*\n    rate_limit: { sustained: 100/min, burst: 100/s }\ngateway:\n  global_rate_limit:\n    sustained: 3/min\n",
+    );
+    let (_clock, store) = clock_and_store();
+    let limiter = LimiterBuilder::from_config(&path)
+        .unwrap()
+        .store(store)
+        .build()
+        .unwrap();
+    let server = serve(app(&limiter)).await;
+    assert_eq!(server.status("/v1/invoices").await, 200);
+    assert_eq!(server.status("/v1/reports").await, 200);
+    assert_eq!(server.status("/v1/other").await, 200);
+    assert_eq!(server.status("/v1/invoices").await, 429);
+}
+
+#[tokio::test]
+async fn toml_routes_exemptions_keys_daily_caps_and_headers() {
+    let path = write_temp(
+        "table.toml",
+        r#"
+headers = { x_ratelimit = "unix_millis", ietf = false }
+body = "code_details"
+
+[[routes]]
+path = "/v1/other"
+exempt = true
+
+[[routes]]
+path = "/v1/*"
+name = "api"
+refund_statuses = [304]
+limits = [
+  { per = "api_key", limit = "2/min" },
+  { per = "api_key", daily = "3/day" },
+]
+"#,
+    );
+    let (clock, store) = clock_and_store();
+    let limiter = LimiterBuilder::from_config(&path)
+        .unwrap()
+        .store(store)
+        .build()
+        .unwrap();
+    let server = serve(app(&limiter)).await;
+    let key = |k: &'static str| move |r: reqwest::RequestBuilder| r.header("x-api-key", k);
+    let a = key("key-a");
+    // Exempt: never limited, no headers.
+    for _ in 0..5 {
+        let r = a(server.get("/v1/other")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "");
+    }
+    let first = a(server.get("/v1/invoices")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    // Reset in Unix milliseconds; no IETF fields.
+    assert!(header(&first, "x-ratelimit-reset").len() >= 13);
+    assert_eq!(header(&first, "ratelimit"), "");
+    assert_eq!(
+        a(server.get("/v1/reports")).send().await.unwrap().status(),
+        200
+    );
+    let third = a(server.get("/v1/reports")).send().await.unwrap();
+    assert_eq!(third.status(), 429);
+    let body = third.text().await.unwrap();
+    assert!(
+        body.starts_with(r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED""#),
+        "{body}"
+    );
+    // Another key has its own budget.
+    assert_eq!(
+        key("key-b")(server.get("/v1/reports"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Once the rolling minute has passed (segmented: W + W/10 = 66 s), the daily cap (3)
+    // is what refuses key-a.
+    clock.advance(std::time::Duration::from_secs(66));
+    assert_eq!(
+        a(server.get("/v1/reports")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        a(server.get("/v1/reports")).send().await.unwrap().status(),
+        429
+    );
+}
+
+#[test]
+fn a_bad_quota_names_file_line_and_column() {
+    let path = write_temp(
+        "bad.yaml",
+        "routes:\n  - path: /v1/invoices\n    rate_limit:\n      sustained: 100/fortnight\n",
+    );
+    let err = LimiterBuilder::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConfigError::Parse { line: Some(4), .. }),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(&format!("{}:4:", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("fortnight"), "{text}");
+    assert!(text.contains("routes[0].rate_limit"), "{text}");
+
+    let path = write_temp(
+        "bad.toml",
+        "[[routes]]\npath = \"/x\"\nlimits = [{ per = \"ip\", limit = \"0/min\" }]\n",
+    );
+    let err = LimiterBuilder::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConfigError::Parse { line: Some(3), .. }),
+        "{text}"
+    );
+    assert!(text.contains("at least 1"), "{text}");
+}
+
+#[test]
+fn unknown_fields_keys_and_incomplete_rules_are_errors() {
+    let typo = write_temp(
+        "typo.yaml",
+        "routes:\n  - path: /x\n    rate_limt: { sustained: 1/min }\n",
+    );
+    let text = LimiterBuilder::from_config(&typo).unwrap_err().to_string();
+    assert!(text.contains("rate_limt") && text.contains(":3:"), "{text}");
+
+    let key = write_temp(
+        "key.yaml",
+        "routes:\n  - path: /x\n    limits: [{ per: tenant, limit: 1/min }]\n",
+    );
+    let text = LimiterBuilder::from_config(&key).unwrap_err().to_string();
+    assert!(text.contains("tenant:x-tenant-id"), "{text}");
+
+    let burst = write_temp(
+        "burst.yaml",
+        "routes:\n  - path: /x\n    rate_limit: { burst: 20/s }\n",
+    );
+    let err = LimiterBuilder::from_config(&burst).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Rule { field, .. } if field == "routes[0] (/x)"),
+        "{err}"
+    );
+
+    let tie = write_temp("tie.yaml", "routes:\n  - { path: /x, name: a, rate_limit: { sustained: 1/min } }\n  - { path: /x, name: b, rate_limit: { sustained: 2/min } }\n");
+    let err = Limiter::from_config(&tie).unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("/x"), "{err}");
+    assert!(err.to_string().contains("tie"), "{err}");
+
+    let unknown = write_temp("table.ini", "");
+    assert!(matches!(
+        Limiter::from_config(&unknown),
+        Err(ConfigError::UnknownFormat { .. })
+    ));
+    assert!(matches!(
+        Limiter::from_config("/nonexistent/x.toml"),
+        Err(ConfigError::Read { .. })
+    ));
+}
