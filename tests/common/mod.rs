@@ -1,0 +1,137 @@
+//! Black-box harness: start an example as its own process on a free loopback port and talk
+//! to it over HTTP.
+//!
+//! Every example prints `listening on http://ADDR` as its first line of standard output and
+//! reads `PORT` (0 = any free port) and `HOST` (default 127.0.0.1). `cargo test` builds the
+//! examples before it runs the tests, next to the test binaries.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running example; killed when dropped.
+pub struct Example {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client that never uses a proxy.
+    pub client: reqwest::Client,
+    child: Child,
+}
+
+/// The path of the compiled example `name`.
+pub fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+impl Example {
+    /// Starts example `name` with `env` (on top of `PORT=0`, and `RUST_LOG=warn`), and waits
+    /// for its `listening on` line (at most 30 s).
+    pub fn start(name: &str, env: &[(&str, &str)]) -> Example {
+        let mut command = Command::new(example_path(name));
+        command
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .env_remove("REDIS_URL")
+            .env_remove("KV_URL")
+            .env_remove("RATE_LIMIT_ENABLED")
+            .env_remove("TRUSTED_PROXIES")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start the example");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                    break;
+                }
+            }
+            // Keep draining so the example never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
+                break url;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("example {name} exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "example {name} did not start in 30 s");
+        };
+        Example {
+            base,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            child,
+        }
+    }
+
+    /// A request builder for `method` on `path`.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    /// GET `path`.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    /// POST `path`.
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
+    }
+
+    /// The status of each of `n` requests made by `make`, one after another.
+    pub async fn statuses(
+        &self,
+        n: usize,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Vec<u16> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(make().send().await.unwrap().status().as_u16());
+        }
+        out
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A header of a response as text ("" if absent).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string())
+        .unwrap_or_default()
+}
+
+/// `n` times `status`.
+pub fn times(status: u16, n: usize) -> Vec<u16> {
+    vec![status; n]
+}
