@@ -280,6 +280,8 @@ impl MemoryStore {
             });
             order.push(shard);
         }
+        // The answer is allocated before locking: the locks are held only to decide.
+        let mut states = Vec::with_capacity(buckets.len());
         // Lock the shards this request touches, each once, in index order (no deadlock
         // between requests that share several shards).
         order.sort_unstable();
@@ -302,12 +304,12 @@ impl MemoryStore {
         }
         let all_fit = verdicts.iter().all(|f| *f == Fit::Now);
 
-        let mut states = Vec::with_capacity(buckets.len());
         for (i, (bucket, p)) in buckets.iter().zip(&placed).enumerate() {
             let verdict = verdicts.get(i).map(|&fit| (fit, all_fit));
             let shard = &mut guards[p.guard];
             states.push(inner.apply_one(shard, p.hash, op, bucket, verdict, now_us));
         }
+        drop(guards);
         Decision {
             allowed: states.iter().all(|s| s.allowed),
             now,
