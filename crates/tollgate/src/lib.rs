@@ -127,3 +127,8 @@ pub use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Clock, Decision, FailureMode, Limit,
     ManualClock, MemoryStore, Op, Quota, QuotaError, Store, StoreError, Timestamp,
 };
+
+/// The README's code blocks, compiled as doctests so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
