@@ -3,8 +3,8 @@
 -- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now step by step; the
 -- Rust side (script.rs) documents the argument and reply layout. All numbers are integers
 -- below 2^53 (microseconds since the epoch, counts), which Lua's doubles hold exactly;
--- numbers are never turned into strings with tostring or `..` (they would print as
--- 1.7e+15), only with string.format('%.0f').
+-- numbers become strings only through num() (tostring or `..` alone would print
+-- 1.7e+15 for a timestamp).
 --
 -- KEYS[i]: the bucket's key. ARGV[1]: the op (0 charge, 1 peek, 2 refund, 3 penalize,
 -- 4 reset). Then five numbers per bucket: algorithm (1 segmented sliding window, 2 sliding
@@ -16,34 +16,31 @@
 local CHARGE, PEEK, REFUND, PENALIZE, RESET = 0, 1, 2, 3, 4
 local SLIDING, LOG, TAT, FIXED = 1, 2, 3, 4
 
-local floor = math.floor
+local floor, max, min = math.floor, math.max, math.min
 local fmt = string.format
 
+-- A number as decimal digits. Below 10^14, Lua's own conversion (%.14g) prints an integer
+-- exactly, and is cheaper than a call to string.format.
 local function num(x)
+  if x < 1e14 then
+    return x
+  end
   return fmt('%.0f', x)
 end
 
--- Floor division, exact for integers below 2^53.
+-- Integer division and remainder. For integers a and b with |a| < 2^53, the rounding of
+-- a / b can never cross an integer (it is off by less than 1/b), so floor(a / b) is exact,
+-- and so is Lua's a % b (a - floor(a / b) * b, non-negative for b > 0).
 local function idiv(a, b)
-  local q = floor(a / b)
-  if q * b > a then
-    q = q - 1
-  elseif (q + 1) * b <= a then
-    q = q + 1
-  end
-  return q
+  return floor(a / b)
 end
 
 local function cdiv(a, b)
-  local q = idiv(a, b)
+  local q = floor(a / b)
   if q * b < a then
     q = q + 1
   end
   return q
-end
-
-local function imod(a, b)
-  return a - idiv(a, b) * b
 end
 
 local op = tonumber(ARGV[1])
@@ -104,27 +101,36 @@ local function fresh(b)
   end
 end
 
+-- A sliding window is stored as S<k>:<unit>:<head>:<counts>, the counts from the head
+-- segment backwards with trailing zeros left out (usually one or two numbers).
 local function decode(v)
-  local tag, rest = string.match(v, '^(%a)(.*)$')
+  local tag = string.sub(v, 1, 1)
   if tag == 'S' then
-    local k, unit, head, counts = string.match(rest, '^(%d+):(%d+):(%d+):(.*)$')
+    local k, unit, head, counts = string.match(v, '^S(%d+):(%d+):(%d+):(.*)$')
     if k then
+      k, head = tonumber(k), tonumber(head)
+      local ring = k + 1
       local c = {}
+      for i = 1, ring do
+        c[i] = 0
+      end
+      local back = 0
       for x in string.gmatch(counts, '%d+') do
-        c[#c + 1] = tonumber(x)
+        if back >= ring then
+          return { a = 0 }
+        end
+        c[(head - back) % ring + 1] = tonumber(x)
+        back = back + 1
       end
-      k = tonumber(k)
-      if #c == k + 1 then
-        return { a = SLIDING, k = k, unit = tonumber(unit), head = tonumber(head), c = c }
-      end
+      return { a = SLIDING, k = k, unit = tonumber(unit), head = head, c = c }
     end
   elseif tag == 'T' then
-    local tat = string.match(rest, '^(%d+)$')
+    local tat = string.match(v, '^T(%d+)$')
     if tat then
       return { a = TAT, tat = tonumber(tat) }
     end
   elseif tag == 'F' then
-    local unit, w, u = string.match(rest, '^(%d+):(%d+):(%d+)$')
+    local unit, w, u = string.match(v, '^F(%d+):(%d+):(%d+)$')
     if w then
       return { a = FIXED, unit = tonumber(unit), w = tonumber(w), u = tonumber(u) }
     end
@@ -134,11 +140,18 @@ end
 
 local function encode(st)
   if st.a == SLIDING then
+    local ring = #st.c
     local parts = {}
-    for i = 1, #st.c do
-      parts[i] = num(st.c[i])
+    local last = 0
+    for back = 0, ring - 1 do
+      local x = st.c[(st.head - back) % ring + 1]
+      parts[back + 1] = num(x)
+      if x ~= 0 then
+        last = back + 1
+      end
     end
-    return 'S' .. num(st.k) .. ':' .. num(st.unit) .. ':' .. num(st.head) .. ':' .. table.concat(parts, ',')
+    return 'S' .. num(st.k) .. ':' .. num(st.unit) .. ':' .. num(st.head) .. ':'
+      .. table.concat(parts, ',', 1, last)
   elseif st.a == TAT then
     return 'T' .. num(st.tat)
   else
@@ -207,7 +220,7 @@ local function advance(st, b)
         end
       else
         for i = st.head + 1, cur do
-          st.c[imod(i, ring) + 1] = 0
+          st.c[i % ring + 1] = 0
         end
       end
       st.head = cur
@@ -243,7 +256,7 @@ local function used(st, b)
   elseif st.a == LOG then
     return st.t
   elseif st.a == TAT then
-    return cdiv(math.max(st.tat - now, 0), b.unit)
+    return cdiv(max(st.tat - now, 0), b.unit)
   else
     return st.u
   end
@@ -263,17 +276,17 @@ local function fit(st, b)
     end
     local ring = #st.c
     local seg = b.unit
-    local oldest = math.max(st.head - (ring - 1), 0)
+    local oldest = max(st.head - (ring - 1), 0)
     local freed = 0
     local leaves = (st.head + ring) * seg
     for j = oldest, st.head do
-      freed = freed + st.c[imod(j, ring) + 1]
+      freed = freed + st.c[j % ring + 1]
       if freed >= need then
         leaves = (j + ring) * seg
         break
       end
     end
-    wait = math.max(leaves - now, 0)
+    wait = max(leaves - now, 0)
   elseif st.a == LOG then
     local need = st.t + cost - cap
     if need <= 0 then
@@ -289,15 +302,15 @@ local function fit(st, b)
         break
       end
     end
-    wait = math.max(leaves - now, 0)
+    wait = max(leaves - now, 0)
   elseif st.a == TAT then
-    local new_tat = math.max(st.tat, now) + cost * b.unit
-    wait = math.max(new_tat - now - cap * b.unit, 0)
+    local new_tat = max(st.tat, now) + cost * b.unit
+    wait = max(new_tat - now - cap * b.unit, 0)
   else
     if st.u + cost <= cap then
       return 0, 0
     end
-    wait = math.max((st.w + 1) * b.unit - now, 0)
+    wait = max((st.w + 1) * b.unit - now, 0)
   end
   if wait == 0 then
     return 0, 0
@@ -308,26 +321,26 @@ end
 local function add(st, b)
   local cost = b.cost
   if st.a == SLIDING then
-    local i = imod(st.head, #st.c) + 1
+    local i = st.head % #st.c + 1
     st.c[i] = st.c[i] + cost
   elseif st.a == LOG then
     local last = nil
     if st.n > st.h then
       last = log_get(st, st.n - 1)
     end
-    if last and math.max(last.at, now) == last.at then
+    if last and max(last.at, now) == last.at then
       log_set(st, st.n - 1, { at = last.at, c = last.c + cost })
     else
       local at = now
       if last then
-        at = math.max(last.at, now)
+        at = max(last.at, now)
       end
       log_set(st, st.n, { at = at, c = cost })
       st.n = st.n + 1
     end
     st.t = st.t + cost
   elseif st.a == TAT then
-    st.tat = math.max(st.tat, now) + cost * b.unit
+    st.tat = max(st.tat, now) + cost * b.unit
   else
     st.u = st.u + cost
   end
@@ -343,8 +356,8 @@ local function sub(st, b)
       if j < 0 then
         break
       end
-      local i = imod(j, ring) + 1
-      local take = math.min(st.c[i], left)
+      local i = j % ring + 1
+      local take = min(st.c[i], left)
       st.c[i] = st.c[i] - take
       left = left - take
       if left == 0 then
@@ -355,7 +368,7 @@ local function sub(st, b)
     local left = cost
     while left > 0 and st.n > st.h do
       local e = log_get(st, st.n - 1)
-      local take = math.min(e.c, left)
+      local take = min(e.c, left)
       st.t = st.t - take
       left = left - take
       if e.c - take == 0 then
@@ -367,9 +380,9 @@ local function sub(st, b)
     end
   elseif st.a == TAT then
     local back = cost * b.unit
-    st.tat = math.max(math.max(st.tat - back, 0), math.min(now, st.tat))
+    st.tat = max(max(st.tat - back, 0), min(now, st.tat))
   else
-    st.u = math.max(st.u - cost, 0)
+    st.u = max(st.u - cost, 0)
   end
 end
 
@@ -382,7 +395,7 @@ local function expires_at(st, b)
       if j < 0 then
         break
       end
-      if st.c[imod(j, ring) + 1] > 0 then
+      if st.c[j % ring + 1] > 0 then
         return (j + ring) * b.unit
       end
     end
@@ -407,8 +420,8 @@ local out = { 0, now }
 local function report(st, b, f, w)
   out[#out + 1] = f
   out[#out + 1] = w
-  out[#out + 1] = math.max(b.cap - used(st, b), 0)
-  out[#out + 1] = math.max(expires_at(st, b) - now, 0)
+  out[#out + 1] = max(b.cap - used(st, b), 0)
+  out[#out + 1] = max(expires_at(st, b) - now, 0)
 end
 
 -- Brings a present state up to now; a state of another limit starts afresh.

@@ -149,4 +149,16 @@ mod tests {
         .unwrap();
         assert!(store.redis().is_some());
     }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_without_the_tls_feature_is_a_config_error() {
+        let err = from_url(
+            Some("rediss://default:pw@kv.example.com:6379".into()),
+            RedisStore::builder(),
+            FallbackConfig::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RedisConfigError::InvalidUrl { .. }), "{err}");
+    }
 }

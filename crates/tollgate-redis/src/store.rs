@@ -275,7 +275,7 @@ impl RedisStoreBuilder {
 
     /// Use an application's existing deadpool-redis pool: each request takes a connection
     /// from it for its round trip. (One multiplexed connection, [`RedisStoreBuilder::url`],
-    /// carries several times more decisions per second; see the benchmark.)
+    /// carried 1.4 to 3.3 times more decisions per second in the benchmark.)
     pub fn pool(mut self, pool: deadpool_redis::Pool) -> Self {
         self.target = Target::Pool(pool);
         self
