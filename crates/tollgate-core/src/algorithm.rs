@@ -393,6 +393,7 @@ impl State {
 
     /// The bucket's answer: `fit` is this call's verdict (`Fit::Now` for operations that do
     /// not refuse). Call after the state was changed.
+    #[inline]
     pub(crate) fn report(&self, limit: &Limit, fit: Fit, cost: u64, now: u64) -> BucketState {
         let capacity = limit.capacity();
         let remaining = capacity.saturating_sub(self.used(limit, now));

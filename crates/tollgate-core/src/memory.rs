@@ -104,8 +104,8 @@ impl Key {
 /// One key of a shard's table and its entry: 128 bytes (two cache lines), aligned so
 /// that finding a key and deciding on it touch only them. The key, the two times and a
 /// token bucket's or fixed window's state share the first line; a sliding window's
-/// counters (up to 16, held inline) follow in the second, which the processor fetches
-/// together with the first rather than after it (no pointer to follow).
+/// counters (up to 16, held inline) run on into the second, which the processor fetches
+/// alongside the first rather than after it (there is no pointer to follow).
 #[derive(Debug)]
 #[repr(C, align(128))]
 struct Slot {
@@ -113,8 +113,8 @@ struct Slot {
     entry: Entry,
 }
 
-// A key, two times and a state with a window of up to 15 segments fill the slot exactly;
-// growing any of them costs speed.
+// A key, two times and a state with a window of up to 15 segments fit the slot; growing
+// any of them costs a third cache line.
 const _: () = assert!(std::mem::size_of::<Slot>() == 128);
 
 /// One independently locked part of the store. Its table is looked up with the hash the
