@@ -158,6 +158,9 @@ fn main() {
         server.port()
     );
     println!("command: {}", args.join(" "));
+    if quick {
+        println!("(smoke run under `cargo test`: unoptimised and short, the figures mean nothing; use `cargo bench`)");
+    }
 
     let mut config = deadpool_redis::Config::from_url(url.clone());
     config.pool = Some(deadpool_redis::PoolConfig::new(in_flight as usize));
