@@ -25,7 +25,8 @@ pub(crate) enum State {
     /// [`Algorithm::TokenBucket`]: the theoretical arrival time.
     Tat(u64),
     /// [`Algorithm::FixedWindow`]: the window index and what it has used.
-    Fixed { window: u64, used: u64 },
+    /// `period` is the window length the index counts in.
+    Fixed { window: u64, used: u64, period: u64 },
 }
 
 /// A sliding window's newest segment index and its k+1 counters, the counter of segment
@@ -33,6 +34,9 @@ pub(crate) enum State {
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     head: u64,
+    /// The segment length the indices count in (a limit whose window changes starts its
+    /// keys afresh, as the Redis script does).
+    unit: u64,
     counts: Counts,
 }
 
@@ -117,9 +121,10 @@ impl Counts {
 
 impl Ring {
     /// A ring of `len` zeroed counters whose newest segment is `head`.
-    fn new(head: u64, len: usize) -> Self {
+    fn new(head: u64, len: usize, unit: u64) -> Self {
         Self {
             head,
+            unit,
             counts: Counts::new(len),
         }
     }
@@ -159,6 +164,7 @@ impl State {
             Algorithm::SlidingWindow { segments } => State::Segments(Ring::new(
                 now / limit.segment_micros(),
                 usize::from(segments) + 1,
+                limit.segment_micros(),
             )),
             Algorithm::SlidingLog => State::Log {
                 entries: Box::default(),
@@ -168,6 +174,7 @@ impl State {
             Algorithm::FixedWindow => State::Fixed {
                 window: now / limit.quota().period_micros(),
                 used: 0,
+                period: limit.quota().period_micros(),
             },
         }
     }
@@ -177,11 +184,13 @@ impl State {
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
         match (self, limit.algorithm()) {
             (State::Segments(ring), Algorithm::SlidingWindow { segments }) => {
-                ring.len() == u64::from(segments) + 1
+                ring.len() == u64::from(segments) + 1 && ring.unit == limit.segment_micros()
+            }
+            (State::Fixed { period, .. }, Algorithm::FixedWindow) => {
+                *period == limit.quota().period_micros()
             }
             (State::Log { .. }, Algorithm::SlidingLog)
-            | (State::Tat(_), Algorithm::TokenBucket { .. })
-            | (State::Fixed { .. }, Algorithm::FixedWindow) => true,
+            | (State::Tat(_), Algorithm::TokenBucket { .. }) => true,
             _ => false,
         }
     }
@@ -213,7 +222,7 @@ impl State {
                 }
             }
             State::Tat(_) => {}
-            State::Fixed { window, used } => {
+            State::Fixed { window, used, .. } => {
                 let current = now / limit.quota().period_micros();
                 if current > *window {
                     *window = current;
@@ -291,7 +300,7 @@ impl State {
                 let tolerance = capacity.saturating_mul(t);
                 (new_tat - now).saturating_sub(tolerance)
             }
-            State::Fixed { window, used } => {
+            State::Fixed { window, used, .. } => {
                 if used.saturating_add(cost) <= capacity {
                     return Fit::Now;
                 }
@@ -381,7 +390,7 @@ impl State {
                 .back()
                 .map_or(0, |&(at, _)| at + limit.quota().period_micros()),
             State::Tat(tat) => *tat,
-            State::Fixed { window, used } => {
+            State::Fixed { window, used, .. } => {
                 if *used == 0 {
                     0
                 } else {
@@ -504,12 +513,35 @@ mod tests {
     /// A sliding window's counters held inline (u32) or in an allocation (u64) answer
     /// alike, also once a cost past `u32::MAX` turns an inline ring wide midway.
     #[test]
+    fn a_window_whose_length_changes_starts_afresh() {
+        let t0 = 1_000 * MIN;
+        let minute = Limit::sliding(Quota::per_minute(2));
+        let hour = Limit::sliding(Quota::per_hour(2));
+        let mut s = State::fresh(&minute, t0);
+        charge(&mut s, &minute, 2, t0);
+        assert!(s.fits_algorithm(&minute));
+        assert!(
+            !s.fits_algorithm(&hour),
+            "indices counted in 6 s segments, not 6 min"
+        );
+        assert!(
+            s.fits_algorithm(&Limit::sliding(Quota::per_minute(5))),
+            "same window, new count"
+        );
+        let day = Limit::fixed(Quota::per_day(2));
+        let d = State::fresh(&day, t0);
+        assert!(d.fits_algorithm(&day));
+        assert!(!d.fits_algorithm(&Limit::fixed(Quota::per_hour(2))));
+    }
+
+    #[test]
     fn inline_and_allocated_counters_agree() {
         let limit = Limit::sliding_segments(Quota::per_minute(20), 6).unwrap();
         let t0 = 1_000 * MIN;
         let mut narrow = State::fresh(&limit, t0);
         let mut wide = State::Segments(Ring {
             head: t0 / limit.segment_micros(),
+            unit: limit.segment_micros(),
             counts: Counts::Wide(vec![0; 7].into_boxed_slice()),
         });
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
