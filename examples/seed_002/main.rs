@@ -1,0 +1,151 @@
+//! Seed 002: limits per API key and per endpoint, sliding windows, fail-open.
+//!
+//! The page: limits apply per API key (the `x-api-key` header), not per IP; each endpoint
+//! of its table has its own quota (`GET /v1/analytics` 30 per 60 s, `GET /v1/campaigns/:id`
+//! 120 per 60 s, ...), every other API-key route 60 per 60 s; each quota is a sliding
+//! window. Responses (2xx and 429) carry `X-RateLimit-Limit`, `-Remaining` and `-Reset`
+//! (Unix milliseconds); a 429 adds `Retry-After` (seconds). When the rate-limit backend is
+//! unavailable the request is allowed, without `X-RateLimit-*` headers.
+//!
+//! How it maps onto tollgate: the table is `limits.yaml`, next to this file (exact sliding
+//! windows, keyed by `x-api-key`, reset in Unix milliseconds, `on_store_failure: open`,
+//! the store from `REDIS_URL`). The default rule is added here because its key is the API
+//! key *and* the matched route: each undeclared endpoint counts its own 60 per 60 s, as the
+//! declared ones do (the page's "falls back to 60 requests / 60 s per API key", read per
+//! endpoint like the rest of its table).
+//!
+//! Authentication is a stand-in for the page's API key guard: [`API_KEYS`] lists the valid
+//! keys; `/v1` requests with another key (or none) get `401` before the rate limiter runs.
+//! `GET /health` is outside the guard and not limited.
+//!
+//! ```text
+//! cargo run --example seed_002
+//! curl -i -H 'x-api-key: key_alpha' http://127.0.0.1:3002/v1/campaigns/42
+//! ```
+
+use axum::extract::{MatchedPath, Path, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tollgate::{Key, Limiter, LimiterBuilder, Policy, Rate};
+
+/// The table, as a file next to this example.
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/seed_002/limits.yaml");
+
+/// The header that carries the API key.
+const API_KEY: &str = "x-api-key";
+
+/// Stand-in for the API key store: the keys the guard accepts.
+const API_KEYS: [&str; 2] = ["key_alpha", "key_beta"];
+
+fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
+    // The API key and the route it was sent to; `None` without a key (the guard answers 401).
+    let key_and_endpoint = Key::custom("api_key_endpoint", |parts| {
+        let key = parts.headers.get(API_KEY)?.to_str().ok()?;
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or("(unmatched)", MatchedPath::as_str);
+        Some(format!("{} {route} {key}", parts.method))
+    })
+    .hashed();
+    let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
+    Ok(LimiterBuilder::from_config(CONFIG)?
+        .route("/v1/*", default)
+        .build()?)
+}
+
+/// The API key guard: `/v1` requests need a known `x-api-key`.
+async fn api_key_guard(request: Request, next: Next) -> Response {
+    let known = request
+        .headers()
+        .get(API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|key| API_KEYS.contains(&key));
+    if known {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "statusCode": 401, "message": "Invalid or missing API key" })),
+        )
+            .into_response()
+    }
+}
+
+async fn analytics() -> Json<Value> {
+    Json(json!({ "sent": 1200, "opened": 640, "replied": 85 }))
+}
+
+async fn add_to_campaign() -> Json<Value> {
+    Json(json!({ "added": 1 }))
+}
+
+async fn campaigns() -> Json<Value> {
+    Json(json!({ "data": [{ "id": "1", "name": "Spring launch" }] }))
+}
+
+async fn create_campaign() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::CREATED,
+        Json(json!({ "id": "2", "name": "New campaign" })),
+    )
+}
+
+async fn campaign(Path(id): Path<String>) -> Json<Value> {
+    Json(json!({ "id": id, "name": format!("Campaign {id}") }))
+}
+
+async fn campaign_statistics(Path(id): Path<String>) -> Json<Value> {
+    Json(json!({ "campaign": id, "sent": 300, "opened": 120 }))
+}
+
+async fn users() -> Json<Value> {
+    Json(json!({ "data": [{ "id": "u1" }, { "id": "u2" }] }))
+}
+
+async fn user(Path(id): Path<String>) -> Json<Value> {
+    Json(json!({ "id": id }))
+}
+
+async fn team() -> Json<Value> {
+    Json(json!({ "id": "t1", "name": "Growth" }))
+}
+
+async fn leads() -> Json<Value> {
+    Json(json!({ "data": [] }))
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+fn app(limiter: &Limiter) -> Router {
+    Router::new()
+        .route("/v1/analytics", get(analytics))
+        .route("/v1/analytics/daily", get(analytics))
+        .route("/v1/analytics/by-user", get(analytics))
+        .route("/v1/leads/add_to_campaign", post(add_to_campaign))
+        .route("/v1/leads", get(leads))
+        .route("/v1/campaigns", get(campaigns).post(create_campaign))
+        .route("/v1/campaigns/{id}", get(campaign))
+        .route("/v1/campaigns/{id}/statistics", get(campaign_statistics))
+        .route("/v1/users", get(users))
+        .route("/v1/users/{id}", get(user))
+        .route("/v1/teams/me", get(team))
+        // The layer added last runs first: the key guard, then the limiter.
+        .layer(limiter.layer())
+        .layer(middleware::from_fn(api_key_guard))
+        // Added after the layers: neither guarded nor limited.
+        .route("/health", get(health))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let limiter = limiter()?;
+    tollgate_suite::serve(app(&limiter), 3002).await?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Seed 003: one budget per tenant, across all of its API keys and sessions.
+//!
+//! The page: 100 requests per 1-minute window per tenant, shared by every API key and
+//! session of the tenant; over it, `429 Too Many Requests` with `Retry-After` and the JSON
+//! body `{"error": "Rate limit exceeded", "code": "RATE_LIMIT_EXCEEDED", "details":
+//! {"limit": 100, "window": "1m", "retryAfter": 23}}`; every response carries
+//! `X-RateLimit-Limit` (100), `X-RateLimit-Remaining` and `X-RateLimit-Reset` (the Unix
+//! time, in seconds, when the current window resets); a `304 Not Modified` answer to a
+//! conditional request (`If-None-Match` with the ETag) does not count against the limit.
+//!
+//! How it maps onto tollgate: one policy on `/api/*`, keyed by the tenant
+//! ([`Key::tenant`]), a fixed one-minute window ([`Rate::fixed`]: "the current window
+//! resets"), given back when the response is a 304 ([`Policy::refund_if`]), with the
+//! seed's body ([`ErrorBody::seed_003`]) and `X-RateLimit-*` headers in Unix seconds. A
+//! conditional request still needs budget to be answered at all: over the limit it gets
+//! 429 like any other.
+//!
+//! Authentication is a stand-in: [`CREDENTIALS`] maps API keys (`Authorization: Bearer
+//! <key>`) and session ids (cookie `session=<id>`) to tenants; other requests to `/api`
+//! get `401` before the rate limiter runs.
+//!
+//! ```text
+//! cargo run --example seed_003
+//! curl -i -H 'Authorization: Bearer osk_acme_1' http://127.0.0.1:3003/api/tickets/t1
+//! curl -i -H 'Authorization: Bearer osk_acme_1' -H 'If-None-Match: "etag-abc123"' http://127.0.0.1:3003/api/service-catalog
+//! ```
+
+use axum::extract::{Path, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, Policy, Rate, ResetFormat};
+
+/// The tenant a request is authenticated as (a request extension).
+#[derive(Debug, Clone, Copy)]
+struct Tenant(&'static str);
+
+/// Stand-in for the credential store: API keys and session ids → tenant.
+const CREDENTIALS: [(&str, Tenant); 4] = [
+    ("osk_acme_1", Tenant("acme")),
+    ("osk_acme_2", Tenant("acme")),
+    ("sess_acme_alice", Tenant("acme")),
+    ("osk_initech_1", Tenant("initech")),
+];
+
+/// The service catalog's current ETag.
+const CATALOG_ETAG: &str = "\"etag-abc123\"";
+
+fn limiter() -> Result<Limiter, tollgate::BuildError> {
+    let tenant = Key::tenant(|parts| parts.extensions.get::<Tenant>().map(|t| t.0.to_string()));
+    Limiter::builder()
+        .store(tollgate::store_from_env()?)
+        .route(
+            "/api/*",
+            Policy::named("tenant")
+                .limit(tenant, Rate::fixed("100/min"))
+                .refund_if(|status| status == StatusCode::NOT_MODIFIED),
+        )
+        .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
+        .error_body(ErrorBody::seed_003())
+        .build()
+}
+
+/// The credential a request carries: a bearer API key, or else a `session` cookie.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let session = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("session="))
+    };
+    bearer.or_else(session).map(str::trim)
+}
+
+/// Credential → tenant, or `401`.
+async fn authenticate(mut request: Request, next: Next) -> Response {
+    let tenant = credential(request.headers())
+        .and_then(|c| CREDENTIALS.iter().find(|(k, _)| *k == c))
+        .map(|(_, tenant)| *tenant);
+    match tenant {
+        Some(tenant) => {
+            request.extensions_mut().insert(tenant);
+            next.run(request).await
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "Unauthorized", "code": "UNAUTHORIZED" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn tickets() -> Json<Value> {
+    Json(json!({ "data": [{ "id": "t1" }, { "id": "t2" }] }))
+}
+
+async fn ticket(Path(id): Path<String>) -> Json<Value> {
+    Json(json!({ "id": id, "status": "open" }))
+}
+
+async fn tickets_batch(Json(body): Json<Value>) -> Json<Value> {
+    let ids = body["ids"].as_array().cloned().unwrap_or_default();
+    let data: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({ "id": id, "status": "open" }))
+        .collect();
+    Json(json!({ "data": data }))
+}
+
+/// The service catalog, answering conditional requests: `304 Not Modified` (no body) when
+/// `If-None-Match` names the current ETag.
+async fn service_catalog(headers: HeaderMap) -> Response {
+    let not_modified = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| matches!(tag.trim(), "*") || tag.trim() == CATALOG_ETAG);
+    let etag = [(header::ETAG, CATALOG_ETAG)];
+    if not_modified {
+        (StatusCode::NOT_MODIFIED, etag).into_response()
+    } else {
+        (
+            etag,
+            Json(json!({ "items": [{ "id": "laptop", "name": "Laptop request" }] })),
+        )
+            .into_response()
+    }
+}
+
+fn app(limiter: &Limiter) -> Router {
+    Router::new()
+        .route("/api/tickets", get(tickets))
+        .route("/api/tickets/batch", post(tickets_batch))
+        .route("/api/tickets/{id}", get(ticket))
+        .route("/api/service-catalog", get(service_catalog))
+        // The layer added last runs first: authenticate, then limit.
+        .layer(limiter.layer())
+        .layer(middleware::from_fn(authenticate))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let limiter = limiter()?;
+    tollgate_suite::serve(app(&limiter), 3003).await?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Seed 004: an API gateway's per-endpoint token buckets, per-key limits, a daily cap and a
+//! global backstop.
+//!
+//! The page: each endpoint has a token bucket, configured in `endpointwise.yaml` with a
+//! `sustained` refill rate and a `burst` capacity (`/v1/invoices`: 100/min, burst 20;
+//! `/v1/reports`: 5/min, burst 2); a `daily` hard cap (10000/day); limits per API key that
+//! stack with the endpoint's (the more restrictive applies); a gateway-wide
+//! `global_rate_limit` (1000/min). Responses carry `X-RateLimit-Limit`, `-Remaining` and
+//! `-Reset` (Unix seconds), and a 429 `Retry-After` and the body
+//!
+//! ```text
+//! {
+//!   "error": "rate_limit_exceeded",
+//!   "message": "You have exceeded the rate limit for GET /v1/invoices.",
+//!   "limit": 100,
+//!   "remaining": 0,
+//!   "reset_at": 1717200060
+//! }
+//! ```
+//!
+//! How it maps onto tollgate:
+//!
+//! - `endpointwise.yaml`, next to this file, is the page's configuration exactly as printed
+//!   (its `routes:` and its `gateway:` block). It names no key, so this example keys its
+//!   endpoint limits by the partner's API key (`x-api-key`): each partner has its own
+//!   bucket per endpoint. The gateway limit is one bucket for all traffic.
+//! - The daily cap is a fixed UTC day per API key, on every route: 10000/day, or
+//!   `ENDPOINTWISE_DAILY_CAP` (e.g. `25/day`, so a demo can reach it).
+//! - Per-key limits ([`Limiter::set_override`]) come from the key table: the `Limited
+//!   Partner` key created at start-up has 20/min, and `POST /admin/keys` (the page's `npx
+//!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
+//!   their own limit, effective on their first request.
+//!
+//! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
+//! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
+//! `GET /v1/status` is public; `/admin` needs `Authorization: Bearer
+//! $ENDPOINTWISE_ADMIN_TOKEN` (default `admin-demo-token`).
+//!
+//! ```text
+//! cargo run --example seed_004
+//! curl -i -H 'x-api-key: ew_live_full' http://127.0.0.1:3004/v1/invoices
+//! curl -i -H 'Authorization: Bearer admin-demo-token' -H 'content-type: application/json' \
+//!   -d '{"name": "Limited Partner", "scope": "read", "rate_limit": "20/min"}' http://127.0.0.1:3004/admin/keys
+//! ```
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tollgate::config::{Config, KeyText};
+use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, Policy, Rate, ResetFormat};
+
+/// The page's configuration file, as printed.
+const CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/seed_004/endpointwise.yaml"
+);
+
+/// The header partners send their key in.
+const API_KEY: &str = "x-api-key";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Scope {
+    /// `GET` only.
+    Read,
+    /// Everything.
+    Write,
+}
+
+/// One partner key of the stand-in key table.
+#[derive(Debug, Clone)]
+struct ApiKey {
+    name: String,
+    scope: Scope,
+    rate_limit: Option<String>,
+}
+
+/// The gateway's state: the limiter and the key table.
+#[derive(Clone)]
+struct Gateway {
+    limiter: Limiter,
+    keys: Arc<RwLock<HashMap<String, ApiKey>>>,
+    admin_token: Arc<str>,
+    created: Arc<AtomicU64>,
+}
+
+impl Gateway {
+    /// Adds a key to the table, with its per-key limit if it has one.
+    fn add_key(&self, key: &str, info: ApiKey) -> Result<(), tollgate::RateError> {
+        if let Some(rate) = &info.rate_limit {
+            self.limiter
+                .set_override(&Key::api_key(API_KEY), key, rate.as_str())?;
+        }
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), info);
+        Ok(())
+    }
+
+    fn key(&self, key: &str) -> Option<ApiKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+}
+
+fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
+    let mut config = Config::from_path(CONFIG)?;
+    // The file names no key: endpoint limits are per partner key.
+    config.default_key = Some(KeyText::ApiKey(API_KEY.into()));
+    let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
+    let limiter = config
+        .apply(Limiter::builder(), CONFIG)?
+        .store(tollgate::store_from_env()?)
+        .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), Rate::fixed(daily)))
+        .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
+        .error_body(ErrorBody::seed_004())
+        .build()?;
+    Ok(limiter)
+}
+
+/// `/v1` needs a known key (writes a write-scoped one), except the public status;
+/// `/admin` needs the admin token.
+async fn authenticate(State(gateway): State<Gateway>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let error = |status: StatusCode, code: &str| (status, Json(json!({ "error": code })));
+    if path.starts_with("/admin/") {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if token != Some(&*gateway.admin_token) {
+            return error(StatusCode::UNAUTHORIZED, "invalid_admin_token").into_response();
+        }
+    } else if path.starts_with("/v1/") && path != "/v1/status" {
+        let key = request
+            .headers()
+            .get(API_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|k| gateway.key(k));
+        match key {
+            None => return error(StatusCode::UNAUTHORIZED, "invalid_api_key").into_response(),
+            Some(k) if k.scope == Scope::Read && request.method() != Method::GET => {
+                return error(StatusCode::FORBIDDEN, "insufficient_scope").into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
+}
+
+/// The body of `POST /admin/keys`.
+#[derive(Debug, Deserialize)]
+struct NewKey {
+    name: String,
+    scope: Scope,
+    #[serde(default)]
+    rate_limit: Option<String>,
+}
+
+async fn create_key(State(gateway): State<Gateway>, Json(new): Json<NewKey>) -> Response {
+    // A stand-in key: a process-random 64-bit value and a counter.
+    let n = gateway.created.fetch_add(1, Ordering::Relaxed);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(n);
+    let key = format!("ew_live_{:016x}{n}", hasher.finish());
+    let info = ApiKey {
+        name: new.name,
+        scope: new.scope,
+        rate_limit: new.rate_limit,
+    };
+    let body = json!({
+        "key": key,
+        "name": info.name,
+        "scope": info.scope,
+        "rate_limit": info.rate_limit,
+    });
+    match gateway.add_key(&key, info) {
+        Ok(()) => (StatusCode::CREATED, Json(body)).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "invalid_rate_limit", "message": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn invoices() -> Json<Value> {
+    Json(json!({ "data": [{ "id": "inv_1", "amount": 1200 }] }))
+}
+
+async fn create_invoice() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::CREATED,
+        Json(json!({ "id": "inv_2", "amount": 300 })),
+    )
+}
+
+async fn reports() -> Json<Value> {
+    Json(json!({ "revenue": 1500, "period": "2024-06" }))
+}
+
+async fn customers() -> Json<Value> {
+    Json(json!({ "data": [{ "id": "cus_1" }] }))
+}
+
+async fn status() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+fn app(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/v1/invoices", get(invoices).post(create_invoice))
+        .route("/v1/reports", get(reports))
+        .route("/v1/customers", get(customers))
+        .route("/v1/status", get(status))
+        .route("/admin/keys", post(create_key))
+        // The layer added last runs first: authenticate, then limit.
+        .layer(gateway.limiter.layer())
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            authenticate,
+        ))
+        .with_state(gateway)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let gateway = Gateway {
+        limiter: limiter()?,
+        keys: Arc::default(),
+        admin_token: std::env::var("ENDPOINTWISE_ADMIN_TOKEN")
+            .unwrap_or_else(|_| "admin-demo-token".into())
+            .into(),
+        created: Arc::default(),
+    };
+    // The start-up key table (stand-in for the page's key store).
+    let startup = [
+        ("ew_live_full", "Full Partner", Scope::Write, None),
+        (
+            "ew_live_limited",
+            "Limited Partner",
+            Scope::Read,
+            Some("20/min"),
+        ),
+    ];
+    for (key, name, scope, rate_limit) in startup {
+        let info = ApiKey {
+            name: name.into(),
+            scope,
+            rate_limit: rate_limit.map(String::from),
+        };
+        gateway.add_key(key, info)?;
+    }
+    tollgate_suite::serve(app(gateway), 3004).await?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Seed 003 (examples/seed_003) as a client sees it: 100 requests per minute per tenant
+//! across its keys and sessions, the page's 429 body byte for byte, 304s not counted.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{header, Example};
+use reqwest::{RequestBuilder, Response};
+
+const CATALOG_ETAG: &str = "\"etag-abc123\"";
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The limit is a fixed minute: start a counting test at least 5 s before the minute
+/// ends, so the window does not reset half-way (waits at most 5 s).
+async fn away_from_the_minute_boundary() {
+    let into_minute = unix_now() % 60.0;
+    if into_minute > 55.0 {
+        tokio::time::sleep(Duration::from_secs_f64(60.1 - into_minute)).await;
+    }
+}
+
+fn as_key(request: RequestBuilder, key: &str) -> RequestBuilder {
+    request.bearer_auth(key)
+}
+
+fn as_session(request: RequestBuilder, session: &str) -> RequestBuilder {
+    request.header("cookie", format!("theme=dark; session={session}"))
+}
+
+/// Limit, remaining, reset (Unix seconds) of a response that must carry all three; the
+/// reset is the end of the current minute.
+fn x_ratelimit(response: &Response) -> (u64, u64, u64) {
+    let reset: u64 = header(response, "x-ratelimit-reset").parse().unwrap();
+    let now = unix_now();
+    assert_eq!(reset % 60, 0, "a fixed minute ends on a minute: {reset}");
+    assert!(
+        reset as f64 > now - 1.0 && reset as f64 <= now + 60.0,
+        "reset {reset}, now {now}"
+    );
+    (
+        header(response, "x-ratelimit-limit").parse().unwrap(),
+        header(response, "x-ratelimit-remaining").parse().unwrap(),
+        reset,
+    )
+}
+
+#[tokio::test]
+async fn one_budget_per_tenant_across_keys_and_sessions_then_the_pages_429() {
+    let app = Example::start("seed_003", &[]);
+    away_from_the_minute_boundary().await;
+    for i in 1..=100u64 {
+        let request = app.get(&format!("/api/tickets/t{i}"));
+        let request = match i % 3 {
+            0 => as_key(request, "osk_acme_1"),
+            1 => as_key(request, "osk_acme_2"),
+            _ => as_session(request, "sess_acme_alice"),
+        };
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200, "request #{i}");
+        let (limit, remaining, _) = x_ratelimit(&r);
+        assert_eq!((limit, remaining), (100, 100 - i), "request #{i}");
+    }
+    // The 101st, with any of the tenant's credentials, and on any route.
+    let refused = as_key(app.post("/api/tickets/batch"), "osk_acme_1")
+        .json(&serde_json::json!({ "ids": ["t1", "t2"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "content-type"), "application/json");
+    let (limit, remaining, reset) = x_ratelimit(&refused);
+    assert_eq!((limit, remaining), (100, 0));
+    let retry = header(&refused, "retry-after");
+    let retry_secs: u64 = retry.parse().unwrap();
+    // Retry-After: until the window resets (rounded up).
+    let until_reset = reset as f64 - unix_now();
+    assert!(
+        (retry_secs as f64 - until_reset).abs() <= 1.5 && (1..=60).contains(&retry_secs),
+        "Retry-After {retry_secs}, reset in {until_reset:.2} s"
+    );
+    let body = refused.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!(
+            r#"{{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{{"limit":100,"window":"1m","retryAfter":{retry}}}}}"#
+        )
+    );
+    let r = as_session(app.get("/api/tickets"), "sess_acme_alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+
+    // Another tenant: its own 100.
+    let r = as_key(app.get("/api/tickets"), "osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(x_ratelimit(&r).1, 99);
+}
+
+#[tokio::test]
+async fn not_modified_responses_do_not_count() {
+    let app = Example::start("seed_003", &[]);
+    away_from_the_minute_boundary().await;
+    let conditional = || {
+        as_key(app.get("/api/service-catalog"), "osk_initech_1")
+            .header("if-none-match", CATALOG_ETAG)
+    };
+    // The first request learns the ETag (counted).
+    let first = as_key(app.get("/api/service-catalog"), "osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "etag"), CATALOG_ETAG);
+    assert_eq!(x_ratelimit(&first).1, 99);
+    // 150 revalidations: all 304, none counted (more than the whole budget).
+    for i in 0..150 {
+        let r = conditional().send().await.unwrap();
+        assert_eq!(r.status(), 304, "revalidation #{i}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "100");
+    }
+    // So 99 more counted requests fit, and the 100th after the first is refused.
+    for i in 2..=100u64 {
+        let r = as_key(app.get("/api/tickets"), "osk_initech_1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "counted request #{i}");
+        assert_eq!(x_ratelimit(&r).1, 100 - i);
+    }
+    let r = as_key(app.get("/api/tickets"), "osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // Over the limit, a conditional request is refused too: it cannot be answered unseen.
+    assert_eq!(conditional().send().await.unwrap().status(), 429);
+}
+
+#[tokio::test]
+async fn unknown_credentials_are_401_without_rate_limit_headers() {
+    let app = Example::start("seed_003", &[]);
+    for request in [
+        app.get("/api/tickets"),
+        as_key(app.get("/api/tickets"), "osk_nobody"),
+        as_session(app.get("/api/tickets"), "sess_nobody"),
+    ] {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "");
+    }
+}

@@ -1,0 +1,250 @@
+//! Seed 004 (examples/seed_004) as a client sees it: the YAML's token buckets per endpoint,
+//! per-key limits stacking with them, the daily cap, the gateway's global limit, and the
+//! page's 429 body byte for byte.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{header, Example};
+use reqwest::Response;
+
+const ADMIN: &str = "admin-demo-token";
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+async fn get(app: &Example, key: &str, path: &str) -> Response {
+    app.get(path).header("x-api-key", key).send().await.unwrap()
+}
+
+/// (limit, remaining, reset) of a response that must carry all three, the reset in Unix
+/// seconds no earlier than now and at most `within` seconds away.
+fn x_ratelimit(response: &Response, within: f64) -> (u64, u64, u64) {
+    let reset: u64 = header(response, "x-ratelimit-reset").parse().unwrap();
+    let now = unix_now();
+    assert!(
+        reset as f64 + 1.0 >= now && reset as f64 <= now + within + 1.0,
+        "reset {reset}, now {now}, expected within {within} s"
+    );
+    (
+        header(response, "x-ratelimit-limit").parse().unwrap(),
+        header(response, "x-ratelimit-remaining").parse().unwrap(),
+        reset,
+    )
+}
+
+/// The page's 429 body for `route` with the numbers of the response's headers.
+async fn assert_page_body(refused: Response, route: &str, limit: u64) {
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "content-type"), "application/json");
+    assert_eq!(header(&refused, "x-ratelimit-limit"), limit.to_string());
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), "0");
+    let reset = header(&refused, "x-ratelimit-reset");
+    assert!(!header(&refused, "retry-after").is_empty());
+    let body = refused.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!(
+            "{{\n  \"error\": \"rate_limit_exceeded\",\n  \"message\": \"You have exceeded the rate limit for {route}.\",\n  \"limit\": {limit},\n  \"remaining\": 0,\n  \"reset_at\": {reset}\n}}"
+        )
+    );
+}
+
+#[tokio::test]
+async fn invoices_burst_of_20_then_sustained_100_per_min_and_the_pages_429() {
+    let app = Example::start("seed_004", &[]);
+    let started = Instant::now();
+    for i in 1..=20u64 {
+        let r = get(&app, "ew_live_full", "/v1/invoices").await;
+        assert_eq!(r.status(), 200, "invoice #{i}");
+        // Limit: the sustained rate; reset: when the bucket is full again (0.6 s a token).
+        let (limit, remaining, _) = x_ratelimit(&r, 12.0);
+        assert_eq!((limit, remaining), (100, 20 - i));
+    }
+    let refused = get(&app, "ew_live_full", "/v1/invoices").await;
+    // A token comes back every 0.6 s: the 21st is refused if the 20 took less than that.
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "too slow to test the burst"
+    );
+    assert_eq!(header(&refused, "retry-after"), "1");
+    x_ratelimit(&refused, 12.0);
+    assert_page_body(refused, "GET /v1/invoices", 100).await;
+
+    // Sustained: one more request 0.6 s later.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    assert_eq!(
+        get(&app, "ew_live_full", "/v1/invoices").await.status(),
+        200
+    );
+    assert_eq!(
+        get(&app, "ew_live_full", "/v1/invoices").await.status(),
+        429
+    );
+
+    // Reports: a bucket of its own, burst 2, a token every 12 s.
+    for i in 1..=2u64 {
+        let r = get(&app, "ew_live_full", "/v1/reports").await;
+        assert_eq!(r.status(), 200);
+        let (limit, remaining, _) = x_ratelimit(&r, 24.0);
+        assert_eq!((limit, remaining), (5, 2 - i));
+    }
+    let refused = get(&app, "ew_live_full", "/v1/reports").await;
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((11..=12).contains(&retry), "Retry-After {retry}");
+    assert_page_body(refused, "GET /v1/reports", 5).await;
+
+    // Endpoint buckets are per partner key.
+    let r = get(&app, "ew_live_limited", "/v1/reports").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "1");
+}
+
+#[tokio::test]
+async fn a_key_limit_stacks_with_the_endpoint_limits_the_stricter_applies() {
+    let app = Example::start("seed_004", &[]);
+    let key = "ew_live_limited"; // Limited Partner: 20/min on every route together
+                                 // Reports: the endpoint (burst 2) is stricter than the key.
+    assert_eq!(get(&app, key, "/v1/reports").await.status(), 200);
+    assert_eq!(get(&app, key, "/v1/reports").await.status(), 200);
+    let refused = get(&app, key, "/v1/reports").await;
+    assert_page_body(refused, "GET /v1/reports", 5).await;
+    // Invoices: the key (18 left of 20) is stricter than the endpoint (burst 20).
+    for i in 1..=18 {
+        let r = get(&app, key, "/v1/invoices").await;
+        assert_eq!(r.status(), 200, "invoice #{i}");
+    }
+    let refused = get(&app, key, "/v1/invoices").await;
+    // A rolling minute counted in tenths: the oldest tenth leaves within 66 s.
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((1..=66).contains(&retry), "Retry-After {retry}");
+    assert_page_body(refused, "GET /v1/invoices", 20).await;
+    // The key's budget covers every route, routes without endpoint limits included.
+    assert_page_body(
+        get(&app, key, "/v1/customers").await,
+        "GET /v1/customers",
+        20,
+    )
+    .await;
+    // Other keys are not affected.
+    assert_eq!(
+        get(&app, "ew_live_full", "/v1/customers").await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn keys_created_at_run_time_get_their_own_limit() {
+    let app = Example::start("seed_004", &[]);
+    let create = |body: serde_json::Value, token: &str| {
+        app.post("/admin/keys")
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let limited =
+        serde_json::json!({ "name": "Tiny Partner", "scope": "read", "rate_limit": "3/min" });
+    assert_eq!(
+        create(limited.clone(), "wrong").await.unwrap().status(),
+        401
+    );
+    let bad = serde_json::json!({ "name": "Bad", "scope": "read", "rate_limit": "3/fortnight" });
+    let r = create(bad, ADMIN).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("fortnight"));
+
+    let r = create(limited, ADMIN).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    assert_eq!(created["rate_limit"], "3/min");
+    for path in ["/v1/invoices", "/v1/customers", "/v1/invoices"] {
+        assert_eq!(get(&app, &key, path).await.status(), 200, "{path}");
+    }
+    assert_page_body(
+        get(&app, &key, "/v1/customers").await,
+        "GET /v1/customers",
+        3,
+    )
+    .await;
+    // Read scope: no writes. Unknown keys: 401, before any limit.
+    let r = app
+        .post("/v1/invoices")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = get(&app, "ew_live_nobody", "/v1/invoices").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "x-ratelimit-limit"), "");
+}
+
+#[tokio::test]
+async fn the_daily_cap_is_a_fixed_utc_day_per_key() {
+    let app = Example::start("seed_004", &[("ENDPOINTWISE_DAILY_CAP", "25/day")]);
+    for i in 1..=25u64 {
+        let r = get(&app, "ew_live_full", "/v1/customers").await;
+        assert_eq!(r.status(), 200, "request #{i}");
+        let (limit, remaining, _) = x_ratelimit(&r, 86_400.0);
+        assert_eq!((limit, remaining), (25, 25 - i));
+    }
+    let refused = get(&app, "ew_live_full", "/v1/customers").await;
+    let (_, _, reset) = x_ratelimit(&refused, 86_400.0);
+    assert_eq!(reset % 86_400, 0, "the cap resets at 00:00 UTC");
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((retry as f64 - (reset as f64 - unix_now())).abs() <= 2.0);
+    assert_page_body(refused, "GET /v1/customers", 25).await;
+    // The cap covers every route of the key (invoices has tokens left); other keys are free.
+    assert_eq!(
+        get(&app, "ew_live_full", "/v1/invoices").await.status(),
+        429
+    );
+    assert_eq!(
+        get(&app, "ew_live_limited", "/v1/customers").await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
+    let app = Example::start("seed_004", &[]);
+    // 1000/min as a token bucket: 1000 at once, then one every 60 ms. Sending takes a
+    // while, so count what was admitted before the first refusal and allow the refill.
+    let started = Instant::now();
+    let mut admitted = 0u64;
+    let refused = loop {
+        let r = app.get("/v1/status").send().await.unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        admitted += 1;
+        assert!(admitted <= 2000, "the global limit never refused");
+    };
+    let refill = started.elapsed().as_millis() as u64 / 60 + 1;
+    assert!(
+        (1000..=1000 + refill).contains(&admitted),
+        "{admitted} admitted in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(header(&refused, "retry-after"), "1");
+    assert_page_body(refused, "GET /v1/status", 1000).await;
+    // Every route is behind it, whatever its own bucket says: of five requests sent at once
+    // at most one can find a token that came back meanwhile.
+    let send = || get(&app, "ew_live_full", "/v1/invoices");
+    let (a, b, c, d, e) = tokio::join!(send(), send(), send(), send(), send());
+    let refused: Vec<_> = [a, b, c, d, e]
+        .into_iter()
+        .filter(|r| r.status() == 429)
+        .collect();
+    assert!(refused.len() >= 4, "{} of 5 refused", refused.len());
+    for r in refused {
+        assert_page_body(r, "GET /v1/invoices", 1000).await;
+    }
+}
