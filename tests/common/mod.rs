@@ -77,7 +77,10 @@ impl Example {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("example {name} exited before listening: {status}");
             }
-            assert!(Instant::now() < deadline, "example {name} did not start in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "example {name} did not start in 30 s"
+            );
         };
         Example {
             base,
@@ -102,11 +105,7 @@ impl Example {
     }
 
     /// The status of each of `n` requests made by `make`, one after another.
-    pub async fn statuses(
-        &self,
-        n: usize,
-        make: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Vec<u16> {
+    pub async fn statuses(&self, n: usize, make: impl Fn() -> reqwest::RequestBuilder) -> Vec<u16> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             out.push(make().send().await.unwrap().status().as_u16());
