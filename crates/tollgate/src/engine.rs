@@ -39,7 +39,7 @@ pub(crate) enum Sig {
 pub(crate) struct Compiled {
     pub(crate) name: Arc<str>,
     pub(crate) exempt: bool,
-    limits: Vec<CompiledLimit>,
+    pub(crate) limits: Vec<CompiledLimit>,
     cost: Cost,
     refund_if: Option<StatusFn>,
     count_only_if: Option<StatusFn>,
@@ -47,14 +47,14 @@ pub(crate) struct Compiled {
     on_failure: FailureMode,
 }
 
-struct CompiledLimit {
-    key: Key,
-    quota: CompiledQuota,
+pub(crate) struct CompiledLimit {
+    pub(crate) key: Key,
+    pub(crate) quota: CompiledQuota,
     /// The bucket name in the store and in headers: `<bucket>:<kind>[#n]`.
-    bucket: Arc<str>,
+    pub(crate) bucket: Arc<str>,
 }
 
-enum CompiledQuota {
+pub(crate) enum CompiledQuota {
     Fixed(Limit),
     PerKey(QuotaFn),
 }
@@ -492,7 +492,19 @@ impl After {
                 return None;
             }
         }
-        headers.extend(self.headers);
+        // Headers the inner service wrote itself (a handler's own refusal from a direct-use
+        // bucket, an inner limiter) describe its answer better: they win.
+        let preset: Vec<http::HeaderName> = self
+            .headers
+            .keys()
+            .filter(|name| headers.contains_key(*name))
+            .cloned()
+            .collect();
+        for (name, value) in &self.headers {
+            if !preset.contains(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         let refund: Vec<Bucket> = self
             .charged
             .iter()

@@ -86,6 +86,7 @@ pub mod classify;
 pub mod client_ip;
 #[cfg(feature = "config")]
 pub mod config;
+pub mod describe;
 mod engine;
 pub mod error;
 pub mod future;
@@ -110,6 +111,7 @@ pub use classify::{PatternError, RoutePattern};
 pub use client_ip::{ClientIp, ClientIpError, ProxyHeader};
 #[cfg(feature = "config")]
 pub use config::{Config, ConfigError};
+pub use describe::{LimitInfo, RouteLimits, RuleSource};
 pub use error::{BuildError, CheckError};
 pub use future::ResponseFuture;
 pub use key::Key;

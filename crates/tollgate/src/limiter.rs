@@ -50,6 +50,7 @@ use tollgate_core::{Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
+use crate::describe::{RouteLimits, RuleSource};
 use crate::engine::{self, Compiled, Signatures};
 use crate::error::{BuildError, CheckError};
 use crate::key::{self, Extractor, Key};
@@ -90,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) overrides: RwLock<HashMap<(Arc<str>, String), Limit>>,
     /// (method, matched path) of routes that carry their own policy.
     pub(crate) per_route: RwLock<HashSet<(Method, Arc<str>)>>,
+    /// The per-route policies made so far, one per name (for [`Limiter::describe`]).
+    pub(crate) per_route_policies: Mutex<Vec<Arc<Compiled>>>,
     pub(crate) stats: Counters,
     pub(crate) warned_no_peer: AtomicBool,
 }
@@ -161,6 +164,10 @@ impl Limiter {
             self.inner.identity.is_some(),
             &mut signatures,
         )?;
+        let mut described = lock(&self.inner.per_route_policies);
+        if !described.iter().any(|p| p.name == compiled.name) {
+            described.push(compiled.clone());
+        }
         Ok(RateLimitLayer::route(self.clone(), compiled))
     }
 
@@ -306,6 +313,53 @@ impl Limiter {
             would_refuse: c.would_refuse.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
         }
+    }
+
+    /// Every rule of the configuration, for documentation generated from it (see
+    /// [`describe`](crate::describe)): the central table's rules in the order they were
+    /// added, then the global policies, the per-route policies made so far with
+    /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name).
+    pub fn describe(&self) -> Vec<RouteLimits> {
+        let inner = &self.inner;
+        let table = inner.table.iter().map(|(pattern, policy)| {
+            RouteLimits::from_compiled(RuleSource::Route, Some(pattern), policy)
+        });
+        let globals = inner
+            .globals
+            .iter()
+            .map(|p| RouteLimits::from_compiled(RuleSource::Global, None, p));
+        let per_route: Vec<RouteLimits> = lock(&inner.per_route_policies)
+            .iter()
+            .map(|p| RouteLimits::from_compiled(RuleSource::PerRoute, None, p))
+            .collect();
+        let mut buckets: Vec<(&String, &Limit)> = inner.direct.iter().collect();
+        buckets.sort_by(|a, b| a.0.cmp(b.0));
+        let buckets = buckets
+            .into_iter()
+            .map(|(name, limit)| RouteLimits::from_bucket(name, *limit));
+        table
+            .chain(globals)
+            .chain(per_route)
+            .chain(buckets)
+            .collect()
+    }
+
+    /// The central table's rule for `method` `path`, described (`None`: no rule matches).
+    /// Global limits apply on top unless the rule is exempt; a route with its own
+    /// [`Limiter::policy`] spends that policy instead.
+    pub fn describe_route(&self, method: &Method, path: &str) -> Option<RouteLimits> {
+        let class = self.inner.table.classify(method, path)?;
+        let pattern = self
+            .inner
+            .table
+            .iter()
+            .find(|(_, policy)| Arc::ptr_eq(policy, class))
+            .map(|(pattern, _)| pattern);
+        Some(RouteLimits::from_compiled(
+            RuleSource::Route,
+            pattern,
+            class,
+        ))
     }
 
     /// The policy the central table gives `method` `path` (`None`: no rule matches, only
@@ -567,6 +621,7 @@ impl LimiterBuilder {
             signatures: Mutex::new(signatures),
             overrides: RwLock::default(),
             per_route: RwLock::default(),
+            per_route_policies: Mutex::default(),
             stats: Counters::default(),
             warned_no_peer: AtomicBool::new(false),
         };

@@ -1,0 +1,331 @@
+//! [`RouteLimits`]: what a [`Limiter`](crate::Limiter) enforces, rule by rule, for
+//! documentation generated from the configuration itself (an OpenAPI `x-ratelimit`
+//! extension, an HTML table of limits) and for diagnostics.
+//!
+//! ```
+//! use http::Method;
+//! use tollgate::describe::RuleSource;
+//! use tollgate::{Algorithm, Limiter, Policy, Quota, Rate};
+//!
+//! let limiter = Limiter::builder()
+//!     .identity(|parts| parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(String::from))
+//!     .route("/api/stripe/webhook", Policy::exempt())
+//!     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
+//!     .bucket("sign-in-failures", Rate::exact("5/30min"))
+//!     .build()?;
+//! let _chat = limiter.policy(Policy::named("chat").per_ip("60/min").per_user("30/min"));
+//!
+//! let all = limiter.describe();
+//! assert_eq!(all.len(), 4); // two table rules, one per-route policy, one direct bucket
+//! let default = &all[1];
+//! assert_eq!(default.source, RuleSource::Route);
+//! assert_eq!(default.pattern.as_deref(), Some("/api/*"));
+//! assert_eq!(default.policy, "default");
+//! assert_eq!(default.limits[0].key, "ip");
+//! assert_eq!(default.limits[0].bucket, "default:ip"); // as in the IETF headers
+//! assert_eq!(default.limits[1].limit.unwrap().quota(), Quota::per_hour(10_000));
+//! assert!(all[0].exempt);
+//! assert_eq!(all[2].source, RuleSource::PerRoute);
+//! assert_eq!(all[3].limits[0].limit.unwrap().algorithm(), Algorithm::SlidingLog);
+//!
+//! // The rule one request falls under:
+//! let rule = limiter.describe_route(&Method::GET, "/api/projects").unwrap();
+//! assert_eq!(rule.policy, "default");
+//! # Ok::<(), tollgate::BuildError>(())
+//! ```
+
+use http::Method;
+use tollgate_core::Limit;
+
+use crate::classify::RoutePattern;
+use crate::engine::{Compiled, CompiledQuota};
+
+/// Where a described rule comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RuleSource {
+    /// A rule of the central table ([`LimiterBuilder::route`](crate::LimiterBuilder::route)).
+    Route,
+    /// A global policy, spent by every non-exempt request on top of its class
+    /// ([`LimiterBuilder::global`](crate::LimiterBuilder::global),
+    /// [`LimiterBuilder::global_policy`](crate::LimiterBuilder::global_policy)).
+    Global,
+    /// A per-route policy made with [`Limiter::policy`](crate::Limiter::policy): it applies
+    /// to the routes that carry its layer, which the limiter does not know by path.
+    PerRoute,
+    /// A bucket for direct use from handlers
+    /// ([`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket)); its policy name is the
+    /// bucket's name.
+    Bucket,
+}
+
+/// One rule of a limiter's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// Where the rule comes from.
+    pub source: RuleSource,
+    /// The pattern as written (`"POST /api/templates/{id}/generate"`), for
+    /// [`RuleSource::Route`] only.
+    pub pattern: Option<String>,
+    /// The path part of the pattern (`"/api/templates/{id}/generate"`; `"/*"` for the
+    /// default rule), for [`RuleSource::Route`] only.
+    pub path: Option<String>,
+    /// The methods the rule is limited to; empty for any method.
+    pub methods: Vec<Method>,
+    /// The policy's name (the bucket's name for [`RuleSource::Bucket`]).
+    pub policy: String,
+    /// Whether requests under this rule pass unlimited.
+    pub exempt: bool,
+    /// The rule's limits, in the order the policy declares them; empty when exempt.
+    pub limits: Vec<LimitInfo>,
+}
+
+/// One limit of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitInfo {
+    /// The bucket's name, as the IETF `RateLimit-Policy` header and the logs show it
+    /// (`"default:ip"`; the header writes `:` as `-`).
+    pub bucket: String,
+    /// Whose budget it spends: the [`Key::kind`](crate::Key::kind) (`ip`, `user`,
+    /// `api_key`, `tenant`, `global`, `header:<name>` or a custom kind).
+    pub key: String,
+    /// The quota and the algorithm; `None` when the quota is chosen per request
+    /// ([`Policy::limit_with`](crate::Policy::limit_with)).
+    pub limit: Option<Limit>,
+}
+
+impl RouteLimits {
+    /// A compiled policy, described; `pattern` for rules of the central table.
+    pub(crate) fn from_compiled(
+        source: RuleSource,
+        pattern: Option<&RoutePattern>,
+        policy: &Compiled,
+    ) -> Self {
+        let text = pattern.map(ToString::to_string);
+        let path = text.as_deref().map(|t| match t.find('/') {
+            Some(i) => t[i..].to_string(),
+            None => "/*".to_string(),
+        });
+        Self {
+            source,
+            pattern: text,
+            path,
+            methods: pattern
+                .and_then(RoutePattern::methods)
+                .map(<[Method]>::to_vec)
+                .unwrap_or_default(),
+            policy: policy.name.to_string(),
+            exempt: policy.exempt,
+            limits: policy
+                .limits
+                .iter()
+                .map(|l| LimitInfo {
+                    bucket: l.bucket.to_string(),
+                    key: l.key.kind().to_string(),
+                    limit: match &l.quota {
+                        CompiledQuota::Fixed(limit) => Some(*limit),
+                        CompiledQuota::PerKey(_) => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// A bucket for direct use.
+    pub(crate) fn from_bucket(name: &str, limit: Limit) -> Self {
+        Self {
+            source: RuleSource::Bucket,
+            pattern: None,
+            path: None,
+            methods: Vec::new(),
+            policy: name.to_string(),
+            exempt: false,
+            limits: vec![LimitInfo {
+                bucket: name.to_string(),
+                key: "direct".to_string(),
+                limit: Some(limit),
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use tollgate_core::{Algorithm, Quota};
+
+    use super::RuleSource;
+    use crate::{Key, Limiter, Policy, Rate};
+
+    fn limiter() -> Limiter {
+        Limiter::builder()
+            .read_env(false)
+            .identity(|_| None)
+            .route("/api/cron/*", Policy::exempt())
+            .route(
+                "POST,PUT /api/templates/{id}/generate",
+                Policy::named("generate")
+                    .per_ip("300/min")
+                    .per_user("3000/h"),
+            )
+            .route("/*", Policy::named("default").per_ip("500/min"))
+            .route(
+                "/v1/*",
+                Policy::named("tiers")
+                    .limit_with(Key::api_key("x-api-key"), |_, _| None)
+                    .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20))
+                    .limit(Key::api_key("x-api-key"), Rate::fixed("10000/day")),
+            )
+            .global("1000/min")
+            .bucket("auth", "20/15min")
+            .bucket("sign-in-failures", Rate::exact("5/30min"))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_rule_in_order_with_its_limits() {
+        let limiter = limiter();
+        let chat = Policy::named("chat").per_ip("60/min").per_user("30/min");
+        let _a = limiter.policy(chat.clone());
+        let _b = limiter.policy(chat); // the same policy on a second route: listed once
+        let all = limiter.describe();
+        type Row<'a> = (RuleSource, Option<&'a str>, &'a str, bool, Vec<String>);
+        let summary: Vec<Row<'_>> = all
+            .iter()
+            .map(|r| {
+                (
+                    r.source,
+                    r.pattern.as_deref(),
+                    r.policy.as_str(),
+                    r.exempt,
+                    r.limits
+                        .iter()
+                        .map(|l| {
+                            format!(
+                                "{} {} {}",
+                                l.bucket,
+                                l.key,
+                                l.limit.map_or("per-request".into(), |l| l.to_string())
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    RuleSource::Route,
+                    Some("/api/cron/*"),
+                    "exempt",
+                    true,
+                    vec![]
+                ),
+                (
+                    RuleSource::Route,
+                    Some("POST,PUT /api/templates/{id}/generate"),
+                    "generate",
+                    false,
+                    s(&[
+                        "generate:ip ip 300/min sliding",
+                        "generate:user user 3000/h sliding"
+                    ])
+                ),
+                (
+                    RuleSource::Route,
+                    Some("/*"),
+                    "default",
+                    false,
+                    s(&["default:ip ip 500/min sliding"])
+                ),
+                (
+                    RuleSource::Route,
+                    Some("/v1/*"),
+                    "tiers",
+                    false,
+                    s(&[
+                        "tiers:api_key api_key per-request",
+                        "tiers:api_key#2 api_key 100/min burst 20",
+                        "tiers:api_key#3 api_key 10000/day fixed",
+                    ])
+                ),
+                (
+                    RuleSource::Global,
+                    None,
+                    "global",
+                    false,
+                    s(&["global global 1000/min sliding"])
+                ),
+                (
+                    RuleSource::PerRoute,
+                    None,
+                    "chat",
+                    false,
+                    s(&["chat:ip ip 60/min sliding", "chat:user user 30/min sliding"])
+                ),
+                (
+                    RuleSource::Bucket,
+                    None,
+                    "auth",
+                    false,
+                    s(&["auth direct 20/15min sliding"])
+                ),
+                (
+                    RuleSource::Bucket,
+                    None,
+                    "sign-in-failures",
+                    false,
+                    s(&["sign-in-failures direct 5/30min exact"])
+                ),
+            ]
+        );
+        let generate = &all[1];
+        assert_eq!(
+            generate.path.as_deref(),
+            Some("/api/templates/{id}/generate")
+        );
+        assert_eq!(generate.methods, vec![Method::POST, Method::PUT]);
+        assert_eq!(all[2].path.as_deref(), Some("/*"));
+        assert!(all[2].methods.is_empty());
+        assert_eq!(
+            all[3].limits[1].limit.unwrap().algorithm(),
+            Algorithm::TokenBucket { burst: 20 }
+        );
+        assert_eq!(
+            all[6].limits[0].limit.unwrap().quota(),
+            Quota::parse("20/15min").unwrap()
+        );
+    }
+
+    #[test]
+    fn the_rule_a_request_falls_under() {
+        let limiter = limiter();
+        let rule = |m: Method, p: &str| limiter.describe_route(&m, p).map(|r| r.policy);
+        assert_eq!(
+            rule(Method::POST, "/api/templates/7/generate").as_deref(),
+            Some("generate")
+        );
+        assert_eq!(
+            rule(Method::GET, "/api/templates/7/generate").as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            rule(Method::POST, "/api/cron/daily").as_deref(),
+            Some("exempt")
+        );
+        let only_v1 = Limiter::builder()
+            .read_env(false)
+            .route("/v1/*", Policy::named("v1").per_ip("1/s"))
+            .build()
+            .unwrap();
+        assert_eq!(only_v1.describe_route(&Method::GET, "/other"), None);
+        // A direct-use bucket is not a route.
+        assert!(only_v1
+            .describe()
+            .iter()
+            .all(|r| r.source == RuleSource::Route));
+    }
+}

@@ -1,0 +1,233 @@
+//! The demo's handlers. Most are stand-ins that answer `200` with a little JSON; the auth
+//! and portal-write handlers apply seed 000's extra caps themselves, with the limiter's
+//! direct-use buckets (`check`, `peek`, `penalize`, `reset`).
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use tollgate::client_ip::ClientIp;
+use tollgate::{Decision, Limiter};
+
+use crate::limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
+use crate::session::{portal_user, staff_user, DEMO_PASSWORD};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The limiter the middleware uses; handlers charge its direct-use buckets.
+    pub limiter: Limiter,
+    /// How the limiter finds the client IP (the same trusted proxies).
+    pub client_ip: ClientIp,
+}
+
+/// The client IP as the limiter keys it (behind trusted proxies, the forwarded client).
+pub struct ClientKey(pub String);
+
+impl FromRequestParts<AppState> for ClientKey {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        let peer = tollgate::client_ip::peer_addr(&parts.extensions);
+        Ok(ClientKey(
+            state
+                .client_ip
+                .resolve(peer, &parts.headers)
+                .map_or_else(|| "unknown-peer".into(), |ip| state.client_ip.key(ip)),
+        ))
+    }
+}
+
+/// Charges 1 to the handler bucket `bucket` for `key`; the middleware's own 429 if it is
+/// spent. A store error admits (and is logged), like the middleware's default.
+async fn charge(state: &AppState, bucket: &str, key: &str, uri: &Uri) -> Result<(), Response> {
+    match state.limiter.check(bucket, key).await {
+        Ok(decision) if !decision.allowed => Err(refusal(state, bucket, &decision, uri)),
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::warn!(%error, bucket, "rate-limit check failed; admitting");
+            Ok(())
+        }
+    }
+}
+
+fn refusal(state: &AppState, bucket: &str, decision: &Decision, uri: &Uri) -> Response {
+    state
+        .limiter
+        .refusal(bucket, decision, &Method::POST, uri.path())
+        .map(Body::from)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// The answer to a body that is not the JSON a handler expects.
+fn bad_json(e: serde_json::Error) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("expected JSON {{\"email\", \"password\"}}: {e}"),
+    )
+}
+
+/// A sign-in request body.
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// `POST /api/auth/sign-in`: the shared AUTH bucket per IP, then the lockout per e-mail
+/// (5 failures in 30 minutes lock it; a successful sign-in clears the count).
+pub async fn staff_sign_in(
+    State(state): State<AppState>,
+    ClientKey(ip): ClientKey,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Response> {
+    charge(&state, AUTH, &ip, &uri).await?;
+    let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
+    let email = credentials.email.trim().to_ascii_lowercase();
+    let failures = &state.limiter;
+    match failures.peek(SIGN_IN_FAILURES, &email).await {
+        Ok(locked) if !locked.allowed => {
+            return Err(refusal(&state, SIGN_IN_FAILURES, &locked, &uri))
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "lockout check failed; admitting"),
+    }
+    let outcome = if credentials.password == DEMO_PASSWORD {
+        failures.reset(SIGN_IN_FAILURES, &email).await
+    } else {
+        failures.penalize(SIGN_IN_FAILURES, &email).await
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(%error, "could not record the sign-in outcome");
+    }
+    if credentials.password != DEMO_PASSWORD {
+        return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));
+    }
+    Ok((
+        [(
+            SET_COOKIE,
+            format!("session={email}; Path=/; HttpOnly; SameSite=Lax"),
+        )],
+        Json(json!({ "userId": email })),
+    )
+        .into_response())
+}
+
+/// `POST /api/portal/auth/sign-in`: the shared AUTH bucket per IP.
+pub async fn portal_sign_in(
+    State(state): State<AppState>,
+    ClientKey(ip): ClientKey,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Response> {
+    charge(&state, AUTH, &ip, &uri).await?;
+    let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
+    if credentials.password != DEMO_PASSWORD {
+        return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));
+    }
+    let id = credentials.email.trim().to_ascii_lowercase();
+    Ok(Json(json!({ "portalUserId": id })).into_response())
+}
+
+/// Forgot password and reset password, staff and portal: the shared AUTH bucket per IP.
+pub async fn password_help(
+    State(state): State<AppState>,
+    ClientKey(ip): ClientKey,
+    uri: Uri,
+) -> Result<Response, Response> {
+    charge(&state, AUTH, &ip, &uri).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response())
+}
+
+/// `POST /api/auth/sign-up`: 20 per hour per IP.
+pub async fn sign_up(
+    State(state): State<AppState>,
+    ClientKey(ip): ClientKey,
+    uri: Uri,
+) -> Result<Response, Response> {
+    charge(&state, SIGN_UP, &ip, &uri).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "ok": true }))).into_response())
+}
+
+/// `POST /api/portal/auth/magic-link`: 30 per 15 minutes per IP.
+pub async fn magic_link(
+    State(state): State<AppState>,
+    ClientKey(ip): ClientKey,
+    uri: Uri,
+) -> Result<Response, Response> {
+    charge(&state, MAGIC_LINK, &ip, &uri).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response())
+}
+
+/// A portal write: needs a portal user, whose own bucket it spends (on top of the
+/// middleware's per-IP bucket).
+async fn portal_write(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    bucket: &str,
+) -> Result<Response, Response> {
+    let Some(user) = portal_user(headers) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "portal sign-in required (X-Portal-User)",
+        ));
+    };
+    charge(state, bucket, &user, uri).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "portalUser": user }))).into_response())
+}
+
+/// `POST /api/portal/documents`: 40 uploads per 15 minutes per portal user.
+pub async fn portal_upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Response> {
+    portal_write(&state, &headers, &uri, PORTAL_UPLOADS).await
+}
+
+/// `POST /api/portal/messages`: 120 messages per 15 minutes per portal user.
+pub async fn portal_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Response> {
+    portal_write(&state, &headers, &uri, PORTAL_MESSAGES).await
+}
+
+/// `GET /api/me`: who the stand-in says you are.
+pub async fn me(headers: HeaderMap) -> Json<serde_json::Value> {
+    Json(json!({ "staffUser": staff_user(&headers), "portalUser": portal_user(&headers) }))
+}
+
+/// `GET /api/platform/view-as/{user_id}`: an operator viewing as another user; the
+/// operator's own user bucket pays.
+pub async fn view_as(headers: HeaderMap, Path(user_id): Path<String>) -> Response {
+    match staff_user(&headers) {
+        Some(operator) => {
+            Json(json!({ "operator": operator, "viewingAs": user_id })).into_response()
+        }
+        None => error(StatusCode::UNAUTHORIZED, "staff sign-in required"),
+    }
+}
+
+/// `POST /api/assistant/chat`.
+pub async fn chat() -> Json<serde_json::Value> {
+    Json(json!({ "reply": "Hello from the demo assistant." }))
+}
+
+/// Everything else: `{"ok":true,"path":...}`.
+pub async fn ok(uri: Uri) -> Json<serde_json::Value> {
+    Json(json!({ "ok": true, "path": uri.path() }))
+}

@@ -1,0 +1,161 @@
+//! Seed 000's rate-limit policy, all of it, in one place. Everything else in the demo (the
+//! middleware, the handlers' own checks, `/openapi.json`, `/rate-limits`) reads it from here
+//! or from the limiter built here.
+
+use axum::http::request::Parts;
+use tollgate::client_ip::ClientIp;
+use tollgate::{BuildError, Limiter, Policy, Rate, Store};
+
+/// One `AUTH` bucket per IP, shared by sign-in, forgot password, reset password and their
+/// portal equivalents.
+pub const AUTH: &str = "auth";
+/// Staff sign-up, per IP.
+pub const SIGN_UP: &str = "sign-up";
+/// Portal magic-link requests, per IP.
+pub const MAGIC_LINK: &str = "portal-magic-link";
+/// Failed staff sign-ins per identifier (e-mail): the lockout.
+pub const SIGN_IN_FAILURES: &str = "sign-in-failures";
+/// Portal document uploads, per portal user.
+pub const PORTAL_UPLOADS: &str = "portal-uploads";
+/// Portal messages, per portal user.
+pub const PORTAL_MESSAGES: &str = "portal-messages";
+
+/// Whose budget a handler's own bucket spends (the handler passes that key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Per {
+    /// The client IP.
+    Ip,
+    /// The e-mail a sign-in is for.
+    Email,
+    /// The portal user (`X-Portal-User`).
+    PortalUser,
+}
+
+impl Per {
+    /// The name `/openapi.json` and `/rate-limits` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Ip => "ip",
+            Per::Email => "email",
+            Per::PortalUser => "portal_user",
+        }
+    }
+}
+
+/// The buckets handlers charge themselves (`limiter.check` / `peek` / `penalize`), with
+/// their quotas and keys.
+pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
+    [
+        (AUTH, "20/15min".into(), Per::Ip),
+        (SIGN_UP, "20/h".into(), Per::Ip),
+        (MAGIC_LINK, "30/15min".into(), Per::Ip),
+        // Exact: the sixth attempt within 30 minutes of the first failure is refused.
+        (SIGN_IN_FAILURES, Rate::exact("5/30min"), Per::Email),
+        (PORTAL_UPLOADS, "40/15min".into(), Per::PortalUser),
+        (PORTAL_MESSAGES, "120/15min".into(), Per::PortalUser),
+    ]
+}
+
+/// Who the handler bucket `name` is keyed by (`None`: not a handler bucket).
+pub fn handler_bucket_key(name: &str) -> Option<Per> {
+    handler_buckets()
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, per)| per)
+}
+
+/// The central table: the per-route buckets (per IP, and per signed-in user where a user is
+/// signed in, see [`user_bucket_applies`]) and the routes the middleware leaves alone. The
+/// most specific pattern wins.
+pub fn routes() -> Vec<(&'static str, Policy)> {
+    let downloads = Policy::named("downloads")
+        .per_ip("1500/min")
+        .per_user("15000/h");
+    vec![
+        (
+            "/api/*",
+            Policy::named("default")
+                .per_ip("500/min")
+                .per_user("10000/h"),
+        ),
+        (
+            "/api/twilio/*",
+            Policy::named("twilio")
+                .per_ip("1200/min")
+                .per_user("12000/h"),
+        ),
+        (
+            "POST /api/templates/{id}/generate",
+            Policy::named("generate")
+                .per_ip("300/min")
+                .per_user("3000/h"),
+        ),
+        // One bucket for every download route.
+        ("GET /api/documents/{id}/download", downloads.clone()),
+        ("GET /api/documents/temp/*", downloads.clone()),
+        ("GET /api/invoices/{id}/pdf", downloads),
+        (
+            "/api/knowledge/*",
+            Policy::named("knowledge")
+                .per_ip("2000/min")
+                .per_user("20000/h"),
+        ),
+        // Chat has its own policy, attached to the route (`chat()`); the table leaves it to
+        // that policy, so no chat request ever spends the default class.
+        ("POST /api/assistant/chat", Policy::exempt()),
+        // Auth handlers apply their own IP-based policies (see `handler_buckets`).
+        ("/api/auth/*", Policy::exempt()),
+        ("/api/portal/auth/*", Policy::exempt()),
+        // Webhooks and callbacks, and team switching: never throttled.
+        ("/api/twilio/voice/*", Policy::exempt()),
+        ("/api/twilio/sms/*", Policy::exempt()),
+        ("/api/stripe/webhook", Policy::exempt()),
+        ("/api/webhooks/resend", Policy::exempt()),
+        ("/api/cron/*", Policy::exempt()),
+        ("/api/onlyoffice/callback", Policy::exempt()),
+        ("POST /api/teams/switch", Policy::exempt()),
+    ]
+}
+
+/// `POST /api/assistant/chat`: a per-route policy, attached to that route
+/// (`limiter.policy(limits::chat())`). Per user it is stricter than per IP.
+pub fn chat() -> Policy {
+    Policy::named("chat").per_ip("60/min").per_user("30/min")
+}
+
+/// Whether a signed-in staff user's own bucket applies on `path`: on `/api/*` outside
+/// `/api/portal/` and `/api/auth/` (staff on the portal are limited by IP only).
+pub fn user_bucket_applies(path: &str) -> bool {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    under("/api") && !under("/api/portal") && !under("/api/auth")
+}
+
+/// The limiter: the table above on `store`, clients found by `client_ip`, staff users by
+/// `staff_user` (called only where [`user_bucket_applies`]). `RATE_LIMIT_ENABLED=false`
+/// in the environment turns it off.
+pub fn limiter(
+    store: impl Store,
+    client_ip: ClientIp,
+    staff_user: fn(&Parts) -> Option<String>,
+) -> Result<Limiter, BuildError> {
+    let mut builder = Limiter::builder()
+        .store(store)
+        .client_ip(client_ip)
+        .identity(move |parts| {
+            if user_bucket_applies(parts.uri.path()) {
+                staff_user(parts)
+            } else {
+                None
+            }
+        });
+    for (pattern, policy) in routes() {
+        builder = builder.route(pattern, policy);
+    }
+    for (name, rate, _) in handler_buckets() {
+        builder = builder.bucket(name, rate);
+    }
+    builder.build()
+}

@@ -1,0 +1,213 @@
+//! The demo app: seed 000's published rate-limit policy, reproduced on its own paths.
+//!
+//! ```text
+//! cargo run --example demo                       # http://127.0.0.1:3000, in-memory store
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo   # shared state in Redis
+//! ```
+//!
+//! Open <http://127.0.0.1:3000/rate-limits> for the table, `/openapi.json` for the same in
+//! OpenAPI (`x-ratelimit` on each operation). The policy itself is in `limits.rs`.
+//!
+//! **Sign-in is a stand-in, for demos only** (see `session.rs`):
+//! `Authorization: Bearer <user-id>` or a cookie `session=<user-id>` is a signed-in staff
+//! user; `X-Portal-User: <id>` a client-portal user. `POST /api/auth/sign-in` takes
+//! `{"email": "...", "password": "..."}`; the password of every account is
+//! `demo-password`, anything else is answered `401`.
+//!
+//! Environment: `PORT` (default 3000), `HOST` (default 127.0.0.1), `TRUSTED_PROXIES`
+//! (comma-separated CIDRs whose `X-Forwarded-For` is believed), `REDIS_URL` / `KV_URL`
+//! (Redis, falling back to memory while it is down), `RATE_LIMIT_ENABLED=false` (limits
+//! off), `RUST_LOG`.
+//!
+//! ```text
+//! curl -i localhost:3000/api/projects                              # 500/min per IP
+//! curl -i -H 'Authorization: Bearer alice' localhost:3000/api/me   # + 10,000/h for alice
+//! curl -i -X POST -H 'Authorization: Bearer alice' localhost:3000/api/assistant/chat
+//! curl -i -X POST localhost:3000/api/auth/sign-in \
+//!      -H 'content-type: application/json' -d '{"email":"a@example.com","password":"nope"}'
+//! ```
+
+mod docs;
+mod handlers;
+mod limits;
+mod session;
+
+use axum::http::Method;
+use tollgate::client_ip::ClientIp;
+
+use docs::Api;
+use handlers::*;
+use limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tollgate_suite::init_logging();
+    let client_ip = ClientIp::peer().trust_proxies(tollgate_suite::trusted_proxies_from_env());
+    let store = tollgate::store_from_env()?;
+    let limiter = limits::limiter(store, client_ip.clone(), session::staff_user_of)?;
+    let state = AppState {
+        limiter: limiter.clone(),
+        client_ip,
+    };
+    let (get, post) = (Method::GET, Method::POST);
+    let app = Api::new(limiter.clone())
+        // Default class: 500/min per IP, 10,000/h per staff user.
+        .op(get.clone(), "/api/me", "Who you are signed in as", me)
+        .op(get.clone(), "/api/projects", "List projects", ok)
+        .op(
+            get.clone(),
+            "/api/platform/view-as/{user_id}",
+            "Platform: view as a user (the operator's bucket pays)",
+            view_as,
+        )
+        // Route classes of their own.
+        .op(
+            get.clone(),
+            "/api/twilio/numbers",
+            "Twilio REST: phone numbers",
+            ok,
+        )
+        .op(
+            post.clone(),
+            "/api/templates/{id}/generate",
+            "Generate a document from a template",
+            ok,
+        )
+        .op(
+            get.clone(),
+            "/api/documents/{id}/download",
+            "Download a document",
+            ok,
+        )
+        .op(
+            get.clone(),
+            "/api/documents/temp/{*file}",
+            "Download a temporary document",
+            ok,
+        )
+        .op(
+            get.clone(),
+            "/api/invoices/{id}/pdf",
+            "Download an invoice PDF",
+            ok,
+        )
+        .op(
+            get.clone(),
+            "/api/knowledge/articles",
+            "Knowledge base articles",
+            ok,
+        )
+        .with_policy(
+            post.clone(),
+            "/api/assistant/chat",
+            "Ask the assistant",
+            limits::chat(),
+            chat,
+        )
+        // Auth: not under the middleware; the handlers apply their own caps.
+        .charging(
+            post.clone(),
+            "/api/auth/sign-in",
+            "Staff sign-in",
+            &[AUTH, SIGN_IN_FAILURES],
+            staff_sign_in,
+        )
+        .charging(
+            post.clone(),
+            "/api/auth/forgot-password",
+            "Forgot password",
+            &[AUTH],
+            password_help,
+        )
+        .charging(
+            post.clone(),
+            "/api/auth/reset-password",
+            "Reset password",
+            &[AUTH],
+            password_help,
+        )
+        .charging(
+            post.clone(),
+            "/api/auth/sign-up",
+            "Sign up",
+            &[SIGN_UP],
+            sign_up,
+        )
+        .charging(
+            post.clone(),
+            "/api/portal/auth/sign-in",
+            "Portal sign-in",
+            &[AUTH],
+            portal_sign_in,
+        )
+        .charging(
+            post.clone(),
+            "/api/portal/auth/forgot-password",
+            "Portal forgot password",
+            &[AUTH],
+            password_help,
+        )
+        .charging(
+            post.clone(),
+            "/api/portal/auth/reset-password",
+            "Portal reset password",
+            &[AUTH],
+            password_help,
+        )
+        .charging(
+            post.clone(),
+            "/api/portal/auth/magic-link",
+            "Portal magic link",
+            &[MAGIC_LINK],
+            magic_link,
+        )
+        // Client portal: per IP in the middleware, plus per-portal-user caps on writes.
+        .op(
+            get.clone(),
+            "/api/portal/documents",
+            "Portal: list documents",
+            ok,
+        )
+        .charging(
+            post.clone(),
+            "/api/portal/documents",
+            "Portal: upload a document",
+            &[PORTAL_UPLOADS],
+            portal_upload,
+        )
+        .charging(
+            post.clone(),
+            "/api/portal/messages",
+            "Portal: send a message",
+            &[PORTAL_MESSAGES],
+            portal_message,
+        )
+        // Never throttled.
+        .op(
+            post.clone(),
+            "/api/twilio/voice/{*event}",
+            "Twilio voice webhook",
+            ok,
+        )
+        .op(
+            post.clone(),
+            "/api/twilio/sms/{*event}",
+            "Twilio SMS webhook",
+            ok,
+        )
+        .op(post.clone(), "/api/stripe/webhook", "Stripe webhook", ok)
+        .op(post.clone(), "/api/webhooks/resend", "Resend webhook", ok)
+        .op(get.clone(), "/api/cron/{*job}", "Scheduled job", ok)
+        .op(
+            post.clone(),
+            "/api/onlyoffice/callback",
+            "ONLYOFFICE document callback",
+            ok,
+        )
+        .op(post, "/api/teams/switch", "Switch team", ok)
+        .into_router()
+        .with_state(state)
+        .layer(limiter.layer());
+    tollgate_suite::serve(app, 3000).await?;
+    Ok(())
+}
