@@ -128,6 +128,8 @@ async fn not_modified_responses_do_not_count() {
         let r = conditional().send().await.unwrap();
         assert_eq!(r.status(), 304, "revalidation #{i}");
         assert_eq!(header(&r, "x-ratelimit-limit"), "100");
+        // Headers show the budget once the 304's charge is given back.
+        assert_eq!(x_ratelimit(&r).1, 99, "revalidation #{i}");
     }
     // So 99 more counted requests fit, and the 100th after the first is refused.
     for i in 2..=100u64 {

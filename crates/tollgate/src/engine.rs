@@ -475,56 +475,84 @@ pub(crate) struct After {
     inner: Arc<Inner>,
     plan: Arc<Plan>,
     charged: Vec<usize>,
-    headers: HeaderMap,
+    /// The charge's answer, one state per index of `charged`.
+    decision: Decision,
     provisional: Option<Arc<Provisional>>,
 }
 
+/// The rate-limit headers of an admitted response: at once, or after a refund (so a
+/// response that does not count shows the budget as it is once the charge is given back).
+pub(crate) enum Settle {
+    /// The headers, ready.
+    Now(HeaderMap),
+    /// Give the charge back, then the headers.
+    AfterRefund(BoxFuture<'static, HeaderMap>),
+}
+
+/// Adds `ours` to `headers`, except those the inner service set itself (a handler's own
+/// refusal from a direct-use bucket, an inner limiter): they describe its answer better.
+pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: HeaderMap) {
+    let mut last = None;
+    for (name, value) in ours {
+        // `HeaderMap`'s owning iterator names a header once, before its first value.
+        if let Some(name) = name {
+            last = (!headers.contains_key(&name)).then_some(name);
+        }
+        if let Some(name) = &last {
+            headers.append(name.clone(), value);
+        }
+    }
+}
+
 impl After {
-    /// Adds the rate-limit headers to the response; returns the refund to make first, if
-    /// the response does not count. Does nothing if a per-route layer took over.
-    pub(crate) fn finish(
-        self,
-        headers: &mut HeaderMap,
-        status: StatusCode,
-    ) -> Option<BoxFuture<'static, ()>> {
+    /// The headers for a response of `status`, giving the charge back first if the response
+    /// does not count. `None` if a per-route layer took the request over.
+    pub(crate) fn settle(self, status: StatusCode) -> Option<Settle> {
         if let Some(p) = &self.provisional {
             if p.taken_over.load(Ordering::Acquire) {
                 return None;
             }
         }
-        // Headers the inner service wrote itself (a handler's own refusal from a direct-use
-        // bucket, an inner limiter) describe its answer better: they win.
-        let preset: Vec<http::HeaderName> = self
-            .headers
-            .keys()
-            .filter(|name| headers.contains_key(*name))
-            .cloned()
-            .collect();
-        for (name, value) in &self.headers {
-            if !preset.contains(name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        let refund: Vec<Bucket> = self
-            .charged
-            .iter()
-            .filter(|&&i| {
-                let policy = &self.plan.groups[self.plan.meta[i].group];
+        let refund: Vec<usize> = (0..self.charged.len())
+            .filter(|&pos| {
+                let policy = &self.plan.groups[self.plan.meta[self.charged[pos]].group];
                 policy.refund_if.as_ref().is_some_and(|f| f(status))
                     || policy.count_only_if.as_ref().is_some_and(|f| !f(status))
             })
-            .map(|&i| self.plan.buckets[i].clone())
             .collect();
         if refund.is_empty() {
-            return None;
+            return Some(Settle::Now(self.headers()));
         }
-        let inner = self.inner;
-        Some(Box::pin(async move {
-            let batch = Batch::new(Op::Refund, refund);
-            if let Err(e) = inner.store.apply(&batch).await {
-                tracing::warn!(target: "tollgate", error = %e, "could not give a charge back");
+        Some(Settle::AfterRefund(Box::pin(async move {
+            let mut this = self;
+            let buckets = refund
+                .iter()
+                .map(|&pos| this.plan.buckets[this.charged[pos]].clone())
+                .collect();
+            match this
+                .inner
+                .store
+                .apply(&Batch::new(Op::Refund, buckets))
+                .await
+            {
+                Ok(given_back) => {
+                    for (&pos, state) in refund.iter().zip(given_back.buckets) {
+                        this.decision.buckets[pos] = state;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "tollgate", error = %e, "could not give a charge back");
+                }
             }
-        }))
+            this.headers()
+        })))
+    }
+
+    fn headers(&self) -> HeaderMap {
+        let info = self.plan.info(&self.charged, &self.decision);
+        let mut headers = HeaderMap::new();
+        self.inner.header_style.write(&info, &mut headers);
+        headers
     }
 }
 
@@ -643,8 +671,6 @@ async fn decide(
         let info = plan.info(&active, &decision);
         if decision.allowed {
             inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            let mut headers = HeaderMap::new();
-            inner.header_style.write(&info, &mut headers);
             if let Some(p) = &provisional {
                 *lock(&p.buckets) = Some(batch.buckets);
             }
@@ -652,7 +678,7 @@ async fn decide(
                 inner: inner.clone(),
                 plan: plan.clone(),
                 charged: active,
-                headers,
+                decision,
                 provisional,
             }));
         }

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{After, Outcome};
+use crate::engine::{merge_headers, After, Outcome, Settle};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -42,7 +42,7 @@ pin_project! {
             after: Option<After>,
         },
         Settling {
-            settle: BoxFuture<'static, ()>,
+            settle: BoxFuture<'static, http::HeaderMap>,
             response: Option<S::Response>,
         },
         Done,
@@ -104,29 +104,27 @@ where
                             return Poll::Ready(Err(e));
                         }
                     };
-                    let settle = match after.take() {
-                        Some(after) => {
-                            let status = response.status();
-                            after.finish(response.headers_mut(), status)
-                        }
-                        None => None,
-                    };
+                    let settle = after.take().and_then(|a| a.settle(response.status()));
                     match settle {
-                        Some(settle) => this.state.set(State::Settling {
+                        Some(Settle::AfterRefund(settle)) => this.state.set(State::Settling {
                             settle,
                             response: Some(response),
                         }),
-                        None => {
+                        now => {
+                            if let Some(Settle::Now(headers)) = now {
+                                merge_headers(response.headers_mut(), headers);
+                            }
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                         }
                     }
                 }
                 StateProj::Settling { settle, response } => {
-                    ready!(settle.as_mut().poll(cx));
+                    let headers = ready!(settle.as_mut().poll(cx));
                     let response = response.take();
                     this.state.set(State::Done);
-                    if let Some(response) = response {
+                    if let Some(mut response) = response {
+                        merge_headers(response.headers_mut(), headers);
                         return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                     }
                 }
