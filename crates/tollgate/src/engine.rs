@@ -652,15 +652,17 @@ async fn decide(
         let decision = match inner.store.apply(&batch).await {
             Ok(d) => d,
             Err(e) => {
-                inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    target: "tollgate",
-                    error = %e,
-                    fail = ?plan.on_failure,
-                    method = %plan.method,
-                    path = %plan.path,
-                    "rate-limit store failed"
-                );
+                if let Some(unlogged) = inner.stats.store_failed() {
+                    tracing::warn!(
+                        target: "tollgate",
+                        error = %e,
+                        fail = ?plan.on_failure,
+                        method = %plan.method,
+                        path = %plan.path,
+                        unlogged_failures = unlogged,
+                        "rate-limit store failed (logged at most every 10 s)"
+                    );
+                }
                 return if plan.on_failure == FailureMode::Closed {
                     Outcome::Respond(unavailable())
                 } else {

@@ -103,6 +103,35 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     pub(crate) would_refuse: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    /// When a store failure was last logged (Unix ms; 0: never).
+    store_warned_at: AtomicU64,
+    /// `store_errors` when it was.
+    store_errors_warned: AtomicU64,
+}
+
+/// At most one warning per this many milliseconds about a failing store: while it is down,
+/// every request fails, and a log line per request would bury everything else.
+const STORE_WARNING_EVERY_MS: u64 = 10_000;
+
+impl Counters {
+    /// Counts a store failure; `Some(n)` if it should be logged now, `n` being the failures
+    /// since the last warning that were not.
+    pub(crate) fn store_failed(&self) -> Option<u64> {
+        let total = self.store_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+            .max(1);
+        let last = self.store_warned_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < STORE_WARNING_EVERY_MS {
+            return None;
+        }
+        self.store_warned_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        let before = self.store_errors_warned.swap(total, Ordering::Relaxed);
+        Some(total.saturating_sub(before).saturating_sub(1))
+    }
 }
 
 /// What a limiter has done since it was built.
@@ -687,5 +716,29 @@ mod tests {
             assert_eq!(parse_switch(off), Some(false));
         }
         assert_eq!(parse_switch("maybe"), None);
+    }
+}
+
+#[cfg(test)]
+mod store_warning_tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_store_is_logged_once_per_period_and_every_failure_counted() {
+        let counters = Counters::default();
+        assert_eq!(
+            counters.store_failed(),
+            Some(0),
+            "the first failure is logged"
+        );
+        for _ in 0..1000 {
+            assert_eq!(counters.store_failed(), None, "then not again within 10 s");
+        }
+        assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1001);
+        // Ten seconds later the next warning reports the 1000 it did not log.
+        counters
+            .store_warned_at
+            .fetch_sub(STORE_WARNING_EVERY_MS, Ordering::Relaxed);
+        assert_eq!(counters.store_failed(), Some(1000));
     }
 }
