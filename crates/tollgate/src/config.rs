@@ -10,7 +10,7 @@
 //! enabled: true                  # RATE_LIMIT_ENABLED=false in the environment wins
 //! shadow: false                  # log what would be refused, refuse nothing
 //! on_store_failure: fallback     # fallback | open | closed
-//! store: { kind: env }           # memory | redis (url:) | env (REDIS_URL / KV_URL, else memory)
+//! store: { kind: env }           # memory | redis (url:) | env; REDIS_URL / KV_URL, when set, win
 //! client_ip: { trusted_proxies: [10.0.0.0/8], ipv6_prefix: 64 }
 //! headers: { x_ratelimit: unix_seconds, ietf: true }   # unix_millis | seconds | http_date | none
 //! body: retry_after              # retry_after | code_details | message
@@ -178,7 +178,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `memory` (default), `redis` or `env`.
+    /// `memory` (default), `redis` or `env`. `REDIS_URL` / `KV_URL` in the environment,
+    /// when set, override it: the store is then Redis at that URL, falling back to memory.
     #[serde(default)]
     pub kind: StoreKind,
     /// For `redis`: `redis://` or `rediss://` URL.
@@ -714,8 +715,8 @@ impl RouteConfig {
 }
 
 impl StoreConfig {
-    /// The Redis URL this section asks for, if any: `url:` for `redis`, the environment's
-    /// for `env`.
+    /// The Redis URL to use, if any: `REDIS_URL` or `KV_URL` from the environment when set
+    /// (they override the file), else `url:` for `kind: redis`.
     fn redis_url(&self, file: &str) -> Result<Option<String>, ConfigError> {
         let from_env = || {
             ["REDIS_URL", "KV_URL"]
@@ -724,16 +725,21 @@ impl StoreConfig {
                 .map(|v| v.trim().to_string())
                 .find(|v| !v.is_empty())
         };
+        // The environment overrides the file, whatever its `kind`.
+        if let Some(url) = from_env() {
+            return Ok(Some(url));
+        }
         match self.kind {
-            StoreKind::Memory => Ok(None),
-            StoreKind::Env => Ok(from_env()),
+            StoreKind::Memory | StoreKind::Env => Ok(None),
             StoreKind::Redis => self
                 .url
                 .clone()
                 .map(Some)
                 .ok_or_else(|| ConfigError::Store {
                     file: file.to_string(),
-                    message: "`kind: redis` needs `url: redis://host:6379/`".into(),
+                    message:
+                        "`kind: redis` needs `url: redis://host:6379/` (or REDIS_URL / KV_URL)"
+                            .into(),
                 }),
         }
     }

@@ -1,0 +1,38 @@
+//! `REDIS_URL` in the environment overrides a configuration file's store (its own binary:
+//! it sets process-wide environment variables).
+#![cfg(all(feature = "redis", feature = "config"))]
+
+mod common;
+
+use std::io::Write;
+
+use axum::routing::get;
+use axum::Router;
+use common::serve;
+use tollgate::Limiter;
+use tollgate_testkit::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_url_overrides_a_memory_store_in_the_file() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("tollgate-config-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(
+            b"store: { kind: memory }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
+        )
+        .unwrap();
+    std::env::set_var("REDIS_URL", redis.url());
+    let limiter = Limiter::from_config(&path).unwrap();
+    std::env::remove_var("REDIS_URL");
+    let app = Router::new()
+        .route("/x", get(|| async { "ok" }))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.statuses("/x", 3).await, vec![200, 200, 429]);
+    // The budget lives in Redis, under the store's prefix and the policy's bucket.
+    let keys = redis.cli(["--scan", "--pattern", "tollgate:api*"]);
+    assert!(keys.contains("tollgate:api"), "keys in Redis: {keys:?}");
+}
