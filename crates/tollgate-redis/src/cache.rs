@@ -13,10 +13,16 @@
 //! a client hammering the same route), a refusing bucket whose deadline has not passed and a
 //! cost at least what was refused. The answer reports each bucket as Redis last did, with
 //! the waits shortened by the time that passed.
+//!
+//! A refusal is recorded only if no refund or reset through this store touched its keys'
+//! shards while it was in flight: each shard has a generation, bumped by
+//! [`RefusalCache::forget`], read before the charge is sent ([`RefusalCache::generations`])
+//! and compared when its answer is recorded. Otherwise a refund answered (and forgotten)
+//! before an earlier-sent refusal arrived would leave that stale refusal in place.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,10 +49,16 @@ struct Entry {
 
 type Shard = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
 
+/// The shards' generations when a charge was sent (see [`RefusalCache::generations`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Generations([u64; SHARDS]);
+
 /// A bounded map of recent refusals.
 #[derive(Debug)]
 pub(crate) struct RefusalCache {
     shards: Box<[Mutex<Shard>]>,
+    /// Per shard: how many times [`RefusalCache::forget`] touched it (changed under its lock).
+    generations: [AtomicU64; SHARDS],
     shard_cap: usize,
     hasher: foldhash::fast::RandomState,
     /// Entries held, so that the usual case (nothing refused lately) costs no lock.
@@ -58,15 +70,31 @@ impl RefusalCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            generations: std::array::from_fn(|_| AtomicU64::new(0)),
             shard_cap: capacity.div_ceil(SHARDS).max(1),
             hasher: foldhash::fast::RandomState::default(),
             len: AtomicUsize::new(0),
         }
     }
 
+    fn index(&self, key: &str) -> usize {
+        self.hasher.hash_one(key) as usize % SHARDS
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        self.lock(self.index(key))
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shards' generations now: read before sending a charge, handed to
+    /// [`RefusalCache::record`] with its answer.
+    pub(crate) fn generations(&self) -> Generations {
+        Generations(std::array::from_fn(|i| {
+            self.generations[i].load(Ordering::SeqCst)
+        }))
     }
 
     /// The locally decided refusal of a charge of `buckets` at `now`, if the cache knows one.
@@ -131,8 +159,15 @@ impl RefusalCache {
         })
     }
 
-    /// Remembers a refused charge of `buckets` (sent at `sent_at`).
-    pub(crate) fn record(&self, buckets: &[Bucket], decision: &Decision, sent_at: Instant) {
+    /// Remembers a refused charge of `buckets` (sent at `sent_at`, when the shards were at
+    /// `sent_gen`), except the buckets whose shard was forgotten since.
+    pub(crate) fn record(
+        &self,
+        buckets: &[Bucket],
+        decision: &Decision,
+        sent_at: Instant,
+        sent_gen: Generations,
+    ) {
         let longest = decision
             .buckets
             .iter()
@@ -159,7 +194,11 @@ impl RefusalCache {
                 valid_until,
                 refused,
             };
-            let mut shard = self.shard(&bucket.key);
+            let i = self.index(&bucket.key);
+            let mut shard = self.lock(i);
+            if self.generations[i].load(Ordering::SeqCst) != sent_gen.0[i] {
+                continue; // a refund or reset answered meanwhile: this refusal may be stale
+            }
             if !shard.contains_key(bucket.key.as_str()) && shard.len() >= self.shard_cap {
                 let before = shard.len();
                 shard.retain(|_, e| e.valid_until > now);
@@ -175,16 +214,14 @@ impl RefusalCache {
     }
 
     /// Forgets what is known of `buckets` (their state changed through this store).
+    /// Refusals of these keys still in flight are not recorded (their shard's generation
+    /// changes, under the shard's lock, so no [`RefusalCache::record`] slips between).
     pub(crate) fn forget(&self, buckets: &[Bucket]) {
-        if self.len.load(Ordering::Relaxed) == 0 {
-            return;
-        }
         for bucket in buckets {
-            if self
-                .shard(&bucket.key)
-                .remove(bucket.key.as_str())
-                .is_some()
-            {
+            let i = self.index(&bucket.key);
+            let mut shard = self.lock(i);
+            self.generations[i].fetch_add(1, Ordering::SeqCst);
+            if shard.remove(bucket.key.as_str()).is_some() {
                 self.len.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -236,7 +273,7 @@ mod tests {
             now: Timestamp::from_micros(1_000_000),
             buckets: vec![refused(Duration::from_secs(10)), fine()],
         };
-        cache.record(&buckets, &decision, t0);
+        cache.record(&buckets, &decision, t0, cache.generations());
         assert_eq!(cache.len(), 2);
 
         let hit = cache.lookup(&buckets, t0 + Duration::from_secs(4)).unwrap();
@@ -278,8 +315,41 @@ mod tests {
                 now: Timestamp::from_micros(0),
                 buckets: vec![refused(Duration::from_secs(60))],
             };
-            cache.record(&[b], &d, t0);
+            cache.record(&[b], &d, t0, cache.generations());
         }
         assert!(cache.len() <= SHARDS);
+    }
+
+    #[test]
+    fn a_refusal_sent_before_a_refund_answered_is_not_recorded() {
+        let cache = RefusalCache::new(100);
+        let ip = Bucket::new("ip", "1.2.3.4", Limit::sliding(Quota::per_minute(2)));
+        let other = Bucket::new("ip", "5.6.7.8", Limit::sliding(Quota::per_minute(2)));
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(0),
+            buckets: vec![refused(Duration::from_secs(60))],
+        };
+        let t0 = Instant::now();
+        // A charge is sent (the cache is empty), then a refund of the key is answered and
+        // forgotten, then the charge's refusal arrives: it predates the refund.
+        let sent = cache.generations();
+        cache.forget(std::slice::from_ref(&ip));
+        cache.record(std::slice::from_ref(&ip), &decision, t0, sent);
+        assert!(cache.lookup(std::slice::from_ref(&ip), t0).is_none());
+        assert_eq!(cache.len(), 0);
+
+        // A refusal sent after the refund is recorded, and so is one of a key whose shard
+        // no refund touched (here: any key when nothing was forgotten in between).
+        cache.record(
+            std::slice::from_ref(&ip),
+            &decision,
+            t0,
+            cache.generations(),
+        );
+        assert!(cache.lookup(std::slice::from_ref(&ip), t0).is_some());
+        let sent = cache.generations();
+        cache.record(std::slice::from_ref(&other), &decision, t0, sent);
+        assert!(cache.lookup(std::slice::from_ref(&other), t0).is_some());
     }
 }

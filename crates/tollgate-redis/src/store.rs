@@ -474,6 +474,8 @@ impl RedisStore {
                 return Ok(decision);
             }
         }
+        // Before sending: a refund or reset answered meanwhile makes this answer stale.
+        let generations = cache.map(RefusalCache::generations);
         let keys = self.keys(batch);
         let args = args(batch, &keys);
         let decision = if self.is_cluster() {
@@ -481,9 +483,11 @@ impl RedisStore {
         } else {
             self.inner.connection.run(batch.op, &args).await?
         };
-        if let Some(cache) = cache {
+        if let (Some(cache), Some(generations)) = (cache, generations) {
             match batch.op {
-                Op::Charge if !decision.allowed => cache.record(&batch.buckets, &decision, sent_at),
+                Op::Charge if !decision.allowed => {
+                    cache.record(&batch.buckets, &decision, sent_at, generations)
+                }
                 Op::Peek => {}
                 _ => cache.forget(&batch.buckets),
             }
