@@ -23,10 +23,11 @@
 //!   lazily, when a shard grows to twice its size since its last sweep, and when it is full.
 //! - At most `max_entries` entries are held. When a shard is full, it first drops fresh
 //!   entries, then evicts the least recently seen eighth of the entries that are *not*
-//!   at their limit. Entries at their limit (the last call was refused, or nothing
-//!   remains) are never evicted, so a flood of invented keys cannot free a limited client.
-//!   If every entry of a shard is at its limit, a new key is decided as fresh and not
-//!   stored ([`MemoryStats::not_stored`] counts them).
+//!   at their limit, so a flood of invented keys cannot free a limited client. Only if
+//!   every entry of a shard is at its limit does it evict the least recently seen of those
+//!   (a sixty-fourth): junk keys written once go before a client that is still being
+//!   refused, which is seen at every request ([`MemoryStats::evicted_limited`] counts
+//!   them). A new key is always stored, so it is always limited.
 //! - An entry is one 128-byte slot of its shard's hash table, which holds keys of up to
 //!   22 bytes and a sliding window of up to 15 segments; plus the key if longer, plus
 //!   (k + 1) × 8 bytes of counters for a sliding window of more segments (or one that
@@ -38,7 +39,6 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -58,15 +58,18 @@ type Hasher = foldhash::fast::RandomState;
 
 /// A key's state and what keeps the store bounded. In this order (`repr(C)`): what every
 /// decision reads comes first, a sliding window's counters last (see [`Slot`]).
+/// Set in [`Entry::seen`] while the entry is at its limit.
+const LIMITED: u64 = 1 << 63;
+
 #[derive(Debug)]
 #[repr(C)]
 struct Entry {
     /// When the state is back to fresh (microseconds); the entry may go then.
     expires_at: u64,
-    /// When it was last charged or checked, if it may be evicted; `None` while it is at
-    /// its limit (the last check was refused, or nothing remains): such an entry is
-    /// never evicted.
-    evictable_since: Option<NonZeroU64>,
+    /// When it was last charged or checked (microseconds), with [`LIMITED`] set while it
+    /// is at its limit (the last check was refused, or nothing remains). Eviction takes the
+    /// smallest first: entries not at their limit, least recently seen, before any that is.
+    seen: u64,
     state: State,
 }
 
@@ -133,17 +136,18 @@ pub struct MemoryStats {
     pub entries: usize,
     /// Entries dropped because their state was fresh again.
     pub expired: u64,
-    /// Entries evicted (not at their limit, least recently seen) to make room.
+    /// Entries evicted (least recently seen, those not at their limit first) to make room.
     pub evicted: u64,
-    /// New keys decided but not stored because their shard was full of limited keys.
-    pub not_stored: u64,
+    /// Of those, entries that were at their limit: evicted because their shard held
+    /// nothing else.
+    pub evicted_limited: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     expired: AtomicU64,
     evicted: AtomicU64,
-    not_stored: AtomicU64,
+    evicted_limited: AtomicU64,
 }
 
 struct Inner {
@@ -334,7 +338,7 @@ impl MemoryStore {
             entries: self.len(),
             expired: c.expired.load(Ordering::Relaxed),
             evicted: c.evicted.load(Ordering::Relaxed),
-            not_stored: c.not_stored.load(Ordering::Relaxed),
+            evicted_limited: c.evicted_limited.load(Ordering::Relaxed),
         }
     }
 
@@ -427,11 +431,7 @@ impl Entry {
         let reset = u64::try_from(report.reset_after.as_micros()).unwrap_or(u64::MAX);
         self.expires_at = now.saturating_add(reset);
         let limited = !report.allowed || report.remaining == 0;
-        self.evictable_since = if limited {
-            None
-        } else {
-            NonZeroU64::new(now.max(1))
-        };
+        self.seen = (now & !LIMITED) | if limited { LIMITED } else { 0 };
     }
 
     /// Brings the state up to `now`; a state of another algorithm (the limit changed)
@@ -511,10 +511,11 @@ impl Inner {
         let mut entry = Entry {
             state,
             expires_at: 0,
-            evictable_since: None,
+            seen: 0,
         };
         entry.remember(&report, now);
-        if entry.expires_at > now && self.make_room(shard, now) {
+        if entry.expires_at > now {
+            self.make_room(shard, now);
             shard.insert(hash, key, entry, &self.hasher);
         }
         report
@@ -530,30 +531,28 @@ impl Inner {
         gone
     }
 
-    /// Makes room for one more entry in `shard`; false if every entry is at its limit.
-    fn make_room(&self, shard: &mut Shard, now: u64) -> bool {
+    /// Makes room for one more entry in `shard`: drops fresh entries, then evicts the least
+    /// recently seen eighth of the entries not at their limit or, if every entry is at its
+    /// limit, the least recently seen sixty-fourth of those.
+    fn make_room(&self, shard: &mut Shard, now: u64) {
         let len = shard.table.len();
         if len >= 2 * shard.swept_len + 64 || len >= self.shard_cap {
             self.sweep(shard, now);
         }
         if shard.table.len() < self.shard_cap {
-            return true;
+            return;
         }
-        // Evict the least recently seen eighth of the entries not at their limit.
-        let mut idle: Vec<NonZeroU64> = shard
-            .table
-            .iter()
-            .filter_map(|s| s.entry.evictable_since)
-            .collect();
-        if idle.is_empty() {
-            self.counters.not_stored.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        let batch = (self.shard_cap / 8).clamp(1, idle.len());
-        let (_, &mut cutoff, _) = idle.select_nth_unstable(batch - 1);
+        let mut seen: Vec<u64> = shard.table.iter().map(|s| s.entry.seen).collect();
+        let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
+        let batch = if free > 0 {
+            (self.shard_cap / 8).clamp(1, free)
+        } else {
+            (self.shard_cap / 64).clamp(1, seen.len())
+        };
+        let (_, &mut cutoff, _) = seen.select_nth_unstable(batch - 1);
         let mut left = batch;
         let evicted = shard.retain(|e| {
-            if left > 0 && e.evictable_since.is_some_and(|seen| seen <= cutoff) {
+            if left > 0 && e.seen <= cutoff {
                 left -= 1;
                 false
             } else {
@@ -563,8 +562,12 @@ impl Inner {
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
+        if free == 0 {
+            self.counters
+                .evicted_limited
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+        }
         shard.swept_len = shard.table.len();
-        true
     }
 }
 
