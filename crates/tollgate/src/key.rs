@@ -161,14 +161,17 @@ fn parse_header(name: &str) -> Result<HeaderName, String> {
 }
 
 /// The form of a raw key that reaches the store: the key itself when it is short,
-/// printable and not secret; otherwise `#` and the first 128 bits of its SHA-256 in hex.
-/// Stable across processes and machines.
+/// printable, free of braces and not secret; otherwise `#` and the first 128 bits of its
+/// SHA-256 in hex. Stable across processes and machines. (Braces are Redis Cluster hash
+/// tags: a client-chosen `{x}` would otherwise pick the cluster node its keys land on.)
 pub(crate) fn store_key(raw: &[u8], secret: bool) -> String {
     let plain_ok = !secret
         && !raw.is_empty()
         && raw.len() <= MAX_PLAIN_KEY
         && raw[0] != b'#'
-        && raw.iter().all(|b| b.is_ascii_graphic());
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'{' && *b != b'}');
     if plain_ok {
         // Checked ASCII above.
         return String::from_utf8_lossy(raw).into_owned();
@@ -191,6 +194,15 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_with_braces_are_hashed_so_clients_cannot_choose_a_cluster_slot() {
+        assert_eq!(store_key(b"user-42", false), "user-42");
+        for raw in [&b"{x}"[..], b"a{b", b"b}"] {
+            let k = store_key(raw, false);
+            assert!(k.starts_with('#') && !k.contains('{') && !k.contains('}'), "{k}");
+        }
+    }
 
     #[test]
     fn secrets_are_hashed_stably() {
