@@ -1,6 +1,6 @@
 //! The demo's handlers. Most are stand-ins that answer `200` with a little JSON; the auth
 //! and portal-write handlers apply seed 000's extra caps themselves, with the limiter's
-//! direct-use buckets (`check`, `peek`, `penalize`, `reset`).
+//! direct-use buckets (`check` and `reset`).
 
 use std::convert::Infallible;
 
@@ -96,23 +96,21 @@ pub async fn staff_sign_in(
     let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
     let email = credentials.email.trim().to_ascii_lowercase();
     let failures = &state.limiter;
-    match failures.peek(SIGN_IN_FAILURES, &email).await {
+    // The attempt is counted before the password is checked: a charge is atomic, so
+    // concurrent guesses cannot all pass a lockout that only a later penalty would close.
+    match failures.check(SIGN_IN_FAILURES, &email).await {
         Ok(locked) if !locked.allowed => {
             return Err(refusal(&state, SIGN_IN_FAILURES, &locked, &uri))
         }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "lockout check failed; admitting"),
     }
-    let outcome = if credentials.password == DEMO_PASSWORD {
-        failures.reset(SIGN_IN_FAILURES, &email).await
-    } else {
-        failures.penalize(SIGN_IN_FAILURES, &email).await
-    };
-    if let Err(error) = outcome {
-        tracing::warn!(%error, "could not record the sign-in outcome");
-    }
     if credentials.password != DEMO_PASSWORD {
         return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));
+    }
+    // Only failures count: a successful sign-in clears them.
+    if let Err(error) = failures.reset(SIGN_IN_FAILURES, &email).await {
+        tracing::warn!(%error, "could not clear the failed sign-ins");
     }
     Ok((
         [(

@@ -42,7 +42,7 @@ impl Per {
     }
 }
 
-/// The buckets handlers charge themselves (`limiter.check` / `peek` / `penalize`), with
+/// The buckets handlers charge themselves (`limiter.check` / `reset`), with
 /// their quotas and keys.
 pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
     [

@@ -599,6 +599,12 @@ impl Config {
         let default_key = self.default_key.clone().unwrap_or(KeyText::Ip);
         for (name, limit) in &self.buckets {
             let field = format!("buckets.{name}");
+            if limit.per.is_some() {
+                return Err(invalid(
+                    field,
+                    "a bucket for direct use has no `per:`: the handler names the key in `limiter.check(bucket, key)`".into(),
+                ));
+            }
             let (_, rates) = limit
                 .rates(&default_key)
                 .map_err(|m| invalid(field.clone(), m))?;

@@ -45,6 +45,9 @@ pub(crate) struct Compiled {
     count_only_if: Option<StatusFn>,
     shadow: bool,
     on_failure: FailureMode,
+    /// Whether the warning about a per-route policy charged by the central class first
+    /// was logged (once per policy).
+    warned_central: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct CompiledLimit {
@@ -92,6 +95,7 @@ pub(crate) fn compile(
         count_only_if: policy.count_only_if.clone(),
         shadow: policy.shadow || defaults.shadow,
         on_failure: policy.on_failure.unwrap_or(defaults.on_failure),
+        warned_central: Default::default(),
     };
     if policy.exempt {
         return Ok(Arc::new(compiled));
@@ -445,6 +449,22 @@ fn add_mark(parts: &mut Parts, id: u64, mark: Mark) {
     parts.extensions.insert(all);
 }
 
+/// Methods whose per-route registrations are remembered.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
+/// The most (method, route) pairs remembered as carrying their own policy.
+const MAX_PER_ROUTE_ENTRIES: usize = 4096;
+
 /// Which layer a request is going through.
 #[derive(Clone)]
 pub(crate) enum Scope {
@@ -597,9 +617,29 @@ impl Inner {
 
     fn start_route(self: &Arc<Self>, policy: &Arc<Compiled>, parts: &mut Parts) -> Start {
         if let Some(path) = matched_path(parts) {
+            // Only standard methods are remembered (a client chooses the method: extension
+            // methods must not grow the registry; their requests take the refund path), and
+            // only so many routes.
             let key = (parts.method.clone(), Arc::<str>::from(path));
-            if !read(&self.per_route).contains(&key) {
-                write(&self.per_route).insert(key);
+            let standard = STANDARD_METHODS.contains(&parts.method);
+            if standard && !read(&self.per_route).contains(&key) {
+                let mut known = write(&self.per_route);
+                if known.len() < MAX_PER_ROUTE_ENTRIES {
+                    known.insert(key);
+                }
+            }
+        }
+        if let Some(Mark::Central(_)) = marks(parts, self.id) {
+            if !policy.warned_central.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "tollgate",
+                    policy = %policy.name,
+                    method = %parts.method,
+                    path = %parts.uri.path(),
+                    "a route with its own policy was first charged to the central class (and \
+                     may be refused by it before its policy sees it); mark the route \
+                     `Policy::exempt()` in the central table so only its own policy applies"
+                );
             }
         }
         let refund_first = match marks(parts, self.id) {

@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(store_key(b"user-42", false), "user-42");
         for raw in [&b"{x}"[..], b"a{b", b"b}"] {
             let k = store_key(raw, false);
-            assert!(k.starts_with('#') && !k.contains('{') && !k.contains('}'), "{k}");
+            assert!(
+                k.starts_with('#') && !k.contains('{') && !k.contains('}'),
+                "{k}"
+            );
         }
     }
 

@@ -27,13 +27,14 @@
 //! ```
 //! # use tollgate::Limiter;
 //! # async fn sign_in(limiter: &Limiter, email: &str, password_ok: bool) -> Result<bool, tollgate::CheckError> {
-//! if !limiter.peek("sign-in-failures", email).await?.allowed {
+//! // Count the attempt before checking the password: a charge is atomic, so concurrent
+//! // guesses cannot all slip past the limit (a `peek` followed by a `penalize` could).
+//! if !limiter.check("sign-in-failures", email).await?.allowed {
 //!     return Ok(false); // locked: answer 429 (see `Limiter::refusal`)
 //! }
 //! if password_ok {
+//!     // Only failures count: a successful sign-in clears them.
 //!     limiter.reset("sign-in-failures", email).await?;
-//! } else {
-//!     limiter.penalize("sign-in-failures", email).await?;
 //! }
 //! # Ok(password_ok) }
 //! ```
@@ -562,7 +563,10 @@ impl LimiterBuilder {
     /// The first [`BuildError`] found.
     pub fn build(self) -> Result<Limiter, BuildError> {
         let env = if self.read_env.unwrap_or(true) {
-            std::env::var(ENABLED_ENV).ok()
+            // Empty counts as unset (`RATE_LIMIT_ENABLED=` from a compose file).
+            std::env::var(ENABLED_ENV)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
         } else {
             None
         };

@@ -213,6 +213,16 @@ fn unknown_fields_keys_and_incomplete_rules_are_errors() {
     assert!(err.to_string().contains("/x"), "{err}");
     assert!(err.to_string().contains("tie"), "{err}");
 
+    let per = write_temp(
+        "per.yaml",
+        "buckets:\n  failures: { per: ip, limit: 5/30min }\n",
+    );
+    let err = LimiterBuilder::from_config(&per).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Rule { field, .. } if field == "buckets.failures"),
+        "{err}"
+    );
+
     let unknown = write_temp("table.ini", "");
     assert!(matches!(
         Limiter::from_config(&unknown),
