@@ -3,7 +3,7 @@
 //! healthy again.
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //! use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 //!
 //! # async fn demo() -> Result<(), tollgate_redis::RedisConfigError> {
@@ -27,7 +27,11 @@
 //!   store switches to [`Mode::Fallback`]: calls no longer try the primary at all. A background
 //!   task (on the tokio runtime) probes the primary, waiting [`FallbackConfig::probe_backoff`]
 //!   between probes, doubling up to its maximum; the first probe answered within the timeout
-//!   switches back to [`Mode::Primary`].
+//!   switches back to [`Mode::Primary`]. The probe is a write (a penalty on a key of its own,
+//!   `tollgate-probe:health`, which expires within a second), so a Redis that answers reads
+//!   but refuses writes (a read-only replica, `maxmemory` reached) stays on memory. If the
+//!   circuit opens again within a few seconds of closing, probing resumes at the wait it had
+//!   reached (doubled), not at the first one.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
 //!   [`FailureMode`]: [`FailureMode::Fallback`] (the default) decides from the in-memory
 //!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
@@ -49,7 +53,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_core::{
     Batch, BoxFuture, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Quota, Store,
@@ -148,6 +152,8 @@ struct Shared<P> {
     failures: AtomicU32,
     /// Why the circuit opened last.
     reason: Mutex<String>,
+    /// When the circuit last closed, and the probe wait that preceded it.
+    closed: Mutex<Option<(Instant, Duration)>>,
 }
 
 /// A [`Store`] that decides on `P` (usually [`RedisStore`](crate::RedisStore)) and falls back
@@ -175,11 +181,13 @@ impl<P: Store> fmt::Debug for FallbackStore<P> {
     }
 }
 
-/// What the probe asks: a peek at a key nothing writes, through the whole path (connection,
-/// script, reply).
+/// What the probe asks: a write (a penalty of 1 on a key of its own, in a fixed window of
+/// one second, so the key expires within a second), through the whole path (connection,
+/// script, reply). A read is not enough: a Redis that answers reads but refuses writes (a
+/// read-only replica after a failover, `maxmemory` reached) fails every charge.
 fn probe_batch() -> Batch {
     Batch::new(
-        Op::Peek,
+        Op::Penalize,
         vec![Bucket::new(
             "tollgate-probe",
             "health",
@@ -187,6 +195,12 @@ fn probe_batch() -> Batch {
         )],
     )
 }
+
+/// How long the primary must stay healthy after the circuit closed for the next trip to
+/// probe from [`FallbackConfig::probe_backoff`]'s first wait again; a trip sooner carries
+/// on the backoff where it was, so a primary that keeps failing soon after each probe is
+/// probed less and less often.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 impl<P: Store> FallbackStore<P> {
     /// A fallback store over `primary` with the default settings and memory store.
@@ -238,6 +252,7 @@ impl<P: Store> FallbackStore<P> {
                 on_primary: AtomicBool::new(true),
                 failures: AtomicU32::new(0),
                 reason: Mutex::new(String::new()),
+                closed: Mutex::new(None),
             }),
         }
     }
@@ -301,8 +316,11 @@ impl<P: Store> Shared<P> {
             "rate-limit store switched to the in-memory fallback"
         );
         let weak = Arc::downgrade(self);
-        let first = self.config.probe_min;
         let max = self.config.probe_max;
+        let first = match *self.closed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, delay)) if at.elapsed() < STABLE_AFTER => (delay * 2).min(max),
+            _ => self.config.probe_min,
+        };
         tokio::spawn(probe(weak, first, max));
     }
 
@@ -342,6 +360,8 @@ async fn probe<P: Store>(shared: Weak<Shared<P>>, first: Duration, max: Duration
         };
         match shared.check().await {
             Ok(()) => {
+                *shared.closed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), delay));
                 shared.failures.store(0, Ordering::Release);
                 shared.on_primary.store(true, Ordering::Release);
                 tracing::info!(
@@ -389,5 +409,58 @@ impl<P: Store> Store for FallbackStore<P> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A primary whose writes of the probe succeed while every charge fails (a cluster
+    /// whose probe slot is healthy, another not; a flaky network).
+    #[derive(Debug)]
+    struct ProbeOnly {
+        memory: MemoryStore,
+        probes: AtomicU32,
+    }
+
+    impl Store for ProbeOnly {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                if batch.op == Op::Penalize {
+                    self.probes.fetch_add(1, Ordering::Relaxed);
+                    Ok(self.memory.apply_now(batch.op, &batch.buckets))
+                } else {
+                    Err(StoreError::Unavailable("charges fail".into()))
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_circuit_that_reopens_soon_after_closing_keeps_backing_off() {
+        let primary = ProbeOnly {
+            memory: MemoryStore::new(),
+            probes: AtomicU32::new(0),
+        };
+        let config = FallbackConfig::default()
+            .failure_threshold(1)
+            .probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
+        let store = FallbackStore::with_config(primary, config);
+        let batch = Batch::charge(vec![Bucket::new(
+            "flap",
+            "k",
+            Limit::sliding(Quota::per_hour(1_000_000)),
+        )]);
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            assert!(store.apply(&batch).await.unwrap().allowed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Waits 10, 20, ..., 320 ms (630 ms), then every 640 ms: about 10 probes in 3 s
+        // (the startup check is one more). Starting again at 10 ms each time would be
+        // hundreds.
+        let probes = store.primary().probes.load(Ordering::Relaxed);
+        assert!((5..=14).contains(&probes), "{probes} probes");
     }
 }

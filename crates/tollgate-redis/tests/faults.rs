@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_for_mode;
 use tollgate_core::{Batch, Bucket, FailureMode, Limit, Quota, Store, StoreError};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
@@ -84,23 +85,6 @@ impl Load {
         }
         self.stats
     }
-}
-
-async fn wait_for_mode(
-    store: &FallbackStore<RedisStore>,
-    mode: Mode,
-    within: Duration,
-) -> Duration {
-    let started = Instant::now();
-    while store.mode() != mode {
-        assert!(
-            started.elapsed() < within,
-            "still {} after {within:?}, expected {mode}",
-            store.mode()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    started.elapsed()
 }
 
 /// After recovery, decisions are made in Redis: what this store charges, another instance
@@ -302,73 +286,40 @@ async fn fallback_limits_are_divided_by_the_instance_count() {
     }
 }
 
-/// Records the message and fields of every event.
-#[derive(Default, Clone)]
-struct Recorder(Arc<Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for Recorder {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={value:?}", field.name()));
-            }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_replica_keeps_the_store_on_memory_until_writable() {
+    let server = RedisServer::start();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    // A replica of a master that is gone: reads still work, every write fails (READONLY).
+    server.cli(["REPLICAOF", "127.0.0.1", "1"]);
+    let batch = Batch::charge(vec![Bucket::new(
+        "replica",
+        "k",
+        Limit::sliding(Quota::per_hour(1_000_000)),
+    )]);
+    let mut returns_to_primary = 0;
+    let mut mode = store.mode();
+    let started = Instant::now();
+    let mut on_memory_since = None;
+    while on_memory_since.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(1200)) {
+        assert!(started.elapsed() < Duration::from_secs(3), "never tripped");
+        assert!(store.apply(&batch).await.unwrap().allowed);
+        let now = store.mode();
+        if now == Mode::Fallback && on_memory_since.is_none() {
+            on_memory_since = Some(Instant::now());
         }
-        let mut fields = Fields(format!(
-            "{} {}:",
-            event.metadata().level(),
-            event.metadata().target()
-        ));
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
+        returns_to_primary += u32::from(mode == Mode::Fallback && now == Mode::Primary);
+        mode = now;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
+    assert_eq!(
+        returns_to_primary, 0,
+        "a primary that cannot write is not healthy"
+    );
+    assert_eq!(store.mode(), Mode::Fallback);
 
-#[test]
-fn every_transition_is_a_tracing_event_with_its_reason() {
-    let recorder = Recorder::default();
-    let events = recorder.0.clone();
-    tracing::subscriber::with_default(recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut server = RedisServer::start();
-            server.kill();
-            let store =
-                FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
-            assert_eq!(store.mode(), Mode::Fallback);
-            server.restart();
-            wait_for_mode(&store, Mode::Primary, RECOVERY).await;
-        });
-    });
-    let events = events.lock().unwrap();
-    let transitions: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("tollgate::store") && !e.starts_with("DEBUG"))
-        .collect();
-    assert_eq!(transitions.len(), 2, "{events:#?}");
-    assert!(
-        transitions[0].starts_with("WARN")
-            && transitions[0].contains("switched to the in-memory fallback")
-            && transitions[0].contains("reason=\"at startup: rate-limit store"),
-        "{}",
-        transitions[0]
-    );
-    assert!(
-        transitions[1].starts_with("INFO") && transitions[1].contains("back on the primary"),
-        "{}",
-        transitions[1]
-    );
+    server.cli(["REPLICAOF", "NO", "ONE"]);
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    assert_deciding_on_redis(&store, &server, "replica").await;
 }

@@ -1,10 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_core::{Limit, Quota};
-use tollgate_redis::redis;
+use tollgate_redis::{redis, FallbackStore, Mode, RedisStore};
 
 /// A small deterministic generator (SplitMix64), so failures replay from their seed.
 pub struct Rng(u64);
@@ -63,4 +63,22 @@ pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
+}
+
+/// Waits until `store` decides in `mode` (fails after `within`); how long it took.
+pub async fn wait_for_mode(
+    store: &FallbackStore<RedisStore>,
+    mode: Mode,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while store.mode() != mode {
+        assert!(
+            started.elapsed() < within,
+            "still {} after {within:?}, expected {mode}",
+            store.mode()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
 }
