@@ -382,7 +382,29 @@ impl Plan {
     }
 
     /// What the respond helpers need, for the buckets `active` answered by `decision`.
+    /// Shadow buckets are a dry run: they never show in headers or bodies (a client that
+    /// slows down on `Remaining: 0` must not be slowed by a dry run).
     fn info(&self, active: &[usize], decision: &Decision) -> RateLimitInfo {
+        if active.iter().any(|&i| self.shadow(i)) {
+            let (shown, buckets): (Vec<usize>, Vec<_>) = active
+                .iter()
+                .zip(&decision.buckets)
+                .filter(|(&i, _)| !self.shadow(i))
+                .map(|(&i, state)| (i, state.clone()))
+                .unzip();
+            let enforced = Decision {
+                allowed: buckets
+                    .iter()
+                    .all(|b: &tollgate_core::BucketState| b.allowed),
+                now: decision.now,
+                buckets,
+            };
+            return self.info_of(&shown, &enforced);
+        }
+        self.info_of(active, decision)
+    }
+
+    fn info_of(&self, active: &[usize], decision: &Decision) -> RateLimitInfo {
         let policy = decision
             .most_restrictive()
             .map_or("", |j| &*self.groups[self.meta[active[j]].group].name);

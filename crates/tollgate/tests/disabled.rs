@@ -65,7 +65,11 @@ async fn the_environment_switch_overrides_the_configuration() {
 
     // Empty (`RATE_LIMIT_ENABLED=` in a compose file) counts as unset.
     std::env::set_var("RATE_LIMIT_ENABLED", " ");
-    assert!(!Limiter::builder().enabled(false).build().unwrap().is_enabled());
+    assert!(!Limiter::builder()
+        .enabled(false)
+        .build()
+        .unwrap()
+        .is_enabled());
     assert!(Limiter::builder().build().unwrap().is_enabled());
 
     // Unset: the configuration decides; read_env(false) ignores the variable.
