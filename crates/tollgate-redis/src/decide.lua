@@ -19,6 +19,16 @@ local SLIDING, LOG, TAT, FIXED = 1, 2, 3, 4
 local floor, max, min = math.floor, math.max, math.min
 local fmt = string.format
 
+-- The largest number kept or replied: 2^53, where algorithm.rs saturates at u64::MAX. A
+-- penalty can push a count or a token bucket's time past it (cost 2^53 times a day's
+-- emission interval); unbounded, the double would lose integers, the reply would wrap
+-- negative and the expiry would be out of Redis's range.
+local LIM = 9007199254740992
+
+local function sat(x)
+  return min(x, LIM)
+end
+
 -- A number as decimal digits. Below 10^14, Lua's own conversion (%.14g) prints an integer
 -- exactly, and is cheaper than a call to string.format.
 local function num(x)
@@ -127,7 +137,7 @@ local function decode(v)
   elseif tag == 'T' then
     local tat = string.match(v, '^T(%d+)$')
     if tat then
-      return { a = TAT, tat = tonumber(tat) }
+      return { a = TAT, tat = sat(tonumber(tat)) }
     end
   elseif tag == 'F' then
     local unit, w, u = string.match(v, '^F(%d+):(%d+):(%d+)$')
@@ -304,7 +314,7 @@ local function fit(st, b)
     end
     wait = max(leaves - now, 0)
   elseif st.a == TAT then
-    local new_tat = max(st.tat, now) + cost * b.unit
+    local new_tat = sat(max(st.tat, now) + cost * b.unit)
     wait = max(new_tat - now - cap * b.unit, 0)
   else
     if st.u + cost <= cap then
@@ -322,14 +332,14 @@ local function add(st, b)
   local cost = b.cost
   if st.a == SLIDING then
     local i = st.head % #st.c + 1
-    st.c[i] = st.c[i] + cost
+    st.c[i] = sat(st.c[i] + cost)
   elseif st.a == LOG then
     local last = nil
     if st.n > st.h then
       last = log_get(st, st.n - 1)
     end
     if last and max(last.at, now) == last.at then
-      log_set(st, st.n - 1, { at = last.at, c = last.c + cost })
+      log_set(st, st.n - 1, { at = last.at, c = sat(last.c + cost) })
     else
       local at = now
       if last then
@@ -338,11 +348,11 @@ local function add(st, b)
       log_set(st, st.n, { at = at, c = cost })
       st.n = st.n + 1
     end
-    st.t = st.t + cost
+    st.t = sat(st.t + cost)
   elseif st.a == TAT then
-    st.tat = max(st.tat, now) + cost * b.unit
+    st.tat = sat(max(st.tat, now) + cost * b.unit)
   else
-    st.u = st.u + cost
+    st.u = sat(st.u + cost)
   end
 end
 
@@ -419,9 +429,9 @@ local out = { 0, now }
 
 local function report(st, b, f, w)
   out[#out + 1] = f
-  out[#out + 1] = w
+  out[#out + 1] = sat(w)
   out[#out + 1] = max(b.cap - used(st, b), 0)
-  out[#out + 1] = max(expires_at(st, b) - now, 0)
+  out[#out + 1] = sat(max(expires_at(st, b) - now, 0))
 end
 
 -- Brings a present state up to now; a state of another limit starts afresh.
@@ -532,7 +542,7 @@ for key, e in pairs(S) do
     if not st then
       redis.call('DEL', key)
     else
-      local at = num(cdiv(e.exp, 1000))
+      local at = num(cdiv(sat(e.exp), 1000))
       if st.a == LOG then
         if e.replace then
           redis.call('DEL', key)

@@ -223,3 +223,69 @@ async fn invalid_batches_are_typed_errors_without_a_round_trip() {
         );
     }
 }
+
+/// A penalty far beyond any capacity (2^53, or u64::MAX sent as 2^53) saturates the key's
+/// state below 2^53 like the memory store's saturating arithmetic: later calls are normal
+/// refusals, not errors, the key keeps a valid expiry, and the counts agree with memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
+    let server = RedisServer::start();
+    let redis = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(Duration::ZERO);
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let mut conn = connect(&server.url()).await;
+    let limits = [
+        Limit::token_bucket(Quota::per_minute(100), 100).unwrap(),
+        Limit::token_bucket(Quota::per_day(1), 1).unwrap(),
+        Limit::sliding(Quota::per_day(1)),
+        Limit::sliding_exact(Quota::per_day(1)),
+        Limit::fixed(Quota::per_day(1)),
+    ];
+    // Twice 2^53 on one key (its saturated state is penalized again), u64::MAX on another.
+    // (Not u64::MAX twice on a log: tollgate-core's MemoryStore overflows adding entries.)
+    let max = tollgate_core::MAX_COUNT;
+    for limit in limits {
+        for (key, cost) in [("a", max), ("a", max), ("b", u64::MAX)] {
+            let bucket = Bucket::new("huge", &format!("{limit}:{key}"), limit);
+            let penalty = Batch::new(Op::Penalize, vec![bucket.clone().with_cost(cost)]);
+            for batch in [penalty, Batch::charge(vec![bucket.clone()])] {
+                let on_redis = redis
+                    .apply(&batch)
+                    .await
+                    .unwrap_or_else(|e| panic!("{limit}, {:?} of {cost}: {e}", batch.op));
+                clock.set(on_redis.now);
+                let on_memory = memory.apply(&batch).await.unwrap();
+                let (r, m) = (&on_redis.buckets[0], &on_memory.buckets[0]);
+                assert_eq!(
+                    (
+                        on_redis.allowed,
+                        r.remaining,
+                        r.refusal,
+                        r.retry_after.is_some()
+                    ),
+                    (
+                        on_memory.allowed,
+                        m.remaining,
+                        m.refusal,
+                        m.retry_after.is_some()
+                    ),
+                    "{limit}, {:?} of {cost}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}",
+                    batch.op
+                );
+                if batch.op == Op::Charge {
+                    assert!(!on_redis.allowed, "{limit}");
+                }
+            }
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(redis.redis_key(&bucket))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{limit}: the key keeps an expiry ({ttl})");
+        }
+    }
+}
