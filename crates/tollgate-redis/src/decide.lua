@@ -71,8 +71,8 @@ for i = 1, n do
   }
 end
 
--- Log entries live in a hash: fields h (oldest index), n (next index), t (total) and one
--- field per entry index holding "<at> <cost>". Entries are read lazily and written back
+-- Log entries live in a hash: fields h (oldest index), n (next index), t (total), u (the
+-- window its expiry was set by) and one field per entry index holding "<at> <cost>". Entries are read lazily and written back
 -- at the end.
 local function log_get(st, i)
   local e = st.E[i]
@@ -103,7 +103,7 @@ local function fresh(b)
     end
     return { a = SLIDING, k = b.k, unit = b.unit, head = idiv(now, b.unit), c = c }
   elseif b.alg == LOG then
-    return { a = LOG, key = b.key, h = 0, n = 0, t = 0, E = {}, M = {} }
+    return { a = LOG, key = b.key, h = 0, n = 0, t = 0, u = b.unit, E = {}, M = {} }
   elseif b.alg == TAT then
     return { a = TAT, tat = 0 }
   else
@@ -179,11 +179,12 @@ local function load(b)
   end
   e = { dirty = false, replace = false }
   if b.alg == LOG then
-    local r = redis.pcall('HMGET', b.key, 'h', 'n', 't')
+    local r = redis.pcall('HMGET', b.key, 'h', 'n', 't', 'u')
     if r.err then
       e.st = { a = 0 } -- a string: another algorithm's state
     elseif r[1] then
-      e.st = { a = LOG, key = b.key, h = tonumber(r[1]), n = tonumber(r[2]), t = tonumber(r[3]), E = {}, M = {} }
+      e.st = { a = LOG, key = b.key, h = tonumber(r[1]), n = tonumber(r[2]), t = tonumber(r[3]),
+        u = tonumber(r[4]) or 0, E = {}, M = {} }
     end
   else
     local v = redis.pcall('GET', b.key)
@@ -434,12 +435,17 @@ local function report(st, b, f, w)
   out[#out + 1] = sat(max(expires_at(st, b) - now, 0))
 end
 
--- Brings a present state up to now; a state of another limit starts afresh.
+-- Brings a present state up to now; a state of another limit starts afresh. A log keeps
+-- its entries under another window (as algorithm.rs does), so its expiry, set by the old
+-- window, is written again by this one even if nothing else changes.
 local function catch_up(e, b)
   if not fits_algorithm(e.st, b) then
     e.st = fresh(b)
     e.dirty = true
     e.replace = true
+  elseif e.st.a == LOG and e.st.u ~= b.unit then
+    e.st.u = b.unit
+    e.dirty = true
   end
   if advance(e.st, b) then
     e.dirty = true
@@ -547,7 +553,7 @@ for key, e in pairs(S) do
         if e.replace then
           redis.call('DEL', key)
         end
-        local set = { 'HSET', key, 'h', num(st.h), 'n', num(st.n), 't', num(st.t) }
+        local set = { 'HSET', key, 'h', num(st.h), 'n', num(st.n), 't', num(st.t), 'u', num(st.u) }
         local del = { 'HDEL', key }
         for i, modified in pairs(st.M) do
           if modified then

@@ -289,3 +289,37 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
         }
     }
 }
+
+/// An exact log keeps its entries when its window grows (as the memory store does), so its
+/// expiry must grow too, even when the call that first sees the new window changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_whose_window_grows_lives_as_long_as_the_new_window() {
+    let server = RedisServer::start();
+    let redis = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let mut conn = connect(&server.url()).await;
+    let short = Limit::sliding_exact(common::quota(2, 200));
+    let long = Limit::sliding_exact(Quota::new(2, Duration::from_secs(10)).unwrap());
+    let charge = |limit| Batch::charge(vec![Bucket::new("grow", "k", limit)]);
+    for _ in 0..2 {
+        assert!(redis.apply(&charge(short)).await.unwrap().allowed);
+    }
+    // The limit changes: the two entries count for 10 s now; a refusal writes nothing else.
+    assert!(!redis.apply(&charge(long)).await.unwrap().allowed);
+    let key = redis.redis_key(&Bucket::new("grow", "k", long));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 5_000, "the key lives as long as its entries count ({ttl} ms)");
+    // Past the old window (real time: Redis expires keys by its own clock).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !redis.apply(&charge(long)).await.unwrap().allowed,
+        "the entries still count under the 10 s window"
+    );
+}
