@@ -22,7 +22,9 @@
 //!
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::timeout`]; a call
 //!   that takes longer is a failure, answered as below. No request waits on a dead or paused
-//!   Redis longer than that.
+//!   Redis longer than that. The abandoned call may still reach Redis and be counted there
+//!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
+//!   be charged up to (timeout × its request rate) more than it was answered.
 //! - **Circuit breaker**: after [`FallbackConfig::failure_threshold`] failures in a row, the
 //!   store switches to [`Mode::Fallback`]: calls no longer try the primary at all. A background
 //!   task (on the tokio runtime) probes the primary, waiting [`FallbackConfig::probe_backoff`]

@@ -24,7 +24,17 @@
 //! are given back with a second call. **That path is not atomic across slots**: between the
 //! two calls another request may see the temporary charge (and be refused when it would not
 //! have been), and if the refund cannot be delivered, the charge stays until the key expires.
-//! Put the keys of one request on one slot with a hash tag to avoid it.
+//! Put the keys of one request on one slot with a hash tag to avoid it. The give-back runs
+//! in a task of its own, so it is still delivered if the caller stops waiting (a timeout).
+//!
+//! # Abandoned calls
+//!
+//! A call that times out ([`RedisStoreBuilder::response_timeout`], or
+//! [`FallbackStore`](crate::FallbackStore)'s shorter per-call timeout) has usually been sent
+//! already: Redis may still run it after the caller was answered otherwise (from memory, or
+//! with an error). Such a charge then counts twice (in Redis and in the answer the caller
+//! got) or counts although the request was turned away. The excess is bounded by the
+//! requests a key makes during one timeout (timeout × rate), and only while Redis is slow.
 //!
 //! # Time
 //!
@@ -49,7 +59,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Value};
-use tollgate_core::{Batch, BoxFuture, Bucket, Decision, Op, Store, StoreError};
+use tollgate_core::{Batch, BoxFuture, Bucket, Decision, Limit, Op, Store, StoreError};
 
 use crate::cache::{RefusalCache, DEFAULT_REFUSAL_CACHE};
 use crate::error::{redact, RedisConfigError};
@@ -530,29 +540,53 @@ impl RedisStore {
         let give_back = op == Op::Charge && (failed || refused);
         let mut results = results;
         if give_back {
-            let refunds = futures_util::future::join_all(
-                groups
-                    .iter()
-                    .zip(&results)
-                    .filter(|(_, r)| charged(r))
-                    .map(|((_, group), _)| self.inner.connection.run(Op::Refund, group)),
-            )
-            .await;
+            // In a task of its own, with owned arguments: dropping this call's future (a
+            // caller's timeout, such as FallbackStore's) does not cancel the give-back.
+            let owed: Vec<Vec<(String, Limit, u64)>> = groups
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| charged(r))
+                .map(|((_, group), _)| {
+                    group
+                        .iter()
+                        .map(|a| (a.key.to_owned(), *a.limit, a.cost))
+                        .collect()
+                })
+                .collect();
+            let inner = self.inner.clone();
+            let refunds = tokio::spawn(async move {
+                let inner = &inner;
+                futures_util::future::join_all(owed.iter().map(|group| async move {
+                    let args: Vec<Arg<'_>> = group
+                        .iter()
+                        .map(|(key, limit, cost)| Arg {
+                            key,
+                            limit,
+                            cost: *cost,
+                        })
+                        .collect();
+                    inner
+                        .connection
+                        .run(Op::Refund, &args)
+                        .await
+                        .inspect_err(|e| {
+                            tracing::warn!(
+                                target: "tollgate::redis",
+                                error = %e,
+                                "could not give back a charge on one Redis Cluster slot after another slot refused; it stays until the key expires"
+                            )
+                        })
+                        .ok()
+                }))
+                .await
+            })
+            .await
+            .unwrap_or_default(); // the task panicked: the charges stay, as if undelivered
             let mut refunds = refunds.into_iter();
             for r in results.iter_mut().filter(|r| charged(r)) {
-                match refunds.next() {
-                    // The bucket fit but was not charged: report it as it is now.
-                    Some(Ok(refund)) => {
-                        if let Ok(d) = r {
-                            d.buckets = refund.buckets;
-                        }
-                    }
-                    Some(Err(e)) => tracing::warn!(
-                        target: "tollgate::redis",
-                        error = %e,
-                        "could not give back a charge on one Redis Cluster slot after another slot refused; it stays until the key expires"
-                    ),
-                    None => {}
+                // The bucket fit but was not charged: report it as it is now.
+                if let (Some(Some(refund)), Ok(d)) = (refunds.next(), r) {
+                    d.buckets = refund.buckets;
                 }
             }
         }

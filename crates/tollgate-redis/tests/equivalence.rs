@@ -315,7 +315,10 @@ async fn a_log_whose_window_grows_lives_as_long_as_the_new_window() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(ttl > 5_000, "the key lives as long as its entries count ({ttl} ms)");
+    assert!(
+        ttl > 5_000,
+        "the key lives as long as its entries count ({ttl} ms)"
+    );
     // Past the old window (real time: Redis expires keys by its own clock).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
