@@ -285,7 +285,7 @@ impl State {
                 let mut freed = 0u64;
                 let mut leaves_at = now + period;
                 for &(at, c) in entries.iter() {
-                    freed += c;
+                    freed = freed.saturating_add(c);
                     if freed >= need {
                         leaves_at = at + period;
                         break;

@@ -305,3 +305,15 @@ fn a_batch_naming_one_key_twice_is_rejected_and_charges_nothing() {
     // Nothing was charged: the key still admits its one request.
     assert!(store.charge(&[Bucket::new("b", "k", limit)]).allowed);
 }
+
+#[test]
+fn huge_penalties_on_an_exact_log_saturate_instead_of_overflowing() {
+    let (store, _clock) = manual_store();
+    let limit = Limit::sliding_exact(Quota::per_minute(5));
+    apply(&store, Op::Penalize, limit, u64::MAX);
+    apply(&store, Op::Penalize, limit, u64::MAX);
+    let d = apply(&store, Op::Charge, limit, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.buckets[0].refusal, Some(Refusal::OverLimit));
+    assert!(d.buckets[0].retry_after.is_some());
+}
