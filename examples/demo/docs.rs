@@ -94,8 +94,8 @@ impl Api {
         self
     }
 
-    /// An operation with its own policy (`limiter.policy(policy)` on the route) instead of
-    /// its route class.
+    /// An operation with its own policy (`limiter.policy_at(pattern, policy)` on the route)
+    /// instead of its route class.
     pub fn with_policy<H, T>(
         mut self,
         method: Method,
@@ -109,7 +109,8 @@ impl Api {
         T: 'static,
     {
         let name = policy.name().to_string();
-        let route = on(filter(&method), handler).layer(self.limiter.policy(policy));
+        let pattern = format!("{method} {path}");
+        let route = on(filter(&method), handler).layer(self.limiter.policy_at(&pattern, policy));
         self.router = self.router.route(path, route);
         self.operations.push(Operation {
             method,

@@ -100,9 +100,6 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
                 .per_ip("2000/min")
                 .per_user("20000/h"),
         ),
-        // Chat has its own policy, attached to the route (`chat()`); the table leaves it to
-        // that policy, so no chat request ever spends the default class.
-        ("POST /api/assistant/chat", Policy::exempt()),
         // Auth handlers apply their own IP-based policies (see `handler_buckets`).
         ("/api/auth/*", Policy::exempt()),
         ("/api/portal/auth/*", Policy::exempt()),
@@ -118,7 +115,8 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
 }
 
 /// `POST /api/assistant/chat`: a per-route policy, attached to that route
-/// (`limiter.policy(limits::chat())`). Per user it is stricter than per IP.
+/// (`limiter.policy_at("POST /api/assistant/chat", limits::chat())`), which also tells the
+/// central table to leave the route to it. Per user it is stricter than per IP.
 pub fn chat() -> Policy {
     Policy::named("chat").per_ip("60/min").per_user("30/min")
 }

@@ -620,7 +620,16 @@ impl Inner {
                 return Start::Pass;
             }
         }
-        let class = self.table.classify(&parts.method, request_path(parts));
+        let path = request_path(parts);
+        let delegated = read(&self.delegated);
+        if delegated
+            .iter()
+            .any(|route| route.classify(&parts.method, path).is_some())
+        {
+            return Start::Pass;
+        }
+        drop(delegated);
+        let class = self.table.classify(&parts.method, path);
         if class.is_some_and(|c| c.exempt) {
             return Start::Pass;
         }

@@ -92,6 +92,9 @@ pub(crate) struct Inner {
     pub(crate) overrides: RwLock<HashMap<(Arc<str>, String), Limit>>,
     /// (method, matched path) of routes that carry their own policy.
     pub(crate) per_route: RwLock<HashSet<(Method, Arc<str>)>>,
+    /// Patterns declared with [`Limiter::policy_at`]: the central layer leaves their
+    /// requests to the route's own layer from the first request on.
+    pub(crate) delegated: RwLock<Vec<RouteTable<()>>>,
     /// The per-route policies made so far, one per name (for [`Limiter::describe`]).
     pub(crate) per_route_policies: Mutex<Vec<Arc<Compiled>>>,
     pub(crate) stats: Counters,
@@ -177,6 +180,45 @@ impl Limiter {
             Ok(layer) => layer,
             Err(e) => panic!("invalid per-route rate-limit policy: {e}"),
         }
+    }
+
+    /// A per-route policy for the route `pattern` (`"POST /api/assistant/chat"`), declared
+    /// to the central table too: `post(chat).layer(limiter.policy_at("POST
+    /// /api/assistant/chat", policy))`. The central layer then leaves the route's requests to
+    /// this policy from the very first one, also without axum's `MatchedPath` (a plain tower
+    /// stack). Prefer it to [`Limiter::policy`], whose route the central layer only learns
+    /// from a request that reaches it.
+    ///
+    /// # Panics
+    ///
+    /// Like [`Limiter::policy`], at start-up, for an invalid policy or pattern.
+    #[track_caller]
+    pub fn policy_at(&self, pattern: &str, policy: Policy) -> RateLimitLayer {
+        match self.try_policy_at(pattern, policy) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid per-route rate-limit policy: {e}"),
+        }
+    }
+
+    /// [`Limiter::policy_at`], returning configuration mistakes as errors.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Route`] for a bad pattern, and the errors of [`Limiter::try_policy`].
+    pub fn try_policy_at(
+        &self,
+        pattern: &str,
+        policy: Policy,
+    ) -> Result<RateLimitLayer, BuildError> {
+        let layer = self.try_policy(policy)?;
+        // The route's own spelling only: an unusual spelling of its path is never taken
+        // away from the central table (it may not reach the route's layer at all).
+        let table = RouteTable::builder()
+            .route(RoutePattern::parse(pattern)?, ())
+            .lenient(|_| true)
+            .build()?;
+        write(&self.inner.delegated).push(table);
+        Ok(layer)
     }
 
     /// [`Limiter::policy`], returning configuration mistakes as errors.
@@ -654,6 +696,7 @@ impl LimiterBuilder {
             signatures: Mutex::new(signatures),
             overrides: RwLock::default(),
             per_route: RwLock::default(),
+            delegated: RwLock::default(),
             per_route_policies: Mutex::default(),
             stats: Counters::default(),
             warned_no_peer: AtomicBool::new(false),

@@ -926,3 +926,44 @@ async fn a_bucket_named_twice_in_one_request_is_charged_once() {
     assert_eq!(server.statuses("/x", 3).await, vec![200, 200, 429]);
     assert_eq!(limiter.stats().store_errors, 0);
 }
+
+/// `policy_at` declares the route to the central table: its requests spend only its own
+/// policy from the first one on, even when the central class is already spent, and even
+/// without axum's `MatchedPath` (the limiter wrapped around the whole router).
+#[tokio::test]
+async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request() {
+    for wrapped_outside in [false, true] {
+        let (_clock, store) = clock_and_store();
+        let limiter = Limiter::builder()
+            .store(store)
+            .route("/api/*", Policy::named("default").per_ip("2/min"))
+            .build()
+            .unwrap();
+        let chat = Policy::named("chat").per_ip("4/min");
+        let routes = Router::new().route("/api/items", get(ok)).route(
+            "/api/chat",
+            post(ok).layer(limiter.policy_at("POST /api/chat", chat)),
+        );
+        let app = if wrapped_outside {
+            Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
+        } else {
+            routes.layer(limiter.layer())
+        };
+        let server = serve(app).await;
+        // Spend the central class first.
+        assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
+        let mut chat_statuses = Vec::new();
+        for _ in 0..5 {
+            let r = server.post("/api/chat").send().await.unwrap();
+            chat_statuses.push(r.status().as_u16());
+        }
+        assert_eq!(
+            chat_statuses,
+            vec![200, 200, 200, 200, 429],
+            "wrapped outside the router: {wrapped_outside}"
+        );
+        // The class was not charged by chat: still refused (spent), not more refused.
+        let r = server.get("/api/items").send().await.unwrap();
+        assert_eq!(header(&r, "x-ratelimit-limit"), "2");
+    }
+}
