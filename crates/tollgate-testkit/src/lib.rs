@@ -584,3 +584,46 @@ mod tests {
         assert_eq!(server.cli(["EXISTS", "k"]).trim(), "0", "restarted empty");
     }
 }
+
+/// A `tracing` subscriber that records every event as `LEVEL target: field=value ...`, for
+/// tests that check what is logged. Clones share one log. Install it with
+/// `tracing::subscriber::with_default` (tracing caches callsite interest process-wide, so
+/// such tests are best alone in their binary).
+#[derive(Clone, Default)]
+pub struct EventLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl EventLog {
+    /// The events recorded so far.
+    pub fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl tracing::Subscriber for EventLog {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+        let meta = event.metadata();
+        let mut fields = Fields(format!("{} {}:", meta.level(), meta.target()));
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -3,14 +3,13 @@
 //! process-wide, so tests running in parallel without a subscriber would hide events.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tollgate::{ClientIp, Limiter, Policy};
+use tollgate_testkit::EventLog;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 type Body = Full<Bytes>;
@@ -31,38 +30,10 @@ async fn echo(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
     Ok(Response::new(Body::new(Bytes::from_static(b"hello"))))
 }
 
-/// Collects every tracing event as `LEVEL field=value ...`.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                let _ = write!(self.0, " {}={:?}", field.name(), value);
-            }
-        }
-        let mut fields = Fields(event.metadata().level().to_string());
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn refusals_and_warnings_are_logged_without_secrets() {
-    let capture = Capture::default();
-    let events = capture.0.clone();
+    let capture = EventLog::default();
+    let events = capture.clone();
     tracing::subscriber::with_default(capture, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -111,7 +82,7 @@ fn refusals_and_warnings_are_logged_without_secrets() {
             assert_eq!(limiter.stats().would_refuse, 2);
         });
     });
-    let events = events.lock().unwrap().clone();
+    let events = events.events();
     let all = events.join("\n");
     assert!(!all.contains("sk_live_secret"), "{all}");
     let refusals: Vec<&String> = events
