@@ -720,19 +720,27 @@ impl RouteConfig {
     }
 }
 
+// `REDIS_URL`, else `KV_URL`, if set and not empty.
+#[cfg(feature = "redis")]
+use tollgate_redis::redis_url_from_env;
+
+/// `REDIS_URL`, else `KV_URL`, if set and not empty (without the `redis` feature, only to
+/// say that a Redis named there cannot be used).
+#[cfg(not(feature = "redis"))]
+fn redis_url_from_env() -> Option<String> {
+    ["REDIS_URL", "KV_URL"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|v| v.trim().to_string())
+        .find(|v| !v.is_empty())
+}
+
 impl StoreConfig {
     /// The Redis URL to use, if any: `REDIS_URL` or `KV_URL` from the environment when set
     /// (they override the file), else `url:` for `kind: redis`.
     fn redis_url(&self, file: &str) -> Result<Option<String>, ConfigError> {
-        let from_env = || {
-            ["REDIS_URL", "KV_URL"]
-                .iter()
-                .filter_map(|name| std::env::var(name).ok())
-                .map(|v| v.trim().to_string())
-                .find(|v| !v.is_empty())
-        };
         // The environment overrides the file, whatever its `kind`.
-        if let Some(url) = from_env() {
+        if let Some(url) = redis_url_from_env() {
             return Ok(Some(url));
         }
         match self.kind {
