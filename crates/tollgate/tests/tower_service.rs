@@ -1,32 +1,16 @@
 //! The layer on a plain tower service (no axum router), and what it logs.
 
+mod common;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
+
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::{echo, request, Body};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tollgate::{Limiter, ManualClock, MemoryStore, Policy, ResponseBody};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-
-type Body = Full<Bytes>;
-
-fn request(path: &str, peer: Option<&str>, api_key: Option<&str>) -> Request<Body> {
-    let mut req = Request::get(path).body(Body::new(Bytes::new())).unwrap();
-    if let Some(peer) = peer {
-        req.extensions_mut()
-            .insert(peer.parse::<SocketAddr>().unwrap());
-    }
-    if let Some(key) = api_key {
-        req.headers_mut().insert("x-api-key", key.parse().unwrap());
-    }
-    req
-}
-
-async fn echo(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    Ok(Response::new(Body::new(Bytes::from_static(b"hello"))))
-}
 
 async fn body_text(r: Response<ResponseBody<Body>>) -> (StatusCode, String) {
     let status = r.status();

@@ -2,33 +2,13 @@
 //! per configuration warning. Alone in its binary: tracing caches callsite interest
 //! process-wide, so tests running in parallel without a subscriber would hide events.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+mod common;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use common::{echo, request};
+use http::StatusCode;
 use tollgate::{ClientIp, Limiter, Policy};
 use tollgate_testkit::EventLog;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
-
-type Body = Full<Bytes>;
-
-fn request(path: &str, peer: Option<&str>, api_key: Option<&str>) -> Request<Body> {
-    let mut req = Request::get(path).body(Body::new(Bytes::new())).unwrap();
-    if let Some(peer) = peer {
-        req.extensions_mut()
-            .insert(peer.parse::<SocketAddr>().unwrap());
-    }
-    if let Some(key) = api_key {
-        req.headers_mut().insert("x-api-key", key.parse().unwrap());
-    }
-    req
-}
-
-async fn echo(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    Ok(Response::new(Body::new(Bytes::from_static(b"hello"))))
-}
 
 #[test]
 fn refusals_and_warnings_are_logged_without_secrets() {

@@ -132,3 +132,31 @@ pub fn user_header(parts: &http::request::Parts) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(String::from)
 }
+
+/// The body of the plain-tower tests' requests and responses.
+pub type Body = http_body_util::Full<bytes::Bytes>;
+
+/// A GET of `path` for a plain tower service: the peer address as a `SocketAddr`
+/// extension (what the limiter reads without axum), and an optional `x-api-key`.
+pub fn request(path: &str, peer: Option<&str>, api_key: Option<&str>) -> http::Request<Body> {
+    let mut req = http::Request::get(path)
+        .body(Body::new(bytes::Bytes::new()))
+        .unwrap();
+    if let Some(peer) = peer {
+        req.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+    }
+    if let Some(key) = api_key {
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    }
+    req
+}
+
+/// A plain tower service answering `hello`.
+pub async fn echo(
+    _req: http::Request<Body>,
+) -> Result<http::Response<Body>, std::convert::Infallible> {
+    Ok(http::Response::new(Body::new(bytes::Bytes::from_static(
+        b"hello",
+    ))))
+}
