@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{clock_and_store, header, serve, times, user_header, Down, Recording};
+use common::{clock_and_store, header, serve, status_of, times, user_header, Down, Recording};
 use tollgate::{
     BuildError, ErrorBody, FailureMode, HeaderStyle, Key, Limit, Limiter, Policy, Quota, Rate,
     ResetFormat,
@@ -282,19 +282,8 @@ async fn a_per_route_policy_replaces_the_central_class() {
     assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
 
     // Per-user on the route: a signed-in user gets 2.
-    let limiter_user = |user: &'static str| {
-        let server = &server;
-        async move {
-            server
-                .post("/api/assistant/chat")
-                .header("x-user", user)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let limiter_user =
+        |user: &'static str| status_of(server.post("/api/assistant/chat").header("x-user", user));
     // The IP bucket of chat is spent: even a user is refused.
     assert_eq!(limiter_user("alice").await, 429);
 }
@@ -426,19 +415,8 @@ async fn count_only_failures() {
         .route("/sign-in", post(sign_in))
         .layer(limiter.layer());
     let server = serve(app).await;
-    let attempt = |password: &'static str| {
-        let server = &server;
-        async move {
-            server
-                .post("/sign-in")
-                .header("x-password", password)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let attempt =
+        |password: &'static str| status_of(server.post("/sign-in").header("x-password", password));
     for _ in 0..10 {
         assert_eq!(attempt("right").await, 200);
     }
@@ -610,19 +588,7 @@ async fn plan_tiers_costs_and_runtime_overrides() {
     // Per-key override on top of the endpoint limit: the more restrictive applies.
     let key = Key::api_key("x-api-key");
     limiter.set_override(&key, "k1", "3/min").unwrap();
-    let call = |k: &'static str| {
-        let server = &server;
-        async move {
-            server
-                .get("/keyed")
-                .header("x-api-key", k)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let call = |k: &'static str| status_of(server.get("/keyed").header("x-api-key", k));
     for _ in 0..3 {
         assert_eq!(call("k1").await, 200);
     }

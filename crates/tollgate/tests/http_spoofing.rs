@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use common::{clock_and_store, header, serve, times, Server};
+use common::{clock_and_store, header, serve, status_of, times, Server};
 use tollgate::{ClientIp, HeaderStyle, Limiter, Policy, ProxyHeader, ResetFormat};
 
 async fn ok() -> &'static str {
@@ -81,19 +81,8 @@ async fn an_untrusted_client_forging_every_header_is_still_itself() {
 async fn behind_a_trusted_proxy_each_client_gets_its_own_bucket() {
     // The test's connection plays the proxy: 127.0.0.1 is trusted.
     let server = limited_server(ClientIp::peer().trust_proxies(["127.0.0.0/8"])).await;
-    let via_proxy = |xff: &'static str| {
-        let server = &server;
-        async move {
-            server
-                .get("/api/items")
-                .header("x-forwarded-for", xff)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let via_proxy =
+        |xff: &'static str| status_of(server.get("/api/items").header("x-forwarded-for", xff));
     for _ in 0..3 {
         assert_eq!(via_proxy("203.0.113.7").await, 200);
     }

@@ -70,6 +70,11 @@ impl Server {
     }
 }
 
+/// Sends `request` and returns its status.
+pub async fn status_of(request: reqwest::RequestBuilder) -> u16 {
+    request.send().await.unwrap().status().as_u16()
+}
+
 /// `n` times `status`.
 pub fn times(status: u16, n: usize) -> Vec<u16> {
     vec![status; n]
