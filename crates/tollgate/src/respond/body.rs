@@ -357,9 +357,10 @@ impl Serialize for Json<'_> {
 #[cfg(test)]
 mod tests {
     use http::Method;
-    use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+    use tollgate_core::{Decision, Quota, Timestamp};
 
     use super::super::headers::ResetFormat;
+    use super::super::info;
     use super::super::info::tests::{single, state};
     use super::*;
 
@@ -403,28 +404,7 @@ mod tests {
     }
 
     fn never_fits() -> RateLimitInfo {
-        let decision = Decision {
-            allowed: false,
-            now: Timestamp::from_micros(JUNE_1),
-            buckets: vec![BucketState {
-                allowed: false,
-                limit: 10,
-                remaining: 10,
-                reset_after: Duration::ZERO,
-                retry_after: None,
-                refusal: Some(Refusal::CostExceedsCapacity {
-                    cost: 12,
-                    capacity: 10,
-                }),
-            }],
-        };
-        RateLimitInfo::from_decision(
-            "reports",
-            &decision,
-            [("reports:key", Quota::per_minute(10))],
-            Method::GET,
-            "/v1/reports",
-        )
+        info::tests::never_fits("reports:key", Method::GET, "/v1/reports")
     }
 
     #[test]

@@ -314,9 +314,9 @@ mod tests {
     use std::time::Duration;
 
     use http::Method;
-    use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+    use tollgate_core::{Decision, Quota, Timestamp};
 
-    use super::super::info::tests::{single, state};
+    use super::super::info::tests::{never_fits, single, state};
     use super::*;
 
     /// 2024-06-01 00:00:00 UTC.
@@ -574,28 +574,7 @@ mod tests {
 
     #[test]
     fn a_request_that_never_fits_gets_no_retry_after() {
-        let decision = Decision {
-            allowed: false,
-            now: Timestamp::from_micros(JUNE_1),
-            buckets: vec![BucketState {
-                allowed: false,
-                limit: 10,
-                remaining: 10,
-                reset_after: Duration::ZERO,
-                retry_after: None,
-                refusal: Some(Refusal::CostExceedsCapacity {
-                    cost: 12,
-                    capacity: 10,
-                }),
-            }],
-        };
-        let info = RateLimitInfo::from_decision(
-            "p",
-            &decision,
-            [("p:ip", Quota::per_minute(10))],
-            Method::POST,
-            "/",
-        );
+        let info = never_fits("p:ip", Method::POST, "/");
         assert_eq!(
             written(&HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds), &info),
             pairs(&[

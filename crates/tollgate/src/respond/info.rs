@@ -173,6 +173,34 @@ pub(crate) mod tests {
         }
     }
 
+    /// A refusal of a 12-point request by a bucket that holds at most 10 at once (waiting
+    /// will not help), at 2024-06-01T00:00:00Z, for bucket `name` of 10/min.
+    pub(crate) fn never_fits(name: &str, method: Method, path: &str) -> RateLimitInfo {
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(1_717_200_000_000_000),
+            buckets: vec![BucketState {
+                allowed: false,
+                limit: 10,
+                remaining: 10,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+                refusal: Some(Refusal::CostExceedsCapacity {
+                    cost: 12,
+                    capacity: 10,
+                }),
+            }],
+        };
+        let policy = name.split(':').next().unwrap_or(name);
+        RateLimitInfo::from_decision(
+            policy,
+            &decision,
+            [(name, Quota::per_minute(10))],
+            method,
+            path,
+        )
+    }
+
     /// An info for one bucket named `name`.
     pub(crate) fn single(
         name: &str,
