@@ -660,22 +660,21 @@ impl Inner {
                 }
             }
         }
-        if let Some(Mark::Central(_)) = marks(parts, self.id) {
-            if !policy.warned_central.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    target: "tollgate",
-                    policy = %policy.name,
-                    method = %parts.method,
-                    path = %parts.uri.path(),
-                    "a route with its own policy was first charged to the central class (and \
-                     may be refused by it before its policy sees it); mark the route \
-                     `Policy::exempt()` in the central table so only its own policy applies"
-                );
-            }
-        }
         let refund_first = match marks(parts, self.id) {
             Some(Mark::Route) => return Start::Pass,
             Some(Mark::Central(p)) => {
+                if !policy.warned_central.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        target: "tollgate",
+                        policy = %policy.name,
+                        method = %parts.method,
+                        path = %parts.uri.path(),
+                        "a route with its own policy was first charged to the central class \
+                         (and may be refused by it before its policy sees it); attach the \
+                         policy with `limiter.policy_at(pattern, policy)` so the central table \
+                         leaves the route to it"
+                    );
+                }
                 p.taken_over.store(true, Ordering::Release);
                 lock(&p.buckets).take()
             }
