@@ -122,6 +122,11 @@ impl Segments {
 }
 
 impl Ring {
+    /// Whether the segments are held inline (no allocation).
+    pub(crate) fn is_narrow(&self) -> bool {
+        matches!(self.segments, Segments::Narrow { .. })
+    }
+
     /// A ring of `len` empty segments whose newest is `head`.
     fn new(head: u64, len: usize, unit: u64) -> Self {
         Self {
@@ -186,6 +191,9 @@ pub(crate) enum Fit {
     After(u64),
     /// It never fits: it costs more than the capacity.
     Never,
+    /// A new key that a bounded store has no room for: it fits after this many
+    /// microseconds at the most (never 0), when a held key expires.
+    Full(u64),
 }
 
 impl State {
@@ -455,6 +463,11 @@ impl State {
                 false,
                 None,
                 Some(Refusal::CostExceedsCapacity { cost, capacity }),
+            ),
+            Fit::Full(wait) => (
+                false,
+                Some(Duration::from_micros(wait.max(1))),
+                Some(Refusal::StoreFull),
             ),
         };
         BucketState {
