@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::StatusCode;
-use tollgate_core::{FailureMode, Limit};
+use tollgate_core::{FailureMode, Limit, WhenFull};
 
 use crate::key::Key;
 use crate::rate::Rate;
@@ -69,6 +69,7 @@ pub struct Policy {
     pub(crate) count_only_if: Option<StatusFn>,
     pub(crate) shadow: bool,
     pub(crate) on_failure: Option<FailureMode>,
+    pub(crate) when_full: WhenFull,
 }
 
 /// One limit of a policy: a key and its quota.
@@ -104,6 +105,7 @@ impl Policy {
             count_only_if: None,
             shadow: false,
             on_failure: None,
+            when_full: WhenFull::default(),
         }
     }
 
@@ -183,6 +185,17 @@ impl Policy {
     /// bucket must declare the same limits.
     pub fn bucket(mut self, name: impl Into<String>) -> Self {
         self.bucket = Some(name.into().into());
+        self
+    }
+
+    /// What a bounded store (the memory store, and the fallback's memory) does with a new
+    /// key of this policy's buckets when their share of the store is full of keys at their
+    /// limit: refuse it (the default: a client being limited always stays limited, however
+    /// many keys others invent) or evict the least recently seen limited keys (new keys are
+    /// always served; a flood of invented keys can free a limited one). See
+    /// [`WhenFull`](tollgate_core::WhenFull).
+    pub fn when_full(mut self, mode: WhenFull) -> Self {
+        self.when_full = mode;
         self
     }
 

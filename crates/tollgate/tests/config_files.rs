@@ -136,9 +136,9 @@ limits = [
             .status(),
         200
     );
-    // Once the rolling minute has passed (segmented: W + W/10 = 66 s), the daily cap (3)
-    // is what refuses key-a.
-    clock.advance(std::time::Duration::from_secs(66));
+    // Once the rolling minute has passed (a segment counts until a minute after its last
+    // admission), the daily cap (3) is what refuses key-a.
+    clock.advance(std::time::Duration::from_secs(60));
     assert_eq!(
         a(server.get("/v1/reports")).send().await.unwrap().status(),
         200
