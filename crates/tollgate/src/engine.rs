@@ -291,18 +291,22 @@ fn matched_path(parts: &Parts) -> Option<&str> {
 }
 
 impl Inner {
-    fn plan(&self, parts: &Parts, class: Option<&Arc<Compiled>>) -> Plan {
+    fn plan<'c>(
+        &self,
+        parts: &Parts,
+        classes: impl IntoIterator<Item = &'c Arc<Compiled>>,
+    ) -> Plan {
         let mut ctx = KeyCtx {
             inner: self,
             parts,
             ip: None,
             user: None,
         };
-        let groups: Vec<Arc<Compiled>> = class
+        let groups: Vec<Arc<Compiled>> = classes
             .into_iter()
-            .chain(&self.globals)
-            .filter(|p| !p.exempt)
             .cloned()
+            .chain(self.globals.iter().cloned())
+            .filter(|p| !p.exempt)
             .collect();
         let overrides = read(&self.overrides);
         let mut seen: Vec<(Arc<str>, String)> = Vec::new();
@@ -629,11 +633,13 @@ impl Inner {
             return Start::Pass;
         }
         drop(delegated);
-        let class = self.table.classify(&parts.method, path);
-        if class.is_some_and(|c| c.exempt) {
+        // Both classes when the path's two readings disagree: a request is charged at
+        // least as strictly as the route that serves it.
+        let classes = self.table.classify_all(&parts.method, path);
+        if classes.first().is_some_and(|c| c.exempt) {
             return Start::Pass;
         }
-        let plan = self.plan(parts, class);
+        let plan = self.plan(parts, classes);
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
