@@ -1141,7 +1141,11 @@ mod tests {
         let classes = t.classify_all(&method, path);
         assert_eq!(classes.first(), t.classify(&method, path), "{path}");
         assert_eq!(classes.len(), classes.iter().count(), "{path}");
-        assert_eq!(classes.is_empty(), classes.len() == 0, "{path}");
+        assert_eq!(
+            classes.is_empty(),
+            classes.iter().next().is_none(),
+            "{path}"
+        );
         classes.into_iter().copied().collect()
     }
 
