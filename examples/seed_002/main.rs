@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tollgate::{Key, Limiter, LimiterBuilder, Policy, Rate};
+use tollgate::{Key, Limiter, Policy, Rate};
 
 /// The table, as a file next to this example.
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/seed_002/limits.yaml");
@@ -53,9 +53,9 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     })
     .hashed();
     let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
-    Ok(LimiterBuilder::from_config(CONFIG)?
-        .route("/v1/*", default)
-        .build()?)
+    Ok(Limiter::from_config_with(CONFIG, |builder| {
+        builder.route("/v1/*", default)
+    })?)
 }
 
 /// The API key guard: `/v1` requests need a known `x-api-key`.

@@ -129,7 +129,9 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
         .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), Rate::fixed(daily)))
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
         .error_body(ErrorBody::seed_004())
-        .build()?;
+        .build()
+        // A mistake in the file is reported at its line.
+        .map_err(|e| config.build_error(CONFIG, e))?;
     Ok(limiter)
 }
 
