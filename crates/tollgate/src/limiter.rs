@@ -221,6 +221,33 @@ impl Limiter {
         Ok(layer)
     }
 
+    /// A layer that charges `policy` for every request it sees, on top of (and independent
+    /// of) the central table and per-route policies, on this limiter's store. For limits
+    /// that must run before another layer answers: outside authentication,
+    /// `.layer(limiter.guard(Policy::failed_auth_per_ip("20/min")))` throttles key guessing
+    /// (see [`Policy::failed_auth_per_ip`]).
+    ///
+    /// # Panics
+    ///
+    /// Like [`Limiter::policy`], at start-up, for an invalid policy.
+    #[track_caller]
+    pub fn guard(&self, policy: Policy) -> RateLimitLayer {
+        match self.try_guard(policy) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid rate-limit guard policy: {e}"),
+        }
+    }
+
+    /// [`Limiter::guard`], returning configuration mistakes as errors (also
+    /// [`BuildError::DuplicateBucket`] for a bucket name this limiter already uses).
+    ///
+    /// # Errors
+    ///
+    /// The [`BuildError`]s of a policy.
+    pub fn try_guard(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
+        crate::policy::guard(self, policy)
+    }
+
     /// [`Limiter::policy`], returning configuration mistakes as errors.
     ///
     /// # Errors

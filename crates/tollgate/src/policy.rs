@@ -252,6 +252,68 @@ impl Policy {
     pub(crate) fn bucket_name(&self) -> &Arc<str> {
         self.bucket.as_ref().unwrap_or(&self.name)
     }
+
+    /// Requests that fail authentication, per client IP: a policy named `failed-auth` that
+    /// counts only `401 Unauthorized` responses (no credentials, or unknown ones). Meant for
+    /// [`Limiter::guard`](crate::Limiter::guard), placed outside the authentication layer,
+    /// so that guessing API keys or tokens is throttled like any other abuse:
+    ///
+    /// ```
+    /// # use tollgate::{Limiter, Policy};
+    /// # let limiter = Limiter::builder().build()?;
+    /// # let authenticate = tower::layer::util::Identity::new();
+    /// let app = axum::Router::new()
+    ///     // ... routes ...
+    ///     .layer(limiter.layer())                                      // per tenant, after auth
+    ///     .layer(authenticate)                                         // answers 401
+    ///     .layer(limiter.guard(Policy::failed_auth_per_ip("20/min"))); // runs first
+    /// # let _: axum::Router = app;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    ///
+    /// Each request reserves 1 while it runs and gets it back unless its answer is a 401 (see
+    /// [`Policy::count_only_if`]), so authenticated clients spend nothing; once an IP's
+    /// failures reach the limit, every request from it is refused (429, with the usual
+    /// headers and `Retry-After`) until the window lets one through, authenticated or not:
+    /// the guard runs before credentials are checked. Keep the limit above the number of
+    /// requests one IP has in flight at once.
+    pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
+        Self::named("failed-auth")
+            .per_ip(rate)
+            .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
+    }
+}
+
+/// [`Limiter::guard`](crate::Limiter::guard): `policy` on a limiter of its own that shares
+/// `limiter`'s store, client-IP rules, identity, response format and switches, so the layer
+/// charges it whatever the central table or per-route policies do with the request.
+pub(crate) fn guard(
+    limiter: &crate::Limiter,
+    policy: Policy,
+) -> Result<crate::RateLimitLayer, crate::BuildError> {
+    let inner = &limiter.inner;
+    // Its buckets are its own: a name the limiter already uses would mix two states.
+    let taken = crate::limiter::lock(&inner.signatures).contains_key(policy.bucket_name())
+        || inner.direct.contains_key(&**policy.bucket_name());
+    if taken && !policy.exempt {
+        return Err(crate::BuildError::DuplicateBucket {
+            name: policy.bucket_name().to_string(),
+        });
+    }
+    let mut builder = crate::Limiter::builder()
+        .shared_store(inner.store.clone())
+        .client_ip(inner.client_ip.clone())
+        .header_style(inner.header_style.clone())
+        .error_body(inner.error_body.clone())
+        .read_env(false)
+        .enabled(inner.enabled)
+        .shadow(inner.defaults.shadow)
+        .on_store_failure(inner.defaults.on_failure)
+        .global_policy(policy);
+    if let Some(identity) = inner.identity.clone() {
+        builder = builder.identity(move |parts| identity(parts));
+    }
+    Ok(builder.build()?.layer())
 }
 
 impl fmt::Debug for Policy {
