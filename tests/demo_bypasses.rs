@@ -92,3 +92,89 @@ fn a_climbing_spelling_spends_both_classes() {
     assert_eq!(download.header("x-ratelimit-limit"), "1500");
     assert_eq!(download.header("x-ratelimit-remaining"), "1489");
 }
+
+/// Posts `body_len` bytes to `path` from `ip` the way a careful client uploads a large body
+/// (`Expect: 100-continue`): the body is sent only if the server asks for it. Returns the
+/// final status and whether the body was asked for. One connection per call.
+fn post_large(ex: &Example, path: &str, ip: &str, body_len: usize) -> (u16, bool) {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = ex.base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-forwarded-for: {ip}\r\n\
+         content-type: application/json\r\ncontent-length: {body_len}\r\n\
+         expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let status = |reader: &mut BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"))
+    };
+    let first = status(&mut reader);
+    if first != 100 {
+        return (first, false);
+    }
+    // Asked for the body: send it from another thread (the server may stop reading it
+    // and answer first), and read the final status line.
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap(); // the blank line after `100 Continue`
+    let mut writer = stream;
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if writer.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+    });
+    let last = status(&mut reader);
+    drop(reader);
+    let _ = sender.join();
+    (last, true)
+}
+
+/// Sign-in bodies over the demo's 2 MB limit are refused (413), but only after the shared
+/// AUTH bucket (20 per 15 minutes per IP) is charged: of 30 posts of 3 MB from one IP, the
+/// first 20 are read and refused as too large, the next 10 are refused by the limit before
+/// their body is read, and the IP's other AUTH routes are spent too.
+#[test]
+fn oversized_sign_in_bodies_spend_the_auth_bucket_before_the_body_is_read() {
+    let ex = demo();
+    let ip = "203.0.113.160";
+    let mut answers = Vec::new();
+    for n in 0..30 {
+        let path = if n % 2 == 0 {
+            "/api/auth/sign-in"
+        } else {
+            "/api/portal/auth/sign-in"
+        };
+        answers.push(post_large(&ex, path, ip, 3 * 1024 * 1024));
+    }
+    let mut expected = vec![(413, true); 20];
+    expected.extend(vec![(429, false); 10]);
+    assert_eq!(answers, expected);
+    let mut connection = common::RawConnection::connect(&ex.base);
+    let forgot = connection.send(
+        "POST",
+        "/api/auth/forgot-password",
+        &[("x-forwarded-for", ip)],
+    );
+    assert_eq!(forgot.status, 429);
+    assert_eq!(forgot.header("x-ratelimit-limit"), "20");
+    // Another IP signs in as usual, its body read.
+    assert_eq!(
+        post_large(&ex, "/api/auth/sign-in", "203.0.113.161", 10),
+        (400, true)
+    );
+}
