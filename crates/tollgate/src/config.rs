@@ -756,7 +756,8 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Rule`] naming the rule and field, [`ConfigError::Store`].
+    /// [`ConfigError::Value`] for a value out of range, [`ConfigError::Rule`] naming the
+    /// rule and field, [`ConfigError::Store`].
     pub fn apply(
         &self,
         mut builder: LimiterBuilder,
@@ -772,6 +773,9 @@ impl Config {
                 message,
             }
         };
+        // Checked when the text is read too; again here for a configuration changed or
+        // made in code.
+        self.check_values(file)?;
         if let Some(enabled) = self.enabled {
             builder = builder.enabled(enabled);
         }

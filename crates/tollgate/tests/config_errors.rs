@@ -115,6 +115,15 @@ fn a_zero_timeout_or_divisor_is_an_error_not_quietly_one() {
         "{text}"
     );
     assert!(Config::from_yaml("store: { timeout_ms: 1, fallback_divisor: 1 }\n").is_ok());
+    // A configuration changed in code is checked when it is applied.
+    let mut config = Config::from_yaml(ROUTE).unwrap();
+    config.store.fallback_divisor = Some(0);
+    let err = config.apply(Limiter::builder(), "code").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Value { problem: ValueProblem::ZeroDivisor, field, .. }
+            if field == "store.fallback_divisor"),
+        "{err}"
+    );
 }
 
 #[test]
