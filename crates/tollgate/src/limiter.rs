@@ -165,6 +165,55 @@ impl Limiter {
         Ok(RateLimitLayer::route(self.clone(), compiled, Some(table)))
     }
 
+    /// A layer that charges `policy` for every request it sees, on top of (and independent
+    /// of) the central table and per-route policies, on this limiter's store. For limits
+    /// that must run before another layer answers: outside authentication,
+    /// `.layer(limiter.guard(Policy::failed_auth_per_ip("20/min")))` throttles key guessing
+    /// (see [`Policy::failed_auth_per_ip`]).
+    ///
+    /// # Panics
+    ///
+    /// Like [`Limiter::policy`], at start-up, for an invalid policy.
+    #[track_caller]
+    pub fn guard(&self, policy: Policy) -> RateLimitLayer {
+        match self.try_guard(policy) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid rate-limit guard policy: {e}"),
+        }
+    }
+
+    /// [`Limiter::guard`], returning configuration mistakes as errors (also
+    /// [`BuildError::DuplicateBucket`] for a bucket name this limiter already uses).
+    ///
+    /// # Errors
+    ///
+    /// The [`BuildError`]s of a policy.
+    pub fn try_guard(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
+        let engine = &self.engine;
+        // Its buckets are its own: a name the limiter already uses would mix two states.
+        let taken = engine::lock(&engine.signatures).contains_key(policy.bucket_name())
+            || engine.direct.contains_key(&**policy.bucket_name());
+        if taken && !policy.exempt {
+            return Err(BuildError::DuplicateBucket {
+                name: policy.bucket_name().to_string(),
+            });
+        }
+        let mut builder = Limiter::builder()
+            .shared_store(engine.store.clone())
+            .client_ip(engine.client_ip.clone())
+            .header_style(engine.header_style.clone())
+            .error_body(engine.error_body.clone())
+            .read_env(false)
+            .enabled(engine.enabled)
+            .shadow(engine.defaults.shadow)
+            .on_store_failure(engine.defaults.on_failure)
+            .global_policy(policy);
+        if let Some(identity) = engine.identity.clone() {
+            builder = builder.identity(move |parts| identity(parts));
+        }
+        Ok(builder.build()?.layer())
+    }
+
     /// [`Limiter::policy`], returning configuration mistakes as errors.
     ///
     /// # Errors

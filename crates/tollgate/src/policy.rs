@@ -265,6 +265,36 @@ impl Policy {
     pub(crate) fn bucket_name(&self) -> &Arc<str> {
         self.bucket.as_ref().unwrap_or(&self.name)
     }
+
+    /// Requests that fail authentication, per client IP: a policy named `failed-auth` that
+    /// counts only `401 Unauthorized` responses (no credentials, or unknown ones). Meant for
+    /// [`Limiter::guard`](crate::Limiter::guard), placed outside the authentication layer,
+    /// so that guessing API keys or tokens is throttled like any other abuse:
+    ///
+    /// ```
+    /// # use tollgate::{Limiter, Policy};
+    /// # let limiter = Limiter::builder().build()?;
+    /// # let authenticate = tower::layer::util::Identity::new();
+    /// let app = axum::Router::new()
+    ///     // ... routes ...
+    ///     .layer(limiter.layer())                                      // per tenant, after auth
+    ///     .layer(authenticate)                                         // answers 401
+    ///     .layer(limiter.guard(Policy::failed_auth_per_ip("20/min"))); // runs first
+    /// # let _: axum::Router = app;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    ///
+    /// Each request reserves 1 while it runs and gets it back unless its answer is a 401 (see
+    /// [`Policy::count_only_if`]), so authenticated clients spend nothing; once an IP's
+    /// failures reach the limit, every request from it is refused (429, with the usual
+    /// headers and `Retry-After`) until the window lets one through, authenticated or not:
+    /// the guard runs before credentials are checked. Keep the limit above the number of
+    /// requests one IP has in flight at once.
+    pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
+        Self::named("failed-auth")
+            .per_ip(rate)
+            .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
+    }
 }
 
 impl fmt::Debug for Policy {

@@ -203,7 +203,8 @@ fn unknown_fields_keys_and_incomplete_rules_are_errors() {
     );
     let err = LimiterBuilder::from_config(&burst).unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Rule { field, .. } if field == "routes[0] (/x)"),
+        matches!(&err, ConfigError::Rule { field, line: Some(3), .. }
+            if field == "routes[0].rate_limit.burst (/x)"),
         "{err}"
     );
 
@@ -219,7 +220,8 @@ fn unknown_fields_keys_and_incomplete_rules_are_errors() {
     );
     let err = LimiterBuilder::from_config(&per).unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Rule { field, .. } if field == "buckets.failures"),
+        matches!(&err, ConfigError::Rule { field, line: Some(2), .. }
+            if field == "buckets.failures.per"),
         "{err}"
     );
 

@@ -20,10 +20,22 @@ const N_LOG: u64 = 100_000;
 
 const CASES: [(&str, &str, u64); 7] = [
     ("tollgate-token", "tollgate, token bucket (GCRA)", N),
-    ("tollgate-sliding", "tollgate, sliding window (10 segments)", N),
+    (
+        "tollgate-sliding",
+        "tollgate, sliding window (10 segments)",
+        N,
+    ),
     ("tollgate-fixed", "tollgate, fixed window (per day)", N),
-    ("tollgate-exact", "tollgate, exact sliding log (1 admission per key)", N_LOG),
-    ("governor-string", "governor keyed limiter, `String` keys", N),
+    (
+        "tollgate-exact",
+        "tollgate, exact sliding log (1 admission per key)",
+        N_LOG,
+    ),
+    (
+        "governor-string",
+        "governor keyed limiter, `String` keys",
+        N,
+    ),
     ("governor-ip", "governor keyed limiter, `IpAddr` keys", N),
     ("empty", "(nothing: the measurement's own noise)", N),
 ];
@@ -70,9 +82,7 @@ fn measure(case: &str, n: u64) -> f64 {
             let limit = match case {
                 // 10 per day, burst 10: one charge keeps a key live for 2.4 hours (with a
                 // burst of a million, its state would be fresh again 86 ms later).
-                "tollgate-token" => {
-                    Limit::token_bucket(Quota::per_day(10), 10).expect("valid")
-                }
+                "tollgate-token" => Limit::token_bucket(Quota::per_day(10), 10).expect("valid"),
                 "tollgate-sliding" => Limit::sliding(day),
                 "tollgate-fixed" => Limit::fixed(day),
                 _ => Limit::sliding_exact(day),
@@ -99,10 +109,18 @@ fn main() {
     }
     println!("## Memory per live key");
     println!();
-    println!("`target/release/bench-memory`: resident memory after charging N distinct keys, minus");
-    println!("before, divided by N; each case in a fresh process. Keys are IPv4 addresses as a per-IP");
-    println!("limit sees them. Hash tables grow by doubling, so the figure depends on where N falls");
-    println!("between two sizes (1,000,000 is a poor spot for everyone: tables just past half full).");
+    println!(
+        "`target/release/bench-memory`: resident memory after charging N distinct keys, minus"
+    );
+    println!(
+        "before, divided by N; each case in a fresh process. Keys are IPv4 addresses as a per-IP"
+    );
+    println!(
+        "limit sees them. Hash tables grow by doubling, so the figure depends on where N falls"
+    );
+    println!(
+        "between two sizes (1,000,000 is a poor spot for everyone: tables just past half full)."
+    );
     println!();
     println!("| store | keys | bytes per key |");
     println!("|---|---|---|");

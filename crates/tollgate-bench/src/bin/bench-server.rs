@@ -68,7 +68,9 @@ async fn serve(variant: &str, port: u16, redis: Option<String>) {
             }
             app.layer(GovernorLayer::new(config.finish().expect("a valid config")))
         }
-        "tollgate-ip" => app.layer(tollgate(Policy::named("default").per_ip(NEVER), false, None).layer()),
+        "tollgate-ip" => {
+            app.layer(tollgate(Policy::named("default").per_ip(NEVER), false, None).layer())
+        }
         "tollgate-3" => app.layer(
             tollgate(
                 Policy::named("default").per_ip(NEVER).per_user(NEVER),

@@ -280,11 +280,13 @@ impl Engine {
         {
             return Start::Pass;
         }
-        let class = self.table.classify(&parts.method, path);
-        if class.is_some_and(|c| c.exempt) {
+        // Both classes when the path's two readings disagree: a request is charged at
+        // least as strictly as the route that serves it.
+        let classes = self.table.classify_all(&parts.method, path);
+        if classes.first().is_some_and(|c| c.exempt) {
             return Start::Pass;
         }
-        let plan = self.plan(parts, class.into_iter().chain(&self.globals));
+        let plan = self.plan(parts, classes.into_iter().chain(&self.globals));
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
