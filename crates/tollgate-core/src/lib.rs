@@ -40,4 +40,5 @@ pub use decision::{BucketState, Decision, Refusal};
 pub use limit::{Algorithm, Limit, DEFAULT_SEGMENTS};
 pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_ENTRIES};
 pub use quota::{Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
+pub use store::StoreMode;
 pub use store::{Batch, BoxFuture, Bucket, FailureMode, Op, Store, StoreError};

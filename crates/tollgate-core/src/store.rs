@@ -187,16 +187,67 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Applies `batch` to its buckets, atomically: a [`Op::Charge`] that any bucket refuses
     /// charges no bucket.
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>>;
+
+    // --- store mode (for operators: where decisions are made now) -----------------------
+
+    /// Where this store decides now: [`StoreMode::Memory`] unless the store says otherwise.
+    /// Stores that share state between processes override it (the Redis store answers
+    /// [`StoreMode::Shared`]; the fallback store [`StoreMode::Fallback`] while its primary
+    /// is failing), and wrappers forward it.
+    fn mode(&self) -> StoreMode {
+        StoreMode::Memory
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         (**self).apply(batch)
     }
+
+    fn mode(&self) -> StoreMode {
+        (**self).mode()
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         (**self).apply(batch)
+    }
+
+    fn mode(&self) -> StoreMode {
+        (**self).mode()
+    }
+}
+
+// --- store mode -------------------------------------------------------------------------
+
+/// Where a [`Store`] makes its decisions now ([`Store::mode`]), for operators and health
+/// pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreMode {
+    /// In this process's memory: each process counts alone.
+    Memory,
+    /// In a store shared by every process (Redis).
+    Shared,
+    /// In memory, because the shared store is failing; each process counts alone until it
+    /// is back.
+    Fallback,
+}
+
+impl StoreMode {
+    /// `memory`, `shared` or `fallback`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreMode::Memory => "memory",
+            StoreMode::Shared => "shared",
+            StoreMode::Fallback => "fallback",
+        }
+    }
+}
+
+impl fmt::Display for StoreMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
