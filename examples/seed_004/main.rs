@@ -31,6 +31,9 @@
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
 //!   their own limit, effective on their first request.
 //!
+//! - The reference docs page: `GET /docs` lists every endpoint's limits and `GET
+//!   /openapi.json` has them as `x-ratelimit`, generated from the limiter (`docs.rs`).
+//!
 //! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
 //! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
 //! `GET /v1/status` is public; `/admin` needs `Authorization: Bearer
@@ -46,6 +49,8 @@
 //! curl -i -H 'Authorization: Bearer admin-demo-token' -H 'content-type: application/json' \
 //!   -d '{"name": "Limited Partner", "scope": "read", "rate_limit": "20/min"}' http://127.0.0.1:3004/admin/keys
 //! ```
+
+mod docs;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -233,6 +238,8 @@ async fn status() -> Json<Value> {
 }
 
 fn app(gateway: Gateway) -> Router {
+    // Public and unlimited: added after the layers, which cover only the routes before them.
+    let docs = docs::routes(&gateway.limiter);
     Router::new()
         .route("/v1/invoices", get(invoices).post(create_invoice))
         .route("/v1/reports", get(reports))
@@ -252,6 +259,7 @@ fn app(gateway: Gateway) -> Router {
                 .guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)),
         )
         .with_state(gateway)
+        .merge(docs)
 }
 
 #[tokio::main]

@@ -50,6 +50,7 @@ impl Example {
             .env_remove("KV_URL")
             .env_remove("RATE_LIMIT_ENABLED")
             .env_remove("TRUSTED_PROXIES")
+            .env_remove("ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -372,7 +372,7 @@ impl Limiter {
         rate: impl Into<Rate>,
     ) -> Result<(), RateError> {
         let limit = rate.into().limit()?;
-        let stored = key::store_key(value.as_bytes(), key.hashed);
+        let stored = self.stored_value(key, value);
         self.engine.overrides.rcu(|current| {
             let mut next = Overrides::clone(current);
             next.set(key.kind(), &stored, limit);
@@ -383,7 +383,7 @@ impl Limiter {
 
     /// Removes a per-key override; returns whether there was one.
     pub fn remove_override(&self, key: &Key, value: &str) -> bool {
-        let stored = key::store_key(value.as_bytes(), key.hashed);
+        let stored = self.stored_value(key, value);
         let mut removed = false;
         self.engine.overrides.rcu(|current| {
             let mut next = Overrides::clone(current);
@@ -391,6 +391,18 @@ impl Limiter {
             next
         });
         removed
+    }
+
+    /// A key's value as the middleware stores it: hashed if the key is secret, and an IP
+    /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`).
+    fn stored_value(&self, key: &Key, value: &str) -> String {
+        let ip = matches!(key.source, key::Source::Ip)
+            .then(|| value.split_once('/').map_or(value, |(a, _)| a))
+            .and_then(|address| address.trim().parse::<std::net::IpAddr>().ok());
+        match ip {
+            Some(ip) => key::store_key(self.engine.client_ip.key(ip).as_bytes(), key.hashed),
+            None => key::store_key(value.as_bytes(), key.hashed),
+        }
     }
 
     /// Counters of what the limiter has done.

@@ -91,6 +91,14 @@ impl Overrides {
     pub(crate) fn remove(&mut self, kind: &str, stored: &str) -> bool {
         self.0.remove(Self::id(kind, stored).as_str()).is_some()
     }
+
+    /// Every override: (kind, stored key, limit).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, Limit)> {
+        self.0.iter().map(|(id, limit)| {
+            let (kind, stored) = id.split_once('\0').unwrap_or((id, ""));
+            (kind, stored, *limit)
+        })
+    }
 }
 
 /// What the central layer leaves to per-route layers.

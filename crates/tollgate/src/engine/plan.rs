@@ -392,4 +392,28 @@ mod tests {
         assert_eq!(plan.label(1), "override:ip");
         assert_eq!(plan.kind(1), "ip");
     }
+
+    #[test]
+    fn an_ipv6_override_applies_to_the_clients_network() {
+        let limiter = limiter();
+        limiter
+            .set_override(&Key::ip(), "2001:db8:1:2::9", "5/min")
+            .unwrap();
+        let engine = &limiter.engine;
+        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let mut p = parts("/api/x", None);
+        p.extensions
+            .insert("[2001:db8:1:2::1]:4000".parse::<SocketAddr>().unwrap());
+        let plan = engine.plan(&p, class.into_iter().chain(&engine.globals));
+        let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "default:ip:2001:db8:1:2::/64",
+                "override:ip:2001:db8:1:2::/64",
+                "global:all"
+            ]
+        );
+        assert!(limiter.remove_override(&Key::ip(), "2001:db8:1:2::9"));
+    }
 }
