@@ -72,13 +72,13 @@ struct Tollgate {
 
 impl Decide for Tollgate {
     fn caller(&self) -> Box<dyn FnMut(u32) -> bool + Send + '_> {
-        let mut bucket = Bucket {
-            key: String::with_capacity(32),
-            limit: self.limit,
-            cost: 1,
-        };
+        // The bucket is named `bench`, so its store key is `bench:<n>` too.
+        let mut bucket = Bucket::new("bench", "", self.limit);
+        let mut key = String::with_capacity(32);
         Box::new(move |n| {
-            write_key(&mut bucket.key, n);
+            write_key(&mut key, n);
+            bucket.key.truncate(0);
+            bucket.key.push_str(&key);
             self.store.charge(std::slice::from_ref(&bucket)).allowed
         })
     }

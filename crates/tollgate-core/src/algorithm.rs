@@ -29,120 +29,156 @@ pub(crate) enum State {
     Fixed { window: u64, used: u64, period: u64 },
 }
 
-/// A sliding window's newest segment index and its k+1 counters, the counter of segment
-/// `i` at `i % (k+1)`.
+/// A sliding window's newest segment index and its k+1 segments, segment `i` at ring slot
+/// `i % (k+1)`. Each segment holds what was counted in it and when it last counted
+/// something: a segment leaves the window W after its last admission, so a wait is never
+/// longer than W and is exactly the time until enough has left.
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     head: u64,
     /// The segment length the indices count in (a limit whose window changes starts its
     /// keys afresh, as the Redis script does).
     unit: u64,
-    counts: Counts,
+    segments: Segments,
 }
 
-/// How many counters a ring holds inline: windows of up to 15 segments (the default is
-/// 10).
-const NARROW: usize = 16;
+/// How many segments a ring holds inline: windows of up to 10 segments (the default).
+const NARROW: usize = 11;
 
-/// A ring's counters. Up to [`NARROW`] counters that each fit in a `u32` are held in the
-/// state itself, so that the memory store finds a key and its whole window in one table
-/// slot, without following a pointer. A longer ring, or one a counter of which passes
-/// `u32::MAX` (a huge cost or penalty), holds `u64` counters in one allocation. Both
-/// hold the same numbers; only [`Counts::get`] and [`Counts::set`] tell them apart.
+/// A ring's segments: counts and last admission times. Up to [`NARROW`] segments whose
+/// counts fit in a `u32` and whose segment is shorter than 2^32 µs (71 minutes) are held
+/// in the state itself, each last time as its offset from the segment's start, so the
+/// memory store finds a key and its whole window in one table slot. Anything else holds
+/// `u64` pairs in one allocation. Both hold the same numbers; only [`Segments::get`] and
+/// [`Segments::set`] tell them apart.
 #[derive(Debug, Clone)]
-enum Counts {
-    /// `len` counters; the ones past `len` stay zero.
-    Narrow { len: u16, counts: [u32; NARROW] },
-    /// Any number of counters, of any size.
-    Wide(Box<[u64]>),
+enum Segments {
+    /// `len` segments; the ones past `len` stay zero.
+    Narrow {
+        len: u8,
+        counts: [u32; NARROW],
+        offsets: [u32; NARROW],
+    },
+    /// Any number of segments, counts and times of any size: (count, last).
+    Wide(Box<[(u64, u64)]>),
 }
 
-impl Counts {
-    /// `len` zeroed counters.
-    fn new(len: usize) -> Self {
-        match u16::try_from(len) {
-            Ok(narrow) if len <= NARROW => Counts::Narrow {
+impl Segments {
+    fn new(len: usize, unit: u64) -> Self {
+        match u8::try_from(len) {
+            Ok(narrow) if len <= NARROW && unit <= 1 << 32 => Segments::Narrow {
                 len: narrow,
                 counts: [0; NARROW],
+                offsets: [0; NARROW],
             },
-            _ => Counts::Wide(vec![0; len].into_boxed_slice()),
+            _ => Segments::Wide(vec![(0, 0); len].into_boxed_slice()),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Counts::Narrow { len, .. } => usize::from(*len),
-            Counts::Wide(counts) => counts.len(),
+            Segments::Narrow { len, .. } => usize::from(*len),
+            Segments::Wide(s) => s.len(),
         }
     }
 
-    fn get(&self, i: usize) -> u64 {
+    /// Slot `i`'s count and last time; `start` is the start of the segment it holds.
+    #[inline]
+    fn get(&self, i: usize, start: u64) -> (u64, u64) {
         match self {
-            Counts::Narrow { counts, .. } => u64::from(counts[i]),
-            Counts::Wide(counts) => counts[i],
+            Segments::Narrow {
+                counts, offsets, ..
+            } => (u64::from(counts[i]), start + u64::from(offsets[i])),
+            Segments::Wide(s) => s[i],
         }
     }
 
-    /// Sets counter `i`; a narrow ring turns wide if `value` does not fit in a `u32`.
-    fn set(&mut self, i: usize, value: u64) {
+    /// Sets slot `i`, holding the segment starting at `start` (`last >= start`).
+    fn set(&mut self, i: usize, start: u64, count: u64, last: u64) {
         match self {
-            Counts::Narrow { len, counts } => match u32::try_from(value) {
-                Ok(value) => counts[i] = value,
-                Err(_) => {
-                    let mut wide: Box<[u64]> = counts[..usize::from(*len)]
-                        .iter()
-                        .map(|&c| u64::from(c))
-                        .collect();
-                    wide[i] = value;
-                    *self = Counts::Wide(wide);
-                }
-            },
-            Counts::Wide(counts) => counts[i] = value,
+            Segments::Narrow {
+                counts, offsets, ..
+            } => {
+                // `Ring::set_segment` widens a ring before a count past `u32::MAX`; an
+                // offset is below the segment length, at most 2^32.
+                counts[i] = u32::try_from(count).unwrap_or(u32::MAX);
+                offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
+            }
+            Segments::Wide(s) => s[i] = (count, last),
         }
     }
 
-    /// Zeroes every counter.
     fn clear(&mut self) {
         match self {
-            Counts::Narrow { counts, .. } => counts.fill(0),
-            Counts::Wide(counts) => counts.fill(0),
-        }
-    }
-
-    /// The sum of the counters, saturating at `u64::MAX`.
-    fn sum(&self) -> u64 {
-        match self {
-            // At most 16 × (2^32 − 1): no overflow. All of them, so that it unrolls.
-            Counts::Narrow { counts, .. } => counts.iter().map(|&c| u64::from(c)).sum(),
-            Counts::Wide(counts) => counts.iter().fold(0u64, |a, c| a.saturating_add(*c)),
+            Segments::Narrow {
+                counts, offsets, ..
+            } => {
+                counts.fill(0);
+                offsets.fill(0);
+            }
+            Segments::Wide(s) => s.fill((0, 0)),
         }
     }
 }
 
 impl Ring {
-    /// A ring of `len` zeroed counters whose newest segment is `head`.
+    /// Whether the segments are held inline (no allocation).
+    pub(crate) fn is_narrow(&self) -> bool {
+        matches!(self.segments, Segments::Narrow { .. })
+    }
+
+    /// A ring of `len` empty segments whose newest is `head`.
     fn new(head: u64, len: usize, unit: u64) -> Self {
         Self {
             head,
             unit,
-            counts: Counts::new(len),
+            segments: Segments::new(len, unit),
         }
     }
 
-    /// How many segments are counted (k+1).
+    /// How many segments are kept (k+1).
     fn len(&self) -> u64 {
-        self.counts.len() as u64
+        self.segments.len() as u64
     }
 
-    /// The counter of segment `segment` (one of the last k+1).
-    fn count(&self, segment: u64) -> u64 {
-        self.counts.get((segment % self.len()) as usize)
+    /// The count and last admission time of segment `j` (one of the last k+1).
+    #[inline]
+    fn segment(&self, j: u64) -> (u64, u64) {
+        self.segments
+            .get((j % self.len()) as usize, j.saturating_mul(self.unit))
     }
 
-    /// Sets the counter of segment `segment` (one of the last k+1).
-    fn set_count(&mut self, segment: u64, value: u64) {
-        let i = (segment % self.len()) as usize;
-        self.counts.set(i, value);
+    /// Sets segment `j` (one of the last k+1).
+    fn set_segment(&mut self, j: u64, count: u64, last: u64) {
+        let start = j.saturating_mul(self.unit);
+        let last = last.max(start);
+        if let Segments::Narrow { .. } = self.segments {
+            if u32::try_from(count).is_err() {
+                self.widen();
+            }
+        }
+        let i = (j % self.len()) as usize;
+        self.segments.set(i, start, count, last);
+    }
+
+    /// Turns a narrow ring wide, keeping every segment's count and time.
+    fn widen(&mut self) {
+        let len = self.len();
+        let oldest = self.head.saturating_sub(len - 1);
+        let mut wide = vec![(0u64, 0u64); len as usize].into_boxed_slice();
+        for j in oldest..=self.head {
+            wide[(j % len) as usize] = self.segment(j);
+        }
+        self.segments = Segments::Wide(wide);
+    }
+
+    /// The segments that still count at `now`, oldest first: (count, last).
+    #[inline]
+    fn live(&self, window: u64, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let oldest = self.head.saturating_sub(self.len() - 1);
+        (oldest..=self.head)
+            .map(|j| self.segment(j))
+            .filter(move |&(c, last)| c > 0 && last.saturating_add(window) > now)
     }
 }
 
@@ -155,6 +191,9 @@ pub(crate) enum Fit {
     After(u64),
     /// It never fits: it costs more than the capacity.
     Never,
+    /// A new key that a bounded store has no room for: it fits after this many
+    /// microseconds at the most (never 0), when a held key expires.
+    Full(u64),
 }
 
 impl State {
@@ -202,10 +241,10 @@ impl State {
                 let current = now / limit.segment_micros();
                 if current > ring.head {
                     if current - ring.head >= ring.len() {
-                        ring.counts.clear();
+                        ring.segments.clear();
                     } else {
-                        for i in ring.head + 1..=current {
-                            ring.set_count(i, 0);
+                        for j in ring.head + 1..=current {
+                            ring.set_segment(j, 0, 0);
                         }
                     }
                     ring.head = current;
@@ -236,7 +275,9 @@ impl State {
     /// the tokens missing from a full bucket, rounded up).
     fn used(&self, limit: &Limit, now: u64) -> u64 {
         match self {
-            State::Segments(ring) => ring.counts.sum(),
+            State::Segments(ring) => ring
+                .live(limit.quota().period_micros(), now)
+                .fold(0u64, |sum, (c, _)| sum.saturating_add(c)),
             State::Log { total, .. } => *total,
             State::Tat(tat) => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
             State::Fixed { used, .. } => *used,
@@ -258,17 +299,14 @@ impl State {
                 if need == 0 {
                     return Fit::Now;
                 }
-                // Segments leave the count oldest first; segment j leaves when the head
-                // reaches j + k + 1.
-                let (head, len) = (ring.head, ring.len());
-                let seg = limit.segment_micros();
-                let oldest = head.saturating_sub(len - 1);
+                // Segments leave oldest first, each W after its last admission.
+                let window = limit.quota().period_micros();
                 let mut freed = 0u64;
-                let mut leaves_at = (head + len) * seg;
-                for j in oldest..=head {
-                    freed = freed.saturating_add(ring.count(j));
+                let mut leaves_at = now.saturating_add(window);
+                for (c, last) in ring.live(window, now) {
+                    freed = freed.saturating_add(c);
                     if freed >= need {
-                        leaves_at = (j + len) * seg;
+                        leaves_at = last.saturating_add(window);
                         break;
                     }
                 }
@@ -319,7 +357,9 @@ impl State {
         match self {
             State::Segments(ring) => {
                 let head = ring.head;
-                ring.set_count(head, ring.count(head).saturating_add(cost));
+                let (c, last) = ring.segment(head);
+                let last = if c == 0 { now } else { last.max(now) };
+                ring.set_segment(head, c.saturating_add(cost), last);
             }
             State::Log { entries, total } => {
                 let at = entries.back().map_or(now, |&(last, _)| last.max(now));
@@ -346,9 +386,9 @@ impl State {
                     let Some(j) = ring.head.checked_sub(back) else {
                         break;
                     };
-                    let c = ring.count(j);
+                    let (c, last) = ring.segment(j);
                     let take = c.min(left);
-                    ring.set_count(j, c - take);
+                    ring.set_segment(j, c - take, last);
                     left -= take;
                     if left == 0 {
                         break;
@@ -382,10 +422,16 @@ impl State {
     /// Zero if it is fresh already.
     pub(crate) fn expires_at(&self, limit: &Limit) -> u64 {
         match self {
-            State::Segments(ring) => (0..ring.len())
-                .filter_map(|back| ring.head.checked_sub(back))
-                .find(|&j| ring.count(j) > 0)
-                .map_or(0, |j| (j + ring.len()) * limit.segment_micros()),
+            State::Segments(ring) => {
+                let window = limit.quota().period_micros();
+                let oldest = ring.head.saturating_sub(ring.len() - 1);
+                (oldest..=ring.head)
+                    .map(|j| ring.segment(j))
+                    .filter(|&(c, _)| c > 0)
+                    .map(|(_, last)| last.saturating_add(window))
+                    .max()
+                    .unwrap_or(0)
+            }
             State::Log { entries, .. } => entries
                 .back()
                 .map_or(0, |&(at, _)| at + limit.quota().period_micros()),
@@ -417,6 +463,11 @@ impl State {
                 false,
                 None,
                 Some(Refusal::CostExceedsCapacity { cost, capacity }),
+            ),
+            Fit::Full(wait) => (
+                false,
+                Some(Duration::from_micros(wait.max(1))),
+                Some(Refusal::StoreFull),
             ),
         };
         BucketState {
@@ -455,16 +506,17 @@ mod tests {
         for i in 0..10 {
             assert_eq!(charge(&mut s, &limit, 1, t0 + i), Fit::Now);
         }
-        // Full: the ten sit in segment t0/6s, which leaves the count 11 segments later.
+        // Full: the ten sit in one segment, which leaves the window a minute after its last
+        // admission (t0 + 9 µs): never later than W.
         assert_eq!(
             charge(&mut s, &limit, 1, t0 + 10),
-            Fit::After(66_000_000 - 10)
+            Fit::After(60_000_000 - 1)
         );
-        assert_eq!(charge(&mut s, &limit, 1, t0 + 65_999_999), Fit::After(1));
-        assert_eq!(charge(&mut s, &limit, 1, t0 + 66_000_000), Fit::Now);
-        let r = s.report(&limit, Fit::Now, 1, t0 + 66_000_000);
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 60_000_008), Fit::After(1));
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 60_000_009), Fit::Now);
+        let r = s.report(&limit, Fit::Now, 1, t0 + 60_000_009);
         assert_eq!(r.remaining, 9);
-        assert_eq!(r.reset_after, Duration::from_secs(66));
+        assert_eq!(r.reset_after, Duration::from_secs(60));
     }
 
     #[test]
@@ -542,7 +594,7 @@ mod tests {
         let mut wide = State::Segments(Ring {
             head: t0 / limit.segment_micros(),
             unit: limit.segment_micros(),
-            counts: Counts::Wide(vec![0; 7].into_boxed_slice()),
+            segments: Segments::Wide(vec![(0, 0); 7].into_boxed_slice()),
         });
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut now = t0;
@@ -578,7 +630,7 @@ mod tests {
         let State::Segments(ring) = &narrow else {
             panic!("a sliding state")
         };
-        assert!(matches!(ring.counts, Counts::Wide(_)));
+        assert!(matches!(ring.segments, Segments::Wide(_)));
     }
 
     #[test]
@@ -593,7 +645,7 @@ mod tests {
         assert_eq!(charge(&mut s, &limit, 4, MIN + 7_000_000), Fit::Now);
         assert_eq!(
             charge(&mut s, &limit, 1, MIN + 7_000_000),
-            Fit::After(59_000_000)
+            Fit::After(60_000_000)
         );
     }
 

@@ -18,10 +18,14 @@ pub enum Refusal {
         /// The most the bucket can admit at once ([`Limit::capacity`](crate::Limit::capacity)).
         capacity: u64,
     },
+    /// A new key of this bucket could not be stored: the bucket's share of a bounded store
+    /// is full of keys at their limit ([`WhenFull::RefuseNewKeys`](crate::WhenFull)).
+    /// [`BucketState::retry_after`] says when the first of them expires.
+    StoreFull,
 }
 
 /// One bucket's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BucketState {
     /// Whether this bucket admits the request.
     pub allowed: bool,
@@ -56,26 +60,7 @@ impl Decision {
     /// with the longest wait (one that can never admit beats any wait); when admitted, the
     /// bucket with the least remaining (the later reset on a tie). `None` for no buckets.
     pub fn most_restrictive(&self) -> Option<usize> {
-        let wait = |b: &BucketState| match (b.refusal, b.retry_after) {
-            (Some(Refusal::CostExceedsCapacity { .. }), _) => Duration::MAX,
-            (_, Some(d)) => d,
-            _ => Duration::ZERO,
-        };
-        let indexed = self.buckets.iter().enumerate();
-        if self.allowed {
-            indexed
-                .min_by(|(_, a), (_, b)| {
-                    a.remaining
-                        .cmp(&b.remaining)
-                        .then(b.reset_after.cmp(&a.reset_after))
-                })
-                .map(|(i, _)| i)
-        } else {
-            indexed
-                .filter(|(_, b)| !b.allowed)
-                .max_by_key(|(_, b)| wait(b))
-                .map(|(i, _)| i)
-        }
+        most_restrictive(self.allowed, &self.buckets)
     }
 
     /// The most restrictive bucket's state.
@@ -90,5 +75,30 @@ impl Decision {
             return None;
         }
         self.most_restrictive_state().and_then(|b| b.retry_after)
+    }
+}
+
+/// [`Decision::most_restrictive`] for the states of a decision held elsewhere than in a
+/// [`Decision`] (`allowed`: whether the request was admitted).
+pub fn most_restrictive(allowed: bool, states: &[BucketState]) -> Option<usize> {
+    let wait = |b: &BucketState| match (b.refusal, b.retry_after) {
+        (Some(Refusal::CostExceedsCapacity { .. }), _) => Duration::MAX,
+        (_, Some(d)) => d,
+        _ => Duration::ZERO,
+    };
+    let indexed = states.iter().enumerate();
+    if allowed {
+        indexed
+            .min_by(|(_, a), (_, b)| {
+                a.remaining
+                    .cmp(&b.remaining)
+                    .then(b.reset_after.cmp(&a.reset_after))
+            })
+            .map(|(i, _)| i)
+    } else {
+        indexed
+            .filter(|(_, b)| !b.allowed)
+            .max_by_key(|(_, b)| wait(b))
+            .map(|(i, _)| i)
     }
 }

@@ -35,9 +35,12 @@ pub mod memory;
 pub mod quota;
 pub mod store;
 
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use decision::{BucketState, Decision, Refusal};
+pub use clock::{Clock, FastClock, ManualClock, SystemClock, Timestamp};
+pub use decision::{most_restrictive, BucketState, Decision, Refusal};
 pub use limit::{Algorithm, Limit, DEFAULT_SEGMENTS};
 pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_ENTRIES};
 pub use quota::{Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
-pub use store::{Batch, BoxFuture, Bucket, FailureMode, Op, Store, StoreError};
+pub use store::{
+    validate_buckets, Batch, BoxFuture, Bucket, FailureMode, Op, Store, StoreError, StoreKey,
+    WhenFull, INLINE_KEY,
+};

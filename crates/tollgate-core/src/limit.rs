@@ -2,7 +2,7 @@
 //!
 //! | algorithm | guarantee | state per key |
 //! |---|---|---|
-//! | [`Algorithm::SlidingWindow`] (default) | never more than N in any interval of length W; refuses only when the last W·(1+1/k) held more than N − cost | k+1 counters |
+//! | [`Algorithm::SlidingWindow`] (default) | never more than N in any interval of length W; a refused client is told the true wait, at most W; refuses only when the last W + W/k held more than N − cost | k+1 counters and times |
 //! | [`Algorithm::SlidingLog`] | exactly: admits iff the interval (now−W, now] plus this cost stays within N | one entry per admitted request |
 //! | [`Algorithm::TokenBucket`] | GCRA: a bucket of `burst` tokens refilled at N per W; in any interval of length L at most `burst + L·N/W` | one timestamp |
 //! | [`Algorithm::FixedWindow`] | at most N per calendar window aligned to the Unix epoch (UTC midnight for days) | a counter and the window |
@@ -31,14 +31,16 @@ pub const DEFAULT_SEGMENTS: u16 = 10;
 #[non_exhaustive]
 pub enum Algorithm {
     /// Rolling window counted in `segments` (k) equal segments of W/k (rounded up to a
-    /// microsecond). A request is admitted iff the costs admitted in the current segment and
-    /// the k before it, plus this cost, stay within N.
+    /// microsecond). Each segment keeps what it counted and the time of its last admission,
+    /// and counts until W after that time. A request is admitted iff the costs of the
+    /// segments that still count, plus this cost, stay within N.
     ///
-    /// **Bound**: in every interval of length W at most N are admitted (the counted segments
-    /// always cover the whole window). It errs only towards refusing: a request is refused
-    /// only if more than N − cost were admitted in the last (k+1)·⌈W/k⌉ µs (W + W/k,
-    /// plus at most k+1 µs of rounding). With k = 10, a client that spends its whole
-    /// budget at once waits at most 1.1 W instead of W.
+    /// **Bound**: in every interval of length W at most N are admitted (a request admitted
+    /// less than W ago sits in a segment whose last admission is at least as recent, so it
+    /// is counted). It errs only towards refusing: a request is refused only if more than
+    /// N − cost were admitted in the last W + ⌈W/k⌉ µs. The wait a refused request is told
+    /// is the true one (a retry then is admitted, if nothing else was charged meanwhile) and
+    /// never longer than W; so is the reset time.
     SlidingWindow {
         /// Segments per window, 1 to 1000.
         segments: u16,

@@ -19,21 +19,28 @@
 //!
 //! # Bounds
 //!
+//! - Each bucket (by [`Bucket::name`]) has a share of its own: at most `max_entries` keys
+//!   per bucket name, so a flood of keys into one bucket (spoofed IPs, random API keys)
+//!   never evicts another bucket's state. Bucket names come from configuration, so the
+//!   store holds at most `max_entries` × the number of bucket names.
 //! - An entry is dropped once its state is back to fresh (nothing counted against it):
-//!   lazily, when a shard grows to twice its size since its last sweep, and when it is full.
-//! - At most `max_entries` entries are held. When a shard is full, it first drops fresh
-//!   entries, then evicts the least recently seen eighth of the entries that are *not*
-//!   at their limit, so a flood of invented keys cannot free a limited client. Only if
-//!   every entry of a shard is at its limit does it evict the least recently seen of those
-//!   (a sixty-fourth): junk keys written once go before a client that is still being
-//!   refused, which is seen at every request ([`MemoryStats::evicted_limited`] counts
-//!   them). A new key is always stored, so it is always limited.
-//! - An entry is one 128-byte slot of its shard's hash table, which holds keys of up to
-//!   22 bytes and a sliding window of up to 15 segments; plus the key if longer, plus
-//!   (k + 1) × 8 bytes of counters for a sliding window of more segments (or one that
-//!   counted more than 2^32 − 1 in a segment), or 16 bytes per distinct admission time
-//!   for an exact log. Tables grow by doubling, so the cap costs at most about
-//!   2 × 128 bytes per entry before those extras (26 MB for the default 100,000).
+//!   lazily, when a shard grows to twice its size since its last sweep, and when a share is
+//!   full.
+//! - When a bucket's share is full, the store drops fresh entries, then evicts the least
+//!   recently seen eighth of that bucket's keys that are *not* at their limit, so a flood
+//!   of invented keys cannot free a limited client. If every key of the share is at its
+//!   limit, the bucket's [`WhenFull`] decides: by default the new key is refused
+//!   ([`Refusal::StoreFull`](crate::Refusal::StoreFull), with the time until the first
+//!   held key expires) and no limited key is ever evicted, so a lockout stays locked
+//!   whatever an attacker invents; [`WhenFull::EvictLimited`] evicts the least recently
+//!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them).
+//! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
+//!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
+//!   (one timestamp), 48 for a fixed window, 144 for a sliding window of up to 10 segments
+//!   whose segments are shorter than 71 minutes, and 40 plus an allocation for anything
+//!   else (an exact log: 16 bytes per distinct admission time). Tables grow by doubling,
+//!   so a table is between 44% and 88% full. `cargo bench -p tollgate-core --bench memory`
+//!   measures bytes per live key.
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
 //!   several shards locks them in index order.
 
@@ -45,92 +52,235 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
-use crate::algorithm::{Fit, State};
-use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::algorithm::{Fit, Ring, State};
+use crate::clock::{Clock, FastClock, Timestamp};
 use crate::decision::{BucketState, Decision};
-use crate::limit::Limit;
-use crate::store::{Batch, BoxFuture, Bucket, Op, Store, StoreError};
+use crate::limit::{Algorithm, Limit};
+use crate::store::{validate_buckets, Batch, BoxFuture, Bucket, Op, Store, StoreError, WhenFull};
 
-/// The default for [`MemoryStoreBuilder::max_entries`].
+/// The default for [`MemoryStoreBuilder::max_entries`]: keys per bucket name.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
-type Hasher = foldhash::fast::RandomState;
+type Hasher = foldhash::quality::RandomState;
 
-/// A key's state and what keeps the store bounded. In this order (`repr(C)`): what every
-/// decision reads comes first, a sliding window's counters last (see [`Slot`]).
-/// Set in [`Entry::seen`] while the entry is at its limit.
+/// Set in [`Slot::seen`] while the entry is at its limit.
 const LIMITED: u64 = 1 << 63;
 
+/// The most bucket names a shard accounts for separately; further names share one share.
+const MAX_PARTS: usize = 256;
+
+/// The share of bucket names past [`MAX_PARTS`].
+const OVERFLOW_PART: u32 = u32::MAX;
+
+/// A stored key: its hash (its identity, and its place in the table), the share it counts
+/// in, when it was last seen and its state in the form of its kind.
 #[derive(Debug)]
-#[repr(C)]
-struct Entry {
-    /// When the state is back to fresh (microseconds); the entry may go then.
-    expires_at: u64,
+struct Slot<K> {
+    hash: u64,
+    part: u32,
     /// When it was last charged or checked (microseconds), with [`LIMITED`] set while it
-    /// is at its limit (the last check was refused, or nothing remains). Eviction takes the
-    /// smallest first: entries not at their limit, least recently seen, before any that is.
+    /// is at its limit. Eviction takes the smallest first: keys not at their limit, least
+    /// recently seen, before any that is.
     seen: u64,
-    state: State,
+    kept: K,
 }
 
-/// A stored key. Short keys (a bucket name and an IPv4 address or a user id fit) are
-/// held in the table itself, so finding one does not follow a second pointer.
+/// A state in the form one table keeps it.
+trait Kept: Sized {
+    /// Keeps `state`, which expires at `expires_at`; gives it back if it is not of this
+    /// table's kind.
+    fn keep(state: State, expires_at: u64) -> Result<Self, State>;
+    /// Runs `f` on the state, which answers when the state expires now (`None`:
+    /// unchanged); gives the state back if it no longer has this table's form.
+    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>);
+    /// When the state is back to fresh.
+    fn expires_at(&self) -> u64;
+}
+
+/// A token bucket: its theoretical arrival time, which is also when it is fresh again.
 #[derive(Debug)]
-enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(Box<[u8]>),
-}
+struct Tat(u64);
 
-/// The longest key held inline (the key then takes as much room as a boxed one plus 8).
-const INLINE_KEY: usize = 22;
+impl Kept for Tat {
+    fn keep(state: State, _: u64) -> Result<Self, State> {
+        match state {
+            State::Tat(t) => Ok(Tat(t)),
+            other => Err(other),
+        }
+    }
 
-impl Key {
-    fn new(key: &[u8]) -> Self {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= INLINE_KEY => {
-                let mut bytes = [0; INLINE_KEY];
-                bytes[..key.len()].copy_from_slice(key);
-                Key::Inline { len, bytes }
+    #[inline]
+    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+        let mut state = State::Tat(self.0);
+        let (r, _) = f(&mut state);
+        match state {
+            State::Tat(t) => {
+                self.0 = t;
+                (r, None)
             }
-            _ => Key::Heap(key.into()),
+            other => (r, Some(other)),
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Key::Heap(bytes) => bytes,
-        }
+    fn expires_at(&self) -> u64 {
+        self.0
     }
 }
 
-/// One key of a shard's table and its entry: 128 bytes (two cache lines), aligned so
-/// that finding a key and deciding on it touch only them. The key, the two times and a
-/// token bucket's or fixed window's state share the first line; a sliding window's
-/// counters (up to 16, held inline) run on into the second, which the processor fetches
-/// alongside the first rather than after it (there is no pointer to follow).
+/// A fixed window.
 #[derive(Debug)]
-#[repr(C, align(128))]
-struct Slot {
-    key: Key,
-    entry: Entry,
+struct Fixed {
+    window: u64,
+    used: u64,
+    period: u64,
 }
 
-// A key, two times and a state with a window of up to 15 segments fit the slot; growing
-// any of them costs a third cache line.
-const _: () = assert!(std::mem::size_of::<Slot>() == 128);
+impl Kept for Fixed {
+    fn keep(state: State, _: u64) -> Result<Self, State> {
+        match state {
+            State::Fixed {
+                window,
+                used,
+                period,
+            } => Ok(Fixed {
+                window,
+                used,
+                period,
+            }),
+            other => Err(other),
+        }
+    }
 
-/// One independently locked part of the store. Its table is looked up with the hash the
-/// store computed once per bucket (which also chose the shard).
+    #[inline]
+    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+        let mut state = State::Fixed {
+            window: self.window,
+            used: self.used,
+            period: self.period,
+        };
+        let (r, _) = f(&mut state);
+        match Fixed::keep(state, 0) {
+            Ok(kept) => {
+                *self = kept;
+                (r, None)
+            }
+            Err(other) => (r, Some(other)),
+        }
+    }
+
+    fn expires_at(&self) -> u64 {
+        if self.used == 0 {
+            0
+        } else {
+            self.window.saturating_add(1).saturating_mul(self.period)
+        }
+    }
+}
+
+/// A sliding window whose segments are held inline.
+#[derive(Debug)]
+struct Window {
+    ring: Ring,
+    expires_at: u64,
+}
+
+impl Kept for Window {
+    fn keep(state: State, expires_at: u64) -> Result<Self, State> {
+        match state {
+            State::Segments(ring) if ring.is_narrow() => Ok(Window { ring, expires_at }),
+            other => Err(other),
+        }
+    }
+
+    #[inline]
+    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+        let mut state = State::Segments(self.ring.clone());
+        let (r, expires_at) = f(&mut state);
+        match Window::keep(state, expires_at.unwrap_or(self.expires_at)) {
+            Ok(kept) => {
+                *self = kept;
+                (r, None)
+            }
+            Err(other) => (r, Some(other)),
+        }
+    }
+
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+/// Any other state (an exact log, a sliding window of many segments), in an allocation.
+#[derive(Debug)]
+struct Boxed {
+    state: Box<State>,
+    expires_at: u64,
+}
+
+impl Kept for Boxed {
+    fn keep(state: State, expires_at: u64) -> Result<Self, State> {
+        Ok(Boxed {
+            state: Box::new(state),
+            expires_at,
+        })
+    }
+
+    #[inline]
+    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+        let (r, expires_at) = f(&mut self.state);
+        if let Some(at) = expires_at {
+            self.expires_at = at;
+        }
+        (r, None)
+    }
+
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+/// Which table a limit's keys live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tat,
+    Fixed,
+    Window,
+    Boxed,
+}
+
+impl Kind {
+    fn of(limit: &Limit) -> Kind {
+        match limit.algorithm() {
+            Algorithm::TokenBucket { .. } => Kind::Tat,
+            Algorithm::FixedWindow => Kind::Fixed,
+            Algorithm::SlidingWindow { .. } => match State::fresh(limit, 0) {
+                State::Segments(ring) if ring.is_narrow() => Kind::Window,
+                _ => Kind::Boxed,
+            },
+            _ => Kind::Boxed,
+        }
+    }
+}
+
+/// One independently locked part of the store: a table per kind of state, and how many
+/// keys each bucket name holds in it.
 #[derive(Debug, Default)]
 struct Shard {
-    table: HashTable<Slot>,
+    tat: HashTable<Slot<Tat>>,
+    fixed: HashTable<Slot<Fixed>>,
+    window: HashTable<Slot<Window>>,
+    boxed: HashTable<Slot<Boxed>>,
+    /// (share, keys held): one per bucket name seen in this shard.
+    parts: Vec<(u32, u32)>,
     /// The size after the last sweep of fresh entries.
     swept_len: usize,
+    /// No entry expires before this (as of the last sweep, lowered by every insert).
+    min_expiry: u64,
 }
 
 /// Counters describing what a [`MemoryStore`] did to stay bounded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryStats {
     /// Entries held now.
     pub entries: usize,
@@ -138,9 +288,11 @@ pub struct MemoryStats {
     pub expired: u64,
     /// Entries evicted (least recently seen, those not at their limit first) to make room.
     pub evicted: u64,
-    /// Of those, entries that were at their limit: evicted because their shard held
-    /// nothing else.
+    /// Of those, entries that were at their limit ([`WhenFull::EvictLimited`] only).
     pub evicted_limited: u64,
+    /// New keys refused because their bucket's share was full of limited keys
+    /// ([`WhenFull::RefuseNewKeys`]).
+    pub refused_full: u64,
 }
 
 #[derive(Default)]
@@ -148,10 +300,12 @@ struct Counters {
     expired: AtomicU64,
     evicted: AtomicU64,
     evicted_limited: AtomicU64,
+    refused_full: AtomicU64,
 }
 
 struct Inner {
     shards: Box<[Padded]>,
+    /// Keys per bucket name per shard.
     shard_cap: usize,
     hasher: Hasher,
     clock: Arc<dyn Clock>,
@@ -169,10 +323,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("shards", &self.inner.shards.len())
-            .field(
-                "max_entries",
-                &(self.inner.shard_cap * self.inner.shards.len()),
-            )
+            .field("max_entries_per_bucket", &self.capacity())
             .field("clock", &self.inner.clock)
             .finish()
     }
@@ -192,32 +343,33 @@ impl Default for MemoryStoreBuilder {
         Self {
             max_entries: DEFAULT_MAX_ENTRIES,
             shards: (cores * 16).next_power_of_two().clamp(16, 1024),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(FastClock::new()),
         }
     }
 }
 
 impl MemoryStoreBuilder {
-    /// The most entries (keys) the store holds; at least 1. Default [`DEFAULT_MAX_ENTRIES`].
+    /// The most keys the store holds per bucket name; at least 1. Default
+    /// [`DEFAULT_MAX_ENTRIES`].
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries.max(1);
         self
     }
 
     /// How many independently locked shards; rounded to a power of two, and lowered so
-    /// that each shard holds at least 64 entries. Default: 16 per core.
+    /// that each shard holds at least 64 keys of a bucket. Default: 16 per core.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards.clamp(1, 1 << 16).next_power_of_two();
         self
     }
 
-    /// The clock to decide by. Default [`SystemClock`].
+    /// The clock to decide by. Default [`FastClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
 
-    /// The store. The caps of all shards add up to at most `max_entries`.
+    /// The store. The shares of all shards add up to at most `max_entries` per bucket.
     pub fn build(self) -> MemoryStore {
         let mut shards = self.shards;
         while shards > 1 && self.max_entries / shards < 64 {
@@ -243,7 +395,7 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store with the default bounds and the system clock.
+    /// A store with the default bounds and clock.
     pub fn new() -> Self {
         MemoryStoreBuilder::default().build()
     }
@@ -266,26 +418,37 @@ impl MemoryStore {
     /// Applies `op` to `buckets` at the clock's current time. The synchronous form of
     /// [`Store::apply`], which cannot fail here.
     pub fn apply_now(&self, op: Op, buckets: &[Bucket]) -> Decision {
+        let mut states = vec![BucketState::default(); buckets.len()];
+        let now = self.apply_into(op, buckets, &mut states);
+        Decision {
+            allowed: states.iter().all(|s| s.allowed),
+            now,
+            buckets: states,
+        }
+    }
+
+    /// Applies `op` to `buckets` at the clock's current time, one state per bucket into
+    /// `states`; returns that time. Nothing here allocates for up to four buckets (unless
+    /// a share is full and must be made room in).
+    fn apply_into(&self, op: Op, buckets: &[Bucket], states: &mut [BucketState]) -> Timestamp {
         let now = self.inner.clock.now();
         let now_us = now.as_micros();
         let inner = &*self.inner;
-        // Up to `INLINE` buckets, nothing here allocates but the answer. The scratch
-        // vectors are filled by `push`, which inlines (collecting into them does not,
-        // and costs more than the rest of this function).
+        // The scratch vectors are filled by `push`, which inlines (collecting into them
+        // does not, and costs more than the rest of this function).
         let mut placed: Scratch<Placed> = Scratch::new();
         let mut order: Scratch<usize> = Scratch::new();
         for bucket in buckets {
-            let hash = inner.hash(&bucket.key);
+            let hash = inner.hasher.hash_one(bucket.key.as_bytes());
             let shard = inner.shard_of(hash);
             placed.push(Placed {
                 hash,
                 shard,
                 guard: 0,
+                kind: Kind::of(&bucket.limit),
             });
             order.push(shard);
         }
-        // The answer is allocated before locking: the locks are held only to decide.
-        let mut states = Vec::with_capacity(buckets.len());
         // Lock the shards this request touches, each once, in index order (no deadlock
         // between requests that share several shards).
         order.sort_unstable();
@@ -298,27 +461,23 @@ impl MemoryStore {
             p.guard = order.binary_search(&p.shard).unwrap_or_default();
         }
 
-        // A charge of several buckets first sees whether every cost fits, and changes a
-        // bucket only if all do. Any other call decides each bucket on its own.
+        // A charge of several buckets first sees whether every cost fits (and every new
+        // key has room), and changes a bucket only if all do. Any other call decides each
+        // bucket on its own.
         let mut verdicts: Scratch<Fit> = Scratch::new();
         if op == Op::Charge && buckets.len() > 1 {
             for (bucket, p) in buckets.iter().zip(&placed) {
-                verdicts.push(guards[p.guard].fit(p.hash, bucket, now_us));
+                verdicts.push(inner.fit(&mut guards[p.guard], p, bucket, now_us));
             }
         }
         let all_fit = verdicts.iter().all(|f| *f == Fit::Now);
 
-        for (i, (bucket, p)) in buckets.iter().zip(&placed).enumerate() {
+        for (i, ((bucket, p), state)) in buckets.iter().zip(&placed).zip(states).enumerate() {
             let verdict = verdicts.get(i).map(|&fit| (fit, all_fit));
             let shard = &mut guards[p.guard];
-            states.push(inner.apply_one(shard, p.hash, op, bucket, verdict, now_us));
+            *state = inner.apply_one(shard, p, op, bucket, verdict, now_us);
         }
-        drop(guards);
-        Decision {
-            allowed: states.iter().all(|s| s.allowed),
-            now,
-            buckets: states,
-        }
+        now
     }
 
     /// Drops every entry whose state is back to fresh; returns how many went.
@@ -339,12 +498,13 @@ impl MemoryStore {
             expired: c.expired.load(Ordering::Relaxed),
             evicted: c.evicted.load(Ordering::Relaxed),
             evicted_limited: c.evicted_limited.load(Ordering::Relaxed),
+            refused_full: c.refused_full.load(Ordering::Relaxed),
         }
     }
 
     /// How many keys the store holds.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).table.len()).sum()
+        self.inner.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Whether the store holds no key.
@@ -352,8 +512,9 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// The most keys the store will hold (what [`MemoryStoreBuilder::max_entries`] was,
-    /// rounded down to a multiple of the shard count).
+    /// The most keys the store will hold per bucket name (what
+    /// [`MemoryStoreBuilder::max_entries`] was, rounded down to a multiple of the shard
+    /// count).
     pub fn capacity(&self) -> usize {
         self.inner.shard_cap * self.inner.shards.len()
     }
@@ -365,95 +526,313 @@ type Scratch<T> = SmallVec<[T; INLINE]>;
 /// How many buckets a request may have before its scratch space is allocated.
 const INLINE: usize = 4;
 
-/// Where one bucket of a request lives: its key's hash, its shard, and the index of that
-/// shard's guard among the request's locks.
+/// Where one bucket of a request lives: its key's hash, its shard, the index of that
+/// shard's guard among the request's locks, and the table of its kind.
 struct Placed {
     hash: u64,
     shard: usize,
     guard: usize,
+    kind: Kind,
 }
 
 /// Bits of a key's hash below the ones that choose its shard (at most 2^16 shards, under
 /// the table's 7-bit tag at the top).
 const SHARD_SHIFT: u32 = 40;
 
-impl Shard {
-    fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut Entry> {
-        self.table
-            .find_mut(hash, |slot| slot.key.as_bytes() == key.as_bytes())
-            .map(|slot| &mut slot.entry)
-    }
+/// What to do with an entry after a call: keep it until `expires_at` (and note when it
+/// was seen), or drop it.
+struct After {
+    seen: u64,
+    expires_at: u64,
+}
 
-    fn remove(&mut self, hash: u64, key: &str) {
-        if let Ok(found) = self
-            .table
-            .find_entry(hash, |slot| slot.key.as_bytes() == key.as_bytes())
-        {
-            found.remove();
-        }
-    }
-
-    /// Adds a key known to be absent.
-    fn insert(&mut self, hash: u64, key: &str, entry: Entry, hasher: &Hasher) {
+/// Runs `f` on the state of the key with `hash` in `table`, if it is there; keeps what
+/// `f` answers about the entry (`None`: nothing to note; a state fresh again is dropped).
+/// A state that no longer has the table's form moves to `boxed`.
+fn update_in<K: Kept, R>(
+    table: &mut HashTable<Slot<K>>,
+    boxed: &mut HashTable<Slot<Boxed>>,
+    parts: &mut [(u32, u32)],
+    hash: u64,
+    now: u64,
+    f: impl FnOnce(&mut State) -> (R, Option<After>),
+) -> Option<R> {
+    let Ok(mut found) = table.find_entry(hash, |s| s.hash == hash) else {
+        return None;
+    };
+    let slot = found.get_mut();
+    let mut noted = None;
+    let (r, moved) = slot.kept.update(|state| {
+        let (r, a) = f(state);
+        let expires_at = a.as_ref().map(|a| a.expires_at);
+        noted = a;
+        (r, expires_at)
+    });
+    let after = match noted {
+        Some(after) => after,
+        // Nothing noted: leave the entry as it was (it may move if its form changed).
+        None => After {
+            seen: slot.seen,
+            expires_at: u64::MAX,
+        },
+    };
+    slot.seen = after.seen;
+    let part = slot.part;
+    let expires_at = if after.expires_at == u64::MAX {
+        slot.kept.expires_at()
+    } else {
+        after.expires_at
+    };
+    if after.expires_at <= now {
+        found.remove();
+        count(parts, part, -1);
+    } else if let Some(state) = moved {
+        found.remove();
         let slot = Slot {
-            key: Key::new(key.as_bytes()),
-            entry,
+            hash,
+            part,
+            seen: after.seen,
+            kept: Boxed {
+                state: Box::new(state),
+                expires_at,
+            },
         };
-        self.table
-            .insert_unique(hash, slot, |s| hasher.hash_one(s.key.as_bytes()));
+        boxed.insert_unique(hash, slot, |s| s.hash);
     }
+    Some(r)
+}
 
-    /// Keeps the entries `keep` says to keep; returns how many went.
-    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) -> usize {
-        let before = self.table.len();
-        self.table.retain(|slot| keep(&slot.entry));
-        before - self.table.len()
-    }
-
-    /// Brings `bucket`'s entry up to `now` and says whether its cost fits.
-    fn fit(&mut self, hash: u64, bucket: &Bucket, now: u64) -> Fit {
-        let limit = &bucket.limit;
-        match self.get_mut(hash, &bucket.key) {
-            Some(entry) => {
-                entry.catch_up(limit, now);
-                entry.state.fit(limit, bucket.cost, now)
-            }
-            None => State::fresh(limit, now).fit(limit, bucket.cost, now),
-        }
+/// Adds to (or takes from) the count of share `part`.
+fn count(parts: &mut [(u32, u32)], part: u32, delta: i32) {
+    if let Some((_, n)) = parts.iter_mut().find(|(p, _)| *p == part) {
+        *n = n.saturating_add_signed(delta);
     }
 }
 
-impl Entry {
-    /// Notes what a call answered: when the state is fresh again, when it was seen,
-    /// whether it is at its limit.
-    fn remember(&mut self, report: &BucketState, now: u64) {
-        // `reset_after` is the time until the state is fresh (zero if it already is).
-        let reset = u64::try_from(report.reset_after.as_micros()).unwrap_or(u64::MAX);
-        self.expires_at = now.saturating_add(reset);
-        let limited = !report.allowed || report.remaining == 0;
-        self.seen = (now & !LIMITED) | if limited { LIMITED } else { 0 };
+/// Drops the entries of `table` that `keep` does not keep, counting them out of their
+/// shares; returns how many went.
+fn retain_in<K: Kept>(
+    table: &mut HashTable<Slot<K>>,
+    parts: &mut [(u32, u32)],
+    mut keep: impl FnMut(&Slot<K>) -> bool,
+) -> usize {
+    let before = table.len();
+    table.retain(|slot| {
+        let kept = keep(slot);
+        if !kept {
+            count(parts, slot.part, -1);
+        }
+        kept
+    });
+    before - table.len()
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.tat.len() + self.fixed.len() + self.window.len() + self.boxed.len()
     }
 
-    /// Brings the state up to `now`; a state of another algorithm (the limit changed)
-    /// starts afresh.
-    fn catch_up(&mut self, limit: &Limit, now: u64) {
-        if !self.state.fits_algorithm(limit) {
-            self.state = State::fresh(limit, now);
+    /// Runs `f` on the key's state, wherever it is kept.
+    fn update<R>(
+        &mut self,
+        p: &Placed,
+        now: u64,
+        f: impl FnOnce(&mut State) -> (R, Option<After>),
+    ) -> Option<R> {
+        let Shard {
+            tat,
+            fixed,
+            window,
+            boxed,
+            parts,
+            ..
+        } = self;
+        let hash = p.hash;
+        match p.kind {
+            Kind::Tat => update_in(tat, boxed, parts, hash, now, f),
+            Kind::Fixed => update_in(fixed, boxed, parts, hash, now, f),
+            Kind::Window if boxed.is_empty() => update_in(window, boxed, parts, hash, now, f),
+            // A window that outgrew its slot (a count past 2^32) lives with the boxed.
+            Kind::Window => match window.find(hash, |s| s.hash == hash) {
+                Some(_) => update_in(window, boxed, parts, hash, now, f),
+                None => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
+            },
+            Kind::Boxed => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
         }
-        self.state.advance(limit, now);
     }
+
+    /// Removes the key, wherever it is kept.
+    fn remove(&mut self, hash: u64) {
+        fn take<K>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u32> {
+            let found = table.find_entry(hash, |s| s.hash == hash).ok()?;
+            Some(found.remove().0.part)
+        }
+        let part = take(&mut self.tat, hash)
+            .or_else(|| take(&mut self.fixed, hash))
+            .or_else(|| take(&mut self.window, hash))
+            .or_else(|| take(&mut self.boxed, hash));
+        if let Some(part) = part {
+            count(&mut self.parts, part, -1);
+        }
+    }
+
+    /// Stores a key absent from the table of its state's form (a state of another form,
+    /// left by a limit that changed, is dropped: the key starts afresh).
+    fn insert(&mut self, hash: u64, part: u32, seen: u64, state: State, expires_at: u64) {
+        self.remove(hash);
+        fn put<K: Kept>(
+            table: &mut HashTable<Slot<K>>,
+            hash: u64,
+            part: u32,
+            seen: u64,
+            state: State,
+            expires_at: u64,
+        ) -> Result<(), State> {
+            let kept = K::keep(state, expires_at)?;
+            table.insert_unique(
+                hash,
+                Slot {
+                    hash,
+                    part,
+                    seen,
+                    kept,
+                },
+                |s| s.hash,
+            );
+            Ok(())
+        }
+        let state = put(&mut self.tat, hash, part, seen, state, expires_at)
+            .or_else(|s| put(&mut self.fixed, hash, part, seen, s, expires_at))
+            .or_else(|s| put(&mut self.window, hash, part, seen, s, expires_at))
+            .err();
+        if let Some(state) = state {
+            // `Boxed` keeps anything.
+            let _ = put(&mut self.boxed, hash, part, seen, state, expires_at);
+        }
+        count(&mut self.parts, part, 1);
+        self.min_expiry = self.min_expiry.min(expires_at);
+    }
+
+    /// The share a bucket name's keys count in here (registering it if new).
+    fn part_of(&mut self, name_hash: u32) -> u32 {
+        if self.parts.iter().any(|(p, _)| *p == name_hash) {
+            return name_hash;
+        }
+        let part = if self.parts.len() < MAX_PARTS - 1 {
+            name_hash
+        } else {
+            OVERFLOW_PART
+        };
+        if !self.parts.iter().any(|(p, _)| *p == part) {
+            self.parts.push((part, 0));
+        }
+        part
+    }
+
+    /// How many keys share `part` holds here.
+    fn held(&self, part: u32) -> usize {
+        self.parts
+            .iter()
+            .find(|(p, _)| *p == part)
+            .map_or(0, |(_, n)| *n as usize)
+    }
+
+    /// The `seen` of every key of share `part`, and the soonest expiry among them.
+    fn seen_of(&self, part: u32) -> (Vec<u64>, u64) {
+        let mut seen = Vec::with_capacity(self.held(part));
+        let mut soonest = u64::MAX;
+        let mut note = |slot_part: u32, s: u64, expires_at: u64| {
+            if slot_part == part {
+                seen.push(s);
+                soonest = soonest.min(expires_at);
+            }
+        };
+        for s in &self.tat {
+            note(s.part, s.seen, s.kept.expires_at());
+        }
+        for s in &self.fixed {
+            note(s.part, s.seen, s.kept.expires_at());
+        }
+        for s in &self.window {
+            note(s.part, s.seen, s.kept.expires_at());
+        }
+        for s in &self.boxed {
+            note(s.part, s.seen, s.kept.expires_at());
+        }
+        (seen, soonest)
+    }
+
+    /// Evicts up to `n` keys of share `part` seen at or before `cutoff`; returns how many.
+    fn evict(&mut self, part: u32, cutoff: u64, n: usize) -> usize {
+        let mut left = n;
+        let mut pick = |slot_part: u32, seen: u64| {
+            if left > 0 && slot_part == part && seen <= cutoff {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        };
+        let parts = &mut self.parts;
+        retain_in(&mut self.tat, parts, |s| pick(s.part, s.seen))
+            + retain_in(&mut self.fixed, parts, |s| pick(s.part, s.seen))
+            + retain_in(&mut self.window, parts, |s| pick(s.part, s.seen))
+            + retain_in(&mut self.boxed, parts, |s| pick(s.part, s.seen))
+    }
+}
+
+/// What a call answered, as an entry remembers it: when the state is fresh again, and
+/// when it was seen (with whether it is at its limit).
+fn after(report: &BucketState, now: u64) -> After {
+    // `reset_after` is the time until the state is fresh (zero if it already is).
+    let reset = u64::try_from(report.reset_after.as_micros()).unwrap_or(u64::MAX);
+    let limited = !report.allowed || report.remaining == 0;
+    After {
+        seen: (now & !LIMITED) | if limited { LIMITED } else { 0 },
+        expires_at: now.saturating_add(reset),
+    }
+}
+
+/// Brings the state up to `now`; a state of another algorithm (the limit changed) starts
+/// afresh.
+fn catch_up(state: &mut State, limit: &Limit, now: u64) {
+    if !state.fits_algorithm(limit) {
+        *state = State::fresh(limit, now);
+    }
+    state.advance(limit, now);
 }
 
 impl Inner {
-    /// A key's hash: chooses its shard and places it in the shard's table.
-    fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key.as_bytes())
-    }
-
     /// The shard of a key with this hash. It comes from bits the table does not use to
     /// place keys (it uses the low bits for the position and the top 7 as a tag).
     fn shard_of(&self, hash: u64) -> usize {
         (hash >> SHARD_SHIFT) as usize & (self.shards.len() - 1)
+    }
+
+    /// The share of a bucket's name.
+    fn name_hash(&self, bucket: &Bucket) -> u32 {
+        self.hasher.hash_one(bucket.name().as_bytes()) as u32
+    }
+
+    /// Brings `bucket`'s entry up to `now` and says whether its cost fits (and, for a new
+    /// key, whether there is room for it).
+    fn fit(&self, shard: &mut Shard, p: &Placed, bucket: &Bucket, now: u64) -> Fit {
+        let (limit, cost) = (&bucket.limit, bucket.cost);
+        let found = shard.update(p, now, |state| {
+            catch_up(state, limit, now);
+            // Nothing to note: the apply phase that follows decides every bucket.
+            (state.fit(limit, cost, now), None)
+        });
+        match found {
+            Some(fit) => fit,
+            None => match State::fresh(limit, now).fit(limit, cost, now) {
+                Fit::Now => match self.make_room(shard, bucket, now) {
+                    Ok(_) => Fit::Now,
+                    Err(wait) => Fit::Full(wait),
+                },
+                other => other,
+            },
+        }
     }
 
     /// Applies `op` to one bucket and reports it. `verdict`, for a charge of several
@@ -461,15 +840,15 @@ impl Inner {
     fn apply_one(
         &self,
         shard: &mut Shard,
-        hash: u64,
+        p: &Placed,
         op: Op,
         bucket: &Bucket,
         verdict: Option<(Fit, bool)>,
         now: u64,
     ) -> BucketState {
-        let (key, limit, cost) = (bucket.key.as_str(), &bucket.limit, bucket.cost);
+        let (limit, cost) = (&bucket.limit, bucket.cost);
         if op == Op::Reset {
-            shard.remove(hash, key);
+            shard.remove(p.hash);
             return State::fresh(limit, now).report(limit, Fit::Now, cost, now);
         }
         // What to answer for this bucket, and whether its state changes.
@@ -482,21 +861,21 @@ impl Inner {
             (Op::Peek, _) => (state.fit(limit, cost, now), false),
             (Op::Refund | Op::Penalize | Op::Reset, _) => (Fit::Now, true),
         };
-        if let Some(entry) = shard.get_mut(hash, key) {
-            entry.catch_up(limit, now);
-            let (fit, changes) = decide(&entry.state);
+        let found = shard.update(p, now, |state| {
+            catch_up(state, limit, now);
+            let (fit, changes) = decide(state);
             if changes {
                 match op {
-                    Op::Charge | Op::Penalize => entry.state.add(limit, cost, now),
-                    Op::Refund => entry.state.sub(limit, cost, now),
+                    Op::Charge | Op::Penalize => state.add(limit, cost, now),
+                    Op::Refund => state.sub(limit, cost, now),
                     Op::Peek | Op::Reset => {}
                 }
             }
-            let report = entry.state.report(limit, fit, cost, now);
-            entry.remember(&report, now);
-            if entry.expires_at <= now {
-                shard.remove(hash, key);
-            }
+            let report = state.report(limit, fit, cost, now);
+            let a = after(&report, now);
+            (report, Some(a))
+        });
+        if let Some(report) = found {
             return report;
         }
         let mut state = State::fresh(limit, now);
@@ -506,59 +885,81 @@ impl Inner {
             // nothing.
             return state.report(limit, fit, cost, now);
         }
+        // A single-bucket charge (or a penalty) of a new key: make room first (a charge
+        // of several buckets made room when it checked the fit).
+        let part = match self.make_room(shard, bucket, now) {
+            Ok(part) => part,
+            Err(wait) => {
+                self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                return state.report(limit, Fit::Full(wait), cost, now);
+            }
+        };
         state.add(limit, cost, now);
         let report = state.report(limit, fit, cost, now);
-        let mut entry = Entry {
-            state,
-            expires_at: 0,
-            seen: 0,
-        };
-        entry.remember(&report, now);
-        if entry.expires_at > now {
-            self.make_room(shard, now);
-            shard.insert(hash, key, entry, &self.hasher);
+        let a = after(&report, now);
+        if a.expires_at > now {
+            shard.insert(p.hash, part, a.seen, state, a.expires_at);
         }
         report
     }
 
     /// Drops fresh entries from `shard`; returns how many.
     fn sweep(&self, shard: &mut Shard, now: u64) -> usize {
-        let gone = shard.retain(|e| e.expires_at > now);
-        shard.swept_len = shard.table.len();
+        let parts = &mut shard.parts;
+        let mut min = u64::MAX;
+        let mut keep = |at: u64| {
+            let kept = at > now;
+            if kept {
+                min = min.min(at);
+            }
+            kept
+        };
+        let gone = retain_in(&mut shard.tat, parts, |s| keep(s.kept.expires_at()))
+            + retain_in(&mut shard.fixed, parts, |s| keep(s.kept.expires_at()))
+            + retain_in(&mut shard.window, parts, |s| keep(s.kept.expires_at()))
+            + retain_in(&mut shard.boxed, parts, |s| keep(s.kept.expires_at()));
+        shard.swept_len = shard.len();
+        shard.min_expiry = min;
         self.counters
             .expired
             .fetch_add(gone as u64, Ordering::Relaxed);
         gone
     }
 
-    /// Makes room for one more entry in `shard`: drops fresh entries, then evicts the least
-    /// recently seen eighth of the entries not at their limit or, if every entry is at its
-    /// limit, the least recently seen sixty-fourth of those.
-    fn make_room(&self, shard: &mut Shard, now: u64) {
-        let len = shard.table.len();
-        if len >= 2 * shard.swept_len + 64 || len >= self.shard_cap {
+    /// Makes room for one more key of `bucket`'s share in `shard`: drops fresh entries,
+    /// then evicts the least recently seen eighth of the share's keys not at their limit.
+    /// If every key of the share is at its limit, evicts the least recently seen
+    /// sixty-fourth of them ([`WhenFull::EvictLimited`]) or answers how long until the
+    /// first of them expires ([`WhenFull::RefuseNewKeys`]). Returns the share.
+    fn make_room(&self, shard: &mut Shard, bucket: &Bucket, now: u64) -> Result<u32, u64> {
+        let part = shard.part_of(self.name_hash(bucket));
+        let len = shard.len();
+        let full = shard.held(part) >= self.shard_cap;
+        // Sweep when the shard doubled since the last sweep, or grew by an eighth and some
+        // entry has expired since: amortized, a sweep costs a few steps per insert.
+        let grown = len >= 2 * shard.swept_len + 64
+            || (now >= shard.min_expiry && len >= shard.swept_len + shard.swept_len / 8 + 16);
+        if grown || full {
             self.sweep(shard, now);
         }
-        if shard.table.len() < self.shard_cap {
-            return;
+        if shard.held(part) < self.shard_cap {
+            return Ok(part);
         }
-        let mut seen: Vec<u64> = shard.table.iter().map(|s| s.entry.seen).collect();
+        let (mut seen, soonest) = shard.seen_of(part);
         let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
         let batch = if free > 0 {
             (self.shard_cap / 8).clamp(1, free)
+        } else if bucket.when_full == WhenFull::EvictLimited {
+            (self.shard_cap / 64).clamp(1, seen.len().max(1))
         } else {
-            (self.shard_cap / 64).clamp(1, seen.len())
+            return Err(soonest.saturating_sub(now).max(1));
         };
-        let (_, &mut cutoff, _) = seen.select_nth_unstable(batch - 1);
-        let mut left = batch;
-        let evicted = shard.retain(|e| {
-            if left > 0 && e.seen <= cutoff {
-                left -= 1;
-                false
-            } else {
-                true
-            }
-        });
+        if seen.is_empty() {
+            return Ok(part);
+        }
+        let nth = batch.min(seen.len()) - 1;
+        let (_, &mut cutoff, _) = seen.select_nth_unstable(nth);
+        let evicted = shard.evict(part, cutoff, batch);
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
@@ -567,7 +968,8 @@ impl Inner {
                 .evicted_limited
                 .fetch_add(evicted as u64, Ordering::Relaxed);
         }
-        shard.swept_len = shard.table.len();
+        shard.swept_len = shard.len();
+        Ok(part)
     }
 }
 
@@ -589,4 +991,24 @@ impl Store for MemoryStore {
             .map(|()| self.apply_now(batch.op, &batch.buckets));
         Box::pin(std::future::ready(result))
     }
+
+    fn apply_sync(
+        &self,
+        op: Op,
+        buckets: &[Bucket],
+        states: &mut [BucketState],
+    ) -> Option<Result<Timestamp, StoreError>> {
+        if states.len() != buckets.len() {
+            return Some(Err(StoreError::InvalidBatch(
+                "one state per bucket is needed",
+            )));
+        }
+        Some(validate_buckets(op, buckets).map(|()| self.apply_into(op, buckets, states)))
+    }
 }
+
+// What one key costs in its table (plus a control byte per slot); see the module docs.
+const _: () = assert!(std::mem::size_of::<Slot<Tat>>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot<Fixed>>() == 48);
+const _: () = assert!(std::mem::size_of::<Slot<Boxed>>() == 40);
+const _: () = assert!(std::mem::size_of::<Slot<Window>>() <= 144);

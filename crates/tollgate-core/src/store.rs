@@ -28,7 +28,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::decision::Decision;
+use crate::clock::Timestamp;
+use crate::decision::{BucketState, Decision};
 use crate::limit::Limit;
 
 /// A boxed, `Send` future: what [`Store`] methods return, so stores can be used as
@@ -40,32 +41,260 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Bucket {
     /// The bucket's full key, `<bucket name>:<key>` (see [`Bucket::new`]). Stores may add a
     /// prefix. State is per key: two limits must not share a key.
-    pub key: String,
+    pub key: StoreKey,
     /// The limit the key spends against.
     pub limit: Limit,
     /// What the request costs in this bucket (points); at least 1 for a charge.
     pub cost: u64,
+    /// What a bounded store does when this bucket's share is full of keys at their limit
+    /// and a new key comes.
+    pub when_full: WhenFull,
+    /// The length of the bucket name at the start of `key`.
+    name_len: u16,
 }
 
 impl Bucket {
     /// A bucket named `name` for the key `key` (an IP, a user id, a hashed API key), at a
-    /// cost of 1. The store key is `name:key`.
+    /// cost of 1. The store key is `name:key`. Short keys are held inline: building one
+    /// does not allocate.
     pub fn new(name: &str, key: &str, limit: Limit) -> Self {
-        let mut full = String::with_capacity(name.len() + 1 + key.len());
+        let mut full = StoreKey::new();
         full.push_str(name);
-        full.push(':');
+        full.push_str(":");
         full.push_str(key);
+        Self::from_key(full, name.len(), limit)
+    }
+
+    /// A bucket whose full key `<name>:<key>` is already written, the name being its first
+    /// `name_len` bytes.
+    pub fn from_key(key: StoreKey, name_len: usize, limit: Limit) -> Self {
         Self {
-            key: full,
+            name_len: u16::try_from(name_len.min(key.len())).unwrap_or(u16::MAX),
+            key,
             limit,
             cost: 1,
+            when_full: WhenFull::default(),
         }
+    }
+
+    /// The bucket's name (the part of [`Bucket::key`] before the client's key). A bounded
+    /// store keeps each name's keys within a share of its own.
+    pub fn name(&self) -> &str {
+        self.key
+            .as_str()
+            .get(..usize::from(self.name_len))
+            .unwrap_or_default()
     }
 
     /// The same bucket at another cost.
     pub fn with_cost(mut self, cost: u64) -> Self {
         self.cost = cost;
         self
+    }
+
+    /// The same bucket with another [`WhenFull`].
+    pub fn with_when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+}
+
+/// What a bounded store (the [`MemoryStore`](crate::MemoryStore)) does when a new key of a
+/// bucket comes and the bucket's share of the store is full of keys at their limit (after
+/// dropping every key whose state is fresh and every key not at its limit that it could).
+///
+/// A key at its limit is never evicted to make room under [`WhenFull::RefuseNewKeys`], so a
+/// flood of invented keys cannot unlock a client that is being refused (a sign-in lockout
+/// stays locked). The price is that new keys of that bucket are refused until room frees
+/// up. [`WhenFull::EvictLimited`] serves new keys instead, at the risk of forgetting a
+/// limited key (it then starts afresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WhenFull {
+    /// Refuse the new key (a refusal with [`Refusal::StoreFull`](crate::Refusal::StoreFull)
+    /// and the time until the first held key expires). The default.
+    #[default]
+    RefuseNewKeys,
+    /// Evict the least recently seen keys at their limit.
+    EvictLimited,
+}
+
+/// The length of the longest key a [`StoreKey`] holds without allocating.
+pub const INLINE_KEY: usize = 62;
+
+/// A store key (`<bucket name>:<key>`): a string held inline up to [`INLINE_KEY`] bytes, so
+/// that building the buckets of a request does not allocate. Reads as a `&str`.
+#[derive(Clone)]
+pub struct StoreKey(KeyRepr);
+
+#[derive(Clone)]
+enum KeyRepr {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(String),
+}
+
+impl StoreKey {
+    /// An empty key.
+    pub const fn new() -> Self {
+        Self(KeyRepr::Inline {
+            len: 0,
+            bytes: [0; INLINE_KEY],
+        })
+    }
+
+    /// Appends `s`.
+    pub fn push_str(&mut self, s: &str) {
+        match &mut self.0 {
+            KeyRepr::Inline { len, bytes } => {
+                let at = usize::from(*len);
+                match bytes.get_mut(at..at + s.len()) {
+                    Some(room) => {
+                        room.copy_from_slice(s.as_bytes());
+                        // At most INLINE_KEY (62): fits.
+                        *len = (at + s.len()) as u8;
+                    }
+                    None => {
+                        let mut heap = String::with_capacity(at + s.len());
+                        heap.push_str(inline_str(bytes, at));
+                        heap.push_str(s);
+                        self.0 = KeyRepr::Heap(heap);
+                    }
+                }
+            }
+            KeyRepr::Heap(heap) => heap.push_str(s),
+        }
+    }
+
+    /// Shortens the key to `len` bytes (a char boundary).
+    pub fn truncate(&mut self, len: usize) {
+        match &mut self.0 {
+            KeyRepr::Inline { len: l, .. } => *l = (*l).min(u8::try_from(len).unwrap_or(u8::MAX)),
+            KeyRepr::Heap(heap) => heap.truncate(len),
+        }
+    }
+
+    /// The key.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            KeyRepr::Inline { len, bytes } => inline_str(bytes, usize::from(*len)),
+            KeyRepr::Heap(heap) => heap,
+        }
+    }
+
+    /// The key's bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            KeyRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyRepr::Heap(heap) => heap.as_bytes(),
+        }
+    }
+}
+
+/// The first `len` bytes of an inline key: only whole `&str`s are ever copied in, and
+/// `truncate` cuts at char boundaries.
+fn inline_str(bytes: &[u8], len: usize) -> &str {
+    let bytes = &bytes[..len];
+    std::str::from_utf8(bytes).unwrap_or_else(|e| {
+        // Unreachable for keys written through this type's methods; stay total anyway.
+        std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+    })
+}
+
+impl Default for StoreKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for StoreKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for StoreKey {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for StoreKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for StoreKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for StoreKey {}
+
+impl PartialEq<str> for StoreKey {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for StoreKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::hash::Hash for StoreKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Write for StoreKey {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
+}
+
+impl From<&str> for StoreKey {
+    fn from(s: &str) -> Self {
+        let mut key = Self::new();
+        key.push_str(s);
+        key
+    }
+}
+
+impl From<String> for StoreKey {
+    fn from(s: String) -> Self {
+        if s.len() <= INLINE_KEY {
+            Self::from(s.as_str())
+        } else {
+            Self(KeyRepr::Heap(s))
+        }
+    }
+}
+
+impl From<StoreKey> for String {
+    fn from(k: StoreKey) -> Self {
+        match k.0 {
+            KeyRepr::Heap(s) => s,
+            inline @ KeyRepr::Inline { .. } => StoreKey(inline).as_str().to_string(),
+        }
     }
 }
 
@@ -131,25 +360,7 @@ impl Batch {
     ///
     /// [`StoreError::InvalidBatch`].
     pub fn validate(&self) -> Result<(), StoreError> {
-        if self.buckets.is_empty() {
-            return Err(StoreError::InvalidBatch(
-                "a batch needs at least one bucket",
-            ));
-        }
-        if self.op == Op::Charge && self.buckets.iter().any(|b| b.cost == 0) {
-            return Err(StoreError::InvalidBatch("a charge must cost at least 1"));
-        }
-        // The same key twice would be checked twice against one state and could admit
-        // over its limit; a request names each bucket once.
-        let duplicate = self
-            .buckets
-            .iter()
-            .enumerate()
-            .any(|(i, b)| self.buckets[..i].iter().any(|a| a.key == b.key));
-        if duplicate {
-            return Err(StoreError::InvalidBatch("a batch names the same key twice"));
-        }
-        Ok(())
+        validate_buckets(self.op, &self.buckets)
     }
 
     /// The same batch with another failure mode.
@@ -157,6 +368,32 @@ impl Batch {
         self.on_failure = mode;
         self
     }
+}
+
+/// [`Batch::validate`] for `op` on `buckets`.
+///
+/// # Errors
+///
+/// [`StoreError::InvalidBatch`].
+pub fn validate_buckets(op: Op, buckets: &[Bucket]) -> Result<(), StoreError> {
+    if buckets.is_empty() {
+        return Err(StoreError::InvalidBatch(
+            "a batch needs at least one bucket",
+        ));
+    }
+    if op == Op::Charge && buckets.iter().any(|b| b.cost == 0) {
+        return Err(StoreError::InvalidBatch("a charge must cost at least 1"));
+    }
+    // The same key twice would be checked twice against one state and could admit over
+    // its limit; a request names each bucket once.
+    let duplicate = buckets
+        .iter()
+        .enumerate()
+        .any(|(i, b)| buckets[..i].iter().any(|a| a.key == b.key));
+    if duplicate {
+        return Err(StoreError::InvalidBatch("a batch names the same key twice"));
+    }
+    Ok(())
 }
 
 /// Why a store could not answer. Never a refusal: a store that fails has not decided.
@@ -187,16 +424,49 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Applies `batch` to its buckets, atomically: a [`Op::Charge`] that any bucket refuses
     /// charges no bucket.
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>>;
+
+    /// The same as [`Store::apply`] for a store that can answer without waiting (the memory
+    /// store): applies `op` to `buckets` now, writes one state per bucket into `states`
+    /// (as long as `buckets`), and returns the time it decided at. `None` (the default)
+    /// means "ask [`Store::apply`]": a store that may wait on a network never answers here.
+    /// The caller has validated the buckets ([`Batch::validate`]).
+    fn apply_sync(
+        &self,
+        op: Op,
+        buckets: &[Bucket],
+        states: &mut [BucketState],
+    ) -> Option<Result<Timestamp, StoreError>> {
+        let _ = (op, buckets, states);
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         (**self).apply(batch)
     }
+
+    fn apply_sync(
+        &self,
+        op: Op,
+        buckets: &[Bucket],
+        states: &mut [BucketState],
+    ) -> Option<Result<Timestamp, StoreError>> {
+        (**self).apply_sync(op, buckets, states)
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         (**self).apply(batch)
+    }
+
+    fn apply_sync(
+        &self,
+        op: Op,
+        buckets: &[Bucket],
+        states: &mut [BucketState],
+    ) -> Option<Result<Timestamp, StoreError>> {
+        (**self).apply_sync(op, buckets, states)
     }
 }

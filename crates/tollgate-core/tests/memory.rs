@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota};
+use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, WhenFull};
 
 const T0: Duration = Duration::from_secs(1_700_000_000);
 
@@ -114,10 +114,9 @@ fn a_million_invented_keys_stay_within_the_cap_and_free_no_limited_client() {
     assert_still_limited(&store, &untouched, "while idle");
 }
 
-/// When a shard holds only limited keys, new keys still get stored (and so limited): the
-/// least recently seen limited keys make room, never a client that is still being refused.
-/// (A failed sign-in lockout keyed by e-mail must not open for a victim because an attacker
-/// filled the store with invented addresses.)
+/// With [`WhenFull::EvictLimited`], when a bucket's share holds only limited keys, new keys
+/// still get stored (and so limited): the least recently seen limited keys make room, never
+/// a client that is still being refused.
 #[test]
 fn a_store_full_of_limited_keys_evicts_the_least_recently_seen_of_them() {
     let clock = ManualClock::new(T0);
@@ -128,15 +127,20 @@ fn a_store_full_of_limited_keys_evicts_the_least_recently_seen_of_them() {
     assert_eq!(store.capacity(), 64);
     let tight = Limit::sliding(Quota::per_hour(1));
     let charge = |b: &Bucket| store.charge(std::slice::from_ref(b)).allowed;
-    let victim = Bucket::new("tight", "victim@example.com", tight);
+    let evict = |b: Bucket| b.with_when_full(WhenFull::EvictLimited);
+    let victim = evict(Bucket::new("tight", "victim@example.com", tight));
     assert!(charge(&victim));
     for i in 0..63 {
-        assert!(charge(&Bucket::new("tight", &format!("client-{i}"), tight)));
+        assert!(charge(&evict(Bucket::new(
+            "tight",
+            &format!("client-{i}"),
+            tight
+        ))));
     }
     assert_eq!(store.len(), 64);
     for i in 0..1000 {
         clock.advance(Duration::from_micros(1));
-        let junk = Bucket::new("tight", &format!("invented-{i}"), tight);
+        let junk = evict(Bucket::new("tight", &format!("invented-{i}"), tight));
         assert!(charge(&junk), "a new key's first request fits");
         assert!(
             !charge(&junk),
@@ -183,4 +187,55 @@ fn fresh_entries_are_dropped() {
     assert!(stats.entries <= 10_000, "{stats:?}");
     assert_eq!(stats.evicted, 0, "{stats:?}");
     assert!(stats.expired >= 10_000, "{stats:?}");
+}
+
+/// By default ([`WhenFull::RefuseNewKeys`]) a bucket whose share is full of limited keys
+/// refuses new keys (with the time until the first held key expires) and never evicts a
+/// limited one: a sign-in lockout keyed by e-mail stays locked however many addresses an
+/// attacker invents. Another bucket's keys are unaffected (each bucket has its own share),
+/// and once the held keys expire, new keys are served again.
+#[test]
+fn a_share_full_of_limited_keys_refuses_new_keys_and_keeps_every_lockout() {
+    let clock = ManualClock::new(T0);
+    let store = MemoryStore::builder()
+        .max_entries(64)
+        .clock(clock.clone())
+        .build();
+    let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
+    let charge = |b: &Bucket| store.charge(std::slice::from_ref(b));
+    let victim = Bucket::new("sign-in", "victim@example.com", lockout);
+    for _ in 0..5 {
+        assert!(charge(&victim).allowed);
+    }
+    assert!(!charge(&victim).allowed);
+    // The attacker locks 63 invented addresses: the share (64) is now all limited keys.
+    for i in 0..63 {
+        let junk = Bucket::new("sign-in", &format!("junk-{i}@example.com"), lockout);
+        for _ in 0..5 {
+            assert!(charge(&junk).allowed);
+        }
+    }
+    for i in 0..1000 {
+        clock.advance(Duration::from_micros(1));
+        let junk = Bucket::new("sign-in", &format!("more-{i}@example.com"), lockout);
+        let refused = charge(&junk);
+        assert!(!refused.allowed, "a new key with no room is refused");
+        assert_eq!(refused.buckets[0].refusal, Some(Refusal::StoreFull));
+        let wait = refused.retry_after().expect("a wait");
+        assert!(wait <= Duration::from_secs(30 * 60), "{wait:?}");
+        assert!(
+            !charge(&victim).allowed,
+            "victim unlocked after {i} new keys"
+        );
+    }
+    let stats = store.stats();
+    assert_eq!(stats.evicted_limited, 0, "{stats:?}");
+    assert_eq!(stats.refused_full, 1000, "{stats:?}");
+    // Another bucket has a share of its own.
+    let other = Bucket::new("api", "203.0.113.7", Limit::sliding(Quota::per_minute(10)));
+    assert!(charge(&other).allowed);
+    // Half an hour after the junk keys were locked, they expire and new keys are served.
+    clock.advance(Duration::from_secs(30 * 60));
+    let late = Bucket::new("sign-in", "late@example.com", lockout);
+    assert!(charge(&late).allowed);
 }

@@ -341,10 +341,10 @@ impl<P: Store> Shared<P> {
         let scaled: Vec<Bucket> = batch
             .buckets
             .iter()
-            .map(|b| Bucket {
-                key: b.key.clone(),
-                limit: b.limit.divided_by(self.config.divisor),
-                cost: b.cost,
+            .map(|b| {
+                let mut scaled = b.clone();
+                scaled.limit = b.limit.divided_by(self.config.divisor);
+                scaled
             })
             .collect();
         self.memory.apply_now(batch.op, &scaled)

@@ -114,7 +114,7 @@ impl Store for Recording {
         self.keys
             .lock()
             .unwrap()
-            .extend(batch.buckets.iter().map(|b| b.key.clone()));
+            .extend(batch.buckets.iter().map(|b| b.key.to_string()));
         self.store.apply(batch)
     }
 }
