@@ -134,7 +134,7 @@ if op == '0' and #KEYS == 1 then
     if v then
       tat = tonumber(v)
     end
-    if tat then
+    if tat and tat >= 0 then
       local cap, cost, T = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
       local ahead = tat > now and tat - now or 0
       if cost > cap then
@@ -155,41 +155,154 @@ if op == '0' and #KEYS == 1 then
       return { now, 0, math.max(cap - math.ceil((new - now) / T), 0), new - now }
     end
   elseif alg == '4' then
-    -- One fixed window, charged.
+    -- One fixed window, charged: the count, negated, in a key that expires when its window
+    -- ends. Its expiry says which window the count is of.
     local key = KEYS[1]
-    local v = redis.pcall('GET', key)
     local p = tonumber(ARGV[5])
-    local w = math.floor(now / p)
-    local stop = (w + 1) * p
+    local stop = (math.floor(now / p) + 1) * p
     local close = stop / 1000
-    local used, ok = 0, true
-    if v then
-      ok = false
-      if not v.err then
-        local u, e = string.match(v, '^(%d+),(%d+)$')
-        if u then
-          ok = true
-          if tonumber(e) == close then
-            used = tonumber(u)
+    local pe = redis.call('PEXPIRETIME', key)
+    local cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+    if pe == -2 then
+      if cost > cap then
+        return { now, -1, cap, 0 }
+      end
+      redis.call('SET', key, -cost, 'PXAT', close)
+      return { now, 0, cap - cost, stop - now }
+    elseif pe == close then
+      local x = redis.pcall('DECRBY', key, cost)
+      if type(x) == 'number' then
+        if x <= 0 then
+          local used = -x
+          if used <= cap then
+            return { now, 0, cap - used, stop - now }
+          end
+          redis.call('INCRBY', key, cost)
+          used = math.min(used - cost, LIM)
+          return { now, cost > cap and -1 or stop - now, math.max(cap - used, 0), stop - now }
+        end
+        redis.call('INCRBY', key, cost) -- not a count: another algorithm's state
+      end
+    end
+  end
+end
+
+if op == '0' and #KEYS > 1 then
+  -- Several buckets charged (IP + user), all sliding windows: each key read once, and
+  -- written once if every bucket fits. Any other algorithm, or a key in another format,
+  -- takes the general path.
+  local n = #KEYS
+  local fast = true
+  for i = 1, n do
+    if ARGV[i * 6 - 4] ~= '1' then
+      fast = false
+      break
+    end
+  end
+  if fast then
+    local find, floor = string.find, math.floor
+    -- Per bucket, 7 slots: the newest segment that counts (index or false, count, last
+    -- admission), the stored older segments that count (as stored), what counts, the
+    -- wait, whether the key held anything.
+    local D = {}
+    local fits = true
+    for i = 1, n do
+      local o = i * 6 - 5
+      local tag = ARGV[o + 6]
+      local v = redis.pcall('GET', KEYS[i])
+      if v and (v.err or find(v, tag, 1, true) ~= 1) then
+        fast = false
+        break
+      end
+      local cap, cost, s, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+      local j0, c0, l0 = false, 0, 0
+      local used, cross = 0, 0
+      local tail = ''
+      local R = cap - cost
+      if v then
+        local _, e, a, b, c = find(v, '^(%d+),(%d+),(%d+)', #tag + 1)
+        if a then
+          local j = tonumber(a)
+          local cur = floor(now / s)
+          local H = j > cur and j or cur
+          local k = math.ceil(W / s)
+          local last = j * s + c
+          if j >= H - k and last + W > now then
+            j0, c0, l0 = j, tonumber(b), last
+            used = c0
+            if used > R then
+              cross = last
+            end
+            local e0 = e
+            while true do
+              local _, e2, d, b2, c2 = find(v, '^;(%d+),(%d+),(%d+)', e + 1)
+              if not d then
+                break
+              end
+              j = j - d
+              last = j * s + c2
+              if j < H - k or last + W <= now then
+                break
+              end
+              local x = used + b2
+              if x > R and used <= R then
+                cross = last
+              end
+              used = x
+              e = e2
+            end
+            if e > e0 then
+              tail = string.sub(v, e0 + 1, e)
+            end
           end
         end
       end
-    end
-    if ok then
-      local cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+      local wait = 0
       if cost > cap then
-        if v and used == 0 then
-          redis.call('DEL', key)
+        wait, fits = -1, false
+      elseif used > R then
+        wait, fits = math.min(cross + W - now, LIM), false
+      end
+      local x = i * 7 - 7
+      D[x + 1], D[x + 2], D[x + 3], D[x + 4], D[x + 5], D[x + 6], D[x + 7] = j0, c0, l0, tail, used, wait, v and true
+    end
+    if fast then
+      local out = { now }
+      for i = 1, n do
+        local o = i * 6 - 5
+        local x = i * 7 - 7
+        local j0, c0, l0, tail, used = D[x + 1], D[x + 2], D[x + 3], D[x + 4], D[x + 5]
+        local cap, cost, s, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+        if fits then
+          local H = floor(now / s)
+          if j0 and j0 > H then
+            H = j0
+          end
+          local start = H * s
+          local c, last, rest
+          if j0 == H then
+            c, last, rest = math.min(c0 + cost, LIM), l0 > now and l0 or now, tail
+          else
+            c, last = cost, now > start and now or start
+            if j0 then
+              local cs = c0 < 1e14 and c0 or string.format('%.0f', c0)
+              rest = ';' .. (H - j0) .. ',' .. cs .. ',' .. (l0 - j0 * s) .. tail
+            else
+              rest = ''
+            end
+          end
+          local cs = c < 1e14 and c or string.format('%.0f', c)
+          redis.call('SET', KEYS[i], ARGV[o + 6] .. H .. ',' .. cs .. ',' .. (last - start) .. rest,
+            'PXAT', math.ceil((last + W) / 1000))
+          out[i * 3 - 1], out[i * 3], out[i * 3 + 1] = 0, math.max(cap - math.min(used + cost, LIM), 0), last + W - now
+        else
+          out[i * 3 - 1], out[i * 3], out[i * 3 + 1] = D[x + 6], math.max(cap - used, 0), j0 and l0 + W - now or 0
+          if D[x + 7] and not j0 then
+            redis.call('DEL', KEYS[i]) -- nothing counts any more: the memory store drops it
+          end
         end
-        return { now, -1, math.max(cap - used, 0), used > 0 and stop - now or 0 }
       end
-      if used + cost > cap then
-        return { now, stop - now, math.max(cap - used, 0), stop - now }
-      end
-      used = math.min(used + cost, LIM)
-      local us = used < 1e14 and used or string.format('%.0f', used)
-      redis.call('SET', key, us .. ',' .. close, 'PXAT', close)
-      return { now, 0, math.max(cap - used, 0), stop - now }
+      return out
     end
   end
 end
@@ -368,13 +481,11 @@ for i = 1, n do
       local tat = 0
       if present and not other then
         tat = tonumber(v)
-        if not tat then
-          if b1 == 84 then
-            tat = tonumber(sub(v, 2)) -- the format before 0.2: T<tat>
-          end
-          if not tat then
-            tat, other = 0, true
-          end
+        if not tat and b1 == 84 then
+          tat = tonumber(sub(v, 2)) -- the format before 0.2: T<tat>
+        end
+        if not tat or tat < 0 then
+          tat, other = 0, true -- (a negative number is a fixed window's count)
         end
       end
       X[i] = tat
@@ -389,10 +500,12 @@ for i = 1, n do
       local close = (w + 1) * unit / 1000
       local used = 0
       if present and not other then
-        local u, e = match(v, '^(%d+),(%d+)$')
-        if u then
-          if tonumber(e) == close then
-            used = tonumber(u)
+        local x = tonumber(v)
+        if x and x <= 0 then
+          -- A count of this window if the key expires when this window ends; otherwise of
+          -- an earlier window (or of another period), which counts for nothing now.
+          if redis.call('PEXPIRETIME', key) == close then
+            used = -x
           end
         elseif b1 == 70 then
           -- The format before 0.2: F<period>:<window>:<used>
@@ -535,7 +648,7 @@ for i = 1, n do
     if used > 0 then
       reset = close * 1000 - now
       if change then
-        redis.call('SET', key, (used < 1e14 and used or fmt('%.0f', used)) .. ',' .. close, 'PXAT', close)
+        redis.call('SET', key, -used, 'PXAT', close)
       end
     elseif present then
       redis.call('DEL', key)
