@@ -74,7 +74,7 @@ pub mod store;
 pub use cache::DEFAULT_REFUSAL_CACHE;
 pub use env::{from_env, from_env_with, redis_url_from_env, EnvStore, URL_VARIABLES};
 pub use error::RedisConfigError;
-pub use fallback::{FallbackConfig, FallbackStore, Mode, DEFAULT_TIMEOUT};
+pub use fallback::{FallbackConfig, FallbackStore, Mode, DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT};
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_PREFIX,
     DEFAULT_RESPONSE_TIMEOUT,
