@@ -104,7 +104,11 @@ struct Row {
 /// `__rand_int__` in the keys (redis-benchmark replaces each with its own random number).
 fn tollgate_row(store: &RedisStore, name: &'static str, buckets: Vec<Bucket>) -> Row {
     let mut args = vec!["EVALSHA".to_owned(), RedisStore::script_sha().to_owned()];
-    args.extend(store.script_args(&Batch::charge(buckets)).expect("a valid batch"));
+    args.extend(
+        store
+            .script_args(&Batch::charge(buckets))
+            .expect("a valid batch"),
+    );
     Row { name, args }
 }
 
@@ -200,7 +204,11 @@ fn decisions_per_second(
 fn ip_and_user(k: u64) -> Batch {
     Batch::charge(vec![
         Bucket::new("bench:ip", &format!("{k:012}"), sliding()),
-        Bucket::new("bench:user", &format!("{:012}", k.wrapping_mul(7) % KEYSPACE), sliding()),
+        Bucket::new(
+            "bench:user",
+            &format!("{:012}", k.wrapping_mul(7) % KEYSPACE),
+            sliding(),
+        ),
     ])
 }
 
@@ -234,10 +242,7 @@ fn range(v: &[f64]) -> (f64, f64) {
 fn spread(v: &[f64], digits: usize) -> String {
     let (lo, hi) = range(v);
     if v.len() > 1 {
-        format!(
-            "{:.digits$} ({lo:.digits$}–{hi:.digits$})",
-            median(v)
-        )
+        format!("{:.digits$} ({lo:.digits$}–{hi:.digits$})", median(v))
     } else {
         format!("{:.digits$}", median(v))
     }
@@ -269,7 +274,11 @@ fn main() {
     } else {
         env("BENCH_CALLS", 200_000)
     };
-    let rounds = if quick { 1 } else { env("BENCH_ROUNDS", 3) as usize };
+    let rounds = if quick {
+        1
+    } else {
+        env("BENCH_ROUNDS", 3) as usize
+    };
     let secs = if quick {
         0.2
     } else {
@@ -304,7 +313,11 @@ fn main() {
     let token = token_bucket();
     let interval = token.emission_interval().to_string();
     let rows = vec![
-        tollgate_row(&store, "tollgate, 1 sliding-window bucket", vec![b("s1", sliding())]),
+        tollgate_row(
+            &store,
+            "tollgate, 1 sliding-window bucket",
+            vec![b("s1", sliding())],
+        ),
         tollgate_row(
             &store,
             "tollgate, 2 sliding-window buckets (IP + user)",
@@ -314,7 +327,15 @@ fn main() {
         tollgate_row(&store, "tollgate, 1 fixed window", vec![b("fw", fixed())]),
         Row {
             name: "reference GCRA (TIME, GET, SET PX), 1 key",
-            args: strings(&["EVALSHA", &gcra, "1", &key("gcra"), &interval, "1000000", "1"]),
+            args: strings(&[
+                "EVALSHA",
+                &gcra,
+                "1",
+                &key("gcra"),
+                &interval,
+                "1000000",
+                "1",
+            ]),
         },
         Row {
             name: "reference fixed window (INCRBY, PEXPIRE), 1 key",

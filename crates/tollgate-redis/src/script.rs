@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(d.buckets[0].retry_after, Some(Duration::from_micros(30)));
         assert_eq!(d.buckets[0].refusal, Some(Refusal::OverLimit));
         let bad = Value::Array([7, -2, 0, 0].into_iter().map(Value::Int).collect());
-        assert!(matches!(decision(&bad, &[arg]), Err(StoreError::Protocol(_))));
+        assert!(matches!(
+            decision(&bad, &[arg]),
+            Err(StoreError::Protocol(_))
+        ));
         let short = Value::Array(vec![Value::Int(7)]);
         assert!(matches!(
             decision(&short, &[arg]),

@@ -348,7 +348,10 @@ async fn back_on_redis_within_half_a_second_after_a_restart_and_after_sigcont() 
         // Requests keep coming: the failures open the circuit.
         let started = Instant::now();
         while store.mode() == Mode::Primary {
-            assert!(started.elapsed() < Duration::from_secs(2), "{fault}: never tripped");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{fault}: never tripped"
+            );
             assert!(store.apply(&batch).await.unwrap().allowed);
         }
         // Long enough for the probe's backoff to reach its maximum.
