@@ -205,12 +205,17 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
             }
             if rng.below(8) == 0 {
                 let key = redis.redis_key(&batch.buckets[0]);
-                let value: Option<String> = redis::cmd("GET")
+                let value: Option<Vec<u8>> = redis::cmd("GET")
                     .arg(&key)
                     .query_async(&mut conn)
                     .await
                     .unwrap_or(None);
-                several_segments += usize::from(value.is_some_and(|v| v.contains(';')));
+                // A sliding window's value: "<k>:<s>|" and 19 bytes per segment.
+                several_segments += usize::from(value.is_some_and(|v| {
+                    v.iter()
+                        .position(|&b| b == b'|')
+                        .is_some_and(|tag| v.len() - tag - 1 >= 2 * 19)
+                }));
             }
             // Around a segment's length (1 to 12 ms): std's sleep, finer than tokio's timer.
             if rng.below(3) != 0 {

@@ -31,6 +31,19 @@ async fn set(conn: &mut redis::aio::MultiplexedConnection, key: &str, value: &st
         .unwrap();
 }
 
+async fn get_bytes(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+/// A sliding-window segment as stored: index (6 bytes), count (7), offset of its last
+/// admission from its start (6), big-endian.
+fn segment(index: u64, count: u64, offset: u64) -> Vec<u8> {
+    [(index, 6), (count, 7), (offset, 6)]
+        .into_iter()
+        .flat_map(|(n, width)| n.to_be_bytes()[8 - width..].to_vec())
+        .collect()
+}
+
 fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder()
         .url(server.url())
@@ -68,10 +81,10 @@ async fn an_earlier_sliding_window_keeps_its_counts() {
     // Stored now in the current format: the head segment (its last admission now), then the
     // one before, whose counts are taken as admitted at its very end.
     let now = d.now.as_micros();
-    assert_eq!(
-        get(&mut conn, &key).await.unwrap(),
-        format!("10:{s}|{head},5,{};1,4,{}", now - head * s, s - 1)
-    );
+    let mut expected = format!("10:{s}|").into_bytes();
+    expected.extend(segment(head, 5, now - head * s));
+    expected.extend(segment(head - 1, 4, s - 1));
+    assert_eq!(get_bytes(&mut conn, &key).await.unwrap(), expected);
 
     let d = store
         .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
