@@ -288,7 +288,7 @@ fn main() {
     let calls = if quick {
         2_000
     } else {
-        env("BENCH_CALLS", 200_000)
+        env("BENCH_CALLS", 150_000)
     };
     let rounds = if quick {
         1
