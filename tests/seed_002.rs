@@ -127,7 +127,8 @@ async fn no_api_key_is_401_and_unguarded_routes_are_not_limited() {
         }
         let r = request.send().await.unwrap();
         assert_eq!(r.status(), 401);
-        assert_eq!(header(&r, "x-ratelimit-limit"), "");
+        // The failed-authentication budget per IP (see tests/key_guessing.rs).
+        assert_eq!(header(&r, "x-ratelimit-limit"), "20");
     }
     for _ in 0..100 {
         let r = app.get("/health").send().await.unwrap();

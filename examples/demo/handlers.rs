@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -84,15 +84,26 @@ struct Credentials {
     password: String,
 }
 
-/// `POST /api/auth/sign-in`: the shared AUTH bucket per IP, then the lockout per e-mail
-/// (5 failures in 30 minutes lock it; a successful sign-in clears the count).
+/// The body of `request`, read only now, after the caller charged its buckets: a body too
+/// large for axum's limit (2 MB by default) is a `413`, but it has spent the charge, so a
+/// client cannot skip a sign-in limit by sending bodies nobody reads.
+async fn body_after_charge(request: Request, state: &AppState) -> Result<Bytes, Response> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// `POST /api/auth/sign-in`: the shared AUTH bucket per IP (charged before the body is
+/// read), then the lockout per e-mail (5 failures in 30 minutes lock it; a successful
+/// sign-in clears the count).
 pub async fn staff_sign_in(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
     uri: Uri,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, Response> {
     charge(&state, AUTH, &ip, &uri).await?;
+    let body = body_after_charge(request, &state).await?;
     let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
     let email = credentials.email.trim().to_ascii_lowercase();
     let failures = &state.limiter;
@@ -122,14 +133,16 @@ pub async fn staff_sign_in(
         .into_response())
 }
 
-/// `POST /api/portal/auth/sign-in`: the shared AUTH bucket per IP.
+/// `POST /api/portal/auth/sign-in`: the shared AUTH bucket per IP (charged before the body
+/// is read).
 pub async fn portal_sign_in(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
     uri: Uri,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, Response> {
     charge(&state, AUTH, &ip, &uri).await?;
+    let body = body_after_charge(request, &state).await?;
     let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
     if credentials.password != DEMO_PASSWORD {
         return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));

@@ -56,14 +56,6 @@ pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
     ]
 }
 
-/// Who the handler bucket `name` is keyed by (`None`: not a handler bucket).
-pub fn handler_bucket_key(name: &str) -> Option<Per> {
-    handler_buckets()
-        .into_iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, per)| per)
-}
-
 /// The central table: the per-route buckets (per IP, and per signed-in user where a user is
 /// signed in, see [`user_bucket_applies`]) and the routes the middleware leaves alone. The
 /// most specific pattern wins.

@@ -17,7 +17,8 @@
 //! Environment: `PORT` (default 3000), `HOST` (default 127.0.0.1), `TRUSTED_PROXIES`
 //! (comma-separated CIDRs whose `X-Forwarded-For` is believed), `REDIS_URL` / `KV_URL`
 //! (Redis, falling back to memory while it is down), `RATE_LIMIT_ENABLED=false` (limits
-//! off), `RUST_LOG`.
+//! off), `ADMIN_TOKEN` (mounts the operators' router under `/admin/rate-limits`, see
+//! `admin.rs`), `RUST_LOG`.
 //!
 //! ```text
 //! curl -i localhost:3000/api/projects                              # 500/min per IP
@@ -27,6 +28,7 @@
 //!      -H 'content-type: application/json' -d '{"email":"a@example.com","password":"nope"}'
 //! ```
 
+mod admin;
 mod docs;
 mod handlers;
 mod limits;
@@ -208,6 +210,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_router()
         .with_state(state)
         .layer(limiter.layer());
+    let app = admin::mount(app, &limiter);
     tollgate_suite::serve(app, 3000).await?;
     Ok(())
 }

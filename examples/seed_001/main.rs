@@ -15,8 +15,11 @@
 //! refused client can retry as soon as `Retry-After` says, not at the top of the minute).
 //!
 //! Authentication is a stand-in for the page's bearer tokens: [`TOKENS`] maps each token to
-//! its organization and plan; any other token (or none) is answered `401` before the rate
-//! limiter runs.
+//! its organization and plan; any other token (or none) is answered `401` before the
+//! organization's budget is looked at. Those `401`s are limited per client IP
+//! ([`FAILED_AUTH_PER_IP`], by [`Limiter::guard`] outside the authentication layer, with
+//! [`Policy::failed_auth_per_ip`]), so guessing tokens is throttled, and they carry the
+//! rate-limit headers of that budget.
 //!
 //! ```text
 //! cargo run --example seed_001
@@ -107,6 +110,9 @@ const COSTS: [(&str, u64); 9] = [
     ("/v1/*", 1),
 ];
 
+/// Requests without a known token, per client IP: the guessing budget.
+const FAILED_AUTH_PER_IP: &str = "20/min";
+
 fn limiter() -> Result<Limiter, tollgate::BuildError> {
     let org = Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.id.to_string()));
     let points = Policy::named("points").limit_with(org, |_org, parts| {
@@ -194,9 +200,11 @@ fn app(limiter: &Limiter) -> Router {
         )
         .route("/v1/reports/summary", get(summary))
         .route("/v1/export", get(export))
-        // The layer added last runs first: authenticate, then limit.
+        // The layer added last runs first: the failed-authentication guard, then
+        // authenticate, then limit per organization.
         .layer(limiter.layer())
         .layer(middleware::from_fn(authenticate))
+        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)))
 }
 
 #[tokio::main]

@@ -15,7 +15,10 @@
 //! endpoint like the rest of its table).
 //!
 //! Authentication is a stand-in for the page's API key guard: [`API_KEYS`] lists the valid
-//! keys; `/v1` requests with another key (or none) get `401` before the rate limiter runs.
+//! keys; `/v1` requests with another key (or none) get `401` before the per-key limits are
+//! looked at. Those `401`s are limited per client IP ([`FAILED_AUTH_PER_IP`], by
+//! [`Limiter::guard`] outside the key guard, with [`Policy::failed_auth_per_ip`]), so
+//! guessing keys is throttled, and they carry the rate-limit headers of that budget.
 //! `GET /health` is outside the guard and not limited.
 //!
 //! ```text
@@ -30,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tollgate::{Key, Limiter, LimiterBuilder, Policy, Rate};
+use tollgate::{Key, Limiter, Policy, Rate};
 
 /// The table, as a file next to this example.
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/seed_002/limits.yaml");
@@ -40,6 +43,9 @@ const API_KEY: &str = "x-api-key";
 
 /// Stand-in for the API key store: the keys the guard accepts.
 const API_KEYS: [&str; 2] = ["key_alpha", "key_beta"];
+
+/// Requests without a known API key, per client IP: the guessing budget.
+const FAILED_AUTH_PER_IP: &str = "20/min";
 
 fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     // The API key and the route it was sent to; `None` without a key (the guard answers 401).
@@ -53,9 +59,9 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     })
     .hashed();
     let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
-    Ok(LimiterBuilder::from_config(CONFIG)?
-        .route("/v1/*", default)
-        .build()?)
+    Ok(Limiter::from_config_with(CONFIG, |builder| {
+        builder.route("/v1/*", default)
+    })?)
 }
 
 /// The API key guard: `/v1` requests need a known `x-api-key`.
@@ -136,9 +142,11 @@ fn app(limiter: &Limiter) -> Router {
         .route("/v1/users", get(users))
         .route("/v1/users/{id}", get(user))
         .route("/v1/teams/me", get(team))
-        // The layer added last runs first: the key guard, then the limiter.
+        // The layer added last runs first: the failed-authentication limit, the key
+        // guard, then the per-key limits.
         .layer(limiter.layer())
         .layer(middleware::from_fn(api_key_guard))
+        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)))
         // Added after the layers: neither guarded nor limited.
         .route("/health", get(health))
 }

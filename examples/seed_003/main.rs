@@ -17,7 +17,10 @@
 //!
 //! Authentication is a stand-in: [`CREDENTIALS`] maps API keys (`Authorization: Bearer
 //! <key>`) and session ids (cookie `session=<id>`) to tenants; other requests to `/api`
-//! get `401` before the rate limiter runs.
+//! get `401` before the tenant's budget is looked at. Those `401`s are limited per client
+//! IP ([`FAILED_AUTH_PER_IP`], by [`Limiter::guard`] outside the authentication layer,
+//! with [`Policy::failed_auth_per_ip`]), so guessing credentials is throttled, and, like
+//! every response, they carry the rate-limit headers (of that budget).
 //!
 //! ```text
 //! cargo run --example seed_003
@@ -45,6 +48,9 @@ const CREDENTIALS: [(&str, Tenant); 4] = [
     ("sess_acme_alice", Tenant("acme")),
     ("osk_initech_1", Tenant("initech")),
 ];
+
+/// Requests without known credentials, per client IP: the guessing budget.
+const FAILED_AUTH_PER_IP: &str = "20/min";
 
 /// The service catalog's current ETag.
 const CATALOG_ETAG: &str = "\"etag-abc123\"";
@@ -143,9 +149,11 @@ fn app(limiter: &Limiter) -> Router {
         .route("/api/tickets/batch", post(tickets_batch))
         .route("/api/tickets/{id}", get(ticket))
         .route("/api/service-catalog", get(service_catalog))
-        // The layer added last runs first: authenticate, then limit.
+        // The layer added last runs first: the failed-authentication guard, then
+        // authenticate, then limit per tenant.
         .layer(limiter.layer())
         .layer(middleware::from_fn(authenticate))
+        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)))
 }
 
 #[tokio::main]

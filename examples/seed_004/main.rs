@@ -31,10 +31,17 @@
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
 //!   their own limit, effective on their first request.
 //!
+//! - The reference docs page: `GET /docs` lists every endpoint's limits and `GET
+//!   /openapi.json` has them as `x-ratelimit`, generated from the limiter (`docs.rs`).
+//!
 //! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
 //! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
 //! `GET /v1/status` is public; `/admin` needs `Authorization: Bearer
-//! $ENDPOINTWISE_ADMIN_TOKEN` (default `admin-demo-token`).
+//! $ENDPOINTWISE_ADMIN_TOKEN` (default `admin-demo-token`). The `401`s (unknown keys, a
+//! wrong admin token) are limited per client IP ([`FAILED_AUTH_PER_IP`], by
+//! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`]), so
+//! guessing keys is throttled, and, like every response, they carry the rate-limit headers
+//! (of that budget).
 //!
 //! ```text
 //! cargo run --example seed_004
@@ -42,6 +49,8 @@
 //! curl -i -H 'Authorization: Bearer admin-demo-token' -H 'content-type: application/json' \
 //!   -d '{"name": "Limited Partner", "scope": "read", "rate_limit": "20/min"}' http://127.0.0.1:3004/admin/keys
 //! ```
+
+mod docs;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -67,6 +76,9 @@ const CONFIG: &str = concat!(
 
 /// The header partners send their key in.
 const API_KEY: &str = "x-api-key";
+
+/// Requests with an unknown key (or admin token), per client IP: the guessing budget.
+const FAILED_AUTH_PER_IP: &str = "20/min";
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -129,7 +141,9 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
         .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), Rate::fixed(daily)))
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
         .error_body(ErrorBody::seed_004())
-        .build()?;
+        .build()
+        // A mistake in the file is reported at its line.
+        .map_err(|e| config.build_error(CONFIG, e))?;
     Ok(limiter)
 }
 
@@ -224,19 +238,28 @@ async fn status() -> Json<Value> {
 }
 
 fn app(gateway: Gateway) -> Router {
+    // Public and unlimited: added after the layers, which cover only the routes before them.
+    let docs = docs::routes(&gateway.limiter);
     Router::new()
         .route("/v1/invoices", get(invoices).post(create_invoice))
         .route("/v1/reports", get(reports))
         .route("/v1/customers", get(customers))
         .route("/v1/status", get(status))
         .route("/admin/keys", post(create_key))
-        // The layer added last runs first: authenticate, then limit.
+        // The layer added last runs first: the failed-authentication guard, then
+        // authenticate, then limit.
         .layer(gateway.limiter.layer())
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
             authenticate,
         ))
+        .layer(
+            gateway
+                .limiter
+                .guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)),
+        )
         .with_state(gateway)
+        .merge(docs)
 }
 
 #[tokio::main]

@@ -50,6 +50,7 @@ impl Example {
             .env_remove("KV_URL")
             .env_remove("RATE_LIMIT_ENABLED")
             .env_remove("TRUSTED_PROXIES")
+            .env_remove("ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -133,4 +134,88 @@ pub fn header(response: &reqwest::Response, name: &str) -> String {
 /// `n` times `status`.
 pub fn times(status: u16, n: usize) -> Vec<u16> {
     vec![status; n]
+}
+
+/// One keep-alive HTTP/1.1 connection that sends request targets exactly as given (no
+/// normalisation of `..` or `%2E`, unlike `reqwest`), and reads each response in turn.
+/// Blocking: the example runs in its own process.
+pub struct RawConnection {
+    reader: BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+/// A response read by [`RawConnection`].
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl RawResponse {
+    /// A header's value ("" if absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+impl RawConnection {
+    /// Connects to `base` (`http://HOST:PORT`).
+    pub fn connect(base: &str) -> RawConnection {
+        let addr = base.strip_prefix("http://").expect("http:// base");
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawConnection {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Sends `method target` with `headers` (and no body), and reads the response.
+    pub fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)]) -> RawResponse {
+        use std::io::{Read, Write};
+        let mut request = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("content-length: 0\r\n\r\n");
+        self.writer.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        RawResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
 }

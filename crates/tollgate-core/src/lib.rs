@@ -42,5 +42,5 @@ pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_ENTRI
 pub use quota::{Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
 pub use store::{
     validate_buckets, Batch, BoxFuture, Bucket, FailureMode, Op, Store, StoreError, StoreKey,
-    WhenFull, INLINE_KEY,
+    StoreMode, WhenFull, INLINE_KEY,
 };

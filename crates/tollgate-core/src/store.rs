@@ -439,6 +439,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         let _ = (op, buckets, states);
         None
     }
+
+    // --- store mode (for operators: where decisions are made now) -----------------------
+
+    /// Where this store decides now: [`StoreMode::Memory`] unless the store says otherwise.
+    /// Stores that share state between processes override it (the Redis store answers
+    /// [`StoreMode::Shared`]; the fallback store [`StoreMode::Fallback`] while its primary
+    /// is failing), and wrappers forward it.
+    fn mode(&self) -> StoreMode {
+        StoreMode::Memory
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -454,6 +464,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     ) -> Option<Result<Timestamp, StoreError>> {
         (**self).apply_sync(op, buckets, states)
     }
+
+    fn mode(&self) -> StoreMode {
+        (**self).mode()
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -468,5 +482,42 @@ impl<S: Store + ?Sized> Store for Box<S> {
         states: &mut [BucketState],
     ) -> Option<Result<Timestamp, StoreError>> {
         (**self).apply_sync(op, buckets, states)
+    }
+
+    fn mode(&self) -> StoreMode {
+        (**self).mode()
+    }
+}
+
+// --- store mode -------------------------------------------------------------------------
+
+/// Where a [`Store`] makes its decisions now ([`Store::mode`]), for operators and health
+/// pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreMode {
+    /// In this process's memory: each process counts alone.
+    Memory,
+    /// In a store shared by every process (Redis).
+    Shared,
+    /// In memory, because the shared store is failing; each process counts alone until it
+    /// is back.
+    Fallback,
+}
+
+impl StoreMode {
+    /// `memory`, `shared` or `fallback`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreMode::Memory => "memory",
+            StoreMode::Shared => "shared",
+            StoreMode::Fallback => "fallback",
+        }
+    }
+}
+
+impl fmt::Display for StoreMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

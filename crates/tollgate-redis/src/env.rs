@@ -62,6 +62,13 @@ impl Store for EnvStore {
             EnvStore::Redis(store) => store.apply(batch),
         }
     }
+
+    fn mode(&self) -> tollgate_core::StoreMode {
+        match self {
+            EnvStore::Memory(store) => store.mode(),
+            EnvStore::Redis(store) => Store::mode(store),
+        }
+    }
 }
 
 /// The store of the environment: `REDIS_URL` (or `KV_URL`) set → a [`FallbackStore`] over a

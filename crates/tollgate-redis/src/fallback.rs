@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_core::{
     Batch, BoxFuture, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Quota, Store,
-    StoreError,
+    StoreError, StoreMode,
 };
 
 /// The default [`FallbackConfig::timeout`].
@@ -406,6 +406,15 @@ async fn probe<P: Store>(shared: Weak<Shared<P>>, first: Duration, max: Duration
 }
 
 impl<P: Store> Store for FallbackStore<P> {
+    /// The primary's mode while on it, [`StoreMode::Fallback`] while deciding from memory.
+    fn mode(&self) -> StoreMode {
+        if self.shared.on_primary.load(Ordering::Acquire) {
+            self.shared.primary.mode()
+        } else {
+            StoreMode::Fallback
+        }
+    }
+
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(async move {
             batch.validate()?;

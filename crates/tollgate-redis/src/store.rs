@@ -642,4 +642,9 @@ impl Store for RedisStore {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(self.decide(batch))
     }
+
+    /// Redis is shared by every process that uses it.
+    fn mode(&self) -> tollgate_core::StoreMode {
+        tollgate_core::StoreMode::Shared
+    }
 }

@@ -67,11 +67,37 @@
 //! For ordinary paths the two readings agree. When they pick different rules
 //! (the path was spelled unusually), the table prefers a rule that is not
 //! *lenient* (see [`RouteTableBuilder::lenient`]; the layer marks exempt classes
-//! lenient), then no rule; between two rules that are not lenient the
-//! canonical reading wins, between two lenient ones axum's. So an unusual spelling
-//! can move a request into a stricter class, never into an exempt one: whatever
-//! axum's router, or a path normaliser placed after this classifier, would
-//! route the path to, the request is limited at least as strictly.
+//! lenient), then no rule; between two lenient rules axum's reading wins. Between
+//! two rules that are not lenient, [`RouteTable::classify_all`] answers **both**
+//! (the layer charges both classes, so the request spends both budgets) and
+//! [`RouteTable::classify`], which gives one answer, the canonical one. So an
+//! unusual spelling can move a request into a stricter class, never into an exempt
+//! one, and never out of the class of the route that serves it: whatever axum's
+//! router, or a path normaliser placed after this classifier, would route the path
+//! to, a request charged every class of [`RouteTable::classify_all`] is limited at
+//! least as strictly.
+//!
+//! ```
+//! use tollgate::classify::RouteTable;
+//! use http::Method;
+//!
+//! # fn main() -> Result<(), tollgate::classify::PatternError> {
+//! let table = RouteTable::builder()
+//!     .route("/*".parse()?, "default")
+//!     .route("GET /files/temp/*".parse()?, "downloads")
+//!     .route("/knowledge/*".parse()?, "knowledge")
+//!     .build()?;
+//! // axum serves this from `/files/temp/{*file}`; normalised, it is `/knowledge/f`.
+//! let path = "/files/temp/../../knowledge/f";
+//! let all: Vec<_> = table.classify_all(&Method::GET, path).into_iter().collect();
+//! assert_eq!(all, [&"knowledge", &"downloads"]);
+//! assert_eq!(table.classify(&Method::GET, path), Some(&"knowledge"));
+//! // Ordinary paths have one class.
+//! let one: Vec<_> = table.classify_all(&Method::GET, "/files/temp/f").into_iter().collect();
+//! assert_eq!(one, [&"downloads"]);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Paths longer than [`MAX_PATH_LEN`] bytes or with more than [`MAX_SEGMENTS`]
 //! segments are cut at a `/` within both limits and matched only against
@@ -625,6 +651,52 @@ fn list(patterns: &[RoutePattern]) -> String {
         .join(", ")
 }
 
+/// The classes of one request, from [`RouteTable::classify_all`]: none, one, or two
+/// (the path's two readings landed on two different rules that are not lenient).
+#[derive(Debug)]
+pub struct Classes<'a, T> {
+    items: [Option<&'a T>; 2],
+}
+
+impl<T> Clone for Classes<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Classes<'_, T> {}
+
+impl<'a, T> Classes<'a, T> {
+    /// The class [`RouteTable::classify`] answers.
+    pub fn first(&self) -> Option<&'a T> {
+        self.items[0]
+    }
+
+    /// How many classes (0, 1 or 2).
+    pub fn len(&self) -> usize {
+        self.items.iter().flatten().count()
+    }
+
+    /// Whether no rule matched.
+    pub fn is_empty(&self) -> bool {
+        self.items[0].is_none()
+    }
+
+    /// The classes, [`Classes::first`] first.
+    pub fn iter(&self) -> std::iter::Flatten<std::array::IntoIter<Option<&'a T>, 2>> {
+        self.items.into_iter().flatten()
+    }
+}
+
+impl<'a, T> IntoIterator for Classes<'a, T> {
+    type Item = &'a T;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<&'a T>, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// A rule and its value.
 #[derive(Clone, Debug)]
 struct Rule<T> {
@@ -661,8 +733,22 @@ impl<T> RouteTable<T> {
     /// `path` is the raw request URI path (percent-encoded, as received);
     /// see the [module docs](self) for how it is read.
     pub fn classify(&self, method: &http::Method, path: &str) -> Option<&T> {
-        self.classify_index(method, path)
-            .map(|i| &self.rules[i].value)
+        self.classify_indexes(method, path)[0].map(|i| &self.rules[i].value)
+    }
+
+    /// Every class a request must be charged so that it is limited at least as
+    /// strictly as the route that serves it: the value of [`RouteTable::classify`]
+    /// first, then, when the path's two readings (see the [module docs](self)) land
+    /// on two different rules that are not lenient, the other one. Empty if no rule
+    /// matches.
+    pub fn classify_all(&self, method: &http::Method, path: &str) -> Classes<'_, T> {
+        let [first, second] = self.classify_indexes(method, path);
+        Classes {
+            items: [
+                first.map(|i| &self.rules[i].value),
+                second.map(|i| &self.rules[i].value),
+            ],
+        }
     }
 
     /// The rules with their values, in the order they were added.
@@ -684,12 +770,13 @@ impl<T> RouteTable<T> {
         self.lenient.is_some_and(|f| f(&self.rules[index].value))
     }
 
-    fn classify_index(&self, method: &Method, path: &str) -> Option<usize> {
+    /// The rule `classify` answers, then the other rule to charge, if any.
+    fn classify_indexes(&self, method: &Method, path: &str) -> [Option<usize>; 2] {
         if let Some(prefix) = over_limit_prefix(path) {
             // The rest of the path is unknown, so only wildcards can match.
             let raw = raw_segments(prefix);
             let canonical = canonical_segments(&raw);
-            return self.best(method, &canonical, true);
+            return [self.best(method, &canonical, true), None];
         }
         let raw = raw_segments(path);
         let canonical = canonical_segments(&raw);
@@ -697,22 +784,26 @@ impl<T> RouteTable<T> {
         let same_reading = raw.len() == canonical.len()
             && raw.iter().zip(&canonical).all(|(a, b)| *a == b.as_ref());
         if same_reading {
-            return by_raw;
+            return [by_raw, None];
         }
         let by_canonical = self.best(method, &canonical, false);
         // Strictness: a non-lenient rule, then no rule, then a lenient rule.
-        // Between two non-lenient rules the canonical reading wins (a path
-        // normaliser may send the request there); between two lenient ones,
-        // axum's reading (where the request really goes).
+        // Between two non-lenient rules both are charged (axum serves the request
+        // from one, a path normaliser may send it to the other); the canonical one
+        // is the single answer. Between two lenient ones, axum's reading (where the
+        // request really goes).
         let strictness = |choice: Option<usize>| match choice {
             Some(i) if !self.is_lenient(i) => 2,
             None => 1,
             Some(_) => 0,
         };
         match strictness(by_raw).cmp(&strictness(by_canonical)) {
-            Ordering::Greater => by_raw,
-            Ordering::Equal if strictness(by_raw) == 0 => by_raw,
-            _ => by_canonical,
+            Ordering::Greater => [by_raw, None],
+            Ordering::Equal if strictness(by_raw) == 0 => [by_raw, None],
+            Ordering::Equal if strictness(by_raw) == 2 && by_raw != by_canonical => {
+                [by_canonical, by_raw]
+            }
+            _ => [by_canonical, None],
         }
     }
 
@@ -1044,6 +1135,79 @@ mod tests {
         // Non-UTF-8 bytes stay escaped and match only parameters/wildcards.
         assert_eq!(c("/api/stripe/%FF%FE"), "stripe-object");
         assert_eq!(c("/api/stripe/%ff%fe/x"), "api");
+    }
+
+    fn all(t: &RouteTable<&'static str>, method: Method, path: &str) -> Vec<&'static str> {
+        let classes = t.classify_all(&method, path);
+        assert_eq!(classes.first(), t.classify(&method, path), "{path}");
+        assert_eq!(classes.len(), classes.iter().count(), "{path}");
+        assert_eq!(
+            classes.is_empty(),
+            classes.iter().next().is_none(),
+            "{path}"
+        );
+        classes.into_iter().copied().collect()
+    }
+
+    #[test]
+    fn dot_segments_out_of_a_wildcard_charge_both_classes() {
+        let t = table(&[
+            ("/*", "default"),
+            ("/api/*", "api"),
+            ("GET /api/documents/temp/*", "downloads"),
+            ("/api/knowledge/*", "knowledge"),
+            ("/api/twilio/*", "twilio"),
+            ("/api/twilio/sms/*", "exempt-sms"),
+        ]);
+        let get = |path: &str| all(&t, Method::GET, path);
+        // axum serves these from `/api/documents/temp/{*file}`; normalised they are
+        // elsewhere: both classes, the canonical one first.
+        for path in [
+            "/api/documents/temp/../../knowledge/f",
+            "/api/documents/temp/%2E%2E/%2e%2e/knowledge/f",
+            "/api/documents/temp/.%2E/..//knowledge/f",
+        ] {
+            assert_eq!(get(path), ["knowledge", "downloads"], "{path}");
+        }
+        assert_eq!(
+            get("/api/documents/temp/../../twilio/f"),
+            ["twilio", "downloads"]
+        );
+        assert_eq!(
+            get("/api/documents/temp/../../projects"),
+            ["api", "downloads"]
+        );
+        assert_eq!(
+            get("/api/documents/temp/../../../x"),
+            ["default", "downloads"]
+        );
+        // The other way round: axum serves from the looser class, normalised it is
+        // the download route.
+        assert_eq!(
+            get("/api/knowledge/../documents/temp/f"),
+            ["downloads", "knowledge"]
+        );
+        // One rule by both readings: one class.
+        assert_eq!(get("/api/documents/temp/a/../b"), ["downloads"]);
+        assert_eq!(get("/api/documents/temp/f/"), ["downloads"]);
+        assert_eq!(get("/api/documents/temp/%66"), ["downloads"]);
+        assert_eq!(get("/api/documents/temp/f"), ["downloads"]);
+        // Another method: no download rule either way.
+        assert_eq!(
+            all(&t, Method::POST, "/api/documents/temp/../../knowledge/f"),
+            ["knowledge", "api"]
+        );
+        // An exempt reading is dropped for the other, whichever it is; never both.
+        assert_eq!(get("/api/twilio/sms/../../knowledge/f"), ["knowledge"]);
+        assert_eq!(get("/api/documents/temp/../../twilio/sms/x"), ["downloads"]);
+        assert_eq!(get("/api/twilio/sms/x"), ["exempt-sms"]);
+        // Over-long paths: one conservative class.
+        let long = format!("/api/documents/temp/../..{}", "/a".repeat(MAX_SEGMENTS));
+        assert_eq!(get(&long), ["api"]);
+        // No rule at all.
+        let t = table(&[("/api/x", "x")]);
+        assert!(all(&t, Method::GET, "/other").is_empty());
+        assert_eq!(all(&t, Method::GET, "/api/y/../x"), ["x"]);
     }
 
     #[test]

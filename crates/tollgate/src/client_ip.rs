@@ -366,16 +366,33 @@ impl ClientIp {
     /// the network of the configured prefix, `"2001:db8:1:2::/64"` (the bare
     /// address when the prefix is 128).
     pub fn key(&self, ip: IpAddr) -> String {
+        let mut out = tollgate_core::StoreKey::new();
+        self.push_key(ip, &mut out);
+        out.into()
+    }
+
+    /// [`ClientIp::key`], appended to `out`: an IPv4 address without allocating or
+    /// formatting machinery.
+    pub(crate) fn push_key(&self, ip: IpAddr, out: &mut tollgate_core::StoreKey) {
+        use std::fmt::Write as _;
         match ip.to_canonical() {
-            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(".");
+                    }
+                    out.push_str(digits.format(octet));
+                }
+            }
             v6 @ IpAddr::V6(_) => {
                 let prefix = self.ipv6_prefix.min(128);
                 let network = mask(v6, prefix);
-                if prefix == 128 {
-                    network.to_string()
+                let _ = if prefix == 128 {
+                    write!(out, "{network}")
                 } else {
-                    format!("{network}/{prefix}")
-                }
+                    write!(out, "{network}/{prefix}")
+                };
             }
         }
     }

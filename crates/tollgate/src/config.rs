@@ -38,11 +38,32 @@
 //! seed-004 trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
 //! `20/s` is 20) and `daily:` (a fixed UTC-day cap).
 //!
-//! Errors name the file, the line and the field, and say what was expected.
+//! Errors name the file, the line, the column and the field, and say what was expected
+//! (`rate-limits.yaml:4:7: routes[0].rate_limit.sustained: ...`):
+//!
+//! - syntax, types, unknown fields and quotas that do not parse: [`ConfigError::Parse`];
+//! - values out of range: [`ConfigError::Value`]: `store.max_entries` below
+//!   [`MIN_MAX_ENTRIES`], `store.timeout_ms: 0`, `store.fallback_divisor: 0`, a status
+//!   outside 100-599 in `refund_statuses` or `count_only_statuses`;
+//! - incomplete rules (`burst` without `sustained`): [`ConfigError::Rule`];
+//! - what the builder finds wrong (two routes that tie, a trusted proxy with host bits, a
+//!   `cost: 0`, `per: user` without an identity function, a bad bucket name):
+//!   [`ConfigError::Invalid`], pointed at the rule of the file that caused it. Build with
+//!   [`Limiter::from_config`](crate::Limiter::from_config), or
+//!   [`Limiter::from_config_with`](crate::Limiter::from_config_with) to add an identity
+//!   function or rules in code; a limiter built from [`LimiterBuilder::from_config`]'s
+//!   builder by hand gets the builder's [`BuildError`] without the file's lines
+//!   ([`Config::build_error`] adds them).
+//!
+//! An empty file (or one with only comments) is valid: every setting takes its default,
+//! and the limiter it builds limits nothing unless code adds rules. Loading it logs a
+//! warning (`tracing`, target `tollgate`), as does a file that declares no routes, global
+//! limits or buckets.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tollgate_core::{FailureMode, Limit, Quota};
@@ -87,12 +108,19 @@ pub enum ConfigError {
         /// What was wrong and what was expected.
         message: String,
     },
-    /// The values parse but do not make a limiter (ties between routes, bad CIDRs...).
-    #[error("{file}: {field}: {source}")]
+    /// The values parse but do not make a limiter (ties between routes, a CIDR with host
+    /// bits, a cost of 0, `per: user` without an identity function, a bad bucket name...):
+    /// the builder's error, pointed at the rule of the file that caused it.
+    #[error("{file}{location}: {field}: {source}", location = Location(*line, *column))]
     Invalid {
         /// The file.
         file: String,
-        /// Which part of the file (`routes[2] (/api/*)`, `client_ip`, `store`).
+        /// The line of the field, from 1, where known.
+        line: Option<usize>,
+        /// The column of the field, from 1, where known.
+        column: Option<usize>,
+        /// Which field (`routes[2].cost (/api/*)`, `client_ip.trusted_proxies[0]`), or
+        /// `limiter` for an error no rule of the file explains (a rule added in code).
         field: String,
         /// The builder's error.
         #[source]
@@ -100,14 +128,34 @@ pub enum ConfigError {
     },
     /// A rule of the file is incomplete or contradicts itself (e.g. `burst` without
     /// `sustained`, an exempt route with limits).
-    #[error("{file}: {field}: {message}")]
+    #[error("{file}{location}: {field}: {message}", location = Location(*line, *column))]
     Rule {
         /// The file.
         file: String,
-        /// Which rule (`routes[2] (/api/*)`, `buckets.sign-in`, `global[0]`).
+        /// The line of the field, from 1, where known.
+        line: Option<usize>,
+        /// The column of the field, from 1, where known.
+        column: Option<usize>,
+        /// Which field (`routes[2].rate_limit.burst (/api/*)`, `buckets.sign-in`,
+        /// `global[0]`).
         field: String,
         /// What was wrong.
         message: String,
+    },
+    /// A value of the right type but out of range (`store.max_entries: 1`,
+    /// `timeout_ms: 0`, `refund_statuses: [700]`).
+    #[error("{file}{location}: {field}: {problem}", location = Location(*line, *column))]
+    Value {
+        /// The file (or `<toml>` / `<yaml>` for text).
+        file: String,
+        /// The line of the value, from 1, where known.
+        line: Option<usize>,
+        /// The column of the value, from 1, where known.
+        column: Option<usize>,
+        /// Which field (`store.max_entries`, `routes[1].refund_statuses[0]`).
+        field: String,
+        /// What is wrong with the value.
+        problem: ValueProblem,
     },
     /// A store named in the file cannot be made here (e.g. `kind: redis` without the
     /// `redis` feature, or without a `url`).
@@ -119,6 +167,38 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Why a value of a configuration file is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueProblem {
+    /// `store.max_entries` below [`MIN_MAX_ENTRIES`].
+    #[error(
+        "a store of {value} entries is too small: use at least {MIN_MAX_ENTRIES} (a store \
+         smaller than the keys active in one window forgets keys that are being limited, \
+         and then limits nothing)"
+    )]
+    TooFewEntries {
+        /// The value given.
+        value: usize,
+    },
+    /// `store.timeout_ms: 0`.
+    #[error("a timeout of 0 ms would answer every call from memory: use at least 1")]
+    ZeroTimeout,
+    /// `store.fallback_divisor: 0`.
+    #[error("the divisor is the number of instances sharing the store: use at least 1")]
+    ZeroDivisor,
+    /// A status code outside 100-599 in `refund_statuses` or `count_only_statuses`.
+    #[error("{0} is not an HTTP status code: use 100-599 (for example 304 or 401)")]
+    NotAStatus(u16),
+}
+
+/// The smallest `store.max_entries` a file may ask for. The memory store forgets the
+/// least recently seen keys when it is full, so a store smaller than the number of keys
+/// active in one window (every client IP, user and API key seen in it) loses the counts of
+/// clients that are being limited; with a handful of entries, limiting stops altogether.
+/// 1024 is the smallest store whose every shard keeps 64 keys (16 shards).
+pub const MIN_MAX_ENTRIES: usize = 1024;
 
 struct Location(Option<usize>, Option<usize>);
 
@@ -172,6 +252,22 @@ pub struct Config {
     /// Seed 004's spelling of a global limit.
     #[serde(default)]
     pub gateway: Option<GatewayConfig>,
+    /// The text the configuration was read from, to point errors at its lines.
+    #[serde(skip)]
+    origin: Option<Arc<Origin>>,
+}
+
+/// The text a [`Config`] was read from.
+#[derive(Debug)]
+struct Origin {
+    text: String,
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Yaml,
 }
 
 /// `store:`.
@@ -185,13 +281,15 @@ pub struct StoreConfig {
     /// For `redis`: `redis://` or `rediss://` URL.
     #[serde(default)]
     pub url: Option<String>,
-    /// The most keys the memory store (or the fallback) holds.
+    /// The most keys the memory store (or the fallback) holds; at least
+    /// [`MIN_MAX_ENTRIES`].
     #[serde(default)]
     pub max_entries: Option<usize>,
-    /// Redis: milliseconds to wait before answering from memory.
+    /// Redis: milliseconds to wait before answering from memory; at least 1.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Redis: divide limits by this while on the memory fallback (the number of instances).
+    /// Redis: divide limits by this while on the memory fallback (the number of
+    /// instances); at least 1.
     #[serde(default)]
     pub fallback_divisor: Option<u32>,
 }
@@ -311,10 +409,10 @@ pub struct RouteConfig {
     /// What to do when the store is down, for this rule.
     #[serde(default)]
     pub on_store_failure: Option<FailureModeText>,
-    /// Response statuses whose charge is given back (e.g. `[304]`).
+    /// Response statuses whose charge is given back (e.g. `[304]`); 100-599.
     #[serde(default)]
     pub refund_statuses: Vec<u16>,
-    /// Only responses with these statuses count (e.g. `[401]`).
+    /// Only responses with these statuses count (e.g. `[401]`); 100-599.
     #[serde(default)]
     pub count_only_statuses: Vec<u16>,
     /// The rule's limits.
@@ -452,9 +550,13 @@ impl KeyText {
     }
 }
 
+/// What is wrong with a limit entry: the field at fault (`None`: the entry) and why.
+type EntryError = (Option<&'static str>, String);
+
 impl LimitConfig {
     /// The limits this entry declares, with their keys (`default` when `per:` is absent).
-    fn rates(&self, default: &KeyText) -> Result<(Key, Vec<Rate>), String> {
+    /// On error, the field of this entry at fault (`None`: the entry as a whole).
+    fn rates(&self, default: &KeyText) -> Result<(Key, Vec<Rate>), EntryError> {
         let key = self.per.as_ref().unwrap_or(default).key();
         let mut rates = Vec::new();
         if let Some(QuotaText(q)) = self.limit {
@@ -465,7 +567,7 @@ impl LimitConfig {
             };
             rates.push(Rate::from(limit));
         } else if self.algorithm.is_some() {
-            return Err("`algorithm` goes with `limit`".into());
+            return Err((Some("algorithm"), "`algorithm` goes with `limit`".into()));
         }
         match (self.sustained, self.burst) {
             (Some(QuotaText(s)), burst) => {
@@ -473,7 +575,7 @@ impl LimitConfig {
                 rates.push(Rate::token_bucket(s, capacity));
             }
             (None, Some(_)) => {
-                return Err("`burst` needs `sustained` (the refill rate), as in `{ sustained: 100/min, burst: 20/s }`".into())
+                return Err((Some("burst"), "`burst` needs `sustained` (the refill rate), as in `{ sustained: 100/min, burst: 20/s }`".into()))
             }
             (None, None) => {}
         }
@@ -481,7 +583,10 @@ impl LimitConfig {
             rates.push(Rate::fixed(d));
         }
         if rates.is_empty() {
-            return Err("no limit: give `limit`, `sustained` (+ `burst`) or `daily`".into());
+            return Err((
+                None,
+                "no limit: give `limit`, `sustained` (+ `burst`) or `daily`".into(),
+            ));
         }
         Ok((key, rates))
     }
@@ -528,7 +633,7 @@ impl Config {
     }
 
     fn toml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let config: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|span| line_col(text, span.start)).unzip();
             ConfigError::Parse {
                 file: file.to_string(),
@@ -536,11 +641,16 @@ impl Config {
                 column,
                 message: e.message().to_string(),
             }
-        })
+        })?;
+        config.read_from(text, Format::Toml, file)
     }
 
     fn yaml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| {
+        // An empty YAML document is an empty configuration, as an empty TOML file is.
+        if is_blank(text, Format::Yaml) {
+            return Self::default().read_from(text, Format::Yaml, file);
+        }
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|e| {
             let location = e.location();
             let message = e.to_string();
             // The crate appends " at line L column C"; the location is shown once, in front.
@@ -554,25 +664,118 @@ impl Config {
                 column: location.as_ref().map(|l| l.column()),
                 message,
             }
-        })
+        })?;
+        config.read_from(text, Format::Yaml, file)
+    }
+
+    /// Keeps the text (for error locations), checks value ranges, and warns about a file
+    /// that limits nothing.
+    fn read_from(mut self, text: &str, format: Format, file: &str) -> Result<Self, ConfigError> {
+        self.origin = Some(Arc::new(Origin {
+            text: text.to_string(),
+            format,
+        }));
+        self.check_values(file)?;
+        if self.declares_no_limits() {
+            if is_blank(text, format) {
+                tracing::warn!(
+                    target: "tollgate",
+                    file,
+                    "rate-limit configuration {file} is empty: every setting takes its default \
+                     and, unless code adds rules, the limiter limits nothing"
+                );
+            } else {
+                tracing::warn!(
+                    target: "tollgate",
+                    file,
+                    "rate-limit configuration {file} declares no routes, global limits or \
+                     buckets: unless code adds rules, the limiter limits nothing"
+                );
+            }
+        }
+        Ok(self)
+    }
+
+    fn declares_no_limits(&self) -> bool {
+        self.routes.is_empty()
+            && self.global.is_empty()
+            && self.buckets.is_empty()
+            && self
+                .gateway
+                .as_ref()
+                .is_none_or(|g| g.global_rate_limit.is_none())
+    }
+
+    /// Values of the right type that make no sense: a typed error at the value.
+    fn check_values(&self, file: &str) -> Result<(), ConfigError> {
+        let store = |key: &str| FieldPath::root().key("store").key(key);
+        let mut problems: Vec<(FieldPath, ValueProblem)> = Vec::new();
+        if let Some(value) = self.store.max_entries.filter(|n| *n < MIN_MAX_ENTRIES) {
+            problems.push((store("max_entries"), ValueProblem::TooFewEntries { value }));
+        }
+        if self.store.timeout_ms == Some(0) {
+            problems.push((store("timeout_ms"), ValueProblem::ZeroTimeout));
+        }
+        if self.store.fallback_divisor == Some(0) {
+            problems.push((store("fallback_divisor"), ValueProblem::ZeroDivisor));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let lists = [
+                ("refund_statuses", &route.refund_statuses),
+                ("count_only_statuses", &route.count_only_statuses),
+            ];
+            for (name, statuses) in lists {
+                if let Some((j, &status)) = statuses
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| !(100..=599).contains(*s))
+                {
+                    let path = FieldPath::route(i).key(name).index(j);
+                    problems.push((path, ValueProblem::NotAStatus(status)));
+                }
+            }
+        }
+        match problems.into_iter().next() {
+            None => Ok(()),
+            Some((path, problem)) => {
+                let (line, column) = self.locate(&path);
+                Err(ConfigError::Value {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    field: path.to_string(),
+                    problem,
+                })
+            }
+        }
     }
 
     /// Applies the file to `builder`: every field maps onto a builder call. `file` names the
-    /// source in errors.
+    /// source in errors. If the builder's `build` then fails, [`Config::build_error`] points
+    /// its error at the rule of the file.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] naming the rule, [`ConfigError::Store`].
+    /// [`ConfigError::Value`] for a value out of range, [`ConfigError::Rule`] naming the
+    /// rule and field, [`ConfigError::Store`].
     pub fn apply(
         &self,
         mut builder: LimiterBuilder,
         file: &str,
     ) -> Result<LimiterBuilder, ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Rule {
-            file: file.to_string(),
-            field,
-            message,
+        let invalid = |path: FieldPath, context: Option<&str>, message: String| {
+            let (line, column) = self.locate(&path);
+            ConfigError::Rule {
+                file: file.to_string(),
+                line,
+                column,
+                field: with_context(&path, context),
+                message,
+            }
         };
+        // Checked when the text is read too; again here for a configuration changed or
+        // made in code.
+        self.check_values(file)?;
         if let Some(enabled) = self.enabled {
             builder = builder.enabled(enabled);
         }
@@ -596,45 +799,45 @@ impl Config {
                 BodyText::Message => ErrorBody::message(),
             });
         }
-        let default_key = self.default_key.clone().unwrap_or(KeyText::Ip);
+        let default_key = self.default_key();
         for (name, limit) in &self.buckets {
-            let field = format!("buckets.{name}");
+            let field = FieldPath::root().key("buckets").key(name);
             if limit.per.is_some() {
                 return Err(invalid(
-                    field,
+                    field.key("per"),
+                    None,
                     "a bucket for direct use has no `per:`: the handler names the key in `limiter.check(bucket, key)`".into(),
                 ));
             }
             let (_, rates) = limit
                 .rates(&default_key)
-                .map_err(|m| invalid(field.clone(), m))?;
-            let [rate] = <[Rate; 1]>::try_from(rates)
-                .map_err(|_| invalid(field, "a bucket for direct use takes one limit".into()))?;
+                .map_err(|(sub, m)| invalid(field.maybe_key(sub), None, m))?;
+            let [rate] = <[Rate; 1]>::try_from(rates).map_err(|_| {
+                invalid(
+                    field.clone(),
+                    None,
+                    "a bucket for direct use takes one limit".into(),
+                )
+            })?;
             builder = builder.bucket(name, rate);
         }
         for (i, route) in self.routes.iter().enumerate() {
             let pattern = route.pattern();
-            let field = format!("routes[{i}] ({pattern})");
             let policy = route
-                .policy(&pattern, &default_key)
-                .map_err(|m| invalid(field, m))?;
+                .policy(&default_key)
+                .map_err(|(sub, m)| invalid(FieldPath::route(i).join(&sub), Some(&pattern), m))?;
             builder = builder.route(&pattern, policy);
         }
-        let globals = self.global.iter().chain(
-            self.gateway
-                .iter()
-                .filter_map(|g| g.global_rate_limit.as_ref()),
-        );
-        for (i, limit) in globals.enumerate() {
+        for (path, limit) in self.globals() {
             let (key, rates) = limit
                 .rates(&KeyText::Global)
-                .map_err(|m| invalid(format!("global[{i}]"), m))?;
+                .map_err(|(sub, m)| invalid(path.maybe_key(sub), None, m))?;
             if limit.per.is_none() || limit.per == Some(KeyText::Global) {
                 for rate in rates {
                     builder = builder.global(rate);
                 }
             } else {
-                let mut policy = Policy::named(format!("global-{}", key.kind().replace(':', "-")));
+                let mut policy = Policy::named(global_policy_name(&key));
                 for rate in rates {
                     policy = policy.limit(key.clone(), rate);
                 }
@@ -673,28 +876,54 @@ impl RouteConfig {
         }
     }
 
-    fn policy(&self, pattern: &str, default_key: &KeyText) -> Result<Policy, String> {
+    /// The limit entries of the rule, with their fields relative to the rule.
+    fn limit_entries(&self) -> impl Iterator<Item = (FieldPath, &LimitConfig)> {
+        let limits = self
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (FieldPath::root().key("limits").index(k), l));
+        let rate_limit = self
+            .rate_limit
+            .iter()
+            .map(|l| (FieldPath::root().key("rate_limit"), l));
+        limits.chain(rate_limit)
+    }
+
+    /// The policy's name: `name:`, or one made from the pattern.
+    fn policy_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| policy_name(&self.pattern()))
+    }
+
+    /// On error, the field of the rule at fault (relative to the rule).
+    fn policy(&self, default_key: &KeyText) -> Result<Policy, (FieldPath, String)> {
         if self.exempt {
             if !self.limits.is_empty() || self.rate_limit.is_some() {
-                return Err("an exempt route takes no limits".into());
+                return Err((
+                    FieldPath::root().key("exempt"),
+                    "an exempt route takes no limits".into(),
+                ));
             }
             return Ok(Policy::exempt());
         }
-        let name = self.name.clone().unwrap_or_else(|| policy_name(pattern));
-        let mut policy = Policy::named(name);
-        let limits = self.limits.iter().chain(self.rate_limit.iter());
+        let mut policy = Policy::named(self.policy_name());
         let mut any = false;
-        for limit in limits {
-            let (key, rates) = limit.rates(default_key)?;
+        for (path, limit) in self.limit_entries() {
+            let (key, rates) = limit
+                .rates(default_key)
+                .map_err(|(sub, m)| (path.maybe_key(sub), m))?;
             for rate in rates {
                 policy = policy.limit(key.clone(), rate);
                 any = true;
             }
         }
         if !any {
-            return Err(
+            return Err((
+                FieldPath::root(),
                 "no limits: add `limits:` or `rate_limit:`, or mark it `exempt: true`".into(),
-            );
+            ));
         }
         if let Some(bucket) = &self.bucket {
             policy = policy.bucket(bucket.clone());
@@ -841,7 +1070,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl LimiterBuilder {
     /// A builder set up from a TOML or YAML file (see [`crate::config`]); add what a file
-    /// cannot hold (an identity function, custom keys) and build.
+    /// cannot hold (an identity function, custom keys) and build. Errors of the `build`
+    /// call are the builder's, without the file's lines: prefer
+    /// [`Limiter::from_config_with`], which points them at the file's rules.
     ///
     /// # Errors
     ///
@@ -860,13 +1091,495 @@ impl Limiter {
     ///
     /// [`ConfigError`] naming the file, line and field; build errors name the rule.
     pub fn from_config(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        let file = path.as_ref().display().to_string();
-        LimiterBuilder::from_config(path)?
+        Self::from_config_with(path, |builder| builder)
+    }
+
+    /// A limiter built from a TOML or YAML file, with what code adds to it (an identity
+    /// function, custom keys, rules a file cannot hold) applied by `customize` before it
+    /// is built. Unlike building the [`LimiterBuilder::from_config`] builder yourself, a
+    /// mistake found at build time still names the file, line, column and field of the
+    /// rule that caused it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), tollgate::ConfigError> {
+    /// let limiter = tollgate::Limiter::from_config_with("rate-limits.yaml", |builder| {
+    ///     builder.identity(|parts| {
+    ///         parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(String::from)
+    ///     })
+    /// })?;
+    /// # let _ = limiter; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file, line and field; build errors name the rule of the
+    /// file that caused them ([`ConfigError::Invalid`]).
+    pub fn from_config_with(
+        path: impl AsRef<Path>,
+        customize: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
+    ) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let config = Config::from_path(path)?;
+        let builder = customize(config.apply(Limiter::builder(), &file)?);
+        builder
             .build()
-            .map_err(|source| ConfigError::Invalid {
-                file,
-                field: "limiter".into(),
-                source: Box::new(source),
+            .map_err(|error| config.build_error(&file, error))
+    }
+}
+
+/// A place in a configuration file: `routes[2].limits[0].per`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FieldPath(Vec<Seg>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl FieldPath {
+    fn root() -> Self {
+        Self::default()
+    }
+
+    fn route(i: usize) -> Self {
+        Self::root().key("routes").index(i)
+    }
+
+    fn key(mut self, key: &str) -> Self {
+        self.0.push(Seg::Key(key.to_string()));
+        self
+    }
+
+    fn maybe_key(&self, key: Option<&str>) -> Self {
+        match key {
+            Some(key) => self.clone().key(key),
+            None => self.clone(),
+        }
+    }
+
+    fn index(mut self, i: usize) -> Self {
+        self.0.push(Seg::Index(i));
+        self
+    }
+
+    fn join(mut self, rest: &FieldPath) -> Self {
+        self.0.extend(rest.0.iter().cloned());
+        self
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if n == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `routes[2].cost (/api/*)`: the field, and the rule's pattern when it helps.
+fn with_context(path: &FieldPath, context: Option<&str>) -> String {
+    match context {
+        Some(context) => format!("{path} ({context})"),
+        None => path.to_string(),
+    }
+}
+
+/// Whether a file holds nothing but blank lines and comments.
+fn is_blank(text: &str, format: Format) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty()
+            || line.starts_with('#')
+            || (format == Format::Yaml && (line == "---" || line == "..."))
+    })
+}
+
+/// The name of the policy a file's non-global `global:` limit becomes.
+fn global_policy_name(key: &Key) -> String {
+    format!("global-{}", key.kind().replace(':', "-"))
+}
+
+/// Locating a field: the text is read again by a visitor that walks down to the field and
+/// fails there on purpose; the parser puts the line and column of the value it was reading
+/// in that error. Only run for an error, so the second read costs nothing in the normal
+/// case.
+mod locate {
+    use std::fmt;
+
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    };
+
+    use super::{line_col, Format, Seg};
+
+    /// The message of the deliberate failure.
+    const FOUND: &str = "tollgate: field found";
+
+    /// The line and column (from 1) of the value at `path`; `None` if the text has no
+    /// such field.
+    pub(super) fn position(text: &str, format: Format, path: &[Seg]) -> Option<(usize, usize)> {
+        match format {
+            Format::Yaml => {
+                let de = serde_yaml_ng::Deserializer::from_str(text);
+                match Probe(path).deserialize(de) {
+                    Err(e) if e.to_string().contains(FOUND) => {
+                        e.location().map(|l| (l.line(), l.column()))
+                    }
+                    _ => None,
+                }
+            }
+            Format::Toml => {
+                let de = toml::Deserializer::parse(text).ok()?;
+                match Probe(path).deserialize(de) {
+                    Err(e) if e.message().contains(FOUND) => {
+                        e.span().map(|span| line_col(text, span.start))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    struct Probe<'p>(&'p [Seg]);
+
+    impl<'de> DeserializeSeed<'de> for Probe<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl Probe<'_> {
+        fn scalar<E: de::Error>(self) -> Result<(), E> {
+            if self.0.is_empty() {
+                Err(E::custom(FOUND))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    macro_rules! scalars {
+        ($($name:ident: $ty:ty),*) => {
+            $(fn $name<E: de::Error>(self, _: $ty) -> Result<(), E> { self.scalar() })*
+        };
+    }
+
+    impl<'de> Visitor<'de> for Probe<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any value")
+        }
+
+        scalars!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_i128: i128,
+            visit_u128: u128, visit_f64: f64, visit_str: &str, visit_bytes: &[u8]);
+
+        fn visit_none<E: de::Error>(self) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Err(de::Error::custom(FOUND));
+            };
+            while let Some(KeyText(key)) = map.next_key()? {
+                if matches!(first, Seg::Key(k) if *k == key) {
+                    return map.next_value_seed(Probe(rest));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Err(de::Error::custom(FOUND));
+            };
+            let mut i = 0;
+            loop {
+                if matches!(first, Seg::Index(n) if *n == i) {
+                    return seq.next_element_seed(Probe(rest)).map(|_| ());
+                }
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// A map key as text, whatever its scalar type.
+    struct KeyText(String);
+
+    impl<'de> de::Deserialize<'de> for KeyText {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = KeyText;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyText, E> {
+                    Ok(KeyText(v.to_string()))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyText, E> {
+                    Ok(KeyText(v.to_string()))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyText, E> {
+                    Ok(KeyText(v.to_string()))
+                }
+                fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyText, E> {
+                    Ok(KeyText(v.to_string()))
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<KeyText, E> {
+                    Ok(KeyText(v.to_string()))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
+                    Ok(KeyText(String::new()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+}
+
+impl Config {
+    /// The line and column of `path` in the text this configuration was read from, or of
+    /// the nearest enclosing field the text has (a field left to its default is not in
+    /// the text).
+    fn locate(&self, path: &FieldPath) -> (Option<usize>, Option<usize>) {
+        let Some(origin) = &self.origin else {
+            return (None, None);
+        };
+        (0..=path.0.len())
+            .rev()
+            .find_map(|n| locate::position(&origin.text, origin.format, &path.0[..n]))
+            .unzip()
+    }
+
+    /// The routes (not exempt) whose policy is named `name`.
+    fn routes_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a RouteConfig)> + 'a {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| !r.exempt && r.policy_name() == name)
+    }
+
+    /// The key `rate_limit:` blocks and limits without `per:` use.
+    fn default_key(&self) -> KeyText {
+        self.default_key.clone().unwrap_or(KeyText::Ip)
+    }
+
+    /// `global:` entries then `gateway.global_rate_limit`, with their fields.
+    fn globals(&self) -> impl Iterator<Item = (FieldPath, &LimitConfig)> {
+        let global = self
+            .global
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (FieldPath::root().key("global").index(i), l));
+        let gateway = self
+            .gateway
+            .iter()
+            .filter_map(|g| g.global_rate_limit.as_ref())
+            .map(|l| (FieldPath::root().key("gateway").key("global_rate_limit"), l));
+        global.chain(gateway)
+    }
+
+    /// Points a [`BuildError`] of a limiter built from this configuration (after
+    /// [`Config::apply`]) at the rule of the file that caused it: file, line, column and
+    /// field, as [`ConfigError::Invalid`]. An error no rule of the file explains (a rule
+    /// added in code) names the field `limiter`, without a line.
+    pub fn build_error(&self, file: &str, error: BuildError) -> ConfigError {
+        let (field, line, column) = match self.blame(&error) {
+            Some((path, context)) => {
+                let (line, column) = self.locate(&path);
+                (with_context(&path, context.as_deref()), line, column)
+            }
+            None => ("limiter".to_string(), None, None),
+        };
+        ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            column,
+            field,
+            source: Box::new(error),
+        }
+    }
+
+    /// The field of the file behind a build error, and the rule's pattern if it is a route.
+    fn blame(&self, error: &BuildError) -> Option<(FieldPath, Option<String>)> {
+        use crate::classify::{InvalidReason, PatternError};
+        use crate::client_ip::ClientIpError;
+
+        let default_key = self.default_key();
+        let route = |i: usize, field: FieldPath| {
+            let path = FieldPath::route(i).join(&field);
+            Some((path, Some(self.routes[i].pattern())))
+        };
+        let field = |name: &str| FieldPath::root().key(name);
+        let by_pattern = |text: &str, after: Option<usize>| {
+            self.routes
+                .iter()
+                .enumerate()
+                .skip(after.map_or(0, |i| i + 1))
+                .find(|(_, r)| r.pattern().trim() == text)
+                .map(|(i, _)| i)
+        };
+        // The limit of `routes[i]` (or of a global entry) whose key satisfies `pred`.
+        let limit_with = |entries: Vec<(FieldPath, &LimitConfig)>,
+                          pred: &dyn Fn(&KeyText) -> bool| {
+            entries
+                .into_iter()
+                .find_map(|(path, limit)| match &limit.per {
+                    Some(per) if pred(per) => Some(path.key("per")),
+                    None if pred(&default_key) => Some(match self.default_key {
+                        Some(_) => field("default_key"),
+                        None => path,
+                    }),
+                    _ => None,
+                })
+        };
+        let in_route = |name: &str, pred: &dyn Fn(&KeyText) -> bool| {
+            self.routes_named(name).find_map(|(i, r)| {
+                let entries: Vec<_> = r.limit_entries().collect();
+                limit_with(entries, pred).map(|f| {
+                    if f.0.first() == Some(&Seg::Key("default_key".into())) {
+                        (f, None)
+                    } else {
+                        (FieldPath::route(i).join(&f), Some(r.pattern()))
+                    }
+                })
             })
+        };
+        let in_globals = |pred: &dyn Fn(&KeyText) -> bool| {
+            self.globals().find_map(|(path, limit)| match &limit.per {
+                Some(per) if pred(per) => Some((path.key("per"), None)),
+                _ => None,
+            })
+        };
+        let first_route = |name: &str| self.routes_named(name).next().map(|(i, _)| i);
+        match error {
+            BuildError::Route(PatternError::Invalid { pattern, reason }) => {
+                let i = by_pattern(pattern, None)?;
+                let sub = match reason {
+                    InvalidReason::EmptyMethod
+                    | InvalidReason::LowercaseMethod(_)
+                    | InvalidReason::BadMethod(_) => "methods",
+                    _ => "path",
+                };
+                route(i, field(sub))
+            }
+            BuildError::Route(PatternError::Tie { first, second, .. }) => {
+                let a = by_pattern(&first.to_string(), None)?;
+                let b = by_pattern(&second.to_string(), Some(a))?;
+                route(b, field("path"))
+            }
+            BuildError::Route(PatternError::NeverMatches { rule, .. }) => {
+                route(by_pattern(&rule.to_string(), None)?, field("path"))
+            }
+            BuildError::ClientIp(
+                ClientIpError::InvalidProxy { input, .. }
+                | ClientIpError::HostBitsSet { input, .. },
+            ) => {
+                let j = self
+                    .client_ip
+                    .trusted_proxies
+                    .iter()
+                    .position(|p| p == input)?;
+                Some((field("client_ip").key("trusted_proxies").index(j), None))
+            }
+            BuildError::ClientIp(_) => Some((field("client_ip").key("ipv6_prefix"), None)),
+            BuildError::NoIdentity { policy } => in_route(policy, &|k| *k == KeyText::User)
+                .or_else(|| in_globals(&|k| *k == KeyText::User)),
+            BuildError::BadHeaderName { policy, header } => {
+                let names = |k: &KeyText| match k {
+                    KeyText::ApiKey(h) | KeyText::Header(h) | KeyText::Tenant(h) => h == header,
+                    _ => false,
+                };
+                in_route(policy, &names).or_else(|| in_globals(&names))
+            }
+            BuildError::ZeroCost { policy } | BuildError::CostExceedsCapacity { policy, .. } => {
+                let (i, _) = self.routes_named(policy).find(|(_, r)| r.cost.is_some())?;
+                route(i, field("cost"))
+            }
+            BuildError::BadName { name } => {
+                if self.buckets.contains_key(name) {
+                    return Some((field("buckets").key(name), None));
+                }
+                self.routes.iter().enumerate().find_map(|(i, r)| {
+                    if r.bucket.as_deref() == Some(name) {
+                        route(i, field("bucket"))
+                    } else if r.name.as_deref() == Some(name) {
+                        route(i, field("name"))
+                    } else if !r.exempt && r.policy_name() == *name {
+                        route(i, field("path"))
+                    } else {
+                        None
+                    }
+                })
+            }
+            BuildError::SharedBucketMismatch { bucket, second, .. } => {
+                let bucket_of =
+                    |r: &RouteConfig| r.bucket.clone().unwrap_or_else(|| r.policy_name());
+                let sharing: Vec<usize> = (0..self.routes.len())
+                    .filter(|&i| !self.routes[i].exempt && bucket_of(&self.routes[i]) == *bucket)
+                    .collect();
+                let i = sharing
+                    .iter()
+                    .skip(1)
+                    .find(|&&i| self.routes[i].policy_name() == *second)
+                    .or(sharing.get(1))
+                    .copied()?;
+                let sub = match (&self.routes[i].bucket, &self.routes[i].name) {
+                    (Some(_), _) => "bucket",
+                    (None, Some(_)) => "name",
+                    (None, None) => "path",
+                };
+                route(i, field(sub))
+            }
+            BuildError::DuplicateBucket { name } => {
+                if self.buckets.contains_key(name) {
+                    Some((field("buckets").key(name), None))
+                } else {
+                    None
+                }
+            }
+            BuildError::Rate { policy, key, .. } if key == "direct" => {
+                Some((field("buckets").key(policy), None))
+            }
+            BuildError::Rate { policy, .. }
+            | BuildError::EmptyPolicy { policy }
+            | BuildError::BadKeyKind { policy, .. } => match first_route(policy) {
+                Some(i) => route(i, FieldPath::root()),
+                None => self
+                    .globals()
+                    .find(|(_, l)| match &l.per {
+                        None | Some(KeyText::Global) => policy == "global",
+                        Some(per) => global_policy_name(&per.key()) == *policy,
+                    })
+                    .map(|(path, _)| (path, None)),
+            },
+            _ => None,
+        }
     }
 }

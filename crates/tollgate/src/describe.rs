@@ -35,7 +35,8 @@
 //! ```
 
 use http::Method;
-use tollgate_core::Limit;
+use serde::ser::{Serialize, Serializer};
+use tollgate_core::{Algorithm, Limit};
 
 use crate::classify::RoutePattern;
 use crate::engine::{Compiled, CompiledQuota};
@@ -146,6 +147,118 @@ impl RouteLimits {
                 limit: Some(limit),
             }],
         }
+    }
+}
+
+impl RuleSource {
+    /// `route`, `global`, `per_route` or `bucket`: the `source` of the JSON form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RuleSource::Route => "route",
+            RuleSource::Global => "global",
+            RuleSource::PerRoute => "per_route",
+            RuleSource::Bucket => "bucket",
+        }
+    }
+}
+
+/// The name documentation gives an algorithm: `sliding window`, `sliding window (exact)`,
+/// `token bucket` or `fixed window`.
+pub(crate) fn algorithm_name(limit: &Limit) -> &'static str {
+    match limit.algorithm() {
+        Algorithm::SlidingLog => "sliding window (exact)",
+        Algorithm::TokenBucket { .. } => "token bucket",
+        Algorithm::FixedWindow => "fixed window",
+        _ => "sliding window",
+    }
+}
+
+/// A limit's numbers as JSON shows them (`null`s for a quota chosen per request).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LimitJson {
+    quota: Option<String>,
+    limit: Option<u64>,
+    window_seconds: Option<u64>,
+    algorithm: Option<&'static str>,
+    /// Token buckets only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
+}
+
+impl LimitJson {
+    pub(crate) fn new(limit: Option<Limit>) -> Self {
+        Self {
+            quota: limit.map(|l| l.quota().to_string()),
+            limit: limit.map(|l| l.quota().count()),
+            window_seconds: limit.map(|l| l.quota().period().as_secs()),
+            algorithm: limit.as_ref().map(algorithm_name),
+            burst: limit.and_then(|l| match l.algorithm() {
+                Algorithm::TokenBucket { burst } => Some(burst),
+                _ => None,
+            }),
+        }
+    }
+}
+
+/// JSON: `{"bucket", "key", "quota", "limit", "windowSeconds", "algorithm"}` (and `"burst"`
+/// for a token bucket); the numbers are `null` for a quota chosen per request.
+///
+/// ```
+/// use tollgate::{Limiter, Policy, Rate};
+///
+/// let limiter = Limiter::builder()
+///     .route("/v1/*", Policy::named("v1").limit(tollgate::Key::ip(), Rate::token_bucket("100/min", 20)))
+///     .build()?;
+/// let json = serde_json::to_value(&limiter.describe()[0].limits[0]).unwrap();
+/// assert_eq!(json, serde_json::json!({
+///     "bucket": "v1:ip", "key": "ip", "quota": "100/min", "limit": 100,
+///     "windowSeconds": 60, "algorithm": "token bucket", "burst": 20,
+/// }));
+/// # Ok::<(), tollgate::BuildError>(())
+/// ```
+impl Serialize for LimitInfo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            bucket: &'a str,
+            key: &'a str,
+            #[serde(flatten)]
+            limit: LimitJson,
+        }
+        Json {
+            bucket: &self.bucket,
+            key: &self.key,
+            limit: LimitJson::new(self.limit),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// JSON: `{"source", "pattern", "path", "methods", "policy", "exempt", "limits"}`, with
+/// `source` from [`RuleSource::as_str`] and each limit as [`LimitInfo`] serializes it.
+impl Serialize for RouteLimits {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            source: &'static str,
+            pattern: Option<&'a str>,
+            path: Option<&'a str>,
+            methods: Vec<&'a str>,
+            policy: &'a str,
+            exempt: bool,
+            limits: &'a [LimitInfo],
+        }
+        Json {
+            source: self.source.as_str(),
+            pattern: self.pattern.as_deref(),
+            path: self.path.as_deref(),
+            methods: self.methods.iter().map(Method::as_str).collect(),
+            policy: &self.policy,
+            exempt: self.exempt,
+            limits: &self.limits,
+        }
+        .serialize(serializer)
     }
 }
 

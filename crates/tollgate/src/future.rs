@@ -5,12 +5,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{merge_headers, After, Outcome, Settle};
+use crate::engine::{merge_headers, After, Headers, Outcome, Settle};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -42,8 +43,11 @@ pin_project! {
             after: Option<After>,
         },
         Settling {
-            settle: BoxFuture<'static, http::HeaderMap>,
+            settle: BoxFuture<'static, Headers>,
             response: Option<S::Response>,
+        },
+        Refused {
+            response: Option<Response<Bytes>>,
         },
         Done,
     }
@@ -56,6 +60,14 @@ where
     pub(crate) fn calling(fut: S::Future, after: Option<After>) -> Self {
         Self {
             state: State::Calling { fut, after },
+        }
+    }
+
+    pub(crate) fn respond(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Refused {
+                response: Some(response),
+            },
         }
     }
 
@@ -126,6 +138,13 @@ where
                     if let Some(mut response) = response {
                         merge_headers(response.headers_mut(), headers);
                         return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    }
+                }
+                StateProj::Refused { response } => {
+                    let response = response.take();
+                    this.state.set(State::Done);
+                    if let Some(response) = response {
+                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
                     }
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::HeaderName;
 use sha2::{Digest, Sha256};
+use tollgate_core::StoreKey;
 
 /// A function of the request that names a key, or `None` when the request has none.
 pub(crate) type Extractor = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -165,6 +166,13 @@ fn parse_header(name: &str) -> Result<HeaderName, String> {
 /// SHA-256 in hex. Stable across processes and machines. (Braces are Redis Cluster hash
 /// tags: a client-chosen `{x}` would otherwise pick the cluster node its keys land on.)
 pub(crate) fn store_key(raw: &[u8], secret: bool) -> String {
+    let mut out = StoreKey::new();
+    push_store_key(raw, secret, &mut out);
+    out.into()
+}
+
+/// [`store_key`], appended to `out` (no allocation for keys that fit inline).
+pub(crate) fn push_store_key(raw: &[u8], secret: bool, out: &mut StoreKey) {
     let plain_ok = !secret
         && !raw.is_empty()
         && raw.len() <= MAX_PLAIN_KEY
@@ -172,21 +180,21 @@ pub(crate) fn store_key(raw: &[u8], secret: bool) -> String {
         && raw
             .iter()
             .all(|b| b.is_ascii_graphic() && *b != b'{' && *b != b'}');
-    if plain_ok {
-        // Checked ASCII above.
-        return String::from_utf8_lossy(raw).into_owned();
+    if let (true, Ok(plain)) = (plain_ok, std::str::from_utf8(raw)) {
+        out.push_str(plain);
+        return;
     }
     let digest = Sha256::new()
         .chain_update(b"tollgate-key\0")
         .chain_update(raw)
         .finalize();
-    let mut out = String::with_capacity(33);
-    out.push('#');
-    for byte in &digest[..16] {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    let mut hex = [0u8; 33];
+    hex[0] = b'#';
+    for (i, byte) in digest[..16].iter().enumerate() {
+        hex[1 + 2 * i] = HEX[usize::from(byte >> 4)];
+        hex[2 + 2 * i] = HEX[usize::from(byte & 0xf)];
     }
-    out
+    out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -40,10 +40,14 @@ impl RateLimitLayer {
         }
     }
 
-    pub(crate) fn route(limiter: Limiter, policy: std::sync::Arc<Compiled>) -> Self {
+    pub(crate) fn route(
+        limiter: Limiter,
+        policy: std::sync::Arc<Compiled>,
+        pattern: Option<std::sync::Arc<crate::classify::RouteTable<()>>>,
+    ) -> Self {
         Self {
             limiter,
-            scope: Scope::Route(policy),
+            scope: Scope::Route(policy, pattern),
         }
     }
 }

@@ -82,6 +82,8 @@
 //! warning and store failure, `ERROR` once for requests without a peer address.
 //! [`Limiter::stats`] counts admitted, refused, would-refuse and store errors.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod classify;
 pub mod client_ip;
 #[cfg(feature = "config")]
@@ -90,10 +92,13 @@ pub mod describe;
 mod engine;
 pub mod error;
 pub mod future;
+pub mod inspect;
 pub mod key;
 pub mod layer;
 pub mod limiter;
 pub mod policy;
+#[cfg(feature = "openapi")]
+pub mod publish;
 pub mod rate;
 pub mod respond;
 pub mod response_body;
@@ -114,6 +119,7 @@ pub use config::{Config, ConfigError};
 pub use describe::{LimitInfo, RouteLimits, RuleSource};
 pub use error::{BuildError, CheckError};
 pub use future::ResponseFuture;
+pub use inspect::{InspectError, OverrideInfo};
 pub use key::Key;
 pub use layer::RateLimitLayer;
 pub use limiter::{Limiter, LimiterBuilder, LimiterStats, ENABLED_ENV};
@@ -125,6 +131,7 @@ pub use respond::{
 pub use response_body::ResponseBody;
 pub use service::RateLimit;
 
+pub use tollgate_core::StoreMode;
 pub use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Clock, Decision, FailureMode, Limit,
     ManualClock, MemoryStore, Op, Quota, QuotaError, Store, StoreError, Timestamp,

@@ -39,11 +39,12 @@
 //! # Ok(password_ok) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
@@ -52,7 +53,7 @@ use tollgate_core::{Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
-use crate::engine::{self, Compiled, Signatures};
+use crate::engine::{self, Compiled, Engine, Overrides, Routes, Signatures};
 use crate::error::{BuildError, CheckError};
 use crate::key::{self, Extractor, Key};
 use crate::layer::RateLimitLayer;
@@ -72,70 +73,7 @@ pub const ENABLED_ENV: &str = "RATE_LIMIT_ENABLED";
 /// [`Limiter::peek`], [`Limiter::penalize`], [`Limiter::reset`].
 #[derive(Clone)]
 pub struct Limiter {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) id: u64,
-    pub(crate) enabled: bool,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) client_ip: ClientIp,
-    pub(crate) identity: Option<Extractor>,
-    pub(crate) table: RouteTable<Arc<Compiled>>,
-    pub(crate) globals: Vec<Arc<Compiled>>,
-    pub(crate) direct: HashMap<String, Limit>,
-    pub(crate) header_style: HeaderStyle,
-    pub(crate) error_body: ErrorBody,
-    pub(crate) defaults: engine::Defaults,
-    pub(crate) signatures: Mutex<Signatures>,
-    /// Per-key overrides: (key kind, stored key) -> limit.
-    pub(crate) overrides: RwLock<HashMap<(Arc<str>, String), Limit>>,
-    /// (method, matched path) of routes that carry their own policy.
-    pub(crate) per_route: RwLock<HashSet<(Method, Arc<str>)>>,
-    /// Patterns declared with [`Limiter::policy_at`]: the central layer leaves their
-    /// requests to the route's own layer from the first request on.
-    pub(crate) delegated: RwLock<Vec<RouteTable<()>>>,
-    /// The per-route policies made so far, one per name (for [`Limiter::describe`]).
-    pub(crate) per_route_policies: Mutex<Vec<Arc<Compiled>>>,
-    pub(crate) stats: Counters,
-    pub(crate) warned_no_peer: AtomicBool,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) admitted: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) would_refuse: AtomicU64,
-    pub(crate) store_errors: AtomicU64,
-    /// When a store failure was last logged (Unix ms; 0: never).
-    store_warned_at: AtomicU64,
-    /// `store_errors` when it was.
-    store_errors_warned: AtomicU64,
-}
-
-/// At most one warning per this many milliseconds about a failing store: while it is down,
-/// every request fails, and a log line per request would bury everything else.
-const STORE_WARNING_EVERY_MS: u64 = 10_000;
-
-impl Counters {
-    /// Counts a store failure; `Some(n)` if it should be logged now, `n` being the failures
-    /// since the last warning that were not.
-    pub(crate) fn store_failed(&self) -> Option<u64> {
-        let total = self.store_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64)
-            .max(1);
-        let last = self.store_warned_at.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < STORE_WARNING_EVERY_MS {
-            return None;
-        }
-        self.store_warned_at
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        let before = self.store_errors_warned.swap(total, Ordering::Relaxed);
-        Some(total.saturating_sub(before).saturating_sub(1))
-    }
+    pub(crate) engine: Arc<Engine>,
 }
 
 /// What a limiter has done since it was built.
@@ -210,15 +148,70 @@ impl Limiter {
         pattern: &str,
         policy: Policy,
     ) -> Result<RateLimitLayer, BuildError> {
-        let layer = self.try_policy(policy)?;
         // The route's own spelling only: an unusual spelling of its path is never taken
         // away from the central table (it may not reach the route's layer at all).
-        let table = RouteTable::builder()
-            .route(RoutePattern::parse(pattern)?, ())
-            .lenient(|_| true)
-            .build()?;
-        write(&self.inner.delegated).push(table);
-        Ok(layer)
+        let table = Arc::new(
+            RouteTable::builder()
+                .route(RoutePattern::parse(pattern)?, ())
+                .lenient(|_| true)
+                .build()?,
+        );
+        let compiled = self.compile_route_policy(policy)?;
+        self.engine.routes.rcu(|routes| {
+            let mut routes = Routes::clone(routes);
+            routes.delegated.push(table.clone());
+            routes
+        });
+        Ok(RateLimitLayer::route(self.clone(), compiled, Some(table)))
+    }
+
+    /// A layer that charges `policy` for every request it sees, on top of (and independent
+    /// of) the central table and per-route policies, on this limiter's store. For limits
+    /// that must run before another layer answers: outside authentication,
+    /// `.layer(limiter.guard(Policy::failed_auth_per_ip("20/min")))` throttles key guessing
+    /// (see [`Policy::failed_auth_per_ip`]).
+    ///
+    /// # Panics
+    ///
+    /// Like [`Limiter::policy`], at start-up, for an invalid policy.
+    #[track_caller]
+    pub fn guard(&self, policy: Policy) -> RateLimitLayer {
+        match self.try_guard(policy) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid rate-limit guard policy: {e}"),
+        }
+    }
+
+    /// [`Limiter::guard`], returning configuration mistakes as errors (also
+    /// [`BuildError::DuplicateBucket`] for a bucket name this limiter already uses).
+    ///
+    /// # Errors
+    ///
+    /// The [`BuildError`]s of a policy.
+    pub fn try_guard(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
+        let engine = &self.engine;
+        // Its buckets are its own: a name the limiter already uses would mix two states.
+        let taken = engine::lock(&engine.signatures).contains_key(policy.bucket_name())
+            || engine.direct.contains_key(&**policy.bucket_name());
+        if taken && !policy.exempt {
+            return Err(BuildError::DuplicateBucket {
+                name: policy.bucket_name().to_string(),
+            });
+        }
+        let mut builder = Limiter::builder()
+            .shared_store(engine.store.clone())
+            .client_ip(engine.client_ip.clone())
+            .header_style(engine.header_style.clone())
+            .error_body(engine.error_body.clone())
+            .read_env(false)
+            .enabled(engine.enabled)
+            .shadow(engine.defaults.shadow)
+            .on_store_failure(engine.defaults.on_failure)
+            .global_policy(policy);
+        if let Some(identity) = engine.identity.clone() {
+            builder = builder.identity(move |parts| identity(parts));
+        }
+        Ok(builder.build()?.layer())
     }
 
     /// [`Limiter::policy`], returning configuration mistakes as errors.
@@ -229,23 +222,39 @@ impl Limiter {
     /// bucket shared with a policy that declares other limits, per-user limits without an
     /// identity.
     pub fn try_policy(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
-        let mut signatures = lock(&self.inner.signatures);
+        let compiled = self.compile_route_policy(policy)?;
+        // The central layer learns this route only from its requests: it marks the
+        // requests it charges, so this layer can take them over.
+        if !self.engine.routes.load().marks {
+            self.engine.routes.rcu(|routes| {
+                let mut routes = Routes::clone(routes);
+                routes.marks = true;
+                routes
+            });
+        }
+        Ok(RateLimitLayer::route(self.clone(), compiled, None))
+    }
+
+    fn compile_route_policy(&self, policy: Policy) -> Result<Arc<Compiled>, BuildError> {
+        let engine = &self.engine;
+        let mut signatures = engine::lock(&engine.signatures);
         let compiled = engine::compile(
             &policy,
-            &self.inner.defaults,
-            self.inner.identity.is_some(),
+            &engine.defaults,
+            engine.identity.is_some(),
             &mut signatures,
+            engine.global_limits,
         )?;
-        let mut described = lock(&self.inner.per_route_policies);
+        let mut described = engine::lock(&engine.per_route_policies);
         if !described.iter().any(|p| p.name == compiled.name) {
             described.push(compiled.clone());
         }
-        Ok(RateLimitLayer::route(self.clone(), compiled))
+        Ok(compiled)
     }
 
     /// Whether limiting is on (see [`LimiterBuilder::enabled`] and [`ENABLED_ENV`]).
     pub fn is_enabled(&self) -> bool {
-        self.inner.enabled
+        self.engine.enabled
     }
 
     /// Charges 1 to the direct-use bucket `bucket` for `key`: admitted iff it fits.
@@ -317,10 +326,10 @@ impl Limiter {
         method: &Method,
         path: &str,
     ) -> http::Response<Bytes> {
-        let quota = self.inner.direct.get(bucket).map(|l| (bucket, l.quota()));
+        let quota = self.engine.direct.get(bucket).map(|l| (bucket, l.quota()));
         let info =
             respond::RateLimitInfo::from_decision(bucket, decision, quota, method.clone(), path);
-        respond::too_many_requests(&info, &self.inner.header_style, &self.inner.error_body)
+        respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body)
     }
 
     async fn direct(
@@ -331,11 +340,11 @@ impl Limiter {
         cost: u64,
     ) -> Result<Decision, CheckError> {
         let limit = *self
-            .inner
+            .engine
             .direct
             .get(bucket)
             .ok_or_else(|| CheckError::UnknownBucket(bucket.to_string()))?;
-        if !self.inner.enabled {
+        if !self.engine.enabled {
             return Ok(Decision {
                 allowed: true,
                 now: tollgate_core::Timestamp::default(),
@@ -344,8 +353,8 @@ impl Limiter {
         }
         let stored = key::store_key(key.as_bytes(), false);
         let bucket = Bucket::new(bucket, &stored, limit).with_cost(cost);
-        let batch = Batch::new(op, vec![bucket]).with_failure_mode(self.inner.defaults.on_failure);
-        Ok(self.inner.store.apply(&batch).await?)
+        let batch = Batch::new(op, vec![bucket]).with_failure_mode(self.engine.defaults.on_failure);
+        Ok(self.engine.store.apply(&batch).await?)
     }
 
     /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
@@ -363,22 +372,42 @@ impl Limiter {
         rate: impl Into<Rate>,
     ) -> Result<(), RateError> {
         let limit = rate.into().limit()?;
-        let stored = key::store_key(value.as_bytes(), key.hashed);
-        write(&self.inner.overrides).insert((key.kind.clone(), stored), limit);
+        let stored = self.stored_value(key, value);
+        self.engine.overrides.rcu(|current| {
+            let mut next = Overrides::clone(current);
+            next.set(key.kind(), &stored, limit);
+            next
+        });
         Ok(())
     }
 
     /// Removes a per-key override; returns whether there was one.
     pub fn remove_override(&self, key: &Key, value: &str) -> bool {
-        let stored = key::store_key(value.as_bytes(), key.hashed);
-        write(&self.inner.overrides)
-            .remove(&(key.kind.clone(), stored))
-            .is_some()
+        let stored = self.stored_value(key, value);
+        let mut removed = false;
+        self.engine.overrides.rcu(|current| {
+            let mut next = Overrides::clone(current);
+            removed = next.remove(key.kind(), &stored);
+            next
+        });
+        removed
+    }
+
+    /// A key's value as the middleware stores it: hashed if the key is secret, and an IP
+    /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`).
+    fn stored_value(&self, key: &Key, value: &str) -> String {
+        let ip = matches!(key.source, key::Source::Ip)
+            .then(|| value.split_once('/').map_or(value, |(a, _)| a))
+            .and_then(|address| address.trim().parse::<std::net::IpAddr>().ok());
+        match ip {
+            Some(ip) => key::store_key(self.engine.client_ip.key(ip).as_bytes(), key.hashed),
+            None => key::store_key(value.as_bytes(), key.hashed),
+        }
     }
 
     /// Counters of what the limiter has done.
     pub fn stats(&self) -> LimiterStats {
-        let c = &self.inner.stats;
+        let c = &self.engine.stats;
         LimiterStats {
             admitted: c.admitted.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
@@ -392,7 +421,7 @@ impl Limiter {
     /// added, then the global policies, the per-route policies made so far with
     /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name).
     pub fn describe(&self) -> Vec<RouteLimits> {
-        let inner = &self.inner;
+        let inner = &self.engine;
         let table = inner.table.iter().map(|(pattern, policy)| {
             RouteLimits::from_compiled(RuleSource::Route, Some(pattern), policy)
         });
@@ -400,7 +429,7 @@ impl Limiter {
             .globals
             .iter()
             .map(|p| RouteLimits::from_compiled(RuleSource::Global, None, p));
-        let per_route: Vec<RouteLimits> = lock(&inner.per_route_policies)
+        let per_route: Vec<RouteLimits> = engine::lock(&inner.per_route_policies)
             .iter()
             .map(|p| RouteLimits::from_compiled(RuleSource::PerRoute, None, p))
             .collect();
@@ -420,9 +449,9 @@ impl Limiter {
     /// Global limits apply on top unless the rule is exempt; a route with its own
     /// [`Limiter::policy`] spends that policy instead.
     pub fn describe_route(&self, method: &Method, path: &str) -> Option<RouteLimits> {
-        let class = self.inner.table.classify(method, path)?;
+        let class = self.engine.table.classify(method, path)?;
         let pattern = self
-            .inner
+            .engine
             .table
             .iter()
             .find(|(_, policy)| Arc::ptr_eq(policy, class))
@@ -437,16 +466,16 @@ impl Limiter {
     /// The policy the central table gives `method` `path` (`None`: no rule matches, only
     /// global limits apply). For tests and diagnostics.
     pub fn classify(&self, method: &Method, path: &str) -> Option<&str> {
-        self.inner.table.classify(method, path).map(|c| &*c.name)
+        self.engine.table.classify(method, path).map(|c| &*c.name)
     }
 }
 
 impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Limiter")
-            .field("enabled", &self.inner.enabled)
-            .field("store", &self.inner.store)
-            .field("globals", &self.inner.globals.len())
+            .field("enabled", &self.engine.enabled)
+            .field("store", &self.engine.store)
+            .field("globals", &self.engine.globals.len())
             .finish_non_exhaustive()
     }
 }
@@ -637,9 +666,22 @@ impl LimiterBuilder {
 
         let mut table = RouteTable::builder().lenient(|class: &Arc<Compiled>| class.exempt);
         let mut has_default = false;
+        let global_limits: usize = self
+            .global
+            .iter()
+            .chain(&self.global_policies)
+            .filter(|p| !p.exempt)
+            .map(|p| p.limits.len())
+            .sum();
         for (pattern, policy) in &self.routes {
             let pattern = RoutePattern::parse(pattern)?;
-            let compiled = engine::compile(policy, &defaults, has_identity, &mut signatures)?;
+            let compiled = engine::compile(
+                policy,
+                &defaults,
+                has_identity,
+                &mut signatures,
+                global_limits,
+            )?;
             has_default |= pattern.methods().is_none() && pattern.to_string() == "/*";
             table = table.route(pattern, compiled);
         }
@@ -650,7 +692,13 @@ impl LimiterBuilder {
 
         let mut globals = Vec::new();
         for policy in self.global.iter().chain(&self.global_policies) {
-            let compiled = engine::compile(policy, &defaults, has_identity, &mut signatures)?;
+            let compiled = engine::compile(
+                policy,
+                &defaults,
+                has_identity,
+                &mut signatures,
+                global_limits,
+            )?;
             if !compiled.exempt {
                 globals.push(compiled);
             }
@@ -681,7 +729,7 @@ impl LimiterBuilder {
         }
 
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let inner = Inner {
+        let engine = Engine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             enabled,
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
@@ -689,20 +737,20 @@ impl LimiterBuilder {
             identity: self.identity,
             table,
             globals,
+            global_limits,
             direct,
             header_style: self.header_style.unwrap_or_default(),
             error_body: self.error_body.unwrap_or_default(),
             defaults,
             signatures: Mutex::new(signatures),
-            overrides: RwLock::default(),
-            per_route: RwLock::default(),
-            delegated: RwLock::default(),
+            overrides: ArcSwap::default(),
+            routes: ArcSwap::default(),
             per_route_policies: Mutex::default(),
-            stats: Counters::default(),
+            stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),
         };
         Ok(Limiter {
-            inner: Arc::new(inner),
+            engine: Arc::new(engine),
         })
     }
 }
@@ -738,18 +786,6 @@ fn parse_switch(value: &str) -> Option<bool> {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,29 +799,5 @@ mod tests {
             assert_eq!(parse_switch(off), Some(false));
         }
         assert_eq!(parse_switch("maybe"), None);
-    }
-}
-
-#[cfg(test)]
-mod store_warning_tests {
-    use super::*;
-
-    #[test]
-    fn a_failing_store_is_logged_once_per_period_and_every_failure_counted() {
-        let counters = Counters::default();
-        assert_eq!(
-            counters.store_failed(),
-            Some(0),
-            "the first failure is logged"
-        );
-        for _ in 0..1000 {
-            assert_eq!(counters.store_failed(), None, "then not again within 10 s");
-        }
-        assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1001);
-        // Ten seconds later the next warning reports the 1000 it did not log.
-        counters
-            .store_warned_at
-            .fetch_sub(STORE_WARNING_EVERY_MS, Ordering::Relaxed);
-        assert_eq!(counters.store_failed(), Some(1000));
     }
 }

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::StatusCode;
-use tollgate_core::{FailureMode, Limit};
+use tollgate_core::{FailureMode, Limit, WhenFull};
 
 use crate::key::Key;
 use crate::rate::Rate;
@@ -69,6 +69,7 @@ pub struct Policy {
     pub(crate) count_only_if: Option<StatusFn>,
     pub(crate) shadow: bool,
     pub(crate) on_failure: Option<FailureMode>,
+    pub(crate) when_full: WhenFull,
 }
 
 /// One limit of a policy: a key and its quota.
@@ -104,6 +105,7 @@ impl Policy {
             count_only_if: None,
             shadow: false,
             on_failure: None,
+            when_full: WhenFull::default(),
         }
     }
 
@@ -186,6 +188,17 @@ impl Policy {
         self
     }
 
+    /// What a bounded store (the memory store, and the fallback's memory) does with a new
+    /// key of this policy's buckets when their share of the store is full of keys at their
+    /// limit: refuse it (the default: a client being limited always stays limited, however
+    /// many keys others invent) or evict the least recently seen limited keys (new keys are
+    /// always served; a flood of invented keys can free a limited one). See
+    /// [`WhenFull`](tollgate_core::WhenFull).
+    pub fn when_full(mut self, mode: WhenFull) -> Self {
+        self.when_full = mode;
+        self
+    }
+
     /// What a request costs in every bucket of this policy (points); at least 1.
     pub fn cost(mut self, points: u64) -> Self {
         self.cost = Cost::Fixed(points);
@@ -251,6 +264,36 @@ impl Policy {
     /// The name bucket state is kept under.
     pub(crate) fn bucket_name(&self) -> &Arc<str> {
         self.bucket.as_ref().unwrap_or(&self.name)
+    }
+
+    /// Requests that fail authentication, per client IP: a policy named `failed-auth` that
+    /// counts only `401 Unauthorized` responses (no credentials, or unknown ones). Meant for
+    /// [`Limiter::guard`](crate::Limiter::guard), placed outside the authentication layer,
+    /// so that guessing API keys or tokens is throttled like any other abuse:
+    ///
+    /// ```
+    /// # use tollgate::{Limiter, Policy};
+    /// # let limiter = Limiter::builder().build()?;
+    /// # let authenticate = tower::layer::util::Identity::new();
+    /// let app = axum::Router::new()
+    ///     // ... routes ...
+    ///     .layer(limiter.layer())                                      // per tenant, after auth
+    ///     .layer(authenticate)                                         // answers 401
+    ///     .layer(limiter.guard(Policy::failed_auth_per_ip("20/min"))); // runs first
+    /// # let _: axum::Router = app;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    ///
+    /// Each request reserves 1 while it runs and gets it back unless its answer is a 401 (see
+    /// [`Policy::count_only_if`]), so authenticated clients spend nothing; once an IP's
+    /// failures reach the limit, every request from it is refused (429, with the usual
+    /// headers and `Retry-After`) until the window lets one through, authenticated or not:
+    /// the guard runs before credentials are checked. Keep the limit above the number of
+    /// requests one IP has in flight at once.
+    pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
+        Self::named("failed-auth")
+            .per_ip(rate)
+            .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
     }
 }
 

@@ -136,9 +136,9 @@ limits = [
             .status(),
         200
     );
-    // Once the rolling minute has passed (segmented: W + W/10 = 66 s), the daily cap (3)
-    // is what refuses key-a.
-    clock.advance(std::time::Duration::from_secs(66));
+    // Once the rolling minute has passed (a segment counts until a minute after its last
+    // admission), the daily cap (3) is what refuses key-a.
+    clock.advance(std::time::Duration::from_secs(60));
     assert_eq!(
         a(server.get("/v1/reports")).send().await.unwrap().status(),
         200
@@ -203,7 +203,8 @@ fn unknown_fields_keys_and_incomplete_rules_are_errors() {
     );
     let err = LimiterBuilder::from_config(&burst).unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Rule { field, .. } if field == "routes[0] (/x)"),
+        matches!(&err, ConfigError::Rule { field, line: Some(3), .. }
+            if field == "routes[0].rate_limit.burst (/x)"),
         "{err}"
     );
 
@@ -219,7 +220,8 @@ fn unknown_fields_keys_and_incomplete_rules_are_errors() {
     );
     let err = LimiterBuilder::from_config(&per).unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Rule { field, .. } if field == "buckets.failures"),
+        matches!(&err, ConfigError::Rule { field, line: Some(2), .. }
+            if field == "buckets.failures.per"),
         "{err}"
     );
 

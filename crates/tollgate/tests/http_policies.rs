@@ -207,7 +207,7 @@ async fn a_named_bucket_is_shared_by_three_routes() {
     for i in 0..21 {
         let r = server.post(paths[i % 3]).send().await.unwrap();
         if i == 0 {
-            assert_eq!(header(&r, "ratelimit"), r#""auth-ip";r=19;t=990"#);
+            assert_eq!(header(&r, "ratelimit"), r#""auth-ip";r=19;t=900"#);
             assert_eq!(header(&r, "ratelimit-policy"), r#""auth-ip";q=20;w=900"#);
         }
         statuses.push(r.status().as_u16());
@@ -265,10 +265,10 @@ async fn a_per_route_policy_replaces_the_central_class() {
     // charged to the route's own buckets. The global bucket is spent once.
     assert_eq!(
         chat().await,
-        (200, r#""chat-ip";r=4;t=66, "global";r=99;t=66"#.into())
+        (200, r#""chat-ip";r=4;t=60, "global";r=99;t=60"#.into())
     );
     for left in [3, 2, 1, 0] {
-        let expected = format!(r#""chat-ip";r={left};t=66, "global";r={};t=66"#, 95 + left);
+        let expected = format!(r#""chat-ip";r={left};t=60, "global";r={};t=60"#, 95 + left);
         assert_eq!(chat().await, (200, expected));
     }
     assert_eq!(chat().await.0, 429);
@@ -277,7 +277,7 @@ async fn a_per_route_policy_replaces_the_central_class() {
     assert_eq!(r.status(), 200);
     assert_eq!(
         header(&r, "ratelimit"),
-        r#""default-ip";r=2;t=66, "global";r=94;t=66"#
+        r#""default-ip";r=2;t=60, "global";r=94;t=60"#
     );
     assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
 
@@ -347,7 +347,7 @@ async fn a_global_limit_applies_on_top_of_every_class() {
     assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
     let r = server.get("/b/x").send().await.unwrap();
     assert_eq!(r.status(), 429);
-    assert_eq!(header(&r, "retry-after"), "66");
+    assert_eq!(header(&r, "retry-after"), "60");
     assert_eq!(server.status("/hook").await, 200);
 }
 

@@ -44,16 +44,16 @@ const X: [&str; 4] = [
 
 #[tokio::test]
 async fn every_reset_format_on_admitted_and_refused_responses() {
-    // Admitted at T0: 4 left, the bucket is full again 66 s later (the request leaves the
-    // window with its 6 s segment). Refused at T0 + 10 s: retry in 56 s.
+    // Admitted at T0: 4 left, the bucket is full again a minute later (a segment counts
+    // until W after its last admission). Refused at T0 + 10 s: retry in 50 s.
     let cases = [
-        (ResetFormat::UnixSeconds, "1717200066", "1717200066"),
-        (ResetFormat::UnixMillis, "1717200066000", "1717200066000"),
-        (ResetFormat::Seconds, "66", "56"),
+        (ResetFormat::UnixSeconds, "1717200060", "1717200060"),
+        (ResetFormat::UnixMillis, "1717200060000", "1717200060000"),
+        (ResetFormat::Seconds, "60", "50"),
         (
             ResetFormat::HttpDate,
-            "Sat, 01 Jun 2024 00:01:06 GMT",
-            "Sat, 01 Jun 2024 00:01:06 GMT",
+            "Sat, 01 Jun 2024 00:01:00 GMT",
+            "Sat, 01 Jun 2024 00:01:00 GMT",
         ),
     ];
     for (format, admitted_reset, refused_reset) in cases {
@@ -74,7 +74,7 @@ async fn every_reset_format_on_admitted_and_refused_responses() {
         assert_eq!(r.status(), 429);
         assert_eq!(
             headers(&r, &X),
-            ["5", "0", refused_reset, "56"],
+            ["5", "0", refused_reset, "50"],
             "{format:?}"
         );
     }
@@ -94,7 +94,7 @@ async fn ietf_fields_alone_and_combined() {
         headers(&r, &names),
         [
             r#""default-ip";q=5;w=60"#,
-            r#""default-ip";r=4;t=66"#,
+            r#""default-ip";r=4;t=60"#,
             "",
             ""
         ]
@@ -105,14 +105,14 @@ async fn ietf_fields_alone_and_combined() {
     clock.advance(Duration::from_millis(30_500));
     let r = server.get("/api/items").send().await.unwrap();
     assert_eq!(r.status(), 429);
-    // 35.5 s to wait: rounded up.
+    // 29.5 s to wait (the first admission, at T0, leaves at T0 + 60 s): rounded up.
     assert_eq!(
         headers(&r, &names),
         [
             r#""default-ip";q=5;w=60"#,
-            r#""default-ip";r=0;t=36"#,
+            r#""default-ip";r=0;t=30"#,
             "",
-            "36"
+            "30"
         ]
     );
 
@@ -129,7 +129,7 @@ async fn ietf_fields_alone_and_combined() {
                 "ratelimit"
             ]
         ),
-        ["5", "4", "1717200066", r#""default-ip";r=4;t=66"#]
+        ["5", "4", "1717200060", r#""default-ip";r=4;t=60"#]
     );
 }
 
@@ -155,12 +155,12 @@ async fn bodies_byte_for_byte() {
     let seed_000 = refusal(ErrorBody::seed_000()).await;
     assert_eq!(
         seed_000.text().await.unwrap(),
-        r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 56 seconds.","retryAfter":56}"#
+        r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 50 seconds.","retryAfter":50}"#
     );
     let seed_003 = refusal(ErrorBody::seed_003()).await;
     assert_eq!(
         seed_003.text().await.unwrap(),
-        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":5,"window":"1m","retryAfter":56}}"#
+        r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":5,"window":"1m","retryAfter":50}}"#
     );
     let custom = refusal(ErrorBody::custom(
         |info| serde_json::json!({ "status": 429, "retry_in": info.retry_after_secs() }),
@@ -168,7 +168,7 @@ async fn bodies_byte_for_byte() {
     .await;
     assert_eq!(
         custom.text().await.unwrap(),
-        r#"{"retry_in":56,"status":429}"#
+        r#"{"retry_in":50,"status":429}"#
     );
 }
 

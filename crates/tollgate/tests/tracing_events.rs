@@ -88,7 +88,9 @@ fn refusals_and_warnings_are_logged_without_secrets() {
         .iter()
         .filter(|e| e.contains("would refuse"))
         .collect();
-    assert_eq!(shadow.len(), 2, "{all}");
+    // Refusal events are sampled: at most one per second per policy (the second one of
+    // `trial`, a few milliseconds later, is counted in `would_refuse`, not logged).
+    assert_eq!(shadow.len(), 1, "{all}");
     assert!(shadow[0].contains("policy=trial") && shadow[0].contains("shadow=true"));
     assert_eq!(
         events

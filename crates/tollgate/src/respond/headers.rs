@@ -1,10 +1,15 @@
 //! [`HeaderStyle`]: which rate-limit headers a response carries, and how they are spelled.
 
-use std::fmt::Write as _;
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use smallvec::SmallVec;
+use tollgate_core::{BucketState, Quota, Timestamp};
 
 use super::info::{ceil_secs, RateLimitInfo};
+use super::sf;
+use crate::engine::policy_item;
 
 /// `X-RateLimit-Limit`: the most restrictive bucket's quota count.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -16,10 +21,6 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The IETF `RateLimit-Policy` field: each bucket's quota and window.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-
-/// The largest integer a structured field may carry (RFC 9651: at most 15 digits); larger
-/// values are clamped to it.
-const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
 
 /// The last second an HTTP date can show (9999-12-31 23:59:59 UTC); later times are
 /// clamped to it.
@@ -181,25 +182,115 @@ impl HeaderStyle {
     /// assert!(!headers.contains_key("retry-after"));
     /// ```
     pub fn write(&self, info: &RateLimitInfo, headers: &mut HeaderMap) {
-        let Some(bucket) = info.most_restrictive_bucket() else {
+        let names: SmallVec<[String; 4]> =
+            info.buckets.iter().map(|b| sf::string(&b.name)).collect();
+        let items: SmallVec<[Shown<'_>; 4]> = info
+            .buckets
+            .iter()
+            .zip(&names)
+            .map(|(b, name)| Shown {
+                sf_name: name,
+                quota: b.quota,
+                policy_item: None,
+                state: &b.state,
+            })
+            .collect();
+        let view = ShownResponse {
+            now: info.now,
+            allowed: info.allowed,
+            most_restrictive: info.most_restrictive,
+            buckets: &items,
+            policy: None,
+        };
+        self.emit(&view, |name, value| {
+            headers.insert(name, value);
+        });
+    }
+
+    /// Hands this style's headers for `view` to `out`, one at a time: the one code path
+    /// every rate-limit header goes through (admitted, refused, direct use).
+    pub(crate) fn emit(
+        &self,
+        view: &ShownResponse<'_>,
+        mut out: impl FnMut(HeaderName, HeaderValue),
+    ) {
+        let Some(most) = view.buckets.get(view.most_restrictive) else {
             return;
         };
         if let Some(format) = self.x_ratelimit {
-            let state = &bucket.state;
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(state.limit));
-            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(state.remaining));
-            let reset = format_reset(format, info);
-            headers.insert(X_RATELIMIT_RESET, ascii_value(&reset));
+            out(X_RATELIMIT_LIMIT, number(most.state.limit));
+            out(X_RATELIMIT_REMAINING, number(most.state.remaining));
+            let at = view.now.saturating_add(most.state.reset_after);
+            let reset = match format {
+                ResetFormat::UnixSeconds => cached(0, at.as_unix_secs_ceil(), number),
+                ResetFormat::UnixMillis => cached(1, at.as_unix_millis_ceil(), number),
+                ResetFormat::Seconds => number(ceil_secs(most.state.reset_after)),
+                ResetFormat::HttpDate => cached(2, at.as_unix_secs_ceil(), |secs| {
+                    ascii_value(&http_date(secs))
+                }),
+            };
+            out(X_RATELIMIT_RESET, reset);
         }
         if self.ietf {
-            let (policy, current) = ietf_fields(info);
-            headers.insert(RATELIMIT_POLICY, ascii_value(&policy));
-            headers.insert(RATELIMIT, ascii_value(&current));
+            let policy = view.policy.clone().unwrap_or_else(|| {
+                let mut text = String::new();
+                for (i, b) in view.buckets.iter().enumerate() {
+                    if i > 0 {
+                        text.push_str(", ");
+                    }
+                    match b.policy_item {
+                        Some(item) => text.push_str(item),
+                        None => text.push_str(&policy_item(b.sf_name, b.quota)),
+                    }
+                }
+                ascii_value(&text)
+            });
+            out(RATELIMIT_POLICY, policy);
+            let mut current: SmallVec<[u8; 128]> = SmallVec::new();
+            let mut digits = itoa::Buffer::new();
+            for (i, b) in view.buckets.iter().enumerate() {
+                if i > 0 {
+                    current.extend_from_slice(b", ");
+                }
+                current.extend_from_slice(b.sf_name.as_bytes());
+                current.extend_from_slice(b";r=");
+                current.extend_from_slice(digits.format(sf::clamp(b.state.remaining)).as_bytes());
+                current.extend_from_slice(b";t=");
+                let reset = sf::clamp(ceil_secs(b.state.reset_after));
+                current.extend_from_slice(digits.format(reset).as_bytes());
+            }
+            out(
+                RATELIMIT,
+                HeaderValue::from_bytes(&current).unwrap_or_else(|_| HeaderValue::from_static("")),
+            );
         }
-        if let (true, Some(secs)) = (self.retry_after, info.retry_after_secs()) {
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        if self.retry_after && !view.allowed {
+            if let Some(wait) = most.state.retry_after {
+                out(RETRY_AFTER, number(ceil_secs(wait).max(1)));
+            }
         }
     }
+}
+
+/// One bucket a response describes.
+pub(crate) struct Shown<'a> {
+    /// The bucket's name as a structured-field string (`"default-ip"`).
+    pub(crate) sf_name: &'a str,
+    pub(crate) quota: Quota,
+    /// Its `RateLimit-Policy` item, if made already.
+    pub(crate) policy_item: Option<&'a str>,
+    pub(crate) state: &'a BucketState,
+}
+
+/// What the rate-limit headers of one response are made of.
+pub(crate) struct ShownResponse<'a> {
+    pub(crate) now: Timestamp,
+    pub(crate) allowed: bool,
+    /// The index in `buckets` of the bucket `X-RateLimit-*` describe.
+    pub(crate) most_restrictive: usize,
+    pub(crate) buckets: &'a [Shown<'a>],
+    /// The `RateLimit-Policy` value, if made already.
+    pub(crate) policy: Option<HeaderValue>,
 }
 
 /// A header value from text this module built (printable ASCII only, by construction).
@@ -207,64 +298,63 @@ fn ascii_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn format_reset(format: ResetFormat, info: &RateLimitInfo) -> String {
-    let at = info.reset_at().unwrap_or(info.now);
-    match format {
-        ResetFormat::UnixSeconds => at.as_unix_secs_ceil().to_string(),
-        ResetFormat::UnixMillis => at.as_unix_millis_ceil().to_string(),
-        ResetFormat::Seconds => info
-            .most_restrictive_bucket()
-            .map_or(0, |b| ceil_secs(b.state.reset_after))
-            .to_string(),
-        ResetFormat::HttpDate => http_date(at.as_unix_secs_ceil()),
+/// The decimal digits of every number below [`SMALL`], one after the other, made once.
+static DIGITS: OnceLock<&'static str> = OnceLock::new();
+
+/// Numbers below this come from [`DIGITS`] as static header values (no allocation).
+const SMALL: u64 = 10_000;
+
+/// Where number `n` (below [`SMALL`]) starts in [`DIGITS`], and its length.
+fn small_span(n: u64) -> (usize, usize) {
+    let n = n as usize;
+    match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + (n - 10) * 2, 2),
+        100..=999 => (190 + (n - 100) * 3, 3),
+        _ => (2_890 + (n - 1_000) * 4, 4),
     }
 }
 
-/// The `RateLimit-Policy` and `RateLimit` field values: one item per bucket.
-fn ietf_fields(info: &RateLimitInfo) -> (String, String) {
-    let mut policy = String::new();
-    let mut current = String::new();
-    for (i, bucket) in info.buckets.iter().enumerate() {
-        if i > 0 {
-            policy.push_str(", ");
-            current.push_str(", ");
-        }
-        let window = ceil_secs(bucket.quota.period());
-        let reset = ceil_secs(bucket.state.reset_after);
-        write_sf_string(&mut policy, &bucket.name);
-        let _ = write!(
-            policy,
-            ";q={};w={}",
-            bucket.quota.count().min(SF_INTEGER_MAX),
-            window.min(SF_INTEGER_MAX)
-        );
-        write_sf_string(&mut current, &bucket.name);
-        let _ = write!(
-            current,
-            ";r={};t={}",
-            bucket.state.remaining.min(SF_INTEGER_MAX),
-            reset.min(SF_INTEGER_MAX)
-        );
-    }
-    (policy, current)
-}
-
-/// A bucket name as a structured-field string (RFC 9651 §3.3.3): `:` becomes `-`, anything
-/// outside printable ASCII becomes `_`, `"` and `\` are escaped.
-fn write_sf_string(out: &mut String, name: &str) {
-    out.push('"');
-    for c in name.chars() {
-        match c {
-            ':' => out.push('-'),
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
+/// `n` as a header value; small numbers (remaining counts, limits, waits) without
+/// allocating.
+pub(crate) fn number(n: u64) -> HeaderValue {
+    if n < SMALL {
+        let digits = DIGITS.get_or_init(|| {
+            let mut all = String::with_capacity(38_890);
+            let mut buf = itoa::Buffer::new();
+            for i in 0..SMALL {
+                all.push_str(buf.format(i));
             }
-            ' '..='~' => out.push(c),
-            _ => out.push('_'),
-        }
+            // One string per process, kept for its life: the header values borrow it.
+            Box::leak(all.into_boxed_str())
+        });
+        let (at, len) = small_span(n);
+        return HeaderValue::from_static(&digits[at..at + len]);
     }
-    out.push('"');
+    let mut buf = itoa::Buffer::new();
+    HeaderValue::from_str(buf.format(n)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+thread_local! {
+    /// The last reset value made on this thread, per format: every response in the same
+    /// second (or millisecond) shares it instead of formatting it again.
+    static LAST_RESET: RefCell<[(u64, Option<HeaderValue>); 3]> =
+        const { RefCell::new([(0, None), (0, None), (0, None)]) };
+}
+
+/// `make(key)`, or the value made last on this thread for the same `slot` and `key`.
+fn cached(slot: usize, key: u64, make: impl FnOnce(u64) -> HeaderValue) -> HeaderValue {
+    LAST_RESET.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        match &cache[slot] {
+            (k, Some(value)) if *k == key => value.clone(),
+            _ => {
+                let value = make(key);
+                cache[slot] = (key, Some(value.clone()));
+                value
+            }
+        }
+    })
 }
 
 /// An IMF-fixdate (RFC 9110 §5.6.7) for `secs` after the Unix epoch, clamped to the year

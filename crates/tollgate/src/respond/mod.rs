@@ -72,10 +72,12 @@
 mod body;
 mod headers;
 mod info;
+pub(crate) mod sf;
 
 pub use body::{too_many_requests, ErrorBody};
 pub use headers::{
     HeaderStyle, ResetFormat, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT,
     X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
+pub(crate) use headers::{Shown, ShownResponse};
 pub use info::{ceil_secs, BucketInfo, RateLimitInfo};

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The benchmark suite: one command, about 8 minutes, writes BENCHMARKS.md at the root.
+#
+#   bench/run.sh            # everything
+#   ROUNDS=2 bench/run.sh   # fewer HTTP rounds
+#
+# Every comparison is made in the same run, rounds interleaved (bare, peer, tollgate, one
+# after the other, round after round), and reported as ratios: absolute numbers on a shared
+# machine move from minute to minute, ratios from one run do not. CI does not run it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-4}
+DURATION=${DURATION:-4}
+OUT=target/bench-out
+mkdir -p "$OUT"
+rm -f "$OUT"/*.md
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; }
+
+echo "== building (release)"
+cargo build --release -q -p tollgate-bench --bins
+cargo bench -q --no-run -p tollgate-core --bench decide 2>/dev/null
+cargo bench -q --no-run -p tollgate --bench layer 2>/dev/null
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Its own redis-server on a free port (never the shared one on 6379).
+REDIS_PORT=$(free_port)
+REDIS_DIR=$(mktemp -d)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" --daemonize yes --pidfile "$REDIS_DIR/pid" >/dev/null
+trap 'kill "$(cat "$REDIS_DIR/pid")" 2>/dev/null || true; rm -rf "$REDIS_DIR"' EXIT
+
+echo "== HTTP: wrk -t1 -c32 -d${DURATION}s, $ROUNDS interleaved rounds"
+VARIANTS=(bare governor tollgate-ip tollgate-3 tollgate-redis governor-refuse tollgate-refuse)
+RAW="$OUT/http.tsv"
+: > "$RAW"
+for round in $(seq 1 "$ROUNDS"); do
+  for v in "${VARIANTS[@]}"; do
+    port=$(free_port)
+    target/release/bench-server "$v" "$port" "redis://127.0.0.1:$REDIS_PORT" > "$OUT/server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do grep -q ready "$OUT/server.log" && break; sleep 0.05; done
+    # The load generator on the other core; the server has one tokio worker.
+    wrk -t1 -c32 -d"${DURATION}s" --latency -H 'x-user: u_42' "http://127.0.0.1:$port/api/items/42" > "$OUT/wrk.txt" 2>&1 || true
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
+    p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk.txt")
+    p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/wrk.txt")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$v" "${rps:-0}" "${p50:-?}" "${p99:-?}" "${non2xx:-0}" >> "$RAW"
+    echo "  round $round $v: ${rps:-0} req/s p50 ${p50:-?} p99 ${p99:-?} non-2xx ${non2xx:-0}"
+  done
+done
+python3 bench/http_table.py "$RAW" > "$OUT/1-http.md"
+
+echo "== engine: one keyed decision beside governor (interleaved)"
+TOLLGATE_BENCH_OUT="$OUT/2-engine.md" cargo bench -q -p tollgate-core --bench decide -- interleaved 2>&1 | tail -n 30
+
+echo "== layer: per request through the tower layer (interleaved)"
+TOLLGATE_BENCH_OUT="$OUT/3-layer.md" cargo bench -q -p tollgate --bench layer -- interleaved 2>&1 | tail -n 12
+
+echo "== memory per live key"
+target/release/bench-memory > "$OUT/4-memory.md"
+cat "$OUT/4-memory.md"
+
+if cargo bench -q --no-run -p tollgate-redis --bench throughput >/dev/null 2>&1; then
+  echo "== Redis"
+  TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 300 cargo bench -q -p tollgate-redis --bench throughput 2>&1 | tail -n 30 || true
+fi
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average at the start $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "The machine is shared: only ratios measured in the same run, rounds interleaved, are comparable."
+  echo
+  for f in "$OUT"/[0-9]-*.md; do cat "$f"; echo; done
+} > BENCHMARKS.md
+echo "wrote BENCHMARKS.md"

@@ -1,0 +1,349 @@
+//! Policies checked and compiled once, when the limiter is built: bucket names, key kinds,
+//! and the constant parts of the rate-limit headers, so a request only fills in numbers.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use http::HeaderValue;
+use tollgate_core::{FailureMode, Limit, Quota, WhenFull};
+
+use crate::error::BuildError;
+use crate::key::{Key, Source};
+use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
+use crate::respond::sf;
+
+/// Settings every policy inherits unless it says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Defaults {
+    pub(crate) shadow: bool,
+    pub(crate) on_failure: FailureMode,
+}
+
+/// What a bucket name is bound to: the first policy that used it and its limits.
+pub(crate) type Signatures = HashMap<Arc<str>, (Arc<str>, Vec<Sig>)>;
+
+/// One limit of a bucket, as far as sharing is concerned.
+#[derive(Clone, PartialEq)]
+pub(crate) enum Sig {
+    Fixed(Arc<str>, Limit),
+    PerKey(Arc<str>, usize),
+}
+
+/// A policy checked and ready for requests.
+pub(crate) struct Compiled {
+    pub(crate) name: Arc<str>,
+    pub(crate) exempt: bool,
+    pub(crate) limits: Vec<CompiledLimit>,
+    pub(crate) cost: Cost,
+    pub(crate) refund_if: Option<StatusFn>,
+    pub(crate) count_only_if: Option<StatusFn>,
+    pub(crate) shadow: bool,
+    pub(crate) on_failure: FailureMode,
+    /// Whether the warning about a per-route policy charged by the central class first
+    /// was logged (once per policy).
+    pub(crate) warned_central: AtomicBool,
+    /// Refusal events: when one was last logged (Unix ms) and how many were not since.
+    pub(crate) refusals_logged_at: AtomicU64,
+    pub(crate) refusals_unlogged: AtomicU64,
+    /// `RateLimit-Policy` values by which of this policy's and the global policies' limits
+    /// a response shows (a bit per limit, this policy's first), made on first use.
+    pub(crate) policy_values: Box<[OnceLock<HeaderValue>]>,
+}
+
+impl Compiled {
+    /// Whether a response may give this policy's charge back.
+    pub(crate) fn may_refund(&self) -> bool {
+        self.refund_if.is_some() || self.count_only_if.is_some()
+    }
+
+    /// Whether the charge is given back for a response of `status`.
+    pub(crate) fn refunds(&self, status: http::StatusCode) -> bool {
+        self.refund_if.as_ref().is_some_and(|f| f(status))
+            || self.count_only_if.as_ref().is_some_and(|f| !f(status))
+    }
+}
+
+pub(crate) struct CompiledLimit {
+    pub(crate) key: Key,
+    pub(crate) quota: CompiledQuota,
+    /// The bucket name in the store and in headers: `<bucket>:<kind>[#n]`.
+    pub(crate) bucket: Arc<str>,
+    /// The bucket name as a structured-field string (`"default-ip"`), for the IETF fields.
+    pub(crate) sf_name: Box<str>,
+    /// `"default-ip";q=500;w=60`: this limit's `RateLimit-Policy` item (fixed quotas).
+    pub(crate) policy_item: Option<Box<str>>,
+    pub(crate) when_full: WhenFull,
+}
+
+pub(crate) enum CompiledQuota {
+    Fixed(Limit),
+    PerKey(QuotaFn),
+}
+
+/// A bucket or policy name: ASCII letters, digits, `_`, `-`, `.`; 1 to 64 of them.
+pub(crate) fn name_is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// One `RateLimit-Policy` item: `"name";q=500;w=60`.
+pub(crate) fn policy_item(sf_name: &str, quota: Quota) -> String {
+    let mut item = String::with_capacity(sf_name.len() + 24);
+    item.push_str(sf_name);
+    let _ = write!(
+        item,
+        ";q={};w={}",
+        sf::clamp(quota.count()),
+        sf::clamp(crate::respond::ceil_secs(quota.period()))
+    );
+    item
+}
+
+/// The most limits (this policy's and the global ones) whose `RateLimit-Policy` values are
+/// kept ready; beyond, they are made per response.
+const MAX_CACHED_LIMITS: u32 = 8;
+
+/// Checks `policy` and compiles it; binds its bucket name to its limits in `signatures`.
+/// `global_limits` is how many limits the global policies have (for the header cache).
+pub(crate) fn compile(
+    policy: &Policy,
+    defaults: &Defaults,
+    has_identity: bool,
+    signatures: &mut Signatures,
+    global_limits: usize,
+) -> Result<Arc<Compiled>, BuildError> {
+    let name = policy.name.clone();
+    let bucket_name = policy.bucket_name().clone();
+    for n in [&name, &bucket_name] {
+        if !name_is_valid(n) {
+            return Err(BuildError::BadName {
+                name: n.to_string(),
+            });
+        }
+    }
+    let mut compiled = Compiled {
+        name: name.clone(),
+        exempt: policy.exempt,
+        limits: Vec::new(),
+        cost: policy.cost.clone(),
+        refund_if: policy.refund_if.clone(),
+        count_only_if: policy.count_only_if.clone(),
+        shadow: policy.shadow || defaults.shadow,
+        on_failure: policy.on_failure.unwrap_or(defaults.on_failure),
+        warned_central: AtomicBool::new(false),
+        refusals_logged_at: AtomicU64::new(0),
+        refusals_unlogged: AtomicU64::new(0),
+        policy_values: Box::default(),
+    };
+    if policy.exempt {
+        return Ok(Arc::new(compiled));
+    }
+    if policy.limits.is_empty() {
+        return Err(BuildError::EmptyPolicy {
+            policy: name.to_string(),
+        });
+    }
+    let fixed_cost = match policy.cost {
+        Cost::Fixed(0) => {
+            return Err(BuildError::ZeroCost {
+                policy: name.to_string(),
+            })
+        }
+        Cost::Fixed(n) => Some(n),
+        Cost::PerRequest(_) => None,
+    };
+    let mut sigs = Vec::with_capacity(policy.limits.len());
+    let mut per_kind: HashMap<&str, usize> = HashMap::new();
+    for rule in &policy.limits {
+        let key = &rule.key;
+        if !key.kind_is_valid() {
+            return Err(BuildError::BadKeyKind {
+                policy: name.to_string(),
+                kind: key.kind().to_string(),
+            });
+        }
+        match &key.source {
+            Source::Header(Err(header)) => {
+                return Err(BuildError::BadHeaderName {
+                    policy: name.to_string(),
+                    header: header.clone(),
+                })
+            }
+            Source::User if !has_identity => {
+                return Err(BuildError::NoIdentity {
+                    policy: name.to_string(),
+                })
+            }
+            _ => {}
+        }
+        let quota = match &rule.quota {
+            QuotaSource::Fixed(rate) => {
+                let limit = rate.limit().map_err(|source| BuildError::Rate {
+                    policy: name.to_string(),
+                    key: key.kind().to_string(),
+                    source: Box::new(source),
+                })?;
+                if let Some(cost) = fixed_cost.filter(|c| *c > limit.capacity()) {
+                    return Err(BuildError::CostExceedsCapacity {
+                        policy: name.to_string(),
+                        key: key.kind().to_string(),
+                        cost,
+                        capacity: limit.capacity(),
+                    });
+                }
+                CompiledQuota::Fixed(limit)
+            }
+            QuotaSource::PerKey(f) => CompiledQuota::PerKey(f.clone()),
+        };
+        let n = per_kind.entry(key.kind()).or_insert(0);
+        *n += 1;
+        let bucket: Arc<str> = match (key.kind(), *n) {
+            ("global", 1) => bucket_name.clone(),
+            (kind, 1) => format!("{bucket_name}:{kind}").into(),
+            (kind, n) => format!("{bucket_name}:{kind}#{n}").into(),
+        };
+        sigs.push(match &quota {
+            CompiledQuota::Fixed(l) => Sig::Fixed(key.kind.clone(), *l),
+            CompiledQuota::PerKey(f) => {
+                Sig::PerKey(key.kind.clone(), Arc::as_ptr(f) as *const () as usize)
+            }
+        });
+        let sf_name: Box<str> = sf::string(&bucket).into();
+        let policy_item = match &quota {
+            CompiledQuota::Fixed(l) => Some(policy_item(&sf_name, l.quota()).into()),
+            CompiledQuota::PerKey(_) => None,
+        };
+        compiled.limits.push(CompiledLimit {
+            key: key.clone(),
+            quota,
+            bucket,
+            sf_name,
+            policy_item,
+            when_full: policy.when_full,
+        });
+    }
+    let shown = (compiled.limits.len() + global_limits) as u32;
+    if shown <= MAX_CACHED_LIMITS {
+        compiled.policy_values = (0..1usize << shown).map(|_| OnceLock::new()).collect();
+    }
+    match signatures.get(&bucket_name) {
+        Some((first, existing)) if *existing != sigs => {
+            return Err(BuildError::SharedBucketMismatch {
+                bucket: bucket_name.to_string(),
+                first: first.to_string(),
+                second: name.to_string(),
+            })
+        }
+        Some(_) => {}
+        None => {
+            signatures.insert(bucket_name, (name, sigs));
+        }
+    }
+    Ok(Arc::new(compiled))
+}
+
+/// Whether a refusal event should be logged now for `policy` (at most one per second per
+/// policy); `Some(n)`: log, `n` refusals were not logged since the last one.
+pub(crate) fn log_refusal(policy: &Compiled, now_ms: u64) -> Option<u64> {
+    const EVERY_MS: u64 = 1_000;
+    let last = policy.refusals_logged_at.load(Ordering::Relaxed);
+    if last != 0 && now_ms.saturating_sub(last) < EVERY_MS {
+        policy.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    if policy
+        .refusals_logged_at
+        .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        policy.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(policy.refusals_unlogged.swap(0, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            shadow: false,
+            on_failure: FailureMode::Fallback,
+        }
+    }
+
+    #[test]
+    fn bucket_names_and_header_items_are_made_once() {
+        let policy = Policy::named("default")
+            .per_ip("500/min")
+            .per_ip("10000/day");
+        let c = compile(&policy, &defaults(), false, &mut Signatures::new(), 1).unwrap();
+        let names: Vec<&str> = c.limits.iter().map(|l| &*l.bucket).collect();
+        assert_eq!(names, ["default:ip", "default:ip#2"]);
+        assert_eq!(&*c.limits[0].sf_name, "\"default-ip\"");
+        assert_eq!(
+            c.limits[1].policy_item.as_deref(),
+            Some("\"default-ip#2\";q=10000;w=86400")
+        );
+        // Two limits of its own and one global: 2^3 cached policy values.
+        assert_eq!(c.policy_values.len(), 8);
+    }
+
+    #[test]
+    fn a_shared_bucket_must_declare_the_same_limits() {
+        let mut sigs = Signatures::new();
+        let a = Policy::named("a").bucket("auth").per_ip("20/15min");
+        let b = Policy::named("b").bucket("auth").per_ip("20/15min");
+        let c = Policy::named("c").bucket("auth").per_ip("30/15min");
+        compile(&a, &defaults(), false, &mut sigs, 0).unwrap();
+        compile(&b, &defaults(), false, &mut sigs, 0).unwrap();
+        assert!(matches!(
+            compile(&c, &defaults(), false, &mut sigs, 0),
+            Err(BuildError::SharedBucketMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn mistakes_are_typed_errors() {
+        let mut sigs = Signatures::new();
+        let bad = |p: Policy| compile(&p, &defaults(), false, &mut Signatures::new(), 0).err();
+        assert!(matches!(
+            bad(Policy::named("x")),
+            Some(BuildError::EmptyPolicy { .. })
+        ));
+        assert!(matches!(
+            bad(Policy::named("x").per_user("1/min")),
+            Some(BuildError::NoIdentity { .. })
+        ));
+        assert!(matches!(
+            bad(Policy::named("x y").per_ip("1/min")),
+            Some(BuildError::BadName { .. })
+        ));
+        assert!(matches!(
+            bad(Policy::named("x").per_ip("1/min").cost(0)),
+            Some(BuildError::ZeroCost { .. })
+        ));
+        let _ = &mut sigs;
+    }
+
+    #[test]
+    fn refusal_events_are_sampled_per_policy() {
+        let policy = Policy::named("p").per_ip("1/min");
+        let c = compile(&policy, &defaults(), false, &mut Signatures::new(), 0).unwrap();
+        assert_eq!(log_refusal(&c, 10_000), Some(0));
+        for _ in 0..99 {
+            assert_eq!(log_refusal(&c, 10_500), None);
+        }
+        assert_eq!(
+            log_refusal(&c, 11_000),
+            Some(99),
+            "a second later, with the count"
+        );
+    }
+}

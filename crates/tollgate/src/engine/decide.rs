@@ -1,0 +1,267 @@
+//! The store's answer for a plan, turned into what the layer does: call the inner service
+//! (with the headers to add), or answer 429 (or 503 when failing closed). A store that can
+//! answer at once (memory) is asked synchronously, on the request's own thread, with no
+//! future and no allocation; others (Redis) through their future.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use smallvec::{smallvec, SmallVec};
+use tollgate_core::{Batch, BucketState, Decision, FailureMode, Op, StoreError, Timestamp};
+
+use super::compile::{log_refusal, Compiled};
+use super::plan::{Group, Plan, INLINE};
+use super::settle::After;
+use super::{Engine, Provisional};
+use crate::respond::{self, RateLimitInfo};
+
+/// The store's answer, turned into what the service does. Its headers are held inline
+/// (boxing them would allocate on every request), so the admitted variant is the large one.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Outcome {
+    /// Call the inner service; then finish with `After` (headers, refunds).
+    Proceed(Option<After>),
+    /// Answer without calling the inner service (429, or 503 when failing closed).
+    Respond(http::Response<Bytes>),
+}
+
+/// A plan the store could not decide at once, to be charged through its future. Returned
+/// by value: it lives on the stack, and only on a store that waits (Redis).
+pub(crate) type Undecided<'a> = (Plan<&'a Arc<Compiled>>, Option<Arc<Provisional>>);
+
+/// The states of a plan's active buckets, as a store answered them.
+pub(crate) type States = SmallVec<[BucketState; INLINE]>;
+
+/// What one answer of the store means for the plan.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Done(Outcome),
+    /// Only shadow buckets refused: charge again without them.
+    Without(SmallVec<[usize; INLINE]>),
+}
+
+impl Engine {
+    /// Charges `plan` at once if the store can answer synchronously (`Ok`), or gives the
+    /// plan back to be charged through the store's future.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn decide_now<'a>(
+        self: &Arc<Self>,
+        plan: Plan<&'a Arc<Compiled>>,
+        provisional: Option<Arc<Provisional>>,
+        method: &Method,
+        path: &str,
+    ) -> Result<Outcome, Undecided<'a>> {
+        let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        loop {
+            let mut states: States = smallvec![BucketState::default(); active.len()];
+            let answer = if active.len() == plan.buckets.len() {
+                self.store
+                    .apply_sync(Op::Charge, &plan.buckets, &mut states)
+            } else {
+                let buckets: SmallVec<[_; INLINE]> =
+                    active.iter().map(|&i| plan.buckets[i].clone()).collect();
+                self.store.apply_sync(Op::Charge, &buckets, &mut states)
+            };
+            let Some(answer) = answer else {
+                return Err((plan, provisional));
+            };
+            match self.conclude(&plan, &active, answer, states, &provisional, method, path) {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Without(rest) => active = rest,
+            }
+        }
+    }
+
+    /// Charges `plan` through the store's future.
+    pub(crate) async fn decide_later(
+        self: Arc<Self>,
+        plan: Plan<Arc<Compiled>>,
+        provisional: Option<Arc<Provisional>>,
+        method: Method,
+        path: String,
+    ) -> Outcome {
+        let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        loop {
+            let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();
+            let batch = Batch::charge(buckets).with_failure_mode(plan.on_failure);
+            let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
+            let (answer, states) = match answer {
+                Ok((now, states)) => (Ok(now), States::from_vec(states)),
+                Err(e) => (Err(e), States::new()),
+            };
+            match self.conclude(&plan, &active, answer, states, &provisional, &method, &path) {
+                Step::Done(outcome) => return outcome,
+                Step::Without(rest) => active = rest,
+            }
+        }
+    }
+
+    /// What an answer of the store for the `active` buckets of `plan` means.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude<G: Group>(
+        self: &Arc<Self>,
+        plan: &Plan<G>,
+        active: &[usize],
+        answer: Result<Timestamp, StoreError>,
+        states: States,
+        provisional: &Option<Arc<Provisional>>,
+        method: &Method,
+        path: &str,
+    ) -> Step {
+        let now = match answer {
+            Ok(now) => now,
+            Err(e) => return Step::Done(self.store_failed(&e, plan.on_failure, method, path)),
+        };
+        let allowed = states.iter().all(|s| s.allowed);
+        if allowed {
+            self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = provisional {
+                let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
+                *super::lock(&p.buckets) = Some(charged);
+            }
+            let after = After::new(self, plan, active, states, now, provisional.clone());
+            return Step::Done(Outcome::Proceed(Some(after)));
+        }
+        let mut enforced = false;
+        let mut refusing: SmallVec<[usize; INLINE]> = SmallVec::new();
+        for (&i, state) in active.iter().zip(&states) {
+            if state.allowed {
+                continue;
+            }
+            refusing.push(i);
+            let shadow = plan.shadow(i);
+            enforced |= !shadow;
+            self.log_refusal(plan, i, state, method, path);
+        }
+        if enforced {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let info = self.info(plan, active, &states, now, method, path);
+            return Step::Done(Outcome::Respond(respond::too_many_requests(
+                &info,
+                &self.header_style,
+                &self.error_body,
+            )));
+        }
+        self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);
+        let rest: SmallVec<[usize; INLINE]> = active
+            .iter()
+            .copied()
+            .filter(|i| !refusing.contains(i))
+            .collect();
+        if rest.is_empty() {
+            return Step::Done(Outcome::Proceed(None));
+        }
+        Step::Without(rest)
+    }
+
+    /// A refusal event: at most one per second per policy, with how many were not logged.
+    fn log_refusal<G: AsRef<Compiled>>(
+        &self,
+        plan: &Plan<G>,
+        i: usize,
+        state: &BucketState,
+        method: &Method,
+        path: &str,
+    ) {
+        if !tracing::enabled!(target: "tollgate", tracing::Level::INFO) {
+            return;
+        }
+        let policy = plan.policy(i);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let Some(unlogged) = log_refusal(policy, now_ms) else {
+            return;
+        };
+        let shadow = plan.shadow(i);
+        tracing::info!(
+            target: "tollgate",
+            policy = %policy.name,
+            bucket = %plan.label(i),
+            key_kind = %plan.kind(i),
+            shadow,
+            retry_after_ms = state.retry_after.map(|d| d.as_millis() as u64),
+            method = %method,
+            path = %path,
+            unlogged_refusals = unlogged,
+            "{}",
+            if shadow { "rate limit would refuse (shadow)" } else { "rate limit exceeded" }
+        );
+    }
+
+    /// The info headers and bodies are made of, for the `active` buckets of `plan` answered
+    /// by `states`. Shadow buckets are a dry run: they never show (a client that slows down
+    /// on `Remaining: 0` must not be slowed by a dry run).
+    pub(crate) fn info<G: AsRef<Compiled>>(
+        &self,
+        plan: &Plan<G>,
+        active: &[usize],
+        states: &[BucketState],
+        now: Timestamp,
+        method: &Method,
+        path: &str,
+    ) -> RateLimitInfo {
+        let shown: Vec<(usize, &BucketState)> = active
+            .iter()
+            .zip(states)
+            .filter(|(&i, _)| !plan.shadow(i))
+            .map(|(&i, s)| (i, s))
+            .collect();
+        let decision = Decision {
+            allowed: shown.iter().all(|(_, s)| s.allowed),
+            now,
+            buckets: shown.iter().map(|(_, s)| (*s).clone()).collect(),
+        };
+        let policy = decision
+            .most_restrictive()
+            .map_or("", |j| &*plan.policy(shown[j].0).name);
+        let names = shown
+            .iter()
+            .map(|&(i, _)| (plan.label(i).to_string(), plan.buckets[i].limit.quota()));
+        RateLimitInfo::from_decision(policy, &decision, names, method.clone(), path)
+    }
+
+    /// A store that could not answer: admit without headers, or 503 when failing closed.
+    fn store_failed(
+        &self,
+        error: &StoreError,
+        on_failure: FailureMode,
+        method: &Method,
+        path: &str,
+    ) -> Outcome {
+        if let Some(unlogged) = self.stats.store_failed() {
+            tracing::warn!(
+                target: "tollgate",
+                error = %error,
+                fail = ?on_failure,
+                method = %method,
+                path = %path,
+                unlogged_failures = unlogged,
+                "rate-limit store failed (logged at most every 10 s)"
+            );
+        }
+        if on_failure == FailureMode::Closed {
+            Outcome::Respond(unavailable())
+        } else {
+            Outcome::Proceed(None)
+        }
+    }
+}
+
+/// 503 for a store that failed while the policy fails closed.
+fn unavailable() -> http::Response<Bytes> {
+    let mut response = http::Response::new(Bytes::from_static(
+        br#"{"error":"rate limiter unavailable"}"#,
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

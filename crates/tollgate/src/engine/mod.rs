@@ -1,0 +1,474 @@
+//! The request path, and the one owner of a limiter's shared state ([`Engine`]).
+//!
+//! A request meets, in order: [`Engine::start`] (switch, marks, classification),
+//! [`plan`] (the request's buckets), [`decide`] (the store's answer, at once on the memory
+//! store), then [`settle`] (headers and refunds after the response). Policies were
+//! checked and their constant parts made once, by [`compile`].
+//!
+//! Nothing on the request path takes a lock for state that only configuration changes:
+//! the per-route registry and the per-key overrides are immutable snapshots, swapped
+//! whole when they change.
+
+mod compile;
+mod decide;
+mod plan;
+mod settle;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::request::Parts;
+use http::Method;
+use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
+
+use crate::classify::RouteTable;
+use crate::client_ip::ClientIp;
+use crate::key::Extractor;
+use crate::respond::{ErrorBody, HeaderStyle};
+
+pub(crate) use compile::{
+    compile, name_is_valid, policy_item, Compiled, CompiledQuota, Defaults, Signatures,
+};
+pub(crate) use decide::Outcome;
+pub(crate) use settle::{merge_headers, After, Headers, Settle};
+
+/// A limiter's shared state: its configuration, the snapshots that configuration calls
+/// change, and its counters. [`Limiter`](crate::Limiter) is a handle to it.
+pub(crate) struct Engine {
+    pub(crate) id: u64,
+    pub(crate) enabled: bool,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) client_ip: ClientIp,
+    pub(crate) identity: Option<Extractor>,
+    pub(crate) table: RouteTable<Arc<Compiled>>,
+    pub(crate) globals: Vec<Arc<Compiled>>,
+    /// How many limits the global policies have together.
+    pub(crate) global_limits: usize,
+    pub(crate) direct: HashMap<String, Limit>,
+    pub(crate) header_style: HeaderStyle,
+    pub(crate) error_body: ErrorBody,
+    pub(crate) defaults: Defaults,
+    /// Bucket names bound so far (per-route policies are compiled after the build).
+    pub(crate) signatures: Mutex<Signatures>,
+    /// Per-key overrides.
+    pub(crate) overrides: ArcSwap<Overrides>,
+    /// What the central layer leaves to per-route layers.
+    pub(crate) routes: ArcSwap<Routes>,
+    /// The per-route policies made so far, one per name (for `describe`).
+    pub(crate) per_route_policies: Mutex<Vec<Arc<Compiled>>>,
+    pub(crate) stats: Counters,
+    pub(crate) warned_no_peer: AtomicBool,
+}
+
+/// Per-key overrides: a limit for one key of one kind, on top of the endpoint limits.
+#[derive(Default, Clone)]
+pub(crate) struct Overrides(HashMap<Box<str>, Limit>);
+
+impl Overrides {
+    fn id(kind: &str, stored: &str) -> StoreKey {
+        let mut id = StoreKey::new();
+        id.push_str(kind);
+        id.push_str("\0");
+        id.push_str(stored);
+        id
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The override of the key `stored` of kind `kind`.
+    pub(crate) fn get(&self, kind: &str, stored: &str) -> Option<Limit> {
+        self.0.get(Self::id(kind, stored).as_str()).copied()
+    }
+
+    pub(crate) fn set(&mut self, kind: &str, stored: &str, limit: Limit) {
+        self.0.insert(Self::id(kind, stored).as_str().into(), limit);
+    }
+
+    pub(crate) fn remove(&mut self, kind: &str, stored: &str) -> bool {
+        self.0.remove(Self::id(kind, stored).as_str()).is_some()
+    }
+
+    /// Every override: (kind, stored key, limit).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, Limit)> {
+        self.0.iter().map(|(id, limit)| {
+            let (kind, stored) = id.split_once('\0').unwrap_or((id, ""));
+            (kind, stored, *limit)
+        })
+    }
+}
+
+/// What the central layer leaves to per-route layers.
+#[derive(Default, Clone)]
+pub(crate) struct Routes {
+    /// `"<METHOD> <matched path>"` of routes whose own layer was seen.
+    pub(crate) per_route: HashSet<Box<str>>,
+    /// Patterns declared with `policy_at`.
+    pub(crate) delegated: Vec<Arc<RouteTable<()>>>,
+    /// Whether a per-route layer without a pattern exists: only then does the central
+    /// layer mark the requests it charges, for such a layer to take over.
+    pub(crate) marks: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) admitted: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) would_refuse: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    /// When a store failure was last logged (Unix ms; 0: never).
+    pub(crate) store_warned_at: AtomicU64,
+    /// `store_errors` when it was.
+    store_errors_warned: AtomicU64,
+}
+
+/// At most one warning per this many milliseconds about a failing store: while it is down,
+/// every request fails, and a log line per request would bury everything else.
+pub(crate) const STORE_WARNING_EVERY_MS: u64 = 10_000;
+
+impl Counters {
+    /// Counts a store failure; `Some(n)` if it should be logged now, `n` being the failures
+    /// since the last warning that were not.
+    pub(crate) fn store_failed(&self) -> Option<u64> {
+        let total = self.store_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+            .max(1);
+        let last = self.store_warned_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < STORE_WARNING_EVERY_MS {
+            return None;
+        }
+        self.store_warned_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        let before = self.store_errors_warned.swap(total, Ordering::Relaxed);
+        Some(total.saturating_sub(before).saturating_sub(1))
+    }
+}
+
+/// Marks a request carries between the layers of one limiter (request extensions), so a
+/// request is charged once, and a per-route policy replaces the central class.
+#[derive(Clone, Default)]
+struct Marks(Vec<(u64, Mark)>);
+
+#[derive(Clone)]
+enum Mark {
+    /// A per-route layer has taken charge of the request.
+    Route,
+    /// The central layer charged the request (provisionally, in case a per-route layer
+    /// turns up further in).
+    Central(Arc<Provisional>),
+}
+
+/// The central layer's charge of a request, which a per-route layer may take over.
+#[derive(Default)]
+pub(crate) struct Provisional {
+    /// What the central layer charged.
+    pub(crate) buckets: Mutex<Option<Vec<Bucket>>>,
+    /// Set when a per-route layer gave that charge back and took over.
+    pub(crate) taken_over: AtomicBool,
+}
+
+fn mark(parts: &Parts, id: u64) -> Option<&Mark> {
+    parts
+        .extensions
+        .get::<Marks>()
+        .and_then(|m| m.0.iter().find(|(i, _)| *i == id).map(|(_, m)| m))
+}
+
+fn add_mark(parts: &mut Parts, id: u64, mark: Mark) {
+    let mut all = parts.extensions.remove::<Marks>().unwrap_or_default();
+    all.0.retain(|(i, _)| *i != id);
+    all.0.push((id, mark));
+    parts.extensions.insert(all);
+}
+
+/// Methods whose per-route registrations are remembered.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
+/// The most (method, route) pairs remembered as carrying their own policy.
+const MAX_PER_ROUTE_ENTRIES: usize = 4096;
+
+/// Which layer a request is going through.
+#[derive(Clone)]
+pub(crate) enum Scope {
+    /// The central table ([`Limiter::layer`](crate::Limiter::layer)).
+    Central,
+    /// A per-route policy ([`Limiter::policy`](crate::Limiter::policy)), and the pattern
+    /// it was declared for ([`Limiter::policy_at`](crate::Limiter::policy_at)).
+    Route(Arc<Compiled>, Option<Arc<RouteTable<()>>>),
+}
+
+/// What a layer does with a request before calling the inner service. (An outcome decided
+/// at once is held inline: boxing it would allocate per request.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Start {
+    /// Nothing: call the inner service, touch nothing.
+    Pass,
+    /// Decided at once.
+    Now(Outcome),
+    /// Ask the store, and wait for its answer.
+    Later(BoxFuture<'static, Outcome>),
+}
+
+/// The path the request was made to (before axum's `nest` stripped a prefix).
+pub(crate) fn request_path(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return original.0.path();
+    }
+    parts.uri.path()
+}
+
+/// The route template axum matched, if any.
+fn matched_path(parts: &Parts) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+        return Some(matched.as_str());
+    }
+    let _ = parts;
+    None
+}
+
+/// `"<METHOD> <path>"`, the key of the per-route registry.
+fn route_id(method: &Method, path: &str) -> StoreKey {
+    let mut id = StoreKey::new();
+    id.push_str(method.as_str());
+    id.push_str(" ");
+    id.push_str(path);
+    id
+}
+
+impl Engine {
+    /// The first step of every request through a layer of this limiter.
+    pub(crate) fn start(self: &Arc<Self>, scope: &Scope, parts: &mut Parts) -> Start {
+        if !self.enabled {
+            return Start::Pass;
+        }
+        match scope {
+            Scope::Central => self.start_central(parts),
+            Scope::Route(policy, pattern) => self.start_route(policy, pattern.as_deref(), parts),
+        }
+    }
+
+    fn start_central(self: &Arc<Self>, parts: &mut Parts) -> Start {
+        let routes = self.routes.load();
+        if routes.marks && mark(parts, self.id).is_some() {
+            return Start::Pass;
+        }
+        if !routes.per_route.is_empty() {
+            if let Some(path) = matched_path(parts) {
+                if routes
+                    .per_route
+                    .contains(route_id(&parts.method, path).as_str())
+                {
+                    return Start::Pass;
+                }
+            }
+        }
+        let path = request_path(parts);
+        if routes
+            .delegated
+            .iter()
+            .any(|route| route.classify(&parts.method, path).is_some())
+        {
+            return Start::Pass;
+        }
+        // Both classes when the path's two readings disagree: a request is charged at
+        // least as strictly as the route that serves it.
+        let classes = self.table.classify_all(&parts.method, path);
+        if classes.first().is_some_and(|c| c.exempt) {
+            return Start::Pass;
+        }
+        let plan = self.plan(parts, classes.into_iter().chain(&self.globals));
+        if plan.buckets.is_empty() {
+            return Start::Pass;
+        }
+        let provisional = routes.marks.then(Arc::<Provisional>::default);
+        let decided = self.decide_now(plan, provisional.clone(), &parts.method, path);
+        match decided {
+            Ok(outcome) => {
+                if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
+                    add_mark(parts, self.id, Mark::Central(p));
+                }
+                Start::Now(outcome)
+            }
+            Err((plan, provisional)) => {
+                let plan = plan.owned();
+                if let Some(p) = &provisional {
+                    add_mark(parts, self.id, Mark::Central(p.clone()));
+                }
+                let (method, path) = (parts.method.clone(), request_path(parts).to_string());
+                Start::Later(Box::pin(self.clone().decide_later(
+                    plan,
+                    provisional,
+                    method,
+                    path,
+                )))
+            }
+        }
+    }
+
+    fn start_route(
+        self: &Arc<Self>,
+        policy: &Arc<Compiled>,
+        pattern: Option<&RouteTable<()>>,
+        parts: &mut Parts,
+    ) -> Start {
+        // A layer declared for a pattern that does not match the request as the central
+        // layer reads it (a `nest` prefix, a typo): the central layer charged it. From now
+        // on it marks what it charges, so this layer can give that back.
+        if let Some(pattern) = pattern {
+            let seen_by_central = pattern.classify(&parts.method, request_path(parts));
+            if seen_by_central.is_none() && !self.routes.load().marks {
+                tracing::warn!(
+                    target: "tollgate",
+                    policy = %policy.name,
+                    method = %parts.method,
+                    path = %request_path(parts),
+                    "a per-route policy's pattern does not match its route's requests as the \
+                     central layer sees them (check the full path, including any `nest` \
+                     prefix); its requests may be charged to the central class too"
+                );
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    routes.marks = true;
+                    routes
+                });
+            }
+        }
+        if let Some(path) = matched_path(parts) {
+            // Only standard methods are remembered (a client chooses the method: extension
+            // methods must not grow the registry; their requests take the refund path), and
+            // only so many routes.
+            let standard = STANDARD_METHODS.contains(&parts.method);
+            let id = route_id(&parts.method, path);
+            if standard && !self.routes.load().per_route.contains(id.as_str()) {
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    if routes.per_route.len() < MAX_PER_ROUTE_ENTRIES {
+                        routes.per_route.insert(id.as_str().into());
+                    }
+                    routes
+                });
+            }
+        }
+        let refund_first = match mark(parts, self.id) {
+            Some(Mark::Route) => return Start::Pass,
+            Some(Mark::Central(p)) => {
+                if !policy.warned_central.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        target: "tollgate",
+                        policy = %policy.name,
+                        method = %parts.method,
+                        path = %request_path(parts),
+                        "a route with its own policy was first charged to the central class \
+                         (and may be refused by it before its policy sees it); attach the \
+                         policy with `limiter.policy_at(pattern, policy)` so the central table \
+                         leaves the route to it"
+                    );
+                }
+                p.taken_over.store(true, Ordering::Release);
+                lock(&p.buckets).take()
+            }
+            None => None,
+        };
+        if self.routes.load().marks {
+            add_mark(parts, self.id, Mark::Route);
+        }
+        // The central layer's charge goes back first: at once on a store that answers at
+        // once, else before this policy is charged, in the same future.
+        let refund_later = refund_first.and_then(|buckets| self.give_back_now(buckets));
+        let plan = if policy.exempt {
+            None
+        } else {
+            Some(self.plan(parts, std::iter::once(policy).chain(&self.globals)))
+                .filter(|plan| !plan.buckets.is_empty())
+        };
+        let path = request_path(parts);
+        let plan = match (plan, refund_later.is_some()) {
+            (None, false) => return Start::Pass,
+            (Some(plan), false) => match self.decide_now(plan, None, &parts.method, path) {
+                Ok(outcome) => return Start::Now(outcome),
+                Err((plan, _)) => Some(plan.owned()),
+            },
+            (plan, true) => plan.map(|p| p.owned()),
+        };
+        let (engine, method, path) = (self.clone(), parts.method.clone(), path.to_string());
+        Start::Later(Box::pin(async move {
+            if let Some(buckets) = refund_later {
+                engine.give_back(buckets).await;
+            }
+            match plan {
+                Some(plan) => engine.decide_later(plan, None, method, path).await,
+                None => Outcome::Proceed(None),
+            }
+        }))
+    }
+
+    /// Gives back what the central layer charged for a request a per-route layer took
+    /// over, if the store answers at once; else hands the buckets back.
+    fn give_back_now(&self, buckets: Vec<Bucket>) -> Option<Vec<Bucket>> {
+        let mut states = vec![tollgate_core::BucketState::default(); buckets.len()];
+        match self.store.apply_sync(Op::Refund, &buckets, &mut states) {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => {
+                give_back_failed(&e);
+                None
+            }
+            None => Some(buckets),
+        }
+    }
+
+    /// [`Engine::give_back_now`] through the store's future.
+    async fn give_back(&self, buckets: Vec<Bucket>) {
+        if let Err(e) = self.store.apply(&Batch::new(Op::Refund, buckets)).await {
+            give_back_failed(&e);
+        }
+    }
+
+    /// Logs once that requests come without a peer address.
+    pub(crate) fn warn_no_peer(&self) {
+        if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                target: "tollgate",
+                "no client address on the request: per-IP limits are shared by all such \
+                 requests. With axum, serve with \
+                 `into_make_service_with_connect_info::<SocketAddr>()`; with plain tower, \
+                 insert the peer `SocketAddr` into the request extensions"
+            );
+        }
+    }
+}
+
+fn give_back_failed(e: &tollgate_core::StoreError) {
+    tracing::warn!(target: "tollgate", error = %e, "could not give the central class's charge back");
+}
+
+/// Locks a mutex; a poisoned one (a panic elsewhere) still holds valid state.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Central => f.write_str("Central"),
+            Scope::Route(policy, _) => write!(f, "Route({})", policy.name),
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! One request's buckets: which policies apply, each limit's key, the per-key overrides.
+//! Builds the store keys in place (no allocation for keys that fit inline) and resolves
+//! each kind of key at most once per request.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::request::Parts;
+use smallvec::SmallVec;
+use tollgate_core::{Bucket, FailureMode, StoreKey};
+
+use super::compile::{Compiled, CompiledQuota};
+use super::Engine;
+use crate::client_ip::peer_addr;
+use crate::key::{push_store_key, Key, Source};
+use crate::policy::Cost;
+
+/// How many buckets a request may have before its plan allocates.
+pub(crate) const INLINE: usize = 4;
+
+/// The buckets of one request and where each came from. `G` is how a policy is held:
+/// borrowed from the engine while the request is decided at once, owned (`Arc`) when the
+/// decision waits on the store.
+pub(crate) struct Plan<G> {
+    /// The policies spent, the route's class (or per-route policy) first.
+    pub(crate) groups: SmallVec<[G; 3]>,
+    /// The buckets, in the order the store answers them.
+    pub(crate) buckets: SmallVec<[Bucket; INLINE]>,
+    /// One per bucket: where it came from.
+    pub(crate) meta: SmallVec<[Meta; INLINE]>,
+    /// The strictest failure mode of the policies with a bucket in the plan.
+    pub(crate) on_failure: FailureMode,
+}
+
+/// Where a bucket of a plan came from.
+#[derive(Clone)]
+pub(crate) struct Meta {
+    /// The index of its policy in [`Plan::groups`].
+    pub(crate) group: u8,
+    /// The index of its limit in that policy, or [`OVERRIDE`].
+    pub(crate) limit: u8,
+    /// Its bit among the limits a `RateLimit-Policy` value is cached by (the class's
+    /// limits, then the global policies'), when its quota is the compiled one.
+    pub(crate) bit: Option<u8>,
+    /// For an override: its label (`override:<kind>`).
+    pub(crate) label: Option<Arc<str>>,
+}
+
+/// [`Meta::limit`] of a per-key override's bucket.
+pub(crate) const OVERRIDE: u8 = u8::MAX;
+
+impl<G: AsRef<Compiled>> Plan<G> {
+    /// The policy of bucket `i`.
+    pub(crate) fn policy(&self, i: usize) -> &Compiled {
+        self.groups[usize::from(self.meta[i].group)].as_ref()
+    }
+
+    /// Whether bucket `i` is a dry run.
+    pub(crate) fn shadow(&self, i: usize) -> bool {
+        self.policy(i).shadow
+    }
+
+    /// The name bucket `i` shows in logs and headers (`default:ip`, `override:api_key`).
+    pub(crate) fn label(&self, i: usize) -> &str {
+        let meta = &self.meta[i];
+        match &meta.label {
+            Some(label) => label,
+            None => &self.policy(i).limits[usize::from(meta.limit)].bucket,
+        }
+    }
+
+    /// The key kind of bucket `i`.
+    pub(crate) fn kind(&self, i: usize) -> &str {
+        let meta = &self.meta[i];
+        let policy = self.policy(i);
+        match meta.label.as_deref() {
+            Some(label) => label.strip_prefix("override:").unwrap_or(label),
+            None => policy.limits[usize::from(meta.limit)].key.kind(),
+        }
+    }
+}
+
+/// How a plan holds a policy: borrowed from the engine, or owned.
+pub(crate) trait Group: AsRef<Compiled> {
+    /// The policy, owned.
+    fn arc(&self) -> Arc<Compiled>;
+}
+
+impl Group for &Arc<Compiled> {
+    fn arc(&self) -> Arc<Compiled> {
+        Arc::clone(self)
+    }
+}
+
+impl Group for Arc<Compiled> {
+    fn arc(&self) -> Arc<Compiled> {
+        self.clone()
+    }
+}
+
+impl<G: Group> Plan<G> {
+    /// The same plan, holding its policies.
+    pub(crate) fn owned(&self) -> Plan<Arc<Compiled>> {
+        Plan {
+            groups: self.groups.iter().map(Group::arc).collect(),
+            buckets: self.buckets.clone(),
+            meta: self.meta.clone(),
+            on_failure: self.on_failure,
+        }
+    }
+}
+
+/// A key's value in one request.
+enum Value<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Owned(String),
+}
+
+impl Value<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Text(t) => t.as_bytes(),
+            Value::Bytes(b) => b,
+            Value::Owned(s) => s.as_bytes(),
+        }
+    }
+
+    /// The value as text (what per-key quota functions see).
+    fn text(&self) -> Cow<'_, str> {
+        match self {
+            Value::Text(t) => Cow::Borrowed(t),
+            Value::Bytes(b) => String::from_utf8_lossy(b),
+            Value::Owned(s) => Cow::Borrowed(s),
+        }
+    }
+}
+
+/// The keys of one request, each resolved at most once.
+struct Keys<'a, 'p> {
+    engine: &'a Engine,
+    parts: &'p Parts,
+    ip: Option<Option<StoreKey>>,
+    user: Option<Option<String>>,
+}
+
+impl<'a, 'p> Keys<'a, 'p> {
+    fn value<'k>(&'k mut self, key: &'k Key) -> Option<Value<'k>> {
+        let value = match &key.source {
+            Source::Ip => {
+                let (engine, parts) = (self.engine, self.parts);
+                let ip = self
+                    .ip
+                    .get_or_insert_with(|| Some(engine.client_ip_key(parts)));
+                Value::Text(ip.as_ref()?.as_str())
+            }
+            Source::User => {
+                let identity = self.engine.identity.as_ref()?;
+                let parts = self.parts;
+                Value::Text(
+                    self.user
+                        .get_or_insert_with(|| identity(parts))
+                        .as_deref()?,
+                )
+            }
+            Source::Global => Value::Text("all"),
+            Source::Header(Ok(name)) => Value::Bytes(self.parts.headers.get(name)?.as_bytes()),
+            Source::Header(Err(_)) => return None,
+            Source::Custom(f) => Value::Owned(f(self.parts)?),
+        };
+        (!value.as_bytes().is_empty()).then_some(value)
+    }
+}
+
+impl Engine {
+    /// The client IP's key; without any peer address, one shared key (and an error, once).
+    fn client_ip_key(&self, parts: &Parts) -> StoreKey {
+        let mut key = StoreKey::new();
+        let peer = peer_addr(&parts.extensions);
+        match self.client_ip.resolve(peer, &parts.headers) {
+            Some(ip) => self.client_ip.push_key(ip, &mut key),
+            None => {
+                self.warn_no_peer();
+                key.push_str("unknown-peer");
+            }
+        }
+        key
+    }
+
+    /// The buckets `policies` (the class or per-route policy, then the global ones) charge
+    /// for this request: each limit whose key the request has, at the policy's cost, plus
+    /// the per-key overrides of those keys. A bucket two policies share is charged once.
+    pub(crate) fn plan<'a>(
+        &'a self,
+        parts: &Parts,
+        policies: impl Iterator<Item = &'a Arc<Compiled>>,
+    ) -> Plan<&'a Arc<Compiled>> {
+        let mut keys = Keys {
+            engine: self,
+            parts,
+            ip: None,
+            user: None,
+        };
+        let overrides = self.overrides.load();
+        let mut plan = Plan {
+            groups: SmallVec::new(),
+            buckets: SmallVec::new(),
+            meta: SmallVec::new(),
+            on_failure: FailureMode::Open,
+        };
+        let mut bit = 0usize;
+        for policy in policies.filter(|p| !p.exempt) {
+            let group = plan.groups.len() as u8;
+            plan.groups.push(policy);
+            let cost = match &policy.cost {
+                Cost::Fixed(n) => *n,
+                Cost::PerRequest(f) => f(parts).max(1),
+            };
+            let before = plan.buckets.len();
+            for (l, limit) in policy.limits.iter().enumerate() {
+                let this_bit = bit;
+                bit += 1;
+                let Some(value) = keys.value(&limit.key) else {
+                    continue;
+                };
+                let (quota, fixed) = match &limit.quota {
+                    CompiledQuota::Fixed(q) => (*q, true),
+                    CompiledQuota::PerKey(f) => match f(&value.text(), parts) {
+                        Some(q) => (q, false),
+                        None => continue,
+                    },
+                };
+                let mut key = StoreKey::new();
+                key.push_str(&limit.bucket);
+                key.push_str(":");
+                let key_at = key.len();
+                push_store_key(value.as_bytes(), limit.key.hashed, &mut key);
+                let bucket = Bucket::from_key(key, limit.bucket.len(), quota)
+                    .with_cost(cost)
+                    .with_when_full(limit.when_full);
+                let bit = (fixed && this_bit < 8).then_some(this_bit as u8);
+                let stored = &bucket.key[key_at..];
+                let over = if overrides.is_empty() {
+                    None
+                } else {
+                    overrides.get(limit.key.kind(), stored).map(|l| {
+                        let label: Arc<str> = format!("override:{}", limit.key.kind()).into();
+                        let bucket = Bucket::new(&label, stored, l)
+                            .with_cost(cost)
+                            .with_when_full(limit.when_full);
+                        (bucket, label)
+                    })
+                };
+                plan.push(
+                    bucket,
+                    Meta {
+                        group,
+                        limit: l as u8,
+                        bit,
+                        label: None,
+                    },
+                );
+                if let Some((bucket, label)) = over {
+                    plan.push(
+                        bucket,
+                        Meta {
+                            group,
+                            limit: OVERRIDE,
+                            bit: None,
+                            label: Some(label),
+                        },
+                    );
+                }
+            }
+            if plan.buckets.len() > before {
+                plan.on_failure = stricter(plan.on_failure, policy.on_failure);
+            }
+        }
+        plan
+    }
+}
+
+impl<G> Plan<G> {
+    /// Adds a bucket, unless the request already spends it (a global policy sharing a
+    /// bucket name with the class, or an override two limits of one key kind share).
+    fn push(&mut self, bucket: Bucket, meta: Meta) {
+        if self.buckets.iter().any(|b| b.key == bucket.key) {
+            return;
+        }
+        self.buckets.push(bucket);
+        self.meta.push(meta);
+    }
+}
+
+/// Closed beats Fallback beats Open.
+pub(crate) fn stricter(a: FailureMode, b: FailureMode) -> FailureMode {
+    let rank = |m: FailureMode| match m {
+        FailureMode::Open => 0,
+        FailureMode::Fallback => 1,
+        FailureMode::Closed => 2,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http::Request;
+
+    use crate::{Key, Limiter, Policy};
+
+    fn parts(uri: &str, user: Option<&str>) -> http::request::Parts {
+        let mut req = Request::get(uri);
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        parts
+            .extensions
+            .insert(SocketAddr::from(([203, 0, 113, 7], 4000)));
+        parts
+    }
+
+    fn limiter() -> Limiter {
+        Limiter::builder()
+            .identity(|p| {
+                p.headers
+                    .get("x-user")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+            })
+            .route(
+                "/api/*",
+                Policy::named("default")
+                    .per_ip("500/min")
+                    .per_user("10000/h"),
+            )
+            .global_policy(Policy::named("global").limit(Key::global(), "1000/min"))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_plan_names_every_bucket_and_skips_absent_keys() {
+        let limiter = limiter();
+        let engine = &limiter.engine;
+        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let anonymous = parts("/api/x", None);
+        let plan = engine.plan(&anonymous, class.into_iter().chain(&engine.globals));
+        let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(keys, ["default:ip:203.0.113.7", "global:all"]);
+        assert_eq!(plan.buckets[0].name(), "default:ip");
+        assert_eq!(plan.label(1), "global");
+        // Bits: default's two limits first, then the global's.
+        assert_eq!(plan.meta[0].bit, Some(0));
+        assert_eq!(plan.meta[1].bit, Some(2));
+
+        let signed_in = parts("/api/x", Some("u_42"));
+        let plan = engine.plan(&signed_in, class.into_iter().chain(&engine.globals));
+        let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["default:ip:203.0.113.7", "default:user:u_42", "global:all"]
+        );
+        assert_eq!(plan.kind(1), "user");
+    }
+
+    #[test]
+    fn overrides_add_a_bucket_for_their_key() {
+        let limiter = limiter();
+        limiter
+            .set_override(&Key::ip(), "203.0.113.7", "5/min")
+            .unwrap();
+        let engine = &limiter.engine;
+        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let p = parts("/api/x", None);
+        let plan = engine.plan(&p, class.into_iter().chain(&engine.globals));
+        let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "default:ip:203.0.113.7",
+                "override:ip:203.0.113.7",
+                "global:all"
+            ]
+        );
+        assert_eq!(plan.label(1), "override:ip");
+        assert_eq!(plan.kind(1), "ip");
+    }
+
+    #[test]
+    fn an_ipv6_override_applies_to_the_clients_network() {
+        let limiter = limiter();
+        limiter
+            .set_override(&Key::ip(), "2001:db8:1:2::9", "5/min")
+            .unwrap();
+        let engine = &limiter.engine;
+        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let mut p = parts("/api/x", None);
+        p.extensions
+            .insert("[2001:db8:1:2::1]:4000".parse::<SocketAddr>().unwrap());
+        let plan = engine.plan(&p, class.into_iter().chain(&engine.globals));
+        let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "default:ip:2001:db8:1:2::/64",
+                "override:ip:2001:db8:1:2::/64",
+                "global:all"
+            ]
+        );
+        assert!(limiter.remove_override(&Key::ip(), "2001:db8:1:2::9"));
+    }
+}

@@ -1,0 +1,234 @@
+//! After the inner service answered: the rate-limit headers of an admitted response, and
+//! the charge given back when the response does not count (a 304, a successful sign-in
+//! under a count-only-failures policy).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use smallvec::SmallVec;
+use tollgate_core::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op, Timestamp};
+
+use super::compile::Compiled;
+use super::decide::States;
+use super::plan::{Group, Plan, INLINE};
+use super::{Engine, Provisional};
+use crate::respond::{sf, Shown, ShownResponse};
+
+/// The rate-limit headers of one response, ready to add.
+pub(crate) type Headers = SmallVec<[(HeaderName, HeaderValue); 6]>;
+
+/// What to do with the inner service's response.
+pub(crate) struct After {
+    /// The headers, when no policy of the request may give its charge back.
+    headers: Headers,
+    /// What giving a charge back needs, when some policy may.
+    pending: Option<Box<Pending>>,
+    /// The central layer's charge, which a per-route layer further in may take over.
+    provisional: Option<Arc<Provisional>>,
+}
+
+struct Pending {
+    engine: Arc<Engine>,
+    plan: Plan<Arc<Compiled>>,
+    /// The indices of the charged buckets in the plan, one per state.
+    charged: SmallVec<[usize; INLINE]>,
+    states: States,
+    now: Timestamp,
+}
+
+/// The headers of an admitted response: at once, or after a refund (so a response that
+/// does not count shows the budget as it is once the charge is given back). The ready
+/// headers are held inline: boxing them would allocate per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Settle {
+    /// The headers, ready.
+    Now(Headers),
+    /// Give the charge back, then the headers.
+    AfterRefund(BoxFuture<'static, Headers>),
+}
+
+impl After {
+    /// What an admitted charge of the `active` buckets of `plan` leaves to do after the
+    /// response.
+    pub(crate) fn new<G: Group>(
+        engine: &Arc<Engine>,
+        plan: &Plan<G>,
+        active: &[usize],
+        states: States,
+        now: Timestamp,
+        provisional: Option<Arc<Provisional>>,
+    ) -> Self {
+        if active.iter().any(|&i| plan.policy(i).may_refund()) {
+            let pending = Pending {
+                engine: engine.clone(),
+                plan: plan.owned(),
+                charged: active.iter().copied().collect(),
+                states,
+                now,
+            };
+            return Self {
+                headers: Headers::new(),
+                pending: Some(Box::new(pending)),
+                provisional,
+            };
+        }
+        Self {
+            headers: engine.headers(plan, active, &states, now),
+            pending: None,
+            provisional,
+        }
+    }
+
+    /// The headers for a response of `status`, giving the charge back first if the response
+    /// does not count. `None` if a per-route layer took the request over.
+    pub(crate) fn settle(self, status: StatusCode) -> Option<Settle> {
+        if let Some(p) = &self.provisional {
+            if p.taken_over.load(Ordering::Acquire) {
+                return None;
+            }
+        }
+        let Some(mut pending) = self.pending else {
+            return Some(Settle::Now(self.headers));
+        };
+        let refund: SmallVec<[usize; INLINE]> = (0..pending.charged.len())
+            .filter(|&pos| pending.plan.policy(pending.charged[pos]).refunds(status))
+            .collect();
+        if refund.is_empty() {
+            return Some(Settle::Now(pending.headers()));
+        }
+        let buckets: SmallVec<[Bucket; INLINE]> = refund
+            .iter()
+            .map(|&pos| pending.plan.buckets[pending.charged[pos]].clone())
+            .collect();
+        let mut given_back: States = SmallVec::from_elem(BucketState::default(), buckets.len());
+        let store = &pending.engine.store;
+        if let Some(answer) = store.apply_sync(Op::Refund, &buckets, &mut given_back) {
+            pending.refunded(&refund, answer.map(|_| given_back));
+            return Some(Settle::Now(pending.headers()));
+        }
+        Some(Settle::AfterRefund(Box::pin(async move {
+            let batch = Batch::new(Op::Refund, buckets.into_vec());
+            let answer = pending.engine.store.apply(&batch).await;
+            pending.refunded(&refund, answer.map(|d| States::from_vec(d.buckets)));
+            pending.headers()
+        })))
+    }
+}
+
+impl Pending {
+    /// Notes what the store answered for a refund of the charged buckets at `refund`.
+    fn refunded(&mut self, refund: &[usize], answer: Result<States, tollgate_core::StoreError>) {
+        match answer {
+            Ok(states) => {
+                for (&pos, state) in refund.iter().zip(states) {
+                    self.states[pos] = state;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "tollgate", error = %e, "could not give a charge back");
+            }
+        }
+    }
+
+    fn headers(&self) -> Headers {
+        self.engine
+            .headers(&self.plan, &self.charged, &self.states, self.now)
+    }
+}
+
+/// Adds `ours` to `headers`, except those the inner service set itself (a handler's own
+/// refusal from a direct-use bucket, an inner limiter): they describe its answer better.
+pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: Headers) {
+    for (name, value) in ours {
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+impl Engine {
+    /// The rate-limit headers for the `active` buckets of `plan` answered by `states`.
+    /// Shadow buckets are a dry run and never show. The constant parts come ready from the
+    /// compiled policies.
+    pub(crate) fn headers<G: AsRef<Compiled>>(
+        &self,
+        plan: &Plan<G>,
+        active: &[usize],
+        states: &[BucketState],
+        now: Timestamp,
+    ) -> Headers {
+        let mut headers = Headers::new();
+        let mut shown_states: SmallVec<[BucketState; INLINE]> = SmallVec::new();
+        let mut shown: SmallVec<[usize; INLINE]> = SmallVec::new();
+        for (&i, state) in active.iter().zip(states) {
+            if !plan.shadow(i) {
+                shown.push(i);
+                shown_states.push(state.clone());
+            }
+        }
+        if shown.is_empty() {
+            return headers;
+        }
+        // Overrides have no compiled name: theirs are made here.
+        let override_names: SmallVec<[String; 1]> = shown
+            .iter()
+            .filter(|&&i| plan.meta[i].label.is_some())
+            .map(|&i| sf::string(plan.label(i)))
+            .collect();
+        let mut next_override = override_names.iter();
+        let mut mask = 0usize;
+        let mut cacheable = true;
+        let items: SmallVec<[Shown<'_>; INLINE]> = shown
+            .iter()
+            .zip(&shown_states)
+            .map(|(&i, state)| {
+                let meta = &plan.meta[i];
+                match meta.bit {
+                    Some(bit) => mask |= 1 << bit,
+                    None => cacheable = false,
+                }
+                let quota = plan.buckets[i].limit.quota();
+                match &meta.label {
+                    Some(_) => Shown {
+                        sf_name: next_override.next().map_or("\"\"", String::as_str),
+                        quota,
+                        policy_item: None,
+                        state,
+                    },
+                    None => {
+                        let limit = &plan.policy(i).limits[usize::from(meta.limit)];
+                        Shown {
+                            sf_name: &limit.sf_name,
+                            quota,
+                            policy_item: meta.bit.and(limit.policy_item.as_deref()),
+                            state,
+                        }
+                    }
+                }
+            })
+            .collect();
+        let allowed = shown_states.iter().all(|s| s.allowed);
+        let mut view = ShownResponse {
+            now,
+            allowed,
+            most_restrictive: most_restrictive(allowed, &shown_states).unwrap_or(0),
+            buckets: &items,
+            policy: None,
+        };
+        let cache = &plan.groups[0].as_ref().policy_values;
+        if cacheable && self.header_style.writes_ietf() {
+            if let Some(slot) = cache.get(mask) {
+                let value = slot.get_or_init(|| {
+                    let parts: Vec<&str> = items.iter().filter_map(|b| b.policy_item).collect();
+                    HeaderValue::from_str(&parts.join(", "))
+                        .unwrap_or_else(|_| HeaderValue::from_static(""))
+                });
+                view.policy = Some(value.clone());
+            }
+        }
+        self.header_style
+            .emit(&view, |name, value| headers.push((name, value)));
+        headers
+    }
+}

@@ -1,0 +1,422 @@
+//! Operator access to what a [`Limiter`] counts: any bucket's state for one key, resetting
+//! it, per-key overrides named by their key kind, and where the store decides now. What
+//! the [admin router](crate::admin) serves; usable without it.
+//!
+//! Buckets are named as in headers, logs and [`Limiter::describe`]: a policy's bucket
+//! (`default:ip`, `chat:user`, `tiers:api_key#2`, `global`), a bucket for direct use
+//! (`sign-in-failures`), or a per-key override (`override:api_key`). Keys are given as
+//! requests carry them: an IP address, a user id, the API key itself (hashed here exactly
+//! as the middleware hashes it).
+//!
+//! ```
+//! use tollgate::{Limiter, Policy, StoreMode};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let limiter = Limiter::builder()
+//!     .route("/api/*", Policy::named("default").per_ip("500/min"))
+//!     .build()?;
+//! // What a client at 203.0.113.7 has left in the default class, and a fresh start for it:
+//! let state = limiter.peek_bucket("default:ip", "203.0.113.7").await?;
+//! assert_eq!(state.buckets[0].remaining, 500);
+//! limiter.reset_bucket("default:ip", "203.0.113.7").await?;
+//! assert_eq!(limiter.store_mode(), StoreMode::Memory);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
+
+use crate::engine::lock;
+use crate::engine::{Compiled, CompiledQuota};
+use crate::key::{store_key, Key, Source};
+use crate::limiter::Limiter;
+use crate::rate::{Rate, RateError};
+
+/// The prefix of a per-key override's bucket name (`override:api_key`).
+pub const OVERRIDE_PREFIX: &str = "override:";
+
+/// Why an operator's request about a bucket or a key could not be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    /// No policy, direct-use bucket or override kind has this bucket name.
+    #[error("no bucket named `{0}` (see `Limiter::describe` for the names)")]
+    UnknownBucket(String),
+    /// No policy limits by this key kind.
+    #[error("no policy limits by key kind `{0}`")]
+    UnknownKeyKind(String),
+    /// The key has no override in this bucket.
+    #[error("no override for this key of kind `{0}`")]
+    NoOverride(String),
+    /// The bucket's quota is chosen per request, so its state cannot be read without one.
+    #[error("bucket `{0}` has its quota chosen per request: it can be reset, not read")]
+    QuotaPerRequest(String),
+    /// A per-IP key that is not an IP address.
+    #[error("`{0}` is not an IP address")]
+    BadIp(String),
+    /// An empty key.
+    #[error("the key is empty")]
+    EmptyKey,
+    /// An override's rate that does not parse.
+    #[error(transparent)]
+    Rate(#[from] RateError),
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One per-key override ([`Limiter::set_override`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverrideInfo {
+    /// The key kind (`api_key`, `ip`, ...).
+    pub kind: String,
+    /// The key as stored: as given, or `#` and a digest for keys that carry secrets.
+    pub key: String,
+    /// The override's limit.
+    #[serde(serialize_with = "serialize_limit")]
+    pub limit: Limit,
+}
+
+fn serialize_limit<S: serde::Serializer>(limit: &Limit, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&crate::describe::LimitJson::new(Some(*limit)), s)
+}
+
+/// A bucket found by name: whose key it counts, under which limit.
+enum Found {
+    /// A policy's bucket; `None`: the quota is chosen per request.
+    Policy(Key, Option<Limit>),
+    Direct(Limit),
+    Override(Key),
+}
+
+impl Limiter {
+    /// The state of `bucket` for `key`, changing nothing: what a request of cost 1 would be
+    /// answered (`buckets[0]`: limit, remaining, reset). Also when limiting is disabled.
+    ///
+    /// # Errors
+    ///
+    /// [`InspectError::UnknownBucket`], [`InspectError::QuotaPerRequest`],
+    /// [`InspectError::NoOverride`], [`InspectError::BadIp`], or the store's error.
+    pub async fn peek_bucket(&self, bucket: &str, key: &str) -> Result<Decision, InspectError> {
+        let (stored, limit) = self.resolve(bucket, key)?;
+        let limit = limit.ok_or_else(|| InspectError::QuotaPerRequest(bucket.to_string()))?;
+        self.apply_one(Op::Peek, bucket, &stored, limit).await
+    }
+
+    /// Forgets everything `bucket` counted for `key`: its next request starts afresh.
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::peek_bucket`], except that a quota chosen per request is no error.
+    pub async fn reset_bucket(&self, bucket: &str, key: &str) -> Result<Decision, InspectError> {
+        let (stored, limit) = self.resolve(bucket, key)?;
+        // A reset forgets the key whatever its limit; any limit names it.
+        let limit = limit.unwrap_or_else(|| Limit::sliding(Quota::per_second(1)));
+        self.apply_one(Op::Reset, bucket, &stored, limit).await
+    }
+
+    /// Where the store decides now (memory, shared, or memory while the shared store fails).
+    pub fn store_mode(&self) -> StoreMode {
+        self.engine.store.mode()
+    }
+
+    /// [`Limiter::set_override`] with the key named by its kind (`api_key`, `ip`, a custom
+    /// kind), as the table uses it (hashed if its policies hash it; an IPv6 address folded to
+    /// its prefix like the client's address).
+    ///
+    /// # Errors
+    ///
+    /// [`InspectError::UnknownKeyKind`], [`InspectError::BadIp`], [`InspectError::Rate`].
+    pub fn set_override_for_kind(
+        &self,
+        kind: &str,
+        value: &str,
+        rate: impl Into<Rate>,
+    ) -> Result<(), InspectError> {
+        let key = self
+            .key_of_kind(kind)
+            .ok_or_else(|| InspectError::UnknownKeyKind(kind.to_string()))?;
+        let value = self.request_value(&key, value)?;
+        Ok(self.set_override(&key, &value, rate)?)
+    }
+
+    /// [`Limiter::remove_override`] with the key named by its kind; whether there was one.
+    ///
+    /// # Errors
+    ///
+    /// [`InspectError::UnknownKeyKind`], [`InspectError::BadIp`].
+    pub fn remove_override_for_kind(&self, kind: &str, value: &str) -> Result<bool, InspectError> {
+        let key = self
+            .key_of_kind(kind)
+            .ok_or_else(|| InspectError::UnknownKeyKind(kind.to_string()))?;
+        let value = self.request_value(&key, value)?;
+        Ok(self.remove_override(&key, &value))
+    }
+
+    /// Every per-key override, by kind and key.
+    pub fn overrides(&self) -> Vec<OverrideInfo> {
+        let mut all: Vec<OverrideInfo> = self
+            .engine
+            .overrides
+            .load()
+            .iter()
+            .map(|(kind, key, limit)| OverrideInfo {
+                kind: kind.to_string(),
+                key: key.to_string(),
+                limit,
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.kind, &a.key).cmp(&(&b.kind, &b.key)));
+        all
+    }
+
+    async fn apply_one(
+        &self,
+        op: Op,
+        name: &str,
+        stored: &str,
+        limit: Limit,
+    ) -> Result<Decision, InspectError> {
+        let batch = Batch::new(op, vec![Bucket::new(name, stored, limit)])
+            .with_failure_mode(self.engine.defaults.on_failure);
+        Ok(self.engine.store.apply(&batch).await?)
+    }
+
+    /// The stored key and limit of `bucket` for the request key `key`.
+    fn resolve(&self, bucket: &str, key: &str) -> Result<(String, Option<Limit>), InspectError> {
+        if key.is_empty() {
+            return Err(InspectError::EmptyKey);
+        }
+        match self.find(bucket)? {
+            Found::Direct(limit) => Ok((store_key(key.as_bytes(), false), Some(limit))),
+            Found::Policy(k, limit) => {
+                let value = self.request_value(&k, key)?;
+                Ok((store_key(value.as_bytes(), k.hashed), limit))
+            }
+            Found::Override(k) => {
+                let value = self.request_value(&k, key)?;
+                let stored = store_key(value.as_bytes(), k.hashed);
+                let limit = self
+                    .engine
+                    .overrides
+                    .load()
+                    .get(k.kind(), &stored)
+                    .ok_or_else(|| InspectError::NoOverride(k.kind().to_string()))?;
+                Ok((stored, Some(limit)))
+            }
+        }
+    }
+
+    fn find(&self, bucket: &str) -> Result<Found, InspectError> {
+        if let Some(limit) = self.engine.direct.get(bucket) {
+            return Ok(Found::Direct(*limit));
+        }
+        if let Some(kind) = bucket.strip_prefix(OVERRIDE_PREFIX) {
+            return self
+                .key_of_kind(kind)
+                .map(Found::Override)
+                .ok_or_else(|| InspectError::UnknownBucket(bucket.to_string()));
+        }
+        let found = self.with_policies(|policies| {
+            policies
+                .flat_map(|p| &p.limits)
+                .find(|l| &*l.bucket == bucket)
+                .map(|l| {
+                    let limit = match &l.quota {
+                        CompiledQuota::Fixed(limit) => Some(*limit),
+                        CompiledQuota::PerKey(_) => None,
+                    };
+                    Found::Policy(l.key.clone(), limit)
+                })
+        });
+        found.ok_or_else(|| InspectError::UnknownBucket(bucket.to_string()))
+    }
+
+    /// A key of kind `kind` as the table's policies declare it.
+    fn key_of_kind(&self, kind: &str) -> Option<Key> {
+        self.with_policies(|policies| {
+            policies
+                .flat_map(|p| &p.limits)
+                .find(|l| l.key.kind() == kind)
+                .map(|l| l.key.clone())
+        })
+    }
+
+    /// Runs `f` over every compiled policy: the central table's, the global ones, the
+    /// per-route ones made so far.
+    fn with_policies<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Arc<Compiled>>) -> T) -> T {
+        let inner = &self.engine;
+        let per_route = lock(&inner.per_route_policies);
+        let mut all = inner
+            .table
+            .iter()
+            .map(|(_, p)| p)
+            .chain(&inner.globals)
+            .chain(per_route.iter());
+        f(&mut all)
+    }
+
+    /// What a request's key resolves to for `key` given as `value`: the client's address
+    /// key for an IP (IPv6 folded to its prefix), `all` for the global key.
+    fn request_value(&self, key: &Key, value: &str) -> Result<String, InspectError> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(InspectError::EmptyKey);
+        }
+        Ok(match &key.source {
+            Source::Global => "all".to_string(),
+            Source::Ip if value == "unknown-peer" => value.to_string(),
+            Source::Ip => {
+                // An address, or an address key as stored (`2001:db8::/64`).
+                let address = value.split_once('/').map_or(value, |(a, _)| a);
+                let ip: IpAddr = address
+                    .parse()
+                    .map_err(|_| InspectError::BadIp(value.to_string()))?;
+                self.engine.client_ip.key(ip)
+            }
+            _ => value.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Policy, Rate};
+
+    fn limiter() -> Limiter {
+        Limiter::builder()
+            .read_env(false)
+            .identity(|parts| {
+                parts
+                    .headers
+                    .get("x-user")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+            })
+            .route(
+                "/api/*",
+                Policy::named("default").per_ip("3/min").per_user("5/min"),
+            )
+            .route(
+                "/v1/*",
+                Policy::named("tiers")
+                    .limit_with(Key::api_key("x-api-key"), |_, _| None)
+                    .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 2)),
+            )
+            .global("1000/min")
+            .bucket("sign-in-failures", Rate::exact("5/30min"))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn peek_and_reset_policy_direct_and_global_buckets() {
+        let limiter = limiter();
+        // Direct bucket: public API and inspect agree.
+        limiter
+            .check("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        let peek = limiter
+            .peek_bucket("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        assert_eq!(peek.buckets[0].remaining, 4);
+        limiter
+            .reset_bucket("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        let after = limiter
+            .peek("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        assert_eq!(after.buckets[0].remaining, 5);
+
+        // The global bucket has one key whatever is asked.
+        let g = limiter.peek_bucket("global", "anything").await.unwrap();
+        assert_eq!(g.buckets[0].limit, 1000);
+
+        // An IPv6 client is counted by its /64: any address of it names the same key.
+        let a = "2001:db8:1:2::1";
+        let stored = limiter.request_value(&Key::ip(), a).unwrap();
+        assert_eq!(stored, "2001:db8:1:2::/64");
+        assert_eq!(
+            limiter
+                .request_value(&Key::ip(), "2001:db8:1:2::/64")
+                .unwrap(),
+            stored
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_names_per_request_quotas_and_bad_keys_are_typed_errors() {
+        let limiter = limiter();
+        let err = |r: Result<Decision, InspectError>| r.unwrap_err();
+        assert!(matches!(
+            err(limiter.peek_bucket("nope:ip", "1.2.3.4").await),
+            InspectError::UnknownBucket(b) if b == "nope:ip"
+        ));
+        assert!(matches!(
+            err(limiter.peek_bucket("tiers:api_key", "k").await),
+            InspectError::QuotaPerRequest(_)
+        ));
+        // A per-request quota can still be reset.
+        limiter.reset_bucket("tiers:api_key", "k").await.unwrap();
+        assert!(matches!(
+            err(limiter.peek_bucket("default:ip", "not-an-ip").await),
+            InspectError::BadIp(_)
+        ));
+        assert!(matches!(
+            err(limiter.peek_bucket("default:user", "").await),
+            InspectError::EmptyKey
+        ));
+        assert!(matches!(
+            err(limiter.peek_bucket("override:api_key", "k").await),
+            InspectError::NoOverride(_)
+        ));
+        assert!(matches!(
+            err(limiter.peek_bucket("override:tenant", "k").await),
+            InspectError::UnknownBucket(_)
+        ));
+        assert!(matches!(
+            limiter.set_override_for_kind("tenant", "t", "1/min"),
+            Err(InspectError::UnknownKeyKind(_))
+        ));
+        assert!(matches!(
+            limiter.set_override_for_kind("api_key", "k", "1/fortnight"),
+            Err(InspectError::Rate(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn overrides_by_kind_hash_secrets_like_the_middleware() {
+        let limiter = limiter();
+        limiter
+            .set_override_for_kind("api_key", "secret-key", "20/min")
+            .unwrap();
+        // The same entry as the typed API makes: removing it through it works.
+        assert_eq!(
+            limiter.overrides(),
+            vec![OverrideInfo {
+                kind: "api_key".into(),
+                key: store_key(b"secret-key", true),
+                limit: Rate::from("20/min").limit().unwrap(),
+            }]
+        );
+        assert!(limiter.overrides()[0].key.starts_with('#'));
+        let o = limiter
+            .peek_bucket("override:api_key", "secret-key")
+            .await
+            .unwrap();
+        assert_eq!(o.buckets[0].limit, 20);
+        assert!(limiter.remove_override(&Key::api_key("x-api-key"), "secret-key"));
+        assert!(!limiter
+            .remove_override_for_kind("api_key", "secret-key")
+            .unwrap());
+        assert!(limiter.overrides().is_empty());
+    }
+}

@@ -1,0 +1,787 @@
+//! Publishing a [`Limiter`]'s limits to an API's users (feature `openapi`): each operation
+//! of an OpenAPI document annotated with the limits it is subject to (`x-ratelimit`), and
+//! an HTML table of every rule, both generated from the limiter's own table
+//! ([`Limiter::describe`]), so the published limits are the enforced ones.
+//!
+//! ```
+//! use serde_json::json;
+//! use tollgate::publish::Publisher;
+//! use tollgate::{Limiter, Policy};
+//!
+//! let limiter = Limiter::builder()
+//!     .route("/api/stripe/webhook", Policy::exempt())
+//!     .route("/api/*", Policy::named("default").per_ip("500/min"))
+//!     .bucket("sign-in-failures", "5/30min")
+//!     .build()?;
+//! let _chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("60/min"));
+//!
+//! let mut doc = json!({
+//!     "openapi": "3.1.0",
+//!     "info": { "title": "Example", "version": "1" },
+//!     "paths": {
+//!         "/api/projects": { "get": { "summary": "List projects", "responses": {} } },
+//!         "/api/chat": { "post": { "summary": "Chat", "responses": {} } },
+//!         "/api/sign-in": { "post": { "summary": "Sign in", "responses": {} } },
+//!         "/api/stripe/webhook": { "post": { "summary": "Webhook", "responses": {} } },
+//!     },
+//! });
+//! let publisher = Publisher::new(&limiter)
+//!     .route_policy("POST /api/chat", "chat")                   // its layer: policy_at
+//!     .handler_buckets("POST /api/sign-in", &["sign-in-failures"]) // the handler checks it
+//!     .bucket_key("sign-in-failures", "email");                // with the e-mail as key
+//! publisher.annotate(&mut doc)?;
+//!
+//! let projects = &doc["paths"]["/api/projects"]["get"];
+//! assert_eq!(projects["x-ratelimit"], json!({ "throttled": true, "limits": [{
+//!     "policy": "default", "bucket": "default:ip", "per": "ip", "quota": "500/min",
+//!     "limit": 500, "windowSeconds": 60, "algorithm": "sliding window",
+//!     "enforcedBy": "middleware",
+//! }]}));
+//! assert_eq!(projects["responses"]["429"]["$ref"], "#/components/responses/TooManyRequests");
+//! assert_eq!(doc["paths"]["/api/chat"]["post"]["x-ratelimit"]["limits"][0]["bucket"], "chat:ip");
+//! assert_eq!(doc["paths"]["/api/sign-in"]["post"]["x-ratelimit"]["limits"][1]["per"], "email");
+//! assert_eq!(doc["paths"]["/api/stripe/webhook"]["post"]["x-ratelimit"]["throttled"], false);
+//!
+//! let page = publisher.html_page("Rate limits", "Limits per client.", Some(&doc))?;
+//! assert!(page.contains("<td><code>/api/*</code></td><td>default</td><td>500/min per ip"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What an operation is subject to
+//!
+//! - The rule of the central table its method and path fall under
+//!   ([`Limiter::describe_route`], enforced by `middleware`), or, for an operation declared
+//!   with [`Publisher::route_policy`], that per-route policy (enforced by `route`); nothing
+//!   for an exempt rule.
+//! - The global limits, unless the rule is exempt.
+//! - The direct-use buckets its handler checks ([`Publisher::handler_buckets`], enforced by
+//!   `handler`).
+//!
+//! A limit whose key never exists on an operation (e.g. the identity function names no
+//! user there) can be left out with [`Publisher::applies`].
+//!
+//! # `x-ratelimit`
+//!
+//! `{"throttled": bool, "limits": [..]}`, one entry per limit: `policy`, `bucket` (as in
+//! the `RateLimit-Policy` header and the logs), `per` (the key kind, or the key given by
+//! [`Publisher::bucket_key`]), `quota` (`"500/min"`), `limit`, `windowSeconds`,
+//! `algorithm` (`sliding window`, `sliding window (exact)`, `token bucket`, `fixed
+//! window`), `burst` (token buckets only) and `enforcedBy` (`middleware`, `route`,
+//! `handler`). The numbers are `null` for a quota chosen per request. A throttled operation
+//! without a `429` response gets one referring to `#/components/responses/TooManyRequests`,
+//! which is added if the document has none.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http::Method;
+use serde::ser::{Serialize, Serializer};
+use serde_json::{json, Value};
+use tollgate_core::Limit;
+
+use crate::describe::{algorithm_name, LimitInfo, LimitJson, RouteLimits, RuleSource};
+use crate::limiter::Limiter;
+
+/// The operations of a path item, in the order OpenAPI lists them.
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Why limits could not be published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The document has no `paths` object (or `components` is not an object).
+    #[error("not an OpenAPI document: {0}")]
+    NotOpenApi(&'static str),
+    /// A pattern given to the publisher that does not parse.
+    #[error("`{pattern}` is not `[METHOD[,METHOD..] ]/path`")]
+    BadPattern {
+        /// The pattern as given.
+        pattern: String,
+    },
+    /// [`Publisher::route_policy`] names a policy the limiter has not made (make the
+    /// route's layer with [`Limiter::policy_at`] first).
+    #[error("`{pattern}`: the limiter has no per-route policy named `{policy}` (make the route's layer first)")]
+    UnknownPolicy {
+        /// The operation's pattern.
+        pattern: String,
+        /// The policy's name.
+        policy: String,
+    },
+    /// [`Publisher::handler_buckets`] names a bucket the limiter does not declare.
+    #[error("`{pattern}`: the limiter has no bucket for direct use named `{bucket}`")]
+    UnknownBucket {
+        /// The operation's pattern.
+        pattern: String,
+        /// The bucket's name.
+        bucket: String,
+    },
+    /// A pattern given to the publisher matches no operation of the document (a typo, or
+    /// an operation the document does not list).
+    #[error("`{pattern}` matches no operation of the document")]
+    NoSuchOperation {
+        /// The pattern as given.
+        pattern: String,
+    },
+}
+
+/// Who enforces a published limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EnforcedBy {
+    /// The central layer ([`Limiter::layer`]), by the route's class, or a global limit.
+    Middleware,
+    /// The route's own layer ([`Limiter::policy_at`]).
+    Route,
+    /// The handler, with a bucket for direct use ([`Limiter::check`]).
+    Handler,
+}
+
+impl EnforcedBy {
+    /// `middleware`, `route` or `handler`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EnforcedBy::Middleware => "middleware",
+            EnforcedBy::Route => "route",
+            EnforcedBy::Handler => "handler",
+        }
+    }
+}
+
+/// One limit an operation is subject to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedLimit {
+    /// The policy's name (the bucket's, for a bucket for direct use).
+    pub policy: String,
+    /// The bucket's name, as headers and logs show it.
+    pub bucket: String,
+    /// Whose budget: the key kind, or what [`Publisher::bucket_key`] says.
+    pub per: String,
+    /// The limit; `None` when chosen per request.
+    pub limit: Option<Limit>,
+    /// Who enforces it.
+    pub enforced_by: EnforcedBy,
+}
+
+impl Serialize for AppliedLimit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Json<'a> {
+            policy: &'a str,
+            bucket: &'a str,
+            per: &'a str,
+            #[serde(flatten)]
+            limit: LimitJson,
+            enforced_by: &'static str,
+        }
+        Json {
+            policy: &self.policy,
+            bucket: &self.bucket,
+            per: &self.per,
+            limit: LimitJson::new(self.limit),
+            enforced_by: self.enforced_by.as_str(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Every limit of one operation: its `x-ratelimit`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct OperationLimits {
+    /// Whether any limit applies.
+    pub throttled: bool,
+    /// The limits, the route's first, then the global ones, then the handler's.
+    pub limits: Vec<AppliedLimit>,
+}
+
+type AppliesFn = Arc<dyn Fn(&Method, &str, &LimitInfo) -> bool + Send + Sync>;
+
+/// `[METHODS ]PATH`, parsed: empty methods for any.
+#[derive(Debug, Clone)]
+struct Pattern {
+    text: String,
+    methods: Vec<Method>,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Self, PublishError> {
+        let bad = || PublishError::BadPattern {
+            pattern: text.to_string(),
+        };
+        let trimmed = text.trim();
+        let (methods, path) = match trimmed.split_once(' ') {
+            Some((m, p)) => (m, p.trim()),
+            None => ("", trimmed),
+        };
+        let methods = methods
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(|_| bad())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !path.starts_with('/') {
+            return Err(bad());
+        }
+        Ok(Self {
+            text: text.to_string(),
+            methods,
+            segments: segments(path),
+        })
+    }
+
+    fn matches(&self, method: &Method, path: &[Segment]) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method)) && self.segments == path
+    }
+}
+
+/// A path template's segments, its parameters alike whatever their name or style
+/// (`{id}`, `{*rest}`, `:id`).
+fn segments(path: &str) -> Vec<Segment> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if (s.starts_with('{') && s.ends_with('}')) || s.starts_with(':') {
+                Segment::Param
+            } else {
+                Segment::Literal(s.to_string())
+            }
+        })
+        .collect()
+}
+
+/// A path template in the form the route table classifies: `{*rest}` and `:id` written as
+/// `{rest}` / `{id}` (one segment that matches parameters and wildcards, never a literal).
+fn classifiable(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            if let Some(name) = s.strip_prefix("{*") {
+                format!("{{{name}")
+            } else if let Some(name) = s.strip_prefix(':') {
+                format!("{{{name}}}")
+            } else {
+                s.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Publishes a [`Limiter`]'s limits: see the [module documentation](self).
+#[derive(Clone)]
+pub struct Publisher {
+    limiter: Limiter,
+    base_path: String,
+    route_policies: Vec<(Pattern, String)>,
+    handler_buckets: Vec<(Pattern, Vec<String>)>,
+    bucket_keys: HashMap<String, String>,
+    applies: Option<AppliesFn>,
+    /// The first mistake in what the publisher was told, reported by every output.
+    error: Option<PublishError>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("base_path", &self.base_path)
+            .field("route_policies", &self.route_policies)
+            .field("handler_buckets", &self.handler_buckets)
+            .field("bucket_keys", &self.bucket_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher of `limiter`'s limits.
+    pub fn new(limiter: &Limiter) -> Self {
+        Self {
+            limiter: limiter.clone(),
+            base_path: String::new(),
+            route_policies: Vec::new(),
+            handler_buckets: Vec::new(),
+            bucket_keys: HashMap::new(),
+            applies: None,
+            error: None,
+        }
+    }
+
+    /// The prefix requests add to the document's paths (its server URL's path, e.g.
+    /// `/api` when the document lists `/projects` for `/api/projects`).
+    pub fn base_path(mut self, prefix: &str) -> Self {
+        self.base_path = prefix.trim_end_matches('/').to_string();
+        self
+    }
+
+    /// The operations `pattern` (`"POST /api/assistant/chat"`, as given to
+    /// [`Limiter::policy_at`]) spend the per-route policy named `policy` instead of the
+    /// class the central table gives them.
+    pub fn route_policy(mut self, pattern: &str, policy: &str) -> Self {
+        match Pattern::parse(pattern) {
+            Ok(p) => self.route_policies.push((p, policy.to_string())),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// The handlers of the operations `pattern` charge `buckets` (buckets for direct use,
+    /// [`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket)) themselves.
+    pub fn handler_buckets(mut self, pattern: &str, buckets: &[&str]) -> Self {
+        match Pattern::parse(pattern) {
+            Ok(p) => self
+                .handler_buckets
+                .push((p, buckets.iter().map(|b| b.to_string()).collect())),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Whose key the handlers pass when they charge the bucket for direct use `bucket`
+    /// (`"email"`, `"ip"`): what `per` says (default `direct`).
+    pub fn bucket_key(mut self, bucket: &str, per: &str) -> Self {
+        self.bucket_keys.insert(bucket.to_string(), per.to_string());
+        self
+    }
+
+    /// Publish a limit of the route's rule or of a global policy on the operation `method`
+    /// `path` (the request path template) only if `applies` says so: for limits whose key
+    /// never exists there (e.g. the identity function names no user on some paths).
+    pub fn applies<F>(mut self, applies: F) -> Self
+    where
+        F: Fn(&Method, &str, &LimitInfo) -> bool + Send + Sync + 'static,
+    {
+        self.applies = Some(Arc::new(applies));
+        self
+    }
+
+    fn fail(&mut self, error: PublishError) {
+        self.error.get_or_insert(error);
+    }
+
+    fn check(&self) -> Result<(), PublishError> {
+        self.error.clone().map_or(Ok(()), Err)
+    }
+
+    /// The limits of the operation `method` `path` (a request path or a path template
+    /// such as `/api/documents/{id}`, including the base path).
+    ///
+    /// # Errors
+    ///
+    /// A [`PublishError`] about what the publisher was told (a bad pattern, an unknown
+    /// policy or bucket).
+    pub fn operation(&self, method: &Method, path: &str) -> Result<OperationLimits, PublishError> {
+        self.check()?;
+        self.limits_of(method, path, &self.limiter.describe())
+    }
+
+    fn limits_of(
+        &self,
+        method: &Method,
+        path: &str,
+        all: &[RouteLimits],
+    ) -> Result<OperationLimits, PublishError> {
+        let segs = segments(path);
+        let mut out: Vec<AppliedLimit> = Vec::new();
+        let route_policy = self
+            .route_policies
+            .iter()
+            .find(|(p, _)| p.matches(method, &segs));
+        let (rule, enforced_by) = match route_policy {
+            Some((pattern, name)) => {
+                let rule = all
+                    .iter()
+                    .find(|r| r.source == RuleSource::PerRoute && r.policy == *name)
+                    .cloned()
+                    .ok_or_else(|| PublishError::UnknownPolicy {
+                        pattern: pattern.text.clone(),
+                        policy: name.clone(),
+                    })?;
+                (Some(rule), EnforcedBy::Route)
+            }
+            None => (
+                self.limiter.describe_route(method, &classifiable(path)),
+                EnforcedBy::Middleware,
+            ),
+        };
+        if !rule.as_ref().is_some_and(|r| r.exempt) {
+            let globals = all.iter().filter(|r| r.source == RuleSource::Global);
+            let rules = rule
+                .iter()
+                .map(|r| (r, enforced_by))
+                .chain(globals.map(|r| (r, EnforcedBy::Middleware)));
+            for (r, by) in rules {
+                for l in &r.limits {
+                    let wanted = self.applies.as_ref().is_none_or(|f| f(method, path, l));
+                    if wanted && !out.iter().any(|o| o.bucket == l.bucket) {
+                        out.push(AppliedLimit {
+                            policy: r.policy.clone(),
+                            bucket: l.bucket.clone(),
+                            per: l.key.clone(),
+                            limit: l.limit,
+                            enforced_by: by,
+                        });
+                    }
+                }
+            }
+        }
+        for (pattern, buckets) in &self.handler_buckets {
+            if !pattern.matches(method, &segs) {
+                continue;
+            }
+            for name in buckets {
+                let limit = all
+                    .iter()
+                    .find(|r| r.source == RuleSource::Bucket && r.policy == *name)
+                    .and_then(|r| r.limits.first())
+                    .ok_or_else(|| PublishError::UnknownBucket {
+                        pattern: pattern.text.clone(),
+                        bucket: name.clone(),
+                    })?;
+                out.push(AppliedLimit {
+                    policy: name.clone(),
+                    bucket: name.clone(),
+                    per: self.per_of_bucket(name).to_string(),
+                    limit: limit.limit,
+                    enforced_by: EnforcedBy::Handler,
+                });
+            }
+        }
+        Ok(OperationLimits {
+            throttled: !out.is_empty(),
+            limits: out,
+        })
+    }
+
+    fn per_of_bucket<'a>(&'a self, bucket: &str) -> &'a str {
+        self.bucket_keys
+            .get(bucket)
+            .map_or("direct", String::as_str)
+    }
+
+    /// The document's operations: (method, path as listed, request path, operation).
+    fn operations<'d>(
+        &self,
+        doc: &'d Value,
+    ) -> Result<Vec<(Method, &'d str, String, &'d Value)>, PublishError> {
+        let paths = doc
+            .get("paths")
+            .and_then(Value::as_object)
+            .ok_or(PublishError::NotOpenApi("no `paths` object"))?;
+        let mut out = Vec::new();
+        for (path, item) in paths {
+            for m in METHODS {
+                if let Some(op) = item.get(m).filter(|op| op.is_object()) {
+                    let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .expect("a standard method");
+                    out.push((
+                        method,
+                        path.as_str(),
+                        format!("{}{path}", self.base_path),
+                        op,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `x-ratelimit` to every operation of `doc` (an OpenAPI 3 document), a `429`
+    /// response to the throttled ones that have none, and the `TooManyRequests` response
+    /// they refer to if the document has none.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::NotOpenApi`] (the document is left unchanged), a mistake in what the
+    /// publisher was told, or [`PublishError::NoSuchOperation`] for a pattern that matches
+    /// no operation of the document.
+    pub fn annotate(&self, doc: &mut Value) -> Result<(), PublishError> {
+        self.check()?;
+        if doc
+            .get("components")
+            .is_some_and(|c| !c.is_object() || c.get("responses").is_some_and(|r| !r.is_object()))
+        {
+            return Err(PublishError::NotOpenApi("`components` is not an object"));
+        }
+        let ops: Vec<(Method, String, String)> = self
+            .operations(doc)?
+            .into_iter()
+            .map(|(method, listed, path, _)| (method, listed.to_string(), path))
+            .collect();
+        self.every_pattern_used(&ops)?;
+        let all = self.limiter.describe();
+        let mut annotated = Vec::with_capacity(ops.len());
+        for (method, listed, path) in ops {
+            let limits = self.limits_of(&method, &path, &all)?;
+            annotated.push((method, listed, limits));
+        }
+        let mut throttled = false;
+        for (method, listed, limits) in annotated {
+            let op = &mut doc["paths"][&listed][method.as_str().to_ascii_lowercase()];
+            if limits.throttled {
+                throttled = true;
+                let responses = op
+                    .as_object_mut()
+                    .expect("an operation object")
+                    .entry("responses")
+                    .or_insert_with(|| json!({}));
+                if let Some(responses) = responses.as_object_mut() {
+                    responses
+                        .entry("429")
+                        .or_insert_with(|| json!({ "$ref": TOO_MANY_REQUESTS_REF }));
+                }
+            }
+            op["x-ratelimit"] = serde_json::to_value(&limits).expect("plain JSON");
+        }
+        if throttled {
+            let root = doc.as_object_mut().expect("checked: has `paths`");
+            let components = root.entry("components").or_insert_with(|| json!({}));
+            let responses = components
+                .as_object_mut()
+                .expect("checked: an object")
+                .entry("responses")
+                .or_insert_with(|| json!({}));
+            responses
+                .as_object_mut()
+                .expect("checked: an object")
+                .entry("TooManyRequests")
+                .or_insert_with(too_many_requests);
+        }
+        Ok(())
+    }
+
+    /// Every pattern the publisher was told matches some operation of `ops`.
+    fn every_pattern_used(&self, ops: &[(Method, String, String)]) -> Result<(), PublishError> {
+        let ops: Vec<(&Method, Vec<Segment>)> =
+            ops.iter().map(|(m, _, path)| (m, segments(path))).collect();
+        let patterns = self
+            .route_policies
+            .iter()
+            .map(|(p, _)| p)
+            .chain(self.handler_buckets.iter().map(|(p, _)| p));
+        for pattern in patterns {
+            if !ops.iter().any(|(m, segs)| pattern.matches(m, segs)) {
+                return Err(PublishError::NoSuchOperation {
+                    pattern: pattern.text.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An HTML `<table>` of every rule of the limiter ([`Limiter::describe`]): what it
+    /// applies to, its policy, its limits (`500/min per ip (sliding window, bucket
+    /// default:ip)`).
+    pub fn rules_html(&self) -> String {
+        let mut out = String::from(
+            "<table class=\"rate-limit-rules\">\n<tr><th>Rule</th><th>Policy</th><th>Limits</th></tr>\n",
+        );
+        for rule in self.limiter.describe() {
+            let what = match rule.source {
+                RuleSource::Route => rule.pattern.clone().unwrap_or_default(),
+                RuleSource::Global => "every request (global)".into(),
+                RuleSource::PerRoute => {
+                    let routes: Vec<&str> = self
+                        .route_policies
+                        .iter()
+                        .filter(|(_, name)| *name == rule.policy)
+                        .map(|(p, _)| p.text.as_str())
+                        .collect();
+                    if routes.is_empty() {
+                        "per-route policy".into()
+                    } else {
+                        routes.join(", ")
+                    }
+                }
+                RuleSource::Bucket => "applied by handlers".into(),
+            };
+            let limits: Vec<String> = if rule.exempt {
+                vec!["not limited by the middleware".into()]
+            } else {
+                rule.limits
+                    .iter()
+                    .map(|l| {
+                        let per = match rule.source {
+                            RuleSource::Bucket => self.per_of_bucket(&l.bucket),
+                            _ => &l.key,
+                        };
+                        limit_html(per, l.limit, &l.bucket)
+                    })
+                    .collect()
+            };
+            let _ = writeln!(
+                out,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                escape(&what),
+                escape(&rule.policy),
+                limits.join("<br>")
+            );
+        }
+        out.push_str("</table>\n");
+        out
+    }
+
+    /// An HTML `<table>` of the operations of `doc` (method, path, summary) and the limits
+    /// each is subject to (`... [middleware]`, or `not throttled`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Publisher::operation`], and [`PublishError::NotOpenApi`].
+    pub fn operations_html(&self, doc: &Value) -> Result<String, PublishError> {
+        self.check()?;
+        let all = self.limiter.describe();
+        let mut out = String::from(
+            "<table class=\"rate-limit-operations\">\n<tr><th>Method</th><th>Path</th><th>Summary</th><th>Limits</th></tr>\n",
+        );
+        for (method, listed, path, op) in self.operations(doc)? {
+            let limits = self.limits_of(&method, &path, &all)?;
+            let cell = if limits.throttled {
+                limits
+                    .limits
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} [{}]",
+                            limit_html(&a.per, a.limit, &a.bucket),
+                            a.enforced_by.as_str()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            } else {
+                "not throttled".to_string()
+            };
+            let summary = op.get("summary").and_then(Value::as_str).unwrap_or("");
+            let _ = writeln!(
+                out,
+                "<tr><td>{method}</td><td><code>{}</code></td><td>{}</td><td>{cell}</td></tr>",
+                escape(listed),
+                escape(summary),
+            );
+        }
+        out.push_str("</table>\n");
+        Ok(out)
+    }
+
+    /// A whole HTML page: `title`, `intro` (text), the rules table and, given a document,
+    /// the operations table.
+    ///
+    /// # Errors
+    ///
+    /// As [`Publisher::operations_html`].
+    pub fn html_page(
+        &self,
+        title: &str,
+        intro: &str,
+        doc: Option<&Value>,
+    ) -> Result<String, PublishError> {
+        let operations = doc.map(|d| self.operations_html(d)).transpose()?;
+        let mut out = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
+             <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+             td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}}</style></head><body>\n\
+             <h1>{title}</h1>\n",
+            title = escape(title)
+        );
+        if !intro.is_empty() {
+            let _ = writeln!(out, "<p>{}</p>", escape(intro));
+        }
+        out.push_str("<h2>Rules</h2>\n");
+        out.push_str(&self.rules_html());
+        if let Some(operations) = operations {
+            out.push_str("<h2>Operations</h2>\n");
+            out.push_str(&operations);
+        }
+        out.push_str("</body></html>\n");
+        Ok(out)
+    }
+}
+
+/// Where throttled operations' `429` response refers to.
+pub const TOO_MANY_REQUESTS_REF: &str = "#/components/responses/TooManyRequests";
+
+fn too_many_requests() -> Value {
+    json!({
+        "description": "Too many requests: a rate limit is exhausted. Retry after the number of seconds in `Retry-After`.",
+        "headers": { "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": { "type": "integer" },
+        } },
+    })
+}
+
+/// `500/min per ip <small>(sliding window, bucket default:ip)</small>`.
+fn limit_html(per: &str, limit: Option<Limit>, bucket: &str) -> String {
+    match limit {
+        Some(l) => {
+            let algorithm = match l.algorithm() {
+                tollgate_core::Algorithm::TokenBucket { burst } => {
+                    format!("token bucket, burst {burst}")
+                }
+                _ => algorithm_name(&l).to_string(),
+            };
+            format!(
+                "{} per {} <small>({}, bucket {})</small>",
+                escape(&l.quota().to_string()),
+                escape(per),
+                escape(&algorithm),
+                escape(bucket)
+            )
+        }
+        None => format!("chosen per request, per {}", escape(per)),
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_and_templates() {
+        let p = Pattern::parse("POST,put /api/templates/{id}/generate").unwrap();
+        assert_eq!(p.methods, vec![Method::POST, Method::PUT]);
+        assert!(p.matches(
+            &Method::PUT,
+            &segments("/api/templates/{template}/generate")
+        ));
+        assert!(p.matches(&Method::POST, &segments("/api/templates/:id/generate/")));
+        assert!(!p.matches(&Method::GET, &segments("/api/templates/{id}/generate")));
+        assert!(!p.matches(&Method::POST, &segments("/api/templates/7/generate")));
+        assert!(Pattern::parse("/any")
+            .unwrap()
+            .matches(&Method::DELETE, &segments("/any")));
+        assert!(matches!(
+            Pattern::parse("GET api/x"),
+            Err(PublishError::BadPattern { .. })
+        ));
+        assert_eq!(classifiable("/a/{*rest}"), "/a/{rest}");
+        assert_eq!(classifiable("/a/:id/b"), "/a/{id}/b");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

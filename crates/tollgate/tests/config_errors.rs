@@ -1,0 +1,329 @@
+//! Configuration files that must not be accepted: out-of-range values are typed errors at
+//! the value, and what the builder finds wrong is pointed back at the rule of the file,
+//! with file, line, column and field.
+
+use std::io::Write;
+
+use tollgate::config::{Config, ValueProblem, MIN_MAX_ENTRIES};
+use tollgate::{BuildError, ConfigError, Limiter, LimiterBuilder};
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+/// `(line, column, field, problem)` of a `ConfigError::Value`.
+fn value_error(err: ConfigError) -> (usize, usize, String, ValueProblem) {
+    match err {
+        ConfigError::Value {
+            line: Some(line),
+            column: Some(column),
+            field,
+            problem,
+            ..
+        } => (line, column, field, problem),
+        other => panic!("not a located value error: {other:?} ({other})"),
+    }
+}
+
+/// `(line, column, field, source)` of a `ConfigError::Invalid`.
+fn invalid(err: ConfigError) -> (usize, usize, String, BuildError) {
+    match err {
+        ConfigError::Invalid {
+            line: Some(line),
+            column: Some(column),
+            field,
+            source,
+            ..
+        } => (line, column, field, *source),
+        other => panic!("not a located build error: {other:?} ({other})"),
+    }
+}
+
+const ROUTE: &str = "routes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n";
+
+#[test]
+fn a_store_too_small_to_limit_is_an_error_at_its_line() {
+    for n in [0, 1, 2, MIN_MAX_ENTRIES - 1] {
+        let path = write_temp(
+            "small.yaml",
+            &format!("store:\n  kind: memory\n  max_entries: {n}\n{ROUTE}"),
+        );
+        let err = Limiter::from_config(&path).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            value_error(err),
+            (
+                3,
+                16,
+                "store.max_entries".into(),
+                ValueProblem::TooFewEntries { value: n }
+            )
+        );
+        assert!(
+            text.starts_with(&format!(
+                "{}:3:16: store.max_entries: a store of {n} entries is too small",
+                path.display()
+            )),
+            "{text}"
+        );
+    }
+    // The smallest accepted store still limits, alternating three keys.
+    let path = write_temp(
+        "smallest.toml",
+        &format!("[store]\nmax_entries = {MIN_MAX_ENTRIES}\n[[routes]]\npath = \"/*\"\nlimits = [{{ per = \"ip\", limit = \"2/min\" }}]\n"),
+    );
+    assert!(Limiter::from_config(&path).is_ok());
+    let err = Config::from_toml("[store]\nmax_entries = 1\n").unwrap_err();
+    assert_eq!(
+        value_error(err),
+        (
+            2,
+            15,
+            "store.max_entries".into(),
+            ValueProblem::TooFewEntries { value: 1 }
+        )
+    );
+}
+
+#[test]
+fn a_zero_timeout_or_divisor_is_an_error_not_quietly_one() {
+    let err = Config::from_yaml("store: { kind: env, timeout_ms: 0 }\n").unwrap_err();
+    assert_eq!(
+        value_error(err),
+        (1, 33, "store.timeout_ms".into(), ValueProblem::ZeroTimeout)
+    );
+    let err = Config::from_toml("[store]\nkind = \"env\"\nfallback_divisor = 0\n").unwrap_err();
+    let text = err.to_string();
+    assert_eq!(
+        value_error(err),
+        (
+            3,
+            20,
+            "store.fallback_divisor".into(),
+            ValueProblem::ZeroDivisor
+        )
+    );
+    assert!(
+        text.starts_with("<toml>:3:20: store.fallback_divisor: "),
+        "{text}"
+    );
+    assert!(Config::from_yaml("store: { timeout_ms: 1, fallback_divisor: 1 }\n").is_ok());
+    // A configuration changed in code is checked when it is applied.
+    let mut config = Config::from_yaml(ROUTE).unwrap();
+    config.store.fallback_divisor = Some(0);
+    let err = config.apply(Limiter::builder(), "code").unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Value { problem: ValueProblem::ZeroDivisor, field, .. }
+            if field == "store.fallback_divisor"),
+        "{err}"
+    );
+}
+
+#[test]
+fn statuses_outside_100_to_599_are_errors_naming_the_entry() {
+    let yaml =
+        "routes:\n  - path: /*\n    limits: [{ limit: 5/min }]\n    count_only_statuses: [42]\n";
+    let err = Config::from_yaml(yaml).unwrap_err();
+    assert_eq!(
+        value_error(err),
+        (
+            4,
+            27,
+            "routes[0].count_only_statuses[0]".into(),
+            ValueProblem::NotAStatus(42)
+        )
+    );
+    let toml = "[[routes]]\npath = \"/a\"\nlimits = [{ limit = \"5/min\" }]\n\n[[routes]]\npath = \"/*\"\nlimits = [{ limit = \"5/min\" }]\nrefund_statuses = [304, 700]\n";
+    let err = Config::from_toml(toml).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(
+        value_error(err),
+        (
+            8,
+            25,
+            "routes[1].refund_statuses[1]".into(),
+            ValueProblem::NotAStatus(700)
+        )
+    );
+    assert_eq!(
+        text,
+        "<toml>:8:25: routes[1].refund_statuses[1]: 700 is not an HTTP status code: use 100-599 (for example 304 or 401)"
+    );
+    assert!(Config::from_yaml(
+        "routes:\n  - { path: /*, limits: [{ limit: 5/min }], refund_statuses: [100, 599] }\n"
+    )
+    .is_ok());
+}
+
+#[test]
+fn two_rules_that_tie_name_the_second_rule_line_and_column() {
+    let path = write_temp(
+        "tie.yaml",
+        "routes:\n  - { path: /x, name: a, rate_limit: { sustained: 1/min } }\n  - { path: /y, name: c, rate_limit: { sustained: 1/min } }\n  - { path: /x, name: b, rate_limit: { sustained: 2/min } }\n",
+    );
+    let err = Limiter::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    let (line, column, field, source) = invalid(err);
+    assert_eq!(
+        (line, column, field.as_str()),
+        (4, 13, "routes[2].path (/x)")
+    );
+    assert!(matches!(source, BuildError::Route(_)), "{source}");
+    assert!(
+        text.starts_with(&format!(
+            "{}:4:13: routes[2].path (/x): rules `/x` and `/x` tie",
+            path.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_cidr_with_host_bits_names_its_entry() {
+    let path = write_temp(
+        "cidr.yaml",
+        &format!("client_ip:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 192.168.1.1/24\n{ROUTE}"),
+    );
+    let err = Limiter::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    let (line, column, field, source) = invalid(err);
+    assert_eq!(
+        (line, column, field.as_str()),
+        (4, 7, "client_ip.trusted_proxies[1]")
+    );
+    assert!(matches!(source, BuildError::ClientIp(_)), "{source}");
+    assert!(text.contains("192.168.1.0/24"), "{text}");
+}
+
+#[test]
+fn a_zero_cost_names_the_cost() {
+    let toml = "[[routes]]\npath = \"/*\"\nname = \"api\"\nlimits = [{ per = \"ip\", limit = \"5/min\" }]\n\n[[routes]]\npath = \"/heavy\"\nname = \"heavy\"\ncost = 0\nlimits = [{ per = \"ip\", limit = \"5/min\" }]\n";
+    let path = write_temp("cost.toml", toml);
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (9, 8, "routes[1].cost (/heavy)")
+    );
+    assert!(matches!(source, BuildError::ZeroCost { .. }), "{source}");
+    // A cost no limit can ever admit, likewise.
+    let yaml = "routes:\n  - path: /*\n    cost: 10\n    limits: [{ per: ip, limit: 5/min }]\n";
+    let path = write_temp("cost.yaml", yaml);
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 11, "routes[0].cost (/*)")
+    );
+    assert!(
+        matches!(source, BuildError::CostExceedsCapacity { .. }),
+        "{source}"
+    );
+}
+
+#[test]
+fn per_user_without_an_identity_names_the_key_and_builds_with_one() {
+    let yaml = "routes:\n  - path: /*\n    name: api\n    limits:\n      - { per: ip, limit: 50/min }\n      - { per: user, limit: 10/min }\n";
+    let path = write_temp("user.yaml", yaml);
+    let err = Limiter::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    let (line, column, field, source) = invalid(err);
+    assert_eq!(
+        (line, column, field.as_str()),
+        (6, 16, "routes[0].limits[1].per (/*)")
+    );
+    assert!(matches!(source, BuildError::NoIdentity { .. }), "{source}");
+    assert!(text.contains(".identity("), "{text}");
+    // With the identity added in code, the file builds.
+    let limiter = Limiter::from_config_with(&path, |b| b.identity(|_| None)).unwrap();
+    assert_eq!(limiter.describe().len(), 1);
+    // `default_key: user` is blamed where it is set.
+    let yaml = "default_key: user\nroutes:\n  - { path: /*, name: api, rate_limit: { sustained: 5/min } }\n";
+    let path = write_temp("default-user.yaml", yaml);
+    let (line, column, field, _) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!((line, column, field.as_str()), (1, 14, "default_key"));
+    // A global limit per user.
+    let yaml = "global:\n  - { per: ip, limit: 100/min }\n  - { per: user, limit: 50/min }\n";
+    let path = write_temp("global-user.yaml", yaml);
+    let (line, column, field, _) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!((line, column, field.as_str()), (3, 12, "global[1].per"));
+}
+
+#[test]
+fn bad_bucket_and_policy_names_name_their_field() {
+    let yaml = "routes:\n  - path: /*\n    name: api\n    bucket: shared bucket!\n    limits: [{ limit: 5/min }]\n";
+    let path = write_temp("bucket.yaml", yaml);
+    let err = Limiter::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    let (line, column, field, source) = invalid(err);
+    assert_eq!(
+        (line, column, field.as_str()),
+        (4, 13, "routes[0].bucket (/*)")
+    );
+    assert!(matches!(source, BuildError::BadName { .. }), "{source}");
+    assert!(
+        text.starts_with(&format!(
+            "{}:4:13: routes[0].bucket (/*): `shared bucket!` is not a usable",
+            path.display()
+        )),
+        "{text}"
+    );
+    let toml = "[buckets.\"sign in\"]\nlimit = \"5/30min\"\n";
+    let path = write_temp("direct.toml", toml);
+    let (line, _, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!((line, field.as_str()), (1, "buckets.sign in"));
+    assert!(matches!(source, BuildError::BadName { .. }), "{source}");
+    // Two rules sharing a bucket with different limits: the second one.
+    let yaml = "routes:\n  - { path: /a, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /b, bucket: auth, limits: [{ limit: 6/min }] }\n";
+    let path = write_temp("shared.yaml", yaml);
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 25, "routes[1].bucket (/b)")
+    );
+    assert!(
+        matches!(source, BuildError::SharedBucketMismatch { .. }),
+        "{source}"
+    );
+}
+
+#[test]
+fn incomplete_rules_point_at_the_field() {
+    let path = write_temp(
+        "burst.yaml",
+        "routes:\n  - path: /x\n    rate_limit: { burst: 20/s }\n",
+    );
+    let err = LimiterBuilder::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, ConfigError::Rule { line: Some(3), column: Some(26), field, .. }
+            if field == "routes[0].rate_limit.burst (/x)"),
+        "{err:?}"
+    );
+    assert!(
+        text.starts_with(&format!(
+            "{}:3:26: routes[0].rate_limit.burst (/x): `burst` needs `sustained`",
+            path.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn errors_from_rules_added_in_code_name_the_limiter() {
+    let path = write_temp("code.yaml", ROUTE);
+    let err = Limiter::from_config_with(&path, |b| {
+        b.route("/*", tollgate::Policy::named("again").per_ip("1/min"))
+    })
+    .unwrap_err();
+    // The rule in code ties with the file's: the file's rule is the first of the two.
+    assert!(
+        matches!(&err, ConfigError::Invalid { field, .. } if field == "limiter"),
+        "{err}"
+    );
+}

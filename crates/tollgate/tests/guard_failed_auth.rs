@@ -1,0 +1,152 @@
+//! `Limiter::guard(Policy::failed_auth_per_ip(..))` outside an authentication layer: requests
+//! without credentials or with unknown ones (401) are limited per IP, their 401s carry the
+//! rate-limit headers, and authenticated requests spend nothing of that budget.
+
+mod common;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use common::{clock_and_store, header, serve, times, Server};
+use tollgate::{ClientIp, Key, Limiter, Policy};
+
+/// The tenant of a known API key.
+#[derive(Clone)]
+struct Tenant(&'static str);
+
+async fn authenticate(mut request: Request, next: Next) -> Response {
+    let tenant = match request.headers().get("x-api-key").map(|v| v.as_bytes()) {
+        Some(b"key-acme") => Tenant("acme"),
+        Some(b"key-initech") => Tenant("initech"),
+        _ => return (StatusCode::UNAUTHORIZED, "unknown API key").into_response(),
+    };
+    request.extensions_mut().insert(tenant);
+    next.run(request).await
+}
+
+fn app(limiter: &Limiter) -> Router {
+    Router::new()
+        .route("/v1/items", get(|| async { "items" }))
+        .layer(limiter.layer())
+        .layer(middleware::from_fn(authenticate))
+        .layer(limiter.guard(Policy::failed_auth_per_ip("5/min")))
+}
+
+async fn server() -> (Server, tollgate::ManualClock) {
+    let (clock, store) = clock_and_store();
+    let tenant = Key::tenant(|parts| parts.extensions.get::<Tenant>().map(|t| t.0.to_string()));
+    let limiter = Limiter::builder()
+        .store(store)
+        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
+        .route("/v1/*", Policy::named("tenant").limit(tenant, "100/min"))
+        .build()
+        .unwrap();
+    (serve(app(&limiter)).await, clock)
+}
+
+async fn send(server: &Server, ip: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = server.get("/v1/items").header("x-forwarded-for", ip);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn guessing_keys_from_one_ip_is_refused_after_the_limit() {
+    let (server, clock) = server().await;
+    let ip = "198.51.100.7";
+    // Five failures, each a 401 with the guard's headers counting down; no key at all is a
+    // failure too.
+    for (n, key) in ["guess-1", "guess-2", "", "guess-4", "guess-5"]
+        .into_iter()
+        .enumerate()
+    {
+        let response = send(&server, ip, (!key.is_empty()).then_some(key)).await;
+        assert_eq!(response.status(), 401);
+        assert_eq!(header(&response, "x-ratelimit-limit"), "5");
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining"),
+            (4 - n).to_string()
+        );
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            r#""failed-auth-ip";q=5;w=60"#
+        );
+    }
+    // The sixth guess: 429 before the key is even looked at.
+    let refused = send(&server, ip, Some("guess-6")).await;
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = header(&refused, "retry-after").parse().unwrap();
+    // (The wait's bound is the rolling window's; checked with the algorithms.)
+    assert!((1..=66).contains(&wait), "Retry-After {wait}");
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), "0");
+    // The guard runs before authentication: a valid key from that IP waits too.
+    assert_eq!(send(&server, ip, Some("key-acme")).await.status(), 429);
+    // Another IP is not affected.
+    assert_eq!(
+        send(&server, "198.51.100.8", Some("guess")).await.status(),
+        401
+    );
+    // Once the window has passed, the IP may try again.
+    clock.advance(std::time::Duration::from_secs(70));
+    assert_eq!(send(&server, ip, Some("guess-7")).await.status(), 401);
+}
+
+#[tokio::test]
+async fn authenticated_requests_spend_nothing_of_the_failure_budget() {
+    let (server, _clock) = server().await;
+    let ip = "198.51.100.9";
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let response = send(&server, ip, Some("key-acme")).await;
+        // The tenant's own headers, not the guard's.
+        assert_eq!(header(&response, "x-ratelimit-limit"), "100");
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, times(200, 30));
+    let ok = send(&server, ip, Some("key-initech")).await;
+    assert_eq!(
+        header(&ok, "ratelimit-policy"),
+        r#""tenant-tenant";q=100;w=60"#
+    );
+    // All five failures are still there.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(send(&server, ip, Some("guess")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+}
+
+#[test]
+fn a_guard_bucket_named_like_one_of_the_limiters_is_an_error() {
+    let limiter = Limiter::builder()
+        .route("/*", Policy::named("failed-auth").per_ip("1/min"))
+        .bucket("direct", "1/min")
+        .build()
+        .unwrap();
+    let err = limiter
+        .try_guard(Policy::failed_auth_per_ip("5/min"))
+        .unwrap_err();
+    assert!(
+        matches!(err, tollgate::BuildError::DuplicateBucket { .. }),
+        "{err}"
+    );
+    let err = limiter
+        .try_guard(Policy::named("direct").per_ip("5/min"))
+        .unwrap_err();
+    assert!(
+        matches!(err, tollgate::BuildError::DuplicateBucket { .. }),
+        "{err}"
+    );
+    assert!(limiter
+        .try_guard(Policy::named("guard").per_ip("5/min"))
+        .is_ok());
+    // A bad rate is an error, not a panic at request time.
+    assert!(limiter
+        .try_guard(Policy::named("guard").per_ip("5/fortnight"))
+        .is_err());
+}

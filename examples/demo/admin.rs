@@ -1,0 +1,68 @@
+//! The operators' router (`tollgate::admin`) under `/admin/rate-limits`, behind a bearer
+//! token from `ADMIN_TOKEN`. Without the variable (or with it empty) it is not mounted at
+//! all: its paths answer `404` like any unknown path.
+//!
+//! ```text
+//! ADMIN_TOKEN=s3cret cargo run --example demo
+//! curl -H 'Authorization: Bearer s3cret' localhost:3000/admin/rate-limits/limits
+//! curl -H 'Authorization: Bearer s3cret' localhost:3000/admin/rate-limits/buckets/sign-in-failures/a%40example.com
+//! curl -X POST -H 'Authorization: Bearer s3cret' \
+//!      localhost:3000/admin/rate-limits/buckets/sign-in-failures/a%40example.com/reset
+//! ```
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use tollgate::Limiter;
+
+/// Where the router is mounted.
+pub const PATH: &str = "/admin/rate-limits";
+
+/// The environment variable holding the operators' token.
+pub const TOKEN_ENV: &str = "ADMIN_TOKEN";
+
+/// `router` with the admin router nested at [`PATH`], if `ADMIN_TOKEN` is set.
+pub fn mount(router: Router, limiter: &Limiter) -> Router {
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    let token = token.trim();
+    if token.is_empty() {
+        return router;
+    }
+    let token: Arc<[u8]> = token.as_bytes().into();
+    let guard = middleware::from_fn(move |request: Request, next: Next| {
+        let token = token.clone();
+        async move { authorize(&token, request, next).await }
+    });
+    router.nest(PATH, tollgate::admin::router(limiter).layer(guard))
+}
+
+async fn authorize(token: &[u8], request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| same(g.as_bytes(), token)) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(WWW_AUTHENTICATE, "Bearer")],
+        Json(
+            json!({ "error": "unauthorized", "message": "an operator's bearer token is required" }),
+        ),
+    )
+        .into_response()
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,180 @@
+//! Black-box tests of `examples/demo`: ways around a limit that a hostile client tries, each
+//! closed. The demo runs as its own process behind a trusted proxy (us), and each test
+//! picks its client addresses with `X-Forwarded-For`.
+
+mod common;
+
+use common::{Example, RawConnection};
+
+/// The demo behind a trusted proxy (us).
+fn demo() -> Example {
+    Example::start("demo", &[("TRUSTED_PROXIES", "127.0.0.1/32")])
+}
+
+/// `GET /api/documents/temp/{*file}` is the `downloads` class (1500/min per IP). Dot
+/// segments, plain or escaped, make the normalised path another class, looser (knowledge,
+/// 2000/min), as loose (twilio) or stricter (default, 500/min); axum still serves every one
+/// of them from the download route. Whatever the spelling, no more than 1500 a minute reach
+/// that handler from one IP, on one keep-alive connection, paths sent as they are.
+#[test]
+fn no_spelling_of_a_path_puts_more_than_its_routes_limit_into_its_handler() {
+    let ex = demo();
+    let ip = "203.0.113.150";
+    let spellings = [
+        "/api/documents/temp/../../knowledge/f",
+        "/api/documents/temp/%2E%2E/%2e%2e/knowledge/f",
+        "/api/documents/temp/.%2e/../knowledge/articles",
+        "/api/documents/temp/../../twilio/f",
+        "/api/documents/temp/../../projects",
+        "/api/documents/temp/report.pdf",
+    ];
+    let mut connection = RawConnection::connect(&ex.base);
+    let mut admitted = [0usize; 6];
+    let mut refused = 0;
+    for i in 0..1650 {
+        let which = i % spellings.len();
+        let path = spellings[which];
+        let response = connection.send("GET", path, &[("x-forwarded-for", ip)]);
+        match response.status {
+            200 => {
+                // The download route's handler: it echoes the path as it was sent.
+                assert!(
+                    response.body.contains(&format!(r#""path":"{path}""#)),
+                    "{path}: {}",
+                    response.body
+                );
+                admitted[which] += 1;
+            }
+            429 => {
+                assert_eq!(response.header("x-ratelimit-limit"), "1500", "{path}");
+                assert_eq!(response.header("x-ratelimit-remaining"), "0", "{path}");
+                refused += 1;
+            }
+            other => panic!("{path}: {other} {}", response.body),
+        }
+    }
+    assert_eq!(
+        admitted.iter().sum::<usize>(),
+        1500,
+        "admitted per spelling: {admitted:?}"
+    );
+    assert_eq!(refused, 150);
+    // Each spelling got its share before the download bucket ran out: none was refused
+    // by its other class (default's 500 is far from spent by 250).
+    assert_eq!(admitted, [250; 6]);
+}
+
+/// Spellings that climb out of the download route also spend the class of the path they
+/// normalise to: the knowledge budget of an IP that downloaded through `../../knowledge`
+/// is what it spent.
+#[test]
+fn a_climbing_spelling_spends_both_classes() {
+    let ex = demo();
+    let ip = "203.0.113.151";
+    let mut connection = RawConnection::connect(&ex.base);
+    for _ in 0..10 {
+        let response = connection.send(
+            "GET",
+            "/api/documents/temp/%2e%2e/%2E%2E/knowledge/f",
+            &[("x-forwarded-for", ip)],
+        );
+        assert_eq!(response.status, 200);
+    }
+    let knowledge = connection.send("GET", "/api/knowledge/articles", &[("x-forwarded-for", ip)]);
+    assert_eq!(knowledge.status, 200);
+    assert_eq!(knowledge.header("x-ratelimit-limit"), "2000");
+    assert_eq!(knowledge.header("x-ratelimit-remaining"), "1989");
+    let download = connection.send(
+        "GET",
+        "/api/documents/temp/report.pdf",
+        &[("x-forwarded-for", ip)],
+    );
+    assert_eq!(download.header("x-ratelimit-limit"), "1500");
+    assert_eq!(download.header("x-ratelimit-remaining"), "1489");
+}
+
+/// Posts `body_len` bytes to `path` from `ip` the way a careful client uploads a large body
+/// (`Expect: 100-continue`): the body is sent only if the server asks for it. Returns the
+/// final status and whether the body was asked for. One connection per call.
+fn post_large(ex: &Example, path: &str, ip: &str, body_len: usize) -> (u16, bool) {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = ex.base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-forwarded-for: {ip}\r\n\
+         content-type: application/json\r\ncontent-length: {body_len}\r\n\
+         expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let status = |reader: &mut BufReader<std::net::TcpStream>| {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"))
+    };
+    let first = status(&mut reader);
+    if first != 100 {
+        return (first, false);
+    }
+    // Asked for the body: send it from another thread (the server may stop reading it
+    // and answer first), and read the final status line.
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap(); // the blank line after `100 Continue`
+    let mut writer = stream;
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if writer.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+    });
+    let last = status(&mut reader);
+    drop(reader);
+    let _ = sender.join();
+    (last, true)
+}
+
+/// Sign-in bodies over the demo's 2 MB limit are refused (413), but only after the shared
+/// AUTH bucket (20 per 15 minutes per IP) is charged: of 30 posts of 3 MB from one IP, the
+/// first 20 are read and refused as too large, the next 10 are refused by the limit before
+/// their body is read, and the IP's other AUTH routes are spent too.
+#[test]
+fn oversized_sign_in_bodies_spend_the_auth_bucket_before_the_body_is_read() {
+    let ex = demo();
+    let ip = "203.0.113.160";
+    let mut answers = Vec::new();
+    for n in 0..30 {
+        let path = if n % 2 == 0 {
+            "/api/auth/sign-in"
+        } else {
+            "/api/portal/auth/sign-in"
+        };
+        answers.push(post_large(&ex, path, ip, 3 * 1024 * 1024));
+    }
+    let mut expected = vec![(413, true); 20];
+    expected.extend(vec![(429, false); 10]);
+    assert_eq!(answers, expected);
+    let mut connection = common::RawConnection::connect(&ex.base);
+    let forgot = connection.send(
+        "POST",
+        "/api/auth/forgot-password",
+        &[("x-forwarded-for", ip)],
+    );
+    assert_eq!(forgot.status, 429);
+    assert_eq!(forgot.header("x-ratelimit-limit"), "20");
+    // Another IP signs in as usual, its body read.
+    assert_eq!(
+        post_large(&ex, "/api/auth/sign-in", "203.0.113.161", 10),
+        (400, true)
+    );
+}

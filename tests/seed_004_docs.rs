@@ -1,0 +1,98 @@
+//! Seed 004's reference docs page: every endpoint's limits, from the running limiter, as
+//! HTML (`/docs`) and OpenAPI (`/openapi.json`), public, and the same numbers the gateway
+//! enforces.
+
+mod common;
+
+use common::{header, Example};
+use serde_json::{json, Value};
+
+/// The gateway with a daily cap other than the file's default, so a page that copied the
+/// YAML instead of asking the limiter would show the wrong one.
+fn gateway() -> Example {
+    Example::start("seed_004", &[("ENDPOINTWISE_DAILY_CAP", "25/day")])
+}
+
+fn token_bucket(policy: &str, bucket: &str, per: &str, quota: &str, n: u64, burst: u64) -> Value {
+    json!({ "policy": policy, "bucket": bucket, "per": per, "quota": quota, "limit": n,
+            "windowSeconds": 60, "algorithm": "token bucket", "burst": burst,
+            "enforcedBy": "middleware" })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_lists_each_endpoints_limits_as_enforced() {
+    let app = gateway();
+    let response = app.get("/openapi.json").send().await.unwrap();
+    assert_eq!(response.status(), 200, "public: no API key needed");
+    assert_eq!(header(&response, "content-type"), "application/json");
+    let doc: Value = response.json().await.unwrap();
+    let limits = |path: &str, method: &str| doc["paths"][path][method]["x-ratelimit"].clone();
+    let global = token_bucket("global", "global", "global", "1000/min", 1000, 1000);
+    let daily = json!({ "policy": "daily", "bucket": "daily:api_key", "per": "api_key",
+                        "quota": "25/day", "limit": 25, "windowSeconds": 86400,
+                        "algorithm": "fixed window", "enforcedBy": "middleware" });
+    assert_eq!(
+        limits("/v1/invoices", "get"),
+        json!({ "throttled": true, "limits": [
+            token_bucket("get-v1-invoices", "get-v1-invoices:api_key", "api_key", "100/min", 100, 20),
+            global, daily,
+        ]})
+    );
+    assert_eq!(
+        limits("/v1/reports", "get")["limits"][0],
+        token_bucket(
+            "get-v1-reports",
+            "get-v1-reports:api_key",
+            "api_key",
+            "5/min",
+            5,
+            2
+        )
+    );
+    // The YAML limits GET only: a POST has the gateway's limits alone.
+    assert_eq!(
+        limits("/v1/invoices", "post")["limits"],
+        json!([global, daily])
+    );
+    assert_eq!(
+        doc["paths"]["/v1/reports"]["get"]["responses"]["429"]["$ref"],
+        "#/components/responses/TooManyRequests"
+    );
+
+    // The published burst is what the gateway admits at once.
+    let burst = limits("/v1/reports", "get")["limits"][0]["burst"]
+        .as_u64()
+        .unwrap();
+    let reports = || app.get("/v1/reports").header("x-api-key", "ew_live_full");
+    for _ in 0..burst {
+        assert_eq!(reports().send().await.unwrap().status(), 200);
+    }
+    assert_eq!(reports().send().await.unwrap().status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docs_page_shows_every_endpoint_with_its_limits() {
+    let app = gateway();
+    let page = app.get("/docs").send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    for row in [
+        "<tr><td><code>GET /v1/invoices</code></td><td>get-v1-invoices</td><td>100/min per api_key <small>(token bucket, burst 20, bucket get-v1-invoices:api_key)</small></td></tr>",
+        "<tr><td><code>every request (global)</code></td><td>daily</td><td>25/day per api_key <small>(fixed window, bucket daily:api_key)</small></td></tr>",
+        "<tr><td>GET</td><td><code>/v1/reports</code></td><td>Revenue report</td><td>5/min per api_key <small>(token bucket, burst 2, bucket get-v1-reports:api_key)</small> [middleware]<br>1000/min per global",
+        "<tr><td>GET</td><td><code>/v1/customers</code></td><td>List customers</td><td>1000/min per global",
+    ] {
+        assert!(html.contains(row), "{row}\nnot in\n{html}");
+    }
+    for (method, path) in [
+        ("GET", "/v1/invoices"),
+        ("POST", "/v1/invoices"),
+        ("GET", "/v1/reports"),
+        ("GET", "/v1/customers"),
+        ("GET", "/v1/status"),
+    ] {
+        let row = format!("<tr><td>{method}</td><td><code>{path}</code></td>");
+        assert_eq!(html.matches(&row).count(), 1, "{row}");
+    }
+}
