@@ -6,6 +6,7 @@
 //! cargo bench -p tollgate-redis --bench throughput
 //! BENCH_CALLS=400000 BENCH_ROUNDS=5 cargo bench -p tollgate-redis --bench throughput
 //! TOLLGATE_BENCH_OUT=redis.md cargo bench -p tollgate-redis --bench throughput
+//! BENCH_STORE_ONLY=1 cargo bench -p tollgate-redis --bench throughput   # decisions/s only
 //! ```
 //!
 //! **Server time per call.** `redis-benchmark -c 50 -P 16 -n <calls> -r 100000` sends
@@ -379,6 +380,17 @@ fn main() {
     let multiplexed: Arc<dyn Store> = Arc::new(RedisStore::open(&url).unwrap());
     let pooled: Arc<dyn Store> = Arc::new(RedisStore::builder().pool(pool).build().unwrap());
 
+    if std::env::var_os("BENCH_STORE_ONLY").is_some() {
+        // Only the store's decisions per second (to compare builds run after one another).
+        let rates: Vec<f64> = (0..rounds)
+            .map(|_| decisions_per_second(&rt, multiplexed.clone(), in_flight, secs, ip_and_user))
+            .collect();
+        println!(
+            "RedisStore, IP + user, decisions/s: {} (rounds: {rates:.0?})",
+            spread(&rates, 0)
+        );
+        return;
+    }
     let started = Instant::now();
     let mut cost: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
