@@ -1,573 +1,711 @@
 -- tollgate: one rate-limit decision over every bucket of a request, in one call.
 --
--- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now step by step; the
--- Rust side (script.rs) documents the argument and reply layout. All numbers are integers
--- below 2^53 (microseconds since the epoch, counts), which Lua's doubles hold exactly;
--- numbers become strings only through num() (tostring or `..` alone would print
--- 1.7e+15 for a timestamp).
+-- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now; script.rs documents
+-- the arguments and the reply. It is written for the server's time per call: no function is
+-- defined (each would be a closure created on every call), a single-bucket charge of a
+-- sliding window, token bucket or fixed window runs a straight path of its own (TIME, GET,
+-- SET), and everything else (other operations, several buckets, exact logs, keys in an
+-- older format) runs the general path, which reads each key once.
 --
--- KEYS[i]: the bucket's key. ARGV[1]: the op (0 charge, 1 peek, 2 refund, 3 penalize,
--- 4 reset). Then five numbers per bucket: algorithm (1 segmented sliding window, 2 sliding
--- log, 3 token bucket, 4 fixed window), segments k (sliding window, else 0), capacity,
--- unit (segment length / period / emission interval, in microseconds), cost.
--- Reply: { allowed, now, then per bucket: fit (0 now, 1 after, 2 never), wait, remaining,
--- reset_after }.
+-- Numbers are integers below 2^53 (microseconds since the epoch, counts), which Lua's doubles
+-- hold exactly; a / b floored or ceiled is exact for such integers. Lua prints a number
+-- exactly only below 10^14 (`..` uses %.14g), so the log's entries go through string.format;
+-- numbers passed to redis.call are printed exactly by Redis itself.
+--
+-- KEYS[i]: the bucket's key. ARGV[1]: the operation ('0' charge, '1' peek, '2' refund,
+-- '3' penalize, '4' reset). Then six per bucket: algorithm ('1' sliding window, '2' sliding
+-- log, '3' token bucket, '4' fixed window), capacity, cost, unit (segment length, window,
+-- emission interval or period, in microseconds), window (microseconds), and the sliding
+-- window's shape tag "<k>:<segment length>|" (anything for the others).
+--
+-- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
+-- reset_after (microseconds) }.
+--
+-- Stored values (strings; a log is a hash):
+--   sliding window  <k>:<s>| then 19 bytes per segment that still counts, newest first:
+--                   struct '>I6I7I6', its index (now / s when it counted), its count, and
+--                   the time of its last admission minus the segment's start. Binary,
+--                   because Lua prints a number with sprintf (about 0.5 us) and parses one
+--                   in about as long, where struct packs or unpacks three at once in 0.2 us.
+--                   The text tag makes a limit whose window changed start afresh, as the
+--                   memory store does.
+--   token bucket    <tat>                the theoretical arrival time
+--   fixed window    -<used>              the count, negated (so that it is never taken for a
+--                                        token bucket's time), in a key that expires when
+--                                        its window ends: the expiry tells the window
+--   sliding log     hash: h (oldest index), n (next index), t (total), u (the window its
+--                   expiry was set by), and one field per entry index holding "<at> <cost>"
+-- The format written before 0.2 ('S<k>:<s>:<head>:<counts>', 'T<tat>', 'F<p>:<w>:<used>')
+-- is still read, on the general path; a sliding window's old counts are taken as admitted at
+-- the end of their segment (or now, if that is later), so they never count for less long
+-- than they used to.
 
-local CHARGE, PEEK, REFUND, PENALIZE, RESET = 0, 1, 2, 3, 4
-local SLIDING, LOG, TAT, FIXED = 1, 2, 3, 4
-
-local floor, max, min = math.floor, math.max, math.min
-local fmt = string.format
-
--- The largest number kept or replied: 2^53, where algorithm.rs saturates at u64::MAX. A
--- penalty can push a count or a token bucket's time past it (cost 2^53 times a day's
--- emission interval); unbounded, the double would lose integers, the reply would wrap
--- negative and the expiry would be out of Redis's range.
-local LIM = 9007199254740992
-
-local function sat(x)
-  return min(x, LIM)
-end
-
--- A number as decimal digits. Below 10^14, Lua's own conversion (%.14g) prints an integer
--- exactly, and is cheaper than a call to string.format.
-local function num(x)
-  if x < 1e14 then
-    return x
-  end
-  return fmt('%.0f', x)
-end
-
--- Integer division and remainder. For integers a and b with |a| < 2^53, the rounding of
--- a / b can never cross an integer (it is off by less than 1/b), so floor(a / b) is exact,
--- and so is Lua's a % b (a - floor(a / b) * b, non-negative for b > 0).
-local function idiv(a, b)
-  return floor(a / b)
-end
-
-local function cdiv(a, b)
-  local q = floor(a / b)
-  if q * b < a then
-    q = q + 1
-  end
-  return q
-end
-
-local op = tonumber(ARGV[1])
+local op = ARGV[1]
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = t[1] * 1000000 + t[2]
+local LIM = 9007199254740992 -- 2^53: counts and times saturate here (u64::MAX in memory)
+
+if op == '0' and #KEYS == 1 then
+  local alg = ARGV[2]
+  if alg == '1' then
+    -- One sliding window, charged. One pass over the stored segments, newest first, ended by
+    -- the first that no longer counts (older ones count even less).
+    local key, tag = KEYS[1], ARGV[7]
+    local v = redis.pcall('GET', key)
+    local p = #tag + 1
+    if not v or (not v.err and string.find(v, tag, 1, true) == 1 and (#v - p + 1) % 19 == 0) then
+      local cap, cost, s, W = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+      local cur = math.floor(now / s)
+      local j0, c0, l0 = false, 0, 0 -- the newest segment that counts
+      local used, cross = 0, 0
+      local q, e = p, p -- the older segments that count: v[q, e)
+      local R = cap - cost
+      if v and #v > p then
+        local unpack = struct.unpack
+        local j, c, o, nx = unpack('>I6I7I6', v, p)
+        local low = (j > cur and j or cur) - math.ceil(W / s) -- older segments left the ring
+        local last = j * s + o
+        if j >= low and last + W > now then
+          j0, c0, l0 = j, c, last
+          used = c
+          if used > R then
+            cross = last
+          end
+          q, e = nx, nx
+          local len = #v
+          while e <= len do
+            j, c, o, nx = unpack('>I6I7I6', v, e)
+            last = j * s + o
+            if j < low or last + W <= now then
+              break
+            end
+            local x = used + c
+            if x > R and used <= R then
+              cross = last
+            end
+            used = x
+            e = nx
+          end
+        end
+      end
+      if cost > cap then
+        if v and not j0 then
+          redis.call('DEL', key)
+        end
+        return { now, -1, math.max(cap - used, 0), j0 and l0 + W - now or 0 }
+      end
+      if used > R then
+        return { now, math.min(cross + W - now, LIM), math.max(cap - used, 0), l0 + W - now }
+      end
+      local H = cur
+      if j0 and j0 > H then
+        H = j0
+      end
+      local start = H * s
+      local last, value
+      if j0 == H then
+        last = l0 > now and l0 or now
+        value = tag .. struct.pack('>I6I7I6', H, math.min(c0 + cost, LIM), last - start)
+        if e > q then
+          value = value .. string.sub(v, q, e - 1)
+        end
+      else
+        last = now > start and now or start
+        value = tag .. struct.pack('>I6I7I6', H, cost, last - start)
+        if j0 then
+          value = value .. string.sub(v, p, e - 1)
+        end
+      end
+      redis.call('SET', key, value, 'PXAT', math.ceil((last + W) / 1000))
+      return { now, 0, math.max(cap - math.min(used + cost, LIM), 0), last + W - now }
+    end
+  elseif alg == '3' then
+    -- One token bucket, charged: GCRA.
+    local key = KEYS[1]
+    local v = redis.pcall('GET', key)
+    local tat = 0
+    if v then
+      tat = tonumber(v)
+    end
+    if tat and tat >= 0 then
+      local cap, cost, T = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+      local ahead = tat > now and tat - now or 0
+      if cost > cap then
+        if v and ahead == 0 then
+          redis.call('DEL', key)
+        end
+        return { now, -1, math.max(cap - math.ceil(ahead / T), 0), ahead }
+      end
+      local new = (tat > now and tat or now) + cost * T
+      if new > LIM then
+        new = LIM
+      end
+      local wait = new - now - cap * T
+      if wait > 0 then
+        return { now, wait, math.max(cap - math.ceil(ahead / T), 0), ahead }
+      end
+      redis.call('SET', key, new, 'PXAT', math.ceil(new / 1000))
+      return { now, 0, math.max(cap - math.ceil((new - now) / T), 0), new - now }
+    end
+  elseif alg == '4' then
+    -- One fixed window, charged: the count, negated, in a key that expires when its window
+    -- ends. Its expiry says which window the count is of.
+    local key = KEYS[1]
+    local p = tonumber(ARGV[5])
+    local stop = (math.floor(now / p) + 1) * p
+    local close = stop / 1000
+    local pe = redis.call('PEXPIRETIME', key)
+    local cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+    if pe == -2 then
+      if cost > cap then
+        return { now, -1, cap, 0 }
+      end
+      redis.call('SET', key, -cost, 'PXAT', close)
+      return { now, 0, cap - cost, stop - now }
+    elseif pe == close then
+      local x = redis.pcall('DECRBY', key, cost)
+      if type(x) == 'number' then
+        if x <= 0 then
+          local used = -x
+          if used <= cap then
+            return { now, 0, cap - used, stop - now }
+          end
+          redis.call('INCRBY', key, cost)
+          used = math.min(used - cost, LIM)
+          return { now, cost > cap and -1 or stop - now, math.max(cap - used, 0), stop - now }
+        end
+        redis.call('INCRBY', key, cost) -- not a count: another algorithm's state
+      end
+    end
+  end
+end
+
+if op == '0' and #KEYS > 1 then
+  -- Several buckets charged (IP + user), all sliding windows: each key read once, and
+  -- written once if every bucket fits. Any other algorithm, or a key in another format,
+  -- takes the general path.
+  local n = #KEYS
+  local fast = true
+  for i = 1, n do
+    if ARGV[i * 6 - 4] ~= '1' then
+      fast = false
+      break
+    end
+  end
+  if fast then
+    local floor, unpack = math.floor, struct.unpack
+    -- Per bucket, 11 slots: capacity, cost, segment length, window, the newest segment that
+    -- counts (index or false, count, last admission), where the older ones that count are
+    -- in the stored value (v[q, e)), what counts, the wait. Sized at once for up to 4.
+    local D = n <= 4 and { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 } or {}
+    local V = { false, false, false, false }
+    local fits = true
+    for i = 1, n do
+      local o = i * 6 - 5
+      local tag = ARGV[o + 6]
+      local v = redis.pcall('GET', KEYS[i])
+      local p = #tag + 1
+      if v and (v.err or string.find(v, tag, 1, true) ~= 1 or (#v - p + 1) % 19 ~= 0) then
+        fast = false
+        break
+      end
+      local cap, cost, s, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+      local j0, c0, l0 = false, 0, 0
+      local used, cross = 0, 0
+      local q, e = p, p
+      local R = cap - cost
+      if v and #v > p then
+        local cur = floor(now / s)
+        local j, c, so, nx = unpack('>I6I7I6', v, p)
+        local low = (j > cur and j or cur) - math.ceil(W / s)
+        local last = j * s + so
+        if j >= low and last + W > now then
+          j0, c0, l0 = j, c, last
+          used = c
+          if used > R then
+            cross = last
+          end
+          q, e = nx, nx
+          local len = #v
+          while e <= len do
+            j, c, so, nx = unpack('>I6I7I6', v, e)
+            last = j * s + so
+            if j < low or last + W <= now then
+              break
+            end
+            local x = used + c
+            if x > R and used <= R then
+              cross = last
+            end
+            used = x
+            e = nx
+          end
+        end
+      end
+      local wait = 0
+      if cost > cap then
+        wait, fits = -1, false
+      elseif used > R then
+        wait, fits = math.min(cross + W - now, LIM), false
+      end
+      local x = i * 11 - 11
+      D[x + 1], D[x + 2], D[x + 3], D[x + 4], D[x + 5], D[x + 6] = cap, cost, s, W, j0, c0
+      D[x + 7], D[x + 8], D[x + 9], D[x + 10], D[x + 11] = l0, q, e, used, wait
+      V[i] = v
+    end
+    if fast then
+      local out = n == 2 and { now, 0, 0, 0, 0, 0, 0 } or { now }
+      for i = 1, n do
+        local x = i * 11 - 11
+        local cap, cost, s, W, j0, c0 = D[x + 1], D[x + 2], D[x + 3], D[x + 4], D[x + 5], D[x + 6]
+        local l0, q, e, used = D[x + 7], D[x + 8], D[x + 9], D[x + 10]
+        local v = V[i]
+        if fits then
+          local H = floor(now / s)
+          if j0 and j0 > H then
+            H = j0
+          end
+          local start = H * s
+          local last, value
+          local tag = ARGV[i * 6 + 1]
+          if j0 == H then
+            last = l0 > now and l0 or now
+            value = tag .. struct.pack('>I6I7I6', H, math.min(c0 + cost, LIM), last - start)
+            if e > q then
+              value = value .. string.sub(v, q, e - 1)
+            end
+          else
+            last = now > start and now or start
+            value = tag .. struct.pack('>I6I7I6', H, cost, last - start)
+            if j0 then
+              value = value .. string.sub(v, #tag + 1, e - 1)
+            end
+          end
+          redis.call('SET', KEYS[i], value, 'PXAT', math.ceil((last + W) / 1000))
+          out[i * 3 - 1], out[i * 3], out[i * 3 + 1] = 0, math.max(cap - math.min(used + cost, LIM), 0), last + W - now
+        else
+          out[i * 3 - 1], out[i * 3], out[i * 3 + 1] = D[x + 11], math.max(cap - used, 0), j0 and l0 + W - now or 0
+          if v and not j0 then
+            redis.call('DEL', KEYS[i]) -- nothing counts any more: the memory store drops it
+          end
+        end
+      end
+      return out
+    end
+  end
+end
+
+-- The general path: any operation, any number of buckets, any algorithm, any stored format.
 
 local n = #KEYS
-local B = {}
-for i = 1, n do
-  local o = 1 + (i - 1) * 5
-  B[i] = {
-    key = KEYS[i],
-    alg = tonumber(ARGV[o + 1]),
-    k = tonumber(ARGV[o + 2]),
-    cap = tonumber(ARGV[o + 3]),
-    unit = tonumber(ARGV[o + 4]),
-    cost = tonumber(ARGV[o + 5]),
-  }
-end
+local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+local find, sub, match, gmatch, fmt = string.find, string.sub, string.match, string.gmatch, string.format
+local out = { now }
 
--- Log entries live in a hash: fields h (oldest index), n (next index), t (total), u (the
--- window its expiry was set by) and one field per entry index holding "<at> <cost>". Entries are read lazily and written back
--- at the end.
-local function log_get(st, i)
-  local e = st.E[i]
-  if e == nil then
-    local v = redis.call('HGET', st.key, num(i))
-    local at, c = string.match(v, '^(%d+) (%d+)$')
-    e = { at = tonumber(at), c = tonumber(c) }
-    st.E[i] = e
-  end
-  return e
-end
-
-local function log_set(st, i, e)
-  st.E[i] = e
-  st.M[i] = true
-end
-
-local function log_del(st, i)
-  st.E[i] = false
-  st.M[i] = true
-end
-
-local function fresh(b)
-  if b.alg == SLIDING then
-    local c = {}
-    for i = 1, b.k + 1 do
-      c[i] = 0
-    end
-    return { a = SLIDING, k = b.k, unit = b.unit, head = idiv(now, b.unit), c = c }
-  elseif b.alg == LOG then
-    return { a = LOG, key = b.key, h = 0, n = 0, t = 0, u = b.unit, E = {}, M = {} }
-  elseif b.alg == TAT then
-    return { a = TAT, tat = 0 }
-  else
-    return { a = FIXED, unit = b.unit, w = idiv(now, b.unit), u = 0 }
-  end
-end
-
--- A sliding window is stored as S<k>:<unit>:<head>:<counts>, the counts from the head
--- segment backwards with trailing zeros left out (usually one or two numbers).
-local function decode(v)
-  local tag = string.sub(v, 1, 1)
-  if tag == 'S' then
-    local k, unit, head, counts = string.match(v, '^S(%d+):(%d+):(%d+):(.*)$')
-    if k then
-      k, head = tonumber(k), tonumber(head)
-      local ring = k + 1
-      local c = {}
-      for i = 1, ring do
-        c[i] = 0
-      end
-      local back = 0
-      for x in string.gmatch(counts, '%d+') do
-        if back >= ring then
-          return { a = 0 }
-        end
-        c[(head - back) % ring + 1] = tonumber(x)
-        back = back + 1
-      end
-      return { a = SLIDING, k = k, unit = tonumber(unit), head = head, c = c }
-    end
-  elseif tag == 'T' then
-    local tat = string.match(v, '^T(%d+)$')
-    if tat then
-      return { a = TAT, tat = sat(tonumber(tat)) }
-    end
-  elseif tag == 'F' then
-    local unit, w, u = string.match(v, '^F(%d+):(%d+):(%d+)$')
-    if w then
-      return { a = FIXED, unit = tonumber(unit), w = tonumber(w), u = tonumber(u) }
-    end
-  end
-  return { a = 0 }
-end
-
-local function encode(st)
-  if st.a == SLIDING then
-    local ring = #st.c
-    local parts = {}
-    local last = 0
-    for back = 0, ring - 1 do
-      local x = st.c[(st.head - back) % ring + 1]
-      parts[back + 1] = num(x)
-      if x ~= 0 then
-        last = back + 1
-      end
-    end
-    return 'S' .. num(st.k) .. ':' .. num(st.unit) .. ':' .. num(st.head) .. ':'
-      .. table.concat(parts, ',', 1, last)
-  elseif st.a == TAT then
-    return 'T' .. num(st.tat)
-  else
-    return 'F' .. num(st.unit) .. ':' .. num(st.w) .. ':' .. num(st.u)
-  end
-end
-
--- The keys touched: S[key] = { st = state or nil (absent), dirty, replace, exp }.
-local S = {}
-
-local function load(b)
-  local e = S[b.key]
-  if e then
-    return e
-  end
-  e = { dirty = false, replace = false }
-  if b.alg == LOG then
-    local r = redis.pcall('HMGET', b.key, 'h', 'n', 't', 'u')
-    if r.err then
-      e.st = { a = 0 } -- a string: another algorithm's state
-    elseif r[1] then
-      e.st = { a = LOG, key = b.key, h = tonumber(r[1]), n = tonumber(r[2]), t = tonumber(r[3]),
-        u = tonumber(r[4]) or 0, E = {}, M = {} }
-    end
-  else
-    local v = redis.pcall('GET', b.key)
-    if type(v) == 'table' and v.err then
-      e.st = { a = 0 } -- a hash: a log's state
-    elseif v then
-      e.st = decode(v)
-    end
-  end
-  S[b.key] = e
-  return e
-end
-
--- Whether a stored state belongs to this bucket's limit. Unlike algorithm.rs, a sliding or
--- fixed window whose length changed also starts afresh: its window indices were counted in
--- the old unit (and Redis may already have expired the key by the old limit's clock, so
--- reinterpreting the old state could not be mirrored anyway).
-local function fits_algorithm(st, b)
-  if st.a ~= b.alg then
-    return false
-  end
-  if st.a == SLIDING then
-    return st.k == b.k and st.unit == b.unit
-  elseif st.a == FIXED then
-    return st.unit == b.unit
-  end
-  return true
-end
-
--- Brings the state up to now: drops what has aged out of the window. Returns true if that
--- must be written back: a log's entries aged out by this limit's window may still count for
--- another limit of the same key with a longer window (the memory store keeps what advance
--- did even when nothing is charged). The windows' counters are the same however often they
--- are advanced.
-local function advance(st, b)
-  local popped = false
-  if st.a == SLIDING then
-    local cur = idiv(now, b.unit)
-    if cur > st.head then
-      local ring = #st.c
-      if cur - st.head >= ring then
-        for i = 1, ring do
-          st.c[i] = 0
-        end
-      else
-        for i = st.head + 1, cur do
-          st.c[i % ring + 1] = 0
-        end
-      end
-      st.head = cur
-    end
-  elseif st.a == LOG then
-    while st.h < st.n do
-      local e = log_get(st, st.h)
-      if e.at + b.unit > now then
-        break
-      end
-      log_del(st, st.h)
-      st.t = st.t - e.c
-      st.h = st.h + 1
-      popped = true
-    end
-  elseif st.a == FIXED then
-    local cur = idiv(now, b.unit)
-    if cur > st.w then
-      st.w = cur
-      st.u = 0
-    end
-  end
-  return popped
-end
-
-local function used(st, b)
-  if st.a == SLIDING then
-    local s = 0
-    for i = 1, #st.c do
-      s = s + st.c[i]
-    end
-    return s
-  elseif st.a == LOG then
-    return st.t
-  elseif st.a == TAT then
-    return cdiv(max(st.tat - now, 0), b.unit)
-  else
-    return st.u
-  end
-end
-
--- Returns fit (0 now, 1 after, 2 never) and the wait.
-local function fit(st, b)
-  local cost, cap = b.cost, b.cap
-  if cost > cap then
-    return 2, 0
-  end
-  local wait
-  if st.a == SLIDING then
-    local need = used(st, b) + cost - cap
-    if need <= 0 then
-      return 0, 0
-    end
-    local ring = #st.c
-    local seg = b.unit
-    local oldest = max(st.head - (ring - 1), 0)
-    local freed = 0
-    local leaves = (st.head + ring) * seg
-    for j = oldest, st.head do
-      freed = freed + st.c[j % ring + 1]
-      if freed >= need then
-        leaves = (j + ring) * seg
-        break
-      end
-    end
-    wait = max(leaves - now, 0)
-  elseif st.a == LOG then
-    local need = st.t + cost - cap
-    if need <= 0 then
-      return 0, 0
-    end
-    local freed = 0
-    local leaves = now + b.unit
-    for i = st.h, st.n - 1 do
-      local e = log_get(st, i)
-      freed = freed + e.c
-      if freed >= need then
-        leaves = e.at + b.unit
-        break
-      end
-    end
-    wait = max(leaves - now, 0)
-  elseif st.a == TAT then
-    local new_tat = sat(max(st.tat, now) + cost * b.unit)
-    wait = max(new_tat - now - cap * b.unit, 0)
-  else
-    if st.u + cost <= cap then
-      return 0, 0
-    end
-    wait = max((st.w + 1) * b.unit - now, 0)
-  end
-  if wait == 0 then
-    return 0, 0
-  end
-  return 1, wait
-end
-
-local function add(st, b)
-  local cost = b.cost
-  if st.a == SLIDING then
-    local i = st.head % #st.c + 1
-    st.c[i] = sat(st.c[i] + cost)
-  elseif st.a == LOG then
-    local last = nil
-    if st.n > st.h then
-      last = log_get(st, st.n - 1)
-    end
-    if last and max(last.at, now) == last.at then
-      log_set(st, st.n - 1, { at = last.at, c = sat(last.c + cost) })
-    else
-      local at = now
-      if last then
-        at = max(last.at, now)
-      end
-      log_set(st, st.n, { at = at, c = cost })
-      st.n = st.n + 1
-    end
-    st.t = sat(st.t + cost)
-  elseif st.a == TAT then
-    st.tat = sat(max(st.tat, now) + cost * b.unit)
-  else
-    st.u = sat(st.u + cost)
-  end
-end
-
-local function sub(st, b)
-  local cost = b.cost
-  if st.a == SLIDING then
-    local ring = #st.c
-    local left = cost
-    for back = 0, ring - 1 do
-      local j = st.head - back
-      if j < 0 then
-        break
-      end
-      local i = j % ring + 1
-      local take = min(st.c[i], left)
-      st.c[i] = st.c[i] - take
-      left = left - take
-      if left == 0 then
-        break
-      end
-    end
-  elseif st.a == LOG then
-    local left = cost
-    while left > 0 and st.n > st.h do
-      local e = log_get(st, st.n - 1)
-      local take = min(e.c, left)
-      st.t = st.t - take
-      left = left - take
-      if e.c - take == 0 then
-        log_del(st, st.n - 1)
-        st.n = st.n - 1
-      else
-        log_set(st, st.n - 1, { at = e.at, c = e.c - take })
-      end
-    end
-  elseif st.a == TAT then
-    local back = cost * b.unit
-    st.tat = max(max(st.tat - back, 0), min(now, st.tat))
-  else
-    st.u = max(st.u - cost, 0)
-  end
-end
-
--- When the state is back to fresh (0 if it is already).
-local function expires_at(st, b)
-  if st.a == SLIDING then
-    local ring = #st.c
-    for back = 0, ring - 1 do
-      local j = st.head - back
-      if j < 0 then
-        break
-      end
-      if st.c[j % ring + 1] > 0 then
-        return (j + ring) * b.unit
-      end
-    end
-    return 0
-  elseif st.a == LOG then
-    if st.n > st.h then
-      return log_get(st, st.n - 1).at + b.unit
-    end
-    return 0
-  elseif st.a == TAT then
-    return st.tat
-  else
-    if st.u == 0 then
-      return 0
-    end
-    return (st.w + 1) * b.unit
-  end
-end
-
-local out = { 0, now }
-
-local function report(st, b, f, w)
-  out[#out + 1] = f
-  out[#out + 1] = sat(w)
-  out[#out + 1] = max(b.cap - used(st, b), 0)
-  out[#out + 1] = sat(max(expires_at(st, b) - now, 0))
-end
-
--- Brings a present state up to now; a state of another limit starts afresh. A log keeps
--- its entries under another window (as algorithm.rs does), so its expiry, set by the old
--- window, is written again by this one even if nothing else changes.
-local function catch_up(e, b)
-  if not fits_algorithm(e.st, b) then
-    e.st = fresh(b)
-    e.dirty = true
-    e.replace = true
-  elseif e.st.a == LOG and e.st.u ~= b.unit then
-    e.st.u = b.unit
-    e.dirty = true
-  end
-  if advance(e.st, b) then
-    e.dirty = true
-  end
-end
-
--- A charge of several buckets first sees whether every cost fits, and changes a bucket only
--- if all do. Any other call decides each bucket on its own.
-local multi = op == CHARGE and n > 1
-local F, W = {}, {}
-local all = true
-if multi then
+if op == '4' then
+  -- Reset: every key goes; each bucket is reported fresh.
+  redis.call('DEL', unpack(KEYS))
   for i = 1, n do
-    local b = B[i]
-    local e = load(b)
-    if e.st then
-      catch_up(e, b)
-      F[i], W[i] = fit(e.st, b)
-    else
-      F[i], W[i] = fit(fresh(b), b)
+    out[#out + 1] = 0
+    out[#out + 1] = tonumber(ARGV[i * 6 - 3])
+    out[#out + 1] = 0
+  end
+  return out
+end
+
+-- Per bucket: whether the key held anything (PR), whether that was another limit's state
+-- (RP), the state (X, Y: see each algorithm), the fit (FT).
+local PR, RP, X, Y, FT = {}, {}, {}, {}, {}
+-- Sliding windows: the segments that still count, newest first, all buckets in a row
+-- (index, count, last admission); bucket i's are SB[i] .. SB[i] + SN[i] - 1, from head HD[i].
+local SJ, SC, SL, SB, SN, HD = {}, {}, {}, {}, {}, {}
+-- Logs: per bucket { h, n, t, dirty, at = {}, c = {}, mod = {} } (entries read lazily).
+local LG = {}
+local top = 0
+
+for i = 1, n do
+  local o = i * 6 - 5
+  local key, alg = KEYS[i], ARGV[o + 1]
+  local cap, cost, unit, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+  local present, other = false, false
+  local fit = 0
+  if alg == '2' then
+    local r = redis.pcall('HMGET', key, 'h', 'n', 't', 'u')
+    local lg = { h = 0, n = 0, t = 0, dirty = false, at = {}, c = {}, mod = {} }
+    if r.err then
+      present, other = true, true -- a string: another algorithm's state
+    elseif r[1] then
+      present = true
+      lg.h, lg.n, lg.t = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
+      -- Entries kept under another window: the expiry is written again by this one.
+      lg.dirty = tonumber(r[4]) ~= W
+      -- Advance: drop what has aged out. Written back even if nothing else changes: another
+      -- limit of the same key with a longer window would still count it in memory.
+      while lg.h < lg.n do
+        local idx = lg.h
+        local at = lg.at[idx]
+        if at == nil then
+          local a, c = match(redis.call('HGET', key, idx), '^(%d+) (%d+)$')
+          at = tonumber(a)
+          lg.at[idx], lg.c[idx] = at, tonumber(c)
+        end
+        if at + W > now then
+          break
+        end
+        lg.t = lg.t - lg.c[idx]
+        lg.at[idx] = false
+        lg.mod[idx] = true
+        lg.h = idx + 1
+        lg.dirty = true
+      end
     end
-    if F[i] ~= 0 then
+    LG[i] = lg
+    if cost > cap then
+      fit = -1
+    elseif op == '0' or op == '1' then
+      local need = lg.t + cost - cap
+      if need > 0 then
+        local freed, leaves = 0, now + W
+        for idx = lg.h, lg.n - 1 do
+          local at = lg.at[idx]
+          if at == nil then
+            local a, c = match(redis.call('HGET', key, idx), '^(%d+) (%d+)$')
+            at = tonumber(a)
+            lg.at[idx], lg.c[idx] = at, tonumber(c)
+          end
+          freed = freed + lg.c[idx]
+          if freed >= need then
+            leaves = at + W
+            break
+          end
+        end
+        fit = max(leaves - now, 0)
+      end
+    end
+  else
+    local v = redis.pcall('GET', key)
+    local b1 = 0
+    if v then
+      present = true
+      if v.err then
+        other = true -- a hash: a log's state
+      else
+        b1 = string.byte(v)
+      end
+    end
+    if alg == '1' then
+      local s, tag = unit, ARGV[o + 6]
+      local cur = floor(now / s)
+      local k = ceil(W / s)
+      local R = cap - cost
+      local used, cross = 0, 0
+      local H = cur
+      SB[i] = top + 1
+      if present and not other then
+        if find(v, tag, 1, true) == 1 and (#v - #tag) % 19 == 0 then
+          local e, len = #tag + 1, #v
+          local first = true
+          while e <= len do
+            local j, cnt, so, nx = struct.unpack('>I6I7I6', v, e)
+            if first and j > H then
+              H = j
+            end
+            first = false
+            local last = j * s + so
+            if last + W <= now or j < H - k then
+              break
+            end
+            top = top + 1
+            SJ[top], SC[top], SL[top] = j, cnt, last
+            local x = used + cnt
+            if x > R and used <= R then
+              cross = last
+            end
+            used = x
+            e = nx
+          end
+        elseif b1 == 83 and find(v, 'S' .. sub(tag, 1, -2) .. ':', 1, true) == 1 then
+          -- The format before 0.2: counts of segments head, head-1, ...
+          local head, counts = match(v, '^S%d+:%d+:(%d+):(.*)$')
+          local j = tonumber(head)
+          if j > H then
+            H = j
+          end
+          for x in gmatch(counts, '%d+') do
+            local cnt = tonumber(x)
+            if cnt > 0 then
+              local last = max(min((j + 1) * s - 1, now), j * s)
+              if last + W <= now or j < H - k then
+                break
+              end
+              top = top + 1
+              SJ[top], SC[top], SL[top] = j, cnt, last
+              local y = used + cnt
+              if y > R and used <= R then
+                cross = last
+              end
+              used = y
+            end
+            j = j - 1
+          end
+        else
+          other = true
+        end
+      end
+      SN[i], HD[i], X[i] = top - SB[i] + 1, H, used
+      if cost > cap then
+        fit = -1
+      elseif used > R then
+        fit = min(cross + W - now, LIM)
+      end
+    elseif alg == '3' then
+      local tat = 0
+      if present and not other then
+        tat = tonumber(v)
+        if not tat and b1 == 84 then
+          tat = tonumber(sub(v, 2)) -- the format before 0.2: T<tat>
+        end
+        if not tat or tat < 0 then
+          tat, other = 0, true -- (a negative number is a fixed window's count)
+        end
+      end
+      X[i] = tat
+      if cost > cap then
+        fit = -1
+      else
+        local new = min(max(tat, now) + cost * unit, LIM)
+        fit = max(new - now - cap * unit, 0)
+      end
+    else
+      local w = floor(now / unit)
+      local close = (w + 1) * unit / 1000
+      local used = 0
+      if present and not other then
+        local x = tonumber(v)
+        if x and x <= 0 then
+          -- A count of this window if the key expires when this window ends; otherwise of
+          -- an earlier window (or of another period), which counts for nothing now.
+          if redis.call('PEXPIRETIME', key) == close then
+            used = -x
+          end
+        elseif b1 == 70 then
+          -- The format before 0.2: F<period>:<window>:<used>
+          local pp, ww, uu = match(v, '^F(%d+):(%d+):(%d+)$')
+          if pp and tonumber(pp) == unit then
+            if tonumber(ww) == w then
+              used = tonumber(uu)
+            end
+          else
+            other = true
+          end
+        else
+          other = true
+        end
+      end
+      X[i], Y[i] = used, close
+      if cost > cap then
+        fit = -1
+      elseif used + cost > cap then
+        fit = close * 1000 - now
+      end
+    end
+  end
+  PR[i], RP[i], FT[i] = present, other, fit
+end
+
+-- A charge of several buckets changes a bucket only if every one fits; any other call
+-- decides each bucket on its own.
+local all = true
+if op == '0' then
+  for i = 1, n do
+    if FT[i] ~= 0 then
       all = false
     end
   end
 end
 
-local allowed = true
 for i = 1, n do
-  local b = B[i]
-  local e = load(b)
-  local f, w = 0, 0
-  if op == RESET then
-    if e.st then
-      e.st = nil
-      e.dirty = true
-      e.replace = true
-    end
-    report(fresh(b), b, 0, 0)
-  else
-    local present = e.st ~= nil
-    local st
-    if present then
-      catch_up(e, b)
-      st = e.st
-    else
-      st = fresh(b)
-    end
-    local changes = true
-    if op == CHARGE then
-      if multi then
-        f, w, changes = F[i], W[i], all
-      else
-        f, w = fit(st, b)
-        changes = f == 0
-      end
-    elseif op == PEEK then
-      f, w = fit(st, b)
-      changes = false
-    end
-    if present then
-      if changes then
-        if op == REFUND then
-          sub(st, b)
-        elseif op ~= PEEK then
-          add(st, b)
+  local o = i * 6 - 5
+  local key, alg = KEYS[i], ARGV[o + 1]
+  local cap, cost, unit, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+  local fit = FT[i]
+  local change = false
+  if op == '0' then
+    change = all
+  elseif op ~= '1' then
+    fit = 0
+    change = true
+  end
+  local present = PR[i]
+  -- What is stored for an absent key changes only by a charge or a penalty.
+  if not present and op == '2' then
+    change = false
+  end
+  local add = change and op ~= '2'
+  local remaining, reset = cap, 0
+  if alg == '1' then
+    local s = unit
+    local b, m, H = SB[i], SN[i], HD[i]
+    local used = X[i]
+    local write = false
+    if change then
+      if add then
+        used = min(used + cost, LIM)
+        if m > 0 and SJ[b] == H then
+          -- (A penalty of 0 still moves the head's last admission.)
+          write = true
+          SC[b] = min(SC[b] + cost, LIM)
+          if now > SL[b] then
+            SL[b] = now
+          end
+        elseif cost > 0 then
+          -- A new head segment, in front of the others.
+          write = true
+          b = b - 1
+          m = m + 1
+          SJ[b], SC[b], SL[b] = H, cost, max(now, H * s)
         end
-        e.dirty = true
+      elseif cost > 0 then
+        write = true
+        local left = cost
+        while left > 0 and m > 0 do
+          local take = min(SC[b], left)
+          SC[b] = SC[b] - take
+          used = used - take
+          left = left - take
+          if SC[b] == 0 then
+            b = b + 1
+            m = m - 1
+          end
+        end
       end
-      report(st, b, f, w)
-      e.exp = expires_at(st, b)
-      if e.exp <= now then
-        e.st = nil
-        e.dirty = true
-        e.replace = true
-      end
-    elseif changes and (op == CHARGE or op == PENALIZE) then
-      add(st, b)
-      report(st, b, f, w)
-      local exp = expires_at(st, b)
-      if exp > now then
-        e.st = st
-        e.exp = exp
-        e.dirty = true
-      end
-    else
-      -- Nothing to remember: a refusal or a peek of a fresh key, or a refund of nothing.
-      report(st, b, f, w)
     end
-  end
-  if f ~= 0 then
-    allowed = false
-  end
-end
-
--- Write back what changed; every written key expires when its state is back to fresh.
-for key, e in pairs(S) do
-  if e.dirty then
-    local st = e.st
-    if not st then
+    remaining = max(cap - used, 0)
+    if m > 0 then
+      reset = SL[b] + W - now
+      if write then
+        local parts = { ARGV[o + 6] }
+        for x = b, b + m - 1 do
+          parts[#parts + 1] = struct.pack('>I6I7I6', SJ[x], SC[x], SL[x] - SJ[x] * s)
+        end
+        redis.call('SET', key, table.concat(parts), 'PXAT', ceil((SL[b] + W) / 1000))
+      end
+    elseif present then
       redis.call('DEL', key)
-    else
-      local at = num(cdiv(sat(e.exp), 1000))
-      if st.a == LOG then
-        if e.replace then
+    end
+  elseif alg == '3' then
+    local T = unit
+    local tat = X[i]
+    if change then
+      if add then
+        tat = min(max(tat, now) + cost * T, LIM)
+      else
+        tat = max(max(tat - cost * T, 0), min(now, tat))
+      end
+    end
+    if tat > now then
+      remaining = max(cap - ceil((tat - now) / T), 0)
+      reset = tat - now
+      if change then
+        redis.call('SET', key, tat, 'PXAT', ceil(tat / 1000))
+      end
+    elseif present then
+      redis.call('DEL', key)
+    end
+  elseif alg == '4' then
+    local used, close = X[i], Y[i]
+    if change then
+      if add then
+        used = min(used + cost, LIM)
+      else
+        used = max(used - cost, 0)
+      end
+    end
+    remaining = max(cap - used, 0)
+    if used > 0 then
+      reset = close * 1000 - now
+      if change then
+        redis.call('SET', key, -used, 'PXAT', close)
+      end
+    elseif present then
+      redis.call('DEL', key)
+    end
+  else
+    local lg = LG[i]
+    if RP[i] then
+      lg.dirty = true
+    end
+    if change then
+      lg.dirty = true
+      if add then
+        local last = lg.n - 1
+        local at = nil
+        if lg.n > lg.h then
+          at = lg.at[last]
+          if at == nil then
+            local a, c = match(redis.call('HGET', key, last), '^(%d+) (%d+)$')
+            at = tonumber(a)
+            lg.at[last], lg.c[last] = at, tonumber(c)
+          end
+        end
+        if at and at >= now then
+          lg.c[last] = min(lg.c[last] + cost, LIM)
+          lg.mod[last] = true
+        else
+          lg.at[lg.n], lg.c[lg.n], lg.mod[lg.n] = now, cost, true
+          lg.n = lg.n + 1
+        end
+        lg.t = min(lg.t + cost, LIM)
+      else
+        local left = cost
+        while left > 0 and lg.n > lg.h do
+          local last = lg.n - 1
+          if lg.at[last] == nil then
+            local a, c = match(redis.call('HGET', key, last), '^(%d+) (%d+)$')
+            lg.at[last], lg.c[last] = tonumber(a), tonumber(c)
+          end
+          local take = min(lg.c[last], left)
+          lg.t = lg.t - take
+          left = left - take
+          lg.c[last] = lg.c[last] - take
+          lg.mod[last] = true
+          if lg.c[last] == 0 then
+            lg.at[last] = false
+            lg.n = last
+          end
+        end
+      end
+    end
+    remaining = max(cap - lg.t, 0)
+    local exp = 0
+    if lg.n > lg.h then
+      local last = lg.n - 1
+      if lg.at[last] == nil then
+        local a, c = match(redis.call('HGET', key, last), '^(%d+) (%d+)$')
+        lg.at[last], lg.c[last] = tonumber(a), tonumber(c)
+      end
+      exp = lg.at[last] + W
+    end
+    if exp > now then
+      reset = exp - now
+      if lg.dirty then
+        if RP[i] then
           redis.call('DEL', key)
         end
-        local set = { 'HSET', key, 'h', num(st.h), 'n', num(st.n), 't', num(st.t), 'u', num(st.u) }
+        local set = { 'HSET', key, 'h', lg.h, 'n', lg.n, 't', lg.t, 'u', W }
         local del = { 'HDEL', key }
-        for i, modified in pairs(st.M) do
-          if modified then
-            local v = st.E[i]
-            if v then
-              set[#set + 1] = num(i)
-              set[#set + 1] = num(v.at) .. ' ' .. num(v.c)
-            elseif not e.replace then
-              del[#del + 1] = num(i)
-              if #del >= 1002 then
-                -- unpack is limited to a few thousand values
-                redis.call(unpack(del))
-                del = { 'HDEL', key }
-              end
+        for idx in pairs(lg.mod) do
+          local at = lg.at[idx]
+          if at then
+            set[#set + 1] = idx
+            set[#set + 1] = fmt('%.0f %.0f', at, lg.c[idx])
+          elseif not RP[i] then
+            del[#del + 1] = idx
+            if #del >= 1002 then
+              -- unpack is limited to a few thousand values
+              redis.call(unpack(del))
+              del = { 'HDEL', key }
             end
           end
         end
@@ -575,15 +713,14 @@ for key, e in pairs(S) do
           redis.call(unpack(del))
         end
         redis.call(unpack(set))
-        redis.call('PEXPIREAT', key, at)
-      else
-        redis.call('SET', key, encode(st), 'PXAT', at)
+        redis.call('PEXPIREAT', key, ceil(exp / 1000))
       end
+    elseif present then
+      redis.call('DEL', key)
     end
   end
-end
-
-if allowed then
-  out[1] = 1
+  out[#out + 1] = fit
+  out[#out + 1] = remaining
+  out[#out + 1] = min(reset, LIM)
 end
 return out

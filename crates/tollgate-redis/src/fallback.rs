@@ -28,8 +28,10 @@
 //! - **Circuit breaker**: after [`FallbackConfig::failure_threshold`] failures in a row, the
 //!   store switches to [`Mode::Fallback`]: calls no longer try the primary at all. A background
 //!   task (on the tokio runtime) probes the primary, waiting [`FallbackConfig::probe_backoff`]
-//!   between probes, doubling up to its maximum; the first probe answered within the timeout
-//!   switches back to [`Mode::Primary`]. The probe is a write (a penalty on a key of its own,
+//!   between probes, doubling up to its maximum (250 ms by default); the first probe answered
+//!   within the timeout switches back to [`Mode::Primary`], so the store is back on a primary
+//!   that answers again within about 0.3 s, after a restart (a probe that finds the
+//!   connection broken tries once more, on a new one) as after a pause. The probe is a write (a penalty on a key of its own,
 //!   `tollgate-probe:health`, which expires within a second), so a Redis that answers reads
 //!   but refuses writes (a read-only replica, `maxmemory` reached) stays on memory. If the
 //!   circuit opens again within a few seconds of closing, probing resumes at the wait it had
@@ -65,6 +67,11 @@ use tollgate_core::{
 /// The default [`FallbackConfig::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// The default longest wait between two probes of a failed primary
+/// ([`FallbackConfig::probe_backoff`]): a primary that answers again is used again within
+/// about this long plus one call.
+pub const DEFAULT_PROBE_MAX: Duration = Duration::from_millis(250);
+
 /// Where a [`FallbackStore`] decides now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -99,7 +106,7 @@ impl Default for FallbackConfig {
             timeout: DEFAULT_TIMEOUT,
             failure_threshold: 3,
             probe_min: Duration::from_millis(100),
-            probe_max: Duration::from_secs(2),
+            probe_max: DEFAULT_PROBE_MAX,
             divisor: 1,
         }
     }
@@ -120,8 +127,10 @@ impl FallbackConfig {
     }
 
     /// The wait before the first probe of a failed primary, and the most it grows to
-    /// (doubling after each failed probe). Default 100 ms up to 2 s: a primary that is back
-    /// is used again within about 2 s.
+    /// (doubling after each failed probe). Default 100 ms up to [`DEFAULT_PROBE_MAX`]
+    /// (250 ms): a primary that answers again is used again within about 0.3 s, after a
+    /// restart as after a pause. A probe of a primary that is down costs one connection
+    /// attempt (refused at once) or one call cut short by the timeout.
     pub fn probe_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.probe_min = first.max(Duration::from_millis(1));
         self.probe_max = max.max(self.probe_min);
@@ -297,6 +306,19 @@ impl<P: Store> Shared<P> {
         self.call(&probe_batch()).await.map(drop)
     }
 
+    /// One probe of a failed primary. A call that fails other than by the timeout (a
+    /// connection found broken, refused) is made once more at once: the first call that
+    /// finds a connection broken is what makes the client connect again, so after a restart
+    /// the second call goes through a new connection, and the switch back does not wait
+    /// for the next probe.
+    async fn probe_once(&self) -> Result<(), StoreError> {
+        match self.check().await {
+            Err(e @ StoreError::Timeout(_)) => Err(e),
+            Err(_) => self.check().await,
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// Counts a failure; opens the circuit at the threshold.
     fn failed(self: &Arc<Self>, error: &StoreError) {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -360,7 +382,7 @@ async fn probe<P: Store>(shared: Weak<Shared<P>>, first: Duration, max: Duration
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match shared.check().await {
+        match shared.probe_once().await {
             Ok(()) => {
                 *shared.closed.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((Instant::now(), delay));

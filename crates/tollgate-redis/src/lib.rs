@@ -39,9 +39,10 @@
 //! same buckets before T (at a cost at least as high) is refused without asking Redis, with
 //! the wait shortened by the time that passed. It is **on by default** (10 000 keys,
 //! [`RedisStoreBuilder::refusal_cache`] sets the size or turns it off with 0). Measured with
-//! the benchmark (`cargo bench -p tollgate-redis`, 2 shared cores): 64 tasks hammering one
-//! refused key got 1.7 to 3 million answers per second from the cache against 20 000 to
-//! 40 000 through Redis (50 to 80 times more), and Redis received nothing; while the cache is
+//! the benchmark (`cargo bench -p tollgate-redis --bench throughput`, 2 shared, loaded
+//! cores, four runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers per
+//! second from the cache against 18,000 to 55,000 through Redis (30 to 130 times more), and
+//! Redis received nothing; while the cache is
 //! empty it costs one atomic load per request, and admitted requests run at the same rate
 //! with and without it (within the benchmark's noise). What it trades: a refund or
 //! reset made by *another* instance (or Redis restarting empty) is seen by this instance
@@ -53,8 +54,9 @@
 //!
 //! One multiplexed connection ([`RedisStoreBuilder::url`], a
 //! `redis::aio::ConnectionManager`) lets every concurrent request share one socket and its
-//! writes; in the benchmark here it carried 1.4 to 3.3 times the decisions per second of a
-//! deadpool-redis pool of 64 connections, whose connections each carry one request at a time
+//! writes; in the benchmark here it carried 2.1 to 2.5 times (medians of four runs) the
+//! decisions per second of a deadpool-redis pool of 64 connections, whose connections each
+//! carry one request at a time
 //! ([`RedisStoreBuilder::pool`] accepts an application's pool anyway), and as much as
 //! `redis-benchmark` sending the same script call. The connection is made on first use and
 //! remade after Redis restarts.
@@ -74,7 +76,7 @@ pub mod store;
 pub use cache::DEFAULT_REFUSAL_CACHE;
 pub use env::{from_env, from_env_with, redis_url_from_env, EnvStore, URL_VARIABLES};
 pub use error::RedisConfigError;
-pub use fallback::{FallbackConfig, FallbackStore, Mode, DEFAULT_TIMEOUT};
+pub use fallback::{FallbackConfig, FallbackStore, Mode, DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT};
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_PREFIX,
     DEFAULT_RESPONSE_TIMEOUT,

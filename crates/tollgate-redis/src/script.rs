@@ -1,9 +1,9 @@
 //! The Lua script (`decide.lua`) and the translation of a batch into its arguments and of its
 //! reply into a [`Decision`].
 //!
-//! `EVALSHA <sha> <n> <key>... <op> (<alg> <k> <capacity> <unit> <cost>)...`, answered by
-//! `[allowed, now, (fit, wait, remaining, reset_after)...]`, all integers (microseconds for
-//! times).
+//! `EVALSHA <sha> <n> <key>... <op> (<alg> <capacity> <cost> <unit> <window> <tag>)...`,
+//! answered by `[now, (wait, remaining, reset_after)...]`, all integers (microseconds for
+//! times; a wait of 0 fits, -1 never fits). The request is admitted when every wait is 0.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -39,16 +39,14 @@ fn op_code(op: Op) -> u8 {
     }
 }
 
-/// The script's numbers for a limit: algorithm, segments, capacity, unit (µs).
-fn limit_args(limit: &Limit) -> Result<[u64; 4], StoreError> {
-    let cap = limit.capacity();
+/// The script's numbers for a limit: algorithm, unit and window (µs).
+fn limit_args(limit: &Limit) -> Result<(u8, u64, u64), StoreError> {
+    let window = limit.quota().period_micros();
     Ok(match limit.algorithm() {
-        Algorithm::SlidingWindow { segments } => {
-            [1, u64::from(segments), cap, limit.segment_micros()]
-        }
-        Algorithm::SlidingLog => [2, 0, cap, limit.quota().period_micros()],
-        Algorithm::TokenBucket { .. } => [3, 0, cap, limit.emission_interval()],
-        Algorithm::FixedWindow => [4, 0, cap, limit.quota().period_micros()],
+        Algorithm::SlidingWindow { .. } => (1, limit.segment_micros(), window),
+        Algorithm::SlidingLog => (2, window, window),
+        Algorithm::TokenBucket { .. } => (3, limit.emission_interval(), window),
+        Algorithm::FixedWindow => (4, window, window),
         _ => {
             return Err(StoreError::InvalidBatch(
                 "this algorithm is not supported by the Redis store",
@@ -74,24 +72,38 @@ pub(crate) fn command(op: Op, buckets: &[Arg<'_>], source: bool) -> Result<Cmd, 
     }
     cmd.arg(op_code(op));
     for b in buckets {
-        let [alg, k, cap, unit] = limit_args(b.limit)?;
+        let (alg, unit, window) = limit_args(b.limit)?;
         // Lua numbers are exact up to 2^53; a cost above that is over any capacity.
         cmd.arg(alg)
-            .arg(k)
-            .arg(cap)
+            .arg(b.limit.capacity())
+            .arg(b.cost.min(MAX_COUNT))
             .arg(unit)
-            .arg(b.cost.min(MAX_COUNT));
+            .arg(window);
+        match b.limit.algorithm() {
+            // What the stored state of a sliding window starts with: a window whose shape
+            // changed starts afresh.
+            Algorithm::SlidingWindow { segments } => cmd.arg(format!("{segments}:{unit}|")),
+            _ => cmd.arg(""),
+        };
     }
     Ok(cmd)
 }
 
-fn int(v: &Value) -> Result<u64, StoreError> {
+fn int(v: &Value) -> Result<i64, StoreError> {
     match v {
-        Value::Int(i) if *i >= 0 => Ok(*i as u64),
+        Value::Int(i) => Ok(*i),
         other => Err(StoreError::Protocol(format!(
-            "expected a non-negative integer in the script's reply, got {other:?}"
+            "expected an integer in the script's reply, got {other:?}"
         ))),
     }
+}
+
+fn non_negative(v: &Value) -> Result<u64, StoreError> {
+    u64::try_from(int(v)?).map_err(|_| {
+        StoreError::Protocol(format!(
+            "expected a non-negative integer in the script's reply, got {v:?}"
+        ))
+    })
 }
 
 /// The script's reply as a decision over `buckets`.
@@ -101,46 +113,50 @@ pub(crate) fn decision(reply: &Value, buckets: &[Arg<'_>]) -> Result<Decision, S
             "expected an array from the rate-limit script, got {reply:?}"
         )));
     };
-    if items.len() != 2 + 4 * buckets.len() {
+    if items.len() != 1 + 3 * buckets.len() {
         return Err(StoreError::Protocol(format!(
             "the rate-limit script answered {} values for {} buckets",
             items.len(),
             buckets.len()
         )));
     }
-    let allowed = int(&items[0])? == 1;
-    let now = Timestamp::from_micros(int(&items[1])?);
+    let now = Timestamp::from_micros(non_negative(&items[0])?);
     let states = buckets
         .iter()
-        .zip(items[2..].chunks_exact(4))
+        .zip(items[1..].chunks_exact(3))
         .map(|(b, v)| {
-            let (fit, wait) = (int(&v[0])?, int(&v[1])?);
-            let (retry_after, refusal) = match fit {
+            let (retry_after, refusal) = match int(&v[0])? {
                 0 => (None, None),
-                1 => (
-                    Some(Duration::from_micros(wait.max(1))),
-                    Some(Refusal::OverLimit),
-                ),
-                _ => (
+                -1 => (
                     None,
                     Some(Refusal::CostExceedsCapacity {
                         cost: b.cost,
                         capacity: b.limit.capacity(),
                     }),
                 ),
+                wait if wait > 0 => (
+                    Some(Duration::from_micros(wait as u64)),
+                    Some(Refusal::OverLimit),
+                ),
+                _ => {
+                    return Err(StoreError::Protocol(format!(
+                        "unexpected wait in the script's reply: {:?}",
+                        v[0]
+                    )))
+                }
             };
             Ok(BucketState {
-                allowed: fit == 0,
+                allowed: refusal.is_none(),
                 limit: b.limit.quota().count(),
-                remaining: int(&v[2])?,
-                reset_after: Duration::from_micros(int(&v[3])?),
+                remaining: non_negative(&v[1])?,
+                reset_after: Duration::from_micros(non_negative(&v[2])?),
                 retry_after,
                 refusal,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Decision {
-        allowed,
+        allowed: states.iter().all(|s| s.allowed),
         now,
         buckets: states,
     })
@@ -176,11 +192,31 @@ mod tests {
                 "tollgate:x",
                 "3",
                 "3",
-                "0",
                 "20",
+                &MAX_COUNT.to_string(),
                 "600000",
-                &MAX_COUNT.to_string()
+                "60000000",
+                ""
             ]
+        );
+        let sliding = Limit::sliding(Quota::per_minute(100));
+        let arg = Arg {
+            key: "k",
+            limit: &sliding,
+            cost: 2,
+        };
+        let cmd = command(Op::Charge, &[arg], false).unwrap();
+        let tail: Vec<String> = cmd
+            .args_iter()
+            .skip(4)
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(
+            tail,
+            ["0", "1", "100", "2", "6000000", "60000000", "10:6000000|"]
         );
     }
 
@@ -193,7 +229,7 @@ mod tests {
             cost: 9,
         };
         let ok = Value::Array(
-            [0, 7, 2, 0, 5, 0]
+            [7, -1, 5, 0]
                 .into_iter()
                 .map(Value::Int)
                 .collect::<Vec<_>>(),
@@ -208,7 +244,16 @@ mod tests {
                 capacity: 5
             })
         );
-        let short = Value::Array(vec![Value::Int(1), Value::Int(7)]);
+        let waits = Value::Array([7, 30, 0, 40].into_iter().map(Value::Int).collect());
+        let d = decision(&waits, &[arg]).unwrap();
+        assert_eq!(d.buckets[0].retry_after, Some(Duration::from_micros(30)));
+        assert_eq!(d.buckets[0].refusal, Some(Refusal::OverLimit));
+        let bad = Value::Array([7, -2, 0, 0].into_iter().map(Value::Int).collect());
+        assert!(matches!(
+            decision(&bad, &[arg]),
+            Err(StoreError::Protocol(_))
+        ));
+        let short = Value::Array(vec![Value::Int(7)]);
         assert!(matches!(
             decision(&short, &[arg]),
             Err(StoreError::Protocol(_))

@@ -18,8 +18,8 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 /// else runs share it). The timeout itself is what bounds a call.
 const MARGIN: Duration = Duration::from_millis(100);
 /// How soon after Redis answers again the store must be back on it (the probe backs off to
-/// at most 2 s).
-const RECOVERY: Duration = Duration::from_secs(4);
+/// at most 250 ms; a probe that finds the connection broken tries again on a new one).
+const RECOVERY: Duration = Duration::from_millis(500);
 
 fn config() -> FallbackConfig {
     FallbackConfig::default().timeout(TIMEOUT)
@@ -322,4 +322,52 @@ async fn a_read_only_replica_keeps_the_store_on_memory_until_writable() {
     server.cli(["REPLICAOF", "NO", "ONE"]);
     wait_for_mode(&store, Mode::Primary, RECOVERY).await;
     assert_deciding_on_redis(&store, &server, "replica").await;
+}
+
+/// Redis killed, then restarted on the same port; later paused (SIGSTOP), then resumed
+/// (SIGCONT). Each time the store has been on memory long enough for its probes to back off
+/// fully, and is back on Redis within half a second of Redis answering again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_on_redis_within_half_a_second_after_a_restart_and_after_sigcont() {
+    let mut server = RedisServer::start();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    let batch = Batch::charge(vec![Bucket::new(
+        "recovery",
+        "k",
+        Limit::sliding(Quota::per_hour(1_000_000)),
+    )]);
+    assert!(store.apply(&batch).await.unwrap().allowed);
+    assert_eq!(store.mode(), Mode::Primary);
+
+    for fault in ["restart", "SIGCONT"] {
+        if fault == "restart" {
+            server.kill();
+        } else {
+            server.pause();
+        }
+        // Requests keep coming: the failures open the circuit.
+        let started = Instant::now();
+        while store.mode() == Mode::Primary {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{fault}: never tripped"
+            );
+            assert!(store.apply(&batch).await.unwrap().allowed);
+        }
+        // Long enough for the probe's backoff to reach its maximum.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(store.mode(), Mode::Fallback, "{fault}");
+        // From when Redis answers again: the new server answered PING, or the signal.
+        let back = if fault == "restart" {
+            server.restart(); // returns once the new server answers PING
+            wait_for_mode(&store, Mode::Primary, RECOVERY).await
+        } else {
+            let resumed = Instant::now();
+            server.resume();
+            wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+            resumed.elapsed()
+        };
+        eprintln!("{fault}: back on Redis {back:?} after it answered again");
+        assert_deciding_on_redis(&store, &server, fault).await;
+    }
 }
