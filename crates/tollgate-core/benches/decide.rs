@@ -84,6 +84,76 @@ impl Decide for Tollgate {
     }
 }
 
+/// The same key every time (one hot client).
+struct TollgateHot {
+    store: MemoryStore,
+    limit: Limit,
+}
+
+impl Decide for TollgateHot {
+    fn caller(&self) -> Box<dyn FnMut(u32) -> bool + Send + '_> {
+        let bucket = Bucket::new("bench", "hot", self.limit);
+        Box::new(move |_| self.store.charge(std::slice::from_ref(&bucket)).allowed)
+    }
+}
+
+/// Three buckets in one decision: key n's IP, its user, and one global bucket.
+struct Tollgate3 {
+    store: MemoryStore,
+    limit: Limit,
+}
+
+impl Decide for Tollgate3 {
+    fn caller(&self) -> Box<dyn FnMut(u32) -> bool + Send + '_> {
+        let mut buckets = [
+            Bucket::new("ip", "", self.limit),
+            Bucket::new("user", "", self.limit),
+            Bucket::new("global", "all", self.limit),
+        ];
+        let mut key = String::with_capacity(32);
+        Box::new(move |n| {
+            write_key(&mut key, n);
+            for (bucket, name) in buckets.iter_mut().zip(["ip:", "user:"]) {
+                bucket.key.truncate(0);
+                bucket.key.push_str(name);
+                bucket.key.push_str(&key);
+            }
+            self.store.charge(&buckets).allowed
+        })
+    }
+}
+
+/// governor doing the same: two keyed limiters and one direct.
+struct Governor3 {
+    ip: DefaultKeyedRateLimiter<String>,
+    user: DefaultKeyedRateLimiter<String>,
+    global: governor::DefaultDirectRateLimiter,
+}
+
+impl Decide for Governor3 {
+    fn caller(&self) -> Box<dyn FnMut(u32) -> bool + Send + '_> {
+        let mut key = String::with_capacity(32);
+        Box::new(move |n| {
+            write_key(&mut key, n);
+            self.ip.check_key(&key).is_ok()
+                && self.user.check_key(&key).is_ok()
+                && self.global.check().is_ok()
+        })
+    }
+}
+
+/// governor with the same key every time.
+struct GovernorHot {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl Decide for GovernorHot {
+    fn caller(&self) -> Box<dyn FnMut(u32) -> bool + Send + '_> {
+        let key = "bench:hot".to_string();
+        Box::new(move |_| self.limiter.check_key(&key).is_ok())
+    }
+}
+
 struct Governor {
     limiter: DefaultKeyedRateLimiter<String>,
 }
@@ -105,13 +175,16 @@ fn tollgate(limit: Limit) -> Tollgate {
     }
 }
 
-fn governor() -> Governor {
+fn governor_quota() -> GovernorQuota {
     let burst = NonZeroU32::new(PER_DAY).expect("non-zero");
-    let quota = GovernorQuota::with_period(Duration::from_secs(86_400) / PER_DAY)
+    GovernorQuota::with_period(Duration::from_secs(86_400) / PER_DAY)
         .expect("non-zero period")
-        .allow_burst(burst);
+        .allow_burst(burst)
+}
+
+fn governor() -> Governor {
     Governor {
-        limiter: RateLimiter::keyed(quota),
+        limiter: RateLimiter::keyed(governor_quota()),
     }
 }
 
@@ -213,30 +286,107 @@ fn interleaved() {
     const ROUNDS: usize = 21;
     const CHUNK: u64 = 200_000;
     let order = key_order();
-    let contenders = contenders();
-    println!(
-        "\ninterleaved: {ROUNDS} rounds of {CHUNK} decisions per contender, 100,000 live keys"
-    );
-    println!(
-        "{:<18} {:>7} {:>14} {:>16}",
-        "contender", "threads", "ns/decision", "vs governor"
-    );
-    for threads in [1, 2] {
-        let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); contenders.len()];
-        for _ in 0..ROUNDS {
-            for (times, (_, contender)) in ns.iter_mut().zip(&contenders) {
-                let elapsed = run(contender.as_ref(), &order, threads, CHUNK);
-                times.push(elapsed.as_nanos() as f64 / CHUNK as f64);
+    let q = Quota::per_day(u64::from(PER_DAY));
+    let sliding = Limit::sliding(q);
+    let gcra = Limit::token_bucket(q, u64::from(PER_DAY)).expect("valid burst");
+    let store = || MemoryStore::builder().max_entries(1_000_000).build();
+    // (what is compared, the governor contender, tollgate's contenders)
+    let groups: Vec<(&str, Box<dyn Decide>, Vec<(&str, Box<dyn Decide>)>)> = vec![
+        (
+            "one keyed decision, 100,000 live keys",
+            Box::new(governor()),
+            vec![
+                (
+                    "tollgate sliding window",
+                    Box::new(tollgate(sliding)) as Box<dyn Decide>,
+                ),
+                ("tollgate token bucket", Box::new(tollgate(gcra))),
+            ],
+        ),
+        (
+            "one hot key",
+            Box::new(GovernorHot {
+                limiter: RateLimiter::keyed(governor_quota()),
+            }),
+            vec![
+                (
+                    "tollgate sliding window",
+                    Box::new(TollgateHot {
+                        store: store(),
+                        limit: sliding,
+                    }) as Box<dyn Decide>,
+                ),
+                (
+                    "tollgate token bucket",
+                    Box::new(TollgateHot {
+                        store: store(),
+                        limit: gcra,
+                    }),
+                ),
+            ],
+        ),
+        (
+            "IP + user + global in one decision, 100,000 live keys",
+            Box::new(Governor3 {
+                ip: RateLimiter::keyed(governor_quota()),
+                user: RateLimiter::keyed(governor_quota()),
+                global: RateLimiter::direct(governor_quota()),
+            }),
+            vec![
+                (
+                    "tollgate sliding window",
+                    Box::new(Tollgate3 {
+                        store: store(),
+                        limit: sliding,
+                    }) as Box<dyn Decide>,
+                ),
+                (
+                    "tollgate token bucket",
+                    Box::new(Tollgate3 {
+                        store: store(),
+                        limit: gcra,
+                    }),
+                ),
+            ],
+        ),
+    ];
+    let mut out = String::new();
+    out.push_str("## Engine: one decision on the memory store beside governor\n\n");
+    out.push_str("`cargo bench -p tollgate-core --bench decide -- interleaved`: ");
+    out.push_str(&format!(
+        "{ROUNDS} interleaved rounds of {CHUNK} decisions per contender; quota 1,000,000 per day (never refused).\n"
+    ));
+    out.push_str("Time per decision is wall time (with 2 threads, each does half). Governor is `governor`'s keyed limiter with `String` keys (two keyed and one direct limiter for the three-bucket row).\n\n");
+    out.push_str("| case | contender | threads | ns per decision | vs governor (median of per-round ratios) |\n|---|---|---|---|---|\n");
+    for (case, gov, tollgates) in &groups {
+        warm(gov.as_ref());
+        for (_, t) in tollgates {
+            warm(t.as_ref());
+        }
+        for threads in [1, 2] {
+            let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); tollgates.len() + 1];
+            for _ in 0..ROUNDS {
+                let elapsed = run(gov.as_ref(), &order, threads, CHUNK);
+                ns[0].push(elapsed.as_nanos() as f64 / CHUNK as f64);
+                for (i, (_, t)) in tollgates.iter().enumerate() {
+                    let elapsed = run(t.as_ref(), &order, threads, CHUNK);
+                    ns[i + 1].push(elapsed.as_nanos() as f64 / CHUNK as f64);
+                }
+            }
+            let names = std::iter::once("governor").chain(tollgates.iter().map(|(n, _)| *n));
+            for (i, name) in names.enumerate() {
+                let mut ratios: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(t, g)| t / g).collect();
+                out.push_str(&format!(
+                    "| {case} | {name} | {threads} | {:.1} | {:.2} |\n",
+                    median(&mut ns[i].clone()),
+                    median(&mut ratios)
+                ));
             }
         }
-        for (i, (name, _)) in contenders.iter().enumerate() {
-            let mut ratios: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(t, g)| t / g).collect();
-            println!(
-                "{name:<18} {threads:>7} {:>14.1} {:>15.2}x",
-                median(&mut ns[i].clone()),
-                median(&mut ratios)
-            );
-        }
+    }
+    print!("\n{out}");
+    if let Ok(path) = std::env::var("TOLLGATE_BENCH_OUT") {
+        std::fs::write(path, out).expect("writing the bench output");
     }
 }
 
