@@ -282,6 +282,9 @@ fn decide(c: &mut Criterion) {
 /// back to back, so all see the same load from the rest of the machine, and the ratio
 /// to governor is taken per round (median over rounds). Criterion's figures above run
 /// the contenders minutes apart; on a shared machine only these ratios are comparable.
+/// What is compared, the governor contender, and tollgate's contenders.
+type Group = (&'static str, Box<dyn Decide>, Vec<(&'static str, Box<dyn Decide>)>);
+
 fn interleaved() {
     const ROUNDS: usize = 21;
     const CHUNK: u64 = 200_000;
@@ -291,7 +294,7 @@ fn interleaved() {
     let gcra = Limit::token_bucket(q, u64::from(PER_DAY)).expect("valid burst");
     let store = || MemoryStore::builder().max_entries(1_000_000).build();
     // (what is compared, the governor contender, tollgate's contenders)
-    let groups: Vec<(&str, Box<dyn Decide>, Vec<(&str, Box<dyn Decide>)>)> = vec![
+    let groups: Vec<Group> = vec![
         (
             "one keyed decision, 100,000 live keys",
             Box::new(governor()),
