@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-4}
-OUT=target/bench-out
+OUT="$(pwd)/target/bench-out"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.md
 
@@ -32,7 +32,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --d
 trap 'kill "$(cat "$REDIS_DIR/pid")" 2>/dev/null || true; rm -rf "$REDIS_DIR"' EXIT
 
 echo "== HTTP: wrk -t1 -c32 -d${DURATION}s, $ROUNDS interleaved rounds"
-VARIANTS=(bare governor tollgate-ip tollgate-3 tollgate-redis governor-refuse tollgate-refuse)
+VARIANTS=(bare bare-headers governor tollgate-ip tollgate-3 tollgate-redis governor-refuse tollgate-refuse)
 RAW="$OUT/http.tsv"
 : > "$RAW"
 for round in $(seq 1 "$ROUNDS"); do

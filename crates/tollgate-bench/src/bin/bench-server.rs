@@ -3,6 +3,8 @@
 //! listens. Variants:
 //!
 //! - `bare`: the handler alone.
+//! - `bare-headers`: the handler, and the five rate-limit headers tollgate writes (fixed
+//!   values), added by a plain middleware: what writing those headers costs by itself.
 //! - `governor`: tower_governor, one per-IP limit that never refuses.
 //! - `governor-refuse`: tower_governor, a per-IP limit of 1 per hour (every request a 429).
 //! - `tollgate-ip`: tollgate, `/*` with one per-IP limit that never refuses.
@@ -59,6 +61,21 @@ async fn serve(variant: &str, port: u16, redis: Option<String>) {
     let app = Router::new().route("/api/items/{id}", get(|| async { "ok" }));
     let app = match variant {
         "bare" => app,
+        "bare-headers" => app.layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                let headers = response.headers_mut();
+                for (name, value) in [
+                    ("x-ratelimit-limit", "1000000000"),
+                    ("x-ratelimit-remaining", "999999999"),
+                    ("x-ratelimit-reset", "1764676800"),
+                    ("ratelimit-policy", "\"default-ip\";q=1000000000;w=60"),
+                    ("ratelimit", "\"default-ip\";r=999999999;t=60"),
+                ] {
+                    headers.insert(name, axum::http::HeaderValue::from_static(value));
+                }
+                response
+            },
+        )),
         "governor" | "governor-refuse" => {
             let mut config = GovernorConfigBuilder::default();
             if variant == "governor" {
