@@ -66,7 +66,7 @@ enum Segments {
 impl Segments {
     fn new(len: usize, unit: u64) -> Self {
         match u8::try_from(len) {
-            Ok(narrow) if len <= NARROW && unit <= 1 << 32 => Segments::Narrow {
+            Ok(narrow) if Ring::fits_inline(len, unit) => Segments::Narrow {
                 len: narrow,
                 counts: [0; NARROW],
                 offsets: [0; NARROW],
@@ -122,6 +122,11 @@ impl Segments {
 }
 
 impl Ring {
+    /// Whether a ring of `len` segments of `unit` µs starts inline.
+    pub(crate) fn fits_inline(len: usize, unit: u64) -> bool {
+        len <= NARROW && unit <= 1 << 32
+    }
+
     /// Whether the segments are held inline (no allocation).
     pub(crate) fn is_narrow(&self) -> bool {
         matches!(self.segments, Segments::Narrow { .. })
@@ -175,10 +180,28 @@ impl Ring {
     /// The segments that still count at `now`, oldest first: (count, last).
     #[inline]
     fn live(&self, window: u64, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let oldest = self.head.saturating_sub(self.len() - 1);
-        (oldest..=self.head)
-            .map(|j| self.segment(j))
+        self.all()
             .filter(move |&(c, last)| c > 0 && last.saturating_add(window) > now)
+    }
+
+    /// Every kept segment, oldest first: (count, last). Walks the ring's slots in order
+    /// (one division for the whole walk, not one per segment).
+    #[inline]
+    fn all(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let len = self.segments.len();
+        let oldest = self.head.saturating_sub(len as u64 - 1);
+        let first = (oldest % len as u64) as usize;
+        let start = oldest.saturating_mul(self.unit);
+        let kept = (self.head - oldest) as usize + 1;
+        (0..kept).map(move |n| {
+            let slot = if first + n >= len {
+                first + n - len
+            } else {
+                first + n
+            };
+            let seg_start = start.saturating_add((n as u64).saturating_mul(self.unit));
+            self.segments.get(slot, seg_start)
+        })
     }
 }
 
@@ -424,9 +447,7 @@ impl State {
         match self {
             State::Segments(ring) => {
                 let window = limit.quota().period_micros();
-                let oldest = ring.head.saturating_sub(ring.len() - 1);
-                (oldest..=ring.head)
-                    .map(|j| ring.segment(j))
+                ring.all()
                     .filter(|&(c, _)| c > 0)
                     .map(|(_, last)| last.saturating_add(window))
                     .max()

@@ -253,10 +253,13 @@ impl Kind {
         match limit.algorithm() {
             Algorithm::TokenBucket { .. } => Kind::Tat,
             Algorithm::FixedWindow => Kind::Fixed,
-            Algorithm::SlidingWindow { .. } => match State::fresh(limit, 0) {
-                State::Segments(ring) if ring.is_narrow() => Kind::Window,
-                _ => Kind::Boxed,
-            },
+            Algorithm::SlidingWindow { segments } => {
+                if Ring::fits_inline(usize::from(segments) + 1, limit.segment_micros()) {
+                    Kind::Window
+                } else {
+                    Kind::Boxed
+                }
+            }
             _ => Kind::Boxed,
         }
     }

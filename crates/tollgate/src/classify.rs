@@ -529,18 +529,24 @@ fn over_limit_prefix(path: &str) -> Option<&str> {
 }
 
 /// The path as axum's router reads it: `/` separated, nothing decoded.
-fn raw_segments(path: &str) -> Vec<&str> {
+fn raw_segments(path: &str) -> Segments<&str> {
+    let mut out = Segments::new();
     let rest = path.strip_prefix('/').unwrap_or(path);
-    if rest.is_empty() {
-        Vec::new()
-    } else {
-        rest.split('/').collect()
+    if !rest.is_empty() {
+        // `push` inlines; collecting into a SmallVec does not.
+        for segment in rest.split('/') {
+            out.push(segment);
+        }
     }
+    out
 }
 
+/// A path's segments: on the stack for the usual depth (no allocation per request).
+type Segments<T> = smallvec::SmallVec<[T; 12]>;
+
 /// The path after RFC 3986 normalisation, with empty segments dropped.
-fn canonical_segments<'a>(raw: &[&'a str]) -> Vec<Cow<'a, str>> {
-    let mut out: Vec<Cow<'a, str>> = Vec::with_capacity(raw.len());
+fn canonical_segments<'a>(raw: &[&'a str]) -> Segments<Cow<'a, str>> {
+    let mut out: Segments<Cow<'a, str>> = Segments::new();
     for segment in raw {
         let segment = canonical_segment(segment);
         match segment.as_ref() {

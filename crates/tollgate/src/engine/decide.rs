@@ -9,13 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Batch, BucketState, Decision, FailureMode, Op, StoreError, Timestamp};
+use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{log_refusal, Compiled};
 use super::plan::{Group, Plan, INLINE};
 use super::settle::After;
 use super::{Engine, Provisional};
-use crate::respond::{self, RateLimitInfo};
+use crate::respond::{self, BucketInfo, RateLimitInfo};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
 /// (boxing them would allocate on every request), so the admitted variant is the large one.
@@ -137,12 +137,15 @@ impl Engine {
         }
         if enforced {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            // The body from the info; the headers as an admitted response makes them (their
+            // constant parts ready).
             let info = self.info(plan, active, &states, now, method, path);
-            return Step::Done(Outcome::Respond(respond::too_many_requests(
-                &info,
-                &self.header_style,
-                &self.error_body,
-            )));
+            let mut response = respond::refusal(&info, &self.error_body);
+            super::merge_headers(
+                response.headers_mut(),
+                self.headers(plan, active, &states, now),
+            );
+            return Step::Done(Outcome::Respond(response));
         }
         self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);
         let rest: SmallVec<[usize; INLINE]> = active
@@ -203,24 +206,34 @@ impl Engine {
         method: &Method,
         path: &str,
     ) -> RateLimitInfo {
-        let shown: Vec<(usize, &BucketState)> = active
-            .iter()
-            .zip(states)
-            .filter(|(&i, _)| !plan.shadow(i))
-            .map(|(&i, s)| (i, s))
-            .collect();
-        let decision = Decision {
-            allowed: shown.iter().all(|(_, s)| s.allowed),
+        let mut shown_states: States = SmallVec::new();
+        let mut buckets = Vec::with_capacity(active.len());
+        for (&i, state) in active.iter().zip(states) {
+            if plan.shadow(i) {
+                continue;
+            }
+            shown_states.push(state.clone());
+            buckets.push(BucketInfo {
+                name: plan.label_arc(i),
+                quota: plan.buckets[i].limit.quota(),
+                state: state.clone(),
+            });
+        }
+        let allowed = shown_states.iter().all(|s| s.allowed);
+        let most = tollgate_core::most_restrictive(allowed, &shown_states);
+        let policy = most.map_or_else(
+            || Arc::<str>::from(""),
+            |j| plan.policy(active_shown(plan, active, j)).name.clone(),
+        );
+        RateLimitInfo {
+            policy,
+            buckets,
+            most_restrictive: most.unwrap_or(0),
             now,
-            buckets: shown.iter().map(|(_, s)| (*s).clone()).collect(),
-        };
-        let policy = decision
-            .most_restrictive()
-            .map_or("", |j| &*plan.policy(shown[j].0).name);
-        let names = shown
-            .iter()
-            .map(|&(i, _)| (plan.label(i).to_string(), plan.buckets[i].limit.quota()));
-        RateLimitInfo::from_decision(policy, &decision, names, method.clone(), path)
+            method: method.clone(),
+            path: path.to_string(),
+            allowed,
+        }
     }
 
     /// A store that could not answer: admit without headers, or 503 when failing closed.
@@ -248,6 +261,16 @@ impl Engine {
             Outcome::Proceed(None)
         }
     }
+}
+
+/// The plan index of the `j`-th active bucket that is not a dry run.
+fn active_shown<G: AsRef<Compiled>>(plan: &Plan<G>, active: &[usize], j: usize) -> usize {
+    active
+        .iter()
+        .copied()
+        .filter(|&i| !plan.shadow(i))
+        .nth(j)
+        .unwrap_or_default()
 }
 
 /// 503 for a store that failed while the policy fails closed.

@@ -69,6 +69,17 @@ impl<G: AsRef<Compiled>> Plan<G> {
         }
     }
 
+    /// [`Plan::label`], shared.
+    pub(crate) fn label_arc(&self, i: usize) -> Arc<str> {
+        let meta = &self.meta[i];
+        match &meta.label {
+            Some(label) => label.clone(),
+            None => self.policy(i).limits[usize::from(meta.limit)]
+                .bucket
+                .clone(),
+        }
+    }
+
     /// The key kind of bucket `i`.
     pub(crate) fn kind(&self, i: usize) -> &str {
         let meta = &self.meta[i];

@@ -140,6 +140,7 @@ impl Pending {
 /// Adds `ours` to `headers`, except those the inner service set itself (a handler's own
 /// refusal from a direct-use bucket, an inner limiter): they describe its answer better.
 pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: Headers) {
+    headers.reserve(ours.len());
     for (name, value) in ours {
         if !headers.contains_key(&name) {
             headers.insert(name, value);

@@ -218,11 +218,18 @@ pub fn too_many_requests(
     style: &HeaderStyle,
     body: &ErrorBody,
 ) -> Response<Bytes> {
+    let mut response = refusal(info, body);
+    style.write(info, response.headers_mut());
+    response
+}
+
+/// A 429 with `body` for `info` and its content type, before any rate-limit header.
+pub(crate) fn refusal(info: &RateLimitInfo, body: &ErrorBody) -> Response<Bytes> {
     let mut response = Response::new(body.render(info));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    style.write(info, headers);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -74,6 +74,7 @@ mod headers;
 mod info;
 pub(crate) mod sf;
 
+pub(crate) use body::refusal;
 pub use body::{too_many_requests, ErrorBody};
 pub use headers::{
     HeaderStyle, ResetFormat, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT,
