@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench -p tollgate-redis --bench throughput
-//! BENCH_CALLS=400000 BENCH_ROUNDS=5 cargo bench -p tollgate-redis --bench throughput
+//! BENCH_CALLS=200000 BENCH_ROUNDS=9 cargo bench -p tollgate-redis --bench throughput
 //! TOLLGATE_BENCH_OUT=redis.md cargo bench -p tollgate-redis --bench throughput
 //! BENCH_STORE_ONLY=1 cargo bench -p tollgate-redis --bench throughput   # decisions/s only
 //! ```
@@ -289,12 +289,12 @@ fn main() {
     let calls = if quick {
         2_000
     } else {
-        env("BENCH_CALLS", 150_000)
+        env("BENCH_CALLS", 100_000)
     };
     let rounds = if quick {
         1
     } else {
-        env("BENCH_ROUNDS", 3) as usize
+        env("BENCH_ROUNDS", 5) as usize
     };
     let secs = if quick {
         0.2

@@ -40,11 +40,10 @@
 //! the wait shortened by the time that passed. It is **on by default** (10 000 keys,
 //! [`RedisStoreBuilder::refusal_cache`] sets the size or turns it off with 0). Measured with
 //! the benchmark (`cargo bench -p tollgate-redis --bench throughput`, 2 shared, loaded
-//! cores, four runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers per
-//! second from the cache against 18,000 to 55,000 through Redis (30 to 130 times more), and
-//! Redis received nothing; while the cache is
-//! empty it costs one atomic load per request, and admitted requests run at the same rate
-//! with and without it (within the benchmark's noise). What it trades: a refund or
+//! cores, eight runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers
+//! per second from the cache against 18,000 to 55,000 through Redis (30 to 130 times more),
+//! and Redis received nothing. While the cache is empty it costs one atomic load per
+//! request. What it trades: a refund or
 //! reset made by *another* instance (or Redis restarting empty) is seen by this instance
 //! only when T passes; refunds and resets made through this store take effect at once.
 //! Refusals are never extended by the cache: its deadline is counted from when the request
@@ -54,16 +53,17 @@
 //!
 //! One multiplexed connection ([`RedisStoreBuilder::url`], a
 //! `redis::aio::ConnectionManager`) lets every concurrent request share one socket and its
-//! writes; in the benchmark here it carried 2.1 to 2.5 times (medians of four runs) the
+//! writes; in the benchmark here it carried 2.1 to 2.9 times (medians of eight runs) the
 //! decisions per second of a deadpool-redis pool of 64 connections, whose connections each
-//! carry one request at a time
-//! ([`RedisStoreBuilder::pool`] accepts an application's pool anyway), and as much as
-//! `redis-benchmark` sending the same script call. The connection is made on first use and
-//! remade after Redis restarts.
+//! carry one request at a time ([`RedisStoreBuilder::pool`] accepts an application's pool
+//! anyway), and about as many as `redis-benchmark` sending the same script call. The
+//! connection is made on first use and remade after Redis restarts.
 //!
-//! The script itself bounds throughput: each decision costs Redis about 30 µs of CPU here
-//! (a bare `GET` + `SET` script costs about 8 µs), so one Redis core decides some 30 000
-//! requests per second.
+//! The Redis server's time bounds throughput: in the benchmark here (a shared 2-core
+//! machine) a decision on one sliding-window bucket took the server 15 to 26 µs
+//! (`usec_per_call`, medians of five runs; about what a `TIME`, `GET`, `SET` GCRA script
+//! took in the same runs), on two buckets 37 to 65 µs, so one Redis core decides some
+//! 15,000 to 50,000 requests per second, depending on the buckets per request.
 
 mod cache;
 pub mod env;
