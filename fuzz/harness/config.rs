@@ -46,14 +46,17 @@ pub fn check_text(text: &str, yaml: bool) {
     let _ = format!("{limiter:?}");
 }
 
+const LINE_BREAKS: &[char] = &['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
+
 fn check_error(text: &str, error: &ConfigError) {
     let message = error.to_string();
     assert!(!message.is_empty());
     if let ConfigError::Parse { line, column, .. } = error {
-        let lines = text.split('\n').count();
+        // Lines as YAML counts them: `\r\n`, `\r`, `\n` and the Unicode breaks end a line.
+        let lines = text.replace("\r\n", "\n").matches(LINE_BREAKS).count() + 1;
         if let Some(line) = *line {
             assert!(
-                line >= 1 && line <= lines + 1,
+                line >= 1 && line <= lines,
                 "line {line} of {lines}: {message}"
             );
         }
