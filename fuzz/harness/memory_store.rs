@@ -244,16 +244,16 @@ pub fn run(data: &[u8]) {
         // Which keys, at what cost; sometimes one twice or none at all (invalid).
         let mut chosen: Vec<(usize, u64)> = Vec::new();
         let mask = input.byte();
-        for k in 0..keys.len() {
+        for (k, key) in keys.iter().enumerate() {
             if mask & (1 << k) != 0 {
-                let capacity = keys[k].bucket.limit.capacity();
+                let capacity = key.bucket.limit.capacity();
                 let cost = match input.below(12) {
                     0 => 0,
                     1 => capacity,
                     2 => capacity.saturating_add(1),
                     // An exact log whose penalties pass u64::MAX underflows its total
                     // (open: see fuzz_regressions.rs in tollgate-core); the others take it.
-                    3 if chaotic => match keys[k].bucket.limit.algorithm() {
+                    3 if chaotic => match key.bucket.limit.algorithm() {
                         Algorithm::SlidingLog => 1 << 53,
                         _ => u64::MAX,
                     },

@@ -191,7 +191,7 @@ fn check_quota(text: &str, quota: Quota) {
     ] {
         match Limit::sliding_segments(quota, segments) {
             Ok(limit) => {
-                assert!(segments >= 1 && segments <= 1000 && u128::from(segments) <= ms);
+                assert!((1..=1000).contains(&segments) && u128::from(segments) <= ms);
                 check_limit(limit);
             }
             Err(_) => assert!(segments == 0 || segments > 1000 || u128::from(segments) > ms),
