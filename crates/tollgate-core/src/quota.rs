@@ -188,22 +188,12 @@ impl Quota {
         let (count_part, period_part) = text
             .split_once('/')
             .ok_or_else(|| QuotaError::MissingSlash { input: owned() })?;
-        let count = parse_count(count_part).ok_or_else(|| {
-            if count_part.trim().chars().any(|c| c.is_ascii_digit())
-                && count_part
-                    .trim()
-                    .chars()
-                    .filter(|c| c.is_ascii_digit())
-                    .count()
-                    > 19
-            {
-                QuotaError::Overflow { input: owned() }
-            } else {
-                QuotaError::BadCount {
-                    input: owned(),
-                    count: count_part.trim().to_string(),
-                }
-            }
+        let count = parse_count(count_part).map_err(|fault| match fault {
+            CountFault::TooLarge => QuotaError::Overflow { input: owned() },
+            CountFault::NotACount => QuotaError::BadCount {
+                input: owned(),
+                count: count_part.trim().to_string(),
+            },
         })?;
         if count == 0 {
             return Err(QuotaError::ZeroCount { input: owned() });
@@ -217,8 +207,14 @@ impl Quota {
         let multiplier: u64 = if multiplier.is_empty() {
             1
         } else {
-            multiplier
-                .replace('_', "")
+            let digits = multiplier.replace('_', "");
+            if digits.is_empty() {
+                return Err(QuotaError::BadPeriod {
+                    input: owned(),
+                    period: period.to_string(),
+                });
+            }
+            digits
                 .parse()
                 .map_err(|_| QuotaError::Overflow { input: owned() })?
         };
@@ -267,7 +263,15 @@ impl Quota {
     }
 }
 
-fn parse_count(part: &str) -> Option<u64> {
+/// Why a count did not parse.
+enum CountFault {
+    /// Not digits (with separators) and at most one word.
+    NotACount,
+    /// Digits, but more than a `u64` holds.
+    TooLarge,
+}
+
+fn parse_count(part: &str) -> Result<u64, CountFault> {
     let part = part.trim();
     // An optional trailing word: "60 requests".
     let digits_end = part
@@ -276,13 +280,13 @@ fn parse_count(part: &str) -> Option<u64> {
     let (digits, rest) = part.split_at(digits_end);
     let rest = rest.trim();
     if !rest.is_empty() && !rest.chars().all(|c| c.is_ascii_alphabetic()) {
-        return None;
+        return Err(CountFault::NotACount);
     }
     let digits: String = digits.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.is_empty() {
-        return None;
+        return Err(CountFault::NotACount);
     }
-    digits.parse().ok()
+    digits.parse().map_err(|_| CountFault::TooLarge)
 }
 
 fn unit_millis(unit: &str) -> Option<u64> {
@@ -408,6 +412,15 @@ mod tests {
         ));
         assert!(matches!(
             Quota::parse("10/15"),
+            Err(QuotaError::BadPeriod { .. })
+        ));
+        // Only a number that is too large is "too large".
+        assert!(matches!(
+            Quota::parse("999999999999999999=9990/min"),
+            Err(QuotaError::BadCount { .. })
+        ));
+        assert!(matches!(
+            Quota::parse("10/_s"),
             Err(QuotaError::BadPeriod { .. })
         ));
         for bad in ["", "abc", "0/min", "10/0s", "10/fortnight"] {

@@ -134,7 +134,8 @@ const FRESH: &str = " ";
 enum Segment {
     /// Matches this exact (canonical) text.
     Literal(String),
-    /// Matches any non-empty segment.
+    /// Matches any segment: a non-empty one, or an empty one the path goes on
+    /// after (as axum's router does; only the raw reading has empty segments).
     Param,
 }
 
@@ -145,7 +146,7 @@ enum Segment {
 /// | pattern | matches |
 /// |---|---|
 /// | `/api/stripe/webhook` | that path, any method |
-/// | `POST /api/templates/{id}/generate` | any single non-empty segment for `{id}`, `POST` only |
+/// | `POST /api/templates/{id}/generate` | any single segment for `{id}` (empty only if more follow, as in axum), `POST` only |
 /// | `GET,HEAD /v1/campaigns/:id` | `:id` is the same as `{id}` |
 /// | `/api/twilio/*` (or `/api/twilio/{*rest}`) | `/api/twilio` and everything below it |
 /// | `/*` or `*` | every path (the default rule) |
@@ -270,9 +271,14 @@ impl RoutePattern {
                 .segments
                 .iter()
                 .zip(path)
-                .all(|(pattern, segment)| match pattern {
+                .enumerate()
+                .all(|(i, (pattern, segment))| match pattern {
                     Segment::Literal(text) => text == segment.as_ref(),
-                    Segment::Param => !segment.as_ref().is_empty(),
+                    // As in axum, a parameter takes an empty segment when the path
+                    // goes on after it: `/a//b` is `/a/{x}/b`, `/a/` is not `/a/{x}`.
+                    Segment::Param => {
+                        !segment.as_ref().is_empty() || i + 1 < path.len() || truncated
+                    }
                 })
     }
 
@@ -1214,6 +1220,31 @@ mod tests {
         let t = table(&[("/api/x", "x")]);
         assert!(all(&t, Method::GET, "/other").is_empty());
         assert_eq!(all(&t, Method::GET, "/api/y/../x"), ["x"]);
+    }
+
+    #[test]
+    fn an_empty_segment_is_a_parameter_when_the_path_goes_on() {
+        // axum routes `/api/twilio//status` to `/api/twilio/{id}/status` (with an empty
+        // `id`), so it must not be classified into the exempt wildcard around it.
+        let t = RouteTable::builder()
+            .route(p("/*"), "default")
+            .route(p("/api/twilio/*"), "exempt-twilio")
+            .route(p("/api/twilio/{id}/status"), "status")
+            .lenient(|class| class.starts_with("exempt"))
+            .build()
+            .unwrap();
+        let c = |path: &str| *t.classify(&Method::POST, path).unwrap();
+        assert_eq!(c("/api/twilio/7/status"), "status");
+        assert_eq!(c("/api/twilio//status"), "status");
+        assert_eq!(c("/api/twilio/x"), "exempt-twilio");
+        // At the end of the path an empty segment is no parameter (axum: 404).
+        let t = RouteTable::builder()
+            .route(p("/*"), "default")
+            .route(p("/v/{id}"), "item")
+            .build()
+            .unwrap();
+        assert_eq!(t.classify(&Method::GET, "/v/7"), Some(&"item"));
+        assert_eq!(t.classify(&Method::GET, "/v/"), Some(&"default"));
     }
 
     #[test]
