@@ -89,10 +89,8 @@ impl Decide for Tollgate {
 fn charge_sync(store: &MemoryStore, buckets: &[Bucket]) -> bool {
     let mut states: [BucketState; 3] = Default::default();
     let states = &mut states[..buckets.len()];
-    matches!(
-        store.apply_sync(Op::Charge, buckets, states),
-        Some(Ok(_))
-    ) && states.iter().all(|s| s.allowed)
+    matches!(store.apply_sync(Op::Charge, buckets, states), Some(Ok(_)))
+        && states.iter().all(|s| s.allowed)
 }
 
 /// The same key every time (one hot client).
@@ -294,7 +292,11 @@ fn decide(c: &mut Criterion) {
 /// to governor is taken per round (median over rounds). Criterion's figures above run
 /// the contenders minutes apart; on a shared machine only these ratios are comparable.
 /// What is compared, the governor contender, and tollgate's contenders.
-type Group = (&'static str, Box<dyn Decide>, Vec<(&'static str, Box<dyn Decide>)>);
+type Group = (
+    &'static str,
+    Box<dyn Decide>,
+    Vec<(&'static str, Box<dyn Decide>)>,
+);
 
 fn interleaved() {
     const ROUNDS: usize = 21;

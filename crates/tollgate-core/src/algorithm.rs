@@ -205,6 +205,15 @@ impl Ring {
     }
 }
 
+/// The sum of an exact log's costs, saturating at `u64::MAX`. A total that saturated (huge
+/// penalties) no longer says what its entries add up to: it is recounted from what is left
+/// when entries go, so it is never taken below what remains.
+fn log_total(entries: &VecDeque<(u64, u64)>) -> u64 {
+    entries
+        .iter()
+        .fold(0u64, |sum, &(_, cost)| sum.saturating_add(cost))
+}
+
 /// Whether a cost fits now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fit {
@@ -275,12 +284,18 @@ impl State {
             }
             State::Log { entries, total } => {
                 let period = limit.quota().period_micros();
+                let saturated = *total == u64::MAX;
                 while let Some(&(at, cost)) = entries.front() {
                     if at.saturating_add(period) > now {
                         break;
                     }
                     entries.pop_front();
-                    *total -= cost;
+                    if !saturated {
+                        *total -= cost;
+                    }
+                }
+                if saturated {
+                    *total = log_total(entries);
                 }
             }
             State::Tat(_) => {}
@@ -426,11 +441,16 @@ impl State {
                     };
                     let take = (*c).min(left);
                     *c -= take;
-                    *total -= take;
                     left -= take;
+                    if *total != u64::MAX {
+                        *total -= take;
+                    }
                     if *c == 0 {
                         entries.pop_back();
                     }
+                }
+                if *total == u64::MAX {
+                    *total = log_total(entries);
                 }
             }
             State::Tat(tat) => {
