@@ -36,7 +36,7 @@ async fn flood(name: &str, guess: impl Fn(usize) -> RequestBuilder) -> reqwest::
             assert_eq!(status, 429, "{name}: guess {n}");
             assert_eq!(header(&response, "x-ratelimit-remaining"), "0", "{name}");
             let wait: u64 = header(&response, "retry-after").parse().unwrap();
-            assert!((1..=66).contains(&wait), "{name}: Retry-After {wait}");
+            assert!((1..=60).contains(&wait), "{name}: Retry-After {wait}");
             refused.get_or_insert(response);
         }
     }
