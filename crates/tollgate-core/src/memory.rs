@@ -551,17 +551,18 @@ struct After {
 
 /// Runs `f` on the state of the key with `hash` in `table`, if it is there; keeps what
 /// `f` answers about the entry (`None`: nothing to note; a state fresh again is dropped).
-/// A state that no longer has the table's form moves to `boxed`.
-fn update_in<K: Kept, R>(
+/// A state that no longer has the table's form moves to `boxed`. Gives `f` back if the key
+/// is not in `table`, to look elsewhere.
+fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     table: &mut HashTable<Slot<K>>,
     boxed: &mut HashTable<Slot<Boxed>>,
     parts: &mut [(u32, u32)],
     hash: u64,
     now: u64,
-    f: impl FnOnce(&mut State) -> (R, Option<After>),
-) -> Option<R> {
+    f: F,
+) -> Result<R, F> {
     let Ok(mut found) = table.find_entry(hash, |s| s.hash == hash) else {
-        return None;
+        return Err(f);
     };
     let slot = found.get_mut();
     let mut noted = None;
@@ -602,7 +603,7 @@ fn update_in<K: Kept, R>(
         };
         boxed.insert_unique(hash, slot, |s| s.hash);
     }
-    Some(r)
+    Ok(r)
 }
 
 /// Adds to (or takes from) the count of share `part`.
@@ -654,14 +655,17 @@ impl Shard {
         match p.kind {
             Kind::Tat => update_in(tat, boxed, parts, hash, now, f),
             Kind::Fixed => update_in(fixed, boxed, parts, hash, now, f),
-            Kind::Window if boxed.is_empty() => update_in(window, boxed, parts, hash, now, f),
-            // A window that outgrew its slot (a count past 2^32) lives with the boxed.
-            Kind::Window => match window.find(hash, |s| s.hash == hash) {
-                Some(_) => update_in(window, boxed, parts, hash, now, f),
-                None => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
+            // A window that outgrew its slot (a count past 2^32) lives with the boxed: one
+            // probe of its own table, and of the boxed only when that misses.
+            Kind::Window => match update_in(window, boxed, parts, hash, now, f) {
+                Err(f) if !boxed.is_empty() => {
+                    update_in(boxed, &mut HashTable::new(), parts, hash, now, f)
+                }
+                other => other,
             },
             Kind::Boxed => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
         }
+        .ok()
     }
 
     /// Removes the key, wherever it is kept.

@@ -371,6 +371,15 @@ impl ClientIp {
         out.into()
     }
 
+    /// [`ClientIp::key`] of an address written as text: an address, or an address key as
+    /// stored (`2001:db8::/64`). `None` if it is neither. How an operator's value (an
+    /// override, an admin lookup) is folded like a request's client.
+    pub(crate) fn key_of_text(&self, value: &str) -> Option<String> {
+        let address = value.trim();
+        let address = address.split_once('/').map_or(address, |(a, _)| a);
+        address.parse().ok().map(|ip| self.key(ip))
+    }
+
     /// [`ClientIp::key`], appended to `out`: an IPv4 address without allocating or
     /// formatting machinery.
     pub(crate) fn push_key(&self, ip: IpAddr, out: &mut tollgate_core::StoreKey) {

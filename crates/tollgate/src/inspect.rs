@@ -24,7 +24,6 @@
 //! # }).unwrap();
 //! ```
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
@@ -269,14 +268,11 @@ impl Limiter {
         Ok(match &key.source {
             Source::Global => "all".to_string(),
             Source::Ip if value == "unknown-peer" => value.to_string(),
-            Source::Ip => {
-                // An address, or an address key as stored (`2001:db8::/64`).
-                let address = value.split_once('/').map_or(value, |(a, _)| a);
-                let ip: IpAddr = address
-                    .parse()
-                    .map_err(|_| InspectError::BadIp(value.to_string()))?;
-                self.engine.client_ip.key(ip)
-            }
+            Source::Ip => self
+                .engine
+                .client_ip
+                .key_of_text(value)
+                .ok_or_else(|| InspectError::BadIp(value.to_string()))?,
             _ => value.to_string(),
         })
     }

@@ -225,13 +225,7 @@ impl Limiter {
         let compiled = self.compile_route_policy(policy)?;
         // The central layer learns this route only from its requests: it marks the
         // requests it charges, so this layer can take them over.
-        if !self.engine.routes.load().marks {
-            self.engine.routes.rcu(|routes| {
-                let mut routes = Routes::clone(routes);
-                routes.marks = true;
-                routes
-            });
-        }
+        self.engine.mark_requests();
         Ok(RateLimitLayer::route(self.clone(), compiled, None))
     }
 
@@ -396,13 +390,10 @@ impl Limiter {
     /// A key's value as the middleware stores it: hashed if the key is secret, and an IP
     /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`).
     fn stored_value(&self, key: &Key, value: &str) -> String {
-        let ip = matches!(key.source, key::Source::Ip)
-            .then(|| value.split_once('/').map_or(value, |(a, _)| a))
-            .and_then(|address| address.trim().parse::<std::net::IpAddr>().ok());
-        match ip {
-            Some(ip) => key::store_key(self.engine.client_ip.key(ip).as_bytes(), key.hashed),
-            None => key::store_key(value.as_bytes(), key.hashed),
-        }
+        let folded = matches!(key.source, key::Source::Ip)
+            .then(|| self.engine.client_ip.key_of_text(value))
+            .flatten();
+        key::store_key(folded.as_deref().unwrap_or(value).as_bytes(), key.hashed)
     }
 
     /// Counters of what the limiter has done.

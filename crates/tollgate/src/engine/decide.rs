@@ -214,7 +214,7 @@ impl Engine {
             }
             shown_states.push(state.clone());
             buckets.push(BucketInfo {
-                name: plan.label_arc(i),
+                name: plan.label_arc(i).clone(),
                 quota: plan.buckets[i].limit.quota(),
                 state: state.clone(),
             });

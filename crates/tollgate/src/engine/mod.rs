@@ -329,12 +329,14 @@ impl Engine {
         pattern: Option<&RouteTable<()>>,
         parts: &mut Parts,
     ) -> Start {
+        // One snapshot for the request (loaded again only after this request changes it).
+        let mut routes = self.routes.load();
         // A layer declared for a pattern that does not match the request as the central
         // layer reads it (a `nest` prefix, a typo): the central layer charged it. From now
         // on it marks what it charges, so this layer can give that back.
         if let Some(pattern) = pattern {
             let seen_by_central = pattern.classify(&parts.method, request_path(parts));
-            if seen_by_central.is_none() && !self.routes.load().marks {
+            if seen_by_central.is_none() && !routes.marks {
                 tracing::warn!(
                     target: "tollgate",
                     policy = %policy.name,
@@ -344,11 +346,8 @@ impl Engine {
                      central layer sees them (check the full path, including any `nest` \
                      prefix); its requests may be charged to the central class too"
                 );
-                self.routes.rcu(|routes| {
-                    let mut routes = Routes::clone(routes);
-                    routes.marks = true;
-                    routes
-                });
+                self.mark_requests();
+                routes = self.routes.load();
             }
         }
         if let Some(path) = matched_path(parts) {
@@ -357,7 +356,7 @@ impl Engine {
             // only so many routes.
             let standard = STANDARD_METHODS.contains(&parts.method);
             let id = route_id(&parts.method, path);
-            if standard && !self.routes.load().per_route.contains(id.as_str()) {
+            if standard && !routes.per_route.contains(id.as_str()) {
                 self.routes.rcu(|routes| {
                     let mut routes = Routes::clone(routes);
                     if routes.per_route.len() < MAX_PER_ROUTE_ENTRIES {
@@ -387,7 +386,7 @@ impl Engine {
             }
             None => None,
         };
-        if self.routes.load().marks {
+        if routes.marks {
             add_mark(parts, self.id, Mark::Route);
         }
         // The central layer's charge goes back first: at once on a store that answers at
@@ -438,6 +437,18 @@ impl Engine {
     async fn give_back(&self, buckets: Vec<Bucket>) {
         if let Err(e) = self.store.apply(&Batch::new(Op::Refund, buckets)).await {
             give_back_failed(&e);
+        }
+    }
+
+    /// From now on, the central layer marks the requests it charges, so a per-route layer
+    /// further in can take them over.
+    pub(crate) fn mark_requests(&self) {
+        if !self.routes.load().marks {
+            self.routes.rcu(|routes| {
+                let mut routes = Routes::clone(routes);
+                routes.marks = true;
+                routes
+            });
         }
     }
 

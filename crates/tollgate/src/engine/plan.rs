@@ -62,21 +62,15 @@ impl<G: AsRef<Compiled>> Plan<G> {
 
     /// The name bucket `i` shows in logs and headers (`default:ip`, `override:api_key`).
     pub(crate) fn label(&self, i: usize) -> &str {
+        self.label_arc(i)
+    }
+
+    /// [`Plan::label`], as the shared string it is kept in.
+    pub(crate) fn label_arc(&self, i: usize) -> &Arc<str> {
         let meta = &self.meta[i];
         match &meta.label {
             Some(label) => label,
             None => &self.policy(i).limits[usize::from(meta.limit)].bucket,
-        }
-    }
-
-    /// [`Plan::label`], shared.
-    pub(crate) fn label_arc(&self, i: usize) -> Arc<str> {
-        let meta = &self.meta[i];
-        match &meta.label {
-            Some(label) => label.clone(),
-            None => self.policy(i).limits[usize::from(meta.limit)]
-                .bucket
-                .clone(),
         }
     }
 
