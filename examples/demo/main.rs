@@ -18,7 +18,8 @@
 //! (comma-separated CIDRs whose `X-Forwarded-For` is believed), `REDIS_URL` / `KV_URL`
 //! (Redis, falling back to memory while it is down), `RATE_LIMIT_ENABLED=false` (limits
 //! off), `ADMIN_TOKEN` (mounts the operators' router under `/admin/rate-limits`, see
-//! `admin.rs`), `RUST_LOG`.
+//! `admin.rs`), `MEMORY_MAX_ENTRIES` (keys per bucket the in-memory store holds, default
+//! 100,000; a smaller share lets a test fill it), `RUST_LOG`.
 //!
 //! ```text
 //! curl -i localhost:3000/api/projects                              # 500/min per IP
@@ -41,11 +42,31 @@ use docs::Api;
 use handlers::*;
 use limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
 
+/// `MEMORY_MAX_ENTRIES`: how many keys per bucket the in-memory store holds, if set.
+fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Error>> {
+    match std::env::var("MEMORY_MAX_ENTRIES") {
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n >= tollgate::config::MIN_MAX_ENTRIES => Ok(Some(n)),
+            _ => Err(format!(
+                "MEMORY_MAX_ENTRIES={text} is not a number of at least {}",
+                tollgate::config::MIN_MAX_ENTRIES
+            )
+            .into()),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tollgate_suite::init_logging();
     let client_ip = ClientIp::peer().trust_proxies(tollgate_suite::trusted_proxies_from_env());
-    let store = tollgate::store_from_env()?;
+    let store = match (tollgate::store_from_env()?, memory_max_entries_from_env()?) {
+        (tollgate::EnvStore::Memory(_), Some(n)) => {
+            tollgate::EnvStore::Memory(tollgate::MemoryStore::builder().max_entries(n).build())
+        }
+        (store, _) => store,
+    };
     let limiter = limits::limiter(store, client_ip.clone(), session::staff_user_of)?;
     let state = AppState {
         limiter: limiter.clone(),

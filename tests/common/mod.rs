@@ -95,6 +95,22 @@ impl Example {
         self.client.request(method, format!("{}{path}", self.base))
     }
 
+    /// The example's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The example's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// GET `path`.
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.request(reqwest::Method::GET, path)
@@ -181,12 +197,23 @@ impl RawConnection {
 
     /// Sends `method target` with `headers` (and no body), and reads the response.
     pub fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)]) -> RawResponse {
+        self.send_body(method, target, headers, "")
+    }
+
+    /// Sends `method target` with `headers` and `body`, and reads the response.
+    pub fn send_body(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> RawResponse {
         use std::io::{Read, Write};
         let mut request = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
-        request.push_str("content-length: 0\r\n\r\n");
+        request.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
         self.writer.write_all(request.as_bytes()).unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();

@@ -1,0 +1,163 @@
+//! Black-box: a flood of failed sign-ins over junk e-mails cannot unlock a locked e-mail.
+//!
+//! The sign-in lockout (`sign-in-failures`, exactly 5 failures per 30 minutes per e-mail) keeps
+//! one key per e-mail in the memory store. An attacker who fills the store with junk e-mails
+//! at their limit must not push a locked victim's key out: the store gives each bucket its own
+//! share, and a share full of limited keys refuses new keys instead of forgetting old ones.
+//!
+//! In CI the demo runs with a small share (`MEMORY_MAX_ENTRIES`, default here 2048) so the
+//! flood fills it in seconds. The same test at the attack's full size, against a release build
+//! (the figures go to the closing note):
+//!
+//! ```text
+//! FLOOD_EMAILS=120000 FLOOD_SHARE=default cargo test --release --test demo_lockout_flood -- --nocapture
+//! ```
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use common::{Example, RawConnection};
+
+const SIGN_IN: &str = "/api/auth/sign-in";
+/// The lockout: failures per e-mail before the next attempt is refused.
+const LOCKOUT: usize = 5;
+/// `AUTH`: sign-in attempts per IP per 15 minutes.
+const AUTH_PER_IP: usize = 20;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `n`th flooding client: its own IPv6 /64 (the demo keys IPv6 clients by /64).
+fn flood_ip(n: usize) -> String {
+    format!("2001:db8:{:x}:{:x}::1", n >> 16, n & 0xffff)
+}
+
+fn credentials(email: &str, password: &str) -> String {
+    format!(r#"{{"email":"{email}","password":"{password}"}}"#)
+}
+
+fn sign_in(
+    connection: &mut RawConnection,
+    ip: &str,
+    email: &str,
+    password: &str,
+) -> common::RawResponse {
+    connection.send_body(
+        "POST",
+        SIGN_IN,
+        &[
+            ("x-forwarded-for", ip),
+            ("content-type", "application/json"),
+        ],
+        &credentials(email, password),
+    )
+}
+
+#[test]
+fn a_flood_of_junk_emails_leaves_every_locked_email_locked() {
+    let emails = env_number("FLOOD_EMAILS", 3_000);
+    let connections = env_number("FLOOD_CONNECTIONS", 4).max(1);
+    let share = std::env::var("FLOOD_SHARE").unwrap_or_else(|_| "2048".into());
+    let mut env = vec![("TRUSTED_PROXIES", "127.0.0.1/32")];
+    if share != "default" {
+        env.push(("MEMORY_MAX_ENTRIES", share.as_str()));
+    }
+    let ex = Example::start("demo", &env);
+    let rss_before = ex.rss_kib();
+
+    // Ten victims, each locked by five wrong passwords from an address of its own. Half of
+    // them are also refused once before the flood; the other half are only at their limit.
+    let victims: Vec<String> = (0..10).map(|i| format!("victim{i}@example.com")).collect();
+    let mut connection = RawConnection::connect(&ex.base);
+    for (i, victim) in victims.iter().enumerate() {
+        let ip = format!("198.51.100.{}", i + 1);
+        for attempt in 1..=LOCKOUT {
+            let r = sign_in(&mut connection, &ip, victim, "wrong");
+            assert_eq!(r.status, 401, "{victim} attempt {attempt}: {}", r.body);
+        }
+        if i % 2 == 0 {
+            let r = sign_in(&mut connection, &ip, victim, "demo-password");
+            assert_eq!(r.status, 429, "{victim} is locked: {}", r.body);
+        }
+    }
+
+    // The flood: every junk e-mail gets five wrong passwords, from addresses that each stay
+    // within AUTH (so the lockout bucket, not AUTH, is what fills).
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let failed_401 = AtomicUsize::new(0);
+    let refused_429 = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..connections {
+            scope.spawn(|| {
+                let mut connection = RawConnection::connect(&ex.base);
+                loop {
+                    let e = next.fetch_add(1, Ordering::Relaxed);
+                    if e >= emails {
+                        break;
+                    }
+                    let email = format!("junk{e}@flood.example");
+                    for attempt in 0..LOCKOUT {
+                        let ip = flood_ip((e * LOCKOUT + attempt) / AUTH_PER_IP);
+                        let r = sign_in(&mut connection, &ip, &email, "wrong");
+                        match r.status {
+                            401 => failed_401.fetch_add(1, Ordering::Relaxed),
+                            429 => refused_429.fetch_add(1, Ordering::Relaxed),
+                            other => panic!("{email}: {other} {}", r.body),
+                        };
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let rss_after = ex.rss_kib();
+    let (failed, refused) = (failed_401.into_inner(), refused_429.into_inner());
+    println!(
+        "flood: {} requests over {emails} e-mails in {:.1} s ({:.0}/s): {failed} × 401, \
+         {refused} × 429; share {share}; RSS {rss_before} KiB before, {rss_after} KiB after",
+        failed + refused,
+        elapsed.as_secs_f64(),
+        (failed + refused) as f64 / elapsed.as_secs_f64(),
+    );
+    assert_eq!(failed + refused, emails * LOCKOUT);
+
+    // Every victim is still locked, even with the right password.
+    for (i, victim) in victims.iter().enumerate() {
+        let ip = format!("198.51.100.{}", i + 101);
+        let r = sign_in(&mut connection, &ip, victim, "demo-password");
+        assert_eq!(
+            r.status, 429,
+            "{victim} was unlocked by the flood: {}",
+            r.body
+        );
+        let retry_after: u64 = r.header("retry-after").parse().expect("Retry-After");
+        assert!(
+            (1..=1800).contains(&retry_after),
+            "{victim}: Retry-After {retry_after}"
+        );
+    }
+
+    // The lockout's share held: once full of limited keys, new e-mails were refused rather
+    // than stored, so no more junk e-mails were counted than the share holds.
+    if let Ok(share) = share.parse::<usize>() {
+        if emails > share {
+            assert!(
+                failed <= share * LOCKOUT,
+                "{failed} junk failures counted, but the share holds {share} e-mails"
+            );
+            assert!(refused > 0, "a flood past the share saw no refusal");
+        }
+    }
+    // Memory stays bounded: the store holds at most its share of keys per bucket.
+    assert!(
+        rss_after < rss_before + 512 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
