@@ -184,6 +184,40 @@ impl Ring {
             .filter(move |&(c, last)| c > 0 && last.saturating_add(window) > now)
     }
 
+    /// What the segments counted within `window` of `now` add up to, and when the newest
+    /// counted segment leaves the window (0: nothing counted). One walk from the newest
+    /// segment back: segments leave oldest first (each one's last admission is later than
+    /// any older one's), so the walk stops at the first that has left.
+    #[inline]
+    fn used_and_expiry(&self, window: u64, now: u64) -> (u64, u64) {
+        let len = self.segments.len();
+        let kept = self.head.min(len as u64 - 1) as usize;
+        let newest_slot = (self.head % len as u64) as usize;
+        let mut used = 0u64;
+        let mut expires_at = 0u64;
+        for back in 0..=kept {
+            let slot = if newest_slot >= back {
+                newest_slot - back
+            } else {
+                newest_slot + len - back
+            };
+            let start = (self.head - back as u64).saturating_mul(self.unit);
+            let (count, last) = self.segments.get(slot, start);
+            if count == 0 {
+                continue;
+            }
+            let leaves_at = last.saturating_add(window);
+            if expires_at == 0 {
+                expires_at = leaves_at;
+            }
+            if leaves_at <= now {
+                break;
+            }
+            used = used.saturating_add(count);
+        }
+        (used, expires_at)
+    }
+
     /// Every kept segment, oldest first: (count, last). Walks the ring's slots in order
     /// (one division for the whole walk, not one per segment).
     #[inline]
@@ -313,9 +347,7 @@ impl State {
     /// the tokens missing from a full bucket, rounded up).
     fn used(&self, limit: &Limit, now: u64) -> u64 {
         match self {
-            State::Segments(ring) => ring
-                .live(limit.quota().period_micros(), now)
-                .fold(0u64, |sum, (c, _)| sum.saturating_add(c)),
+            State::Segments(ring) => ring.used_and_expiry(limit.quota().period_micros(), now).0,
             State::Log { total, .. } => *total,
             State::Tat(tat) => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
             State::Fixed { used, .. } => *used,
@@ -466,12 +498,9 @@ impl State {
     pub(crate) fn expires_at(&self, limit: &Limit) -> u64 {
         match self {
             State::Segments(ring) => {
-                let window = limit.quota().period_micros();
-                ring.all()
-                    .filter(|&(c, _)| c > 0)
-                    .map(|(_, last)| last.saturating_add(window))
-                    .max()
-                    .unwrap_or(0)
+                // The newest counted segment leaves last, whether or not `now` is past it.
+                ring.used_and_expiry(limit.quota().period_micros(), u64::MAX)
+                    .1
             }
             State::Log { entries, .. } => entries
                 .back()
@@ -492,7 +521,11 @@ impl State {
     #[inline]
     pub(crate) fn report(&self, limit: &Limit, fit: Fit, cost: u64, now: u64) -> BucketState {
         let capacity = limit.capacity();
-        let remaining = capacity.saturating_sub(self.used(limit, now));
+        let (used, expires_at) = match self {
+            State::Segments(ring) => ring.used_and_expiry(limit.quota().period_micros(), now),
+            _ => (self.used(limit, now), self.expires_at(limit)),
+        };
+        let remaining = capacity.saturating_sub(used);
         let (allowed, retry_after, refusal) = match fit {
             Fit::Now => (true, None, None),
             Fit::After(wait) => (
@@ -515,7 +548,7 @@ impl State {
             allowed,
             limit: limit.quota().count(),
             remaining,
-            reset_after: Duration::from_micros(self.expires_at(limit).saturating_sub(now)),
+            reset_after: Duration::from_micros(expires_at.saturating_sub(now)),
             retry_after,
             refusal,
         }

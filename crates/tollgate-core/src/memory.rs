@@ -177,31 +177,33 @@ impl Kept for Fixed {
     }
 }
 
-/// A sliding window whose segments are held inline.
+/// A sliding window whose segments are held inline ([`State::Segments`] of a narrow ring,
+/// kept as the state itself so that a call works on it in place).
 #[derive(Debug)]
 struct Window {
-    ring: Ring,
+    state: State,
     expires_at: u64,
 }
 
 impl Kept for Window {
     fn keep(state: State, expires_at: u64) -> Result<Self, State> {
         match state {
-            State::Segments(ring) if ring.is_narrow() => Ok(Window { ring, expires_at }),
+            State::Segments(ref ring) if ring.is_narrow() => Ok(Window { state, expires_at }),
             other => Err(other),
         }
     }
 
     #[inline]
     fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
-        let mut state = State::Segments(self.ring.clone());
-        let (r, expires_at) = f(&mut state);
-        match Window::keep(state, expires_at.unwrap_or(self.expires_at)) {
-            Ok(kept) => {
-                *self = kept;
-                (r, None)
-            }
-            Err(other) => (r, Some(other)),
+        let (r, expires_at) = f(&mut self.state);
+        if let Some(at) = expires_at {
+            self.expires_at = at;
+        }
+        match &self.state {
+            State::Segments(ring) if ring.is_narrow() => (r, None),
+            // Widened (or of another algorithm): the caller moves it to the boxed table
+            // and drops this entry.
+            _ => (r, Some(std::mem::replace(&mut self.state, State::Tat(0)))),
         }
     }
 

@@ -386,13 +386,26 @@ impl ClientIp {
         use std::fmt::Write as _;
         match ip.to_canonical() {
             IpAddr::V4(v4) => {
-                let mut digits = itoa::Buffer::new();
+                // Dotted decimal into a stack buffer, then one copy into the key.
+                let mut text = [0u8; 15];
+                let mut len = 0;
                 for (i, octet) in v4.octets().into_iter().enumerate() {
                     if i > 0 {
-                        out.push_str(".");
+                        text[len] = b'.';
+                        len += 1;
                     }
-                    out.push_str(digits.format(octet));
+                    if octet >= 100 {
+                        text[len] = b'0' + octet / 100;
+                        len += 1;
+                    }
+                    if octet >= 10 {
+                        text[len] = b'0' + octet / 10 % 10;
+                        len += 1;
+                    }
+                    text[len] = b'0' + octet % 10;
+                    len += 1;
                 }
+                out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
             }
             v6 @ IpAddr::V6(_) => {
                 let prefix = self.ipv6_prefix.min(128);
@@ -505,6 +518,26 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_keys_are_dotted_decimal_without_leading_zeros() {
+        let client_ip = ClientIp::peer();
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "203.0.113.7",
+            "255.255.255.255",
+            "1.20.190.249",
+        ] {
+            let mut key = tollgate_core::StoreKey::new();
+            client_ip.push_key(ip(text), &mut key);
+            assert_eq!(key.as_str(), text);
+        }
+        // An IPv4-mapped IPv6 address is its IPv4 client.
+        let mut key = tollgate_core::StoreKey::new();
+        client_ip.push_key(ip("::ffff:10.0.0.1"), &mut key);
+        assert_eq!(key.as_str(), "10.0.0.1");
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
