@@ -193,13 +193,11 @@ impl Limiter {
         let table = engine.table.load();
         // Its buckets are its own: a name the limiter already uses would mix two states
         // (and no reloaded table may take it).
-        if !policy.exempt {
-            if table.binds(policy.bucket_name()) {
-                return Err(BuildError::DuplicateBucket {
-                    name: policy.bucket_name().to_string(),
-                });
-            }
-            code.guards.insert(policy.bucket_name().clone());
+        let bucket = (!policy.exempt).then(|| policy.bucket_name().clone());
+        if let Some(name) = bucket.as_deref().filter(|name| table.binds(name)) {
+            return Err(BuildError::DuplicateBucket {
+                name: name.to_string(),
+            });
         }
         let mut builder = Limiter::builder()
             .shared_store(engine.store.clone())
@@ -214,7 +212,9 @@ impl Limiter {
         if let Some(identity) = engine.identity.clone() {
             builder = builder.identity(move |parts| identity(parts));
         }
-        Ok(builder.build()?.layer())
+        let guard = builder.build()?;
+        code.guards.extend(bucket);
+        Ok(guard.layer())
     }
 
     /// [`Limiter::policy`], returning configuration mistakes as errors.
