@@ -23,10 +23,8 @@ struct Copy {
 
 impl Copy {
     fn new() -> Copy {
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-seed-004-reload-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-seed-004-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("endpointwise.yaml");
         let copy = Copy { dir, path };
@@ -112,7 +110,10 @@ async fn an_edited_burst_applies_within_2_s_and_a_broken_edit_keeps_the_last_goo
     }
     // A fresh key gets the new burst; the key that spent 2 keeps them spent (3 left).
     let fresh = new_key(&app).await;
-    assert_eq!(reports(&app, &fresh, 6).await, [200, 200, 200, 200, 200, 429]);
+    assert_eq!(
+        reports(&app, &fresh, 6).await,
+        [200, 200, 200, 200, 200, 429]
+    );
     assert_eq!(reports(&app, &spent, 4).await, [200, 200, 200, 429]);
     // The invoices' limits did not change: their burst is still 20.
     let statuses = app
@@ -129,7 +130,10 @@ async fn an_edited_burst_applies_within_2_s_and_a_broken_edit_keeps_the_last_goo
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(published_burst(&app).await, 5);
     let another = new_key(&app).await;
-    assert_eq!(reports(&app, &another, 6).await, [200, 200, 200, 200, 200, 429]);
+    assert_eq!(
+        reports(&app, &another, 6).await,
+        [200, 200, 200, 200, 200, 429]
+    );
 
     // The watcher is still at work: a good edit after the broken ones applies.
     copy.write(&ORIGINAL.replace("burst: 2/s", "burst: 3/s"));

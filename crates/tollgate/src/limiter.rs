@@ -161,7 +161,12 @@ impl Limiter {
             routes.delegated.push(table.clone());
             routes
         });
-        Ok(RateLimitLayer::route(self.clone(), index, name, Some(table)))
+        Ok(RateLimitLayer::route(
+            self.clone(),
+            index,
+            name,
+            Some(table),
+        ))
     }
 
     /// A layer that charges `policy` for every request it sees, on top of (and independent

@@ -123,10 +123,10 @@ impl WatchBuilder {
         let polled = watch.clone();
         let thread = std::thread::Builder::new()
             .name("tollgate-config-watch".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => polled.poll(),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            .spawn(move || {
+                // Until the watcher is stopped or dropped (the channel closes).
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    polled.poll();
                 }
             })
             .map_err(|source| ConfigError::Watch {

@@ -53,7 +53,11 @@ async fn statuses(layer: &RateLimitLayer, path: &str, n: usize) -> Vec<u16> {
 
 /// The quota of the first limit of the `i`-th rule the limiter describes.
 fn quota(limiter: &Limiter, i: usize) -> String {
-    limiter.describe()[i].limits[0].limit.unwrap().quota().to_string()
+    limiter.describe()[i].limits[0]
+        .limit
+        .unwrap()
+        .quota()
+        .to_string()
 }
 
 fn times(status: u16, n: usize) -> Vec<u16> {
@@ -77,7 +81,11 @@ async fn a_changed_limit_applies_to_the_next_request_and_keeps_what_was_counted(
     let (status, policy) = get(&layer, "/a/x").await;
     assert_eq!((status, policy.as_str()), (200, "\"a-ip\";q=6;w=60"));
     assert_eq!(statuses(&layer, "/a/x", 3).await, [200, 200, 429]);
-    assert_eq!(quota(&limiter, 0), "6/min", "describe shows the rules in force");
+    assert_eq!(
+        quota(&limiter, 0),
+        "6/min",
+        "describe shows the rules in force"
+    );
 }
 
 #[tokio::test]
@@ -121,15 +129,22 @@ async fn rules_that_do_not_build_are_refused_and_the_running_ones_stay() {
     assert_eq!(get(&layer, "/a/x").await.0, 200);
 
     let bad_rate = limiter.reload(rules("3/fortnight", "5/min"));
-    assert!(matches!(bad_rate, Err(BuildError::Rate { .. })), "{bad_rate:?}");
+    assert!(
+        matches!(bad_rate, Err(BuildError::Rate { .. })),
+        "{bad_rate:?}"
+    );
     let tie = limiter.reload(
         Limiter::builder()
             .route("/a/*", Policy::named("a").per_ip("1/min"))
             .route("/a/*", Policy::named("other").per_ip("1/min")),
     );
     assert!(matches!(tie, Err(BuildError::Route(_))), "{tie:?}");
-    let user = limiter.reload(Limiter::builder().route("/a/*", Policy::named("a").per_user("1/min")));
-    assert!(matches!(user, Err(BuildError::NoIdentity { .. })), "{user:?}");
+    let user =
+        limiter.reload(Limiter::builder().route("/a/*", Policy::named("a").per_user("1/min")));
+    assert!(
+        matches!(user, Err(BuildError::NoIdentity { .. })),
+        "{user:?}"
+    );
 
     // Settings fixed at build: refused by name.
     let store = limiter.reload(rules("1/min", "1/min").store(MemoryStore::new()));
@@ -185,7 +200,11 @@ async fn a_reload_may_add_and_remove_routes_and_buckets() {
 #[tokio::test]
 async fn per_route_policies_from_code_survive_and_see_the_new_global_limits() {
     let rest = || Policy::named("rest").per_ip("1/min");
-    let limiter = limiter(rules("5/min", "5/min").default_policy(rest()).global("100/min"));
+    let limiter = limiter(
+        rules("5/min", "5/min")
+            .default_policy(rest())
+            .global("100/min"),
+    );
     let chat = limiter.policy_at("GET /chat", Policy::named("chat").per_ip("2/min"));
     let central = limiter.layer();
     let (status, policy) = get(&chat, "/chat").await;
@@ -193,7 +212,11 @@ async fn per_route_policies_from_code_survive_and_see_the_new_global_limits() {
     assert_eq!(policy, "\"chat-ip\";q=2;w=60, \"global\";q=100;w=60");
 
     limiter
-        .reload(rules("5/min", "5/min").default_policy(rest()).global("50/min"))
+        .reload(
+            rules("5/min", "5/min")
+                .default_policy(rest())
+                .global("50/min"),
+        )
         .unwrap();
     // Still the route's own policy (and its count), with the new global limit.
     let (status, policy) = get(&chat, "/chat").await;
@@ -203,10 +226,7 @@ async fn per_route_policies_from_code_survive_and_see_the_new_global_limits() {
     // The central layer still leaves the route to it (and charges other paths).
     assert_eq!(statuses(&central, "/chat", 3).await, times(200, 3));
     assert_eq!(statuses(&central, "/other", 2).await, [200, 429]);
-    assert!(limiter
-        .describe()
-        .iter()
-        .any(|rule| rule.policy == "chat"));
+    assert!(limiter.describe().iter().any(|rule| rule.policy == "chat"));
 }
 
 #[tokio::test]
@@ -222,21 +242,28 @@ async fn a_reload_is_checked_against_what_code_declared() {
         matches!(mismatch, Err(BuildError::SharedBucketMismatch { .. })),
         "{mismatch:?}"
     );
-    let guard_name =
-        limiter.reload(rules("5/min", "5/min").route("/c/*", Policy::named("guesses").per_ip("20/min")));
+    let guard_name = limiter
+        .reload(rules("5/min", "5/min").route("/c/*", Policy::named("guesses").per_ip("20/min")));
     assert!(
         matches!(guard_name, Err(BuildError::DuplicateBucket { .. })),
         "{guard_name:?}"
     );
     // The same limits under the shared name are fine.
     limiter
-        .reload(rules("5/min", "5/min").route("/c/*", Policy::named("c").bucket("shared").per_ip("2/min")))
+        .reload(
+            rules("5/min", "5/min")
+                .route("/c/*", Policy::named("c").bucket("shared").per_ip("2/min")),
+        )
         .unwrap();
 }
 
 #[tokio::test]
 async fn a_required_default_rule_stays_required() {
-    let limiter = limiter(rules("5/min", "5/min").default_policy(Policy::named("rest").per_ip("9/min")).require_default());
+    let limiter = limiter(
+        rules("5/min", "5/min")
+            .default_policy(Policy::named("rest").per_ip("9/min"))
+            .require_default(),
+    );
     assert!(matches!(
         limiter.reload(rules("5/min", "5/min")),
         Err(BuildError::NoDefaultRule)
@@ -251,7 +278,9 @@ async fn shadow_mode_is_reloadable() {
     let limiter = limiter(rules("1/min", "1/min"));
     let layer = limiter.layer();
     assert_eq!(statuses(&layer, "/a/x", 2).await, [200, 429]);
-    limiter.reload(rules("1/min", "1/min").shadow(true)).unwrap();
+    limiter
+        .reload(rules("1/min", "1/min").shadow(true))
+        .unwrap();
     assert_eq!(statuses(&layer, "/a/x", 2).await, times(200, 2));
     assert_eq!(limiter.stats().would_refuse, 2);
 }
@@ -289,13 +318,21 @@ async fn a_request_in_flight_finishes_under_the_rules_it_started_with() {
     assert_eq!(response.status(), 404);
     // Given back under the rules it started with: the budget is still whole.
     let remaining = |r: &Response<_>| r.headers()["ratelimit"].to_str().unwrap().to_string();
-    assert!(remaining(&response).starts_with("\"a-ip\";r=2;"), "{}", remaining(&response));
+    assert!(
+        remaining(&response).starts_with("\"a-ip\";r=2;"),
+        "{}",
+        remaining(&response)
+    );
     let response = svc
         .oneshot(request("/a/x", Some(PEER), None))
         .await
         .unwrap();
     // The next request ran under the new rules: charged, not given back.
-    assert!(remaining(&response).starts_with("\"a-ip\";r=1;"), "{}", remaining(&response));
+    assert!(
+        remaining(&response).starts_with("\"a-ip\";r=1;"),
+        "{}",
+        remaining(&response)
+    );
     let arc: Arc<str> = limiter.classify(&http::Method::GET, "/a/x").unwrap();
     assert_eq!(&*arc, "a");
 }
@@ -305,7 +342,8 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     let dir = std::env::temp_dir().join(format!("tollgate-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("limits.yaml");
-    let good = "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
+    let good =
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
     std::fs::write(&path, good).unwrap();
     let limiter = Limiter::from_config(&path).unwrap();
 
@@ -315,13 +353,23 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
         matches!(parse, Err(ConfigError::Parse { line: Some(5), .. })),
         "{parse:?}"
     );
-    std::fs::write(&path, format!("{good}  - path: /a/*\n    name: b\n    limits:\n      - {{ per: ip, limit: 1/min }}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{good}  - path: /a/*\n    name: b\n    limits:\n      - {{ per: ip, limit: 1/min }}\n"
+        ),
+    )
+    .unwrap();
     let tie = limiter.reload_file(&path);
     assert!(
         matches!(&tie, Err(ConfigError::Invalid { line: Some(6), .. })),
         "{tie:?}"
     );
-    std::fs::write(&path, format!("{good}store: {{ kind: memory, max_entries: 5000 }}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{good}store: {{ kind: memory, max_entries: 5000 }}\n"),
+    )
+    .unwrap();
     let store = limiter.reload_file(&path);
     match &store {
         Err(ConfigError::NotReloadable { field, line, .. }) => {
@@ -339,7 +387,10 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
 
 #[test]
 fn a_reload_from_a_config_keeps_what_code_adds() {
-    let config = Config::from_yaml("routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { limit: 3/min }\n").unwrap();
+    let config = Config::from_yaml(
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { limit: 3/min }\n",
+    )
+    .unwrap();
     let limiter = Limiter::builder()
         .read_env(false)
         .route("/a/*", Policy::named("a").per_ip("1/min"))
@@ -348,7 +399,11 @@ fn a_reload_from_a_config_keeps_what_code_adds() {
     limiter
         .reload_config_with(&config, "<yaml>", |rules| rules.global("100/min"))
         .unwrap();
-    let described: Vec<String> = limiter.describe().iter().map(|r| r.policy.clone()).collect();
+    let described: Vec<String> = limiter
+        .describe()
+        .iter()
+        .map(|r| r.policy.clone())
+        .collect();
     assert_eq!(described, ["a", "global"]);
     // Code that sets a fixed setting in the customization is refused too.
     let refused = limiter.reload_config_with(&config, "<yaml>", |rules| rules.enabled(false));

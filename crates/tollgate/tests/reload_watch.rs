@@ -14,7 +14,8 @@ use tollgate::{Limiter, RateLimitLayer};
 use tollgate_testkit::EventLog;
 use tower::{service_fn, Layer, ServiceExt};
 
-const RULES: &str = "routes:\n  - path: /a/*\n    name: a\n    rate_limit: { sustained: 1/h, burst: 2/s }\n";
+const RULES: &str =
+    "routes:\n  - path: /a/*\n    name: a\n    rate_limit: { sustained: 1/h, burst: 2/s }\n";
 
 async fn statuses(layer: &RateLimitLayer, n: usize) -> Vec<u16> {
     let mut out = Vec::new();
@@ -91,7 +92,10 @@ async fn an_edited_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_rules(
 
     // A fixed setting changed: refused too, by name.
     let grown = RULES.replace("2/s", "7/s");
-    write(&path, &format!("{grown}client_ip: {{ trusted_proxies: [10.0.0.0/8] }}\n"));
+    write(
+        &path,
+        &format!("{grown}client_ip: {{ trusted_proxies: [10.0.0.0/8] }}\n"),
+    );
     within_2s("the refusal logged", || {
         log.events()
             .iter()
@@ -138,7 +142,10 @@ fn a_watcher_adjusts_and_customizes_like_the_build() {
     let rules = limiter.describe();
     assert_eq!(rules[0].limits[0].key, "api_key");
     assert_eq!(rules[1].policy, "global");
-    assert_eq!(rules[1].limits[0].limit.unwrap().quota().to_string(), "50/min");
+    assert_eq!(
+        rules[1].limits[0].limit.unwrap().quota().to_string(),
+        "50/min"
+    );
     drop(watcher);
     let _ = std::fs::remove_dir_all(&dir);
 }

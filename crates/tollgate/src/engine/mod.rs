@@ -30,8 +30,7 @@ use crate::key::Extractor;
 use crate::respond::{ErrorBody, HeaderStyle};
 
 pub(crate) use compile::{
-    compile_table, policy_item, CodeRules, Compiled, CompiledQuota, Defaults,
-    Rules, Table,
+    compile_table, policy_item, CodeRules, Compiled, CompiledQuota, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
 pub(crate) use settle::{merge_headers, After, Headers, Settle};
