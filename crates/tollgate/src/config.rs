@@ -55,6 +55,13 @@
 //!   builder by hand gets the builder's [`BuildError`] without the file's lines
 //!   ([`Config::build_error`] adds them).
 //!
+//! A running limiter takes an edited file's rules without a restart:
+//! [`Limiter::reload_file`](crate::Limiter::reload_file) once, or
+//! [`Limiter::watch_file`](crate::Limiter::watch_file) on every change (see
+//! [`crate::reload`]). `routes`, `global`, `gateway`, `buckets`, `default_key`, `shadow` and
+//! `on_store_failure` are reloaded; a reload of a file whose `enabled`, `store`,
+//! `client_ip`, `headers` or `body` changed is refused ([`ConfigError::NotReloadable`]).
+//!
 //! An empty file (or one with only comments) is valid: every setting takes its default,
 //! and the limiter it builds limits nothing unless code adds rules. Loading it logs a
 //! warning (`tracing`, target `tollgate`), as does a file that declares no routes, global

@@ -343,6 +343,7 @@ impl Engine {
     ) -> Start {
         // One table for the whole request, however long it takes.
         let table = self.table.load();
+        // Every table compiles every per-route policy declared so far: always there.
         let Some(policy) = table.per_route.get(index) else {
             return Start::Pass;
         };
