@@ -33,6 +33,10 @@
 //!
 //! - The reference docs page: `GET /docs` lists every endpoint's limits and `GET
 //!   /openapi.json` has them as `x-ratelimit`, generated from the limiter (`docs.rs`).
+//! - The configuration file is `ENDPOINTWISE_CONFIG` (default: `endpointwise.yaml` next to
+//!   this file). Edit it while the gateway runs and its limits are reloaded within a
+//!   second ([`ConfigWatcher`], which also runs on `SIGHUP`): an edit that does not load is
+//!   logged and the last good limits stay; limits that did not change keep their counts.
 //!
 //! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
 //! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
@@ -45,6 +49,8 @@
 //!
 //! ```text
 //! cargo run --example seed_004
+//! # or on a copy you can edit while it runs:
+//! ENDPOINTWISE_CONFIG=/tmp/endpointwise.yaml cargo run --example seed_004
 //! curl -i -H 'x-api-key: ew_live_full' http://127.0.0.1:3004/v1/invoices
 //! curl -i -H 'Authorization: Bearer admin-demo-token' -H 'content-type: application/json' \
 //!   -d '{"name": "Limited Partner", "scope": "read", "rate_limit": "20/min"}' http://127.0.0.1:3004/admin/keys
@@ -54,6 +60,7 @@ mod docs;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -66,13 +73,17 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tollgate::config::{Config, KeyText};
-use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, Policy, Rate, ResetFormat};
+use tollgate::reload::ConfigWatcher;
+use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, LimiterBuilder, Policy, Rate, ResetFormat};
 
 /// The page's configuration file, as printed.
 const CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/seed_004/endpointwise.yaml"
 );
+
+/// The environment variable naming another configuration file.
+const CONFIG_ENV: &str = "ENDPOINTWISE_CONFIG";
 
 /// The header partners send their key in.
 const API_KEY: &str = "x-api-key";
@@ -130,21 +141,66 @@ impl Gateway {
     }
 }
 
-fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
-    let mut config = Config::from_path(CONFIG)?;
-    // The file names no key: endpoint limits are per partner key.
+/// The configuration file: `ENDPOINTWISE_CONFIG`, or the page's.
+fn config_path() -> PathBuf {
+    std::env::var_os(CONFIG_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(CONFIG), PathBuf::from)
+}
+
+/// What the example changes in the file as read, at start and on every reload: the file
+/// names no key, so endpoint limits are per partner key.
+fn adjust(config: &mut Config) {
     config.default_key = Some(KeyText::ApiKey(API_KEY.into()));
+}
+
+/// The rules code adds to the file's, at start and on every reload: the daily cap per key
+/// (`ENDPOINTWISE_DAILY_CAP`, default 10000/day).
+fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
     let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
-    let limiter = config
-        .apply(Limiter::builder(), CONFIG)?
+    let daily = Rate::fixed(daily);
+    move |rules| {
+        rules.global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
+    }
+}
+
+/// The limiter, built from the file at `path`, and the watcher that reloads the file when
+/// it changes.
+fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::Error>> {
+    let file = path.display().to_string();
+    let mut config = Config::from_path(path)?;
+    adjust(&mut config);
+    let rules = daily_cap();
+    let limiter = rules(config.apply(Limiter::builder(), &file)?)
         .store(tollgate::store_from_env()?)
-        .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), Rate::fixed(daily)))
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
         .error_body(ErrorBody::seed_004())
         .build()
         // A mistake in the file is reported at its line.
-        .map_err(|e| config.build_error(CONFIG, e))?;
-    Ok(limiter)
+        .map_err(|e| config.build_error(&file, e))?;
+    // Edits reload the file's rules (a broken one is logged, and the last good rules stay).
+    let watcher = ConfigWatcher::builder(&limiter, path)
+        .adjust(adjust)
+        .customize(rules)
+        .start()?;
+    Ok((limiter, watcher))
+}
+
+/// `SIGHUP` reloads the file at once (unix).
+#[cfg(unix)]
+fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let file = watcher.path().display();
+            match watcher.reload_now() {
+                Ok(()) => tracing::info!("SIGHUP: {file} reloaded"),
+                Err(e) => tracing::error!("SIGHUP: {e}; the previous limits stay in force"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// `/v1` needs a known key (writes a write-scoped one), except the public status;
@@ -264,8 +320,14 @@ fn app(gateway: Gateway) -> Router {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tollgate_suite::init_logging();
+    let (limiter, watcher) = limiter(&config_path())?;
+    #[cfg(unix)]
+    reload_on_sighup(Arc::new(watcher))?;
+    #[cfg(not(unix))]
+    let _watcher = watcher;
     let gateway = Gateway {
-        limiter: limiter()?,
+        limiter,
         keys: Arc::default(),
         admin_token: std::env::var("ENDPOINTWISE_ADMIN_TOKEN")
             .unwrap_or_else(|_| "admin-demo-token".into())

@@ -9,6 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running example; killed when dropped.
@@ -17,6 +18,9 @@ pub struct Example {
     pub base: String,
     /// A client that never uses a proxy.
     pub client: reqwest::Client,
+    /// The lines the example wrote to standard error, if started with
+    /// [`Example::start_logged`] (else they go to the test's).
+    pub stderr: Arc<Mutex<Vec<String>>>,
     child: Child,
 }
 
@@ -41,6 +45,21 @@ impl Example {
     /// Starts example `name` with `env` (on top of `PORT=0`, and `RUST_LOG=warn`), and waits
     /// for its `listening on` line (at most 30 s).
     pub fn start(name: &str, env: &[(&str, &str)]) -> Example {
+        Self::spawn(name, env, false)
+    }
+
+    /// [`Example::start`], keeping what the example logs (standard error) in
+    /// [`Example::stderr`].
+    pub fn start_logged(name: &str, env: &[(&str, &str)]) -> Example {
+        Self::spawn(name, env, true)
+    }
+
+    /// The lines the example logged so far (see [`Example::start_logged`]).
+    pub fn logged(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn spawn(name: &str, env: &[(&str, &str)], log: bool) -> Example {
         let mut command = Command::new(example_path(name));
         command
             .env("PORT", "0")
@@ -52,11 +71,24 @@ impl Example {
             .env_remove("TRUSTED_PROXIES")
             .env_remove("ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         for (k, v) in env {
             command.env(k, v);
         }
         let mut child = command.spawn().expect("start the example");
+        let logged = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logged = logged.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logged.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -86,6 +118,7 @@ impl Example {
         Example {
             base,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            stderr: logged,
             child,
         }
     }

@@ -55,6 +55,13 @@
 //!   builder by hand gets the builder's [`BuildError`] without the file's lines
 //!   ([`Config::build_error`] adds them).
 //!
+//! A running limiter takes an edited file's rules without a restart:
+//! [`Limiter::reload_file`](crate::Limiter::reload_file) once, or
+//! [`Limiter::watch_file`](crate::Limiter::watch_file) on every change (see
+//! [`crate::reload`]). `routes`, `global`, `gateway`, `buckets`, `default_key`, `shadow` and
+//! `on_store_failure` are reloaded; a reload of a file whose `enabled`, `store`,
+//! `client_ip`, `headers` or `body` changed is refused ([`ConfigError::NotReloadable`]).
+//!
 //! An empty file (or one with only comments) is valid: every setting takes its default,
 //! and the limiter it builds limits nothing unless code adds rules. Loading it logs a
 //! warning (`tracing`, target `tollgate`), as does a file that declares no routes, global
@@ -157,6 +164,30 @@ pub enum ConfigError {
         /// What is wrong with the value.
         problem: ValueProblem,
     },
+    /// A reload ([`Limiter::reload_file`](crate::Limiter::reload_file), a
+    /// [`ConfigWatcher`](crate::reload::ConfigWatcher)) of a file that changes a setting
+    /// fixed while the limiter runs: `enabled`, `store`, `client_ip`, `headers` or `body`.
+    /// Nothing of the file was applied; restart to apply it.
+    #[error("{file}{location}: {field}: cannot change while the limiter runs (a reload applies `routes`, `global`, `gateway`, `buckets`, `default_key`, `shadow` and `on_store_failure`); nothing was reloaded: restore it, or restart to apply it", location = Location(*line, *column))]
+    NotReloadable {
+        /// The file.
+        file: String,
+        /// The line of the field, from 1, where known.
+        line: Option<usize>,
+        /// The column of the field, from 1, where known.
+        column: Option<usize>,
+        /// The top-level field (`store`, `client_ip`, `headers`, `body`, `enabled`).
+        field: String,
+    },
+    /// A [`ConfigWatcher`](crate::reload::ConfigWatcher) could not start its thread.
+    #[error("{path}: cannot watch: {source}")]
+    Watch {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A store named in the file cannot be made here (e.g. `kind: redis` without the
     /// `redis` feature, or without a `url`).
     #[error("{file}: store: {message}")]
@@ -257,6 +288,41 @@ pub struct Config {
     origin: Option<Arc<Origin>>,
 }
 
+/// The sections of a file a reload may not change: what the limiter was built with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct FileSettings {
+    enabled: Option<bool>,
+    store: StoreConfig,
+    client_ip: ClientIpConfig,
+    headers: HeadersConfig,
+    body: Option<BodyText>,
+}
+
+impl FileSettings {
+    fn of(config: &Config) -> Self {
+        Self {
+            enabled: config.enabled,
+            store: config.store.clone(),
+            client_ip: config.client_ip.clone(),
+            headers: config.headers.clone(),
+            body: config.body,
+        }
+    }
+
+    /// The first top-level field of `other` that differs from these.
+    fn changed(&self, other: &FileSettings) -> Option<&'static str> {
+        [
+            ("enabled", self.enabled != other.enabled),
+            ("store", self.store != other.store),
+            ("client_ip", self.client_ip != other.client_ip),
+            ("headers", self.headers != other.headers),
+            ("body", self.body != other.body),
+        ]
+        .into_iter()
+        .find_map(|(field, changed)| changed.then_some(field))
+    }
+}
+
 /// The text a [`Config`] was read from.
 #[derive(Debug)]
 struct Origin {
@@ -271,7 +337,7 @@ enum Format {
 }
 
 /// `store:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `memory` (default), `redis` or `env`. `REDIS_URL` / `KV_URL` in the environment,
@@ -308,7 +374,7 @@ pub enum StoreKind {
 }
 
 /// `client_ip:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientIpConfig {
     /// Proxies whose forwarded headers are believed (CIDRs or addresses).
@@ -320,7 +386,7 @@ pub struct ClientIpConfig {
 }
 
 /// `headers:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadersConfig {
     /// `X-RateLimit-Reset` as `unix_seconds` (default), `unix_millis`, `seconds`,
@@ -622,10 +688,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_path_text(path, &text)
+    }
+
+    /// The configuration in `text`, read from `path` (its extension says the format).
+    pub(crate) fn from_path_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => Self::toml_named(&text, &name),
-            Some("yaml" | "yml") => Self::yaml_named(&text, &name),
+            Some("toml") => Self::toml_named(text, &name),
+            Some("yaml" | "yml") => Self::yaml_named(text, &name),
             _ => Err(ConfigError::UnknownFormat {
                 path: path.to_path_buf(),
             }),
@@ -763,25 +834,11 @@ impl Config {
         mut builder: LimiterBuilder,
         file: &str,
     ) -> Result<LimiterBuilder, ConfigError> {
-        let invalid = |path: FieldPath, context: Option<&str>, message: String| {
-            let (line, column) = self.locate(&path);
-            ConfigError::Rule {
-                file: file.to_string(),
-                line,
-                column,
-                field: with_context(&path, context),
-                message,
-            }
-        };
         // Checked when the text is read too; again here for a configuration changed or
         // made in code.
         self.check_values(file)?;
         if let Some(enabled) = self.enabled {
             builder = builder.enabled(enabled);
-        }
-        builder = builder.shadow(self.shadow);
-        if let Some(mode) = self.on_store_failure {
-            builder = builder.on_store_failure(mode.into());
         }
         builder = self.store.apply(builder, file)?;
         if !self.client_ip.trusted_proxies.is_empty() || self.client_ip.ipv6_prefix.is_some() {
@@ -798,6 +855,38 @@ impl Config {
                 BodyText::CodeDetails => ErrorBody::code_details(),
                 BodyText::Message => ErrorBody::message(),
             });
+        }
+        builder.file_settings = Some(FileSettings::of(self));
+        self.apply_rules(builder, file)
+    }
+
+    /// Applies the rules of the file to `builder`: `routes`, `global`, `gateway`,
+    /// `buckets` (with `default_key`), `shadow` and `on_store_failure`, what a reload may
+    /// change (see [`Limiter::reload`]), and nothing else. [`Config::apply`] applies these
+    /// and the rest.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::apply`], except [`ConfigError::Store`].
+    pub fn apply_rules(
+        &self,
+        mut builder: LimiterBuilder,
+        file: &str,
+    ) -> Result<LimiterBuilder, ConfigError> {
+        let invalid = |path: FieldPath, context: Option<&str>, message: String| {
+            let (line, column) = self.locate(&path);
+            ConfigError::Rule {
+                file: file.to_string(),
+                line,
+                column,
+                field: with_context(&path, context),
+                message,
+            }
+        };
+        self.check_values(file)?;
+        builder = builder.shadow(self.shadow);
+        if let Some(mode) = self.on_store_failure {
+            builder = builder.on_store_failure(mode.into());
         }
         let default_key = self.default_key();
         for (name, limit) in &self.buckets {
@@ -1125,6 +1214,69 @@ impl Limiter {
         builder
             .build()
             .map_err(|error| config.build_error(&file, error))
+    }
+
+    /// Reloads the limiter's rules from a TOML or YAML file (see [`Limiter::reload`] for
+    /// what a reload replaces and what happens to counts). A file that does not load, or
+    /// whose rules do not build, is refused with its error, and the running rules stay.
+    /// To watch a file, see [`Limiter::watch_file`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::reload_config_with`].
+    pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let path = path.as_ref();
+        let config = Config::from_path(path)?;
+        self.reload_config_with(&config, &path.display().to_string(), |rules| rules)
+    }
+
+    /// Reloads the limiter's rules from `config` (read from `file`), with the rules code
+    /// adds to it applied by `customize` (as [`Limiter::from_config_with`] did at build:
+    /// rules only, see [`Limiter::reload`]). The file's `enabled`, `store`, `client_ip`,
+    /// `headers` and `body` must be those the limiter was built with (those of the file it
+    /// was built from, or absent for a limiter built in code).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NotReloadable`] for a fixed setting that changed; the errors of
+    /// [`Config::apply_rules`]; what the new rules would fail to build with, pointed at the
+    /// rule of the file ([`ConfigError::Invalid`]). Nothing is reloaded then.
+    pub fn reload_config_with(
+        &self,
+        config: &Config,
+        file: &str,
+        customize: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
+    ) -> Result<(), ConfigError> {
+        let running = self.engine.file_settings.clone().unwrap_or_default();
+        if let Some(field) = running.changed(&FileSettings::of(config)) {
+            let (line, column) = config.locate(&FieldPath::root().key(field));
+            return Err(ConfigError::NotReloadable {
+                file: file.to_string(),
+                line,
+                column,
+                field: field.to_string(),
+            });
+        }
+        let rules = customize(config.apply_rules(Limiter::builder(), file)?);
+        self.reload(rules)
+            .map_err(|error| config.build_error(file, error))
+    }
+
+    /// Watches a TOML or YAML file and reloads the limiter's rules when it changes
+    /// (polling every 500 ms, on a thread of its own): a broken edit is logged
+    /// (`tracing::error!`, target `tollgate`) and the running rules stay. Stops when the
+    /// returned watcher is dropped. For a file whose rules code completes, or another
+    /// interval, see [`ConfigWatcher::builder`](crate::reload::ConfigWatcher::builder).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] if the file cannot be read now, [`ConfigError::Watch`] if the
+    /// thread cannot start.
+    pub fn watch_file(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<crate::reload::ConfigWatcher, ConfigError> {
+        crate::reload::ConfigWatcher::builder(self, path).start()
     }
 }
 

@@ -105,6 +105,16 @@ pub enum BuildError {
     #[cfg(feature = "redis")]
     #[error(transparent)]
     Store(#[from] tollgate_redis::RedisConfigError),
+    /// [`Limiter::reload`](crate::Limiter::reload) was given a setting that is fixed
+    /// while the limiter runs (the store, the client-IP settings, the identity function,
+    /// the header style, the error body, the on/off switch): build a new limiter to
+    /// change it.
+    #[error("`{setting}` cannot change while the limiter runs: a reload replaces the rules only (routes, global limits, buckets, shadow, on_store_failure); restart to change it")]
+    NotReloadable {
+        /// The builder setting (`store`, `client_ip`, `identity`, `header_style`,
+        /// `error_body`, `enabled`).
+        setting: &'static str,
+    },
     /// `RATE_LIMIT_ENABLED` holds something other than true/false.
     #[error(
         "RATE_LIMIT_ENABLED=`{value}` is not a switch: use true/false (or 1/0, on/off, yes/no)"

@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
 
-use crate::engine::lock;
 use crate::engine::{Compiled, CompiledQuota};
 use crate::key::{store_key, Key, Source};
 use crate::limiter::Limiter;
@@ -179,8 +178,9 @@ impl Limiter {
         stored: &str,
         limit: Limit,
     ) -> Result<Decision, InspectError> {
-        let batch = Batch::new(op, vec![Bucket::new(name, stored, limit)])
-            .with_failure_mode(self.engine.defaults.on_failure);
+        let on_failure = self.engine.table.load().defaults.on_failure;
+        let batch =
+            Batch::new(op, vec![Bucket::new(name, stored, limit)]).with_failure_mode(on_failure);
         Ok(self.engine.store.apply(&batch).await?)
     }
 
@@ -210,7 +210,7 @@ impl Limiter {
     }
 
     fn find(&self, bucket: &str) -> Result<Found, InspectError> {
-        if let Some(limit) = self.engine.direct.get(bucket) {
+        if let Some(limit) = self.engine.table.load().direct.get(bucket) {
             return Ok(Found::Direct(*limit));
         }
         if let Some(kind) = bucket.strip_prefix(OVERRIDE_PREFIX) {
@@ -247,14 +247,13 @@ impl Limiter {
     /// Runs `f` over every compiled policy: the central table's, the global ones, the
     /// per-route ones made so far.
     fn with_policies<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Arc<Compiled>>) -> T) -> T {
-        let inner = &self.engine;
-        let per_route = lock(&inner.per_route_policies);
-        let mut all = inner
-            .table
+        let table = self.engine.table.load();
+        let mut all = table
+            .classes
             .iter()
             .map(|(_, p)| p)
-            .chain(&inner.globals)
-            .chain(per_route.iter());
+            .chain(&table.globals)
+            .chain(&table.per_route);
         f(&mut all)
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use crate::engine::{Compiled, Scope};
+use crate::engine::Scope;
 use crate::limiter::Limiter;
 use crate::service::RateLimit;
 
@@ -42,12 +42,17 @@ impl RateLimitLayer {
 
     pub(crate) fn route(
         limiter: Limiter,
-        policy: std::sync::Arc<Compiled>,
+        index: usize,
+        name: std::sync::Arc<str>,
         pattern: Option<std::sync::Arc<crate::classify::RouteTable<()>>>,
     ) -> Self {
         Self {
             limiter,
-            scope: Scope::Route(policy, pattern),
+            scope: Scope::Route {
+                index,
+                name,
+                pattern,
+            },
         }
     }
 }

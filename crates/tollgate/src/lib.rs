@@ -74,6 +74,14 @@
 //! default), `store_from_env()` picks Redis behind a fallback store when `REDIS_URL` /
 //! `KV_URL` is set, and the `redis` module re-exports tollgate-redis. Any [`Store`] works.
 //!
+//! # Reloading
+//!
+//! [`Limiter::reload`] replaces the rules (routes, global limits, buckets) while the
+//! limiter serves: requests in flight finish under the rules they started with, limits
+//! that did not change keep their counts, and rules that do not build are refused with
+//! their error while the running ones stay. With the `config` feature,
+//! [`Limiter::watch_file`] reloads a configuration file when it changes (see [`reload`]).
+//!
 //! # Observability
 //!
 //! `tracing` events (target `tollgate`): `INFO` per refused request and per request a
@@ -100,6 +108,8 @@ pub mod policy;
 #[cfg(feature = "openapi")]
 pub mod publish;
 pub mod rate;
+#[cfg(feature = "config")]
+pub mod reload;
 pub mod respond;
 pub mod response_body;
 pub mod service;

@@ -39,7 +39,6 @@
 //! # Ok(password_ok) }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +52,7 @@ use tollgate_core::{Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
-use crate::engine::{self, Compiled, Engine, Overrides, Routes, Signatures};
+use crate::engine::{self, CodeRules, Engine, Overrides, Routes, Rules};
 use crate::error::{BuildError, CheckError};
 use crate::key::{self, Extractor, Key};
 use crate::layer::RateLimitLayer;
@@ -156,13 +155,18 @@ impl Limiter {
                 .lenient(|_| true)
                 .build()?,
         );
-        let compiled = self.compile_route_policy(policy)?;
+        let (index, name) = self.add_route_policy(policy)?;
         self.engine.routes.rcu(|routes| {
             let mut routes = Routes::clone(routes);
             routes.delegated.push(table.clone());
             routes
         });
-        Ok(RateLimitLayer::route(self.clone(), compiled, Some(table)))
+        Ok(RateLimitLayer::route(
+            self.clone(),
+            index,
+            name,
+            Some(table),
+        ))
     }
 
     /// A layer that charges `policy` for every request it sees, on top of (and independent
@@ -190,12 +194,14 @@ impl Limiter {
     /// The [`BuildError`]s of a policy.
     pub fn try_guard(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
         let engine = &self.engine;
-        // Its buckets are its own: a name the limiter already uses would mix two states.
-        let taken = engine::lock(&engine.signatures).contains_key(policy.bucket_name())
-            || engine.direct.contains_key(&**policy.bucket_name());
-        if taken && !policy.exempt {
+        let mut code = engine::lock(&engine.code);
+        let table = engine.table.load();
+        // Its buckets are its own: a name the limiter already uses would mix two states
+        // (and no reloaded table may take it).
+        let bucket = (!policy.exempt).then(|| policy.bucket_name().clone());
+        if let Some(name) = bucket.as_deref().filter(|name| table.binds(name)) {
             return Err(BuildError::DuplicateBucket {
-                name: policy.bucket_name().to_string(),
+                name: name.to_string(),
             });
         }
         let mut builder = Limiter::builder()
@@ -205,13 +211,15 @@ impl Limiter {
             .error_body(engine.error_body.clone())
             .read_env(false)
             .enabled(engine.enabled)
-            .shadow(engine.defaults.shadow)
-            .on_store_failure(engine.defaults.on_failure)
+            .shadow(table.defaults.shadow)
+            .on_store_failure(table.defaults.on_failure)
             .global_policy(policy);
         if let Some(identity) = engine.identity.clone() {
             builder = builder.identity(move |parts| identity(parts));
         }
-        Ok(builder.build()?.layer())
+        let guard = builder.build()?;
+        code.guards.extend(bucket);
+        Ok(guard.layer())
     }
 
     /// [`Limiter::policy`], returning configuration mistakes as errors.
@@ -222,28 +230,93 @@ impl Limiter {
     /// bucket shared with a policy that declares other limits, per-user limits without an
     /// identity.
     pub fn try_policy(&self, policy: Policy) -> Result<RateLimitLayer, BuildError> {
-        let compiled = self.compile_route_policy(policy)?;
+        let (index, name) = self.add_route_policy(policy)?;
         // The central layer learns this route only from its requests: it marks the
         // requests it charges, so this layer can take them over.
         self.engine.mark_requests();
-        Ok(RateLimitLayer::route(self.clone(), compiled, None))
+        Ok(RateLimitLayer::route(self.clone(), index, name, None))
     }
 
-    fn compile_route_policy(&self, policy: Policy) -> Result<Arc<Compiled>, BuildError> {
+    /// Compiles a per-route policy into the table, and keeps it for the tables reloads
+    /// make: its index in every table, and its name.
+    fn add_route_policy(&self, policy: Policy) -> Result<(usize, Arc<str>), BuildError> {
         let engine = &self.engine;
-        let mut signatures = engine::lock(&engine.signatures);
-        let compiled = engine::compile(
-            &policy,
-            &engine.defaults,
-            engine.identity.is_some(),
-            &mut signatures,
-            engine.global_limits,
-        )?;
-        let mut described = engine::lock(&engine.per_route_policies);
-        if !described.iter().any(|p| p.name == compiled.name) {
-            described.push(compiled.clone());
+        let mut code = engine::lock(&engine.code);
+        let (table, compiled) = engine
+            .table
+            .load()
+            .with_route_policy(&policy, engine.identity.is_some())?;
+        let index = table.per_route.len() - 1;
+        engine.table.store(Arc::new(table));
+        code.per_route.push(policy);
+        Ok((index, compiled.name.clone()))
+    }
+
+    /// Replaces the limiter's rules with those of `rules`, while it serves: its routes
+    /// (central table and default policy), global limits and policies, buckets for direct
+    /// use, and its `shadow` and `on_store_failure` defaults. Requests that started before
+    /// finish under the rules they started with; the next request sees the new ones.
+    ///
+    /// Everything else stays as the limiter was built (and `rules` may not set it): the
+    /// store, the client-IP settings, the identity function, the header style, the error
+    /// body, whether limiting is enabled. Per-route policies ([`Limiter::policy`],
+    /// [`Limiter::policy_at`]) and guards ([`Limiter::guard`]) declared in code stay, and
+    /// are checked against the new rules; per-key overrides stay. A limiter built with
+    /// [`LimiterBuilder::require_default`] requires a default rule of every reload.
+    ///
+    /// Counts live in the store under each limit's bucket name (`<bucket>:<kind>`, with
+    /// `#2`, `#3`... for a policy's further limits of one kind), so they follow the name,
+    /// not the rule:
+    ///
+    /// - a limit that did not change keeps its counts;
+    /// - a limit whose quota changed (`100/min` to `50/min`, a token bucket's burst) keeps
+    ///   what was counted and measures it against the new quota: lowering a limit applies
+    ///   at once to clients that already used more, raising it frees them at once;
+    /// - a limit whose algorithm or window changed (`100/min` to `6000/h`) starts its keys
+    ///   afresh, as does a limit whose bucket name changed (a renamed policy or bucket).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .route("/api/*", Policy::named("api").per_ip("100/min"))
+    ///     .build()?;
+    /// // Halve the limit: the next request is measured against 50/min.
+    /// limiter.reload(Limiter::builder().route("/api/*", Policy::named("api").per_ip("50/min")))?;
+    /// // A mistake is refused, and 50/min stays in force.
+    /// let refused = limiter.reload(Limiter::builder().route("/api/*", Policy::named("api").per_ip("50/fortnight")));
+    /// assert!(refused.is_err());
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The [`BuildError`] the rules would fail [`LimiterBuilder::build`] with (the
+    /// running rules then stay), also a bucket that a per-route policy or guard declared
+    /// in code binds to other limits, or [`BuildError::NotReloadable`] for a setting that
+    /// cannot change while the limiter runs.
+    pub fn reload(&self, rules: LimiterBuilder) -> Result<(), BuildError> {
+        if let Some(setting) = rules.fixed_setting() {
+            return Err(BuildError::NotReloadable { setting });
         }
-        Ok(compiled)
+        let engine = &self.engine;
+        let code = engine::lock(&engine.code);
+        let mut rules_of = rules.rules();
+        rules_of.require_default |= engine.require_default;
+        let table = engine::compile_table(&rules_of, engine.identity.is_some(), &code)?;
+        if table.defaults.shadow && !engine.table.load().defaults.shadow {
+            tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
+        }
+        let (routes, globals) = (table.classes.iter().count(), table.globals.len());
+        engine.table.store(Arc::new(table));
+        drop(code);
+        tracing::info!(
+            target: "tollgate",
+            routes,
+            global_policies = globals,
+            "rate-limit rules reloaded"
+        );
+        Ok(())
     }
 
     /// Whether limiting is on (see [`LimiterBuilder::enabled`] and [`ENABLED_ENV`]).
@@ -320,7 +393,8 @@ impl Limiter {
         method: &Method,
         path: &str,
     ) -> http::Response<Bytes> {
-        let quota = self.engine.direct.get(bucket).map(|l| (bucket, l.quota()));
+        let limit = self.engine.table.load().direct.get(bucket).copied();
+        let quota = limit.map(|l| (bucket, l.quota()));
         let info =
             respond::RateLimitInfo::from_decision(bucket, decision, quota, method.clone(), path);
         respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body)
@@ -333,11 +407,14 @@ impl Limiter {
         key: &str,
         cost: u64,
     ) -> Result<Decision, CheckError> {
-        let limit = *self
-            .engine
-            .direct
-            .get(bucket)
-            .ok_or_else(|| CheckError::UnknownBucket(bucket.to_string()))?;
+        let (limit, on_failure) = {
+            let table = self.engine.table.load();
+            let limit = *table
+                .direct
+                .get(bucket)
+                .ok_or_else(|| CheckError::UnknownBucket(bucket.to_string()))?;
+            (limit, table.defaults.on_failure)
+        };
         if !self.engine.enabled {
             return Ok(Decision {
                 allowed: true,
@@ -347,7 +424,7 @@ impl Limiter {
         }
         let stored = key::store_key(key.as_bytes(), false);
         let bucket = Bucket::new(bucket, &stored, limit).with_cost(cost);
-        let batch = Batch::new(op, vec![bucket]).with_failure_mode(self.engine.defaults.on_failure);
+        let batch = Batch::new(op, vec![bucket]).with_failure_mode(on_failure);
         Ok(self.engine.store.apply(&batch).await?)
     }
 
@@ -410,20 +487,23 @@ impl Limiter {
     /// Every rule of the configuration, for documentation generated from it (see
     /// [`describe`](crate::describe)): the central table's rules in the order they were
     /// added, then the global policies, the per-route policies made so far with
-    /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name).
+    /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name). After
+    /// a [`Limiter::reload`], the new rules.
     pub fn describe(&self) -> Vec<RouteLimits> {
-        let inner = &self.engine;
-        let table = inner.table.iter().map(|(pattern, policy)| {
+        let inner = self.engine.table.load();
+        let table = inner.classes.iter().map(|(pattern, policy)| {
             RouteLimits::from_compiled(RuleSource::Route, Some(pattern), policy)
         });
         let globals = inner
             .globals
             .iter()
             .map(|p| RouteLimits::from_compiled(RuleSource::Global, None, p));
-        let per_route: Vec<RouteLimits> = engine::lock(&inner.per_route_policies)
+        let mut seen = std::collections::HashSet::new();
+        let per_route = inner
+            .per_route
             .iter()
-            .map(|p| RouteLimits::from_compiled(RuleSource::PerRoute, None, p))
-            .collect();
+            .filter(|p| seen.insert(p.name.clone()))
+            .map(|p| RouteLimits::from_compiled(RuleSource::PerRoute, None, p));
         let mut buckets: Vec<(&String, &Limit)> = inner.direct.iter().collect();
         buckets.sort_by(|a, b| a.0.cmp(b.0));
         let buckets = buckets
@@ -440,10 +520,10 @@ impl Limiter {
     /// Global limits apply on top unless the rule is exempt; a route with its own
     /// [`Limiter::policy`] spends that policy instead.
     pub fn describe_route(&self, method: &Method, path: &str) -> Option<RouteLimits> {
-        let class = self.engine.table.classify(method, path)?;
-        let pattern = self
-            .engine
-            .table
+        let table = self.engine.table.load();
+        let class = table.classes.classify(method, path)?;
+        let pattern = table
+            .classes
             .iter()
             .find(|(_, policy)| Arc::ptr_eq(policy, class))
             .map(|(pattern, _)| pattern);
@@ -454,10 +534,11 @@ impl Limiter {
         ))
     }
 
-    /// The policy the central table gives `method` `path` (`None`: no rule matches, only
-    /// global limits apply). For tests and diagnostics.
-    pub fn classify(&self, method: &Method, path: &str) -> Option<&str> {
-        self.engine.table.classify(method, path).map(|c| &*c.name)
+    /// The name of the policy the central table gives `method` `path` (`None`: no rule
+    /// matches, only global limits apply). For tests and diagnostics.
+    pub fn classify(&self, method: &Method, path: &str) -> Option<Arc<str>> {
+        let table = self.engine.table.load();
+        table.classes.classify(method, path).map(|c| c.name.clone())
     }
 }
 
@@ -466,7 +547,7 @@ impl fmt::Debug for Limiter {
         f.debug_struct("Limiter")
             .field("enabled", &self.engine.enabled)
             .field("store", &self.engine.store)
-            .field("globals", &self.engine.globals.len())
+            .field("globals", &self.engine.table.load().globals.len())
             .finish_non_exhaustive()
     }
 }
@@ -488,6 +569,9 @@ pub struct LimiterBuilder {
     shadow: bool,
     on_failure: Option<FailureMode>,
     require_default: bool,
+    /// The settings of the configuration file this builder was set up from.
+    #[cfg(feature = "config")]
+    pub(crate) file_settings: Option<crate::config::FileSettings>,
 }
 
 impl fmt::Debug for LimiterBuilder {
@@ -617,13 +701,41 @@ impl LimiterBuilder {
         self
     }
 
+    /// The rules a table is compiled from.
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            routes: &self.routes,
+            globals: self.global.iter().chain(&self.global_policies).collect(),
+            direct: &self.direct,
+            defaults: engine::Defaults {
+                shadow: self.shadow,
+                on_failure: self.on_failure.unwrap_or_default(),
+            },
+            require_default: self.require_default,
+        }
+    }
+
+    /// The first setting of this builder that a reload cannot change, if it sets one.
+    fn fixed_setting(&self) -> Option<&'static str> {
+        [
+            ("store", self.store.is_some()),
+            ("client_ip", self.client_ip.is_some()),
+            ("identity", self.identity.is_some()),
+            ("header_style", self.header_style.is_some()),
+            ("error_body", self.error_body.is_some()),
+            ("enabled", self.enabled.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, set)| set.then_some(name))
+    }
+
     /// Checks everything and builds the limiter. Logs configuration warnings with
     /// `tracing` (e.g. every address trusted as a proxy, limiting disabled).
     ///
     /// # Errors
     ///
     /// The first [`BuildError`] found.
-    pub fn build(self) -> Result<Limiter, BuildError> {
+    pub fn build(mut self) -> Result<Limiter, BuildError> {
         let env = if self.read_env.unwrap_or(true) {
             // Empty counts as unset (`RATE_LIMIT_ENABLED=` from a compose file).
             std::env::var(ENABLED_ENV)
@@ -642,75 +754,17 @@ impl LimiterBuilder {
             None => self.enabled.unwrap_or(true),
         };
 
-        let client_ip = self.client_ip.unwrap_or_else(ClientIp::peer);
+        let client_ip = self.client_ip.take().unwrap_or_else(ClientIp::peer);
         client_ip.validate()?;
         for warning in client_ip.warnings() {
             tracing::warn!(target: "tollgate", "{warning}");
         }
 
-        let defaults = engine::Defaults {
-            shadow: self.shadow,
-            on_failure: self.on_failure.unwrap_or_default(),
-        };
-        let has_identity = self.identity.is_some();
-        let mut signatures = Signatures::default();
-
-        let mut table = RouteTable::builder().lenient(|class: &Arc<Compiled>| class.exempt);
-        let mut has_default = false;
-        let global_limits: usize = self
-            .global
-            .iter()
-            .chain(&self.global_policies)
-            .filter(|p| !p.exempt)
-            .map(|p| p.limits.len())
-            .sum();
-        for (pattern, policy) in &self.routes {
-            let pattern = RoutePattern::parse(pattern)?;
-            let compiled = engine::compile(
-                policy,
-                &defaults,
-                has_identity,
-                &mut signatures,
-                global_limits,
-            )?;
-            has_default |= pattern.methods().is_none() && pattern.to_string() == "/*";
-            table = table.route(pattern, compiled);
-        }
-        let table = table.build()?;
-        if self.require_default && !has_default {
-            return Err(BuildError::NoDefaultRule);
-        }
-
-        let mut globals = Vec::new();
-        for policy in self.global.iter().chain(&self.global_policies) {
-            let compiled = engine::compile(
-                policy,
-                &defaults,
-                has_identity,
-                &mut signatures,
-                global_limits,
-            )?;
-            if !compiled.exempt {
-                globals.push(compiled);
-            }
-        }
-
-        let mut direct = HashMap::new();
-        for (name, rate) in self.direct {
-            if !engine::name_is_valid(&name) {
-                return Err(BuildError::BadName { name });
-            }
-            let limit = rate.limit().map_err(|source| BuildError::Rate {
-                policy: name.clone(),
-                key: "direct".into(),
-                source: Box::new(source),
-            })?;
-            if signatures.contains_key(name.as_str())
-                || direct.insert(name.clone(), limit).is_some()
-            {
-                return Err(BuildError::DuplicateBucket { name });
-            }
-        }
+        let table = engine::compile_table(
+            &self.rules(),
+            self.identity.is_some(),
+            &CodeRules::default(),
+        )?;
 
         if !enabled {
             tracing::warn!(target: "tollgate", "rate limiting is disabled: requests pass unlimited");
@@ -726,17 +780,15 @@ impl LimiterBuilder {
             store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             client_ip,
             identity: self.identity,
-            table,
-            globals,
-            global_limits,
-            direct,
             header_style: self.header_style.unwrap_or_default(),
             error_body: self.error_body.unwrap_or_default(),
-            defaults,
-            signatures: Mutex::new(signatures),
+            require_default: self.require_default,
+            table: ArcSwap::from_pointee(table),
+            code: Mutex::default(),
+            #[cfg(feature = "config")]
+            file_settings: self.file_settings,
             overrides: ArcSwap::default(),
             routes: ArcSwap::default(),
-            per_route_policies: Mutex::default(),
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),
         };

@@ -208,7 +208,7 @@ fn every_published_limit_is_one_of_the_tables_and_of_the_right_rule() {
                 assert_eq!(published["policy"], rule.policy);
                 match (rule.source, published["enforcedBy"].as_str().unwrap()) {
                     (RuleSource::Route, "middleware") => assert_eq!(
-                        limiter.classify(&m, &concrete),
+                        limiter.classify(&m, &concrete).as_deref(),
                         Some(rule.policy.as_str()),
                         "{method} {path}"
                     ),

@@ -1,7 +1,7 @@
 //! Policies checked and compiled once, when the limiter is built: bucket names, key kinds,
 //! and the constant parts of the rate-limit headers, so a request only fills in numbers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -9,9 +9,11 @@ use std::sync::{Arc, OnceLock};
 use http::HeaderValue;
 use tollgate_core::{FailureMode, Limit, Quota, WhenFull};
 
+use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
 use crate::key::{Key, Source};
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
+use crate::rate::Rate;
 use crate::respond::sf;
 
 /// Settings every policy inherits unless it says otherwise.
@@ -245,6 +247,175 @@ pub(crate) fn compile(
         }
     }
     Ok(Arc::new(compiled))
+}
+
+/// A limiter's compiled rules: the central table, the global policies, the buckets for
+/// direct use, and the per-route policies code declared. A reload swaps it whole; a request
+/// loads it once, at its start, and finishes under it.
+pub(crate) struct Table {
+    /// The central table: a request's class.
+    pub(crate) classes: Arc<RouteTable<Arc<Compiled>>>,
+    /// The global policies (not exempt).
+    pub(crate) globals: Vec<Arc<Compiled>>,
+    /// How many limits the global policies have together.
+    pub(crate) global_limits: usize,
+    /// The buckets for direct use, by name.
+    pub(crate) direct: Arc<HashMap<String, Limit>>,
+    /// The per-route policies ([`Limiter::policy`](crate::Limiter::policy)), by the index
+    /// their layer holds, compiled against this table's global policies.
+    pub(crate) per_route: Vec<Arc<Compiled>>,
+    /// Every bucket name bound by the policies above.
+    pub(crate) signatures: Signatures,
+    /// What policies inherit (also the failure mode of direct use).
+    pub(crate) defaults: Defaults,
+}
+
+/// The rules a table is compiled from (a builder's).
+pub(crate) struct Rules<'a> {
+    pub(crate) routes: &'a [(String, Policy)],
+    pub(crate) globals: Vec<&'a Policy>,
+    pub(crate) direct: &'a [(String, Rate)],
+    pub(crate) defaults: Defaults,
+    pub(crate) require_default: bool,
+}
+
+/// What code declared on a built limiter, outside its table, that every table must respect:
+/// the per-route policies (compiled again against each table) and the bucket names of
+/// guards (which no table may use).
+#[derive(Default)]
+pub(crate) struct CodeRules {
+    pub(crate) per_route: Vec<Policy>,
+    pub(crate) guards: HashSet<Arc<str>>,
+}
+
+/// Checks and compiles `rules`, then the per-route policies of `code`, into a table.
+pub(crate) fn compile_table(
+    rules: &Rules<'_>,
+    has_identity: bool,
+    code: &CodeRules,
+) -> Result<Table, BuildError> {
+    let defaults = rules.defaults;
+    let mut signatures = Signatures::default();
+    let global_limits: usize = rules
+        .globals
+        .iter()
+        .filter(|p| !p.exempt)
+        .map(|p| p.limits.len())
+        .sum();
+    let mut classes = RouteTable::builder().lenient(|class: &Arc<Compiled>| class.exempt);
+    let mut has_default = false;
+    for (pattern, policy) in rules.routes {
+        let pattern = RoutePattern::parse(pattern)?;
+        let compiled = compile(
+            policy,
+            &defaults,
+            has_identity,
+            &mut signatures,
+            global_limits,
+        )?;
+        has_default |= pattern.methods().is_none() && pattern.to_string() == "/*";
+        classes = classes.route(pattern, compiled);
+    }
+    let classes = classes.build()?;
+    if rules.require_default && !has_default {
+        return Err(BuildError::NoDefaultRule);
+    }
+
+    let mut globals = Vec::new();
+    for policy in &rules.globals {
+        let compiled = compile(
+            policy,
+            &defaults,
+            has_identity,
+            &mut signatures,
+            global_limits,
+        )?;
+        if !compiled.exempt {
+            globals.push(compiled);
+        }
+    }
+
+    let per_route = code
+        .per_route
+        .iter()
+        .map(|policy| {
+            compile(
+                policy,
+                &defaults,
+                has_identity,
+                &mut signatures,
+                global_limits,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(name) = signatures.keys().find(|name| code.guards.contains(*name)) {
+        return Err(BuildError::DuplicateBucket {
+            name: name.to_string(),
+        });
+    }
+
+    let mut direct = HashMap::new();
+    for (name, rate) in rules.direct {
+        if !name_is_valid(name) {
+            return Err(BuildError::BadName { name: name.clone() });
+        }
+        let limit = rate.limit().map_err(|source| BuildError::Rate {
+            policy: name.clone(),
+            key: "direct".into(),
+            source: Box::new(source),
+        })?;
+        if signatures.contains_key(name.as_str())
+            || code.guards.contains(name.as_str())
+            || direct.insert(name.clone(), limit).is_some()
+        {
+            return Err(BuildError::DuplicateBucket { name: name.clone() });
+        }
+    }
+
+    Ok(Table {
+        classes: Arc::new(classes),
+        globals,
+        global_limits,
+        direct: Arc::new(direct),
+        per_route,
+        signatures,
+        defaults,
+    })
+}
+
+impl Table {
+    /// This table with one more per-route policy (compiled against it), and that policy.
+    pub(crate) fn with_route_policy(
+        &self,
+        policy: &Policy,
+        has_identity: bool,
+    ) -> Result<(Table, Arc<Compiled>), BuildError> {
+        let mut signatures = self.signatures.clone();
+        let compiled = compile(
+            policy,
+            &self.defaults,
+            has_identity,
+            &mut signatures,
+            self.global_limits,
+        )?;
+        let mut per_route = self.per_route.clone();
+        per_route.push(compiled.clone());
+        let table = Table {
+            classes: self.classes.clone(),
+            globals: self.globals.clone(),
+            global_limits: self.global_limits,
+            direct: self.direct.clone(),
+            per_route,
+            signatures,
+            defaults: self.defaults,
+        };
+        Ok((table, compiled))
+    }
+
+    /// Whether `name` is a bucket name of this table (a policy's or one for direct use).
+    pub(crate) fn binds(&self, name: &str) -> bool {
+        self.signatures.contains_key(name) || self.direct.contains_key(name)
+    }
 }
 
 /// Whether a refusal event should be logged now for `policy` (at most one per second per

@@ -6,8 +6,9 @@
 //! checked and their constant parts made once, by [`compile`].
 //!
 //! Nothing on the request path takes a lock for state that only configuration changes:
-//! the per-route registry and the per-key overrides are immutable snapshots, swapped
-//! whole when they change.
+//! the compiled table, the per-route registry and the per-key overrides are immutable
+//! snapshots, swapped whole when they change. A request loads the table once, at its
+//! start: a reload never changes the rules under a request in flight.
 
 mod compile;
 mod decide;
@@ -29,7 +30,7 @@ use crate::key::Extractor;
 use crate::respond::{ErrorBody, HeaderStyle};
 
 pub(crate) use compile::{
-    compile, name_is_valid, policy_item, Compiled, CompiledQuota, Defaults, Signatures,
+    compile_table, policy_item, CodeRules, Compiled, CompiledQuota, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
 pub(crate) use settle::{merge_headers, After, Headers, Settle};
@@ -42,22 +43,23 @@ pub(crate) struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) client_ip: ClientIp,
     pub(crate) identity: Option<Extractor>,
-    pub(crate) table: RouteTable<Arc<Compiled>>,
-    pub(crate) globals: Vec<Arc<Compiled>>,
-    /// How many limits the global policies have together.
-    pub(crate) global_limits: usize,
-    pub(crate) direct: HashMap<String, Limit>,
     pub(crate) header_style: HeaderStyle,
     pub(crate) error_body: ErrorBody,
-    pub(crate) defaults: Defaults,
-    /// Bucket names bound so far (per-route policies are compiled after the build).
-    pub(crate) signatures: Mutex<Signatures>,
+    /// Whether every table must have a default rule (set at build, kept by reloads).
+    pub(crate) require_default: bool,
+    /// The compiled rules; a reload swaps them whole.
+    pub(crate) table: ArcSwap<Table>,
+    /// What code declared after the build, compiled into every table. Its lock also
+    /// serializes reloads with each other and with new per-route policies.
+    pub(crate) code: Mutex<CodeRules>,
+    /// The settings of the configuration file the limiter was built from, which a reload
+    /// from a file may not change.
+    #[cfg(feature = "config")]
+    pub(crate) file_settings: Option<crate::config::FileSettings>,
     /// Per-key overrides.
     pub(crate) overrides: ArcSwap<Overrides>,
     /// What the central layer leaves to per-route layers.
     pub(crate) routes: ArcSwap<Routes>,
-    /// The per-route policies made so far, one per name (for `describe`).
-    pub(crate) per_route_policies: Mutex<Vec<Arc<Compiled>>>,
     pub(crate) stats: Counters,
     pub(crate) warned_no_peer: AtomicBool,
 }
@@ -210,7 +212,13 @@ pub(crate) enum Scope {
     Central,
     /// A per-route policy ([`Limiter::policy`](crate::Limiter::policy)), and the pattern
     /// it was declared for ([`Limiter::policy_at`](crate::Limiter::policy_at)).
-    Route(Arc<Compiled>, Option<Arc<RouteTable<()>>>),
+    Route {
+        /// Its index in [`Table::per_route`] (every table compiles it again).
+        index: usize,
+        /// Its name.
+        name: Arc<str>,
+        pattern: Option<Arc<RouteTable<()>>>,
+    },
 }
 
 /// What a layer does with a request before calling the inner service. (An outcome decided
@@ -261,7 +269,9 @@ impl Engine {
         }
         match scope {
             Scope::Central => self.start_central(parts),
-            Scope::Route(policy, pattern) => self.start_route(policy, pattern.as_deref(), parts),
+            Scope::Route { index, pattern, .. } => {
+                self.start_route(*index, pattern.as_deref(), parts)
+            }
         }
     }
 
@@ -290,11 +300,13 @@ impl Engine {
         }
         // Both classes when the path's two readings disagree: a request is charged at
         // least as strictly as the route that serves it.
-        let classes = self.table.classify_all(&parts.method, path);
+        // One table for the whole request, however long it takes.
+        let table = self.table.load();
+        let classes = table.classes.classify_all(&parts.method, path);
         if classes.first().is_some_and(|c| c.exempt) {
             return Start::Pass;
         }
-        let plan = self.plan(parts, classes.into_iter().chain(&self.globals));
+        let plan = self.plan(parts, classes.into_iter().chain(&table.globals));
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
@@ -325,10 +337,16 @@ impl Engine {
 
     fn start_route(
         self: &Arc<Self>,
-        policy: &Arc<Compiled>,
+        index: usize,
         pattern: Option<&RouteTable<()>>,
         parts: &mut Parts,
     ) -> Start {
+        // One table for the whole request, however long it takes.
+        let table = self.table.load();
+        // Every table compiles every per-route policy declared so far: always there.
+        let Some(policy) = table.per_route.get(index) else {
+            return Start::Pass;
+        };
         // One snapshot for the request (loaded again only after this request changes it).
         let mut routes = self.routes.load();
         // A layer declared for a pattern that does not match the request as the central
@@ -395,7 +413,7 @@ impl Engine {
         let plan = if policy.exempt {
             None
         } else {
-            Some(self.plan(parts, std::iter::once(policy).chain(&self.globals)))
+            Some(self.plan(parts, std::iter::once(policy).chain(&table.globals)))
                 .filter(|plan| !plan.buckets.is_empty())
         };
         let path = request_path(parts);
@@ -479,7 +497,7 @@ impl std::fmt::Debug for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Scope::Central => f.write_str("Central"),
-            Scope::Route(policy, _) => write!(f, "Route({})", policy.name),
+            Scope::Route { name, .. } => write!(f, "Route({name})"),
         }
     }
 }

@@ -354,9 +354,10 @@ mod tests {
     fn a_plan_names_every_bucket_and_skips_absent_keys() {
         let limiter = limiter();
         let engine = &limiter.engine;
-        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let table = engine.table.load();
+        let class = table.classes.classify(&http::Method::GET, "/api/x");
         let anonymous = parts("/api/x", None);
-        let plan = engine.plan(&anonymous, class.into_iter().chain(&engine.globals));
+        let plan = engine.plan(&anonymous, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, ["default:ip:203.0.113.7", "global:all"]);
         assert_eq!(plan.buckets[0].name(), "default:ip");
@@ -366,7 +367,7 @@ mod tests {
         assert_eq!(plan.meta[1].bit, Some(2));
 
         let signed_in = parts("/api/x", Some("u_42"));
-        let plan = engine.plan(&signed_in, class.into_iter().chain(&engine.globals));
+        let plan = engine.plan(&signed_in, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -382,9 +383,10 @@ mod tests {
             .set_override(&Key::ip(), "203.0.113.7", "5/min")
             .unwrap();
         let engine = &limiter.engine;
-        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let table = engine.table.load();
+        let class = table.classes.classify(&http::Method::GET, "/api/x");
         let p = parts("/api/x", None);
-        let plan = engine.plan(&p, class.into_iter().chain(&engine.globals));
+        let plan = engine.plan(&p, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -405,11 +407,12 @@ mod tests {
             .set_override(&Key::ip(), "2001:db8:1:2::9", "5/min")
             .unwrap();
         let engine = &limiter.engine;
-        let class = engine.table.classify(&http::Method::GET, "/api/x");
+        let table = engine.table.load();
+        let class = table.classes.classify(&http::Method::GET, "/api/x");
         let mut p = parts("/api/x", None);
         p.extensions
             .insert("[2001:db8:1:2::1]:4000".parse::<SocketAddr>().unwrap());
-        let plan = engine.plan(&p, class.into_iter().chain(&engine.globals));
+        let plan = engine.plan(&p, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
             keys,

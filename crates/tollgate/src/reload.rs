@@ -1,0 +1,288 @@
+//! Reloading a limiter's rules from its configuration file while it serves:
+//! [`ConfigWatcher`] polls the file and calls
+//! [`Limiter::reload_config_with`] when its content changes.
+//!
+//! A reload replaces the rules ([`Limiter::reload`] says which, and what happens to the
+//! counts); a file that does not load or build is logged (`tracing::error!`, target
+//! `tollgate`) and the running rules stay until the next edit. A watcher polls (every
+//! 500 ms by default) on a thread of its own, so it needs no async runtime and no
+//! file-system notification support; it reads the whole file each time and reloads when
+//! its bytes changed (an editor's write-and-rename, a touch without a change, a Kubernetes
+//! ConfigMap's symlink swap are all seen for what they are).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tollgate::config::KeyText;
+//! use tollgate::reload::ConfigWatcher;
+//! use tollgate::{Key, Limiter, Policy};
+//!
+//! # fn main() -> Result<(), tollgate::ConfigError> {
+//! // What code adds to the file's rules, at build and at every reload.
+//! let daily = |rules: tollgate::LimiterBuilder| {
+//!     rules.global_policy(Policy::named("daily").limit(Key::api_key("x-api-key"), "10000/day"))
+//! };
+//! let limiter = Limiter::from_config_with("rate-limits.yaml", daily)?;
+//! let watcher = ConfigWatcher::builder(&limiter, "rate-limits.yaml")
+//!     .customize(daily)
+//!     .every(Duration::from_secs(1))
+//!     .start()?;
+//! // ... serve; on SIGHUP, `watcher.reload_now()` reloads at once.
+//! # drop(watcher); Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::lock;
+use crate::limiter::{Limiter, LimiterBuilder};
+
+/// How often a watcher reads its file unless told otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The shortest interval a watcher polls at.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
+type Customize = Arc<dyn Fn(LimiterBuilder) -> LimiterBuilder + Send + Sync>;
+
+/// Sets up a [`ConfigWatcher`]: made by [`ConfigWatcher::builder`].
+#[must_use = "a watch builder does nothing until `start` is called"]
+pub struct WatchBuilder {
+    limiter: Limiter,
+    path: PathBuf,
+    every: Duration,
+    adjust: Option<Adjust>,
+    customize: Option<Customize>,
+}
+
+impl std::fmt::Debug for WatchBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchBuilder")
+            .field("path", &self.path)
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WatchBuilder {
+    /// How often the file is read (default [`DEFAULT_INTERVAL`], 500 ms; at least
+    /// [`MIN_INTERVAL`], a shorter one is raised to it).
+    pub fn every(mut self, interval: Duration) -> Self {
+        self.every = interval.max(MIN_INTERVAL);
+        self
+    }
+
+    /// Changes the configuration as read, before its rules are applied (e.g. the key of
+    /// rules that name none: `config.default_key = Some(KeyText::ApiKey(..))`), as code did
+    /// before building the limiter.
+    pub fn adjust<F>(mut self, adjust: F) -> Self
+    where
+        F: Fn(&mut Config) + Send + Sync + 'static,
+    {
+        self.adjust = Some(Arc::new(adjust));
+        self
+    }
+
+    /// Adds the rules code adds to the file's (a global policy, a route a file cannot
+    /// express), as [`Limiter::from_config_with`] did at build. The builder it is given
+    /// holds the file's rules; it may add rules, not settings a reload cannot change (see
+    /// [`Limiter::reload`]).
+    pub fn customize<F>(mut self, customize: F) -> Self
+    where
+        F: Fn(LimiterBuilder) -> LimiterBuilder + Send + Sync + 'static,
+    {
+        self.customize = Some(Arc::new(customize));
+        self
+    }
+
+    /// Reads the file (what is there now is taken as what the limiter runs: it is not
+    /// reloaded) and starts polling it on a thread named `tollgate-config-watch`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] if the file cannot be read, [`ConfigError::Watch`] if the
+    /// thread cannot start.
+    pub fn start(self) -> Result<ConfigWatcher, ConfigError> {
+        let seen = read(&self.path)?;
+        let watch = Arc::new(Watch {
+            limiter: self.limiter,
+            path: self.path,
+            adjust: self.adjust,
+            customize: self.customize,
+            seen: Mutex::new(Seen {
+                content: seen,
+                unreadable: false,
+            }),
+        });
+        let (stop, stopped) = mpsc::channel::<()>();
+        let every = self.every;
+        let polled = watch.clone();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-config-watch".into())
+            .spawn(move || {
+                // Until the watcher is stopped or dropped (the channel closes).
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    polled.poll();
+                }
+            })
+            .map_err(|source| ConfigError::Watch {
+                path: watch.path.clone(),
+                source,
+            })?;
+        Ok(ConfigWatcher {
+            watch,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Watches a limiter's configuration file and reloads its rules when the file changes
+/// (see the [module](self)). Stops when dropped (or [`ConfigWatcher::stop`]).
+pub struct ConfigWatcher {
+    watch: Arc<Watch>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ConfigWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigWatcher")
+            .field("path", &self.watch.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigWatcher {
+    /// A watcher of the file at `path` for `limiter`, to set up and
+    /// [`start`](WatchBuilder::start).
+    pub fn builder(limiter: &Limiter, path: impl AsRef<Path>) -> WatchBuilder {
+        WatchBuilder {
+            limiter: limiter.clone(),
+            path: path.as_ref().to_path_buf(),
+            every: DEFAULT_INTERVAL,
+            adjust: None,
+            customize: None,
+        }
+    }
+
+    /// The file watched.
+    pub fn path(&self) -> &Path {
+        &self.watch.path
+    }
+
+    /// Reads the file and reloads it now, changed or not (e.g. on `SIGHUP`). Logs nothing:
+    /// the caller has the result.
+    ///
+    /// # Errors
+    ///
+    /// Why the file was not reloaded (the running rules then stay): as
+    /// [`Limiter::reload_config_with`], or [`ConfigError::Read`].
+    pub fn reload_now(&self) -> Result<(), ConfigError> {
+        let content = read(&self.watch.path)?;
+        *lock(&self.watch.seen) = Seen {
+            content: content.clone(),
+            unreadable: false,
+        };
+        self.watch.load(&content)
+    }
+
+    /// Stops watching, and waits for the watcher's thread to end.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        // Closing the channel wakes the thread, which then ends.
+        self.stop.take();
+    }
+}
+
+/// What a watcher reloads, and what it last saw.
+struct Watch {
+    limiter: Limiter,
+    path: PathBuf,
+    adjust: Option<Adjust>,
+    customize: Option<Customize>,
+    seen: Mutex<Seen>,
+}
+
+struct Seen {
+    /// The content last read.
+    content: String,
+    /// Whether the last read failed (logged once, until it succeeds again).
+    unreadable: bool,
+}
+
+impl Watch {
+    /// One poll: reloads if the content changed; logs what happened.
+    fn poll(&self) {
+        let content = match read(&self.path) {
+            Ok(content) => content,
+            Err(error) => {
+                let mut seen = lock(&self.seen);
+                if !seen.unreadable {
+                    seen.unreadable = true;
+                    tracing::warn!(
+                        target: "tollgate",
+                        file = %self.path.display(),
+                        %error,
+                        "cannot read the rate-limit configuration; the running rules stay"
+                    );
+                }
+                return;
+            }
+        };
+        {
+            let mut seen = lock(&self.seen);
+            seen.unreadable = false;
+            if seen.content == content {
+                return;
+            }
+            seen.content = content.clone();
+        }
+        match self.load(&content) {
+            Ok(()) => tracing::info!(
+                target: "tollgate",
+                file = %self.path.display(),
+                "rate-limit configuration reloaded"
+            ),
+            Err(error) => tracing::error!(
+                target: "tollgate",
+                file = %self.path.display(),
+                %error,
+                "rate-limit configuration not reloaded; the previous rules stay in force"
+            ),
+        }
+    }
+
+    /// Reloads the limiter from `content`, the file's text.
+    fn load(&self, content: &str) -> Result<(), ConfigError> {
+        let mut config = Config::from_path_text(&self.path, content)?;
+        if let Some(adjust) = &self.adjust {
+            adjust(&mut config);
+        }
+        let file = self.path.display().to_string();
+        self.limiter
+            .reload_config_with(&config, &file, |rules| match &self.customize {
+                Some(customize) => customize(rules),
+                None => rules,
+            })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}

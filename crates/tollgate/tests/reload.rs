@@ -1,0 +1,414 @@
+//! `Limiter::reload` while the limiter serves: new limits apply to the next request,
+//! unchanged limits keep their counts, a changed limit keeps what was counted, rules that
+//! do not build are refused and the running ones stay, per-route policies declared in code
+//! survive, and a request in flight finishes under the rules it started with.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{clock_and_store, request, Body};
+use http::{Request, Response, StatusCode};
+use tollgate::config::{Config, ConfigError};
+use tollgate::{
+    BuildError, CheckError, Limiter, LimiterBuilder, MemoryStore, Policy, RateLimitLayer,
+};
+use tower::{service_fn, Layer, ServiceExt};
+
+const PEER: &str = "203.0.113.7:4000";
+
+/// A limiter on a memory store whose clock never moves (no window ends during a test).
+fn limiter(rules: LimiterBuilder) -> Limiter {
+    let (_clock, store) = clock_and_store();
+    rules.store(store).read_env(false).build().unwrap()
+}
+
+/// The rules of the tests: `/a/*` and `/b/*`, each per IP.
+fn rules(a: &str, b: &str) -> LimiterBuilder {
+    Limiter::builder()
+        .route("/a/*", Policy::named("a").per_ip(a))
+        .route("/b/*", Policy::named("b").per_ip(b))
+}
+
+/// The status and `RateLimit-Policy` header of a GET of `path` through `layer`.
+async fn get(layer: &RateLimitLayer, path: &str) -> (u16, String) {
+    let svc = layer.layer(service_fn(common::echo));
+    let response = svc.oneshot(request(path, Some(PEER), None)).await.unwrap();
+    let policy = response
+        .headers()
+        .get("ratelimit-policy")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (response.status().as_u16(), policy)
+}
+
+/// The statuses of `n` GETs of `path` through `layer`.
+async fn statuses(layer: &RateLimitLayer, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(layer, path).await.0);
+    }
+    out
+}
+
+/// The quota of the first limit of the `i`-th rule the limiter describes.
+fn quota(limiter: &Limiter, i: usize) -> String {
+    limiter.describe()[i].limits[0]
+        .limit
+        .unwrap()
+        .quota()
+        .to_string()
+}
+
+fn times(status: u16, n: usize) -> Vec<u16> {
+    vec![status; n]
+}
+
+#[tokio::test]
+async fn a_changed_limit_applies_to_the_next_request_and_keeps_what_was_counted() {
+    let limiter = limiter(rules("5/min", "5/min"));
+    let layer = limiter.layer();
+    assert_eq!(statuses(&layer, "/a/x", 3).await, times(200, 3));
+
+    // Lowered to 3: the 3 already counted fill it.
+    limiter.reload(rules("3/min", "5/min")).unwrap();
+    let (status, policy) = get(&layer, "/a/x").await;
+    assert_eq!(status, 429);
+    assert_eq!(policy, "\"a-ip\";q=3;w=60");
+
+    // Raised to 6: 3 more, no more.
+    limiter.reload(rules("6/min", "5/min")).unwrap();
+    let (status, policy) = get(&layer, "/a/x").await;
+    assert_eq!((status, policy.as_str()), (200, "\"a-ip\";q=6;w=60"));
+    assert_eq!(statuses(&layer, "/a/x", 3).await, [200, 200, 429]);
+    assert_eq!(
+        quota(&limiter, 0),
+        "6/min",
+        "describe shows the rules in force"
+    );
+}
+
+#[tokio::test]
+async fn a_limit_the_reload_leaves_unchanged_keeps_its_count() {
+    let limiter = limiter(rules("3/min", "5/min"));
+    let layer = limiter.layer();
+    assert_eq!(statuses(&layer, "/a/x", 2).await, times(200, 2));
+
+    // `b` changes, `a` does not: `a` has 1 left, not 3.
+    limiter.reload(rules("3/min", "50/min")).unwrap();
+    assert_eq!(statuses(&layer, "/a/x", 2).await, [200, 429]);
+
+    // A reload of the same rules changes nothing either.
+    limiter.reload(rules("3/min", "50/min")).unwrap();
+    assert_eq!(get(&layer, "/a/x").await.0, 429);
+}
+
+#[tokio::test]
+async fn a_new_window_or_a_renamed_policy_starts_afresh() {
+    let limiter = limiter(rules("2/min", "5/min"));
+    let layer = limiter.layer();
+    assert_eq!(statuses(&layer, "/a/x", 3).await, [200, 200, 429]);
+    // Another window: the store discards the minute's counts.
+    limiter.reload(rules("2/h", "5/min")).unwrap();
+    assert_eq!(statuses(&layer, "/a/x", 3).await, [200, 200, 429]);
+    // Another name: another bucket.
+    limiter
+        .reload(
+            Limiter::builder()
+                .route("/a/*", Policy::named("a2").per_ip("2/h"))
+                .route("/b/*", Policy::named("b").per_ip("5/min")),
+        )
+        .unwrap();
+    assert_eq!(statuses(&layer, "/a/x", 3).await, [200, 200, 429]);
+}
+
+#[tokio::test]
+async fn rules_that_do_not_build_are_refused_and_the_running_ones_stay() {
+    let limiter = limiter(rules("3/min", "5/min"));
+    let layer = limiter.layer();
+    assert_eq!(get(&layer, "/a/x").await.0, 200);
+
+    let bad_rate = limiter.reload(rules("3/fortnight", "5/min"));
+    assert!(
+        matches!(bad_rate, Err(BuildError::Rate { .. })),
+        "{bad_rate:?}"
+    );
+    let tie = limiter.reload(
+        Limiter::builder()
+            .route("/a/*", Policy::named("a").per_ip("1/min"))
+            .route("/a/*", Policy::named("other").per_ip("1/min")),
+    );
+    assert!(matches!(tie, Err(BuildError::Route(_))), "{tie:?}");
+    let user =
+        limiter.reload(Limiter::builder().route("/a/*", Policy::named("a").per_user("1/min")));
+    assert!(
+        matches!(user, Err(BuildError::NoIdentity { .. })),
+        "{user:?}"
+    );
+
+    // Settings fixed at build: refused by name.
+    let store = limiter.reload(rules("1/min", "1/min").store(MemoryStore::new()));
+    assert!(
+        matches!(store, Err(BuildError::NotReloadable { setting: "store" })),
+        "{store:?}"
+    );
+    let identity = limiter.reload(rules("1/min", "1/min").identity(|_| None));
+    assert!(matches!(
+        identity,
+        Err(BuildError::NotReloadable {
+            setting: "identity"
+        })
+    ));
+
+    // Still 3/min, with its count: 2 more.
+    assert_eq!(statuses(&layer, "/a/x", 3).await, [200, 200, 429]);
+    assert_eq!(quota(&limiter, 0), "3/min");
+}
+
+#[tokio::test]
+async fn a_reload_may_add_and_remove_routes_and_buckets() {
+    let limiter = limiter(rules("1/min", "1/min").bucket("sign-in", "2/min"));
+    let layer = limiter.layer();
+    assert_eq!(limiter.classify(&http::Method::GET, "/c/x"), None);
+    assert!(limiter.check("sign-in", "ann").await.unwrap().allowed);
+
+    limiter
+        .reload(
+            Limiter::builder()
+                .route("/c/*", Policy::named("c").per_ip("1/min"))
+                .bucket("sign-in", "2/min"),
+        )
+        .unwrap();
+    assert_eq!(
+        limiter.classify(&http::Method::GET, "/c/x").as_deref(),
+        Some("c")
+    );
+    assert_eq!(statuses(&layer, "/c/x", 2).await, [200, 429]);
+    // `/a` has no rule now: unlimited.
+    assert_eq!(statuses(&layer, "/a/x", 3).await, times(200, 3));
+    // The bucket kept its count: 1 of 2 left.
+    assert!(limiter.check("sign-in", "ann").await.unwrap().allowed);
+    assert!(!limiter.check("sign-in", "ann").await.unwrap().allowed);
+
+    limiter.reload(rules("1/min", "1/min")).unwrap();
+    assert!(matches!(
+        limiter.check("sign-in", "ann").await,
+        Err(CheckError::UnknownBucket(_))
+    ));
+}
+
+#[tokio::test]
+async fn per_route_policies_from_code_survive_and_see_the_new_global_limits() {
+    let rest = || Policy::named("rest").per_ip("1/min");
+    let limiter = limiter(
+        rules("5/min", "5/min")
+            .default_policy(rest())
+            .global("100/min"),
+    );
+    let chat = limiter.policy_at("GET /chat", Policy::named("chat").per_ip("2/min"));
+    let central = limiter.layer();
+    let (status, policy) = get(&chat, "/chat").await;
+    assert_eq!(status, 200);
+    assert_eq!(policy, "\"chat-ip\";q=2;w=60, \"global\";q=100;w=60");
+
+    limiter
+        .reload(
+            rules("5/min", "5/min")
+                .default_policy(rest())
+                .global("50/min"),
+        )
+        .unwrap();
+    // Still the route's own policy (and its count), with the new global limit.
+    let (status, policy) = get(&chat, "/chat").await;
+    assert_eq!(status, 200);
+    assert_eq!(policy, "\"chat-ip\";q=2;w=60, \"global\";q=50;w=60");
+    assert_eq!(get(&chat, "/chat").await.0, 429);
+    // The central layer still leaves the route to it (and charges other paths).
+    assert_eq!(statuses(&central, "/chat", 3).await, times(200, 3));
+    assert_eq!(statuses(&central, "/other", 2).await, [200, 429]);
+    assert!(limiter.describe().iter().any(|rule| rule.policy == "chat"));
+}
+
+#[tokio::test]
+async fn a_reload_is_checked_against_what_code_declared() {
+    let limiter = limiter(rules("5/min", "5/min"));
+    let _chat = limiter.policy(Policy::named("chat").bucket("shared").per_ip("2/min"));
+    let _guard = limiter.guard(Policy::named("guesses").per_ip("20/min"));
+
+    let mismatch = limiter.reload(
+        rules("5/min", "5/min").route("/c/*", Policy::named("c").bucket("shared").per_ip("3/min")),
+    );
+    assert!(
+        matches!(mismatch, Err(BuildError::SharedBucketMismatch { .. })),
+        "{mismatch:?}"
+    );
+    let guard_name = limiter
+        .reload(rules("5/min", "5/min").route("/c/*", Policy::named("guesses").per_ip("20/min")));
+    assert!(
+        matches!(guard_name, Err(BuildError::DuplicateBucket { .. })),
+        "{guard_name:?}"
+    );
+    // The same limits under the shared name are fine.
+    limiter
+        .reload(
+            rules("5/min", "5/min")
+                .route("/c/*", Policy::named("c").bucket("shared").per_ip("2/min")),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_required_default_rule_stays_required() {
+    let limiter = limiter(
+        rules("5/min", "5/min")
+            .default_policy(Policy::named("rest").per_ip("9/min"))
+            .require_default(),
+    );
+    assert!(matches!(
+        limiter.reload(rules("5/min", "5/min")),
+        Err(BuildError::NoDefaultRule)
+    ));
+    limiter
+        .reload(rules("5/min", "5/min").default_policy(Policy::named("rest").per_ip("10/min")))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shadow_mode_is_reloadable() {
+    let limiter = limiter(rules("1/min", "1/min"));
+    let layer = limiter.layer();
+    assert_eq!(statuses(&layer, "/a/x", 2).await, [200, 429]);
+    limiter
+        .reload(rules("1/min", "1/min").shadow(true))
+        .unwrap();
+    assert_eq!(statuses(&layer, "/a/x", 2).await, times(200, 2));
+    assert_eq!(limiter.stats().would_refuse, 2);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_under_the_rules_it_started_with() {
+    // `a` gives its charge back for a 404; the rules the handler reloads do not.
+    let refunding = |quota: &str| {
+        Limiter::builder().route(
+            "/a/*",
+            Policy::named("a")
+                .per_ip(quota)
+                .refund_if(|status| status == StatusCode::NOT_FOUND),
+        )
+    };
+    let limiter = limiter(refunding("2/min"));
+    let reloading = limiter.clone();
+    let handler = service_fn(move |_req: Request<Body>| {
+        let limiter = reloading.clone();
+        async move {
+            limiter
+                .reload(Limiter::builder().route("/a/*", Policy::named("a").per_ip("2/min")))
+                .unwrap();
+            let mut response = Response::new(Body::new(bytes::Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let svc = limiter.layer().layer(handler);
+    let response = svc
+        .clone()
+        .oneshot(request("/a/x", Some(PEER), None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // Given back under the rules it started with: the budget is still whole.
+    let remaining = |r: &Response<_>| r.headers()["ratelimit"].to_str().unwrap().to_string();
+    assert!(
+        remaining(&response).starts_with("\"a-ip\";r=2;"),
+        "{}",
+        remaining(&response)
+    );
+    let response = svc
+        .oneshot(request("/a/x", Some(PEER), None))
+        .await
+        .unwrap();
+    // The next request ran under the new rules: charged, not given back.
+    assert!(
+        remaining(&response).starts_with("\"a-ip\";r=1;"),
+        "{}",
+        remaining(&response)
+    );
+    let arc: Arc<str> = limiter.classify(&http::Method::GET, "/a/x").unwrap();
+    assert_eq!(&*arc, "a");
+}
+
+#[test]
+fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
+    let dir = std::env::temp_dir().join(format!("tollgate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    let good =
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
+    std::fs::write(&path, good).unwrap();
+    let limiter = Limiter::from_config(&path).unwrap();
+
+    std::fs::write(&path, "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/fortnight }\n").unwrap();
+    let parse = limiter.reload_file(&path);
+    assert!(
+        matches!(parse, Err(ConfigError::Parse { line: Some(5), .. })),
+        "{parse:?}"
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "{good}  - path: /a/*\n    name: b\n    limits:\n      - {{ per: ip, limit: 1/min }}\n"
+        ),
+    )
+    .unwrap();
+    let tie = limiter.reload_file(&path);
+    assert!(
+        matches!(&tie, Err(ConfigError::Invalid { line: Some(6), .. })),
+        "{tie:?}"
+    );
+    std::fs::write(
+        &path,
+        format!("{good}store: {{ kind: memory, max_entries: 5000 }}\n"),
+    )
+    .unwrap();
+    let store = limiter.reload_file(&path);
+    match &store {
+        Err(ConfigError::NotReloadable { field, line, .. }) => {
+            assert_eq!((field.as_str(), *line), ("store", Some(6)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(quota(&limiter, 0), "3/min");
+
+    std::fs::write(&path, good.replace("3/min", "4/min")).unwrap();
+    limiter.reload_file(&path).unwrap();
+    assert_eq!(quota(&limiter, 0), "4/min");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reload_from_a_config_keeps_what_code_adds() {
+    let config = Config::from_yaml(
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { limit: 3/min }\n",
+    )
+    .unwrap();
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .route("/a/*", Policy::named("a").per_ip("1/min"))
+        .build()
+        .unwrap();
+    limiter
+        .reload_config_with(&config, "<yaml>", |rules| rules.global("100/min"))
+        .unwrap();
+    let described: Vec<String> = limiter
+        .describe()
+        .iter()
+        .map(|r| r.policy.clone())
+        .collect();
+    assert_eq!(described, ["a", "global"]);
+    // Code that sets a fixed setting in the customization is refused too.
+    let refused = limiter.reload_config_with(&config, "<yaml>", |rules| rules.enabled(false));
+    assert!(
+        matches!(&refused, Err(ConfigError::Invalid { source, .. }) if matches!(**source, BuildError::NotReloadable { setting: "enabled" })),
+        "{refused:?}"
+    );
+}

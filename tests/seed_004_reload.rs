@@ -1,0 +1,181 @@
+//! Seed 004 (examples/seed_004) reloads its YAML while it serves: started on a copy of
+//! `endpointwise.yaml` (`ENDPOINTWISE_CONFIG`), it applies an edited burst within 2 s, keeps
+//! what partners already spent, and survives a broken edit with the last good limits.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Example;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-demo-token";
+
+/// The page's file, as shipped with the example.
+const ORIGINAL: &str = include_str!("../examples/seed_004/endpointwise.yaml");
+
+/// A copy of the file in a directory of its own, removed on drop.
+struct Copy {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Copy {
+    fn new() -> Copy {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-seed-004-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("endpointwise.yaml");
+        let copy = Copy { dir, path };
+        copy.write(ORIGINAL);
+        copy
+    }
+
+    /// Replaces the file's content at once (write, then rename over it).
+    fn write(&self, text: &str) {
+        let tmp = self.dir.join("endpointwise.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new read-scoped partner key (no limit of its own).
+async fn new_key(app: &Example) -> String {
+    let created: Value = app
+        .post("/admin/keys")
+        .bearer_auth(ADMIN)
+        .json(&json!({ "name": "Reload Test", "scope": "read" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["key"].as_str().unwrap().to_string()
+}
+
+/// The statuses of `n` `GET /v1/reports` with `key`.
+async fn reports(app: &Example, key: &str, n: usize) -> Vec<u16> {
+    app.statuses(n, || app.get("/v1/reports").header("x-api-key", key))
+        .await
+}
+
+/// The burst `/openapi.json` publishes for `GET /v1/reports` (the limits as enforced).
+async fn published_burst(app: &Example) -> u64 {
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    doc["paths"]["/v1/reports"]["get"]["x-ratelimit"]["limits"][0]["burst"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_edited_burst_applies_within_2_s_and_a_broken_edit_keeps_the_last_good_limits() {
+    let copy = Copy::new();
+    let app = Example::start_logged(
+        "seed_004",
+        &[("ENDPOINTWISE_CONFIG", copy.path().to_str().unwrap())],
+    );
+    // The page's reports: 5/min sustained (a token every 12 s), burst 2.
+    let spent = new_key(&app).await;
+    assert_eq!(published_burst(&app).await, 2);
+    assert_eq!(reports(&app, &spent, 3).await, [200, 200, 429]);
+
+    // Burst 2 -> 5.
+    copy.write(&ORIGINAL.replace("burst: 2/s", "burst: 5/s"));
+    let edited = Instant::now();
+    while published_burst(&app).await != 5 {
+        assert!(
+            edited.elapsed() < Duration::from_secs(2),
+            "the edited burst was not applied within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A fresh key gets the new burst; the key that spent 2 keeps them spent (3 left).
+    let fresh = new_key(&app).await;
+    assert_eq!(
+        reports(&app, &fresh, 6).await,
+        [200, 200, 200, 200, 200, 429]
+    );
+    assert_eq!(reports(&app, &spent, 4).await, [200, 200, 200, 429]);
+    // The invoices' limits did not change: their burst is still 20.
+    let statuses = app
+        .statuses(21, || app.get("/v1/invoices").header("x-api-key", &fresh))
+        .await;
+    assert_eq!(statuses[..20], [200; 20]);
+    assert_eq!(statuses[20], 429);
+
+    // A broken edit (a quota that does not parse), then one that does not build (two
+    // rules for one route): each is logged, and the gateway keeps serving with burst 5.
+    copy.write(&ORIGINAL.replace("burst: 2/s", "burst: 7/fortnight"));
+    logged_within_2s(&app, "7/fortnight").await;
+    copy.write(&routes_tie());
+    logged_within_2s(&app, "share bucket `get-v1-reports`").await;
+    assert_eq!(published_burst(&app).await, 5);
+    let another = new_key(&app).await;
+    assert_eq!(
+        reports(&app, &another, 6).await,
+        [200, 200, 200, 200, 200, 429]
+    );
+
+    // The watcher is still at work: a good edit after the broken ones applies.
+    copy.write(&ORIGINAL.replace("burst: 2/s", "burst: 3/s"));
+    let edited = Instant::now();
+    while published_burst(&app).await != 3 {
+        assert!(
+            edited.elapsed() < Duration::from_secs(2),
+            "the good edit after the broken ones was not applied within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = new_key(&app).await;
+    assert_eq!(reports(&app, &last, 4).await, [200, 200, 200, 429]);
+}
+
+/// Waits (at most 2 s) for the example to log that the file was not reloaded, with an
+/// error that mentions `what`.
+async fn logged_within_2s(app: &Example, what: &str) {
+    let since = Instant::now();
+    loop {
+        let refused = app.logged().into_iter().filter(|line| {
+            line.contains("ERROR")
+                && line.contains("not reloaded")
+                && line.contains("previous rules stay in force")
+        });
+        if refused.clone().any(|line| line.contains(what)) {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(2),
+            "no error logged for {what} within 2 s: {:#?}",
+            app.logged()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The page's file with a second rule for `GET /v1/reports` (a tie: does not build).
+fn routes_tie() -> String {
+    ORIGINAL.replacen(
+        "routes:\n",
+        "routes:\n  - path: /v1/reports\n    methods: [GET]\n    rate_limit: { sustained: 1/min }\n\n",
+        1,
+    )
+}
