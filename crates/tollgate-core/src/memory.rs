@@ -439,6 +439,26 @@ impl MemoryStore {
         let now = self.inner.clock.now();
         let now_us = now.as_micros();
         let inner = &*self.inner;
+        if let ([bucket], [state]) = (buckets, &mut *states) {
+            // One bucket (the common request): one lock, no scratch space.
+            let hash = inner.hasher.hash_one(bucket.key.as_bytes());
+            let shard = inner.shard_of(hash);
+            let p = Placed {
+                hash,
+                shard,
+                guard: 0,
+                kind: Kind::of(&bucket.limit),
+            };
+            *state = inner.apply_one(
+                &mut lock(&inner.shards[shard]),
+                &p,
+                op,
+                bucket,
+                None,
+                now_us,
+            );
+            return now;
+        }
         // The scratch vectors are filled by `push`, which inlines (collecting into them
         // does not, and costs more than the rest of this function).
         let mut placed: Scratch<Placed> = Scratch::new();
