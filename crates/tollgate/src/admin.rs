@@ -132,6 +132,7 @@ async fn summary(State(limiter): State<Limiter>) -> Json<Value> {
             "refused": stats.refused,
             "wouldRefuse": stats.would_refuse,
             "storeErrors": stats.store_errors,
+            "noPeer": stats.no_peer,
         },
     }))
 }

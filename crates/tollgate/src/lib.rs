@@ -66,7 +66,9 @@
 //! (axum served without `into_make_service_with_connect_info::<SocketAddr>()`): the first
 //! such request logs one `tracing` error saying how to fix it, and such requests then
 //! share one per-IP bucket (`unknown-peer`), so they are still limited and never answered
-//! with a 500.
+//! with a 500; [`LimiterStats::no_peer`] counts them. With
+//! [`LimiterBuilder::require_peer_address`] they are refused instead, with a 500 whose body
+//! says how to fix the deployment, so the mistake cannot go unnoticed.
 //!
 //! # Stores
 //!

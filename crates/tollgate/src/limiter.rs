@@ -87,6 +87,9 @@ pub struct LimiterStats {
     /// Checks the store could not answer (admitted without headers, or 503 when failing
     /// closed).
     pub store_errors: u64,
+    /// Requests with no peer address (see [`LimiterBuilder::require_peer_address`]):
+    /// limited in one shared bucket, or refused with 500 under that option.
+    pub no_peer: u64,
 }
 
 impl Limiter {
@@ -481,6 +484,7 @@ impl Limiter {
             refused: c.refused.load(Ordering::Relaxed),
             would_refuse: c.would_refuse.load(Ordering::Relaxed),
             store_errors: c.store_errors.load(Ordering::Relaxed),
+            no_peer: c.no_peer.load(Ordering::Relaxed),
         }
     }
 
@@ -569,6 +573,7 @@ pub struct LimiterBuilder {
     shadow: bool,
     on_failure: Option<FailureMode>,
     require_default: bool,
+    require_peer: Option<bool>,
     /// The settings of the configuration file this builder was set up from.
     #[cfg(feature = "config")]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
@@ -593,6 +598,29 @@ impl LimiterBuilder {
     /// [`LimiterBuilder::store`] with a store already shared.
     pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Refuses requests that carry no peer address with `500 Internal Server Error` (a
+    /// plain-text body saying how to fix the deployment) instead of limiting them all in
+    /// one shared `unknown-peer` bucket. A request has no peer address when axum serves
+    /// without `into_make_service_with_connect_info::<SocketAddr>()` (or a plain tower
+    /// stack inserts no `SocketAddr` / `IpAddr` extension): a deployment mistake that, by
+    /// default, only one `tracing` error reports. Exempt routes still pass.
+    /// [`LimiterStats::no_peer`] counts such requests either way.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .route("/api/*", Policy::named("api").per_ip("100/min"))
+    ///     .require_peer_address()
+    ///     .build()?;
+    /// # let _ = limiter;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn require_peer_address(mut self) -> Self {
+        self.require_peer = Some(true);
         self
     }
 
@@ -720,6 +748,7 @@ impl LimiterBuilder {
         [
             ("store", self.store.is_some()),
             ("client_ip", self.client_ip.is_some()),
+            ("require_peer_address", self.require_peer.is_some()),
             ("identity", self.identity.is_some()),
             ("header_style", self.header_style.is_some()),
             ("error_body", self.error_body.is_some()),
@@ -791,6 +820,7 @@ impl LimiterBuilder {
             routes: ArcSwap::default(),
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),
+            require_peer: self.require_peer.unwrap_or(false),
         };
         Ok(Limiter {
             engine: Arc::new(engine),

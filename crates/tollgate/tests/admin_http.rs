@@ -156,7 +156,7 @@ async fn peek_changes_nothing_and_reset_unblocks_the_client() {
     assert_eq!(
         summary,
         json!({ "enabled": true, "store": { "mode": "memory" }, "stats": {
-            "admitted": 7, "refused": 3, "wouldRefuse": 0, "storeErrors": 0 } })
+            "admitted": 7, "refused": 3, "wouldRefuse": 0, "storeErrors": 0, "noPeer": 0 } })
     );
 }
 

@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
 
 use crate::classify::RouteTable;
-use crate::client_ip::ClientIp;
+use crate::client_ip::{peer_addr, ClientIp};
 use crate::key::Extractor;
 use crate::respond::{ErrorBody, HeaderStyle};
 
@@ -62,6 +63,9 @@ pub(crate) struct Engine {
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) stats: Counters,
     pub(crate) warned_no_peer: AtomicBool,
+    /// Whether a request without a peer address is refused (500) rather than limited in
+    /// one shared bucket.
+    pub(crate) require_peer: bool,
 }
 
 /// Per-key overrides: a limit for one key of one kind, on top of the endpoint limits.
@@ -121,6 +125,8 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     pub(crate) would_refuse: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    /// Requests without a peer address.
+    pub(crate) no_peer: AtomicU64,
     /// When a store failure was last logged (Unix ms; 0: never).
     pub(crate) store_warned_at: AtomicU64,
     /// `store_errors` when it was.
@@ -306,6 +312,9 @@ impl Engine {
         if classes.first().is_some_and(|c| c.exempt) {
             return Start::Pass;
         }
+        if let Some(refused) = self.refuse_without_peer(parts) {
+            return Start::Now(refused);
+        }
         let plan = self.plan(parts, classes.into_iter().chain(&table.globals));
         if plan.buckets.is_empty() {
             return Start::Pass;
@@ -347,6 +356,11 @@ impl Engine {
         let Some(policy) = table.per_route.get(index) else {
             return Start::Pass;
         };
+        if !policy.exempt {
+            if let Some(refused) = self.refuse_without_peer(parts) {
+                return Start::Now(refused);
+            }
+        }
         // One snapshot for the request (loaded again only after this request changes it).
         let mut routes = self.routes.load();
         // A layer declared for a pattern that does not match the request as the central
@@ -471,18 +485,46 @@ impl Engine {
     }
 
     /// Logs once that requests come without a peer address.
+    /// Under [`LimiterBuilder::require_peer_address`](crate::LimiterBuilder::require_peer_address),
+    /// the 500 for a request without a peer address.
+    pub(crate) fn refuse_without_peer(&self, parts: &Parts) -> Option<Outcome> {
+        if !self.require_peer || peer_addr(&parts.extensions).is_some() {
+            return None;
+        }
+        self.stats.no_peer.fetch_add(1, Ordering::Relaxed);
+        self.warn_no_peer();
+        let mut response = http::Response::new(Bytes::from_static(NO_PEER_BODY.as_bytes()));
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Some(Outcome::Respond(response))
+    }
+
     pub(crate) fn warn_no_peer(&self) {
         if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
+            let what = if self.require_peer {
+                "such requests are refused with 500 (require_peer_address)"
+            } else {
+                "per-IP limits are shared by all such requests"
+            };
             tracing::error!(
                 target: "tollgate",
-                "no client address on the request: per-IP limits are shared by all such \
-                 requests. With axum, serve with \
+                "no client address on the request: {what}. With axum, serve with \
                  `into_make_service_with_connect_info::<SocketAddr>()`; with plain tower, \
                  insert the peer `SocketAddr` into the request extensions"
             );
         }
     }
 }
+
+/// The body of the 500 a request without a peer address gets under
+/// `require_peer_address`.
+const NO_PEER_BODY: &str = "The server is misconfigured: the rate limiter cannot see the \
+     client's address. With axum, serve with \
+     `into_make_service_with_connect_info::<SocketAddr>()`; with plain tower, insert the \
+     peer `SocketAddr` into the request extensions.\n";
 
 fn give_back_failed(e: &tollgate_core::StoreError) {
     tracing::warn!(target: "tollgate", error = %e, "could not give the central class's charge back");
