@@ -820,6 +820,7 @@ impl LimiterBuilder {
             routes: ArcSwap::default(),
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),
+            anonymous_streak: AtomicU64::new(0),
             require_peer: self.require_peer.unwrap_or(false),
         };
         Ok(Limiter {

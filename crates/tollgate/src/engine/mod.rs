@@ -63,6 +63,9 @@ pub(crate) struct Engine {
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) stats: Counters,
     pub(crate) warned_no_peer: AtomicBool,
+    /// Requests in a row on which the identity function found no user where a per-user
+    /// limit applies; `u64::MAX` once that was warned about.
+    pub(crate) anonymous_streak: AtomicU64,
     /// Whether a request without a peer address is refused (500) rather than limited in
     /// one shared bucket.
     pub(crate) require_peer: bool,
@@ -502,6 +505,38 @@ impl Engine {
         Some(Outcome::Respond(response))
     }
 
+    /// Notes whether the identity function found a user for a request with a per-user
+    /// limit. Many requests in a row without one suggest the limiter runs before the
+    /// middleware that signs users in, which silently skips every per-user limit: that is
+    /// warned about once.
+    pub(crate) fn note_identity(&self, found: bool) {
+        let streak = &self.anonymous_streak;
+        if found {
+            // Read first: while users are found, the shared counter is not written.
+            let n = streak.load(Ordering::Relaxed);
+            if n != 0 && n != u64::MAX {
+                streak.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let n = streak.load(Ordering::Relaxed);
+        if n == u64::MAX {
+            return;
+        }
+        if streak.fetch_add(1, Ordering::Relaxed) + 1 == ANONYMOUS_STREAK_WARNING {
+            streak.store(u64::MAX, Ordering::Relaxed);
+            tracing::warn!(
+                target: "tollgate",
+                requests = ANONYMOUS_STREAK_WARNING,
+                "the identity function found no signed-in user on {ANONYMOUS_STREAK_WARNING} \
+                 requests in a row with per-user limits, so none of them spent a per-user \
+                 limit. If users were signed in, the limiter runs before the middleware that \
+                 signs them in: add the limiter's layer inside it (with axum, `.layer(limiter \
+                 .layer())` before the auth layer, so that auth runs first)"
+            );
+        }
+    }
+
     pub(crate) fn warn_no_peer(&self) {
         if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
             let what = if self.require_peer {
@@ -518,6 +553,9 @@ impl Engine {
         }
     }
 }
+
+/// Requests in a row without a user, on routes with per-user limits, before a warning.
+pub(crate) const ANONYMOUS_STREAK_WARNING: u64 = 1_000;
 
 /// The body of the 500 a request without a peer address gets under
 /// `require_peer_address`.

@@ -160,11 +160,15 @@ impl<'a, 'p> Keys<'a, 'p> {
                 Value::Text(ip.as_ref()?.as_str())
             }
             Source::User => {
-                let identity = self.engine.identity.as_ref()?;
-                let parts = self.parts;
+                let (engine, parts) = (self.engine, self.parts);
+                let identity = engine.identity.as_ref()?;
                 Value::Text(
                     self.user
-                        .get_or_insert_with(|| identity(parts))
+                        .get_or_insert_with(|| {
+                            let user = identity(parts);
+                            engine.note_identity(user.is_some());
+                            user
+                        })
                         .as_deref()?,
                 )
             }
