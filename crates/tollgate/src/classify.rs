@@ -231,6 +231,23 @@ impl RoutePattern {
         self.wildcard
     }
 
+    /// A path this pattern matches, with `x` for each parameter (and nothing for a
+    /// trailing wildcard): `/api/templates/x/generate`.
+    pub(crate) fn example_path(&self) -> String {
+        let mut path = String::new();
+        for segment in &self.segments {
+            path.push('/');
+            match segment {
+                Segment::Literal(text) => path.push_str(text),
+                Segment::Param => path.push('x'),
+            }
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        path
+    }
+
     fn same_path_shape(&self, other: &Self) -> bool {
         self.wildcard == other.wildcard
             && self.segments.len() == other.segments.len()

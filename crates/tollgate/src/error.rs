@@ -105,6 +105,14 @@ pub enum BuildError {
     #[cfg(feature = "redis")]
     #[error(transparent)]
     Store(#[from] tollgate_redis::RedisConfigError),
+    /// [`Limiter::policy_at`](crate::Limiter::policy_at) was given a pattern that no rule
+    /// of the central table matches (and the table has no default rule). Inside
+    /// `Router::nest`, the pattern is the route's full path, the nest's prefix included.
+    #[error("per-route policy `{pattern}` matches no rule of the central table, so the central layer never sees such a request: inside `Router::nest(prefix, ..)` give the full path with the prefix (`POST /api/chat`, not `POST /chat`); for a route the central table does not cover, use `Limiter::policy`")]
+    PolicyAtMatchesNoRule {
+        /// The pattern as given.
+        pattern: String,
+    },
     /// [`Limiter::reload`](crate::Limiter::reload) was given a setting that is fixed
     /// while the limiter runs (the store, the client-IP settings, the identity function,
     /// the header style, the error body, the on/off switch): build a new limiter to

@@ -144,17 +144,39 @@ impl Limiter {
     ///
     /// # Errors
     ///
-    /// [`BuildError::Route`] for a bad pattern, and the errors of [`Limiter::try_policy`].
+    /// [`BuildError::Route`] for a bad pattern, [`BuildError::PolicyAtMatchesNoRule`] for
+    /// a pattern no rule of the central table matches (a route inside `Router::nest`
+    /// given without the nest's prefix), and the errors of [`Limiter::try_policy`].
     pub fn try_policy_at(
         &self,
         pattern: &str,
         policy: Policy,
     ) -> Result<RateLimitLayer, BuildError> {
+        let parsed = RoutePattern::parse(pattern)?;
+        // A pattern the central table never matches cannot be the route as the central
+        // layer sees it: most likely a route inside `Router::nest` given without its prefix.
+        let method = parsed
+            .methods()
+            .and_then(|m| m.first().cloned())
+            .unwrap_or(http::Method::GET);
+        let example = parsed.example_path();
+        if self
+            .engine
+            .table
+            .load()
+            .classes
+            .classify(&method, &example)
+            .is_none()
+        {
+            return Err(BuildError::PolicyAtMatchesNoRule {
+                pattern: pattern.to_string(),
+            });
+        }
         // The route's own spelling only: an unusual spelling of its path is never taken
         // away from the central table (it may not reach the route's layer at all).
         let table = Arc::new(
             RouteTable::builder()
-                .route(RoutePattern::parse(pattern)?, ())
+                .route(parsed, ())
                 .lenient(|_| true)
                 .build()?,
         );
