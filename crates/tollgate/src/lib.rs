@@ -96,6 +96,7 @@ pub mod inspect;
 pub mod key;
 pub mod layer;
 pub mod limiter;
+pub mod observe;
 pub mod policy;
 #[cfg(feature = "openapi")]
 pub mod publish;
@@ -126,7 +127,8 @@ pub use limiter::{Limiter, LimiterBuilder, LimiterStats, ENABLED_ENV};
 pub use policy::Policy;
 pub use rate::{Rate, RateError};
 pub use respond::{
-    too_many_requests, BucketInfo, ErrorBody, HeaderStyle, RateLimitInfo, ResetFormat,
+    too_many_requests, BucketInfo, ErrorBody, HeaderStyle, RateLimitDecision, RateLimitInfo,
+    ResetFormat, TooManyRequests,
 };
 pub use response_body::ResponseBody;
 pub use service::RateLimit;

@@ -11,6 +11,7 @@ use tollgate_core::{FailureMode, Limit, Quota, WhenFull};
 
 use crate::error::BuildError;
 use crate::key::{Key, Source};
+use crate::observe::BucketMetrics;
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
 use crate::respond::sf;
 
@@ -50,6 +51,9 @@ pub(crate) struct Compiled {
     /// `RateLimit-Policy` values by which of this policy's and the global policies' limits
     /// a response shows (a bit per limit, this policy's first), made on first use.
     pub(crate) policy_values: Box<[OnceLock<HeaderValue>]>,
+    /// The metrics of the per-key overrides of this policy's key kinds (their bucket is
+    /// `override:<kind>`), one per kind.
+    pub(crate) override_metrics: Vec<(Arc<str>, BucketMetrics)>,
 }
 
 impl Compiled {
@@ -63,6 +67,14 @@ impl Compiled {
         self.refund_if.as_ref().is_some_and(|f| f(status))
             || self.count_only_if.as_ref().is_some_and(|f| !f(status))
     }
+
+    /// The metrics of the override bucket of key kind `kind`.
+    pub(crate) fn override_metrics(&self, kind: &str) -> Option<&BucketMetrics> {
+        self.override_metrics
+            .iter()
+            .find(|(k, _)| &**k == kind)
+            .map(|(_, m)| m)
+    }
 }
 
 pub(crate) struct CompiledLimit {
@@ -75,6 +87,8 @@ pub(crate) struct CompiledLimit {
     /// `"default-ip";q=500;w=60`: this limit's `RateLimit-Policy` item (fixed quotas).
     pub(crate) policy_item: Option<Box<str>>,
     pub(crate) when_full: WhenFull,
+    /// Its metrics (registered once, here).
+    pub(crate) metrics: BucketMetrics,
 }
 
 pub(crate) enum CompiledQuota {
@@ -139,6 +153,7 @@ pub(crate) fn compile(
         refusals_logged_at: AtomicU64::new(0),
         refusals_unlogged: AtomicU64::new(0),
         policy_values: Box::default(),
+        override_metrics: Vec::new(),
     };
     if policy.exempt {
         return Ok(Arc::new(compiled));
@@ -218,9 +233,19 @@ pub(crate) fn compile(
             CompiledQuota::Fixed(l) => Some(policy_item(&sf_name, l.quota()).into()),
             CompiledQuota::PerKey(_) => None,
         };
+        if !compiled
+            .override_metrics
+            .iter()
+            .any(|(kind, _)| *kind == key.kind)
+        {
+            let label: Arc<str> = format!("override:{}", key.kind()).into();
+            let metrics = BucketMetrics::new(&name, &label);
+            compiled.override_metrics.push((key.kind.clone(), metrics));
+        }
         compiled.limits.push(CompiledLimit {
             key: key.clone(),
             quota,
+            metrics: BucketMetrics::new(&name, &bucket),
             bucket,
             sf_name,
             policy_item,
