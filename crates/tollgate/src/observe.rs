@@ -50,8 +50,8 @@
 //!
 //! - a `DEBUG` span `tollgate.decide` per decision, with fields `policy` (the route's
 //!   policy), `store` (its name) and `store_us` (how long the store took, in microseconds;
-//!   the memory store is timed only while the span is enabled). With `DEBUG` off, the span
-//!   costs one check of the level filter.
+//!   the memory store is timed only while `DEBUG` is on for target `tollgate`). With `DEBUG`
+//!   off, the span costs a check of the level filter.
 //! - `INFO` events for refusals and for what a shadow policy would refuse, at most one per
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `retry_after_ms`,
