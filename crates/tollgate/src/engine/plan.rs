@@ -80,8 +80,18 @@ impl<G: AsRef<Compiled>> Plan<G> {
         let meta = &self.meta[i];
         let policy = self.policy(i);
         match meta.label {
-            Some(_) => policy.override_metrics(self.kind(i)),
+            Some(_) => policy.override_bucket(self.kind(i)).map(|o| &o.metrics),
             None => Some(&policy.limits[usize::from(meta.limit)].metrics),
+        }
+    }
+
+    /// [`Plan::label`], interned (see [`intern`](super::compile::intern)).
+    pub(crate) fn static_label(&self, i: usize) -> &'static str {
+        let meta = &self.meta[i];
+        let policy = self.policy(i);
+        match meta.label {
+            Some(_) => policy.override_bucket(self.kind(i)).map_or("", |o| o.label),
+            None => policy.limits[usize::from(meta.limit)].static_bucket,
         }
     }
 

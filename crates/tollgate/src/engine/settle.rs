@@ -2,6 +2,7 @@
 //! the charge given back when the response does not count (a 304, a successful sign-in
 //! under a count-only-failures policy).
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -221,8 +222,8 @@ impl Engine {
         let j = most_restrictive(allowed, &shown_states)?;
         let i = shown[j];
         Some(RateLimitDecision::new(
-            &plan.policy(i).name,
-            plan.label_arc(i),
+            Cow::Borrowed(plan.policy(i).static_name),
+            Cow::Borrowed(plan.static_label(i)),
             &shown_states[j],
             now,
             allowed,

@@ -2,8 +2,8 @@
 //! extensions (for the handler) and the response's (for outer layers); and
 //! [`TooManyRequests`], a 429 that is an axum response.
 
+use std::borrow::Cow;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,10 +47,12 @@ use super::info::ceil_secs;
 pub struct RateLimitDecision {
     /// Whether the request was admitted.
     pub allowed: bool,
-    /// The policy the bucket belongs to.
-    pub policy: Arc<str>,
+    /// The policy the bucket belongs to. (The middleware's decisions borrow configuration
+    /// names kept for the life of the process: copying a decision touches no shared
+    /// reference count.)
+    pub policy: Cow<'static, str>,
     /// The bucket's name (`"default:ip"`), without the client's key.
-    pub bucket: Arc<str>,
+    pub bucket: Cow<'static, str>,
     /// The bucket's limit.
     pub limit: u64,
     /// What is left in the bucket.
@@ -66,16 +68,16 @@ pub struct RateLimitDecision {
 impl RateLimitDecision {
     /// The decision of bucket `bucket` of policy `policy` answered by `state` at `now`.
     pub(crate) fn new(
-        policy: &Arc<str>,
-        bucket: &Arc<str>,
+        policy: Cow<'static, str>,
+        bucket: Cow<'static, str>,
         state: &BucketState,
         now: Timestamp,
         allowed: bool,
     ) -> Self {
         Self {
             allowed,
-            policy: policy.clone(),
-            bucket: bucket.clone(),
+            policy,
+            bucket,
             limit: state.limit,
             remaining: state.remaining,
             reset_after: state.reset_after,
@@ -192,8 +194,8 @@ mod tests {
             refusal: Some(tollgate_core::Refusal::OverLimit),
         };
         let d = RateLimitDecision::new(
-            &Arc::from("default"),
-            &Arc::from("default:ip"),
+            "default".into(),
+            "default:ip".into(),
             &state,
             Timestamp::from_micros(1_000_000),
             false,
@@ -203,7 +205,8 @@ mod tests {
             r#"{"allowed":false,"policy":"default","bucket":"default:ip","limit":100,"remaining":0,"reset":60,"retry_after":1}"#
         );
         assert_eq!(d.reset_at(), Timestamp::from_micros(60_001_000));
-        let admitted = RateLimitDecision::new(&d.policy, &d.bucket, &state, d.now, true);
+        let admitted =
+            RateLimitDecision::new(d.policy.clone(), d.bucket.clone(), &state, d.now, true);
         assert_eq!(admitted.retry_after, None);
     }
 }

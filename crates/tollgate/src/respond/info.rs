@@ -148,8 +148,8 @@ impl RateLimitInfo {
     pub fn decision(&self) -> Option<RateLimitDecision> {
         let bucket = self.most_restrictive_bucket()?;
         Some(RateLimitDecision::new(
-            &self.policy,
-            &bucket.name,
+            self.policy.to_string().into(),
+            bucket.name.to_string().into(),
             &bucket.state,
             self.now,
             self.allowed,
