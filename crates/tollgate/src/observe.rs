@@ -77,6 +77,10 @@ pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 /// `tollgate_store_fallback{store}`.
 pub const STORE_FALLBACK: &str = "tollgate_store_fallback";
 
+/// Whether metrics are compiled in (feature `metrics`): without it, the request path skips
+/// even finding a bucket's handles.
+pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
+
 /// Whether an admitted bucket state leaves less than a tenth of the bucket.
 #[cfg(feature = "metrics")]
 fn near_limit(state: &BucketState) -> bool {

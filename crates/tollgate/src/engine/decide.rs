@@ -17,6 +17,7 @@ use super::compile::{log_refusal, Compiled};
 use super::plan::{Group, Plan, INLINE};
 use super::settle::{After, Headers};
 use super::{Engine, Provisional};
+use crate::observe;
 use crate::respond::{self, BucketInfo, RateLimitDecision, RateLimitInfo};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
@@ -173,9 +174,11 @@ impl Engine {
         let allowed = states.iter().all(|s| s.allowed);
         if allowed {
             self.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            for (&i, state) in active.iter().zip(&states) {
-                if let Some(metrics) = plan.metrics(i) {
-                    metrics.admitted(state);
+            if observe::ENABLED {
+                for (&i, state) in active.iter().zip(&states) {
+                    if let Some(metrics) = plan.metrics(i) {
+                        metrics.admitted(state);
+                    }
                 }
             }
             if let Some(p) = provisional {
@@ -194,7 +197,7 @@ impl Engine {
             refusing.push(i);
             let shadow = plan.shadow(i);
             enforced |= !shadow;
-            if let Some(metrics) = plan.metrics(i) {
+            if let Some(metrics) = plan.metrics(i).filter(|_| observe::ENABLED) {
                 metrics.refused(shadow);
             }
             self.log_refusal(plan, i, state, method, path);
