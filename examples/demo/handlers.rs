@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::request::Parts;
@@ -62,7 +62,7 @@ fn refusal(state: &AppState, bucket: &str, decision: &Decision, uri: &Uri) -> Re
     state
         .limiter
         .refusal(bucket, decision, &Method::POST, uri.path())
-        .map(Body::from)
+        .into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Open <http://127.0.0.1:3000/rate-limits> for the table, `/openapi.json` for the same in
-//! OpenAPI (`x-ratelimit` on each operation). The policy itself is in `limits.rs`.
+//! OpenAPI (`x-ratelimit` on each operation), `/metrics` for the limiter's metrics in
+//! Prometheus's text format (`tollgate_requests_total{policy, bucket, outcome}` and the
+//! rest, see `tollgate::observe`). The policy itself is in `limits.rs`.
 //!
 //! **Sign-in is a stand-in, for demos only** (see `session.rs`):
 //! `Authorization: Bearer <user-id>` or a cookie `session=<user-id>` is a signed-in staff
@@ -35,7 +37,9 @@ mod handlers;
 mod limits;
 mod session;
 
-use axum::http::Method;
+use axum::http::{header::CONTENT_TYPE, Method};
+
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tollgate::client_ip::ClientIp;
 
 use docs::Api;
@@ -61,6 +65,8 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tollgate_suite::init_logging();
     let client_ip = ClientIp::peer().trust_proxies(tollgate_suite::trusted_proxies_from_env());
+    // The recorder first: the limiter registers its metrics when it is built.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let store = match (tollgate::store_from_env()?, memory_max_entries_from_env()?) {
         (tollgate::EnvStore::Memory(_), Some(n)) => {
             tollgate::EnvStore::Memory(tollgate::MemoryStore::builder().max_entries(n).build())
@@ -230,7 +236,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .op(post, "/api/teams/switch", "Switch team", ok)
         .into_router()
         .with_state(state)
-        .layer(limiter.layer());
+        .layer(limiter.layer())
+        // Added after the layer: scrapes are not limited.
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                metrics.run_upkeep();
+                (
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        );
     let app = admin::mount(app, &limiter);
     tollgate_suite::serve(app, 3000).await?;
     Ok(())

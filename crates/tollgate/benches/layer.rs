@@ -3,6 +3,11 @@
 //! `cargo bench -p tollgate --bench layer` (criterion's figures, then the interleaved
 //! comparison), or only the comparison: `cargo bench -p tollgate --bench layer -- interleaved`.
 //! With `TOLLGATE_BENCH_OUT=<file>`, the comparison is also written there as markdown.
+//!
+//! With `--features metrics`, two more stacks: the per-IP limiter with a Prometheus
+//! recorder installed when it was built (metrics on), beside the same limiter without one
+//! ("one per-IP limit": the feature compiled in, its handles no-ops). And in every build,
+//! the per-IP limiter without the decision in the request's extensions.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +47,14 @@ async fn ok(_req: Req) -> Result<Response<axum::body::Body>, Infallible> {
 }
 
 fn limiter(policy: Policy, global: bool) -> Limiter {
+    limiter_with(policy, global, |b| b)
+}
+
+fn limiter_with(
+    policy: Policy,
+    global: bool,
+    configure: impl FnOnce(tollgate::LimiterBuilder) -> tollgate::LimiterBuilder,
+) -> Limiter {
     let mut builder = Limiter::builder()
         .store(MemoryStore::builder().max_entries(1_000_000).build())
         .read_env(false)
@@ -56,7 +69,7 @@ fn limiter(policy: Policy, global: bool) -> Limiter {
     if global {
         builder = builder.global(NEVER);
     }
-    builder.build().unwrap()
+    configure(builder).build().unwrap()
 }
 
 /// One request through `svc`, polled to completion, its body read to the end as a server
@@ -107,7 +120,11 @@ fn contenders() -> Vec<Contender> {
         }
         GovernorLayer::new(config.finish().unwrap())
     };
-    vec![
+    let no_decision = limiter_with(Policy::named("default").per_ip(NEVER), false, |b| {
+        b.decision_in_request(false)
+    });
+    #[allow(unused_mut)]
+    let mut all = vec![
         contender("no layer", service_fn(ok)),
         contender(
             "tower_governor, one per-IP limit",
@@ -129,7 +146,38 @@ fn contenders() -> Vec<Contender> {
             "tollgate, refused (429)",
             ServiceBuilder::new().layer(refuse.layer()).service_fn(ok),
         ),
-    ]
+        contender(
+            "tollgate, one per-IP limit, no decision in the request",
+            ServiceBuilder::new()
+                .layer(no_decision.layer())
+                .service_fn(ok),
+        ),
+    ];
+    #[cfg(feature = "metrics")]
+    {
+        // Handles are registered at build: build under the recorder. (Its registry is
+        // shared with the handles, so the recorder itself may go.)
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let (ip_metrics, refuse_metrics) = metrics::with_local_recorder(&recorder, || {
+            (
+                limiter(Policy::named("default").per_ip(NEVER), false),
+                limiter(Policy::named("default").per_ip("1/h"), false),
+            )
+        });
+        all.push(contender(
+            "tollgate, one per-IP limit, metrics on",
+            ServiceBuilder::new()
+                .layer(ip_metrics.layer())
+                .service_fn(ok),
+        ));
+        all.push(contender(
+            "tollgate, refused (429), metrics on",
+            ServiceBuilder::new()
+                .layer(refuse_metrics.layer())
+                .service_fn(ok),
+        ));
+    }
+    all
 }
 
 fn request() -> Req {

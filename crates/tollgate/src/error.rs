@@ -135,6 +135,12 @@ pub enum BuildError {
 
 /// Why a direct call ([`Limiter::check`](crate::Limiter::check) and the like) did not
 /// decide.
+///
+/// With the `axum` feature it is an axum response, so `?` works in a handler that returns
+/// `Result<_, CheckError>`: [`CheckError::Store`] answers `503 Service Unavailable` with
+/// `Retry-After: 1` and `{"error":"rate limiter unavailable"}` (as a policy that fails
+/// closed does); [`CheckError::UnknownBucket`], a mistake in the code, answers `500` with
+/// `{"error":"internal server error"}` and logs a `tracing` error naming the bucket.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckError {
@@ -145,4 +151,26 @@ pub enum CheckError {
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for CheckError {
+    fn into_response(self) -> axum::response::Response {
+        let response = match &self {
+            CheckError::Store(_) => crate::respond::unavailable(),
+            CheckError::UnknownBucket(_) => {
+                tracing::error!(target: "tollgate", error = %self, "rate-limit check failed");
+                let mut response = http::Response::new(bytes::Bytes::from_static(
+                    br#"{"error":"internal server error"}"#,
+                ));
+                *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+        };
+        response.map(axum::body::Body::from)
+    }
 }

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{merge_headers, After, Headers, Outcome, Settle};
+use crate::engine::{After, Outcome, Settle, Settled};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -43,7 +43,7 @@ pin_project! {
             after: Option<After>,
         },
         Settling {
-            settle: BoxFuture<'static, Headers>,
+            settle: BoxFuture<'static, Settled>,
             response: Option<S::Response>,
         },
         Refused {
@@ -99,10 +99,23 @@ where
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response.map(ResponseBody::full)));
                         }
-                        Outcome::Proceed(after) => {
-                            let (Some(mut inner), Some(req)) = (inner.take(), req.take()) else {
+                        Outcome::Refuse(refused) => {
+                            let Some(req) = req.take() else {
                                 unreachable!("ResponseFuture polled after it was taken apart");
                             };
+                            let (parts, _body) = req.into_parts();
+                            this.state.set(State::Done);
+                            let response = refused.respond(&parts);
+                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                        }
+                        Outcome::Proceed(after) => {
+                            let (Some(mut inner), Some(mut req)) = (inner.take(), req.take())
+                            else {
+                                unreachable!("ResponseFuture polled after it was taken apart");
+                            };
+                            if let Some(decision) = after.as_ref().and_then(After::decision) {
+                                req.extensions_mut().insert(decision.clone());
+                            }
                             let fut = inner.call(req);
                             this.state.set(State::Calling { fut, after });
                         }
@@ -123,8 +136,8 @@ where
                             response: Some(response),
                         }),
                         now => {
-                            if let Some(Settle::Now(headers)) = now {
-                                merge_headers(response.headers_mut(), headers);
+                            if let Some(Settle::Now(settled)) = now {
+                                settled.apply(&mut response);
                             }
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response.map(ResponseBody::inner)));
@@ -132,11 +145,11 @@ where
                     }
                 }
                 StateProj::Settling { settle, response } => {
-                    let headers = ready!(settle.as_mut().poll(cx));
+                    let settled = ready!(settle.as_mut().poll(cx));
                     let response = response.take();
                     this.state.set(State::Done);
                     if let Some(mut response) = response {
-                        merge_headers(response.headers_mut(), headers);
+                        settled.apply(&mut response);
                         return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                     }
                 }

@@ -43,8 +43,9 @@
 //! 4. All the request's buckets (class, global, per-key overrides) go to the store in one
 //!    call: admitted only if every bucket admits; a refusal charges nothing.
 //! 5. Refused: 429 with `Retry-After`, the rate-limit headers and a JSON body. Admitted:
-//!    the response carries the headers of the most restrictive bucket, and the charge is
-//!    given back if the policy says the response does not count.
+//!    the handler finds the decision in the request's extensions, the response carries the
+//!    headers of the most restrictive bucket, and the charge is given back if the policy
+//!    says the response does not count.
 //!
 //! # Per-route policies and the central layer
 //!
@@ -86,11 +87,18 @@
 //!
 //! # Observability
 //!
-//! `tracing` events (target `tollgate`): `INFO` per refused request and per request a
-//! shadow policy would refuse (fields `policy`, `bucket`, `key_kind`, `shadow`,
-//! `retry_after_ms`, `method`, `path`; never the key itself), `WARN` per configuration
-//! warning and store failure, `ERROR` once for requests without a peer address.
-//! [`Limiter::stats`] counts admitted, refused, would-refuse and store errors.
+//! See [`observe`]: with the `metrics` feature, counters per policy, bucket and outcome,
+//! near-limit admissions, store errors, latency and fallback; `tracing` events (target
+//! `tollgate`): `INFO` for refusals and what a shadow policy would refuse, at most one per
+//! second per policy with the number left unlogged (never the key itself), `WARN` per
+//! configuration warning and store failure, `ERROR` once for requests without a peer
+//! address, and a `DEBUG` span per decision. [`Limiter::stats`] counts admitted, refused,
+//! would-refuse and store errors.
+//!
+//! The decision ([`RateLimitDecision`]) is in the request's extensions for the handler,
+//! and optionally in the response's for outer layers. The 429 is yours to shape:
+//! [`ErrorBody`] (RFC 9457 problem details among its shapes) or a hook that builds the
+//! whole response ([`LimiterBuilder::refusal_response`]).
 
 #[cfg(feature = "admin")]
 pub mod admin;
@@ -106,6 +114,7 @@ pub mod inspect;
 pub mod key;
 pub mod layer;
 pub mod limiter;
+pub mod observe;
 pub mod policy;
 #[cfg(feature = "openapi")]
 pub mod publish;
@@ -138,7 +147,8 @@ pub use limiter::{Limiter, LimiterBuilder, LimiterStats, ENABLED_ENV};
 pub use policy::Policy;
 pub use rate::{Rate, RateError};
 pub use respond::{
-    too_many_requests, BucketInfo, ErrorBody, HeaderStyle, RateLimitInfo, ResetFormat,
+    too_many_requests, BucketInfo, ErrorBody, HeaderStyle, RateLimitDecision, RateLimitInfo,
+    ResetFormat, TooManyRequests,
 };
 pub use response_body::ResponseBody;
 pub use service::RateLimit;

@@ -410,19 +410,28 @@ impl Limiter {
     }
 
     /// The 429 response the middleware would send for a refused direct-use `decision`
-    /// (same header style and body), for handlers that enforce a direct bucket.
+    /// (same header style and body), for handlers that enforce a direct bucket. With the
+    /// `axum` feature it is an axum response (`.into_response()`, or return it from a
+    /// handler); it derefs to an `http::Response<Bytes>`. The refusal hook
+    /// ([`LimiterBuilder::refusal_response`]) needs the request's parts and is not used
+    /// here.
     pub fn refusal(
         &self,
         bucket: &str,
         decision: &Decision,
         method: &Method,
         path: &str,
-    ) -> http::Response<Bytes> {
+    ) -> respond::TooManyRequests {
         let limit = self.engine.table.load().direct.get(bucket).copied();
         let quota = limit.map(|l| (bucket, l.quota()));
         let info =
             respond::RateLimitInfo::from_decision(bucket, decision, quota, method.clone(), path);
-        respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body)
+        let mut response =
+            respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body);
+        if let Some(decision) = info.decision().filter(|_| self.engine.decision_in_response) {
+            response.extensions_mut().insert(decision);
+        }
+        response.into()
     }
 
     async fn direct(
@@ -599,6 +608,10 @@ pub struct LimiterBuilder {
     /// The settings of the configuration file this builder was set up from.
     #[cfg(feature = "config")]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
+    decision_in_request: Option<bool>,
+    decision_in_response: bool,
+    refusal_hook: Option<engine::RefusalHook>,
+    store_name: Option<String>,
 }
 
 impl fmt::Debug for LimiterBuilder {
@@ -724,6 +737,74 @@ impl LimiterBuilder {
         self
     }
 
+    /// Whether the middleware puts its [`RateLimitDecision`](crate::RateLimitDecision) in
+    /// the request's extensions, for the handler (`Extension<RateLimitDecision>`). Default
+    /// on. Cost: one allocation per admitted request (extensions box what they hold; an
+    /// axum request already carries extensions). Turn it off if no handler reads it.
+    pub fn decision_in_request(mut self, on: bool) -> Self {
+        self.decision_in_request = Some(on);
+        self
+    }
+
+    /// Whether the middleware puts its [`RateLimitDecision`](crate::RateLimitDecision) in
+    /// the response's extensions (admitted and refused), for outer layers
+    /// (`response.extensions().get::<RateLimitDecision>()`). Default **off**: a handler's
+    /// response usually has no extensions yet, and the first one costs three allocations
+    /// (the map, its table and the value), as much as the rest of the layer; the
+    /// rate-limit headers already tell outer layers most of it.
+    pub fn decision_in_response(mut self, on: bool) -> Self {
+        self.decision_in_response = on;
+        self
+    }
+
+    /// Makes the whole refused response yourself (like tower_governor's `error_handler`):
+    /// `hook` gets the decision ([`RateLimitInfo`](crate::RateLimitInfo)) and the request's
+    /// parts, and returns the response. The rate-limit headers of the
+    /// [`header_style`](LimiterBuilder::header_style) (`Retry-After` included) are added to
+    /// it unless it set them itself, and the decision goes into its extensions; the
+    /// [`error_body`](LimiterBuilder::error_body) is not used. The status is yours to
+    /// choose (a 429 is what clients expect).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{header, Response, StatusCode};
+    /// use tollgate::{Limiter, Policy};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .route("/*", Policy::named("default").per_ip("100/min"))
+    ///     .refusal_response(|info, parts| {
+    ///         let html = format!(
+    ///             "<p>Slow down: {} {} is limited; retry in {} s.</p>",
+    ///             parts.method,
+    ///             parts.uri.path(),
+    ///             info.retry_after_secs().unwrap_or(60),
+    ///         );
+    ///         let mut response = Response::new(Bytes::from(html));
+    ///         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///         response.headers_mut().insert(header::CONTENT_TYPE, "text/html".parse().unwrap());
+    ///         response
+    ///     })
+    ///     .build()?;
+    /// # let _ = limiter;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn refusal_response<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&respond::RateLimitInfo, &Parts) -> http::Response<Bytes> + Send + Sync + 'static,
+    {
+        self.refusal_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The store's name in metrics (the `store` label) and in the decision span. Default:
+    /// `memory` for a store that decides in this process, `shared` for one shared between
+    /// processes (its [`Store::mode`] when the limiter is built). Must be a usable name
+    /// (letters, digits, `_`, `-`, `.`).
+    pub fn store_name(mut self, name: &str) -> Self {
+        self.store_name = Some(name.to_string());
+        self
+    }
+
     /// Switch limiting on or off (default on). When off, requests pass untouched, without
     /// headers. The environment variable [`ENABLED_ENV`] (`RATE_LIMIT_ENABLED`), when set,
     /// overrides this.
@@ -824,11 +905,19 @@ impl LimiterBuilder {
             tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
         }
 
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let store_name: Arc<str> = match self.store_name {
+            Some(name) if engine::name_is_valid(&name) => name.into(),
+            Some(name) => return Err(BuildError::BadName { name }),
+            None => crate::observe::default_store_name(store.mode()).into(),
+        };
+        let store_metrics = crate::observe::StoreMetrics::new(&store_name, store.mode());
+
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let engine = Engine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             enabled,
-            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            store,
             client_ip,
             identity: self.identity,
             header_style: self.header_style.unwrap_or_default(),
@@ -844,6 +933,11 @@ impl LimiterBuilder {
             warned_no_peer: AtomicBool::new(false),
             anonymous_streak: AtomicU64::new(0),
             require_peer: self.require_peer.unwrap_or(false),
+            decision_in_request: self.decision_in_request.unwrap_or(true),
+            decision_in_response: self.decision_in_response,
+            refusal_hook: self.refusal_hook,
+            store_name,
+            store_metrics,
         };
         Ok(Limiter {
             engine: Arc::new(engine),

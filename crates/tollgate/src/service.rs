@@ -8,7 +8,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::engine::{Outcome, Scope, Start};
+use crate::engine::{After, Outcome, Scope, Start};
 use crate::future::ResponseFuture;
 use crate::limiter::Limiter;
 use crate::response_body::ResponseBody;
@@ -65,15 +65,24 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let start = self.limiter.engine.start(&self.scope, &mut parts);
-        let req = Request::from_parts(parts, body);
         match start {
-            Start::Pass => ResponseFuture::calling(self.inner.call(req), None),
+            Start::Pass => {
+                ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)), None)
+            }
             // Decided at once (the memory store): no future to wait on.
             Start::Now(Outcome::Proceed(after)) => {
+                if let Some(decision) = after.as_ref().and_then(After::decision) {
+                    parts.extensions.insert(decision.clone());
+                }
+                let req = Request::from_parts(parts, body);
                 ResponseFuture::calling(self.inner.call(req), after)
             }
             Start::Now(Outcome::Respond(response)) => ResponseFuture::respond(response),
+            Start::Now(Outcome::Refuse(refused)) => {
+                ResponseFuture::respond(refused.respond(&parts))
+            }
             Start::Later(decide) => {
+                let req = Request::from_parts(parts, body);
                 // The ready service goes into the future; a fresh clone stays here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);

@@ -6,8 +6,16 @@
 //!
 //! What allocates today, per admitted request: the `RateLimit` header value (it varies
 //! with every request), the response's header map growing to hold the five rate-limit
-//! headers (two: its index and its entries), and, with a per-user limit, the `String` the
+//! headers (two: its index and its entries), the decision in the request's extensions
+//! (`RateLimitDecision`: extensions box what they hold; the request already carries
+//! extensions, as every axum request does), and, with a per-user limit, the `String` the
 //! identity function returns. A refusal adds its JSON body and its own header map.
+//!
+//! Without the decision in the request (`decision_in_request(false)`) an admitted request
+//! costs one less. With it in the response too (`decision_in_response(true)`, off by
+//! default) a response whose extensions are empty costs three more: the map, its table
+//! and the value. With the `metrics` feature, incrementing the counters allocates nothing
+//! (they are registered when the limiter is built).
 
 use std::alloc::System;
 use std::convert::Infallible;
@@ -28,6 +36,14 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const NEVER: &str = "5000/min";
 
 fn limiter(policy: Policy, global: bool) -> Limiter {
+    limiter_with(policy, global, |b| b)
+}
+
+fn limiter_with(
+    policy: Policy,
+    global: bool,
+    configure: impl FnOnce(tollgate::LimiterBuilder) -> tollgate::LimiterBuilder,
+) -> Limiter {
     let mut builder = Limiter::builder()
         .store(MemoryStore::builder().max_entries(10_000).build())
         .read_env(false)
@@ -41,7 +57,7 @@ fn limiter(policy: Policy, global: bool) -> Limiter {
     if global {
         builder = builder.global(NEVER);
     }
-    builder.build().unwrap()
+    configure(builder).build().unwrap()
 }
 
 fn request() -> Request<Full<Bytes>> {
@@ -108,6 +124,16 @@ fn allocations_per_request_are_counted() {
     let three = limiter(Policy::named("default").per_ip(NEVER).per_user(NEVER), true);
     let refusing = limiter(Policy::named("default").per_ip("1/h"), false);
     let refusing_three = limiter(Policy::named("default").per_ip("1/h").per_user(NEVER), true);
+    let without_decision = limiter_with(Policy::named("default").per_ip(NEVER), false, |b| {
+        b.decision_in_request(false)
+    });
+    let decision_in_response = limiter_with(Policy::named("default").per_ip(NEVER), false, |b| {
+        b.decision_in_response(true)
+    });
+    let refusing_decision_in_response =
+        limiter_with(Policy::named("default").per_ip("1/h"), false, |b| {
+            b.decision_in_response(true)
+        });
     let counts = [
         (
             "one per-IP limit, admitted",
@@ -125,6 +151,21 @@ fn allocations_per_request_are_counted() {
             "IP + user + global, refused",
             allocations(&refusing_three, StatusCode::TOO_MANY_REQUESTS),
         ),
+        (
+            "one per-IP limit, admitted, no decision in the request",
+            allocations(&without_decision, StatusCode::OK),
+        ),
+        (
+            "one per-IP limit, admitted, decision in the response too",
+            allocations(&decision_in_response, StatusCode::OK),
+        ),
+        (
+            "one per-IP limit, refused, decision in the response",
+            allocations(
+                &refusing_decision_in_response,
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+        ),
     ];
     println!("{counts:#?}");
     assert_eq!(
@@ -133,13 +174,16 @@ fn allocations_per_request_are_counted() {
             EXPECTED_ONE,
             EXPECTED_THREE,
             EXPECTED_REFUSED,
-            EXPECTED_REFUSED_THREE
+            EXPECTED_REFUSED_THREE,
+            EXPECTED_ONE - 1,
+            EXPECTED_ONE + 3,
+            EXPECTED_REFUSED + 3,
         ],
         "{counts:#?}"
     );
 }
 
-const EXPECTED_ONE: usize = 3;
-const EXPECTED_THREE: usize = 4;
+const EXPECTED_ONE: usize = 4;
+const EXPECTED_THREE: usize = 5;
 const EXPECTED_REFUSED: usize = 11;
 const EXPECTED_REFUSED_THREE: usize = 12;

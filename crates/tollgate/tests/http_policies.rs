@@ -684,8 +684,8 @@ async fn direct_use_from_a_handler_locks_out_an_email() {
                 &http::Method::POST,
                 "/sign-in",
             );
-            let (parts, body) = refusal.into_parts();
-            return (parts, body).into_response();
+            // An axum response as it is.
+            return refusal.into_response();
         }
         if headers.get("x-password").is_some_and(|p| p == "right") {
             limiter.reset("sign-in-failures", &email).await.unwrap();

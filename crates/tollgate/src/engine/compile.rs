@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
 use tollgate_core::{FailureMode, Limit, Quota, WhenFull};
@@ -12,6 +12,7 @@ use tollgate_core::{FailureMode, Limit, Quota, WhenFull};
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
 use crate::key::{Key, Source};
+use crate::observe::BucketMetrics;
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
 use crate::rate::Rate;
 use crate::respond::sf;
@@ -36,6 +37,9 @@ pub(crate) enum Sig {
 /// A policy checked and ready for requests.
 pub(crate) struct Compiled {
     pub(crate) name: Arc<str>,
+    /// The name, interned: what a request's decision carries without touching a shared
+    /// reference count.
+    pub(crate) static_name: &'static str,
     pub(crate) exempt: bool,
     pub(crate) limits: Vec<CompiledLimit>,
     pub(crate) cost: Cost,
@@ -52,6 +56,9 @@ pub(crate) struct Compiled {
     /// `RateLimit-Policy` values by which of this policy's and the global policies' limits
     /// a response shows (a bit per limit, this policy's first), made on first use.
     pub(crate) policy_values: Box<[OnceLock<HeaderValue>]>,
+    /// The per-key override buckets of this policy's key kinds (`override:<kind>`), one
+    /// per kind.
+    pub(crate) overrides: Vec<OverrideBucket>,
 }
 
 impl Compiled {
@@ -65,6 +72,19 @@ impl Compiled {
         self.refund_if.as_ref().is_some_and(|f| f(status))
             || self.count_only_if.as_ref().is_some_and(|f| !f(status))
     }
+
+    /// The override bucket of key kind `kind`.
+    pub(crate) fn override_bucket(&self, kind: &str) -> Option<&OverrideBucket> {
+        self.overrides.iter().find(|o| &*o.kind == kind)
+    }
+}
+
+/// The per-key override bucket of one key kind of a policy.
+pub(crate) struct OverrideBucket {
+    pub(crate) kind: Arc<str>,
+    /// `override:<kind>`, interned.
+    pub(crate) label: &'static str,
+    pub(crate) metrics: BucketMetrics,
 }
 
 pub(crate) struct CompiledLimit {
@@ -72,16 +92,36 @@ pub(crate) struct CompiledLimit {
     pub(crate) quota: CompiledQuota,
     /// The bucket name in the store and in headers: `<bucket>:<kind>[#n]`.
     pub(crate) bucket: Arc<str>,
+    /// The bucket name, interned.
+    pub(crate) static_bucket: &'static str,
     /// The bucket name as a structured-field string (`"default-ip"`), for the IETF fields.
     pub(crate) sf_name: Box<str>,
     /// `"default-ip";q=500;w=60`: this limit's `RateLimit-Policy` item (fixed quotas).
     pub(crate) policy_item: Option<Box<str>>,
     pub(crate) when_full: WhenFull,
+    /// Its metrics (registered once, here).
+    pub(crate) metrics: BucketMetrics,
 }
 
 pub(crate) enum CompiledQuota {
     Fixed(Limit),
     PerKey(QuotaFn),
+}
+
+/// `name` for the life of the process, shared by every policy that uses it: a
+/// configuration name (policy, bucket, override label), interned when a policy is compiled,
+/// so a request's decision carries it without touching a reference count shared by every
+/// thread. Each distinct name is kept once (configuration names are few and short).
+pub(crate) fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut names = super::lock(&NAMES);
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(&interned) = names.get(name) {
+        return interned;
+    }
+    let interned: &'static str = Box::leak(name.into());
+    names.insert(interned);
+    interned
 }
 
 /// A bucket or policy name: ASCII letters, digits, `_`, `-`, `.`; 1 to 64 of them.
@@ -130,6 +170,7 @@ pub(crate) fn compile(
     }
     let mut compiled = Compiled {
         name: name.clone(),
+        static_name: intern(&name),
         exempt: policy.exempt,
         limits: Vec::new(),
         cost: policy.cost.clone(),
@@ -141,6 +182,7 @@ pub(crate) fn compile(
         refusals_logged_at: AtomicU64::new(0),
         refusals_unlogged: AtomicU64::new(0),
         policy_values: Box::default(),
+        overrides: Vec::new(),
     };
     if policy.exempt {
         return Ok(Arc::new(compiled));
@@ -220,9 +262,19 @@ pub(crate) fn compile(
             CompiledQuota::Fixed(l) => Some(policy_item(&sf_name, l.quota()).into()),
             CompiledQuota::PerKey(_) => None,
         };
+        if compiled.override_bucket(key.kind()).is_none() {
+            let label: Arc<str> = format!("override:{}", key.kind()).into();
+            compiled.overrides.push(OverrideBucket {
+                kind: key.kind.clone(),
+                label: intern(&label),
+                metrics: BucketMetrics::new(&name, &label),
+            });
+        }
         compiled.limits.push(CompiledLimit {
             key: key.clone(),
             quota,
+            metrics: BucketMetrics::new(&name, &bucket),
+            static_bucket: intern(&bucket),
             bucket,
             sf_name,
             policy_item,
@@ -501,6 +553,24 @@ mod tests {
             Some(BuildError::ZeroCost { .. })
         ));
         let _ = &mut sigs;
+    }
+
+    #[test]
+    fn names_are_interned_once() {
+        let a = intern("interned-name");
+        let b = intern(&String::from("interned-name"));
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a, "interned-name");
+        let c = compile(
+            &Policy::named("p").per_ip("1/min"),
+            &defaults(),
+            false,
+            &mut Signatures::new(),
+            0,
+        )
+        .unwrap();
+        assert_eq!((c.static_name, c.limits[0].static_bucket), ("p", "p:ip"));
+        assert_eq!(c.override_bucket("ip").unwrap().label, "override:ip");
     }
 
     #[test]

@@ -5,17 +5,20 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::request::Parts;
+use http::Method;
 use smallvec::{smallvec, SmallVec};
 use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{log_refusal, Compiled};
 use super::plan::{Group, Plan, INLINE};
-use super::settle::After;
+use super::settle::{After, Headers};
 use super::{Engine, Provisional};
-use crate::respond::{self, BucketInfo, RateLimitInfo};
+use crate::observe;
+use crate::respond::{self, BucketInfo, RateLimitDecision, RateLimitInfo};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
 /// (boxing them would allocate on every request), so the admitted variant is the large one.
@@ -23,8 +26,35 @@ use crate::respond::{self, BucketInfo, RateLimitInfo};
 pub(crate) enum Outcome {
     /// Call the inner service; then finish with `After` (headers, refunds).
     Proceed(Option<After>),
-    /// Answer without calling the inner service (429, or 503 when failing closed).
+    /// Answer without calling the inner service (503 when failing closed).
     Respond(http::Response<Bytes>),
+    /// Refuse: a 429, made from the request's parts once they are at hand.
+    Refuse(Refused),
+}
+
+/// A refusal, before its response is made (the refusal hook sees the request's parts).
+pub(crate) struct Refused {
+    engine: Arc<Engine>,
+    info: RateLimitInfo,
+    headers: Headers,
+    decision: Option<RateLimitDecision>,
+}
+
+impl Refused {
+    /// The 429 for the request of `parts`: the refusal hook's response (or the error body),
+    /// plus the rate-limit headers it did not set, and the decision in its extensions.
+    pub(crate) fn respond(self, parts: &Parts) -> http::Response<Bytes> {
+        let engine = &self.engine;
+        let mut response = match &engine.refusal_hook {
+            Some(hook) => hook(&self.info, parts),
+            None => respond::refusal(&self.info, &engine.error_body),
+        };
+        super::settle::merge_headers(response.headers_mut(), self.headers);
+        if let Some(decision) = self.decision {
+            response.extensions_mut().insert(decision);
+        }
+        response
+    }
 }
 
 /// A plan the store could not decide at once, to be charged through its future. Returned
@@ -54,8 +84,12 @@ impl Engine {
         path: &str,
     ) -> Result<Outcome, Undecided<'a>> {
         let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        // The memory store answers in tens of nanoseconds: it is timed only for the span
+        // (while `DEBUG` is on for this crate's target).
+        let timed = tracing::enabled!(target: "tollgate", tracing::Level::DEBUG);
         loop {
             let mut states: States = smallvec![BucketState::default(); active.len()];
+            let started = timed.then(Instant::now);
             let answer = if active.len() == plan.buckets.len() {
                 self.store
                     .apply_sync(Op::Charge, &plan.buckets, &mut states)
@@ -67,7 +101,11 @@ impl Engine {
             let Some(answer) = answer else {
                 return Err((plan, provisional));
             };
-            match self.conclude(&plan, &active, answer, states, &provisional, method, path) {
+            let span = self.span(&plan, started.map(|t| t.elapsed()));
+            let step = span.in_scope(|| {
+                self.conclude(&plan, &active, answer, states, &provisional, method, path)
+            });
+            match step {
                 Step::Done(outcome) => return Ok(outcome),
                 Step::Without(rest) => active = rest,
             }
@@ -86,16 +124,35 @@ impl Engine {
         loop {
             let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();
             let batch = Batch::charge(buckets).with_failure_mode(plan.on_failure);
+            let started = Instant::now();
             let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
+            let elapsed = started.elapsed();
+            self.store_metrics.answered(elapsed, self.store.mode());
             let (answer, states) = match answer {
                 Ok((now, states)) => (Ok(now), States::from_vec(states)),
                 Err(e) => (Err(e), States::new()),
             };
-            match self.conclude(&plan, &active, answer, states, &provisional, &method, &path) {
+            let span = self.span(&plan, Some(elapsed));
+            let step = span.in_scope(|| {
+                self.conclude(&plan, &active, answer, states, &provisional, &method, &path)
+            });
+            match step {
                 Step::Done(outcome) => return outcome,
                 Step::Without(rest) => active = rest,
             }
         }
+    }
+
+    /// The `DEBUG` span of one decision: the route's policy, the store, and how long the
+    /// store took (when timed).
+    fn span<G: AsRef<Compiled>>(&self, plan: &Plan<G>, store: Option<Duration>) -> tracing::Span {
+        tracing::debug_span!(
+            target: "tollgate",
+            "tollgate.decide",
+            policy = %plan.groups.first().map_or("", |g| &*g.as_ref().name),
+            store = %self.store_name,
+            store_us = store.map(|d| d.as_micros() as u64),
+        )
     }
 
     /// What an answer of the store for the `active` buckets of `plan` means.
@@ -117,6 +174,13 @@ impl Engine {
         let allowed = states.iter().all(|s| s.allowed);
         if allowed {
             self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            if observe::ENABLED {
+                for (&i, state) in active.iter().zip(&states) {
+                    if let Some(metrics) = plan.metrics(i) {
+                        metrics.admitted(state);
+                    }
+                }
+            }
             if let Some(p) = provisional {
                 let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 *super::lock(&p.buckets) = Some(charged);
@@ -133,19 +197,24 @@ impl Engine {
             refusing.push(i);
             let shadow = plan.shadow(i);
             enforced |= !shadow;
+            if let Some(metrics) = plan.metrics(i).filter(|_| observe::ENABLED) {
+                metrics.refused(shadow);
+            }
             self.log_refusal(plan, i, state, method, path);
         }
         if enforced {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             // The body from the info; the headers as an admitted response makes them (their
             // constant parts ready).
-            let info = self.info(plan, active, &states, now, method, path);
-            let mut response = respond::refusal(&info, &self.error_body);
-            super::merge_headers(
-                response.headers_mut(),
-                self.headers(plan, active, &states, now),
-            );
-            return Step::Done(Outcome::Respond(response));
+            return Step::Done(Outcome::Refuse(Refused {
+                engine: self.clone(),
+                info: self.info(plan, active, &states, now, method, path),
+                headers: self.headers(plan, active, &states, now),
+                decision: self
+                    .decision_in_response
+                    .then(|| self.decision(plan, active, &states, now))
+                    .flatten(),
+            }));
         }
         self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);
         let rest: SmallVec<[usize; INLINE]> = active
@@ -244,6 +313,7 @@ impl Engine {
         method: &Method,
         path: &str,
     ) -> Outcome {
+        self.store_metrics.error();
         if let Some(unlogged) = self.stats.store_failed() {
             tracing::warn!(
                 target: "tollgate",
@@ -256,7 +326,7 @@ impl Engine {
             );
         }
         if on_failure == FailureMode::Closed {
-            Outcome::Respond(unavailable())
+            Outcome::Respond(respond::unavailable())
         } else {
             Outcome::Proceed(None)
         }
@@ -271,20 +341,4 @@ fn active_shown<G: AsRef<Compiled>>(plan: &Plan<G>, active: &[usize], j: usize) 
         .filter(|&i| !plan.shadow(i))
         .nth(j)
         .unwrap_or_default()
-}
-
-/// 503 for a store that failed while the policy fails closed.
-fn unavailable() -> http::Response<Bytes> {
-    let mut response = http::Response::new(Bytes::from_static(
-        br#"{"error":"rate limiter unavailable"}"#,
-    ));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }

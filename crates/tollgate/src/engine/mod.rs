@@ -28,13 +28,15 @@ use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
 use crate::classify::RouteTable;
 use crate::client_ip::{peer_addr, ClientIp};
 use crate::key::Extractor;
-use crate::respond::{ErrorBody, HeaderStyle};
+use crate::observe::StoreMetrics;
+use crate::respond::{ErrorBody, HeaderStyle, RateLimitInfo};
 
 pub(crate) use compile::{
-    compile_table, policy_item, CodeRules, Compiled, CompiledQuota, Defaults, Rules, Table,
+    compile_table, name_is_valid, policy_item, CodeRules, Compiled, CompiledQuota, Defaults, Rules,
+    Table,
 };
 pub(crate) use decide::Outcome;
-pub(crate) use settle::{merge_headers, After, Headers, Settle};
+pub(crate) use settle::{After, Settle, Settled};
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
 /// change, and its counters. [`Limiter`](crate::Limiter) is a handle to it.
@@ -69,7 +71,20 @@ pub(crate) struct Engine {
     /// Whether a request without a peer address is refused (500) rather than limited in
     /// one shared bucket.
     pub(crate) require_peer: bool,
+    /// Whether decisions go into the request's extensions.
+    pub(crate) decision_in_request: bool,
+    /// Whether decisions go into the response's extensions.
+    pub(crate) decision_in_response: bool,
+    /// Makes the whole 429 instead of the error body.
+    pub(crate) refusal_hook: Option<RefusalHook>,
+    /// The store's name (the `store` label of metrics and spans).
+    pub(crate) store_name: Arc<str>,
+    pub(crate) store_metrics: StoreMetrics,
 }
+
+/// A function that makes the whole refused response.
+pub(crate) type RefusalHook =
+    Arc<dyn Fn(&RateLimitInfo, &Parts) -> http::Response<bytes::Bytes> + Send + Sync>;
 
 /// Per-key overrides: a limit for one key of one kind, on top of the endpoint limits.
 #[derive(Default, Clone)]

@@ -13,6 +13,7 @@ use super::compile::{Compiled, CompiledQuota};
 use super::Engine;
 use crate::client_ip::peer_addr;
 use crate::key::{push_store_key, Key, Source};
+use crate::observe::BucketMetrics;
 use crate::policy::Cost;
 
 /// How many buckets a request may have before its plan allocates.
@@ -71,6 +72,26 @@ impl<G: AsRef<Compiled>> Plan<G> {
         match &meta.label {
             Some(label) => label,
             None => &self.policy(i).limits[usize::from(meta.limit)].bucket,
+        }
+    }
+
+    /// The metrics of bucket `i`.
+    pub(crate) fn metrics(&self, i: usize) -> Option<&BucketMetrics> {
+        let meta = &self.meta[i];
+        let policy = self.policy(i);
+        match meta.label {
+            Some(_) => policy.override_bucket(self.kind(i)).map(|o| &o.metrics),
+            None => Some(&policy.limits[usize::from(meta.limit)].metrics),
+        }
+    }
+
+    /// [`Plan::label`], interned (see [`intern`](super::compile::intern)).
+    pub(crate) fn static_label(&self, i: usize) -> &'static str {
+        let meta = &self.meta[i];
+        let policy = self.policy(i);
+        match meta.label {
+            Some(_) => policy.override_bucket(self.kind(i)).map_or("", |o| o.label),
+            None => policy.limits[usize::from(meta.limit)].static_bucket,
         }
     }
 

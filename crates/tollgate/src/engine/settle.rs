@@ -2,6 +2,7 @@
 //! the charge given back when the response does not count (a 304, a successful sign-in
 //! under a count-only-failures policy).
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,15 +14,40 @@ use super::compile::Compiled;
 use super::decide::States;
 use super::plan::{Group, Plan, INLINE};
 use super::{Engine, Provisional};
-use crate::respond::{sf, Shown, ShownResponse};
+use crate::respond::{sf, RateLimitDecision, Shown, ShownResponse};
 
 /// The rate-limit headers of one response, ready to add.
 pub(crate) type Headers = SmallVec<[(HeaderName, HeaderValue); 6]>;
+
+/// What an admitted response gets: its rate-limit headers, and the decision for its
+/// extensions.
+pub(crate) struct Settled {
+    pub(crate) headers: Headers,
+    pub(crate) decision: Option<RateLimitDecision>,
+}
+
+impl Settled {
+    /// Adds the headers (those the inner service did not set) and the decision to
+    /// `response`.
+    pub(crate) fn apply<B>(self, response: &mut http::Response<B>) {
+        merge_headers(response.headers_mut(), self.headers);
+        if let Some(decision) = self.decision {
+            response.extensions_mut().insert(decision);
+        }
+    }
+}
 
 /// What to do with the inner service's response.
 pub(crate) struct After {
     /// The headers, when no policy of the request may give its charge back.
     headers: Headers,
+    /// The decision, for the request's extensions and the response's (when no charge may
+    /// be given back).
+    decision: Option<RateLimitDecision>,
+    /// Whether the request's extensions carry it.
+    in_request: bool,
+    /// Whether the response's extensions carry it.
+    in_response: bool,
     /// What giving a charge back needs, when some policy may.
     pending: Option<Box<Pending>>,
     /// The central layer's charge, which a per-route layer further in may take over.
@@ -43,9 +69,9 @@ struct Pending {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Settle {
     /// The headers, ready.
-    Now(Headers),
+    Now(Settled),
     /// Give the charge back, then the headers.
-    AfterRefund(BoxFuture<'static, Headers>),
+    AfterRefund(BoxFuture<'static, Settled>),
 }
 
 impl After {
@@ -59,6 +85,7 @@ impl After {
         now: Timestamp,
         provisional: Option<Arc<Provisional>>,
     ) -> Self {
+        let decision = engine.decision(plan, active, &states, now);
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
             let pending = Pending {
                 engine: engine.clone(),
@@ -69,15 +96,26 @@ impl After {
             };
             return Self {
                 headers: Headers::new(),
+                decision,
+                in_request: engine.decision_in_request,
+                in_response: engine.decision_in_response,
                 pending: Some(Box::new(pending)),
                 provisional,
             };
         }
         Self {
             headers: engine.headers(plan, active, &states, now),
+            decision,
+            in_request: engine.decision_in_request,
+            in_response: engine.decision_in_response,
             pending: None,
             provisional,
         }
+    }
+
+    /// The decision, for the request's extensions (`None` when they do not carry it).
+    pub(crate) fn decision(&self) -> Option<&RateLimitDecision> {
+        self.decision.as_ref().filter(|_| self.in_request)
     }
 
     /// The headers for a response of `status`, giving the charge back first if the response
@@ -89,13 +127,16 @@ impl After {
             }
         }
         let Some(mut pending) = self.pending else {
-            return Some(Settle::Now(self.headers));
+            return Some(Settle::Now(Settled {
+                headers: self.headers,
+                decision: self.decision.filter(|_| self.in_response),
+            }));
         };
         let refund: SmallVec<[usize; INLINE]> = (0..pending.charged.len())
             .filter(|&pos| pending.plan.policy(pending.charged[pos]).refunds(status))
             .collect();
         if refund.is_empty() {
-            return Some(Settle::Now(pending.headers()));
+            return Some(Settle::Now(pending.settled()));
         }
         let buckets: SmallVec<[Bucket; INLINE]> = refund
             .iter()
@@ -105,13 +146,13 @@ impl After {
         let store = &pending.engine.store;
         if let Some(answer) = store.apply_sync(Op::Refund, &buckets, &mut given_back) {
             pending.refunded(&refund, answer.map(|_| given_back));
-            return Some(Settle::Now(pending.headers()));
+            return Some(Settle::Now(pending.settled()));
         }
         Some(Settle::AfterRefund(Box::pin(async move {
             let batch = Batch::new(Op::Refund, buckets.into_vec());
             let answer = pending.engine.store.apply(&batch).await;
             pending.refunded(&refund, answer.map(|d| States::from_vec(d.buckets)));
-            pending.headers()
+            pending.settled()
         })))
     }
 }
@@ -131,9 +172,16 @@ impl Pending {
         }
     }
 
-    fn headers(&self) -> Headers {
-        self.engine
-            .headers(&self.plan, &self.charged, &self.states, self.now)
+    /// The headers and the decision, as the buckets are now.
+    fn settled(&self) -> Settled {
+        let (engine, plan, charged) = (&self.engine, &self.plan, &self.charged);
+        let decision = engine
+            .decision_in_response
+            .then(|| engine.decision(plan, charged, &self.states, self.now));
+        Settled {
+            headers: engine.headers(plan, charged, &self.states, self.now),
+            decision: decision.flatten(),
+        }
     }
 }
 
@@ -149,6 +197,39 @@ pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: Headers) {
 }
 
 impl Engine {
+    /// The decision the extensions carry for the `active` buckets of `plan` answered by
+    /// `states`: the most restrictive bucket that is not a dry run. `None` if no
+    /// extensions carry it, or only dry runs were charged.
+    pub(crate) fn decision<G: AsRef<Compiled>>(
+        &self,
+        plan: &Plan<G>,
+        active: &[usize],
+        states: &[BucketState],
+        now: Timestamp,
+    ) -> Option<RateLimitDecision> {
+        if !self.decision_in_request && !self.decision_in_response {
+            return None;
+        }
+        let mut shown: SmallVec<[usize; INLINE]> = SmallVec::new();
+        let mut shown_states: SmallVec<[BucketState; INLINE]> = SmallVec::new();
+        for (&i, state) in active.iter().zip(states) {
+            if !plan.shadow(i) {
+                shown.push(i);
+                shown_states.push(state.clone());
+            }
+        }
+        let allowed = shown_states.iter().all(|s| s.allowed);
+        let j = most_restrictive(allowed, &shown_states)?;
+        let i = shown[j];
+        Some(RateLimitDecision::new(
+            Cow::Borrowed(plan.policy(i).static_name),
+            Cow::Borrowed(plan.static_label(i)),
+            &shown_states[j],
+            now,
+            allowed,
+        ))
+    }
+
     /// The rate-limit headers for the `active` buckets of `plan` answered by `states`.
     /// Shadow buckets are a dry run and never show. The constant parts come ready from the
     /// compiled policies.

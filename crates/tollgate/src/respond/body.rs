@@ -1,4 +1,5 @@
-//! [`ErrorBody`]: the JSON body of a 429, and [`too_many_requests`], the whole refusal.
+//! [`ErrorBody`]: the JSON body of a 429 (or an RFC 9457 problem), and
+//! [`too_many_requests`], the whole refusal.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -26,7 +27,11 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 /// | [`ErrorBody::retry_after_camel`] (the default; seed 000) | `{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}` |
 /// | [`ErrorBody::code_details`] (seed 003) | `{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,"window":"1m","retryAfter":23}}` |
 /// | [`ErrorBody::message`] (seed 004) | `{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}` |
+/// | [`ErrorBody::problem`] (RFC 9457, `application/problem+json`) | `{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}` |
 /// | [`ErrorBody::custom`] | whatever the closure returns |
+///
+/// Every shape is sent as `application/json` except [`ErrorBody::problem`]
+/// (`application/problem+json`); [`ErrorBody::with_content_type`] changes it.
 ///
 /// Numbers describe the most restrictive bucket; `retryAfter` is whole seconds rounded up,
 /// `window` the quota's period (`1m`, `15m`, `1h`, `1d`, `90s`, `250ms`), `reset_at` Unix
@@ -34,7 +39,7 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 /// indentation (seed 004 prints its body that way).
 ///
 /// **A request that can never fit** (it costs more than the bucket holds): the text field
-/// (`message` in the default and seed-004 shapes, `error` in the seed-003 shape) says so,
+/// (`message` in the default and seed-004 shapes, `detail` in the problem, `error` in the seed-003 shape) says so,
 /// e.g. `This request costs 12 points, but this rate limit allows at most 10 at once;
 /// retrying will not help.`, and `retryAfter` is `null`.
 ///
@@ -53,6 +58,7 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 pub struct ErrorBody {
     shape: Shape,
     pretty: bool,
+    content_type: Option<HeaderValue>,
 }
 
 #[derive(Clone)]
@@ -67,6 +73,7 @@ enum Ready {
     RetryAfterCamel,
     CodeDetails,
     Message,
+    Problem,
 }
 
 impl fmt::Debug for ErrorBody {
@@ -76,7 +83,11 @@ impl fmt::Debug for ErrorBody {
             Shape::Ready(ready) => debug.field("shape", ready),
             Shape::Custom(_) => debug.field("shape", &"Custom(<closure>)"),
         };
-        debug.field("pretty", &self.pretty).finish()
+        debug.field("pretty", &self.pretty);
+        if let Some(content_type) = &self.content_type {
+            debug.field("content_type", content_type);
+        }
+        debug.finish()
     }
 }
 
@@ -92,6 +103,7 @@ impl ErrorBody {
         Self {
             shape,
             pretty: false,
+            content_type: None,
         }
     }
 
@@ -113,6 +125,15 @@ impl ErrorBody {
     /// page prints it [`pretty`](ErrorBody::pretty)).
     pub const fn message() -> Self {
         Self::shape(Shape::Ready(Ready::Message))
+    }
+
+    /// An RFC 9457 problem, sent as `application/problem+json`:
+    /// `{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit
+    /// exceeded; retry in 23 seconds.","retryAfter":23}`. `type` `about:blank` says the
+    /// problem is what the status code means; `retryAfter` is an extension member (whole
+    /// seconds, `null` when waiting cannot help).
+    pub const fn problem() -> Self {
+        Self::shape(Shape::Ready(Ready::Problem))
     }
 
     /// The body seed 000 describes: [`ErrorBody::retry_after_camel`].
@@ -158,6 +179,24 @@ impl ErrorBody {
         })))
     }
 
+    /// The same body, sent with `Content-Type: content_type` (e.g. a custom body that is an
+    /// RFC 9457 problem: `HeaderValue::from_static("application/problem+json")`).
+    pub fn with_content_type(mut self, content_type: HeaderValue) -> Self {
+        self.content_type = Some(content_type);
+        self
+    }
+
+    /// The `Content-Type` the body is sent with.
+    pub fn content_type(&self) -> HeaderValue {
+        match (&self.content_type, &self.shape) {
+            (Some(content_type), _) => content_type.clone(),
+            (None, Shape::Ready(Ready::Problem)) => {
+                HeaderValue::from_static("application/problem+json")
+            }
+            (None, _) => HeaderValue::from_static("application/json"),
+        }
+    }
+
     /// The same shape, indented with two spaces and one key per line.
     pub const fn pretty(mut self) -> Self {
         self.pretty = true;
@@ -181,7 +220,7 @@ impl ErrorBody {
     }
 }
 
-/// The whole refusal: `429 Too Many Requests`, `Content-Type: application/json`, the
+/// The whole refusal: `429 Too Many Requests`, the body's `Content-Type`, the
 /// headers of `style` (with `Retry-After` unless waiting cannot help) and `body`'s bytes.
 ///
 /// ```
@@ -229,7 +268,23 @@ pub(crate) fn refusal(info: &RateLimitInfo, body: &ErrorBody) -> Response<Bytes>
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     response
         .headers_mut()
+        .insert(CONTENT_TYPE, body.content_type());
+    response
+}
+
+/// 503 for a store that failed while the policy fails closed (and for
+/// [`CheckError::Store`](crate::CheckError::Store) as an axum response).
+pub(crate) fn unavailable() -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(
+        br#"{"error":"rate limiter unavailable"}"#,
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+        .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -251,19 +306,28 @@ fn ready_shape(shape: Ready, info: &RateLimitInfo, pretty: bool) -> Vec<u8> {
             "This request costs {cost} points, but this rate limit allows at most {capacity} at once; retrying will not help."
         )
     });
-    let value = match shape {
-        Ready::RetryAfterCamel => {
-            let message = never_fits.unwrap_or_else(|| match info.retry_after_secs() {
+    let retry_in = || {
+        never_fits
+            .clone()
+            .unwrap_or_else(|| match info.retry_after_secs() {
                 Some(1) => "Rate limit exceeded; retry in 1 second.".to_owned(),
                 Some(secs) => format!("Rate limit exceeded; retry in {secs} seconds."),
                 None => "Rate limit exceeded.".to_owned(),
-            });
-            Json::Obj(vec![
-                ("error", Json::str("Too Many Requests")),
-                ("message", Json::Str(message.into())),
-                ("retryAfter", retry_after),
-            ])
-        }
+            })
+    };
+    let value = match shape {
+        Ready::RetryAfterCamel => Json::Obj(vec![
+            ("error", Json::str("Too Many Requests")),
+            ("message", Json::Str(retry_in().into())),
+            ("retryAfter", retry_after),
+        ]),
+        Ready::Problem => Json::Obj(vec![
+            ("type", Json::str("about:blank")),
+            ("title", Json::str("Too Many Requests")),
+            ("status", Json::Int(429)),
+            ("detail", Json::Str(retry_in().into())),
+            ("retryAfter", retry_after),
+        ]),
         Ready::CodeDetails => Json::Obj(vec![
             (
                 "error",
@@ -432,6 +496,45 @@ mod tests {
         assert_eq!(
             text(&ErrorBody::default().render(&one)),
             r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 1 second.","retryAfter":1}"#
+        );
+    }
+
+    #[test]
+    fn problem_details_per_rfc_9457() {
+        let response = too_many_requests(
+            &tenant_refused(),
+            &HeaderStyle::none(),
+            &ErrorBody::problem(),
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert_eq!(response.headers()["retry-after"], "23");
+        assert_eq!(
+            text(response.body()),
+            r#"{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}"#
+        );
+        let why = "This request costs 12 points, but this rate limit allows at most 10 at once; retrying will not help.";
+        assert_eq!(
+            text(&ErrorBody::problem().render(&never_fits())),
+            format!(
+                r#"{{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"{why}","retryAfter":null}}"#
+            )
+        );
+        // A custom body can be a problem too.
+        let custom = ErrorBody::custom(|info: &RateLimitInfo| {
+            serde_json::json!({ "type": "https://example.com/probs/rate", "policy": info.policy })
+        })
+        .with_content_type(HeaderValue::from_static("application/problem+json"));
+        let response = too_many_requests(&tenant_refused(), &HeaderStyle::none(), &custom);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert_eq!(
+            ErrorBody::default().content_type(),
+            HeaderValue::from_static("application/json")
         );
     }
 

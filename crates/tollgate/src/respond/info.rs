@@ -4,10 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+
+use super::decision::RateLimitDecision;
 
 /// One bucket a request spent (or would have spent): its name, its quota and what the store
 /// answered for it.
+///
+/// Serializes (serde) as `{"name":"default:ip","limit":500,"window":60,"remaining":499,
+/// "reset":60,"retry_after":null}`: the window, `reset` and `retry_after` in whole seconds
+/// rounded up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
     /// The bucket's name, as the policy names it (`"default:ip"`, `"auth"`), without the
@@ -24,7 +31,9 @@ pub struct BucketInfo {
 /// [`BucketInfo`] per bucket the request spent, which of them is the most restrictive, the
 /// time the store decided at, and the request's method and path.
 ///
-/// Build it with [`RateLimitInfo::from_decision`].
+/// Build it with [`RateLimitInfo::from_decision`]. Serializes (serde) as `{"allowed":false,
+/// "policy":"default","method":"GET","path":"/api/x","retry_after":23,"most_restrictive":0,
+/// "buckets":[...]}` (see [`BucketInfo`]), so a custom body can embed it whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitInfo {
     /// The name of the policy (route class) that applied.
@@ -134,6 +143,19 @@ impl RateLimitInfo {
         Some(self.now.saturating_add(bucket.state.reset_after))
     }
 
+    /// The decision as the request's extensions carry it: the most restrictive bucket's.
+    /// `None` if there are no buckets.
+    pub fn decision(&self) -> Option<RateLimitDecision> {
+        let bucket = self.most_restrictive_bucket()?;
+        Some(RateLimitDecision::new(
+            self.policy.to_string().into(),
+            bucket.name.to_string().into(),
+            &bucket.state,
+            self.now,
+            self.allowed,
+        ))
+    }
+
     /// Set when the request was refused because it costs more than a bucket can ever
     /// hold: `(cost, capacity)`. Retrying cannot help, so there is no `Retry-After`.
     pub fn never_fits(&self) -> Option<(u64, u64)> {
@@ -144,6 +166,36 @@ impl RateLimitInfo {
             Refusal::CostExceedsCapacity { cost, capacity } => Some((cost, capacity)),
             _ => None,
         }
+    }
+}
+
+impl Serialize for BucketInfo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("BucketInfo", 6)?;
+        s.serialize_field("name", &*self.name)?;
+        s.serialize_field("limit", &self.quota.count())?;
+        s.serialize_field("window", &ceil_secs(self.quota.period()))?;
+        s.serialize_field("remaining", &self.state.remaining)?;
+        s.serialize_field("reset", &ceil_secs(self.state.reset_after))?;
+        let retry = (!self.state.allowed)
+            .then_some(self.state.retry_after)
+            .flatten();
+        s.serialize_field("retry_after", &retry.map(|d| ceil_secs(d).max(1)))?;
+        s.end()
+    }
+}
+
+impl Serialize for RateLimitInfo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("RateLimitInfo", 7)?;
+        s.serialize_field("allowed", &self.allowed)?;
+        s.serialize_field("policy", &*self.policy)?;
+        s.serialize_field("method", self.method.as_str())?;
+        s.serialize_field("path", &self.path)?;
+        s.serialize_field("retry_after", &self.retry_after_secs())?;
+        s.serialize_field("most_restrictive", &self.most_restrictive)?;
+        s.serialize_field("buckets", &self.buckets)?;
+        s.end()
     }
 }
 
@@ -285,6 +337,21 @@ pub(crate) mod tests {
         assert_eq!(info.most_restrictive, 1);
         assert_eq!(info.retry_after_secs(), Some(40));
         assert_eq!(info.reset_at(), Some(Timestamp::from_micros(3_600_000_000)));
+    }
+
+    #[test]
+    fn info_serializes_and_names_its_decision() {
+        let info = refused_after(Duration::from_millis(22_400));
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"allowed":false,"policy":"p","method":"GET","path":"/","retry_after":23,"most_restrictive":0,"buckets":[{"name":"b","limit":10,"window":60,"remaining":0,"reset":60,"retry_after":23}]}"#
+        );
+        // `json!` takes it whole (the policy is an `Arc<str>`).
+        let value = serde_json::json!({ "info": info, "policy": info.policy });
+        assert_eq!(value["policy"], "p");
+        let decision = info.decision().unwrap();
+        assert_eq!((&*decision.bucket, decision.limit), ("b", 10));
+        assert_eq!(decision.retry_after_secs(), Some(23));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   [`ResetFormat`]), the IETF `RateLimit` / `RateLimit-Policy` fields
 //!   (draft-ietf-httpapi-ratelimit-headers-10, one named item per bucket), and
 //!   `Retry-After` on refusals.
-//! - [`ErrorBody`]: the JSON body of a 429: ready shapes and a closure for anything else.
+//! - [`ErrorBody`]: the JSON body of a 429: ready shapes (an RFC 9457
+//!   `application/problem+json` among them) and a closure for anything else.
+//! - [`RateLimitDecision`]: the decision in the request's and response's extensions.
 //!
 //! [`too_many_requests`] puts them together.
 //!
@@ -70,12 +72,14 @@
 //! [`Refusal::CostExceedsCapacity`]: tollgate_core::Refusal::CostExceedsCapacity
 
 mod body;
+mod decision;
 mod headers;
 mod info;
 pub(crate) mod sf;
 
-pub(crate) use body::refusal;
+pub(crate) use body::{refusal, unavailable};
 pub use body::{too_many_requests, ErrorBody};
+pub use decision::{RateLimitDecision, TooManyRequests};
 pub use headers::{
     HeaderStyle, ResetFormat, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT,
     X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,

@@ -1,0 +1,220 @@
+//! What the limiter reports: metrics on the [`metrics`](https://docs.rs/metrics) facade
+//! (feature `metrics`; you pick the exporter), and `tracing` events and spans.
+//!
+//! # Metrics
+//!
+//! | name | kind | labels | moves |
+//! |---|---|---|---|
+//! | [`REQUESTS_TOTAL`] `tollgate_requests_total` | counter | `policy`, `bucket`, `outcome` | once per bucket a request was decided by: `outcome="admitted"` for every bucket an admitted request spent; `"refused"` for the bucket (or buckets) that refused a refused request (the others were not charged and do not count); `"shadow_refused"` for a dry-run bucket that would have refused |
+//! | [`NEAR_LIMIT_TOTAL`] `tollgate_near_limit_total` | counter | `policy`, `bucket` | a bucket admitted a request and has less than 10% of its limit left |
+//! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
+//! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
+//! | [`STORE_FALLBACK`] `tollgate_store_fallback` | gauge | `store` | 1 while a fallback store decides from memory because its shared store fails, else 0 (updated with every answer of a store that waits) |
+//!
+//! Labels are configuration names, never a client's key: `policy` is the policy's name,
+//! `bucket` the bucket's name as headers show it (`default:ip`, `auth`, `override:api_key`
+//! for per-key overrides), `store` the store's name ([`LimiterBuilder::store_name`];
+//! `memory` or `shared` by default). Series are bounded by the configuration.
+//!
+//! To count requests (rather than bucket decisions), pick one bucket every request of a
+//! policy spends: `sum(rate(tollgate_requests_total{bucket="default:ip"}[5m])) by (outcome)`.
+//!
+//! **Cost.** Every handle is registered once, when a policy is compiled (at build, or when
+//! a per-route policy is made), so a request only increments counters it already holds:
+//! no label is built and no map is searched per request. Install the exporter's recorder
+//! **before** building the limiter: handles registered while no recorder is installed stay
+//! no-ops. Without the feature, nothing is compiled in. The memory store answers in tens of
+//! nanoseconds on the request's own thread, where reading the clock twice would cost as much
+//! as the answer: it is not timed (no histogram samples for it).
+//!
+//! ```
+//! # #[cfg(feature = "metrics")] {
+//! use metrics_util::debugging::DebuggingRecorder;
+//! use tollgate::{Limiter, Policy};
+//!
+//! let recorder = DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! // Handles are registered at build: build under the recorder (or install it globally
+//! // first, as an exporter does).
+//! let limiter = metrics::with_local_recorder(&recorder, || {
+//!     Limiter::builder().route("/*", Policy::named("default").per_ip("10/min")).build()
+//! })?;
+//! # let _ = (limiter, snapshotter);
+//! # }
+//! # Ok::<(), tollgate::BuildError>(())
+//! ```
+//!
+//! # Tracing
+//!
+//! Target `tollgate`:
+//!
+//! - a `DEBUG` span `tollgate.decide` per decision, with fields `policy` (the route's
+//!   policy), `store` (its name) and `store_us` (how long the store took, in microseconds;
+//!   the memory store is timed only while `DEBUG` is on for target `tollgate`). With `DEBUG`
+//!   off, the span costs a check of the level filter.
+//! - `INFO` events for refusals and for what a shadow policy would refuse, at most one per
+//!   second per policy, each with `unlogged_refusals`: how many were not logged since the
+//!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `retry_after_ms`,
+//!   `method`, `path`; never the key).
+//! - `WARN` for configuration warnings and store failures (at most one per 10 s, with
+//!   `unlogged_failures`); `ERROR` once for requests without a peer address.
+//!
+//! [`LimiterBuilder::store_name`]: crate::LimiterBuilder::store_name
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::{BucketState, StoreMode};
+
+/// `tollgate_requests_total{policy, bucket, outcome}`.
+pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+/// `tollgate_near_limit_total{policy, bucket}`.
+pub const NEAR_LIMIT_TOTAL: &str = "tollgate_near_limit_total";
+/// `tollgate_store_errors_total{store}`.
+pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
+/// `tollgate_store_duration_seconds{store}`.
+pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
+/// `tollgate_store_fallback{store}`.
+pub const STORE_FALLBACK: &str = "tollgate_store_fallback";
+
+/// Whether metrics are compiled in (feature `metrics`): without it, the request path skips
+/// even finding a bucket's handles.
+pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
+
+/// Whether an admitted bucket state leaves less than a tenth of the bucket.
+#[cfg(feature = "metrics")]
+fn near_limit(state: &BucketState) -> bool {
+    u128::from(state.remaining) * 10 < u128::from(state.limit)
+}
+
+/// The counters of one bucket of one policy.
+pub(crate) struct BucketMetrics {
+    #[cfg(feature = "metrics")]
+    admitted: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    refused: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    shadow_refused: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    near_limit: ::metrics::Counter,
+}
+
+impl BucketMetrics {
+    /// Registers the counters of bucket `bucket` of policy `policy`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(policy: &Arc<str>, bucket: &Arc<str>) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let requests = |outcome: &'static str| {
+                ::metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "policy" => policy.to_string(),
+                    "bucket" => bucket.to_string(),
+                    "outcome" => outcome
+                )
+            };
+            Self {
+                admitted: requests("admitted"),
+                refused: requests("refused"),
+                shadow_refused: requests("shadow_refused"),
+                near_limit: ::metrics::counter!(
+                    NEAR_LIMIT_TOTAL,
+                    "policy" => policy.to_string(),
+                    "bucket" => bucket.to_string()
+                ),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        Self {}
+    }
+
+    /// The bucket admitted a request, leaving `state`.
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn admitted(&self, state: &BucketState) {
+        #[cfg(feature = "metrics")]
+        {
+            self.admitted.increment(1);
+            if near_limit(state) {
+                self.near_limit.increment(1);
+            }
+        }
+    }
+
+    /// The bucket refused a request (`shadow`: a dry run, the request went on).
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn refused(&self, shadow: bool) {
+        #[cfg(feature = "metrics")]
+        if shadow {
+            self.shadow_refused.increment(1);
+        } else {
+            self.refused.increment(1);
+        }
+    }
+}
+
+/// The store's metrics.
+pub(crate) struct StoreMetrics {
+    #[cfg(feature = "metrics")]
+    errors: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    duration: ::metrics::Histogram,
+    #[cfg(feature = "metrics")]
+    fallback: ::metrics::Gauge,
+}
+
+impl StoreMetrics {
+    /// Registers the metrics of the store labelled `store`, in mode `mode`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(store: &str, mode: StoreMode) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let this = Self {
+                errors: ::metrics::counter!(STORE_ERRORS_TOTAL, "store" => store.to_string()),
+                duration: ::metrics::histogram!(STORE_DURATION_SECONDS, "store" => store.to_string()),
+                fallback: ::metrics::gauge!(STORE_FALLBACK, "store" => store.to_string()),
+            };
+            this.mode(mode);
+            this
+        }
+        #[cfg(not(feature = "metrics"))]
+        Self {}
+    }
+
+    /// The store failed to answer.
+    #[inline]
+    pub(crate) fn error(&self) {
+        #[cfg(feature = "metrics")]
+        self.errors.increment(1);
+    }
+
+    /// The store answered (or failed) after `elapsed`, and now decides in `mode`.
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn answered(&self, elapsed: Duration, mode: StoreMode) {
+        #[cfg(feature = "metrics")]
+        {
+            self.duration.record(elapsed.as_secs_f64());
+            self.mode(mode);
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn mode(&self, mode: StoreMode) {
+        self.fallback.set(if mode == StoreMode::Fallback {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// The default `store` label: `memory` for a store that decides in this process, `shared`
+/// for one shared between processes (Redis, or a fallback store in front of it).
+pub(crate) fn default_store_name(mode: StoreMode) -> &'static str {
+    match mode {
+        StoreMode::Memory => "memory",
+        _ => "shared",
+    }
+}

@@ -1,0 +1,222 @@
+//! The decision in the user's hands, through a real axum server: a handler reads it from
+//! the request's extensions, an outer layer from the response's, a hook builds the whole
+//! 429, a problem+json body, and `?` on `check` in a handler.
+
+mod common;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use tollgate::{CheckError, ErrorBody, HeaderStyle, Limiter, Policy, RateLimitDecision};
+
+use common::{clock_and_store, header, serve, Down};
+
+#[tokio::test]
+async fn a_handler_reads_the_decision_and_an_outer_layer_reads_the_responses() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .read_env(false)
+        .decision_in_response(true)
+        .route("/api/*", Policy::named("default").per_ip("3/min"))
+        .build()
+        .unwrap();
+    async fn handler(Extension(d): Extension<RateLimitDecision>) -> Json<RateLimitDecision> {
+        Json(d)
+    }
+    // An outer layer copies the response's decision into a header of its own.
+    async fn outer(req: Request, next: Next) -> Response {
+        let mut response = next.run(req).await;
+        let seen = response
+            .extensions()
+            .get::<RateLimitDecision>()
+            .map(|d| format!("{}:{}:{}", d.bucket, d.remaining, d.allowed));
+        if let Some(seen) = seen {
+            response
+                .headers_mut()
+                .insert("x-seen", HeaderValue::from_str(&seen).unwrap());
+        }
+        response
+    }
+    let app = Router::new()
+        .route("/api/me", get(handler))
+        .layer(limiter.layer())
+        .layer(middleware::from_fn(outer));
+    let server = serve(app).await;
+
+    let first = server.get("/api/me").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-seen"), "default:ip:2:true");
+    let body: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "allowed": true, "policy": "default", "bucket": "default:ip",
+            "limit": 3, "remaining": 2, "reset": 60, "retry_after": null
+        })
+    );
+    server.get("/api/me").send().await.unwrap();
+    server.get("/api/me").send().await.unwrap();
+    let refused = server.get("/api/me").send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "x-seen"), "default:ip:0:false");
+}
+
+#[tokio::test]
+async fn without_the_switch_no_decision_is_inserted() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .decision_in_request(false)
+        .route("/api/*", Policy::named("default").per_ip("3/min"))
+        .build()
+        .unwrap();
+    async fn handler(d: Option<Extension<RateLimitDecision>>) -> &'static str {
+        if d.is_some() {
+            "present"
+        } else {
+            "absent"
+        }
+    }
+    let app = Router::new()
+        .route("/api/me", get(handler))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let response = server.get("/api/me").send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "absent");
+}
+
+#[tokio::test]
+async fn a_refusal_hook_builds_the_whole_429_from_the_decision_and_the_request() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .route("/api/*", Policy::named("default").per_ip("1/min"))
+        .refusal_response(|info, parts| {
+            let text = format!(
+                "{} {} refused by {} ({} left); accept: {}",
+                parts.method,
+                parts.uri.path(),
+                info.most_restrictive_bucket().unwrap().name,
+                info.most_restrictive_bucket().unwrap().state.remaining,
+                parts
+                    .headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
+            );
+            let mut response = http::Response::new(Bytes::from(text));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            // The hook's own Retry-After wins over the limiter's.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+            response
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(|| async { "ok" }))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.status("/api/items").await, 200);
+    let refused = server
+        .get("/api/items")
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "content-type"), "text/plain");
+    assert_eq!(header(&refused, "retry-after"), "600");
+    // The limiter's headers the hook did not set are added.
+    assert_eq!(header(&refused, "x-ratelimit-limit"), "1");
+    assert_eq!(
+        refused.text().await.unwrap(),
+        "GET /api/items refused by default:ip (0 left); accept: text/html"
+    );
+}
+
+#[tokio::test]
+async fn problem_json_bodies_from_the_middleware() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .header_style(HeaderStyle::ietf())
+        .error_body(ErrorBody::problem())
+        .route("/api/*", Policy::named("default").per_ip("1/h"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(|| async { "ok" }))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.status("/api/items").await, 200);
+    let refused = server.get("/api/items").send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "content-type"), "application/problem+json");
+    let wait: u64 = header(&refused, "retry-after").parse().unwrap();
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["type"], "about:blank");
+    assert_eq!(body["title"], "Too Many Requests");
+    assert_eq!(body["status"], 429);
+    assert_eq!(body["retryAfter"], wait);
+    assert_eq!(
+        body["detail"],
+        format!("Rate limit exceeded; retry in {wait} seconds.")
+    );
+}
+
+/// A handler that charges a direct-use bucket with `?`, and answers the refusal as it is.
+async fn export(State(limiter): State<Limiter>) -> Result<Response, CheckError> {
+    let decision = limiter.check("exports", "tenant-1").await?;
+    if !decision.allowed {
+        return Ok(limiter
+            .refusal("exports", &decision, &Method::POST, "/export")
+            .into_response());
+    }
+    Ok("exported".into_response())
+}
+
+#[tokio::test]
+async fn question_mark_on_check_in_an_axum_handler() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .bucket("exports", "1/h")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/export", get(export))
+        .with_state(limiter);
+    let server = serve(app).await;
+    let ok = server.get("/export").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = server.get("/export").send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "x-ratelimit-limit"), "1");
+    assert!(header(&refused, "retry-after").parse::<u64>().unwrap() > 0);
+
+    // The store fails: `?` answers 503 with Retry-After.
+    let down = Limiter::builder()
+        .read_env(false)
+        .store(Down)
+        .bucket("exports", "1/h")
+        .build()
+        .unwrap();
+    let server = serve(Router::new().route("/export", get(export)).with_state(down)).await;
+    let unavailable = server.get("/export").send().await.unwrap();
+    assert_eq!(unavailable.status(), 503);
+    assert_eq!(header(&unavailable, "retry-after"), "1");
+    assert_eq!(
+        unavailable.text().await.unwrap(),
+        r#"{"error":"rate limiter unavailable"}"#
+    );
+
+    // A bucket nobody declared: a 500 (a mistake in the code), naming nothing.
+    let response = CheckError::UnknownBucket("exprots".into()).into_response();
+    assert_eq!(response.status(), 500);
+}

@@ -1,0 +1,285 @@
+//! Every metric of the `metrics` feature moves as `tollgate::observe` documents it, read
+//! with metrics-util's debugging recorder (each snapshot reads what moved since the last).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::MetricKind;
+use tollgate::{
+    Batch, BoxFuture, Decision, Key, Limiter, LimiterBuilder, MemoryStore, Policy, Store,
+    StoreError, StoreMode,
+};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+use common::{Down, Recording};
+
+/// What moved since the last snapshot: `name{label=value,...}` → value (counters: by how
+/// much; histograms: their number of samples; gauges: their value if not 0, the debugging
+/// recorder setting them back to 0 when it reads them).
+fn moved(snapshotter: &Snapshotter) -> BTreeMap<String, f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let (kind, key) = (key.kind(), key.key());
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let value = match (kind, value) {
+                (MetricKind::Counter, DebugValue::Counter(0)) => return None,
+                (_, DebugValue::Counter(n)) => n as f64,
+                (_, DebugValue::Gauge(g)) if g.into_inner() == 0.0 => return None,
+                (_, DebugValue::Gauge(g)) => g.into_inner(),
+                (_, DebugValue::Histogram(h)) if h.is_empty() => return None,
+                (_, DebugValue::Histogram(h)) => h.len() as f64,
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+fn expect(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+}
+
+/// Builds a limiter under `recorder` (its metrics are registered at build).
+fn build(recorder: &DebuggingRecorder, builder: LimiterBuilder) -> Limiter {
+    metrics::with_local_recorder(recorder, || builder.read_env(false).build().unwrap())
+}
+
+async fn send(limiter: &Limiter, ip: [u8; 4], user: Option<&str>) -> StatusCode {
+    let handler = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(handler);
+    let mut req = Request::get("/api/items");
+    if let Some(user) = user {
+        req = req.header("x-user", user);
+    }
+    let mut req = req.body(Full::new(Bytes::new())).unwrap();
+    req.extensions_mut().insert(SocketAddr::from((ip, 4000)));
+    svc.oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn requests_count_per_bucket_and_outcome_and_blame_the_refusing_bucket() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(MemoryStore::new())
+            .identity(common::user_header)
+            .route(
+                "/api/*",
+                Policy::named("default").per_ip("20/min").per_user("3/min"),
+            )
+            .global("1000/min"),
+    );
+    // Registered at build, nothing moved yet; the memory store is not on a fallback.
+    assert_eq!(moved(&snapshotter), expect(&[]));
+
+    // Three admitted for alice: every bucket she spent counts one admission each.
+    for _ in 0..3 {
+        assert_eq!(send(&limiter, [203, 0, 113, 7], Some("alice")).await, 200);
+    }
+    // The third left 0 of 3 in her user bucket: near the limit (less than 10% left).
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[
+            (
+                "tollgate_near_limit_total{policy=default,bucket=default:user}",
+                1.0
+            ),
+            (
+                "tollgate_requests_total{policy=default,bucket=default:ip,outcome=admitted}",
+                3.0
+            ),
+            (
+                "tollgate_requests_total{policy=default,bucket=default:user,outcome=admitted}",
+                3.0
+            ),
+            (
+                "tollgate_requests_total{policy=global,bucket=global,outcome=admitted}",
+                3.0
+            ),
+        ])
+    );
+
+    // The fourth: refused by the user bucket only (the others admitted it, and are not
+    // blamed or charged).
+    assert_eq!(send(&limiter, [203, 0, 113, 7], Some("alice")).await, 429);
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[(
+            "tollgate_requests_total{policy=default,bucket=default:user,outcome=refused}",
+            1.0
+        )])
+    );
+    assert_eq!(limiter.stats().refused, 1);
+}
+
+#[tokio::test]
+async fn shadow_refusals_and_overrides_have_their_own_series() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(MemoryStore::new())
+            .route("/api/*", Policy::named("trial").per_ip("1/min").shadow()),
+    );
+    assert_eq!(send(&limiter, [192, 0, 2, 1], None).await, 200);
+    assert_eq!(send(&limiter, [192, 0, 2, 1], None).await, 200);
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[
+            // The first left 0 of 1.
+            (
+                "tollgate_near_limit_total{policy=trial,bucket=trial:ip}",
+                1.0
+            ),
+            (
+                "tollgate_requests_total{policy=trial,bucket=trial:ip,outcome=admitted}",
+                1.0
+            ),
+            (
+                "tollgate_requests_total{policy=trial,bucket=trial:ip,outcome=shadow_refused}",
+                1.0
+            ),
+        ])
+    );
+
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(MemoryStore::new())
+            .route("/api/*", Policy::named("default").per_ip("100/min")),
+    );
+    let _ = moved(&snapshotter);
+    limiter
+        .set_override(&Key::ip(), "192.0.2.9", "1/min")
+        .unwrap();
+    assert_eq!(send(&limiter, [192, 0, 2, 9], None).await, 200);
+    assert_eq!(send(&limiter, [192, 0, 2, 9], None).await, 429);
+    let moved = moved(&snapshotter);
+    assert_eq!(
+        moved.get("tollgate_requests_total{policy=default,bucket=override:ip,outcome=refused}"),
+        Some(&1.0),
+        "{moved:#?}"
+    );
+    assert_eq!(
+        moved.get("tollgate_requests_total{policy=default,bucket=default:ip,outcome=admitted}"),
+        Some(&1.0),
+        "{moved:#?}"
+    );
+    // Labels name configuration only, never a client's key.
+    assert!(moved.keys().all(|k| !k.contains("192.0.2.9")), "{moved:#?}");
+}
+
+/// A store that waits (no synchronous answer), says it is on a fallback while `fallback`
+/// is set, and answers from memory.
+#[derive(Debug, Clone)]
+struct Switching {
+    memory: Recording,
+    fallback: Arc<AtomicBool>,
+}
+
+impl Store for Switching {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        self.memory.apply(batch)
+    }
+
+    fn mode(&self) -> StoreMode {
+        if self.fallback.load(Ordering::Relaxed) {
+            StoreMode::Fallback
+        } else {
+            StoreMode::Shared
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let fallback = Arc::new(AtomicBool::new(false));
+    let store = Switching {
+        memory: Recording::new(MemoryStore::new()),
+        fallback: fallback.clone(),
+    };
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(store)
+            .route("/api/*", Policy::named("default").per_ip("100/min")),
+    );
+    let _ = moved(&snapshotter);
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    let first = moved(&snapshotter);
+    assert_eq!(first["tollgate_store_duration_seconds{store=shared}"], 1.0);
+    assert_eq!(first.get("tollgate_store_fallback{store=shared}"), None);
+
+    fallback.store(true, Ordering::Relaxed);
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    let second = moved(&snapshotter);
+    assert_eq!(second["tollgate_store_fallback{store=shared}"], 1.0);
+    assert_eq!(second["tollgate_store_duration_seconds{store=shared}"], 1.0);
+}
+
+#[tokio::test]
+async fn store_errors_count_under_the_stores_name() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(Down)
+            .store_name("redis-main")
+            .route("/api/*", Policy::named("default").per_ip("100/min")),
+    );
+    let _ = moved(&snapshotter);
+    // Fails open by default: admitted without headers.
+    assert_eq!(send(&limiter, [198, 51, 100, 2], None).await, 200);
+    assert_eq!(send(&limiter, [198, 51, 100, 2], None).await, 200);
+    let moved = moved(&snapshotter);
+    assert_eq!(moved["tollgate_store_errors_total{store=redis-main}"], 2.0);
+    assert_eq!(
+        moved["tollgate_store_duration_seconds{store=redis-main}"],
+        2.0
+    );
+    assert!(!moved
+        .keys()
+        .any(|k| k.starts_with("tollgate_requests_total")));
+
+    let bad = Limiter::builder().store_name("redis main").build();
+    assert!(matches!(bad, Err(tollgate::BuildError::BadName { .. })));
+}
+
+#[tokio::test]
+async fn without_a_recorder_at_build_nothing_is_recorded() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .route("/api/*", Policy::named("default").per_ip("100/min"))
+        .build()
+        .unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    assert_eq!(send(&limiter, [198, 51, 100, 3], None).await, 200);
+    assert!(moved(&snapshotter).is_empty());
+}
