@@ -522,10 +522,13 @@ impl RedisStore {
     /// Redis Cluster: one script run per hash slot, concurrently; a charge refused by one
     /// slot is given back in the others.
     async fn decide_by_slot(&self, op: Op, args: &[Arg<'_>]) -> Result<Decision, StoreError> {
-        let slots: Vec<u16> = args.iter().map(|a| slot(a.key)).collect();
-        let mut distinct = slots.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
+        let slots: Vec<_> = args.iter().map(|a| slot(a.key)).collect();
+        let mut distinct = Vec::with_capacity(slots.len());
+        for s in &slots {
+            if !distinct.contains(s) {
+                distinct.push(*s);
+            }
+        }
         if distinct.len() == 1 {
             return self.inner.connection.run(op, args).await;
         }
