@@ -90,7 +90,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file's name does not say its format.
-    #[error("{path}: unknown format; name the file *.toml, *.yaml or *.yml")]
+    #[error("{path}: unknown format; {FORMATS}")]
     UnknownFormat {
         /// The file.
         path: PathBuf,
@@ -212,6 +212,15 @@ impl fmt::Display for Location {
     }
 }
 
+/// The file names this build reads, for [`ConfigError::UnknownFormat`].
+const FORMATS: &str = if cfg!(all(feature = "toml", feature = "yaml")) {
+    "name the file *.toml, *.yaml or *.yml"
+} else if cfg!(feature = "toml") {
+    "name the file *.toml (YAML needs tollgate's `yaml` feature)"
+} else {
+    "name the file *.yaml or *.yml (TOML needs tollgate's `toml` feature)"
+};
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,7 +275,9 @@ struct Origin {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
+    #[cfg(feature = "toml")]
     Toml,
+    #[cfg(feature = "yaml")]
     Yaml,
 }
 
@@ -593,20 +604,22 @@ impl LimitConfig {
 }
 
 impl Config {
-    /// Reads TOML text.
+    /// Reads TOML text (feature `toml`).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Parse`] with the line and column.
+    #[cfg(feature = "toml")]
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         Self::toml_named(text, "<toml>")
     }
 
-    /// Reads YAML text.
+    /// Reads YAML text (feature `yaml`).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Parse`] with the line and column.
+    #[cfg(feature = "yaml")]
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         Self::yaml_named(text, "<yaml>")
     }
@@ -615,7 +628,8 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Read`], [`ConfigError::UnknownFormat`], [`ConfigError::Parse`].
+    /// [`ConfigError::Read`], [`ConfigError::UnknownFormat`] (also for a format whose
+    /// feature, `toml` or `yaml`, is off), [`ConfigError::Parse`].
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -624,7 +638,9 @@ impl Config {
         })?;
         let name = path.display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
+            #[cfg(feature = "toml")]
             Some("toml") => Self::toml_named(&text, &name),
+            #[cfg(feature = "yaml")]
             Some("yaml" | "yml") => Self::yaml_named(&text, &name),
             _ => Err(ConfigError::UnknownFormat {
                 path: path.to_path_buf(),
@@ -632,6 +648,7 @@ impl Config {
         }
     }
 
+    #[cfg(feature = "toml")]
     fn toml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|span| line_col(text, span.start)).unzip();
@@ -645,6 +662,7 @@ impl Config {
         config.read_from(text, Format::Toml, file)
     }
 
+    #[cfg(feature = "yaml")]
     fn yaml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
         // An empty YAML document is an empty configuration, as an empty TOML file is.
         if is_blank(text, Format::Yaml) {
@@ -1061,6 +1079,7 @@ fn policy_name(pattern: &str) -> String {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
+#[cfg(feature = "toml")]
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -1195,10 +1214,18 @@ fn with_context(path: &FieldPath, context: Option<&str>) -> String {
 fn is_blank(text: &str, format: Format) -> bool {
     text.lines().all(|line| {
         let line = line.trim();
-        line.is_empty()
-            || line.starts_with('#')
-            || (format == Format::Yaml && (line == "---" || line == "..."))
+        line.is_empty() || line.starts_with('#') || document_markers(format).contains(&line)
     })
+}
+
+/// The lines that only separate documents: YAML's `---` and `...`.
+fn document_markers(format: Format) -> &'static [&'static str] {
+    match format {
+        #[cfg(feature = "yaml")]
+        Format::Yaml => &["---", "..."],
+        #[cfg(feature = "toml")]
+        Format::Toml => &[],
+    }
 }
 
 /// The name of the policy a file's non-global `global:` limit becomes.
@@ -1217,7 +1244,9 @@ mod locate {
         self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
     };
 
-    use super::{line_col, Format, Seg};
+    #[cfg(feature = "toml")]
+    use super::line_col;
+    use super::{Format, Seg};
 
     /// The message of the deliberate failure.
     const FOUND: &str = "tollgate: field found";
@@ -1226,6 +1255,7 @@ mod locate {
     /// such field.
     pub(super) fn position(text: &str, format: Format, path: &[Seg]) -> Option<(usize, usize)> {
         match format {
+            #[cfg(feature = "yaml")]
             Format::Yaml => {
                 let de = serde_yaml_ng::Deserializer::from_str(text);
                 match Probe(path).deserialize(de) {
@@ -1235,6 +1265,7 @@ mod locate {
                     _ => None,
                 }
             }
+            #[cfg(feature = "toml")]
             Format::Toml => {
                 let de = toml::Deserializer::parse(text).ok()?;
                 match Probe(path).deserialize(de) {

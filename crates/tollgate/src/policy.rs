@@ -193,7 +193,7 @@ impl Policy {
     /// limit: refuse it (the default: a client being limited always stays limited, however
     /// many keys others invent) or evict the least recently seen limited keys (new keys are
     /// always served; a flood of invented keys can free a limited one). See
-    /// [`WhenFull`](tollgate_core::WhenFull).
+    /// [`WhenFull`].
     pub fn when_full(mut self, mode: WhenFull) -> Self {
         self.when_full = mode;
         self
