@@ -140,7 +140,7 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
         .store(tollgate::store_from_env()?)
         .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), Rate::fixed(daily)))
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
-        .error_body(ErrorBody::seed_004())
+        .error_body(ErrorBody::message().pretty())
         .build()
         // A mistake in the file is reported at its line.
         .map_err(|e| config.build_error(CONFIG, e))?;

@@ -23,7 +23,7 @@
 //!     limits:
 //!       - { per: ip, limit: 500/min }
 //!       - { per: user, limit: 10000/h }
-//!   - path: /v1/invoices         # seed 004, as printed
+//!   - path: /v1/invoices         # a token bucket and a daily cap
 //!     methods: [GET]
 //!     rate_limit: { sustained: 100/min, burst: 20/s, daily: 10000/day }
 //! gateway:
@@ -35,7 +35,7 @@
 //! Keys (`per:`): `ip`, `user` (needs an identity function in code), `api_key` (the
 //! `x-api-key` header) or `api_key:<header>`, `header:<name>`, `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
-//! seed-004 trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
+//! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
 //! `20/s` is 20) and `daily:` (a fixed UTC-day cap).
 //!
 //! Errors name the file, the line, the column and the field, and say what was expected
@@ -258,7 +258,7 @@ pub struct Config {
     /// Limits spent by every non-exempt request.
     #[serde(default)]
     pub global: Vec<LimitConfig>,
-    /// Seed 004's spelling of a global limit.
+    /// Another spelling of a global limit: `gateway: { global_rate_limit: ... }`.
     #[serde(default)]
     pub gateway: Option<GatewayConfig>,
     /// The text the configuration was read from, to point errors at its lines.
@@ -349,11 +349,11 @@ pub struct HeadersConfig {
 pub enum ResetText {
     /// Unix seconds.
     UnixSeconds,
-    /// Unix milliseconds (seed 002).
+    /// Unix milliseconds.
     UnixMillis,
     /// Seconds from now.
     Seconds,
-    /// An HTTP date (seed 001).
+    /// An HTTP date.
     HttpDate,
     /// No `X-RateLimit-*` headers.
     None,
@@ -363,11 +363,11 @@ pub enum ResetText {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyText {
-    /// `{"error", "message", "retryAfter"}` (seed 000; the default).
+    /// `{"error", "message", "retryAfter"}` (the default).
     RetryAfter,
-    /// `{"error", "code", "details": {"limit", "window", "retryAfter"}}` (seed 003).
+    /// `{"error", "code", "details": {"limit", "window", "retryAfter"}}`.
     CodeDetails,
-    /// `{"error", "message", "limit", "remaining", "reset_at"}` (seed 004).
+    /// `{"error", "message", "limit", "remaining", "reset_at"}`.
     Message,
 }
 
@@ -377,7 +377,7 @@ pub enum BodyText {
 pub enum FailureModeText {
     /// Answer from memory.
     Fallback,
-    /// Admit without rate-limit headers (seed 002).
+    /// Admit without rate-limit headers.
     Open,
     /// Refuse with 503.
     Closed,
@@ -429,12 +429,12 @@ pub struct RouteConfig {
     /// The rule's limits.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
-    /// Seed 004's spelling: `{ sustained, burst, daily }`.
+    /// One limit spelled `{ sustained, burst, daily }` (a token bucket and a daily cap).
     #[serde(default)]
     pub rate_limit: Option<LimitConfig>,
 }
 
-/// `gateway:` (seed 004).
+/// `gateway:`: a global limit, spelled `gateway: { global_rate_limit: { sustained: 1000/min } }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {

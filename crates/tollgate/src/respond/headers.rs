@@ -31,14 +31,14 @@ const HTTP_DATE_MAX_SECS: u64 = 253_402_300_799;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ResetFormat {
-    /// Unix time in whole seconds: `1717200060` (seeds 003, 004; GitHub).
+    /// Unix time in whole seconds: `1717200060` (as GitHub writes it).
     #[default]
     UnixSeconds,
-    /// Unix time in whole milliseconds: `1717200060000` (seed 002).
+    /// Unix time in whole milliseconds: `1717200060000`.
     UnixMillis,
     /// Whole seconds from now: `60`.
     Seconds,
-    /// An HTTP date (IMF-fixdate, RFC 9110): `Sat, 01 Jun 2024 00:01:00 GMT` (seed 001).
+    /// An HTTP date (IMF-fixdate, RFC 9110): `Sat, 01 Jun 2024 00:01:00 GMT`.
     HttpDate,
 }
 
@@ -72,13 +72,13 @@ pub enum ResetFormat {
 /// ```
 /// use tollgate::respond::{HeaderStyle, ResetFormat};
 ///
-/// let seed_001 = HeaderStyle::x_ratelimit(ResetFormat::HttpDate);
-/// let seed_002 = HeaderStyle::x_ratelimit(ResetFormat::UnixMillis);
+/// let as_date = HeaderStyle::x_ratelimit(ResetFormat::HttpDate);
+/// let in_millis = HeaderStyle::x_ratelimit(ResetFormat::UnixMillis);
 /// let both = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds).with_ietf();
 /// assert_eq!(both, HeaderStyle::default());
 /// let only_ietf = HeaderStyle::ietf();
 /// let silent = HeaderStyle::none().without_retry_after();
-/// # let _ = (seed_001, seed_002, only_ietf, silent);
+/// # let _ = (as_date, in_millis, only_ietf, silent);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HeaderStyle {
@@ -398,8 +398,8 @@ mod tests {
     }
 
     #[test]
-    fn seed_001_reset_as_http_date() {
-        // Build plan: 100 points per minute; a 5-point request with 3 left is refused
+    fn reset_as_http_date() {
+        // 100 points per minute; a 5-point request with 3 left is refused
         // for 4.2 s; the window is full again 59.5 s after 00:00:00.5.
         let mut refused = state(
             100,
@@ -427,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_002_reset_in_unix_millis_on_admitted_and_refused() {
+    fn reset_in_unix_millis_on_admitted_and_refused() {
         let now = Timestamp::from_micros(JUNE_1 + 123_456);
         let style = HeaderStyle::x_ratelimit(ResetFormat::UnixMillis);
         let admitted = single(
@@ -470,9 +470,9 @@ mod tests {
     }
 
     #[test]
-    fn seed_003_and_004_reset_in_unix_seconds() {
+    fn reset_in_unix_seconds_on_admitted_and_refused() {
         let style = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds);
-        // Seed 004: "X-RateLimit-Limit: 100 / Remaining: 84 / Reset: 1717200060".
+        // 16 requests 48.3 s into the minute: the window resets at 00:01:00.
         let admitted = single(
             "invoices:key",
             Quota::per_minute(100),
@@ -488,7 +488,7 @@ mod tests {
                 ("x-ratelimit-reset", "1717200060"),
             ])
         );
-        // "Retry-After: 12 (only on 429)".
+        // Retry-After only on a refusal, rounded up from 11.2 s.
         let refused = single(
             "invoices:key",
             Quota::per_minute(100),
