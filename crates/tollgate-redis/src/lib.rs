@@ -39,8 +39,8 @@
 //! same buckets before T (at a cost at least as high) is refused without asking Redis, with
 //! the wait shortened by the time that passed. It is **on by default** (10 000 keys,
 //! [`RedisStoreBuilder::refusal_cache`] sets the size or turns it off with 0). Measured with
-//! the benchmark (`cargo bench -p tollgate-redis --features deadpool --bench throughput`, 2 shared, loaded
-//! cores, eight runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers
+//! the benchmark (`cargo bench -p tollgate-redis --features deadpool --bench throughput`,
+//! 2 shared, loaded cores, eight runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers
 //! per second from the cache against 18,000 to 55,000 through Redis (30 to 130 times more),
 //! and Redis received nothing. While the cache is empty it costs one atomic load per
 //! request. What it trades: a refund or

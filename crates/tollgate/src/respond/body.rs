@@ -35,9 +35,9 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 ///
 /// **A request that can never fit** (it costs more than the bucket holds): the text field
 /// (`message` in the default and [`message`](ErrorBody::message) shapes, `error` in the
-/// [`code_details`](ErrorBody::code_details) shape) says so,
-/// e.g. `This request costs 12 points, but this rate limit allows at most 10 at once;
-/// retrying will not help.`, and `retryAfter` is `null`.
+/// [`code_details`](ErrorBody::code_details) shape) says so, e.g. `This request costs 12
+/// points, but this rate limit allows at most 10 at once; retrying will not help.`, and
+/// `retryAfter` is `null`.
 ///
 /// ```
 /// use tollgate::respond::ErrorBody;
