@@ -64,9 +64,9 @@ echo "== memory per live key"
 target/release/bench-memory > "$OUT/4-memory.md"
 cat "$OUT/4-memory.md"
 
-if cargo bench -q --no-run -p tollgate-redis --bench throughput >/dev/null 2>&1; then
+if cargo bench -q --no-run -p tollgate-redis --features deadpool --bench throughput >/dev/null 2>&1; then
   echo "== Redis"
-  TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 300 cargo bench -q -p tollgate-redis --bench throughput 2>&1 | tail -n 30 || true
+  TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 300 cargo bench -q -p tollgate-redis --features deadpool --bench throughput 2>&1 | tail -n 30 || true
 fi
 
 {

@@ -11,7 +11,7 @@
 //! How it maps onto tollgate: one policy on `/api/*`, keyed by the tenant
 //! ([`Key::tenant`]), a fixed one-minute window ([`Rate::fixed`]: "the current window
 //! resets"), given back when the response is a 304 ([`Policy::refund_if`]), with the
-//! seed's body ([`ErrorBody::seed_003`]) and `X-RateLimit-*` headers in Unix seconds. A
+//! seed's body ([`ErrorBody::code_details`]) and `X-RateLimit-*` headers in Unix seconds. A
 //! conditional request still needs budget to be answered at all: over the limit it gets
 //! 429 like any other.
 //!
@@ -66,7 +66,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
                 .refund_if(|status| status == StatusCode::NOT_MODIFIED),
         )
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
-        .error_body(ErrorBody::seed_003())
+        .error_body(ErrorBody::code_details())
         .build()
 }
 

@@ -174,7 +174,7 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     let limiter = rules(config.apply(Limiter::builder(), &file)?)
         .store(tollgate::store_from_env()?)
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
-        .error_body(ErrorBody::seed_004())
+        .error_body(ErrorBody::message().pretty())
         .build()
         // A mistake in the file is reported at its line.
         .map_err(|e| config.build_error(&file, e))?;

@@ -220,7 +220,7 @@ impl RawConnection {
         let addr = base.strip_prefix("http://").expect("http:// base");
         let stream = std::net::TcpStream::connect(addr).expect("connect");
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         RawConnection {
             reader: BufReader::new(stream.try_clone().unwrap()),

@@ -106,7 +106,7 @@ impl Limit {
     }
 
     /// A token bucket of capacity `burst` refilled at `sustained` (see
-    /// [`Algorithm::TokenBucket`]). Seed 004's `sustained: 100/min, burst: 20/s` is
+    /// [`Algorithm::TokenBucket`]). A sustained rate of 100/min with bursts of 20 is
     /// `token_bucket(Quota::per_minute(100), 20)`.
     ///
     /// # Errors

@@ -3,10 +3,10 @@
 //! bench's own (a free loopback port, persistence off).
 //!
 //! ```text
-//! cargo bench -p tollgate-redis --bench throughput
-//! BENCH_CALLS=200000 BENCH_ROUNDS=9 cargo bench -p tollgate-redis --bench throughput
-//! TOLLGATE_BENCH_OUT=redis.md cargo bench -p tollgate-redis --bench throughput
-//! BENCH_STORE_ONLY=1 cargo bench -p tollgate-redis --bench throughput   # decisions/s only
+//! cargo bench -p tollgate-redis --features deadpool --bench throughput
+//! BENCH_CALLS=200000 BENCH_ROUNDS=9 cargo bench -p tollgate-redis --features deadpool --bench throughput
+//! TOLLGATE_BENCH_OUT=redis.md cargo bench -p tollgate-redis --features deadpool --bench throughput
+//! BENCH_STORE_ONLY=1 cargo bench -p tollgate-redis --features deadpool --bench throughput   # decisions/s only
 //! ```
 //!
 //! **Server time per call.** `redis-benchmark -c 50 -P 16 -n <calls> -r 100000` sends
@@ -459,7 +459,7 @@ fn main() {
     );
     let _ = writeln!(
         md,
-        "Command: `cargo bench -p tollgate-redis --bench throughput` (BENCH_CALLS={calls}, BENCH_ROUNDS={rounds}). Each row is `redis-benchmark -c 50 -P 16 -n {calls} -r {KEYSPACE} EVALSHA <sha> ...`; µs per call is `usec_per_call` of `cmdstat_evalsha` (`INFO commandstats`, after `CONFIG RESETSTAT`), the server's own time.\n"
+        "Command: `cargo bench -p tollgate-redis --features deadpool --bench throughput` (BENCH_CALLS={calls}, BENCH_ROUNDS={rounds}). Each row is `redis-benchmark -c 50 -P 16 -n {calls} -r {KEYSPACE} EVALSHA <sha> ...`; µs per call is `usec_per_call` of `cmdstat_evalsha` (`INFO commandstats`, after `CONFIG RESETSTAT`), the server's own time.\n"
     );
     let _ = writeln!(
         md,

@@ -7,7 +7,7 @@
 //!   refuses, and setting an expiry on every key it writes. It gives the same decisions as
 //!   [`MemoryStore`](tollgate_core::MemoryStore) for every algorithm, operation, cost and set
 //!   of buckets. Connects through one multiplexed connection (the default, and the fastest),
-//!   an application's `deadpool_redis::Pool`, or Redis Cluster.
+//!   an application's `deadpool_redis::Pool` (feature `deadpool`), or Redis Cluster.
 //! - [`FallbackStore`]: a per-call timeout and a circuit breaker in front of a primary store;
 //!   decides from memory (or fails open / closed, per batch) while the primary fails, probes it
 //!   in the background and returns to it.
@@ -39,8 +39,8 @@
 //! same buckets before T (at a cost at least as high) is refused without asking Redis, with
 //! the wait shortened by the time that passed. It is **on by default** (10 000 keys,
 //! [`RedisStoreBuilder::refusal_cache`] sets the size or turns it off with 0). Measured with
-//! the benchmark (`cargo bench -p tollgate-redis --bench throughput`, 2 shared, loaded
-//! cores, eight runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers
+//! the benchmark (`cargo bench -p tollgate-redis --features deadpool --bench throughput`,
+//! 2 shared, loaded cores, eight runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers
 //! per second from the cache against 18,000 to 55,000 through Redis (30 to 130 times more),
 //! and Redis received nothing. While the cache is empty it costs one atomic load per
 //! request. What it trades: a refund or
@@ -55,8 +55,8 @@
 //! `redis::aio::ConnectionManager`) lets every concurrent request share one socket and its
 //! writes; in the benchmark here it carried 2.1 to 2.9 times (medians of eight runs) the
 //! decisions per second of a deadpool-redis pool of 64 connections, whose connections each
-//! carry one request at a time ([`RedisStoreBuilder::pool`] accepts an application's pool
-//! anyway), and about as many as `redis-benchmark` sending the same script call. The
+//! carry one request at a time (`RedisStoreBuilder::pool`, feature `deadpool`, accepts an
+//! application's pool anyway), and about as many as `redis-benchmark` sending the same script call. The
 //! connection is made on first use and remade after Redis restarts.
 //!
 //! The Redis server's time bounds throughput: in the benchmark here (a shared 2-core
@@ -64,6 +64,16 @@
 //! (`usec_per_call`, medians of five runs; about what a `TIME`, `GET`, `SET` GCRA script
 //! took in the same runs), on two buckets 37 to 65 µs, so one Redis core decides some
 //! 15,000 to 50,000 requests per second, depending on the buckets per request.
+//!
+//! # Features
+//!
+//! None is on by default.
+//!
+//! - `tls`: `rediss://` URLs (rustls with the webpki roots).
+//! - `deadpool`: `RedisStoreBuilder::pool` and `RedisStore::from_pool`, for an application
+//!   that already has a deadpool-redis pool, and the `deadpool_redis` re-export. Off by
+//!   default because one multiplexed connection is faster, and because with it a major
+//!   release of deadpool-redis is a breaking change.
 
 mod cache;
 pub mod env;
@@ -83,7 +93,9 @@ pub use store::{
 };
 
 /// Re-exported so applications can build the pool they hand to
-/// [`RedisStoreBuilder::pool`] with the same version.
+/// [`RedisStoreBuilder::pool`] with the same version (feature `deadpool`, off by default:
+/// a major release of deadpool-redis is a breaking change of this feature only).
+#[cfg(feature = "deadpool")]
 pub use deadpool_redis;
 /// Re-exported for the same reason.
 pub use redis;

@@ -98,8 +98,8 @@ fn free_port(bus: bool) -> u16 {
             // Cluster bus ports are port + 10000, so stay below 55536; spread the tries
             // with the pid so concurrent test binaries do not race for the same ones.
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let seed = u64::from(std::process::id()).wrapping_mul(7919) ^ nanos();
-            (20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 30_000)) as u16
+            let start = u64::from(std::process::id()).wrapping_mul(7919) ^ nanos();
+            (20_000 + (start.wrapping_add(n.wrapping_mul(104_729)) % 30_000)) as u16
         } else {
             match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
                 Ok(l) => match l.local_addr() {

@@ -996,7 +996,8 @@ mod tests {
             .unwrap()
     }
 
-    fn seed_table() -> RouteTable<&'static str> {
+    /// An API's table: exemptions, an object route, wildcards and method rules.
+    fn api_table() -> RouteTable<&'static str> {
         table(&[
             ("/*", "default"),
             ("/api/*", "api"),
@@ -1074,7 +1075,7 @@ mod tests {
 
     #[test]
     fn most_specific_rule_wins() {
-        let t = seed_table();
+        let t = api_table();
         let c = |m: Method, path: &str| t.classify(&m, path).copied();
         assert_eq!(c(Method::GET, "/"), Some("default"));
         assert_eq!(c(Method::GET, "/health"), Some("default"));
@@ -1132,7 +1133,7 @@ mod tests {
 
     #[test]
     fn spelling_tricks_never_reach_an_exempt_rule() {
-        let t = seed_table();
+        let t = api_table();
         let c = |path: &str| *t.classify(&Method::POST, path).unwrap();
         // Escaped unreserved characters are the same path...
         assert_eq!(c("/api/templates/5/%67enerate"), "generate");
@@ -1283,7 +1284,7 @@ mod tests {
 
     #[test]
     fn long_paths_are_never_exempt() {
-        let t = seed_table();
+        let t = api_table();
         let long_twilio = format!("/api/twilio/{}", "a/".repeat(MAX_PATH_LEN));
         assert_eq!(t.classify(&Method::POST, &long_twilio), Some(&"api"));
         let long_segment = format!("/api/twilio/{}", "a".repeat(MAX_PATH_LEN));

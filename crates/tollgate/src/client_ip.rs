@@ -57,9 +57,10 @@
 //! # }
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderMap, HeaderValue};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The most header entries (hops) looked at per request.
 pub const MAX_HOPS: usize = 32;
@@ -95,92 +96,42 @@ impl ProxyHeader {
     }
 }
 
-/// An IP network such as `10.0.0.0/8`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    fn parse(input: &str) -> Result<Self, ClientIpError> {
-        let text = input.trim();
-        let invalid = |reason: &'static str| ClientIpError::InvalidProxy {
-            input: input.to_owned(),
-            reason,
-        };
-        let (address, prefix) = match text.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text, None),
-        };
-        let address: IpAddr = address.parse().map_err(|_| invalid("not an IP address"))?;
-        let max = max_prefix(address);
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+/// Reads a trusted-proxy entry: a network (`10.0.0.0/8`, `fd00::/8`) or an address (a
+/// network of one). An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4 network
+/// it holds (`10.0.0.0/8`), since addresses are compared in their canonical form.
+fn parse_proxy(input: &str) -> Result<IpNet, ClientIpError> {
+    let text = input.trim();
+    let invalid = |reason: &'static str| ClientIpError::InvalidProxy {
+        input: input.to_owned(),
+        reason,
+    };
+    let net = match text.split_once('/') {
+        None => IpNet::from(
+            text.parse::<IpAddr>()
+                .map_err(|_| invalid("not an IP address"))?,
+        ),
+        Some((address, _)) => text.parse::<IpNet>().map_err(|_| {
+            if address.parse::<IpAddr>().is_err() {
+                invalid("not an IP address")
+            } else {
                 invalid("the prefix length must be 0..=32 (IPv4) or 0..=128 (IPv6)")
-            })?,
-        };
-        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: addresses are compared in
-        // their canonical form.
-        let (address, prefix) = match address {
-            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
-                (address.to_canonical(), prefix - 96)
             }
-            _ => (address, prefix),
-        };
-        let network = mask(address, prefix);
-        if network != address {
-            return Err(ClientIpError::HostBitsSet {
-                input: input.to_owned(),
-                network: format!("{network}/{prefix}"),
-            });
-        }
-        Ok(Self { network, prefix })
+        })?,
+    };
+    let net = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    };
+    if net.trunc() != net {
+        return Err(ClientIpError::HostBitsSet {
+            input: input.to_owned(),
+            network: net.trunc().to_string(),
+        });
     }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        mask(ip, self.prefix) == self.network
-            && matches!(
-                (ip, self.network),
-                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_))
-            )
-    }
-}
-
-fn max_prefix(ip: IpAddr) -> u8 {
-    if ip.is_ipv4() {
-        32
-    } else {
-        128
-    }
-}
-
-/// Keeps the first `prefix` bits of `ip` (`prefix` larger than the address
-/// keeps all of it).
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let kept = bits
-                .checked_shr(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            let bits = kept
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(bits))
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let shift = 128 - u32::from(prefix.min(128));
-            let bits = bits
-                .checked_shr(shift)
-                .unwrap_or(0)
-                .checked_shl(shift)
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-    }
+    Ok(net)
 }
 
 /// A client-IP configuration that is not valid.
@@ -213,7 +164,7 @@ pub enum ClientIpError {
 /// How to find a request's client address; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct ClientIp {
-    trusted: Vec<Cidr>,
+    trusted: Vec<IpNet>,
     /// Errors from `trust_proxies`, reported by `validate`.
     errors: Vec<ClientIpError>,
     ipv6_prefix: u8,
@@ -246,7 +197,7 @@ impl ClientIp {
         S: AsRef<str>,
     {
         for cidr in cidrs {
-            match Cidr::parse(cidr.as_ref()) {
+            match parse_proxy(cidr.as_ref()) {
                 Ok(cidr) => self.trusted.push(cidr),
                 Err(error) => self.errors.push(error),
             }
@@ -290,13 +241,13 @@ impl ClientIp {
         let mut warnings: Vec<String> =
             self.trusted
                 .iter()
-                .filter(|cidr| cidr.prefix == 0)
+                .filter(|cidr| cidr.prefix_len() == 0)
                 .map(|cidr| {
                     format!(
                     "trusted proxies include `{}/0`, i.e. every {} address: any client can choose \
                      its own IP (and rate-limit key) by sending `{}`",
-                    cidr.network,
-                    if cidr.network.is_ipv4() { "IPv4" } else { "IPv6" },
+                    cidr.network(),
+                    if cidr.network().is_ipv4() { "IPv4" } else { "IPv6" },
                     self.header.name(),
                 )
                 })
@@ -313,7 +264,7 @@ impl ClientIp {
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.trusted.iter().any(|cidr| cidr.contains(ip))
+        self.trusted.iter().any(|cidr| cidr.contains(&ip))
     }
 
     /// The client address of a request from `peer` with `headers`, or `None`
@@ -407,9 +358,9 @@ impl ClientIp {
                 }
                 out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
             }
-            v6 @ IpAddr::V6(_) => {
+            IpAddr::V6(v6) => {
                 let prefix = self.ipv6_prefix.min(128);
-                let network = mask(v6, prefix);
+                let network = Ipv6Net::new(v6, prefix).map_or(v6, |net| net.network());
                 let _ = if prefix == 128 {
                     write!(out, "{network}")
                 } else {
@@ -591,7 +542,27 @@ mod tests {
             bad("10.0.0.0/33"),
             ClientIpError::InvalidProxy { .. }
         ));
+        assert_eq!(
+            bad("::ffff:10.0.0.1/104"),
+            ClientIpError::HostBitsSet {
+                input: "::ffff:10.0.0.1/104".into(),
+                network: "10.0.0.0/8".into()
+            }
+        );
+        assert_eq!(
+            bad("10.0.0.0/33").to_string(),
+            "trusted proxy `10.0.0.0/33`: the prefix length must be 0..=32 (IPv4) or 0..=128 \
+             (IPv6) (examples: `10.0.0.0/8`, `192.168.1.1`, `::1/128`)"
+        );
         assert!(matches!(bad("::/129"), ClientIpError::InvalidProxy { .. }));
+        assert!(matches!(
+            bad("10.0.0.0/"),
+            ClientIpError::InvalidProxy { .. }
+        ));
+        assert!(matches!(
+            bad("10.0.0/8"),
+            ClientIpError::InvalidProxy { .. }
+        ));
         assert!(matches!(
             bad("localhost"),
             ClientIpError::InvalidProxy { .. }

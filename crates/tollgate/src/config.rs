@@ -23,7 +23,7 @@
 //!     limits:
 //!       - { per: ip, limit: 500/min }
 //!       - { per: user, limit: 10000/h }
-//!   - path: /v1/invoices         # seed 004, as printed
+//!   - path: /v1/invoices         # a token bucket and a daily cap
 //!     methods: [GET]
 //!     rate_limit: { sustained: 100/min, burst: 20/s, daily: 10000/day }
 //! gateway:
@@ -35,7 +35,7 @@
 //! Keys (`per:`): `ip`, `user` (needs an identity function in code), `api_key` (the
 //! `x-api-key` header) or `api_key:<header>`, `header:<name>`, `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
-//! seed-004 trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
+//! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
 //! `20/s` is 20) and `daily:` (a fixed UTC-day cap).
 //!
 //! Errors name the file, the line, the column and the field, and say what was expected
@@ -97,7 +97,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file's name does not say its format.
-    #[error("{path}: unknown format; name the file *.toml, *.yaml or *.yml")]
+    #[error("{path}: unknown format; {FORMATS}")]
     UnknownFormat {
         /// The file.
         path: PathBuf,
@@ -243,6 +243,15 @@ impl fmt::Display for Location {
     }
 }
 
+/// The file names this build reads, for [`ConfigError::UnknownFormat`].
+const FORMATS: &str = if cfg!(all(feature = "toml", feature = "yaml")) {
+    "name the file *.toml, *.yaml or *.yml"
+} else if cfg!(feature = "toml") {
+    "name the file *.toml (YAML needs tollgate's `yaml` feature)"
+} else {
+    "name the file *.yaml or *.yml (TOML needs tollgate's `toml` feature)"
+};
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,7 +289,7 @@ pub struct Config {
     /// Limits spent by every non-exempt request.
     #[serde(default)]
     pub global: Vec<LimitConfig>,
-    /// Seed 004's spelling of a global limit.
+    /// Another spelling of a global limit: `gateway: { global_rate_limit: ... }`.
     #[serde(default)]
     pub gateway: Option<GatewayConfig>,
     /// The text the configuration was read from, to point errors at its lines.
@@ -332,7 +341,9 @@ struct Origin {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
+    #[cfg(feature = "toml")]
     Toml,
+    #[cfg(feature = "yaml")]
     Yaml,
 }
 
@@ -404,11 +415,11 @@ pub struct HeadersConfig {
 pub enum ResetText {
     /// Unix seconds.
     UnixSeconds,
-    /// Unix milliseconds (seed 002).
+    /// Unix milliseconds.
     UnixMillis,
     /// Seconds from now.
     Seconds,
-    /// An HTTP date (seed 001).
+    /// An HTTP date.
     HttpDate,
     /// No `X-RateLimit-*` headers.
     None,
@@ -418,11 +429,11 @@ pub enum ResetText {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyText {
-    /// `{"error", "message", "retryAfter"}` (seed 000; the default).
+    /// `{"error", "message", "retryAfter"}` (the default).
     RetryAfter,
-    /// `{"error", "code", "details": {"limit", "window", "retryAfter"}}` (seed 003).
+    /// `{"error", "code", "details": {"limit", "window", "retryAfter"}}`.
     CodeDetails,
-    /// `{"error", "message", "limit", "remaining", "reset_at"}` (seed 004).
+    /// `{"error", "message", "limit", "remaining", "reset_at"}`.
     Message,
 }
 
@@ -432,7 +443,7 @@ pub enum BodyText {
 pub enum FailureModeText {
     /// Answer from memory.
     Fallback,
-    /// Admit without rate-limit headers (seed 002).
+    /// Admit without rate-limit headers.
     Open,
     /// Refuse with 503.
     Closed,
@@ -484,12 +495,12 @@ pub struct RouteConfig {
     /// The rule's limits.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
-    /// Seed 004's spelling: `{ sustained, burst, daily }`.
+    /// One limit spelled `{ sustained, burst, daily }` (a token bucket and a daily cap).
     #[serde(default)]
     pub rate_limit: Option<LimitConfig>,
 }
 
-/// `gateway:` (seed 004).
+/// `gateway:`: a global limit, spelled `gateway: { global_rate_limit: { sustained: 1000/min } }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -659,20 +670,22 @@ impl LimitConfig {
 }
 
 impl Config {
-    /// Reads TOML text.
+    /// Reads TOML text (feature `toml`).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Parse`] with the line and column.
+    #[cfg(feature = "toml")]
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         Self::toml_named(text, "<toml>")
     }
 
-    /// Reads YAML text.
+    /// Reads YAML text (feature `yaml`).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Parse`] with the line and column.
+    #[cfg(feature = "yaml")]
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         Self::yaml_named(text, "<yaml>")
     }
@@ -681,7 +694,8 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Read`], [`ConfigError::UnknownFormat`], [`ConfigError::Parse`].
+    /// [`ConfigError::Read`], [`ConfigError::UnknownFormat`] (also for a format whose
+    /// feature, `toml` or `yaml`, is off), [`ConfigError::Parse`].
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -695,7 +709,9 @@ impl Config {
     pub(crate) fn from_path_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
+            #[cfg(feature = "toml")]
             Some("toml") => Self::toml_named(text, &name),
+            #[cfg(feature = "yaml")]
             Some("yaml" | "yml") => Self::yaml_named(text, &name),
             _ => Err(ConfigError::UnknownFormat {
                 path: path.to_path_buf(),
@@ -703,6 +719,7 @@ impl Config {
         }
     }
 
+    #[cfg(feature = "toml")]
     fn toml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|span| line_col(text, span.start)).unzip();
@@ -716,6 +733,7 @@ impl Config {
         config.read_from(text, Format::Toml, file)
     }
 
+    #[cfg(feature = "yaml")]
     fn yaml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
         // An empty YAML document is an empty configuration, as an empty TOML file is.
         if is_blank(text, Format::Yaml) {
@@ -1150,6 +1168,7 @@ fn policy_name(pattern: &str) -> String {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
+#[cfg(feature = "toml")]
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -1347,10 +1366,18 @@ fn with_context(path: &FieldPath, context: Option<&str>) -> String {
 fn is_blank(text: &str, format: Format) -> bool {
     text.lines().all(|line| {
         let line = line.trim();
-        line.is_empty()
-            || line.starts_with('#')
-            || (format == Format::Yaml && (line == "---" || line == "..."))
+        line.is_empty() || line.starts_with('#') || document_markers(format).contains(&line)
     })
+}
+
+/// The lines that only separate documents: YAML's `---` and `...`.
+fn document_markers(format: Format) -> &'static [&'static str] {
+    match format {
+        #[cfg(feature = "yaml")]
+        Format::Yaml => &["---", "..."],
+        #[cfg(feature = "toml")]
+        Format::Toml => &[],
+    }
 }
 
 /// The name of the policy a file's non-global `global:` limit becomes.
@@ -1369,7 +1396,9 @@ mod locate {
         self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
     };
 
-    use super::{line_col, Format, Seg};
+    #[cfg(feature = "toml")]
+    use super::line_col;
+    use super::{Format, Seg};
 
     /// The message of the deliberate failure.
     const FOUND: &str = "tollgate: field found";
@@ -1378,6 +1407,7 @@ mod locate {
     /// such field.
     pub(super) fn position(text: &str, format: Format, path: &[Seg]) -> Option<(usize, usize)> {
         match format {
+            #[cfg(feature = "yaml")]
             Format::Yaml => {
                 let de = serde_yaml_ng::Deserializer::from_str(text);
                 match Probe(path).deserialize(de) {
@@ -1387,6 +1417,7 @@ mod locate {
                     _ => None,
                 }
             }
+            #[cfg(feature = "toml")]
             Format::Toml => {
                 let de = toml::Deserializer::parse(text).ok()?;
                 match Probe(path).deserialize(de) {

@@ -99,12 +99,33 @@
 //! and optionally in the response's for outer layers. The 429 is yours to shape:
 //! [`ErrorBody`] (RFC 9457 problem details among its shapes) or a hook that builds the
 //! whole response ([`LimiterBuilder::refusal_response`]).
+//!
+//! # Features
+//!
+//! | feature | what it adds | default |
+//! |---|---|---|
+//! | `axum` | `MatchedPath`-aware per-route policies, `ConnectInfo` peers | on |
+//! | `redis` | the Redis store with fallback to memory (`tollgate::redis`, `store_from_env`) | on |
+//! | `yaml` | configuration files in YAML (`Limiter::from_config`, `Config::from_yaml`) | on |
+//! | `toml` | configuration files in TOML (`Limiter::from_config`, `Config::from_toml`) | on |
+//! | `openapi` | `tollgate::publish`: limits in an OpenAPI document and an HTML table (no extra dependencies) | on |
+//! | `config` | `yaml` and `toml` (the single feature of earlier versions) | via `yaml` + `toml` |
+//! | `deadpool` | `RedisStoreBuilder::pool`: an application's deadpool-redis pool (implies `redis`) | off |
+//! | `admin` | `tollgate::admin`: an axum router for operators (implies `axum`) | off |
+//!
+//! The defaults are what a service behind axum, run as several instances sharing Redis and
+//! configured from a file, needs; every other combination builds too (CI checks each feature
+//! alone and none). For a smaller binary, pick what you use:
+//! `tollgate = { version = "0.1", default-features = false, features = ["axum", "yaml"] }`
+//! leaves out the Redis client and the TOML parser. `deadpool` is off because one
+//! multiplexed connection (the default) is faster, and so that deadpool-redis's major
+//! releases are not breaking changes for everyone.
 
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod classify;
 pub mod client_ip;
-#[cfg(feature = "config")]
+#[cfg(any(feature = "yaml", feature = "toml"))]
 pub mod config;
 pub mod describe;
 mod engine;
@@ -119,7 +140,7 @@ pub mod policy;
 #[cfg(feature = "openapi")]
 pub mod publish;
 pub mod rate;
-#[cfg(feature = "config")]
+#[cfg(any(feature = "yaml", feature = "toml"))]
 pub mod reload;
 pub mod respond;
 pub mod response_body;
@@ -135,7 +156,7 @@ pub use tollgate_redis::{EnvStore, FallbackStore, RedisStore};
 
 pub use classify::{PatternError, RoutePattern};
 pub use client_ip::{ClientIp, ClientIpError, ProxyHeader};
-#[cfg(feature = "config")]
+#[cfg(any(feature = "yaml", feature = "toml"))]
 pub use config::{Config, ConfigError};
 pub use describe::{LimitInfo, RouteLimits, RuleSource};
 pub use error::{BuildError, CheckError};

@@ -22,7 +22,7 @@
 //! # Ok::<(), tollgate::BuildError>(())
 //! ```
 //!
-//! Direct use (seed 000's lockout: 5 failed sign-ins per 30 minutes per e-mail):
+//! Direct use (a lockout: 5 failed sign-ins per 30 minutes per e-mail):
 //!
 //! ```
 //! # use tollgate::Limiter;
@@ -465,7 +465,8 @@ impl Limiter {
     /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
     /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket of
     /// `rate` shared by all routes, so the more restrictive of key and endpoint applies
-    /// (seed 004's per-key limits). Takes effect on the next request, no restart.
+    /// (a customer's own limit on its API key). Takes effect on the next request, no
+    /// restart.
     ///
     /// # Errors
     ///
@@ -606,7 +607,7 @@ pub struct LimiterBuilder {
     require_default: bool,
     require_peer: Option<bool>,
     /// The settings of the configuration file this builder was set up from.
-    #[cfg(feature = "config")]
+    #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
     decision_in_request: Option<bool>,
     decision_in_response: bool,
@@ -699,7 +700,7 @@ impl LimiterBuilder {
     }
 
     /// A global limit: one bucket for the whole service, spent by every non-exempt request
-    /// on top of its class (seed 004's backstop). Several calls add several limits (e.g. a
+    /// on top of its class (a backstop for the whole fleet). Several calls add several limits (e.g. a
     /// token bucket and a daily cap) to the policy named `global`.
     pub fn global(mut self, rate: impl Into<Rate>) -> Self {
         let policy = self
@@ -925,7 +926,7 @@ impl LimiterBuilder {
             require_default: self.require_default,
             table: ArcSwap::from_pointee(table),
             code: Mutex::default(),
-            #[cfg(feature = "config")]
+            #[cfg(any(feature = "yaml", feature = "toml"))]
             file_settings: self.file_settings,
             overrides: ArcSwap::default(),
             routes: ArcSwap::default(),

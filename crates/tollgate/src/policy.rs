@@ -4,25 +4,25 @@
 //! use http::StatusCode;
 //! use tollgate::{FailureMode, Key, Limit, Policy, Quota, Rate};
 //!
-//! // Seed 000: one AUTH bucket shared by sign-in, forgot and reset password.
+//! // One `auth` bucket shared by sign-in, forgot and reset password.
 //! let auth = Policy::named("auth").per_ip("20/15min");
 //!
-//! // Seed 000: 60/min per IP and 30/min per signed-in user.
+//! // 60/min per IP and 30/min per signed-in user.
 //! let chat = Policy::named("chat").per_ip("60/min").per_user("30/min");
 //!
-//! // Seed 004: token bucket (sustained 100/min, burst 20) and a daily cap, per API key.
+//! // A token bucket (sustained 100/min, burst 20) and a daily cap, per API key.
 //! let invoices = Policy::named("invoices")
 //!     .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20))
 //!     .limit(Key::api_key("x-api-key"), Rate::fixed("10000/day"));
 //!
-//! // Seed 001: points per organisation, the quota depends on the plan.
+//! // Points per organisation, the quota depends on the plan.
 //! let points = Policy::named("points")
 //!     .limit_with(Key::tenant(|p| p.headers.get("x-org").and_then(|v| v.to_str().ok()).map(String::from)),
 //!         |_org, parts| Some(Limit::sliding(Quota::per_minute(
 //!             if parts.headers.contains_key("x-enterprise") { 1000 } else { 100 }))))
 //!     .cost(5);
 //!
-//! // Seed 003: a 304 Not Modified does not count.
+//! // A 304 Not Modified does not count.
 //! let tenant = Policy::named("tenant")
 //!     .per_tenant(|p| p.extensions.get::<String>().cloned(), "100/min")
 //!     .refund_if(|status| status == StatusCode::NOT_MODIFIED);
@@ -166,8 +166,8 @@ impl Policy {
         self
     }
 
-    /// A limit whose quota is chosen per request by `quota(key, parts)` (plan tiers: seed
-    /// 001's Enterprise 1000 points/min, Build 100). `None` skips the limit for that
+    /// A limit whose quota is chosen per request by `quota(key, parts)` (plan tiers:
+    /// 1000 points/min on one plan, 100 on another). `None` skips the limit for that
     /// request. Changing the quota a key gets takes effect on its next request.
     pub fn limit_with<F>(mut self, key: Key, quota: F) -> Self
     where
@@ -180,8 +180,8 @@ impl Policy {
         self
     }
 
-    /// Share budgets with every policy using the same bucket name (seed 000: sign-in,
-    /// forgot password and reset password spend one `auth` bucket). Policies sharing a
+    /// Share budgets with every policy using the same bucket name (sign-in, forgot
+    /// password and reset password spending one `auth` bucket). Policies sharing a
     /// bucket must declare the same limits.
     pub fn bucket(mut self, name: impl Into<String>) -> Self {
         self.bucket = Some(name.into().into());
@@ -193,7 +193,7 @@ impl Policy {
     /// limit: refuse it (the default: a client being limited always stays limited, however
     /// many keys others invent) or evict the least recently seen limited keys (new keys are
     /// always served; a flood of invented keys can free a limited one). See
-    /// [`WhenFull`](tollgate_core::WhenFull).
+    /// [`WhenFull`].
     pub fn when_full(mut self, mode: WhenFull) -> Self {
         self.when_full = mode;
         self
@@ -214,7 +214,7 @@ impl Policy {
         self
     }
 
-    /// Give the charge back when the response's status satisfies `refund` (seed 003: a
+    /// Give the charge back when the response's status satisfies `refund` (so that a
     /// `304 Not Modified` does not count).
     pub fn refund_if<F>(mut self, refund: F) -> Self
     where

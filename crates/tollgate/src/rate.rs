@@ -58,7 +58,7 @@ impl Rate {
     }
 
     /// A token bucket ([`Limit::token_bucket`]) refilled at `sustained` holding at most
-    /// `burst` tokens: seed 004's `sustained: 100/min, burst: 20/s` is
+    /// `burst` tokens: a configuration file's `sustained: 100/min, burst: 20/s` is
     /// `Rate::token_bucket("100/min", 20)`.
     pub fn token_bucket(sustained: impl Into<Rate>, burst: u64) -> Self {
         let sustained = sustained.into();

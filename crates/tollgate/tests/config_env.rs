@@ -1,6 +1,6 @@
 //! `REDIS_URL` in the environment overrides a configuration file's store (its own binary:
 //! it sets process-wide environment variables).
-#![cfg(all(feature = "redis", feature = "config"))]
+#![cfg(all(feature = "redis", feature = "yaml"))]
 
 mod common;
 

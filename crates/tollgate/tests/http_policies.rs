@@ -666,7 +666,7 @@ async fn direct_use_from_a_handler_locks_out_an_email() {
     let (clock, store) = clock_and_store();
     let limiter = Limiter::builder()
         .store(store)
-        .error_body(ErrorBody::seed_000())
+        .error_body(ErrorBody::retry_after_camel())
         .bucket("sign-in-failures", Rate::exact("5/30min"))
         .build()
         .unwrap();

@@ -152,14 +152,14 @@ async fn refusal(body: ErrorBody) -> reqwest::Response {
 
 #[tokio::test]
 async fn bodies_byte_for_byte() {
-    let seed_000 = refusal(ErrorBody::seed_000()).await;
+    let retry_after = refusal(ErrorBody::retry_after_camel()).await;
     assert_eq!(
-        seed_000.text().await.unwrap(),
+        retry_after.text().await.unwrap(),
         r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 50 seconds.","retryAfter":50}"#
     );
-    let seed_003 = refusal(ErrorBody::seed_003()).await;
+    let with_code = refusal(ErrorBody::code_details()).await;
     assert_eq!(
-        seed_003.text().await.unwrap(),
+        with_code.text().await.unwrap(),
         r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":5,"window":"1m","retryAfter":50}}"#
     );
     let custom = refusal(ErrorBody::custom(
@@ -179,7 +179,7 @@ async fn seed_004_token_bucket_refusal() {
     let limiter = Limiter::builder()
         .store(store)
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
-        .error_body(ErrorBody::seed_004())
+        .error_body(ErrorBody::message().pretty())
         .route(
             "GET /v1/invoices",
             Policy::named("invoices")

@@ -57,7 +57,7 @@ pub(crate) struct Engine {
     pub(crate) code: Mutex<CodeRules>,
     /// The settings of the configuration file the limiter was built from, which a reload
     /// from a file may not change.
-    #[cfg(feature = "config")]
+    #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
     /// Per-key overrides.
     pub(crate) overrides: ArcSwap<Overrides>,

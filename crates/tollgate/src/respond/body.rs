@@ -24,9 +24,9 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 ///
 /// | constructor | body (compact) |
 /// |---|---|
-/// | [`ErrorBody::retry_after_camel`] (the default; seed 000) | `{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}` |
-/// | [`ErrorBody::code_details`] (seed 003) | `{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,"window":"1m","retryAfter":23}}` |
-/// | [`ErrorBody::message`] (seed 004) | `{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}` |
+/// | [`ErrorBody::retry_after_camel`] (the default) | `{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}` |
+/// | [`ErrorBody::code_details`] | `{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,"window":"1m","retryAfter":23}}` |
+/// | [`ErrorBody::message`] | `{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}` |
 /// | [`ErrorBody::problem`] (RFC 9457, `application/problem+json`) | `{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}` |
 /// | [`ErrorBody::custom`] | whatever the closure returns |
 ///
@@ -36,23 +36,24 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 /// Numbers describe the most restrictive bucket; `retryAfter` is whole seconds rounded up,
 /// `window` the quota's period (`1m`, `15m`, `1h`, `1d`, `90s`, `250ms`), `reset_at` Unix
 /// seconds rounded up. Bodies are compact unless [`ErrorBody::pretty`] asks for two-space
-/// indentation (seed 004 prints its body that way).
+/// indentation.
 ///
 /// **A request that can never fit** (it costs more than the bucket holds): the text field
-/// (`message` in the default and seed-004 shapes, `detail` in the problem, `error` in the seed-003 shape) says so,
-/// e.g. `This request costs 12 points, but this rate limit allows at most 10 at once;
-/// retrying will not help.`, and `retryAfter` is `null`.
+/// (`message` in the default and [`message`](ErrorBody::message) shapes, `detail` in the
+/// [`problem`](ErrorBody::problem), `error` in the [`code_details`](ErrorBody::code_details)
+/// shape) says so, e.g. `This request costs 12 points, but this rate limit allows at most 10
+/// at once; retrying will not help.`, and `retryAfter` is `null`.
 ///
 /// ```
 /// use tollgate::respond::ErrorBody;
 ///
 /// let default = ErrorBody::default();
-/// let seed_003 = ErrorBody::code_details();
-/// let seed_004 = ErrorBody::message().pretty();
+/// let with_code = ErrorBody::code_details();
+/// let indented = ErrorBody::message().pretty();
 /// let mine = ErrorBody::custom(|info| {
 ///     serde_json::json!({ "status": 429, "retry_in": info.retry_after_secs() })
 /// });
-/// # let _ = (default, seed_003, seed_004, mine);
+/// # let _ = (default, with_code, indented, mine);
 /// ```
 #[derive(Clone)]
 pub struct ErrorBody {
@@ -108,21 +109,22 @@ impl ErrorBody {
     }
 
     /// `{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23
-    /// seconds.","retryAfter":23}`: a body that "includes retryAfter (seconds)" (seed 000).
+    /// seconds.","retryAfter":23}`: the wait in whole seconds, in words and as a number.
     /// The default.
     pub const fn retry_after_camel() -> Self {
         Self::shape(Shape::Ready(Ready::RetryAfterCamel))
     }
 
     /// `{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,
-    /// "window":"1m","retryAfter":23}}` (seed 003).
+    /// "window":"1m","retryAfter":23}}`: a machine-readable code, and the limit, its window
+    /// and the wait under `details`.
     pub const fn code_details() -> Self {
         Self::shape(Shape::Ready(Ready::CodeDetails))
     }
 
     /// `{"error":"rate_limit_exceeded","message":"You have exceeded the rate limit for GET
-    /// /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}` (seed 004; that
-    /// page prints it [`pretty`](ErrorBody::pretty)).
+    /// /v1/invoices.","limit":100,"remaining":0,"reset_at":1717200060}`: which request
+    /// was limited, the limit, what remains and when it resets (Unix seconds).
     pub const fn message() -> Self {
         Self::shape(Shape::Ready(Ready::Message))
     }
@@ -134,21 +136,6 @@ impl ErrorBody {
     /// seconds, `null` when waiting cannot help).
     pub const fn problem() -> Self {
         Self::shape(Shape::Ready(Ready::Problem))
-    }
-
-    /// The body seed 000 describes: [`ErrorBody::retry_after_camel`].
-    pub const fn seed_000() -> Self {
-        Self::retry_after_camel()
-    }
-
-    /// The body seed 003 prints: [`ErrorBody::code_details`].
-    pub const fn seed_003() -> Self {
-        Self::code_details()
-    }
-
-    /// The body seed 004 prints, indentation included: [`ErrorBody::message`], pretty.
-    pub const fn seed_004() -> Self {
-        Self::message().pretty()
     }
 
     /// A body of your own: the closure's value as JSON. Anything [`Serialize`] works: a
@@ -245,7 +232,7 @@ impl ErrorBody {
 ///     "invoices", &decision, [("invoices:key", Quota::per_minute(100))], Method::GET, "/v1/invoices",
 /// );
 /// let style = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds);
-/// let response = too_many_requests(&info, &style, &ErrorBody::seed_004());
+/// let response = too_many_requests(&info, &style, &ErrorBody::message().pretty());
 /// assert_eq!(response.status(), 429);
 /// assert_eq!(response.headers()["content-type"], "application/json");
 /// assert_eq!(response.headers()["retry-after"], "1");
@@ -369,7 +356,7 @@ fn ready_shape(shape: Ready, info: &RateLimitInfo, pretty: bool) -> Vec<u8> {
     to_json(&value, pretty).unwrap_or_default()
 }
 
-/// A quota's period as the seed-003 body writes it: the largest unit that divides it,
+/// A quota's period as the [`code_details`](ErrorBody::code_details) body writes it: the largest unit that divides it,
 /// `1m`, `15m`, `1h`, `1d`, `90s`, `250ms`.
 fn window(period: Duration) -> String {
     const UNITS: [(u128, &str); 5] = [
@@ -442,7 +429,7 @@ mod tests {
         std::str::from_utf8(bytes).unwrap()
     }
 
-    /// Seed 003: 100 per minute per tenant, empty for 22.4 more seconds.
+    /// 100 per minute per tenant, empty for 22.4 more seconds.
     fn tenant_refused() -> RateLimitInfo {
         single(
             "tenant",
@@ -458,7 +445,7 @@ mod tests {
         )
     }
 
-    /// Seed 004: GET /v1/invoices, sustained 100/min, refused 48.3 s into the minute.
+    /// GET /v1/invoices, 100/min per API key, refused 48.3 s into the minute.
     fn invoices_refused() -> RateLimitInfo {
         single(
             "invoices:key",
@@ -479,8 +466,8 @@ mod tests {
     }
 
     #[test]
-    fn seed_000_body_includes_retry_after_seconds() {
-        let body = ErrorBody::seed_000().render(&tenant_refused());
+    fn default_body_includes_retry_after_seconds() {
+        let body = ErrorBody::retry_after_camel().render(&tenant_refused());
         assert_eq!(
             text(&body),
             r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 23 seconds.","retryAfter":23}"#
@@ -539,11 +526,11 @@ mod tests {
     }
 
     #[test]
-    fn seed_003_response_byte_for_byte() {
+    fn code_details_response_byte_for_byte() {
         let response = too_many_requests(
             &tenant_refused(),
             &HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds),
-            &ErrorBody::seed_003(),
+            &ErrorBody::code_details(),
         );
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         let headers = response.headers();
@@ -560,17 +547,17 @@ mod tests {
     }
 
     #[test]
-    fn seed_004_response_byte_for_byte() {
+    fn pretty_message_response_byte_for_byte() {
         let response = too_many_requests(
             &invoices_refused(),
             &HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds),
-            &ErrorBody::seed_004(),
+            &ErrorBody::message().pretty(),
         );
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["retry-after"], "12");
         assert_eq!(response.headers()["x-ratelimit-reset"], "1717200060");
-        // As the seed prints it.
+        // Two-space indentation, keys in this order.
         let expected = r#"{
   "error": "rate_limit_exceeded",
   "message": "You have exceeded the rate limit for GET /v1/invoices.",
@@ -693,7 +680,8 @@ mod tests {
             Method::GET,
             "/",
         );
-        let response = too_many_requests(&empty, &HeaderStyle::default(), &ErrorBody::seed_003());
+        let response =
+            too_many_requests(&empty, &HeaderStyle::default(), &ErrorBody::code_details());
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers().len(), 1);
         assert_eq!(
@@ -712,7 +700,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["reset_at"], u64::MAX.div_ceil(1_000_000));
         assert_eq!(
-            text(&ErrorBody::seed_000().render(&huge)),
+            text(&ErrorBody::retry_after_camel().render(&huge)),
             r#"{"error":"Too Many Requests","message":"Rate limit exceeded; retry in 18446744073709551615 seconds.","retryAfter":18446744073709551615}"#
         );
     }
@@ -720,7 +708,7 @@ mod tests {
     #[test]
     fn debug_names_the_shape() {
         assert_eq!(
-            format!("{:?}", ErrorBody::seed_004()),
+            format!("{:?}", ErrorBody::message().pretty()),
             "ErrorBody { shape: Message, pretty: true }"
         );
         assert!(format!("{:?}", ErrorBody::custom(|_: &RateLimitInfo| 1)).contains("Custom"));
