@@ -69,6 +69,7 @@ mod cache;
 pub mod env;
 pub mod error;
 pub mod fallback;
+mod ledger;
 mod script;
 mod slot;
 pub mod store;
@@ -76,7 +77,10 @@ pub mod store;
 pub use cache::DEFAULT_REFUSAL_CACHE;
 pub use env::{from_env, from_env_with, redis_url_from_env, EnvStore, URL_VARIABLES};
 pub use error::RedisConfigError;
-pub use fallback::{FallbackConfig, FallbackStore, Mode, DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT};
+pub use fallback::{
+    FallbackConfig, FallbackStore, Mode, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PROBE_MAX,
+    DEFAULT_TIMEOUT,
+};
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_PREFIX,
     DEFAULT_RESPONSE_TIMEOUT,

@@ -187,6 +187,53 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The server's `run_id` (`INFO server`); `None` on Redis Cluster, whose nodes each
+    /// have their own.
+    async fn run_id(&self) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let reply = match self {
+            Connection::Manager {
+                client,
+                config,
+                manager,
+                ..
+            } => {
+                let mut conn = match manager.get() {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m =
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map_err(backend)?;
+                        manager.get_or_init(|| m).clone()
+                    }
+                };
+                conn.req_packed_command(&cmd).await
+            }
+            Connection::Pool(pool) => {
+                let mut conn = pool.get().await.map_err(backend)?;
+                conn.req_packed_command(&cmd).await
+            }
+            Connection::Cluster { .. } => return Ok(None),
+        };
+        let text = match reply.map_err(backend)? {
+            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            Value::ServerError(e) => return Err(backend(e)),
+            other => {
+                return Err(StoreError::Protocol(format!(
+                    "expected text from INFO server, got {other:?}"
+                )))
+            }
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
+    }
+}
+
 struct Inner {
     connection: Connection,
     prefix: String,
@@ -482,6 +529,17 @@ impl RedisStore {
 
     fn keys(&self, batch: &Batch) -> Vec<String> {
         batch.buckets.iter().map(|b| self.redis_key(b)).collect()
+    }
+
+    /// The Redis server's `run_id` (from `INFO server`): it changes when the server
+    /// restarts, which is how [`FallbackStore`](crate::FallbackStore) knows that Redis may
+    /// have come back empty. `None` on Redis Cluster.
+    ///
+    /// # Errors
+    ///
+    /// The server could not be reached or did not answer `INFO`.
+    pub async fn run_id(&self) -> Result<Option<String>, StoreError> {
+        self.inner.connection.run_id().await
     }
 
     /// Whether this store talks to Redis Cluster.
