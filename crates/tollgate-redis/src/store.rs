@@ -217,11 +217,15 @@ impl Connection {
             }
             Connection::Cluster { .. } => return Ok(None),
         };
-        let text = match reply.map_err(backend)? {
-            Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Value::VerbatimString { text, .. } => text,
-            Value::ServerError(e) => return Err(backend(e)),
-            other => {
+        let text = match reply {
+            // The server refuses INFO (an ACL without it, a renamed command, a hosted
+            // Redis): it cannot tell, which is not a failure.
+            Err(e) if e.code().is_some() => return Ok(None),
+            Err(e) => return Err(backend(e)),
+            Ok(Value::ServerError(_)) => return Ok(None),
+            Ok(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(Value::VerbatimString { text, .. }) => text,
+            Ok(other) => {
                 return Err(StoreError::Protocol(format!(
                     "expected text from INFO server, got {other:?}"
                 )))
@@ -533,7 +537,8 @@ impl RedisStore {
 
     /// The Redis server's `run_id` (from `INFO server`): it changes when the server
     /// restarts, which is how [`FallbackStore`](crate::FallbackStore) knows that Redis may
-    /// have come back empty. `None` on Redis Cluster.
+    /// have come back empty. `None` on Redis Cluster, and when the server refuses `INFO`
+    /// (an ACL user without it, a renamed command): a restart is then not noticed.
     ///
     /// # Errors
     ///

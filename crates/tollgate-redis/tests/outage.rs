@@ -358,3 +358,27 @@ async fn without_the_mirror_an_empty_restart_forgets_the_count() {
     }
     assert!(admitted >= 5, "admitted {admitted}");
 }
+
+/// A Redis that refuses `INFO` (an ACL user without it, as some hosted Redis give) cannot
+/// tell its run_id: the store still decides on it (it only cannot notice a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_info_is_still_used() {
+    let server = RedisServer::start();
+    server.cli([
+        "ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-info",
+    ]);
+    let url = format!("redis://limited:pw@127.0.0.1:{}/", server.port());
+    let redis = RedisStore::open(&url).unwrap();
+    assert_eq!(redis.run_id().await.unwrap(), None);
+    assert!(RedisStore::open(&server.url())
+        .unwrap()
+        .run_id()
+        .await
+        .unwrap()
+        .is_some());
+    let store = FallbackStore::connect(redis, FallbackConfig::default().timeout(TIMEOUT)).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let key = Bucket::new("sign-in", "acl", lockout());
+    spend(std::slice::from_ref(&store), &key, 5).await;
+    assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
