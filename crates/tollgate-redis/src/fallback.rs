@@ -820,6 +820,35 @@ mod tests {
         }
     }
 
+    /// Each of N instances gets its share of what remains, rounded up: N shares add up
+    /// to at most what remains plus N.
+    #[test]
+    fn shares_of_what_remains_add_up_to_at_most_it_plus_one_each() {
+        let report = |remaining| BucketState {
+            allowed: true,
+            limit: 20,
+            remaining,
+            reset_after: Duration::from_secs(60),
+            retry_after: None,
+            refusal: None,
+        };
+        let limit = Limit::sliding(Quota::per_minute(20));
+        assert_eq!(share_used(&limit, &limit, &report(7)), 13);
+        for n in 1..=7u32 {
+            let scaled = limit.divided_by(n);
+            for remaining in 0..=20 {
+                let used = share_used(&limit, &scaled, &report(remaining));
+                let left = scaled.capacity() - used;
+                assert!(left <= scaled.capacity());
+                assert!(
+                    u64::from(n) * left <= remaining + u64::from(n),
+                    "{n} instances, {remaining} remaining: {left} each"
+                );
+                assert_eq!(left == 0, remaining == 0, "{n}, {remaining}");
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_circuit_that_reopens_soon_after_closing_keeps_backing_off() {
         let primary = ProbeOnly {
