@@ -40,6 +40,7 @@ const TIME_KEY: &str = "tollgate-fuzz:time";
 const PERIODS_MS: [u64; 9] = [1, 3, 7, 10, 60, 1_000, 1_500, 60_000, 86_400_000];
 
 struct Harness {
+    url: String,
     conn: redis::Connection,
     script: redis::Script,
     /// A store with no connection made: it only lays out the script's arguments.
@@ -73,6 +74,7 @@ fn harness() -> &'static Mutex<Harness> {
             .expect("after 1970");
         let base = (real + Duration::from_secs(2 * 86_400)).as_micros() as u64;
         Mutex::new(Harness {
+            url,
             conn,
             script: redis::Script::new(&source),
             layout: RedisStore::open("redis://127.0.0.1:1/").expect("a valid URL"),
@@ -167,7 +169,14 @@ pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     let mut guard = harness().lock().unwrap_or_else(|e| e.into_inner());
     let h = &mut *guard;
-    let _: () = redis::cmd("FLUSHDB").query(&mut h.conn).expect("FLUSHDB");
+    let flushed: Result<(), _> = redis::cmd("FLUSHDB").query(&mut h.conn);
+    if let Err(e) = flushed {
+        assert!(e.is_io_error(), "FLUSHDB: {e}");
+        h.conn = redis::Client::open(h.url.as_str())
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("cannot connect again: {e}"));
+        let _: () = redis::cmd("FLUSHDB").query(&mut h.conn).expect("FLUSHDB");
+    }
 
     let limits: Vec<Limit> = (0..1 + input.below(4)).map(|_| limit(&mut input)).collect();
     let keys: Vec<Bucket> = limits
@@ -192,14 +201,10 @@ pub fn run(data: &[u8]) {
             7 => Op::Penalize,
             _ => Op::Reset,
         };
+        // Distinct keys (a batch naming a key twice is invalid): n in a row from a start.
         let n = 1 + input.below(keys.len().min(3));
-        let mut chosen: Vec<usize> = Vec::with_capacity(n);
-        while chosen.len() < n {
-            let k = input.below(keys.len());
-            if !chosen.contains(&k) {
-                chosen.push(k);
-            }
-        }
+        let start = input.below(keys.len());
+        let chosen: Vec<usize> = (0..n).map(|i| (start + i) % keys.len()).collect();
         let buckets = chosen
             .iter()
             .map(|&k| {
@@ -224,15 +229,26 @@ pub fn run(data: &[u8]) {
         for arg in &args[n_keys + 1..] {
             invocation.arg(arg);
         }
-        let _: () = redis::cmd("HSET")
+        let set: Result<(), _> = redis::cmd("HSET")
             .arg(TIME_KEY)
             .arg("s")
             .arg(now / 1_000_000)
             .arg("u")
             .arg(now % 1_000_000)
-            .query(&mut h.conn)
-            .expect("HSET");
-        let reply: Value = invocation.invoke(&mut h.conn).expect("the script runs");
+            .query(&mut h.conn);
+        let reply = set.and_then(|()| invocation.invoke::<Value>(&mut h.conn));
+        let reply = match reply {
+            Ok(reply) => reply,
+            // The socket, not the script: a signal cut a read short (libFuzzer's timer).
+            // The run ends here, on a new connection for the next.
+            Err(e) if e.is_io_error() => {
+                h.conn = redis::Client::open(h.url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .unwrap_or_else(|e| panic!("cannot connect again: {e}"));
+                return;
+            }
+            Err(e) => panic!("the script failed: {e}"),
+        };
         let Value::Array(items) = reply else {
             panic!("the script answered {reply:?}");
         };
