@@ -45,7 +45,16 @@ for target in $("${fuzz[@]}" list); do
     options=(-max_total_time="$seconds")
     [ -f "dict/$target.dict" ] && options+=(-dict="dict/$target.dict")
     log="$corpus/$target.log"
-    if "${fuzz[@]}" run "${build[@]}" "$target" "${dirs[@]}" -- "${options[@]}" >"$log" 2>&1; then
+    run=("${fuzz[@]}" run "${build[@]}" "$target" "${dirs[@]}" -- "${options[@]}")
+    if [ "$target" = lua_store ]; then
+        # The Lua script against memory needs a redis-server of its own.
+        if ! command -v redis-server >/dev/null 2>&1; then
+            echo "fuzz: $target: skipped (no redis-server)"
+            continue
+        fi
+        run=(./with-redis.sh "${run[@]}")
+    fi
+    if "${run[@]}" >"$log" 2>&1; then
         echo "fuzz: $target: $(grep -E '^Done ' "$log" || echo 'done')"
     else
         tail -n 40 "$log"

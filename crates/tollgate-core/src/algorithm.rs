@@ -284,6 +284,39 @@ impl State {
         }
     }
 
+    /// A state with `used` counted (in the limit's units) that is fresh again `fresh_in` µs
+    /// after `now`: what another store reported for the key, taken as late as that report
+    /// allows. Everything counted is placed at the latest admission consistent with
+    /// `fresh_in` (a window's count leaves all at once, when its last admission does; a
+    /// token bucket's time is `now + fresh_in`, at most `used` tokens' worth), so the copy
+    /// never admits sooner than the store it copies.
+    pub(crate) fn assumed(limit: &Limit, used: u64, fresh_in: u64, now: u64) -> Self {
+        let mut state = State::fresh(limit, now);
+        if used == 0 || fresh_in == 0 {
+            return state;
+        }
+        let window = limit.quota().period_micros();
+        // The last admission: its count leaves the window `fresh_in` from now.
+        let last = now.saturating_add(fresh_in).saturating_sub(window).min(now);
+        match &mut state {
+            State::Segments(ring) => {
+                let oldest = ring.head.saturating_sub(ring.len() - 1);
+                let j = (last / ring.unit).max(oldest);
+                ring.set_segment(j, used, last);
+            }
+            State::Log { entries, total } => {
+                entries.push_back((last, used));
+                *total = used;
+            }
+            State::Tat(tat) => {
+                let ahead = fresh_in.min(used.saturating_mul(limit.emission_interval()));
+                *tat = now.saturating_add(ahead);
+            }
+            State::Fixed { used: u, .. } => *u = used,
+        }
+        state
+    }
+
     /// Whether this state belongs to `limit`'s algorithm (a limit changed at runtime starts
     /// its keys afresh).
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
@@ -721,6 +754,61 @@ mod tests {
             charge(&mut s, &limit, 1, MIN + 7_000_000),
             Fit::After(60_000_000)
         );
+    }
+
+    /// A state copied from a report answers like the original, or refuses sooner: never
+    /// admits more, and a key at its limit stays refused until the report's reset.
+    #[test]
+    fn an_assumed_state_admits_no_sooner_than_its_report() {
+        let t0 = 1_000 * MIN;
+        let limits = [
+            Limit::sliding(Quota::per_minute(10)),
+            Limit::sliding_exact(Quota::per_minute(10)),
+            Limit::token_bucket(Quota::per_minute(10), 10).unwrap(),
+            Limit::fixed(Quota::per_minute(10)),
+        ];
+        for limit in limits {
+            let mut original = State::fresh(&limit, t0);
+            for i in 0..7 {
+                charge(&mut original, &limit, 1, t0 + i * 3_000_000);
+            }
+            let now = t0 + 20_000_000;
+            original.advance(&limit, now);
+            let report = original.report(&limit, Fit::Now, 1, now);
+            let used = limit.capacity() - report.remaining;
+            let fresh_in = report.reset_after.as_micros() as u64;
+            let mut copy = State::assumed(&limit, used, fresh_in, now);
+            assert_eq!(
+                copy.report(&limit, Fit::Now, 1, now).remaining,
+                report.remaining,
+                "{limit}"
+            );
+            assert!(copy.expires_at(&limit) <= now + fresh_in + 1, "{limit}");
+            // Step through the window: whenever the copy admits, so does the original
+            // (and both are charged).
+            let mut at = now;
+            let mut admitted = 0;
+            while at < now + 2 * MIN {
+                copy.advance(&limit, at);
+                original.advance(&limit, at);
+                if copy.fit(&limit, 1, at) == Fit::Now {
+                    assert_eq!(
+                        original.fit(&limit, 1, at),
+                        Fit::Now,
+                        "{limit} at {}",
+                        at - now
+                    );
+                    copy.add(&limit, 1, at);
+                    original.add(&limit, 1, at);
+                    admitted += 1;
+                }
+                at += 700_000;
+            }
+            assert!(
+                admitted >= limit.capacity(),
+                "{limit}: the copy frees up in time"
+            );
+        }
     }
 
     #[test]

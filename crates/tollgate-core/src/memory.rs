@@ -505,6 +505,77 @@ impl MemoryStore {
         now
     }
 
+    /// Sets `bucket`'s key to what another store reported for it: `used` counted against
+    /// its limit (in the limit's units: the capacity minus what was remaining), and fresh
+    /// again in `fresh_in` (the report's `reset_after`). What was counted is taken as
+    /// admitted as late as `fresh_in` allows (see below), so the key admits no sooner here
+    /// than it would have there. A `used` of 0 (or a `fresh_in` of zero) forgets the key.
+    ///
+    /// A new key takes room like a charge does; if the bucket's share is full of keys at
+    /// their limit ([`WhenFull::RefuseNewKeys`]) it is not stored, and this returns `false`.
+    ///
+    /// tollgate-redis's `FallbackStore` calls it with
+    /// every answer of Redis, so that deciding from memory starts from Redis's counts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
+    ///
+    /// let store = MemoryStore::new();
+    /// let lockout = Bucket::new("login", "alice", Limit::sliding_exact(Quota::parse("5/30min")?));
+    /// // Redis said: 1 remaining of 5, fresh again in 20 minutes.
+    /// store.mirror(&lockout, 4, Duration::from_secs(20 * 60));
+    /// assert!(store.charge(std::slice::from_ref(&lockout)).allowed);
+    /// let refused = store.charge(std::slice::from_ref(&lockout));
+    /// assert!(!refused.allowed);
+    /// assert!(refused.retry_after().unwrap() <= Duration::from_secs(20 * 60));
+    /// # Ok::<(), tollgate_core::QuotaError>(())
+    /// ```
+    ///
+    /// How a count is placed: a sliding window's or an exact log's whole count at the last
+    /// admission (`fresh_in` before the window ends), so it all leaves when that one does;
+    /// a token bucket's time `fresh_in` ahead (at most `used` tokens' worth); a fixed
+    /// window's count in the current window.
+    pub fn mirror(&self, bucket: &Bucket, used: u64, fresh_in: std::time::Duration) -> bool {
+        let inner = &*self.inner;
+        let now = inner.clock.now().as_micros();
+        let hash = inner.hasher.hash_one(bucket.key.as_bytes());
+        let p = Placed {
+            hash,
+            shard: inner.shard_of(hash),
+            guard: 0,
+            kind: Kind::of(&bucket.limit),
+        };
+        let limit = &bucket.limit;
+        let fresh_in = u64::try_from(fresh_in.as_micros()).unwrap_or(u64::MAX);
+        let state = State::assumed(limit, used, fresh_in, now);
+        let report = state.report(limit, Fit::Now, 1, now);
+        let a = after(&report, now);
+        let mut shard = lock(&inner.shards[p.shard]);
+        if a.expires_at <= now {
+            shard.remove(hash);
+            return true;
+        }
+        let (seen, expires_at) = (a.seen, a.expires_at);
+        let mut pending = Some(state);
+        shard.update(&p, now, |kept| {
+            if let Some(state) = pending.take() {
+                *kept = state;
+            }
+            ((), Some(a))
+        });
+        let Some(state) = pending else {
+            return true;
+        };
+        match inner.make_room(&mut shard, bucket, now) {
+            Ok(part) => {
+                shard.insert(hash, part, seen, state, expires_at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Drops every entry whose state is back to fresh; returns how many went.
     pub fn purge_expired(&self) -> usize {
         let now = self.inner.clock.now().as_micros();

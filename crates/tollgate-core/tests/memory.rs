@@ -239,3 +239,42 @@ fn a_share_full_of_limited_keys_refuses_new_keys_and_keeps_every_lockout() {
     let late = Bucket::new("sign-in", "late@example.com", lockout);
     assert!(charge(&late).allowed);
 }
+
+/// A mirrored count is held like one the store counted itself: a key mirrored at its limit
+/// stays refused until the reported reset, and keys mirrored into a share full of limited
+/// keys are not stored (nothing held is evicted for them).
+#[test]
+fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
+    let clock = ManualClock::new(T0);
+    let store = MemoryStore::builder()
+        .max_entries(64)
+        .shards(1)
+        .clock(clock.clone())
+        .build();
+    let lockout = Limit::sliding_exact(Quota::per_minute(5));
+    let alice = Bucket::new("login", "alice", lockout);
+    assert!(store.mirror(&alice, 5, Duration::from_secs(40)));
+    let refused = store.charge(std::slice::from_ref(&alice));
+    assert!(!refused.allowed);
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(40)));
+    clock.advance(Duration::from_secs(40));
+    assert!(store.charge(std::slice::from_ref(&alice)).allowed);
+
+    // Mirroring 0 forgets the key.
+    assert!(store.mirror(&alice, 0, Duration::ZERO));
+    assert_eq!(store.len(), 0);
+
+    // A share full of limited keys: a new mirrored key is not stored.
+    for i in 0..64 {
+        let b = Bucket::new("login", &format!("u{i}"), lockout);
+        assert!(store.mirror(&b, 5, Duration::from_secs(60)));
+    }
+    assert!(!store.mirror(
+        &Bucket::new("login", "new", lockout),
+        1,
+        Duration::from_secs(60)
+    ));
+    assert_eq!(store.len(), 64);
+    let u0 = Bucket::new("login", "u0", lockout);
+    assert!(!store.charge(std::slice::from_ref(&u0)).allowed);
+}

@@ -1,6 +1,13 @@
 //! The store an application gets from its environment: Redis (with the memory fallback) when
 //! `REDIS_URL` or `KV_URL` is set, memory otherwise.
 //!
+//! The fallback's settings can come from the environment too ([`FALLBACK_VARIABLES`]):
+//! `TOLLGATE_FALLBACK_DIVISOR` (the number of app instances, see
+//! [`FallbackConfig::fallback_divisor`]) and `TOLLGATE_REDIS_TIMEOUT_MS` (see
+//! [`FallbackConfig::timeout`]); [`from_env`] and [`from_env_with`] read them, over
+//! the settings given in code, and [`fallback_config_from_env`] applies them to any
+//! settings.
+//!
 //! ```no_run
 //! use tollgate_core::Store;
 //!
@@ -22,6 +29,75 @@ use crate::store::{RedisStore, RedisStoreBuilder};
 /// The environment variables holding the Redis URL, in the order they are read (empty
 /// values count as unset). `KV_URL` is what Vercel KV / Upstash set.
 pub const URL_VARIABLES: [&str; 2] = ["REDIS_URL", "KV_URL"];
+
+/// The environment variables of the fallback's settings: the divisor of limits on memory
+/// (the number of app instances, [`FallbackConfig::fallback_divisor`]) and the per-call
+/// timeout in milliseconds ([`FallbackConfig::timeout`]). Each, when set and not empty,
+/// must be a whole number of at least 1.
+pub const FALLBACK_VARIABLES: [&str; 2] =
+    ["TOLLGATE_FALLBACK_DIVISOR", "TOLLGATE_REDIS_TIMEOUT_MS"];
+
+/// `config` with what the environment sets of [`FALLBACK_VARIABLES`] applied over it
+/// (unset or empty variables leave it as it is).
+///
+/// ```
+/// use tollgate_redis::{fallback_config_from_env, FallbackConfig};
+///
+/// // With TOLLGATE_FALLBACK_DIVISOR=3 in the environment, the divisor is 3.
+/// let config = fallback_config_from_env(FallbackConfig::default())?;
+/// assert!(config.get_fallback_divisor() >= 1);
+/// # Ok::<(), tollgate_redis::RedisConfigError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`RedisConfigError::InvalidEnv`] for a value that is not a whole number of at least 1.
+pub fn fallback_config_from_env(
+    config: FallbackConfig,
+) -> Result<FallbackConfig, RedisConfigError> {
+    fallback_config_from(|name| std::env::var(name).ok(), config)
+}
+
+fn fallback_config_from(
+    get: impl Fn(&str) -> Option<String>,
+    mut config: FallbackConfig,
+) -> Result<FallbackConfig, RedisConfigError> {
+    let [divisor, timeout] = FALLBACK_VARIABLES;
+    if let Some(n) = positive(
+        &get,
+        divisor,
+        "the number of app instances, a whole number of at least 1",
+    )? {
+        config = config.fallback_divisor(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    if let Some(ms) = positive(&get, timeout, "milliseconds, a whole number of at least 1")? {
+        config = config.timeout(std::time::Duration::from_millis(ms));
+    }
+    Ok(config)
+}
+
+/// The variable's value as a number of at least 1, if set and not empty.
+fn positive(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    expected: &'static str,
+) -> Result<Option<u64>, RedisConfigError> {
+    let Some(value) = get(variable) else {
+        return Ok(None);
+    };
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    match trimmed.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(RedisConfigError::InvalidEnv {
+            variable,
+            value,
+            expected,
+        }),
+    }
+}
 
 /// The Redis URL of the environment, if any (see [`URL_VARIABLES`]).
 pub fn redis_url_from_env() -> Option<String> {
@@ -72,29 +148,35 @@ impl Store for EnvStore {
 }
 
 /// The store of the environment: `REDIS_URL` (or `KV_URL`) set → a [`FallbackStore`] over a
-/// [`RedisStore`] at that URL with the default settings; unset → a [`MemoryStore`].
+/// [`RedisStore`] at that URL with the default settings and those of
+/// [`FALLBACK_VARIABLES`]; unset → a [`MemoryStore`].
 ///
 /// Never connects and never fails because Redis is unreachable (the fallback store starts on
 /// memory and probes it); only a URL that does not parse is an error.
 ///
 /// # Errors
 ///
-/// [`RedisConfigError::InvalidUrl`].
+/// [`RedisConfigError::InvalidUrl`], [`RedisConfigError::InvalidEnv`].
 pub fn from_env() -> Result<EnvStore, RedisConfigError> {
     from_env_with(RedisStore::builder(), FallbackConfig::default())
 }
 
 /// [`from_env`] with a builder for the Redis store (prefix, refusal cache, timeouts; its URL
-/// is replaced by the environment's) and fallback settings.
+/// is replaced by the environment's) and fallback settings (over which
+/// [`FALLBACK_VARIABLES`] apply).
 ///
 /// # Errors
 ///
-/// [`RedisConfigError::InvalidUrl`].
+/// [`RedisConfigError::InvalidUrl`], [`RedisConfigError::InvalidEnv`].
 pub fn from_env_with(
     redis: RedisStoreBuilder,
     config: FallbackConfig,
 ) -> Result<EnvStore, RedisConfigError> {
-    from_url(redis_url_from_env(), redis, config)
+    from_url(
+        redis_url_from_env(),
+        redis,
+        fallback_config_from_env(config)?,
+    )
 }
 
 fn from_url(
@@ -155,6 +237,48 @@ mod tests {
         )
         .unwrap();
         assert!(store.redis().is_some());
+    }
+
+    #[test]
+    fn fallback_settings_come_from_the_environment_with_typed_errors() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let base = FallbackConfig::default().fallback_divisor(2);
+        let same = fallback_config_from(vars(&[("TOLLGATE_FALLBACK_DIVISOR", " ")]), base.clone());
+        assert_eq!(same.unwrap(), base);
+        let set = fallback_config_from(
+            vars(&[
+                ("TOLLGATE_FALLBACK_DIVISOR", "3"),
+                ("TOLLGATE_REDIS_TIMEOUT_MS", " 20 "),
+            ]),
+            base.clone(),
+        )
+        .unwrap();
+        assert_eq!(set.get_fallback_divisor(), 3);
+        assert_eq!(set.get_timeout(), std::time::Duration::from_millis(20));
+        for (variable, value) in [
+            ("TOLLGATE_FALLBACK_DIVISOR", "0"),
+            ("TOLLGATE_FALLBACK_DIVISOR", "three"),
+            ("TOLLGATE_REDIS_TIMEOUT_MS", "-5"),
+            ("TOLLGATE_REDIS_TIMEOUT_MS", "1.5"),
+        ] {
+            let get = move |name: &str| (name == variable).then(|| value.to_string());
+            let err = fallback_config_from(get, base.clone()).unwrap_err();
+            assert!(
+                matches!(&err, RedisConfigError::InvalidEnv { variable: v, value: got, .. }
+                    if *v == variable && got == value),
+                "{err}"
+            );
+            assert!(err
+                .to_string()
+                .starts_with(&format!("environment variable {variable}=")));
+        }
     }
 
     #[cfg(not(feature = "tls"))]

@@ -23,6 +23,18 @@ pub enum RedisConfigError {
     /// A cluster was asked for with no node.
     #[error("a Redis Cluster needs at least one node URL")]
     EmptyCluster,
+    /// An environment variable of the fallback settings
+    /// ([`FALLBACK_VARIABLES`](crate::env::FALLBACK_VARIABLES)) holds something else than
+    /// a whole number of at least 1.
+    #[error("environment variable {variable}={value:?}: expected {expected}")]
+    InvalidEnv {
+        /// The variable.
+        variable: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
 }
 
 /// `url` with the password of its user info replaced by `***`, for messages and logs.

@@ -25,17 +25,20 @@
 //!   Redis longer than that. The abandoned call may still reach Redis and be counted there
 //!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
 //!   be charged up to (timeout × its request rate) more than it was answered.
-//! - **Circuit breaker**: after [`FallbackConfig::failure_threshold`] failures in a row, the
-//!   store switches to [`Mode::Fallback`]: calls no longer try the primary at all. A background
-//!   task (on the tokio runtime) probes the primary, waiting [`FallbackConfig::probe_backoff`]
-//!   between probes, doubling up to its maximum (250 ms by default); the first probe answered
-//!   within the timeout switches back to [`Mode::Primary`], so the store is back on a primary
-//!   that answers again within about 0.3 s, after a restart (a probe that finds the
-//!   connection broken tries once more, on a new one) as after a pause. The probe is a write (a penalty on a key of its own,
+//! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
+//!   once, and a background task (on the tokio runtime) checks the primary at once, then
+//!   again after [`FallbackConfig::probe_backoff`]'s first wait, doubling up to its maximum
+//!   (250 ms by default). A check is a write (a penalty on a key of its own,
 //!   `tollgate-probe:health`, which expires within a second), so a Redis that answers reads
-//!   but refuses writes (a read-only replica, `maxmemory` reached) stays on memory. If the
-//!   circuit opens again within a few seconds of closing, probing resumes at the wait it had
-//!   reached (doubled), not at the first one.
+//!   but refuses writes (a read-only replica, `maxmemory` reached) stays on memory; a check
+//!   that finds the connection broken tries once more, on a new one. The first check that
+//!   passes (and the give-back below) switches back to [`Mode::Primary`]: a blip costs one
+//!   round trip on memory, and a primary that answers again after a restart or a pause is
+//!   used again within about 0.3 s. If the store leaves the primary again within a few
+//!   seconds of returning, checking resumes at the wait it had reached (doubled).
+//! - **Circuit breaker**: [`FallbackConfig::failure_threshold`] failures in a row (calls,
+//!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
+//!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches still try it.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
 //!   [`FailureMode`]: [`FailureMode::Fallback`] (the default) decides from the in-memory
 //!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
@@ -46,25 +49,64 @@
 //! - **Startup**: [`FallbackStore::connect`] probes once and starts on memory if the primary
 //!   does not answer; [`FallbackStore::new`] probes in the background as soon as a tokio runtime
 //!   runs it. Neither fails.
-//! - **Observability**: each switch is a `tracing` event (target `tollgate::store`): `warn`
-//!   when leaving the primary, with the reason, `info` when returning. [`FallbackStore::mode`]
-//!   tells where decisions are made now.
+//! - **Observability**: an outage is a `tracing` event (target `tollgate::store`): `warn`
+//!   when the store leaves the primary for it, with the reason, `info` when it returns; a
+//!   primary that restarted is a `warn`. [`FallbackStore::mode`] tells where decisions are
+//!   made now.
 //!
-//! State is not copied between the stores: after a switch, counting starts from what the
-//! other store had (memory starts empty the first time; Redis keeps what it had unless it
-//! restarted empty).
+//! # Nothing is forgotten
+//!
+//! - **The mirror**: every answer of the primary is kept: in the memory store (each key's
+//!   count, [`MemoryStore::mirror`]), and in a ledger of the keys used recently (the key,
+//!   its limit and the count the primary reported; at most [`FallbackConfig::mirror_keys`]
+//!   keys, keys at their limit and keys owing charges kept longest). A memory write next to
+//!   a network round trip. So deciding from memory starts from what Redis last told this
+//!   instance: a key over its limit before the outage stays refused through it, and a key
+//!   at 3 of 5 has 2 left, not 5. (A reply to a call sent before the store left the primary
+//!   is not kept: it may come from a Redis that restarted empty.)
+//! - **The give-back**: what memory decides while the primary fails (admitted charges,
+//!   penalties, less refunds; resets) is noted in the ledger, and charged to the primary
+//!   (penalties, 64 keys a call) before the store decides on it again, so the count after
+//!   an outage includes what was admitted during it. What cannot be delivered is kept for
+//!   the next check.
+//! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
+//!   `run_id`, from `INFO server`). When it changed, the primary restarted and may have come
+//!   back empty: every key of the ledger whose reported count still counts is raised back
+//!   to at least that count (read first, then the difference charged, so instances that
+//!   all write back do not add up, and a Redis that restarted from a snapshot is not
+//!   charged twice), before the give-back. Through one multiplexed connection (the
+//!   default, RESP2) a restart is always seen: the first call on the old connection fails,
+//!   and that failure starts a check. Through a pool (which replaces broken connections
+//!   quietly) or RESP3 (which reconnects by itself), a restart between two requests is seen
+//!   only at the next failure.
+//! - **Several instances**: with `fallback_divisor(N)`, each instance's share of what Redis
+//!   last said remained (rounded up) is what it has left on memory, so N instances behind a
+//!   balancer that spreads each client's requests admit at most what remained plus N. An
+//!   instance that had not seen a key starts it at its divided limit.
+//!
+//! Bounds: one client sending one request at a time is admitted at most the limit plus one
+//! across a kill, a pause, an empty restart or a Redis refusing writes (the request in
+//! flight at the switch: its answer came from Redis but, sent before the switch, was not
+//! kept); `tests/outage.rs` holds each. Memory stays bounded whatever keys clients invent:
+//! the memory store by its own bounds, the ledger by [`FallbackConfig::mirror_keys`]
+//! (about 150 bytes a key).
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tollgate_core::{
-    Batch, BoxFuture, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Quota, Store,
-    StoreError, StoreMode,
+    Batch, BoxFuture, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore, Op, Quota,
+    Store, StoreError, StoreMode,
 };
 
-/// The default [`FallbackConfig::timeout`].
+use crate::ledger::{Ledger, Owed};
+use crate::store::RedisStore;
+
+/// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The default longest wait between two probes of a failed primary
@@ -72,12 +114,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 /// about this long plus one call.
 pub const DEFAULT_PROBE_MAX: Duration = Duration::from_millis(250);
 
+/// The default for [`FallbackConfig::mirror_keys`]: how many keys the store remembers
+/// what Redis told it about (and what it owes Redis).
+pub const DEFAULT_MIRROR_KEYS: usize = 50_000;
+
+/// How many keys one call of the give-back carries.
+const GIVE_BACK_BATCH: usize = 64;
+
 /// Where a [`FallbackStore`] decides now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// On the primary store (Redis).
     Primary,
-    /// On the in-memory store: the primary failed, and is being probed.
+    /// On the in-memory store: the primary failed, and is being checked.
     Fallback,
 }
 
@@ -98,6 +147,7 @@ pub struct FallbackConfig {
     probe_min: Duration,
     probe_max: Duration,
     divisor: u32,
+    mirror_keys: usize,
 }
 
 impl Default for FallbackConfig {
@@ -108,6 +158,7 @@ impl Default for FallbackConfig {
             probe_min: Duration::from_millis(100),
             probe_max: DEFAULT_PROBE_MAX,
             divisor: 1,
+            mirror_keys: DEFAULT_MIRROR_KEYS,
         }
     }
 }
@@ -120,17 +171,22 @@ impl FallbackConfig {
         self
     }
 
-    /// How many failed calls in a row open the circuit (at least 1). Default 3.
+    /// How many failures in a row (calls, then checks of the primary) make an outage (at
+    /// least 1). Default 3. Below it, the store answers from memory only until one check
+    /// of the primary passes, and batches with [`FailureMode::Open`] or
+    /// [`FailureMode::Closed`] still try the primary; at it, the switch is logged at
+    /// `warn`, those batches fail at once, and checks back off
+    /// ([`FallbackConfig::probe_backoff`]).
     pub fn failure_threshold(mut self, failures: u32) -> Self {
         self.failure_threshold = failures.max(1);
         self
     }
 
-    /// The wait before the first probe of a failed primary, and the most it grows to
-    /// (doubling after each failed probe). Default 100 ms up to [`DEFAULT_PROBE_MAX`]
-    /// (250 ms): a primary that answers again is used again within about 0.3 s, after a
-    /// restart as after a pause. A probe of a primary that is down costs one connection
-    /// attempt (refused at once) or one call cut short by the timeout.
+    /// The wait before the second check of a failed primary (the first is made at once),
+    /// and the most it grows to (doubling after each failed check). Default 100 ms up to
+    /// [`DEFAULT_PROBE_MAX`] (250 ms): a primary that answers again is used again within
+    /// about 0.3 s, after a restart as after a pause. A check of a primary that is down
+    /// costs one connection attempt (refused at once) or one call cut short by the timeout.
     pub fn probe_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.probe_min = first.max(Duration::from_millis(1));
         self.probe_max = max.max(self.probe_min);
@@ -144,6 +200,15 @@ impl FallbackConfig {
         self
     }
 
+    /// How many keys the store remembers what the primary last told it about, and what it
+    /// decided from memory since (see the [module documentation](crate::fallback)). Default
+    /// [`DEFAULT_MIRROR_KEYS`]; 0 turns the mirror off (memory then starts empty at each
+    /// outage, and nothing is given back).
+    pub fn mirror_keys(mut self, keys: usize) -> Self {
+        self.mirror_keys = keys;
+        self
+    }
+
     /// The per-call timeout.
     pub fn get_timeout(&self) -> Duration {
         self.timeout
@@ -153,28 +218,68 @@ impl FallbackConfig {
     pub fn get_fallback_divisor(&self) -> u32 {
         self.divisor
     }
+
+    /// How many keys the mirror holds at most.
+    pub fn get_mirror_keys(&self) -> usize {
+        self.mirror_keys
+    }
 }
+
+/// What a [`FallbackStore`] asks of its primary besides deciding: which incarnation of it
+/// answers, so that a primary that restarted (possibly empty) is told the counts again.
+pub trait Primary: Store {
+    /// An identifier of the primary's current incarnation (Redis's `run_id`): when it
+    /// changes between two checks, the primary restarted and may have lost its state.
+    /// `None` (the default) if the primary cannot tell.
+    fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+impl Primary for RedisStore {
+    fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(self.run_id())
+    }
+}
+
+impl<P: Primary + ?Sized> Primary for Arc<P> {
+    fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        (**self).incarnation()
+    }
+}
+
+/// Set in [`Shared::state`] while decisions are made on the primary; the bits above count
+/// the departures from it.
+const ON_PRIMARY: u64 = 1;
 
 struct Shared<P> {
     primary: P,
     memory: MemoryStore,
     config: FallbackConfig,
-    on_primary: AtomicBool,
+    /// [`ON_PRIMARY`], and above it the number of times the store left the primary: a
+    /// reply to a call sent before a departure is not mirrored.
+    state: AtomicU64,
+    /// Whether the failures in a row reached the threshold (an outage).
+    tripped: AtomicBool,
     failures: AtomicU32,
-    /// Why the circuit opened last.
+    /// What the primary told this instance last, and what memory decided since.
+    ledger: Ledger,
+    /// The primary's incarnation when last checked.
+    incarnation: Mutex<Option<String>>,
+    /// Why the store left the primary last.
     reason: Mutex<String>,
-    /// When the circuit last closed, and the probe wait that preceded it.
+    /// When the store last returned to the primary, and the check wait that preceded it.
     closed: Mutex<Option<(Instant, Duration)>>,
 }
 
-/// A [`Store`] that decides on `P` (usually [`RedisStore`](crate::RedisStore)) and falls back
-/// to a [`MemoryStore`] when `P` fails or is slow. Clones share one state. See the
-/// [module documentation](crate::fallback).
-pub struct FallbackStore<P: Store> {
+/// A [`Store`] that decides on `P` (usually [`RedisStore`]) and falls back to a
+/// [`MemoryStore`] when `P` fails or is slow, starting from what `P` last told it. Clones
+/// share one state. See the [module documentation](crate::fallback).
+pub struct FallbackStore<P: Primary> {
     shared: Arc<Shared<P>>,
 }
 
-impl<P: Store> Clone for FallbackStore<P> {
+impl<P: Primary> Clone for FallbackStore<P> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -182,7 +287,7 @@ impl<P: Store> Clone for FallbackStore<P> {
     }
 }
 
-impl<P: Store> fmt::Debug for FallbackStore<P> {
+impl<P: Primary> fmt::Debug for FallbackStore<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackStore")
             .field("mode", &self.mode())
@@ -207,13 +312,13 @@ fn probe_batch() -> Batch {
     )
 }
 
-/// How long the primary must stay healthy after the circuit closed for the next trip to
-/// probe from [`FallbackConfig::probe_backoff`]'s first wait again; a trip sooner carries
-/// on the backoff where it was, so a primary that keeps failing soon after each probe is
-/// probed less and less often.
+/// How long the primary must stay healthy after the store returned to it for the next
+/// departure to check it at once again; a departure sooner carries on the backoff where it
+/// was, so a primary that keeps failing soon after each check is checked less and less
+/// often.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
-impl<P: Store> FallbackStore<P> {
+impl<P: Primary> FallbackStore<P> {
     /// A fallback store over `primary` with the default settings and memory store.
     pub fn new(primary: P) -> Self {
         Self::with_config(primary, FallbackConfig::default())
@@ -224,7 +329,8 @@ impl<P: Store> FallbackStore<P> {
         Self::with_memory(primary, MemoryStore::new(), config)
     }
 
-    /// A fallback store over `primary` deciding from `memory` when it fails.
+    /// A fallback store over `primary` deciding from `memory` when it fails (and keeping
+    /// in it what the primary answers; see the [module documentation](crate::fallback)).
     ///
     /// It starts on the primary; if a tokio runtime is running, it checks the primary at
     /// once in the background and switches to memory if that fails. Without a runtime the
@@ -235,9 +341,7 @@ impl<P: Store> FallbackStore<P> {
             let shared = Arc::downgrade(&store.shared);
             runtime.spawn(async move {
                 if let Some(shared) = shared.upgrade() {
-                    if let Err(e) = shared.check().await {
-                        shared.trip(&format!("at startup: {e}"));
-                    }
+                    shared.start().await;
                 }
             });
         }
@@ -247,10 +351,18 @@ impl<P: Store> FallbackStore<P> {
     /// A fallback store over `primary` that has checked it once (within the timeout): on
     /// the primary if it answered, otherwise on memory, probing in the background.
     pub async fn connect(primary: P, config: FallbackConfig) -> Self {
-        let store = Self::unchecked(primary, MemoryStore::new(), config);
-        if let Err(e) = store.shared.check().await {
-            store.shared.trip(&format!("at startup: {e}"));
-        }
+        Self::connect_with_memory(primary, MemoryStore::new(), config).await
+    }
+
+    /// [`FallbackStore::connect`] with the memory store to decide from when the primary
+    /// fails (its bounds, its clock).
+    pub async fn connect_with_memory(
+        primary: P,
+        memory: MemoryStore,
+        config: FallbackConfig,
+    ) -> Self {
+        let store = Self::unchecked(primary, memory, config);
+        store.shared.start().await;
         store
     }
 
@@ -259,9 +371,12 @@ impl<P: Store> FallbackStore<P> {
             shared: Arc::new(Shared {
                 primary,
                 memory,
+                ledger: Ledger::new(config.mirror_keys),
                 config,
-                on_primary: AtomicBool::new(true),
+                state: AtomicU64::new(ON_PRIMARY),
+                tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
+                incarnation: Mutex::new(None),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
             }),
@@ -270,7 +385,7 @@ impl<P: Store> FallbackStore<P> {
 
     /// Where decisions are made now.
     pub fn mode(&self) -> Mode {
-        if self.shared.on_primary.load(Ordering::Acquire) {
+        if self.shared.on_primary() {
             Mode::Primary
         } else {
             Mode::Fallback
@@ -291,19 +406,67 @@ impl<P: Store> FallbackStore<P> {
     pub fn config(&self) -> &FallbackConfig {
         &self.shared.config
     }
+
+    /// How many keys the mirror holds now (at most [`FallbackConfig::mirror_keys`]).
+    pub fn mirrored_keys(&self) -> usize {
+        self.shared.ledger.len()
+    }
+
+    /// How many keys' charges made from memory were forgotten before they could be given
+    /// back to the primary, because the mirror was full of keys owing charges.
+    pub fn lost_give_backs(&self) -> u64 {
+        self.shared.ledger.lost()
+    }
 }
 
-impl<P: Store> Shared<P> {
-    /// One call to the primary within the timeout.
-    async fn call(&self, batch: &Batch) -> Result<Decision, StoreError> {
-        match tokio::time::timeout(self.config.timeout, self.primary.apply(batch)).await {
+/// Locks a mutex whose holder may have panicked (the data is still valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<P: Primary> Shared<P> {
+    fn on_primary(&self) -> bool {
+        self.state.load(Ordering::Acquire) & ON_PRIMARY != 0
+    }
+
+    /// `fut` within the timeout.
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(self.config.timeout)),
         }
     }
 
+    /// One call to the primary within the timeout.
+    async fn call(&self, batch: &Batch) -> Result<Decision, StoreError> {
+        self.bounded(self.primary.apply(batch)).await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         self.call(&probe_batch()).await.map(drop)
+    }
+
+    /// The first check: on the primary if it answers (noting its incarnation), otherwise
+    /// on memory at once.
+    async fn start(self: &Arc<Self>) {
+        let checked = match self.check().await {
+            Ok(()) => self.bounded(self.primary.incarnation()).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(id) => *lock(&self.incarnation) = id,
+            Err(e) => {
+                // An outage from the start.
+                self.failures
+                    .store(self.config.failure_threshold - 1, Ordering::Release);
+                let reason = format!("at startup: {e}");
+                self.count_failure(&reason);
+                self.leave(&reason);
+            }
+        }
     }
 
     /// One probe of a failed primary. A call that fails other than by the timeout (a
@@ -319,33 +482,155 @@ impl<P: Store> Shared<P> {
         }
     }
 
-    /// Counts a failure; opens the circuit at the threshold.
-    fn failed(self: &Arc<Self>, error: &StoreError) {
+    /// What must pass before deciding on the primary again: a write goes through; if the
+    /// primary restarted (a new incarnation), it is given back the counts it last
+    /// reported; and it is charged what memory decided meanwhile.
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.probe_once().await?;
+        let id = self.bounded(self.primary.incarnation()).await?;
+        let restarted =
+            matches!((&*lock(&self.incarnation), &id), (Some(was), Some(now)) if was != now);
+        if restarted {
+            tracing::warn!(
+                target: "tollgate::store",
+                "rate-limit store primary restarted (new run_id): writing back the counts this instance holds"
+            );
+        }
+        self.give_back(restarted).await?;
+        if id.is_some() {
+            *lock(&self.incarnation) = id;
+        }
+        Ok(())
+    }
+
+    /// Charges the primary what memory decided since the last give-back (and with
+    /// `restore`, raises each key the primary reported last to at least that count).
+    /// Whatever could not be delivered is kept for the next time.
+    async fn give_back(&self, restore: bool) -> Result<(), StoreError> {
+        let now = self.memory.now().as_micros();
+        let owed = self.ledger.take(restore, now);
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let mut delivered = 0;
+        for chunk in owed.chunks(GIVE_BACK_BATCH) {
+            if let Err(e) = self.give_back_chunk(chunk, restore).await {
+                self.ledger.put_back(&owed[delivered..], now);
+                return Err(e);
+            }
+            delivered += chunk.len();
+        }
+        tracing::debug!(
+            target: "tollgate::store",
+            keys = owed.len(),
+            restore,
+            "charged the primary what was decided from memory"
+        );
+        Ok(())
+    }
+
+    async fn give_back_chunk(&self, chunk: &[Owed], restore: bool) -> Result<(), StoreError> {
+        let resets: Vec<Bucket> = chunk
+            .iter()
+            .filter(|o| o.reset)
+            .map(|o| o.bucket.clone())
+            .collect();
+        if !resets.is_empty() {
+            self.call(&Batch::new(Op::Reset, resets)).await?;
+        }
+        // On a primary that restarted: what it holds now, to raise each key to what it
+        // reported before (another instance may have written it back already).
+        let held: Vec<u64> = if restore {
+            let buckets = chunk.iter().map(|o| o.bucket.clone()).collect();
+            let peek = self.call(&Batch::new(Op::Peek, buckets)).await?;
+            chunk
+                .iter()
+                .zip(&peek.buckets)
+                .map(|(o, s)| o.bucket.limit.capacity().saturating_sub(s.remaining))
+                .collect()
+        } else {
+            vec![0; chunk.len()]
+        };
+        let charges: Vec<Bucket> = chunk
+            .iter()
+            .zip(held)
+            .filter_map(|(o, held)| {
+                let raise = if restore {
+                    o.used.saturating_sub(held)
+                } else {
+                    0
+                };
+                let cost = raise.saturating_add(o.debt);
+                (cost > 0).then(|| o.bucket.clone().with_cost(cost))
+            })
+            .collect();
+        if charges.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch::new(Op::Penalize, charges);
+        let decision = self.call(&batch).await?;
+        self.mirror(&batch, &decision);
+        Ok(())
+    }
+
+    /// Counts a failure; an outage at the threshold.
+    fn count_failure(&self, reason: &str) {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= self.config.failure_threshold {
-            self.trip(&error.to_string());
+        if failures >= self.config.failure_threshold && !self.tripped.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                target: "tollgate::store",
+                reason,
+                timeout_ms = self.config.timeout.as_millis() as u64,
+                "rate-limit store switched to the in-memory fallback"
+            );
         }
     }
 
-    /// Switches to memory (if not already) and starts probing.
-    fn trip(self: &Arc<Self>, reason: &str) {
-        if !self.on_primary.swap(false, Ordering::AcqRel) {
+    /// A call to the primary failed: decide from memory until a check passes.
+    fn failed(self: &Arc<Self>, error: &StoreError) {
+        let reason = error.to_string();
+        self.count_failure(&reason);
+        self.leave(&reason);
+    }
+
+    /// Leaves the primary (if on it) and starts checking it.
+    fn leave(self: &Arc<Self>, reason: &str) {
+        let left = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & ON_PRIMARY != 0).then_some((s & !ON_PRIMARY) + 2)
+            })
+            .is_ok();
+        if !left {
             return;
         }
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
-        tracing::warn!(
+        *lock(&self.reason) = reason.to_owned();
+        tracing::debug!(
             target: "tollgate::store",
             reason,
-            timeout_ms = self.config.timeout.as_millis() as u64,
-            "rate-limit store switched to the in-memory fallback"
+            "rate-limit store deciding from memory until the primary is checked"
         );
-        let weak = Arc::downgrade(self);
         let max = self.config.probe_max;
-        let first = match *self.closed.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((at, delay)) if at.elapsed() < STABLE_AFTER => (delay * 2).min(max),
-            _ => self.config.probe_min,
+        let first = match *lock(&self.closed) {
+            Some((at, delay)) if at.elapsed() < STABLE_AFTER => {
+                (delay * 2).max(self.config.probe_min).min(max)
+            }
+            _ => Duration::ZERO,
         };
-        tokio::spawn(probe(weak, first, max));
+        tokio::spawn(recover(Arc::downgrade(self), first));
+    }
+
+    /// Back on the primary, after a check waited `delay`.
+    fn enter(&self, delay: Duration) {
+        *lock(&self.closed) = Some((Instant::now(), delay));
+        self.failures.store(0, Ordering::Release);
+        self.state.fetch_or(ON_PRIMARY, Ordering::AcqRel);
+        if self.tripped.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                target: "tollgate::store",
+                "rate-limit store back on the primary"
+            );
+        }
     }
 
     /// Answers a batch the primary could not.
@@ -356,59 +641,107 @@ impl<P: Store> Shared<P> {
         }
     }
 
-    fn decide_in_memory(&self, batch: &Batch) -> Decision {
+    /// `bucket` as memory decides it: its limit divided by the divisor.
+    fn scaled<'b>(&self, bucket: &'b Bucket) -> Cow<'b, Bucket> {
         if self.config.divisor <= 1 {
-            return self.memory.apply_now(batch.op, &batch.buckets);
+            return Cow::Borrowed(bucket);
         }
-        let scaled: Vec<Bucket> = batch
-            .buckets
-            .iter()
-            .map(|b| {
-                let mut scaled = b.clone();
-                scaled.limit = b.limit.divided_by(self.config.divisor);
-                scaled
-            })
-            .collect();
-        self.memory.apply_now(batch.op, &scaled)
+        let mut scaled = bucket.clone();
+        scaled.limit = bucket.limit.divided_by(self.config.divisor);
+        Cow::Owned(scaled)
+    }
+
+    /// Decides from memory, noting what is owed to the primary.
+    fn decide_in_memory(&self, batch: &Batch) -> Decision {
+        let decision = if self.config.divisor <= 1 {
+            self.memory.apply_now(batch.op, &batch.buckets)
+        } else {
+            let scaled: Vec<Bucket> = batch
+                .buckets
+                .iter()
+                .map(|b| self.scaled(b).into_owned())
+                .collect();
+            self.memory.apply_now(batch.op, &scaled)
+        };
+        let now = decision.now.as_micros();
+        for bucket in &batch.buckets {
+            self.ledger.owe(batch.op, bucket, decision.allowed, now);
+        }
+        decision
+    }
+
+    /// Keeps what the primary answered: in the ledger, and in memory (each key's count,
+    /// scaled by the divisor), so that deciding from memory starts from it.
+    fn mirror(&self, batch: &Batch, decision: &Decision) {
+        if self.config.mirror_keys == 0 {
+            return;
+        }
+        let now = self.memory.now().as_micros();
+        for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
+            self.ledger.note(bucket, state, now);
+            let scaled = self.scaled(bucket);
+            self.memory.mirror(
+                &scaled,
+                share_used(&bucket.limit, &scaled.limit, state),
+                state.reset_after,
+            );
+        }
     }
 }
 
-/// Probes the primary with backoff until it answers, then switches back to it. Ends when
-/// the store is dropped.
-async fn probe<P: Store>(shared: Weak<Shared<P>>, first: Duration, max: Duration) {
+/// What counts against a key in memory, whose limit is `scaled`, when the primary reports
+/// `state` under `limit`: each instance's share of what remains (rounded up) is what it
+/// has left, so N instances admit at most what remains plus N.
+fn share_used(limit: &Limit, scaled: &Limit, state: &BucketState) -> u64 {
+    let (cap, share) = (limit.capacity(), scaled.capacity());
+    if cap == share {
+        return cap.saturating_sub(state.remaining);
+    }
+    let remaining = u128::from(state.remaining.min(cap));
+    let left = (remaining * u128::from(share)).div_ceil(u128::from(cap.max(1)));
+    share.saturating_sub(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
+/// Checks the primary with backoff until a check passes, then returns to it. Ends when the
+/// store is dropped.
+async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration) {
     let mut delay = first;
     loop {
-        tokio::time::sleep(delay).await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match shared.probe_once().await {
+        let max = shared.config.probe_max;
+        let next = (delay * 2).max(shared.config.probe_min).min(max);
+        match shared.sync().await {
             Ok(()) => {
-                *shared.closed.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), delay));
-                shared.failures.store(0, Ordering::Release);
-                shared.on_primary.store(true, Ordering::Release);
-                tracing::info!(
-                    target: "tollgate::store",
-                    "rate-limit store back on the primary"
-                );
+                shared.enter(delay);
+                // Decisions made from memory by calls that read the mode just before the
+                // switch: given back now (or at the next check if this fails).
+                tokio::task::yield_now().await;
+                let _ = shared.give_back(false).await;
                 return;
             }
-            Err(e) => tracing::debug!(
-                target: "tollgate::store",
-                error = %e,
-                next_probe_ms = (delay * 2).min(max).as_millis() as u64,
-                "rate-limit store primary still failing"
-            ),
+            Err(e) => {
+                shared.count_failure(&e.to_string());
+                tracing::debug!(
+                    target: "tollgate::store",
+                    error = %e,
+                    next_probe_ms = next.as_millis() as u64,
+                    "rate-limit store primary still failing"
+                );
+            }
         }
-        delay = (delay * 2).min(max);
+        delay = next;
     }
 }
 
-impl<P: Store> Store for FallbackStore<P> {
+impl<P: Primary> Store for FallbackStore<P> {
     /// The primary's mode while on it, [`StoreMode::Fallback`] while deciding from memory.
     fn mode(&self) -> StoreMode {
-        if self.shared.on_primary.load(Ordering::Acquire) {
+        if self.shared.on_primary() {
             self.shared.primary.mode()
         } else {
             StoreMode::Fallback
@@ -419,20 +752,33 @@ impl<P: Store> Store for FallbackStore<P> {
         Box::pin(async move {
             batch.validate()?;
             let shared = &self.shared;
-            if !shared.on_primary.load(Ordering::Acquire) {
+            let state = shared.state.load(Ordering::Acquire);
+            if state & ON_PRIMARY == 0 {
                 if batch.on_failure == FailureMode::Fallback {
                     return Ok(shared.decide_in_memory(batch));
                 }
-                let reason = shared
-                    .reason
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                return Err(StoreError::Unavailable(format!("circuit open: {reason}")));
+                if shared.tripped.load(Ordering::Acquire) {
+                    let reason = lock(&shared.reason).clone();
+                    return Err(StoreError::Unavailable(format!("circuit open: {reason}")));
+                }
+                // Not an outage yet: a batch that cannot use memory tries the primary
+                // (its answer is not mirrored: the primary has not been checked).
+                return match shared.call(batch).await {
+                    Err(e @ StoreError::InvalidBatch(_)) => Err(e),
+                    Err(e) => {
+                        shared.failed(&e);
+                        Err(e)
+                    }
+                    ok => ok,
+                };
             }
             match shared.call(batch).await {
                 Ok(decision) => {
                     shared.failures.store(0, Ordering::Release);
+                    // Only if the store has not left the primary since the call was sent.
+                    if shared.state.load(Ordering::Acquire) == state {
+                        shared.mirror(batch, &decision);
+                    }
                     Ok(decision)
                 }
                 Err(e @ StoreError::InvalidBatch(_)) => Err(e),
@@ -457,16 +803,49 @@ mod tests {
         probes: AtomicU32,
     }
 
+    impl Primary for ProbeOnly {}
+
     impl Store for ProbeOnly {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
                 if batch.op == Op::Penalize {
-                    self.probes.fetch_add(1, Ordering::Relaxed);
+                    if batch.buckets[0].key == "tollgate-probe:health" {
+                        self.probes.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(self.memory.apply_now(batch.op, &batch.buckets))
                 } else {
                     Err(StoreError::Unavailable("charges fail".into()))
                 }
             })
+        }
+    }
+
+    /// Each of N instances gets its share of what remains, rounded up: N shares add up
+    /// to at most what remains plus N.
+    #[test]
+    fn shares_of_what_remains_add_up_to_at_most_it_plus_one_each() {
+        let report = |remaining| BucketState {
+            allowed: true,
+            limit: 20,
+            remaining,
+            reset_after: Duration::from_secs(60),
+            retry_after: None,
+            refusal: None,
+        };
+        let limit = Limit::sliding(Quota::per_minute(20));
+        assert_eq!(share_used(&limit, &limit, &report(7)), 13);
+        for n in 1..=7u32 {
+            let scaled = limit.divided_by(n);
+            for remaining in 0..=20 {
+                let used = share_used(&limit, &scaled, &report(remaining));
+                let left = scaled.capacity() - used;
+                assert!(left <= scaled.capacity());
+                assert!(
+                    u64::from(n) * left <= remaining + u64::from(n),
+                    "{n} instances, {remaining} remaining: {left} each"
+                );
+                assert_eq!(left == 0, remaining == 0, "{n}, {remaining}");
+            }
         }
     }
 

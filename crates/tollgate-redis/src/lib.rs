@@ -11,7 +11,9 @@
 //! - [`FallbackStore`]: a per-call timeout and a circuit breaker in front of a primary store;
 //!   decides from memory (or fails open / closed, per batch) while the primary fails, probes it
 //!   in the background and returns to it.
-//! - [`from_env`]: `REDIS_URL` / `KV_URL` set → `FallbackStore<RedisStore>`; unset → memory.
+//! - [`from_env`]: `REDIS_URL` / `KV_URL` set → `FallbackStore<RedisStore>`; unset → memory;
+//!   `TOLLGATE_FALLBACK_DIVISOR` and `TOLLGATE_REDIS_TIMEOUT_MS` set the fallback's divisor
+//!   and timeout.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -79,14 +81,21 @@ mod cache;
 pub mod env;
 pub mod error;
 pub mod fallback;
+mod ledger;
 mod script;
 mod slot;
 pub mod store;
 
 pub use cache::DEFAULT_REFUSAL_CACHE;
-pub use env::{from_env, from_env_with, redis_url_from_env, EnvStore, URL_VARIABLES};
+pub use env::{
+    fallback_config_from_env, from_env, from_env_with, redis_url_from_env, EnvStore,
+    FALLBACK_VARIABLES, URL_VARIABLES,
+};
 pub use error::RedisConfigError;
-pub use fallback::{FallbackConfig, FallbackStore, Mode, DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT};
+pub use fallback::{
+    FallbackConfig, FallbackStore, Mode, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PROBE_MAX,
+    DEFAULT_TIMEOUT,
+};
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_PREFIX,
     DEFAULT_RESPONSE_TIMEOUT,

@@ -190,6 +190,57 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The server's `run_id` (`INFO server`); `None` on Redis Cluster, whose nodes each
+    /// have their own.
+    async fn run_id(&self) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let reply = match self {
+            Connection::Manager {
+                client,
+                config,
+                manager,
+                ..
+            } => {
+                let mut conn = match manager.get() {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m =
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                                .map_err(backend)?;
+                        manager.get_or_init(|| m).clone()
+                    }
+                };
+                conn.req_packed_command(&cmd).await
+            }
+            Connection::Pool(pool) => {
+                let mut conn = pool.get().await.map_err(backend)?;
+                conn.req_packed_command(&cmd).await
+            }
+            Connection::Cluster { .. } => return Ok(None),
+        };
+        let text = match reply {
+            // The server refuses INFO (an ACL without it, a renamed command, a hosted
+            // Redis): it cannot tell, which is not a failure.
+            Err(e) if e.code().is_some() => return Ok(None),
+            Err(e) => return Err(backend(e)),
+            Ok(Value::ServerError(_)) => return Ok(None),
+            Ok(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(Value::VerbatimString { text, .. }) => text,
+            Ok(other) => {
+                return Err(StoreError::Protocol(format!(
+                    "expected text from INFO server, got {other:?}"
+                )))
+            }
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned()))
+    }
+}
+
 struct Inner {
     connection: Connection,
     prefix: String,
@@ -491,6 +542,18 @@ impl RedisStore {
 
     fn keys(&self, batch: &Batch) -> Vec<String> {
         batch.buckets.iter().map(|b| self.redis_key(b)).collect()
+    }
+
+    /// The Redis server's `run_id` (from `INFO server`): it changes when the server
+    /// restarts, which is how [`FallbackStore`](crate::FallbackStore) knows that Redis may
+    /// have come back empty. `None` on Redis Cluster, and when the server refuses `INFO`
+    /// (an ACL user without it, a renamed command): a restart is then not noticed.
+    ///
+    /// # Errors
+    ///
+    /// The server could not be reached or did not answer `INFO`.
+    pub async fn run_id(&self) -> Result<Option<String>, StoreError> {
+        self.inner.connection.run_id().await
     }
 
     /// Whether this store talks to Redis Cluster.

@@ -363,10 +363,12 @@ pub struct StoreConfig {
     #[serde(default)]
     pub max_entries: Option<usize>,
     /// Redis: milliseconds to wait before answering from memory; at least 1.
+    /// `TOLLGATE_REDIS_TIMEOUT_MS` in the environment, when set, overrides it.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Redis: divide limits by this while on the memory fallback (the number of
-    /// instances); at least 1.
+    /// instances); at least 1. `TOLLGATE_FALLBACK_DIVISOR` in the environment, when set,
+    /// overrides it.
     #[serde(default)]
     pub fallback_divisor: Option<u32>,
 }
@@ -1131,6 +1133,12 @@ impl StoreConfig {
         if let Some(n) = self.fallback_divisor {
             config = config.fallback_divisor(n);
         }
+        // TOLLGATE_FALLBACK_DIVISOR / TOLLGATE_REDIS_TIMEOUT_MS, when set, win over the file.
+        let config =
+            tollgate_redis::fallback_config_from_env(config).map_err(|e| ConfigError::Store {
+                file: file.to_string(),
+                message: e.to_string(),
+            })?;
         Ok(builder.store(FallbackStore::with_memory(redis, self.memory(), config)))
     }
 

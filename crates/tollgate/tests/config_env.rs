@@ -36,3 +36,31 @@ async fn redis_url_overrides_a_memory_store_in_the_file() {
     let keys = redis.cli(["--scan", "--pattern", "tollgate:api*"]);
     assert!(keys.contains("tollgate:api"), "keys in Redis: {keys:?}");
 }
+
+/// `TOLLGATE_FALLBACK_DIVISOR` and `TOLLGATE_REDIS_TIMEOUT_MS` override the file's
+/// fallback settings; a bad value is a typed error naming the variable, at build time.
+#[test]
+fn fallback_settings_from_the_environment_are_checked_at_build_time() {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-env-fb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(
+            b"store: { kind: redis, url: \"redis://127.0.0.1:1/\", fallback_divisor: 2 }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
+        )
+        .unwrap();
+    std::env::set_var("TOLLGATE_FALLBACK_DIVISOR", "zero");
+    let err = Limiter::from_config(&path).unwrap_err();
+    std::env::set_var("TOLLGATE_FALLBACK_DIVISOR", "3");
+    std::env::set_var("TOLLGATE_REDIS_TIMEOUT_MS", "20");
+    let ok = Limiter::from_config(&path);
+    std::env::remove_var("TOLLGATE_FALLBACK_DIVISOR");
+    std::env::remove_var("TOLLGATE_REDIS_TIMEOUT_MS");
+    assert!(
+        matches!(err, tollgate::config::ConfigError::Store { ref message, .. }
+            if message.contains("TOLLGATE_FALLBACK_DIVISOR=\"zero\"")),
+        "{err}"
+    );
+    assert!(ok.is_ok());
+}

@@ -1,0 +1,334 @@
+//! What a [`FallbackStore`](crate::FallbackStore) remembers of the keys it used recently:
+//! what the primary last reported for each (so that a primary that came back empty can be
+//! given its counts again) and what was decided from memory since (so that the primary is
+//! charged it when it answers again). Bounded: at most a configured number of keys.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tollgate_core::{Bucket, BucketState, Limit, Op, StoreKey, WhenFull};
+
+/// One key's record.
+#[derive(Debug, Clone)]
+struct Entry {
+    limit: Limit,
+    name_len: u16,
+    when_full: WhenFull,
+    /// What the primary last reported counted against the key (capacity − remaining).
+    used: u64,
+    /// When that report is fresh again (µs, on the memory store's clock).
+    until: u64,
+    /// What memory charged the key since (admitted charges and penalties, less refunds),
+    /// not yet charged to the primary.
+    debt: u64,
+    /// Whether memory reset the key since: the primary's key is reset too.
+    reset: bool,
+    /// When the record last changed (µs): the least recently changed go first.
+    seen: u64,
+}
+
+impl Entry {
+    /// Whether forgetting the record loses nothing: its report is fresh again and nothing
+    /// is owed.
+    fn idle(&self, now: u64) -> bool {
+        self.until <= now && self.debt == 0 && !self.reset
+    }
+
+    /// The order records are evicted in, smallest first: nothing owed before something
+    /// owed, keys below their limit before keys at it, least recently changed first.
+    fn rank(&self) -> (bool, bool, u64) {
+        (
+            self.debt > 0 || self.reset,
+            self.used >= self.limit.capacity(),
+            self.seen,
+        )
+    }
+
+    fn bucket(&self, key: &StoreKey) -> Bucket {
+        Bucket::from_key(key.clone(), usize::from(self.name_len), self.limit)
+            .with_when_full(self.when_full)
+    }
+}
+
+/// What [`Ledger::take`] hands over for one key.
+#[derive(Debug, Clone)]
+pub(crate) struct Owed {
+    /// The key, its limit and its `WhenFull`, at a cost of 1.
+    pub(crate) bucket: Bucket,
+    /// What the primary last reported counted, if that report has not expired.
+    pub(crate) used: u64,
+    /// What memory charged since.
+    pub(crate) debt: u64,
+    /// Whether memory reset the key since.
+    pub(crate) reset: bool,
+}
+
+/// The records, at most `capacity` of them.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    table: Mutex<HashMap<StoreKey, Entry, foldhash::fast::RandomState>>,
+    capacity: usize,
+    /// Debts lost because their record was evicted (the table full of owed keys).
+    lost: AtomicU64,
+}
+
+impl Ledger {
+    /// A ledger of at most `capacity` keys (0: it keeps nothing).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            table: Mutex::new(HashMap::default()),
+            capacity,
+            lost: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<StoreKey, Entry, foldhash::fast::RandomState>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many keys it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// How many debts were lost to eviction.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Notes what the primary reported for `bucket` at `now`.
+    pub(crate) fn note(&self, bucket: &Bucket, state: &BucketState, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let used = bucket.limit.capacity().saturating_sub(state.remaining);
+        let reset_us = u64::try_from(state.reset_after.as_micros()).unwrap_or(u64::MAX);
+        let until = now.saturating_add(reset_us);
+        let mut table = self.lock();
+        if let Some(entry) = table.get_mut(bucket.key.as_str()) {
+            entry.limit = bucket.limit;
+            entry.when_full = bucket.when_full;
+            entry.used = used;
+            entry.until = until;
+            entry.seen = now;
+            return;
+        }
+        if used == 0 {
+            return;
+        }
+        self.insert(
+            &mut table,
+            bucket,
+            Entry {
+                limit: bucket.limit,
+                name_len: name_len(bucket),
+                when_full: bucket.when_full,
+                used,
+                until,
+                debt: 0,
+                reset: false,
+                seen: now,
+            },
+            now,
+        );
+    }
+
+    /// Notes what memory did to `bucket` while the primary failed: `op`, and for a
+    /// charge whether it was admitted.
+    pub(crate) fn owe(&self, op: Op, bucket: &Bucket, admitted: bool, now: u64) {
+        if self.capacity == 0 || op == Op::Peek || (op == Op::Charge && !admitted) {
+            return;
+        }
+        let mut table = self.lock();
+        let entry = match table.get_mut(bucket.key.as_str()) {
+            Some(entry) => entry,
+            None => {
+                if op == Op::Refund {
+                    return; // nothing owed to take from
+                }
+                let fresh = Entry {
+                    limit: bucket.limit,
+                    name_len: name_len(bucket),
+                    when_full: bucket.when_full,
+                    used: 0,
+                    until: 0,
+                    debt: 0,
+                    reset: false,
+                    seen: now,
+                };
+                if !self.insert(&mut table, bucket, fresh, now) {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match table.get_mut(bucket.key.as_str()) {
+                    Some(entry) => entry,
+                    None => return,
+                }
+            }
+        };
+        entry.seen = now;
+        match op {
+            Op::Charge | Op::Penalize => entry.debt = entry.debt.saturating_add(bucket.cost),
+            Op::Refund => entry.debt = entry.debt.saturating_sub(bucket.cost),
+            Op::Reset => {
+                entry.reset = true;
+                entry.debt = 0;
+                entry.used = 0;
+                entry.until = 0;
+            }
+            Op::Peek => {}
+        }
+    }
+
+    /// Takes what is owed: every key with a debt or a reset, and with `restore` also every
+    /// key whose last report still counts something. Debts and resets are cleared; give
+    /// back what could not be delivered with [`Ledger::put_back`].
+    pub(crate) fn take(&self, restore: bool, now: u64) -> Vec<Owed> {
+        let mut table = self.lock();
+        let mut owed = Vec::new();
+        for (key, entry) in table.iter_mut() {
+            let counts = entry.until > now && entry.used > 0;
+            if entry.debt == 0 && !entry.reset && !(restore && counts) {
+                continue;
+            }
+            owed.push(Owed {
+                bucket: entry.bucket(key),
+                used: if counts { entry.used } else { 0 },
+                debt: entry.debt,
+                reset: entry.reset,
+            });
+            entry.debt = 0;
+            entry.reset = false;
+        }
+        owed
+    }
+
+    /// Puts back debts and resets [`Ledger::take`] handed over that could not be delivered.
+    pub(crate) fn put_back(&self, owed: &[Owed], now: u64) {
+        let mut table = self.lock();
+        for o in owed.iter().filter(|o| o.debt > 0 || o.reset) {
+            if let Some(entry) = table.get_mut(o.bucket.key.as_str()) {
+                entry.debt = entry.debt.saturating_add(o.debt);
+                entry.reset |= o.reset;
+                continue;
+            }
+            let entry = Entry {
+                limit: o.bucket.limit,
+                name_len: name_len(&o.bucket),
+                when_full: o.bucket.when_full,
+                used: 0,
+                until: 0,
+                debt: o.debt,
+                reset: o.reset,
+                seen: now,
+            };
+            if !self.insert(&mut table, &o.bucket, entry, now) {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Inserts a record for a key not held, making room first: records with nothing to
+    /// remember go, then the lowest eighth by [`Entry::rank`]. Returns whether it is held.
+    fn insert(
+        &self,
+        table: &mut HashMap<StoreKey, Entry, foldhash::fast::RandomState>,
+        bucket: &Bucket,
+        entry: Entry,
+        now: u64,
+    ) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        if table.len() >= self.capacity {
+            table.retain(|_, e| !e.idle(now));
+        }
+        if table.len() >= self.capacity {
+            let n = (self.capacity / 8).clamp(1, table.len());
+            let mut ranks: Vec<(bool, bool, u64)> = table.values().map(Entry::rank).collect();
+            let (_, &mut cutoff, _) = ranks.select_nth_unstable(n - 1);
+            let mut left = n;
+            let mut lost = 0;
+            table.retain(|_, e| {
+                if left > 0 && e.rank() <= cutoff {
+                    left -= 1;
+                    lost += u64::from(e.debt > 0 || e.reset);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.lost.fetch_add(lost, Ordering::Relaxed);
+        }
+        table.insert(bucket.key.clone(), entry);
+        true
+    }
+}
+
+fn name_len(bucket: &Bucket) -> u16 {
+    u16::try_from(bucket.name().len()).unwrap_or(u16::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tollgate_core::Quota;
+
+    use super::*;
+
+    fn report(remaining: u64, reset_s: u64) -> BucketState {
+        BucketState {
+            allowed: true,
+            limit: 5,
+            remaining,
+            reset_after: Duration::from_secs(reset_s),
+            retry_after: None,
+            refusal: None,
+        }
+    }
+
+    #[test]
+    fn keeps_reports_and_debts_within_its_capacity() {
+        let limit = Limit::sliding_exact(Quota::per_minute(5));
+        let ledger = Ledger::new(64);
+        let locked = Bucket::new("login", "alice", limit);
+        ledger.note(&locked, &report(0, 60), 0);
+        ledger.owe(Op::Charge, &Bucket::new("login", "bob", limit), true, 1);
+        // A flood of keys a little used: the limited key and the debt stay.
+        for i in 0..10_000u64 {
+            let b = Bucket::new("login", &format!("x{i}"), limit);
+            ledger.note(&b, &report(4, 60), 2 + i);
+            assert!(ledger.len() <= 64);
+        }
+        let owed = ledger.take(true, 100);
+        let find = |k: &str| owed.iter().find(|o| o.bucket.key == k).cloned();
+        assert_eq!(find("login:alice").map(|o| (o.used, o.debt)), Some((5, 0)));
+        assert_eq!(find("login:bob").map(|o| (o.used, o.debt)), Some((0, 1)));
+        assert_eq!(ledger.lost(), 0);
+        // Taken: only reports are left to restore, no debt.
+        assert!(ledger.take(false, 100).is_empty());
+        ledger.put_back(&owed, 100);
+        assert_eq!(ledger.take(false, 100).len(), 1, "bob's debt is back");
+        // Reports expire: nothing to restore once they are fresh again.
+        assert!(ledger.take(true, 61_000_000).is_empty());
+    }
+
+    #[test]
+    fn refunds_and_resets_adjust_what_is_owed() {
+        let limit = Limit::sliding(Quota::per_minute(10));
+        let ledger = Ledger::new(8);
+        let b = Bucket::new("api", "k", limit).with_cost(3);
+        ledger.owe(Op::Charge, &b, true, 0);
+        ledger.owe(Op::Charge, &b, false, 0);
+        ledger.owe(Op::Penalize, &b, true, 0);
+        ledger.owe(Op::Refund, &b.clone().with_cost(2), true, 0);
+        let owed = ledger.take(false, 0);
+        assert_eq!((owed[0].debt, owed[0].reset), (4, false));
+        ledger.owe(Op::Charge, &b, true, 0);
+        ledger.owe(Op::Reset, &b, true, 0);
+        let owed = ledger.take(true, 0);
+        assert_eq!((owed[0].used, owed[0].debt, owed[0].reset), (0, 0, true));
+    }
+}

@@ -1,0 +1,384 @@
+//! Through a Redis outage nothing is forgotten: the memory fallback starts from what Redis
+//! last told the instance, what it admitted meanwhile is charged to Redis when Redis
+//! answers again, and a Redis that came back empty gets the counts back. A sequential
+//! client (one request in flight) is admitted at most the limit plus one across each
+//! fault; three instances with `fallback_divisor(3)` at most the limit plus three.
+//!
+//! The memory stores run on a manual clock that never moves (their windows do not age
+//! during a test); the limits' windows (15 and 30 minutes) are far longer than a test, so
+//! Redis's own clock does not free anything either.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::wait_for_mode;
+use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
+use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
+use tollgate_testkit::RedisServer;
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+/// How long each fault lasts: long enough for the circuit to open and the client to
+/// spend what memory allows.
+const OUTAGE: Duration = Duration::from_millis(1_500);
+/// How soon after healing every instance must be back on Redis (generous: a loaded
+/// 2-core machine).
+const RECOVERY: Duration = Duration::from_secs(3);
+
+/// A sign-in lockout: 5 per 30 minutes, exact.
+fn lockout() -> Limit {
+    Limit::sliding_exact(Quota::new(5, Duration::from_secs(30 * 60)).unwrap())
+}
+
+/// An AUTH-like limit: 20 per 15 minutes, rolling window.
+fn auth() -> Limit {
+    Limit::sliding(Quota::new(20, Duration::from_secs(15 * 60)).unwrap())
+}
+
+async fn instance(server: &RedisServer, divisor: u32) -> FallbackStore<RedisStore> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let memory = MemoryStore::builder().clock(ManualClock::new(now)).build();
+    let store = FallbackStore::connect_with_memory(
+        RedisStore::open(&server.url()).unwrap(),
+        memory,
+        FallbackConfig::default()
+            .timeout(TIMEOUT)
+            .fallback_divisor(divisor),
+    )
+    .await;
+    assert_eq!(store.mode(), Mode::Primary);
+    store
+}
+
+/// Tasks charging other keys under a generous limit until stopped, on every instance, as
+/// the rest of the traffic would: they notice a fault first, as real traffic does.
+struct Load {
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(stores: &[FallbackStore<RedisStore>]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(AtomicU64::new(0));
+        let limit = Limit::sliding(Quota::per_hour(1_000_000));
+        let mut tasks = Vec::new();
+        for (n, store) in stores.iter().enumerate() {
+            for t in 0..4 {
+                let (store, stop, errors) = (store.clone(), stop.clone(), errors.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let key = format!("{n}:{t}:{}", i % 16);
+                        let batch = Batch::charge(vec![Bucket::new("load", &key, limit)]);
+                        match store.apply(&batch).await {
+                            Ok(d) => assert!(d.allowed, "a generous limit admits"),
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }));
+            }
+        }
+        Self {
+            stop,
+            errors,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// One client sending charges of one key, one at a time, to the instances in turn (a
+/// round-robin balancer), until stopped. Counts what was admitted in each phase.
+struct Client {
+    stop: Arc<AtomicBool>,
+    phase: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<([u64; 2], u64)>,
+}
+
+impl Client {
+    fn start(stores: &[FallbackStore<RedisStore>], bucket: Bucket, next: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(AtomicU64::new(0));
+        let stores = stores.to_vec();
+        let (s, p) = (stop.clone(), phase.clone());
+        let task = tokio::spawn(async move {
+            let mut admitted = [0u64; 2];
+            let mut errors = 0;
+            let mut i = next;
+            while !s.load(Ordering::Relaxed) {
+                let phase = p.load(Ordering::Relaxed) as usize;
+                let store = &stores[i % stores.len()];
+                i += 1;
+                match store.apply(&Batch::charge(vec![bucket.clone()])).await {
+                    Ok(d) => admitted[phase] += u64::from(d.allowed),
+                    Err(_) => errors += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (admitted, errors)
+        });
+        Self { stop, phase, task }
+    }
+
+    fn phase(&self, phase: u64) {
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    async fn finish(self) -> ([u64; 2], u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Charges `bucket` `n` times through the instances in turn, all admitted by Redis.
+async fn spend(stores: &[FallbackStore<RedisStore>], bucket: &Bucket, n: usize) {
+    for i in 0..n {
+        let store = &stores[i % stores.len()];
+        let d = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        assert!(d.allowed && store.mode() == Mode::Primary);
+    }
+}
+
+/// What Redis holds for `bucket` now, as another instance sees it: what remains.
+async fn remaining_on_redis(server: &RedisServer, bucket: &Bucket) -> u64 {
+    let outsider = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let d = outsider
+        .apply(&Batch::new(Op::Peek, vec![bucket.clone()]))
+        .await
+        .unwrap();
+    d.buckets[0].remaining
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    KillThenRestartEmpty,
+    Pause,
+    MaxMemory,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillThenRestartEmpty => "SIGKILL, restart empty",
+            Fault::Pause => "SIGSTOP, SIGCONT",
+            Fault::MaxMemory => "maxmemory 1mb noeviction",
+        }
+    }
+
+    async fn start(self, server: &mut RedisServer) {
+        match self {
+            Fault::KillThenRestartEmpty => server.kill(),
+            Fault::Pause => server.pause(),
+            Fault::MaxMemory => {
+                // Past 1 MB whatever the server uses empty; then every write is refused.
+                let mut conn = common::connect(&server.url()).await;
+                let filler = vec![b'x'; 2 << 20];
+                let _: () = tollgate_redis::redis::cmd("SET")
+                    .arg("filler")
+                    .arg(filler)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                server.cli(["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+                server.cli(["CONFIG", "SET", "maxmemory", "1mb"]);
+            }
+        }
+    }
+
+    fn heal(self, server: &mut RedisServer) {
+        match self {
+            Fault::KillThenRestartEmpty => server.restart(),
+            Fault::Pause => server.resume(),
+            Fault::MaxMemory => {
+                server.cli(["CONFIG", "SET", "maxmemory", "0"]);
+            }
+        }
+    }
+}
+
+/// Runs `fault` under load on `instances` instances (limits divided by their count) while
+/// two clients hammer a lockout key (5, already at 3) and an AUTH key (20, already at 10).
+/// Returns what each client was admitted in all, after checking that no request failed and
+/// that Redis, after the outage, holds each key at its limit.
+async fn outage(fault: Fault, instances: usize) -> (u64, u64) {
+    let mut server = RedisServer::start();
+    let mut stores = Vec::new();
+    for _ in 0..instances {
+        stores.push(instance(&server, instances as u32).await);
+    }
+    let tag = format!("{}-{instances}", fault.name());
+    let lock_key = Bucket::new("sign-in", &tag, lockout());
+    let auth_key = Bucket::new("auth", &tag, auth());
+    spend(&stores, &lock_key, 3).await;
+    spend(&stores, &auth_key, 10).await;
+
+    let load = Load::start(&stores);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fault.start(&mut server).await;
+    let clients = [
+        Client::start(&stores, lock_key.clone(), 3),
+        Client::start(&stores, auth_key.clone(), 10),
+    ];
+    for store in &stores {
+        wait_for_mode(store, Mode::Fallback, Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(OUTAGE).await;
+    for c in &clients {
+        c.phase(1);
+    }
+    fault.heal(&mut server);
+    for store in &stores {
+        wait_for_mode(store, Mode::Primary, RECOVERY).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let [lock_client, auth_client] = clients;
+    let (lock_admitted, lock_errors) = lock_client.finish().await;
+    let (auth_admitted, auth_errors) = auth_client.finish().await;
+    let load_errors = load.finish().await;
+    let lock_total = 3 + lock_admitted.iter().sum::<u64>();
+    let auth_total = 10 + auth_admitted.iter().sum::<u64>();
+    eprintln!(
+        "{tag}: lockout admitted {lock_total} (3 before, {lock_admitted:?} during / after the outage), \
+         AUTH admitted {auth_total} (10 before, {auth_admitted:?})"
+    );
+    assert_eq!(
+        (lock_errors, auth_errors, load_errors),
+        (0, 0, 0),
+        "{tag}: no request fails"
+    );
+    assert_eq!(
+        remaining_on_redis(&server, &lock_key).await,
+        0,
+        "{tag}: Redis counts what was admitted on memory"
+    );
+    assert_eq!(remaining_on_redis(&server, &auth_key).await, 0, "{tag}");
+    (lock_total, auth_total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_admits_at_most_one_over_the_limit_across_a_kill_and_an_empty_restart() {
+    let (lockout, auth) = outage(Fault::KillThenRestartEmpty, 1).await;
+    assert!((5..=6).contains(&lockout), "lockout admitted {lockout}");
+    assert!((20..=21).contains(&auth), "AUTH admitted {auth}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_admits_at_most_one_over_the_limit_across_a_pause() {
+    let (lockout, auth) = outage(Fault::Pause, 1).await;
+    assert!((5..=6).contains(&lockout), "lockout admitted {lockout}");
+    assert!((20..=21).contains(&auth), "AUTH admitted {auth}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_admits_at_most_one_over_the_limit_while_redis_refuses_writes() {
+    let (lockout, auth) = outage(Fault::MaxMemory, 1).await;
+    assert!((5..=6).contains(&lockout), "lockout admitted {lockout}");
+    assert!((20..=21).contains(&auth), "AUTH admitted {auth}");
+}
+
+/// Three instances behind a round-robin balancer, `fallback_divisor(3)`: each admits its
+/// share of what Redis last said remained (rounded up), so the fleet stays within the
+/// limit plus one request per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_divisor_three_admit_at_most_three_over_the_limit_across_a_pause() {
+    let (lockout, auth) = outage(Fault::Pause, 3).await;
+    assert!((3..=8).contains(&lockout), "lockout admitted {lockout}");
+    assert!((10..=23).contains(&auth), "AUTH admitted {auth}");
+}
+
+/// Redis restarts empty while a key is at 3 of 5, with no request in between: the first
+/// request finds the connection broken and is answered from memory (from the mirror: 4
+/// of 5), the new run_id makes the store write 3 back and charge the 1, and Redis admits
+/// the last one. The remaining 2 are admitted, never the 5 an empty Redis would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_two() {
+    let mut server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", "restart", lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    server.restart();
+    let mut admitted = 0;
+    for _ in 0..10 {
+        let d = store
+            .apply(&Batch::charge(vec![key.clone()]))
+            .await
+            .unwrap();
+        admitted += u64::from(d.allowed);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    eprintln!("restart empty at 3 of 5: admitted {admitted} more");
+    assert!((2..=3).contains(&admitted), "admitted {admitted}");
+    assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
+
+/// Without the mirror (`mirror_keys(0)`), the same restart forgets the key: this is what
+/// the mirror prevents (and shows the test above can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_mirror_an_empty_restart_forgets_the_count() {
+    let mut server = RedisServer::start();
+    let store = FallbackStore::connect(
+        RedisStore::open(&server.url()).unwrap(),
+        FallbackConfig::default().timeout(TIMEOUT).mirror_keys(0),
+    )
+    .await;
+    let key = Bucket::new("sign-in", "forgotten", lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    server.restart();
+    let mut admitted = 0;
+    for _ in 0..10 {
+        let d = store
+            .apply(&Batch::charge(vec![key.clone()]))
+            .await
+            .unwrap();
+        admitted += u64::from(d.allowed);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted >= 5, "admitted {admitted}");
+}
+
+/// A Redis that refuses `INFO` (an ACL user without it, as some hosted Redis give) cannot
+/// tell its run_id: the store still decides on it (it only cannot notice a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_info_is_still_used() {
+    let server = RedisServer::start();
+    server.cli([
+        "ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-info",
+    ]);
+    let url = format!("redis://limited:pw@127.0.0.1:{}/", server.port());
+    let redis = RedisStore::open(&url).unwrap();
+    assert_eq!(redis.run_id().await.unwrap(), None);
+    assert!(RedisStore::open(&server.url())
+        .unwrap()
+        .run_id()
+        .await
+        .unwrap()
+        .is_some());
+    let store = FallbackStore::connect(redis, FallbackConfig::default().timeout(TIMEOUT)).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let key = Bucket::new("sign-in", "acl", lockout());
+    spend(std::slice::from_ref(&store), &key, 5).await;
+    assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
