@@ -214,6 +214,7 @@ impl Connection {
                 };
                 conn.req_packed_command(&cmd).await
             }
+            #[cfg(feature = "deadpool")]
             Connection::Pool(pool) => {
                 let mut conn = pool.get().await.map_err(backend)?;
                 conn.req_packed_command(&cmd).await
