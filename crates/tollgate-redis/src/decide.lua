@@ -2,10 +2,12 @@
 --
 -- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now; script.rs documents
 -- the arguments and the reply. It is written for the server's time per call: no function is
--- defined (each would be a closure created on every call), a single-bucket charge of a
--- sliding window, token bucket or fixed window runs a straight path of its own (TIME, GET,
--- SET), and everything else (other operations, several buckets, exact logs, keys in an
--- older format) runs the general path, which reads each key once.
+-- defined (each would be a closure created on every call), and a charge dispatches first on
+-- bucket count and algorithm to a straight path of its own: one fixed window (TIME,
+-- PEXPIRETIME, DECRBY), one token bucket (TIME, GET, SET), one or several sliding windows
+-- (TIME, then GET each key, SET each if all fit). Everything else (other operations, exact
+-- logs, several buckets of other algorithms, keys in an older format) runs the general
+-- path, which reads each key once.
 --
 -- Numbers are integers below 2^53 (microseconds since the epoch, counts), which Lua's doubles
 -- hold exactly; a / b floored or ceiled is exact for such integers. Lua prints a number
