@@ -190,14 +190,16 @@ fn server_cost(server: &RedisServer, calls: u64, args: &[String]) -> (f64, f64, 
 }
 
 /// Decisions per second of `in_flight` tasks charging `batch(k)` for `secs` (after a
-/// warm-up), `k` random in the key space (or fixed if `batch` ignores it).
+/// warm-up), `k` random in the key space (or fixed if `batch` ignores it), and the server
+/// main thread's CPU µs per decision over the timed run.
 fn decisions_per_second(
     rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
     store: Arc<dyn Store>,
     in_flight: usize,
     secs: f64,
     batch: fn(u64) -> Batch,
-) -> f64 {
+) -> (f64, f64) {
     rt.block_on(async move {
         let run = |duration: Duration| {
             let counted = Arc::new(AtomicU64::new(0));
@@ -224,6 +226,7 @@ fn decisions_per_second(
                 })
                 .collect();
             async move {
+                let cpu_before = main_thread_cpu(server);
                 let started = Instant::now();
                 tokio::time::sleep(duration).await;
                 stop.store(true, Ordering::Relaxed);
@@ -232,7 +235,9 @@ fn decisions_per_second(
                 for t in tasks {
                     t.await.unwrap();
                 }
-                n as f64 / elapsed.as_secs_f64()
+                let cpu = (main_thread_cpu(server) - cpu_before)
+                    / counted.load(Ordering::Relaxed).max(1) as f64;
+                (n as f64 / elapsed.as_secs_f64(), cpu)
             }
         };
         run(Duration::from_millis(300)).await;
@@ -419,12 +424,22 @@ fn main() {
 
     if std::env::var_os("BENCH_STORE_ONLY").is_some() {
         // Only the store's decisions per second (to compare builds run after one another).
-        let rates: Vec<f64> = (0..rounds)
-            .map(|_| decisions_per_second(&rt, multiplexed.clone(), in_flight, secs, ip_and_user))
-            .collect();
+        let (rates, cpus): (Vec<f64>, Vec<f64>) = (0..rounds)
+            .map(|_| {
+                decisions_per_second(
+                    &rt,
+                    &server,
+                    multiplexed.clone(),
+                    in_flight,
+                    secs,
+                    ip_and_user,
+                )
+            })
+            .unzip();
         println!(
-            "RedisStore, IP + user, decisions/s: {} (rounds: {rates:.0?})",
-            spread(&rates, 0)
+            "RedisStore, IP + user, decisions/s: {} (rounds: {rates:.0?}); server main-thread CPU µs per decision: {} (rounds: {cpus:.1?})",
+            spread(&rates, 0),
+            spread(&cpus, 1)
         );
         return;
     }
@@ -433,6 +448,7 @@ fn main() {
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut rate: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut store_rate = Vec::new();
+    let mut store_cpu = Vec::new();
     let mut pool_rate = Vec::new();
     for round in 0..rounds {
         // Each round in another order, so that no row always runs after the same one.
@@ -443,20 +459,19 @@ fn main() {
             cpu[i].push(cpu_usec);
             rate[i].push(rps);
         }
-        store_rate.push(decisions_per_second(
+        let (r, c) = decisions_per_second(
             &rt,
+            &server,
             multiplexed.clone(),
             in_flight,
             secs,
             ip_and_user,
-        ));
-        pool_rate.push(decisions_per_second(
-            &rt,
-            pooled.clone(),
-            in_flight,
-            secs,
-            ip_and_user,
-        ));
+        );
+        store_rate.push(r);
+        store_cpu.push(c);
+        pool_rate.push(
+            decisions_per_second(&rt, &server, pooled.clone(), in_flight, secs, ip_and_user).0,
+        );
     }
     let hammer = |cache: usize| {
         let store = RedisStore::builder()
@@ -464,7 +479,7 @@ fn main() {
             .refusal_cache(cache)
             .build()
             .unwrap();
-        decisions_per_second(&rt, Arc::new(store), in_flight, secs, refused)
+        decisions_per_second(&rt, &server, Arc::new(store), in_flight, secs, refused).0
     };
     let uncached = hammer(0);
     let cached = hammer(10_000);
@@ -558,6 +573,12 @@ fn main() {
         md,
         "| IP + user (2 sliding-window buckets), one multiplexed connection | {} |",
         spread(&store_rate, 0)
+    );
+    let _ = writeln!(
+        md,
+        "| the same: server main-thread CPU µs per decision (a decision rate one core of the server sustains) | {} ({:.0}/s) |",
+        spread(&store_cpu, 1),
+        1e6 / median(&store_cpu)
     );
     let _ = writeln!(
         md,
