@@ -123,7 +123,6 @@ if op == '0' then
     if fast then
       local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
       local find, sub, pack, read = string.find, string.sub, struct.pack, struct.unpack
-      -- The reply as it is if some bucket refuses; an admission overwrites it.
       local out = n == 1 and { now, 0, 0, 0 } or n == 2 and { now, 0, 0, 0, 0, 0, 0 } or { now }
       -- What the buckets before the last write and answer if all fit: value, expiry (ms),
       -- remaining, reset.
@@ -175,23 +174,15 @@ if op == '0' then
             end
           end
         end
-        local x = i * 3 - 1
+        local wait = 0
         if cost > cap then
-          fits = false
-          out[x] = -1
+          wait, fits = -1, false
         elseif used > R then
-          fits = false
-          out[x] = min(cross + W - now, LIM)
-        else
-          out[x] = 0
+          wait, fits = min(cross + W - now, LIM), false
         end
-        out[x + 1], out[x + 2] = max(cap - used, 0), j0 and l0 + W - now or 0
-        if v and not j0 then
-          -- Nothing counts any more: a refusal drops the key, as the memory store does.
-          gone = gone or {}
-          gone[#gone + 1] = key
-        end
+        local x = i * 3 - 1
         if fits then
+          -- What this bucket stores if all fit.
           local H = cur
           if j0 and j0 > H then
             H = j0
@@ -213,21 +204,27 @@ if op == '0' then
               value = tag .. pack('>I6I7I6', H, cost, last - start)
             end
           end
-          if i < n then
-            local y = i * 4 - 3
-            put[y], put[y + 1] = value, ceil((last + W) / 1000)
-            put[y + 2], put[y + 3] = max(cap - min(used + cost, LIM), 0), last + W - now
-          else
+          if i == n then
             -- Every bucket fits: all are written.
             for b = 1, n - 1 do
               local y, z = b * 4 - 3, b * 3
               redis.call('SET', KEYS[b], put[y], 'PXAT', put[y + 1])
-              out[z], out[z + 1] = put[y + 2], put[y + 3]
+              out[z - 1], out[z], out[z + 1] = 0, put[y + 2], put[y + 3]
             end
             redis.call('SET', key, value, 'PXAT', ceil((last + W) / 1000))
-            out[x + 1], out[x + 2] = max(cap - min(used + cost, LIM), 0), last + W - now
+            out[x], out[x + 1], out[x + 2] = 0, max(cap - min(used + cost, LIM), 0), last + W - now
             return out
           end
+          local y = i * 4 - 3
+          put[y], put[y + 1] = value, ceil((last + W) / 1000)
+          put[y + 2], put[y + 3] = max(cap - min(used + cost, LIM), 0), last + W - now
+        end
+        -- This bucket's answer if some bucket does not fit.
+        out[x], out[x + 1], out[x + 2] = wait, max(cap - used, 0), j0 and l0 + W - now or 0
+        if v and not j0 then
+          -- Nothing counts any more: a refusal drops the key, as the memory store does.
+          gone = gone or {}
+          gone[#gone + 1] = key
         end
       end
       if fast then
