@@ -2,10 +2,12 @@
 --
 -- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now; script.rs documents
 -- the arguments and the reply. It is written for the server's time per call: no function is
--- defined (each would be a closure created on every call), a single-bucket charge of a
--- sliding window, token bucket or fixed window runs a straight path of its own (TIME, GET,
--- SET), and everything else (other operations, several buckets, exact logs, keys in an
--- older format) runs the general path, which reads each key once.
+-- defined (each would be a closure created on every call), and a charge dispatches first on
+-- bucket count and algorithm to a straight path of its own: one fixed window (TIME,
+-- PEXPIRETIME, DECRBY), one token bucket (TIME, GET, SET), one or several sliding windows
+-- (TIME, then GET each key, SET each if all fit). Everything else (other operations, exact
+-- logs, several buckets of other algorithms, keys in an older format) runs the general
+-- path, which reads each key once.
 --
 -- Numbers are integers below 2^53 (microseconds since the epoch, counts), which Lua's doubles
 -- hold exactly; a / b floored or ceiled is exact for such integers. Lua prints a number
@@ -45,81 +47,41 @@ local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local LIM = 9007199254740992 -- 2^53: counts and times saturate here (u64::MAX in memory)
 
-if op == '0' and #KEYS == 1 then
-  local alg = ARGV[2]
-  if alg == '1' then
-    -- One sliding window, charged. One pass over the stored segments, newest first, ended by
-    -- the first that no longer counts (older ones count even less).
-    local key, tag = KEYS[1], ARGV[7]
-    local v = redis.pcall('GET', key)
-    local p = #tag + 1
-    if not v or (not v.err and string.find(v, tag, 1, true) == 1 and (#v - p + 1) % 19 == 0) then
-      local cap, cost, s, W = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-      local cur = math.floor(now / s)
-      local j0, c0, l0 = false, 0, 0 -- the newest segment that counts
-      local used, cross = 0, 0
-      local q, e = p, p -- the older segments that count: v[q, e)
-      local R = cap - cost
-      if v and #v > p then
-        local unpack = struct.unpack
-        local j, c, o, nx = unpack('>I6I7I6', v, p)
-        local low = (j > cur and j or cur) - math.ceil(W / s) -- older segments left the ring
-        local last = j * s + o
-        if j >= low and last + W > now then
-          j0, c0, l0 = j, c, last
-          used = c
-          if used > R then
-            cross = last
+if op == '0' then
+  local n, alg = #KEYS, ARGV[2]
+  if n == 1 and alg == '4' then
+    -- One fixed window, charged: the count, negated, in a key that expires when its window
+    -- ends; its expiry says which window the count is of. INCRBY-shaped: PEXPIRETIME (the
+    -- window check) and DECRBY, the cost passed on as the caller sent it.
+    local key = KEYS[1]
+    local p = tonumber(ARGV[5])
+    local stop = now - now % p + p
+    local close = stop / 1000
+    local pe = redis.call('PEXPIRETIME', key)
+    if pe == close then
+      local x = redis.pcall('DECRBY', key, ARGV[4])
+      if type(x) == 'number' then
+        if x <= 0 then
+          local cap = tonumber(ARGV[3])
+          if x + cap >= 0 then
+            return { now, 0, cap + x, stop - now }
           end
-          q, e = nx, nx
-          local len = #v
-          while e <= len do
-            j, c, o, nx = unpack('>I6I7I6', v, e)
-            last = j * s + o
-            if j < low or last + W <= now then
-              break
-            end
-            local x = used + c
-            if x > R and used <= R then
-              cross = last
-            end
-            used = x
-            e = nx
-          end
+          redis.call('INCRBY', key, ARGV[4])
+          local cost = tonumber(ARGV[4])
+          local used = math.min(-x - cost, LIM)
+          return { now, cost > cap and -1 or stop - now, math.max(cap - used, 0), stop - now }
         end
+        redis.call('INCRBY', key, ARGV[4]) -- not a count: another algorithm's state
       end
+    elseif pe == -2 then
+      local cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
       if cost > cap then
-        if v and not j0 then
-          redis.call('DEL', key)
-        end
-        return { now, -1, math.max(cap - used, 0), j0 and l0 + W - now or 0 }
+        return { now, -1, cap, 0 }
       end
-      if used > R then
-        return { now, math.min(cross + W - now, LIM), math.max(cap - used, 0), l0 + W - now }
-      end
-      local H = cur
-      if j0 and j0 > H then
-        H = j0
-      end
-      local start = H * s
-      local last, value
-      if j0 == H then
-        last = l0 > now and l0 or now
-        value = tag .. struct.pack('>I6I7I6', H, math.min(c0 + cost, LIM), last - start)
-        if e > q then
-          value = value .. string.sub(v, q, e - 1)
-        end
-      else
-        last = now > start and now or start
-        value = tag .. struct.pack('>I6I7I6', H, cost, last - start)
-        if j0 then
-          value = value .. string.sub(v, p, e - 1)
-        end
-      end
-      redis.call('SET', key, value, 'PXAT', math.ceil((last + W) / 1000))
-      return { now, 0, math.max(cap - math.min(used + cost, LIM), 0), last + W - now }
+      redis.call('SET', key, -cost, 'PXAT', close)
+      return { now, 0, cap - cost, stop - now }
     end
-  elseif alg == '3' then
+  elseif n == 1 and alg == '3' then
     -- One token bucket, charged: GCRA.
     local key = KEYS[1]
     local v = redis.pcall('GET', key)
@@ -147,151 +109,130 @@ if op == '0' and #KEYS == 1 then
       redis.call('SET', key, new, 'PXAT', math.ceil(new / 1000))
       return { now, 0, math.max(cap - math.ceil((new - now) / T), 0), new - now }
     end
-  elseif alg == '4' then
-    -- One fixed window, charged: the count, negated, in a key that expires when its window
-    -- ends. Its expiry says which window the count is of.
-    local key = KEYS[1]
-    local p = tonumber(ARGV[5])
-    local stop = (math.floor(now / p) + 1) * p
-    local close = stop / 1000
-    local pe = redis.call('PEXPIRETIME', key)
-    local cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-    if pe == -2 then
-      if cost > cap then
-        return { now, -1, cap, 0 }
-      end
-      redis.call('SET', key, -cost, 'PXAT', close)
-      return { now, 0, cap - cost, stop - now }
-    elseif pe == close then
-      local x = redis.pcall('DECRBY', key, cost)
-      if type(x) == 'number' then
-        if x <= 0 then
-          local used = -x
-          if used <= cap then
-            return { now, 0, cap - used, stop - now }
-          end
-          redis.call('INCRBY', key, cost)
-          used = math.min(used - cost, LIM)
-          return { now, cost > cap and -1 or stop - now, math.max(cap - used, 0), stop - now }
-        end
-        redis.call('INCRBY', key, cost) -- not a count: another algorithm's state
-      end
-    end
-  end
-end
-
-if op == '0' and #KEYS > 1 then
-  -- Several buckets charged (IP + user), all sliding windows: each key read once, and
-  -- written once if every bucket fits. Any other algorithm, or a key in another format,
-  -- takes the general path.
-  local n = #KEYS
-  local fast = true
-  for i = 1, n do
-    if ARGV[i * 6 - 4] ~= '1' then
-      fast = false
-      break
-    end
-  end
-  if fast then
-    local floor, unpack = math.floor, struct.unpack
-    -- Per bucket, 11 slots: capacity, cost, segment length, window, the newest segment that
-    -- counts (index or false, count, last admission), where the older ones that count are
-    -- in the stored value (v[q, e)), what counts, the wait. Sized at once for up to 4.
-    local D = n <= 4 and { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 } or {}
-    local V = { false, false, false, false }
-    local fits = true
+  else
+    -- Sliding windows charged, one or several (IP + user): each key read once, and written
+    -- once if every bucket fits. Any other algorithm, or a key in another format, takes the
+    -- general path (nothing has been written then).
+    local fast = true
     for i = 1, n do
-      local o = i * 6 - 5
-      local tag = ARGV[o + 6]
-      local v = redis.pcall('GET', KEYS[i])
-      local p = #tag + 1
-      if v and (v.err or string.find(v, tag, 1, true) ~= 1 or (#v - p + 1) % 19 ~= 0) then
+      if ARGV[i * 6 - 4] ~= '1' then
         fast = false
         break
       end
-      local cap, cost, s, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
-      local j0, c0, l0 = false, 0, 0
-      local used, cross = 0, 0
-      local q, e = p, p
-      local R = cap - cost
-      if v and #v > p then
-        local cur = floor(now / s)
-        local j, c, so, nx = unpack('>I6I7I6', v, p)
-        local low = (j > cur and j or cur) - math.ceil(W / s)
-        local last = j * s + so
-        if j >= low and last + W > now then
-          j0, c0, l0 = j, c, last
-          used = c
-          if used > R then
-            cross = last
-          end
-          q, e = nx, nx
-          local len = #v
-          while e <= len do
-            j, c, so, nx = unpack('>I6I7I6', v, e)
-            last = j * s + so
-            if j < low or last + W <= now then
-              break
-            end
-            local x = used + c
-            if x > R and used <= R then
-              cross = last
-            end
-            used = x
-            e = nx
-          end
-        end
-      end
-      local wait = 0
-      if cost > cap then
-        wait, fits = -1, false
-      elseif used > R then
-        wait, fits = math.min(cross + W - now, LIM), false
-      end
-      local x = i * 11 - 11
-      D[x + 1], D[x + 2], D[x + 3], D[x + 4], D[x + 5], D[x + 6] = cap, cost, s, W, j0, c0
-      D[x + 7], D[x + 8], D[x + 9], D[x + 10], D[x + 11] = l0, q, e, used, wait
-      V[i] = v
     end
     if fast then
-      local out = n == 2 and { now, 0, 0, 0, 0, 0, 0 } or { now }
+      local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+      local find, sub, pack, read = string.find, string.sub, struct.pack, struct.unpack
+      local out = n == 1 and { now, 0, 0, 0 } or n == 2 and { now, 0, 0, 0, 0, 0, 0 } or { now }
+      -- What the buckets before the last write and answer if all fit: value, expiry (ms),
+      -- remaining, reset.
+      local put = n == 2 and { false, false, false, false } or n > 2 and {}
+      local fits, gone = true, false
       for i = 1, n do
-        local x = i * 11 - 11
-        local cap, cost, s, W, j0, c0 = D[x + 1], D[x + 2], D[x + 3], D[x + 4], D[x + 5], D[x + 6]
-        local l0, q, e, used = D[x + 7], D[x + 8], D[x + 9], D[x + 10]
-        local v = V[i]
+        local o = i * 6 - 5
+        local key, tag = KEYS[i], ARGV[o + 6]
+        local v = redis.pcall('GET', key)
+        local p = #tag + 1
+        if v and (v.err or find(v, tag, 1, true) ~= 1 or (#v - p + 1) % 19 ~= 0) then
+          fast = false
+          break
+        end
+        local cap, cost, s, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+        local cur = floor(now / s)
+        -- One pass over the stored segments, newest first, ended by the first that no longer
+        -- counts (older ones count even less): the newest that counts (j0, c0, l0), what
+        -- counts, when enough of it leaves for the cost to fit (cross), and the older
+        -- segments that count, v[q, e).
+        local j0, c0, l0 = false, 0, 0
+        local used, cross = 0, 0
+        local q, e = p, p
+        local R = cap - cost
+        if v and #v > p then
+          local j, c, so, nx = read('>I6I7I6', v, p)
+          local low = (j > cur and j or cur) - ceil(W / s) -- older segments left the ring
+          local last = j * s + so
+          if j >= low and last + W > now then
+            j0, c0, l0 = j, c, last
+            used = c
+            if used > R then
+              cross = last
+            end
+            q, e = nx, nx
+            local len = #v
+            while e <= len do
+              j, c, so, nx = read('>I6I7I6', v, e)
+              last = j * s + so
+              if j < low or last + W <= now then
+                break
+              end
+              local y = used + c
+              if y > R and used <= R then
+                cross = last
+              end
+              used = y
+              e = nx
+            end
+          end
+        end
+        local wait = 0
+        if cost > cap then
+          wait, fits = -1, false
+        elseif used > R then
+          wait, fits = min(cross + W - now, LIM), false
+        end
+        local x = i * 3 - 1
         if fits then
-          local H = floor(now / s)
+          -- What this bucket stores if all fit.
+          local H = cur
           if j0 and j0 > H then
             H = j0
           end
           local start = H * s
           local last, value
-          local tag = ARGV[i * 6 + 1]
           if j0 == H then
             last = l0 > now and l0 or now
-            value = tag .. struct.pack('>I6I7I6', H, math.min(c0 + cost, LIM), last - start)
             if e > q then
-              value = value .. string.sub(v, q, e - 1)
+              value = tag .. pack('>I6I7I6', H, min(c0 + cost, LIM), last - start) .. sub(v, q, e - 1)
+            else
+              value = tag .. pack('>I6I7I6', H, min(c0 + cost, LIM), last - start)
             end
           else
             last = now > start and now or start
-            value = tag .. struct.pack('>I6I7I6', H, cost, last - start)
             if j0 then
-              value = value .. string.sub(v, #tag + 1, e - 1)
+              value = tag .. pack('>I6I7I6', H, cost, last - start) .. sub(v, p, e - 1)
+            else
+              value = tag .. pack('>I6I7I6', H, cost, last - start)
             end
           end
-          redis.call('SET', KEYS[i], value, 'PXAT', math.ceil((last + W) / 1000))
-          out[i * 3 - 1], out[i * 3], out[i * 3 + 1] = 0, math.max(cap - math.min(used + cost, LIM), 0), last + W - now
-        else
-          out[i * 3 - 1], out[i * 3], out[i * 3 + 1] = D[x + 11], math.max(cap - used, 0), j0 and l0 + W - now or 0
-          if v and not j0 then
-            redis.call('DEL', KEYS[i]) -- nothing counts any more: the memory store drops it
+          if i == n then
+            -- Every bucket fits: all are written.
+            for b = 1, n - 1 do
+              local y, z = b * 4 - 3, b * 3
+              redis.call('SET', KEYS[b], put[y], 'PXAT', put[y + 1])
+              out[z - 1], out[z], out[z + 1] = 0, put[y + 2], put[y + 3]
+            end
+            redis.call('SET', key, value, 'PXAT', ceil((last + W) / 1000))
+            out[x], out[x + 1], out[x + 2] = 0, max(cap - min(used + cost, LIM), 0), last + W - now
+            return out
           end
+          local y = i * 4 - 3
+          put[y], put[y + 1] = value, ceil((last + W) / 1000)
+          put[y + 2], put[y + 3] = max(cap - min(used + cost, LIM), 0), last + W - now
+        end
+        -- This bucket's answer if some bucket does not fit.
+        out[x], out[x + 1], out[x + 2] = wait, max(cap - used, 0), j0 and l0 + W - now or 0
+        if v and not j0 then
+          -- Nothing counts any more: a refusal drops the key, as the memory store does.
+          gone = gone or {}
+          gone[#gone + 1] = key
         end
       end
-      return out
+      if fast then
+        if gone then
+          redis.call('DEL', unpack(gone))
+        end
+        return out
+      end
     end
   end
 end
