@@ -21,7 +21,7 @@ command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=no
 echo "== building (release)"
 cargo build --release -q -p tollgate-bench --bins
 cargo bench -q --no-run -p tollgate-core --bench decide 2>/dev/null
-cargo bench -q --no-run -p tollgate --bench layer 2>/dev/null
+cargo bench -q --no-run -p tollgate --features metrics --bench layer 2>/dev/null
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -58,7 +58,7 @@ echo "== engine: one keyed decision beside governor (interleaved)"
 TOLLGATE_BENCH_OUT="$OUT/2-engine.md" cargo bench -q -p tollgate-core --bench decide -- interleaved 2>&1 | tail -n 30
 
 echo "== layer: per request through the tower layer (interleaved)"
-TOLLGATE_BENCH_OUT="$OUT/3-layer.md" cargo bench -q -p tollgate --bench layer -- interleaved 2>&1 | tail -n 12
+TOLLGATE_BENCH_OUT="$OUT/3-layer.md" cargo bench -q -p tollgate --features metrics --bench layer -- interleaved 2>&1 | tail -n 16
 
 echo "== memory per live key"
 target/release/bench-memory > "$OUT/4-memory.md"
