@@ -194,16 +194,18 @@ fn from_url(
 mod tests {
     use super::*;
 
+    /// An environment of `pairs`.
+    fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
     #[test]
     fn reads_redis_url_then_kv_url() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         assert_eq!(url_from(vars(&[])), None);
         assert_eq!(
             url_from(vars(&[
@@ -241,14 +243,6 @@ mod tests {
 
     #[test]
     fn fallback_settings_come_from_the_environment_with_typed_errors() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         let base = FallbackConfig::default().fallback_divisor(2);
         let same = fallback_config_from(vars(&[("TOLLGATE_FALLBACK_DIVISOR", " ")]), base.clone());
         assert_eq!(same.unwrap(), base);

@@ -153,6 +153,21 @@ async fn run<C: ConnectionLike>(
     }
 }
 
+/// The multiplexed connection of [`Connection::Manager`], made on first use: lazily, so that
+/// building the store needs neither a runtime nor Redis.
+fn shared_manager(
+    client: &redis::Client,
+    config: &ConnectionManagerConfig,
+    manager: &OnceLock<ConnectionManager>,
+) -> Result<ConnectionManager, StoreError> {
+    if let Some(m) = manager.get() {
+        return Ok(m.clone());
+    }
+    let m =
+        ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(backend)?;
+    Ok(manager.get_or_init(|| m).clone())
+}
+
 impl Connection {
     async fn run(&self, op: Op, buckets: &[Arg<'_>]) -> Result<Decision, StoreError> {
         match self {
@@ -162,16 +177,7 @@ impl Connection {
                 manager,
                 ..
             } => {
-                let mut conn = match manager.get() {
-                    Some(m) => m.clone(),
-                    None => {
-                        // Lazily, so that building the store needs neither a runtime nor Redis.
-                        let m =
-                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                                .map_err(backend)?;
-                        manager.get_or_init(|| m).clone()
-                    }
-                };
+                let mut conn = shared_manager(client, config, manager)?;
                 run(&mut conn, op, buckets).await
             }
             #[cfg(feature = "deadpool")]
@@ -203,15 +209,7 @@ impl Connection {
                 manager,
                 ..
             } => {
-                let mut conn = match manager.get() {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m =
-                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                                .map_err(backend)?;
-                        manager.get_or_init(|| m).clone()
-                    }
-                };
+                let mut conn = shared_manager(client, config, manager)?;
                 conn.req_packed_command(&cmd).await
             }
             #[cfg(feature = "deadpool")]
