@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Instructions per request through one stack of the layer bench, under callgrind: repeatable
+# where wall time on a shared machine is not.
+#
+#   bench/callgrind-layer.sh "tollgate, one per-IP limit, no decision"   # a stack's name (or part of it)
+#   bench/callgrind-layer.sh zzz                                        # "no layer" alone
+#
+# Runs the bench twice (chunks of 10,000 and 30,000 requests, one round) and prints the
+# difference divided by 20,000: one request through "no layer" plus every stack whose name
+# contains the argument. Subtract the "no layer" figure for the stack's own cost.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
+cargo bench -q --no-run -p tollgate --features metrics --bench layer 2>/dev/null
+bench=$(ls -t target/release/deps/layer-* | grep -v '\.d$' | head -1)
+only=${1:?a stack name, or part of one}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+ir() {
+  LAYER_ONLY="$only" LAYER_ROUNDS=1 LAYER_CHUNK=$1 \
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bench" --bench interleaved 2>&1 |
+    awk '/Collected/ {print $4}'
+}
+a=$(ir 10000)
+b=$(ir 30000)
+echo "$only: $(( (b - a) / 20000 )) instructions per request (no layer + the stacks named)"
