@@ -224,11 +224,12 @@ pub enum ValueProblem {
     NotAStatus(u16),
 }
 
-/// The smallest `store.max_entries` a file may ask for. The memory store forgets the
-/// least recently seen keys when it is full, so a store smaller than the number of keys
-/// active in one window (every client IP, user and API key seen in it) loses the counts of
-/// clients that are being limited; with a handful of entries, limiting stops altogether.
-/// 1024 is the smallest store whose every shard keeps 64 keys (16 shards).
+/// The smallest `store.max_entries` a file may ask for: keys per bucket name the memory
+/// store holds. When a bucket's share is full, new keys of that bucket are refused (or,
+/// with `WhenFull::EvictLimited`, the least recently seen limited keys are evicted), so a
+/// share smaller than the keys active in one window refuses or forgets clients; with a
+/// handful of entries limiting stops being useful. 1024 is the smallest store whose every
+/// shard keeps 64 keys (16 shards).
 pub const MIN_MAX_ENTRIES: usize = 1024;
 
 struct Location(Option<usize>, Option<usize>);
