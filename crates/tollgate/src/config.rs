@@ -256,6 +256,7 @@ const FORMATS: &str = if cfg!(all(feature = "toml", feature = "yaml")) {
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Whether limiting is on (default true; `RATE_LIMIT_ENABLED` wins).
     #[serde(default)]
@@ -351,6 +352,7 @@ enum Format {
 /// `store:`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StoreConfig {
     /// `memory` (default), `redis` or `env`. `REDIS_URL` / `KV_URL` in the environment,
     /// when set, override it: the store is then Redis at that URL, falling back to memory.
@@ -390,6 +392,7 @@ pub enum StoreKind {
 /// `client_ip:`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ClientIpConfig {
     /// Proxies whose forwarded headers are believed (CIDRs or addresses).
     #[serde(default)]
@@ -402,6 +405,7 @@ pub struct ClientIpConfig {
 /// `headers:`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HeadersConfig {
     /// `X-RateLimit-Reset` as `unix_seconds` (default), `unix_millis`, `seconds`,
     /// `http_date`, or `none` for no `X-RateLimit-*` headers.
@@ -465,6 +469,7 @@ impl From<FailureModeText> for FailureMode {
 /// One rule of `routes:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RouteConfig {
     /// The path pattern: `/api/*`, `/v1/campaigns/{id}`, `/v1/campaigns/:id`.
     pub path: String,
@@ -506,6 +511,7 @@ pub struct RouteConfig {
 /// `gateway:`: a global limit, spelled `gateway: { global_rate_limit: { sustained: 1000/min } }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct GatewayConfig {
     /// A global limit.
     #[serde(default)]
@@ -515,6 +521,7 @@ pub struct GatewayConfig {
 /// One limit: whose budget, and how much.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LimitConfig {
     /// Whose budget (default: `default_key`, or `global` under `global:`/`gateway:`).
     #[serde(default)]

@@ -62,6 +62,7 @@ pub enum RuleSource {
 
 /// One rule of a limiter's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RouteLimits {
     /// Where the rule comes from.
     pub source: RuleSource,
@@ -83,6 +84,7 @@ pub struct RouteLimits {
 
 /// One limit of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LimitInfo {
     /// The bucket's name, as the IETF `RateLimit-Policy` header and the logs show it
     /// (`"default:ip"`; the header writes `:` as `-`).

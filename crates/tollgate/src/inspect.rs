@@ -68,6 +68,7 @@ pub enum InspectError {
 
 /// One per-key override ([`Limiter::set_override`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct OverrideInfo {
     /// The key kind (`api_key`, `ip`, ...).
     pub kind: String,

@@ -77,6 +77,7 @@ pub struct Limiter {
 
 /// What a limiter has done since it was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LimiterStats {
     /// Requests admitted after a check.
     pub admitted: u64,

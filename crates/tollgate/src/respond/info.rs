@@ -16,6 +16,7 @@ use super::decision::RateLimitDecision;
 /// "reset":60,"retry_after":null}`: the window, `reset` and `retry_after` in whole seconds
 /// rounded up.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BucketInfo {
     /// The bucket's name, as the policy names it (`"default:ip"`, `"auth"`), without the
     /// client's key. The IETF fields use it as the policy identifier.
@@ -35,6 +36,7 @@ pub struct BucketInfo {
 /// "policy":"default","method":"GET","path":"/api/x","retry_after":23,"most_restrictive":0,
 /// "buckets":[...]}` (see [`BucketInfo`]), so a custom body can embed it whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimitInfo {
     /// The name of the policy (route class) that applied.
     pub policy: Arc<str>,
