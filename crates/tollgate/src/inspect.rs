@@ -1,6 +1,6 @@
 //! Operator access to what a [`Limiter`] counts: any bucket's state for one key, resetting
 //! it, per-key overrides named by their key kind, and where the store decides now. What
-//! the [admin router](crate::admin) serves; usable without it.
+//! the admin router (`tollgate::admin`, feature `admin`) serves; usable without it.
 //!
 //! Buckets are named as in headers, logs and [`Limiter::describe`]: a policy's bucket
 //! (`default:ip`, `chat:user`, `tiers:api_key#2`, `global`), a bucket for direct use

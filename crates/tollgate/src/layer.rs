@@ -9,7 +9,7 @@ use crate::limiter::Limiter;
 use crate::service::RateLimit;
 
 /// Applies a [`Limiter`]'s central table ([`Limiter::layer`]) or one per-route policy
-/// ([`Limiter::policy`]) to a service. Clones share the limiter's state.
+/// ([`Limiter::policy_at`]) to a service. Clones share the limiter's state.
 ///
 /// ```
 /// use axum::{routing::{get, post}, Router};
@@ -20,8 +20,10 @@ use crate::service::RateLimit;
 ///     .route("/api/*", Policy::named("default").per_ip("500/min"))
 ///     .build()?;
 /// let app: Router = Router::new()
-///     .route("/api/assistant/chat", post(chat).layer(limiter.policy(
-///         Policy::named("chat").per_ip("60/min"))))
+///     .route("/api/assistant/chat", post(chat).layer(limiter.try_policy_at(
+///         "POST /api/assistant/chat",
+///         Policy::named("chat").per_ip("60/min"),
+///     )?))
 ///     .route("/api/items", get(list))
 ///     .layer(limiter.layer());
 /// # Ok::<(), tollgate::BuildError>(())

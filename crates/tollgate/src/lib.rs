@@ -23,8 +23,10 @@
 //!     .build()?; // every configuration mistake is a typed error here
 //!
 //! let app: Router = Router::new()
-//!     .route("/api/assistant/chat", post(chat).layer(limiter.policy(
-//!         Policy::named("chat").per_ip("60/min").per_user("30/min"))))
+//!     .route("/api/assistant/chat", post(chat).layer(limiter.try_policy_at(
+//!         "POST /api/assistant/chat",
+//!         Policy::named("chat").per_ip("60/min").per_user("30/min"),
+//!     )?))
 //!     .route("/api/items", get(list))
 //!     .route("/api/stripe/webhook", post(webhook))
 //!     .layer(limiter.layer());
@@ -37,7 +39,7 @@
 //!
 //! 1. Off ([`LimiterBuilder::enabled`], `RATE_LIMIT_ENABLED=false`): passes untouched.
 //! 2. The central table classifies method + path (most specific rule wins); exempt routes
-//!    pass untouched. A route with its own policy ([`Limiter::policy`]) spends that policy
+//!    pass untouched. A route with its own policy ([`Limiter::policy_at`]) spends that policy
 //!    instead of its class.
 //! 3. Each limit's [`Key`] is resolved; a limit whose key is absent does not apply.
 //! 4. All the request's buckets (class, global, per-key overrides) go to the store in one
