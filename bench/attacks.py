@@ -40,14 +40,22 @@ class Conn:
             self.sock = self.file = None
 
     def send(self, method, path, headers=()):
-        """(status, lower-cased headers, body); status 0 when no answer came."""
+        """(status, lower-cased headers, body); status 0 when no answer came, even on a new
+        connection (a kept-alive one the server closed meanwhile is retried once)."""
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers)
         head += "Content-Length: 0\r\n\r\n"
+        reused = self.sock is not None
+        answer = self._exchange(head.encode("latin-1"))
+        if answer[0] == 0 and reused:
+            answer = self._exchange(head.encode("latin-1"))
+        return answer
+
+    def _exchange(self, request):
         try:
             if self.sock is None:
                 self._connect()
-            self.sock.sendall(head.encode("latin-1"))
+            self.sock.sendall(request)
             line = self.file.readline()
             if not line:
                 raise ConnectionError("closed")
@@ -266,7 +274,7 @@ def spray(start_demo):
             w.start()
         totals = dict.fromkeys(PATTERNS, 0)
         for _ in workers:
-            for k, v in out.get(timeout=600).items():
+            for k, v in out.get(timeout=300).items():
                 totals[k] += v
         for w in workers:
             w.join()
