@@ -196,7 +196,8 @@ def spoofed_headers(start_demo):
 # ----------------------------------------------------------------------------------------
 # (b) A spray of millions of client keys.
 
-SPRAY_KEYS = 2_000_000
+SPRAY_KEYS = 3_000_000
+SPRAY_ROUNDS = 3
 SPRAY_WORKERS = 4
 SPRAY_BATCH = 512
 PATTERNS = {
@@ -252,6 +253,13 @@ def spray_worker(port, first, step, total, out):
     out.put(counts)
 
 
+def scrape_every_second(port, stop):
+    c = Conn(port)
+    while not stop.wait(1.0):
+        c.send("GET", "/metrics")
+    c.close()
+
+
 def spray(start_demo):
     demo = start_demo(TRUSTED_PROXIES="127.0.0.1/32", ADMIN_TOKEN=ADMIN_TOKEN)
     try:
@@ -266,18 +274,33 @@ def spray(start_demo):
         rss_before, _ = rss_kib(demo.proc.pid)
         ctx = multiprocessing.get_context("fork")
         out = ctx.Queue()
-        started = time.monotonic()
-        workers = [ctx.Process(target=spray_worker,
-                               args=(demo.port, w, SPRAY_WORKERS, SPRAY_KEYS, out))
-                   for w in range(SPRAY_WORKERS)]
-        for w in workers:
-            w.start()
         totals = dict.fromkeys(PATTERNS, 0)
-        for _ in workers:
-            for k, v in out.get(timeout=300).items():
-                totals[k] += v
-        for w in workers:
-            w.join()
+        rss_rounds = []
+        started = time.monotonic()
+        # Rounds of a million keys each, resident memory after each. In the first two nothing
+        # scrapes /metrics; the demo's Prometheus recorder (`install_recorder`, upkeep only on
+        # a scrape) keeps every histogram sample until the next scrape. In the third a
+        # scraper reads /metrics every second, as Prometheus would.
+        for r in range(SPRAY_ROUNDS):
+            lo, hi = r * SPRAY_KEYS // SPRAY_ROUNDS, (r + 1) * SPRAY_KEYS // SPRAY_ROUNDS
+            stop = threading.Event()
+            scraper = threading.Thread(target=scrape_every_second, args=(demo.port, stop))
+            if r == SPRAY_ROUNDS - 1:
+                scraper.start()
+            workers = [ctx.Process(target=spray_worker,
+                                   args=(demo.port, lo + w, SPRAY_WORKERS, hi, out))
+                       for w in range(SPRAY_WORKERS)]
+            for w in workers:
+                w.start()
+            for _ in workers:
+                for k, v in out.get(timeout=300).items():
+                    totals[k] += v
+            for w in workers:
+                w.join()
+            if r == SPRAY_ROUNDS - 1:
+                stop.set()
+                scraper.join()
+            rss_rounds.append(rss_kib(demo.proc.pid)[0])
         seconds = time.monotonic() - started
         rss_after, hwm = rss_kib(demo.proc.pid)
         c = Conn(demo.port)
@@ -290,7 +313,8 @@ def spray(start_demo):
         return {
             "keys": SPRAY_KEYS, "workers": SPRAY_WORKERS, "seconds": round(seconds, 1),
             "rps": round(SPRAY_KEYS / seconds), **totals,
-            "rss_before_kib": rss_before, "rss_after_kib": rss_after, "hwm_kib": hwm,
+            "rss_before_kib": rss_before, "rss_rounds_kib": rss_rounds,
+            "rss_after_kib": rss_after, "hwm_kib": hwm,
             "victim_before": before_victim, "victim_after": after_victim,
             "victim_seconds": victim_seconds,
             "first_key_remaining": first, "last_key_remaining": last,

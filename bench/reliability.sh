@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The reliability suite: Redis faults under HTTP load, spoofed forwarding headers, a spray of
-# 2 million client keys and hostile paths against a release build of the demo;
+# 3 million client keys and hostile paths against a release build of the demo;
 # writes docs/RELIABILITY.md. Loopback only, its own redis-server processes (never the one
 # on 6379), about 5 minutes. Not run in CI. See bench/reliability.py.
 set -euo pipefail
