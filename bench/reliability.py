@@ -2,7 +2,7 @@
 """The reliability suite: Redis faults under HTTP load, spoofed forwarding headers, a spray of
 millions of client keys and hostile paths, against a release build of the demo.
 
-    bench/reliability.sh            # builds, runs every attack (about 5 minutes), writes docs/RELIABILITY.md
+    bench/reliability.sh            # builds, runs every attack (about 2 minutes), writes docs/RELIABILITY.md
     python3 bench/reliability.py spray   # one part (faults, spoof, spray, paths), no docs written
 
 Loopback only; its own redis-server processes on free ports (never the one on 6379);
@@ -352,6 +352,10 @@ def mib(kib):
     return f"{kib / 1024:.1f} MiB"
 
 
+def signed_mib(kib):
+    return ("+" if kib >= 0 else "−") + mib(abs(kib))
+
+
 def write(out, seconds):
     results = out["faults"]
     bound = lambda r: (5 + r["instances"], 20 + r["instances"])
@@ -373,6 +377,8 @@ def write(out, seconds):
         "target/release/examples/demo` with the environment each section gives.",
         "",
         f"## Redis faults ({out['faults_seconds']} s)",
+        "",
+        "Command: `python3 bench/reliability.py faults` after the build (`scenario` and `restart_at_three` in `bench/reliability.py`).",
         "",
         "Each fault against its own `redis-server` on a free loopback port (never the one on",
         "6379), the demo with `REDIS_URL` set and `TRUSTED_PROXIES=127.0.0.1/32`. About 300",
@@ -406,6 +412,8 @@ def write(out, seconds):
         "",
         f"## Spoofed forwarding headers ({out['spoof_seconds']} s)",
         "",
+        "Command: `python3 bench/reliability.py spoof` after the build (`spoofed_headers` in `bench/attacks.py`).",
+        "",
         "The memory store, `ADMIN_TOKEN` set (to read buckets). From one real peer (127.0.0.1),",
         f"{attacks.SPOOF_REQUESTS} `GET /api/projects` on one keep-alive connection, each naming a",
         "new client address (IPv4 and IPv6 in turn) in the forwarding header(s) of the row; the",
@@ -435,6 +443,8 @@ def write(out, seconds):
         "",
         f"## A spray of {sp['keys']:,} client keys ({out['spray_seconds']} s)",
         "",
+        "Command: `python3 bench/reliability.py spray` after the build (`spray` in `bench/attacks.py`).",
+        "",
         "The memory store (default bound), `TRUSTED_PROXIES=127.0.0.1/32`, `ADMIN_TOKEN` set.",
         f"{sp['keys']:,} `GET /api/projects`, one per distinct `X-Forwarded-For` address (half",
         "IPv4 in 10/8, half IPv6 each in a /64 of its own, since IPv6 keys are per /64), pipelined",
@@ -458,7 +468,8 @@ def write(out, seconds):
         f"| demo VmHWM (peak resident) | {mib(sp['hwm_kib'])} |",
         f"| the limited client 203.0.113.77 before / after the spray | {sp['victim_before']} / {sp['victim_after']} ({sp['victim_seconds']} s apart; its window is 60 s) |",
         f"| the first sprayed key ({attacks.spray_key(0)}) afterwards | {sp['first_key_remaining']} of 500 left |",
-        f"| the last IPv4 key sprayed ({attacks.spray_key(attacks.SPRAY_KEYS - 2)}) afterwards | {sp['last_key_remaining']} of 500 left |",
+        f"| a new key (198.18.0.1) after the spray, one request | {sp['last_key_remaining']} of 500 left |",
+        f"| of {sp['sample']:,} sprayed keys sampled evenly (every {sp['keys'] // sp['sample']:,}th), still held (499 left) | {sp['sample_held']:,} ({100 * sp['sample_held'] / sp['sample']:.1f}%; the bound is 100,000 of {sp['keys']:,}, {100 * 100_000 / sp['keys']:.1f}%) |",
         "",
         "Why memory stays bounded: the memory store holds at most `max_entries` keys per bucket",
         "name (default 100,000, `tollgate_core::memory::DEFAULT_MAX_ENTRIES`; the demo's",
@@ -480,11 +491,13 @@ def write(out, seconds):
         "requests over only 10,000 keys grew the demo by the same 16 MB as 1,000,000 new keys, and",
         "by nothing with `RATE_LIMIT_ENABLED=false`). That is the growth of the second round",
         f"({mib(rr[1] - rr[0])}, the store's share already full); with `/metrics` scraped every",
-        f"second the third round grew it by {mib(rr[2] - rr[1])} (about a second's samples are",
-        "held between scrapes). A deployment that never scrapes would grow without bound: the",
+        f"second the third round changed it by {signed_mib(rr[2] - rr[1])} (at most about a second's",
+        "samples are held between scrapes). A deployment that never scrapes would grow without bound: the",
         "demo should run the upkeep on a timer (not changed here).",
         "",
         f"## Hostile paths ({out['paths_seconds']} s)",
+        "",
+        "Command: `python3 bench/reliability.py paths` after the build (`hostile_paths` in `bench/attacks.py`).",
         "",
         "The memory store, `TRUSTED_PROXIES=127.0.0.1/32`. Each family from an IP of its own, on",
         "one keep-alive connection (a new one when the server closes it), paths sent byte for",
