@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The reliability suite: Redis faults under HTTP load against a release build of the demo;
+# The reliability suite: Redis faults under HTTP load, spoofed forwarding headers, a spray of
+# 3 million client keys and hostile paths against a release build of the demo;
 # writes docs/RELIABILITY.md. Loopback only, its own redis-server processes (never the one
-# on 6379), about 3 minutes. Not run in CI. See bench/reliability.py.
+# on 6379), about 2 minutes. Not run in CI. See bench/reliability.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null || { echo "reliability: needs redis-server and redis-cli" >&2; exit 1; }
