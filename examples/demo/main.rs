@@ -67,6 +67,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client_ip = ClientIp::peer().trust_proxies(tollgate_suite::trusted_proxies_from_env());
     // The recorder first: the limiter registers its metrics when it is built.
     let metrics = PrometheusBuilder::new().install_recorder()?;
+    // Histogram samples wait in the recorder until they are drained: drain them on a timer,
+    // so that memory stays flat when nothing scrapes `/metrics`.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let store = match (tollgate::store_from_env()?, memory_max_entries_from_env()?) {
         (tollgate::EnvStore::Memory(_), Some(n)) => {
             tollgate::EnvStore::Memory(tollgate::MemoryStore::builder().max_entries(n).build())

@@ -139,6 +139,19 @@ impl Store for EnvStore {
         }
     }
 
+    fn apply_sync(
+        &self,
+        op: tollgate_core::Op,
+        buckets: &[tollgate_core::Bucket],
+        states: &mut [tollgate_core::BucketState],
+    ) -> Option<Result<tollgate_core::Timestamp, StoreError>> {
+        match self {
+            // In memory, decided on the calling thread like a bare `MemoryStore`.
+            EnvStore::Memory(store) => store.apply_sync(op, buckets, states),
+            EnvStore::Redis(store) => store.apply_sync(op, buckets, states),
+        }
+    }
+
     fn mode(&self) -> tollgate_core::StoreMode {
         match self {
             EnvStore::Memory(store) => store.mode(),
@@ -218,6 +231,29 @@ mod tests {
             url_from(vars(&[("KV_URL", "rediss://kv:1"), ("REDIS_URL", "  ")])),
             Some("rediss://kv:1".into())
         );
+    }
+
+    #[test]
+    fn the_memory_store_of_the_environment_decides_synchronously() {
+        use tollgate_core::{Bucket, BucketState, Limit, Op, Quota};
+        let store = from_url(None, RedisStore::builder(), FallbackConfig::default()).unwrap();
+        let buckets = [Bucket::new("b", "k", Limit::sliding(Quota::per_minute(2)))];
+        let mut states = [BucketState::default()];
+        for allowed in [true, true, false] {
+            let decided = store.apply_sync(Op::Charge, &buckets, &mut states);
+            assert!(matches!(decided, Some(Ok(_))), "{decided:?}");
+            assert_eq!(states[0].allowed, allowed);
+        }
+        // Redis never answers on the calling thread.
+        let redis = from_url(
+            Some("redis://127.0.0.1:1/".into()),
+            RedisStore::builder(),
+            FallbackConfig::default(),
+        )
+        .unwrap();
+        assert!(redis
+            .apply_sync(Op::Charge, &buckets, &mut states)
+            .is_none());
     }
 
     #[test]
