@@ -304,7 +304,10 @@ pub enum Op {
     /// Admit iff every bucket admits its cost, and then charge every bucket; a refusal
     /// charges none.
     Charge,
-    /// Say what [`Op::Charge`] would answer, changing nothing.
+    /// Say what [`Op::Charge`] would answer, changing nothing. One exception: a key a
+    /// bounded store does not hold yet is answered by its count alone; whether the store
+    /// has room for it ([`Refusal::StoreFull`](crate::Refusal::StoreFull)) is found only by
+    /// a charge, which may have to make room.
     Peek,
     /// Give each bucket's cost back (after a response that should not count).
     Refund,
