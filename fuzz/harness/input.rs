@@ -96,3 +96,28 @@ impl<'a> Input<'a> {
         std::mem::take(&mut self.bytes)
     }
 }
+
+#[allow(dead_code)]
+impl Input<'_> {
+    /// A limit of any algorithm: a period from `periods_ms`, a count that is 1 to 65,536
+    /// once in `count_cases` (1 once, else 1 to 8).
+    pub fn limit(&mut self, periods_ms: &[u64], count_cases: usize) -> tollgate_core::Limit {
+        use tollgate_core::{Limit, Quota};
+        let count = match self.below(count_cases) {
+            0 => 1 + u64::from(self.u16()),
+            1 => 1,
+            _ => 1 + self.below(8) as u64,
+        };
+        let period = std::time::Duration::from_millis(self.pick(periods_ms));
+        let quota = Quota::new(count, period).expect("a valid quota");
+        match self.below(6) {
+            0 => Limit::sliding_exact(quota),
+            1 => Limit::fixed(quota),
+            2 => Limit::token_bucket(quota, 1 + self.below(10) as u64)
+                .unwrap_or_else(|_| Limit::sliding(quota)),
+            3 => Limit::sliding_segments(quota, 1 + self.below(20) as u32)
+                .unwrap_or_else(|_| Limit::sliding(quota)),
+            _ => Limit::sliding(quota),
+        }
+    }
+}

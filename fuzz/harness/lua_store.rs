@@ -23,8 +23,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_core::{
-    Batch, Bucket, BucketState, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Refusal,
-    Timestamp,
+    Batch, Bucket, BucketState, Decision, Limit, ManualClock, MemoryStore, Op, Refusal, Timestamp,
 };
 use tollgate_redis::redis::{self, Value};
 use tollgate_redis::RedisStore;
@@ -84,22 +83,7 @@ fn harness() -> &'static Mutex<Harness> {
 }
 
 fn limit(input: &mut Input<'_>) -> Limit {
-    let count = match input.below(6) {
-        0 => 1 + u64::from(input.u16()),
-        1 => 1,
-        _ => 1 + input.below(8) as u64,
-    };
-    let period = Duration::from_millis(input.pick(&PERIODS_MS));
-    let quota = Quota::new(count, period).expect("a valid quota");
-    match input.below(6) {
-        0 => Limit::sliding_exact(quota),
-        1 => Limit::fixed(quota),
-        2 => Limit::token_bucket(quota, 1 + input.below(10) as u64)
-            .unwrap_or_else(|_| Limit::sliding(quota)),
-        3 => Limit::sliding_segments(quota, 1 + input.below(20) as u32)
-            .unwrap_or_else(|_| Limit::sliding(quota)),
-        _ => Limit::sliding(quota),
-    }
+    input.limit(&PERIODS_MS, 6)
 }
 
 /// A clock step in µs: none, a few µs, about a segment or a window of a key, a day.

@@ -21,8 +21,8 @@
 use std::time::Duration;
 
 use tollgate_core::{
-    Algorithm, Batch, Bucket, Clock, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Refusal,
-    Store, Timestamp,
+    Algorithm, Batch, Bucket, Clock, Decision, Limit, ManualClock, MemoryStore, Op, Refusal, Store,
+    Timestamp,
 };
 
 use crate::input::{ready, Input};
@@ -30,22 +30,7 @@ use crate::input::{ready, Input};
 const PERIODS_MS: [u64; 10] = [1, 2, 3, 7, 10, 60, 1_000, 1_500, 60_000, 86_400_000];
 
 fn limit(input: &mut Input<'_>) -> Limit {
-    let count = match input.below(8) {
-        0 => 1 + u64::from(input.u16()),
-        1 => 1,
-        _ => 1 + input.below(8) as u64,
-    };
-    let period = Duration::from_millis(input.pick(&PERIODS_MS));
-    let quota = Quota::new(count, period).expect("a valid quota");
-    match input.below(6) {
-        0 => Limit::sliding_exact(quota),
-        1 => Limit::fixed(quota),
-        2 => Limit::token_bucket(quota, 1 + input.below(10) as u64)
-            .unwrap_or_else(|_| Limit::sliding(quota)),
-        3 => Limit::sliding_segments(quota, 1 + input.below(20) as u32)
-            .unwrap_or_else(|_| Limit::sliding(quota)),
-        _ => Limit::sliding(quota),
-    }
+    input.limit(&PERIODS_MS, 8)
 }
 
 /// What was admitted against one key, newest last.
