@@ -190,19 +190,9 @@ impl Ring {
     /// any older one's), so the walk stops at the first that has left.
     #[inline]
     fn used_and_expiry(&self, window: u64, now: u64) -> (u64, u64) {
-        let len = self.segments.len();
-        let kept = self.head.min(len as u64 - 1) as usize;
-        let newest_slot = (self.head % len as u64) as usize;
         let mut used = 0u64;
         let mut expires_at = 0u64;
-        for back in 0..=kept {
-            let slot = if newest_slot >= back {
-                newest_slot - back
-            } else {
-                newest_slot + len - back
-            };
-            let start = (self.head - back as u64).saturating_mul(self.unit);
-            let (count, last) = self.segments.get(slot, start);
+        for (count, last) in self.all().rev() {
             if count == 0 {
                 continue;
             }
@@ -221,7 +211,7 @@ impl Ring {
     /// Every kept segment, oldest first: (count, last). Walks the ring's slots in order
     /// (one division for the whole walk, not one per segment).
     #[inline]
-    fn all(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    fn all(&self) -> impl DoubleEndedIterator<Item = (u64, u64)> + '_ {
         let len = self.segments.len();
         let oldest = self.head.saturating_sub(len as u64 - 1);
         let first = (oldest % len as u64) as usize;

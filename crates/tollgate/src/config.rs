@@ -885,7 +885,7 @@ impl Config {
             });
         }
         builder.file_settings = Some(FileSettings::of(self));
-        self.apply_rules(builder, file)
+        self.rules_into(builder, file)
     }
 
     /// Applies the rules of the file to `builder`: `routes`, `global`, `gateway`,
@@ -897,6 +897,16 @@ impl Config {
     ///
     /// As [`Config::apply`], except [`ConfigError::Store`].
     pub fn apply_rules(
+        &self,
+        builder: LimiterBuilder,
+        file: &str,
+    ) -> Result<LimiterBuilder, ConfigError> {
+        self.check_values(file)?;
+        self.rules_into(builder, file)
+    }
+
+    /// [`Config::apply_rules`] once the values are checked.
+    fn rules_into(
         &self,
         mut builder: LimiterBuilder,
         file: &str,
@@ -911,7 +921,6 @@ impl Config {
                 message,
             }
         };
-        self.check_values(file)?;
         builder = builder.shadow(self.shadow);
         if let Some(mode) = self.on_store_failure {
             builder = builder.on_store_failure(mode.into());

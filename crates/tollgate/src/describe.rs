@@ -39,7 +39,7 @@ use serde::ser::{Serialize, Serializer};
 use tollgate_core::{Algorithm, Limit};
 
 use crate::classify::RoutePattern;
-use crate::engine::{Compiled, CompiledQuota};
+use crate::engine::Compiled;
 
 /// Where a described rule comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,10 +125,7 @@ impl RouteLimits {
                 .map(|l| LimitInfo {
                     bucket: l.bucket.to_string(),
                     key: l.key.kind().to_string(),
-                    limit: match &l.quota {
-                        CompiledQuota::Fixed(limit) => Some(*limit),
-                        CompiledQuota::PerKey(_) => None,
-                    },
+                    limit: l.quota.fixed(),
                 })
                 .collect(),
         }

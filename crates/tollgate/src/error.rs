@@ -160,15 +160,11 @@ impl axum::response::IntoResponse for CheckError {
             CheckError::Store(_) => crate::respond::unavailable(),
             CheckError::UnknownBucket(_) => {
                 tracing::error!(target: "tollgate", error = %self, "rate-limit check failed");
-                let mut response = http::Response::new(bytes::Bytes::from_static(
+                crate::respond::fixed_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "application/json",
                     br#"{"error":"internal server error"}"#,
-                ));
-                *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                response
+                )
             }
         };
         response.map(axum::body::Body::from)

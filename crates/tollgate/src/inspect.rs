@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
 
-use crate::engine::{Compiled, CompiledQuota};
+use crate::engine::Compiled;
 use crate::key::{store_key, Key, Source};
 use crate::limiter::Limiter;
 use crate::rate::{Rate, RateError};
@@ -224,13 +224,7 @@ impl Limiter {
             policies
                 .flat_map(|p| &p.limits)
                 .find(|l| &*l.bucket == bucket)
-                .map(|l| {
-                    let limit = match &l.quota {
-                        CompiledQuota::Fixed(limit) => Some(*limit),
-                        CompiledQuota::PerKey(_) => None,
-                    };
-                    Found::Policy(l.key.clone(), limit)
-                })
+                .map(|l| Found::Policy(l.key.clone(), l.quota.fixed()))
         });
         found.ok_or_else(|| InspectError::UnknownBucket(bucket.to_string()))
     }

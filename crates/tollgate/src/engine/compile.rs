@@ -108,6 +108,16 @@ pub(crate) enum CompiledQuota {
     PerKey(QuotaFn),
 }
 
+impl CompiledQuota {
+    /// The limit, when it is the same for every key.
+    pub(crate) fn fixed(&self) -> Option<Limit> {
+        match self {
+            CompiledQuota::Fixed(limit) => Some(*limit),
+            CompiledQuota::PerKey(_) => None,
+        }
+    }
+}
+
 /// `name` for the life of the process, shared by every policy that uses it: a
 /// configuration name (policy, bucket, override label), interned when a policy is compiled,
 /// so a request's decision carries it without touching a reference count shared by every

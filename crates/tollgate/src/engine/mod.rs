@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
@@ -32,8 +31,7 @@ use crate::observe::StoreMetrics;
 use crate::respond::{ErrorBody, HeaderStyle, RateLimitInfo};
 
 pub(crate) use compile::{
-    compile_table, name_is_valid, policy_item, CodeRules, Compiled, CompiledQuota, Defaults, Rules,
-    Table,
+    compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
 pub(crate) use settle::{After, Settle, Settled};
@@ -385,8 +383,13 @@ impl Engine {
         // layer reads it (a `nest` prefix, a typo): the central layer charged it. From now
         // on it marks what it charges, so this layer can give that back.
         if let Some(pattern) = pattern {
-            let seen_by_central = pattern.classify(&parts.method, request_path(parts));
-            if seen_by_central.is_none() && !routes.marks {
+            // Once requests are marked, the central layer's charge comes back through the
+            // mark: nothing to look at here.
+            if !routes.marks
+                && pattern
+                    .classify(&parts.method, request_path(parts))
+                    .is_none()
+            {
                 tracing::warn!(
                     target: "tollgate",
                     policy = %policy.name,
@@ -511,13 +514,11 @@ impl Engine {
         }
         self.stats.no_peer.fetch_add(1, Ordering::Relaxed);
         self.warn_no_peer();
-        let mut response = http::Response::new(Bytes::from_static(NO_PEER_BODY.as_bytes()));
-        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        Some(Outcome::Respond(response))
+        Some(Outcome::Respond(crate::respond::fixed_response(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            NO_PEER_BODY.as_bytes(),
+        )))
     }
 
     /// Notes whether the identity function found a user for a request with a per-user

@@ -262,16 +262,28 @@ pub(crate) fn refusal(info: &RateLimitInfo, body: &ErrorBody) -> Response<Bytes>
 /// 503 for a store that failed while the policy fails closed (and for
 /// [`CheckError::Store`](crate::CheckError::Store) as an axum response).
 pub(crate) fn unavailable() -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from_static(
+    let mut response = fixed_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "application/json",
         br#"{"error":"rate limiter unavailable"}"#,
-    ));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    );
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// A response of `status` whose body (of `content_type`) never changes.
+pub(crate) fn fixed_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &'static [u8],
+) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

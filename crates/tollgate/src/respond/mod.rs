@@ -77,7 +77,7 @@ mod headers;
 mod info;
 pub(crate) mod sf;
 
-pub(crate) use body::{refusal, unavailable};
+pub(crate) use body::{fixed_response, refusal, unavailable};
 pub use body::{too_many_requests, ErrorBody};
 pub use decision::{RateLimitDecision, TooManyRequests};
 pub use headers::{
