@@ -15,7 +15,7 @@ use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{log_refusal, Compiled};
 use super::plan::{Group, Plan, INLINE};
-use super::settle::{After, Headers};
+use super::settle::{After, Headers, Visible};
 use super::{Engine, Provisional};
 use crate::observe;
 use crate::respond::{self, BucketInfo, RateLimitDecision, RateLimitInfo};
@@ -206,13 +206,14 @@ impl Engine {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             // The body from the info; the headers as an admitted response makes them (their
             // constant parts ready).
+            let visible = Visible::of(plan, active, &states);
             return Step::Done(Outcome::Refuse(Refused {
                 engine: self.clone(),
-                info: self.info(plan, active, &states, now, method, path),
-                headers: self.headers(plan, active, &states, now),
+                info: self.info(plan, &visible, now, method, path),
+                headers: self.headers(plan, &visible, now),
                 decision: self
                     .decision_in_response
-                    .then(|| self.decision(plan, active, &states, now))
+                    .then(|| self.decision(plan, &visible, now))
                     .flatten(),
             }));
         }
@@ -269,39 +270,33 @@ impl Engine {
     pub(crate) fn info<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        active: &[usize],
-        states: &[BucketState],
+        visible: &Visible,
         now: Timestamp,
         method: &Method,
         path: &str,
     ) -> RateLimitInfo {
-        let mut shown_states: States = SmallVec::new();
-        let mut buckets = Vec::with_capacity(active.len());
-        for (&i, state) in active.iter().zip(states) {
-            if plan.shadow(i) {
-                continue;
-            }
-            shown_states.push(state.clone());
-            buckets.push(BucketInfo {
+        let buckets = visible
+            .index
+            .iter()
+            .zip(&visible.states)
+            .map(|(&i, state)| BucketInfo {
                 name: plan.label_arc(i).clone(),
                 quota: plan.buckets[i].limit.quota(),
                 state: state.clone(),
-            });
-        }
-        let allowed = shown_states.iter().all(|s| s.allowed);
-        let most = tollgate_core::most_restrictive(allowed, &shown_states);
-        let policy = most.map_or_else(
+            })
+            .collect();
+        let policy = visible.most.map_or_else(
             || Arc::<str>::from(""),
-            |j| plan.policy(active_shown(plan, active, j)).name.clone(),
+            |j| plan.policy(visible.index[j]).name.clone(),
         );
         RateLimitInfo {
             policy,
             buckets,
-            most_restrictive: most.unwrap_or(0),
+            most_restrictive: visible.most.unwrap_or(0),
             now,
             method: method.clone(),
             path: path.to_string(),
-            allowed,
+            allowed: visible.allowed,
         }
     }
 
@@ -331,14 +326,4 @@ impl Engine {
             Outcome::Proceed(None)
         }
     }
-}
-
-/// The plan index of the `j`-th active bucket that is not a dry run.
-fn active_shown<G: AsRef<Compiled>>(plan: &Plan<G>, active: &[usize], j: usize) -> usize {
-    active
-        .iter()
-        .copied()
-        .filter(|&i| !plan.shadow(i))
-        .nth(j)
-        .unwrap_or_default()
 }

@@ -85,7 +85,8 @@ impl After {
         now: Timestamp,
         provisional: Option<Arc<Provisional>>,
     ) -> Self {
-        let decision = engine.decision(plan, active, &states, now);
+        let visible = Visible::of(plan, active, &states);
+        let decision = engine.decision(plan, &visible, now);
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
             let pending = Pending {
                 engine: engine.clone(),
@@ -104,7 +105,7 @@ impl After {
             };
         }
         Self {
-            headers: engine.headers(plan, active, &states, now),
+            headers: engine.headers(plan, &visible, now),
             decision,
             in_request: engine.decision_in_request,
             in_response: engine.decision_in_response,
@@ -175,11 +176,12 @@ impl Pending {
     /// The headers and the decision, as the buckets are now.
     fn settled(&self) -> Settled {
         let (engine, plan, charged) = (&self.engine, &self.plan, &self.charged);
+        let visible = Visible::of(plan, charged, &self.states);
         let decision = engine
             .decision_in_response
-            .then(|| engine.decision(plan, charged, &self.states, self.now));
+            .then(|| engine.decision(plan, &visible, self.now));
         Settled {
-            headers: engine.headers(plan, charged, &self.states, self.now),
+            headers: engine.headers(plan, &visible, self.now),
             decision: decision.flatten(),
         }
     }
@@ -196,6 +198,45 @@ pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: Headers) {
     }
 }
 
+/// The buckets a response shows: the charged ones that are not a dry run (a client that
+/// slows down on `Remaining: 0` must not be slowed by a dry run), their states, whether
+/// they all admit, and the most restrictive of them. Worked out once per response, for its
+/// headers, its decision and its info.
+pub(crate) struct Visible {
+    /// Their indices in the plan.
+    pub(crate) index: SmallVec<[usize; INLINE]>,
+    pub(crate) states: SmallVec<[BucketState; INLINE]>,
+    pub(crate) allowed: bool,
+    /// The position in `index` of the most restrictive (`None`: nothing shows).
+    pub(crate) most: Option<usize>,
+}
+
+impl Visible {
+    /// The buckets shown of the `active` buckets of `plan`, answered by `states`.
+    pub(crate) fn of<G: AsRef<Compiled>>(
+        plan: &Plan<G>,
+        active: &[usize],
+        states: &[BucketState],
+    ) -> Self {
+        let mut index = SmallVec::new();
+        let mut shown = SmallVec::new();
+        for (&i, state) in active.iter().zip(states) {
+            if !plan.shadow(i) {
+                index.push(i);
+                shown.push(state.clone());
+            }
+        }
+        let allowed = shown.iter().all(|s: &BucketState| s.allowed);
+        let most = most_restrictive(allowed, &shown);
+        Self {
+            index,
+            states: shown,
+            allowed,
+            most,
+        }
+    }
+}
+
 impl Engine {
     /// The decision the extensions carry for the `active` buckets of `plan` answered by
     /// `states`: the most restrictive bucket that is not a dry run. `None` if no
@@ -203,30 +244,20 @@ impl Engine {
     pub(crate) fn decision<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        active: &[usize],
-        states: &[BucketState],
+        shown: &Visible,
         now: Timestamp,
     ) -> Option<RateLimitDecision> {
         if !self.decision_in_request && !self.decision_in_response {
             return None;
         }
-        let mut shown: SmallVec<[usize; INLINE]> = SmallVec::new();
-        let mut shown_states: SmallVec<[BucketState; INLINE]> = SmallVec::new();
-        for (&i, state) in active.iter().zip(states) {
-            if !plan.shadow(i) {
-                shown.push(i);
-                shown_states.push(state.clone());
-            }
-        }
-        let allowed = shown_states.iter().all(|s| s.allowed);
-        let j = most_restrictive(allowed, &shown_states)?;
-        let i = shown[j];
+        let j = shown.most?;
+        let i = shown.index[j];
         Some(RateLimitDecision::new(
             Cow::Borrowed(plan.policy(i).static_name),
             Cow::Borrowed(plan.static_label(i)),
-            &shown_states[j],
+            &shown.states[j],
             now,
-            allowed,
+            shown.allowed,
         ))
     }
 
@@ -236,19 +267,11 @@ impl Engine {
     pub(crate) fn headers<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        active: &[usize],
-        states: &[BucketState],
+        visible: &Visible,
         now: Timestamp,
     ) -> Headers {
         let mut headers = Headers::new();
-        let mut shown_states: SmallVec<[BucketState; INLINE]> = SmallVec::new();
-        let mut shown: SmallVec<[usize; INLINE]> = SmallVec::new();
-        for (&i, state) in active.iter().zip(states) {
-            if !plan.shadow(i) {
-                shown.push(i);
-                shown_states.push(state.clone());
-            }
-        }
+        let (shown, shown_states) = (&visible.index, &visible.states);
         if shown.is_empty() {
             return headers;
         }
@@ -263,7 +286,7 @@ impl Engine {
         let mut cacheable = true;
         let items: SmallVec<[Shown<'_>; INLINE]> = shown
             .iter()
-            .zip(&shown_states)
+            .zip(shown_states)
             .map(|(&i, state)| {
                 let meta = &plan.meta[i];
                 match meta.bit {
@@ -290,11 +313,10 @@ impl Engine {
                 }
             })
             .collect();
-        let allowed = shown_states.iter().all(|s| s.allowed);
         let mut view = ShownResponse {
             now,
-            allowed,
-            most_restrictive: most_restrictive(allowed, &shown_states).unwrap_or(0),
+            allowed: visible.allowed,
+            most_restrictive: visible.most.unwrap_or(0),
             buckets: &items,
             policy: None,
         };
