@@ -677,8 +677,8 @@ impl<P: Primary> Shared<P> {
             return;
         }
         let now = self.memory.now().as_micros();
+        self.ledger.note_all(&batch.buckets, &decision.buckets, now);
         for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
-            self.ledger.note(bucket, state, now);
             let scaled = self.scaled(bucket);
             self.memory.mirror(
                 &scaled,

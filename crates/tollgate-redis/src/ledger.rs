@@ -64,10 +64,13 @@ pub(crate) struct Owed {
     pub(crate) reset: bool,
 }
 
+/// The ledger's keys and what it remembers of each.
+type Table = HashMap<StoreKey, Entry, foldhash::fast::RandomState>;
+
 /// The records, at most `capacity` of them.
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    table: Mutex<HashMap<StoreKey, Entry, foldhash::fast::RandomState>>,
+    table: Mutex<Table>,
     capacity: usize,
     /// Debts lost because their record was evicted (the table full of owed keys).
     lost: AtomicU64,
@@ -83,7 +86,7 @@ impl Ledger {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<StoreKey, Entry, foldhash::fast::RandomState>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -97,15 +100,23 @@ impl Ledger {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Notes what the primary reported for `bucket` at `now`.
-    pub(crate) fn note(&self, bucket: &Bucket, state: &BucketState, now: u64) {
+    /// Notes what the primary reported for each of `buckets` (answered by `states`) at
+    /// `now`, under one lock.
+    pub(crate) fn note_all(&self, buckets: &[Bucket], states: &[BucketState], now: u64) {
         if self.capacity == 0 {
             return;
         }
+        let mut table = self.lock();
+        for (bucket, state) in buckets.iter().zip(states) {
+            self.note(&mut table, bucket, state, now);
+        }
+    }
+
+    /// Notes what the primary reported for `bucket` at `now`.
+    fn note(&self, table: &mut Table, bucket: &Bucket, state: &BucketState, now: u64) {
         let used = bucket.limit.capacity().saturating_sub(state.remaining);
         let reset_us = u64::try_from(state.reset_after.as_micros()).unwrap_or(u64::MAX);
         let until = now.saturating_add(reset_us);
-        let mut table = self.lock();
         if let Some(entry) = table.get_mut(bucket.key.as_str()) {
             entry.limit = bucket.limit;
             entry.when_full = bucket.when_full;
@@ -118,7 +129,7 @@ impl Ledger {
             return;
         }
         self.insert(
-            &mut table,
+            table,
             bucket,
             Entry {
                 limit: bucket.limit,
@@ -231,13 +242,7 @@ impl Ledger {
 
     /// Inserts a record for a key not held, making room first: records with nothing to
     /// remember go, then the lowest eighth by [`Entry::rank`]. Returns whether it is held.
-    fn insert(
-        &self,
-        table: &mut HashMap<StoreKey, Entry, foldhash::fast::RandomState>,
-        bucket: &Bucket,
-        entry: Entry,
-        now: u64,
-    ) -> bool {
+    fn insert(&self, table: &mut Table, bucket: &Bucket, entry: Entry, now: u64) -> bool {
         if self.capacity == 0 {
             return false;
         }
@@ -294,12 +299,12 @@ mod tests {
         let limit = Limit::sliding_exact(Quota::per_minute(5));
         let ledger = Ledger::new(64);
         let locked = Bucket::new("login", "alice", limit);
-        ledger.note(&locked, &report(0, 60), 0);
+        ledger.note_all(std::slice::from_ref(&locked), &[report(0, 60)], 0);
         ledger.owe(Op::Charge, &Bucket::new("login", "bob", limit), true, 1);
         // A flood of keys a little used: the limited key and the debt stay.
         for i in 0..10_000u64 {
             let b = Bucket::new("login", &format!("x{i}"), limit);
-            ledger.note(&b, &report(4, 60), 2 + i);
+            ledger.note_all(std::slice::from_ref(&b), &[report(4, 60)], 2 + i);
             assert!(ledger.len() <= 64);
         }
         let owed = ledger.take(true, 100);
