@@ -14,7 +14,10 @@
 //!   key's state stays live between two visits (with a quota of, say, 1000/s a GCRA state
 //!   is back to fresh 1 ms after a charge, and tollgate drops fresh entries: that would
 //!   measure re-inserting keys, not deciding on live ones). Both read their default clock.
-//! - tollgate: the default sliding window and the GCRA token bucket, in a store whose cap
+//! - tollgate: the default sliding window (1,000,000 per hour: 10 segments of 6 minutes,
+//!   held inline in the table; over a day, in a row of its own, segments of 2.4 hours are
+//!   past what the inline form holds and the state is boxed) and the GCRA token bucket
+//!   (1,000,000 per day), in a store whose cap
 //!   (1,000,000) leaves room for every key, so nothing is evicted while measuring.
 //! - Threads: 1 and 2. With 2 threads each does half the decisions; the figure is wall
 //!   time per decision (the inverse of throughput), so perfect scaling halves it.
@@ -185,8 +188,13 @@ fn tollgate(limit: Limit) -> Tollgate {
 }
 
 fn governor_quota() -> GovernorQuota {
+    governor_quota_at(PER_DAY)
+}
+
+/// `per_day` per key sustained, a burst of [`PER_DAY`].
+fn governor_quota_at(per_day: u32) -> GovernorQuota {
     let burst = NonZeroU32::new(PER_DAY).expect("non-zero");
-    GovernorQuota::with_period(Duration::from_secs(86_400) / PER_DAY)
+    GovernorQuota::with_period(Duration::from_secs(86_400) / per_day)
         .expect("non-zero period")
         .allow_burst(burst)
 }
@@ -255,10 +263,25 @@ fn run(contender: &dyn Decide, order: &[u32], threads: usize, iters: u64) -> Dur
 
 /// The contenders, each with every key live.
 fn contenders() -> Vec<(&'static str, Box<dyn Decide>)> {
-    let q = Quota::per_day(u64::from(PER_DAY));
+    contenders_at(PER_DAY)
+}
+
+/// The contenders with a sustained rate of `per_day` per key (burst [`PER_DAY`]), each
+/// with every key live.
+fn contenders_at(per_day: u32) -> Vec<(&'static str, Box<dyn Decide>)> {
+    let q = Quota::per_day(u64::from(per_day));
     let contenders: Vec<(&str, Box<dyn Decide>)> = vec![
-        ("governor", Box::new(governor())),
-        ("tollgate_sliding", Box::new(tollgate(Limit::sliding(q)))),
+        (
+            "governor",
+            Box::new(Governor {
+                limiter: RateLimiter::keyed(governor_quota_at(per_day)),
+            }),
+        ),
+        (
+            "tollgate_sliding",
+            Box::new(tollgate(Limit::sliding(Quota::per_hour(u64::from(per_day))))),
+        ),
+        ("tollgate_sliding_day", Box::new(tollgate(Limit::sliding(q)))),
         (
             "tollgate_gcra",
             Box::new(tollgate(
@@ -303,7 +326,11 @@ fn interleaved() {
     const CHUNK: u64 = 200_000;
     let order = key_order();
     let q = Quota::per_day(u64::from(PER_DAY));
-    let sliding = Limit::sliding(q);
+    // The sliding window over an hour: segments of 6 minutes, held inline in the table.
+    // Over a day its segments (2.4 hours) are too long for that and the state is boxed:
+    // that form has a row of its own.
+    let sliding = Limit::sliding(Quota::per_hour(u64::from(PER_DAY)));
+    let sliding_day = Limit::sliding(q);
     let gcra = Limit::token_bucket(q, u64::from(PER_DAY)).expect("valid burst");
     let store = || MemoryStore::builder().max_entries(1_000_000).build();
     // (what is compared, the governor contender, tollgate's contenders)
@@ -315,6 +342,10 @@ fn interleaved() {
                 (
                     "tollgate sliding window",
                     Box::new(tollgate(sliding)) as Box<dyn Decide>,
+                ),
+                (
+                    "tollgate sliding window over a day (boxed state)",
+                    Box::new(tollgate(sliding_day)),
                 ),
                 ("tollgate token bucket", Box::new(tollgate(gcra))),
             ],
@@ -413,7 +444,28 @@ fn median(values: &mut [f64]) -> f64 {
 
 criterion_group!(benches, decide);
 
+/// `DECIDE_PROFILE=<contender> DECIDE_ITERS=<n>`: warms one contender and runs `n`
+/// decisions on one thread, nothing else, for instruction counts under callgrind
+/// (`bench/callgrind-decide.sh`). The sustained rate is 100,000 per day, so that under
+/// callgrind's slowdown a token bucket's state still stays live between two visits.
+fn profile(name: &str) {
+    let iters: u64 = std::env::var("DECIDE_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let order = key_order();
+    let contenders = contenders_at(100_000);
+    let Some((_, contender)) = contenders.iter().find(|(n, _)| *n == name) else {
+        panic!("no contender named {name}");
+    };
+    run(contender.as_ref(), &order, 1, iters);
+}
+
 fn main() {
+    if let Ok(name) = std::env::var("DECIDE_PROFILE") {
+        profile(&name);
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     // Only on a real benchmark run (not `--list`, `--profile-time` or a `cargo test` pass

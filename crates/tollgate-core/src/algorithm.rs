@@ -190,20 +190,108 @@ impl Ring {
     /// any older one's), so the walk stops at the first that has left.
     #[inline]
     fn used_and_expiry(&self, window: u64, now: u64) -> (u64, u64) {
+        // Which form the segments take is decided once, not once per segment.
+        match &self.segments {
+            Segments::Narrow {
+                len,
+                counts,
+                offsets,
+            } if self.head >= u64::from(*len) => {
+                self.narrow_used_and_expiry(usize::from(*len), counts, offsets, window, now)
+            }
+            Segments::Narrow {
+                counts, offsets, ..
+            } => self.sum_newest_first(window, now, |i, start| {
+                (u64::from(counts[i]), start + u64::from(offsets[i]))
+            }),
+            Segments::Wide(s) => self.sum_newest_first(window, now, |i, _| s[i]),
+        }
+    }
+
+    /// [`Ring::used_and_expiry`] of an inline ring whose every slot holds a kept segment:
+    /// the sum of all counts (no branch per segment), less the oldest segments that have
+    /// left (segments leave oldest first, so those are a run from the oldest, and usually
+    /// none), and the newest counted segment's time (usually the newest segment's).
+    #[inline]
+    fn narrow_used_and_expiry(
+        &self,
+        len: usize,
+        counts: &[u32; NARROW],
+        offsets: &[u32; NARROW],
+        window: u64,
+        now: u64,
+    ) -> (u64, u64) {
+        // Slots past `len` stay zero.
+        let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        if total == 0 {
+            return (0, 0);
+        }
+        let unit = self.unit;
+        let leaves_at =
+            |slot: usize, start: u64| (start + u64::from(offsets[slot])).saturating_add(window);
+        // The newest counted segment: there is one, as the total is not zero.
+        let head_slot = (self.head % len as u64) as usize;
+        let mut slot = head_slot;
+        let mut start = self.head.saturating_mul(unit);
+        while counts[slot] == 0 {
+            slot = if slot == 0 { len - 1 } else { slot - 1 };
+            start = start.saturating_sub(unit);
+        }
+        let expires_at = leaves_at(slot, start);
+        if expires_at <= now {
+            return (0, expires_at);
+        }
+        // From the oldest forward, take out what has left. Only a segment that started a
+        // window or more ago can have (its last admission is not before its start): the
+        // oldest one or two. The newest counted segment has not, so the walk stops there
+        // at the latest.
+        let oldest = self.head - (len as u64 - 1);
+        // The oldest segment's slot follows the newest's (`oldest ≡ head + 1 mod len`).
+        let mut slot = if head_slot + 1 == len { 0 } else { head_slot + 1 };
+        let mut start = oldest.saturating_mul(unit);
+        let mut used = total;
+        while start.saturating_add(window) <= now {
+            let count = counts[slot];
+            if count != 0 {
+                if leaves_at(slot, start) > now {
+                    break;
+                }
+                used -= u64::from(count);
+            }
+            slot = if slot + 1 == len { 0 } else { slot + 1 };
+            start = start.saturating_add(unit);
+        }
+        (used, expires_at)
+    }
+
+    /// [`Ring::used_and_expiry`]'s walk over segments read by `get(slot, segment start)`.
+    #[inline(always)]
+    fn sum_newest_first(
+        &self,
+        window: u64,
+        now: u64,
+        get: impl Fn(usize, u64) -> (u64, u64),
+    ) -> (u64, u64) {
+        let len = self.segments.len();
+        let kept = self.head.min(len as u64 - 1) as usize + 1;
+        let mut slot = (self.head % len as u64) as usize;
+        let mut start = self.head.saturating_mul(self.unit);
         let mut used = 0u64;
         let mut expires_at = 0u64;
-        for (count, last) in self.all().rev() {
-            if count == 0 {
-                continue;
+        for _ in 0..kept {
+            let (count, last) = get(slot, start);
+            if count != 0 {
+                let leaves_at = last.saturating_add(window);
+                if expires_at == 0 {
+                    expires_at = leaves_at;
+                }
+                if leaves_at <= now {
+                    break;
+                }
+                used = used.saturating_add(count);
             }
-            let leaves_at = last.saturating_add(window);
-            if expires_at == 0 {
-                expires_at = leaves_at;
-            }
-            if leaves_at <= now {
-                break;
-            }
-            used = used.saturating_add(count);
+            slot = if slot == 0 { len - 1 } else { slot - 1 };
+            start = start.saturating_sub(self.unit);
         }
         (used, expires_at)
     }
@@ -543,6 +631,19 @@ impl State {
     /// not refuse). Call after the state was changed.
     #[inline]
     pub(crate) fn report(&self, limit: &Limit, fit: Fit, cost: u64, now: u64) -> BucketState {
+        self.report_and_expiry(limit, fit, cost, now).0
+    }
+
+    /// [`State::report`], and when the state is back to fresh (as [`State::expires_at`];
+    /// the report's `reset_after` is this minus `now`, at least zero).
+    #[inline]
+    pub(crate) fn report_and_expiry(
+        &self,
+        limit: &Limit,
+        fit: Fit,
+        cost: u64,
+        now: u64,
+    ) -> (BucketState, u64) {
         let capacity = limit.capacity();
         let (used, expires_at) = match self {
             State::Segments(ring) => ring.used_and_expiry(limit.quota().period_micros(), now),
@@ -567,14 +668,15 @@ impl State {
                 Some(Refusal::StoreFull),
             ),
         };
-        BucketState {
+        let state = BucketState {
             allowed,
             limit: limit.quota().count(),
             remaining,
             reset_after: Duration::from_micros(expires_at.saturating_sub(now)),
             retry_after,
             refusal,
-        }
+        };
+        (state, expires_at)
     }
 }
 

@@ -63,16 +63,33 @@ pub enum Algorithm {
 pub struct Limit {
     quota: Quota,
     algorithm: Algorithm,
+    /// The algorithm's time unit in microseconds, worked out once (a division the store
+    /// would otherwise make on every call): a token bucket's emission interval, a sliding
+    /// window's segment length, the window for the others. A function of the two fields
+    /// above, so equality and hashing are unchanged by it.
+    unit: u64,
 }
 
 impl Limit {
+    /// `quota` counted by `algorithm` (already checked), with its time unit worked out.
+    const fn new(quota: Quota, algorithm: Algorithm) -> Self {
+        let period = quota.period_micros();
+        let unit = match algorithm {
+            Algorithm::SlidingWindow { segments } => period.div_ceil(segments as u64),
+            Algorithm::TokenBucket { .. } => period.div_ceil(quota.count()),
+            Algorithm::SlidingLog | Algorithm::FixedWindow => period,
+        };
+        Self {
+            quota,
+            algorithm,
+            unit,
+        }
+    }
+
     /// A rolling window in [`DEFAULT_SEGMENTS`] segments (see [`Algorithm::SlidingWindow`]).
     pub fn sliding(quota: Quota) -> Self {
         let segments = u64::from(DEFAULT_SEGMENTS).min(quota.period().as_millis() as u64) as u16;
-        Self {
-            quota,
-            algorithm: Algorithm::SlidingWindow { segments },
-        }
+        Self::new(quota, Algorithm::SlidingWindow { segments })
     }
 
     /// A rolling window in `segments` segments.
@@ -89,20 +106,17 @@ impl Limit {
                 segments,
             });
         }
-        Ok(Self {
+        Ok(Self::new(
             quota,
-            algorithm: Algorithm::SlidingWindow {
+            Algorithm::SlidingWindow {
                 segments: segments as u16,
             },
-        })
+        ))
     }
 
     /// An exact rolling window (see [`Algorithm::SlidingLog`]).
     pub fn sliding_exact(quota: Quota) -> Self {
-        Self {
-            quota,
-            algorithm: Algorithm::SlidingLog,
-        }
+        Self::new(quota, Algorithm::SlidingLog)
     }
 
     /// A token bucket of capacity `burst` refilled at `sustained` (see
@@ -117,10 +131,7 @@ impl Limit {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
         }
-        let limit = Self {
-            quota: sustained,
-            algorithm: Algorithm::TokenBucket { burst },
-        };
+        let limit = Self::new(sustained, Algorithm::TokenBucket { burst });
         let refill = u128::from(burst) * u128::from(limit.emission_interval());
         if refill > MAX_PERIOD.as_micros() {
             return Err(QuotaError::BurstTooLarge { burst, sustained });
@@ -130,10 +141,7 @@ impl Limit {
 
     /// A fixed window aligned to the clock (see [`Algorithm::FixedWindow`]).
     pub fn fixed(quota: Quota) -> Self {
-        Self {
-            quota,
-            algorithm: Algorithm::FixedWindow,
-        }
+        Self::new(quota, Algorithm::FixedWindow)
     }
 
     /// The quota.
@@ -157,17 +165,20 @@ impl Limit {
 
     /// The token bucket's time per token in microseconds, W/N rounded up (so the sustained
     /// rate is never above the quota). For other algorithms, the same number.
+    #[inline]
     pub const fn emission_interval(&self) -> u64 {
-        self.quota.period_micros().div_ceil(self.quota.count())
+        match self.algorithm {
+            Algorithm::TokenBucket { .. } => self.unit,
+            _ => self.quota.period_micros().div_ceil(self.quota.count()),
+        }
     }
 
     /// The sliding window's segment length in microseconds (W/k rounded up); the window
     /// itself for other algorithms.
+    #[inline]
     pub const fn segment_micros(&self) -> u64 {
         match self.algorithm {
-            Algorithm::SlidingWindow { segments } => {
-                self.quota.period_micros().div_ceil(segments as u64)
-            }
+            Algorithm::SlidingWindow { .. } => self.unit,
             _ => self.quota.period_micros(),
         }
     }
@@ -181,10 +192,7 @@ impl Limit {
             },
             other => other,
         };
-        Self {
-            quota: self.quota.divided_by(divisor),
-            algorithm,
-        }
+        Self::new(self.quota.divided_by(divisor), algorithm)
     }
 }
 

@@ -549,8 +549,8 @@ impl MemoryStore {
         let limit = &bucket.limit;
         let fresh_in = u64::try_from(fresh_in.as_micros()).unwrap_or(u64::MAX);
         let state = State::assumed(limit, used, fresh_in, now);
-        let report = state.report(limit, Fit::Now, 1, now);
-        let a = after(&report, now);
+        let (report, expires_at) = state.report_and_expiry(limit, Fit::Now, 1, now);
+        let a = after(&report, expires_at, now);
         let mut shard = lock(&inner.shards[p.shard]);
         if a.expires_at <= now {
             shard.remove(hash);
@@ -883,13 +883,12 @@ impl Shard {
 
 /// What a call answered, as an entry remembers it: when the state is fresh again, and
 /// when it was seen (with whether it is at its limit).
-fn after(report: &BucketState, now: u64) -> After {
-    // `reset_after` is the time until the state is fresh (zero if it already is).
-    let reset = u64::try_from(report.reset_after.as_micros()).unwrap_or(u64::MAX);
+/// `expires_at` is when the state is fresh again (as [`State::report_and_expiry`] says).
+fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
     let limited = !report.allowed || report.remaining == 0;
     After {
         seen: (now & !LIMITED) | if limited { LIMITED } else { 0 },
-        expires_at: now.saturating_add(reset),
+        expires_at: expires_at.max(now),
     }
 }
 
@@ -971,8 +970,8 @@ impl Inner {
                     Op::Peek | Op::Reset => {}
                 }
             }
-            let report = state.report(limit, fit, cost, now);
-            let a = after(&report, now);
+            let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+            let a = after(&report, expires_at, now);
             (report, Some(a))
         });
         if let Some(report) = found {
@@ -995,8 +994,8 @@ impl Inner {
             }
         };
         state.add(limit, cost, now);
-        let report = state.report(limit, fit, cost, now);
-        let a = after(&report, now);
+        let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+        let a = after(&report, expires_at, now);
         if a.expires_at > now {
             shard.insert(p.hash, part, a.seen, state, a.expires_at);
         }
