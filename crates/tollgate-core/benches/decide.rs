@@ -279,9 +279,14 @@ fn contenders_at(per_day: u32) -> Vec<(&'static str, Box<dyn Decide>)> {
         ),
         (
             "tollgate_sliding",
-            Box::new(tollgate(Limit::sliding(Quota::per_hour(u64::from(per_day))))),
+            Box::new(tollgate(Limit::sliding(Quota::per_hour(u64::from(
+                per_day,
+            ))))),
         ),
-        ("tollgate_sliding_day", Box::new(tollgate(Limit::sliding(q)))),
+        (
+            "tollgate_sliding_day",
+            Box::new(tollgate(Limit::sliding(q))),
+        ),
         (
             "tollgate_gcra",
             Box::new(tollgate(

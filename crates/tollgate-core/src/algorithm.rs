@@ -36,9 +36,8 @@ pub(crate) enum State {
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     head: u64,
-    /// The segment length the indices count in (a limit whose window changes starts its
-    /// keys afresh, as the Redis script does).
-    unit: u64,
+    /// The segments, with the segment length their indices count in (a limit whose window
+    /// changes starts its keys afresh, as the Redis script does).
     segments: Segments,
 }
 
@@ -47,38 +46,53 @@ const NARROW: usize = 11;
 
 /// A ring's segments: counts and last admission times. Up to [`NARROW`] segments whose
 /// counts fit in a `u32` and whose segment is shorter than 2^32 µs (71 minutes) are held
-/// in the state itself, each last time as its offset from the segment's start, so the
+/// in the state itself (104 bytes with the ring's head, so that the memory store's slot
+/// takes two cache lines), each last time as its offset from the segment's start, so the
 /// memory store finds a key and its whole window in one table slot. Anything else holds
 /// `u64` pairs in one allocation. Both hold the same numbers; only [`Segments::get`] and
 /// [`Segments::set`] tell them apart.
 #[derive(Debug, Clone)]
 enum Segments {
-    /// `len` segments; the ones past `len` stay zero.
+    /// `len` segments of `unit` µs; the ones past `len` stay zero.
     Narrow {
         len: u8,
+        unit: u32,
         counts: [u32; NARROW],
         offsets: [u32; NARROW],
     },
-    /// Any number of segments, counts and times of any size: (count, last).
-    Wide(Box<[(u64, u64)]>),
+    /// Any number of segments of `unit` µs, counts and times of any size: (count, last).
+    Wide { unit: u64, slots: Box<[(u64, u64)]> },
 }
 
 impl Segments {
     fn new(len: usize, unit: u64) -> Self {
-        match u8::try_from(len) {
-            Ok(narrow) if Ring::fits_inline(len, unit) => Segments::Narrow {
+        match (u8::try_from(len), u32::try_from(unit)) {
+            (Ok(narrow), Ok(short)) if Ring::fits_inline(len, unit) => Segments::Narrow {
                 len: narrow,
+                unit: short,
                 counts: [0; NARROW],
                 offsets: [0; NARROW],
             },
-            _ => Segments::Wide(vec![(0, 0); len].into_boxed_slice()),
+            _ => Segments::Wide {
+                unit,
+                slots: vec![(0, 0); len].into_boxed_slice(),
+            },
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Segments::Narrow { len, .. } => usize::from(*len),
-            Segments::Wide(s) => s.len(),
+            Segments::Wide { slots, .. } => slots.len(),
+        }
+    }
+
+    /// The segment length in µs.
+    #[inline]
+    fn unit(&self) -> u64 {
+        match self {
+            Segments::Narrow { unit, .. } => u64::from(*unit),
+            Segments::Wide { unit, .. } => *unit,
         }
     }
 
@@ -89,7 +103,7 @@ impl Segments {
             Segments::Narrow {
                 counts, offsets, ..
             } => (u64::from(counts[i]), start + u64::from(offsets[i])),
-            Segments::Wide(s) => s[i],
+            Segments::Wide { slots, .. } => slots[i],
         }
     }
 
@@ -104,7 +118,7 @@ impl Segments {
                 counts[i] = u32::try_from(count).unwrap_or(u32::MAX);
                 offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
             }
-            Segments::Wide(s) => s[i] = (count, last),
+            Segments::Wide { slots, .. } => slots[i] = (count, last),
         }
     }
 
@@ -116,7 +130,7 @@ impl Segments {
                 counts.fill(0);
                 offsets.fill(0);
             }
-            Segments::Wide(s) => s.fill((0, 0)),
+            Segments::Wide { slots, .. } => slots.fill((0, 0)),
         }
     }
 }
@@ -124,7 +138,7 @@ impl Segments {
 impl Ring {
     /// Whether a ring of `len` segments of `unit` µs starts inline.
     pub(crate) fn fits_inline(len: usize, unit: u64) -> bool {
-        len <= NARROW && unit <= 1 << 32
+        len <= NARROW && unit <= u64::from(u32::MAX)
     }
 
     /// Whether the segments are held inline (no allocation).
@@ -136,9 +150,23 @@ impl Ring {
     fn new(head: u64, len: usize, unit: u64) -> Self {
         Self {
             head,
-            unit,
             segments: Segments::new(len, unit),
         }
+    }
+
+    /// The segment length in µs.
+    #[inline]
+    fn unit(&self) -> u64 {
+        self.segments.unit()
+    }
+
+    /// When the newest counted segment leaves a window of `len - 1` segments: no sooner
+    /// than the state is fresh again, and less than `len` µs later (the segment length is
+    /// the window over `len - 1`, rounded up). 0 if nothing is counted. For the memory
+    /// store's sweeps, which have no limit at hand.
+    pub(crate) fn expiry_bound(&self) -> u64 {
+        let window = (self.len() - 1).saturating_mul(self.unit());
+        self.used_and_expiry(window, u64::MAX).1
     }
 
     /// How many segments are kept (k+1).
@@ -150,12 +178,12 @@ impl Ring {
     #[inline]
     fn segment(&self, j: u64) -> (u64, u64) {
         self.segments
-            .get((j % self.len()) as usize, j.saturating_mul(self.unit))
+            .get((j % self.len()) as usize, j.saturating_mul(self.unit()))
     }
 
     /// Sets segment `j` (one of the last k+1).
     fn set_segment(&mut self, j: u64, count: u64, last: u64) {
-        let start = j.saturating_mul(self.unit);
+        let start = j.saturating_mul(self.unit());
         let last = last.max(start);
         if let Segments::Narrow { .. } = self.segments {
             if u32::try_from(count).is_err() {
@@ -174,7 +202,10 @@ impl Ring {
         for j in oldest..=self.head {
             wide[(j % len) as usize] = self.segment(j);
         }
-        self.segments = Segments::Wide(wide);
+        self.segments = Segments::Wide {
+            unit: self.unit(),
+            slots: wide,
+        };
     }
 
     /// The segments that still count at `now`, oldest first: (count, last).
@@ -196,6 +227,7 @@ impl Ring {
                 len,
                 counts,
                 offsets,
+                ..
             } if self.head >= u64::from(*len) => {
                 self.narrow_used_and_expiry(usize::from(*len), counts, offsets, window, now)
             }
@@ -204,7 +236,7 @@ impl Ring {
             } => self.sum_newest_first(window, now, |i, start| {
                 (u64::from(counts[i]), start + u64::from(offsets[i]))
             }),
-            Segments::Wide(s) => self.sum_newest_first(window, now, |i, _| s[i]),
+            Segments::Wide { slots, .. } => self.sum_newest_first(window, now, |i, _| slots[i]),
         }
     }
 
@@ -226,7 +258,7 @@ impl Ring {
         if total == 0 {
             return (0, 0);
         }
-        let unit = self.unit;
+        let unit = self.unit();
         let leaves_at =
             |slot: usize, start: u64| (start + u64::from(offsets[slot])).saturating_add(window);
         // The newest counted segment: there is one, as the total is not zero.
@@ -247,7 +279,11 @@ impl Ring {
         // at the latest.
         let oldest = self.head - (len as u64 - 1);
         // The oldest segment's slot follows the newest's (`oldest ≡ head + 1 mod len`).
-        let mut slot = if head_slot + 1 == len { 0 } else { head_slot + 1 };
+        let mut slot = if head_slot + 1 == len {
+            0
+        } else {
+            head_slot + 1
+        };
         let mut start = oldest.saturating_mul(unit);
         let mut used = total;
         while start.saturating_add(window) <= now {
@@ -275,7 +311,8 @@ impl Ring {
         let len = self.segments.len();
         let kept = self.head.min(len as u64 - 1) as usize + 1;
         let mut slot = (self.head % len as u64) as usize;
-        let mut start = self.head.saturating_mul(self.unit);
+        let unit = self.unit();
+        let mut start = self.head.saturating_mul(unit);
         let mut used = 0u64;
         let mut expires_at = 0u64;
         for _ in 0..kept {
@@ -291,7 +328,7 @@ impl Ring {
                 used = used.saturating_add(count);
             }
             slot = if slot == 0 { len - 1 } else { slot - 1 };
-            start = start.saturating_sub(self.unit);
+            start = start.saturating_sub(unit);
         }
         (used, expires_at)
     }
@@ -303,7 +340,8 @@ impl Ring {
         let len = self.segments.len();
         let oldest = self.head.saturating_sub(len as u64 - 1);
         let first = (oldest % len as u64) as usize;
-        let start = oldest.saturating_mul(self.unit);
+        let unit = self.unit();
+        let start = oldest.saturating_mul(unit);
         let kept = (self.head - oldest) as usize + 1;
         (0..kept).map(move |n| {
             let slot = if first + n >= len {
@@ -311,7 +349,7 @@ impl Ring {
             } else {
                 first + n
             };
-            let seg_start = start.saturating_add((n as u64).saturating_mul(self.unit));
+            let seg_start = start.saturating_add((n as u64).saturating_mul(unit));
             self.segments.get(slot, seg_start)
         })
     }
@@ -379,7 +417,7 @@ impl State {
         match &mut state {
             State::Segments(ring) => {
                 let oldest = ring.head.saturating_sub(ring.len() - 1);
-                let j = (last / ring.unit).max(oldest);
+                let j = (last / ring.unit()).max(oldest);
                 ring.set_segment(j, used, last);
             }
             State::Log { entries, total } => {
@@ -400,7 +438,7 @@ impl State {
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
         match (self, limit.algorithm()) {
             (State::Segments(ring), Algorithm::SlidingWindow { segments }) => {
-                ring.len() == u64::from(segments) + 1 && ring.unit == limit.segment_micros()
+                ring.len() == u64::from(segments) + 1 && ring.unit() == limit.segment_micros()
             }
             (State::Fixed { period, .. }, Algorithm::FixedWindow) => {
                 *period == limit.quota().period_micros()
@@ -792,8 +830,10 @@ mod tests {
         let mut narrow = State::fresh(&limit, t0);
         let mut wide = State::Segments(Ring {
             head: t0 / limit.segment_micros(),
-            unit: limit.segment_micros(),
-            segments: Segments::Wide(vec![(0, 0); 7].into_boxed_slice()),
+            segments: Segments::Wide {
+                unit: limit.segment_micros(),
+                slots: vec![(0, 0); 7].into_boxed_slice(),
+            },
         });
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut now = t0;
@@ -829,7 +869,7 @@ mod tests {
         let State::Segments(ring) = &narrow else {
             panic!("a sliding state")
         };
-        assert!(matches!(ring.segments, Segments::Wide(_)));
+        assert!(matches!(ring.segments, Segments::Wide { .. }));
     }
 
     #[test]

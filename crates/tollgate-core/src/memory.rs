@@ -36,9 +36,9 @@
 //!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them).
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
-//!   (one timestamp), 48 for a fixed window, 144 for a sliding window of up to 10 segments
-//!   whose segments are shorter than 71 minutes, and 40 plus an allocation for anything
-//!   else (an exact log: 16 bytes per distinct admission time). Tables grow by doubling,
+//!   (one timestamp), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
+//!   window of up to 10 segments whose segments are shorter than 71 minutes, and 40 plus an
+//!   allocation for anything else (an exact log: 16 bytes per distinct admission time). Tables grow by doubling,
 //!   so a table is between 44% and 88% full. `cargo bench -p tollgate-core --bench memory`
 //!   measures bytes per live key.
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
@@ -75,7 +75,7 @@ const OVERFLOW_PART: u32 = u32::MAX;
 /// A stored key: its hash (its identity, and its place in the table), the share it counts
 /// in, when it was last seen and its state in the form of its kind.
 #[derive(Debug)]
-struct Slot<K> {
+struct Slot<K: Kept> {
     hash: u64,
     part: u32,
     /// When it was last charged or checked (microseconds), with [`LIMITED`] set while it
@@ -83,10 +83,19 @@ struct Slot<K> {
     /// recently seen, before any that is.
     seen: u64,
     kept: K,
+    _align: K::Align,
 }
+
+/// Aligns a [`Slot`] to a cache line (zero-sized).
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(align(64))]
+struct Align64;
 
 /// A state in the form one table keeps it.
 trait Kept: Sized {
+    /// The alignment its [`Slot`] takes (a zero-sized marker): a slot of two cache lines
+    /// starts on one, so that finding a key reads two lines, not three.
+    type Align: Default + fmt::Debug;
     /// Keeps `state`, which expires at `expires_at`; gives it back if it is not of this
     /// table's kind.
     fn keep(state: State, expires_at: u64) -> Result<Self, State>;
@@ -102,6 +111,8 @@ trait Kept: Sized {
 struct Tat(u64);
 
 impl Kept for Tat {
+    type Align = ();
+
     fn keep(state: State, _: u64) -> Result<Self, State> {
         match state {
             State::Tat(t) => Ok(Tat(t)),
@@ -136,6 +147,8 @@ struct Fixed {
 }
 
 impl Kept for Fixed {
+    type Align = ();
+
     fn keep(state: State, _: u64) -> Result<Self, State> {
         match state {
             State::Fixed {
@@ -178,37 +191,38 @@ impl Kept for Fixed {
 }
 
 /// A sliding window whose segments are held inline ([`State::Segments`] of a narrow ring,
-/// kept as the state itself so that a call works on it in place).
+/// kept as the state itself so that a call works on it in place). When it is fresh again
+/// is read off the ring ([`Ring::expiry_bound`]) rather than kept beside it, so that the
+/// slot fits in two cache lines.
 #[derive(Debug)]
-struct Window {
-    state: State,
-    expires_at: u64,
-}
+struct Window(State);
 
 impl Kept for Window {
-    fn keep(state: State, expires_at: u64) -> Result<Self, State> {
+    type Align = Align64;
+
+    fn keep(state: State, _: u64) -> Result<Self, State> {
         match state {
-            State::Segments(ref ring) if ring.is_narrow() => Ok(Window { state, expires_at }),
+            State::Segments(ref ring) if ring.is_narrow() => Ok(Window(state)),
             other => Err(other),
         }
     }
 
     #[inline]
     fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
-        let (r, expires_at) = f(&mut self.state);
-        if let Some(at) = expires_at {
-            self.expires_at = at;
-        }
-        match &self.state {
+        let (r, _) = f(&mut self.0);
+        match &self.0 {
             State::Segments(ring) if ring.is_narrow() => (r, None),
             // Widened (or of another algorithm): the caller moves it to the boxed table
             // and drops this entry.
-            _ => (r, Some(std::mem::replace(&mut self.state, State::Tat(0)))),
+            _ => (r, Some(std::mem::replace(&mut self.0, State::Tat(0)))),
         }
     }
 
     fn expires_at(&self) -> u64 {
-        self.expires_at
+        match &self.0 {
+            State::Segments(ring) => ring.expiry_bound(),
+            _ => 0,
+        }
     }
 }
 
@@ -220,6 +234,8 @@ struct Boxed {
 }
 
 impl Kept for Boxed {
+    type Align = ();
+
     fn keep(state: State, expires_at: u64) -> Result<Self, State> {
         Ok(Boxed {
             state: Box::new(state),
@@ -693,6 +709,7 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
                 state: Box::new(state),
                 expires_at,
             },
+            _align: (),
         };
         boxed.insert_unique(hash, slot, |s| s.hash);
     }
@@ -763,7 +780,7 @@ impl Shard {
 
     /// Removes the key, wherever it is kept.
     fn remove(&mut self, hash: u64) {
-        fn take<K>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u32> {
+        fn take<K: Kept>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u32> {
             let found = table.find_entry(hash, |s| s.hash == hash).ok()?;
             Some(found.remove().0.part)
         }
@@ -796,6 +813,7 @@ impl Shard {
                     part,
                     seen,
                     kept,
+                    _align: Default::default(),
                 },
                 |s| s.hash,
             );
@@ -1110,4 +1128,4 @@ impl Store for MemoryStore {
 const _: () = assert!(std::mem::size_of::<Slot<Tat>>() == 32);
 const _: () = assert!(std::mem::size_of::<Slot<Fixed>>() == 48);
 const _: () = assert!(std::mem::size_of::<Slot<Boxed>>() == 40);
-const _: () = assert!(std::mem::size_of::<Slot<Window>>() <= 144);
+const _: () = assert!(std::mem::size_of::<Slot<Window>>() == 128);
