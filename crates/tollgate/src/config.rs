@@ -1145,10 +1145,10 @@ impl StoreConfig {
             })?;
         let mut config = FallbackConfig::default();
         if let Some(ms) = self.timeout_ms {
-            config = config.timeout(std::time::Duration::from_millis(ms));
+            config = config.with_timeout(std::time::Duration::from_millis(ms));
         }
         if let Some(n) = self.fallback_divisor {
-            config = config.fallback_divisor(n);
+            config = config.with_fallback_divisor(n);
         }
         // TOLLGATE_FALLBACK_DIVISOR / TOLLGATE_REDIS_TIMEOUT_MS, when set, win over the file.
         let config =
@@ -1234,7 +1234,7 @@ impl Limiter {
     /// rule that caused it.
     ///
     /// ```no_run
-    /// # fn main() -> Result<(), tollgate::ConfigError> {
+    /// # fn main() -> Result<(), tollgate::config::ConfigError> {
     /// let limiter = tollgate::Limiter::from_config_with("rate-limits.yaml", |builder| {
     ///     builder.identity(|parts| {
     ///         parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(String::from)
@@ -1687,12 +1687,14 @@ impl Config {
         };
         let first_route = |name: &str| self.routes_named(name).next().map(|(i, _)| i);
         match error {
-            BuildError::Route(PatternError::Invalid { pattern, reason }) => {
+            BuildError::Route(PatternError::Invalid { pattern, .. }) => {
                 let i = by_pattern(pattern, None)?;
-                let sub = match reason {
-                    InvalidReason::EmptyMethod
-                    | InvalidReason::LowercaseMethod(_)
-                    | InvalidReason::BadMethod(_) => "methods",
+                let sub = match crate::classify::RoutePattern::parse_why(pattern) {
+                    Err(
+                        InvalidReason::EmptyMethod
+                        | InvalidReason::LowercaseMethod(_)
+                        | InvalidReason::BadMethod(_),
+                    ) => "methods",
                     _ => "path",
                 };
                 route(i, field(sub))

@@ -426,7 +426,7 @@ impl Limiter {
         let limit = self.engine.table.load().direct.get(bucket).copied();
         let quota = limit.map(|l| (bucket, l.quota()));
         let info =
-            respond::RateLimitInfo::from_decision(bucket, decision, quota, method.clone(), path);
+            respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path);
         let mut response =
             respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body);
         if let Some(decision) = info.decision().filter(|_| self.engine.decision_in_response) {
@@ -522,7 +522,7 @@ impl Limiter {
     }
 
     /// Every rule of the configuration, for documentation generated from it (see
-    /// [`describe`](crate::describe)): the central table's rules in the order they were
+    /// [`RouteLimits`](crate::RouteLimits)): the central table's rules in the order they were
     /// added, then the global policies, the per-route policies made so far with
     /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name). After
     /// a [`Limiter::reload`], the new rules.
@@ -760,7 +760,7 @@ impl LimiterBuilder {
     }
 
     /// Makes the whole refused response yourself (like tower_governor's `error_handler`):
-    /// `hook` gets the decision ([`RateLimitInfo`](crate::RateLimitInfo)) and the request's
+    /// `hook` gets the decision ([`RateLimitOutcome`](crate::RateLimitOutcome)) and the request's
     /// parts, and returns the response. The rate-limit headers of the
     /// [`header_style`](LimiterBuilder::header_style) (`Retry-After` included) are added to
     /// it unless it set them itself, and the decision goes into its extensions; the
@@ -792,7 +792,7 @@ impl LimiterBuilder {
     /// ```
     pub fn refusal_response<F>(mut self, hook: F) -> Self
     where
-        F: Fn(&respond::RateLimitInfo, &Parts) -> http::Response<Bytes> + Send + Sync + 'static,
+        F: Fn(&respond::RateLimitOutcome, &Parts) -> http::Response<Bytes> + Send + Sync + 'static,
     {
         self.refusal_hook = Some(Arc::new(hook));
         self

@@ -4,8 +4,9 @@
 
 use std::io::Write;
 
+use tollgate::config::ConfigError;
 use tollgate::config::{Config, ValueProblem, MIN_MAX_ENTRIES};
-use tollgate::{BuildError, ConfigError, Limiter, LimiterBuilder};
+use tollgate::{BuildError, Limiter, LimiterBuilder};
 
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-errors-{}", std::process::id()));
