@@ -152,6 +152,7 @@ impl EnforcedBy {
 
 /// One limit an operation is subject to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppliedLimit {
     /// The policy's name (the bucket's, for a bucket for direct use).
     pub policy: String,
@@ -190,6 +191,7 @@ impl Serialize for AppliedLimit {
 
 /// Every limit of one operation: its `x-ratelimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct OperationLimits {
     /// Whether any limit applies.
     pub throttled: bool,
