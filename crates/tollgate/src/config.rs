@@ -48,12 +48,22 @@
 //! - incomplete rules (`burst` without `sustained`): [`ConfigError::Rule`];
 //! - what the builder finds wrong (two routes that tie, a trusted proxy with host bits, a
 //!   `cost: 0`, `per: user` without an identity function, a bad bucket name):
-//!   [`ConfigError::Invalid`], pointed at the rule of the file that caused it. Build with
-//!   [`Limiter::from_config`](crate::Limiter::from_config), or
-//!   [`Limiter::from_config_with`](crate::Limiter::from_config_with) to add an identity
-//!   function or rules in code; a limiter built from [`LimiterBuilder::from_config`]'s
-//!   builder by hand gets the builder's [`BuildError`] without the file's lines
-//!   ([`Config::build_error`] adds them).
+//!   [`ConfigError::Invalid`], pointed at the rule of the file that caused it, whichever
+//!   way the limiter is built: [`Limiter::from_config`](crate::Limiter::from_config),
+//!   [`Limiter::from_config_with`](crate::Limiter::from_config_with), or
+//!   [`LimiterBuilder::from_config`]'s builder with code's additions and `build()`, whose
+//!   [`BuildError::Config`] holds it (and `?` turns a [`ConfigError`] into a
+//!   [`BuildError`], so one error type goes through the whole chain):
+//!
+//! ```no_run
+//! use tollgate::{BuildError, Limiter, LimiterBuilder};
+//!
+//! fn limiter() -> Result<Limiter, BuildError> {
+//!     LimiterBuilder::from_config("rate-limits.yaml")?
+//!         .identity(|parts| parts.headers.get("x-user")?.to_str().ok().map(String::from))
+//!         .build() // e.g. "rate-limits.yaml:3:7: client_ip.trusted_proxies[0]: ..."
+//! }
+//! ```
 //!
 //! A running limiter takes an edited file's rules without a restart:
 //! [`Limiter::reload_file`](crate::Limiter::reload_file) once, or
@@ -850,8 +860,9 @@ impl Config {
     }
 
     /// Applies the file to `builder`: every field maps onto a builder call. `file` names the
-    /// source in errors. If the builder's `build` then fails, [`Config::build_error`] points
-    /// its error at the rule of the file.
+    /// source in errors. If the builder's `build` then fails, its error is pointed at the
+    /// rule of the file ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
+    /// [`Config::build_error`] makes it).
     ///
     /// # Errors
     ///
@@ -885,6 +896,7 @@ impl Config {
             });
         }
         builder.file_settings = Some(FileSettings::of(self));
+        builder.config_source = Some(Box::new((self.clone(), file.to_string())));
         self.rules_into(builder, file)
     }
 
@@ -1203,9 +1215,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl LimiterBuilder {
     /// A builder set up from a TOML or YAML file (see [`crate::config`]); add what a file
-    /// cannot hold (an identity function, custom keys) and build. Errors of the `build`
-    /// call are the builder's, without the file's lines: prefer
-    /// [`Limiter::from_config_with`], which points them at the file's rules.
+    /// cannot hold (an identity function, custom keys) and build. An error of the `build`
+    /// call is pointed at the rule of the file that caused it: [`BuildError::Config`],
+    /// whose message starts with the file, line and column, then the field. An error no
+    /// rule of the file explains (a rule added in code) names the file and the field
+    /// `limiter`.
     ///
     /// # Errors
     ///
@@ -1229,9 +1243,9 @@ impl Limiter {
 
     /// A limiter built from a TOML or YAML file, with what code adds to it (an identity
     /// function, custom keys, rules a file cannot hold) applied by `customize` before it
-    /// is built. Unlike building the [`LimiterBuilder::from_config`] builder yourself, a
-    /// mistake found at build time still names the file, line, column and field of the
-    /// rule that caused it.
+    /// is built. A mistake found at build time names the file, line, column and field of
+    /// the rule that caused it (as building [`LimiterBuilder::from_config`]'s builder
+    /// yourself does, there as a [`BuildError::Config`]).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), tollgate::config::ConfigError> {
@@ -1616,8 +1630,14 @@ impl Config {
     /// Points a [`BuildError`] of a limiter built from this configuration (after
     /// [`Config::apply`]) at the rule of the file that caused it: file, line, column and
     /// field, as [`ConfigError::Invalid`]. An error no rule of the file explains (a rule
-    /// added in code) names the field `limiter`, without a line.
+    /// added in code) names the field `limiter`, without a line. A
+    /// [`BuildError::Config`] (already pointed) comes out as the [`ConfigError`] it holds.
     pub fn build_error(&self, file: &str, error: BuildError) -> ConfigError {
+        // Already pointed (the builder was set up by `Config::apply`).
+        let error = match error {
+            BuildError::Config(pointed) => return *pointed,
+            error => error,
+        };
         let (field, line, column) = match self.blame(&error) {
             Some((path, context)) => {
                 let (line, column) = self.locate(&path);

@@ -610,6 +610,10 @@ pub struct LimiterBuilder {
     /// The settings of the configuration file this builder was set up from.
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
+    /// The configuration file this builder was set up from, and its name: a build error
+    /// is pointed at its rule ([`crate::config::Config::build_error`]).
+    #[cfg(any(feature = "yaml", feature = "toml"))]
+    pub(crate) config_source: Option<Box<(crate::config::Config, String)>>,
     decision_in_request: Option<bool>,
     decision_in_response: bool,
     refusal_hook: Option<engine::RefusalHook>,
@@ -870,6 +874,18 @@ impl LimiterBuilder {
     ///
     /// The first [`BuildError`] found.
     pub fn build(mut self) -> Result<Limiter, BuildError> {
+        #[cfg(any(feature = "yaml", feature = "toml"))]
+        if let Some(source) = self.config_source.take() {
+            let (config, file) = *source;
+            return self
+                .build_unpointed()
+                .map_err(|error| BuildError::Config(Box::new(config.build_error(&file, error))));
+        }
+        self.build_unpointed()
+    }
+
+    /// [`LimiterBuilder::build`], with errors as the builder finds them.
+    fn build_unpointed(mut self) -> Result<Limiter, BuildError> {
         let env = if self.read_env.unwrap_or(true) {
             // Empty counts as unset (`RATE_LIMIT_ENABLED=` from a compose file).
             std::env::var(ENABLED_ENV)
