@@ -83,7 +83,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tollgate_core::{FailureMode, Limit, Quota};
+use tollgate_core::{Algorithm, FailureMode, Limit, Quota, DEFAULT_SEGMENTS};
 
 use crate::client_ip::ClientIp;
 use crate::error::BuildError;
@@ -276,7 +276,7 @@ pub struct Config {
     pub shadow: bool,
     /// What to do when the store's backend is down.
     #[serde(default)]
-    pub on_store_failure: Option<FailureModeText>,
+    pub on_store_failure: Option<FailureMode>,
     /// Where bucket state lives.
     #[serde(default)]
     pub store: StoreConfig,
@@ -454,28 +454,6 @@ pub enum BodyText {
     Message,
 }
 
-/// `on_store_failure:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureModeText {
-    /// Answer from memory.
-    Fallback,
-    /// Admit without rate-limit headers.
-    Open,
-    /// Refuse with 503.
-    Closed,
-}
-
-impl From<FailureModeText> for FailureMode {
-    fn from(t: FailureModeText) -> Self {
-        match t {
-            FailureModeText::Fallback => FailureMode::Fallback,
-            FailureModeText::Open => FailureMode::Open,
-            FailureModeText::Closed => FailureMode::Closed,
-        }
-    }
-}
-
 /// One rule of `routes:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -503,7 +481,7 @@ pub struct RouteConfig {
     pub shadow: bool,
     /// What to do when the store is down, for this rule.
     #[serde(default)]
-    pub on_store_failure: Option<FailureModeText>,
+    pub on_store_failure: Option<FailureMode>,
     /// Response statuses whose charge is given back (e.g. `[304]`); 100-599.
     #[serde(default)]
     pub refund_statuses: Vec<u16>,
@@ -538,44 +516,19 @@ pub struct LimitConfig {
     pub per: Option<KeyText>,
     /// A quota counted by `algorithm` (default `sliding`).
     #[serde(default)]
-    pub limit: Option<QuotaText>,
-    /// `sliding` (default), `exact` or `fixed`.
+    pub limit: Option<Quota>,
+    /// `sliding` (default), `exact` or `fixed` ([`Algorithm`]'s names in a file).
     #[serde(default)]
-    pub algorithm: Option<AlgorithmText>,
+    pub algorithm: Option<Algorithm>,
     /// Token bucket refill rate.
     #[serde(default)]
-    pub sustained: Option<QuotaText>,
+    pub sustained: Option<Quota>,
     /// Token bucket capacity (the count; `20/s` is 20).
     #[serde(default)]
-    pub burst: Option<QuotaText>,
+    pub burst: Option<Quota>,
     /// A cap per UTC day (`10000/day`) or any fixed window.
     #[serde(default)]
-    pub daily: Option<QuotaText>,
-}
-
-/// `algorithm:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlgorithmText {
-    /// Segmented rolling window.
-    Sliding,
-    /// Exact rolling window.
-    Exact,
-    /// Fixed window aligned to UTC.
-    Fixed,
-}
-
-/// A quota as text, checked while the file is read (so errors carry the line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaText(pub Quota);
-
-impl<'de> Deserialize<'de> for QuotaText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Quota::parse(&text)
-            .map(QuotaText)
-            .map_err(serde::de::Error::custom)
-    }
+    pub daily: Option<Quota>,
 }
 
 /// A key, as text: `ip`, `user`, `api_key`, `api_key:<header>`, `header:<name>`,
@@ -656,19 +609,33 @@ impl LimitConfig {
     fn rates(&self, default: &KeyText) -> Result<(Key, Vec<Rate>), EntryError> {
         let key = self.per.as_ref().unwrap_or(default).key();
         let mut rates = Vec::new();
-        if let Some(QuotaText(q)) = self.limit {
-            let limit = match self.algorithm.unwrap_or(AlgorithmText::Sliding) {
-                AlgorithmText::Sliding => Limit::sliding(q),
-                AlgorithmText::Exact => Limit::sliding_exact(q),
-                AlgorithmText::Fixed => Limit::fixed(q),
+        if let Some(q) = self.limit {
+            let limit = match self.algorithm {
+                // A file's `sliding` has the default segments; code may set others.
+                None => Limit::sliding(q),
+                Some(Algorithm::SlidingWindow { segments }) if segments == DEFAULT_SEGMENTS => {
+                    Limit::sliding(q)
+                }
+                Some(Algorithm::SlidingWindow { segments }) => {
+                    Limit::sliding_segments(q, segments.into())
+                        .map_err(|e| (Some("algorithm"), e.to_string()))?
+                }
+                Some(Algorithm::SlidingLog) => Limit::sliding_exact(q),
+                Some(Algorithm::FixedWindow) => Limit::fixed(q),
+                Some(other) => {
+                    return Err((
+                        Some("algorithm"),
+                        format!("`{other:?}` cannot be given as `algorithm`"),
+                    ))
+                }
             };
             rates.push(Rate::from(limit));
         } else if self.algorithm.is_some() {
             return Err((Some("algorithm"), "`algorithm` goes with `limit`".into()));
         }
         match (self.sustained, self.burst) {
-            (Some(QuotaText(s)), burst) => {
-                let capacity = burst.map_or(s.count(), |QuotaText(b)| b.count());
+            (Some(s), burst) => {
+                let capacity = burst.map_or(s.count(), |b| b.count());
                 rates.push(Rate::token_bucket(s, capacity));
             }
             (None, Some(_)) => {
@@ -676,7 +643,7 @@ impl LimitConfig {
             }
             (None, None) => {}
         }
-        if let Some(QuotaText(d)) = self.daily {
+        if let Some(d) = self.daily {
             rates.push(Rate::fixed(d));
         }
         if rates.is_empty() {
@@ -935,7 +902,7 @@ impl Config {
         };
         builder = builder.shadow(self.shadow);
         if let Some(mode) = self.on_store_failure {
-            builder = builder.on_store_failure(mode.into());
+            builder = builder.on_store_failure(mode);
         }
         let default_key = self.default_key();
         for (name, limit) in &self.buckets {
