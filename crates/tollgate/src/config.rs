@@ -1040,7 +1040,7 @@ impl RouteConfig {
             policy = policy.shadow();
         }
         if let Some(mode) = self.on_store_failure {
-            policy = policy.on_store_failure(mode.into());
+            policy = policy.on_store_failure(mode);
         }
         if !self.refund_statuses.is_empty() {
             let statuses = self.refund_statuses.clone();
