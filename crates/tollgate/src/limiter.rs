@@ -873,14 +873,21 @@ impl LimiterBuilder {
     /// # Errors
     ///
     /// The first [`BuildError`] found.
-    pub fn build(mut self) -> Result<Limiter, BuildError> {
+    pub fn build(self) -> Result<Limiter, BuildError> {
         #[cfg(any(feature = "yaml", feature = "toml"))]
-        if let Some(source) = self.config_source.take() {
-            let (config, file) = *source;
-            return self
-                .build_unpointed()
-                .map_err(|error| BuildError::Config(Box::new(config.build_error(&file, error))));
+        {
+            let mut builder = self;
+            match builder.config_source.take() {
+                Some(source) => {
+                    let (config, file) = *source;
+                    builder.build_unpointed().map_err(|error| {
+                        BuildError::Config(Box::new(config.build_error(&file, error)))
+                    })
+                }
+                None => builder.build_unpointed(),
+            }
         }
+        #[cfg(not(any(feature = "yaml", feature = "toml")))]
         self.build_unpointed()
     }
 
