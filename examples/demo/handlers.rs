@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use tollgate::client_ip::ClientIp;
+use tollgate::ClientIp;
 use tollgate::{Decision, Limiter};
 
 use crate::limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
@@ -35,7 +35,7 @@ impl FromRequestParts<AppState> for ClientKey {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
-        let peer = tollgate::client_ip::peer_addr(&parts.extensions);
+        let peer = tollgate::peer_addr(&parts.extensions);
         Ok(ClientKey(
             state
                 .client_ip

@@ -3,7 +3,7 @@
 //! or from the limiter built here.
 
 use axum::http::request::Parts;
-use tollgate::client_ip::ClientIp;
+use tollgate::ClientIp;
 use tollgate::{BuildError, Limiter, Policy, Rate, Store};
 
 /// One `AUTH` bucket per IP, shared by sign-in, forgot password, reset password and their

@@ -40,7 +40,7 @@ mod session;
 use axum::http::{header::CONTENT_TYPE, Method};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tollgate::client_ip::ClientIp;
+use tollgate::ClientIp;
 
 use docs::Api;
 use handlers::*;
@@ -78,9 +78,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     let store = match (tollgate::store_from_env()?, memory_max_entries_from_env()?) {
-        (tollgate::EnvStore::Memory(_), Some(n)) => {
-            tollgate::EnvStore::Memory(tollgate::MemoryStore::builder().max_entries(n).build())
-        }
+        (tollgate::redis::EnvStore::Memory(_), Some(n)) => tollgate::redis::EnvStore::Memory(
+            tollgate::MemoryStore::builder().max_entries(n).build(),
+        ),
         (store, _) => store,
     };
     let limiter = limits::limiter(store, client_ip.clone(), session::staff_user_of)?;

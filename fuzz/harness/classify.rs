@@ -16,7 +16,10 @@ use axum::body::Body;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use http::{Method, Request, Uri};
-use tollgate::classify::{RoutePattern, RouteTable, MAX_PATH_LEN, MAX_SEGMENTS};
+use tollgate::__private::RouteTable;
+use tollgate::RoutePattern;
+const MAX_PATH_LEN: usize = RoutePattern::MAX_PATH_LEN;
+const MAX_SEGMENTS: usize = RoutePattern::MAX_SEGMENTS;
 
 use crate::input::{ready, Input};
 

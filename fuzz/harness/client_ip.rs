@@ -12,7 +12,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate::client_ip::{ClientIp, ProxyHeader, MAX_ENTRY_LEN, MAX_HOPS};
+use tollgate::{ClientIp, ProxyHeader};
+const MAX_ENTRY_LEN: usize = ClientIp::MAX_ENTRY_LEN;
+const MAX_HOPS: usize = ClientIp::MAX_HOPS;
 
 use crate::input::Input;
 

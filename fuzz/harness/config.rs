@@ -6,7 +6,8 @@
 #![allow(dead_code)]
 
 use http::Method;
-use tollgate::{Config, ConfigError, Limiter};
+use tollgate::config::{Config, ConfigError};
+use tollgate::Limiter;
 
 /// Checks one configuration text, `yaml` or TOML.
 pub fn check_text(text: &str, yaml: bool) {

@@ -35,6 +35,9 @@ pub mod memory;
 pub mod quota;
 pub mod store;
 
+#[cfg(feature = "serde")]
+mod serde_impls;
+
 pub use clock::{Clock, FastClock, ManualClock, SystemClock, Timestamp};
 pub use decision::{most_restrictive, BucketState, Decision, Refusal};
 pub use limit::{Algorithm, Limit, DEFAULT_SEGMENTS};

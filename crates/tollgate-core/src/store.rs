@@ -320,6 +320,11 @@ pub enum Op {
 /// What a store that cannot reach its backend should do for this call. Only stores that
 /// can fail (Redis, the fallback store) read it; the memory store never fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum FailureMode {
     /// Answer from the fallback (memory) store, if the store has one (the default).
     #[default]

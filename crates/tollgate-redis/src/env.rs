@@ -45,7 +45,7 @@ pub const FALLBACK_VARIABLES: [&str; 2] =
 ///
 /// // With TOLLGATE_FALLBACK_DIVISOR=3 in the environment, the divisor is 3.
 /// let config = fallback_config_from_env(FallbackConfig::default())?;
-/// assert!(config.get_fallback_divisor() >= 1);
+/// assert!(config.fallback_divisor() >= 1);
 /// # Ok::<(), tollgate_redis::RedisConfigError>(())
 /// ```
 ///
@@ -68,10 +68,10 @@ fn fallback_config_from(
         divisor,
         "the number of app instances, a whole number of at least 1",
     )? {
-        config = config.fallback_divisor(u32::try_from(n).unwrap_or(u32::MAX));
+        config = config.with_fallback_divisor(u32::try_from(n).unwrap_or(u32::MAX));
     }
     if let Some(ms) = positive(&get, timeout, "milliseconds, a whole number of at least 1")? {
-        config = config.timeout(std::time::Duration::from_millis(ms));
+        config = config.with_timeout(std::time::Duration::from_millis(ms));
     }
     Ok(config)
 }
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn fallback_settings_come_from_the_environment_with_typed_errors() {
-        let base = FallbackConfig::default().fallback_divisor(2);
+        let base = FallbackConfig::default().with_fallback_divisor(2);
         let same = fallback_config_from(vars(&[("TOLLGATE_FALLBACK_DIVISOR", " ")]), base.clone());
         assert_eq!(same.unwrap(), base);
         let set = fallback_config_from(
@@ -290,8 +290,8 @@ mod tests {
             base.clone(),
         )
         .unwrap();
-        assert_eq!(set.get_fallback_divisor(), 3);
-        assert_eq!(set.get_timeout(), std::time::Duration::from_millis(20));
+        assert_eq!(set.fallback_divisor(), 3);
+        assert_eq!(set.timeout(), std::time::Duration::from_millis(20));
         for (variable, value) in [
             ("TOLLGATE_FALLBACK_DIVISOR", "0"),
             ("TOLLGATE_FALLBACK_DIVISOR", "three"),

@@ -9,8 +9,8 @@
 //! # async fn demo() -> Result<(), tollgate_redis::RedisConfigError> {
 //! let redis = RedisStore::open("redis://127.0.0.1:6379/")?;
 //! let config = FallbackConfig::default()
-//!     .timeout(Duration::from_millis(50))
-//!     .fallback_divisor(4); // 4 app instances: each admits a quarter while on memory
+//!     .with_timeout(Duration::from_millis(50))
+//!     .with_fallback_divisor(4); // 4 app instances: each admits a quarter while on memory
 //! let store = FallbackStore::connect(redis, config).await; // never fails: memory if Redis is down
 //! if store.mode() == Mode::Fallback {
 //!     eprintln!("Redis unreachable at startup; limiting from memory meanwhile");
@@ -20,14 +20,14 @@
 //!
 //! # Behaviour
 //!
-//! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::timeout`]; a call
+//! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
 //!   that takes longer is a failure, answered as below. No request waits on a dead or paused
 //!   Redis longer than that. The abandoned call may still reach Redis and be counted there
 //!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
 //!   be charged up to (timeout × its request rate) more than it was answered.
 //! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
 //!   once, and a background task (on the tokio runtime) checks the primary at once, then
-//!   again after [`FallbackConfig::probe_backoff`]'s first wait, doubling up to its maximum
+//!   again after [`FallbackConfig::with_probe_backoff`]'s first wait, doubling up to its maximum
 //!   (250 ms by default). A check is a write (a penalty on a key of its own,
 //!   `tollgate-probe:health`, which expires within a second), so a Redis that answers reads
 //!   but refuses writes (a read-only replica, `maxmemory` reached) stays on memory; a check
@@ -36,7 +36,7 @@
 //!   round trip on memory, and a primary that answers again after a restart or a pause is
 //!   used again within about 0.3 s. If the store leaves the primary again within a few
 //!   seconds of returning, checking resumes at the wait it had reached (doubled).
-//! - **Circuit breaker**: [`FallbackConfig::failure_threshold`] failures in a row (calls,
+//! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches still try it.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
@@ -44,7 +44,7 @@
 //!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
 //!   caller to admit without headers or to answer 503.
 //! - **Scaled limits**: while on memory each instance counts alone, so N instances admit N
-//!   times the limit. [`FallbackConfig::fallback_divisor`] divides every limit (and burst) on
+//!   times the limit. [`FallbackConfig::with_fallback_divisor`] divides every limit (and burst) on
 //!   memory by the expected number of instances.
 //! - **Startup**: [`FallbackStore::connect`] probes once and starts on memory if the primary
 //!   does not answer; [`FallbackStore::new`] probes in the background as soon as a tokio runtime
@@ -58,7 +58,7 @@
 //!
 //! - **The mirror**: every answer of the primary is kept: in the memory store (each key's
 //!   count, [`MemoryStore::mirror`]), and in a ledger of the keys used recently (the key,
-//!   its limit and the count the primary reported; at most [`FallbackConfig::mirror_keys`]
+//!   its limit and the count the primary reported; at most [`FallbackConfig::with_mirror_keys`]
 //!   keys, keys at their limit and keys owing charges kept longest). A memory write next to
 //!   a network round trip. So deciding from memory starts from what Redis last told this
 //!   instance: a key over its limit before the outage stays refused through it, and a key
@@ -88,7 +88,7 @@
 //! across a kill, a pause, an empty restart or a Redis refusing writes (the request in
 //! flight at the switch: its answer came from Redis but, sent before the switch, was not
 //! kept); `tests/outage.rs` holds each. Memory stays bounded whatever keys clients invent:
-//! the memory store by its own bounds, the ledger by [`FallbackConfig::mirror_keys`]
+//! the memory store by its own bounds, the ledger by [`FallbackConfig::with_mirror_keys`]
 //! (about 150 bytes a key).
 
 use std::borrow::Cow;
@@ -110,11 +110,11 @@ use crate::store::RedisStore;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The default longest wait between two probes of a failed primary
-/// ([`FallbackConfig::probe_backoff`]): a primary that answers again is used again within
+/// ([`FallbackConfig::with_probe_backoff`]): a primary that answers again is used again within
 /// about this long plus one call.
 pub const DEFAULT_PROBE_MAX: Duration = Duration::from_millis(250);
 
-/// The default for [`FallbackConfig::mirror_keys`]: how many keys the store remembers
+/// The default for [`FallbackConfig::with_mirror_keys`]: how many keys the store remembers
 /// what Redis told it about (and what it owes Redis).
 pub const DEFAULT_MIRROR_KEYS: usize = 50_000;
 
@@ -163,10 +163,12 @@ impl Default for FallbackConfig {
     }
 }
 
+/// Setters are `with_*` (by value, for chaining from [`FallbackConfig::default`]);
+/// getters are the plain names.
 impl FallbackConfig {
     /// The longest a call may wait for the primary (at least 1 ms). Default
     /// [`DEFAULT_TIMEOUT`] (50 ms).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
         self
     }
@@ -176,8 +178,8 @@ impl FallbackConfig {
     /// of the primary passes, and batches with [`FailureMode::Open`] or
     /// [`FailureMode::Closed`] still try the primary; at it, the switch is logged at
     /// `warn`, those batches fail at once, and checks back off
-    /// ([`FallbackConfig::probe_backoff`]).
-    pub fn failure_threshold(mut self, failures: u32) -> Self {
+    /// ([`FallbackConfig::with_probe_backoff`]).
+    pub fn with_failure_threshold(mut self, failures: u32) -> Self {
         self.failure_threshold = failures.max(1);
         self
     }
@@ -187,7 +189,7 @@ impl FallbackConfig {
     /// [`DEFAULT_PROBE_MAX`] (250 ms): a primary that answers again is used again within
     /// about 0.3 s, after a restart as after a pause. A check of a primary that is down
     /// costs one connection attempt (refused at once) or one call cut short by the timeout.
-    pub fn probe_backoff(mut self, first: Duration, max: Duration) -> Self {
+    pub fn with_probe_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.probe_min = first.max(Duration::from_millis(1));
         self.probe_max = max.max(self.probe_min);
         self
@@ -195,7 +197,7 @@ impl FallbackConfig {
 
     /// Divide every limit by `instances` while deciding from memory (at least 1, the
     /// default): with N app instances each on its own memory, N × (limit / N) ≈ the limit.
-    pub fn fallback_divisor(mut self, instances: u32) -> Self {
+    pub fn with_fallback_divisor(mut self, instances: u32) -> Self {
         self.divisor = instances.max(1);
         self
     }
@@ -204,23 +206,33 @@ impl FallbackConfig {
     /// decided from memory since (see the [module documentation](crate::fallback)). Default
     /// [`DEFAULT_MIRROR_KEYS`]; 0 turns the mirror off (memory then starts empty at each
     /// outage, and nothing is given back).
-    pub fn mirror_keys(mut self, keys: usize) -> Self {
+    pub fn with_mirror_keys(mut self, keys: usize) -> Self {
         self.mirror_keys = keys;
         self
     }
 
     /// The per-call timeout.
-    pub fn get_timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
+    /// How many failures in a row make an outage.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold
+    }
+
+    /// The first and the longest wait between checks of a failed primary.
+    pub fn probe_backoff(&self) -> (Duration, Duration) {
+        (self.probe_min, self.probe_max)
+    }
+
     /// The divisor applied to limits on memory.
-    pub fn get_fallback_divisor(&self) -> u32 {
+    pub fn fallback_divisor(&self) -> u32 {
         self.divisor
     }
 
     /// How many keys the mirror holds at most.
-    pub fn get_mirror_keys(&self) -> usize {
+    pub fn mirror_keys(&self) -> usize {
         self.mirror_keys
     }
 }
@@ -407,7 +419,7 @@ impl<P: Primary> FallbackStore<P> {
         &self.shared.config
     }
 
-    /// How many keys the mirror holds now (at most [`FallbackConfig::mirror_keys`]).
+    /// How many keys the mirror holds now (at most [`FallbackConfig::with_mirror_keys`]).
     pub fn mirrored_keys(&self) -> usize {
         self.shared.ledger.len()
     }
@@ -856,8 +868,8 @@ mod tests {
             probes: AtomicU32::new(0),
         };
         let config = FallbackConfig::default()
-            .failure_threshold(1)
-            .probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
+            .with_failure_threshold(1)
+            .with_probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
         let store = FallbackStore::with_config(primary, config);
         let batch = Batch::charge(vec![Bucket::new(
             "flap",

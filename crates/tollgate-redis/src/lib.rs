@@ -25,7 +25,7 @@
 //!     .url("redis://127.0.0.1:6379/")
 //!     .prefix("myapp:rl:")
 //!     .build()?;
-//! let store = FallbackStore::with_config(redis, FallbackConfig::default().timeout(Duration::from_millis(50)));
+//! let store = FallbackStore::with_config(redis, FallbackConfig::default().with_timeout(Duration::from_millis(50)));
 //!
 //! let per_ip = Bucket::new("default:ip", "203.0.113.7", Limit::sliding(Quota::parse("500/min")?));
 //! let per_user = Bucket::new("default:user", "u_42", Limit::sliding(Quota::parse("10000/h")?));

@@ -22,7 +22,7 @@ const MARGIN: Duration = Duration::from_millis(100);
 const RECOVERY: Duration = Duration::from_millis(500);
 
 fn config() -> FallbackConfig {
-    FallbackConfig::default().timeout(TIMEOUT)
+    FallbackConfig::default().with_timeout(TIMEOUT)
 }
 
 #[derive(Debug, Default)]
@@ -266,7 +266,7 @@ async fn fallback_limits_are_divided_by_the_instance_count() {
     server.kill();
     let store = FallbackStore::connect(
         RedisStore::open(&server.url()).unwrap(),
-        config().fallback_divisor(4),
+        config().with_fallback_divisor(4),
     )
     .await;
     assert_eq!(store.mode(), Mode::Fallback);

@@ -44,8 +44,8 @@ async fn instance(server: &RedisServer, divisor: u32) -> FallbackStore<RedisStor
         RedisStore::open(&server.url()).unwrap(),
         memory,
         FallbackConfig::default()
-            .timeout(TIMEOUT)
-            .fallback_divisor(divisor),
+            .with_timeout(TIMEOUT)
+            .with_fallback_divisor(divisor),
     )
     .await;
     assert_eq!(store.mode(), Mode::Primary);
@@ -341,7 +341,9 @@ async fn without_the_mirror_an_empty_restart_forgets_the_count() {
     let mut server = RedisServer::start();
     let store = FallbackStore::connect(
         RedisStore::open(&server.url()).unwrap(),
-        FallbackConfig::default().timeout(TIMEOUT).mirror_keys(0),
+        FallbackConfig::default()
+            .with_timeout(TIMEOUT)
+            .with_mirror_keys(0),
     )
     .await;
     let key = Bucket::new("sign-in", "forgotten", lockout());
@@ -376,7 +378,8 @@ async fn a_redis_that_refuses_info_is_still_used() {
         .await
         .unwrap()
         .is_some());
-    let store = FallbackStore::connect(redis, FallbackConfig::default().timeout(TIMEOUT)).await;
+    let store =
+        FallbackStore::connect(redis, FallbackConfig::default().with_timeout(TIMEOUT)).await;
     assert_eq!(store.mode(), Mode::Primary);
     let key = Bucket::new("sign-in", "acl", lockout());
     spend(std::slice::from_ref(&store), &key, 5).await;

@@ -30,7 +30,7 @@ async fn redis_is_shared_and_the_fallback_store_says_when_it_is_on_memory() {
 
     let fallback = FallbackStore::connect(
         RedisStore::open(&server.url()).unwrap(),
-        FallbackConfig::default().timeout(Duration::from_millis(50)),
+        FallbackConfig::default().with_timeout(Duration::from_millis(50)),
     )
     .await;
     let env = EnvStore::Redis(fallback.clone());

@@ -26,7 +26,7 @@ fn every_transition_is_a_tracing_event_with_its_reason() {
             server.kill();
             let store = FallbackStore::connect(
                 RedisStore::open(&server.url()).unwrap(),
-                FallbackConfig::default().timeout(Duration::from_millis(50)),
+                FallbackConfig::default().with_timeout(Duration::from_millis(50)),
             )
             .await;
             assert_eq!(store.mode(), Mode::Fallback);

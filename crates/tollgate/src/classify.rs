@@ -17,10 +17,11 @@
 //! rules) are errors from [`RouteTableBuilder::build`] that name the rules.
 //!
 //! ```
-//! use tollgate::classify::{RoutePattern, RouteTable};
+//! use tollgate::__private::RouteTable;
+//! use tollgate::RoutePattern;
 //! use http::Method;
 //!
-//! # fn main() -> Result<(), tollgate::classify::PatternError> {
+//! # fn main() -> Result<(), tollgate::PatternError> {
 //! let table = RouteTable::builder()
 //!     .route("/*".parse()?, "default")
 //!     .route("/api/twilio/*".parse()?, "exempt")
@@ -78,10 +79,10 @@
 //! least as strictly.
 //!
 //! ```
-//! use tollgate::classify::RouteTable;
+//! use tollgate::__private::RouteTable;
 //! use http::Method;
 //!
-//! # fn main() -> Result<(), tollgate::classify::PatternError> {
+//! # fn main() -> Result<(), tollgate::PatternError> {
 //! let table = RouteTable::builder()
 //!     .route("/*".parse()?, "default")
 //!     .route("GET /files/temp/*".parse()?, "downloads")
@@ -116,14 +117,14 @@ use http::Method;
 
 /// Paths longer than this many bytes are classified conservatively: only
 /// wildcard rules that are not lenient can match them.
-pub const MAX_PATH_LEN: usize = 8 * 1024;
+pub(crate) const MAX_PATH_LEN: usize = 8 * 1024;
 
 /// Paths with more segments than this are classified like paths over
 /// [`MAX_PATH_LEN`].
-pub const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_SEGMENTS: usize = 64;
 
 /// The most segments a pattern may have.
-pub const MAX_PATTERN_SEGMENTS: usize = 32;
+pub(crate) const MAX_PATTERN_SEGMENTS: usize = 32;
 
 /// A segment that equals no literal of any pattern (a space is never part of a
 /// valid pattern): used to build the requests that prove a rule can match.
@@ -190,16 +191,31 @@ impl FromStr for RoutePattern {
 }
 
 impl RoutePattern {
+    /// Paths longer than this many bytes are classified conservatively: only wildcard rules
+    /// that are not lenient (never an exempt rule) can match them.
+    pub const MAX_PATH_LEN: usize = MAX_PATH_LEN;
+
+    /// Paths with more segments than this are classified like paths over
+    /// [`RoutePattern::MAX_PATH_LEN`].
+    pub const MAX_SEGMENTS: usize = MAX_SEGMENTS;
+
+    /// The most segments a pattern may have.
+    pub const MAX_PATTERN_SEGMENTS: usize = MAX_PATTERN_SEGMENTS;
+
     /// Parses a pattern such as `"POST /api/templates/{id}/generate"`,
     /// `"/api/twilio/*"`, `"GET,HEAD /v1/campaigns/:id"` or `"/*"`.
     pub fn parse(s: &str) -> Result<Self, PatternError> {
+        Self::parse_why(s).map_err(|reason| PatternError::Invalid {
+            pattern: s.trim().to_owned(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// [`RoutePattern::parse`], with the typed reason of a failure.
+    pub(crate) fn parse_why(s: &str) -> Result<Self, InvalidReason> {
         let source = s.trim();
-        let invalid = |reason| PatternError::Invalid {
-            pattern: source.to_owned(),
-            reason,
-        };
         if source.is_empty() {
-            return Err(invalid(InvalidReason::Empty));
+            return Err(InvalidReason::Empty);
         }
         let (methods, path) = if source == "*" || source.starts_with('/') {
             (None, if source == "*" { "/*" } else { source })
@@ -209,10 +225,10 @@ impl RoutePattern {
                 .find('/')
                 .map(|slash| source.split_at(slash))
                 .filter(|(methods, _)| methods.ends_with(char::is_whitespace))
-                .ok_or_else(|| invalid(InvalidReason::MissingPath))?;
-            (Some(parse_methods(methods).map_err(invalid)?), path)
+                .ok_or(InvalidReason::MissingPath)?;
+            (Some(parse_methods(methods)?), path)
         };
-        let (segments, wildcard) = parse_path(path).map_err(invalid)?;
+        let (segments, wildcard) = parse_path(path)?;
         Ok(Self {
             methods,
             segments,
@@ -583,10 +599,9 @@ fn canonical_segments<'a>(raw: &[&'a str]) -> Segments<Cow<'a, str>> {
     out
 }
 
-/// Why a pattern is invalid.
+/// Why a pattern is invalid (the text of [`PatternError::Invalid`]'s `reason`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidReason {
+pub(crate) enum InvalidReason {
     /// Nothing was given.
     #[error("the pattern is empty")]
     Empty,
@@ -643,8 +658,9 @@ pub enum PatternError {
     Invalid {
         /// The pattern as given.
         pattern: String,
-        /// What is wrong with it.
-        reason: InvalidReason,
+        /// What is wrong with it (`the path must start with `/``, `method `get` must be
+        /// upper case`, ...).
+        reason: String,
     },
     /// Two rules that match the same requests equally well.
     #[error(
@@ -733,7 +749,7 @@ struct Rule<T> {
     value: T,
 }
 
-/// Rules and their values; see the [module docs](self).
+/// Rules and their values; see the module documentation of `classify`.
 #[derive(Clone, Debug)]
 pub struct RouteTable<T> {
     rules: Vec<Rule<T>>,
@@ -760,14 +776,14 @@ impl<T> RouteTable<T> {
     /// `None` if no rule matches (add a `/*` rule as the default).
     ///
     /// `path` is the raw request URI path (percent-encoded, as received);
-    /// see the [module docs](self) for how it is read.
+    /// see the module documentation of `classify` for how it is read.
     pub fn classify(&self, method: &http::Method, path: &str) -> Option<&T> {
         self.classify_indexes(method, path)[0].map(|i| &self.rules[i].value)
     }
 
     /// Every class a request must be charged so that it is limited at least as
     /// strictly as the route that serves it: the value of [`RouteTable::classify`]
-    /// first, then, when the path's two readings (see the [module docs](self)) land
+    /// first, then, when the path's two readings (see the module documentation of `classify`) land
     /// on two different rules that are not lenient, the other one. Empty if no rule
     /// matches.
     pub fn classify_all(&self, method: &http::Method, path: &str) -> Classes<'_, T> {
@@ -873,7 +889,7 @@ impl<T> RouteTableBuilder<T> {
     /// Marks the values for which `is_lenient` is true (exempt classes) as
     /// lenient: a request whose path is spelled unusually or is too long is
     /// never classified into a lenient rule unless every reading of the path
-    /// agrees (see the [module docs](self)).
+    /// agrees (see the module documentation of `classify`).
     pub fn lenient(mut self, is_lenient: fn(&T) -> bool) -> Self {
         self.lenient = Some(is_lenient);
         self
@@ -1058,7 +1074,7 @@ mod tests {
                 err,
                 PatternError::Invalid {
                     pattern: pattern.trim().to_owned(),
-                    reason
+                    reason: reason.to_string()
                 },
                 "{pattern}"
             );

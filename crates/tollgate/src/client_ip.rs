@@ -1,72 +1,13 @@
-//! The client's IP address, and the rate-limit key made from it.
-//!
-//! By default the client is the TCP peer ([`ClientIp::peer`]). Behind a reverse
-//! proxy or load balancer every request comes from the proxy, so the client is
-//! read from the header the proxy writes, **but only when the peer is one of
-//! the configured trusted proxies** ([`ClientIp::trust_proxies`]); a client
-//! that connects directly can send any header it likes and is still itself.
-//!
-//! The header is read from the right (the hop nearest to us) to the left,
-//! skipping trusted proxies, and the first address that is not a trusted proxy
-//! is the client. A value that cannot be read (garbage, `unknown`, an
-//! obfuscated `Forwarded` node) stops the walk: the client is then the last
-//! trusted hop (at worst the proxy itself), never an address the client chose.
-//! Work is bounded: at most [`MAX_HOPS`] entries of at most [`MAX_ENTRY_LEN`]
-//! bytes are looked at, however long the header or however many lines it has.
-//!
-//! Read exactly one header, the one your proxy sets ([`ProxyHeader`]; default
-//! `X-Forwarded-For`): a proxy that appends to `X-Forwarded-For` passes a
-//! client's forged `Forwarded` through untouched.
-//!
-//! [`ClientIp::key`] turns the address into a bucket key: IPv4 as is, IPv6
-//! folded to its /64 network (configurable with [`ClientIp::ipv6_prefix`]),
-//! since one customer usually holds a whole /64; IPv4-mapped IPv6 addresses
-//! (`::ffff:203.0.113.7`, from dual-stack sockets) are IPv4.
-//!
-//! ```
-//! use std::net::IpAddr;
-//! use http::HeaderMap;
-//! use tollgate::client_ip::{ClientIp, ProxyHeader};
-//!
-//! # fn main() -> Result<(), tollgate::client_ip::ClientIpError> {
-//! let client_ip = ClientIp::peer().trust_proxies(["10.0.0.0/8", "::1"]);
-//! client_ip.validate()?; // the layer does this once, when it is built
-//!
-//! let mut headers = HeaderMap::new();
-//! headers.insert("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.0.0.3".parse().unwrap());
-//!
-//! // From a trusted proxy: the first untrusted hop from the right.
-//! let proxy: IpAddr = "10.0.0.2".parse().unwrap();
-//! let client = client_ip.resolve(Some(proxy), &headers).unwrap();
-//! assert_eq!(client_ip.key(client), "203.0.113.7");
-//!
-//! // From anyone else: the header is ignored.
-//! let direct: IpAddr = "192.0.2.9".parse().unwrap();
-//! assert_eq!(client_ip.resolve(Some(direct), &headers), Some(direct));
-//!
-//! // IPv6 clients are keyed by their /64.
-//! let v6: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
-//! assert_eq!(client_ip.key(v6), "2001:db8:1:2::/64");
-//!
-//! // RFC 7239 `Forwarded`, if that is what the proxy writes.
-//! let forwarded = ClientIp::peer().trust_proxies(["10.0.0.0/8"]).proxy_header(ProxyHeader::Forwarded);
-//! let mut headers = HeaderMap::new();
-//! headers.insert("forwarded", r#"for="[2001:db8::17]:4711";proto=https"#.parse().unwrap());
-//! assert_eq!(forwarded.resolve(Some(proxy), &headers), Some("2001:db8::17".parse().unwrap()));
-//! # Ok(())
-//! # }
-//! ```
-
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderMap, HeaderValue};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The most header entries (hops) looked at per request.
-pub const MAX_HOPS: usize = 32;
+pub(crate) const MAX_HOPS: usize = 32;
 
 /// Entries longer than this many bytes are treated as unreadable.
-pub const MAX_ENTRY_LEN: usize = 256;
+pub(crate) const MAX_ENTRY_LEN: usize = 256;
 
 /// Prefixes shorter than this for IPv6 keys get a warning.
 const COARSE_IPV6_PREFIX: u8 = 48;
@@ -161,7 +102,64 @@ pub enum ClientIpError {
     Ipv6Prefix(u8),
 }
 
-/// How to find a request's client address; see the [module docs](self).
+/// The client's IP address, and the rate-limit key made from it.
+///
+/// By default the client is the TCP peer ([`ClientIp::peer`]). Behind a reverse
+/// proxy or load balancer every request comes from the proxy, so the client is
+/// read from the header the proxy writes, **but only when the peer is one of
+/// the configured trusted proxies** ([`ClientIp::trust_proxies`]); a client
+/// that connects directly can send any header it likes and is still itself.
+///
+/// The header is read from the right (the hop nearest to us) to the left,
+/// skipping trusted proxies, and the first address that is not a trusted proxy
+/// is the client. A value that cannot be read (garbage, `unknown`, an
+/// obfuscated `Forwarded` node) stops the walk: the client is then the last
+/// trusted hop (at worst the proxy itself), never an address the client chose.
+/// Work is bounded: at most [`ClientIp::MAX_HOPS`] entries of at most [`ClientIp::MAX_ENTRY_LEN`]
+/// bytes are looked at, however long the header or however many lines it has.
+///
+/// Read exactly one header, the one your proxy sets ([`ProxyHeader`]; default
+/// `X-Forwarded-For`): a proxy that appends to `X-Forwarded-For` passes a
+/// client's forged `Forwarded` through untouched.
+///
+/// [`ClientIp::key`] turns the address into a bucket key: IPv4 as is, IPv6
+/// folded to its /64 network (configurable with [`ClientIp::ipv6_prefix`]),
+/// since one customer usually holds a whole /64; IPv4-mapped IPv6 addresses
+/// (`::ffff:203.0.113.7`, from dual-stack sockets) are IPv4.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use http::HeaderMap;
+/// use tollgate::{ClientIp, ProxyHeader};
+///
+/// # fn main() -> Result<(), tollgate::ClientIpError> {
+/// let client_ip = ClientIp::peer().trust_proxies(["10.0.0.0/8", "::1"]);
+/// client_ip.validate()?; // the layer does this once, when it is built
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.0.0.3".parse().unwrap());
+///
+/// // From a trusted proxy: the first untrusted hop from the right.
+/// let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+/// let client = client_ip.resolve(Some(proxy), &headers).unwrap();
+/// assert_eq!(client_ip.key(client), "203.0.113.7");
+///
+/// // From anyone else: the header is ignored.
+/// let direct: IpAddr = "192.0.2.9".parse().unwrap();
+/// assert_eq!(client_ip.resolve(Some(direct), &headers), Some(direct));
+///
+/// // IPv6 clients are keyed by their /64.
+/// let v6: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
+/// assert_eq!(client_ip.key(v6), "2001:db8:1:2::/64");
+///
+/// // RFC 7239 `Forwarded`, if that is what the proxy writes.
+/// let forwarded = ClientIp::peer().trust_proxies(["10.0.0.0/8"]).proxy_header(ProxyHeader::Forwarded);
+/// let mut headers = HeaderMap::new();
+/// headers.insert("forwarded", r#"for="[2001:db8::17]:4711";proto=https"#.parse().unwrap());
+/// assert_eq!(forwarded.resolve(Some(proxy), &headers), Some("2001:db8::17".parse().unwrap()));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ClientIp {
     trusted: Vec<IpNet>,
@@ -178,6 +176,12 @@ impl Default for ClientIp {
 }
 
 impl ClientIp {
+    /// The most entries of a forwarding header read, right to left.
+    pub const MAX_HOPS: usize = MAX_HOPS;
+
+    /// The longest forwarding-header entry read; a longer entry ends the walk.
+    pub const MAX_ENTRY_LEN: usize = MAX_ENTRY_LEN;
+
     /// The TCP peer is the client; no header is trusted.
     pub fn peer() -> Self {
         Self {

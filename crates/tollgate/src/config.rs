@@ -48,12 +48,22 @@
 //! - incomplete rules (`burst` without `sustained`): [`ConfigError::Rule`];
 //! - what the builder finds wrong (two routes that tie, a trusted proxy with host bits, a
 //!   `cost: 0`, `per: user` without an identity function, a bad bucket name):
-//!   [`ConfigError::Invalid`], pointed at the rule of the file that caused it. Build with
-//!   [`Limiter::from_config`](crate::Limiter::from_config), or
-//!   [`Limiter::from_config_with`](crate::Limiter::from_config_with) to add an identity
-//!   function or rules in code; a limiter built from [`LimiterBuilder::from_config`]'s
-//!   builder by hand gets the builder's [`BuildError`] without the file's lines
-//!   ([`Config::build_error`] adds them).
+//!   [`ConfigError::Invalid`], pointed at the rule of the file that caused it, whichever
+//!   way the limiter is built: [`Limiter::from_config`](crate::Limiter::from_config),
+//!   [`Limiter::from_config_with`](crate::Limiter::from_config_with), or
+//!   [`LimiterBuilder::from_config`]'s builder with code's additions and `build()`, whose
+//!   [`BuildError::Config`] holds it (and `?` turns a [`ConfigError`] into a
+//!   [`BuildError`], so one error type goes through the whole chain):
+//!
+//! ```no_run
+//! use tollgate::{BuildError, Limiter, LimiterBuilder};
+//!
+//! fn limiter() -> Result<Limiter, BuildError> {
+//!     LimiterBuilder::from_config("rate-limits.yaml")?
+//!         .identity(|parts| parts.headers.get("x-user")?.to_str().ok().map(String::from))
+//!         .build() // e.g. "rate-limits.yaml:3:7: client_ip.trusted_proxies[0]: ..."
+//! }
+//! ```
 //!
 //! A running limiter takes an edited file's rules without a restart:
 //! [`Limiter::reload_file`](crate::Limiter::reload_file) once, or
@@ -73,7 +83,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tollgate_core::{FailureMode, Limit, Quota};
+use tollgate_core::{Algorithm, FailureMode, Limit, Quota, DEFAULT_SEGMENTS};
 
 use crate::client_ip::ClientIp;
 use crate::error::BuildError;
@@ -266,7 +276,7 @@ pub struct Config {
     pub shadow: bool,
     /// What to do when the store's backend is down.
     #[serde(default)]
-    pub on_store_failure: Option<FailureModeText>,
+    pub on_store_failure: Option<FailureMode>,
     /// Where bucket state lives.
     #[serde(default)]
     pub store: StoreConfig,
@@ -444,28 +454,6 @@ pub enum BodyText {
     Message,
 }
 
-/// `on_store_failure:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureModeText {
-    /// Answer from memory.
-    Fallback,
-    /// Admit without rate-limit headers.
-    Open,
-    /// Refuse with 503.
-    Closed,
-}
-
-impl From<FailureModeText> for FailureMode {
-    fn from(t: FailureModeText) -> Self {
-        match t {
-            FailureModeText::Fallback => FailureMode::Fallback,
-            FailureModeText::Open => FailureMode::Open,
-            FailureModeText::Closed => FailureMode::Closed,
-        }
-    }
-}
-
 /// One rule of `routes:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -493,7 +481,7 @@ pub struct RouteConfig {
     pub shadow: bool,
     /// What to do when the store is down, for this rule.
     #[serde(default)]
-    pub on_store_failure: Option<FailureModeText>,
+    pub on_store_failure: Option<FailureMode>,
     /// Response statuses whose charge is given back (e.g. `[304]`); 100-599.
     #[serde(default)]
     pub refund_statuses: Vec<u16>,
@@ -528,44 +516,19 @@ pub struct LimitConfig {
     pub per: Option<KeyText>,
     /// A quota counted by `algorithm` (default `sliding`).
     #[serde(default)]
-    pub limit: Option<QuotaText>,
-    /// `sliding` (default), `exact` or `fixed`.
+    pub limit: Option<Quota>,
+    /// `sliding` (default), `exact` or `fixed` ([`Algorithm`]'s names in a file).
     #[serde(default)]
-    pub algorithm: Option<AlgorithmText>,
+    pub algorithm: Option<Algorithm>,
     /// Token bucket refill rate.
     #[serde(default)]
-    pub sustained: Option<QuotaText>,
+    pub sustained: Option<Quota>,
     /// Token bucket capacity (the count; `20/s` is 20).
     #[serde(default)]
-    pub burst: Option<QuotaText>,
+    pub burst: Option<Quota>,
     /// A cap per UTC day (`10000/day`) or any fixed window.
     #[serde(default)]
-    pub daily: Option<QuotaText>,
-}
-
-/// `algorithm:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlgorithmText {
-    /// Segmented rolling window.
-    Sliding,
-    /// Exact rolling window.
-    Exact,
-    /// Fixed window aligned to UTC.
-    Fixed,
-}
-
-/// A quota as text, checked while the file is read (so errors carry the line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaText(pub Quota);
-
-impl<'de> Deserialize<'de> for QuotaText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Quota::parse(&text)
-            .map(QuotaText)
-            .map_err(serde::de::Error::custom)
-    }
+    pub daily: Option<Quota>,
 }
 
 /// A key, as text: `ip`, `user`, `api_key`, `api_key:<header>`, `header:<name>`,
@@ -646,19 +609,33 @@ impl LimitConfig {
     fn rates(&self, default: &KeyText) -> Result<(Key, Vec<Rate>), EntryError> {
         let key = self.per.as_ref().unwrap_or(default).key();
         let mut rates = Vec::new();
-        if let Some(QuotaText(q)) = self.limit {
-            let limit = match self.algorithm.unwrap_or(AlgorithmText::Sliding) {
-                AlgorithmText::Sliding => Limit::sliding(q),
-                AlgorithmText::Exact => Limit::sliding_exact(q),
-                AlgorithmText::Fixed => Limit::fixed(q),
+        if let Some(q) = self.limit {
+            let limit = match self.algorithm {
+                // A file's `sliding` has the default segments; code may set others.
+                None => Limit::sliding(q),
+                Some(Algorithm::SlidingWindow { segments }) if segments == DEFAULT_SEGMENTS => {
+                    Limit::sliding(q)
+                }
+                Some(Algorithm::SlidingWindow { segments }) => {
+                    Limit::sliding_segments(q, segments.into())
+                        .map_err(|e| (Some("algorithm"), e.to_string()))?
+                }
+                Some(Algorithm::SlidingLog) => Limit::sliding_exact(q),
+                Some(Algorithm::FixedWindow) => Limit::fixed(q),
+                Some(other) => {
+                    return Err((
+                        Some("algorithm"),
+                        format!("`{other:?}` cannot be given as `algorithm`"),
+                    ))
+                }
             };
             rates.push(Rate::from(limit));
         } else if self.algorithm.is_some() {
             return Err((Some("algorithm"), "`algorithm` goes with `limit`".into()));
         }
         match (self.sustained, self.burst) {
-            (Some(QuotaText(s)), burst) => {
-                let capacity = burst.map_or(s.count(), |QuotaText(b)| b.count());
+            (Some(s), burst) => {
+                let capacity = burst.map_or(s.count(), |b| b.count());
                 rates.push(Rate::token_bucket(s, capacity));
             }
             (None, Some(_)) => {
@@ -666,7 +643,7 @@ impl LimitConfig {
             }
             (None, None) => {}
         }
-        if let Some(QuotaText(d)) = self.daily {
+        if let Some(d) = self.daily {
             rates.push(Rate::fixed(d));
         }
         if rates.is_empty() {
@@ -850,8 +827,9 @@ impl Config {
     }
 
     /// Applies the file to `builder`: every field maps onto a builder call. `file` names the
-    /// source in errors. If the builder's `build` then fails, [`Config::build_error`] points
-    /// its error at the rule of the file.
+    /// source in errors. If the builder's `build` then fails, its error is pointed at the
+    /// rule of the file ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
+    /// [`Config::build_error`] makes it).
     ///
     /// # Errors
     ///
@@ -885,6 +863,7 @@ impl Config {
             });
         }
         builder.file_settings = Some(FileSettings::of(self));
+        builder.config_source = Some(Box::new((self.clone(), file.to_string())));
         self.rules_into(builder, file)
     }
 
@@ -923,7 +902,7 @@ impl Config {
         };
         builder = builder.shadow(self.shadow);
         if let Some(mode) = self.on_store_failure {
-            builder = builder.on_store_failure(mode.into());
+            builder = builder.on_store_failure(mode);
         }
         let default_key = self.default_key();
         for (name, limit) in &self.buckets {
@@ -1061,7 +1040,7 @@ impl RouteConfig {
             policy = policy.shadow();
         }
         if let Some(mode) = self.on_store_failure {
-            policy = policy.on_store_failure(mode.into());
+            policy = policy.on_store_failure(mode);
         }
         if !self.refund_statuses.is_empty() {
             let statuses = self.refund_statuses.clone();
@@ -1145,10 +1124,10 @@ impl StoreConfig {
             })?;
         let mut config = FallbackConfig::default();
         if let Some(ms) = self.timeout_ms {
-            config = config.timeout(std::time::Duration::from_millis(ms));
+            config = config.with_timeout(std::time::Duration::from_millis(ms));
         }
         if let Some(n) = self.fallback_divisor {
-            config = config.fallback_divisor(n);
+            config = config.with_fallback_divisor(n);
         }
         // TOLLGATE_FALLBACK_DIVISOR / TOLLGATE_REDIS_TIMEOUT_MS, when set, win over the file.
         let config =
@@ -1203,9 +1182,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl LimiterBuilder {
     /// A builder set up from a TOML or YAML file (see [`crate::config`]); add what a file
-    /// cannot hold (an identity function, custom keys) and build. Errors of the `build`
-    /// call are the builder's, without the file's lines: prefer
-    /// [`Limiter::from_config_with`], which points them at the file's rules.
+    /// cannot hold (an identity function, custom keys) and build. An error of the `build`
+    /// call is pointed at the rule of the file that caused it: [`BuildError::Config`],
+    /// whose message starts with the file, line and column, then the field. An error no
+    /// rule of the file explains (a rule added in code) names the file and the field
+    /// `limiter`.
     ///
     /// # Errors
     ///
@@ -1229,12 +1210,12 @@ impl Limiter {
 
     /// A limiter built from a TOML or YAML file, with what code adds to it (an identity
     /// function, custom keys, rules a file cannot hold) applied by `customize` before it
-    /// is built. Unlike building the [`LimiterBuilder::from_config`] builder yourself, a
-    /// mistake found at build time still names the file, line, column and field of the
-    /// rule that caused it.
+    /// is built. A mistake found at build time names the file, line, column and field of
+    /// the rule that caused it (as building [`LimiterBuilder::from_config`]'s builder
+    /// yourself does, there as a [`BuildError::Config`]).
     ///
     /// ```no_run
-    /// # fn main() -> Result<(), tollgate::ConfigError> {
+    /// # fn main() -> Result<(), tollgate::config::ConfigError> {
     /// let limiter = tollgate::Limiter::from_config_with("rate-limits.yaml", |builder| {
     ///     builder.identity(|parts| {
     ///         parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(String::from)
@@ -1616,8 +1597,14 @@ impl Config {
     /// Points a [`BuildError`] of a limiter built from this configuration (after
     /// [`Config::apply`]) at the rule of the file that caused it: file, line, column and
     /// field, as [`ConfigError::Invalid`]. An error no rule of the file explains (a rule
-    /// added in code) names the field `limiter`, without a line.
+    /// added in code) names the field `limiter`, without a line. A
+    /// [`BuildError::Config`] (already pointed) comes out as the [`ConfigError`] it holds.
     pub fn build_error(&self, file: &str, error: BuildError) -> ConfigError {
+        // Already pointed (the builder was set up by `Config::apply`).
+        let error = match error {
+            BuildError::Config(pointed) => return *pointed,
+            error => error,
+        };
         let (field, line, column) = match self.blame(&error) {
             Some((path, context)) => {
                 let (line, column) = self.locate(&path);
@@ -1687,12 +1674,14 @@ impl Config {
         };
         let first_route = |name: &str| self.routes_named(name).next().map(|(i, _)| i);
         match error {
-            BuildError::Route(PatternError::Invalid { pattern, reason }) => {
+            BuildError::Route(PatternError::Invalid { pattern, .. }) => {
                 let i = by_pattern(pattern, None)?;
-                let sub = match reason {
-                    InvalidReason::EmptyMethod
-                    | InvalidReason::LowercaseMethod(_)
-                    | InvalidReason::BadMethod(_) => "methods",
+                let sub = match crate::classify::RoutePattern::parse_why(pattern) {
+                    Err(
+                        InvalidReason::EmptyMethod
+                        | InvalidReason::LowercaseMethod(_)
+                        | InvalidReason::BadMethod(_),
+                    ) => "methods",
                     _ => "path",
                 };
                 route(i, field(sub))

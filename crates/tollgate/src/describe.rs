@@ -1,39 +1,3 @@
-//! [`RouteLimits`]: what a [`Limiter`](crate::Limiter) enforces, rule by rule, for
-//! documentation generated from the configuration itself (an OpenAPI `x-ratelimit`
-//! extension, an HTML table of limits) and for diagnostics.
-//!
-//! ```
-//! use http::Method;
-//! use tollgate::describe::RuleSource;
-//! use tollgate::{Algorithm, Limiter, Policy, Quota, Rate};
-//!
-//! let limiter = Limiter::builder()
-//!     .identity(|parts| parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(String::from))
-//!     .route("/api/stripe/webhook", Policy::exempt())
-//!     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
-//!     .bucket("sign-in-failures", Rate::exact("5/30min"))
-//!     .build()?;
-//! let _chat = limiter.policy(Policy::named("chat").per_ip("60/min").per_user("30/min"));
-//!
-//! let all = limiter.describe();
-//! assert_eq!(all.len(), 4); // two table rules, one per-route policy, one direct bucket
-//! let default = &all[1];
-//! assert_eq!(default.source, RuleSource::Route);
-//! assert_eq!(default.pattern.as_deref(), Some("/api/*"));
-//! assert_eq!(default.policy, "default");
-//! assert_eq!(default.limits[0].key, "ip");
-//! assert_eq!(default.limits[0].bucket, "default:ip"); // as in the IETF headers
-//! assert_eq!(default.limits[1].limit.unwrap().quota(), Quota::per_hour(10_000));
-//! assert!(all[0].exempt);
-//! assert_eq!(all[2].source, RuleSource::PerRoute);
-//! assert_eq!(all[3].limits[0].limit.unwrap().algorithm(), Algorithm::SlidingLog);
-//!
-//! // The rule one request falls under:
-//! let rule = limiter.describe_route(&Method::GET, "/api/projects").unwrap();
-//! assert_eq!(rule.policy, "default");
-//! # Ok::<(), tollgate::BuildError>(())
-//! ```
-
 use http::Method;
 use serde::ser::{Serialize, Serializer};
 use tollgate_core::{Algorithm, Limit};
@@ -60,6 +24,42 @@ pub enum RuleSource {
     Bucket,
 }
 
+/// [`RouteLimits`]: what a [`Limiter`](crate::Limiter) enforces, rule by rule, for
+/// documentation generated from the configuration itself (an OpenAPI `x-ratelimit`
+/// extension, an HTML table of limits) and for diagnostics.
+///
+/// ```
+/// use http::Method;
+/// use tollgate::RuleSource;
+/// use tollgate::{Algorithm, Limiter, Policy, Quota, Rate};
+///
+/// let limiter = Limiter::builder()
+///     .identity(|parts| parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(String::from))
+///     .route("/api/stripe/webhook", Policy::exempt())
+///     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
+///     .bucket("sign-in-failures", Rate::exact("5/30min"))
+///     .build()?;
+/// let _chat = limiter.policy(Policy::named("chat").per_ip("60/min").per_user("30/min"));
+///
+/// let all = limiter.describe();
+/// assert_eq!(all.len(), 4); // two table rules, one per-route policy, one direct bucket
+/// let default = &all[1];
+/// assert_eq!(default.source, RuleSource::Route);
+/// assert_eq!(default.pattern.as_deref(), Some("/api/*"));
+/// assert_eq!(default.policy, "default");
+/// assert_eq!(default.limits[0].key, "ip");
+/// assert_eq!(default.limits[0].bucket, "default:ip"); // as in the IETF headers
+/// assert_eq!(default.limits[1].limit.unwrap().quota(), Quota::per_hour(10_000));
+/// assert!(all[0].exempt);
+/// assert_eq!(all[2].source, RuleSource::PerRoute);
+/// assert_eq!(all[3].limits[0].limit.unwrap().algorithm(), Algorithm::SlidingLog);
+///
+/// // The rule one request falls under:
+/// let rule = limiter.describe_route(&Method::GET, "/api/projects").unwrap();
+/// assert_eq!(rule.policy, "default");
+/// # Ok::<(), tollgate::BuildError>(())
+/// ```
+///
 /// One rule of a limiter's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -79,13 +79,16 @@ pub struct RouteLimits {
     /// Whether requests under this rule pass unlimited.
     pub exempt: bool,
     /// The rule's limits, in the order the policy declares them; empty when exempt.
-    pub limits: Vec<LimitInfo>,
+    pub limits: Vec<RuleLimit>,
 }
 
-/// One limit of a rule.
+/// One configured limit of a described rule ([`RouteLimits::limits`]): the bucket it
+/// counts in, whose budget it spends, and its quota and algorithm. What the limiter
+/// enforces, not a state: for a bucket's state after a request see
+/// [`BucketOutcome`](crate::BucketOutcome).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct LimitInfo {
+pub struct RuleLimit {
     /// The bucket's name, as the IETF `RateLimit-Policy` header and the logs show it
     /// (`"default:ip"`; the header writes `:` as `-`).
     pub bucket: String,
@@ -122,7 +125,7 @@ impl RouteLimits {
             limits: policy
                 .limits
                 .iter()
-                .map(|l| LimitInfo {
+                .map(|l| RuleLimit {
                     bucket: l.bucket.to_string(),
                     key: l.key.kind().to_string(),
                     limit: l.quota.fixed(),
@@ -140,7 +143,7 @@ impl RouteLimits {
             methods: Vec::new(),
             policy: name.to_string(),
             exempt: false,
-            limits: vec![LimitInfo {
+            limits: vec![RuleLimit {
                 bucket: name.to_string(),
                 key: "direct".to_string(),
                 limit: Some(limit),
@@ -216,7 +219,7 @@ impl LimitJson {
 /// }));
 /// # Ok::<(), tollgate::BuildError>(())
 /// ```
-impl Serialize for LimitInfo {
+impl Serialize for RuleLimit {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(serde::Serialize)]
         struct Json<'a> {
@@ -235,7 +238,7 @@ impl Serialize for LimitInfo {
 }
 
 /// JSON: `{"source", "pattern", "path", "methods", "policy", "exempt", "limits"}`, with
-/// `source` from [`RuleSource::as_str`] and each limit as [`LimitInfo`] serializes it.
+/// `source` from [`RuleSource::as_str`] and each limit as [`RuleLimit`] serializes it.
 impl Serialize for RouteLimits {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(serde::Serialize)]
@@ -246,7 +249,7 @@ impl Serialize for RouteLimits {
             methods: Vec<&'a str>,
             policy: &'a str,
             exempt: bool,
-            limits: &'a [LimitInfo],
+            limits: &'a [RuleLimit],
         }
         Json {
             source: self.source.as_str(),

@@ -123,6 +123,15 @@ pub enum BuildError {
         /// `error_body`, `enabled`).
         setting: &'static str,
     },
+    /// A mistake in a configuration file, with the file, line, column and field: what
+    /// [`LimiterBuilder::build`](crate::LimiterBuilder::build) returns for a builder set
+    /// up from a file ([`LimiterBuilder::from_config`](crate::LimiterBuilder::from_config),
+    /// [`Config::apply`](crate::config::Config::apply)), and what `?` makes of a
+    /// [`ConfigError`](crate::config::ConfigError), so that one error type carries the
+    /// file's context through `LimiterBuilder::from_config(path)?.identity(..).build()?`.
+    #[cfg(any(feature = "yaml", feature = "toml"))]
+    #[error(transparent)]
+    Config(Box<crate::config::ConfigError>),
     /// `RATE_LIMIT_ENABLED` holds something other than true/false.
     #[error(
         "RATE_LIMIT_ENABLED=`{value}` is not a switch: use true/false (or 1/0, on/off, yes/no)"
@@ -131,6 +140,13 @@ pub enum BuildError {
         /// The value.
         value: String,
     },
+}
+
+#[cfg(any(feature = "yaml", feature = "toml"))]
+impl From<crate::config::ConfigError> for BuildError {
+    fn from(error: crate::config::ConfigError) -> Self {
+        BuildError::Config(Box::new(error))
+    }
 }
 
 /// Why a direct call ([`Limiter::check`](crate::Limiter::check) and the like) did not

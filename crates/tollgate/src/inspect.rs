@@ -34,7 +34,7 @@ use crate::limiter::Limiter;
 use crate::rate::{Rate, RateError};
 
 /// The prefix of a per-key override's bucket name (`override:api_key`).
-pub const OVERRIDE_PREFIX: &str = "override:";
+pub(crate) const OVERRIDE_PREFIX: &str = "override:";
 
 /// Why an operator's request about a bucket or a key could not be answered.
 #[derive(Debug, thiserror::Error)]

@@ -102,6 +102,81 @@
 //! [`ErrorBody`] (RFC 9457 problem details among its shapes) or a hook that builds the
 //! whole response ([`LimiterBuilder::refusal_response`]).
 //!
+//! # Responses
+//!
+//! The rate-limit headers every limited response carries and the `429 Too Many
+//! Requests` a refused request gets.
+//!
+//! Three pieces, each configurable on its own:
+//!
+//! - [`RateLimitOutcome`]: what a decision says about one request, bucket by bucket, in the
+//!   terms headers and bodies are made of (limit, remaining, reset, retry-after).
+//! - [`HeaderStyle`]: which headers to write. `X-RateLimit-Limit` / `-Remaining` / `-Reset`
+//!   (reset as Unix seconds, Unix milliseconds, seconds from now or an HTTP date, see
+//!   [`ResetFormat`]), the IETF `RateLimit` / `RateLimit-Policy` fields
+//!   (draft-ietf-httpapi-ratelimit-headers-10, one named item per bucket), and
+//!   `Retry-After` on refusals.
+//! - [`ErrorBody`]: the JSON body of a 429: ready shapes (an RFC 9457
+//!   `application/problem+json` among them) and a closure for anything else.
+//! - [`RateLimitDecision`]: the decision in the request's and response's extensions.
+//!
+//! [`too_many_requests`] puts them together.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Method, StatusCode};
+//! use tollgate::{too_many_requests, ErrorBody, HeaderStyle, RateLimitOutcome, ResetFormat};
+//! use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+//!
+//! // What the store answered: the tenant's 100/min bucket is empty for 22.4 more seconds.
+//! let decision = Decision {
+//!     allowed: false,
+//!     now: Timestamp::from_micros(1_717_200_000_000_000),
+//!     buckets: vec![BucketState {
+//!         allowed: false,
+//!         limit: 100,
+//!         remaining: 0,
+//!         reset_after: Duration::from_secs(60),
+//!         retry_after: Some(Duration::from_millis(22_400)),
+//!         refusal: Some(Refusal::OverLimit),
+//!     }],
+//! };
+//! let info = RateLimitOutcome::from_decision(
+//!     "tenant",
+//!     &decision,
+//!     [("tenant", Quota::per_minute(100))],
+//!     Method::GET,
+//!     "/api/tickets",
+//! );
+//! assert_eq!(info.retry_after_secs(), Some(23)); // rounded up
+//!
+//! let style = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds);
+//! let response = too_many_requests(&info, &style, &ErrorBody::code_details());
+//! assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(response.headers()["retry-after"], "23");
+//! assert_eq!(response.headers()["x-ratelimit-reset"], "1717200060");
+//! assert_eq!(
+//!     response.body().as_ref(),
+//!     br#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":100,"window":"1m","retryAfter":23}}"#
+//! );
+//! ```
+//!
+//! # A request that can never fit
+//!
+//! When a request costs more than a bucket can ever hold ([`Refusal::CostExceedsCapacity`]),
+//! waiting does not help. Such a refusal still answers `429 Too Many Requests` (it is a
+//! refusal by the rate limiter, and clients and proxies that count 429s should see it as
+//! one; `413` or `400` would blame the payload or the syntax, which are fine), but:
+//!
+//! - it has **no `Retry-After`**, because any value would be a promise that retrying
+//!   works, and clients that honour it would retry forever;
+//! - the ready bodies say so in their text field and carry `null` where the retry delay
+//!   would be (see [`ErrorBody`]);
+//! - the `X-RateLimit-*` and IETF headers are written as usual: they describe the bucket
+//!   truthfully.
+//!
+//! [`Refusal::CostExceedsCapacity`]: tollgate_core::Refusal::CostExceedsCapacity
+//!
 //! # Features
 //!
 //! | feature | what it adds | default |
@@ -123,44 +198,43 @@
 //! multiplexed connection (the default) is faster, and so that deadpool-redis's major
 //! releases are not breaking changes for everyone.
 
+// One path per type: the modules holding the middleware and its model are private and
+// their items are re-exported here, once; the optional parts are namespaces (`admin`,
+// `config`, `observe`, `publish`, `redis`, `reload`) whose items are not repeated here.
 #[cfg(feature = "admin")]
 pub mod admin;
-pub mod classify;
-pub mod client_ip;
+mod classify;
+mod client_ip;
 #[cfg(any(feature = "yaml", feature = "toml"))]
 pub mod config;
-pub mod describe;
+mod describe;
 mod engine;
-pub mod error;
-pub mod future;
-pub mod inspect;
-pub mod key;
-pub mod layer;
-pub mod limiter;
+mod error;
+mod future;
+mod inspect;
+mod key;
+mod layer;
+mod limiter;
 pub mod observe;
-pub mod policy;
+mod policy;
 #[cfg(feature = "openapi")]
 pub mod publish;
-pub mod rate;
+mod rate;
 #[cfg(any(feature = "yaml", feature = "toml"))]
 pub mod reload;
-pub mod respond;
-pub mod response_body;
-pub mod service;
+mod respond;
+mod response_body;
+mod service;
 
 #[cfg(feature = "redis")]
 pub use limiter::store_from_env;
-/// The Redis store and the fallback store (feature `redis`).
+/// The Redis store and the fallback store (feature `redis`): tollgate-redis, re-exported.
 #[cfg(feature = "redis")]
 pub use tollgate_redis as redis;
-#[cfg(feature = "redis")]
-pub use tollgate_redis::{EnvStore, FallbackStore, RedisStore};
 
 pub use classify::{PatternError, RoutePattern};
-pub use client_ip::{ClientIp, ClientIpError, ProxyHeader};
-#[cfg(any(feature = "yaml", feature = "toml"))]
-pub use config::{Config, ConfigError};
-pub use describe::{LimitInfo, RouteLimits, RuleSource};
+pub use client_ip::{peer_addr, ClientIp, ClientIpError, ProxyHeader};
+pub use describe::{RouteLimits, RuleLimit, RuleSource};
 pub use error::{BuildError, CheckError};
 pub use future::ResponseFuture;
 pub use inspect::{InspectError, OverrideInfo};
@@ -170,7 +244,7 @@ pub use limiter::{Limiter, LimiterBuilder, LimiterStats, ENABLED_ENV};
 pub use policy::Policy;
 pub use rate::{Rate, RateError};
 pub use respond::{
-    too_many_requests, BucketInfo, ErrorBody, HeaderStyle, RateLimitDecision, RateLimitInfo,
+    too_many_requests, BucketOutcome, ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome,
     ResetFormat, TooManyRequests,
 };
 pub use response_body::ResponseBody;
@@ -179,8 +253,22 @@ pub use service::RateLimit;
 pub use tollgate_core::StoreMode;
 pub use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Clock, Decision, FailureMode, Limit,
-    ManualClock, MemoryStore, Op, Quota, QuotaError, Store, StoreError, Timestamp,
+    ManualClock, MemoryStore, Op, Quota, QuotaError, Refusal, Store, StoreError, Timestamp,
 };
+
+/// The names of the rate-limit response headers tollgate writes.
+pub mod headers {
+    pub use crate::respond::{
+        RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    };
+}
+
+/// Not part of the public API: what the fuzz harnesses (`fuzz/harness`, replayed by this
+/// crate's tests) and the axum oracle tests drive directly. No semver guarantees.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::classify::{Classes, RouteTable, RouteTableBuilder};
+}
 
 /// The README's code blocks, compiled as doctests so the quick start stays true.
 #[cfg(doctest)]

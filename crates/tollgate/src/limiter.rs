@@ -426,7 +426,7 @@ impl Limiter {
         let limit = self.engine.table.load().direct.get(bucket).copied();
         let quota = limit.map(|l| (bucket, l.quota()));
         let info =
-            respond::RateLimitInfo::from_decision(bucket, decision, quota, method.clone(), path);
+            respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path);
         let mut response =
             respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body);
         if let Some(decision) = info.decision().filter(|_| self.engine.decision_in_response) {
@@ -522,7 +522,7 @@ impl Limiter {
     }
 
     /// Every rule of the configuration, for documentation generated from it (see
-    /// [`describe`](crate::describe)): the central table's rules in the order they were
+    /// [`RouteLimits`](crate::RouteLimits)): the central table's rules in the order they were
     /// added, then the global policies, the per-route policies made so far with
     /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name). After
     /// a [`Limiter::reload`], the new rules.
@@ -610,6 +610,10 @@ pub struct LimiterBuilder {
     /// The settings of the configuration file this builder was set up from.
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
+    /// The configuration file this builder was set up from, and its name: a build error
+    /// is pointed at its rule ([`crate::config::Config::build_error`]).
+    #[cfg(any(feature = "yaml", feature = "toml"))]
+    pub(crate) config_source: Option<Box<(crate::config::Config, String)>>,
     decision_in_request: Option<bool>,
     decision_in_response: bool,
     refusal_hook: Option<engine::RefusalHook>,
@@ -760,7 +764,7 @@ impl LimiterBuilder {
     }
 
     /// Makes the whole refused response yourself (like tower_governor's `error_handler`):
-    /// `hook` gets the decision ([`RateLimitInfo`](crate::RateLimitInfo)) and the request's
+    /// `hook` gets the decision ([`RateLimitOutcome`](crate::RateLimitOutcome)) and the request's
     /// parts, and returns the response. The rate-limit headers of the
     /// [`header_style`](LimiterBuilder::header_style) (`Retry-After` included) are added to
     /// it unless it set them itself, and the decision goes into its extensions; the
@@ -792,7 +796,7 @@ impl LimiterBuilder {
     /// ```
     pub fn refusal_response<F>(mut self, hook: F) -> Self
     where
-        F: Fn(&respond::RateLimitInfo, &Parts) -> http::Response<Bytes> + Send + Sync + 'static,
+        F: Fn(&respond::RateLimitOutcome, &Parts) -> http::Response<Bytes> + Send + Sync + 'static,
     {
         self.refusal_hook = Some(Arc::new(hook));
         self
@@ -869,7 +873,26 @@ impl LimiterBuilder {
     /// # Errors
     ///
     /// The first [`BuildError`] found.
-    pub fn build(mut self) -> Result<Limiter, BuildError> {
+    pub fn build(self) -> Result<Limiter, BuildError> {
+        #[cfg(any(feature = "yaml", feature = "toml"))]
+        {
+            let mut builder = self;
+            match builder.config_source.take() {
+                Some(source) => {
+                    let (config, file) = *source;
+                    builder.build_unpointed().map_err(|error| {
+                        BuildError::Config(Box::new(config.build_error(&file, error)))
+                    })
+                }
+                None => builder.build_unpointed(),
+            }
+        }
+        #[cfg(not(any(feature = "yaml", feature = "toml")))]
+        self.build_unpointed()
+    }
+
+    /// [`LimiterBuilder::build`], with errors as the builder finds them.
+    fn build_unpointed(mut self) -> Result<Limiter, BuildError> {
         let env = if self.read_env.unwrap_or(true) {
             // Empty counts as unset (`RATE_LIMIT_ENABLED=` from a compose file).
             std::env::var(ENABLED_ENV)

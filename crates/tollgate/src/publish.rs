@@ -80,7 +80,7 @@ use serde::ser::{Serialize, Serializer};
 use serde_json::{json, Value};
 use tollgate_core::Limit;
 
-use crate::describe::{algorithm_name, LimitInfo, LimitJson, RouteLimits, RuleSource};
+use crate::describe::{algorithm_name, LimitJson, RouteLimits, RuleLimit, RuleSource};
 use crate::limiter::Limiter;
 
 /// The operations of a path item, in the order OpenAPI lists them.
@@ -152,6 +152,7 @@ impl EnforcedBy {
 
 /// One limit an operation is subject to.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppliedLimit {
     /// The policy's name (the bucket's, for a bucket for direct use).
     pub policy: String,
@@ -190,6 +191,7 @@ impl Serialize for AppliedLimit {
 
 /// Every limit of one operation: its `x-ratelimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct OperationLimits {
     /// Whether any limit applies.
     pub throttled: bool,
@@ -197,7 +199,7 @@ pub struct OperationLimits {
     pub limits: Vec<AppliedLimit>,
 }
 
-type AppliesFn = Arc<dyn Fn(&Method, &str, &LimitInfo) -> bool + Send + Sync>;
+type AppliesFn = Arc<dyn Fn(&Method, &str, &RuleLimit) -> bool + Send + Sync>;
 
 /// `[METHODS ]PATH`, parsed: empty methods for any.
 #[derive(Debug, Clone)]
@@ -357,7 +359,7 @@ impl Publisher {
     /// never exists there (e.g. the identity function names no user on some paths).
     pub fn applies<F>(mut self, applies: F) -> Self
     where
-        F: Fn(&Method, &str, &LimitInfo) -> bool + Send + Sync + 'static,
+        F: Fn(&Method, &str, &RuleLimit) -> bool + Send + Sync + 'static,
     {
         self.applies = Some(Arc::new(applies));
         self

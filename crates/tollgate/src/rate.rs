@@ -26,6 +26,7 @@ use tollgate_core::{Limit, Quota, QuotaError};
 /// A quota that did not parse, with the text it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{source}")]
+#[non_exhaustive]
 pub struct RateError {
     /// The text as given (or a description of the values).
     pub input: String,

@@ -16,7 +16,7 @@
 //! use tollgate::reload::ConfigWatcher;
 //! use tollgate::{Key, Limiter, Policy};
 //!
-//! # fn main() -> Result<(), tollgate::ConfigError> {
+//! # fn main() -> Result<(), tollgate::config::ConfigError> {
 //! // What code adds to the file's rules, at build and at every reload.
 //! let daily = |rules: tollgate::LimiterBuilder| {
 //!     rules.global_policy(Policy::named("daily").limit(Key::api_key("x-api-key"), "10000/day"))

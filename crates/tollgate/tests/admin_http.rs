@@ -353,11 +353,11 @@ async fn mistakes_are_json_errors_with_their_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_mode_follows_redis() {
     let mut redis = tollgate_testkit::RedisServer::start();
-    let store = tollgate::FallbackStore::connect(
-        tollgate::RedisStore::open(&redis.url()).unwrap(),
+    let store = tollgate::redis::FallbackStore::connect(
+        tollgate::redis::RedisStore::open(&redis.url()).unwrap(),
         tollgate::redis::FallbackConfig::default()
-            .timeout(Duration::from_millis(50))
-            .probe_backoff(Duration::from_millis(20), Duration::from_millis(100)),
+            .with_timeout(Duration::from_millis(50))
+            .with_probe_backoff(Duration::from_millis(20), Duration::from_millis(100)),
     )
     .await;
     let limiter = limiter(store.clone());

@@ -6,7 +6,8 @@
 use axum::{body::Body, routing, Router};
 use http::{Method, Request};
 use proptest::prelude::*;
-use tollgate::classify::{RoutePattern, RouteTable};
+use tollgate::__private::RouteTable;
+use tollgate::RoutePattern;
 use tower::ServiceExt;
 
 /// (tollgate pattern, axum routes, class); GET only. Classes starting with `exempt` are

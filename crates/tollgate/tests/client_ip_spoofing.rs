@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
-use tollgate::client_ip::{ClientIp, ProxyHeader};
+use tollgate::{ClientIp, ProxyHeader};
 
 const HEADERS: [ProxyHeader; 3] = [
     ProxyHeader::XForwardedFor,

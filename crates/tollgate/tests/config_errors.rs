@@ -4,8 +4,9 @@
 
 use std::io::Write;
 
+use tollgate::config::ConfigError;
 use tollgate::config::{Config, ValueProblem, MIN_MAX_ENTRIES};
-use tollgate::{BuildError, ConfigError, Limiter, LimiterBuilder};
+use tollgate::{BuildError, Limiter, LimiterBuilder};
 
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-errors-{}", std::process::id()));
@@ -325,5 +326,76 @@ fn errors_from_rules_added_in_code_name_the_limiter() {
     assert!(
         matches!(&err, ConfigError::Invalid { field, .. } if field == "limiter"),
         "{err}"
+    );
+}
+
+/// What `LimiterBuilder::from_config(..)?.identity(..).build()` returns: one error type
+/// (`?` turns the file's `ConfigError` into a `BuildError`).
+fn from_builder(path: &std::path::Path) -> Result<Limiter, BuildError> {
+    LimiterBuilder::from_config(path)?
+        .identity(|parts| {
+            parts
+                .headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        })
+        .build()
+}
+
+#[test]
+fn a_build_error_after_from_config_keeps_the_file_line_and_field() {
+    // The builder finds the CIDR wrong at `build()`, after code added the identity.
+    let path = write_temp(
+        "builder-cidr.yaml",
+        &format!("client_ip:\n  trusted_proxies:\n    - 10.0.0.0/33\n{ROUTE}"),
+    );
+    let err = from_builder(&path).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "{}:3:7: client_ip.trusted_proxies[0]: ",
+            path.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("10.0.0.0/33"), "{text}");
+    let BuildError::Config(config) = err else {
+        panic!("not a configuration error: {err:?}");
+    };
+    let (line, column, field, source) = invalid(*config);
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 7, "client_ip.trusted_proxies[0]")
+    );
+    assert!(matches!(source, BuildError::ClientIp(_)), "{source}");
+
+    // A rule added in code that ties with the file's: the file is still named.
+    let path = write_temp("builder-code.yaml", ROUTE);
+    let err = LimiterBuilder::from_config(&path)
+        .unwrap()
+        .route("/*", tollgate::Policy::named("again").per_ip("1/min"))
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: limiter: ", path.display())),
+        "{err}"
+    );
+
+    // Errors of the file itself come through the same `?`, with their line.
+    let path = write_temp(
+        "builder-value.yaml",
+        &format!("store:\n  timeout_ms: 0\n{ROUTE}"),
+    );
+    let err = from_builder(&path).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:2:", path.display())),
+        "{err}"
+    );
+    assert!(
+        matches!(&err, BuildError::Config(c) if matches!(**c, ConfigError::Value { .. })),
+        "{err:?}"
     );
 }

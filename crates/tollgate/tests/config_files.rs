@@ -7,7 +7,8 @@ use std::io::Write;
 use axum::routing::get;
 use axum::Router;
 use common::{clock_and_store, header, serve, times};
-use tollgate::{ConfigError, Limiter, LimiterBuilder};
+use tollgate::config::ConfigError;
+use tollgate::{Limiter, LimiterBuilder};
 
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-{}", std::process::id()));

@@ -100,12 +100,12 @@ fn the_store_comes_from_the_environment() {
     std::env::remove_var("KV_URL");
     assert!(matches!(
         tollgate::store_from_env(),
-        Ok(tollgate::EnvStore::Memory(_))
+        Ok(tollgate::redis::EnvStore::Memory(_))
     ));
     std::env::set_var("REDIS_URL", "redis://127.0.0.1:1/");
     assert!(matches!(
         tollgate::store_from_env(),
-        Ok(tollgate::EnvStore::Redis(_))
+        Ok(tollgate::redis::EnvStore::Redis(_))
     ));
     std::env::set_var("REDIS_URL", "not a url");
     assert!(matches!(

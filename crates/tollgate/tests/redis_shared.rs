@@ -7,7 +7,8 @@ mod common;
 use axum::routing::get;
 use axum::Router;
 use common::serve;
-use tollgate::{Limiter, Policy, RedisStore};
+use tollgate::redis::RedisStore;
+use tollgate::{Limiter, Policy};
 use tollgate_testkit::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

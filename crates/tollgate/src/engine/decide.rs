@@ -18,7 +18,7 @@ use super::plan::{Group, Plan, INLINE};
 use super::settle::{After, Headers, Visible};
 use super::{Engine, Provisional};
 use crate::observe;
-use crate::respond::{self, BucketInfo, RateLimitDecision, RateLimitInfo};
+use crate::respond::{self, BucketOutcome, RateLimitDecision, RateLimitOutcome};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
 /// (boxing them would allocate on every request), so the admitted variant is the large one.
@@ -35,7 +35,7 @@ pub(crate) enum Outcome {
 /// A refusal, before its response is made (the refusal hook sees the request's parts).
 pub(crate) struct Refused {
     engine: Arc<Engine>,
-    info: RateLimitInfo,
+    info: RateLimitOutcome,
     headers: Headers,
     decision: Option<RateLimitDecision>,
 }
@@ -274,12 +274,12 @@ impl Engine {
         now: Timestamp,
         method: &Method,
         path: &str,
-    ) -> RateLimitInfo {
+    ) -> RateLimitOutcome {
         let buckets = visible
             .index
             .iter()
             .zip(&visible.states)
-            .map(|(&i, state)| BucketInfo {
+            .map(|(&i, state)| BucketOutcome {
                 name: plan.label_arc(i).clone(),
                 quota: plan.buckets[i].limit.quota(),
                 state: state.clone(),
@@ -289,7 +289,7 @@ impl Engine {
             || Arc::<str>::from(""),
             |j| plan.policy(visible.index[j]).name.clone(),
         );
-        RateLimitInfo {
+        RateLimitOutcome {
             policy,
             buckets,
             most_restrictive: visible.most.unwrap_or(0),

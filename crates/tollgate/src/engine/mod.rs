@@ -28,7 +28,7 @@ use crate::classify::RouteTable;
 use crate::client_ip::{peer_addr, ClientIp};
 use crate::key::Extractor;
 use crate::observe::StoreMetrics;
-use crate::respond::{ErrorBody, HeaderStyle, RateLimitInfo};
+use crate::respond::{ErrorBody, HeaderStyle, RateLimitOutcome};
 
 pub(crate) use compile::{
     compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
@@ -82,7 +82,7 @@ pub(crate) struct Engine {
 
 /// A function that makes the whole refused response.
 pub(crate) type RefusalHook =
-    Arc<dyn Fn(&RateLimitInfo, &Parts) -> http::Response<bytes::Bytes> + Send + Sync>;
+    Arc<dyn Fn(&RateLimitOutcome, &Parts) -> http::Response<bytes::Bytes> + Send + Sync>;
 
 /// Per-key overrides: a limit for one key of one kind, on top of the endpoint limits.
 #[derive(Default, Clone)]

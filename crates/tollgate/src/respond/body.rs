@@ -12,10 +12,10 @@ use http::{Response, StatusCode};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::headers::HeaderStyle;
-use super::info::RateLimitInfo;
+use super::info::RateLimitOutcome;
 
 /// A closure that renders a body: the info, and whether to pretty-print.
-type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error> + Send + Sync;
+type Render = dyn Fn(&RateLimitOutcome, bool) -> Result<Vec<u8>, serde_json::Error> + Send + Sync;
 
 /// The JSON body of a `429 Too Many Requests`.
 ///
@@ -45,7 +45,7 @@ type Render = dyn Fn(&RateLimitInfo, bool) -> Result<Vec<u8>, serde_json::Error>
 /// at once; retrying will not help.`, and `retryAfter` is `null`.
 ///
 /// ```
-/// use tollgate::respond::ErrorBody;
+/// use tollgate::ErrorBody;
 ///
 /// let default = ErrorBody::default();
 /// let with_code = ErrorBody::code_details();
@@ -145,7 +145,7 @@ impl ErrorBody {
     /// instead and a `tracing` warning says why: a refusal is never turned into a 500.
     ///
     /// ```
-    /// use tollgate::respond::ErrorBody;
+    /// use tollgate::ErrorBody;
     ///
     /// let body = ErrorBody::custom(|info| {
     ///     serde_json::json!({
@@ -158,7 +158,7 @@ impl ErrorBody {
     /// ```
     pub fn custom<F, T>(render: F) -> Self
     where
-        F: Fn(&RateLimitInfo) -> T + Send + Sync + 'static,
+        F: Fn(&RateLimitOutcome) -> T + Send + Sync + 'static,
         T: Serialize,
     {
         Self::shape(Shape::Custom(Arc::new(move |info, pretty| {
@@ -191,7 +191,7 @@ impl ErrorBody {
     }
 
     /// The body's bytes for `info`.
-    pub fn render(&self, info: &RateLimitInfo) -> Bytes {
+    pub fn render(&self, info: &RateLimitOutcome) -> Bytes {
         let bytes = match &self.shape {
             Shape::Custom(render) => render(info, self.pretty).unwrap_or_else(|error| {
                 tracing::warn!(
@@ -213,7 +213,7 @@ impl ErrorBody {
 /// ```
 /// use std::time::Duration;
 /// use http::Method;
-/// use tollgate::respond::{too_many_requests, ErrorBody, HeaderStyle, RateLimitInfo, ResetFormat};
+/// use tollgate::{too_many_requests, ErrorBody, HeaderStyle, RateLimitOutcome, ResetFormat};
 /// use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
 ///
 /// let decision = Decision {
@@ -228,7 +228,7 @@ impl ErrorBody {
 ///         refusal: Some(Refusal::OverLimit),
 ///     }],
 /// };
-/// let info = RateLimitInfo::from_decision(
+/// let info = RateLimitOutcome::from_decision(
 ///     "invoices", &decision, [("invoices:key", Quota::per_minute(100))], Method::GET, "/v1/invoices",
 /// );
 /// let style = HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds);
@@ -240,7 +240,7 @@ impl ErrorBody {
 /// assert!(response.body().ends_with(b"\"reset_at\": 1717200060\n}"));
 /// ```
 pub fn too_many_requests(
-    info: &RateLimitInfo,
+    info: &RateLimitOutcome,
     style: &HeaderStyle,
     body: &ErrorBody,
 ) -> Response<Bytes> {
@@ -250,7 +250,7 @@ pub fn too_many_requests(
 }
 
 /// A 429 with `body` for `info` and its content type, before any rate-limit header.
-pub(crate) fn refusal(info: &RateLimitInfo, body: &ErrorBody) -> Response<Bytes> {
+pub(crate) fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Bytes> {
     let mut response = Response::new(body.render(info));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     response
@@ -296,7 +296,7 @@ fn to_json<T: Serialize + ?Sized>(value: &T, pretty: bool) -> Result<Vec<u8>, se
 }
 
 /// The bytes of a ready shape.
-fn ready_shape(shape: Ready, info: &RateLimitInfo, pretty: bool) -> Vec<u8> {
+fn ready_shape(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Vec<u8> {
     let bucket = info.most_restrictive_bucket();
     let limit = Json::opt(bucket.map(|b| b.state.limit));
     let retry_after = Json::opt(info.retry_after_secs());
@@ -442,7 +442,7 @@ mod tests {
     }
 
     /// 100 per minute per tenant, empty for 22.4 more seconds.
-    fn tenant_refused() -> RateLimitInfo {
+    fn tenant_refused() -> RateLimitOutcome {
         single(
             "tenant",
             Quota::per_minute(100),
@@ -458,7 +458,7 @@ mod tests {
     }
 
     /// GET /v1/invoices, 100/min per API key, refused 48.3 s into the minute.
-    fn invoices_refused() -> RateLimitInfo {
+    fn invoices_refused() -> RateLimitOutcome {
         single(
             "invoices:key",
             Quota::per_minute(100),
@@ -473,7 +473,7 @@ mod tests {
         )
     }
 
-    fn never_fits() -> RateLimitInfo {
+    fn never_fits() -> RateLimitOutcome {
         info::tests::never_fits("reports:key", Method::GET, "/v1/reports")
     }
 
@@ -522,7 +522,7 @@ mod tests {
             )
         );
         // A custom body can be a problem too.
-        let custom = ErrorBody::custom(|info: &RateLimitInfo| {
+        let custom = ErrorBody::custom(|info: &RateLimitOutcome| {
             serde_json::json!({ "type": "https://example.com/probs/rate", "policy": info.policy })
         })
         .with_content_type(HeaderValue::from_static("application/problem+json"));
@@ -613,7 +613,7 @@ mod tests {
     #[test]
     fn custom_bodies_get_the_info() {
         let body = ErrorBody::custom(
-            |info: &RateLimitInfo| serde_json::json!({ "retry": info.retry_after_secs(), "path": info.path }),
+            |info: &RateLimitOutcome| serde_json::json!({ "retry": info.retry_after_secs(), "path": info.path }),
         );
         let bytes = body.render(&tenant_refused());
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -623,7 +623,7 @@ mod tests {
         );
         assert_eq!(
             text(
-                &ErrorBody::custom(|_: &RateLimitInfo| [1, 2])
+                &ErrorBody::custom(|_: &RateLimitOutcome| [1, 2])
                     .pretty()
                     .render(&tenant_refused())
             ),
@@ -639,7 +639,7 @@ mod tests {
                 Err(serde::ser::Error::custom("broken"))
             }
         }
-        let body = ErrorBody::custom(|_: &RateLimitInfo| Broken);
+        let body = ErrorBody::custom(|_: &RateLimitOutcome| Broken);
         assert_eq!(
             body.render(&tenant_refused()),
             ErrorBody::default().render(&tenant_refused())
@@ -681,7 +681,7 @@ mod tests {
 
     #[test]
     fn no_buckets_and_huge_values_do_not_panic() {
-        let empty = RateLimitInfo::from_decision(
+        let empty = RateLimitOutcome::from_decision(
             "p",
             &Decision {
                 allowed: false,
@@ -723,6 +723,6 @@ mod tests {
             format!("{:?}", ErrorBody::message().pretty()),
             "ErrorBody { shape: Message, pretty: true }"
         );
-        assert!(format!("{:?}", ErrorBody::custom(|_: &RateLimitInfo| 1)).contains("Custom"));
+        assert!(format!("{:?}", ErrorBody::custom(|_: &RateLimitOutcome| 1)).contains("Custom"));
     }
 }

@@ -44,6 +44,7 @@ use super::info::ceil_secs;
 /// `{"allowed":true,"policy":"default","bucket":"default:ip","limit":100,"remaining":99,"reset":60,"retry_after":null}`,
 /// with `reset` and `retry_after` in whole seconds rounded up.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimitDecision {
     /// Whether the request was admitted.
     pub allowed: bool,

@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use smallvec::SmallVec;
 use tollgate_core::{BucketState, Quota, Timestamp};
 
-use super::info::{ceil_secs, RateLimitInfo};
+use super::info::{ceil_secs, RateLimitOutcome};
 use super::sf;
 use crate::engine::policy_item;
 
@@ -70,7 +70,7 @@ pub enum ResetFormat {
 /// The default is `X-RateLimit-*` with Unix seconds, plus the IETF fields.
 ///
 /// ```
-/// use tollgate::respond::{HeaderStyle, ResetFormat};
+/// use tollgate::{HeaderStyle, ResetFormat};
 ///
 /// let as_date = HeaderStyle::x_ratelimit(ResetFormat::HttpDate);
 /// let in_millis = HeaderStyle::x_ratelimit(ResetFormat::UnixMillis);
@@ -156,7 +156,7 @@ impl HeaderStyle {
     /// ```
     /// use std::time::Duration;
     /// use http::{HeaderMap, Method};
-    /// use tollgate::respond::{HeaderStyle, RateLimitInfo, ResetFormat};
+    /// use tollgate::{HeaderStyle, RateLimitOutcome, ResetFormat};
     /// use tollgate_core::{BucketState, Decision, Quota, Timestamp};
     ///
     /// let decision = Decision {
@@ -171,7 +171,7 @@ impl HeaderStyle {
     ///         refusal: None,
     ///     }],
     /// };
-    /// let info = RateLimitInfo::from_decision(
+    /// let info = RateLimitOutcome::from_decision(
     ///     "campaigns", &decision, [("campaigns:key", Quota::per_minute(60))], Method::GET, "/v1/campaigns",
     /// );
     /// let mut headers = HeaderMap::new();
@@ -181,7 +181,7 @@ impl HeaderStyle {
     /// assert_eq!(headers["x-ratelimit-reset"], "1717200060000");
     /// assert!(!headers.contains_key("retry-after"));
     /// ```
-    pub fn write(&self, info: &RateLimitInfo, headers: &mut HeaderMap) {
+    pub fn write(&self, info: &RateLimitOutcome, headers: &mut HeaderMap) {
         let names: SmallVec<[String; 4]> =
             info.buckets.iter().map(|b| sf::string(&b.name)).collect();
         let items: SmallVec<[Shown<'_>; 4]> = info
@@ -377,7 +377,7 @@ mod tests {
     /// 2024-06-01 00:00:00 UTC.
     const JUNE_1: u64 = 1_717_200_000_000_000;
 
-    fn written(style: &HeaderStyle, info: &RateLimitInfo) -> Vec<(String, String)> {
+    fn written(style: &HeaderStyle, info: &RateLimitOutcome) -> Vec<(String, String)> {
         let mut headers = HeaderMap::new();
         style.write(info, &mut headers);
         let mut all: Vec<(String, String)> = headers
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(headers[X_RATELIMIT_RESET], "31");
     }
 
-    fn stacked(allowed: bool) -> RateLimitInfo {
+    fn stacked(allowed: bool) -> RateLimitOutcome {
         let wait = |d: u64| (!allowed).then(|| Duration::from_secs(d));
         let decision = Decision {
             allowed,
@@ -536,7 +536,7 @@ mod tests {
                 state(10_000, 0, Duration::from_millis(3_599_001), wait(1_800)),
             ],
         };
-        RateLimitInfo::from_decision(
+        RateLimitOutcome::from_decision(
             "default",
             &decision,
             [

@@ -1,4 +1,5 @@
-//! [`RateLimitInfo`]: a decision in the terms of headers and bodies.
+//! [`RateLimitOutcome`]: what one request's rate limiting came to, bucket by bucket, in the
+//! terms of headers and bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,15 +10,16 @@ use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
 
 use super::decision::RateLimitDecision;
 
-/// One bucket a request spent (or would have spent): its name, its quota and what the store
-/// answered for it.
+/// The outcome for one bucket of a request: the bucket's name, the quota it was charged
+/// against, and the state the store answered with (remaining, reset, refusal). One element
+/// of [`RateLimitOutcome::buckets`].
 ///
 /// Serializes (serde) as `{"name":"default:ip","limit":500,"window":60,"remaining":499,
 /// "reset":60,"retry_after":null}`: the window, `reset` and `retry_after` in whole seconds
 /// rounded up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct BucketInfo {
+pub struct BucketOutcome {
     /// The bucket's name, as the policy names it (`"default:ip"`, `"auth"`), without the
     /// client's key. The IETF fields use it as the policy identifier.
     pub name: Arc<str>,
@@ -28,20 +30,20 @@ pub struct BucketInfo {
     pub state: BucketState,
 }
 
-/// Everything the headers and the 429 body of one request are made of: one
-/// [`BucketInfo`] per bucket the request spent, which of them is the most restrictive, the
+/// The outcome of one request's rate limiting, in full: everything its rate-limit headers
+/// and its 429 body are made of. One [`BucketOutcome`] per bucket the request spent, which of them is the most restrictive, the
 /// time the store decided at, and the request's method and path.
 ///
-/// Build it with [`RateLimitInfo::from_decision`]. Serializes (serde) as `{"allowed":false,
+/// Build it with [`RateLimitOutcome::from_decision`]. Serializes (serde) as `{"allowed":false,
 /// "policy":"default","method":"GET","path":"/api/x","retry_after":23,"most_restrictive":0,
-/// "buckets":[...]}` (see [`BucketInfo`]), so a custom body can embed it whole.
+/// "buckets":[...]}` (see [`BucketOutcome`]), so a custom body can embed it whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct RateLimitInfo {
+pub struct RateLimitOutcome {
     /// The name of the policy (route class) that applied.
     pub policy: Arc<str>,
     /// The buckets, in the order they were given to the store.
-    pub buckets: Vec<BucketInfo>,
+    pub buckets: Vec<BucketOutcome>,
     /// The index in `buckets` of the bucket the `X-RateLimit-*` headers describe (see
     /// [`Decision::most_restrictive`]); `0` when `buckets` is empty.
     pub most_restrictive: usize,
@@ -56,14 +58,14 @@ pub struct RateLimitInfo {
     pub allowed: bool,
 }
 
-impl RateLimitInfo {
+impl RateLimitOutcome {
     /// Pairs a store's [`Decision`] with the names and quotas of its buckets, given in the
     /// same order as the buckets of the batch. Extra entries on either side are ignored.
     ///
     /// ```
     /// use std::time::Duration;
     /// use http::Method;
-    /// use tollgate::respond::RateLimitInfo;
+    /// use tollgate::RateLimitOutcome;
     /// use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
     ///
     /// let store = MemoryStore::new();
@@ -72,7 +74,7 @@ impl RateLimitInfo {
     ///     Bucket::new("default:ip", "203.0.113.7", Limit::sliding(ip)),
     ///     Bucket::new("default:user", "u_42", Limit::sliding(user)),
     /// ]);
-    /// let info = RateLimitInfo::from_decision(
+    /// let info = RateLimitOutcome::from_decision(
     ///     "default",
     ///     &decision,
     ///     [("default:ip", ip), ("default:user", user)],
@@ -94,10 +96,10 @@ impl RateLimitInfo {
         I: IntoIterator<Item = (N, Quota)>,
         N: Into<Arc<str>>,
     {
-        let buckets: Vec<BucketInfo> = buckets
+        let buckets: Vec<BucketOutcome> = buckets
             .into_iter()
             .zip(&decision.buckets)
-            .map(|((name, quota), state)| BucketInfo {
+            .map(|((name, quota), state)| BucketOutcome {
                 name: name.into(),
                 quota,
                 state: state.clone(),
@@ -119,12 +121,12 @@ impl RateLimitInfo {
     }
 
     /// The bucket the `X-RateLimit-*` headers describe; `None` if there are no buckets.
-    pub fn most_restrictive_bucket(&self) -> Option<&BucketInfo> {
+    pub fn most_restrictive_bucket(&self) -> Option<&BucketOutcome> {
         self.buckets.get(self.most_restrictive)
     }
 
     /// How long a refused request should wait before retrying; `None` if it was admitted,
-    /// or if waiting cannot help (see [`RateLimitInfo::never_fits`]).
+    /// or if waiting cannot help (see [`RateLimitOutcome::never_fits`]).
     pub fn retry_after(&self) -> Option<Duration> {
         if self.allowed {
             return None;
@@ -132,7 +134,7 @@ impl RateLimitInfo {
         self.most_restrictive_bucket()?.state.retry_after
     }
 
-    /// [`RateLimitInfo::retry_after`] in whole seconds, rounded up and never 0: what
+    /// [`RateLimitOutcome::retry_after`] in whole seconds, rounded up and never 0: what
     /// `Retry-After` says. 1 µs is 1, exactly 2 s is 2, 2.000001 s is 3.
     pub fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after().map(|d| ceil_secs(d).max(1))
@@ -171,9 +173,9 @@ impl RateLimitInfo {
     }
 }
 
-impl Serialize for BucketInfo {
+impl Serialize for BucketOutcome {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("BucketInfo", 6)?;
+        let mut s = serializer.serialize_struct("BucketOutcome", 6)?;
         s.serialize_field("name", &*self.name)?;
         s.serialize_field("limit", &self.quota.count())?;
         s.serialize_field("window", &ceil_secs(self.quota.period()))?;
@@ -187,9 +189,9 @@ impl Serialize for BucketInfo {
     }
 }
 
-impl Serialize for RateLimitInfo {
+impl Serialize for RateLimitOutcome {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("RateLimitInfo", 7)?;
+        let mut s = serializer.serialize_struct("RateLimitOutcome", 7)?;
         s.serialize_field("allowed", &self.allowed)?;
         s.serialize_field("policy", &*self.policy)?;
         s.serialize_field("method", self.method.as_str())?;
@@ -202,7 +204,7 @@ impl Serialize for RateLimitInfo {
 }
 
 /// Whole seconds in `d`, rounded up (a wait or a reset is never announced early).
-pub fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
@@ -229,7 +231,7 @@ pub(crate) mod tests {
 
     /// A refusal of a 12-point request by a bucket that holds at most 10 at once (waiting
     /// will not help), at 2024-06-01T00:00:00Z, for bucket `name` of 10/min.
-    pub(crate) fn never_fits(name: &str, method: Method, path: &str) -> RateLimitInfo {
+    pub(crate) fn never_fits(name: &str, method: Method, path: &str) -> RateLimitOutcome {
         let decision = Decision {
             allowed: false,
             now: Timestamp::from_micros(1_717_200_000_000_000),
@@ -246,7 +248,7 @@ pub(crate) mod tests {
             }],
         };
         let policy = name.split(':').next().unwrap_or(name);
-        RateLimitInfo::from_decision(
+        RateLimitOutcome::from_decision(
             policy,
             &decision,
             [(name, Quota::per_minute(10))],
@@ -262,16 +264,16 @@ pub(crate) mod tests {
         now: Timestamp,
         state: BucketState,
         path: &str,
-    ) -> RateLimitInfo {
+    ) -> RateLimitOutcome {
         let decision = Decision {
             allowed: state.allowed,
             now,
             buckets: vec![state],
         };
-        RateLimitInfo::from_decision("p", &decision, [(name, quota)], Method::GET, path)
+        RateLimitOutcome::from_decision("p", &decision, [(name, quota)], Method::GET, path)
     }
 
-    fn refused_after(wait: Duration) -> RateLimitInfo {
+    fn refused_after(wait: Duration) -> RateLimitOutcome {
         single(
             "b",
             Quota::per_minute(10),
@@ -326,7 +328,7 @@ pub(crate) mod tests {
             now: Timestamp::from_micros(0),
             buckets: vec![ip, user],
         };
-        let info = RateLimitInfo::from_decision(
+        let info = RateLimitOutcome::from_decision(
             "default",
             &decision,
             [
@@ -364,13 +366,13 @@ pub(crate) mod tests {
             buckets: vec![state(1, 0, Duration::MAX, Some(Duration::MAX))],
         };
         let none: [(&str, Quota); 0] = [];
-        let info = RateLimitInfo::from_decision("p", &decision, none, Method::GET, "/");
+        let info = RateLimitOutcome::from_decision("p", &decision, none, Method::GET, "/");
         assert!(info.buckets.is_empty());
         assert_eq!(info.most_restrictive_bucket(), None);
         assert_eq!(info.retry_after_secs(), None);
         assert_eq!(info.reset_at(), None);
 
-        let info = RateLimitInfo::from_decision(
+        let info = RateLimitOutcome::from_decision(
             "p",
             &decision,
             [("a", Quota::per_second(1)), ("b", Quota::per_second(1))],
