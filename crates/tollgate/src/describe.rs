@@ -39,7 +39,10 @@ pub enum RuleSource {
 ///     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
 ///     .bucket("sign-in-failures", Rate::exact("5/30min"))
 ///     .build()?;
-/// let _chat = limiter.policy(Policy::named("chat").per_ip("60/min").per_user("30/min"));
+/// let _chat = limiter.try_policy_at(
+///     "POST /api/chat",
+///     Policy::named("chat").per_ip("60/min").per_user("30/min"),
+/// )?;
 ///
 /// let all = limiter.describe();
 /// assert_eq!(all.len(), 4); // two table rules, one per-route policy, one direct bucket

@@ -13,7 +13,7 @@
 //!     .route("/api/*", Policy::named("default").per_ip("500/min"))
 //!     .bucket("sign-in-failures", "5/30min")
 //!     .build()?;
-//! let _chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("60/min"));
+//! let _chat = limiter.try_policy_at("POST /api/chat", Policy::named("chat").per_ip("60/min"))?;
 //!
 //! let mut doc = json!({
 //!     "openapi": "3.1.0",
@@ -26,7 +26,7 @@
 //!     },
 //! });
 //! let publisher = Publisher::new(&limiter)
-//!     .route_policy("POST /api/chat", "chat")                   // its layer: policy_at
+//!     .route_policy("POST /api/chat", "chat")                   // its layer: try_policy_at
 //!     .handler_buckets("POST /api/sign-in", &["sign-in-failures"]) // the handler checks it
 //!     .bucket_key("sign-in-failures", "email");                // with the e-mail as key
 //! publisher.annotate(&mut doc)?;
