@@ -1,5 +1,5 @@
-//! The script's straight paths for a charge (one fixed window; one or several sliding
-//! windows): what they store and answer in the cases the random equivalence tests meet
+//! The scripts' straight paths for a charge (one fixed window, `fixed.lua`; one or several
+//! sliding windows, `decide.lua`): what they store and answer in the cases the random equivalence tests meet
 //! rarely. Windows here are long, so nothing rolls over while a test runs.
 
 mod common;
@@ -31,8 +31,9 @@ async fn expiry_ms(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i
         .unwrap()
 }
 
-/// A fixed window counts in its key until the window ends; a charge that does not fit takes
-/// nothing, and says when the window ends.
+/// A fixed window counts in its window's key (`<key>:<window index>`, which expires a second
+/// after the window ends); a charge that does not fit takes nothing, and says when the
+/// window ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
     let server = RedisServer::start();
@@ -40,7 +41,7 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
     let mut conn = connect(&server.url()).await;
     let hour = 3_600_000_000u64;
     let bucket = Bucket::new("fw", "k", Limit::fixed(Quota::per_hour(5)));
-    let key = store.redis_key(&bucket);
+    let mut key = String::new();
     for left in [3, 1] {
         let d = store
             .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
@@ -53,7 +54,12 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
             d.buckets[0].reset_after,
             Duration::from_micros(end - d.now.as_micros())
         );
-        assert_eq!(expiry_ms(&mut conn, &key).await as u64, end / 1000);
+        key = store.redis_key_at(&bucket, d.now);
+        assert_eq!(
+            key,
+            format!("{}:{}", store.redis_key(&bucket), d.now.as_micros() / hour)
+        );
+        assert_eq!(expiry_ms(&mut conn, &key).await as u64, end / 1000 + 1000);
     }
     let d = store
         .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
@@ -67,7 +73,7 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
         Some(Duration::from_micros(end - d.now.as_micros()))
     );
     assert_eq!(d.buckets[0].remaining, 1);
-    assert_eq!(get(&mut conn, &key).await.unwrap(), b"-4");
+    assert_eq!(get(&mut conn, &key).await.unwrap(), b"4");
     // A cost above the capacity never fits, and takes nothing either.
     let d = store
         .apply(&Batch::charge(vec![bucket.clone().with_cost(6)]))
@@ -87,12 +93,11 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
         .unwrap();
     assert!(d.allowed);
     assert_eq!(d.buckets[0].remaining, 0);
-    assert_eq!(get(&mut conn, &key).await.unwrap(), b"-5");
+    assert_eq!(get(&mut conn, &key).await.unwrap(), b"5");
 }
 
-/// A fixed window's count belongs to the window its key expires with: a count left by a
-/// limit of another period is not this window's, and the key starts afresh (unless both
-/// windows happen to end at the same instant).
+/// A fixed window's count belongs to the window its key names: a count left by a limit of
+/// another period is another window's, and the bucket starts afresh, as in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_of_another_period_starts_afresh() {
     let server = RedisServer::start();
@@ -112,17 +117,13 @@ async fn a_fixed_window_of_another_period_starts_afresh() {
         .unwrap();
     let now = d.now.as_micros();
     let end = |period: u64| (now / period + 1) * period;
-    let (h, o) = (3_600_000_000, 59 * 60_000_000);
-    if end(h) == end(o) {
-        assert!(!d.allowed, "the same window end: the count is kept");
-    } else {
-        assert!(d.allowed, "another period's count counts for nothing");
-        assert_eq!(d.buckets[0].remaining, 3);
-        assert_eq!(
-            d.buckets[0].reset_after,
-            Duration::from_micros(end(o) - now)
-        );
-    }
+    let o = 59 * 60_000_000;
+    assert!(d.allowed, "another period's count counts for nothing");
+    assert_eq!(d.buckets[0].remaining, 3);
+    assert_eq!(
+        d.buckets[0].reset_after,
+        Duration::from_micros(end(o) - now)
+    );
 }
 
 /// Several sliding windows charged together: if one refuses, none is written, and each
