@@ -3,22 +3,27 @@
 -- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now; script.rs documents
 -- the arguments and the reply. It is written for the server's time per call: no function is
 -- defined (each would be a closure created on every call), and a charge dispatches first on
--- bucket count and algorithm to a straight path of its own: one fixed window (TIME,
--- PEXPIRETIME, DECRBY), one token bucket (TIME, GET, SET), one or several sliding windows
--- (TIME, then GET each key, SET each if all fit). Everything else (other operations, exact
--- logs, several buckets of other algorithms, keys in an older format) runs the general
--- path, which reads each key once.
+-- bucket count and algorithm to a straight path of its own: one token bucket (TIME, GET,
+-- SET), one or several sliding windows (TIME, then GET each key, SET each if all fit). A
+-- charge of one fixed window is not sent here but to fixed.lua (INCRBY-shaped). Everything
+-- else (other operations, exact logs, several buckets of other algorithms, fixed windows
+-- among others, keys in an older format) runs the general path, which reads each key once.
 --
 -- Numbers are integers below 2^53 (microseconds since the epoch, counts), which Lua's doubles
 -- hold exactly; a / b floored or ceiled is exact for such integers. Lua prints a number
 -- exactly only below 10^14 (`..` uses %.14g), so the log's entries go through string.format;
 -- numbers passed to redis.call are printed exactly by Redis itself.
 --
--- KEYS[i]: the bucket's key. ARGV[1]: the operation ('0' charge, '1' peek, '2' refund,
--- '3' penalize, '4' reset). Then six per bucket: algorithm ('1' sliding window, '2' sliding
--- log, '3' token bucket, '4' fixed window), capacity, cost, unit (segment length, window,
--- emission interval or period, in microseconds), window (microseconds), and the sliding
--- window's shape tag "<k>:<segment length>|" (anything for the others).
+-- KEYS[i]: the bucket's key (a fixed window's: the bucket's key and ':<window index>').
+-- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, '3' penalize, '4' reset). Then
+-- six per bucket: algorithm ('1' sliding window, '2' sliding log, '3' token bucket, '4' fixed
+-- window), capacity, cost, unit (segment length, window or emission interval in
+-- microseconds; for a fixed window, when its key expires, in Unix ms), window
+-- (microseconds), and the sliding window's shape tag "<k>:<segment length>|" (for a fixed
+-- window, '-' if the bucket's key in the format before window keys must not be read: it is
+-- on another Redis Cluster slot; anything for the others). Then, if a bucket is a fixed
+-- window, the instance's clock (microseconds), which placed its window: the call is
+-- decided by it instead of TIME.
 --
 -- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
 -- reset_after (microseconds) }.
@@ -32,15 +37,17 @@
 --                   The text tag makes a limit whose window changed start afresh, as the
 --                   memory store does.
 --   token bucket    <tat>                the theoretical arrival time
---   fixed window    -<used>              the count, negated (so that it is never taken for a
---                                        token bucket's time), in a key that expires when
---                                        its window ends: the expiry tells the window
+--   fixed window    <used>               the count, in the window's own key (its name tells
+--                                        the window), written by fixed.lua too
 --   sliding log     hash: h (oldest index), n (next index), t (total), u (the window its
 --                   expiry was set by), and one field per entry index holding "<at> <cost>"
+-- Every key expires a second after its state is fresh again (see `slack`).
 -- The format written before 0.2 ('S<k>:<s>:<head>:<counts>', 'T<tat>', 'F<p>:<w>:<used>')
 -- is still read, on the general path; a sliding window's old counts are taken as admitted at
 -- the end of their segment (or now, if that is later), so they never count for less long
--- than they used to.
+-- than they used to. A fixed window's count in the bucket's own key ('-<used>', expiring
+-- when its window ends, written before window keys; or 'F...') is carried into the window's
+-- key when that is first written, by either script.
 
 local op = ARGV[1]
 local now

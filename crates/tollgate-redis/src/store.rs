@@ -1,25 +1,32 @@
 //! [`RedisStore`]: bucket state in Redis, one Lua round trip per request, on the Redis
-//! server's clock.
+//! server's clock (fixed windows: on the instance's).
 //!
 //! # Keys
 //!
 //! A bucket's key is the store's prefix (default `tollgate:`) followed by
 //! [`Bucket::key`] (`<bucket name>:<key>`), for example `tollgate:default:ip:203.0.113.7`.
+//! A fixed window keeps each window's count in a key of its own, that key and
+//! `:<window index>` (microseconds since the Unix epoch divided by the period,
+//! [`RedisStore::redis_key_at`]), for example `tollgate:default:ip:203.0.113.7:29412345`.
 //! Sliding windows, token buckets and fixed windows keep one string per key; an exact
 //! sliding log keeps a hash with one field per admitted instant. Every key written gets an
-//! expiry (`PXAT` / `PEXPIREAT`) at the moment its state is back to fresh, so idle keys leave
-//! Redis by themselves.
+//! expiry (`PXAT` / `PEXPIREAT`) one second after its state is back to fresh (see "Time"),
+//! so idle keys leave Redis by themselves.
 //!
-//! The values hold only what the script's arguments do not: a token bucket its theoretical
-//! arrival time (µs); a fixed window its count, negated, in a key that expires when the
-//! window ends; a sliding window a short tag of its shape (`<segments>:<segment µs>|`) and
-//! then, for each segment that still counts, its index, count and the time of its last
-//! admission (19 bytes, binary). Keys written by earlier versions are read and rewritten in
-//! this form on their next change. A key holds one state: when a bucket's algorithm
-//! changes, its key starts afresh (the memory store keeps each algorithm's state of a key
-//! apart). When a fixed window's period changes and the old and new windows end at the same
-//! instant, the count carries into the new window until then (the memory store starts
-//! afresh).
+//! The values hold only what the scripts' arguments do not: a token bucket its theoretical
+//! arrival time (µs); a fixed window its count, a plain integer; a sliding window a short tag
+//! of its shape (`<segments>:<segment µs>|`) and then, for each segment that still counts,
+//! its index, count and the time of its last admission (19 bytes, binary). Keys written by
+//! earlier versions are read and rewritten in this form on their next change (a fixed
+//! window's count in the bucket's own key, `-<used>`, carries into its window's key when
+//! that is first written; during a rolling upgrade, instances of the earlier version keep
+//! counting in the old key, apart, until its window ends). A key holds one state: when a
+//! bucket's algorithm changes, its key starts afresh (the memory store keeps each
+//! algorithm's state of a key apart); a fixed window's keys are its own, so its count
+//! outlives a change to another algorithm and back within the window, as in memory. A fixed
+//! window whose period changes starts afresh, as in memory (another period, another window
+//! index); if the period changes back within the old period's window, that window's count
+//! counts again (the memory store starts afresh).
 //!
 //! On Redis Cluster, `{...}` in a key is a *hash tag*: only what is inside the braces decides
 //! the slot. A prefix such as `{tollgate}:` puts every key on one slot (every request is then
@@ -49,9 +56,21 @@
 //!
 //! # Time
 //!
-//! The script reads the Redis server's clock (`TIME`), so app instances whose clocks differ
-//! share one timeline. [`Decision::now`] is that time. On a cluster, each node's clock is
-//! used for its own keys.
+//! Sliding windows, sliding logs and token buckets are decided on the Redis server's clock
+//! (the script reads `TIME`), so app instances whose clocks differ share one timeline.
+//! [`Decision::now`] is that time. On a cluster, each node's clock is used for its own keys.
+//!
+//! **Fixed windows are placed by the instance's clock** ([`RedisStoreBuilder::clock`],
+//! default the system clock): the instance names the window's key by its index, so that a
+//! charge of one fixed window is one `INCRBY`-shaped call (`fixed.lua`), with no `TIME` and
+//! one number back, from which the instance works out remaining, reset and wait. Between
+//! instances whose clocks differ, a window's boundary moves by the skew: an instance whose
+//! clock runs ahead starts the next window (a fresh count) that much earlier. A request that
+//! includes a fixed window is decided entirely on the instance's clock (its other buckets
+//! too), and [`Decision::now`] is then the instance's time. Every key outlives its state by
+//! a second, so that an instance whose clock runs behind the server's (or another
+//! instance's) by less than that still finds what counts; beyond a second of skew, a key can
+//! expire while that instance would still count it.
 //!
 //! # Numbers
 //!

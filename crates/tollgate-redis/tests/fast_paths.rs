@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::connect;
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Refusal, Store};
+use tollgate_core::{
+    Batch, Bucket, Clock, Limit, Op, Quota, Refusal, Store, SystemClock, Timestamp,
+};
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
@@ -249,4 +251,56 @@ async fn what_the_straight_paths_store_is_read_by_every_operation() {
         .unwrap();
     let remaining: Vec<u64> = refund.buckets.iter().map(|b| b.remaining).collect();
     assert_eq!(remaining, [4, 4, 4]);
+}
+
+/// A clock some time ahead of the system's.
+#[derive(Debug)]
+struct Ahead(Duration);
+
+impl Clock for Ahead {
+    fn now(&self) -> Timestamp {
+        SystemClock.now().saturating_add(self.0)
+    }
+}
+
+/// A fixed window is placed by the instance's clock: an instance whose clock runs an hour
+/// ahead counts an hourly window in the next window's key, and says so in its decision's
+/// time. Its other buckets, on their own, are decided on the server's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_is_placed_by_the_instances_clock() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let ahead = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .clock(Ahead(Duration::from_secs(3_600)))
+        .build()
+        .unwrap();
+    let mut conn = connect(&server.url()).await;
+    let bucket = Bucket::new("skew", "k", Limit::fixed(Quota::per_hour(2)));
+    let charge = Batch::charge(vec![bucket.clone().with_cost(2)]);
+    let d = store.apply(&charge).await.unwrap();
+    assert!(d.allowed);
+    assert!(!store.apply(&charge).await.unwrap().allowed);
+    let d_ahead = ahead.apply(&charge).await.unwrap();
+    assert!(d_ahead.allowed, "the next hour's window, afresh");
+    assert!(d_ahead.now.as_micros() >= d.now.as_micros() + 3_600_000_000);
+    let key = ahead.redis_key_at(&bucket, d_ahead.now);
+    assert_ne!(key, store.redis_key_at(&bucket, d.now));
+    assert_eq!(get(&mut conn, &key).await.unwrap(), b"2");
+    // Only the two windows' keys.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:skew:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    // A sliding window alone: the server's clock.
+    let sliding = Batch::charge(vec![Bucket::new(
+        "skew",
+        "s",
+        Limit::sliding(Quota::per_hour(2)),
+    )]);
+    let d_sliding = ahead.apply(&sliding).await.unwrap();
+    assert!(d_sliding.now.as_micros() < d.now.as_micros() + 60_000_000);
 }
