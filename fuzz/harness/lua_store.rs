@@ -4,10 +4,12 @@
 //! A few keys, each with its own limit (sliding window, sliding with k segments, exact,
 //! fixed, token bucket; periods from 1 ms to a day), get random batches (charge, peek,
 //! refund, penalize, reset; one to three keys) between clock steps (none, microseconds,
-//! about a segment or a window, a day). Both sides decide at the same instant: the script
-//! is run as the store sends it (`RedisStore::script_args`), with its one `TIME` call
-//! replaced by a read of the instant the harness sets (the only change), and the memory
-//! store runs on a `ManualClock` set to that instant. The instants start two days after
+//! about a segment or a window, a day). Both sides decide at the same instant: the scripts
+//! are run as the store sends them (`RedisStore::script_call` at that instant, which places
+//! fixed windows; a charge of one fixed window runs `fixed.lua`), `decide.lua` with its one
+//! `TIME` call replaced by a read of the instant the harness sets (the only change), the
+//! reply read as the store reads it (`RedisStore::script_decision`), and the memory store
+//! runs on a `ManualClock` set to that instant. The instants start two days after
 //! the real time, so that no key Redis holds expires by Redis's own clock during a run
 //! (the script must answer from what a key holds, expired or not, as the memory store
 //! does).
@@ -22,9 +24,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_core::{
-    Batch, Bucket, BucketState, Decision, Limit, ManualClock, MemoryStore, Op, Refusal, Timestamp,
-};
+use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Timestamp};
 use tollgate_redis::redis::{self, Value};
 use tollgate_redis::RedisStore;
 
@@ -42,6 +42,8 @@ struct Harness {
     url: String,
     conn: redis::Connection,
     script: redis::Script,
+    /// `fixed.lua`, as it is.
+    fixed: redis::Script,
     /// A store with no connection made: it only lays out the script's arguments.
     layout: RedisStore,
     /// Two days after the real time when the harness started, in µs.
@@ -76,6 +78,7 @@ fn harness() -> &'static Mutex<Harness> {
             url,
             conn,
             script: redis::Script::new(&source),
+            fixed: redis::Script::new(RedisStore::fixed_window_script_source()),
             layout: RedisStore::open("redis://127.0.0.1:1/").expect("a valid URL"),
             base,
         })
@@ -103,49 +106,6 @@ fn step(input: &mut Input<'_>, limits: &[Limit]) -> u64 {
         5 => of(input).quota().period_micros() * (1 + input.below(3) as u64),
         6 => 86_400_000_000,
         _ => u64::from(input.u32() % 5_000_000),
-    }
-}
-
-/// The script's reply as a decision, as the store reads it.
-fn decision(reply: &[i64], batch: &Batch) -> Decision {
-    assert_eq!(reply.len(), 1 + 3 * batch.buckets.len(), "{reply:?}");
-    let states: Vec<BucketState> = batch
-        .buckets
-        .iter()
-        .zip(reply[1..].chunks_exact(3))
-        .map(|(b, v)| {
-            let (retry_after, refusal) = match v[0] {
-                0 => (None, None),
-                -1 => (
-                    None,
-                    Some(Refusal::CostExceedsCapacity {
-                        cost: b.cost,
-                        capacity: b.limit.capacity(),
-                    }),
-                ),
-                wait => {
-                    assert!(wait > 0, "a wait of {wait}");
-                    (
-                        Some(Duration::from_micros(wait as u64)),
-                        Some(Refusal::OverLimit),
-                    )
-                }
-            };
-            assert!(v[1] >= 0 && v[2] >= 0, "{v:?}");
-            BucketState {
-                allowed: refusal.is_none(),
-                limit: b.limit.quota().count(),
-                remaining: v[1] as u64,
-                reset_after: Duration::from_micros(v[2] as u64),
-                retry_after,
-                refusal,
-            }
-        })
-        .collect();
-    Decision {
-        allowed: states.iter().all(|s| s.allowed),
-        now: Timestamp::from_micros(reply[0] as u64),
-        buckets: states,
     }
 }
 
@@ -204,9 +164,17 @@ pub fn run(data: &[u8]) {
             .collect();
         let batch = Batch::new(op, buckets);
 
-        let args = h.layout.script_args(&batch).expect("a valid batch");
+        let at = Timestamp::from_micros(now);
+        let call = h.layout.script_call(&batch, at).expect("a valid batch");
+        let (sha, args) = call.split_first().expect("the script's SHA");
         let n_keys: usize = args[0].parse().expect("the key count");
-        let mut invocation = h.script.prepare_invoke();
+        let script = if sha == RedisStore::fixed_window_script_sha() {
+            &h.fixed
+        } else {
+            assert_eq!(sha, RedisStore::script_sha());
+            &h.script
+        };
+        let mut invocation = script.prepare_invoke();
         for key in &args[1..=n_keys] {
             invocation.key(key);
         }
@@ -233,17 +201,10 @@ pub fn run(data: &[u8]) {
             }
             Err(e) => panic!("the script failed: {e}"),
         };
-        let Value::Array(items) = reply else {
-            panic!("the script answered {reply:?}");
-        };
-        let numbers: Vec<i64> = items
-            .iter()
-            .map(|v| match v {
-                Value::Int(i) => *i,
-                other => panic!("the script answered {other:?}"),
-            })
-            .collect();
-        let on_redis = decision(&numbers, &batch);
+        let on_redis = h
+            .layout
+            .script_decision(&batch, at, &reply)
+            .unwrap_or_else(|e| panic!("the script answered {reply:?}: {e}"));
         let on_memory = ready(tollgate_core::Store::apply(&memory, &batch)).expect("valid");
         assert_eq!(
             on_redis, on_memory,

@@ -48,8 +48,9 @@ pub struct BucketState {
 pub struct Decision {
     /// Admitted only if every bucket admitted. A refused request charged no bucket.
     pub allowed: bool,
-    /// The time the store decided at (the Redis server's clock for the Redis store), to turn
-    /// `reset_after` into an absolute time.
+    /// The time the store decided at (for the Redis store, the Redis server's clock, or the
+    /// instance's when the request includes a fixed window), to turn `reset_after` into an
+    /// absolute time.
     pub now: Timestamp,
     /// One state per bucket.
     pub buckets: Vec<BucketState>,

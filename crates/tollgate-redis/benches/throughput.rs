@@ -13,11 +13,12 @@
 //! `EVALSHA` of a script with keys drawn from 100,000; the server's own time per call is
 //! `usec_per_call` of `cmdstat_evalsha` in `INFO commandstats`, reset (`CONFIG RESETSTAT`)
 //! before each run. Scripts: tollgate's (one sliding-window bucket; two, as IP + user; a token
-//! bucket; a fixed window) and two references written for this bench: GCRA as the well-known
+//! bucket; a fixed window, which runs the store's own fixed-window script) and two references written for this bench: GCRA as the well-known
 //! Redis rate limiters do it (`TIME`, `GET`, `SET` with an expiry) and a fixed window
 //! (`INCRBY` and `PEXPIRE` per key, one key and two), and the same fixed window decided on
 //! the server's clock and answered as tollgate's script answers (`TIME`, `INCRBY`,
-//! `PEXPIREAT` at the window's end, four numbers back). The rows take turns, round after
+//! `PEXPIREAT` at the window's end, four numbers back), what tollgate's fixed window did
+//! before it was placed by the instance's clock. The rows take turns, round after
 //! round, so that load from other processes weighs on all of them alike; each figure is the
 //! median of the rounds, and each ratio the median of the ratios within a round.
 //!
@@ -39,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+use tollgate_core::{Batch, Bucket, Clock, Limit, Quota, Store, SystemClock};
 use tollgate_redis::{deadpool_redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
@@ -123,13 +124,14 @@ struct Row {
     args: Vec<String>,
 }
 
-/// The `EVALSHA` arguments tollgate's store sends for a charge of `buckets`, with
-/// `__rand_int__` in the keys (redis-benchmark replaces each with its own random number).
+/// The `EVALSHA` call tollgate's store sends for a charge of `buckets` now (the script's SHA
+/// and its arguments), with `__rand_int__` in the keys (redis-benchmark replaces each with
+/// its own random number).
 fn tollgate_row(store: &RedisStore, name: &'static str, buckets: Vec<Bucket>) -> Row {
-    let mut args = vec!["EVALSHA".to_owned(), RedisStore::script_sha().to_owned()];
+    let mut args = vec!["EVALSHA".to_owned()];
     args.extend(
         store
-            .script_args(&Batch::charge(buckets))
+            .script_call(&Batch::charge(buckets), SystemClock.now())
             .expect("a valid batch"),
     );
     Row { name, args }
@@ -348,6 +350,10 @@ fn main() {
     assert_eq!(
         sha_of(&server, RedisStore::script_source()),
         RedisStore::script_sha()
+    );
+    assert_eq!(
+        sha_of(&server, RedisStore::fixed_window_script_source()),
+        RedisStore::fixed_window_script_sha()
     );
     let gcra = sha_of(&server, GCRA_REF);
     let fixed_ref = sha_of(&server, FIXED_REF);

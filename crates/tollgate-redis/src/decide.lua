@@ -3,22 +3,27 @@
 -- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now; script.rs documents
 -- the arguments and the reply. It is written for the server's time per call: no function is
 -- defined (each would be a closure created on every call), and a charge dispatches first on
--- bucket count and algorithm to a straight path of its own: one fixed window (TIME,
--- PEXPIRETIME, DECRBY), one token bucket (TIME, GET, SET), one or several sliding windows
--- (TIME, then GET each key, SET each if all fit). Everything else (other operations, exact
--- logs, several buckets of other algorithms, keys in an older format) runs the general
--- path, which reads each key once.
+-- bucket count and algorithm to a straight path of its own: one token bucket (TIME, GET,
+-- SET), one or several sliding windows (TIME, then GET each key, SET each if all fit). A
+-- charge of one fixed window is not sent here but to fixed.lua (INCRBY-shaped). Everything
+-- else (other operations, exact logs, several buckets of other algorithms, fixed windows
+-- among others, keys in an older format) runs the general path, which reads each key once.
 --
 -- Numbers are integers below 2^53 (microseconds since the epoch, counts), which Lua's doubles
 -- hold exactly; a / b floored or ceiled is exact for such integers. Lua prints a number
 -- exactly only below 10^14 (`..` uses %.14g), so the log's entries go through string.format;
 -- numbers passed to redis.call are printed exactly by Redis itself.
 --
--- KEYS[i]: the bucket's key. ARGV[1]: the operation ('0' charge, '1' peek, '2' refund,
--- '3' penalize, '4' reset). Then six per bucket: algorithm ('1' sliding window, '2' sliding
--- log, '3' token bucket, '4' fixed window), capacity, cost, unit (segment length, window,
--- emission interval or period, in microseconds), window (microseconds), and the sliding
--- window's shape tag "<k>:<segment length>|" (anything for the others).
+-- KEYS[i]: the bucket's key (a fixed window's: the bucket's key and ':<window index>').
+-- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, '3' penalize, '4' reset). Then
+-- six per bucket: algorithm ('1' sliding window, '2' sliding log, '3' token bucket, '4' fixed
+-- window), capacity, cost, unit (segment length, window or emission interval in
+-- microseconds; for a fixed window, when its key expires, in Unix ms), window
+-- (microseconds), and the sliding window's shape tag "<k>:<segment length>|" (for a fixed
+-- window, '-' if the bucket's key in the format before window keys must not be read: it is
+-- on another Redis Cluster slot; anything for the others). Then, if a bucket is a fixed
+-- window, the instance's clock (microseconds), which placed its window: the call is
+-- decided by it instead of TIME.
 --
 -- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
 -- reset_after (microseconds) }.
@@ -32,56 +37,35 @@
 --                   The text tag makes a limit whose window changed start afresh, as the
 --                   memory store does.
 --   token bucket    <tat>                the theoretical arrival time
---   fixed window    -<used>              the count, negated (so that it is never taken for a
---                                        token bucket's time), in a key that expires when
---                                        its window ends: the expiry tells the window
+--   fixed window    <used>               the count, in the window's own key (its name tells
+--                                        the window), written by fixed.lua too
 --   sliding log     hash: h (oldest index), n (next index), t (total), u (the window its
 --                   expiry was set by), and one field per entry index holding "<at> <cost>"
+-- Every key expires a second after its state is fresh again (see `slack`).
 -- The format written before 0.2 ('S<k>:<s>:<head>:<counts>', 'T<tat>', 'F<p>:<w>:<used>')
 -- is still read, on the general path; a sliding window's old counts are taken as admitted at
 -- the end of their segment (or now, if that is later), so they never count for less long
--- than they used to.
+-- than they used to. A fixed window's count in the bucket's own key ('-<used>', expiring
+-- when its window ends, written before window keys; or 'F...') is carried into the window's
+-- key when that is first written, by either script.
 
 local op = ARGV[1]
-local t = redis.call('TIME')
-local now = t[1] * 1000000 + t[2]
+local now
+-- Keys outlive their state by a second (ms): a request with a fixed window is decided on
+-- the instance's clock, and an instance whose clock runs behind the server's by less must
+-- not find a key gone that still counts. (A key that outlives its state reads as fresh.)
+local slack = 1000
+if #ARGV > #KEYS * 6 + 1 then
+  now = tonumber(ARGV[#ARGV]) -- a request with a fixed window: the instance's clock
+else
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
 local LIM = 9007199254740992 -- 2^53: counts and times saturate here (u64::MAX in memory)
 
 if op == '0' then
   local n, alg = #KEYS, ARGV[2]
-  if n == 1 and alg == '4' then
-    -- One fixed window, charged: the count, negated, in a key that expires when its window
-    -- ends; its expiry says which window the count is of. INCRBY-shaped: PEXPIRETIME (the
-    -- window check) and DECRBY, the cost passed on as the caller sent it.
-    local key = KEYS[1]
-    local p = tonumber(ARGV[5])
-    local stop = now - now % p + p
-    local close = stop / 1000
-    local pe = redis.call('PEXPIRETIME', key)
-    if pe == close then
-      local x = redis.pcall('DECRBY', key, ARGV[4])
-      if type(x) == 'number' then
-        if x <= 0 then
-          local cap = tonumber(ARGV[3])
-          if x + cap >= 0 then
-            return { now, 0, cap + x, stop - now }
-          end
-          redis.call('INCRBY', key, ARGV[4])
-          local cost = tonumber(ARGV[4])
-          local used = math.min(-x - cost, LIM)
-          return { now, cost > cap and -1 or stop - now, math.max(cap - used, 0), stop - now }
-        end
-        redis.call('INCRBY', key, ARGV[4]) -- not a count: another algorithm's state
-      end
-    elseif pe == -2 then
-      local cap, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-      if cost > cap then
-        return { now, -1, cap, 0 }
-      end
-      redis.call('SET', key, -cost, 'PXAT', close)
-      return { now, 0, cap - cost, stop - now }
-    end
-  elseif n == 1 and alg == '3' then
+  if n == 1 and alg == '3' then
     -- One token bucket, charged: GCRA.
     local key = KEYS[1]
     local v = redis.pcall('GET', key)
@@ -106,7 +90,7 @@ if op == '0' then
       if wait > 0 then
         return { now, wait, math.max(cap - math.ceil(ahead / T), 0), ahead }
       end
-      redis.call('SET', key, new, 'PXAT', math.ceil(new / 1000))
+      redis.call('SET', key, new, 'PXAT', math.ceil(new / 1000) + slack)
       return { now, 0, math.max(cap - math.ceil((new - now) / T), 0), new - now }
     end
   else
@@ -211,12 +195,12 @@ if op == '0' then
               redis.call('SET', KEYS[b], put[y], 'PXAT', put[y + 1])
               out[z - 1], out[z], out[z + 1] = 0, put[y + 2], put[y + 3]
             end
-            redis.call('SET', key, value, 'PXAT', ceil((last + W) / 1000))
+            redis.call('SET', key, value, 'PXAT', ceil((last + W) / 1000) + slack)
             out[x], out[x + 1], out[x + 2] = 0, max(cap - min(used + cost, LIM), 0), last + W - now
             return out
           end
           local y = i * 4 - 3
-          put[y], put[y + 1] = value, ceil((last + W) / 1000)
+          put[y], put[y + 1] = value, ceil((last + W) / 1000) + slack
           put[y + 2], put[y + 3] = max(cap - min(used + cost, LIM), 0), last + W - now
         end
         -- This bucket's answer if some bucket does not fit.
@@ -248,6 +232,14 @@ if op == '4' then
   -- Reset: every key goes; each bucket is reported fresh.
   redis.call('DEL', unpack(KEYS))
   for i = 1, n do
+    if ARGV[i * 6 - 4] == '4' and ARGV[i * 6 + 1] ~= '-' then
+      -- A fixed window's count in the format before goes too.
+      local old = match(KEYS[i], '^(.*):%d+$')
+      local ov = redis.pcall('GET', old)
+      if type(ov) == 'string' and (find(ov, '-', 1, true) == 1 or find(ov, 'F', 1, true) == 1) then
+        redis.call('DEL', old)
+      end
+    end
     out[#out + 1] = 0
     out[#out + 1] = tonumber(ARGV[i * 6 - 3])
     out[#out + 1] = 0
@@ -258,6 +250,8 @@ end
 -- Per bucket: whether the key held anything (PR), whether that was another limit's state
 -- (RP), the state (X, Y: see each algorithm), the fit (FT).
 local PR, RP, X, Y, FT = {}, {}, {}, {}, {}
+-- Fixed windows: the bucket's key in the format before, whose count this window took.
+local OLD = {}
 -- Sliding windows: the segments that still count, newest first, all buckets in a row
 -- (index, count, last admission); bucket i's are SB[i] .. SB[i] + SN[i] - 1, from head HD[i].
 local SJ, SC, SL, SB, SN, HD = {}, {}, {}, {}, {}, {}
@@ -419,36 +413,45 @@ for i = 1, n do
         fit = max(new - now - cap * unit, 0)
       end
     else
-      local w = floor(now / unit)
-      local close = (w + 1) * unit / 1000
+      -- The window's key (the bucket's key and ':<window index>', placed by the instance's
+      -- clock, as `now` is) holds its count; `unit` is when the key expires (ms).
       local used = 0
       if present and not other then
         local x = tonumber(v)
-        if x and x <= 0 then
-          -- A count of this window if the key expires when this window ends; otherwise of
-          -- an earlier window (or of another period), which counts for nothing now.
-          if redis.call('PEXPIRETIME', key) == close then
-            used = -x
-          end
-        elseif b1 == 70 then
-          -- The format before 0.2: F<period>:<window>:<used>
-          local pp, ww, uu = match(v, '^F(%d+):(%d+):(%d+)$')
-          if pp and tonumber(pp) == unit then
-            if tonumber(ww) == w then
-              used = tonumber(uu)
-            end
-          else
-            other = true
-          end
+        if x and x >= 0 then
+          used = x
         else
           other = true
         end
+      elseif not present and ARGV[o + 6] ~= '-' then
+        -- A count of this window in the format before: carried over on the next change.
+        local old, w = match(key, '^(.*):(%d+)$')
+        local ov = redis.pcall('GET', old) -- (a log's hash is an error)
+        if type(ov) == 'string' then
+          local x = tonumber(ov)
+          if x then
+            if x < 0 then
+              local pe = redis.call('PEXPIRETIME', old)
+              if pe > 0 and pe <= unit then
+                used = -x
+                OLD[i], present = old, true
+              end
+            end
+          else
+            local ww, uu = match(ov, '^F%d+:(%d+):(%d+)$')
+            if ww == w then
+              used = tonumber(uu)
+              OLD[i], present = old, true
+            end
+          end
+        end
       end
+      local close = (floor(now / W) + 1) * W
       X[i], Y[i] = used, close
       if cost > cap then
         fit = -1
       elseif used + cost > cap then
-        fit = close * 1000 - now
+        fit = close - now
       end
     end
   end
@@ -530,7 +533,7 @@ for i = 1, n do
         for x = b, b + m - 1 do
           parts[#parts + 1] = struct.pack('>I6I7I6', SJ[x], SC[x], SL[x] - SJ[x] * s)
         end
-        redis.call('SET', key, table.concat(parts), 'PXAT', ceil((SL[b] + W) / 1000))
+        redis.call('SET', key, table.concat(parts), 'PXAT', ceil((SL[b] + W) / 1000) + slack)
       end
     elseif present then
       redis.call('DEL', key)
@@ -549,7 +552,7 @@ for i = 1, n do
       remaining = max(cap - ceil((tat - now) / T), 0)
       reset = tat - now
       if change then
-        redis.call('SET', key, tat, 'PXAT', ceil(tat / 1000))
+        redis.call('SET', key, tat, 'PXAT', ceil(tat / 1000) + slack)
       end
     elseif present then
       redis.call('DEL', key)
@@ -564,10 +567,13 @@ for i = 1, n do
       end
     end
     remaining = max(cap - used, 0)
+    if change and OLD[i] then
+      redis.call('DEL', OLD[i])
+    end
     if used > 0 then
-      reset = close * 1000 - now
+      reset = close - now
       if change then
-        redis.call('SET', key, -used, 'PXAT', close)
+        redis.call('SET', key, used, 'PXAT', unit)
       end
     elseif present then
       redis.call('DEL', key)
@@ -654,7 +660,7 @@ for i = 1, n do
           redis.call(unpack(del))
         end
         redis.call(unpack(set))
-        redis.call('PEXPIREAT', key, ceil(exp / 1000))
+        redis.call('PEXPIREAT', key, ceil(exp / 1000) + slack)
       end
     elseif present then
       redis.call('DEL', key)

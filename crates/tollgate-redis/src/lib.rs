@@ -3,8 +3,10 @@
 //!
 //! - [`RedisStore`]: a [`Store`](tollgate_core::Store) keeping bucket state in Redis. One Lua
 //!   script evaluates every bucket of a request in one round trip (`EVALSHA`, reloaded on
-//!   `NOSCRIPT`), on the Redis server's clock, refusing without charging any bucket when one
-//!   refuses, and setting an expiry on every key it writes. It gives the same decisions as
+//!   `NOSCRIPT`), on the Redis server's clock (fixed windows are placed by the instance's
+//!   clock, and a charge of one runs an `INCRBY`-shaped script of its own), refusing
+//!   without charging any bucket when one refuses, and setting an expiry on every key it
+//!   writes. It gives the same decisions as
 //!   [`MemoryStore`](tollgate_core::MemoryStore) for every algorithm, operation, cost and set
 //!   of buckets. Connects through one multiplexed connection (the default, and the fastest),
 //!   an application's `deadpool_redis::Pool` (feature `deadpool`), or Redis Cluster.

@@ -1,25 +1,32 @@
 //! [`RedisStore`]: bucket state in Redis, one Lua round trip per request, on the Redis
-//! server's clock.
+//! server's clock (fixed windows: on the instance's).
 //!
 //! # Keys
 //!
 //! A bucket's key is the store's prefix (default `tollgate:`) followed by
 //! [`Bucket::key`] (`<bucket name>:<key>`), for example `tollgate:default:ip:203.0.113.7`.
+//! A fixed window keeps each window's count in a key of its own, that key and
+//! `:<window index>` (microseconds since the Unix epoch divided by the period,
+//! [`RedisStore::redis_key_at`]), for example `tollgate:default:ip:203.0.113.7:29412345`.
 //! Sliding windows, token buckets and fixed windows keep one string per key; an exact
 //! sliding log keeps a hash with one field per admitted instant. Every key written gets an
-//! expiry (`PXAT` / `PEXPIREAT`) at the moment its state is back to fresh, so idle keys leave
-//! Redis by themselves.
+//! expiry (`PXAT` / `PEXPIREAT`) one second after its state is back to fresh (see "Time"),
+//! so idle keys leave Redis by themselves.
 //!
-//! The values hold only what the script's arguments do not: a token bucket its theoretical
-//! arrival time (µs); a fixed window its count, negated, in a key that expires when the
-//! window ends; a sliding window a short tag of its shape (`<segments>:<segment µs>|`) and
-//! then, for each segment that still counts, its index, count and the time of its last
-//! admission (19 bytes, binary). Keys written by earlier versions are read and rewritten in
-//! this form on their next change. A key holds one state: when a bucket's algorithm
-//! changes, its key starts afresh (the memory store keeps each algorithm's state of a key
-//! apart). When a fixed window's period changes and the old and new windows end at the same
-//! instant, the count carries into the new window until then (the memory store starts
-//! afresh).
+//! The values hold only what the scripts' arguments do not: a token bucket its theoretical
+//! arrival time (µs); a fixed window its count, a plain integer; a sliding window a short tag
+//! of its shape (`<segments>:<segment µs>|`) and then, for each segment that still counts,
+//! its index, count and the time of its last admission (19 bytes, binary). Keys written by
+//! earlier versions are read and rewritten in this form on their next change (a fixed
+//! window's count in the bucket's own key, `-<used>`, carries into its window's key when
+//! that is first written; during a rolling upgrade, instances of the earlier version keep
+//! counting in the old key, apart, until its window ends). A key holds one state: when a
+//! bucket's algorithm changes, its key starts afresh (the memory store keeps each
+//! algorithm's state of a key apart); a fixed window's keys are its own, so its count
+//! outlives a change to another algorithm and back within the window, as in memory. A fixed
+//! window whose period changes starts afresh, as in memory (another period, another window
+//! index); if the period changes back within the old period's window, that window's count
+//! counts again (the memory store starts afresh).
 //!
 //! On Redis Cluster, `{...}` in a key is a *hash tag*: only what is inside the braces decides
 //! the slot. A prefix such as `{tollgate}:` puts every key on one slot (every request is then
@@ -49,9 +56,21 @@
 //!
 //! # Time
 //!
-//! The script reads the Redis server's clock (`TIME`), so app instances whose clocks differ
-//! share one timeline. [`Decision::now`] is that time. On a cluster, each node's clock is
-//! used for its own keys.
+//! Sliding windows, sliding logs and token buckets are decided on the Redis server's clock
+//! (the script reads `TIME`), so app instances whose clocks differ share one timeline.
+//! [`Decision::now`] is that time. On a cluster, each node's clock is used for its own keys.
+//!
+//! **Fixed windows are placed by the instance's clock** ([`RedisStoreBuilder::clock`],
+//! default the system clock): the instance names the window's key by its index, so that a
+//! charge of one fixed window is one `INCRBY`-shaped call (`fixed.lua`), with no `TIME` and
+//! one number back, from which the instance works out remaining, reset and wait. Between
+//! instances whose clocks differ, a window's boundary moves by the skew: an instance whose
+//! clock runs ahead starts the next window (a fresh count) that much earlier. A request that
+//! includes a fixed window is decided entirely on the instance's clock (its other buckets
+//! too), and [`Decision::now`] is then the instance's time. Every key outlives its state by
+//! a second, so that an instance whose clock runs behind the server's (or another
+//! instance's) by less than that still finds what counts; beyond a second of skew, a key can
+//! expire while that instance would still count it.
 //!
 //! # Numbers
 //!
@@ -70,11 +89,14 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Value};
-use tollgate_core::{Batch, BoxFuture, Bucket, Decision, Limit, Op, Store, StoreError};
+use tollgate_core::{
+    Algorithm, Batch, BoxFuture, Bucket, Clock, Decision, Limit, Op, Store, StoreError,
+    SystemClock, Timestamp,
+};
 
 use crate::cache::{RefusalCache, DEFAULT_REFUSAL_CACHE};
 use crate::error::{redact, RedisConfigError};
-use crate::script::{self, Arg};
+use crate::script::{self, Arg, Call};
 use crate::slot::slot;
 
 /// The default key prefix.
@@ -132,24 +154,16 @@ fn is_noscript(reply: &Result<Value, RedisError>) -> bool {
     }
 }
 
-/// Runs the script on `buckets` over `conn`: `EVALSHA`, and `EVAL` (which also caches the
-/// script again) if the server does not know it (a restart, a failover, `SCRIPT FLUSH`).
-async fn run<C: ConnectionLike>(
-    conn: &mut C,
-    op: Op,
-    buckets: &[Arg<'_>],
-) -> Result<Decision, StoreError> {
-    let mut reply = conn
-        .req_packed_command(&script::command(op, buckets, false)?)
-        .await;
+/// Runs `call`'s script over `conn`: `EVALSHA`, and `EVAL` (which also caches the script
+/// again) if the server does not know it (a restart, a failover, `SCRIPT FLUSH`).
+async fn run<C: ConnectionLike>(conn: &mut C, call: Call<'_>) -> Result<Decision, StoreError> {
+    let mut reply = conn.req_packed_command(&call.command(false)?).await;
     if is_noscript(&reply) {
-        reply = conn
-            .req_packed_command(&script::command(op, buckets, true)?)
-            .await;
+        reply = conn.req_packed_command(&call.command(true)?).await;
     }
     match reply.map_err(backend)? {
         Value::ServerError(e) => Err(backend(e)),
-        reply => script::decision(&reply, buckets),
+        reply => call.decision(&reply),
     }
 }
 
@@ -169,7 +183,7 @@ fn shared_manager(
 }
 
 impl Connection {
-    async fn run(&self, op: Op, buckets: &[Arg<'_>]) -> Result<Decision, StoreError> {
+    async fn run(&self, call: Call<'_>) -> Result<Decision, StoreError> {
         match self {
             Connection::Manager {
                 client,
@@ -178,19 +192,19 @@ impl Connection {
                 ..
             } => {
                 let mut conn = shared_manager(client, config, manager)?;
-                run(&mut conn, op, buckets).await
+                run(&mut conn, call).await
             }
             #[cfg(feature = "deadpool")]
             Connection::Pool(pool) => {
                 let mut conn = pool.get().await.map_err(backend)?;
-                run(&mut conn, op, buckets).await
+                run(&mut conn, call).await
             }
             Connection::Cluster { client, connection } => {
                 let conn = connection
                     .get_or_try_init(|| client.get_async_connection())
                     .await
                     .map_err(backend)?;
-                run(&mut conn.clone(), op, buckets).await
+                run(&mut conn.clone(), call).await
             }
         }
     }
@@ -244,6 +258,8 @@ struct Inner {
     connection: Connection,
     prefix: String,
     cache: Option<RefusalCache>,
+    /// Places fixed windows.
+    clock: Arc<dyn Clock>,
 }
 
 /// A [`Store`] keeping bucket state in Redis (a server, or Redis Cluster). Clones share one
@@ -292,6 +308,7 @@ enum Target {
 pub struct RedisStoreBuilder {
     target: Target,
     prefix: String,
+    clock: Arc<dyn Clock>,
     refusal_cache: usize,
     response_timeout: Duration,
     connection_timeout: Duration,
@@ -312,6 +329,7 @@ impl fmt::Debug for RedisStoreBuilder {
         f.debug_struct("RedisStoreBuilder")
             .field("target", &target)
             .field("prefix", &self.prefix)
+            .field("clock", &self.clock)
             .field("refusal_cache", &self.refusal_cache)
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
@@ -324,6 +342,7 @@ impl Default for RedisStoreBuilder {
         Self {
             target: Target::None,
             prefix: DEFAULT_PREFIX.to_owned(),
+            clock: Arc::new(SystemClock),
             refusal_cache: DEFAULT_REFUSAL_CACHE,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
@@ -366,6 +385,13 @@ impl RedisStoreBuilder {
     /// braces are a hash tag: `{tollgate}:` puts every key on one slot.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// The clock that places fixed windows (see "Time" in the [module
+    /// documentation](crate::store)). Default [`SystemClock`], the instance's wall clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -454,6 +480,7 @@ impl RedisStoreBuilder {
             connection,
             self.prefix,
             self.refusal_cache,
+            self.clock,
         ))
     }
 }
@@ -482,15 +509,22 @@ impl RedisStore {
             Connection::Pool(pool),
             DEFAULT_PREFIX.to_owned(),
             DEFAULT_REFUSAL_CACHE,
+            Arc::new(SystemClock),
         )
     }
 
-    fn with_connection(connection: Connection, prefix: String, refusal_cache: usize) -> Self {
+    fn with_connection(
+        connection: Connection,
+        prefix: String,
+        refusal_cache: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connection,
                 prefix,
                 cache: (refusal_cache > 0).then(|| RefusalCache::new(refusal_cache)),
+                clock,
             }),
         }
     }
@@ -500,38 +534,77 @@ impl RedisStore {
         &self.inner.prefix
     }
 
-    /// The Redis key of `bucket`: the prefix and [`Bucket::key`].
+    /// The Redis key of `bucket`: the prefix and [`Bucket::key`]. A fixed window keeps each
+    /// window's count in a key of its own, this key and `:<window index>`
+    /// ([`RedisStore::redis_key_at`]).
     pub fn redis_key(&self, bucket: &Bucket) -> String {
-        let mut key = String::with_capacity(self.inner.prefix.len() + bucket.key.len());
+        let mut key = String::with_capacity(self.inner.prefix.len() + bucket.key.len() + 12);
         key.push_str(&self.inner.prefix);
         key.push_str(&bucket.key);
         key
     }
 
-    /// The SHA1 of the Lua script, the name `EVALSHA` calls it by.
+    /// The Redis key holding `bucket`'s state when the store's clock reads `at`: for a fixed
+    /// window, [`RedisStore::redis_key`] and `:<window index>` (the microseconds since the
+    /// Unix epoch divided by the period: windows are aligned on the epoch, as the memory
+    /// store aligns them, so a day's ends at midnight UTC); for the other algorithms,
+    /// [`RedisStore::redis_key`].
+    pub fn redis_key_at(&self, bucket: &Bucket, at: Timestamp) -> String {
+        let mut key = self.redis_key(bucket);
+        if let Algorithm::FixedWindow = bucket.limit.algorithm() {
+            let (index, _, _) =
+                script::fixed_window(bucket.limit.quota().period_micros(), at.as_micros());
+            key.push(':');
+            key.push_str(&index.to_string());
+        }
+        key
+    }
+
+    /// The SHA1 of the general Lua script (`decide.lua`), the name `EVALSHA` calls it by.
     pub fn script_sha() -> &'static str {
         script::SHA.as_str()
     }
 
-    /// The Lua script's source (to load it with `SCRIPT LOAD`, or read it).
+    /// The general Lua script's source (to load it with `SCRIPT LOAD`, or read it).
     pub fn script_source() -> &'static str {
         script::SOURCE
     }
 
-    /// The arguments after `EVALSHA <sha>` that this store sends for `batch`: the number of
-    /// keys, the keys, then the numbers. With them, `redis-cli` or `redis-benchmark` can
-    /// replay exactly what the store asks (the benchmark does).
+    /// The SHA1 of the Lua script that charges one fixed window (`fixed.lua`).
+    pub fn fixed_window_script_sha() -> &'static str {
+        script::FIXED_SHA.as_str()
+    }
+
+    /// The source of the Lua script that charges one fixed window.
+    pub fn fixed_window_script_source() -> &'static str {
+        script::FIXED_SOURCE
+    }
+
+    /// The arguments after `EVALSHA` that this store sends for `batch` when its clock reads
+    /// `now` (which places fixed windows): the script's SHA (one of
+    /// [`RedisStore::script_sha`] and [`RedisStore::fixed_window_script_sha`]), the number
+    /// of keys, the keys, then the numbers. With them, `redis-cli` or `redis-benchmark` can
+    /// replay exactly what the store asks (the benchmark does), and
+    /// [`RedisStore::script_decision`] reads the reply. On Redis Cluster the store may split
+    /// a batch by hash slot; this is the call of a batch that is not split.
     ///
     /// # Errors
     ///
     /// [`StoreError::InvalidBatch`] for a batch the store would refuse to send.
-    pub fn script_args(&self, batch: &Batch) -> Result<Vec<String>, StoreError> {
+    pub fn script_call(&self, batch: &Batch, now: Timestamp) -> Result<Vec<String>, StoreError> {
         batch.validate()?;
-        let keys = self.keys(batch);
-        let cmd = script::command(batch.op, &args(batch, &keys), false)?;
-        Ok(cmd
+        let now = needs_clock(batch).then_some(now.as_micros());
+        let keys = self.keys(batch, now);
+        let args = self.args(batch, &keys);
+        let call = Call {
+            op: batch.op,
+            buckets: &args,
+            now,
+        };
+        Ok(call
+            .command(false)?
             .args_iter()
-            .skip(2)
+            .skip(1)
             .map(|a| match a {
                 redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                 _ => String::new(),
@@ -539,8 +612,77 @@ impl RedisStore {
             .collect())
     }
 
-    fn keys(&self, batch: &Batch) -> Vec<String> {
-        batch.buckets.iter().map(|b| self.redis_key(b)).collect()
+    /// The arguments after `EVALSHA <sha>` that this store sends for `batch` now: the number
+    /// of keys, the keys, then the numbers ([`RedisStore::script_call`] without the SHA,
+    /// at the store's clock).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidBatch`] for a batch the store would refuse to send.
+    pub fn script_args(&self, batch: &Batch) -> Result<Vec<String>, StoreError> {
+        let mut args = self.script_call(batch, self.inner.clock.now())?;
+        args.remove(0);
+        Ok(args)
+    }
+
+    /// The decision a script's `reply` to [`RedisStore::script_call`]`(batch, now)` means,
+    /// as the store reads it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidBatch`] for a batch the store would refuse to send,
+    /// [`StoreError::Protocol`] for a reply the script would not give, and the server's
+    /// error if the reply is one.
+    pub fn script_decision(
+        &self,
+        batch: &Batch,
+        now: Timestamp,
+        reply: &Value,
+    ) -> Result<Decision, StoreError> {
+        batch.validate()?;
+        let now = needs_clock(batch).then_some(now.as_micros());
+        let keys = self.keys(batch, now);
+        let args = self.args(batch, &keys);
+        let call = Call {
+            op: batch.op,
+            buckets: &args,
+            now,
+        };
+        match reply {
+            Value::ServerError(e) => Err(backend(e.clone())),
+            reply => call.decision(reply),
+        }
+    }
+
+    /// The batch's keys; fixed windows' placed at `now`.
+    fn keys(&self, batch: &Batch, now: Option<u64>) -> Vec<String> {
+        batch
+            .buckets
+            .iter()
+            .map(|b| match now {
+                Some(now) => self.redis_key_at(b, Timestamp::from_micros(now)),
+                None => self.redis_key(b),
+            })
+            .collect()
+    }
+
+    /// The scripts' view of `batch`'s buckets, under their Redis `keys`.
+    fn args<'a>(&self, batch: &'a Batch, keys: &'a [String]) -> Vec<Arg<'a>> {
+        let cluster = self.is_cluster();
+        batch
+            .buckets
+            .iter()
+            .zip(keys)
+            .map(|(b, key)| Arg {
+                key,
+                limit: &b.limit,
+                cost: b.cost,
+                // The key before window keys, on another slot: a script may not read it.
+                no_migration: cluster
+                    && matches!(b.limit.algorithm(), Algorithm::FixedWindow)
+                    && slot(key) != slot(&self.redis_key(b)),
+            })
+            .collect()
     }
 
     /// The Redis server's `run_id` (from `INFO server`): it changes when the server
@@ -571,12 +713,19 @@ impl RedisStore {
         }
         // Before sending: a refund or reset answered meanwhile makes this answer stale.
         let generations = cache.map(RefusalCache::generations);
-        let keys = self.keys(batch);
-        let args = args(batch, &keys);
+        // A fixed window is placed by this instance's clock.
+        let now = needs_clock(batch).then(|| self.inner.clock.now().as_micros());
+        let keys = self.keys(batch, now);
+        let args = self.args(batch, &keys);
         let decision = if self.is_cluster() {
-            self.decide_by_slot(batch.op, &args).await?
+            self.decide_by_slot(batch.op, &args, now).await?
         } else {
-            self.inner.connection.run(batch.op, &args).await?
+            let call = Call {
+                op: batch.op,
+                buckets: &args,
+                now,
+            };
+            self.inner.connection.run(call).await?
         };
         if let (Some(cache), Some(generations)) = (cache, generations) {
             match batch.op {
@@ -592,7 +741,13 @@ impl RedisStore {
 
     /// Redis Cluster: one script run per hash slot, concurrently; a charge refused by one
     /// slot is given back in the others.
-    async fn decide_by_slot(&self, op: Op, args: &[Arg<'_>]) -> Result<Decision, StoreError> {
+    async fn decide_by_slot(
+        &self,
+        op: Op,
+        args: &[Arg<'_>],
+        now: Option<u64>,
+    ) -> Result<Decision, StoreError> {
+        let call = |op, buckets| Call { op, buckets, now };
         let slots: Vec<_> = args.iter().map(|a| slot(a.key)).collect();
         let mut distinct = Vec::with_capacity(slots.len());
         for s in &slots {
@@ -601,7 +756,7 @@ impl RedisStore {
             }
         }
         if distinct.len() == 1 {
-            return self.inner.connection.run(op, args).await;
+            return self.inner.connection.run(call(op, args)).await;
         }
         let groups: Vec<(Vec<usize>, Vec<Arg<'_>>)> = distinct
             .iter()
@@ -614,7 +769,7 @@ impl RedisStore {
         let results = futures_util::future::join_all(
             groups
                 .iter()
-                .map(|(_, group)| self.inner.connection.run(op, group)),
+                .map(|(_, group)| self.inner.connection.run(call(op, group))),
         )
         .await;
 
@@ -627,14 +782,14 @@ impl RedisStore {
         if give_back {
             // In a task of its own, with owned arguments: dropping this call's future (a
             // caller's timeout, such as FallbackStore's) does not cancel the give-back.
-            let owed: Vec<Vec<(String, Limit, u64)>> = groups
+            let owed: Vec<Vec<(String, Limit, u64, bool)>> = groups
                 .iter()
                 .zip(&results)
                 .filter(|(_, r)| charged(r))
                 .map(|((_, group), _)| {
                     group
                         .iter()
-                        .map(|a| (a.key.to_owned(), *a.limit, a.cost))
+                        .map(|a| (a.key.to_owned(), *a.limit, a.cost, a.no_migration))
                         .collect()
                 })
                 .collect();
@@ -644,15 +799,20 @@ impl RedisStore {
                 futures_util::future::join_all(owed.iter().map(|group| async move {
                     let args: Vec<Arg<'_>> = group
                         .iter()
-                        .map(|(key, limit, cost)| Arg {
+                        .map(|(key, limit, cost, no_migration)| Arg {
                             key,
                             limit,
                             cost: *cost,
+                            no_migration: *no_migration,
                         })
                         .collect();
                     inner
                         .connection
-                        .run(Op::Refund, &args)
+                        .run(Call {
+                            op: Op::Refund,
+                            buckets: &args,
+                            now,
+                        })
                         .await
                         .inspect_err(|e| {
                             tracing::warn!(
@@ -698,18 +858,12 @@ impl RedisStore {
     }
 }
 
-/// The script's view of `batch`'s buckets, under their Redis `keys`.
-fn args<'a>(batch: &'a Batch, keys: &'a [String]) -> Vec<Arg<'a>> {
+/// Whether a batch needs the store's clock: a fixed window is placed by it.
+fn needs_clock(batch: &Batch) -> bool {
     batch
         .buckets
         .iter()
-        .zip(keys)
-        .map(|(b, key)| Arg {
-            key,
-            limit: &b.limit,
-            cost: b.cost,
-        })
-        .collect()
+        .any(|b| matches!(b.limit.algorithm(), Algorithm::FixedWindow))
 }
 
 impl Store for RedisStore {

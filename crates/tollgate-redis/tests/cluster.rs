@@ -122,3 +122,68 @@ async fn multi_slot_requests_decide_correctly() {
     let count = owner.cli(["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
     assert_eq!(count.trim(), "2", "both keys of the request in slot {slot}");
 }
+
+/// Fixed windows on Redis Cluster: a window's key (`<key>:<window index>`) is on another slot
+/// than the bucket's own key unless a hash tag holds them together. Without one, the scripts
+/// never read the bucket's key (a count left there in the format before window keys is not
+/// carried over, and no call fails for touching another slot); with one, it is carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_windows_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    let hour_end_ms = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        (now / 3_600_000 + 1) * 3_600_000
+    };
+    let limit = Limit::fixed(Quota::per_hour(3));
+    for (prefix, carried) in [("tollgate:", 0), ("{tollgate}:", 2)] {
+        let store = RedisStore::builder()
+            .cluster(cluster.urls())
+            .prefix(prefix)
+            .refusal_cache(0)
+            .build()
+            .unwrap();
+        // Buckets whose window keys are on another node than their own keys (untagged).
+        let name = (0..64)
+            .map(|i| format!("fw{i}"))
+            .find(|n| {
+                let b = Bucket::new(n, "k", limit);
+                let at = tollgate_core::Timestamp::from_micros(hour_end_ms * 1000 - 1);
+                prefix.contains('{')
+                    || node_of(&cluster, &store.redis_key(&b)).1
+                        != node_of(&cluster, &store.redis_key_at(&b, at)).1
+            })
+            .unwrap();
+        let bucket = Bucket::new(&name, "k", limit);
+        let old = store.redis_key(&bucket);
+        let owner = node_of(&cluster, &old).1;
+        let node = cluster.nodes().iter().find(|n| n.port() == owner).unwrap();
+        node.cli(["SET", &old, "-2", "PXAT", &hour_end_ms.to_string()]);
+
+        let charge = Batch::charge(vec![bucket.clone()]);
+        let d = store.apply(&charge).await.unwrap();
+        assert!(d.allowed, "{prefix}");
+        assert_eq!(d.buckets[0].remaining, 2 - carried, "{prefix}");
+        let peek = Batch::new(Op::Peek, vec![bucket.clone()]);
+        assert_eq!(
+            store.apply(&peek).await.unwrap().buckets[0].remaining,
+            2 - carried
+        );
+        let refund = Batch::new(Op::Refund, vec![bucket.clone()]);
+        assert_eq!(
+            store.apply(&refund).await.unwrap().buckets[0].remaining,
+            3 - carried
+        );
+        // With a sliding window of another slot (or the same, tagged).
+        let other = Bucket::new("other", "k", Limit::sliding(Quota::per_hour(5)));
+        let both = Batch::charge(vec![other, bucket.clone()]);
+        let d = store.apply(&both).await.unwrap();
+        assert!(d.allowed, "{prefix}");
+        assert_eq!(d.buckets[1].remaining, 2 - carried, "{prefix}");
+        let reset = Batch::new(Op::Reset, vec![bucket.clone()]);
+        store.apply(&reset).await.unwrap();
+        assert_eq!(store.apply(&peek).await.unwrap().buckets[0].remaining, 3);
+    }
+}

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{connect, short_limits, Rng};
 use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
@@ -293,7 +293,126 @@ async fn refusal_charges_no_bucket() {
     assert_eq!(remaining, [7, 97, 17]);
 }
 
-/// Every key written expires when its state is back to fresh.
+/// Fixed windows across window boundaries, placed by the store's clock: windows of 5 to
+/// 40 ms, pauses drawn around a window's length, so that requests land at the end of one
+/// window and the start of the next, and whole windows pass. Most batches are a charge of
+/// one fixed window (`fixed.lua`: one number back, the decision worked out from the clock);
+/// the others (peeks, refunds, penalties, resets, and charges of several buckets, some of
+/// them sliding windows or token buckets) run `decide.lua` on the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_windows_across_window_boundaries() {
+    let server = RedisServer::start();
+    let redis = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(Duration::ZERO);
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let q = common::quota;
+    let fixed = [
+        Limit::fixed(q(2, 5)),
+        Limit::fixed(q(3, 7)),
+        Limit::fixed(q(4, 12)),
+        Limit::fixed(q(2, 25)),
+        Limit::fixed(q(5, 40)),
+    ];
+    let others = [
+        Limit::sliding_segments(q(5, 12), 3).unwrap(),
+        Limit::token_bucket(q(5, 20), 2).unwrap(),
+    ];
+    let (mut alone, mut refused, mut readmitted) = (0, 0, 0);
+    for seed in 200..208 {
+        let mut rng = Rng::new(seed);
+        let mut was_refused = std::collections::HashSet::new();
+        for step in 0..300 {
+            let op = match rng.below(100) {
+                0..=79 => Op::Charge,
+                80..=86 => Op::Peek,
+                87..=92 => Op::Refund,
+                93..=97 => Op::Penalize,
+                _ => Op::Reset,
+            };
+            let n = if rng.below(4) == 0 {
+                2 + rng.below(2) as usize
+            } else {
+                1
+            };
+            let mut keys: Vec<usize> = Vec::with_capacity(n);
+            while keys.len() < n {
+                // A multi-bucket batch may take a sliding window or a token bucket too.
+                let k = rng.below(if n > 1 { 7 } else { 5 }) as usize;
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            let buckets: Vec<Bucket> = keys
+                .iter()
+                .map(|&k| {
+                    let limit = match k {
+                        // Now and then another capacity (not another period: see
+                        // `common::short_limits`).
+                        0..=4 if rng.below(30) == 0 => Limit::fixed(q(
+                            fixed[k].capacity() + 1 + rng.below(3),
+                            fixed[k].quota().period_micros() / 1000,
+                        )),
+                        0..=4 => fixed[k],
+                        _ => others[k - 5],
+                    };
+                    let cost = match rng.below(30) {
+                        0 => limit.capacity() + 1,
+                        1 if op != Op::Charge => 0,
+                        2..=5 => 2 + rng.below(2),
+                        _ => 1,
+                    };
+                    Bucket::new(&format!("f{seed}"), &format!("k{k}"), limit).with_cost(cost)
+                })
+                .collect();
+            let batch = Batch::new(op, buckets);
+            let on_redis = redis.apply(&batch).await.unwrap();
+            clock.set(on_redis.now);
+            let on_memory = memory.apply(&batch).await.unwrap();
+            assert_eq!(
+                on_redis, on_memory,
+                "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
+            );
+            if op == Op::Charge && n == 1 {
+                alone += 1;
+                let (b, state) = (&batch.buckets[0], &on_redis.buckets[0]);
+                let window = on_redis.now.as_micros() / b.limit.quota().period_micros();
+                let key = b.key.to_string();
+                if state.refusal == Some(tollgate_core::Refusal::OverLimit) {
+                    refused += 1;
+                    was_refused.insert((key, window));
+                } else if state.allowed && was_refused.iter().any(|(k, w)| *k == key && *w < window)
+                {
+                    // Refused in an earlier window, admitted in this one.
+                    readmitted += 1;
+                    was_refused.retain(|(k, _)| *k != key);
+                }
+            }
+            // Around a window's length (5 to 40 ms), often short: std's sleep, finer than
+            // tokio's timer.
+            match rng.below(8) {
+                0 => std::thread::sleep(Duration::from_micros(rng.below(40_000))),
+                1 | 2 => std::thread::sleep(Duration::from_micros(rng.below(3_000))),
+                _ => {}
+            }
+        }
+    }
+    eprintln!("{alone} charges of one fixed window, {refused} refused, {readmitted} admitted again in a later window");
+    assert!(
+        alone > 1000 && refused > 100,
+        "{alone} charges, {refused} refused"
+    );
+    assert!(
+        readmitted > 50,
+        "{readmitted} keys admitted again in a later window after a refusal"
+    );
+}
+
+/// Every key written expires a second after its state is back to fresh (so that instances
+/// whose clocks run behind the server's by less find what still counts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_expires_when_fresh_again() {
     let server = RedisServer::start();
@@ -312,16 +431,23 @@ async fn every_key_expires_when_fresh_again() {
             .await
             .unwrap();
         assert!(d.allowed);
-        let expected_ms =
-            (d.now.as_micros() + d.buckets[0].reset_after.as_micros() as u64).div_ceil(1000);
+        let slack = 1_000_000;
+        let expected_ms = (d.now.as_micros() + d.buckets[0].reset_after.as_micros() as u64 + slack)
+            .div_ceil(1000);
         let at: i64 = redis::cmd("PEXPIRETIME")
-            .arg(store.redis_key(&bucket))
+            .arg(store.redis_key_at(&bucket, d.now))
             .query_async(&mut conn)
             .await
             .unwrap();
         assert_eq!(at as u64, expected_ms, "{limit}");
     }
-    // Keys are readable: the prefix, the bucket name and the key.
+    // Keys are readable: the prefix, the bucket name and the key (and a fixed window's
+    // index: the days since the epoch).
+    let day = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query_async(&mut conn)
@@ -334,7 +460,7 @@ async fn every_key_expires_when_fresh_again() {
             "tollgate:ttl:0",
             "tollgate:ttl:1",
             "tollgate:ttl:2",
-            "tollgate:ttl:3"
+            &format!("tollgate:ttl:3:{day}")
         ]
     );
     // A refund back to nothing deletes the key instead of leaving it to expire.
@@ -397,6 +523,7 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
     for limit in limits {
         for (key, cost) in [("a", max), ("a", max), ("b", u64::MAX)] {
             let bucket = Bucket::new("huge", &format!("{limit}:{key}"), limit);
+            let mut at = tollgate_core::Timestamp::default();
             let penalty = Batch::new(Op::Penalize, vec![bucket.clone().with_cost(cost)]);
             for batch in [penalty, Batch::charge(vec![bucket.clone()])] {
                 let on_redis = redis
@@ -404,6 +531,7 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
                     .await
                     .unwrap_or_else(|e| panic!("{limit}, {:?} of {cost}: {e}", batch.op));
                 clock.set(on_redis.now);
+                at = on_redis.now;
                 let on_memory = memory.apply(&batch).await.unwrap();
                 let (r, m) = (&on_redis.buckets[0], &on_memory.buckets[0]);
                 assert_eq!(
@@ -427,7 +555,7 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
                 }
             }
             let ttl: i64 = redis::cmd("PTTL")
-                .arg(redis.redis_key(&bucket))
+                .arg(redis.redis_key_at(&bucket, at))
                 .query_async(&mut conn)
                 .await
                 .unwrap();

@@ -1,5 +1,5 @@
-//! The script's straight paths for a charge (one fixed window; one or several sliding
-//! windows): what they store and answer in the cases the random equivalence tests meet
+//! The scripts' straight paths for a charge (one fixed window, `fixed.lua`; one or several
+//! sliding windows, `decide.lua`): what they store and answer in the cases the random equivalence tests meet
 //! rarely. Windows here are long, so nothing rolls over while a test runs.
 
 mod common;
@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::connect;
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Refusal, Store};
+use tollgate_core::{
+    Batch, Bucket, Clock, Limit, Op, Quota, Refusal, Store, SystemClock, Timestamp,
+};
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
@@ -31,8 +33,9 @@ async fn expiry_ms(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i
         .unwrap()
 }
 
-/// A fixed window counts in its key until the window ends; a charge that does not fit takes
-/// nothing, and says when the window ends.
+/// A fixed window counts in its window's key (`<key>:<window index>`, which expires a second
+/// after the window ends); a charge that does not fit takes nothing, and says when the
+/// window ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
     let server = RedisServer::start();
@@ -40,7 +43,7 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
     let mut conn = connect(&server.url()).await;
     let hour = 3_600_000_000u64;
     let bucket = Bucket::new("fw", "k", Limit::fixed(Quota::per_hour(5)));
-    let key = store.redis_key(&bucket);
+    let mut key = String::new();
     for left in [3, 1] {
         let d = store
             .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
@@ -53,7 +56,12 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
             d.buckets[0].reset_after,
             Duration::from_micros(end - d.now.as_micros())
         );
-        assert_eq!(expiry_ms(&mut conn, &key).await as u64, end / 1000);
+        key = store.redis_key_at(&bucket, d.now);
+        assert_eq!(
+            key,
+            format!("{}:{}", store.redis_key(&bucket), d.now.as_micros() / hour)
+        );
+        assert_eq!(expiry_ms(&mut conn, &key).await as u64, end / 1000 + 1000);
     }
     let d = store
         .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
@@ -67,7 +75,7 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
         Some(Duration::from_micros(end - d.now.as_micros()))
     );
     assert_eq!(d.buckets[0].remaining, 1);
-    assert_eq!(get(&mut conn, &key).await.unwrap(), b"-4");
+    assert_eq!(get(&mut conn, &key).await.unwrap(), b"4");
     // A cost above the capacity never fits, and takes nothing either.
     let d = store
         .apply(&Batch::charge(vec![bucket.clone().with_cost(6)]))
@@ -87,12 +95,11 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
         .unwrap();
     assert!(d.allowed);
     assert_eq!(d.buckets[0].remaining, 0);
-    assert_eq!(get(&mut conn, &key).await.unwrap(), b"-5");
+    assert_eq!(get(&mut conn, &key).await.unwrap(), b"5");
 }
 
-/// A fixed window's count belongs to the window its key expires with: a count left by a
-/// limit of another period is not this window's, and the key starts afresh (unless both
-/// windows happen to end at the same instant).
+/// A fixed window's count belongs to the window its key names: a count left by a limit of
+/// another period is another window's, and the bucket starts afresh, as in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_of_another_period_starts_afresh() {
     let server = RedisServer::start();
@@ -112,17 +119,13 @@ async fn a_fixed_window_of_another_period_starts_afresh() {
         .unwrap();
     let now = d.now.as_micros();
     let end = |period: u64| (now / period + 1) * period;
-    let (h, o) = (3_600_000_000, 59 * 60_000_000);
-    if end(h) == end(o) {
-        assert!(!d.allowed, "the same window end: the count is kept");
-    } else {
-        assert!(d.allowed, "another period's count counts for nothing");
-        assert_eq!(d.buckets[0].remaining, 3);
-        assert_eq!(
-            d.buckets[0].reset_after,
-            Duration::from_micros(end(o) - now)
-        );
-    }
+    let o = 59 * 60_000_000;
+    assert!(d.allowed, "another period's count counts for nothing");
+    assert_eq!(d.buckets[0].remaining, 3);
+    assert_eq!(
+        d.buckets[0].reset_after,
+        Duration::from_micros(end(o) - now)
+    );
 }
 
 /// Several sliding windows charged together: if one refuses, none is written, and each
@@ -248,4 +251,56 @@ async fn what_the_straight_paths_store_is_read_by_every_operation() {
         .unwrap();
     let remaining: Vec<u64> = refund.buckets.iter().map(|b| b.remaining).collect();
     assert_eq!(remaining, [4, 4, 4]);
+}
+
+/// A clock some time ahead of the system's.
+#[derive(Debug)]
+struct Ahead(Duration);
+
+impl Clock for Ahead {
+    fn now(&self) -> Timestamp {
+        SystemClock.now().saturating_add(self.0)
+    }
+}
+
+/// A fixed window is placed by the instance's clock: an instance whose clock runs an hour
+/// ahead counts an hourly window in the next window's key, and says so in its decision's
+/// time. Its other buckets, on their own, are decided on the server's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_is_placed_by_the_instances_clock() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let ahead = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .clock(Ahead(Duration::from_secs(3_600)))
+        .build()
+        .unwrap();
+    let mut conn = connect(&server.url()).await;
+    let bucket = Bucket::new("skew", "k", Limit::fixed(Quota::per_hour(2)));
+    let charge = Batch::charge(vec![bucket.clone().with_cost(2)]);
+    let d = store.apply(&charge).await.unwrap();
+    assert!(d.allowed);
+    assert!(!store.apply(&charge).await.unwrap().allowed);
+    let d_ahead = ahead.apply(&charge).await.unwrap();
+    assert!(d_ahead.allowed, "the next hour's window, afresh");
+    assert!(d_ahead.now.as_micros() >= d.now.as_micros() + 3_600_000_000);
+    let key = ahead.redis_key_at(&bucket, d_ahead.now);
+    assert_ne!(key, store.redis_key_at(&bucket, d.now));
+    assert_eq!(get(&mut conn, &key).await.unwrap(), b"2");
+    // Only the two windows' keys.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:skew:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    // A sliding window alone: the server's clock.
+    let sliding = Batch::charge(vec![Bucket::new(
+        "skew",
+        "s",
+        Limit::sliding(Quota::per_hour(2)),
+    )]);
+    let d_sliding = ahead.apply(&sliding).await.unwrap();
+    assert!(d_sliding.now.as_micros() < d.now.as_micros() + 60_000_000);
 }

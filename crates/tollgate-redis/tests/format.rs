@@ -1,6 +1,7 @@
-//! What the script stores, and keys written by the script before 0.2 (`S<k>:<s>:<head>:
-//! <counts>`, `T<tat>`, `F<period>:<window>:<used>`): they keep counting where they were,
-//! and the next write stores them in the current format.
+//! What the scripts store, and keys written by earlier versions (before 0.2: `S<k>:<s>:
+//! <head>:<counts>`, `T<tat>`, `F<period>:<window>:<used>`; before the fixed window had a key
+//! per window: `-<used>` in the bucket's key, expiring when the window ends): they keep
+//! counting where they were, and the next write stores them in the current format.
 
 mod common;
 
@@ -160,14 +161,12 @@ async fn an_earlier_token_bucket_and_fixed_window_keep_counting() {
     let d = store.apply(&Batch::charge(vec![fw.clone()])).await.unwrap();
     assert!(d.allowed);
     assert_eq!(d.buckets[0].remaining, 0);
-    // Now the count (negated) in a key that expires when the window ends.
-    assert_eq!(get(&mut conn, &fw_key).await.unwrap(), "-5");
-    let expiry: u64 = redis::cmd("PEXPIRETIME")
-        .arg(&fw_key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(expiry, end / 1000);
+    // Now the count in the window's key, which expires a second after the window ends; the
+    // old key is gone.
+    let window_key = format!("{fw_key}:{window}");
+    assert_eq!(get(&mut conn, &window_key).await.unwrap(), "5");
+    assert_eq!(get(&mut conn, &fw_key).await, None);
+    assert_eq!(expiry_ms(&mut conn, &window_key).await, end / 1000 + 1000);
     let d = store.apply(&Batch::charge(vec![fw])).await.unwrap();
     assert!(!d.allowed);
     assert_eq!(
@@ -176,9 +175,161 @@ async fn an_earlier_token_bucket_and_fixed_window_keep_counting() {
     );
 }
 
+async fn expiry_ms(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn exists(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(conn)
+        .await
+        .unwrap()
+        == 1
+}
+
+/// A fixed window keeps its count, a plain integer, in a key of its own per window: the
+/// bucket's key and `:<window index>` (microseconds since the epoch / period), expiring a
+/// second after the window ends (an instance whose clock runs behind still finds it). A
+/// refused charge leaves it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_counts_in_its_windows_key() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let mut conn = connect(&server.url()).await;
+    let day = 86_400_000_000u64;
+    let bucket = Bucket::new("now", "fixed", Limit::fixed(Quota::per_day(5)));
+    let d = store
+        .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    let window = d.now.as_micros() / day;
+    let key = format!("tollgate:now:fixed:{window}");
+    assert_eq!(store.redis_key_at(&bucket, d.now), key);
+    assert_eq!(get(&mut conn, &key).await.unwrap(), "2");
+    assert_eq!(
+        expiry_ms(&mut conn, &key).await,
+        (window + 1) * day / 1000 + 1000
+    );
+    assert!(!exists(&mut conn, &store.redis_key(&bucket)).await);
+    // Refused: not counted.
+    let d = store
+        .apply(&Batch::charge(vec![bucket.clone().with_cost(4)]))
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    assert_eq!(get(&mut conn, &key).await.unwrap(), "2");
+    // The general script (a penalty, a charge of two buckets) writes the same.
+    let other = Bucket::new("now", "sliding", Limit::sliding(Quota::per_day(5)));
+    store
+        .apply(&Batch::new(Op::Penalize, vec![bucket.clone()]))
+        .await
+        .unwrap();
+    let d = store
+        .apply(&Batch::charge(vec![other, bucket.clone()]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[1].remaining, 1);
+    assert_eq!(get(&mut conn, &key).await.unwrap(), "4");
+    assert_eq!(
+        expiry_ms(&mut conn, &key).await,
+        (window + 1) * day / 1000 + 1000
+    );
+}
+
+/// A fixed window's count in the format before window keys (`-<used>` in the bucket's own
+/// key, expiring when the window ends) carries over into the window's key, once, whichever
+/// script meets it first; the old key goes then. A count of another window (expiring
+/// later) does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_in_the_format_before_window_keys_keeps_counting() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let mut conn = connect(&server.url()).await;
+    let day = 86_400_000_000u64;
+    let now = server_micros(&mut conn).await;
+    let (window, end) = (now / day, (now / day + 1) * day);
+    let limit = Limit::fixed(Quota::per_day(5));
+    let old = |name: &str| Bucket::new("before", name, limit);
+    for name in ["charge", "peek", "pair", "reset", "later"] {
+        let at = if name == "later" {
+            end + 3_600_000_000
+        } else {
+            end
+        };
+        set(&mut conn, &store.redis_key(&old(name)), "-4", at / 1000).await;
+    }
+    let window_key = |name: &str| format!("{}:{window}", store.redis_key(&old(name)));
+
+    // The charge script: 4 counted, 1 fits, the next does not.
+    let d = store
+        .apply(&Batch::charge(vec![old("charge")]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[0].remaining, 0);
+    assert_eq!(get(&mut conn, &window_key("charge")).await.unwrap(), "5");
+    assert!(!exists(&mut conn, &store.redis_key(&old("charge"))).await);
+    let d = store
+        .apply(&Batch::charge(vec![old("charge")]))
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    assert_eq!(
+        d.buckets[0].retry_after,
+        Some(Duration::from_micros(end - d.now.as_micros()))
+    );
+
+    // The general script: a peek reads it (and changes nothing), a refund moves it.
+    let peek = Batch::new(Op::Peek, vec![old("peek")]);
+    assert_eq!(store.apply(&peek).await.unwrap().buckets[0].remaining, 1);
+    assert!(exists(&mut conn, &store.redis_key(&old("peek"))).await);
+    let refund = Batch::new(Op::Refund, vec![old("peek")]);
+    assert_eq!(store.apply(&refund).await.unwrap().buckets[0].remaining, 2);
+    assert_eq!(get(&mut conn, &window_key("peek")).await.unwrap(), "3");
+    assert!(!exists(&mut conn, &store.redis_key(&old("peek"))).await);
+    assert_eq!(store.apply(&peek).await.unwrap().buckets[0].remaining, 2);
+
+    // A charge of two buckets.
+    let ip = Bucket::new("before", "ip", Limit::sliding(Quota::per_day(5)));
+    let d = store
+        .apply(&Batch::charge(vec![ip, old("pair")]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[1].remaining, 0);
+    assert_eq!(get(&mut conn, &window_key("pair")).await.unwrap(), "5");
+
+    // A reset clears both.
+    store
+        .apply(&Batch::new(Op::Reset, vec![old("reset")]))
+        .await
+        .unwrap();
+    assert!(!exists(&mut conn, &store.redis_key(&old("reset"))).await);
+    let d = store
+        .apply(&Batch::charge(vec![old("reset")]))
+        .await
+        .unwrap();
+    assert_eq!(d.buckets[0].remaining, 4);
+
+    // Another window's count (it expires after this window ends) is not carried.
+    let d = store
+        .apply(&Batch::charge(vec![old("later")]))
+        .await
+        .unwrap();
+    assert_eq!(d.buckets[0].remaining, 4);
+}
+
 /// On Redis a key holds one state: when its bucket's algorithm changes, the key starts
 /// afresh under the new one, whatever the old state was (a string or an exact log's hash).
-/// A refused charge of a fixed window gives back what it took.
+/// A fixed window counts in keys of its own (one per window), so its count outlives a
+/// change to another algorithm and back within the window, as in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_algorithm_changes_starts_afresh() {
     let server = RedisServer::start();
@@ -190,7 +341,8 @@ async fn a_key_whose_algorithm_changes_starts_afresh() {
         Limit::token_bucket(q, 3).unwrap(),
         Limit::fixed(q),
         Limit::sliding(q),
-        Limit::fixed(q),
+        // Another period: another window.
+        Limit::fixed(Quota::new(3, Duration::from_secs(7_200)).unwrap()),
         Limit::sliding_exact(q),
         Limit::token_bucket(q, 3).unwrap(),
         Limit::sliding_exact(q),
@@ -215,4 +367,26 @@ async fn a_key_whose_algorithm_changes_starts_afresh() {
             .unwrap();
         assert_eq!(peek.buckets[0].remaining, 0, "step {i}, {limit}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_windows_count_outlives_a_change_of_algorithm() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let q = Quota::per_hour(3);
+    let fixed = Bucket::new("change", "k", Limit::fixed(q));
+    let sliding = Bucket::new("change", "k", Limit::sliding(q));
+    for bucket in [&fixed, &fixed, &sliding, &sliding, &sliding] {
+        let d = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        assert!(d.allowed);
+    }
+    let d = store
+        .apply(&Batch::charge(vec![fixed.clone()]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[0].remaining, 0, "the window's 2 still count");
 }

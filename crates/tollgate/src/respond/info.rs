@@ -47,8 +47,8 @@ pub struct RateLimitOutcome {
     /// The index in `buckets` of the bucket the `X-RateLimit-*` headers describe (see
     /// [`Decision::most_restrictive`]); `0` when `buckets` is empty.
     pub most_restrictive: usize,
-    /// When the store decided (the Redis server's clock for the Redis store); reset times
-    /// are counted from it.
+    /// When the store decided (for the Redis store, the Redis server's clock, or the
+    /// instance's when the request includes a fixed window); reset times are counted from it.
     pub now: Timestamp,
     /// The request's method.
     pub method: Method,
