@@ -5,9 +5,11 @@
 #   bench/callgrind-layer.sh "tollgate, one per-IP limit, no decision"   # a stack's name (or part of it)
 #   bench/callgrind-layer.sh zzz                                        # "no layer" alone
 #
-# Runs the bench twice (chunks of 10,000 and 30,000 requests, one round) and prints the
-# difference divided by 20,000: one request through "no layer" plus every stack whose name
-# contains the argument. Subtract the "no layer" figure for the stack's own cost.
+# Runs the bench twice (chunks of 10,000 and 30,000 requests, one round): the difference
+# divided by 20,000 is one request through "no layer" plus one through the stack of that
+# name (or, if none has it, every stack whose name contains it). It runs "no layer" alone the same way, and prints both and
+# what the named stacks add to it: total - 2 x "no layer" (for one stack, the layer's own
+# cost per request; building the request, the handler and the body are in "no layer").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
@@ -21,6 +23,16 @@ ir() {
     valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bench" --bench interleaved 2>&1 |
     awk '/Collected/ {print $4}'
 }
-a=$(ir 10000)
-b=$(ir 30000)
-echo "$only: $(( (b - a) / 20000 )) instructions per request (no layer + the stacks named)"
+per_request() {
+  local a b
+  a=$(ir 10000)
+  b=$(ir 30000)
+  echo $(( (b - a) / 20000 ))
+}
+total=$(per_request)
+if [ "$only" = zzz ]; then
+  echo "no layer: $total instructions per request"
+  exit 0
+fi
+bare=$(only=zzz per_request)
+echo "$only: $total instructions per request (no layer + the stacks named); no layer: $bare; added by the stacks named: $(( total - 2 * bare ))"

@@ -181,6 +181,19 @@ impl StoreKey {
         }
     }
 
+    /// The key's length in bytes (without reading it as text, as `str::len` through
+    /// `Deref` would).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the key is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+
     /// The key's bytes.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {

@@ -212,12 +212,23 @@ fn interleaved() {
         env("LAYER_ROUNDS", 15) as usize,
         env("LAYER_CHUNK", 100_000),
     );
-    // `LAYER_ONLY=<text>`: only the stacks whose name contains it (and "no layer"), for
-    // profiling one of them.
+    // `LAYER_ONLY=<text>`: only the stack of that name, or if none has it, the stacks whose
+    // name contains it (and "no layer" always), for profiling one of them.
     let only = std::env::var("LAYER_ONLY").ok();
-    let mut contenders: Vec<Contender> = contenders()
+    let all = contenders();
+    let exact = only
+        .as_deref()
+        .is_some_and(|o| all.iter().any(|(name, _)| *name == o));
+    let mut contenders: Vec<Contender> = all
         .into_iter()
-        .filter(|(name, _)| *name == "no layer" || only.as_deref().is_none_or(|o| name.contains(o)))
+        .filter(|(name, _)| {
+            *name == "no layer"
+                || match only.as_deref() {
+                    None => true,
+                    Some(o) if exact => *name == o,
+                    Some(o) => name.contains(o),
+                }
+        })
         .collect();
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
     for _ in 0..ROUNDS {

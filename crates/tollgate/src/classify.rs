@@ -580,6 +580,22 @@ fn raw_segments(path: &str) -> Segments<&str> {
     out
 }
 
+/// Whether a path's canonical segments are its raw ones without working them out: no
+/// percent-escape, no empty segment (`//`, a trailing `/`) and no segment starting with
+/// `.` (which takes in `.` and `..`). `false` only means "work it out".
+fn reads_the_same(path: &str) -> bool {
+    // As `raw_segments` reads it: after one leading `/`, each `/` starts a segment.
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let mut prev = b'/';
+    for &b in rest.as_bytes() {
+        if b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')) {
+            return false;
+        }
+        prev = b;
+    }
+    prev != b'/' || rest.is_empty()
+}
+
 /// A path's segments: on the stack for the usual depth (no allocation per request).
 type Segments<T> = smallvec::SmallVec<[T; 12]>;
 
@@ -824,6 +840,10 @@ impl<T> RouteTable<T> {
             return [self.best(method, &canonical, true), None];
         }
         let raw = raw_segments(path);
+        if reads_the_same(path) {
+            // The usual path: its canonical reading is its raw one.
+            return [self.best(method, &raw, false), None];
+        }
         let canonical = canonical_segments(&raw);
         let by_raw = self.best(method, &raw, false);
         let same_reading = raw.len() == canonical.len()
@@ -996,6 +1016,55 @@ fn check_reachable<T>(table: &RouteTable<T>) -> Result<(), PatternError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_said_to_read_the_same_has_its_raw_segments_as_canonical() {
+        let fixed = [
+            "",
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/.",
+            "/..",
+            "/.a",
+            "/a.b/c",
+            "/a%2Fb",
+            "/%41",
+            "a/b",
+            "/api/items/1",
+            "/api/items/1/",
+        ];
+        // And every path of up to five characters from `/ . % a 2`.
+        let alphabet = ['/', '.', '%', 'a', '2'];
+        let mut drawn = Vec::new();
+        for n in 0..=5u32 {
+            for mut i in 0..alphabet.len().pow(n) {
+                let mut path = String::new();
+                for _ in 0..n {
+                    path.push(alphabet[i % alphabet.len()]);
+                    i /= alphabet.len();
+                }
+                drawn.push(path);
+            }
+        }
+        let mut same = 0;
+        for path in fixed.iter().map(|p| p.to_string()).chain(drawn) {
+            if reads_the_same(&path) {
+                same += 1;
+                let raw = raw_segments(&path);
+                let canonical = canonical_segments(&raw);
+                let canonical: Vec<&str> = canonical.iter().map(|c| c.as_ref()).collect();
+                assert_eq!(raw.to_vec(), canonical, "{path:?}");
+            }
+        }
+        assert!(same > 100, "the usual paths take the short way ({same})");
+        assert!(reads_the_same("/api/items/1") && reads_the_same("/"));
+        assert!(!reads_the_same("/api/items/1/") && !reads_the_same("/a/%2e%2e/b"));
+    }
 
     fn p(s: &str) -> RoutePattern {
         RoutePattern::parse(s).unwrap()

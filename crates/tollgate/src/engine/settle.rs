@@ -192,8 +192,9 @@ impl Pending {
 pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: Headers) {
     headers.reserve(ours.len());
     for (name, value) in ours {
-        if !headers.contains_key(&name) {
-            headers.insert(name, value);
+        // One lookup per header: the entry is only filled where the response has none.
+        if let http::header::Entry::Vacant(entry) = headers.entry(name) {
+            entry.insert(value);
         }
     }
 }
