@@ -66,7 +66,7 @@ cat "$OUT/4-memory.md"
 
 if cargo bench -q --no-run -p tollgate-redis --features deadpool --bench throughput >/dev/null 2>&1; then
   echo "== Redis"
-  TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 300 cargo bench -q -p tollgate-redis --features deadpool --bench throughput 2>&1 | tail -n 30 || true
+  BENCH_ROUNDS=${REDIS_ROUNDS:-11} TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 400 cargo bench -q -p tollgate-redis --features deadpool --bench throughput 2>&1 | tail -n 30 || true
 fi
 
 {

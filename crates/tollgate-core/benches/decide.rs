@@ -406,7 +406,7 @@ fn interleaved() {
     out.push_str("## Engine: one decision on the memory store beside governor\n\n");
     out.push_str("`cargo bench -p tollgate-core --bench decide -- interleaved`: ");
     out.push_str(&format!(
-        "{ROUNDS} interleaved rounds of {CHUNK} decisions per contender; quota 1,000,000 per day (never refused).\n"
+        "{ROUNDS} interleaved rounds of {CHUNK} decisions per contender; quota 1,000,000 per day, per hour for the sliding window (never refused).\n"
     ));
     out.push_str("Time per decision is wall time (with 2 threads, each does half). Governor is `governor`'s keyed limiter with `String` keys (two keyed and one direct limiter for the three-bucket row).\n\n");
     out.push_str("| case | contender | threads | ns per decision | vs governor (median of per-round ratios) |\n|---|---|---|---|---|\n");

@@ -592,24 +592,36 @@ impl RedisStore {
     ///
     /// [`StoreError::InvalidBatch`] for a batch the store would refuse to send.
     pub fn script_call(&self, batch: &Batch, now: Timestamp) -> Result<Vec<String>, StoreError> {
+        self.with_call(batch, now, |call| {
+            Ok(call
+                .command(false)?
+                .args_iter()
+                .skip(1)
+                .map(|a| match a {
+                    redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => String::new(),
+                })
+                .collect())
+        })
+    }
+
+    /// Lays `batch` out as the store would send it at `now` (checked, keys placed, the
+    /// script chosen) and runs `f` on that call.
+    fn with_call<R>(
+        &self,
+        batch: &Batch,
+        now: Timestamp,
+        f: impl FnOnce(&Call<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         batch.validate()?;
         let now = needs_clock(batch).then_some(now.as_micros());
         let keys = self.keys(batch, now);
         let args = self.args(batch, &keys);
-        let call = Call {
+        f(&Call {
             op: batch.op,
             buckets: &args,
             now,
-        };
-        Ok(call
-            .command(false)?
-            .args_iter()
-            .skip(1)
-            .map(|a| match a {
-                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                _ => String::new(),
-            })
-            .collect())
+        })
     }
 
     /// The arguments after `EVALSHA <sha>` that this store sends for `batch` now: the number
@@ -639,19 +651,10 @@ impl RedisStore {
         now: Timestamp,
         reply: &Value,
     ) -> Result<Decision, StoreError> {
-        batch.validate()?;
-        let now = needs_clock(batch).then_some(now.as_micros());
-        let keys = self.keys(batch, now);
-        let args = self.args(batch, &keys);
-        let call = Call {
-            op: batch.op,
-            buckets: &args,
-            now,
-        };
-        match reply {
+        self.with_call(batch, now, |call| match reply {
             Value::ServerError(e) => Err(backend(e.clone())),
             reply => call.decision(reply),
-        }
+        })
     }
 
     /// The batch's keys; fixed windows' placed at `now`.

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{connect, short_limits, Rng};
-use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
+use tollgate_core::{Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store};
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
@@ -20,23 +20,77 @@ fn same_algorithm(a: &Limit, b: &Limit) -> bool {
     std::mem::discriminant(&a.algorithm()) == std::mem::discriminant(&b.algorithm())
 }
 
-fn random_batch(rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
-    let op = match rng.below(100) {
-        0..=59 => Op::Charge,
-        60..=69 => Op::Peek,
-        70..=81 => Op::Refund,
-        82..=93 => Op::Penalize,
-        _ => Op::Reset,
-    };
-    let n = 1 + rng.below(3) as usize;
-    // Distinct keys (a batch naming a key twice is invalid).
+/// The Redis store on its own server (no refusal cache) and the memory store on a clock
+/// that [`Both::apply`] sets to each Redis decision's time.
+struct Both {
+    redis: RedisStore,
+    memory: MemoryStore,
+    clock: ManualClock,
+}
+
+impl Both {
+    fn new(server: &RedisServer) -> Self {
+        let clock = ManualClock::new(Duration::ZERO);
+        Both {
+            redis: RedisStore::builder()
+                .url(server.url())
+                .refusal_cache(0)
+                .build()
+                .unwrap(),
+            memory: MemoryStore::builder().clock(clock.clone()).build(),
+            clock,
+        }
+    }
+
+    /// Decides `batch` on Redis, then on memory at Redis's time; asserts both decided the
+    /// same, field for field, and gives the decision.
+    async fn apply(&self, batch: &Batch, seed: u64, step: usize) -> Decision {
+        let on_redis = self.redis.apply(batch).await.unwrap();
+        self.clock.set(on_redis.now);
+        let on_memory = self.memory.apply(batch).await.unwrap();
+        assert_eq!(
+            on_redis, on_memory,
+            "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
+        );
+        on_redis
+    }
+}
+
+/// An operation drawn with these weights, in percent: charge, peek, refund and penalize
+/// (reset takes the rest).
+fn draw_op(rng: &mut Rng, [charge, peek, refund, penalize]: [u64; 4]) -> Op {
+    let n = rng.below(100);
+    let mut at = 0;
+    for (weight, op) in [
+        (charge, Op::Charge),
+        (peek, Op::Peek),
+        (refund, Op::Refund),
+        (penalize, Op::Penalize),
+    ] {
+        at += weight;
+        if n < at {
+            return op;
+        }
+    }
+    Op::Reset
+}
+
+/// `n` distinct keys, each drawn by `draw` (a batch naming a key twice is invalid).
+fn distinct_keys(rng: &mut Rng, n: usize, draw: impl Fn(&mut Rng) -> usize) -> Vec<usize> {
     let mut keys: Vec<usize> = Vec::with_capacity(n);
     while keys.len() < n {
-        let k = rng.below(limits.len() as u64 + 2) as usize;
+        let k = draw(rng);
         if !keys.contains(&k) {
             keys.push(k);
         }
     }
+    keys
+}
+
+fn random_batch(rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
+    let op = draw_op(rng, [60, 10, 12, 12]);
+    let n = 1 + rng.below(3) as usize;
+    let keys = distinct_keys(rng, n, |rng| rng.below(limits.len() as u64 + 2) as usize);
     let buckets = keys
         .into_iter()
         .map(|k| {
@@ -68,13 +122,7 @@ fn random_batch(rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_decisions_as_memory_for_random_sequences() {
     let server = RedisServer::start();
-    let redis = RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
-    let clock = ManualClock::new(Duration::ZERO);
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let both = Both::new(&server);
     let limits = short_limits();
     let mut refused = 0;
     let mut admitted = 0;
@@ -82,13 +130,7 @@ async fn same_decisions_as_memory_for_random_sequences() {
         let mut rng = Rng::new(seed);
         for step in 0..250 {
             let batch = random_batch(&mut rng, seed, &limits);
-            let on_redis = redis.apply(&batch).await.unwrap();
-            clock.set(on_redis.now);
-            let on_memory = memory.apply(&batch).await.unwrap();
-            assert_eq!(
-                on_redis, on_memory,
-                "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
-            );
+            let on_redis = both.apply(&batch, seed, step).await;
             if batch.op == Op::Charge {
                 if on_redis.allowed {
                     admitted += 1;
@@ -117,14 +159,8 @@ async fn same_decisions_as_memory_for_random_sequences() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sliding_windows_across_segment_and_window_boundaries() {
     let server = RedisServer::start();
-    let redis = RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
+    let both = Both::new(&server);
     let mut conn = connect(&server.url()).await;
-    let clock = ManualClock::new(Duration::ZERO);
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
     let q = common::quota;
     let sliding = [
         Limit::sliding_segments(q(4, 6), 6).unwrap(),
@@ -145,26 +181,12 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
         // Keys refused lately, to see them admitted again once segments have left.
         let mut was_refused = std::collections::HashSet::new();
         for step in 0..300 {
-            let op = match rng.below(100) {
-                0..=74 => Op::Charge,
-                75..=82 => Op::Peek,
-                83..=89 => Op::Refund,
-                90..=96 => Op::Penalize,
-                _ => Op::Reset,
-            };
+            let op = draw_op(&mut rng, [75, 8, 7, 7]);
             let mixed = rng.below(10) < 3;
             let n = 1 + rng.below(4) as usize;
-            let mut keys: Vec<usize> = Vec::with_capacity(n);
-            while keys.len() < n {
-                let k = if mixed {
-                    rng.below(9) as usize
-                } else {
-                    rng.below(6) as usize
-                };
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
+            let keys = distinct_keys(&mut rng, n, |rng| {
+                rng.below(if mixed { 9 } else { 6 }) as usize
+            });
             let buckets: Vec<Bucket> = keys
                 .iter()
                 .map(|&k| {
@@ -182,13 +204,7 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
                 })
                 .collect();
             let batch = Batch::new(op, buckets);
-            let on_redis = redis.apply(&batch).await.unwrap();
-            clock.set(on_redis.now);
-            let on_memory = memory.apply(&batch).await.unwrap();
-            assert_eq!(
-                on_redis, on_memory,
-                "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
-            );
+            let on_redis = both.apply(&batch, seed, step).await;
             if op == Op::Charge {
                 for (b, state) in batch.buckets.iter().zip(&on_redis.buckets) {
                     if state.refusal == Some(tollgate_core::Refusal::OverLimit) {
@@ -204,7 +220,7 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
                 }
             }
             if rng.below(8) == 0 {
-                let key = redis.redis_key(&batch.buckets[0]);
+                let key = both.redis.redis_key(&batch.buckets[0]);
                 let value: Option<Vec<u8>> = redis::cmd("GET")
                     .arg(&key)
                     .query_async(&mut conn)
@@ -302,13 +318,7 @@ async fn refusal_charges_no_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_windows_across_window_boundaries() {
     let server = RedisServer::start();
-    let redis = RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
-    let clock = ManualClock::new(Duration::ZERO);
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let both = Both::new(&server);
     let q = common::quota;
     let fixed = [
         Limit::fixed(q(2, 5)),
@@ -326,26 +336,16 @@ async fn fixed_windows_across_window_boundaries() {
         let mut rng = Rng::new(seed);
         let mut was_refused = std::collections::HashSet::new();
         for step in 0..300 {
-            let op = match rng.below(100) {
-                0..=79 => Op::Charge,
-                80..=86 => Op::Peek,
-                87..=92 => Op::Refund,
-                93..=97 => Op::Penalize,
-                _ => Op::Reset,
-            };
+            let op = draw_op(&mut rng, [80, 7, 6, 5]);
             let n = if rng.below(4) == 0 {
                 2 + rng.below(2) as usize
             } else {
                 1
             };
-            let mut keys: Vec<usize> = Vec::with_capacity(n);
-            while keys.len() < n {
-                // A multi-bucket batch may take a sliding window or a token bucket too.
-                let k = rng.below(if n > 1 { 7 } else { 5 }) as usize;
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
+            // A multi-bucket batch may take a sliding window or a token bucket too.
+            let keys = distinct_keys(&mut rng, n, |rng| {
+                rng.below(if n > 1 { 7 } else { 5 }) as usize
+            });
             let buckets: Vec<Bucket> = keys
                 .iter()
                 .map(|&k| {
@@ -369,13 +369,7 @@ async fn fixed_windows_across_window_boundaries() {
                 })
                 .collect();
             let batch = Batch::new(op, buckets);
-            let on_redis = redis.apply(&batch).await.unwrap();
-            clock.set(on_redis.now);
-            let on_memory = memory.apply(&batch).await.unwrap();
-            assert_eq!(
-                on_redis, on_memory,
-                "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
-            );
+            let on_redis = both.apply(&batch, seed, step).await;
             if op == Op::Charge && n == 1 {
                 alone += 1;
                 let (b, state) = (&batch.buckets[0], &on_redis.buckets[0]);
