@@ -38,9 +38,9 @@
 //!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
 //!   (one timestamp), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
 //!   window of up to 10 segments whose segments are shorter than 71 minutes, and 40 plus an
-//!   allocation for anything else (an exact log: 16 bytes per distinct admission time). Tables grow by doubling,
-//!   so a table is between 44% and 88% full. `cargo bench -p tollgate-core --bench memory`
-//!   measures bytes per live key.
+//!   allocation for anything else (an exact log: 16 bytes per distinct admission time).
+//!   Tables grow by doubling, so a table is between 44% and 88% full.
+//!   `cargo run --release -p tollgate-bench --bin bench-memory` measures bytes per live key.
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
 //!   several shards locks them in index order.
 
