@@ -253,7 +253,8 @@ pub use service::RateLimit;
 pub use tollgate_core::StoreMode;
 pub use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Clock, Decision, FailureMode, Limit,
-    ManualClock, MemoryStore, Op, Quota, QuotaError, Refusal, Store, StoreError, Timestamp,
+    ManualClock, MemoryStats, MemoryStore, MemoryStoreBuilder, Op, Quota, QuotaError, Refusal,
+    Store, StoreError, StoreKey, Timestamp, WhenFull,
 };
 
 /// The names of the rate-limit response headers tollgate writes.
