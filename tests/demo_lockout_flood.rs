@@ -93,6 +93,7 @@ fn a_flood_of_junk_emails_leaves_every_locked_email_locked() {
     let next = AtomicUsize::new(0);
     let failed_401 = AtomicUsize::new(0);
     let refused_429 = AtomicUsize::new(0);
+    let locked = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..connections {
             scope.spawn(|| {
@@ -103,14 +104,22 @@ fn a_flood_of_junk_emails_leaves_every_locked_email_locked() {
                         break;
                     }
                     let email = format!("junk{e}@flood.example");
+                    let mut counted = 0;
                     for attempt in 0..LOCKOUT {
                         let ip = flood_ip((e * LOCKOUT + attempt) / AUTH_PER_IP);
                         let r = sign_in(&mut connection, &ip, &email, "wrong");
                         match r.status {
-                            401 => failed_401.fetch_add(1, Ordering::Relaxed),
+                            401 => {
+                                counted += 1;
+                                failed_401.fetch_add(1, Ordering::Relaxed)
+                            }
                             429 => refused_429.fetch_add(1, Ordering::Relaxed),
                             other => panic!("{email}: {other} {}", r.body),
                         };
+                    }
+                    if counted == LOCKOUT {
+                        // Every failure counted: the e-mail is now held at its limit.
+                        locked.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
@@ -119,9 +128,11 @@ fn a_flood_of_junk_emails_leaves_every_locked_email_locked() {
     let elapsed = started.elapsed();
     let rss_after = ex.rss_kib();
     let (failed, refused) = (failed_401.into_inner(), refused_429.into_inner());
+    let locked = locked.into_inner();
     println!(
         "flood: {} requests over {emails} e-mails in {:.1} s ({:.0}/s): {failed} × 401, \
-         {refused} × 429; share {share}; RSS {rss_before} KiB before, {rss_after} KiB after",
+         {refused} × 429, {locked} e-mails locked; share {share}; RSS {rss_before} KiB \
+         before, {rss_after} KiB after",
         failed + refused,
         elapsed.as_secs_f64(),
         (failed + refused) as f64 / elapsed.as_secs_f64(),
@@ -144,13 +155,19 @@ fn a_flood_of_junk_emails_leaves_every_locked_email_locked() {
         );
     }
 
-    // The lockout's share held: once full of limited keys, new e-mails were refused rather
-    // than stored, so no more junk e-mails were counted than the share holds.
+    // The lockout's share held: once full of keys at their limit, new e-mails were refused
+    // rather than stored, so the failures counted stay near the share's worth. Not exactly
+    // within it: an e-mail part-way through its attempts is not at its limit, the store may
+    // evict it to make room for another, and its later attempts then count afresh (a few
+    // failures in the runs seen; an eighth of the share is allowed). A store that did not
+    // hold its bound would count every junk failure.
     if let Ok(share) = share.parse::<usize>() {
         if emails > share {
+            let bound = share * LOCKOUT + share / 8;
             assert!(
-                failed <= share * LOCKOUT,
-                "{failed} junk failures counted, but the share holds {share} e-mails"
+                failed <= bound,
+                "{failed} junk failures counted ({locked} e-mails locked), but the share \
+                 holds {share} e-mails ({bound} failures at the most)"
             );
             assert!(refused > 0, "a flood past the share saw no refusal");
         }
