@@ -44,9 +44,9 @@
 //! the wait shortened by the time that passed. It is **on by default** (10 000 keys,
 //! [`RedisStoreBuilder::refusal_cache`] sets the size or turns it off with 0). Measured with
 //! the benchmark (`cargo bench -p tollgate-redis --features deadpool --bench throughput`,
-//! 2 shared, loaded cores, eight runs): 64 tasks hammering one refused key got 0.9 to 2.3 million answers
-//! per second from the cache against 18,000 to 55,000 through Redis (30 to 130 times more),
-//! and Redis received nothing. While the cache is empty it costs one atomic load per
+//! 2 shared cores, eleven runs on two machines): 64 tasks hammering one refused key got 0.9
+//! to 4.7 million answers per second from the cache against 18,000 to 160,000 through Redis
+//! (29 to 130 times more), and Redis received nothing. While the cache is empty it costs one atomic load per
 //! request. What it trades: a refund or
 //! reset made by *another* instance (or Redis restarting empty) is seen by this instance
 //! only when T passes; refunds and resets made through this store take effect at once.
@@ -57,17 +57,19 @@
 //!
 //! One multiplexed connection ([`RedisStoreBuilder::url`], a
 //! `redis::aio::ConnectionManager`) lets every concurrent request share one socket and its
-//! writes; in the benchmark here it carried 2.1 to 2.9 times (medians of eight runs) the
-//! decisions per second of a deadpool-redis pool of 64 connections, whose connections each
+//! writes; in the benchmark here it carried 1.6 to 1.9 times (medians of three runs of 5 to
+//! 15 rounds) the decisions per second of a deadpool-redis pool of 64 connections, whose connections each
 //! carry one request at a time (`RedisStoreBuilder::pool`, feature `deadpool`, accepts an
 //! application's pool anyway), and about as many as `redis-benchmark` sending the same script call. The
 //! connection is made on first use and remade after Redis restarts.
 //!
 //! The Redis server's time bounds throughput: in the benchmark here (a shared 2-core
-//! machine) a decision on one sliding-window bucket took the server 15 to 26 µs
-//! (`usec_per_call`, medians of five runs; about what a `TIME`, `GET`, `SET` GCRA script
-//! took in the same runs), on two buckets 37 to 65 µs, so one Redis core decides some
-//! 15,000 to 50,000 requests per second, depending on the buckets per request.
+//! machine, 15 interleaved rounds) a decision on one sliding-window bucket took the server
+//! 10.8 µs (`usec_per_call`, median; a `TIME`, `GET`, `SET` GCRA script 7.5 µs in the same
+//! rounds), one token bucket 9.1 µs, one fixed window 4.0 µs (a bare `INCRBY` + `PEXPIRE`
+//! script 3.3 µs), two sliding-window buckets 17.7 µs; so one Redis core decides some
+//! 50,000 to 200,000 requests per second, depending on the buckets per request and their
+//! algorithms (`BENCHMARKS.md`).
 //!
 //! # Features
 //!

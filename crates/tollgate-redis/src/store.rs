@@ -373,7 +373,7 @@ impl RedisStoreBuilder {
 
     /// Use an application's existing deadpool-redis pool: each request takes a connection
     /// from it for its round trip. (One multiplexed connection, [`RedisStoreBuilder::url`],
-    /// carried 2.1 to 2.9 times more decisions per second in the benchmark.) Feature
+    /// carried 1.6 to 1.9 times the decisions per second in the benchmark.) Feature
     /// `deadpool`.
     #[cfg(feature = "deadpool")]
     pub fn pool(mut self, pool: deadpool_redis::Pool) -> Self {
