@@ -20,13 +20,7 @@ fn limiter(store: impl Store) -> Limiter {
     Limiter::builder()
         .read_env(false)
         .store(store)
-        .identity(|parts| {
-            parts
-                .headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        })
+        .identity(common::user_header)
         .route(
             "/api/*",
             Policy::named("default").per_ip("3/min").per_user("5/min"),

@@ -2,6 +2,8 @@
 //! the value, and what the builder finds wrong is pointed back at the rule of the file,
 //! with file, line, column and field.
 
+mod common;
+
 use std::io::Write;
 
 use tollgate::config::ConfigError;
@@ -333,13 +335,7 @@ fn errors_from_rules_added_in_code_name_the_limiter() {
 /// (`?` turns the file's `ConfigError` into a `BuildError`).
 fn from_builder(path: &std::path::Path) -> Result<Limiter, BuildError> {
     LimiterBuilder::from_config(path)?
-        .identity(|parts| {
-            parts
-                .headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        })
+        .identity(common::user_header)
         .build()
 }
 

@@ -13,13 +13,7 @@ use tower::{service_fn, Layer, ServiceExt};
 fn limiter() -> Limiter {
     Limiter::builder()
         .read_env(false)
-        .identity(|parts| {
-            parts
-                .headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        })
+        .identity(common::user_header)
         .route(
             "/api/*",
             Policy::named("api")

@@ -20,13 +20,7 @@ fn limiter() -> Limiter {
     let limiter = Limiter::builder()
         .read_env(false)
         .store(store)
-        .identity(|parts| {
-            parts
-                .headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        })
+        .identity(common::user_header)
         .route("/api/stripe/webhook", Policy::exempt())
         .route(
             "/api/*",
