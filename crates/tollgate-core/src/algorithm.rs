@@ -336,7 +336,7 @@ impl Ring {
     /// Every kept segment, oldest first: (count, last). Walks the ring's slots in order
     /// (one division for the whole walk, not one per segment).
     #[inline]
-    fn all(&self) -> impl DoubleEndedIterator<Item = (u64, u64)> + '_ {
+    fn all(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let len = self.segments.len();
         let oldest = self.head.saturating_sub(len as u64 - 1);
         let first = (oldest % len as u64) as usize;

@@ -457,16 +457,9 @@ impl MemoryStore {
         let inner = &*self.inner;
         if let ([bucket], [state]) = (buckets, &mut *states) {
             // One bucket (the common request): one lock, no scratch space.
-            let hash = inner.hasher.hash_one(bucket.key.as_bytes());
-            let shard = inner.shard_of(hash);
-            let p = Placed {
-                hash,
-                shard,
-                guard: 0,
-                kind: Kind::of(&bucket.limit),
-            };
+            let p = inner.place(bucket);
             *state = inner.apply_one(
-                &mut lock(&inner.shards[shard]),
+                &mut lock(&inner.shards[p.shard]),
                 &p,
                 op,
                 bucket,
@@ -480,15 +473,9 @@ impl MemoryStore {
         let mut placed: Scratch<Placed> = Scratch::new();
         let mut order: Scratch<usize> = Scratch::new();
         for bucket in buckets {
-            let hash = inner.hasher.hash_one(bucket.key.as_bytes());
-            let shard = inner.shard_of(hash);
-            placed.push(Placed {
-                hash,
-                shard,
-                guard: 0,
-                kind: Kind::of(&bucket.limit),
-            });
-            order.push(shard);
+            let p = inner.place(bucket);
+            order.push(p.shard);
+            placed.push(p);
         }
         // Lock the shards this request touches, each once, in index order (no deadlock
         // between requests that share several shards).
@@ -555,13 +542,7 @@ impl MemoryStore {
     pub fn mirror(&self, bucket: &Bucket, used: u64, fresh_in: std::time::Duration) -> bool {
         let inner = &*self.inner;
         let now = inner.clock.now().as_micros();
-        let hash = inner.hasher.hash_one(bucket.key.as_bytes());
-        let p = Placed {
-            hash,
-            shard: inner.shard_of(hash),
-            guard: 0,
-            kind: Kind::of(&bucket.limit),
-        };
+        let p = inner.place(bucket);
         let limit = &bucket.limit;
         let fresh_in = u64::try_from(fresh_in.as_micros()).unwrap_or(u64::MAX);
         let state = State::assumed(limit, used, fresh_in, now);
@@ -569,7 +550,7 @@ impl MemoryStore {
         let a = after(&report, expires_at, now);
         let mut shard = lock(&inner.shards[p.shard]);
         if a.expires_at <= now {
-            shard.remove(hash);
+            shard.remove(p.hash);
             return true;
         }
         let (seen, expires_at) = (a.seen, a.expires_at);
@@ -585,7 +566,7 @@ impl MemoryStore {
         };
         match inner.make_room(&mut shard, bucket, now) {
             Ok(part) => {
-                shard.insert(hash, part, seen, state, expires_at);
+                shard.insert(p.hash, part, seen, state, expires_at);
                 true
             }
             Err(_) => false,
@@ -920,6 +901,19 @@ fn catch_up(state: &mut State, limit: &Limit, now: u64) {
 }
 
 impl Inner {
+    /// Where `bucket`'s key lives: its hash, its shard and the table of its kind (the
+    /// guard's index is set by a call that locks several shards).
+    #[inline]
+    fn place(&self, bucket: &Bucket) -> Placed {
+        let hash = self.hasher.hash_one(bucket.key.as_bytes());
+        Placed {
+            hash,
+            shard: self.shard_of(hash),
+            guard: 0,
+            kind: Kind::of(&bucket.limit),
+        }
+    }
+
     /// The shard of a key with this hash. It comes from bits the table does not use to
     /// place keys (it uses the low bits for the position and the top 7 as a tag).
     fn shard_of(&self, hash: u64) -> usize {

@@ -197,8 +197,10 @@ impl Engine {
             refusing.push(i);
             let shadow = plan.shadow(i);
             enforced |= !shadow;
-            if let Some(metrics) = plan.metrics(i).filter(|_| observe::ENABLED) {
-                metrics.refused(shadow);
+            if observe::ENABLED {
+                if let Some(metrics) = plan.metrics(i) {
+                    metrics.refused(shadow);
+                }
             }
             self.log_refusal(plan, i, state, method, path);
         }

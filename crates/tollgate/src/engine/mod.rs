@@ -505,15 +505,13 @@ impl Engine {
         }
     }
 
-    /// Logs once that requests come without a peer address.
     /// Under [`LimiterBuilder::require_peer_address`](crate::LimiterBuilder::require_peer_address),
     /// the 500 for a request without a peer address.
     pub(crate) fn refuse_without_peer(&self, parts: &Parts) -> Option<Outcome> {
         if !self.require_peer || peer_addr(&parts.extensions).is_some() {
             return None;
         }
-        self.stats.no_peer.fetch_add(1, Ordering::Relaxed);
-        self.warn_no_peer();
+        self.note_no_peer();
         Some(Outcome::Respond(crate::respond::fixed_response(
             http::StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain; charset=utf-8",
@@ -553,7 +551,12 @@ impl Engine {
         }
     }
 
-    pub(crate) fn warn_no_peer(&self) {
+    /// Counts a request without a peer address ([`LimiterStats::no_peer`]) and logs once
+    /// that requests come without one.
+    ///
+    /// [`LimiterStats::no_peer`]: crate::LimiterStats::no_peer
+    pub(crate) fn note_no_peer(&self) {
+        self.stats.no_peer.fetch_add(1, Ordering::Relaxed);
         if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
             let what = if self.require_peer {
                 "such requests are refused with 500 (require_peer_address)"

@@ -210,10 +210,7 @@ impl Engine {
         match self.client_ip.resolve(peer, &parts.headers) {
             Some(ip) => self.client_ip.push_key(ip, &mut key),
             None => {
-                self.stats
-                    .no_peer
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.warn_no_peer();
+                self.note_no_peer();
                 key.push_str("unknown-peer");
             }
         }

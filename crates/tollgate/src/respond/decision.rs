@@ -11,7 +11,7 @@ use http::Response;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use tollgate_core::{BucketState, Timestamp};
 
-use super::info::ceil_secs;
+use super::info::{ceil_secs, retry_secs};
 
 /// What the limiter decided for one request, as seen from its most restrictive bucket
 /// (the one `X-RateLimit-*` describe; dry-run buckets never show).
@@ -100,7 +100,7 @@ impl RateLimitDecision {
     /// [`RateLimitDecision::retry_after`] in whole seconds, rounded up and never 0 (what
     /// `Retry-After` says).
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after.map(|d| ceil_secs(d).max(1))
+        self.retry_after.map(retry_secs)
     }
 }
 

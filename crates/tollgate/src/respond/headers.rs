@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use smallvec::SmallVec;
 use tollgate_core::{BucketState, Quota, Timestamp};
 
-use super::info::{ceil_secs, RateLimitOutcome};
+use super::info::{ceil_secs, retry_secs, RateLimitOutcome};
 use super::sf;
 use crate::engine::policy_item;
 
@@ -266,7 +266,7 @@ impl HeaderStyle {
         }
         if self.retry_after && !view.allowed {
             if let Some(wait) = most.state.retry_after {
-                out(RETRY_AFTER, number(ceil_secs(wait).max(1)));
+                out(RETRY_AFTER, number(retry_secs(wait)));
             }
         }
     }

@@ -137,7 +137,7 @@ impl RateLimitOutcome {
     /// [`RateLimitOutcome::retry_after`] in whole seconds, rounded up and never 0: what
     /// `Retry-After` says. 1 µs is 1, exactly 2 s is 2, 2.000001 s is 3.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after().map(|d| ceil_secs(d).max(1))
+        self.retry_after().map(retry_secs)
     }
 
     /// When the most restrictive bucket is back to its full state (nothing counted against
@@ -184,7 +184,7 @@ impl Serialize for BucketOutcome {
         let retry = (!self.state.allowed)
             .then_some(self.state.retry_after)
             .flatten();
-        s.serialize_field("retry_after", &retry.map(|d| ceil_secs(d).max(1)))?;
+        s.serialize_field("retry_after", &retry.map(retry_secs))?;
         s.end()
     }
 }
@@ -201,6 +201,11 @@ impl Serialize for RateLimitOutcome {
         s.serialize_field("buckets", &self.buckets)?;
         s.end()
     }
+}
+
+/// A wait as `Retry-After` says it: whole seconds, rounded up, never 0 (1 µs is 1).
+pub(crate) fn retry_secs(wait: Duration) -> u64 {
+    ceil_secs(wait).max(1)
 }
 
 /// Whole seconds in `d`, rounded up (a wait or a reset is never announced early).
