@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 cargo bench -q --no-run -p tollgate --features metrics --bench layer 2>/dev/null
-bench=$(ls -t target/release/deps/layer-* | grep -v '\.d$' | head -1)
+target=${CARGO_TARGET_DIR:-target}
+bench=$(ls -t "$target"/release/deps/layer-* | grep -v '\.d$' | head -1)
 only=${1:?a stack name, or part of one}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -9,7 +9,7 @@ libfuzzer_sys::fuzz_target!(
     init: {
         if std::env::var_os(lua_store::URL_VARIABLE).is_none() {
             eprintln!(
-                "lua_store: set {} to a redis-server of its own (it is flushed); fuzz/lua.sh starts one",
+                "lua_store: set {} to a redis-server of its own (it is flushed); fuzz/with-redis.sh starts one",
                 lua_store::URL_VARIABLE
             );
             std::process::exit(2);

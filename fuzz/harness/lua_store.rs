@@ -14,7 +14,7 @@
 //! (the script must answer from what a key holds, expired or not, as the memory store
 //! does).
 //!
-//! The Redis server is the one at `TOLLGATE_FUZZ_REDIS_URL` (`fuzz/lua.sh` starts one; the
+//! The Redis server is the one at `TOLLGATE_FUZZ_REDIS_URL` (`fuzz/with-redis.sh` starts one; the
 //! stable replay starts its own); each run begins with `FLUSHDB`, so it must be a server of
 //! its own. Not covered: a key whose limit changes (the memory store keeps each
 //! algorithm's state of a key apart, Redis one state per key; see `decide.lua`), and costs
@@ -54,7 +54,7 @@ fn harness() -> &'static Mutex<Harness> {
     static HARNESS: OnceLock<Mutex<Harness>> = OnceLock::new();
     HARNESS.get_or_init(|| {
         let url = std::env::var(URL_VARIABLE).unwrap_or_else(|_| {
-            panic!("{URL_VARIABLE} must name a redis-server of its own (fuzz/lua.sh starts one)")
+            panic!("{URL_VARIABLE} must name a redis-server of its own (fuzz/with-redis.sh starts one)")
         });
         let conn = redis::Client::open(url.as_str())
             .and_then(|c| c.get_connection())

@@ -614,8 +614,7 @@ impl RedisStore {
         f: impl FnOnce(&Call<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         batch.validate()?;
-        let now = needs_clock(batch).then_some(now.as_micros());
-        let keys = self.keys(batch, now);
+        let (now, keys) = self.placed(batch, || now);
         let args = self.args(batch, &keys);
         f(&Call {
             op: batch.op,
@@ -655,6 +654,18 @@ impl RedisStore {
             Value::ServerError(e) => Err(backend(e.clone())),
             reply => call.decision(reply),
         })
+    }
+
+    /// The time a batch is laid out at (read from `clock` only when it has a fixed window,
+    /// which that time places) and its Redis keys: what `decide` sends and
+    /// [`RedisStore::script_call`] shows, from one place.
+    fn placed(
+        &self,
+        batch: &Batch,
+        clock: impl FnOnce() -> Timestamp,
+    ) -> (Option<u64>, Vec<String>) {
+        let now = needs_clock(batch).then(|| clock().as_micros());
+        (now, self.keys(batch, now))
     }
 
     /// The batch's keys; fixed windows' placed at `now`.
@@ -717,8 +728,7 @@ impl RedisStore {
         // Before sending: a refund or reset answered meanwhile makes this answer stale.
         let generations = cache.map(RefusalCache::generations);
         // A fixed window is placed by this instance's clock.
-        let now = needs_clock(batch).then(|| self.inner.clock.now().as_micros());
-        let keys = self.keys(batch, now);
+        let (now, keys) = self.placed(batch, || self.inner.clock.now());
         let args = self.args(batch, &keys);
         let decision = if self.is_cluster() {
             self.decide_by_slot(batch.op, &args, now).await?

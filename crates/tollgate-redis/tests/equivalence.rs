@@ -496,13 +496,8 @@ async fn invalid_batches_are_typed_errors_without_a_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
     let server = RedisServer::start();
-    let redis = RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
-    let clock = ManualClock::new(Duration::ZERO);
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let both = Both::new(&server);
+    let (redis, memory, clock) = (&both.redis, &both.memory, &both.clock);
     let mut conn = connect(&server.url()).await;
     let limits = [
         Limit::token_bucket(Quota::per_minute(100), 100).unwrap(),

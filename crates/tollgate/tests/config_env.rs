@@ -5,6 +5,8 @@
 mod common;
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 use axum::routing::get;
 use axum::Router;
@@ -12,21 +14,36 @@ use common::serve;
 use tollgate::Limiter;
 use tollgate_testkit::RedisServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_url_overrides_a_memory_store_in_the_file() {
-    let redis = RedisServer::start();
-    let dir = std::env::temp_dir().join(format!("tollgate-config-env-{}", std::process::id()));
+/// Held while a test changes the process's environment: the tests of this binary run in
+/// parallel, and each reads variables the other sets.
+static ENV: Mutex<()> = Mutex::new(());
+
+/// Writes `yaml` to `limits.yaml` in a directory of this test run (`name`); its path.
+fn limits_file(name: &str, yaml: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("limits.yaml");
     std::fs::File::create(&path)
         .unwrap()
-        .write_all(
-            b"store: { kind: memory }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
-        )
+        .write_all(yaml)
         .unwrap();
-    std::env::set_var("REDIS_URL", redis.url());
-    let limiter = Limiter::from_config(&path).unwrap();
-    std::env::remove_var("REDIS_URL");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_url_overrides_a_memory_store_in_the_file() {
+    let redis = RedisServer::start();
+    let path = limits_file(
+        "config-env",
+        b"store: { kind: memory }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
+    );
+    let limiter = {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("REDIS_URL", redis.url());
+        let limiter = Limiter::from_config(&path);
+        std::env::remove_var("REDIS_URL");
+        limiter.unwrap()
+    };
     let app = Router::new()
         .route("/x", get(|| async { "ok" }))
         .layer(limiter.layer());
@@ -41,15 +58,11 @@ async fn redis_url_overrides_a_memory_store_in_the_file() {
 /// fallback settings; a bad value is a typed error naming the variable, at build time.
 #[test]
 fn fallback_settings_from_the_environment_are_checked_at_build_time() {
-    let dir = std::env::temp_dir().join(format!("tollgate-config-env-fb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(
-            b"store: { kind: redis, url: \"redis://127.0.0.1:1/\", fallback_divisor: 2 }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
-        )
-        .unwrap();
+    let path = limits_file(
+        "config-env-fb",
+        b"store: { kind: redis, url: \"redis://127.0.0.1:1/\", fallback_divisor: 2 }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
+    );
+    let env = ENV.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("TOLLGATE_FALLBACK_DIVISOR", "zero");
     let err = Limiter::from_config(&path).unwrap_err();
     std::env::set_var("TOLLGATE_FALLBACK_DIVISOR", "3");
@@ -57,6 +70,7 @@ fn fallback_settings_from_the_environment_are_checked_at_build_time() {
     let ok = Limiter::from_config(&path);
     std::env::remove_var("TOLLGATE_FALLBACK_DIVISOR");
     std::env::remove_var("TOLLGATE_REDIS_TIMEOUT_MS");
+    drop(env);
     assert!(
         matches!(err, tollgate::config::ConfigError::Store { ref message, .. }
             if message.contains("TOLLGATE_FALLBACK_DIVISOR=\"zero\"")),
