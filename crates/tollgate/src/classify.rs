@@ -546,25 +546,47 @@ fn canonical_segment(segment: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// For a path over [`MAX_PATH_LEN`] bytes or [`MAX_SEGMENTS`] segments, its
-/// start up to a `/` within both limits; `None` for other paths. Looks at no
-/// more than `MAX_PATH_LEN` bytes.
-fn over_limit_prefix(path: &str) -> Option<&str> {
+/// What one look at a path finds (no more than [`MAX_PATH_LEN`] bytes of it).
+enum PathShape<'a> {
+    /// Over [`MAX_PATH_LEN`] bytes or [`MAX_SEGMENTS`] segments: its start up to a `/`
+    /// within both limits.
+    OverLimit(&'a str),
+    /// Its canonical segments are its raw ones: no percent-escape, no empty segment (`//`,
+    /// a trailing `/`) and no segment starting with `.` (which takes in `.` and `..`).
+    Plain,
+    /// Anything else: its canonical reading has to be worked out.
+    Irregular,
+}
+
+/// The shape of `path`, in one pass over its bytes.
+fn shape(path: &str) -> PathShape<'_> {
     let mut slashes = 0;
     let mut last_slash = 0;
+    let mut plain = true;
+    // As `raw_segments` reads it: after one leading `/`, each `/` starts a segment.
+    let mut prev = b'/';
     for (i, b) in path.bytes().enumerate() {
         if i == MAX_PATH_LEN {
-            return Some(&path[..last_slash]);
+            return PathShape::OverLimit(&path[..last_slash]);
         }
         if b == b'/' {
             slashes += 1;
             if slashes > MAX_SEGMENTS {
-                return Some(&path[..i]);
+                return PathShape::OverLimit(&path[..i]);
             }
             last_slash = i;
+            if i == 0 {
+                continue;
+            }
         }
+        plain &= !(b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')));
+        prev = b;
     }
-    None
+    if plain && (prev != b'/' || path.len() <= 1) {
+        PathShape::Plain
+    } else {
+        PathShape::Irregular
+    }
 }
 
 /// The path as axum's router reads it: `/` separated, nothing decoded.
@@ -578,22 +600,6 @@ fn raw_segments(path: &str) -> Segments<&str> {
         }
     }
     out
-}
-
-/// Whether a path's canonical segments are its raw ones without working them out: no
-/// percent-escape, no empty segment (`//`, a trailing `/`) and no segment starting with
-/// `.` (which takes in `.` and `..`). `false` only means "work it out".
-fn reads_the_same(path: &str) -> bool {
-    // As `raw_segments` reads it: after one leading `/`, each `/` starts a segment.
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    let mut prev = b'/';
-    for &b in rest.as_bytes() {
-        if b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')) {
-            return false;
-        }
-        prev = b;
-    }
-    prev != b'/' || rest.is_empty()
 }
 
 /// A path's segments: on the stack for the usual depth (no allocation per request).
@@ -833,14 +839,18 @@ impl<T> RouteTable<T> {
 
     /// The rule `classify` answers, then the other rule to charge, if any.
     fn classify_indexes(&self, method: &Method, path: &str) -> [Option<usize>; 2] {
-        if let Some(prefix) = over_limit_prefix(path) {
-            // The rest of the path is unknown, so only wildcards can match.
-            let raw = raw_segments(prefix);
-            let canonical = canonical_segments(&raw);
-            return [self.best(method, &canonical, true), None];
-        }
+        let plain = match shape(path) {
+            PathShape::OverLimit(prefix) => {
+                // The rest of the path is unknown, so only wildcards can match.
+                let raw = raw_segments(prefix);
+                let canonical = canonical_segments(&raw);
+                return [self.best(method, &canonical, true), None];
+            }
+            PathShape::Plain => true,
+            PathShape::Irregular => false,
+        };
         let raw = raw_segments(path);
-        if reads_the_same(path) {
+        if plain {
             // The usual path: its canonical reading is its raw one.
             return [self.best(method, &raw, false), None];
         }
@@ -1016,6 +1026,10 @@ fn check_reachable<T>(table: &RouteTable<T>) -> Result<(), PatternError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reads_the_same(path: &str) -> bool {
+        matches!(shape(path), PathShape::Plain)
+    }
 
     #[test]
     fn a_path_said_to_read_the_same_has_its_raw_segments_as_canonical() {
