@@ -56,14 +56,16 @@
 //!
 //! # Nothing is forgotten
 //!
-//! - **The mirror**: every answer of the primary is kept: in the memory store (each key's
-//!   count, [`MemoryStore::mirror`]), and in a ledger of the keys used recently (the key,
+//! - **The mirror**: every answer of the primary's backend is kept: in the memory store
+//!   (each key's count, [`MemoryStore::mirror`]), and in a ledger of the keys used recently (the key,
 //!   its limit and the count the primary reported; at most [`FallbackConfig::with_mirror_keys`]
 //!   keys, keys at their limit and keys owing charges kept longest). A memory write next to
 //!   a network round trip. So deciding from memory starts from what Redis last told this
 //!   instance: a key over its limit before the outage stays refused through it, and a key
 //!   at 3 of 5 has 2 left, not 5. (A reply to a call sent before the store left the primary
-//!   is not kept: it may come from a Redis that restarted empty.)
+//!   is not kept: it may come from a Redis that restarted empty. Nor is a refusal served
+//!   from [`RedisStore`]'s refusal cache ([`Origin::Cache`]): it repeats counts Redis
+//!   reported earlier, which may be older than those kept since.)
 //! - **The give-back**: what memory decides while the primary fails (admitted charges,
 //!   penalties, less refunds; resets) is noted in the ledger, and charged to the primary
 //!   (penalties, 64 keys a call) before the store decides on it again, so the count after
@@ -237,9 +239,36 @@ impl FallbackConfig {
     }
 }
 
-/// What a [`FallbackStore`] asks of its primary besides deciding: which incarnation of it
-/// answers, so that a primary that restarted (possibly empty) is told the counts again.
+/// Where an answer of a [`Primary`] comes from ([`Primary::apply_with_origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The primary's backend decided this call (Redis ran the script): the counts are the
+    /// newest it reported. A [`FallbackStore`] mirrors them.
+    Backend,
+    /// A cache local to the primary answered without asking its backend
+    /// ([`RedisStore`]'s refusal cache), repeating counts the backend reported earlier:
+    /// they may be older than what the [`FallbackStore`] already holds, so it does not
+    /// mirror them.
+    Cache,
+}
+
+/// What a [`FallbackStore`] asks of its primary besides deciding: where each answer comes
+/// from, so that only answers fresh from the backend are mirrored, and which incarnation
+/// of it answers, so that a primary that restarted (possibly empty) is told the counts
+/// again.
 pub trait Primary: Store {
+    /// [`Store::apply`], and where the answer comes from. The default asks
+    /// [`Store::apply`] and answers [`Origin::Backend`]: a primary that answers some calls
+    /// from a local cache overrides it (as [`RedisStore`] does), and a wrapper around such
+    /// a primary forwards it.
+    fn apply_with_origin<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<(Decision, Origin), StoreError>> {
+        Box::pin(async move { Ok((self.apply(batch).await?, Origin::Backend)) })
+    }
+
     /// An identifier of the primary's current incarnation (Redis's `run_id`): when it
     /// changes between two checks, the primary restarted and may have lost its state.
     /// `None` (the default) if the primary cannot tell.
@@ -249,12 +278,27 @@ pub trait Primary: Store {
 }
 
 impl Primary for RedisStore {
+    /// [`Origin::Cache`] for a refusal from the refusal cache.
+    fn apply_with_origin<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<(Decision, Origin), StoreError>> {
+        Box::pin(self.decide(batch))
+    }
+
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(self.run_id())
     }
 }
 
 impl<P: Primary + ?Sized> Primary for Arc<P> {
+    fn apply_with_origin<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<(Decision, Origin), StoreError>> {
+        (**self).apply_with_origin(batch)
+    }
+
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         (**self).incarnation()
     }
@@ -452,9 +496,9 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// One call to the primary within the timeout.
-    async fn call(&self, batch: &Batch) -> Result<Decision, StoreError> {
-        self.bounded(self.primary.apply(batch)).await
+    /// One call to the primary within the timeout, and where its answer comes from.
+    async fn call(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
+        self.bounded(self.primary.apply_with_origin(batch)).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -554,7 +598,7 @@ impl<P: Primary> Shared<P> {
         // reported before (another instance may have written it back already).
         let held: Vec<u64> = if restore {
             let buckets = chunk.iter().map(|o| o.bucket.clone()).collect();
-            let peek = self.call(&Batch::new(Op::Peek, buckets)).await?;
+            let (peek, _) = self.call(&Batch::new(Op::Peek, buckets)).await?;
             chunk
                 .iter()
                 .zip(&peek.buckets)
@@ -580,8 +624,8 @@ impl<P: Primary> Shared<P> {
             return Ok(());
         }
         let batch = Batch::new(Op::Penalize, charges);
-        let decision = self.call(&batch).await?;
-        self.mirror(&batch, &decision);
+        let (decision, origin) = self.call(&batch).await?;
+        self.mirror(&batch, &decision, origin);
         Ok(())
     }
 
@@ -682,10 +726,12 @@ impl<P: Primary> Shared<P> {
         decision
     }
 
-    /// Keeps what the primary answered: in the ledger, and in memory (each key's count,
-    /// scaled by the divisor), so that deciding from memory starts from it.
-    fn mirror(&self, batch: &Batch, decision: &Decision) {
-        if self.config.mirror_keys == 0 {
+    /// Keeps what the primary's backend answered: in the ledger, and in memory (each key's
+    /// count, scaled by the divisor), so that deciding from memory starts from it. An
+    /// answer from the primary's cache ([`Origin::Cache`]) is not kept: it repeats counts
+    /// reported earlier, which may be older than those kept since.
+    fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin) {
+        if self.config.mirror_keys == 0 || origin != Origin::Backend {
             return;
         }
         let now = self.memory.now().as_micros();
@@ -776,20 +822,20 @@ impl<P: Primary> Store for FallbackStore<P> {
                 // Not an outage yet: a batch that cannot use memory tries the primary
                 // (its answer is not mirrored: the primary has not been checked).
                 return match shared.call(batch).await {
+                    Ok((decision, _)) => Ok(decision),
                     Err(e @ StoreError::InvalidBatch(_)) => Err(e),
                     Err(e) => {
                         shared.failed(&e);
                         Err(e)
                     }
-                    ok => ok,
                 };
             }
             match shared.call(batch).await {
-                Ok(decision) => {
+                Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
                     // Only if the store has not left the primary since the call was sent.
                     if shared.state.load(Ordering::Acquire) == state {
-                        shared.mirror(batch, &decision);
+                        shared.mirror(batch, &decision, origin);
                     }
                     Ok(decision)
                 }

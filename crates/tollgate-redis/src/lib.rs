@@ -97,7 +97,7 @@ pub use env::{
 };
 pub use error::RedisConfigError;
 pub use fallback::{
-    FallbackConfig, FallbackStore, Mode, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PROBE_MAX,
+    FallbackConfig, FallbackStore, Mode, Origin, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PROBE_MAX,
     DEFAULT_TIMEOUT,
 };
 pub use store::{

@@ -96,6 +96,7 @@ use tollgate_core::{
 
 use crate::cache::{RefusalCache, DEFAULT_REFUSAL_CACHE};
 use crate::error::{redact, RedisConfigError};
+use crate::fallback::Origin;
 use crate::script::{self, Arg, Call};
 use crate::slot::slot;
 
@@ -716,13 +717,17 @@ impl RedisStore {
         matches!(self.inner.connection, Connection::Cluster { .. })
     }
 
-    async fn decide(&self, batch: &Batch) -> Result<Decision, StoreError> {
+    /// Decides `batch`: from the refusal cache if it knows the refusal
+    /// ([`Origin::Cache`]), otherwise on Redis ([`Origin::Backend`]). [`Store::apply`]
+    /// answers the decision; [`Primary::apply_with_origin`](crate::Primary::apply_with_origin)
+    /// both.
+    pub(crate) async fn decide(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
         batch.validate()?;
         let cache = self.inner.cache.as_ref();
         let sent_at = Instant::now();
         if let (Some(cache), Op::Charge) = (cache, batch.op) {
             if let Some(decision) = cache.lookup(&batch.buckets, sent_at) {
-                return Ok(decision);
+                return Ok((decision, Origin::Cache));
             }
         }
         // Before sending: a refund or reset answered meanwhile makes this answer stale.
@@ -749,7 +754,7 @@ impl RedisStore {
                 _ => cache.forget(&batch.buckets),
             }
         }
-        Ok(decision)
+        Ok((decision, Origin::Backend))
     }
 
     /// Redis Cluster: one script run per hash slot, concurrently; a charge refused by one
@@ -881,7 +886,7 @@ fn needs_clock(batch: &Batch) -> bool {
 
 impl Store for RedisStore {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        Box::pin(self.decide(batch))
+        Box::pin(async move { Ok(self.decide(batch).await?.0) })
     }
 
     /// Redis is shared by every process that uses it.

@@ -385,3 +385,59 @@ async fn a_redis_that_refuses_info_is_still_used() {
     spend(std::slice::from_ref(&store), &key, 5).await;
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
 }
+
+/// Answers the refusal cache serves repeat counts Redis reported earlier; the mirror keeps
+/// only answers Redis just gave. Two clients share a global bucket: A is refused (by Redis,
+/// then from the cache) while B, through another instance, spends the global bucket. When
+/// Redis dies, memory admits on the global bucket only what Redis last told this instance
+/// remained, not what it said when it first refused A (which a cached refusal of A repeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_served_from_the_cache_does_not_roll_the_mirror_back() {
+    let mut server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let per_client = Limit::sliding_exact(Quota::new(2, Duration::from_secs(30 * 60)).unwrap());
+    let a = Bucket::new("client", "a", per_client);
+    let b = Bucket::new("client", "b", per_client);
+    let global = Bucket::new("global", "all", auth());
+    let charge = |client: &Bucket| Batch::charge(vec![client.clone(), global.clone()]);
+
+    for _ in 0..2 {
+        assert!(store.apply(&charge(&a)).await.unwrap().allowed);
+    }
+    // Redis refuses A (global at 2 of 20); the store caches that refusal.
+    let refused = store.apply(&charge(&a)).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.buckets[1].remaining, 18);
+    // B spends the global bucket through another instance (through this one, an admitted
+    // charge of the global bucket would make the cache forget A's refusal): 16 remain, and
+    // this instance hears it from Redis.
+    let other = instance(&server, 1).await;
+    for _ in 0..2 {
+        assert!(other.apply(&charge(&b)).await.unwrap().allowed);
+    }
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![global.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(peek.buckets[0].remaining, 16);
+    // A again: refused from the cache, which repeats what Redis said at A's refusal (the
+    // scenario needs the cache to answer; Redis would say 16).
+    let cached = store.apply(&charge(&a)).await.unwrap();
+    assert!(!cached.allowed);
+    assert_eq!(cached.buckets[1].remaining, 18, "answered from the cache");
+
+    server.kill();
+    let mut admitted = 0;
+    for _ in 0..30 {
+        let d = store
+            .apply(&Batch::charge(vec![global.clone()]))
+            .await
+            .unwrap();
+        admitted += u64::from(d.allowed);
+    }
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert_eq!(
+        admitted, 16,
+        "memory admits what Redis last said remained on the global bucket"
+    );
+}

@@ -114,13 +114,16 @@ pub enum BuildError {
         pattern: String,
     },
     /// [`Limiter::reload`](crate::Limiter::reload) was given a setting that is fixed
-    /// while the limiter runs (the store, the client-IP settings, the identity function,
-    /// the header style, the error body, the on/off switch): build a new limiter to
-    /// change it.
+    /// while the limiter runs (the store and its name, the client-IP settings, the
+    /// identity function, the header style, the error body, the refusal hook, whether the
+    /// decision goes into requests and responses, the on/off switch): build a new limiter
+    /// to change it. A reload that sets one is refused whatever the value, even the
+    /// running one.
     #[error("`{setting}` cannot change while the limiter runs: a reload replaces the rules only (routes, global limits, buckets, shadow, on_store_failure); restart to change it")]
     NotReloadable {
-        /// The builder setting (`store`, `client_ip`, `identity`, `header_style`,
-        /// `error_body`, `enabled`).
+        /// The builder setting (`store`, `store_name`, `client_ip`,
+        /// `require_peer_address`, `identity`, `header_style`, `error_body`,
+        /// `refusal_response`, `decision_in_request`, `decision_in_response`, `enabled`).
         setting: &'static str,
     },
     /// A mistake in a configuration file, with the file, line, column and field: what

@@ -284,8 +284,11 @@ impl Limiter {
     /// finish under the rules they started with; the next request sees the new ones.
     ///
     /// Everything else stays as the limiter was built (and `rules` may not set it): the
-    /// store, the client-IP settings, the identity function, the header style, the error
-    /// body, whether limiting is enabled. Per-route policies ([`Limiter::policy`],
+    /// store and its name, the client-IP settings, the identity function, the header
+    /// style, the error body, the refusal hook, whether the decision goes into requests and
+    /// responses, whether limiting is enabled. A setting `rules` sets is refused whatever
+    /// its value, even the one the limiter runs with (a refusal hook, a closure, could
+    /// not be compared). Per-route policies ([`Limiter::policy`],
     /// [`Limiter::policy_at`]) and guards ([`Limiter::guard`]) declared in code stay, and
     /// are checked against the new rules; per-key overrides stay. A limiter built with
     /// [`LimiterBuilder::require_default`] requires a default rule of every reload.
@@ -615,7 +618,7 @@ pub struct LimiterBuilder {
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) config_source: Option<Box<(crate::config::Config, String)>>,
     decision_in_request: Option<bool>,
-    decision_in_response: bool,
+    decision_in_response: Option<bool>,
     refusal_hook: Option<engine::RefusalHook>,
     store_name: Option<String>,
 }
@@ -759,7 +762,7 @@ impl LimiterBuilder {
     /// (the map, its table and the value), as much as the rest of the layer; the
     /// rate-limit headers already tell outer layers most of it.
     pub fn decision_in_response(mut self, on: bool) -> Self {
-        self.decision_in_response = on;
+        self.decision_in_response = Some(on);
         self
     }
 
@@ -770,6 +773,10 @@ impl LimiterBuilder {
     /// it unless it set them itself, and the decision goes into its extensions; the
     /// [`error_body`](LimiterBuilder::error_body) is not used. The status is yours to
     /// choose (a 429 is what clients expect).
+    ///
+    /// The hook is fixed at build: [`Limiter::reload`] refuses rules that set one
+    /// ([`BuildError::NotReloadable`], `refusal_response`), whether or not the limiter
+    /// has one, since a closure cannot be compared with the running one.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -852,7 +859,9 @@ impl LimiterBuilder {
         }
     }
 
-    /// The first setting of this builder that a reload cannot change, if it sets one.
+    /// The first setting of this builder that a reload cannot change, if it sets one
+    /// (set at all: a reload does not compare it with the running limiter's, which a
+    /// refusal hook, a closure, could not be).
     fn fixed_setting(&self) -> Option<&'static str> {
         [
             ("store", self.store.is_some()),
@@ -862,6 +871,10 @@ impl LimiterBuilder {
             ("header_style", self.header_style.is_some()),
             ("error_body", self.error_body.is_some()),
             ("enabled", self.enabled.is_some()),
+            ("decision_in_request", self.decision_in_request.is_some()),
+            ("decision_in_response", self.decision_in_response.is_some()),
+            ("refusal_response", self.refusal_hook.is_some()),
+            ("store_name", self.store_name.is_some()),
         ]
         .into_iter()
         .find_map(|(name, set)| set.then_some(name))
@@ -959,7 +972,7 @@ impl LimiterBuilder {
             anonymous_streak: AtomicU64::new(0),
             require_peer: self.require_peer.unwrap_or(false),
             decision_in_request: self.decision_in_request.unwrap_or(true),
-            decision_in_response: self.decision_in_response,
+            decision_in_response: self.decision_in_response.unwrap_or(false),
             refusal_hook: self.refusal_hook,
             store_name,
             store_metrics,

@@ -165,6 +165,85 @@ async fn rules_that_do_not_build_are_refused_and_the_running_ones_stay() {
     assert_eq!(quota(&limiter, 0), "3/min");
 }
 
+/// A refusal hook that answers 418, to tell it from the limiter's own 429.
+fn teapot() -> LimiterBuilder {
+    rules("1/min", "1/min").refusal_response(|_, _| {
+        let mut response = Response::new(bytes::Bytes::new());
+        *response.status_mut() = StatusCode::IM_A_TEAPOT;
+        response
+    })
+}
+
+/// What the layer does with a decision (in the request, in the response) and how it
+/// answers a refusal are fixed at build like the store: a reload that sets one is refused
+/// by name, and nothing of it applies (before, the rules applied and these were ignored).
+#[tokio::test]
+async fn a_reload_that_sets_how_decisions_are_delivered_is_refused_by_name() {
+    let limiter = limiter(rules("1/min", "5/min"));
+    let layer = limiter.layer();
+    let fixed = [
+        (
+            "decision_in_request",
+            rules("1/min", "1/min").decision_in_request(false),
+        ),
+        (
+            "decision_in_response",
+            rules("1/min", "1/min").decision_in_response(true),
+        ),
+        ("refusal_response", teapot()),
+        ("store_name", rules("1/min", "1/min").store_name("other")),
+    ];
+    for (name, reload) in fixed {
+        let refused = limiter.reload(reload);
+        assert!(
+            matches!(refused, Err(BuildError::NotReloadable { setting }) if setting == name),
+            "{name}: {refused:?}"
+        );
+    }
+    // The same value the limiter runs with is refused too: a setting is fixed, not compared.
+    let same = limiter.reload(rules("1/min", "5/min").decision_in_request(true));
+    assert!(
+        matches!(
+            same,
+            Err(BuildError::NotReloadable {
+                setting: "decision_in_request"
+            })
+        ),
+        "{same:?}"
+    );
+
+    // Nothing applied: still 5/min on /b, refused with the limiter's own 429, and no
+    // decision in the response.
+    assert_eq!(quota(&limiter, 1), "5/min");
+    let svc = layer.layer(service_fn(common::echo));
+    let _ = svc.clone().oneshot(request("/a/x", Some(PEER), None)).await;
+    let refused = svc
+        .oneshot(request("/a/x", Some(PEER), None))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused
+        .extensions()
+        .get::<tollgate::RateLimitDecision>()
+        .is_none());
+}
+
+/// Code a file reload adds (`reload_config_with`'s customization) may not set them either.
+#[test]
+fn a_file_reload_whose_code_sets_a_refusal_hook_is_refused() {
+    let config = Config::from_yaml(
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { limit: 3/min }\n",
+    )
+    .unwrap();
+    let limiter = limiter(rules("1/min", "1/min"));
+    let refused = limiter.reload_config_with(&config, "<yaml>", |_| teapot());
+    assert!(
+        matches!(&refused, Err(ConfigError::Invalid { source, .. }) if matches!(**source, BuildError::NotReloadable { setting: "refusal_response" })),
+        "{refused:?}"
+    );
+    assert_eq!(quota(&limiter, 0), "1/min");
+}
+
 #[tokio::test]
 async fn a_reload_may_add_and_remove_routes_and_buckets() {
     let limiter = limiter(rules("1/min", "1/min").bucket("sign-in", "2/min"));
