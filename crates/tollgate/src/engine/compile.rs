@@ -15,7 +15,7 @@ use crate::key::{Key, Source};
 use crate::observe::BucketMetrics;
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
 use crate::rate::Rate;
-use crate::respond::sf;
+use crate::respond::{number, sf};
 
 /// Settings every policy inherits unless it says otherwise.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +98,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) sf_name: Box<str>,
     /// `"default-ip";q=500;w=60`: this limit's `RateLimit-Policy` item (fixed quotas).
     pub(crate) policy_item: Option<Box<str>>,
+    /// The quota's count as an `X-RateLimit-Limit` value (fixed quotas).
+    pub(crate) limit_value: Option<HeaderValue>,
     pub(crate) when_full: WhenFull,
     /// Its metrics (registered once, here).
     pub(crate) metrics: BucketMetrics,
@@ -268,9 +270,12 @@ pub(crate) fn compile(
             }
         });
         let sf_name: Box<str> = sf::string(&bucket).into();
-        let policy_item = match &quota {
-            CompiledQuota::Fixed(l) => Some(policy_item(&sf_name, l.quota()).into()),
-            CompiledQuota::PerKey(_) => None,
+        let (policy_item, limit_value) = match &quota {
+            CompiledQuota::Fixed(l) => (
+                Some(policy_item(&sf_name, l.quota()).into()),
+                Some(number(l.quota().count())),
+            ),
+            CompiledQuota::PerKey(_) => (None, None),
         };
         if compiled.override_bucket(key.kind()).is_none() {
             let label: Arc<str> = format!("override:{}", key.kind()).into();
@@ -288,6 +293,7 @@ pub(crate) fn compile(
             bucket,
             sf_name,
             policy_item,
+            limit_value,
             when_full: policy.when_full,
         });
     }

@@ -15,10 +15,10 @@ use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{log_refusal, Compiled};
 use super::plan::{Group, Plan, INLINE};
-use super::settle::{After, Headers, Visible};
+use super::settle::{After, Visible};
 use super::{Engine, Provisional};
 use crate::observe;
-use crate::respond::{self, BucketOutcome, RateLimitDecision, RateLimitOutcome};
+use crate::respond::{self, BucketOutcome, Fields, RateLimitDecision, RateLimitOutcome};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
 /// (boxing them would allocate on every request), so the admitted variant is the large one.
@@ -36,7 +36,7 @@ pub(crate) enum Outcome {
 pub(crate) struct Refused {
     engine: Arc<Engine>,
     info: RateLimitOutcome,
-    headers: Headers,
+    headers: Fields,
     decision: Option<RateLimitDecision>,
 }
 
@@ -49,17 +49,13 @@ impl Refused {
             Some(hook) => hook(&self.info, parts),
             None => respond::refusal(&self.info, &engine.error_body),
         };
-        super::settle::merge_headers(response.headers_mut(), self.headers);
+        self.headers.merge_into(response.headers_mut());
         if let Some(decision) = self.decision {
             response.extensions_mut().insert(decision);
         }
         response
     }
 }
-
-/// A plan the store could not decide at once, to be charged through its future. Returned
-/// by value: it lives on the stack, and only on a store that waits (Redis).
-pub(crate) type Undecided<'a> = (Plan<&'a Arc<Compiled>>, Option<Arc<Provisional>>);
 
 /// The states of a plan's active buckets, as a store answered them.
 pub(crate) type States = SmallVec<[BucketState; INLINE]>;
@@ -73,16 +69,15 @@ enum Step {
 }
 
 impl Engine {
-    /// Charges `plan` at once if the store can answer synchronously (`Ok`), or gives the
-    /// plan back to be charged through the store's future.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn decide_now<'a>(
+    /// Charges `plan` at once if the store can answer synchronously; `None` if `plan` must
+    /// be charged through the store's future.
+    pub(crate) fn decide_now(
         self: &Arc<Self>,
-        plan: Plan<&'a Arc<Compiled>>,
-        provisional: Option<Arc<Provisional>>,
+        plan: &Plan<&Arc<Compiled>>,
+        provisional: &Option<Arc<Provisional>>,
         method: &Method,
         path: &str,
-    ) -> Result<Outcome, Undecided<'a>> {
+    ) -> Option<Outcome> {
         let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
         // The memory store answers in tens of nanoseconds: it is timed only for the span
         // (while `DEBUG` is on for this crate's target).
@@ -97,16 +92,13 @@ impl Engine {
                 let buckets: SmallVec<[_; INLINE]> =
                     active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 self.store.apply_sync(Op::Charge, &buckets, &mut states)
-            };
-            let Some(answer) = answer else {
-                return Err((plan, provisional));
-            };
-            let span = self.span(&plan, started.map(|t| t.elapsed()));
+            }?;
+            let span = self.span(plan, started.map(|t| t.elapsed()));
             let step = span.in_scope(|| {
-                self.conclude(&plan, &active, answer, states, &provisional, method, path)
+                self.conclude(plan, &active, answer, states, provisional, method, path)
             });
             match step {
-                Step::Done(outcome) => return Ok(outcome),
+                Step::Done(outcome) => return Some(outcome),
                 Step::Without(rest) => active = rest,
             }
         }

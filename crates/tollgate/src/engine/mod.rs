@@ -336,28 +336,24 @@ impl Engine {
             return Start::Pass;
         }
         let provisional = routes.marks.then(Arc::<Provisional>::default);
-        let decided = self.decide_now(plan, provisional.clone(), &parts.method, path);
-        match decided {
-            Ok(outcome) => {
-                if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
-                    add_mark(parts, self.id, Mark::Central(p));
-                }
-                Start::Now(outcome)
+        // The plan stays here (it is large): the store answers for it by reference.
+        if let Some(outcome) = self.decide_now(&plan, &provisional, &parts.method, path) {
+            if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
+                add_mark(parts, self.id, Mark::Central(p));
             }
-            Err((plan, provisional)) => {
-                let plan = plan.owned();
-                if let Some(p) = &provisional {
-                    add_mark(parts, self.id, Mark::Central(p.clone()));
-                }
-                let (method, path) = (parts.method.clone(), request_path(parts).to_string());
-                Start::Later(Box::pin(self.clone().decide_later(
-                    plan,
-                    provisional,
-                    method,
-                    path,
-                )))
-            }
+            return Start::Now(outcome);
         }
+        let plan = plan.owned();
+        if let Some(p) = &provisional {
+            add_mark(parts, self.id, Mark::Central(p.clone()));
+        }
+        let (method, path) = (parts.method.clone(), request_path(parts).to_string());
+        Start::Later(Box::pin(self.clone().decide_later(
+            plan,
+            provisional,
+            method,
+            path,
+        )))
     }
 
     fn start_route(
@@ -454,9 +450,9 @@ impl Engine {
         let path = request_path(parts);
         let plan = match (plan, refund_later.is_some()) {
             (None, false) => return Start::Pass,
-            (Some(plan), false) => match self.decide_now(plan, None, &parts.method, path) {
-                Ok(outcome) => return Start::Now(outcome),
-                Err((plan, _)) => Some(plan.owned()),
+            (Some(plan), false) => match self.decide_now(&plan, &None, &parts.method, path) {
+                Some(outcome) => return Start::Now(outcome),
+                None => Some(plan.owned()),
             },
             (plan, true) => plan.map(|p| p.owned()),
         };

@@ -178,7 +178,7 @@ impl<'a, 'p> Keys<'a, 'p> {
                 let ip = self
                     .ip
                     .get_or_insert_with(|| Some(engine.client_ip_key(parts)));
-                Value::Text(ip.as_ref()?.as_str())
+                Value::Bytes(ip.as_ref()?.as_bytes())
             }
             Source::User => {
                 let (engine, parts) = (self.engine, self.parts);
@@ -269,10 +269,10 @@ impl Engine {
                     .with_cost(cost)
                     .with_when_full(limit.when_full);
                 let bit = (fixed && this_bit < 8).then_some(this_bit as u8);
-                let stored = &bucket.key[key_at..];
                 let over = if overrides.is_empty() {
                     None
                 } else {
+                    let stored = &bucket.key[key_at..];
                     overrides.get(limit.key.kind(), stored).map(|l| {
                         let label: Arc<str> = format!("override:{}", limit.key.kind()).into();
                         let bucket = Bucket::new(&label, stored, l)

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
 use tollgate_core::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op, Timestamp};
 
@@ -14,15 +14,12 @@ use super::compile::Compiled;
 use super::decide::States;
 use super::plan::{Group, Plan, INLINE};
 use super::{Engine, Provisional};
-use crate::respond::{sf, RateLimitDecision, Shown, ShownResponse};
-
-/// The rate-limit headers of one response, ready to add.
-pub(crate) type Headers = SmallVec<[(HeaderName, HeaderValue); 6]>;
+use crate::respond::{sf, Fields, RateLimitDecision, Shown, ShownResponse};
 
 /// What an admitted response gets: its rate-limit headers, and the decision for its
 /// extensions.
 pub(crate) struct Settled {
-    pub(crate) headers: Headers,
+    pub(crate) headers: Fields,
     pub(crate) decision: Option<RateLimitDecision>,
 }
 
@@ -30,7 +27,7 @@ impl Settled {
     /// Adds the headers (those the inner service did not set) and the decision to
     /// `response`.
     pub(crate) fn apply<B>(self, response: &mut http::Response<B>) {
-        merge_headers(response.headers_mut(), self.headers);
+        self.headers.merge_into(response.headers_mut());
         if let Some(decision) = self.decision {
             response.extensions_mut().insert(decision);
         }
@@ -40,7 +37,7 @@ impl Settled {
 /// What to do with the inner service's response.
 pub(crate) struct After {
     /// The headers, when no policy of the request may give its charge back.
-    headers: Headers,
+    headers: Fields,
     /// The decision, for the request's extensions and the response's (when no charge may
     /// be given back).
     decision: Option<RateLimitDecision>,
@@ -96,7 +93,7 @@ impl After {
                 now,
             };
             return Self {
-                headers: Headers::new(),
+                headers: Fields::default(),
                 decision,
                 in_request: engine.decision_in_request,
                 in_response: engine.decision_in_response,
@@ -187,18 +184,6 @@ impl Pending {
     }
 }
 
-/// Adds `ours` to `headers`, except those the inner service set itself (a handler's own
-/// refusal from a direct-use bucket, an inner limiter): they describe its answer better.
-pub(crate) fn merge_headers(headers: &mut HeaderMap, ours: Headers) {
-    headers.reserve(ours.len());
-    for (name, value) in ours {
-        // One lookup per header: the entry is only filled where the response has none.
-        if let http::header::Entry::Vacant(entry) = headers.entry(name) {
-            entry.insert(value);
-        }
-    }
-}
-
 /// The buckets a response shows: the charged ones that are not a dry run (a client that
 /// slows down on `Remaining: 0` must not be slowed by a dry run), their states, whether
 /// they all admit, and the most restrictive of them. Worked out once per response, for its
@@ -270,8 +255,8 @@ impl Engine {
         plan: &Plan<G>,
         visible: &Visible,
         now: Timestamp,
-    ) -> Headers {
-        let mut headers = Headers::new();
+    ) -> Fields {
+        let mut headers = Fields::default();
         let (shown, shown_states) = (&visible.index, &visible.states);
         if shown.is_empty() {
             return headers;
@@ -300,6 +285,7 @@ impl Engine {
                         sf_name: next_override.next().map_or("\"\"", String::as_str),
                         quota,
                         policy_item: None,
+                        limit_value: None,
                         state,
                     },
                     None => {
@@ -308,6 +294,7 @@ impl Engine {
                             sf_name: &limit.sf_name,
                             quota,
                             policy_item: meta.bit.and(limit.policy_item.as_deref()),
+                            limit_value: limit.limit_value.as_ref(),
                             state,
                         }
                     }
@@ -333,7 +320,7 @@ impl Engine {
             }
         }
         self.header_style
-            .emit(&view, |name, value| headers.push((name, value)));
+            .emit(&view, |field, value| headers.set(field, value));
         headers
     }
 }

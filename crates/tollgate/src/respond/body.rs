@@ -253,9 +253,10 @@ pub fn too_many_requests(
 pub(crate) fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Bytes> {
     let mut response = Response::new(body.render(info));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, body.content_type());
+    // Room for the rate-limit headers added next (growing the map would move it).
+    let headers = response.headers_mut();
+    *headers = http::HeaderMap::with_capacity(8);
+    headers.insert(CONTENT_TYPE, body.content_type());
     response
 }
 

@@ -22,6 +22,73 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The IETF `RateLimit-Policy` field: each bucket's quota and window.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
+/// The fields a rate-limit response may carry, in the order they are written: a response's
+/// pending fields are held by position ([`Fields`]), not by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// `X-RateLimit-Limit`.
+    Limit,
+    /// `X-RateLimit-Remaining`.
+    Remaining,
+    /// `X-RateLimit-Reset`.
+    Reset,
+    /// `RateLimit-Policy`.
+    Policy,
+    /// `RateLimit`.
+    Current,
+    /// `Retry-After`.
+    RetryAfter,
+}
+
+impl Field {
+    /// Every field, in position order.
+    const ALL: [Field; 6] = [
+        Field::Limit,
+        Field::Remaining,
+        Field::Reset,
+        Field::Policy,
+        Field::Current,
+        Field::RetryAfter,
+    ];
+
+    /// The field's name.
+    pub(crate) const fn name(self) -> HeaderName {
+        match self {
+            Field::Limit => X_RATELIMIT_LIMIT,
+            Field::Remaining => X_RATELIMIT_REMAINING,
+            Field::Reset => X_RATELIMIT_RESET,
+            Field::Policy => RATELIMIT_POLICY,
+            Field::Current => RATELIMIT,
+            Field::RetryAfter => RETRY_AFTER,
+        }
+    }
+}
+
+/// The rate-limit fields of one response, ready to add: a value per [`Field`] position
+/// (240 bytes, moved with the request's future; names are not stored).
+#[derive(Default)]
+pub(crate) struct Fields([Option<HeaderValue>; 6]);
+
+impl Fields {
+    /// Sets `field` to `value`.
+    pub(crate) fn set(&mut self, field: Field, value: HeaderValue) {
+        self.0[field as usize] = Some(value);
+    }
+
+    /// Adds the fields to `headers`, except those it has already (a handler's own refusal
+    /// from a direct-use bucket, an inner limiter: they describe its answer better).
+    pub(crate) fn merge_into(self, headers: &mut HeaderMap) {
+        headers.reserve(self.0.iter().flatten().count());
+        for (field, value) in Field::ALL.into_iter().zip(self.0) {
+            let Some(value) = value else { continue };
+            // One lookup per field: the entry is only filled where the response has none.
+            if let http::header::Entry::Vacant(entry) = headers.entry(field.name()) {
+                entry.insert(value);
+            }
+        }
+    }
+}
+
 /// The last second an HTTP date can show (9999-12-31 23:59:59 UTC); later times are
 /// clamped to it.
 const HTTP_DATE_MAX_SECS: u64 = 253_402_300_799;
@@ -192,6 +259,7 @@ impl HeaderStyle {
                 sf_name: name,
                 quota: b.quota,
                 policy_item: None,
+                limit_value: None,
                 state: &b.state,
             })
             .collect();
@@ -202,24 +270,24 @@ impl HeaderStyle {
             buckets: &items,
             policy: None,
         };
-        self.emit(&view, |name, value| {
-            headers.insert(name, value);
+        self.emit(&view, |field, value| {
+            headers.insert(field.name(), value);
         });
     }
 
     /// Hands this style's headers for `view` to `out`, one at a time: the one code path
     /// every rate-limit header goes through (admitted, refused, direct use).
-    pub(crate) fn emit(
-        &self,
-        view: &ShownResponse<'_>,
-        mut out: impl FnMut(HeaderName, HeaderValue),
-    ) {
+    pub(crate) fn emit(&self, view: &ShownResponse<'_>, mut out: impl FnMut(Field, HeaderValue)) {
         let Some(most) = view.buckets.get(view.most_restrictive) else {
             return;
         };
         if let Some(format) = self.x_ratelimit {
-            out(X_RATELIMIT_LIMIT, number(most.state.limit));
-            out(X_RATELIMIT_REMAINING, number(most.state.remaining));
+            let limit = match most.limit_value {
+                Some(value) if most.quota.count() == most.state.limit => value.clone(),
+                _ => number(most.state.limit),
+            };
+            out(Field::Limit, limit);
+            out(Field::Remaining, number(most.state.remaining));
             let at = view.now.saturating_add(most.state.reset_after);
             let reset = match format {
                 ResetFormat::UnixSeconds => cached(0, at.as_unix_secs_ceil(), number),
@@ -229,7 +297,7 @@ impl HeaderStyle {
                     ascii_value(&http_date(secs))
                 }),
             };
-            out(X_RATELIMIT_RESET, reset);
+            out(Field::Reset, reset);
         }
         if self.ietf {
             let policy = view.policy.clone().unwrap_or_else(|| {
@@ -245,7 +313,7 @@ impl HeaderStyle {
                 }
                 ascii_value(&text)
             });
-            out(RATELIMIT_POLICY, policy);
+            out(Field::Policy, policy);
             let mut current: SmallVec<[u8; 128]> = SmallVec::new();
             let mut digits = itoa::Buffer::new();
             for (i, b) in view.buckets.iter().enumerate() {
@@ -260,13 +328,13 @@ impl HeaderStyle {
                 current.extend_from_slice(digits.format(reset).as_bytes());
             }
             out(
-                RATELIMIT,
+                Field::Current,
                 HeaderValue::from_bytes(&current).unwrap_or_else(|_| HeaderValue::from_static("")),
             );
         }
         if self.retry_after && !view.allowed {
             if let Some(wait) = most.state.retry_after {
-                out(RETRY_AFTER, number(retry_secs(wait)));
+                out(Field::RetryAfter, number(retry_secs(wait)));
             }
         }
     }
@@ -279,6 +347,8 @@ pub(crate) struct Shown<'a> {
     pub(crate) quota: Quota,
     /// Its `RateLimit-Policy` item, if made already.
     pub(crate) policy_item: Option<&'a str>,
+    /// Its quota's count as a header value, if made already.
+    pub(crate) limit_value: Option<&'a HeaderValue>,
     pub(crate) state: &'a BucketState,
 }
 
