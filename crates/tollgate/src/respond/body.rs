@@ -69,7 +69,7 @@ enum Shape {
 }
 
 /// The ready shapes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Ready {
     RetryAfterCamel,
     CodeDetails,
@@ -201,10 +201,76 @@ impl ErrorBody {
                 );
                 ready_shape(Ready::RetryAfterCamel, info, self.pretty)
             }),
-            Shape::Ready(ready) => ready_shape(*ready, info, self.pretty),
+            Shape::Ready(ready) => return ready_body(*ready, info, self.pretty),
         };
         Bytes::from(bytes)
     }
+}
+
+/// What a ready body is made of besides the request line: equal inputs make equal bytes.
+#[derive(Clone, Copy, PartialEq)]
+struct Inputs {
+    shape: Ready,
+    pretty: bool,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    period: Option<Duration>,
+    retry_after: Option<u64>,
+    never_fits: Option<(u64, u64)>,
+    reset_at: Option<u64>,
+}
+
+/// The last ready body made on a thread, with what it was made of.
+struct LastBody {
+    inputs: Inputs,
+    /// The request line, for the shape that writes it ([`Ready::Message`]).
+    method: http::Method,
+    path: String,
+    bytes: Bytes,
+}
+
+thread_local! {
+    /// A client far over its limit is refused with the same body until the wait it is told
+    /// changes (once a second): the body is made once per thread, and shared after that.
+    static LAST_BODY: std::cell::RefCell<Option<LastBody>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The body of ready `shape` for `info`: the one made last on this thread when it was made
+/// of the same inputs, else a new one.
+fn ready_body(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Bytes {
+    let bucket = info.most_restrictive_bucket();
+    let inputs = Inputs {
+        shape,
+        pretty,
+        limit: bucket.map(|b| b.state.limit),
+        remaining: bucket.map(|b| b.state.remaining),
+        period: bucket.map(|b| b.quota.period()),
+        retry_after: info.retry_after_secs(),
+        never_fits: info.never_fits(),
+        reset_at: info.reset_at().map(|t| t.as_unix_secs_ceil()),
+    };
+    let with_line = shape == Ready::Message;
+    LAST_BODY.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(last) = last.as_ref().filter(|last| {
+            last.inputs == inputs
+                && (!with_line || (last.method == info.method && last.path == info.path))
+        }) {
+            return last.bytes.clone();
+        }
+        let bytes = Bytes::from(ready_shape(shape, info, pretty));
+        *last = Some(LastBody {
+            inputs,
+            method: info.method.clone(),
+            path: if with_line {
+                info.path.clone()
+            } else {
+                String::new()
+            },
+            bytes: bytes.clone(),
+        });
+        bytes
+    })
 }
 
 /// The whole refusal: `429 Too Many Requests`, the body's `Content-Type`, the
@@ -476,6 +542,67 @@ mod tests {
 
     fn never_fits() -> RateLimitOutcome {
         info::tests::never_fits("reports:key", Method::GET, "/v1/reports")
+    }
+
+    #[test]
+    fn a_body_made_again_from_the_same_inputs_is_shared_and_any_change_makes_a_new_one() {
+        let refused = |path: &str, wait_ms: u64, period: Duration| {
+            single(
+                "tenant",
+                Quota::new(100, period).unwrap(),
+                Timestamp::from_micros(JUNE_1),
+                state(
+                    100,
+                    0,
+                    Duration::from_secs(60),
+                    Some(Duration::from_millis(wait_ms)),
+                ),
+                path,
+            )
+        };
+        let minute = Duration::from_secs(60);
+        for body in [
+            ErrorBody::retry_after_camel(),
+            ErrorBody::code_details(),
+            ErrorBody::message(),
+            ErrorBody::problem(),
+        ] {
+            let first = body.render(&refused("/a", 22_400, minute));
+            let again = body.render(&refused("/a", 22_400, minute));
+            assert_eq!(first, again);
+            assert_eq!(first.as_ptr(), again.as_ptr(), "made once: {body:?}");
+            // Every input a shape writes changes the bytes; the others share them.
+            for (other, changes) in [
+                (
+                    refused("/a", 30_000, minute),
+                    !matches!(body.shape, Shape::Ready(Ready::Message)),
+                ),
+                (
+                    refused("/b", 22_400, minute),
+                    matches!(body.shape, Shape::Ready(Ready::Message)),
+                ),
+                (
+                    refused("/a", 22_400, Duration::from_secs(3600)),
+                    matches!(body.shape, Shape::Ready(Ready::CodeDetails)),
+                ),
+            ] {
+                let made = body.render(&other);
+                assert_eq!(made != first, changes, "{body:?}: {}", text(&made));
+                // Never the previous body for other inputs: compare with a fresh render.
+                assert_eq!(
+                    text(&made),
+                    text(&Bytes::from(match body.shape {
+                        Shape::Ready(ready) => ready_shape(ready, &other, false),
+                        Shape::Custom(_) => unreachable!(),
+                    }))
+                );
+                body.render(&refused("/a", 22_400, minute));
+            }
+        }
+        // Another shape, same inputs: its own bytes.
+        let camel = ErrorBody::retry_after_camel().render(&refused("/a", 22_400, minute));
+        let problem = ErrorBody::problem().render(&refused("/a", 22_400, minute));
+        assert_ne!(camel, problem);
     }
 
     #[test]
