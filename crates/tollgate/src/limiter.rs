@@ -199,7 +199,9 @@ impl Limiter {
     /// of) the central table and per-route policies, on this limiter's store. For limits
     /// that must run before another layer answers: outside authentication,
     /// `.layer(limiter.guard(Policy::failed_auth_per_ip("20/min")))` throttles key guessing
-    /// (see [`Policy::failed_auth_per_ip`]).
+    /// (see [`Policy::failed_auth_per_ip`]). Its requests are answered as the limiter's
+    /// own are: the same client IP, identity, headers, body or refusal response, decisions
+    /// in the extensions, peer-address requirement and store name.
     ///
     /// # Panics
     ///
@@ -243,6 +245,12 @@ impl Limiter {
         if let Some(identity) = engine.identity.clone() {
             builder = builder.identity(move |parts| identity(parts));
         }
+        // Its requests are answered as the limiter's own are.
+        builder.refusal_hook = engine.refusal_hook.clone();
+        builder.require_peer = Some(engine.require_peer);
+        builder.decision_in_request = Some(engine.decision_in_request);
+        builder.decision_in_response = Some(engine.decision_in_response);
+        builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
         code.guards.extend(bucket);
         Ok(guard.layer())

@@ -220,3 +220,39 @@ async fn question_mark_on_check_in_an_axum_handler() {
     let response = CheckError::UnknownBucket("exprots".into()).into_response();
     assert_eq!(response.status(), 500);
 }
+
+#[tokio::test]
+async fn a_guard_answers_as_its_limiter_does() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .route("/api/*", Policy::named("default").per_ip("100/min"))
+        .refusal_response(|info, _parts| {
+            let name = &info.most_restrictive_bucket().unwrap().name;
+            let mut response = http::Response::new(Bytes::from(format!("slow down ({name})")));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response
+        })
+        .decision_in_response(true)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(|| async { "ok" }))
+        .layer(limiter.layer())
+        .layer(limiter.guard(Policy::named("outer").per_ip("1/min")))
+        .layer(middleware::from_fn(|request: Request, next: Next| async {
+            let response = next.run(request).await;
+            let seen = response.extensions().get::<RateLimitDecision>().is_some();
+            (
+                [("x-decision-seen", if seen { "yes" } else { "no" })],
+                response,
+            )
+        }));
+    let server = serve(app).await;
+    let admitted = server.get("/api/items").send().await.unwrap();
+    assert_eq!(admitted.status(), 200);
+    assert_eq!(header(&admitted, "x-decision-seen"), "yes");
+    let refused = server.get("/api/items").send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "x-decision-seen"), "yes");
+    assert_eq!(refused.text().await.unwrap(), "slow down (outer:ip)");
+}
