@@ -108,13 +108,14 @@ where
                             let response = refused.respond(&parts);
                             return Poll::Ready(Ok(response.map(ResponseBody::full)));
                         }
-                        Outcome::Proceed(after) => {
+                        Outcome::Proceed(mut after) => {
                             let (Some(mut inner), Some(mut req)) = (inner.take(), req.take())
                             else {
                                 unreachable!("ResponseFuture polled after it was taken apart");
                             };
-                            if let Some(decision) = after.as_ref().and_then(After::decision) {
-                                req.extensions_mut().insert(decision.clone());
+                            if let Some(decision) = after.as_mut().and_then(After::request_decision)
+                            {
+                                req.extensions_mut().insert(decision);
                             }
                             let fut = inner.call(req);
                             this.state.set(State::Calling { fut, after });

@@ -70,9 +70,9 @@ where
                 ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)), None)
             }
             // Decided at once (the memory store): no future to wait on.
-            Start::Now(Outcome::Proceed(after)) => {
-                if let Some(decision) = after.as_ref().and_then(After::decision) {
-                    parts.extensions.insert(decision.clone());
+            Start::Now(Outcome::Proceed(mut after)) => {
+                if let Some(decision) = after.as_mut().and_then(After::request_decision) {
+                    parts.extensions.insert(decision);
                 }
                 let req = Request::from_parts(parts, body);
                 ResponseFuture::calling(self.inner.call(req), after)

@@ -93,10 +93,13 @@ impl Engine {
                     active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 self.store.apply_sync(Op::Charge, &buckets, &mut states)
             }?;
-            let span = self.span(plan, started.map(|t| t.elapsed()));
-            let step = span.in_scope(|| {
-                self.conclude(plan, &active, answer, states, provisional, method, path)
-            });
+            let conclude =
+                || self.conclude(plan, &active, answer, states, provisional, method, path);
+            // The span is a `DEBUG` one: without `DEBUG` it would be a disabled span.
+            let step = match started {
+                Some(t) => self.span(plan, Some(t.elapsed())).in_scope(conclude),
+                None => conclude(),
+            };
             match step {
                 Step::Done(outcome) => return Some(outcome),
                 Step::Without(rest) => active = rest,

@@ -111,9 +111,17 @@ impl After {
         }
     }
 
-    /// The decision, for the request's extensions (`None` when they do not carry it).
-    pub(crate) fn decision(&self) -> Option<&RateLimitDecision> {
-        self.decision.as_ref().filter(|_| self.in_request)
+    /// The decision, for the request's extensions (`None` when they do not carry it):
+    /// moved out, unless the response's extensions carry it too.
+    pub(crate) fn request_decision(&mut self) -> Option<RateLimitDecision> {
+        if !self.in_request {
+            return None;
+        }
+        if self.in_response {
+            self.decision.clone()
+        } else {
+            self.decision.take()
+        }
     }
 
     /// The headers for a response of `status`, giving the charge back first if the response
