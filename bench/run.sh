@@ -3,6 +3,8 @@
 #
 #   bench/run.sh            # everything
 #   ROUNDS=2 bench/run.sh   # fewer HTTP rounds
+#   PARTS="http layer" bench/run.sh   # only those parts again (http engine layer memory
+#                                     # redis); the others' last figures are kept
 #
 # Every comparison is made in the same run, rounds interleaved (bare, peer, tollgate, one
 # after the other, round after round), and reported as ratios: absolute numbers on a shared
@@ -12,8 +14,14 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-4}
 OUT="$(pwd)/target/bench-out"
+PARTS=${PARTS:-http engine layer memory redis}
 mkdir -p "$OUT"
-rm -f "$OUT"/*.md
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+n=0
+for p in http engine layer memory redis; do
+  n=$((n + 1))
+  if part "$p"; then rm -f "$OUT/$n-$p.md"; fi
+done
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; }
@@ -31,6 +39,7 @@ REDIS_DIR=$(mktemp -d)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" --daemonize yes --pidfile "$REDIS_DIR/pid" >/dev/null
 trap 'kill "$(cat "$REDIS_DIR/pid")" 2>/dev/null || true; rm -rf "$REDIS_DIR"' EXIT
 
+if part http; then
 echo "== HTTP: wrk -t1 -c32 -d${DURATION}s, $ROUNDS interleaved rounds"
 VARIANTS=(bare bare-headers governor tollgate-ip tollgate-3 tollgate-redis governor-refuse tollgate-refuse)
 RAW="$OUT/http.tsv"
@@ -53,18 +62,25 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 python3 bench/http_table.py "$RAW" > "$OUT/1-http.md"
+fi
 
+if part engine; then
 echo "== engine: one keyed decision beside governor (interleaved)"
 TOLLGATE_BENCH_OUT="$OUT/2-engine.md" cargo bench -q -p tollgate-core --bench decide -- interleaved 2>&1 | tail -n 30
+fi
 
+if part layer; then
 echo "== layer: per request through the tower layer (interleaved)"
 TOLLGATE_BENCH_OUT="$OUT/3-layer.md" cargo bench -q -p tollgate --features metrics --bench layer -- interleaved 2>&1 | tail -n 16
+fi
 
+if part memory; then
 echo "== memory per live key"
 target/release/bench-memory > "$OUT/4-memory.md"
 cat "$OUT/4-memory.md"
+fi
 
-if cargo bench -q --no-run -p tollgate-redis --features deadpool --bench throughput >/dev/null 2>&1; then
+if part redis && cargo bench -q --no-run -p tollgate-redis --features deadpool --bench throughput >/dev/null 2>&1; then
   echo "== Redis"
   BENCH_ROUNDS=${REDIS_ROUNDS:-11} TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 400 cargo bench -q -p tollgate-redis --features deadpool --bench throughput 2>&1 | tail -n 30 || true
 fi
@@ -74,6 +90,9 @@ fi
   echo
   echo "Written by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average at the start $(cut -d' ' -f1-3 /proc/loadavg)."
   echo "The machine is shared: only ratios measured in the same run, rounds interleaved, are comparable."
+  if [ "$PARTS" != "http engine layer memory redis" ]; then
+    echo "This run measured only: $PARTS; the other sections are from an earlier run of the script."
+  fi
   echo
   for f in "$OUT"/[0-9]-*.md; do cat "$f"; echo; done
 } > BENCHMARKS.md

@@ -327,7 +327,11 @@ type Group = (
 );
 
 fn interleaved() {
-    const ROUNDS: usize = 21;
+    // `DECIDE_ROUNDS=<n>`: fewer rounds (for a quick look).
+    let rounds = std::env::var("DECIDE_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(21);
     const CHUNK: u64 = 200_000;
     let order = key_order();
     let q = Quota::per_day(u64::from(PER_DAY));
@@ -406,18 +410,23 @@ fn interleaved() {
     out.push_str("## Engine: one decision on the memory store beside governor\n\n");
     out.push_str("`cargo bench -p tollgate-core --bench decide -- interleaved`: ");
     out.push_str(&format!(
-        "{ROUNDS} interleaved rounds of {CHUNK} decisions per contender; quota 1,000,000 per day, per hour for the sliding window (never refused).\n"
+        "{rounds} interleaved rounds of {CHUNK} decisions per contender; quota 1,000,000 per day, per hour for the sliding window (never refused).\n"
     ));
     out.push_str("Time per decision is wall time (with 2 threads, each does half). Governor is `governor`'s keyed limiter with `String` keys (two keyed and one direct limiter for the three-bucket row).\n\n");
     out.push_str("| case | contender | threads | ns per decision | vs governor (median of per-round ratios) |\n|---|---|---|---|---|\n");
+    // `DECIDE_CASE=<text>`: only the cases whose name contains it (for a quick look).
+    let only = std::env::var("DECIDE_CASE").ok();
     for (case, gov, tollgates) in &groups {
+        if only.as_deref().is_some_and(|o| !case.contains(o)) {
+            continue;
+        }
         warm(gov.as_ref());
         for (_, t) in tollgates {
             warm(t.as_ref());
         }
         for threads in [1, 2] {
-            let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(ROUNDS); tollgates.len() + 1];
-            for _ in 0..ROUNDS {
+            let mut ns: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); tollgates.len() + 1];
+            for _ in 0..rounds {
                 let elapsed = run(gov.as_ref(), &order, threads, CHUNK);
                 ns[0].push(elapsed.as_nanos() as f64 / CHUNK as f64);
                 for (i, (_, t)) in tollgates.iter().enumerate() {
