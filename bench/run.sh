@@ -31,6 +31,9 @@ cargo build --release -q -p tollgate-bench --bins
 cargo bench -q --no-run -p tollgate-core --bench decide 2>/dev/null
 cargo bench -q --no-run -p tollgate --features metrics --bench layer 2>/dev/null
 
+# A process's CPU time so far, in clock ticks (user + system, all threads).
+server_cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Its own redis-server on a free port (never the shared one on 6379).
@@ -50,15 +53,22 @@ for round in $(seq 1 "$ROUNDS"); do
     target/release/bench-server "$v" "$port" "redis://127.0.0.1:$REDIS_PORT" > "$OUT/server.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 100); do grep -q ready "$OUT/server.log" && break; sleep 0.05; done
-    # The load generator on the other core; the server has one tokio worker.
+    # The load generator on the other core; the server has one tokio worker. The server's
+    # CPU time (user + system, every thread) over the run, per request served: what a
+    # request costs it, which the machine's other load moves far less than requests/s.
+    cpu_before=$(server_cpu "$pid")
     wrk -t1 -c32 -d"${DURATION}s" --latency -H 'x-user: u_42' "http://127.0.0.1:$port/api/items/42" > "$OUT/wrk.txt" 2>&1 || true
+    cpu_after=$(server_cpu "$pid")
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    requests=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
+    cpu_us=$(awk -v a="$cpu_before" -v b="$cpu_after" -v n="${requests:-0}" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { if (n > 0) printf "%.3f", (b - a) * 1e6 / hz / n; else print "" }')
     rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt")
     p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk.txt")
     p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/wrk.txt")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$v" "${rps:-0}" "${p50:-?}" "${p99:-?}" "${non2xx:-0}" >> "$RAW"
-    echo "  round $round $v: ${rps:-0} req/s p50 ${p50:-?} p99 ${p99:-?} non-2xx ${non2xx:-0}"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$v" "${rps:-0}" "${p50:-?}" "${p99:-?}" "${non2xx:-0}" "$cpu_us" >> "$RAW"
+    echo "  round $round $v: ${rps:-0} req/s p50 ${p50:-?} p99 ${p99:-?} non-2xx ${non2xx:-0} server CPU ${cpu_us:-?} us/request"
   done
 done
 python3 bench/http_table.py "$RAW" > "$OUT/1-http.md"
