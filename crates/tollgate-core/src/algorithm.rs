@@ -240,6 +240,32 @@ impl Ring {
         }
     }
 
+    /// Whether `cost` fits now in a window whose segments count `used` (as
+    /// [`Ring::used_and_expiry`] says), and if not, when: segments leave oldest first, each
+    /// a window after its last admission.
+    fn fit(&self, limit: &Limit, cost: u64, now: u64, used: u64) -> Fit {
+        let Some(need) = (used.saturating_add(cost)).checked_sub(limit.capacity()) else {
+            return Fit::Now;
+        };
+        if need == 0 {
+            return Fit::Now;
+        }
+        let window = limit.quota().period_micros();
+        let mut freed = 0u64;
+        let mut leaves_at = now.saturating_add(window);
+        for (c, last) in self.live(window, now) {
+            freed = freed.saturating_add(c);
+            if freed >= need {
+                leaves_at = last.saturating_add(window);
+                break;
+            }
+        }
+        match leaves_at.saturating_sub(now) {
+            0 => Fit::Now,
+            wait => Fit::After(wait),
+        }
+    }
+
     /// [`Ring::used_and_expiry`] of an inline ring whose every slot holds a kept segment:
     /// the sum of all counts (no branch per segment), less the oldest segments that have
     /// left (segments leave oldest first, so those are a run from the oldest, and usually
@@ -510,27 +536,7 @@ impl State {
             return Fit::Never;
         }
         let wait = match self {
-            State::Segments(ring) => {
-                let sum = self.used(limit, now);
-                let Some(need) = (sum.saturating_add(cost)).checked_sub(capacity) else {
-                    return Fit::Now;
-                };
-                if need == 0 {
-                    return Fit::Now;
-                }
-                // Segments leave oldest first, each W after its last admission.
-                let window = limit.quota().period_micros();
-                let mut freed = 0u64;
-                let mut leaves_at = now.saturating_add(window);
-                for (c, last) in ring.live(window, now) {
-                    freed = freed.saturating_add(c);
-                    if freed >= need {
-                        leaves_at = last.saturating_add(window);
-                        break;
-                    }
-                }
-                leaves_at.saturating_sub(now)
-            }
+            State::Segments(ring) => return ring.fit(limit, cost, now, self.used(limit, now)),
             State::Log { entries, total } => {
                 let Some(need) = (total.saturating_add(cost)).checked_sub(capacity) else {
                     return Fit::Now;
@@ -682,11 +688,58 @@ impl State {
         cost: u64,
         now: u64,
     ) -> (BucketState, u64) {
-        let capacity = limit.capacity();
         let (used, expires_at) = match self {
             State::Segments(ring) => ring.used_and_expiry(limit.quota().period_micros(), now),
             _ => (self.used(limit, now), self.expires_at(limit)),
         };
+        (
+            Self::report_from(limit, fit, cost, now, used, expires_at),
+            expires_at,
+        )
+    }
+
+    /// Charges `cost` if it fits (call after [`State::advance`]): the verdict, then what
+    /// [`State::report_and_expiry`] says after it. A sliding window's segments are summed
+    /// once, where a fit and a report would each sum them: after the charge the newest
+    /// segment holds `cost` more, and is the newest counted one.
+    pub(crate) fn charge(&mut self, limit: &Limit, cost: u64, now: u64) -> (Fit, BucketState, u64) {
+        let State::Segments(ring) = self else {
+            let fit = self.fit(limit, cost, now);
+            if fit == Fit::Now {
+                self.add(limit, cost, now);
+            }
+            let (report, expires_at) = self.report_and_expiry(limit, fit, cost, now);
+            return (fit, report, expires_at);
+        };
+        if cost > limit.capacity() {
+            let (report, expires_at) = self.report_and_expiry(limit, Fit::Never, cost, now);
+            return (Fit::Never, report, expires_at);
+        }
+        let window = limit.quota().period_micros();
+        let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
+        let fit = ring.fit(limit, cost, now, used);
+        if fit == Fit::Now {
+            self.add(limit, cost, now);
+            if let State::Segments(ring) = self {
+                used = used.saturating_add(cost);
+                expires_at = ring.segment(ring.head).1.saturating_add(window);
+            }
+        }
+        let report = Self::report_from(limit, fit, cost, now, used, expires_at);
+        (fit, report, expires_at)
+    }
+
+    /// The bucket's answer for verdict `fit`, from what the state counts (`used`) and when
+    /// it is fresh again.
+    fn report_from(
+        limit: &Limit,
+        fit: Fit,
+        cost: u64,
+        now: u64,
+        used: u64,
+        expires_at: u64,
+    ) -> BucketState {
+        let capacity = limit.capacity();
         let remaining = capacity.saturating_sub(used);
         let (allowed, retry_after, refusal) = match fit {
             Fit::Now => (true, None, None),
@@ -706,15 +759,14 @@ impl State {
                 Some(Refusal::StoreFull),
             ),
         };
-        let state = BucketState {
+        BucketState {
             allowed,
             limit: limit.quota().count(),
             remaining,
             reset_after: Duration::from_micros(expires_at.saturating_sub(now)),
             retry_after,
             refusal,
-        };
-        (state, expires_at)
+        }
     }
 }
 
@@ -754,6 +806,65 @@ mod tests {
         let r = s.report(&limit, Fit::Now, 1, t0 + 60_000_009);
         assert_eq!(r.remaining, 9);
         assert_eq!(r.reset_after, Duration::from_secs(60));
+    }
+
+    /// `State::charge` answers and leaves the state exactly as a fit, an add when it fits
+    /// and a report do, for every algorithm: across segment and window boundaries, rings not
+    /// yet full, counts past what an inline ring holds, refusals and costs that never fit.
+    #[test]
+    fn a_charge_in_one_walk_is_a_fit_an_add_and_a_report() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let limits = [
+            Limit::sliding(Quota::per_minute(10)),
+            Limit::sliding(Quota::new(7, Duration::from_millis(1_500)).unwrap()),
+            Limit::sliding(Quota::per_hour(5_000_000_000)),
+            Limit::sliding(Quota::per_day(100)),
+            Limit::sliding_exact(Quota::per_minute(5)),
+            Limit::fixed(Quota::per_minute(10)),
+            Limit::token_bucket(Quota::per_minute(10), 3).unwrap(),
+        ];
+        for limit in &limits {
+            let capacity = limit.capacity();
+            let mut now = 1_000 * MIN + next(MIN);
+            let mut one = State::fresh(limit, now);
+            let mut long = State::fresh(limit, now);
+            for step in 0..5_000 {
+                match next(20) {
+                    // A clock that steps back a little (another instance's report).
+                    0 => now -= next(1_000),
+                    1..=11 => now += next(1_000),
+                    12..=17 => now += next(limit.quota().period_micros() / 3 + 1),
+                    _ => now += next(2 * limit.quota().period_micros() + 1),
+                }
+                let cost = match next(20) {
+                    0 => capacity + 1,
+                    1 => capacity,
+                    2 => u64::from(u32::MAX) + next(10),
+                    _ => 1 + next(3),
+                };
+                one.advance(limit, now);
+                long.advance(limit, now);
+                let fit = long.fit(limit, cost, now);
+                if fit == Fit::Now {
+                    long.add(limit, cost, now);
+                }
+                let expected = long.report_and_expiry(limit, fit, cost, now);
+                let (got_fit, report, expires_at) = one.charge(limit, cost, now);
+                assert_eq!(got_fit, fit, "{limit:?} step {step}");
+                assert_eq!((report, expires_at), expected, "{limit:?} step {step}");
+                assert_eq!(
+                    one.report_and_expiry(limit, Fit::Now, 1, now),
+                    long.report_and_expiry(limit, Fit::Now, 1, now),
+                    "{limit:?} step {step}: the states differ"
+                );
+            }
+        }
     }
 
     #[test]

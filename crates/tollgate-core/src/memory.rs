@@ -974,15 +974,21 @@ impl Inner {
         };
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
-            let (fit, changes) = decide(state);
-            if changes {
-                match op {
-                    Op::Charge | Op::Penalize => state.add(limit, cost, now),
-                    Op::Refund => state.sub(limit, cost, now),
-                    Op::Peek | Op::Reset => {}
+            let (report, expires_at) = if op == Op::Charge && verdict.is_none() {
+                // A charge of this bucket alone: fit, add and report in one.
+                let (_, report, expires_at) = state.charge(limit, cost, now);
+                (report, expires_at)
+            } else {
+                let (fit, changes) = decide(state);
+                if changes {
+                    match op {
+                        Op::Charge | Op::Penalize => state.add(limit, cost, now),
+                        Op::Refund => state.sub(limit, cost, now),
+                        Op::Peek | Op::Reset => {}
+                    }
                 }
-            }
-            let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+                state.report_and_expiry(limit, fit, cost, now)
+            };
             let a = after(&report, expires_at, now);
             (report, Some(a))
         });
