@@ -14,11 +14,12 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-4}
 OUT="$(pwd)/target/bench-out"
-PARTS=${PARTS:-http engine layer memory redis}
+ALL_PARTS="http engine layer memory redis"
+PARTS=${PARTS:-$ALL_PARTS}
 mkdir -p "$OUT"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 n=0
-for p in http engine layer memory redis; do
+for p in $ALL_PARTS; do
   n=$((n + 1))
   if part "$p"; then rm -f "$OUT/$n-$p.md"; fi
 done
@@ -100,7 +101,7 @@ fi
   echo
   echo "Written by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Machine: $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average at the start $(cut -d' ' -f1-3 /proc/loadavg)."
   echo "The machine is shared: only ratios measured in the same run, rounds interleaved, are comparable."
-  if [ "$PARTS" != "http engine layer memory redis" ]; then
+  if [ "$PARTS" != "$ALL_PARTS" ]; then
     echo "This run measured only: $PARTS; the other sections are from an earlier run of the script."
   fi
   echo

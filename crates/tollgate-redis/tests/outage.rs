@@ -157,6 +157,27 @@ async fn spend(stores: &[FallbackStore<RedisStore>], bucket: &Bucket, n: usize) 
     }
 }
 
+/// How many of `n` charges of `bucket` through `store` are admitted, `pause` apart.
+async fn admitted(
+    store: &FallbackStore<RedisStore>,
+    bucket: &Bucket,
+    n: usize,
+    pause: Duration,
+) -> u64 {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let d = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        admitted += u64::from(d.allowed);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    admitted
+}
+
 /// What Redis holds for `bucket` now, as another instance sees it: what remains.
 async fn remaining_on_redis(server: &RedisServer, bucket: &Bucket) -> u64 {
     let outsider = RedisStore::builder()
@@ -319,15 +340,7 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
     let key = Bucket::new("sign-in", "restart", lockout());
     spend(std::slice::from_ref(&store), &key, 3).await;
     server.restart();
-    let mut admitted = 0;
-    for _ in 0..10 {
-        let d = store
-            .apply(&Batch::charge(vec![key.clone()]))
-            .await
-            .unwrap();
-        admitted += u64::from(d.allowed);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let admitted = admitted(&store, &key, 10, Duration::from_millis(20)).await;
     wait_for_mode(&store, Mode::Primary, RECOVERY).await;
     eprintln!("restart empty at 3 of 5: admitted {admitted} more");
     assert!((2..=3).contains(&admitted), "admitted {admitted}");
@@ -349,15 +362,7 @@ async fn without_the_mirror_an_empty_restart_forgets_the_count() {
     let key = Bucket::new("sign-in", "forgotten", lockout());
     spend(std::slice::from_ref(&store), &key, 3).await;
     server.restart();
-    let mut admitted = 0;
-    for _ in 0..10 {
-        let d = store
-            .apply(&Batch::charge(vec![key.clone()]))
-            .await
-            .unwrap();
-        admitted += u64::from(d.allowed);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let admitted = admitted(&store, &key, 10, Duration::from_millis(20)).await;
     assert!(admitted >= 5, "admitted {admitted}");
 }
 
@@ -427,14 +432,7 @@ async fn a_refusal_served_from_the_cache_does_not_roll_the_mirror_back() {
     assert_eq!(cached.buckets[1].remaining, 18, "answered from the cache");
 
     server.kill();
-    let mut admitted = 0;
-    for _ in 0..30 {
-        let d = store
-            .apply(&Batch::charge(vec![global.clone()]))
-            .await
-            .unwrap();
-        admitted += u64::from(d.allowed);
-    }
+    let admitted = admitted(&store, &global, 30, Duration::ZERO).await;
     assert_eq!(store.mode(), Mode::Fallback);
     assert_eq!(
         admitted, 16,

@@ -113,10 +113,7 @@ where
                             else {
                                 unreachable!("ResponseFuture polled after it was taken apart");
                             };
-                            if let Some(decision) = after.as_mut().and_then(After::request_decision)
-                            {
-                                req.extensions_mut().insert(decision);
-                            }
+                            After::put_in_request(&mut after, req.extensions_mut());
                             let fut = inner.call(req);
                             this.state.set(State::Calling { fut, after });
                         }

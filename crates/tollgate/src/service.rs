@@ -71,9 +71,7 @@ where
             }
             // Decided at once (the memory store): no future to wait on.
             Start::Now(Outcome::Proceed(mut after)) => {
-                if let Some(decision) = after.as_mut().and_then(After::request_decision) {
-                    parts.extensions.insert(decision);
-                }
+                After::put_in_request(&mut after, &mut parts.extensions);
                 let req = Request::from_parts(parts, body);
                 ResponseFuture::calling(self.inner.call(req), after)
             }

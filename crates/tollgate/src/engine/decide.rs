@@ -15,10 +15,10 @@ use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{log_refusal, Compiled};
 use super::plan::{Group, Plan, INLINE};
-use super::settle::{After, Visible};
+use super::settle::{After, Settled, Visible};
 use super::{Engine, Provisional};
 use crate::observe;
-use crate::respond::{self, BucketOutcome, Fields, RateLimitDecision, RateLimitOutcome};
+use crate::respond::{self, BucketOutcome, RateLimitOutcome};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
 /// (boxing them would allocate on every request), so the admitted variant is the large one.
@@ -36,8 +36,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Refused {
     engine: Arc<Engine>,
     info: RateLimitOutcome,
-    headers: Fields,
-    decision: Option<RateLimitDecision>,
+    /// Its rate-limit headers and decision, as an admitted response's.
+    settled: Settled,
 }
 
 impl Refused {
@@ -49,10 +49,7 @@ impl Refused {
             Some(hook) => hook(&self.info, parts),
             None => respond::refusal(&self.info, &engine.error_body),
         };
-        self.headers.merge_into(response.headers_mut());
-        if let Some(decision) = self.decision {
-            response.extensions_mut().insert(decision);
-        }
+        self.settled.apply(&mut response);
         response
     }
 }
@@ -97,7 +94,7 @@ impl Engine {
                 || self.conclude(plan, &active, answer, states, provisional, method, path);
             // The span is a `DEBUG` one: without `DEBUG` it would be a disabled span.
             let step = match started {
-                Some(t) => self.span(plan, Some(t.elapsed())).in_scope(conclude),
+                Some(t) => self.span(plan, t.elapsed()).in_scope(conclude),
                 None => conclude(),
             };
             match step {
@@ -127,7 +124,7 @@ impl Engine {
                 Ok((now, states)) => (Ok(now), States::from_vec(states)),
                 Err(e) => (Err(e), States::new()),
             };
-            let span = self.span(&plan, Some(elapsed));
+            let span = self.span(&plan, elapsed);
             let step = span.in_scope(|| {
                 self.conclude(&plan, &active, answer, states, &provisional, &method, &path)
             });
@@ -139,14 +136,14 @@ impl Engine {
     }
 
     /// The `DEBUG` span of one decision: the route's policy, the store, and how long the
-    /// store took (when timed).
-    fn span<G: AsRef<Compiled>>(&self, plan: &Plan<G>, store: Option<Duration>) -> tracing::Span {
+    /// store took.
+    fn span<G: AsRef<Compiled>>(&self, plan: &Plan<G>, store: Duration) -> tracing::Span {
         tracing::debug_span!(
             target: "tollgate",
             "tollgate.decide",
             policy = %plan.groups.first().map_or("", |g| &*g.as_ref().name),
             store = %self.store_name,
-            store_us = store.map(|d| d.as_micros() as u64),
+            store_us = store.as_micros() as u64,
         )
     }
 
@@ -207,11 +204,7 @@ impl Engine {
             return Step::Done(Outcome::Refuse(Refused {
                 engine: self.clone(),
                 info: self.info(plan, &visible, now, method, path),
-                headers: self.headers(plan, &visible, now),
-                decision: self
-                    .decision_in_response
-                    .then(|| self.decision(plan, &visible, now))
-                    .flatten(),
+                settled: self.settled(plan, &visible, now),
             }));
         }
         self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);

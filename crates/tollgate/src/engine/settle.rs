@@ -111,16 +111,20 @@ impl After {
         }
     }
 
-    /// The decision, for the request's extensions (`None` when they do not carry it):
-    /// moved out, unless the response's extensions carry it too.
-    pub(crate) fn request_decision(&mut self) -> Option<RateLimitDecision> {
-        if !self.in_request {
-            return None;
-        }
-        if self.in_response {
-            self.decision.clone()
+    /// Puts the decision into the request's `extensions` when they carry it: moved out,
+    /// unless the response's extensions carry it too. Called by the service and the
+    /// response future before they call the inner service.
+    pub(crate) fn put_in_request(after: &mut Option<Self>, extensions: &mut http::Extensions) {
+        let Some(after) = after.as_mut().filter(|a| a.in_request) else {
+            return;
+        };
+        let decision = if after.in_response {
+            after.decision.clone()
         } else {
-            self.decision.take()
+            after.decision.take()
+        };
+        if let Some(decision) = decision {
+            extensions.insert(decision);
         }
     }
 
@@ -180,15 +184,8 @@ impl Pending {
 
     /// The headers and the decision, as the buckets are now.
     fn settled(&self) -> Settled {
-        let (engine, plan, charged) = (&self.engine, &self.plan, &self.charged);
-        let visible = Visible::of(plan, charged, &self.states);
-        let decision = engine
-            .decision_in_response
-            .then(|| engine.decision(plan, &visible, self.now));
-        Settled {
-            headers: engine.headers(plan, &visible, self.now),
-            decision: decision.flatten(),
-        }
+        let visible = Visible::of(&self.plan, &self.charged, &self.states);
+        self.engine.settled(&self.plan, &visible, self.now)
     }
 }
 
@@ -232,6 +229,23 @@ impl Visible {
 }
 
 impl Engine {
+    /// What a response (admitted, or a 429) gets for the `visible` buckets of `plan`: its
+    /// rate-limit headers, and the decision when responses carry it.
+    pub(crate) fn settled<G: AsRef<Compiled>>(
+        &self,
+        plan: &Plan<G>,
+        visible: &Visible,
+        now: Timestamp,
+    ) -> Settled {
+        let decision = self
+            .decision_in_response
+            .then(|| self.decision(plan, visible, now));
+        Settled {
+            headers: self.headers(plan, visible, now),
+            decision: decision.flatten(),
+        }
+    }
+
     /// The decision the extensions carry for the `active` buckets of `plan` answered by
     /// `states`: the most restrictive bucket that is not a dry run. `None` if no
     /// extensions carry it, or only dry runs were charged.

@@ -199,7 +199,8 @@ impl ErrorBody {
                     policy = %info.policy,
                     "custom 429 body failed to serialize; sending the default body"
                 );
-                ready_shape(Ready::RetryAfterCamel, info, self.pretty)
+                let inputs = Inputs::of(Ready::RetryAfterCamel, info, self.pretty);
+                ready_shape(&inputs, &info.method, &info.path)
             }),
             Shape::Ready(ready) => return ready_body(*ready, info, self.pretty),
         };
@@ -207,7 +208,9 @@ impl ErrorBody {
     }
 }
 
-/// What a ready body is made of besides the request line: equal inputs make equal bytes.
+/// What a ready body is made of besides the request line: the one description both the
+/// rendering ([`ready_shape`]) and the per-thread reuse ([`ready_body`]) go by, so equal
+/// inputs make equal bytes.
 #[derive(Clone, Copy, PartialEq)]
 struct Inputs {
     shape: Ready,
@@ -218,6 +221,23 @@ struct Inputs {
     retry_after: Option<u64>,
     never_fits: Option<(u64, u64)>,
     reset_at: Option<u64>,
+}
+
+impl Inputs {
+    /// What ready `shape` makes of `info`.
+    fn of(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Self {
+        let bucket = info.most_restrictive_bucket();
+        Self {
+            shape,
+            pretty,
+            limit: bucket.map(|b| b.state.limit),
+            remaining: bucket.map(|b| b.state.remaining),
+            period: bucket.map(|b| b.quota.period()),
+            retry_after: info.retry_after_secs(),
+            never_fits: info.never_fits(),
+            reset_at: info.reset_at().map(|t| t.as_unix_secs_ceil()),
+        }
+    }
 }
 
 /// The last ready body made on a thread, with what it was made of.
@@ -238,17 +258,7 @@ thread_local! {
 /// The body of ready `shape` for `info`: the one made last on this thread when it was made
 /// of the same inputs, else a new one.
 fn ready_body(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Bytes {
-    let bucket = info.most_restrictive_bucket();
-    let inputs = Inputs {
-        shape,
-        pretty,
-        limit: bucket.map(|b| b.state.limit),
-        remaining: bucket.map(|b| b.state.remaining),
-        period: bucket.map(|b| b.quota.period()),
-        retry_after: info.retry_after_secs(),
-        never_fits: info.never_fits(),
-        reset_at: info.reset_at().map(|t| t.as_unix_secs_ceil()),
-    };
+    let inputs = Inputs::of(shape, info, pretty);
     let with_line = shape == Ready::Message;
     LAST_BODY.with(|last| {
         let mut last = last.borrow_mut();
@@ -258,7 +268,7 @@ fn ready_body(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Bytes {
         }) {
             return last.bytes.clone();
         }
-        let bytes = Bytes::from(ready_shape(shape, info, pretty));
+        let bytes = Bytes::from(ready_shape(&inputs, &info.method, &info.path));
         *last = Some(LastBody {
             inputs,
             method: info.method.clone(),
@@ -362,12 +372,11 @@ fn to_json<T: Serialize + ?Sized>(value: &T, pretty: bool) -> Result<Vec<u8>, se
     }
 }
 
-/// The bytes of a ready shape.
-fn ready_shape(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Vec<u8> {
-    let bucket = info.most_restrictive_bucket();
-    let limit = Json::opt(bucket.map(|b| b.state.limit));
-    let retry_after = Json::opt(info.retry_after_secs());
-    let never_fits = info.never_fits().map(|(cost, capacity)| {
+/// The bytes of a ready body made of `inputs` (and, for the message shape, the request line).
+fn ready_shape(inputs: &Inputs, method: &http::Method, path: &str) -> Vec<u8> {
+    let limit = Json::opt(inputs.limit);
+    let retry_after = Json::opt(inputs.retry_after);
+    let never_fits = inputs.never_fits.map(|(cost, capacity)| {
         format!(
             "This request costs {cost} points, but this rate limit allows at most {capacity} at once; retrying will not help."
         )
@@ -375,13 +384,13 @@ fn ready_shape(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Vec<u8> {
     let retry_in = || {
         never_fits
             .clone()
-            .unwrap_or_else(|| match info.retry_after_secs() {
+            .unwrap_or_else(|| match inputs.retry_after {
                 Some(1) => "Rate limit exceeded; retry in 1 second.".to_owned(),
                 Some(secs) => format!("Rate limit exceeded; retry in {secs} seconds."),
                 None => "Rate limit exceeded.".to_owned(),
             })
     };
-    let value = match shape {
+    let value = match inputs.shape {
         Ready::RetryAfterCamel => Json::Obj(vec![
             ("error", Json::str("Too Many Requests")),
             ("message", Json::Str(retry_in().into())),
@@ -406,7 +415,9 @@ fn ready_shape(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Vec<u8> {
                     ("limit", limit),
                     (
                         "window",
-                        bucket.map_or(Json::Null, |b| Json::Str(window(b.quota.period()).into())),
+                        inputs
+                            .period
+                            .map_or(Json::Null, |period| Json::Str(window(period).into())),
                     ),
                     ("retryAfter", retry_after),
                 ]),
@@ -414,25 +425,19 @@ fn ready_shape(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Vec<u8> {
         ]),
         Ready::Message => {
             let message = never_fits.unwrap_or_else(|| {
-                format!(
-                    "You have exceeded the rate limit for {} {}.",
-                    info.method, info.path
-                )
+                format!("You have exceeded the rate limit for {method} {path}.")
             });
             Json::Obj(vec![
                 ("error", Json::str("rate_limit_exceeded")),
                 ("message", Json::Str(message.into())),
                 ("limit", limit),
-                ("remaining", Json::opt(bucket.map(|b| b.state.remaining))),
-                (
-                    "reset_at",
-                    Json::opt(info.reset_at().map(|t| t.as_unix_secs_ceil())),
-                ),
+                ("remaining", Json::opt(inputs.remaining)),
+                ("reset_at", Json::opt(inputs.reset_at)),
             ])
         }
     };
     // Serializing strings, integers and string-keyed objects cannot fail.
-    to_json(&value, pretty).unwrap_or_default()
+    to_json(&value, inputs.pretty).unwrap_or_default()
 }
 
 /// A quota's period as the [`code_details`](ErrorBody::code_details) body writes it: the largest unit that divides it,
@@ -592,7 +597,11 @@ mod tests {
                 assert_eq!(
                     text(&made),
                     text(&Bytes::from(match body.shape {
-                        Shape::Ready(ready) => ready_shape(ready, &other, false),
+                        Shape::Ready(ready) => ready_shape(
+                            &Inputs::of(ready, &other, false),
+                            &other.method,
+                            &other.path,
+                        ),
                         Shape::Custom(_) => unreachable!(),
                     }))
                 );
