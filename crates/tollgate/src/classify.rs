@@ -833,6 +833,14 @@ impl<T> RouteTable<T> {
         self.rules.is_empty()
     }
 
+    /// Whether some rule takes requests of `method` (`HEAD` where a rule names `GET`),
+    /// whatever their path.
+    pub(crate) fn takes_method(&self, method: &Method) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.pattern.method_rank(method).is_some())
+    }
+
     fn is_lenient(&self, index: usize) -> bool {
         self.lenient.is_some_and(|f| f(&self.rules[index].value))
     }

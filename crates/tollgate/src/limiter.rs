@@ -130,6 +130,11 @@ impl Limiter {
     /// stack). Prefer it to [`Limiter::policy`], whose route the central layer only learns
     /// from a request that reaches it.
     ///
+    /// Requests of a method the pattern does not name are not the policy's, though its
+    /// layer sees them (axum's `MethodRouter::layer` wraps the method router's 405 fallback
+    /// and every method's handler): the central table charges them by their class, and the
+    /// policy's budget is spent only by the methods it names (`HEAD` with `GET`).
+    ///
     /// # Panics
     ///
     /// Like [`Limiter::policy`], at start-up, for an invalid policy or pattern.

@@ -933,3 +933,62 @@ async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request()
         assert_eq!(header(&r, "x-ratelimit-limit"), "2");
     }
 }
+
+/// A per-route policy declared for one method spends nothing on requests of other methods
+/// that reach its layer: axum's method router answers them (a 405, a CORS preflight), or
+/// another method's handler under the same layer serves them. The central class charges
+/// them, as it does any request, and the route's own budget stays whole.
+#[tokio::test]
+async fn a_per_route_policy_charges_only_the_methods_its_pattern_names() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/api/*", Policy::named("default").per_ip("100/min"))
+        .build()
+        .unwrap();
+    let chat = Policy::named("chat").per_ip("3/min");
+    let app = Router::new()
+        .route(
+            "/api/chat",
+            post(ok).layer(limiter.policy_at("POST /api/chat", chat)),
+        )
+        .route(
+            "/api/both",
+            get(ok).post(ok).layer(limiter.policy_at(
+                "POST /api/both",
+                Policy::named("both-post").per_ip("2/min"),
+            )),
+        )
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}/api/chat", server.addr());
+    for method in ["GET", "PUT", "DELETE", "OPTIONS", "FOO"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = client
+            .request(method.clone(), &url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "100", "{method}: the class");
+    }
+    // Five requests of other methods spent none of chat's 3.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(server.post("/api/chat").send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+
+    // GET's handler under the POST policy's layer: charged to the class, not to the policy.
+    for _ in 0..3 {
+        let r = server.get("/api/both").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "100");
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(server.post("/api/both").send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+}

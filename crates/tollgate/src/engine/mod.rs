@@ -368,6 +368,12 @@ impl Engine {
         let Some(policy) = table.per_route.get(index) else {
             return Start::Pass;
         };
+        // A method its pattern does not name is not this policy's request: the layer wraps
+        // the method router's fallback too (a 405, a CORS preflight) and any other method's
+        // handler under it. The central layer charged it by its class, as any request.
+        if pattern.is_some_and(|p| !p.takes_method(&parts.method)) {
+            return Start::Pass;
+        }
         if !policy.exempt {
             if let Some(refused) = self.refuse_without_peer(parts) {
                 return Start::Now(refused);
