@@ -117,6 +117,25 @@ async fn other_api_key_routes_fall_back_to_60_per_60_s_each() {
     assert_eq!(x_ratelimit(&r), (60, 59, x_ratelimit(&r).2));
 }
 
+/// `HEAD` is served by an endpoint's `GET` handler: it spends the `GET` budget, for a
+/// route of the table and for one of the default quota alike.
+#[tokio::test]
+async fn head_requests_spend_the_get_endpoint_budget() {
+    let app = Example::start("seed_002", &[]);
+    for (path, limit) in [("/v1/leads", 60), ("/v1/analytics", 30)] {
+        for i in 1..=limit {
+            let method = if i % 2 == 0 { "HEAD" } else { "GET" };
+            let r = call(&app, "key_alpha", method, path).await;
+            assert_eq!(r.status(), 200, "{method} {path} #{i}");
+            assert_eq!(x_ratelimit(&r).1, limit - i, "{method} {path} #{i}");
+        }
+        for method in ["HEAD", "GET"] {
+            let r = call(&app, "key_alpha", method, path).await;
+            assert_eq!(r.status(), 429, "{method} {path} after {limit}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn no_api_key_is_401_and_unguarded_routes_are_not_limited() {
     let app = Example::start("seed_002", &[]);

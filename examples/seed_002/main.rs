@@ -55,7 +55,12 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
             .extensions
             .get::<MatchedPath>()
             .map_or("(unmatched)", MatchedPath::as_str);
-        Some(format!("{} {route} {key}", parts.method))
+        // `HEAD` is answered by the `GET` handler: the same endpoint, the same budget.
+        let method = match parts.method {
+            axum::http::Method::HEAD => &axum::http::Method::GET,
+            ref other => other,
+        };
+        Some(format!("{method} {route} {key}"))
     })
     .hashed();
     let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
