@@ -129,7 +129,7 @@ where
                     };
                     let settle = after.take().and_then(|a| a.settle(response.status()));
                     match settle {
-                        Some(Settle::AfterRefund(settle)) => this.state.set(State::Settling {
+                        Some(Settle::AfterStore(settle)) => this.state.set(State::Settling {
                             settle,
                             response: Some(response),
                         }),

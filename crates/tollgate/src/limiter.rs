@@ -208,6 +208,13 @@ impl Limiter {
     /// own are: the same client IP, identity, headers, body or refusal response, decisions
     /// in the extensions, peer-address requirement and store name.
     ///
+    /// A guard whose policy counts only some responses ([`Policy::count_only_if`]) looks at
+    /// its buckets before a request runs (refusing it if they are spent) and counts the
+    /// request once its response counts: a guard is meant to throttle failures, and
+    /// requests in flight at once must not refuse each other while none has failed (holding
+    /// a charge per request in flight would refuse a client's valid requests as soon as more
+    /// of them than the limit were running).
+    ///
     /// # Panics
     ///
     /// Like [`Limiter::policy`], at start-up, for an invalid policy.
@@ -232,6 +239,12 @@ impl Limiter {
         // Its buckets are its own: a name the limiter already uses would mix two states
         // (and no reloaded table may take it).
         let bucket = (!policy.exempt).then(|| policy.bucket_name().clone());
+        // A guard that counts only some responses looks before a request runs and counts
+        // it once its response counts: requests in flight never refuse each other.
+        let policy = Policy {
+            count_after: policy.count_only_if.is_some(),
+            ..policy
+        };
         if let Some(name) = bucket.as_deref().filter(|name| table.binds(name)) {
             return Err(BuildError::DuplicateBucket {
                 name: name.to_string(),

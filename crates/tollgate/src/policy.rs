@@ -70,6 +70,10 @@ pub struct Policy {
     pub(crate) shadow: bool,
     pub(crate) on_failure: Option<FailureMode>,
     pub(crate) when_full: WhenFull,
+    /// Whether a request is counted once its response is known (it is looked at before):
+    /// set by [`Limiter::guard`](crate::Limiter::guard) for a policy that counts only some
+    /// responses.
+    pub(crate) count_after: bool,
 }
 
 /// One limit of a policy: a key and its quota.
@@ -106,6 +110,7 @@ impl Policy {
             shadow: false,
             on_failure: None,
             when_full: WhenFull::default(),
+            count_after: false,
         }
     }
 
@@ -284,12 +289,15 @@ impl Policy {
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
     ///
-    /// Each request reserves 1 while it runs and gets it back unless its answer is a 401 (see
-    /// [`Policy::count_only_if`]), so authenticated clients spend nothing; once an IP's
-    /// failures reach the limit, every request from it is refused (429, with the usual
-    /// headers and `Retry-After`) until the window lets one through, authenticated or not:
-    /// the guard runs before credentials are checked. Keep the limit above the number of
-    /// requests one IP has in flight at once.
+    /// A guard looks at the IP's count before a request runs and counts the request once
+    /// its answer is a 401 (see [`Limiter::guard`](crate::Limiter::guard)), so
+    /// authenticated clients spend nothing, and however many of their requests are in
+    /// flight at once, none is refused for another's sake. Once an IP's failures reach the
+    /// limit, every request from it is refused (429, with the usual headers and
+    /// `Retry-After`) until the window lets one through, authenticated or not: the guard
+    /// runs before credentials are checked. (Failures in flight together are each let
+    /// through before any is counted: an IP that reaches the limit with many requests at
+    /// once has them all answered, and waits longer for it.)
     pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
         Self::named("failed-auth")
             .per_ip(rate)

@@ -150,3 +150,73 @@ fn a_guard_bucket_named_like_one_of_the_limiters_is_an_error() {
         .try_guard(Policy::named("guard").per_ip("5/fortnight"))
         .is_err());
 }
+
+/// More authenticated requests in flight at once from one IP than the guard's limit: all
+/// are admitted. The guard looks before a request runs and counts it once its response
+/// is a 401, so requests in flight never refuse each other (it held 1 per request in flight
+/// before: the sixth concurrent request was refused with the guard's limit of 5, though no
+/// request had failed). Failures are still counted: the IP's sixth failure is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_requests_in_flight_together_never_refuse_each_other() {
+    const IN_FLIGHT: usize = 12;
+    let (clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
+        .build()
+        .unwrap();
+    // Every request waits in the handler until all of them are there (or 10 s pass).
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(IN_FLIGHT));
+    let app = Router::new()
+        .route(
+            "/v1/items",
+            get(move || {
+                let barrier = barrier.clone();
+                async move {
+                    let all =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), barrier.wait())
+                            .await
+                            .is_ok();
+                    if all {
+                        "together"
+                    } else {
+                        "alone"
+                    }
+                }
+            }),
+        )
+        .layer(middleware::from_fn(authenticate))
+        .layer(limiter.guard(Policy::failed_auth_per_ip("5/min")));
+    let server = serve(app).await;
+    let ip = "198.51.100.20";
+    let url = format!("http://{}/v1/items", server.addr());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let url = url.clone();
+        tasks.spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let r = client
+                .get(url)
+                .header("x-forwarded-for", ip)
+                .header("x-api-key", "key-acme")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+    }
+    let answers = tasks.join_all().await;
+    assert_eq!(
+        answers,
+        vec![(200, "together".to_string()); IN_FLIGHT],
+        "every request admitted, all in flight at once"
+    );
+    // Failures count as before: five 401s counting down, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(send(&server, ip, Some("guess")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    clock.advance(std::time::Duration::from_secs(70));
+    assert_eq!(send(&server, ip, Some("guess")).await.status(), 401);
+}

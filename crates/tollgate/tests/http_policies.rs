@@ -954,10 +954,9 @@ async fn a_per_route_policy_charges_only_the_methods_its_pattern_names() {
         )
         .route(
             "/api/both",
-            get(ok).post(ok).layer(limiter.policy_at(
-                "POST /api/both",
-                Policy::named("both-post").per_ip("2/min"),
-            )),
+            get(ok).post(ok).layer(
+                limiter.policy_at("POST /api/both", Policy::named("both-post").per_ip("2/min")),
+            ),
         )
         .layer(limiter.layer());
     let server = serve(app).await;
@@ -965,18 +964,26 @@ async fn a_per_route_policy_charges_only_the_methods_its_pattern_names() {
     let url = format!("http://{}/api/chat", server.addr());
     for method in ["GET", "PUT", "DELETE", "OPTIONS", "FOO"] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let r = client
-            .request(method.clone(), &url)
-            .send()
-            .await
-            .unwrap();
+        let r = client.request(method.clone(), &url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
-        assert_eq!(header(&r, "x-ratelimit-limit"), "100", "{method}: the class");
+        assert_eq!(
+            header(&r, "x-ratelimit-limit"),
+            "100",
+            "{method}: the class"
+        );
     }
     // Five requests of other methods spent none of chat's 3.
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(server.post("/api/chat").send().await.unwrap().status().as_u16());
+        statuses.push(
+            server
+                .post("/api/chat")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
     }
     assert_eq!(statuses, vec![200, 200, 200, 429]);
 
@@ -988,7 +995,15 @@ async fn a_per_route_policy_charges_only_the_methods_its_pattern_names() {
     }
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(server.post("/api/both").send().await.unwrap().status().as_u16());
+        statuses.push(
+            server
+                .post("/api/both")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
     }
     assert_eq!(statuses, vec![200, 200, 429]);
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
-use tollgate_core::{FailureMode, Limit, Quota, WhenFull};
+use tollgate_core::{FailureMode, Limit, Op, Quota, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
@@ -45,6 +45,9 @@ pub(crate) struct Compiled {
     pub(crate) cost: Cost,
     pub(crate) refund_if: Option<StatusFn>,
     pub(crate) count_only_if: Option<StatusFn>,
+    /// Whether a request is looked at before it runs and counted once its response counts
+    /// (a guard's failures), instead of charged before and given back.
+    pub(crate) count_after: bool,
     pub(crate) shadow: bool,
     pub(crate) on_failure: FailureMode,
     /// Whether the warning about a per-route policy charged by the central class first
@@ -71,6 +74,17 @@ impl Compiled {
     pub(crate) fn refunds(&self, status: http::StatusCode) -> bool {
         self.refund_if.as_ref().is_some_and(|f| f(status))
             || self.count_only_if.as_ref().is_some_and(|f| !f(status))
+    }
+
+    /// What a response of `status` does to a bucket of this policy: give its charge back
+    /// ([`Op::Refund`]), count it now that it counts ([`Op::Penalize`], for a policy that
+    /// counts after), or nothing.
+    pub(crate) fn after_response(&self, status: http::StatusCode) -> Option<Op> {
+        if self.count_after {
+            (!self.refunds(status)).then_some(Op::Penalize)
+        } else {
+            self.refunds(status).then_some(Op::Refund)
+        }
     }
 
     /// The override bucket of key kind `kind`.
@@ -188,6 +202,7 @@ pub(crate) fn compile(
         cost: policy.cost.clone(),
         refund_if: policy.refund_if.clone(),
         count_only_if: policy.count_only_if.clone(),
+        count_after: policy.count_after,
         shadow: policy.shadow || defaults.shadow,
         on_failure: policy.on_failure.unwrap_or(defaults.on_failure),
         warned_central: AtomicBool::new(false),

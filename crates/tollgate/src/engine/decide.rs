@@ -76,6 +76,7 @@ impl Engine {
         path: &str,
     ) -> Option<Outcome> {
         let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        let op = plan.op();
         // The memory store answers in tens of nanoseconds: it is timed only for the span
         // (while `DEBUG` is on for this crate's target).
         let timed = tracing::enabled!(target: "tollgate", tracing::Level::DEBUG);
@@ -83,12 +84,11 @@ impl Engine {
             let mut states: States = smallvec![BucketState::default(); active.len()];
             let started = timed.then(Instant::now);
             let answer = if active.len() == plan.buckets.len() {
-                self.store
-                    .apply_sync(Op::Charge, &plan.buckets, &mut states)
+                self.store.apply_sync(op, &plan.buckets, &mut states)
             } else {
                 let buckets: SmallVec<[_; INLINE]> =
                     active.iter().map(|&i| plan.buckets[i].clone()).collect();
-                self.store.apply_sync(Op::Charge, &buckets, &mut states)
+                self.store.apply_sync(op, &buckets, &mut states)
             }?;
             let conclude =
                 || self.conclude(plan, &active, answer, states, provisional, method, path);
@@ -113,9 +113,10 @@ impl Engine {
         path: String,
     ) -> Outcome {
         let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        let op = plan.op();
         loop {
             let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();
-            let batch = Batch::charge(buckets).with_failure_mode(plan.on_failure);
+            let batch = Batch::new(op, buckets).with_failure_mode(plan.on_failure);
             let started = Instant::now();
             let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
             let elapsed = started.elapsed();
@@ -173,7 +174,8 @@ impl Engine {
                     }
                 }
             }
-            if let Some(p) = provisional {
+            // (A look charged nothing a per-route layer could take over.)
+            if let Some(p) = provisional.as_ref().filter(|_| plan.op() == Op::Charge) {
                 let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 *super::lock(&p.buckets) = Some(charged);
             }

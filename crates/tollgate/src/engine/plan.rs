@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use smallvec::SmallVec;
-use tollgate_core::{Bucket, FailureMode, StoreKey};
+use tollgate_core::{Bucket, FailureMode, Op, StoreKey};
 
 use super::compile::{Compiled, CompiledQuota};
 use super::Engine;
@@ -54,6 +54,18 @@ impl<G: AsRef<Compiled>> Plan<G> {
     /// The policy of bucket `i`.
     pub(crate) fn policy(&self, i: usize) -> &Compiled {
         self.groups[usize::from(self.meta[i].group)].as_ref()
+    }
+
+    /// How the store is asked before the request runs: [`Op::Peek`] when every bucket's
+    /// policy counts after the response (a guard's failures), else [`Op::Charge`].
+    pub(crate) fn op(&self) -> Op {
+        let count_after =
+            !self.buckets.is_empty() && (0..self.buckets.len()).all(|i| self.policy(i).count_after);
+        if count_after {
+            Op::Peek
+        } else {
+            Op::Charge
+        }
     }
 
     /// Whether bucket `i` is a dry run.

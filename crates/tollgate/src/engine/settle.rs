@@ -67,8 +67,8 @@ struct Pending {
 pub(crate) enum Settle {
     /// The headers, ready.
     Now(Settled),
-    /// Give the charge back, then the headers.
-    AfterRefund(BoxFuture<'static, Settled>),
+    /// Give the charge back (or count the response), then the headers.
+    AfterStore(BoxFuture<'static, Settled>),
 }
 
 impl After {
@@ -142,42 +142,58 @@ impl After {
                 decision: self.decision.filter(|_| self.in_response),
             }));
         };
-        let refund: SmallVec<[usize; INLINE]> = (0..pending.charged.len())
-            .filter(|&pos| pending.plan.policy(pending.charged[pos]).refunds(status))
+        // What the response does to each bucket: a charge given back, or a request of a
+        // policy that counts after (looked at before) counted now. A plan does one or the
+        // other (see `Plan::op`).
+        let mut op = Op::Refund;
+        let touched: SmallVec<[usize; INLINE]> = (0..pending.charged.len())
+            .filter(|&pos| {
+                let policy = pending.plan.policy(pending.charged[pos]);
+                policy.after_response(status).inspect(|&o| op = o).is_some()
+            })
             .collect();
-        if refund.is_empty() {
+        if touched.is_empty() {
             return Some(Settle::Now(pending.settled()));
         }
-        let buckets: SmallVec<[Bucket; INLINE]> = refund
+        let buckets: SmallVec<[Bucket; INLINE]> = touched
             .iter()
             .map(|&pos| pending.plan.buckets[pending.charged[pos]].clone())
             .collect();
-        let mut given_back: States = SmallVec::from_elem(BucketState::default(), buckets.len());
+        let mut answered: States = SmallVec::from_elem(BucketState::default(), buckets.len());
         let store = &pending.engine.store;
-        if let Some(answer) = store.apply_sync(Op::Refund, &buckets, &mut given_back) {
-            pending.refunded(&refund, answer.map(|_| given_back));
+        if let Some(answer) = store.apply_sync(op, &buckets, &mut answered) {
+            pending.answered(op, &touched, answer.map(|_| answered));
             return Some(Settle::Now(pending.settled()));
         }
-        Some(Settle::AfterRefund(Box::pin(async move {
-            let batch = Batch::new(Op::Refund, buckets.into_vec());
+        Some(Settle::AfterStore(Box::pin(async move {
+            let batch = Batch::new(op, buckets.into_vec());
             let answer = pending.engine.store.apply(&batch).await;
-            pending.refunded(&refund, answer.map(|d| States::from_vec(d.buckets)));
+            pending.answered(op, &touched, answer.map(|d| States::from_vec(d.buckets)));
             pending.settled()
         })))
     }
 }
 
 impl Pending {
-    /// Notes what the store answered for a refund of the charged buckets at `refund`.
-    fn refunded(&mut self, refund: &[usize], answer: Result<States, tollgate_core::StoreError>) {
+    /// Notes what the store answered for `op` (a refund, or a count after the response) on
+    /// the charged buckets at `touched`.
+    fn answered(
+        &mut self,
+        op: Op,
+        touched: &[usize],
+        answer: Result<States, tollgate_core::StoreError>,
+    ) {
         match answer {
             Ok(states) => {
-                for (&pos, state) in refund.iter().zip(states) {
+                for (&pos, state) in touched.iter().zip(states) {
                     self.states[pos] = state;
                 }
             }
-            Err(e) => {
+            Err(e) if op == Op::Refund => {
                 tracing::warn!(target: "tollgate", error = %e, "could not give a charge back");
+            }
+            Err(e) => {
+                tracing::warn!(target: "tollgate", error = %e, "could not count a response");
             }
         }
     }
