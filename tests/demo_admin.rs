@@ -94,6 +94,30 @@ async fn a_missing_or_wrong_token_is_refused() {
     assert_eq!(body["enabled"], true);
 }
 
+/// Guessing the operators' token: ten wrong tokens a minute per IP are answered 401, the
+/// eleventh is refused (429) before the token is looked at, the right one included; other
+/// IPs are not affected.
+#[tokio::test(flavor = "multi_thread")]
+async fn guessing_the_operators_token_is_limited_per_ip() {
+    let ex = demo(&[("ADMIN_TOKEN", TOKEN)]);
+    let url = format!("{ADMIN}/limits");
+    let from = |ip: &str, token: &str| {
+        ex.get(&url)
+            .header("x-forwarded-for", ip)
+            .bearer_auth(token)
+    };
+    for n in 0..10 {
+        let response = from("198.51.100.40", &format!("guess-{n}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "guess {n}");
+        assert_eq!(header(&response, "x-ratelimit-remaining"), (9 - n).to_string());
+    }
+    let refused = from("198.51.100.40", "guess-10").send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(!header(&refused, "retry-after").is_empty());
+    assert_eq!(status(from("198.51.100.40", TOKEN)).await, 429);
+    assert_eq!(status(from("198.51.100.41", TOKEN)).await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_see_the_table_and_the_store_and_unblock_a_locked_email() {
     let ex = demo(&[("ADMIN_TOKEN", TOKEN)]);

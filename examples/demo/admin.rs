@@ -1,6 +1,7 @@
 //! The operators' router (`tollgate::admin`) under `/admin/rate-limits`, behind a bearer
 //! token from `ADMIN_TOKEN`. Without the variable (or with it empty) it is not mounted at
-//! all: its paths answer `404` like any unknown path.
+//! all: its paths answer `404` like any unknown path. Wrong tokens are limited per client
+//! IP (10 a minute), so the token cannot be guessed at the server's speed.
 //!
 //! ```text
 //! ADMIN_TOKEN=s3cret cargo run --example demo
@@ -19,13 +20,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::json;
-use tollgate::Limiter;
+use tollgate::{Limiter, Policy};
 
 /// Where the router is mounted.
 pub const PATH: &str = "/admin/rate-limits";
 
 /// The environment variable holding the operators' token.
 pub const TOKEN_ENV: &str = "ADMIN_TOKEN";
+
+/// Wrong or missing operator tokens per client IP: guessing the token is throttled.
+pub const FAILED_TOKENS_PER_IP: &str = "10/min";
 
 /// `router` with the admin router nested at [`PATH`], if `ADMIN_TOKEN` is set.
 pub fn mount(router: Router, limiter: &Limiter) -> Router {
@@ -39,7 +43,12 @@ pub fn mount(router: Router, limiter: &Limiter) -> Router {
         let token = token.clone();
         async move { authorize(&token, request, next).await }
     });
-    router.nest(PATH, tollgate::admin::router(limiter).layer(guard))
+    // The guard runs before the token is checked: an IP with 10 wrong tokens in a minute is
+    // refused (429) until the window lets one through.
+    let admin = tollgate::admin::router(limiter)
+        .layer(guard)
+        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_TOKENS_PER_IP)));
+    router.nest(PATH, admin)
 }
 
 async fn authorize(token: &[u8], request: Request, next: Next) -> Response {
