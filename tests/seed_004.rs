@@ -249,3 +249,21 @@ async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
         assert_page_body(r, "GET /v1/invoices", 1000).await;
     }
 }
+
+/// "Every gateway response includes rate limit headers": a path the gateway does not serve
+/// too. It is answered behind the same layers as the routes: a 404 with the headers of the
+/// global limit, counted like any call; without a key, the 401 of authentication.
+#[tokio::test]
+async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
+    let app = Example::start("seed_004", &[]);
+    let first = get(&app, "ew_live_full", "/v1/no-such-endpoint").await;
+    assert_eq!(first.status(), 404);
+    let (limit, remaining, _) = x_ratelimit(&first, 60.0);
+    assert_eq!((limit, remaining), (1000, 999));
+    let second = get(&app, "ew_live_full", "/elsewhere").await;
+    assert_eq!(second.status(), 404);
+    assert_eq!(x_ratelimit(&second, 60.0).1, 998);
+    let anonymous = app.get("/v1/no-such-endpoint").send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(!header(&anonymous, "x-ratelimit-limit").is_empty());
+}

@@ -293,6 +293,15 @@ async fn status() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// A path the gateway does not serve: answered behind the same layers as its routes, so it
+/// carries the rate-limit headers too ("every gateway response") and counts like any call.
+async fn not_found() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "not_found", "message": "No such endpoint." })),
+    )
+}
+
 fn app(gateway: Gateway) -> Router {
     // Public and unlimited: added after the layers, which cover only the routes before them.
     let docs = docs::routes(&gateway.limiter);
@@ -302,6 +311,8 @@ fn app(gateway: Gateway) -> Router {
         .route("/v1/customers", get(customers))
         .route("/v1/status", get(status))
         .route("/admin/keys", post(create_key))
+        // Before the layers, which then cover it (axum's default fallback is outside them).
+        .fallback(not_found)
         // The layer added last runs first: the failed-authentication guard, then
         // authenticate, then limit.
         .layer(gateway.limiter.layer())
