@@ -107,9 +107,15 @@ async fn guessing_the_operators_token_is_limited_per_ip() {
             .bearer_auth(token)
     };
     for n in 0..10 {
-        let response = from("198.51.100.40", &format!("guess-{n}")).send().await.unwrap();
+        let response = from("198.51.100.40", &format!("guess-{n}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 401, "guess {n}");
-        assert_eq!(header(&response, "x-ratelimit-remaining"), (9 - n).to_string());
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining"),
+            (9 - n).to_string()
+        );
     }
     let refused = from("198.51.100.40", "guess-10").send().await.unwrap();
     assert_eq!(refused.status(), 429);

@@ -164,3 +164,25 @@ async fn unknown_credentials_are_401_with_the_failed_authentication_headers() {
         assert_eq!(header(&r, "x-ratelimit-limit"), "20");
     }
 }
+
+/// "Every API response includes headers": an API path the example does not serve too. It is
+/// answered behind the same layers as the routes: a 404 with the tenant's headers, counted
+/// against the tenant like any request.
+#[tokio::test]
+async fn an_unknown_api_path_is_a_404_with_the_tenants_headers() {
+    let app = Example::start("seed_003", &[]);
+    away_from_the_minute_boundary().await;
+    let r = as_key(app.get("/api/no-such-thing"), "osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (limit, remaining, _) = x_ratelimit(&r);
+    assert_eq!((limit, remaining), (100, 99));
+    let r = as_key(app.get("/api/tickets"), "osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(x_ratelimit(&r).1, 98);
+}

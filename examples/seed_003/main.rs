@@ -143,12 +143,23 @@ async fn service_catalog(headers: HeaderMap) -> Response {
     }
 }
 
+/// A path the API does not serve: answered behind the same layers as its routes, so that
+/// "every API response" carries the rate-limit headers, a 404 included.
+async fn not_found() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "Not found", "code": "NOT_FOUND" })),
+    )
+}
+
 fn app(limiter: &Limiter) -> Router {
     Router::new()
         .route("/api/tickets", get(tickets))
         .route("/api/tickets/batch", post(tickets_batch))
         .route("/api/tickets/{id}", get(ticket))
         .route("/api/service-catalog", get(service_catalog))
+        // Before the layers, which then cover it (axum's default fallback is outside them).
+        .fallback(not_found)
         // The layer added last runs first: the failed-authentication guard, then
         // authenticate, then limit per tenant.
         .layer(limiter.layer())
