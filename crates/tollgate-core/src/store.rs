@@ -143,24 +143,39 @@ impl StoreKey {
 
     /// Appends `s`.
     pub fn push_str(&mut self, s: &str) {
+        self.push_utf8(s.as_bytes());
+    }
+
+    /// Appends `s` if it is ASCII (checked a word at a time, where reading it as `&str`
+    /// first would validate it as UTF-8); returns whether it did.
+    pub fn push_ascii(&mut self, s: &[u8]) -> bool {
+        let ascii = s.is_ascii();
+        if ascii {
+            self.push_utf8(s);
+        }
+        ascii
+    }
+
+    /// Appends `s`, which is UTF-8.
+    fn push_utf8(&mut self, s: &[u8]) {
         match &mut self.0 {
             KeyRepr::Inline { len, bytes } => {
                 let at = usize::from(*len);
                 match bytes.get_mut(at..at + s.len()) {
                     Some(room) => {
-                        room.copy_from_slice(s.as_bytes());
+                        room.copy_from_slice(s);
                         // At most INLINE_KEY (62): fits.
                         *len = (at + s.len()) as u8;
                     }
                     None => {
                         let mut heap = String::with_capacity(at + s.len());
                         heap.push_str(inline_str(bytes, at));
-                        heap.push_str(s);
+                        heap.push_str(&String::from_utf8_lossy(s));
                         self.0 = KeyRepr::Heap(heap);
                     }
                 }
             }
-            KeyRepr::Heap(heap) => heap.push_str(s),
+            KeyRepr::Heap(heap) => heap.push_str(&String::from_utf8_lossy(s)),
         }
     }
 
@@ -540,5 +555,40 @@ impl StoreMode {
 impl fmt::Display for StoreMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key reads as what was appended, held inline or (past [`INLINE_KEY`]) on the heap;
+    /// `push_ascii` appends ASCII only, and leaves the key alone otherwise.
+    #[test]
+    fn a_key_reads_as_what_was_appended() {
+        let mut key = StoreKey::new();
+        let mut expected = String::new();
+        for (i, part) in ["default:ip", ":", "203.0.113.7", "-", "é", "x"]
+            .iter()
+            .cycle()
+            .take(40)
+            .enumerate()
+        {
+            if i % 2 == 0 {
+                key.push_str(part);
+                expected.push_str(part);
+            } else {
+                let ascii = key.push_ascii(part.as_bytes());
+                assert_eq!(ascii, part.is_ascii(), "{part:?}");
+                if ascii {
+                    expected.push_str(part);
+                }
+            }
+            assert_eq!(key.as_str(), expected);
+            assert_eq!(key.len(), expected.len());
+        }
+        assert!(expected.len() > INLINE_KEY, "the key went to the heap");
+        assert!(!key.push_ascii(&[0xff]));
+        assert_eq!(key.as_str(), expected);
     }
 }

@@ -547,10 +547,11 @@ fn canonical_segment(segment: &str) -> Cow<'_, str> {
 }
 
 /// What one look at a path finds (no more than [`MAX_PATH_LEN`] bytes of it).
-enum PathShape<'a> {
-    /// Over [`MAX_PATH_LEN`] bytes or [`MAX_SEGMENTS`] segments: its start up to a `/`
-    /// within both limits.
-    OverLimit(&'a str),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathShape {
+    /// Over [`MAX_PATH_LEN`] bytes or [`MAX_SEGMENTS`] segments: the segments are those of
+    /// its start up to a `/` within both limits.
+    OverLimit,
     /// Its canonical segments are its raw ones: no percent-escape, no empty segment (`//`,
     /// a trailing `/`) and no segment starting with `.` (which takes in `.` and `..`).
     Plain,
@@ -558,48 +559,44 @@ enum PathShape<'a> {
     Irregular,
 }
 
-/// The shape of `path`, in one pass over its bytes.
-fn shape(path: &str) -> PathShape<'_> {
-    let mut slashes = 0;
-    let mut last_slash = 0;
+/// The path as axum's router reads it (`/` separated, nothing decoded: after one leading
+/// `/`, each `/` starts a segment), and its shape, in one pass over its bytes. A path over
+/// the limits gives the segments of its start up to its last `/` within them.
+fn scan(path: &str) -> (PathShape, Segments<&str>) {
+    let bytes = path.as_bytes();
+    let mut segments = Segments::new();
+    let body = usize::from(bytes.first() == Some(&b'/'));
+    let mut start = body;
+    let mut slashes = body;
     let mut plain = true;
-    // As `raw_segments` reads it: after one leading `/`, each `/` starts a segment.
     let mut prev = b'/';
-    for (i, b) in path.bytes().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(body) {
         if i == MAX_PATH_LEN {
-            return PathShape::OverLimit(&path[..last_slash]);
+            // The segments pushed so far end at the last `/`.
+            return (PathShape::OverLimit, segments);
         }
         if b == b'/' {
             slashes += 1;
             if slashes > MAX_SEGMENTS {
-                return PathShape::OverLimit(&path[..i]);
+                // Cut at this `/`: the segment it ends is the last one.
+                segments.push(&path[start..i]);
+                return (PathShape::OverLimit, segments);
             }
-            last_slash = i;
-            if i == 0 {
-                continue;
-            }
+            segments.push(&path[start..i]);
+            start = i + 1;
         }
         plain &= !(b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')));
         prev = b;
     }
-    if plain && (prev != b'/' || path.len() <= 1) {
+    if bytes.len() > body {
+        segments.push(&path[start..]);
+    }
+    let shape = if plain && (prev != b'/' || bytes.len() <= 1) {
         PathShape::Plain
     } else {
         PathShape::Irregular
-    }
-}
-
-/// The path as axum's router reads it: `/` separated, nothing decoded.
-fn raw_segments(path: &str) -> Segments<&str> {
-    let mut out = Segments::new();
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    if !rest.is_empty() {
-        // `push` inlines; collecting into a SmallVec does not.
-        for segment in rest.split('/') {
-            out.push(segment);
-        }
-    }
-    out
+    };
+    (shape, segments)
 }
 
 /// A path's segments: on the stack for the usual depth (no allocation per request).
@@ -847,20 +844,16 @@ impl<T> RouteTable<T> {
 
     /// The rule `classify` answers, then the other rule to charge, if any.
     fn classify_indexes(&self, method: &Method, path: &str) -> [Option<usize>; 2] {
-        let plain = match shape(path) {
-            PathShape::OverLimit(prefix) => {
+        let (shape, raw) = scan(path);
+        match shape {
+            PathShape::OverLimit => {
                 // The rest of the path is unknown, so only wildcards can match.
-                let raw = raw_segments(prefix);
                 let canonical = canonical_segments(&raw);
                 return [self.best(method, &canonical, true), None];
             }
-            PathShape::Plain => true,
-            PathShape::Irregular => false,
-        };
-        let raw = raw_segments(path);
-        if plain {
             // The usual path: its canonical reading is its raw one.
-            return [self.best(method, &raw, false), None];
+            PathShape::Plain => return [self.best(method, &raw, false), None],
+            PathShape::Irregular => {}
         }
         let canonical = canonical_segments(&raw);
         let by_raw = self.best(method, &raw, false);
@@ -1036,7 +1029,17 @@ mod tests {
     use super::*;
 
     fn reads_the_same(path: &str) -> bool {
-        matches!(shape(path), PathShape::Plain)
+        scan(path).0 == PathShape::Plain
+    }
+
+    /// The segments as axum's router splits a path: after one leading `/`, at every `/`.
+    fn split(path: &str) -> Vec<&str> {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        }
     }
 
     #[test]
@@ -1075,9 +1078,10 @@ mod tests {
         }
         let mut same = 0;
         for path in fixed.iter().map(|p| p.to_string()).chain(drawn) {
-            if reads_the_same(&path) {
+            let (shape, raw) = scan(&path);
+            assert_eq!(raw.to_vec(), split(&path), "{path:?}");
+            if shape == PathShape::Plain {
                 same += 1;
-                let raw = raw_segments(&path);
                 let canonical = canonical_segments(&raw);
                 let canonical: Vec<&str> = canonical.iter().map(|c| c.as_ref()).collect();
                 assert_eq!(raw.to_vec(), canonical, "{path:?}");
@@ -1086,6 +1090,51 @@ mod tests {
         assert!(same > 100, "the usual paths take the short way ({same})");
         assert!(reads_the_same("/api/items/1") && reads_the_same("/"));
         assert!(!reads_the_same("/api/items/1/") && !reads_the_same("/a/%2e%2e/b"));
+    }
+
+    /// A path over the limits is read up to its last `/` within both: by length, the last
+    /// `/` before [`MAX_PATH_LEN`]; by segments, the `/` that starts one too many.
+    #[test]
+    fn a_path_over_the_limits_is_read_up_to_a_slash_within_them() {
+        let cut = |path: &str| {
+            let (mut slashes, mut last) = (0, 0);
+            for (i, b) in path.bytes().enumerate() {
+                if i == MAX_PATH_LEN {
+                    return Some(last);
+                }
+                if b == b'/' {
+                    slashes += 1;
+                    if slashes > MAX_SEGMENTS {
+                        return Some(i);
+                    }
+                    last = i;
+                }
+            }
+            None
+        };
+        let paths = [
+            "/a".repeat(MAX_SEGMENTS),
+            "/a".repeat(MAX_SEGMENTS + 1),
+            "/a".repeat(MAX_SEGMENTS + 10),
+            "a/".repeat(MAX_SEGMENTS + 1),
+            format!("/{}", "x".repeat(MAX_PATH_LEN + 5)),
+            "x".repeat(MAX_PATH_LEN + 5),
+            format!("/{}/{}", "y".repeat(100), "x".repeat(MAX_PATH_LEN)),
+            "/abcdefghijklmnopqrstuvwxyz0123456789".repeat(MAX_PATH_LEN / 37 + 1),
+        ];
+        for path in &paths {
+            let (shape, segments) = scan(path);
+            match cut(path) {
+                Some(end) => {
+                    assert_eq!(shape, PathShape::OverLimit, "{}", path.len());
+                    assert_eq!(segments.to_vec(), split(&path[..end]), "{}", path.len());
+                }
+                None => {
+                    assert_ne!(shape, PathShape::OverLimit, "{}", path.len());
+                    assert_eq!(segments.to_vec(), split(path), "{}", path.len());
+                }
+            }
+        }
     }
 
     fn p(s: &str) -> RoutePattern {

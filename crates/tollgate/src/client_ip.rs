@@ -360,7 +360,7 @@ impl ClientIp {
                     text[len] = b'0' + octet % 10;
                     len += 1;
                 }
-                out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
+                out.push_ascii(&text[..len]);
             }
             IpAddr::V6(v6) => {
                 let prefix = self.ipv6_prefix.min(128);

@@ -180,8 +180,8 @@ pub(crate) fn push_store_key(raw: &[u8], secret: bool, out: &mut StoreKey) {
         && raw
             .iter()
             .all(|b| b.is_ascii_graphic() && *b != b'{' && *b != b'}');
-    if let (true, Ok(plain)) = (plain_ok, std::str::from_utf8(raw)) {
-        out.push_str(plain);
+    // (Printable ASCII: `push_ascii` takes it.)
+    if plain_ok && out.push_ascii(raw) {
         return;
     }
     let digest = Sha256::new()
@@ -194,7 +194,7 @@ pub(crate) fn push_store_key(raw: &[u8], secret: bool, out: &mut StoreKey) {
         hex[1 + 2 * i] = HEX[usize::from(byte >> 4)];
         hex[2 + 2 * i] = HEX[usize::from(byte & 0xf)];
     }
-    out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    out.push_ascii(&hex);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
