@@ -731,6 +731,11 @@ impl State {
 
     /// The bucket's answer for verdict `fit`, from what the state counts (`used`) and when
     /// it is fresh again.
+    ///
+    /// A new key refused because the store has no room for it ([`Fit::Full`]) is reported
+    /// with nothing remaining and a reset no sooner than its wait: its own state is fresh,
+    /// but until a held key expires the bucket has nothing to give it, and a client that
+    /// trusted a full `remaining` or a reset of now would retry at once and be refused again.
     fn report_from(
         limit: &Limit,
         fit: Fit,
@@ -740,7 +745,10 @@ impl State {
         expires_at: u64,
     ) -> BucketState {
         let capacity = limit.capacity();
-        let remaining = capacity.saturating_sub(used);
+        let (remaining, reset_after) = match fit {
+            Fit::Full(wait) => (0, expires_at.saturating_sub(now).max(wait.max(1))),
+            _ => (capacity.saturating_sub(used), expires_at.saturating_sub(now)),
+        };
         let (allowed, retry_after, refusal) = match fit {
             Fit::Now => (true, None, None),
             Fit::After(wait) => (
@@ -763,7 +771,7 @@ impl State {
             allowed,
             limit: limit.quota().count(),
             remaining,
-            reset_after: Duration::from_micros(expires_at.saturating_sub(now)),
+            reset_after: Duration::from_micros(reset_after),
             retry_after,
             refusal,
         }

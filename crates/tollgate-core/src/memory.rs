@@ -939,7 +939,10 @@ impl Inner {
             None => match State::fresh(limit, now).fit(limit, cost, now) {
                 Fit::Now => match self.make_room(shard, bucket, now) {
                     Ok(_) => Fit::Now,
-                    Err(wait) => Fit::Full(wait),
+                    Err(wait) => {
+                        self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                        Fit::Full(wait)
+                    }
                 },
                 other => other,
             },
