@@ -22,8 +22,10 @@ pub(crate) enum State {
         entries: Box<VecDeque<(u64, u64)>>,
         total: u64,
     },
-    /// [`Algorithm::TokenBucket`]: the theoretical arrival time.
-    Tat(u64),
+    /// [`Algorithm::TokenBucket`]: the theoretical arrival time, and the emission interval
+    /// it was worked out with ([`State::advance`] converts it when the limit's interval
+    /// changes).
+    Tat { tat: u64, interval: Interval },
     /// [`Algorithm::FixedWindow`]: the window index and what it has used.
     /// `period` is the window length the index counts in.
     Fixed { window: u64, used: u64, period: u64 },
@@ -390,6 +392,83 @@ fn log_total(entries: &VecDeque<(u64, u64)>) -> u64 {
         .fold(0u64, |sum, &(_, cost)| sum.saturating_add(cost))
 }
 
+/// A token bucket's emission interval as its state records it: the interval its
+/// theoretical arrival time (TAT) counts in, so that a state read under a limit whose
+/// sustained rate changed is converted (what it counts, in tokens, carries over) instead of
+/// being read in the new interval. `tat - now` means `(tat - now) / T` tokens only for the `T`
+/// it was worked out with: read with a shorter one it would count many more tokens (a
+/// raised rate would keep a refused client waiting longer), with a longer one fewer (a
+/// lowered rate would admit more than was allowed).
+///
+/// Held in a `u32`, so that the memory store's token-bucket slot stays 32 bytes (the TAT,
+/// the key's hash, its share and when it was seen take 28; this fills the padding). The
+/// code is the interval itself, exactly, below [`Interval::EXACT_BELOW`] µs (71 minutes 18
+/// seconds per token: every sustained rate of one an hour or more). A longer interval (up
+/// to the 400 days a token bucket may take to refill) is kept as a binary floating-point
+/// number in the codes above: a 4-bit exponent and a 20-bit mantissa with its leading one
+/// implied, read back rounded down by less than one part in 2^20. Two such intervals
+/// closer than that share a code, and a state is then read in the new one as it is: a
+/// misreading of under a millionth. Codes are compared, never decoded intervals, so an
+/// unchanged limit never converts anything; a decoded interval is only the divisor of a
+/// conversion, and rounded down it counts a little more, never less, than was spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Interval(u32);
+
+impl Interval {
+    /// Intervals below this many µs are held exactly.
+    pub(crate) const EXACT_BELOW: u64 = 0xFF00_0000;
+
+    /// Bits of a long interval's mantissa, less its leading one.
+    const MANTISSA: u32 = 20;
+
+    /// How far the smallest long interval is shifted: it has 32 bits (as `EXACT_BELOW`
+    /// has), of which the top 21 are kept.
+    const MIN_SHIFT: u32 = 32 - (Self::MANTISSA + 1);
+
+    /// The code of an interval of `micros` µs.
+    pub(crate) const fn of(micros: u64) -> Self {
+        if micros < Self::EXACT_BELOW {
+            return Interval(micros as u32);
+        }
+        // 32 bits or more: the top 21 bits, and how far they were shifted.
+        let shift = (64 - micros.leading_zeros()) - (Self::MANTISSA + 1);
+        let exponent = shift - Self::MIN_SHIFT;
+        if exponent > 15 {
+            // Past 2^47 µs (4.5 years): no limit has such an interval.
+            return Interval(u32::MAX);
+        }
+        let mantissa = (micros >> shift) as u32 - (1 << Self::MANTISSA);
+        Interval(Self::EXACT_BELOW as u32 + (exponent << Self::MANTISSA) + mantissa)
+    }
+
+    /// The interval in µs: exact below [`Interval::EXACT_BELOW`], rounded down above.
+    pub(crate) const fn micros(self) -> u64 {
+        let Some(long) = self.0.checked_sub(Self::EXACT_BELOW as u32) else {
+            return self.0 as u64;
+        };
+        let exponent = long >> Self::MANTISSA;
+        let mantissa = (long & ((1 << Self::MANTISSA) - 1)) as u64 | (1 << Self::MANTISSA);
+        mantissa << (exponent + Self::MIN_SHIFT)
+    }
+
+    /// The code of `limit`'s emission interval.
+    #[inline]
+    pub(crate) const fn of_limit(limit: &Limit) -> Self {
+        Self::of(limit.emission_interval())
+    }
+}
+
+/// A TAT worked out with an emission interval of `from` µs, in one of `to` µs at `now`: the
+/// tokens counted (`(tat - now) / from`) carry over, rounded up to a microsecond; in u128,
+/// saturating at `u64::MAX`. A TAT not ahead of `now` counts nothing and stays.
+pub(crate) fn rescale_tat(tat: u64, now: u64, from: u64, to: u64) -> u64 {
+    let Some(ahead) = tat.checked_sub(now).filter(|&a| a > 0) else {
+        return tat;
+    };
+    let ahead = (u128::from(ahead) * u128::from(to)).div_ceil(u128::from(from.max(1)));
+    now.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
+}
+
 /// Whether a cost fits now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fit {
@@ -417,7 +496,10 @@ impl State {
                 entries: Box::default(),
                 total: 0,
             },
-            Algorithm::TokenBucket { .. } => State::Tat(0),
+            Algorithm::TokenBucket { .. } => State::Tat {
+                tat: 0,
+                interval: Interval::of_limit(limit),
+            },
             Algorithm::FixedWindow => State::Fixed {
                 window: now / limit.quota().period_micros(),
                 used: 0,
@@ -450,7 +532,7 @@ impl State {
                 entries.push_back((last, used));
                 *total = used;
             }
-            State::Tat(tat) => {
+            State::Tat { tat, .. } => {
                 let ahead = fresh_in.min(used.saturating_mul(limit.emission_interval()));
                 *tat = now.saturating_add(ahead);
             }
@@ -460,7 +542,8 @@ impl State {
     }
 
     /// Whether this state belongs to `limit`'s algorithm (a limit changed at runtime starts
-    /// its keys afresh).
+    /// its keys afresh, except a token bucket's: [`State::advance`] converts it to the
+    /// limit's emission interval).
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
         match (self, limit.algorithm()) {
             (State::Segments(ring), Algorithm::SlidingWindow { segments }) => {
@@ -470,12 +553,15 @@ impl State {
                 *period == limit.quota().period_micros()
             }
             (State::Log { .. }, Algorithm::SlidingLog)
-            | (State::Tat(_), Algorithm::TokenBucket { .. }) => true,
+            | (State::Tat { .. }, Algorithm::TokenBucket { .. }) => true,
             _ => false,
         }
     }
 
-    /// Brings the state up to `now`: drops what has aged out of the window.
+    /// Brings the state up to `now`: drops what has aged out of the window. A token bucket's
+    /// TAT worked out with another emission interval (the limit's sustained rate changed)
+    /// is converted to the limit's: what it counts, in tokens, carries over
+    /// ([`rescale_tat`]).
     pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
         match self {
             State::Segments(ring) => {
@@ -507,7 +593,13 @@ impl State {
                     *total = log_total(entries);
                 }
             }
-            State::Tat(_) => {}
+            State::Tat { tat, interval } => {
+                let current = Interval::of_limit(limit);
+                if *interval != current {
+                    *tat = rescale_tat(*tat, now, interval.micros(), limit.emission_interval());
+                    *interval = current;
+                }
+            }
             State::Fixed { window, used, .. } => {
                 let current = now / limit.quota().period_micros();
                 if current > *window {
@@ -524,7 +616,7 @@ impl State {
         match self {
             State::Segments(ring) => ring.used_and_expiry(limit.quota().period_micros(), now).0,
             State::Log { total, .. } => *total,
-            State::Tat(tat) => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
+            State::Tat { tat, .. } => tat.saturating_sub(now).div_ceil(limit.emission_interval()),
             State::Fixed { used, .. } => *used,
         }
     }
@@ -556,7 +648,7 @@ impl State {
                 }
                 leaves_at.saturating_sub(now)
             }
-            State::Tat(tat) => {
+            State::Tat { tat, .. } => {
                 let t = limit.emission_interval();
                 let base = (*tat).max(now);
                 let new_tat = base.saturating_add(cost.saturating_mul(t));
@@ -594,7 +686,7 @@ impl State {
                 }
                 *total = total.saturating_add(cost);
             }
-            State::Tat(tat) => {
+            State::Tat { tat, .. } => {
                 let base = (*tat).max(now);
                 *tat = base.saturating_add(cost.saturating_mul(limit.emission_interval()));
             }
@@ -640,7 +732,7 @@ impl State {
                     *total = log_total(entries);
                 }
             }
-            State::Tat(tat) => {
+            State::Tat { tat, .. } => {
                 let back = cost.saturating_mul(limit.emission_interval());
                 *tat = tat.saturating_sub(back).max(now.min(*tat));
             }
@@ -660,7 +752,7 @@ impl State {
             State::Log { entries, .. } => entries
                 .back()
                 .map_or(0, |&(at, _)| at + limit.quota().period_micros()),
-            State::Tat(tat) => *tat,
+            State::Tat { tat, .. } => *tat,
             State::Fixed { window, used, .. } => {
                 if *used == 0 {
                     0
@@ -731,6 +823,11 @@ impl State {
 
     /// The bucket's answer for verdict `fit`, from what the state counts (`used`) and when
     /// it is fresh again.
+    ///
+    /// A new key refused because the store has no room for it ([`Fit::Full`]) is reported
+    /// with nothing remaining and a reset no sooner than its wait: its own state is fresh,
+    /// but until a held key expires the bucket has nothing to give it, and a client that
+    /// trusted a full `remaining` or a reset of now would retry at once and be refused again.
     fn report_from(
         limit: &Limit,
         fit: Fit,
@@ -740,7 +837,13 @@ impl State {
         expires_at: u64,
     ) -> BucketState {
         let capacity = limit.capacity();
-        let remaining = capacity.saturating_sub(used);
+        let (remaining, reset_after) = match fit {
+            Fit::Full(wait) => (0, expires_at.saturating_sub(now).max(wait.max(1))),
+            _ => (
+                capacity.saturating_sub(used),
+                expires_at.saturating_sub(now),
+            ),
+        };
         let (allowed, retry_after, refusal) = match fit {
             Fit::Now => (true, None, None),
             Fit::After(wait) => (
@@ -763,7 +866,7 @@ impl State {
             allowed,
             limit: limit.quota().count(),
             remaining,
-            reset_after: Duration::from_micros(expires_at.saturating_sub(now)),
+            reset_after: Duration::from_micros(reset_after),
             retry_after,
             refusal,
         }
@@ -865,6 +968,67 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An emission interval is held exactly below 71 minutes 18 seconds, and past that
+    /// (up to the longest a token bucket has) rounded down by less than a millionth; an
+    /// hour and a day, half a day and a day, are told apart.
+    #[test]
+    fn an_interval_is_exact_below_71_minutes_and_within_a_millionth_above() {
+        let exact = Interval::EXACT_BELOW;
+        for t in [1, 600_000, 12_000_000, 3_600_000_000, exact - 1, exact] {
+            assert_eq!(Interval::of(t).micros(), t);
+        }
+        let longest = crate::quota::MAX_PERIOD.as_micros() as u64;
+        let mut t = exact;
+        while t <= longest {
+            let back = Interval::of(t).micros();
+            assert!(back <= t && t - back <= t >> 20, "{t}: {back}");
+            assert_eq!(Interval::of(back), Interval::of(t), "{t}");
+            t = t + t / 7 + 12_345;
+        }
+        // 45 bits: the top 21 kept.
+        assert_eq!(Interval::of(longest).micros(), longest & !((1 << 24) - 1));
+        let codes = [
+            exact - 1,
+            exact,
+            3_600_000_000,
+            43_200_000_000,
+            86_400_000_000,
+        ];
+        for (i, a) in codes.iter().enumerate() {
+            for b in &codes[i + 1..] {
+                assert_ne!(Interval::of(*a), Interval::of(*b), "{a} {b}");
+            }
+        }
+    }
+
+    /// Converting a TAT carries its tokens over, rounded up to a microsecond, exactly
+    /// however large the product (u128), saturating at `u64::MAX`.
+    #[test]
+    fn a_converted_tat_keeps_its_tokens() {
+        // 22 s ahead in tokens of 12 s: 1.83 tokens, 1.833334 s in tokens of 1 s.
+        assert_eq!(
+            rescale_tat(MIN + 22_000_000, MIN, 12_000_000, 1_000_000),
+            MIN + 1_833_334
+        );
+        assert_eq!(
+            rescale_tat(MIN + 2_000_000, MIN, 1_000_000, 12_000_000),
+            MIN + 24_000_000
+        );
+        // Nothing ahead: nothing counted, nothing to convert.
+        assert_eq!(rescale_tat(MIN - 5, MIN, 1, 1_000), MIN - 5);
+        assert_eq!(rescale_tat(MIN, MIN, 1, 1_000), MIN);
+        assert_eq!(rescale_tat(u64::MAX / 2, 0, 1 << 40, 1 << 41), u64::MAX - 1);
+        assert_eq!(rescale_tat(u64::MAX - 1, 0, 1, 2), u64::MAX);
+        // A state read under another emission interval is converted by `advance`, once.
+        let slow = Limit::token_bucket(Quota::per_minute(5), 2).unwrap();
+        let fast = Limit::token_bucket(Quota::per_minute(60), 2).unwrap();
+        let mut s = State::fresh(&slow, MIN);
+        charge(&mut s, &slow, 2, MIN);
+        s.advance(&fast, MIN + 2_000_000);
+        s.advance(&fast, MIN + 2_000_000);
+        assert_eq!(s.expires_at(&fast), MIN + 2_000_000 + 1_833_334);
     }
 
     #[test]

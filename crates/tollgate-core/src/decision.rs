@@ -20,7 +20,9 @@ pub enum Refusal {
     },
     /// A new key of this bucket could not be stored: the bucket's share of a bounded store
     /// is full of keys at their limit ([`WhenFull::RefuseNewKeys`](crate::WhenFull)).
-    /// [`BucketState::retry_after`] says when the first of them expires.
+    /// [`BucketState::retry_after`] says when the first of them expires; the state says
+    /// nothing remains ([`BucketState::remaining`] 0) until then at least
+    /// ([`BucketState::reset_after`] no sooner than the retry).
     StoreFull,
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`Algorithm::SlidingWindow`] (default) | never more than N in any interval of length W; a refused client is told the true wait, at most W; refuses only when the last W + W/k held more than N − cost | k+1 counters and times |
 //! | [`Algorithm::SlidingLog`] | exactly: admits iff the interval (now−W, now] plus this cost stays within N | one entry per admitted request |
-//! | [`Algorithm::TokenBucket`] | GCRA: a bucket of `burst` tokens refilled at N per W; in any interval of length L at most `burst + L·N/W` | one timestamp |
+//! | [`Algorithm::TokenBucket`] | GCRA: a bucket of `burst` tokens refilled at N per W; in any interval of length L at most `burst + L·N/W` | one timestamp (and the emission interval it counts in) |
 //! | [`Algorithm::FixedWindow`] | at most N per calendar window aligned to the Unix epoch (UTC midnight for days) | a counter and the window |
 //!
 //! ```
@@ -49,7 +49,9 @@ pub enum Algorithm {
     /// (now − W, now] plus this cost stay within N. Memory grows with N per key.
     SlidingLog,
     /// GCRA (a token bucket kept as one timestamp): capacity `burst`, refilled at the
-    /// quota's rate, one token every W/N (rounded up to a microsecond).
+    /// quota's rate, one token every W/N (rounded up to a microsecond). A key's state
+    /// records the interval it counts in: when the sustained rate changes (a reload), what
+    /// was counted carries over in tokens, and refills at the new rate from then on.
     TokenBucket {
         /// The bucket's capacity: how much may be spent at once.
         burst: u64,

@@ -36,7 +36,7 @@
 //!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them).
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
-//!   (one timestamp), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
+//!   (one timestamp and the emission interval it counts in), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
 //!   window of up to 10 segments whose segments are shorter than 71 minutes, and 40 plus an
 //!   allocation for anything else (an exact log: 16 bytes per distinct admission time).
 //!   Tables grow by doubling, so a table is between 44% and 88% full.
@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
-use crate::algorithm::{Fit, Ring, State};
+use crate::algorithm::{Fit, Interval, Ring, State};
 use crate::clock::{Clock, FastClock, Timestamp};
 use crate::decision::{BucketState, Decision};
 use crate::limit::{Algorithm, Limit};
@@ -106,27 +106,37 @@ trait Kept: Sized {
     fn expires_at(&self) -> u64;
 }
 
-/// A token bucket: its theoretical arrival time, which is also when it is fresh again.
-#[derive(Debug)]
-struct Tat(u64);
+/// A token bucket: its theoretical arrival time, which is also when it is fresh again, and
+/// the emission interval it counts in (its [`Interval`] code, a `u32`). Packed to 4-byte
+/// alignment (12 bytes, not 16), so that with the slot's `part` it fills what would
+/// otherwise be padding and the slot stays 32 bytes.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
+struct Tat {
+    tat: u64,
+    interval: Interval,
+}
 
 impl Kept for Tat {
     type Align = ();
 
     fn keep(state: State, _: u64) -> Result<Self, State> {
         match state {
-            State::Tat(t) => Ok(Tat(t)),
+            State::Tat { tat, interval } => Ok(Tat { tat, interval }),
             other => Err(other),
         }
     }
 
     #[inline]
     fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
-        let mut state = State::Tat(self.0);
+        let mut state = State::Tat {
+            tat: self.tat,
+            interval: self.interval,
+        };
         let (r, _) = f(&mut state);
         match state {
-            State::Tat(t) => {
-                self.0 = t;
+            State::Tat { tat, interval } => {
+                *self = Tat { tat, interval };
                 (r, None)
             }
             other => (r, Some(other)),
@@ -134,7 +144,7 @@ impl Kept for Tat {
     }
 
     fn expires_at(&self) -> u64 {
-        self.0
+        self.tat
     }
 }
 
@@ -214,7 +224,13 @@ impl Kept for Window {
             State::Segments(ring) if ring.is_narrow() => (r, None),
             // Widened (or of another algorithm): the caller moves it to the boxed table
             // and drops this entry.
-            _ => (r, Some(std::mem::replace(&mut self.0, State::Tat(0)))),
+            _ => {
+                let empty = State::Tat {
+                    tat: 0,
+                    interval: Interval::of(0),
+                };
+                (r, Some(std::mem::replace(&mut self.0, empty)))
+            }
         }
     }
 
@@ -939,7 +955,10 @@ impl Inner {
             None => match State::fresh(limit, now).fit(limit, cost, now) {
                 Fit::Now => match self.make_room(shard, bucket, now) {
                     Ok(_) => Fit::Now,
-                    Err(wait) => Fit::Full(wait),
+                    Err(wait) => {
+                        self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                        Fit::Full(wait)
+                    }
                 },
                 other => other,
             },

@@ -245,6 +245,45 @@ fn a_share_full_of_limited_keys_refuses_new_keys_and_keeps_every_lockout() {
     assert!(charge(&late).allowed);
 }
 
+/// A new key refused for want of room ([`Refusal::StoreFull`]) is reported with nothing
+/// remaining and a reset no sooner than its retry, alone or charged with another bucket:
+/// its own state is fresh, but a client told "5 remaining, reset now" would retry at once
+/// and be refused again. Both refusals are counted.
+#[test]
+fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
+    let clock = ManualClock::new(T0);
+    let store = MemoryStore::builder()
+        .max_entries(64)
+        .shards(1)
+        .clock(clock.clone())
+        .build();
+    let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
+    for i in 0..64 {
+        let junk = Bucket::new("sign-in", &format!("junk-{i}@example.com"), lockout);
+        for _ in 0..5 {
+            assert!(store.charge(std::slice::from_ref(&junk)).allowed);
+        }
+    }
+    clock.advance(Duration::from_secs(1));
+    let new = Bucket::new("sign-in", "new@example.com", lockout);
+    let other = Bucket::new("api", "203.0.113.7", Limit::sliding(Quota::per_minute(10)));
+    for batch in [vec![new.clone()], vec![other, new]] {
+        let d = store.charge(&batch);
+        assert!(!d.allowed);
+        let state = d.buckets.last().expect("a state");
+        assert_eq!(state.refusal, Some(Refusal::StoreFull));
+        assert_eq!(state.remaining, 0, "{state:?}");
+        // The junk keys expire half an hour after they were locked.
+        assert_eq!(state.retry_after, Some(Duration::from_secs(30 * 60 - 1)));
+        assert!(
+            state.reset_after >= Duration::from_secs(30 * 60 - 1),
+            "{state:?}"
+        );
+        assert_eq!(d.most_restrictive_state(), Some(state));
+    }
+    assert_eq!(store.stats().refused_full, 2);
+}
+
 /// A mirrored count is held like one the store counted itself: a key mirrored at its limit
 /// stays refused until the reported reset, and keys mirrored into a share full of limited
 /// keys are not stored (nothing held is evicted for them).

@@ -244,6 +244,96 @@ fn a_limit_changed_at_runtime_starts_its_key_afresh() {
     }
 }
 
+/// A token bucket of burst 2 whose sustained rate a reload raises from 5/min (a token
+/// every 12 s) to 60/min (every second) frees a limited client within the new interval:
+/// what was counted carries over in tokens (22 s ahead is 1.83 tokens of 12 s, so 1.83 s
+/// of 1 s), not read as 22 tokens of the new second. A refusal keeps the conversion, so
+/// the wait it tells is the true one.
+#[test]
+fn a_token_bucket_whose_sustained_rate_rises_frees_a_limited_client_within_the_new_interval() {
+    let (store, clock) = manual_store();
+    let slow = Limit::token_bucket(Quota::per_minute(5), 2).expect("valid burst");
+    let fast = Limit::token_bucket(Quota::per_minute(60), 2).expect("valid burst");
+    assert!(apply(&store, Op::Charge, slow, 1).allowed);
+    assert!(apply(&store, Op::Charge, slow, 1).allowed);
+    let refused = apply(&store, Op::Charge, slow, 1);
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(12)));
+
+    // Two seconds later the sustained rate is raised: 22 s ahead of 12 s tokens.
+    clock.advance(Duration::from_secs(2));
+    let d = apply(&store, Op::Charge, fast, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.buckets[0].remaining, 0);
+    assert_eq!(d.buckets[0].reset_after, Duration::from_micros(1_833_334));
+    assert_eq!(d.retry_after(), Some(Duration::from_micros(833_334)));
+    clock.advance(Duration::from_micros(833_333));
+    assert_eq!(
+        apply(&store, Op::Charge, fast, 1).retry_after(),
+        Some(Duration::from_micros(1))
+    );
+    clock.advance(Duration::from_micros(1));
+    let d = apply(&store, Op::Charge, fast, 1);
+    assert!(d.allowed);
+    assert_eq!(d.buckets[0].reset_after, Duration::from_secs(2));
+}
+
+/// The mirror image: lowering the sustained rate from 60/min to 5/min keeps what was
+/// counted, in tokens: a client that spent its burst of 2 a moment ago has 2 tokens to
+/// win back at one per 12 s, and is not admitted before the first is back (before, the 2 s
+/// ahead were read as a sixth of a new token, and it was admitted at once).
+#[test]
+fn a_token_bucket_whose_sustained_rate_falls_admits_no_sooner_than_its_count_allows() {
+    let (store, clock) = manual_store();
+    let fast = Limit::token_bucket(Quota::per_minute(60), 2).expect("valid burst");
+    let slow = Limit::token_bucket(Quota::per_minute(5), 2).expect("valid burst");
+    assert!(apply(&store, Op::Charge, fast, 2).allowed);
+    let peek = apply(&store, Op::Peek, slow, 1);
+    assert_eq!(peek.buckets[0].remaining, 0);
+    assert_eq!(peek.buckets[0].reset_after, Duration::from_secs(24));
+    let d = apply(&store, Op::Charge, slow, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after(), Some(Duration::from_secs(12)));
+    clock.advance(Duration::from_secs(12) - Duration::from_micros(1));
+    assert_eq!(
+        apply(&store, Op::Charge, slow, 1).retry_after(),
+        Some(Duration::from_micros(1))
+    );
+    clock.advance(Duration::from_micros(1));
+    assert!(apply(&store, Op::Charge, slow, 1).allowed);
+    assert_eq!(
+        apply(&store, Op::Charge, slow, 1).retry_after(),
+        Some(Duration::from_secs(12))
+    );
+}
+
+/// An interval past the 71 minutes held exactly (1 a day, and 2 a day) is told apart too;
+/// its count carries over with an error below a millionth, never in the client's favour.
+#[test]
+fn a_token_bucket_of_long_intervals_converts_its_count_too() {
+    let (store, clock) = manual_store();
+    let daily = Limit::token_bucket(Quota::per_day(1), 3).expect("valid burst");
+    let twice = Limit::token_bucket(Quota::per_day(2), 3).expect("valid burst");
+    let hourly = Limit::token_bucket(Quota::per_hour(1), 3).expect("valid burst");
+    assert!(apply(&store, Op::Charge, daily, 2).allowed);
+    clock.advance(Duration::from_secs(1));
+    // Two days less a second ahead: 1.99999 tokens of a day.
+    let ahead = 2 * 86_400_000_000u64 - 1_000_000;
+    let within = |reset: Duration, exact: f64| {
+        let us = reset.as_micros() as f64;
+        assert!(
+            us >= exact && us <= exact * (1.0 + 2e-6),
+            "{reset:?} for {exact}"
+        );
+    };
+    // As many tokens of half a day, then of an hour (exact).
+    let peek = apply(&store, Op::Peek, twice, 1);
+    assert_eq!(peek.buckets[0].remaining, 1);
+    within(peek.buckets[0].reset_after, ahead as f64 / 2.0);
+    let peek = apply(&store, Op::Peek, hourly, 1);
+    assert_eq!(peek.buckets[0].remaining, 1);
+    within(peek.buckets[0].reset_after, ahead as f64 / 24.0);
+}
+
 #[test]
 fn admitted_decisions_describe_the_bucket_with_least_left() {
     let (store, clock) = manual_store();

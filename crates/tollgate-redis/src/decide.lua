@@ -36,14 +36,19 @@
 --                   in about as long, where struct packs or unpacks three at once in 0.2 us.
 --                   The text tag makes a limit whose window changed start afresh, as the
 --                   memory store does.
---   token bucket    <tat>                the theoretical arrival time
+--   token bucket    <tat>:<T>            the theoretical arrival time, and the emission
+--                                        interval (microseconds) it was worked out with: a
+--                                        TAT read in another interval (the sustained rate
+--                                        changed) is converted, what it counts in tokens
+--                                        carrying over, and written back at once
 --   fixed window    <used>               the count, in the window's own key (its name tells
 --                                        the window), written by fixed.lua too
 --   sliding log     hash: h (oldest index), n (next index), t (total), u (the window its
 --                   expiry was set by), and one field per entry index holding "<at> <cost>"
 -- Every key expires a second after its state is fresh again (see `slack`).
 -- The format written before 0.2 ('S<k>:<s>:<head>:<counts>', 'T<tat>', 'F<p>:<w>:<used>')
--- is still read, on the general path; a sliding window's old counts are taken as admitted at
+-- is still read, on the general path, and so is a token bucket's '<tat>' alone (before its
+-- interval was stored), read in the call's interval as it always was; a sliding window's old counts are taken as admitted at
 -- the end of their segment (or now, if that is later), so they never count for less long
 -- than they used to. A fixed window's count in the bucket's own key ('-<used>', expiring
 -- when its window ends, written before window keys; or 'F...') is carried into the window's
@@ -66,14 +71,22 @@ local LIM = 9007199254740992 -- 2^53: counts and times saturate here (u64::MAX i
 if op == '0' then
   local n, alg = #KEYS, ARGV[2]
   if n == 1 and alg == '3' then
-    -- One token bucket, charged: GCRA.
+    -- One token bucket, charged: GCRA, if its key is absent or holds a TAT worked out with
+    -- this interval. Anything else (another interval, an older format, another algorithm's
+    -- state) takes the general path.
     local key = KEYS[1]
     local v = redis.pcall('GET', key)
     local tat = 0
     if v then
-      tat = tonumber(v)
+      tat = false
+      if type(v) == 'string' then
+        local a, u = string.match(v, '^(%d+):(%d+)$')
+        if u == ARGV[5] then
+          tat = tonumber(a)
+        end
+      end
     end
-    if tat and tat >= 0 then
+    if tat then
       local cap, cost, T = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
       local ahead = tat > now and tat - now or 0
       if cost > cap then
@@ -90,7 +103,7 @@ if op == '0' then
       if wait > 0 then
         return { now, wait, math.max(cap - math.ceil(ahead / T), 0), ahead }
       end
-      redis.call('SET', key, new, 'PXAT', math.ceil(new / 1000) + slack)
+      redis.call('SET', key, string.format('%.0f:', new) .. ARGV[5], 'PXAT', math.ceil(new / 1000) + slack)
       return { now, 0, math.max(cap - math.ceil((new - now) / T), 0), new - now }
     end
   else
@@ -395,14 +408,31 @@ for i = 1, n do
         fit = min(cross + W - now, LIM)
       end
     elseif alg == '3' then
+      -- X: the TAT in this limit's interval; Y: whether it was converted to it.
       local tat = 0
       if present and not other then
-        tat = tonumber(v)
-        if not tat and b1 == 84 then
-          tat = tonumber(sub(v, 2)) -- the format before 0.2: T<tat>
-        end
-        if not tat or tat < 0 then
-          tat, other = 0, true -- (a negative number is a fixed window's count)
+        local a, u = match(v, '^(%d+):(%d+)$')
+        if a then
+          tat, u = tonumber(a), tonumber(u)
+          if u ~= unit then
+            -- Worked out with another emission interval (the sustained rate changed): what
+            -- it counts in tokens carries over (rounded up), as in algorithm.rs; exact while
+            -- (tat - now) * unit stays below 2^53. Written back even if nothing else changes,
+            -- so that it refills at the new rate from now on.
+            if tat > now then
+              tat = min(now + ceil((tat - now) * unit / max(u, 1)), LIM)
+            end
+            Y[i] = true
+          end
+        else
+          -- The formats before: '<tat>', or before 0.2 'T<tat>', read in this interval.
+          tat = tonumber(v)
+          if not tat and b1 == 84 then
+            tat = tonumber(sub(v, 2))
+          end
+          if not tat or tat < 0 then
+            tat, other = 0, true -- (a negative number is a fixed window's count)
+          end
         end
       end
       X[i] = tat
@@ -551,8 +581,8 @@ for i = 1, n do
     if tat > now then
       remaining = max(cap - ceil((tat - now) / T), 0)
       reset = tat - now
-      if change then
-        redis.call('SET', key, tat, 'PXAT', ceil(tat / 1000) + slack)
+      if change or Y[i] then
+        redis.call('SET', key, fmt('%.0f:', tat) .. ARGV[o + 4], 'PXAT', ceil(tat / 1000) + slack)
       end
     elseif present then
       redis.call('DEL', key)

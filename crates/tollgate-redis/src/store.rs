@@ -14,13 +14,18 @@
 //! so idle keys leave Redis by themselves.
 //!
 //! The values hold only what the scripts' arguments do not: a token bucket its theoretical
-//! arrival time (µs); a fixed window its count, a plain integer; a sliding window a short tag
-//! of its shape (`<segments>:<segment µs>|`) and then, for each segment that still counts,
-//! its index, count and the time of its last admission (19 bytes, binary). Keys written by
-//! earlier versions are read and rewritten in this form on their next change (a fixed
-//! window's count in the bucket's own key, `-<used>`, carries into its window's key when
-//! that is first written; during a rolling upgrade, instances of the earlier version keep
-//! counting in the old key, apart, until its window ends). A key holds one state: when a
+//! arrival time and the emission interval it was worked out with (`<tat>:<interval>`, µs:
+//! when the bucket's sustained rate changes, what it counted carries over in tokens and the
+//! key is written back in the new interval at once); a fixed window its count, a plain
+//! integer; a sliding window a short tag of its shape (`<segments>:<segment µs>|`) and
+//! then, for each segment that still counts, its index, count and the time of its last
+//! admission (19 bytes, binary). Keys written by earlier versions are read and rewritten in
+//! this form on their next change (a token bucket's `<tat>` alone is read in the interval
+//! of the call, as it was before; a fixed window's count in the bucket's own key,
+//! `-<used>`, carries into its window's key when that is first written; during a rolling
+//! upgrade, instances of the earlier version keep counting in the old key, apart, until
+//! its window ends, and read a token bucket's `<tat>:<interval>` as another algorithm's
+//! state: such a key starts afresh there, once, and is written back as `<tat>`). A key holds one state: when a
 //! bucket's algorithm changes, its key starts afresh (the memory store keeps each
 //! algorithm's state of a key apart); a fixed window's keys are its own, so its count
 //! outlives a change to another algorithm and back within the window, as in memory. A fixed

@@ -1,7 +1,8 @@
 //! What the scripts store, and keys written by earlier versions (before 0.2: `S<k>:<s>:
 //! <head>:<counts>`, `T<tat>`, `F<period>:<window>:<used>`; before the fixed window had a key
-//! per window: `-<used>` in the bucket's key, expiring when the window ends): they keep
-//! counting where they were, and the next write stores them in the current format.
+//! per window: `-<used>` in the bucket's key, expiring when the window ends; before a token
+//! bucket stored its emission interval: `<tat>`): they keep counting where they were, and
+//! the next write stores them in the current format.
 
 mod common;
 
@@ -129,22 +130,24 @@ async fn an_earlier_token_bucket_and_fixed_window_keep_counting() {
     let mut conn = connect(&server.url()).await;
     let now = server_micros(&mut conn).await;
 
-    // A token bucket of 5, one token a second, 3 s ahead of the clock: 3 used.
-    let tb = Bucket::new(
-        "old",
-        "tat",
-        Limit::token_bucket(Quota::per_minute(60), 5).unwrap(),
-    );
-    let tb_key = store.redis_key(&tb);
+    // A token bucket of 5, one token a second, 3 s ahead of the clock: 3 used. Written
+    // before 0.2 (`T<tat>`), and before the interval was stored (`<tat>`): each is read in
+    // the limit's interval, and written back with it.
+    let limit = Limit::token_bucket(Quota::per_minute(60), 5).unwrap();
     let tat = now + 3_000_000;
-    set(&mut conn, &tb_key, &format!("T{tat}"), tat.div_ceil(1000)).await;
-    let d = store.apply(&Batch::charge(vec![tb.clone()])).await.unwrap();
-    assert!(d.allowed);
-    assert_eq!(d.buckets[0].remaining, 1);
-    assert_eq!(
-        get(&mut conn, &tb_key).await.unwrap(),
-        (tat + 1_000_000).to_string()
-    );
+    for (name, value) in [("tat", format!("T{tat}")), ("plain", tat.to_string())] {
+        let tb = Bucket::new("old", name, limit);
+        let tb_key = store.redis_key(&tb);
+        set(&mut conn, &tb_key, &value, tat.div_ceil(1000)).await;
+        let d = store.apply(&Batch::charge(vec![tb.clone()])).await.unwrap();
+        assert!(d.allowed, "{value}");
+        assert_eq!(d.buckets[0].remaining, 1, "{value}");
+        assert_eq!(
+            get(&mut conn, &tb_key).await.unwrap(),
+            format!("{}:1000000", tat + 1_000_000),
+            "{value}"
+        );
+    }
 
     // A fixed window of 5 a day with 4 used.
     let fw = Bucket::new("old", "fixed", Limit::fixed(Quota::per_day(5)));
@@ -389,4 +392,117 @@ async fn a_fixed_windows_count_outlives_a_change_of_algorithm() {
         .unwrap();
     assert!(d.allowed);
     assert_eq!(d.buckets[0].remaining, 0, "the window's 2 still count");
+}
+
+/// A token bucket stores its TAT with the emission interval it was worked out with,
+/// `<tat>:<interval>` (µs). When the sustained rate changes (a reload), what was counted
+/// carries over in tokens and the key is written back in the new interval at once, a
+/// refusal too: raising 5/min (burst 2) to 60/min frees a limited client within the new
+/// second. Before, the TAT was read as if worked out in seconds: 22 s ahead were 22 tokens,
+/// and the client waited 21 s more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bucket_whose_sustained_rate_rises_frees_a_limited_client_within_the_new_interval()
+{
+    let server = RedisServer::start();
+    let store = store(&server);
+    let mut conn = connect(&server.url()).await;
+    let slow = Limit::token_bucket(Quota::per_minute(5), 2).unwrap();
+    let fast = Limit::token_bucket(Quota::per_minute(60), 2).unwrap();
+    let bucket = |limit| Bucket::new("reload", "client", limit);
+    let key = store.redis_key(&bucket(slow));
+    let d = store
+        .apply(&Batch::charge(vec![bucket(slow).with_cost(2)]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    let tat = d.now.as_micros() + 24_000_000;
+    let stored = get(&mut conn, &key).await.unwrap();
+    assert!(
+        !store
+            .apply(&Batch::charge(vec![bucket(slow)]))
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    // Raised: what is left of 2 tokens of 12 s is as many tokens of 1 s.
+    let d = store
+        .apply(&Batch::charge(vec![bucket(fast)]))
+        .await
+        .unwrap();
+    let now = d.now.as_micros();
+    let converted = now + (tat - now).div_ceil(12);
+    assert!(!d.allowed);
+    let wait = d.buckets[0].retry_after.expect("a wait");
+    assert_eq!(wait, Duration::from_micros(converted - now - 1_000_000));
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    assert_eq!(d.buckets[0].remaining, 0);
+    assert_eq!(
+        d.buckets[0].reset_after,
+        Duration::from_micros(converted - now)
+    );
+    assert_eq!(stored, format!("{tat}:12000000"));
+    assert_eq!(
+        get(&mut conn, &key).await.unwrap(),
+        format!("{converted}:1000000")
+    );
+    // Once that wait is over (real time: the server's clock decides), admitted.
+    tokio::time::sleep(wait).await;
+    let d = store
+        .apply(&Batch::charge(vec![bucket(fast)]))
+        .await
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(
+        get(&mut conn, &key).await.unwrap(),
+        format!("{}:1000000", converted + 1_000_000)
+    );
+}
+
+/// The mirror image: lowering 6/min (burst 2) to 1/min keeps the 2 tokens just spent,
+/// now worth a minute each (a peek converts and writes back too), and the client is not
+/// admitted before one is back. Before, the 20 s ahead were read as a third of a minute's
+/// token, and it was admitted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_bucket_whose_sustained_rate_falls_admits_no_sooner_than_its_count_allows() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let mut conn = connect(&server.url()).await;
+    let fast = Limit::token_bucket(Quota::per_minute(6), 2).unwrap();
+    let slow = Limit::token_bucket(Quota::per_minute(1), 2).unwrap();
+    let bucket = |limit| Bucket::new("reload", "client", limit);
+    let key = store.redis_key(&bucket(fast));
+    let d = store
+        .apply(&Batch::charge(vec![bucket(fast).with_cost(2)]))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    let tat = d.now.as_micros() + 20_000_000;
+
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![bucket(slow)]))
+        .await
+        .unwrap();
+    let at = peek.now.as_micros();
+    let converted = at + 6 * (tat - at);
+    assert_eq!(peek.buckets[0].remaining, 0);
+    assert_eq!(
+        peek.buckets[0].reset_after,
+        Duration::from_micros(converted - at)
+    );
+    assert_eq!(
+        get(&mut conn, &key).await.unwrap(),
+        format!("{converted}:60000000")
+    );
+    let d = store
+        .apply(&Batch::charge(vec![bucket(slow)]))
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    assert_eq!(
+        d.buckets[0].retry_after,
+        Some(Duration::from_micros(
+            converted - 60_000_000 - d.now.as_micros()
+        ))
+    );
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use common::{clock_and_store, header, serve, Server, T0};
-use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, ManualClock, Policy, Rate, ResetFormat};
+use tollgate::{
+    ErrorBody, HeaderStyle, Key, Limiter, ManualClock, MemoryStore, Policy, Rate, ResetFormat,
+};
 
 async fn ok() -> &'static str {
     "ok"
@@ -212,5 +214,67 @@ async fn seed_004_token_bucket_refusal() {
     assert_eq!(
         r.text().await.unwrap(),
         "{\n  \"error\": \"rate_limit_exceeded\",\n  \"message\": \"You have exceeded the rate limit for GET /v1/invoices.\",\n  \"limit\": 100,\n  \"remaining\": 0,\n  \"reset_at\": 1717200012\n}"
+    );
+}
+
+/// A new client refused because its bucket's share of the memory store is full of limited
+/// clients (`Refusal::StoreFull`) is told that nothing remains until its retry: not "5
+/// remaining, reset now" beside a `Retry-After` of half an hour (a client trusting
+/// `Remaining` or `Reset` retried at once, and was refused again).
+#[tokio::test]
+async fn a_refusal_for_a_full_store_says_nothing_remains_until_the_retry() {
+    let clock = ManualClock::new(Duration::from_secs(T0));
+    let store = MemoryStore::builder()
+        .max_entries(64)
+        .shards(1)
+        .clock(clock.clone())
+        .build();
+    let limiter = Limiter::builder()
+        .store(store)
+        .error_body(ErrorBody::message())
+        .route(
+            "/api/*",
+            Policy::named("keys").limit(Key::api_key("x-api-key"), "5/30min"),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let call = |key: String| server.get("/api/items").header("x-api-key", key).send();
+    // 64 keys, each at its limit: the share is full of limited keys.
+    for i in 0..64 {
+        for _ in 0..5 {
+            assert_eq!(call(format!("junk-{i}")).await.unwrap().status(), 200);
+        }
+    }
+    clock.advance(Duration::from_secs(1));
+    let r = call("new".into()).await.unwrap();
+    assert_eq!(r.status(), 429);
+    // The first junk key leaves its window at T0 + 30 min: 1,799 s from now.
+    assert_eq!(
+        headers(
+            &r,
+            &[
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "ratelimit",
+                "retry-after"
+            ]
+        ),
+        [
+            "5",
+            "0",
+            &(T0 + 1_800).to_string(),
+            r#""keys-api_key";r=0;t=1799"#,
+            "1799"
+        ]
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (&body["remaining"], &body["reset_at"]),
+        (&serde_json::json!(0), &serde_json::json!(T0 + 1_800))
     );
 }

@@ -11,7 +11,7 @@ use common::{clock_and_store, request, Body};
 use http::{Request, Response, StatusCode};
 use tollgate::config::{Config, ConfigError};
 use tollgate::{
-    BuildError, CheckError, Limiter, LimiterBuilder, MemoryStore, Policy, RateLimitLayer,
+    BuildError, CheckError, Limiter, LimiterBuilder, MemoryStore, Policy, Rate, RateLimitLayer,
 };
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -86,6 +86,49 @@ async fn a_changed_limit_applies_to_the_next_request_and_keeps_what_was_counted(
         "6/min",
         "describe shows the rules in force"
     );
+}
+
+/// The status and `Retry-After` of a GET of `path` through `layer`.
+async fn get_retry(layer: &RateLimitLayer, path: &str) -> (u16, String) {
+    let svc = layer.layer(service_fn(common::echo));
+    let response = svc.oneshot(request(path, Some(PEER), None)).await.unwrap();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (response.status().as_u16(), retry)
+}
+
+/// Seed 004's report: a token bucket of burst 2 whose sustained rate a reload raises from
+/// 5/min to 60/min frees a limited client within the new interval (a second), as raising a
+/// quota should; what it had counted carries over in tokens. Before, the client was told
+/// to retry in 21 s, and refused again 2 s later.
+#[tokio::test]
+async fn raising_a_token_buckets_sustained_rate_frees_a_limited_client_within_the_new_interval() {
+    let (clock, store) = clock_and_store();
+    let bucket = |sustained| {
+        Limiter::builder().route(
+            "/a/*",
+            Policy::named("a").per_ip(Rate::token_bucket(sustained, 2)),
+        )
+    };
+    let limiter = bucket("5/min")
+        .store(store)
+        .read_env(false)
+        .build()
+        .unwrap();
+    let layer = limiter.layer();
+    assert_eq!(get_retry(&layer, "/a/x").await.0, 200);
+    assert_eq!(get_retry(&layer, "/a/x").await.0, 200);
+    assert_eq!(get_retry(&layer, "/a/x").await, (429, "12".into()));
+
+    clock.advance(std::time::Duration::from_secs(2));
+    limiter.reload(bucket("60/min")).unwrap();
+    let (status, retry) = get_retry(&layer, "/a/x").await;
+    assert_eq!((status, retry.as_str()), (429, "1"));
+    clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(get_retry(&layer, "/a/x").await.0, 200);
 }
 
 #[tokio::test]
