@@ -469,6 +469,17 @@ pub(crate) fn rescale_tat(tat: u64, now: u64, from: u64, to: u64) -> u64 {
     now.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
 }
 
+/// One GCRA step of a token bucket whose theoretical arrival time is `tat`: the TAT once
+/// `cost` is counted, and how long until it fits (0: now). What [`State::fit`],
+/// [`State::add`] and [`State::charge`] work out for a token bucket.
+#[inline]
+fn gcra(tat: u64, limit: &Limit, cost: u64, now: u64) -> (u64, u64) {
+    let t = limit.emission_interval();
+    let new_tat = tat.max(now).saturating_add(cost.saturating_mul(t));
+    let tolerance = limit.capacity().saturating_mul(t);
+    (new_tat, (new_tat - now).saturating_sub(tolerance))
+}
+
 /// Whether a cost fits now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fit {
@@ -648,13 +659,7 @@ impl State {
                 }
                 leaves_at.saturating_sub(now)
             }
-            State::Tat { tat, .. } => {
-                let t = limit.emission_interval();
-                let base = (*tat).max(now);
-                let new_tat = base.saturating_add(cost.saturating_mul(t));
-                let tolerance = capacity.saturating_mul(t);
-                (new_tat - now).saturating_sub(tolerance)
-            }
+            State::Tat { tat, .. } => gcra(*tat, limit, cost, now).1,
             State::Fixed { window, used, .. } => {
                 if used.saturating_add(cost) <= capacity {
                     return Fit::Now;
@@ -686,10 +691,7 @@ impl State {
                 }
                 *total = total.saturating_add(cost);
             }
-            State::Tat { tat, .. } => {
-                let base = (*tat).max(now);
-                *tat = base.saturating_add(cost.saturating_mul(limit.emission_interval()));
-            }
+            State::Tat { tat, .. } => *tat = gcra(*tat, limit, cost, now).0,
             State::Fixed { used, .. } => *used = used.saturating_add(cost),
         }
     }
@@ -795,6 +797,19 @@ impl State {
     /// once, where a fit and a report would each sum them: after the charge the newest
     /// segment holds `cost` more, and is the newest counted one.
     pub(crate) fn charge(&mut self, limit: &Limit, cost: u64, now: u64) -> (Fit, BucketState, u64) {
+        if let (State::Tat { tat, .. }, false) = (&mut *self, cost > limit.capacity()) {
+            // One GCRA step: the new TAT, and the wait if it does not fit.
+            let (new_tat, wait) = gcra(*tat, limit, cost, now);
+            let fit = if wait == 0 {
+                *tat = new_tat;
+                Fit::Now
+            } else {
+                Fit::After(wait)
+            };
+            let used = tat.saturating_sub(now).div_ceil(limit.emission_interval());
+            let report = Self::report_from(limit, fit, cost, now, used, *tat);
+            return (fit, report, *tat);
+        }
         let State::Segments(ring) = self else {
             let fit = self.fit(limit, cost, now);
             if fit == Fit::Now {

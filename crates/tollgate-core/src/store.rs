@@ -422,10 +422,11 @@ pub fn validate_buckets(op: Op, buckets: &[Bucket]) -> Result<(), StoreError> {
     }
     // The same key twice would be checked twice against one state and could admit over
     // its limit; a request names each bucket once.
-    let duplicate = buckets
-        .iter()
-        .enumerate()
-        .any(|(i, b)| buckets[..i].iter().any(|a| a.key == b.key));
+    let duplicate = buckets.len() > 1
+        && buckets
+            .iter()
+            .enumerate()
+            .any(|(i, b)| buckets[..i].iter().any(|a| a.key == b.key));
     if duplicate {
         return Err(StoreError::InvalidBatch("a batch names the same key twice"));
     }
