@@ -183,6 +183,18 @@ async fn redis_unreachable_from_the_start_admits_without_headers() {
     let app = Example::start("seed_002", &[("REDIS_URL", &url)]);
     // Twice the quota of /v1/analytics (30).
     assert_fails_open(&app, "key_alpha", 60).await;
+    // The failed-authentication guard does not fail open: it counts in memory meanwhile,
+    // so guessing keys is throttled through the outage (20 a minute per IP).
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for n in 0..22 {
+            let r = call(&app, &format!("guess-{n}"), "GET", "/v1/analytics").await;
+            out.push(r.status().as_u16());
+        }
+        out
+    };
+    assert_eq!(statuses[..20], [401; 20]);
+    assert_eq!(statuses[20..], [429, 429]);
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@
 //! (comma-separated CIDRs whose `X-Forwarded-For` is believed), `REDIS_URL` / `KV_URL`
 //! (Redis, falling back to memory while it is down), `RATE_LIMIT_ENABLED=false` (limits
 //! off), `ADMIN_TOKEN` (mounts the operators' router under `/admin/rate-limits`, see
-//! `admin.rs`), `MEMORY_MAX_ENTRIES` (keys per bucket the in-memory store holds, default
-//! 100,000; a smaller share lets a test fill it), `RUST_LOG`.
+//! `admin.rs`), `MEMORY_MAX_ENTRIES` (keys per bucket the in-memory store holds, Redis's
+//! fallback store too, default 100,000; a smaller share lets a test fill it), `RUST_LOG`.
 //!
 //! ```text
 //! curl -i localhost:3000/api/projects                              # 500/min per IP
@@ -77,11 +77,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             upkeep.run_upkeep();
         }
     });
-    let store = match (tollgate::store_from_env()?, memory_max_entries_from_env()?) {
-        (tollgate::redis::EnvStore::Memory(_), Some(n)) => tollgate::redis::EnvStore::Memory(
-            tollgate::MemoryStore::builder().max_entries(n).build(),
-        ),
-        (store, _) => store,
+    // `MEMORY_MAX_ENTRIES` sizes the memory store: the store itself, or Redis's fallback.
+    let store = match memory_max_entries_from_env()? {
+        None => tollgate::store_from_env()?,
+        Some(n) => {
+            let memory = tollgate::MemoryStore::builder().max_entries(n).build();
+            match tollgate::redis::redis_url_from_env() {
+                None => tollgate::redis::EnvStore::Memory(memory),
+                Some(url) => {
+                    use tollgate::redis::{FallbackConfig, FallbackStore, RedisStore};
+                    let config =
+                        tollgate::redis::fallback_config_from_env(FallbackConfig::default())?;
+                    let redis = RedisStore::builder().url(url).build()?;
+                    tollgate::redis::EnvStore::Redis(FallbackStore::with_memory(
+                        redis, memory, config,
+                    ))
+                }
+            }
+        }
     };
     let limiter = limits::limiter(store, client_ip.clone(), session::staff_user_of)?;
     let state = AppState {

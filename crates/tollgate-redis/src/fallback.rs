@@ -38,7 +38,10 @@
 //!   seconds of returning, checking resumes at the wait it had reached (doubled).
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
-//!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches still try it.
+//!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
+//!   the call timeout) for the check under way and are decided on the primary once it
+//!   passed, never before: the primary may have restarted empty, and is used again only
+//!   after what it forgot was written back.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
 //!   [`FailureMode`]: [`FailureMode::Fallback`] (the default) decides from the in-memory
 //!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
@@ -326,6 +329,8 @@ struct Shared<P> {
     reason: Mutex<String>,
     /// When the store last returned to the primary, and the check wait that preceded it.
     closed: Mutex<Option<(Instant, Duration)>>,
+    /// Woken when the store returns to the primary.
+    entered: tokio::sync::Notify,
 }
 
 /// A [`Store`] that decides on `P` (usually [`RedisStore`]) and falls back to a
@@ -435,6 +440,7 @@ impl<P: Primary> FallbackStore<P> {
                 incarnation: Mutex::new(None),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
+                entered: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -649,6 +655,21 @@ impl<P: Primary> Shared<P> {
         self.leave(&reason);
     }
 
+    /// Waits, up to the call timeout, for the store to return to the primary (a check
+    /// passing); whether it did.
+    async fn wait_for_primary(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        loop {
+            let entered = self.entered.notified();
+            if self.on_primary() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, entered).await.is_err() {
+                return self.on_primary();
+            }
+        }
+    }
+
     /// Leaves the primary (if on it) and starts checking it.
     fn leave(self: &Arc<Self>, reason: &str) {
         let left = self
@@ -681,6 +702,7 @@ impl<P: Primary> Shared<P> {
         *lock(&self.closed) = Some((Instant::now(), delay));
         self.failures.store(0, Ordering::Release);
         self.state.fetch_or(ON_PRIMARY, Ordering::AcqRel);
+        self.entered.notify_waiters();
         if self.tripped.swap(false, Ordering::AcqRel) {
             tracing::info!(
                 target: "tollgate::store",
@@ -717,7 +739,14 @@ impl<P: Primary> Shared<P> {
                 .iter()
                 .map(|b| self.scaled(b).into_owned())
                 .collect();
-            self.memory.apply_now(batch.op, &scaled)
+            let mut decision = self.memory.apply_now(batch.op, &scaled);
+            // The bucket's limit is what the primary says and the policy publishes
+            // (`RateLimit-Policy`, the docs): what this instance counts on its share shows in
+            // what remains, not as another limit.
+            for (state, bucket) in decision.buckets.iter_mut().zip(&batch.buckets) {
+                state.limit = bucket.limit.quota().count();
+            }
+            decision
         };
         let now = decision.now.as_micros();
         for bucket in &batch.buckets {
@@ -819,17 +848,18 @@ impl<P: Primary> Store for FallbackStore<P> {
                     let reason = lock(&shared.reason).clone();
                     return Err(StoreError::Unavailable(format!("circuit open: {reason}")));
                 }
-                // Not an outage yet: a batch that cannot use memory tries the primary
-                // (its answer is not mirrored: the primary has not been checked).
-                return match shared.call(batch).await {
-                    Ok((decision, _)) => Ok(decision),
-                    Err(e @ StoreError::InvalidBatch(_)) => Err(e),
-                    Err(e) => {
-                        shared.failed(&e);
-                        Err(e)
-                    }
-                };
+                // Not an outage yet: a batch that cannot use memory waits (up to the call
+                // timeout) for the check under way, and is decided on the primary only once
+                // it passed. Until then the primary may have restarted empty, its counts not
+                // yet written back: deciding there would admit what it has forgotten.
+                if !shared.wait_for_primary().await {
+                    let reason = lock(&shared.reason).clone();
+                    return Err(StoreError::Unavailable(format!(
+                        "the primary is being checked: {reason}"
+                    )));
+                }
             }
+            let state = shared.state.load(Ordering::Acquire);
             match shared.call(batch).await {
                 Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
@@ -905,6 +935,35 @@ mod tests {
                 assert_eq!(left == 0, remaining == 0, "{n}, {remaining}");
             }
         }
+    }
+
+    /// On memory with a divisor, a bucket still reports its own limit (what its policy
+    /// publishes); this instance's share shows in what remains.
+    #[tokio::test(start_paused = true)]
+    async fn a_divided_limit_reports_the_buckets_limit_and_the_share_remaining() {
+        let primary = ProbeOnly {
+            memory: MemoryStore::new(),
+            probes: AtomicU32::new(0),
+        };
+        let config = FallbackConfig::default()
+            .with_failure_threshold(1)
+            .with_fallback_divisor(2);
+        let store = FallbackStore::with_config(primary, config);
+        let batch = Batch::charge(vec![Bucket::new(
+            "chat",
+            "k",
+            Limit::sliding(Quota::per_minute(60)),
+        )]);
+        let mut remaining = Vec::new();
+        for _ in 0..31 {
+            let d = store.apply(&batch).await.unwrap();
+            assert_eq!(store.mode(), Mode::Fallback);
+            assert_eq!(d.buckets[0].limit, 60);
+            remaining.push((d.allowed, d.buckets[0].remaining));
+        }
+        assert_eq!(remaining[0], (true, 29));
+        assert_eq!(remaining[29], (true, 0));
+        assert_eq!(remaining[30], (false, 0));
     }
 
     #[tokio::test(start_paused = true)]

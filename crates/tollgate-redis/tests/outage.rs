@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::wait_for_mode;
-use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
+use tollgate_core::{
+    Batch, Bucket, FailureMode, Limit, ManualClock, MemoryStore, Op, Quota, Store,
+};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
 
@@ -438,4 +440,43 @@ async fn a_refusal_served_from_the_cache_does_not_roll_the_mirror_back() {
         admitted, 16,
         "memory admits what Redis last said remained on the global bucket"
     );
+}
+
+/// Batches that fail open (or closed) never decide on a primary that has not been checked.
+/// Redis restarts empty while a key is at 3 of 5; the first request finds the connection
+/// broken, then 20 requests at once: they wait for the check under way (which writes the
+/// 3 back) and are decided on Redis after it, or are answered as during an outage (an
+/// error: the caller admits without headers). Redis admits only the remaining 2. Before,
+/// they went straight to the empty Redis, which admitted 5 and said so in the headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_empty_restart_open_batches_are_decided_only_once_the_counts_are_back() {
+    let mut server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", "open", lockout());
+    let open = |key: &Bucket| Batch::charge(vec![key.clone()]).with_failure_mode(FailureMode::Open);
+    for _ in 0..3 {
+        assert!(store.apply(&open(&key)).await.unwrap().allowed);
+    }
+    server.restart();
+    // The first request after the restart finds the old connection broken.
+    let first = store.apply(&open(&key)).await;
+    assert!(first.is_err(), "{first:?}");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (store, batch) = (store.clone(), open(&key));
+        tasks.spawn(async move { store.apply(&batch).await });
+    }
+    let answers = tasks.join_all().await;
+    let admitted = answers
+        .iter()
+        .filter(|a| a.as_ref().is_ok_and(|d| d.allowed))
+        .count();
+    let failed_open = answers.iter().filter(|a| a.is_err()).count();
+    eprintln!(
+        "after the restart: {admitted} admitted by Redis, {failed_open} answered as an outage"
+    );
+    assert!(admitted <= 2, "admitted {admitted} of the remaining 2");
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    // Whatever the wait let through, Redis holds the whole count.
+    assert_eq!(remaining_on_redis(&server, &key).await, 2 - admitted as u64);
 }

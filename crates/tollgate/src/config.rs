@@ -189,6 +189,14 @@ pub enum ConfigError {
         /// The top-level field (`store`, `client_ip`, `headers`, `body`, `enabled`).
         field: String,
     },
+    /// A [`ConfigWatcher`](crate::reload::ConfigWatcher) read the file with no routes, global
+    /// limits or buckets, where the file running had some: taken for a file emptied by
+    /// mistake or read while it was being written. Nothing was reloaded.
+    #[error("{file}: declares no routes, global limits or buckets, where the rules running came with some (a file emptied by mistake, or caught while being written?); nothing was reloaded: restart to run without them")]
+    NoLimits {
+        /// The file.
+        file: String,
+    },
     /// A [`ConfigWatcher`](crate::reload::ConfigWatcher) could not start its thread.
     #[error("{path}: cannot watch: {source}")]
     Watch {
@@ -772,7 +780,7 @@ impl Config {
         Ok(self)
     }
 
-    fn declares_no_limits(&self) -> bool {
+    pub(crate) fn declares_no_limits(&self) -> bool {
         self.routes.is_empty()
             && self.global.is_empty()
             && self.buckets.is_empty()

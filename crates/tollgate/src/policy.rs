@@ -298,10 +298,15 @@ impl Policy {
     /// runs before credentials are checked. (Failures in flight together are each let
     /// through before any is counted: an IP that reaches the limit with many requests at
     /// once has them all answered, and waits longer for it.)
+    ///
+    /// Its store-failure mode is [`FailureMode::Fallback`] whatever the limiter's default (a
+    /// limiter set to fail open would otherwise let guessing run at full speed through an
+    /// outage): on a store with a fallback it keeps counting in memory.
     pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
         Self::named("failed-auth")
             .per_ip(rate)
             .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
+            .on_store_failure(FailureMode::Fallback)
     }
 }
 

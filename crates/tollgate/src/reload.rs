@@ -10,6 +10,12 @@
 //! its bytes changed (an editor's write-and-rename, a touch without a change, a Kubernetes
 //! ConfigMap's symlink swap are all seen for what they are).
 //!
+//! Two guards against a file caught mid-edit: a change is loaded once two polls in a row
+//! read the same bytes (a file written in place is not loaded half-written), and a file
+//! that declares no routes, global limits or buckets, where the one running did, is
+//! refused ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift
+//! every limit at once).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tollgate::config::KeyText;
@@ -31,6 +37,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -108,6 +115,9 @@ impl WatchBuilder {
     /// thread cannot start.
     pub fn start(self) -> Result<ConfigWatcher, ConfigError> {
         let seen = read(&self.path)?;
+        // (A file that does not parse declares nothing the watcher must keep.)
+        let declares_limits = Config::from_path_text(&self.path, &seen)
+            .is_ok_and(|config| !config.declares_no_limits());
         let watch = Arc::new(Watch {
             limiter: self.limiter,
             path: self.path,
@@ -116,7 +126,9 @@ impl WatchBuilder {
             seen: Mutex::new(Seen {
                 content: seen,
                 unreadable: false,
+                changed: None,
             }),
+            declares_limits: AtomicBool::new(declares_limits),
         });
         let (stop, stopped) = mpsc::channel::<()>();
         let every = self.every;
@@ -187,6 +199,7 @@ impl ConfigWatcher {
         *lock(&self.watch.seen) = Seen {
             content: content.clone(),
             unreadable: false,
+            changed: None,
         };
         self.watch.load(&content)
     }
@@ -214,13 +227,19 @@ struct Watch {
     adjust: Option<Adjust>,
     customize: Option<Customize>,
     seen: Mutex<Seen>,
+    /// Whether the file the rules running came from declares routes, global limits or
+    /// buckets: a reload of one that declares none is then refused.
+    declares_limits: AtomicBool,
 }
 
 struct Seen {
-    /// The content last read.
+    /// The content last loaded (or tried).
     content: String,
     /// Whether the last read failed (logged once, until it succeeds again).
     unreadable: bool,
+    /// A new content read once: it is loaded when the next poll reads it again, so that a
+    /// file read while it was being written is not loaded half-written.
+    changed: Option<String>,
 }
 
 impl Watch {
@@ -246,8 +265,15 @@ impl Watch {
             let mut seen = lock(&self.seen);
             seen.unreadable = false;
             if seen.content == content {
+                seen.changed = None;
                 return;
             }
+            if seen.changed.as_ref() != Some(&content) {
+                // Changed since the last poll: load it once it reads the same twice.
+                seen.changed = Some(content);
+                return;
+            }
+            seen.changed = None;
             seen.content = content.clone();
         }
         match self.load(&content) {
@@ -268,15 +294,22 @@ impl Watch {
     /// Reloads the limiter from `content`, the file's text.
     fn load(&self, content: &str) -> Result<(), ConfigError> {
         let mut config = Config::from_path_text(&self.path, content)?;
+        let file = self.path.display().to_string();
+        let declares_limits = !config.declares_no_limits();
+        if !declares_limits && self.declares_limits.load(Ordering::Acquire) {
+            return Err(ConfigError::NoLimits { file });
+        }
         if let Some(adjust) = &self.adjust {
             adjust(&mut config);
         }
-        let file = self.path.display().to_string();
         self.limiter
             .reload_config_with(&config, &file, |rules| match &self.customize {
                 Some(customize) => customize(rules),
                 None => rules,
-            })
+            })?;
+        self.declares_limits
+            .store(declares_limits, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -285,4 +318,57 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = "routes:\n  - { path: /*, name: a, limits: [{ limit: 2/min }] }\n";
+
+    fn limit_of(limiter: &Limiter) -> u64 {
+        limiter.describe()[0].limits[0]
+            .limit
+            .unwrap()
+            .quota()
+            .count()
+    }
+
+    /// A change is loaded when a second poll reads it again (not half-written); a file
+    /// that declares no limits where the running one did is never loaded.
+    #[test]
+    fn a_change_is_loaded_once_it_reads_the_same_twice_and_an_emptied_file_never() {
+        let dir = std::env::temp_dir().join(format!("tollgate-poll-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("limits.yaml");
+        std::fs::write(&path, RULES).unwrap();
+        let limiter = Limiter::from_config(&path).unwrap();
+        let watch = Watch {
+            limiter: limiter.clone(),
+            path: path.clone(),
+            adjust: None,
+            customize: None,
+            seen: Mutex::new(Seen {
+                content: RULES.to_string(),
+                unreadable: false,
+                changed: None,
+            }),
+            declares_limits: AtomicBool::new(true),
+        };
+        // Written in place, read mid-write, then whole.
+        std::fs::write(&path, &RULES[..RULES.len() / 2]).unwrap();
+        watch.poll();
+        std::fs::write(&path, RULES.replace("2/min", "7/min")).unwrap();
+        watch.poll();
+        assert_eq!(limit_of(&limiter), 2, "read once: not loaded yet");
+        watch.poll();
+        assert_eq!(limit_of(&limiter), 7, "read twice the same: loaded");
+        // Emptied: read twice, refused.
+        std::fs::write(&path, "").unwrap();
+        watch.poll();
+        watch.poll();
+        watch.poll();
+        assert_eq!(limit_of(&limiter), 7);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

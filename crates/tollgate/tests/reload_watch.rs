@@ -112,6 +112,22 @@ async fn an_edited_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_rules(
         .iter()
         .any(|e| e.starts_with("INFO tollgate:") && e.contains("configuration reloaded")));
 
+    // Emptied (or truncated to its settings): refused, not taken as "limit nothing".
+    write(&path, "");
+    within_2s("the emptied file refused", || {
+        log.events()
+            .iter()
+            .any(|e| e.starts_with("ERROR tollgate:") && e.contains("declares no routes"))
+    })
+    .await;
+    assert_eq!(burst(&limiter), 9);
+    assert!(matches!(
+        watcher.reload_now(),
+        Err(tollgate::config::ConfigError::NoLimits { .. })
+    ));
+    assert_eq!(burst(&limiter), 9);
+    assert_eq!(statuses(&layer, 1).await, [200]);
+
     // `reload_now` reads the file whether or not it changed, and returns the error.
     write(&path, "routes: [");
     assert!(watcher.reload_now().is_err());

@@ -153,7 +153,14 @@ impl After {
             })
             .collect();
         if touched.is_empty() {
-            return Some(Settle::Now(pending.settled()));
+            let mut settled = pending.settled();
+            if pending.plan.op() == Op::Peek {
+                // A response a guard does not count shows nothing of its budget (an
+                // authenticated answer, or one admitted without headers while the store is
+                // down, is not told how many failures its IP has left).
+                settled.headers = Fields::default();
+            }
+            return Some(Settle::Now(settled));
         }
         let buckets: SmallVec<[Bucket; INLINE]> = touched
             .iter()
