@@ -278,6 +278,14 @@ pub trait Primary: Store {
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    /// Why the primary cannot be reached, when a check only timed out: the error of a
+    /// connection made afresh (a wrong password, a database that does not exist), which a
+    /// connection that retries by itself hides behind the timeout. `None` (the default) if
+    /// the primary cannot tell.
+    fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(std::future::ready(None))
+    }
 }
 
 impl Primary for RedisStore {
@@ -287,6 +295,10 @@ impl Primary for RedisStore {
         batch: &'a Batch,
     ) -> BoxFuture<'a, Result<(Decision, Origin), StoreError>> {
         Box::pin(self.decide(batch))
+    }
+
+    fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(self.connect_error())
     }
 
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
@@ -304,6 +316,10 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
 
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         (**self).incarnation()
+    }
+
+    fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
+        (**self).diagnose()
     }
 }
 
@@ -331,6 +347,8 @@ struct Shared<P> {
     closed: Mutex<Option<(Instant, Duration)>>,
     /// Woken when the store returns to the primary.
     entered: tokio::sync::Notify,
+    /// Whether this departure's timeouts were diagnosed ([`Primary::diagnose`]).
+    diagnosed: AtomicBool,
 }
 
 /// A [`Store`] that decides on `P` (usually [`RedisStore`]) and falls back to a
@@ -441,6 +459,7 @@ impl<P: Primary> FallbackStore<P> {
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
                 entered: tokio::sync::Notify::new(),
+                diagnosed: AtomicBool::new(false),
             }),
         }
     }
@@ -655,6 +674,26 @@ impl<P: Primary> Shared<P> {
         self.leave(&reason);
     }
 
+    /// Once per departure, when a check only timed out: asks why a fresh connection fails
+    /// ([`Primary::diagnose`]); an answer is logged (`warn`) and becomes the reason the
+    /// store gives (a wrong password is not network latency).
+    async fn diagnose(&self) {
+        if self.diagnosed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(why) = self.primary.diagnose().await else {
+            return;
+        };
+        tracing::warn!(
+            target: "tollgate::store",
+            error = %why,
+            "rate-limit store primary does not answer within the timeout; a fresh connection \
+             fails: check its URL, password and database"
+        );
+        let mut reason = lock(&self.reason);
+        *reason = format!("{reason} (a fresh connection fails: {why})");
+    }
+
     /// Waits, up to the call timeout, for the store to return to the primary (a check
     /// passing); whether it did.
     async fn wait_for_primary(&self) -> bool {
@@ -702,6 +741,7 @@ impl<P: Primary> Shared<P> {
         *lock(&self.closed) = Some((Instant::now(), delay));
         self.failures.store(0, Ordering::Release);
         self.state.fetch_or(ON_PRIMARY, Ordering::AcqRel);
+        self.diagnosed.store(false, Ordering::Release);
         self.entered.notify_waiters();
         if self.tripped.swap(false, Ordering::AcqRel) {
             tracing::info!(
@@ -812,6 +852,9 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration) {
                 return;
             }
             Err(e) => {
+                if matches!(e, StoreError::Timeout(_)) {
+                    shared.diagnose().await;
+                }
                 shared.count_failure(&e.to_string());
                 tracing::debug!(
                     target: "tollgate::store",

@@ -216,7 +216,26 @@ impl Connection {
     }
 }
 
+/// How long [`Connection::connect_error`] waits for a connection.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Connection {
+    /// The error of a connection made afresh, outside the multiplexed one (which retries by
+    /// itself, so that a call only times out): a wrong password, a database that does not
+    /// exist. `None` if it connects, does not answer within [`DIAGNOSIS_TIMEOUT`], or is a
+    /// pool or a cluster (which report their own errors).
+    async fn connect_error(&self) -> Option<String> {
+        let Connection::Manager { client, .. } = self else {
+            return None;
+        };
+        match tokio::time::timeout(DIAGNOSIS_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+        {
+            Ok(Err(e)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     /// The server's `run_id` (`INFO server`); `None` on Redis Cluster, whose nodes each
     /// have their own.
     async fn run_id(&self) -> Result<Option<String>, StoreError> {
@@ -715,6 +734,14 @@ impl RedisStore {
     /// The server could not be reached or did not answer `INFO`.
     pub async fn run_id(&self) -> Result<Option<String>, StoreError> {
         self.inner.connection.run_id().await
+    }
+
+    /// Why a connection made afresh fails, if it does: what a call that only timed out
+    /// hides (the multiplexed connection retries by itself), such as a wrong password or a
+    /// database that does not exist. `None` if it connects or does not answer within a
+    /// second.
+    pub async fn connect_error(&self) -> Option<String> {
+        self.inner.connection.connect_error().await
     }
 
     /// Whether this store talks to Redis Cluster.

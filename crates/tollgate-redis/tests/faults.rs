@@ -373,3 +373,37 @@ async fn back_on_redis_within_half_a_second_after_a_restart_and_after_sigcont() 
         assert_deciding_on_redis(&store, &server, fault).await;
     }
 }
+
+/// A wrong password is not network latency: the multiplexed connection retries it by
+/// itself, so every call only times out, but the store asks a fresh connection why and
+/// says so (in its `warn` event and in the reason a failing batch is given), and keeps
+/// deciding from memory meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_reported_as_such_not_as_a_timeout() {
+    let server = RedisServer::start();
+    server.cli(["CONFIG", "SET", "requirepass", "s3cret"]);
+    let url = format!("redis://:wrong@127.0.0.1:{}/", server.port());
+    let store = FallbackStore::connect(RedisStore::open(&url).unwrap(), config()).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    let bucket = Bucket::new("pw", "k", Limit::sliding(Quota::per_minute(5)));
+    let open = Batch::charge(vec![bucket.clone()]).with_failure_mode(FailureMode::Open);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reason = loop {
+        let reason = match store.apply(&open).await {
+            Err(e) => e.to_string(),
+            Ok(d) => panic!("decided on a Redis it cannot authenticate to: {d:?}"),
+        };
+        if reason.contains("fresh connection fails") || Instant::now() > deadline {
+            break reason;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.contains("fresh connection fails") && reason.to_lowercase().contains("pass"),
+        "{reason}"
+    );
+    // Memory decides the batches that may fall back.
+    let fallback = Batch::charge(vec![bucket]);
+    assert!(store.apply(&fallback).await.unwrap().allowed);
+    assert_eq!(store.mode(), Mode::Fallback);
+}
