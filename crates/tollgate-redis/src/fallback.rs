@@ -41,7 +41,8 @@
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
 //!   the call timeout) for the check under way and are decided on the primary once it
 //!   passed, never before: the primary may have restarted empty, and is used again only
-//!   after what it forgot was written back.
+//!   after what it forgot was written back. A wait that ends without it counts as a failed
+//!   call.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
 //!   [`FailureMode`]: [`FailureMode::Fallback`] (the default) decides from the in-memory
 //!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
@@ -896,7 +897,9 @@ impl<P: Primary> Store for FallbackStore<P> {
                 // it passed. Until then the primary may have restarted empty, its counts not
                 // yet written back: deciding there would admit what it has forgotten.
                 if !shared.wait_for_primary().await {
+                    // As long as a failed call: it counts towards the circuit breaker.
                     let reason = lock(&shared.reason).clone();
+                    shared.count_failure(&reason);
                     return Err(StoreError::Unavailable(format!(
                         "the primary is being checked: {reason}"
                     )));
