@@ -245,18 +245,24 @@ fn a_share_full_of_limited_keys_refuses_new_keys_and_keeps_every_lockout() {
     assert!(charge(&late).allowed);
 }
 
-/// A new key refused for want of room ([`Refusal::StoreFull`]) is reported with nothing
-/// remaining and a reset no sooner than its retry, alone or charged with another bucket:
-/// its own state is fresh, but a client told "5 remaining, reset now" would retry at once
-/// and be refused again. Both refusals are counted.
-#[test]
-fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
+/// A store of one shard holding 64 keys per bucket name, on a manual clock at `T0`.
+fn one_shard_of_64() -> (ManualClock, MemoryStore) {
     let clock = ManualClock::new(T0);
     let store = MemoryStore::builder()
         .max_entries(64)
         .shards(1)
         .clock(clock.clone())
         .build();
+    (clock, store)
+}
+
+/// A new key refused for want of room ([`Refusal::StoreFull`]) is reported with nothing
+/// remaining and a reset no sooner than its retry, alone or charged with another bucket:
+/// its own state is fresh, but a client told "5 remaining, reset now" would retry at once
+/// and be refused again. Both refusals are counted.
+#[test]
+fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
+    let (clock, store) = one_shard_of_64();
     let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
     for i in 0..64 {
         let junk = Bucket::new("sign-in", &format!("junk-{i}@example.com"), lockout);
@@ -289,12 +295,7 @@ fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
 /// keys are not stored (nothing held is evicted for them).
 #[test]
 fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
-    let clock = ManualClock::new(T0);
-    let store = MemoryStore::builder()
-        .max_entries(64)
-        .shards(1)
-        .clock(clock.clone())
-        .build();
+    let (clock, store) = one_shard_of_64();
     let lockout = Limit::sliding_exact(Quota::per_minute(5));
     let alice = Bucket::new("login", "alice", lockout);
     assert!(store.mirror(&alice, 5, Duration::from_secs(40)));
