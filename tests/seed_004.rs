@@ -267,3 +267,37 @@ async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
     assert_eq!(anonymous.status(), 401);
     assert!(!header(&anonymous, "x-ratelimit-limit").is_empty());
 }
+
+/// A read-scoped key's writes are refused (403) only after they were counted like any call
+/// of the key, with the headers every gateway response carries: holding a read key is no
+/// way around the limits. `HEAD` is a read.
+#[tokio::test]
+async fn a_read_scoped_keys_writes_are_counted_and_refused() {
+    let app = Example::start("seed_004", &[]);
+    // The page's "Limited Partner": 20/min for the key, across routes.
+    let head = app
+        .request(reqwest::Method::HEAD, "/v1/invoices")
+        .header("x-api-key", "ew_live_limited")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(x_ratelimit(&head, 60.0).1, 19);
+    for n in 1..20u64 {
+        let r = app
+            .post("/v1/invoices")
+            .header("x-api-key", "ew_live_limited")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "write {n}");
+        assert_eq!(x_ratelimit(&r, 60.0), (20, 19 - n, x_ratelimit(&r, 60.0).2));
+    }
+    let refused = app
+        .post("/v1/invoices")
+        .header("x-api-key", "ew_live_limited")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+}

@@ -223,13 +223,28 @@ async fn authenticate(State(gateway): State<Gateway>, request: Request, next: Ne
             .get(API_KEY)
             .and_then(|v| v.to_str().ok())
             .and_then(|k| gateway.key(k));
-        match key {
-            None => return error(StatusCode::UNAUTHORIZED, "invalid_api_key").into_response(),
-            Some(k) if k.scope == Scope::Read && request.method() != Method::GET => {
-                return error(StatusCode::FORBIDDEN, "insufficient_scope").into_response()
-            }
-            Some(_) => {}
+        if key.is_none() {
+            return error(StatusCode::UNAUTHORIZED, "invalid_api_key").into_response();
         }
+    }
+    next.run(request).await
+}
+
+/// Authorization, inside the limiter: a read-scoped key's write is refused (403) once it
+/// was counted like any call of its key, so the page's limits (and their headers) cover
+/// these answers too. A read is `GET` or `HEAD` (which the `GET` handler answers).
+async fn authorize(State(gateway): State<Gateway>, request: Request, next: Next) -> Response {
+    let read_only = request
+        .headers()
+        .get(API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|k| gateway.key(k))
+        .is_some_and(|k| k.scope == Scope::Read);
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD);
+    let path = request.uri().path();
+    if read_only && write && path.starts_with("/v1/") && path != "/v1/status" {
+        let body = Json(json!({ "error": "insufficient_scope" }));
+        return (StatusCode::FORBIDDEN, body).into_response();
     }
     next.run(request).await
 }
@@ -314,7 +329,8 @@ fn app(gateway: Gateway) -> Router {
         // Before the layers, which then cover it (axum's default fallback is outside them).
         .fallback(not_found)
         // The layer added last runs first: the failed-authentication guard, then
-        // authenticate, then limit.
+        // authenticate, then limit, then authorize.
+        .layer(middleware::from_fn_with_state(gateway.clone(), authorize))
         .layer(gateway.limiter.layer())
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
