@@ -172,15 +172,17 @@ async fn keys_created_at_run_time_get_their_own_limit() {
         3,
     )
     .await;
-    // Read scope: no writes. Unknown keys: 401, before the key's limits, with the
-    // failed-authentication budget's headers (see tests/key_guessing.rs).
+    // A write of a read-scoped key counts like any call (it is refused after the key's
+    // limits: 403 within them, see `a_read_scoped_keys_writes_are_counted_and_refused`),
+    // so this spent key's write is a 429. Unknown keys: 401, before the key's limits, with
+    // the failed-authentication budget's headers (see tests/key_guessing.rs).
     let r = app
         .post("/v1/invoices")
         .header("x-api-key", &key)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 429);
     let r = get(&app, "ew_live_nobody", "/v1/invoices").await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "x-ratelimit-limit"), "20");
