@@ -527,3 +527,47 @@ async fn forwarded_for_is_ignored_without_trusted_proxies() {
     expected.push(429);
     assert_eq!(statuses, expected);
 }
+
+/// The buckets handlers charge show on every answer, not only on the 429: a portal write
+/// shows its portal user's cap (40 per 15 minutes) and an auth answer its AUTH bucket. A
+/// portal write the cap refuses spends nothing of the IP's default bucket (a refusal
+/// charges no bucket), so a capped portal user cannot lock their IP out of the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_else() {
+    let ex = demo();
+    let ip = "192.0.2.60";
+    let upload = || post(&ex, ip, "/api/portal/documents").header("x-portal-user", "p9");
+    for n in 1..=40u64 {
+        let r = send(upload()).await;
+        assert_eq!(r.status(), 201);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "40", "upload {n}");
+        assert_eq!(header(&r, "x-ratelimit-remaining"), (40 - n).to_string());
+    }
+    for _ in 0..30 {
+        assert_eq!(status(upload()).await, 429);
+    }
+    // 40 admitted uploads spent the IP's default bucket; the 30 refused did not.
+    let r = send(get(&ex, ip, "/api/projects")).await;
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "459");
+
+    // AUTH (20 per 15 minutes per IP) on a 202, a 401 and a 200.
+    let ip = "192.0.2.61";
+    let r = send(post(&ex, ip, "/api/auth/forgot-password")).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        (
+            header(&r, "x-ratelimit-limit"),
+            header(&r, "x-ratelimit-remaining")
+        ),
+        ("20".to_string(), "19".to_string())
+    );
+    let wrong = post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "no"));
+    let r = send(wrong).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "18");
+    let right =
+        post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "demo-password"));
+    let r = send(right).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "17");
+}

@@ -47,15 +47,34 @@ impl FromRequestParts<AppState> for ClientKey {
 
 /// Charges 1 to the handler bucket `bucket` for `key`; the middleware's own 429 if it is
 /// spent. A store error admits (and is logged), like the middleware's default.
-async fn charge(state: &AppState, bucket: &str, key: &str, uri: &Uri) -> Result<(), Response> {
+async fn charge(
+    state: &AppState,
+    bucket: &str,
+    key: &str,
+    uri: &Uri,
+) -> Result<HeaderMap, Response> {
     match state.limiter.check(bucket, key).await {
         Ok(decision) if !decision.allowed => Err(refusal(state, bucket, &decision, uri)),
-        Ok(_) => Ok(()),
+        Ok(decision) => Ok(state.limiter.rate_limit_headers(bucket, &decision)),
         Err(error) => {
             tracing::warn!(%error, bucket, "rate-limit check failed; admitting");
-            Ok(())
+            Ok(HeaderMap::new())
         }
     }
+}
+
+/// `answer` (a success or an error response) with the rate-limit headers of the bucket
+/// charged for it, where it has none of its own (a lockout's 429 keeps its own): a client
+/// sees the budget on every answer, not only on the 429.
+fn showing(headers: HeaderMap, answer: Result<Response, Response>) -> Response {
+    let mut response = answer.unwrap_or_else(|refused| refused);
+    for (name, value) in &headers {
+        response
+            .headers_mut()
+            .entry(name)
+            .or_insert_with(|| value.clone());
+    }
+    response
 }
 
 fn refusal(state: &AppState, bucket: &str, decision: &Decision, uri: &Uri) -> Response {
@@ -102,8 +121,20 @@ pub async fn staff_sign_in(
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    charge(&state, AUTH, &ip, &uri).await?;
-    let body = body_after_charge(request, &state).await?;
+    let shown = charge(&state, AUTH, &ip, &uri).await?;
+    Ok(showing(
+        shown,
+        staff_sign_in_charged(&state, &uri, request).await,
+    ))
+}
+
+/// [`staff_sign_in`] once the AUTH bucket admitted it.
+async fn staff_sign_in_charged(
+    state: &AppState,
+    uri: &Uri,
+    request: Request,
+) -> Result<Response, Response> {
+    let body = body_after_charge(request, state).await?;
     let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
     let email = credentials.email.trim().to_ascii_lowercase();
     let failures = &state.limiter;
@@ -111,7 +142,7 @@ pub async fn staff_sign_in(
     // concurrent guesses cannot all pass a lockout that only a later penalty would close.
     match failures.check(SIGN_IN_FAILURES, &email).await {
         Ok(locked) if !locked.allowed => {
-            return Err(refusal(&state, SIGN_IN_FAILURES, &locked, &uri))
+            return Err(refusal(state, SIGN_IN_FAILURES, &locked, uri))
         }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "lockout check failed; admitting"),
@@ -141,14 +172,17 @@ pub async fn portal_sign_in(
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    charge(&state, AUTH, &ip, &uri).await?;
-    let body = body_after_charge(request, &state).await?;
-    let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
-    if credentials.password != DEMO_PASSWORD {
-        return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));
-    }
-    let id = credentials.email.trim().to_ascii_lowercase();
-    Ok(Json(json!({ "portalUserId": id })).into_response())
+    let shown = charge(&state, AUTH, &ip, &uri).await?;
+    let answer = async {
+        let body = body_after_charge(request, &state).await?;
+        let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
+        if credentials.password != DEMO_PASSWORD {
+            return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));
+        }
+        let id = credentials.email.trim().to_ascii_lowercase();
+        Ok(Json(json!({ "portalUserId": id })).into_response())
+    };
+    Ok(showing(shown, answer.await))
 }
 
 /// Forgot password and reset password, staff and portal: the shared AUTH bucket per IP.
@@ -157,8 +191,11 @@ pub async fn password_help(
     ClientKey(ip): ClientKey,
     uri: Uri,
 ) -> Result<Response, Response> {
-    charge(&state, AUTH, &ip, &uri).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response())
+    let shown = charge(&state, AUTH, &ip, &uri).await?;
+    Ok(showing(
+        shown,
+        Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),
+    ))
 }
 
 /// `POST /api/auth/sign-up`: 20 per hour per IP.
@@ -167,8 +204,11 @@ pub async fn sign_up(
     ClientKey(ip): ClientKey,
     uri: Uri,
 ) -> Result<Response, Response> {
-    charge(&state, SIGN_UP, &ip, &uri).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "ok": true }))).into_response())
+    let shown = charge(&state, SIGN_UP, &ip, &uri).await?;
+    Ok(showing(
+        shown,
+        Ok((StatusCode::CREATED, Json(json!({ "ok": true }))).into_response()),
+    ))
 }
 
 /// `POST /api/portal/auth/magic-link`: 30 per 15 minutes per IP.
@@ -177,8 +217,11 @@ pub async fn magic_link(
     ClientKey(ip): ClientKey,
     uri: Uri,
 ) -> Result<Response, Response> {
-    charge(&state, MAGIC_LINK, &ip, &uri).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response())
+    let shown = charge(&state, MAGIC_LINK, &ip, &uri).await?;
+    Ok(showing(
+        shown,
+        Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),
+    ))
 }
 
 /// A portal write: needs a portal user, whose own bucket it spends (on top of the
@@ -195,8 +238,11 @@ async fn portal_write(
             "portal sign-in required (X-Portal-User)",
         ));
     };
-    charge(state, bucket, &user, uri).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "portalUser": user }))).into_response())
+    let shown = charge(state, bucket, &user, uri).await?;
+    Ok(showing(
+        shown,
+        Ok((StatusCode::CREATED, Json(json!({ "portalUser": user }))).into_response()),
+    ))
 }
 
 /// `POST /api/portal/documents`: 40 uploads per 15 minutes per portal user.

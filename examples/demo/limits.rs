@@ -3,6 +3,7 @@
 //! or from the limiter built here.
 
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use tollgate::ClientIp;
 use tollgate::{BuildError, Limiter, Policy, Rate, Store};
 
@@ -60,16 +61,22 @@ pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
 /// signed in, see [`user_bucket_applies`]) and the routes the middleware leaves alone. The
 /// most specific pattern wins.
 pub fn routes() -> Vec<(&'static str, Policy)> {
+    let default = || {
+        Policy::named("default")
+            .per_ip("500/min")
+            .per_user("10000/h")
+    };
+    // Portal writes spend the default buckets, and their handlers a portal user's cap: a
+    // write that cap refuses (429) gives the default charge back, as a refusal charges
+    // nothing.
+    let portal_write = || default().refund_if(|status| status == StatusCode::TOO_MANY_REQUESTS);
     let downloads = Policy::named("downloads")
         .per_ip("1500/min")
         .per_user("15000/h");
     vec![
-        (
-            "/api/*",
-            Policy::named("default")
-                .per_ip("500/min")
-                .per_user("10000/h"),
-        ),
+        ("/api/*", default()),
+        ("POST /api/portal/documents", portal_write()),
+        ("POST /api/portal/messages", portal_write()),
         (
             "/api/twilio/*",
             Policy::named("twilio")

@@ -452,16 +452,49 @@ impl Limiter {
         method: &Method,
         path: &str,
     ) -> respond::TooManyRequests {
-        let limit = self.engine.table.load().direct.get(bucket).copied();
-        let quota = limit.map(|l| (bucket, l.quota()));
-        let info =
-            respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path);
+        let info = self.direct_outcome(bucket, decision, method, path);
         let mut response =
             respond::too_many_requests(&info, &self.engine.header_style, &self.engine.error_body);
         if let Some(decision) = info.decision().filter(|_| self.engine.decision_in_response) {
             response.extensions_mut().insert(decision);
         }
         response.into()
+    }
+
+    /// The rate-limit headers the middleware would send for a direct-use `decision`
+    /// (same header style), for a handler that enforces a direct bucket to put on the
+    /// responses it admits, so that a client sees that budget on every answer, not only on
+    /// the 429 ([`Limiter::refusal`] has them already).
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tollgate::Limiter;
+    /// let limiter = Limiter::builder().bucket("sign-up", "20/h").build()?;
+    /// let decision = limiter.check("sign-up", "203.0.113.7").await?;
+    /// let headers = limiter.rate_limit_headers("sign-up", &decision);
+    /// assert_eq!(headers["x-ratelimit-limit"], "20");
+    /// assert_eq!(headers["x-ratelimit-remaining"], "19");
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn rate_limit_headers(&self, bucket: &str, decision: &Decision) -> http::HeaderMap {
+        let info = self.direct_outcome(bucket, decision, &Method::GET, "");
+        let mut headers = http::HeaderMap::new();
+        self.engine.header_style.write(&info, &mut headers);
+        headers
+    }
+
+    /// What a direct-use `decision` of `bucket` tells a response.
+    fn direct_outcome(
+        &self,
+        bucket: &str,
+        decision: &Decision,
+        method: &Method,
+        path: &str,
+    ) -> respond::RateLimitOutcome {
+        let limit = self.engine.table.load().direct.get(bucket).copied();
+        let quota = limit.map(|l| (bucket, l.quota()));
+        respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path)
     }
 
     async fn direct(
