@@ -571,3 +571,31 @@ async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-ratelimit-remaining"), "17");
 }
+
+/// A sign-in e-mail that is not an address a cookie can carry is a 400, never a 500 or a
+/// cookie with attributes the client chose: a `;` would add cookie attributes, a newline
+/// made the response fail (500), 200 kB made a header no client reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_email_that_is_no_address_is_a_400() {
+    let ex = demo();
+    let ip = "192.0.2.70";
+    let long = format!("{}@example.com", "a".repeat(200_000));
+    for email in [
+        "a@x.com; Domain=evil.example; Max-Age=99999999",
+        "a@x.com\nX-Evil: 1",
+        long.as_str(),
+        "é@example.com",
+        "no-at-sign.example.com",
+    ] {
+        let r = send(post(&ex, ip, "/api/auth/sign-in").json(&credentials(email, "demo-password")))
+            .await;
+        assert_eq!(r.status(), 400, "{:.40}", email);
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    let r = send(
+        post(&ex, ip, "/api/auth/sign-in").json(&credentials("Ann@Example.com", "demo-password")),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "set-cookie").starts_with("session=ann@example.com; Path=/"));
+}

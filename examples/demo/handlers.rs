@@ -88,6 +88,19 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// Whether `email` looks like an address (`local@domain`, at most 254 bytes) made of the
+/// characters an address and the session cookie that carries it can hold: printable
+/// ASCII, without spaces, quotes, `;`, `,` or `\`. Anything else is refused (400) before
+/// the lockout counts it or a cookie is made of it.
+fn is_plain_email(email: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b';' | b',' | b'\\');
+    email.len() <= 254
+        && email.bytes().all(allowed)
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+}
+
 /// The answer to a body that is not the JSON a handler expects.
 fn bad_json(e: serde_json::Error) -> Response {
     error(
@@ -137,6 +150,9 @@ async fn staff_sign_in_charged(
     let body = body_after_charge(request, state).await?;
     let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
     let email = credentials.email.trim().to_ascii_lowercase();
+    if !is_plain_email(&email) {
+        return Err(error(StatusCode::BAD_REQUEST, "not an e-mail address"));
+    }
     let failures = &state.limiter;
     // The attempt is counted before the password is checked: a charge is atomic, so
     // concurrent guesses cannot all pass a lockout that only a later penalty would close.
