@@ -219,10 +219,11 @@ async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
     let app = Example::start("seed_004", &[]);
     // 1000/min as a token bucket: 1000 at once, then one every 60 ms. Sending takes a
     // while, so count what was admitted before the first refusal and allow the refill.
+    // (`/v1/customers` has no endpoint limit of its own, and the full key no key limit.)
     let started = Instant::now();
     let mut admitted = 0u64;
     let refused = loop {
-        let r = app.get("/v1/status").send().await.unwrap();
+        let r = get(&app, "ew_live_full", "/v1/customers").await;
         if r.status() == 429 {
             break r;
         }
@@ -237,7 +238,7 @@ async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
         started.elapsed()
     );
     assert_eq!(header(&refused, "retry-after"), "1");
-    assert_page_body(refused, "GET /v1/status", 1000).await;
+    assert_page_body(refused, "GET /v1/customers", 1000).await;
     // Every route is behind it, whatever its own bucket says: of five requests sent at once
     // at most one can find a token that came back meanwhile.
     let send = || get(&app, "ew_live_full", "/v1/invoices");
@@ -262,12 +263,61 @@ async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
     assert_eq!(first.status(), 404);
     let (limit, remaining, _) = x_ratelimit(&first, 60.0);
     assert_eq!((limit, remaining), (1000, 999));
-    let second = get(&app, "ew_live_full", "/elsewhere").await;
+    let second = get(&app, "ew_live_full", "/v1/invoices/x/y").await;
     assert_eq!(second.status(), 404);
     assert_eq!(x_ratelimit(&second, 60.0).1, 998);
     let anonymous = app.get("/v1/no-such-endpoint").send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert!(!header(&anonymous, "x-ratelimit-limit").is_empty());
+    // A path outside the API is not the gateway's: a plain 404, which spends nothing.
+    let outside = get(&app, "ew_live_full", "/elsewhere").await;
+    assert_eq!(outside.status(), 404);
+    assert_eq!(header(&outside, "x-ratelimit-limit"), "");
+    let next = get(&app, "ew_live_full", "/v1/no-such-endpoint").await;
+    assert_eq!(x_ratelimit(&next, 60.0).1, 997);
+}
+
+/// Anonymous traffic cannot spend the gateway-wide backstop every partner shares: the
+/// public status route is limited per IP (60 a minute), and the operators' routes are
+/// outside the partners' limits.
+#[tokio::test]
+async fn anonymous_traffic_cannot_lock_the_partners_out() {
+    let app = Example::start("seed_004", &[]);
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..70 {
+        statuses.push(
+            app.get("/v1/status")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses[..60], [200; 60]);
+    assert_eq!(statuses[60..], [429; 10]);
+    for n in 0..5 {
+        let r = app
+            .post("/admin/keys")
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({ "name": format!("p{n}"), "scope": "read" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "");
+    }
+    // The 60 status calls spent the backstop; the 10 refused and the operators' calls did
+    // not (they would leave at most 924). It refills a token every 60 ms meanwhile.
+    let r = get(&app, "ew_live_full", "/v1/customers").await;
+    assert_eq!(r.status(), 200);
+    let remaining = x_ratelimit(&r, 60.0).1;
+    let refilled = started.elapsed().as_millis() as u64 / 60 + 1;
+    assert!(
+        (939..=939 + refilled).contains(&remaining),
+        "{remaining} remaining"
+    );
 }
 
 /// A read-scoped key's writes are refused (403) only after they were counted like any call

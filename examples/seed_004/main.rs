@@ -68,7 +68,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -155,14 +155,26 @@ fn adjust(config: &mut Config) {
 }
 
 /// The rules code adds to the file's, at start and on every reload: the daily cap per key
-/// (`ENDPOINTWISE_DAILY_CAP`, default 10000/day).
+/// (`ENDPOINTWISE_DAILY_CAP`, default 10000/day); the public status route limited per IP
+/// (no key: without it one anonymous client could spend the gateway-wide backstop that
+/// every partner shares); the operators' routes outside the partners' limits (their
+/// wrong tokens are limited by the failed-authentication guard).
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
     let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
     let daily = Rate::fixed(daily);
     move |rules| {
-        rules.global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
+        rules
+            .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
+            .route(
+                "GET /v1/status",
+                Policy::named("status").per_ip(STATUS_PER_IP),
+            )
+            .route("/admin/*", Policy::exempt())
     }
 }
+
+/// Requests to the public `/v1/status` per client IP.
+const STATUS_PER_IP: &str = "60/min";
 
 /// The limiter, built from the file at `path`, and the watcher that reloads the file when
 /// it changes.
@@ -326,8 +338,10 @@ fn app(gateway: Gateway) -> Router {
         .route("/v1/customers", get(customers))
         .route("/v1/status", get(status))
         .route("/admin/keys", post(create_key))
-        // Before the layers, which then cover it (axum's default fallback is outside them).
-        .fallback(not_found)
+        // An unknown path of the API, behind the layers (a key is needed, and the call is
+        // counted like any other, with its headers); axum's default fallback (a path outside
+        // the API) stays outside them.
+        .route("/v1/{*rest}", any(not_found))
         // The layer added last runs first: the failed-authentication guard, then
         // authenticate, then limit, then authorize.
         .layer(middleware::from_fn_with_state(gateway.clone(), authorize))
