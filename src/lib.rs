@@ -57,3 +57,12 @@ pub fn trusted_proxies_from_env() -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Whether `path` is `prefix` or below it (`/v1`, `/v1/...`; not `/v10`): an example's API,
+/// the only paths its authentication asks credentials for. A path outside it (a browser's
+/// `/favicon.ico`) is answered 404 by the router and spends nothing, not even the
+/// failed-authentication budget of its client's IP.
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}

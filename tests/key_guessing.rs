@@ -142,3 +142,30 @@ async fn seed_004_key_and_admin_token_guessing_share_one_budget_per_ip() {
         .unwrap();
     assert_eq!(r.status(), 429);
 }
+
+/// Only the API asks for credentials: a path outside it (a browser's `/favicon.ico`) is a
+/// plain 404 and spends nothing, not even the failed-authentication budget, which it did
+/// (after 20 such requests, every request of the IP was refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_outside_the_api_spend_no_guessing_budget() {
+    for (name, api) in [
+        ("seed_001", "/v1/contacts"),
+        ("seed_002", "/v1/leads"),
+        ("seed_003", "/api/tickets"),
+        ("seed_004", "/v1/invoices"),
+    ] {
+        let app = Example::start(name, &[]);
+        for _ in 0..LIMIT + 5 {
+            let r = app.get("/favicon.ico").send().await.unwrap();
+            assert_eq!(r.status(), 404, "{name}");
+            assert_eq!(header(&r, "x-ratelimit-limit"), "", "{name}");
+        }
+        let r = app.get(api).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{name}");
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining"),
+            (LIMIT - 1).to_string(),
+            "{name}"
+        );
+    }
+}

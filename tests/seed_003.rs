@@ -185,4 +185,13 @@ async fn an_unknown_api_path_is_a_404_with_the_tenants_headers() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(x_ratelimit(&r).1, 98);
+    // Outside the API (a browser's favicon): a plain 404, no credentials asked, nothing
+    // spent, not even the failed-authentication budget.
+    for _ in 0..30 {
+        let r = app.get("/favicon.ico").send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = app.get("/api/tickets").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "19");
 }

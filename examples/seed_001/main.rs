@@ -131,6 +131,10 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
 
 /// `Authorization: Bearer <token>` → the token's organization, or `401`.
 async fn authenticate(mut request: Request, next: Next) -> Response {
+    // Only the API needs credentials (see `tollgate_suite::is_under`).
+    if !tollgate_suite::is_under(request.uri().path(), "/v1") {
+        return next.run(request).await;
+    }
     let org = request
         .headers()
         .get(header::AUTHORIZATION)

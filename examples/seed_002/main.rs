@@ -71,6 +71,10 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
 
 /// The API key guard: `/v1` requests need a known `x-api-key`.
 async fn api_key_guard(request: Request, next: Next) -> Response {
+    // Only the API needs a key (see `tollgate_suite::is_under`).
+    if !tollgate_suite::is_under(request.uri().path(), "/v1") {
+        return next.run(request).await;
+    }
     let known = request
         .headers()
         .get(API_KEY)

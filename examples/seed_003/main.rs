@@ -89,6 +89,10 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 
 /// Credential → tenant, or `401`.
 async fn authenticate(mut request: Request, next: Next) -> Response {
+    // Only the API needs credentials (see `tollgate_suite::is_under`).
+    if !tollgate_suite::is_under(request.uri().path(), "/api") {
+        return next.run(request).await;
+    }
     let tenant = credential(request.headers())
         .and_then(|c| CREDENTIALS.iter().find(|(k, _)| *k == c))
         .map(|(_, tenant)| *tenant);
@@ -158,7 +162,8 @@ fn app(limiter: &Limiter) -> Router {
         .route("/api/tickets/batch", post(tickets_batch))
         .route("/api/tickets/{id}", get(ticket))
         .route("/api/service-catalog", get(service_catalog))
-        // Before the layers, which then cover it (axum's default fallback is outside them).
+        // Any unknown path, behind the layers too: under `/api` it needs credentials and is
+        // counted like any request, with its headers; outside, nothing asks or counts.
         .fallback(not_found)
         // The layer added last runs first: the failed-authentication guard, then
         // authenticate, then limit per tenant.
