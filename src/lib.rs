@@ -66,3 +66,16 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
+
+/// The bearer token of `headers`' `Authorization` (RFC 6750: the scheme's case does not
+/// matter, `bearer x` is `Bearer x`), trimmed; `None` without one or for an empty token, so
+/// that an empty `Authorization: Bearer ` does not hide another credential (a cookie).
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}

@@ -195,3 +195,23 @@ async fn an_unknown_api_path_is_a_404_with_the_tenants_headers() {
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "x-ratelimit-remaining"), "19");
 }
+
+/// The bearer scheme is matched whatever its case (RFC 6750), and an empty bearer token
+/// does not hide a session cookie.
+#[tokio::test]
+async fn a_lowercase_bearer_and_an_empty_bearer_beside_a_session_authenticate() {
+    let app = Example::start("seed_003", &[]);
+    let r = app
+        .get("/api/tickets")
+        .header("authorization", "bearer osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = as_session(app.get("/api/tickets"), "sess_acme_alice")
+        .header("authorization", "Bearer ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -52,12 +52,7 @@ pub fn mount(router: Router, limiter: &Limiter) -> Router {
 }
 
 async fn authorize(token: &[u8], request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given = tollgate_suite::bearer(request.headers());
     if given.is_some_and(|g| same(g.as_bytes(), token)) {
         return next.run(request).await;
     }

@@ -5,7 +5,7 @@
 //! - `X-Portal-User: <id>`: a signed-in client-portal user.
 //! - The sign-in handlers accept any e-mail with the password [`DEMO_PASSWORD`].
 
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::header::COOKIE;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
@@ -14,11 +14,7 @@ pub const DEMO_PASSWORD: &str = "demo-password";
 
 /// The staff user a request is signed in as, if any.
 pub fn staff_user(headers: &HeaderMap) -> Option<String> {
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let bearer = tollgate_suite::bearer(headers);
     let cookie = || {
         headers
             .get_all(COOKIE)

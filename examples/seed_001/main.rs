@@ -135,12 +135,8 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
     if !tollgate_suite::is_under(request.uri().path(), "/v1") {
         return next.run(request).await;
     }
-    let org = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| TOKENS.iter().find(|(t, _)| *t == token.trim()))
+    let org = tollgate_suite::bearer(request.headers())
+        .and_then(|token| TOKENS.iter().find(|(t, _)| *t == token))
         .map(|(_, org)| *org);
     match org {
         Some(org) => {

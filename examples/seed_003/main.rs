@@ -72,10 +72,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
 
 /// The credential a request carries: a bearer API key, or else a `session` cookie.
 fn credential(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = tollgate_suite::bearer(headers);
     let session = || {
         headers
             .get_all(header::COOKIE)

@@ -65,7 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -221,11 +221,7 @@ async fn authenticate(State(gateway): State<Gateway>, request: Request, next: Ne
     let path = request.uri().path();
     let error = |status: StatusCode, code: &str| (status, Json(json!({ "error": code })));
     if path.starts_with("/admin/") {
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let token = tollgate_suite::bearer(request.headers());
         if token != Some(&*gateway.admin_token) {
             return error(StatusCode::UNAUTHORIZED, "invalid_admin_token").into_response();
         }
