@@ -173,8 +173,9 @@ impl Quota {
     /// Parses a quota as users write it: `count/period`, where the period is an optional
     /// whole multiplier and a unit (`ms`, `s`/`sec`/`second`, `m`/`min`/`minute`,
     /// `h`/`hr`/`hour`, `d`/`day`, `w`/`week`, plurals too, any case). Spaces are allowed
-    /// around the parts, the count may use `,` or `_` as thousands separators and may be
-    /// followed by one word (`60 requests / 60 s`).
+    /// around the parts, the count may use `,` or `_` as thousands separators (between
+    /// groups of three digits) and may be followed by a word for what is counted
+    /// (`60 requests / 60 s`; also `calls`, `points`, `tokens`, `hits`, `req`).
     ///
     /// # Errors
     ///
@@ -271,6 +272,13 @@ enum CountFault {
     TooLarge,
 }
 
+/// The words a count may be followed by (`60 requests / 60 s`): what is counted, never a
+/// unit of time (`20 hours/min` is a mistake, not 20 a minute).
+const COUNT_WORDS: [&str; 12] = [
+    "request", "requests", "req", "reqs", "call", "calls", "point", "points", "token", "tokens",
+    "hit", "hits",
+];
+
 fn parse_count(part: &str) -> Result<u64, CountFault> {
     let part = part.trim();
     // An optional trailing word: "60 requests".
@@ -279,13 +287,20 @@ fn parse_count(part: &str) -> Result<u64, CountFault> {
         .unwrap_or(part.len());
     let (digits, rest) = part.split_at(digits_end);
     let rest = rest.trim();
-    if !rest.is_empty() && !rest.chars().all(|c| c.is_ascii_alphabetic()) {
+    if !rest.is_empty() && !COUNT_WORDS.iter().any(|w| rest.eq_ignore_ascii_case(w)) {
+        return Err(CountFault::NotACount);
+    }
+    // Separators only between groups of three digits: `10,000`, `1_000_000`; not `1,0,0`.
+    let mut groups = digits.split([',', '_']);
+    let first = groups.next().unwrap_or_default();
+    let grouped = digits.len() > first.len();
+    if first.is_empty()
+        || (grouped && first.len() > 3)
+        || groups.any(|g| g.len() != 3 || !g.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(CountFault::NotACount);
     }
     let digits: String = digits.chars().filter(|c| c.is_ascii_digit()).collect();
-    if digits.is_empty() {
-        return Err(CountFault::NotACount);
-    }
     digits.parse().map_err(|_| CountFault::TooLarge)
 }
 
@@ -389,6 +404,25 @@ mod tests {
             Quota::parse("1.5/min"),
             Err(QuotaError::BadCount { .. })
         ));
+        // A word after the count says what is counted, never a unit of time; separators
+        // come between groups of three digits.
+        for bad in [
+            "20 hours/min",
+            "5 x/min",
+            "1,0,0/min",
+            "1,00/min",
+            "1000,000/min",
+            "_1/s",
+            "1,/s",
+        ] {
+            assert!(
+                matches!(Quota::parse(bad), Err(QuotaError::BadCount { .. })),
+                "{bad}: {:?}",
+                Quota::parse(bad)
+            );
+        }
+        assert_eq!(q("1_000_000 calls/day"), Quota::per_day(1_000_000));
+        assert_eq!(q("100 Points / min"), Quota::per_minute(100));
         let fortnight = Quota::parse("10/fortnight").unwrap_err();
         assert!(
             matches!(fortnight, QuotaError::UnknownUnit { ref unit, .. } if unit == "fortnight")
