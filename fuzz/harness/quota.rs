@@ -61,12 +61,23 @@ fn expected(input: &str) -> Expected {
     let Some((count_part, period_part)) = text.split_once('/') else {
         return Expected::Invalid { too_large: false };
     };
-    // Count: digits with `,` / `_` separators, then at most one word of letters.
+    // Count: digits with `,` / `_` separators between groups of three, then at most one
+    // word saying what is counted.
+    const WORDS: [&str; 12] = [
+        "request", "requests", "req", "reqs", "call", "calls", "point", "points", "token",
+        "tokens", "hit", "hits",
+    ];
     let (count_digits, word) = leading(count_part.trim(), |c| {
         c.is_ascii_digit() || c == ',' || c == '_'
     });
     let word = word.trim();
-    let count_ok_form = word.chars().all(|c| c.is_ascii_alphabetic());
+    let word_ok = word.is_empty() || WORDS.iter().any(|w| word.eq_ignore_ascii_case(w));
+    let mut groups = count_digits.split([',', '_']);
+    let first = groups.next().unwrap_or_default();
+    let grouping_ok = !first.is_empty()
+        && (count_digits.len() == first.len() || first.len() <= 3)
+        && groups.all(|g| g.len() == 3);
+    let count_ok_form = word_ok && grouping_ok;
     let count = digits_value(count_digits);
     // Period: an optional multiplier (digits, `_`), then a unit.
     let (multiplier_text, unit) = leading(period_part.trim(), |c| c.is_ascii_digit() || c == '_');
