@@ -937,6 +937,15 @@ mod tests {
         probes: AtomicU32,
     }
 
+    impl ProbeOnly {
+        fn new() -> Self {
+            ProbeOnly {
+                memory: MemoryStore::new(),
+                probes: AtomicU32::new(0),
+            }
+        }
+    }
+
     impl Primary for ProbeOnly {}
 
     impl Store for ProbeOnly {
@@ -987,10 +996,7 @@ mod tests {
     /// publishes); this instance's share shows in what remains.
     #[tokio::test(start_paused = true)]
     async fn a_divided_limit_reports_the_buckets_limit_and_the_share_remaining() {
-        let primary = ProbeOnly {
-            memory: MemoryStore::new(),
-            probes: AtomicU32::new(0),
-        };
+        let primary = ProbeOnly::new();
         let config = FallbackConfig::default()
             .with_failure_threshold(1)
             .with_fallback_divisor(2);
@@ -1014,10 +1020,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_circuit_that_reopens_soon_after_closing_keeps_backing_off() {
-        let primary = ProbeOnly {
-            memory: MemoryStore::new(),
-            probes: AtomicU32::new(0),
-        };
+        let primary = ProbeOnly::new();
         let config = FallbackConfig::default()
             .with_failure_threshold(1)
             .with_probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
