@@ -123,10 +123,7 @@ pub fn chat() -> Policy {
 /// Whether a signed-in staff user's own bucket applies on `path`: on `/api/*` outside
 /// `/api/portal/` and `/api/auth/` (staff on the portal are limited by IP only).
 pub fn user_bucket_applies(path: &str) -> bool {
-    let under = |prefix: &str| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    };
+    let under = |prefix| tollgate_suite::is_under(path, prefix);
     under("/api") && !under("/api/portal") && !under("/api/auth")
 }
 

@@ -217,7 +217,11 @@ fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
 
 /// `/v1` needs a known key (writes a write-scoped one), except the public status;
 /// `/admin` needs the admin token.
-async fn authenticate(State(gateway): State<Gateway>, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(gateway): State<Gateway>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     let error = |status: StatusCode, code: &str| (status, Json(json!({ "error": code })));
     if path.starts_with("/admin/") {
@@ -231,26 +235,23 @@ async fn authenticate(State(gateway): State<Gateway>, request: Request, next: Ne
             .get(API_KEY)
             .and_then(|v| v.to_str().ok())
             .and_then(|k| gateway.key(k));
-        if key.is_none() {
+        let Some(key) = key else {
             return error(StatusCode::UNAUTHORIZED, "invalid_api_key").into_response();
-        }
+        };
+        // For `authorize`, inside the limiter: the key is looked up once.
+        request.extensions_mut().insert(key.scope);
     }
     next.run(request).await
 }
 
 /// Authorization, inside the limiter: a read-scoped key's write is refused (403) once it
 /// was counted like any call of its key, so the page's limits (and their headers) cover
-/// these answers too. A read is `GET` or `HEAD` (which the `GET` handler answers).
-async fn authorize(State(gateway): State<Gateway>, request: Request, next: Next) -> Response {
-    let read_only = request
-        .headers()
-        .get(API_KEY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|k| gateway.key(k))
-        .is_some_and(|k| k.scope == Scope::Read);
+/// these answers too. A read is `GET` or `HEAD` (which the `GET` handler answers). The
+/// key's scope is what `authenticate` found (only on the routes that need a key).
+async fn authorize(request: Request, next: Next) -> Response {
+    let read_only = request.extensions().get::<Scope>() == Some(&Scope::Read);
     let write = !matches!(*request.method(), Method::GET | Method::HEAD);
-    let path = request.uri().path();
-    if read_only && write && path.starts_with("/v1/") && path != "/v1/status" {
+    if read_only && write {
         let body = Json(json!({ "error": "insufficient_scope" }));
         return (StatusCode::FORBIDDEN, body).into_response();
     }
@@ -340,7 +341,7 @@ fn app(gateway: Gateway) -> Router {
         .route("/v1/{*rest}", any(not_found))
         // The layer added last runs first: the failed-authentication guard, then
         // authenticate, then limit, then authorize.
-        .layer(middleware::from_fn_with_state(gateway.clone(), authorize))
+        .layer(middleware::from_fn(authorize))
         .layer(gateway.limiter.layer())
         .layer(middleware::from_fn_with_state(
             gateway.clone(),

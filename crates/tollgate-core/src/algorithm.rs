@@ -242,6 +242,15 @@ impl Ring {
         }
     }
 
+    /// Counts `cost` in the newest segment, admitted at `now` (or at its last admission, if
+    /// later).
+    fn add(&mut self, cost: u64, now: u64) {
+        let head = self.head;
+        let (c, last) = self.segment(head);
+        let last = if c == 0 { now } else { last.max(now) };
+        self.set_segment(head, c.saturating_add(cost), last);
+    }
+
     /// Whether `cost` fits now in a window whose segments count `used` (as
     /// [`Ring::used_and_expiry`] says), and if not, when: segments leave oldest first, each
     /// a window after its last admission.
@@ -677,12 +686,7 @@ impl State {
     /// Counts `cost` against the state (a charge or a penalty; it may go over the limit).
     pub(crate) fn add(&mut self, limit: &Limit, cost: u64, now: u64) {
         match self {
-            State::Segments(ring) => {
-                let head = ring.head;
-                let (c, last) = ring.segment(head);
-                let last = if c == 0 { now } else { last.max(now) };
-                ring.set_segment(head, c.saturating_add(cost), last);
-            }
+            State::Segments(ring) => ring.add(cost, now),
             State::Log { entries, total } => {
                 let at = entries.back().map_or(now, |&(last, _)| last.max(now));
                 match entries.back_mut() {
@@ -797,42 +801,44 @@ impl State {
     /// once, where a fit and a report would each sum them: after the charge the newest
     /// segment holds `cost` more, and is the newest counted one.
     pub(crate) fn charge(&mut self, limit: &Limit, cost: u64, now: u64) -> (Fit, BucketState, u64) {
-        if let (State::Tat { tat, .. }, false) = (&mut *self, cost > limit.capacity()) {
-            // One GCRA step: the new TAT, and the wait if it does not fit.
-            let (new_tat, wait) = gcra(*tat, limit, cost, now);
-            let fit = if wait == 0 {
-                *tat = new_tat;
-                Fit::Now
-            } else {
-                Fit::After(wait)
-            };
-            let used = tat.saturating_sub(now).div_ceil(limit.emission_interval());
-            let report = Self::report_from(limit, fit, cost, now, used, *tat);
-            return (fit, report, *tat);
-        }
-        let State::Segments(ring) = self else {
-            let fit = self.fit(limit, cost, now);
-            if fit == Fit::Now {
-                self.add(limit, cost, now);
-            }
-            let (report, expires_at) = self.report_and_expiry(limit, fit, cost, now);
-            return (fit, report, expires_at);
-        };
         if cost > limit.capacity() {
             let (report, expires_at) = self.report_and_expiry(limit, Fit::Never, cost, now);
             return (Fit::Never, report, expires_at);
         }
-        let window = limit.quota().period_micros();
-        let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
-        let fit = ring.fit(limit, cost, now, used);
-        if fit == Fit::Now {
-            self.add(limit, cost, now);
-            if let State::Segments(ring) = self {
-                used = used.saturating_add(cost);
-                expires_at = ring.segment(ring.head).1.saturating_add(window);
+        let fit = match self {
+            State::Segments(ring) => {
+                // The segments summed once: after the charge the newest segment holds `cost`
+                // more, and is the newest counted one.
+                let window = limit.quota().period_micros();
+                let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
+                let fit = ring.fit(limit, cost, now, used);
+                if fit == Fit::Now {
+                    ring.add(cost, now);
+                    used = used.saturating_add(cost);
+                    expires_at = ring.segment(ring.head).1.saturating_add(window);
+                }
+                let report = Self::report_from(limit, fit, cost, now, used, expires_at);
+                return (fit, report, expires_at);
             }
-        }
-        let report = Self::report_from(limit, fit, cost, now, used, expires_at);
+            // One GCRA step: the new TAT, and the wait if it does not fit.
+            State::Tat { tat, .. } => {
+                let (new_tat, wait) = gcra(*tat, limit, cost, now);
+                if wait == 0 {
+                    *tat = new_tat;
+                    Fit::Now
+                } else {
+                    Fit::After(wait)
+                }
+            }
+            _ => {
+                let fit = self.fit(limit, cost, now);
+                if fit == Fit::Now {
+                    self.add(limit, cost, now);
+                }
+                fit
+            }
+        };
+        let (report, expires_at) = self.report_and_expiry(limit, fit, cost, now);
         (fit, report, expires_at)
     }
 

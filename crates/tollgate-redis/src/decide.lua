@@ -68,6 +68,28 @@ else
 end
 local LIM = 9007199254740992 -- 2^53: counts and times saturate here (u64::MAX in memory)
 
+-- A token bucket's value '<tat>:<T>': the TAT (a number) and the interval it was worked out
+-- with (as text); nil for any other value. (A plain find: cheaper than a pattern. Another
+-- state's text never has digits alone after its first ':'.)
+local function read_tat(v)
+  if type(v) ~= 'string' then
+    return nil
+  end
+  local c = string.find(v, ':', 1, true)
+  if not c then
+    return nil
+  end
+  local t, u = tonumber(string.sub(v, 1, c - 1)), string.sub(v, c + 1)
+  if t and tonumber(u) then
+    return t, u
+  end
+end
+
+-- The value of a token bucket whose TAT is `tat`, worked out with interval `T` (text).
+local function tat_value(tat, T)
+  return string.format('%.0f:', tat) .. T
+end
+
 if op == '0' then
   local n, alg = #KEYS, ARGV[2]
   if n == 1 and alg == '3' then
@@ -78,15 +100,8 @@ if op == '0' then
     local v = redis.pcall('GET', key)
     local tat = 0
     if v then
-      tat = false
-      if type(v) == 'string' then
-        -- (A plain find and a compare: cheaper than a pattern. Another state's text never
-        -- ends in ':<T>' alone.)
-        local c = string.find(v, ':', 1, true)
-        if c and string.sub(v, c + 1) == ARGV[5] then
-          tat = tonumber(string.sub(v, 1, c - 1))
-        end
-      end
+      local t, u = read_tat(v)
+      tat = u == ARGV[5] and t
     end
     if tat then
       local cap, cost, T = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -105,7 +120,7 @@ if op == '0' then
       if wait > 0 then
         return { now, wait, math.max(cap - math.ceil(ahead / T), 0), ahead }
       end
-      redis.call('SET', key, string.format('%.0f:', new) .. ARGV[5], 'PXAT', math.ceil(new / 1000) + slack)
+      redis.call('SET', key, tat_value(new, ARGV[5]), 'PXAT', math.ceil(new / 1000) + slack)
       return { now, 0, math.max(cap - math.ceil((new - now) / T), 0), new - now }
     end
   else
@@ -413,9 +428,9 @@ for i = 1, n do
       -- X: the TAT in this limit's interval; Y: whether it was converted to it.
       local tat = 0
       if present and not other then
-        local a, u = match(v, '^(%d+):(%d+)$')
-        if a then
-          tat, u = tonumber(a), tonumber(u)
+        local t, u = read_tat(v)
+        if t then
+          tat, u = t, tonumber(u)
           if u ~= unit then
             -- Worked out with another emission interval (the sustained rate changed): what
             -- it counts in tokens carries over (rounded up), as in algorithm.rs; exact while
@@ -584,7 +599,7 @@ for i = 1, n do
       remaining = max(cap - ceil((tat - now) / T), 0)
       reset = tat - now
       if change or Y[i] then
-        redis.call('SET', key, fmt('%.0f:', tat) .. ARGV[o + 4], 'PXAT', ceil(tat / 1000) + slack)
+        redis.call('SET', key, tat_value(tat, ARGV[o + 4]), 'PXAT', ceil(tat / 1000) + slack)
       end
     elseif present then
       redis.call('DEL', key)

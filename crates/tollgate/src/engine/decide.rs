@@ -91,7 +91,7 @@ impl Engine {
                 self.store.apply_sync(op, &buckets, &mut states)
             }?;
             let conclude =
-                || self.conclude(plan, &active, answer, states, provisional, method, path);
+                || self.conclude(plan, op, &active, answer, states, provisional, method, path);
             // The span is a `DEBUG` one: without `DEBUG` it would be a disabled span.
             let step = match started {
                 Some(t) => self.span(plan, t.elapsed()).in_scope(conclude),
@@ -127,7 +127,16 @@ impl Engine {
             };
             let span = self.span(&plan, elapsed);
             let step = span.in_scope(|| {
-                self.conclude(&plan, &active, answer, states, &provisional, &method, &path)
+                self.conclude(
+                    &plan,
+                    op,
+                    &active,
+                    answer,
+                    states,
+                    &provisional,
+                    &method,
+                    &path,
+                )
             });
             match step {
                 Step::Done(outcome) => return outcome,
@@ -148,11 +157,13 @@ impl Engine {
         )
     }
 
-    /// What an answer of the store for the `active` buckets of `plan` means.
+    /// What an answer of the store to `op` (the plan's [`Plan::op`]) for the `active`
+    /// buckets of `plan` means.
     #[allow(clippy::too_many_arguments)]
     fn conclude<G: Group>(
         self: &Arc<Self>,
         plan: &Plan<G>,
+        op: Op,
         active: &[usize],
         answer: Result<Timestamp, StoreError>,
         states: States,
@@ -175,7 +186,7 @@ impl Engine {
                 }
             }
             // (A look charged nothing a per-route layer could take over.)
-            if let Some(p) = provisional.as_ref().filter(|_| plan.op() == Op::Charge) {
+            if let Some(p) = provisional.as_ref().filter(|_| op == Op::Charge) {
                 let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 *super::lock(&p.buckets) = Some(charged);
             }
@@ -206,7 +217,7 @@ impl Engine {
             return Step::Done(Outcome::Refuse(Refused {
                 engine: self.clone(),
                 info: self.info(plan, &visible, now, method, path),
-                settled: self.settled(plan, &visible, now),
+                settled: self.settled(plan, &visible, now, true),
             }));
         }
         self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);

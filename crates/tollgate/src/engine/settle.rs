@@ -142,25 +142,21 @@ impl After {
                 decision: self.decision.filter(|_| self.in_response),
             }));
         };
-        // What the response does to each bucket: a charge given back, or a request of a
-        // policy that counts after (looked at before) counted now. A plan does one or the
-        // other (see `Plan::op`).
-        let mut op = Op::Refund;
+        // What the response does to the buckets: a plan either charged them (and gives back
+        // what does not count) or looked at them (and counts what does): see `Plan::op`.
+        let looked = pending.plan.op() == Op::Peek;
+        let op = if looked { Op::Penalize } else { Op::Refund };
         let touched: SmallVec<[usize; INLINE]> = (0..pending.charged.len())
             .filter(|&pos| {
                 let policy = pending.plan.policy(pending.charged[pos]);
-                policy.after_response(status).inspect(|&o| op = o).is_some()
+                policy.after_response(status) == Some(op)
             })
             .collect();
         if touched.is_empty() {
-            let mut settled = pending.settled();
-            if pending.plan.op() == Op::Peek {
-                // A response a guard does not count shows nothing of its budget (an
-                // authenticated answer, or one admitted without headers while the store is
-                // down, is not told how many failures its IP has left).
-                settled.headers = Fields::default();
-            }
-            return Some(Settle::Now(settled));
+            // A response a guard does not count shows nothing of its budget (an
+            // authenticated answer, or one admitted without headers while the store is
+            // down, is not told how many failures its IP has left).
+            return Some(Settle::Now(pending.settled(!looked)));
         }
         let buckets: SmallVec<[Bucket; INLINE]> = touched
             .iter()
@@ -170,13 +166,13 @@ impl After {
         let store = &pending.engine.store;
         if let Some(answer) = store.apply_sync(op, &buckets, &mut answered) {
             pending.answered(op, &touched, answer.map(|_| answered));
-            return Some(Settle::Now(pending.settled()));
+            return Some(Settle::Now(pending.settled(true)));
         }
         Some(Settle::AfterStore(Box::pin(async move {
             let batch = Batch::new(op, buckets.into_vec());
             let answer = pending.engine.store.apply(&batch).await;
             pending.answered(op, &touched, answer.map(|d| States::from_vec(d.buckets)));
-            pending.settled()
+            pending.settled(true)
         })))
     }
 }
@@ -205,10 +201,10 @@ impl Pending {
         }
     }
 
-    /// The headers and the decision, as the buckets are now.
-    fn settled(&self) -> Settled {
+    /// The decision, and the headers if they `show`, as the buckets are now.
+    fn settled(&self, show: bool) -> Settled {
         let visible = Visible::of(&self.plan, &self.charged, &self.states);
-        self.engine.settled(&self.plan, &visible, self.now)
+        self.engine.settled(&self.plan, &visible, self.now, show)
     }
 }
 
@@ -253,18 +249,23 @@ impl Visible {
 
 impl Engine {
     /// What a response (admitted, or a 429) gets for the `visible` buckets of `plan`: its
-    /// rate-limit headers, and the decision when responses carry it.
+    /// rate-limit headers if they `show`, and the decision when responses carry it.
     pub(crate) fn settled<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
         visible: &Visible,
         now: Timestamp,
+        show: bool,
     ) -> Settled {
         let decision = self
             .decision_in_response
             .then(|| self.decision(plan, visible, now));
         Settled {
-            headers: self.headers(plan, visible, now),
+            headers: if show {
+                self.headers(plan, visible, now)
+            } else {
+                Fields::default()
+            },
             decision: decision.flatten(),
         }
     }
