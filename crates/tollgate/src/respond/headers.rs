@@ -314,23 +314,7 @@ impl HeaderStyle {
                 ascii_value(&text)
             });
             out(Field::Policy, policy);
-            let mut current: SmallVec<[u8; 128]> = SmallVec::new();
-            let mut digits = itoa::Buffer::new();
-            for (i, b) in view.buckets.iter().enumerate() {
-                if i > 0 {
-                    current.extend_from_slice(b", ");
-                }
-                current.extend_from_slice(b.sf_name.as_bytes());
-                current.extend_from_slice(b";r=");
-                current.extend_from_slice(digits.format(sf::clamp(b.state.remaining)).as_bytes());
-                current.extend_from_slice(b";t=");
-                let reset = sf::clamp(ceil_secs(b.state.reset_after));
-                current.extend_from_slice(digits.format(reset).as_bytes());
-            }
-            out(
-                Field::Current,
-                HeaderValue::from_bytes(&current).unwrap_or_else(|_| HeaderValue::from_static("")),
-            );
+            out(Field::Current, current_value(view.buckets));
         }
         if self.retry_after && !view.allowed {
             if let Some(wait) = most.state.retry_after {
@@ -338,6 +322,44 @@ impl HeaderStyle {
             }
         }
     }
+}
+
+/// The `RateLimit` field's value: `"<name>";r=<remaining>;t=<seconds>` per bucket. Its
+/// length is worked out first, so the value is one allocation of exactly its size, handed
+/// to the header value without a copy.
+fn current_value(buckets: &[Shown<'_>]) -> HeaderValue {
+    let numbers = |b: &Shown<'_>| {
+        let remaining = sf::clamp(b.state.remaining);
+        (remaining, sf::clamp(ceil_secs(b.state.reset_after)))
+    };
+    let len: usize = buckets
+        .iter()
+        .map(|b| {
+            let (r, t) = numbers(b);
+            b.sf_name.len() + ";r=".len() + digits(r) + ";t=".len() + digits(t)
+        })
+        .sum::<usize>()
+        + ", ".len() * buckets.len().saturating_sub(1);
+    let mut text = Vec::with_capacity(len);
+    let mut buf = itoa::Buffer::new();
+    for (i, b) in buckets.iter().enumerate() {
+        if i > 0 {
+            text.extend_from_slice(b", ");
+        }
+        let (r, t) = numbers(b);
+        text.extend_from_slice(b.sf_name.as_bytes());
+        text.extend_from_slice(b";r=");
+        text.extend_from_slice(buf.format(r).as_bytes());
+        text.extend_from_slice(b";t=");
+        text.extend_from_slice(buf.format(t).as_bytes());
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// How many decimal digits `n` has.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// One bucket a response describes.
@@ -456,6 +478,14 @@ mod tests {
             .collect();
         all.sort();
         all
+    }
+
+    #[test]
+    fn digits_counts_what_itoa_writes() {
+        let mut buf = itoa::Buffer::new();
+        for n in [0, 1, 9, 10, 99, 100, 12_345, 999_999_999_999_999, u64::MAX] {
+            assert_eq!(digits(n), buf.format(n).len(), "{n}");
+        }
     }
 
     fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
