@@ -157,7 +157,7 @@ fn adjust(config: &mut Config) {
 /// The rules code adds to the file's, at start and on every reload: the daily cap per key
 /// (`ENDPOINTWISE_DAILY_CAP`, default 10000/day); the public status route limited per IP
 /// (no key: without it one anonymous client could spend the gateway-wide backstop that
-/// every partner shares); the operators' routes outside the partners' limits (their
+/// every partner shares), whatever the method; the operators' routes outside the partners' limits (their
 /// wrong tokens are limited by the failed-authentication guard).
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
     let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
@@ -165,10 +165,9 @@ fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Syn
     move |rules| {
         rules
             .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
-            .route(
-                "GET /v1/status",
-                Policy::named("status").per_ip(STATUS_PER_IP),
-            )
+            // Every method: a `POST` or `OPTIONS` to it is anonymous too (a 405), and
+            // spends the backstop like a `GET`.
+            .route("/v1/status", Policy::named("status").per_ip(STATUS_PER_IP))
             .route("/admin/*", Policy::exempt())
     }
 }
