@@ -292,7 +292,10 @@ async fn anonymous_traffic_cannot_lock_the_partners_out() {
         let r = app.request(method, "/v1/status").send().await.unwrap();
         statuses.push(r.status().as_u16());
     }
-    assert!(statuses[..60].iter().all(|&s| s == 200 || s == 405), "{statuses:?}");
+    assert!(
+        statuses[..60].iter().all(|&s| s == 200 || s == 405),
+        "{statuses:?}"
+    );
     assert_eq!(statuses[60..], [429; 10]);
     for n in 0..5 {
         let r = app

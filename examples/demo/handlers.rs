@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate::ClientIp;
-use tollgate::{Decision, Limiter};
+use tollgate::{Decision, Limiter, Refusal};
 
 use crate::limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
 use crate::session::{portal_user, staff_user, DEMO_PASSWORD};
@@ -141,6 +141,16 @@ pub async fn staff_sign_in(
     ))
 }
 
+/// Whether `decision` refused only because the store had no room for a new key
+/// ([`Refusal::StoreFull`]), not because the key is at its limit.
+fn no_room(decision: &Decision) -> bool {
+    decision
+        .buckets
+        .iter()
+        .filter(|b| !b.allowed)
+        .all(|b| b.refusal == Some(Refusal::StoreFull))
+}
+
 /// [`staff_sign_in`] once the AUTH bucket admitted it.
 async fn staff_sign_in_charged(
     state: &AppState,
@@ -157,7 +167,11 @@ async fn staff_sign_in_charged(
     // The attempt is counted before the password is checked: a charge is atomic, so
     // concurrent guesses cannot all pass a lockout that only a later penalty would close.
     match failures.check(SIGN_IN_FAILURES, &email).await {
-        Ok(locked) if !locked.allowed => {
+        // An e-mail the lockout's share had no room for is not locked: refusing it would
+        // turn a flood of junk e-mails into a denial of every account not yet seen. Its
+        // attempt goes uncounted (the per-IP AUTH limit still holds guessing back), and the
+        // store warns that its share is full.
+        Ok(locked) if !locked.allowed && !no_room(&locked) => {
             return Err(refusal(state, SIGN_IN_FAILURES, &locked, uri))
         }
         Ok(_) => {}

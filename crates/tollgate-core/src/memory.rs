@@ -58,6 +58,9 @@ use crate::decision::{BucketState, Decision};
 use crate::limit::{Algorithm, Limit};
 use crate::store::{validate_buckets, Batch, BoxFuture, Bucket, Op, Store, StoreError, WhenFull};
 
+/// At most one warning per this many microseconds about new keys refused for a full share.
+const FULL_WARNING_EVERY_US: u64 = 10_000_000;
+
 /// The default for [`MemoryStoreBuilder::max_entries`]: keys per bucket name.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
@@ -338,6 +341,10 @@ struct Counters {
     evicted: AtomicU64,
     evicted_limited: AtomicU64,
     refused_full: AtomicU64,
+    /// When a refused new key was last warned about (µs of the store's clock; 0: never).
+    full_warned_at: AtomicU64,
+    /// `refused_full` when it was.
+    full_warned: AtomicU64,
 }
 
 struct Inner {
@@ -955,10 +962,7 @@ impl Inner {
             None => match State::fresh(limit, now).fit(limit, cost, now) {
                 Fit::Now => match self.make_room(shard, bucket, now) {
                     Ok(_) => Fit::Now,
-                    Err(wait) => {
-                        self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-                        Fit::Full(wait)
-                    }
+                    Err(wait) => Fit::Full(wait),
                 },
                 other => other,
             },
@@ -1025,10 +1029,7 @@ impl Inner {
         // of several buckets made room when it checked the fit).
         let part = match self.make_room(shard, bucket, now) {
             Ok(part) => part,
-            Err(wait) => {
-                self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-                return state.report(limit, Fit::Full(wait), cost, now);
-            }
+            Err(wait) => return state.report(limit, Fit::Full(wait), cost, now),
         };
         state.add(limit, cost, now);
         let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
@@ -1067,6 +1068,36 @@ impl Inner {
     /// If every key of the share is at its limit, evicts the least recently seen
     /// sixty-fourth of them ([`WhenFull::EvictLimited`]) or answers how long until the
     /// first of them expires ([`WhenFull::RefuseNewKeys`]). Returns the share.
+    /// Counts a new key of `bucket` refused because its share is full of keys at their
+    /// limit, and warns about it at most once every [`FULL_WARNING_EVERY_US`]: a full share
+    /// refuses every new client of that bucket (a sign-in lockout refuses accounts it never
+    /// saw), which an operator must hear about.
+    fn refused_for_room(&self, bucket: &Bucket, now: u64) {
+        let c = &self.counters;
+        let total = c.refused_full.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = c.full_warned_at.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < FULL_WARNING_EVERY_US {
+            return;
+        }
+        if c.full_warned_at
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let since = total - c.full_warned.swap(total, Ordering::Relaxed);
+        tracing::warn!(
+            target: "tollgate",
+            bucket = bucket.name(),
+            share = self.shard_cap * self.shards.len(),
+            refused = since,
+            "the memory store refuses new keys of this bucket: its share is full of keys at \
+             their limit (WhenFull::RefuseNewKeys), so every client it has not seen is refused \
+             until one of them expires; raise max_entries, or choose WhenFull::EvictLimited \
+             for this bucket"
+        );
+    }
+
     fn make_room(&self, shard: &mut Shard, bucket: &Bucket, now: u64) -> Result<u32, u64> {
         let part = shard.part_of(self.name_hash(bucket));
         let len = shard.len();
@@ -1088,6 +1119,7 @@ impl Inner {
         } else if bucket.when_full == WhenFull::EvictLimited {
             (self.shard_cap / 64).clamp(1, seen.len().max(1))
         } else {
+            self.refused_for_room(bucket, now);
             return Err(soonest.saturating_sub(now).max(1));
         };
         if seen.is_empty() {
