@@ -148,12 +148,15 @@ fn node(entry: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// The `for=` node of one `Forwarded` element; exactly one `for`, every pair `k=v`,
-/// a quoted value without inner quotes or backslashes.
+/// The `for=` node of one `Forwarded` element; exactly one `for`, every non-empty pair
+/// `k=v` (RFC 7239 allows empty ones), a quoted value without inner quotes or backslashes.
 fn forwarded_node(element: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(element).ok()?;
     let mut values = Vec::new();
     for pair in text.split(';') {
+        if pair.trim().is_empty() {
+            continue;
+        }
         let (key, value) = pair.split_once('=')?;
         if key.trim().eq_ignore_ascii_case("for") {
             values.push(value.trim());

@@ -434,7 +434,8 @@ fn parse_node(entry: &[u8]) -> Option<IpAddr> {
 fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(element).ok()?;
     let mut found = None;
-    for pair in text.split(';') {
+    // RFC 7239 allows empty pairs (`for=192.0.2.60;`, `;for=192.0.2.60`).
+    for pair in text.split(';').filter(|p| !p.trim().is_empty()) {
         let (key, value) = pair.split_once('=')?;
         if !key.trim().eq_ignore_ascii_case("for") {
             continue;
@@ -724,6 +725,13 @@ mod tests {
             Some(ip("2001:db8:cafe::17"))
         );
         assert_eq!(resolve(r#"for="203.0.113.7:80""#), Some(ip("203.0.113.7")));
+        // Empty pairs are allowed around the element's pairs.
+        assert_eq!(resolve("for=203.0.113.7;"), Some(ip("203.0.113.7")));
+        assert_eq!(
+            resolve(";proto=https;;for=203.0.113.7"),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(resolve("for=1.2.3.4, ;"), Some(ip(PROXY)));
         assert_eq!(
             resolve("for=1.2.3.4, for=203.0.113.7, for=10.0.0.3"),
             Some(ip("203.0.113.7"))
