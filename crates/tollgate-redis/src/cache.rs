@@ -10,9 +10,11 @@
 //! again a round trip early, which then refuses again).
 //!
 //! A hit needs the state of every bucket of the batch from one recent refusal (the usual case:
-//! a client hammering the same route), a refusing bucket whose deadline has not passed and a
-//! cost at least what was refused. The answer reports each bucket as Redis last did, with
-//! the waits shortened by the time that passed.
+//! a client hammering the same route), a refusing bucket whose deadline has not passed and
+//! the cost that was refused. The answer reports each bucket as Redis last did, with the
+//! waits shortened by the time that passed. A costlier charge is refused too, but its wait
+//! is longer than the one recorded (more must leave the window first): it goes to Redis,
+//! which tells the true wait.
 //!
 //! A refusal is recorded only if no refund or reset through this store touched its keys'
 //! shards while it was in flight: each shard has a generation, bumped by
@@ -45,6 +47,16 @@ struct Entry {
     valid_until: Instant,
     /// Set if this bucket refused: until when, and at what cost.
     refused: Option<(Instant, u64)>,
+}
+
+impl Entry {
+    /// Until when a charge of `bucket` at `now` is refused here: only at the cost Redis
+    /// refused (a costlier charge waits longer than recorded, a cheaper one may fit).
+    fn refuses(&self, bucket: &Bucket, now: Instant) -> Option<Instant> {
+        self.refused
+            .filter(|&(until, cost)| until > now && bucket.cost == cost)
+            .map(|(until, _)| until)
+    }
 }
 
 type Shard = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
@@ -109,8 +121,7 @@ impl RefusalCache {
             if entry.limit != bucket.limit || entry.valid_until <= now {
                 return None;
             }
-            refusing |=
-                matches!(entry.refused, Some((until, cost)) if until > now && bucket.cost >= cost);
+            refusing |= entry.refuses(bucket, now).is_some();
             entries.push(entry);
         }
         if !refusing {
@@ -125,6 +136,7 @@ impl RefusalCache {
             .zip(entries)
             .map(|(bucket, entry)| {
                 let elapsed = now.saturating_duration_since(entry.sent_at);
+                let refused_until = entry.refuses(bucket, now);
                 let mut state = entry.state;
                 state.reset_after = state.reset_after.saturating_sub(elapsed);
                 let capacity = bucket.limit.capacity();
@@ -136,8 +148,8 @@ impl RefusalCache {
                         capacity,
                     });
                 } else {
-                    match entry.refused {
-                        Some((until, cost)) if until > now && bucket.cost >= cost => {
+                    match refused_until {
+                        Some(until) => {
                             state.allowed = false;
                             state.retry_after = Some((until - now).max(Duration::from_micros(1)));
                             state.refusal = Some(Refusal::OverLimit);
@@ -287,6 +299,12 @@ mod tests {
         // A cheaper request, another limit, an unknown companion or a passed deadline: ask Redis.
         assert!(cache
             .lookup(&[ip.clone().with_cost(0), global.clone()], t0)
+            .is_none());
+        // A costlier one too: its wait is longer than the one recorded, and only Redis
+        // knows it (a 10-point charge refused with the wait of a 1-point one was told to
+        // come back too soon).
+        assert!(cache
+            .lookup(&[ip.clone().with_cost(2), global.clone()], t0)
             .is_none());
         let other_limit = Bucket::new("ip", "1.2.3.4", Limit::sliding(Quota::per_minute(3)));
         assert!(cache.lookup(&[other_limit, global.clone()], t0).is_none());

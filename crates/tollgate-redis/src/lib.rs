@@ -40,8 +40,9 @@
 //!
 //! A client that keeps sending while it is refused would cost a Redis round trip per request.
 //! [`RedisStore`] remembers refusals locally: once Redis refused a key until T, a charge of the
-//! same buckets before T (at a cost at least as high) is refused without asking Redis, with
-//! the wait shortened by the time that passed. It is **on by default** (10 000 keys,
+//! same buckets before T at the same cost is refused without asking Redis, with the wait
+//! shortened by the time that passed (a costlier charge goes to Redis: it must wait longer,
+//! and only Redis knows how much). It is **on by default** (10 000 keys,
 //! [`RedisStoreBuilder::refusal_cache`] sets the size or turns it off with 0). Measured with
 //! the benchmark (`cargo bench -p tollgate-redis --features deadpool --bench throughput`,
 //! 2 shared cores, eleven runs on two machines): 64 tasks hammering one refused key got 0.9
