@@ -1,19 +1,29 @@
 //! Support code shared by tollgate's examples (`examples/`) and its black-box HTTP tests
 //! (`tests/`). Not published; see the `tollgate` crate for the library.
 
-use std::net::SocketAddr;
-
 use axum::Router;
 
 /// Serves `app` the way every example does: on `HOST` (default `127.0.0.1`) and `PORT`
-/// (default `default_port`; `0` picks a free port), with the peer address available to the
-/// limiter (`into_make_service_with_connect_info`). Prints `listening on http://ADDR` first,
-/// which the black-box tests wait for. Logs go to standard error (`RUST_LOG`, default `info`).
+/// (default `default_port`; `0` picks a free port), HTTP/1.1, with the peer address
+/// available to the limiter (`ConnectInfo<SocketAddr>`, as axum's
+/// `into_make_service_with_connect_info` gives it). Prints `listening on http://ADDR`
+/// first, which the black-box tests wait for. Logs go to standard error (`RUST_LOG`,
+/// default `info`). Ctrl-C stops accepting and lets requests in flight finish.
+///
+/// A connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] of
+/// starting one (or of the previous response, on a kept-alive connection) is closed: a rate
+/// limiter sees only complete requests, so a client that never finishes its headers would
+/// otherwise hold a connection (and a file descriptor) for ever, beyond any limit.
 ///
 /// # Errors
 ///
 /// A bad `HOST`/`PORT`, or an address that cannot be bound.
 pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
     init_logging();
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let port = match std::env::var("PORT") {
@@ -27,15 +37,46 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, a connection reset before it was accepted:
+                    // the listener stays up.
+                    tracing::warn!("accept error: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        );
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away or times out ends its connection: nothing to report.
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
+
+/// How long a connection may take to send a request head (see [`serve`]).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

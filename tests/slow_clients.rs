@@ -1,0 +1,61 @@
+//! Black-box: a client that never finishes its request head does not hold a connection for
+//! ever. The limiter sees only whole requests, so such a client would be beyond any limit:
+//! the examples' server closes a connection whose head has not arrived within
+//! `tollgate_suite::HEADER_READ_TIMEOUT` (10 s) of starting, or of the previous response
+//! on a kept-alive connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::Example;
+
+/// Reads until the server closes the connection; how long that took (`None`: still open
+/// after `limit`).
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed())
+            }
+            Err(_) => return None,
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+    }
+}
+
+#[test]
+fn a_request_head_that_never_ends_is_cut_off() {
+    let ex = Example::start("seed_003", &[]);
+    let addr = ex.base.trim_start_matches("http://").to_string();
+    let limit = tollgate_suite::HEADER_READ_TIMEOUT + Duration::from_secs(10);
+
+    // Half a head, then silence.
+    let mut partial = TcpStream::connect(&addr).unwrap();
+    partial
+        .write_all(b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A kept-alive connection that goes quiet after its first answer.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+
+    let waited = closed_within(&mut partial, limit).expect("a half-sent head held its connection");
+    assert!(
+        waited >= tollgate_suite::HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "cut off after {waited:?}, before the timeout"
+    );
+    assert!(
+        closed_within(&mut idle, limit).is_some(),
+        "an idle kept-alive connection was held"
+    );
+}
