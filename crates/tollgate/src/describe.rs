@@ -196,7 +196,8 @@ impl LimitJson {
         Self {
             quota: limit.map(|l| l.quota().to_string()),
             limit: limit.map(|l| l.quota().count()),
-            window_seconds: limit.map(|l| l.quota().period().as_secs()),
+            // Rounded up, as `RateLimit-Policy`'s `w` (a 500 ms window is not 0 seconds).
+            window_seconds: limit.map(|l| crate::respond::ceil_secs(l.quota().period())),
             algorithm: limit.as_ref().map(algorithm_name),
             burst: limit.and_then(|l| match l.algorithm() {
                 Algorithm::TokenBucket { burst } => Some(burst),
@@ -299,6 +300,16 @@ mod tests {
             .bucket("sign-in-failures", Rate::exact("5/30min"))
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn a_window_under_a_second_shows_as_one_second_like_the_policy_header() {
+        let short = super::Limit::sliding(tollgate_core::Quota::parse("10/500ms").unwrap());
+        let json = serde_json::to_value(super::LimitJson::new(Some(short))).unwrap();
+        assert_eq!(json["windowSeconds"], 1);
+        let minute = super::Limit::sliding(tollgate_core::Quota::per_minute(10));
+        let json = serde_json::to_value(super::LimitJson::new(Some(minute))).unwrap();
+        assert_eq!(json["windowSeconds"], 60);
     }
 
     #[test]
