@@ -158,6 +158,32 @@ async fn keys_created_at_run_time_get_their_own_limit() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("fortnight"));
 
+    // A body that is not the expected JSON: the gateway's error shape, whatever is wrong.
+    for (content_type, body, status) in [
+        ("application/json", "{not json", 400),
+        ("application/json", r#"{"name": "No scope"}"#, 422),
+        ("text/plain", r#"{"name": "x", "scope": "read"}"#, 415),
+    ] {
+        let r = app
+            .post("/admin/keys")
+            .bearer_auth(ADMIN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        let error: serde_json::Value = r.json().await.expect("a JSON error body");
+        assert_eq!(error["error"], "invalid_request", "{body}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // A rate limit is shown as it was read.
+    let sixty = serde_json::json!({ "name": "Sixty", "scope": "read", "rate_limit": "3/60s" });
+    let r = create(sixty, ADMIN).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(created["rate_limit"], "3/min");
+
     let r = create(limited, ADMIN).await.unwrap();
     assert_eq!(r.status(), 201);
     let created: serde_json::Value = r.json().await.unwrap();

@@ -64,6 +64,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -120,16 +121,20 @@ struct Gateway {
 
 impl Gateway {
     /// Adds a key to the table, with its per-key limit if it has one.
-    fn add_key(&self, key: &str, info: ApiKey) -> Result<(), tollgate::RateError> {
+    /// Adds `key`; its rate limit, if any, is kept (and shown) as parsed (`20 / min` is
+    /// `20/min`).
+    fn add_key(&self, key: &str, mut info: ApiKey) -> Result<ApiKey, tollgate::RateError> {
         if let Some(rate) = &info.rate_limit {
+            let quota = tollgate::Rate::from(rate.as_str()).limit()?.quota();
             self.limiter
-                .set_override(&Key::api_key(API_KEY), key, rate.as_str())?;
+                .set_override(&Key::api_key(API_KEY), key, quota)?;
+            info.rate_limit = Some(quota.to_string());
         }
         self.keys
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string(), info);
-        Ok(())
+            .insert(key.to_string(), info.clone());
+        Ok(info)
     }
 
     fn key(&self, key: &str) -> Option<ApiKey> {
@@ -266,7 +271,19 @@ struct NewKey {
     rate_limit: Option<String>,
 }
 
-async fn create_key(State(gateway): State<Gateway>, Json(new): Json<NewKey>) -> Response {
+/// `POST /admin/keys`: a new partner key. A body that is not the expected JSON gets the
+/// gateway's `{"error": …}` shape too.
+async fn create_key(
+    State(gateway): State<Gateway>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> Response {
+    let new = match body {
+        Ok(Json(new)) => new,
+        Err(rejection) => {
+            let body = json!({ "error": "invalid_request", "message": rejection.body_text() });
+            return (rejection.status(), Json(body)).into_response();
+        }
+    };
     // A stand-in key: a process-random 64-bit value and a counter.
     let n = gateway.created.fetch_add(1, Ordering::Relaxed);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -277,14 +294,16 @@ async fn create_key(State(gateway): State<Gateway>, Json(new): Json<NewKey>) -> 
         scope: new.scope,
         rate_limit: new.rate_limit,
     };
-    let body = json!({
-        "key": key,
-        "name": info.name,
-        "scope": info.scope,
-        "rate_limit": info.rate_limit,
-    });
     match gateway.add_key(&key, info) {
-        Ok(()) => (StatusCode::CREATED, Json(body)).into_response(),
+        Ok(info) => {
+            let body = json!({
+                "key": key,
+                "name": info.name,
+                "scope": info.scope,
+                "rate_limit": info.rate_limit,
+            });
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
         Err(e) => (
             StatusCode::BAD_REQUEST,
             Json(json!({ "error": "invalid_rate_limit", "message": e.to_string() })),
