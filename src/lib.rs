@@ -8,7 +8,8 @@ use axum::Router;
 /// available to the limiter (`ConnectInfo<SocketAddr>`, as axum's
 /// `into_make_service_with_connect_info` gives it). Prints `listening on http://ADDR`
 /// first, which the black-box tests wait for. Logs go to standard error (`RUST_LOG`,
-/// default `info`). Ctrl-C stops accepting and lets requests in flight finish.
+/// default `info`). Ctrl-C stops accepting and lets requests in flight finish; `SIGHUP` does
+/// not stop it.
 ///
 /// A connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] of
 /// starting one (or of the previous response, on a kept-alive connection) is closed: a rate
@@ -36,6 +37,11 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
         Err(_) => default_port,
     };
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    // `SIGHUP` (a closed terminal, an operator's reload habit) must not stop a server:
+    // registering it once replaces the default action (terminate) for the process. The
+    // examples that reload on it listen for it themselves.
+    #[cfg(unix)]
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     println!("listening on http://{}", listener.local_addr()?);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -2,7 +2,7 @@
 //! ever. The limiter sees only whole requests, so such a client would be beyond any limit:
 //! the examples' server closes a connection whose head has not arrived within
 //! `tollgate_suite::HEADER_READ_TIMEOUT` (10 s) of starting, or of the previous response
-//! on a kept-alive connection.
+//! on a kept-alive connection. A `SIGHUP` does not stop it either.
 
 mod common;
 
@@ -58,4 +58,25 @@ fn a_request_head_that_never_ends_is_cut_off() {
         closed_within(&mut idle, limit).is_some(),
         "an idle kept-alive connection was held"
     );
+}
+
+/// `SIGHUP` does not stop an example's server (its default action would terminate it).
+#[cfg(unix)]
+#[test]
+fn a_hangup_does_not_stop_the_server() {
+    let ex = Example::start("demo", &[]);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &ex.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let addr = ex.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&addr).expect("the server is gone after SIGHUP");
+    stream
+        .write_all(b"GET /api/projects HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
