@@ -663,7 +663,9 @@ impl<P: Primary> Shared<P> {
                 target: "tollgate::store",
                 reason,
                 timeout_ms = self.config.timeout.as_millis() as u64,
-                "rate-limit store switched to the in-memory fallback"
+                "rate-limit store switched to the in-memory fallback (for policies that fall \
+                 back; those set to fail open admit, those set to fail closed refuse, until \
+                 the store answers again)"
             );
         }
     }
