@@ -60,11 +60,18 @@ local now
 -- the instance's clock, and an instance whose clock runs behind the server's by less must
 -- not find a key gone that still counts. (A key that outlives its state reads as fresh.)
 local slack = 1000
+-- What turns a time on `now`'s clock into one on the server's (ms): 0 unless `now` is the
+-- instance's. Every expiry is worked out on `now`'s clock and written as a time on the
+-- server's: an instance whose clock runs behind would otherwise set expiries already past,
+-- and Redis would drop every key it writes at once (no limit at all).
+local shift = 0
+local t = redis.call('TIME')
+now = t[1] * 1000000 + t[2]
 if #ARGV > #KEYS * 6 + 1 then
+  local server = now
   now = tonumber(ARGV[#ARGV]) -- a request with a fixed window: the instance's clock
-else
-  local t = redis.call('TIME')
-  now = t[1] * 1000000 + t[2]
+  shift = math.floor((server - now) / 1000)
+  slack = slack + shift
 end
 local LIM = 9007199254740992 -- 2^53: counts and times saturate here (u64::MAX in memory)
 
@@ -479,7 +486,7 @@ for i = 1, n do
           if x then
             if x < 0 then
               local pe = redis.call('PEXPIRETIME', old)
-              if pe > 0 and pe <= unit then
+              if pe > 0 and pe <= unit + shift then
                 used = -x
                 OLD[i], present = old, true
               end
@@ -620,7 +627,7 @@ for i = 1, n do
     if used > 0 then
       reset = close - now
       if change then
-        redis.call('SET', key, used, 'PXAT', unit)
+        redis.call('SET', key, used, 'PXAT', unit + shift)
       end
     elseif present then
       redis.call('DEL', key)

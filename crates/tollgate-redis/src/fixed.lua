@@ -1,9 +1,12 @@
 -- tollgate: one fixed window charged, INCRBY-shaped (decide.lua does everything else).
 --
 -- KEYS[1]: the window's key, the bucket's key and ':<window index>' (the instance placed
--- the window by its clock). ARGV: cost (at least 1), capacity, and when the key expires
--- (Unix ms). A fourth argument, if any, says that the bucket's key in the format before
--- this script is on another Redis Cluster slot and must not be read.
+-- the window by its clock). ARGV: cost (at least 1), capacity, and how long the key lives
+-- from now (ms, to a second after the window ends on the instance's clock: relative, so an
+-- instance whose clock runs behind the server's does not set an expiry already past, which
+-- would drop the count at every charge). A fourth argument, if any, says that the bucket's
+-- key in the format before this script is on another Redis Cluster slot and must not be
+-- read.
 --
 -- Stored: the window's count, a plain integer. A refused charge is not counted: it is taken
 -- back at once, as the memory store never counts it.
@@ -25,7 +28,7 @@ if n == c then
       local u = tonumber(v)
       if u then
         if u < 0 then
-          local pe = redis.call('PEXPIRETIME', old)
+          local pe = redis.call('PTTL', old)
           if pe > 0 and pe <= tonumber(ARGV[3]) then
             u = -u
           else
@@ -46,7 +49,7 @@ if n == c then
       end
     end
   end
-  redis.call('PEXPIREAT', k, ARGV[3])
+  redis.call('PEXPIRE', k, ARGV[3])
 end
 if n > tonumber(ARGV[2]) then
   redis.call('DECRBY', k, c)

@@ -8,7 +8,7 @@
 //! window is placed by the instance's clock, and the script then decides by that clock.
 //!
 //! `fixed.lua` charges one fixed window: `EVALSHA <sha> 1 <window key> <cost> <capacity>
-//! <expiry ms> [-]`, answered by one integer (the count after the charge, or minus one minus
+//! <ms to live> [-]`, answered by one integer (the count after the charge, or minus one minus
 //! the count before a refused one); the rest of the decision is worked out here from the
 //! instance's clock.
 
@@ -103,11 +103,14 @@ impl Call<'_> {
         };
         if let (true, [b], Some(now)) = (self.is_fixed(), self.buckets, self.now) {
             let (_, _, expiry) = fixed_window(b.limit.quota().period_micros(), now);
+            // How long the key lives from now: relative, as the instance's clock may differ
+            // from the server's.
+            let ttl = expiry.saturating_sub(now / 1000).max(1);
             cmd.arg(1)
                 .arg(b.key)
                 .arg(b.cost.min(MAX_COUNT))
                 .arg(b.limit.capacity())
-                .arg(expiry);
+                .arg(ttl);
             if b.no_migration {
                 cmd.arg("-");
             }
@@ -432,7 +435,8 @@ mod tests {
                 "tollgate:f:k:1000",
                 "3",
                 "10",
-                "60061000"
+                // How long the key lives: to a second after the window ends, from `now`.
+                "60999"
             ]
         );
         let moved = Arg {
@@ -441,7 +445,7 @@ mod tests {
         };
         assert_eq!(
             strings(&call(Op::Charge, &[moved], Some(now)).command(true).unwrap())[2..],
-            ["1", "tollgate:f:k:1000", "3", "10", "60061000", "-"]
+            ["1", "tollgate:f:k:1000", "3", "10", "60999", "-"]
         );
         // Anything else runs decide.lua, with the instance's clock last.
         let peek = call(Op::Peek, std::slice::from_ref(&arg), Some(now));

@@ -61,7 +61,11 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
             key,
             format!("{}:{}", store.redis_key(&bucket), d.now.as_micros() / hour)
         );
-        assert_eq!(expiry_ms(&mut conn, &key).await as u64, end / 1000 + 1000);
+        // A second after the window ends, set as a time to live from the instance's clock
+        // (so a clock behind the server's sets no expiry already past): later by the time
+        // the call took to reach the server.
+        let at = expiry_ms(&mut conn, &key).await as u64;
+        assert!((end / 1000 + 1000..end / 1000 + 2000).contains(&at), "{at}");
     }
     let d = store
         .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
@@ -303,4 +307,35 @@ async fn a_fixed_window_is_placed_by_the_instances_clock() {
     )]);
     let d_sliding = ahead.apply(&sliding).await.unwrap();
     assert!(d_sliding.now.as_micros() < d.now.as_micros() + 60_000_000);
+}
+
+/// An instance whose clock runs behind the server's (two minutes here) still limits: a
+/// request with a fixed window is decided on the instance's clock, and every key it writes
+/// lives as long from the server's now as it would from the instance's. With expiries
+/// written as times on the instance's clock, Redis dropped each key as it was written (a
+/// time already past), and nothing was ever counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_clock_runs_behind_still_limits() {
+    let server = RedisServer::start();
+    let behind = SystemClock.now().as_micros() - 120_000_000;
+    let store = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .clock(tollgate_core::ManualClock::new(Duration::from_micros(
+            behind,
+        )))
+        .build()
+        .unwrap();
+    let fixed = Bucket::new("skew", "fixed", Limit::fixed(Quota::per_minute(3)));
+    let sliding = Bucket::new("skew", "sliding", Limit::sliding(Quota::per_minute(3)));
+    let wide = Bucket::new("skew", "wide", Limit::fixed(Quota::per_minute(100)));
+    // One fixed window (fixed.lua), then a fixed window beside a sliding one (decide.lua).
+    for batch in [vec![fixed], vec![wide, sliding]] {
+        let mut admitted = 0;
+        for _ in 0..5 {
+            let d = store.apply(&Batch::charge(batch.clone())).await.unwrap();
+            admitted += usize::from(d.allowed);
+        }
+        assert_eq!(admitted, 3, "{} bucket(s)", batch.len());
+    }
 }
