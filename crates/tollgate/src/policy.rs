@@ -295,9 +295,16 @@ impl Policy {
     /// flight at once, none is refused for another's sake. Once an IP's failures reach the
     /// limit, every request from it is refused (429, with the usual headers and
     /// `Retry-After`) until the window lets one through, authenticated or not: the guard
-    /// runs before credentials are checked. (Failures in flight together are each let
-    /// through before any is counted: an IP that reaches the limit with many requests at
-    /// once has them all answered, and waits longer for it.)
+    /// runs before credentials are checked.
+    ///
+    /// The price of never refusing valid requests in flight: failures in flight together
+    /// are each let through before any is counted. An IP that sends many guesses at once,
+    /// while under its limit, has them all answered; they all count, and it then waits for
+    /// them to leave the window like any failures (a sliding window of 20 a minute: 100
+    /// guesses sent together are 100 answered, then a minute's wait). So the guard bounds
+    /// guesses sent one after another, not guesses sent together: against those, bound
+    /// the requests in flight per client in front of it (a connection or concurrency
+    /// limit at the proxy).
     ///
     /// Its store-failure mode is [`FailureMode::Fallback`] whatever the limiter's default (a
     /// limiter set to fail open would otherwise let guessing run at full speed through an
