@@ -34,6 +34,12 @@ pub enum BuildError {
         /// The policy.
         policy: String,
     },
+    /// An exempt policy was given limits, which it would never charge.
+    #[error("policy `{policy}` is exempt but has limits, which it would never charge: drop the limits, or `Policy::exempt()`")]
+    ExemptWithLimits {
+        /// The policy.
+        policy: String,
+    },
     /// A policy name (or bucket name) is empty or holds characters other than letters,
     /// digits, `_`, `-`, `.`.
     #[error("`{name}` is not a usable policy or bucket name: use letters, digits, `_`, `-`, `.`")]

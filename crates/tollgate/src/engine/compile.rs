@@ -212,6 +212,11 @@ pub(crate) fn compile(
         overrides: Vec::new(),
     };
     if policy.exempt {
+        if !policy.limits.is_empty() {
+            return Err(BuildError::ExemptWithLimits {
+                policy: name.to_string(),
+            });
+        }
         return Ok(Arc::new(compiled));
     }
     if policy.limits.is_empty() {
@@ -574,6 +579,11 @@ mod tests {
         assert!(matches!(
             bad(Policy::named("x").per_user("1/min")),
             Some(BuildError::NoIdentity { .. })
+        ));
+        // An exempt policy never charges: limits on it are a mistake, not silence.
+        assert!(matches!(
+            bad(Policy::exempt().per_ip("1/min")),
+            Some(BuildError::ExemptWithLimits { .. })
         ));
         assert!(matches!(
             bad(Policy::named("x y").per_ip("1/min")),
