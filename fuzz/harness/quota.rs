@@ -184,6 +184,7 @@ fn check_quota(text: &str, quota: Quota) {
             }
             Err(e) => assert!(
                 burst == 0
+                    || quota.count() > quota.period_micros()
                     || u128::from(burst) * u128::from(Limit::sliding(quota).emission_interval())
                         > MAX_PERIOD.as_micros(),
                 "{text:?} burst {burst}: {e}"

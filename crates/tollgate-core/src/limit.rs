@@ -127,11 +127,15 @@ impl Limit {
     ///
     /// # Errors
     ///
-    /// [`QuotaError::ZeroBurst`], or [`QuotaError::BurstTooLarge`] if refilling the whole
-    /// bucket would take longer than 400 days.
+    /// [`QuotaError::ZeroBurst`], [`QuotaError::TokenBucketTooFast`] above a token a
+    /// microsecond, or [`QuotaError::BurstTooLarge`] if refilling the whole bucket would take
+    /// longer than 400 days.
     pub fn token_bucket(sustained: Quota, burst: u64) -> Result<Self, QuotaError> {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
+        }
+        if sustained.count() > sustained.period_micros() {
+            return Err(QuotaError::TokenBucketTooFast { sustained });
         }
         let limit = Self::new(sustained, Algorithm::TokenBucket { burst });
         let refill = u128::from(burst) * u128::from(limit.emission_interval());
@@ -222,6 +226,14 @@ mod tests {
             Limit::token_bucket(Quota::per_day(1), 1000),
             Err(QuotaError::BurstTooLarge { .. })
         ));
+        // A token a microsecond is the finest a token bucket counts in: faster is refused,
+        // not slowed without a word (3,000,000/s admitted 1,000,000/s).
+        let fast = Quota::parse("3000000/s").unwrap();
+        assert_eq!(
+            Limit::token_bucket(fast, 3_000_000),
+            Err(QuotaError::TokenBucketTooFast { sustained: fast })
+        );
+        assert!(Limit::token_bucket(Quota::parse("1000000/s").unwrap(), 10).is_ok());
         assert!(Limit::sliding_segments(q, 0).is_err());
         assert!(Limit::sliding_segments(q, 1001).is_err());
         assert!(Limit::sliding_segments(Quota::parse("1/5ms").unwrap(), 6).is_err());

@@ -94,6 +94,13 @@ pub enum QuotaError {
         /// The sustained rate.
         sustained: Quota,
     },
+    /// A token bucket refilling faster than one token a microsecond, the finest step it
+    /// counts in (it would be slowed to that without a word).
+    #[error("a token bucket refills at most one token a microsecond (1000000/s); {sustained} is faster: use a sliding window, or count in larger units")]
+    TokenBucketTooFast {
+        /// The sustained rate.
+        sustained: Quota,
+    },
     /// A sliding window split into zero segments, or more segments than milliseconds.
     #[error("a sliding window of {period:?} cannot be split into {segments} segments (1 to 1000, at most one per millisecond)")]
     BadSegments {
