@@ -237,6 +237,14 @@ pub(crate) fn compile(
     let mut per_kind: HashMap<&str, usize> = HashMap::new();
     for rule in &policy.limits {
         let key = &rule.key;
+        // A header key's name is checked first: its kind is made from the name, and the
+        // name is what the user wrote.
+        if let Source::Header(Err(header)) = &key.source {
+            return Err(BuildError::BadHeaderName {
+                policy: name.to_string(),
+                header: header.clone(),
+            });
+        }
         if !key.kind_is_valid() {
             return Err(BuildError::BadKeyKind {
                 policy: name.to_string(),
@@ -244,12 +252,6 @@ pub(crate) fn compile(
             });
         }
         match &key.source {
-            Source::Header(Err(header)) => {
-                return Err(BuildError::BadHeaderName {
-                    policy: name.to_string(),
-                    header: header.clone(),
-                })
-            }
             Source::User if !has_identity => {
                 return Err(BuildError::NoIdentity {
                     policy: name.to_string(),
@@ -579,6 +581,12 @@ mod tests {
         assert!(matches!(
             bad(Policy::named("x").per_user("1/min")),
             Some(BuildError::NoIdentity { .. })
+        ));
+        // A header key with a name that is not a header name says so (not that its kind,
+        // `header:<name>`, is not a kind).
+        assert!(matches!(
+            bad(Policy::named("x").limit(crate::Key::header("x device"), "1/min")),
+            Some(BuildError::BadHeaderName { .. })
         ));
         // An exempt policy never charges: limits on it are a mistake, not silence.
         assert!(matches!(
