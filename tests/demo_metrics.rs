@@ -77,3 +77,62 @@ async fn metrics_show_the_bucket_that_refused() {
         "{text}"
     );
 }
+
+/// What handlers decide with `Limiter::check` counts like the middleware's decisions (the
+/// demo's AUTH bucket, charged by its handlers), and a guard's bucket counts the responses
+/// it counts, not every request it looked at (valid admin tokens spend nothing).
+#[tokio::test]
+async fn metrics_count_handler_decisions_and_only_what_a_guard_counts() {
+    let ex = Example::start(
+        "demo",
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("ADMIN_TOKEN", "s3cret"),
+        ],
+    );
+    // AUTH: 20 per 15 minutes per IP, charged by the handler.
+    let mut statuses = Vec::new();
+    for _ in 0..22 {
+        let r = ex
+            .post("/api/auth/forgot-password")
+            .header("x-forwarded-for", "198.51.100.78")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 20);
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 2);
+    // The admin router's guard: 3 valid tokens (not counted), then 2 wrong ones (counted).
+    for token in ["s3cret", "s3cret", "s3cret", "wrong", "wrong"] {
+        ex.get("/admin/rate-limits")
+            .header("x-forwarded-for", "198.51.100.79")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let text = ex
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let requests = |policy, bucket, outcome| {
+        series(
+            &text,
+            "tollgate_requests_total",
+            &[("policy", policy), ("bucket", bucket), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(requests("auth", "auth", "admitted"), Some(20.0), "{text}");
+    assert_eq!(requests("auth", "auth", "refused"), Some(2.0), "{text}");
+    assert_eq!(
+        requests("failed-auth", "failed-auth:ip", "admitted"),
+        Some(2.0),
+        "{text}"
+    );
+}

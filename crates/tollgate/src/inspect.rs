@@ -211,8 +211,8 @@ impl Limiter {
     }
 
     fn find(&self, bucket: &str) -> Result<Found, InspectError> {
-        if let Some(limit) = self.engine.table.load().direct.get(bucket) {
-            return Ok(Found::Direct(*limit));
+        if let Some(direct) = self.engine.table.load().direct.get(bucket) {
+            return Ok(Found::Direct(direct.limit));
         }
         if let Some(kind) = bucket.strip_prefix(OVERRIDE_PREFIX) {
             return self

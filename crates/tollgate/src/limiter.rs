@@ -79,9 +79,9 @@ pub struct Limiter {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LimiterStats {
-    /// Requests admitted after a check.
+    /// Requests admitted after a check (handlers' [`Limiter::check`]s included).
     pub admitted: u64,
-    /// Requests refused (429).
+    /// Requests refused (429; handlers' [`Limiter::check`]s that refused included).
     pub refused: u64,
     /// Requests a shadow policy would have refused (admitted anyway).
     pub would_refuse: u64,
@@ -492,7 +492,7 @@ impl Limiter {
         method: &Method,
         path: &str,
     ) -> respond::RateLimitOutcome {
-        let limit = self.engine.table.load().direct.get(bucket).copied();
+        let limit = self.engine.table.load().direct.get(bucket).map(|d| d.limit);
         let quota = limit.map(|l| (bucket, l.quota()));
         respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path)
     }
@@ -504,14 +504,12 @@ impl Limiter {
         key: &str,
         cost: u64,
     ) -> Result<Decision, CheckError> {
-        let (limit, on_failure) = {
-            let table = self.engine.table.load();
-            let limit = *table
-                .direct
-                .get(bucket)
-                .ok_or_else(|| CheckError::UnknownBucket(bucket.to_string()))?;
-            (limit, table.defaults.on_failure)
-        };
+        // The table the call started with, held to the end (its bucket's metrics).
+        let table = self.engine.table.load_full();
+        let direct = table
+            .direct
+            .get(bucket)
+            .ok_or_else(|| CheckError::UnknownBucket(bucket.to_string()))?;
         if !self.engine.enabled {
             return Ok(Decision {
                 allowed: true,
@@ -520,9 +518,32 @@ impl Limiter {
             });
         }
         let stored = key::store_key(key.as_bytes(), false);
-        let bucket = Bucket::new(bucket, &stored, limit).with_cost(cost);
-        let batch = Batch::new(op, vec![bucket]).with_failure_mode(on_failure);
-        Ok(self.engine.store.apply(&batch).await?)
+        let bucket = Bucket::new(bucket, &stored, direct.limit).with_cost(cost);
+        let batch = Batch::new(op, vec![bucket]).with_failure_mode(table.defaults.on_failure);
+        let answer = self.engine.store.apply(&batch).await;
+        // A charge is a request decided, as the middleware's are: counted in the limiter's
+        // stats and its bucket's metrics (a look, a refund or a reset decides nothing).
+        if op == Op::Charge {
+            match &answer {
+                Ok(decision) if decision.allowed => {
+                    self.engine.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                    if let Some(state) = decision.buckets.first() {
+                        direct.metrics.admitted(state);
+                    }
+                }
+                Ok(_) => {
+                    self.engine.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    direct.metrics.refused(false);
+                }
+                Err(_) => {
+                    self.engine
+                        .stats
+                        .store_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(answer?)
     }
 
     /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
@@ -603,7 +624,11 @@ impl Limiter {
             .iter()
             .filter(|p| seen.insert(p.name.clone()))
             .map(|p| RouteLimits::from_compiled(RuleSource::PerRoute, None, p));
-        let mut buckets: Vec<(&String, &Limit)> = inner.direct.iter().collect();
+        let mut buckets: Vec<(&String, &Limit)> = inner
+            .direct
+            .iter()
+            .map(|(name, d)| (name, &d.limit))
+            .collect();
         buckets.sort_by(|a, b| a.0.cmp(b.0));
         let buckets = buckets
             .into_iter()

@@ -5,7 +5,7 @@
 //!
 //! | name | kind | labels | moves |
 //! |---|---|---|---|
-//! | [`REQUESTS_TOTAL`] `tollgate_requests_total` | counter | `policy`, `bucket`, `outcome` | once per bucket a request was decided by: `outcome="admitted"` for every bucket an admitted request spent; `"refused"` for the bucket (or buckets) that refused a refused request (the others were not charged and do not count); `"shadow_refused"` for a dry-run bucket that would have refused |
+//! | [`REQUESTS_TOTAL`] `tollgate_requests_total` | counter | `policy`, `bucket`, `outcome` | once per bucket a request was decided by: `outcome="admitted"` for every bucket an admitted request spent; `"refused"` for the bucket (or buckets) that refused a refused request (the others were not charged and do not count); `"shadow_refused"` for a dry-run bucket that would have refused. A guard that counts only some responses (`Policy::failed_auth_per_ip`) counts `admitted` for the responses it counted, not for the requests it looked at; a charge given back after the response (a 304) stays counted. A bucket for direct use (`Limiter::check`, `check_cost`) counts under `policy` and `bucket` both its name |
 //! | [`NEAR_LIMIT_TOTAL`] `tollgate_near_limit_total` | counter | `policy`, `bucket` | a bucket admitted a request and has less than 10% of its limit left |
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |

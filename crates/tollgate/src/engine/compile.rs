@@ -339,6 +339,13 @@ pub(crate) fn compile(
     Ok(Arc::new(compiled))
 }
 
+/// A bucket for direct use ([`Limiter::check`](crate::Limiter::check) and its kin): its
+/// limit, and its metrics (as a policy's bucket has, under its own name).
+pub(crate) struct Direct {
+    pub(crate) limit: Limit,
+    pub(crate) metrics: BucketMetrics,
+}
+
 /// A limiter's compiled rules: the central table, the global policies, the buckets for
 /// direct use, and the per-route policies code declared. A reload swaps it whole; a request
 /// loads it once, at its start, and finishes under it.
@@ -350,7 +357,7 @@ pub(crate) struct Table {
     /// How many limits the global policies have together.
     pub(crate) global_limits: usize,
     /// The buckets for direct use, by name.
-    pub(crate) direct: Arc<HashMap<String, Limit>>,
+    pub(crate) direct: Arc<HashMap<String, Direct>>,
     /// The per-route policies ([`Limiter::policy`](crate::Limiter::policy)), by the index
     /// their layer holds, compiled against this table's global policies.
     pub(crate) per_route: Vec<Arc<Compiled>>,
@@ -454,9 +461,13 @@ pub(crate) fn compile_table(
             key: "direct".into(),
             source: Box::new(source),
         })?;
+        let bucket: Arc<str> = name.as_str().into();
+        let metrics = BucketMetrics::new(&bucket, &bucket);
         if signatures.contains_key(name.as_str())
             || code.guards.contains(name.as_str())
-            || direct.insert(name.clone(), limit).is_some()
+            || direct
+                .insert(name.clone(), Direct { limit, metrics })
+                .is_some()
         {
             return Err(BuildError::DuplicateBucket { name: name.clone() });
         }

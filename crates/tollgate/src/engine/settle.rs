@@ -189,6 +189,12 @@ impl Pending {
         match answer {
             Ok(states) => {
                 for (&pos, state) in touched.iter().zip(states) {
+                    // A response counted after a look spent the bucket: as a charge does.
+                    if crate::observe::ENABLED && op == Op::Penalize {
+                        if let Some(metrics) = self.plan.metrics(self.charged[pos]) {
+                            metrics.admitted(&state);
+                        }
+                    }
                     self.states[pos] = state;
                 }
             }
