@@ -191,7 +191,7 @@ impl Limiter {
             return Err(InspectError::EmptyKey);
         }
         match self.find(bucket)? {
-            Found::Direct(limit) => Ok((store_key(key.as_bytes(), false), Some(limit))),
+            Found::Direct(limit) => Ok((self.engine.direct_key(key), Some(limit))),
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
                 Ok((store_key(value.as_bytes(), k.hashed), limit))
@@ -301,6 +301,47 @@ mod tests {
             .bucket("sign-in-failures", Rate::exact("5/30min"))
             .build()
             .unwrap()
+    }
+
+    /// A direct-use bucket keyed by client address: the handler's raw address, its
+    /// `ClientIp::key` and an operator's lookup of any address of the /64 name one key (an
+    /// operator's lookup said "fresh" and a reset did nothing for a locked IPv6 client).
+    #[tokio::test]
+    async fn a_direct_buckets_ip_keys_are_folded_like_clients() {
+        let limiter = limiter();
+        for ip in ["2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2::/64"] {
+            limiter.check("sign-in-failures", ip).await.unwrap();
+        }
+        let peek = limiter
+            .peek_bucket("sign-in-failures", "2001:db8:1:2::ffff")
+            .await
+            .unwrap();
+        assert_eq!(peek.buckets[0].remaining, 2);
+        // Another /64 is another key; IPv4 keys are the address.
+        let other = limiter
+            .peek("sign-in-failures", "2001:db8:1:3::a")
+            .await
+            .unwrap();
+        assert_eq!(other.buckets[0].remaining, 5);
+        limiter
+            .reset_bucket("sign-in-failures", "2001:db8:1:2::c")
+            .await
+            .unwrap();
+        let after = limiter
+            .peek("sign-in-failures", "2001:db8:1:2::a")
+            .await
+            .unwrap();
+        assert_eq!(after.buckets[0].remaining, 5);
+        // Anything that is not an address is the key as given.
+        limiter
+            .check("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        let peek = limiter
+            .peek_bucket("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        assert_eq!(peek.buckets[0].remaining, 4);
     }
 
     #[tokio::test]

@@ -380,7 +380,10 @@ impl Limiter {
     }
 
     /// Charges 1 to the direct-use bucket `bucket` for `key`: admitted iff it fits.
-    /// When limiting is disabled, answers admitted with no bucket state.
+    /// When limiting is disabled, answers admitted with no bucket state. A `key` that is an
+    /// IP address is folded like a request's client (an IPv6 address to its network, as
+    /// [`ClientIp::key`] does), here and in the operators' lookups, so a client cannot
+    /// escape a handler's per-IP bucket by changing addresses within its /64.
     ///
     /// # Errors
     ///
@@ -517,7 +520,7 @@ impl Limiter {
                 buckets: Vec::new(),
             });
         }
-        let stored = key::store_key(key.as_bytes(), false);
+        let stored = self.engine.direct_key(key);
         let bucket = Bucket::new(bucket, &stored, direct.limit).with_cost(cost);
         let batch = Batch::new(op, vec![bucket]).with_failure_mode(table.defaults.on_failure);
         let answer = self.engine.store.apply(&batch).await;

@@ -495,6 +495,15 @@ impl Engine {
         }
     }
 
+    /// How a key of a bucket for direct use is stored: an IP address (or an address key as
+    /// stored, `2001:db8::/64`) folded like a request's client (an IPv6 address to its
+    /// network), so a handler's raw address, its [`ClientIp::key`] and an operator's lookup
+    /// all name one key; any other key as given.
+    pub(crate) fn direct_key(&self, key: &str) -> String {
+        let folded = self.client_ip.key_of_text(key);
+        crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), false)
+    }
+
     /// From now on, the central layer marks the requests it charges, so a per-route layer
     /// further in can take them over.
     pub(crate) fn mark_requests(&self) {
