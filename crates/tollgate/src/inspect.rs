@@ -332,16 +332,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(after.buckets[0].remaining, 5);
-        // Anything that is not an address is the key as given.
-        limiter
-            .check("sign-in-failures", "a@example.com")
-            .await
-            .unwrap();
-        let peek = limiter
-            .peek_bucket("sign-in-failures", "a@example.com")
-            .await
-            .unwrap();
-        assert_eq!(peek.buckets[0].remaining, 4);
+        // (Keys that are not addresses are taken as given: the test below.)
     }
 
     #[tokio::test]
