@@ -33,6 +33,7 @@ pub mod decision;
 pub mod limit;
 pub mod memory;
 pub mod quota;
+pub mod sampled;
 pub mod store;
 
 #[cfg(feature = "serde")]
@@ -43,6 +44,7 @@ pub use decision::{most_restrictive, BucketState, Decision, Refusal};
 pub use limit::{Algorithm, Limit, DEFAULT_SEGMENTS};
 pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_ENTRIES};
 pub use quota::{Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
+pub use sampled::Sampled;
 pub use store::{
     validate_buckets, Batch, BoxFuture, Bucket, FailureMode, Op, Store, StoreError, StoreKey,
     StoreMode, WhenFull, INLINE_KEY,

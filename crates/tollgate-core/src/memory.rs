@@ -56,6 +56,7 @@ use crate::algorithm::{Fit, Interval, Ring, State};
 use crate::clock::{Clock, FastClock, Timestamp};
 use crate::decision::{BucketState, Decision};
 use crate::limit::{Algorithm, Limit};
+use crate::sampled::Sampled;
 use crate::store::{validate_buckets, Batch, BoxFuture, Bucket, Op, Store, StoreError, WhenFull};
 
 /// At most one warning per this many microseconds about new keys refused for a full share.
@@ -341,10 +342,8 @@ struct Counters {
     evicted: AtomicU64,
     evicted_limited: AtomicU64,
     refused_full: AtomicU64,
-    /// When a refused new key was last warned about (µs of the store's clock; 0: never).
-    full_warned_at: AtomicU64,
-    /// `refused_full` when it was.
-    full_warned: AtomicU64,
+    /// Warnings about refused new keys (µs of the store's clock).
+    full_warned: Sampled,
 }
 
 struct Inner {
@@ -1073,24 +1072,15 @@ impl Inner {
     /// refuses every new client of that bucket (a sign-in lockout refuses accounts it never
     /// saw), which an operator must hear about.
     fn refused_for_room(&self, bucket: &Bucket, now: u64) {
-        let c = &self.counters;
-        let total = c.refused_full.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = c.full_warned_at.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < FULL_WARNING_EVERY_US {
+        self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+        let Some(unreported) = self.counters.full_warned.due(now, FULL_WARNING_EVERY_US) else {
             return;
-        }
-        if c.full_warned_at
-            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let since = total - c.full_warned.swap(total, Ordering::Relaxed);
+        };
         tracing::warn!(
             target: "tollgate",
             bucket = bucket.name(),
             share = self.shard_cap * self.shards.len(),
-            refused = since,
+            refused = unreported + 1,
             "the memory store refuses new keys of this bucket: its share is full of keys at \
              their limit (WhenFull::RefuseNewKeys), so every client it has not seen is refused \
              until one of them expires; raise max_entries, or choose WhenFull::EvictLimited \

@@ -538,11 +538,9 @@ impl Limiter {
                     self.engine.stats.refused.fetch_add(1, Ordering::Relaxed);
                     direct.metrics.refused(false);
                 }
+                // (The caller has the error to log.)
                 Err(_) => {
-                    self.engine
-                        .stats
-                        .store_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.engine.count_store_failure();
                 }
             }
         }

@@ -3,11 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
-use tollgate_core::{FailureMode, Limit, Op, Quota, WhenFull};
+use tollgate_core::{FailureMode, Limit, Op, Quota, Sampled, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
@@ -53,9 +53,8 @@ pub(crate) struct Compiled {
     /// Whether the warning about a per-route policy charged by the central class first
     /// was logged (once per policy).
     pub(crate) warned_central: AtomicBool,
-    /// Refusal events: when one was last logged (Unix ms) and how many were not since.
-    pub(crate) refusals_logged_at: AtomicU64,
-    pub(crate) refusals_unlogged: AtomicU64,
+    /// Refusal events logged (Unix ms).
+    pub(crate) refusals_logged: Sampled,
     /// `RateLimit-Policy` values by which of this policy's and the global policies' limits
     /// a response shows (a bit per limit, this policy's first), made on first use.
     pub(crate) policy_values: Box<[OnceLock<HeaderValue>]>,
@@ -206,8 +205,7 @@ pub(crate) fn compile(
         shadow: policy.shadow || defaults.shadow,
         on_failure: policy.on_failure.unwrap_or(defaults.on_failure),
         warned_central: AtomicBool::new(false),
-        refusals_logged_at: AtomicU64::new(0),
-        refusals_unlogged: AtomicU64::new(0),
+        refusals_logged: Sampled::new(),
         policy_values: Box::default(),
         overrides: Vec::new(),
     };
@@ -523,20 +521,7 @@ impl Table {
 /// policy); `Some(n)`: log, `n` refusals were not logged since the last one.
 pub(crate) fn log_refusal(policy: &Compiled, now_ms: u64) -> Option<u64> {
     const EVERY_MS: u64 = 1_000;
-    let last = policy.refusals_logged_at.load(Ordering::Relaxed);
-    if last != 0 && now_ms.saturating_sub(last) < EVERY_MS {
-        policy.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    if policy
-        .refusals_logged_at
-        .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
-        .is_err()
-    {
-        policy.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
-    Some(policy.refusals_unlogged.swap(0, Ordering::Relaxed))
+    policy.refusals_logged.due(now_ms, EVERY_MS)
 }
 
 #[cfg(test)]

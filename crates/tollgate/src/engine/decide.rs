@@ -305,6 +305,15 @@ impl Engine {
         }
     }
 
+    /// Counts a call the store could not answer (stats and metrics); `Some(n)` if it is to
+    /// be logged now, `n` failures not logged since the last (see [`Counters::store_failed`]).
+    ///
+    /// [`Counters::store_failed`]: super::Counters::store_failed
+    pub(crate) fn count_store_failure(&self) -> Option<u64> {
+        self.store_metrics.error();
+        self.stats.store_failed()
+    }
+
     /// A store that could not answer: admit without headers, or 503 when failing closed.
     fn store_failed(
         &self,
@@ -313,8 +322,7 @@ impl Engine {
         method: &Method,
         path: &str,
     ) -> Outcome {
-        self.store_metrics.error();
-        if let Some(unlogged) = self.stats.store_failed() {
+        if let Some(unlogged) = self.count_store_failure() {
             tracing::warn!(
                 target: "tollgate",
                 error = %error,

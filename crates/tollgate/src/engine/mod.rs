@@ -143,10 +143,8 @@ pub(crate) struct Counters {
     pub(crate) store_errors: AtomicU64,
     /// Requests without a peer address.
     pub(crate) no_peer: AtomicU64,
-    /// When a store failure was last logged (Unix ms; 0: never).
-    pub(crate) store_warned_at: AtomicU64,
-    /// `store_errors` when it was.
-    store_errors_warned: AtomicU64,
+    /// Warnings about store failures (Unix ms).
+    store_warned: tollgate_core::Sampled,
 }
 
 /// At most one warning per this many milliseconds about a failing store: while it is down,
@@ -157,20 +155,11 @@ impl Counters {
     /// Counts a store failure; `Some(n)` if it should be logged now, `n` being the failures
     /// since the last warning that were not.
     pub(crate) fn store_failed(&self) -> Option<u64> {
-        let total = self.store_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64)
-            .max(1);
-        let last = self.store_warned_at.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < STORE_WARNING_EVERY_MS {
-            return None;
-        }
-        self.store_warned_at
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        let before = self.store_errors_warned.swap(total, Ordering::Relaxed);
-        Some(total.saturating_sub(before).saturating_sub(1))
+            .map_or(1, |d| d.as_millis() as u64);
+        self.store_warned.due(now, STORE_WARNING_EVERY_MS)
     }
 }
 
