@@ -1727,7 +1727,7 @@ impl Config {
                 let (i, _) = self.routes_named(policy).find(|(_, r)| r.cost.is_some())?;
                 route(i, field("cost"))
             }
-            BuildError::BadName { name } => {
+            BuildError::BadName { name } | BuildError::ReservedName { name } => {
                 if self.buckets.contains_key(name) {
                     return Some((field("buckets").key(name), None));
                 }

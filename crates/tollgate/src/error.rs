@@ -47,6 +47,13 @@ pub enum BuildError {
         /// The name as given.
         name: String,
     },
+    /// A policy or bucket is named `override`: per-key overrides' buckets are stored under
+    /// that name, and would share its keys.
+    #[error("`{name}` is reserved for per-key overrides' buckets: name the policy or bucket otherwise")]
+    ReservedName {
+        /// The name as given.
+        name: String,
+    },
     /// A header name (of an API key or header key) is not a valid HTTP header name.
     #[error("policy `{policy}`: `{header}` is not a valid header name")]
     BadHeaderName {

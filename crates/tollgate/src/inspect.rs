@@ -253,10 +253,11 @@ impl Limiter {
     }
 
     /// What a request's key resolves to for `key` given as `value`: the client's address
-    /// key for an IP (IPv6 folded to its prefix), `all` for the global key.
+    /// key for an IP (IPv6 folded to its prefix), `all` for the global key, and any other
+    /// key exactly as given, spaces included, as the middleware keys a request by it (an
+    /// identity function's `" spacey"` is another user than `"spacey"`).
     fn request_value(&self, key: &Key, value: &str) -> Result<String, InspectError> {
-        let value = value.trim();
-        if value.is_empty() {
+        if value.trim().is_empty() {
             return Err(InspectError::EmptyKey);
         }
         Ok(match &key.source {
@@ -372,6 +373,17 @@ mod tests {
                 .unwrap(),
             stored
         );
+        // Any other key is the request's as given: an identity that keeps a space names
+        // another user, whom a lookup, a reset or an override must reach (it reached the
+        // user without the space).
+        assert_eq!(
+            limiter.request_value(&Key::user(), " spacey").unwrap(),
+            " spacey"
+        );
+        assert!(matches!(
+            limiter.request_value(&Key::user(), "  "),
+            Err(InspectError::EmptyKey)
+        ));
     }
 
     #[tokio::test]

@@ -281,6 +281,36 @@ fn bad_bucket_and_policy_names_name_their_field() {
     let (line, _, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
     assert_eq!((line, field.as_str()), (1, "buckets.sign in"));
     assert!(matches!(source, BuildError::BadName { .. }), "{source}");
+    // `override` is where per-key overrides live: a policy of that name would share their
+    // keys (its token bucket and an override's window overwrote each other: no limit held).
+    let yaml = "routes:\n  - { path: /v1/reports, name: override, limits: [{ limit: 5/min }] }\n";
+    let path = write_temp("override.yaml", yaml);
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (2, 32, "routes[0].name (/v1/reports)")
+    );
+    assert!(
+        matches!(source, BuildError::ReservedName { .. }),
+        "{source}"
+    );
+    for built in [
+        Limiter::builder()
+            .route("/*", tollgate::Policy::named("override").per_ip("5/min"))
+            .build(),
+        Limiter::builder()
+            .route(
+                "/*",
+                tollgate::Policy::named("reports")
+                    .bucket("override")
+                    .per_ip("5/min"),
+            )
+            .build(),
+        Limiter::builder().bucket("override", "5/min").build(),
+    ] {
+        let err = built.unwrap_err();
+        assert!(matches!(err, BuildError::ReservedName { .. }), "{err}");
+    }
     // Two rules sharing a bucket with different limits: the second one.
     let yaml = "routes:\n  - { path: /a, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /b, bucket: auth, limits: [{ limit: 6/min }] }\n";
     let path = write_temp("shared.yaml", yaml);

@@ -11,7 +11,7 @@ use tollgate_core::{FailureMode, Limit, Op, Quota, Sampled, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
-use crate::key::{Key, Source};
+use crate::key::{when_full_by_default, Key, Source};
 use crate::observe::BucketMetrics;
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
 use crate::rate::Rate;
@@ -149,6 +149,25 @@ pub(crate) fn intern(name: &str) -> &'static str {
     interned
 }
 
+/// The name per-key overrides' buckets are stored under (`override:<kind>:<key>`): a
+/// policy or bucket of that name would share their keys.
+pub(crate) const RESERVED_NAME: &str = "override";
+
+/// Checks a policy or bucket name ([`name_is_valid`], and not [`RESERVED_NAME`]).
+pub(crate) fn check_name(name: &str) -> Result<(), BuildError> {
+    if !name_is_valid(name) {
+        return Err(BuildError::BadName {
+            name: name.to_string(),
+        });
+    }
+    if name == RESERVED_NAME {
+        return Err(BuildError::ReservedName {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// A bucket or policy name: ASCII letters, digits, `_`, `-`, `.`; 1 to 64 of them.
 pub(crate) fn name_is_valid(name: &str) -> bool {
     !name.is_empty()
@@ -187,11 +206,7 @@ pub(crate) fn compile(
     let name = policy.name.clone();
     let bucket_name = policy.bucket_name().clone();
     for n in [&name, &bucket_name] {
-        if !name_is_valid(n) {
-            return Err(BuildError::BadName {
-                name: n.to_string(),
-            });
-        }
+        check_name(n)?;
     }
     let mut compiled = Compiled {
         name: name.clone(),
@@ -314,7 +329,9 @@ pub(crate) fn compile(
             sf_name,
             policy_item,
             limit_value,
-            when_full: policy.when_full,
+            when_full: policy
+                .when_full
+                .unwrap_or_else(|| when_full_by_default(matches!(key.source, Source::Ip))),
         });
     }
     let shown = (compiled.limits.len() + global_limits) as u32;
@@ -451,9 +468,7 @@ pub(crate) fn compile_table(
 
     let mut direct = HashMap::new();
     for (name, rate) in rules.direct {
-        if !name_is_valid(name) {
-            return Err(BuildError::BadName { name: name.clone() });
-        }
+        check_name(name)?;
         let limit = rate.limit().map_err(|source| BuildError::Rate {
             policy: name.clone(),
             key: "direct".into(),

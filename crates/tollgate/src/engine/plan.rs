@@ -324,9 +324,13 @@ impl Engine {
 
 impl<G> Plan<G> {
     /// Adds a bucket, unless the request already spends it (a global policy sharing a
-    /// bucket name with the class, or an override two limits of one key kind share).
+    /// bucket name with the class, an override two limits of one key kind share, or the
+    /// two classes of a path read two ways that share a bucket). A bucket spent twice is
+    /// charged once, at the higher of the two costs: a request is limited at least as
+    /// strictly as the route that serves it, whichever reading came first.
     fn push(&mut self, bucket: Bucket, meta: Meta) {
-        if self.buckets.iter().any(|b| b.key == bucket.key) {
+        if let Some(held) = self.buckets.iter_mut().find(|b| b.key == bucket.key) {
+            held.cost = held.cost.max(bucket.cost);
             return;
         }
         self.buckets.push(bucket);
@@ -411,6 +415,32 @@ mod tests {
             ["default:ip:203.0.113.7", "default:user:u_42", "global:all"]
         );
         assert_eq!(plan.kind(1), "user");
+    }
+
+    /// `PATCH /v1/contacts/%2e%2e` reads as `/v1` (a `/v1/*` route, 1 point) and, as
+    /// received, as `/v1/contacts/{id}` (3 points): both classes share one bucket, which is
+    /// charged once, at 3 (it kept the first reading's 1).
+    #[test]
+    fn a_bucket_two_classes_share_is_charged_the_higher_cost() {
+        let points = Policy::named("points").per_ip("1000/min");
+        let limiter = Limiter::builder()
+            .route("/v1/*", points.clone().cost(1))
+            .route("PATCH /v1/contacts/{id}", points.cost(3))
+            .build()
+            .unwrap();
+        let engine = &limiter.engine;
+        let table = engine.table.load();
+        for path in ["/v1/contacts/%2e%2e", "/v1/contacts/%2E", "/v1/contacts/7"] {
+            let p = parts(path, None);
+            let classes = table.classes.classify_all(&http::Method::PATCH, path);
+            let plan = engine.plan(&p, classes.into_iter());
+            let charged: Vec<(&str, u64)> = plan
+                .buckets
+                .iter()
+                .map(|b| (b.key.as_str(), b.cost))
+                .collect();
+            assert_eq!(charged, [("points:ip:203.0.113.7", 3)], "{path}");
+        }
     }
 
     #[test]
