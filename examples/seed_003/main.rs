@@ -124,14 +124,19 @@ async fn tickets_batch(Json(body): Json<Value>) -> Json<Value> {
 }
 
 /// The service catalog, answering conditional requests: `304 Not Modified` (no body) when
-/// `If-None-Match` names the current ETag.
+/// `If-None-Match` names the current ETag, compared weakly as RFC 9110 asks for
+/// `If-None-Match` (`W/"etag-abc123"` matches too), or is `*`.
 async fn service_catalog(headers: HeaderMap) -> Response {
+    let weak = |tag: &str| {
+        let tag = tag.trim();
+        tag.strip_prefix("W/").unwrap_or(tag).to_string()
+    };
     let not_modified = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|tag| matches!(tag.trim(), "*") || tag.trim() == CATALOG_ETAG);
+        .any(|tag| tag.trim() == "*" || weak(tag) == CATALOG_ETAG);
     let etag = [(header::ETAG, CATALOG_ETAG)];
     if not_modified {
         (StatusCode::NOT_MODIFIED, etag).into_response()
