@@ -21,6 +21,13 @@
 //! [`Policy::failed_auth_per_ip`]), so guessing tokens is throttled, and they carry the
 //! rate-limit headers of that budget.
 //!
+//! That budget is this example's own rule, per client IP; the page's limits are per organization.
+//! Once an IP has spent it, every request from that IP is refused (`429`, with the guessing
+//! budget's headers) until the window lets one through, valid tokens included: the guard
+//! answers before tokens are checked, or guesses could go on at full speed. So a client
+//! guessing from an address others share (a NAT, an office) holds their valid requests back
+//! for up to a minute too ([`Policy::failed_auth_per_ip`] says so).
+//!
 //! ```text
 //! cargo run --example seed_001
 //! curl -i -H 'Authorization: Bearer tok_globex_1' -X POST http://127.0.0.1:3001/v1/contacts/batch

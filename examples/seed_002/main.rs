@@ -19,6 +19,14 @@
 //! looked at. Those `401`s are limited per client IP ([`FAILED_AUTH_PER_IP`], by
 //! [`Limiter::guard`] outside the key guard, with [`Policy::failed_auth_per_ip`]), so
 //! guessing keys is throttled, and they carry the rate-limit headers of that budget.
+//!
+//! That budget is this example's own rule, per client IP; the page's limits are per API key.
+//! Once an IP has spent it, every request from that IP is refused (`429`, with the guessing
+//! budget's headers) until the window lets one through, valid keys included: the guard
+//! answers before keys are checked, or guesses could go on at full speed. So a client
+//! guessing from an address others share (a NAT, an office) holds their valid requests back
+//! for up to a minute too ([`Policy::failed_auth_per_ip`] says so).
+//!
 //! `GET /health` is outside the guard and not limited.
 //!
 //! ```text

@@ -22,6 +22,13 @@
 //! with [`Policy::failed_auth_per_ip`]), so guessing credentials is throttled, and, like
 //! every response, they carry the rate-limit headers (of that budget).
 //!
+//! That budget is this example's own rule, per client IP; the page's limits are per tenant.
+//! Once an IP has spent it, every request from that IP is refused (`429`, with the guessing
+//! budget's headers) until the window lets one through, valid credentials included: the guard
+//! answers before credentials are checked, or guesses could go on at full speed. So a client
+//! guessing from an address others share (a NAT, an office) holds their valid requests back
+//! for up to a minute too ([`Policy::failed_auth_per_ip`] says so).
+//!
 //! ```text
 //! cargo run --example seed_003
 //! curl -i -H 'Authorization: Bearer osk_acme_1' http://127.0.0.1:3003/api/tickets/t1

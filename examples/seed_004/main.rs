@@ -47,6 +47,14 @@
 //! guessing keys is throttled, and, like every response, they carry the rate-limit headers
 //! (of that budget).
 //!
+//! That budget is this example's own rule, per client IP; the page's limits are per partner
+//! key and endpoint. Once an IP has spent it, every request from that IP is refused (`429`,
+//! with the guessing budget's headers) until the window lets one through, valid keys and
+//! admin tokens included: the guard answers before they are checked, or guesses could go
+//! on at full speed. So a client guessing from an address others share (a NAT, an office)
+//! holds their valid requests back for up to a minute too ([`Policy::failed_auth_per_ip`]
+//! says so).
+//!
 //! ```text
 //! cargo run --example seed_004
 //! # or on a copy you can edit while it runs:
