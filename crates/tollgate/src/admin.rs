@@ -53,11 +53,12 @@
 //! # Errors
 //!
 //! `{"error": code, "message": text}`: `404` `unknown_bucket`, `unknown_key_kind`,
-//! `no_override`; `400` `bad_key`, `invalid_rate`, `invalid_body`; `409`
+//! `no_override`; `400` `bad_key` (also a path segment that is not UTF-8 once decoded),
+//! `invalid_rate`, `invalid_body`; `409`
 //! `quota_per_request` (a bucket whose quota is chosen per request can be reset, not read);
 //! `503` `store_unavailable`.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -116,6 +117,14 @@ impl From<InspectError> for Failure {
     }
 }
 
+/// A path segment that is not UTF-8 once percent-decoded (`%ff`): the error shape, not
+/// axum's plain text.
+impl From<PathRejection> for Failure {
+    fn from(e: PathRejection) -> Self {
+        Failure(StatusCode::BAD_REQUEST, "bad_key", e.body_text())
+    }
+}
+
 impl From<JsonRejection> for Failure {
     fn from(e: JsonRejection) -> Self {
         Failure(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
@@ -160,16 +169,18 @@ fn state(bucket: &str, key: &str, decision: &Decision) -> Json<Value> {
 
 async fn peek(
     State(limiter): State<Limiter>,
-    Path((bucket, key)): Path<(String, String)>,
+    names: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, Failure> {
+    let Path((bucket, key)) = names?;
     let decision = limiter.peek_bucket(&bucket, &key).await?;
     Ok(state(&bucket, &key, &decision))
 }
 
 async fn reset(
     State(limiter): State<Limiter>,
-    Path((bucket, key)): Path<(String, String)>,
+    names: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, Failure> {
+    let Path((bucket, key)) = names?;
     let decision = limiter.reset_bucket(&bucket, &key).await?;
     Ok(state(&bucket, &key, &decision))
 }
@@ -225,9 +236,10 @@ impl NewOverride {
 
 async fn set_override(
     State(limiter): State<Limiter>,
-    Path((kind, key)): Path<(String, String)>,
+    names: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<NewOverride>, JsonRejection>,
 ) -> Result<Json<Value>, Failure> {
+    let Path((kind, key)) = names?;
     let Json(new) = body?;
     let rate = new.rate()?;
     let limit = rate.limit().map_err(InspectError::from)?;
@@ -241,8 +253,9 @@ async fn set_override(
 
 async fn remove_override(
     State(limiter): State<Limiter>,
-    Path((kind, key)): Path<(String, String)>,
+    names: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, Failure> {
+    let Path((kind, key)) = names?;
     if limiter.remove_override_for_kind(&kind, &key)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
