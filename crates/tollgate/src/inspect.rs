@@ -240,15 +240,22 @@ impl Limiter {
     }
 
     /// Runs `f` over every compiled policy: the central table's, the global ones, the
-    /// per-route ones made so far.
+    /// per-route ones made so far, then the guards' ([`Limiter::guard`]: their buckets
+    /// live on this limiter's store under names no table uses).
     fn with_policies<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Arc<Compiled>>) -> T) -> T {
         let table = self.engine.table.load();
+        let guards: Vec<Arc<Compiled>> = crate::engine::lock(&self.engine.code)
+            .guard_engines
+            .iter()
+            .flat_map(|guard| guard.table.load().globals.clone())
+            .collect();
         let mut all = table
             .classes
             .iter()
             .map(|(_, p)| p)
             .chain(&table.globals)
-            .chain(&table.per_route);
+            .chain(&table.per_route)
+            .chain(&guards);
         f(&mut all)
     }
 

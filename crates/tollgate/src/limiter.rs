@@ -271,6 +271,7 @@ impl Limiter {
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
         code.guards.extend(bucket);
+        code.guard_engines.push(guard.engine.clone());
         Ok(guard.layer())
     }
 
@@ -597,14 +598,19 @@ impl Limiter {
 
     /// Counters of what the limiter has done.
     pub fn stats(&self) -> LimiterStats {
-        let c = &self.engine.stats;
-        LimiterStats {
-            admitted: c.admitted.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
-            would_refuse: c.would_refuse.load(Ordering::Relaxed),
-            store_errors: c.store_errors.load(Ordering::Relaxed),
-            no_peer: c.no_peer.load(Ordering::Relaxed),
-        }
+        let guards = engine::lock(&self.engine.code).guard_engines.clone();
+        std::iter::once(&self.engine)
+            .chain(&guards)
+            .fold(LimiterStats::default(), |sum, engine| {
+                let c = &engine.stats;
+                LimiterStats {
+                    admitted: sum.admitted + c.admitted.load(Ordering::Relaxed),
+                    refused: sum.refused + c.refused.load(Ordering::Relaxed),
+                    would_refuse: sum.would_refuse + c.would_refuse.load(Ordering::Relaxed),
+                    store_errors: sum.store_errors + c.store_errors.load(Ordering::Relaxed),
+                    no_peer: sum.no_peer + c.no_peer.load(Ordering::Relaxed),
+                }
+            })
     }
 
     /// Every rule of the configuration, for documentation generated from it (see

@@ -96,6 +96,36 @@ async fn guessing_keys_from_one_ip_is_refused_after_the_limit() {
     assert_eq!(send(&server, ip, Some("guess-7")).await.status(), 401);
 }
 
+/// A guard's bucket is the limiter's to look at, reset and count: an operator can read and
+/// clear an IP's failures (`failed-auth:ip` was an unknown bucket, and the limiter's stats
+/// left the guard's refusals out).
+#[tokio::test]
+async fn a_guards_bucket_is_looked_at_reset_and_counted_through_its_limiter() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
+        .route("/v1/*", Policy::named("tenant").per_ip("100/min"))
+        .build()
+        .unwrap();
+    let server = serve(app(&limiter)).await;
+    let ip = "198.51.100.30";
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(send(&server, ip, Some("guess")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+    let stats = limiter.stats();
+    assert_eq!((stats.admitted, stats.refused), (5, 2), "{stats:?}");
+    let seen = limiter.peek_bucket("failed-auth:ip", ip).await.unwrap();
+    assert_eq!((seen.allowed, seen.buckets[0].remaining), (false, 0));
+    limiter.reset_bucket("failed-auth:ip", ip).await.unwrap();
+    let seen = limiter.peek_bucket("failed-auth:ip", ip).await.unwrap();
+    assert_eq!((seen.allowed, seen.buckets[0].remaining), (true, 5));
+    // The reset is the guard's: the IP's valid key gets through again.
+    assert_eq!(send(&server, ip, Some("key-acme")).await.status(), 200);
+}
+
 #[tokio::test]
 async fn authenticated_requests_spend_nothing_of_the_failure_budget() {
     let (server, _clock) = server().await;

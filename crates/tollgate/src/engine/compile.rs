@@ -393,11 +393,13 @@ pub(crate) struct Rules<'a> {
 
 /// What code declared on a built limiter, outside its table, that every table must respect:
 /// the per-route policies (compiled again against each table) and the bucket names of
-/// guards (which no table may use).
+/// guards (which no table may use), with the guards' own limiters (whose buckets the
+/// operators' lookups and the stats reach through this one).
 #[derive(Default)]
 pub(crate) struct CodeRules {
     pub(crate) per_route: Vec<Policy>,
     pub(crate) guards: HashSet<Arc<str>>,
+    pub(crate) guard_engines: Vec<Arc<super::Engine>>,
 }
 
 /// Checks and compiles `rules`, then the per-route policies of `code`, into a table.
