@@ -107,7 +107,10 @@ impl Bucket {
 /// flood of invented keys cannot unlock a client that is being refused (a sign-in lockout
 /// stays locked). The price is that new keys of that bucket are refused until room frees
 /// up. [`WhenFull::EvictLimited`] serves new keys instead, at the risk of forgetting a
-/// limited key (it then starts afresh).
+/// limited key (it then starts afresh). A [`Bucket`] refuses unless told otherwise; the
+/// `tollgate` middleware evicts for client-IP limits (addresses cannot be invented for
+/// free, and refusing every new one would shut every new client out) and refuses for any
+/// other key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WhenFull {
     /// Refuse the new key (a refusal with [`Refusal::StoreFull`](crate::Refusal::StoreFull)

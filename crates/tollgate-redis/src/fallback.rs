@@ -79,8 +79,12 @@
 //!   `run_id`, from `INFO server`). When it changed, the primary restarted and may have come
 //!   back empty: every key of the ledger whose reported count still counts is raised back
 //!   to at least that count (read first, then the difference charged, so instances that
-//!   all write back do not add up, and a Redis that restarted from a snapshot is not
-//!   charged twice), before the give-back. Through one multiplexed connection (the
+//!   write back one after another do not add up, and a Redis that restarted from a
+//!   snapshot is not charged twice), before the give-back. The read and the charge are
+//!   two calls: instances writing back at the same moment can each read the key empty and
+//!   each charge its count (a restored count up to N times what it was, refusing longer,
+//!   never admitting more); and a restored count is charged at the write-back, so it
+//!   leaves the window up to a whole window late. Through one multiplexed connection (the
 //!   default, RESP2) a restart is always seen: the first call on the old connection fails,
 //!   and that failure starts a check. Through a pool (which replaces broken connections
 //!   quietly) or RESP3 (which reconnects by itself), a restart between two requests is seen

@@ -49,7 +49,9 @@ pub enum BuildError {
     },
     /// A policy or bucket is named `override`: per-key overrides' buckets are stored under
     /// that name, and would share its keys.
-    #[error("`{name}` is reserved for per-key overrides' buckets: name the policy or bucket otherwise")]
+    #[error(
+        "`{name}` is reserved for per-key overrides' buckets: name the policy or bucket otherwise"
+    )]
     ReservedName {
         /// The name as given.
         name: String,

@@ -301,18 +301,16 @@ async fn mistakes_are_json_errors_with_their_status() {
             "no_override",
         ),
         // A key that is not UTF-8 once decoded: the error shape (it was axum's plain text).
-        (
-            server.get("/admin/buckets/default:ip/%ff"),
-            400,
-            "bad_key",
-        ),
+        (server.get("/admin/buckets/default:ip/%ff"), 400, "bad_key"),
         (
             server.post("/admin/buckets/default:ip/%ff/reset"),
             400,
             "bad_key",
         ),
         (
-            server.client.delete(format!("{}/admin/overrides/api_key/%ff", server.base)),
+            server
+                .client
+                .delete(format!("{}/admin/overrides/api_key/%ff", server.base)),
             400,
             "bad_key",
         ),

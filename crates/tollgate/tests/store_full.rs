@@ -144,10 +144,7 @@ async fn a_direct_buckets_addresses_evict_and_its_other_keys_refuse() {
         }
     }
     assert!(limiter.check("auth", "203.0.113.9").await.unwrap().allowed);
-    let refused = limiter
-        .check("lockout", "new@example.com")
-        .await
-        .unwrap();
+    let refused = limiter.check("lockout", "new@example.com").await.unwrap();
     assert!(!refused.allowed);
     assert_eq!(refused.buckets[0].refusal, Some(Refusal::StoreFull));
 }
