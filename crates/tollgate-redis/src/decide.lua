@@ -15,7 +15,8 @@
 -- numbers passed to redis.call are printed exactly by Redis itself.
 --
 -- KEYS[i]: the bucket's key (a fixed window's: the bucket's key and ':<window index>').
--- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, '3' penalize, '4' reset). Then
+-- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, '3' penalize, '4' reset, '5'
+-- restore: raise each key to at least its cost counted, see below). Then
 -- six per bucket: algorithm ('1' sliding window, '2' sliding log, '3' token bucket, '4' fixed
 -- window), capacity, cost, unit (segment length, window or emission interval in
 -- microseconds; for a fixed window, when its key expires, in Unix ms), window
@@ -23,7 +24,16 @@
 -- window, '-' if the bucket's key in the format before window keys must not be read: it is
 -- on another Redis Cluster slot; anything for the others). Then, if a bucket is a fixed
 -- window, the instance's clock (microseconds), which placed its window: the call is
--- decided by it instead of TIME.
+-- decided by it instead of TIME. A restore sends, before that clock, one more number per
+-- bucket: in how many microseconds the count it restores is fresh again.
+--
+-- Restore (after a Redis that restarted empty; one call, so instances restoring at once
+-- raise a key to the larger of their counts, never to their sum): a key that counts less
+-- than the bucket's cost is raised to it, the difference placed as late as its freshness
+-- allows, as MemoryStore::mirror places a count: a sliding window's or a log's at the
+-- admission that leaves the window when it is fresh again (a log's no earlier than its
+-- newest entry), a token bucket's TAT that far ahead (at most the count's worth), a fixed
+-- window's count in the current window.
 --
 -- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
 -- reset_after (microseconds) }.
@@ -67,7 +77,7 @@ local slack = 1000
 local shift = 0
 local t = redis.call('TIME')
 now = t[1] * 1000000 + t[2]
-if #ARGV > #KEYS * 6 + 1 then
+if #ARGV > #KEYS * (op == '5' and 7 or 6) + 1 then
   local server = now
   now = tonumber(ARGV[#ARGV]) -- a request with a fixed window: the instance's clock
   shift = math.floor((server - now) / 1000)
@@ -523,10 +533,14 @@ if op == '0' then
   end
 end
 
+local restore = op == '5'
 for i = 1, n do
   local o = i * 6 - 5
   local key, alg = KEYS[i], ARGV[o + 1]
   local cap, cost, unit, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+  -- A restore: where what it adds is placed (a time `fresh` before it leaves the window).
+  local fresh = restore and tonumber(ARGV[n * 6 + 1 + i])
+  local place = restore and min(max(now + fresh - W, now - W + 1), now)
   local fit = FT[i]
   local change = false
   if op == '0' then
@@ -548,7 +562,36 @@ for i = 1, n do
     local used = X[i]
     local write = false
     if change then
-      if add then
+      if restore then
+        local delta = cost - used
+        if delta > 0 then
+          -- The segments again, newest first, with the difference in `place`'s segment.
+          local jn, nb, placed = floor(place / s), top + 1, false
+          for x = b, b + m - 1 do
+            if not placed and SJ[x] <= jn then
+              placed = true
+              top = top + 1
+              if SJ[x] == jn then
+                SJ[top], SC[top], SL[top] = jn, min(SC[x] + delta, LIM), max(SL[x], place)
+              else
+                SJ[top], SC[top], SL[top] = jn, delta, place
+                top = top + 1
+                SJ[top], SC[top], SL[top] = SJ[x], SC[x], SL[x]
+              end
+            else
+              top = top + 1
+              SJ[top], SC[top], SL[top] = SJ[x], SC[x], SL[x]
+            end
+          end
+          if not placed then
+            top = top + 1
+            SJ[top], SC[top], SL[top] = jn, delta, place
+          end
+          b, m = nb, top - nb + 1
+          used = min(used + delta, LIM)
+          write = true
+        end
+      elseif add then
         used = min(used + cost, LIM)
         if m > 0 and SJ[b] == H then
           -- (A penalty of 0 still moves the head's last admission.)
@@ -596,7 +639,9 @@ for i = 1, n do
     local T = unit
     local tat = X[i]
     if change then
-      if add then
+      if restore then
+        tat = max(tat, min(now + min(fresh, cost * T), LIM))
+      elseif add then
         tat = min(max(tat, now) + cost * T, LIM)
       else
         tat = max(max(tat - cost * T, 0), min(now, tat))
@@ -614,7 +659,9 @@ for i = 1, n do
   elseif alg == '4' then
     local used, close = X[i], Y[i]
     if change then
-      if add then
+      if restore then
+        used = max(used, min(cost, LIM))
+      elseif add then
         used = min(used + cost, LIM)
       else
         used = max(used - cost, 0)
@@ -639,7 +686,12 @@ for i = 1, n do
     end
     if change then
       lg.dirty = true
-      if add then
+      -- A restore adds only what the log lacks, at `place` or with its newest entry.
+      local add_n, when = cost, now
+      if restore then
+        add_n, when = max(cost - lg.t, 0), place
+      end
+      if add and (add_n > 0 or not restore) then
         local last = lg.n - 1
         local at = nil
         if lg.n > lg.h then
@@ -650,15 +702,15 @@ for i = 1, n do
             lg.at[last], lg.c[last] = at, tonumber(c)
           end
         end
-        if at and at >= now then
-          lg.c[last] = min(lg.c[last] + cost, LIM)
+        if at and at >= when then
+          lg.c[last] = min(lg.c[last] + add_n, LIM)
           lg.mod[last] = true
         else
-          lg.at[lg.n], lg.c[lg.n], lg.mod[lg.n] = now, cost, true
+          lg.at[lg.n], lg.c[lg.n], lg.mod[lg.n] = when, add_n, true
           lg.n = lg.n + 1
         end
-        lg.t = min(lg.t + cost, LIM)
-      else
+        lg.t = min(lg.t + add_n, LIM)
+      elseif not add then
         local left = cost
         while left > 0 and lg.n > lg.h do
           local last = lg.n - 1

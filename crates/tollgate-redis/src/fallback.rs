@@ -78,17 +78,15 @@
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
 //!   `run_id`, from `INFO server`). When it changed, the primary restarted and may have come
 //!   back empty: every key of the ledger whose reported count still counts is raised back
-//!   to at least that count (read first, then the difference charged, so instances that
-//!   write back one after another do not add up, and a Redis that restarted from a
-//!   snapshot is not charged twice), before the give-back. The read and the charge are
-//!   two calls: instances writing back at the same moment can each read the key empty and
-//!   each charge its count (a restored count up to N times what it was, refusing longer,
-//!   never admitting more); and a restored count is charged at the write-back, so it
-//!   leaves the window up to a whole window late. Through one multiplexed connection (the
-//!   default, RESP2) a restart is always seen: the first call on the old connection fails,
-//!   and that failure starts a check. Through a pool (which replaces broken connections
-//!   quietly) or RESP3 (which reconnects by itself), a restart between two requests is seen
-//!   only at the next failure.
+//!   to at least that count ([`Primary::restore`]: on [`RedisStore`] one script call that
+//!   leaves a key counting as much alone, so instances writing back at the same moment
+//!   raise it to the larger of their counts, not their sum, and a Redis that restarted
+//!   from a snapshot is not charged twice; what a key lacks is placed to leave the window
+//!   when the count it restores would have), before the give-back. Through one
+//!   multiplexed connection (the default, RESP2) a restart is always seen: the first call
+//!   on the old connection fails, and that failure starts a check. Through a pool (which
+//!   replaces broken connections quietly) or RESP3 (which reconnects by itself), a restart
+//!   between two requests is seen only at the next failure.
 //! - **Several instances**: with `fallback_divisor(N)`, each instance's share of what Redis
 //!   last said remained (rounded up) is what it has left on memory, so N instances behind a
 //!   balancer that spreads each client's requests admit at most what remained plus N. An
@@ -291,6 +289,49 @@ pub trait Primary: Store {
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
         Box::pin(std::future::ready(None))
     }
+
+    /// After the primary restarted empty: raises each bucket's key to at least
+    /// `bucket.cost` counted, fresh again in the duration beside it; a key that counts as
+    /// much already is left alone. Answers one state per bucket. The default reads the
+    /// keys, then charges what each lacks (placed now): two calls, so primaries restoring
+    /// at the same moment can each read a key empty and each charge it. [`RedisStore`]
+    /// does it in one script call, placing what it adds as late as its freshness allows.
+    fn restore<'a>(
+        &'a self,
+        owed: &'a [(Bucket, Duration)],
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            let buckets = owed.iter().map(|(b, _)| b.clone()).collect();
+            let seen = self.apply(&Batch::new(Op::Peek, buckets)).await?;
+            let mut states = seen.buckets;
+            let lacking: Vec<(usize, Bucket)> = owed
+                .iter()
+                .zip(&states)
+                .enumerate()
+                .filter_map(|(i, ((b, _), s))| {
+                    let held = b.limit.capacity().saturating_sub(s.remaining);
+                    let raise = b.cost.saturating_sub(held);
+                    (raise > 0).then(|| (i, b.clone().with_cost(raise)))
+                })
+                .collect();
+            if lacking.is_empty() {
+                return Ok(Decision {
+                    buckets: states,
+                    ..seen
+                });
+            }
+            let (at, raises): (Vec<usize>, Vec<Bucket>) = lacking.into_iter().unzip();
+            let raised = self.apply(&Batch::new(Op::Penalize, raises)).await?;
+            for (i, state) in at.into_iter().zip(raised.buckets) {
+                states[i] = state;
+            }
+            Ok(Decision {
+                allowed: true,
+                now: raised.now,
+                buckets: states,
+            })
+        })
+    }
 }
 
 impl Primary for RedisStore {
@@ -309,6 +350,14 @@ impl Primary for RedisStore {
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(self.run_id())
     }
+
+    /// In one script call per hash slot ([`RedisStore`]'s `restore`).
+    fn restore<'a>(
+        &'a self,
+        owed: &'a [(Bucket, Duration)],
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(RedisStore::restore(self, owed))
+    }
 }
 
 impl<P: Primary + ?Sized> Primary for Arc<P> {
@@ -321,6 +370,13 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
 
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         (**self).incarnation()
+    }
+
+    fn restore<'a>(
+        &'a self,
+        owed: &'a [(Bucket, Duration)],
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        (**self).restore(owed)
     }
 
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
@@ -624,31 +680,26 @@ impl<P: Primary> Shared<P> {
         if !resets.is_empty() {
             self.call(&Batch::new(Op::Reset, resets)).await?;
         }
-        // On a primary that restarted: what it holds now, to raise each key to what it
-        // reported before (another instance may have written it back already).
-        let held: Vec<u64> = if restore {
-            let buckets = chunk.iter().map(|o| o.bucket.clone()).collect();
-            let (peek, _) = self.call(&Batch::new(Op::Peek, buckets)).await?;
-            chunk
+        // On a primary that restarted: each key raised back to what it reported before, in
+        // one call (another instance may be writing it back at the same moment: the key
+        // ends at the larger count, not the sum), placed to leave when it would have.
+        if restore {
+            let owed: Vec<(Bucket, Duration)> = chunk
                 .iter()
-                .zip(&peek.buckets)
-                .map(|(o, s)| o.bucket.limit.capacity().saturating_sub(s.remaining))
-                .collect()
-        } else {
-            vec![0; chunk.len()]
-        };
+                .filter(|o| o.used > 0)
+                .map(|o| (o.bucket.clone().with_cost(o.used), o.fresh_in))
+                .collect();
+            if !owed.is_empty() {
+                let decision = self.bounded(self.primary.restore(&owed)).await?;
+                let batch = Batch::new(Op::Penalize, owed.into_iter().map(|(b, _)| b).collect());
+                self.mirror(&batch, &decision, Origin::Backend);
+            }
+        }
+        // What memory admitted meanwhile, on top.
         let charges: Vec<Bucket> = chunk
             .iter()
-            .zip(held)
-            .filter_map(|(o, held)| {
-                let raise = if restore {
-                    o.used.saturating_sub(held)
-                } else {
-                    0
-                };
-                let cost = raise.saturating_add(o.debt);
-                (cost > 0).then(|| o.bucket.clone().with_cost(cost))
-            })
+            .filter(|o| o.debt > 0)
+            .map(|o| o.bucket.clone().with_cost(o.debt))
             .collect();
         if charges.is_empty() {
             return Ok(());
@@ -811,7 +862,8 @@ impl<P: Primary> Shared<P> {
             return;
         }
         let now = self.memory.now().as_micros();
-        self.ledger.note_all(&batch.buckets, &decision.buckets, now);
+        self.ledger
+            .note_all(batch.op, &batch.buckets, &decision.buckets, now);
         for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
             let scaled = self.scaled(bucket);
             self.memory.mirror(

@@ -58,6 +58,8 @@ pub(crate) struct Owed {
     pub(crate) bucket: Bucket,
     /// What the primary last reported counted, if that report has not expired.
     pub(crate) used: u64,
+    /// When that report is fresh again, from the time it was taken.
+    pub(crate) fresh_in: std::time::Duration,
     /// What memory charged since.
     pub(crate) debt: u64,
     /// Whether memory reset the key since.
@@ -100,24 +102,37 @@ impl Ledger {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Notes what the primary reported for each of `buckets` (answered by `states`) at
-    /// `now`, under one lock.
-    pub(crate) fn note_all(&self, buckets: &[Bucket], states: &[BucketState], now: u64) {
+    /// Notes what the primary reported for each of `buckets` (answered by `states` to
+    /// `op`) at `now`, under one lock.
+    pub(crate) fn note_all(&self, op: Op, buckets: &[Bucket], states: &[BucketState], now: u64) {
         if self.capacity == 0 {
             return;
         }
         let mut table = self.lock();
         for (bucket, state) in buckets.iter().zip(states) {
-            self.note(&mut table, bucket, state, now);
+            self.note(&mut table, op, bucket, state, now);
         }
     }
 
-    /// Notes what the primary reported for `bucket` at `now`.
-    fn note(&self, table: &mut Table, bucket: &Bucket, state: &BucketState, now: u64) {
+    /// Notes what the primary reported for `bucket` at `now`. The answers to charges sent
+    /// together may be noted in another order than Redis gave them: an answer to a charge
+    /// that counts less than the record, and is fresh again no later, is an earlier one,
+    /// and the record keeps the larger count (a key filled by 50 requests at once was
+    /// remembered at 47 to 49, and restored so after an empty restart). Refunds and resets
+    /// lower it.
+    fn note(&self, table: &mut Table, op: Op, bucket: &Bucket, state: &BucketState, now: u64) {
         let used = bucket.limit.capacity().saturating_sub(state.remaining);
         let reset_us = u64::try_from(state.reset_after.as_micros()).unwrap_or(u64::MAX);
         let until = now.saturating_add(reset_us);
         if let Some(entry) = table.get_mut(bucket.key.as_str()) {
+            let earlier = matches!(op, Op::Charge | Op::Penalize)
+                && entry.limit == bucket.limit
+                && entry.used > used
+                && entry.until >= until;
+            if earlier {
+                entry.seen = now;
+                return;
+            }
             entry.limit = bucket.limit;
             entry.when_full = bucket.when_full;
             entry.used = used;
@@ -206,6 +221,7 @@ impl Ledger {
             owed.push(Owed {
                 bucket: entry.bucket(key),
                 used: if counts { entry.used } else { 0 },
+                fresh_in: std::time::Duration::from_micros(entry.until.saturating_sub(now)),
                 debt: entry.debt,
                 reset: entry.reset,
             });
@@ -299,12 +315,22 @@ mod tests {
         let limit = Limit::sliding_exact(Quota::per_minute(5));
         let ledger = Ledger::new(64);
         let locked = Bucket::new("login", "alice", limit);
-        ledger.note_all(std::slice::from_ref(&locked), &[report(0, 60)], 0);
+        ledger.note_all(
+            Op::Charge,
+            std::slice::from_ref(&locked),
+            &[report(0, 60)],
+            0,
+        );
         ledger.owe(Op::Charge, &Bucket::new("login", "bob", limit), true, 1);
         // A flood of keys a little used: the limited key and the debt stay.
         for i in 0..10_000u64 {
             let b = Bucket::new("login", &format!("x{i}"), limit);
-            ledger.note_all(std::slice::from_ref(&b), &[report(4, 60)], 2 + i);
+            ledger.note_all(
+                Op::Charge,
+                std::slice::from_ref(&b),
+                &[report(4, 60)],
+                2 + i,
+            );
             assert!(ledger.len() <= 64);
         }
         let owed = ledger.take(true, 100);
@@ -318,6 +344,24 @@ mod tests {
         assert_eq!(ledger.take(false, 100).len(), 1, "bob's debt is back");
         // Reports expire: nothing to restore once they are fresh again.
         assert!(ledger.take(true, 61_000_000).is_empty());
+    }
+
+    /// Answers to charges sent together, noted out of order: the record keeps the larger
+    /// count (it kept whichever came last: 47 of 50 after a burst). A refund lowers it.
+    #[test]
+    fn an_earlier_answer_noted_late_does_not_lower_the_count() {
+        let limit = Limit::sliding(Quota::per_minute(5));
+        let ledger = Ledger::new(8);
+        let b = Bucket::new("chat", "u", limit);
+        let one = std::slice::from_ref(&b);
+        ledger.note_all(Op::Charge, one, &[report(1, 60)], 0);
+        ledger.note_all(Op::Charge, one, &[report(2, 60)], 0);
+        assert_eq!(ledger.take(true, 1)[0].used, 4);
+        ledger.note_all(Op::Refund, one, &[report(3, 60)], 0);
+        assert_eq!(ledger.take(true, 1)[0].used, 2);
+        // A later answer fresh again later is news, even with less counted (some left).
+        ledger.note_all(Op::Charge, one, &[report(4, 61)], 1_000_000);
+        assert_eq!(ledger.take(true, 1_000_001)[0].used, 1);
     }
 
     #[test]

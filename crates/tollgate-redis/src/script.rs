@@ -44,6 +44,9 @@ pub(crate) struct Arg<'a> {
     /// A fixed window whose bucket's key in the format before the window keys is on
     /// another Redis Cluster slot: the scripts must not read it.
     pub(crate) no_migration: bool,
+    /// A restore (see `decide.lua`): raise the key to at least `cost` counted, fresh again
+    /// in this many microseconds. A call restores if any of its buckets has it.
+    pub(crate) restore: Option<u64>,
 }
 
 /// How long every key outlives its state (decide.lua adds the same): an instance whose clock
@@ -120,7 +123,8 @@ impl Call<'_> {
         for b in self.buckets {
             cmd.arg(b.key);
         }
-        cmd.arg(op_code(self.op));
+        let restoring = self.buckets.iter().any(|b| b.restore.is_some());
+        cmd.arg(if restoring { RESTORE } else { op_code(self.op) });
         for b in self.buckets {
             let (alg, unit, window) = limit_args(b.limit)?;
             // Lua numbers are exact up to 2^53; a cost above that is over any capacity.
@@ -141,6 +145,11 @@ impl Call<'_> {
                 _ => cmd.arg(""),
             };
         }
+        if restoring {
+            for b in self.buckets {
+                cmd.arg(b.restore.unwrap_or(0).min(MAX_COUNT));
+            }
+        }
         if let Some(now) = self.now {
             cmd.arg(now);
         }
@@ -155,6 +164,10 @@ impl Call<'_> {
         }
     }
 }
+
+/// `decide.lua`'s code for a restore (no [`Op`] of its own: only the fallback's write-back to
+/// a Redis that restarted empty sends it).
+const RESTORE: u8 = 5;
 
 fn op_code(op: Op) -> u8 {
     match op {
@@ -331,6 +344,7 @@ mod tests {
             limit: &limit,
             cost: u64::MAX,
             no_migration: false,
+            restore: None,
         };
         let args = strings(&call(Op::Penalize, &[arg], None).command(false).unwrap());
         assert_eq!(
@@ -355,6 +369,7 @@ mod tests {
             limit: &sliding,
             cost: 2,
             no_migration: false,
+            restore: None,
         };
         let tail = strings(&call(Op::Charge, &[arg], None).command(false).unwrap())[4..].to_vec();
         assert_eq!(
@@ -371,6 +386,7 @@ mod tests {
             limit: &limit,
             cost: 9,
             no_migration: false,
+            restore: None,
         };
         let ok = Value::Array(
             [7, -1, 5, 0]
@@ -423,6 +439,7 @@ mod tests {
             limit: &limit,
             cost: 3,
             no_migration: false,
+            restore: None,
         };
         let charge = call(Op::Charge, std::slice::from_ref(&arg), Some(now));
         assert!(charge.is_fixed());

@@ -720,8 +720,45 @@ impl RedisStore {
                 no_migration: cluster
                     && matches!(b.limit.algorithm(), Algorithm::FixedWindow)
                     && slot(key) != slot(&self.redis_key(b)),
+                restore: None,
             })
             .collect()
+    }
+
+    /// Raises each bucket's key to at least `bucket.cost` counted, fresh again in the
+    /// duration beside it, in one script call per hash slot: what
+    /// [`FallbackStore`](crate::FallbackStore) writes back to a Redis that restarted
+    /// empty. A key that counts as much already is left alone, so instances restoring a key
+    /// at once raise it to the larger of their counts, never to their sum; what a key lacks
+    /// is placed as late as its freshness allows (as [`MemoryStore::mirror`] places a
+    /// count), so it leaves when it would have.
+    ///
+    /// [`MemoryStore::mirror`]: tollgate_core::MemoryStore::mirror
+    pub(crate) async fn restore(
+        &self,
+        owed: &[(Bucket, Duration)],
+    ) -> Result<Decision, StoreError> {
+        let batch = Batch::new(Op::Penalize, owed.iter().map(|(b, _)| b.clone()).collect());
+        batch.validate()?;
+        let (now, keys) = self.placed(&batch, || self.inner.clock.now());
+        let mut args = self.args(&batch, &keys);
+        for (arg, (_, fresh)) in args.iter_mut().zip(owed) {
+            arg.restore = Some(u64::try_from(fresh.as_micros()).unwrap_or(u64::MAX));
+        }
+        let decision = if self.is_cluster() {
+            self.decide_by_slot(Op::Penalize, &args, now).await?
+        } else {
+            let call = Call {
+                op: Op::Penalize,
+                buckets: &args,
+                now,
+            };
+            self.inner.connection.run(call).await?
+        };
+        if let Some(cache) = self.inner.cache.as_ref() {
+            cache.forget(&batch.buckets);
+        }
+        Ok(decision)
     }
 
     /// The Redis server's `run_id` (from `INFO server`): it changes when the server
@@ -854,6 +891,7 @@ impl RedisStore {
                             limit,
                             cost: *cost,
                             no_migration: *no_migration,
+                            restore: None,
                         })
                         .collect();
                     inner
