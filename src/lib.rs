@@ -114,6 +114,13 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Whether the secret `given` is `expected`, compared in time independent of where the
+/// first difference is (an operator's token is not to be guessed byte by byte by timing).
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The bearer token of `headers`' `Authorization` (RFC 6750: the scheme's case does not
 /// matter, `bearer x` is `Bearer x`), trimmed; `None` without one or for an empty token, so
 /// that an empty `Authorization: Bearer ` does not hide another credential (a cookie).

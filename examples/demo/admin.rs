@@ -38,7 +38,7 @@ pub fn mount(router: Router, limiter: &Limiter) -> Router {
     if token.is_empty() {
         return router;
     }
-    let token: Arc<[u8]> = token.as_bytes().into();
+    let token: Arc<str> = token.into();
     let guard = middleware::from_fn(move |request: Request, next: Next| {
         let token = token.clone();
         async move { authorize(&token, request, next).await }
@@ -51,9 +51,9 @@ pub fn mount(router: Router, limiter: &Limiter) -> Router {
     router.nest(PATH, admin)
 }
 
-async fn authorize(token: &[u8], request: Request, next: Next) -> Response {
+async fn authorize(token: &str, request: Request, next: Next) -> Response {
     let given = tollgate_suite::bearer(request.headers());
-    if given.is_some_and(|g| same(g.as_bytes(), token)) {
+    if given.is_some_and(|g| tollgate_suite::same_secret(g, token)) {
         return next.run(request).await;
     }
     (
@@ -64,9 +64,4 @@ async fn authorize(token: &[u8], request: Request, next: Next) -> Response {
         ),
     )
         .into_response()
-}
-
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -170,8 +170,14 @@ fn adjust(config: &mut Config) {
 /// The rules code adds to the file's, at start and on every reload: the daily cap per key
 /// (`ENDPOINTWISE_DAILY_CAP`, default 10000/day); the public status route limited per IP
 /// (no key: without it one anonymous client could spend the gateway-wide backstop that
-/// every partner shares), whatever the method; the operators' routes outside the partners' limits (their
-/// wrong tokens are limited by the failed-authentication guard).
+/// every partner shares), whatever the method; the operators' routes outside the partners'
+/// limits (their wrong tokens are limited by the failed-authentication guard).
+///
+/// The backstop itself applies "across all routes", as the page says, the public status
+/// route included: many anonymous addresses together (200 polling once a second) can
+/// spend it, and partners are then refused until it refills. That is what a gateway-wide
+/// backstop against unexpected traffic does; the per-IP limit only keeps one client from
+/// doing it alone.
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
     let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
     let daily = Rate::fixed(daily);
@@ -238,7 +244,7 @@ async fn authenticate(
     let error = |status: StatusCode, code: &str| (status, Json(json!({ "error": code })));
     if path.starts_with("/admin/") {
         let token = tollgate_suite::bearer(request.headers());
-        if token != Some(&*gateway.admin_token) {
+        if !token.is_some_and(|t| tollgate_suite::same_secret(t, &gateway.admin_token)) {
             return error(StatusCode::UNAUTHORIZED, "invalid_admin_token").into_response();
         }
     } else if path.starts_with("/v1/") && path != "/v1/status" {

@@ -27,6 +27,16 @@ pub const MAX_COUNT: u64 = 1 << 53;
 /// The longest period a quota may have: 400 days.
 pub const MAX_PERIOD: Duration = Duration::from_secs(400 * 86_400);
 
+/// At most the first 64 characters of `text`, then `…` if it was longer: what an error
+/// echoes of an input (a rate sent to an admin endpoint may be 100 KB).
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// Why a quota (or a burst) could not be built. Each message names the input and shows
 /// what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,13 +48,13 @@ pub enum QuotaError {
     /// The input has no `/` between count and period.
     #[error("`{input}` has no `/`: {EXAMPLES}")]
     MissingSlash {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
     },
     /// The count is not a whole number.
     #[error("`{input}`: `{count}` is not a whole number: {EXAMPLES}")]
     BadCount {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
         /// The part that should have been the count.
         count: String,
@@ -52,13 +62,13 @@ pub enum QuotaError {
     /// The count is zero; a quota of zero would refuse everything.
     #[error("`{input}`: the count must be at least 1 as in `100/min` (to not limit a route, make it exempt)")]
     ZeroCount {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
     },
     /// The period's multiplier is not a whole number.
     #[error("`{input}`: `{period}` is not a period: {EXAMPLES}")]
     BadPeriod {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
         /// The part that should have been the period.
         period: String,
@@ -66,13 +76,13 @@ pub enum QuotaError {
     /// The period is zero, or shorter than a millisecond, or not a whole number of milliseconds.
     #[error("`{input}`: the period must be a whole number of milliseconds, at least 1 ms, as in `60/60s` or `100/min`")]
     ZeroPeriod {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
     },
     /// The time unit is not one tollgate knows.
     #[error("`{input}`: unknown time unit `{unit}`; use ms, s/sec/second, m/min/minute, h/hr/hour, d/day or w/week, as in `100/min`, `20/15m` or `10000/day`")]
     UnknownUnit {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
         /// The unit that was not recognised.
         unit: String,
@@ -80,7 +90,7 @@ pub enum QuotaError {
     /// The count is above [`MAX_COUNT`] or the period above [`MAX_PERIOD`].
     #[error("`{input}`: too large; a count may be at most 2^53 and a period at most 400 days")]
     Overflow {
-        /// The input as given.
+        /// The input as given (at most its first 64 characters, then `…`).
         input: String,
     },
     /// A burst (token bucket capacity) of zero.
@@ -192,7 +202,7 @@ impl Quota {
         if text.is_empty() {
             return Err(QuotaError::Empty);
         }
-        let owned = || text.to_string();
+        let owned = || excerpt(text);
         let (count_part, period_part) = text
             .split_once('/')
             .ok_or_else(|| QuotaError::MissingSlash { input: owned() })?;
@@ -200,7 +210,7 @@ impl Quota {
             CountFault::TooLarge => QuotaError::Overflow { input: owned() },
             CountFault::NotACount => QuotaError::BadCount {
                 input: owned(),
-                count: count_part.trim().to_string(),
+                count: excerpt(count_part.trim()),
             },
         })?;
         if count == 0 {
@@ -219,7 +229,7 @@ impl Quota {
             if digits.is_empty() {
                 return Err(QuotaError::BadPeriod {
                     input: owned(),
-                    period: period.to_string(),
+                    period: excerpt(period),
                 });
             }
             digits
@@ -229,12 +239,12 @@ impl Quota {
         if unit.is_empty() {
             return Err(QuotaError::BadPeriod {
                 input: owned(),
-                period: period.to_string(),
+                period: excerpt(period),
             });
         }
         let unit_ms = unit_millis(unit).ok_or_else(|| QuotaError::UnknownUnit {
             input: owned(),
-            unit: unit.to_string(),
+            unit: excerpt(unit),
         })?;
         if multiplier == 0 {
             return Err(QuotaError::ZeroPeriod { input: owned() });
@@ -468,6 +478,11 @@ mod tests {
             let msg = Quota::parse(bad).unwrap_err().to_string();
             assert!(msg.contains("min"), "{bad}: {msg}");
         }
+        // A huge input is echoed cut (an admin endpoint answered a 100 KB rate whole).
+        let huge = format!("5/{}", "é".repeat(100_000));
+        let msg = Quota::parse(&huge).unwrap_err().to_string();
+        assert!(msg.len() < 600, "{} bytes", msg.len());
+        assert!(msg.contains(&format!("`5/{}…`", "é".repeat(62))), "{msg}");
     }
 
     #[test]

@@ -326,13 +326,31 @@ impl ClientIp {
         out.into()
     }
 
-    /// [`ClientIp::key`] of an address written as text: an address, or an address key as
-    /// stored (`2001:db8::/64`). `None` if it is neither. How an operator's value (an
-    /// override, an admin lookup) is folded like a request's client.
+    /// [`ClientIp::key`] of an address written as text: an address (also in brackets, as
+    /// URLs and `Forwarded` write IPv6: `[2001:db8::5]`), or an address key as stored
+    /// (`2001:db8::/64`, whose prefix must be the one clients are folded to: `/32` for
+    /// IPv4). `None` if it is neither: a `198.51.100.7/8` names no client's key (it named
+    /// `198.51.100.7`, the `/8` silently dropped). How an operator's value (an override, an
+    /// admin lookup) is folded like a request's client.
     pub(crate) fn key_of_text(&self, value: &str) -> Option<String> {
-        let address = value.trim();
-        let address = address.split_once('/').map_or(address, |(a, _)| a);
-        address.parse().ok().map(|ip| self.key(ip))
+        let text = value.trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let address = address
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(address);
+        let ip: IpAddr = address.parse().ok()?;
+        let folded = match ip.to_canonical() {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => self.ipv6_prefix,
+        };
+        if prefix.is_some_and(|p| p != folded) {
+            return None;
+        }
+        Some(self.key(ip))
     }
 
     /// [`ClientIp::key`], appended to `out`: an IPv4 address without allocating or
@@ -743,6 +761,24 @@ mod tests {
         assert_eq!(resolve(r#"for="[2001:db8::1"#), Some(ip(PROXY)));
         assert_eq!(resolve(r#"for="2001:db8::1\"""#), Some(ip(PROXY)));
         assert_eq!(resolve("garbage"), Some(ip(PROXY)));
+    }
+
+    #[test]
+    fn an_operators_address_text_is_folded_like_a_client() {
+        let ip = ClientIp::peer();
+        let key = |t: &str| ip.key_of_text(t);
+        assert_eq!(key(" 198.51.100.7 ").as_deref(), Some("198.51.100.7"));
+        assert_eq!(key("198.51.100.7/32").as_deref(), Some("198.51.100.7"));
+        assert_eq!(key("::ffff:198.51.100.7").as_deref(), Some("198.51.100.7"));
+        let v6 = Some("2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2::9").as_deref(), v6);
+        assert_eq!(key("[2001:db8:1:2::9]").as_deref(), v6, "as URLs write it");
+        assert_eq!(key("2001:db8:1:2::/64").as_deref(), v6, "as stored");
+        // A prefix clients are not folded to names no client's key (the /8 was dropped).
+        assert_eq!(key("198.51.100.7/8"), None);
+        assert_eq!(key("2001:db8::/48"), None);
+        assert_eq!(key("198.51.100.7/x"), None);
+        assert_eq!(key("not-an-ip"), None);
     }
 
     #[test]
