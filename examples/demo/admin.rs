@@ -3,6 +3,12 @@
 //! all: its paths answer `404` like any unknown path. Wrong tokens are limited per client
 //! IP (10 a minute), so the token cannot be guessed at the server's speed.
 //!
+//! Keys are as the handlers count them: the sign-in lockout's are e-mails trimmed and
+//! lowercased, so `Bob@Example.com` is reset as `bob%40example.com` (the address as
+//! typed names another, unused key, and its reset frees nobody); a client's IP as it
+//! connects, an IPv6 address standing for its /64; and `failed-auth:ip` is the wrong
+//! tokens' guard, per IP.
+//!
 //! ```text
 //! ADMIN_TOKEN=s3cret cargo run --example demo
 //! curl -H 'Authorization: Bearer s3cret' localhost:3000/admin/rate-limits/limits
