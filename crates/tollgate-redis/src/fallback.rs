@@ -82,7 +82,9 @@
 //!   leaves a key counting as much alone, so instances writing back at the same moment
 //!   raise it to the larger of their counts, not their sum, and a Redis that restarted
 //!   from a snapshot is not charged twice; what a key lacks is placed to leave the window
-//!   when the count it restores would have), before the give-back. Through one
+//!   when the newest admission the count includes would have: the ledger holds a key's
+//!   count and when it is fresh again, not when each admission leaves), before the
+//!   give-back. Through one
 //!   multiplexed connection (the default, RESP2) a restart is always seen: the first call
 //!   on the old connection fails, and that failure starts a check. Through a pool (which
 //!   replaces broken connections quietly) or RESP3 (which reconnects by itself), a restart
