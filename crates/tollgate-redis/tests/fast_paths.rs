@@ -13,14 +13,6 @@ use tollgate_core::{
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
-fn store(server: &RedisServer) -> RedisStore {
-    RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap()
-}
-
 async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
     redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
 }
@@ -39,7 +31,7 @@ async fn expiry_ms(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let hour = 3_600_000_000u64;
     let bucket = Bucket::new("fw", "k", Limit::fixed(Quota::per_hour(5)));
@@ -107,7 +99,7 @@ async fn a_fixed_window_counts_to_its_end_and_a_refusal_takes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_of_another_period_starts_afresh() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let hour = Limit::fixed(Quota::per_hour(4));
     let other = Limit::fixed(Quota::new(4, Duration::from_secs(59 * 60)).unwrap());
     let d = store
@@ -137,7 +129,7 @@ async fn a_fixed_window_of_another_period_starts_afresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sliding_windows_charged_together_are_all_or_nothing() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let ip = Bucket::new("ip", "203.0.113.9", Limit::sliding(Quota::per_hour(10)));
     let user = Bucket::new("user", "u", Limit::sliding(Quota::per_hour(3)));
@@ -183,7 +175,7 @@ async fn sliding_windows_charged_together_are_all_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_window_with_nothing_left_counts_for_nothing() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let limit = Limit::sliding(Quota::per_minute(4));
     let s = limit.segment_micros();
@@ -223,7 +215,7 @@ async fn a_sliding_window_with_nothing_left_counts_for_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_straight_paths_store_is_read_by_every_operation() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let buckets = [
         Bucket::new("any", "fw", Limit::fixed(Quota::per_hour(5))),
         Bucket::new("any", "sw", Limit::sliding(Quota::per_hour(5))),
@@ -273,7 +265,7 @@ impl Clock for Ahead {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_is_placed_by_the_instances_clock() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let ahead = RedisStore::builder()
         .url(server.url())
         .refusal_cache(0)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::connect;
 use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
-use tollgate_redis::{redis, RedisStore};
+use tollgate_redis::redis;
 use tollgate_testkit::RedisServer;
 
 async fn server_micros(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
@@ -46,18 +46,10 @@ fn segment(index: u64, count: u64, offset: u64) -> Vec<u8> {
         .collect()
 }
 
-fn store(server: &RedisServer) -> RedisStore {
-    RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_sliding_window_keeps_its_counts() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     // 10 per hour in 10 segments of 6 minutes: 3 counted in the current segment, 4 in the
     // one before (written as the old script did, head first).
@@ -104,7 +96,7 @@ async fn an_earlier_sliding_window_keeps_its_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_window_of_another_shape_starts_afresh() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let limit = Limit::sliding(Quota::per_hour(10));
     let s = limit.segment_micros();
@@ -126,7 +118,7 @@ async fn an_earlier_window_of_another_shape_starts_afresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_token_bucket_and_fixed_window_keep_counting() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let now = server_micros(&mut conn).await;
 
@@ -212,7 +204,7 @@ async fn exists(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_counts_in_its_windows_key() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let day = 86_400_000_000u64;
     let bucket = Bucket::new("now", "fixed", Limit::fixed(Quota::per_day(5)));
@@ -263,7 +255,7 @@ async fn a_fixed_window_counts_in_its_windows_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_window_in_the_format_before_window_keys_keeps_counting() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let day = 86_400_000_000u64;
     let now = server_micros(&mut conn).await;
@@ -346,7 +338,7 @@ async fn a_fixed_window_in_the_format_before_window_keys_keeps_counting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_algorithm_changes_starts_afresh() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let q = Quota::per_hour(3);
     let limits = [
         Limit::sliding(q),
@@ -385,7 +377,7 @@ async fn a_key_whose_algorithm_changes_starts_afresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_windows_count_outlives_a_change_of_algorithm() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let q = Quota::per_hour(3);
     let fixed = Bucket::new("change", "k", Limit::fixed(q));
     let sliding = Bucket::new("change", "k", Limit::sliding(q));
@@ -414,7 +406,7 @@ async fn a_fixed_windows_count_outlives_a_change_of_algorithm() {
 async fn a_token_bucket_whose_sustained_rate_rises_frees_a_limited_client_within_the_new_interval()
 {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let slow = Limit::token_bucket(Quota::per_minute(5), 2).unwrap();
     let fast = Limit::token_bucket(Quota::per_minute(60), 2).unwrap();
@@ -476,7 +468,7 @@ async fn a_token_bucket_whose_sustained_rate_rises_frees_a_limited_client_within
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_bucket_whose_sustained_rate_falls_admits_no_sooner_than_its_count_allows() {
     let server = RedisServer::start();
-    let store = store(&server);
+    let store = common::uncached(&server);
     let mut conn = connect(&server.url()).await;
     let fast = Limit::token_bucket(Quota::per_minute(6), 2).unwrap();
     let slow = Limit::token_bucket(Quota::per_minute(1), 2).unwrap();

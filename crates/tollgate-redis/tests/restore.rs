@@ -24,14 +24,6 @@ fn limits() -> Vec<(&'static str, Limit)> {
     ]
 }
 
-fn store(server: &RedisServer) -> RedisStore {
-    RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .build()
-        .unwrap()
-}
-
 async fn peek(store: &RedisStore, bucket: &Bucket) -> (u64, Duration) {
     let d = store
         .apply(&Batch::new(Op::Peek, vec![bucket.clone()]))
@@ -43,7 +35,7 @@ async fn peek(store: &RedisStore, bucket: &Bucket) -> (u64, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_restoring_a_key_at_once_raise_it_to_the_larger_count_never_the_sum() {
     let server = RedisServer::start();
-    let (a, b) = (store(&server), store(&server));
+    let (a, b) = (common::uncached(&server), common::uncached(&server));
     for (name, limit) in limits() {
         for round in 0..20 {
             let bucket = Bucket::new(name, &format!("k{round}"), limit);
@@ -77,7 +69,7 @@ async fn instances_restoring_a_key_at_once_raise_it_to_the_larger_count_never_th
 #[tokio::test]
 async fn a_restored_count_leaves_when_it_would_have() {
     let server = RedisServer::start();
-    let s = store(&server);
+    let s = common::uncached(&server);
     for (name, limit) in limits() {
         // A minute left of a window's count; a token bucket 4 tokens (6 minutes each)
         // ahead, as it would report 4 counted.

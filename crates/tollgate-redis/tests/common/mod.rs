@@ -82,3 +82,12 @@ pub async fn wait_for_mode(
     }
     started.elapsed()
 }
+
+/// A Redis store on `server` without a refusal cache: every call reaches Redis.
+pub fn uncached(server: &tollgate_testkit::RedisServer) -> RedisStore {
+    RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .build()
+        .unwrap()
+}
