@@ -34,6 +34,15 @@
 //!   held key expires) and no limited key is ever evicted, so a lockout stays locked
 //!   whatever an attacker invents; [`WhenFull::EvictLimited`] evicts the least recently
 //!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them).
+//! - What a full share costs: a key not at its limit loses its count when it is evicted.
+//!   A flood of as many keys as the share holds wipes the partial counts of keys that
+//!   stopped sending (a lockout at 4 of 5 is back at 0), and once a flood has filled a
+//!   share with limited keys and left a few slots to keys below their limit, a few new
+//!   keys taking turns evict each other before reaching their limit, and are each counted
+//!   afresh (a review: 50 addresses taking turns after 1,300 limited ones filled a share
+//!   of 1,024 were admitted 45,100 requests against 20 each). The flood costs the share's
+//!   size in distinct keys (100,000 by default), each spending its limit; size the store
+//!   for the distinct keys a window sees.
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
 //!   (one timestamp and the emission interval it counts in), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding

@@ -25,30 +25,10 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::HeaderName;
 use sha2::{Digest, Sha256};
-use tollgate_core::{StoreKey, WhenFull};
+use tollgate_core::StoreKey;
 
 /// A function of the request that names a key, or `None` when the request has none.
 pub(crate) type Extractor = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// What a bounded store does with a new key when its bucket's share is full of keys at
-/// their limit, unless the policy says ([`Policy::when_full`](crate::Policy::when_full)).
-///
-/// - A client's address ([`Key::ip`], or an address a handler passes to a direct-use
-///   bucket): [`WhenFull::EvictLimited`]. Addresses cannot be invented for free: filling a
-///   share takes as many real addresses (or IPv6 networks) as the share holds, and refusing
-///   every new address then would shut every new client out (sign-in for everyone, with one
-///   flood). Evicting the least recently seen limited addresses frees only clients that
-///   have stopped sending.
-/// - Any other key (an e-mail, an API key, a user, a header): [`WhenFull::RefuseNewKeys`].
-///   Anyone can invent those, so a flood of them must never free a limited one (a locked
-///   account stays locked).
-pub(crate) fn when_full_by_default(address: bool) -> WhenFull {
-    if address {
-        WhenFull::EvictLimited
-    } else {
-        WhenFull::RefuseNewKeys
-    }
-}
 
 /// Keys longer than this are stored as their digest (bounded memory per key).
 pub(crate) const MAX_PLAIN_KEY: usize = 128;

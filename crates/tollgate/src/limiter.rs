@@ -521,10 +521,8 @@ impl Limiter {
                 buckets: Vec::new(),
             });
         }
-        let (stored, when_full) = self.engine.direct_key_of(key);
-        let bucket = Bucket::new(bucket, &stored, direct.limit)
-            .with_cost(cost)
-            .with_when_full(when_full);
+        let stored = self.engine.direct_key(key);
+        let bucket = Bucket::new(bucket, &stored, direct.limit).with_cost(cost);
         let batch = Batch::new(op, vec![bucket]).with_failure_mode(table.defaults.on_failure);
         let answer = self.engine.store.apply(&batch).await;
         // A charge is a request decided, as the middleware's are: counted in the limiter's

@@ -69,8 +69,7 @@ pub struct Policy {
     pub(crate) count_only_if: Option<StatusFn>,
     pub(crate) shadow: bool,
     pub(crate) on_failure: Option<FailureMode>,
-    /// `None`: by key ([`when_full_by_default`](crate::key::when_full_by_default)).
-    pub(crate) when_full: Option<WhenFull>,
+    pub(crate) when_full: WhenFull,
     /// Whether a request is counted once its response is known (it is looked at before):
     /// set by [`Limiter::guard`](crate::Limiter::guard) for a policy that counts only some
     /// responses.
@@ -110,7 +109,7 @@ impl Policy {
             count_only_if: None,
             shadow: false,
             on_failure: None,
-            when_full: None,
+            when_full: WhenFull::default(),
             count_after: false,
         }
     }
@@ -196,18 +195,13 @@ impl Policy {
 
     /// What a bounded store (the memory store, and the fallback's memory) does with a new
     /// key of this policy's buckets when their share of the store is full of keys at their
-    /// limit: refuse it (a client being limited always stays limited, however many keys
-    /// others invent) or evict the least recently seen limited keys (new keys are always
-    /// served; a flood of new keys can free a limited one). See [`WhenFull`].
-    ///
-    /// Unset, it depends on the key: a client IP limit ([`Key::ip`](crate::Key::ip))
-    /// evicts ([`WhenFull::EvictLimited`]), since refusing every new address once a flood of
-    /// real addresses filled the share would shut every new client out; every other key
-    /// refuses ([`WhenFull::RefuseNewKeys`]), since anyone can invent e-mails or API keys.
-    /// Handlers' direct-use buckets ([`Limiter::check`](crate::Limiter::check)) follow the
-    /// same rule by the key they are given: an IP address evicts, anything else refuses.
+    /// limit: refuse it (the default: a client being limited always stays limited, however
+    /// many keys others invent) or evict the least recently seen limited keys (new keys are
+    /// always served; a flood of invented keys can free a limited one, and once the share
+    /// is full of limited keys, a few new keys taking turns evict each other and are each
+    /// counted afresh: their limit no longer holds). See [`WhenFull`].
     pub fn when_full(mut self, mode: WhenFull) -> Self {
-        self.when_full = Some(mode);
+        self.when_full = mode;
         self
     }
 

@@ -11,7 +11,7 @@ use tollgate_core::{FailureMode, Limit, Op, Quota, Sampled, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
-use crate::key::{when_full_by_default, Key, Source};
+use crate::key::{Key, Source};
 use crate::observe::BucketMetrics;
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
 use crate::rate::Rate;
@@ -329,9 +329,7 @@ pub(crate) fn compile(
             sf_name,
             policy_item,
             limit_value,
-            when_full: policy
-                .when_full
-                .unwrap_or_else(|| when_full_by_default(matches!(key.source, Source::Ip))),
+            when_full: policy.when_full,
         });
     }
     let shown = (compiled.limits.len() + global_limits) as u32;

@@ -489,17 +489,8 @@ impl Engine {
     /// network), so a handler's raw address, its [`ClientIp::key`] and an operator's lookup
     /// all name one key; any other key as given.
     pub(crate) fn direct_key(&self, key: &str) -> String {
-        self.direct_key_of(key).0
-    }
-
-    /// [`Engine::direct_key`], and what the store does with it when its bucket's share is
-    /// full ([`when_full_by_default`](crate::key::when_full_by_default): an address evicts,
-    /// any other key is refused).
-    pub(crate) fn direct_key_of(&self, key: &str) -> (String, tollgate_core::WhenFull) {
         let folded = self.client_ip.key_of_text(key);
-        let when_full = crate::key::when_full_by_default(folded.is_some());
-        let stored = crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), false);
-        (stored, when_full)
+        crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), false)
     }
 
     /// From now on, the central layer marks the requests it charges, so a per-route layer
