@@ -28,21 +28,22 @@
 //!   full.
 //! - When a bucket's share is full, the store drops fresh entries, then evicts the least
 //!   recently seen eighth of that bucket's keys that are *not* at their limit, so a flood
-//!   of invented keys cannot free a limited client. If every key of the share is at its
-//!   limit, the bucket's [`WhenFull`] decides: by default the new key is refused
+//!   of invented keys cannot free a limited client. If fewer than an eighth of the share's
+//!   keys are below their limit, the share counts as full of keys at their limit (evicting
+//!   its last few would let a few new keys take turns in their slots, each counted
+//!   afresh), and the bucket's [`WhenFull`] decides: by default the new key is refused
 //!   ([`Refusal::StoreFull`](crate::Refusal::StoreFull), with the time until the first
 //!   held key expires) and no limited key is ever evicted, so a lockout stays locked
 //!   whatever an attacker invents; [`WhenFull::EvictLimited`] evicts the least recently
 //!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them).
 //! - What a full share costs: a key not at its limit loses its count when it is evicted.
 //!   A flood of as many keys as the share holds wipes the partial counts of keys that
-//!   stopped sending (a lockout at 4 of 5 is back at 0), and once a flood has filled a
-//!   share with limited keys and left a few slots to keys below their limit, a few new
-//!   keys taking turns evict each other before reaching their limit, and are each counted
-//!   afresh (a review: 50 addresses taking turns after 1,300 limited ones filled a share
-//!   of 1,024 were admitted 45,100 requests against 20 each). The flood costs the share's
-//!   size in distinct keys (100,000 by default), each spending its limit; size the store
-//!   for the distinct keys a window sees.
+//!   stopped sending (a lockout at 4 of 5 is back at 0); and keys taking turns faster
+//!   than the share's least recently seen eighth turns over are each counted afresh
+//!   (after a flood of limited keys, that takes more than an eighth of the share in
+//!   distinct keys taking turns: 12,500 addresses at the default 100,000; it took 2
+//!   before). A flood costs the share's size in distinct keys, each spending its limit;
+//!   size the store for the distinct keys a window sees.
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
 //!   (one timestamp and the emission interval it counts in), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
@@ -892,11 +893,12 @@ impl Shard {
         (seen, soonest)
     }
 
-    /// Evicts up to `n` keys of share `part` seen at or before `cutoff`; returns how many.
-    fn evict(&mut self, part: u32, cutoff: u64, n: usize) -> usize {
+    /// Evicts up to `n` keys of share `part` whose `seen` is between `floor` and `cutoff`
+    /// (a `floor` of [`LIMITED`]: only keys at their limit); returns how many.
+    fn evict(&mut self, part: u32, floor: u64, cutoff: u64, n: usize) -> usize {
         let mut left = n;
         let mut pick = |slot_part: u32, seen: u64| {
-            if left > 0 && slot_part == part && seen <= cutoff {
+            if left > 0 && slot_part == part && (floor..=cutoff).contains(&seen) {
                 left -= 1;
                 false
             } else {
@@ -1113,10 +1115,18 @@ impl Inner {
         }
         let (mut seen, soonest) = shard.seen_of(part);
         let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
-        let batch = if free > 0 {
-            (self.shard_cap / 8).clamp(1, free)
+        // Keys below their limit make room while they are an eighth of the share or more
+        // (the least recently seen eighth goes). Fewer, the share counts as full of keys
+        // at their limit: evicting its last few keys below their limit would let a few new
+        // keys take turns in their slots, evicting each other before they reach their
+        // limit and each counted afresh (50 addresses were admitted 45,100 requests
+        // against 20 each once a flood had filled the share with limited ones).
+        let eighth = (self.shard_cap / 8).max(1);
+        let (batch, floor) = if free >= eighth {
+            (eighth, 0)
         } else if bucket.when_full == WhenFull::EvictLimited {
-            (self.shard_cap / 64).clamp(1, seen.len().max(1))
+            seen.retain(|&t| t & LIMITED != 0);
+            ((self.shard_cap / 64).clamp(1, seen.len().max(1)), LIMITED)
         } else {
             self.refused_for_room(bucket, now);
             return Err(soonest.saturating_sub(now).max(1));
@@ -1126,11 +1136,11 @@ impl Inner {
         }
         let nth = batch.min(seen.len()) - 1;
         let (_, &mut cutoff, _) = seen.select_nth_unstable(nth);
-        let evicted = shard.evict(part, cutoff, batch);
+        let evicted = shard.evict(part, floor, cutoff, batch);
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
-        if free == 0 {
+        if floor == LIMITED {
             self.counters
                 .evicted_limited
                 .fetch_add(evicted as u64, Ordering::Relaxed);

@@ -107,9 +107,7 @@ impl Bucket {
 /// flood of invented keys cannot unlock a client that is being refused (a sign-in lockout
 /// stays locked). The price is that new keys of that bucket are refused until room frees
 /// up. [`WhenFull::EvictLimited`] serves new keys instead, at the risk of forgetting a
-/// limited key (it then starts afresh; and once the share is full of limited keys, a few
-/// new keys taking turns evict each other and are each counted afresh, so their limit no
-/// longer holds).
+/// limited key (it then starts afresh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WhenFull {
     /// Refuse the new key (a refusal with [`Refusal::StoreFull`](crate::Refusal::StoreFull)

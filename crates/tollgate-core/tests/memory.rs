@@ -323,3 +323,38 @@ fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
     let u0 = Bucket::new("login", "u0", lockout);
     assert!(!store.charge(std::slice::from_ref(&u0)).allowed);
 }
+
+/// A share left with a few keys below their limit among keys at it (a flood of limited
+/// addresses, one that stopped short): new keys taking turns must not evict each other
+/// and each be counted afresh. Two keys alternating were each admitted every request
+/// (the one free slot passed between them, its count lost each time); now the share
+/// counts as full while fewer than an eighth of its keys are below their limit.
+#[test]
+fn keys_taking_turns_in_a_nearly_full_share_are_not_counted_afresh() {
+    let sign_in = Limit::sliding(Quota::new(5, Duration::from_secs(30 * 60)).unwrap());
+    for mode in [WhenFull::RefuseNewKeys, WhenFull::EvictLimited] {
+        let (_clock, store) = one_shard_of_64();
+        let key = |k: &str| Bucket::new("sign-in", k, sign_in).with_when_full(mode);
+        let one = std::slice::from_ref;
+        for i in 0..63 {
+            let flood = key(&format!("198.51.100.{i}"));
+            for _ in 0..5 {
+                assert!(store.charge(one(&flood)).allowed);
+            }
+        }
+        let (a, b) = (key("203.0.113.1"), key("203.0.113.2"));
+        let mut admitted = [0u32; 2];
+        for _ in 0..20 {
+            for (n, k) in [&a, &b].into_iter().enumerate() {
+                admitted[n] += u32::from(store.charge(one(k)).allowed);
+            }
+        }
+        match mode {
+            // The second is refused for room; the first keeps its count.
+            WhenFull::RefuseNewKeys => assert_eq!(admitted, [5, 0], "{mode:?}"),
+            // Limited keys make room; both keep their counts.
+            _ => assert_eq!(admitted, [5, 5], "{mode:?}"),
+        }
+        assert!(store.len() <= 64);
+    }
+}

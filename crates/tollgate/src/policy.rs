@@ -197,9 +197,7 @@ impl Policy {
     /// key of this policy's buckets when their share of the store is full of keys at their
     /// limit: refuse it (the default: a client being limited always stays limited, however
     /// many keys others invent) or evict the least recently seen limited keys (new keys are
-    /// always served; a flood of invented keys can free a limited one, and once the share
-    /// is full of limited keys, a few new keys taking turns evict each other and are each
-    /// counted afresh: their limit no longer holds). See [`WhenFull`].
+    /// always served; a flood of invented keys can free a limited one). See [`WhenFull`].
     pub fn when_full(mut self, mode: WhenFull) -> Self {
         self.when_full = mode;
         self
