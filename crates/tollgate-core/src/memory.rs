@@ -29,7 +29,8 @@
 //! - When a bucket's share is full, the store drops fresh entries, then evicts the least
 //!   recently seen eighth of that bucket's keys that are *not* at their limit, so a flood
 //!   of invented keys cannot free a limited client. If fewer than an eighth of the share's
-//!   keys are below their limit, the share counts as full of keys at their limit (evicting
+//!   keys in the key's shard are below their limit, the share counts as full of keys at
+//!   their limit there (evicting
 //!   its last few would let a few new keys take turns in their slots, each counted
 //!   afresh), and the bucket's [`WhenFull`] decides: by default the new key is refused
 //!   ([`Refusal::StoreFull`](crate::Refusal::StoreFull), with the time until the first
@@ -41,9 +42,11 @@
 //!   stopped sending (a lockout at 4 of 5 is back at 0); and keys taking turns faster
 //!   than the share's least recently seen eighth turns over are each counted afresh
 //!   (after a flood of limited keys, that takes more than an eighth of the share in
-//!   distinct keys taking turns: 12,500 addresses at the default 100,000; it took 2
-//!   before). A flood costs the share's size in distinct keys, each spending its limit;
-//!   size the store for the distinct keys a window sees.
+//!   distinct keys taking turns: about 12,500 addresses at the default 100,000, 150 at
+//!   1,024; it took 2 before). Meanwhile, a share whose keys are mostly at their limit
+//!   (85% or more, in a review) refuses some new keys that it used to admit. A flood costs
+//!   the share's size in distinct keys, each spending its limit; size the store for the
+//!   distinct keys a window sees.
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
 //!   (one timestamp and the emission interval it counts in), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
@@ -1093,9 +1096,9 @@ impl Inner {
             share = self.shard_cap * self.shards.len(),
             refused = unreported + 1,
             "the memory store refuses new keys of this bucket: its share is full of keys at \
-             their limit (WhenFull::RefuseNewKeys), so every client it has not seen is refused \
-             until one of them expires; raise max_entries, or choose WhenFull::EvictLimited \
-             for this bucket"
+             their limit (WhenFull::RefuseNewKeys), so every key it has not seen is refused \
+             until one of them expires (a caller may admit such keys uncounted); raise \
+             max_entries, or choose WhenFull::EvictLimited for this bucket"
         );
     }
 

@@ -864,9 +864,15 @@ impl<P: Primary> Shared<P> {
             return;
         }
         let now = self.memory.now().as_micros();
-        self.ledger
+        // An answer earlier than one already noted (answers to charges sent together,
+        // noted out of order) would set memory's count back: it is skipped there too.
+        let earlier = self
+            .ledger
             .note_all(batch.op, &batch.buckets, &decision.buckets, now);
-        for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
+        for (i, (bucket, state)) in batch.buckets.iter().zip(&decision.buckets).enumerate() {
+            if i < 64 && earlier & (1 << i) != 0 {
+                continue;
+            }
             let scaled = self.scaled(bucket);
             self.memory.mirror(
                 &scaled,
@@ -1021,6 +1027,40 @@ mod tests {
                 }
             })
         }
+    }
+
+    /// Answers to charges sent together, noted out of order: memory keeps the larger
+    /// count, as the ledger does (it took the answer noted last: after 500 charges on 8
+    /// threads, an empty restart admitted a 501st from memory).
+    #[test]
+    fn memory_keeps_the_larger_count_when_answers_are_noted_out_of_order() {
+        let memory = MemoryStore::new();
+        let store =
+            FallbackStore::unchecked(ProbeOnly::new(), memory.clone(), FallbackConfig::default());
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(500)));
+        let batch = Batch::charge(vec![bucket.clone()]);
+        let answer = |remaining| Decision {
+            allowed: true,
+            now: memory.now(),
+            buckets: vec![BucketState {
+                allowed: true,
+                limit: 500,
+                remaining,
+                reset_after: Duration::from_secs(60),
+                retry_after: None,
+                refusal: None,
+            }],
+        };
+        // The 500th answer first, then the 499th.
+        store.shared.mirror(&batch, &answer(0), Origin::Backend);
+        store.shared.mirror(&batch, &answer(1), Origin::Backend);
+        let held = memory.apply_now(Op::Peek, std::slice::from_ref(&bucket));
+        assert!(!held.allowed, "memory admits a 501st: {held:?}");
+        // A refund's answer lowers it.
+        let refund = Batch::new(Op::Refund, vec![bucket.clone()]);
+        store.shared.mirror(&refund, &answer(1), Origin::Backend);
+        let held = memory.apply_now(Op::Peek, std::slice::from_ref(&bucket));
+        assert_eq!(held.buckets[0].remaining, 1);
     }
 
     /// Each of N instances gets its share of what remains, rounded up: N shares add up

@@ -9,6 +9,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use tollgate_core::{Bucket, BucketState, Limit, Op, StoreKey, WhenFull};
 
+/// How much later than the answer it follows an earlier answer may be noted (µs): its
+/// freshness, worked out from when it is noted, moves by as much.
+const NOTED_LATE_US: u64 = 100_000;
+
 /// One key's record.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -103,24 +107,44 @@ impl Ledger {
     }
 
     /// Notes what the primary reported for each of `buckets` (answered by `states` to
-    /// `op`) at `now`, under one lock.
-    pub(crate) fn note_all(&self, op: Op, buckets: &[Bucket], states: &[BucketState], now: u64) {
+    /// `op`) at `now`, under one lock. Returns the answers found earlier than the record
+    /// (see [`Ledger::note`]) as bits (bucket `i` as bit `i`, for the first 64), which the
+    /// memory store's mirror skips too.
+    pub(crate) fn note_all(
+        &self,
+        op: Op,
+        buckets: &[Bucket],
+        states: &[BucketState],
+        now: u64,
+    ) -> u64 {
         if self.capacity == 0 {
-            return;
+            return 0;
         }
         let mut table = self.lock();
-        for (bucket, state) in buckets.iter().zip(states) {
-            self.note(&mut table, op, bucket, state, now);
+        let mut earlier = 0;
+        for (i, (bucket, state)) in buckets.iter().zip(states).enumerate() {
+            if !self.note(&mut table, op, bucket, state, now) && i < 64 {
+                earlier |= 1 << i;
+            }
         }
+        earlier
     }
 
     /// Notes what the primary reported for `bucket` at `now`. The answers to charges sent
     /// together may be noted in another order than Redis gave them: an answer to a charge
-    /// that counts less than the record, and is fresh again no later, is an earlier one,
-    /// and the record keeps the larger count (a key filled by 50 requests at once was
-    /// remembered at 47 to 49, and restored so after an empty restart). Refunds and resets
-    /// lower it.
-    fn note(&self, table: &mut Table, op: Op, bucket: &Bucket, state: &BucketState, now: u64) {
+    /// that counts less than the record, and is fresh again no later (give or take the
+    /// 100 ms it may have waited to be noted), is an earlier one, and the record keeps the
+    /// larger count (a key filled by 50 requests at once was remembered at 47 to 49, and
+    /// restored so after an empty restart). Refunds and resets lower it. Returns `false`
+    /// for such an earlier answer.
+    fn note(
+        &self,
+        table: &mut Table,
+        op: Op,
+        bucket: &Bucket,
+        state: &BucketState,
+        now: u64,
+    ) -> bool {
         let used = bucket.limit.capacity().saturating_sub(state.remaining);
         let reset_us = u64::try_from(state.reset_after.as_micros()).unwrap_or(u64::MAX);
         let until = now.saturating_add(reset_us);
@@ -128,20 +152,20 @@ impl Ledger {
             let earlier = matches!(op, Op::Charge | Op::Penalize)
                 && entry.limit == bucket.limit
                 && entry.used > used
-                && entry.until >= until;
+                && entry.until.saturating_add(NOTED_LATE_US) >= until;
             if earlier {
                 entry.seen = now;
-                return;
+                return false;
             }
             entry.limit = bucket.limit;
             entry.when_full = bucket.when_full;
             entry.used = used;
             entry.until = until;
             entry.seen = now;
-            return;
+            return true;
         }
         if used == 0 {
-            return;
+            return true;
         }
         self.insert(
             table,
@@ -158,6 +182,7 @@ impl Ledger {
             },
             now,
         );
+        true
     }
 
     /// Notes what memory did to `bucket` while the primary failed: `op`, and for a
