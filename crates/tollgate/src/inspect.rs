@@ -245,7 +245,7 @@ impl Limiter {
     fn with_policies<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Arc<Compiled>>) -> T) -> T {
         let table = self.engine.table.load();
         let guards: Vec<Arc<Compiled>> = crate::engine::lock(&self.engine.code)
-            .guard_engines
+            .guards
             .iter()
             .flat_map(|guard| guard.table.load().globals.clone())
             .collect();

@@ -270,8 +270,7 @@ impl Limiter {
         builder.decision_in_response = Some(engine.decision_in_response);
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
-        code.guards.extend(bucket);
-        code.guard_engines.push(guard.engine.clone());
+        code.guards.push(guard.engine.clone());
         Ok(guard.layer())
     }
 
@@ -596,7 +595,7 @@ impl Limiter {
 
     /// Counters of what the limiter has done.
     pub fn stats(&self) -> LimiterStats {
-        let guards = engine::lock(&self.engine.code).guard_engines.clone();
+        let guards = engine::lock(&self.engine.code).guards.clone();
         std::iter::once(&self.engine)
             .chain(&guards)
             .fold(LimiterStats::default(), |sum, engine| {

@@ -390,14 +390,22 @@ pub(crate) struct Rules<'a> {
 }
 
 /// What code declared on a built limiter, outside its table, that every table must respect:
-/// the per-route policies (compiled again against each table) and the bucket names of
-/// guards (which no table may use), with the guards' own limiters (whose buckets the
-/// operators' lookups and the stats reach through this one).
+/// the per-route policies (compiled again against each table) and the guards' own limiters
+/// (whose bucket names no table may use, and whose buckets the operators' lookups and the
+/// stats reach through this one).
 #[derive(Default)]
 pub(crate) struct CodeRules {
     pub(crate) per_route: Vec<Policy>,
-    pub(crate) guards: HashSet<Arc<str>>,
-    pub(crate) guard_engines: Vec<Arc<super::Engine>>,
+    pub(crate) guards: Vec<Arc<super::Engine>>,
+}
+
+impl CodeRules {
+    /// Whether a guard uses the bucket name `name`.
+    pub(crate) fn guard_binds(&self, name: &str) -> bool {
+        self.guards
+            .iter()
+            .any(|guard| guard.table.load().binds(name))
+    }
 }
 
 /// Checks and compiles `rules`, then the per-route policies of `code`, into a table.
@@ -460,7 +468,7 @@ pub(crate) fn compile_table(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(name) = signatures.keys().find(|name| code.guards.contains(*name)) {
+    if let Some(name) = signatures.keys().find(|name| code.guard_binds(name)) {
         return Err(BuildError::DuplicateBucket {
             name: name.to_string(),
         });
@@ -477,7 +485,7 @@ pub(crate) fn compile_table(
         let bucket: Arc<str> = name.as_str().into();
         let metrics = BucketMetrics::new(&bucket, &bucket);
         if signatures.contains_key(name.as_str())
-            || code.guards.contains(name.as_str())
+            || code.guard_binds(name)
             || direct
                 .insert(name.clone(), Direct { limit, metrics })
                 .is_some()
