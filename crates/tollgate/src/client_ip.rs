@@ -326,23 +326,19 @@ impl ClientIp {
         out.into()
     }
 
-    /// [`ClientIp::key`] of an address written as text: an address (also in brackets, as
-    /// URLs and `Forwarded` write IPv6: `[2001:db8::5]`), or an address key as stored
-    /// (`2001:db8::/64`, whose prefix must be the one clients are folded to: `/32` for
-    /// IPv4). `None` if it is neither: a `198.51.100.7/8` names no client's key (it named
-    /// `198.51.100.7`, the `/8` silently dropped). How an operator's value (an override, an
-    /// admin lookup) is folded like a request's client.
+    /// [`ClientIp::key`] of an address written as text: an address as proxies write one
+    /// ([`parse_node`]: also `[2001:db8::5]`, as URLs and `Forwarded` write IPv6), or an
+    /// address key as stored (`2001:db8::/64`, whose prefix must be the one clients are
+    /// folded to: `/32` for IPv4). `None` if it is neither: a `198.51.100.7/8` names no
+    /// client's key (it named `198.51.100.7`, the `/8` silently dropped). How an operator's
+    /// value (an override, an admin lookup) is folded like a request's client.
     pub(crate) fn key_of_text(&self, value: &str) -> Option<String> {
         let text = value.trim();
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
             None => (text, None),
         };
-        let address = address
-            .strip_prefix('[')
-            .and_then(|a| a.strip_suffix(']'))
-            .unwrap_or(address);
-        let ip: IpAddr = address.parse().ok()?;
+        let ip = parse_node(address.as_bytes())?;
         let folded = match ip.to_canonical() {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => self.ipv6_prefix,
