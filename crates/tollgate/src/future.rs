@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{After, Outcome, Settle, Settled};
+use crate::engine::{in_background, After, Outcome, Settle, Settled};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -23,6 +23,37 @@ pin_project! {
     {
         #[pin]
         state: State<S, B>,
+    }
+
+    impl<S, B> PinnedDrop for ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // Dropped before its response (a client that went away, a timeout further out):
+        // what the request reserved is given back where no response means it does not
+        // count, and a store call under way is finished rather than cut short.
+        fn drop(this: Pin<&mut Self>) {
+            match this.project().state.project() {
+                StateProj::Deciding { decide, .. } => {
+                    let decide = std::mem::replace(decide, Box::pin(std::future::pending()));
+                    in_background(Box::pin(async move {
+                        if let Outcome::Proceed(Some(after)) = decide.await {
+                            after.abandon();
+                        }
+                    }));
+                }
+                StateProj::Calling { after, .. } => {
+                    if let Some(after) = after.take() {
+                        after.abandon();
+                    }
+                }
+                StateProj::Settling { settle, .. } => {
+                    let settle = std::mem::replace(settle, Box::pin(std::future::pending()));
+                    in_background(settle);
+                }
+                StateProj::Refused { .. } | StateProj::Done => {}
+            }
+        }
     }
 }
 
@@ -123,11 +154,15 @@ where
                     let mut response = match ready!(fut.poll(cx)) {
                         Ok(response) => response,
                         Err(e) => {
+                            // No response: as if dropped.
+                            if let Some(after) = after.take() {
+                                after.abandon();
+                            }
                             this.state.set(State::Done);
                             return Poll::Ready(Err(e));
                         }
                     };
-                    let settle = after.take().and_then(|a| a.settle(response.status()));
+                    let settle = after.take().and_then(|a| a.settle(Some(response.status())));
                     match settle {
                         Some(Settle::AfterStore(settle)) => this.state.set(State::Settling {
                             settle,

@@ -231,7 +231,10 @@ impl Policy {
     /// Count only responses whose status satisfies `counts` (a sign-in limit that counts
     /// only `401`s). A request is still refused while the budget is spent; each request
     /// reserves its cost while it runs, and the charge is given back when its response
-    /// does not count.
+    /// does not count. A request that gets no response counts for nothing either: its
+    /// future dropped (the client went away, a timeout further out gave up) or the inner
+    /// service failed. On a store that answers through a future (Redis), that is given
+    /// back on the Tokio runtime the request ran on.
     pub fn count_only_if<F>(mut self, counts: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,

@@ -78,7 +78,15 @@ impl Compiled {
     /// What a response of `status` does to a bucket of this policy: give its charge back
     /// ([`Op::Refund`]), count it now that it counts ([`Op::Penalize`], for a policy that
     /// counts after), or nothing.
-    pub(crate) fn after_response(&self, status: http::StatusCode) -> Option<Op> {
+    ///
+    /// `None` is a request that got no response (its future was dropped: a client that
+    /// went away, a timeout further out; or the inner service failed): it counts for no
+    /// policy that counts only some responses, so their reservation is given back; a
+    /// policy that gives back some responses' charge keeps it.
+    pub(crate) fn after_response(&self, status: Option<http::StatusCode>) -> Option<Op> {
+        let Some(status) = status else {
+            return (!self.count_after && self.count_only_if.is_some()).then_some(Op::Refund);
+        };
         if self.count_after {
             (!self.refunds(status)).then_some(Op::Penalize)
         } else {

@@ -111,6 +111,17 @@ impl After {
         }
     }
 
+    /// The request got no response: its future was dropped (the client went away, a
+    /// timeout further out gave up on it) or the inner service failed. What policies that
+    /// count only some responses reserved is given back, at once on a store that answers
+    /// at once, else on the Tokio runtime the request ran on (without one, it stays
+    /// charged).
+    pub(crate) fn abandon(self) {
+        if let Some(Settle::AfterStore(giving_back)) = self.settle(None) {
+            in_background(giving_back);
+        }
+    }
+
     /// Puts the decision into the request's `extensions` when they carry it: moved out,
     /// unless the response's extensions carry it too. Called by the service and the
     /// response future before they call the inner service.
@@ -130,7 +141,10 @@ impl After {
 
     /// The headers for a response of `status`, giving the charge back first if the response
     /// does not count. `None` if a per-route layer took the request over.
-    pub(crate) fn settle(self, status: StatusCode) -> Option<Settle> {
+    ///
+    /// `status` is `None` for a request that got no response (see
+    /// [`Compiled::after_response`]): [`After::abandon`].
+    pub(crate) fn settle(self, status: Option<StatusCode>) -> Option<Settle> {
         if let Some(p) = &self.provisional {
             if p.taken_over.load(Ordering::Acquire) {
                 return None;
@@ -211,6 +225,22 @@ impl Pending {
     fn settled(&self, show: bool) -> Settled {
         let visible = Visible::of(&self.plan, &self.charged, &self.states);
         self.engine.settled(&self.plan, &visible, self.now, show)
+    }
+}
+
+/// Runs what a dropped request's future left with the store (its charge's answer, a
+/// charge to give back) to its end, on the Tokio runtime the request ran on; without one,
+/// it is dropped with a warning.
+pub(crate) fn in_background<T: Send + 'static>(work: BoxFuture<'static, T>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(work);
+        }
+        Err(_) => tracing::warn!(
+            target: "tollgate",
+            "a dropped request's store call was cut short: no Tokio runtime to finish it on \
+             (a reservation may stay charged)"
+        ),
     }
 }
 

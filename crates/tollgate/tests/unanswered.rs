@@ -1,0 +1,162 @@
+//! Requests that get no response: a future dropped before its response (a client that
+//! went away, a timeout further out) or an inner service that failed. What a policy that
+//! counts only some responses reserved comes back; every other charge stays.
+
+mod common;
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use common::{request, Body};
+use http::{Response, StatusCode};
+use tollgate::{Limiter, ManualClock, MemoryStore, Policy, Store};
+use tollgate_core::{Batch, BoxFuture, Decision, StoreError};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+const PEER: Option<&str> = Some("192.0.2.1:5000");
+
+/// A memory store that answers only through its future, after yielding once: requests go
+/// the asynchronous way (as on Redis), and a future dropped at its first poll is dropped
+/// while the store is deciding.
+#[derive(Clone, Debug)]
+struct Later(MemoryStore);
+
+impl Store for Later {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            self.0.apply(batch).await
+        })
+    }
+}
+
+fn memory() -> MemoryStore {
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    MemoryStore::builder().clock(clock).build()
+}
+
+fn limiter(store: impl Store, policy: Policy) -> Limiter {
+    Limiter::builder()
+        .store(store)
+        .route("/*", policy)
+        .build()
+        .unwrap()
+}
+
+fn sign_in() -> Policy {
+    Policy::named("sign-in")
+        .per_ip("2/min")
+        .count_only_if(|s| s == StatusCode::UNAUTHORIZED)
+}
+
+/// `/hang` never answers, `/fail` fails, `/wrong` is a 401, anything else a 200.
+async fn handler(req: http::Request<Body>) -> Result<Response<Body>, std::io::Error> {
+    match req.uri().path() {
+        "/hang" => std::future::pending().await,
+        "/fail" => Err(std::io::Error::other("the backend failed")),
+        path => {
+            let mut response = Response::new(Body::default());
+            if path == "/wrong" {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Polls `f` once, then drops it (what hyper does to a request whose client went away).
+fn poll_once_and_drop<F: Future>(f: F) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    pin!(f).poll(&mut cx).is_ready()
+}
+
+/// Lets the tasks a dropped request left behind run to their end.
+async fn let_background_work_finish() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn statuses(limiter: &Limiter, path: &str, n: usize) -> Vec<u16> {
+    let svc = ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(service_fn(handler));
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let r = svc
+            .clone()
+            .oneshot(request(path, PEER, None))
+            .await
+            .unwrap();
+        all.push(r.status().as_u16());
+    }
+    all
+}
+
+async fn drop_requests(limiter: &Limiter, path: &str, n: usize) {
+    let svc = ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(service_fn(handler));
+    for _ in 0..n {
+        let answered = poll_once_and_drop(svc.clone().oneshot(request(path, PEER, None)));
+        assert!(!answered, "{path} must still be waiting when dropped");
+        // A store that answers through its future gives back in the background, as it
+        // gives back a response's charge.
+        let_background_work_finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_request_gives_back_what_a_count_only_if_policy_reserved() {
+    for limiter in [
+        limiter(memory(), sign_in()),
+        // The store answers through its future: dropped while the handler runs.
+        limiter(common::Recording::new(memory()), sign_in()),
+        // The store yields first: dropped while the store decides.
+        limiter(Later(memory()), sign_in()),
+    ] {
+        drop_requests(&limiter, "/hang", 5).await;
+        // No response came, so none counted: the whole budget of 2 failures is there.
+        assert_eq!(statuses(&limiter, "/wrong", 3).await, vec![401, 401, 429]);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_inner_service_gives_back_what_a_count_only_if_policy_reserved() {
+    for limiter in [
+        limiter(memory(), sign_in()),
+        limiter(common::Recording::new(memory()), sign_in()),
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(limiter.layer())
+            .service(service_fn(handler));
+        for _ in 0..5 {
+            let failed = svc.clone().oneshot(request("/fail", PEER, None)).await;
+            assert_eq!(failed.unwrap_err().to_string(), "the backend failed");
+            let_background_work_finish().await;
+        }
+        assert_eq!(statuses(&limiter, "/wrong", 3).await, vec![401, 401, 429]);
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_request_keeps_a_charge_that_counts() {
+    // A plain limit counts every request, answered or not; a policy that gives back the
+    // charge of some responses (`refund_if`) keeps it when there is no response.
+    for policy in [
+        Policy::named("plain").per_ip("2/min"),
+        Policy::named("refunds-304")
+            .per_ip("2/min")
+            .refund_if(|s| s == StatusCode::NOT_MODIFIED),
+    ] {
+        for limiter in [
+            limiter(memory(), policy.clone()),
+            limiter(Later(memory()), policy.clone()),
+        ] {
+            drop_requests(&limiter, "/hang", 2).await;
+            assert_eq!(statuses(&limiter, "/ok", 1).await, vec![429]);
+        }
+    }
+}
