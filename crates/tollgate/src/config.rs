@@ -594,16 +594,7 @@ impl KeyText {
             KeyText::Global => Key::global(),
             KeyText::ApiKey(h) => Key::api_key(h),
             KeyText::Header(h) => Key::header(h),
-            KeyText::Tenant(h) => {
-                let name = h.clone();
-                Key::tenant(move |parts| {
-                    parts
-                        .headers
-                        .get(name.as_str())
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                })
-            }
+            KeyText::Tenant(h) => Key::tenant_header(h),
         }
     }
 }

@@ -85,6 +85,21 @@ impl Key {
     /// `proxy-authorization` or `cookie` (or if [`Key::hashed`] is used). Kind
     /// `header:<name>`.
     pub fn header(name: &str) -> Self {
+        Self::of_header(
+            name,
+            &format!("header:{}", name.trim().to_ascii_lowercase()),
+        )
+    }
+
+    /// The tenant named by the value of `header` (e.g. `x-tenant-id`): [`Key::header`] under
+    /// kind `tenant`. A tenant found some other way is [`Key::tenant`].
+    pub fn tenant_header(header: &str) -> Self {
+        Self::of_header(header, "tenant")
+    }
+
+    /// The value of header `name`, under kind `kind`; hashed if the header carries secrets
+    /// (`authorization`, `proxy-authorization`, `cookie`). A bad name is a build error.
+    fn of_header(name: &str, kind: &str) -> Self {
         let parsed = parse_header(name);
         let secret = matches!(
             &parsed,
@@ -92,8 +107,7 @@ impl Key {
                 || *h == http::header::PROXY_AUTHORIZATION
                 || *h == http::header::COOKIE
         );
-        let kind = format!("header:{}", name.trim().to_ascii_lowercase());
-        let mut key = Self::new(Source::Header(parsed), &kind);
+        let mut key = Self::new(Source::Header(parsed), kind);
         key.hashed = secret;
         key
     }

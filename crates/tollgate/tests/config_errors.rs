@@ -425,3 +425,51 @@ fn a_build_error_after_from_config_keeps_the_file_line_and_field() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_bad_header_name_in_any_header_key_is_an_error_at_its_entry() {
+    // `tenant:` was read by a function that looked the header up by a name no header can
+    // have: it built, and limited nothing.
+    for per in ["tenant", "api_key", "header"] {
+        let path = write_temp(
+            &format!("bad-{per}.yaml"),
+            &format!(
+                "routes:\n  - {{ path: /*, name: api, limits: [{{ per: \"{per}:bad header\", limit: 1/min }}] }}\n"
+            ),
+        );
+        let err = Limiter::from_config(&path).unwrap_err();
+        let (line, _, field, source) = invalid(err);
+        assert_eq!(
+            (line, field.as_str()),
+            (2, "routes[0].limits[0].per (/*)"),
+            "{per}"
+        );
+        assert!(
+            matches!(&source, BuildError::BadHeaderName { header, .. } if header == "bad header"),
+            "{per}: {source}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_header_that_is_not_utf8_is_still_counted() {
+    use tower::ServiceExt;
+    let path = write_temp(
+        "tenant.yaml",
+        "routes:\n  - { path: /*, name: api, limits: [{ per: \"tenant:x-tenant\", limit: 2/min }] }\n",
+    );
+    let limiter = Limiter::from_config(&path).unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(tower::service_fn(common::echo));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut req = common::request("/x", Some("192.0.2.1:5000"), None);
+        req.headers_mut().insert(
+            "x-tenant",
+            http::HeaderValue::from_bytes(b"acme\xff").unwrap(),
+        );
+        statuses.push(svc.clone().oneshot(req).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+}
