@@ -67,6 +67,8 @@ pin_project! {
             decide: BoxFuture<'static, Outcome>,
             inner: Option<S>,
             req: Option<Request<B>>,
+            // The deciding limiter's id.
+            limiter: u64,
         },
         Calling {
             #[pin]
@@ -102,12 +104,18 @@ where
         }
     }
 
-    pub(crate) fn deciding(decide: BoxFuture<'static, Outcome>, inner: S, req: Request<B>) -> Self {
+    pub(crate) fn deciding(
+        decide: BoxFuture<'static, Outcome>,
+        inner: S,
+        req: Request<B>,
+        limiter: u64,
+    ) -> Self {
         Self {
             state: State::Deciding {
                 decide,
                 inner: Some(inner),
                 req: Some(req),
+                limiter,
             },
         }
     }
@@ -123,7 +131,12 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Deciding { decide, inner, req } => {
+                StateProj::Deciding {
+                    decide,
+                    inner,
+                    req,
+                    limiter,
+                } => {
                     let outcome = ready!(decide.as_mut().poll(cx));
                     match outcome {
                         Outcome::Respond(response) => {
@@ -144,7 +157,7 @@ where
                             else {
                                 unreachable!("ResponseFuture polled after it was taken apart");
                             };
-                            After::put_in_request(&mut after, req.extensions_mut());
+                            After::put_in_request(&mut after, *limiter, req.extensions_mut());
                             let fut = inner.call(req);
                             this.state.set(State::Calling { fut, after });
                         }

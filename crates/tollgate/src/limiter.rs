@@ -102,7 +102,9 @@ impl Limiter {
 
     /// The middleware for the central route table: classifies each request, charges its
     /// class and the global limits, answers 429 when over. Use with `Router::layer`,
-    /// `Router::route_layer`, on one route, or on any tower service.
+    /// `Router::route_layer`, on one route, or on any tower service. A request that goes
+    /// through two of these layers of one limiter (a router's, and a nested router's) is
+    /// charged once, by the outer one.
     pub fn layer(&self) -> RateLimitLayer {
         RateLimitLayer::central(self.clone())
     }
@@ -294,10 +296,11 @@ impl Limiter {
     fn add_route_policy(&self, policy: Policy) -> Result<(usize, Arc<str>), BuildError> {
         let engine = &self.engine;
         let mut code = engine::lock(&engine.code);
-        let (table, compiled) = engine
-            .table
-            .load()
-            .with_route_policy(&policy, engine.identity.is_some())?;
+        let (table, compiled) =
+            engine
+                .table
+                .load()
+                .with_route_policy(&policy, engine.identity.is_some(), &code)?;
         let index = table.per_route.len() - 1;
         engine.table.store(Arc::new(table));
         code.per_route.push(policy);
@@ -839,7 +842,9 @@ impl LimiterBuilder {
     /// Whether the middleware puts its [`RateLimitDecision`](crate::RateLimitDecision) in
     /// the request's extensions, for the handler (`Extension<RateLimitDecision>`). Default
     /// on. Cost: one allocation per admitted request (extensions box what they hold; an
-    /// axum request already carries extensions). Turn it off if no handler reads it.
+    /// axum request already carries extensions), which turning it off does not save: the
+    /// request then carries a smaller mark of the limiter instead, so that a layer of the
+    /// same limiter further in (a nested router's) does not charge it again.
     pub fn decision_in_request(mut self, on: bool) -> Self {
         self.decision_in_request = Some(on);
         self

@@ -71,7 +71,7 @@ where
             }
             // Decided at once (the memory store): no future to wait on.
             Start::Now(Outcome::Proceed(mut after)) => {
-                After::put_in_request(&mut after, &mut parts.extensions);
+                After::put_in_request(&mut after, self.limiter.engine.id, &mut parts.extensions);
                 let req = Request::from_parts(parts, body);
                 ResponseFuture::calling(self.inner.call(req), after)
             }
@@ -84,7 +84,7 @@ where
                 // The ready service goes into the future; a fresh clone stays here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(decide, inner, req)
+                ResponseFuture::deciding(decide, inner, req, self.limiter.engine.id)
             }
         }
     }

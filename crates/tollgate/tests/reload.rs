@@ -534,3 +534,29 @@ fn a_reload_from_a_config_keeps_what_code_adds() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_per_route_policy_may_not_take_a_direct_use_buckets_or_a_guards_name() {
+    // Accepted, these broke every later reload, even of the limiter's own rules.
+    let own = || {
+        Limiter::builder()
+            .read_env(false)
+            .route("/api/*", Policy::named("api").per_ip("5/min"))
+            .bucket("b", "1/min")
+    };
+    let limiter = own().build().unwrap();
+    let _guard = limiter
+        .try_guard(Policy::named("g").per_ip("1/min"))
+        .unwrap();
+    for name in ["b", "g"] {
+        let at = limiter.try_policy_at("GET /api/a", Policy::named(name).per_ip("1/min"));
+        let plain = limiter.try_policy(Policy::named(name).per_ip("1/min"));
+        for err in [at.unwrap_err(), plain.unwrap_err()] {
+            assert!(
+                matches!(&err, BuildError::DuplicateBucket { name: n } if n == name),
+                "{name}: {err}"
+            );
+        }
+    }
+    limiter.reload(own()).unwrap();
+}

@@ -519,6 +519,7 @@ impl Table {
         &self,
         policy: &Policy,
         has_identity: bool,
+        code: &CodeRules,
     ) -> Result<(Table, Arc<Compiled>), BuildError> {
         let mut signatures = self.signatures.clone();
         let compiled = compile(
@@ -528,6 +529,16 @@ impl Table {
             &mut signatures,
             self.global_limits,
         )?;
+        // A bucket for direct use or a guard's may not be its bucket, as `compile_table`
+        // requires of every table: else no reload could take the limiter's own rules.
+        if let Some(name) = signatures.keys().find(|name| {
+            !self.signatures.contains_key(*name)
+                && (self.direct.contains_key(&***name) || code.guard_binds(name))
+        }) {
+            return Err(BuildError::DuplicateBucket {
+                name: name.to_string(),
+            });
+        }
         let mut per_route = self.per_route.clone();
         per_route.push(compiled.clone());
         let table = Table {

@@ -34,7 +34,7 @@ pub(crate) use compile::{
     compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
-pub(crate) use settle::{in_background, After, Settle, Settled};
+pub(crate) use settle::{charged_by, in_background, After, Settle, Settled};
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
 /// change, and its counters. [`Limiter`](crate::Limiter) is a handle to it.
@@ -287,6 +287,11 @@ impl Engine {
     }
 
     fn start_central(self: &Arc<Self>, parts: &mut Parts) -> Start {
+        // A layer of this limiter further out admitted it (nested routers that each got a
+        // layer): charged once.
+        if charged_by(&parts.extensions, self.id) {
+            return Start::Pass;
+        }
         let routes = self.routes.load();
         if routes.marks && mark(parts, self.id).is_some() {
             return Start::Pass;

@@ -122,20 +122,29 @@ impl After {
         }
     }
 
-    /// Puts the decision into the request's `extensions` when they carry it: moved out,
-    /// unless the response's extensions carry it too. Called by the service and the
-    /// response future before they call the inner service.
-    pub(crate) fn put_in_request(after: &mut Option<Self>, extensions: &mut http::Extensions) {
-        let Some(after) = after.as_mut().filter(|a| a.in_request) else {
-            return;
-        };
-        let decision = if after.in_response {
-            after.decision.clone()
-        } else {
-            after.decision.take()
-        };
+    /// Marks the request admitted by limiter `id` before the inner service sees it: with the
+    /// decision, when the request's `extensions` carry it (moved out, unless the response's
+    /// extensions carry it too), else with a [`ChargedBy`] mark. A layer of the same
+    /// limiter further in finds either ([`charged_by`]) and passes the request on, so a
+    /// request through two of its layers (a router and a router nested in it) is charged
+    /// once. Called by the service and the response future before they call the inner
+    /// service.
+    pub(crate) fn put_in_request(
+        after: &mut Option<Self>,
+        id: u64,
+        extensions: &mut http::Extensions,
+    ) {
+        let decision = after.as_mut().filter(|a| a.in_request).and_then(|a| {
+            if a.in_response {
+                a.decision.clone()
+            } else {
+                a.decision.take()
+            }
+        });
         if let Some(decision) = decision {
             extensions.insert(decision);
+        } else {
+            extensions.insert(ChargedBy(id));
         }
     }
 
@@ -226,6 +235,20 @@ impl Pending {
         let visible = Visible::of(&self.plan, &self.charged, &self.states);
         self.engine.settled(&self.plan, &visible, self.now, show)
     }
+}
+
+/// The mark of a request admitted by the limiter of this id, when its extensions do not
+/// carry the decision ([`After::put_in_request`]).
+#[derive(Clone, Copy)]
+pub(crate) struct ChargedBy(u64);
+
+/// Whether a layer of limiter `id` further out admitted the request of `extensions`
+/// ([`After::put_in_request`]).
+pub(crate) fn charged_by(extensions: &http::Extensions, id: u64) -> bool {
+    extensions
+        .get::<RateLimitDecision>()
+        .is_some_and(|d| d.limiter == id)
+        || extensions.get::<ChargedBy>().is_some_and(|c| c.0 == id)
 }
 
 /// Runs what a dropped request's future left with the store (its charge's answer, a
@@ -320,13 +343,16 @@ impl Engine {
         }
         let j = shown.most?;
         let i = shown.index[j];
-        Some(RateLimitDecision::new(
-            Cow::Borrowed(plan.policy(i).static_name),
-            Cow::Borrowed(plan.static_label(i)),
-            &shown.states[j],
-            now,
-            shown.allowed,
-        ))
+        Some(
+            RateLimitDecision::new(
+                Cow::Borrowed(plan.policy(i).static_name),
+                Cow::Borrowed(plan.static_label(i)),
+                &shown.states[j],
+                now,
+                shown.allowed,
+            )
+            .of_limiter(self.id),
+        )
     }
 
     /// The rate-limit headers for the `active` buckets of `plan` answered by `states`.

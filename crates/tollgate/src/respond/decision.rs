@@ -64,6 +64,9 @@ pub struct RateLimitDecision {
     pub retry_after: Option<Duration>,
     /// When the store decided.
     pub now: Timestamp,
+    /// The id of the limiter whose layer decided (0: none), so that a layer of the same
+    /// limiter further in knows the request was charged already.
+    pub(crate) limiter: u64,
 }
 
 impl RateLimitDecision {
@@ -84,7 +87,14 @@ impl RateLimitDecision {
             reset_after: state.reset_after,
             retry_after: if allowed { None } else { state.retry_after },
             now,
+            limiter: 0,
         }
+    }
+
+    /// The decision, as made by a layer of limiter `id`.
+    pub(crate) fn of_limiter(mut self, id: u64) -> Self {
+        self.limiter = id;
+        self
     }
 
     /// When the bucket is full again. Saturates instead of overflowing.

@@ -1,0 +1,111 @@
+//! One limiter's layer on a router and again on a router nested in it (or twice on one
+//! service): a request through both is charged once, by the outer layer, and its response
+//! shows that one charge.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use axum::Router;
+use tollgate::{Limiter, ManualClock, MemoryStore, Policy, RateLimitDecision, Store};
+use tower::ServiceExt;
+
+fn limiter(store: impl Store, decision_in_request: bool) -> Limiter {
+    limiter_of("3/min", store, decision_in_request)
+}
+
+fn limiter_of(rate: &str, store: impl Store, decision_in_request: bool) -> Limiter {
+    Limiter::builder()
+        .store(store)
+        .read_env(false)
+        .decision_in_request(decision_in_request)
+        .route("/*", Policy::named("default").per_ip(rate))
+        .build()
+        .unwrap()
+}
+
+fn memory() -> MemoryStore {
+    MemoryStore::builder()
+        .clock(ManualClock::new(Duration::from_secs(1_717_200_000)))
+        .build()
+}
+
+async fn remaining_and_statuses(app: Router, n: usize) -> Vec<(u16, String)> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let mut req = http::Request::get("/api/x").body(Body::empty()).unwrap();
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let r = app.clone().oneshot(req).await.unwrap();
+        let remaining = r
+            .headers()
+            .get("x-ratelimit-remaining")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        all.push((r.status().as_u16(), remaining));
+    }
+    all
+}
+
+fn expected() -> Vec<(u16, String)> {
+    vec![
+        (200, "2".into()),
+        (200, "1".into()),
+        (200, "0".into()),
+        (429, "0".into()),
+    ]
+}
+
+#[tokio::test]
+async fn a_router_and_a_router_nested_in_it_with_one_limiters_layer_charge_once() {
+    for decision_in_request in [true, false] {
+        for limiter in [
+            limiter(memory(), decision_in_request),
+            // The store answers through its future (as Redis does).
+            limiter(common::Recording::new(memory()), decision_in_request),
+        ] {
+            let inner = Router::new()
+                .route(
+                    "/x",
+                    get(
+                        move |decision: Option<axum::Extension<RateLimitDecision>>| async move {
+                            // The handler still sees the outer layer's decision.
+                            assert_eq!(decision.is_some(), decision_in_request);
+                            "x"
+                        },
+                    ),
+                )
+                .layer(limiter.layer());
+            let app = Router::new().nest("/api", inner).layer(limiter.layer());
+            assert_eq!(remaining_and_statuses(app, 4).await, expected());
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_limiters_still_each_charge() {
+    let outer = limiter(memory(), true);
+    let inner = limiter_of("2/min", memory(), true);
+    let app = Router::new()
+        .nest(
+            "/api",
+            Router::new()
+                .route("/x", get(|| async { "x" }))
+                .layer(inner.layer()),
+        )
+        .layer(outer.layer());
+    // The inner limiter refuses the 3rd (its headers: the outer layer does not overwrite
+    // them), the outer the 4th.
+    let statuses: Vec<u16> = remaining_and_statuses(app, 4)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+    assert_eq!((outer.stats().admitted, outer.stats().refused), (3, 1));
+    assert_eq!((inner.stats().admitted, inner.stats().refused), (2, 1));
+}
