@@ -377,6 +377,11 @@ fn parse_methods(list: &str) -> Result<Vec<Method>, InvalidReason> {
         if name.bytes().any(|b| b.is_ascii_lowercase()) {
             return Err(InvalidReason::LowercaseMethod(name.to_owned()));
         }
+        // A legal token, but no client sends it: meant as "any method" (leave the methods
+        // out for that).
+        if name.contains('*') {
+            return Err(InvalidReason::BadMethod(name.to_owned()));
+        }
         let method = Method::from_bytes(name.as_bytes())
             .map_err(|_| InvalidReason::BadMethod(name.to_owned()))?;
         if !methods.contains(&method) {
@@ -443,6 +448,11 @@ fn parse_segment(part: &str, last: bool) -> Result<Segment, InvalidReason> {
     }
     if part.contains(['{', '}']) {
         return Err(InvalidReason::PartialParam(part.to_owned()));
+    }
+    // `/api/**`, axum 0.7's `/*rest`, `/c/*.json`: meant as wildcards, they would match
+    // only a path with those very characters.
+    if part.contains('*') {
+        return Err(InvalidReason::StarInSegment(part.to_owned()));
     }
     let bytes = part.as_bytes();
     let mut i = 0;
@@ -633,8 +643,8 @@ pub(crate) enum InvalidReason {
     /// Methods are case-sensitive.
     #[error("method `{0}` must be upper case")]
     LowercaseMethod(String),
-    /// Not an HTTP method token.
-    #[error("`{0}` is not an HTTP method")]
+    /// Not an HTTP method token (or `*`: leave the methods out for any method).
+    #[error("`{0}` is not an HTTP method (for any method, leave the methods out: `/path`)")]
     BadMethod(String),
     /// `/a//b`.
     #[error("empty segment (`//`)")]
@@ -648,6 +658,12 @@ pub(crate) enum InvalidReason {
     /// `/a/*/b`.
     #[error("a wildcard `*` may only be the last segment")]
     WildcardNotLast,
+    /// `/a/**`, `/a/*rest`, `/a/*.json`: a star inside a segment.
+    #[error(
+        "`{0}`: `*` is a wildcard only as the whole last segment (`/api/*`, `/api/{{*rest}}`); \
+         write a literal star as `%2A`"
+    )]
+    StarInSegment(String),
     /// `/a/x{id}`, `{}`, `{a-b}`.
     #[error("`{0}`: a parameter is a whole segment, `{{name}}` or `:name`, name of letters, digits, `_`")]
     PartialParam(String),
@@ -1200,6 +1216,12 @@ mod tests {
             ("/a/b/", InvalidReason::TrailingSlash),
             ("/a/../b", InvalidReason::DotSegment),
             ("/a/*/b", InvalidReason::WildcardNotLast),
+            // Meant as wildcards; they would match only paths with these very characters.
+            ("/api/**", InvalidReason::StarInSegment("**".into())),
+            ("/api/*rest", InvalidReason::StarInSegment("*rest".into())),
+            ("/c/*.json", InvalidReason::StarInSegment("*.json".into())),
+            ("* /d", InvalidReason::BadMethod("*".into())),
+            ("GET,* /d", InvalidReason::BadMethod("*".into())),
             ("/a/x{id}", InvalidReason::PartialParam("x{id}".into())),
             ("/a/{}", InvalidReason::PartialParam("{}".into())),
             ("/a/:", InvalidReason::PartialParam(":".into())),

@@ -34,6 +34,14 @@ pub enum BuildError {
         /// The policy.
         policy: String,
     },
+    /// A global policy ([`LimiterBuilder::global_policy`](crate::LimiterBuilder::global_policy))
+    /// is exempt: spent on top of every request's class, it exempts nothing (leave it out;
+    /// exempt a route with [`Policy::exempt`](crate::Policy::exempt) on its rule).
+    #[error("global policy `{policy}` is exempt, which exempts nothing: leave it out, or exempt the routes it was meant for by their rules")]
+    ExemptGlobal {
+        /// The policy.
+        policy: String,
+    },
     /// An exempt policy was given limits, which it would never charge.
     #[error("policy `{policy}` is exempt but has limits, which it would never charge: drop the limits, or `Policy::exempt()`")]
     ExemptWithLimits {

@@ -57,9 +57,12 @@
 //! route alone. Until then (the first request of each such route and method, per process)
 //! the central layer charges the class provisionally and the per-route layer gives that
 //! charge back before charging its own buckets, so the route's requests spend only the
-//! route's buckets. Two consequences: that first request is refused if its central class
-//! is already exhausted; and without axum's `MatchedPath` (a plain tower stack) the
-//! provisional charge and refund happen on every request.
+//! route's buckets. Two consequences: until a request of the route gets through to its
+//! layer, the route's requests are refused while their key's central class is exhausted
+//! (with the central bucket's headers); and without axum's `MatchedPath` (a plain tower
+//! stack) the provisional charge and refund happen on every request. Declaring the
+//! route's pattern ([`Limiter::policy_at`]) avoids both: the central layer leaves it alone
+//! from the start.
 //!
 //! # Client address
 //!

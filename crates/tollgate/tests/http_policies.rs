@@ -1007,3 +1007,27 @@ async fn a_per_route_policy_charges_only_the_methods_its_pattern_names() {
     }
     assert_eq!(statuses, vec![200, 200, 429]);
 }
+
+#[test]
+fn rules_that_would_limit_nothing_they_seem_to_are_build_errors() {
+    // A global policy is spent on top of every class: exempt, it exempted nothing, silently.
+    let err = Limiter::builder()
+        .route("/*", Policy::named("default").per_ip("5/min"))
+        .global_policy(Policy::exempt())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::ExemptGlobal { .. }), "{err}");
+    // Wildcards written as other routers spell them (or as globs) matched only paths with
+    // those very characters; a star in a method list matched no request.
+    for pattern in ["/api/**", "/api/*rest", "/files/*.json", "* /d", "GET,* /d"] {
+        let err = Limiter::builder()
+            .route(pattern, Policy::named("p").per_ip("5/min"))
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, BuildError::Route(_)), "{pattern}: {err}");
+        assert!(
+            err.to_string().contains('*'),
+            "{pattern}: the error names the star: {err}"
+        );
+    }
+}

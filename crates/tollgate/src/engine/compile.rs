@@ -458,9 +458,12 @@ pub(crate) fn compile_table(
             &mut signatures,
             global_limits,
         )?;
-        if !compiled.exempt {
-            globals.push(compiled);
+        if compiled.exempt {
+            return Err(BuildError::ExemptGlobal {
+                policy: compiled.name.to_string(),
+            });
         }
+        globals.push(compiled);
     }
 
     let per_route = code
