@@ -36,6 +36,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Which Redis
+//!
+//! One that does not evict the store's keys: `maxmemory-policy noeviction` (when full, it
+//! refuses writes and [`FallbackStore`] decides from memory), or a Redis of its own. Under
+//! any other policy with `maxmemory` set, the `volatile-*` ones included (every key the
+//! store writes has a time to live), a full Redis drops counts silently: a lockout, a
+//! daily cap. [`RedisStore::run_id`] reads `INFO memory` once and logs a warning when
+//! Redis may evict.
+//!
 //! # Refusal cache
 //!
 //! A client that keeps sending while it is refused would cost a Redis round trip per request.

@@ -87,7 +87,10 @@
 //! (or until reset), never an error.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -118,12 +121,7 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 enum Connection {
     /// One multiplexed connection shared by every request, made on first use and remade
     /// after a failure.
-    Manager {
-        url: String,
-        client: redis::Client,
-        config: ConnectionManagerConfig,
-        manager: OnceLock<ConnectionManager>,
-    },
+    Manager { url: String, manager: SharedManager },
     /// A pool of connections, one per request in flight.
     #[cfg(feature = "deadpool")]
     Pool(deadpool_redis::Pool),
@@ -173,32 +171,104 @@ async fn run<C: ConnectionLike>(conn: &mut C, call: Call<'_>) -> Result<Decision
     }
 }
 
+/// How long a [`SharedManager`] may answer nothing but errors before it is replaced.
+const RENEW_AFTER: Duration = Duration::from_secs(1);
+
 /// The multiplexed connection of [`Connection::Manager`], made on first use: lazily, so that
 /// building the store needs neither a runtime nor Redis.
-fn shared_manager(
-    client: &redis::Client,
-    config: &ConnectionManagerConfig,
-    manager: &OnceLock<ConnectionManager>,
-) -> Result<ConnectionManager, StoreError> {
-    if let Some(m) = manager.get() {
-        return Ok(m.clone());
+///
+/// A `ConnectionManager` makes its connection again only after I/O errors: one whose
+/// connection failed otherwise (a password Redis refused, during a password rotation, say;
+/// a database that does not exist) would fail every call until the process restarts, and
+/// the store would never go back to Redis. So one that has answered nothing but errors for
+/// [`RENEW_AFTER`] is replaced by a new one, which connects afresh.
+struct SharedManager {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: ArcSwapOption<ConnectionManager>,
+    /// Set while calls fail.
+    failing: AtomicBool,
+    /// Since when calls fail, or since the manager was last replaced.
+    failing_since: Mutex<Option<Instant>>,
+}
+
+impl SharedManager {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Self {
+        Self {
+            client,
+            config,
+            current: ArcSwapOption::empty(),
+            failing: AtomicBool::new(false),
+            failing_since: Mutex::new(None),
+        }
     }
-    let m =
-        ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(backend)?;
-    Ok(manager.get_or_init(|| m).clone())
+
+    /// The manager, made if there is none.
+    fn get(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(m) = &*self.current.load() {
+            return Ok(ConnectionManager::clone(m));
+        }
+        let made = Arc::new(
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                .map_err(backend)?,
+        );
+        // Two calls may make one at once: the first stored is everyone's.
+        let before = self
+            .current
+            .compare_and_swap(&None::<Arc<_>>, Some(made.clone()));
+        Ok(ConnectionManager::clone(before.as_deref().unwrap_or(&made)))
+    }
+
+    /// Notes whether a call through the manager succeeded, replacing a manager that has
+    /// failed every call for [`RENEW_AFTER`].
+    fn note(&self, ok: bool) {
+        if ok {
+            if self.failing.load(Ordering::Relaxed) {
+                self.failing.store(false, Ordering::Relaxed);
+                *lock(&self.failing_since) = None;
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut since = lock(&self.failing_since);
+        match *since {
+            None => {
+                *since = Some(now);
+                self.failing.store(true, Ordering::Relaxed);
+            }
+            Some(at) if now.duration_since(at) >= RENEW_AFTER => {
+                *since = Some(now);
+                self.current.store(None);
+                tracing::debug!(
+                    target: "tollgate",
+                    "Redis connection failed every call for {RENEW_AFTER:?}: connecting afresh"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Runs `call`, noting whether it succeeded.
+    async fn run<T, E>(
+        &self,
+        call: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        let mut conn = self.get()?;
+        let result = call(&mut conn).await;
+        self.note(result.is_ok());
+        Ok(result)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Connection {
     async fn run(&self, call: Call<'_>) -> Result<Decision, StoreError> {
         match self {
-            Connection::Manager {
-                client,
-                config,
-                manager,
-                ..
-            } => {
-                let mut conn = shared_manager(client, config, manager)?;
-                run(&mut conn, call).await
+            Connection::Manager { manager, .. } => {
+                manager.run(async |conn| run(conn, call).await).await?
             }
             #[cfg(feature = "deadpool")]
             Connection::Pool(pool) => {
@@ -225,31 +295,27 @@ impl Connection {
     /// exist. `None` if it connects, does not answer within [`DIAGNOSIS_TIMEOUT`], or is a
     /// pool or a cluster (which report their own errors).
     async fn connect_error(&self) -> Option<String> {
-        let Connection::Manager { client, .. } = self else {
+        let Connection::Manager { manager, .. } = self else {
             return None;
         };
-        match tokio::time::timeout(DIAGNOSIS_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-        {
+        let connecting = manager.client.get_multiplexed_async_connection();
+        match tokio::time::timeout(DIAGNOSIS_TIMEOUT, connecting).await {
             Ok(Err(e)) => Some(e.to_string()),
             _ => None,
         }
     }
 
-    /// The server's `run_id` (`INFO server`); `None` on Redis Cluster, whose nodes each
-    /// have their own.
-    async fn run_id(&self) -> Result<Option<String>, StoreError> {
+    /// The text of `INFO <section>`; `None` on Redis Cluster (whose nodes each answer for
+    /// themselves), or if the server refuses `INFO` (an ACL without it, a renamed command,
+    /// a hosted Redis): it cannot tell, which is not a failure.
+    async fn info(&self, section: &str) -> Result<Option<String>, StoreError> {
         let mut cmd = redis::cmd("INFO");
-        cmd.arg("server");
+        cmd.arg(section);
         let reply = match self {
-            Connection::Manager {
-                client,
-                config,
-                manager,
-                ..
-            } => {
-                let mut conn = shared_manager(client, config, manager)?;
-                conn.req_packed_command(&cmd).await
+            Connection::Manager { manager, .. } => {
+                manager
+                    .run(async |conn| conn.req_packed_command(&cmd).await)
+                    .await?
             }
             #[cfg(feature = "deadpool")]
             Connection::Pool(pool) => {
@@ -258,25 +324,43 @@ impl Connection {
             }
             Connection::Cluster { .. } => return Ok(None),
         };
-        let text = match reply {
-            // The server refuses INFO (an ACL without it, a renamed command, a hosted
-            // Redis): it cannot tell, which is not a failure.
-            Err(e) if e.code().is_some() => return Ok(None),
-            Err(e) => return Err(backend(e)),
-            Ok(Value::ServerError(_)) => return Ok(None),
-            Ok(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            Ok(Value::VerbatimString { text, .. }) => text,
-            Ok(other) => {
-                return Err(StoreError::Protocol(format!(
-                    "expected text from INFO server, got {other:?}"
-                )))
-            }
-        };
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned()))
+        match reply {
+            Err(e) if e.code().is_some() => Ok(None),
+            Err(e) => Err(backend(e)),
+            Ok(Value::ServerError(_)) => Ok(None),
+            Ok(Value::BulkString(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Ok(Value::VerbatimString { text, .. }) => Ok(Some(text)),
+            Ok(other) => Err(StoreError::Protocol(format!(
+                "expected text from INFO {section}, got {other:?}"
+            ))),
+        }
     }
+}
+
+/// The value of `field` in the text of an `INFO` reply.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// What `INFO memory` says about evictions: a warning if Redis may evict keys when its
+/// memory is full (`maxmemory` set, `maxmemory-policy` other than `noeviction`).
+/// Every key the store writes has a time to live, so even the `volatile-*` policies
+/// choose among them: a lockout, a daily cap, a window's count silently gone.
+fn eviction_warning(info: &str) -> Option<String> {
+    let maxmemory: u64 = info_field(info, "maxmemory")?.parse().ok()?;
+    let policy = info_field(info, "maxmemory_policy")?;
+    (maxmemory > 0 && policy != "noeviction").then(|| {
+        format!(
+            "Redis evicts keys when its memory ({maxmemory} bytes) is full \
+             (maxmemory-policy {policy}): rate-limit counts can vanish then, and clients be \
+             admitted again; give the limiter a Redis (or database) with \
+             maxmemory-policy noeviction"
+        )
+    })
 }
 
 struct Inner {
@@ -285,6 +369,8 @@ struct Inner {
     cache: Option<RefusalCache>,
     /// Places fixed windows.
     clock: Arc<dyn Clock>,
+    /// Whether Redis's eviction policy was looked at ([`RedisStore::run_id`]).
+    eviction_checked: AtomicBool,
 }
 
 /// A [`Store`] keeping bucket state in Redis (a server, or Redis Cluster). Clones share one
@@ -461,17 +547,19 @@ impl RedisStoreBuilder {
         let connection = match self.target {
             Target::None => return Err(RedisConfigError::NoConnection),
             Target::Url(url) => Connection::Manager {
-                client: Self::parse(&url)?,
+                manager: SharedManager::new(
+                    Self::parse(&url)?,
+                    ConnectionManagerConfig::new()
+                        .set_response_timeout(Some(self.response_timeout))
+                        .set_connection_timeout(Some(self.connection_timeout))
+                        // Reconnect quickly after Redis restarts; every failed command
+                        // triggers a new attempt after these are spent (after I/O errors;
+                        // after others, `SharedManager` makes a new manager).
+                        .set_min_delay(Duration::from_millis(20))
+                        .set_max_delay(Duration::from_millis(500))
+                        .set_number_of_retries(4),
+                ),
                 url: redact(&url),
-                config: ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(self.response_timeout))
-                    .set_connection_timeout(Some(self.connection_timeout))
-                    // Reconnect quickly after Redis restarts; every failed command triggers
-                    // a new attempt after these are spent.
-                    .set_min_delay(Duration::from_millis(20))
-                    .set_max_delay(Duration::from_millis(500))
-                    .set_number_of_retries(4),
-                manager: OnceLock::new(),
             },
             Target::Cluster(nodes) => {
                 if nodes.is_empty() {
@@ -550,6 +638,7 @@ impl RedisStore {
                 prefix,
                 cache: (refusal_cache > 0).then(|| RefusalCache::new(refusal_cache)),
                 clock,
+                eviction_checked: AtomicBool::new(false),
             }),
         }
     }
@@ -770,7 +859,19 @@ impl RedisStore {
     ///
     /// The server could not be reached or did not answer `INFO`.
     pub async fn run_id(&self) -> Result<Option<String>, StoreError> {
-        self.inner.connection.run_id().await
+        let connection = &self.inner.connection;
+        let Some(server) = connection.info("server").await? else {
+            return Ok(None);
+        };
+        // Once per store, the first time Redis answers: whether it may evict the counts.
+        if !self.inner.eviction_checked.swap(true, Ordering::Relaxed) {
+            if let Ok(Some(memory)) = connection.info("memory").await {
+                if let Some(warning) = eviction_warning(&memory) {
+                    tracing::warn!(target: "tollgate", "{warning}");
+                }
+            }
+        }
+        Ok(info_field(&server, "run_id").map(str::to_owned))
     }
 
     /// Why a connection made afresh fails, if it does: what a call that only timed out
@@ -962,5 +1063,44 @@ impl Store for RedisStore {
     /// Redis is shared by every process that uses it.
     fn mode(&self) -> tollgate_core::StoreMode {
         tollgate_core::StoreMode::Shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of Redis 7's `INFO memory` (lines end in `\r\n`; names share prefixes).
+    fn info(maxmemory: u64, policy: &str) -> String {
+        format!(
+            "# Memory\r\nused_memory:1000000\r\nmaxmemory:{maxmemory}\r\n\
+             maxmemory_human:1.00M\r\nmaxmemory_policy:{policy}\r\n"
+        )
+    }
+
+    #[test]
+    fn a_redis_that_may_evict_keys_is_warned_about() {
+        for policy in [
+            "allkeys-lru",
+            "volatile-lru",
+            "volatile-ttl",
+            "allkeys-random",
+        ] {
+            let warning = eviction_warning(&info(1_048_576, policy)).unwrap();
+            assert!(warning.contains(policy), "{warning}");
+            assert!(warning.contains("noeviction"), "{warning}");
+        }
+        // Writes fail instead (the store falls back), or there is no limit to reach.
+        assert_eq!(eviction_warning(&info(1_048_576, "noeviction")), None);
+        assert_eq!(eviction_warning(&info(0, "allkeys-lru")), None);
+        assert_eq!(eviction_warning("# Memory\r\n"), None);
+    }
+
+    #[test]
+    fn info_fields_are_read_whole() {
+        let text = info(5, "volatile-lru");
+        assert_eq!(info_field(&text, "maxmemory"), Some("5"));
+        assert_eq!(info_field(&text, "maxmemory_policy"), Some("volatile-lru"));
+        assert_eq!(info_field(&text, "max"), None);
     }
 }

@@ -409,3 +409,38 @@ async fn a_wrong_password_is_reported_as_such_not_as_a_timeout() {
     assert!(store.apply(&fallback).await.unwrap().allowed);
     assert_eq!(store.mode(), Mode::Fallback);
 }
+
+/// A password rotation done in the wrong order: the instance's password is refused for a
+/// while, then accepted. (A connection that failed its `AUTH` was never made again: the
+/// store stayed on memory until the process restarted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goes_back_to_redis_once_a_refused_password_is_accepted() {
+    let server = RedisServer::start();
+    server.cli(["CONFIG", "SET", "requirepass", "old"]);
+    let url = format!("redis://:new@127.0.0.1:{}/", server.port());
+    let store = FallbackStore::connect(RedisStore::open(&url).unwrap(), config()).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    let bucket = Bucket::new("rotation", "k", Limit::sliding(Quota::per_hour(100)));
+    let batch = Batch::charge(vec![bucket]);
+    // Refused for a while (every call fails the same way, well past the retries).
+    let refused_until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < refused_until {
+        store.apply(&batch).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.mode(), Mode::Fallback);
+    server.cli([
+        "-a",
+        "old",
+        "--no-auth-warning",
+        "CONFIG",
+        "SET",
+        "requirepass",
+        "new",
+    ]);
+    // A connection failing for a second is made afresh, then the probe finds Redis.
+    wait_for_mode(&store, Mode::Primary, Duration::from_secs(5)).await;
+    store.apply(&batch).await.unwrap();
+    let count = server.cli(["-a", "new", "--no-auth-warning", "DBSIZE"]);
+    assert_ne!(count.trim(), "0", "decided on Redis: its keys are there");
+}
