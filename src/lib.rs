@@ -133,3 +133,16 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
+
+/// What an example's `main` returns: success, or its error printed as its message
+/// (`error: rate-limits.yaml:4:7: routes[0]...`), not in Rust's debug form, and exit
+/// status 1.
+pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -23,8 +23,13 @@ struct Copy {
 
 impl Copy {
     fn new() -> Copy {
-        let dir =
-            std::env::temp_dir().join(format!("tollgate-seed-004-reload-{}", std::process::id()));
+        // One directory per copy: the tests of this file run at once.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-seed-004-reload-{}-{n}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("endpointwise.yaml");
         let copy = Copy { dir, path };
@@ -178,4 +183,68 @@ fn routes_tie() -> String {
         "routes:\n  - path: /v1/reports\n    methods: [GET]\n    rate_limit: { sustained: 1/min }\n\n",
         1,
     )
+}
+
+/// A file that sets what the page leaves to the gateway (its headers, its key) runs with
+/// them: they were overridden in code, silently.
+#[tokio::test]
+async fn a_file_that_sets_headers_and_a_default_key_runs_with_them() {
+    let copy = Copy::new();
+    copy.write(&format!(
+        "{ORIGINAL}\nheaders:\n  x_ratelimit: unix_millis\n  ietf: true\ndefault_key: ip\n"
+    ));
+    let app = Example::start(
+        "seed_004",
+        &[("ENDPOINTWISE_CONFIG", copy.path().to_str().unwrap())],
+    );
+    let r = app
+        .get("/v1/invoices")
+        .header("x-api-key", "ew_live_full")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Unix milliseconds: 13 digits (seconds have 10).
+    assert_eq!(common::header(&r, "x-ratelimit-reset").len(), 13);
+    assert!(common::header(&r, "ratelimit-policy").contains("q="));
+    // Per IP: a second key from the same address spends the same budget (burst 20).
+    let other = app
+        .statuses(20, || {
+            app.get("/v1/invoices")
+                .header("x-api-key", "ew_live_limited")
+        })
+        .await;
+    assert_eq!(other[..19], [200; 19]);
+    assert_eq!(other[19], 429);
+}
+
+/// A file that does not load stops the gateway at start with its error as the README shows
+/// it (`<file>:<line>:<column>: <field>: ...`), not in Rust's debug form.
+#[test]
+fn a_file_that_does_not_load_stops_the_start_with_its_message() {
+    let copy = Copy::new();
+    copy.write("routes:\n  - path: /x\n    rate_limit: { burst: 20/s }\n");
+    let mut child = std::process::Command::new(common::example_path("seed_004"))
+        .env("ENDPOINTWISE_CONFIG", copy.path())
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("the gateway started on a file that does not load");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "error: {}:3:26: routes[0].rate_limit.burst (/x): `burst` needs `sustained`",
+        copy.path().display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
 }

@@ -62,7 +62,11 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    tollgate_suite::exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tollgate_suite::init_logging();
     let client_ip = ClientIp::peer().trust_proxies(tollgate_suite::trusted_proxies_from_env());
     // The recorder first: the limiter registers its metrics when it is built.

@@ -215,7 +215,11 @@ fn app(limiter: &Limiter) -> Router {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    tollgate_suite::exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let limiter = limiter()?;
     tollgate_suite::serve(app(&limiter), 3001).await?;
     Ok(())

@@ -37,6 +37,11 @@
 //!   this file). Edit it while the gateway runs and its limits are reloaded within a
 //!   second ([`ConfigWatcher`], which also runs on `SIGHUP`): an edit that does not load is
 //!   logged and the last good limits stay; limits that did not change keep their counts.
+//!   The page's file sets no `store`, `headers`, `body` or `default_key`: the gateway then
+//!   uses the store of the environment (`REDIS_URL`), the page's headers (`X-RateLimit-*`,
+//!   reset in Unix seconds), a pretty-printed `message` body and the partner key; a file
+//!   that sets any of them runs with its own (a change of `store` or `headers` takes a
+//!   restart).
 //!
 //! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
 //! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
@@ -81,7 +86,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tollgate::config::{Config, KeyText};
+use tollgate::config::{Config, HeadersConfig, KeyText, StoreConfig};
 use tollgate::reload::ConfigWatcher;
 use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, LimiterBuilder, Policy, Rate, ResetFormat};
 
@@ -161,10 +166,13 @@ fn config_path() -> PathBuf {
         .map_or_else(|| PathBuf::from(CONFIG), PathBuf::from)
 }
 
-/// What the example changes in the file as read, at start and on every reload: the file
-/// names no key, so endpoint limits are per partner key.
+/// What the example changes in the file as read, at start and on every reload: the page's
+/// file names no key, so endpoint limits are per partner key (unless the file says
+/// `default_key:`).
 fn adjust(config: &mut Config) {
-    config.default_key = Some(KeyText::ApiKey(API_KEY.into()));
+    config
+        .default_key
+        .get_or_insert_with(|| KeyText::ApiKey(API_KEY.into()));
 }
 
 /// The rules code adds to the file's, at start and on every reload: the daily cap per key
@@ -201,10 +209,19 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     let mut config = Config::from_path(path)?;
     adjust(&mut config);
     let rules = daily_cap();
-    let limiter = rules(config.apply(Limiter::builder(), &file)?)
-        .store(tollgate::store_from_env()?)
-        .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
-        .error_body(ErrorBody::message().pretty())
+    let mut builder = rules(config.apply(Limiter::builder(), &file)?);
+    // The page's headers and body, and the store from the environment, where the file
+    // does not choose its own (what it sets is what runs).
+    if config.store == StoreConfig::default() {
+        builder = builder.store(tollgate::store_from_env()?);
+    }
+    if config.headers == HeadersConfig::default() {
+        builder = builder.header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds));
+    }
+    if config.body.is_none() {
+        builder = builder.error_body(ErrorBody::message().pretty());
+    }
+    let limiter = builder
         .build()
         // A mistake in the file is reported at its line.
         .map_err(|e| config.build_error(&file, e))?;
@@ -389,7 +406,11 @@ fn app(gateway: Gateway) -> Router {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    tollgate_suite::exit_code(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tollgate_suite::init_logging();
     let (limiter, watcher) = limiter(&config_path())?;
     #[cfg(unix)]

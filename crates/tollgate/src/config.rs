@@ -300,8 +300,9 @@ pub struct Config {
     /// The key of `rate_limit:` blocks that do not say `per:` (default `ip`).
     #[serde(default)]
     pub default_key: Option<KeyText>,
-    /// Buckets for direct use from handlers.
-    #[serde(default)]
+    /// Buckets for direct use from handlers. A name given twice is an error (YAML would
+    /// keep the last one silently).
+    #[serde(default, deserialize_with = "unique_keys")]
     pub buckets: BTreeMap<String, LimitConfig>,
     /// The route table, most specific rule wins.
     #[serde(default)]
@@ -555,6 +556,39 @@ pub enum KeyText {
     Tenant(String),
     /// One bucket for everyone.
     Global,
+}
+
+/// A map whose keys are all different: YAML parsers keep the last of two equal keys
+/// without a word (TOML refuses them), and a limit written twice must not be half-read.
+fn unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of names to limits")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if all.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!("`{name}` is given twice")));
+                }
+                let value = map.next_value()?;
+                all.insert(name, value);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_map(Unique(std::marker::PhantomData))
 }
 
 impl<'de> Deserialize<'de> for KeyText {

@@ -81,6 +81,9 @@ pub struct RouteLimits {
     pub policy: String,
     /// Whether requests under this rule pass unlimited.
     pub exempt: bool,
+    /// Whether the rule is a dry run ([`Policy::shadow`](crate::Policy::shadow)): counted
+    /// and logged, refusing nothing.
+    pub shadow: bool,
     /// The rule's limits, in the order the policy declares them; empty when exempt.
     pub limits: Vec<RuleLimit>,
 }
@@ -125,6 +128,7 @@ impl RouteLimits {
                 .unwrap_or_default(),
             policy: policy.name.to_string(),
             exempt: policy.exempt,
+            shadow: policy.shadow,
             limits: policy
                 .limits
                 .iter()
@@ -146,6 +150,7 @@ impl RouteLimits {
             methods: Vec::new(),
             policy: name.to_string(),
             exempt: false,
+            shadow: false,
             limits: vec![RuleLimit {
                 bucket: name.to_string(),
                 key: "direct".to_string(),
@@ -242,7 +247,8 @@ impl Serialize for RuleLimit {
 }
 
 /// JSON: `{"source", "pattern", "path", "methods", "policy", "exempt", "limits"}`, with
-/// `source` from [`RuleSource::as_str`] and each limit as [`RuleLimit`] serializes it.
+/// `source` from [`RuleSource::as_str`] and each limit as [`RuleLimit`] serializes it, and
+/// `"shadow": true` for a dry run.
 impl Serialize for RouteLimits {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(serde::Serialize)]
@@ -253,6 +259,8 @@ impl Serialize for RouteLimits {
             methods: Vec<&'a str>,
             policy: &'a str,
             exempt: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            shadow: bool,
             limits: &'a [RuleLimit],
         }
         Json {
@@ -262,6 +270,7 @@ impl Serialize for RouteLimits {
             methods: self.methods.iter().map(Method::as_str).collect(),
             policy: &self.policy,
             exempt: self.exempt,
+            shadow: self.shadow,
             limits: &self.limits,
         }
         .serialize(serializer)

@@ -393,6 +393,11 @@ impl Publisher {
     ) -> Result<OperationLimits, PublishError> {
         let segs = segments(path);
         let mut out: Vec<AppliedLimit> = Vec::new();
+        // Published limits are the enforced ones: none while limiting is off, and none of a
+        // dry run.
+        if !self.limiter.is_enabled() {
+            return Ok(OperationLimits::default());
+        }
         let route_policy = self
             .route_policies
             .iter()
@@ -420,7 +425,7 @@ impl Publisher {
                 .iter()
                 .map(|r| (r, enforced_by))
                 .chain(globals.map(|r| (r, EnforcedBy::Middleware)));
-            for (r, by) in rules {
+            for (r, by) in rules.filter(|(r, _)| !r.shadow) {
                 for l in &r.limits {
                     let wanted = self.applies.as_ref().is_none_or(|f| f(method, path, l));
                     if wanted && !out.iter().any(|o| o.bucket == l.bucket) {

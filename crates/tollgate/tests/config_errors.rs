@@ -473,3 +473,17 @@ async fn a_tenant_header_that_is_not_utf8_is_still_counted() {
     }
     assert_eq!(statuses, vec![200, 200, 429]);
 }
+
+#[test]
+fn a_bucket_given_twice_is_an_error_not_the_last_one_kept() {
+    let path = write_temp(
+        "twice.yaml",
+        &format!(
+            "{ROUTE}buckets:\n  sign-in: {{ limit: 5/min }}\n  sign-in: {{ limit: 500/min }}\n"
+        ),
+    );
+    let err = Limiter::from_config(&path).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("`sign-in` is given twice"), "{text}");
+    assert!(text.starts_with(&format!("{}:", path.display())), "{text}");
+}

@@ -382,3 +382,36 @@ fn the_html_tables_list_every_rule_and_operation() {
         "one row per operation of the document"
     );
 }
+
+/// The published limits are the enforced ones: a dry run refuses nothing, and a limiter
+/// turned off limits nothing (both were published as throttling).
+#[test]
+fn dry_runs_and_a_limiter_turned_off_publish_no_limits() {
+    let rules = || {
+        Limiter::builder()
+            .read_env(false)
+            .route("/api/*", Policy::named("default").per_ip("5/min"))
+            .route(
+                "/api/new/*",
+                Policy::named("trial").per_ip("1/min").shadow(),
+            )
+            .global("1000/min")
+    };
+    let limiter = rules().build().unwrap();
+    let publisher = Publisher::new(&limiter);
+    let new = publisher.operation(&Method::GET, "/api/new/x").unwrap();
+    assert!(new.throttled, "the global limit applies");
+    let buckets: Vec<&str> = new.limits.iter().map(|l| l.bucket.as_str()).collect();
+    assert_eq!(buckets, ["global"]);
+    let described = limiter.describe();
+    let trial = described.iter().find(|r| r.policy == "trial").unwrap();
+    assert!(trial.shadow);
+    assert_eq!(serde_json::to_value(trial).unwrap()["shadow"], true);
+
+    let off = rules().enabled(false).build().unwrap();
+    let publisher = Publisher::new(&off);
+    for path in ["/api/x", "/api/new/x"] {
+        let limits = publisher.operation(&Method::GET, path).unwrap();
+        assert!(!limits.throttled && limits.limits.is_empty(), "{path}");
+    }
+}
