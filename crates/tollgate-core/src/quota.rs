@@ -20,9 +20,10 @@ use std::time::Duration;
 /// Examples shown in every parse error, so the message says what is accepted.
 const EXAMPLES: &str = "expected a count and a period such as `100/min`, `20/15m`, `5/30 minutes`, `10000/day` or `60/60s`";
 
-/// The largest count a quota may have (2^53, the largest integer a Lua number holds exactly,
-/// so the Redis store decides exactly like the memory store).
-pub const MAX_COUNT: u64 = 1 << 53;
+/// The largest count a quota may have (2^53 − 1: below 2^53, where the Redis store's
+/// script, computing in Lua numbers, saturates its counts and costs, so that it decides
+/// exactly like the memory store; at 2^53 a saturated count fitted the quota again).
+pub const MAX_COUNT: u64 = (1 << 53) - 1;
 
 /// The longest period a quota may have: 400 days.
 pub const MAX_PERIOD: Duration = Duration::from_secs(400 * 86_400);
@@ -88,7 +89,7 @@ pub enum QuotaError {
         unit: String,
     },
     /// The count is above [`MAX_COUNT`] or the period above [`MAX_PERIOD`].
-    #[error("`{input}`: too large; a count may be at most 2^53 and a period at most 400 days")]
+    #[error("`{input}`: too large; a count may be at most 2^53 - 1 and a period at most 400 days")]
     Overflow {
         /// The input as given (at most its first 64 characters, then `…`).
         input: String,
@@ -158,7 +159,10 @@ impl Quota {
 
     const fn fixed(count: u64, period_ms: u64) -> Self {
         assert!(count > 0, "a quota's count must be at least 1");
-        assert!(count <= MAX_COUNT, "a quota's count must be at most 2^53");
+        assert!(
+            count <= MAX_COUNT,
+            "a quota's count must be at most 2^53 - 1"
+        );
         Self { count, period_ms }
     }
 

@@ -45,17 +45,18 @@ struct Entry {
     server_now: Timestamp,
     /// Until when the entry may serve (the refusal's longest wait).
     valid_until: Instant,
-    /// Set if this bucket refused: until when, and at what cost.
-    refused: Option<(Instant, u64)>,
+    /// What the charge cost in this bucket.
+    cost: u64,
+    /// Set if this bucket refused: until when.
+    refused: Option<Instant>,
 }
 
 impl Entry {
-    /// Until when a charge of `bucket` at `now` is refused here: only at the cost Redis
-    /// refused (a costlier charge waits longer than recorded, a cheaper one may fit).
-    fn refuses(&self, bucket: &Bucket, now: Instant) -> Option<Instant> {
-        self.refused
-            .filter(|&(until, cost)| until > now && bucket.cost == cost)
-            .map(|(until, _)| until)
+    /// Until when a charge of `bucket` at `now` is refused here. (Only asked of a charge at
+    /// the cost Redis answered: a costlier one waits longer than recorded, a cheaper one
+    /// may fit, and one that did not refuse may refuse at another cost.)
+    fn refuses(&self, now: Instant) -> Option<Instant> {
+        self.refused.filter(|&until| until > now)
     }
 }
 
@@ -114,14 +115,22 @@ impl RefusalCache {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut entries = Vec::with_capacity(buckets.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(buckets.len());
         let mut refusing = false;
         for bucket in buckets {
             let entry = self.shard(&bucket.key).get(bucket.key.as_str()).cloned()?;
-            if entry.limit != bucket.limit || entry.valid_until <= now {
+            // Every bucket as one refusal answered it, at the cost it had then: else Redis
+            // decides (a bucket that admitted at one cost may refuse at another).
+            if entry.limit != bucket.limit
+                || entry.valid_until <= now
+                || entry.cost != bucket.cost
+                || entries
+                    .first()
+                    .is_some_and(|first| first.sent_at != entry.sent_at)
+            {
                 return None;
             }
-            refusing |= entry.refuses(bucket, now).is_some();
+            refusing |= entry.refuses(now).is_some();
             entries.push(entry);
         }
         if !refusing {
@@ -136,7 +145,7 @@ impl RefusalCache {
             .zip(entries)
             .map(|(bucket, entry)| {
                 let elapsed = now.saturating_duration_since(entry.sent_at);
-                let refused_until = entry.refuses(bucket, now);
+                let refused_until = entry.refuses(now);
                 let mut state = entry.state;
                 state.reset_after = state.reset_after.saturating_sub(elapsed);
                 let capacity = bucket.limit.capacity();
@@ -195,7 +204,7 @@ impl RefusalCache {
         let valid_until = sent_at + longest;
         for (bucket, state) in buckets.iter().zip(&decision.buckets) {
             let refused = match (state.refusal, state.retry_after) {
-                (Some(Refusal::OverLimit), Some(wait)) => Some((sent_at + wait, bucket.cost)),
+                (Some(Refusal::OverLimit), Some(wait)) => Some(sent_at + wait),
                 _ => None,
             };
             let entry = Entry {
@@ -204,6 +213,7 @@ impl RefusalCache {
                 sent_at,
                 server_now: decision.now,
                 valid_until,
+                cost: bucket.cost,
                 refused,
             };
             let i = self.index(&bucket.key);
@@ -320,6 +330,46 @@ mod tests {
         cache.forget(std::slice::from_ref(&ip));
         assert!(cache.lookup(&buckets, t0).is_none());
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn every_bucket_must_come_from_one_refusal_at_its_cost() {
+        let cache = RefusalCache::new(100);
+        let a = Bucket::new("a", "k", Limit::sliding(Quota::per_minute(5)));
+        let b = Bucket::new("b", "k", Limit::sliding(Quota::per_minute(1)));
+        let c = Bucket::new("c", "k", Limit::sliding(Quota::per_minute(1)));
+        let t0 = Instant::now();
+        let refusal = |waits: [Option<u64>; 2]| Decision {
+            allowed: false,
+            now: Timestamp::from_micros(1_000_000),
+            buckets: waits
+                .iter()
+                .map(|w| w.map_or_else(fine, |s| refused(Duration::from_secs(s))))
+                .collect(),
+        };
+        // `a` admitted (at cost 1) beside `b`, which refused.
+        cache.record(
+            &[a.clone(), b.clone()],
+            &refusal([None, Some(2)]),
+            t0,
+            cache.generations(),
+        );
+        assert!(cache.lookup(&[a.clone(), b.clone()], t0).is_some());
+        // At cost 5 `a` may refuse too, with a wait of its own (a review was told to come
+        // back after `b`'s 1 s, and was refused again): Redis decides.
+        assert!(cache
+            .lookup(&[a.clone().with_cost(5), b.clone()], t0)
+            .is_none());
+        // `c` refused in another request: its state and `a`'s are not one answer.
+        let later = t0 + Duration::from_millis(10);
+        cache.record(
+            &[c.clone()],
+            &refusal([Some(2), None]),
+            later,
+            cache.generations(),
+        );
+        assert!(cache.lookup(&[a.clone(), c.clone()], later).is_none());
+        assert!(cache.lookup(std::slice::from_ref(&c), later).is_some());
     }
 
     #[test]

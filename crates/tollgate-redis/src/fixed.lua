@@ -52,7 +52,7 @@ if n == c then
   redis.call('PEXPIRE', k, ARGV[3])
 end
 if n > tonumber(ARGV[2]) then
-  redis.call('DECRBY', k, c)
-  return c - n - 1
+  -- The count before, as Redis computes it (exact: Lua's numbers are not above 2^53).
+  return -1 - redis.call('DECRBY', k, c)
 end
 return n

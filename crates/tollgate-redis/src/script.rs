@@ -20,6 +20,11 @@ use tollgate_core::{
     Algorithm, BucketState, Decision, Limit, Op, Refusal, StoreError, Timestamp, MAX_COUNT,
 };
 
+/// Where the script's numbers saturate: 2^53, the largest integer up to which Lua's numbers
+/// are exact. Above every capacity ([`MAX_COUNT`] is one less), so a cost sent as this is
+/// refused as the cost itself would be.
+const SATURATED: u64 = MAX_COUNT + 1;
+
 /// The general script's source.
 pub(crate) const SOURCE: &str = include_str!("decide.lua");
 
@@ -111,7 +116,7 @@ impl Call<'_> {
             let ttl = expiry.saturating_sub(now / 1000).max(1);
             cmd.arg(1)
                 .arg(b.key)
-                .arg(b.cost.min(MAX_COUNT))
+                .arg(b.cost.min(SATURATED))
                 .arg(b.limit.capacity())
                 .arg(ttl);
             if b.no_migration {
@@ -127,10 +132,10 @@ impl Call<'_> {
         cmd.arg(if restoring { RESTORE } else { op_code(self.op) });
         for b in self.buckets {
             let (alg, unit, window) = limit_args(b.limit)?;
-            // Lua numbers are exact up to 2^53; a cost above that is over any capacity.
+            // Lua numbers are exact up to 2^53; a cost of that or more is over any capacity.
             cmd.arg(alg)
                 .arg(b.limit.capacity())
-                .arg(b.cost.min(MAX_COUNT));
+                .arg(b.cost.min(SATURATED));
             match (b.limit.algorithm(), self.now) {
                 // The key's expiry (ms) in place of the unit.
                 (Algorithm::FixedWindow, Some(now)) => cmd.arg(fixed_window(window, now).2),
@@ -147,7 +152,7 @@ impl Call<'_> {
         }
         if restoring {
             for b in self.buckets {
-                cmd.arg(b.restore.unwrap_or(0).min(MAX_COUNT));
+                cmd.arg(b.restore.unwrap_or(0).min(SATURATED));
             }
         }
         if let Some(now) = self.now {
@@ -357,7 +362,7 @@ mod tests {
                 "3",
                 "3",
                 "20",
-                &MAX_COUNT.to_string(),
+                &SATURATED.to_string(),
                 "600000",
                 "60000000",
                 ""

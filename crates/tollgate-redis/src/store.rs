@@ -80,8 +80,9 @@
 //! # Numbers
 //!
 //! The script computes in Lua numbers, exact up to 2^53, which covers every quota
-//! ([`MAX_COUNT`](tollgate_core::MAX_COUNT)) and every timestamp until the year 2255. Costs
-//! above 2^53 are sent as 2^53 (more than any capacity: the charge is refused the same way).
+//! ([`MAX_COUNT`](tollgate_core::MAX_COUNT), 2^53 − 1) and every timestamp until the year
+//! 2255. Costs above 2^53 are sent as 2^53 (more than any capacity: the charge is refused
+//! the same way).
 //! Counts and times kept or replied saturate at 2^53 (where the memory store saturates at
 //! `u64::MAX`), so a huge penalty leaves a key refusing normally until about the year 2255
 //! (or until reset), never an error.

@@ -615,3 +615,38 @@ async fn a_log_whose_window_grows_lives_as_long_as_the_new_window() {
         "the entries still count under the 10 s window"
     );
 }
+
+/// The largest quota count (`MAX_COUNT`, 2^53 − 1) spent in full on Redis refuses the next
+/// charge, for every algorithm, as memory does. (At 2^53, the script's saturated count fitted
+/// the quota again: an exact log admitted every further charge.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_quota_spent_in_full_refuses_as_memory_does() {
+    let server = RedisServer::start();
+    let both = Both::new(&server);
+    let (redis, memory, clock) = (&both.redis, &both.memory, &both.clock);
+    let max = tollgate_core::MAX_COUNT;
+    let quota = Quota::new(max, Duration::from_secs(3600)).unwrap();
+    let limits = [
+        Limit::sliding(quota),
+        Limit::sliding_exact(quota),
+        // (A token bucket cannot hold that many: its burst is bounded by its rate.)
+        Limit::fixed(quota),
+    ];
+    for limit in limits {
+        let bucket = Bucket::new("largest", &limit.to_string(), limit);
+        let mut answers = Vec::new();
+        for cost in [max - 1, 1, 1, 1, 2] {
+            let batch = Batch::charge(vec![bucket.clone().with_cost(cost)]);
+            let on_redis = redis.apply(&batch).await.unwrap();
+            clock.set(on_redis.now);
+            let on_memory = memory.apply(&batch).await.unwrap();
+            assert_eq!(
+                (on_redis.allowed, on_redis.buckets[0].remaining),
+                (on_memory.allowed, on_memory.buckets[0].remaining),
+                "{limit}, cost {cost}"
+            );
+            answers.push(on_redis.allowed);
+        }
+        assert_eq!(answers, [true, true, false, false, false], "{limit}");
+    }
+}
