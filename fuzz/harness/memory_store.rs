@@ -86,7 +86,11 @@ fn batch_of(keys: &[Key], chosen: &[(usize, u64)], op: Op) -> Batch {
 /// Every key's state as a peek of cost 1 sees it.
 fn snapshot(store: &MemoryStore, keys: &[Key]) -> Vec<Decision> {
     keys.iter()
-        .map(|k| store.apply_now(Op::Peek, std::slice::from_ref(&k.bucket)))
+        .map(|k| {
+            store
+                .apply_now(Op::Peek, std::slice::from_ref(&k.bucket))
+                .unwrap()
+        })
         .collect()
 }
 

@@ -12,11 +12,11 @@
 //!     Bucket::new("default:ip", "203.0.113.7", per_ip),
 //!     Bucket::new("default:user", "u_42", per_user),
 //! ];
-//! let decision = store.charge(&buckets);
+//! let decision = store.charge(&buckets)?;
 //! assert!(decision.allowed);
 //! assert_eq!(decision.buckets[0].remaining, 499);
 //! assert_eq!(decision.most_restrictive(), Some(0));
-//! # Ok::<(), tollgate_core::QuotaError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! - [`Quota`]: "N per period", parsed from `100/min`, `20/15m`, `10000/day`.

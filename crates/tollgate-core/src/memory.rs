@@ -8,13 +8,13 @@
 //! let store = MemoryStore::builder().max_entries(10_000).clock(clock.clone()).build();
 //! let bucket = Bucket::new("login", "alice@example.com", Limit::sliding_exact(Quota::parse("5/30min")?));
 //! for _ in 0..5 {
-//!     assert!(store.charge(std::slice::from_ref(&bucket)).allowed);
+//!     assert!(store.charge(std::slice::from_ref(&bucket))?.allowed);
 //! }
-//! let refused = store.charge(std::slice::from_ref(&bucket));
+//! let refused = store.charge(std::slice::from_ref(&bucket))?;
 //! assert_eq!(refused.retry_after(), Some(Duration::from_secs(30 * 60)));
 //! clock.advance(Duration::from_secs(30 * 60));
-//! assert!(store.charge(std::slice::from_ref(&bucket)).allowed);
-//! # Ok::<(), tollgate_core::QuotaError>(())
+//! assert!(store.charge(std::slice::from_ref(&bucket))?.allowed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Bounds
@@ -467,13 +467,28 @@ impl MemoryStore {
     }
 
     /// [`Op::Charge`] on `buckets`, without going through a future.
-    pub fn charge(&self, buckets: &[Bucket]) -> Decision {
+    ///
+    /// # Errors
+    ///
+    /// As [`MemoryStore::apply_now`].
+    pub fn charge(&self, buckets: &[Bucket]) -> Result<Decision, StoreError> {
         self.apply_now(Op::Charge, buckets)
     }
 
     /// Applies `op` to `buckets` at the clock's current time. The synchronous form of
-    /// [`Store::apply`], which cannot fail here.
-    pub fn apply_now(&self, op: Op, buckets: &[Bucket]) -> Decision {
+    /// [`Store::apply`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidBatch`] for what [`Store::apply`] refuses too, which would
+    /// count wrongly: no bucket, a charge costing 0, a key named twice.
+    pub fn apply_now(&self, op: Op, buckets: &[Bucket]) -> Result<Decision, StoreError> {
+        validate_buckets(op, buckets)?;
+        Ok(self.decide(op, buckets))
+    }
+
+    /// [`MemoryStore::apply_now`] of a valid batch.
+    fn decide(&self, op: Op, buckets: &[Bucket]) -> Decision {
         let mut states = vec![BucketState::default(); buckets.len()];
         let now = self.apply_into(op, buckets, &mut states);
         Decision {
@@ -563,11 +578,11 @@ impl MemoryStore {
     /// let lockout = Bucket::new("login", "alice", Limit::sliding_exact(Quota::parse("5/30min")?));
     /// // Redis said: 1 remaining of 5, fresh again in 20 minutes.
     /// store.mirror(&lockout, 4, Duration::from_secs(20 * 60));
-    /// assert!(store.charge(std::slice::from_ref(&lockout)).allowed);
-    /// let refused = store.charge(std::slice::from_ref(&lockout));
+    /// assert!(store.charge(std::slice::from_ref(&lockout))?.allowed);
+    /// let refused = store.charge(std::slice::from_ref(&lockout))?;
     /// assert!(!refused.allowed);
     /// assert!(refused.retry_after().unwrap() <= Duration::from_secs(20 * 60));
-    /// # Ok::<(), tollgate_core::QuotaError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// How a count is placed: a sliding window's or an exact log's whole count at the last
@@ -1168,7 +1183,7 @@ impl Store for MemoryStore {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         let result = batch
             .validate()
-            .map(|()| self.apply_now(batch.op, &batch.buckets));
+            .map(|()| self.decide(batch.op, &batch.buckets));
         Box::pin(std::future::ready(result))
     }
 

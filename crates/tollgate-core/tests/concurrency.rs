@@ -44,7 +44,7 @@ fn hammer(
                     let buckets = buckets_for(i);
                     start.wait();
                     (0..attempts)
-                        .filter(|_| store.charge(&buckets).allowed)
+                        .filter(|_| store.charge(&buckets).unwrap().allowed)
                         .count()
                 })
             })
@@ -77,7 +77,7 @@ fn threads_hammering_one_key_admit_exactly_the_limit() {
             1000,
             "{limit}: {admitted:?}"
         );
-        let left = store.apply_now(Op::Peek, &[key]);
+        let left = store.apply_now(Op::Peek, &[key]).unwrap();
         assert!(!left.allowed, "{limit}");
         assert_eq!(left.buckets[0].remaining, 0, "{limit}");
     }
@@ -102,7 +102,9 @@ fn concurrent_costs_add_up_exactly() {
         .enumerate()
         .map(|(i, n)| (i as u64 % 3 + 1) * *n as u64)
         .sum();
-    let left = store.apply_now(Op::Peek, &[Bucket::new("points", "tenant-1", limit)]);
+    let left = store
+        .apply_now(Op::Peek, &[Bucket::new("points", "tenant-1", limit)])
+        .unwrap();
     assert_eq!(spent + left.buckets[0].remaining, 1000, "{admitted:?}");
     assert!(
         spent >= 998,
@@ -152,13 +154,13 @@ fn threads_hammering_one_batch_across_shards_admit_exactly_the_tightest_limit() 
     });
     assert_eq!(admitted.iter().sum::<usize>(), 300, "{admitted:?}");
     // Refused batches charged nothing: every shared bucket spent exactly 300 ...
-    let after = store.apply_now(Op::Peek, &shared);
+    let after = store.apply_now(Op::Peek, &shared).unwrap();
     for (state, cap) in after.buckets.iter().zip(caps) {
         assert_eq!(state.remaining, cap - 300);
     }
     // ... and each private bucket exactly what its thread was admitted.
     for (i, n) in admitted.iter().enumerate() {
-        let own = store.apply_now(Op::Peek, &[private(i)]);
+        let own = store.apply_now(Op::Peek, &[private(i)]).unwrap();
         assert_eq!(own.buckets[0].remaining, 1000 - *n as u64, "thread {i}");
     }
 }

@@ -41,22 +41,32 @@ fn exhaust(store: &MemoryStore, keys: &[Bucket]) {
     };
     let one = std::slice::from_ref;
     for _ in 0..5 {
-        assert!(store.charge(one(login)).allowed);
+        assert!(store.charge(one(login)).unwrap().allowed);
     }
-    assert!(!store.charge(one(login)).allowed);
-    let last = store.charge(one(&burst.clone().with_cost(10)));
+    assert!(!store.charge(one(login)).unwrap().allowed);
+    let last = store.charge(one(&burst.clone().with_cost(10))).unwrap();
     assert!(last.allowed);
     assert_eq!(last.buckets[0].remaining, 0);
     let penalty = daily.clone().with_cost(12_000);
-    assert!(store.apply_now(Op::Penalize, one(&penalty)).allowed);
-    assert!(store.charge(one(&api.clone().with_cost(3))).allowed);
-    assert!(!store.charge(one(api)).allowed);
+    assert!(
+        store
+            .apply_now(Op::Penalize, one(&penalty))
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        store
+            .charge(one(&api.clone().with_cost(3)))
+            .unwrap()
+            .allowed
+    );
+    assert!(!store.charge(one(api)).unwrap().allowed);
 }
 
 /// Every key is still refused.
 fn assert_still_limited(store: &MemoryStore, keys: &[Bucket], when: &str) {
     for key in keys {
-        let d = store.charge(std::slice::from_ref(key));
+        let d = store.charge(std::slice::from_ref(key)).unwrap();
         assert!(!d.allowed, "{} was freed {when}", key.key);
         assert!(d.retry_after().is_some(), "{}", key.key);
     }
@@ -91,7 +101,7 @@ fn a_million_invented_keys_stay_within_the_cap_and_free_no_limited_client() {
         clock.advance(Duration::from_micros(1));
         bucket.key.truncate("flood:".len());
         write!(bucket.key, "{i}").expect("writing to a String");
-        assert!(store.charge(std::slice::from_ref(&bucket)).allowed);
+        assert!(store.charge(std::slice::from_ref(&bucket)).unwrap().allowed);
         if i % 10_000 == 0 {
             let len = store.len();
             assert!(len <= CAP, "{len} entries after {i} keys");
@@ -126,7 +136,7 @@ fn a_store_full_of_limited_keys_evicts_the_least_recently_seen_of_them() {
         .build();
     assert_eq!(store.capacity(), 64);
     let tight = Limit::sliding(Quota::per_hour(1));
-    let charge = |b: &Bucket| store.charge(std::slice::from_ref(b)).allowed;
+    let charge = |b: &Bucket| store.charge(std::slice::from_ref(b)).unwrap().allowed;
     let evict = |b: Bucket| b.with_when_full(WhenFull::EvictLimited);
     let victim = evict(Bucket::new("tight", "victim@example.com", tight));
     assert!(charge(&victim));
@@ -173,7 +183,7 @@ fn fresh_entries_are_dropped() {
     let charge = |prefix: &str, n: usize| {
         for i in 0..n {
             let b = Bucket::new(prefix, &i.to_string(), per_second);
-            assert!(store.charge(std::slice::from_ref(&b)).allowed);
+            assert!(store.charge(std::slice::from_ref(&b)).unwrap().allowed);
         }
     };
     charge("first", 5_000);
@@ -207,7 +217,7 @@ fn a_share_full_of_limited_keys_refuses_new_keys_and_keeps_every_lockout() {
         .clock(clock.clone())
         .build();
     let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
-    let charge = |b: &Bucket| store.charge(std::slice::from_ref(b));
+    let charge = |b: &Bucket| store.charge(std::slice::from_ref(b)).unwrap();
     let victim = Bucket::new("sign-in", "victim@example.com", lockout);
     for _ in 0..5 {
         assert!(charge(&victim).allowed);
@@ -267,14 +277,14 @@ fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
     for i in 0..64 {
         let junk = Bucket::new("sign-in", &format!("junk-{i}@example.com"), lockout);
         for _ in 0..5 {
-            assert!(store.charge(std::slice::from_ref(&junk)).allowed);
+            assert!(store.charge(std::slice::from_ref(&junk)).unwrap().allowed);
         }
     }
     clock.advance(Duration::from_secs(1));
     let new = Bucket::new("sign-in", "new@example.com", lockout);
     let other = Bucket::new("api", "203.0.113.7", Limit::sliding(Quota::per_minute(10)));
     for batch in [vec![new.clone()], vec![other, new]] {
-        let d = store.charge(&batch);
+        let d = store.charge(&batch).unwrap();
         assert!(!d.allowed);
         let state = d.buckets.last().expect("a state");
         assert_eq!(state.refusal, Some(Refusal::StoreFull));
@@ -299,11 +309,11 @@ fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
     let lockout = Limit::sliding_exact(Quota::per_minute(5));
     let alice = Bucket::new("login", "alice", lockout);
     assert!(store.mirror(&alice, 5, Duration::from_secs(40)));
-    let refused = store.charge(std::slice::from_ref(&alice));
+    let refused = store.charge(std::slice::from_ref(&alice)).unwrap();
     assert!(!refused.allowed);
     assert_eq!(refused.retry_after(), Some(Duration::from_secs(40)));
     clock.advance(Duration::from_secs(40));
-    assert!(store.charge(std::slice::from_ref(&alice)).allowed);
+    assert!(store.charge(std::slice::from_ref(&alice)).unwrap().allowed);
 
     // Mirroring 0 forgets the key.
     assert!(store.mirror(&alice, 0, Duration::ZERO));
@@ -321,7 +331,7 @@ fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
     ));
     assert_eq!(store.len(), 64);
     let u0 = Bucket::new("login", "u0", lockout);
-    assert!(!store.charge(std::slice::from_ref(&u0)).allowed);
+    assert!(!store.charge(std::slice::from_ref(&u0)).unwrap().allowed);
 }
 
 /// A share left with a few keys below their limit among keys at it (a flood of limited
@@ -339,14 +349,14 @@ fn keys_taking_turns_in_a_nearly_full_share_are_not_counted_afresh() {
         for i in 0..63 {
             let flood = key(&format!("198.51.100.{i}"));
             for _ in 0..5 {
-                assert!(store.charge(one(&flood)).allowed);
+                assert!(store.charge(one(&flood)).unwrap().allowed);
             }
         }
         let (a, b) = (key("203.0.113.1"), key("203.0.113.2"));
         let mut admitted = [0u32; 2];
         for _ in 0..20 {
             for (n, k) in [&a, &b].into_iter().enumerate() {
-                admitted[n] += u32::from(store.charge(one(k)).allowed);
+                admitted[n] += u32::from(store.charge(one(k)).unwrap().allowed);
             }
         }
         match mode {

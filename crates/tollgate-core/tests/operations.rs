@@ -34,7 +34,7 @@ fn one(limit: Limit, cost: u64) -> [Bucket; 1] {
 }
 
 fn apply(store: &MemoryStore, op: Op, limit: Limit, cost: u64) -> Decision {
-    store.apply_now(op, &one(limit, cost))
+    store.apply_now(op, &one(limit, cost)).unwrap()
 }
 
 /// Polls a future that is ready at once (the memory store never waits).
@@ -92,8 +92,8 @@ fn an_impossible_bucket_beats_any_wait_in_a_batch() {
     let tight = Bucket::new("tight", "k", Limit::sliding(Quota::per_minute(1)));
     let small = Bucket::new("small", "k", Limit::fixed(Quota::per_hour(3))).with_cost(4);
     let roomy = Bucket::new("roomy", "k", Limit::sliding_exact(Quota::per_hour(100)));
-    assert!(store.charge(std::slice::from_ref(&tight)).allowed);
-    let d = store.charge(&[tight.clone(), small, roomy]);
+    assert!(store.charge(std::slice::from_ref(&tight)).unwrap().allowed);
+    let d = store.charge(&[tight.clone(), small, roomy]).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.most_restrictive(), Some(1));
     assert_eq!(d.retry_after(), None);
@@ -104,7 +104,7 @@ fn an_impossible_bucket_beats_any_wait_in_a_batch() {
         "refused: the roomy bucket was not charged"
     );
     // Without the impossible bucket, the wait is the tight bucket's.
-    let d = store.charge(&[tight]);
+    let d = store.charge(&[tight]).unwrap();
     assert_eq!(d.most_restrictive(), Some(0));
     assert_eq!(d.retry_after(), d.buckets[0].retry_after);
 }
@@ -197,7 +197,7 @@ fn reset_forgets_one_key() {
         let (store, _) = manual_store();
         let other = [Bucket::new("ops", "192.0.2.1", limit).with_cost(5)];
         assert!(apply(&store, Op::Charge, limit, 5).allowed);
-        assert!(store.charge(&other).allowed);
+        assert!(store.charge(&other).unwrap().allowed);
         assert_eq!(store.len(), 2);
         assert!(!apply(&store, Op::Charge, limit, 1).allowed, "{limit}");
 
@@ -208,11 +208,12 @@ fn reset_forgets_one_key() {
         assert_eq!(store.len(), 1, "{limit}");
         assert_eq!(apply(&store, Op::Charge, limit, 1).buckets[0].remaining, 4);
         // The other key is untouched.
-        assert!(!store.charge(&other).allowed, "{limit}");
+        assert!(!store.charge(&other).unwrap().allowed, "{limit}");
         // Resetting a key that is not there is harmless.
         assert!(
             store
                 .apply_now(Op::Reset, &one(Limit::fixed(Quota::per_day(1)), 1))
+                .unwrap()
                 .allowed
         );
     }
@@ -343,7 +344,7 @@ fn admitted_decisions_describe_the_bucket_with_least_left() {
         Limit::sliding(Quota::per_minute(500)),
     );
     let per_user = Bucket::new("api:user", "u_42", Limit::sliding_exact(Quota::per_hour(3)));
-    let d = store.charge(&[per_ip, per_user]);
+    let d = store.charge(&[per_ip, per_user]).unwrap();
     assert!(d.allowed);
     assert_eq!(d.most_restrictive(), Some(1));
     assert_eq!(d.most_restrictive_state().map(|b| b.remaining), Some(2));
@@ -393,7 +394,12 @@ fn a_batch_naming_one_key_twice_is_rejected_and_charges_nothing() {
     let err = ready(store.apply(&twice)).unwrap_err();
     assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
     // Nothing was charged: the key still admits its one request.
-    assert!(store.charge(&[Bucket::new("b", "k", limit)]).allowed);
+    assert!(
+        store
+            .charge(&[Bucket::new("b", "k", limit)])
+            .unwrap()
+            .allowed
+    );
 }
 
 #[test]
@@ -406,4 +412,25 @@ fn huge_penalties_on_an_exact_log_saturate_instead_of_overflowing() {
     assert!(!d.allowed);
     assert_eq!(d.buckets[0].refusal, Some(Refusal::OverLimit));
     assert!(d.buckets[0].retry_after.is_some());
+}
+
+/// `MemoryStore::charge` and `apply_now` refuse what `Store::apply` refuses: a key named
+/// twice in one charge was checked twice against one state (3 admitted in a 2/min window),
+/// and a charge costing 0 was admitted on a full bucket.
+#[test]
+fn the_synchronous_calls_refuse_batches_that_would_count_wrongly() {
+    let store = MemoryStore::new();
+    let bucket = Bucket::new("twice", "k", Limit::sliding(Quota::per_minute(2)));
+    assert!(store.charge(std::slice::from_ref(&bucket)).unwrap().allowed);
+    for (op, batch) in [
+        (Op::Charge, vec![bucket.clone(), bucket.clone()]),
+        (Op::Charge, vec![bucket.clone().with_cost(0)]),
+        (Op::Peek, vec![]),
+    ] {
+        let err = store.apply_now(op, &batch).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidBatch(_)), "{err}");
+    }
+    // Nothing was charged by them: one more fits, then the window is full.
+    assert!(store.charge(std::slice::from_ref(&bucket)).unwrap().allowed);
+    assert!(!store.charge(std::slice::from_ref(&bucket)).unwrap().allowed);
 }

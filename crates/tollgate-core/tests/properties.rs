@@ -208,7 +208,7 @@ fn run(limit: Limit, start: u64, arrivals: &[(u64, u64)]) -> Result<Vec<Step>, T
         t += gap;
         set(&clock, t);
         let expect = model_admits(&limit, &admitted, t, cost);
-        let decision = store.charge(&[bucket("p", limit, cost)]);
+        let decision = store.charge(&[bucket("p", limit, cost)]).unwrap();
         prop_assert_eq!(
             decision.allowed,
             expect,
@@ -239,7 +239,7 @@ fn replay(
     for &(t, c) in admitted {
         set(&clock, t);
         prop_assert!(
-            store.charge(&[bucket("p", limit, c)]).allowed,
+            store.charge(&[bucket("p", limit, c)]).unwrap().allowed,
             "replay refused"
         );
     }
@@ -276,13 +276,13 @@ fn check_timings(limit: Limit, steps: &[Step]) -> CaseResult {
             let (scratch, clock) = replay(limit, &admitted)?;
             let probe = [bucket("p", limit, 1)];
             set(&clock, step.t + reset - 1);
-            let before = scratch.apply_now(Op::Peek, &probe);
+            let before = scratch.apply_now(Op::Peek, &probe).unwrap();
             prop_assert!(
                 before.buckets[0].remaining < capacity,
                 "full 1µs before reset_after"
             );
             set(&clock, step.t + reset);
-            let after = scratch.apply_now(Op::Peek, &probe);
+            let after = scratch.apply_now(Op::Peek, &probe).unwrap();
             prop_assert_eq!(
                 after.buckets[0].remaining,
                 capacity,
@@ -300,11 +300,14 @@ fn check_timings(limit: Limit, steps: &[Step]) -> CaseResult {
             let again = [bucket("p", limit, step.cost)];
             set(&clock, step.t + wait - 1);
             prop_assert!(
-                !scratch.charge(&again).allowed,
+                !scratch.charge(&again).unwrap().allowed,
                 "admitted 1µs before retry_after"
             );
             set(&clock, step.t + wait);
-            prop_assert!(scratch.charge(&again).allowed, "refused at retry_after");
+            prop_assert!(
+                scratch.charge(&again).unwrap().allowed,
+                "refused at retry_after"
+            );
         }
     }
     Ok(())
@@ -467,22 +470,22 @@ proptest! {
             set(&clock, t);
             set(&alone_clock, t);
             let buckets = batch(&limits, costs);
-            let before = store.apply_now(Op::Peek, &buckets);
-            let decision = store.charge(&buckets);
+            let before = store.apply_now(Op::Peek, &buckets).unwrap();
+            let decision = store.charge(&buckets).unwrap();
             prop_assert_eq!(decision.allowed, decision.buckets.iter().all(|b| b.allowed));
             prop_assert_eq!(decision.allowed, before.allowed);
             if decision.allowed {
                 for (i, b) in buckets.iter().enumerate() {
-                    let single = alone.charge(std::slice::from_ref(b));
+                    let single = alone.charge(std::slice::from_ref(b)).unwrap();
                     prop_assert!(single.allowed);
                     prop_assert_eq!(&single.buckets[0], &decision.buckets[i]);
                 }
             } else {
-                let after = store.apply_now(Op::Peek, &buckets);
+                let after = store.apply_now(Op::Peek, &buckets).unwrap();
                 prop_assert_eq!(&after, &before, "a refused charge changed a bucket");
                 prop_assert_eq!(&decision, &before, "peek did not say what charge answers");
                 for (i, b) in buckets.iter().enumerate() {
-                    let single = alone.apply_now(Op::Peek, std::slice::from_ref(b));
+                    let single = alone.apply_now(Op::Peek, std::slice::from_ref(b)).unwrap();
                     prop_assert_eq!(&single.buckets[0], &decision.buckets[i]);
                 }
                 let worst = decision.most_restrictive().expect("a refusing bucket");
@@ -519,23 +522,23 @@ proptest! {
             set(&clock, t);
             set(&never_clock, t);
             let buckets = batch(&limits, costs);
-            let decision = store.charge(&buckets);
+            let decision = store.charge(&buckets).unwrap();
             let refund = decision.allowed && refund_mask & (1 << (i % 64)) != 0;
             if refund {
-                let refunded = store.apply_now(Op::Refund, &buckets);
+                let refunded = store.apply_now(Op::Refund, &buckets).unwrap();
                 prop_assert!(refunded.allowed);
-                let untouched = never.apply_now(Op::Peek, &buckets);
+                let untouched = never.apply_now(Op::Peek, &buckets).unwrap();
                 for (r, u) in refunded.buckets.iter().zip(&untouched.buckets) {
                     prop_assert_eq!(r.remaining, u.remaining);
                     prop_assert_eq!(r.reset_after, u.reset_after);
                 }
             } else {
-                let other = never.charge(&buckets);
+                let other = never.charge(&buckets).unwrap();
                 prop_assert_eq!(&other, &decision);
             }
             prop_assert_eq!(
-                store.apply_now(Op::Peek, &buckets),
-                never.apply_now(Op::Peek, &buckets)
+                store.apply_now(Op::Peek, &buckets).unwrap(),
+                never.apply_now(Op::Peek, &buckets).unwrap()
             );
         }
     }
@@ -559,16 +562,16 @@ proptest! {
             set(&clock, t);
             let b = [bucket("p", limit, cost)];
             if i % 2 == 0 {
-                let before = store.apply_now(Op::Peek, &b);
-                let charged = store.charge(&b);
+                let before = store.apply_now(Op::Peek, &b).unwrap();
+                let charged = store.charge(&b).unwrap();
                 if charged.allowed {
-                    let refunded = store.apply_now(Op::Refund, &b);
+                    let refunded = store.apply_now(Op::Refund, &b).unwrap();
                     prop_assert_eq!(refunded.buckets[0].remaining, before.buckets[0].remaining);
                     prop_assert!(refunded.buckets[0].reset_after >= before.buckets[0].reset_after);
                     prop_assert!(micros(refunded.buckets[0].reset_after) <= w);
                 }
             } else {
-                store.charge(&b);
+                store.charge(&b).unwrap();
             }
         }
     }

@@ -814,7 +814,7 @@ impl<P: Primary> Shared<P> {
     /// Answers a batch the primary could not.
     fn on_failure(&self, batch: &Batch, error: StoreError) -> Result<Decision, StoreError> {
         match batch.on_failure {
-            FailureMode::Fallback => Ok(self.decide_in_memory(batch)),
+            FailureMode::Fallback => self.decide_in_memory(batch),
             FailureMode::Open | FailureMode::Closed => Err(error),
         }
     }
@@ -830,16 +830,16 @@ impl<P: Primary> Shared<P> {
     }
 
     /// Decides from memory, noting what is owed to the primary.
-    fn decide_in_memory(&self, batch: &Batch) -> Decision {
+    fn decide_in_memory(&self, batch: &Batch) -> Result<Decision, StoreError> {
         let decision = if self.config.divisor <= 1 {
-            self.memory.apply_now(batch.op, &batch.buckets)
+            self.memory.apply_now(batch.op, &batch.buckets)?
         } else {
             let scaled: Vec<Bucket> = batch
                 .buckets
                 .iter()
                 .map(|b| self.scaled(b).into_owned())
                 .collect();
-            let mut decision = self.memory.apply_now(batch.op, &scaled);
+            let mut decision = self.memory.apply_now(batch.op, &scaled)?;
             // The bucket's limit is what the primary says and the policy publishes
             // (`RateLimit-Policy`, the docs): what this instance counts on its share shows in
             // what remains, not as another limit.
@@ -852,7 +852,7 @@ impl<P: Primary> Shared<P> {
         for bucket in &batch.buckets {
             self.ledger.owe(batch.op, bucket, decision.allowed, now);
         }
-        decision
+        Ok(decision)
     }
 
     /// Keeps what the primary's backend answered: in the ledger, and in memory (each key's
@@ -952,7 +952,7 @@ impl<P: Primary> Store for FallbackStore<P> {
             let state = shared.state.load(Ordering::Acquire);
             if state & ON_PRIMARY == 0 {
                 if batch.on_failure == FailureMode::Fallback {
-                    return Ok(shared.decide_in_memory(batch));
+                    return shared.decide_in_memory(batch);
                 }
                 if shared.tripped.load(Ordering::Acquire) {
                     let reason = lock(&shared.reason).clone();
@@ -1021,7 +1021,7 @@ mod tests {
                     if batch.buckets[0].key == "tollgate-probe:health" {
                         self.probes.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(self.memory.apply_now(batch.op, &batch.buckets))
+                    self.memory.apply_now(batch.op, &batch.buckets)
                 } else {
                     Err(StoreError::Unavailable("charges fail".into()))
                 }
@@ -1054,12 +1054,16 @@ mod tests {
         // The 500th answer first, then the 499th.
         store.shared.mirror(&batch, &answer(0), Origin::Backend);
         store.shared.mirror(&batch, &answer(1), Origin::Backend);
-        let held = memory.apply_now(Op::Peek, std::slice::from_ref(&bucket));
+        let held = memory
+            .apply_now(Op::Peek, std::slice::from_ref(&bucket))
+            .unwrap();
         assert!(!held.allowed, "memory admits a 501st: {held:?}");
         // A refund's answer lowers it.
         let refund = Batch::new(Op::Refund, vec![bucket.clone()]);
         store.shared.mirror(&refund, &answer(1), Origin::Backend);
-        let held = memory.apply_now(Op::Peek, std::slice::from_ref(&bucket));
+        let held = memory
+            .apply_now(Op::Peek, std::slice::from_ref(&bucket))
+            .unwrap();
         assert_eq!(held.buckets[0].remaining, 1);
     }
 

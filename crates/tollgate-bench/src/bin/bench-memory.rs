@@ -90,7 +90,7 @@ fn measure(case: &str, n: u64) -> f64 {
             let store = MemoryStore::builder().max_entries(2 * n as usize).build();
             for i in 0..n {
                 let bucket = Bucket::new("default:ip", &ip(i).to_string(), limit);
-                assert!(store.charge(std::slice::from_ref(&bucket)).allowed);
+                assert!(store.charge(std::slice::from_ref(&bucket)).unwrap().allowed);
             }
             assert_eq!(store.len() as u64, n);
             Box::new(store)

@@ -73,7 +73,7 @@ impl RateLimitOutcome {
     /// let decision = store.charge(&[
     ///     Bucket::new("default:ip", "203.0.113.7", Limit::sliding(ip)),
     ///     Bucket::new("default:user", "u_42", Limit::sliding(user)),
-    /// ]);
+    /// ])?;
     /// let info = RateLimitOutcome::from_decision(
     ///     "default",
     ///     &decision,
@@ -84,6 +84,7 @@ impl RateLimitOutcome {
     /// assert!(info.allowed);
     /// assert_eq!(&*info.most_restrictive_bucket().unwrap().name, "default:ip");
     /// assert_eq!(info.retry_after_secs(), None);
+    /// # Ok::<(), tollgate_core::StoreError>(())
     /// ```
     pub fn from_decision<I, N>(
         policy: impl Into<Arc<str>>,
