@@ -234,7 +234,9 @@ impl Policy {
     /// does not count. A request that gets no response counts for nothing either: its
     /// future dropped (the client went away, a timeout further out gave up) or the inner
     /// service failed. On a store that answers through a future (Redis), that is given
-    /// back on the Tokio runtime the request ran on.
+    /// back on the Tokio runtime the request ran on. So answer failures as fast as
+    /// successes: a handler that delays its `401`s (a sleep against guessing) tells a
+    /// client that gives up early that it failed, and that attempt goes uncounted.
     pub fn count_only_if<F>(mut self, counts: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,
