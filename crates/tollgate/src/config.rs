@@ -240,6 +240,9 @@ pub enum ValueProblem {
     /// A status code outside 100-599 in `refund_statuses` or `count_only_statuses`.
     #[error("{0} is not an HTTP status code: use 100-599 (for example 304 or 401)")]
     NotAStatus(u16),
+    /// A status in both `refund_statuses` and `count_only_statuses` of one rule.
+    #[error("{0} is also in `refund_statuses`: a response of it would be both counted and given back; keep it in one list")]
+    RefundedAndCounted(u16),
 }
 
 /// The smallest `store.max_entries` a file may ask for: keys per bucket name the memory
@@ -842,6 +845,16 @@ impl Config {
                     let path = FieldPath::route(i).key(name).index(j);
                     problems.push((path, ValueProblem::NotAStatus(status)));
                 }
+            }
+            // Given back and counted only: which one wins is not for the reader to guess.
+            if let Some((j, &status)) = route
+                .count_only_statuses
+                .iter()
+                .enumerate()
+                .find(|(_, s)| route.refund_statuses.contains(s))
+            {
+                let path = FieldPath::route(i).key("count_only_statuses").index(j);
+                problems.push((path, ValueProblem::RefundedAndCounted(status)));
             }
         }
         match problems.into_iter().next() {

@@ -487,3 +487,20 @@ fn a_bucket_given_twice_is_an_error_not_the_last_one_kept() {
     assert!(text.contains("`sign-in` is given twice"), "{text}");
     assert!(text.starts_with(&format!("{}:", path.display())), "{text}");
 }
+
+#[test]
+fn a_status_both_given_back_and_counted_is_an_error() {
+    // Accepted, the refund won: 5 responses of 200 admitted on a 2/min rule that counts
+    // only 200s.
+    let yaml = "routes:\n  - path: /*\n    limits: [{ limit: 2/min }]\n    refund_statuses: [200]\n    count_only_statuses: [401, 200]\n";
+    let err = Config::from_yaml(yaml).unwrap_err();
+    assert_eq!(
+        value_error(err),
+        (
+            5,
+            32,
+            "routes[0].count_only_statuses[1]".into(),
+            ValueProblem::RefundedAndCounted(200)
+        )
+    );
+}
