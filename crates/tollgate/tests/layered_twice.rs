@@ -109,3 +109,90 @@ async fn two_limiters_still_each_charge() {
     assert_eq!((outer.stats().admitted, outer.stats().refused), (3, 1));
     assert_eq!((inner.stats().admitted, inner.stats().refused), (2, 1));
 }
+
+#[tokio::test]
+async fn another_limiter_or_a_guard_between_two_layers_of_one_limiter_leaves_it_charged_once() {
+    for decision_in_request in [true, false] {
+        for between in ["another limiter", "a guard"] {
+            // Each layer puts its own decision (or mark) into the request: the one between
+            // used to replace the outer layer's, and the inner layer charged again.
+            let a = limiter(memory(), decision_in_request);
+            let b = limiter_of("100/min", memory(), decision_in_request);
+            let layer = match between {
+                "another limiter" => b.layer(),
+                _ => a
+                    .try_guard(
+                        Policy::named("failed-auth")
+                            .per_ip("100/min")
+                            .count_only_if(|s| s == http::StatusCode::UNAUTHORIZED),
+                    )
+                    .unwrap(),
+            };
+            let inner = Router::new()
+                .route("/x", get(|| async { "x" }))
+                .layer(a.layer());
+            let app = Router::new()
+                .nest("/api", inner)
+                .layer(layer)
+                .layer(a.layer());
+            let statuses: Vec<u16> = remaining_and_statuses(app, 4)
+                .await
+                .into_iter()
+                .map(|(status, _)| status)
+                .collect();
+            assert_eq!(
+                statuses,
+                [200, 200, 200, 429],
+                "{between}, decision in request: {decision_in_request}"
+            );
+        }
+    }
+}
+
+/// A handler that makes sub-requests with a copy of its request's extensions (to keep the
+/// peer address, say): each sub-request is a request of its own, charged by the limiter's
+/// layer it goes through. (The outer layer's mark, copied with them, let them all pass.)
+#[tokio::test]
+async fn sub_requests_made_with_a_copy_of_the_extensions_are_charged() {
+    for decision_in_request in [true, false] {
+        let limiter = Limiter::builder()
+            .store(memory())
+            .read_env(false)
+            .decision_in_request(decision_in_request)
+            .route("/batch", Policy::named("batch").per_ip("100/min"))
+            .route("/api/*", Policy::named("api").per_ip("3/min"))
+            .build()
+            .unwrap();
+        let api = Router::new()
+            .route("/api/x", get(|| async { "x" }))
+            .layer(limiter.layer());
+        let batch = move |request: http::Request<Body>| async move {
+            let mut statuses = Vec::new();
+            for _ in 0..5 {
+                let mut sub = http::Request::get("/api/x").body(Body::empty()).unwrap();
+                *sub.extensions_mut() = request.extensions().clone();
+                // Not the batch's own path, or its route (what a sub-request means).
+                sub.extensions_mut().remove::<axum::extract::OriginalUri>();
+                sub.extensions_mut().remove::<axum::extract::MatchedPath>();
+                let response = api.clone().oneshot(sub).await.unwrap();
+                statuses.push(response.status().as_u16().to_string());
+            }
+            statuses.join(",")
+        };
+        let app = Router::new()
+            .route("/batch", get(batch))
+            .layer(limiter.layer());
+        let mut req = http::Request::get("/batch").body(Body::empty()).unwrap();
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let response = app.oneshot(req).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            "200,200,200,429,429",
+            "decision in request: {decision_in_request}"
+        );
+    }
+}

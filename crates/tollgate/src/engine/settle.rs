@@ -123,28 +123,32 @@ impl After {
     }
 
     /// Marks the request admitted by limiter `id` before the inner service sees it: with the
-    /// decision, when the request's `extensions` carry it (moved out, unless the response's
-    /// extensions carry it too), else with a [`ChargedBy`] mark. A layer of the same
+    /// decision, when the request's `extensions` carry it (the response's extensions, if
+    /// they carry it too, get a copy), else with a [`ChargedBy`] mark. A layer of the same
     /// limiter further in finds either ([`charged_by`]) and passes the request on, so a
-    /// request through two of its layers (a router and a router nested in it) is charged
-    /// once. Called by the service and the response future before they call the inner
-    /// service.
+    /// request through two of its layers (a router's, and a nested router's) is charged
+    /// once, whatever layers sit between. Called by the service and the response future
+    /// before they call the inner service.
     pub(crate) fn put_in_request(
         after: &mut Option<Self>,
         id: u64,
         extensions: &mut http::Extensions,
     ) {
         let decision = after.as_mut().filter(|a| a.in_request).and_then(|a| {
+            let decision = a.decision.take();
             if a.in_response {
-                a.decision.clone()
-            } else {
-                a.decision.take()
+                a.decision.clone_from(&decision);
             }
+            decision
         });
-        if let Some(decision) = decision {
-            extensions.insert(decision);
-        } else {
-            extensions.insert(ChargedBy(id));
+        let Some(decision) = decision else {
+            return mark_charged(extensions, id);
+        };
+        // An outer limiter's decision marks the request for that limiter: its mark stays.
+        if let Some(outer) = extensions.insert(decision) {
+            if outer.limiter != 0 {
+                mark_charged(extensions, outer.limiter);
+            }
         }
     }
 
@@ -237,10 +241,27 @@ impl Pending {
     }
 }
 
-/// The mark of a request admitted by the limiter of this id, when its extensions do not
-/// carry the decision ([`After::put_in_request`]).
-#[derive(Clone, Copy)]
-pub(crate) struct ChargedBy(u64);
+/// The limiters that admitted a request and whose decision its extensions do not carry
+/// ([`After::put_in_request`]). A clone is empty: a sub-request made with a copy of a
+/// request's extensions is a request of its own.
+pub(crate) struct ChargedBy(SmallVec<[u64; 2]>);
+
+impl Clone for ChargedBy {
+    fn clone(&self) -> Self {
+        Self(SmallVec::new())
+    }
+}
+
+/// Marks the request of `extensions` admitted by limiter `id`.
+fn mark_charged(extensions: &mut http::Extensions, id: u64) {
+    match extensions.get_mut::<ChargedBy>() {
+        Some(marks) if !marks.0.contains(&id) => marks.0.push(id),
+        Some(_) => {}
+        None => {
+            extensions.insert(ChargedBy(smallvec::smallvec![id]));
+        }
+    }
+}
 
 /// Whether a layer of limiter `id` further out admitted the request of `extensions`
 /// ([`After::put_in_request`]).
@@ -248,7 +269,9 @@ pub(crate) fn charged_by(extensions: &http::Extensions, id: u64) -> bool {
     extensions
         .get::<RateLimitDecision>()
         .is_some_and(|d| d.limiter == id)
-        || extensions.get::<ChargedBy>().is_some_and(|c| c.0 == id)
+        || extensions
+            .get::<ChargedBy>()
+            .is_some_and(|c| c.0.contains(&id))
 }
 
 /// Runs what a dropped request's future left with the store (its charge's answer, a

@@ -43,7 +43,7 @@ use super::info::{ceil_secs, retry_secs};
 /// Serializes (serde) as
 /// `{"allowed":true,"policy":"default","bucket":"default:ip","limit":100,"remaining":99,"reset":60,"retry_after":null}`,
 /// with `reset` and `retry_after` in whole seconds rounded up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Eq)]
 #[non_exhaustive]
 pub struct RateLimitDecision {
     /// Whether the request was admitted.
@@ -64,9 +64,63 @@ pub struct RateLimitDecision {
     pub retry_after: Option<Duration>,
     /// When the store decided.
     pub now: Timestamp,
-    /// The id of the limiter whose layer decided (0: none), so that a layer of the same
-    /// limiter further in knows the request was charged already.
+    /// The id of the limiter whose layer decided and put this into the request (0: none,
+    /// and in every clone), so that a layer of the same limiter further in knows this
+    /// request was charged already. A clone does not carry it: a sub-request made with a
+    /// copy of this request's extensions is a request of its own.
     pub(crate) limiter: u64,
+}
+
+impl Clone for RateLimitDecision {
+    fn clone(&self) -> Self {
+        Self {
+            allowed: self.allowed,
+            policy: self.policy.clone(),
+            bucket: self.bucket.clone(),
+            limit: self.limit,
+            remaining: self.remaining,
+            reset_after: self.reset_after,
+            retry_after: self.retry_after,
+            now: self.now,
+            limiter: 0,
+        }
+    }
+}
+
+/// Equal when what they say is equal (whichever layer put them where).
+impl PartialEq for RateLimitDecision {
+    fn eq(&self, other: &Self) -> bool {
+        let Self {
+            allowed,
+            policy,
+            bucket,
+            limit,
+            remaining,
+            reset_after,
+            retry_after,
+            now,
+            limiter: _,
+        } = self;
+        (
+            allowed,
+            policy,
+            bucket,
+            limit,
+            remaining,
+            reset_after,
+            retry_after,
+            now,
+        ) == (
+            &other.allowed,
+            &other.policy,
+            &other.bucket,
+            &other.limit,
+            &other.remaining,
+            &other.reset_after,
+            &other.retry_after,
+            &other.now,
+        )
+    }
 }
 
 impl RateLimitDecision {
