@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
@@ -38,13 +38,13 @@ pin_project! {
                     let decide = std::mem::replace(decide, Box::pin(std::future::pending()));
                     in_background(Box::pin(async move {
                         if let Outcome::Proceed(Some(after)) = decide.await {
-                            after.abandon();
+                            after.abandon(None);
                         }
                     }));
                 }
                 StateProj::Calling { after, .. } => {
                     if let Some(after) = after.take() {
-                        after.abandon();
+                        after.abandon(None);
                     }
                 }
                 StateProj::Settling { settle, .. } => {
@@ -157,7 +157,11 @@ where
                             else {
                                 unreachable!("ResponseFuture polled after it was taken apart");
                             };
-                            After::put_in_request(&mut after, *limiter, req.extensions_mut());
+                            let limiter = *limiter;
+                            // Decided: nothing of the decision is left to finish, should the
+                            // inner service panic (or this future be dropped) from here.
+                            this.state.set(State::Done);
+                            After::put_in_request(&mut after, limiter, req.extensions_mut());
                             let fut = inner.call(req);
                             this.state.set(State::Calling { fut, after });
                         }
@@ -167,9 +171,9 @@ where
                     let mut response = match ready!(fut.poll(cx)) {
                         Ok(response) => response,
                         Err(e) => {
-                            // No response: as if dropped.
+                            // It ends as a server error further out.
                             if let Some(after) = after.take() {
-                                after.abandon();
+                                after.abandon(Some(StatusCode::INTERNAL_SERVER_ERROR));
                             }
                             this.state.set(State::Done);
                             return Poll::Ready(Err(e));

@@ -231,10 +231,11 @@ impl Policy {
     /// Count only responses whose status satisfies `counts` (a sign-in limit that counts
     /// only `401`s). A request is still refused while the budget is spent; each request
     /// reserves its cost while it runs, and the charge is given back when its response
-    /// does not count. A request that gets no response counts for nothing either: its
-    /// future dropped (the client went away, a timeout further out gave up) or the inner
-    /// service failed. On a store that answers through a future (Redis), that is given
-    /// back on the Tokio runtime the request ran on. So answer failures as fast as
+    /// does not count. A request that gets no response (its future dropped: the client
+    /// went away, a timeout further out gave up) counts for nothing either; an inner
+    /// service's error counts as the `500` it ends as. On a store that answers through a
+    /// future (Redis), what they reserved is given back on the Tokio runtime the request
+    /// ran on. So answer failures as fast as
     /// successes: a handler that delays its `401`s (a sleep against guessing) tells a
     /// client that gives up early that it failed, and that attempt goes uncounted.
     pub fn count_only_if<F>(mut self, counts: F) -> Self

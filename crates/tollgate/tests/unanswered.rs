@@ -160,3 +160,72 @@ async fn a_dropped_request_keeps_a_charge_that_counts() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_inner_service_error_counts_as_the_500_it_ends_as() {
+    let server_errors = || {
+        Policy::named("server-errors")
+            .per_ip("2/min")
+            .count_only_if(|s| s.is_server_error())
+    };
+    for limiter in [
+        limiter(memory(), server_errors()),
+        limiter(common::Recording::new(memory()), server_errors()),
+    ] {
+        let svc = ServiceBuilder::new()
+            .layer(limiter.layer())
+            .service(service_fn(handler));
+        for _ in 0..2 {
+            let failed = svc.clone().oneshot(request("/fail", PEER, None)).await;
+            assert!(failed.is_err());
+            let_background_work_finish().await;
+        }
+        // Two server errors counted: the budget is spent.
+        assert_eq!(statuses(&limiter, "/ok", 1).await, vec![429]);
+    }
+}
+
+/// An inner service whose `call` panics.
+#[derive(Clone)]
+struct Panics;
+
+impl tower::Service<http::Request<Body>> for Panics {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+        panic!("the inner service panics in call");
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_inner_services_call_leaves_nothing_to_finish() {
+    // A decided request's future, dropped by the panic's unwinding, started its finished
+    // decision again in the background: a second panic ("resumed after completion").
+    static RESUMED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("resumed after completion") {
+            RESUMED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let limiter = limiter(Later(memory()), sign_in());
+    let svc = ServiceBuilder::new().layer(limiter.layer()).service(Panics);
+    let call = svc.oneshot(request("/ok", PEER, None));
+    let mut call = Box::pin(call);
+    let mut cx = Context::from_waker(Waker::noop());
+    // The store yields once, then the inner service is called (and panics).
+    assert!(call.as_mut().poll(&mut cx).is_pending());
+    let panicked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+    assert!(panicked.is_err());
+    drop(call);
+    let_background_work_finish().await;
+    assert_eq!(RESUMED.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -80,9 +80,9 @@ impl Compiled {
     /// counts after), or nothing.
     ///
     /// `None` is a request that got no response (its future was dropped: a client that
-    /// went away, a timeout further out; or the inner service failed): it counts for no
-    /// policy that counts only some responses, so their reservation is given back; a
-    /// policy that gives back some responses' charge keeps it.
+    /// went away, a timeout further out): it counts for no policy that counts only some
+    /// responses, so their reservation is given back; a policy that gives back some
+    /// responses' charge keeps it. (An inner service's error is a `500`.)
     pub(crate) fn after_response(&self, status: Option<http::StatusCode>) -> Option<Op> {
         let Some(status) = status else {
             return (!self.count_after && self.count_only_if.is_some()).then_some(Op::Refund);

@@ -111,13 +111,14 @@ impl After {
         }
     }
 
-    /// The request got no response: its future was dropped (the client went away, a
-    /// timeout further out gave up on it) or the inner service failed. What policies that
-    /// count only some responses reserved is given back, at once on a store that answers
-    /// at once, else on the Tokio runtime the request ran on (without one, it stays
+    /// No response goes out through this layer: the request's future was dropped (`None`:
+    /// the client went away, a timeout further out gave up on it) or the inner service
+    /// failed (`Some(500)`: what that ends as further out). What the response does to the
+    /// charge ([`After::settle`]) is done without headers, at once on a store that answers
+    /// at once, else on the Tokio runtime the request ran on (without one, it stays as
     /// charged).
-    pub(crate) fn abandon(self) {
-        if let Some(Settle::AfterStore(giving_back)) = self.settle(None) {
+    pub(crate) fn abandon(self, status: Option<StatusCode>) {
+        if let Some(Settle::AfterStore(giving_back)) = self.settle(status) {
             in_background(giving_back);
         }
     }
