@@ -9,12 +9,13 @@
 //! the request was *sent*, so the cache lets go no later than Redis would (it may ask Redis
 //! again a round trip early, which then refuses again).
 //!
-//! A hit needs the state of every bucket of the batch from one recent refusal (the usual case:
-//! a client hammering the same route), a refusing bucket whose deadline has not passed and
-//! the cost that was refused. The answer reports each bucket as Redis last did, with the
-//! waits shortened by the time that passed. A costlier charge is refused too, but its wait
-//! is longer than the one recorded (more must leave the window first): it goes to Redis,
-//! which tells the true wait.
+//! A hit needs the state of every bucket of the batch from a recent refusal, each at the
+//! cost it had then (the usual case: a client hammering the same route, or routes that
+//! share a refused bucket such as a per-IP backstop), and a refusing bucket whose deadline
+//! has not passed. The answer reports each bucket as Redis last did, with the waits
+//! shortened by the time that passed. A charge at another cost goes to Redis: a costlier
+//! one waits longer than recorded (more must leave the window first), and a bucket that
+//! admitted at one cost may refuse at another, with a wait of its own.
 //!
 //! A refusal is recorded only if no refund or reset through this store touched its keys'
 //! shards while it was in flight: each shard has a generation, bumped by
@@ -119,14 +120,9 @@ impl RefusalCache {
         let mut refusing = false;
         for bucket in buckets {
             let entry = self.shard(&bucket.key).get(bucket.key.as_str()).cloned()?;
-            // Every bucket as one refusal answered it, at the cost it had then: else Redis
+            // Every bucket as a refusal answered it, at the cost it had then: else Redis
             // decides (a bucket that admitted at one cost may refuse at another).
-            if entry.limit != bucket.limit
-                || entry.valid_until <= now
-                || entry.cost != bucket.cost
-                || entries
-                    .first()
-                    .is_some_and(|first| first.sent_at != entry.sent_at)
+            if entry.limit != bucket.limit || entry.valid_until <= now || entry.cost != bucket.cost
             {
                 return None;
             }
@@ -333,43 +329,47 @@ mod tests {
     }
 
     #[test]
-    fn every_bucket_must_come_from_one_refusal_at_its_cost() {
+    fn every_bucket_must_be_known_at_its_cost() {
         let cache = RefusalCache::new(100);
         let a = Bucket::new("a", "k", Limit::sliding(Quota::per_minute(5)));
         let b = Bucket::new("b", "k", Limit::sliding(Quota::per_minute(1)));
-        let c = Bucket::new("c", "k", Limit::sliding(Quota::per_minute(1)));
         let t0 = Instant::now();
-        let refusal = |waits: [Option<u64>; 2]| Decision {
+        let refusal = Decision {
             allowed: false,
             now: Timestamp::from_micros(1_000_000),
-            buckets: waits
-                .iter()
-                .map(|w| w.map_or_else(fine, |s| refused(Duration::from_secs(s))))
-                .collect(),
+            buckets: vec![fine(), refused(Duration::from_secs(2))],
         };
         // `a` admitted (at cost 1) beside `b`, which refused.
-        cache.record(
-            &[a.clone(), b.clone()],
-            &refusal([None, Some(2)]),
-            t0,
-            cache.generations(),
-        );
+        cache.record(&[a.clone(), b.clone()], &refusal, t0, cache.generations());
         assert!(cache.lookup(&[a.clone(), b.clone()], t0).is_some());
         // At cost 5 `a` may refuse too, with a wait of its own (a review was told to come
         // back after `b`'s 1 s, and was refused again): Redis decides.
-        assert!(cache
-            .lookup(&[a.clone().with_cost(5), b.clone()], t0)
-            .is_none());
-        // `c` refused in another request: its state and `a`'s are not one answer.
+        assert!(cache.lookup(&[a.with_cost(5), b], t0).is_none());
+    }
+
+    /// Two routes sharing a refused bucket (a per-IP backstop), a client alternating
+    /// between them: each route's refusal records the shared bucket again, and both keep
+    /// being answered here (a review saw every refusal reach Redis when the entries had to
+    /// come from one refusal).
+    #[test]
+    fn routes_sharing_a_refused_bucket_are_answered_here_in_turn() {
+        let cache = RefusalCache::new(100);
+        let route_a = Bucket::new("a", "k", Limit::sliding(Quota::per_minute(50)));
+        let route_b = Bucket::new("b", "k", Limit::sliding(Quota::per_minute(50)));
+        let backstop = Bucket::new("global", "k", Limit::sliding(Quota::per_minute(5)));
+        let t0 = Instant::now();
+        let refusal = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(1_000_000),
+            buckets: vec![fine(), refused(Duration::from_secs(30))],
+        };
+        let a = [route_a, backstop.clone()];
+        let b = [route_b, backstop];
+        cache.record(&a, &refusal, t0, cache.generations());
         let later = t0 + Duration::from_millis(10);
-        cache.record(
-            std::slice::from_ref(&c),
-            &refusal([Some(2), None]),
-            later,
-            cache.generations(),
-        );
-        assert!(cache.lookup(&[a, c.clone()], later).is_none());
-        assert!(cache.lookup(std::slice::from_ref(&c), later).is_some());
+        cache.record(&b, &refusal, later, cache.generations());
+        assert!(cache.lookup(&a, later).is_some());
+        assert!(cache.lookup(&b, later).is_some());
     }
 
     #[test]

@@ -249,15 +249,46 @@ impl SharedManager {
         }
     }
 
-    /// Runs `call`, noting whether it succeeded.
+    /// Runs `call`, noting whether its connection worked: an error Redis answered (`OOM`
+    /// when full, `READONLY` on a replica) says it did, and `broken` tells the others.
     async fn run<T, E>(
         &self,
         call: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, E>,
+        broken: fn(&E) -> bool,
     ) -> Result<Result<T, E>, StoreError> {
         let mut conn = self.get()?;
         let result = call(&mut conn).await;
-        self.note(result.is_ok());
+        self.note(!result.as_ref().is_err_and(broken));
         Ok(result)
+    }
+}
+
+/// Whether a Redis error says the connection failed, not that Redis answered about its
+/// own state or the script's (full, a replica, loading, busy, the script unknown): a new
+/// connection would get the same answer. Anything else counts as failed, an `ERR` too
+/// (a database that does not exist, refused when the connection was made).
+fn broken(e: &RedisError) -> bool {
+    !matches!(
+        e.code(),
+        Some(
+            "OOM"
+                | "READONLY"
+                | "MISCONF"
+                | "LOADING"
+                | "BUSY"
+                | "NOSCRIPT"
+                | "EXECABORT"
+                | "MASTERDOWN"
+        )
+    )
+}
+
+/// [`broken`], of a store error (one the script's reply made, or a server error reply, is
+/// an answer).
+fn broken_store(e: &StoreError) -> bool {
+    match e {
+        StoreError::Backend(inner) => inner.downcast_ref::<RedisError>().is_some_and(broken),
+        _ => false,
     }
 }
 
@@ -269,7 +300,9 @@ impl Connection {
     async fn run(&self, call: Call<'_>) -> Result<Decision, StoreError> {
         match self {
             Connection::Manager { manager, .. } => {
-                manager.run(async |conn| run(conn, call).await).await?
+                manager
+                    .run(async |conn| run(conn, call).await, broken_store)
+                    .await?
             }
             #[cfg(feature = "deadpool")]
             Connection::Pool(pool) => {
@@ -315,7 +348,7 @@ impl Connection {
         let reply = match self {
             Connection::Manager { manager, .. } => {
                 manager
-                    .run(async |conn| conn.req_packed_command(&cmd).await)
+                    .run(async |conn| conn.req_packed_command(&cmd).await, broken)
                     .await?
             }
             #[cfg(feature = "deadpool")]
@@ -864,11 +897,14 @@ impl RedisStore {
         let Some(server) = connection.info("server").await? else {
             return Ok(None);
         };
-        // Once per store, the first time Redis answers: whether it may evict the counts.
-        if !self.inner.eviction_checked.swap(true, Ordering::Relaxed) {
-            if let Ok(Some(memory)) = connection.info("memory").await {
-                if let Some(warning) = eviction_warning(&memory) {
-                    tracing::warn!(target: "tollgate", "{warning}");
+        // Once per store, the first time Redis answers it: whether it may evict the counts.
+        if !self.inner.eviction_checked.load(Ordering::Relaxed) {
+            if let Ok(memory) = connection.info("memory").await {
+                let warning = memory.as_deref().and_then(eviction_warning);
+                if !self.inner.eviction_checked.swap(true, Ordering::Relaxed) {
+                    if let Some(warning) = warning {
+                        tracing::warn!(target: "tollgate", "{warning}");
+                    }
                 }
             }
         }
@@ -1095,6 +1131,29 @@ mod tests {
         assert_eq!(eviction_warning(&info(1_048_576, "noeviction")), None);
         assert_eq!(eviction_warning(&info(0, "allkeys-lru")), None);
         assert_eq!(eviction_warning("# Memory\r\n"), None);
+    }
+
+    #[test]
+    fn only_errors_redis_did_not_answer_count_against_the_connection() {
+        use redis::{ErrorKind, ServerErrorKind};
+        let answered = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(!broken(&answered));
+        assert!(!broken_store(&backend(answered)));
+        for failed in [
+            RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS")),
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "DB index is out of range",
+            )),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        ] {
+            assert!(broken(&failed), "{failed}");
+            assert!(broken_store(&backend(failed)));
+        }
+        assert!(!broken_store(&StoreError::Protocol("an odd reply".into())));
     }
 
     #[test]
