@@ -661,7 +661,7 @@ pub(crate) enum InvalidReason {
     /// `/a/**`, `/a/*rest`, `/a/*.json`: a star inside a segment.
     #[error(
         "`{0}`: `*` is a wildcard only as the whole last segment (`/api/*`, `/api/{{*rest}}`); \
-         write a literal star as `%2A`"
+         a segment with a star in it cannot be matched on its own (cover it with a wildcard)"
     )]
     StarInSegment(String),
     /// `/a/x{id}`, `{}`, `{a-b}`.

@@ -260,8 +260,11 @@ impl Limiter {
             .read_env(false)
             .enabled(engine.enabled)
             .shadow(table.defaults.shadow)
-            .on_store_failure(table.defaults.on_failure)
-            .global_policy(policy);
+            .on_store_failure(table.defaults.on_failure);
+        // An exempt guard limits nothing: a guard turned off.
+        if !policy.exempt {
+            builder = builder.global_policy(policy);
+        }
         if let Some(identity) = engine.identity.clone() {
             builder = builder.identity(move |parts| identity(parts));
         }

@@ -1017,6 +1017,12 @@ fn rules_that_would_limit_nothing_they_seem_to_are_build_errors() {
         .build()
         .unwrap_err();
     assert!(matches!(err, BuildError::ExemptGlobal { .. }), "{err}");
+    // A guard turned off is not a global policy: it limits nothing, as before.
+    let limiter = Limiter::builder()
+        .route("/*", Policy::named("default").per_ip("5/min"))
+        .build()
+        .unwrap();
+    assert!(limiter.try_guard(Policy::exempt()).is_ok());
     // Wildcards written as other routers spell them (or as globs) matched only paths with
     // those very characters; a star in a method list matched no request.
     for pattern in ["/api/**", "/api/*rest", "/files/*.json", "* /d", "GET,* /d"] {
