@@ -147,8 +147,8 @@ impl After {
         };
         // An outer limiter's decision marks the request for that limiter: its mark stays.
         if let Some(outer) = extensions.insert(decision) {
-            if outer.limiter != 0 {
-                mark_charged(extensions, outer.limiter);
+            if outer.limiter.0 != 0 {
+                mark_charged(extensions, outer.limiter.0);
             }
         }
     }
@@ -269,7 +269,7 @@ fn mark_charged(extensions: &mut http::Extensions, id: u64) {
 pub(crate) fn charged_by(extensions: &http::Extensions, id: u64) -> bool {
     extensions
         .get::<RateLimitDecision>()
-        .is_some_and(|d| d.limiter == id)
+        .is_some_and(|d| d.limiter.0 == id)
         || extensions
             .get::<ChargedBy>()
             .is_some_and(|c| c.0.contains(&id))

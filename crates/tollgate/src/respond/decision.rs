@@ -22,8 +22,9 @@ use super::info::{ceil_secs, retry_secs};
 /// [`LimiterBuilder::decision_in_response`](crate::LimiterBuilder::decision_in_response)
 /// is on, in the response's extensions (admitted or refused) for outer layers. A request
 /// the limiter did not decide (exempt route, limits off, a store failure
-/// that admits, only dry-run buckets) carries none. With several layers of one limiter, the
-/// innermost decision is the one a handler sees.
+/// that admits, only dry-run buckets) carries none. With several limiters, the innermost
+/// one's decision is the one a handler sees; a second layer of one limiter passes the
+/// request on and leaves the first one's.
 ///
 /// ```
 /// use axum::{routing::get, Extension, Router};
@@ -43,7 +44,7 @@ use super::info::{ceil_secs, retry_secs};
 /// Serializes (serde) as
 /// `{"allowed":true,"policy":"default","bucket":"default:ip","limit":100,"remaining":99,"reset":60,"retry_after":null}`,
 /// with `reset` and `retry_after` in whole seconds rounded up.
-#[derive(Debug, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateLimitDecision {
     /// Whether the request was admitted.
@@ -64,62 +65,27 @@ pub struct RateLimitDecision {
     pub retry_after: Option<Duration>,
     /// When the store decided.
     pub now: Timestamp,
-    /// The id of the limiter whose layer decided and put this into the request (0: none,
-    /// and in every clone), so that a layer of the same limiter further in knows this
-    /// request was charged already. A clone does not carry it: a sub-request made with a
-    /// copy of this request's extensions is a request of its own.
-    pub(crate) limiter: u64,
+    /// The limiter whose layer decided and put this into the request, so that a layer of
+    /// the same limiter further in knows this request was charged already.
+    pub(crate) limiter: LayerId,
 }
 
-impl Clone for RateLimitDecision {
+/// The id of the limiter whose layer put a decision into a request (0: none). Not part of
+/// what a decision says: every decision equals one that says the same, and a clone has
+/// none, as a sub-request made with a copy of a request's extensions is a request of its
+/// own.
+#[derive(Debug, Default, Eq)]
+pub(crate) struct LayerId(pub(crate) u64);
+
+impl Clone for LayerId {
     fn clone(&self) -> Self {
-        Self {
-            allowed: self.allowed,
-            policy: self.policy.clone(),
-            bucket: self.bucket.clone(),
-            limit: self.limit,
-            remaining: self.remaining,
-            reset_after: self.reset_after,
-            retry_after: self.retry_after,
-            now: self.now,
-            limiter: 0,
-        }
+        Self(0)
     }
 }
 
-/// Equal when what they say is equal (whichever layer put them where).
-impl PartialEq for RateLimitDecision {
-    fn eq(&self, other: &Self) -> bool {
-        let Self {
-            allowed,
-            policy,
-            bucket,
-            limit,
-            remaining,
-            reset_after,
-            retry_after,
-            now,
-            limiter: _,
-        } = self;
-        (
-            allowed,
-            policy,
-            bucket,
-            limit,
-            remaining,
-            reset_after,
-            retry_after,
-            now,
-        ) == (
-            &other.allowed,
-            &other.policy,
-            &other.bucket,
-            &other.limit,
-            &other.remaining,
-            &other.reset_after,
-            &other.retry_after,
-            &other.now,
-        )
+impl PartialEq for LayerId {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
@@ -141,13 +107,13 @@ impl RateLimitDecision {
             reset_after: state.reset_after,
             retry_after: if allowed { None } else { state.retry_after },
             now,
-            limiter: 0,
+            limiter: LayerId::default(),
         }
     }
 
     /// The decision, as made by a layer of limiter `id`.
     pub(crate) fn of_limiter(mut self, id: u64) -> Self {
-        self.limiter = id;
+        self.limiter = LayerId(id);
         self
     }
 
