@@ -15,10 +15,15 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 /// A store of 64 keys per bucket name, one shard, on a manual clock.
 fn small_store() -> MemoryStore {
+    small_store_on(ManualClock::new(Duration::from_secs(1_717_200_000)))
+}
+
+/// [`small_store`] on `clock`.
+fn small_store_on(clock: ManualClock) -> MemoryStore {
     MemoryStore::builder()
         .max_entries(64)
         .shards(1)
-        .clock(ManualClock::new(Duration::from_secs(1_717_200_000)))
+        .clock(clock)
         .build()
 }
 
@@ -39,9 +44,14 @@ async fn statuses(limiter: &Limiter, peer: &str, n: usize) -> Vec<StatusCode> {
     out
 }
 
-/// 64 addresses, each at its limit (5 admitted, then refused), fill the share.
-async fn flood(limiter: &Limiter) {
+/// 64 addresses, each at its limit (5 admitted, then refused), fill the share; each a
+/// second after the one before when `clock` is given (so which was seen least recently is
+/// defined).
+async fn flood(limiter: &Limiter, clock: Option<&ManualClock>) {
     for i in 0..64 {
+        if let Some(clock) = clock {
+            clock.advance(Duration::from_secs(1));
+        }
         let peer = format!("198.51.100.{i}:4000");
         let got = statuses(limiter, &peer, 6).await;
         assert_eq!(got[..5], [StatusCode::OK; 5], "{peer}");
@@ -56,7 +66,7 @@ async fn a_flood_of_limited_addresses_never_frees_one_and_new_ones_wait() {
         .route("/*", Policy::named("sign-in").per_ip("5/30min"))
         .build()
         .unwrap();
-    flood(&limiter).await;
+    flood(&limiter, None).await;
     assert_eq!(
         statuses(&limiter, "203.0.113.9:4000", 1).await,
         [StatusCode::TOO_MANY_REQUESTS]
@@ -70,8 +80,12 @@ async fn a_flood_of_limited_addresses_never_frees_one_and_new_ones_wait() {
 
 #[tokio::test]
 async fn a_policy_can_serve_new_addresses_when_full() {
+    // The clock moves: on a clock that stands still every key was seen at the same time,
+    // and which was evicted was left to the table's order (1 run in 50 evicted the client
+    // still sending).
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
     let limiter = Limiter::builder()
-        .store(small_store())
+        .store(small_store_on(clock.clone()))
         .route(
             "/*",
             Policy::named("sign-in")
@@ -80,7 +94,8 @@ async fn a_policy_can_serve_new_addresses_when_full() {
         )
         .build()
         .unwrap();
-    flood(&limiter).await;
+    flood(&limiter, Some(&clock)).await;
+    clock.advance(Duration::from_secs(1));
     // A new client gets its own five: the least recently seen limited key made room.
     let fresh = statuses(&limiter, "203.0.113.9:4000", 6).await;
     assert_eq!(fresh[..5], [StatusCode::OK; 5]);
