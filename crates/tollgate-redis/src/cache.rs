@@ -9,8 +9,8 @@
 //! the request was *sent*, so the cache lets go no later than Redis would (it may ask Redis
 //! again a round trip early, which then refuses again).
 //!
-//! A hit needs the state of every bucket of the batch from a recent refusal, each at the
-//! cost it had then (the usual case: a client hammering the same route, or routes that
+//! A hit needs the state of every bucket of the batch from a recent refusal, each with the
+//! same limit and at the cost it had then (the usual case: a client hammering the same route, or routes that
 //! share a refused bucket such as a per-IP backstop), and a refusing bucket whose deadline
 //! has not passed. The answer reports each bucket as Redis last did, with the waits
 //! shortened by the time that passed. A charge at another cost goes to Redis: a costlier

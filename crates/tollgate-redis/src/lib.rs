@@ -42,8 +42,8 @@
 //! refuses writes and [`FallbackStore`] decides from memory), or a Redis of its own. Under
 //! any other policy with `maxmemory` set, the `volatile-*` ones included (every key the
 //! store writes has a time to live), a full Redis drops counts silently: a lockout, a
-//! daily cap. [`RedisStore::run_id`] reads `INFO memory` once and logs a warning when
-//! Redis may evict.
+//! daily cap. [`RedisStore::run_id`] (which [`FallbackStore`]'s checks call) reads
+//! `INFO memory` until it answers once, and logs a warning when Redis may evict.
 //!
 //! # Refusal cache
 //!

@@ -231,7 +231,8 @@ impl Policy {
     /// Count only responses whose status satisfies `counts` (a sign-in limit that counts
     /// only `401`s). A request is still refused while the budget is spent; each request
     /// reserves its cost while it runs, and the charge is given back when its response
-    /// does not count. A request that gets no response (its future dropped: the client
+    /// does not count. (A guard's policy, [`Limiter::guard`](crate::Limiter::guard),
+    /// reserves nothing: it looks before the request and counts the response after.) A request that gets no response (its future dropped: the client
     /// went away, a timeout further out gave up) counts for nothing either; an inner
     /// service's error counts as the `500` it ends as. On a store that answers through a
     /// future (Redis), what they reserved is given back on the Tokio runtime the request

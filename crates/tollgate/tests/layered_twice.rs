@@ -154,7 +154,7 @@ async fn another_limiter_or_a_guard_between_two_layers_of_one_limiter_leaves_it_
 /// layer it goes through. (The outer layer's mark, copied with them, let them all pass.)
 #[tokio::test]
 async fn sub_requests_made_with_a_copy_of_the_extensions_are_charged() {
-    for decision_in_request in [true, false] {
+    for (decision_in_request, per_route) in [(true, false), (false, false), (true, true)] {
         let limiter = Limiter::builder()
             .store(memory())
             .read_env(false)
@@ -163,6 +163,11 @@ async fn sub_requests_made_with_a_copy_of_the_extensions_are_charged() {
             .route("/api/*", Policy::named("api").per_ip("3/min"))
             .build()
             .unwrap();
+        if per_route {
+            // A per-route policy without a pattern: the central layer marks what it charges,
+            // for such a layer to take over (those marks were copied too).
+            let _elsewhere = limiter.policy(Policy::named("elsewhere").per_ip("100/min"));
+        }
         let api = Router::new()
             .route("/api/x", get(|| async { "x" }))
             .layer(limiter.layer());
@@ -192,7 +197,7 @@ async fn sub_requests_made_with_a_copy_of_the_extensions_are_charged() {
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             "200,200,200,429,429",
-            "decision in request: {decision_in_request}"
+            "decision in request: {decision_in_request}, per-route policy: {per_route}"
         );
     }
 }

@@ -165,8 +165,16 @@ impl Counters {
 
 /// Marks a request carries between the layers of one limiter (request extensions), so a
 /// request is charged once, and a per-route policy replaces the central class.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Marks(Vec<(u64, Mark)>);
+
+/// A clone is empty: a sub-request made with a copy of a request's extensions is a request
+/// of its own, charged by the layers it goes through.
+impl Clone for Marks {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
 
 #[derive(Clone)]
 enum Mark {

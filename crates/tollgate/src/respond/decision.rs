@@ -239,5 +239,9 @@ mod tests {
         let admitted =
             RateLimitDecision::new(d.policy.clone(), d.bucket.clone(), &state, d.now, true);
         assert_eq!(admitted.retry_after, None);
+        // Which layer made it is not part of what it says, and a clone does not carry it.
+        let made = d.clone().of_limiter(7);
+        assert_eq!(made, d);
+        assert_eq!(made.clone().limiter.0, 0);
     }
 }
