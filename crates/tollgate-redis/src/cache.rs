@@ -10,9 +10,9 @@
 //! again a round trip early, which then refuses again).
 //!
 //! A hit needs the state of every bucket of the batch from a recent refusal, each with the
-//! same limit and at the cost it had then (the usual case: a client hammering the same route, or routes that
-//! share a refused bucket such as a per-IP backstop), and a refusing bucket whose deadline
-//! has not passed. The answer reports each bucket as Redis last did, with the waits
+//! same limit and at the cost it had then (the usual case: a client hammering the same
+//! route, or routes that share a refused bucket such as a per-IP backstop), and a refusing
+//! bucket whose deadline has not passed. The answer reports each bucket as Redis last did, with the waits
 //! shortened by the time that passed. A charge at another cost goes to Redis: a costlier
 //! one waits longer than recorded (more must leave the window first), and a bucket that
 //! admitted at one cost may refuse at another, with a wait of its own.
@@ -53,7 +53,7 @@ struct Entry {
 }
 
 impl Entry {
-    /// Until when a charge of `bucket` at `now` is refused here. (Only asked of a charge at
+    /// Until when a charge at `now` is refused here. (Only asked of a charge at
     /// the cost Redis answered: a costlier one waits longer than recorded, a cheaper one
     /// may fit, and one that did not refuse may refuse at another cost.)
     fn refuses(&self, now: Instant) -> Option<Instant> {
@@ -116,7 +116,7 @@ impl RefusalCache {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut entries: Vec<Entry> = Vec::with_capacity(buckets.len());
+        let mut entries = Vec::with_capacity(buckets.len());
         let mut refusing = false;
         for bucket in buckets {
             let entry = self.shard(&bucket.key).get(bucket.key.as_str()).cloned()?;

@@ -564,7 +564,7 @@ impl<P: Primary> FallbackStore<P> {
 }
 
 /// Locks a mutex whose holder may have panicked (the data is still valid).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -866,11 +866,11 @@ impl<P: Primary> Shared<P> {
         let now = self.memory.now().as_micros();
         // An answer earlier than one already noted (answers to charges sent together,
         // noted out of order) would set memory's count back: it is skipped there too.
-        let earlier = self
+        let news = self
             .ledger
             .note_all(batch.op, &batch.buckets, &decision.buckets, now);
-        for (i, (bucket, state)) in batch.buckets.iter().zip(&decision.buckets).enumerate() {
-            if i < 64 && earlier & (1 << i) != 0 {
+        for ((bucket, state), news) in batch.buckets.iter().zip(&decision.buckets).zip(news) {
+            if !news {
                 continue;
             }
             let scaled = self.scaled(bucket);

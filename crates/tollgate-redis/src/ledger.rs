@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use smallvec::SmallVec;
 use tollgate_core::{Bucket, BucketState, Limit, Op, StoreKey, WhenFull};
 
 /// How much later than the answer it follows an earlier answer may be noted (µs): its
@@ -107,8 +108,8 @@ impl Ledger {
     }
 
     /// Notes what the primary reported for each of `buckets` (answered by `states` to
-    /// `op`) at `now`, under one lock. Returns the answers found earlier than the record
-    /// (see [`Ledger::note`]) as bits (bucket `i` as bit `i`, for the first 64), which the
+    /// `op`) at `now`, under one lock. Returns, per bucket, whether its answer was news:
+    /// `false` for one found earlier than the record (see [`Ledger::note`]), which the
     /// memory store's mirror skips too.
     pub(crate) fn note_all(
         &self,
@@ -116,18 +117,16 @@ impl Ledger {
         buckets: &[Bucket],
         states: &[BucketState],
         now: u64,
-    ) -> u64 {
+    ) -> SmallVec<[bool; 8]> {
         if self.capacity == 0 {
-            return 0;
+            return smallvec::smallvec![true; buckets.len()];
         }
         let mut table = self.lock();
-        let mut earlier = 0;
-        for (i, (bucket, state)) in buckets.iter().zip(states).enumerate() {
-            if !self.note(&mut table, op, bucket, state, now) && i < 64 {
-                earlier |= 1 << i;
-            }
-        }
-        earlier
+        buckets
+            .iter()
+            .zip(states)
+            .map(|(bucket, state)| self.note(&mut table, op, bucket, state, now))
+            .collect()
     }
 
     /// Notes what the primary reported for `bucket` at `now`. The answers to charges sent

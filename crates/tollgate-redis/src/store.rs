@@ -90,9 +90,9 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -105,7 +105,7 @@ use tollgate_core::{
 
 use crate::cache::{RefusalCache, DEFAULT_REFUSAL_CACHE};
 use crate::error::{redact, RedisConfigError};
-use crate::fallback::Origin;
+use crate::fallback::{lock, Origin};
 use crate::script::{self, Arg, Call};
 use crate::slot::slot;
 
@@ -290,10 +290,6 @@ fn broken_store(e: &StoreError) -> bool {
         StoreError::Backend(inner) => inner.downcast_ref::<RedisError>().is_some_and(broken),
         _ => false,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Connection {

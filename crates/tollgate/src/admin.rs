@@ -58,8 +58,9 @@
 //! `quota_per_request` (a bucket whose quota is chosen per request can be reset, not read);
 //! `503` `store_unavailable`.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -117,11 +118,19 @@ impl From<InspectError> for Failure {
     }
 }
 
-/// A path segment that is not UTF-8 once percent-decoded (`%ff`): the error shape, not
-/// axum's plain text.
-impl From<PathRejection> for Failure {
-    fn from(e: PathRejection) -> Self {
-        Failure(StatusCode::BAD_REQUEST, "bad_key", e.body_text())
+/// The two names of an admin path (`{bucket}/{key}`, `{kind}/{key}`), percent-decoded. A
+/// segment that is not UTF-8 once decoded (`%ff`) is a `bad_key` error in the API's error
+/// shape, not axum's plain text.
+struct Names(String, String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Names {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Failure> {
+        let Path((first, second)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Failure(StatusCode::BAD_REQUEST, "bad_key", e.body_text()))?;
+        Ok(Names(first, second))
     }
 }
 
@@ -169,18 +178,16 @@ fn state(bucket: &str, key: &str, decision: &Decision) -> Json<Value> {
 
 async fn peek(
     State(limiter): State<Limiter>,
-    names: Result<Path<(String, String)>, PathRejection>,
+    Names(bucket, key): Names,
 ) -> Result<Json<Value>, Failure> {
-    let Path((bucket, key)) = names?;
     let decision = limiter.peek_bucket(&bucket, &key).await?;
     Ok(state(&bucket, &key, &decision))
 }
 
 async fn reset(
     State(limiter): State<Limiter>,
-    names: Result<Path<(String, String)>, PathRejection>,
+    Names(bucket, key): Names,
 ) -> Result<Json<Value>, Failure> {
-    let Path((bucket, key)) = names?;
     let decision = limiter.reset_bucket(&bucket, &key).await?;
     Ok(state(&bucket, &key, &decision))
 }
@@ -236,10 +243,9 @@ impl NewOverride {
 
 async fn set_override(
     State(limiter): State<Limiter>,
-    names: Result<Path<(String, String)>, PathRejection>,
+    Names(kind, key): Names,
     body: Result<Json<NewOverride>, JsonRejection>,
 ) -> Result<Json<Value>, Failure> {
-    let Path((kind, key)) = names?;
     let Json(new) = body?;
     let rate = new.rate()?;
     let limit = rate.limit().map_err(InspectError::from)?;
@@ -253,9 +259,8 @@ async fn set_override(
 
 async fn remove_override(
     State(limiter): State<Limiter>,
-    names: Result<Path<(String, String)>, PathRejection>,
+    Names(kind, key): Names,
 ) -> Result<StatusCode, Failure> {
-    let Path((kind, key)) = names?;
     if limiter.remove_override_for_kind(&kind, &key)? {
         Ok(StatusCode::NO_CONTENT)
     } else {

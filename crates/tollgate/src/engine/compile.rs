@@ -535,8 +535,7 @@ impl Table {
         // A bucket for direct use or a guard's may not be its bucket, as `compile_table`
         // requires of every table: else no reload could take the limiter's own rules.
         if let Some(name) = signatures.keys().find(|name| {
-            !self.signatures.contains_key(*name)
-                && (self.direct.contains_key(&***name) || code.guard_binds(name))
+            !self.signatures.contains_key(*name) && (self.binds(name) || code.guard_binds(name))
         }) {
             return Err(BuildError::DuplicateBucket {
                 name: name.to_string(),

@@ -22,19 +22,20 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::Method;
+use smallvec::SmallVec;
 use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
 
 use crate::classify::RouteTable;
 use crate::client_ip::{peer_addr, ClientIp};
 use crate::key::Extractor;
 use crate::observe::StoreMetrics;
-use crate::respond::{ErrorBody, HeaderStyle, RateLimitOutcome};
+use crate::respond::{ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome};
 
 pub(crate) use compile::{
     compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
-pub(crate) use settle::{charged_by, in_background, After, Settle, Settled};
+pub(crate) use settle::{in_background, After, Settle, Settled};
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
 /// change, and its counters. [`Limiter`](crate::Limiter) is a handle to it.
@@ -164,9 +165,11 @@ impl Counters {
 }
 
 /// Marks a request carries between the layers of one limiter (request extensions), so a
-/// request is charged once, and a per-route policy replaces the central class.
+/// request is charged once, and a per-route policy replaces the central class. (With its
+/// decision in the request's extensions, a layer's decision is its mark: see
+/// [`charged_by`].)
 #[derive(Default)]
-struct Marks(Vec<(u64, Mark)>);
+struct Marks(SmallVec<[(u64, Mark); 2]>);
 
 /// A clone is empty: a sub-request made with a copy of a request's extensions is a request
 /// of its own, charged by the layers it goes through.
@@ -176,13 +179,14 @@ impl Clone for Marks {
     }
 }
 
-#[derive(Clone)]
 enum Mark {
     /// A per-route layer has taken charge of the request.
     Route,
     /// The central layer charged the request (provisionally, in case a per-route layer
     /// turns up further in).
     Central(Arc<Provisional>),
+    /// A layer admitted the request, and its decision is not in the request's extensions.
+    Admitted,
 }
 
 /// The central layer's charge of a request, which a per-route layer may take over.
@@ -194,11 +198,15 @@ pub(crate) struct Provisional {
     pub(crate) taken_over: AtomicBool,
 }
 
-fn mark(parts: &Parts, id: u64) -> Option<&Mark> {
-    parts
-        .extensions
+/// The mark of limiter `id` in `extensions`, if any.
+fn mark_in(extensions: &http::Extensions, id: u64) -> Option<&Mark> {
+    extensions
         .get::<Marks>()
         .and_then(|m| m.0.iter().find(|(i, _)| *i == id).map(|(_, m)| m))
+}
+
+fn mark(parts: &Parts, id: u64) -> Option<&Mark> {
+    mark_in(&parts.extensions, id)
 }
 
 fn add_mark(parts: &mut Parts, id: u64, mark: Mark) {
@@ -206,6 +214,31 @@ fn add_mark(parts: &mut Parts, id: u64, mark: Mark) {
     all.0.retain(|(i, _)| *i != id);
     all.0.push((id, mark));
     parts.extensions.insert(all);
+}
+
+/// Marks the request of `extensions` admitted by a layer of limiter `id`, unless a mark of
+/// that limiter is there already (any of them says as much).
+pub(crate) fn mark_admitted(extensions: &mut http::Extensions, id: u64) {
+    match extensions.get_mut::<Marks>() {
+        Some(marks) if !marks.0.iter().any(|(i, _)| *i == id) => {
+            marks.0.push((id, Mark::Admitted));
+        }
+        Some(_) => {}
+        None => {
+            extensions.insert(Marks(smallvec::smallvec![(id, Mark::Admitted)]));
+        }
+    }
+}
+
+/// Whether a layer of limiter `id` further out took the request of `extensions`: its
+/// decision there, or a mark of that limiter ([`After::put_in_request`]). A layer of the
+/// same limiter further in passes it on: a request through two of its layers (a router's,
+/// and a nested router's) is charged once.
+pub(crate) fn charged_by(extensions: &http::Extensions, id: u64) -> bool {
+    extensions
+        .get::<RateLimitDecision>()
+        .is_some_and(|d| d.limiter.0 == id)
+        || mark_in(extensions, id).is_some()
 }
 
 /// Methods whose per-route registrations are remembered.
@@ -295,15 +328,12 @@ impl Engine {
     }
 
     fn start_central(self: &Arc<Self>, parts: &mut Parts) -> Start {
-        // A layer of this limiter further out admitted it (nested routers that each got a
-        // layer): charged once.
+        // A layer of this limiter further out took it (nested routers that each got a
+        // layer; a per-route layer): charged once.
         if charged_by(&parts.extensions, self.id) {
             return Start::Pass;
         }
         let routes = self.routes.load();
-        if routes.marks && mark(parts, self.id).is_some() {
-            return Start::Pass;
-        }
         if !routes.per_route.is_empty() {
             if let Some(path) = matched_path(parts) {
                 if routes
@@ -441,7 +471,9 @@ impl Engine {
                 p.taken_over.store(true, Ordering::Release);
                 lock(&p.buckets).take()
             }
-            None => None,
+            // Admitted by a central layer that charged it for good (no per-route layer was
+            // declared to take over from): this policy charges too.
+            Some(Mark::Admitted) | None => None,
         };
         if routes.marks {
             add_mark(parts, self.id, Mark::Route);

@@ -13,7 +13,7 @@ use tollgate_core::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op,
 use super::compile::Compiled;
 use super::decide::States;
 use super::plan::{Group, Plan, INLINE};
-use super::{Engine, Provisional};
+use super::{mark_admitted, Engine, Provisional};
 use crate::respond::{sf, Fields, RateLimitDecision, Shown, ShownResponse};
 
 /// What an admitted response gets: its rate-limit headers, and the decision for its
@@ -125,8 +125,8 @@ impl After {
 
     /// Marks the request admitted by limiter `id` before the inner service sees it: with the
     /// decision, when the request's `extensions` carry it (the response's extensions, if
-    /// they carry it too, get a copy), else with a [`ChargedBy`] mark. A layer of the same
-    /// limiter further in finds either ([`charged_by`]) and passes the request on, so a
+    /// they carry it too, get a copy), else with a mark of the limiter. A layer of the same
+    /// limiter further in finds either ([`charged_by`](super::charged_by)) and passes the request on, so a
     /// request through two of its layers (a router's, and a nested router's) is charged
     /// once, whatever layers sit between. Called by the service and the response future
     /// before they call the inner service.
@@ -143,12 +143,12 @@ impl After {
             decision
         });
         let Some(decision) = decision else {
-            return mark_charged(extensions, id);
+            return mark_admitted(extensions, id);
         };
         // An outer limiter's decision marks the request for that limiter: its mark stays.
         if let Some(outer) = extensions.insert(decision) {
             if outer.limiter.0 != 0 {
-                mark_charged(extensions, outer.limiter.0);
+                mark_admitted(extensions, outer.limiter.0);
             }
         }
     }
@@ -240,39 +240,6 @@ impl Pending {
         let visible = Visible::of(&self.plan, &self.charged, &self.states);
         self.engine.settled(&self.plan, &visible, self.now, show)
     }
-}
-
-/// The limiters that admitted a request and whose decision its extensions do not carry
-/// ([`After::put_in_request`]). A clone is empty: a sub-request made with a copy of a
-/// request's extensions is a request of its own.
-pub(crate) struct ChargedBy(SmallVec<[u64; 2]>);
-
-impl Clone for ChargedBy {
-    fn clone(&self) -> Self {
-        Self(SmallVec::new())
-    }
-}
-
-/// Marks the request of `extensions` admitted by limiter `id`.
-fn mark_charged(extensions: &mut http::Extensions, id: u64) {
-    match extensions.get_mut::<ChargedBy>() {
-        Some(marks) if !marks.0.contains(&id) => marks.0.push(id),
-        Some(_) => {}
-        None => {
-            extensions.insert(ChargedBy(smallvec::smallvec![id]));
-        }
-    }
-}
-
-/// Whether a layer of limiter `id` further out admitted the request of `extensions`
-/// ([`After::put_in_request`]).
-pub(crate) fn charged_by(extensions: &http::Extensions, id: u64) -> bool {
-    extensions
-        .get::<RateLimitDecision>()
-        .is_some_and(|d| d.limiter.0 == id)
-        || extensions
-            .get::<ChargedBy>()
-            .is_some_and(|c| c.0.contains(&id))
 }
 
 /// Runs what a dropped request's future left with the store (its charge's answer, a
