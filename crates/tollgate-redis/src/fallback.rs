@@ -67,7 +67,9 @@
 //!   a network round trip. So deciding from memory starts from what Redis last told this
 //!   instance: a key over its limit before the outage stays refused through it, and a key
 //!   at 3 of 5 has 2 left, not 5. (A reply to a call sent before the store left the primary
-//!   is not kept: it may come from a Redis that restarted empty. Nor is a refusal served
+//!   is not taken as memory's count: it may come from a Redis that restarted empty, and
+//!   memory may have admitted more since; what it admitted is added to memory's count
+//!   instead, since its request was admitted. Nor is a refusal served
 //!   from [`RedisStore`]'s refusal cache ([`Origin::Cache`]): it repeats counts Redis
 //!   reported earlier, which may be older than those kept since.)
 //! - **The give-back**: what memory decides while the primary fails (admitted charges,
@@ -855,6 +857,31 @@ impl<P: Primary> Shared<P> {
         Ok(decision)
     }
 
+    /// An answer of the primary to a call sent before the store left it for memory: the
+    /// request it answered was admitted by the primary, so memory, deciding now, counts
+    /// what it charged on top of its own count (not in the ledger: the primary has it).
+    /// Its counts are not taken as memory's ([`Shared::mirror`]): memory may have admitted
+    /// more since the switch. A refund or a reset that came late is left out: memory keeps
+    /// the higher count.
+    fn absorb_late(&self, batch: &Batch, decision: &Decision) {
+        let charged = match batch.op {
+            Op::Charge => decision.allowed,
+            Op::Penalize => true,
+            Op::Peek | Op::Refund | Op::Reset => false,
+        };
+        if !charged || self.state.load(Ordering::Acquire) & ON_PRIMARY != 0 {
+            return;
+        }
+        let scaled: Vec<Bucket> = batch
+            .buckets
+            .iter()
+            .map(|b| self.scaled(b).into_owned())
+            .collect();
+        if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
+            tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
+        }
+    }
+
     /// Keeps what the primary's backend answered: in the ledger, and in memory (each key's
     /// count, scaled by the divisor), so that deciding from memory starts from it. An
     /// answer from the primary's cache ([`Origin::Cache`]) is not kept: it repeats counts
@@ -975,9 +1002,12 @@ impl<P: Primary> Store for FallbackStore<P> {
             match shared.call(batch).await {
                 Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
-                    // Only if the store has not left the primary since the call was sent.
+                    // Only if the store has not left the primary since the call was sent;
+                    // else what it admitted is added to memory's count.
                     if shared.state.load(Ordering::Acquire) == state {
                         shared.mirror(batch, &decision, origin);
+                    } else {
+                        shared.absorb_late(batch, &decision);
                     }
                     Ok(decision)
                 }

@@ -1,0 +1,110 @@
+//! An answer of the primary that arrives after the store left it for memory (another call
+//! timed out meanwhile) still answered its request: what it admitted counts in memory too.
+//! (Found under load: with calls in flight when the fallback tripped, a parallel burst on
+//! a 100-request limit admitted 109–157.)
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tollgate_core::{
+    Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Op, Quota, Store, StoreError,
+};
+use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
+
+/// A primary that decides in a memory store of its own, each call answering after the
+/// next delay of its script (`None`: never); once the script is spent, it never answers.
+#[derive(Debug)]
+struct Scripted {
+    remote: MemoryStore,
+    delays: Mutex<VecDeque<Option<Duration>>>,
+}
+
+impl Scripted {
+    fn new(delays: impl IntoIterator<Item = Option<Duration>>) -> Self {
+        Self {
+            remote: MemoryStore::new(),
+            delays: Mutex::new(delays.into_iter().collect()),
+        }
+    }
+}
+
+impl Primary for Scripted {}
+
+impl Store for Scripted {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let delay = self.delays.lock().unwrap().pop_front().flatten();
+        Box::pin(async move {
+            match delay {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    self.remote.apply_now(batch.op, &batch.buckets)
+                }
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+#[tokio::test(start_paused = true)]
+async fn what_a_late_answer_admitted_counts_in_memory() {
+    // The startup check answers at once; then call B never answers (it times out at 50 ms
+    // and trips the fallback), call A answers at 55 ms: after the switch, within its own
+    // timeout. Every later call (the checks) never answers: the store stays on memory.
+    let primary = Scripted::new([Some(Duration::ZERO), None, Some(Duration::from_millis(45))]);
+    let store =
+        FallbackStore::connect(primary, FallbackConfig::default().with_timeout(TIMEOUT)).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    let charge = || Batch::charge(vec![bucket.clone()]);
+    let (first, second) = (charge(), charge());
+    let (b, a) = tokio::join!(store.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        store.apply(&second).await
+    });
+    // B was decided from memory, A by the primary: both admitted.
+    assert!(b.unwrap().allowed);
+    assert!(a.unwrap().allowed);
+    assert_eq!(store.mode(), Mode::Fallback);
+    // 8 more fit in a limit of 10, and no more.
+    let mut admitted = 2;
+    for _ in 0..20 {
+        if store.apply(&charge()).await.unwrap().allowed {
+            admitted += 1;
+        }
+    }
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert_eq!(admitted, 10, "admitted {admitted} of a limit of 10");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_that_refused_counts_nothing_more() {
+    // As above, with the key spent on the primary first: A's refusal adds nothing, and
+    // memory (which had the primary's count of 10) refuses on.
+    let mut script = vec![Some(Duration::ZERO)];
+    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 10));
+    script.extend([None, Some(Duration::from_millis(45))]);
+    let primary = Scripted::new(script);
+    let store =
+        FallbackStore::connect(primary, FallbackConfig::default().with_timeout(TIMEOUT)).await;
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    let charge = || Batch::charge(vec![bucket.clone()]);
+    for _ in 0..10 {
+        assert!(store.apply(&charge()).await.unwrap().allowed);
+    }
+    let (first, second) = (charge(), charge());
+    let (b, a) = tokio::join!(store.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        store.apply(&second).await
+    });
+    assert!(!b.unwrap().allowed);
+    assert!(!a.unwrap().allowed);
+    assert_eq!(store.mode(), Mode::Fallback);
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![bucket.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(peek.buckets[0].remaining, 0);
+}
