@@ -384,12 +384,51 @@ fn parse_methods(list: &str) -> Result<Vec<Method>, InvalidReason> {
         }
         let method = Method::from_bytes(name.as_bytes())
             .map_err(|_| InvalidReason::BadMethod(name.to_owned()))?;
+        // An extension method one slip away from a standard one (`GTE`, `DELET`): no client
+        // sends it, so the rule would silently never match.
+        if let Some(meant) = near_standard_method(name) {
+            return Err(InvalidReason::MisspeltMethod {
+                given: name.to_owned(),
+                meant,
+            });
+        }
         if !methods.contains(&method) {
             methods.push(method);
         }
     }
     methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     Ok(methods)
+}
+
+/// The standard method `name` is one slip away from (a letter left out, added, changed,
+/// or two neighbours swapped), unless `name` is itself standard.
+fn near_standard_method(name: &str) -> Option<&'static str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    if STANDARD.contains(&name) {
+        return None;
+    }
+    STANDARD
+        .into_iter()
+        .find(|standard| one_slip(name.as_bytes(), standard.as_bytes()))
+}
+
+/// Whether `a` and `b` (which differ) are one edit apart: one byte left out or added,
+/// one byte changed, or two neighbouring bytes swapped.
+fn one_slip(a: &[u8], b: &[u8]) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let start = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    match long.len() - short.len() {
+        // Left out or added: the rest matches after the extra byte.
+        1 => short[start..] == long[start + 1..],
+        0 => {
+            let (x, y) = (&a[start..], &b[start..]);
+            // Changed: the rest matches after one byte; swapped: the first two trade places.
+            x[1..] == y[1..] || (x.len() >= 2 && x[0] == y[1] && x[1] == y[0] && x[2..] == y[2..])
+        }
+        _ => false,
+    }
 }
 
 fn parse_path(path: &str) -> Result<(Vec<Segment>, bool), InvalidReason> {
@@ -646,6 +685,17 @@ pub(crate) enum InvalidReason {
     /// Not an HTTP method token (or `*`: leave the methods out for any method).
     #[error("`{0}` is not an HTTP method (for any method, leave the methods out: `/path`)")]
     BadMethod(String),
+    /// `GTE`, `DELET`, `OPTION`: one slip away from a standard method.
+    #[error(
+        "method `{given}` is not a standard method: did you mean `{meant}`? (no client sends \
+         `{given}`, so the rule would never match)"
+    )]
+    MisspeltMethod {
+        /// The method as written.
+        given: String,
+        /// The standard method it is one slip away from.
+        meant: &'static str,
+    },
     /// `/a//b`.
     #[error("empty segment (`//`)")]
     EmptySegment,
@@ -1203,6 +1253,24 @@ mod tests {
         assert!(p("/").methods().is_none());
     }
 
+    fn misspelt(given: &str, meant: &'static str) -> InvalidReason {
+        InvalidReason::MisspeltMethod {
+            given: given.into(),
+            meant,
+        }
+    }
+
+    /// Extension methods that are not one slip from a standard one stay valid.
+    #[test]
+    fn extension_methods_are_kept() {
+        for method in [
+            "PURGE", "PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "QUERY", "REPORT",
+        ] {
+            let pattern = RoutePattern::parse(&format!("{method} /dav")).unwrap();
+            assert_eq!(pattern.methods().unwrap()[0].as_str(), method);
+        }
+    }
+
     #[test]
     fn invalid_patterns_say_why() {
         let cases = [
@@ -1212,6 +1280,14 @@ mod tests {
             ("get /x", InvalidReason::LowercaseMethod("get".into())),
             ("GET,,POST /x", InvalidReason::EmptyMethod),
             ("G(T /x", InvalidReason::BadMethod("G(T".into())),
+            ("GTE /x", misspelt("GTE", "GET")),
+            ("GET,PSOT /x", misspelt("PSOT", "POST")),
+            ("DELET /x", misspelt("DELET", "DELETE")),
+            ("OPTION /x", misspelt("OPTION", "OPTIONS")),
+            ("PUTT /x", misspelt("PUTT", "PUT")),
+            ("HAED /x", misspelt("HAED", "HEAD")),
+            ("PATHC /x", misspelt("PATHC", "PATCH")),
+            ("TRACES /x", misspelt("TRACES", "TRACE")),
             ("/a//b", InvalidReason::EmptySegment),
             ("/a/b/", InvalidReason::TrailingSlash),
             ("/a/../b", InvalidReason::DotSegment),
