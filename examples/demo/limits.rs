@@ -21,6 +21,17 @@ pub const PORTAL_UPLOADS: &str = "portal-uploads";
 /// Portal messages, per portal user.
 pub const PORTAL_MESSAGES: &str = "portal-messages";
 
+/// The page's counters roll ("a rolling window, not fixed clock minutes"): each rolling
+/// limit is counted in sixtieths of its window (one-second segments for a minute), so a
+/// client sending at a steady pace under the limit is admitted. (The default ten segments
+/// can refuse one sending more than about 91% of the limit per window.)
+pub const ROLLING_SEGMENTS: u32 = 60;
+
+/// A rolling limit of the page: `quota` in [`ROLLING_SEGMENTS`] segments.
+pub fn rolling(quota: &str) -> Rate {
+    Rate::sliding_segments(quota, ROLLING_SEGMENTS)
+}
+
 /// Whose budget a handler's own bucket spends (the handler passes that key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Per {
@@ -47,13 +58,13 @@ impl Per {
 /// their quotas and keys.
 pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
     [
-        (AUTH, "20/15min".into(), Per::Ip),
-        (SIGN_UP, "20/h".into(), Per::Ip),
-        (MAGIC_LINK, "30/15min".into(), Per::Ip),
+        (AUTH, rolling("20/15min"), Per::Ip),
+        (SIGN_UP, rolling("20/h"), Per::Ip),
+        (MAGIC_LINK, rolling("30/15min"), Per::Ip),
         // Exact: the sixth attempt within 30 minutes of the first failure is refused.
         (SIGN_IN_FAILURES, Rate::exact("5/30min"), Per::Email),
-        (PORTAL_UPLOADS, "40/15min".into(), Per::PortalUser),
-        (PORTAL_MESSAGES, "120/15min".into(), Per::PortalUser),
+        (PORTAL_UPLOADS, rolling("40/15min"), Per::PortalUser),
+        (PORTAL_MESSAGES, rolling("120/15min"), Per::PortalUser),
     ]
 }
 
@@ -63,16 +74,16 @@ pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
 pub fn routes() -> Vec<(&'static str, Policy)> {
     let default = || {
         Policy::named("default")
-            .per_ip("500/min")
-            .per_user("10000/h")
+            .per_ip(rolling("500/min"))
+            .per_user(rolling("10000/h"))
     };
     // Portal writes spend the default buckets, and their handlers a portal user's cap: a
     // write that cap refuses (429) gives the default charge back, as a refusal charges
     // nothing.
     let portal_write = || default().refund_if(|status| status == StatusCode::TOO_MANY_REQUESTS);
     let downloads = Policy::named("downloads")
-        .per_ip("1500/min")
-        .per_user("15000/h");
+        .per_ip(rolling("1500/min"))
+        .per_user(rolling("15000/h"));
     vec![
         ("/api/*", default()),
         ("POST /api/portal/documents", portal_write()),
@@ -80,14 +91,14 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
         (
             "/api/twilio/*",
             Policy::named("twilio")
-                .per_ip("1200/min")
-                .per_user("12000/h"),
+                .per_ip(rolling("1200/min"))
+                .per_user(rolling("12000/h")),
         ),
         (
             "POST /api/templates/{id}/generate",
             Policy::named("generate")
-                .per_ip("300/min")
-                .per_user("3000/h"),
+                .per_ip(rolling("300/min"))
+                .per_user(rolling("3000/h")),
         ),
         // One bucket for every download route.
         ("GET /api/documents/{id}/download", downloads.clone()),
@@ -96,8 +107,8 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
         (
             "/api/knowledge/*",
             Policy::named("knowledge")
-                .per_ip("2000/min")
-                .per_user("20000/h"),
+                .per_ip(rolling("2000/min"))
+                .per_user(rolling("20000/h")),
         ),
         // Auth handlers apply their own IP-based policies (see `handler_buckets`).
         ("/api/auth/*", Policy::exempt()),
@@ -117,7 +128,9 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
 /// (`limiter.policy_at("POST /api/assistant/chat", limits::chat())`), which also tells the
 /// central table to leave the route to it. Per user it is stricter than per IP.
 pub fn chat() -> Policy {
-    Policy::named("chat").per_ip("60/min").per_user("30/min")
+    Policy::named("chat")
+        .per_ip(rolling("60/min"))
+        .per_user(rolling("30/min"))
 }
 
 /// Whether a signed-in staff user's own bucket applies on `path`: on `/api/*` outside

@@ -58,6 +58,14 @@ impl Plan {
             Plan::Build => 100,
         }
     }
+
+    /// The plan's points per rolling minute, counted in one-second segments: a client
+    /// spending at a steady pace under its points is admitted (the default ten segments can
+    /// refuse one spending more than about 91% of them).
+    fn limit(self) -> Limit {
+        let quota = Quota::per_minute(self.points_per_minute());
+        Limit::sliding_segments(quota, 60).unwrap_or_else(|_| Limit::sliding(quota))
+    }
 }
 
 /// The organization a request is authenticated as (a request extension).
@@ -124,7 +132,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
     let org = Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.id.to_string()));
     let points = Policy::named("points").limit_with(org, |_org, parts| {
         let plan = parts.extensions.get::<Org>()?.plan;
-        Some(Limit::sliding(Quota::per_minute(plan.points_per_minute())))
+        Some(plan.limit())
     });
     let mut builder = Limiter::builder()
         .store(tollgate::store_from_env()?)

@@ -48,6 +48,32 @@ impl Rate {
         Self::map_quota(quota, Limit::sliding)
     }
 
+    /// A rolling window counted in `segments` segments ([`Limit::sliding_segments`]). A
+    /// segment counts until a window after its last admission, so a client sending at a
+    /// steady pace may be refused once it sends more than about `segments / (segments + 1)`
+    /// of the limit per window: 91% with the default 10 segments, 98% with 60. More
+    /// segments follow the window more closely, for more memory per key (and more work per
+    /// call on Redis); a segment is at least a millisecond.
+    ///
+    /// ```
+    /// use tollgate::Rate;
+    ///
+    /// let fine = Rate::sliding_segments("60/min", 60); // one-second segments
+    /// assert!(fine.limit().is_ok());
+    /// assert!(Rate::sliding_segments("60/min", 0).limit().is_err());
+    /// ```
+    pub fn sliding_segments(quota: impl Into<Rate>, segments: u32) -> Self {
+        match quota.into().0 {
+            Ok(limit) => Self(
+                Limit::sliding_segments(limit.quota(), segments).map_err(|source| RateError {
+                    input: format!("{} in {segments} segments", limit.quota()),
+                    source,
+                }),
+            ),
+            Err(e) => Self(Err(e)),
+        }
+    }
+
     /// An exact rolling window ([`Limit::sliding_exact`]): memory grows with the count.
     pub fn exact(quota: impl Into<Rate>) -> Self {
         Self::map_quota(quota, Limit::sliding_exact)

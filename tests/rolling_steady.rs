@@ -1,0 +1,50 @@
+//! The pages of seeds 000 and 001 count in rolling minutes: a client that sends at a steady
+//! pace under the published limit is never refused, also once its first minute has rolled
+//! (a 10-segment window refused such a client at 95% of the limit from its 63rd second).
+//! Each test runs a little over a minute of real time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Example;
+use reqwest::RequestBuilder;
+
+/// Sends `make()` every `gap`, on a fixed schedule, for `total`; the refused requests'
+/// seconds from the start.
+async fn refused_at(make: impl Fn() -> RequestBuilder, gap: Duration, total: Duration) -> Vec<f64> {
+    let start = Instant::now();
+    let mut refused = Vec::new();
+    let mut i = 0u32;
+    while gap * i < total {
+        tokio::time::sleep_until((start + gap * i).into()).await;
+        let status = make().send().await.unwrap().status();
+        assert!(status == 200 || status == 429, "{status}");
+        if status == 429 {
+            refused.push(start.elapsed().as_secs_f64());
+        }
+        i += 1;
+    }
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_chat_admits_57_a_minute_from_one_ip_across_minutes() {
+    // 60 per IP per rolling minute; 57 a minute is one every 1.05 s.
+    let ex = Example::start("demo", &[("TRUSTED_PROXIES", "127.0.0.1/32")]);
+    let chat = || {
+        ex.post("/api/assistant/chat")
+            .header("x-forwarded-for", "198.51.100.57")
+    };
+    let refused = refused_at(chat, Duration::from_millis(1050), Duration::from_secs(68)).await;
+    assert!(refused.is_empty(), "refused at {refused:?} s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_001_admits_95_points_a_minute_across_minutes() {
+    // A Build plan's 100 points per rolling minute; a 1-point read every 0.632 s is 95.
+    let app = Example::start("seed_001", &[]);
+    let read = || app.get("/v1/contacts/1").bearer_auth("tok_globex_1");
+    let refused = refused_at(read, Duration::from_millis(632), Duration::from_secs(68)).await;
+    assert!(refused.is_empty(), "refused at {refused:?} s");
+}
