@@ -75,8 +75,13 @@
 //! - **The give-back**: what memory decides while the primary fails (admitted charges,
 //!   penalties, less refunds; resets) is noted in the ledger, and charged to the primary
 //!   (penalties, 64 keys a call) before the store decides on it again, so the count after
-//!   an outage includes what was admitted during it. What cannot be delivered is kept for
-//!   the next check.
+//!   an outage includes what was admitted during it, as far as it still counts then: no
+//!   more than memory's own count of the key at that moment (a token bucket's refill
+//!   during the outage, a fixed window's earlier windows and a rolling window's admissions
+//!   older than its window are not charged again). What is charged is placed at that
+//!   moment, so after an outage longer than its window a rolling window may count it up to
+//!   a window longer than memory would have. What cannot be delivered is kept for the next
+//!   check.
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
 //!   `run_id`, from `INFO server`). When it changed, the primary restarted and may have come
 //!   back empty: every key of the ledger whose reported count still counts is raised back
@@ -699,11 +704,13 @@ impl<P: Primary> Shared<P> {
                 self.mirror(&batch, &decision, Origin::Backend);
             }
         }
-        // What memory admitted meanwhile, on top.
+        // What memory admitted meanwhile and still counts, on top.
         let charges: Vec<Bucket> = chunk
             .iter()
-            .filter(|o| o.debt > 0)
-            .map(|o| o.bucket.clone().with_cost(o.debt))
+            .filter_map(|o| {
+                let owed = self.still_counted(o);
+                (owed > 0).then(|| o.bucket.clone().with_cost(owed))
+            })
             .collect();
         if charges.is_empty() {
             return Ok(());
@@ -712,6 +719,32 @@ impl<P: Primary> Shared<P> {
         let (decision, origin) = self.call(&batch).await?;
         self.mirror(&batch, &decision, origin);
         Ok(())
+    }
+
+    /// The part of what memory admitted for `owed`'s key that still counts now: no more
+    /// than memory's own count of the key. It is charged to the primary now, so what no
+    /// longer counts must not go with it: a token bucket's tokens that refilled during the
+    /// outage (a client under its rate would be refused for as long as the outage lasted),
+    /// a fixed window's earlier windows, a rolling window's admissions older than the
+    /// window. (What is charged is placed now: a rolling window's may count up to a window
+    /// longer than the admissions it stands for. A key memory had to drop to make room
+    /// counts as nothing.)
+    fn still_counted(&self, owed: &Owed) -> u64 {
+        if owed.debt == 0 {
+            return 0;
+        }
+        let scaled = self.scaled(&owed.bucket);
+        match self
+            .memory
+            .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
+        {
+            Ok(seen) => {
+                let state = &seen.buckets[0];
+                let counted = scaled.limit.capacity().saturating_sub(state.remaining);
+                owed.debt.min(counted)
+            }
+            Err(_) => owed.debt,
+        }
     }
 
     /// Counts a failure; an outage at the threshold.
