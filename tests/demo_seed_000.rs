@@ -564,7 +564,19 @@ async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_
     let wrong = post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "no"));
     let r = send(wrong).await;
     assert_eq!(r.status(), 401);
-    assert_eq!(header(&r, "x-ratelimit-remaining"), "18");
+    // Both buckets the failure spent show; `X-RateLimit-*` the tighter: the e-mail's
+    // lockout, with 4 failures left.
+    assert_eq!(
+        (
+            header(&r, "x-ratelimit-limit"),
+            header(&r, "x-ratelimit-remaining")
+        ),
+        ("5".to_string(), "4".to_string())
+    );
+    assert_eq!(
+        header(&r, "ratelimit"),
+        "\"sign-in-failures\";r=4;t=1800, \"auth\";r=18;t=900"
+    );
     let right =
         post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "demo-password"));
     let r = send(right).await;

@@ -64,16 +64,12 @@ async fn charge(
 }
 
 /// `answer` (a success or an error response) with the rate-limit headers of the bucket
-/// charged for it, where it has none of its own (a lockout's 429 keeps its own): a client
-/// sees the budget on every answer, not only on the 429.
+/// charged for it beside any of its own (a lockout's): a client sees every budget the
+/// request spent on every answer, not only on the 429, and `X-RateLimit-*` describe the
+/// tighter one.
 fn showing(headers: HeaderMap, answer: Result<Response, Response>) -> Response {
     let mut response = answer.unwrap_or_else(|refused| refused);
-    for (name, value) in &headers {
-        response
-            .headers_mut()
-            .entry(name)
-            .or_insert_with(|| value.clone());
-    }
+    tollgate::merge_rate_limit_headers(response.headers_mut(), &headers);
     response
 }
 
@@ -166,7 +162,7 @@ async fn staff_sign_in_charged(
     let failures = &state.limiter;
     // The attempt is counted before the password is checked: a charge is atomic, so
     // concurrent guesses cannot all pass a lockout that only a later penalty would close.
-    match failures.check(SIGN_IN_FAILURES, &email).await {
+    let counted = match failures.check(SIGN_IN_FAILURES, &email).await {
         // An e-mail the lockout's share had no room for is not locked: refusing it would
         // turn a flood of junk e-mails into a denial of every account not yet seen. Its
         // attempt goes uncounted (the per-IP AUTH limit still holds guessing back), and the
@@ -174,11 +170,22 @@ async fn staff_sign_in_charged(
         Ok(locked) if !locked.allowed && !no_room(&locked) => {
             return Err(refusal(state, SIGN_IN_FAILURES, &locked, uri))
         }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "lockout check failed; admitting"),
-    }
+        Ok(decision) => Some(decision).filter(|d| d.allowed),
+        Err(error) => {
+            tracing::warn!(%error, "lockout check failed; admitting");
+            None
+        }
+    };
     if credentials.password != DEMO_PASSWORD {
-        return Err(error(StatusCode::UNAUTHORIZED, "wrong e-mail or password"));
+        // A failure shows how many more the e-mail has before it is locked.
+        let mut failed = error(StatusCode::UNAUTHORIZED, "wrong e-mail or password");
+        if let Some(decision) = &counted {
+            tollgate::merge_rate_limit_headers(
+                failed.headers_mut(),
+                &failures.rate_limit_headers(SIGN_IN_FAILURES, decision),
+            );
+        }
+        return Err(failed);
     }
     // Only failures count: a successful sign-in clears them.
     if let Err(error) = failures.reset(SIGN_IN_FAILURES, &email).await {

@@ -47,7 +47,10 @@
 //! 5. Refused: 429 with `Retry-After`, the rate-limit headers and a JSON body. Admitted:
 //!    the handler finds the decision in the request's extensions, the response carries the
 //!    headers of the most restrictive bucket, and the charge is given back if the policy
-//!    says the response does not count.
+//!    says the response does not count. Rate-limit headers a handler (or another limiter
+//!    further in) put on the response stay: the IETF lists show every bucket, and
+//!    `X-RateLimit-*` the one with less remaining
+//!    ([`merge_rate_limit_headers`]).
 //!
 //! # Per-route policies and the central layer
 //!
@@ -247,8 +250,8 @@ pub use limiter::{Limiter, LimiterBuilder, LimiterStats, ENABLED_ENV};
 pub use policy::Policy;
 pub use rate::{Rate, RateError};
 pub use respond::{
-    too_many_requests, BucketOutcome, ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome,
-    ResetFormat, TooManyRequests,
+    merge_rate_limit_headers, too_many_requests, BucketOutcome, ErrorBody, HeaderStyle,
+    RateLimitDecision, RateLimitOutcome, ResetFormat, TooManyRequests,
 };
 pub use response_body::ResponseBody;
 pub use service::RateLimit;

@@ -473,7 +473,9 @@ impl Limiter {
     /// The rate-limit headers the middleware would send for a direct-use `decision`
     /// (same header style), for a handler that enforces a direct bucket to put on the
     /// responses it admits, so that a client sees that budget on every answer, not only on
-    /// the 429 ([`Limiter::refusal`] has them already).
+    /// the 429 ([`Limiter::refusal`] has them already). Add them with
+    /// [`merge_rate_limit_headers`](crate::merge_rate_limit_headers), beside those of
+    /// other buckets the response shows; the middleware then adds its own the same way.
     ///
     /// ```
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

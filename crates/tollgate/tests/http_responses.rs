@@ -278,3 +278,72 @@ async fn a_refusal_for_a_full_store_says_nothing_remains_until_the_retry() {
         (&serde_json::json!(0), &serde_json::json!(T0 + 1_800))
     );
 }
+
+/// A handler that charges a bucket of its own and shows it (as the demo's portal writes
+/// do), behind the middleware's per-IP limit: the response shows both buckets in the IETF
+/// lists, and `X-RateLimit-*` describe the one with less remaining, whichever wrote first.
+#[tokio::test]
+async fn a_handlers_own_bucket_and_the_middlewares_both_show() {
+    use axum::extract::State;
+    use axum::response::IntoResponse;
+
+    async fn upload(State(limiter): State<Limiter>) -> axum::response::Response {
+        let decision = limiter.check("uploads", "user-1").await.unwrap();
+        let mut response = "stored".into_response();
+        tollgate::merge_rate_limit_headers(
+            response.headers_mut(),
+            &limiter.rate_limit_headers("uploads", &decision),
+        );
+        response
+    }
+
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .bucket("uploads", Rate::sliding("3/min"))
+        .route("/api/*", Policy::named("default").per_ip("5/min"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/uploads", get(upload))
+        .route("/api/items", get(ok))
+        .with_state(limiter.clone())
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let get = |path: &'static str| {
+        let request = server.get(path);
+        async move { request.send().await.unwrap() }
+    };
+    let names = [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "ratelimit-policy",
+        "ratelimit",
+    ];
+    // Uploads has 2 left, the IP 4: the handler's bucket is the tighter one.
+    let r = get("/api/uploads").await;
+    assert_eq!(
+        headers(&r, &names),
+        [
+            "3",
+            "2",
+            "\"uploads\";q=3;w=60, \"default-ip\";q=5;w=60",
+            "\"uploads\";r=2;t=60, \"default-ip\";r=4;t=60",
+        ]
+    );
+    // The IP spends 3 more elsewhere: with 0 left after the next upload (uploads: 1), it
+    // is the tighter one and shows instead.
+    for _ in 0..3 {
+        assert_eq!(get("/api/items").await.status(), 200);
+    }
+    let r = get("/api/uploads").await;
+    assert_eq!(
+        headers(&r, &names),
+        [
+            "5",
+            "0",
+            "\"uploads\";q=3;w=60, \"default-ip\";q=5;w=60",
+            "\"uploads\";r=1;t=60, \"default-ip\";r=0;t=60",
+        ]
+    );
+}

@@ -75,16 +75,137 @@ impl Fields {
         self.0[field as usize] = Some(value);
     }
 
-    /// Adds the fields to `headers`, except those it has already (a handler's own refusal
-    /// from a direct-use bucket, an inner limiter: they describe its answer better).
+    /// The rate-limit fields of `headers` (what a handler's own bucket wrote, say).
+    fn of(headers: &HeaderMap) -> Self {
+        Self(Field::ALL.map(|field| headers.get(field.name()).cloned()))
+    }
+
+    /// Adds the fields to `headers`, beside those another source (a handler's own bucket,
+    /// another limiter) wrote there already, so that every bucket a request spent shows:
+    /// the IETF lists gain the items they lack; the `X-RateLimit-*` fields, which describe
+    /// one bucket, describe whichever has less remaining (theirs on a tie); a
+    /// `Retry-After` already there stays.
     pub(crate) fn merge_into(self, headers: &mut HeaderMap) {
         headers.reserve(self.0.iter().flatten().count());
-        for (field, value) in Field::ALL.into_iter().zip(self.0) {
-            let Some(value) = value else { continue };
-            // One lookup per field: the entry is only filled where the response has none.
-            if let http::header::Entry::Vacant(entry) = headers.entry(field.name()) {
-                entry.insert(value);
+        let [limit, remaining, reset, policy, current, retry_after] = self.0;
+        if let Some(remaining) = remaining {
+            merge_one_bucket(headers, limit, remaining, reset);
+        }
+        for (field, value) in [(Field::Policy, policy), (Field::Current, current)] {
+            if let Some(value) = value {
+                merge_list(headers, field.name(), value);
             }
+        }
+        if let Some(value) = retry_after {
+            insert_vacant(headers, RETRY_AFTER, value);
+        }
+    }
+}
+
+/// Adds the rate-limit fields of `from` (the headers of a bucket a handler charged, from
+/// [`Limiter::rate_limit_headers`](crate::Limiter::rate_limit_headers)) to `into` (a
+/// response's headers) as the middleware adds its own: every bucket shows in the IETF
+/// `RateLimit` and `RateLimit-Policy` lists, the `X-RateLimit-*` fields describe the one
+/// with less remaining, and a `Retry-After` already in `into` stays. Other fields of
+/// `from` are left out.
+///
+/// ```
+/// use http::HeaderMap;
+///
+/// let mut response = HeaderMap::new();
+/// response.insert("x-ratelimit-remaining", "0".parse().unwrap());
+/// response.insert("ratelimit", "\"lockout\";r=0;t=1800".parse().unwrap());
+/// let mut charged = HeaderMap::new();
+/// charged.insert("x-ratelimit-remaining", "15".parse().unwrap());
+/// charged.insert("ratelimit", "\"auth\";r=15;t=900".parse().unwrap());
+/// tollgate::merge_rate_limit_headers(&mut response, &charged);
+/// assert_eq!(response["x-ratelimit-remaining"], "0");
+/// assert_eq!(response["ratelimit"], "\"lockout\";r=0;t=1800, \"auth\";r=15;t=900");
+/// ```
+pub fn merge_rate_limit_headers(into: &mut HeaderMap, from: &HeaderMap) {
+    Fields::of(from).merge_into(into);
+}
+
+/// Inserts `value` under `name` unless `headers` has that field.
+fn insert_vacant(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if let http::header::Entry::Vacant(entry) = headers.entry(name) {
+        entry.insert(value);
+    }
+}
+
+/// The `X-RateLimit-*` fields of one bucket: added where the response has none, or in
+/// place of the ones it has if this bucket has less remaining.
+fn merge_one_bucket(
+    headers: &mut HeaderMap,
+    limit: Option<HeaderValue>,
+    remaining: HeaderValue,
+    reset: Option<HeaderValue>,
+) {
+    let mut entry = match headers.entry(X_RATELIMIT_REMAINING) {
+        http::header::Entry::Vacant(entry) => {
+            entry.insert(remaining);
+            for (name, value) in [(X_RATELIMIT_LIMIT, limit), (X_RATELIMIT_RESET, reset)] {
+                if let Some(value) = value {
+                    insert_vacant(headers, name, value);
+                }
+            }
+            return;
+        }
+        http::header::Entry::Occupied(entry) => entry,
+    };
+    let count = |value: &HeaderValue| value.to_str().ok()?.trim().parse::<u64>().ok();
+    let fewer = match (count(&remaining), count(entry.get())) {
+        (Some(ours), Some(theirs)) => ours < theirs,
+        // Theirs unreadable: they stay.
+        _ => false,
+    };
+    if !fewer {
+        return;
+    }
+    entry.insert(remaining);
+    // The three describe one bucket: theirs go.
+    for (name, value) in [(X_RATELIMIT_LIMIT, limit), (X_RATELIMIT_RESET, reset)] {
+        match value {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
+        };
+    }
+}
+
+/// An IETF list field: `value` where the response has none, else the response's items
+/// followed by those of `value` whose bucket it does not name already.
+fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let mut entry = match headers.entry(name) {
+        http::header::Entry::Vacant(entry) => {
+            entry.insert(value);
+            return;
+        }
+        http::header::Entry::Occupied(entry) => entry,
+    };
+    let (Ok(theirs), Ok(ours)) = (entry.get().to_str(), value.to_str()) else {
+        return;
+    };
+    let mut merged = theirs.to_string();
+    // Our items are `"name";...` with names of letters, digits, `-`, `_` and `.`: `, `
+    // separates them.
+    for item in ours.split(", ") {
+        let name = item.split(';').next().unwrap_or(item);
+        let named = theirs.match_indices(name).any(|(at, _)| {
+            matches!(
+                theirs.as_bytes().get(at + name.len()),
+                None | Some(b';' | b',' | b' ')
+            )
+        });
+        if !named {
+            if !merged.trim().is_empty() {
+                merged.push_str(", ");
+            }
+            merged.push_str(item);
+        }
+    }
+    if merged.len() != theirs.len() {
+        if let Ok(merged) = HeaderValue::from_str(&merged) {
+            entry.insert(merged);
         }
     }
 }
@@ -478,6 +599,74 @@ mod tests {
             .collect();
         all.sort();
         all
+    }
+
+    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+        fields
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merging_keeps_every_bucket_and_the_tighter_one_in_x_ratelimit() {
+        let ours = map(&[
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-reset", "60"),
+            ("ratelimit-policy", "\"ip\";q=5;w=60, \"user\";q=9;w=60"),
+            ("ratelimit", "\"ip\";r=4;t=60, \"user\";r=8;t=60"),
+        ]);
+        // Theirs has less remaining, and names one of our buckets already.
+        let mut theirs = map(&[
+            ("x-ratelimit-limit", "3"),
+            ("x-ratelimit-remaining", "1"),
+            ("x-ratelimit-reset", "900"),
+            ("ratelimit-policy", "\"auth\";q=3;w=900, \"user\";q=9;w=60"),
+            ("ratelimit", "\"auth\";r=1;t=900, \"user\";r=8;t=60"),
+            ("retry-after", "7"),
+        ]);
+        merge_rate_limit_headers(&mut theirs, &ours);
+        let expected = map(&[
+            ("x-ratelimit-limit", "3"),
+            ("x-ratelimit-remaining", "1"),
+            ("x-ratelimit-reset", "900"),
+            (
+                "ratelimit-policy",
+                "\"auth\";q=3;w=900, \"user\";q=9;w=60, \"ip\";q=5;w=60",
+            ),
+            (
+                "ratelimit",
+                "\"auth\";r=1;t=900, \"user\";r=8;t=60, \"ip\";r=4;t=60",
+            ),
+            ("retry-after", "7"),
+        ]);
+        assert_eq!(theirs, expected);
+        // Ours has less remaining: all three of ours, none of theirs left behind.
+        let mut theirs = map(&[("x-ratelimit-remaining", "9"), ("x-ratelimit-reset", "1")]);
+        merge_rate_limit_headers(&mut theirs, &ours);
+        assert_eq!(
+            (
+                &theirs["x-ratelimit-limit"],
+                &theirs["x-ratelimit-remaining"],
+                &theirs["x-ratelimit-reset"]
+            ),
+            (
+                &HeaderValue::from_static("5"),
+                &HeaderValue::from_static("4"),
+                &HeaderValue::from_static("60")
+            )
+        );
+        // Unreadable remaining: theirs stays.
+        let mut theirs = map(&[("x-ratelimit-remaining", "lots")]);
+        merge_rate_limit_headers(&mut theirs, &ours);
+        assert_eq!(theirs["x-ratelimit-remaining"], "lots");
+        assert!(!theirs.contains_key("x-ratelimit-limit"));
     }
 
     #[test]

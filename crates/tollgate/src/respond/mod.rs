@@ -9,10 +9,10 @@ pub(crate) mod sf;
 pub(crate) use body::{fixed_response, refusal, unavailable};
 pub use body::{too_many_requests, ErrorBody};
 pub use decision::{RateLimitDecision, TooManyRequests};
-pub(crate) use headers::{number, Fields, Shown, ShownResponse};
 pub use headers::{
-    HeaderStyle, ResetFormat, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT,
-    X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    merge_rate_limit_headers, HeaderStyle, ResetFormat, RATELIMIT, RATELIMIT_POLICY,
+    X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
+pub(crate) use headers::{number, Fields, Shown, ShownResponse};
 pub(crate) use info::ceil_secs;
 pub use info::{BucketOutcome, RateLimitOutcome};
