@@ -885,7 +885,7 @@ impl State {
         };
         BucketState {
             allowed,
-            limit: limit.quota().count(),
+            limit: limit.shown_quota().count(),
             remaining,
             reset_after: Duration::from_micros(reset_after),
             retry_after,

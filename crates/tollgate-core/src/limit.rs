@@ -155,6 +155,31 @@ impl Limit {
         self.quota
     }
 
+    /// The quota a response describes (its limit, `RateLimit-Policy`'s `q` and `w`): the
+    /// quota, except for a token bucket whose burst is above the quota's count, which shows
+    /// its burst per the time the bucket takes to refill it at the quota's rate
+    /// (`10/min burst 30` shows 30 per 180 s). So what a response shows remaining, at most
+    /// the burst, never exceeds the limit it shows, and the two still give the rate.
+    ///
+    /// ```
+    /// use tollgate_core::{Limit, Quota};
+    ///
+    /// let wide = Limit::token_bucket(Quota::per_minute(10), 30)?;
+    /// assert_eq!(wide.shown_quota(), Quota::parse("30/180s")?);
+    /// let narrow = Limit::token_bucket(Quota::per_minute(100), 20)?;
+    /// assert_eq!(narrow.shown_quota(), Quota::per_minute(100));
+    /// # Ok::<(), tollgate_core::QuotaError>(())
+    /// ```
+    pub fn shown_quota(&self) -> Quota {
+        match self.algorithm {
+            Algorithm::TokenBucket { burst } if burst > self.quota.count() => {
+                let refill_ms = burst.saturating_mul(self.unit).div_ceil(1000);
+                Quota::new(burst, std::time::Duration::from_millis(refill_ms)).unwrap_or(self.quota)
+            }
+            _ => self.quota,
+        }
+    }
+
     /// The algorithm.
     pub const fn algorithm(&self) -> Algorithm {
         self.algorithm

@@ -222,7 +222,7 @@ fn run(limit: Limit, start: u64, arrivals: &[(u64, u64)]) -> Result<Vec<Step>, T
         }
         let b = &decision.buckets[0];
         prop_assert_eq!(b.allowed, decision.allowed);
-        prop_assert_eq!(b.limit, limit.quota().count());
+        prop_assert_eq!(b.limit, limit.shown_quota().count());
         let want_remaining = limit.capacity().saturating_sub(used(&limit, &admitted, t));
         prop_assert_eq!(b.remaining, want_remaining, "remaining at {}", t - BASE);
         steps.push(Step { t, cost, decision });

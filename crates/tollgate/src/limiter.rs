@@ -504,7 +504,7 @@ impl Limiter {
         path: &str,
     ) -> respond::RateLimitOutcome {
         let limit = self.engine.table.load().direct.get(bucket).map(|d| d.limit);
-        let quota = limit.map(|l| (bucket, l.quota()));
+        let quota = limit.map(|l| (bucket, l.shown_quota()));
         respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path)
     }
 

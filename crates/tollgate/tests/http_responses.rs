@@ -347,3 +347,40 @@ async fn a_handlers_own_bucket_and_the_middlewares_both_show() {
         ]
     );
 }
+
+/// A token bucket whose burst is above its count: the limit shown is the burst, refilled
+/// in `w` at the quota's rate, so what is left never shows more than the limit.
+#[tokio::test]
+async fn a_token_bucket_wider_than_its_count_shows_its_burst() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/api/*",
+            Policy::named("default").per_ip(Rate::token_bucket("10/min", 30)),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(
+        headers(
+            &r,
+            &[
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "ratelimit-policy",
+                "ratelimit"
+            ]
+        ),
+        [
+            "30",
+            "29",
+            "\"default-ip\";q=30;w=180",
+            "\"default-ip\";r=29;t=6"
+        ]
+    );
+}

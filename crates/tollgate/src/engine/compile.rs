@@ -315,8 +315,8 @@ pub(crate) fn compile(
         let sf_name: Box<str> = sf::string(&bucket).into();
         let (policy_item, limit_value) = match &quota {
             CompiledQuota::Fixed(l) => (
-                Some(policy_item(&sf_name, l.quota()).into()),
-                Some(number(l.quota().count())),
+                Some(policy_item(&sf_name, l.shown_quota()).into()),
+                Some(number(l.shown_quota().count())),
             ),
             CompiledQuota::PerKey(_) => (None, None),
         };

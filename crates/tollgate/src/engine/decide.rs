@@ -286,7 +286,7 @@ impl Engine {
             .zip(&visible.states)
             .map(|(&i, state)| BucketOutcome {
                 name: plan.label_arc(i).clone(),
-                quota: plan.buckets[i].limit.quota(),
+                quota: plan.buckets[i].limit.shown_quota(),
                 state: state.clone(),
             })
             .collect();

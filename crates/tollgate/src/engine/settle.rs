@@ -378,7 +378,7 @@ impl Engine {
                     Some(bit) => mask |= 1 << bit,
                     None => cacheable = false,
                 }
-                let quota = plan.buckets[i].limit.quota();
+                let quota = plan.buckets[i].limit.shown_quota();
                 match &meta.label {
                     Some(_) => Shown {
                         sf_name: next_override.next().map_or("\"\"", String::as_str),

@@ -249,7 +249,10 @@ pub enum ResetFormat {
 ///   printable ASCII become `_`; `"` and `\` are escaped), `q` the quota count, `w` the
 ///   window in seconds, `r` what is left and `t` the seconds until the bucket is full
 ///   again (both windows and times rounded up). Integers above the 15 digits a structured
-///   field allows are clamped.
+///   field allows are clamped. A token bucket whose burst is above its count shows its
+///   burst as the limit (`X-RateLimit-Limit` and `q`) and the time the bucket takes to
+///   refill it as `w` (`10/min burst 30`: `q=30;w=180`), so what is left never shows more
+///   than the limit ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota)).
 /// - **`Retry-After`**: on refused requests only, whole seconds rounded up and never 0;
 ///   absent when waiting cannot help (a request that costs more than the bucket holds).
 ///   It is written by every style, [`HeaderStyle::none`] included, since it is part of

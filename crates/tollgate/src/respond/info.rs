@@ -23,8 +23,10 @@ pub struct BucketOutcome {
     /// The bucket's name, as the policy names it (`"default:ip"`, `"auth"`), without the
     /// client's key. The IETF fields use it as the policy identifier.
     pub name: Arc<str>,
-    /// The quota the bucket was charged against (after per-key overrides): its period is
-    /// the window headers and bodies show.
+    /// The quota the bucket was charged against (after per-key overrides), as responses
+    /// show it ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota): a token bucket
+    /// whose burst is above its count shows its burst): its period is the window headers
+    /// and bodies show.
     pub quota: Quota,
     /// What the store answered for this bucket.
     pub state: BucketState,
