@@ -69,7 +69,9 @@
 //!   at 3 of 5 has 2 left, not 5. (A reply to a call sent before the store left the primary
 //!   is not taken as memory's count: it may come from a Redis that restarted empty, and
 //!   memory may have admitted more since; what it admitted is added to memory's count
-//!   instead, since its request was admitted. Nor is a refusal served
+//!   instead, since its request was admitted. And while memory decides, the charges still
+//!   under way on the primary count there as admitted, so memory does not admit up to the
+//!   limit before such answers arrive. Nor is a refusal served
 //!   from [`RedisStore`]'s refusal cache ([`Origin::Cache`]): it repeats counts Redis
 //!   reported earlier, which may be older than those kept since.)
 //! - **The give-back**: what memory decides while the primary fails (admitted charges,
@@ -122,6 +124,7 @@ use tollgate_core::{
 
 use crate::ledger::{Ledger, Owed};
 use crate::store::RedisStore;
+use crate::under_way::UnderWay;
 
 /// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -409,6 +412,8 @@ struct Shared<P> {
     failures: AtomicU32,
     /// What the primary told this instance last, and what memory decided since.
     ledger: Ledger,
+    /// The charges sent to the primary and not answered yet.
+    under_way: UnderWay,
     /// The primary's incarnation when last checked.
     incarnation: Mutex<Option<String>>,
     /// Why the store left the primary last.
@@ -521,6 +526,7 @@ impl<P: Primary> FallbackStore<P> {
                 primary,
                 memory,
                 ledger: Ledger::new(config.mirror_keys),
+                under_way: UnderWay::default(),
                 config,
                 state: AtomicU64::new(ON_PRIMARY),
                 tripped: AtomicBool::new(false),
@@ -866,6 +872,30 @@ impl<P: Primary> Shared<P> {
 
     /// Decides from memory, noting what is owed to the primary.
     fn decide_in_memory(&self, batch: &Batch) -> Result<Decision, StoreError> {
+        // Charges still under way on the primary count as admitted while this is decided
+        // (see `under_way`): taken on, then given back.
+        let under_way = if matches!(batch.op, Op::Charge | Op::Peek) {
+            let scaled: Vec<Bucket> = batch
+                .buckets
+                .iter()
+                .map(|b| self.scaled(b).into_owned())
+                .collect();
+            self.under_way.of(&scaled)
+        } else {
+            Vec::new()
+        };
+        if !under_way.is_empty() {
+            let _ = self.memory.apply_now(Op::Penalize, &under_way);
+        }
+        let decision = self.decide_in_memory_alone(batch);
+        if !under_way.is_empty() {
+            let _ = self.memory.apply_now(Op::Refund, &under_way);
+        }
+        decision
+    }
+
+    /// [`Shared::decide_in_memory`], with no charge under way.
+    fn decide_in_memory_alone(&self, batch: &Batch) -> Result<Decision, StoreError> {
         let decision = if self.config.divisor <= 1 {
             self.memory.apply_now(batch.op, &batch.buckets)?
         } else {
@@ -1032,6 +1062,8 @@ impl<P: Primary> Store for FallbackStore<P> {
                 }
             }
             let state = shared.state.load(Ordering::Acquire);
+            // Under way until its answer counts where it should (or memory decides it).
+            let sent = shared.under_way.send(batch);
             match shared.call(batch).await {
                 Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
@@ -1042,10 +1074,13 @@ impl<P: Primary> Store for FallbackStore<P> {
                     } else {
                         shared.absorb_late(batch, &decision);
                     }
+                    drop(sent);
                     Ok(decision)
                 }
                 Err(e @ StoreError::InvalidBatch(_)) => Err(e),
                 Err(e) => {
+                    // Memory decides it now: it is no longer under way.
+                    drop(sent);
                     shared.failed(&e);
                     shared.on_failure(batch, e)
                 }

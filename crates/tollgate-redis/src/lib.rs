@@ -100,6 +100,7 @@ mod ledger;
 mod script;
 mod slot;
 pub mod store;
+mod under_way;
 
 pub use cache::DEFAULT_REFUSAL_CACHE;
 pub use env::{

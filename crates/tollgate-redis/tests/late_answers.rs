@@ -108,3 +108,68 @@ async fn a_late_answer_that_refused_counts_nothing_more() {
         .unwrap();
     assert_eq!(peek.buckets[0].remaining, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_still_under_way_count_against_what_memory_admits() {
+    // B never answers (the fallback trips at 50 ms); five calls sent at 10 ms are admitted
+    // by the primary and answer at 55 ms; meanwhile, at 51 ms, ten more requests are
+    // decided from memory. The five under way must count there, or 15 are admitted.
+    let mut script = vec![Some(Duration::ZERO), None];
+    script.extend(std::iter::repeat_n(Some(Duration::from_millis(45)), 5));
+    let store = FallbackStore::connect(
+        Scripted::new(script),
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    let charge = || Batch::charge(vec![bucket.clone()]);
+    let admitted = |d: Result<Decision, StoreError>| u32::from(d.unwrap().allowed);
+    let first = charge();
+    let under_way: Vec<Batch> = (0..5).map(|_| charge()).collect();
+    let later: Vec<Batch> = (0..10).map(|_| charge()).collect();
+    let (b, a, m) = tokio::join!(
+        store.apply(&first),
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let answers = futures_join_all(under_way.iter().map(|batch| store.apply(batch))).await;
+            answers.into_iter().map(admitted).sum::<u32>()
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(51)).await;
+            let mut n = 0;
+            for batch in &later {
+                n += admitted(store.apply(batch).await);
+            }
+            n
+        }
+    );
+    assert_eq!(a, 5, "the primary admitted the five under way");
+    let total = admitted(b) + a + m;
+    assert_eq!(total, 10, "admitted {total} of a limit of 10");
+}
+
+/// Polls every future to its end (no `futures` dependency for one join).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut handles: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (h, o) in handles.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match h.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}

@@ -1,0 +1,100 @@
+//! Charges sent to the primary whose answers have not come back. Memory, deciding while
+//! they are under way (the store left the primary meanwhile), counts them as admitted:
+//! each may be, and its answer, arriving late, is then added to memory's count
+//! ([`FallbackStore`](crate::FallbackStore)'s late answers). Without them, memory could
+//! admit up to the limit before those answers arrive, and the two together go past it.
+//! (Memory takes them on for one decision and gives them back after it: two decisions at
+//! the same moment on two threads may each see both's, and refuse early, never late.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tollgate_core::{Batch, Bucket, Op, StoreKey};
+
+use crate::fallback::lock;
+
+/// What is under way, per key: the sum of the costs sent and not answered.
+#[derive(Debug, Default)]
+pub(crate) struct UnderWay(Mutex<HashMap<StoreKey, u64, foldhash::fast::RandomState>>);
+
+/// A batch's charges under way, until dropped.
+pub(crate) struct Sent<'a> {
+    under_way: &'a UnderWay,
+    batch: &'a Batch,
+}
+
+impl UnderWay {
+    /// Notes `batch`'s charges (a charge's or a penalty's costs) as under way until the
+    /// returned guard is dropped; other operations add nothing.
+    pub(crate) fn send<'a>(&'a self, batch: &'a Batch) -> Option<Sent<'a>> {
+        if !matches!(batch.op, Op::Charge | Op::Penalize) {
+            return None;
+        }
+        let mut all = lock(&self.0);
+        for bucket in &batch.buckets {
+            let cost = all.entry(bucket.key.clone()).or_insert(0);
+            *cost = cost.saturating_add(bucket.cost);
+        }
+        Some(Sent {
+            under_way: self,
+            batch,
+        })
+    }
+
+    /// The buckets of `buckets` with charges under way, each at the cost under way.
+    pub(crate) fn of(&self, buckets: &[Bucket]) -> Vec<Bucket> {
+        let all = lock(&self.0);
+        if all.is_empty() {
+            return Vec::new();
+        }
+        buckets
+            .iter()
+            .filter_map(|b| {
+                let cost = *all.get(b.key.as_str())?;
+                Some(b.clone().with_cost(cost))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sent<'_> {
+    fn drop(&mut self) {
+        let mut all = lock(&self.under_way.0);
+        for bucket in &self.batch.buckets {
+            if let Some(cost) = all.get_mut(bucket.key.as_str()) {
+                *cost = cost.saturating_sub(bucket.cost);
+                if *cost == 0 {
+                    all.remove(bucket.key.as_str());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::{Limit, Quota};
+
+    use super::*;
+
+    #[test]
+    fn charges_are_under_way_until_their_guard_goes() {
+        let under_way = UnderWay::default();
+        let limit = Limit::sliding(Quota::per_minute(10));
+        let a = Bucket::new("api", "a", limit).with_cost(2);
+        let b = Bucket::new("api", "b", limit);
+        let first = Batch::charge(vec![a.clone(), b.clone()]);
+        let second = Batch::charge(vec![a.clone()]);
+        let refund = Batch::new(Op::Refund, vec![a.clone()]);
+        let sent = under_way.send(&first);
+        let again = under_way.send(&second);
+        assert!(under_way.send(&refund).is_none());
+        let costs = |buckets: Vec<Bucket>| buckets.iter().map(|b| b.cost).collect::<Vec<_>>();
+        assert_eq!(costs(under_way.of(&[a.clone(), b.clone()])), [4, 1]);
+        drop(sent);
+        assert_eq!(costs(under_way.of(&[a.clone(), b.clone()])), [2]);
+        drop(again);
+        assert!(under_way.of(&[a, b]).is_empty());
+        assert!(lock(&under_way.0).is_empty());
+    }
+}
