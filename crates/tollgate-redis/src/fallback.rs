@@ -118,8 +118,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tollgate_core::{
-    Batch, BoxFuture, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore, Op, Quota,
-    Store, StoreError, StoreMode,
+    Algorithm, Batch, BoxFuture, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore,
+    Op, Quota, Store, StoreError, StoreMode,
 };
 
 use crate::ledger::{Ledger, Owed};
@@ -414,6 +414,9 @@ struct Shared<P> {
     ledger: Ledger,
     /// The charges sent to the primary and not answered yet.
     under_way: UnderWay,
+    /// Memory's evictions ([`MemoryStats::evicted`](tollgate_core::MemoryStats::evicted))
+    /// at the last give-back.
+    evictions: AtomicU64,
     /// The primary's incarnation when last checked.
     incarnation: Mutex<Option<String>>,
     /// Why the store left the primary last.
@@ -521,12 +524,14 @@ impl<P: Primary> FallbackStore<P> {
     }
 
     fn unchecked(primary: P, memory: MemoryStore, config: FallbackConfig) -> Self {
+        let evicted = memory.stats().evicted;
         Self {
             shared: Arc::new(Shared {
                 primary,
                 memory,
                 ledger: Ledger::new(config.mirror_keys),
                 under_way: UnderWay::default(),
+                evictions: AtomicU64::new(evicted),
                 config,
                 state: AtomicU64::new(ON_PRIMARY),
                 tripped: AtomicBool::new(false),
@@ -669,14 +674,23 @@ impl<P: Primary> Shared<P> {
         if owed.is_empty() {
             return Ok(());
         }
+        // What still counts, read from memory before anything here writes to it (a
+        // restore's answer replaces memory's counts with the primary's).
+        let evicted = self.memory.stats().evicted;
+        let forgot = evicted > self.evictions.load(Ordering::Acquire);
+        let counted: Vec<u64> = owed.iter().map(|o| self.still_counted(o, forgot)).collect();
         let mut delivered = 0;
-        for chunk in owed.chunks(GIVE_BACK_BATCH) {
-            if let Err(e) = self.give_back_chunk(chunk, restore).await {
+        for (chunk, counted) in owed
+            .chunks(GIVE_BACK_BATCH)
+            .zip(counted.chunks(GIVE_BACK_BATCH))
+        {
+            if let Err(e) = self.give_back_chunk(chunk, counted, restore).await {
                 self.ledger.put_back(&owed[delivered..], now);
                 return Err(e);
             }
             delivered += chunk.len();
         }
+        self.evictions.store(evicted, Ordering::Release);
         tracing::debug!(
             target: "tollgate::store",
             keys = owed.len(),
@@ -686,7 +700,13 @@ impl<P: Primary> Shared<P> {
         Ok(())
     }
 
-    async fn give_back_chunk(&self, chunk: &[Owed], restore: bool) -> Result<(), StoreError> {
+    /// Gives `chunk` back: `counted` is, per key, what of its debt still counts.
+    async fn give_back_chunk(
+        &self,
+        chunk: &[Owed],
+        counted: &[u64],
+        restore: bool,
+    ) -> Result<(), StoreError> {
         let resets: Vec<Bucket> = chunk
             .iter()
             .filter(|o| o.reset)
@@ -713,10 +733,9 @@ impl<P: Primary> Shared<P> {
         // What memory admitted meanwhile and still counts, on top.
         let charges: Vec<Bucket> = chunk
             .iter()
-            .filter_map(|o| {
-                let owed = self.still_counted(o);
-                (owed > 0).then(|| o.bucket.clone().with_cost(owed))
-            })
+            .zip(counted)
+            .filter(|(_, &owed)| owed > 0)
+            .map(|(o, &owed)| o.bucket.clone().with_cost(owed))
             .collect();
         if charges.is_empty() {
             return Ok(());
@@ -732,25 +751,36 @@ impl<P: Primary> Shared<P> {
     /// longer counts must not go with it: a token bucket's tokens that refilled during the
     /// outage (a client under its rate would be refused for as long as the outage lasted),
     /// a fixed window's earlier windows, a rolling window's admissions older than the
-    /// window. (What is charged is placed now: a rolling window's may count up to a window
-    /// longer than the admissions it stands for. A key memory had to drop to make room
-    /// counts as nothing.)
-    fn still_counted(&self, owed: &Owed) -> u64 {
+    /// window. A token bucket's count is its tokens owed, which a penalty can take past
+    /// the burst. (What is charged is placed now: a rolling window's may count up to a
+    /// window longer than the admissions it stands for.)
+    ///
+    /// Memory shows nothing for a key that is fresh again, and for one it dropped to make
+    /// room: when it has `forgot` some since the last give-back, a key it shows nothing for
+    /// gives back its whole debt, as before there was a cap.
+    fn still_counted(&self, owed: &Owed, forgot: bool) -> u64 {
         if owed.debt == 0 {
             return 0;
         }
         let scaled = self.scaled(&owed.bucket);
-        match self
+        let Ok(seen) = self
             .memory
             .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
-        {
-            Ok(seen) => {
-                let state = &seen.buckets[0];
-                let counted = scaled.limit.capacity().saturating_sub(state.remaining);
-                owed.debt.min(counted)
-            }
-            Err(_) => owed.debt,
+        else {
+            return owed.debt;
+        };
+        let state = &seen.buckets[0];
+        let limit = &scaled.limit;
+        let counted = match limit.algorithm() {
+            Algorithm::TokenBucket { .. } => u64::try_from(state.reset_after.as_micros())
+                .unwrap_or(u64::MAX)
+                .div_ceil(limit.emission_interval().max(1)),
+            _ => limit.capacity().saturating_sub(state.remaining),
+        };
+        if counted == 0 && forgot {
+            return owed.debt;
         }
+        owed.debt.min(counted)
     }
 
     /// Counts a failure; an outage at the threshold.
@@ -926,6 +956,10 @@ impl<P: Primary> Shared<P> {
     /// Its counts are not taken as memory's ([`Shared::mirror`]): memory may have admitted
     /// more since the switch. A refund or a reset that came late is left out: memory keeps
     /// the higher count.
+    ///
+    /// If the store came back to the primary and left it again since the call was sent,
+    /// what it mirrored meanwhile may include this charge already: it is added anyway
+    /// (counted twice, memory refuses early), since it may not.
     fn absorb_late(&self, batch: &Batch, decision: &Decision) {
         let charged = match batch.op {
             Op::Charge => decision.allowed,

@@ -401,12 +401,50 @@ fn parse_methods(list: &str) -> Result<Vec<Method>, InvalidReason> {
 }
 
 /// The standard method `name` is one slip away from (a letter left out, added, changed,
-/// or two neighbours swapped), unless `name` is itself standard.
+/// or two neighbours swapped), unless `name` is itself standard or a method in use
+/// elsewhere (IANA's registry, and a few common ones outside it: `TRACK` is `TRACE` in
+/// IIS, `BATCH`, `PURGE`).
 fn near_standard_method(name: &str) -> Option<&'static str> {
     const STANDARD: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
     ];
-    if STANDARD.contains(&name) {
+    const IN_USE: [&str; 34] = [
+        "ACL",
+        "BASELINE-CONTROL",
+        "BATCH",
+        "BIND",
+        "CHECKIN",
+        "CHECKOUT",
+        "COPY",
+        "LABEL",
+        "LINK",
+        "LOCK",
+        "MERGE",
+        "MKACTIVITY",
+        "MKCALENDAR",
+        "MKCOL",
+        "MKREDIRECTREF",
+        "MKWORKSPACE",
+        "MOVE",
+        "ORDERPATCH",
+        "PRI",
+        "PROPFIND",
+        "PROPPATCH",
+        "PURGE",
+        "QUERY",
+        "REBIND",
+        "REPORT",
+        "SEARCH",
+        "TRACK",
+        "UNBIND",
+        "UNCHECKOUT",
+        "UNLINK",
+        "UNLOCK",
+        "UPDATE",
+        "UPDATEREDIRECTREF",
+        "VERSION-CONTROL",
+    ];
+    if STANDARD.contains(&name) || IN_USE.contains(&name) {
         return None;
     }
     STANDARD
@@ -1264,7 +1302,8 @@ mod tests {
     #[test]
     fn extension_methods_are_kept() {
         for method in [
-            "PURGE", "PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "QUERY", "REPORT",
+            "PURGE", "PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "QUERY", "REPORT", "TRACK",
+            "BATCH", "MERGE", "LINK",
         ] {
             let pattern = RoutePattern::parse(&format!("{method} /dav")).unwrap();
             assert_eq!(pattern.methods().unwrap()[0].as_str(), method);

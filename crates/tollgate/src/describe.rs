@@ -200,9 +200,11 @@ impl LimitJson {
     pub(crate) fn new(limit: Option<Limit>) -> Self {
         Self {
             quota: limit.map(|l| l.quota().to_string()),
-            limit: limit.map(|l| l.quota().count()),
+            // As responses show them (`X-RateLimit-Limit`, `RateLimit-Policy`'s `q` and
+            // `w`): a token bucket whose burst is above its count shows its burst.
+            limit: limit.map(|l| l.shown_quota().count()),
             // Rounded up, as `RateLimit-Policy`'s `w` (a 500 ms window is not 0 seconds).
-            window_seconds: limit.map(|l| crate::respond::ceil_secs(l.quota().period())),
+            window_seconds: limit.map(|l| crate::respond::ceil_secs(l.shown_quota().period())),
             algorithm: limit.as_ref().map(algorithm_name),
             burst: limit.and_then(|l| match l.algorithm() {
                 Algorithm::TokenBucket { burst } => Some(burst),

@@ -88,13 +88,16 @@ impl Fields {
     pub(crate) fn merge_into(self, headers: &mut HeaderMap) {
         headers.reserve(self.0.iter().flatten().count());
         let [limit, remaining, reset, policy, current, retry_after] = self.0;
-        if let Some(remaining) = remaining {
-            merge_one_bucket(headers, limit, remaining, reset);
-        }
+        // A bucket of the same name in both: the two sources describe it differently, so
+        // theirs stays whole.
+        let mut clash = false;
         for (field, value) in [(Field::Policy, policy), (Field::Current, current)] {
             if let Some(value) = value {
-                merge_list(headers, field.name(), value);
+                clash |= merge_list(headers, field.name(), value);
             }
+        }
+        if let Some(remaining) = remaining {
+            merge_one_bucket(headers, limit, remaining, reset, !clash);
         }
         if let Some(value) = retry_after {
             insert_vacant(headers, RETRY_AFTER, value);
@@ -133,13 +136,14 @@ fn insert_vacant(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) 
     }
 }
 
-/// The `X-RateLimit-*` fields of one bucket: added where the response has none, or in
-/// place of the ones it has if this bucket has less remaining.
+/// The `X-RateLimit-*` fields of one bucket: added where the response has none, or (if
+/// it may `replace` them) in place of the ones it has if this bucket has less remaining.
 fn merge_one_bucket(
     headers: &mut HeaderMap,
     limit: Option<HeaderValue>,
     remaining: HeaderValue,
     reset: Option<HeaderValue>,
+    replace: bool,
 ) {
     let mut entry = match headers.entry(X_RATELIMIT_REMAINING) {
         http::header::Entry::Vacant(entry) => {
@@ -153,6 +157,9 @@ fn merge_one_bucket(
         }
         http::header::Entry::Occupied(entry) => entry,
     };
+    if !replace {
+        return;
+    }
     let count = |value: &HeaderValue| value.to_str().ok()?.trim().parse::<u64>().ok();
     let fewer = match (count(&remaining), count(entry.get())) {
         (Some(ours), Some(theirs)) => ours < theirs,
@@ -173,18 +180,23 @@ fn merge_one_bucket(
 }
 
 /// An IETF list field: `value` where the response has none, else the response's items
-/// followed by those of `value` whose bucket it does not name already.
-fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+/// (all its lines, as one list) followed by those of `value` whose bucket it does not name
+/// already. Whether some bucket of `value` was named there already.
+fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> bool {
     let mut entry = match headers.entry(name) {
         http::header::Entry::Vacant(entry) => {
             entry.insert(value);
-            return;
+            return false;
         }
         http::header::Entry::Occupied(entry) => entry,
     };
-    let (Ok(theirs), Ok(ours)) = (entry.get().to_str(), value.to_str()) else {
-        return;
+    let lines: Option<Vec<&str>> = entry.iter().map(|v| v.to_str().ok()).collect();
+    let (Some(lines), Ok(ours)) = (lines, value.to_str()) else {
+        return false;
     };
+    let theirs = lines.join(", ");
+    let theirs = theirs.as_str();
+    let mut clash = false;
     let mut merged = theirs.to_string();
     // Our items are `"name";...` with names of letters, digits, `-`, `_` and `.`: `, `
     // separates them.
@@ -196,6 +208,7 @@ fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
                 None | Some(b';' | b',' | b' ')
             )
         });
+        clash |= named;
         if !named {
             if !merged.trim().is_empty() {
                 merged.push_str(", ");
@@ -203,11 +216,13 @@ fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
             merged.push_str(item);
         }
     }
-    if merged.len() != theirs.len() {
+    // Rewritten as one line (its lines joined) when something was added.
+    if merged.len() != theirs.len() || entry.iter().count() > 1 {
         if let Ok(merged) = HeaderValue::from_str(&merged) {
             entry.insert(merged);
         }
     }
+    clash
 }
 
 /// The last second an HTTP date can show (9999-12-31 23:59:59 UTC); later times are
@@ -665,6 +680,24 @@ mod tests {
                 &HeaderValue::from_static("60")
             )
         );
+        // Their list in two lines: both kept, as one.
+        let mut theirs = HeaderMap::new();
+        theirs.append(RATELIMIT, HeaderValue::from_static("\"a\";r=1;t=10"));
+        theirs.append(RATELIMIT, HeaderValue::from_static("\"b\";r=2;t=10"));
+        merge_rate_limit_headers(&mut theirs, &ours);
+        assert_eq!(
+            theirs.get_all(RATELIMIT).iter().collect::<Vec<_>>(),
+            ["\"a\";r=1;t=10, \"b\";r=2;t=10, \"ip\";r=4;t=60, \"user\";r=8;t=60"]
+        );
+        // A bucket of the same name in both: theirs describe it, all of theirs stay.
+        let mut theirs = map(&[
+            ("x-ratelimit-limit", "9"),
+            ("x-ratelimit-remaining", "9"),
+            ("ratelimit", "\"ip\";r=9;t=60"),
+        ]);
+        merge_rate_limit_headers(&mut theirs, &ours);
+        assert_eq!(theirs["x-ratelimit-remaining"], "9");
+        assert_eq!(theirs["ratelimit"], "\"ip\";r=9;t=60, \"user\";r=8;t=60");
         // Unreadable remaining: theirs stays.
         let mut theirs = map(&[("x-ratelimit-remaining", "lots")]);
         merge_rate_limit_headers(&mut theirs, &ours);
