@@ -170,6 +170,7 @@ impl Limit {
     /// assert_eq!(narrow.shown_quota(), Quota::per_minute(100));
     /// # Ok::<(), tollgate_core::QuotaError>(())
     /// ```
+    #[inline]
     pub fn shown_quota(&self) -> Quota {
         match self.algorithm {
             Algorithm::TokenBucket { burst } if burst > self.quota.count() => {
