@@ -70,8 +70,9 @@
 //!   is not taken as memory's count: it may come from a Redis that restarted empty, and
 //!   memory may have admitted more since; what it admitted is added to memory's count
 //!   instead, since its request was admitted. And while memory decides, the charges still
-//!   under way on the primary count there as admitted, so memory does not admit up to the
-//!   limit before such answers arrive. Nor is a refusal served
+//!   under way on the primary count there as admitted (a request fits only with them on
+//!   top), so memory does not admit up to the limit before such answers arrive. Nor is a
+//!   refusal served
 //!   from [`RedisStore`]'s refusal cache ([`Origin::Cache`]): it repeats counts Redis
 //!   reported earlier, which may be older than those kept since.)
 //! - **The give-back**: what memory decides while the primary fails (admitted charges,
@@ -82,7 +83,8 @@
 //!   during the outage, a fixed window's earlier windows and a rolling window's admissions
 //!   older than its window are not charged again). What is charged is placed at that
 //!   moment, so after an outage longer than its window a rolling window may count it up to
-//!   a window longer than memory would have. What cannot be delivered is kept for the next
+//!   a window longer than memory would have. A key memory dropped to make room gives back
+//!   only what memory counted of it since. What cannot be delivered is kept for the next
 //!   check.
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
 //!   `run_id`, from `INFO server`). When it changed, the primary restarted and may have come
@@ -414,9 +416,6 @@ struct Shared<P> {
     ledger: Ledger,
     /// The charges sent to the primary and not answered yet.
     under_way: UnderWay,
-    /// Memory's evictions ([`MemoryStats::evicted`](tollgate_core::MemoryStats::evicted))
-    /// at the last give-back.
-    evictions: AtomicU64,
     /// The primary's incarnation when last checked.
     incarnation: Mutex<Option<String>>,
     /// Why the store left the primary last.
@@ -524,14 +523,12 @@ impl<P: Primary> FallbackStore<P> {
     }
 
     fn unchecked(primary: P, memory: MemoryStore, config: FallbackConfig) -> Self {
-        let evicted = memory.stats().evicted;
         Self {
             shared: Arc::new(Shared {
                 primary,
                 memory,
                 ledger: Ledger::new(config.mirror_keys),
                 under_way: UnderWay::default(),
-                evictions: AtomicU64::new(evicted),
                 config,
                 state: AtomicU64::new(ON_PRIMARY),
                 tripped: AtomicBool::new(false),
@@ -676,9 +673,7 @@ impl<P: Primary> Shared<P> {
         }
         // What still counts, read from memory before anything here writes to it (a
         // restore's answer replaces memory's counts with the primary's).
-        let evicted = self.memory.stats().evicted;
-        let forgot = evicted > self.evictions.load(Ordering::Acquire);
-        let counted: Vec<u64> = owed.iter().map(|o| self.still_counted(o, forgot)).collect();
+        let counted: Vec<u64> = owed.iter().map(|o| self.still_counted(o)).collect();
         let mut delivered = 0;
         for (chunk, counted) in owed
             .chunks(GIVE_BACK_BATCH)
@@ -690,7 +685,6 @@ impl<P: Primary> Shared<P> {
             }
             delivered += chunk.len();
         }
-        self.evictions.store(evicted, Ordering::Release);
         tracing::debug!(
             target: "tollgate::store",
             keys = owed.len(),
@@ -755,10 +749,10 @@ impl<P: Primary> Shared<P> {
     /// the burst. (What is charged is placed now: a rolling window's may count up to a
     /// window longer than the admissions it stands for.)
     ///
-    /// Memory shows nothing for a key that is fresh again, and for one it dropped to make
-    /// room: when it has `forgot` some since the last give-back, a key it shows nothing for
-    /// gives back its whole debt, as before there was a cap.
-    fn still_counted(&self, owed: &Owed, forgot: bool) -> u64 {
+    /// A key memory dropped to make room during the outage gives back only what memory
+    /// counted of it since: memory, bounded, had forgotten the rest already while it
+    /// decided.
+    fn still_counted(&self, owed: &Owed) -> u64 {
         if owed.debt == 0 {
             return 0;
         }
@@ -777,9 +771,6 @@ impl<P: Primary> Shared<P> {
                 .div_ceil(limit.emission_interval().max(1)),
             _ => limit.capacity().saturating_sub(state.remaining),
         };
-        if counted == 0 && forgot {
-            return owed.debt;
-        }
         owed.debt.min(counted)
     }
 
@@ -903,46 +894,50 @@ impl<P: Primary> Shared<P> {
     /// Decides from memory, noting what is owed to the primary.
     fn decide_in_memory(&self, batch: &Batch) -> Result<Decision, StoreError> {
         // Charges still under way on the primary count as admitted while this is decided
-        // (see `under_way`): taken on, then given back.
+        // (see `under_way`): a look or a charge fits only with them on top, and an
+        // admitted charge gives them back at once (nothing else is written: a look or a
+        // refusal leaves memory as it was).
         let under_way = if matches!(batch.op, Op::Charge | Op::Peek) {
-            let scaled: Vec<Bucket> = batch
-                .buckets
-                .iter()
-                .map(|b| self.scaled(b).into_owned())
-                .collect();
-            self.under_way.of(&scaled)
+            self.under_way.costs(&batch.buckets)
         } else {
             Vec::new()
         };
-        if !under_way.is_empty() {
-            let _ = self.memory.apply_now(Op::Penalize, &under_way);
-        }
-        let decision = self.decide_in_memory_alone(batch);
-        if !under_way.is_empty() {
-            let _ = self.memory.apply_now(Op::Refund, &under_way);
-        }
-        decision
-    }
-
-    /// [`Shared::decide_in_memory`], with no charge under way.
-    fn decide_in_memory_alone(&self, batch: &Batch) -> Result<Decision, StoreError> {
-        let decision = if self.config.divisor <= 1 {
+        let scaled = |b: &Bucket, extra: u64| {
+            let mut b = self.scaled(b).into_owned();
+            b.cost = b.cost.saturating_add(extra);
+            b
+        };
+        let mut decision = if under_way.is_empty() && self.config.divisor <= 1 {
             self.memory.apply_now(batch.op, &batch.buckets)?
         } else {
-            let scaled: Vec<Bucket> = batch
+            let extra = under_way.iter().copied().chain(std::iter::repeat(0));
+            let buckets: Vec<Bucket> = batch
                 .buckets
                 .iter()
-                .map(|b| self.scaled(b).into_owned())
+                .zip(extra)
+                .map(|(b, u)| scaled(b, u))
                 .collect();
-            let mut decision = self.memory.apply_now(batch.op, &scaled)?;
-            // The bucket's limit is what the primary says and the policy publishes
-            // (`RateLimit-Policy`, the docs): what this instance counts on its share shows in
-            // what remains, not as another limit.
-            for (state, bucket) in decision.buckets.iter_mut().zip(&batch.buckets) {
-                state.limit = bucket.limit.shown_quota().count();
+            let decision = self.memory.apply_now(batch.op, &buckets)?;
+            if batch.op == Op::Charge && decision.allowed {
+                let given_back: Vec<Bucket> = batch
+                    .buckets
+                    .iter()
+                    .zip(&under_way)
+                    .filter(|(_, &u)| u > 0)
+                    .map(|(b, &u)| scaled(b, 0).with_cost(u))
+                    .collect();
+                let _ = self.memory.apply_now(Op::Refund, &given_back);
             }
             decision
         };
+        if self.config.divisor > 1 {
+            // The bucket's limit is what the primary says and the policy publishes
+            // (`RateLimit-Policy`, the docs): what this instance counts on its share shows
+            // in what remains, not as another limit.
+            for (state, bucket) in decision.buckets.iter_mut().zip(&batch.buckets) {
+                state.limit = bucket.limit.shown_quota().count();
+            }
+        }
         let now = decision.now.as_micros();
         for bucket in &batch.buckets {
             self.ledger.owe(batch.op, bucket, decision.allowed, now);

@@ -3,8 +3,9 @@
 //! each may be, and its answer, arriving late, is then added to memory's count
 //! ([`FallbackStore`](crate::FallbackStore)'s late answers). Without them, memory could
 //! admit up to the limit before those answers arrive, and the two together go past it.
-//! (Memory takes them on for one decision and gives them back after it: two decisions at
-//! the same moment on two threads may each see both's, and refuse early, never late.)
+//! (A decision fits only with them on top; an admitted charge gives them back at once.
+//! A fixed window that turns between the two, a microsecond apart, loses them from the
+//! new window: a race we leave.)
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,18 +42,16 @@ impl UnderWay {
         })
     }
 
-    /// The buckets of `buckets` with charges under way, each at the cost under way.
-    pub(crate) fn of(&self, buckets: &[Bucket]) -> Vec<Bucket> {
+    /// The cost under way of each of `buckets` (0 for those with none); empty if nothing
+    /// is under way at all.
+    pub(crate) fn costs(&self, buckets: &[Bucket]) -> Vec<u64> {
         let all = lock(&self.0);
         if all.is_empty() {
             return Vec::new();
         }
         buckets
             .iter()
-            .filter_map(|b| {
-                let cost = *all.get(b.key.as_str())?;
-                Some(b.clone().with_cost(cost))
-            })
+            .map(|b| all.get(b.key.as_str()).copied().unwrap_or(0))
             .collect()
     }
 }
@@ -89,12 +88,11 @@ mod tests {
         let sent = under_way.send(&first);
         let again = under_way.send(&second);
         assert!(under_way.send(&refund).is_none());
-        let costs = |buckets: Vec<Bucket>| buckets.iter().map(|b| b.cost).collect::<Vec<_>>();
-        assert_eq!(costs(under_way.of(&[a.clone(), b.clone()])), [4, 1]);
+        assert_eq!(under_way.costs(&[a.clone(), b.clone()]), [4, 1]);
         drop(sent);
-        assert_eq!(costs(under_way.of(&[a.clone(), b.clone()])), [2]);
+        assert_eq!(under_way.costs(&[a.clone(), b.clone()]), [2, 0]);
         drop(again);
-        assert!(under_way.of(&[a, b]).is_empty());
+        assert!(under_way.costs(&[a, b]).is_empty());
         assert!(lock(&under_way.0).is_empty());
     }
 }

@@ -213,26 +213,3 @@ async fn a_penalty_past_the_burst_is_given_back_whole() {
         "20 minutes owed, 2 passed"
     );
 }
-
-/// When memory dropped keys to make room during the outage, a key it shows nothing for
-/// may be one it dropped: its whole debt is given back.
-#[tokio::test(start_paused = true)]
-async fn a_key_memory_dropped_for_room_gives_back_its_whole_debt() {
-    let s = setup_with(
-        Limit::sliding(Quota::per_minute(5)),
-        MemoryStore::builder().max_entries(64).shards(1),
-    )
-    .await;
-    s.outage().await;
-    assert_eq!(s.send(4, Duration::ZERO).await, 4);
-    for i in 0..500 {
-        let other = Bucket::new("api", &format!("flood-{i}"), s.bucket.limit);
-        s.send_as(&other, 1, Duration::ZERO).await;
-    }
-    s.recover().await;
-    assert_eq!(
-        s.send(5, Duration::ZERO).await,
-        1,
-        "4 of 5 spent before the flood"
-    );
-}

@@ -173,3 +173,75 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     out.into_iter().map(Option::unwrap).collect()
 }
+
+/// A store on memory (the fallback tripped at 50 ms) with a charge of `key` under way on
+/// the primary until 55 ms, on `memory` (whose clock the test moves); returns at 51 ms.
+async fn with_a_charge_under_way(memory: MemoryStore, key: &Bucket) -> FallbackStore<Scripted> {
+    let script = [Some(Duration::ZERO), None, Some(Duration::from_millis(45))];
+    let store = FallbackStore::connect_with_memory(
+        Scripted::new(script),
+        memory,
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    let (first, under_way) = (
+        Batch::charge(vec![Bucket::new("api", "other", key.limit)]),
+        Batch::charge(vec![key.clone()]),
+    );
+    let tripping = store.clone();
+    tokio::spawn(async move { tripping.apply(&first).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let sending = store.clone();
+    tokio::spawn(async move { sending.apply(&under_way).await });
+    tokio::time::sleep(Duration::from_millis(41)).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    store
+}
+
+/// Looking at a key while a charge of it is under way changes nothing in memory: no
+/// later last admission for its window, no room made by dropping other keys.
+#[tokio::test(start_paused = true)]
+async fn a_look_while_a_charge_is_under_way_writes_nothing() {
+    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let memory = MemoryStore::builder()
+        .clock(clock.clone())
+        .max_entries(64)
+        .shards(1)
+        .build();
+    let key = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    let store = with_a_charge_under_way(memory.clone(), &key).await;
+    // Memory full of other keys, half spent.
+    for i in 0..64 {
+        let other = Bucket::new("api", &format!("o{i}"), key.limit);
+        for _ in 0..5 {
+            store
+                .apply(&Batch::charge(vec![other.clone()]))
+                .await
+                .unwrap();
+        }
+    }
+    let evicted = memory.stats().evicted;
+    let peek = Batch::new(Op::Peek, vec![key.clone()]);
+    store.apply(&peek).await.unwrap();
+    assert_eq!(
+        memory.stats().evicted,
+        evicted,
+        "a look at a new key made room"
+    );
+    // The key spent at t0 (9 of 10 fit beside the one under way), looked at 2 s later,
+    // in the same segment of its window.
+    for _ in 0..10 {
+        store
+            .apply(&Batch::charge(vec![key.clone()]))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(2));
+    assert!(!store.apply(&peek).await.unwrap().allowed);
+    // A minute and a bit after t0, the window is empty again.
+    clock.advance(Duration::from_millis(58_500));
+    let direct = memory
+        .apply_now(Op::Peek, std::slice::from_ref(&key))
+        .unwrap();
+    assert_eq!(direct.buckets[0].remaining, 10, "{direct:?}");
+}

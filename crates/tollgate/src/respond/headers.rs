@@ -75,9 +75,23 @@ impl Fields {
         self.0[field as usize] = Some(value);
     }
 
-    /// The rate-limit fields of `headers` (what a handler's own bucket wrote, say).
+    /// The rate-limit fields of `headers` (what a handler's own bucket wrote, say); a list
+    /// in several lines, as one.
     fn of(headers: &HeaderMap) -> Self {
-        Self(Field::ALL.map(|field| headers.get(field.name()).cloned()))
+        Self(Field::ALL.map(|field| {
+            let mut lines = headers.get_all(field.name()).iter();
+            let first = lines.next()?;
+            let rest: Vec<&HeaderValue> = lines.collect();
+            if rest.is_empty() || !matches!(field, Field::Policy | Field::Current) {
+                return Some(first.clone());
+            }
+            let joined = std::iter::once(first)
+                .chain(rest)
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b", "[..]);
+            HeaderValue::from_bytes(&joined).ok()
+        }))
     }
 
     /// Adds the fields to `headers`, beside those another source (a handler's own bucket,
@@ -88,16 +102,13 @@ impl Fields {
     pub(crate) fn merge_into(self, headers: &mut HeaderMap) {
         headers.reserve(self.0.iter().flatten().count());
         let [limit, remaining, reset, policy, current, retry_after] = self.0;
-        // A bucket of the same name in both: the two sources describe it differently, so
-        // theirs stays whole.
-        let mut clash = false;
+        if let Some(remaining) = remaining {
+            merge_one_bucket(headers, limit, remaining, reset);
+        }
         for (field, value) in [(Field::Policy, policy), (Field::Current, current)] {
             if let Some(value) = value {
-                clash |= merge_list(headers, field.name(), value);
+                merge_list(headers, field.name(), value);
             }
-        }
-        if let Some(remaining) = remaining {
-            merge_one_bucket(headers, limit, remaining, reset, !clash);
         }
         if let Some(value) = retry_after {
             insert_vacant(headers, RETRY_AFTER, value);
@@ -136,14 +147,14 @@ fn insert_vacant(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) 
     }
 }
 
-/// The `X-RateLimit-*` fields of one bucket: added where the response has none, or (if
-/// it may `replace` them) in place of the ones it has if this bucket has less remaining.
+/// The `X-RateLimit-*` fields of one bucket: added where the response has none, or in
+/// place of the ones it has if this bucket has less remaining (the tighter bucket shows,
+/// even where both sources name a bucket alike and the lists keep theirs).
 fn merge_one_bucket(
     headers: &mut HeaderMap,
     limit: Option<HeaderValue>,
     remaining: HeaderValue,
     reset: Option<HeaderValue>,
-    replace: bool,
 ) {
     let mut entry = match headers.entry(X_RATELIMIT_REMAINING) {
         http::header::Entry::Vacant(entry) => {
@@ -157,9 +168,6 @@ fn merge_one_bucket(
         }
         http::header::Entry::Occupied(entry) => entry,
     };
-    if !replace {
-        return;
-    }
     let count = |value: &HeaderValue| value.to_str().ok()?.trim().parse::<u64>().ok();
     let fewer = match (count(&remaining), count(entry.get())) {
         (Some(ours), Some(theirs)) => ours < theirs,
@@ -181,22 +189,21 @@ fn merge_one_bucket(
 
 /// An IETF list field: `value` where the response has none, else the response's items
 /// (all its lines, as one list) followed by those of `value` whose bucket it does not name
-/// already. Whether some bucket of `value` was named there already.
-fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> bool {
+/// already.
+fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     let mut entry = match headers.entry(name) {
         http::header::Entry::Vacant(entry) => {
             entry.insert(value);
-            return false;
+            return;
         }
         http::header::Entry::Occupied(entry) => entry,
     };
     let lines: Option<Vec<&str>> = entry.iter().map(|v| v.to_str().ok()).collect();
     let (Some(lines), Ok(ours)) = (lines, value.to_str()) else {
-        return false;
+        return;
     };
     let theirs = lines.join(", ");
     let theirs = theirs.as_str();
-    let mut clash = false;
     let mut merged = theirs.to_string();
     // Our items are `"name";...` with names of letters, digits, `-`, `_` and `.`: `, `
     // separates them.
@@ -208,7 +215,6 @@ fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> 
                 None | Some(b';' | b',' | b' ')
             )
         });
-        clash |= named;
         if !named {
             if !merged.trim().is_empty() {
                 merged.push_str(", ");
@@ -222,7 +228,6 @@ fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> 
             entry.insert(merged);
         }
     }
-    clash
 }
 
 /// The last second an HTTP date can show (9999-12-31 23:59:59 UTC); later times are
@@ -689,15 +694,26 @@ mod tests {
             theirs.get_all(RATELIMIT).iter().collect::<Vec<_>>(),
             ["\"a\";r=1;t=10, \"b\";r=2;t=10, \"ip\";r=4;t=60, \"user\";r=8;t=60"]
         );
-        // A bucket of the same name in both: theirs describe it, all of theirs stay.
+        // A bucket of the same name in both: the lists keep theirs, and `X-RateLimit-*`
+        // show the tighter bucket (ours here).
         let mut theirs = map(&[
             ("x-ratelimit-limit", "9"),
             ("x-ratelimit-remaining", "9"),
             ("ratelimit", "\"ip\";r=9;t=60"),
         ]);
         merge_rate_limit_headers(&mut theirs, &ours);
-        assert_eq!(theirs["x-ratelimit-remaining"], "9");
+        assert_eq!(theirs["x-ratelimit-remaining"], "4");
         assert_eq!(theirs["ratelimit"], "\"ip\";r=9;t=60, \"user\";r=8;t=60");
+        // Our list in two lines: both taken.
+        let mut ours_in_lines = HeaderMap::new();
+        ours_in_lines.append(RATELIMIT, HeaderValue::from_static("\"c\";r=3;t=10"));
+        ours_in_lines.append(RATELIMIT, HeaderValue::from_static("\"d\";r=4;t=10"));
+        let mut theirs = map(&[("ratelimit", "\"a\";r=1;t=10")]);
+        merge_rate_limit_headers(&mut theirs, &ours_in_lines);
+        assert_eq!(
+            theirs["ratelimit"],
+            "\"a\";r=1;t=10, \"c\";r=3;t=10, \"d\";r=4;t=10"
+        );
         // Unreadable remaining: theirs stays.
         let mut theirs = map(&[("x-ratelimit-remaining", "lots")]);
         merge_rate_limit_headers(&mut theirs, &ours);
