@@ -121,7 +121,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore,
-    Op, Quota, Store, StoreError, StoreMode,
+    Op, Quota, Refusal, Store, StoreError, StoreMode,
 };
 
 use crate::ledger::{Ledger, Owed};
@@ -902,29 +902,40 @@ impl<P: Primary> Shared<P> {
         } else {
             Vec::new()
         };
-        let scaled = |b: &Bucket, extra: u64| {
-            let mut b = self.scaled(b).into_owned();
-            b.cost = b.cost.saturating_add(extra);
-            b
-        };
         let mut decision = if under_way.is_empty() && self.config.divisor <= 1 {
             self.memory.apply_now(batch.op, &batch.buckets)?
         } else {
             let extra = under_way.iter().copied().chain(std::iter::repeat(0));
-            let buckets: Vec<Bucket> = batch
+            let (buckets, extras): (Vec<Bucket>, Vec<u64>) = batch
                 .buckets
                 .iter()
                 .zip(extra)
-                .map(|(b, u)| scaled(b, u))
-                .collect();
-            let decision = self.memory.apply_now(batch.op, &buckets)?;
+                .map(|(b, u)| {
+                    let mut b = self.scaled(b).into_owned();
+                    b.cost = b.cost.saturating_add(u);
+                    (b, u)
+                })
+                .unzip();
+            let mut decision = self.memory.apply_now(batch.op, &buckets)?;
+            // Refused as costing more than the bucket holds only for what others sent: it
+            // is over the limit until their answers come (within the call timeout).
+            for ((state, bucket), &u) in decision.buckets.iter_mut().zip(&buckets).zip(&extras) {
+                let alone = bucket.cost - u;
+                if u > 0
+                    && alone <= bucket.limit.capacity()
+                    && matches!(state.refusal, Some(Refusal::CostExceedsCapacity { .. }))
+                {
+                    state.refusal = Some(Refusal::OverLimit);
+                    state.remaining = 0;
+                    state.retry_after = Some(self.config.timeout);
+                }
+            }
             if batch.op == Op::Charge && decision.allowed {
-                let given_back: Vec<Bucket> = batch
-                    .buckets
-                    .iter()
-                    .zip(&under_way)
-                    .filter(|(_, &u)| u > 0)
-                    .map(|(b, &u)| scaled(b, 0).with_cost(u))
+                let given_back: Vec<Bucket> = buckets
+                    .into_iter()
+                    .zip(extras)
+                    .filter(|(_, u)| *u > 0)
+                    .map(|(b, u)| b.with_cost(u))
                     .collect();
                 let _ = self.memory.apply_now(Op::Refund, &given_back);
             }

@@ -245,3 +245,23 @@ async fn a_look_while_a_charge_is_under_way_writes_nothing() {
         .unwrap();
     assert_eq!(direct.buckets[0].remaining, 10, "{direct:?}");
 }
+
+/// A request that fits only if none of the charges under way is admitted is refused as
+/// over the limit, with a wait, not as costing more than the bucket holds.
+#[tokio::test(start_paused = true)]
+async fn a_request_refused_for_charges_under_way_is_told_to_wait() {
+    let key = Bucket::new("login", "alice", Limit::sliding(Quota::per_minute(1)));
+    let store = with_a_charge_under_way(MemoryStore::new(), &key).await;
+    let refused = store
+        .apply(&Batch::charge(vec![key.clone()]))
+        .await
+        .unwrap();
+    assert!(!refused.allowed);
+    let state = &refused.buckets[0];
+    assert_eq!(
+        state.refusal,
+        Some(tollgate_core::Refusal::OverLimit),
+        "{state:?}"
+    );
+    assert!(state.retry_after.is_some(), "{state:?}");
+}
