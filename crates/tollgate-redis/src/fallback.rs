@@ -917,12 +917,19 @@ impl<P: Primary> Shared<P> {
                 })
                 .unzip();
             let mut decision = self.memory.apply_now(batch.op, &buckets)?;
-            // Refused as costing more than the bucket holds only for what others sent: it
-            // is over the limit until their answers come (within the call timeout).
+            let charged = batch.op == Op::Charge && decision.allowed;
             for ((state, bucket), &u) in decision.buckets.iter_mut().zip(&buckets).zip(&extras) {
-                let alone = bucket.cost - u;
-                if u > 0
-                    && alone <= bucket.limit.capacity()
+                if u == 0 {
+                    continue;
+                }
+                // What remains shows the charges under way as spent (an admitted charge's
+                // state was taken with them on top already).
+                if !charged {
+                    state.remaining = state.remaining.saturating_sub(u);
+                }
+                // Refused as costing more than the bucket holds only for what others sent:
+                // it is over the limit until their answers come (within the call timeout).
+                if bucket.cost - u <= bucket.limit.capacity()
                     && matches!(state.refusal, Some(Refusal::CostExceedsCapacity { .. }))
                 {
                     state.refusal = Some(Refusal::OverLimit);
@@ -930,7 +937,7 @@ impl<P: Primary> Shared<P> {
                     state.retry_after = Some(self.config.timeout);
                 }
             }
-            if batch.op == Op::Charge && decision.allowed {
+            if charged {
                 let given_back: Vec<Bucket> = buckets
                     .into_iter()
                     .zip(extras)

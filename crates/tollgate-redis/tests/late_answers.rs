@@ -265,3 +265,27 @@ async fn a_request_refused_for_charges_under_way_is_told_to_wait() {
     );
     assert!(state.retry_after.is_some(), "{state:?}");
 }
+
+/// What remains, on a refusal or a look, shows the charges under way as spent, as an
+/// admitted charge's does.
+#[tokio::test(start_paused = true)]
+async fn what_remains_counts_the_charges_under_way() {
+    let key = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    let store = with_a_charge_under_way(MemoryStore::new(), &key).await;
+    let admitted = store
+        .apply(&Batch::charge(vec![key.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(admitted.buckets[0].remaining, 8, "1 here, 1 under way");
+    let look = store
+        .apply(&Batch::new(Op::Peek, vec![key.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(look.buckets[0].remaining, 8);
+    let refused = store
+        .apply(&Batch::charge(vec![key.clone().with_cost(9)]))
+        .await
+        .unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.buckets[0].remaining, 8);
+}
