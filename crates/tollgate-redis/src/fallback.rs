@@ -918,7 +918,8 @@ impl<P: Primary> Shared<P> {
                 .unzip();
             let mut decision = self.memory.apply_now(batch.op, &buckets)?;
             let charged = batch.op == Op::Charge && decision.allowed;
-            for ((state, bucket), &u) in decision.buckets.iter_mut().zip(&buckets).zip(&extras) {
+            let states = decision.buckets.iter_mut().zip(&buckets);
+            for ((state, bucket), (&u, alone)) in states.zip(extras.iter().zip(&batch.buckets)) {
                 if u == 0 {
                     continue;
                 }
@@ -927,14 +928,20 @@ impl<P: Primary> Shared<P> {
                 if !charged {
                     state.remaining = state.remaining.saturating_sub(u);
                 }
-                // Refused as costing more than the bucket holds only for what others sent:
-                // it is over the limit until their answers come (within the call timeout).
-                if bucket.cost - u <= bucket.limit.capacity()
-                    && matches!(state.refusal, Some(Refusal::CostExceedsCapacity { .. }))
-                {
-                    state.refusal = Some(Refusal::OverLimit);
-                    state.remaining = 0;
-                    state.retry_after = Some(self.config.timeout);
+                let capacity = bucket.limit.capacity();
+                if let Some(Refusal::CostExceedsCapacity { cost, .. }) = &mut state.refusal {
+                    if alone.cost > capacity {
+                        // It never fits, whatever the answers: as its own cost says.
+                        *cost = alone.cost;
+                    } else {
+                        // It does not fit only beside what others sent: over the limit
+                        // until their answers come (within the call timeout), or until the
+                        // bucket is full again if that is later.
+                        let wait = self.config.timeout.max(state.reset_after);
+                        state.refusal = Some(Refusal::OverLimit);
+                        state.retry_after = Some(wait);
+                        state.reset_after = wait;
+                    }
                 }
             }
             if charged {

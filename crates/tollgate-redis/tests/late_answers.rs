@@ -263,7 +263,21 @@ async fn a_request_refused_for_charges_under_way_is_told_to_wait() {
         Some(tollgate_core::Refusal::OverLimit),
         "{state:?}"
     );
-    assert!(state.retry_after.is_some(), "{state:?}");
+    let wait = state.retry_after.expect("a wait");
+    assert!(wait >= TIMEOUT && state.reset_after >= wait, "{state:?}");
+    assert_eq!(state.remaining, 0, "the one under way spends the bucket");
+    // A request that could never fit says so, at its own cost.
+    let never = store
+        .apply(&Batch::charge(vec![key.clone().with_cost(2)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        never.buckets[0].refusal,
+        Some(tollgate_core::Refusal::CostExceedsCapacity {
+            cost: 2,
+            capacity: 1
+        })
+    );
 }
 
 /// What remains, on a refusal or a look, shows the charges under way as spent, as an
