@@ -891,6 +891,13 @@ impl<P: Primary> Shared<P> {
         Cow::Owned(scaled)
     }
 
+    /// `bucket` as memory decides it ([`Shared::scaled`]), costing `extra` more.
+    fn scaled_costing(&self, bucket: &Bucket, extra: u64) -> Bucket {
+        let mut scaled = self.scaled(bucket).into_owned();
+        scaled.cost = scaled.cost.saturating_add(extra);
+        scaled
+    }
+
     /// Decides from memory, noting what is owed to the primary.
     fn decide_in_memory(&self, batch: &Batch) -> Result<Decision, StoreError> {
         // Charges still under way on the primary count as admitted while this is decided
@@ -910,11 +917,7 @@ impl<P: Primary> Shared<P> {
                 .buckets
                 .iter()
                 .zip(extra)
-                .map(|(b, u)| {
-                    let mut b = self.scaled(b).into_owned();
-                    b.cost = b.cost.saturating_add(u);
-                    (b, u)
-                })
+                .map(|(b, u)| (self.scaled_costing(b, u), u))
                 .unzip();
             let mut decision = self.memory.apply_now(batch.op, &buckets)?;
             let charged = batch.op == Op::Charge && decision.allowed;
@@ -992,7 +995,7 @@ impl<P: Primary> Shared<P> {
         let scaled: Vec<Bucket> = batch
             .buckets
             .iter()
-            .map(|b| self.scaled(b).into_owned())
+            .map(|b| self.scaled_costing(b, 0))
             .collect();
         if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
             tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");

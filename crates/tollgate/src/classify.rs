@@ -400,14 +400,26 @@ fn parse_methods(list: &str) -> Result<Vec<Method>, InvalidReason> {
     Ok(methods)
 }
 
+/// The methods of HTTP itself (RFC 9110, and `PATCH`): per-route registrations are
+/// remembered for these only, and a pattern's method one slip from one of them is taken
+/// for a misspelling.
+pub(crate) static STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
 /// The standard method `name` is one slip away from (a letter left out, added, changed,
 /// or two neighbours swapped), unless `name` is itself standard or a method in use
 /// elsewhere (IANA's registry, and a few common ones outside it: `TRACK` is `TRACE` in
 /// IIS, `BATCH`, `PURGE`).
 fn near_standard_method(name: &str) -> Option<&'static str> {
-    const STANDARD: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ];
     const IN_USE: [&str; 34] = [
         "ACL",
         "BASELINE-CONTROL",
@@ -444,11 +456,12 @@ fn near_standard_method(name: &str) -> Option<&'static str> {
         "UPDATEREDIRECTREF",
         "VERSION-CONTROL",
     ];
-    if STANDARD.contains(&name) || IN_USE.contains(&name) {
+    let standard = STANDARD_METHODS.iter().map(Method::as_str);
+    if standard.clone().any(|m| m == name) || IN_USE.contains(&name) {
         return None;
     }
-    STANDARD
-        .into_iter()
+    standard
+        .clone()
         .find(|standard| one_slip(name.as_bytes(), standard.as_bytes()))
 }
 

@@ -63,15 +63,11 @@ impl Rate {
     /// assert!(Rate::sliding_segments("60/min", 0).limit().is_err());
     /// ```
     pub fn sliding_segments(quota: impl Into<Rate>, segments: u32) -> Self {
-        match quota.into().0 {
-            Ok(limit) => Self(
-                Limit::sliding_segments(limit.quota(), segments).map_err(|source| RateError {
-                    input: format!("{} in {segments} segments", limit.quota()),
-                    source,
-                }),
-            ),
-            Err(e) => Self(Err(e)),
-        }
+        Self::try_map_quota(
+            quota,
+            |quota| Limit::sliding_segments(quota, segments),
+            |quota| format!("{quota} in {segments} segments"),
+        )
     }
 
     /// An exact rolling window ([`Limit::sliding_exact`]): memory grows with the count.
@@ -88,18 +84,11 @@ impl Rate {
     /// `burst` tokens: a configuration file's `sustained: 100/min, burst: 20/s` is
     /// `Rate::token_bucket("100/min", 20)`.
     pub fn token_bucket(sustained: impl Into<Rate>, burst: u64) -> Self {
-        let sustained = sustained.into();
-        match sustained.0 {
-            Ok(limit) => {
-                Self(
-                    Limit::token_bucket(limit.quota(), burst).map_err(|source| RateError {
-                        input: format!("{} burst {burst}", limit.quota()),
-                        source,
-                    }),
-                )
-            }
-            Err(e) => Self(Err(e)),
-        }
+        Self::try_map_quota(
+            sustained,
+            |quota| Limit::token_bucket(quota, burst),
+            |quota| format!("{quota} burst {burst}"),
+        )
     }
 
     /// The limit, or why the text did not parse.
@@ -113,6 +102,21 @@ impl Rate {
 
     fn map_quota(quota: impl Into<Rate>, f: fn(Quota) -> Limit) -> Self {
         Self(quota.into().0.map(|l| f(l.quota())))
+    }
+
+    /// [`Rate::map_quota`] with a constructor that can refuse the quota; `input` names
+    /// what was asked in the error.
+    fn try_map_quota(
+        quota: impl Into<Rate>,
+        f: impl FnOnce(Quota) -> Result<Limit, QuotaError>,
+        input: impl FnOnce(Quota) -> String,
+    ) -> Self {
+        Self(quota.into().0.and_then(|l| {
+            f(l.quota()).map_err(|source| RateError {
+                input: input(l.quota()),
+                source,
+            })
+        }))
     }
 }
 

@@ -205,29 +205,31 @@ fn mark_in(extensions: &http::Extensions, id: u64) -> Option<&Mark> {
         .and_then(|m| m.0.iter().find(|(i, _)| *i == id).map(|(_, m)| m))
 }
 
-fn mark(parts: &Parts, id: u64) -> Option<&Mark> {
-    mark_in(&parts.extensions, id)
+/// Gives limiter `id` the mark `mark` in `extensions`, replacing its mark there unless
+/// `keep` is [`Keep::Existing`].
+fn set_mark(extensions: &mut http::Extensions, id: u64, mark: Mark, keep: Keep) {
+    let Some(marks) = extensions.get_mut::<Marks>() else {
+        extensions.insert(Marks(smallvec::smallvec![(id, mark)]));
+        return;
+    };
+    match marks.0.iter_mut().find(|(i, _)| *i == id) {
+        Some((_, existing)) if keep == Keep::Replace => *existing = mark,
+        Some(_) => {}
+        None => marks.0.push((id, mark)),
+    }
 }
 
-fn add_mark(parts: &mut Parts, id: u64, mark: Mark) {
-    let mut all = parts.extensions.remove::<Marks>().unwrap_or_default();
-    all.0.retain(|(i, _)| *i != id);
-    all.0.push((id, mark));
-    parts.extensions.insert(all);
+/// Whether [`set_mark`] replaces a limiter's mark already there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Replace,
+    Existing,
 }
 
 /// Marks the request of `extensions` admitted by a layer of limiter `id`, unless a mark of
 /// that limiter is there already (any of them says as much).
 pub(crate) fn mark_admitted(extensions: &mut http::Extensions, id: u64) {
-    match extensions.get_mut::<Marks>() {
-        Some(marks) if !marks.0.iter().any(|(i, _)| *i == id) => {
-            marks.0.push((id, Mark::Admitted));
-        }
-        Some(_) => {}
-        None => {
-            extensions.insert(Marks(smallvec::smallvec![(id, Mark::Admitted)]));
-        }
-    }
+    set_mark(extensions, id, Mark::Admitted, Keep::Existing);
 }
 
 /// Whether a layer of limiter `id` further out took the request of `extensions`: its
@@ -240,19 +242,6 @@ pub(crate) fn charged_by(extensions: &http::Extensions, id: u64) -> bool {
         .is_some_and(|d| d.limiter.0 == id)
         || mark_in(extensions, id).is_some()
 }
-
-/// Methods whose per-route registrations are remembered.
-const STANDARD_METHODS: [Method; 9] = [
-    Method::GET,
-    Method::HEAD,
-    Method::POST,
-    Method::PUT,
-    Method::DELETE,
-    Method::PATCH,
-    Method::OPTIONS,
-    Method::CONNECT,
-    Method::TRACE,
-];
 
 /// The most (method, route) pairs remembered as carrying their own policy.
 const MAX_PER_ROUTE_ENTRIES: usize = 4096;
@@ -371,13 +360,23 @@ impl Engine {
         // The plan stays here (it is large): the store answers for it by reference.
         if let Some(outcome) = self.decide_now(&plan, &provisional, &parts.method, path) {
             if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
-                add_mark(parts, self.id, Mark::Central(p));
+                set_mark(
+                    &mut parts.extensions,
+                    self.id,
+                    Mark::Central(p),
+                    Keep::Replace,
+                );
             }
             return Start::Now(outcome);
         }
         let plan = plan.owned();
         if let Some(p) = &provisional {
-            add_mark(parts, self.id, Mark::Central(p.clone()));
+            set_mark(
+                &mut parts.extensions,
+                self.id,
+                Mark::Central(p.clone()),
+                Keep::Replace,
+            );
         }
         let (method, path) = (parts.method.clone(), request_path(parts).to_string());
         Start::Later(Box::pin(self.clone().decide_later(
@@ -441,7 +440,7 @@ impl Engine {
             // Only standard methods are remembered (a client chooses the method: extension
             // methods must not grow the registry; their requests take the refund path), and
             // only so many routes.
-            let standard = STANDARD_METHODS.contains(&parts.method);
+            let standard = crate::classify::STANDARD_METHODS.contains(&parts.method);
             let id = route_id(&parts.method, path);
             if standard && !routes.per_route.contains(id.as_str()) {
                 self.routes.rcu(|routes| {
@@ -453,7 +452,7 @@ impl Engine {
                 });
             }
         }
-        let refund_first = match mark(parts, self.id) {
+        let refund_first = match mark_in(&parts.extensions, self.id) {
             Some(Mark::Route) => return Start::Pass,
             Some(Mark::Central(p)) => {
                 if !policy.warned_central.swap(true, Ordering::Relaxed) {
@@ -476,7 +475,7 @@ impl Engine {
             Some(Mark::Admitted) | None => None,
         };
         if routes.marks {
-            add_mark(parts, self.id, Mark::Route);
+            set_mark(&mut parts.extensions, self.id, Mark::Route, Keep::Replace);
         }
         // The central layer's charge goes back first: at once on a store that answers at
         // once, else before this policy is charged, in the same future.

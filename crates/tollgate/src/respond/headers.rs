@@ -81,16 +81,10 @@ impl Fields {
         Self(Field::ALL.map(|field| {
             let mut lines = headers.get_all(field.name()).iter();
             let first = lines.next()?;
-            let rest: Vec<&HeaderValue> = lines.collect();
-            if rest.is_empty() || !matches!(field, Field::Policy | Field::Current) {
+            if lines.next().is_none() || !matches!(field, Field::Policy | Field::Current) {
                 return Some(first.clone());
             }
-            let joined = std::iter::once(first)
-                .chain(rest)
-                .map(|v| v.as_bytes())
-                .collect::<Vec<_>>()
-                .join(&b", "[..]);
-            HeaderValue::from_bytes(&joined).ok()
+            HeaderValue::from_bytes(&one_list(headers.get_all(field.name()))).ok()
         }))
     }
 
@@ -138,6 +132,12 @@ impl Fields {
 /// ```
 pub fn merge_rate_limit_headers(into: &mut HeaderMap, from: &HeaderMap) {
     Fields::of(from).merge_into(into);
+}
+
+/// A list field's lines as one list, as RFC 9110 combines them.
+fn one_list<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>) -> Vec<u8> {
+    let lines: Vec<&[u8]> = lines.into_iter().map(HeaderValue::as_bytes).collect();
+    lines.join(&b", "[..])
 }
 
 /// Inserts `value` under `name` unless `headers` has that field.
@@ -198,12 +198,10 @@ fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
         }
         http::header::Entry::Occupied(entry) => entry,
     };
-    let lines: Option<Vec<&str>> = entry.iter().map(|v| v.to_str().ok()).collect();
-    let (Some(lines), Ok(ours)) = (lines, value.to_str()) else {
+    let theirs = one_list(entry.iter());
+    let (Ok(theirs), Ok(ours)) = (std::str::from_utf8(&theirs), value.to_str()) else {
         return;
     };
-    let theirs = lines.join(", ");
-    let theirs = theirs.as_str();
     let mut merged = theirs.to_string();
     // Our items are `"name";...` with names of letters, digits, `-`, `_` and `.`: `, `
     // separates them.
