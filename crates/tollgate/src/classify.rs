@@ -660,38 +660,41 @@ enum PathShape {
 }
 
 /// The path as axum's router reads it (`/` separated, nothing decoded: after one leading
-/// `/`, each `/` starts a segment), and its shape, in one pass over its bytes. A path over
+/// `/`, each `/` starts a segment), and its shape. A path over
 /// the limits gives the segments of its start up to its last `/` within them.
 fn scan(path: &str) -> (PathShape, Segments<&str>) {
     let bytes = path.as_bytes();
+    let seen = &bytes[..bytes.len().min(MAX_PATH_LEN)];
     let mut segments = Segments::new();
     let body = usize::from(bytes.first() == Some(&b'/'));
     let mut start = body;
     let mut slashes = body;
+    // A segment is irregular if it is empty (`//`) or starts with `.`.
     let mut plain = true;
-    let mut prev = b'/';
-    for (i, &b) in bytes.iter().enumerate().skip(body) {
-        if i == MAX_PATH_LEN {
-            // The segments pushed so far end at the last `/`.
+    while let Some(len) = seen[start..].iter().position(|&b| b == b'/') {
+        let end = start + len;
+        slashes += 1;
+        segments.push(&path[start..end]);
+        if slashes > MAX_SEGMENTS {
+            // Cut at this `/`: the segment it ends is the last one.
             return (PathShape::OverLimit, segments);
         }
-        if b == b'/' {
-            slashes += 1;
-            if slashes > MAX_SEGMENTS {
-                // Cut at this `/`: the segment it ends is the last one.
-                segments.push(&path[start..i]);
-                return (PathShape::OverLimit, segments);
-            }
-            segments.push(&path[start..i]);
-            start = i + 1;
-        }
-        plain &= !(b == b'%' || (prev == b'/' && (b == b'/' || b == b'.')));
-        prev = b;
+        plain &= !matches!(bytes[start..end].first(), None | Some(b'.'));
+        start = end + 1;
+    }
+    if bytes.len() > MAX_PATH_LEN {
+        // The segments pushed so far end at the last `/` within the limit.
+        return (PathShape::OverLimit, segments);
     }
     if bytes.len() > body {
         segments.push(&path[start..]);
+        // The last segment may be empty only in `/` itself (a trailing `/` is irregular).
+        plain &= match bytes[start..].first() {
+            None => bytes.len() <= 1,
+            Some(&b) => b != b'.',
+        };
     }
-    let shape = if plain && (prev != b'/' || bytes.len() <= 1) {
+    let shape = if plain && !bytes.contains(&b'%') {
         PathShape::Plain
     } else {
         PathShape::Irregular

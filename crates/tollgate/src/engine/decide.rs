@@ -57,6 +57,15 @@ impl Refused {
 /// The states of a plan's active buckets, as a store answered them.
 pub(crate) type States = SmallVec<[BucketState; INLINE]>;
 
+/// `0..n`, filled by `push` (which inlines; collecting a range into a `SmallVec` does not).
+fn every_index(n: usize) -> SmallVec<[usize; INLINE]> {
+    let mut all = SmallVec::new();
+    for i in 0..n {
+        all.push(i);
+    }
+    all
+}
+
 /// What one answer of the store means for the plan.
 #[allow(clippy::large_enum_variant)]
 enum Step {
@@ -75,7 +84,7 @@ impl Engine {
         method: &Method,
         path: &str,
     ) -> Option<Outcome> {
-        let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        let mut active = every_index(plan.buckets.len());
         let op = plan.op();
         // The memory store answers in tens of nanoseconds: it is timed only for the span
         // (while `DEBUG` is on for this crate's target).
@@ -112,7 +121,7 @@ impl Engine {
         method: Method,
         path: String,
     ) -> Outcome {
-        let mut active: SmallVec<[usize; INLINE]> = (0..plan.buckets.len()).collect();
+        let mut active = every_index(plan.buckets.len());
         let op = plan.op();
         loop {
             let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();

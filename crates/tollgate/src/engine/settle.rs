@@ -360,46 +360,45 @@ impl Engine {
         if shown.is_empty() {
             return headers;
         }
-        // Overrides have no compiled name: theirs are made here.
-        let override_names: SmallVec<[String; 1]> = shown
-            .iter()
-            .filter(|&&i| plan.meta[i].label.is_some())
-            .map(|&i| sf::string(plan.label(i)))
-            .collect();
+        // Overrides have no compiled name: theirs are made here. (Both lists are filled by
+        // `push`, which inlines; collecting into them does not, and costs more.)
+        let mut override_names: SmallVec<[String; 1]> = SmallVec::new();
+        for &i in shown {
+            if plan.meta[i].label.is_some() {
+                override_names.push(sf::string(plan.label(i)));
+            }
+        }
         let mut next_override = override_names.iter();
         let mut mask = 0usize;
         let mut cacheable = true;
-        let items: SmallVec<[Shown<'_>; INLINE]> = shown
-            .iter()
-            .zip(shown_states)
-            .map(|(&i, state)| {
-                let meta = &plan.meta[i];
-                match meta.bit {
-                    Some(bit) => mask |= 1 << bit,
-                    None => cacheable = false,
-                }
-                let quota = plan.buckets[i].limit.shown_quota();
-                match &meta.label {
-                    Some(_) => Shown {
-                        sf_name: next_override.next().map_or("\"\"", String::as_str),
+        let mut items: SmallVec<[Shown<'_>; INLINE]> = SmallVec::new();
+        for (&i, state) in shown.iter().zip(shown_states) {
+            let meta = &plan.meta[i];
+            match meta.bit {
+                Some(bit) => mask |= 1 << bit,
+                None => cacheable = false,
+            }
+            let quota = plan.buckets[i].limit.shown_quota();
+            items.push(match &meta.label {
+                Some(_) => Shown {
+                    sf_name: next_override.next().map_or("\"\"", String::as_str),
+                    quota,
+                    policy_item: None,
+                    limit_value: None,
+                    state,
+                },
+                None => {
+                    let limit = &plan.policy(i).limits[usize::from(meta.limit)];
+                    Shown {
+                        sf_name: &limit.sf_name,
                         quota,
-                        policy_item: None,
-                        limit_value: None,
+                        policy_item: meta.bit.and(limit.policy_item.as_deref()),
+                        limit_value: limit.limit_value.as_ref(),
                         state,
-                    },
-                    None => {
-                        let limit = &plan.policy(i).limits[usize::from(meta.limit)];
-                        Shown {
-                            sf_name: &limit.sf_name,
-                            quota,
-                            policy_item: meta.bit.and(limit.policy_item.as_deref()),
-                            limit_value: limit.limit_value.as_ref(),
-                            state,
-                        }
                     }
                 }
-            })
-            .collect();
+            });
+        }
         let mut view = ShownResponse {
             now,
             allowed: visible.allowed,
