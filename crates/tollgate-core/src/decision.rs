@@ -83,13 +83,17 @@ impl Decision {
 
 /// [`Decision::most_restrictive`] for the states of a decision held elsewhere than in a
 /// [`Decision`] (`allowed`: whether the request was admitted).
-pub fn most_restrictive(allowed: bool, states: &[BucketState]) -> Option<usize> {
+/// `states` is any sequence of them: a slice, or references gathered from one.
+pub fn most_restrictive<'a>(
+    allowed: bool,
+    states: impl IntoIterator<Item = &'a BucketState>,
+) -> Option<usize> {
     let wait = |b: &BucketState| match (b.refusal, b.retry_after) {
         (Some(Refusal::CostExceedsCapacity { .. }), _) => Duration::MAX,
         (_, Some(d)) => d,
         _ => Duration::ZERO,
     };
-    let indexed = states.iter().enumerate();
+    let indexed = states.into_iter().enumerate();
     if allowed {
         indexed
             .min_by(|(_, a), (_, b)| {

@@ -77,6 +77,7 @@ enum Step {
 impl Engine {
     /// Charges `plan` at once if the store can answer synchronously; `None` if `plan` must
     /// be charged through the store's future.
+    #[inline]
     pub(crate) fn decide_now(
         self: &Arc<Self>,
         plan: &Plan<&Arc<Compiled>>,
@@ -169,6 +170,7 @@ impl Engine {
     /// What an answer of the store to `op` (the plan's [`Plan::op`]) for the `active`
     /// buckets of `plan` means.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn conclude<G: Group>(
         self: &Arc<Self>,
         plan: &Plan<G>,
@@ -284,7 +286,7 @@ impl Engine {
     pub(crate) fn info<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        visible: &Visible,
+        visible: &Visible<'_>,
         now: Timestamp,
         method: &Method,
         path: &str,
@@ -293,7 +295,7 @@ impl Engine {
             .index
             .iter()
             .zip(&visible.states)
-            .map(|(&i, state)| BucketOutcome {
+            .map(|(&i, &state)| BucketOutcome {
                 name: plan.label_arc(i).clone(),
                 quota: plan.buckets[i].limit.shown_quota(),
                 state: state.clone(),

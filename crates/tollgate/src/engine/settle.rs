@@ -85,6 +85,7 @@ impl After {
         let visible = Visible::of(plan, active, &states);
         let decision = engine.decision(plan, &visible, now);
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
+            drop(visible);
             let pending = Pending {
                 engine: engine.clone(),
                 plan: plan.owned(),
@@ -262,32 +263,33 @@ pub(crate) fn in_background<T: Send + 'static>(work: BoxFuture<'static, T>) {
 /// slows down on `Remaining: 0` must not be slowed by a dry run), their states, whether
 /// they all admit, and the most restrictive of them. Worked out once per response, for its
 /// headers, its decision and its info.
-pub(crate) struct Visible {
+pub(crate) struct Visible<'a> {
     /// Their indices in the plan.
     pub(crate) index: SmallVec<[usize; INLINE]>,
-    pub(crate) states: SmallVec<[BucketState; INLINE]>,
+    /// Their states (borrowed from the store's answer: not copied per response).
+    pub(crate) states: SmallVec<[&'a BucketState; INLINE]>,
     pub(crate) allowed: bool,
     /// The position in `index` of the most restrictive (`None`: nothing shows).
     pub(crate) most: Option<usize>,
 }
 
-impl Visible {
+impl<'a> Visible<'a> {
     /// The buckets shown of the `active` buckets of `plan`, answered by `states`.
     pub(crate) fn of<G: AsRef<Compiled>>(
         plan: &Plan<G>,
         active: &[usize],
-        states: &[BucketState],
+        states: &'a [BucketState],
     ) -> Self {
         let mut index = SmallVec::new();
         let mut shown = SmallVec::new();
         for (&i, state) in active.iter().zip(states) {
             if !plan.shadow(i) {
                 index.push(i);
-                shown.push(state.clone());
+                shown.push(state);
             }
         }
-        let allowed = shown.iter().all(|s: &BucketState| s.allowed);
-        let most = most_restrictive(allowed, &shown);
+        let allowed = shown.iter().all(|s: &&BucketState| s.allowed);
+        let most = most_restrictive(allowed, shown.iter().copied());
         Self {
             index,
             states: shown,
@@ -303,7 +305,7 @@ impl Engine {
     pub(crate) fn settled<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        visible: &Visible,
+        visible: &Visible<'_>,
         now: Timestamp,
         show: bool,
     ) -> Settled {
@@ -326,7 +328,7 @@ impl Engine {
     pub(crate) fn decision<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        shown: &Visible,
+        shown: &Visible<'_>,
         now: Timestamp,
     ) -> Option<RateLimitDecision> {
         if !self.decision_in_request && !self.decision_in_response {
@@ -338,7 +340,7 @@ impl Engine {
             RateLimitDecision::new(
                 Cow::Borrowed(plan.policy(i).static_name),
                 Cow::Borrowed(plan.static_label(i)),
-                &shown.states[j],
+                shown.states[j],
                 now,
                 shown.allowed,
             )
@@ -352,7 +354,7 @@ impl Engine {
     pub(crate) fn headers<G: AsRef<Compiled>>(
         &self,
         plan: &Plan<G>,
-        visible: &Visible,
+        visible: &Visible<'_>,
         now: Timestamp,
     ) -> Fields {
         let mut headers = Fields::default();
