@@ -31,6 +31,21 @@ pub(crate) enum State {
     Fixed { window: u64, used: u64, period: u64 },
 }
 
+/// What a state held before a charge, as [`State::undo_record`] took it: the few numbers a
+/// charge changes, so that a charge of several buckets that one of them refuses leaves
+/// the others exactly as they were, without copying whole states.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Undo {
+    /// The newest segment's count and last admission.
+    Segment { count: u64, last: u64 },
+    /// The log's length, its newest entry's cost and its total.
+    Log { len: usize, back: u64, total: u64 },
+    /// The theoretical arrival time.
+    Tat(u64),
+    /// The window's count.
+    Fixed(u64),
+}
+
 /// A sliding window's newest segment index and its k+1 segments, segment `i` at ring slot
 /// `i % (k+1)`. Each segment holds what was counted in it and when it last counted
 /// something: a segment leaves the window W after its last admission, so a wait is never
@@ -697,6 +712,53 @@ impl State {
             }
             State::Tat { tat, .. } => *tat = gcra(*tat, limit, cost, now).0,
             State::Fixed { used, .. } => *used = used.saturating_add(cost),
+        }
+    }
+
+    /// What [`State::add`] (or a charge) may change, to put it back exactly
+    /// ([`State::undo`]): the newest segment, the log's tail, the TAT or the window's count.
+    /// Taken after [`State::advance`].
+    pub(crate) fn undo_record(&self) -> Undo {
+        match self {
+            State::Segments(ring) => {
+                let (count, last) = ring.segment(ring.head);
+                Undo::Segment { count, last }
+            }
+            State::Log { entries, total } => Undo::Log {
+                len: entries.len(),
+                back: entries.back().map_or(0, |&(_, c)| c),
+                total: *total,
+            },
+            State::Tat { tat, .. } => Undo::Tat(*tat),
+            State::Fixed { used, .. } => Undo::Fixed(*used),
+        }
+    }
+
+    /// Puts back what `undo` ([`State::undo_record`], taken at the same time) recorded: the
+    /// state is again what it was before the charges since, whatever they were.
+    pub(crate) fn undo(&mut self, undo: Undo) {
+        match (self, undo) {
+            (State::Segments(ring), Undo::Segment { count, last }) => {
+                ring.set_segment(ring.head, count, last);
+            }
+            (
+                State::Log { entries, total },
+                Undo::Log {
+                    len,
+                    back,
+                    total: t,
+                },
+            ) => {
+                entries.truncate(len);
+                if let Some((_, c)) = entries.back_mut() {
+                    *c = back;
+                }
+                *total = t;
+            }
+            (State::Tat { tat, .. }, Undo::Tat(t)) => *tat = t,
+            (State::Fixed { used, .. }, Undo::Fixed(u)) => *used = u,
+            // A record of another state's form: not this state's (never made so).
+            _ => {}
         }
     }
 

@@ -65,7 +65,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
-use crate::algorithm::{Fit, Interval, Ring, State};
+use crate::algorithm::{Fit, Interval, Ring, State, Undo};
 use crate::clock::{Clock, FastClock, Timestamp};
 use crate::decision::{BucketState, Decision};
 use crate::limit::{Algorithm, Limit};
@@ -514,6 +514,7 @@ impl MemoryStore {
                 op,
                 bucket,
                 None,
+                None,
                 now_us,
             );
             return now;
@@ -539,21 +540,49 @@ impl MemoryStore {
             p.guard = order.binary_search(&p.shard).unwrap_or_default();
         }
 
-        // A charge of several buckets first sees whether every cost fits (and every new
-        // key has room), and changes a bucket only if all do. Any other call decides each
-        // bucket on its own.
-        let mut verdicts: Scratch<Fit> = Scratch::new();
-        if op == Op::Charge && buckets.len() > 1 {
-            for (bucket, p) in buckets.iter().zip(&placed) {
-                verdicts.push(inner.fit(&mut guards[p.guard], p, bucket, now_us));
+        if op != Op::Charge {
+            // Any other call decides each bucket on its own.
+            for ((bucket, p), state) in buckets.iter().zip(&placed).zip(states) {
+                *state = inner.apply_one(&mut guards[p.guard], p, op, bucket, None, None, now_us);
             }
+            return now;
         }
-        let all_fit = verdicts.iter().all(|f| *f == Fit::Now);
-
-        for (i, ((bucket, p), state)) in buckets.iter().zip(&placed).zip(states).enumerate() {
-            let verdict = verdicts.get(i).map(|&fit| (fit, all_fit));
+        // A charge of several buckets: each is charged as if alone, what it held kept aside.
+        // The first that refuses gives the ones before it back, exactly as they were, and
+        // the ones after it are only looked at: no bucket is charged unless all admit. (One
+        // lookup of each bucket when all admit, where seeing whether all fit first took two.)
+        let mut held: Scratch<Held> = Scratch::new();
+        let mut refused = None;
+        for (k, ((bucket, p), state)) in buckets.iter().zip(&placed).zip(&mut *states).enumerate() {
+            let mut before = Held::Fresh;
+            *state = inner.apply_one(
+                &mut guards[p.guard],
+                p,
+                op,
+                bucket,
+                None,
+                Some(&mut before),
+                now_us,
+            );
+            if !state.allowed {
+                refused = Some(k);
+                break;
+            }
+            held.push(before);
+        }
+        let Some(k) = refused else {
+            return now;
+        };
+        for (j, before) in held.into_iter().enumerate() {
+            let (bucket, p) = (&buckets[j], &placed[j]);
+            states[j] = inner.give_back(&mut guards[p.guard], p, bucket, before, now_us);
+        }
+        for j in k + 1..buckets.len() {
+            let (bucket, p) = (&buckets[j], &placed[j]);
             let shard = &mut guards[p.guard];
-            *state = inner.apply_one(shard, p, op, bucket, verdict, now_us);
+            // What this bucket alone would say (a new key with no room says so).
+            let fit = inner.fit(shard, p, bucket, now_us);
+            states[j] = inner.apply_one(shard, p, op, bucket, Some(fit), None, now_us);
         }
         now
     }
@@ -676,6 +705,13 @@ struct Placed {
     shard: usize,
     guard: usize,
     kind: Kind,
+}
+
+/// What a bucket held before a charge of several buckets charged it: a key that was not
+/// there, or what puts its state back ([`Undo`]).
+enum Held {
+    Fresh,
+    Was(Undo),
 }
 
 /// Bits of a key's hash below the ones that choose its shard (at most 2^16 shards, under
@@ -997,15 +1033,18 @@ impl Inner {
         }
     }
 
-    /// Applies `op` to one bucket and reports it. `verdict`, for a charge of several
-    /// buckets, is this bucket's fit and whether every bucket fits.
+    /// Applies `op` to one bucket and reports it. `verdict`, for a bucket of a charge that
+    /// another bucket refused, is this bucket's fit: it is reported, and nothing changes.
+    /// `held`, for a charge, is set to what puts the bucket back as it was if it admits.
+    #[allow(clippy::too_many_arguments)]
     fn apply_one(
         &self,
         shard: &mut Shard,
         p: &Placed,
         op: Op,
         bucket: &Bucket,
-        verdict: Option<(Fit, bool)>,
+        verdict: Option<Fit>,
+        mut held: Option<&mut Held>,
         now: u64,
     ) -> BucketState {
         let (limit, cost) = (&bucket.limit, bucket.cost);
@@ -1015,18 +1054,21 @@ impl Inner {
         }
         // What to answer for this bucket, and whether its state changes.
         let decide = |state: &State| match (op, verdict) {
-            (Op::Charge, Some((fit, all))) => (fit, all),
+            (_, Some(fit)) => (fit, false),
             (Op::Charge, None) => {
                 let fit = state.fit(limit, cost, now);
                 (fit, fit == Fit::Now)
             }
-            (Op::Peek, _) => (state.fit(limit, cost, now), false),
-            (Op::Refund | Op::Penalize | Op::Reset, _) => (Fit::Now, true),
+            (Op::Peek, None) => (state.fit(limit, cost, now), false),
+            (Op::Refund | Op::Penalize | Op::Reset, None) => (Fit::Now, true),
         };
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
             let (report, expires_at) = if op == Op::Charge && verdict.is_none() {
-                // A charge of this bucket alone: fit, add and report in one.
+                // A charge: fit, add and report in one.
+                if let Some(held) = held.as_deref_mut() {
+                    *held = Held::Was(state.undo_record());
+                }
                 let (_, report, expires_at) = state.charge(limit, cost, now);
                 (report, expires_at)
             } else {
@@ -1046,6 +1088,9 @@ impl Inner {
         if let Some(report) = found {
             return report;
         }
+        if let Some(held) = held {
+            *held = Held::Fresh;
+        }
         let mut state = State::fresh(limit, now);
         let (fit, changes) = decide(&state);
         if !(changes && matches!(op, Op::Charge | Op::Penalize)) {
@@ -1053,8 +1098,7 @@ impl Inner {
             // nothing.
             return state.report(limit, fit, cost, now);
         }
-        // A single-bucket charge (or a penalty) of a new key: make room first (a charge
-        // of several buckets made room when it checked the fit).
+        // A charge (or a penalty) of a new key: make room first.
         let part = match self.make_room(shard, bucket, now) {
             Ok(part) => part,
             Err(wait) => return state.report(limit, Fit::Full(wait), cost, now),
@@ -1066,6 +1110,32 @@ impl Inner {
             shard.insert(p.hash, part, a.seen, state, a.expires_at);
         }
         report
+    }
+
+    /// Puts a bucket a charge admitted back as it was `before` it (a later bucket of the
+    /// same charge refused), and reports it as a look at it would.
+    fn give_back(
+        &self,
+        shard: &mut Shard,
+        p: &Placed,
+        bucket: &Bucket,
+        before: Held,
+        now: u64,
+    ) -> BucketState {
+        let (limit, cost) = (&bucket.limit, bucket.cost);
+        let found = match before {
+            Held::Was(undo) => shard.update(p, now, |state| {
+                state.undo(undo);
+                let (report, expires_at) = state.report_and_expiry(limit, Fit::Now, cost, now);
+                let a = after(&report, expires_at, now);
+                (report, Some(a))
+            }),
+            Held::Fresh => {
+                shard.remove(p.hash);
+                None
+            }
+        };
+        found.unwrap_or_else(|| State::fresh(limit, now).report(limit, Fit::Now, cost, now))
     }
 
     /// Drops fresh entries from `shard`; returns how many.
