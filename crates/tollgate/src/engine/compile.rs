@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
-use tollgate_core::{FailureMode, Limit, Op, Quota, Sampled, WhenFull};
+use tollgate_core::{FailureMode, Limit, Op, Quota, Sampled, StoreKey, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
@@ -115,6 +115,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) bucket: Arc<str>,
     /// The bucket name, interned.
     pub(crate) static_bucket: &'static str,
+    /// `<bucket>:`, the start of each of its store keys, written once.
+    pub(crate) key_prefix: StoreKey,
     /// The bucket name as a structured-field string (`"default-ip"`), for the IETF fields.
     pub(crate) sf_name: Box<str>,
     /// `"default-ip";q=500;w=60`: this limit's `RateLimit-Policy` item (fixed quotas).
@@ -333,6 +335,12 @@ pub(crate) fn compile(
             quota,
             metrics: BucketMetrics::new(&name, &bucket),
             static_bucket: intern(&bucket),
+            key_prefix: {
+                let mut prefix = StoreKey::new();
+                prefix.push_str(&bucket);
+                prefix.push_str(":");
+                prefix
+            },
             bucket,
             sf_name,
             policy_item,

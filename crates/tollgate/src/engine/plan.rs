@@ -272,9 +272,7 @@ impl Engine {
                         None => continue,
                     },
                 };
-                let mut key = StoreKey::new();
-                key.push_str(&limit.bucket);
-                key.push_str(":");
+                let mut key = limit.key_prefix.clone();
                 let key_at = key.len();
                 push_store_key(value.as_bytes(), limit.key.hashed, &mut key);
                 let bucket = Bucket::from_key(key, limit.bucket.len(), quota)
