@@ -947,7 +947,7 @@ impl State {
         };
         BucketState {
             allowed,
-            limit: limit.shown_quota().count(),
+            limit: limit.shown_count(),
             remaining,
             reset_after: Duration::from_micros(reset_after),
             retry_after,

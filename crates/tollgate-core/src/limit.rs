@@ -181,6 +181,23 @@ impl Limit {
         }
     }
 
+    /// [`Limit::shown_quota`]'s count (the burst of a token bucket wider than its count,
+    /// the quota's count otherwise), without working out its window.
+    ///
+    /// ```
+    /// use tollgate_core::{Limit, Quota};
+    ///
+    /// let wide = Limit::token_bucket(Quota::per_minute(10), 30)?;
+    /// assert_eq!(wide.shown_count(), wide.shown_quota().count());
+    /// # Ok::<(), tollgate_core::QuotaError>(())
+    /// ```
+    pub const fn shown_count(&self) -> u64 {
+        match self.algorithm {
+            Algorithm::TokenBucket { burst } if burst > self.quota.count() => burst,
+            _ => self.quota.count(),
+        }
+    }
+
     /// The algorithm.
     pub const fn algorithm(&self) -> Algorithm {
         self.algorithm

@@ -963,7 +963,7 @@ impl<P: Primary> Shared<P> {
             // (`RateLimit-Policy`, the docs): what this instance counts on its share shows
             // in what remains, not as another limit.
             for (state, bucket) in decision.buckets.iter_mut().zip(&batch.buckets) {
-                state.limit = bucket.limit.shown_quota().count();
+                state.limit = bucket.limit.shown_count();
             }
         }
         let now = decision.now.as_micros();

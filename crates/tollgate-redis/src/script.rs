@@ -209,7 +209,7 @@ fn fixed_decision(reply: &Value, b: &Arg<'_>, now: u64) -> Result<Decision, Stor
     let state = match int(reply)? {
         n if n > 0 => BucketState {
             allowed: true,
-            limit: b.limit.shown_quota().count(),
+            limit: b.limit.shown_count(),
             remaining: cap.saturating_sub(n as u64),
             reset_after: left,
             retry_after: None,
@@ -230,7 +230,7 @@ fn fixed_decision(reply: &Value, b: &Arg<'_>, now: u64) -> Result<Decision, Stor
             };
             BucketState {
                 allowed: false,
-                limit: b.limit.shown_quota().count(),
+                limit: b.limit.shown_count(),
                 remaining: cap.saturating_sub(used),
                 reset_after: if used > 0 { left } else { Duration::ZERO },
                 retry_after,
@@ -308,7 +308,7 @@ fn decision(reply: &Value, buckets: &[Arg<'_>]) -> Result<Decision, StoreError> 
             };
             Ok(BucketState {
                 allowed: refusal.is_none(),
-                limit: b.limit.shown_quota().count(),
+                limit: b.limit.shown_count(),
                 remaining: non_negative(&v[1])?,
                 reset_after: Duration::from_micros(non_negative(&v[2])?),
                 retry_after,

@@ -202,7 +202,7 @@ impl LimitJson {
             quota: limit.map(|l| l.quota().to_string()),
             // As responses show them (`X-RateLimit-Limit`, `RateLimit-Policy`'s `q` and
             // `w`): a token bucket whose burst is above its count shows its burst.
-            limit: limit.map(|l| l.shown_quota().count()),
+            limit: limit.map(|l| l.shown_count()),
             // Rounded up, as `RateLimit-Policy`'s `w` (a 500 ms window is not 0 seconds).
             window_seconds: limit.map(|l| crate::respond::ceil_secs(l.shown_quota().period())),
             algorithm: limit.as_ref().map(algorithm_name),

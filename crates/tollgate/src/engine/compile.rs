@@ -318,7 +318,7 @@ pub(crate) fn compile(
         let (policy_item, limit_value) = match &quota {
             CompiledQuota::Fixed(l) => (
                 Some(policy_item(&sf_name, l.shown_quota()).into()),
-                Some(number(l.shown_quota().count())),
+                Some(number(l.shown_count())),
             ),
             CompiledQuota::PerKey(_) => (None, None),
         };
