@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{in_background, After, Outcome, Settle, Settled};
+use crate::engine::{in_background, After, Outcome, Settled};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -179,16 +179,12 @@ where
                             return Poll::Ready(Err(e));
                         }
                     };
-                    let settle = after.take().and_then(|a| a.settle(Some(response.status())));
-                    match settle {
-                        Some(Settle::AfterStore(settle)) => this.state.set(State::Settling {
+                    match after.take().and_then(|a| a.finish(&mut response)) {
+                        Some(settle) => this.state.set(State::Settling {
                             settle,
                             response: Some(response),
                         }),
-                        now => {
-                            if let Some(Settle::Now(settled)) = now {
-                                settled.apply(&mut response);
-                            }
+                        None => {
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                         }

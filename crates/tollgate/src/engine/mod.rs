@@ -35,7 +35,7 @@ pub(crate) use compile::{
     compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
-pub(crate) use settle::{in_background, After, Settle, Settled};
+pub(crate) use settle::{in_background, After, Settled};
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
 /// change, and its counters. [`Limiter`](crate::Limiter) is a handle to it.

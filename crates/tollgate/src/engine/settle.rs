@@ -27,8 +27,17 @@ impl Settled {
     /// Adds the headers (those the inner service did not set) and the decision to
     /// `response`.
     pub(crate) fn apply<B>(self, response: &mut http::Response<B>) {
-        self.headers.merge_into(response.headers_mut());
-        if let Some(decision) = self.decision {
+        Self::add(self.headers, self.decision, response);
+    }
+
+    /// [`Settled::apply`] of its two parts.
+    fn add<B>(
+        headers: Fields,
+        decision: Option<RateLimitDecision>,
+        response: &mut http::Response<B>,
+    ) {
+        headers.merge_into(response.headers_mut());
+        if let Some(decision) = decision {
             response.extensions_mut().insert(decision);
         }
     }
@@ -64,7 +73,7 @@ struct Pending {
 /// does not count shows the budget as it is once the charge is given back). The ready
 /// headers are held inline: boxing them would allocate per request.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Settle {
+enum Settle {
     /// The headers, ready.
     Now(Settled),
     /// Give the charge back (or count the response), then the headers.
@@ -154,16 +163,42 @@ impl After {
         }
     }
 
+    /// Finishes with the inner service's `response`: adds its headers and decision at once
+    /// when nothing is to be given back (the usual response, with nothing copied on the
+    /// way), else [`After::settle`]s first. The future, if the store must be asked.
+    pub(crate) fn finish<B>(
+        self,
+        response: &mut http::Response<B>,
+    ) -> Option<BoxFuture<'static, Settled>> {
+        if self.pending.is_none() && !self.taken_over() {
+            let decision = self.decision.filter(|_| self.in_response);
+            Settled::add(self.headers, decision, response);
+            return None;
+        }
+        match self.settle(Some(response.status()))? {
+            Settle::Now(settled) => {
+                settled.apply(response);
+                None
+            }
+            Settle::AfterStore(settle) => Some(settle),
+        }
+    }
+
+    /// Whether a per-route layer further in took the request's charge over.
+    fn taken_over(&self) -> bool {
+        self.provisional
+            .as_ref()
+            .is_some_and(|p| p.taken_over.load(Ordering::Acquire))
+    }
+
     /// The headers for a response of `status`, giving the charge back first if the response
     /// does not count. `None` if a per-route layer took the request over.
     ///
     /// `status` is `None` for a request that got no response (see
     /// [`Compiled::after_response`]): [`After::abandon`].
-    pub(crate) fn settle(self, status: Option<StatusCode>) -> Option<Settle> {
-        if let Some(p) = &self.provisional {
-            if p.taken_over.load(Ordering::Acquire) {
-                return None;
-            }
+    fn settle(self, status: Option<StatusCode>) -> Option<Settle> {
+        if self.taken_over() {
+            return None;
         }
         let Some(mut pending) = self.pending else {
             return Some(Settle::Now(Settled {
