@@ -547,14 +547,17 @@ impl MemoryStore {
             }
             return now;
         }
-        // A charge of several buckets: each is charged as if alone, what it held kept aside.
-        // The first that refuses gives the ones before it back, exactly as they were, and
-        // the ones after it are only looked at: no bucket is charged unless all admit. (One
-        // lookup of each bucket when all admit, where seeing whether all fit first took two.)
+        // A charge of several buckets: each held key is charged as if alone, what it held
+        // kept aside; a new key is only seen to fit (and to have room, as a charge would
+        // make). The first bucket that refuses gives the ones before it back, exactly as
+        // they were, and the ones after it are only looked at; if none refuses, the new
+        // keys are stored. So no bucket is charged unless all admit, and a refused charge
+        // stores nothing. (One lookup of each held key when all admit, where seeing whether
+        // all fit first took two.)
         let mut held: Scratch<Held> = Scratch::new();
         let mut refused = None;
         for (k, ((bucket, p), state)) in buckets.iter().zip(&placed).zip(&mut *states).enumerate() {
-            let mut before = Held::Fresh;
+            let mut before = Held::New;
             *state = inner.apply_one(
                 &mut guards[p.guard],
                 p,
@@ -571,6 +574,14 @@ impl MemoryStore {
             held.push(before);
         }
         let Some(k) = refused else {
+            for (j, before) in held.into_iter().enumerate() {
+                if let Held::New = before {
+                    let (bucket, p) = (&buckets[j], &placed[j]);
+                    let shard = &mut guards[p.guard];
+                    states[j] =
+                        inner.apply_one(shard, p, op, bucket, Some((Fit::Now, true)), None, now_us);
+                }
+            }
             return now;
         };
         for (j, before) in held.into_iter().enumerate() {
@@ -582,7 +593,7 @@ impl MemoryStore {
             let shard = &mut guards[p.guard];
             // What this bucket alone would say (a new key with no room says so).
             let fit = inner.fit(shard, p, bucket, now_us);
-            states[j] = inner.apply_one(shard, p, op, bucket, Some(fit), None, now_us);
+            states[j] = inner.apply_one(shard, p, op, bucket, Some((fit, false)), None, now_us);
         }
         now
     }
@@ -707,10 +718,10 @@ struct Placed {
     kind: Kind,
 }
 
-/// What a bucket held before a charge of several buckets charged it: a key that was not
-/// there, or what puts its state back ([`Undo`]).
+/// What a bucket held before a charge of several buckets charged it: a new key (not
+/// stored until every bucket admits), or what puts its state back ([`Undo`]).
 enum Held {
-    Fresh,
+    New,
     Was(Undo),
 }
 
@@ -1033,9 +1044,11 @@ impl Inner {
         }
     }
 
-    /// Applies `op` to one bucket and reports it. `verdict`, for a bucket of a charge that
-    /// another bucket refused, is this bucket's fit: it is reported, and nothing changes.
-    /// `held`, for a charge, is set to what puts the bucket back as it was if it admits.
+    /// Applies `op` to one bucket and reports it. `verdict`, for a bucket of a charge of
+    /// several, is its fit and whether to charge it (a new key once every bucket admits;
+    /// no bucket once one refuses). `held`, for the first pass of such a charge, is set to
+    /// what puts the bucket back as it was if it admits; a new key is then only seen to
+    /// fit and have room, and not stored.
     #[allow(clippy::too_many_arguments)]
     fn apply_one(
         &self,
@@ -1043,7 +1056,7 @@ impl Inner {
         p: &Placed,
         op: Op,
         bucket: &Bucket,
-        verdict: Option<Fit>,
+        verdict: Option<(Fit, bool)>,
         mut held: Option<&mut Held>,
         now: u64,
     ) -> BucketState {
@@ -1054,7 +1067,7 @@ impl Inner {
         }
         // What to answer for this bucket, and whether its state changes.
         let decide = |state: &State| match (op, verdict) {
-            (_, Some(fit)) => (fit, false),
+            (_, Some(verdict)) => verdict,
             (Op::Charge, None) => {
                 let fit = state.fit(limit, cost, now);
                 (fit, fit == Fit::Now)
@@ -1088,9 +1101,6 @@ impl Inner {
         if let Some(report) = found {
             return report;
         }
-        if let Some(held) = held {
-            *held = Held::Fresh;
-        }
         let mut state = State::fresh(limit, now);
         let (fit, changes) = decide(&state);
         if !(changes && matches!(op, Op::Charge | Op::Penalize)) {
@@ -1105,6 +1115,11 @@ impl Inner {
         };
         state.add(limit, cost, now);
         let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+        if let Some(held) = held {
+            // Stored once every bucket of the charge admits (`held` was `New`).
+            debug_assert!(matches!(held, Held::New));
+            return report;
+        }
         let a = after(&report, expires_at, now);
         if a.expires_at > now {
             shard.insert(p.hash, part, a.seen, state, a.expires_at);
@@ -1130,10 +1145,8 @@ impl Inner {
                 let a = after(&report, expires_at, now);
                 (report, Some(a))
             }),
-            Held::Fresh => {
-                shard.remove(p.hash);
-                None
-            }
+            // Never stored: nothing to put back.
+            Held::New => None,
         };
         found.unwrap_or_else(|| State::fresh(limit, now).report(limit, Fit::Now, cost, now))
     }

@@ -368,3 +368,107 @@ fn keys_taking_turns_in_a_nearly_full_share_are_not_counted_afresh() {
         assert!(store.len() <= 64);
     }
 }
+
+/// A store of one shard and `max` keys, on a clock of its own.
+fn small_store(max: usize) -> (ManualClock, MemoryStore) {
+    let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+    let store = MemoryStore::builder()
+        .shards(1)
+        .max_entries(max)
+        .clock(clock.clone())
+        .build();
+    (clock, store)
+}
+
+fn per(count: u64, secs: u64) -> Quota {
+    Quota::new(count, Duration::from_secs(secs)).unwrap()
+}
+
+fn remaining(store: &MemoryStore, bucket: &Bucket) -> u64 {
+    let peek = store
+        .apply_now(Op::Peek, std::slice::from_ref(bucket))
+        .unwrap();
+    peek.buckets[0].remaining
+}
+
+/// A charge of several buckets that one refuses stores nothing: its new keys take no room
+/// (no key of the share is evicted for them, none is refused as "store full") and a key
+/// held in another algorithm's form (a limit changed) keeps its state.
+#[test]
+fn a_refused_charge_of_several_buckets_stores_nothing() {
+    let never = Bucket::new("m", "x", Limit::sliding(per(3, 10))).with_cost(5);
+
+    // Seven of eight places taken: two new keys of that share fit only if one is stored.
+    let (clock, store) = small_store(8);
+    let five = Limit::sliding(per(5, 60));
+    let key = |k: &str| Bucket::new("n", k, five);
+    for i in 0..7 {
+        store.charge(&[key(&format!("k{i}"))]).unwrap();
+        clock.advance(Duration::from_micros(10));
+    }
+    let refused = store
+        .charge(&[key("new1"), key("new2"), never.clone()])
+        .unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(store.stats().evicted, 0);
+    assert_eq!(store.stats().entries, 7);
+    assert_eq!(
+        remaining(&store, &key("k0")),
+        4,
+        "the oldest key kept its count"
+    );
+
+    // The same, every held key at its limit (new keys refused when full): the refusal
+    // says why the charge was refused, not that the store is full.
+    let (clock, store) = small_store(8);
+    let one = Limit::sliding(per(1, 60));
+    let key = |k: &str| Bucket::new("n", k, one);
+    for i in 0..7 {
+        store.charge(&[key(&format!("k{i}"))]).unwrap();
+        clock.advance(Duration::from_micros(10));
+    }
+    let spent = Bucket::new("m", "x", Limit::sliding(per(1, 10)));
+    store.charge(std::slice::from_ref(&spent)).unwrap();
+    clock.advance(Duration::from_micros(10));
+    let refused = store.charge(&[key("new1"), key("new2"), spent]).unwrap();
+    let refusals: Vec<_> = refused.buckets.iter().map(|b| b.refusal).collect();
+    assert_eq!(refusals, [None, None, Some(Refusal::OverLimit)]);
+    assert!(refused.retry_after().unwrap() <= Duration::from_secs(10));
+    assert_eq!(store.stats().refused_full, 0);
+
+    // A key charged under a sliding window, then named with a token bucket in a refused
+    // charge (a reload changed its limit): its window is still there.
+    let (clock, store) = small_store(1000);
+    let sliding = Bucket::new("n", "k", Limit::sliding(per(3, 10)));
+    store.charge(std::slice::from_ref(&sliding)).unwrap();
+    clock.advance(Duration::from_micros(10));
+    let token = Bucket::new("n", "k", Limit::token_bucket(per(3, 10), 3).unwrap());
+    assert!(!store.charge(&[token, never]).unwrap().allowed);
+    assert_eq!(store.len(), 1);
+    assert_eq!(remaining(&store, &sliding), 2);
+}
+
+/// An admitted charge of several buckets of one share keeps every one of their counts,
+/// as charging them one by one does: making room for its new key does not evict the
+/// charge's own held key.
+#[test]
+fn an_admitted_charge_of_one_shares_keys_keeps_their_counts() {
+    let (clock, store) = small_store(8);
+    let two = Limit::sliding(per(2, 60));
+    let key = |k: &str| Bucket::new("n", k, two);
+    store.charge(&[key("A")]).unwrap();
+    clock.advance(Duration::from_micros(10));
+    for i in 0..7 {
+        store.charge(&[key(&format!("k{i}"))]).unwrap();
+        clock.advance(Duration::from_micros(10));
+    }
+    // "A" is the least recently seen key of a full share, and not at its limit.
+    let admitted = store.charge(&[key("A"), key("new")]).unwrap();
+    assert!(admitted.allowed);
+    assert_eq!(admitted.buckets[0].remaining, 0);
+    assert_eq!(
+        remaining(&store, &key("A")),
+        0,
+        "A's two charges both count"
+    );
+}
