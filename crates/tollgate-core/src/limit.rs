@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use crate::quota::{Quota, QuotaError, MAX_PERIOD};
+use crate::quota::{Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
 
 /// How many segments [`Limit::sliding`] splits its window into.
 pub const DEFAULT_SEGMENTS: u16 = 10;
@@ -172,12 +172,11 @@ impl Limit {
     /// ```
     #[inline]
     pub fn shown_quota(&self) -> Quota {
-        match self.algorithm {
-            Algorithm::TokenBucket { burst } if burst > self.quota.count() => {
-                let refill_ms = burst.saturating_mul(self.unit).div_ceil(1000);
+        match self.wide() {
+            Some((burst, refill_ms)) => {
                 Quota::new(burst, std::time::Duration::from_millis(refill_ms)).unwrap_or(self.quota)
             }
-            _ => self.quota,
+            None => self.quota,
         }
     }
 
@@ -192,9 +191,25 @@ impl Limit {
     /// # Ok::<(), tollgate_core::QuotaError>(())
     /// ```
     pub const fn shown_count(&self) -> u64 {
+        match self.wide() {
+            Some((burst, _)) => burst,
+            None => self.quota.count(),
+        }
+    }
+
+    /// A token bucket wider than its count whose refill time is a quota's window: its burst,
+    /// and that time in milliseconds (rounded up).
+    const fn wide(&self) -> Option<(u64, u64)> {
         match self.algorithm {
-            Algorithm::TokenBucket { burst } if burst > self.quota.count() => burst,
-            _ => self.quota.count(),
+            Algorithm::TokenBucket { burst } if burst > self.quota.count() => {
+                let refill_ms = burst.saturating_mul(self.unit).div_ceil(1000);
+                if burst <= MAX_COUNT && refill_ms <= MAX_PERIOD.as_millis() as u64 {
+                    Some((burst, refill_ms))
+                } else {
+                    None
+                }
+            }
+            _ => None,
         }
     }
 
@@ -260,6 +275,29 @@ impl fmt::Display for Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The count a response shows is the shown quota's, whatever built the limit (a
+    /// fleet's share of a token bucket may refill in longer than a quota's longest window,
+    /// and then shows its quota).
+    #[test]
+    fn the_shown_count_is_the_shown_quotas() {
+        let day = Quota::new(5, std::time::Duration::from_secs(86_400)).unwrap();
+        let mut limits = vec![
+            Limit::sliding(Quota::per_minute(10)),
+            Limit::fixed(day),
+            Limit::token_bucket(Quota::per_minute(10), 30).unwrap(),
+            Limit::token_bucket(Quota::per_minute(100), 20).unwrap(),
+            Limit::token_bucket(day, 2000).unwrap(),
+        ];
+        for divisor in [2, 3, 7, 1000] {
+            limits.extend(limits.clone().iter().map(|l| l.divided_by(divisor)));
+        }
+        for limit in &limits {
+            assert_eq!(limit.shown_count(), limit.shown_quota().count(), "{limit}");
+        }
+        let share = Limit::token_bucket(day, 2000).unwrap().divided_by(2);
+        assert_eq!(share.shown_count(), 2, "{share}");
+    }
 
     #[test]
     fn constructors_validate() {

@@ -391,9 +391,11 @@ fn remaining(store: &MemoryStore, bucket: &Bucket) -> u64 {
     peek.buckets[0].remaining
 }
 
-/// A charge of several buckets that one refuses stores nothing: its new keys take no room
-/// (no key of the share is evicted for them, none is refused as "store full") and a key
-/// held in another algorithm's form (a limit changed) keeps its state.
+/// A charge of several buckets that one refuses stores nothing: its new keys are not
+/// stored, so where their share has room for each of them alone, none of its keys is
+/// evicted for them and none is refused as "store full" (a share with no room at all
+/// makes room, or refuses, as a charge of that key alone would); and a key held in another
+/// algorithm's form (a limit changed) keeps its state.
 #[test]
 fn a_refused_charge_of_several_buckets_stores_nothing() {
     let never = Bucket::new("m", "x", Limit::sliding(per(3, 10))).with_cost(5);
