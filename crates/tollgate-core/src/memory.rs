@@ -1113,13 +1113,17 @@ impl Inner {
             Ok(part) => part,
             Err(wait) => return state.report(limit, Fit::Full(wait), cost, now),
         };
+        if let Some(held) = held {
+            // Stored, and reported, once every bucket of the charge admits (`held` stays
+            // `New`); until then it only admits.
+            debug_assert!(matches!(held, Held::New));
+            return BucketState {
+                allowed: true,
+                ..BucketState::default()
+            };
+        }
         state.add(limit, cost, now);
         let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-        if let Some(held) = held {
-            // Stored once every bucket of the charge admits (`held` was `New`).
-            debug_assert!(matches!(held, Held::New));
-            return report;
-        }
         let a = after(&report, expires_at, now);
         if a.expires_at > now {
             shard.insert(p.hash, part, a.seen, state, a.expires_at);
