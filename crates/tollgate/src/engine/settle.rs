@@ -94,6 +94,7 @@ impl After {
         let visible = Visible::of(plan, active, &states);
         let decision = engine.decision(plan, &visible, now);
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
+            // (It borrows the states, which the refund keeps.)
             drop(visible);
             let pending = Pending {
                 engine: engine.clone(),

@@ -99,7 +99,7 @@ impl Fields {
         // lookup a merge takes (a third more than this look at a few names; past a few
         // names, the lookups cost less).
         let vacant = headers.len() <= 8 && !has_rate_limit_fields(headers);
-        // Taken one by one: moving the six out at once costs more than the lookups.
+        // Taken one by one: moving the six out at once copies the whole array.
         let [limit, remaining, reset, policy, current, retry_after] = &mut self.0;
         if let Some(remaining) = remaining.take() {
             merge_one_bucket(headers, vacant, limit.take(), remaining, reset.take());
