@@ -255,11 +255,12 @@ fn a_share_full_of_limited_keys_refuses_new_keys_and_keeps_every_lockout() {
     assert!(charge(&late).allowed);
 }
 
-/// A store of one shard holding 64 keys per bucket name, on a manual clock at `T0`.
-fn one_shard_of_64() -> (ManualClock, MemoryStore) {
+/// A store of one shard holding `max_entries` keys per bucket name, on a manual clock at
+/// `T0`.
+fn one_shard(max_entries: usize) -> (ManualClock, MemoryStore) {
     let clock = ManualClock::new(T0);
     let store = MemoryStore::builder()
-        .max_entries(64)
+        .max_entries(max_entries)
         .shards(1)
         .clock(clock.clone())
         .build();
@@ -272,7 +273,7 @@ fn one_shard_of_64() -> (ManualClock, MemoryStore) {
 /// and be refused again. Both refusals are counted.
 #[test]
 fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
-    let (clock, store) = one_shard_of_64();
+    let (clock, store) = one_shard(64);
     let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
     for i in 0..64 {
         let junk = Bucket::new("sign-in", &format!("junk-{i}@example.com"), lockout);
@@ -305,7 +306,7 @@ fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
 /// keys are not stored (nothing held is evicted for them).
 #[test]
 fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
-    let (clock, store) = one_shard_of_64();
+    let (clock, store) = one_shard(64);
     let lockout = Limit::sliding_exact(Quota::per_minute(5));
     let alice = Bucket::new("login", "alice", lockout);
     assert!(store.mirror(&alice, 5, Duration::from_secs(40)));
@@ -343,7 +344,7 @@ fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
 fn keys_taking_turns_in_a_nearly_full_share_are_not_counted_afresh() {
     let sign_in = Limit::sliding(Quota::new(5, Duration::from_secs(30 * 60)).unwrap());
     for mode in [WhenFull::RefuseNewKeys, WhenFull::EvictLimited] {
-        let (_clock, store) = one_shard_of_64();
+        let (_clock, store) = one_shard(64);
         let key = |k: &str| Bucket::new("sign-in", k, sign_in).with_when_full(mode);
         let one = std::slice::from_ref;
         for i in 0..63 {
@@ -369,15 +370,16 @@ fn keys_taking_turns_in_a_nearly_full_share_are_not_counted_afresh() {
     }
 }
 
-/// A store of one shard and `max` keys, on a clock of its own.
-fn small_store(max: usize) -> (ManualClock, MemoryStore) {
-    let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
-    let store = MemoryStore::builder()
-        .shards(1)
-        .max_entries(max)
-        .clock(clock.clone())
-        .build();
-    (clock, store)
+/// Charges each of `keys` alone, 10 µs apart (so each is seen after the one before).
+fn charge_in_turn(
+    store: &MemoryStore,
+    clock: &ManualClock,
+    keys: impl IntoIterator<Item = Bucket>,
+) {
+    for key in keys {
+        store.charge(std::slice::from_ref(&key)).unwrap();
+        clock.advance(Duration::from_micros(10));
+    }
 }
 
 fn per(count: u64, secs: u64) -> Quota {
@@ -401,13 +403,10 @@ fn a_refused_charge_of_several_buckets_stores_nothing() {
     let never = Bucket::new("m", "x", Limit::sliding(per(3, 10))).with_cost(5);
 
     // Seven of eight places taken: two new keys of that share fit only if one is stored.
-    let (clock, store) = small_store(8);
+    let (clock, store) = one_shard(8);
     let five = Limit::sliding(per(5, 60));
     let key = |k: &str| Bucket::new("n", k, five);
-    for i in 0..7 {
-        store.charge(&[key(&format!("k{i}"))]).unwrap();
-        clock.advance(Duration::from_micros(10));
-    }
+    charge_in_turn(&store, &clock, (0..7).map(|i| key(&format!("k{i}"))));
     let refused = store
         .charge(&[key("new1"), key("new2"), never.clone()])
         .unwrap();
@@ -422,16 +421,12 @@ fn a_refused_charge_of_several_buckets_stores_nothing() {
 
     // The same, every held key at its limit (new keys refused when full): the refusal
     // says why the charge was refused, not that the store is full.
-    let (clock, store) = small_store(8);
+    let (clock, store) = one_shard(8);
     let one = Limit::sliding(per(1, 60));
     let key = |k: &str| Bucket::new("n", k, one);
-    for i in 0..7 {
-        store.charge(&[key(&format!("k{i}"))]).unwrap();
-        clock.advance(Duration::from_micros(10));
-    }
     let spent = Bucket::new("m", "x", Limit::sliding(per(1, 10)));
-    store.charge(std::slice::from_ref(&spent)).unwrap();
-    clock.advance(Duration::from_micros(10));
+    let held = (0..7).map(|i| key(&format!("k{i}")));
+    charge_in_turn(&store, &clock, held.chain([spent.clone()]));
     let refused = store.charge(&[key("new1"), key("new2"), spent]).unwrap();
     let refusals: Vec<_> = refused.buckets.iter().map(|b| b.refusal).collect();
     assert_eq!(refusals, [None, None, Some(Refusal::OverLimit)]);
@@ -440,10 +435,9 @@ fn a_refused_charge_of_several_buckets_stores_nothing() {
 
     // A key charged under a sliding window, then named with a token bucket in a refused
     // charge (a reload changed its limit): its window is still there.
-    let (clock, store) = small_store(1000);
+    let (clock, store) = one_shard(1000);
     let sliding = Bucket::new("n", "k", Limit::sliding(per(3, 10)));
-    store.charge(std::slice::from_ref(&sliding)).unwrap();
-    clock.advance(Duration::from_micros(10));
+    charge_in_turn(&store, &clock, [sliding.clone()]);
     let token = Bucket::new("n", "k", Limit::token_bucket(per(3, 10), 3).unwrap());
     assert!(!store.charge(&[token, never]).unwrap().allowed);
     assert_eq!(store.len(), 1);
@@ -455,15 +449,11 @@ fn a_refused_charge_of_several_buckets_stores_nothing() {
 /// charge's own held key.
 #[test]
 fn an_admitted_charge_of_one_shares_keys_keeps_their_counts() {
-    let (clock, store) = small_store(8);
+    let (clock, store) = one_shard(8);
     let two = Limit::sliding(per(2, 60));
     let key = |k: &str| Bucket::new("n", k, two);
-    store.charge(&[key("A")]).unwrap();
-    clock.advance(Duration::from_micros(10));
-    for i in 0..7 {
-        store.charge(&[key(&format!("k{i}"))]).unwrap();
-        clock.advance(Duration::from_micros(10));
-    }
+    let held = (0..7).map(|i| key(&format!("k{i}")));
+    charge_in_turn(&store, &clock, [key("A")].into_iter().chain(held));
     // "A" is the least recently seen key of a full share, and not at its limit.
     let admitted = store.charge(&[key("A"), key("new")]).unwrap();
     assert!(admitted.allowed);

@@ -995,7 +995,7 @@ impl<P: Primary> Shared<P> {
         let scaled: Vec<Bucket> = batch
             .buckets
             .iter()
-            .map(|b| self.scaled_costing(b, 0))
+            .map(|b| self.scaled(b).into_owned())
             .collect();
         if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
             tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");

@@ -79,12 +79,13 @@ impl Fields {
     /// in several lines, as one.
     fn of(headers: &HeaderMap) -> Self {
         Self(Field::ALL.map(|field| {
-            let mut lines = headers.get_all(field.name()).iter();
+            let all = headers.get_all(field.name());
+            let mut lines = all.iter();
             let first = lines.next()?;
             if lines.next().is_none() || !matches!(field, Field::Policy | Field::Current) {
                 return Some(first.clone());
             }
-            HeaderValue::from_bytes(&one_list(headers.get_all(field.name()))).ok()
+            HeaderValue::from_bytes(&one_list(&all)).ok()
         }))
     }
 
