@@ -8,7 +8,7 @@ from collections import defaultdict
 
 LABELS = {
     "bare": "bare axum handler",
-    "bare-headers": "bare handler + the five rate-limit headers (fixed values, no limiter)",
+    "bare-headers": "bare handler answering with the five rate-limit headers (fixed values, no layer)",
     "governor": "tower_governor, one per-IP limit",
     "tollgate-ip": "tollgate, one per-IP limit (`/*`, never refuses)",
     "tollgate-3": "tollgate, IP + user + global (never refuse)",
