@@ -11,6 +11,7 @@ LABELS = {
     "bare-headers": "bare handler answering with the five rate-limit headers (fixed values, no layer)",
     "governor": "tower_governor, one per-IP limit",
     "tollgate-ip": "tollgate, one per-IP limit (`/*`, never refuses)",
+    "tollgate-ip-quiet": "tollgate, one per-IP limit, no headers and no decision in the request (as tower_governor by default)",
     "tollgate-3": "tollgate, IP + user + global (never refuse)",
     "tollgate-redis": "tollgate, one per-IP limit, Redis store (own redis-server)",
     "governor-refuse": "a client far over its limit: tower_governor (429s)",

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark suite: one command, about 8 minutes, writes BENCHMARKS.md at the root.
+# The benchmark suite: one command, about 9 minutes, writes BENCHMARKS.md at the root.
 #
 #   bench/run.sh            # everything
 #   ROUNDS=2 bench/run.sh   # fewer HTTP rounds
 #   PARTS="http layer" bench/run.sh   # only those parts again (http engine layer memory
-#                                     # redis); the others' last figures are kept
+#                                     # redis server); the others' last figures are kept
 #
 # Every comparison is made in the same run, rounds interleaved (bare, peer, tollgate, one
 # after the other, round after round), and reported as ratios: absolute numbers on a shared
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-4}
 OUT="$(pwd)/target/bench-out"
-ALL_PARTS="http engine layer memory redis"
+ALL_PARTS="http engine layer memory redis server"
 PARTS=${PARTS:-$ALL_PARTS}
 mkdir -p "$OUT"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -45,7 +45,7 @@ trap 'kill "$(cat "$REDIS_DIR/pid")" 2>/dev/null || true; rm -rf "$REDIS_DIR"' E
 
 if part http; then
 echo "== HTTP: wrk -t1 -c32 -d${DURATION}s, $ROUNDS interleaved rounds"
-VARIANTS=(bare bare-headers governor tollgate-ip tollgate-3 tollgate-redis governor-refuse tollgate-refuse)
+VARIANTS=(bare bare-headers governor tollgate-ip tollgate-ip-quiet tollgate-3 tollgate-redis governor-refuse tollgate-refuse)
 RAW="$OUT/http.tsv"
 : > "$RAW"
 for round in $(seq 1 "$ROUNDS"); do
@@ -94,6 +94,22 @@ fi
 if part redis && cargo bench -q --no-run -p tollgate-redis --features deadpool --bench throughput >/dev/null 2>&1; then
   echo "== Redis"
   BENCH_ROUNDS=${REDIS_ROUNDS:-11} TOLLGATE_BENCH_OUT="$OUT/5-redis.md" timeout 400 cargo bench -q -p tollgate-redis --features deadpool --bench throughput 2>&1 | tail -n 30 || true
+fi
+
+if part server && command -v valgrind >/dev/null; then
+  echo "== HTTP servers under callgrind: instructions per request"
+  {
+    echo "## HTTP: instructions per request (callgrind)"
+    echo
+    echo "\`bench/callgrind-server.sh\`: each server of the HTTP table (but the Redis one) under"
+    echo "\`valgrind --tool=callgrind\`, \`wrk -t1 -c4\` against it (2 s of warm-up, then 4 s counted):"
+    echo "user-space instructions over the requests served. Unlike requests/s, these repeat from"
+    echo "run to run within about 1%, and unlike the layer bench they include all a server does"
+    echo "around the layer. The kernel's share (reading and writing the sockets) is not in them."
+    echo
+    bench/callgrind-server.sh
+  } > "$OUT/6-server.md"
+  cat "$OUT/6-server.md"
 fi
 
 {

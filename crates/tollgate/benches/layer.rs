@@ -123,6 +123,11 @@ fn contenders() -> Vec<Contender> {
     let no_decision = limiter_with(Policy::named("default").per_ip(NEVER), false, |b| {
         b.decision_in_request(false)
     });
+    // What tower_governor does by default: decide, and add nothing to an admitted response.
+    let decide_only = limiter_with(Policy::named("default").per_ip(NEVER), false, |b| {
+        b.decision_in_request(false)
+            .header_style(tollgate::HeaderStyle::none())
+    });
     #[allow(unused_mut)]
     let mut all = vec![
         contender("no layer", service_fn(ok)),
@@ -150,6 +155,12 @@ fn contenders() -> Vec<Contender> {
             "tollgate, one per-IP limit, no decision in the request",
             ServiceBuilder::new()
                 .layer(no_decision.layer())
+                .service_fn(ok),
+        ),
+        contender(
+            "tollgate, one per-IP limit, no headers, no decision in the request",
+            ServiceBuilder::new()
+                .layer(decide_only.layer())
                 .service_fn(ok),
         ),
     ];

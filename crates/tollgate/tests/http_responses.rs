@@ -135,6 +135,33 @@ async fn ietf_fields_alone_and_combined() {
     );
 }
 
+#[tokio::test]
+async fn no_fields_but_retry_after_and_then_none() {
+    let every = [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+        "retry-after",
+    ];
+    for (style, refused) in [
+        (HeaderStyle::none(), ["", "", "", "", "", "50"]),
+        (HeaderStyle::none().without_retry_after(), [""; 6]),
+    ] {
+        let (clock, server) = server(style.clone(), ErrorBody::default()).await;
+        for _ in 0..5 {
+            let r = server.get("/api/items").send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(headers(&r, &every), [""; 6], "{style:?}");
+        }
+        clock.advance(Duration::from_secs(10));
+        let r = server.get("/api/items").send().await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(headers(&r, &every), refused, "{style:?}");
+    }
+}
+
 async fn server_default() -> (ManualClock, Server) {
     server(HeaderStyle::default(), ErrorBody::default()).await
 }

@@ -10,6 +10,8 @@
 //! - `governor`: tower_governor, one per-IP limit that never refuses.
 //! - `governor-refuse`: tower_governor, a per-IP limit of 1 per hour (every request a 429).
 //! - `tollgate-ip`: tollgate, `/*` with one per-IP limit that never refuses.
+//! - `tollgate-ip-quiet`: `tollgate-ip` adding nothing to an admitted response (no rate-limit
+//!   headers, no decision in the request): what tower_governor does by default.
 //! - `tollgate-3`: tollgate, IP + user (`x-user` header) + global limits that never refuse.
 //! - `tollgate-refuse`: tollgate, a per-IP limit of 1 per hour (every request a 429).
 //! - `tollgate-redis`: `tollgate-ip` on a Redis store (the URL in the third argument).
@@ -19,7 +21,7 @@ use std::net::SocketAddr;
 use axum::http::{HeaderName, HeaderValue};
 use axum::routing::get;
 use axum::Router;
-use tollgate::{Limiter, Policy};
+use tollgate::{HeaderStyle, Limiter, LimiterBuilder, Policy};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::GovernorLayer;
 
@@ -65,7 +67,11 @@ fn main() {
     runtime.block_on(serve(variant, port, args.get(3).cloned()));
 }
 
-fn tollgate(policy: Policy, global: bool, store: Option<tollgate::redis::RedisStore>) -> Limiter {
+fn tollgate(
+    policy: Policy,
+    global: bool,
+    configure: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
+) -> Limiter {
     let mut builder = Limiter::builder()
         .read_env(false)
         .identity(|parts| {
@@ -79,20 +85,16 @@ fn tollgate(policy: Policy, global: bool, store: Option<tollgate::redis::RedisSt
     if global {
         builder = builder.global(NEVER);
     }
-    if let Some(store) = store {
-        builder = builder.store(store);
-    }
-    builder.build().expect("a valid limiter")
+    configure(builder).build().expect("a valid limiter")
 }
 
 async fn serve(variant: &str, port: u16, redis: Option<String>) {
     let app = Router::new().route("/api/items/{id}", get(|| async { "ok" }));
     let app = match variant {
         "bare" => app,
-        "bare-headers" => Router::new().route(
-            "/api/items/{id}",
-            get(|| async { (FIXED_HEADERS, "ok") }),
-        ),
+        "bare-headers" => {
+            Router::new().route("/api/items/{id}", get(|| async { (FIXED_HEADERS, "ok") }))
+        }
         "governor" | "governor-refuse" => {
             let mut config = GovernorConfigBuilder::default();
             if variant == "governor" {
@@ -103,18 +105,25 @@ async fn serve(variant: &str, port: u16, redis: Option<String>) {
             app.layer(GovernorLayer::new(config.finish().expect("a valid config")))
         }
         "tollgate-ip" => {
-            app.layer(tollgate(Policy::named("default").per_ip(NEVER), false, None).layer())
+            app.layer(tollgate(Policy::named("default").per_ip(NEVER), false, |b| b).layer())
+        }
+        "tollgate-ip-quiet" => {
+            let limiter = tollgate(Policy::named("default").per_ip(NEVER), false, |b| {
+                b.header_style(HeaderStyle::none())
+                    .decision_in_request(false)
+            });
+            app.layer(limiter.layer())
         }
         "tollgate-3" => app.layer(
             tollgate(
                 Policy::named("default").per_ip(NEVER).per_user(NEVER),
                 true,
-                None,
+                |b| b,
             )
             .layer(),
         ),
         "tollgate-refuse" => {
-            app.layer(tollgate(Policy::named("default").per_ip("1/h"), false, None).layer())
+            app.layer(tollgate(Policy::named("default").per_ip("1/h"), false, |b| b).layer())
         }
         "tollgate-redis" => {
             let url = redis.expect("tollgate-redis needs a Redis URL");
@@ -122,7 +131,12 @@ async fn serve(variant: &str, port: u16, redis: Option<String>) {
                 .url(url)
                 .build()
                 .expect("a Redis store");
-            app.layer(tollgate(Policy::named("default").per_ip(NEVER), false, Some(store)).layer())
+            app.layer(
+                tollgate(Policy::named("default").per_ip(NEVER), false, |b| {
+                    b.store(store)
+                })
+                .layer(),
+            )
         }
         other => panic!("unknown variant {other}"),
     };

@@ -395,7 +395,7 @@ impl Engine {
     ) -> Fields {
         let mut headers = Fields::default();
         let (shown, shown_states) = (&visible.index, &visible.states);
-        if shown.is_empty() {
+        if shown.is_empty() || !self.header_style.writes_any(visible.allowed) {
             return headers;
         }
         // Overrides have no compiled name: theirs are made here. (Both lists are filled by
