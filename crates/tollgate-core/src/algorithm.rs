@@ -186,6 +186,15 @@ impl Ring {
         self.used_and_expiry(window, u64::MAX).1
     }
 
+    /// A word from the end of the ring (the last segment's time): reading it brings the
+    /// ring's last cache line in (the memory store warms a slot before locking for long).
+    pub(crate) fn tail_word(&self) -> u64 {
+        match &self.segments {
+            Segments::Narrow { offsets, .. } => u64::from(offsets[NARROW - 1]),
+            Segments::Wide { slots, .. } => slots.last().map_or(0, |s| s.1),
+        }
+    }
+
     /// How many segments are kept (k+1).
     fn len(&self) -> u64 {
         self.segments.len() as u64

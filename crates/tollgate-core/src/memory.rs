@@ -121,6 +121,10 @@ trait Kept: Sized {
     fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>);
     /// When the state is back to fresh.
     fn expires_at(&self) -> u64;
+    /// Reads the end of the kept state, to bring its last cache line in.
+    fn tail_word(&self) -> u64 {
+        0
+    }
 }
 
 /// A token bucket: its theoretical arrival time, which is also when it is fresh again, and
@@ -254,6 +258,13 @@ impl Kept for Window {
     fn expires_at(&self) -> u64 {
         match &self.0 {
             State::Segments(ring) => ring.expiry_bound(),
+            _ => 0,
+        }
+    }
+
+    fn tail_word(&self) -> u64 {
+        match &self.0 {
+            State::Segments(ring) => ring.tail_word(),
             _ => 0,
         }
     }
@@ -527,6 +538,16 @@ impl MemoryStore {
             let p = inner.place(bucket);
             order.push(p.shard);
             placed.push(p);
+        }
+        // Bring each key's slot into cache first, one shard at a time, so that the locks
+        // below are held for the work and not for cache misses: a shard every request
+        // shares (a global key) would otherwise stay locked while this one waits on memory
+        // for its other keys. A shard another call holds is skipped rather than waited
+        // for. Only reads: nothing is changed here.
+        for p in &placed {
+            if let Some(shard) = try_lock(&inner.shards[p.shard]) {
+                std::hint::black_box(shard.touch(p));
+            }
         }
         // Lock the shards this request touches, each once, in index order (no deadlock
         // between requests that share several shards).
@@ -854,6 +875,22 @@ impl Shard {
             Kind::Boxed => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
         }
         .ok()
+    }
+
+    /// Reads the key's slot (without changing it), so that a call which then holds
+    /// several shards' locks finds it in cache.
+    fn touch(&self, p: &Placed) -> u64 {
+        fn read<K: Kept>(table: &HashTable<Slot<K>>, hash: u64) -> u64 {
+            table
+                .find(hash, |s| s.hash == hash)
+                .map_or(0, |s| s.seen ^ s.kept.tail_word())
+        }
+        match p.kind {
+            Kind::Tat => read(&self.tat, p.hash),
+            Kind::Fixed => read(&self.fixed, p.hash),
+            Kind::Window => read(&self.window, p.hash),
+            Kind::Boxed => read(&self.boxed, p.hash),
+        }
     }
 
     /// Removes the key, wherever it is kept.
@@ -1264,6 +1301,15 @@ struct Padded(Mutex<Shard>);
 /// Locks a shard; a poisoned lock (a panic elsewhere) still holds valid state.
 fn lock(shard: &Padded) -> MutexGuard<'_, Shard> {
     shard.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Locks a shard if no one holds it.
+fn try_lock(shard: &Padded) -> Option<MutexGuard<'_, Shard>> {
+    match shard.0.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 impl Store for MemoryStore {
