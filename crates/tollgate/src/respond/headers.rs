@@ -95,7 +95,12 @@ impl Fields {
     /// one bucket, describe whichever has less remaining (theirs on a tie); a
     /// `Retry-After` already there stays.
     pub(crate) fn merge_into(mut self, headers: &mut HeaderMap) {
-        headers.reserve(self.0.iter().flatten().count());
+        let count = self.0.iter().flatten().count();
+        if count == 0 {
+            // A quiet header style: nothing to look for.
+            return;
+        }
+        headers.reserve(count);
         // The usual response has none of them: each is then appended, without the entry
         // lookup a merge takes (a third more than this look at a few names; past a few
         // names, the lookups cost less).
