@@ -97,7 +97,7 @@ impl Fields {
     pub(crate) fn merge_into(mut self, headers: &mut HeaderMap) {
         let count = self.0.iter().flatten().count();
         if count == 0 {
-            // A quiet header style: nothing to look for.
+            // Nothing to merge (a quiet header style, or a handler's map without any).
             return;
         }
         headers.reserve(count);
