@@ -42,6 +42,10 @@ per_request() {
   # The dump is written before callgrind_control returns; the final one at exit is not used.
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   n=$(awk '/requests in/ {print $1}' "$out/$v.wrk")
+  if [ -z "$n" ] || [ "$n" -eq 0 ]; then
+    echo "$v: no requests served (see its log: $(tail -n 3 "$out/$v.log" | tr '\n' ' '))" >&2
+    exit 1
+  fi
   dump=$(ls "$out/cg.$v".*1 2>/dev/null | head -1)
   ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   echo $(( ir / n ))

@@ -102,7 +102,7 @@ if part server && command -v valgrind >/dev/null; then
     echo "## HTTP: instructions per request (callgrind)"
     echo
     echo "\`bench/callgrind-server.sh\`: each server of the HTTP table (but the Redis one) under"
-    echo "\`valgrind --tool=callgrind\`, \`wrk -t1 -c4\` against it (2 s of warm-up, then 4 s counted):"
+    echo "\`valgrind --tool=callgrind\`, \`wrk -t1 -c4\` against it (2 s of warm-up, then ${SECONDS_MEASURED:-4} s counted):"
     echo "user-space instructions over the requests served. Unlike requests/s, these repeat from"
     echo "run to run within about 1%, and unlike the layer bench they include all a server does"
     echo "around the layer. The kernel's share (reading and writing the sockets) is not in them."

@@ -453,14 +453,14 @@ impl HeaderStyle {
         });
     }
 
-    /// Hands this style's headers for `view` to `out`, one at a time: the one code path
-    /// every rate-limit header goes through (admitted, refused, direct use).
     /// Whether this style writes any field on a response that was `allowed` (or refused):
     /// [`HeaderStyle::emit`] writes nothing otherwise.
     pub(crate) const fn writes_any(&self, allowed: bool) -> bool {
         self.x_ratelimit.is_some() || self.ietf || (self.retry_after && !allowed)
     }
 
+    /// Hands this style's headers for `view` to `out`, one at a time: the one code path
+    /// every rate-limit header goes through (admitted, refused, direct use).
     pub(crate) fn emit(&self, view: &ShownResponse<'_>, mut out: impl FnMut(Field, HeaderValue)) {
         let Some(most) = view.buckets.get(view.most_restrictive) else {
             return;
