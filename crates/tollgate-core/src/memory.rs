@@ -524,7 +524,7 @@ impl MemoryStore {
                 &p,
                 op,
                 bucket,
-                None,
+                false,
                 None,
                 now_us,
             );
@@ -564,7 +564,7 @@ impl MemoryStore {
         if op != Op::Charge {
             // Any other call decides each bucket on its own.
             for ((bucket, p), state) in buckets.iter().zip(&placed).zip(states) {
-                *state = inner.apply_one(&mut guards[p.guard], p, op, bucket, None, None, now_us);
+                *state = inner.apply_one(&mut guards[p.guard], p, op, bucket, false, None, now_us);
             }
             return now;
         }
@@ -584,7 +584,7 @@ impl MemoryStore {
                 p,
                 op,
                 bucket,
-                None,
+                false,
                 Some(&mut before),
                 now_us,
             );
@@ -599,8 +599,7 @@ impl MemoryStore {
                 if let Held::New = before {
                     let (bucket, p) = (&buckets[j], &placed[j]);
                     let shard = &mut guards[p.guard];
-                    states[j] =
-                        inner.apply_one(shard, p, op, bucket, Some((Fit::Now, true)), None, now_us);
+                    states[j] = inner.apply_one(shard, p, op, bucket, true, None, now_us);
                 }
             }
             return now;
@@ -611,10 +610,7 @@ impl MemoryStore {
         }
         for j in k + 1..buckets.len() {
             let (bucket, p) = (&buckets[j], &placed[j]);
-            let shard = &mut guards[p.guard];
-            // What this bucket alone would say (a new key with no room says so).
-            let fit = inner.fit(shard, p, bucket, now_us);
-            states[j] = inner.apply_one(shard, p, op, bucket, Some((fit, false)), None, now_us);
+            states[j] = inner.look(&mut guards[p.guard], p, bucket, now_us);
         }
         now
     }
@@ -1060,32 +1056,36 @@ impl Inner {
         self.hasher.hash_one(bucket.name().as_bytes()) as u32
     }
 
-    /// Brings `bucket`'s entry up to `now` and says whether its cost fits (and, for a new
-    /// key, whether there is room for it).
-    fn fit(&self, shard: &mut Shard, p: &Placed, bucket: &Bucket, now: u64) -> Fit {
+    /// What a bucket of a charge of several that another bucket refused reports: what a
+    /// charge of it alone would answer (a new key without room says so), without charging
+    /// it.
+    fn look(&self, shard: &mut Shard, p: &Placed, bucket: &Bucket, now: u64) -> BucketState {
         let (limit, cost) = (&bucket.limit, bucket.cost);
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
-            // Nothing to note: the apply phase that follows decides every bucket.
-            (state.fit(limit, cost, now), None)
+            let fit = state.fit(limit, cost, now);
+            let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+            let a = after(&report, expires_at, now);
+            (report, Some(a))
         });
-        match found {
-            Some(fit) => fit,
-            None => match State::fresh(limit, now).fit(limit, cost, now) {
+        found.unwrap_or_else(|| {
+            let state = State::fresh(limit, now);
+            let fit = match state.fit(limit, cost, now) {
                 Fit::Now => match self.make_room(shard, bucket, now) {
                     Ok(_) => Fit::Now,
                     Err(wait) => Fit::Full(wait),
                 },
                 other => other,
-            },
-        }
+            };
+            state.report(limit, fit, cost, now)
+        })
     }
 
-    /// Applies `op` to one bucket and reports it. `verdict`, for a bucket of a charge of
-    /// several, is its fit and whether to charge it (a new key once every bucket admits;
-    /// no bucket once one refuses). `held`, for the first pass of such a charge, is set to
-    /// what puts the bucket back as it was if it admits; a new key is then only seen to
-    /// fit and have room, and not stored.
+    /// Applies `op` to one bucket and reports it. `admitted`: every bucket of a charge of
+    /// several admitted, so this one (a new key) is charged without deciding again.
+    /// `held`, for the first pass of such a charge, is set to what puts the bucket back as
+    /// it was if it admits; a new key is then only seen to fit and have room, and not
+    /// stored.
     #[allow(clippy::too_many_arguments)]
     fn apply_one(
         &self,
@@ -1093,7 +1093,7 @@ impl Inner {
         p: &Placed,
         op: Op,
         bucket: &Bucket,
-        verdict: Option<(Fit, bool)>,
+        admitted: bool,
         mut held: Option<&mut Held>,
         now: u64,
     ) -> BucketState {
@@ -1103,18 +1103,18 @@ impl Inner {
             return State::fresh(limit, now).report(limit, Fit::Now, cost, now);
         }
         // What to answer for this bucket, and whether its state changes.
-        let decide = |state: &State| match (op, verdict) {
-            (_, Some(verdict)) => verdict,
-            (Op::Charge, None) => {
+        let decide = |state: &State| match op {
+            _ if admitted => (Fit::Now, true),
+            Op::Charge => {
                 let fit = state.fit(limit, cost, now);
                 (fit, fit == Fit::Now)
             }
-            (Op::Peek, None) => (state.fit(limit, cost, now), false),
-            (Op::Refund | Op::Penalize | Op::Reset, None) => (Fit::Now, true),
+            Op::Peek => (state.fit(limit, cost, now), false),
+            Op::Refund | Op::Penalize | Op::Reset => (Fit::Now, true),
         };
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
-            let (report, expires_at) = if op == Op::Charge && verdict.is_none() {
+            let (report, expires_at) = if op == Op::Charge && !admitted {
                 // A charge: fit, add and report in one.
                 if let Some(held) = held.as_deref_mut() {
                     *held = Held::Was(state.undo_record());

@@ -58,11 +58,28 @@ impl Bucket {
     /// cost of 1. The store key is `name:key`. Short keys are held inline: building one
     /// does not allocate.
     pub fn new(name: &str, key: &str, limit: Limit) -> Self {
-        let mut full = StoreKey::new();
-        full.push_str(name);
-        full.push_str(":");
+        let mut full = Self::key_prefix(name);
         full.push_str(key);
         Self::from_key(full, name.len(), limit)
+    }
+
+    /// `name:`, the start of the store key of every bucket named `name`: written once,
+    /// a caller that makes many of them ([`Bucket::from_key`]) adds each key to a copy.
+    ///
+    /// ```
+    /// use tollgate_core::{Bucket, Limit, Quota};
+    ///
+    /// let limit = Limit::sliding(Quota::per_minute(10));
+    /// let mut key = Bucket::key_prefix("default:ip");
+    /// key.push_str("203.0.113.7");
+    /// let bucket = Bucket::from_key(key, "default:ip".len(), limit.clone());
+    /// assert_eq!(bucket, Bucket::new("default:ip", "203.0.113.7", limit));
+    /// ```
+    pub fn key_prefix(name: &str) -> StoreKey {
+        let mut prefix = StoreKey::new();
+        prefix.push_str(name);
+        prefix.push_str(":");
+        prefix
     }
 
     /// A bucket whose full key `<name>:<key>` is already written, the name being its first

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
-use tollgate_core::{FailureMode, Limit, Op, Quota, Sampled, StoreKey, WhenFull};
+use tollgate_core::{Bucket, FailureMode, Limit, Op, Quota, Sampled, StoreKey, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;
@@ -335,12 +335,7 @@ pub(crate) fn compile(
             quota,
             metrics: BucketMetrics::new(&name, &bucket),
             static_bucket: intern(&bucket),
-            key_prefix: {
-                let mut prefix = StoreKey::new();
-                prefix.push_str(&bucket);
-                prefix.push_str(":");
-                prefix
-            },
+            key_prefix: Bucket::key_prefix(&bucket),
             bucket,
             sf_name,
             policy_item,

@@ -125,12 +125,17 @@ impl After {
     /// No response goes out through this layer: the request's future was dropped (`None`:
     /// the client went away, a timeout further out gave up on it) or the inner service
     /// failed (`Some(500)`: what that ends as further out). What the response does to the
-    /// charge ([`After::settle`]) is done without headers, at once on a store that answers
+    /// charge ([`Pending::settle`]) is done without headers, at once on a store that answers
     /// at once, else on the Tokio runtime the request ran on (without one, it stays as
     /// charged).
     pub(crate) fn abandon(self, status: Option<StatusCode>) {
-        if let Some(Settle::AfterStore(giving_back)) = self.settle(status) {
-            in_background(giving_back);
+        if self.taken_over() {
+            return;
+        }
+        if let Some(pending) = self.pending {
+            if let Settle::AfterStore(giving_back) = pending.settle(status) {
+                in_background(giving_back);
+            }
         }
     }
 
@@ -166,17 +171,21 @@ impl After {
 
     /// Finishes with the inner service's `response`: adds its headers and decision at once
     /// when nothing is to be given back (the usual response, with nothing copied on the
-    /// way), else [`After::settle`]s first. The future, if the store must be asked.
+    /// way), else [`Pending::settle`]s first. Nothing if a per-route layer took the request
+    /// over. The future, if the store must be asked.
     pub(crate) fn finish<B>(
         self,
         response: &mut http::Response<B>,
     ) -> Option<BoxFuture<'static, Settled>> {
-        if self.pending.is_none() && !self.taken_over() {
+        if self.taken_over() {
+            return None;
+        }
+        let Some(pending) = self.pending else {
             let decision = self.decision.filter(|_| self.in_response);
             Settled::add(self.headers, decision, response);
             return None;
-        }
-        match self.settle(Some(response.status()))? {
+        };
+        match pending.settle(Some(response.status())) {
             Settle::Now(settled) => {
                 settled.apply(response);
                 None
@@ -191,22 +200,16 @@ impl After {
             .as_ref()
             .is_some_and(|p| p.taken_over.load(Ordering::Acquire))
     }
+}
 
+impl Pending {
     /// The headers for a response of `status`, giving the charge back first if the response
-    /// does not count. `None` if a per-route layer took the request over.
+    /// does not count.
     ///
     /// `status` is `None` for a request that got no response (see
     /// [`Compiled::after_response`]): [`After::abandon`].
-    fn settle(self, status: Option<StatusCode>) -> Option<Settle> {
-        if self.taken_over() {
-            return None;
-        }
-        let Some(mut pending) = self.pending else {
-            return Some(Settle::Now(Settled {
-                headers: self.headers,
-                decision: self.decision.filter(|_| self.in_response),
-            }));
-        };
+    fn settle(self: Box<Self>, status: Option<StatusCode>) -> Settle {
+        let mut pending = self;
         // What the response does to the buckets: a plan either charged them (and gives back
         // what does not count) or looked at them (and counts what does): see `Plan::op`.
         let looked = pending.plan.op() == Op::Peek;
@@ -221,7 +224,7 @@ impl After {
             // A response a guard does not count shows nothing of its budget (an
             // authenticated answer, or one admitted without headers while the store is
             // down, is not told how many failures its IP has left).
-            return Some(Settle::Now(pending.settled(!looked)));
+            return Settle::Now(pending.settled(!looked));
         }
         let buckets: SmallVec<[Bucket; INLINE]> = touched
             .iter()
@@ -231,18 +234,16 @@ impl After {
         let store = &pending.engine.store;
         if let Some(answer) = store.apply_sync(op, &buckets, &mut answered) {
             pending.answered(op, &touched, answer.map(|_| answered));
-            return Some(Settle::Now(pending.settled(true)));
+            return Settle::Now(pending.settled(true));
         }
-        Some(Settle::AfterStore(Box::pin(async move {
+        Settle::AfterStore(Box::pin(async move {
             let batch = Batch::new(op, buckets.into_vec());
             let answer = pending.engine.store.apply(&batch).await;
             pending.answered(op, &touched, answer.map(|d| States::from_vec(d.buckets)));
             pending.settled(true)
-        })))
+        }))
     }
-}
 
-impl Pending {
     /// Notes what the store answered for `op` (a refund, or a count after the response) on
     /// the charged buckets at `touched`.
     fn answered(

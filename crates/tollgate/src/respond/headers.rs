@@ -101,23 +101,43 @@ impl Fields {
             return;
         }
         headers.reserve(count);
-        // The usual response has none of them: each is then appended, without the entry
-        // lookup a merge takes (a third more than this look at a few names; past a few
-        // names, the lookups cost less).
-        let vacant = headers.len() <= 8 && !has_rate_limit_fields(headers);
-        // Taken one by one: moving the six out at once copies the whole array.
         let [limit, remaining, reset, policy, current, retry_after] = &mut self.0;
+        if headers.len() <= 8 && !has_rate_limit_fields(headers) {
+            // The usual response has none of them: each is appended, without the entry
+            // lookup a merge takes (a third more than this look at a few names; past a few
+            // names, the lookups cost less). In the order a merge adds them; a limit or a
+            // reset without what remains describes no bucket and is left out, as there.
+            if let Some(remaining) = remaining.take() {
+                headers.append(X_RATELIMIT_REMAINING, remaining);
+                for (name, value) in [(X_RATELIMIT_LIMIT, limit), (X_RATELIMIT_RESET, reset)] {
+                    if let Some(value) = value.take() {
+                        headers.append(name, value);
+                    }
+                }
+            }
+            for (name, value) in [
+                (RATELIMIT_POLICY, policy),
+                (RATELIMIT, current),
+                (RETRY_AFTER, retry_after),
+            ] {
+                if let Some(value) = value.take() {
+                    headers.append(name, value);
+                }
+            }
+            return;
+        }
+        // Taken one by one: moving the six out at once copies the whole array.
         if let Some(remaining) = remaining.take() {
-            merge_one_bucket(headers, vacant, limit.take(), remaining, reset.take());
+            merge_one_bucket(headers, limit.take(), remaining, reset.take());
         }
         if let Some(value) = policy.take() {
-            merge_list(headers, vacant, RATELIMIT_POLICY, value);
+            merge_list(headers, RATELIMIT_POLICY, value);
         }
         if let Some(value) = current.take() {
-            merge_list(headers, vacant, RATELIMIT, value);
+            merge_list(headers, RATELIMIT, value);
         }
         if let Some(value) = retry_after.take() {
-            insert_vacant(headers, vacant, RETRY_AFTER, value);
+            insert_vacant(headers, RETRY_AFTER, value);
         }
     }
 }
@@ -159,12 +179,9 @@ fn one_list<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>) -> Vec<u8> {
     lines.join(&b", "[..])
 }
 
-/// Inserts `value` under `name` unless `headers` has that field (`vacant`: it has none of
-/// the rate-limit fields).
-fn insert_vacant(headers: &mut HeaderMap, vacant: bool, name: HeaderName, value: HeaderValue) {
-    if vacant {
-        headers.append(name, value);
-    } else if let http::header::Entry::Vacant(entry) = headers.entry(name) {
+/// Inserts `value` under `name` unless `headers` has that field.
+fn insert_vacant(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if let http::header::Entry::Vacant(entry) = headers.entry(name) {
         entry.insert(value);
     }
 }
@@ -174,31 +191,21 @@ fn insert_vacant(headers: &mut HeaderMap, vacant: bool, name: HeaderName, value:
 /// even where both sources name a bucket alike and the lists keep theirs).
 fn merge_one_bucket(
     headers: &mut HeaderMap,
-    vacant: bool,
     limit: Option<HeaderValue>,
     remaining: HeaderValue,
     reset: Option<HeaderValue>,
 ) {
-    let theirs = if vacant {
-        headers.append(X_RATELIMIT_REMAINING, remaining);
-        None
-    } else {
-        match headers.entry(X_RATELIMIT_REMAINING) {
-            http::header::Entry::Vacant(entry) => {
-                entry.insert(remaining);
-                None
+    let mut entry = match headers.entry(X_RATELIMIT_REMAINING) {
+        http::header::Entry::Vacant(entry) => {
+            entry.insert(remaining);
+            for (name, value) in [(X_RATELIMIT_LIMIT, limit), (X_RATELIMIT_RESET, reset)] {
+                if let Some(value) = value {
+                    insert_vacant(headers, name, value);
+                }
             }
-            http::header::Entry::Occupied(entry) => Some((entry, remaining)),
+            return;
         }
-    };
-    let Some((mut entry, remaining)) = theirs else {
-        if let Some(value) = limit {
-            insert_vacant(headers, vacant, X_RATELIMIT_LIMIT, value);
-        }
-        if let Some(value) = reset {
-            insert_vacant(headers, vacant, X_RATELIMIT_RESET, value);
-        }
-        return;
+        http::header::Entry::Occupied(entry) => entry,
     };
     let count = |value: &HeaderValue| value.to_str().ok()?.trim().parse::<u64>().ok();
     let fewer = match (count(&remaining), count(entry.get())) {
@@ -222,11 +229,7 @@ fn merge_one_bucket(
 /// An IETF list field: `value` where the response has none, else the response's items
 /// (all its lines, as one list) followed by those of `value` whose bucket it does not name
 /// already.
-fn merge_list(headers: &mut HeaderMap, vacant: bool, name: HeaderName, value: HeaderValue) {
-    if vacant {
-        headers.append(name, value);
-        return;
-    }
+fn merge_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     let mut entry = match headers.entry(name) {
         http::header::Entry::Vacant(entry) => {
             entry.insert(value);
