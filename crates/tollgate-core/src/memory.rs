@@ -653,8 +653,7 @@ impl MemoryStore {
         let limit = &bucket.limit;
         let fresh_in = u64::try_from(fresh_in.as_micros()).unwrap_or(u64::MAX);
         let state = State::assumed(limit, used, fresh_in, now);
-        let (report, expires_at) = state.report_and_expiry(limit, Fit::Now, 1, now);
-        let a = after(&report, expires_at, now);
+        let (_, a) = reported(&state, limit, Fit::Now, 1, now);
         let mut shard = lock(&inner.shards[p.shard]);
         if a.expires_at <= now {
             shard.remove(p.hash);
@@ -1022,6 +1021,13 @@ fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
     }
 }
 
+/// `state`'s report for verdict `fit`, and what its entry notes ([`after`]).
+fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (BucketState, After) {
+    let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+    let a = after(&report, expires_at, now);
+    (report, a)
+}
+
 /// Brings the state up to `now`; a state of another algorithm (the limit changed) starts
 /// afresh.
 fn catch_up(state: &mut State, limit: &Limit, now: u64) {
@@ -1064,8 +1070,7 @@ impl Inner {
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
             let fit = state.fit(limit, cost, now);
-            let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-            let a = after(&report, expires_at, now);
+            let (report, a) = reported(state, limit, fit, cost, now);
             (report, Some(a))
         });
         found.unwrap_or_else(|| {
@@ -1160,8 +1165,7 @@ impl Inner {
             };
         }
         state.add(limit, cost, now);
-        let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-        let a = after(&report, expires_at, now);
+        let (report, a) = reported(&state, limit, fit, cost, now);
         if a.expires_at > now {
             shard.insert(p.hash, part, a.seen, state, a.expires_at);
         }
@@ -1182,8 +1186,7 @@ impl Inner {
         let found = match before {
             Held::Was(undo) => shard.update(p, now, |state| {
                 state.undo(undo);
-                let (report, expires_at) = state.report_and_expiry(limit, Fit::Now, cost, now);
-                let a = after(&report, expires_at, now);
+                let (report, a) = reported(state, limit, Fit::Now, cost, now);
                 (report, Some(a))
             }),
             // Never stored: nothing to put back.
