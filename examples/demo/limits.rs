@@ -5,7 +5,7 @@
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use tollgate::ClientIp;
-use tollgate::{BuildError, Limiter, Policy, Rate, Store};
+use tollgate::{BuildError, Limiter, Policy, Rate, Store, WhenFull};
 
 /// One `AUTH` bucket per IP, shared by sign-in, forgot password, reset password and their
 /// portal equivalents.
@@ -52,6 +52,27 @@ impl Per {
             Per::PortalUser => "portal_user",
         }
     }
+
+    /// What the memory store does with a new key of a bucket keyed this way when the
+    /// bucket's share is full of keys at their limit. Addresses: evict the least recently
+    /// seen (an address costs a client a real host, and refusing every address not yet seen
+    /// would let a flood of them turn every new client away from sign-in). E-mails: refuse
+    /// the new one (anyone can invent e-mails, and a flood of them must never free a locked
+    /// one; the sign-in handler lets an e-mail the store has no room for through
+    /// uncounted). Portal users are signed in: refused too.
+    pub fn when_full(self) -> WhenFull {
+        match self {
+            Per::Ip => WhenFull::EvictLimited,
+            Per::Email | Per::PortalUser => WhenFull::RefuseNewKeys,
+        }
+    }
+}
+
+/// A policy of the page, keyed by IP (and by user where one is signed in): a share of the
+/// memory store full of keys at their limit evicts the least recently seen of them for a new
+/// client rather than refusing every client it has not seen (see [`Per::when_full`]).
+fn named(name: &str) -> Policy {
+    Policy::named(name).when_full(WhenFull::EvictLimited)
 }
 
 /// The buckets handlers charge themselves (`limiter.check` / `reset`), with
@@ -73,7 +94,7 @@ pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
 /// most specific pattern wins.
 pub fn routes() -> Vec<(&'static str, Policy)> {
     let default = || {
-        Policy::named("default")
+        named("default")
             .per_ip(rolling("500/min"))
             .per_user(rolling("10000/h"))
     };
@@ -81,7 +102,7 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
     // write that cap refuses (429) gives the default charge back, as a refusal charges
     // nothing.
     let portal_write = || default().refund_if(|status| status == StatusCode::TOO_MANY_REQUESTS);
-    let downloads = Policy::named("downloads")
+    let downloads = named("downloads")
         .per_ip(rolling("1500/min"))
         .per_user(rolling("15000/h"));
     vec![
@@ -90,13 +111,13 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
         ("POST /api/portal/messages", portal_write()),
         (
             "/api/twilio/*",
-            Policy::named("twilio")
+            named("twilio")
                 .per_ip(rolling("1200/min"))
                 .per_user(rolling("12000/h")),
         ),
         (
             "POST /api/templates/{id}/generate",
-            Policy::named("generate")
+            named("generate")
                 .per_ip(rolling("300/min"))
                 .per_user(rolling("3000/h")),
         ),
@@ -106,7 +127,7 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
         ("GET /api/invoices/{id}/pdf", downloads),
         (
             "/api/knowledge/*",
-            Policy::named("knowledge")
+            named("knowledge")
                 .per_ip(rolling("2000/min"))
                 .per_user(rolling("20000/h")),
         ),
@@ -128,7 +149,7 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
 /// (`limiter.policy_at("POST /api/assistant/chat", limits::chat())`), which also tells the
 /// central table to leave the route to it. Per user it is stricter than per IP.
 pub fn chat() -> Policy {
-    Policy::named("chat")
+    named("chat")
         .per_ip(rolling("60/min"))
         .per_user(rolling("30/min"))
 }
@@ -161,8 +182,8 @@ pub fn limiter(
     for (pattern, policy) in routes() {
         builder = builder.route(pattern, policy);
     }
-    for (name, rate, _) in handler_buckets() {
-        builder = builder.bucket(name, rate);
+    for (name, rate, per) in handler_buckets() {
+        builder = builder.bucket_when_full(name, rate, per.when_full());
     }
     builder.build()
 }

@@ -88,7 +88,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tollgate::config::{Config, HeadersConfig, KeyText, StoreConfig};
 use tollgate::reload::ConfigWatcher;
-use tollgate::{ErrorBody, HeaderStyle, Key, Limiter, LimiterBuilder, Policy, Rate, ResetFormat};
+use tollgate::{
+    ErrorBody, HeaderStyle, Key, Limiter, LimiterBuilder, Policy, Rate, ResetFormat, WhenFull,
+};
 
 /// The page's configuration file, as printed.
 const CONFIG: &str = concat!(
@@ -194,7 +196,14 @@ fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Syn
             .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
             // Every method: a `POST` or `OPTIONS` to it is anonymous too (a 405), and
             // spends the backstop like a `GET`.
-            .route("/v1/status", Policy::named("status").per_ip(STATUS_PER_IP))
+            // Keyed by address: a share full of addresses at their limit evicts the least
+            // recently seen for a new one, rather than refusing every client it has not seen.
+            .route(
+                "/v1/status",
+                Policy::named("status")
+                    .per_ip(STATUS_PER_IP)
+                    .when_full(WhenFull::EvictLimited),
+            )
             .route("/admin/*", Policy::exempt())
     }
 }

@@ -125,6 +125,13 @@ impl Bucket {
 /// stays locked). The price is that new keys of that bucket are refused until room frees
 /// up. [`WhenFull::EvictLimited`] serves new keys instead, at the risk of forgetting a
 /// limited key (it then starts afresh).
+///
+/// Which to choose depends on what a key costs a client. Keys anyone can invent for free
+/// (e-mails, unchecked API keys) want `RefuseNewKeys`, so that inventing them never frees a
+/// locked one. Keys that cost a client a real host (client addresses) usually want
+/// `EvictLimited`: refusing every address the store has not seen lets a flood of addresses
+/// turn every new client away until the window passes, while the address still sending is
+/// the most recently seen and is evicted last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum WhenFull {
     /// Refuse the new key (a refusal with [`Refusal::StoreFull`](crate::Refusal::StoreFull)

@@ -47,7 +47,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
-use tollgate_core::{Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Store};
+use tollgate_core::{
+    Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Store, WhenFull,
+};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
@@ -529,7 +531,9 @@ impl Limiter {
             });
         }
         let stored = self.engine.direct_key(key);
-        let bucket = Bucket::new(bucket, &stored, direct.limit).with_cost(cost);
+        let bucket = Bucket::new(bucket, &stored, direct.limit)
+            .with_cost(cost)
+            .with_when_full(direct.when_full);
         let batch = Batch::new(op, vec![bucket]).with_failure_mode(table.defaults.on_failure);
         let answer = self.engine.store.apply(&batch).await;
         // A charge is a request decided, as the middleware's are: counted in the limiter's
@@ -699,7 +703,7 @@ pub struct LimiterBuilder {
     routes: Vec<(String, Policy)>,
     global: Option<Policy>,
     global_policies: Vec<Policy>,
-    direct: Vec<(String, Rate)>,
+    direct: Vec<(String, Rate, WhenFull)>,
     header_style: Option<HeaderStyle>,
     error_body: Option<ErrorBody>,
     enabled: Option<bool>,
@@ -827,8 +831,34 @@ impl LimiterBuilder {
     /// A bucket for direct use from handlers ([`Limiter::check`], [`Limiter::peek`],
     /// [`Limiter::penalize`], [`Limiter::reset`]), e.g. `.bucket("sign-in-failures",
     /// Rate::exact("5/30min"))`. Its name must differ from every policy's bucket name.
-    pub fn bucket(mut self, name: &str, rate: impl Into<Rate>) -> Self {
-        self.direct.push((name.to_string(), rate.into()));
+    pub fn bucket(self, name: &str, rate: impl Into<Rate>) -> Self {
+        self.bucket_when_full(name, rate, WhenFull::default())
+    }
+
+    /// [`LimiterBuilder::bucket`], choosing what a bounded store (the memory store, and the
+    /// fallback's memory) does with a new key of it when its share is full of keys at their
+    /// limit: [`WhenFull::RefuseNewKeys`] (what `bucket` does) or
+    /// [`WhenFull::EvictLimited`], as [`Policy::when_full`](crate::Policy::when_full) chooses for a policy's
+    /// buckets. A bucket keyed by client address usually wants `EvictLimited`: addresses
+    /// cost a client real hosts, and refusing every address the store has not seen would let
+    /// a flood of them turn every new client away.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, WhenFull};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .bucket_when_full("sign-in-per-ip", "20/15min", WhenFull::EvictLimited)
+    ///     .build()?;
+    /// # let _ = limiter;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn bucket_when_full(
+        mut self,
+        name: &str,
+        rate: impl Into<Rate>,
+        when_full: WhenFull,
+    ) -> Self {
+        self.direct.push((name.to_string(), rate.into(), when_full));
         self
     }
 

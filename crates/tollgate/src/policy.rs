@@ -315,11 +315,19 @@ impl Policy {
     /// Its store-failure mode is [`FailureMode::Fallback`] whatever the limiter's default (a
     /// limiter set to fail open would otherwise let guessing run at full speed through an
     /// outage): on a store with a fallback it keeps counting in memory.
+    ///
+    /// When its share of a bounded store (the memory store's `max_entries` per bucket name)
+    /// is full of addresses at their limit, it evicts the least recently seen of them for a
+    /// new address ([`WhenFull::EvictLimited`]) instead of refusing the new one: the guard
+    /// runs before credentials are checked, so refusing every address it has not seen would
+    /// let a flood of failing addresses turn every new client away, valid credentials or
+    /// not. An address still guessing is seen recently and stays limited.
     pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
         Self::named("failed-auth")
             .per_ip(rate)
             .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
             .on_store_failure(FailureMode::Fallback)
+            .when_full(WhenFull::EvictLimited)
     }
 }
 

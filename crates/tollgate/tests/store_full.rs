@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{echo, request};
+use common::{echo, request, Body};
 use http::StatusCode;
 use tollgate::{Key, Limiter, ManualClock, MemoryStore, Policy, Refusal, WhenFull};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -157,4 +157,108 @@ async fn a_direct_bucket_refuses_new_keys_when_full() {
         assert!(!refused.allowed, "{new}");
         assert_eq!(refused.buckets[0].refusal, Some(Refusal::StoreFull));
     }
+}
+
+/// A handler's bucket declared with `WhenFull::EvictLimited` serves a new key when its share
+/// is full of keys at their limit, and a key still being refused stays refused.
+#[tokio::test]
+async fn a_direct_bucket_can_serve_new_keys_when_full() {
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let limiter = Limiter::builder()
+        .store(small_store_on(clock.clone()))
+        .bucket_when_full("sign-in-per-ip", "5/30min", WhenFull::EvictLimited)
+        .build()
+        .unwrap();
+    let admitted = |key: String| {
+        let limiter = limiter.clone();
+        async move {
+            let decision = limiter.check("sign-in-per-ip", &key).await.unwrap();
+            (decision.allowed, decision.buckets[0].refusal)
+        }
+    };
+    for i in 0..64 {
+        clock.advance(Duration::from_secs(1));
+        for _ in 0..5 {
+            assert!(admitted(format!("198.51.100.{i}")).await.0);
+        }
+        assert!(!admitted(format!("198.51.100.{i}")).await.0);
+    }
+    clock.advance(Duration::from_secs(1));
+    for attempt in 0..5 {
+        assert_eq!(
+            admitted("203.0.113.9".into()).await,
+            (true, None),
+            "attempt {attempt} of a new key"
+        );
+    }
+    assert!(!admitted("203.0.113.9".into()).await.0);
+    // The most recently seen of the flood is still limited.
+    assert!(!admitted("198.51.100.63".into()).await.0);
+}
+
+/// `Policy::failed_auth_per_ip`'s share full of addresses at their limit does not turn new
+/// clients away: the guard runs before credentials are checked, so refusing every new
+/// address would refuse valid requests too.
+#[tokio::test]
+async fn the_failed_auth_guard_serves_new_addresses_when_full() {
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let limiter = Limiter::builder()
+        .store(small_store_on(clock.clone()))
+        .build()
+        .unwrap();
+    // The handler: 401 without an API key (a failed sign-in), 200 with one.
+    let svc = ServiceBuilder::new()
+        .layer(limiter.guard(Policy::failed_auth_per_ip("5/30min")))
+        .service(service_fn(|req: http::Request<Body>| async move {
+            let status = if req.headers().contains_key("x-api-key") {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            let mut response = http::Response::new(Body::default());
+            *response.status_mut() = status;
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+    let call = |peer: String, key: Option<&'static str>| {
+        let svc = svc.clone();
+        async move {
+            svc.oneshot(request("/x", Some(&peer), key))
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for i in 0..64 {
+        clock.advance(Duration::from_secs(1));
+        let peer = format!("198.51.100.{i}:4000");
+        for _ in 0..5 {
+            assert_eq!(call(peer.clone(), None).await, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(
+            call(peer.clone(), Some("valid")).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{peer} is at its limit"
+        );
+    }
+    clock.advance(Duration::from_secs(1));
+    // A new client with valid credentials is served, and its failures are counted.
+    assert_eq!(
+        call("203.0.113.9:4000".into(), Some("valid")).await,
+        StatusCode::OK
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            call("203.0.113.9:4000".into(), None).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        call("203.0.113.9:4000".into(), Some("valid")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The most recently seen of the flood is still limited.
+    assert_eq!(
+        call("198.51.100.63:4000".into(), Some("valid")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

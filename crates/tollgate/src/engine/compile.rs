@@ -367,6 +367,8 @@ pub(crate) fn compile(
 /// limit, and its metrics (as a policy's bucket has, under its own name).
 pub(crate) struct Direct {
     pub(crate) limit: Limit,
+    /// What a bounded store does with a new key when the bucket's share is full.
+    pub(crate) when_full: WhenFull,
     pub(crate) metrics: BucketMetrics,
 }
 
@@ -395,7 +397,7 @@ pub(crate) struct Table {
 pub(crate) struct Rules<'a> {
     pub(crate) routes: &'a [(String, Policy)],
     pub(crate) globals: Vec<&'a Policy>,
-    pub(crate) direct: &'a [(String, Rate)],
+    pub(crate) direct: &'a [(String, Rate, WhenFull)],
     pub(crate) defaults: Defaults,
     pub(crate) require_default: bool,
 }
@@ -489,7 +491,7 @@ pub(crate) fn compile_table(
     }
 
     let mut direct = HashMap::new();
-    for (name, rate) in rules.direct {
+    for (name, rate, when_full) in rules.direct {
         check_name(name)?;
         let limit = rate.limit().map_err(|source| BuildError::Rate {
             policy: name.clone(),
@@ -501,7 +503,14 @@ pub(crate) fn compile_table(
         if signatures.contains_key(name.as_str())
             || code.guard_binds(name)
             || direct
-                .insert(name.clone(), Direct { limit, metrics })
+                .insert(
+                    name.clone(),
+                    Direct {
+                        limit,
+                        when_full: *when_full,
+                        metrics,
+                    },
+                )
                 .is_some()
         {
             return Err(BuildError::DuplicateBucket { name: name.clone() });
