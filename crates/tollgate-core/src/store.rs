@@ -133,6 +133,11 @@ impl Bucket {
 /// turn every new client away until the window passes, while the address still sending is
 /// the most recently seen and is evicted last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum WhenFull {
     /// Refuse the new key (a refusal with [`Refusal::StoreFull`](crate::Refusal::StoreFull)
     /// and the time until the first held key expires). The default.

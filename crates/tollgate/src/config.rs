@@ -30,13 +30,17 @@
 //!   global_rate_limit: { sustained: 1000/min }
 //! buckets:                       # for direct use from handlers (Limiter::check)
 //!   sign-in-failures: { limit: 5/30min, algorithm: exact }
+//!   sign-in-per-ip: { limit: 20/15min, when_full: evict_limited }
 //! ```
 //!
 //! Keys (`per:`): `ip`, `user` (needs an identity function in code), `api_key` (the
 //! `x-api-key` header) or `api_key:<header>`, `header:<name>`, `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
 //! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
-//! `20/s` is 20) and `daily:` (a fixed UTC-day cap).
+//! `20/s` is 20) and `daily:` (a fixed UTC-day cap). `when_full: evict_limited` on a route,
+//! a bucket or a global limit with a key serves new keys when the memory store's share of
+//! the bucket is full of keys at their limit (see [`WhenFull`]; `refuse_new_keys` is the
+//! default).
 //!
 //! Errors name the file, the line, the column and the field, and say what was expected
 //! (`rate-limits.yaml:4:7: routes[0].rate_limit.sustained: ...`):
@@ -83,7 +87,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tollgate_core::{Algorithm, FailureMode, Limit, Quota, DEFAULT_SEGMENTS};
+use tollgate_core::{Algorithm, FailureMode, Limit, Quota, WhenFull, DEFAULT_SEGMENTS};
 
 use crate::client_ip::ClientIp;
 use crate::error::BuildError;
@@ -494,6 +498,11 @@ pub struct RouteConfig {
     /// What to do when the store is down, for this rule.
     #[serde(default)]
     pub on_store_failure: Option<FailureMode>,
+    /// What a bounded store does with a new key of this rule's buckets when their share is
+    /// full of keys at their limit: `refuse_new_keys` (the default) or `evict_limited` (see
+    /// [`WhenFull`]).
+    #[serde(default)]
+    pub when_full: Option<WhenFull>,
     /// Response statuses whose charge is given back (e.g. `[304]`); 100-599.
     #[serde(default)]
     pub refund_statuses: Vec<u16>,
@@ -541,6 +550,12 @@ pub struct LimitConfig {
     /// A cap per UTC day (`10000/day`) or any fixed window.
     #[serde(default)]
     pub daily: Option<Quota>,
+    /// Under `buckets:` and the global limits with a key (`per:`): what a bounded store does
+    /// with a new key when the bucket's share is full of keys at their limit,
+    /// `refuse_new_keys` (the default) or `evict_limited` (see [`WhenFull`]). A route's
+    /// limits take it from the route's `when_full:`.
+    #[serde(default)]
+    pub when_full: Option<WhenFull>,
 }
 
 /// A key, as text: `ip`, `user`, `api_key`, `api_key:<header>`, `header:<name>`,
@@ -970,7 +985,7 @@ impl Config {
                     "a bucket for direct use takes one limit".into(),
                 )
             })?;
-            builder = builder.bucket(name, rate);
+            builder = builder.bucket_when_full(name, rate, limit.when_full.unwrap_or_default());
         }
         for (i, route) in self.routes.iter().enumerate() {
             let pattern = route.pattern();
@@ -984,6 +999,15 @@ impl Config {
                 .rates(&KeyText::Global)
                 .map_err(|(sub, m)| invalid(path.maybe_key(sub), None, m))?;
             if limit.per.is_none() || limit.per == Some(KeyText::Global) {
+                if limit.when_full.is_some() {
+                    return Err(invalid(
+                        path.key("when_full"),
+                        None,
+                        "one bucket for everyone holds one key, so its share is never full: \
+                         `when_full:` is for a limit with a key (`per: ip`)"
+                            .into(),
+                    ));
+                }
                 for rate in rates {
                     builder = builder.global(rate);
                 }
@@ -991,6 +1015,9 @@ impl Config {
                 let mut policy = Policy::named(global_policy_name(&key));
                 for rate in rates {
                     policy = policy.limit(key.clone(), rate);
+                }
+                if let Some(mode) = limit.when_full {
+                    policy = policy.when_full(mode);
                 }
                 builder = builder.global_policy(policy);
             }
@@ -1062,6 +1089,12 @@ impl RouteConfig {
         let mut policy = Policy::named(self.policy_name());
         let mut any = false;
         for (path, limit) in self.limit_entries() {
+            if limit.when_full.is_some() {
+                return Err((
+                    path.key("when_full"),
+                    "a route's limits share one `when_full:`: set it on the route".into(),
+                ));
+            }
             let (key, rates) = limit
                 .rates(default_key)
                 .map_err(|(sub, m)| (path.maybe_key(sub), m))?;
@@ -1087,6 +1120,9 @@ impl RouteConfig {
         }
         if let Some(mode) = self.on_store_failure {
             policy = policy.on_store_failure(mode);
+        }
+        if let Some(mode) = self.when_full {
+            policy = policy.when_full(mode);
         }
         if !self.refund_statuses.is_empty() {
             let statuses = self.refund_statuses.clone();

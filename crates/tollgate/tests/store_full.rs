@@ -262,3 +262,76 @@ async fn the_failed_auth_guard_serves_new_addresses_when_full() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// A configuration file chooses too: `when_full: evict_limited` on a route, and on a bucket
+/// for direct use; on one of a route's limits it is an error that says where it goes.
+#[tokio::test]
+async fn a_configuration_file_can_serve_new_keys_when_full() {
+    let yaml = "routes:\n  - path: /*\n    name: sign-in\n    when_full: evict_limited\n    \
+                limits: [{ per: ip, limit: 5/30min }]\n\
+                buckets:\n  per-ip: { limit: 5/30min, when_full: evict_limited }\n  \
+                lockout: { limit: 5/30min }\n";
+    let config = tollgate::config::Config::from_yaml(yaml).unwrap();
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let limiter = config
+        .apply(Limiter::builder(), "limits.yaml")
+        .unwrap()
+        .store(small_store_on(clock.clone()))
+        .build()
+        .unwrap();
+    flood(&limiter, Some(&clock)).await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        statuses(&limiter, "203.0.113.9:4000", 1).await,
+        [StatusCode::OK]
+    );
+    for bucket in ["per-ip", "lockout"] {
+        for i in 0..64 {
+            for _ in 0..5 {
+                let key = format!("198.51.100.{i}");
+                assert!(limiter.check(bucket, &key).await.unwrap().allowed);
+            }
+        }
+    }
+    assert!(limiter.check("per-ip", "new").await.unwrap().allowed);
+    assert!(!limiter.check("lockout", "new").await.unwrap().allowed);
+
+    let misplaced =
+        "routes:\n  - path: /*\n    limits: [{ per: ip, limit: 5/30min, when_full: evict_limited }]\n";
+    let err = tollgate::config::Config::from_yaml(misplaced)
+        .unwrap()
+        .apply(Limiter::builder(), "limits.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[0].limits[0].when_full") && err.contains("set it on the route"),
+        "{err}"
+    );
+    // A global limit with a key takes it; the one bucket for everyone has no keys to evict.
+    let global = "global:\n  - { per: ip, limit: 5/30min, when_full: evict_limited }\n";
+    let config = tollgate::config::Config::from_yaml(global).unwrap();
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let limiter = config
+        .apply(Limiter::builder(), "limits.yaml")
+        .unwrap()
+        .store(small_store_on(clock.clone()))
+        .build()
+        .unwrap();
+    flood(&limiter, Some(&clock)).await;
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        statuses(&limiter, "203.0.113.9:4000", 1).await,
+        [StatusCode::OK]
+    );
+    let everyone =
+        "gateway: { global_rate_limit: { sustained: 1000/min, when_full: evict_limited } }\n";
+    let err = tollgate::config::Config::from_yaml(everyone)
+        .unwrap()
+        .apply(Limiter::builder(), "limits.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gateway.global_rate_limit.when_full") && err.contains("per: ip"),
+        "{err}"
+    );
+}
