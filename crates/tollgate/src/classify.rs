@@ -264,7 +264,7 @@ impl RoutePattern {
         path
     }
 
-    fn same_path_shape(&self, other: &Self) -> bool {
+    pub(crate) fn same_path_shape(&self, other: &Self) -> bool {
         self.wildcard == other.wildcard
             && self.segments.len() == other.segments.len()
             && self

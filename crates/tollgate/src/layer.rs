@@ -46,7 +46,7 @@ impl RateLimitLayer {
         limiter: Limiter,
         index: usize,
         name: std::sync::Arc<str>,
-        pattern: Option<std::sync::Arc<crate::classify::RouteTable<()>>>,
+        pattern: Option<std::sync::Arc<crate::engine::Delegation>>,
     ) -> Self {
         Self {
             limiter,
@@ -63,6 +63,13 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        if let Scope::Route {
+            pattern: Some(delegation),
+            ..
+        } = &self.scope
+        {
+            delegation.attach();
+        }
         RateLimit::new(inner, self.limiter.clone(), self.scope.clone())
     }
 }

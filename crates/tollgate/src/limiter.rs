@@ -54,7 +54,7 @@ use tollgate_core::{
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
-use crate::engine::{self, CodeRules, Engine, Overrides, Routes, Rules};
+use crate::engine::{self, CodeRules, Delegation, Engine, Overrides, Routes, Rules};
 use crate::error::{BuildError, CheckError};
 use crate::key::{self, Extractor, Key};
 use crate::layer::RateLimitLayer;
@@ -134,6 +134,13 @@ impl Limiter {
     /// stack). Prefer it to [`Limiter::policy`], whose route the central layer only learns
     /// from a request that reaches it.
     ///
+    /// Only the route the layer is on is left to it. With axum's `MatchedPath`, a route the
+    /// pattern covers but the layer is not on (`POST /api/*` with the layer on `/api/chat`
+    /// alone) stays with the central table, as does every route while the returned layer is
+    /// not put on any service: a layer dropped, or a pattern broader than its route, never
+    /// leaves a route unlimited. (Such a route's first request through the layer is charged
+    /// by the central table first and then taken over, as with [`Limiter::policy`].)
+    ///
     /// Requests of a method the pattern does not name are not the policy's, though its
     /// layer sees them (axum's `MethodRouter::layer` wraps the method router's 405 fallback
     /// and every method's handler): the central table charges them by their class, and the
@@ -184,23 +191,22 @@ impl Limiter {
         }
         // The route's own spelling only: an unusual spelling of its path is never taken
         // away from the central table (it may not reach the route's layer at all).
-        let table = Arc::new(
-            RouteTable::builder()
-                .route(parsed, ())
-                .lenient(|_| true)
-                .build()?,
-        );
+        let table = RouteTable::builder()
+            .route(parsed.clone(), ())
+            .lenient(|_| true)
+            .build()?;
         let (index, name) = self.add_route_policy(policy)?;
+        let delegation = Arc::new(Delegation::new(table, parsed));
         self.engine.routes.rcu(|routes| {
             let mut routes = Routes::clone(routes);
-            routes.delegated.push(table.clone());
+            routes.delegated.push(delegation.clone());
             routes
         });
         Ok(RateLimitLayer::route(
             self.clone(),
             index,
             name,
-            Some(table),
+            Some(delegation),
         ))
     }
 

@@ -934,6 +934,45 @@ async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request()
     }
 }
 
+/// `policy_at` leaves to its layer only the route the layer is on: a pattern broader than
+/// that route (`POST /api/*` on `/api/chat`) leaves the other routes it covers to the
+/// central class and the global limit, and a layer never attached leaves nothing.
+#[tokio::test]
+async fn a_declared_pattern_leaves_only_its_layers_route() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/api/*", Policy::named("default").per_ip("3/min"))
+        .global("100/min")
+        .build()
+        .unwrap();
+    let chat = limiter.policy_at("POST /api/*", Policy::named("chat").per_ip("5/min"));
+    let unattached = limiter.policy_at("GET /api/items", Policy::named("items").per_ip("9/min"));
+    drop(unattached);
+    let app = Router::new()
+        .route("/api/chat", post(ok).layer(chat))
+        .route("/api/upload", post(ok))
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    // The route the layer is on: its own 5.
+    let mut chat_statuses = Vec::new();
+    for _ in 0..6 {
+        chat_statuses.push(status_of(server.post("/api/chat")).await);
+    }
+    assert_eq!(chat_statuses, vec![200, 200, 200, 200, 200, 429]);
+    // Another route the pattern covers: the class's 3.
+    let mut upload_statuses = Vec::new();
+    for _ in 0..4 {
+        upload_statuses.push(status_of(server.post("/api/upload")).await);
+    }
+    assert_eq!(upload_statuses, vec![200, 200, 200, 429]);
+    // The route of a layer never attached: the class, spent.
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(header(&r, "x-ratelimit-limit"), "3");
+}
+
 /// A per-route policy declared for one method spends nothing on requests of other methods
 /// that reach its layer: axum's method router answers them (a 405, a CORS preflight), or
 /// another method's handler under the same layer serves them. The central class charges

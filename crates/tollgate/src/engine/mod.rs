@@ -25,7 +25,7 @@ use http::Method;
 use smallvec::SmallVec;
 use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
 
-use crate::classify::RouteTable;
+use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::{peer_addr, ClientIp};
 use crate::key::Extractor;
 use crate::observe::StoreMetrics;
@@ -130,10 +130,50 @@ pub(crate) struct Routes {
     /// `"<METHOD> <matched path>"` of routes whose own layer was seen.
     pub(crate) per_route: HashSet<Box<str>>,
     /// Patterns declared with `policy_at`.
-    pub(crate) delegated: Vec<Arc<RouteTable<()>>>,
+    pub(crate) delegated: Vec<Arc<Delegation>>,
     /// Whether a per-route layer without a pattern exists: only then does the central
     /// layer mark the requests it charges, for such a layer to take over.
     pub(crate) marks: bool,
+}
+
+/// A route declared with [`Limiter::policy_at`](crate::Limiter::policy_at), shared by its
+/// layer and the central layer, which leaves the route's requests to the layer.
+pub(crate) struct Delegation {
+    /// The pattern, as a table of its own spelling (a request's method and path match it).
+    pub(crate) table: RouteTable<()>,
+    /// The pattern, to compare with the route a request matched.
+    pattern: RoutePattern,
+    /// Whether its layer was put on a service ([`Layer::layer`](tower_layer::Layer::layer)):
+    /// a layer never attached leaves nothing to it.
+    attached: AtomicBool,
+}
+
+impl Delegation {
+    pub(crate) fn new(table: RouteTable<()>, pattern: RoutePattern) -> Self {
+        Self {
+            table,
+            pattern,
+            attached: AtomicBool::new(false),
+        }
+    }
+
+    /// Its layer wraps a service.
+    pub(crate) fn attach(&self) {
+        self.attached.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the central layer leaves the request of `method` to `path` to the layer: its
+    /// pattern matches the request and its layer was attached, and the route axum matched
+    /// (`matched`) is the pattern's own (not one of several routes a broader pattern covers,
+    /// whose other routes do not pass through the layer). Without `matched` (a plain tower
+    /// stack), the pattern is all there is.
+    fn leaves(&self, method: &Method, path: &str, matched: Option<&str>) -> bool {
+        self.attached.load(Ordering::Relaxed)
+            && self.table.classify(method, path).is_some()
+            && matched.is_none_or(|route| {
+                RoutePattern::parse(route).is_ok_and(|route| self.pattern.same_path_shape(&route))
+            })
+    }
 }
 
 #[derive(Default)]
@@ -258,7 +298,7 @@ pub(crate) enum Scope {
         index: usize,
         /// Its name.
         name: Arc<str>,
-        pattern: Option<Arc<RouteTable<()>>>,
+        pattern: Option<Arc<Delegation>>,
     },
 }
 
@@ -311,7 +351,7 @@ impl Engine {
         match scope {
             Scope::Central => self.start_central(parts),
             Scope::Route { index, pattern, .. } => {
-                self.start_route(*index, pattern.as_deref(), parts)
+                self.start_route(*index, pattern.as_deref().map(|d| &d.table), parts)
             }
         }
     }
@@ -334,12 +374,28 @@ impl Engine {
             }
         }
         let path = request_path(parts);
-        if routes
+        // A route declared with `policy_at`. Without axum's `MatchedPath` (a plain tower
+        // stack) its pattern is all there is: the request is left to the route's layer. With
+        // it, the route the request matched is left to the layer once the layer has seen it
+        // (the registry above); until then this layer charges it provisionally and the
+        // route's layer takes the charge over. So a pattern broader than the route its layer
+        // is on, or a layer never attached, leaves no route unlimited.
+        let delegated = routes
             .delegated
             .iter()
-            .any(|route| route.classify(&parts.method, path).is_some())
-        {
-            return Start::Pass;
+            .any(|route| route.table.classify(&parts.method, path).is_some());
+        if delegated {
+            // Once a layer's pattern was seen not to match its route's requests (`marks`),
+            // only the registry tells which routes pass through a per-route layer.
+            let matched = matched_path(parts);
+            if (matched.is_none() || !routes.marks)
+                && routes
+                    .delegated
+                    .iter()
+                    .any(|route| route.leaves(&parts.method, path, matched))
+            {
+                return Start::Pass;
+            }
         }
         // Both classes when the path's two readings disagree: a request is charged at
         // least as strictly as the route that serves it.
@@ -356,7 +412,7 @@ impl Engine {
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
-        let provisional = routes.marks.then(Arc::<Provisional>::default);
+        let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
         // The plan stays here (it is large): the store answers for it by reference.
         if let Some(outcome) = self.decide_now(&plan, &provisional, &parts.method, path) {
             if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
@@ -455,7 +511,9 @@ impl Engine {
         let refund_first = match mark_in(&parts.extensions, self.id) {
             Some(Mark::Route) => return Start::Pass,
             Some(Mark::Central(p)) => {
-                if !policy.warned_central.swap(true, Ordering::Relaxed) {
+                // (A route declared with `policy_at` is charged so until its layer has seen
+                // it: expected, and nothing to warn about.)
+                if pattern.is_none() && !policy.warned_central.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         target: "tollgate",
                         policy = %policy.name,
