@@ -1848,7 +1848,8 @@ impl Config {
             }
             BuildError::Rate { policy, .. }
             | BuildError::EmptyPolicy { policy }
-            | BuildError::BadKeyKind { policy, .. } => match first_route(policy) {
+            | BuildError::BadKeyKind { policy, .. }
+            | BuildError::KeyKindsOverlap { policy, .. } => match first_route(policy) {
                 Some(i) => route(i, FieldPath::root()),
                 None => self
                     .globals()

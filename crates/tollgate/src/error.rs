@@ -80,6 +80,18 @@ pub enum BuildError {
         /// The kind as given.
         kind: String,
     },
+    /// Two key kinds of one policy where one is the other followed by `:` (a custom
+    /// `header` beside [`Key::header`](crate::Key::header)'s `header:x-account`): a key of
+    /// the shorter kind taken from a request could name the other's bucket.
+    #[error("policy `{policy}`: key kinds `{kind}` and `{longer}` would share store keys (a `{kind}` key may start with what follows `{kind}:` in `{longer}`); rename `{kind}`")]
+    KeyKindsOverlap {
+        /// The policy.
+        policy: String,
+        /// The shorter kind.
+        kind: String,
+        /// The kind that is `kind` followed by `:`.
+        longer: String,
+    },
     /// A policy limits per user but the limiter has no identity function.
     #[error("policy `{policy}` limits per user, but no identity is configured: call `.identity(|parts| ...)` on the builder")]
     NoIdentity {

@@ -150,14 +150,16 @@ impl Key {
         }
     }
 
-    /// Whether the kind name is usable in bucket names.
+    /// Whether the kind name is usable in bucket names: a custom kind of letters, digits,
+    /// `_`, `-` and `.` (as [`BuildError::BadKeyKind`](crate::BuildError::BadKeyKind) says);
+    /// the built-in kinds also hold `:` (`header:<name>`).
     pub(crate) fn kind_is_valid(&self) -> bool {
+        let custom = matches!(self.source, Source::Custom(_));
         !self.kind.is_empty()
             && self.kind.len() <= 64
-            && self
-                .kind
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || c == ':')
+            && self.kind.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || (c == ':' && !custom)
+            })
             && !self.kind.starts_with(':')
     }
 }

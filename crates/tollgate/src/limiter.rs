@@ -255,7 +255,10 @@ impl Limiter {
             count_after: policy.count_only_if.is_some(),
             ..policy
         };
-        if let Some(name) = bucket.as_deref().filter(|name| table.binds(name)) {
+        if let Some(name) = bucket
+            .as_deref()
+            .filter(|name| table.binds(name) || code.guard_binds(name))
+        {
             return Err(BuildError::DuplicateBucket {
                 name: name.to_string(),
             });

@@ -179,6 +179,14 @@ fn a_guard_bucket_named_like_one_of_the_limiters_is_an_error() {
     assert!(limiter
         .try_guard(Policy::named("guard").per_ip("5/fortnight"))
         .is_err());
+    // Two guards of one name would count in one bucket under two limits.
+    let err = limiter
+        .try_guard(Policy::named("guard").per_ip("20/min"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, tollgate::BuildError::DuplicateBucket { name } if name == "guard"),
+        "{err}"
+    );
 }
 
 /// More authenticated requests in flight at once from one IP than the guard's limit: all

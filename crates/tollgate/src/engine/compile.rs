@@ -343,6 +343,27 @@ pub(crate) fn compile(
             when_full: policy.when_full,
         });
     }
+    // A store key is `<bucket>:<kind>:<key>`: a kind that is another kind followed by `:`
+    // (a custom `header` beside `Key::header("x-account")`'s `header:x-account`) would let a
+    // key of the shorter kind (`x-account:alice`, from the request) land on the other's.
+    let kinds: Vec<&str> = per_kind
+        .keys()
+        .copied()
+        .filter(|k| *k != "global")
+        .collect();
+    for kind in &kinds {
+        if let Some(longer) = kinds.iter().find(|other| {
+            other
+                .strip_prefix(kind)
+                .is_some_and(|rest| rest.starts_with(':'))
+        }) {
+            return Err(BuildError::KeyKindsOverlap {
+                policy: name.to_string(),
+                kind: kind.to_string(),
+                longer: longer.to_string(),
+            });
+        }
+    }
     let shown = (compiled.limits.len() + global_limits) as u32;
     if shown <= MAX_CACHED_LIMITS {
         compiled.policy_values = (0..1usize << shown).map(|_| OnceLock::new()).collect();
@@ -649,6 +670,27 @@ mod tests {
             bad(Policy::named("x y").per_ip("1/min")),
             Some(BuildError::BadName { .. })
         ));
+        // A custom kind holds no `:`, and no kind is another followed by `:`: a key taken
+        // from the request (`x-account:alice`) could otherwise name another kind's bucket.
+        assert!(matches!(
+            bad(Policy::named("x").per_key("a:b", |_| None, "1/min")),
+            Some(BuildError::BadKeyKind { .. })
+        ));
+        assert!(matches!(
+            bad(Policy::named("x")
+                .per_header("x-account", "3/min")
+                .per_key("header", |_| None, "100/min")),
+            Some(BuildError::KeyKindsOverlap { kind, longer, .. })
+                if kind == "header" && longer == "header:x-account"
+        ));
+        assert!(
+            bad(Policy::named("x").per_header("x-account", "3/min").per_key(
+                "headers",
+                |_| None,
+                "100/min"
+            ))
+            .is_none()
+        );
         assert!(matches!(
             bad(Policy::named("x").per_ip("1/min").cost(0)),
             Some(BuildError::ZeroCost { .. })
