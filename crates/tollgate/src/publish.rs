@@ -118,6 +118,12 @@ pub enum PublishError {
         /// The bucket's name.
         bucket: String,
     },
+    /// [`Publisher::bucket_key`] names a bucket the limiter does not declare.
+    #[error("bucket_key: the limiter has no bucket for direct use named `{bucket}`")]
+    UnknownKeyBucket {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// A pattern given to the publisher matches no operation of the document (a typo, or
     /// an operation the document does not list).
     #[error("`{pattern}` matches no operation of the document")]
@@ -350,6 +356,11 @@ impl Publisher {
     /// Whose key the handlers pass when they charge the bucket for direct use `bucket`
     /// (`"email"`, `"ip"`): what `per` says (default `direct`).
     pub fn bucket_key(mut self, bucket: &str, per: &str) -> Self {
+        if !self.limiter.engine.table.load().direct.contains_key(bucket) {
+            self.fail(PublishError::UnknownKeyBucket {
+                bucket: bucket.to_string(),
+            });
+        }
         self.bucket_keys.insert(bucket.to_string(), per.to_string());
         self
     }

@@ -323,6 +323,12 @@ fn mistakes_are_typed_errors_and_leave_the_document_alone() {
             },
         ),
         (
+            publisher(&limiter).bucket_key("sign-in-failure", "email"),
+            PublishError::UnknownKeyBucket {
+                bucket: "sign-in-failure".into(),
+            },
+        ),
+        (
             Publisher::new(&limiter).handler_buckets("P@ST /api/sign-in", &[]),
             PublishError::BadPattern {
                 pattern: "P@ST /api/sign-in".into(),
