@@ -42,6 +42,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -514,8 +515,27 @@ impl Limiter {
         method: &Method,
         path: &str,
     ) -> respond::RateLimitOutcome {
-        let limit = self.engine.table.load().direct.get(bucket).map(|d| d.limit);
-        let quota = limit.map(|l| (bucket, l.shown_quota()));
+        let quota = match self.engine.table.load().direct.get(bucket) {
+            Some(direct) => Some(direct.limit.shown_quota()),
+            None => {
+                // A name no bucket has (a typo): the response still tells the client what the
+                // decision says (its limit, what remains, when to retry), the time to its reset
+                // standing in for the window it does not know.
+                tracing::warn!(
+                    target: "tollgate",
+                    bucket,
+                    "no bucket for direct use has this name: the response shows the decision \
+                     with the time to its reset as the window (declare it with \
+                     `LimiterBuilder::bucket`)"
+                );
+                decision.buckets.first().and_then(|state| {
+                    let window = state.reset_after.max(Duration::from_secs(1));
+                    let window = Duration::from_secs(window.as_secs_f64().ceil() as u64);
+                    tollgate_core::Quota::new(state.limit.max(1), window).ok()
+                })
+            }
+        };
+        let quota = quota.map(|q| (bucket, q));
         respond::RateLimitOutcome::from_decision(bucket, decision, quota, method.clone(), path)
     }
 

@@ -256,3 +256,31 @@ async fn a_guard_answers_as_its_limiter_does() {
     assert_eq!(header(&refused, "x-decision-seen"), "yes");
     assert_eq!(refused.text().await.unwrap(), "slow down (outer:ip)");
 }
+
+/// `refusal` and `rate_limit_headers` for a name no bucket has (a typo) still tell the client
+/// what the decision says: its limit, what remains, and when to retry.
+#[tokio::test]
+async fn a_refusal_for_an_unknown_bucket_still_says_when_to_retry() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .bucket("exports", "1/h")
+        .build()
+        .unwrap();
+    assert!(limiter.check("exports", "t").await.unwrap().allowed);
+    let refused = limiter.check("exports", "t").await.unwrap();
+    assert!(!refused.allowed);
+    let response = limiter
+        .refusal("export", &refused, &Method::POST, "/export")
+        .into_response();
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3_599..=3_600).contains(&retry), "{retry}");
+    assert_eq!(response.headers()["x-ratelimit-limit"], "1");
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
+    let headers = limiter.rate_limit_headers("export", &refused);
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+}
