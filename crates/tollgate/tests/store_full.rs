@@ -263,28 +263,43 @@ async fn the_failed_auth_guard_serves_new_addresses_when_full() {
     );
 }
 
-/// A configuration file chooses too: `when_full: evict_limited` on a route, and on a bucket
-/// for direct use; on one of a route's limits it is an error that says where it goes.
-#[tokio::test]
-async fn a_configuration_file_can_serve_new_keys_when_full() {
-    let yaml = "routes:\n  - path: /*\n    name: sign-in\n    when_full: evict_limited\n    \
-                limits: [{ per: ip, limit: 5/30min }]\n\
-                buckets:\n  per-ip: { limit: 5/30min, when_full: evict_limited }\n  \
-                lockout: { limit: 5/30min }\n";
-    let config = tollgate::config::Config::from_yaml(yaml).unwrap();
-    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
-    let limiter = config
-        .apply(Limiter::builder(), "limits.yaml")
-        .unwrap()
+/// The limiter of configuration `yaml` on a [`small_store`] reading `clock`, or the error
+/// building it, as text.
+fn from_yaml(yaml: &str, clock: &ManualClock) -> Result<Limiter, String> {
+    tollgate::config::Config::from_yaml(yaml)
+        .and_then(|config| config.apply(Limiter::builder(), "limits.yaml"))
+        .map_err(|e| e.to_string())?
         .store(small_store_on(clock.clone()))
         .build()
-        .unwrap();
+        .map_err(|e| e.to_string())
+}
+
+/// A new address, after [`flood`], is admitted by the limiter of configuration `yaml`.
+async fn serves_a_new_address_after_a_flood(yaml: &str) -> Limiter {
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let limiter = from_yaml(yaml, &clock).unwrap();
     flood(&limiter, Some(&clock)).await;
     clock.advance(Duration::from_secs(1));
     assert_eq!(
         statuses(&limiter, "203.0.113.9:4000", 1).await,
-        [StatusCode::OK]
+        [StatusCode::OK],
+        "{yaml}"
     );
+    limiter
+}
+
+/// A configuration file chooses too: `when_full: evict_limited` on a route, on a bucket for
+/// direct use and on a global limit with a key; on one of a route's limits, or on the one
+/// bucket for everyone, it is an error that says why.
+#[tokio::test]
+async fn a_configuration_file_can_serve_new_keys_when_full() {
+    let limiter = serves_a_new_address_after_a_flood(
+        "routes:\n  - path: /*\n    name: sign-in\n    when_full: evict_limited\n    \
+         limits: [{ per: ip, limit: 5/30min }]\n\
+         buckets:\n  per-ip: { limit: 5/30min, when_full: evict_limited }\n  \
+         lockout: { limit: 5/30min }\n",
+    )
+    .await;
     for bucket in ["per-ip", "lockout"] {
         for i in 0..64 {
             for _ in 0..5 {
@@ -295,41 +310,26 @@ async fn a_configuration_file_can_serve_new_keys_when_full() {
     }
     assert!(limiter.check("per-ip", "new").await.unwrap().allowed);
     assert!(!limiter.check("lockout", "new").await.unwrap().allowed);
+    serves_a_new_address_after_a_flood(
+        "global:\n  - { per: ip, limit: 5/30min, when_full: evict_limited }\n",
+    )
+    .await;
 
-    let misplaced =
-        "routes:\n  - path: /*\n    limits: [{ per: ip, limit: 5/30min, when_full: evict_limited }]\n";
-    let err = tollgate::config::Config::from_yaml(misplaced)
-        .unwrap()
-        .apply(Limiter::builder(), "limits.yaml")
-        .unwrap_err()
-        .to_string();
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let err = from_yaml(
+        "routes:\n  - path: /*\n    limits: [{ per: ip, limit: 5/30min, when_full: evict_limited }]\n",
+        &clock,
+    )
+    .unwrap_err();
     assert!(
         err.contains("routes[0].limits[0].when_full") && err.contains("set it on the route"),
         "{err}"
     );
-    // A global limit with a key takes it; the one bucket for everyone has no keys to evict.
-    let global = "global:\n  - { per: ip, limit: 5/30min, when_full: evict_limited }\n";
-    let config = tollgate::config::Config::from_yaml(global).unwrap();
-    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
-    let limiter = config
-        .apply(Limiter::builder(), "limits.yaml")
-        .unwrap()
-        .store(small_store_on(clock.clone()))
-        .build()
-        .unwrap();
-    flood(&limiter, Some(&clock)).await;
-    clock.advance(Duration::from_secs(1));
-    assert_eq!(
-        statuses(&limiter, "203.0.113.9:4000", 1).await,
-        [StatusCode::OK]
-    );
-    let everyone =
-        "gateway: { global_rate_limit: { sustained: 1000/min, when_full: evict_limited } }\n";
-    let err = tollgate::config::Config::from_yaml(everyone)
-        .unwrap()
-        .apply(Limiter::builder(), "limits.yaml")
-        .unwrap_err()
-        .to_string();
+    let err = from_yaml(
+        "gateway: { global_rate_limit: { sustained: 1000/min, when_full: evict_limited } }\n",
+        &clock,
+    )
+    .unwrap_err();
     assert!(
         err.contains("gateway.global_rate_limit.when_full") && err.contains("per: ip"),
         "{err}"
