@@ -759,14 +759,23 @@ impl Config {
 
     #[cfg(feature = "toml")]
     fn toml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| {
+        let parse_error = |e: toml::de::Error, field: &str| {
             let (line, column) = e.span().map(|span| line_col(text, span.start)).unzip();
             ConfigError::Parse {
                 file: file.to_string(),
                 line,
                 column,
-                message: e.message().to_string(),
+                // The field first, as YAML's errors name it: `routes[0].limits[0].limit: ...`.
+                message: match field {
+                    "" | "." => e.message().to_string(),
+                    field => format!("{field}: {}", e.message()),
+                },
             }
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(e, ""))?;
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            parse_error(e.into_inner(), &field)
         })?;
         config.read_from(text, Format::Toml, file)
     }

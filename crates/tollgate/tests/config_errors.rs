@@ -504,3 +504,30 @@ fn a_status_both_given_back_and_counted_is_an_error() {
         )
     );
 }
+
+/// A TOML error names the field, as a YAML one does, with its line and column.
+#[test]
+fn toml_errors_name_the_field() {
+    let cases = [
+        (
+            "[[routes]]\npath = \"/*\"\nlimits = [{ per = \"ip\", limit = \"0/min\" }]\n",
+            "routes[0].limits[0].limit: ",
+            3,
+        ),
+        (
+            "[[routes]]\npath = \"/*\"\nlimitz = []\n",
+            "routes[0].limitz: unknown field `limitz`",
+            3,
+        ),
+        ("[store]\nkind = \"memry\"\n", "store.kind: ", 2),
+    ];
+    for (toml, field, expected_line) in cases {
+        match Config::from_toml(toml).unwrap_err() {
+            ConfigError::Parse { line, message, .. } => {
+                assert!(message.starts_with(field), "{toml}: {message}");
+                assert_eq!(line, Some(expected_line), "{toml}: {message}");
+            }
+            other => panic!("{toml}: not a parse error: {other}"),
+        }
+    }
+}
