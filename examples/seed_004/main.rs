@@ -138,7 +138,7 @@ impl Gateway {
     /// Adds a key to the table, with its per-key limit if it has one.
     /// Adds `key`; its rate limit, if any, is kept (and shown) as parsed (`20 / min` is
     /// `20/min`).
-    fn add_key(&self, key: &str, mut info: ApiKey) -> Result<ApiKey, tollgate::RateError> {
+    fn add_key(&self, key: &str, mut info: ApiKey) -> Result<ApiKey, tollgate::InspectError> {
         if let Some(rate) = &info.rate_limit {
             let quota = tollgate::Rate::from(rate.as_str()).limit()?.quota();
             self.limiter

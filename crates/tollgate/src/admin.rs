@@ -112,6 +112,9 @@ impl From<InspectError> for Failure {
             InspectError::QuotaPerRequest(_) => (StatusCode::CONFLICT, "quota_per_request"),
             InspectError::BadIp(_) | InspectError::EmptyKey => (StatusCode::BAD_REQUEST, "bad_key"),
             InspectError::Rate(_) => (StatusCode::BAD_REQUEST, "invalid_rate"),
+            InspectError::CostExceedsOverride { .. } => {
+                (StatusCode::BAD_REQUEST, "override_below_cost")
+            }
             InspectError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         Failure(status, code, e.to_string())

@@ -31,6 +31,7 @@ use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, Store
 use crate::engine::Compiled;
 use crate::key::{store_key, Key, Source};
 use crate::limiter::Limiter;
+use crate::policy::Cost;
 use crate::rate::{Rate, RateError};
 
 /// The prefix of a per-key override's bucket name (`override:api_key`).
@@ -61,6 +62,19 @@ pub enum InspectError {
     /// An override's rate that does not parse.
     #[error(transparent)]
     Rate(#[from] RateError),
+    /// An override smaller than what one request costs on a route keyed by its kind: every
+    /// request of that key would be refused, with nothing to wait for.
+    #[error("an override of {capacity} for key kind `{kind}` is less than policy `{policy}`'s cost of {cost} points per request: every request of the key would be refused")]
+    CostExceedsOverride {
+        /// The key kind.
+        kind: String,
+        /// A policy that limits by it at that cost.
+        policy: String,
+        /// What one of its requests costs.
+        cost: u64,
+        /// What the override holds.
+        capacity: u64,
+    },
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -138,8 +152,42 @@ impl Limiter {
         let key = self
             .key_of_kind(kind)
             .ok_or_else(|| InspectError::UnknownKeyKind(kind.to_string()))?;
-        let value = self.request_value(&key, value)?;
-        Ok(self.set_override(&key, &value, rate)?)
+        self.set_override(&key, value, rate)
+    }
+
+    /// The stored value of an override of `limit` for `key` given as `value`, once it is
+    /// known to be one the middleware can meet: a kind some policy limits by, a value a
+    /// request can carry, and a limit that holds what one request of every policy limiting
+    /// by the kind costs.
+    pub(crate) fn override_value(
+        &self,
+        key: &Key,
+        value: &str,
+        limit: &Limit,
+    ) -> Result<String, InspectError> {
+        let kind = key.kind();
+        if self.key_of_kind(kind).is_none() {
+            return Err(InspectError::UnknownKeyKind(kind.to_string()));
+        }
+        let value = self.request_value(key, value)?;
+        let capacity = limit.capacity();
+        let costly = self.with_policies(|policies| {
+            policies
+                .filter(|p| p.limits.iter().any(|l| l.key.kind() == kind))
+                .find_map(|p| match p.cost {
+                    Cost::Fixed(cost) if cost > capacity => Some((p.name.to_string(), cost)),
+                    _ => None,
+                })
+        });
+        if let Some((policy, cost)) = costly {
+            return Err(InspectError::CostExceedsOverride {
+                kind: kind.to_string(),
+                policy,
+                cost,
+                capacity,
+            });
+        }
+        Ok(self.stored_value(key, &value))
     }
 
     /// [`Limiter::remove_override`] with the key named by its kind; whether there was one.
@@ -309,6 +357,55 @@ mod tests {
             .bucket("sign-in-failures", Rate::exact("5/30min"))
             .build()
             .unwrap()
+    }
+
+    /// An override the middleware could never meet, or one that would refuse every request
+    /// of its key, is an error (it was stored: a key kind no policy uses, a value no request
+    /// carries, a limit below what one request costs), through both ways to set one.
+    #[test]
+    fn overrides_the_middleware_cannot_honour_are_errors() {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .route(
+                "/*",
+                Policy::named("heavy")
+                    .per_api_key("x-api-key", "100/min")
+                    .per_ip("100/min")
+                    .cost(10),
+            )
+            .build()
+            .unwrap();
+        let api_key = Key::api_key("x-api-key");
+        assert!(matches!(
+            limiter.set_override(&api_key, "k1", "9/min"),
+            Err(InspectError::CostExceedsOverride {
+                cost: 10,
+                capacity: 9,
+                ..
+            })
+        ));
+        assert!(matches!(
+            limiter.set_override_for_kind(api_key.kind(), "k1", "9/min"),
+            Err(InspectError::CostExceedsOverride { .. })
+        ));
+        assert!(matches!(
+            limiter.set_override(&Key::custom("tenant", |_| None), "t1", "50/min"),
+            Err(InspectError::UnknownKeyKind(kind)) if kind == "tenant"
+        ));
+        assert!(matches!(
+            limiter.set_override(&Key::ip(), "not-an-ip", "50/min"),
+            Err(InspectError::BadIp(_))
+        ));
+        assert!(matches!(
+            limiter.set_override(&Key::ip(), " ", "50/min"),
+            Err(InspectError::EmptyKey)
+        ));
+        assert!(limiter.overrides().is_empty());
+        limiter.set_override(&api_key, "k1", "10/min").unwrap();
+        limiter
+            .set_override(&Key::ip(), "203.0.113.7", "50/min")
+            .unwrap();
+        assert_eq!(limiter.overrides().len(), 2);
     }
 
     /// A direct-use bucket keyed by client address: the handler's raw address, its

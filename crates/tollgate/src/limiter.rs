@@ -57,10 +57,11 @@ use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
 use crate::engine::{self, CodeRules, Delegation, Engine, Overrides, Routes, Rules};
 use crate::error::{BuildError, CheckError};
+use crate::inspect::InspectError;
 use crate::key::{self, Extractor, Key};
 use crate::layer::RateLimitLayer;
 use crate::policy::Policy;
-use crate::rate::{Rate, RateError};
+use crate::rate::Rate;
 use crate::respond::{self, ErrorBody, HeaderStyle};
 
 /// The environment variable that switches rate limiting off (`false`) or on (`true`),
@@ -596,15 +597,19 @@ impl Limiter {
     ///
     /// # Errors
     ///
-    /// [`RateError`] if the rate does not parse.
+    /// [`InspectError::Rate`] if the rate does not parse, [`InspectError::UnknownKeyKind`]
+    /// if no policy limits by the key's kind, [`InspectError::BadIp`] or
+    /// [`InspectError::EmptyKey`] for a value no request carries, and
+    /// [`InspectError::CostExceedsOverride`] for a limit smaller than one request of a
+    /// policy limiting by the kind costs (every request of the key would be refused).
     pub fn set_override(
         &self,
         key: &Key,
         value: &str,
         rate: impl Into<Rate>,
-    ) -> Result<(), RateError> {
+    ) -> Result<(), InspectError> {
         let limit = rate.into().limit()?;
-        let stored = self.stored_value(key, value);
+        let stored = self.override_value(key, value, &limit)?;
         self.engine.overrides.rcu(|current| {
             let mut next = Overrides::clone(current);
             next.set(key.kind(), &stored, limit);
@@ -627,7 +632,7 @@ impl Limiter {
 
     /// A key's value as the middleware stores it: hashed if the key is secret, and an IP
     /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`).
-    fn stored_value(&self, key: &Key, value: &str) -> String {
+    pub(crate) fn stored_value(&self, key: &Key, value: &str) -> String {
         let folded = matches!(key.source, key::Source::Ip)
             .then(|| self.engine.client_ip.key_of_text(value))
             .flatten();
