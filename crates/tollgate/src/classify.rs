@@ -382,6 +382,10 @@ fn parse_methods(list: &str) -> Result<Vec<Method>, InvalidReason> {
         if name.contains('*') {
             return Err(InvalidReason::BadMethod(name.to_owned()));
         }
+        // Also a legal token, but meant as a list (`GET|POST`): one method no client sends.
+        if name.contains(['|', '+', '&']) {
+            return Err(InvalidReason::MethodList(name.to_owned()));
+        }
         let method = Method::from_bytes(name.as_bytes())
             .map_err(|_| InvalidReason::BadMethod(name.to_owned()))?;
         // An extension method one slip away from a standard one (`GTE`, `DELET`): no client
@@ -739,6 +743,9 @@ pub(crate) enum InvalidReason {
     /// Not an HTTP method token (or `*`: leave the methods out for any method).
     #[error("`{0}` is not an HTTP method (for any method, leave the methods out: `/path`)")]
     BadMethod(String),
+    /// `GET|POST`: methods joined by something other than `,`.
+    #[error("`{0}` is one method as written: separate methods with `,` (`GET,POST /path`)")]
+    MethodList(String),
     /// `GTE`, `DELET`, `OPTION`: one slip away from a standard method.
     #[error(
         "method `{given}` is not a standard method: did you mean `{meant}`? (no client sends \
@@ -1353,6 +1360,8 @@ mod tests {
             ("/c/*.json", InvalidReason::StarInSegment("*.json".into())),
             ("* /d", InvalidReason::BadMethod("*".into())),
             ("GET,* /d", InvalidReason::BadMethod("*".into())),
+            ("GET|POST /d", InvalidReason::MethodList("GET|POST".into())),
+            ("GET+HEAD /d", InvalidReason::MethodList("GET+HEAD".into())),
             ("/a/x{id}", InvalidReason::PartialParam("x{id}".into())),
             ("/a/{}", InvalidReason::PartialParam("{}".into())),
             ("/a/:", InvalidReason::PartialParam(":".into())),

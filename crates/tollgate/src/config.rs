@@ -1771,7 +1771,9 @@ impl Config {
                     Err(
                         InvalidReason::EmptyMethod
                         | InvalidReason::LowercaseMethod(_)
-                        | InvalidReason::BadMethod(_),
+                        | InvalidReason::BadMethod(_)
+                        | InvalidReason::MethodList(_)
+                        | InvalidReason::MisspeltMethod { .. },
                     ) => "methods",
                     _ => "path",
                 };
