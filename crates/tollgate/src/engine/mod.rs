@@ -162,14 +162,13 @@ impl Delegation {
         self.attached.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the central layer leaves the request of `method` to `path` to the layer: its
-    /// pattern matches the request and its layer was attached, and the route axum matched
-    /// (`matched`) is the pattern's own (not one of several routes a broader pattern covers,
-    /// whose other routes do not pass through the layer). Without `matched` (a plain tower
-    /// stack), the pattern is all there is.
-    fn leaves(&self, method: &Method, path: &str, matched: Option<&str>) -> bool {
+    /// Whether the central layer leaves a request its pattern matches to the layer: its
+    /// layer was attached, and the route axum matched (`matched`) is the pattern's own (not
+    /// one of several routes a broader pattern covers, whose other routes do not pass
+    /// through the layer). Without `matched` (a plain tower stack), the pattern is all there
+    /// is.
+    fn leaves(&self, matched: Option<&str>) -> bool {
         self.attached.load(Ordering::Relaxed)
-            && self.table.classify(method, path).is_some()
             && matched.is_none_or(|route| {
                 RoutePattern::parse(route).is_ok_and(|route| self.pattern.same_path_shape(&route))
             })
@@ -380,20 +379,16 @@ impl Engine {
         // (the registry above); until then this layer charges it provisionally and the
         // route's layer takes the charge over. So a pattern broader than the route its layer
         // is on, or a layer never attached, leaves no route unlimited.
-        let delegated = routes
-            .delegated
-            .iter()
-            .any(|route| route.table.classify(&parts.method, path).is_some());
-        if delegated {
+        let mut delegated = false;
+        for route in &routes.delegated {
+            if route.table.classify(&parts.method, path).is_none() {
+                continue;
+            }
+            delegated = true;
             // Once a layer's pattern was seen not to match its route's requests (`marks`),
             // only the registry tells which routes pass through a per-route layer.
             let matched = matched_path(parts);
-            if (matched.is_none() || !routes.marks)
-                && routes
-                    .delegated
-                    .iter()
-                    .any(|route| route.leaves(&parts.method, path, matched))
-            {
+            if (matched.is_none() || !routes.marks) && route.leaves(matched) {
                 return Start::Pass;
             }
         }
