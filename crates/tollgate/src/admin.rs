@@ -54,7 +54,8 @@
 //!
 //! `{"error": code, "message": text}`: `404` `unknown_bucket`, `unknown_key_kind`,
 //! `no_override`; `400` `bad_key` (also a path segment that is not UTF-8 once decoded),
-//! `invalid_rate`, `invalid_body`; `409`
+//! `invalid_rate`, `invalid_body`, `override_below_cost` (an override smaller than one
+//! request of a policy limiting by its kind costs); `409`
 //! `quota_per_request` (a bucket whose quota is chosen per request can be reset, not read);
 //! `503` `store_unavailable`.
 
