@@ -35,7 +35,18 @@
 //!   passes (and the give-back below) switches back to [`Mode::Primary`]: a blip costs one
 //!   round trip on memory, and a primary that answers again after a restart or a pause is
 //!   used again within about 0.3 s. If the store leaves the primary again within a few
-//!   seconds of returning, checking resumes at the wait it had reached (doubled).
+//!   seconds of returning, checking resumes at the wait it had reached (doubled); after a
+//!   connection that broke, the first check is still made at once.
+//! - **A broken connection is made again**: a call that fails because its connection broke
+//!   ([`Primary::connection_broke`]: on [`RedisStore`], a broken pipe or a reset, as when
+//!   Redis's `timeout` closed an idle connection, `CLIENT KILL`, or a proxy dropping idle
+//!   connections) is made once more, through a fresh connection, within the call's
+//!   timeout, and decided by the primary: memory never decides for a primary that answers
+//!   (it has not seen what other instances charged). Not after a restart: when the
+//!   primary's incarnation changed, the call fails as before, and the check writes the
+//!   counts back before the primary decides again. A call whose connection broke after the
+//!   primary ran it counts twice (as an abandoned call may). A timeout, or an error the
+//!   primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
@@ -296,6 +307,18 @@ pub trait Primary: Store {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Whether `error` says the connection to the primary broke (closed by the server, reset,
+    /// a broken pipe: an idle connection Redis's `timeout` closed, `CLIENT KILL`, a proxy
+    /// dropping idle connections), so that the same call through a fresh connection may
+    /// pass. Not a timeout, and not an answer of the primary (Redis's `NOSCRIPT`, `OOM`,
+    /// `NOPERM`): those would fail again. A [`FallbackStore`] makes such a call once more
+    /// (within the call's timeout) before it decides from memory. `false` (the default):
+    /// never made again.
+    fn connection_broke(&self, error: &StoreError) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Why the primary cannot be reached, when a check only timed out: the error of a
     /// connection made afresh (a wrong password, a database that does not exist), which a
     /// connection that retries by itself hides behind the timeout. `None` (the default) if
@@ -361,6 +384,12 @@ impl Primary for RedisStore {
         Box::pin(self.connect_error())
     }
 
+    /// An I/O error that says the connection dropped (a broken pipe, a reset, the server
+    /// closing it), not a refused connection nor a timeout.
+    fn connection_broke(&self, error: &StoreError) -> bool {
+        crate::store::connection_broke(error)
+    }
+
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(self.run_id())
     }
@@ -395,6 +424,10 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
 
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
         (**self).diagnose()
+    }
+
+    fn connection_broke(&self, error: &StoreError) -> bool {
+        (**self).connection_broke(error)
     }
 }
 
@@ -604,6 +637,50 @@ impl<P: Primary> Shared<P> {
         self.bounded(self.primary.apply_with_origin(batch)).await
     }
 
+    /// A request's call to the primary: as [`Shared::call`], and if the connection broke
+    /// ([`Primary::connection_broke`]), made once more through a fresh one within what is
+    /// left of the timeout, unless the primary restarted since it was last checked (a new
+    /// incarnation: it may have come back empty, and is used again only after the counts
+    /// were written back, by the check the failure starts). Also answers whether the call
+    /// failed because its connection broke.
+    ///
+    /// A call whose connection broke after the primary ran it is run twice: a charge is
+    /// then counted twice (as a call abandoned at the timeout may be).
+    async fn call_again_if_broken(
+        &self,
+        batch: &Batch,
+    ) -> (Result<(Decision, Origin), StoreError>, bool) {
+        let timeout = self.config.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = tokio::time::timeout_at(deadline, self.primary.apply_with_origin(batch))
+            .await
+            .unwrap_or(Err(StoreError::Timeout(timeout)));
+        let error = match first {
+            Err(e) if self.primary.connection_broke(&e) => e,
+            other => return (other, false),
+        };
+        let again = async {
+            let id = self.primary.incarnation().await.ok()?;
+            if id != *lock(&self.incarnation) {
+                return None;
+            }
+            Some(self.primary.apply_with_origin(batch).await)
+        };
+        match tokio::time::timeout_at(deadline, again).await {
+            Ok(Some(Ok(answer))) => {
+                tracing::debug!(
+                    target: "tollgate::store",
+                    error = %error,
+                    "rate-limit store primary's connection broke; answered through a fresh one"
+                );
+                (Ok(answer), false)
+            }
+            Ok(Some(Err(e))) => (Err(e), true),
+            Ok(None) => (Err(error), true),
+            Err(_) => (Err(StoreError::Timeout(timeout)), true),
+        }
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         self.call(&probe_batch()).await.map(drop)
     }
@@ -623,7 +700,7 @@ impl<P: Primary> Shared<P> {
                     .store(self.config.failure_threshold - 1, Ordering::Release);
                 let reason = format!("at startup: {e}");
                 self.count_failure(&reason);
-                self.leave(&reason);
+                self.leave(&reason, false);
             }
         }
     }
@@ -789,11 +866,13 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// A call to the primary failed: decide from memory until a check passes.
-    fn failed(self: &Arc<Self>, error: &StoreError) {
+    /// A call to the primary failed: decide from memory until a check passes. With
+    /// `broke` (its connection broke, and the call made again did not pass), the first
+    /// check is made at once, even soon after a return to the primary.
+    fn failed(self: &Arc<Self>, error: &StoreError, broke: bool) {
         let reason = error.to_string();
         self.count_failure(&reason);
-        self.leave(&reason);
+        self.leave(&reason, broke);
     }
 
     /// Once per departure, when a check only timed out: asks why a fresh connection fails
@@ -831,8 +910,11 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// Leaves the primary (if on it) and starts checking it.
-    fn leave(self: &Arc<Self>, reason: &str) {
+    /// Leaves the primary (if on it) and starts checking it: at once, unless it returned
+    /// to the primary within [`STABLE_AFTER`] (then after the wait it had reached, doubled).
+    /// With `at_once` (a connection that broke), the first check is made at once anyway,
+    /// and the next after that wait.
+    fn leave(self: &Arc<Self>, reason: &str, at_once: bool) {
         let left = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
@@ -855,7 +937,7 @@ impl<P: Primary> Shared<P> {
             }
             _ => Duration::ZERO,
         };
-        tokio::spawn(recover(Arc::downgrade(self), first));
+        tokio::spawn(recover(Arc::downgrade(self), first, at_once));
     }
 
     /// Back on the primary, after a check waited `delay`.
@@ -1043,19 +1125,27 @@ fn share_used(limit: &Limit, scaled: &Limit, state: &BucketState) -> u64 {
     share.saturating_sub(u64::try_from(left).unwrap_or(u64::MAX))
 }
 
-/// Checks the primary with backoff until a check passes, then returns to it. Ends when the
-/// store is dropped.
-async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration) {
+/// Checks the primary with backoff until a check passes, then returns to it: the first
+/// check after `first`, or at once with `at_once` (the wait after it is then `first`).
+/// Ends when the store is dropped.
+async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: bool) {
     let mut delay = first;
+    let mut wait = !at_once || first.is_zero();
     loop {
-        if !delay.is_zero() {
+        if wait && !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         let Some(shared) = shared.upgrade() else {
             return;
         };
         let max = shared.config.probe_max;
-        let next = (delay * 2).max(shared.config.probe_min).min(max);
+        // A check made at once in place of one after `delay` stands for it.
+        let next = if wait {
+            (delay * 2).max(shared.config.probe_min).min(max)
+        } else {
+            delay
+        };
+        wait = true;
         match shared.sync().await {
             Ok(()) => {
                 shared.enter(delay);
@@ -1121,7 +1211,8 @@ impl<P: Primary> Store for FallbackStore<P> {
             let state = shared.state.load(Ordering::Acquire);
             // Under way until its answer counts where it should (or memory decides it).
             let sent = shared.under_way.send(batch);
-            match shared.call(batch).await {
+            let (result, broke) = shared.call_again_if_broken(batch).await;
+            match result {
                 Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
                     // Only if the store has not left the primary since the call was sent;
@@ -1138,7 +1229,7 @@ impl<P: Primary> Store for FallbackStore<P> {
                 Err(e) => {
                     // Memory decides it now: it is no longer under way.
                     drop(sent);
-                    shared.failed(&e);
+                    shared.failed(&e, broke);
                     shared.on_failure(batch, e)
                 }
             }
@@ -1181,6 +1272,83 @@ mod tests {
                     Err(StoreError::Unavailable("charges fail".into()))
                 }
             })
+        }
+    }
+
+    /// A primary whose connection breaks when it restarts (a new incarnation): the next
+    /// call fails with a broken pipe, as through a multiplexed connection.
+    #[derive(Debug)]
+    struct Restarting {
+        memory: MemoryStore,
+        run_id: AtomicU64,
+        broken: AtomicBool,
+    }
+
+    impl Restarting {
+        fn restart(&self) {
+            self.run_id.fetch_add(1, Ordering::AcqRel);
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    impl Primary for Restarting {
+        fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+            let id = self.run_id.load(Ordering::Acquire).to_string();
+            Box::pin(std::future::ready(Ok(Some(id))))
+        }
+
+        fn connection_broke(&self, error: &StoreError) -> bool {
+            matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    impl Store for Restarting {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                if self.broken.swap(false, Ordering::AcqRel) {
+                    let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+                    return Err(StoreError::Backend(Box::new(pipe)));
+                }
+                self.memory.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// A connection that broke because the primary restarted sends the store to memory
+    /// (the restart is not retried: the counts are written back first), and the first
+    /// check is made at once, even right after a return to the primary. Before, a second
+    /// departure within `STABLE_AFTER` of a return waited the backoff (100 ms here) before
+    /// its first check, every decision meanwhile made from memory.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_connection_is_checked_at_once_even_soon_after_a_return() {
+        let primary = Restarting {
+            memory: MemoryStore::new(),
+            run_id: AtomicU64::new(1),
+            broken: AtomicBool::new(false),
+        };
+        let config = FallbackConfig::default()
+            .with_probe_backoff(Duration::from_millis(100), Duration::from_millis(250));
+        let store = FallbackStore::connect_with_memory(primary, MemoryStore::new(), config).await;
+        assert_eq!(store.mode(), Mode::Primary);
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(1_000)),
+        )]);
+        for departure in 0..2 {
+            store.primary().restart();
+            assert!(store.apply(&batch).await.unwrap().allowed);
+            assert_eq!(store.mode(), Mode::Fallback, "departure {departure}");
+            let left = tokio::time::Instant::now();
+            while store.mode() != Mode::Primary {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let back_after = left.elapsed();
+            assert!(
+                back_after < Duration::from_millis(10),
+                "departure {departure}: back on the primary after {back_after:?}"
+            );
         }
     }
 

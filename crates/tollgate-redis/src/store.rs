@@ -58,6 +58,9 @@
 //! with an error). Such a charge then counts twice (in Redis and in the answer the caller
 //! got) or counts although the request was turned away. The excess is bounded by the
 //! requests a key makes during one timeout (timeout × rate), and only while Redis is slow.
+//! [`FallbackStore`](crate::FallbackStore) makes a call whose connection broke once more
+//! through a fresh connection: if Redis ran it before the connection broke, it counts
+//! twice (a charge: one request refused early).
 //!
 //! # Time
 //!
@@ -288,6 +291,22 @@ fn broken(e: &RedisError) -> bool {
 fn broken_store(e: &StoreError) -> bool {
     match e {
         StoreError::Backend(inner) => inner.downcast_ref::<RedisError>().is_some_and(broken),
+        _ => false,
+    }
+}
+
+/// Whether a store error says the connection to Redis dropped: an I/O error of a broken
+/// pipe, a reset or a closed connection (what the multiplexed connection answers once
+/// Redis's `timeout` closed it while idle, or `CLIENT KILL` did). Not a refused
+/// connection (nothing to send a call again through), not a timeout, and not an error
+/// Redis answered (`NOSCRIPT`, `OOM`, `NOPERM`): a fresh connection would not change them.
+/// The connection manager connects afresh after such an error, so a call made again goes
+/// through a new connection.
+pub(crate) fn connection_broke(e: &StoreError) -> bool {
+    match e {
+        StoreError::Backend(inner) => inner.downcast_ref::<RedisError>().is_some_and(|e| {
+            e.is_connection_dropped() && !e.is_connection_refusal() && !e.is_timeout()
+        }),
         _ => false,
     }
 }
@@ -1150,6 +1169,40 @@ mod tests {
             assert!(broken_store(&backend(failed)));
         }
         assert!(!broken_store(&StoreError::Protocol("an odd reply".into())));
+    }
+
+    /// Only a connection that dropped is worth a call through a fresh one: not a refused
+    /// connection, a timeout, nor an error Redis answered.
+    #[test]
+    fn only_a_dropped_connection_is_made_again() {
+        use redis::{ErrorKind, ServerErrorKind};
+        let io = |kind| backend(RedisError::from(std::io::Error::from(kind)));
+        for dropped in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(connection_broke(&io(dropped)), "{dropped:?}");
+        }
+        for not in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::TimedOut,
+        ] {
+            assert!(!connection_broke(&io(not)), "{not:?}");
+        }
+        for answered in [
+            ServerErrorKind::NoScript,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::NoPerm,
+        ] {
+            let e = RedisError::from((ErrorKind::Server(answered), "answered"));
+            assert!(!connection_broke(&backend(e)), "{answered:?}");
+        }
+        assert!(!connection_broke(&StoreError::Timeout(
+            Duration::from_millis(50)
+        )));
+        assert!(!connection_broke(&StoreError::Protocol("odd".into())));
     }
 
     #[test]
