@@ -255,6 +255,18 @@ impl Ledger {
         owed
     }
 
+    /// What memory charged each of `buckets` since the ledger's debts were last taken.
+    pub(crate) fn debts(&self, buckets: &[Bucket]) -> SmallVec<[u64; 8]> {
+        if self.capacity == 0 {
+            return smallvec::smallvec![0; buckets.len()];
+        }
+        let table = self.lock();
+        buckets
+            .iter()
+            .map(|b| table.get(b.key.as_str()).map_or(0, |e| e.debt))
+            .collect()
+    }
+
     /// Puts back debts and resets [`Ledger::take`] handed over that could not be delivered.
     pub(crate) fn put_back(&self, owed: &[Owed], now: u64) {
         let mut table = self.lock();
