@@ -341,15 +341,17 @@ const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(1);
 impl Connection {
     /// The error of a connection made afresh, outside the multiplexed one (which retries by
     /// itself, so that a call only times out): a wrong password, a database that does not
-    /// exist. `None` if it connects, does not answer within [`DIAGNOSIS_TIMEOUT`], or is a
-    /// pool or a cluster (which report their own errors).
+    /// exist. `None` if it connects, does not answer within [`DIAGNOSIS_TIMEOUT`] (nor
+    /// within the client's own connection timeout: a paused or overloaded server, which
+    /// says nothing about the configuration), or is a pool or a cluster (which report their
+    /// own errors).
     async fn connect_error(&self) -> Option<String> {
         let Connection::Manager { manager, .. } = self else {
             return None;
         };
         let connecting = manager.client.get_multiplexed_async_connection();
         match tokio::time::timeout(DIAGNOSIS_TIMEOUT, connecting).await {
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Err(e)) if !e.is_timeout() => Some(e.to_string()),
             _ => None,
         }
     }

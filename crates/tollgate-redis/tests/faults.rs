@@ -444,3 +444,38 @@ async fn goes_back_to_redis_once_a_refused_password_is_accepted() {
     let count = server.cli(["-a", "new", "--no-auth-warning", "DBSIZE"]);
     assert_ne!(count.trim(), "0", "decided on Redis: its keys are there");
 }
+
+/// A paused Redis (SIGSTOP) is not diagnosed as a configuration problem: a fresh connection
+/// that only times out says nothing about the URL, password or database (a wrong password
+/// does, and is still reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_is_not_diagnosed_as_a_bad_configuration() {
+    use tollgate_redis::Primary;
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let bucket = Bucket::new("diagnose", "k", Limit::sliding(Quota::per_hour(100)));
+    assert!(
+        store
+            .apply(&Batch::charge(vec![bucket]))
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(store.diagnose().await, None, "a healthy Redis");
+    server.pause();
+    let diagnosis = store.diagnose().await;
+    server.resume();
+    assert_eq!(diagnosis, None, "a paused Redis");
+    let wrong = format!("redis://:wrong-password@127.0.0.1:{}/", server.port());
+    let wrong = RedisStore::open(&wrong).unwrap();
+    let diagnosis = wrong
+        .diagnose()
+        .await
+        .expect("a wrong password is reported");
+    assert!(
+        diagnosis.contains("AUTH")
+            || diagnosis.to_lowercase().contains("auth")
+            || diagnosis.contains("password"),
+        "{diagnosis}"
+    );
+}
