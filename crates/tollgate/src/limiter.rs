@@ -136,12 +136,19 @@ impl Limiter {
     /// stack). Prefer it to [`Limiter::policy`], whose route the central layer only learns
     /// from a request that reaches it.
     ///
-    /// Only the route the layer is on is left to it. With axum's `MatchedPath`, a route the
-    /// pattern covers but the layer is not on (`POST /api/*` with the layer on `/api/chat`
-    /// alone) stays with the central table, as does every route while the returned layer is
-    /// not put on any service: a layer dropped, or a pattern broader than its route, never
-    /// leaves a route unlimited. (Such a route's first request through the layer is charged
-    /// by the central table first and then taken over, as with [`Limiter::policy`].)
+    /// Only the route the layer is on is left to it. With axum's `MatchedPath`, a request is
+    /// left to the layer from the first one when its matched route is the pattern's own
+    /// (`{id}` and `:id`, `*` and `{*rest}` alike); a route the pattern covers but does not
+    /// name (`POST /api/*` with the layer on `/api/chat`) stays with the central table, as
+    /// does every route while the returned layer is not put on any service. So a layer
+    /// dropped, or a pattern broader than its route, never leaves a route unlimited. The
+    /// price: where the layer is on such a route after all (`POST /api/*` on a nested
+    /// router's every route), the central table charges each of its routes until a request
+    /// of it has reached the layer (which takes that charge over, as with
+    /// [`Limiter::policy`]); a client whose class is spent is refused until then. Declare
+    /// the route itself to have it left to the layer from the first request. A layer put on
+    /// another route than its pattern names is noticed at that route's first request (a
+    /// warning), and its pattern's route is no longer left to it from then on.
     ///
     /// Requests of a method the pattern does not name are not the policy's, though its
     /// layer sees them (axum's `MethodRouter::layer` wraps the method router's 405 fallback

@@ -973,6 +973,68 @@ async fn a_declared_pattern_leaves_only_its_layers_route() {
     assert_eq!(header(&r, "x-ratelimit-limit"), "3");
 }
 
+/// A `policy_at` route is left to its layer from the first request whatever other
+/// per-route layers exist: one made with `Limiter::policy` (attached or not), or another
+/// `policy_at` layer put on a route its pattern does not name, changes nothing for it (they
+/// made the central layer charge every declared route until its layer was seen, so a client
+/// whose class was spent was refused by the class on a route with its own budget).
+#[tokio::test]
+async fn other_per_route_layers_do_not_take_a_declared_route_from_its_layer() {
+    for case in ["policy", "policy never attached", "misplaced policy_at"] {
+        let (_clock, store) = clock_and_store();
+        let limiter = Limiter::builder()
+            .store(store)
+            .route("/api/*", Policy::named("default").per_ip("2/min"))
+            .global("1000/min")
+            .build()
+            .unwrap();
+        let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
+        let mut app = Router::new()
+            .route("/api/chat", post(ok).layer(chat))
+            .route("/api/other", post(ok));
+        match case {
+            "policy" => {
+                let special = limiter.policy(Policy::named("special").per_ip("7/min"));
+                app = app.route("/api/special", post(ok).layer(special));
+            }
+            "policy never attached" => {
+                let _special = limiter.policy(Policy::named("special").per_ip("7/min"));
+            }
+            _ => {
+                let upload =
+                    limiter.policy_at("POST /api/uplaod", Policy::named("upload").per_ip("9/min"));
+                app = app.route("/api/upload", post(ok).layer(upload));
+            }
+        }
+        let server = serve(app.layer(limiter.layer())).await;
+        if case == "misplaced policy_at" {
+            // The misplaced layer sees a request: it warns, and requests are marked from now.
+            assert_eq!(status_of(server.post("/api/upload")).await, 200, "{case}");
+        }
+        // The client spends its class.
+        while status_of(server.post("/api/other")).await == 200 {}
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let r = server.post("/api/chat").send().await.unwrap();
+            statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
+        }
+        let five = (200, "5".to_string());
+        let refused = (429, "5".to_string());
+        assert_eq!(
+            statuses,
+            vec![
+                five.clone(),
+                five.clone(),
+                five.clone(),
+                five.clone(),
+                five,
+                refused
+            ],
+            "{case}"
+        );
+    }
+}
+
 /// A per-route policy declared for one method spends nothing on requests of other methods
 /// that reach its layer: axum's method router answers them (a 405, a CORS preflight), or
 /// another method's handler under the same layer serves them. The central class charges

@@ -146,6 +146,10 @@ pub(crate) struct Delegation {
     /// Whether its layer was put on a service ([`Layer::layer`](tower_layer::Layer::layer)):
     /// a layer never attached leaves nothing to it.
     attached: AtomicBool,
+    /// Whether its layer saw a request its pattern does not match (it is on another route
+    /// than the pattern names): the central layer then leaves it only the routes the
+    /// layer was seen on.
+    mismatched: AtomicBool,
 }
 
 impl Delegation {
@@ -154,6 +158,7 @@ impl Delegation {
             table,
             pattern,
             attached: AtomicBool::new(false),
+            mismatched: AtomicBool::new(false),
         }
     }
 
@@ -165,12 +170,14 @@ impl Delegation {
     /// Whether the central layer leaves a request its pattern matches to the layer: its
     /// layer was attached, and the route axum matched (`matched`) is the pattern's own (not
     /// one of several routes a broader pattern covers, whose other routes do not pass
-    /// through the layer). Without `matched` (a plain tower stack), the pattern is all there
-    /// is.
+    /// through the layer), unless the layer was seen on another route. Without `matched` (a
+    /// plain tower stack), the pattern is all there is.
     fn leaves(&self, matched: Option<&str>) -> bool {
         self.attached.load(Ordering::Relaxed)
             && matched.is_none_or(|route| {
-                RoutePattern::parse(route).is_ok_and(|route| self.pattern.same_path_shape(&route))
+                !self.mismatched.load(Ordering::Relaxed)
+                    && RoutePattern::parse(route)
+                        .is_ok_and(|route| self.pattern.same_path_shape(&route))
             })
     }
 }
@@ -350,7 +357,7 @@ impl Engine {
         match scope {
             Scope::Central => self.start_central(parts),
             Scope::Route { index, pattern, .. } => {
-                self.start_route(*index, pattern.as_deref().map(|d| &d.table), parts)
+                self.start_route(*index, pattern.as_deref(), parts)
             }
         }
     }
@@ -385,10 +392,7 @@ impl Engine {
                 continue;
             }
             delegated = true;
-            // Once a layer's pattern was seen not to match its route's requests (`marks`),
-            // only the registry tells which routes pass through a per-route layer.
-            let matched = matched_path(parts);
-            if (matched.is_none() || !routes.marks) && route.leaves(matched) {
+            if route.leaves(matched_path(parts)) {
                 return Start::Pass;
             }
         }
@@ -441,9 +445,10 @@ impl Engine {
     fn start_route(
         self: &Arc<Self>,
         index: usize,
-        pattern: Option<&RouteTable<()>>,
+        delegation: Option<&Delegation>,
         parts: &mut Parts,
     ) -> Start {
+        let pattern = delegation.map(|d| &d.table);
         // One table for the whole request, however long it takes.
         let table = self.table.load();
         // Every table compiles every per-route policy declared so far: always there.
@@ -464,16 +469,18 @@ impl Engine {
         // One snapshot for the request (loaded again only after this request changes it).
         let mut routes = self.routes.load();
         // A layer declared for a pattern that does not match the request as the central
-        // layer reads it (a `nest` prefix, a typo): the central layer charged it. From now
-        // on it marks what it charges, so this layer can give that back.
-        if let Some(pattern) = pattern {
-            // Once requests are marked, the central layer's charge comes back through the
-            // mark: nothing to look at here.
-            if !routes.marks
-                && pattern
+        // layer reads it (a `nest` prefix, a typo, the layer put on another route): the
+        // central layer charged it. From now on it marks what it charges, so this layer can
+        // give that back, and it no longer leaves the pattern's own route to this layer
+        // (which may not be on it).
+        if let Some(delegation) = delegation {
+            if !delegation.mismatched.load(Ordering::Relaxed)
+                && delegation
+                    .table
                     .classify(&parts.method, request_path(parts))
                     .is_none()
             {
+                delegation.mismatched.store(true, Ordering::Relaxed);
                 tracing::warn!(
                     target: "tollgate",
                     policy = %policy.name,
@@ -483,8 +490,10 @@ impl Engine {
                      central layer sees them (check the full path, including any `nest` \
                      prefix); its requests may be charged to the central class too"
                 );
-                self.mark_requests();
-                routes = self.routes.load();
+                if !routes.marks {
+                    self.mark_requests();
+                    routes = self.routes.load();
+                }
             }
         }
         if let Some(path) = matched_path(parts) {
