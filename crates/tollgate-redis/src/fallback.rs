@@ -685,10 +685,7 @@ impl<P: Primary> Shared<P> {
     ) -> (Result<(Decision, Origin), StoreError>, bool) {
         let timeout = self.config.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let first = tokio::time::timeout_at(deadline, self.primary.apply_with_origin(batch))
-            .await
-            .unwrap_or(Err(StoreError::Timeout(timeout)));
-        let error = match first {
+        let error = match self.call(batch).await {
             Err(e) if self.primary.connection_broke(&e) => e,
             other => return (other, false),
         };
@@ -1183,65 +1180,64 @@ impl<P: Primary> Shared<P> {
     /// answer from the primary's cache ([`Origin::Cache`]) is not kept: it repeats counts
     /// reported earlier, which may be older than those kept since.
     fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin) {
+        self.keep_answers(batch, decision, origin, false);
+    }
+
+    /// [`Shared::mirror`] of what the primary answered to a give-back, while memory still
+    /// decides: memory may have admitted more of a key since its debt was taken, and the
+    /// primary's count lacks those (they are owed again, in the ledger). So memory's count
+    /// of a key is only raised, to the primary's count plus what is owed again, never
+    /// lowered: else memory would admit them a second time.
+    fn mirror_given_back(&self, batch: &Batch, decision: &Decision, origin: Origin) {
+        self.keep_answers(batch, decision, origin, true);
+    }
+
+    /// [`Shared::mirror`], and with `given_back` [`Shared::mirror_given_back`].
+    fn keep_answers(&self, batch: &Batch, decision: &Decision, origin: Origin, given_back: bool) {
         if self.config.mirror_keys == 0 || origin != Origin::Backend {
             return;
         }
+        // A give-back's answers: no decision from memory in between, so that what is owed
+        // and what memory counts agree.
+        let _alone = given_back.then(|| write(&self.deciding));
         let now = self.memory.now().as_micros();
         // An answer earlier than one already noted (answers to charges sent together,
         // noted out of order) would set memory's count back: it is skipped there too.
         let news = self
             .ledger
             .note_all(batch.op, &batch.buckets, &decision.buckets, now);
-        for ((bucket, state), news) in batch.buckets.iter().zip(&decision.buckets).zip(news) {
+        let owed = if given_back {
+            self.ledger.debts(&batch.buckets)
+        } else {
+            Default::default()
+        };
+        let answers = batch.buckets.iter().zip(&decision.buckets).zip(news);
+        for (i, ((bucket, state), news)) in answers.enumerate() {
             if !news {
                 continue;
             }
             let scaled = self.scaled(bucket);
-            self.memory.mirror(
-                &scaled,
-                share_used(&bucket.limit, &scaled.limit, state),
-                state.reset_after,
-            );
-        }
-    }
-}
-
-impl<P: Primary> Shared<P> {
-    /// Keeps what the primary answered to a give-back ([`Shared::mirror`]) while memory
-    /// still decides: memory may have admitted more of a key since its debt was taken, and
-    /// the primary's count lacks those (they are owed again, in the ledger). So memory's
-    /// count of a key is only raised, to the primary's count plus what is owed again, never
-    /// lowered: else memory would admit them a second time.
-    fn mirror_given_back(&self, batch: &Batch, decision: &Decision, origin: Origin) {
-        if self.config.mirror_keys == 0 || origin != Origin::Backend {
-            return;
-        }
-        // No decision from memory in between: what is owed and what memory counts agree.
-        let _alone = write(&self.deciding);
-        let now = self.memory.now().as_micros();
-        let news = self
-            .ledger
-            .note_all(batch.op, &batch.buckets, &decision.buckets, now);
-        let owed = self.ledger.debts(&batch.buckets);
-        let answers = batch.buckets.iter().zip(&decision.buckets);
-        for (((bucket, state), news), owed) in answers.zip(news).zip(owed) {
-            if !news {
-                continue;
-            }
-            let scaled = self.scaled(bucket);
-            let used = share_used(&bucket.limit, &scaled.limit, state).saturating_add(owed);
-            let held = self
-                .memory
-                .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
-                .map_or(0, |d| {
-                    scaled
-                        .limit
-                        .capacity()
-                        .saturating_sub(d.buckets[0].remaining)
-                });
-            if used > held {
-                self.memory.mirror(&scaled, used, state.reset_after);
-            }
+            let used = share_used(&bucket.limit, &scaled.limit, state);
+            let used = match owed.get(i) {
+                None => used,
+                Some(&owed) => {
+                    let used = used.saturating_add(owed);
+                    let held = self
+                        .memory
+                        .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
+                        .map_or(0, |d| {
+                            scaled
+                                .limit
+                                .capacity()
+                                .saturating_sub(d.buckets[0].remaining)
+                        });
+                    if used <= held {
+                        continue;
+                    }
+                    used
+                }
+            };
+            self.memory.mirror(&scaled, used, state.reset_after);
         }
     }
 }

@@ -264,7 +264,37 @@ impl RoutePattern {
         path
     }
 
-    pub(crate) fn same_path_shape(&self, other: &Self) -> bool {
+    /// Whether axum's route template `template` (a `MatchedPath`: `/v1/campaigns/{id}`,
+    /// `/files/{*rest}`) is this pattern's path, read as [`RoutePattern::parse`] reads it
+    /// (`:id` and `{id}` alike, `*` and `{*rest}` alike). Without allocating: the central
+    /// layer asks it for a request of a declared route its layer has not been seen on.
+    pub(crate) fn is_route(&self, template: &str) -> bool {
+        let Some(rest) = template.strip_prefix('/') else {
+            return false;
+        };
+        // `/` has no segments.
+        let mut parts = rest.split('/').filter(|_| !rest.is_empty());
+        let mut count = 0;
+        while let Some(part) = parts.next() {
+            if is_catch_all(part) {
+                return self.wildcard && count == self.segments.len() && parts.next().is_none();
+            }
+            let same = match self.segments.get(count) {
+                Some(Segment::Param) => param_name(part).is_some(),
+                Some(Segment::Literal(text)) => {
+                    param_name(part).is_none() && canonical_segment(part) == text.as_str()
+                }
+                None => false,
+            };
+            if !same {
+                return false;
+            }
+            count += 1;
+        }
+        !self.wildcard && count == self.segments.len()
+    }
+
+    fn same_path_shape(&self, other: &Self) -> bool {
         self.wildcard == other.wildcard
             && self.segments.len() == other.segments.len()
             && self
@@ -506,8 +536,7 @@ fn parse_path(path: &str) -> Result<(Vec<Segment>, bool), InvalidReason> {
     let mut segments = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
-        let is_catch_all = *part == "*" || (part.starts_with("{*") && part.ends_with('}'));
-        if is_catch_all {
+        if is_catch_all(part) {
             if !last {
                 return Err(InvalidReason::WildcardNotLast);
             }
@@ -521,6 +550,20 @@ fn parse_path(path: &str) -> Result<(Vec<Segment>, bool), InvalidReason> {
     Ok((segments, false))
 }
 
+/// Whether a pattern's segment is a wildcard: `*` or `{*name}`.
+fn is_catch_all(part: &str) -> bool {
+    part == "*" || (part.starts_with("{*") && part.ends_with('}'))
+}
+
+/// The name of a parameter segment, `:name` or `{name}` (not a wildcard's).
+fn param_name(part: &str) -> Option<&str> {
+    if is_catch_all(part) {
+        return None;
+    }
+    part.strip_prefix(':')
+        .or_else(|| part.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
+}
+
 fn parse_segment(part: &str, last: bool) -> Result<Segment, InvalidReason> {
     if part.is_empty() {
         return Err(if last {
@@ -532,11 +575,7 @@ fn parse_segment(part: &str, last: bool) -> Result<Segment, InvalidReason> {
     if part == "." || part == ".." {
         return Err(InvalidReason::DotSegment);
     }
-    if let Some(name) = part.strip_prefix(':') {
-        check_param_name(name, part)?;
-        return Ok(Segment::Param);
-    }
-    if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+    if let Some(name) = param_name(part) {
         check_param_name(name, part)?;
         return Ok(Segment::Param);
     }
@@ -1330,6 +1369,41 @@ mod tests {
         ] {
             let pattern = RoutePattern::parse(&format!("{method} /dav")).unwrap();
             assert_eq!(pattern.methods().unwrap()[0].as_str(), method);
+        }
+    }
+
+    #[test]
+    fn a_route_template_is_the_pattern_it_spells() {
+        let pattern = |p: &str| RoutePattern::parse(p).unwrap();
+        for (declared, template) in [
+            ("POST /api/chat", "/api/chat"),
+            ("/v1/campaigns/:id", "/v1/campaigns/{id}"),
+            ("/v1/campaigns/{id}", "/v1/campaigns/{campaign}"),
+            ("/files/*", "/files/{*rest}"),
+            ("/files/{*rest}", "/files/{*path}"),
+            ("/", "/"),
+            ("/a%62c", "/abc"),
+        ] {
+            assert!(
+                pattern(declared).is_route(template),
+                "{declared} ~ {template}"
+            );
+        }
+        for (declared, template) in [
+            ("POST /api/*", "/api/chat"),
+            ("/api/chat", "/api/{id}"),
+            ("/api/{id}", "/api/chat"),
+            ("/api/chat", "/api/chat/x"),
+            ("/api/chat/x", "/api/chat"),
+            ("/files/*", "/files"),
+            ("/files/{*rest}", "/files/x/{*rest}"),
+            ("/", "/x"),
+            ("/x", "x"),
+        ] {
+            assert!(
+                !pattern(declared).is_route(template),
+                "{declared} !~ {template}"
+            );
         }
     }
 

@@ -166,19 +166,23 @@ impl Limiter {
         limit: &Limit,
     ) -> Result<String, InspectError> {
         let kind = key.kind();
-        if self.key_of_kind(kind).is_none() {
-            return Err(InspectError::UnknownKeyKind(kind.to_string()));
-        }
-        let value = self.request_value(key, value)?;
         let capacity = limit.capacity();
+        // One look at the policies limiting by the kind: `None` if there is none, else the
+        // first whose request costs more than the override holds, if any.
         let costly = self.with_policies(|policies| {
-            policies
+            let mut limiting = policies
                 .filter(|p| p.limits.iter().any(|l| l.key.kind() == kind))
-                .find_map(|p| match p.cost {
-                    Cost::Fixed(cost) if cost > capacity => Some((p.name.to_string(), cost)),
-                    _ => None,
-                })
+                .peekable();
+            limiting.peek()?;
+            Some(limiting.find_map(|p| match p.cost {
+                Cost::Fixed(cost) if cost > capacity => Some((p.name.to_string(), cost)),
+                _ => None,
+            }))
         });
+        let Some(costly) = costly else {
+            return Err(InspectError::UnknownKeyKind(kind.to_string()));
+        };
+        let value = self.request_value(key, value)?;
         if let Some((policy, cost)) = costly {
             return Err(InspectError::CostExceedsOverride {
                 kind: kind.to_string(),

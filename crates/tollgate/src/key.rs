@@ -160,7 +160,6 @@ impl Key {
             && self.kind.chars().all(|c| {
                 c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || (c == ':' && !custom)
             })
-            && !self.kind.starts_with(':')
     }
 }
 

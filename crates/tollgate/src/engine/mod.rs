@@ -175,9 +175,7 @@ impl Delegation {
     fn leaves(&self, matched: Option<&str>) -> bool {
         self.attached.load(Ordering::Relaxed)
             && matched.is_none_or(|route| {
-                !self.mismatched.load(Ordering::Relaxed)
-                    && RoutePattern::parse(route)
-                        .is_ok_and(|route| self.pattern.same_path_shape(&route))
+                !self.mismatched.load(Ordering::Relaxed) && self.pattern.is_route(route)
             })
     }
 }
@@ -369,14 +367,16 @@ impl Engine {
             return Start::Pass;
         }
         let routes = self.routes.load();
-        if !routes.per_route.is_empty() {
-            if let Some(path) = matched_path(parts) {
-                if routes
-                    .per_route
-                    .contains(route_id(&parts.method, path).as_str())
-                {
-                    return Start::Pass;
-                }
+        // The route axum matched, looked up once, and only where a per-route layer exists.
+        let matched = (!routes.per_route.is_empty() || !routes.delegated.is_empty())
+            .then(|| matched_path(parts))
+            .flatten();
+        if let Some(path) = matched.filter(|_| !routes.per_route.is_empty()) {
+            if routes
+                .per_route
+                .contains(route_id(&parts.method, path).as_str())
+            {
+                return Start::Pass;
             }
         }
         let path = request_path(parts);
@@ -392,7 +392,7 @@ impl Engine {
                 continue;
             }
             delegated = true;
-            if route.leaves(matched_path(parts)) {
+            if route.leaves(matched) {
                 return Start::Pass;
             }
         }
