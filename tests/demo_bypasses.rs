@@ -64,6 +64,63 @@ fn no_spelling_of_a_path_puts_more_than_its_routes_limit_into_its_handler() {
     assert_eq!(admitted, [250; 6]);
 }
 
+/// Long paths are read whole: a path of many segments whose `..` climb out of the download
+/// route, or one over 8 KiB, is still served by that route and still spends its budget
+/// (1500/min per IP), and a template id of 8 KiB is still the `generate` class (300/min),
+/// not the looser default one. A reading cut short at the limits found another class, or
+/// none: 3,000 such downloads a minute reached the handler with no limit at all.
+#[test]
+fn a_long_path_spends_the_budget_of_the_route_that_serves_it() {
+    let ex = demo();
+    let ip = "203.0.113.152";
+    let long = "a".repeat(8 * 1024 + 8);
+    let spellings = [
+        format!("/api/documents/temp/../../..{}", "/a".repeat(70)),
+        format!("/api/documents/temp/../../../x/{long}"),
+        format!("/api/documents/temp/../../knowledge/{long}"),
+        "/api/documents/temp/report.pdf".to_string(),
+    ];
+    let mut connection = RawConnection::connect(&ex.base);
+    let mut admitted = [0usize; 4];
+    for i in 0..1540 {
+        let which = i % spellings.len();
+        let response = connection.send("GET", &spellings[which], &[("x-forwarded-for", ip)]);
+        match response.status {
+            200 => admitted[which] += 1,
+            429 => assert_eq!(response.header("x-ratelimit-limit"), "1500", "{which}"),
+            other => panic!("{which}: {other} {}", response.body),
+        }
+    }
+    assert_eq!(
+        admitted.iter().sum::<usize>(),
+        1500,
+        "admitted per spelling: {admitted:?}"
+    );
+
+    let ip = "203.0.113.153";
+    let path = format!("/api/templates/{long}/generate");
+    let statuses: Vec<u16> = (0..310)
+        .map(|_| {
+            connection
+                .send("POST", &path, &[("x-forwarded-for", ip)])
+                .status
+        })
+        .collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 300);
+    assert!(
+        statuses[300..].iter().all(|&s| s == 429),
+        "{:?}",
+        &statuses[300..]
+    );
+    let response = connection.send(
+        "POST",
+        "/api/templates/7/generate",
+        &[("x-forwarded-for", ip)],
+    );
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("x-ratelimit-limit"), "300");
+}
+
 /// Spellings that climb out of the download route also spend the class of the path they
 /// normalise to: the knowledge budget of an IP that downloaded through `../../knowledge`
 /// is what it spent.

@@ -8,8 +8,9 @@
 //!
 //! Invariants: no panic (whatever the table, method or path); a request the table calls
 //! exempt is one axum routes to an exempt rule, or to nothing (404/405); a path over the
-//! length or segment limits is never exempt; a plainly spelled path that axum routes to a
-//! rule is classified as that rule.
+//! length or segment limits is never exempt; whatever its spelling or length, a path that
+//! axum routes to a rule that is not exempt is charged by that rule; a plainly spelled
+//! path that axum routes to a rule is classified as that rule.
 #![allow(dead_code)]
 
 use axum::body::Body;
@@ -223,28 +224,44 @@ fn generate_path(input: &mut Input<'_>) -> String {
     match input.below(8) {
         // Arbitrary bytes.
         0 => format!("/{}", String::from_utf8_lossy(input.bytes(64))),
-        // Too many segments, or too long.
+        // Too many segments, or too long (a segment of its own, or a whole path), between
+        // a few segments (`..` among them) before and after.
         1 => {
+            let mut path = short_path(input, 4);
             let segment = input.pick(PATH_SEGMENTS);
             let count = MAX_SEGMENTS - 2 + input.below(6);
-            let mut path = format!("/{segment}").repeat(count);
             if input.bool() {
-                path = format!("/a{}", "a".repeat(MAX_PATH_LEN - 4 + input.below(8)));
+                path.push_str(&format!("/{segment}").repeat(count));
+            } else {
+                path.push_str(&format!(
+                    "/a{}",
+                    "a".repeat(MAX_PATH_LEN - 4 + input.below(8))
+                ));
+            }
+            path.push_str(&short_path(input, 3));
+            if input.bool() {
+                path.push_str(&"/..".repeat(input.below(2 * MAX_SEGMENTS)));
             }
             path
         }
         _ => {
-            let mut path = String::new();
-            for _ in 0..input.below(7) {
-                path.push('/');
-                path.push_str(input.pick(PATH_SEGMENTS));
-            }
+            let mut path = short_path(input, 7);
             if path.is_empty() || input.byte() < 32 {
                 path.push('/');
             }
             path
         }
     }
+}
+
+/// Up to `max - 1` segments, each after a `/`.
+fn short_path(input: &mut Input<'_>, max: usize) -> String {
+    let mut path = String::new();
+    for _ in 0..input.below(max) {
+        path.push('/');
+        path.push_str(input.pick(PATH_SEGMENTS));
+    }
+    path
 }
 
 fn is_plain(path: &str) -> bool {
@@ -304,7 +321,7 @@ pub fn run(data: &[u8]) {
                 describe()
             );
         }
-        if custom || over_limit {
+        if custom {
             continue;
         }
         let Ok(uri) = path.parse::<Uri>() else {
@@ -314,6 +331,25 @@ pub fn run(data: &[u8]) {
             continue;
         }
         let theirs = axum_rule(&router, &method, uri);
+        // Whatever the path's spelling or length, the rule that serves it is charged
+        // (unless it is exempt).
+        if let Some(theirs) = theirs.filter(|&r| !rules[r].exempt) {
+            let all: Vec<usize> = table
+                .classify_all(&method, &path)
+                .into_iter()
+                .map(|(i, _)| *i)
+                .collect();
+            assert!(
+                all.contains(&theirs),
+                "{method} {path:.200}: charged as {:?}, axum routes it to `{}` [{}]",
+                all.iter().map(|&i| &rules[i].text).collect::<Vec<_>>(),
+                rules[theirs].text,
+                describe()
+            );
+        }
+        if over_limit {
+            continue;
+        }
         if let Some((rule, true)) = ours {
             assert!(
                 theirs.is_none_or(|r| rules[r].exempt),
