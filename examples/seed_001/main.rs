@@ -6,7 +6,9 @@
 //! by all of the organization's API keys; a request over budget gets `429 Too Many
 //! Requests`; responses carry `X-RateLimit-Limit` (the organization's total points),
 //! `X-RateLimit-Remaining` (points left), `X-RateLimit-Reset` (an HTTP date) and, on a
-//! 429, `Retry-After` (seconds).
+//! 429, `Retry-After` (seconds); either of the last two says when a refused client can
+//! restart, so on a 429 the date is the one `Retry-After` names
+//! ([`HeaderStyle::with_reset_at_retry`]).
 //!
 //! How it maps onto tollgate: one policy, `points`, keyed by the organization
 //! ([`Key::tenant`]) with its quota chosen per request from the organization's plan
@@ -136,7 +138,9 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
     });
     let mut builder = Limiter::builder()
         .store(tollgate::store_from_env()?)
-        .header_style(HeaderStyle::x_ratelimit(ResetFormat::HttpDate));
+        // "Retry-After (seconds) or X-RateLimit-Reset (date) ... to know when you can
+        // restart": on a 429 the date is when the request fits again, as Retry-After says.
+        .header_style(HeaderStyle::x_ratelimit(ResetFormat::HttpDate).with_reset_at_retry());
     for (route, cost) in COSTS {
         // Clones of one policy: one shared `points` bucket, a cost per route.
         builder = builder.route(route, points.clone().cost(cost));

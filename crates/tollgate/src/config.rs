@@ -13,6 +13,7 @@
 //! store: { kind: env }           # memory | redis (url:) | env; REDIS_URL / KV_URL, when set, win
 //! client_ip: { trusted_proxies: [10.0.0.0/8], ipv6_prefix: 64 }
 //! headers: { x_ratelimit: unix_seconds, ietf: true }   # unix_millis | seconds | http_date | none
+//!                                # reset_at_retry: true: a 429's X-RateLimit-Reset is its retry
 //! body: retry_after              # retry_after | code_details | message
 //! default_key: ip                # the key of `rate_limit:` blocks that name none
 //! routes:
@@ -440,6 +441,10 @@ pub struct HeadersConfig {
     /// The IETF `RateLimit` / `RateLimit-Policy` fields (default true).
     #[serde(default)]
     pub ietf: Option<bool>,
+    /// On a refused request, `X-RateLimit-Reset` says when it can be retried, not when the
+    /// bucket is full again (default false): [`HeaderStyle::with_reset_at_retry`].
+    #[serde(default)]
+    pub reset_at_retry: Option<bool>,
 }
 
 /// `headers.x_ratelimit`.
@@ -1046,8 +1051,13 @@ impl HeadersConfig {
             ResetText::None if ietf => HeaderStyle::ietf(),
             ResetText::None => HeaderStyle::none(),
         };
-        if ietf && self.x_ratelimit != Some(ResetText::None) {
+        let base = if ietf && self.x_ratelimit != Some(ResetText::None) {
             base.with_ietf()
+        } else {
+            base
+        };
+        if self.reset_at_retry == Some(true) {
+            base.with_reset_at_retry()
         } else {
             base
         }

@@ -236,3 +236,39 @@ fn unknown_fields_keys_and_incomplete_rules_are_errors() {
         Err(ConfigError::Read { .. })
     ));
 }
+
+/// `headers: { reset_at_retry: true }`: a refusal's `X-RateLimit-Reset` is when it can be
+/// retried (what `Retry-After` says), not when the bucket is full again; the IETF `t` of
+/// the refusing bucket says the same whatever the setting (draft 10: until more quota is
+/// available). A token bucket of 5/min with a burst of 5, spent at once: a token is back
+/// in 12 s, all five in 60 s.
+#[tokio::test]
+async fn reset_at_retry_makes_a_refusals_reset_its_retry() {
+    for (reset_at_retry, expected_reset) in [(false, "60"), (true, "12")] {
+        let path = write_temp(
+            &format!("reset-{reset_at_retry}.yaml"),
+            &format!(
+                "headers: {{ x_ratelimit: seconds, reset_at_retry: {reset_at_retry} }}\n\
+                 routes:\n  - path: /*\n    name: api\n    \
+                 rate_limit: {{ sustained: 5/min, burst: 5/min }}\n"
+            ),
+        );
+        let (_clock, store) = clock_and_store();
+        let limiter = LimiterBuilder::from_config(&path)
+            .unwrap()
+            .store(store)
+            .build()
+            .unwrap();
+        let server = serve(app(&limiter)).await;
+        assert_eq!(server.statuses("/v1/invoices", 5).await, times(200, 5));
+        let refused = server.get("/v1/invoices").send().await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(header(&refused, "retry-after"), "12", "{reset_at_retry}");
+        assert_eq!(
+            header(&refused, "x-ratelimit-reset"),
+            expected_reset,
+            "{reset_at_retry}"
+        );
+        assert_eq!(header(&refused, "ratelimit"), r#""api-ip";r=0;t=12"#);
+    }
+}

@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use smallvec::SmallVec;
 use tollgate_core::{BucketState, Quota, Timestamp};
 
-use super::info::{ceil_secs, retry_secs, RateLimitOutcome};
+use super::info::{ceil_secs, retry_secs, shown_reset, RateLimitOutcome};
 use super::sf;
 use crate::engine::policy_item;
 
@@ -304,8 +304,11 @@ pub enum ResetFormat {
 ///
 ///   The item is the bucket's name with `:` turned into `-` (other characters outside
 ///   printable ASCII become `_`; `"` and `\` are escaped), `q` the quota count, `w` the
-///   window in seconds, `r` what is left and `t` the seconds until the bucket is full
-///   again (both windows and times rounded up). Integers above the 15 digits a structured
+///   window in seconds, `r` what is left and `t` the seconds until more of it is
+///   available, as draft 10 defines it: on a bucket that refused the request, until the
+///   request would be admitted (what `Retry-After` says for it); otherwise until the
+///   bucket is full again, which for a sliding window or a token bucket is an upper bound
+///   (some comes back sooner). Windows and times are rounded up. Integers above the 15 digits a structured
 ///   field allows are clamped. A token bucket whose burst is above its count shows its
 ///   burst as the limit (`X-RateLimit-Limit` and `q`) and the time the bucket takes to
 ///   refill it as `w` (`10/min burst 30`: `q=30;w=180`), so what is left never shows more
@@ -333,6 +336,7 @@ pub struct HeaderStyle {
     x_ratelimit: Option<ResetFormat>,
     ietf: bool,
     retry_after: bool,
+    reset_at_retry: bool,
 }
 
 impl Default for HeaderStyle {
@@ -349,6 +353,7 @@ impl HeaderStyle {
             x_ratelimit: Some(reset),
             ietf: false,
             retry_after: true,
+            reset_at_retry: false,
         }
     }
 
@@ -358,6 +363,7 @@ impl HeaderStyle {
             x_ratelimit: None,
             ietf: true,
             retry_after: true,
+            reset_at_retry: false,
         }
     }
 
@@ -367,6 +373,7 @@ impl HeaderStyle {
             x_ratelimit: None,
             ietf: false,
             retry_after: true,
+            reset_at_retry: false,
         }
     }
 
@@ -386,6 +393,31 @@ impl HeaderStyle {
     pub const fn without_retry_after(mut self) -> Self {
         self.retry_after = false;
         self
+    }
+
+    /// On a refused request, `X-RateLimit-Reset` says when it can be retried (the time
+    /// `Retry-After` names), not when the bucket is full again: for APIs that tell clients
+    /// to read either to know when they can restart. The two differ for a sliding window or
+    /// a token bucket, where enough comes back before all of it; for a fixed window they
+    /// are the same. Admitted requests are unchanged, and so is a refusal that waiting
+    /// cannot help.
+    ///
+    /// ```
+    /// use tollgate::{HeaderStyle, ResetFormat};
+    ///
+    /// let style = HeaderStyle::x_ratelimit(ResetFormat::HttpDate).with_reset_at_retry();
+    /// assert!(style.resets_at_retry());
+    /// assert!(!HeaderStyle::default().resets_at_retry());
+    /// ```
+    pub const fn with_reset_at_retry(mut self) -> Self {
+        self.reset_at_retry = true;
+        self
+    }
+
+    /// Whether `X-RateLimit-Reset` on a refusal says when it can be retried
+    /// ([`HeaderStyle::with_reset_at_retry`]).
+    pub const fn resets_at_retry(&self) -> bool {
+        self.reset_at_retry
     }
 
     /// The reset format of the `X-RateLimit-*` headers, if they are written.
@@ -475,11 +507,16 @@ impl HeaderStyle {
             };
             out(Field::Limit, limit);
             out(Field::Remaining, number(most.state.remaining));
-            let at = view.now.saturating_add(most.state.reset_after);
+            let reset_after = if self.reset_at_retry {
+                shown_reset(most.state)
+            } else {
+                most.state.reset_after
+            };
+            let at = view.now.saturating_add(reset_after);
             let reset = match format {
                 ResetFormat::UnixSeconds => cached(0, at.as_unix_secs_ceil(), number),
                 ResetFormat::UnixMillis => cached(1, at.as_unix_millis_ceil(), number),
-                ResetFormat::Seconds => number(ceil_secs(most.state.reset_after)),
+                ResetFormat::Seconds => number(ceil_secs(reset_after)),
                 ResetFormat::HttpDate => cached(2, at.as_unix_secs_ceil(), |secs| {
                     ascii_value(&http_date(secs))
                 }),
@@ -517,7 +554,7 @@ impl HeaderStyle {
 fn current_value(buckets: &[Shown<'_>]) -> HeaderValue {
     let numbers = |b: &Shown<'_>| {
         let remaining = sf::clamp(b.state.remaining);
-        (remaining, sf::clamp(ceil_secs(b.state.reset_after)))
+        (remaining, sf::clamp(ceil_secs(shown_reset(b.state))))
     };
     let len: usize = buckets
         .iter()
@@ -961,16 +998,42 @@ mod tests {
             ])
         );
         // Refused by the user bucket: Retry-After from it; X-RateLimit-* describe it too.
+        // Its `t` is when more of it is available for the request (draft 10): what
+        // Retry-After says, not when it is full again; X-RateLimit-Reset says the latter.
+        let refused_current = r#""default-ip";r=499;t=60, "default-user";r=0;t=1800"#;
         assert_eq!(
             written(&HeaderStyle::default(), &stacked(false)),
             pairs(&[
                 ("ratelimit-policy", expected_policy),
-                ("ratelimit", expected_current),
+                ("ratelimit", refused_current),
                 ("retry-after", "1800"),
                 ("x-ratelimit-limit", "10000"),
                 ("x-ratelimit-remaining", "0"),
                 ("x-ratelimit-reset", "1717203600"),
             ])
+        );
+        // And with X-RateLimit-Reset at the retry: when the request can be retried.
+        assert_eq!(
+            written(
+                &HeaderStyle::default().with_reset_at_retry(),
+                &stacked(false)
+            ),
+            pairs(&[
+                ("ratelimit-policy", expected_policy),
+                ("ratelimit", refused_current),
+                ("retry-after", "1800"),
+                ("x-ratelimit-limit", "10000"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1717201800"),
+            ])
+        );
+        // Admitted: as it was.
+        assert_eq!(
+            written(
+                &HeaderStyle::default().with_reset_at_retry(),
+                &stacked(true)
+            ),
+            written(&HeaderStyle::default(), &stacked(true))
         );
     }
 

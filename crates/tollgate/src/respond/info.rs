@@ -144,7 +144,11 @@ impl RateLimitOutcome {
     }
 
     /// When the most restrictive bucket is back to its full state (nothing counted against
-    /// it): what `X-RateLimit-Reset` says. Saturates instead of overflowing.
+    /// it): what `X-RateLimit-Reset` says (unless [`HeaderStyle::with_reset_at_retry`]
+    /// makes it say when a refused request can be retried). Saturates instead of
+    /// overflowing.
+    ///
+    /// [`HeaderStyle::with_reset_at_retry`]: crate::HeaderStyle::with_reset_at_retry
     pub fn reset_at(&self) -> Option<Timestamp> {
         let bucket = self.most_restrictive_bucket()?;
         Some(self.now.saturating_add(bucket.state.reset_after))
@@ -209,6 +213,19 @@ impl Serialize for RateLimitOutcome {
 /// A wait as `Retry-After` says it: whole seconds, rounded up, never 0 (1 µs is 1).
 pub(crate) fn retry_secs(wait: Duration) -> u64 {
     ceil_secs(wait).max(1)
+}
+
+/// How long until more of a bucket is available, as the IETF `RateLimit` field's `t` says
+/// it (draft-ietf-httpapi-ratelimit-headers-10: "until additional quota ... is made
+/// available"): for a bucket that refused the request and that waiting helps, until enough
+/// of it is back for the request (what `Retry-After` says for that bucket, so the two
+/// agree); otherwise until it is full again (for a sliding window or a token bucket, some
+/// of it comes back sooner: an upper bound).
+pub(crate) fn shown_reset(state: &BucketState) -> Duration {
+    match state.retry_after {
+        Some(wait) if !state.allowed => wait,
+        _ => state.reset_after,
+    }
 }
 
 /// Whole seconds in `d`, rounded up (a wait or a reset is never announced early).
