@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::Router;
 use common::{clock_and_store, header, serve, times};
 use tollgate::config::ConfigError;
-use tollgate::{Limiter, LimiterBuilder};
+use tollgate::{Limiter, LimiterBuilder, ManualClock};
 
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-{}", std::process::id()));
@@ -19,6 +19,18 @@ fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
         .write_all(text.as_bytes())
         .unwrap();
     path
+}
+
+/// The limiter a configuration file describes, on a memory store whose clock the test
+/// moves, served by [`app`].
+async fn serve_file(path: impl AsRef<std::path::Path>) -> (ManualClock, common::Server) {
+    let (clock, store) = clock_and_store();
+    let limiter = LimiterBuilder::from_config(path)
+        .unwrap()
+        .store(store)
+        .build()
+        .unwrap();
+    (clock, serve(app(&limiter)).await)
 }
 
 fn app(limiter: &Limiter) -> Router {
@@ -32,13 +44,7 @@ fn app(limiter: &Limiter) -> Router {
 #[tokio::test]
 async fn seed_004_yaml_loads_as_printed_and_enforces_burst_then_refill() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed_004.yaml");
-    let (clock, store) = clock_and_store();
-    let limiter = LimiterBuilder::from_config(path)
-        .unwrap()
-        .store(store)
-        .build()
-        .unwrap();
-    let server = serve(app(&limiter)).await;
+    let (clock, server) = serve_file(path).await;
 
     // /v1/reports: burst 2, then one token every 12 s (5/min).
     assert_eq!(server.statuses("/v1/reports", 3).await, vec![200, 200, 429]);
@@ -62,13 +68,7 @@ async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
         "global.yaml",
         "routes:\n  - path: /*\n    rate_limit: { sustained: 100/min, burst: 100/s }\ngateway:\n  global_rate_limit:\n    sustained: 3/min\n",
     );
-    let (_clock, store) = clock_and_store();
-    let limiter = LimiterBuilder::from_config(&path)
-        .unwrap()
-        .store(store)
-        .build()
-        .unwrap();
-    let server = serve(app(&limiter)).await;
+    let (_clock, server) = serve_file(&path).await;
     assert_eq!(server.status("/v1/invoices").await, 200);
     assert_eq!(server.status("/v1/reports").await, 200);
     assert_eq!(server.status("/v1/other").await, 200);
@@ -97,13 +97,7 @@ limits = [
 ]
 "#,
     );
-    let (clock, store) = clock_and_store();
-    let limiter = LimiterBuilder::from_config(&path)
-        .unwrap()
-        .store(store)
-        .build()
-        .unwrap();
-    let server = serve(app(&limiter)).await;
+    let (clock, server) = serve_file(&path).await;
     let key = |k: &'static str| move |r: reqwest::RequestBuilder| r.header("x-api-key", k);
     let a = key("key-a");
     // Exempt: never limited, no headers.
@@ -253,13 +247,7 @@ async fn reset_at_retry_makes_a_refusals_reset_its_retry() {
                  rate_limit: {{ sustained: 5/min, burst: 5/min }}\n"
             ),
         );
-        let (_clock, store) = clock_and_store();
-        let limiter = LimiterBuilder::from_config(&path)
-            .unwrap()
-            .store(store)
-            .build()
-            .unwrap();
-        let server = serve(app(&limiter)).await;
+        let (_clock, server) = serve_file(&path).await;
         assert_eq!(server.statuses("/v1/invoices", 5).await, times(200, 5));
         let refused = server.get("/v1/invoices").send().await.unwrap();
         assert_eq!(refused.status(), 429);
