@@ -104,6 +104,25 @@ pub enum BuildError {
         /// The policy.
         policy: String,
     },
+    /// Rules reloaded while a per-key override ([`Limiter::set_override`]) holds less than
+    /// one request of a policy limiting by the override's kind now costs: every request of
+    /// that key would be refused, as [`Limiter::set_override`] refuses to arrange. The
+    /// running rules stay; raise or remove the override first.
+    ///
+    /// [`Limiter::set_override`]: crate::Limiter::set_override
+    #[error("policy `{policy}` would cost {cost} per request, but the override of {kind} key `{key}` admits at most {capacity} at once: every request of that key would be refused (raise or remove the override first)")]
+    CostExceedsOverride {
+        /// The policy.
+        policy: String,
+        /// The override's key kind (`ip`, `user`, `api_key`, ...).
+        kind: String,
+        /// The key, as stored.
+        key: String,
+        /// What one request of the policy costs.
+        cost: u64,
+        /// What the override admits at once.
+        capacity: u64,
+    },
     /// A fixed cost above what a limit can ever admit: every request would be refused.
     #[error("policy `{policy}`: a cost of {cost} can never fit the limit per {key}, which admits at most {capacity} at once")]
     CostExceedsCapacity {

@@ -169,16 +169,7 @@ impl Limiter {
         let capacity = limit.capacity();
         // One look at the policies limiting by the kind: `None` if there is none, else the
         // first whose request costs more than the override holds, if any.
-        let costly = self.with_policies(|policies| {
-            let mut limiting = policies
-                .filter(|p| p.limits.iter().any(|l| l.key.kind() == kind))
-                .peekable();
-            limiting.peek()?;
-            Some(limiting.find_map(|p| match p.cost {
-                Cost::Fixed(cost) if cost > capacity => Some((p.name.to_string(), cost)),
-                _ => None,
-            }))
-        });
+        let costly = self.with_policies(|policies| costlier_than(policies, kind, capacity));
         let Some(costly) = costly else {
             return Err(InspectError::UnknownKeyKind(kind.to_string()));
         };
@@ -330,6 +321,23 @@ impl Limiter {
             _ => value.to_string(),
         })
     }
+}
+
+/// Among `policies`, those limiting by key kind `kind`: `None` if there is none, else the
+/// first whose request costs more than `capacity` at once (its name and cost), if any.
+pub(crate) fn costlier_than(
+    policies: &mut dyn Iterator<Item = &Arc<Compiled>>,
+    kind: &str,
+    capacity: u64,
+) -> Option<Option<(String, u64)>> {
+    let mut limiting = policies
+        .filter(|p| p.limits.iter().any(|l| l.key.kind() == kind))
+        .peekable();
+    limiting.peek()?;
+    Some(limiting.find_map(|p| match p.cost {
+        Cost::Fixed(cost) if cost > capacity => Some((p.name.to_string(), cost)),
+        _ => None,
+    }))
 }
 
 #[cfg(test)]

@@ -375,7 +375,8 @@ impl Limiter {
     /// The [`BuildError`] the rules would fail [`LimiterBuilder::build`] with (the
     /// running rules then stay), also a bucket that a per-route policy or guard declared
     /// in code binds to other limits, or [`BuildError::NotReloadable`] for a setting that
-    /// cannot change while the limiter runs.
+    /// cannot change while the limiter runs, or [`BuildError::CostExceedsOverride`] for
+    /// rules under which a per-key override could admit no request of its key.
     pub fn reload(&self, rules: LimiterBuilder) -> Result<(), BuildError> {
         if let Some(setting) = rules.fixed_setting() {
             return Err(BuildError::NotReloadable { setting });
@@ -385,10 +386,47 @@ impl Limiter {
         let mut rules_of = rules.rules();
         rules_of.require_default |= engine.require_default;
         let table = engine::compile_table(&rules_of, engine.identity.is_some(), &code)?;
+        // A per-key override that one request of the new rules costs more than.
+        for (kind, key, limit) in engine.overrides.load().iter() {
+            let capacity = limit.capacity();
+            let mut policies = table
+                .classes
+                .iter()
+                .map(|(_, p)| p)
+                .chain(&table.globals)
+                .chain(&table.per_route);
+            if let Some(Some((policy, cost))) =
+                crate::inspect::costlier_than(&mut policies, kind, capacity)
+            {
+                return Err(BuildError::CostExceedsOverride {
+                    policy,
+                    kind: kind.to_string(),
+                    key: key.to_string(),
+                    cost,
+                    capacity,
+                });
+            }
+        }
         if table.defaults.shadow && !engine.table.load().defaults.shadow {
             tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
         }
         let (routes, globals) = (table.classes.iter().count(), table.globals.len());
+        let running = engine.table.load();
+        let (were_routes, were_globals) = (running.classes.iter().count(), running.globals.len());
+        if routes < were_routes || globals < were_globals {
+            // A rule dropped on purpose, or a file loaded before its writer finished.
+            tracing::warn!(
+                target: "tollgate",
+                routes,
+                were_routes,
+                global_policies = globals,
+                were_global_policies = were_globals,
+                "the reloaded rate-limit rules have fewer routes or global limits than the \
+                 running ones: check that this is meant (a file is best replaced by renaming \
+                 a complete one over it)"
+            );
+        }
+        drop(running);
         engine.table.store(Arc::new(table));
         drop(code);
         tracing::info!(

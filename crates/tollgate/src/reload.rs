@@ -11,10 +11,13 @@
 //! ConfigMap's symlink swap are all seen for what they are).
 //!
 //! Two guards against a file caught mid-edit: a change is loaded once two polls in a row
-//! read the same bytes (a file written in place is not loaded half-written), and a file
-//! that declares no routes, global limits or buckets, where the one running did, is
-//! refused ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift
-//! every limit at once).
+//! read the same bytes (a write that finishes within one poll interval is not loaded
+//! half-written; one that stalls longer can be), and a file that declares no routes,
+//! global limits or buckets, where the one running did, is refused
+//! ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift every
+//! limit at once). A reload that leaves fewer routes or global limits than were running
+//! is logged as a warning that names the counts. Write the file elsewhere and rename it
+//! over the watched one, and no reader sees it half-written.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -560,3 +560,68 @@ fn a_per_route_policy_may_not_take_a_direct_use_buckets_or_a_guards_name() {
     }
     limiter.reload(own()).unwrap();
 }
+
+/// A per-key override that the reloaded rules would cost more than per request (every
+/// request of that key refused, which `set_override` refuses to arrange) makes the reload
+/// fail, naming the policy and the key; the running rules stay. Without the override the
+/// same rules load.
+#[tokio::test]
+async fn a_reload_under_which_an_override_admits_nothing_is_refused() {
+    let limiter = limiter(rules("5/min", "5/min"));
+    let ip = PEER.split(':').next().unwrap();
+    limiter
+        .set_override(&tollgate::Key::ip(), ip, "3/min")
+        .unwrap();
+    let costly = || {
+        Limiter::builder()
+            .route("/a/*", Policy::named("a").per_ip("50/min").cost(4))
+            .route("/b/*", Policy::named("b").per_ip("5/min"))
+    };
+    let err = limiter.reload(costly()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            BuildError::CostExceedsOverride { policy, kind, key, cost: 4, capacity: 3 }
+                if policy == "a" && kind == "ip" && key == ip
+        ),
+        "{err}"
+    );
+    // The running rules stay: 3 for this client (its override), one at a time.
+    let layer = limiter.layer();
+    assert_eq!(statuses(&layer, "/a/x", 4).await, [200, 200, 200, 429]);
+    assert!(limiter.remove_override(&tollgate::Key::ip(), ip));
+    limiter.reload(costly()).unwrap();
+}
+
+/// A reload that leaves fewer routes or global limits than were running (a rule dropped,
+/// or a file loaded before its writer finished) is loaded, with a warning that names the
+/// counts; one that keeps them all is not warned about.
+#[test]
+fn a_reload_that_drops_rules_is_warned_about() {
+    let capture = tollgate_testkit::EventLog::default();
+    let events = capture.clone();
+    tracing::subscriber::with_default(capture, || {
+        let limiter = limiter(rules("5/min", "5/min").global("100/min"));
+        limiter
+            .reload(rules("6/min", "6/min").global("100/min"))
+            .unwrap();
+        limiter
+            .reload(Limiter::builder().route("/a/*", Policy::named("a").per_ip("5/min")))
+            .unwrap();
+    });
+    let warnings: Vec<String> = events
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("fewer routes or global limits"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0];
+    for field in [
+        "routes=1",
+        "were_routes=2",
+        "global_policies=0",
+        "were_global_policies=1",
+    ] {
+        assert!(warning.contains(field), "{field}: {warning}");
+    }
+}
