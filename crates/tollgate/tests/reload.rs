@@ -592,36 +592,3 @@ async fn a_reload_under_which_an_override_admits_nothing_is_refused() {
     assert!(limiter.remove_override(&tollgate::Key::ip(), ip));
     limiter.reload(costly()).unwrap();
 }
-
-/// A reload that leaves fewer routes or global limits than were running (a rule dropped,
-/// or a file loaded before its writer finished) is loaded, with a warning that names the
-/// counts; one that keeps them all is not warned about.
-#[test]
-fn a_reload_that_drops_rules_is_warned_about() {
-    let capture = tollgate_testkit::EventLog::default();
-    let events = capture.clone();
-    tracing::subscriber::with_default(capture, || {
-        let limiter = limiter(rules("5/min", "5/min").global("100/min"));
-        limiter
-            .reload(rules("6/min", "6/min").global("100/min"))
-            .unwrap();
-        limiter
-            .reload(Limiter::builder().route("/a/*", Policy::named("a").per_ip("5/min")))
-            .unwrap();
-    });
-    let warnings: Vec<String> = events
-        .events()
-        .into_iter()
-        .filter(|e| e.contains("fewer routes or global limits"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    let warning = &warnings[0];
-    for field in [
-        "routes=1",
-        "were_routes=2",
-        "global_policies=0",
-        "were_global_policies=1",
-    ] {
-        assert!(warning.contains(field), "{field}: {warning}");
-    }
-}

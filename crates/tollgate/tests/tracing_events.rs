@@ -109,3 +109,39 @@ fn refusals_and_warnings_are_logged_without_secrets() {
         "{all}"
     );
 }
+
+/// A reload that leaves fewer routes or global limits than were running (a rule dropped,
+/// or a file loaded before its writer finished) is loaded, with a warning that names the
+/// counts; one that keeps them all is not warned about.
+#[test]
+fn a_reload_that_drops_rules_is_warned_about() {
+    let rules = |limit: &str| {
+        Limiter::builder()
+            .route("/a/*", Policy::named("a").per_ip(limit))
+            .route("/b/*", Policy::named("b").per_ip(limit))
+            .global("100/min")
+    };
+    let capture = EventLog::default();
+    let events = capture.clone();
+    tracing::subscriber::with_default(capture, || {
+        let limiter = rules("5/min").read_env(false).build().unwrap();
+        limiter.reload(rules("6/min")).unwrap();
+        limiter
+            .reload(Limiter::builder().route("/a/*", Policy::named("a").per_ip("5/min")))
+            .unwrap();
+    });
+    let warnings: Vec<String> = events
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("fewer routes or global limits"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for field in [
+        "routes=1",
+        "were_routes=2",
+        "global_policies=0",
+        "were_global_policies=1",
+    ] {
+        assert!(warnings[0].contains(field), "{field}: {}", warnings[0]);
+    }
+}
