@@ -727,11 +727,12 @@ fn scan(path: &str) -> (PathShape, Reading<&str>) {
     let mut plain = true;
     while let Some(len) = find_slash(&bytes[start..]) {
         if segments.len() == MAX_SEGMENTS {
-            let more = Reading {
+            // One segment too many: the rest cannot change which rule matches.
+            let cut = Reading {
                 segments,
                 more: true,
             };
-            return (PathShape::OverLimit, more);
+            return (PathShape::OverLimit, cut);
         }
         let end = start + len;
         segments.push(&path[start..end]);

@@ -292,13 +292,7 @@ impl Limiter {
             .iter()
             .flat_map(|guard| guard.table.load().globals.clone())
             .collect();
-        let mut all = table
-            .classes
-            .iter()
-            .map(|(_, p)| p)
-            .chain(&table.globals)
-            .chain(&table.per_route)
-            .chain(&guards);
+        let mut all = table.policies().chain(&guards);
         f(&mut all)
     }
 

@@ -389,14 +389,8 @@ impl Limiter {
         // A per-key override that one request of the new rules costs more than.
         for (kind, key, limit) in engine.overrides.load().iter() {
             let capacity = limit.capacity();
-            let mut policies = table
-                .classes
-                .iter()
-                .map(|(_, p)| p)
-                .chain(&table.globals)
-                .chain(&table.per_route);
             if let Some(Some((policy, cost))) =
-                crate::inspect::costlier_than(&mut policies, kind, capacity)
+                crate::inspect::costlier_than(&mut table.policies(), kind, capacity)
             {
                 return Err(BuildError::CostExceedsOverride {
                     policy,
@@ -407,11 +401,11 @@ impl Limiter {
                 });
             }
         }
-        if table.defaults.shadow && !engine.table.load().defaults.shadow {
+        let running = engine.table.load();
+        if table.defaults.shadow && !running.defaults.shadow {
             tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
         }
         let (routes, globals) = (table.classes.iter().count(), table.globals.len());
-        let running = engine.table.load();
         let (were_routes, were_globals) = (running.classes.iter().count(), running.globals.len());
         if routes < were_routes || globals < were_globals {
             // A rule dropped on purpose, or a file loaded before its writer finished.

@@ -550,6 +550,15 @@ pub(crate) fn compile_table(
 }
 
 impl Table {
+    /// Every policy of the table: its classes', its global ones and its per-route ones.
+    pub(crate) fn policies(&self) -> impl Iterator<Item = &Arc<Compiled>> {
+        self.classes
+            .iter()
+            .map(|(_, p)| p)
+            .chain(&self.globals)
+            .chain(&self.per_route)
+    }
+
     /// This table with one more per-route policy (compiled against it), and that policy.
     pub(crate) fn with_route_policy(
         &self,
