@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{header, Example};
 use reqwest::Response;
 
-const ADMIN: &str = "admin-demo-token";
+const ADMIN: &str = "admin-test-token";
+/// The environment that opens `/admin` with [`ADMIN`].
+const WITH_ADMIN: (&str, &str) = ("ENDPOINTWISE_ADMIN_TOKEN", ADMIN);
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -57,7 +59,7 @@ async fn assert_page_body(refused: Response, route: &str, limit: u64) {
 
 #[tokio::test]
 async fn invoices_burst_of_20_then_sustained_100_per_min_and_the_pages_429() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     let started = Instant::now();
     for i in 1..=20u64 {
         let r = get(&app, "ew_live_full", "/v1/invoices").await;
@@ -107,7 +109,7 @@ async fn invoices_burst_of_20_then_sustained_100_per_min_and_the_pages_429() {
 
 #[tokio::test]
 async fn a_key_limit_stacks_with_the_endpoint_limits_the_stricter_applies() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     let key = "ew_live_limited"; // Limited Partner: 20/min on every route together
                                  // Reports: the endpoint (burst 2) is stricter than the key.
     assert_eq!(get(&app, key, "/v1/reports").await.status(), 200);
@@ -138,9 +140,46 @@ async fn a_key_limit_stacks_with_the_endpoint_limits_the_stricter_applies() {
     );
 }
 
+/// Without `ENDPOINTWISE_ADMIN_TOKEN` there is no admin token to guess: the token the
+/// example once defaulted to (and any other) is refused, and no key is created.
+#[tokio::test]
+async fn without_an_admin_token_configured_admin_is_closed() {
+    let app = Example::start("seed_004", &[("ENDPOINTWISE_ADMIN_TOKEN", "  ")]);
+    let body = serde_json::json!({ "name": "Intruder", "scope": "write" });
+    for token in ["admin-demo-token", "  ", "x"] {
+        let r = app
+            .post("/admin/keys")
+            .header("authorization", format!("Bearer {token}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{token:?}");
+    }
+    // The partner keys still work.
+    assert_eq!(
+        get(&app, "ew_live_full", "/v1/invoices").await.status(),
+        200
+    );
+}
+
+/// The token is read trimmed: a stray newline in the variable does not lock operators out.
+#[tokio::test]
+async fn the_admin_token_is_read_trimmed() {
+    let app = Example::start("seed_004", &[("ENDPOINTWISE_ADMIN_TOKEN", " s3cret\n")]);
+    let r = app
+        .post("/admin/keys")
+        .bearer_auth("s3cret")
+        .json(&serde_json::json!({ "name": "Ops", "scope": "read" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
 #[tokio::test]
 async fn keys_created_at_run_time_get_their_own_limit() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     let create = |body: serde_json::Value, token: &str| {
         app.post("/admin/keys")
             .bearer_auth(token)
@@ -242,7 +281,7 @@ async fn the_daily_cap_is_a_fixed_utc_day_per_key() {
 
 #[tokio::test]
 async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     // 1000/min as a token bucket: 1000 at once, then one every 60 ms. Sending takes a
     // while, so count what was admitted before the first refusal and allow the refill.
     // (`/v1/customers` has no endpoint limit of its own, and the full key no key limit.)
@@ -284,7 +323,7 @@ async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
 /// global limit, counted like any call; without a key, the 401 of authentication.
 #[tokio::test]
 async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     let first = get(&app, "ew_live_full", "/v1/no-such-endpoint").await;
     assert_eq!(first.status(), 404);
     let (limit, remaining, _) = x_ratelimit(&first, 60.0);
@@ -308,7 +347,7 @@ async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
 /// outside the partners' limits.
 #[tokio::test]
 async fn anonymous_traffic_cannot_lock_the_partners_out() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     let started = Instant::now();
     // Any method: the ones the route does not serve (405) are anonymous requests too.
     let methods = ["GET", "POST", "OPTIONS", "DELETE", "PURGE", "HEAD"];
@@ -351,7 +390,7 @@ async fn anonymous_traffic_cannot_lock_the_partners_out() {
 /// way around the limits. `HEAD` is a read.
 #[tokio::test]
 async fn a_read_scoped_keys_writes_are_counted_and_refused() {
-    let app = Example::start("seed_004", &[]);
+    let app = Example::start("seed_004", &[WITH_ADMIN]);
     // The page's "Limited Partner": 20/min for the key, across routes.
     let head = app
         .request(reqwest::Method::HEAD, "/v1/invoices")

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::Example;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "admin-demo-token";
+const ADMIN: &str = "admin-test-token";
+/// The environment that opens `/admin` with [`ADMIN`].
+const WITH_ADMIN: (&str, &str) = ("ENDPOINTWISE_ADMIN_TOKEN", ADMIN);
 
 /// The page's file, as shipped with the example.
 const ORIGINAL: &str = include_str!("../examples/seed_004/endpointwise.yaml");
@@ -96,7 +98,10 @@ async fn an_edited_burst_applies_within_2_s_and_a_broken_edit_keeps_the_last_goo
     let copy = Copy::new();
     let app = Example::start_logged(
         "seed_004",
-        &[("ENDPOINTWISE_CONFIG", copy.path().to_str().unwrap())],
+        &[
+            ("ENDPOINTWISE_CONFIG", copy.path().to_str().unwrap()),
+            WITH_ADMIN,
+        ],
     );
     // The page's reports: 5/min sustained (a token every 12 s), burst 2.
     let spent = new_key(&app).await;
@@ -195,7 +200,10 @@ async fn a_file_that_sets_headers_and_a_default_key_runs_with_them() {
     ));
     let app = Example::start(
         "seed_004",
-        &[("ENDPOINTWISE_CONFIG", copy.path().to_str().unwrap())],
+        &[
+            ("ENDPOINTWISE_CONFIG", copy.path().to_str().unwrap()),
+            WITH_ADMIN,
+        ],
     );
     let r = app
         .get("/v1/invoices")

@@ -46,7 +46,9 @@
 //! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
 //! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
 //! `GET /v1/status` is public; `/admin` needs `Authorization: Bearer
-//! $ENDPOINTWISE_ADMIN_TOKEN` (default `admin-demo-token`). The `401`s (unknown keys, a
+//! $ENDPOINTWISE_ADMIN_TOKEN` (no default: without the variable, or with it blank, every
+//! `/admin` request is a `401`, so a published token can never open a deployment's key
+//! store; surrounding whitespace is not part of the token). The `401`s (unknown keys, a
 //! wrong admin token) are limited per client IP ([`FAILED_AUTH_PER_IP`], by
 //! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`]), so
 //! guessing keys is throttled, and, like every response, they carry the rate-limit headers
@@ -61,11 +63,11 @@
 //! says so).
 //!
 //! ```text
-//! cargo run --example seed_004
+//! ENDPOINTWISE_ADMIN_TOKEN=s3cret cargo run --example seed_004
 //! # or on a copy you can edit while it runs:
 //! ENDPOINTWISE_CONFIG=/tmp/endpointwise.yaml cargo run --example seed_004
 //! curl -i -H 'x-api-key: ew_live_full' http://127.0.0.1:3004/v1/invoices
-//! curl -i -H 'Authorization: Bearer admin-demo-token' -H 'content-type: application/json' \
+//! curl -i -H 'Authorization: Bearer s3cret' -H 'content-type: application/json' \
 //!   -d '{"name": "Limited Partner", "scope": "read", "rate_limit": "20/min"}' http://127.0.0.1:3004/admin/keys
 //! ```
 
@@ -130,7 +132,8 @@ struct ApiKey {
 struct Gateway {
     limiter: Limiter,
     keys: Arc<RwLock<HashMap<String, ApiKey>>>,
-    admin_token: Arc<str>,
+    /// `None`: no token was configured, and `/admin` is closed.
+    admin_token: Option<Arc<str>>,
     created: Arc<AtomicU64>,
 }
 
@@ -270,7 +273,11 @@ async fn authenticate(
     let error = |status: StatusCode, code: &str| (status, Json(json!({ "error": code })));
     if path.starts_with("/admin/") {
         let token = tollgate_suite::bearer(request.headers());
-        if !token.is_some_and(|t| tollgate_suite::same_secret(t, &gateway.admin_token)) {
+        let valid = match (token, &gateway.admin_token) {
+            (Some(given), Some(expected)) => tollgate_suite::same_secret(given, expected),
+            _ => false,
+        };
+        if !valid {
             return error(StatusCode::UNAUTHORIZED, "invalid_admin_token").into_response();
         }
     } else if path.starts_with("/v1/") && path != "/v1/status" {
@@ -414,6 +421,20 @@ fn app(gateway: Gateway) -> Router {
         .merge(docs)
 }
 
+/// The admin token of `ENDPOINTWISE_ADMIN_TOKEN`, trimmed; `None` (and a warning: `/admin`
+/// stays closed) without one.
+fn admin_token() -> Option<Arc<str>> {
+    let token = std::env::var("ENDPOINTWISE_ADMIN_TOKEN").unwrap_or_default();
+    let token = token.trim();
+    if token.is_empty() {
+        tracing::warn!(
+            "ENDPOINTWISE_ADMIN_TOKEN is not set: every /admin request is refused (401)"
+        );
+        return None;
+    }
+    Some(token.into())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tollgate_suite::exit_code(run().await)
@@ -429,9 +450,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway {
         limiter,
         keys: Arc::default(),
-        admin_token: std::env::var("ENDPOINTWISE_ADMIN_TOKEN")
-            .unwrap_or_else(|_| "admin-demo-token".into())
-            .into(),
+        admin_token: admin_token(),
         created: Arc::default(),
     };
     // The start-up key table (stand-in for the page's key store).

@@ -70,6 +70,7 @@ impl Example {
             .env_remove("RATE_LIMIT_ENABLED")
             .env_remove("TRUSTED_PROXIES")
             .env_remove("ADMIN_TOKEN")
+            .env_remove("ENDPOINTWISE_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(if log {
                 Stdio::piped()

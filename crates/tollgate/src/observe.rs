@@ -55,7 +55,10 @@
 //! - `INFO` events for refusals and for what a shadow policy would refuse, at most one per
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `retry_after_ms`,
-//!   `method`, `path`; never the key).
+//!   `method`, `route`; never the key). `route` is the route template axum matched
+//!   (`/users/{email}/reset`), not the path requested, which can carry identifiers; a
+//!   plain tower stack, without one, logs the path there. Store failures name the request
+//!   the same way.
 //! - `WARN` for configuration warnings and store failures (at most one per 10 s, with
 //!   `unlogged_failures`); `ERROR` once for requests without a peer address.
 //!

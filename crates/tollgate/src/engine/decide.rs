@@ -57,6 +57,71 @@ impl Refused {
 /// The states of a plan's active buckets, as a store answered them.
 pub(crate) type States = SmallVec<[BucketState; INLINE]>;
 
+/// The request a decision is for, as its outcome and its logs name it.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) method: &'a Method,
+    /// The path requested (the outcome's, which bodies and refusal hooks see).
+    pub(crate) path: &'a str,
+    /// Where the route axum matched is found: logs name the route, not the path, which can
+    /// carry identifiers (an e-mail, a token) that do not belong in logs.
+    route: Route<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// In the request's extensions, looked up only if a log needs it.
+    In(&'a http::Extensions),
+    /// Found already (`None`: the request matched no axum route).
+    Known(Option<&'a str>),
+}
+
+impl<'a> Target<'a> {
+    /// The request of `parts`, whose path (before any `nest` stripped a prefix) is `path`.
+    pub(crate) fn of(parts: &'a Parts, path: &'a str) -> Self {
+        Self {
+            method: &parts.method,
+            path,
+            route: Route::In(&parts.extensions),
+        }
+    }
+
+    /// What logs name the request by: the route template axum matched
+    /// (`/users/{email}/reset`), or, without one (a plain tower stack), the path.
+    pub(crate) fn route(&self) -> &'a str {
+        let matched = match self.route {
+            Route::In(extensions) => super::matched_in(extensions),
+            Route::Known(route) => route,
+        };
+        matched.unwrap_or(self.path)
+    }
+}
+
+/// A [`Target`] that outlives its request (the store's future holds it).
+pub(crate) struct OwnedTarget {
+    method: Method,
+    path: String,
+    route: Option<String>,
+}
+
+impl OwnedTarget {
+    pub(crate) fn of(parts: &Parts, path: &str) -> Self {
+        Self {
+            method: parts.method.clone(),
+            path: path.to_string(),
+            route: super::matched_in(&parts.extensions).map(str::to_string),
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            method: &self.method,
+            path: &self.path,
+            route: Route::Known(self.route.as_deref()),
+        }
+    }
+}
+
 /// `0..n`, filled by `push` (which inlines; collecting a range into a `SmallVec` does not).
 fn every_index(n: usize) -> SmallVec<[usize; INLINE]> {
     let mut all = SmallVec::new();
@@ -82,8 +147,7 @@ impl Engine {
         self: &Arc<Self>,
         plan: &Plan<&Arc<Compiled>>,
         provisional: &Option<Arc<Provisional>>,
-        method: &Method,
-        path: &str,
+        target: Target<'_>,
     ) -> Option<Outcome> {
         let mut active = every_index(plan.buckets.len());
         let op = plan.op();
@@ -100,8 +164,7 @@ impl Engine {
                     active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 self.store.apply_sync(op, &buckets, &mut states)
             }?;
-            let conclude =
-                || self.conclude(plan, op, &active, answer, states, provisional, method, path);
+            let conclude = || self.conclude(plan, op, &active, answer, states, provisional, target);
             // The span is a `DEBUG` one: without `DEBUG` it would be a disabled span.
             let step = match started {
                 Some(t) => self.span(plan, t.elapsed()).in_scope(conclude),
@@ -119,8 +182,7 @@ impl Engine {
         self: Arc<Self>,
         plan: Plan<Arc<Compiled>>,
         provisional: Option<Arc<Provisional>>,
-        method: Method,
-        path: String,
+        target: OwnedTarget,
     ) -> Outcome {
         let mut active = every_index(plan.buckets.len());
         let op = plan.op();
@@ -144,8 +206,7 @@ impl Engine {
                     answer,
                     states,
                     &provisional,
-                    &method,
-                    &path,
+                    target.target(),
                 )
             });
             match step {
@@ -179,12 +240,11 @@ impl Engine {
         answer: Result<Timestamp, StoreError>,
         states: States,
         provisional: &Option<Arc<Provisional>>,
-        method: &Method,
-        path: &str,
+        target: Target<'_>,
     ) -> Step {
         let now = match answer {
             Ok(now) => now,
-            Err(e) => return Step::Done(self.store_failed(&e, plan.on_failure, method, path)),
+            Err(e) => return Step::Done(self.store_failed(&e, plan.on_failure, target)),
         };
         let allowed = states.iter().all(|s| s.allowed);
         if allowed {
@@ -220,7 +280,7 @@ impl Engine {
                     metrics.refused(shadow);
                 }
             }
-            self.log_refusal(plan, i, state, method, path);
+            self.log_refusal(plan, i, state, target);
         }
         if enforced {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +289,7 @@ impl Engine {
             let visible = Visible::of(plan, active, &states);
             return Step::Done(Outcome::Refuse(Refused {
                 engine: self.clone(),
-                info: self.info(plan, &visible, now, method, path),
+                info: self.info(plan, &visible, now, target),
                 settled: self.settled(plan, &visible, now, true),
             }));
         }
@@ -251,8 +311,7 @@ impl Engine {
         plan: &Plan<G>,
         i: usize,
         state: &BucketState,
-        method: &Method,
-        path: &str,
+        target: Target<'_>,
     ) {
         if !tracing::enabled!(target: "tollgate", tracing::Level::INFO) {
             return;
@@ -272,8 +331,8 @@ impl Engine {
             key_kind = %plan.kind(i),
             shadow,
             retry_after_ms = state.retry_after.map(|d| d.as_millis() as u64),
-            method = %method,
-            path = %path,
+            method = %target.method,
+            route = %target.route(),
             unlogged_refusals = unlogged,
             "{}",
             if shadow { "rate limit would refuse (shadow)" } else { "rate limit exceeded" }
@@ -288,8 +347,7 @@ impl Engine {
         plan: &Plan<G>,
         visible: &Visible<'_>,
         now: Timestamp,
-        method: &Method,
-        path: &str,
+        target: Target<'_>,
     ) -> RateLimitOutcome {
         let buckets = visible
             .index
@@ -310,8 +368,8 @@ impl Engine {
             buckets,
             most_restrictive: visible.most.unwrap_or(0),
             now,
-            method: method.clone(),
-            path: path.to_string(),
+            method: target.method.clone(),
+            path: target.path.to_string(),
             allowed: visible.allowed,
         }
     }
@@ -330,16 +388,15 @@ impl Engine {
         &self,
         error: &StoreError,
         on_failure: FailureMode,
-        method: &Method,
-        path: &str,
+        target: Target<'_>,
     ) -> Outcome {
         if let Some(unlogged) = self.count_store_failure() {
             tracing::warn!(
                 target: "tollgate",
                 error = %error,
                 fail = ?on_failure,
-                method = %method,
-                path = %path,
+                method = %target.method,
+                route = %target.route(),
                 unlogged_failures = unlogged,
                 "rate-limit store failed (logged at most every 10 s)"
             );

@@ -35,6 +35,7 @@ pub(crate) use compile::{
     compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
 };
 pub(crate) use decide::Outcome;
+use decide::{OwnedTarget, Target};
 pub(crate) use settle::{in_background, After, Settled};
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
@@ -329,11 +330,16 @@ pub(crate) fn request_path(parts: &Parts) -> &str {
 
 /// The route template axum matched, if any.
 fn matched_path(parts: &Parts) -> Option<&str> {
+    matched_in(&parts.extensions)
+}
+
+/// [`matched_path`] of a request's extensions.
+fn matched_in(extensions: &http::Extensions) -> Option<&str> {
     #[cfg(feature = "axum")]
-    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
         return Some(matched.as_str());
     }
-    let _ = parts;
+    let _ = extensions;
     None
 }
 
@@ -413,7 +419,7 @@ impl Engine {
         }
         let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
         // The plan stays here (it is large): the store answers for it by reference.
-        if let Some(outcome) = self.decide_now(&plan, &provisional, &parts.method, path) {
+        if let Some(outcome) = self.decide_now(&plan, &provisional, Target::of(parts, path)) {
             if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
                 set_mark(
                     &mut parts.extensions,
@@ -433,12 +439,11 @@ impl Engine {
                 Keep::Replace,
             );
         }
-        let (method, path) = (parts.method.clone(), request_path(parts).to_string());
+        let target = OwnedTarget::of(parts, request_path(parts));
         Start::Later(Box::pin(self.clone().decide_later(
             plan,
             provisional,
-            method,
-            path,
+            target,
         )))
     }
 
@@ -485,7 +490,7 @@ impl Engine {
                     target: "tollgate",
                     policy = %policy.name,
                     method = %parts.method,
-                    path = %request_path(parts),
+                    route = %matched_path(parts).unwrap_or(request_path(parts)),
                     "a per-route policy's pattern does not match its route's requests as the \
                      central layer sees them (check the full path, including any `nest` \
                      prefix); its requests may be charged to the central class too"
@@ -522,7 +527,7 @@ impl Engine {
                         target: "tollgate",
                         policy = %policy.name,
                         method = %parts.method,
-                        path = %request_path(parts),
+                        route = %matched_path(parts).unwrap_or(request_path(parts)),
                         "a route with its own policy was first charged to the central class \
                          (and may be refused by it before its policy sees it); attach the \
                          policy with `limiter.policy_at(pattern, policy)` so the central table \
@@ -551,19 +556,19 @@ impl Engine {
         let path = request_path(parts);
         let plan = match (plan, refund_later.is_some()) {
             (None, false) => return Start::Pass,
-            (Some(plan), false) => match self.decide_now(&plan, &None, &parts.method, path) {
+            (Some(plan), false) => match self.decide_now(&plan, &None, Target::of(parts, path)) {
                 Some(outcome) => return Start::Now(outcome),
                 None => Some(plan.owned()),
             },
             (plan, true) => plan.map(|p| p.owned()),
         };
-        let (engine, method, path) = (self.clone(), parts.method.clone(), path.to_string());
+        let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));
         Start::Later(Box::pin(async move {
             if let Some(buckets) = refund_later {
                 engine.give_back(buckets).await;
             }
             match plan {
-                Some(plan) => engine.decide_later(plan, None, method, path).await,
+                Some(plan) => engine.decide_later(plan, None, target).await,
                 None => Outcome::Proceed(None),
             }
         }))
