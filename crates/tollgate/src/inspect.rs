@@ -128,7 +128,14 @@ impl Limiter {
         let (stored, limit) = self.resolve(bucket, key)?;
         // A reset forgets the key whatever its limit; any limit names it.
         let limit = limit.unwrap_or_else(|| Limit::sliding(Quota::per_second(1)));
-        self.apply_one(Op::Reset, bucket, &stored, limit).await
+        let decision = self.apply_one(Op::Reset, bucket, &stored, limit).await?;
+        tracing::info!(
+            target: "tollgate",
+            bucket = %bucket,
+            key = %stored,
+            "rate-limit bucket reset"
+        );
+        Ok(decision)
     }
 
     /// Where the store decides now (memory, shared, or memory while the shared store fails).

@@ -654,6 +654,14 @@ impl Limiter {
             next.set(key.kind(), &stored, limit);
             next
         });
+        // The audit trail of what operators change (the key as stored: hashed if secret).
+        tracing::info!(
+            target: "tollgate",
+            kind = %key.kind(),
+            key = %stored,
+            limit = %limit,
+            "rate-limit override set"
+        );
         Ok(())
     }
 
@@ -666,6 +674,14 @@ impl Limiter {
             removed = next.remove(key.kind(), &stored);
             next
         });
+        if removed {
+            tracing::info!(
+                target: "tollgate",
+                kind = %key.kind(),
+                key = %stored,
+                "rate-limit override removed"
+            );
+        }
         removed
     }
 

@@ -59,10 +59,16 @@
 //!   (`/users/{email}/reset`), not the path requested, which can carry identifiers; a
 //!   plain tower stack, without one, logs the path there. Store failures name the request
 //!   the same way.
+//! - `INFO` events for what operators change at runtime, the key as it is stored (hashed if
+//!   its kind is secret, an IPv6 address as its network): `rate-limit override set` (fields
+//!   `kind`, `key`, `limit`), `rate-limit override removed` (`kind`, `key`) and
+//!   `rate-limit bucket reset` (`bucket`, `key`), whether through [`Limiter::set_override`]
+//!   and its kin or the admin router (feature `admin`).
 //! - `WARN` for configuration warnings and store failures (at most one per 10 s, with
 //!   `unlogged_failures`); `ERROR` once for requests without a peer address.
 //!
 //! [`LimiterBuilder::store_name`]: crate::LimiterBuilder::store_name
+//! [`Limiter::set_override`]: crate::Limiter::set_override
 
 use std::sync::Arc;
 use std::time::Duration;

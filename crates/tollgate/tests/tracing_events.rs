@@ -194,3 +194,74 @@ fn a_refusal_names_the_route_not_the_path() {
     );
     assert!(!all.contains("alice@example.com"), "{all}");
 }
+
+/// What operators change at runtime is logged, with the key as stored: a secret kind's key
+/// hashed, never as given.
+#[test]
+fn overrides_and_resets_are_logged_with_the_stored_key() {
+    let capture = EventLog::default();
+    let events = capture.clone();
+    tracing::subscriber::with_default(capture, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let limiter = Limiter::builder()
+                .route(
+                    "/*",
+                    Policy::named("keys")
+                        .per_api_key("x-api-key", "10/min")
+                        .per_ip("100/min"),
+                )
+                .read_env(false)
+                .build()
+                .unwrap();
+            limiter
+                .set_override_for_kind("api_key", "sk_live_secret", "50/min")
+                .unwrap();
+            limiter
+                .set_override_for_kind("ip", "2001:db8::1", "5/min")
+                .unwrap();
+            assert!(limiter
+                .remove_override_for_kind("api_key", "sk_live_secret")
+                .unwrap());
+            // Nothing to remove: nothing changed, nothing logged.
+            assert!(!limiter
+                .remove_override_for_kind("api_key", "sk_live_secret")
+                .unwrap());
+            limiter.reset_bucket("keys:ip", "192.0.2.7").await.unwrap();
+        });
+    });
+    let all = events.events().join("\n");
+    assert!(!all.contains("sk_live_secret"), "{all}");
+    let with = |message: &str| -> Vec<String> {
+        events
+            .events()
+            .into_iter()
+            .filter(|e| e.starts_with("INFO") && e.contains(message))
+            .collect()
+    };
+    let set = with("rate-limit override set");
+    assert_eq!(set.len(), 2, "{all}");
+    assert!(
+        set[0].contains("kind=api_key") && set[0].contains("key=#"),
+        "{}",
+        set[0]
+    );
+    assert!(set[0].contains("limit=50/min"), "{}", set[0]);
+    assert!(
+        set[1].contains("kind=ip") && set[1].contains("key=2001:db8::/64"),
+        "{}",
+        set[1]
+    );
+    let removed = with("rate-limit override removed");
+    assert_eq!(removed.len(), 1, "{all}");
+    assert!(removed[0].contains("kind=api_key") && removed[0].contains("key=#"));
+    let reset = with("rate-limit bucket reset");
+    assert_eq!(reset.len(), 1, "{all}");
+    assert!(
+        reset[0].contains("bucket=keys:ip") && reset[0].contains("key=192.0.2.7"),
+        "{}",
+        reset[0]
+    );
+}
