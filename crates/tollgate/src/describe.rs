@@ -16,8 +16,13 @@ pub enum RuleSource {
     /// [`LimiterBuilder::global_policy`](crate::LimiterBuilder::global_policy)).
     Global,
     /// A per-route policy made with [`Limiter::policy`](crate::Limiter::policy): it applies
-    /// to the routes that carry its layer, which the limiter does not know by path.
+    /// to the routes that carry its layer, which the limiter does not know by path (with
+    /// [`Limiter::policy_at`](crate::Limiter::policy_at), the pattern it was declared for
+    /// is its [`RouteLimits::pattern`]).
     PerRoute,
+    /// A guard ([`Limiter::guard`](crate::Limiter::guard)): it applies to the requests
+    /// through its layer (typically outside authentication), on top of everything else.
+    Guard,
     /// A bucket for direct use from handlers
     /// ([`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket)); its policy name is the
     /// bucket's name.
@@ -70,10 +75,11 @@ pub struct RouteLimits {
     /// Where the rule comes from.
     pub source: RuleSource,
     /// The pattern as written (`"POST /api/templates/{id}/generate"`), for
-    /// [`RuleSource::Route`] only.
+    /// [`RuleSource::Route`] and for a [`RuleSource::PerRoute`] policy declared with
+    /// [`Limiter::policy_at`](crate::Limiter::policy_at).
     pub pattern: Option<String>,
     /// The path part of the pattern (`"/api/templates/{id}/generate"`; `"/*"` for the
-    /// default rule), for [`RuleSource::Route`] only.
+    /// default rule), where there is a pattern.
     pub path: Option<String>,
     /// The methods the rule is limited to; empty for any method.
     pub methods: Vec<Method>,
@@ -161,13 +167,14 @@ impl RouteLimits {
 }
 
 impl RuleSource {
-    /// `route`, `global`, `per_route` or `bucket`: the `source` of the JSON form.
+    /// `route`, `global`, `per_route`, `guard` or `bucket`: the `source` of the JSON form.
     pub const fn as_str(self) -> &'static str {
         match self {
             RuleSource::Route => "route",
             RuleSource::Global => "global",
             RuleSource::PerRoute => "per_route",
             RuleSource::Bucket => "bucket",
+            RuleSource::Guard => "guard",
         }
     }
 }

@@ -205,7 +205,7 @@ impl Limiter {
             .lenient(|_| true)
             .build()?;
         let (index, name) = self.add_route_policy(policy)?;
-        let delegation = Arc::new(Delegation::new(table, parsed));
+        let delegation = Arc::new(Delegation::new(table, parsed, index));
         self.engine.routes.rcu(|routes| {
             let mut routes = Routes::clone(routes);
             routes.delegated.push(delegation.clone());
@@ -714,8 +714,9 @@ impl Limiter {
     /// Every rule of the configuration, for documentation generated from it (see
     /// [`RouteLimits`](crate::RouteLimits)): the central table's rules in the order they were
     /// added, then the global policies, the per-route policies made so far with
-    /// [`Limiter::policy`] (one per name), and the buckets for direct use (by name). After
-    /// a [`Limiter::reload`], the new rules.
+    /// [`Limiter::policy`] (one per name; with the pattern of [`Limiter::policy_at`]), the
+    /// guards' policies ([`Limiter::guard`]), and the buckets for direct use (by name).
+    /// After a [`Limiter::reload`], the new rules.
     pub fn describe(&self) -> Vec<RouteLimits> {
         let inner = self.engine.table.load();
         let table = inner.classes.iter().map(|(pattern, policy)| {
@@ -725,12 +726,31 @@ impl Limiter {
             .globals
             .iter()
             .map(|p| RouteLimits::from_compiled(RuleSource::Global, None, p));
+        // A per-route policy declared for a pattern (`policy_at`) shows it.
+        let routes = self.engine.routes.load();
+        let pattern_of = |index: usize| {
+            routes
+                .delegated
+                .iter()
+                .find(|d| d.index == index)
+                .map(|d| &d.pattern)
+        };
         let mut seen = std::collections::HashSet::new();
         let per_route = inner
             .per_route
             .iter()
-            .filter(|p| seen.insert(p.name.clone()))
-            .map(|p| RouteLimits::from_compiled(RuleSource::PerRoute, None, p));
+            .enumerate()
+            .filter(|(_, p)| seen.insert(p.name.clone()))
+            .map(|(i, p)| RouteLimits::from_compiled(RuleSource::PerRoute, pattern_of(i), p));
+        let guards = engine::lock(&self.engine.code).guards.clone();
+        let guards = guards.iter().flat_map(|guard| {
+            let table = guard.table.load();
+            table
+                .globals
+                .iter()
+                .map(|p| RouteLimits::from_compiled(RuleSource::Guard, None, p))
+                .collect::<Vec<_>>()
+        });
         let mut buckets: Vec<(&String, &Limit)> = inner
             .direct
             .iter()
@@ -743,6 +763,7 @@ impl Limiter {
         table
             .chain(globals)
             .chain(per_route)
+            .chain(guards)
             .chain(buckets)
             .collect()
     }

@@ -620,6 +620,7 @@ impl Publisher {
                     }
                 }
                 RuleSource::Bucket => "applied by handlers".into(),
+                RuleSource::Guard => "every request through its layer (guard)".into(),
             };
             let limits: Vec<String> = if rule.exempt {
                 vec!["not limited by the middleware".into()]

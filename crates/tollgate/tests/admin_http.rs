@@ -55,6 +55,54 @@ async fn json_of(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     (status, response.json().await.unwrap())
 }
 
+/// A per-route policy declared for a pattern shows it, and a guard's own limit is listed
+/// (an operator sees every limit a request can meet).
+#[tokio::test]
+async fn per_route_patterns_and_guards_are_listed() {
+    let (_clock, store) = clock_and_store();
+    let limiter = limiter(store);
+    let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_user("10/min"));
+    let plain = limiter.policy(Policy::named("export").per_ip("2/min"));
+    let guard = limiter.guard(Policy::failed_auth_per_ip("10/min"));
+    let api = Router::new()
+        .route("/api/chat", axum::routing::post(ok).layer(chat))
+        .route("/api/export", get(ok).layer(plain))
+        .route("/api/{*rest}", get(ok))
+        .layer(limiter.layer())
+        .layer(guard);
+    let server = serve(api.nest("/admin", tollgate::admin::router(&limiter))).await;
+    let (status, body) = json_of(server.get("/admin/limits")).await;
+    assert_eq!(status, 200);
+    let rules = body["rules"].as_array().unwrap();
+    let of = |policy: &str| {
+        rules
+            .iter()
+            .find(|r| r["policy"] == policy)
+            .unwrap_or_else(|| panic!("{policy} not listed: {body:#}"))
+    };
+    let chat = of("chat");
+    assert_eq!(chat["source"], "per_route");
+    assert_eq!(chat["pattern"], "POST /api/chat");
+    assert_eq!(chat["path"], "/api/chat");
+    assert_eq!(chat["methods"], json!(["POST"]));
+    let export = of("export");
+    assert_eq!(export["source"], "per_route");
+    assert_eq!(export["pattern"], Value::Null);
+    let guard = rules
+        .iter()
+        .find(|r| r["source"] == "guard")
+        .unwrap_or_else(|| panic!("no guard listed: {body:#}"));
+    assert_eq!(guard["limits"][0]["quota"], "10/min");
+    assert_eq!(guard["limits"][0]["key"], "ip");
+    // Still every rule of the limiter, in its order.
+    let policies: Vec<String> = limiter.describe().into_iter().map(|r| r.policy).collect();
+    let served: Vec<&str> = rules
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(served, policies);
+}
+
 #[tokio::test]
 async fn the_enforced_table_as_json() {
     let (_clock, store) = clock_and_store();

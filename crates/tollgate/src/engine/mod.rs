@@ -143,7 +143,9 @@ pub(crate) struct Delegation {
     /// The pattern, as a table of its own spelling (a request's method and path match it).
     pub(crate) table: RouteTable<()>,
     /// The pattern, to compare with the route a request matched.
-    pattern: RoutePattern,
+    pub(crate) pattern: RoutePattern,
+    /// The index of its policy in [`Table::per_route`].
+    pub(crate) index: usize,
     /// Whether its layer was put on a service ([`Layer::layer`](tower_layer::Layer::layer)):
     /// a layer never attached leaves nothing to it.
     attached: AtomicBool,
@@ -154,10 +156,11 @@ pub(crate) struct Delegation {
 }
 
 impl Delegation {
-    pub(crate) fn new(table: RouteTable<()>, pattern: RoutePattern) -> Self {
+    pub(crate) fn new(table: RouteTable<()>, pattern: RoutePattern, index: usize) -> Self {
         Self {
             table,
             pattern,
+            index,
             attached: AtomicBool::new(false),
             mismatched: AtomicBool::new(false),
         }
