@@ -93,3 +93,62 @@ fn a_flood_of_limited_addresses_leaves_room_for_new_clients() {
     let last = format!("10.7.{}.{}", (FLOOD - 1) / 250, (FLOOD - 1) % 250);
     assert_eq!(forgot(&mut connection, &last), 429);
 }
+
+/// IPv6 clients are keyed by /64, and one /48 holds 65,536 of those: the AUTH budget of a
+/// whole network (`auth-network`, 1,000 per 15 minutes per /48) keeps one holder of a /48
+/// from multiplying the per-address budget. Past it, every address of the network is
+/// refused with that budget's 429, and its own AUTH charge is given back; another network
+/// is not affected.
+#[test]
+fn one_network_cannot_multiply_the_per_address_auth_budget() {
+    const NETWORK_BUDGET: usize = 1_000;
+    let ex = Example::start_logged(
+        "demo",
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("ADMIN_TOKEN", "s3cret"),
+        ],
+    );
+    let mut connection = RawConnection::connect(&ex.base);
+    // 60 /64s of one /48, 20 requests each: 1,200, each /64 within its own 20.
+    let mut admitted = 0;
+    let mut refused = Vec::new();
+    for subnet in 0..60 {
+        let ip = format!("2001:db8:aaaa:{subnet:x}::1");
+        for _ in 0..AUTH_PER_IP {
+            let r = connection.send_body(
+                "POST",
+                FORGOT,
+                &[
+                    ("x-forwarded-for", ip.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                r#"{"email":"someone@example.com"}"#,
+            );
+            match r.status {
+                202 => admitted += 1,
+                429 => refused.push(r),
+                other => panic!("{ip}: {other} {}", r.body),
+            }
+        }
+    }
+    assert_eq!(admitted, NETWORK_BUDGET);
+    assert_eq!(refused.len(), 60 * AUTH_PER_IP - NETWORK_BUDGET);
+    let first = &refused[0];
+    assert_eq!(first.header("x-ratelimit-limit"), "1000");
+    assert_eq!(first.header("x-ratelimit-remaining"), "0");
+    assert!(!first.header("retry-after").is_empty());
+    // A refused request spent nothing of its address's own budget: the last /64, every
+    // request of which the network's budget refused, has all 20 left.
+    let r = connection.send(
+        "GET",
+        "/admin/rate-limits/buckets/auth/2001:db8:aaaa:3b::1",
+        &[("authorization", "Bearer s3cret")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(r#""remaining":20"#), "{}", r.body);
+    // Another /48, and an IPv4 client, are their own networks.
+    for ip in ["2001:db8:bbbb::1", "198.51.100.77"] {
+        assert_eq!(forgot(&mut connection, ip), 202, "{ip}");
+    }
+}

@@ -446,8 +446,12 @@ async fn openapi_and_html_are_generated_from_the_configuration() {
         limits("/api/auth/sign-in", "post"),
         json!({"throttled": true, "limits": [
             limit("auth", "auth", "ip", "20/15min", 20, 900, sliding, "handler"),
+            limit("auth-network", "auth-network", "network", "1000/15min", 1000, 900, sliding,
+                  "handler"),
             limit("sign-in-failures", "sign-in-failures", "email", "5/30min", 5, 1800,
                   "sliding window (exact)", "handler"),
+            limit("sign-in-failures-network", "sign-in-failures-network", "network", "5/30min",
+                  5, 1800, "sliding window (exact)", "handler"),
         ]})
     );
     assert_eq!(

@@ -3,6 +3,7 @@
 //! direct-use buckets (`check` and `reset`).
 
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv6Addr};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
@@ -16,7 +17,10 @@ use serde_json::json;
 use tollgate::ClientIp;
 use tollgate::{Decision, Limiter, Refusal};
 
-use crate::limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
+use crate::limits::{
+    AUTH, AUTH_NETWORK, MAGIC_LINK, NETWORK_BITS, PORTAL_MESSAGES, PORTAL_UPLOADS,
+    SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP,
+};
 use crate::session::{portal_user, staff_user, DEMO_PASSWORD};
 
 /// What every handler can reach.
@@ -42,6 +46,62 @@ impl FromRequestParts<AppState> for ClientKey {
                 .resolve(peer, &parts.headers)
                 .map_or_else(|| "unknown-peer".into(), |ip| state.client_ip.key(ip)),
         ))
+    }
+}
+
+/// The client's network as the auth buckets key it ([`NETWORK_BITS`] of an IPv6 address,
+/// `2001:db8:aaaa::/48`; an IPv4 address on its own), behind trusted proxies the forwarded
+/// client's.
+pub struct ClientNetwork(pub String);
+
+impl FromRequestParts<AppState> for ClientNetwork {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        let peer = tollgate::peer_addr(&parts.extensions);
+        Ok(ClientNetwork(
+            state
+                .client_ip
+                .resolve(peer, &parts.headers)
+                .map_or_else(|| "unknown-peer".into(), network_of),
+        ))
+    }
+}
+
+/// The network of `ip` ([`ClientNetwork`]).
+pub fn network_of(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX << (128 - u32::from(NETWORK_BITS));
+            format!("{}/{NETWORK_BITS}", Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+/// Charges the AUTH buckets: the client's address (the page's limit), then its network
+/// (this example's backstop). A request the network's budget refuses gives the address's
+/// charge back (a refused request spends nothing) and is answered with that budget's 429.
+/// The headers of the address's bucket.
+async fn charge_auth(
+    state: &AppState,
+    client: (&str, &str),
+    uri: &Uri,
+) -> Result<HeaderMap, Response> {
+    let (ip, network) = client;
+    let shown = charge(state, AUTH, ip, uri).await?;
+    match state.limiter.check(AUTH_NETWORK, network).await {
+        Ok(decision) if !decision.allowed => {
+            if let Err(error) = state.limiter.refund(AUTH, ip).await {
+                tracing::warn!(%error, "could not give the AUTH charge back");
+            }
+            Err(refusal(state, AUTH_NETWORK, &decision, uri))
+        }
+        Ok(_) => Ok(shown),
+        Err(error) => {
+            tracing::warn!(%error, bucket = AUTH_NETWORK, "rate-limit check failed; admitting");
+            Ok(shown)
+        }
     }
 }
 
@@ -121,19 +181,20 @@ async fn body_after_charge(request: Request, state: &AppState) -> Result<Bytes, 
         .map_err(IntoResponse::into_response)
 }
 
-/// `POST /api/auth/sign-in`: the shared AUTH bucket per IP (charged before the body is
-/// read), then the lockout per e-mail (5 failures in 30 minutes lock it; a successful
+/// `POST /api/auth/sign-in`: the shared AUTH bucket per IP and per network (charged before
+/// the body is read), then the lockout per e-mail (5 failures in 30 minutes lock it; a successful
 /// sign-in clears the count).
 pub async fn staff_sign_in(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
+    ClientNetwork(network): ClientNetwork,
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    let shown = charge(&state, AUTH, &ip, &uri).await?;
+    let shown = charge_auth(&state, (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
-        staff_sign_in_charged(&state, &uri, request).await,
+        staff_sign_in_charged(&state, &network, &uri, request).await,
     ))
 }
 
@@ -150,6 +211,7 @@ fn no_room(decision: &Decision) -> bool {
 /// [`staff_sign_in`] once the AUTH bucket admitted it.
 async fn staff_sign_in_charged(
     state: &AppState,
+    network: &str,
     uri: &Uri,
     request: Request,
 ) -> Result<Response, Response> {
@@ -162,32 +224,38 @@ async fn staff_sign_in_charged(
     let failures = &state.limiter;
     // The attempt is counted before the password is checked: a charge is atomic, so
     // concurrent guesses cannot all pass a lockout that only a later penalty would close.
-    let counted = match failures.check(SIGN_IN_FAILURES, &email).await {
-        // An e-mail the lockout's share had no room for is not locked: refusing it would
-        // turn a flood of junk e-mails into a denial of every account not yet seen. Its
-        // attempt goes uncounted (the per-IP AUTH limit still holds guessing back), and the
-        // store warns that its share is full.
-        Ok(locked) if !locked.allowed && !no_room(&locked) => {
-            return Err(refusal(state, SIGN_IN_FAILURES, &locked, uri))
-        }
-        Ok(decision) => Some(decision).filter(|d| d.allowed),
+    let mut bucket = SIGN_IN_FAILURES;
+    let mut lockout = failures.check(bucket, &email).await;
+    if lockout.as_ref().is_ok_and(|d| !d.allowed && no_room(d)) {
+        // An e-mail the lockout's share had no room for (a flood filled it with locked
+        // e-mails) is not locked: refusing it would turn the flood into a denial of every
+        // account not yet seen. Nor does it go uncounted, or the flood would switch the
+        // lockout off for those accounts: its client's network is counted instead, with the
+        // lockout's quota (and the store warns that the share is full).
+        bucket = SIGN_IN_FAILURES_NETWORK;
+        lockout = failures.check(bucket, network).await;
+    }
+    let counted = match lockout {
+        Ok(locked) if !locked.allowed => return Err(refusal(state, bucket, &locked, uri)),
+        Ok(decision) => Some(decision),
         Err(error) => {
             tracing::warn!(%error, "lockout check failed; admitting");
             None
         }
     };
     if credentials.password != DEMO_PASSWORD {
-        // A failure shows how many more the e-mail has before it is locked.
+        // A failure shows how many more the e-mail (or the network) has before it is locked.
         let mut failed = error(StatusCode::UNAUTHORIZED, "wrong e-mail or password");
         if let Some(decision) = &counted {
             tollgate::merge_rate_limit_headers(
                 failed.headers_mut(),
-                &failures.rate_limit_headers(SIGN_IN_FAILURES, decision),
+                &failures.rate_limit_headers(bucket, decision),
             );
         }
         return Err(failed);
     }
-    // Only failures count: a successful sign-in clears them.
+    // Only failures count: a successful sign-in clears the e-mail's (not its network's,
+    // which other clients share).
     if let Err(error) = failures.reset(SIGN_IN_FAILURES, &email).await {
         tracing::warn!(%error, "could not clear the failed sign-ins");
     }
@@ -201,15 +269,16 @@ async fn staff_sign_in_charged(
         .into_response())
 }
 
-/// `POST /api/portal/auth/sign-in`: the shared AUTH bucket per IP (charged before the body
-/// is read).
+/// `POST /api/portal/auth/sign-in`: the shared AUTH bucket per IP and per network (charged
+/// before the body is read).
 pub async fn portal_sign_in(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
+    ClientNetwork(network): ClientNetwork,
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    let shown = charge(&state, AUTH, &ip, &uri).await?;
+    let shown = charge_auth(&state, (&ip, &network), &uri).await?;
     let answer = async {
         let body = body_after_charge(request, &state).await?;
         let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
@@ -222,13 +291,15 @@ pub async fn portal_sign_in(
     Ok(showing(shown, answer.await))
 }
 
-/// Forgot password and reset password, staff and portal: the shared AUTH bucket per IP.
+/// Forgot password and reset password, staff and portal: the shared AUTH bucket per IP and
+/// per network.
 pub async fn password_help(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
+    ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let shown = charge(&state, AUTH, &ip, &uri).await?;
+    let shown = charge_auth(&state, (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),

@@ -16,6 +16,18 @@ pub const SIGN_UP: &str = "sign-up";
 pub const MAGIC_LINK: &str = "portal-magic-link";
 /// Failed staff sign-ins per identifier (e-mail): the lockout.
 pub const SIGN_IN_FAILURES: &str = "sign-in-failures";
+/// `AUTH` for a whole client network (an IPv6 /48, an IPv4 address on its own): this
+/// example's own backstop beside the page's per-IP bucket. IPv6 clients are keyed by /64,
+/// and whoever holds a /48 (a tunnel broker gives one away) holds 65,536 of those: without
+/// it, one /48 could guess passwords, or flood the lockout with invented e-mails, 65,536
+/// times as fast as the page allows one client. Shown on the responses it refuses.
+pub const AUTH_NETWORK: &str = "auth-network";
+/// Failed sign-ins, per client network, over e-mails the lockout had no room to count (a
+/// flood filled its share with locked e-mails): while the lockout cannot count an e-mail,
+/// its client's network is counted instead, with the lockout's quota.
+pub const SIGN_IN_FAILURES_NETWORK: &str = "sign-in-failures-network";
+/// The leading bits of an IPv6 client address that make its network.
+pub const NETWORK_BITS: u8 = 48;
 /// Portal document uploads, per portal user.
 pub const PORTAL_UPLOADS: &str = "portal-uploads";
 /// Portal messages, per portal user.
@@ -41,6 +53,8 @@ pub enum Per {
     Email,
     /// The portal user (`X-Portal-User`).
     PortalUser,
+    /// The client's network ([`NETWORK_BITS`]).
+    Network,
 }
 
 impl Per {
@@ -50,6 +64,7 @@ impl Per {
             Per::Ip => "ip",
             Per::Email => "email",
             Per::PortalUser => "portal_user",
+            Per::Network => "network",
         }
     }
 
@@ -59,10 +74,11 @@ impl Per {
     /// would let a flood of them turn every new client away from sign-in). E-mails: refuse
     /// the new one (anyone can invent e-mails, and a flood of them must never free a locked
     /// one; the sign-in handler lets an e-mail the store has no room for through
-    /// uncounted). Portal users are signed in: refused too.
+    /// uncounted by e-mail, and counts its client's network instead). Portal users are
+    /// signed in: refused too. Networks are addresses too.
     pub fn when_full(self) -> WhenFull {
         match self {
-            Per::Ip => WhenFull::EvictLimited,
+            Per::Ip | Per::Network => WhenFull::EvictLimited,
             Per::Email | Per::PortalUser => WhenFull::RefuseNewKeys,
         }
     }
@@ -77,13 +93,19 @@ fn named(name: &str) -> Policy {
 
 /// The buckets handlers charge themselves (`limiter.check` / `reset`), with
 /// their quotas and keys.
-pub fn handler_buckets() -> [(&'static str, Rate, Per); 6] {
+pub fn handler_buckets() -> [(&'static str, Rate, Per); 8] {
     [
         (AUTH, rolling("20/15min"), Per::Ip),
+        (AUTH_NETWORK, rolling("1000/15min"), Per::Network),
         (SIGN_UP, rolling("20/h"), Per::Ip),
         (MAGIC_LINK, rolling("30/15min"), Per::Ip),
         // Exact: the sixth attempt within 30 minutes of the first failure is refused.
         (SIGN_IN_FAILURES, Rate::exact("5/30min"), Per::Email),
+        (
+            SIGN_IN_FAILURES_NETWORK,
+            Rate::exact("5/30min"),
+            Per::Network,
+        ),
         (PORTAL_UPLOADS, rolling("40/15min"), Per::PortalUser),
         (PORTAL_MESSAGES, rolling("120/15min"), Per::PortalUser),
     ]

@@ -44,7 +44,10 @@ use tollgate::ClientIp;
 
 use docs::Api;
 use handlers::*;
-use limits::{AUTH, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_UP};
+use limits::{
+    AUTH, AUTH_NETWORK, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES,
+    SIGN_IN_FAILURES_NETWORK, SIGN_UP,
+};
 
 /// `MEMORY_MAX_ENTRIES`: how many keys per bucket the in-memory store holds, if set.
 fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Error>> {
@@ -165,21 +168,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             post.clone(),
             "/api/auth/sign-in",
             "Staff sign-in",
-            &[AUTH, SIGN_IN_FAILURES],
+            &[
+                AUTH,
+                AUTH_NETWORK,
+                SIGN_IN_FAILURES,
+                SIGN_IN_FAILURES_NETWORK,
+            ],
             staff_sign_in,
         )
         .charging(
             post.clone(),
             "/api/auth/forgot-password",
             "Forgot password",
-            &[AUTH],
+            &[AUTH, AUTH_NETWORK],
             password_help,
         )
         .charging(
             post.clone(),
             "/api/auth/reset-password",
             "Reset password",
-            &[AUTH],
+            &[AUTH, AUTH_NETWORK],
             password_help,
         )
         .charging(
@@ -193,21 +201,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             post.clone(),
             "/api/portal/auth/sign-in",
             "Portal sign-in",
-            &[AUTH],
+            &[AUTH, AUTH_NETWORK],
             portal_sign_in,
         )
         .charging(
             post.clone(),
             "/api/portal/auth/forgot-password",
             "Portal forgot password",
-            &[AUTH],
+            &[AUTH, AUTH_NETWORK],
             password_help,
         )
         .charging(
             post.clone(),
             "/api/portal/auth/reset-password",
             "Portal reset password",
-            &[AUTH],
+            &[AUTH, AUTH_NETWORK],
             password_help,
         )
         .charging(
