@@ -279,6 +279,24 @@ async fn the_daily_cap_is_a_fixed_utc_day_per_key() {
     );
 }
 
+/// The public status checks no key, so it charges none: a partner's key sent there (or an
+/// invented one) spends no daily cap, and invented keys cannot fill the cap's share of the
+/// store and push real partners' counts out.
+#[tokio::test]
+async fn the_public_status_charges_no_key() {
+    let app = Example::start("seed_004", &[("ENDPOINTWISE_DAILY_CAP", "25/day")]);
+    for i in 0..30 {
+        let r = get(&app, "ew_live_full", "/v1/status").await;
+        assert_eq!(r.status(), 200, "status #{i}");
+        let r = get(&app, &format!("invented-{i}"), "/v1/status").await;
+        assert_eq!(r.status(), 200, "status with an invented key #{i}");
+    }
+    let r = get(&app, "ew_live_full", "/v1/customers").await;
+    assert_eq!(r.status(), 200);
+    let (limit, remaining, _) = x_ratelimit(&r, 86_400.0);
+    assert_eq!((limit, remaining), (25, 24));
+}
+
 #[tokio::test]
 async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
     let app = Example::start("seed_004", &[WITH_ADMIN]);

@@ -262,8 +262,8 @@ fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `/v1` needs a known key (writes a write-scoped one), except the public status;
-/// `/admin` needs the admin token.
+/// `/v1` needs a known key (writes a write-scoped one), except the public status, which
+/// loses any key it carries; `/admin` needs the admin token.
 async fn authenticate(
     State(gateway): State<Gateway>,
     mut request: Request,
@@ -291,6 +291,12 @@ async fn authenticate(
         };
         // For `authorize`, inside the limiter: the key is looked up once.
         request.extensions_mut().insert(key.scope);
+    } else {
+        // A key nobody checked (on the public status) is no key: the limiter must not charge
+        // it, or invented keys would fill the daily cap's share of the store and push real
+        // partners' counts out (and anyone could spend a partner's cap with its key on a
+        // route that does not need one).
+        request.headers_mut().remove(API_KEY);
     }
     next.run(request).await
 }
