@@ -319,7 +319,10 @@ impl ClientIp {
 
     /// The rate-limit key of a client address: `"203.0.113.7"`, or for IPv6
     /// the network of the configured prefix, `"2001:db8:1:2::/64"` (the bare
-    /// address when the prefix is 128).
+    /// address when the prefix is 128). An IPv4 client written as IPv6 is keyed by its
+    /// IPv4 address: `::ffff:203.0.113.7`, and `64:ff9b::203.0.113.7`, the NAT64
+    /// well-known prefix (RFC 6052) a translator in front of the server shows IPv4 clients
+    /// from (folded to its /64, every IPv4 client would share one key).
     pub fn key(&self, ip: IpAddr) -> String {
         let mut out = tollgate_core::StoreKey::new();
         self.push_key(ip, &mut out);
@@ -339,7 +342,7 @@ impl ClientIp {
             None => (text, None),
         };
         let ip = parse_node(address.as_bytes())?;
-        let folded = match ip.to_canonical() {
+        let folded = match key_address(ip) {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => self.ipv6_prefix,
         };
@@ -353,7 +356,7 @@ impl ClientIp {
     /// formatting machinery.
     pub(crate) fn push_key(&self, ip: IpAddr, out: &mut tollgate_core::StoreKey) {
         use std::fmt::Write as _;
-        match ip.to_canonical() {
+        match key_address(ip) {
             IpAddr::V4(v4) => {
                 // Dotted decimal into a stack buffer, then one copy into the key.
                 let mut text = [0u8; 15];
@@ -386,6 +389,17 @@ impl ClientIp {
                 };
             }
         }
+    }
+}
+
+/// The address a client is keyed by ([`ClientIp::key`]): an IPv4 client written as IPv6
+/// (`::ffff:a.b.c.d`, or in the NAT64 well-known prefix `64:ff9b::/96`) as its IPv4 address.
+fn key_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
+        }
+        other => other,
     }
 }
 
@@ -625,6 +639,15 @@ mod tests {
         let c = ClientIp::peer();
         assert_eq!(c.key(ip("203.0.113.7")), "203.0.113.7");
         assert_eq!(c.key(ip("::ffff:203.0.113.7")), "203.0.113.7");
+        // Through a NAT64 translator: each IPv4 client its own key, not one /64 for all.
+        assert_eq!(c.key(ip("64:ff9b::203.0.113.7")), "203.0.113.7");
+        assert_eq!(c.key(ip("64:ff9b::9.9.9.9")), "9.9.9.9");
+        assert_eq!(
+            c.key_of_text("64:ff9b::1.2.3.4").as_deref(),
+            Some("1.2.3.4")
+        );
+        // Outside the /96 it is an IPv6 network like any other.
+        assert_eq!(c.key(ip("64:ff9b:1::203.0.113.7")), "64:ff9b:1::/64");
         assert_eq!(c.key(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
         assert_eq!(c.key(ip("2001:db8:1:2::9")), "2001:db8:1:2::/64");
         assert_eq!(c.key(ip("2001:db8:1:3::9")), "2001:db8:1:3::/64");
