@@ -25,7 +25,11 @@
 //!   endpoint limits by the partner's API key (`x-api-key`): each partner has its own
 //!   bucket per endpoint. The gateway limit is one bucket for all traffic.
 //! - The daily cap is a fixed UTC day per API key, on every route: 10000/day, or
-//!   `ENDPOINTWISE_DAILY_CAP` (e.g. `25/day`, so a demo can reach it).
+//!   `ENDPOINTWISE_DAILY_CAP` (e.g. `25/day`, so a demo can reach it). The page calls it a
+//!   "hard cap on calls per 24-hour window"; a calendar day is this example's reading, as
+//!   configuration files read `daily:`: one counter per key (an exact rolling 24 hours
+//!   would keep every call of the day, 10,000 entries per partner, in memory and in Redis).
+//!   The price: a partner can spend the cap twice within seconds around 00:00 UTC.
 //! - Per-key limits ([`Limiter::set_override`]) come from the key table: the `Limited
 //!   Partner` key created at start-up has 20/min, and `POST /admin/keys` (the page's `npx
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
