@@ -39,14 +39,20 @@ impl FromRequestParts<AppState> for ClientKey {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
-        let peer = tollgate::peer_addr(&parts.extensions);
-        Ok(ClientKey(
-            state
-                .client_ip
-                .resolve(peer, &parts.headers)
-                .map_or_else(|| "unknown-peer".into(), |ip| state.client_ip.key(ip)),
-        ))
+        Ok(ClientKey(client(parts, state, |ip| {
+            state.client_ip.key(ip)
+        })))
     }
+}
+
+/// `key` of the client of `parts` (behind trusted proxies, the forwarded client), or
+/// `unknown-peer` without one.
+fn client(parts: &Parts, state: &AppState, key: impl FnOnce(IpAddr) -> String) -> String {
+    let peer = tollgate::peer_addr(&parts.extensions);
+    state
+        .client_ip
+        .resolve(peer, &parts.headers)
+        .map_or_else(|| "unknown-peer".into(), key)
 }
 
 /// The client's network as the auth buckets key it ([`NETWORK_BITS`] of an IPv6 address,
@@ -58,13 +64,7 @@ impl FromRequestParts<AppState> for ClientNetwork {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
-        let peer = tollgate::peer_addr(&parts.extensions);
-        Ok(ClientNetwork(
-            state
-                .client_ip
-                .resolve(peer, &parts.headers)
-                .map_or_else(|| "unknown-peer".into(), network_of),
-        ))
+        Ok(ClientNetwork(client(parts, state, network_of)))
     }
 }
 

@@ -44,6 +44,16 @@ async fn app(limiter: &Limiter) -> Server {
     serve(api.nest("/admin", tollgate::admin::router(limiter))).await
 }
 
+/// `rules` (`GET /limits`) are every rule of `limiter`, in its order.
+fn assert_every_rule(rules: &[Value], limiter: &Limiter) {
+    let policies: Vec<String> = limiter.describe().into_iter().map(|r| r.policy).collect();
+    let served: Vec<&str> = rules
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(served, policies);
+}
+
 async fn json_of(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.unwrap();
     let status = response.status();
@@ -95,12 +105,7 @@ async fn per_route_patterns_and_guards_are_listed() {
     assert_eq!(guard["limits"][0]["quota"], "10/min");
     assert_eq!(guard["limits"][0]["key"], "ip");
     // Still every rule of the limiter, in its order.
-    let policies: Vec<String> = limiter.describe().into_iter().map(|r| r.policy).collect();
-    let served: Vec<&str> = rules
-        .iter()
-        .map(|r| r["policy"].as_str().unwrap())
-        .collect();
-    assert_eq!(served, policies);
+    assert_every_rule(rules, &limiter);
 }
 
 #[tokio::test]
@@ -138,12 +143,7 @@ async fn the_enforced_table_as_json() {
         })
     );
     // Every rule of the limiter, in its order.
-    let policies: Vec<String> = limiter.describe().into_iter().map(|r| r.policy).collect();
-    let served: Vec<&str> = rules
-        .iter()
-        .map(|r| r["policy"].as_str().unwrap())
-        .collect();
-    assert_eq!(served, policies);
+    assert_every_rule(rules, &limiter);
 }
 
 #[tokio::test]

@@ -10,59 +10,64 @@ use tollgate::{ClientIp, Limiter, Policy};
 use tollgate_testkit::EventLog;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-#[test]
-fn refusals_and_warnings_are_logged_without_secrets() {
+/// The events logged while `test` runs (on a current-thread runtime), in order.
+fn logged(test: impl std::future::Future<Output = ()>) -> Vec<String> {
     let capture = EventLog::default();
     let events = capture.clone();
     tracing::subscriber::with_default(capture, || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let limiter = Limiter::builder()
-                .client_ip(ClientIp::peer().trust_proxies(["0.0.0.0/0"]))
-                .route(
-                    "/*",
-                    Policy::named("keys").per_api_key("x-api-key", "1/min"),
-                )
-                .route("/shadow/*", Policy::named("trial").per_ip("1/min").shadow())
-                .build()
-                .unwrap();
-            let svc = ServiceBuilder::new()
-                .layer(limiter.layer())
-                .service(service_fn(echo));
-            let peer = Some("192.0.2.1:5000");
-            for _ in 0..2 {
-                let _ = svc
-                    .clone()
-                    .oneshot(request("/x", peer, Some("sk_live_secret")))
-                    .await
-                    .unwrap();
-                let _ = svc
-                    .clone()
-                    .oneshot(request("/shadow/x", peer, None))
-                    .await
-                    .unwrap();
-            }
-            // No peer address at all: one clear error, then the requests share one key.
-            let first = svc
-                .clone()
-                .oneshot(request("/shadow/y", None, None))
-                .await
-                .unwrap();
-            let second = svc
-                .clone()
-                .oneshot(request("/shadow/y", None, None))
-                .await
-                .unwrap();
-            assert_eq!(
-                (first.status(), second.status()),
-                (StatusCode::OK, StatusCode::OK)
-            );
-            assert_eq!(limiter.stats().would_refuse, 2);
-        });
+        runtime.block_on(test);
     });
-    let events = events.events();
+    events.events()
+}
+
+#[test]
+fn refusals_and_warnings_are_logged_without_secrets() {
+    let events = logged(async {
+        let limiter = Limiter::builder()
+            .client_ip(ClientIp::peer().trust_proxies(["0.0.0.0/0"]))
+            .route(
+                "/*",
+                Policy::named("keys").per_api_key("x-api-key", "1/min"),
+            )
+            .route("/shadow/*", Policy::named("trial").per_ip("1/min").shadow())
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(limiter.layer())
+            .service(service_fn(echo));
+        let peer = Some("192.0.2.1:5000");
+        for _ in 0..2 {
+            let _ = svc
+                .clone()
+                .oneshot(request("/x", peer, Some("sk_live_secret")))
+                .await
+                .unwrap();
+            let _ = svc
+                .clone()
+                .oneshot(request("/shadow/x", peer, None))
+                .await
+                .unwrap();
+        }
+        // No peer address at all: one clear error, then the requests share one key.
+        let first = svc
+            .clone()
+            .oneshot(request("/shadow/y", None, None))
+            .await
+            .unwrap();
+        let second = svc
+            .clone()
+            .oneshot(request("/shadow/y", None, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.status(), second.status()),
+            (StatusCode::OK, StatusCode::OK)
+        );
+        assert_eq!(limiter.stats().would_refuse, 2);
+    });
     let all = events.join("\n");
     assert!(!all.contains("sk_live_secret"), "{all}");
     let refusals: Vec<&String> = events
@@ -122,18 +127,15 @@ fn a_reload_that_drops_rules_is_warned_about() {
             .route("/b/*", Policy::named("b").per_ip(limit))
             .global("100/min")
     };
-    let capture = EventLog::default();
-    let events = capture.clone();
-    tracing::subscriber::with_default(capture, || {
+    let events = logged(async {
         let limiter = rules("5/min").read_env(false).build().unwrap();
         limiter.reload(rules("6/min")).unwrap();
         limiter
             .reload(Limiter::builder().route("/a/*", Policy::named("a").per_ip("5/min")))
             .unwrap();
     });
-    let warnings: Vec<String> = events
-        .events()
-        .into_iter()
+    let warnings: Vec<&String> = events
+        .iter()
         .filter(|e| e.contains("fewer routes or global limits"))
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -151,39 +153,31 @@ fn a_reload_that_drops_rules_is_warned_about() {
 /// carry what does not belong in logs (here an e-mail address).
 #[test]
 fn a_refusal_names_the_route_not_the_path() {
-    let capture = EventLog::default();
-    let events = capture.clone();
-    tracing::subscriber::with_default(capture, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    let events = logged(async {
+        let limiter = Limiter::builder()
+            .route("/*", Policy::named("reset").per_ip("1/min"))
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let limiter = Limiter::builder()
-                .route("/*", Policy::named("reset").per_ip("1/min"))
-                .build()
+        let app = axum::Router::new()
+            .route(
+                "/users/{email}/reset",
+                axum::routing::get(|| async { "sent" }),
+            )
+            .layer(limiter.layer());
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            let mut req = http::Request::get("/users/alice@example.com/reset")
+                .body(axum::body::Body::empty())
                 .unwrap();
-            let app = axum::Router::new()
-                .route(
-                    "/users/{email}/reset",
-                    axum::routing::get(|| async { "sent" }),
-                )
-                .layer(limiter.layer());
-            let mut statuses = Vec::new();
-            for _ in 0..2 {
-                let mut req = http::Request::get("/users/alice@example.com/reset")
-                    .body(axum::body::Body::empty())
-                    .unwrap();
-                req.extensions_mut()
-                    .insert("192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap());
-                statuses.push(app.clone().oneshot(req).await.unwrap().status());
-            }
-            assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
-        });
+            req.extensions_mut()
+                .insert("192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap());
+            statuses.push(app.clone().oneshot(req).await.unwrap().status());
+        }
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
     });
-    let all = events.events().join("\n");
-    let refusals: Vec<String> = events
-        .events()
-        .into_iter()
+    let all = events.join("\n");
+    let refusals: Vec<&String> = events
+        .iter()
         .filter(|e| e.contains("rate limit exceeded"))
         .collect();
     assert_eq!(refusals.len(), 1, "{all}");
@@ -199,46 +193,39 @@ fn a_refusal_names_the_route_not_the_path() {
 /// hashed, never as given.
 #[test]
 fn overrides_and_resets_are_logged_with_the_stored_key() {
-    let capture = EventLog::default();
-    let events = capture.clone();
-    tracing::subscriber::with_default(capture, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    let events = logged(async {
+        let limiter = Limiter::builder()
+            .route(
+                "/*",
+                Policy::named("keys")
+                    .per_api_key("x-api-key", "10/min")
+                    .per_ip("100/min"),
+            )
+            .read_env(false)
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let limiter = Limiter::builder()
-                .route(
-                    "/*",
-                    Policy::named("keys")
-                        .per_api_key("x-api-key", "10/min")
-                        .per_ip("100/min"),
-                )
-                .read_env(false)
-                .build()
-                .unwrap();
-            limiter
-                .set_override_for_kind("api_key", "sk_live_secret", "50/min")
-                .unwrap();
-            limiter
-                .set_override_for_kind("ip", "2001:db8::1", "5/min")
-                .unwrap();
-            assert!(limiter
-                .remove_override_for_kind("api_key", "sk_live_secret")
-                .unwrap());
-            // Nothing to remove: nothing changed, nothing logged.
-            assert!(!limiter
-                .remove_override_for_kind("api_key", "sk_live_secret")
-                .unwrap());
-            limiter.reset_bucket("keys:ip", "192.0.2.7").await.unwrap();
-        });
+        limiter
+            .set_override_for_kind("api_key", "sk_live_secret", "50/min")
+            .unwrap();
+        limiter
+            .set_override_for_kind("ip", "2001:db8::1", "5/min")
+            .unwrap();
+        assert!(limiter
+            .remove_override_for_kind("api_key", "sk_live_secret")
+            .unwrap());
+        // Nothing to remove: nothing changed, nothing logged.
+        assert!(!limiter
+            .remove_override_for_kind("api_key", "sk_live_secret")
+            .unwrap());
+        limiter.reset_bucket("keys:ip", "192.0.2.7").await.unwrap();
     });
-    let all = events.events().join("\n");
+    let all = events.join("\n");
     assert!(!all.contains("sk_live_secret"), "{all}");
     let with = |message: &str| -> Vec<String> {
         events
-            .events()
-            .into_iter()
+            .iter()
             .filter(|e| e.starts_with("INFO") && e.contains(message))
+            .cloned()
             .collect()
     };
     let set = with("rate-limit override set");
