@@ -192,34 +192,10 @@ pub async fn staff_sign_in(
     request: Request,
 ) -> Result<Response, Response> {
     let shown = charge_auth(&state, (&ip, &network), &uri).await?;
-    match staff_sign_in_charged(&state, &network, &uri, request).await {
-        // The lockout refused it (its only 429): a refused request spends nothing, so the
-        // AUTH charge goes back, and a locked account's retries do not use up the budget
-        // of everyone behind its address.
-        Err(refused) if refused.status() == StatusCode::TOO_MANY_REQUESTS => {
-            let shown = give_back_auth(&state, (&ip, &network))
-                .await
-                .unwrap_or(shown);
-            Ok(showing(shown, Err(refused)))
-        }
-        answer => Ok(showing(shown, answer)),
-    }
-}
-
-/// Gives back what [`charge_auth`] charged; the headers of the address's bucket as it is
-/// then (`None` if the store could not answer).
-async fn give_back_auth(state: &AppState, client: (&str, &str)) -> Option<HeaderMap> {
-    let (ip, network) = client;
-    if let Err(error) = state.limiter.refund(AUTH_NETWORK, network).await {
-        tracing::warn!(%error, "could not give the AUTH network charge back");
-    }
-    match state.limiter.refund(AUTH, ip).await {
-        Ok(decision) => Some(state.limiter.rate_limit_headers(AUTH, &decision)),
-        Err(error) => {
-            tracing::warn!(%error, "could not give the AUTH charge back");
-            None
-        }
-    }
+    Ok(showing(
+        shown,
+        staff_sign_in_charged(&state, &network, &uri, request).await,
+    ))
 }
 
 /// Whether `decision` refused only because the store had no room for a new key
