@@ -151,4 +151,12 @@ fn one_network_cannot_multiply_the_per_address_auth_budget() {
     for ip in ["2001:db8:bbbb::1", "198.51.100.77"] {
         assert_eq!(forgot(&mut connection, ip), 202, "{ip}");
     }
+    // So is each IPv4 client behind a NAT64 translator (`64:ff9b::a.b.c.d`), though the
+    // translator shows them all in one /48: 60 of them, 20 requests each, all admitted.
+    for client in 0..60 {
+        let ip = format!("64:ff9b::203.0.113.{client}");
+        for _ in 0..AUTH_PER_IP {
+            assert_eq!(forgot(&mut connection, &ip), 202, "{ip}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! direct-use buckets (`check` and `reset`).
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
@@ -55,27 +55,18 @@ fn client(parts: &Parts, state: &AppState, key: impl FnOnce(IpAddr) -> String) -
         .map_or_else(|| "unknown-peer".into(), key)
 }
 
-/// The client's network as the auth buckets key it ([`NETWORK_BITS`] of an IPv6 address,
-/// `2001:db8:aaaa::/48`; an IPv4 address on its own), behind trusted proxies the forwarded
-/// client's.
+/// The client's network as the auth buckets key it ([`ClientIp::network_key`]: the first
+/// [`NETWORK_BITS`] of an IPv6 address, `2001:db8:aaaa::/48`; an IPv4 client, however
+/// written, on its own), behind trusted proxies the forwarded client's.
 pub struct ClientNetwork(pub String);
 
 impl FromRequestParts<AppState> for ClientNetwork {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
-        Ok(ClientNetwork(client(parts, state, network_of)))
-    }
-}
-
-/// The network of `ip` ([`ClientNetwork`]).
-pub fn network_of(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX << (128 - u32::from(NETWORK_BITS));
-            format!("{}/{NETWORK_BITS}", Ipv6Addr::from(u128::from(v6) & mask))
-        }
+        Ok(ClientNetwork(client(parts, state, |ip| {
+            state.client_ip.network_key(ip, NETWORK_BITS)
+        })))
     }
 }
 
@@ -182,8 +173,10 @@ async fn body_after_charge(request: Request, state: &AppState) -> Result<Bytes, 
 }
 
 /// `POST /api/auth/sign-in`: the shared AUTH bucket per IP and per network (charged before
-/// the body is read), then the lockout per e-mail (5 failures in 30 minutes lock it; a successful
-/// sign-in clears the count).
+/// the body is read), then the lockout per e-mail (5 failures in 30 minutes lock it; a
+/// successful sign-in clears the count). An attempt the lockout refuses has spent AUTH, as
+/// every request to an auth route does: giving it back would make requests to a locked
+/// account free, bodies and all.
 pub async fn staff_sign_in(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
@@ -254,10 +247,16 @@ async fn staff_sign_in_charged(
         }
         return Err(failed);
     }
-    // Only failures count: a successful sign-in clears the e-mail's (not its network's,
-    // which other clients share).
-    if let Err(error) = failures.reset(SIGN_IN_FAILURES, &email).await {
-        tracing::warn!(%error, "could not clear the failed sign-ins");
+    // Only failures count: a successful sign-in clears the e-mail's, or gives back the
+    // attempt its network was charged (the network's count is other clients' failures too:
+    // it stays).
+    let cleared = if bucket == SIGN_IN_FAILURES {
+        failures.reset(bucket, &email).await
+    } else {
+        failures.refund(bucket, network).await
+    };
+    if let Err(error) = cleared {
+        tracing::warn!(%error, "could not clear the failed sign-in");
     }
     Ok((
         [(

@@ -352,42 +352,60 @@ impl ClientIp {
         Some(self.key(ip))
     }
 
+    /// The key of the network of a client address, coarser than [`ClientIp::key`] for
+    /// IPv6: the address's first `ipv6_prefix` bits (`network_key(ip, 48)` is
+    /// `"2001:db8:1::/48"`); an IPv4 client (also written as IPv6, as for
+    /// [`ClientIp::key`]) by its address. For a backstop a handler charges beside a per-IP
+    /// limit: whoever holds an IPv6 /48 holds 65,536 /64s, each a client to
+    /// [`ClientIp::key`]'s default.
+    pub fn network_key(&self, ip: IpAddr, ipv6_prefix: u8) -> String {
+        let mut out = tollgate_core::StoreKey::new();
+        push_address_key(ip, ipv6_prefix, &mut out);
+        out.into()
+    }
+
     /// [`ClientIp::key`], appended to `out`: an IPv4 address without allocating or
     /// formatting machinery.
     pub(crate) fn push_key(&self, ip: IpAddr, out: &mut tollgate_core::StoreKey) {
-        use std::fmt::Write as _;
-        match key_address(ip) {
-            IpAddr::V4(v4) => {
-                // Dotted decimal into a stack buffer, then one copy into the key.
-                let mut text = [0u8; 15];
-                let mut len = 0;
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text[len] = b'.';
-                        len += 1;
-                    }
-                    if octet >= 100 {
-                        text[len] = b'0' + octet / 100;
-                        len += 1;
-                    }
-                    if octet >= 10 {
-                        text[len] = b'0' + octet / 10 % 10;
-                        len += 1;
-                    }
-                    text[len] = b'0' + octet % 10;
+        push_address_key(ip, self.ipv6_prefix, out);
+    }
+}
+
+/// The key of `ip` with IPv6 addresses folded to their first `ipv6_prefix` bits, appended
+/// to `out` ([`ClientIp::key`], [`ClientIp::network_key`]).
+fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_core::StoreKey) {
+    use std::fmt::Write as _;
+    match key_address(ip) {
+        IpAddr::V4(v4) => {
+            // Dotted decimal into a stack buffer, then one copy into the key.
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[len] = b'.';
                     len += 1;
                 }
-                out.push_ascii(&text[..len]);
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
-            IpAddr::V6(v6) => {
-                let prefix = self.ipv6_prefix.min(128);
-                let network = Ipv6Net::new(v6, prefix).map_or(v6, |net| net.network());
-                let _ = if prefix == 128 {
-                    write!(out, "{network}")
-                } else {
-                    write!(out, "{network}/{prefix}")
-                };
-            }
+            out.push_ascii(&text[..len]);
+        }
+        IpAddr::V6(v6) => {
+            let prefix = ipv6_prefix.min(128);
+            let network = Ipv6Net::new(v6, prefix).map_or(v6, |net| net.network());
+            let _ = if prefix == 128 {
+                write!(out, "{network}")
+            } else {
+                write!(out, "{network}/{prefix}")
+            };
         }
     }
 }
@@ -648,6 +666,12 @@ mod tests {
         );
         // Outside the /96 it is an IPv6 network like any other.
         assert_eq!(c.key(ip("64:ff9b:1::203.0.113.7")), "64:ff9b:1::/64");
+        // A network key: coarser for IPv6, the address for IPv4 however written.
+        assert_eq!(c.network_key(ip("2001:db8:1:2::9"), 48), "2001:db8:1::/48");
+        assert_eq!(c.network_key(ip("203.0.113.7"), 48), "203.0.113.7");
+        assert_eq!(c.network_key(ip("::ffff:203.0.113.7"), 48), "203.0.113.7");
+        assert_eq!(c.network_key(ip("64:ff9b::203.0.113.7"), 48), "203.0.113.7");
+        assert_eq!(c.network_key(ip("2001:db8::9"), 128), "2001:db8::9");
         assert_eq!(c.key(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
         assert_eq!(c.key(ip("2001:db8:1:2::9")), "2001:db8:1:2::/64");
         assert_eq!(c.key(ip("2001:db8:1:3::9")), "2001:db8:1:3::/64");
