@@ -136,6 +136,25 @@ async fn head_requests_spend_the_get_endpoint_budget() {
     }
 }
 
+/// A method HTTP does not define is no endpoint (axum answers 405): inventing methods buys
+/// no fresh budgets. Every invented method on a route spends one shared default budget.
+#[tokio::test]
+async fn invented_methods_share_one_budget() {
+    let app = Example::start("seed_002", &[]);
+    for i in 1..=60u64 {
+        let method = format!("X{i}");
+        let r = call(&app, "key_alpha", &method, "/v1/leads").await;
+        assert_eq!(r.status(), 405, "{method} /v1/leads");
+        assert_eq!(x_ratelimit(&r).1, 60 - i, "{method} /v1/leads");
+    }
+    let r = call(&app, "key_alpha", "X61", "/v1/leads").await;
+    assert_eq!(r.status(), 429, "an invented method after 60 others");
+    // The endpoints the route serves keep their own budgets.
+    let r = call(&app, "key_alpha", "GET", "/v1/leads").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(x_ratelimit(&r).1, 59);
+}
+
 #[tokio::test]
 async fn no_api_key_is_401_and_unguarded_routes_are_not_limited() {
     let app = Example::start("seed_002", &[]);

@@ -12,7 +12,8 @@
 //! the store from `REDIS_URL`). The default rule is added here because its key is the API
 //! key *and* the matched route: each undeclared endpoint counts its own 60 per 60 s, as the
 //! declared ones do (the page's "falls back to 60 requests / 60 s per API key", read per
-//! endpoint like the rest of its table).
+//! endpoint like the rest of its table). An endpoint is a method HTTP defines on a route
+//! (`HEAD` is `GET`'s); methods invented by a client share one budget per route.
 //!
 //! Authentication is a stand-in for the page's API key guard: [`API_KEYS`] lists the valid
 //! keys; `/v1` requests with another key (or none) get `401` before the per-key limits are
@@ -35,7 +36,7 @@
 //! ```
 
 use axum::extract::{MatchedPath, Path, Request};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,18 +64,32 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
             .extensions
             .get::<MatchedPath>()
             .map_or("(unmatched)", MatchedPath::as_str);
-        // `HEAD` is answered by the `GET` handler: the same endpoint, the same budget.
-        let method = match parts.method {
-            axum::http::Method::HEAD => &axum::http::Method::GET,
-            ref other => other,
-        };
-        Some(format!("{method} {route} {key}"))
+        Some(format!("{} {route} {key}", endpoint_method(&parts.method)))
     })
     .hashed();
     let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
     Ok(Limiter::from_config_with(CONFIG, |builder| {
         builder.route("/v1/*", default)
     })?)
+}
+
+/// The method as an endpoint names it. `HEAD` is answered by the `GET` handler: the same
+/// endpoint, the same budget. A method HTTP does not define (`FOO`) is no endpoint of any
+/// route (axum answers 405): every such method shares one budget, so that inventing methods
+/// neither buys fresh quotas nor fills the store with keys.
+fn endpoint_method(method: &Method) -> &str {
+    match *method {
+        Method::HEAD => "GET",
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::OPTIONS
+        | Method::CONNECT
+        | Method::TRACE => method.as_str(),
+        _ => "(other)",
+    }
 }
 
 /// The API key guard: `/v1` requests need a known `x-api-key`.
