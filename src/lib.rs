@@ -14,7 +14,10 @@ use axum::Router;
 /// A connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] of
 /// starting one (or of the previous response, on a kept-alive connection) is closed: a rate
 /// limiter sees only complete requests, so a client that never finishes its headers would
-/// otherwise hold a connection (and a file descriptor) for ever, beyond any limit.
+/// otherwise hold a connection (and a file descriptor) for ever, beyond any limit. For the
+/// same reason a request body must arrive whole within [`BODY_READ_TIMEOUT`] of its head
+/// (see [`DeadlineBody`]): a handler that reads a body a client stops sending would wait for
+/// it, holding its connection, for ever.
 ///
 /// # Errors
 ///
@@ -66,7 +69,7 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
         let service = app.clone().map_request(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
-                request
+                request.map(|body| DeadlineBody::new(body, BODY_READ_TIMEOUT))
             },
         );
         let connection =
@@ -83,6 +86,77 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
 
 /// How long a connection may take to send a request head (see [`serve`]).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a request body may take to arrive whole, counted from its head (see [`serve`]).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pin_project_lite::pin_project! {
+    /// A request body that must arrive whole by a deadline: a frame asked for after it is an
+    /// error ([`BodyTimedOut`]), which a handler reading the body answers as a bad request
+    /// (axum's extractors give `400`), and the server then closes the connection. A body
+    /// already whole (an empty one) never looks at the clock.
+    pub struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    /// `inner`, which must end within `timeout` from now.
+    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep(timeout),
+        }
+    }
+}
+
+/// The error of a [`DeadlineBody`] whose deadline passed before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        match this.deadline.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

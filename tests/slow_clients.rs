@@ -2,7 +2,8 @@
 //! ever. The limiter sees only whole requests, so such a client would be beyond any limit:
 //! the examples' server closes a connection whose head has not arrived within
 //! `tollgate_suite::HEADER_READ_TIMEOUT` (10 s) of starting, or of the previous response
-//! on a kept-alive connection. A `SIGHUP` does not stop it either.
+//! on a kept-alive connection, and answers a request whose body has not arrived whole within
+//! `tollgate_suite::BODY_READ_TIMEOUT` (10 s) of its head. A `SIGHUP` does not stop it either.
 
 mod common;
 
@@ -57,6 +58,45 @@ fn a_request_head_that_never_ends_is_cut_off() {
     assert!(
         closed_within(&mut idle, limit).is_some(),
         "an idle kept-alive connection was held"
+    );
+}
+
+/// A request body that stops arriving is answered (`400`, as a body that cannot be read) and
+/// its connection closed once [`tollgate_suite::BODY_READ_TIMEOUT`] has passed since its
+/// head, instead of holding the connection and a handler for ever.
+#[test]
+fn a_request_body_that_never_ends_is_cut_off() {
+    let ex = Example::start("seed_003", &[]);
+    let addr = ex.base.trim_start_matches("http://").to_string();
+    let timeout = tollgate_suite::BODY_READ_TIMEOUT;
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    // A head promising 100 bytes, then one byte of them.
+    stream
+        .write_all(
+            b"POST /api/tickets/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer osk_acme_1\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .unwrap();
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(timeout + Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    // Until the server closes the connection (or the read times out: held).
+    let read = stream.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "a stalled body held its connection: {read:?} after {waited:?}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "a stalled body's answer: {answer:?}"
+    );
+    assert!(
+        waited >= timeout - Duration::from_secs(1),
+        "cut off after {waited:?}, before the timeout"
     );
 }
 
