@@ -1352,8 +1352,9 @@ impl Limiter {
     /// As [`Limiter::reload_config_with`].
     pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
         let path = path.as_ref();
-        let config = Config::from_path(path)?;
-        self.reload_config_with(&config, &path.display().to_string(), |rules| rules)
+        crate::observe::reload_tried(Config::from_path(path).and_then(|config| {
+            self.reload_config_rules(&config, &path.display().to_string(), |rules| rules)
+        }))
     }
 
     /// Reloads the limiter's rules from `config` (read from `file`), with the rules code
@@ -1373,6 +1374,17 @@ impl Limiter {
         file: &str,
         customize: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
     ) -> Result<(), ConfigError> {
+        crate::observe::reload_tried(self.reload_config_rules(config, file, customize))
+    }
+
+    /// [`Limiter::reload_config_with`], not counted as a reload tried (its callers count
+    /// theirs).
+    pub(crate) fn reload_config_rules(
+        &self,
+        config: &Config,
+        file: &str,
+        customize: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
+    ) -> Result<(), ConfigError> {
         let running = self.engine.file_settings.clone().unwrap_or_default();
         if let Some(field) = running.changed(&FileSettings::of(config)) {
             let (line, column) = config.locate(&FieldPath::root().key(field));
@@ -1384,7 +1396,7 @@ impl Limiter {
             });
         }
         let rules = customize(config.apply_rules(Limiter::builder(), file)?);
-        self.reload(rules)
+        self.reload_rules(rules)
             .map_err(|error| config.build_error(file, error))
     }
 

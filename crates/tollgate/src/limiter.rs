@@ -378,6 +378,11 @@ impl Limiter {
     /// cannot change while the limiter runs, or [`BuildError::CostExceedsOverride`] for
     /// rules under which a per-key override could admit no request of its key.
     pub fn reload(&self, rules: LimiterBuilder) -> Result<(), BuildError> {
+        crate::observe::reload_tried(self.reload_rules(rules))
+    }
+
+    /// [`Limiter::reload`], not counted as a reload tried (its callers count theirs).
+    pub(crate) fn reload_rules(&self, rules: LimiterBuilder) -> Result<(), BuildError> {
         if let Some(setting) = rules.fixed_setting() {
             return Err(BuildError::NotReloadable { setting });
         }

@@ -10,6 +10,7 @@
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
 //! | [`STORE_FALLBACK`] `tollgate_store_fallback` | gauge | `store` | 1 while a fallback store decides from memory because its shared store fails, else 0 (updated with every answer of a store that waits) |
+//! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). Alert on `refused`: a broken edit leaves the old rules in force |
 //!
 //! Labels are configuration names, never a client's key: `policy` is the policy's name,
 //! `bucket` the bucket's name as headers show it (`default:ip`, `auth`, `override:api_key`
@@ -21,7 +22,9 @@
 //!
 //! **Cost.** Every handle is registered once, when a policy is compiled (at build, or when
 //! a per-route policy is made), so a request only increments counters it already holds:
-//! no label is built and no map is searched per request. Install the exporter's recorder
+//! no label is built and no map is searched per request (the reload counter, which never
+//! moves on a request, is looked up when a reload is tried, under the recorder installed
+//! then). Install the exporter's recorder
 //! **before** building the limiter: handles registered while no recorder is installed stay
 //! no-ops. Without the feature, nothing is compiled in. The memory store answers in tens of
 //! nanoseconds on the request's own thread, where reading the clock twice would cost as much
@@ -68,6 +71,10 @@
 //!   `unlogged_failures`); `ERROR` once for requests without a peer address.
 //!
 //! [`LimiterBuilder::store_name`]: crate::LimiterBuilder::store_name
+//! [`Limiter::reload`]: crate::Limiter::reload
+//! [`Limiter::reload_config_with`]: crate::Limiter::reload_config_with
+//! [`Limiter::reload_file`]: crate::Limiter::reload_file
+//! [`ConfigWatcher::reload_now`]: crate::reload::ConfigWatcher::reload_now
 //! [`Limiter::set_override`]: crate::Limiter::set_override
 
 use std::sync::Arc;
@@ -85,6 +92,21 @@ pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
 pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 /// `tollgate_store_fallback{store}`.
 pub const STORE_FALLBACK: &str = "tollgate_store_fallback";
+
+/// `tollgate_config_reloads_total{outcome}`.
+pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
+
+/// Counts a reload tried: `reloaded`, or refused (the running rules stay). Passes `result`
+/// on.
+pub(crate) fn reload_tried<E>(result: Result<(), E>) -> Result<(), E> {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        CONFIG_RELOADS_TOTAL,
+        "outcome" => if result.is_ok() { "reloaded" } else { "refused" }
+    )
+    .increment(1);
+    result
+}
 
 /// Whether metrics are compiled in (feature `metrics`): without it, the request path skips
 /// even finding a bucket's handles.

@@ -198,7 +198,10 @@ impl ConfigWatcher {
     /// Why the file was not reloaded (the running rules then stay): as
     /// [`Limiter::reload_config_with`], or [`ConfigError::Read`].
     pub fn reload_now(&self) -> Result<(), ConfigError> {
-        let content = read(&self.watch.path)?;
+        let content = match read(&self.watch.path) {
+            Ok(content) => content,
+            Err(error) => return crate::observe::reload_tried(Err(error)),
+        };
         *lock(&self.watch.seen) = Seen {
             content: content.clone(),
             unreadable: false,
@@ -294,8 +297,13 @@ impl Watch {
         }
     }
 
-    /// Reloads the limiter from `content`, the file's text.
+    /// Reloads the limiter from `content`, the file's text: one reload tried.
     fn load(&self, content: &str) -> Result<(), ConfigError> {
+        crate::observe::reload_tried(self.load_rules(content))
+    }
+
+    /// [`Watch::load`], not counted.
+    fn load_rules(&self, content: &str) -> Result<(), ConfigError> {
         let mut config = Config::from_path_text(&self.path, content)?;
         let file = self.path.display().to_string();
         let declares_limits = !config.declares_no_limits();
@@ -306,7 +314,7 @@ impl Watch {
             adjust(&mut config);
         }
         self.limiter
-            .reload_config_with(&config, &file, |rules| match &self.customize {
+            .reload_config_rules(&config, &file, |rules| match &self.customize {
                 Some(customize) => customize(rules),
                 None => rules,
             })?;

@@ -283,3 +283,37 @@ async fn without_a_recorder_at_build_nothing_is_recorded() {
     assert_eq!(send(&limiter, [198, 51, 100, 3], None).await, 200);
     assert!(moved(&snapshotter).is_empty());
 }
+
+/// Every reload tried counts once, by outcome, whichever way it came: rules in code, a
+/// file, a file that cannot be read.
+#[test]
+fn reloads_count_by_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rules = |rate: &str| {
+        Limiter::builder().route("/api/*", Policy::named("api").per_ip(rate.to_string()))
+    };
+    let limiter = build(&recorder, rules("10/min"));
+    let dir = std::env::temp_dir().join(format!("tollgate-metrics-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.yaml");
+    std::fs::write(
+        &file,
+        "routes:\n  - { path: /api/*, limits: [{ per: ip, limit: 20/min }] }\n",
+    )
+    .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        limiter.reload(rules("50/min")).unwrap();
+        assert!(limiter.reload(rules("50/fortnight")).is_err());
+        limiter.reload_file(&file).unwrap();
+        assert!(limiter.reload_file(dir.join("missing.yaml")).is_err());
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[
+            ("tollgate_config_reloads_total{outcome=refused}", 2.0),
+            ("tollgate_config_reloads_total{outcome=reloaded}", 2.0),
+        ])
+    );
+}
