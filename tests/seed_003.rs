@@ -156,6 +156,27 @@ async fn not_modified_responses_do_not_count() {
     assert_eq!(conditional().send().await.unwrap().status(), 429);
 }
 
+/// A tenant whose only requests this minute are 304s (given back: nothing counted) is told
+/// the same reset as a counted request: the end of the current minute, not now.
+#[tokio::test]
+async fn a_304_on_an_unused_window_tells_the_minutes_end() {
+    let app = Example::start("seed_003", &[]);
+    away_from_the_minute_boundary().await;
+    let revalidated = as_key(app.get("/api/service-catalog"), "osk_initech_1")
+        .header("if-none-match", CATALOG_ETAG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    let (limit, remaining, reset) = x_ratelimit(&revalidated);
+    assert_eq!((limit, remaining), (100, 100));
+    let counted = as_key(app.get("/api/tickets"), "osk_initech_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_ratelimit(&counted), (100, 99, reset));
+}
+
 #[tokio::test]
 async fn unknown_credentials_are_401_with_the_failed_authentication_headers() {
     let app = Example::start("seed_003", &[]);

@@ -848,7 +848,8 @@ impl State {
     }
 
     /// [`State::report`], and when the state is back to fresh (as [`State::expires_at`];
-    /// the report's `reset_after` is this minus `now`, at least zero).
+    /// the report's `reset_after` is this minus `now`, at least zero, but a fixed window's
+    /// is its window's end: see [`State::reset_at`]).
     #[inline]
     pub(crate) fn report_and_expiry(
         &self,
@@ -862,9 +863,30 @@ impl State {
             _ => (self.used(limit, now), self.expires_at(limit)),
         };
         (
-            Self::report_from(limit, fit, cost, now, used, expires_at),
+            Self::report_from(
+                limit,
+                fit,
+                cost,
+                now,
+                used,
+                self.reset_at(limit, expires_at),
+            ),
             expires_at,
         )
+    }
+
+    /// When the state reports its reset: when it is fresh again (`expires_at`), but for a
+    /// fixed window the end of its window even when it counts nothing (all given back, a
+    /// look at a new key): the window resets at its end whatever it holds, and a client
+    /// reading the reset of an empty window as now would see it jump to the window's end
+    /// at its next request.
+    fn reset_at(&self, limit: &Limit, expires_at: u64) -> u64 {
+        match self {
+            State::Fixed { window, .. } => {
+                (window + 1).saturating_mul(limit.quota().period_micros())
+            }
+            _ => expires_at,
+        }
     }
 
     /// Charges `cost` if it fits (call after [`State::advance`]): the verdict, then what

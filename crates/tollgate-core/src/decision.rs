@@ -36,7 +36,9 @@ pub struct BucketState {
     /// What is left after this call (after the charge if the request was admitted; as it
     /// was if it was refused).
     pub remaining: u64,
-    /// How long until the bucket is back to its full state (nothing counted against it).
+    /// How long until the bucket is back to its full state (nothing counted against it);
+    /// for a fixed window, until its window ends, even when it counts nothing (the window
+    /// resets at its end whatever it holds).
     pub reset_after: Duration,
     /// Set when the bucket refused and waiting helps: how long until this request would
     /// be admitted (never zero).

@@ -289,7 +289,13 @@ if op == '4' then
     end
     out[#out + 1] = 0
     out[#out + 1] = tonumber(ARGV[i * 6 - 3])
-    out[#out + 1] = 0
+    if ARGV[i * 6 - 4] == '4' then
+      -- A fixed window resets at its end, whether or not it counts anything.
+      local W = tonumber(ARGV[i * 6])
+      out[#out + 1] = (math.floor(now / W) + 1) * W - now
+    else
+      out[#out + 1] = 0
+    end
   end
   return out
 end
@@ -671,8 +677,9 @@ for i = 1, n do
     if change and OLD[i] then
       redis.call('DEL', OLD[i])
     end
+    -- The window resets at its end, whether or not it counts anything.
+    reset = close - now
     if used > 0 then
-      reset = close - now
       if change then
         redis.call('SET', key, used, 'PXAT', unit + shift)
       end

@@ -232,7 +232,8 @@ fn fixed_decision(reply: &Value, b: &Arg<'_>, now: u64) -> Result<Decision, Stor
                 allowed: false,
                 limit: b.limit.shown_count(),
                 remaining: cap.saturating_sub(used),
-                reset_after: if used > 0 { left } else { Duration::ZERO },
+                // The window resets at its end, whether or not it counts anything.
+                reset_after: left,
                 retry_after,
                 refusal: Some(refusal),
             }
@@ -510,7 +511,7 @@ mod tests {
             .decision(&Value::Int(-1))
             .unwrap();
         assert_eq!(d.buckets[0].retry_after, None);
-        assert_eq!(d.buckets[0].reset_after, Duration::ZERO);
+        assert_eq!(d.buckets[0].reset_after, left);
         assert_eq!(d.buckets[0].remaining, 10);
         assert!(matches!(
             charge.decision(&Value::Int(0)),
