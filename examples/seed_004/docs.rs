@@ -41,7 +41,10 @@ fn document() -> Value {
 
 /// `GET /docs` and `GET /openapi.json`, for `limiter`.
 pub fn routes(limiter: &Limiter) -> Router {
-    let publisher = Publisher::new(limiter);
+    // The public status takes no key (authentication removes any it carries before the
+    // limiter sees it): a limit per API key never applies there, so it is not published.
+    let publisher = Publisher::new(limiter)
+        .applies(|_, path, limit| !(path == "/v1/status" && limit.key == "api_key"));
     let openapi = {
         let publisher = publisher.clone();
         move || {
