@@ -15,9 +15,9 @@ use axum::Router;
 /// starting one (or of the previous response, on a kept-alive connection) is closed: a rate
 /// limiter sees only complete requests, so a client that never finishes its headers would
 /// otherwise hold a connection (and a file descriptor) for ever, beyond any limit. For the
-/// same reason a request body must arrive whole within [`BODY_READ_TIMEOUT`] of its head
-/// (see [`DeadlineBody`]): a handler that reads a body a client stops sending would wait for
-/// it, holding its connection, for ever.
+/// same reason a request body must arrive whole within [`BODY_READ_TIMEOUT`] of its reader
+/// first waiting for it (see [`DeadlineBody`]): a handler that reads a body a client stops
+/// sending would wait for it, holding its connection, for ever.
 ///
 /// # Errors
 ///
@@ -87,28 +87,32 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
 /// How long a connection may take to send a request head (see [`serve`]).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a request body may take to arrive whole, counted from its head (see [`serve`]).
+/// How long a request body may take to arrive whole, counted from when its reader first
+/// waits for it (see [`serve`] and [`DeadlineBody`]).
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pin_project_lite::pin_project! {
-    /// A request body that must arrive whole by a deadline: a frame asked for after it is an
-    /// error ([`BodyTimedOut`]), which a handler reading the body answers as a bad request
-    /// (axum's extractors give `400`), and the server then closes the connection. A body
-    /// already whole (an empty one) never looks at the clock.
+    /// A request body that must arrive whole within a time of its reader first waiting for
+    /// it: a frame asked for after that is an error ([`BodyTimedOut`]), which a handler
+    /// reading the body answers as a bad request (axum's extractors give `400`), and the
+    /// server then closes the connection. The clock starts the first time the body is not
+    /// ready when read, so a handler that reads late is not blamed on the client, and a
+    /// body that is never waited for (an empty one, one already received) costs no timer.
     pub struct DeadlineBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: tokio::time::Sleep,
+        timeout: std::time::Duration,
+        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 impl<B> DeadlineBody<B> {
-    /// `inner`, which must end within `timeout` from now.
+    /// `inner`, which must end within `timeout` of its reader first waiting for it.
     pub fn new(inner: B, timeout: std::time::Duration) -> Self {
         Self {
             inner,
-            deadline: tokio::time::sleep(timeout),
+            timeout,
+            deadline: None,
         }
     }
 }
@@ -143,7 +147,11 @@ where
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        match this.deadline.poll(cx) {
+        let timeout = *this.timeout;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
             Poll::Pending => Poll::Pending,
         }
@@ -218,5 +226,84 @@ pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> std::process
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use http_body::{Body, Frame};
+
+    use super::{BodyTimedOut, DeadlineBody};
+
+    /// A body whose frame is not ready the first `waits` times it is read (`wake`: whether
+    /// it asks to be read again, as a body whose data is on its way does).
+    struct Late {
+        waits: usize,
+        wake: bool,
+        data: Option<Bytes>,
+    }
+
+    impl Body for Late {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if self.waits > 0 {
+                self.waits -= 1;
+                if self.wake {
+                    cx.waker().wake_by_ref();
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    async fn first_frame<B: Body + Unpin>(
+        body: &mut B,
+    ) -> Option<Result<Frame<B::Data>, B::Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    /// A handler that reads its body long after the request came is not blamed on the
+    /// client: the clock starts when the body is first waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_read_late_is_not_cut_off() {
+        let late = Late {
+            waits: 2,
+            wake: true,
+            data: Some(Bytes::from_static(b"{}")),
+        };
+        let mut body = DeadlineBody::new(late, Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let frame = first_frame(&mut body)
+            .await
+            .expect("a frame")
+            .expect("in time");
+        assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"{}")));
+    }
+
+    /// A body that stops arriving is an error once its reader has waited the timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_an_error_after_the_timeout() {
+        let stalled = Late {
+            waits: usize::MAX,
+            wake: false,
+            data: None,
+        };
+        let mut body = DeadlineBody::new(stalled, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        let error = first_frame(&mut body).await.expect("an end").unwrap_err();
+        assert!(error.is::<BodyTimedOut>(), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 }

@@ -3,7 +3,7 @@
 //! the examples' server closes a connection whose head has not arrived within
 //! `tollgate_suite::HEADER_READ_TIMEOUT` (10 s) of starting, or of the previous response
 //! on a kept-alive connection, and answers a request whose body has not arrived whole within
-//! `tollgate_suite::BODY_READ_TIMEOUT` (10 s) of its head. A `SIGHUP` does not stop it either.
+//! `tollgate_suite::BODY_READ_TIMEOUT` (10 s) of its handler first waiting for it. A `SIGHUP` does not stop it either.
 
 mod common;
 
@@ -63,7 +63,8 @@ fn a_request_head_that_never_ends_is_cut_off() {
 
 /// A request body that stops arriving is answered (`400`, as a body that cannot be read) and
 /// its connection closed once [`tollgate_suite::BODY_READ_TIMEOUT`] has passed since its
-/// head, instead of holding the connection and a handler for ever.
+/// handler (which reads at once) began waiting for it, instead of holding the connection
+/// and a handler for ever.
 #[test]
 fn a_request_body_that_never_ends_is_cut_off() {
     let ex = Example::start("seed_003", &[]);

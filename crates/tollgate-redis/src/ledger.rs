@@ -34,10 +34,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// Whether forgetting the record loses nothing: its report is fresh again and nothing
-    /// is owed.
+    /// Whether forgetting the record loses nothing: its report counts nothing (a fixed
+    /// window that counts nothing still reports its window's end) or is fresh again, and
+    /// nothing is owed.
     fn idle(&self, now: u64) -> bool {
-        self.until <= now && self.debt == 0 && !self.reset
+        (self.used == 0 || self.until <= now) && self.debt == 0 && !self.reset
     }
 
     /// The order records are evicted in, smallest first: nothing owed before something
@@ -398,6 +399,49 @@ mod tests {
         // A later answer fresh again later is news, even with less counted (some left).
         ledger.note_all(Op::Charge, one, &[report(4, 61)], 1_000_000);
         assert_eq!(ledger.take(true, 1_000_001)[0].used, 1);
+    }
+
+    /// A record whose key counts nothing (a fixed window given everything back, whose
+    /// report still names its window's end) makes room before any record that counts.
+    #[test]
+    fn records_that_count_nothing_make_room_first() {
+        let limit = Limit::fixed(Quota::per_day(5));
+        let ledger = Ledger::new(8);
+        let charge = |key: &str, remaining: u64, now: u64| {
+            let b = Bucket::new("daily", key, limit);
+            ledger.note_all(
+                Op::Charge,
+                std::slice::from_ref(&b),
+                &[report(remaining, 3600)],
+                now,
+            );
+        };
+        for i in 0..8u64 {
+            charge(&format!("k{i}"), 3, i);
+        }
+        // Each given back: nothing counted, the window's end an hour away.
+        for i in 0..4u64 {
+            let b = Bucket::new("daily", &format!("k{i}"), limit);
+            ledger.note_all(
+                Op::Refund,
+                std::slice::from_ref(&b),
+                &[report(5, 3600)],
+                10 + i,
+            );
+        }
+        // Four new keys: the four empty records go, every count stays.
+        for i in 8..12u64 {
+            charge(&format!("k{i}"), 3, 20 + i);
+        }
+        let mut kept: Vec<String> = ledger
+            .take(true, 100)
+            .into_iter()
+            .map(|o| o.bucket.key.to_string())
+            .collect();
+        kept.sort();
+        let mut counted: Vec<String> = (4..12).map(|i| format!("daily:k{i}")).collect();
+        counted.sort();
+        assert_eq!(kept, counted);
     }
 
     #[test]

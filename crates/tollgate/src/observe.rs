@@ -10,7 +10,7 @@
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
 //! | [`STORE_FALLBACK`] `tollgate_store_fallback` | gauge | `store` | 1 while a fallback store decides from memory because its shared store fails, else 0 (updated with every answer of a store that waits) |
-//! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). Alert on `refused`: a broken edit leaves the old rules in force |
+//! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). A watched file that turns unreadable (deleted, its permissions changed) counts one `refused` until it reads again. Alert on `refused`: a broken edit leaves the old rules in force |
 //!
 //! Labels are configuration names, never a client's key: `policy` is the policy's name,
 //! `bucket` the bucket's name as headers show it (`default:ip`, `auth`, `override:api_key`
@@ -99,13 +99,19 @@ pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
 /// Counts a reload tried: `reloaded`, or refused (the running rules stay). Passes `result`
 /// on.
 pub(crate) fn reload_tried<E>(result: Result<(), E>) -> Result<(), E> {
+    count_reload(result.is_ok());
+    result
+}
+
+/// Counts a reload tried: `reloaded` or refused.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn count_reload(reloaded: bool) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(
         CONFIG_RELOADS_TOTAL,
-        "outcome" => if result.is_ok() { "reloaded" } else { "refused" }
+        "outcome" => if reloaded { "reloaded" } else { "refused" }
     )
     .increment(1);
-    result
 }
 
 /// Whether metrics are compiled in (feature `metrics`): without it, the request path skips

@@ -263,6 +263,8 @@ impl Watch {
                         %error,
                         "cannot read the rate-limit configuration; the running rules stay"
                     );
+                    // Once, until it reads again: the file's rules are not what runs.
+                    crate::observe::count_reload(false);
                 }
                 return;
             }

@@ -308,12 +308,33 @@ fn reloads_count_by_outcome() {
         limiter.reload_file(&file).unwrap();
         assert!(limiter.reload_file(dir.join("missing.yaml")).is_err());
     });
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
         moved(&snapshotter),
         expect(&[
             ("tollgate_config_reloads_total{outcome=refused}", 2.0),
             ("tollgate_config_reloads_total{outcome=reloaded}", 2.0),
+        ])
+    );
+    // A watcher's reload on demand: once each, the file read or not (it does not poll in
+    // this test: once an hour).
+    let watcher = tollgate::reload::ConfigWatcher::builder(&limiter, &file)
+        .every(std::time::Duration::from_secs(3600))
+        .start()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        watcher.reload_now().unwrap();
+        std::fs::write(&file, "routes: [").unwrap();
+        assert!(watcher.reload_now().is_err());
+        std::fs::remove_file(&file).unwrap();
+        assert!(watcher.reload_now().is_err());
+    });
+    watcher.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[
+            ("tollgate_config_reloads_total{outcome=refused}", 2.0),
+            ("tollgate_config_reloads_total{outcome=reloaded}", 1.0),
         ])
     );
 }
