@@ -118,16 +118,9 @@ impl<B> DeadlineBody<B> {
 }
 
 /// The error of a [`DeadlineBody`] whose deadline passed before its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body did not arrive in time")]
 pub struct BodyTimedOut;
-
-impl std::fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body did not arrive in time")
-    }
-}
-
-impl std::error::Error for BodyTimedOut {}
 
 impl<B> http_body::Body for DeadlineBody<B>
 where

@@ -697,7 +697,7 @@ impl State {
                 if used.saturating_add(cost) <= capacity {
                     return Fit::Now;
                 }
-                ((window + 1) * limit.quota().period_micros()).saturating_sub(now)
+                fixed_window_end(*window, limit).saturating_sub(now)
             }
         };
         if wait == 0 {
@@ -834,7 +834,7 @@ impl State {
                 if *used == 0 {
                     0
                 } else {
-                    (window + 1) * limit.quota().period_micros()
+                    fixed_window_end(*window, limit)
                 }
             }
         }
@@ -882,9 +882,7 @@ impl State {
     /// at its next request.
     fn reset_at(&self, limit: &Limit, expires_at: u64) -> u64 {
         match self {
-            State::Fixed { window, .. } => {
-                (window + 1).saturating_mul(limit.quota().period_micros())
-            }
+            State::Fixed { window, .. } => fixed_window_end(*window, limit),
             _ => expires_at,
         }
     }
@@ -985,6 +983,11 @@ impl State {
             refusal,
         }
     }
+}
+
+/// When fixed window number `window` of `limit` ends (µs).
+fn fixed_window_end(window: u64, limit: &Limit) -> u64 {
+    (window + 1).saturating_mul(limit.quota().period_micros())
 }
 
 #[cfg(test)]

@@ -275,6 +275,11 @@ local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local find, sub, match, gmatch, fmt = string.find, string.sub, string.match, string.gmatch, string.format
 local out = { now }
 
+-- When the fixed window of `W` µs that holds `now` ends.
+local function window_close(W)
+  return (floor(now / W) + 1) * W
+end
+
 if op == '4' then
   -- Reset: every key goes; each bucket is reported fresh.
   redis.call('DEL', unpack(KEYS))
@@ -291,8 +296,7 @@ if op == '4' then
     out[#out + 1] = tonumber(ARGV[i * 6 - 3])
     if ARGV[i * 6 - 4] == '4' then
       -- A fixed window resets at its end, whether or not it counts anything.
-      local W = tonumber(ARGV[i * 6])
-      out[#out + 1] = (math.floor(now / W) + 1) * W - now
+      out[#out + 1] = window_close(tonumber(ARGV[i * 6])) - now
     else
       out[#out + 1] = 0
     end
@@ -516,7 +520,7 @@ for i = 1, n do
           end
         end
       end
-      local close = (floor(now / W) + 1) * W
+      local close = window_close(W)
       X[i], Y[i] = used, close
       if cost > cap then
         fit = -1

@@ -407,31 +407,26 @@ mod tests {
     fn records_that_count_nothing_make_room_first() {
         let limit = Limit::fixed(Quota::per_day(5));
         let ledger = Ledger::new(8);
-        let charge = |key: &str, remaining: u64, now: u64| {
-            let b = Bucket::new("daily", key, limit);
+        // Key `k<i>`'s answer to `op`: `remaining` left, the window's end an hour away.
+        let note = |op: Op, i: u64, remaining: u64, now: u64| {
+            let b = Bucket::new("daily", &format!("k{i}"), limit);
             ledger.note_all(
-                Op::Charge,
+                op,
                 std::slice::from_ref(&b),
                 &[report(remaining, 3600)],
                 now,
             );
         };
         for i in 0..8u64 {
-            charge(&format!("k{i}"), 3, i);
+            note(Op::Charge, i, 3, i);
         }
-        // Each given back: nothing counted, the window's end an hour away.
+        // Each given back: nothing counted.
         for i in 0..4u64 {
-            let b = Bucket::new("daily", &format!("k{i}"), limit);
-            ledger.note_all(
-                Op::Refund,
-                std::slice::from_ref(&b),
-                &[report(5, 3600)],
-                10 + i,
-            );
+            note(Op::Refund, i, 5, 10 + i);
         }
         // Four new keys: the four empty records go, every count stays.
         for i in 8..12u64 {
-            charge(&format!("k{i}"), 3, 20 + i);
+            note(Op::Charge, i, 3, 20 + i);
         }
         let mut kept: Vec<String> = ledger
             .take(true, 100)

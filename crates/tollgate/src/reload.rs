@@ -198,16 +198,14 @@ impl ConfigWatcher {
     /// Why the file was not reloaded (the running rules then stay): as
     /// [`Limiter::reload_config_with`], or [`ConfigError::Read`].
     pub fn reload_now(&self) -> Result<(), ConfigError> {
-        let content = match read(&self.watch.path) {
-            Ok(content) => content,
-            Err(error) => return crate::observe::reload_tried(Err(error)),
-        };
-        *lock(&self.watch.seen) = Seen {
-            content: content.clone(),
-            unreadable: false,
-            changed: None,
-        };
-        self.watch.load(&content)
+        crate::observe::reload_tried(read(&self.watch.path).and_then(|content| {
+            *lock(&self.watch.seen) = Seen {
+                content: content.clone(),
+                unreadable: false,
+                changed: None,
+            };
+            self.watch.load_rules(&content)
+        }))
     }
 
     /// Stops watching, and waits for the watcher's thread to end.
