@@ -246,6 +246,12 @@ impl RoutePattern {
         self.methods.as_deref()
     }
 
+    /// Whether the pattern is the default rule: any method, every path (`/*`, `*`,
+    /// `/{*rest}`, however it was written).
+    pub(crate) fn is_default(&self) -> bool {
+        self.methods.is_none() && self.segments.is_empty() && self.wildcard
+    }
+
     /// Whether the pattern ends in a wildcard (`/*`).
     pub fn is_wildcard(&self) -> bool {
         self.wildcard

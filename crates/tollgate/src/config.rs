@@ -85,6 +85,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -194,9 +195,10 @@ pub enum ConfigError {
         /// The top-level field (`store`, `client_ip`, `headers`, `body`, `enabled`).
         field: String,
     },
-    /// A [`ConfigWatcher`](crate::reload::ConfigWatcher) read the file with no routes, global
-    /// limits or buckets, where the file running had some: taken for a file emptied by
-    /// mistake or read while it was being written. Nothing was reloaded.
+    /// A reload from a file ([`Limiter::reload_file`], [`Limiter::reload_config_with`], a
+    /// [`ConfigWatcher`](crate::reload::ConfigWatcher)) read it with no routes, global
+    /// limits or buckets, where the file the rules running came from had some: taken for a
+    /// file emptied by mistake or read while it was being written. Nothing was reloaded.
     #[error("{file}: declares no routes, global limits or buckets, where the rules running came with some (a file emptied by mistake, or caught while being written?); nothing was reloaded: restart to run without them")]
     NoLimits {
         /// The file.
@@ -938,6 +940,7 @@ impl Config {
             });
         }
         builder.file_settings = Some(FileSettings::of(self));
+        builder.file_declares_limits = !self.declares_no_limits();
         builder.config_source = Some(Box::new((self.clone(), file.to_string())));
         self.rules_into(builder, file)
     }
@@ -1001,13 +1004,9 @@ impl Config {
             })?;
             builder = builder.bucket_when_full(name, rate, limit.when_full.unwrap_or_default());
         }
-        for (i, route) in self.routes.iter().enumerate() {
-            let pattern = route.pattern();
-            let policy = route
-                .policy(&default_key)
-                .map_err(|(sub, m)| invalid(FieldPath::route(i).join(&sub), Some(&pattern), m))?;
-            builder = builder.route(&pattern, policy);
-        }
+        // The global limits with a key (`per: ip`): the entries of one key are one policy,
+        // `global-<kind>`, its second limit `#2` (as a route's limits of one key are).
+        let mut keyed: Vec<(String, Key, Vec<Rate>, Option<WhenFull>)> = Vec::new();
         for (path, limit) in self.globals() {
             let (key, rates) = limit
                 .rates(&KeyText::Global)
@@ -1025,16 +1024,95 @@ impl Config {
                 for rate in rates {
                     builder = builder.global(rate);
                 }
-            } else {
-                let mut policy = Policy::named(global_policy_name(&key));
-                for rate in rates {
-                    policy = policy.limit(key.clone(), rate);
-                }
-                if let Some(mode) = limit.when_full {
-                    policy = policy.when_full(mode);
-                }
-                builder = builder.global_policy(policy);
+                continue;
             }
+            let name = global_policy_name(&key);
+            let at = match keyed.iter().position(|(n, ..)| *n == name) {
+                Some(at) => at,
+                None => {
+                    keyed.push((name, key, Vec::new(), None));
+                    keyed.len() - 1
+                }
+            };
+            let (_, _, all, when_full) = &mut keyed[at];
+            all.extend(rates);
+            match (*when_full, limit.when_full) {
+                (Some(set), Some(mode)) if set != mode => {
+                    return Err(invalid(
+                        path.key("when_full"),
+                        None,
+                        "the global limits of one `per:` are one policy, with one `when_full:`: \
+                         give them the same, or set it on one"
+                            .into(),
+                    ))
+                }
+                (_, Some(mode)) => *when_full = Some(mode),
+                _ => {}
+            }
+        }
+        // A name made from a pattern can be another rule's (`/v1/items` and `/v1/items/*`
+        // are both `v1-items`), and one name is one budget: such a rule must be named.
+        let names: Vec<Option<String>> = self
+            .routes
+            .iter()
+            .map(|r| (!r.exempt).then(|| r.policy_name()))
+            .collect();
+        let has_global = self
+            .globals()
+            .any(|(_, l)| l.per.is_none() || l.per == Some(KeyText::Global));
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some(name) = names[i].as_ref().filter(|_| route.name.is_none()) else {
+                continue;
+            };
+            let other = match names
+                .iter()
+                .enumerate()
+                // The later of two unnamed rules is the one to name.
+                .find(|(j, n)| {
+                    *j != i
+                        && (*j < i || self.routes[*j].name.is_some())
+                        && n.as_ref() == Some(name)
+                }) {
+                Some((j, _)) => Some(format!("the rule for `{}`", self.routes[j].pattern())),
+                None => ((has_global && name == "global") || keyed.iter().any(|(n, ..)| n == name))
+                    .then(|| "the file's global limits".to_string()),
+            };
+            if let Some(other) = other {
+                return Err(invalid(
+                    FieldPath::route(i),
+                    Some(&route.pattern()),
+                    format!(
+                        "its policy is named `{name}` after its pattern, as is {other}: give \
+                         it a `name:` of its own (rules share a budget by `bucket:`)"
+                    ),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let pattern = route.pattern();
+            // (An empty one would leave the pattern without methods: every method.)
+            if let Some(k) = route.methods.iter().position(|m| m.trim().is_empty()) {
+                return Err(invalid(
+                    FieldPath::route(i).key("methods").index(k),
+                    Some(&pattern),
+                    "an empty method: name one (`GET`), or leave `methods:` out for every method"
+                        .into(),
+                ));
+            }
+            let policy = route
+                .policy(&default_key)
+                .map_err(|(sub, m)| invalid(FieldPath::route(i).join(&sub), Some(&pattern), m))?;
+            builder = builder.route(&pattern, policy);
+        }
+        for (name, key, rates, when_full) in keyed {
+            let mut policy = Policy::named(name);
+            for rate in rates {
+                policy = policy.limit(key.clone(), rate);
+            }
+            if let Some(mode) = when_full {
+                policy = policy.when_full(mode);
+            }
+            builder = builder.global_policy(policy);
         }
         Ok(builder)
     }
@@ -1101,6 +1179,23 @@ impl RouteConfig {
                 return Err((
                     FieldPath::root().key("exempt"),
                     "an exempt route takes no limits".into(),
+                ));
+            }
+            // What only a charge uses is a mistake on a route never charged, not silence.
+            let charged_only = [
+                ("name", self.name.is_some()),
+                ("bucket", self.bucket.is_some()),
+                ("cost", self.cost.is_some()),
+                ("shadow", self.shadow),
+                ("on_store_failure", self.on_store_failure.is_some()),
+                ("when_full", self.when_full.is_some()),
+                ("refund_statuses", !self.refund_statuses.is_empty()),
+                ("count_only_statuses", !self.count_only_statuses.is_empty()),
+            ];
+            if let Some((field, _)) = charged_only.iter().find(|(_, set)| *set) {
+                return Err((
+                    FieldPath::root().key(field),
+                    format!("an exempt route is never charged: `{field}:` does nothing on it"),
                 ));
             }
             return Ok(Policy::exempt());
@@ -1365,7 +1460,9 @@ impl Limiter {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NotReloadable`] for a fixed setting that changed; the errors of
+    /// [`ConfigError::NotReloadable`] for a fixed setting that changed;
+    /// [`ConfigError::NoLimits`] for a file with no routes, global limits or buckets where
+    /// the file the rules running came from had some (an emptied file); the errors of
     /// [`Config::apply_rules`]; what the new rules would fail to build with, pointed at the
     /// rule of the file ([`ConfigError::Invalid`]). Nothing is reloaded then.
     pub fn reload_config_with(
@@ -1395,9 +1492,19 @@ impl Limiter {
                 field: field.to_string(),
             });
         }
+        // An emptied or truncated file would otherwise lift every limit at once.
+        let declares_limits = !config.declares_no_limits();
+        let declared = &self.engine.file_declares_limits;
+        if !declares_limits && declared.load(Ordering::Acquire) {
+            return Err(ConfigError::NoLimits {
+                file: file.to_string(),
+            });
+        }
         let rules = customize(config.apply_rules(Limiter::builder(), file)?);
         self.reload_rules(rules)
-            .map_err(|error| config.build_error(file, error))
+            .map_err(|error| config.build_error(file, error))?;
+        declared.store(declares_limits, Ordering::Release);
+        Ok(())
     }
 
     /// Watches a TOML or YAML file and reloads the limiter's rules when it changes

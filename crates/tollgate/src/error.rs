@@ -72,8 +72,9 @@ pub enum BuildError {
         /// The name as given.
         header: String,
     },
-    /// A custom key kind is empty or holds unusable characters.
-    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`")]
+    /// A custom key kind is empty, holds unusable characters, or is `global` (the kind of
+    /// [`Key::global`](crate::Key::global)).
+    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`, other than `global`")]
     BadKeyKind {
         /// The policy.
         policy: String,

@@ -2,7 +2,9 @@
 //! function of the request).
 //!
 //! A limit whose key is absent from a request (nobody signed in, no API key sent) does not
-//! apply to that request. Keys that carry secrets (API keys, `Authorization`, cookies, or any
+//! apply to that request; an empty value (`x-api-key:` sent blank, a function returning
+//! `Some("")`) counts as absent. So a key a client can leave out or blank is never the
+//! only limit on a route: pair it with one it cannot (`per_ip`). Keys that carry secrets (API keys, `Authorization`, cookies, or any
 //! key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
 //! process, so instances sharing Redis share the bucket and Redis never holds the secret.
 //!
@@ -122,7 +124,8 @@ impl Key {
     }
 
     /// Any function of the request, under a kind name of your own (shown in logs and used
-    /// in bucket names: letters, digits, `_`, `-`, `.`; checked when the limiter is built).
+    /// in bucket names: letters, digits, `_`, `-`, `.`, other than `global`, which is
+    /// [`Key::global`]'s; checked when the limiter is built).
     pub fn custom<F>(kind: &str, f: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
@@ -152,10 +155,15 @@ impl Key {
 
     /// Whether the kind name is usable in bucket names: a custom kind of letters, digits,
     /// `_`, `-` and `.` (as [`BuildError::BadKeyKind`](crate::BuildError::BadKeyKind) says);
-    /// the built-in kinds also hold `:` (`header:<name>`).
+    /// the built-in kinds also hold `:` (`header:<name>`). `global` is [`Key::global`]'s
+    /// alone: its bucket is the policy's own name, so a custom kind of that name would put
+    /// a key taken from the request (`ip:203.0.113.9`) right after it, on another limit's
+    /// store key.
     pub(crate) fn kind_is_valid(&self) -> bool {
         let custom = matches!(self.source, Source::Custom(_));
-        !self.kind.is_empty()
+        let reserved = custom && &*self.kind == "global";
+        !reserved
+            && !self.kind.is_empty()
             && self.kind.len() <= 64
             && self.kind.chars().all(|c| {
                 c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || (c == ':' && !custom)
@@ -269,6 +277,8 @@ mod tests {
         assert!(Key::header("bad header").source_is_bad_header());
         assert!(!Key::custom("a b", |_| None).kind_is_valid());
         assert!(Key::custom("plan-tier", |_| None).kind_is_valid());
+        assert!(!Key::custom("global", |_| None).kind_is_valid());
+        assert!(Key::global().kind_is_valid());
     }
 
     impl Key {

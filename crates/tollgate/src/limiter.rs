@@ -830,6 +830,9 @@ pub struct LimiterBuilder {
     /// The settings of the configuration file this builder was set up from.
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
+    /// Whether that file declares routes, global limits or buckets.
+    #[cfg(any(feature = "yaml", feature = "toml"))]
+    pub(crate) file_declares_limits: bool,
     /// The configuration file this builder was set up from, and its name: a build error
     /// is pointed at its rule ([`crate::config::Config::build_error`]).
     #[cfg(any(feature = "yaml", feature = "toml"))]
@@ -1210,6 +1213,8 @@ impl LimiterBuilder {
             code: Mutex::default(),
             #[cfg(any(feature = "yaml", feature = "toml"))]
             file_settings: self.file_settings,
+            #[cfg(any(feature = "yaml", feature = "toml"))]
+            file_declares_limits: self.file_declares_limits.into(),
             overrides: ArcSwap::default(),
             routes: ArcSwap::default(),
             stats: engine::Counters::default(),

@@ -40,7 +40,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -118,9 +118,13 @@ impl WatchBuilder {
     /// thread cannot start.
     pub fn start(self) -> Result<ConfigWatcher, ConfigError> {
         let seen = read(&self.path)?;
-        // (A file that does not parse declares nothing the watcher must keep.)
-        let declares_limits = Config::from_path_text(&self.path, &seen)
-            .is_ok_and(|config| !config.declares_no_limits());
+        // What is there now is what the limiter runs: if it declares limits, a reload of
+        // a file that declares none is refused. (A file that does not parse declares
+        // nothing to keep.)
+        if Config::from_path_text(&self.path, &seen).is_ok_and(|c| !c.declares_no_limits()) {
+            let declared = &self.limiter.engine.file_declares_limits;
+            declared.store(true, Ordering::Release);
+        }
         let watch = Arc::new(Watch {
             limiter: self.limiter,
             path: self.path,
@@ -131,7 +135,6 @@ impl WatchBuilder {
                 unreadable: false,
                 changed: None,
             }),
-            declares_limits: AtomicBool::new(declares_limits),
         });
         let (stop, stopped) = mpsc::channel::<()>();
         let every = self.every;
@@ -231,9 +234,6 @@ struct Watch {
     adjust: Option<Adjust>,
     customize: Option<Customize>,
     seen: Mutex<Seen>,
-    /// Whether the file the rules running came from declares routes, global limits or
-    /// buckets: a reload of one that declares none is then refused.
-    declares_limits: AtomicBool,
 }
 
 struct Seen {
@@ -306,10 +306,6 @@ impl Watch {
     fn load_rules(&self, content: &str) -> Result<(), ConfigError> {
         let mut config = Config::from_path_text(&self.path, content)?;
         let file = self.path.display().to_string();
-        let declares_limits = !config.declares_no_limits();
-        if !declares_limits && self.declares_limits.load(Ordering::Acquire) {
-            return Err(ConfigError::NoLimits { file });
-        }
         if let Some(adjust) = &self.adjust {
             adjust(&mut config);
         }
@@ -317,10 +313,7 @@ impl Watch {
             .reload_config_rules(&config, &file, |rules| match &self.customize {
                 Some(customize) => customize(rules),
                 None => rules,
-            })?;
-        self.declares_limits
-            .store(declares_limits, Ordering::Release);
-        Ok(())
+            })
     }
 }
 
@@ -364,7 +357,6 @@ mod tests {
                 unreadable: false,
                 changed: None,
             }),
-            declares_limits: AtomicBool::new(true),
         };
         // Written in place, read mid-write, then whole.
         std::fs::write(&path, &RULES[..RULES.len() / 2]).unwrap();

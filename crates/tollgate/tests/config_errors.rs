@@ -531,3 +531,128 @@ fn toml_errors_name_the_field() {
         }
     }
 }
+
+/// A rule without `name:` is named after its pattern, and two patterns can give one name
+/// (`/v1/items` and `/v1/items/*` are both `v1-items`): one name would be one budget, so
+/// the later rule must be named, at its line.
+#[test]
+fn unnamed_rules_whose_names_coincide_are_an_error_at_the_later_one() {
+    let cases = [
+        (
+            "routes:\n  - { path: /v1/items, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /v1/items/*, limits: [{ per: ip, limit: 3/min }] }\n",
+            "`v1-items` after its pattern, as is the rule for `/v1/items`",
+        ),
+        (
+            "routes:\n  - { path: /a-b, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /a/b, limits: [{ per: ip, limit: 9/min }] }\n",
+            "`a-b` after its pattern, as is the rule for `/a-b`",
+        ),
+        // A named rule later in the file: the unnamed one is to name.
+        (
+            "routes:\n  - { path: /z, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /x/z, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /y, name: x-z, limits: [{ per: ip, limit: 3/min }] }\n",
+            "`x-z` after its pattern, as is the rule for `/y`",
+        ),
+        (
+            "global:\n  - { limit: 100/s }\nroutes:\n  - { path: /global, limits: [{ per: ip, limit: 3/min }] }\n",
+            "`global` after its pattern, as is the file's global limits",
+        ),
+    ];
+    for (i, (text, says)) in cases.into_iter().enumerate() {
+        let path = write_temp(&format!("coincide-{i}.yaml"), text);
+        let err = LimiterBuilder::from_config(&path).unwrap_err();
+        let line = text.lines().count() - usize::from(i == 2);
+        assert!(
+            matches!(&err, ConfigError::Rule { line: Some(l), .. } if *l == line),
+            "{i}: {err:?}"
+        );
+        assert!(err.to_string().contains(says), "{i}: {err}");
+    }
+    // Named, the same two patterns have a budget each; one `name:` twice still shares.
+    let named = write_temp(
+        "coincide-named.yaml",
+        "routes:\n  - { path: /v1/items, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /v1/items/*, name: item, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /v2/*, name: item, limits: [{ per: ip, limit: 3/min }] }\n",
+    );
+    let limiter = Limiter::from_config(&named).unwrap();
+    let buckets: Vec<String> = limiter
+        .describe()
+        .iter()
+        .map(|r| r.limits[0].bucket.clone())
+        .collect();
+    assert_eq!(buckets, ["v1-items:ip", "item:ip", "item:ip"]);
+}
+
+/// `global:` entries of one key are one policy, `global-<kind>`, with a bucket per limit
+/// (`#2` for the second), not two policies of one name that the builder refuses.
+#[test]
+fn global_limits_of_one_key_are_one_policy() {
+    let path = write_temp(
+        "global-two.yaml",
+        "global:\n  - { per: ip, limit: 5/min }\n  - { per: ip, limit: 50/h, when_full: evict_limited }\n",
+    );
+    let limiter = Limiter::from_config(&path).unwrap();
+    let described = limiter.describe();
+    let global: Vec<_> = described
+        .iter()
+        .filter(|r| r.policy == "global-ip")
+        .collect();
+    assert_eq!(global.len(), 1, "{described:?}");
+    let limits: Vec<(&str, String)> = global[0]
+        .limits
+        .iter()
+        .map(|l| (l.bucket.as_str(), l.limit.unwrap().quota().to_string()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            ("global-ip:ip", "5/min".into()),
+            ("global-ip:ip#2", "50/h".into())
+        ]
+    );
+    // One policy has one `when_full:`: two that differ are an error at the second.
+    let clash = write_temp(
+        "global-clash.yaml",
+        "global:\n  - { per: ip, limit: 5/min, when_full: evict_limited }\n  - { per: ip, limit: 50/h, when_full: refuse_new_keys }\n",
+    );
+    let err = LimiterBuilder::from_config(&clash).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Rule { line: Some(3), field, .. } if field == "global[1].when_full"),
+        "{err:?}"
+    );
+}
+
+/// Settings that could never take effect are errors at their field, not silence: what
+/// only a charge uses on a route never charged, and a method left blank (which would
+/// have made the rule one for every method).
+#[test]
+fn settings_that_would_do_nothing_are_errors_at_their_field() {
+    let cases = [
+        (
+            "routes:\n  - { path: /hook, exempt: true, cost: 5 }\n",
+            "routes[0].cost (/hook)",
+            "an exempt route is never charged: `cost:` does nothing on it",
+        ),
+        (
+            "routes:\n  - { path: /hook, exempt: true, bucket: shared }\n",
+            "routes[0].bucket (/hook)",
+            "`bucket:` does nothing",
+        ),
+        (
+            "routes:\n  - { path: /hook, exempt: true, refund_statuses: [304] }\n",
+            "routes[0].refund_statuses (/hook)",
+            "`refund_statuses:` does nothing",
+        ),
+        (
+            "routes:\n  - { path: /a, methods: [''], limits: [{ per: ip, limit: 3/min }] }\n",
+            "routes[0].methods[0] ( /a)",
+            "an empty method",
+        ),
+    ];
+    for (i, (text, field, says)) in cases.into_iter().enumerate() {
+        let path = write_temp(&format!("does-nothing-{i}.yaml"), text);
+        let err = LimiterBuilder::from_config(&path).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Rule { line: Some(2), field: f, .. } if f == field),
+            "{i}: {err:?}"
+        );
+        assert!(err.to_string().contains(says), "{i}: {err}");
+    }
+}

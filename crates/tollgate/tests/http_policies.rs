@@ -852,6 +852,28 @@ fn configuration_mistakes_are_typed_build_errors() {
         .is_ok());
 }
 
+/// `require_default` takes the default rule however it is spelt (`/*`, `*`, `/{*rest}`),
+/// and only a rule for every method and path.
+#[test]
+fn the_default_rule_is_found_however_it_is_written() {
+    let with = |pattern: &str| {
+        Limiter::builder()
+            .route("/api/*", Policy::named("api").per_ip("5/min"))
+            .route(pattern, Policy::named("default").per_ip("100/min"))
+            .require_default()
+            .build()
+    };
+    for pattern in ["/*", "*", "/{*rest}"] {
+        assert!(with(pattern).is_ok(), "{pattern} is the default rule");
+    }
+    for pattern in ["GET /*", "/v1/*"] {
+        assert!(
+            matches!(with(pattern), Err(BuildError::NoDefaultRule)),
+            "{pattern} is not"
+        );
+    }
+}
+
 #[tokio::test]
 async fn concurrent_requests_admit_exactly_the_limit() {
     let (_clock, store) = clock_and_store();

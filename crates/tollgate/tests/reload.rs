@@ -504,6 +504,23 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     std::fs::write(&path, good.replace("3/min", "4/min")).unwrap();
     limiter.reload_file(&path).unwrap();
     assert_eq!(quota(&limiter, 0), "4/min");
+
+    // An emptied file (or one left with comments) would lift every limit at once: refused,
+    // as the watcher refuses it, and the rules stay.
+    for emptied in ["", "# routes moved\n"] {
+        std::fs::write(&path, emptied).unwrap();
+        let empty = limiter.reload_file(&path);
+        assert!(
+            matches!(empty, Err(ConfigError::NoLimits { .. })),
+            "{empty:?}"
+        );
+        assert_eq!(quota(&limiter, 0), "4/min");
+    }
+    // A limiter whose file never declared limits reloads another such file.
+    std::fs::write(&path, "").unwrap();
+    let settings_only = Limiter::from_config(&path).unwrap();
+    std::fs::write(&path, "# still nothing\n").unwrap();
+    settings_only.reload_file(&path).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -467,7 +467,7 @@ pub(crate) fn compile_table(
             &mut signatures,
             global_limits,
         )?;
-        has_default |= pattern.methods().is_none() && pattern.to_string() == "/*";
+        has_default |= pattern.is_default();
         classes = classes.route(pattern, compiled);
     }
     let classes = classes.build()?;
@@ -684,6 +684,15 @@ mod tests {
         assert!(matches!(
             bad(Policy::named("x").per_key("a:b", |_| None, "1/min")),
             Some(BuildError::BadKeyKind { .. })
+        ));
+        // `global` is `Key::global()`'s: its bucket is the policy's name alone, so a custom
+        // kind of that name would store `x:ip:203.0.113.9` for a request that says
+        // `ip:203.0.113.9`, the per-IP limit's key of that address.
+        assert!(matches!(
+            bad(Policy::named("x")
+                .per_ip("2/min")
+                .per_key("global", |_| None, "1000/min")),
+            Some(BuildError::BadKeyKind { kind, .. }) if kind == "global"
         ));
         assert!(matches!(
             bad(Policy::named("x")

@@ -59,6 +59,11 @@ pub(crate) struct Engine {
     /// from a file may not change.
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_settings: Option<crate::config::FileSettings>,
+    /// Whether the file the rules running came from declares routes, global limits or
+    /// buckets: a reload from a file that declares none is then refused
+    /// ([`crate::config::ConfigError::NoLimits`]).
+    #[cfg(any(feature = "yaml", feature = "toml"))]
+    pub(crate) file_declares_limits: std::sync::atomic::AtomicBool,
     /// Per-key overrides.
     pub(crate) overrides: ArcSwap<Overrides>,
     /// What the central layer leaves to per-route layers.
