@@ -128,7 +128,12 @@
 //! flight at the switch: its answer came from Redis but, sent before the switch, was not
 //! kept); `tests/outage.rs` holds each. Memory stays bounded whatever keys clients invent:
 //! the memory store by its own bounds, the ledger by [`FallbackConfig::with_mirror_keys`]
-//! (about 150 bytes a key).
+//! (about 150 bytes a key). The bound above holds while the keys to remember fit in the
+//! ledger: when more keys are used than it holds, it forgets first what could admit least
+//! beyond a limit (keys below their limit before keys at it, the fewest requests held
+//! first), so a flood of invented keys forgets its own records before a locked-out
+//! client's or a client's debt; a debt forgotten is counted
+//! ([`FallbackStore::lost_give_backs`]) and logged as a warning.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -41,12 +41,20 @@ impl Entry {
         (self.used == 0 || self.until <= now) && self.debt == 0 && !self.reset
     }
 
-    /// The order records are evicted in, smallest first: nothing owed before something
-    /// owed, keys below their limit before keys at it, least recently changed first.
-    fn rank(&self) -> (bool, bool, u64) {
+    /// The order records are evicted in, smallest first, by what forgetting one could
+    /// admit beyond its limit: keys below their limit before keys at it (or reset), then
+    /// the fewer held (the report still counting, plus what is owed), then a report before
+    /// a debt of the same size (the primary has the report until it restarts empty), then
+    /// least recently changed. So a flood of invented keys, each owing a request or two,
+    /// makes room among its own records, not with a key at its limit or a client's debt of
+    /// thirty (ranked by recency alone, those went first: the older records).
+    fn rank(&self, now: u64) -> (bool, u64, bool, u64) {
+        let counted = if self.until > now { self.used } else { 0 };
+        let held = counted.saturating_add(self.debt);
         (
-            self.debt > 0 || self.reset,
-            self.used >= self.limit.capacity(),
+            self.reset || held >= self.limit.capacity(),
+            held,
+            self.debt > 0,
             self.seen,
         )
     }
@@ -304,12 +312,12 @@ impl Ledger {
         }
         if table.len() >= self.capacity {
             let n = (self.capacity / 8).clamp(1, table.len());
-            let mut ranks: Vec<(bool, bool, u64)> = table.values().map(Entry::rank).collect();
+            let mut ranks: Vec<_> = table.values().map(|e| e.rank(now)).collect();
             let (_, &mut cutoff, _) = ranks.select_nth_unstable(n - 1);
             let mut left = n;
             let mut lost = 0;
             table.retain(|_, e| {
-                if left > 0 && e.rank() <= cutoff {
+                if left > 0 && e.rank(now) <= cutoff {
                     left -= 1;
                     lost += u64::from(e.debt > 0 || e.reset);
                     false
@@ -318,6 +326,15 @@ impl Ledger {
                 }
             });
             self.lost.fetch_add(lost, Ordering::Relaxed);
+            if lost > 0 {
+                tracing::warn!(
+                    target: "tollgate",
+                    lost,
+                    capacity = self.capacity,
+                    "the fallback's ledger is full of keys owed to Redis: the least owed were \
+                     forgotten, and Redis will not be charged for them"
+                );
+            }
         }
         table.insert(bucket.key.clone(), entry);
         true
@@ -437,6 +454,38 @@ mod tests {
         let mut counted: Vec<String> = (4..12).map(|i| format!("daily:k{i}")).collect();
         counted.sort();
         assert_eq!(kept, counted);
+    }
+
+    /// A flood of invented keys while Redis is away, each owing one request, makes room
+    /// among its own records: a key at its limit, a client's debt at its limit and a
+    /// larger debt stay (by recency alone the older records went first, and a client
+    /// whose 30 requests were forgotten was admitted 29 more once Redis was back).
+    #[test]
+    fn a_flood_of_small_debts_makes_room_among_itself() {
+        let limit = Limit::sliding(Quota::per_minute(5));
+        let ledger = Ledger::new(64);
+        let alice = Bucket::new("chat", "alice", limit);
+        ledger.note_all(Op::Charge, std::slice::from_ref(&alice), &[report(0, 60)], 0);
+        for _ in 0..5 {
+            ledger.owe(Op::Charge, &Bucket::new("chat", "bob", limit), true, 1);
+        }
+        for _ in 0..2 {
+            ledger.owe(Op::Charge, &Bucket::new("chat", "carol", limit), true, 2);
+        }
+        for i in 0..10_000u64 {
+            let b = Bucket::new("chat", &format!("x{i}"), limit);
+            ledger.owe(Op::Charge, &b, true, 3 + i);
+            assert!(ledger.len() <= 64);
+        }
+        let owed = ledger.take(true, 20_000);
+        let find = |k: &str| owed.iter().find(|o| o.bucket.key == k).map(|o| (o.used, o.debt));
+        assert_eq!(find("chat:alice"), Some((5, 0)));
+        assert_eq!(find("chat:bob"), Some((0, 5)));
+        assert_eq!(find("chat:carol"), Some((0, 2)));
+        // What was forgotten is the flood's, one request each, and counted.
+        let flood_kept = owed.len() as u64 - 3;
+        assert!(flood_kept > 0);
+        assert_eq!(ledger.lost(), 10_000 - flood_kept);
     }
 
     #[test]
