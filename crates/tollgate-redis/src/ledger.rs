@@ -465,7 +465,12 @@ mod tests {
         let limit = Limit::sliding(Quota::per_minute(5));
         let ledger = Ledger::new(64);
         let alice = Bucket::new("chat", "alice", limit);
-        ledger.note_all(Op::Charge, std::slice::from_ref(&alice), &[report(0, 60)], 0);
+        ledger.note_all(
+            Op::Charge,
+            std::slice::from_ref(&alice),
+            &[report(0, 60)],
+            0,
+        );
         for _ in 0..5 {
             ledger.owe(Op::Charge, &Bucket::new("chat", "bob", limit), true, 1);
         }
@@ -478,7 +483,11 @@ mod tests {
             assert!(ledger.len() <= 64);
         }
         let owed = ledger.take(true, 20_000);
-        let find = |k: &str| owed.iter().find(|o| o.bucket.key == k).map(|o| (o.used, o.debt));
+        let find = |k: &str| {
+            owed.iter()
+                .find(|o| o.bucket.key == k)
+                .map(|o| (o.used, o.debt))
+        };
         assert_eq!(find("chat:alice"), Some((5, 0)));
         assert_eq!(find("chat:bob"), Some((0, 5)));
         assert_eq!(find("chat:carol"), Some((0, 2)));
