@@ -1067,11 +1067,13 @@ impl Config {
             let other = match names
                 .iter()
                 .enumerate()
-                // The later of two unnamed rules is the one to name.
+                // The later of two unnamed rules is the one to name. (Two rules for one
+                // route are a tie, which the table reports as such.)
                 .find(|(j, n)| {
                     *j != i
                         && (*j < i || self.routes[*j].name.is_some())
                         && n.as_ref() == Some(name)
+                        && !same_route(&route.pattern(), &self.routes[*j].pattern())
                 }) {
                 Some((j, _)) => Some(format!("the rule for `{}`", self.routes[j].pattern())),
                 None => ((has_global && name == "global") || keyed.iter().any(|(n, ..)| n == name))
@@ -1365,6 +1367,12 @@ fn policy_name(pattern: &str) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// Whether two patterns are one route (`/a/{id}` and `/a/:id`), both read.
+fn same_route(a: &str, b: &str) -> bool {
+    let read = |p: &str| p.parse::<crate::classify::RoutePattern>().ok();
+    read(a).is_some_and(|a| Some(a) == read(b))
 }
 
 /// 1-based line and column of byte `offset` in `text`.

@@ -566,6 +566,17 @@ fn unnamed_rules_whose_names_coincide_are_an_error_at_the_later_one() {
         );
         assert!(err.to_string().contains(says), "{i}: {err}");
     }
+    // Two rules for one route (however spelt) are a tie, and are reported as one.
+    let tie = write_temp(
+        "coincide-tie.yaml",
+        "routes:\n  - { path: '/a/{id}', limits: [{ per: ip, limit: 3/min }] }\n  - { path: '/a/:id', limits: [{ per: ip, limit: 3/min }] }\n",
+    );
+    let err = Limiter::from_config(&tie).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { line: Some(3), .. })
+            && !err.to_string().contains("after its pattern"),
+        "{err:?}"
+    );
     // Named, the same two patterns have a budget each; one `name:` twice still shares.
     let named = write_temp(
         "coincide-named.yaml",
