@@ -1050,45 +1050,14 @@ impl Config {
                 _ => {}
             }
         }
-        // A name made from a pattern can be another rule's (`/v1/items` and `/v1/items/*`
-        // are both `v1-items`), and one name is one budget: such a rule must be named.
-        let names: Vec<Option<String>> = self
-            .routes
-            .iter()
-            .map(|r| (!r.exempt).then(|| r.policy_name()))
-            .collect();
-        let has_global = self
-            .globals()
-            .any(|(_, l)| l.per.is_none() || l.per == Some(KeyText::Global));
-        for (i, route) in self.routes.iter().enumerate() {
-            let Some(name) = names[i].as_ref().filter(|_| route.name.is_none()) else {
-                continue;
-            };
-            let other = match names
-                .iter()
-                .enumerate()
-                // The later of two unnamed rules is the one to name. (Two rules for one
-                // route are a tie, which the table reports as such.)
-                .find(|(j, n)| {
-                    *j != i
-                        && (*j < i || self.routes[*j].name.is_some())
-                        && n.as_ref() == Some(name)
-                        && !same_route(&route.pattern(), &self.routes[*j].pattern())
-                }) {
-                Some((j, _)) => Some(format!("the rule for `{}`", self.routes[j].pattern())),
-                None => ((has_global && name == "global") || keyed.iter().any(|(n, ..)| n == name))
-                    .then(|| "the file's global limits".to_string()),
-            };
-            if let Some(other) = other {
-                return Err(invalid(
-                    FieldPath::route(i),
-                    Some(&route.pattern()),
-                    format!(
-                        "its policy is named `{name}` after its pattern, as is {other}: give \
-                         it a `name:` of its own (rules share a budget by `bucket:`)"
-                    ),
-                ));
-            }
+        let global_names: Vec<&str> = keyed.iter().map(|(n, ..)| n.as_str()).collect();
+        if let Some((i, message)) = self.name_made_twice(&global_names) {
+            let route = &self.routes[i];
+            return Err(invalid(
+                FieldPath::route(i),
+                Some(&route.pattern()),
+                message,
+            ));
         }
         for (i, route) in self.routes.iter().enumerate() {
             let pattern = route.pattern();
@@ -1117,6 +1086,48 @@ impl Config {
             builder = builder.global_policy(policy);
         }
         Ok(builder)
+    }
+}
+
+impl Config {
+    /// The first rule without `name:` whose name, made from its pattern, is another rule's
+    /// (`/v1/items` and `/v1/items/*` are both `v1-items`) or that of the file's global
+    /// limits (`global`, or one of `keyed`, those with a key): one name would be one
+    /// budget, so it must be named. Its index, and what to tell. The later of two unnamed
+    /// rules is the one to name; two rules for one route are a tie, reported as such by
+    /// the table.
+    fn name_made_twice(&self, keyed: &[&str]) -> Option<(usize, String)> {
+        let names: Vec<Option<String>> = self
+            .routes
+            .iter()
+            .map(|r| (!r.exempt).then(|| r.policy_name()))
+            .collect();
+        let has_global = self
+            .globals()
+            .any(|(_, l)| l.per.is_none() || l.per == Some(KeyText::Global));
+        self.routes.iter().enumerate().find_map(|(i, route)| {
+            let name = names[i].as_deref().filter(|_| route.name.is_none())?;
+            let rule = names.iter().enumerate().position(|(j, n)| {
+                j != i
+                    && (j < i || self.routes[j].name.is_some())
+                    && n.as_deref() == Some(name)
+                    && !same_route(&route.pattern(), &self.routes[j].pattern())
+            });
+            let other = match rule {
+                Some(j) => format!("the rule for `{}`", self.routes[j].pattern()),
+                None if (has_global && name == "global") || keyed.contains(&name) => {
+                    "the file's global limits".to_string()
+                }
+                None => return None,
+            };
+            Some((
+                i,
+                format!(
+                    "its policy is named `{name}` after its pattern, as is {other}: give it a \
+                     `name:` of its own (rules share a budget by `bucket:`)"
+                ),
+            ))
+        })
     }
 }
 
