@@ -93,6 +93,19 @@ pub enum BuildError {
         /// The kind that is `kind` followed by `:`.
         longer: String,
     },
+    /// One key kind stored two ways: hashed ([`Key::hashed`](crate::Key::hashed)) in one
+    /// policy and as given in another. An override, a peek or a reset of the kind (the admin
+    /// router's `PUT /overrides/<kind>/<key>`) stores its key one way, and would reach only
+    /// the policies that store it that way.
+    #[error("key kind `{kind}` is hashed in policy `{hashed}` and stored as given in policy `{plain}`: an override or a reset of a `{kind}` key would reach only one of them; hash every `{kind}` key or none")]
+    KeyKindStoredTwoWays {
+        /// The kind.
+        kind: String,
+        /// A policy that hashes it.
+        hashed: String,
+        /// A policy that stores it as given.
+        plain: String,
+    },
     /// A policy limits per user but the limiter has no identity function.
     #[error("policy `{policy}` limits per user, but no identity is configured: call `.identity(|parts| ...)` on the builder")]
     NoIdentity {

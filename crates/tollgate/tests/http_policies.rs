@@ -753,7 +753,8 @@ fn configuration_mistakes_are_typed_build_errors() {
     );
     assert!(bad_quota.to_string().contains("minn"), "{bad_quota}");
 
-    let cases: Vec<(Result<Limiter, BuildError>, &str)> = vec![
+    let cases: Vec<(Result<Limiter, BuildError>, &str)> =
+        vec![
         (
             Limiter::builder()
                 .route("/*", Policy::named("empty"))
@@ -829,6 +830,18 @@ fn configuration_mistakes_are_typed_build_errors() {
                 .build(),
             "trailing",
         ),
+        // One kind hashed in one policy and stored as given in another: an override of
+        // the kind (stored one way) would reach only one of them.
+        (
+            Limiter::builder()
+                .route("/a", Policy::named("a").limit(Key::header("x-team"), "5/min"))
+                .route(
+                    "/b",
+                    Policy::named("b").limit(Key::header("x-team").hashed(), "5/min"),
+                )
+                .build(),
+            "key kind `header:x-team` is hashed in policy `b` and stored as given in policy `a`",
+        ),
     ];
     for (result, needle) in cases {
         let err = result.unwrap_err().to_string();
@@ -850,6 +863,11 @@ fn configuration_mistakes_are_typed_build_errors() {
     assert!(limiter
         .try_policy(Policy::named("auth").per_ip("20/15min"))
         .is_ok());
+    // A per-route policy that stores a kind the other way than the table does.
+    assert!(matches!(
+        limiter.try_policy(Policy::named("hashed-ip").limit(Key::ip().hashed(), "5/min")),
+        Err(BuildError::KeyKindStoredTwoWays { kind, .. }) if kind == "ip"
+    ));
 }
 
 /// `require_default` takes the default rule however it is spelt (`/*`, `*`, `/{*rest}`),

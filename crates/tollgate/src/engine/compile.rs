@@ -538,7 +538,7 @@ pub(crate) fn compile_table(
         }
     }
 
-    Ok(Table {
+    let table = Table {
         classes: Arc::new(classes),
         globals,
         global_limits,
@@ -546,7 +546,41 @@ pub(crate) fn compile_table(
         per_route,
         signatures,
         defaults,
-    })
+    };
+    stored_one_way(table.policies())?;
+    Ok(table)
+}
+
+/// Checks that each key kind of `policies` is stored one way, hashed or as given: an
+/// override, a peek or a reset of a kind stores its key one way
+/// ([`BuildError::KeyKindStoredTwoWays`]).
+fn stored_one_way<'a>(policies: impl Iterator<Item = &'a Arc<Compiled>>) -> Result<(), BuildError> {
+    // Per kind: whether it is hashed, and the first policy that says so.
+    let mut seen: HashMap<&str, (bool, &str)> = HashMap::new();
+    for policy in policies {
+        for limit in &policy.limits {
+            let (kind, hashed) = (limit.key.kind(), limit.key.hashed);
+            match seen.get(kind) {
+                None => {
+                    seen.insert(kind, (hashed, &policy.name));
+                }
+                Some(&(first, other)) if first != hashed => {
+                    let (h, p) = if hashed {
+                        (&*policy.name, other)
+                    } else {
+                        (other, &*policy.name)
+                    };
+                    return Err(BuildError::KeyKindStoredTwoWays {
+                        kind: kind.to_string(),
+                        hashed: h.to_string(),
+                        plain: p.to_string(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Table {
@@ -594,6 +628,7 @@ impl Table {
             signatures,
             defaults: self.defaults,
         };
+        stored_one_way(table.policies())?;
         Ok((table, compiled))
     }
 
