@@ -59,8 +59,9 @@
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `retry_after_ms`,
 //!   `method`, `route`; never the key). `route` is the route template axum matched
-//!   (`/users/{email}/reset`), not the path requested, which can carry identifiers; a
-//!   plain tower stack, without one, logs the path there. Store failures name the request
+//!   (`/users/{email}/reset`), not the path requested, which can carry identifiers;
+//!   without one (a path no axum route matches, a plain tower stack) the rule of the
+//!   table that classed the request (`/api/*`), else `-`. Store failures name the request
 //!   the same way.
 //! - `INFO` events for what operators change at runtime, the key as it is stored (hashed if
 //!   its kind is secret, an IPv6 address as its network): `rate-limit override set` (fields

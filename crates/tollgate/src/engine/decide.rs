@@ -86,14 +86,12 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// What logs name the request by: the route template axum matched
-    /// (`/users/{email}/reset`), or, without one (a plain tower stack), the path.
-    pub(crate) fn route(&self) -> &'a str {
-        let matched = match self.route {
+    /// The route template axum matched (`/users/{email}/reset`), if any.
+    fn matched(&self) -> Option<&'a str> {
+        match self.route {
             Route::In(extensions) => super::matched_in(extensions),
             Route::Known(route) => route,
-        };
-        matched.unwrap_or(self.path)
+        }
     }
 }
 
@@ -244,7 +242,10 @@ impl Engine {
     ) -> Step {
         let now = match answer {
             Ok(now) => now,
-            Err(e) => return Step::Done(self.store_failed(&e, plan.on_failure, target)),
+            Err(e) => {
+                let route = || self.route_for_log(plan, target);
+                return Step::Done(self.store_failed(&e, plan.on_failure, target.method, route));
+            }
         };
         let allowed = states.iter().all(|s| s.allowed);
         if allowed {
@@ -305,6 +306,28 @@ impl Engine {
         Step::Without(rest)
     }
 
+    /// What logs name a request by: the route axum matched (`/users/{email}/reset`), else
+    /// the rule of the table that classed it (`/api/*`), else `-`; never the path
+    /// requested, which can carry identifiers (an e-mail, a token) that do not belong in
+    /// logs (a request no axum route matched, or a plain tower stack, logged its path).
+    /// Only made for an event: finding the rule takes a walk of the table.
+    fn route_for_log<G: AsRef<Compiled>>(&self, plan: &Plan<G>, target: Target<'_>) -> String {
+        if let Some(route) = target.matched() {
+            return route.to_string();
+        }
+        let table = self.table.load();
+        plan.groups
+            .first()
+            .and_then(|class| {
+                let class: &Compiled = class.as_ref();
+                table
+                    .classes
+                    .iter()
+                    .find(|(_, rule)| std::ptr::eq(rule.as_ref(), class))
+            })
+            .map_or_else(|| "-".to_string(), |(pattern, _)| pattern.to_string())
+    }
+
     /// A refusal event: at most one per second per policy, with how many were not logged.
     fn log_refusal<G: AsRef<Compiled>>(
         &self,
@@ -332,7 +355,7 @@ impl Engine {
             shadow,
             retry_after_ms = state.retry_after.map(|d| d.as_millis() as u64),
             method = %target.method,
-            route = %target.route(),
+            route = %self.route_for_log(plan, target),
             unlogged_refusals = unlogged,
             "{}",
             if shadow { "rate limit would refuse (shadow)" } else { "rate limit exceeded" }
@@ -388,15 +411,16 @@ impl Engine {
         &self,
         error: &StoreError,
         on_failure: FailureMode,
-        target: Target<'_>,
+        method: &Method,
+        route: impl FnOnce() -> String,
     ) -> Outcome {
         if let Some(unlogged) = self.count_store_failure() {
             tracing::warn!(
                 target: "tollgate",
                 error = %error,
                 fail = ?on_failure,
-                method = %target.method,
-                route = %target.route(),
+                %method,
+                route = %route(),
                 unlogged_failures = unlogged,
                 "rate-limit store failed (logged at most every 10 s)"
             );
