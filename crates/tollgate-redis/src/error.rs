@@ -37,23 +37,51 @@ pub enum RedisConfigError {
     },
 }
 
-/// `url` with the password of its user info replaced by `***`, for messages and logs.
+/// `url` with the password of its user info, and the value of any query parameter that
+/// names a secret (`password=`, `auth=`, `token=`), replaced by `***`, for messages and
+/// logs. The user info ends at the last `@`: a password written without encoding may hold
+/// `/`, `?` or `@` (`redis://u:top/secret@host` is still hidden).
 pub(crate) fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if !userinfo.contains(':') && !user.is_empty() {
+                // `redis://password@host` is also accepted by some clients: hide it all.
+                ("***@".to_string(), &rest[at + 1..])
+            } else {
+                (format!("{user}:***@"), &rest[at + 1..])
+            }
+        }
+        None => (String::new(), rest),
     };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or_default();
-    if !userinfo.contains(':') && !user.is_empty() {
-        // `redis://password@host` is also accepted by some clients: hide it all.
-        return format!("{}***@{}", &url[..scheme_end + 3], &rest[at + 1..]);
+    let (place, query) = after.split_once('?').unwrap_or((after, ""));
+    let mut out = format!("{scheme}{userinfo}{place}");
+    if after.contains('?') {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let lower = name.to_ascii_lowercase();
+            if pair.contains('=')
+                && ["pass", "auth", "token", "secret"]
+                    .iter()
+                    .any(|s| lower.contains(s))
+            {
+                out.push_str(name);
+                out.push_str("=***");
+            } else {
+                out.push_str(pair);
+            }
+        }
     }
-    format!("{}{user}:***@{}", &url[..scheme_end + 3], &rest[at + 1..])
+    out
 }
 
 #[cfg(test)]
@@ -76,5 +104,18 @@ mod tests {
             "redis://localhost:6379/0"
         );
         assert_eq!(redact("not a url"), "not a url");
+        // Written without encoding, a password may hold `/` or `@`.
+        assert_eq!(
+            redact("redis://u:top/secret@127.0.0.1:6379/"),
+            "redis://u:***@127.0.0.1:6379/"
+        );
+        assert_eq!(
+            redact("redis://u:a@b@127.0.0.1:6379/0"),
+            "redis://u:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0?protocol=resp3&password=s3cret"),
+            "redis://127.0.0.1:6379/0?protocol=resp3&password=***"
+        );
     }
 }
