@@ -192,6 +192,36 @@ async fn operators_see_the_table_and_the_store_and_unblock_a_locked_email() {
     assert_eq!(auth["remaining"], 20 - 7);
 }
 
+/// The network buckets (per IPv6 /48) are found by any address of the network, and a
+/// reset by one frees the network: an operator who looked a client up by its address read
+/// a fresh budget (the address folded to its /64) and reset nothing.
+#[tokio::test]
+async fn operators_find_a_network_by_any_of_its_addresses() {
+    let ex = demo(&[("ADMIN_TOKEN", TOKEN)]);
+    for client in ["2001:db8:77:1::5", "2001:db8:77:2::9", "2001:db8:77:3::1"] {
+        let wrong = ex
+            .post("/api/auth/sign-in")
+            .header("x-forwarded-for", client)
+            .json(&json!({ "email": "net@example.com", "password": "wrong" }));
+        assert_eq!(status(wrong).await, 401);
+    }
+    let remaining = |key: &'static str| {
+        let path = format!("/buckets/auth-network/{key}");
+        let request = admin(&ex, reqwest::Method::GET, &path);
+        async move { json(request).await.1["remaining"].clone() }
+    };
+    for key in ["2001:db8:77:ffff::1", "2001:db8:77::%2F48"] {
+        assert_eq!(remaining(key).await, json!(1000 - 3), "{key}");
+    }
+    let reset = admin(
+        &ex,
+        reqwest::Method::POST,
+        "/buckets/auth-network/2001:db8:77:9::9/reset",
+    );
+    assert_eq!(json(reset).await.0, 200);
+    assert_eq!(remaining("2001:db8:77:1::5").await, json!(1000));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_gets_its_own_limit_and_is_unblocked_without_a_restart() {
     let ex = demo(&[("ADMIN_TOKEN", TOKEN)]);

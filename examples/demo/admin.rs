@@ -6,7 +6,9 @@
 //! Keys are as the handlers count them: the sign-in lockout's are e-mails trimmed and
 //! lowercased, so `Bob@Example.com` is reset as `bob%40example.com` (the address as
 //! typed names another, unused key, and its reset frees nobody); a client's IP as it
-//! connects, an IPv6 address standing for its /64; and `failed-auth:ip` is the wrong
+//! connects, an IPv6 address standing for its /64 (for the network buckets,
+//! `auth-network` and `sign-in-failures-network`, for its /48: any address of the network,
+//! or the network as stored, `2001:db8:1::%2F48`); and `failed-auth:ip` is the wrong
 //! tokens' guard, per IP.
 //!
 //! ```text

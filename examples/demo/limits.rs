@@ -213,7 +213,12 @@ pub fn limiter(
         builder = builder.route(pattern, policy);
     }
     for (name, rate, per) in handler_buckets() {
-        builder = builder.bucket_when_full(name, rate, per.when_full());
+        builder = match per {
+            // Folded to the network in checks and in the operators' lookups alike, so an
+            // operator who looks a client up by its address finds its network's count.
+            Per::Network => builder.bucket_per_network(name, rate, per.when_full(), NETWORK_BITS),
+            _ => builder.bucket_when_full(name, rate, per.when_full()),
+        };
     }
     builder.build()
 }

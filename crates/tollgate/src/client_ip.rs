@@ -336,6 +336,12 @@ impl ClientIp {
     /// client's key (it named `198.51.100.7`, the `/8` silently dropped). How an operator's
     /// value (an override, an admin lookup) is folded like a request's client.
     pub(crate) fn key_of_text(&self, value: &str) -> Option<String> {
+        self.fold_text(value, self.ipv6_prefix)
+    }
+
+    /// [`ClientIp::key_of_text`] with IPv6 addresses folded to `ipv6_prefix` bits (as
+    /// [`ClientIp::network_key`] does): a key as stored must name that prefix.
+    pub(crate) fn fold_text(&self, value: &str, ipv6_prefix: u8) -> Option<String> {
         let text = value.trim();
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
@@ -344,12 +350,12 @@ impl ClientIp {
         let ip = parse_node(address.as_bytes())?;
         let folded = match key_address(ip) {
             IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => self.ipv6_prefix,
+            IpAddr::V6(_) => ipv6_prefix,
         };
         if prefix.is_some_and(|p| p != folded) {
             return None;
         }
-        Some(self.key(ip))
+        Some(self.network_key(ip, ipv6_prefix))
     }
 
     /// The key of the network of a client address, coarser than [`ClientIp::key`] for

@@ -101,7 +101,8 @@ fn serialize_limit<S: serde::Serializer>(limit: &Limit, s: S) -> Result<S::Ok, S
 enum Found {
     /// A policy's bucket; `None`: the quota is chosen per request.
     Policy(Key, Option<Limit>),
-    Direct(Limit),
+    /// A bucket for direct use, and the prefix its address keys fold to, if any.
+    Direct(Limit, Option<u8>),
     Override(Key),
 }
 
@@ -241,7 +242,9 @@ impl Limiter {
             return Err(InspectError::EmptyKey);
         }
         match self.find(bucket)? {
-            Found::Direct(limit) => Ok((self.engine.direct_key(key), Some(limit))),
+            Found::Direct(limit, network) => {
+                Ok((self.engine.direct_key(key, network), Some(limit)))
+            }
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
                 Ok((store_key(value.as_bytes(), k.hashed), limit))
@@ -262,7 +265,7 @@ impl Limiter {
 
     fn find(&self, bucket: &str) -> Result<Found, InspectError> {
         if let Some(direct) = self.engine.table.load().direct.get(bucket) {
-            return Ok(Found::Direct(direct.limit));
+            return Ok(Found::Direct(direct.limit, direct.network));
         }
         if let Some(kind) = bucket.strip_prefix(OVERRIDE_PREFIX) {
             return self
@@ -345,6 +348,51 @@ pub(crate) fn costlier_than(
 mod tests {
     use super::*;
     use crate::{Policy, Rate};
+
+    /// A bucket keyed by client network folds an address to its network in a handler's
+    /// check and in an operator's lookup alike: any address of the /48 finds its count,
+    /// and a reset by one frees the network (a plain bucket folded the operator's address
+    /// to its /64, so the network's count read as fresh and its reset freed nobody).
+    #[tokio::test]
+    async fn a_bucket_per_network_folds_addresses_to_its_network() {
+        let limiter = Limiter::builder()
+            .bucket_per_network("net", "10/min", tollgate_core::WhenFull::EvictLimited, 48)
+            .bucket("per-client", "10/min")
+            .build()
+            .unwrap();
+        for key in ["2001:db8:1:2::5", "2001:db8:1:3::7", "2001:db8:1::/48"] {
+            assert!(limiter.check("net", key).await.unwrap().allowed);
+            assert!(limiter.check("per-client", key).await.unwrap().allowed);
+        }
+        let remaining = |bucket: &'static str, key: &'static str| {
+            let limiter = limiter.clone();
+            async move { limiter.peek_bucket(bucket, key).await.unwrap().buckets[0].remaining }
+        };
+        for key in ["2001:db8:1:ffff::9", "2001:db8:1::/48", "[2001:db8:1::1]"] {
+            assert_eq!(remaining("net", key).await, 7, "{key}");
+        }
+        assert_eq!(remaining("net", "2001:db8:2::1").await, 10, "another /48");
+        // A plain bucket: the client's /64 (the /48 given as stored is a key of its own).
+        assert_eq!(remaining("per-client", "2001:db8:1:2::9").await, 9);
+        limiter
+            .reset_bucket("net", "2001:db8:1:4::1")
+            .await
+            .unwrap();
+        assert_eq!(remaining("net", "2001:db8:1::/48").await, 10);
+        // An IPv4 client is its address.
+        limiter.check("net", "198.51.100.7").await.unwrap();
+        assert_eq!(remaining("net", "::ffff:198.51.100.7").await, 9);
+        // A prefix no address has is a build error.
+        let bad = Limiter::builder()
+            .bucket_per_network("net", "10/min", tollgate_core::WhenFull::EvictLimited, 129)
+            .build();
+        assert!(matches!(
+            bad,
+            Err(crate::BuildError::ClientIp(
+                crate::client_ip::ClientIpError::Ipv6Prefix(129)
+            ))
+        ));
+    }
 
     fn limiter() -> Limiter {
         Limiter::builder()

@@ -604,7 +604,7 @@ impl Limiter {
                 buckets: Vec::new(),
             });
         }
-        let stored = self.engine.direct_key(key);
+        let stored = self.engine.direct_key(key, direct.network);
         let bucket = Bucket::new(bucket, &stored, direct.limit)
             .with_cost(cost)
             .with_when_full(direct.when_full);
@@ -809,6 +809,16 @@ impl fmt::Debug for Limiter {
     }
 }
 
+/// A bucket for direct use, as declared ([`LimiterBuilder::bucket_when_full`],
+/// [`LimiterBuilder::bucket_per_network`]).
+pub(crate) struct DirectRule {
+    pub(crate) name: String,
+    pub(crate) rate: Rate,
+    pub(crate) when_full: WhenFull,
+    /// The IPv6 prefix its address keys are folded to, if keyed by client network.
+    pub(crate) network: Option<u8>,
+}
+
 /// Builds a [`Limiter`]; every mistake is a [`BuildError`] from [`LimiterBuilder::build`].
 #[derive(Default)]
 pub struct LimiterBuilder {
@@ -818,7 +828,7 @@ pub struct LimiterBuilder {
     routes: Vec<(String, Policy)>,
     global: Option<Policy>,
     global_policies: Vec<Policy>,
-    direct: Vec<(String, Rate, WhenFull)>,
+    direct: Vec<DirectRule>,
     header_style: Option<HeaderStyle>,
     error_body: Option<ErrorBody>,
     enabled: Option<bool>,
@@ -976,7 +986,47 @@ impl LimiterBuilder {
         rate: impl Into<Rate>,
         when_full: WhenFull,
     ) -> Self {
-        self.direct.push((name.to_string(), rate.into(), when_full));
+        self.direct.push(DirectRule {
+            name: name.to_string(),
+            rate: rate.into(),
+            when_full,
+            network: None,
+        });
+        self
+    }
+
+    /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by client network: a key
+    /// that is an IP address (or a network written as stored, `2001:db8:1::/48`) is folded
+    /// to its first `ipv6_prefix` bits, an IPv4 address kept whole, as
+    /// [`ClientIp::network_key`](crate::ClientIp::network_key) keys it, in
+    /// [`Limiter::check`] and its kin and in the operators' lookups
+    /// ([`Limiter::peek_bucket`], [`Limiter::reset_bucket`], the admin router). So an
+    /// operator who looks a client up by its address finds its network's count (a plain
+    /// bucket folds an address to the client's key, a /64: the network's count was not
+    /// found, and its reset freed nobody). A prefix above 128 is a build error.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, WhenFull};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .bucket_per_network("sign-in-per-network", "1000/15min", WhenFull::EvictLimited, 48)
+    ///     .build()?;
+    /// # let _ = limiter;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn bucket_per_network(
+        mut self,
+        name: &str,
+        rate: impl Into<Rate>,
+        when_full: WhenFull,
+        ipv6_prefix: u8,
+    ) -> Self {
+        self.direct.push(DirectRule {
+            name: name.to_string(),
+            rate: rate.into(),
+            when_full,
+            network: Some(ipv6_prefix),
+        });
         self
     }
 

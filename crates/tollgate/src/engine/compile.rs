@@ -14,7 +14,6 @@ use crate::error::BuildError;
 use crate::key::{Key, Source};
 use crate::observe::BucketMetrics;
 use crate::policy::{Cost, Policy, QuotaFn, QuotaSource, StatusFn};
-use crate::rate::Rate;
 use crate::respond::{number, sf};
 
 /// Settings every policy inherits unless it says otherwise.
@@ -390,6 +389,9 @@ pub(crate) struct Direct {
     pub(crate) limit: Limit,
     /// What a bounded store does with a new key when the bucket's share is full.
     pub(crate) when_full: WhenFull,
+    /// The IPv6 prefix its address keys are folded to, if keyed by client network
+    /// ([`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network)).
+    pub(crate) network: Option<u8>,
     pub(crate) metrics: BucketMetrics,
 }
 
@@ -418,7 +420,7 @@ pub(crate) struct Table {
 pub(crate) struct Rules<'a> {
     pub(crate) routes: &'a [(String, Policy)],
     pub(crate) globals: Vec<&'a Policy>,
-    pub(crate) direct: &'a [(String, Rate, WhenFull)],
+    pub(crate) direct: &'a [crate::limiter::DirectRule],
     pub(crate) defaults: Defaults,
     pub(crate) require_default: bool,
 }
@@ -512,8 +514,12 @@ pub(crate) fn compile_table(
     }
 
     let mut direct = HashMap::new();
-    for (name, rate, when_full) in rules.direct {
+    for rule in rules.direct {
+        let (name, rate) = (&rule.name, &rule.rate);
         check_name(name)?;
+        if let Some(bits) = rule.network.filter(|bits| *bits > 128) {
+            return Err(crate::client_ip::ClientIpError::Ipv6Prefix(bits).into());
+        }
         let limit = rate.limit().map_err(|source| BuildError::Rate {
             policy: name.clone(),
             key: "direct".into(),
@@ -528,7 +534,8 @@ pub(crate) fn compile_table(
                     name.clone(),
                     Direct {
                         limit,
-                        when_full: *when_full,
+                        when_full: rule.when_full,
+                        network: rule.network,
                         metrics,
                     },
                 )

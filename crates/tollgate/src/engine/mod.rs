@@ -605,10 +605,14 @@ impl Engine {
 
     /// How a key of a bucket for direct use is stored: an IP address (or an address key as
     /// stored, `2001:db8::/64`) folded like a request's client (an IPv6 address to its
-    /// network), so a handler's raw address, its [`ClientIp::key`] and an operator's lookup
-    /// all name one key; any other key as given.
-    pub(crate) fn direct_key(&self, key: &str) -> String {
-        let folded = self.client_ip.key_of_text(key);
+    /// network), or to `network`'s bits for a bucket keyed by client network, so a
+    /// handler's raw address, its [`ClientIp::key`] and an operator's lookup all name one
+    /// key; any other key as given.
+    pub(crate) fn direct_key(&self, key: &str, network: Option<u8>) -> String {
+        let folded = match network {
+            None => self.client_ip.key_of_text(key),
+            Some(bits) => self.client_ip.fold_text(key, bits),
+        };
         crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), false)
     }
 
