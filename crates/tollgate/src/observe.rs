@@ -97,6 +97,42 @@ pub const STORE_FALLBACK: &str = "tollgate_store_fallback";
 /// `tollgate_config_reloads_total{outcome}`.
 pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
 
+/// Describes every metric (the `# HELP` of a Prometheus exporter) and registers both
+/// series of [`CONFIG_RELOADS_TOTAL`] at 0, so an alert on refused reloads has a series
+/// from the start. Called when a limiter is built, with the recorder installed then.
+#[cfg(feature = "metrics")]
+pub(crate) fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests decided per policy and bucket: outcome admitted, refused or would_refuse (shadow)"
+    );
+    describe_counter!(
+        NEAR_LIMIT_TOTAL,
+        "Admitted requests that left less than a tenth of their bucket"
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        "Calls the rate-limit store could not answer (the policy's failure mode applied)"
+    );
+    describe_histogram!(
+        STORE_DURATION_SECONDS,
+        Unit::Seconds,
+        "How long the rate-limit store took to answer"
+    );
+    describe_gauge!(
+        STORE_FALLBACK,
+        "1 while the store answers from its memory fallback (Redis away), else 0"
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Reloads of the rate-limit rules tried: outcome reloaded, or refused (the rules running stay)"
+    );
+    for outcome in ["reloaded", "refused"] {
+        ::metrics::counter!(CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(0);
+    }
+}
+
 /// Counts a reload tried: `reloaded`, or refused (the running rules stay). Passes `result`
 /// on.
 pub(crate) fn reload_tried<E>(result: Result<(), E>) -> Result<(), E> {
@@ -208,6 +244,7 @@ impl StoreMetrics {
     pub(crate) fn new(store: &str, mode: StoreMode) -> Self {
         #[cfg(feature = "metrics")]
         {
+            describe();
             let this = Self {
                 errors: ::metrics::counter!(STORE_ERRORS_TOTAL, "store" => store.to_string()),
                 duration: ::metrics::histogram!(STORE_DURATION_SECONDS, "store" => store.to_string()),

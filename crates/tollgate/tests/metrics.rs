@@ -338,3 +338,45 @@ fn reloads_count_by_outcome() {
         ])
     );
 }
+
+/// Every metric is described (a Prometheus exporter's `# HELP`), and both series of the
+/// reload counter exist from the build, at 0, for an alert on refused reloads to have a
+/// series before the first reload.
+#[test]
+fn every_metric_is_described_and_reloads_start_at_zero() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _limiter = build(
+        &recorder,
+        Limiter::builder().route("/api/*", Policy::named("api").per_ip("10/min")),
+    );
+    let snapshot = snapshotter.snapshot().into_vec();
+    let mut described: Vec<String> = snapshot
+        .iter()
+        .filter(|(_, _, description, _)| description.as_ref().is_some_and(|d| !d.is_empty()))
+        .map(|(key, ..)| key.key().name().to_string())
+        .collect();
+    described.sort();
+    described.dedup();
+    assert_eq!(
+        described,
+        [
+            "tollgate_config_reloads_total",
+            "tollgate_near_limit_total",
+            "tollgate_requests_total",
+            "tollgate_store_duration_seconds",
+            "tollgate_store_errors_total",
+            "tollgate_store_fallback",
+        ]
+    );
+    let mut reloads: Vec<String> = snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == "tollgate_config_reloads_total")
+        .map(|(key, _, _, value)| {
+            let outcome = key.key().labels().next().map(|l| l.value().to_string());
+            format!("{}={value:?}", outcome.unwrap_or_default())
+        })
+        .collect();
+    reloads.sort();
+    assert_eq!(reloads, ["refused=Counter(0)", "reloaded=Counter(0)"]);
+}
