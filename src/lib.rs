@@ -189,11 +189,20 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Whether the secret `given` is `expected`, compared in time independent of where the
-/// first difference is (an operator's token is not to be guessed byte by byte by timing).
+/// Whether the secret `given` is `expected`, compared in time that depends on neither
+/// where the first difference is nor `expected`'s length (only on `given`'s, which the
+/// client knows): an operator's token is not to be guessed byte by byte, or its length
+/// found, by timing.
 pub fn same_secret(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let mut differ = usize::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        // The same work at every byte: past `expected`'s end, its bytes again (the
+        // lengths differ already).
+        let y = if b.is_empty() { 0 } else { b[i % b.len()] };
+        differ |= usize::from(x ^ y);
+    }
+    differ == 0
 }
 
 /// The bearer token of `headers`' `Authorization` (RFC 6750: the scheme's case does not
@@ -232,7 +241,17 @@ mod tests {
     use axum::body::Bytes;
     use http_body::{Body, Frame};
 
-    use super::{BodyTimedOut, DeadlineBody};
+    use super::{same_secret, BodyTimedOut, DeadlineBody};
+
+    #[test]
+    fn a_secret_matches_only_itself() {
+        assert!(same_secret("s3cret", "s3cret"));
+        for given in ["", "s3cre", "s3crets", "s3cres", "s3crets3cret", "S3cret"] {
+            assert!(!same_secret(given, "s3cret"), "{given}");
+        }
+        assert!(!same_secret("x", ""));
+        assert!(same_secret("", ""));
+    }
 
     /// A body whose frame is not ready the first `waits` times it is read (`wake`: whether
     /// it asks to be read again, as a body whose data is on its way does).
