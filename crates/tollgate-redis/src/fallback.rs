@@ -130,10 +130,11 @@
 //! the memory store by its own bounds, the ledger by [`FallbackConfig::with_mirror_keys`]
 //! (about 150 bytes a key). The bound above holds while the keys to remember fit in the
 //! ledger: when more keys are used than it holds, it forgets first what could admit least
-//! beyond a limit (keys below their limit before keys at it, the fewest requests held
-//! first), so a flood of invented keys forgets its own records before a locked-out
-//! client's or a client's debt; a debt forgotten is counted
-//! ([`FallbackStore::lost_give_backs`]) and logged as a warning.
+//! beyond a limit (keys below their limit before keys at it, the smallest share of its
+//! limit held first), so a flood of invented keys, each a request or two into its limit,
+//! forgets its own records before those of a client near or at its limit (keys a flood
+//! pushes to their own limit rank with those); a debt forgotten is counted
+//! ([`FallbackStore::lost_give_backs`]) and logged as a warning (at most every 10 s).
 
 use std::borrow::Cow;
 use std::fmt;

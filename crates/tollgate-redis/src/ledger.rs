@@ -43,16 +43,22 @@ impl Entry {
 
     /// The order records are evicted in, smallest first, by what forgetting one could
     /// admit beyond its limit: keys below their limit before keys at it (or reset), then
-    /// the fewer held (the report still counting, plus what is owed), then a report before
-    /// a debt of the same size (the primary has the report until it restarts empty), then
-    /// least recently changed. So a flood of invented keys, each owing a request or two,
-    /// makes room among its own records, not with a key at its limit or a client's debt of
-    /// thirty (ranked by recency alone, those went first: the older records).
-    fn rank(&self, now: u64) -> (bool, u64, bool, u64) {
+    /// the smaller share of its limit held (the report still counting, plus what is owed;
+    /// as a share, so a lockout at 4 of 5 outranks a key at 5 of 10,000), then the fewer
+    /// held, then a report before a debt of the same size (the primary has the report until
+    /// it restarts empty), then least recently changed. So a flood of invented keys, each
+    /// owing a request or two, makes room among its own records, not with a key near or at
+    /// its limit (ranked by recency alone, those went first: the older records). Keys a
+    /// flood pushes to their own limit rank with the others at theirs.
+    fn rank(&self, now: u64) -> (bool, u64, u64, bool, u64) {
         let counted = if self.until > now { self.used } else { 0 };
         let held = counted.saturating_add(self.debt);
+        let capacity = self.limit.capacity().max(1);
+        // The share held, in 2^-32ths of the limit.
+        let share = (u128::from(held.min(capacity)) << 32) / u128::from(capacity);
         (
-            self.reset || held >= self.limit.capacity(),
+            self.reset || held >= capacity,
+            u64::try_from(share).unwrap_or(u64::MAX),
             held,
             self.debt > 0,
             self.seen,
@@ -90,6 +96,8 @@ pub(crate) struct Ledger {
     capacity: usize,
     /// Debts lost because their record was evicted (the table full of owed keys).
     lost: AtomicU64,
+    /// When a loss was last logged (µs; 0: never): at most one warning per 10 s.
+    warned_at: AtomicU64,
 }
 
 impl Ledger {
@@ -99,6 +107,7 @@ impl Ledger {
             table: Mutex::new(HashMap::default()),
             capacity,
             lost: AtomicU64::new(0),
+            warned_at: AtomicU64::new(0),
         }
     }
 
@@ -325,14 +334,17 @@ impl Ledger {
                     true
                 }
             });
-            self.lost.fetch_add(lost, Ordering::Relaxed);
-            if lost > 0 {
+            let lost_total = self.lost.fetch_add(lost, Ordering::Relaxed) + lost;
+            let last = self.warned_at.load(Ordering::Relaxed);
+            if lost > 0 && (last == 0 || now.saturating_sub(last) >= 10_000_000) {
+                self.warned_at.store(now.max(1), Ordering::Relaxed);
                 tracing::warn!(
                     target: "tollgate",
-                    lost,
+                    lost_total,
                     capacity = self.capacity,
                     "the fallback's ledger is full of keys owed to Redis: the least owed were \
-                     forgotten, and Redis will not be charged for them"
+                     forgotten, and Redis will not be charged for them (logged at most every \
+                     10 s)"
                 );
             }
         }
@@ -495,6 +507,33 @@ mod tests {
         let flood_kept = owed.len() as u64 - 3;
         assert!(flood_kept > 0);
         assert_eq!(ledger.lost(), 10_000 - flood_kept);
+    }
+
+    /// The rank weighs what is held against each key's own limit: a lockout key at 4 of 5
+    /// stays while a flood of keys of a large per-user limit, 5 of 10,000 each, makes room
+    /// among itself (by the count alone, 4 went before 5).
+    #[test]
+    fn a_key_near_a_small_limit_outranks_a_few_requests_of_a_large_one() {
+        let lockout = Limit::sliding(Quota::per_minute(5));
+        let large = Limit::sliding(Quota::per_hour(10_000));
+        let ledger = Ledger::new(64);
+        for _ in 0..4 {
+            ledger.owe(
+                Op::Charge,
+                &Bucket::new("lockout", "alice", lockout),
+                true,
+                0,
+            );
+        }
+        for i in 0..2_000u64 {
+            let b = Bucket::new("user", &format!("x{i}"), large);
+            for _ in 0..5 {
+                ledger.owe(Op::Charge, &b, true, 1 + i);
+            }
+        }
+        let owed = ledger.take(false, 10_000);
+        let alice = owed.iter().find(|o| o.bucket.key == "lockout:alice");
+        assert_eq!(alice.map(|o| o.debt), Some(4));
     }
 
     #[test]

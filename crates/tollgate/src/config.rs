@@ -1006,7 +1006,9 @@ impl Config {
         }
         // The global limits with a key (`per: ip`): the entries of one key are one policy,
         // `global-<kind>`, its second limit `#2` (as a route's limits of one key are).
-        let mut keyed: Vec<(String, Key, Vec<Rate>, Option<WhenFull>)> = Vec::new();
+        // Each entry keeps its own key: `api_key:x-a` and `api_key:x-b` are one kind, so one
+        // policy, with a limit per header.
+        let mut keyed: Vec<(String, Vec<(Key, Rate)>, Option<WhenFull>)> = Vec::new();
         for (path, limit) in self.globals() {
             let (key, rates) = limit
                 .rates(&KeyText::Global)
@@ -1030,12 +1032,12 @@ impl Config {
             let at = match keyed.iter().position(|(n, ..)| *n == name) {
                 Some(at) => at,
                 None => {
-                    keyed.push((name, key, Vec::new(), None));
+                    keyed.push((name, Vec::new(), None));
                     keyed.len() - 1
                 }
             };
-            let (_, _, all, when_full) = &mut keyed[at];
-            all.extend(rates);
+            let (_, limits, when_full) = &mut keyed[at];
+            limits.extend(rates.into_iter().map(|rate| (key.clone(), rate)));
             match (*when_full, limit.when_full) {
                 (Some(set), Some(mode)) if set != mode => {
                     return Err(invalid(
@@ -1075,10 +1077,10 @@ impl Config {
                 .map_err(|(sub, m)| invalid(FieldPath::route(i).join(&sub), Some(&pattern), m))?;
             builder = builder.route(&pattern, policy);
         }
-        for (name, key, rates, when_full) in keyed {
+        for (name, limits, when_full) in keyed {
             let mut policy = Policy::named(name);
-            for rate in rates {
-                policy = policy.limit(key.clone(), rate);
+            for (key, rate) in limits {
+                policy = policy.limit(key, rate);
             }
             if let Some(mode) = when_full {
                 policy = policy.when_full(mode);
@@ -1090,41 +1092,44 @@ impl Config {
 }
 
 impl Config {
-    /// The first rule without `name:` whose name, made from its pattern, is another rule's
-    /// (`/v1/items` and `/v1/items/*` are both `v1-items`) or that of the file's global
-    /// limits (`global`, or one of `keyed`, those with a key): one name would be one
-    /// budget, so it must be named. Its index, and what to tell. The later of two unnamed
-    /// rules is the one to name; two rules for one route are a tie, reported as such by
-    /// the table.
+    /// The first rule without `name:` or `bucket:` whose budget is named after its pattern
+    /// and is another rule's (`/v1/items` and `/v1/items/*` are both `v1-items`) or that
+    /// of the file's global limits (`global`, or one of `keyed`, those with a key): one
+    /// name is one budget, so it must be named. Its index, and what to tell. The later of
+    /// two such rules is the one to name; two rules for one route are a tie, reported as
+    /// such by the table.
     fn name_made_twice(&self, keyed: &[&str]) -> Option<(usize, String)> {
-        let names: Vec<Option<String>> = self
+        // Each rule's budget: `bucket:`, else its policy's name.
+        let budgets: Vec<Option<String>> = self
             .routes
             .iter()
-            .map(|r| (!r.exempt).then(|| r.policy_name()))
+            .map(|r| (!r.exempt).then(|| r.bucket.clone().unwrap_or_else(|| r.policy_name())))
             .collect();
+        let made_up = |r: &RouteConfig| r.name.is_none() && r.bucket.is_none();
         let has_global = self
             .globals()
             .any(|(_, l)| l.per.is_none() || l.per == Some(KeyText::Global));
         self.routes.iter().enumerate().find_map(|(i, route)| {
-            let name = names[i].as_deref().filter(|_| route.name.is_none())?;
-            let rule = names.iter().enumerate().position(|(j, n)| {
+            let name = budgets[i].as_deref().filter(|_| made_up(route))?;
+            let rule = budgets.iter().enumerate().position(|(j, b)| {
                 j != i
-                    && (j < i || self.routes[j].name.is_some())
-                    && n.as_deref() == Some(name)
+                    && (j < i || !made_up(&self.routes[j]))
+                    && b.as_deref() == Some(name)
                     && !same_route(&route.pattern(), &self.routes[j].pattern())
             });
             let other = match rule {
-                Some(j) => format!("the rule for `{}`", self.routes[j].pattern()),
+                Some(j) => format!("the rule for `{}` spends", self.routes[j].pattern()),
                 None if (has_global && name == "global") || keyed.contains(&name) => {
-                    "the file's global limits".to_string()
+                    "the file's global limits spend".to_string()
                 }
                 None => return None,
             };
             Some((
                 i,
                 format!(
-                    "its policy is named `{name}` after its pattern, as is {other}: give it a \
-                     `name:` of its own (rules share a budget by `bucket:`)"
+                    "its budget is named `{name}` after its pattern, and {other} a budget \
+                     of that name: give it a `name:` of its own (rules share a budget \
+                     by `bucket:`)"
                 ),
             ))
         })

@@ -105,7 +105,7 @@ pub(crate) fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         REQUESTS_TOTAL,
-        "Requests decided per policy and bucket: outcome admitted, refused or would_refuse (shadow)"
+        "Requests decided per policy and bucket: outcome admitted, refused or shadow_refused (a dry run's)"
     );
     describe_counter!(
         NEAR_LIMIT_TOTAL,

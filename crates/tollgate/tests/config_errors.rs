@@ -540,20 +540,20 @@ fn unnamed_rules_whose_names_coincide_are_an_error_at_the_later_one() {
     let cases = [
         (
             "routes:\n  - { path: /v1/items, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /v1/items/*, limits: [{ per: ip, limit: 3/min }] }\n",
-            "`v1-items` after its pattern, as is the rule for `/v1/items`",
+            "`v1-items` after its pattern, and the rule for `/v1/items` spends",
         ),
         (
             "routes:\n  - { path: /a-b, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /a/b, limits: [{ per: ip, limit: 9/min }] }\n",
-            "`a-b` after its pattern, as is the rule for `/a-b`",
+            "`a-b` after its pattern, and the rule for `/a-b` spends",
         ),
         // A named rule later in the file: the unnamed one is to name.
         (
             "routes:\n  - { path: /z, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /x/z, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /y, name: x-z, limits: [{ per: ip, limit: 3/min }] }\n",
-            "`x-z` after its pattern, as is the rule for `/y`",
+            "`x-z` after its pattern, and the rule for `/y` spends",
         ),
         (
             "global:\n  - { limit: 100/s }\nroutes:\n  - { path: /global, limits: [{ per: ip, limit: 3/min }] }\n",
-            "`global` after its pattern, as is the file's global limits",
+            "`global` after its pattern, and the file's global limits spend",
         ),
     ];
     for (i, (text, says)) in cases.into_iter().enumerate() {
@@ -577,6 +577,12 @@ fn unnamed_rules_whose_names_coincide_are_an_error_at_the_later_one() {
             && !err.to_string().contains("after its pattern"),
         "{err:?}"
     );
+    // Budgets of their own (`bucket:`) share nothing, whatever the names.
+    let own = write_temp(
+        "coincide-own-bucket.yaml",
+        "routes:\n  - { path: /v1/items, limits: [{ per: ip, limit: 3/min }] }\n  - { path: /v1/items/*, bucket: item, limits: [{ per: ip, limit: 3/min }] }\n",
+    );
+    Limiter::from_config(&own).unwrap();
     // Named, the same two patterns have a budget each; one `name:` twice still shares.
     let named = write_temp(
         "coincide-named.yaml",
@@ -593,8 +599,8 @@ fn unnamed_rules_whose_names_coincide_are_an_error_at_the_later_one() {
 
 /// `global:` entries of one key are one policy, `global-<kind>`, with a bucket per limit
 /// (`#2` for the second), not two policies of one name that the builder refuses.
-#[test]
-fn global_limits_of_one_key_are_one_policy() {
+#[tokio::test]
+async fn global_limits_of_one_key_are_one_policy() {
     let path = write_temp(
         "global-two.yaml",
         "global:\n  - { per: ip, limit: 5/min }\n  - { per: ip, limit: 50/h, when_full: evict_limited }\n",
@@ -618,6 +624,34 @@ fn global_limits_of_one_key_are_one_policy() {
             ("global-ip:ip#2", "50/h".into())
         ]
     );
+    // Two headers of one kind: one policy, each limit keyed by its own header (the second
+    // header's requests were keyed by the first's, and went unlimited).
+    let headers = write_temp(
+        "global-two-headers.yaml",
+        "global:\n  - { per: 'api_key:x-a', limit: 1/min }\n  - { per: 'api_key:x-b', limit: 1/min }\n",
+    );
+    let limiter = Limiter::from_config(&headers).unwrap();
+    let svc = |limiter: &Limiter| {
+        tower::ServiceBuilder::new()
+            .layer(limiter.layer())
+            .service(tower::service_fn(|_req: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }))
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let mut req = http::Request::get("/x")
+            .header("x-b", "key-b")
+            .body(String::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(std::net::SocketAddr::from(([192, 0, 2, 1], 4000)));
+        let response = tower::ServiceExt::oneshot(svc(&limiter), req)
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429]);
     // One policy has one `when_full:`: two that differ are an error at the second.
     let clash = write_temp(
         "global-clash.yaml",
