@@ -85,7 +85,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -1472,7 +1471,10 @@ impl Limiter {
     pub fn reload_file(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
         let path = path.as_ref();
         crate::observe::reload_tried(Config::from_path(path).and_then(|config| {
-            self.reload_config_rules(&config, &path.display().to_string(), |rules| rules)
+            let declares = !config.declares_no_limits();
+            self.reload_config_rules(&config, &path.display().to_string(), declares, |rules| {
+                rules
+            })
         }))
     }
 
@@ -1495,17 +1497,30 @@ impl Limiter {
         file: &str,
         customize: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
     ) -> Result<(), ConfigError> {
-        crate::observe::reload_tried(self.reload_config_rules(config, file, customize))
+        let declares = !config.declares_no_limits();
+        crate::observe::reload_tried(self.reload_config_rules(config, file, declares, customize))
     }
 
     /// [`Limiter::reload_config_with`], not counted as a reload tried (its callers count
-    /// theirs).
+    /// theirs). `declares_limits`: whether the file, as read, declares routes, global
+    /// limits or buckets (a watcher's `adjust` may change `config` after it was read).
     pub(crate) fn reload_config_rules(
         &self,
         config: &Config,
         file: &str,
+        declares_limits: bool,
         customize: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
     ) -> Result<(), ConfigError> {
+        // Held to the end: the check, the reload and what it records are one step, so two
+        // reloads at once cannot leave the record saying the other's.
+        let mut declared = crate::engine::lock(&self.engine.file_declares_limits);
+        // An emptied or truncated file would otherwise lift every limit at once (said
+        // first: an emptied file also lacks the settings it had).
+        if !declares_limits && *declared {
+            return Err(ConfigError::NoLimits {
+                file: file.to_string(),
+            });
+        }
         let running = self.engine.file_settings.clone().unwrap_or_default();
         if let Some(field) = running.changed(&FileSettings::of(config)) {
             let (line, column) = config.locate(&FieldPath::root().key(field));
@@ -1516,18 +1531,10 @@ impl Limiter {
                 field: field.to_string(),
             });
         }
-        // An emptied or truncated file would otherwise lift every limit at once.
-        let declares_limits = !config.declares_no_limits();
-        let declared = &self.engine.file_declares_limits;
-        if !declares_limits && declared.load(Ordering::Acquire) {
-            return Err(ConfigError::NoLimits {
-                file: file.to_string(),
-            });
-        }
         let rules = customize(config.apply_rules(Limiter::builder(), file)?);
         self.reload_rules(rules)
             .map_err(|error| config.build_error(file, error))?;
-        declared.store(declares_limits, Ordering::Release);
+        *declared = declares_limits;
         Ok(())
     }
 

@@ -1264,7 +1264,7 @@ impl LimiterBuilder {
             #[cfg(any(feature = "yaml", feature = "toml"))]
             file_settings: self.file_settings,
             #[cfg(any(feature = "yaml", feature = "toml"))]
-            file_declares_limits: self.file_declares_limits.into(),
+            file_declares_limits: Mutex::new(self.file_declares_limits),
             overrides: ArcSwap::default(),
             routes: ArcSwap::default(),
             stats: engine::Counters::default(),

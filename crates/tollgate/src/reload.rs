@@ -40,7 +40,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -122,8 +121,7 @@ impl WatchBuilder {
         // a file that declares none is refused. (A file that does not parse declares
         // nothing to keep.)
         if Config::from_path_text(&self.path, &seen).is_ok_and(|c| !c.declares_no_limits()) {
-            let declared = &self.limiter.engine.file_declares_limits;
-            declared.store(true, Ordering::Release);
+            *crate::engine::lock(&self.limiter.engine.file_declares_limits) = true;
         }
         let watch = Arc::new(Watch {
             limiter: self.limiter,
@@ -306,11 +304,13 @@ impl Watch {
     fn load_rules(&self, content: &str) -> Result<(), ConfigError> {
         let mut config = Config::from_path_text(&self.path, content)?;
         let file = self.path.display().to_string();
+        // Judged as read, as `start` judged the file it found.
+        let declares = !config.declares_no_limits();
         if let Some(adjust) = &self.adjust {
             adjust(&mut config);
         }
         self.limiter
-            .reload_config_rules(&config, &file, |rules| match &self.customize {
+            .reload_config_rules(&config, &file, declares, |rules| match &self.customize {
                 Some(customize) => customize(rules),
                 None => rules,
             })

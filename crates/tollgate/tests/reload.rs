@@ -516,6 +516,20 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
         );
         assert_eq!(quota(&limiter, 0), "4/min");
     }
+    // Emptied, a file that also held settings lacks them too: what is said is that it
+    // declares no limits (it was refused as a changed `headers:`).
+    std::fs::write(
+        &path,
+        format!("headers: {{ x_ratelimit: seconds }}\n{good}"),
+    )
+    .unwrap();
+    let with_settings = Limiter::from_config(&path).unwrap();
+    std::fs::write(&path, "").unwrap();
+    let empty = with_settings.reload_file(&path);
+    assert!(
+        matches!(empty, Err(ConfigError::NoLimits { .. })),
+        "{empty:?}"
+    );
     // A limiter whose file never declared limits reloads another such file.
     std::fs::write(&path, "").unwrap();
     let settings_only = Limiter::from_config(&path).unwrap();

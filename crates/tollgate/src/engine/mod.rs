@@ -63,7 +63,7 @@ pub(crate) struct Engine {
     /// buckets: a reload from a file that declares none is then refused
     /// ([`crate::config::ConfigError::NoLimits`]).
     #[cfg(any(feature = "yaml", feature = "toml"))]
-    pub(crate) file_declares_limits: std::sync::atomic::AtomicBool,
+    pub(crate) file_declares_limits: Mutex<bool>,
     /// Per-key overrides.
     pub(crate) overrides: ArcSwap<Overrides>,
     /// What the central layer leaves to per-route layers.
