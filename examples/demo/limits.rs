@@ -84,9 +84,6 @@ impl Per {
     }
 }
 
-/// A policy of the page, keyed by IP (and by user where one is signed in): a share of the
-/// memory store full of keys at their limit evicts the least recently seen of them for a new
-/// client rather than refusing every client it has not seen (see [`Per::when_full`]).
 /// The signed-in staff user's key. The demo's stand-in sign-in takes the credential
 /// itself (`Bearer <token>`, a `session=<token>` cookie) for the user, so the key reaches
 /// the store only as a digest: Redis never holds a credential. (An application whose
@@ -95,6 +92,9 @@ fn staff() -> Key {
     Key::user().hashed()
 }
 
+/// A policy of the page, keyed by IP (and by user where one is signed in): a share of the
+/// memory store full of keys at their limit evicts the least recently seen of them for a new
+/// client rather than refusing every client it has not seen (see [`Per::when_full`]).
 fn named(name: &str) -> Policy {
     Policy::named(name).when_full(WhenFull::EvictLimited)
 }

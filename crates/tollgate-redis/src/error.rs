@@ -39,14 +39,16 @@ pub enum RedisConfigError {
 
 /// `url` with the password of its user info, and the value of any query parameter that
 /// names a secret (`password=`, `auth=`, `token=`), replaced by `***`, for messages and
-/// logs. The user info ends at the last `@`: a password written without encoding may hold
-/// `/`, `?` or `@` (`redis://u:top/secret@host` is still hidden).
+/// logs. The user info ends at the last `@` before the query: a password written without
+/// encoding may hold `/` or `@` (`redis://u:top/secret@host` is still hidden).
 pub(crate) fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let (scheme, rest) = url.split_at(scheme_end + 3);
-    let (userinfo, after) = match rest.rfind('@') {
+    // (An `@` in the query, `?client_name=svc@host`, is not the user info's.)
+    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (userinfo, after) = match rest[..before_query].rfind('@') {
         Some(at) => {
             let userinfo = &rest[..at];
             let user = userinfo.split(':').next().unwrap_or_default();
@@ -112,6 +114,10 @@ mod tests {
         assert_eq!(
             redact("redis://u:a@b@127.0.0.1:6379/0"),
             "redis://u:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0?client_name=svc@host"),
+            "redis://127.0.0.1:6379/0?client_name=svc@host"
         );
         assert_eq!(
             redact("redis://127.0.0.1:6379/0?protocol=resp3&password=s3cret"),

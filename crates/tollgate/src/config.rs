@@ -1003,11 +1003,12 @@ impl Config {
             })?;
             builder = builder.bucket_when_full(name, rate, limit.when_full.unwrap_or_default());
         }
-        // The global limits with a key (`per: ip`): the entries of one key are one policy,
-        // `global-<kind>`, its second limit `#2` (as a route's limits of one key are).
+        // The global limits with a key (`per: ip`): the entries of one kind are one policy,
+        // `global-<kind>`, its second limit `#2` (as a route's limits of one kind are).
         // Each entry keeps its own key: `api_key:x-a` and `api_key:x-b` are one kind, so one
-        // policy, with a limit per header.
-        let mut keyed: Vec<(String, Vec<(Key, Rate)>, Option<WhenFull>)> = Vec::new();
+        // policy, with a limit per header. (Name, limits, `when_full:`.)
+        type Keyed = (String, Vec<(Key, Rate)>, Option<WhenFull>);
+        let mut keyed: Vec<Keyed> = Vec::new();
         for (path, limit) in self.globals() {
             let (key, rates) = limit
                 .rates(&KeyText::Global)
@@ -1066,7 +1067,7 @@ impl Config {
             if let Some(k) = route.methods.iter().position(|m| m.trim().is_empty()) {
                 return Err(invalid(
                     FieldPath::route(i).key("methods").index(k),
-                    Some(&pattern),
+                    Some(pattern.trim()),
                     "an empty method: name one (`GET`), or leave `methods:` out for every method"
                         .into(),
                 ));

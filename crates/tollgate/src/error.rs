@@ -106,6 +106,16 @@ pub enum BuildError {
         /// A policy that stores it as given.
         plain: String,
     },
+    /// A bucket for direct use keyed by client network
+    /// ([`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network))
+    /// with a prefix no IPv6 address has.
+    #[error("bucket `{bucket}`: network prefix /{prefix} is out of range: use 0..=128 (48 keys each /48 once)")]
+    BadNetworkPrefix {
+        /// The bucket.
+        bucket: String,
+        /// The prefix given.
+        prefix: u8,
+    },
     /// A policy limits per user but the limiter has no identity function.
     #[error("policy `{policy}` limits per user, but no identity is configured: call `.identity(|parts| ...)` on the builder")]
     NoIdentity {

@@ -388,9 +388,7 @@ mod tests {
             .build();
         assert!(matches!(
             bad,
-            Err(crate::BuildError::ClientIp(
-                crate::client_ip::ClientIpError::Ipv6Prefix(129)
-            ))
+            Err(crate::BuildError::BadNetworkPrefix { bucket, prefix: 129 }) if bucket == "net"
         ));
     }
 

@@ -133,7 +133,10 @@ impl Key {
         Self::new(Source::Custom(Arc::new(f)), kind)
     }
 
-    /// Store this key only as a digest (for keys that carry secrets).
+    /// Store this key only as a digest (for keys that carry secrets). A kind is stored one
+    /// way throughout a limiter: the same kind hashed in one policy and as given in another
+    /// is a build error ([`BuildError::KeyKindStoredTwoWays`](crate::BuildError::KeyKindStoredTwoWays)),
+    /// since an override, a peek or a reset of the kind would reach only one of them.
     pub fn hashed(mut self) -> Self {
         self.hashed = true;
         self

@@ -980,19 +980,8 @@ impl LimiterBuilder {
     /// # let _ = limiter;
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
-    pub fn bucket_when_full(
-        mut self,
-        name: &str,
-        rate: impl Into<Rate>,
-        when_full: WhenFull,
-    ) -> Self {
-        self.direct.push(DirectRule {
-            name: name.to_string(),
-            rate: rate.into(),
-            when_full,
-            network: None,
-        });
-        self
+    pub fn bucket_when_full(self, name: &str, rate: impl Into<Rate>, when_full: WhenFull) -> Self {
+        self.direct_bucket(name, rate.into(), when_full, None)
     }
 
     /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by client network: a key
@@ -1003,7 +992,8 @@ impl LimiterBuilder {
     /// ([`Limiter::peek_bucket`], [`Limiter::reset_bucket`], the admin router). So an
     /// operator who looks a client up by its address finds its network's count (a plain
     /// bucket folds an address to the client's key, a /64: the network's count was not
-    /// found, and its reset freed nobody). A prefix above 128 is a build error.
+    /// found, and its reset freed nobody). A prefix above 128 is a build error
+    /// ([`BuildError::BadNetworkPrefix`]).
     ///
     /// ```
     /// use tollgate::{Limiter, WhenFull};
@@ -1015,17 +1005,28 @@ impl LimiterBuilder {
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
     pub fn bucket_per_network(
-        mut self,
+        self,
         name: &str,
         rate: impl Into<Rate>,
         when_full: WhenFull,
         ipv6_prefix: u8,
     ) -> Self {
+        self.direct_bucket(name, rate.into(), when_full, Some(ipv6_prefix))
+    }
+
+    /// Declares a bucket for direct use.
+    fn direct_bucket(
+        mut self,
+        name: &str,
+        rate: Rate,
+        when_full: WhenFull,
+        network: Option<u8>,
+    ) -> Self {
         self.direct.push(DirectRule {
             name: name.to_string(),
-            rate: rate.into(),
+            rate,
             when_full,
-            network: Some(ipv6_prefix),
+            network,
         });
         self
     }

@@ -687,7 +687,7 @@ fn settings_that_would_do_nothing_are_errors_at_their_field() {
         ),
         (
             "routes:\n  - { path: /a, methods: [''], limits: [{ per: ip, limit: 3/min }] }\n",
-            "routes[0].methods[0] ( /a)",
+            "routes[0].methods[0] (/a)",
             "an empty method",
         ),
     ];

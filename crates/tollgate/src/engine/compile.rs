@@ -517,8 +517,11 @@ pub(crate) fn compile_table(
     for rule in rules.direct {
         let (name, rate) = (&rule.name, &rule.rate);
         check_name(name)?;
-        if let Some(bits) = rule.network.filter(|bits| *bits > 128) {
-            return Err(crate::client_ip::ClientIpError::Ipv6Prefix(bits).into());
+        if let Some(prefix) = rule.network.filter(|bits| *bits > 128) {
+            return Err(BuildError::BadNetworkPrefix {
+                bucket: name.clone(),
+                prefix,
+            });
         }
         let limit = rate.limit().map_err(|source| BuildError::Rate {
             policy: name.clone(),
