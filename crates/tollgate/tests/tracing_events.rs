@@ -279,3 +279,39 @@ fn overrides_and_resets_are_logged_with_the_stored_key() {
         reset[0]
     );
 }
+
+/// A store failure names the request as a refusal does: the rule that classed it, never
+/// the path requested, which can carry an e-mail or a token.
+#[test]
+fn a_store_failure_names_the_rule_not_the_path() {
+    let events = logged(async {
+        let limiter = Limiter::builder()
+            .store(common::Down)
+            .route("/users/*", Policy::named("users").per_ip("10/min"))
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(limiter.layer())
+            .service(service_fn(echo));
+        let peer = Some("192.0.2.1:5000");
+        let response = svc
+            .oneshot(request(
+                "/users/alice@example.com/tokens/tok_SECRET123",
+                peer,
+                None,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "fails open by default");
+    });
+    let all = events.join("\n");
+    let failures: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("rate-limit store failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{all}");
+    assert!(failures[0].contains("route=/users/*"), "{}", failures[0]);
+    for secret in ["alice@example.com", "tok_SECRET123"] {
+        assert!(!all.contains(secret), "{all}");
+    }
+}
