@@ -46,9 +46,11 @@
 //!
 //! # State
 //!
-//! `{"bucket", "key", "allowed", "limit", "remaining", "resetAfterMs", "retryAfterMs"}`:
-//! `allowed` says whether a request of cost 1 would be admitted now, `retryAfterMs` how long
-//! until it would (`null` when allowed).
+//! `{"bucket", "key", "storedKey", "allowed", "limit", "remaining", "resetAfterMs",
+//! "retryAfterMs"}`: `key` as given, `storedKey` the key it reached
+//! ([`Limiter::stored_key`]: an IPv6 address as its /64 or the bucket's network, a secret
+//! kind's key as its digest); `allowed` says whether a request of cost 1 would be admitted
+//! now, `retryAfterMs` how long until it would (`null` when allowed).
 //!
 //! # Errors
 //!
@@ -167,11 +169,12 @@ async fn store(State(limiter): State<Limiter>) -> Json<Value> {
     Json(json!({ "mode": limiter.store_mode().as_str() }))
 }
 
-fn state(bucket: &str, key: &str, decision: &Decision) -> Json<Value> {
+fn state(bucket: &str, key: &str, stored: &str, decision: &Decision) -> Json<Value> {
     let b = decision.buckets.first();
     Json(json!({
         "bucket": bucket,
         "key": key,
+        "storedKey": stored,
         "allowed": decision.allowed,
         "limit": b.map(|b| b.limit),
         "remaining": b.map(|b| b.remaining),
@@ -184,16 +187,18 @@ async fn peek(
     State(limiter): State<Limiter>,
     Names(bucket, key): Names,
 ) -> Result<Json<Value>, Failure> {
+    let stored = limiter.stored_key(&bucket, &key)?;
     let decision = limiter.peek_bucket(&bucket, &key).await?;
-    Ok(state(&bucket, &key, &decision))
+    Ok(state(&bucket, &key, &stored, &decision))
 }
 
 async fn reset(
     State(limiter): State<Limiter>,
     Names(bucket, key): Names,
 ) -> Result<Json<Value>, Failure> {
+    let stored = limiter.stored_key(&bucket, &key)?;
     let decision = limiter.reset_bucket(&bucket, &key).await?;
-    Ok(state(&bucket, &key, &decision))
+    Ok(state(&bucket, &key, &stored, &decision))
 }
 
 async fn overrides(State(limiter): State<Limiter>) -> Json<Value> {

@@ -120,6 +120,30 @@ impl Limiter {
         self.apply_one(Op::Peek, bucket, &stored, limit).await
     }
 
+    /// The key `bucket` stores `key` under, as [`Limiter::peek_bucket`] and
+    /// [`Limiter::reset_bucket`] find it: an address folded to its client's key (or its
+    /// network's, for [`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network)),
+    /// a secret kind's key as its digest, any other key as given. What an operator sees to
+    /// know which key a lookup reached (an IPv6 address stands for its /64 or /48).
+    ///
+    /// ```
+    /// use tollgate::{Limiter, Policy};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .route("/*", Policy::named("api").per_ip("100/min"))
+    ///     .build()?;
+    /// assert_eq!(limiter.stored_key("api:ip", "2001:db8:1:2::9")?, "2001:db8:1:2::/64");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`InspectError::UnknownBucket`], [`InspectError::NoOverride`],
+    /// [`InspectError::BadIp`], [`InspectError::EmptyKey`].
+    pub fn stored_key(&self, bucket: &str, key: &str) -> Result<String, InspectError> {
+        self.resolve(bucket, key).map(|(stored, _)| stored)
+    }
+
     /// Forgets everything `bucket` counted for `key`: its next request starts afresh.
     ///
     /// # Errors

@@ -157,8 +157,9 @@ async fn peek_changes_nothing_and_reset_unblocks_the_client() {
     assert_eq!(status, 200);
     assert_eq!(
         fresh,
-        json!({ "bucket": "default:ip", "key": "127.0.0.1", "allowed": true, "limit": 3,
-                "remaining": 3, "resetAfterMs": 0, "retryAfterMs": null })
+        json!({ "bucket": "default:ip", "key": "127.0.0.1", "storedKey": "127.0.0.1",
+                "allowed": true, "limit": 3, "remaining": 3, "resetAfterMs": 0,
+                "retryAfterMs": null })
     );
     assert_eq!(server.statuses("/api/projects", 2).await, vec![200, 200]);
     // Peeking twice charges nothing: the client still has exactly one request left.
@@ -214,8 +215,24 @@ async fn direct_buckets_and_keys_that_are_not_plain_segments() {
     let url = "/admin/buckets/sign-in-failures/a%2Fb%2Bc%40example.com";
     let (status, state) = json_of(server.get(url)).await;
     assert_eq!(status, 200);
-    assert_eq!(state["key"], email);
+    assert_eq!(
+        (&state["key"], &state["storedKey"]),
+        (&json!(email), &json!(email))
+    );
     assert_eq!(state["allowed"], false);
+    // What a lookup reached, where it is not the key as given: an IPv6 address's /64, a
+    // secret kind's digest.
+    let (_, v6) = json_of(server.get("/admin/buckets/default:ip/2001:db8:1:2::9")).await;
+    assert_eq!(
+        (&v6["key"], &v6["storedKey"]),
+        (&json!("2001:db8:1:2::9"), &json!("2001:db8:1:2::/64"))
+    );
+    let (_, secret) = json_of(server.get("/admin/buckets/v1:api_key/sk_live_1")).await;
+    let stored = secret["storedKey"].as_str().unwrap();
+    assert!(
+        stored.starts_with('#') && !stored.contains("sk_live"),
+        "{secret}"
+    );
     assert_eq!(state["retryAfterMs"], 1_800_000);
     json_of(server.post(&format!("{url}/reset"))).await;
     assert!(
