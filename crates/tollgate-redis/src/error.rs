@@ -39,16 +39,29 @@ pub enum RedisConfigError {
 
 /// `url` with the password of its user info, and the value of any query parameter that
 /// names a secret (`password=`, `auth=`, `token=`), replaced by `***`, for messages and
-/// logs. The user info ends at the last `@` before the query: a password written without
-/// encoding may hold `/` or `@` (`redis://u:top/secret@host` is still hidden).
+/// logs. The user info ends at the last `@`: a password written without encoding may hold
+/// `/`, `?`, `#` or `@` (`redis://u:top/secret@host`, `redis://u:p#ss@host` are still
+/// hidden), unless that `@` is a query parameter's (`?client_name=svc@host`: a `?` or `#`
+/// before it is followed by a `name=`). When in doubt it hides too much.
 pub(crate) fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let (scheme, rest) = url.split_at(scheme_end + 3);
-    // (An `@` in the query, `?client_name=svc@host`, is not the user info's.)
-    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
-    let (userinfo, after) = match rest[..before_query].rfind('@') {
+    let in_query = |at: usize| {
+        rest[..at]
+            .find(['?', '#'])
+            .is_some_and(|q| rest[q..at].contains('='))
+    };
+    let at = match rest.rfind('@') {
+        Some(at) if in_query(at) => {
+            // The user info's `@`, if any, comes before the query.
+            let query = rest.find(['?', '#']).unwrap_or(rest.len());
+            rest[..query].rfind('@')
+        }
+        at => at,
+    };
+    let (userinfo, after) = match at {
         Some(at) => {
             let userinfo = &rest[..at];
             let user = userinfo.split(':').next().unwrap_or_default();
@@ -118,6 +131,19 @@ mod tests {
         assert_eq!(
             redact("redis://127.0.0.1:6379/0?client_name=svc@host"),
             "redis://127.0.0.1:6379/0?client_name=svc@host"
+        );
+        assert_eq!(
+            redact("redis://u:s3@127.0.0.1:6379/0?client_name=svc@host"),
+            "redis://u:***@127.0.0.1:6379/0?client_name=svc@host"
+        );
+        // `?` and `#` in a password, the URLs a client refuses, whose error prints them.
+        assert_eq!(
+            redact("redis://u:pa?ss@host:6379/0"),
+            "redis://u:***@host:6379/0"
+        );
+        assert_eq!(
+            redact("redis://u:p#ss@host:6379"),
+            "redis://u:***@host:6379"
         );
         assert_eq!(
             redact("redis://127.0.0.1:6379/0?protocol=resp3&password=s3cret"),

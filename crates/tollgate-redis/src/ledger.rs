@@ -342,9 +342,9 @@ impl Ledger {
                     target: "tollgate",
                     lost_total,
                     capacity = self.capacity,
-                    "the fallback's ledger is full of keys owed to Redis: the least owed were \
-                     forgotten, and Redis will not be charged for them (logged at most every \
-                     10 s)"
+                    "the fallback's ledger is full of keys owed to Redis: those holding the \
+                     least of their limit were forgotten, and Redis will not be charged for \
+                     them (logged at most every 10 s; lost_total counts every one)"
                 );
             }
         }

@@ -1043,7 +1043,7 @@ impl Config {
                     return Err(invalid(
                         path.key("when_full"),
                         None,
-                        "the global limits of one `per:` are one policy, with one `when_full:`: \
+                        "the global limits of one key kind are one policy, with one `when_full:`: \
                          give them the same, or set it on one"
                             .into(),
                     ))
@@ -1505,6 +1505,8 @@ impl Limiter {
     /// [`Limiter::reload_config_with`], not counted as a reload tried (its callers count
     /// theirs). `declares_limits`: whether the file, as read, declares routes, global
     /// limits or buckets (a watcher's `adjust` may change `config` after it was read).
+    /// Holds the limiter's file-reload lock while `customize` runs: a `customize` that
+    /// reloads the same limiter from a file would wait for itself.
     pub(crate) fn reload_config_rules(
         &self,
         config: &Config,

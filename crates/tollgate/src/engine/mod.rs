@@ -61,7 +61,8 @@ pub(crate) struct Engine {
     pub(crate) file_settings: Option<crate::config::FileSettings>,
     /// Whether the file the rules running came from declares routes, global limits or
     /// buckets: a reload from a file that declares none is then refused
-    /// ([`crate::config::ConfigError::NoLimits`]).
+    /// ([`crate::config::ConfigError::NoLimits`]). Also the lock of a reload from a file
+    /// (check, reload, record), taken before `code`, never while holding it.
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_declares_limits: Mutex<bool>,
     /// Per-key overrides.
