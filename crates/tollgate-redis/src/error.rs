@@ -48,17 +48,10 @@ pub(crate) fn redact(url: &str) -> String {
         return url.to_owned();
     };
     let (scheme, rest) = url.split_at(scheme_end + 3);
-    let in_query = |at: usize| {
-        rest[..at]
-            .find(['?', '#'])
-            .is_some_and(|q| rest[q..at].contains('='))
-    };
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
     let at = match rest.rfind('@') {
-        Some(at) if in_query(at) => {
-            // The user info's `@`, if any, comes before the query.
-            let query = rest.find(['?', '#']).unwrap_or(rest.len());
-            rest[..query].rfind('@')
-        }
+        // A query parameter's `@`: the user info's, if any, comes before the query.
+        Some(at) if at > query && rest[query..at].contains('=') => rest[..query].rfind('@'),
         at => at,
     };
     let (userinfo, after) = match at {

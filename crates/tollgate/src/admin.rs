@@ -187,8 +187,7 @@ async fn peek(
     State(limiter): State<Limiter>,
     Names(bucket, key): Names,
 ) -> Result<Json<Value>, Failure> {
-    let stored = limiter.stored_key(&bucket, &key)?;
-    let decision = limiter.peek_bucket(&bucket, &key).await?;
+    let (decision, stored) = limiter.peek_stored(&bucket, &key).await?;
     Ok(state(&bucket, &key, &stored, &decision))
 }
 
@@ -196,8 +195,7 @@ async fn reset(
     State(limiter): State<Limiter>,
     Names(bucket, key): Names,
 ) -> Result<Json<Value>, Failure> {
-    let stored = limiter.stored_key(&bucket, &key)?;
-    let decision = limiter.reset_bucket(&bucket, &key).await?;
+    let (decision, stored) = limiter.reset_stored(&bucket, &key).await?;
     Ok(state(&bucket, &key, &stored, &decision))
 }
 

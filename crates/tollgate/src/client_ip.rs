@@ -336,12 +336,14 @@ impl ClientIp {
     /// client's key (it named `198.51.100.7`, the `/8` silently dropped). How an operator's
     /// value (an override, an admin lookup) is folded like a request's client.
     pub(crate) fn key_of_text(&self, value: &str) -> Option<String> {
-        self.fold_text(value, self.ipv6_prefix)
+        self.fold_text(value, None)
     }
 
-    /// [`ClientIp::key_of_text`] with IPv6 addresses folded to `ipv6_prefix` bits (as
-    /// [`ClientIp::network_key`] does): a key as stored must name that prefix.
-    pub(crate) fn fold_text(&self, value: &str, ipv6_prefix: u8) -> Option<String> {
+    /// [`ClientIp::key_of_text`] with IPv6 addresses folded to `network` bits if given (as
+    /// [`ClientIp::network_key`] does), else to the clients' prefix: a key as stored must
+    /// name that prefix.
+    pub(crate) fn fold_text(&self, value: &str, network: Option<u8>) -> Option<String> {
+        let ipv6_prefix = network.unwrap_or(self.ipv6_prefix);
         let text = value.trim();
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),

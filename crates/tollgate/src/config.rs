@@ -1063,15 +1063,6 @@ impl Config {
         }
         for (i, route) in self.routes.iter().enumerate() {
             let pattern = route.pattern();
-            // (An empty one would leave the pattern without methods: every method.)
-            if let Some(k) = route.methods.iter().position(|m| m.trim().is_empty()) {
-                return Err(invalid(
-                    FieldPath::route(i).key("methods").index(k),
-                    Some(pattern.trim()),
-                    "an empty method: name one (`GET`), or leave `methods:` out for every method"
-                        .into(),
-                ));
-            }
             let policy = route
                 .policy(&default_key)
                 .map_err(|(sub, m)| invalid(FieldPath::route(i).join(&sub), Some(&pattern), m))?;
@@ -1089,9 +1080,7 @@ impl Config {
         }
         Ok(builder)
     }
-}
 
-impl Config {
     /// The first rule without `name:` or `bucket:` whose budget is named after its pattern
     /// and is another rule's (`/v1/items` and `/v1/items/*` are both `v1-items`) or that
     /// of the file's global limits (`global`, or one of `keyed`, those with a key): one
@@ -1165,7 +1154,10 @@ impl RouteConfig {
         if self.methods.is_empty() {
             self.path.clone()
         } else {
+            // (Trimmed: a blank method, an error, must not show as a leading space.)
             format!("{} {}", self.methods.join(","), self.path)
+                .trim()
+                .to_string()
         }
     }
 
@@ -1192,6 +1184,14 @@ impl RouteConfig {
 
     /// On error, the field of the rule at fault (relative to the rule).
     fn policy(&self, default_key: &KeyText) -> Result<Policy, (FieldPath, String)> {
+        // (An empty one would leave the pattern without methods: every method.)
+        if let Some(k) = self.methods.iter().position(|m| m.trim().is_empty()) {
+            return Err((
+                FieldPath::root().key("methods").index(k),
+                "an empty method: name one (`GET`), or leave `methods:` out for every method"
+                    .into(),
+            ));
+        }
         if self.exempt {
             if !self.limits.is_empty() || self.rate_limit.is_some() {
                 return Err((

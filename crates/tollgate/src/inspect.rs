@@ -115,9 +115,21 @@ impl Limiter {
     /// [`InspectError::UnknownBucket`], [`InspectError::QuotaPerRequest`],
     /// [`InspectError::NoOverride`], [`InspectError::BadIp`], or the store's error.
     pub async fn peek_bucket(&self, bucket: &str, key: &str) -> Result<Decision, InspectError> {
+        self.peek_stored(bucket, key)
+            .await
+            .map(|(decision, _)| decision)
+    }
+
+    /// [`Limiter::peek_bucket`], and the key it reached ([`Limiter::stored_key`]).
+    pub(crate) async fn peek_stored(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(Decision, String), InspectError> {
         let (stored, limit) = self.resolve(bucket, key)?;
         let limit = limit.ok_or_else(|| InspectError::QuotaPerRequest(bucket.to_string()))?;
-        self.apply_one(Op::Peek, bucket, &stored, limit).await
+        let decision = self.apply_one(Op::Peek, bucket, &stored, limit).await?;
+        Ok((decision, stored))
     }
 
     /// The key `bucket` stores `key` under, as [`Limiter::peek_bucket`] and
@@ -150,6 +162,17 @@ impl Limiter {
     ///
     /// As [`Limiter::peek_bucket`], except that a quota chosen per request is no error.
     pub async fn reset_bucket(&self, bucket: &str, key: &str) -> Result<Decision, InspectError> {
+        self.reset_stored(bucket, key)
+            .await
+            .map(|(decision, _)| decision)
+    }
+
+    /// [`Limiter::reset_bucket`], and the key it reached ([`Limiter::stored_key`]).
+    pub(crate) async fn reset_stored(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(Decision, String), InspectError> {
         let (stored, limit) = self.resolve(bucket, key)?;
         // A reset forgets the key whatever its limit; any limit names it.
         let limit = limit.unwrap_or_else(|| Limit::sliding(Quota::per_second(1)));
@@ -160,7 +183,7 @@ impl Limiter {
             key = %stored,
             "rate-limit bucket reset"
         );
-        Ok(decision)
+        Ok((decision, stored))
     }
 
     /// Where the store decides now (memory, shared, or memory while the shared store fails).

@@ -4,7 +4,8 @@
 //! A limit whose key is absent from a request (nobody signed in, no API key sent) does not
 //! apply to that request; an empty value (`x-api-key:` sent blank, a function returning
 //! `Some("")`) counts as absent. So a key a client can leave out or blank is never the
-//! only limit on a route: pair it with one it cannot (`per_ip`). Keys that carry secrets (API keys, `Authorization`, cookies, or any
+//! only limit on a route: pair it with one it cannot (`per_ip`). Keys that carry secrets
+//! (API keys, `Authorization`, cookies, or any
 //! key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
 //! process, so instances sharing Redis share the bucket and Redis never holds the secret.
 //!

@@ -23,6 +23,19 @@ fn logged(test: impl std::future::Future<Output = ()>) -> Vec<String> {
     events.events()
 }
 
+/// `echo` behind `limiter`'s layer, as a plain tower service.
+fn echo_behind(
+    limiter: &Limiter,
+) -> impl tower::Service<
+    http::Request<common::Body>,
+    Response = http::Response<impl Sized>,
+    Error = std::convert::Infallible,
+> + Clone {
+    ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(service_fn(echo))
+}
+
 #[test]
 fn refusals_and_warnings_are_logged_without_secrets() {
     let events = logged(async {
@@ -35,9 +48,7 @@ fn refusals_and_warnings_are_logged_without_secrets() {
             .route("/shadow/*", Policy::named("trial").per_ip("1/min").shadow())
             .build()
             .unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(limiter.layer())
-            .service(service_fn(echo));
+        let svc = echo_behind(&limiter);
         let peer = Some("192.0.2.1:5000");
         for _ in 0..2 {
             let _ = svc
@@ -290,9 +301,7 @@ fn a_store_failure_names_the_rule_not_the_path() {
             .route("/users/*", Policy::named("users").per_ip("10/min"))
             .build()
             .unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(limiter.layer())
-            .service(service_fn(echo));
+        let svc = echo_behind(&limiter);
         let peer = Some("192.0.2.1:5000");
         let response = svc
             .oneshot(request(

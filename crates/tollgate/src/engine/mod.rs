@@ -610,10 +610,7 @@ impl Engine {
     /// handler's raw address, its [`ClientIp::key`] and an operator's lookup all name one
     /// key; any other key as given.
     pub(crate) fn direct_key(&self, key: &str, network: Option<u8>) -> String {
-        let folded = match network {
-            None => self.client_ip.key_of_text(key),
-            Some(bits) => self.client_ip.fold_text(key, bits),
-        };
+        let folded = self.client_ip.fold_text(key, network);
         crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), false)
     }
 
