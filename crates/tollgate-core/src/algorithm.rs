@@ -433,8 +433,8 @@ fn log_total(entries: &VecDeque<(u64, u64)>) -> u64 {
 /// raised rate would keep a refused client waiting longer), with a longer one fewer (a
 /// lowered rate would admit more than was allowed).
 ///
-/// Held in a `u32`, so that the memory store's token-bucket slot stays 32 bytes (the TAT,
-/// the key's hash, its share and when it was seen take 28; this fills the padding). The
+/// Held in a `u32`, so that the memory store's token-bucket slot is 28 bytes (the key's
+/// hash and when it was seen, with its share, take 16, the TAT 8, this 4). The
 /// code is the interval itself, exactly, below [`Interval::EXACT_BELOW`] µs (71 minutes 18
 /// seconds per token: every sustained rate of one an hour or more). A longer interval (up
 /// to the 400 days a token bucket may take to refill) is kept as a binary floating-point

@@ -48,10 +48,11 @@
 //!   the share's size in distinct keys, each spending its limit; size the store for the
 //!   distinct keys a window sees.
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
-//!   of `<name>:<key>` (the store never holds the key itself): 32 bytes for a token bucket
-//!   (one timestamp and the emission interval it counts in), 48 for a fixed window, 128 (two cache lines, aligned) for a sliding
-//!   window of up to 10 segments whose segments are shorter than 71 minutes, and 40 plus an
-//!   allocation for anything else (an exact log: 16 bytes per distinct admission time).
+//!   of `<name>:<key>` (the store never holds the key itself): 28 bytes for a token bucket
+//!   (one timestamp and the emission interval it counts in), 40 for a fixed window, 128
+//!   (two cache lines, aligned) for a sliding window of up to 10 segments whose segments
+//!   are shorter than 71 minutes, and 32 plus an allocation for anything else (an exact
+//!   log: 16 bytes per distinct admission time).
 //!   Tables grow by doubling, so a table is between 44% and 88% full.
 //!   `cargo run --release -p tollgate-bench --bin bench-memory` measures bytes per live key.
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
@@ -80,8 +81,16 @@ pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 type Hasher = foldhash::quality::RandomState;
 
-/// Set in [`Slot::seen`] while the entry is at its limit.
+/// Set in a slot's `seen` while the entry is at its limit.
 const LIMITED: u64 = 1 << 63;
+
+/// Where a slot's `seen` word keeps the share it counts in (its index in
+/// [`Shard::parts`]): the 8 bits under [`LIMITED`]. The time below them is in microseconds
+/// (2^55 of them: 1,142 years from 1970).
+const PART_SHIFT: u32 = 55;
+
+/// The bits of a slot's `seen` word that hold its share.
+const PART_BITS: u64 = 0xff << PART_SHIFT;
 
 /// The most bucket names a shard accounts for separately; further names share one share.
 const MAX_PARTS: usize = 256;
@@ -93,14 +102,62 @@ const OVERFLOW_PART: u32 = u32::MAX;
 /// in, when it was last seen and its state in the form of its kind.
 #[derive(Debug)]
 struct Slot<K: Kept> {
-    hash: u64,
-    part: u32,
+    hash: Word,
     /// When it was last charged or checked (microseconds), with [`LIMITED`] set while it
-    /// is at its limit. Eviction takes the smallest first: keys not at their limit, least
-    /// recently seen, before any that is.
-    seen: u64,
+    /// is at its limit, and its share in [`PART_BITS`]. Eviction takes the smallest
+    /// [`Slot::seen`] of a share first: keys not at their limit, least recently seen,
+    /// before any that is.
+    seen_part: Word,
     kept: K,
     _align: K::Align,
+}
+
+impl<K: Kept> Slot<K> {
+    fn new(hash: u64, part: u8, seen: u64, kept: K) -> Self {
+        Slot {
+            hash: Word(hash),
+            seen_part: Word(with_part(seen, part)),
+            kept,
+            _align: Default::default(),
+        }
+    }
+
+    fn hash(&self) -> u64 {
+        self.hash.get()
+    }
+
+    /// When it was last seen, with [`LIMITED`] (its share's bits cleared).
+    fn seen(&self) -> u64 {
+        self.seen_part.get() & !PART_BITS
+    }
+
+    /// Its share: an index in [`Shard::parts`].
+    fn part(&self) -> u8 {
+        ((self.seen_part.get() & PART_BITS) >> PART_SHIFT) as u8
+    }
+
+    fn set_seen(&mut self, seen: u64) {
+        self.seen_part = Word(with_part(seen, self.part()));
+    }
+}
+
+/// `seen` (microseconds, with [`LIMITED`]) and share `part` in one word; a time past
+/// 2^55 microseconds is kept as that.
+fn with_part(seen: u64, part: u8) -> u64 {
+    let micros = (seen & !LIMITED).min((1 << PART_SHIFT) - 1);
+    (seen & LIMITED) | (u64::from(part) << PART_SHIFT) | micros
+}
+
+/// A `u64` at 4-byte alignment, so that a slot whose state needs no more (a token
+/// bucket's) has no padding: 28 bytes, not 32.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
+struct Word(u64);
+
+impl Word {
+    fn get(self) -> u64 {
+        self.0
+    }
 }
 
 /// Aligns a [`Slot`] to a cache line (zero-sized).
@@ -129,8 +186,7 @@ trait Kept: Sized {
 
 /// A token bucket: its theoretical arrival time, which is also when it is fresh again, and
 /// the emission interval it counts in (its [`Interval`] code, a `u32`). Packed to 4-byte
-/// alignment (12 bytes, not 16), so that with the slot's `part` it fills what would
-/// otherwise be padding and the slot stays 32 bytes.
+/// alignment (12 bytes, not 16), so that its slot is 28 bytes.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, packed(4))]
 struct Tat {
@@ -764,7 +820,7 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     now: u64,
     f: F,
 ) -> Result<R, F> {
-    let Ok(mut found) = table.find_entry(hash, |s| s.hash == hash) else {
+    let Ok(mut found) = table.find_entry(hash, |s| s.hash() == hash) else {
         return Err(f);
     };
     let slot = found.get_mut();
@@ -779,12 +835,12 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
         Some(after) => after,
         // Nothing noted: leave the entry as it was (it may move if its form changed).
         None => After {
-            seen: slot.seen,
+            seen: slot.seen(),
             expires_at: u64::MAX,
         },
     };
-    slot.seen = after.seen;
-    let part = slot.part;
+    slot.set_seen(after.seen);
+    let part = slot.part();
     let expires_at = if after.expires_at == u64::MAX {
         slot.kept.expires_at()
     } else {
@@ -795,24 +851,18 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
         count(parts, part, -1);
     } else if let Some(state) = moved {
         found.remove();
-        let slot = Slot {
-            hash,
-            part,
-            seen: after.seen,
-            kept: Boxed {
-                state: Box::new(state),
-                expires_at,
-            },
-            _align: (),
+        let kept = Boxed {
+            state: Box::new(state),
+            expires_at,
         };
-        boxed.insert_unique(hash, slot, |s| s.hash);
+        boxed.insert_unique(hash, Slot::new(hash, part, after.seen, kept), Slot::hash);
     }
     Ok(r)
 }
 
 /// Adds to (or takes from) the count of share `part`.
-fn count(parts: &mut [(u32, u32)], part: u32, delta: i32) {
-    if let Some((_, n)) = parts.iter_mut().find(|(p, _)| *p == part) {
+fn count(parts: &mut [(u32, u32)], part: u8, delta: i32) {
+    if let Some((_, n)) = parts.get_mut(usize::from(part)) {
         *n = n.saturating_add_signed(delta);
     }
 }
@@ -828,7 +878,7 @@ fn retain_in<K: Kept>(
     table.retain(|slot| {
         let kept = keep(slot);
         if !kept {
-            count(parts, slot.part, -1);
+            count(parts, slot.part(), -1);
         }
         kept
     });
@@ -877,8 +927,8 @@ impl Shard {
     fn touch(&self, p: &Placed) -> u64 {
         fn read<K: Kept>(table: &HashTable<Slot<K>>, hash: u64) -> u64 {
             table
-                .find(hash, |s| s.hash == hash)
-                .map_or(0, |s| s.seen ^ s.kept.tail_word())
+                .find(hash, |s| s.hash() == hash)
+                .map_or(0, |s| s.seen_part.get() ^ s.kept.tail_word())
         }
         match p.kind {
             Kind::Tat => read(&self.tat, p.hash),
@@ -890,9 +940,9 @@ impl Shard {
 
     /// Removes the key, wherever it is kept.
     fn remove(&mut self, hash: u64) {
-        fn take<K: Kept>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u32> {
-            let found = table.find_entry(hash, |s| s.hash == hash).ok()?;
-            Some(found.remove().0.part)
+        fn take<K: Kept>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u8> {
+            let found = table.find_entry(hash, |s| s.hash() == hash).ok()?;
+            Some(found.remove().0.part())
         }
         let part = take(&mut self.tat, hash)
             .or_else(|| take(&mut self.fixed, hash))
@@ -905,28 +955,18 @@ impl Shard {
 
     /// Stores a key absent from the table of its state's form (a state of another form,
     /// left by a limit that changed, is dropped: the key starts afresh).
-    fn insert(&mut self, hash: u64, part: u32, seen: u64, state: State, expires_at: u64) {
+    fn insert(&mut self, hash: u64, part: u8, seen: u64, state: State, expires_at: u64) {
         self.remove(hash);
         fn put<K: Kept>(
             table: &mut HashTable<Slot<K>>,
             hash: u64,
-            part: u32,
+            part: u8,
             seen: u64,
             state: State,
             expires_at: u64,
         ) -> Result<(), State> {
             let kept = K::keep(state, expires_at)?;
-            table.insert_unique(
-                hash,
-                Slot {
-                    hash,
-                    part,
-                    seen,
-                    kept,
-                    _align: Default::default(),
-                },
-                |s| s.hash,
-            );
+            table.insert_unique(hash, Slot::new(hash, part, seen, kept), Slot::hash);
             Ok(())
         }
         let state = put(&mut self.tat, hash, part, seen, state, expires_at)
@@ -941,60 +981,63 @@ impl Shard {
         self.min_expiry = self.min_expiry.min(expires_at);
     }
 
-    /// The share a bucket name's keys count in here (registering it if new).
-    fn part_of(&mut self, name_hash: u32) -> u32 {
-        if self.parts.iter().any(|(p, _)| *p == name_hash) {
-            return name_hash;
+    /// The share a bucket name's keys count in here (registering it if new): its index in
+    /// `parts`, which only grows.
+    fn part_of(&mut self, name_hash: u32) -> u8 {
+        let index = |parts: &[(u32, u32)], id: u32| parts.iter().position(|(p, _)| *p == id);
+        if let Some(i) = index(&self.parts, name_hash) {
+            return i as u8;
         }
-        let part = if self.parts.len() < MAX_PARTS - 1 {
+        let id = if self.parts.len() < MAX_PARTS - 1 {
             name_hash
         } else {
             OVERFLOW_PART
         };
-        if !self.parts.iter().any(|(p, _)| *p == part) {
-            self.parts.push((part, 0));
-        }
-        part
+        let i = index(&self.parts, id).unwrap_or_else(|| {
+            self.parts.push((id, 0));
+            self.parts.len() - 1
+        });
+        // At most MAX_PARTS entries (the overflow share's the last).
+        i as u8
     }
 
     /// How many keys share `part` holds here.
-    fn held(&self, part: u32) -> usize {
+    fn held(&self, part: u8) -> usize {
         self.parts
-            .iter()
-            .find(|(p, _)| *p == part)
+            .get(usize::from(part))
             .map_or(0, |(_, n)| *n as usize)
     }
 
     /// The `seen` of every key of share `part`, and the soonest expiry among them.
-    fn seen_of(&self, part: u32) -> (Vec<u64>, u64) {
+    fn seen_of(&self, part: u8) -> (Vec<u64>, u64) {
         let mut seen = Vec::with_capacity(self.held(part));
         let mut soonest = u64::MAX;
-        let mut note = |slot_part: u32, s: u64, expires_at: u64| {
+        let mut note = |slot_part: u8, s: u64, expires_at: u64| {
             if slot_part == part {
                 seen.push(s);
                 soonest = soonest.min(expires_at);
             }
         };
         for s in &self.tat {
-            note(s.part, s.seen, s.kept.expires_at());
+            note(s.part(), s.seen(), s.kept.expires_at());
         }
         for s in &self.fixed {
-            note(s.part, s.seen, s.kept.expires_at());
+            note(s.part(), s.seen(), s.kept.expires_at());
         }
         for s in &self.window {
-            note(s.part, s.seen, s.kept.expires_at());
+            note(s.part(), s.seen(), s.kept.expires_at());
         }
         for s in &self.boxed {
-            note(s.part, s.seen, s.kept.expires_at());
+            note(s.part(), s.seen(), s.kept.expires_at());
         }
         (seen, soonest)
     }
 
     /// Evicts up to `n` keys of share `part` whose `seen` is between `floor` and `cutoff`
     /// (a `floor` of [`LIMITED`]: only keys at their limit); returns how many.
-    fn evict(&mut self, part: u32, floor: u64, cutoff: u64, n: usize) -> usize {
+    fn evict(&mut self, part: u8, floor: u64, cutoff: u64, n: usize) -> usize {
         let mut left = n;
-        let mut pick = |slot_part: u32, seen: u64| {
+        let mut pick = |slot_part: u8, seen: u64| {
             if left > 0 && slot_part == part && (floor..=cutoff).contains(&seen) {
                 left -= 1;
                 false
@@ -1003,10 +1046,10 @@ impl Shard {
             }
         };
         let parts = &mut self.parts;
-        retain_in(&mut self.tat, parts, |s| pick(s.part, s.seen))
-            + retain_in(&mut self.fixed, parts, |s| pick(s.part, s.seen))
-            + retain_in(&mut self.window, parts, |s| pick(s.part, s.seen))
-            + retain_in(&mut self.boxed, parts, |s| pick(s.part, s.seen))
+        retain_in(&mut self.tat, parts, |s| pick(s.part(), s.seen()))
+            + retain_in(&mut self.fixed, parts, |s| pick(s.part(), s.seen()))
+            + retain_in(&mut self.window, parts, |s| pick(s.part(), s.seen()))
+            + retain_in(&mut self.boxed, parts, |s| pick(s.part(), s.seen()))
     }
 }
 
@@ -1244,7 +1287,7 @@ impl Inner {
         );
     }
 
-    fn make_room(&self, shard: &mut Shard, bucket: &Bucket, now: u64) -> Result<u32, u64> {
+    fn make_room(&self, shard: &mut Shard, bucket: &Bucket, now: u64) -> Result<u8, u64> {
         let part = shard.part_of(self.name_hash(bucket));
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
@@ -1339,7 +1382,7 @@ impl Store for MemoryStore {
 }
 
 // What one key costs in its table (plus a control byte per slot); see the module docs.
-const _: () = assert!(std::mem::size_of::<Slot<Tat>>() == 32);
-const _: () = assert!(std::mem::size_of::<Slot<Fixed>>() == 48);
-const _: () = assert!(std::mem::size_of::<Slot<Boxed>>() == 40);
+const _: () = assert!(std::mem::size_of::<Slot<Tat>>() == 28);
+const _: () = assert!(std::mem::size_of::<Slot<Fixed>>() == 40);
+const _: () = assert!(std::mem::size_of::<Slot<Boxed>>() == 32);
 const _: () = assert!(std::mem::size_of::<Slot<Window>>() == 128);

@@ -464,3 +464,41 @@ fn an_admitted_charge_of_one_shares_keys_keeps_their_counts() {
         "A's two charges both count"
     );
 }
+
+/// Every bucket name keeps a share of its own up to the store's limit on separate shares,
+/// and the names past it share one: a flood of keys into one name evicts only keys of its
+/// own share, whichever kind of table (token bucket, fixed window, sliding window) the
+/// other names' keys live in.
+#[test]
+fn a_flood_in_one_of_many_bucket_names_evicts_only_its_own_keys() {
+    let (clock, store) = one_shard(64);
+    let limits = [
+        Limit::token_bucket(Quota::per_minute(3), 3).expect("valid burst"),
+        Limit::fixed(Quota::per_day(3)),
+        Limit::sliding(Quota::per_minute(3)),
+    ];
+    // 300 names (past the 256 a shard accounts for separately), one key each, at limit.
+    let held: Vec<Bucket> = (0..300)
+        .map(|i| Bucket::new(&format!("name-{i}"), "203.0.113.7", limits[i % 3]))
+        .collect();
+    for bucket in &held {
+        for _ in 0..3 {
+            assert!(store.charge(std::slice::from_ref(bucket)).unwrap().allowed);
+        }
+    }
+    clock.advance(Duration::from_secs(1));
+    // Floods of fresh keys, below their limit, into a name with a share of its own and
+    // into one past the separate shares.
+    for name in ["name-7", "name-299"] {
+        for i in 0..1_000 {
+            let junk = Bucket::new(name, &format!("junk-{i}"), limits[0]);
+            assert!(store.charge(std::slice::from_ref(&junk)).unwrap().allowed);
+        }
+    }
+    for bucket in &held {
+        let d = store.charge(std::slice::from_ref(bucket)).unwrap();
+        assert!(!d.allowed, "{} was evicted", bucket.name());
+    }
+    // The floods stayed within their shares: 64 keys each at most, plus the 300 held.
+    assert!(store.stats().entries <= 300 + 2 * 64, "{:?}", store.stats());
+}
