@@ -169,6 +169,20 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The store of the environment ([`tollgate::store_from_env`]: Redis with a memory
+/// fallback when `REDIS_URL` or `KV_URL` is set, memory otherwise), its Redis keys under
+/// `prefix`. Each example is an application of its own: several sharing one Redis keep
+/// their buckets of one name (`failed-auth`) apart, where under one prefix a client refused
+/// by one would be refused by all.
+pub fn store_from_env(prefix: &str) -> Result<tollgate::redis::EnvStore, tollgate::BuildError> {
+    use tollgate::redis::{FallbackConfig, RedisStore};
+    let redis = RedisStore::builder().prefix(prefix);
+    Ok(tollgate::redis::from_env_with(
+        redis,
+        FallbackConfig::default(),
+    )?)
+}
+
 /// The comma-separated CIDR list in `TRUSTED_PROXIES` (empty if unset).
 pub fn trusted_proxies_from_env() -> Vec<String> {
     std::env::var("TRUSTED_PROXIES")

@@ -30,7 +30,7 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
     let global = token_bucket("global", "global", "global", "1000/min", 1000, 1000);
     let daily = json!({ "policy": "daily", "bucket": "daily:api_key", "per": "api_key",
                         "quota": "25/day", "limit": 25, "windowSeconds": 86400,
-                        "algorithm": "fixed window", "enforcedBy": "middleware" });
+                        "algorithm": "sliding window", "enforcedBy": "middleware" });
     assert_eq!(
         limits("/v1/invoices", "get"),
         json!({ "throttled": true, "limits": [
@@ -89,7 +89,7 @@ async fn the_docs_page_shows_every_endpoint_with_its_limits() {
     let html = page.text().await.unwrap();
     for row in [
         "<tr><td><code>GET /v1/invoices</code></td><td>get-v1-invoices</td><td>100/min per api_key <small>(token bucket, burst 20, bucket get-v1-invoices:api_key)</small></td></tr>",
-        "<tr><td><code>every request (global)</code></td><td>daily</td><td>25/day per api_key <small>(fixed window, bucket daily:api_key)</small></td></tr>",
+        "<tr><td><code>every request (global)</code></td><td>daily</td><td>25/day per api_key <small>(sliding window, bucket daily:api_key)</small></td></tr>",
         "<tr><td>GET</td><td><code>/v1/reports</code></td><td>Revenue report</td><td>5/min per api_key <small>(token bucket, burst 2, bucket get-v1-reports:api_key)</small> [middleware]<br>1000/min per global",
         "<tr><td>GET</td><td><code>/v1/customers</code></td><td>List customers</td><td>1000/min per global",
     ] {

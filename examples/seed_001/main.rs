@@ -137,7 +137,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
         Some(plan.limit())
     });
     let mut builder = Limiter::builder()
-        .store(tollgate::store_from_env()?)
+        .store(tollgate_suite::store_from_env("tollgate:seed_001:")?)
         // "Retry-After (seconds) or X-RateLimit-Reset (date) ... to know when you can
         // restart": on a 429 the date is when the request fits again, as Retry-After says.
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::HttpDate).with_reset_at_retry());

@@ -65,7 +65,7 @@ const CATALOG_ETAG: &str = "\"etag-abc123\"";
 fn limiter() -> Result<Limiter, tollgate::BuildError> {
     let tenant = Key::tenant(|parts| parts.extensions.get::<Tenant>().map(|t| t.0.to_string()));
     Limiter::builder()
-        .store(tollgate::store_from_env()?)
+        .store(tollgate_suite::store_from_env("tollgate:seed_003:")?)
         .route(
             "/api/*",
             Policy::named("tenant")

@@ -24,12 +24,13 @@
 //!   (its `routes:` and its `gateway:` block). It names no key, so this example keys its
 //!   endpoint limits by the partner's API key (`x-api-key`): each partner has its own
 //!   bucket per endpoint. The gateway limit is one bucket for all traffic.
-//! - The daily cap is a fixed UTC day per API key, on every route: 10000/day, or
-//!   `ENDPOINTWISE_DAILY_CAP` (e.g. `25/day`, so a demo can reach it). The page calls it a
-//!   "hard cap on calls per 24-hour window"; a calendar day is this example's reading, as
-//!   configuration files read `daily:`: one counter per key (an exact rolling 24 hours
-//!   would keep every call of the day, 10,000 entries per partner, in memory and in Redis).
-//!   The price: a partner can spend the cap twice within seconds around 00:00 UTC.
+//! - The daily cap is per API key, on every route: 10000/day, or `ENDPOINTWISE_DAILY_CAP`
+//!   (e.g. `25/day`, so a demo can reach it). The page calls it a "hard cap on calls per
+//!   24-hour window": a rolling window of 24 hours ([`Rate::sliding`], as configuration
+//!   files read `daily:`), so no 24 hours ever hold more than the cap, midnight or not (a
+//!   calendar day would let a partner spend it twice within seconds around 00:00 UTC). It
+//!   counts in ten segments of 2.4 hours, not a log of every call: what a partner spent
+//!   comes back a day after the last call of its segment.
 //! - Per-key limits ([`Limiter::set_override`]) come from the key table: the `Limited
 //!   Partner` key created at start-up has 20/min, and `POST /admin/keys` (the page's `npx
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
@@ -197,7 +198,7 @@ fn adjust(config: &mut Config) {
 /// doing it alone.
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
     let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
-    let daily = Rate::fixed(daily);
+    let daily = Rate::sliding(daily);
     move |rules| {
         rules
             .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
@@ -229,7 +230,7 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     // The page's headers and body, and the store from the environment, where the file
     // does not choose its own (what it sets is what runs).
     if config.store == StoreConfig::default() {
-        builder = builder.store(tollgate::store_from_env()?);
+        builder = builder.store(tollgate_suite::store_from_env("tollgate:seed_004:")?);
     }
     if config.headers == HeadersConfig::default() {
         builder = builder.header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds));

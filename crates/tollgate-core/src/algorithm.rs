@@ -682,11 +682,11 @@ impl State {
                 }
                 let period = limit.quota().period_micros();
                 let mut freed = 0u64;
-                let mut leaves_at = now + period;
+                let mut leaves_at = now.saturating_add(period);
                 for &(at, c) in entries.iter() {
                     freed = freed.saturating_add(c);
                     if freed >= need {
-                        leaves_at = at + period;
+                        leaves_at = at.saturating_add(period);
                         break;
                     }
                 }
@@ -826,9 +826,9 @@ impl State {
                 ring.used_and_expiry(limit.quota().period_micros(), u64::MAX)
                     .1
             }
-            State::Log { entries, .. } => entries
-                .back()
-                .map_or(0, |&(at, _)| at + limit.quota().period_micros()),
+            State::Log { entries, .. } => entries.back().map_or(0, |&(at, _)| {
+                at.saturating_add(limit.quota().period_micros())
+            }),
             State::Tat { tat, .. } => *tat,
             State::Fixed { window, used, .. } => {
                 if *used == 0 {

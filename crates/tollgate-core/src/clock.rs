@@ -160,9 +160,15 @@ impl ManualClock {
         Self(Arc::new(AtomicU64::new(since_epoch.as_micros() as u64)))
     }
 
-    /// Moves the clock forward by `d`.
+    /// Moves the clock forward by `d` (stopping at the last microsecond a [`Timestamp`]
+    /// holds).
     pub fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+        let d = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(d))
+            });
     }
 
     /// Sets the clock to `t`, forwards or backwards.

@@ -38,7 +38,9 @@
 //! `x-api-key` header) or `api_key:<header>`, `header:<name>`, `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
 //! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
-//! `20/s` is 20) and `daily:` (a fixed UTC-day cap). `when_full: evict_limited` on a route,
+//! `20/s` is 20) and `daily:` (a hard cap per rolling window, `10000/day`: never more in
+//! any 24 hours; for a calendar day that resets at 00:00 UTC, write `limit: 10000/day` with
+//! `algorithm: fixed`). `when_full: evict_limited` on a route,
 //! a bucket or a global limit with a key serves new keys when the memory store's share of
 //! the bucket is full of keys at their limit (see [`WhenFull`]; `refuse_new_keys` is the
 //! default).
@@ -243,6 +245,12 @@ pub enum ValueProblem {
     /// `store.fallback_divisor: 0`.
     #[error("the divisor is the number of instances sharing the store: use at least 1")]
     ZeroDivisor,
+    /// `store.prefix` blank, or holding a space or control character.
+    #[error(
+        "a key prefix must be printable ASCII without spaces, like `tollgate:billing:` \
+         (a blank one would put tollgate's keys among the application's own)"
+    )]
+    BadPrefix,
     /// A status code outside 100-599 in `refund_statuses` or `count_only_statuses`.
     #[error("{0} is not an HTTP status code: use 100-599 (for example 304 or 401)")]
     NotAStatus(u16),
@@ -389,6 +397,11 @@ pub struct StoreConfig {
     /// For `redis`: `redis://` or `rediss://` URL.
     #[serde(default)]
     pub url: Option<String>,
+    /// Redis: what every key starts with (default `tollgate:`). Apps that share one Redis
+    /// each need their own, or their buckets of the same name share one budget (a client
+    /// refused by one app's `failed-auth` is refused by the other's).
+    #[serde(default)]
+    pub prefix: Option<String>,
     /// The most keys the memory store (or the fallback) holds; at least
     /// [`MIN_MAX_ENTRIES`].
     #[serde(default)]
@@ -553,7 +566,8 @@ pub struct LimitConfig {
     /// Token bucket capacity (the count; `20/s` is 20).
     #[serde(default)]
     pub burst: Option<Quota>,
-    /// A cap per UTC day (`10000/day`) or any fixed window.
+    /// A hard cap per rolling window (`10000/day`: never more in any 24 hours), counted as
+    /// `limit:` is by default ([`Rate::sliding`]).
     #[serde(default)]
     pub daily: Option<Quota>,
     /// Under `buckets:` and the global limits with a key (`per:`): what a bounded store does
@@ -701,7 +715,7 @@ impl LimitConfig {
             (None, None) => {}
         }
         if let Some(d) = self.daily {
-            rates.push(Rate::fixed(d));
+            rates.push(Rate::sliding(d));
         }
         if rates.is_empty() {
             return Err((
@@ -860,6 +874,11 @@ impl Config {
         }
         if self.store.fallback_divisor == Some(0) {
             problems.push((store("fallback_divisor"), ValueProblem::ZeroDivisor));
+        }
+        if let Some(prefix) = &self.store.prefix {
+            if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_graphic()) {
+                problems.push((store("prefix"), ValueProblem::BadPrefix));
+            }
         }
         for (i, route) in self.routes.iter().enumerate() {
             let lists = [
@@ -1329,13 +1348,14 @@ impl StoreConfig {
         url: String,
     ) -> Result<LimiterBuilder, ConfigError> {
         use tollgate_redis::{FallbackConfig, FallbackStore, RedisStore};
-        let redis = RedisStore::builder()
-            .url(url)
-            .build()
-            .map_err(|e| ConfigError::Store {
-                file: file.to_string(),
-                message: e.to_string(),
-            })?;
+        let mut redis = RedisStore::builder().url(url);
+        if let Some(prefix) = &self.prefix {
+            redis = redis.prefix(prefix.clone());
+        }
+        let redis = redis.build().map_err(|e| ConfigError::Store {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
         let mut config = FallbackConfig::default();
         if let Some(ms) = self.timeout_ms {
             config = config.with_timeout(std::time::Duration::from_millis(ms));

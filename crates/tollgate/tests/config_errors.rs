@@ -701,3 +701,19 @@ fn settings_that_would_do_nothing_are_errors_at_their_field() {
         assert!(err.to_string().contains(says), "{i}: {err}");
     }
 }
+
+#[test]
+fn a_blank_or_spaced_key_prefix_is_an_error_at_its_value() {
+    for (yaml, column) in [
+        ("store: { kind: env, prefix: \"\" }\n", 29),
+        ("store: { kind: env, prefix: \"my app:\" }\n", 29),
+    ] {
+        let err = Config::from_yaml(yaml).unwrap_err();
+        assert_eq!(
+            value_error(err),
+            (1, column, "store.prefix".into(), ValueProblem::BadPrefix),
+            "{yaml}"
+        );
+    }
+    assert!(Config::from_yaml("store: { kind: env, prefix: \"tollgate:billing:\" }\n").is_ok());
+}

@@ -142,6 +142,21 @@ limits = [
         a(server.get("/v1/reports")).send().await.unwrap().status(),
         429
     );
+    // `daily:` is a hard cap per rolling 24 hours, not a calendar day: key-a is still
+    // refused just past the next 00:00 UTC (T0 is a midnight), and admitted a day after
+    // its last admission.
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(common::T0 % 86_400, 0);
+    clock.advance(secs(86_400 - 60 + 1));
+    assert_eq!(
+        a(server.get("/v1/reports")).send().await.unwrap().status(),
+        429
+    );
+    clock.advance(secs(59));
+    assert_eq!(
+        a(server.get("/v1/reports")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[test]

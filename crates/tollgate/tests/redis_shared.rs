@@ -46,3 +46,48 @@ async fn two_instances_share_one_budget_through_redis() {
     assert!(!keys.contains("sk_live"), "{keys}");
     assert!(keys.contains("keys:api_key:#"), "{keys}");
 }
+
+/// Two applications on one Redis, each with its own `store.prefix`, keep their buckets of
+/// the same name apart; two instances of one application (one prefix) share them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_with_their_own_prefix_keep_same_named_buckets_apart() {
+    let redis = RedisServer::start();
+    let app = |prefix: &str| {
+        let yaml = format!(
+            "store: {{ kind: redis, url: \"{}\", prefix: \"{prefix}\" }}\n\
+             routes:\n  - {{ path: /*, name: failed-auth, limits: [{{ per: ip, limit: 2/min }}] }}\n",
+            redis.url()
+        );
+        let limiter = tollgate::config::Config::from_yaml(&yaml)
+            .unwrap()
+            .apply(Limiter::builder().read_env(false), "test")
+            .unwrap()
+            .build()
+            .unwrap();
+        Router::new()
+            .route("/x", get(|| async { "ok" }))
+            .layer(limiter.layer())
+    };
+    let billing = serve(app("tollgate:billing:")).await;
+    let billing_too = serve(app("tollgate:billing:")).await;
+    let support = serve(app("tollgate:support:")).await;
+    let status = |server: &common::Server| {
+        let request = server.get("/x");
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let mut statuses = Vec::new();
+    for server in [
+        &billing,
+        &billing_too,
+        &billing_too,
+        &support,
+        &support,
+        &support,
+    ] {
+        statuses.push(status(server).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 200, 200, 429]);
+    let keys = redis.cli(["KEYS", "*"]);
+    assert!(keys.contains("tollgate:billing:failed-auth:ip:"), "{keys}");
+    assert!(keys.contains("tollgate:support:failed-auth:ip:"), "{keys}");
+}
