@@ -33,7 +33,24 @@
 -- allows, as MemoryStore::mirror places a count: a sliding window's or a log's at the
 -- admission that leaves the window when it is fresh again (a log's no earlier than its
 -- newest entry), a token bucket's TAT that far ahead (at most the count's worth), a fixed
--- window's count in the current window.
+-- window's count in the current window (`raise`).
+--
+-- Another shape's state (instances of a fleet that disagree on a limit, during a rolling
+-- deploy or after a reload on one of them: a token bucket against a sliding window, two
+-- sliding windows' shapes, a window against an exact log) is not dropped: what it still
+-- counts under its own limit, and when it is fresh again (`carried`: a sliding window's
+-- segments that still count under its tag's k and segment length, its window taken as k
+-- segments; a token bucket's '<tat>:<T>' as ceil((tat - now) / T) tokens fresh at tat; a
+-- log's total, fresh when its newest entry leaves its window, or for a log that did not
+-- record its window, when its key expires less the slack), carries over: it is placed in
+-- this bucket's state as a restore places its count, and the call is decided on that. The
+-- key is written in this bucket's shape only by a call that changes it (a refusal or a peek
+-- leaves the other state as it is), so alternating calls of two shapes admit at most what
+-- the looser limit does. A token bucket's TAT without its interval ('<tat>', 'T<tat>') and
+-- a fixed window's count in the bucket's own key ('-<used>', 'F...') do not say what they
+-- count in another shape and are not carried. Fixed windows count in keys of their own: a
+-- fixed window and another algorithm are two counters. Only the general path does any of
+-- this: the fast paths take a key holding another shape's state there, unchanged.
 --
 -- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
 -- reset_after (microseconds) }.
@@ -44,8 +61,8 @@
 --                   the time of its last admission minus the segment's start. Binary,
 --                   because Lua prints a number with sprintf (about 0.5 us) and parses one
 --                   in about as long, where struct packs or unpacks three at once in 0.2 us.
---                   The text tag makes a limit whose window changed start afresh, as the
---                   memory store does.
+--                   The text tag tells another shape's state (a limit whose window or
+--                   segments changed): what that counts carries over (see above).
 --   token bucket    <tat>:<T>            the theoretical arrival time, and the emission
 --                                        interval (microseconds) it was worked out with: a
 --                                        TAT read in another interval (the sustained rate
@@ -54,7 +71,10 @@
 --   fixed window    <used>               the count, in the window's own key (its name tells
 --                                        the window), written by fixed.lua too
 --   sliding log     hash: h (oldest index), n (next index), t (total), u (the window its
---                   expiry was set by), and one field per entry index holding "<at> <cost>"
+--                   expiry was set by), and one field per entry index holding "<at> <cost>".
+--                   The total and each entry saturate at 2^53: a saturated total is
+--                   recounted from the entries left when entries go (a refund, or entries
+--                   leaving the window), as the memory store recounts one.
 -- Every key expires a second after its state is fresh again (see `slack`).
 -- The format written before 0.2 ('S<k>:<s>:<head>:<counts>', 'T<tat>', 'F<p>:<w>:<used>')
 -- is still read, on the general path, and so is a token bucket's '<tat>' alone (before its
@@ -305,8 +325,8 @@ if op == '4' then
 end
 
 -- Per bucket: whether the key held anything (PR), whether that was another limit's state
--- (RP), the state (X, Y: see each algorithm), the fit (FT).
-local PR, RP, X, Y, FT = {}, {}, {}, {}, {}
+-- (RP), the state (X, Y: see each algorithm), the fit (FT), whether a restore raised it (PL).
+local PR, RP, X, Y, FT, PL = {}, {}, {}, {}, {}, {}
 -- Fixed windows: the bucket's key in the format before, whose count this window took.
 local OLD = {}
 -- Sliding windows: the segments that still count, newest first, all buckets in a row
@@ -315,68 +335,32 @@ local SJ, SC, SL, SB, SN, HD = {}, {}, {}, {}, {}, {}
 -- Logs: per bucket { h, n, t, dirty, at = {}, c = {}, mod = {} } (entries read lazily).
 local LG = {}
 local top = 0
+-- Per bucket: the key's value (a string; a log's fields, HMGET h n t u; for a key holding
+-- another shape's state, its GET: a string, or an error for a hash).
+local V = {}
 
+local restore = op == '5'
+-- What the keys hold: read and told apart, each key once, before the helpers below are
+-- made (a closure costs time on every call that makes one: only the helpers a call needs
+-- are made, and those for another shape's state only when a key holds one, or for a
+-- restore). Token buckets and fixed windows are read in full here.
+local logs, slides, others = false, false, false
 for i = 1, n do
   local o = i * 6 - 5
   local key, alg = KEYS[i], ARGV[o + 1]
-  local cap, cost, unit, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
   local present, other = false, false
-  local fit = 0
+  local v
   if alg == '2' then
+    logs = true
     local r = redis.pcall('HMGET', key, 'h', 'n', 't', 'u')
-    local lg = { h = 0, n = 0, t = 0, dirty = false, at = {}, c = {}, mod = {} }
     if r.err then
       present, other = true, true -- a string: another algorithm's state
+      v = redis.call('GET', key)
     elseif r[1] then
-      present = true
-      lg.h, lg.n, lg.t = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
-      -- Entries kept under another window: the expiry is written again by this one.
-      lg.dirty = tonumber(r[4]) ~= W
-      -- Advance: drop what has aged out. Written back even if nothing else changes: another
-      -- limit of the same key with a longer window would still count it in memory.
-      while lg.h < lg.n do
-        local idx = lg.h
-        local at = lg.at[idx]
-        if at == nil then
-          local a, c = match(redis.call('HGET', key, idx), '^(%d+) (%d+)$')
-          at = tonumber(a)
-          lg.at[idx], lg.c[idx] = at, tonumber(c)
-        end
-        if at + W > now then
-          break
-        end
-        lg.t = lg.t - lg.c[idx]
-        lg.at[idx] = false
-        lg.mod[idx] = true
-        lg.h = idx + 1
-        lg.dirty = true
-      end
-    end
-    LG[i] = lg
-    if cost > cap then
-      fit = -1
-    elseif op == '0' or op == '1' then
-      local need = lg.t + cost - cap
-      if need > 0 then
-        local freed, leaves = 0, now + W
-        for idx = lg.h, lg.n - 1 do
-          local at = lg.at[idx]
-          if at == nil then
-            local a, c = match(redis.call('HGET', key, idx), '^(%d+) (%d+)$')
-            at = tonumber(a)
-            lg.at[idx], lg.c[idx] = at, tonumber(c)
-          end
-          freed = freed + lg.c[idx]
-          if freed >= need then
-            leaves = at + W
-            break
-          end
-        end
-        fit = max(leaves - now, 0)
-      end
+      present, v = true, r
     end
   else
-    local v = redis.pcall('GET', key)
+    v = redis.pcall('GET', key)
     local b1 = 0
     if v then
       present = true
@@ -387,73 +371,21 @@ for i = 1, n do
       end
     end
     if alg == '1' then
-      local s, tag = unit, ARGV[o + 6]
-      local cur = floor(now / s)
-      local k = ceil(W / s)
-      local R = cap - cost
-      local used, cross = 0, 0
-      local H = cur
-      SB[i] = top + 1
+      -- Y: the format of a state of this shape ('b' binary, 'S' before 0.2).
       if present and not other then
+        local tag = ARGV[o + 6]
         if find(v, tag, 1, true) == 1 and (#v - #tag) % 19 == 0 then
-          local e, len = #tag + 1, #v
-          local first = true
-          while e <= len do
-            local j, cnt, so, nx = struct.unpack('>I6I7I6', v, e)
-            if first and j > H then
-              H = j
-            end
-            first = false
-            local last = j * s + so
-            if last + W <= now or j < H - k then
-              break
-            end
-            top = top + 1
-            SJ[top], SC[top], SL[top] = j, cnt, last
-            local x = used + cnt
-            if x > R and used <= R then
-              cross = last
-            end
-            used = x
-            e = nx
-          end
+          Y[i], slides = 'b', true
         elseif b1 == 83 and find(v, 'S' .. sub(tag, 1, -2) .. ':', 1, true) == 1 then
-          -- The format before 0.2: counts of segments head, head-1, ...
-          local head, counts = match(v, '^S%d+:%d+:(%d+):(.*)$')
-          local j = tonumber(head)
-          if j > H then
-            H = j
-          end
-          for x in gmatch(counts, '%d+') do
-            local cnt = tonumber(x)
-            if cnt > 0 then
-              local last = max(min((j + 1) * s - 1, now), j * s)
-              if last + W <= now or j < H - k then
-                break
-              end
-              top = top + 1
-              SJ[top], SC[top], SL[top] = j, cnt, last
-              local y = used + cnt
-              if y > R and used <= R then
-                cross = last
-              end
-              used = y
-            end
-            j = j - 1
-          end
+          -- The format before 0.2, of this shape.
+          Y[i], slides = 'S', true
         else
           other = true
         end
       end
-      SN[i], HD[i], X[i] = top - SB[i] + 1, H, used
-      if cost > cap then
-        fit = -1
-      elseif used > R then
-        fit = min(cross + W - now, LIM)
-      end
     elseif alg == '3' then
       -- X: the TAT in this limit's interval; Y: whether it was converted to it.
-      local tat = 0
+      local tat, unit = 0, tonumber(ARGV[o + 4])
       if present and not other then
         local t, u = read_tat(v)
         if t then
@@ -480,16 +412,10 @@ for i = 1, n do
         end
       end
       X[i] = tat
-      if cost > cap then
-        fit = -1
-      else
-        local new = min(max(tat, now) + cost * unit, LIM)
-        fit = max(new - now - cap * unit, 0)
-      end
     else
       -- The window's key (the bucket's key and ':<window index>', placed by the instance's
       -- clock, as `now` is) holds its count; `unit` is when the key expires (ms).
-      local used = 0
+      local used, unit = 0, tonumber(ARGV[o + 4])
       if present and not other then
         local x = tonumber(v)
         if x and x >= 0 then
@@ -520,16 +446,323 @@ for i = 1, n do
           end
         end
       end
-      local close = window_close(W)
-      X[i], Y[i] = used, close
-      if cost > cap then
-        fit = -1
-      elseif used + cost > cap then
-        fit = close - now
-      end
+      X[i], Y[i] = used, window_close(tonumber(ARGV[o + 5]))
     end
   end
-  PR[i], RP[i], FT[i] = present, other, fit
+  -- (A fixed window's keys are its own: another state there is not a count.)
+  others = others or other and alg ~= '4'
+  V[i], PR[i], RP[i] = v, present, other
+end
+
+-- The helpers: logs'.
+local entry, log_sum, load_log, log_add
+if logs or others then
+  -- A log's entry `idx`: when it was admitted (its cost: lg.c[idx]), read once.
+  entry = function(lg, key, idx)
+    local at = lg.at[idx]
+    if at == nil then
+      local a, c = match(redis.call('HGET', key, idx), '^(%d+) (%d+)$')
+      at = tonumber(a)
+      lg.at[idx], lg.c[idx] = at, tonumber(c)
+    end
+    return at
+  end
+
+  -- What a log's entries add up to, saturating at LIM: its total once that saturated (huge
+  -- penalties), when it no longer says what is left after entries go (log_total in
+  -- algorithm.rs).
+  log_sum = function(lg, key)
+    local t = 0
+    for idx = lg.h, lg.n - 1 do
+      entry(lg, key, idx)
+      t = t + lg.c[idx]
+    end
+    return min(t, LIM)
+  end
+
+  -- A log from its fields (HMGET h n t u), advanced to `now` in a window of `W`: what has
+  -- aged out is dropped. Written back even if nothing else changes: another limit of the
+  -- same key with a longer window would still count it in memory. Entries kept under
+  -- another window: the expiry is written again by this one.
+  load_log = function(key, r, W)
+    local lg = { h = tonumber(r[1]), n = tonumber(r[2]), t = tonumber(r[3]), at = {}, c = {}, mod = {} }
+    lg.dirty = tonumber(r[4]) ~= W
+    local full, gone = lg.t >= LIM, false
+    while lg.h < lg.n do
+      local idx = lg.h
+      if entry(lg, key, idx) + W > now then
+        break
+      end
+      lg.t = lg.t - lg.c[idx]
+      lg.at[idx] = false
+      lg.mod[idx] = true
+      lg.h = idx + 1
+      lg.dirty, gone = true, true
+    end
+    if full and gone then
+      lg.t = log_sum(lg, key)
+    end
+    return lg
+  end
+
+  -- Counts `add` in a log at `when` (with its newest entry, if that is no earlier).
+  log_add = function(lg, key, when, add)
+    local last = lg.n - 1
+    local at = lg.n > lg.h and entry(lg, key, last)
+    if at and at >= when then
+      lg.c[last] = min(lg.c[last] + add, LIM)
+      lg.mod[last] = true
+    else
+      lg.at[lg.n], lg.c[lg.n], lg.mod[lg.n] = when, add, true
+      lg.n = lg.n + 1
+    end
+    lg.t = min(lg.t + add, LIM)
+  end
+end
+
+-- Sliding windows': pushes (SJ, SC, SL, from top + 1) the segments of a sliding window's
+-- value `v` that still count in a window of `W` µs of `k` segments of `s` µs, newest
+-- first: from byte `p` on (the binary format) or, with `head`, from the counts of segments
+-- head, head-1, ... (the format before 0.2, whose counts are taken as admitted at the end
+-- of their segment, or now if that is later). Gives what they count and the head (the
+-- newest segment's index, or now's if later).
+local segments
+if slides or others then
+  segments = function(v, p, s, W, k, head, counts)
+    local H = floor(now / s)
+    local used = 0
+    if head then
+      local j = tonumber(head)
+      if j > H then
+        H = j
+      end
+      for x in gmatch(counts, '%d+') do
+        local cnt = tonumber(x)
+        if cnt > 0 then
+          local last = max(min((j + 1) * s - 1, now), j * s)
+          if last + W <= now or j < H - k then
+            break
+          end
+          top = top + 1
+          SJ[top], SC[top], SL[top] = j, cnt, last
+          used = used + cnt
+        end
+        j = j - 1
+      end
+    else
+      local len, first = #v, true
+      while p <= len do
+        local j, cnt, so, nx = struct.unpack('>I6I7I6', v, p)
+        if first and j > H then
+          H = j
+        end
+        first = false
+        local last = j * s + so
+        if last + W <= now or j < H - k then
+          break
+        end
+        top = top + 1
+        SJ[top], SC[top], SL[top] = j, cnt, last
+        used = used + cnt
+        p = nx
+      end
+    end
+    return used, H
+  end
+end
+
+-- Another shape's state, and a restore.
+local carried, raise
+if others or restore then
+  -- What the state of another shape in `key` (its value `v`: a string, or else the key
+  -- holds a log's hash) still counts, read under its own limit, and in how many µs it is
+  -- fresh again; 0 if nothing, or a state that does not say (a fixed window's count in the
+  -- format before window keys: fixed windows count apart; a token bucket's TAT without its
+  -- interval).
+  carried = function(key, v)
+    if type(v) ~= 'string' then
+      local r = redis.call('HMGET', key, 'h', 'n', 't', 'u')
+      if not r[1] then
+        return 0, 0
+      end
+      local u = tonumber(r[4])
+      if not u then
+        -- Written before a log recorded its window: its total, until the key expires.
+        local pe = redis.call('PEXPIRETIME', key)
+        return tonumber(r[3]), pe > 0 and (pe - slack) * 1000 - now or 0
+      end
+      local lg = load_log(key, r, u)
+      if lg.n > lg.h then
+        return lg.t, entry(lg, key, lg.n - 1) + u - now
+      end
+      return 0, 0
+    end
+    local tat, T = read_tat(v)
+    if tat then
+      -- A token bucket: ceil((tat - now) / T) tokens, fresh at tat.
+      if tat > now then
+        return ceil((tat - now) / max(tonumber(T), 1)), tat - now
+      end
+      return 0, 0
+    end
+    local k, s, p = match(v, '^(%d+):(%d+)|()')
+    local head, counts
+    if k then
+      if (#v - p + 1) % 19 ~= 0 then
+        return 0, 0
+      end
+    else
+      k, s, head, counts = match(v, '^S(%d+):(%d+):(%d+):(.*)$')
+      if not k then
+        return 0, 0
+      end
+    end
+    -- A sliding window of k segments of s µs: its window is at most k * s (s is W / k
+    -- rounded up), a few µs more at the most. Only what it counts is wanted: its segments
+    -- are dropped again.
+    k, s = tonumber(k), tonumber(s)
+    local b = top + 1
+    local used = segments(v, p, s, k * s, k, head, counts)
+    local fresh = top >= b and SL[b] + k * s - now or 0
+    top = b - 1
+    return min(used, LIM), fresh
+  end
+
+  -- Raises bucket i's state to at least `want` counted, what it lacks placed as late as
+  -- its freshness allows (fresh again in `fresh` µs), as MemoryStore::mirror places a
+  -- count: a sliding window's or a log's at the admission that leaves the window when it
+  -- is fresh again (a log's no earlier than its newest entry), a token bucket's TAT that
+  -- far ahead (at most the count's worth), a fixed window's count in the current window.
+  -- Whether it changed anything.
+  raise = function(i, key, alg, unit, W, want, fresh)
+    local place = min(max(now + fresh - W, now - W + 1), now)
+    if alg == '1' then
+      local s, b, m, used = unit, SB[i], SN[i], X[i]
+      local delta = want - used
+      if delta <= 0 then
+        return false
+      end
+      -- The segments again, newest first, with the difference in `place`'s segment.
+      local jn, nb, placed = floor(place / s), top + 1, false
+      for x = b, b + m - 1 do
+        if not placed and SJ[x] <= jn then
+          placed = true
+          top = top + 1
+          if SJ[x] == jn then
+            SJ[top], SC[top], SL[top] = jn, min(SC[x] + delta, LIM), max(SL[x], place)
+          else
+            SJ[top], SC[top], SL[top] = jn, delta, place
+            top = top + 1
+            SJ[top], SC[top], SL[top] = SJ[x], SC[x], SL[x]
+          end
+        else
+          top = top + 1
+          SJ[top], SC[top], SL[top] = SJ[x], SC[x], SL[x]
+        end
+      end
+      if not placed then
+        top = top + 1
+        SJ[top], SC[top], SL[top] = jn, delta, place
+      end
+      SB[i], SN[i], X[i] = nb, top - nb + 1, min(used + delta, LIM)
+    elseif alg == '3' then
+      local tat = min(now + min(fresh, want * unit), LIM)
+      if tat <= X[i] then
+        return false
+      end
+      X[i] = tat
+    elseif alg == '4' then
+      local used = min(want, LIM)
+      if used <= X[i] then
+        return false
+      end
+      X[i] = used
+    else
+      local lg = LG[i]
+      if want <= lg.t then
+        return false
+      end
+      log_add(lg, key, place, want - lg.t)
+    end
+    return true
+  end
+end
+
+for i = 1, n do
+  local o = i * 6 - 5
+  local key, alg = KEYS[i], ARGV[o + 1]
+  local cap, cost, unit, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+  local v = V[i]
+  -- The state of a sliding window or a log (token buckets and fixed windows were read in
+  -- full above).
+  if alg == '1' then
+    local s = unit
+    local used, H = 0, floor(now / s)
+    SB[i] = top + 1
+    if Y[i] == 'b' then
+      used, H = segments(v, #ARGV[o + 6] + 1, s, W, ceil(W / s))
+    elseif Y[i] == 'S' then
+      local head, counts = match(v, '^S%d+:%d+:(%d+):(.*)$')
+      used, H = segments(v, 0, s, W, ceil(W / s), head, counts)
+    end
+    SN[i], HD[i], X[i] = top - SB[i] + 1, H, used
+  elseif alg == '2' then
+    if PR[i] and not RP[i] then
+      LG[i] = load_log(key, v, W)
+    else
+      LG[i] = { h = 0, n = 0, t = 0, dirty = false, at = {}, c = {}, mod = {} }
+    end
+  end
+  -- The state of another shape (instances that disagree on the limit, mid-rollout or after
+  -- a reload): what it still counts carries over, placed as a restore places a count.
+  if RP[i] and alg ~= '4' then
+    local used, fresh = carried(key, v)
+    if used > 0 and fresh > 0 then
+      raise(i, key, alg, unit, W, used, fresh)
+    end
+  end
+  if restore then
+    PL[i] = raise(i, key, alg, unit, W, cost, tonumber(ARGV[n * 6 + 1 + i]))
+  end
+  -- Whether the cost fits now, and if not, when: 0 fits, -1 never, else in how many µs.
+  local fit = 0
+  if cost > cap then
+    fit = -1
+  elseif alg == '1' then
+    local R = cap - cost
+    if X[i] > R then
+      -- Fits when the segment that takes the count (newest first) over R leaves.
+      local used = 0
+      for x = SB[i], SB[i] + SN[i] - 1 do
+        used = used + SC[x]
+        if used > R then
+          fit = min(SL[x] + W - now, LIM)
+          break
+        end
+      end
+    end
+  elseif alg == '2' then
+    local lg = LG[i]
+    local need = lg.t + cost - cap
+    if need > 0 and (op == '0' or op == '1') then
+      local freed, leaves = 0, now + W
+      for idx = lg.h, lg.n - 1 do
+        local at = entry(lg, key, idx)
+        freed = freed + lg.c[idx]
+        if freed >= need then
+          leaves = at + W
+          break
+        end
+      end
+      fit = max(leaves - now, 0)
+    end
+  elseif alg == '3' then
+    local new = min(max(X[i], now) + cost * unit, LIM)
+    fit = max(new - now - cap * unit, 0)
+  elseif X[i] + cost > cap then
+    fit = Y[i] - now
+  end
+  FT[i] = fit
 end
 
 -- A charge of several buckets changes a bucket only if every one fits; any other call
@@ -543,14 +776,10 @@ if op == '0' then
   end
 end
 
-local restore = op == '5'
 for i = 1, n do
   local o = i * 6 - 5
   local key, alg = KEYS[i], ARGV[o + 1]
   local cap, cost, unit, W = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
-  -- A restore: where what it adds is placed (a time `fresh` before it leaves the window).
-  local fresh = restore and tonumber(ARGV[n * 6 + 1 + i])
-  local place = restore and min(max(now + fresh - W, now - W + 1), now)
   local fit = FT[i]
   local change = false
   if op == '0' then
@@ -564,6 +793,7 @@ for i = 1, n do
   if not present and op == '2' then
     change = false
   end
+  -- (A restore raised the state already, above.)
   local add = change and op ~= '2'
   local remaining, reset = cap, 0
   if alg == '1' then
@@ -571,64 +801,35 @@ for i = 1, n do
     local b, m, H = SB[i], SN[i], HD[i]
     local used = X[i]
     local write = false
-    if change then
-      if restore then
-        local delta = cost - used
-        if delta > 0 then
-          -- The segments again, newest first, with the difference in `place`'s segment.
-          local jn, nb, placed = floor(place / s), top + 1, false
-          for x = b, b + m - 1 do
-            if not placed and SJ[x] <= jn then
-              placed = true
-              top = top + 1
-              if SJ[x] == jn then
-                SJ[top], SC[top], SL[top] = jn, min(SC[x] + delta, LIM), max(SL[x], place)
-              else
-                SJ[top], SC[top], SL[top] = jn, delta, place
-                top = top + 1
-                SJ[top], SC[top], SL[top] = SJ[x], SC[x], SL[x]
-              end
-            else
-              top = top + 1
-              SJ[top], SC[top], SL[top] = SJ[x], SC[x], SL[x]
-            end
-          end
-          if not placed then
-            top = top + 1
-            SJ[top], SC[top], SL[top] = jn, delta, place
-          end
-          b, m = nb, top - nb + 1
-          used = min(used + delta, LIM)
-          write = true
-        end
-      elseif add then
-        used = min(used + cost, LIM)
-        if m > 0 and SJ[b] == H then
-          -- (A penalty of 0 still moves the head's last admission.)
-          write = true
-          SC[b] = min(SC[b] + cost, LIM)
-          if now > SL[b] then
-            SL[b] = now
-          end
-        elseif cost > 0 then
-          -- A new head segment, in front of the others.
-          write = true
-          b = b - 1
-          m = m + 1
-          SJ[b], SC[b], SL[b] = H, cost, max(now, H * s)
+    if restore then
+      write = PL[i]
+    elseif add then
+      used = min(used + cost, LIM)
+      if m > 0 and SJ[b] == H then
+        -- (A penalty of 0 still moves the head's last admission.)
+        write = true
+        SC[b] = min(SC[b] + cost, LIM)
+        if now > SL[b] then
+          SL[b] = now
         end
       elseif cost > 0 then
+        -- A new head segment, in front of the others.
         write = true
-        local left = cost
-        while left > 0 and m > 0 do
-          local take = min(SC[b], left)
-          SC[b] = SC[b] - take
-          used = used - take
-          left = left - take
-          if SC[b] == 0 then
-            b = b + 1
-            m = m - 1
-          end
+        b = b - 1
+        m = m + 1
+        SJ[b], SC[b], SL[b] = H, cost, max(now, H * s)
+      end
+    elseif change and cost > 0 then
+      write = true
+      local left = cost
+      while left > 0 and m > 0 do
+        local take = min(SC[b], left)
+        SC[b] = SC[b] - take
+        used = used - take
+        left = left - take
+        if SC[b] == 0 then
+          b = b + 1
+          m = m - 1
         end
       end
     end
@@ -648,10 +849,8 @@ for i = 1, n do
   elseif alg == '3' then
     local T = unit
     local tat = X[i]
-    if change then
-      if restore then
-        tat = max(tat, min(now + min(fresh, cost * T), LIM))
-      elseif add then
+    if change and not restore then
+      if add then
         tat = min(max(tat, now) + cost * T, LIM)
       else
         tat = max(max(tat - cost * T, 0), min(now, tat))
@@ -668,10 +867,8 @@ for i = 1, n do
     end
   elseif alg == '4' then
     local used, close = X[i], Y[i]
-    if change then
-      if restore then
-        used = max(used, min(cost, LIM))
-      elseif add then
+    if change and not restore then
+      if add then
         used = min(used + cost, LIM)
       else
         used = max(used - cost, 0)
@@ -692,43 +889,18 @@ for i = 1, n do
     end
   else
     local lg = LG[i]
-    if RP[i] then
-      lg.dirty = true
-    end
     if change then
       lg.dirty = true
-      -- A restore adds only what the log lacks, at `place` or with its newest entry.
-      local add_n, when = cost, now
       if restore then
-        add_n, when = max(cost - lg.t, 0), place
-      end
-      if add and (add_n > 0 or not restore) then
-        local last = lg.n - 1
-        local at = nil
-        if lg.n > lg.h then
-          at = lg.at[last]
-          if at == nil then
-            local a, c = match(redis.call('HGET', key, last), '^(%d+) (%d+)$')
-            at = tonumber(a)
-            lg.at[last], lg.c[last] = at, tonumber(c)
-          end
-        end
-        if at and at >= when then
-          lg.c[last] = min(lg.c[last] + add_n, LIM)
-          lg.mod[last] = true
-        else
-          lg.at[lg.n], lg.c[lg.n], lg.mod[lg.n] = when, add_n, true
-          lg.n = lg.n + 1
-        end
-        lg.t = min(lg.t + add_n, LIM)
-      elseif not add then
-        local left = cost
+        -- (Raised above.)
+      elseif add then
+        log_add(lg, key, now, cost)
+      else
+        -- A refund: newest entries first. A saturated total is recounted after.
+        local full, left = lg.t >= LIM, cost
         while left > 0 and lg.n > lg.h do
           local last = lg.n - 1
-          if lg.at[last] == nil then
-            local a, c = match(redis.call('HGET', key, last), '^(%d+) (%d+)$')
-            lg.at[last], lg.c[last] = tonumber(a), tonumber(c)
-          end
+          entry(lg, key, last)
           local take = min(lg.c[last], left)
           lg.t = lg.t - take
           left = left - take
@@ -739,22 +911,21 @@ for i = 1, n do
             lg.n = last
           end
         end
+        if full then
+          lg.t = log_sum(lg, key)
+        end
       end
     end
     remaining = max(cap - lg.t, 0)
     local exp = 0
     if lg.n > lg.h then
-      local last = lg.n - 1
-      if lg.at[last] == nil then
-        local a, c = match(redis.call('HGET', key, last), '^(%d+) (%d+)$')
-        lg.at[last], lg.c[last] = tonumber(a), tonumber(c)
-      end
-      exp = lg.at[last] + W
+      exp = entry(lg, key, lg.n - 1) + W
     end
     if exp > now then
       reset = exp - now
       if lg.dirty then
         if RP[i] then
+          -- Another shape's state (its count carried over): replaced.
           redis.call('DEL', key)
         end
         local set = { 'HSET', key, 'h', lg.h, 'n', lg.n, 't', lg.t, 'u', W }

@@ -143,8 +143,8 @@ impl Call<'_> {
             };
             cmd.arg(window);
             match b.limit.algorithm() {
-                // What the stored state of a sliding window starts with: a window whose shape
-                // changed starts afresh.
+                // What the stored state of a sliding window starts with: the state of a
+                // window whose shape changed is another shape's, whose count carries over.
                 Algorithm::SlidingWindow { segments } => cmd.arg(format!("{segments}:{unit}|")),
                 Algorithm::FixedWindow if b.no_migration => cmd.arg("-"),
                 _ => cmd.arg(""),

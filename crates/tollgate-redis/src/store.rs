@@ -25,9 +25,22 @@
 //! `-<used>`, carries into its window's key when that is first written; during a rolling
 //! upgrade, instances of the earlier version keep counting in the old key, apart, until
 //! its window ends, and read a token bucket's `<tat>:<interval>` as another algorithm's
-//! state: such a key starts afresh there, once, and is written back as `<tat>`). A key holds one state: when a
-//! bucket's algorithm changes, its key starts afresh (the memory store keeps each
-//! algorithm's state of a key apart); a fixed window's keys are its own, so its count
+//! state: such a key starts afresh there, once, and is written back as `<tat>`).
+//!
+//! A key holds one state. When a bucket's shape changes (another algorithm, a sliding
+//! window's other window or segments, a reload; or, across a fleet mid-rollout, instances
+//! that hold different limits for one bucket name), what the key's state still counts under
+//! its own limit **carries over** into the new shape, placed as late as its freshness
+//! allows (as a restore places a count, see `decide.lua`): a sliding window's count at the
+//! admission that leaves the window when the old state is fresh again, a token bucket's TAT
+//! that far ahead (at most the count's worth), an exact log's as one entry. So a fleet whose
+//! instances disagree on a limit stays limited (alternating requests admit at most what the
+//! looser limit allows) and a reload keeps what was counted. The key is rewritten in the new
+//! shape only by a call that changes it. The memory store starts afresh on a shape change
+//! within one process (it keeps each algorithm's state of a key apart); on Redis the count
+//! carries over. A token bucket's TAT in the formats before its interval was stored
+//! (`<tat>`, `T<tat>`) says no count to another shape and is not carried. A fixed window's
+//! keys are its own, so a fixed window and another algorithm are two counters: its count
 //! outlives a change to another algorithm and back within the window, as in memory. A fixed
 //! window whose period changes starts afresh, as in memory (another period, another window
 //! index); if the period changes back within the old period's window, that window's count
@@ -88,7 +101,9 @@
 //! the same way).
 //! Counts and times kept or replied saturate at 2^53 (where the memory store saturates at
 //! `u64::MAX`), so a huge penalty leaves a key refusing normally until about the year 2255
-//! (or until reset), never an error.
+//! (or until reset), never an error. An exact log's saturated total is recounted from the
+//! entries still in its window when an entry leaves (or a refund takes one back), as in
+//! memory, so a huge penalty that leaves does not take another still counting with it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};

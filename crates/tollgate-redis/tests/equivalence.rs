@@ -12,12 +12,38 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{connect, short_limits, Rng};
-use tollgate_core::{Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store};
+use tollgate_core::{
+    Algorithm, Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
+};
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
 fn same_algorithm(a: &Limit, b: &Limit) -> bool {
     std::mem::discriminant(&a.algorithm()) == std::mem::discriminant(&b.algorithm())
+}
+
+/// The limit of a key changed to another of the same algorithm that both stores read the
+/// key's state in: a sliding window of the same shape (segments and segment length) with
+/// another count, or another of `limits` of the algorithm (a log's window, a token bucket's
+/// rate and a fixed window's period may change). A sliding window whose shape changes is
+/// not compared: Redis carries its count over (tests/shape_change.rs), where the memory
+/// store starts afresh.
+fn changed(rng: &mut Rng, own: Limit, limits: &[Limit]) -> Limit {
+    if let Algorithm::SlidingWindow { segments } = own.algorithm() {
+        let q = own.quota();
+        let count = q.count() + 1 + rng.below(3);
+        return Limit::sliding_segments(
+            Quota::new(count, q.period()).unwrap(),
+            u32::from(segments),
+        )
+        .unwrap();
+    }
+    let same: Vec<Limit> = limits
+        .iter()
+        .filter(|l| same_algorithm(l, &own))
+        .copied()
+        .collect();
+    *rng.pick(&same)
 }
 
 /// The Redis store on its own server (no refusal cache) and the memory store on a clock
@@ -95,16 +121,11 @@ fn random_batch(rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
         .into_iter()
         .map(|k| {
             // Each key has its own limit, except now and then (the limit changed, to another
-            // of the same algorithm: the memory store keeps each algorithm's state of a key
-            // apart, Redis one state per key).
+            // of the same algorithm read in the same state: see `changed`; the memory store
+            // keeps each algorithm's state of a key apart, Redis one state per key).
             let own = limits[k % limits.len()];
             let limit = if rng.below(20) == 0 {
-                let same: Vec<Limit> = limits
-                    .iter()
-                    .filter(|l| same_algorithm(l, &own))
-                    .copied()
-                    .collect();
-                *rng.pick(&same)
+                changed(rng, own, limits)
             } else {
                 own
             };
@@ -199,7 +220,7 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
                 .iter()
                 .map(|&k| {
                     let limit = match k {
-                        0..=5 if rng.below(25) == 0 => *rng.pick(&sliding),
+                        0..=5 if rng.below(25) == 0 => changed(&mut rng, sliding[k], &sliding),
                         0..=5 => sliding[k],
                         _ => others[k - 6],
                     };
@@ -532,11 +553,11 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
         Limit::sliding_exact(Quota::per_day(1)),
         Limit::fixed(Quota::per_day(1)),
     ];
-    // Twice 2^53 on one key (its saturated state is penalized again), u64::MAX on another.
-    // (Not u64::MAX twice on a log: tollgate-core's MemoryStore overflows adding entries.)
+    // Twice 2^53 on one key (its saturated state is penalized again), twice u64::MAX on
+    // another.
     let max = tollgate_core::MAX_COUNT;
     for limit in limits {
-        for (key, cost) in [("a", max), ("a", max), ("b", u64::MAX)] {
+        for (key, cost) in [("a", max), ("a", max), ("b", u64::MAX), ("b", u64::MAX)] {
             let bucket = Bucket::new("huge", &format!("{limit}:{key}"), limit);
             let mut at = tollgate_core::Timestamp::default();
             let penalty = Batch::new(Op::Penalize, vec![bucket.clone().with_cost(cost)]);
@@ -577,6 +598,67 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
             assert!(ttl > 0, "{limit}: the key keeps an expiry ({ttl})");
         }
     }
+}
+
+/// An exact log's total saturates at 2^53 (u64::MAX is sent as 2^53, each entry saturates
+/// too): once a saturated entry leaves the window, the total is recounted from the entries
+/// still in it, as the memory store recounts a saturated total. The script took the
+/// leaving entry's 2^53 off a total of 2^53 and admitted (4 remaining) while the second
+/// penalty still counted. Decided on a manual clock (a fixed window in each batch: the
+/// call is then decided on the instance's clock), the memory store on the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
+    let server = RedisServer::start();
+    let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let clock = ManualClock::new(start);
+    let redis = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let log = Bucket::new(
+        "saturated",
+        "k",
+        Limit::sliding_exact(Quota::new(5, Duration::from_secs(2)).unwrap()),
+    );
+    let clock_bucket = Bucket::new("saturated", "clock", Limit::fixed(Quota::per_day(1_000)));
+    let penalty = Batch::new(
+        Op::Penalize,
+        vec![
+            log.clone().with_cost(u64::MAX),
+            clock_bucket.clone().with_cost(0),
+        ],
+    );
+    let charge = Batch::charge(vec![log.clone(), clock_bucket.clone()]);
+    let steps = [
+        (Duration::ZERO, &penalty),
+        (Duration::from_secs(1), &penalty),
+        // The first penalty has left the window; the second counts for 0.9 s more.
+        (Duration::from_millis(1_100), &charge),
+        (Duration::from_millis(500), &charge),
+    ];
+    for (i, (advance, batch)) in steps.into_iter().enumerate() {
+        clock.advance(advance);
+        let on_redis = redis.apply(batch).await.unwrap();
+        let on_memory = memory.apply(batch).await.unwrap();
+        let (r, m) = (&on_redis.buckets[0], &on_memory.buckets[0]);
+        assert_eq!(
+            (r.allowed, r.remaining, r.refusal, r.retry_after.is_some()),
+            (m.allowed, m.remaining, m.refusal, m.retry_after.is_some()),
+            "step {i}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
+        );
+        if batch.op == Op::Charge {
+            assert!(!r.allowed, "step {i}: the second penalty still counts");
+            assert_eq!(r.remaining, 0, "step {i}");
+        }
+    }
+    // Once the second penalty has left too, the key admits again.
+    clock.advance(Duration::from_millis(500));
+    let d = redis.apply(&charge).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[0].remaining, 4);
 }
 
 /// An exact log keeps its entries when its window grows (as the memory store does), so its

@@ -38,10 +38,12 @@ pub fn quota(count: u64, millis: u64) -> Quota {
 
 /// Limits of every algorithm, short enough that real time moves windows during a test.
 ///
-/// Limits of one algorithm share their window length: when a key's window length changes
-/// (a config change), the memory store's answer depends on when it swept the key, while
-/// Redis has expired it by the old window; sliding and fixed windows start afresh on Redis
-/// (see decide.lua).
+/// Exact logs share their window length: when a key's window length changes (a config
+/// change), the memory store's answer depends on when it swept the key, while Redis has
+/// expired it by the old window. A fixed window of another period is another window (a key
+/// of its own) on both stores; a sliding window whose shape changes carries its count over
+/// on Redis (see decide.lua) where the memory store starts afresh, so the equivalence tests
+/// change a sliding window's count only.
 pub fn short_limits() -> Vec<Limit> {
     vec![
         Limit::sliding(quota(5, 40)),

@@ -1,0 +1,171 @@
+//! Instances that disagree on a limit's shape share one key: during a rolling deploy, or
+//! after a config reload on one instance only, instance A may hold a token bucket
+//! `5/min burst 2` for a bucket name and instance B a sliding window `5/min` (or another
+//! sliding window's shape, or an exact log). A call that found the key holding the other
+//! shape's state took the key as fresh and overwrote it, so requests alternating between
+//! A and B were all admitted (40 of 40 on a 5/min route). What the other shape's state
+//! still counts now carries over, placed as a restore places a count (decide.lua), so the
+//! key admits at most the looser limit's count. (The memory store starts afresh on a
+//! shape change within one process: it never has two shapes at once.)
+
+mod common;
+
+use std::time::Duration;
+
+use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_redis::RedisStore;
+use tollgate_testkit::RedisServer;
+
+/// Two limits of one bucket name, and what alternating charges between them admit within
+/// one window: the looser limit's count.
+fn pairs() -> Vec<(&'static str, Limit, Limit, usize)> {
+    let per_minute = Quota::per_minute(5);
+    let ten_per_two_minutes = Quota::new(10, Duration::from_secs(120)).unwrap();
+    vec![
+        (
+            "token bucket vs sliding window",
+            Limit::token_bucket(per_minute, 2).unwrap(),
+            Limit::sliding(per_minute),
+            5,
+        ),
+        (
+            "sliding windows of two shapes",
+            Limit::sliding(per_minute),
+            Limit::sliding(ten_per_two_minutes),
+            10,
+        ),
+        (
+            "sliding window vs exact log",
+            Limit::sliding(per_minute),
+            Limit::sliding_exact(per_minute),
+            5,
+        ),
+        (
+            "token bucket vs exact log",
+            Limit::token_bucket(per_minute, 2).unwrap(),
+            Limit::sliding_exact(per_minute),
+            5,
+        ),
+    ]
+}
+
+async fn charge(store: &RedisStore, bucket: &Bucket) -> bool {
+    store
+        .apply(&Batch::charge(vec![bucket.clone()]))
+        .await
+        .unwrap()
+        .allowed
+}
+
+/// Two instances (two stores, one Redis), each with its own limit for the key, charging
+/// it in turn, 40 times, either one first: the key stays limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternating_between_two_shapes_admits_at_most_the_looser_limit() {
+    let server = RedisServer::start();
+    let (a, b) = (common::uncached(&server), common::uncached(&server));
+    for (name, limit_a, limit_b, looser) in pairs() {
+        for a_first in [true, false] {
+            let key = format!("{name}, A first: {a_first}");
+            let on_a = Bucket::new("route", &key, limit_a);
+            let on_b = Bucket::new("route", &key, limit_b);
+            let mut admitted = 0;
+            for turn in 0..40 {
+                let allowed = if (turn % 2 == 0) == a_first {
+                    charge(&a, &on_a).await
+                } else {
+                    charge(&b, &on_b).await
+                };
+                admitted += usize::from(allowed);
+            }
+            assert_eq!(admitted, looser, "{key}");
+            // A look under either limit sees the key spent (and changes nothing).
+            for (store, bucket) in [(&a, &on_a), (&b, &on_b)] {
+                let peek = store
+                    .apply(&Batch::new(Op::Peek, vec![bucket.clone()]))
+                    .await
+                    .unwrap();
+                assert_eq!(peek.buckets[0].remaining, 0, "{key}: {}", bucket.limit);
+            }
+            assert!(
+                !charge(&a, &on_a).await && !charge(&b, &on_b).await,
+                "{key}"
+            );
+        }
+    }
+}
+
+/// One store called with a limit, then (a reload) with another shape for the same key:
+/// what was counted carries over instead of starting afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_reloaded_with_another_shape_keeps_what_was_counted() {
+    let server = RedisServer::start();
+    let store = common::uncached(&server);
+    for (name, limit_a, limit_b, _) in pairs() {
+        for (from, to) in [(limit_a, limit_b), (limit_b, limit_a)] {
+            for spent in 1..=2 {
+                let key = format!("{name}: {from} to {to}, {spent} spent");
+                let before = Bucket::new("reload", &key, from);
+                let after = Bucket::new("reload", &key, to);
+                for _ in 0..spent {
+                    assert!(charge(&store, &before).await, "{key}");
+                }
+                // A burst under the new limit: what it holds, less what was counted.
+                let mut admitted = 0;
+                for _ in 0..20 {
+                    admitted += u64::from(charge(&store, &after).await);
+                }
+                assert_eq!(admitted, to.capacity() - spent, "{key}");
+            }
+        }
+    }
+}
+
+/// A sliding window reads a token bucket's TAT as tokens that leave at the TAT, and a token
+/// bucket places a sliding window's count as a TAT as far ahead as the count is fresh (at
+/// most the count's worth, as a restore places it): the waits follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_carries_over_leaves_when_it_would_have() {
+    let server = RedisServer::start();
+    let store = common::uncached(&server);
+    let per_minute = Quota::per_minute(5);
+    let bucket = Limit::token_bucket(per_minute, 2).unwrap();
+    let window = Limit::sliding(per_minute);
+
+    // 2 tokens spent (24 s ahead), then read by the sliding window: 2 counted, placed to
+    // leave in 24 s, and its own charge now.
+    let tb = Bucket::new("leave", "tb", bucket);
+    assert!(charge(&store, &tb).await && charge(&store, &tb).await);
+    let d = store
+        .apply(&Batch::new(
+            Op::Peek,
+            vec![Bucket::new("leave", "tb", window)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(d.buckets[0].remaining, 3);
+    assert!(
+        d.buckets[0].reset_after <= Duration::from_secs(24)
+            && d.buckets[0].reset_after > Duration::from_secs(20),
+        "{:?}",
+        d.buckets[0].reset_after
+    );
+
+    // 5 counted in a sliding window now, read by the token bucket: fresh again in a
+    // minute, 5 tokens' worth, so its TAT is a minute ahead and one token (12 s of a 24 s
+    // burst) fits in 48 s.
+    let sw = Bucket::new("leave", "sw", window);
+    for _ in 0..5 {
+        assert!(charge(&store, &sw).await);
+    }
+    let d = store
+        .apply(&Batch::charge(vec![Bucket::new("leave", "sw", bucket)]))
+        .await
+        .unwrap();
+    assert!(!d.allowed);
+    let wait = d.buckets[0].retry_after.unwrap();
+    assert!(
+        wait <= Duration::from_secs(48) && wait > Duration::from_secs(46),
+        "{wait:?}"
+    );
+    assert_eq!(d.buckets[0].remaining, 0);
+}
