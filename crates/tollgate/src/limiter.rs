@@ -354,7 +354,9 @@ impl Limiter {
     ///   what was counted and measures it against the new quota: lowering a limit applies
     ///   at once to clients that already used more, raising it frees them at once;
     /// - a limit whose algorithm or window changed (`100/min` to `6000/h`) starts its keys
-    ///   afresh, as does a limit whose bucket name changed (a renamed policy or bucket).
+    ///   afresh on the memory store; on Redis what they counted carries over into the new
+    ///   shape (instances of a fleet then stay limited while they disagree);
+    /// - a limit whose bucket name changed (a renamed policy or bucket) starts afresh.
     ///
     /// ```
     /// use tollgate::{Limiter, Policy};
