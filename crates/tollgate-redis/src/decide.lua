@@ -43,10 +43,14 @@
 -- segments; a token bucket's '<tat>:<T>' as ceil((tat - now) / T) tokens fresh at tat; a
 -- log's total, fresh when its newest entry leaves its window, or for a log that did not
 -- record its window, when its key expires less the slack), carries over: it is placed in
--- this bucket's state as a restore places its count, and the call is decided on that. The
+-- this bucket's state as a restore places its count, fresh no sooner than this bucket's
+-- window from now (as if admitted now: placed to leave when the other state is fresh, a
+-- count of a shorter window would leave this one early, and alternating calls could then
+-- admit more than either limit in this one's window), and the call is decided on that. The
 -- key is written in this bucket's shape only by a call that changes it (a refusal or a peek
--- leaves the other state as it is), so alternating calls of two shapes admit at most what
--- the looser limit does. A token bucket's TAT without its interval ('<tat>', 'T<tat>') and
+-- leaves the other state as it is, but for what the key's own shape rewrites on a look: a
+-- log read under another window, a token bucket's TAT read in another interval), so
+-- alternating calls of two shapes admit at most what the looser limit does in its window. A token bucket's TAT without its interval ('<tat>', 'T<tat>') and
 -- a fixed window's count in the bucket's own key ('-<used>', 'F...') do not say what they
 -- count in another shape and are not carried. Fixed windows count in keys of their own: a
 -- fixed window and another algorithm are two counters. Only the general path does any of
@@ -714,11 +718,13 @@ for i = 1, n do
     end
   end
   -- The state of another shape (instances that disagree on the limit, mid-rollout or after
-  -- a reload): what it still counts carries over, placed as a restore places a count.
+  -- a reload): what it still counts carries over, placed as a restore places a count, but
+  -- fresh no sooner than this bucket's window from now (as if admitted now), so that it
+  -- counts in every window of this limit that the other limit's admissions fall in.
   if RP[i] and alg ~= '4' then
     local used, fresh = carried(key, v)
     if used > 0 and fresh > 0 then
-      raise(i, key, alg, unit, W, used, fresh)
+      raise(i, key, alg, unit, W, used, max(fresh, W))
     end
   end
   if restore then

@@ -39,8 +39,10 @@
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
 //! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
 //! `20/s` is 20) and `daily:` (a hard cap per rolling window, `10000/day`: never more in
-//! any 24 hours; for a calendar day that resets at 00:00 UTC, write `limit: 10000/day` with
-//! `algorithm: fixed`). `when_full: evict_limited` on a route,
+//! any 24 hours, erring towards refusing as a rolling window does: a client at a steady
+//! pace can be refused above about 91% of the cap; `limit: 10000/day` with
+//! `algorithm: exact` counts every call, `algorithm: fixed` is a calendar day that resets
+//! at 00:00 UTC). `when_full: evict_limited` on a route,
 //! a bucket or a global limit with a key serves new keys when the memory store's share of
 //! the bucket is full of keys at their limit (see [`WhenFull`]; `refuse_new_keys` is the
 //! default).

@@ -355,7 +355,8 @@ impl Limiter {
     ///   at once to clients that already used more, raising it frees them at once;
     /// - a limit whose algorithm or window changed (`100/min` to `6000/h`) starts its keys
     ///   afresh on the memory store; on Redis what they counted carries over into the new
-    ///   shape (instances of a fleet then stay limited while they disagree);
+    ///   shape (instances of a fleet then stay limited while they disagree), except to or
+    ///   from a fixed window, whose keys are its own;
     /// - a limit whose bucket name changed (a renamed policy or bucket) starts afresh.
     ///
     /// ```
