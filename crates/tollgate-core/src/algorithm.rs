@@ -508,9 +508,12 @@ pub(crate) fn rescale_tat(tat: u64, now: u64, from: u64, to: u64) -> u64 {
 #[inline]
 fn gcra(tat: u64, limit: &Limit, cost: u64, now: u64) -> (u64, u64) {
     let t = limit.emission_interval();
-    let new_tat = tat.max(now).saturating_add(cost.saturating_mul(t));
     let tolerance = limit.capacity().saturating_mul(t);
-    (new_tat, (new_tat - now).saturating_sub(tolerance))
+    match tat.max(now).checked_add(cost.saturating_mul(t)) {
+        Some(new_tat) => (new_tat, (new_tat - now).saturating_sub(tolerance)),
+        // Past the clock's range (a clock gone wrong): it does not fit before the end.
+        None => (u64::MAX, (u64::MAX - now).max(1)),
+    }
 }
 
 /// Whether a cost fits now.
