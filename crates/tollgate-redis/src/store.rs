@@ -30,17 +30,21 @@
 //! A key holds one state. When a bucket's shape changes (another algorithm, a sliding
 //! window's other window or segments, a reload; or, across a fleet mid-rollout, instances
 //! that hold different limits for one bucket name), what the key's state still counts under
-//! its own limit **carries over** into the new shape, placed as late as its freshness
-//! allows (as a restore places a count, see `decide.lua`): a sliding window's count at the
-//! admission that leaves the window when the old state is fresh again, a token bucket's TAT
-//! that far ahead (at most the count's worth), an exact log's as one entry. So a fleet whose
-//! instances disagree on a limit stays limited (alternating requests admit at most what the
-//! looser limit allows) and a reload keeps what was counted. The key is rewritten in the new
+//! its own limit **carries over** into the new shape, counted as admitted at the change (a
+//! sliding window's or an exact log's count as one admission now, a token bucket's TAT
+//! the count's worth ahead, at most a window or the old state's freshness if longer; see
+//! `decide.lua`). So a fleet whose instances
+//! disagree on a limit stays limited (alternating requests admit at most what the looser
+//! limit allows in its window) and a reload keeps what was counted. The key is rewritten in the new
 //! shape only by a call that changes it. The memory store starts afresh on a shape change
 //! within one process (it keeps each algorithm's state of a key apart); on Redis the count
-//! carries over. A token bucket's TAT in the formats before its interval was stored
-//! (`<tat>`, `T<tat>`) says no count to another shape and is not carried. A fixed window's
-//! keys are its own, so a fixed window and another algorithm are two counters: its count
+//! carries over. An exact log of another window is not another shape: its entries keep
+//! their times and each instance counts them in its own window (a shorter window's call
+//! drops the entries it no longer counts), so instances whose logs' windows differ admit
+//! up to the sum of their limits while they disagree. A token bucket's TAT in the formats
+//! before its interval was stored (`<tat>`, `T<tat>`) says no count to another shape and is
+//! not carried. A fixed window's keys are its own, so a fixed window and another algorithm
+//! are two counters: its count
 //! outlives a change to another algorithm and back within the window, as in memory. A fixed
 //! window whose period changes starts afresh, as in memory (another period, another window
 //! index); if the period changes back within the old period's window, that window's count
