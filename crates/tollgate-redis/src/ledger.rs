@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use smallvec::SmallVec;
-use tollgate_core::{Bucket, BucketState, Limit, Op, StoreKey, WhenFull};
+use tollgate_core::{Bucket, BucketState, Limit, Op, Sampled, StoreKey, WhenFull};
 
 /// How much later than the answer it follows an earlier answer may be noted (µs): its
 /// freshness, worked out from when it is noted, moves by as much.
@@ -96,8 +96,8 @@ pub(crate) struct Ledger {
     capacity: usize,
     /// Debts lost because their record was evicted (the table full of owed keys).
     lost: AtomicU64,
-    /// When a loss was last logged (µs; 0: never): at most one warning per 10 s.
-    warned_at: AtomicU64,
+    /// Losses logged: at most one warning per 10 s.
+    warned: Sampled,
 }
 
 impl Ledger {
@@ -107,7 +107,7 @@ impl Ledger {
             table: Mutex::new(HashMap::default()),
             capacity,
             lost: AtomicU64::new(0),
-            warned_at: AtomicU64::new(0),
+            warned: Sampled::new(),
         }
     }
 
@@ -335,9 +335,7 @@ impl Ledger {
                 }
             });
             let lost_total = self.lost.fetch_add(lost, Ordering::Relaxed) + lost;
-            let last = self.warned_at.load(Ordering::Relaxed);
-            if lost > 0 && (last == 0 || now.saturating_sub(last) >= 10_000_000) {
-                self.warned_at.store(now.max(1), Ordering::Relaxed);
+            if lost > 0 && self.warned.due(now, 10_000_000).is_some() {
                 tracing::warn!(
                     target: "tollgate",
                     lost_total,
