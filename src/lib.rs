@@ -183,6 +183,35 @@ pub fn store_from_env(prefix: &str) -> Result<tollgate::redis::EnvStore, tollgat
     )?)
 }
 
+/// Requests that fail authentication, per client IP, in the seed examples: the guessing
+/// budget of their guard ([`failed_auth_guard`]).
+pub const FAILED_AUTH_PER_IP: &str = "20/min";
+
+/// Requests that fail authentication, per client network (an IPv6 /48, an IPv4 address on
+/// its own), beside [`FAILED_AUTH_PER_IP`]: IPv6 clients are counted by their /64, and one
+/// holding a /48 (a tunnel broker gives one away) holds 65,536 of those. Five clients'
+/// guessing budgets for a whole network.
+pub const FAILED_AUTH_PER_NETWORK: &str = "100/min";
+
+/// The leading bits of an IPv6 client address that make its network in
+/// [`FAILED_AUTH_PER_NETWORK`].
+pub const NETWORK_BITS: u8 = 48;
+
+/// The seed examples' failed-authentication guard, for `limiter.guard(..)` outside their
+/// authentication layer: [`tollgate::Policy::failed_auth_per_ip`] with
+/// [`FAILED_AUTH_PER_IP`], and [`FAILED_AUTH_PER_NETWORK`] per client network.
+pub fn failed_auth_guard() -> tollgate::Policy {
+    tollgate::Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)
+        .per_network(NETWORK_BITS, FAILED_AUTH_PER_NETWORK)
+}
+
+/// How every example finds its clients' addresses: the TCP peer, or behind the proxies
+/// listed in `TRUSTED_PROXIES` ([`trusted_proxies_from_env`]) the client they forward for
+/// (an entry that is not a proxy address or network is an error when the limiter is built).
+pub fn client_ip_from_env() -> tollgate::ClientIp {
+    tollgate::ClientIp::peer().trust_proxies(trusted_proxies_from_env())
+}
+
 /// The comma-separated CIDR list in `TRUSTED_PROXIES` (empty if unset).
 pub fn trusted_proxies_from_env() -> Vec<String> {
     std::env::var("TRUSTED_PROXIES")

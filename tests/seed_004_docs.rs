@@ -54,8 +54,8 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
         limits("/v1/invoices", "post")["limits"],
         json!([global, daily])
     );
-    // The public status takes no key: its limits are per client IP and the gateway's,
-    // never the daily cap per API key.
+    // The public status takes no key: its limits are per client IP, per client network
+    // and the gateway's, never the daily cap per API key.
     let status = limits("/v1/status", "get")["limits"].clone();
     let per: Vec<&str> = status
         .as_array()
@@ -63,7 +63,7 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
         .iter()
         .map(|l| l["per"].as_str().unwrap())
         .collect();
-    assert_eq!(per, ["ip", "global"], "{status}");
+    assert_eq!(per, ["ip", "network:48", "global"], "{status}");
     assert_eq!(
         doc["paths"]["/v1/reports"]["get"]["responses"]["429"]["$ref"],
         "#/components/responses/TooManyRequests"

@@ -30,6 +30,8 @@ use axum::{Json, Router};
 use serde_json::json;
 use tollgate::{Limiter, Policy};
 
+use crate::limits::NETWORK_BITS;
+
 /// Where the router is mounted.
 pub const PATH: &str = "/admin/rate-limits";
 
@@ -38,6 +40,10 @@ pub const TOKEN_ENV: &str = "ADMIN_TOKEN";
 
 /// Wrong or missing operator tokens per client IP: guessing the token is throttled.
 pub const FAILED_TOKENS_PER_IP: &str = "10/min";
+/// Wrong tokens a minute per client network (an IPv6 /48, an IPv4 address on its own),
+/// beside [`FAILED_TOKENS_PER_IP`]: IPv6 clients are counted by their /64, and one holding
+/// a /48 holds 65,536 of those.
+pub const FAILED_TOKENS_PER_NETWORK: &str = "50/min";
 
 /// `router` with the admin router nested at [`PATH`], if `ADMIN_TOKEN` is set.
 pub fn mount(router: Router, limiter: &Limiter) -> Router {
@@ -51,11 +57,13 @@ pub fn mount(router: Router, limiter: &Limiter) -> Router {
         let token = token.clone();
         async move { authorize(&token, request, next).await }
     });
-    // The guard runs before the token is checked: an IP with 10 wrong tokens in a minute is
-    // refused (429) until the window lets one through.
+    // The guard runs before the token is checked: an IP with 10 wrong tokens in a minute (a
+    // network with 50) is refused (429) until the window lets one through.
+    let failures = Policy::failed_auth_per_ip(FAILED_TOKENS_PER_IP)
+        .per_network(NETWORK_BITS, FAILED_TOKENS_PER_NETWORK);
     let admin = tollgate::admin::router(limiter)
         .layer(guard)
-        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_TOKENS_PER_IP)));
+        .layer(limiter.guard(failures));
     router.nest(PATH, admin)
 }
 

@@ -18,8 +18,8 @@ use tollgate::ClientIp;
 use tollgate::{Decision, Limiter, Refusal};
 
 use crate::limits::{
-    AUTH, AUTH_NETWORK, MAGIC_LINK, NETWORK_BITS, PORTAL_MESSAGES, PORTAL_UPLOADS,
-    SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP,
+    AUTH, AUTH_NETWORK, MAGIC_LINK, MAGIC_LINK_NETWORK, NETWORK_BITS, PORTAL_MESSAGES,
+    PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP, SIGN_UP_NETWORK,
 };
 use crate::session::{portal_user, staff_user, DEMO_PASSWORD};
 
@@ -70,27 +70,29 @@ impl FromRequestParts<AppState> for ClientNetwork {
     }
 }
 
-/// Charges the AUTH buckets: the client's address (the page's limit), then its network
-/// (this example's backstop). A request the network's budget refuses gives the address's
-/// charge back (a refused request spends nothing) and is answered with that budget's 429.
-/// The headers of the address's bucket.
-async fn charge_auth(
+/// Charges a bucket of the page per client address and this example's backstop for it per
+/// client network (`buckets`: the address's, the network's; `client`: the address's key,
+/// the network's). A request the network's budget refuses gives the address's charge back
+/// (a refused request spends nothing) and is answered with that budget's 429. The headers
+/// of the address's bucket.
+async fn charge_client(
     state: &AppState,
+    buckets: (&str, &str),
     client: (&str, &str),
     uri: &Uri,
 ) -> Result<HeaderMap, Response> {
-    let (ip, network) = client;
-    let shown = charge(state, AUTH, ip, uri).await?;
-    match state.limiter.check(AUTH_NETWORK, network).await {
+    let ((bucket, network_bucket), (ip, network)) = (buckets, client);
+    let shown = charge(state, bucket, ip, uri).await?;
+    match state.limiter.check(network_bucket, network).await {
         Ok(decision) if !decision.allowed => {
-            if let Err(error) = state.limiter.refund(AUTH, ip).await {
-                tracing::warn!(%error, "could not give the AUTH charge back");
+            if let Err(error) = state.limiter.refund(bucket, ip).await {
+                tracing::warn!(%error, bucket, "could not give the charge back");
             }
-            Err(refusal(state, AUTH_NETWORK, &decision, uri))
+            Err(refusal(state, network_bucket, &decision, uri))
         }
         Ok(_) => Ok(shown),
         Err(error) => {
-            tracing::warn!(%error, bucket = AUTH_NETWORK, "rate-limit check failed; admitting");
+            tracing::warn!(%error, bucket = network_bucket, "rate-limit check failed; admitting");
             Ok(shown)
         }
     }
@@ -184,7 +186,7 @@ pub async fn staff_sign_in(
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    let shown = charge_auth(&state, (&ip, &network), &uri).await?;
+    let shown = charge_client(&state, (AUTH, AUTH_NETWORK), (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         staff_sign_in_charged(&state, &network, &uri, request).await,
@@ -277,7 +279,7 @@ pub async fn portal_sign_in(
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    let shown = charge_auth(&state, (&ip, &network), &uri).await?;
+    let shown = charge_client(&state, (AUTH, AUTH_NETWORK), (&ip, &network), &uri).await?;
     let answer = async {
         let body = body_after_charge(request, &state).await?;
         let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
@@ -298,33 +300,38 @@ pub async fn password_help(
     ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let shown = charge_auth(&state, (&ip, &network), &uri).await?;
+    let shown = charge_client(&state, (AUTH, AUTH_NETWORK), (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),
     ))
 }
 
-/// `POST /api/auth/sign-up`: 20 per hour per IP.
+/// `POST /api/auth/sign-up`: 20 per hour per IP (and this example's backstop per network).
 pub async fn sign_up(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
+    ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let shown = charge(&state, SIGN_UP, &ip, &uri).await?;
+    let buckets = (SIGN_UP, SIGN_UP_NETWORK);
+    let shown = charge_client(&state, buckets, (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::CREATED, Json(json!({ "ok": true }))).into_response()),
     ))
 }
 
-/// `POST /api/portal/auth/magic-link`: 30 per 15 minutes per IP.
+/// `POST /api/portal/auth/magic-link`: 30 per 15 minutes per IP (and this example's
+/// backstop per network).
 pub async fn magic_link(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
+    ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let shown = charge(&state, MAGIC_LINK, &ip, &uri).await?;
+    let buckets = (MAGIC_LINK, MAGIC_LINK_NETWORK);
+    let shown = charge_client(&state, buckets, (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),

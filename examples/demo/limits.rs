@@ -22,6 +22,12 @@ pub const SIGN_IN_FAILURES: &str = "sign-in-failures";
 /// it, one /48 could guess passwords, or flood the lockout with invented e-mails, 65,536
 /// times as fast as the page allows one client. Shown on the responses it refuses.
 pub const AUTH_NETWORK: &str = "auth-network";
+/// [`SIGN_UP`] for a whole client network: this example's backstop, as [`AUTH_NETWORK`]
+/// is for `AUTH` (one /48 would otherwise sign up 65,536 times the page's rate).
+pub const SIGN_UP_NETWORK: &str = "sign-up-network";
+/// [`MAGIC_LINK`] for a whole client network: this example's backstop (each link is an
+/// e-mail sent; one /48 would otherwise send 65,536 times the page's rate).
+pub const MAGIC_LINK_NETWORK: &str = "portal-magic-link-network";
 /// Failed sign-ins, per client network, over e-mails the lockout had no room to count (a
 /// flood filled its share with locked e-mails): while the lockout cannot count an e-mail,
 /// its client's network is counted instead, with the lockout's quota.
@@ -101,12 +107,16 @@ fn named(name: &str) -> Policy {
 
 /// The buckets handlers charge themselves (`limiter.check` / `reset`), with
 /// their quotas and keys.
-pub fn handler_buckets() -> [(&'static str, Rate, Per); 8] {
+pub fn handler_buckets() -> [(&'static str, Rate, Per); 10] {
     [
         (AUTH, rolling("20/15min"), Per::Ip),
         (AUTH_NETWORK, rolling("1000/15min"), Per::Network),
         (SIGN_UP, rolling("20/h"), Per::Ip),
+        // Five clients' worth per network: sign-ups and magic links are rarer than
+        // sign-ins, and each one creates an account or sends an e-mail.
+        (SIGN_UP_NETWORK, rolling("100/h"), Per::Network),
         (MAGIC_LINK, rolling("30/15min"), Per::Ip),
+        (MAGIC_LINK_NETWORK, rolling("150/15min"), Per::Network),
         // Exact: the sixth attempt within 30 minutes of the first failure is refused.
         (SIGN_IN_FAILURES, Rate::exact("5/30min"), Per::Email),
         (

@@ -40,13 +40,12 @@ mod session;
 use axum::http::{header::CONTENT_TYPE, Method};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tollgate::ClientIp;
 
 use docs::Api;
 use handlers::*;
 use limits::{
-    AUTH, AUTH_NETWORK, MAGIC_LINK, PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES,
-    SIGN_IN_FAILURES_NETWORK, SIGN_UP,
+    AUTH, AUTH_NETWORK, MAGIC_LINK, MAGIC_LINK_NETWORK, PORTAL_MESSAGES, PORTAL_UPLOADS,
+    SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP, SIGN_UP_NETWORK,
 };
 
 /// `MEMORY_MAX_ENTRIES`: how many keys per bucket the in-memory store holds, if set.
@@ -71,7 +70,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tollgate_suite::init_logging();
-    let client_ip = ClientIp::peer().trust_proxies(tollgate_suite::trusted_proxies_from_env());
+    let client_ip = tollgate_suite::client_ip_from_env();
     // The recorder first: the limiter registers its metrics when it is built.
     let metrics = PrometheusBuilder::new().install_recorder()?;
     // Histogram samples wait in the recorder until they are drained: drain them on a timer,
@@ -194,7 +193,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             post.clone(),
             "/api/auth/sign-up",
             "Sign up",
-            &[SIGN_UP],
+            &[SIGN_UP, SIGN_UP_NETWORK],
             sign_up,
         )
         .charging(
@@ -222,7 +221,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             post.clone(),
             "/api/portal/auth/magic-link",
             "Portal magic link",
-            &[MAGIC_LINK],
+            &[MAGIC_LINK, MAGIC_LINK_NETWORK],
             magic_link,
         )
         // Client portal: per IP in the middleware, plus per-portal-user caps on writes.

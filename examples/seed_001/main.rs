@@ -19,7 +19,10 @@
 //! Authentication is a stand-in for the page's bearer tokens: [`TOKENS`] maps each token to
 //! its organization and plan; any other token (or none) is answered `401` before the
 //! organization's budget is looked at. Those `401`s are limited per client IP
-//! ([`FAILED_AUTH_PER_IP`], by [`Limiter::guard`] outside the authentication layer, with
+//! ([`FAILED_AUTH_PER_IP`](tollgate_suite::FAILED_AUTH_PER_IP), and
+//! [`FAILED_AUTH_PER_NETWORK`](tollgate_suite::FAILED_AUTH_PER_NETWORK) per client network:
+//! an IPv6 client is counted by its /64, and one holding a /48 holds 65,536 of those;
+//! by [`Limiter::guard`] outside the authentication layer, with
 //! [`Policy::failed_auth_per_ip`]), so guessing tokens is throttled, and they carry the
 //! rate-limit headers of that budget.
 //!
@@ -127,9 +130,6 @@ const COSTS: [(&str, u64); 9] = [
     ("/v1/*", 1),
 ];
 
-/// Requests without a known token, per client IP: the guessing budget.
-const FAILED_AUTH_PER_IP: &str = "20/min";
-
 fn limiter() -> Result<Limiter, tollgate::BuildError> {
     let org = Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.id.to_string()));
     let points = Policy::named("points").limit_with(org, |_org, parts| {
@@ -138,6 +138,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
     });
     let mut builder = Limiter::builder()
         .store(tollgate_suite::store_from_env("tollgate:seed_001:")?)
+        .client_ip(tollgate_suite::client_ip_from_env())
         // "Retry-After (seconds) or X-RateLimit-Reset (date) ... to know when you can
         // restart": on a 429 the date is when the request fits again, as Retry-After says.
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::HttpDate).with_reset_at_retry());
@@ -223,7 +224,7 @@ fn app(limiter: &Limiter) -> Router {
         // authenticate, then limit per organization.
         .layer(limiter.layer())
         .layer(middleware::from_fn(authenticate))
-        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)))
+        .layer(limiter.guard(tollgate_suite::failed_auth_guard()))
 }
 
 #[tokio::main]

@@ -17,7 +17,9 @@
 //!
 //! Authentication is a stand-in for the page's API key guard: [`API_KEYS`] lists the valid
 //! keys; `/v1` requests with another key (or none) get `401` before the per-key limits are
-//! looked at. Those `401`s are limited per client IP ([`FAILED_AUTH_PER_IP`], by
+//! looked at. Those `401`s are limited per client IP ([`FAILED_AUTH_PER_IP`](tollgate_suite::FAILED_AUTH_PER_IP), and
+//! [`FAILED_AUTH_PER_NETWORK`](tollgate_suite::FAILED_AUTH_PER_NETWORK) per client network:
+//! an IPv6 client is counted by its /64, and one holding a /48 holds 65,536 of those; by
 //! [`Limiter::guard`] outside the key guard, with [`Policy::failed_auth_per_ip`]), so
 //! guessing keys is throttled, and they carry the rate-limit headers of that budget.
 //!
@@ -53,9 +55,6 @@ const API_KEY: &str = "x-api-key";
 /// Stand-in for the API key store: the keys the guard accepts.
 const API_KEYS: [&str; 2] = ["key_alpha", "key_beta"];
 
-/// Requests without a known API key, per client IP: the guessing budget.
-const FAILED_AUTH_PER_IP: &str = "20/min";
-
 fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     // The API key and the route it was sent to; `None` without a key (the guard answers 401).
     let key_and_endpoint = Key::custom("api_key_endpoint", |parts| {
@@ -69,7 +68,9 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     .hashed();
     let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
     Ok(Limiter::from_config_with(CONFIG, |builder| {
-        builder.route("/v1/*", default)
+        builder
+            .route("/v1/*", default)
+            .client_ip(tollgate_suite::client_ip_from_env())
     })?)
 }
 
@@ -178,7 +179,7 @@ fn app(limiter: &Limiter) -> Router {
         // guard, then the per-key limits.
         .layer(limiter.layer())
         .layer(middleware::from_fn(api_key_guard))
-        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)))
+        .layer(limiter.guard(tollgate_suite::failed_auth_guard()))
         // Added after the layers: neither guarded nor limited.
         .route("/health", get(health))
 }

@@ -18,7 +18,10 @@
 //! Authentication is a stand-in: [`CREDENTIALS`] maps API keys (`Authorization: Bearer
 //! <key>`) and session ids (cookie `session=<id>`) to tenants; other requests to `/api`
 //! get `401` before the tenant's budget is looked at. Those `401`s are limited per client
-//! IP ([`FAILED_AUTH_PER_IP`], by [`Limiter::guard`] outside the authentication layer,
+//! IP ([`FAILED_AUTH_PER_IP`](tollgate_suite::FAILED_AUTH_PER_IP), and
+//! [`FAILED_AUTH_PER_NETWORK`](tollgate_suite::FAILED_AUTH_PER_NETWORK) per client network:
+//! an IPv6 client is counted by its /64, and one holding a /48 holds 65,536 of those;
+//! by [`Limiter::guard`] outside the authentication layer,
 //! with [`Policy::failed_auth_per_ip`]), so guessing credentials is throttled, and, like
 //! every response, they carry the rate-limit headers (of that budget).
 //!
@@ -56,9 +59,6 @@ const CREDENTIALS: [(&str, Tenant); 4] = [
     ("osk_initech_1", Tenant("initech")),
 ];
 
-/// Requests without known credentials, per client IP: the guessing budget.
-const FAILED_AUTH_PER_IP: &str = "20/min";
-
 /// The service catalog's current ETag.
 const CATALOG_ETAG: &str = "\"etag-abc123\"";
 
@@ -66,6 +66,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
     let tenant = Key::tenant(|parts| parts.extensions.get::<Tenant>().map(|t| t.0.to_string()));
     Limiter::builder()
         .store(tollgate_suite::store_from_env("tollgate:seed_003:")?)
+        .client_ip(tollgate_suite::client_ip_from_env())
         .route(
             "/api/*",
             Policy::named("tenant")
@@ -178,7 +179,7 @@ fn app(limiter: &Limiter) -> Router {
         // authenticate, then limit per tenant.
         .layer(limiter.layer())
         .layer(middleware::from_fn(authenticate))
-        .layer(limiter.guard(Policy::failed_auth_per_ip(FAILED_AUTH_PER_IP)))
+        .layer(limiter.guard(tollgate_suite::failed_auth_guard()))
 }
 
 #[tokio::main]

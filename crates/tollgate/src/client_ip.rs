@@ -381,7 +381,7 @@ impl ClientIp {
 
 /// The key of `ip` with IPv6 addresses folded to their first `ipv6_prefix` bits, appended
 /// to `out` ([`ClientIp::key`], [`ClientIp::network_key`]).
-fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_core::StoreKey) {
+pub(crate) fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_core::StoreKey) {
     use std::fmt::Write as _;
     match key_address(ip) {
         IpAddr::V4(v4) => {

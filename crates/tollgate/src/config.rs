@@ -34,8 +34,10 @@
 //!   sign-in-per-ip: { limit: 20/15min, when_full: evict_limited }
 //! ```
 //!
-//! Keys (`per:`): `ip`, `user` (needs an identity function in code), `api_key` (the
-//! `x-api-key` header) or `api_key:<header>`, `header:<name>`, `tenant:<header>`, `global`.
+//! Keys (`per:`): `ip`, `network:<bits>` (the client IP with IPv6 folded to its first
+//! `<bits>`: `network:48`, a backstop beside `ip`), `user` (needs an identity function in
+//! code), `api_key` (the `x-api-key` header) or `api_key:<header>`, `header:<name>`,
+//! `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
 //! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
 //! `20/s` is 20) and `daily:` (a hard cap per rolling window, `10000/day`: never more in
@@ -580,12 +582,14 @@ pub struct LimitConfig {
     pub when_full: Option<WhenFull>,
 }
 
-/// A key, as text: `ip`, `user`, `api_key`, `api_key:<header>`, `header:<name>`,
-/// `tenant:<header>`, `global`.
+/// A key, as text: `ip`, `network:<bits>`, `user`, `api_key`, `api_key:<header>`,
+/// `header:<name>`, `tenant:<header>`, `global`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyText {
     /// The client IP.
     Ip,
+    /// The client IP's network (`network:48`): IPv6 folded to so many bits.
+    Network(u8),
     /// The signed-in user.
     User,
     /// An API key in a header (hashed).
@@ -647,6 +651,12 @@ impl<'de> Deserialize<'de> for KeyText {
         };
         match (kind, arg) {
             ("ip", None) => Ok(KeyText::Ip),
+            ("network", Some(bits)) => match bits.parse::<u8>() {
+                Ok(bits) if bits <= 128 => Ok(KeyText::Network(bits)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "`{t}`: say how many leading bits of an IPv6 address make its network, 0 to 128, as in `network:48`"
+                ))),
+            },
             ("user", None) => Ok(KeyText::User),
             ("global", None) => Ok(KeyText::Global),
             ("api_key", None) => Ok(KeyText::ApiKey("x-api-key".into())),
@@ -654,7 +664,7 @@ impl<'de> Deserialize<'de> for KeyText {
             ("header", _) => named("header").map(KeyText::Header),
             ("tenant", _) => named("tenant").map(KeyText::Tenant),
             _ => Err(serde::de::Error::custom(format!(
-                "unknown key `{t}`: expected ip, user, api_key, api_key:<header>, header:<name>, tenant:<header> or global"
+                "unknown key `{t}`: expected ip, network:<bits>, user, api_key, api_key:<header>, header:<name>, tenant:<header> or global"
             ))),
         }
     }
@@ -664,6 +674,7 @@ impl KeyText {
     fn key(&self) -> Key {
         match self {
             KeyText::Ip => Key::ip(),
+            KeyText::Network(bits) => Key::network(*bits),
             KeyText::User => Key::user(),
             KeyText::Global => Key::global(),
             KeyText::ApiKey(h) => Key::api_key(h),

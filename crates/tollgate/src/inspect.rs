@@ -363,11 +363,16 @@ impl Limiter {
         }
         Ok(match &key.source {
             Source::Global => "all".to_string(),
-            Source::Ip if value == "unknown-peer" => value.to_string(),
+            Source::Ip | Source::Network(_) if value == "unknown-peer" => value.to_string(),
             Source::Ip => self
                 .engine
                 .client_ip
                 .key_of_text(value)
+                .ok_or_else(|| InspectError::BadIp(value.to_string()))?,
+            Source::Network(prefix) => self
+                .engine
+                .client_ip
+                .fold_text(value, Some(*prefix))
                 .ok_or_else(|| InspectError::BadIp(value.to_string()))?,
             _ => value.to_string(),
         })

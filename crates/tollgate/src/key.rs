@@ -48,6 +48,8 @@ pub struct Key {
 pub(crate) enum Source {
     /// The client IP, as the limiter's [`ClientIp`](crate::ClientIp) resolves it.
     Ip,
+    /// The client IP's network: IPv6 addresses folded to their first so many bits.
+    Network(u8),
     /// The limiter's identity function ([`LimiterBuilder::identity`](crate::LimiterBuilder::identity)).
     User,
     /// One key for every request.
@@ -63,6 +65,29 @@ impl Key {
     /// the TCP peer, or the forwarded client behind trusted proxies; IPv6 by its /64.
     pub fn ip() -> Self {
         Self::new(Source::Ip, "ip")
+    }
+
+    /// The client's network: the client IP of [`Key::ip`] with an IPv6 address folded to
+    /// its first `ipv6_prefix` bits (`2001:db8:aa::/48`), an IPv4 address kept whole. Kind
+    /// `network:<bits>`. A backstop beside [`Key::ip`]: IPv6 clients are keyed by their
+    /// /64, and whoever holds a /56 (many home connections) or a /48 (a tunnel broker gives
+    /// one away) holds 256 or 65,536 of those, each with its own per-IP budget; a limit per
+    /// /48 bounds what one such holder can spend together. A prefix above 128 is a build
+    /// error ([`BuildError::BadNetworkPrefix`](crate::BuildError::BadNetworkPrefix)).
+    ///
+    /// ```
+    /// use tollgate::{Key, Policy};
+    ///
+    /// // 20 failed attempts a minute per client, 100 per /48 together.
+    /// let guard = Policy::failed_auth_per_ip("20/min").limit(Key::network(48), "100/min");
+    /// assert_eq!(Key::network(48).kind(), "network:48");
+    /// # let _ = guard;
+    /// ```
+    pub fn network(ipv6_prefix: u8) -> Self {
+        Self::new(
+            Source::Network(ipv6_prefix),
+            &format!("network:{ipv6_prefix}"),
+        )
     }
 
     /// The signed-in user ([`LimiterBuilder::identity`](crate::LimiterBuilder::identity));
@@ -143,8 +168,8 @@ impl Key {
         self
     }
 
-    /// The key's kind: `ip`, `user`, `api_key`, `tenant`, `global`, `header:<name>`, or a
-    /// custom kind. What logs show instead of the key itself.
+    /// The key's kind: `ip`, `network:<bits>`, `user`, `api_key`, `tenant`, `global`,
+    /// `header:<name>`, or a custom kind. What logs show instead of the key itself.
     pub fn kind(&self) -> &str {
         &self.kind
     }
@@ -275,6 +300,8 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(Key::ip().kind(), "ip");
+        assert_eq!(Key::network(56).kind(), "network:56");
+        assert!(Key::network(48).kind_is_valid());
         assert!(Key::api_key("x-api-key").hashed);
         assert!(Key::header("Authorization").hashed);
         assert!(!Key::header("x-device").hashed);

@@ -694,11 +694,15 @@ impl Limiter {
     }
 
     /// A key's value as the middleware stores it: hashed if the key is secret, and an IP
-    /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`).
+    /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`,
+    /// or to a [`Key::network`]'s prefix).
     pub(crate) fn stored_value(&self, key: &Key, value: &str) -> String {
-        let folded = matches!(key.source, key::Source::Ip)
-            .then(|| self.engine.client_ip.key_of_text(value))
-            .flatten();
+        let client_ip = &self.engine.client_ip;
+        let folded = match key.source {
+            key::Source::Ip => client_ip.key_of_text(value),
+            key::Source::Network(prefix) => client_ip.fold_text(value, Some(prefix)),
+            _ => None,
+        };
         key::store_key(folded.as_deref().unwrap_or(value).as_bytes(), key.hashed)
     }
 

@@ -127,6 +127,13 @@ impl Policy {
         self.limit(Key::ip(), rate)
     }
 
+    /// A limit per client network: [`Key::network`] (an IPv6 client's first `ipv6_prefix`
+    /// bits, an IPv4 address whole), a backstop beside [`Policy::per_ip`] for clients that
+    /// hold many IPv6 /64s.
+    pub fn per_network(self, ipv6_prefix: u8, rate: impl Into<Rate>) -> Self {
+        self.limit(Key::network(ipv6_prefix), rate)
+    }
+
     /// A limit per signed-in user (see
     /// [`LimiterBuilder::identity`](crate::LimiterBuilder::identity)); anonymous requests
     /// skip it.
@@ -322,6 +329,11 @@ impl Policy {
     /// runs before credentials are checked, so refusing every address it has not seen would
     /// let a flood of failing addresses turn every new client away, valid credentials or
     /// not. An address still guessing is seen recently and stays limited.
+    ///
+    /// An IPv6 client is counted by its /64 ([`ClientIp::ipv6_prefix`](crate::ClientIp::ipv6_prefix)),
+    /// and one that holds a /48 holds 65,536 of them: add a limit per network beside it
+    /// (`.per_network(48, "100/min")`, [`Key::network`]) to bound what such a holder
+    /// guesses in all.
     pub fn failed_auth_per_ip(rate: impl Into<Rate>) -> Self {
         Self::named("failed-auth")
             .per_ip(rate)

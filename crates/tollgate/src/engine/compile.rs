@@ -279,6 +279,12 @@ pub(crate) fn compile(
                     policy: name.to_string(),
                 })
             }
+            Source::Network(prefix) if *prefix > 128 => {
+                return Err(BuildError::BadNetworkPrefix {
+                    bucket: format!("{bucket_name}:{}", key.kind()),
+                    prefix: *prefix,
+                })
+            }
             _ => {}
         }
         let quota = match &rule.quota {

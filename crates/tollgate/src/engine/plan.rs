@@ -3,6 +3,7 @@
 //! each kind of key at most once per request.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -11,7 +12,7 @@ use tollgate_core::{Bucket, FailureMode, Op, StoreKey};
 
 use super::compile::{Compiled, CompiledQuota};
 use super::Engine;
-use crate::client_ip::peer_addr;
+use crate::client_ip::{peer_addr, push_address_key};
 use crate::key::{push_store_key, Key, Source};
 use crate::observe::BucketMetrics;
 use crate::policy::Cost;
@@ -178,7 +179,9 @@ impl Value<'_> {
 struct Keys<'a, 'p> {
     engine: &'a Engine,
     parts: &'p Parts,
-    ip: Option<Option<StoreKey>>,
+    /// The client address (`None` inside: the request has no peer address).
+    addr: Option<Option<IpAddr>>,
+    ip: Option<StoreKey>,
     user: Option<Option<String>>,
 }
 
@@ -186,11 +189,20 @@ impl<'a, 'p> Keys<'a, 'p> {
     fn value<'k>(&'k mut self, key: &'k Key) -> Option<Value<'k>> {
         let value = match &key.source {
             Source::Ip => {
-                let (engine, parts) = (self.engine, self.parts);
-                let ip = self
-                    .ip
-                    .get_or_insert_with(|| Some(engine.client_ip_key(parts)));
-                Value::Bytes(ip.as_ref()?.as_bytes())
+                let addr = self.addr();
+                let client_ip = &self.engine.client_ip;
+                Value::Bytes(
+                    self.ip
+                        .get_or_insert_with(|| {
+                            address_key(addr, |ip, key| client_ip.push_key(ip, key))
+                        })
+                        .as_bytes(),
+                )
+            }
+            Source::Network(prefix) => {
+                let addr = self.addr();
+                let key = address_key(addr, |ip, key| push_address_key(ip, *prefix, key));
+                Value::Owned(key.into())
             }
             Source::User => {
                 let (engine, parts) = (self.engine, self.parts);
@@ -212,23 +224,35 @@ impl<'a, 'p> Keys<'a, 'p> {
         };
         (!value.as_bytes().is_empty()).then_some(value)
     }
+
+    /// The client address, resolved once; a request without a peer address is reported
+    /// once ([`Engine::note_no_peer`]).
+    fn addr(&mut self) -> Option<IpAddr> {
+        let (engine, parts) = (self.engine, self.parts);
+        *self.addr.get_or_insert_with(|| {
+            let addr = engine
+                .client_ip
+                .resolve(peer_addr(&parts.extensions), &parts.headers);
+            if addr.is_none() {
+                engine.note_no_peer();
+            }
+            addr
+        })
+    }
+}
+
+/// The key of client address `addr` as `push` writes it; without one, the one key every
+/// request without a peer address shares.
+fn address_key(addr: Option<IpAddr>, push: impl FnOnce(IpAddr, &mut StoreKey)) -> StoreKey {
+    let mut key = StoreKey::new();
+    match addr {
+        Some(ip) => push(ip, &mut key),
+        None => key.push_str("unknown-peer"),
+    }
+    key
 }
 
 impl Engine {
-    /// The client IP's key; without any peer address, one shared key (and an error, once).
-    fn client_ip_key(&self, parts: &Parts) -> StoreKey {
-        let mut key = StoreKey::new();
-        let peer = peer_addr(&parts.extensions);
-        match self.client_ip.resolve(peer, &parts.headers) {
-            Some(ip) => self.client_ip.push_key(ip, &mut key),
-            None => {
-                self.note_no_peer();
-                key.push_str("unknown-peer");
-            }
-        }
-        key
-    }
-
     /// The buckets `policies` (the class or per-route policy, then the global ones) charge
     /// for this request: each limit whose key the request has, at the policy's cost, plus
     /// the per-key overrides of those keys. A bucket two policies share is charged once.
@@ -240,6 +264,7 @@ impl Engine {
         let mut keys = Keys {
             engine: self,
             parts,
+            addr: None,
             ip: None,
             user: None,
         };
