@@ -72,8 +72,10 @@ impl Key {
     /// `network:<bits>`. A backstop beside [`Key::ip`]: IPv6 clients are keyed by their
     /// /64, and whoever holds a /56 (many home connections) or a /48 (a tunnel broker gives
     /// one away) holds 256 or 65,536 of those, each with its own per-IP budget; a limit per
-    /// /48 bounds what one such holder can spend together. A prefix above 128 is a build
-    /// error ([`BuildError::BadNetworkPrefix`](crate::BuildError::BadNetworkPrefix)).
+    /// /48 bounds what one such holder can spend together. (A prefix longer than the
+    /// clients', [`ClientIp::ipv6_prefix`](crate::ClientIp::ipv6_prefix), bounds nothing
+    /// more than [`Key::ip`] does.) A prefix above 128 is a build error
+    /// ([`BuildError::BadNetworkPrefix`](crate::BuildError::BadNetworkPrefix)).
     ///
     /// ```
     /// use tollgate::{Key, Policy};
