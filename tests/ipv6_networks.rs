@@ -4,7 +4,8 @@
 //! broker gives one away; many home connections get a /56) holds 65,536 (or 256) of those,
 //! each with a fresh per-IP budget. A review spread requests over the /64s of one /48 and
 //! had 180 guesses answered by seed 002's guard of 20 a minute per IP, 100 sign-ups and 150
-//! magic links from the demo against 20 and 30 per IP, and emptied seed 004's gateway-wide
+//! magic links from the demo against 20 and 30 per IP (and, a re-test, 1,000 password-reset
+//! e-mails through AUTH's network share), and emptied seed 004's gateway-wide
 //! bucket (every partner refused) through `/v1/status`, 60 a minute per IP. Each of those
 //! limits has a backstop per /48 now (an IPv4 address is a network of its own).
 //!
@@ -134,6 +135,34 @@ fn the_demos_sign_up_magic_links_and_admin_guard_are_bounded_per_48() {
     assert_eq!(
         send_from(&app, "2001:db8:cc:ff::1", magic, &json, email, 1),
         [429]
+    );
+    // Password help (each an e-mail): 20 in 15 minutes per /64 (the page's AUTH), 150 per
+    // /48 (AUTH's own network share, 1,000, sign-ins included, let one /48 send 1,000).
+    let forgot = ("POST", "/api/auth/forgot-password");
+    let statuses: Vec<u16> = (1..=8)
+        .flat_map(|n| {
+            send_from(
+                &app,
+                &format!("2001:db8:ab:{n:x}::1"),
+                forgot,
+                &json,
+                email,
+                20,
+            )
+        })
+        .collect();
+    assert_eq!(count(&statuses, 202), 150, "{statuses:?}");
+    let reset = ("POST", "/api/portal/auth/reset-password");
+    assert_eq!(
+        send_from(&app, "2001:db8:ab:ff::1", reset, &json, email, 1),
+        [429]
+    );
+    // What the refused ones charged was given back: sign-in is still open to the network.
+    let sign_in = ("POST", "/api/auth/sign-in");
+    let wrong_password = r#"{"email":"someone@example.com","password":"wrong"}"#;
+    assert_eq!(
+        send_from(&app, "2001:db8:ab:ff::1", sign_in, &json, wrong_password, 1),
+        [401]
     );
     // The admin router's guard: 10 wrong tokens a minute per /64, 50 per /48.
     let admin = ("GET", "/admin/rate-limits");

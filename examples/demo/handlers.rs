@@ -18,8 +18,9 @@ use tollgate::ClientIp;
 use tollgate::{Decision, Limiter, Refusal};
 
 use crate::limits::{
-    AUTH, AUTH_NETWORK, MAGIC_LINK, MAGIC_LINK_NETWORK, NETWORK_BITS, PORTAL_MESSAGES,
-    PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP, SIGN_UP_NETWORK,
+    AUTH, AUTH_NETWORK, MAGIC_LINK, MAGIC_LINK_NETWORK, NETWORK_BITS, PASSWORD_HELP_NETWORK,
+    PORTAL_MESSAGES, PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP,
+    SIGN_UP_NETWORK,
 };
 use crate::session::{portal_user, staff_user, DEMO_PASSWORD};
 
@@ -70,32 +71,38 @@ impl FromRequestParts<AppState> for ClientNetwork {
     }
 }
 
-/// Charges a bucket of the page per client address and this example's backstop for it per
-/// client network (`buckets`: the address's, the network's; `client`: the address's key,
-/// the network's). A request the network's budget refuses gives the address's charge back
-/// (a refused request spends nothing) and is answered with that budget's 429. The headers
-/// of the address's bucket.
+/// Charges a bucket of the page per client address (`bucket`, for `client`'s address) and
+/// this example's backstops per client network (`networks`, for `client`'s network), in
+/// order. A request a network's budget refuses gives back what it charged before (a
+/// refused request spends nothing) and is answered with that budget's 429. The headers of
+/// the address's bucket.
 async fn charge_client(
     state: &AppState,
-    buckets: (&str, &str),
+    bucket: &str,
+    networks: &[&str],
     client: (&str, &str),
     uri: &Uri,
 ) -> Result<HeaderMap, Response> {
-    let ((bucket, network_bucket), (ip, network)) = (buckets, client);
+    let (ip, network) = client;
     let shown = charge(state, bucket, ip, uri).await?;
-    match state.limiter.check(network_bucket, network).await {
-        Ok(decision) if !decision.allowed => {
-            if let Err(error) = state.limiter.refund(bucket, ip).await {
-                tracing::warn!(%error, bucket, "could not give the charge back");
+    for (n, &network_bucket) in networks.iter().enumerate() {
+        match state.limiter.check(network_bucket, network).await {
+            Ok(decision) if !decision.allowed => {
+                let charged = networks[..n].iter().map(|&b| (b, network));
+                for (bucket, key) in std::iter::once((bucket, ip)).chain(charged) {
+                    if let Err(error) = state.limiter.refund(bucket, key).await {
+                        tracing::warn!(%error, bucket, "could not give the charge back");
+                    }
+                }
+                return Err(refusal(state, network_bucket, &decision, uri));
             }
-            Err(refusal(state, network_bucket, &decision, uri))
-        }
-        Ok(_) => Ok(shown),
-        Err(error) => {
-            tracing::warn!(%error, bucket = network_bucket, "rate-limit check failed; admitting");
-            Ok(shown)
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, bucket = network_bucket, "rate-limit check failed; admitting");
+            }
         }
     }
+    Ok(shown)
 }
 
 /// Charges 1 to the handler bucket `bucket` for `key`; the middleware's own 429 if it is
@@ -186,7 +193,7 @@ pub async fn staff_sign_in(
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    let shown = charge_client(&state, (AUTH, AUTH_NETWORK), (&ip, &network), &uri).await?;
+    let shown = charge_client(&state, AUTH, &[AUTH_NETWORK], (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         staff_sign_in_charged(&state, &network, &uri, request).await,
@@ -279,7 +286,7 @@ pub async fn portal_sign_in(
     uri: Uri,
     request: Request,
 ) -> Result<Response, Response> {
-    let shown = charge_client(&state, (AUTH, AUTH_NETWORK), (&ip, &network), &uri).await?;
+    let shown = charge_client(&state, AUTH, &[AUTH_NETWORK], (&ip, &network), &uri).await?;
     let answer = async {
         let body = body_after_charge(request, &state).await?;
         let credentials: Credentials = serde_json::from_slice(&body).map_err(bad_json)?;
@@ -293,14 +300,15 @@ pub async fn portal_sign_in(
 }
 
 /// Forgot password and reset password, staff and portal: the shared AUTH bucket per IP and
-/// per network.
+/// per network, and the e-mails they send per network.
 pub async fn password_help(
     State(state): State<AppState>,
     ClientKey(ip): ClientKey,
     ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let shown = charge_client(&state, (AUTH, AUTH_NETWORK), (&ip, &network), &uri).await?;
+    let networks = [AUTH_NETWORK, PASSWORD_HELP_NETWORK];
+    let shown = charge_client(&state, AUTH, &networks, (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),
@@ -314,8 +322,7 @@ pub async fn sign_up(
     ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let buckets = (SIGN_UP, SIGN_UP_NETWORK);
-    let shown = charge_client(&state, buckets, (&ip, &network), &uri).await?;
+    let shown = charge_client(&state, SIGN_UP, &[SIGN_UP_NETWORK], (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::CREATED, Json(json!({ "ok": true }))).into_response()),
@@ -330,8 +337,8 @@ pub async fn magic_link(
     ClientNetwork(network): ClientNetwork,
     uri: Uri,
 ) -> Result<Response, Response> {
-    let buckets = (MAGIC_LINK, MAGIC_LINK_NETWORK);
-    let shown = charge_client(&state, buckets, (&ip, &network), &uri).await?;
+    let networks = [MAGIC_LINK_NETWORK];
+    let shown = charge_client(&state, MAGIC_LINK, &networks, (&ip, &network), &uri).await?;
     Ok(showing(
         shown,
         Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))).into_response()),

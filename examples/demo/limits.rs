@@ -28,6 +28,11 @@ pub const SIGN_UP_NETWORK: &str = "sign-up-network";
 /// [`MAGIC_LINK`] for a whole client network: this example's backstop (each link is an
 /// e-mail sent; one /48 would otherwise send 65,536 times the page's rate).
 pub const MAGIC_LINK_NETWORK: &str = "portal-magic-link-network";
+/// Forgot-password and reset-password requests (each an e-mail sent), staff and portal,
+/// for a whole client network: this example's backstop beside `AUTH`, whose network share
+/// ([`AUTH_NETWORK`], 1,000 in 15 minutes, sign-ins included) would otherwise let one /48
+/// send 1,000 reset e-mails in 15 minutes.
+pub const PASSWORD_HELP_NETWORK: &str = "password-help-network";
 /// Failed sign-ins, per client network, over e-mails the lockout had no room to count (a
 /// flood filled its share with locked e-mails): while the lockout cannot count an e-mail,
 /// its client's network is counted instead, with the lockout's quota.
@@ -107,7 +112,7 @@ fn named(name: &str) -> Policy {
 
 /// The buckets handlers charge themselves (`limiter.check` / `reset`), with
 /// their quotas and keys.
-pub fn handler_buckets() -> [(&'static str, Rate, Per); 10] {
+pub fn handler_buckets() -> [(&'static str, Rate, Per); 11] {
     [
         (AUTH, rolling("20/15min"), Per::Ip),
         (AUTH_NETWORK, rolling("1000/15min"), Per::Network),
@@ -117,6 +122,7 @@ pub fn handler_buckets() -> [(&'static str, Rate, Per); 10] {
         (SIGN_UP_NETWORK, rolling("100/h"), Per::Network),
         (MAGIC_LINK, rolling("30/15min"), Per::Ip),
         (MAGIC_LINK_NETWORK, rolling("150/15min"), Per::Network),
+        (PASSWORD_HELP_NETWORK, rolling("150/15min"), Per::Network),
         // Exact: the sixth attempt within 30 minutes of the first failure is refused.
         (SIGN_IN_FAILURES, Rate::exact("5/30min"), Per::Email),
         (

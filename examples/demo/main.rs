@@ -44,8 +44,8 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use docs::Api;
 use handlers::*;
 use limits::{
-    AUTH, AUTH_NETWORK, MAGIC_LINK, MAGIC_LINK_NETWORK, PORTAL_MESSAGES, PORTAL_UPLOADS,
-    SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP, SIGN_UP_NETWORK,
+    AUTH, AUTH_NETWORK, MAGIC_LINK, MAGIC_LINK_NETWORK, PASSWORD_HELP_NETWORK, PORTAL_MESSAGES,
+    PORTAL_UPLOADS, SIGN_IN_FAILURES, SIGN_IN_FAILURES_NETWORK, SIGN_UP, SIGN_UP_NETWORK,
 };
 
 /// `MEMORY_MAX_ENTRIES`: how many keys per bucket the in-memory store holds, if set.
@@ -179,14 +179,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             post.clone(),
             "/api/auth/forgot-password",
             "Forgot password",
-            &[AUTH, AUTH_NETWORK],
+            &[AUTH, AUTH_NETWORK, PASSWORD_HELP_NETWORK],
             password_help,
         )
         .charging(
             post.clone(),
             "/api/auth/reset-password",
             "Reset password",
-            &[AUTH, AUTH_NETWORK],
+            &[AUTH, AUTH_NETWORK, PASSWORD_HELP_NETWORK],
             password_help,
         )
         .charging(
@@ -207,14 +207,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             post.clone(),
             "/api/portal/auth/forgot-password",
             "Portal forgot password",
-            &[AUTH, AUTH_NETWORK],
+            &[AUTH, AUTH_NETWORK, PASSWORD_HELP_NETWORK],
             password_help,
         )
         .charging(
             post.clone(),
             "/api/portal/auth/reset-password",
             "Portal reset password",
-            &[AUTH, AUTH_NETWORK],
+            &[AUTH, AUTH_NETWORK, PASSWORD_HELP_NETWORK],
             password_help,
         )
         .charging(
