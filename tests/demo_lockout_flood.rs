@@ -209,3 +209,48 @@ fn a_flood_of_junk_emails_leaves_every_locked_email_locked() {
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+/// A flood of junk e-mails between guesses does not wipe the count of an account on its
+/// way to the lock: a soak review guessed one account 29 times in 10 minutes against 5 per
+/// 30 by flooding about a share's worth of junk e-mails between its guesses, each flood
+/// evicting the account's partial count (4 of 5 back at 0). The lockout keeps every e-mail
+/// that still counts (`WhenFull::KeepCounts`).
+#[test]
+fn a_flood_of_junk_emails_does_not_wipe_a_count_on_its_way_to_the_lock() {
+    let ex = Example::start(
+        "demo",
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("MEMORY_MAX_ENTRIES", "1024"),
+        ],
+    );
+    let mut connection = RawConnection::connect(&ex.base);
+    let victim = "partial@example.com";
+    for attempt in 1..LOCKOUT {
+        let r = sign_in(&mut connection, "198.51.100.1", victim, "wrong");
+        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
+    }
+    // One failure each for half again as many junk e-mails as the share holds, from
+    // addresses that each stay within AUTH.
+    for e in 0..1_536 {
+        let ip = flood_ip(e / AUTH_PER_IP);
+        let r = sign_in(
+            &mut connection,
+            &ip,
+            &format!("junk{e}@flood.example"),
+            "wrong",
+        );
+        assert!(matches!(r.status, 401 | 429), "{}: {}", r.status, r.body);
+    }
+    // The victim's fifth failure is its last; the sixth attempt is refused, the right
+    // password too.
+    let r = sign_in(&mut connection, "198.51.100.2", victim, "wrong");
+    assert_eq!(r.status, 401, "the fifth failure: {}", r.body);
+    let r = sign_in(&mut connection, "198.51.100.3", victim, "demo-password");
+    assert_eq!(r.status, 429, "the count was wiped: {}", r.body);
+    let retry_after: u64 = r.header("retry-after").parse().expect("Retry-After");
+    assert!(
+        (1..=1800).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+}

@@ -36,10 +36,13 @@
 //!   ([`Refusal::StoreFull`](crate::Refusal::StoreFull), with the time until the first
 //!   held key expires) and no limited key is ever evicted, so a lockout stays locked
 //!   whatever an attacker invents; [`WhenFull::EvictLimited`] evicts the least recently
-//!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them).
+//!   seen limited keys instead ([`MemoryStats::evicted_limited`] counts them);
+//!   [`WhenFull::KeepCounts`] evicts no key that still counts, and refuses the new key
+//!   once only such keys are left.
 //! - What a full share costs: a key not at its limit loses its count when it is evicted.
 //!   A flood of as many keys as the share holds wipes the partial counts of keys that
-//!   stopped sending (a lockout at 4 of 5 is back at 0); and keys taking turns faster
+//!   stopped sending (a lockout at 4 of 5 is back at 0; not under
+//!   [`WhenFull::KeepCounts`]); and keys taking turns faster
 //!   than the share's least recently seen eighth turns over are each counted afresh
 //!   (after a flood of limited keys, that takes more than an eighth of the share in
 //!   distinct keys taking turns: about 12,500 addresses at the default 100,000, 150 at
@@ -1265,7 +1268,9 @@ impl Inner {
     /// then evicts the least recently seen eighth of the share's keys not at their limit.
     /// If every key of the share is at its limit, evicts the least recently seen
     /// sixty-fourth of them ([`WhenFull::EvictLimited`]) or answers how long until the
-    /// first of them expires ([`WhenFull::RefuseNewKeys`]). Returns the share.
+    /// first of them expires ([`WhenFull::RefuseNewKeys`]). Under [`WhenFull::KeepCounts`]
+    /// it evicts nothing but fresh entries, and answers that wait once none is left.
+    /// Returns the share.
     /// Counts a new key of `bucket` refused because its share is full of keys at their
     /// limit, and warns about it at most once every [`FULL_WARNING_EVERY_US`]: a full share
     /// refuses every new client of that bucket (a sign-in lockout refuses accounts it never
@@ -1280,10 +1285,12 @@ impl Inner {
             bucket = bucket.name(),
             share = self.shard_cap * self.shards.len(),
             refused = unreported + 1,
-            "the memory store refuses new keys of this bucket: its share is full of keys at \
-             their limit (WhenFull::RefuseNewKeys), so every key it has not seen is refused \
-             until one of them expires (a caller may admit such keys uncounted); raise \
-             max_entries, or choose WhenFull::EvictLimited for this bucket"
+            when_full = ?bucket.when_full,
+            "the memory store refuses new keys of this bucket: its share is full of keys it \
+             keeps (at their limit, or under WhenFull::KeepCounts still counting), so every \
+             key it has not seen is refused until one of them expires (a caller may admit \
+             such keys uncounted); raise max_entries, or choose WhenFull::EvictLimited for \
+             this bucket"
         );
     }
 
@@ -1310,7 +1317,11 @@ impl Inner {
         // limit and each counted afresh (50 addresses were admitted 45,100 requests
         // against 20 each once a flood had filled the share with limited ones).
         let eighth = (self.shard_cap / 8).max(1);
-        let (batch, floor) = if free >= eighth {
+        let (batch, floor) = if bucket.when_full == WhenFull::KeepCounts {
+            // Every key left counts something (fresh ones were just swept).
+            self.refused_for_room(bucket, now);
+            return Err(soonest.saturating_sub(now).max(1));
+        } else if free >= eighth {
             (eighth, 0)
         } else if bucket.when_full == WhenFull::EvictLimited {
             seen.retain(|&t| t & LIMITED != 0);

@@ -132,6 +132,12 @@ impl Bucket {
 /// `EvictLimited`: refusing every address the store has not seen lets a flood of addresses
 /// turn every new client away until the window passes, while the address still sending is
 /// the most recently seen and is evicted last.
+///
+/// Keys below their limit are evicted under both (the least recently seen first), so a
+/// flood of as many keys as the share holds wipes the partial counts of keys that stopped
+/// sending: a lockout at 4 of 5 is back at 0, and a guesser who floods between guesses
+/// gets 4 more each time. [`WhenFull::KeepCounts`] evicts nothing that still counts, for
+/// buckets where a partial count is what protects someone (a sign-in lockout per account).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(
     feature = "serde",
@@ -145,6 +151,13 @@ pub enum WhenFull {
     RefuseNewKeys,
     /// Evict the least recently seen keys at their limit.
     EvictLimited,
+    /// Evict nothing that still counts: once the share holds only keys whose state is not
+    /// yet fresh, refuse the new key ([`Refusal::StoreFull`](crate::Refusal::StoreFull), with
+    /// the time until the first held key expires). A flood of invented keys then cannot
+    /// wipe a partial count; the price is that a flood of as many keys as the share holds,
+    /// each counted once, refuses every new key until they expire (the caller may count
+    /// such keys another way: the demo counts them per client network).
+    KeepCounts,
 }
 
 /// The length of the longest key a [`StoreKey`] holds without allocating.

@@ -502,3 +502,52 @@ fn a_flood_in_one_of_many_bucket_names_evicts_only_its_own_keys() {
     // The floods stayed within their shares: 64 keys each at most, plus the 300 held.
     assert!(store.stats().entries <= 300 + 2 * 64, "{:?}", store.stats());
 }
+
+/// Under [`WhenFull::KeepCounts`] a flood of invented keys cannot wipe a partial count: a
+/// lockout at 4 of 5 stays at 4 (a soak review guessed one account 29 times in 10 minutes
+/// against 5 per 30 by flooding junk e-mails between guesses, each flood evicting the
+/// account's partial count), and the flood's own new keys are refused for want of room
+/// until held keys expire. Under the default, the same flood wipes the count.
+#[test]
+fn keep_counts_holds_a_partial_count_through_a_flood_of_invented_keys() {
+    let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
+    for mode in [WhenFull::KeepCounts, WhenFull::RefuseNewKeys] {
+        let (clock, store) = one_shard(64);
+        let victim = Bucket::new("sign-in", "victim@example.com", lockout).with_when_full(mode);
+        for _ in 0..4 {
+            assert!(store.charge(std::slice::from_ref(&victim)).unwrap().allowed);
+        }
+        // A flood of junk e-mails, one failure each, twice the share.
+        clock.advance(Duration::from_secs(1));
+        let mut refused_full = 0;
+        for i in 0..128 {
+            // One a millisecond: the victim is the least recently seen.
+            clock.advance(Duration::from_millis(1));
+            let junk = Bucket::new("sign-in", &format!("junk-{i}@example.com"), lockout)
+                .with_when_full(mode);
+            let d = store.charge(std::slice::from_ref(&junk)).unwrap();
+            if d.buckets[0].refusal == Some(Refusal::StoreFull) {
+                refused_full += 1;
+                // Nothing counted leaves before the victim's first failure does, half an
+                // hour after T0.
+                let retry = d.buckets[0].retry_after.expect("a retry");
+                let range = Duration::from_secs(30 * 60 - 2)..=Duration::from_secs(30 * 60 - 1);
+                assert!(range.contains(&retry), "{mode:?}: {retry:?}");
+            }
+        }
+        let left = remaining(&store, &victim);
+        match mode {
+            WhenFull::KeepCounts => {
+                // 63 junk keys fit beside the victim; the other 65 were refused.
+                assert_eq!((left, refused_full), (1, 65), "{mode:?}");
+                assert!(store.charge(std::slice::from_ref(&victim)).unwrap().allowed);
+                assert!(!store.charge(std::slice::from_ref(&victim)).unwrap().allowed);
+            }
+            _ => assert_eq!(
+                (left, refused_full),
+                (5, 0),
+                "{mode:?}: the count was wiped"
+            ),
+        }
+    }
+}

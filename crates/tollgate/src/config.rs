@@ -47,7 +47,7 @@
 //! at 00:00 UTC). `when_full: evict_limited` on a route,
 //! a bucket or a global limit with a key serves new keys when the memory store's share of
 //! the bucket is full of keys at their limit (see [`WhenFull`]; `refuse_new_keys` is the
-//! default).
+//! default; `keep_counts` evicts no key that still counts, for a lockout per account).
 //!
 //! Errors name the file, the line, the column and the field, and say what was expected
 //! (`rate-limits.yaml:4:7: routes[0].rate_limit.sustained: ...`):
@@ -522,8 +522,8 @@ pub struct RouteConfig {
     #[serde(default)]
     pub on_store_failure: Option<FailureMode>,
     /// What a bounded store does with a new key of this rule's buckets when their share is
-    /// full of keys at their limit: `refuse_new_keys` (the default) or `evict_limited` (see
-    /// [`WhenFull`]).
+    /// full of keys at their limit: `refuse_new_keys` (the default), `evict_limited` or
+    /// `keep_counts` (see [`WhenFull`]).
     #[serde(default)]
     pub when_full: Option<WhenFull>,
     /// Response statuses whose charge is given back (e.g. `[304]`); 100-599.
@@ -576,7 +576,7 @@ pub struct LimitConfig {
     pub daily: Option<Quota>,
     /// Under `buckets:` and the global limits with a key (`per:`): what a bounded store does
     /// with a new key when the bucket's share is full of keys at their limit,
-    /// `refuse_new_keys` (the default) or `evict_limited` (see [`WhenFull`]). A route's
+    /// `refuse_new_keys` (the default), `evict_limited` or `keep_counts` (see [`WhenFull`]). A route's
     /// limits take it from the route's `when_full:`.
     #[serde(default)]
     pub when_full: Option<WhenFull>,
