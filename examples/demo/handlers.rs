@@ -98,7 +98,8 @@ async fn charge_client(
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(%error, bucket = network_bucket, "rate-limit check failed; admitting");
+                let bucket = network_bucket;
+                tracing::warn!(%error, bucket, "rate-limit check failed; admitting");
             }
         }
     }

@@ -18,13 +18,11 @@
 //!
 //! Authentication is a stand-in for the page's bearer tokens: [`TOKENS`] maps each token to
 //! its organization and plan; any other token (or none) is answered `401` before the
-//! organization's budget is looked at. Those `401`s are limited per client IP
-//! ([`FAILED_AUTH_PER_IP`](tollgate_suite::FAILED_AUTH_PER_IP), and
-//! [`FAILED_AUTH_PER_NETWORK`](tollgate_suite::FAILED_AUTH_PER_NETWORK) per client network:
-//! an IPv6 client is counted by its /64, and one holding a /48 holds 65,536 of those;
-//! by [`Limiter::guard`] outside the authentication layer, with
-//! [`Policy::failed_auth_per_ip`]), so guessing tokens is throttled, and they carry the
-//! rate-limit headers of that budget.
+//! organization's budget is looked at. Those `401`s are limited per client IP and per
+//! client network ([`tollgate_suite::failed_auth_guard`]: an IPv6 client is counted by its
+//! /64, and one holding a /48 holds 65,536 of those), by [`Limiter::guard`] outside the
+//! authentication layer, with [`Policy::failed_auth_per_ip`], so guessing tokens is
+//! throttled, and they carry the rate-limit headers of that budget.
 //!
 //! That budget is this example's own rule, per client IP; the page's limits are per organization.
 //! Once an IP has spent it, every request from that IP is refused (`429`, with the guessing

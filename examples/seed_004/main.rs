@@ -48,16 +48,15 @@
 //!   that sets any of them runs with its own (a change of `store` or `headers` takes a
 //!   restart).
 //!
-//! Authentication is a stand-in, documented as such: `/v1` requests need a key of the
-//! table in `x-api-key` (`401` otherwise, `403` for a write with a read-only key);
-//! `GET /v1/status` is public; `/admin` needs `Authorization: Bearer
-//! $ENDPOINTWISE_ADMIN_TOKEN` (no default: without the variable, or with it blank, every
-//! `/admin` request is a `401`, so a published token can never open a deployment's key
-//! store; surrounding whitespace is not part of the token). The `401`s (unknown keys, a
-//! wrong admin token) are limited per client IP ([`FAILED_AUTH_PER_IP`](tollgate_suite::FAILED_AUTH_PER_IP), and
-//! [`FAILED_AUTH_PER_NETWORK`](tollgate_suite::FAILED_AUTH_PER_NETWORK) per client network:
-//! an IPv6 client is counted by its /64, and one holding a /48 holds 65,536 of those; by
-//! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`]), so
+//! Authentication is a stand-in, documented as such: `/v1` requests need a key of the table
+//! in `x-api-key` (`401` otherwise, `403` for a write with a read-only key); `GET
+//! /v1/status` is public; `/admin` needs `Authorization: Bearer $ENDPOINTWISE_ADMIN_TOKEN`
+//! (no default: without the variable, or with it blank, every `/admin` request is a `401`,
+//! so a published token can never open a deployment's key store; surrounding whitespace is
+//! not part of the token). The `401`s (unknown keys, a wrong admin token) are limited per
+//! client IP and per client network ([`tollgate_suite::failed_auth_guard`]: an IPv6 client
+//! is counted by its /64, and one holding a /48 holds 65,536 of those), by
+//! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`], so
 //! guessing keys is throttled, and, like every response, they carry the rate-limit headers
 //! (of that budget).
 //!

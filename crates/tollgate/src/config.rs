@@ -576,8 +576,8 @@ pub struct LimitConfig {
     pub daily: Option<Quota>,
     /// Under `buckets:` and the global limits with a key (`per:`): what a bounded store does
     /// with a new key when the bucket's share is full of keys at their limit,
-    /// `refuse_new_keys` (the default), `evict_limited` or `keep_counts` (see [`WhenFull`]). A route's
-    /// limits take it from the route's `when_full:`.
+    /// `refuse_new_keys` (the default), `evict_limited` or `keep_counts` (see
+    /// [`WhenFull`]). A route's limits take it from the route's `when_full:`.
     #[serde(default)]
     pub when_full: Option<WhenFull>,
 }

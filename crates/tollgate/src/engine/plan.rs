@@ -182,6 +182,8 @@ struct Keys<'a, 'p> {
     /// The client address (`None` inside: the request has no peer address).
     addr: Option<Option<IpAddr>>,
     ip: Option<StoreKey>,
+    /// The last network key made, and its prefix.
+    network: Option<(u8, StoreKey)>,
     user: Option<Option<String>>,
 }
 
@@ -201,8 +203,11 @@ impl<'a, 'p> Keys<'a, 'p> {
             }
             Source::Network(prefix) => {
                 let addr = self.addr();
-                let key = address_key(addr, |ip, key| push_address_key(ip, *prefix, key));
-                Value::Owned(key.into())
+                if self.network.as_ref().is_none_or(|(made, _)| made != prefix) {
+                    let key = address_key(addr, |ip, key| push_address_key(ip, *prefix, key));
+                    self.network = Some((*prefix, key));
+                }
+                Value::Bytes(self.network.as_ref()?.1.as_bytes())
             }
             Source::User => {
                 let (engine, parts) = (self.engine, self.parts);
@@ -266,6 +271,7 @@ impl Engine {
             parts,
             addr: None,
             ip: None,
+            network: None,
             user: None,
         };
         let overrides = self.overrides.load();
