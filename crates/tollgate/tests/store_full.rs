@@ -335,3 +335,35 @@ async fn a_configuration_file_can_serve_new_keys_when_full() {
         "{err}"
     );
 }
+
+/// `when_full: keep_counts` in a file: a bucket that keeps every key that still counts. A
+/// key at 4 of 5 keeps its count through a flood of new keys (the flood's keys are refused
+/// for room once the share is full), where the default bucket beside it evicts the count.
+#[tokio::test]
+async fn a_configuration_file_can_keep_every_count() {
+    let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+    let limiter = from_yaml(
+        "buckets:\n  kept: { limit: 5/30min, when_full: keep_counts }\n  \
+         evicted: { limit: 5/30min }\n",
+        &clock,
+    )
+    .unwrap();
+    for bucket in ["kept", "evicted"] {
+        for _ in 0..4 {
+            assert!(limiter.check(bucket, "victim").await.unwrap().allowed);
+        }
+        let mut refused_for_room = 0;
+        for i in 0..128 {
+            clock.advance(Duration::from_millis(1));
+            let d = limiter.check(bucket, &format!("junk-{i}")).await.unwrap();
+            if d.buckets[0].refusal == Some(Refusal::StoreFull) {
+                refused_for_room += 1;
+            }
+        }
+        let left = limiter.peek_bucket(bucket, "victim").await.unwrap();
+        match bucket {
+            "kept" => assert_eq!((left.buckets[0].remaining, refused_for_room), (1, 65)),
+            _ => assert_eq!((left.buckets[0].remaining, refused_for_room), (5, 0)),
+        }
+    }
+}
