@@ -193,8 +193,8 @@ pub const FAILED_AUTH_PER_IP: &str = "20/min";
 /// guessing budgets for a whole network.
 pub const FAILED_AUTH_PER_NETWORK: &str = "100/min";
 
-/// The leading bits of an IPv6 client address that make its network in
-/// [`FAILED_AUTH_PER_NETWORK`].
+/// The leading bits of an IPv6 client address that make its network in the examples'
+/// backstops per network ([`FAILED_AUTH_PER_NETWORK`], the demo's handler buckets).
 pub const NETWORK_BITS: u8 = 48;
 
 /// The seed examples' failed-authentication guard, for `limiter.guard(..)` outside their
@@ -206,21 +206,17 @@ pub fn failed_auth_guard() -> tollgate::Policy {
 }
 
 /// How every example finds its clients' addresses: the TCP peer, or behind the proxies
-/// listed in `TRUSTED_PROXIES` ([`trusted_proxies_from_env`]) the client they forward for
-/// (an entry that is not a proxy address or network is an error when the limiter is built).
+/// listed in `TRUSTED_PROXIES` (comma-separated CIDRs or addresses; none if unset) the
+/// client they forward for (an entry that is not a proxy address or network is an error
+/// when the limiter is built).
 pub fn client_ip_from_env() -> tollgate::ClientIp {
-    tollgate::ClientIp::peer().trust_proxies(trusted_proxies_from_env())
-}
-
-/// The comma-separated CIDR list in `TRUSTED_PROXIES` (empty if unset).
-pub fn trusted_proxies_from_env() -> Vec<String> {
-    std::env::var("TRUSTED_PROXIES")
-        .unwrap_or_default()
+    let proxies = std::env::var("TRUSTED_PROXIES").unwrap_or_default();
+    let proxies: Vec<&str> = proxies
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
+        .collect();
+    tollgate::ClientIp::peer().trust_proxies(proxies)
 }
 
 /// Whether `path` is `prefix` or below it (`/v1`, `/v1/...`; not `/v10`): an example's API,

@@ -37,8 +37,8 @@ pub const PASSWORD_HELP_NETWORK: &str = "password-help-network";
 /// flood filled its share with locked e-mails): while the lockout cannot count an e-mail,
 /// its client's network is counted instead, with the lockout's quota.
 pub const SIGN_IN_FAILURES_NETWORK: &str = "sign-in-failures-network";
-/// The leading bits of an IPv6 client address that make its network.
-pub const NETWORK_BITS: u8 = 48;
+/// The leading bits of an IPv6 client address that make its network (every example's).
+pub const NETWORK_BITS: u8 = tollgate_suite::NETWORK_BITS;
 /// Portal document uploads, per portal user.
 pub const PORTAL_UPLOADS: &str = "portal-uploads";
 /// Portal messages, per portal user.

@@ -192,8 +192,8 @@ fn adjust(config: &mut Config) {
 /// The backstop itself applies "across all routes", as the page says, the public status
 /// route included: many anonymous addresses together (200 polling once a second) can
 /// spend it, and partners are then refused until it refills. That is what a gateway-wide
-/// backstop against unexpected traffic does; the per-IP limit only keeps one client from
-/// doing it alone.
+/// backstop against unexpected traffic does; the limits per IP and per network
+/// ([`STATUS_PER_NETWORK`]) only keep one client from doing it alone.
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
     let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
     let daily = Rate::sliding(daily);

@@ -1264,13 +1264,6 @@ impl Inner {
         gone
     }
 
-    /// Makes room for one more key of `bucket`'s share in `shard`: drops fresh entries,
-    /// then evicts the least recently seen eighth of the share's keys not at their limit.
-    /// If every key of the share is at its limit, evicts the least recently seen
-    /// sixty-fourth of them ([`WhenFull::EvictLimited`]) or answers how long until the
-    /// first of them expires ([`WhenFull::RefuseNewKeys`]). Under [`WhenFull::KeepCounts`]
-    /// it evicts nothing but fresh entries, and answers that wait once none is left.
-    /// Returns the share.
     /// Counts a new key of `bucket` refused because its share is full of keys at their
     /// limit, and warns about it at most once every [`FULL_WARNING_EVERY_US`]: a full share
     /// refuses every new client of that bucket (a sign-in lockout refuses accounts it never
@@ -1294,6 +1287,13 @@ impl Inner {
         );
     }
 
+    /// Makes room for one more key of `bucket`'s share in `shard`: drops fresh entries,
+    /// then evicts the least recently seen eighth of the share's keys not at their limit.
+    /// If every key of the share is at its limit, evicts the least recently seen
+    /// sixty-fourth of them ([`WhenFull::EvictLimited`]) or answers how long until the
+    /// first of them expires ([`WhenFull::RefuseNewKeys`]). Under [`WhenFull::KeepCounts`]
+    /// it evicts nothing but fresh entries, and answers that wait once none is left.
+    /// Returns the share.
     fn make_room(&self, shard: &mut Shard, bucket: &Bucket, now: u64) -> Result<u8, u64> {
         let part = shard.part_of(self.name_hash(bucket));
         let len = shard.len();
@@ -1309,6 +1309,11 @@ impl Inner {
             return Ok(part);
         }
         let (mut seen, soonest) = shard.seen_of(part);
+        if bucket.when_full == WhenFull::KeepCounts {
+            // Every key left counts something (fresh ones were just swept).
+            self.refused_for_room(bucket, now);
+            return Err(soonest.saturating_sub(now).max(1));
+        }
         let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
         // Keys below their limit make room while they are an eighth of the share or more
         // (the least recently seen eighth goes). Fewer, the share counts as full of keys
@@ -1317,11 +1322,7 @@ impl Inner {
         // limit and each counted afresh (50 addresses were admitted 45,100 requests
         // against 20 each once a flood had filled the share with limited ones).
         let eighth = (self.shard_cap / 8).max(1);
-        let (batch, floor) = if bucket.when_full == WhenFull::KeepCounts {
-            // Every key left counts something (fresh ones were just swept).
-            self.refused_for_room(bucket, now);
-            return Err(soonest.saturating_sub(now).max(1));
-        } else if free >= eighth {
+        let (batch, floor) = if free >= eighth {
             (eighth, 0)
         } else if bucket.when_full == WhenFull::EvictLimited {
             seen.retain(|&t| t & LIMITED != 0);

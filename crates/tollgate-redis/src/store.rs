@@ -33,10 +33,10 @@
 //! its own limit **carries over** into the new shape, counted as admitted at the change (a
 //! sliding window's or an exact log's count as one admission now, a token bucket's TAT
 //! the count's worth ahead, at most a window or the old state's freshness if longer; see
-//! `decide.lua`). So a fleet whose instances
-//! disagree on a limit stays limited (alternating requests admit at most what the looser
-//! limit allows in its window) and a reload keeps what was counted. The key is rewritten in the new
-//! shape only by a call that changes it. The memory store starts afresh on a shape change
+//! `decide.lua`). So a fleet whose instances disagree on a limit stays limited
+//! (alternating requests admit at most what the looser limit allows in its window) and a
+//! reload keeps what was counted. The key is rewritten in the new shape only by a call
+//! that changes it. The memory store starts afresh on a shape change
 //! within one process (it keeps each algorithm's state of a key apart); on Redis the count
 //! carries over. An exact log of another window is not another shape: its entries keep
 //! their times and each instance counts them in its own window (a shorter window's call
