@@ -58,6 +58,18 @@ impl Record {
         }
     }
 
+    /// Takes out every cost recorded at `at` (the charges of one call): what they held.
+    fn take_at(&mut self, at: u64) -> u64 {
+        let held = self
+            .entries
+            .iter()
+            .filter(|&&(t, _)| t == at)
+            .map(|&(_, c)| c)
+            .sum();
+        self.entries.retain(|&(t, _)| t != at);
+        held
+    }
+
     /// The costs recorded at times in `from..=to`.
     fn sum(&self, from: u64, to: u64) -> u128 {
         self.entries
@@ -259,13 +271,36 @@ pub fn run(data: &[u8]) {
         if mask & 0x80 != 0 && !chosen.is_empty() {
             chosen.push(chosen[0]);
         }
+        // A refund of one earlier call's charges (`Op::RefundAt` at that call's time), of
+        // what they cost each chosen key: the record takes them out, as if never charged,
+        // and the checks below hold the store to that (it may give back less, never more).
+        let refund_at = (op == 15).then(|| {
+            let times: Vec<u64> = chosen
+                .first()
+                .map(|&(k, _)| keys[k].record.entries.iter().map(|&(t, _)| t).collect())
+                .unwrap_or_default();
+            let at = match times.len() {
+                0 => now,
+                n => times[input.below(n)],
+            };
+            for (k, cost) in &mut chosen {
+                *cost = keys[*k]
+                    .record
+                    .entries
+                    .iter()
+                    .filter(|&&(t, _)| t == at)
+                    .map(|&(_, c)| c)
+                    .sum();
+            }
+            at
+        });
         let op = match op {
             5..=9 => Op::Charge,
             10 | 11 => Op::Peek,
             12 => Op::Refund,
             13 => Op::Penalize,
             14 => Op::Reset,
-            _ => Op::Charge,
+            _ => Op::RefundAt(Timestamp::from_micros(refund_at.unwrap_or(now))),
         };
         let batch = batch_of(&keys, &chosen, op);
         let before = snapshot(&store, &keys);
@@ -327,6 +362,11 @@ pub fn run(data: &[u8]) {
             Op::Refund => {
                 for &(k, cost) in &chosen {
                     keys[k].record.refund(cost);
+                }
+            }
+            Op::RefundAt(at) => {
+                for &(k, _) in &chosen {
+                    keys[k].record.take_at(at.as_micros());
                 }
             }
             Op::Penalize => {

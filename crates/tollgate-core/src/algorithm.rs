@@ -774,38 +774,57 @@ impl State {
         }
     }
 
-    /// Gives `cost` back, newest charges first; never below empty.
-    pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, now: u64) {
+    /// Gives `cost` back; never below empty. With `at` (when the charge it undoes was made,
+    /// µs), from what that charge counted and only from there: its segment, its log entry
+    /// (the first at or after `at`), its fixed window, or a token bucket's time that has not
+    /// refilled since `at` (a charge adds to the TAT what refills by `at` plus its cost's
+    /// time, whatever the TAT was: only the part not yet refilled can still be held). A
+    /// charge whose segment, entry or window is gone gives nothing back. Without `at`,
+    /// newest counts first, on to older ones. A log entry given back whole is dropped if it
+    /// is the newest; one before it stays, counting 0.
+    pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, at: Option<u64>, now: u64) {
         match self {
             State::Segments(ring) => {
+                let oldest = ring.head.saturating_sub(ring.len() - 1);
+                let first = at.map_or(ring.head, |at| (at / ring.unit()).min(ring.head));
                 let mut left = cost;
-                for back in 0..ring.len() {
-                    let Some(j) = ring.head.checked_sub(back) else {
-                        break;
-                    };
+                for j in (oldest..=first).rev() {
                     let (c, last) = ring.segment(j);
                     let take = c.min(left);
                     ring.set_segment(j, c - take, last);
                     left -= take;
-                    if left == 0 {
+                    if left == 0 || at.is_some() {
                         break;
                     }
                 }
             }
             State::Log { entries, total } => {
+                let end = match at {
+                    None => entries.len(),
+                    Some(at) if at.saturating_add(limit.quota().period_micros()) <= now => 0,
+                    // The entry the charge was added to: entries are in time order, and a
+                    // charge counts at `at` or later (never before the newest entry).
+                    Some(at) => match entries.partition_point(|&(t, _)| t < at) {
+                        i if i < entries.len() => i + 1,
+                        _ => 0,
+                    },
+                };
                 let mut left = cost;
-                while left > 0 {
-                    let Some((_, c)) = entries.back_mut() else {
-                        break;
-                    };
+                for i in (0..end).rev() {
+                    let c = &mut entries[i].1;
                     let take = (*c).min(left);
                     *c -= take;
                     left -= take;
                     if *total != u64::MAX {
                         *total -= take;
                     }
-                    if *c == 0 {
+                    // Given back whole, the newest entry goes; one before it stays, counting
+                    // 0, until it leaves the window (as the Redis script keeps its entries).
+                    if *c == 0 && i + 1 == entries.len() {
                         entries.pop_back();
+                    }
+                    if left == 0 || at.is_some() {
+                        break;
                     }
                 }
                 if *total == u64::MAX {
@@ -814,9 +833,16 @@ impl State {
             }
             State::Tat { tat, .. } => {
                 let back = cost.saturating_mul(limit.emission_interval());
+                let back = at.map_or(back, |at| {
+                    back.min(at.saturating_add(back).saturating_sub(now))
+                });
                 *tat = tat.saturating_sub(back).max(now.min(*tat));
             }
-            State::Fixed { used, .. } => *used = used.saturating_sub(cost),
+            State::Fixed { window, used, .. } => {
+                if at.is_none_or(|at| at / limit.quota().period_micros() == *window) {
+                    *used = used.saturating_sub(cost);
+                }
+            }
         }
     }
 
@@ -1246,7 +1272,7 @@ mod tests {
             for state in [&mut narrow, &mut wide] {
                 state.advance(&limit, now);
                 match op {
-                    0 => state.sub(&limit, cost, now),
+                    0 => state.sub(&limit, cost, None, now),
                     1 => state.add(&limit, cost, now),
                     _ => {
                         if state.fit(&limit, cost, now) == Fit::Now {
@@ -1273,7 +1299,7 @@ mod tests {
         let mut s = State::fresh(&limit, MIN);
         s.add(&limit, u64::from(u32::MAX) + 7, MIN);
         s.add(&limit, 1, MIN + 7_000_000); // the next segment
-        s.sub(&limit, u64::from(u32::MAX) + 2, MIN + 7_000_000);
+        s.sub(&limit, u64::from(u32::MAX) + 2, None, MIN + 7_000_000);
         // The refund took the newest segment's 1, then 2^32 + 1 of the first: 6 remain.
         assert_eq!(s.used(&limit, MIN + 7_000_000), 6);
         assert_eq!(charge(&mut s, &limit, 4, MIN + 7_000_000), Fit::Now);
@@ -1343,7 +1369,7 @@ mod tests {
         let limit = Limit::sliding(Quota::per_minute(2));
         let mut s = State::fresh(&limit, MIN);
         charge(&mut s, &limit, 2, MIN);
-        s.sub(&limit, 1, MIN);
+        s.sub(&limit, 1, None, MIN);
         assert_eq!(charge(&mut s, &limit, 1, MIN), Fit::Now);
         // The clock steps back a minute: what was spent stays spent.
         assert!(matches!(charge(&mut s, &limit, 1, 0), Fit::After(_)));

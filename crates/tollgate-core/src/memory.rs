@@ -1161,7 +1161,7 @@ impl Inner {
                 (fit, fit == Fit::Now)
             }
             Op::Peek => (state.fit(limit, cost, now), false),
-            Op::Refund | Op::Penalize | Op::Reset => (Fit::Now, true),
+            Op::Refund | Op::RefundAt(_) | Op::Penalize | Op::Reset => (Fit::Now, true),
         };
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
@@ -1177,7 +1177,8 @@ impl Inner {
                 if changes {
                     match op {
                         Op::Charge | Op::Penalize => state.add(limit, cost, now),
-                        Op::Refund => state.sub(limit, cost, now),
+                        Op::Refund => state.sub(limit, cost, None, now),
+                        Op::RefundAt(at) => state.sub(limit, cost, Some(at.as_micros()), now),
                         Op::Peek | Op::Reset => {}
                     }
                 }

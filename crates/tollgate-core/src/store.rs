@@ -379,12 +379,28 @@ pub enum Op {
     /// has room for it ([`Refusal::StoreFull`](crate::Refusal::StoreFull)) is found only by
     /// a charge, which may have to make room.
     Peek,
-    /// Give each bucket's cost back (after a response that should not count).
+    /// Give each bucket's cost back, newest counts first (a refund that does not know when
+    /// the charge it undoes was made).
     Refund,
+    /// Give back each bucket's cost charged by the call this store answered at the given
+    /// time (that charge's [`Decision::now`](crate::Decision::now)), from what that charge
+    /// counted: its fixed window, its sliding window's segment, its log entry, or, for a
+    /// token bucket, what has not refilled since. A charge that no longer counts (its
+    /// window or segment over, its entry out of the log) gives nothing back, so a refund
+    /// that comes late never frees room a newer charge took. (After a response that should
+    /// not count: a 304, a sign-in that succeeded under a count-only-failures policy.)
+    RefundAt(Timestamp),
     /// Charge each bucket's cost whether or not it fits (a penalty). Always "admitted".
     Penalize,
     /// Forget the buckets' state entirely.
     Reset,
+}
+
+impl Op {
+    /// Whether the call gives a charge back ([`Op::Refund`] or [`Op::RefundAt`]).
+    pub fn is_refund(self) -> bool {
+        matches!(self, Op::Refund | Op::RefundAt(_))
+    }
 }
 
 /// What a store that cannot reach its backend should do for this call. Only stores that

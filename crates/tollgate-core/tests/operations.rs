@@ -203,6 +203,93 @@ fn refund_gives_back_newest_first_and_never_below_empty() {
     }
 }
 
+/// Charges of cost 1 until one is refused: how many were admitted.
+fn admitted(store: &MemoryStore, limit: Limit) -> u64 {
+    let mut n = 0;
+    while apply(store, Op::Charge, limit, 1).allowed {
+        n += 1;
+        assert!(n <= 5, "{limit}: more than its capacity admitted");
+    }
+    n
+}
+
+#[test]
+fn a_refund_of_a_charge_just_made_gives_it_back_whole() {
+    for limit in limits() {
+        let (store, clock) = manual_store();
+        assert_eq!(apply(&store, Op::Charge, limit, 3).buckets[0].remaining, 2);
+        let charged = apply(&store, Op::Charge, limit, 1);
+        clock.advance(Duration::from_millis(200));
+        let d = apply(&store, Op::RefundAt(charged.now), limit, 1);
+        assert_eq!(d.buckets[0].remaining, 2, "{limit}");
+        assert_eq!(admitted(&store, limit), 2, "{limit}");
+    }
+}
+
+#[test]
+fn a_refund_after_the_next_fixed_window_began_frees_nothing_in_it() {
+    let limit = Limit::fixed(Quota::per_minute(5));
+    let (store, clock) = manual_store();
+    // T0 is 20 s into a minute: 57.3 s into it, then 0.3 s into the next.
+    clock.advance(Duration::from_millis(37_300));
+    let slow = apply(&store, Op::Charge, limit, 1);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(admitted(&store, limit), 5);
+    let d = apply(&store, Op::RefundAt(slow.now), limit, 1);
+    assert_eq!(
+        d.buckets[0].remaining, 0,
+        "the new window's count, as it is"
+    );
+    assert_eq!(admitted(&store, limit), 0, "a sixth in the window");
+}
+
+#[test]
+fn a_refund_takes_its_own_charge_out_of_a_rolling_window_not_a_newer_one() {
+    for limit in [
+        Limit::sliding(Quota::per_minute(5)),
+        Limit::sliding_exact(Quota::per_minute(5)),
+    ] {
+        let (store, clock) = manual_store();
+        // T0 is 2 s into a 6 s segment: the slow request's charge is in one segment, the
+        // next four (5 s later) in the next.
+        let slow = apply(&store, Op::Charge, limit, 1);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(admitted(&store, limit), 4, "{limit}");
+        clock.advance(Duration::from_secs(1));
+        apply(&store, Op::RefundAt(slow.now), limit, 1);
+        assert_eq!(admitted(&store, limit), 1, "{limit}");
+        // A minute after the slow request: its charge, given back, leaves nothing to free;
+        // the five after it count until a minute after them (the last, 6 s after it).
+        clock.advance(Duration::from_millis(54_500));
+        assert_eq!(admitted(&store, limit), 0, "{limit}: a sixth in a minute");
+        clock.advance(Duration::from_secs(6));
+        assert_eq!(admitted(&store, limit), 5, "{limit}");
+    }
+}
+
+#[test]
+fn a_token_bucket_refund_gives_back_only_what_has_not_refilled_since_its_charge() {
+    let limit = Limit::token_bucket(Quota::per_minute(5), 5).expect("valid burst");
+    let (store, clock) = manual_store();
+    let slow = apply(&store, Op::Charge, limit, 1);
+    // Its token is back 12 s later; the bucket is full again when the burst comes.
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(admitted(&store, limit), 5);
+    apply(&store, Op::RefundAt(slow.now), limit, 1);
+    assert_eq!(admitted(&store, limit), 0, "a sixth in the burst");
+    // Half of a token's time refilled since the charge: half of it comes back.
+    let (store, clock) = manual_store();
+    let charged = apply(&store, Op::Charge, limit, 1);
+    assert_eq!(admitted(&store, limit), 4);
+    clock.advance(Duration::from_secs(6));
+    apply(&store, Op::RefundAt(charged.now), limit, 1);
+    assert_eq!(
+        admitted(&store, limit),
+        1,
+        "6 s refilled and 6 s given back: one token"
+    );
+}
+
 #[test]
 fn reset_forgets_one_key() {
     for limit in limits() {

@@ -89,6 +89,14 @@
 -- key when that is first written, by either script.
 
 local op = ARGV[1]
+-- A refund of the charge answered at a time ('2:<microseconds>'): given back from what that
+-- charge counted, and only from there (see the refunds below); '2' alone gives back the
+-- newest counts first.
+local AT
+if string.sub(op, 1, 2) == '2:' then
+  AT = tonumber(string.sub(op, 3))
+  op = '2'
+end
 local now
 -- Keys outlive their state by a second (ms): a request with a fixed window is decided on
 -- the instance's clock, and an instance whose clock runs behind the server's by less must
@@ -825,6 +833,27 @@ for i = 1, n do
         m = m + 1
         SJ[b], SC[b], SL[b] = H, cost, max(now, H * s)
       end
+    elseif change and cost > 0 and AT then
+      -- The charge's own segment (the head's, if its index is ahead of the head): gone
+      -- from the window, it gives nothing back.
+      local j = min(floor(AT / s), H)
+      for x = b, b + m - 1 do
+        if SJ[x] == j then
+          write = true
+          local take = min(SC[x], cost)
+          SC[x] = SC[x] - take
+          used = used - take
+          if SC[x] == 0 then
+            -- Out of the list: the newer segments move down one.
+            for y = x, b + 1, -1 do
+              SJ[y], SC[y], SL[y] = SJ[y - 1], SC[y - 1], SL[y - 1]
+            end
+            b = b + 1
+            m = m - 1
+          end
+          break
+        end
+      end
     elseif change and cost > 0 then
       write = true
       local left = cost
@@ -859,7 +888,13 @@ for i = 1, n do
       if add then
         tat = min(max(tat, now) + cost * T, LIM)
       else
-        tat = max(max(tat - cost * T, 0), min(now, tat))
+        -- A charge's time that refilled since it was made (at AT) is not given back: it
+        -- may have refilled into newer charges.
+        local back = cost * T
+        if AT then
+          back = min(back, max(AT + back - now, 0))
+        end
+        tat = max(max(tat - back, 0), min(now, tat))
       end
     end
     if tat > now then
@@ -876,7 +911,8 @@ for i = 1, n do
     if change and not restore then
       if add then
         used = min(used + cost, LIM)
-      else
+      elseif not AT or floor(AT / W) == floor(now / W) then
+        -- (A charge of another window than this one counts in none that matters now.)
         used = max(used - cost, 0)
       end
     end
@@ -901,6 +937,36 @@ for i = 1, n do
         -- (Raised above.)
       elseif add then
         log_add(lg, key, now, cost)
+      elseif AT then
+        -- A refund of the charge at AT: from the entry it was added to, the first at or
+        -- after AT (entries are in time order: found by halves), unless it left the window.
+        local full, lo, hi = lg.t >= LIM, lg.h, lg.n
+        if AT + W <= now then
+          lo = hi
+        end
+        while lo < hi do
+          local mid = floor((lo + hi) / 2)
+          if entry(lg, key, mid) < AT then
+            lo = mid + 1
+          else
+            hi = mid
+          end
+        end
+        if lo < lg.n then
+          local take = min(lg.c[lo], cost)
+          lg.t = lg.t - take
+          lg.c[lo] = lg.c[lo] - take
+          lg.mod[lo] = true
+          -- Given back whole, the newest entry goes; one before it stays, counting 0, until
+          -- it leaves the window (the indices between h and n stay whole), as in memory.
+          if lg.c[lo] == 0 and lo == lg.n - 1 then
+            lg.at[lo] = false
+            lg.n = lo
+          end
+        end
+        if full then
+          lg.t = log_sum(lg, key)
+        end
       else
         -- A refund: newest entries first. A saturated total is recounted after.
         local full, left = lg.t >= LIM, cost

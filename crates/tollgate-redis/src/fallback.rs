@@ -1166,7 +1166,7 @@ impl<P: Primary> Shared<P> {
         let charged = match batch.op {
             Op::Charge => decision.allowed,
             Op::Penalize => true,
-            Op::Peek | Op::Refund | Op::Reset => false,
+            Op::Peek | Op::Refund | Op::RefundAt(_) | Op::Reset => false,
         };
         if !charged || self.state.load(Ordering::Acquire) & ON_PRIMARY != 0 {
             return;

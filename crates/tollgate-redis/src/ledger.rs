@@ -212,7 +212,7 @@ impl Ledger {
         let entry = match table.get_mut(bucket.key.as_str()) {
             Some(entry) => entry,
             None => {
-                if op == Op::Refund {
+                if op.is_refund() {
                     return; // nothing owed to take from
                 }
                 let fresh = Entry {
@@ -238,7 +238,7 @@ impl Ledger {
         entry.seen = now;
         match op {
             Op::Charge | Op::Penalize => entry.debt = entry.debt.saturating_add(bucket.cost),
-            Op::Refund => entry.debt = entry.debt.saturating_sub(bucket.cost),
+            Op::Refund | Op::RefundAt(_) => entry.debt = entry.debt.saturating_sub(bucket.cost),
             Op::Reset => {
                 entry.reset = true;
                 entry.debt = 0;

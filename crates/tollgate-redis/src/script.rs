@@ -129,7 +129,12 @@ impl Call<'_> {
             cmd.arg(b.key);
         }
         let restoring = self.buckets.iter().any(|b| b.restore.is_some());
-        cmd.arg(if restoring { RESTORE } else { op_code(self.op) });
+        match self.op {
+            _ if restoring => cmd.arg(RESTORE),
+            // The refund of a charge answered at `at`: `2:<at>` (µs, on the clock that answered).
+            Op::RefundAt(at) => cmd.arg(format!("{}:{}", op_code(self.op), at.as_micros())),
+            op => cmd.arg(op_code(op)),
+        };
         for b in self.buckets {
             let (alg, unit, window) = limit_args(b.limit)?;
             // Lua numbers are exact up to 2^53; a cost of that or more is over any capacity.
@@ -178,7 +183,7 @@ fn op_code(op: Op) -> u8 {
     match op {
         Op::Charge => 0,
         Op::Peek => 1,
-        Op::Refund => 2,
+        Op::Refund | Op::RefundAt(_) => 2,
         Op::Penalize => 3,
         Op::Reset => 4,
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{connect, short_limits, Rng};
 use tollgate_core::{
     Algorithm, Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
+    Timestamp,
 };
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
@@ -52,6 +53,8 @@ struct Both {
     redis: RedisStore,
     memory: MemoryStore,
     clock: ManualClock,
+    /// The times of the latest decisions, for refunds of a charge made at one of them.
+    times: std::sync::Mutex<Vec<Timestamp>>,
 }
 
 impl Both {
@@ -65,6 +68,7 @@ impl Both {
                 .unwrap(),
             memory: MemoryStore::builder().clock(clock.clone()).build(),
             clock,
+            times: Default::default(),
         }
     }
 
@@ -73,12 +77,35 @@ impl Both {
     async fn apply(&self, batch: &Batch, seed: u64, step: usize) -> Decision {
         let on_redis = self.redis.apply(batch).await.unwrap();
         self.clock.set(on_redis.now);
+        {
+            let mut times = self.times.lock().unwrap();
+            if times.len() == 16 {
+                times.remove(0);
+            }
+            times.push(on_redis.now);
+        }
         let on_memory = self.memory.apply(batch).await.unwrap();
         assert_eq!(
             on_redis, on_memory,
             "seed {seed} step {step}: {batch:#?}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
         );
         on_redis
+    }
+
+    /// An operation drawn with these weights, in percent: charge, peek, refund and penalize
+    /// (reset takes the rest). Half the refunds are of a charge made at the time of one of
+    /// the latest decisions ([`Op::RefundAt`]).
+    fn draw_op(&self, rng: &mut Rng, weights: [u64; 4]) -> Op {
+        match draw_op(rng, weights) {
+            Op::Refund if rng.below(2) == 0 => {
+                let times = self.times.lock().unwrap();
+                if times.is_empty() {
+                    return Op::Refund;
+                }
+                Op::RefundAt(times[rng.below(times.len() as u64) as usize])
+            }
+            op => op,
+        }
     }
 }
 
@@ -113,8 +140,8 @@ fn distinct_keys(rng: &mut Rng, n: usize, draw: impl Fn(&mut Rng) -> usize) -> V
     keys
 }
 
-fn random_batch(rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
-    let op = draw_op(rng, [60, 10, 12, 12]);
+fn random_batch(both: &Both, rng: &mut Rng, seed: u64, limits: &[Limit]) -> Batch {
+    let op = both.draw_op(rng, [60, 10, 12, 12]);
     let n = 1 + rng.below(3) as usize;
     let keys = distinct_keys(rng, n, |rng| rng.below(limits.len() as u64 + 2) as usize);
     let buckets = keys
@@ -150,7 +177,7 @@ async fn same_decisions_as_memory_for_random_sequences() {
     for seed in 0..12 {
         let mut rng = Rng::new(seed);
         for step in 0..250 {
-            let batch = random_batch(&mut rng, seed, &limits);
+            let batch = random_batch(&both, &mut rng, seed, &limits);
             let on_redis = both.apply(&batch, seed, step).await;
             if batch.op == Op::Charge {
                 if on_redis.allowed {
@@ -210,7 +237,7 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
         // Keys refused lately, to see them admitted again once segments have left.
         let mut was_refused = std::collections::HashSet::new();
         for step in 0..300 {
-            let op = draw_op(&mut rng, [75, 8, 7, 7]);
+            let op = both.draw_op(&mut rng, [75, 8, 7, 7]);
             let mixed = rng.below(10) < 3;
             let n = 1 + rng.below(4) as usize;
             let keys = distinct_keys(&mut rng, n, |rng| {
@@ -373,7 +400,7 @@ async fn fixed_windows_across_window_boundaries() {
         let mut rng = Rng::new(seed);
         let mut was_refused = std::collections::HashSet::new();
         for step in 0..300 {
-            let op = draw_op(&mut rng, [80, 7, 6, 5]);
+            let op = both.draw_op(&mut rng, [80, 7, 6, 5]);
             let n = if rng.below(4) == 0 {
                 2 + rng.below(2) as usize
             } else {

@@ -490,7 +490,10 @@ impl Limiter {
         self.direct(Op::Penalize, bucket, key, 1).await
     }
 
-    /// Gives 1 back to `key`.
+    /// Gives 1 back to `key`, from its newest count (it does not know which charge it
+    /// undoes: a response's own refund, under
+    /// [`Policy::refund_if`](crate::Policy::refund_if), gives back the request's charge
+    /// from where that was counted).
     ///
     /// # Errors
     ///

@@ -227,6 +227,12 @@ impl Policy {
 
     /// Give the charge back when the response's status satisfies `refund` (so that a
     /// `304 Not Modified` does not count).
+    ///
+    /// What is given back is this request's own charge, from where it was counted
+    /// ([`Op::RefundAt`](tollgate_core::Op::RefundAt)): a response that comes after its
+    /// fixed window ended gives nothing back in the next one, and a token bucket gets back
+    /// only what has not refilled since the charge. So a slow response never frees room
+    /// that requests charged after it took.
     pub fn refund_if<F>(mut self, refund: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,

@@ -391,6 +391,59 @@ async fn a_304_gives_the_charge_back() {
     assert_eq!(server.statuses("/catalog", 2).await, vec![200, 429]);
 }
 
+/// A 304 given back after other requests were charged: it gives back its own charge, from
+/// the window it was charged in. One charged late in a minute and answered early in the
+/// next frees nothing in the next (where five were admitted meanwhile).
+#[tokio::test]
+async fn a_slow_304_gives_back_its_own_window_s_charge_not_the_next_one_s() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+    let (clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(x_style())
+        .route(
+            "/*",
+            Policy::named("tenant")
+                .limit(Key::ip(), Rate::fixed("5/min"))
+                .refund_if(|s| s == StatusCode::NOT_MODIFIED),
+        )
+        .build()
+        .unwrap();
+    // The slow request's handler says it started, then answers 304 when released.
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (s, r) = (started.clone(), release.clone());
+    let app = Router::new()
+        .route("/catalog", get(ok))
+        .route(
+            "/catalog/slow",
+            get(move || async move {
+                s.notify_one();
+                r.notified().await;
+                StatusCode::NOT_MODIFIED
+            }),
+        )
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    // 57.3 s into a minute (T0 starts one).
+    clock.advance(Duration::from_millis(57_300));
+    let slow = tokio::spawn(server.get("/catalog/slow").send());
+    started.notified().await;
+    // 0.3 s into the next minute: its five.
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(server.statuses("/catalog", 5).await, vec![200; 5]);
+    release.notify_one();
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status(), 304);
+    // The minute it is answered in, as it is: nothing of it given back.
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "0");
+    assert_eq!(
+        server.status("/catalog").await,
+        429,
+        "a sixth in the minute"
+    );
+}
+
 #[tokio::test]
 async fn count_only_failures() {
     let (_clock, store) = clock_and_store();

@@ -262,7 +262,7 @@ impl Engine {
             // (A look charged nothing a per-route layer could take over.)
             if let Some(p) = provisional.as_ref().filter(|_| op == Op::Charge) {
                 let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
-                *super::lock(&p.buckets) = Some(charged);
+                *super::lock(&p.charged) = Some((charged, now));
             }
             let after = After::new(self, plan, active, states, now, provisional.clone());
             return Step::Done(Outcome::Proceed(Some(after)));

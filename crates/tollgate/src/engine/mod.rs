@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::Method;
 use smallvec::SmallVec;
-use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey};
+use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey, Timestamp};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::{peer_addr, ClientIp};
@@ -246,8 +246,8 @@ enum Mark {
 /// The central layer's charge of a request, which a per-route layer may take over.
 #[derive(Default)]
 pub(crate) struct Provisional {
-    /// What the central layer charged.
-    pub(crate) buckets: Mutex<Option<Vec<Bucket>>>,
+    /// What the central layer charged, and when the store answered that charge.
+    pub(crate) charged: Mutex<Option<(Vec<Bucket>, Timestamp)>>,
     /// Set when a per-route layer gave that charge back and took over.
     pub(crate) taken_over: AtomicBool,
 }
@@ -544,7 +544,7 @@ impl Engine {
                     );
                 }
                 p.taken_over.store(true, Ordering::Release);
-                lock(&p.buckets).take()
+                lock(&p.charged).take()
             }
             // Admitted by a central layer that charged it for good (no per-route layer was
             // declared to take over from): this policy charges too.
@@ -555,7 +555,7 @@ impl Engine {
         }
         // The central layer's charge goes back first: at once on a store that answers at
         // once, else before this policy is charged, in the same future.
-        let refund_later = refund_first.and_then(|buckets| self.give_back_now(buckets));
+        let refund_later = refund_first.and_then(|charged| self.give_back_now(charged));
         let plan = if policy.exempt {
             None
         } else {
@@ -573,8 +573,8 @@ impl Engine {
         };
         let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));
         Start::Later(Box::pin(async move {
-            if let Some(buckets) = refund_later {
-                engine.give_back(buckets).await;
+            if let Some(charged) = refund_later {
+                engine.give_back(charged).await;
             }
             match plan {
                 Some(plan) => engine.decide_later(plan, None, target).await,
@@ -583,23 +583,33 @@ impl Engine {
         }))
     }
 
-    /// Gives back what the central layer charged for a request a per-route layer took
-    /// over, if the store answers at once; else hands the buckets back.
-    fn give_back_now(&self, buckets: Vec<Bucket>) -> Option<Vec<Bucket>> {
+    /// Gives back what the central layer charged (at `at`) for a request a per-route layer
+    /// took over, if the store answers at once; else hands the charge back.
+    fn give_back_now(
+        &self,
+        (buckets, at): (Vec<Bucket>, Timestamp),
+    ) -> Option<(Vec<Bucket>, Timestamp)> {
         let mut states = vec![tollgate_core::BucketState::default(); buckets.len()];
-        match self.store.apply_sync(Op::Refund, &buckets, &mut states) {
+        match self
+            .store
+            .apply_sync(Op::RefundAt(at), &buckets, &mut states)
+        {
             Some(Ok(_)) => None,
             Some(Err(e)) => {
                 give_back_failed(&e);
                 None
             }
-            None => Some(buckets),
+            None => Some((buckets, at)),
         }
     }
 
     /// [`Engine::give_back_now`] through the store's future.
-    async fn give_back(&self, buckets: Vec<Bucket>) {
-        if let Err(e) = self.store.apply(&Batch::new(Op::Refund, buckets)).await {
+    async fn give_back(&self, (buckets, at): (Vec<Bucket>, Timestamp)) {
+        if let Err(e) = self
+            .store
+            .apply(&Batch::new(Op::RefundAt(at), buckets))
+            .await
+        {
             give_back_failed(&e);
         }
     }

@@ -232,12 +232,19 @@ impl Pending {
             .collect();
         let mut answered: States = SmallVec::from_elem(BucketState::default(), buckets.len());
         let store = &pending.engine.store;
-        if let Some(answer) = store.apply_sync(op, &buckets, &mut answered) {
+        // A refund undoes the charge made when the store answered it, from what that charge
+        // counted: one that comes back late frees nothing a newer charge took.
+        let sent = if looked {
+            op
+        } else {
+            Op::RefundAt(pending.now)
+        };
+        if let Some(answer) = store.apply_sync(sent, &buckets, &mut answered) {
             pending.answered(op, &touched, answer.map(|_| answered));
             return Settle::Now(pending.settled(true));
         }
         Settle::AfterStore(Box::pin(async move {
-            let batch = Batch::new(op, buckets.into_vec());
+            let batch = Batch::new(sent, buckets.into_vec());
             let answer = pending.engine.store.apply(&batch).await;
             pending.answered(op, &touched, answer.map(|d| States::from_vec(d.buckets)));
             pending.settled(true)
