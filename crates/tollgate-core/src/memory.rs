@@ -400,6 +400,12 @@ struct Shard {
     swept_len: usize,
     /// No entry expires before this (as of the last sweep, lowered by every insert).
     min_expiry: u64,
+    /// Per share (as `parts`): until when a new key of that share is refused for want of
+    /// room (the soonest expiry of its keys, found by the refusal that set it), so that a
+    /// flood of new keys into a full share is refused without scanning the shard for each
+    /// of them; 0 when unknown. Any change to one of the share's keys clears it (a key that
+    /// drops below its limit, or whose state expires sooner, may make room).
+    refusing: Vec<u64>,
 }
 
 /// Counters describing what a [`MemoryStore`] did to stay bounded.
@@ -818,7 +824,7 @@ struct After {
 fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     table: &mut HashTable<Slot<K>>,
     boxed: &mut HashTable<Slot<Boxed>>,
-    parts: &mut [(u32, u32)],
+    (parts, refusing): (&mut [(u32, u32)], &mut [u64]),
     hash: u64,
     now: u64,
     f: F,
@@ -844,6 +850,9 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     };
     slot.set_seen(after.seen);
     let part = slot.part();
+    if let Some(until) = refusing.get_mut(usize::from(part)) {
+        *until = 0;
+    }
     let expires_at = if after.expires_at == u64::MAX {
         slot.kept.expires_at()
     } else {
@@ -906,21 +915,23 @@ impl Shard {
             window,
             boxed,
             parts,
+            refusing,
             ..
         } = self;
-        let hash = p.hash;
+        let (hash, shares) = (p.hash, (&mut parts[..], &mut refusing[..]));
         match p.kind {
-            Kind::Tat => update_in(tat, boxed, parts, hash, now, f),
-            Kind::Fixed => update_in(fixed, boxed, parts, hash, now, f),
+            Kind::Tat => update_in(tat, boxed, shares, hash, now, f),
+            Kind::Fixed => update_in(fixed, boxed, shares, hash, now, f),
             // A window that outgrew its slot (a count past 2^32) lives with the boxed: one
             // probe of its own table, and of the boxed only when that misses.
-            Kind::Window => match update_in(window, boxed, parts, hash, now, f) {
+            Kind::Window => match update_in(window, boxed, shares, hash, now, f) {
                 Err(f) if !boxed.is_empty() => {
-                    update_in(boxed, &mut HashTable::new(), parts, hash, now, f)
+                    let shares = (&mut parts[..], &mut refusing[..]);
+                    update_in(boxed, &mut HashTable::new(), shares, hash, now, f)
                 }
                 other => other,
             },
-            Kind::Boxed => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
+            Kind::Boxed => update_in(boxed, &mut HashTable::new(), shares, hash, now, f),
         }
         .ok()
     }
@@ -953,6 +964,14 @@ impl Shard {
             .or_else(|| take(&mut self.boxed, hash));
         if let Some(part) = part {
             count(&mut self.parts, part, -1);
+            self.changed(part);
+        }
+    }
+
+    /// One of share `part`'s keys changed: a refusal for want of room is decided afresh.
+    fn changed(&mut self, part: u8) {
+        if let Some(until) = self.refusing.get_mut(usize::from(part)) {
+            *until = 0;
         }
     }
 
@@ -981,6 +1000,7 @@ impl Shard {
             let _ = put(&mut self.boxed, hash, part, seen, state, expires_at);
         }
         count(&mut self.parts, part, 1);
+        self.changed(part);
         self.min_expiry = self.min_expiry.min(expires_at);
     }
 
@@ -1288,6 +1308,22 @@ impl Inner {
         );
     }
 
+    /// Refuses a new key of `bucket` (share `index` of `shard`) for want of room until
+    /// `soonest`, when the first of the share's keys expires (remembered: until then, or
+    /// until one of them changes, the share is not looked at again); the wait.
+    fn refuse_for_room(
+        &self,
+        shard: &mut Shard,
+        index: usize,
+        bucket: &Bucket,
+        soonest: u64,
+        now: u64,
+    ) -> u64 {
+        self.refused_for_room(bucket, now);
+        shard.refusing[index] = soonest;
+        soonest.saturating_sub(now).max(1)
+    }
+
     /// Makes room for one more key of `bucket`'s share in `shard`: drops fresh entries,
     /// then evicts the least recently seen eighth of the share's keys not at their limit.
     /// If every key of the share is at its limit, evicts the least recently seen
@@ -1299,6 +1335,17 @@ impl Inner {
         let part = shard.part_of(self.name_hash(bucket));
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
+        let index = usize::from(part);
+        if shard.refusing.len() <= index {
+            shard.refusing.resize(index + 1, 0);
+        }
+        // Refused for want of room already, and none of the share's keys changed since:
+        // nothing to look at again before the soonest of them expires.
+        let until = shard.refusing[index];
+        if full && now < until {
+            self.refused_for_room(bucket, now);
+            return Err(until - now);
+        }
         // Sweep when the shard doubled since the last sweep, or grew by an eighth and some
         // entry has expired since: amortized, a sweep costs a few steps per insert.
         let grown = len >= 2 * shard.swept_len + 64
@@ -1312,8 +1359,7 @@ impl Inner {
         let (mut seen, soonest) = shard.seen_of(part);
         if bucket.when_full == WhenFull::KeepCounts {
             // Every key left counts something (fresh ones were just swept).
-            self.refused_for_room(bucket, now);
-            return Err(soonest.saturating_sub(now).max(1));
+            return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
         }
         let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
         // Keys below their limit make room while they are an eighth of the share or more
@@ -1329,8 +1375,7 @@ impl Inner {
             seen.retain(|&t| t & LIMITED != 0);
             ((self.shard_cap / 64).clamp(1, seen.len().max(1)), LIMITED)
         } else {
-            self.refused_for_room(bucket, now);
-            return Err(soonest.saturating_sub(now).max(1));
+            return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
         };
         if seen.is_empty() {
             return Ok(part);

@@ -301,6 +301,50 @@ fn a_refusal_for_a_full_store_reports_nothing_remaining_until_its_retry() {
     assert_eq!(store.stats().refused_full, 2);
 }
 
+/// A share full of keys at their limit refuses a flood of new keys (without looking at
+/// the shard again for each: the refusal is remembered until the soonest of its keys
+/// expires), and takes a new key again as soon as its keys change: one reset, enough given
+/// a charge back (below their limit, they may be evicted), or the soonest expiry.
+#[test]
+fn a_full_share_takes_a_new_key_as_soon_as_its_keys_change() {
+    let limit = Limit::fixed(per(2, 60));
+    let (clock, store) = one_shard(64);
+    let charge = |key: &str| {
+        let bucket = Bucket::new("api", key, limit);
+        store.charge(std::slice::from_ref(&bucket)).unwrap().buckets[0].clone()
+    };
+    for i in 0..64 {
+        for _ in 0..2 {
+            assert!(charge(&format!("held-{i}")).allowed);
+        }
+    }
+    clock.advance(Duration::from_secs(1));
+    let mut new = (0..).map(|i| format!("new-{i}"));
+    let mut refused = || {
+        let state = charge(&new.next().unwrap());
+        assert_eq!(state.refusal, Some(Refusal::StoreFull), "{state:?}");
+        // T0 is 20 s into a minute: the held keys' window ends 39 s from now.
+        assert_eq!(state.retry_after, Some(Duration::from_secs(39)));
+    };
+    for _ in 0..100 {
+        refused();
+    }
+    // One key reset: its room is free.
+    let held = |i: usize| Bucket::new("api", &format!("held-{i}"), limit);
+    store.apply_now(Op::Reset, &[held(0)]).unwrap();
+    assert!(charge("taken-1").allowed);
+    refused();
+    // An eighth of the share below its limit (each given a charge back): they make room.
+    for i in 1..8 {
+        store.apply_now(Op::Refund, &[held(i)]).unwrap();
+    }
+    assert!(charge("taken-2").allowed);
+    // The window over, every key is fresh again.
+    clock.advance(Duration::from_secs(39));
+    assert!(charge("taken-3").allowed);
+    assert_eq!(store.stats().refused_full, 101);
+}
+
 /// A mirrored count is held like one the store counted itself: a key mirrored at its limit
 /// stays refused until the reported reset, and keys mirrored into a share full of limited
 /// keys are not stored (nothing held is evicted for them).
