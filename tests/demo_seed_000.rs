@@ -490,6 +490,28 @@ async fn openapi_and_html_are_generated_from_the_configuration() {
     assert!(html.contains("5/30min per email"));
 }
 
+/// The demo's own pages are rendered on each request (a few hundred microseconds each):
+/// one budget of 60 a minute per IP for the three, so a flood of them is refused, and
+/// another client still reads them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docs_and_metrics_pages_share_a_limit_per_client() {
+    let ex = demo();
+    let ip = "198.51.100.60";
+    let pages = ["/openapi.json", "/rate-limits", "/metrics"];
+    for i in 0..60 {
+        assert_eq!(status(get(&ex, ip, pages[i % 3])).await, 200, "fetch {i}");
+    }
+    for page in pages {
+        let r = send(get(&ex, ip, page)).await;
+        assert_eq!(r.status(), 429, "{page}");
+        assert!(
+            header(&r, "ratelimit").starts_with(r#""pages-ip";r=0;"#),
+            "{page}"
+        );
+    }
+    assert_eq!(status(get(&ex, "198.51.100.61", "/metrics")).await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_enabled_false_turns_every_limit_off() {
     let ex = Example::start(

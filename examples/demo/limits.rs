@@ -7,6 +7,9 @@ use axum::http::StatusCode;
 use tollgate::ClientIp;
 use tollgate::{BuildError, Key, Limiter, Policy, Rate, Store, WhenFull};
 
+/// The demo's own pages (`/openapi.json`, `/rate-limits`, `/metrics`), per IP: one budget
+/// for the three.
+pub const PAGES: &str = "pages";
 /// One `AUTH` bucket per IP, shared by sign-in, forgot password, reset password and their
 /// portal equivalents.
 pub const AUTH: &str = "auth";
@@ -155,7 +158,14 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
     let downloads = named("downloads")
         .per_ip(rolling("1500/min"))
         .limit(staff(), rolling("15000/h"));
+    // The demo's own pages, beside the page's API: its docs (generated from the limiter on
+    // each request) and its metrics. Each takes a few hundred microseconds to render: a
+    // reader or a scraper fetches them a few times a minute, a flood thousands of times.
+    let pages = || named(PAGES).per_ip(rolling("60/min"));
     vec![
+        ("GET /openapi.json", pages()),
+        ("GET /rate-limits", pages()),
+        ("GET /metrics", pages()),
         ("/api/*", default()),
         ("POST /api/portal/documents", portal_write()),
         ("POST /api/portal/messages", portal_write()),

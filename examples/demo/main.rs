@@ -270,8 +270,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .op(post, "/api/teams/switch", "Switch team", ok)
         .into_router()
         .with_state(state)
-        .layer(limiter.layer())
-        // Added after the layer: scrapes are not limited.
+        // Inside the layer, limited as the docs pages are (`limits::PAGES`).
         .route(
             "/metrics",
             axum::routing::get(move || async move {
@@ -281,7 +280,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     metrics.render(),
                 )
             }),
-        );
+        )
+        .layer(limiter.layer());
     let app = admin::mount(app, &limiter);
     tollgate_suite::serve(app, 3000).await?;
     Ok(())

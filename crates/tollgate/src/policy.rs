@@ -232,7 +232,9 @@ impl Policy {
     /// ([`Op::RefundAt`](tollgate_core::Op::RefundAt)): a response that comes after its
     /// fixed window ended gives nothing back in the next one, and a token bucket gets back
     /// only what has not refilled since the charge. So a slow response never frees room
-    /// that requests charged after it took.
+    /// that requests charged after it took. A request that gets no response (the client
+    /// went away, a timeout further out gave up on it) keeps its charge, on every store:
+    /// only a response whose status satisfies `refund` gives it back.
     pub fn refund_if<F>(mut self, refund: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,
