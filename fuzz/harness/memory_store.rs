@@ -58,16 +58,18 @@ impl Record {
         }
     }
 
-    /// Takes out every cost recorded at `at` (the charges of one call): what they held.
-    fn take_at(&mut self, at: u64) -> u64 {
-        let held = self
-            .entries
+    /// What the costs recorded at `at` (the charges of one call) add up to, saturating
+    /// (penalties reach u64::MAX).
+    fn held_at(&self, at: u64) -> u64 {
+        self.entries
             .iter()
             .filter(|&&(t, _)| t == at)
-            .map(|&(_, c)| c)
-            .sum();
+            .fold(0, |sum, &(_, c)| sum.saturating_add(c))
+    }
+
+    /// Takes out every cost recorded at `at`.
+    fn take_at(&mut self, at: u64) {
         self.entries.retain(|&(t, _)| t != at);
-        held
     }
 
     /// The costs recorded at times in `from..=to`.
@@ -284,13 +286,7 @@ pub fn run(data: &[u8]) {
                 n => times[input.below(n)],
             };
             for (k, cost) in &mut chosen {
-                *cost = keys[*k]
-                    .record
-                    .entries
-                    .iter()
-                    .filter(|&&(t, _)| t == at)
-                    .map(|&(_, c)| c)
-                    .sum();
+                *cost = keys[*k].record.held_at(at);
             }
             at
         });
@@ -300,7 +296,8 @@ pub fn run(data: &[u8]) {
             12 => Op::Refund,
             13 => Op::Penalize,
             14 => Op::Reset,
-            _ => Op::RefundAt(Timestamp::from_micros(refund_at.unwrap_or(now))),
+            15 => Op::RefundAt(Timestamp::from_micros(refund_at.unwrap_or(now))),
+            _ => Op::Charge,
         };
         let batch = batch_of(&keys, &chosen, op);
         let before = snapshot(&store, &keys);

@@ -937,51 +937,44 @@ for i = 1, n do
         -- (Raised above.)
       elseif add then
         log_add(lg, key, now, cost)
-      elseif AT then
-        -- A refund of the charge at AT: from the entry it was added to, the first at or
-        -- after AT (entries are in time order: found by halves), unless it left the window.
-        local full, lo, hi = lg.t >= LIM, lg.h, lg.n
-        if AT + W <= now then
-          lo = hi
-        end
-        while lo < hi do
-          local mid = floor((lo + hi) / 2)
-          if entry(lg, key, mid) < AT then
-            lo = mid + 1
-          else
-            hi = mid
-          end
-        end
-        if lo < lg.n then
-          local take = min(lg.c[lo], cost)
-          lg.t = lg.t - take
-          lg.c[lo] = lg.c[lo] - take
-          lg.mod[lo] = true
-          -- Given back whole, the newest entry goes; one before it stays, counting 0, until
-          -- it leaves the window (the indices between h and n stay whole), as in memory.
-          if lg.c[lo] == 0 and lo == lg.n - 1 then
-            lg.at[lo] = false
-            lg.n = lo
-          end
-        end
-        if full then
-          lg.t = log_sum(lg, key)
-        end
       else
-        -- A refund: newest entries first. A saturated total is recounted after.
-        local full, left = lg.t >= LIM, cost
-        while left > 0 and lg.n > lg.h do
-          local last = lg.n - 1
-          entry(lg, key, last)
-          local take = min(lg.c[last], left)
+        -- A refund: from the newest entry on to older ones; or, of the charge at AT, from
+        -- the entry it was added to and no other (the first at or after AT: entries are in
+        -- time order, found by halves), unless it left the window. Given back whole, the
+        -- newest entry goes; one before it stays, counting 0, until it leaves the window
+        -- (the indices between h and n stay whole), as in memory. A saturated total is
+        -- recounted after.
+        local full, left, at = lg.t >= LIM, cost, lg.n - 1
+        if AT then
+          local lo, hi = lg.h, lg.n
+          if AT + W <= now then
+            lo = hi
+          end
+          while lo < hi do
+            local mid = floor((lo + hi) / 2)
+            if entry(lg, key, mid) < AT then
+              lo = mid + 1
+            else
+              hi = mid
+            end
+          end
+          at = lo
+        end
+        while left > 0 and at >= lg.h and at < lg.n do
+          entry(lg, key, at)
+          local take = min(lg.c[at], left)
           lg.t = lg.t - take
           left = left - take
-          lg.c[last] = lg.c[last] - take
-          lg.mod[last] = true
-          if lg.c[last] == 0 then
-            lg.at[last] = false
-            lg.n = last
+          lg.c[at] = lg.c[at] - take
+          lg.mod[at] = true
+          if lg.c[at] == 0 and at == lg.n - 1 then
+            lg.at[at] = false
+            lg.n = at
           end
+          if AT then
+            break
+          end
+          at = at - 1
         end
         if full then
           lg.t = log_sum(lg, key)
