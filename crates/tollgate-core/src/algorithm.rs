@@ -776,10 +776,11 @@ impl State {
 
     /// Gives `cost` back; never below empty. With `at` (when the charge it undoes was made,
     /// µs), from what that charge counted and only from there: its segment, its log entry
-    /// (the first at or after `at`), its fixed window, or a token bucket's time that has not
-    /// refilled since `at` (a charge adds to the TAT what refills by `at` plus its cost's
-    /// time, whatever the TAT was: only the part not yet refilled can still be held). A
-    /// charge whose segment, entry or window is gone gives nothing back. Without `at`,
+    /// (the first at or after `at`), its fixed window, or a token bucket's cost's time less
+    /// the time since `at` (what refilled since may have gone to newer charges; a charge
+    /// made when the bucket was not full refills later than that, so this gives back less
+    /// than it holds, never more). A charge whose segment, entry or window is gone gives
+    /// nothing back. Without `at`,
     /// newest counts first, on to older ones. A log entry given back whole is dropped if it
     /// is the newest; one before it stays, counting 0.
     pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, at: Option<u64>, now: u64) {

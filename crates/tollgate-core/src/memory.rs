@@ -403,8 +403,8 @@ struct Shard {
     /// Per share (as `parts`): until when a new key of that share is refused for want of
     /// room (the soonest expiry of its keys, found by the refusal that set it), so that a
     /// flood of new keys into a full share is refused without scanning the shard for each
-    /// of them; 0 when unknown. Any change to one of the share's keys clears it (a key that
-    /// drops below its limit, or whose state expires sooner, may make room).
+    /// of them; 0 when unknown. A change that may make room clears it: a key that drops
+    /// below its limit, expires sooner, or goes.
     refusing: Vec<u64>,
 }
 
@@ -848,16 +848,24 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
             expires_at: u64::MAX,
         },
     };
+    let was_limited = slot.seen() & LIMITED != 0;
     slot.set_seen(after.seen);
     let part = slot.part();
-    if let Some(until) = refusing.get_mut(usize::from(part)) {
-        *until = 0;
-    }
     let expires_at = if after.expires_at == u64::MAX {
         slot.kept.expires_at()
     } else {
         after.expires_at
     };
+    // A change that may make room in the share clears its remembered refusal: a key no
+    // longer at its limit, one fresh again sooner than the refusal's wait, one dropped. (A
+    // refused charge of a key at its limit, or a look, leaves it: a flood that mixes known
+    // keys with new ones is refused as cheaply as one of new keys alone.)
+    if let Some(until) = refusing.get_mut(usize::from(part)) {
+        let freed = was_limited && after.seen & LIMITED == 0;
+        if freed || expires_at < *until || after.expires_at <= now {
+            *until = 0;
+        }
+    }
     if after.expires_at <= now {
         found.remove();
         count(parts, part, -1);

@@ -385,7 +385,10 @@ pub enum Op {
     /// Give back each bucket's cost charged by the call this store answered at the given
     /// time (that charge's [`Decision::now`](crate::Decision::now)), from what that charge
     /// counted: its fixed window, its sliding window's segment, its log entry, or, for a
-    /// token bucket, what has not refilled since. A charge that no longer counts (its
+    /// token bucket, its cost's time less the time since the charge (what refilled since
+    /// may have gone to newer charges: a response slower than its cost's time gives a
+    /// token bucket nothing back, even if the bucket was not full then and the charge not
+    /// yet refilled). A charge that no longer counts (its
     /// window or segment over, its entry out of the log) gives nothing back, so a refund
     /// that comes late never frees room a newer charge took. (After a response that should
     /// not count: a 304, a sign-in that succeeded under a count-only-failures policy.)

@@ -231,8 +231,9 @@ impl Policy {
     /// What is given back is this request's own charge, from where it was counted
     /// ([`Op::RefundAt`](tollgate_core::Op::RefundAt)): a response that comes after its
     /// fixed window ended gives nothing back in the next one, and a token bucket gets back
-    /// only what has not refilled since the charge. So a slow response never frees room
-    /// that requests charged after it took. A request that gets no response (the client
+    /// its charge less the time the request took (a response slower than one token's time
+    /// gives nothing back). So a slow response never frees room that requests charged after
+    /// it took. A request that gets no response (the client
     /// went away, a timeout further out gave up on it) keeps its charge, on every store:
     /// only a response whose status satisfies `refund` gives it back.
     pub fn refund_if<F>(mut self, refund: F) -> Self
