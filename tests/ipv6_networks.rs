@@ -179,4 +179,19 @@ fn the_demos_sign_up_magic_links_and_admin_guard_are_bounded_per_48() {
         send_from(&app, "2001:db8:ee:1::1", admin, &right, "", 1),
         [200]
     );
+    // The demo's pages (rendered per request): 60 a minute per /64, 300 per /48.
+    let metrics = ("GET", "/metrics");
+    let statuses = from_six_64s(&app, "2001:db8:fa", metrics, &[], "", 60);
+    assert_eq!(count(&statuses, 200), 300, "{statuses:?}");
+    assert_eq!(
+        send_from(
+            &app,
+            "2001:db8:fa:ff::1",
+            ("GET", "/openapi.json"),
+            &[],
+            "",
+            1
+        ),
+        [429]
+    );
 }

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use tollgate::ClientIp;
 use tollgate::{BuildError, Key, Limiter, Policy, Rate, Store, WhenFull};
 
-/// The demo's own pages (`/openapi.json`, `/rate-limits`, `/metrics`), per IP: one budget
-/// for the three.
+/// The demo's own pages (`/openapi.json`, `/rate-limits`, `/metrics`), per IP and per
+/// client network: one budget for the three.
 pub const PAGES: &str = "pages";
 /// One `AUTH` bucket per IP, shared by sign-in, forgot password, reset password and their
 /// portal equivalents.
@@ -161,7 +161,12 @@ pub fn routes() -> Vec<(&'static str, Policy)> {
     // The demo's own pages, beside the page's API: its docs (generated from the limiter on
     // each request) and its metrics. Each takes a few hundred microseconds to render: a
     // reader or a scraper fetches them a few times a minute, a flood thousands of times.
-    let pages = || named(PAGES).per_ip(rolling("60/min"));
+    // Five clients' worth per network: an IPv6 client holds many /64s.
+    let pages = || {
+        named(PAGES)
+            .per_ip(rolling("60/min"))
+            .per_network(NETWORK_BITS, rolling("300/min"))
+    };
     vec![
         ("GET /openapi.json", pages()),
         ("GET /rate-limits", pages()),
