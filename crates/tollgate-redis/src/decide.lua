@@ -15,7 +15,8 @@
 -- numbers passed to redis.call are printed exactly by Redis itself.
 --
 -- KEYS[i]: the bucket's key (a fixed window's: the bucket's key and ':<window index>').
--- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, '3' penalize, '4' reset, '5'
+-- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, newest counts first, or
+-- '2:<microseconds>' refund of the charge answered then, '3' penalize, '4' reset, '5'
 -- restore: raise each key to at least its cost counted, see below). Then
 -- six per bucket: algorithm ('1' sliding window, '2' sliding log, '3' token bucket, '4' fixed
 -- window), capacity, cost, unit (segment length, window or emission interval in
