@@ -394,18 +394,27 @@ struct Shard {
     fixed: HashTable<Slot<Fixed>>,
     window: HashTable<Slot<Window>>,
     boxed: HashTable<Slot<Boxed>>,
-    /// (share, keys held): one per bucket name seen in this shard.
-    parts: Vec<(u32, u32)>,
+    /// One per bucket name seen in this shard.
+    parts: Vec<Part>,
     /// The size after the last sweep of fresh entries.
     swept_len: usize,
     /// No entry expires before this (as of the last sweep, lowered by every insert).
     min_expiry: u64,
-    /// Per share (as `parts`): until when a new key of that share is refused for want of
-    /// room (the soonest expiry of its keys, found by the refusal that set it), so that a
-    /// flood of new keys into a full share is refused without scanning the shard for each
-    /// of them; 0 when unknown. A change that may make room clears it: a key that drops
-    /// below its limit, expires sooner, or goes.
-    refusing: Vec<u64>,
+}
+
+/// One share of a shard: the keys of one bucket name.
+#[derive(Debug)]
+struct Part {
+    /// The share's id (its bucket name's hash, or [`OVERFLOW_PART`]).
+    id: u32,
+    /// How many keys it holds here.
+    held: u32,
+    /// Until when a new key of the share is refused for want of room (the soonest expiry of
+    /// its keys, found by the refusal that set it), so that a flood of new keys into a full
+    /// share is refused without scanning the shard for each; 0 when unknown. A change that
+    /// may make room clears it: a key in or out ([`count`]), one that drops below its limit
+    /// or is fresh sooner ([`update_in`]).
+    refusing_until: u64,
 }
 
 /// Counters describing what a [`MemoryStore`] did to stay bounded.
@@ -824,7 +833,7 @@ struct After {
 fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     table: &mut HashTable<Slot<K>>,
     boxed: &mut HashTable<Slot<Boxed>>,
-    (parts, refusing): (&mut [(u32, u32)], &mut [u64]),
+    parts: &mut [Part],
     hash: u64,
     now: u64,
     f: F,
@@ -856,14 +865,13 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     } else {
         after.expires_at
     };
-    // A change that may make room in the share clears its remembered refusal: a key no
-    // longer at its limit, one fresh again sooner than the refusal's wait, one dropped. (A
-    // refused charge of a key at its limit, or a look, leaves it: a flood that mixes known
-    // keys with new ones is refused as cheaply as one of new keys alone.)
-    if let Some(until) = refusing.get_mut(usize::from(part)) {
-        let freed = was_limited && after.seen & LIMITED == 0;
-        if freed || expires_at < *until || after.expires_at <= now {
-            *until = 0;
+    // A key no longer at its limit, or fresh again sooner than the share's remembered
+    // refusal, may make room: the refusal is decided afresh (a key dropped does so in
+    // `count`). A refused charge of a key at its limit, or a look, leaves it: a flood that
+    // mixes known keys with new ones is refused as cheaply as one of new keys alone.
+    if let Some(share) = parts.get_mut(usize::from(part)) {
+        if (was_limited && after.seen & LIMITED == 0) || expires_at < share.refusing_until {
+            share.refusing_until = 0;
         }
     }
     if after.expires_at <= now {
@@ -880,10 +888,12 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     Ok(r)
 }
 
-/// Adds to (or takes from) the count of share `part`.
-fn count(parts: &mut [(u32, u32)], part: u8, delta: i32) {
-    if let Some((_, n)) = parts.get_mut(usize::from(part)) {
-        *n = n.saturating_add_signed(delta);
+/// Adds to (or takes from) the count of share `part`; a key in or out decides a refusal
+/// for want of room afresh.
+fn count(parts: &mut [Part], part: u8, delta: i32) {
+    if let Some(share) = parts.get_mut(usize::from(part)) {
+        share.held = share.held.saturating_add_signed(delta);
+        share.refusing_until = 0;
     }
 }
 
@@ -891,7 +901,7 @@ fn count(parts: &mut [(u32, u32)], part: u8, delta: i32) {
 /// shares; returns how many went.
 fn retain_in<K: Kept>(
     table: &mut HashTable<Slot<K>>,
-    parts: &mut [(u32, u32)],
+    parts: &mut [Part],
     mut keep: impl FnMut(&Slot<K>) -> bool,
 ) -> usize {
     let before = table.len();
@@ -923,23 +933,21 @@ impl Shard {
             window,
             boxed,
             parts,
-            refusing,
             ..
         } = self;
-        let (hash, shares) = (p.hash, (&mut parts[..], &mut refusing[..]));
+        let hash = p.hash;
         match p.kind {
-            Kind::Tat => update_in(tat, boxed, shares, hash, now, f),
-            Kind::Fixed => update_in(fixed, boxed, shares, hash, now, f),
+            Kind::Tat => update_in(tat, boxed, parts, hash, now, f),
+            Kind::Fixed => update_in(fixed, boxed, parts, hash, now, f),
             // A window that outgrew its slot (a count past 2^32) lives with the boxed: one
             // probe of its own table, and of the boxed only when that misses.
-            Kind::Window => match update_in(window, boxed, shares, hash, now, f) {
+            Kind::Window => match update_in(window, boxed, parts, hash, now, f) {
                 Err(f) if !boxed.is_empty() => {
-                    let shares = (&mut parts[..], &mut refusing[..]);
-                    update_in(boxed, &mut HashTable::new(), shares, hash, now, f)
+                    update_in(boxed, &mut HashTable::new(), parts, hash, now, f)
                 }
                 other => other,
             },
-            Kind::Boxed => update_in(boxed, &mut HashTable::new(), shares, hash, now, f),
+            Kind::Boxed => update_in(boxed, &mut HashTable::new(), parts, hash, now, f),
         }
         .ok()
     }
@@ -972,14 +980,6 @@ impl Shard {
             .or_else(|| take(&mut self.boxed, hash));
         if let Some(part) = part {
             count(&mut self.parts, part, -1);
-            self.changed(part);
-        }
-    }
-
-    /// One of share `part`'s keys changed: a refusal for want of room is decided afresh.
-    fn changed(&mut self, part: u8) {
-        if let Some(until) = self.refusing.get_mut(usize::from(part)) {
-            *until = 0;
         }
     }
 
@@ -1008,14 +1008,13 @@ impl Shard {
             let _ = put(&mut self.boxed, hash, part, seen, state, expires_at);
         }
         count(&mut self.parts, part, 1);
-        self.changed(part);
         self.min_expiry = self.min_expiry.min(expires_at);
     }
 
     /// The share a bucket name's keys count in here (registering it if new): its index in
     /// `parts`, which only grows.
     fn part_of(&mut self, name_hash: u32) -> u8 {
-        let index = |parts: &[(u32, u32)], id: u32| parts.iter().position(|(p, _)| *p == id);
+        let index = |parts: &[Part], id: u32| parts.iter().position(|p| p.id == id);
         if let Some(i) = index(&self.parts, name_hash) {
             return i as u8;
         }
@@ -1025,7 +1024,11 @@ impl Shard {
             OVERFLOW_PART
         };
         let i = index(&self.parts, id).unwrap_or_else(|| {
-            self.parts.push((id, 0));
+            self.parts.push(Part {
+                id,
+                held: 0,
+                refusing_until: 0,
+            });
             self.parts.len() - 1
         });
         // At most MAX_PARTS entries (the overflow share's the last).
@@ -1036,7 +1039,7 @@ impl Shard {
     fn held(&self, part: u8) -> usize {
         self.parts
             .get(usize::from(part))
-            .map_or(0, |(_, n)| *n as usize)
+            .map_or(0, |share| share.held as usize)
     }
 
     /// The `seen` of every key of share `part`, and the soonest expiry among them.
@@ -1328,7 +1331,7 @@ impl Inner {
         now: u64,
     ) -> u64 {
         self.refused_for_room(bucket, now);
-        shard.refusing[index] = soonest;
+        shard.parts[index].refusing_until = soonest;
         soonest.saturating_sub(now).max(1)
     }
 
@@ -1344,12 +1347,9 @@ impl Inner {
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
         let index = usize::from(part);
-        if shard.refusing.len() <= index {
-            shard.refusing.resize(index + 1, 0);
-        }
         // Refused for want of room already, and none of the share's keys changed since:
         // nothing to look at again before the soonest of them expires.
-        let until = shard.refusing[index];
+        let until = shard.parts[index].refusing_until;
         if full && now < until {
             self.refused_for_room(bucket, now);
             return Err(until - now);

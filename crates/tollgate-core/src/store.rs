@@ -399,13 +399,6 @@ pub enum Op {
     Reset,
 }
 
-impl Op {
-    /// Whether the call gives a charge back ([`Op::Refund`] or [`Op::RefundAt`]).
-    pub fn is_refund(self) -> bool {
-        matches!(self, Op::Refund | Op::RefundAt(_))
-    }
-}
-
 /// What a store that cannot reach its backend should do for this call. Only stores that
 /// can fail (Redis, the fallback store) read it; the memory store never fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -268,7 +268,7 @@ fn a_refund_takes_its_own_charge_out_of_a_rolling_window_not_a_newer_one() {
 }
 
 #[test]
-fn a_token_bucket_refund_gives_back_only_what_has_not_refilled_since_its_charge() {
+fn a_token_bucket_refund_gives_back_its_cost_less_the_time_since_its_charge() {
     let limit = Limit::token_bucket(Quota::per_minute(5), 5).expect("valid burst");
     let (store, clock) = manual_store();
     let slow = apply(&store, Op::Charge, limit, 1);

@@ -212,7 +212,7 @@ impl Ledger {
         let entry = match table.get_mut(bucket.key.as_str()) {
             Some(entry) => entry,
             None => {
-                if op.is_refund() {
+                if matches!(op, Op::Refund | Op::RefundAt(_)) {
                     return; // nothing owed to take from
                 }
                 let fresh = Entry {

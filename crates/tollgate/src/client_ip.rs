@@ -329,21 +329,16 @@ impl ClientIp {
         out.into()
     }
 
-    /// [`ClientIp::key`] of an address written as text: an address as proxies write one
-    /// ([`parse_node`]: also `[2001:db8::5]`, as URLs and `Forwarded` write IPv6), or an
-    /// address key as stored (`2001:db8::/64`, whose prefix must be the one clients are
-    /// folded to: `/32` for IPv4). `None` if it is neither: a `198.51.100.7/8` names no
-    /// client's key (it named `198.51.100.7`, the `/8` silently dropped). How an operator's
-    /// value (an override, an admin lookup) is folded like a request's client.
-    pub(crate) fn key_of_text(&self, value: &str) -> Option<String> {
-        self.fold_text(value, None)
-    }
-
-    /// [`ClientIp::key_of_text`] with IPv6 addresses folded to `network` bits if given (as
-    /// [`ClientIp::network_key`] does), else to the clients' prefix: a key as stored must
-    /// name that prefix.
+    /// [`ClientIp::key`] of an address written as text, with IPv6 folded to `network` bits
+    /// if given (as [`ClientIp::network_key`] does), else to the clients' prefix: an
+    /// address as proxies write one ([`parse_node`]: also `[2001:db8::5]`, as URLs and
+    /// `Forwarded` write IPv6), or an address key as stored (`2001:db8::/64`, whose prefix
+    /// must be the one it is folded to: `/32` for IPv4). `None` if it is neither: a
+    /// `198.51.100.7/8` names no client's key (it named `198.51.100.7`, the `/8` silently
+    /// dropped). How an operator's value (an override, an admin lookup) is folded like a
+    /// request's client.
     pub(crate) fn fold_text(&self, value: &str, network: Option<u8>) -> Option<String> {
-        let ipv6_prefix = network.unwrap_or(self.ipv6_prefix);
+        let ipv6_prefix = self.prefix(network);
         let text = value.trim();
         let (address, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
@@ -374,6 +369,11 @@ impl ClientIp {
 
     /// [`ClientIp::key`], appended to `out`: an IPv4 address without allocating or
     /// formatting machinery.
+    /// The IPv6 prefix a key folds addresses to: `network`'s, else the clients' own.
+    pub(crate) fn prefix(&self, network: Option<u8>) -> u8 {
+        network.unwrap_or(self.ipv6_prefix)
+    }
+
     pub(crate) fn push_key(&self, ip: IpAddr, out: &mut tollgate_core::StoreKey) {
         push_address_key(ip, self.ipv6_prefix, out);
     }
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(c.key(ip("64:ff9b::203.0.113.7")), "203.0.113.7");
         assert_eq!(c.key(ip("64:ff9b::9.9.9.9")), "9.9.9.9");
         assert_eq!(
-            c.key_of_text("64:ff9b::1.2.3.4").as_deref(),
+            c.fold_text("64:ff9b::1.2.3.4", None).as_deref(),
             Some("1.2.3.4")
         );
         // Outside the /96 it is an IPv6 network like any other.
@@ -817,7 +817,7 @@ mod tests {
     #[test]
     fn an_operators_address_text_is_folded_like_a_client() {
         let ip = ClientIp::peer();
-        let key = |t: &str| ip.key_of_text(t);
+        let key = |t: &str| ip.fold_text(t, None);
         assert_eq!(key(" 198.51.100.7 ").as_deref(), Some("198.51.100.7"));
         assert_eq!(key("198.51.100.7/32").as_deref(), Some("198.51.100.7"));
         assert_eq!(key("::ffff:198.51.100.7").as_deref(), Some("198.51.100.7"));

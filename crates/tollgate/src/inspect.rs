@@ -361,18 +361,13 @@ impl Limiter {
         if value.trim().is_empty() {
             return Err(InspectError::EmptyKey);
         }
-        Ok(match &key.source {
-            Source::Global => "all".to_string(),
-            Source::Ip | Source::Network(_) if value == "unknown-peer" => value.to_string(),
-            Source::Ip => self
+        Ok(match (&key.source, key.source.address_network()) {
+            (Source::Global, _) => "all".to_string(),
+            (_, Some(_)) if value == "unknown-peer" => value.to_string(),
+            (_, Some(network)) => self
                 .engine
                 .client_ip
-                .key_of_text(value)
-                .ok_or_else(|| InspectError::BadIp(value.to_string()))?,
-            Source::Network(prefix) => self
-                .engine
-                .client_ip
-                .fold_text(value, Some(*prefix))
+                .fold_text(value, network)
                 .ok_or_else(|| InspectError::BadIp(value.to_string()))?,
             _ => value.to_string(),
         })

@@ -60,6 +60,19 @@ pub(crate) enum Source {
     Custom(Extractor),
 }
 
+impl Source {
+    /// For a key of the client's address ([`Source::Ip`], [`Source::Network`]), the IPv6
+    /// prefix it folds to: `Some(None)` for the clients' own
+    /// ([`ClientIp::ipv6_prefix`](crate::ClientIp::ipv6_prefix)); `None` for any other key.
+    pub(crate) fn address_network(&self) -> Option<Option<u8>> {
+        match self {
+            Source::Ip => Some(None),
+            Source::Network(prefix) => Some(Some(*prefix)),
+            _ => None,
+        }
+    }
+}
+
 impl Key {
     /// The client IP ([`LimiterBuilder::client_ip`](crate::LimiterBuilder::client_ip)):
     /// the TCP peer, or the forwarded client behind trusted proxies; IPv6 by its /64.

@@ -700,12 +700,10 @@ impl Limiter {
     /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`,
     /// or to a [`Key::network`]'s prefix).
     pub(crate) fn stored_value(&self, key: &Key, value: &str) -> String {
-        let client_ip = &self.engine.client_ip;
-        let folded = match key.source {
-            key::Source::Ip => client_ip.key_of_text(value),
-            key::Source::Network(prefix) => client_ip.fold_text(value, Some(prefix)),
-            _ => None,
-        };
+        let folded = key
+            .source
+            .address_network()
+            .and_then(|network| self.engine.client_ip.fold_text(value, network));
         key::store_key(folded.as_deref().unwrap_or(value).as_bytes(), key.hashed)
     }
 

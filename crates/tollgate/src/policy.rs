@@ -233,9 +233,9 @@ impl Policy {
     /// fixed window ended gives nothing back in the next one, and a token bucket gets back
     /// its charge less the time the request took (a response slower than one token's time
     /// gives nothing back). So a slow response never frees room that requests charged after
-    /// it took. A request that gets no response (the client
-    /// went away, a timeout further out gave up on it) keeps its charge, on every store:
-    /// only a response whose status satisfies `refund` gives it back.
+    /// it took. A request that gets no response (the client went away, a timeout further
+    /// out gave up on it) keeps its charge, on every store: only a response whose status
+    /// satisfies `refund` gives it back.
     pub fn refund_if<F>(mut self, refund: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,

@@ -181,33 +181,26 @@ struct Keys<'a, 'p> {
     parts: &'p Parts,
     /// The client address (`None` inside: the request has no peer address).
     addr: Option<Option<IpAddr>>,
-    ip: Option<StoreKey>,
-    /// The last network key made, and its prefix.
-    network: Option<(u8, StoreKey)>,
+    /// The address keys made, each with the IPv6 prefix it folds to (one per prefix).
+    addresses: SmallVec<[(u8, StoreKey); 2]>,
     user: Option<Option<String>>,
 }
 
 impl<'a, 'p> Keys<'a, 'p> {
     fn value<'k>(&'k mut self, key: &'k Key) -> Option<Value<'k>> {
         let value = match &key.source {
-            Source::Ip => {
+            Source::Ip | Source::Network(_) => {
                 let addr = self.addr();
-                let client_ip = &self.engine.client_ip;
-                Value::Bytes(
-                    self.ip
-                        .get_or_insert_with(|| {
-                            address_key(addr, |ip, key| client_ip.push_key(ip, key))
-                        })
-                        .as_bytes(),
-                )
-            }
-            Source::Network(prefix) => {
-                let addr = self.addr();
-                if self.network.as_ref().is_none_or(|(made, _)| made != prefix) {
-                    let key = address_key(addr, |ip, key| push_address_key(ip, *prefix, key));
-                    self.network = Some((*prefix, key));
-                }
-                Value::Bytes(self.network.as_ref()?.1.as_bytes())
+                let network = key.source.address_network().flatten();
+                let prefix = self.engine.client_ip.prefix(network);
+                let made = match self.addresses.iter().position(|(p, _)| *p == prefix) {
+                    Some(i) => i,
+                    None => {
+                        self.addresses.push((prefix, address_key(addr, prefix)));
+                        self.addresses.len() - 1
+                    }
+                };
+                Value::Bytes(self.addresses[made].1.as_bytes())
             }
             Source::User => {
                 let (engine, parts) = (self.engine, self.parts);
@@ -246,12 +239,12 @@ impl<'a, 'p> Keys<'a, 'p> {
     }
 }
 
-/// The key of client address `addr` as `push` writes it; without one, the one key every
-/// request without a peer address shares.
-fn address_key(addr: Option<IpAddr>, push: impl FnOnce(IpAddr, &mut StoreKey)) -> StoreKey {
+/// The key of client address `addr`, IPv6 folded to `prefix` bits; without one, the one
+/// key every request without a peer address shares.
+fn address_key(addr: Option<IpAddr>, prefix: u8) -> StoreKey {
     let mut key = StoreKey::new();
     match addr {
-        Some(ip) => push(ip, &mut key),
+        Some(ip) => push_address_key(ip, prefix, &mut key),
         None => key.push_str("unknown-peer"),
     }
     key
@@ -270,8 +263,7 @@ impl Engine {
             engine: self,
             parts,
             addr: None,
-            ip: None,
-            network: None,
+            addresses: SmallVec::new(),
             user: None,
         };
         let overrides = self.overrides.load();
