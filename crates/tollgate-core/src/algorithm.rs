@@ -812,6 +812,10 @@ impl State {
                 };
                 let mut left = cost;
                 for i in (0..end).rev() {
+                    // (A refund of nothing touches no entry, not even one counting 0.)
+                    if left == 0 {
+                        break;
+                    }
                     let c = &mut entries[i].1;
                     let take = (*c).min(left);
                     *c -= take;
@@ -824,7 +828,7 @@ impl State {
                     if *c == 0 && i + 1 == entries.len() {
                         entries.pop_back();
                     }
-                    if left == 0 || at.is_some() {
+                    if at.is_some() {
                         break;
                     }
                 }

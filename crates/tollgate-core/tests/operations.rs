@@ -291,6 +291,23 @@ fn a_token_bucket_refund_gives_back_its_cost_less_the_time_since_its_charge() {
 }
 
 #[test]
+fn a_refund_of_nothing_changes_nothing() {
+    for limit in limits() {
+        let (store, clock) = manual_store();
+        let charged = apply(&store, Op::Charge, limit, 2);
+        // A penalty of 0 10 s later: an exact log's newest entry counts nothing.
+        clock.advance(Duration::from_secs(10));
+        apply(&store, Op::Penalize, limit, 0);
+        let before = apply(&store, Op::Peek, limit, 0);
+        for op in [Op::Refund, Op::RefundAt(charged.now)] {
+            let d = apply(&store, op, limit, 0);
+            assert_eq!(d.buckets, before.buckets, "{limit}: {op:?}");
+        }
+        assert_eq!(apply(&store, Op::Peek, limit, 0).buckets, before.buckets);
+    }
+}
+
+#[test]
 fn reset_forgets_one_key() {
     for limit in limits() {
         let (store, _) = manual_store();
