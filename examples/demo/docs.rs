@@ -89,7 +89,6 @@ impl Api {
         T: 'static,
     {
         let pattern = format!("{method} {path}");
-        self.publisher = self.publisher.route_policy(&pattern, policy.name());
         let route = on(filter(&method), handler).layer(self.limiter.policy_at(&pattern, policy));
         self.router = self.router.route(path, route);
         self.document(&method, path, summary);

@@ -799,6 +799,22 @@ impl Limiter {
         ))
     }
 
+    /// The per-route policy declared with [`Limiter::policy_at`] for a pattern `method`
+    /// `path` matches, described with that pattern (`None`: no such pattern matches).
+    pub(crate) fn describe_policy_at(&self, method: &Method, path: &str) -> Option<RouteLimits> {
+        let routes = self.engine.routes.load();
+        let route = routes
+            .delegated
+            .iter()
+            .find(|d| d.table.classify(method, path).is_some())?;
+        let table = self.engine.table.load();
+        Some(RouteLimits::from_compiled(
+            RuleSource::PerRoute,
+            Some(&route.pattern),
+            table.per_route.get(route.index)?,
+        ))
+    }
+
     /// The name of the policy the central table gives `method` `path` (`None`: no rule
     /// matches, only global limits apply). For tests and diagnostics.
     pub fn classify(&self, method: &Method, path: &str) -> Option<Arc<str>> {

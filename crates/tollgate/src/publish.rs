@@ -26,7 +26,6 @@
 //!     },
 //! });
 //! let publisher = Publisher::new(&limiter)
-//!     .route_policy("POST /api/chat", "chat")                   // its layer: try_policy_at
 //!     .handler_buckets("POST /api/sign-in", &["sign-in-failures"]) // the handler checks it
 //!     .bucket_key("sign-in-failures", "email");                // with the e-mail as key
 //! publisher.annotate(&mut doc)?;
@@ -50,9 +49,10 @@
 //! # What an operation is subject to
 //!
 //! - The rule of the central table its method and path fall under
-//!   ([`Limiter::describe_route`], enforced by `middleware`), or, for an operation declared
-//!   with [`Publisher::route_policy`], that per-route policy (enforced by `route`); nothing
-//!   for an exempt rule.
+//!   ([`Limiter::describe_route`], enforced by `middleware`), or, for an operation a
+//!   per-route policy's pattern matches ([`Limiter::policy_at`]) or declared with
+//!   [`Publisher::route_policy`] (for a [`Limiter::policy`] without a pattern), that per-route
+//!   policy (enforced by `route`); nothing for an exempt rule.
 //! - The global limits, unless the rule is exempt.
 //! - The direct-use buckets its handler checks ([`Publisher::handler_buckets`], enforced by
 //!   `handler`).
@@ -330,9 +330,10 @@ impl Publisher {
         self
     }
 
-    /// The operations `pattern` (`"POST /api/assistant/chat"`, as given to
-    /// [`Limiter::policy_at`]) spend the per-route policy named `policy` instead of the
-    /// class the central table gives them.
+    /// The operations `pattern` (`"POST /api/assistant/chat"`) spend the per-route policy
+    /// named `policy` instead of the class the central table gives them: for a policy made
+    /// with [`Limiter::policy`], which has no pattern (one made with [`Limiter::policy_at`]
+    /// is published on the operations its pattern matches without this).
     pub fn route_policy(mut self, pattern: &str, policy: &str) -> Self {
         match Pattern::parse(pattern) {
             Ok(p) => self.route_policies.push((p, policy.to_string())),
@@ -425,10 +426,16 @@ impl Publisher {
                     })?;
                 (Some(rule), EnforcedBy::Route)
             }
-            None => (
-                self.limiter.describe_route(method, &classifiable(path)),
-                EnforcedBy::Middleware,
-            ),
+            None => {
+                let path = classifiable(path);
+                match self.limiter.describe_policy_at(method, &path) {
+                    Some(rule) => (Some(rule), EnforcedBy::Route),
+                    None => (
+                        self.limiter.describe_route(method, &path),
+                        EnforcedBy::Middleware,
+                    ),
+                }
+            }
         };
         if !rule.as_ref().is_some_and(|r| r.exempt) {
             let globals = all.iter().filter(|r| r.source == RuleSource::Global);

@@ -172,6 +172,27 @@ fn every_operation_gets_the_limits_of_its_rule_the_globals_and_its_handler() {
 /// Every published limit is, number for number, a limit of the limiter's table, under the
 /// rule the central table really gives a request to that operation.
 #[test]
+fn a_route_with_a_policy_at_publishes_its_own_policy_without_being_named_again() {
+    let limiter = limiter();
+    let mut doc = document();
+    Publisher::new(&limiter).annotate(&mut doc).unwrap();
+    let global = row("global", "global", Some("1000/min"), "middleware");
+    assert_eq!(
+        summary(&doc, "/api/chat", "post"),
+        [row("chat:ip", "ip", Some("1/min"), "route"), global]
+    );
+    // Its pattern names POST only: another method keeps the central class.
+    assert_eq!(
+        Publisher::new(&limiter)
+            .operation(&Method::GET, "/api/chat")
+            .unwrap()
+            .limits[0]
+            .bucket,
+        "default:ip"
+    );
+}
+
+#[test]
 fn every_published_limit_is_one_of_the_tables_and_of_the_right_rule() {
     let limiter = limiter();
     let mut doc = document();
