@@ -1068,7 +1068,7 @@ impl LimiterBuilder {
     }
 
     /// Whether the middleware puts its [`RateLimitDecision`](crate::RateLimitDecision) in
-    /// the request's extensions, for the handler (`Extension<RateLimitDecision>`). Default
+    /// the request's extensions, for the handler (`Option<Extension<RateLimitDecision>>`). Default
     /// on. Cost: one allocation per admitted request (extensions box what they hold; an
     /// axum request already carries extensions), which turning it off does not save: the
     /// request then carries a smaller mark of the limiter instead, so that a layer of the

@@ -28,7 +28,8 @@
 //! **before** building the limiter: handles registered while no recorder is installed stay
 //! no-ops. Without the feature, nothing is compiled in. The memory store answers in tens of
 //! nanoseconds on the request's own thread, where reading the clock twice would cost as much
-//! as the answer: it is not timed (no histogram samples for it).
+//! as the answer: it is not timed (its histogram is registered, as every store's is, and
+//! stays empty).
 //!
 //! ```
 //! # #[cfg(feature = "metrics")] {

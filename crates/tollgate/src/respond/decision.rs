@@ -30,8 +30,15 @@ use super::info::{ceil_secs, retry_secs};
 /// use axum::{routing::get, Extension, Router};
 /// use tollgate::{Limiter, Policy, RateLimitDecision};
 ///
-/// async fn handler(Extension(limit): Extension<RateLimitDecision>) -> String {
-///     format!("{} of {} left in {}", limit.remaining, limit.limit, limit.bucket)
+/// // An `Option`: a request the limiter did not decide carries none (`Extension` alone
+/// // would answer those requests with a 500).
+/// async fn handler(limit: Option<Extension<RateLimitDecision>>) -> String {
+///     match limit {
+///         Some(Extension(limit)) => {
+///             format!("{} of {} left in {}", limit.remaining, limit.limit, limit.bucket)
+///         }
+///         None => "not limited".to_owned(),
+///     }
 /// }
 ///
 /// let limiter = Limiter::builder()
