@@ -204,6 +204,15 @@ pub enum BuildError {
         /// `refusal_response`, `decision_in_request`, `decision_in_response`, `enabled`).
         setting: &'static str,
     },
+    /// A reload whose rules drop a bucket for direct use the running rules declare: code
+    /// checks it by name ([`Limiter::check`](crate::Limiter::check)), and every such check
+    /// would fail from then on. Keep the bucket in the rules (its limit may change), or
+    /// restart without it.
+    #[error("the reloaded rules drop the bucket for direct use `{bucket}`, which code checks by name (each check would fail): keep it in the rules (its limit may change), or restart without it")]
+    DirectBucketDropped {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// A mistake in a configuration file, with the file, line, column and field: what
     /// [`LimiterBuilder::build`](crate::LimiterBuilder::build) returns for a builder set
     /// up from a file ([`LimiterBuilder::from_config`](crate::LimiterBuilder::from_config),

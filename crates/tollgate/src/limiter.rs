@@ -379,7 +379,9 @@ impl Limiter {
     /// running rules then stay), also a bucket that a per-route policy or guard declared
     /// in code binds to other limits, or [`BuildError::NotReloadable`] for a setting that
     /// cannot change while the limiter runs, or [`BuildError::CostExceedsOverride`] for
-    /// rules under which a per-key override could admit no request of its key.
+    /// rules under which a per-key override could admit no request of its key, or
+    /// [`BuildError::DirectBucketDropped`] for rules without a bucket for direct use that
+    /// the running ones declare.
     pub fn reload(&self, rules: LimiterBuilder) -> Result<(), BuildError> {
         crate::observe::reload_tried(self.reload_rules(rules))
     }
@@ -394,6 +396,19 @@ impl Limiter {
         let mut rules_of = rules.rules();
         rules_of.require_default |= engine.require_default;
         let table = engine::compile_table(&rules_of, engine.identity.is_some(), &code)?;
+        let running = engine.table.load();
+        // (In name order, so that the error names the same bucket every time.)
+        let mut dropped: Vec<&String> = running
+            .direct
+            .keys()
+            .filter(|name| !table.direct.contains_key(*name))
+            .collect();
+        dropped.sort();
+        if let Some(bucket) = dropped.first() {
+            return Err(BuildError::DirectBucketDropped {
+                bucket: bucket.to_string(),
+            });
+        }
         // A per-key override that one request of the new rules costs more than.
         for (kind, key, limit) in engine.overrides.load().iter() {
             let capacity = limit.capacity();
@@ -409,7 +424,6 @@ impl Limiter {
                 });
             }
         }
-        let running = engine.table.load();
         if table.defaults.shadow && !running.defaults.shadow {
             tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
         }

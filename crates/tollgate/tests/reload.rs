@@ -288,7 +288,7 @@ fn a_file_reload_whose_code_sets_a_refusal_hook_is_refused() {
 }
 
 #[tokio::test]
-async fn a_reload_may_add_and_remove_routes_and_buckets() {
+async fn a_reload_may_add_and_remove_routes_and_add_buckets_but_not_drop_one() {
     let limiter = limiter(rules("1/min", "1/min").bucket("sign-in", "2/min"));
     let layer = limiter.layer();
     assert_eq!(limiter.classify(&http::Method::GET, "/c/x"), None);
@@ -312,11 +312,21 @@ async fn a_reload_may_add_and_remove_routes_and_buckets() {
     assert!(limiter.check("sign-in", "ann").await.unwrap().allowed);
     assert!(!limiter.check("sign-in", "ann").await.unwrap().allowed);
 
-    limiter.reload(rules("1/min", "1/min")).unwrap();
+    // Code checks the bucket by name: rules without it are refused, and it stays.
     assert!(matches!(
-        limiter.check("sign-in", "ann").await,
+        limiter.reload(rules("1/min", "1/min").bucket("sign-up", "2/min")),
+        Err(BuildError::DirectBucketDropped { bucket }) if bucket == "sign-in"
+    ));
+    assert!(!limiter.check("sign-in", "ann").await.unwrap().allowed);
+    assert!(matches!(
+        limiter.check("sign-up", "ann").await,
         Err(CheckError::UnknownBucket(_))
     ));
+    // Its limit may change.
+    limiter
+        .reload(rules("1/min", "1/min").bucket("sign-in", "3/min"))
+        .unwrap();
+    assert!(limiter.check("sign-in", "ann").await.unwrap().allowed);
 }
 
 #[tokio::test]
