@@ -42,12 +42,13 @@ pub enum RedisConfigError {
 /// logs. The user info ends at the last `@`: a password written without encoding may hold
 /// `/`, `?`, `#` or `@` (`redis://u:top/secret@host`, `redis://u:p#ss@host` are still
 /// hidden), unless that `@` is a query parameter's (`?client_name=svc@host`: a `?` or `#`
-/// before it is followed by a `name=`). When in doubt it hides too much.
+/// before it is followed by a `name=`). A URL without `://` (a mistyped scheme,
+/// `redis//u:p@host`) is read as all user info and place. When in doubt it hides too much.
 pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+    let (scheme, rest) = match url.find("://") {
+        Some(scheme_end) => url.split_at(scheme_end + 3),
+        None => ("", url),
     };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
     let query = rest.find(['?', '#']).unwrap_or(rest.len());
     let at = match rest.rfind('@') {
         // A query parameter's `@`: the user info's, if any, comes before the query.
@@ -112,6 +113,10 @@ mod tests {
             "redis://localhost:6379/0"
         );
         assert_eq!(redact("not a url"), "not a url");
+        // A mistyped scheme: the URL does not parse, and its error must not show it.
+        assert_eq!(redact("redis//u:hunter2@h:6379"), "redis//u:***@h:6379");
+        assert_eq!(redact("redis:/:hunter2@h"), "redis:***@h");
+        assert_eq!(redact("hunter2@h"), "***@h");
         // Written without encoding, a password may hold `/` or `@`.
         assert_eq!(
             redact("redis://u:top/secret@127.0.0.1:6379/"),

@@ -263,7 +263,7 @@ pub enum CheckError {
 impl axum::response::IntoResponse for CheckError {
     fn into_response(self) -> axum::response::Response {
         let response = match &self {
-            CheckError::Store(_) => crate::respond::unavailable(),
+            CheckError::Store(_) => crate::respond::unavailable(&crate::ErrorBody::default()),
             CheckError::UnknownBucket(_) => {
                 tracing::error!(target: "tollgate", error = %self, "rate-limit check failed");
                 crate::respond::fixed_response(

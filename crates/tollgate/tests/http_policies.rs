@@ -573,6 +573,34 @@ async fn store_failure_open_or_closed() {
 }
 
 #[tokio::test]
+async fn a_closed_failure_answers_in_the_problem_shape_the_429s_use() {
+    let limiter = Limiter::builder()
+        .store(Down)
+        .error_body(ErrorBody::problem())
+        .route(
+            "/closed",
+            Policy::named("closed")
+                .per_ip("1/min")
+                .on_store_failure(FailureMode::Closed),
+        )
+        .build()
+        .unwrap();
+    let server = serve(
+        Router::new()
+            .route("/closed", get(ok))
+            .layer(limiter.layer()),
+    )
+    .await;
+    let r = server.get("/closed").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 503);
+    assert_eq!(body["title"], "Service Unavailable");
+}
+
+#[tokio::test]
 async fn plan_tiers_costs_and_runtime_overrides() {
     let (_clock, store) = clock_and_store();
     let org = |p: &http::request::Parts| user_header(p);

@@ -426,7 +426,7 @@ impl Engine {
             );
         }
         if on_failure == FailureMode::Closed {
-            Outcome::Respond(respond::unavailable())
+            Outcome::Respond(respond::unavailable(&self.error_body))
         } else {
             Outcome::Proceed(None)
         }

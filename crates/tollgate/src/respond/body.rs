@@ -133,7 +133,8 @@ impl ErrorBody {
     /// `{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"Rate limit
     /// exceeded; retry in 23 seconds.","retryAfter":23}`. `type` `about:blank` says the
     /// problem is what the status code means; `retryAfter` is an extension member (whole
-    /// seconds, `null` when waiting cannot help).
+    /// seconds, `null` when waiting cannot help). A policy that fails closed answers its
+    /// `503` as a problem too (`"title":"Service Unavailable","status":503`).
     pub const fn problem() -> Self {
         Self::shape(Shape::Ready(Ready::Problem))
     }
@@ -337,13 +338,30 @@ pub(crate) fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Byt
 }
 
 /// 503 for a store that failed while the policy fails closed (and for
-/// [`CheckError::Store`](crate::CheckError::Store) as an axum response).
-pub(crate) fn unavailable() -> Response<Bytes> {
-    let mut response = fixed_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "application/json",
-        br#"{"error":"rate limiter unavailable"}"#,
-    );
+/// [`CheckError::Store`](crate::CheckError::Store) as an axum response):
+/// `{"error":"rate limiter unavailable"}`, or as an RFC 9457 problem where the 429s are
+/// ([`ErrorBody::problem`]).
+pub(crate) fn unavailable(body: &ErrorBody) -> Response<Bytes> {
+    let mut response = match body.shape {
+        Shape::Ready(Ready::Problem) => {
+            let mut response = fixed_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/problem+json",
+                br#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"The rate limiter is unavailable; retry in 1 second."}"#,
+            );
+            if let Some(content_type) = &body.content_type {
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, content_type.clone());
+            }
+            response
+        }
+        _ => fixed_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            br#"{"error":"rate limiter unavailable"}"#,
+        ),
+    };
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
