@@ -160,7 +160,7 @@ pub enum BuildError {
         capacity: u64,
     },
     /// Two policies share a bucket name but declare different limits.
-    #[error("policies `{first}` and `{second}` share bucket `{bucket}` but declare different limits; give them the same limits or different `.bucket(..)` names")]
+    #[error("{}", shared_bucket_message(bucket, first, second))]
     SharedBucketMismatch {
         /// The bucket name.
         bucket: String,
@@ -236,6 +236,24 @@ pub enum BuildError {
 impl From<crate::config::ConfigError> for BuildError {
     fn from(error: crate::config::ConfigError) -> Self {
         BuildError::Config(Box::new(error))
+    }
+}
+
+/// [`BuildError::SharedBucketMismatch`]'s message: two policies of one name (two routes
+/// given one name, a policy named `global` beside the global limits) are told apart from
+/// two names sharing a bucket.
+fn shared_bucket_message(bucket: &str, first: &str, second: &str) -> String {
+    if first == second {
+        format!(
+            "two policies named `{first}` share bucket `{bucket}` but declare different limits \
+             (a policy's name names its buckets, and `global` is the global limits' own): give \
+             one of them another name, or both the same limits"
+        )
+    } else {
+        format!(
+            "policies `{first}` and `{second}` share bucket `{bucket}` but declare different \
+             limits; give them the same limits or different `.bucket(..)` names"
+        )
     }
 }
 

@@ -237,6 +237,21 @@ fn a_shared_bucket_with_different_limits_is_a_build_error() {
         } => assert_eq!((&*bucket, &*first, &*second), ("auth", "a", "b")),
         other => panic!("{other:?}"),
     }
+    // One name twice (a policy named `global` beside the global limits): the message says
+    // so, rather than "policies `global` and `global`".
+    let err = Limiter::builder()
+        .route("/a", Policy::named("global").per_ip("20/min"))
+        .global("1000/min")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::SharedBucketMismatch { first, second, .. } if first == second),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with("two policies named `global` share bucket"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
