@@ -95,7 +95,7 @@ pub enum QuotaError {
         input: String,
     },
     /// A burst (token bucket capacity) of zero.
-    #[error("a burst (bucket capacity) must be at least 1, as in `burst: 20/s`")]
+    #[error("a burst (bucket capacity) must be at least 1 (a token bucket's burst in code, or `burst: 20/s` in a configuration file)")]
     ZeroBurst,
     /// A token bucket whose capacity takes longer than [`MAX_PERIOD`] to refill.
     #[error("a token bucket of burst {burst} refilling at {sustained} takes longer than 400 days to refill")]

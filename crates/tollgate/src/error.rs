@@ -270,7 +270,7 @@ fn shared_bucket_message(bucket: &str, first: &str, second: &str) -> String {
 pub enum CheckError {
     /// No bucket of that name was declared with
     /// [`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket).
-    #[error("no bucket named `{0}` (declare it with `.bucket(name, rate)` on the builder)")]
+    #[error("no bucket named `{0}` (declare it with `.bucket(name, rate)` on the builder, or under `buckets:` in a configuration file)")]
     UnknownBucket(String),
     /// The store could not answer.
     #[error(transparent)]
