@@ -100,8 +100,10 @@
 //!   just after the return, and if that fails the store leaves the primary again). A
 //!   give-back's answers only raise memory's count of a key, to the primary's count plus
 //!   what memory admitted since the debt was taken. What is charged is placed at that
-//!   moment, so after an outage longer than its window a rolling window may count it up to
-//!   a window longer than memory would have. A key memory dropped to make room gives back
+//!   moment (a token bucket's in whole tokens), so after an outage a rolling window may
+//!   count it up to a window longer than memory would have, and a client that waits the
+//!   `Retry-After` memory announced may be refused once more (with a wait that is then
+//!   right). A key memory dropped to make room gives back
 //!   only what memory counted of it since. What cannot be delivered is kept for the next
 //!   check.
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
