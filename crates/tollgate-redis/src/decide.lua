@@ -17,7 +17,8 @@
 -- KEYS[i]: the bucket's key (a fixed window's: the bucket's key and ':<window index>').
 -- ARGV[1]: the operation ('0' charge, '1' peek, '2' refund, newest counts first, or
 -- '2:<microseconds>' refund of the charge answered then, '3' penalize, '4' reset, '5'
--- restore: raise each key to at least its cost counted, see below). Then
+-- restore: raise each key to at least its cost counted, see below; '6' give-back: add
+-- each cost, placed as a restore places what it adds). Then
 -- six per bucket: algorithm ('1' sliding window, '2' sliding log, '3' token bucket, '4' fixed
 -- window), capacity, cost, unit (segment length, window or emission interval in
 -- microseconds; for a fixed window, when its key expires, in Unix ms), window
@@ -25,8 +26,8 @@
 -- window, '-' if the bucket's key in the format before window keys must not be read: it is
 -- on another Redis Cluster slot; anything for the others). Then, if a bucket is a fixed
 -- window, the instance's clock (microseconds), which placed its window: the call is
--- decided by it instead of TIME. A restore sends, before that clock, one more number per
--- bucket: in how many microseconds the count it restores is fresh again.
+-- decided by it instead of TIME. A restore or a give-back sends, before that clock, one
+-- more number per bucket: in how many microseconds the count it places is fresh again.
 --
 -- Restore (after a Redis that restarted empty; one call, so instances restoring at once
 -- raise a key to the larger of their counts, never to their sum): a key that counts less
@@ -110,7 +111,7 @@ local slack = 1000
 local shift = 0
 local t = redis.call('TIME')
 now = t[1] * 1000000 + t[2]
-if #ARGV > #KEYS * (op == '5' and 7 or 6) + 1 then
+if #ARGV > #KEYS * ((op == '5' or op == '6') and 7 or 6) + 1 then
   local server = now
   now = tonumber(ARGV[#ARGV]) -- a request with a fixed window: the instance's clock
   shift = math.floor((server - now) / 1000)
@@ -352,7 +353,9 @@ local top = 0
 -- another shape's state, its GET: a string, or an error for a hash).
 local V = {}
 
-local restore = op == '5'
+-- A give-back ('6': what a fallback admitted while Redis failed) places its counts as a
+-- restore does, added to what the key counts.
+local restore, adds = op == '5' or op == '6', op == '6'
 -- What the keys hold: read and told apart, each key once, before the helpers below are
 -- made (a closure costs time on every call that makes one: only the helpers a call needs
 -- are made, and those for another shape's state only when a key holds one, or for a
@@ -641,17 +644,17 @@ if others or restore then
     return min(used, LIM), fresh
   end
 
-  -- Raises bucket i's state to at least `want` counted, what it lacks placed as late as
-  -- its freshness allows (fresh again in `fresh` µs), as MemoryStore::mirror places a
-  -- count: a sliding window's or a log's at the admission that leaves the window when it
-  -- is fresh again (a log's no earlier than its newest entry), a token bucket's TAT that
-  -- far ahead (at most the count's worth), a fixed window's count in the current window.
-  -- Whether it changed anything.
-  raise = function(i, key, alg, unit, W, want, fresh)
+  -- Raises bucket i's state to at least `want` counted (with `add`, by `want`), what it
+  -- lacks placed as late as its freshness allows (fresh again in `fresh` µs), as
+  -- MemoryStore::mirror places a count: a sliding window's or a log's at the admission
+  -- that leaves the window when it is fresh again (a log's no earlier than its newest
+  -- entry), a token bucket's TAT that far ahead (at most the count's worth), a fixed
+  -- window's count in the current window. Whether it changed anything.
+  raise = function(i, key, alg, unit, W, want, fresh, add)
     local place = min(max(now + fresh - W, now - W + 1), now)
     if alg == '1' then
       local s, b, m, used = unit, SB[i], SN[i], X[i]
-      local delta = want - used
+      local delta = add and want or want - used
       if delta <= 0 then
         return false
       end
@@ -679,23 +682,24 @@ if others or restore then
       end
       SB[i], SN[i], X[i] = nb, top - nb + 1, min(used + delta, LIM)
     elseif alg == '3' then
-      local tat = min(now + min(fresh, want * unit), LIM)
+      local tat = min((add and max(X[i], now) or now) + min(fresh, want * unit), LIM)
       if tat <= X[i] then
         return false
       end
       X[i] = tat
     elseif alg == '4' then
-      local used = min(want, LIM)
+      local used = min(add and X[i] + want or want, LIM)
       if used <= X[i] then
         return false
       end
       X[i] = used
     else
       local lg = LG[i]
-      if want <= lg.t then
+      local delta = add and want or want - lg.t
+      if delta <= 0 then
         return false
       end
-      log_add(lg, key, place, want - lg.t)
+      log_add(lg, key, place, delta)
     end
     return true
   end
@@ -737,7 +741,7 @@ for i = 1, n do
     end
   end
   if restore then
-    PL[i] = raise(i, key, alg, unit, W, cost, tonumber(ARGV[n * 6 + 1 + i]))
+    PL[i] = raise(i, key, alg, unit, W, cost, tonumber(ARGV[n * 6 + 1 + i]), adds)
   end
   -- Whether the cost fits now, and if not, when: 0 fits, -1 never, else in how many µs.
   local fit = 0

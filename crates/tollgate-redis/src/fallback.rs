@@ -99,11 +99,11 @@
 //!   decided on the primary; one that waited longer is decided from memory and given back
 //!   just after the return, and if that fails the store leaves the primary again). A
 //!   give-back's answers only raise memory's count of a key, to the primary's count plus
-//!   what memory admitted since the debt was taken. What is charged is placed at that
-//!   moment (a token bucket's in whole tokens), so after an outage a rolling window may
-//!   count it up to a window longer than memory would have, and a client that waits the
-//!   `Retry-After` memory announced may be refused once more (with a wait that is then
-//!   right). A key memory dropped to make room gives back
+//!   what memory admitted since the debt was taken. What is charged is placed to be fresh
+//!   again when memory's count of the key would be ([`Primary::give_back`]: a rolling
+//!   window's at the newest admission memory counted, a token bucket's as the time memory
+//!   still owed), so a client that waits the `Retry-After` memory announced is admitted
+//!   once the primary is back. A key memory dropped to make room gives back
 //!   only what memory counted of it since. What cannot be delivered is kept for the next
 //!   check.
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
@@ -389,6 +389,22 @@ pub trait Primary: Store {
             })
         })
     }
+
+    /// After an outage: adds each bucket's cost to its key, what memory admitted while the
+    /// primary failed, fresh again in the duration beside it (when memory's count of the
+    /// key would be). Answers one state per bucket. The default charges it as a penalty,
+    /// placed now: a rolling window then counts it up to a window longer than memory
+    /// would have. [`RedisStore`] places it as late as its freshness allows, as a restore
+    /// does, so that it leaves when memory's count would have.
+    fn give_back<'a>(
+        &'a self,
+        owed: &'a [(Bucket, Duration)],
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            let batch = Batch::new(Op::Penalize, owed.iter().map(|(b, _)| b.clone()).collect());
+            Ok(self.apply_with_origin(&batch).await?.0)
+        })
+    }
 }
 
 impl Primary for RedisStore {
@@ -421,6 +437,14 @@ impl Primary for RedisStore {
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(RedisStore::restore(self, owed))
     }
+
+    /// In one script call per hash slot ([`RedisStore`]'s `give_back`).
+    fn give_back<'a>(
+        &'a self,
+        owed: &'a [(Bucket, Duration)],
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(RedisStore::give_back(self, owed))
+    }
 }
 
 impl<P: Primary + ?Sized> Primary for Arc<P> {
@@ -440,6 +464,13 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
         owed: &'a [(Bucket, Duration)],
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         (**self).restore(owed)
+    }
+
+    fn give_back<'a>(
+        &'a self,
+        owed: &'a [(Bucket, Duration)],
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        (**self).give_back(owed)
     }
 
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
@@ -809,7 +840,7 @@ impl<P: Primary> Shared<P> {
         }
         // What still counts, read from memory before anything here writes to it (a
         // restore's answer replaces memory's counts with the primary's).
-        let counted: Vec<u64> = owed.iter().map(|o| self.still_counted(o)).collect();
+        let counted: Vec<(u64, Duration)> = owed.iter().map(|o| self.still_counted(o)).collect();
         let mut delivered = 0;
         for (chunk, counted) in owed
             .chunks(GIVE_BACK_BATCH)
@@ -830,11 +861,12 @@ impl<P: Primary> Shared<P> {
         Ok(owed.len())
     }
 
-    /// Gives `chunk` back: `counted` is, per key, what of its debt still counts.
+    /// Gives `chunk` back: `counted` is, per key, what of its debt still counts and when
+    /// memory's count of the key is fresh again.
     async fn give_back_chunk(
         &self,
         chunk: &[Owed],
-        counted: &[u64],
+        counted: &[(u64, Duration)],
         restore: bool,
     ) -> Result<(), StoreError> {
         let resets: Vec<Bucket> = chunk
@@ -860,44 +892,46 @@ impl<P: Primary> Shared<P> {
                 self.mirror_given_back(&batch, &decision, Origin::Backend);
             }
         }
-        // What memory admitted meanwhile and still counts, on top.
-        let charges: Vec<Bucket> = chunk
+        // What memory admitted meanwhile and still counts, on top, placed to be fresh again
+        // when memory's count would be.
+        let charges: Vec<(Bucket, Duration)> = chunk
             .iter()
             .zip(counted)
-            .filter(|(_, &owed)| owed > 0)
-            .map(|(o, &owed)| o.bucket.clone().with_cost(owed))
+            .filter(|(_, &(owed, _))| owed > 0)
+            .map(|(o, &(owed, fresh))| (o.bucket.clone().with_cost(owed), fresh))
             .collect();
         if charges.is_empty() {
             return Ok(());
         }
-        let batch = Batch::new(Op::Penalize, charges);
-        let (decision, origin) = self.call(&batch).await?;
-        self.mirror_given_back(&batch, &decision, origin);
+        let decision = self.bounded(self.primary.give_back(&charges)).await?;
+        let batch = Batch::new(Op::Penalize, charges.into_iter().map(|(b, _)| b).collect());
+        self.mirror_given_back(&batch, &decision, Origin::Backend);
         Ok(())
     }
 
     /// The part of what memory admitted for `owed`'s key that still counts now: no more
-    /// than memory's own count of the key. It is charged to the primary now, so what no
-    /// longer counts must not go with it: a token bucket's tokens that refilled during the
-    /// outage (a client under its rate would be refused for as long as the outage lasted),
-    /// a fixed window's earlier windows, a rolling window's admissions older than the
-    /// window. A token bucket's count is its tokens owed, which a penalty can take past
-    /// the burst. (What is charged is placed now: a rolling window's may count up to a
-    /// window longer than the admissions it stands for.)
+    /// than memory's own count of the key; and when that count is fresh again. It is
+    /// charged to the primary now, so what no longer counts must not go with it: a token
+    /// bucket's tokens that refilled during the outage (a client under its rate would be
+    /// refused for as long as the outage lasted), a fixed window's earlier windows, a
+    /// rolling window's admissions older than the window. A token bucket's count is its
+    /// tokens owed, which a penalty can take past the burst. (The primary places the
+    /// charge by that freshness: [`Primary::give_back`].)
     ///
     /// A key memory dropped to make room during the outage gives back only what memory
     /// counted of it since: memory, bounded, had forgotten the rest already while it
     /// decided.
-    fn still_counted(&self, owed: &Owed) -> u64 {
+    fn still_counted(&self, owed: &Owed) -> (u64, Duration) {
         if owed.debt == 0 {
-            return 0;
+            return (0, Duration::ZERO);
         }
         let scaled = self.scaled(&owed.bucket);
         let Ok(seen) = self
             .memory
             .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
         else {
-            return owed.debt;
+            // (Placed now, as if fresh a window from now.)
+            return (owed.debt, scaled.limit.quota().period());
         };
         let state = &seen.buckets[0];
         let limit = &scaled.limit;
@@ -907,7 +941,7 @@ impl<P: Primary> Shared<P> {
                 .div_ceil(limit.emission_interval().max(1)),
             _ => limit.capacity().saturating_sub(state.remaining),
         };
-        owed.debt.min(counted)
+        (owed.debt.min(counted), state.reset_after)
     }
 
     /// Counts a failure; an outage at the threshold.

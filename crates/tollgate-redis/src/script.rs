@@ -49,9 +49,18 @@ pub(crate) struct Arg<'a> {
     /// A fixed window whose bucket's key in the format before the window keys is on
     /// another Redis Cluster slot: the scripts must not read it.
     pub(crate) no_migration: bool,
-    /// A restore (see `decide.lua`): raise the key to at least `cost` counted, fresh again
-    /// in this many microseconds. A call restores if any of its buckets has it.
-    pub(crate) restore: Option<u64>,
+    /// A count placed by its freshness (see `decide.lua`): a restore or a give-back. A call
+    /// places if any of its buckets has it.
+    pub(crate) placed: Option<Placed>,
+}
+
+/// How [`Arg::placed`] places `cost`: fresh again in `fresh` microseconds, raising the key
+/// to at least `cost` counted (a restore, after Redis restarted empty) or adding `cost` to
+/// it (`add`: a give-back of what a fallback admitted while Redis failed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed {
+    pub(crate) fresh: u64,
+    pub(crate) add: bool,
 }
 
 /// How long every key outlives its state (decide.lua adds the same): an instance whose clock
@@ -128,12 +137,13 @@ impl Call<'_> {
         for b in self.buckets {
             cmd.arg(b.key);
         }
-        let restoring = self.buckets.iter().any(|b| b.restore.is_some());
-        match self.op {
-            _ if restoring => cmd.arg(RESTORE),
+        let placed = self.buckets.iter().find_map(|b| b.placed);
+        match (self.op, placed) {
+            (_, Some(Placed { add: false, .. })) => cmd.arg(RESTORE),
+            (_, Some(Placed { add: true, .. })) => cmd.arg(GIVE_BACK),
             // The refund of a charge answered at `at`: `2:<at>` (µs, on the clock that answered).
-            Op::RefundAt(at) => cmd.arg(format!("{}:{}", op_code(self.op), at.as_micros())),
-            op => cmd.arg(op_code(op)),
+            (Op::RefundAt(at), None) => cmd.arg(format!("{}:{}", op_code(self.op), at.as_micros())),
+            (op, None) => cmd.arg(op_code(op)),
         };
         for b in self.buckets {
             let (alg, unit, window) = limit_args(b.limit)?;
@@ -155,9 +165,9 @@ impl Call<'_> {
                 _ => cmd.arg(""),
             };
         }
-        if restoring {
+        if placed.is_some() {
             for b in self.buckets {
-                cmd.arg(b.restore.unwrap_or(0).min(SATURATED));
+                cmd.arg(b.placed.map_or(0, |p| p.fresh).min(SATURATED));
             }
         }
         if let Some(now) = self.now {
@@ -178,6 +188,10 @@ impl Call<'_> {
 /// `decide.lua`'s code for a restore (no [`Op`] of its own: only the fallback's write-back to
 /// a Redis that restarted empty sends it).
 const RESTORE: u8 = 5;
+
+/// `decide.lua`'s code for a give-back placed by its freshness (no [`Op`] of its own: only
+/// the fallback's give-back of what memory admitted while Redis failed sends it).
+const GIVE_BACK: u8 = 6;
 
 fn op_code(op: Op) -> u8 {
     match op {
@@ -355,7 +369,7 @@ mod tests {
             limit: &limit,
             cost: u64::MAX,
             no_migration: false,
-            restore: None,
+            placed: None,
         };
         let args = strings(&call(Op::Penalize, &[arg], None).command(false).unwrap());
         assert_eq!(
@@ -380,7 +394,7 @@ mod tests {
             limit: &sliding,
             cost: 2,
             no_migration: false,
-            restore: None,
+            placed: None,
         };
         let tail = strings(&call(Op::Charge, &[arg], None).command(false).unwrap())[4..].to_vec();
         assert_eq!(
@@ -397,7 +411,7 @@ mod tests {
             limit: &limit,
             cost: 9,
             no_migration: false,
-            restore: None,
+            placed: None,
         };
         let ok = Value::Array(
             [7, -1, 5, 0]
@@ -450,7 +464,7 @@ mod tests {
             limit: &limit,
             cost: 3,
             no_migration: false,
-            restore: None,
+            placed: None,
         };
         let charge = call(Op::Charge, std::slice::from_ref(&arg), Some(now));
         assert!(charge.is_fixed());

@@ -128,7 +128,7 @@ use tollgate_core::{
 use crate::cache::{RefusalCache, DEFAULT_REFUSAL_CACHE};
 use crate::error::{redact, RedisConfigError};
 use crate::fallback::{lock, Origin};
-use crate::script::{self, Arg, Call};
+use crate::script::{self, Arg, Call, Placed};
 use crate::slot::slot;
 
 /// The default key prefix.
@@ -879,7 +879,7 @@ impl RedisStore {
                 no_migration: cluster
                     && matches!(b.limit.algorithm(), Algorithm::FixedWindow)
                     && slot(key) != slot(&self.redis_key(b)),
-                restore: None,
+                placed: None,
             })
             .collect()
     }
@@ -897,12 +897,34 @@ impl RedisStore {
         &self,
         owed: &[(Bucket, Duration)],
     ) -> Result<Decision, StoreError> {
+        self.place(owed, false).await
+    }
+
+    /// Adds each bucket's cost to its key, placed as [`RedisStore::restore`] places what it
+    /// adds (fresh again in the duration beside it), in one script call per hash slot: what
+    /// [`FallbackStore`](crate::FallbackStore) admitted from memory while Redis failed,
+    /// given back. Placed so, a rolling window's count leaves when memory's would have,
+    /// not a window after the give-back, and a token bucket's adds the time memory still
+    /// owes rather than whole tokens: a client that waits the `Retry-After` memory gave it
+    /// is admitted.
+    pub(crate) async fn give_back(
+        &self,
+        owed: &[(Bucket, Duration)],
+    ) -> Result<Decision, StoreError> {
+        self.place(owed, true).await
+    }
+
+    /// [`RedisStore::restore`] (`add` false) or [`RedisStore::give_back`] (`add` true).
+    async fn place(&self, owed: &[(Bucket, Duration)], add: bool) -> Result<Decision, StoreError> {
         let batch = Batch::new(Op::Penalize, owed.iter().map(|(b, _)| b.clone()).collect());
         batch.validate()?;
         let (now, keys) = self.placed(&batch, || self.inner.clock.now());
         let mut args = self.args(&batch, &keys);
         for (arg, (_, fresh)) in args.iter_mut().zip(owed) {
-            arg.restore = Some(u64::try_from(fresh.as_micros()).unwrap_or(u64::MAX));
+            arg.placed = Some(Placed {
+                fresh: u64::try_from(fresh.as_micros()).unwrap_or(u64::MAX),
+                add,
+            });
         }
         let decision = if self.is_cluster() {
             self.decide_by_slot(Op::Penalize, &args, now).await?
@@ -1065,7 +1087,7 @@ impl RedisStore {
                             limit,
                             cost: *cost,
                             no_migration: *no_migration,
-                            restore: None,
+                            placed: None,
                         })
                         .collect();
                     inner

@@ -480,3 +480,79 @@ async fn after_an_empty_restart_open_batches_are_decided_only_once_the_counts_ar
     // Whatever the wait let through, Redis holds the whole count.
     assert_eq!(remaining_on_redis(&server, &key).await, 2 - admitted as u64);
 }
+
+/// What memory admitted during an outage is charged to Redis placed to leave when memory's
+/// count would have, not a window after the recovery: Redis's reset right after the
+/// recovery is memory's reset before it, less the time between (a client that waits the
+/// `Retry-After` the fallback gave it is admitted). Memory and Redis on the real clock;
+/// an outage of 2.5 s against windows of 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_memory_admitted_is_charged_to_redis_to_leave_when_memory_s_count_would() {
+    let server = RedisServer::start();
+    let store = FallbackStore::connect(
+        RedisStore::open(&server.url()).unwrap(),
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    let quota = Quota::new(4, Duration::from_secs(4)).unwrap();
+    // A token bucket of 1 token a second: its 2 charged on Redis are repaid 2 s later,
+    // during the outage; the one memory admits on top is owed until 3 s.
+    // (key, admitted on memory, what remains after: a third of a token owed is one.)
+    let keys = [
+        (
+            Bucket::new("placed", "exact", Limit::sliding_exact(quota)),
+            2,
+            0,
+        ),
+        (
+            Bucket::new("placed", "sliding", Limit::sliding(quota)),
+            2,
+            0,
+        ),
+        (
+            Bucket::new("placed", "token", Limit::token_bucket(quota, 4).unwrap()),
+            1,
+            3,
+        ),
+    ];
+    for (key, ..) in &keys {
+        spend(std::slice::from_ref(&store), key, 2).await;
+    }
+    server.pause();
+    // The first call times out (it reaches Redis when Redis resumes, and counts then): on
+    // a key of its own.
+    let trigger = Bucket::new("placed", "trigger", Limit::sliding(quota));
+    admitted(&store, &trigger, 1, Duration::ZERO).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    for (key, on_memory, _) in &keys {
+        assert_eq!(
+            admitted(&store, key, *on_memory, Duration::ZERO).await,
+            *on_memory as u64
+        );
+    }
+    let peek = |key: &Bucket| Batch::new(Op::Peek, vec![key.clone()]);
+    let mut on_memory = Vec::new();
+    for (key, ..) in &keys {
+        let d = store.apply(&peek(key)).await.unwrap();
+        on_memory.push((d.buckets[0].reset_after, std::time::Instant::now()));
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    server.resume();
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    for ((key, _, remaining), (reset, seen)) in keys.iter().zip(on_memory) {
+        let d = store.apply(&peek(key)).await.unwrap();
+        let due = reset.saturating_sub(seen.elapsed());
+        let on_redis = d.buckets[0].reset_after;
+        eprintln!(
+            "{}: memory's reset due in {due:?}, Redis's {on_redis:?}",
+            key.key
+        );
+        // (Memory's count included Redis's own; a sliding window's segments are 400 ms.)
+        assert!(
+            on_redis <= due + Duration::from_millis(450),
+            "{}: Redis resets in {on_redis:?}, memory's count was due in {due:?}",
+            key.key
+        );
+        assert_eq!(d.buckets[0].remaining, *remaining, "{}", key.key);
+    }
+}

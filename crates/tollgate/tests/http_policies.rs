@@ -249,7 +249,8 @@ fn a_shared_bucket_with_different_limits_is_a_build_error() {
         "{err:?}"
     );
     assert!(
-        err.to_string().starts_with("two policies named `global` share bucket"),
+        err.to_string()
+            .starts_with("two policies named `global` share bucket"),
         "{err}"
     );
 }
