@@ -397,16 +397,15 @@ impl Limiter {
         rules_of.require_default |= engine.require_default;
         let table = engine::compile_table(&rules_of, engine.identity.is_some(), &code)?;
         let running = engine.table.load();
-        // (In name order, so that the error names the same bucket every time.)
-        let mut dropped: Vec<&String> = running
+        // (The first by name, so that the error names the same bucket every time.)
+        let dropped = running
             .direct
             .keys()
             .filter(|name| !table.direct.contains_key(*name))
-            .collect();
-        dropped.sort();
-        if let Some(bucket) = dropped.first() {
+            .min();
+        if let Some(bucket) = dropped {
             return Err(BuildError::DirectBucketDropped {
-                bucket: bucket.to_string(),
+                bucket: bucket.clone(),
             });
         }
         // A per-key override that one request of the new rules costs more than.

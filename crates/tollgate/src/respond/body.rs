@@ -342,29 +342,21 @@ pub(crate) fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Byt
 /// `{"error":"rate limiter unavailable"}`, or as an RFC 9457 problem where the 429s are
 /// ([`ErrorBody::problem`]).
 pub(crate) fn unavailable(body: &ErrorBody) -> Response<Bytes> {
-    let mut response = match body.shape {
-        Shape::Ready(Ready::Problem) => {
-            let mut response = fixed_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/problem+json",
-                br#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"The rate limiter is unavailable; retry in 1 second."}"#,
-            );
-            if let Some(content_type) = &body.content_type {
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, content_type.clone());
-            }
-            response
-        }
-        _ => fixed_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
+    let (content_type, text): (HeaderValue, &'static [u8]) = match body.shape {
+        Shape::Ready(Ready::Problem) => (
+            body.content_type(),
+            br#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"The rate limiter is unavailable; retry in 1 second."}"#,
+        ),
+        _ => (
+            HeaderValue::from_static("application/json"),
             br#"{"error":"rate limiter unavailable"}"#,
         ),
     };
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut response = Response::new(Bytes::from_static(text));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
