@@ -814,6 +814,7 @@ impl Limiter {
 
     /// The per-route policy declared with [`Limiter::policy_at`] for a pattern `method`
     /// `path` matches, described with that pattern (`None`: no such pattern matches).
+    #[cfg(feature = "openapi")]
     pub(crate) fn describe_policy_at(&self, method: &Method, path: &str) -> Option<RouteLimits> {
         let routes = self.engine.routes.load();
         let route = routes
