@@ -263,7 +263,9 @@ fn shared_bucket_message(bucket: &str, first: &str, second: &str) -> String {
 /// With the `axum` feature it is an axum response, so `?` works in a handler that returns
 /// `Result<_, CheckError>`: [`CheckError::Store`] answers `503 Service Unavailable` with
 /// `Retry-After: 1` and `{"error":"rate limiter unavailable"}` (as a policy that fails
-/// closed does); [`CheckError::UnknownBucket`], a mistake in the code, answers `500` with
+/// closed does under the default body: an error holds no limiter, so it does not take a
+/// limiter's [`ErrorBody::problem`](crate::ErrorBody::problem) shape);
+/// [`CheckError::UnknownBucket`], a mistake in the code, answers `500` with
 /// `{"error":"internal server error"}` and logs a `tracing` error naming the bucket.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
