@@ -83,7 +83,9 @@ pub struct Limiter {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LimiterStats {
-    /// Requests admitted after a check (handlers' [`Limiter::check`]s included).
+    /// Requests admitted after a check (handlers' [`Limiter::check`]s included). A guard
+    /// that counts only some responses ([`Policy::failed_auth_per_ip`]) counts the
+    /// responses it counted, not the requests it looked at (as the metrics do).
     pub admitted: u64,
     /// Requests refused (429; handlers' [`Limiter::check`]s that refused included).
     pub refused: u64,

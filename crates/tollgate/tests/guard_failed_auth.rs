@@ -124,6 +124,8 @@ async fn a_guards_bucket_is_looked_at_reset_and_counted_through_its_limiter() {
     assert_eq!((seen.allowed, seen.buckets[0].remaining), (true, 5));
     // The reset is the guard's: the IP's valid key gets through again.
     assert_eq!(send(&server, ip, Some("key-acme")).await.status(), 200);
+    // Admitted once, by the tenant's class: the guard's look spent nothing.
+    assert_eq!(limiter.stats().admitted, 6);
 }
 
 #[tokio::test]

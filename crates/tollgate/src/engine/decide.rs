@@ -249,9 +249,11 @@ impl Engine {
         };
         let allowed = states.iter().all(|s| s.allowed);
         if allowed {
-            self.stats.admitted.fetch_add(1, Ordering::Relaxed);
             // A look spent nothing: a guard's buckets count the responses it counts after
-            // them (see `Pending::answered`).
+            // them, in the stats as in the metrics (see `Pending::answered`).
+            if op != Op::Peek {
+                self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            }
             if observe::ENABLED && op != Op::Peek {
                 for (&i, state) in active.iter().zip(&states) {
                     if let Some(metrics) = plan.metrics(i) {

@@ -261,6 +261,10 @@ impl Pending {
     ) {
         match answer {
             Ok(states) => {
+                // A response counted after a look: the request spent the guard's budget.
+                if op == Op::Penalize {
+                    self.engine.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                }
                 for (&pos, state) in touched.iter().zip(states) {
                     // A response counted after a look spent the bucket: as a charge does.
                     if crate::observe::ENABLED && op == Op::Penalize {
