@@ -658,7 +658,12 @@ impl Limiter {
     /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket of
     /// `rate` shared by all routes, so the more restrictive of key and endpoint applies
     /// (a customer's own limit on its API key). Takes effect on the next request, no
-    /// restart.
+    /// restart. The override's bucket is a bucket of its own: it starts empty (a client
+    /// that already spent 100 of its route's 500 a minute, given 50 a minute, is admitted 50
+    /// more; lower the route's limit, or reset the key, to count what was spent), and it is
+    /// spent by the middleware's policies (routes, global limits, guards), not by the
+    /// buckets for direct use that handlers check ([`Limiter::check`]): routes a handler
+    /// limits itself are not reached.
     ///
     /// # Errors
     ///
