@@ -10,6 +10,7 @@
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
 //! | [`STORE_FALLBACK`] `tollgate_store_fallback` | gauge | `store` | 1 while a fallback store decides from memory because its shared store fails, else 0 (updated with every answer of a store that waits) |
+//! | [`STORE_FALLBACKS_TOTAL`] `tollgate_store_fallbacks_total` | counter | `store` | each switch to the memory fallback seen in an answer (a pause shorter than a scrape still shows) |
 //! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). A watched file that turns unreadable (deleted, its permissions changed) counts one `refused` until it reads again. Alert on `refused`: a broken edit leaves the old rules in force |
 //!
 //! Labels are configuration names, never a client's key: `policy` is the policy's name,
@@ -94,6 +95,8 @@ pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
 pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 /// `tollgate_store_fallback{store}`.
 pub const STORE_FALLBACK: &str = "tollgate_store_fallback";
+/// `tollgate_store_fallbacks_total{store}`.
+pub const STORE_FALLBACKS_TOTAL: &str = "tollgate_store_fallbacks_total";
 
 /// `tollgate_config_reloads_total{outcome}`.
 pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
@@ -124,6 +127,10 @@ pub(crate) fn describe() {
     describe_gauge!(
         STORE_FALLBACK,
         "1 while the store answers from its memory fallback (Redis away), else 0"
+    );
+    describe_counter!(
+        STORE_FALLBACKS_TOTAL,
+        "Times the store was seen to switch to its memory fallback (an outage, however short)"
     );
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
@@ -237,6 +244,11 @@ pub(crate) struct StoreMetrics {
     duration: ::metrics::Histogram,
     #[cfg(feature = "metrics")]
     fallback: ::metrics::Gauge,
+    #[cfg(feature = "metrics")]
+    fallbacks: ::metrics::Counter,
+    /// Whether the last answer came from the fallback (to count each switch once).
+    #[cfg(feature = "metrics")]
+    in_fallback: std::sync::atomic::AtomicBool,
 }
 
 impl StoreMetrics {
@@ -250,6 +262,8 @@ impl StoreMetrics {
                 errors: ::metrics::counter!(STORE_ERRORS_TOTAL, "store" => store.to_string()),
                 duration: ::metrics::histogram!(STORE_DURATION_SECONDS, "store" => store.to_string()),
                 fallback: ::metrics::gauge!(STORE_FALLBACK, "store" => store.to_string()),
+                fallbacks: ::metrics::counter!(STORE_FALLBACKS_TOTAL, "store" => store.to_string()),
+                in_fallback: std::sync::atomic::AtomicBool::new(false),
             };
             this.mode(mode);
             this
@@ -278,11 +292,16 @@ impl StoreMetrics {
 
     #[cfg(feature = "metrics")]
     fn mode(&self, mode: StoreMode) {
-        self.fallback.set(if mode == StoreMode::Fallback {
-            1.0
-        } else {
-            0.0
-        });
+        use std::sync::atomic::Ordering;
+        let fallback = mode == StoreMode::Fallback;
+        self.fallback.set(if fallback { 1.0 } else { 0.0 });
+        // Each switch counted once: a pause shorter than a scrape leaves a trace.
+        if fallback != self.in_fallback.load(Ordering::Relaxed)
+            && fallback != self.in_fallback.swap(fallback, Ordering::Relaxed)
+            && fallback
+        {
+            self.fallbacks.increment(1);
+        }
     }
 }
 

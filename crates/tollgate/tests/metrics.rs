@@ -239,6 +239,22 @@ async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
     let second = moved(&snapshotter);
     assert_eq!(second["tollgate_store_fallback{store=shared}"], 1.0);
     assert_eq!(second["tollgate_store_duration_seconds{store=shared}"], 1.0);
+    assert_eq!(second["tollgate_store_fallbacks_total{store=shared}"], 1.0);
+
+    // Each switch counts once: not every answer from the fallback, and again after a
+    // return (the gauge alone misses a pause shorter than a scrape).
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    let third = moved(&snapshotter);
+    assert_eq!(
+        third.get("tollgate_store_fallbacks_total{store=shared}"),
+        None
+    );
+    fallback.store(false, Ordering::Relaxed);
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    fallback.store(true, Ordering::Relaxed);
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    let fourth = moved(&snapshotter);
+    assert_eq!(fourth["tollgate_store_fallbacks_total{store=shared}"], 1.0);
 }
 
 #[tokio::test]
@@ -367,6 +383,7 @@ fn every_metric_is_described_and_reloads_start_at_zero() {
             "tollgate_store_duration_seconds",
             "tollgate_store_errors_total",
             "tollgate_store_fallback",
+            "tollgate_store_fallbacks_total",
         ]
     );
     let mut reloads: Vec<String> = snapshot
