@@ -2,6 +2,8 @@
 //! sign-in takes a credential (`Authorization: Bearer <token>`, a `session=<token>`
 //! cookie) for the user, so its per-user keys are stored as digests, as API keys are:
 //! Redis never holds a credential (a review found `tollgate:default:user:sk_live_...`).
+//! Nor an e-mail address: the sign-in lockout's keys are digests too (a review found
+//! `tollgate:sign-in-failures:ceo@bigcorp.example`).
 
 mod common;
 
@@ -40,17 +42,27 @@ async fn no_credential_reaches_a_redis_key_name() {
         .await
         .unwrap();
     assert_eq!(chat.status(), 200);
+    // A failed sign-in counts against the e-mail: personal data, stored as a digest.
+    let email = "ceo@bigcorp.example";
+    let failed = demo
+        .post("/api/auth/sign-in")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"email":"{email}","password":"wrong"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 401);
 
     let keys = redis.cli(["--scan"]);
     let keys: Vec<&str> = keys.lines().collect();
     // Each user bucket spent holds its user's key, as a digest.
-    for bucket in ["default:user:#", "chat:user:#"] {
+    for bucket in ["default:user:#", "chat:user:#", "sign-in-failures:#"] {
         assert!(
             keys.iter().any(|k| k.contains(bucket)),
             "no {bucket}... key among {keys:?}"
         );
     }
-    for secret in [bearer, cookie] {
+    for secret in [bearer, cookie, "bigcorp"] {
         assert!(
             keys.iter().all(|k| !k.contains(secret)),
             "{secret} in {keys:?}"

@@ -252,6 +252,9 @@ pub fn limiter(
             // Folded to the network in checks and in the operators' lookups alike, so an
             // operator who looks a client up by its address finds its network's count.
             Per::Network => builder.bucket_per_network(name, rate, per.when_full(), NETWORK_BITS),
+            // E-mail addresses are personal data: stored (in Redis, in the logs of an
+            // operator's reset) as digests; checks and lookups take them as given.
+            Per::Email => builder.bucket_hashed(name, rate, per.when_full()),
             _ => builder.bucket_when_full(name, rate, per.when_full()),
         };
     }

@@ -101,8 +101,9 @@ fn serialize_limit<S: serde::Serializer>(limit: &Limit, s: S) -> Result<S::Ok, S
 enum Found {
     /// A policy's bucket; `None`: the quota is chosen per request.
     Policy(Key, Option<Limit>),
-    /// A bucket for direct use, and the prefix its address keys fold to, if any.
-    Direct(Limit, Option<u8>),
+    /// A bucket for direct use, the prefix its address keys fold to, if any, and whether
+    /// its keys are stored as digests.
+    Direct(Limit, Option<u8>, bool),
     Override(Key),
 }
 
@@ -289,8 +290,8 @@ impl Limiter {
             return Err(InspectError::EmptyKey);
         }
         match self.find(bucket)? {
-            Found::Direct(limit, network) => {
-                Ok((self.engine.direct_key(key, network), Some(limit)))
+            Found::Direct(limit, network, hashed) => {
+                Ok((self.engine.direct_key(key, network, hashed), Some(limit)))
             }
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
@@ -312,7 +313,7 @@ impl Limiter {
 
     fn find(&self, bucket: &str) -> Result<Found, InspectError> {
         if let Some(direct) = self.engine.table.load().direct.get(bucket) {
-            return Ok(Found::Direct(direct.limit, direct.network));
+            return Ok(Found::Direct(direct.limit, direct.network, direct.hashed));
         }
         if let Some(kind) = bucket.strip_prefix(OVERRIDE_PREFIX) {
             return self

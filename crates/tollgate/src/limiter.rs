@@ -625,7 +625,7 @@ impl Limiter {
                 buckets: Vec::new(),
             });
         }
-        let stored = self.engine.direct_key(key, direct.network);
+        let stored = self.engine.direct_key(key, direct.network, direct.hashed);
         let bucket = Bucket::new(bucket, &stored, direct.limit)
             .with_cost(cost)
             .with_when_full(direct.when_full);
@@ -855,13 +855,15 @@ impl fmt::Debug for Limiter {
 }
 
 /// A bucket for direct use, as declared ([`LimiterBuilder::bucket_when_full`],
-/// [`LimiterBuilder::bucket_per_network`]).
+/// [`LimiterBuilder::bucket_per_network`], [`LimiterBuilder::bucket_hashed`]).
 pub(crate) struct DirectRule {
     pub(crate) name: String,
     pub(crate) rate: Rate,
     pub(crate) when_full: WhenFull,
     /// The IPv6 prefix its address keys are folded to, if keyed by client network.
     pub(crate) network: Option<u8>,
+    /// Whether its keys are stored as digests ([`LimiterBuilder::bucket_hashed`]).
+    pub(crate) hashed: bool,
 }
 
 /// Builds a [`Limiter`]; every mistake is a [`BuildError`] from [`LimiterBuilder::build`].
@@ -1026,7 +1028,27 @@ impl LimiterBuilder {
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
     pub fn bucket_when_full(self, name: &str, rate: impl Into<Rate>, when_full: WhenFull) -> Self {
-        self.direct_bucket(name, rate.into(), when_full, None)
+        self.direct_bucket(name, rate.into(), when_full, None, false)
+    }
+
+    /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by personal data (an e-mail
+    /// address, an account name): its keys are stored as digests (SHA-256, as
+    /// [`Key::hashed`](crate::Key::hashed) stores a policy's), so neither the store (Redis
+    /// keys) nor the limiter's logs (an operator's reset) hold them in clear. Checks, and
+    /// the operators' lookups and resets ([`Limiter::peek_bucket`],
+    /// [`Limiter::reset_bucket`], the admin router), take the key as given and find it.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, WhenFull};
+    ///
+    /// let limiter = Limiter::builder()
+    ///     .bucket_hashed("sign-in-failures", "5/30min", WhenFull::KeepCounts)
+    ///     .build()?;
+    /// assert!(limiter.stored_key("sign-in-failures", "ann@example.com")?.starts_with('#'));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bucket_hashed(self, name: &str, rate: impl Into<Rate>, when_full: WhenFull) -> Self {
+        self.direct_bucket(name, rate.into(), when_full, None, true)
     }
 
     /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by client network: a key
@@ -1056,7 +1078,7 @@ impl LimiterBuilder {
         when_full: WhenFull,
         ipv6_prefix: u8,
     ) -> Self {
-        self.direct_bucket(name, rate.into(), when_full, Some(ipv6_prefix))
+        self.direct_bucket(name, rate.into(), when_full, Some(ipv6_prefix), false)
     }
 
     /// Declares a bucket for direct use.
@@ -1066,12 +1088,14 @@ impl LimiterBuilder {
         rate: Rate,
         when_full: WhenFull,
         network: Option<u8>,
+        hashed: bool,
     ) -> Self {
         self.direct.push(DirectRule {
             name: name.to_string(),
             rate,
             when_full,
             network,
+            hashed,
         });
         self
     }

@@ -398,6 +398,9 @@ pub(crate) struct Direct {
     /// The IPv6 prefix its address keys are folded to, if keyed by client network
     /// ([`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network)).
     pub(crate) network: Option<u8>,
+    /// Whether its keys are stored as digests
+    /// ([`LimiterBuilder::bucket_hashed`](crate::LimiterBuilder::bucket_hashed)).
+    pub(crate) hashed: bool,
     pub(crate) metrics: BucketMetrics,
 }
 
@@ -545,6 +548,7 @@ pub(crate) fn compile_table(
                         limit,
                         when_full: rule.when_full,
                         network: rule.network,
+                        hashed: rule.hashed,
                         metrics,
                     },
                 )
