@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
 
-use crate::engine::Compiled;
+use crate::engine::{Compiled, DirectKey};
 use crate::key::{store_key, Key, Source};
 use crate::limiter::Limiter;
 use crate::policy::Cost;
@@ -101,9 +101,8 @@ fn serialize_limit<S: serde::Serializer>(limit: &Limit, s: S) -> Result<S::Ok, S
 enum Found {
     /// A policy's bucket; `None`: the quota is chosen per request.
     Policy(Key, Option<Limit>),
-    /// A bucket for direct use, the prefix its address keys fold to, if any, and whether
-    /// its keys are stored as digests.
-    Direct(Limit, Option<u8>, bool),
+    /// A bucket for direct use, and how it stores a key.
+    Direct(Limit, DirectKey),
     Override(Key),
 }
 
@@ -290,9 +289,7 @@ impl Limiter {
             return Err(InspectError::EmptyKey);
         }
         match self.find(bucket)? {
-            Found::Direct(limit, network, hashed) => {
-                Ok((self.engine.direct_key(key, network, hashed), Some(limit)))
-            }
+            Found::Direct(limit, how) => Ok((self.engine.direct_key(key, how), Some(limit))),
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
                 Ok((store_key(value.as_bytes(), k.hashed), limit))
@@ -313,7 +310,7 @@ impl Limiter {
 
     fn find(&self, bucket: &str) -> Result<Found, InspectError> {
         if let Some(direct) = self.engine.table.load().direct.get(bucket) {
-            return Ok(Found::Direct(direct.limit, direct.network, direct.hashed));
+            return Ok(Found::Direct(direct.limit, direct.key));
         }
         if let Some(kind) = bucket.strip_prefix(OVERRIDE_PREFIX) {
             return self

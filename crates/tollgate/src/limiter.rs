@@ -55,7 +55,7 @@ use tollgate_core::{
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
-use crate::engine::{self, CodeRules, Delegation, Engine, Overrides, Routes, Rules};
+use crate::engine::{self, CodeRules, Delegation, DirectKey, Engine, Overrides, Routes, Rules};
 use crate::error::{BuildError, CheckError};
 use crate::inspect::InspectError;
 use crate::key::{self, Extractor, Key};
@@ -625,7 +625,7 @@ impl Limiter {
                 buckets: Vec::new(),
             });
         }
-        let stored = self.engine.direct_key(key, direct.network, direct.hashed);
+        let stored = self.engine.direct_key(key, direct.key);
         let bucket = Bucket::new(bucket, &stored, direct.limit)
             .with_cost(cost)
             .with_when_full(direct.when_full);
@@ -860,10 +860,8 @@ pub(crate) struct DirectRule {
     pub(crate) name: String,
     pub(crate) rate: Rate,
     pub(crate) when_full: WhenFull,
-    /// The IPv6 prefix its address keys are folded to, if keyed by client network.
-    pub(crate) network: Option<u8>,
-    /// Whether its keys are stored as digests ([`LimiterBuilder::bucket_hashed`]).
-    pub(crate) hashed: bool,
+    /// How it stores the keys it is given.
+    pub(crate) key: DirectKey,
 }
 
 /// Builds a [`Limiter`]; every mistake is a [`BuildError`] from [`LimiterBuilder::build`].
@@ -1028,7 +1026,7 @@ impl LimiterBuilder {
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
     pub fn bucket_when_full(self, name: &str, rate: impl Into<Rate>, when_full: WhenFull) -> Self {
-        self.direct_bucket(name, rate.into(), when_full, None, false)
+        self.direct_bucket(name, rate.into(), when_full, DirectKey::default())
     }
 
     /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by personal data (an e-mail
@@ -1048,7 +1046,11 @@ impl LimiterBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn bucket_hashed(self, name: &str, rate: impl Into<Rate>, when_full: WhenFull) -> Self {
-        self.direct_bucket(name, rate.into(), when_full, None, true)
+        let key = DirectKey {
+            network: None,
+            hashed: true,
+        };
+        self.direct_bucket(name, rate.into(), when_full, key)
     }
 
     /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by client network: a key
@@ -1078,7 +1080,11 @@ impl LimiterBuilder {
         when_full: WhenFull,
         ipv6_prefix: u8,
     ) -> Self {
-        self.direct_bucket(name, rate.into(), when_full, Some(ipv6_prefix), false)
+        let key = DirectKey {
+            network: Some(ipv6_prefix),
+            hashed: false,
+        };
+        self.direct_bucket(name, rate.into(), when_full, key)
     }
 
     /// Declares a bucket for direct use.
@@ -1087,15 +1093,13 @@ impl LimiterBuilder {
         name: &str,
         rate: Rate,
         when_full: WhenFull,
-        network: Option<u8>,
-        hashed: bool,
+        key: DirectKey,
     ) -> Self {
         self.direct.push(DirectRule {
             name: name.to_string(),
             rate,
             when_full,
-            network,
-            hashed,
+            key,
         });
         self
     }

@@ -295,12 +295,13 @@ impl StoreMetrics {
         use std::sync::atomic::Ordering;
         let fallback = mode == StoreMode::Fallback;
         self.fallback.set(if fallback { 1.0 } else { 0.0 });
-        // Each switch counted once: a pause shorter than a scrape leaves a trace.
-        if fallback != self.in_fallback.load(Ordering::Relaxed)
-            && fallback != self.in_fallback.swap(fallback, Ordering::Relaxed)
-            && fallback
-        {
-            self.fallbacks.increment(1);
+        // Each switch counted once: a pause shorter than a scrape leaves a trace. (Read
+        // first: while the mode holds, the flag is not written.)
+        if fallback != self.in_fallback.load(Ordering::Relaxed) {
+            let was = self.in_fallback.swap(fallback, Ordering::Relaxed);
+            if fallback && !was {
+                self.fallbacks.increment(1);
+            }
         }
     }
 }

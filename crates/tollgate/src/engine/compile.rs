@@ -389,18 +389,26 @@ pub(crate) fn compile(
     Ok(Arc::new(compiled))
 }
 
-/// A bucket for direct use ([`Limiter::check`](crate::Limiter::check) and its kin): its
-/// limit, and its metrics (as a policy's bucket has, under its own name).
-pub(crate) struct Direct {
-    pub(crate) limit: Limit,
-    /// What a bounded store does with a new key when the bucket's share is full.
-    pub(crate) when_full: WhenFull,
+/// How a bucket for direct use stores the keys it is given
+/// ([`Engine::direct_key`](super::Engine::direct_key)).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DirectKey {
     /// The IPv6 prefix its address keys are folded to, if keyed by client network
     /// ([`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network)).
     pub(crate) network: Option<u8>,
     /// Whether its keys are stored as digests
     /// ([`LimiterBuilder::bucket_hashed`](crate::LimiterBuilder::bucket_hashed)).
     pub(crate) hashed: bool,
+}
+
+/// A bucket for direct use ([`Limiter::check`](crate::Limiter::check) and its kin): its
+/// limit, and its metrics (as a policy's bucket has, under its own name).
+pub(crate) struct Direct {
+    pub(crate) limit: Limit,
+    /// What a bounded store does with a new key when the bucket's share is full.
+    pub(crate) when_full: WhenFull,
+    /// How a key given to it is stored.
+    pub(crate) key: DirectKey,
     pub(crate) metrics: BucketMetrics,
 }
 
@@ -526,7 +534,7 @@ pub(crate) fn compile_table(
     for rule in rules.direct {
         let (name, rate) = (&rule.name, &rule.rate);
         check_name(name)?;
-        if let Some(prefix) = rule.network.filter(|bits| *bits > 128) {
+        if let Some(prefix) = rule.key.network.filter(|bits| *bits > 128) {
             return Err(BuildError::BadNetworkPrefix {
                 bucket: name.clone(),
                 prefix,
@@ -547,8 +555,7 @@ pub(crate) fn compile_table(
                     Direct {
                         limit,
                         when_full: rule.when_full,
-                        network: rule.network,
-                        hashed: rule.hashed,
+                        key: rule.key,
                         metrics,
                     },
                 )

@@ -32,7 +32,8 @@ use crate::observe::StoreMetrics;
 use crate::respond::{ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome};
 
 pub(crate) use compile::{
-    compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, Rules, Table,
+    compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, DirectKey, Rules,
+    Table,
 };
 pub(crate) use decide::Outcome;
 use decide::{OwnedTarget, Target};
@@ -618,10 +619,11 @@ impl Engine {
     /// stored, `2001:db8::/64`) folded like a request's client (an IPv6 address to its
     /// network), or to `network`'s bits for a bucket keyed by client network, so a
     /// handler's raw address, its [`ClientIp::key`] and an operator's lookup all name one
-    /// key; any other key as given; and with `hashed`, the result as a digest.
-    pub(crate) fn direct_key(&self, key: &str, network: Option<u8>, hashed: bool) -> String {
-        let folded = self.client_ip.fold_text(key, network);
-        crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), hashed)
+    /// key; any other key as given; and for a bucket that hashes its keys, the result as a
+    /// digest.
+    pub(crate) fn direct_key(&self, key: &str, how: DirectKey) -> String {
+        let folded = self.client_ip.fold_text(key, how.network);
+        crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), how.hashed)
     }
 
     /// From now on, the central layer marks the requests it charges, so a per-route layer
