@@ -19,9 +19,14 @@ bench=$(ls -t "$target"/release/deps/layer-* | grep -v '\.d$' | head -1)
 only=${1:?a stack name, or part of one}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# Only the requests are counted (`--toggle-collect` on the closure that sends one): setting
+# up the stacks is not, and would not cancel out between the two runs (the memory store's
+# clock calibrates itself for a time, not a number of instructions: several hundred per
+# request of difference between two runs of the same build before).
 ir() {
   LAYER_ONLY="$only" LAYER_ROUNDS=1 LAYER_CHUNK=$1 \
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bench" --bench interleaved 2>&1 |
+    valgrind --tool=callgrind --toggle-collect='layer::contender::*' \
+    --callgrind-out-file="$out/cg.$1" "$bench" --bench interleaved 2>&1 |
     awk '/Collected/ {print $4}'
 }
 per_request() {
