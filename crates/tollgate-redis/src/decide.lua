@@ -99,6 +99,10 @@ if string.sub(op, 1, 2) == '2:' then
   AT = tonumber(string.sub(op, 3))
   op = '2'
 end
+-- A restore ('5') raises counts placed by their freshness; a give-back ('6': what a
+-- fallback admitted while Redis failed) adds them, placed as a restore places them. Both
+-- send one more number per bucket.
+local restore, adds = op == '5' or op == '6', op == '6'
 local now
 -- Keys outlive their state by a second (ms): a request with a fixed window is decided on
 -- the instance's clock, and an instance whose clock runs behind the server's by less must
@@ -111,7 +115,7 @@ local slack = 1000
 local shift = 0
 local t = redis.call('TIME')
 now = t[1] * 1000000 + t[2]
-if #ARGV > #KEYS * ((op == '5' or op == '6') and 7 or 6) + 1 then
+if #ARGV > #KEYS * (restore and 7 or 6) + 1 then
   local server = now
   now = tonumber(ARGV[#ARGV]) -- a request with a fixed window: the instance's clock
   shift = math.floor((server - now) / 1000)
@@ -353,9 +357,6 @@ local top = 0
 -- another shape's state, its GET: a string, or an error for a hash).
 local V = {}
 
--- A give-back ('6': what a fallback admitted while Redis failed) places its counts as a
--- restore does, added to what the key counts.
-local restore, adds = op == '5' or op == '6', op == '6'
 -- What the keys hold: read and told apart, each key once, before the helpers below are
 -- made (a closure costs time on every call that makes one: only the helpers a call needs
 -- are made, and those for another shape's state only when a key holds one, or for a

@@ -402,7 +402,7 @@ pub trait Primary: Store {
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(async move {
             let batch = Batch::new(Op::Penalize, owed.iter().map(|(b, _)| b.clone()).collect());
-            Ok(self.apply_with_origin(&batch).await?.0)
+            self.apply(&batch).await
         })
     }
 }

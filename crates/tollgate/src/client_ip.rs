@@ -324,9 +324,7 @@ impl ClientIp {
     /// well-known prefix (RFC 6052) a translator in front of the server shows IPv4 clients
     /// from (folded to its /64, every IPv4 client would share one key).
     pub fn key(&self, ip: IpAddr) -> String {
-        let mut out = tollgate_core::StoreKey::new();
-        self.push_key(ip, &mut out);
-        out.into()
+        self.network_key(ip, self.ipv6_prefix)
     }
 
     /// [`ClientIp::key`] of an address written as text, with IPv6 folded to `network` bits
@@ -367,15 +365,9 @@ impl ClientIp {
         out.into()
     }
 
-    /// [`ClientIp::key`], appended to `out`: an IPv4 address without allocating or
-    /// formatting machinery.
     /// The IPv6 prefix a key folds addresses to: `network`'s, else the clients' own.
     pub(crate) fn prefix(&self, network: Option<u8>) -> u8 {
         network.unwrap_or(self.ipv6_prefix)
-    }
-
-    pub(crate) fn push_key(&self, ip: IpAddr, out: &mut tollgate_core::StoreKey) {
-        push_address_key(ip, self.ipv6_prefix, out);
     }
 }
 
@@ -541,12 +533,12 @@ mod tests {
             "1.20.190.249",
         ] {
             let mut key = tollgate_core::StoreKey::new();
-            client_ip.push_key(ip(text), &mut key);
+            push_address_key(ip(text), client_ip.prefix(None), &mut key);
             assert_eq!(key.as_str(), text);
         }
         // An IPv4-mapped IPv6 address is its IPv4 client.
         let mut key = tollgate_core::StoreKey::new();
-        client_ip.push_key(ip("::ffff:10.0.0.1"), &mut key);
+        push_address_key(ip("::ffff:10.0.0.1"), client_ip.prefix(None), &mut key);
         assert_eq!(key.as_str(), "10.0.0.1");
     }
 

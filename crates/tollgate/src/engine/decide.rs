@@ -253,11 +253,11 @@ impl Engine {
             // them, in the stats as in the metrics (see `Pending::answered`).
             if op != Op::Peek {
                 self.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            }
-            if observe::ENABLED && op != Op::Peek {
-                for (&i, state) in active.iter().zip(&states) {
-                    if let Some(metrics) = plan.metrics(i) {
-                        metrics.admitted(state);
+                if observe::ENABLED {
+                    for (&i, state) in active.iter().zip(&states) {
+                        if let Some(metrics) = plan.metrics(i) {
+                            metrics.admitted(state);
+                        }
                     }
                 }
             }

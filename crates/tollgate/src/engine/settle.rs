@@ -261,13 +261,14 @@ impl Pending {
     ) {
         match answer {
             Ok(states) => {
-                // A response counted after a look: the request spent the guard's budget.
-                if op == Op::Penalize {
+                // A response counted after a look spent the guard's budget, as a charge
+                // does: in the stats and in each bucket's metrics.
+                let counted = op == Op::Penalize;
+                if counted {
                     self.engine.stats.admitted.fetch_add(1, Ordering::Relaxed);
                 }
                 for (&pos, state) in touched.iter().zip(states) {
-                    // A response counted after a look spent the bucket: as a charge does.
-                    if crate::observe::ENABLED && op == Op::Penalize {
+                    if crate::observe::ENABLED && counted {
                         if let Some(metrics) = self.plan.metrics(self.charged[pos]) {
                             metrics.admitted(&state);
                         }
