@@ -60,7 +60,11 @@
 //!   caller to admit without headers or to answer 503.
 //! - **Scaled limits**: while on memory each instance counts alone, so N instances admit N
 //!   times the limit. [`FallbackConfig::with_fallback_divisor`] divides every limit (and burst) on
-//!   memory by the expected number of instances.
+//!   memory by the expected number of instances. With a divisor above 1, for
+//!   [`FallbackConfig::with_return_grace`] after a return to the primary (350 ms by default)
+//!   a charge must fit this instance's share in memory as well as the primary: the other
+//!   instances may still decide from memory, and the primary lacks what they admitted
+//!   until each gives it back, so the first instance back would admit it a second time.
 //! - **Startup**: [`FallbackStore::connect`] probes once and starts on memory if the primary
 //!   does not answer; [`FallbackStore::new`] probes in the background as soon as a tokio runtime
 //!   runs it. Neither fails.
@@ -201,6 +205,7 @@ pub struct FallbackConfig {
     probe_max: Duration,
     divisor: u32,
     mirror_keys: usize,
+    return_grace: Option<Duration>,
 }
 
 impl Default for FallbackConfig {
@@ -212,6 +217,7 @@ impl Default for FallbackConfig {
             probe_max: DEFAULT_PROBE_MAX,
             divisor: 1,
             mirror_keys: DEFAULT_MIRROR_KEYS,
+            return_grace: None,
         }
     }
 }
@@ -262,6 +268,29 @@ impl FallbackConfig {
     pub fn with_mirror_keys(mut self, keys: usize) -> Self {
         self.mirror_keys = keys;
         self
+    }
+
+    /// How long, after the store returns to the primary from an outage, a charge must fit
+    /// this instance's share on memory as well as on the primary, when the divisor is above
+    /// 1 (a fleet). Other instances may still be on memory then, their admissions not yet
+    /// given back to the primary: without it, the first instance back would admit on the
+    /// primary what they spent meanwhile a second time (a review: 651 of 500 admitted by
+    /// two instances when Redis came back). Default: the longest wait between checks plus
+    /// two call timeouts (350 ms with the defaults), the time within which another instance
+    /// checks the primary again and gives its admissions back. Set it longer if the
+    /// instances' check settings differ.
+    pub fn with_return_grace(mut self, grace: Duration) -> Self {
+        self.return_grace = Some(grace);
+        self
+    }
+
+    /// How long after a return a charge must fit this instance's share too
+    /// ([`FallbackConfig::with_return_grace`]).
+    pub fn return_grace(&self) -> Duration {
+        self.return_grace.unwrap_or(
+            self.probe_max
+                .saturating_add(self.timeout.saturating_mul(2)),
+        )
     }
 
     /// The per-call timeout.
@@ -480,6 +509,13 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
     fn connection_broke(&self, error: &StoreError) -> bool {
         (**self).connection_broke(error)
     }
+}
+
+/// A charge made on this instance's share in memory just after a return to the primary
+/// ([`Shared::charge_share`]): the buckets as memory decided them, and its decision.
+struct Share {
+    scaled: Vec<Bucket>,
+    decision: Decision,
 }
 
 /// Set in [`Shared::state`] while decisions are made on the primary; the bits above count
@@ -1173,19 +1209,64 @@ impl<P: Primary> Shared<P> {
             }
             decision
         };
-        if self.config.divisor > 1 {
-            // The bucket's limit is what the primary says and the policy publishes
-            // (`RateLimit-Policy`, the docs): what this instance counts on its share shows
-            // in what remains, not as another limit.
-            for (state, bucket) in decision.buckets.iter_mut().zip(&batch.buckets) {
-                state.limit = bucket.limit.shown_count();
-            }
-        }
+        self.show_as_primary(batch, &mut decision);
         let now = decision.now.as_micros();
         for bucket in &batch.buckets {
             self.ledger.owe(batch.op, bucket, decision.allowed, now);
         }
         Ok(decision)
+    }
+
+    /// `decision`, made from memory on this instance's share, as the primary's limits show
+    /// it: the bucket's limit is what the primary says and the policy publishes
+    /// (`RateLimit-Policy`, the docs); what this instance counts on its share shows in what
+    /// remains, not as another limit.
+    fn show_as_primary(&self, batch: &Batch, decision: &mut Decision) {
+        if self.config.divisor > 1 {
+            for (state, bucket) in decision.buckets.iter_mut().zip(&batch.buckets) {
+                state.limit = bucket.limit.shown_count();
+            }
+        }
+    }
+
+    /// Within [`FallbackConfig::return_grace`] of a return to the primary, with a divisor
+    /// above 1: `batch`'s charge made on this instance's share in memory, before the
+    /// primary is asked. Other instances may still decide from memory then, and what they
+    /// admitted since the outage began is not on the primary until each gives it back: the
+    /// primary alone would admit it again. So a charge must fit both, and the fleet
+    /// admits no more than during the outage (each instance its share) until every
+    /// instance is back. Memory keeps its own count meanwhile (the primary's answers only
+    /// raise it). `None` outside that time, and for anything but a charge that falls back.
+    fn charge_share(&self, batch: &Batch) -> Option<Share> {
+        if batch.op != Op::Charge
+            || batch.on_failure != FailureMode::Fallback
+            || self.config.divisor <= 1
+            || self.config.mirror_keys == 0
+        {
+            return None;
+        }
+        let (returned, _) = (*lock(&self.closed))?;
+        if returned.elapsed() >= self.config.return_grace() {
+            return None;
+        }
+        let scaled: Vec<Bucket> = batch
+            .buckets
+            .iter()
+            .map(|b| self.scaled(b).into_owned())
+            .collect();
+        let decision = self.memory.apply_now(Op::Charge, &scaled).ok()?;
+        Some(Share { scaled, decision })
+    }
+
+    /// Gives back a [`Shared::charge_share`] the primary did not admit (or that memory
+    /// decides again).
+    fn release_share(&self, share: &Share) {
+        if share.decision.allowed {
+            let op = Op::RefundAt(share.decision.now);
+            if let Err(e) = self.memory.apply_now(op, &share.scaled) {
+                tracing::debug!(target: "tollgate::store", error = %e, "could not give a share's charge back");
+            }
+        }
     }
 
     /// An answer of the primary to a call sent before the store left it for memory: the
@@ -1221,8 +1302,10 @@ impl<P: Primary> Shared<P> {
     /// count, scaled by the divisor), so that deciding from memory starts from it. An
     /// answer from the primary's cache ([`Origin::Cache`]) is not kept: it repeats counts
     /// reported earlier, which may be older than those kept since.
-    fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin) {
-        self.keep_answers(batch, decision, origin, false);
+    /// With `raise_only` (a charge made on this instance's share too,
+    /// [`Shared::charge_share`]), memory's count of a key is only raised.
+    fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin, raise_only: bool) {
+        self.keep_answers(batch, decision, origin, false, raise_only);
     }
 
     /// [`Shared::mirror`] of what the primary answered to a give-back, while memory still
@@ -1231,11 +1314,19 @@ impl<P: Primary> Shared<P> {
     /// of a key is only raised, to the primary's count plus what is owed again, never
     /// lowered: else memory would admit them a second time.
     fn mirror_given_back(&self, batch: &Batch, decision: &Decision, origin: Origin) {
-        self.keep_answers(batch, decision, origin, true);
+        self.keep_answers(batch, decision, origin, true, true);
     }
 
-    /// [`Shared::mirror`], and with `given_back` [`Shared::mirror_given_back`].
-    fn keep_answers(&self, batch: &Batch, decision: &Decision, origin: Origin, given_back: bool) {
+    /// [`Shared::mirror`], and with `given_back` [`Shared::mirror_given_back`] (which
+    /// raises only, by what is owed again).
+    fn keep_answers(
+        &self,
+        batch: &Batch,
+        decision: &Decision,
+        origin: Origin,
+        given_back: bool,
+        raise_only: bool,
+    ) {
         if self.config.mirror_keys == 0 || origin != Origin::Backend {
             return;
         }
@@ -1259,26 +1350,22 @@ impl<P: Primary> Shared<P> {
                 continue;
             }
             let scaled = self.scaled(bucket);
-            let used = share_used(&bucket.limit, &scaled.limit, state);
-            let used = match owed.get(i) {
-                None => used,
-                Some(&owed) => {
-                    let used = used.saturating_add(owed);
-                    let held = self
-                        .memory
-                        .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
-                        .map_or(0, |d| {
-                            scaled
-                                .limit
-                                .capacity()
-                                .saturating_sub(d.buckets[0].remaining)
-                        });
-                    if used <= held {
-                        continue;
-                    }
-                    used
+            let mut used = share_used(&bucket.limit, &scaled.limit, state);
+            if raise_only {
+                used = used.saturating_add(owed.get(i).copied().unwrap_or(0));
+                let held = self
+                    .memory
+                    .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
+                    .map_or(0, |d| {
+                        scaled
+                            .limit
+                            .capacity()
+                            .saturating_sub(d.buckets[0].remaining)
+                    });
+                if used <= held {
+                    continue;
                 }
-            };
+            }
             self.memory.mirror(&scaled, used, state.reset_after);
         }
     }
@@ -1387,17 +1474,31 @@ impl<P: Primary> Store for FallbackStore<P> {
                 }
             }
             let state = shared.state.load(Ordering::Acquire);
+            // Just back from an outage: charged on this instance's share first.
+            let share = shared.charge_share(batch);
+            if let Some(share) = share.as_ref().filter(|s| !s.decision.allowed) {
+                let mut refused = share.decision.clone();
+                shared.show_as_primary(batch, &mut refused);
+                return Ok(refused);
+            }
             // Under way until its answer counts where it should (or memory decides it).
             let sent = shared.under_way.send(batch);
             let (result, broke) = shared.call_again_if_broken(batch).await;
+            if let Some(share) = &share {
+                if !result.as_ref().is_ok_and(|(d, _)| d.allowed) {
+                    // Not admitted there (or decided from memory below, charged once).
+                    shared.release_share(share);
+                }
+            }
             match result {
                 Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
                     // Only if the store has not left the primary since the call was sent;
-                    // else what it admitted is added to memory's count.
+                    // else what it admitted is added to memory's count (unless charged
+                    // there already, on the share).
                     if shared.state.load(Ordering::Acquire) == state {
-                        shared.mirror(batch, &decision, origin);
-                    } else {
+                        shared.mirror(batch, &decision, origin, share.is_some());
+                    } else if share.is_none() {
                         shared.absorb_late(batch, &decision);
                     }
                     drop(sent);
@@ -1696,15 +1797,21 @@ mod tests {
             }],
         };
         // The 500th answer first, then the 499th.
-        store.shared.mirror(&batch, &answer(0), Origin::Backend);
-        store.shared.mirror(&batch, &answer(1), Origin::Backend);
+        store
+            .shared
+            .mirror(&batch, &answer(0), Origin::Backend, false);
+        store
+            .shared
+            .mirror(&batch, &answer(1), Origin::Backend, false);
         let held = memory
             .apply_now(Op::Peek, std::slice::from_ref(&bucket))
             .unwrap();
         assert!(!held.allowed, "memory admits a 501st: {held:?}");
         // A refund's answer lowers it.
         let refund = Batch::new(Op::Refund, vec![bucket.clone()]);
-        store.shared.mirror(&refund, &answer(1), Origin::Backend);
+        store
+            .shared
+            .mirror(&refund, &answer(1), Origin::Backend, false);
         let held = memory
             .apply_now(Op::Peek, std::slice::from_ref(&bucket))
             .unwrap();

@@ -1,0 +1,148 @@
+//! Two instances share a primary, with a divisor of 2. After an outage the first instance
+//! back must not admit on the primary what the other, still deciding from memory, spent
+//! meanwhile: the primary does not have it until that instance gives it back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::{
+    Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Quota, Store, StoreError,
+};
+use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
+
+/// A primary deciding in a memory store of its own, failing every call at once while
+/// `down`.
+#[derive(Debug)]
+struct Switchable {
+    remote: MemoryStore,
+    down: Arc<AtomicBool>,
+}
+
+impl Primary for Switchable {}
+
+impl Store for Switchable {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let down = self.down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.remote.apply_now(batch.op, &batch.buckets)
+        })
+    }
+}
+
+async fn admitted(store: &FallbackStore<Arc<Switchable>>, bucket: &Bucket, n: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let decision = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        admitted += usize::from(decision.allowed);
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_can_be() {
+    let down = Arc::new(AtomicBool::new(false));
+    let primary = Arc::new(Switchable {
+        remote: MemoryStore::new(),
+        down: down.clone(),
+    });
+    let fleet = FallbackConfig::default().with_fallback_divisor(2);
+    let a = FallbackStore::connect_with_memory(
+        primary.clone(),
+        MemoryStore::new(),
+        fleet.clone().with_return_grace(Duration::from_secs(30)),
+    )
+    .await;
+    // B checks the primary again only a minute after its first check fails.
+    let b = FallbackStore::connect_with_memory(
+        primary.clone(),
+        MemoryStore::new(),
+        fleet.with_probe_backoff(Duration::from_secs(60), Duration::from_secs(60)),
+    )
+    .await;
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    // 40 before the outage, spread over both instances (one each in turn).
+    for _ in 0..20 {
+        assert_eq!(
+            admitted(&a, &bucket, 1).await + admitted(&b, &bucket, 1).await,
+            2
+        );
+    }
+
+    down.store(true, Ordering::SeqCst);
+    // Each spends its share of what the primary last told it remained: 31 of 61 on A,
+    // 30 of 60 on B (the README's bound: the limit plus one per instance).
+    let during = admitted(&a, &bucket, 60).await + admitted(&b, &bucket, 60).await;
+    assert_eq!(during, 61);
+    assert_eq!((a.mode(), b.mode()), (Mode::Fallback, Mode::Fallback));
+    // Each instance's first check (made at once) finds the primary down.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    down.store(false, Ordering::SeqCst);
+    for _ in 0..300 {
+        if a.mode() == Mode::Primary {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((a.mode(), b.mode()), (Mode::Primary, Mode::Fallback));
+    // The primary holds the 40 and what A gave back (31), not B's 30: on the primary alone
+    // A would admit 29 more, 130 in all.
+    let peek = primary
+        .remote
+        .apply_now(tollgate_core::Op::Peek, std::slice::from_ref(&bucket))
+        .unwrap();
+    assert_eq!(peek.buckets[0].remaining, 29);
+    let after = admitted(&a, &bucket, 50).await;
+    assert_eq!(40 + during + after, 101, "{after} admitted by A once back");
+    // What A refused shows the primary's limit, as every answer does.
+    let refused = a.apply(&Batch::charge(vec![bucket.clone()])).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.buckets[0].limit, 100);
+}
+
+#[tokio::test]
+async fn once_back_a_charge_that_fits_its_share_is_charged_on_both_and_counted_once() {
+    let down = Arc::new(AtomicBool::new(false));
+    let primary = Arc::new(Switchable {
+        remote: MemoryStore::new(),
+        down: down.clone(),
+    });
+    let a = FallbackStore::connect_with_memory(
+        primary.clone(),
+        MemoryStore::new(),
+        FallbackConfig::default()
+            .with_fallback_divisor(2)
+            .with_return_grace(Duration::from_secs(30)),
+    )
+    .await;
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    assert_eq!(admitted(&a, &bucket, 10).await, 10);
+    down.store(true, Ordering::SeqCst);
+    // A's share of the 90 remaining is 45: 10 of them spent on memory.
+    assert_eq!(admitted(&a, &bucket, 10).await, 10);
+    down.store(false, Ordering::SeqCst);
+    for _ in 0..300 {
+        if a.mode() == Mode::Primary {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.mode(), Mode::Primary);
+    // Back: 35 more fit the share (and the primary, which holds 20), then none.
+    assert_eq!(admitted(&a, &bucket, 50).await, 35);
+    let peek = primary
+        .remote
+        .apply_now(tollgate_core::Op::Peek, std::slice::from_ref(&bucket))
+        .unwrap();
+    assert_eq!(
+        peek.buckets[0].remaining, 45,
+        "the primary counted each once"
+    );
+}
