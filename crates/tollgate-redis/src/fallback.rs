@@ -1229,24 +1229,15 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// Within [`FallbackConfig::return_grace`] of a return to the primary, with a divisor
-    /// above 1: `batch`'s charge made on this instance's share in memory, before the
-    /// primary is asked. Other instances may still decide from memory then, and what they
+    /// In the time after a return to the primary ([`Shared::in_return_grace`]): `batch`'s
+    /// charge made on this instance's share in memory, before the primary is asked. Other instances may still decide from memory then, and what they
     /// admitted since the outage began is not on the primary until each gives it back: the
     /// primary alone would admit it again. So a charge must fit both, and the fleet
     /// admits no more than during the outage (each instance its share) until every
     /// instance is back. Memory keeps its own count meanwhile (the primary's answers only
     /// raise it). `None` outside that time, and for anything but a charge that falls back.
     fn charge_share(&self, batch: &Batch) -> Option<Share> {
-        if batch.op != Op::Charge
-            || batch.on_failure != FailureMode::Fallback
-            || self.config.divisor <= 1
-            || self.config.mirror_keys == 0
-        {
-            return None;
-        }
-        let (returned, _) = (*lock(&self.closed))?;
-        if returned.elapsed() >= self.config.return_grace() {
+        if batch.op != Op::Charge || batch.on_failure != FailureMode::Fallback {
             return None;
         }
         let scaled: Vec<Bucket> = batch
@@ -1256,6 +1247,17 @@ impl<P: Primary> Shared<P> {
             .collect();
         let decision = self.memory.apply_now(Op::Charge, &scaled).ok()?;
         Some(Share { scaled, decision })
+    }
+
+    /// Whether the store returned to the primary within [`FallbackConfig::return_grace`],
+    /// with a divisor above 1 (and the mirror on): other instances may still decide from
+    /// memory. Memory's counts are then only raised by the primary's answers, and charges
+    /// are made on this instance's share too ([`Shared::charge_share`]).
+    fn in_return_grace(&self) -> bool {
+        self.config.divisor > 1
+            && self.config.mirror_keys > 0
+            && lock(&self.closed)
+                .is_some_and(|(returned, _)| returned.elapsed() < self.config.return_grace())
     }
 
     /// Gives back a [`Shared::charge_share`] the primary did not admit (or that memory
@@ -1302,8 +1304,8 @@ impl<P: Primary> Shared<P> {
     /// count, scaled by the divisor), so that deciding from memory starts from it. An
     /// answer from the primary's cache ([`Origin::Cache`]) is not kept: it repeats counts
     /// reported earlier, which may be older than those kept since.
-    /// With `raise_only` (a charge made on this instance's share too,
-    /// [`Shared::charge_share`]), memory's count of a key is only raised.
+    /// With `raise_only` (in the time after a return, [`Shared::in_return_grace`]), memory's
+    /// count of a key is only raised.
     fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin, raise_only: bool) {
         self.keep_answers(batch, decision, origin, false, raise_only);
     }
@@ -1475,7 +1477,8 @@ impl<P: Primary> Store for FallbackStore<P> {
             }
             let state = shared.state.load(Ordering::Acquire);
             // Just back from an outage: charged on this instance's share first.
-            let share = shared.charge_share(batch);
+            let grace = shared.in_return_grace();
+            let share = grace.then(|| shared.charge_share(batch)).flatten();
             if let Some(share) = share.as_ref().filter(|s| !s.decision.allowed) {
                 let mut refused = share.decision.clone();
                 shared.show_as_primary(batch, &mut refused);
@@ -1497,7 +1500,7 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // else what it admitted is added to memory's count (unless charged
                     // there already, on the share).
                     if shared.state.load(Ordering::Acquire) == state {
-                        shared.mirror(batch, &decision, origin, share.is_some());
+                        shared.mirror(batch, &decision, origin, grace);
                     } else if share.is_none() {
                         shared.absorb_late(batch, &decision);
                     }
