@@ -22,9 +22,11 @@
 //!
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
 //!   that takes longer is a failure, answered as below. No request waits on a dead or paused
-//!   Redis longer than that. The abandoned call may still reach Redis and be counted there
-//!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
-//!   be charged up to (timeout × its request rate) more than it was answered.
+//!   Redis longer than that. A request's charge that timed out may still reach Redis and be
+//!   counted there (see [the store's notes](crate::store#abandoned-calls)): it is left to
+//!   finish in the background (up to 30 s), and what Redis counted after all is given back
+//!   to it (a refund of that charge), since memory decided the request. Other calls (a
+//!   check, a give-back) are cut short at the timeout.
 //! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
 //!   once, and a background task (on the tokio runtime) checks the primary at once, then
 //!   again after [`FallbackConfig::with_probe_backoff`]'s first wait, doubling up to its maximum
@@ -45,7 +47,7 @@
 //!   (it has not seen what other instances charged). Not after a restart: when the
 //!   primary's incarnation changed, the call fails as before, and the check writes the
 //!   counts back before the primary decides again. A call whose connection broke after the
-//!   primary ran it counts twice (as an abandoned call may). A timeout, or an error the
+//!   primary ran it counts twice (a charge: one request refused early). A timeout, or an error the
 //!   primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
@@ -169,6 +171,10 @@ pub const DEFAULT_PROBE_MAX: Duration = Duration::from_millis(250);
 /// The default for [`FallbackConfig::with_mirror_keys`]: how many keys the store remembers
 /// what Redis told it about (and what it owes Redis).
 pub const DEFAULT_MIRROR_KEYS: usize = 50_000;
+
+/// How long a request's call to the primary that timed out is left to finish, to give
+/// back what it counted there after all ([`Shared::call_settling_late`]).
+const LATE_CALLS_FINISH: Duration = Duration::from_secs(30);
 
 /// How many keys one call of the give-back carries.
 const GIVE_BACK_BATCH: usize = 64;
@@ -753,14 +759,14 @@ impl<P: Primary> Shared<P> {
     /// failed because its connection broke.
     ///
     /// A call whose connection broke after the primary ran it is run twice: a charge is
-    /// then counted twice (as a call abandoned at the timeout may be).
+    /// then counted twice.
     async fn call_again_if_broken(
-        &self,
+        self: &Arc<Self>,
         batch: &Batch,
     ) -> (Result<(Decision, Origin), StoreError>, bool) {
         let timeout = self.config.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let error = match self.call(batch).await {
+        let error = match self.call_settling_late(batch).await {
             Err(e) if self.primary.connection_broke(&e) => e,
             other => return (other, false),
         };
@@ -783,6 +789,65 @@ impl<P: Primary> Shared<P> {
             Ok(Some(Err(e))) => (Err(e), true),
             Ok(None) => (Err(error), true),
             Err(_) => (Err(StoreError::Timeout(timeout)), true),
+        }
+    }
+
+    /// [`Shared::call`] of a request's charge (or penalty): if it times out, the request is
+    /// decided from memory, and that decision is what counts (memory owes it to the
+    /// primary if it admitted). The call is not cut short but left to finish in the
+    /// background, for up to [`LATE_CALLS_FINISH`]: if the primary did run it and count it
+    /// after all, that count is given back to the primary (a refund of the charge, from the
+    /// window it was counted in), so the request is not counted twice, once by the late
+    /// call and once by memory's give-back (a review: 9,999 of 10,000 admitted in a window,
+    /// a client refused one request early for each call that timed out). Other operations
+    /// are cut short at the timeout.
+    async fn call_settling_late(
+        self: &Arc<Self>,
+        batch: &Batch,
+    ) -> Result<(Decision, Origin), StoreError> {
+        if !matches!(batch.op, Op::Charge | Op::Penalize) {
+            return self.call(batch).await;
+        }
+        let shared = self.clone();
+        let owned = batch.clone();
+        let mut call = Box::pin(async move {
+            let answer = shared.primary.apply_with_origin(&owned).await;
+            (shared, owned, answer)
+        });
+        match tokio::time::timeout(self.config.timeout, &mut call).await {
+            Ok((_, _, answer)) => answer,
+            Err(_) => {
+                tokio::spawn(async move {
+                    if let Ok((shared, batch, Ok((decision, _)))) =
+                        tokio::time::timeout(LATE_CALLS_FINISH, call).await
+                    {
+                        shared.undo_late(&batch, &decision).await;
+                    }
+                });
+                Err(StoreError::Timeout(self.config.timeout))
+            }
+        }
+    }
+
+    /// Gives back to the primary what a call that timed out counted there after all
+    /// ([`Shared::call_settling_late`]): its request was decided from memory.
+    async fn undo_late(&self, batch: &Batch, decision: &Decision) {
+        let counted = batch.op == Op::Penalize || decision.allowed;
+        if !counted {
+            return;
+        }
+        let refund = Batch::new(Op::RefundAt(decision.now), batch.buckets.clone());
+        match self.bounded(self.primary.apply(&refund)).await {
+            Ok(_) => tracing::debug!(
+                target: "tollgate::store",
+                keys = batch.buckets.len(),
+                "a call that timed out was counted by the primary after all; given back"
+            ),
+            Err(e) => tracing::debug!(
+                target: "tollgate::store",
+                error = %e,
+                "a call that timed out was counted by the primary after all, and could not be given back"
+            ),
         }
     }
 

@@ -303,3 +303,51 @@ async fn what_remains_counts_the_charges_under_way() {
     assert!(!refused.allowed);
     assert_eq!(refused.buckets[0].remaining, 8);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_timed_out_but_was_counted_after_all_counts_once() {
+    // The startup check answers at once; the request's charge answers at 200 ms, long
+    // after its 50 ms timeout (a Redis slow for a moment): memory decides the request
+    // (admitted, owed to the primary), and the primary counts the late call too, after
+    // the check and the give-back. Every later call answers at once.
+    let mut script = vec![Some(Duration::ZERO), Some(Duration::from_millis(200))];
+    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 20));
+    counted_once(script).await;
+    // The late call counted before the give-back: the first check never answers (times
+    // out at 100 ms), the charge answers at 70 ms, the next check (at 200 ms) passes.
+    let mut script = vec![Some(Duration::ZERO), Some(Duration::from_millis(70)), None];
+    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 20));
+    counted_once(script).await;
+}
+
+/// One request through a store on a primary answering as `script` says: counted once by
+/// the primary once all is over.
+async fn counted_once(script: Vec<Option<Duration>>) {
+    let primary = std::sync::Arc::new(Scripted::new(script));
+    let store = FallbackStore::connect(
+        primary.clone(),
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    assert!(
+        store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap()
+            .allowed
+    );
+    // Long enough for the checks, the give-back and the late answer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let held = primary
+        .remote
+        .apply_now(Op::Peek, std::slice::from_ref(&bucket))
+        .unwrap();
+    assert_eq!(
+        held.buckets[0].remaining,
+        9,
+        "one request admitted, counted {} times",
+        10 - held.buckets[0].remaining
+    );
+}
