@@ -23,10 +23,12 @@
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
 //!   that takes longer is a failure, answered as below. No request waits on a dead or paused
 //!   Redis longer than that. A request's charge that timed out may still reach Redis and be
-//!   counted there (see [the store's notes](crate::store#abandoned-calls)): it is left to
-//!   finish in the background (up to 30 s), and what Redis counted after all is given back
-//!   to it (a refund of that charge), since memory decided the request. Other calls (a
-//!   check, a give-back) are cut short at the timeout.
+//!   counted there (see [the store's notes](crate::store#abandoned-calls)) while memory
+//!   decides the request and owes Redis what it admitted. Where the call is on its way
+//!   already ([`Primary::calls_are_sent_at_once`]: one multiplexed connection, not a
+//!   pool), it is left to finish in the background (up to 30 s), and what Redis counted
+//!   after all is taken off what memory owes for the key, so the request counts once
+//!   unless the give-back ran first. Other calls are cut short at the timeout.
 //! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
 //!   once, and a background task (on the tokio runtime) checks the primary at once, then
 //!   again after [`FallbackConfig::with_probe_backoff`]'s first wait, doubling up to its maximum
@@ -147,7 +149,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -172,9 +174,12 @@ pub const DEFAULT_PROBE_MAX: Duration = Duration::from_millis(250);
 /// what Redis told it about (and what it owes Redis).
 pub const DEFAULT_MIRROR_KEYS: usize = 50_000;
 
-/// How long a request's call to the primary that timed out is left to finish, to give
-/// back what it counted there after all ([`Shared::call_settling_late`]).
+/// How long a request's call to the primary that timed out is left to finish, to learn
+/// whether it counted there after all ([`Shared::call_settling_late`]).
 const LATE_CALLS_FINISH: Duration = Duration::from_secs(30);
+
+/// How many such calls are left to finish at once; past it, calls are cut short.
+const LATE_CALLS_MAX: usize = 256;
 
 /// How many keys one call of the give-back carries.
 const GIVE_BACK_BATCH: usize = 64;
@@ -284,7 +289,9 @@ impl FallbackConfig {
     /// two instances when Redis came back). Default: the longest wait between checks plus
     /// two call timeouts (350 ms with the defaults), the time within which another instance
     /// checks the primary again and gives its admissions back. Set it longer if the
-    /// instances' check settings differ.
+    /// instances' check settings differ, or if an instance may owe many keys (a give-back
+    /// carries 64 keys a call). Refunds and resets answered by the primary meanwhile are
+    /// made on the share too.
     pub fn with_return_grace(mut self, grace: Duration) -> Self {
         self.return_grace = Some(grace);
         self
@@ -360,6 +367,17 @@ pub trait Primary: Store {
     /// `None` (the default) if the primary cannot tell.
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Whether a call is on its way to the primary as soon as it is made (written at once to
+    /// one multiplexed connection), so that letting it finish after its caller stopped
+    /// waiting adds no work. A [`FallbackStore`] then lets a request's charge that timed out
+    /// finish in the background, to learn whether the primary counted it after all (and if
+    /// so, not to give memory's admission of the same request back on top). `false` (the
+    /// default, and [`RedisStore`] on a pool, where a call may still wait for a
+    /// connection): such a call is cut short at the timeout.
+    fn calls_are_sent_at_once(&self) -> bool {
+        false
     }
 
     /// Whether `error` says the connection to the primary broke (closed by the server, reset,
@@ -443,6 +461,11 @@ pub trait Primary: Store {
 }
 
 impl Primary for RedisStore {
+    /// `true` on one multiplexed connection and on a cluster, `false` on a pool.
+    fn calls_are_sent_at_once(&self) -> bool {
+        !self.is_pooled()
+    }
+
     /// [`Origin::Cache`] for a refusal from the refusal cache.
     fn apply_with_origin<'a>(
         &'a self,
@@ -515,6 +538,10 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
     fn connection_broke(&self, error: &StoreError) -> bool {
         (**self).connection_broke(error)
     }
+
+    fn calls_are_sent_at_once(&self) -> bool {
+        (**self).calls_are_sent_at_once()
+    }
 }
 
 /// A charge made on this instance's share in memory just after a return to the primary
@@ -544,6 +571,8 @@ struct Shared<P> {
     under_way: UnderWay,
     /// The primary's incarnation when last checked.
     incarnation: Mutex<Option<String>>,
+    /// Requests' calls that timed out, left to finish ([`Shared::call_settling_late`]).
+    late_calls: AtomicUsize,
     /// Why the store left the primary last.
     reason: Mutex<String>,
     /// When the store last returned to the primary, and the check wait that preceded it.
@@ -669,6 +698,7 @@ impl<P: Primary> FallbackStore<P> {
                 tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
                 incarnation: Mutex::new(None),
+                late_calls: AtomicUsize::new(0),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
                 entered: tokio::sync::Notify::new(),
@@ -792,20 +822,25 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// [`Shared::call`] of a request's charge (or penalty): if it times out, the request is
-    /// decided from memory, and that decision is what counts (memory owes it to the
-    /// primary if it admitted). The call is not cut short but left to finish in the
-    /// background, for up to [`LATE_CALLS_FINISH`]: if the primary did run it and count it
-    /// after all, that count is given back to the primary (a refund of the charge, from the
-    /// window it was counted in), so the request is not counted twice, once by the late
-    /// call and once by memory's give-back (a review: 9,999 of 10,000 admitted in a window,
-    /// a client refused one request early for each call that timed out). Other operations
+    /// [`Shared::call`] of a request's charge (or penalty) that falls back to memory: if it
+    /// times out, the request is decided from memory, which owes what it admitted to the
+    /// primary (the ledger). Where the call is on its way already
+    /// ([`Primary::calls_are_sent_at_once`]), it is not cut short but left to finish in the
+    /// background (up to [`LATE_CALLS_FINISH`], at most [`LATE_CALLS_MAX`] at once): if the
+    /// primary counted it after all, the key's debt is lowered by as much
+    /// ([`Shared::settle_late`]), so the request is not counted twice, by the late call and
+    /// by the give-back (a review: 9,999 of 10,000 admitted in a window with Redis slow
+    /// under load, a client refused early once for each call that timed out). Other calls
     /// are cut short at the timeout.
     async fn call_settling_late(
         self: &Arc<Self>,
         batch: &Batch,
     ) -> Result<(Decision, Origin), StoreError> {
-        if !matches!(batch.op, Op::Charge | Op::Penalize) {
+        let settles = matches!(batch.op, Op::Charge | Op::Penalize)
+            && batch.on_failure == FailureMode::Fallback
+            && self.config.mirror_keys > 0
+            && self.primary.calls_are_sent_at_once();
+        if !settles {
             return self.call(batch).await;
         }
         let shared = self.clone();
@@ -817,37 +852,39 @@ impl<P: Primary> Shared<P> {
         match tokio::time::timeout(self.config.timeout, &mut call).await {
             Ok((_, _, answer)) => answer,
             Err(_) => {
-                tokio::spawn(async move {
-                    if let Ok((shared, batch, Ok((decision, _)))) =
-                        tokio::time::timeout(LATE_CALLS_FINISH, call).await
-                    {
-                        shared.undo_late(&batch, &decision).await;
-                    }
-                });
+                let taken = self
+                    .late_calls
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < LATE_CALLS_MAX).then_some(n + 1)
+                    })
+                    .is_ok();
+                if taken {
+                    let counted = self.clone();
+                    tokio::spawn(async move {
+                        let finished = tokio::time::timeout(LATE_CALLS_FINISH, call).await;
+                        if let Ok((shared, batch, Ok((decision, _)))) = finished {
+                            shared.settle_late(&batch, &decision);
+                        }
+                        counted.late_calls.fetch_sub(1, Ordering::AcqRel);
+                    });
+                }
                 Err(StoreError::Timeout(self.config.timeout))
             }
         }
     }
 
-    /// Gives back to the primary what a call that timed out counted there after all
-    /// ([`Shared::call_settling_late`]): its request was decided from memory.
-    async fn undo_late(&self, batch: &Batch, decision: &Decision) {
-        let counted = batch.op == Op::Penalize || decision.allowed;
-        if !counted {
+    /// A request's call that timed out ([`Shared::call_settling_late`]) and that the primary
+    /// ran after all: what it counted there is taken off what memory owes the primary for
+    /// the same keys, since memory decided the request (and owes it if it admitted). If
+    /// nothing is owed any more (the give-back ran first), it stays counted twice.
+    fn settle_late(&self, batch: &Batch, decision: &Decision) {
+        if batch.op == Op::Charge && !decision.allowed {
             return;
         }
-        let refund = Batch::new(Op::RefundAt(decision.now), batch.buckets.clone());
-        match self.bounded(self.primary.apply(&refund)).await {
-            Ok(_) => tracing::debug!(
-                target: "tollgate::store",
-                keys = batch.buckets.len(),
-                "a call that timed out was counted by the primary after all; given back"
-            ),
-            Err(e) => tracing::debug!(
-                target: "tollgate::store",
-                error = %e,
-                "a call that timed out was counted by the primary after all, and could not be given back"
-            ),
+        let _deciding = read(&self.deciding);
+        let now = self.memory.now().as_micros();
+        for bucket in &batch.buckets {
+            self.ledger.owe(Op::Refund, bucket, true, now);
         }
     }
 
@@ -1295,12 +1332,13 @@ impl<P: Primary> Shared<P> {
     }
 
     /// In the time after a return to the primary ([`Shared::in_return_grace`]): `batch`'s
-    /// charge made on this instance's share in memory, before the primary is asked. Other instances may still decide from memory then, and what they
-    /// admitted since the outage began is not on the primary until each gives it back: the
-    /// primary alone would admit it again. So a charge must fit both, and the fleet
+    /// charge made on this instance's share in memory, before the primary is asked. Other
+    /// instances may still decide from memory then, and what they admitted since the
+    /// outage began is not on the primary until each gives it back: the primary alone
+    /// would admit it again. So a charge must fit both, and the fleet
     /// admits no more than during the outage (each instance its share) until every
-    /// instance is back. Memory keeps its own count meanwhile (the primary's answers only
-    /// raise it). `None` outside that time, and for anything but a charge that falls back.
+    /// instance is back. Memory keeps its own count meanwhile. `None` for anything but a
+    /// charge that falls back, and where the share cannot speak for the charge (below).
     fn charge_share(&self, batch: &Batch) -> Option<Share> {
         if batch.op != Op::Charge || batch.on_failure != FailureMode::Fallback {
             return None;
@@ -1311,13 +1349,41 @@ impl<P: Primary> Shared<P> {
             .map(|b| self.scaled(b).into_owned())
             .collect();
         let decision = self.memory.apply_now(Op::Charge, &scaled).ok()?;
+        // Refused for want of room in memory, or for a cost above the share: not a count
+        // this instance's share can speak for (the primary decides alone).
+        let moot = decision.buckets.iter().any(|b| {
+            matches!(
+                b.refusal,
+                Some(Refusal::StoreFull | Refusal::CostExceedsCapacity { .. })
+            )
+        });
+        if moot {
+            return None;
+        }
         Some(Share { scaled, decision })
+    }
+
+    /// A refund or a reset the primary answered in the time after a return
+    /// ([`Shared::in_return_grace`]), made on this instance's share too: the primary's
+    /// answers leave memory's counts as they are then, and would not lower the share.
+    fn follow_on_share(&self, batch: &Batch) {
+        if !matches!(batch.op, Op::Refund | Op::RefundAt(_) | Op::Reset) {
+            return;
+        }
+        let scaled: Vec<Bucket> = batch
+            .buckets
+            .iter()
+            .map(|b| self.scaled(b).into_owned())
+            .collect();
+        if let Err(e) = self.memory.apply_now(batch.op, &scaled) {
+            tracing::debug!(target: "tollgate::store", error = %e, "could not follow a refund on the share");
+        }
     }
 
     /// Whether the store returned to the primary within [`FallbackConfig::return_grace`],
     /// with a divisor above 1 (and the mirror on): other instances may still decide from
-    /// memory. Memory's counts are then only raised by the primary's answers, and charges
-    /// are made on this instance's share too ([`Shared::charge_share`]).
+    /// memory. Memory then counts this instance's own share (the primary's answers leave
+    /// it as it is), and charges are made on it too ([`Shared::charge_share`]).
     fn in_return_grace(&self) -> bool {
         self.config.divisor > 1
             && self.config.mirror_keys > 0
@@ -1368,11 +1434,15 @@ impl<P: Primary> Shared<P> {
     /// Keeps what the primary's backend answered: in the ledger, and in memory (each key's
     /// count, scaled by the divisor), so that deciding from memory starts from it. An
     /// answer from the primary's cache ([`Origin::Cache`]) is not kept: it repeats counts
-    /// reported earlier, which may be older than those kept since.
-    /// With `raise_only` (in the time after a return, [`Shared::in_return_grace`]), memory's
-    /// count of a key is only raised.
-    fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin, raise_only: bool) {
-        self.keep_answers(batch, decision, origin, false, raise_only);
+    /// reported earlier, which may be older than those kept since. In the time after a
+    /// return (`grace`, [`Shared::in_return_grace`]) memory's counts are left as they are:
+    /// memory counts this instance's own share then ([`Shared::charge_share`]), and the
+    /// primary's count, split evenly, would take from an instance that spent less than its
+    /// share what another spent beyond it (a review: 427 of 500 admitted by two
+    /// instances in a burst just after Redis restarted).
+    fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin, grace: bool) {
+        let counts = if grace { Counts::Keep } else { Counts::Set };
+        self.keep_answers(batch, decision, origin, counts);
     }
 
     /// [`Shared::mirror`] of what the primary answered to a give-back, while memory still
@@ -1381,22 +1451,15 @@ impl<P: Primary> Shared<P> {
     /// of a key is only raised, to the primary's count plus what is owed again, never
     /// lowered: else memory would admit them a second time.
     fn mirror_given_back(&self, batch: &Batch, decision: &Decision, origin: Origin) {
-        self.keep_answers(batch, decision, origin, true, true);
+        self.keep_answers(batch, decision, origin, Counts::Raise);
     }
 
-    /// [`Shared::mirror`], and with `given_back` [`Shared::mirror_given_back`] (which
-    /// raises only, by what is owed again).
-    fn keep_answers(
-        &self,
-        batch: &Batch,
-        decision: &Decision,
-        origin: Origin,
-        given_back: bool,
-        raise_only: bool,
-    ) {
+    /// [`Shared::mirror`] and [`Shared::mirror_given_back`], as `counts` says.
+    fn keep_answers(&self, batch: &Batch, decision: &Decision, origin: Origin, counts: Counts) {
         if self.config.mirror_keys == 0 || origin != Origin::Backend {
             return;
         }
+        let given_back = counts == Counts::Raise;
         // A give-back's answers: no decision from memory in between, so that what is owed
         // and what memory counts agree.
         let _alone = given_back.then(|| write(&self.deciding));
@@ -1406,6 +1469,9 @@ impl<P: Primary> Shared<P> {
         let news = self
             .ledger
             .note_all(batch.op, &batch.buckets, &decision.buckets, now);
+        if counts == Counts::Keep {
+            return;
+        }
         let owed = if given_back {
             self.ledger.debts(&batch.buckets)
         } else {
@@ -1418,7 +1484,7 @@ impl<P: Primary> Shared<P> {
             }
             let scaled = self.scaled(bucket);
             let mut used = share_used(&bucket.limit, &scaled.limit, state);
-            if raise_only {
+            if given_back {
                 used = used.saturating_add(owed.get(i).copied().unwrap_or(0));
                 let held = self
                     .memory
@@ -1436,6 +1502,17 @@ impl<P: Primary> Shared<P> {
             self.memory.mirror(&scaled, used, state.reset_after);
         }
     }
+}
+
+/// What an answer of the primary does to memory's count of a key ([`Shared::keep_answers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counts {
+    /// Set to this instance's share of what the primary counts.
+    Set,
+    /// Raised to it, plus what is owed again, and never lowered: a give-back's answers.
+    Raise,
+    /// Left as it is: in the time after a return.
+    Keep,
 }
 
 /// What counts against a key in memory, whose limit is `scaled`, when the primary reports
@@ -1565,6 +1642,9 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // else what it admitted is added to memory's count (unless charged
                     // there already, on the share).
                     if shared.state.load(Ordering::Acquire) == state {
+                        if grace {
+                            shared.follow_on_share(batch);
+                        }
                         shared.mirror(batch, &decision, origin, grace);
                     } else if share.is_none() {
                         shared.absorb_late(batch, &decision);

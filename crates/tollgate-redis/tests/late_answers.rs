@@ -14,6 +14,7 @@ use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
 
 /// A primary that decides in a memory store of its own, each call answering after the
 /// next delay of its script (`None`: never); once the script is spent, it never answers.
+/// Its calls are on their way as soon as they are made (one multiplexed connection).
 #[derive(Debug)]
 struct Scripted {
     remote: MemoryStore,
@@ -29,7 +30,11 @@ impl Scripted {
     }
 }
 
-impl Primary for Scripted {}
+impl Primary for Scripted {
+    fn calls_are_sent_at_once(&self) -> bool {
+        true
+    }
+}
 
 impl Store for Scripted {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
@@ -306,23 +311,22 @@ async fn what_remains_counts_the_charges_under_way() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_that_timed_out_but_was_counted_after_all_counts_once() {
-    // The startup check answers at once; the request's charge answers at 200 ms, long
-    // after its 50 ms timeout (a Redis slow for a moment): memory decides the request
-    // (admitted, owed to the primary), and the primary counts the late call too, after
-    // the check and the give-back. Every later call answers at once.
-    let mut script = vec![Some(Duration::ZERO), Some(Duration::from_millis(200))];
-    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 20));
-    counted_once(script).await;
-    // The late call counted before the give-back: the first check never answers (times
-    // out at 100 ms), the charge answers at 70 ms, the next check (at 200 ms) passes.
-    let mut script = vec![Some(Duration::ZERO), Some(Duration::from_millis(70)), None];
-    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 20));
-    counted_once(script).await;
+    // The startup check answers at once; the request's charge answers at 70 ms, after its
+    // 50 ms timeout (a Redis slow for a moment): memory decides the request (admitted,
+    // owed to the primary), and the primary counts the late call too. The first check
+    // never answers (it times out at 100 ms); the next (at 200 ms) passes, and the
+    // give-back follows: it owes nothing for the request any more.
+    let (answer, counted) = late_charge(Some(Duration::from_millis(70))).await;
+    assert!(answer.unwrap());
+    assert_eq!(counted, 1, "one request admitted, counted {counted} times");
 }
 
-/// One request through a store on a primary answering as `script` says: counted once by
-/// the primary once all is over.
-async fn counted_once(script: Vec<Option<Duration>>) {
+/// One charge through a store whose primary answers the startup check at once, the
+/// request's charge after `late` (`None`: never), the first check never, and every call
+/// after that at once. Its answer, and how many times the primary counts it at the end.
+async fn late_charge(late: Option<Duration>) -> (Result<bool, StoreError>, u64) {
+    let mut script = vec![Some(Duration::ZERO), late, None];
+    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 20));
     let primary = std::sync::Arc::new(Scripted::new(script));
     let store = FallbackStore::connect(
         primary.clone(),
@@ -330,13 +334,10 @@ async fn counted_once(script: Vec<Option<Duration>>) {
     )
     .await;
     let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
-    assert!(
-        store
-            .apply(&Batch::charge(vec![bucket.clone()]))
-            .await
-            .unwrap()
-            .allowed
-    );
+    let answer = store
+        .apply(&Batch::charge(vec![bucket.clone()]))
+        .await
+        .map(|d| d.allowed);
     // Long enough for the checks, the give-back and the late answer.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(store.mode(), Mode::Primary);
@@ -344,10 +345,68 @@ async fn counted_once(script: Vec<Option<Duration>>) {
         .remote
         .apply_now(Op::Peek, std::slice::from_ref(&bucket))
         .unwrap();
-    assert_eq!(
-        held.buckets[0].remaining,
-        9,
-        "one request admitted, counted {} times",
-        10 - held.buckets[0].remaining
-    );
+    (answer, 10 - held.buckets[0].remaining)
+}
+
+/// A primary serving one call at a time, 10 ms each, the others waiting their turn (a
+/// pool of one connection): a call may wait there before it is sent.
+#[derive(Debug)]
+struct Pooled {
+    remote: MemoryStore,
+    slot: tokio::sync::Semaphore,
+}
+
+impl Primary for Pooled {}
+
+impl Store for Pooled {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(async move {
+            let _connection = self
+                .slot
+                .acquire()
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.remote.apply_now(batch.op, &batch.buckets)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_waiting_for_a_pooled_connection_are_cut_short_at_their_timeout() {
+    // 60 charges at once: the first few are served, the rest time out waiting for the
+    // connection and are decided from memory. Left waiting, they would hold the checks
+    // back behind them (a review: back on the primary after 771 ms, not 71) and be sent
+    // later, on top of memory's give-back.
+    let primary = std::sync::Arc::new(Pooled {
+        remote: MemoryStore::new(),
+        slot: tokio::sync::Semaphore::new(1),
+    });
+    let store = FallbackStore::connect(
+        primary.clone(),
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(1000)));
+    let start = tokio::time::Instant::now();
+    let burst: Vec<_> = (0..60)
+        .map(|_| {
+            let (store, bucket) = (store.clone(), bucket.clone());
+            tokio::spawn(async move { store.apply(&Batch::charge(vec![bucket])).await })
+        })
+        .collect();
+    for request in burst {
+        assert!(request.await.unwrap().unwrap().allowed);
+    }
+    while store.mode() != Mode::Primary {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let back = start.elapsed();
+    assert!(back < Duration::from_millis(200), "back after {back:?}");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let held = primary
+        .remote
+        .apply_now(Op::Peek, std::slice::from_ref(&bucket))
+        .unwrap();
+    assert_eq!(1000 - held.buckets[0].remaining, 60, "60 admitted");
 }
