@@ -49,8 +49,8 @@
 //!   (it has not seen what other instances charged). Not after a restart: when the
 //!   primary's incarnation changed, the call fails as before, and the check writes the
 //!   counts back before the primary decides again. A call whose connection broke after the
-//!   primary ran it counts twice (a charge: one request refused early). A timeout, or an error the
-//!   primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
+//!   primary ran it counts twice (a charge: one request refused early). A timeout, or an
+//!   error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
@@ -1335,10 +1335,10 @@ impl<P: Primary> Shared<P> {
     /// charge made on this instance's share in memory, before the primary is asked. Other
     /// instances may still decide from memory then, and what they admitted since the
     /// outage began is not on the primary until each gives it back: the primary alone
-    /// would admit it again. So a charge must fit both, and the fleet
-    /// admits no more than during the outage (each instance its share) until every
-    /// instance is back. Memory keeps its own count meanwhile. `None` for anything but a
-    /// charge that falls back, and where the share cannot speak for the charge (below).
+    /// would admit it again. So a charge must fit both, and the fleet admits no more than
+    /// during the outage (each instance its share) until every instance is back. Memory
+    /// keeps its own count meanwhile. `None` for anything but a charge that falls back,
+    /// and where the share cannot speak for the charge (below).
     fn charge_share(&self, batch: &Batch) -> Option<Share> {
         if batch.op != Op::Charge || batch.on_failure != FailureMode::Fallback {
             return None;
@@ -1438,7 +1438,7 @@ impl<P: Primary> Shared<P> {
     /// return (`grace`, [`Shared::in_return_grace`]) memory's counts are left as they are:
     /// memory counts this instance's own share then ([`Shared::charge_share`]), and the
     /// primary's count, split evenly, would take from an instance that spent less than its
-    /// share what another spent beyond it (a review: 427 of 500 admitted by two
+    /// share what another spent beyond it (a review: 386 to 468 of 500 admitted by two
     /// instances in a burst just after Redis restarted).
     fn mirror(&self, batch: &Batch, decision: &Decision, origin: Origin, grace: bool) {
         let counts = if grace { Counts::Keep } else { Counts::Set };
