@@ -1244,6 +1244,14 @@ impl<P: Primary> Shared<P> {
         Cow::Owned(scaled)
     }
 
+    /// `buckets` as memory decides them ([`Shared::scaled`]).
+    fn scaled_all(&self, buckets: &[Bucket]) -> Vec<Bucket> {
+        buckets
+            .iter()
+            .map(|b| self.scaled(b).into_owned())
+            .collect()
+    }
+
     /// `bucket` as memory decides it ([`Shared::scaled`]), costing `extra` more.
     fn scaled_costing(&self, bucket: &Bucket, extra: u64) -> Bucket {
         let mut scaled = self.scaled(bucket).into_owned();
@@ -1343,11 +1351,7 @@ impl<P: Primary> Shared<P> {
         if batch.op != Op::Charge || batch.on_failure != FailureMode::Fallback {
             return None;
         }
-        let scaled: Vec<Bucket> = batch
-            .buckets
-            .iter()
-            .map(|b| self.scaled(b).into_owned())
-            .collect();
+        let scaled = self.scaled_all(&batch.buckets);
         let decision = self.memory.apply_now(Op::Charge, &scaled).ok()?;
         // Refused for want of room in memory, or for a cost above the share: not a count
         // this instance's share can speak for (the primary decides alone).
@@ -1370,11 +1374,7 @@ impl<P: Primary> Shared<P> {
         if !matches!(batch.op, Op::Refund | Op::RefundAt(_) | Op::Reset) {
             return;
         }
-        let scaled: Vec<Bucket> = batch
-            .buckets
-            .iter()
-            .map(|b| self.scaled(b).into_owned())
-            .collect();
+        let scaled = self.scaled_all(&batch.buckets);
         if let Err(e) = self.memory.apply_now(batch.op, &scaled) {
             tracing::debug!(target: "tollgate::store", error = %e, "could not follow a refund on the share");
         }
@@ -1421,11 +1421,7 @@ impl<P: Primary> Shared<P> {
         if !charged || self.state.load(Ordering::Acquire) & ON_PRIMARY != 0 {
             return;
         }
-        let scaled: Vec<Bucket> = batch
-            .buckets
-            .iter()
-            .map(|b| self.scaled(b).into_owned())
-            .collect();
+        let scaled = self.scaled_all(&batch.buckets);
         if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
             tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
         }
