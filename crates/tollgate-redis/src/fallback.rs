@@ -290,8 +290,11 @@ impl FallbackConfig {
     /// two call timeouts (350 ms with the defaults), the time within which another instance
     /// checks the primary again and gives its admissions back. Set it longer if the
     /// instances' check settings differ, or if an instance may owe many keys (a give-back
-    /// carries 64 keys a call). Refunds and resets answered by the primary meanwhile are
-    /// made on the share too.
+    /// carries 64 keys a call). Penalties, refunds and resets answered by the primary
+    /// meanwhile are made on the share too (a charge with a bucket whose cost is above its
+    /// share is decided by the primary alone, and counted on the share once admitted); at
+    /// its end each key's count in memory is raised to the instance's share of what the
+    /// primary last reported, as outside that time.
     pub fn with_return_grace(mut self, grace: Duration) -> Self {
         self.return_grace = Some(grace);
         self
@@ -1351,31 +1354,40 @@ impl<P: Primary> Shared<P> {
         if batch.op != Op::Charge || batch.on_failure != FailureMode::Fallback {
             return None;
         }
+        // A charge a share cannot speak for is left to the primary (and counted on the
+        // share once admitted, [`Shared::follow_on_share`]): a bucket whose cost is above
+        // its share (on memory it could never be admitted), or memory without room for a
+        // key.
         let scaled = self.scaled_all(&batch.buckets);
+        if scaled.iter().any(|b| b.cost > b.limit.capacity()) {
+            return None;
+        }
         let decision = self.memory.apply_now(Op::Charge, &scaled).ok()?;
-        // Refused for want of room in memory, or for a cost above the share: not a count
-        // this instance's share can speak for (the primary decides alone).
-        let moot = decision.buckets.iter().any(|b| {
-            matches!(
-                b.refusal,
-                Some(Refusal::StoreFull | Refusal::CostExceedsCapacity { .. })
-            )
-        });
-        if moot {
+        let full = decision
+            .buckets
+            .iter()
+            .any(|b| b.refusal == Some(Refusal::StoreFull));
+        if full {
+            self.release_share(&Share { scaled, decision });
             return None;
         }
         Some(Share { scaled, decision })
     }
 
-    /// A refund or a reset the primary answered in the time after a return
-    /// ([`Shared::in_return_grace`]), made on this instance's share too: the primary's
-    /// answers leave memory's counts as they are then, and would not lower the share.
-    fn follow_on_share(&self, batch: &Batch) {
-        if !matches!(batch.op, Op::Refund | Op::RefundAt(_) | Op::Reset) {
-            return;
-        }
+    /// What the primary answered in the time after a return ([`Shared::in_return_grace`])
+    /// made on this instance's share too: a penalty, a refund, a reset, and a charge it
+    /// admitted that was not charged on the share ([`Shared::charge_share`] left it to the
+    /// primary). The primary's answers leave memory's counts as they are then, and would
+    /// not count it there (a lockout reached during that time would be forgotten by the
+    /// next outage).
+    fn follow_on_share(&self, batch: &Batch, decision: &Decision, on_share: bool) {
+        let op = match batch.op {
+            Op::Charge if decision.allowed && !on_share => Op::Penalize,
+            Op::Penalize | Op::Refund | Op::RefundAt(_) | Op::Reset => batch.op,
+            Op::Charge | Op::Peek => return,
+        };
         let scaled = self.scaled_all(&batch.buckets);
-        if let Err(e) = self.memory.apply_now(batch.op, &scaled) {
+        if let Err(e) = self.memory.apply_now(op, &scaled) {
             tracing::debug!(target: "tollgate::store", error = %e, "could not follow a refund on the share");
         }
     }
@@ -1479,23 +1491,48 @@ impl<P: Primary> Shared<P> {
                 continue;
             }
             let scaled = self.scaled(bucket);
-            let mut used = share_used(&bucket.limit, &scaled.limit, state);
+            let used = share_used(&bucket.limit, &scaled.limit, state);
             if given_back {
-                used = used.saturating_add(owed.get(i).copied().unwrap_or(0));
-                let held = self
-                    .memory
-                    .apply_now(Op::Peek, std::slice::from_ref(&*scaled))
-                    .map_or(0, |d| {
-                        scaled
-                            .limit
-                            .capacity()
-                            .saturating_sub(d.buckets[0].remaining)
-                    });
-                if used <= held {
-                    continue;
-                }
+                let used = used.saturating_add(owed.get(i).copied().unwrap_or(0));
+                self.raise(&scaled, used, state.reset_after);
+            } else {
+                self.memory.mirror(&scaled, used, state.reset_after);
             }
-            self.memory.mirror(&scaled, used, state.reset_after);
+        }
+    }
+
+    /// Raises memory's count of `scaled`'s key to `used`, fresh again in `fresh_in`; never
+    /// lowers it.
+    fn raise(&self, scaled: &Bucket, used: u64, fresh_in: Duration) {
+        let held = self
+            .memory
+            .apply_now(Op::Peek, std::slice::from_ref(scaled))
+            .map_or(0, |d| {
+                scaled
+                    .limit
+                    .capacity()
+                    .saturating_sub(d.buckets[0].remaining)
+            });
+        if used > held {
+            self.memory.mirror(scaled, used, fresh_in);
+        }
+    }
+
+    /// The end of the time after a return ([`Shared::in_return_grace`]) that began at
+    /// `since` (µs, memory's clock): memory's count of each key the primary reported since
+    /// is raised to this instance's share of that report, as outside that time, and never
+    /// lowered. Memory counted only this instance's own share meanwhile: the next outage
+    /// must start from what the fleet spent, not from what this instance did (a review: 4
+    /// admitted by an instance where 1 remained on Redis).
+    fn end_grace(&self, since: u64) {
+        let now = self.memory.now().as_micros();
+        for (bucket, used, fresh_in) in self.ledger.reports_since(since, now) {
+            let scaled = self.scaled(&bucket);
+            self.raise(
+                &scaled,
+                share_of(&bucket.limit, &scaled.limit, used),
+                fresh_in,
+            );
         }
     }
 }
@@ -1515,11 +1552,20 @@ enum Counts {
 /// `state` under `limit`: each instance's share of what remains (rounded up) is what it
 /// has left, so N instances admit at most what remains plus N.
 fn share_used(limit: &Limit, scaled: &Limit, state: &BucketState) -> u64 {
+    share_of(
+        limit,
+        scaled,
+        limit.capacity().saturating_sub(state.remaining),
+    )
+}
+
+/// [`share_used`] of a report that `used` was counted against `limit`.
+fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
     let (cap, share) = (limit.capacity(), scaled.capacity());
     if cap == share {
-        return cap.saturating_sub(state.remaining);
+        return used.min(cap);
     }
-    let remaining = u128::from(state.remaining.min(cap));
+    let remaining = u128::from(cap.saturating_sub(used));
     let left = (remaining * u128::from(share)).div_ceil(u128::from(cap.max(1)));
     share.saturating_sub(u64::try_from(left).unwrap_or(u64::MAX))
 }
@@ -1547,7 +1593,11 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
         wait = true;
         match shared.sync().await {
             Ok(()) => {
+                let since = shared.memory.now().as_micros();
                 shared.enter(delay);
+                if shared.in_return_grace() {
+                    tokio::spawn(end_grace(Arc::downgrade(&shared), since));
+                }
                 // Decisions made from memory during the last give-back, by calls that
                 // waited longer than the call timeout or failed late: given back now. If
                 // that fails, the store leaves the primary again and the check gives them
@@ -1572,6 +1622,23 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
             }
         }
         delay = next;
+    }
+}
+
+/// Ends the time after the return that began at `since` ([`Shared::end_grace`]), unless
+/// the store returned again since (that return's own end follows).
+async fn end_grace<P: Primary>(shared: Weak<Shared<P>>, since: u64) {
+    let Some((returned, grace)) = shared
+        .upgrade()
+        .map(|s| (lock(&s.closed).map(|(at, _)| at), s.config.return_grace()))
+    else {
+        return;
+    };
+    tokio::time::sleep(grace).await;
+    if let Some(shared) = shared.upgrade() {
+        if returned.is_some() && lock(&shared.closed).map(|(at, _)| at) == returned {
+            shared.end_grace(since);
+        }
     }
 }
 
@@ -1639,7 +1706,7 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // there already, on the share).
                     if shared.state.load(Ordering::Acquire) == state {
                         if grace {
-                            shared.follow_on_share(batch);
+                            shared.follow_on_share(batch, &decision, share.is_some());
                         }
                         shared.mirror(batch, &decision, origin, grace);
                     } else if share.is_none() {

@@ -273,6 +273,24 @@ impl Ledger {
         owed
     }
 
+    /// The keys whose record changed at or after `since` (µs) and whose last report still
+    /// counts at `now`: each key (at a cost of 1), what the primary reported counted, and
+    /// when that report is fresh again, from `now`.
+    pub(crate) fn reports_since(
+        &self,
+        since: u64,
+        now: u64,
+    ) -> Vec<(Bucket, u64, std::time::Duration)> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.seen >= since && e.until > now && e.used > 0)
+            .map(|(key, e)| {
+                let fresh_in = std::time::Duration::from_micros(e.until - now);
+                (e.bucket(key), e.used, fresh_in)
+            })
+            .collect()
+    }
+
     /// What memory charged each of `buckets` since the ledger's debts were last taken.
     pub(crate) fn debts(&self, buckets: &[Bucket]) -> SmallVec<[u64; 8]> {
         if self.capacity == 0 {

@@ -210,3 +210,44 @@ async fn just_back_each_instance_spends_its_own_share_whatever_the_others_spent(
     assert_eq!(admitted(&a, &bucket, 60).await, 50);
     assert_eq!(admitted(&b, &bucket, 60).await, 50);
 }
+
+#[tokio::test]
+async fn after_that_time_memory_counts_what_the_fleet_spent_again() {
+    // B, never away, spends 8 of 10 on the primary; A comes back from a blip and spends 1
+    // within its share. Once that time is over, a new outage must start A from its share
+    // of what the primary counted (9 of 10: 1 left, A's share of it 1), not from the 1 A
+    // spent itself (a review: 4 admitted).
+    let (primary, down) = primary();
+    let config = FallbackConfig::default()
+        .with_fallback_divisor(2)
+        .with_return_grace(Duration::from_millis(200));
+    let a = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config.clone())
+        .await;
+    let b = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config).await;
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
+    assert_eq!(admitted(&b, &bucket, 8).await, 8);
+    blip(&down, &[&a]).await;
+    assert_eq!(admitted(&a, &bucket, 1).await, 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(admitted(&a, &bucket, 10).await, 1);
+    assert_eq!(a.mode(), Mode::Fallback);
+}
+
+#[tokio::test]
+async fn just_back_a_penalty_counts_on_the_share_too() {
+    // A lockout reached in that time (a penalty of 5 on 5 a minute) holds through the
+    // next outage (a review: 2 admitted there).
+    let (primary, down) = primary();
+    let store = instance(&primary).await;
+    blip(&down, &[&store]).await;
+    let lockout = Bucket::new("login", "alice", Limit::sliding(Quota::per_minute(5)));
+    let penalty = Batch::new(Op::Penalize, vec![lockout.clone().with_cost(5)]);
+    store.apply(&penalty).await.unwrap();
+    // Redis fails again (a call on another key finds it), still within that time.
+    down.store(true, Ordering::SeqCst);
+    let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
+    let _ = store.apply(&Batch::charge(vec![other])).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert_eq!(admitted(&store, &lockout, 5).await, 0);
+}
