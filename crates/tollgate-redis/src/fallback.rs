@@ -879,7 +879,9 @@ impl<P: Primary> Shared<P> {
     /// A request's call that timed out ([`Shared::call_settling_late`]) and that the primary
     /// ran after all: what it counted there is taken off what memory owes the primary for
     /// the same keys, since memory decided the request (and owes it if it admitted). If
-    /// nothing is owed any more (the give-back ran first), it stays counted twice.
+    /// nothing is owed any more (the give-back ran first), or the call failed after all
+    /// ([`RedisStore`]'s own response timeout, 500 ms by default, ends a longer wait), it
+    /// stays counted twice.
     fn settle_late(&self, batch: &Batch, decision: &Decision) {
         if batch.op == Op::Charge && !decision.allowed {
             return;
@@ -1457,9 +1459,19 @@ impl<P: Primary> Shared<P> {
     /// decides: memory may have admitted more of a key since its debt was taken, and the
     /// primary's count lacks those (they are owed again, in the ledger). So memory's count
     /// of a key is only raised, to the primary's count plus what is owed again, never
-    /// lowered: else memory would admit them a second time.
+    /// lowered: else memory would admit them a second time. With a divisor above 1 it is
+    /// left as it is: each instance decides on its own share, and the primary's count,
+    /// split evenly, would take from an instance that spent less than its share what the
+    /// others gave back beyond theirs, for the time after the return too (a review: 408
+    /// to 497 of 500 in a burst after a restart); that time's end raises it
+    /// ([`Shared::end_grace`]).
     fn mirror_given_back(&self, batch: &Batch, decision: &Decision, origin: Origin) {
-        self.keep_answers(batch, decision, origin, Counts::Raise);
+        let counts = if self.config.divisor > 1 {
+            Counts::Keep
+        } else {
+            Counts::Raise
+        };
+        self.keep_answers(batch, decision, origin, counts);
     }
 
     /// [`Shared::mirror`] and [`Shared::mirror_given_back`], as `counts` says.

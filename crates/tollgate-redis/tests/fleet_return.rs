@@ -251,3 +251,31 @@ async fn just_back_a_penalty_counts_on_the_share_too() {
     assert_eq!(store.mode(), Mode::Fallback);
     assert_eq!(admitted(&store, &lockout, 5).await, 0);
 }
+
+#[tokio::test]
+async fn what_another_instance_gave_back_first_does_not_take_from_this_ones_share() {
+    // Both decide a new client from memory in an outage: A spends 40 of its 50, B 10. A
+    // gives back first (its checks come sooner); then B's give-back finds 50 on the
+    // primary. Split evenly (25 each) that would leave B 25 of its share, not 40 (a review:
+    // 408 to 497 of 500 in a burst after a restart).
+    let (primary, down) = primary();
+    let config = FallbackConfig::default()
+        .with_fallback_divisor(2)
+        .with_return_grace(Duration::from_secs(30));
+    let a = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config.clone())
+        .await;
+    let slow = config.with_probe_backoff(Duration::from_millis(400), Duration::from_millis(400));
+    let b = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), slow).await;
+    down.store(true, Ordering::SeqCst);
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    assert_eq!(admitted(&a, &bucket, 40).await, 40);
+    assert_eq!(admitted(&b, &bucket, 10).await, 10);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    down.store(false, Ordering::SeqCst);
+    until(|| a.mode() == Mode::Primary).await;
+    assert_eq!(b.mode(), Mode::Fallback);
+    until(|| b.mode() == Mode::Primary).await;
+    assert_eq!(b.mode(), Mode::Primary);
+    assert_eq!(admitted(&b, &bucket, 60).await, 40);
+    assert_eq!(admitted(&a, &bucket, 60).await, 10);
+}
