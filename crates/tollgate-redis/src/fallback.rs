@@ -22,13 +22,9 @@
 //!
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
 //!   that takes longer is a failure, answered as below. No request waits on a dead or paused
-//!   Redis longer than that. A request's charge that timed out may still reach Redis and be
-//!   counted there (see [the store's notes](crate::store#abandoned-calls)) while memory
-//!   decides the request and owes Redis what it admitted. Where the call is on its way
-//!   already ([`Primary::calls_are_sent_at_once`]: one multiplexed connection, not a
-//!   pool), it is left to finish in the background (up to 30 s), and what Redis counted
-//!   after all is taken off what memory owes for the key, so the request counts once
-//!   unless the give-back ran first. Other calls are cut short at the timeout.
+//!   Redis longer than that. The abandoned call may still reach Redis and be counted there
+//!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
+//!   be charged up to (timeout × its request rate) more than it was answered.
 //! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
 //!   once, and a background task (on the tokio runtime) checks the primary at once, then
 //!   again after [`FallbackConfig::with_probe_backoff`]'s first wait, doubling up to its maximum
@@ -49,8 +45,8 @@
 //!   (it has not seen what other instances charged). Not after a restart: when the
 //!   primary's incarnation changed, the call fails as before, and the check writes the
 //!   counts back before the primary decides again. A call whose connection broke after the
-//!   primary ran it counts twice (a charge: one request refused early). A timeout, or an
-//!   error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
+//!   primary ran it counts twice (as an abandoned call may). A timeout, or an error the
+//!   primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
@@ -149,7 +145,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -173,13 +169,6 @@ pub const DEFAULT_PROBE_MAX: Duration = Duration::from_millis(250);
 /// The default for [`FallbackConfig::with_mirror_keys`]: how many keys the store remembers
 /// what Redis told it about (and what it owes Redis).
 pub const DEFAULT_MIRROR_KEYS: usize = 50_000;
-
-/// How long a request's call to the primary that timed out is left to finish, to learn
-/// whether it counted there after all ([`Shared::call_settling_late`]).
-const LATE_CALLS_FINISH: Duration = Duration::from_secs(30);
-
-/// How many such calls are left to finish at once; past it, calls are cut short.
-const LATE_CALLS_MAX: usize = 256;
 
 /// How many keys one call of the give-back carries.
 const GIVE_BACK_BATCH: usize = 64;
@@ -372,17 +361,6 @@ pub trait Primary: Store {
         Box::pin(std::future::ready(Ok(None)))
     }
 
-    /// Whether a call is on its way to the primary as soon as it is made (written at once to
-    /// one multiplexed connection), so that letting it finish after its caller stopped
-    /// waiting adds no work. A [`FallbackStore`] then lets a request's charge that timed out
-    /// finish in the background, to learn whether the primary counted it after all (and if
-    /// so, not to give memory's admission of the same request back on top). `false` (the
-    /// default, and [`RedisStore`] on a pool, where a call may still wait for a
-    /// connection): such a call is cut short at the timeout.
-    fn calls_are_sent_at_once(&self) -> bool {
-        false
-    }
-
     /// Whether `error` says the connection to the primary broke (closed by the server, reset,
     /// a broken pipe: an idle connection Redis's `timeout` closed, `CLIENT KILL`, a proxy
     /// dropping idle connections), so that the same call through a fresh connection may
@@ -464,11 +442,6 @@ pub trait Primary: Store {
 }
 
 impl Primary for RedisStore {
-    /// `true` on one multiplexed connection and on a cluster, `false` on a pool.
-    fn calls_are_sent_at_once(&self) -> bool {
-        !self.is_pooled()
-    }
-
     /// [`Origin::Cache`] for a refusal from the refusal cache.
     fn apply_with_origin<'a>(
         &'a self,
@@ -541,10 +514,6 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
     fn connection_broke(&self, error: &StoreError) -> bool {
         (**self).connection_broke(error)
     }
-
-    fn calls_are_sent_at_once(&self) -> bool {
-        (**self).calls_are_sent_at_once()
-    }
 }
 
 /// A charge made on this instance's share in memory just after a return to the primary
@@ -574,8 +543,6 @@ struct Shared<P> {
     under_way: UnderWay,
     /// The primary's incarnation when last checked.
     incarnation: Mutex<Option<String>>,
-    /// Requests' calls that timed out, left to finish ([`Shared::call_settling_late`]).
-    late_calls: AtomicUsize,
     /// Why the store left the primary last.
     reason: Mutex<String>,
     /// When the store last returned to the primary, and the check wait that preceded it.
@@ -701,7 +668,6 @@ impl<P: Primary> FallbackStore<P> {
                 tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
                 incarnation: Mutex::new(None),
-                late_calls: AtomicUsize::new(0),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
                 entered: tokio::sync::Notify::new(),
@@ -792,14 +758,14 @@ impl<P: Primary> Shared<P> {
     /// failed because its connection broke.
     ///
     /// A call whose connection broke after the primary ran it is run twice: a charge is
-    /// then counted twice.
+    /// then counted twice (as a call abandoned at the timeout may be).
     async fn call_again_if_broken(
-        self: &Arc<Self>,
+        &self,
         batch: &Batch,
     ) -> (Result<(Decision, Origin), StoreError>, bool) {
         let timeout = self.config.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let error = match self.call_settling_late(batch).await {
+        let error = match self.call(batch).await {
             Err(e) if self.primary.connection_broke(&e) => e,
             other => return (other, false),
         };
@@ -822,74 +788,6 @@ impl<P: Primary> Shared<P> {
             Ok(Some(Err(e))) => (Err(e), true),
             Ok(None) => (Err(error), true),
             Err(_) => (Err(StoreError::Timeout(timeout)), true),
-        }
-    }
-
-    /// [`Shared::call`] of a request's charge (or penalty) that falls back to memory: if it
-    /// times out, the request is decided from memory, which owes what it admitted to the
-    /// primary (the ledger). Where the call is on its way already
-    /// ([`Primary::calls_are_sent_at_once`]), it is not cut short but left to finish in the
-    /// background (up to [`LATE_CALLS_FINISH`], at most [`LATE_CALLS_MAX`] at once): if the
-    /// primary counted it after all, the key's debt is lowered by as much
-    /// ([`Shared::settle_late`]), so the request is not counted twice, by the late call and
-    /// by the give-back (a review: 9,999 of 10,000 admitted in a window with Redis slow
-    /// under load, a client refused early once for each call that timed out). Other calls
-    /// are cut short at the timeout.
-    async fn call_settling_late(
-        self: &Arc<Self>,
-        batch: &Batch,
-    ) -> Result<(Decision, Origin), StoreError> {
-        let settles = matches!(batch.op, Op::Charge | Op::Penalize)
-            && batch.on_failure == FailureMode::Fallback
-            && self.config.mirror_keys > 0
-            && self.primary.calls_are_sent_at_once();
-        if !settles {
-            return self.call(batch).await;
-        }
-        let shared = self.clone();
-        let owned = batch.clone();
-        let mut call = Box::pin(async move {
-            let answer = shared.primary.apply_with_origin(&owned).await;
-            (shared, owned, answer)
-        });
-        match tokio::time::timeout(self.config.timeout, &mut call).await {
-            Ok((_, _, answer)) => answer,
-            Err(_) => {
-                let taken = self
-                    .late_calls
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < LATE_CALLS_MAX).then_some(n + 1)
-                    })
-                    .is_ok();
-                if taken {
-                    let counted = self.clone();
-                    tokio::spawn(async move {
-                        let finished = tokio::time::timeout(LATE_CALLS_FINISH, call).await;
-                        if let Ok((shared, batch, Ok((decision, _)))) = finished {
-                            shared.settle_late(&batch, &decision);
-                        }
-                        counted.late_calls.fetch_sub(1, Ordering::AcqRel);
-                    });
-                }
-                Err(StoreError::Timeout(self.config.timeout))
-            }
-        }
-    }
-
-    /// A request's call that timed out ([`Shared::call_settling_late`]) and that the primary
-    /// ran after all: what it counted there is taken off what memory owes the primary for
-    /// the same keys, since memory decided the request (and owes it if it admitted). If
-    /// nothing is owed any more (the give-back ran first), or the call failed after all
-    /// ([`RedisStore`]'s own response timeout, 500 ms by default, ends a longer wait), it
-    /// stays counted twice.
-    fn settle_late(&self, batch: &Batch, decision: &Decision) {
-        if batch.op == Op::Charge && !decision.allowed {
-            return;
-        }
-        let _deciding = read(&self.deciding);
-        let now = self.memory.now().as_micros();
-        for bucket in &batch.buckets {
-            self.ledger.owe(Op::Refund, bucket, true, now);
         }
     }
 

@@ -75,10 +75,7 @@
 //! with an error). Such a charge then counts twice (in Redis and in the answer the caller
 //! got) or counts although the request was turned away. The excess is bounded by the
 //! requests a key makes during one timeout (timeout × rate), and only while Redis is slow.
-//! [`FallbackStore`](crate::FallbackStore) lets a request's charge that timed out on one
-//! multiplexed connection (not a pool) finish in the background (up to 30 s): if Redis
-//! counted it after all, memory, which decided the request, owes Redis that much less, so
-//! the request counts once unless memory's give-back ran first. It makes a call whose connection broke once more
+//! [`FallbackStore`](crate::FallbackStore) makes a call whose connection broke once more
 //! through a fresh connection: if Redis ran it before the connection broke, it counts
 //! twice (a charge: one request refused early).
 //!
@@ -465,18 +462,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
-}
-
-impl RedisStore {
-    /// Whether it reaches Redis through a pool of connections (where a call may wait for
-    /// one before it is sent).
-    pub(crate) fn is_pooled(&self) -> bool {
-        #[cfg(feature = "deadpool")]
-        if let Connection::Pool(_) = self.inner.connection {
-            return true;
-        }
-        false
-    }
 }
 
 impl fmt::Debug for RedisStore {

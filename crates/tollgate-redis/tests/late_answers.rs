@@ -14,7 +14,6 @@ use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
 
 /// A primary that decides in a memory store of its own, each call answering after the
 /// next delay of its script (`None`: never); once the script is spent, it never answers.
-/// Its calls are on their way as soon as they are made (one multiplexed connection).
 #[derive(Debug)]
 struct Scripted {
     remote: MemoryStore,
@@ -30,11 +29,7 @@ impl Scripted {
     }
 }
 
-impl Primary for Scripted {
-    fn calls_are_sent_at_once(&self) -> bool {
-        true
-    }
-}
+impl Primary for Scripted {}
 
 impl Store for Scripted {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
@@ -307,45 +302,6 @@ async fn what_remains_counts_the_charges_under_way() {
         .unwrap();
     assert!(!refused.allowed);
     assert_eq!(refused.buckets[0].remaining, 8);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_call_that_timed_out_but_was_counted_after_all_counts_once() {
-    // The startup check answers at once; the request's charge answers at 70 ms, after its
-    // 50 ms timeout (a Redis slow for a moment): memory decides the request (admitted,
-    // owed to the primary), and the primary counts the late call too. The first check
-    // never answers (it times out at 100 ms); the next (at 200 ms) passes, and the
-    // give-back follows: it owes nothing for the request any more.
-    let (answer, counted) = late_charge(Some(Duration::from_millis(70))).await;
-    assert!(answer.unwrap());
-    assert_eq!(counted, 1, "one request admitted, counted {counted} times");
-}
-
-/// One charge through a store whose primary answers the startup check at once, the
-/// request's charge after `late` (`None`: never), the first check never, and every call
-/// after that at once. Its answer, and how many times the primary counts it at the end.
-async fn late_charge(late: Option<Duration>) -> (Result<bool, StoreError>, u64) {
-    let mut script = vec![Some(Duration::ZERO), late, None];
-    script.extend(std::iter::repeat_n(Some(Duration::ZERO), 20));
-    let primary = std::sync::Arc::new(Scripted::new(script));
-    let store = FallbackStore::connect(
-        primary.clone(),
-        FallbackConfig::default().with_timeout(TIMEOUT),
-    )
-    .await;
-    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
-    let answer = store
-        .apply(&Batch::charge(vec![bucket.clone()]))
-        .await
-        .map(|d| d.allowed);
-    // Long enough for the checks, the give-back and the late answer.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(store.mode(), Mode::Primary);
-    let held = primary
-        .remote
-        .apply_now(Op::Peek, std::slice::from_ref(&bucket))
-        .unwrap();
-    (answer, 10 - held.buckets[0].remaining)
 }
 
 /// A primary serving one call at a time, 10 ms each, the others waiting their turn (a
