@@ -1288,7 +1288,7 @@ impl<P: Primary> Shared<P> {
         };
         let scaled = self.scaled_all(&batch.buckets);
         if let Err(e) = self.memory.apply_now(op, &scaled) {
-            tracing::debug!(target: "tollgate::store", error = %e, "could not follow a refund on the share");
+            tracing::debug!(target: "tollgate::store", error = %e, "could not count an answer on the share");
         }
     }
 
@@ -1428,10 +1428,10 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// The end of the time after a return ([`Shared::in_return_grace`]) that began at
-    /// `since` (µs, memory's clock): memory's count of each key the primary reported since
-    /// is raised to this instance's share of that report, as outside that time, and never
-    /// lowered. Memory counted only this instance's own share meanwhile: the next outage
+    /// The end of the time after a return ([`Shared::in_return_grace`]) from an outage that
+    /// began at `since` (µs, memory's clock): memory's count of each key the primary
+    /// reported since (to the give-back, and in that time) is raised to this instance's
+    /// share of that report, as outside that time, and never lowered. Memory counted only this instance's own share meanwhile: the next outage
     /// must start from what the fleet spent, not from what this instance did (a review: 4
     /// admitted by an instance where 1 remained on Redis).
     fn end_grace(&self, since: u64) {
@@ -1486,6 +1486,11 @@ fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
 async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: bool) {
     let mut delay = first;
     let mut wait = !at_once || first.is_zero();
+    // When the store left the primary (memory's clock): the keys noted since (the
+    // give-back's among them) are raised at the end of the time after the return.
+    let Some(left) = shared.upgrade().map(|s| s.memory.now().as_micros()) else {
+        return;
+    };
     loop {
         if wait && !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -1503,10 +1508,9 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
         wait = true;
         match shared.sync().await {
             Ok(()) => {
-                let since = shared.memory.now().as_micros();
                 shared.enter(delay);
                 if shared.in_return_grace() {
-                    tokio::spawn(end_grace(Arc::downgrade(&shared), since));
+                    tokio::spawn(end_grace(Arc::downgrade(&shared), left));
                 }
                 // Decisions made from memory during the last give-back, by calls that
                 // waited longer than the call timeout or failed late: given back now. If
@@ -1535,8 +1539,9 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
     }
 }
 
-/// Ends the time after the return that began at `since` ([`Shared::end_grace`]), unless
-/// the store returned again since (that return's own end follows).
+/// Ends the time after a return from the outage that began at `since`
+/// ([`Shared::end_grace`]), unless the store returned again meanwhile (that return's own
+/// end follows).
 async fn end_grace<P: Primary>(shared: Weak<Shared<P>>, since: u64) {
     let Some((returned, grace)) = shared
         .upgrade()

@@ -279,3 +279,31 @@ async fn what_another_instance_gave_back_first_does_not_take_from_this_ones_shar
     assert_eq!(admitted(&b, &bucket, 60).await, 40);
     assert_eq!(admitted(&a, &bucket, 60).await, 10);
 }
+
+#[tokio::test]
+async fn after_that_time_a_key_given_back_counts_what_the_fleet_spent() {
+    // In an outage B spends 40 of a client's 100, A 10; B gives back first, then A (its
+    // checks come later), whose give-back finds 50 on the primary. The client is not seen
+    // again until the next outage, after that time: A starts it from its share of the 50
+    // (25, so 25 left), not from the 10 it spent (40 left).
+    let (primary, down) = primary();
+    let config = FallbackConfig::default()
+        .with_fallback_divisor(2)
+        .with_return_grace(Duration::from_millis(200));
+    let slow = config
+        .clone()
+        .with_probe_backoff(Duration::from_millis(400), Duration::from_millis(400));
+    let a = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), slow).await;
+    let b = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config).await;
+    down.store(true, Ordering::SeqCst);
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    assert_eq!(admitted(&b, &bucket, 40).await, 40);
+    assert_eq!(admitted(&a, &bucket, 10).await, 10);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    down.store(false, Ordering::SeqCst);
+    until(|| (a.mode(), b.mode()) == (Mode::Primary, Mode::Primary)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(admitted(&a, &bucket, 50).await, 25);
+    assert_eq!(a.mode(), Mode::Fallback);
+}
