@@ -1,6 +1,8 @@
-//! Two instances share a primary, with a divisor of 2. After an outage the first instance
-//! back must not admit on the primary what the other, still deciding from memory, spent
-//! meanwhile: the primary does not have it until that instance gives it back.
+//! Instances share a primary, with a divisor of 2. After an outage the first instance
+//! back must not admit on the primary what another, still deciding from memory, spent
+//! meanwhile: the primary does not have it until that instance gives it back. So for a
+//! time after its return an instance charges its own share too; what it counts then, and
+//! what it starts the next outage from, are the other tests here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,6 +45,7 @@ async fn until(done: impl Fn() -> bool) {
     }
 }
 
+/// How many of `n` charges of `bucket`, one after another, `store` admits.
 async fn admitted(store: &FallbackStore<Arc<Switchable>>, bucket: &Bucket, n: usize) -> usize {
     let mut admitted = 0;
     for _ in 0..n {
