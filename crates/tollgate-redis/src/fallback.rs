@@ -547,6 +547,9 @@ struct Shared<P> {
     reason: Mutex<String>,
     /// When the store last returned to the primary, and the check wait that preceded it.
     closed: Mutex<Option<(Instant, Duration)>>,
+    /// Until when (µs, memory's clock) charges must fit this instance's share too, after
+    /// its last return to the primary ([`Shared::in_return_grace`]); 0: not since.
+    grace_until: AtomicU64,
     /// Woken when the store returns to the primary.
     entered: tokio::sync::Notify,
     /// Whether this departure's timeouts were diagnosed ([`Primary::diagnose`]).
@@ -670,6 +673,7 @@ impl<P: Primary> FallbackStore<P> {
                 incarnation: Mutex::new(None),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
+                grace_until: AtomicU64::new(0),
                 entered: tokio::sync::Notify::new(),
                 diagnosed: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
@@ -929,8 +933,7 @@ impl<P: Primary> Shared<P> {
                 .collect();
             if !owed.is_empty() {
                 let decision = self.bounded(self.primary.restore(&owed)).await?;
-                let batch = Batch::new(Op::Penalize, owed.into_iter().map(|(b, _)| b).collect());
-                self.mirror_given_back(&batch, &decision, Origin::Backend);
+                self.mirror_given_back(owed, &decision);
             }
         }
         // What memory admitted meanwhile and still counts, on top, placed to be fresh again
@@ -945,8 +948,7 @@ impl<P: Primary> Shared<P> {
             return Ok(());
         }
         let decision = self.bounded(self.primary.give_back(&charges)).await?;
-        let batch = Batch::new(Op::Penalize, charges.into_iter().map(|(b, _)| b).collect());
-        self.mirror_given_back(&batch, &decision, Origin::Backend);
+        self.mirror_given_back(charges, &decision);
         Ok(())
     }
 
@@ -1293,14 +1295,39 @@ impl<P: Primary> Shared<P> {
     }
 
     /// Whether the store returned to the primary within [`FallbackConfig::return_grace`],
-    /// with a divisor above 1 (and the mirror on): other instances may still decide from
-    /// memory. Memory then counts this instance's own share (the primary's answers leave
+    /// with a divisor above 1 (and the mirror on; [`Shared::start_grace`]): other instances
+    /// may still decide from memory. Memory then counts this instance's own share (the primary's answers leave
     /// it as it is), and charges are made on it too ([`Shared::charge_share`]).
     fn in_return_grace(&self) -> bool {
-        self.config.divisor > 1
-            && self.config.mirror_keys > 0
-            && lock(&self.closed)
-                .is_some_and(|(returned, _)| returned.elapsed() < self.config.return_grace())
+        let until = self.grace_until.load(Ordering::Acquire);
+        until != 0 && self.memory.now().as_micros() < until
+    }
+
+    /// Starts the time after a return ([`Shared::in_return_grace`]) with a divisor above 1
+    /// (and the mirror on), from an outage that began at `left` (µs, memory's clock): its
+    /// end ([`Shared::end_grace`]) is run when it is over, unless the store returned again
+    /// meanwhile (that return's own end follows).
+    fn start_grace(self: &Arc<Self>, left: u64) {
+        if self.config.divisor <= 1 || self.config.mirror_keys == 0 {
+            return;
+        }
+        let grace = self.config.return_grace();
+        let until = self
+            .memory
+            .now()
+            .as_micros()
+            .saturating_add(u64::try_from(grace.as_micros()).unwrap_or(u64::MAX))
+            .max(1);
+        self.grace_until.store(until, Ordering::Release);
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(shared) = shared.upgrade() {
+                if shared.grace_until.load(Ordering::Acquire) == until {
+                    shared.end_grace(left);
+                }
+            }
+        });
     }
 
     /// Gives back a [`Shared::charge_share`] the primary did not admit (or that memory
@@ -1363,13 +1390,15 @@ impl<P: Primary> Shared<P> {
     /// others gave back beyond theirs, for the time after the return too (a review: 408
     /// to 497 of 500 in a burst after a restart); that time's end raises it
     /// ([`Shared::end_grace`]).
-    fn mirror_given_back(&self, batch: &Batch, decision: &Decision, origin: Origin) {
+    /// `placed` are the keys and costs given back (a restore's, or what memory admitted).
+    fn mirror_given_back(&self, placed: Vec<(Bucket, Duration)>, decision: &Decision) {
+        let batch = Batch::new(Op::Penalize, placed.into_iter().map(|(b, _)| b).collect());
         let counts = if self.config.divisor > 1 {
             Counts::Keep
         } else {
             Counts::Raise
         };
-        self.keep_answers(batch, decision, origin, counts);
+        self.keep_answers(&batch, decision, Origin::Backend, counts);
     }
 
     /// [`Shared::mirror`] and [`Shared::mirror_given_back`], as `counts` says.
@@ -1509,9 +1538,7 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
         match shared.sync().await {
             Ok(()) => {
                 shared.enter(delay);
-                if shared.in_return_grace() {
-                    tokio::spawn(end_grace(Arc::downgrade(&shared), left));
-                }
+                shared.start_grace(left);
                 // Decisions made from memory during the last give-back, by calls that
                 // waited longer than the call timeout or failed late: given back now. If
                 // that fails, the store leaves the primary again and the check gives them
@@ -1536,24 +1563,6 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
             }
         }
         delay = next;
-    }
-}
-
-/// Ends the time after a return from the outage that began at `since`
-/// ([`Shared::end_grace`]), unless the store returned again meanwhile (that return's own
-/// end follows).
-async fn end_grace<P: Primary>(shared: Weak<Shared<P>>, since: u64) {
-    let Some((returned, grace)) = shared
-        .upgrade()
-        .map(|s| (lock(&s.closed).map(|(at, _)| at), s.config.return_grace()))
-    else {
-        return;
-    };
-    tokio::time::sleep(grace).await;
-    if let Some(shared) = shared.upgrade() {
-        if returned.is_some() && lock(&shared.closed).map(|(at, _)| at) == returned {
-            shared.end_grace(since);
-        }
     }
 }
 

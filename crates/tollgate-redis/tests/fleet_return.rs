@@ -61,20 +61,9 @@ async fn admitted(store: &FallbackStore<Arc<Switchable>>, bucket: &Bucket, n: us
 #[tokio::test]
 async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_can_be() {
     let (primary, down) = primary();
-    let fleet = FallbackConfig::default().with_fallback_divisor(2);
-    let a = FallbackStore::connect_with_memory(
-        primary.clone(),
-        MemoryStore::new(),
-        fleet.clone().with_return_grace(Duration::from_secs(30)),
-    )
-    .await;
+    let a = instance(&primary, fleet(LONG)).await;
     // B checks the primary again only a minute after its first check fails.
-    let b = FallbackStore::connect_with_memory(
-        primary.clone(),
-        MemoryStore::new(),
-        fleet.with_probe_backoff(Duration::from_secs(60), Duration::from_secs(60)),
-    )
-    .await;
+    let b = instance(&primary, slow(LONG, Duration::from_secs(60))).await;
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
     // 40 before the outage, spread over both instances (one each in turn).
     for _ in 0..20 {
@@ -114,14 +103,7 @@ async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_
 #[tokio::test]
 async fn once_back_a_charge_that_fits_its_share_is_charged_on_both_and_counted_once() {
     let (primary, down) = primary();
-    let a = FallbackStore::connect_with_memory(
-        primary.clone(),
-        MemoryStore::new(),
-        FallbackConfig::default()
-            .with_fallback_divisor(2)
-            .with_return_grace(Duration::from_secs(30)),
-    )
-    .await;
+    let a = instance(&primary, fleet(LONG)).await;
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
     assert_eq!(admitted(&a, &bucket, 10).await, 10);
     down.store(true, Ordering::SeqCst);
@@ -152,14 +134,29 @@ fn primary() -> (Arc<Switchable>, Arc<AtomicBool>) {
     (primary, down)
 }
 
-/// An instance on `primary`, with a divisor of 2, whose charges must fit its share for 30 s
-/// after a return.
-async fn instance(primary: &Arc<Switchable>) -> FallbackStore<Arc<Switchable>> {
-    let config = FallbackConfig::default()
+/// An instance of a fleet of two (a divisor of 2) whose charges must fit its share for
+/// `grace` after a return.
+fn fleet(grace: Duration) -> FallbackConfig {
+    FallbackConfig::default()
         .with_fallback_divisor(2)
-        .with_return_grace(Duration::from_secs(30));
+        .with_return_grace(grace)
+}
+
+/// The same, checking a failed primary every `backoff`.
+fn slow(grace: Duration, backoff: Duration) -> FallbackConfig {
+    fleet(grace).with_probe_backoff(backoff, backoff)
+}
+
+/// An instance on `primary` (a memory store of its own) with `config`.
+async fn instance(
+    primary: &Arc<Switchable>,
+    config: FallbackConfig,
+) -> FallbackStore<Arc<Switchable>> {
     FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config).await
 }
+
+/// That time, in the tests that do not wait for its end.
+const LONG: Duration = Duration::from_secs(30);
 
 /// The primary fails a call of each of `stores` (on a key of its own), then answers again:
 /// returns once every one of them is back on it.
@@ -180,7 +177,7 @@ async fn blip(down: &AtomicBool, stores: &[&FallbackStore<Arc<Switchable>>]) {
 async fn just_back_what_is_given_back_or_reset_frees_the_share_too() {
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
     let (primary, down) = primary();
-    let store = instance(&primary).await;
+    let store = instance(&primary, fleet(LONG)).await;
     blip(&down, &[&store]).await;
     let charge = || Batch::charge(vec![bucket.clone()]);
     // Each charge given back at once (a 304 under `refund_if`): nothing is spent, on the
@@ -207,7 +204,10 @@ async fn just_back_each_instance_spends_its_own_share_whatever_the_others_spent(
     // have left it a quarter: a review saw 386 to 468 of 500 in a burst after a Redis
     // restart).
     let (primary, down) = primary();
-    let (a, b) = (instance(&primary).await, instance(&primary).await);
+    let (a, b) = (
+        instance(&primary, fleet(LONG)).await,
+        instance(&primary, fleet(LONG)).await,
+    );
     blip(&down, &[&a, &b]).await;
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
     assert_eq!(admitted(&a, &bucket, 60).await, 50);
@@ -221,12 +221,11 @@ async fn after_that_time_memory_counts_what_the_fleet_spent_again() {
     // of what the primary counted (9 of 10: 1 left, A's share of it 1), not from the 1 A
     // spent itself (a review: 4 admitted).
     let (primary, down) = primary();
-    let config = FallbackConfig::default()
-        .with_fallback_divisor(2)
-        .with_return_grace(Duration::from_millis(200));
-    let a = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config.clone())
-        .await;
-    let b = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config).await;
+    let short = fleet(Duration::from_millis(200));
+    let (a, b) = (
+        instance(&primary, short.clone()).await,
+        instance(&primary, short).await,
+    );
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
     assert_eq!(admitted(&b, &bucket, 8).await, 8);
     blip(&down, &[&a]).await;
@@ -242,7 +241,7 @@ async fn just_back_a_penalty_counts_on_the_share_too() {
     // A lockout reached in that time (a penalty of 5 on 5 a minute) holds through the
     // next outage (a review: 2 admitted there).
     let (primary, down) = primary();
-    let store = instance(&primary).await;
+    let store = instance(&primary, fleet(LONG)).await;
     blip(&down, &[&store]).await;
     let lockout = Bucket::new("login", "alice", Limit::sliding(Quota::per_minute(5)));
     let penalty = Batch::new(Op::Penalize, vec![lockout.clone().with_cost(5)]);
@@ -262,13 +261,8 @@ async fn what_another_instance_gave_back_first_does_not_take_from_this_ones_shar
     // primary. Split evenly (25 each) that would leave B 25 of its share, not 40 (a review:
     // 408 to 497 of 500 in a burst after a restart).
     let (primary, down) = primary();
-    let config = FallbackConfig::default()
-        .with_fallback_divisor(2)
-        .with_return_grace(Duration::from_secs(30));
-    let a = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config.clone())
-        .await;
-    let slow = config.with_probe_backoff(Duration::from_millis(400), Duration::from_millis(400));
-    let b = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), slow).await;
+    let a = instance(&primary, fleet(LONG)).await;
+    let b = instance(&primary, slow(LONG, Duration::from_millis(400))).await;
     down.store(true, Ordering::SeqCst);
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
     assert_eq!(admitted(&a, &bucket, 40).await, 40);
@@ -290,14 +284,9 @@ async fn after_that_time_a_key_given_back_counts_what_the_fleet_spent() {
     // again until the next outage, after that time: A starts it from its share of the 50
     // (25, so 25 left), not from the 10 it spent (40 left).
     let (primary, down) = primary();
-    let config = FallbackConfig::default()
-        .with_fallback_divisor(2)
-        .with_return_grace(Duration::from_millis(200));
-    let slow = config
-        .clone()
-        .with_probe_backoff(Duration::from_millis(400), Duration::from_millis(400));
-    let a = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), slow).await;
-    let b = FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config).await;
+    let short = Duration::from_millis(200);
+    let a = instance(&primary, slow(short, Duration::from_millis(400))).await;
+    let b = instance(&primary, fleet(short)).await;
     down.store(true, Ordering::SeqCst);
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
     assert_eq!(admitted(&b, &bucket, 40).await, 40);
