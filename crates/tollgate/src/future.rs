@@ -179,7 +179,8 @@ where
                             return Poll::Ready(Err(e));
                         }
                     };
-                    match after.take().and_then(|a| a.finish(&mut response)) {
+                    let settle = after.as_mut().and_then(|a| a.finish(&mut response));
+                    match settle {
                         Some(settle) => this.state.set(State::Settling {
                             settle,
                             response: Some(response),

@@ -64,21 +64,30 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let start = self.limiter.engine.start(&self.scope, &mut parts);
+        let mut outcome = Outcome::Proceed(None);
+        let start = self
+            .limiter
+            .engine
+            .start(&self.scope, &mut parts, &mut outcome);
         match start {
             Start::Pass => {
                 ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)), None)
             }
             // Decided at once (the memory store): no future to wait on.
-            Start::Now(Outcome::Proceed(mut after)) => {
-                After::put_in_request(&mut after, self.limiter.engine.id, &mut parts.extensions);
-                let req = Request::from_parts(parts, body);
-                ResponseFuture::calling(self.inner.call(req), after)
-            }
-            Start::Now(Outcome::Respond(response)) => ResponseFuture::respond(response),
-            Start::Now(Outcome::Refuse(refused)) => {
-                ResponseFuture::respond(refused.respond(&parts))
-            }
+            // (The admitted outcome's `After` is taken from the slot, not moved out with a
+            // pattern: that move copies its several hundred bytes once more.)
+            Start::Now => match &mut outcome {
+                Outcome::Proceed(after) => {
+                    After::put_in_request(after, self.limiter.engine.id, &mut parts.extensions);
+                    let req = Request::from_parts(parts, body);
+                    ResponseFuture::calling(self.inner.call(req), after.take())
+                }
+                Outcome::Respond(_) | Outcome::Refuse(_) => match outcome {
+                    Outcome::Refuse(refused) => ResponseFuture::respond(refused.respond(&parts)),
+                    Outcome::Respond(response) => ResponseFuture::respond(response),
+                    Outcome::Proceed(_) => unreachable!("matched above"),
+                },
+            },
             Start::Later(decide) => {
                 let req = Request::from_parts(parts, body);
                 // The ready service goes into the future; a fresh clone stays here.

@@ -130,23 +130,25 @@ fn every_index(n: usize) -> SmallVec<[usize; INLINE]> {
 }
 
 /// What one answer of the store means for the plan.
-#[allow(clippy::large_enum_variant)]
 enum Step {
-    Done(Outcome),
+    /// Decided: the outcome is written.
+    Done,
     /// Only shadow buckets refused: charge again without them.
     Without(SmallVec<[usize; INLINE]>),
 }
 
 impl Engine {
-    /// Charges `plan` at once if the store can answer synchronously; `None` if `plan` must
-    /// be charged through the store's future.
+    /// Charges `plan` at once if the store can answer synchronously, into `out` (written
+    /// in place: see [`Start::Now`](super::Start::Now)); `false` if `plan` must be charged
+    /// through the store's future.
     #[inline]
     pub(crate) fn decide_now(
         self: &Arc<Self>,
         plan: &Plan<&Arc<Compiled>>,
         provisional: &Option<Arc<Provisional>>,
         target: Target<'_>,
-    ) -> Option<Outcome> {
+        out: &mut Outcome,
+    ) -> bool {
         let mut active = every_index(plan.buckets.len());
         let op = plan.op();
         // The memory store answers in tens of nanoseconds: it is timed only for the span
@@ -161,15 +163,29 @@ impl Engine {
                 let buckets: SmallVec<[_; INLINE]> =
                     active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 self.store.apply_sync(op, &buckets, &mut states)
-            }?;
-            let conclude = || self.conclude(plan, op, &active, answer, states, provisional, target);
+            };
+            let Some(answer) = answer else {
+                return false;
+            };
+            let conclude = || {
+                self.conclude(
+                    plan,
+                    op,
+                    &active,
+                    answer,
+                    &mut states,
+                    provisional,
+                    target,
+                    out,
+                )
+            };
             // The span is a `DEBUG` one: without `DEBUG` it would be a disabled span.
             let step = match started {
                 Some(t) => self.span(plan, t.elapsed()).in_scope(conclude),
                 None => conclude(),
             };
             match step {
-                Step::Done(outcome) => return Some(outcome),
+                Step::Done => return true,
                 Step::Without(rest) => active = rest,
             }
         }
@@ -184,6 +200,7 @@ impl Engine {
     ) -> Outcome {
         let mut active = every_index(plan.buckets.len());
         let op = plan.op();
+        let mut out = Outcome::Proceed(None);
         loop {
             let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();
             let batch = Batch::new(op, buckets).with_failure_mode(plan.on_failure);
@@ -191,7 +208,7 @@ impl Engine {
             let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
             let elapsed = started.elapsed();
             self.store_metrics.answered(elapsed, self.store.mode());
-            let (answer, states) = match answer {
+            let (answer, mut states) = match answer {
                 Ok((now, states)) => (Ok(now), States::from_vec(states)),
                 Err(e) => (Err(e), States::new()),
             };
@@ -202,13 +219,14 @@ impl Engine {
                     op,
                     &active,
                     answer,
-                    states,
+                    &mut states,
                     &provisional,
                     target.target(),
+                    &mut out,
                 )
             });
             match step {
-                Step::Done(outcome) => return outcome,
+                Step::Done => return out,
                 Step::Without(rest) => active = rest,
             }
         }
@@ -227,7 +245,7 @@ impl Engine {
     }
 
     /// What an answer of the store to `op` (the plan's [`Plan::op`]) for the `active`
-    /// buckets of `plan` means.
+    /// buckets of `plan` means: the outcome, written to `out`, or a charge again.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn conclude<G: Group>(
@@ -236,15 +254,17 @@ impl Engine {
         op: Op,
         active: &[usize],
         answer: Result<Timestamp, StoreError>,
-        states: States,
+        states: &mut States,
         provisional: &Option<Arc<Provisional>>,
         target: Target<'_>,
+        out: &mut Outcome,
     ) -> Step {
         let now = match answer {
             Ok(now) => now,
             Err(e) => {
                 let route = || self.route_for_log(plan, target);
-                return Step::Done(self.store_failed(&e, plan.on_failure, target.method, route));
+                *out = self.store_failed(&e, plan.on_failure, target.method, route);
+                return Step::Done;
             }
         };
         let allowed = states.iter().all(|s| s.allowed);
@@ -254,7 +274,7 @@ impl Engine {
             if op != Op::Peek {
                 self.stats.admitted.fetch_add(1, Ordering::Relaxed);
                 if observe::ENABLED {
-                    for (&i, state) in active.iter().zip(&states) {
+                    for (&i, state) in active.iter().zip(&*states) {
                         if let Some(metrics) = plan.metrics(i) {
                             metrics.admitted(state);
                         }
@@ -266,12 +286,19 @@ impl Engine {
                 let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 *super::lock(&p.charged) = Some((charged, now));
             }
-            let after = After::new(self, plan, active, states, now, provisional.clone());
-            return Step::Done(Outcome::Proceed(Some(after)));
+            *out = Outcome::Proceed(Some(After::new(
+                self,
+                plan,
+                active,
+                states,
+                now,
+                provisional.clone(),
+            )));
+            return Step::Done;
         }
         let mut enforced = false;
         let mut refusing: SmallVec<[usize; INLINE]> = SmallVec::new();
-        for (&i, state) in active.iter().zip(&states) {
+        for (&i, state) in active.iter().zip(&*states) {
             if state.allowed {
                 continue;
             }
@@ -289,12 +316,13 @@ impl Engine {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             // The body from the info; the headers as an admitted response makes them (their
             // constant parts ready).
-            let visible = Visible::of(plan, active, &states);
-            return Step::Done(Outcome::Refuse(Refused {
+            let visible = Visible::of(plan, active, states);
+            *out = Outcome::Refuse(Refused {
                 engine: self.clone(),
                 info: self.info(plan, &visible, now, target),
                 settled: self.settled(plan, &visible, now, true),
-            }));
+            });
+            return Step::Done;
         }
         self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);
         let rest: SmallVec<[usize; INLINE]> = active
@@ -303,7 +331,8 @@ impl Engine {
             .filter(|i| !refusing.contains(i))
             .collect();
         if rest.is_empty() {
-            return Step::Done(Outcome::Proceed(None));
+            *out = Outcome::Proceed(None);
+            return Step::Done;
         }
         Step::Without(rest)
     }

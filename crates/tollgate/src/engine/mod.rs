@@ -317,14 +317,14 @@ pub(crate) enum Scope {
     },
 }
 
-/// What a layer does with a request before calling the inner service. (An outcome decided
-/// at once is held inline: boxing it would allocate per request.)
-#[allow(clippy::large_enum_variant)]
+/// What a layer does with a request before calling the inner service.
 pub(crate) enum Start {
     /// Nothing: call the inner service, touch nothing.
     Pass,
-    /// Decided at once.
-    Now(Outcome),
+    /// Decided at once: the outcome is in the caller's slot. (It is written there, not
+    /// returned: an admitted outcome holds its headers, several hundred bytes that every
+    /// move on the way out would copy; boxing them would allocate per request.)
+    Now,
     /// Ask the store, and wait for its answer.
     Later(BoxFuture<'static, Outcome>),
 }
@@ -363,20 +363,26 @@ fn route_id(method: &Method, path: &str) -> StoreKey {
 }
 
 impl Engine {
-    /// The first step of every request through a layer of this limiter.
-    pub(crate) fn start(self: &Arc<Self>, scope: &Scope, parts: &mut Parts) -> Start {
+    /// The first step of every request through a layer of this limiter; an outcome decided
+    /// at once goes into `out` ([`Start::Now`]).
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        scope: &Scope,
+        parts: &mut Parts,
+        out: &mut Outcome,
+    ) -> Start {
         if !self.enabled {
             return Start::Pass;
         }
         match scope {
-            Scope::Central => self.start_central(parts),
+            Scope::Central => self.start_central(parts, out),
             Scope::Route { index, pattern, .. } => {
-                self.start_route(*index, pattern.as_deref(), parts)
+                self.start_route(*index, pattern.as_deref(), parts, out)
             }
         }
     }
 
-    fn start_central(self: &Arc<Self>, parts: &mut Parts) -> Start {
+    fn start_central(self: &Arc<Self>, parts: &mut Parts, out: &mut Outcome) -> Start {
         // A layer of this limiter further out took it (nested routers that each got a
         // layer; a per-route layer): charged once.
         if charged_by(&parts.extensions, self.id) {
@@ -421,7 +427,8 @@ impl Engine {
             return Start::Pass;
         }
         if let Some(refused) = self.refuse_without_peer(parts) {
-            return Start::Now(refused);
+            *out = refused;
+            return Start::Now;
         }
         let plan = self.plan(parts, classes.into_iter().chain(&table.globals));
         if plan.buckets.is_empty() {
@@ -429,8 +436,8 @@ impl Engine {
         }
         let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
         // The plan stays here (it is large): the store answers for it by reference.
-        if let Some(outcome) = self.decide_now(&plan, &provisional, Target::of(parts, path)) {
-            if let (Outcome::Proceed(Some(_)), Some(p)) = (&outcome, provisional) {
+        if self.decide_now(&plan, &provisional, Target::of(parts, path), out) {
+            if let (Outcome::Proceed(Some(_)), Some(p)) = (&*out, provisional) {
                 set_mark(
                     &mut parts.extensions,
                     self.id,
@@ -438,7 +445,7 @@ impl Engine {
                     Keep::Replace,
                 );
             }
-            return Start::Now(outcome);
+            return Start::Now;
         }
         let plan = plan.owned();
         if let Some(p) = &provisional {
@@ -462,6 +469,7 @@ impl Engine {
         index: usize,
         delegation: Option<&Delegation>,
         parts: &mut Parts,
+        out: &mut Outcome,
     ) -> Start {
         let pattern = delegation.map(|d| &d.table);
         // One table for the whole request, however long it takes.
@@ -478,7 +486,8 @@ impl Engine {
         }
         if !policy.exempt {
             if let Some(refused) = self.refuse_without_peer(parts) {
-                return Start::Now(refused);
+                *out = refused;
+                return Start::Now;
             }
         }
         // One snapshot for the request (loaded again only after this request changes it).
@@ -566,10 +575,12 @@ impl Engine {
         let path = request_path(parts);
         let plan = match (plan, refund_later.is_some()) {
             (None, false) => return Start::Pass,
-            (Some(plan), false) => match self.decide_now(&plan, &None, Target::of(parts, path)) {
-                Some(outcome) => return Start::Now(outcome),
-                None => Some(plan.owned()),
-            },
+            (Some(plan), false) => {
+                if self.decide_now(&plan, &None, Target::of(parts, path), out) {
+                    return Start::Now;
+                }
+                Some(plan.owned())
+            }
             (plan, true) => plan.map(|p| p.owned()),
         };
         let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));

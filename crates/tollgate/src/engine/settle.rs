@@ -26,13 +26,13 @@ pub(crate) struct Settled {
 impl Settled {
     /// Adds the headers (those the inner service did not set) and the decision to
     /// `response`.
-    pub(crate) fn apply<B>(self, response: &mut http::Response<B>) {
-        Self::add(self.headers, self.decision, response);
+    pub(crate) fn apply<B>(mut self, response: &mut http::Response<B>) {
+        Self::add(&mut self.headers, self.decision, response);
     }
 
     /// [`Settled::apply`] of its two parts.
     fn add<B>(
-        headers: Fields,
+        headers: &mut Fields,
         decision: Option<RateLimitDecision>,
         response: &mut http::Response<B>,
     ) {
@@ -82,16 +82,17 @@ enum Settle {
 
 impl After {
     /// What an admitted charge of the `active` buckets of `plan` leaves to do after the
-    /// response.
+    /// response. (The `states` are taken only if a charge may be given back: they are
+    /// hundreds of bytes, which a move copies.)
     pub(crate) fn new<G: Group>(
         engine: &Arc<Engine>,
         plan: &Plan<G>,
         active: &[usize],
-        states: States,
+        states: &mut States,
         now: Timestamp,
         provisional: Option<Arc<Provisional>>,
     ) -> Self {
-        let visible = Visible::of(plan, active, &states);
+        let visible = Visible::of(plan, active, states);
         let decision = engine.decision(plan, &visible, now);
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
             // (It borrows the states, which the refund keeps.)
@@ -100,7 +101,7 @@ impl After {
                 engine: engine.clone(),
                 plan: plan.owned(),
                 charged: active.iter().copied().collect(),
-                states,
+                states: std::mem::take(states),
                 now,
             };
             return Self {
@@ -172,17 +173,18 @@ impl After {
     /// Finishes with the inner service's `response`: adds its headers and decision at once
     /// when nothing is to be given back (the usual response, with nothing copied on the
     /// way), else [`Pending::settle`]s first. Nothing if a per-route layer took the request
-    /// over. The future, if the store must be asked.
+    /// over. The future, if the store must be asked. (By reference: an `After` is several
+    /// hundred bytes, which a move copies; what it holds is taken out.)
     pub(crate) fn finish<B>(
-        self,
+        &mut self,
         response: &mut http::Response<B>,
     ) -> Option<BoxFuture<'static, Settled>> {
         if self.taken_over() {
             return None;
         }
-        let Some(pending) = self.pending else {
-            let decision = self.decision.filter(|_| self.in_response);
-            Settled::add(self.headers, decision, response);
+        let Some(pending) = self.pending.take() else {
+            let decision = self.decision.take().filter(|_| self.in_response);
+            Settled::add(&mut self.headers, decision, response);
             return None;
         };
         match pending.settle(Some(response.status())) {
