@@ -37,6 +37,7 @@ pub(crate) use compile::{
 };
 pub(crate) use decide::Outcome;
 use decide::{OwnedTarget, Target};
+use plan::Plan;
 pub(crate) use settle::{in_background, After, Settled};
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
@@ -430,7 +431,8 @@ impl Engine {
             *out = refused;
             return Start::Now;
         }
-        let plan = self.plan(parts, classes.into_iter().chain(&table.globals));
+        let mut plan = Plan::new();
+        self.plan_into(parts, classes.into_iter().chain(&table.globals), &mut plan);
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
@@ -569,8 +571,13 @@ impl Engine {
         let plan = if policy.exempt {
             None
         } else {
-            Some(self.plan(parts, std::iter::once(policy).chain(&table.globals)))
-                .filter(|plan| !plan.buckets.is_empty())
+            let mut plan = Plan::new();
+            self.plan_into(
+                parts,
+                std::iter::once(policy).chain(&table.globals),
+                &mut plan,
+            );
+            Some(plan).filter(|plan| !plan.buckets.is_empty())
         };
         let path = request_path(parts);
         let plan = match (plan, refund_later.is_some()) {

@@ -51,6 +51,18 @@ pub(crate) struct Meta {
 /// [`Meta::limit`] of a per-key override's bucket.
 pub(crate) const OVERRIDE: u8 = u8::MAX;
 
+impl<G> Plan<G> {
+    /// A plan without buckets.
+    pub(crate) fn new() -> Self {
+        Plan {
+            groups: SmallVec::new(),
+            buckets: SmallVec::new(),
+            meta: SmallVec::new(),
+            on_failure: FailureMode::Open,
+        }
+    }
+}
+
 impl<G: AsRef<Compiled>> Plan<G> {
     /// The policy of bucket `i`.
     pub(crate) fn policy(&self, i: usize) -> &Compiled {
@@ -252,13 +264,16 @@ fn address_key(addr: Option<IpAddr>, prefix: u8) -> StoreKey {
 
 impl Engine {
     /// The buckets `policies` (the class or per-route policy, then the global ones) charge
-    /// for this request: each limit whose key the request has, at the policy's cost, plus
-    /// the per-key overrides of those keys. A bucket two policies share is charged once.
-    pub(crate) fn plan<'a>(
+    /// for this request, into an empty `plan` the caller holds (a plan is several hundred
+    /// bytes, which returning it would copy): each limit whose key the request has, at the
+    /// policy's cost, plus the per-key overrides of those keys. A bucket two policies share
+    /// is charged once.
+    pub(crate) fn plan_into<'a>(
         &'a self,
         parts: &Parts,
         policies: impl Iterator<Item = &'a Arc<Compiled>>,
-    ) -> Plan<&'a Arc<Compiled>> {
+        plan: &mut Plan<&'a Arc<Compiled>>,
+    ) {
         let mut keys = Keys {
             engine: self,
             parts,
@@ -267,12 +282,6 @@ impl Engine {
             user: None,
         };
         let overrides = self.overrides.load();
-        let mut plan = Plan {
-            groups: SmallVec::new(),
-            buckets: SmallVec::new(),
-            meta: SmallVec::new(),
-            on_failure: FailureMode::Open,
-        };
         let mut bit = 0usize;
         for policy in policies.filter(|p| !p.exempt) {
             let group = plan.groups.len() as u8;
@@ -339,7 +348,6 @@ impl Engine {
                 plan.on_failure = stricter(plan.on_failure, policy.on_failure);
             }
         }
-        plan
     }
 }
 
@@ -393,6 +401,17 @@ mod tests {
         parts
     }
 
+    /// The plan of the request of `parts` for `policies`.
+    fn plan_of<'a>(
+        engine: &'a super::Engine,
+        parts: &http::request::Parts,
+        policies: impl Iterator<Item = &'a std::sync::Arc<super::Compiled>>,
+    ) -> super::Plan<&'a std::sync::Arc<super::Compiled>> {
+        let mut plan = super::Plan::new();
+        engine.plan_into(parts, policies, &mut plan);
+        plan
+    }
+
     fn limiter() -> Limiter {
         Limiter::builder()
             .identity(|p| {
@@ -419,7 +438,7 @@ mod tests {
         let table = engine.table.load();
         let class = table.classes.classify(&http::Method::GET, "/api/x");
         let anonymous = parts("/api/x", None);
-        let plan = engine.plan(&anonymous, class.into_iter().chain(&table.globals));
+        let plan = plan_of(engine, &anonymous, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, ["default:ip:203.0.113.7", "global:all"]);
         assert_eq!(plan.buckets[0].name(), "default:ip");
@@ -429,7 +448,7 @@ mod tests {
         assert_eq!(plan.meta[1].bit, Some(2));
 
         let signed_in = parts("/api/x", Some("u_42"));
-        let plan = engine.plan(&signed_in, class.into_iter().chain(&table.globals));
+        let plan = plan_of(engine, &signed_in, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -454,7 +473,7 @@ mod tests {
         for path in ["/v1/contacts/%2e%2e", "/v1/contacts/%2E", "/v1/contacts/7"] {
             let p = parts(path, None);
             let classes = table.classes.classify_all(&http::Method::PATCH, path);
-            let plan = engine.plan(&p, classes.into_iter());
+            let plan = plan_of(engine, &p, classes.into_iter());
             let charged: Vec<(&str, u64)> = plan
                 .buckets
                 .iter()
@@ -474,7 +493,7 @@ mod tests {
         let table = engine.table.load();
         let class = table.classes.classify(&http::Method::GET, "/api/x");
         let p = parts("/api/x", None);
-        let plan = engine.plan(&p, class.into_iter().chain(&table.globals));
+        let plan = plan_of(engine, &p, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -500,7 +519,7 @@ mod tests {
         let mut p = parts("/api/x", None);
         p.extensions
             .insert("[2001:db8:1:2::1]:4000".parse::<SocketAddr>().unwrap());
-        let plan = engine.plan(&p, class.into_iter().chain(&table.globals));
+        let plan = plan_of(engine, &p, class.into_iter().chain(&table.globals));
         let keys: Vec<&str> = plan.buckets.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
             keys,

@@ -113,14 +113,16 @@ impl After {
                 provisional,
             };
         }
-        Self {
-            headers: engine.headers(plan, &visible, now),
+        let mut after = Self {
+            headers: Fields::default(),
             decision,
             in_request: engine.decision_in_request,
             in_response: engine.decision_in_response,
             pending: None,
             provisional,
-        }
+        };
+        engine.headers(plan, &visible, now, &mut after.headers);
+        after
     }
 
     /// No response goes out through this layer: the request's future was dropped (`None`:
@@ -363,14 +365,14 @@ impl Engine {
         let decision = self
             .decision_in_response
             .then(|| self.decision(plan, visible, now));
-        Settled {
-            headers: if show {
-                self.headers(plan, visible, now)
-            } else {
-                Fields::default()
-            },
+        let mut settled = Settled {
+            headers: Fields::default(),
             decision: decision.flatten(),
+        };
+        if show {
+            self.headers(plan, visible, now, &mut settled.headers);
         }
+        settled
     }
 
     /// The decision the extensions carry for the `active` buckets of `plan` answered by
@@ -399,7 +401,8 @@ impl Engine {
         )
     }
 
-    /// The rate-limit headers for the `active` buckets of `plan` answered by `states`.
+    /// The rate-limit headers for the `visible` buckets of `plan`, set in `headers` (filled
+    /// where they are kept: the fields are 240 bytes, which returning them would copy).
     /// Shadow buckets are a dry run and never show. The constant parts come ready from the
     /// compiled policies.
     pub(crate) fn headers<G: AsRef<Compiled>>(
@@ -407,11 +410,11 @@ impl Engine {
         plan: &Plan<G>,
         visible: &Visible<'_>,
         now: Timestamp,
-    ) -> Fields {
-        let mut headers = Fields::default();
+        headers: &mut Fields,
+    ) {
         let (shown, shown_states) = (&visible.index, &visible.states);
         if shown.is_empty() || !self.header_style.writes_any(visible.allowed) {
-            return headers;
+            return;
         }
         // Overrides have no compiled name: theirs are made here. (Both lists are filled by
         // `push`, which inlines; collecting into them does not, and costs more.)
@@ -472,6 +475,5 @@ impl Engine {
         }
         self.header_style
             .emit(&view, |field, value| headers.set(field, value));
-        headers
     }
 }
