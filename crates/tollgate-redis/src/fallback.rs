@@ -44,9 +44,15 @@
 //!   timeout, and decided by the primary: memory never decides for a primary that answers
 //!   (it has not seen what other instances charged). Not after a restart: when the
 //!   primary's incarnation changed, the call fails as before, and the check writes the
-//!   counts back before the primary decides again. A call whose connection broke after the
-//!   primary ran it counts twice (as an abandoned call may). A timeout, or an error the
-//!   primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
+//!   counts back before the primary decides again. Other requests may go through the
+//!   fresh connection while that call asks the incarnation: what the primary admits them
+//!   meanwhile is added to memory's counts, not taken as them, since a primary that
+//!   restarted holds what other instances admitted on their own shares after it (taken as
+//!   this instance's share of the count, it cost this instance what another spent: two
+//!   instances admitted 364 to 500 of 500 in a review's burst after an idle restart). A
+//!   call whose connection broke after the primary ran it counts twice (as an abandoned
+//!   call may). A timeout, or an error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`),
+//!   is not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
@@ -523,6 +529,25 @@ struct Share {
     decision: Decision,
 }
 
+/// A call that found its connection broken, asking whether the primary restarted
+/// ([`Shared::call_again_if_broken`]), until dropped: meanwhile the primary's answers are
+/// not taken as memory's counts ([`Shared::sure`]). Held until the store left the primary
+/// if it did.
+struct Unsure<'a>(&'a AtomicU32);
+
+impl<'a> Unsure<'a> {
+    fn new(unsure: &'a AtomicU32) -> Self {
+        unsure.fetch_add(1, Ordering::AcqRel);
+        Self(unsure)
+    }
+}
+
+impl Drop for Unsure<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Set in [`Shared::state`] while decisions are made on the primary; the bits above count
 /// the departures from it.
 const ON_PRIMARY: u64 = 1;
@@ -543,6 +568,10 @@ struct Shared<P> {
     under_way: UnderWay,
     /// The primary's incarnation when last checked.
     incarnation: Mutex<Option<String>>,
+    /// How many calls that found their connection broken are asking the primary's
+    /// incarnation ([`Unsure`]): until they know, the primary may have restarted, and its
+    /// answers are not taken as memory's counts.
+    unsure: AtomicU32,
     /// Why the store left the primary last.
     reason: Mutex<String>,
     /// When the store last returned to the primary, and the check wait that preceded it.
@@ -671,6 +700,7 @@ impl<P: Primary> FallbackStore<P> {
                 tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
                 incarnation: Mutex::new(None),
+                unsure: AtomicU32::new(0),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
                 grace_until: AtomicU64::new(0),
@@ -758,21 +788,25 @@ impl<P: Primary> Shared<P> {
     /// ([`Primary::connection_broke`]), made once more through a fresh one within what is
     /// left of the timeout, unless the primary restarted since it was last checked (a new
     /// incarnation: it may have come back empty, and is used again only after the counts
-    /// were written back, by the check the failure starts). Also answers whether the call
-    /// failed because its connection broke.
+    /// were written back, by the check the failure starts). Also answers, if the call
+    /// failed because its connection broke, an [`Unsure`] for the caller to hold until it
+    /// has left the primary.
     ///
     /// A call whose connection broke after the primary ran it is run twice: a charge is
     /// then counted twice (as a call abandoned at the timeout may be).
     async fn call_again_if_broken(
         &self,
         batch: &Batch,
-    ) -> (Result<(Decision, Origin), StoreError>, bool) {
+    ) -> (Result<(Decision, Origin), StoreError>, Option<Unsure<'_>>) {
         let timeout = self.config.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let error = match self.call(batch).await {
             Err(e) if self.primary.connection_broke(&e) => e,
-            other => return (other, false),
+            other => return (other, None),
         };
+        // Other calls may go through the fresh connection meanwhile, to a primary that may
+        // have restarted: their answers are not memory's counts until this one knows.
+        let unsure = Unsure::new(&self.unsure);
         let again = async {
             let id = self.primary.incarnation().await.ok()?;
             if id != *lock(&self.incarnation) {
@@ -787,12 +821,19 @@ impl<P: Primary> Shared<P> {
                     error = %error,
                     "rate-limit store primary's connection broke; answered through a fresh one"
                 );
-                (Ok(answer), false)
+                (Ok(answer), None)
             }
-            Ok(Some(Err(e))) => (Err(e), true),
-            Ok(None) => (Err(error), true),
-            Err(_) => (Err(StoreError::Timeout(timeout)), true),
+            Ok(Some(Err(e))) => (Err(e), Some(unsure)),
+            Ok(None) => (Err(error), Some(unsure)),
+            Err(_) => (Err(StoreError::Timeout(timeout)), Some(unsure)),
         }
+    }
+
+    /// Whether no call that found its connection broken is still asking whether the
+    /// primary restarted ([`Unsure`]): until then, its answers are not taken as memory's
+    /// counts.
+    fn sure(&self) -> bool {
+        self.unsure.load(Ordering::Acquire) == 0
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -1341,12 +1382,17 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// An answer of the primary to a call sent before the store left it for memory: the
-    /// request it answered was admitted by the primary, so memory, deciding now, counts
-    /// what it charged on top of its own count (not in the ledger: the primary has it).
-    /// Its counts are not taken as memory's ([`Shared::mirror`]): memory may have admitted
-    /// more since the switch. A refund or a reset that came late is left out: memory keeps
-    /// the higher count.
+    /// An answer of the primary that is not taken as memory's counts: to a call sent
+    /// before the store left it for memory, or received while a call that found its
+    /// connection broken asks whether the primary restarted ([`Unsure`]; it may answer from
+    /// an empty restart, holding only what other instances gave back and admitted since,
+    /// and this instance's share of that is not what it spent). The request it answered
+    /// was admitted by the primary, so memory counts what it charged on top of its own
+    /// count (not in the ledger: the primary has it), wherever memory keeps its own
+    /// counts: while it decides, in the time after a return (this instance's share,
+    /// [`Shared::in_return_grace`]), and until the call that found the connection broken
+    /// knows. A refund or a reset that came late is left out: memory keeps the higher
+    /// count.
     ///
     /// If the store came back to the primary and left it again since the call was sent,
     /// what it mirrored meanwhile may include this charge already: it is added anyway
@@ -1357,7 +1403,8 @@ impl<P: Primary> Shared<P> {
             Op::Penalize => true,
             Op::Peek | Op::Refund | Op::RefundAt(_) | Op::Reset => false,
         };
-        if !charged || self.state.load(Ordering::Acquire) & ON_PRIMARY != 0 {
+        let own = !self.on_primary() || self.in_return_grace() || !self.sure();
+        if !charged || !own {
             return;
         }
         let scaled = self.scaled_all(&batch.buckets);
@@ -1615,7 +1662,7 @@ impl<P: Primary> Store for FallbackStore<P> {
             }
             // Under way until its answer counts where it should (or memory decides it).
             let sent = shared.under_way.send(batch);
-            let (result, broke) = shared.call_again_if_broken(batch).await;
+            let (result, unsure) = shared.call_again_if_broken(batch).await;
             if let Some(share) = &share {
                 if !result.as_ref().is_ok_and(|(d, _)| d.allowed) {
                     // Not admitted there (or decided from memory below, charged once).
@@ -1625,10 +1672,11 @@ impl<P: Primary> Store for FallbackStore<P> {
             match result {
                 Ok((decision, origin)) => {
                     shared.failures.store(0, Ordering::Release);
-                    // Only if the store has not left the primary since the call was sent;
-                    // else what it admitted is added to memory's count (unless charged
-                    // there already, on the share).
-                    if shared.state.load(Ordering::Acquire) == state {
+                    // Only if the store has not left the primary since the call was sent,
+                    // and no call is finding out whether it restarted; else what it
+                    // admitted is added to memory's count (unless charged there already,
+                    // on the share).
+                    if shared.state.load(Ordering::Acquire) == state && shared.sure() {
                         if grace {
                             shared.follow_on_share(batch, &decision, share.is_some());
                         }
@@ -1643,7 +1691,9 @@ impl<P: Primary> Store for FallbackStore<P> {
                 Err(e) => {
                     // Memory decides it now: it is no longer under way.
                     drop(sent);
-                    shared.failed(&e, broke);
+                    shared.failed(&e, unsure.is_some());
+                    // Off the primary now: its answers are not taken as memory's counts.
+                    drop(unsure);
                     shared.on_failure(batch, e)
                 }
             }

@@ -2,10 +2,11 @@
 //! back must not admit on the primary what another, still deciding from memory, spent
 //! meanwhile: the primary does not have it until that instance gives it back. So for a
 //! time after its return an instance charges its own share too; what it counts then, and
-//! what it starts the next outage from, are the other tests here.
+//! what it starts the next outage from, are the other tests here, and what an instance
+//! counts when the primary restarted and answers before the instance knows.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tollgate_core::{
@@ -298,4 +299,122 @@ async fn after_that_time_a_key_given_back_counts_what_the_fleet_spent() {
     down.store(true, Ordering::SeqCst);
     assert_eq!(admitted(&a, &bucket, 50).await, 25);
     assert_eq!(a.mode(), Mode::Fallback);
+}
+
+/// A primary that restarts empty: a memory store of its own and a run id, reached by each
+/// instance through a connection of its own that the restart breaks (the instance's next
+/// call fails with a broken pipe; the connection is made again for the calls after it).
+/// Asking its run id takes a round trip of 5 ms.
+#[derive(Debug)]
+struct Restarting {
+    remote: Mutex<MemoryStore>,
+    run_id: AtomicU64,
+}
+
+impl Restarting {
+    fn restart(&self) {
+        *self.remote.lock().unwrap() = MemoryStore::new();
+        self.run_id.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An instance's connection to a [`Restarting`] primary: the run id it last reached.
+#[derive(Debug)]
+struct Connection {
+    primary: Arc<Restarting>,
+    reached: AtomicU64,
+}
+
+impl Primary for Connection {
+    fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(Some(self.primary.run_id.load(Ordering::SeqCst).to_string()))
+        })
+    }
+
+    fn connection_broke(&self, error: &StoreError) -> bool {
+        matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl Store for Connection {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let run_id = self.primary.run_id.load(Ordering::SeqCst);
+        let broke = self.reached.swap(run_id, Ordering::SeqCst) != run_id;
+        let answer = if broke {
+            let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+            Err(StoreError::Backend(Box::new(pipe)))
+        } else {
+            let remote = self.primary.remote.lock().unwrap();
+            remote.apply_now(batch.op, &batch.buckets)
+        };
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+/// An instance of a fleet of two on `primary`, through a connection of its own.
+async fn connected(primary: &Arc<Restarting>) -> FallbackStore<Connection> {
+    let connection = Connection {
+        primary: primary.clone(),
+        reached: AtomicU64::new(primary.run_id.load(Ordering::SeqCst)),
+    };
+    FallbackStore::connect_with_memory(connection, MemoryStore::new(), fleet(LONG)).await
+}
+
+/// How many of `n` charges of `bucket`, one after another, `store` admits.
+async fn admitted_by(store: &FallbackStore<Connection>, bucket: &Bucket, n: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let decision = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        admitted += usize::from(decision.allowed);
+    }
+    admitted
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_admission() {
+    // The primary restarts empty while both instances are idle. A finds out first and,
+    // back, spends 40 of a new client's 100 on its share. Then a burst reaches B: its first
+    // call finds the connection broken and asks whether the primary restarted; meanwhile
+    // another goes through the fresh connection and is answered by the restarted primary
+    // (41 counted, A's 40 among them). Taken as B's count (its share of 41: 20), it would
+    // have cost B A's spending a second time: B then admitted 31 of its 50 (81 of 100 in
+    // all, as a review's 364 to 500 of 500 in a burst after an idle restart). Counted as
+    // what B admitted, B spends its whole share.
+    let primary = Arc::new(Restarting {
+        remote: Mutex::new(MemoryStore::new()),
+        run_id: AtomicU64::new(1),
+    });
+    let (a, b) = (connected(&primary).await, connected(&primary).await);
+    assert_eq!((a.mode(), b.mode()), (Mode::Primary, Mode::Primary));
+    primary.restart();
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let charge = || Batch::charge(vec![bucket.clone()]);
+    // A's first call finds the restart; decided from memory, then given back.
+    assert!(a.apply(&charge()).await.unwrap().allowed);
+    assert_eq!(a.mode(), Mode::Fallback);
+    until(|| a.mode() == Mode::Primary).await;
+    assert_eq!(admitted_by(&a, &bucket, 39).await, 39);
+
+    let (first, second) = (charge(), charge());
+    let (found, answered) = tokio::join!(b.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        b.apply(&second).await
+    });
+    assert!(found.unwrap().allowed, "decided from memory");
+    assert!(
+        answered.unwrap().allowed,
+        "answered by the restarted primary"
+    );
+    assert_eq!(b.mode(), Mode::Fallback);
+    until(|| b.mode() == Mode::Primary).await;
+    assert_eq!(b.mode(), Mode::Primary);
+    let from_b = 2 + admitted_by(&b, &bucket, 60).await;
+    let from_a = 40 + admitted_by(&a, &bucket, 60).await;
+    assert_eq!((from_a, from_b), (50, 50), "admitted by A and by B");
 }
