@@ -1345,9 +1345,10 @@ impl<P: Primary> Shared<P> {
     }
 
     /// Starts the time after a return ([`Shared::in_return_grace`]) with a divisor above 1
-    /// (and the mirror on), from an outage that began at `left` (µs, memory's clock): its
-    /// end ([`Shared::end_grace`]) is run when it is over, unless the store returned again
-    /// meanwhile (that return's own end follows).
+    /// (and the mirror on), just before the store returns to the primary (a decision that
+    /// sees the return sees that time too), from an outage that began at `left` (µs,
+    /// memory's clock): its end ([`Shared::end_grace`]) is run when it is over, unless the
+    /// store returned again meanwhile (that return's own end follows).
     fn start_grace(self: &Arc<Self>, left: u64) {
         if self.config.divisor <= 1 || self.config.mirror_keys == 0 {
             return;
@@ -1584,8 +1585,10 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
         wait = true;
         match shared.sync().await {
             Ok(()) => {
-                shared.enter(delay);
+                // The time after the return first: a request that sees the return (another
+                // worker thread decides one as soon as `enter` wakes those waiting) sees it.
                 shared.start_grace(left);
+                shared.enter(delay);
                 // Decisions made from memory during the last give-back, by calls that
                 // waited longer than the call timeout or failed late: given back now. If
                 // that fails, the store leaves the primary again and the check gives them

@@ -3,7 +3,8 @@
 //! meanwhile: the primary does not have it until that instance gives it back. So for a
 //! time after its return an instance charges its own share too; what it counts then, and
 //! what it starts the next outage from, are the other tests here, and what an instance
-//! counts when the primary restarted and answers before the instance knows.
+//! counts when the primary restarted and answers before the instance knows, or decides a
+//! request the moment it returns.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -417,4 +418,98 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     let from_b = 2 + admitted_by(&b, &bucket, 60).await;
     let from_a = 40 + admitted_by(&a, &bucket, 60).await;
     assert_eq!((from_a, from_b), (50, 50), "admitted by A and by B");
+}
+
+/// Runs a function, once, when an instance logs its return to the primary (after an
+/// outage: its failures reached the threshold), and waits for it: as another worker thread
+/// of the runtime decides a request woken by the return, before the task that returned
+/// takes its next step.
+struct AtReturn(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl tracing::Subscriber for AtReturn {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Returned(bool);
+        impl tracing::field::Visit for Returned {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                let text = format!("{value:?}");
+                self.0 |=
+                    field.name() == "message" && text == "rate-limit store back on the primary";
+            }
+        }
+        let mut returned = Returned(false);
+        event.record(&mut returned);
+        if returned.0 {
+            if let Some(run) = self.0.lock().unwrap().take() {
+                run();
+            }
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn a_request_decided_the_moment_an_instance_returns_is_charged_on_its_share() {
+    // In an outage A spends its share of a new client (50 of 100) on memory, and gives it
+    // back first. B, the moment it returns, decides a request of the client on another
+    // thread. Decided on the primary alone, outside that time, its answer took B's count
+    // as its share of the primary's 51 (25): B then admitted 26 of its 50.
+    let (primary, down) = primary();
+    let a = instance(&primary, fleet(LONG)).await;
+    let b = instance(
+        &primary,
+        slow(LONG, Duration::from_millis(400)).with_failure_threshold(1),
+    )
+    .await;
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(admitted(&a, &bucket, 60).await, 50);
+    let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
+    let _ = b.apply(&Batch::charge(vec![other])).await;
+    assert_eq!((a.mode(), b.mode()), (Mode::Fallback, Mode::Fallback));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    down.store(false, Ordering::SeqCst);
+    until(|| a.mode() == Mode::Primary).await;
+    assert_eq!((a.mode(), b.mode()), (Mode::Primary, Mode::Fallback));
+
+    let decided = Arc::new(Mutex::new(None));
+    let request = {
+        let (b, bucket, decided) = (b.clone(), bucket.clone(), decided.clone());
+        move || {
+            let allowed = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                let batch = Batch::charge(vec![bucket]);
+                runtime.block_on(b.apply(&batch)).unwrap().allowed
+            })
+            .join()
+            .unwrap();
+            *decided.lock().unwrap() = Some(allowed);
+        }
+    };
+    let at_return = AtReturn(Mutex::new(Some(Box::new(request))));
+    let _hook = tracing::subscriber::set_default(at_return);
+    until(|| b.mode() == Mode::Primary).await;
+    assert_eq!(
+        *decided.lock().unwrap(),
+        Some(true),
+        "the request at the return"
+    );
+    assert_eq!(1 + admitted(&b, &bucket, 60).await, 50, "admitted by B");
 }
