@@ -14,6 +14,7 @@ use tollgate_core::{
     Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Op, Quota, Store, StoreError,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
+use tollgate_testkit::EventLog;
 
 /// A primary deciding in a memory store of its own, failing every call at once while
 /// `down`.
@@ -48,7 +49,7 @@ async fn until(done: impl Fn() -> bool) {
 }
 
 /// How many of `n` charges of `bucket`, one after another, `store` admits.
-async fn admitted(store: &FallbackStore<Arc<Switchable>>, bucket: &Bucket, n: usize) -> usize {
+async fn admitted(store: &impl Store, bucket: &Bucket, n: usize) -> usize {
     let mut admitted = 0;
     for _ in 0..n {
         let decision = store
@@ -364,19 +365,6 @@ async fn connected(primary: &Arc<Restarting>) -> FallbackStore<Connection> {
     FallbackStore::connect_with_memory(connection, MemoryStore::new(), fleet(LONG)).await
 }
 
-/// How many of `n` charges of `bucket`, one after another, `store` admits.
-async fn admitted_by(store: &FallbackStore<Connection>, bucket: &Bucket, n: usize) -> usize {
-    let mut admitted = 0;
-    for _ in 0..n {
-        let decision = store
-            .apply(&Batch::charge(vec![bucket.clone()]))
-            .await
-            .unwrap();
-        admitted += usize::from(decision.allowed);
-    }
-    admitted
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_admission() {
     // The primary restarts empty while both instances are idle. A finds out first and,
@@ -400,7 +388,7 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     assert!(a.apply(&charge()).await.unwrap().allowed);
     assert_eq!(a.mode(), Mode::Fallback);
     until(|| a.mode() == Mode::Primary).await;
-    assert_eq!(admitted_by(&a, &bucket, 39).await, 39);
+    assert_eq!(admitted(&a, &bucket, 39).await, 39);
 
     let (first, second) = (charge(), charge());
     let (found, answered) = tokio::join!(b.apply(&first), async {
@@ -415,51 +403,9 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     assert_eq!(b.mode(), Mode::Fallback);
     until(|| b.mode() == Mode::Primary).await;
     assert_eq!(b.mode(), Mode::Primary);
-    let from_b = 2 + admitted_by(&b, &bucket, 60).await;
-    let from_a = 40 + admitted_by(&a, &bucket, 60).await;
+    let from_b = 2 + admitted(&b, &bucket, 60).await;
+    let from_a = 40 + admitted(&a, &bucket, 60).await;
     assert_eq!((from_a, from_b), (50, 50), "admitted by A and by B");
-}
-
-/// Runs a function, once, when an instance logs its return to the primary (after an
-/// outage: its failures reached the threshold), and waits for it: as another worker thread
-/// of the runtime decides a request woken by the return, before the task that returned
-/// takes its next step.
-struct AtReturn(Mutex<Option<Box<dyn FnOnce() + Send>>>);
-
-impl tracing::Subscriber for AtReturn {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Returned(bool);
-        impl tracing::field::Visit for Returned {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                let text = format!("{value:?}");
-                self.0 |=
-                    field.name() == "message" && text == "rate-limit store back on the primary";
-            }
-        }
-        let mut returned = Returned(false);
-        event.record(&mut returned);
-        if returned.0 {
-            if let Some(run) = self.0.lock().unwrap().take() {
-                run();
-            }
-        }
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 #[tokio::test]
@@ -503,7 +449,17 @@ async fn a_request_decided_the_moment_an_instance_returns_is_charged_on_its_shar
             *decided.lock().unwrap() = Some(allowed);
         }
     };
-    let at_return = AtReturn(Mutex::new(Some(Box::new(request))));
+    // Run when B logs its return (after an outage: its failures reached the threshold),
+    // and waited for: as another worker thread of the runtime decides a request woken by
+    // the return, before the task that returned takes its next step.
+    let request = Mutex::new(Some(request));
+    let at_return = EventLog::with_hook(move |line| {
+        if line.contains(" message=rate-limit store back on the primary") {
+            if let Some(run) = request.lock().unwrap().take() {
+                run();
+            }
+        }
+    });
     let _hook = tracing::subscriber::set_default(at_return);
     until(|| b.mode() == Mode::Primary).await;
     assert_eq!(

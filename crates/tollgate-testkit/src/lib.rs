@@ -590,12 +590,28 @@ mod tests {
 /// `tracing::subscriber::with_default` (tracing caches callsite interest process-wide, so
 /// such tests are best alone in their binary).
 #[derive(Clone, Default)]
-pub struct EventLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct EventLog {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    hook: Option<std::sync::Arc<EventHook>>,
+}
+
+/// What [`EventLog::with_hook`] runs on each event.
+type EventHook = dyn Fn(&str) + Send + Sync;
 
 impl EventLog {
+    /// A log that also runs `hook` with each event's line as the event is logged, on the
+    /// thread that logs it (before that thread goes on): for a test that must act at the
+    /// moment something happens.
+    pub fn with_hook(hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self {
+            lines: Default::default(),
+            hook: Some(std::sync::Arc::new(hook)),
+        }
+    }
+
     /// The events recorded so far.
     pub fn events(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -619,7 +635,10 @@ impl tracing::Subscriber for EventLog {
         let meta = event.metadata();
         let mut fields = Fields(format!("{} {}:", meta.level(), meta.target()));
         event.record(&mut fields);
-        self.0
+        if let Some(hook) = &self.hook {
+            hook(&fields.0);
+        }
+        self.lines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(fields.0);
