@@ -6,6 +6,8 @@
 //! counts when the primary restarted and answers before the instance knows, or decides a
 //! request the moment it returns.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,19 +50,6 @@ async fn until(done: impl Fn() -> bool) {
     }
 }
 
-/// How many of `n` charges of `bucket`, one after another, `store` admits.
-async fn admitted(store: &impl Store, bucket: &Bucket, n: usize) -> usize {
-    let mut admitted = 0;
-    for _ in 0..n {
-        let decision = store
-            .apply(&Batch::charge(vec![bucket.clone()]))
-            .await
-            .unwrap();
-        admitted += usize::from(decision.allowed);
-    }
-    admitted
-}
-
 #[tokio::test]
 async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_can_be() {
     let (primary, down) = primary();
@@ -71,7 +60,8 @@ async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_
     // 40 before the outage, spread over both instances (one each in turn).
     for _ in 0..20 {
         assert_eq!(
-            admitted(&a, &bucket, 1).await + admitted(&b, &bucket, 1).await,
+            common::admitted(&a, &bucket, 1, Duration::ZERO).await
+                + common::admitted(&b, &bucket, 1, Duration::ZERO).await,
             2
         );
     }
@@ -79,7 +69,8 @@ async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_
     down.store(true, Ordering::SeqCst);
     // Each spends its share of what the primary last told it remained: 31 of 61 on A,
     // 30 of 60 on B (the README's bound: the limit plus one per instance).
-    let during = admitted(&a, &bucket, 60).await + admitted(&b, &bucket, 60).await;
+    let during = common::admitted(&a, &bucket, 60, Duration::ZERO).await
+        + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
     assert_eq!(during, 61);
     assert_eq!((a.mode(), b.mode()), (Mode::Fallback, Mode::Fallback));
     // Each instance's first check (made at once) finds the primary down.
@@ -95,7 +86,7 @@ async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_
         .apply_now(Op::Peek, std::slice::from_ref(&bucket))
         .unwrap();
     assert_eq!(peek.buckets[0].remaining, 29);
-    let after = admitted(&a, &bucket, 50).await;
+    let after = common::admitted(&a, &bucket, 50, Duration::ZERO).await;
     assert_eq!(40 + during + after, 101, "{after} admitted by A once back");
     // What A refused shows the primary's limit, as every answer does.
     let refused = a.apply(&Batch::charge(vec![bucket.clone()])).await.unwrap();
@@ -108,15 +99,15 @@ async fn once_back_a_charge_that_fits_its_share_is_charged_on_both_and_counted_o
     let (primary, down) = primary();
     let a = instance(&primary, fleet(LONG)).await;
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    assert_eq!(admitted(&a, &bucket, 10).await, 10);
+    assert_eq!(common::admitted(&a, &bucket, 10, Duration::ZERO).await, 10);
     down.store(true, Ordering::SeqCst);
     // A's share of the 90 remaining is 45: 10 of them spent on memory.
-    assert_eq!(admitted(&a, &bucket, 10).await, 10);
+    assert_eq!(common::admitted(&a, &bucket, 10, Duration::ZERO).await, 10);
     down.store(false, Ordering::SeqCst);
     until(|| a.mode() == Mode::Primary).await;
     assert_eq!(a.mode(), Mode::Primary);
     // Back: 35 more fit the share (and the primary, which holds 20), then none.
-    assert_eq!(admitted(&a, &bucket, 50).await, 35);
+    assert_eq!(common::admitted(&a, &bucket, 50, Duration::ZERO).await, 35);
     let peek = primary
         .remote
         .apply_now(Op::Peek, std::slice::from_ref(&bucket))
@@ -161,6 +152,22 @@ async fn instance(
 /// That time, in the tests that do not wait for its end.
 const LONG: Duration = Duration::from_secs(30);
 
+/// An outage in which each of `spending` admits its number of charges of `bucket` from
+/// memory, in turn; the primary answers again 50 ms later (each instance's first check,
+/// made at once, has found it down).
+async fn outage(
+    down: &AtomicBool,
+    bucket: &Bucket,
+    spending: &[(&FallbackStore<Arc<Switchable>>, usize)],
+) {
+    down.store(true, Ordering::SeqCst);
+    for &(store, n) in spending {
+        assert_eq!(common::admitted(store, bucket, n, Duration::ZERO).await, n);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    down.store(false, Ordering::SeqCst);
+}
+
 /// The primary fails a call of each of `stores` (on a key of its own), then answers again:
 /// returns once every one of them is back on it.
 async fn blip(down: &AtomicBool, stores: &[&FallbackStore<Arc<Switchable>>]) {
@@ -192,7 +199,10 @@ async fn just_back_what_is_given_back_or_reset_frees_the_share_too() {
         store.apply(&refund).await.unwrap();
     }
     // The share spent (5), then an operator's reset: admitted again.
-    assert_eq!(admitted(&store, &bucket, 10).await, 5);
+    assert_eq!(
+        common::admitted(&store, &bucket, 10, Duration::ZERO).await,
+        5
+    );
     store
         .apply(&Batch::new(Op::Reset, vec![bucket.clone()]))
         .await
@@ -213,8 +223,8 @@ async fn just_back_each_instance_spends_its_own_share_whatever_the_others_spent(
     );
     blip(&down, &[&a, &b]).await;
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    assert_eq!(admitted(&a, &bucket, 60).await, 50);
-    assert_eq!(admitted(&b, &bucket, 60).await, 50);
+    assert_eq!(common::admitted(&a, &bucket, 60, Duration::ZERO).await, 50);
+    assert_eq!(common::admitted(&b, &bucket, 60, Duration::ZERO).await, 50);
 }
 
 #[tokio::test]
@@ -230,12 +240,12 @@ async fn after_that_time_memory_counts_what_the_fleet_spent_again() {
         instance(&primary, short).await,
     );
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
-    assert_eq!(admitted(&b, &bucket, 8).await, 8);
+    assert_eq!(common::admitted(&b, &bucket, 8, Duration::ZERO).await, 8);
     blip(&down, &[&a]).await;
-    assert_eq!(admitted(&a, &bucket, 1).await, 1);
+    assert_eq!(common::admitted(&a, &bucket, 1, Duration::ZERO).await, 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     down.store(true, Ordering::SeqCst);
-    assert_eq!(admitted(&a, &bucket, 10).await, 1);
+    assert_eq!(common::admitted(&a, &bucket, 10, Duration::ZERO).await, 1);
     assert_eq!(a.mode(), Mode::Fallback);
 }
 
@@ -254,7 +264,10 @@ async fn just_back_a_penalty_counts_on_the_share_too() {
     let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
     let _ = store.apply(&Batch::charge(vec![other])).await;
     assert_eq!(store.mode(), Mode::Fallback);
-    assert_eq!(admitted(&store, &lockout, 5).await, 0);
+    assert_eq!(
+        common::admitted(&store, &lockout, 5, Duration::ZERO).await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -266,18 +279,14 @@ async fn what_another_instance_gave_back_first_does_not_take_from_this_ones_shar
     let (primary, down) = primary();
     let a = instance(&primary, fleet(LONG)).await;
     let b = instance(&primary, slow(LONG, Duration::from_millis(400))).await;
-    down.store(true, Ordering::SeqCst);
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    assert_eq!(admitted(&a, &bucket, 40).await, 40);
-    assert_eq!(admitted(&b, &bucket, 10).await, 10);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    down.store(false, Ordering::SeqCst);
+    outage(&down, &bucket, &[(&a, 40), (&b, 10)]).await;
     until(|| a.mode() == Mode::Primary).await;
     assert_eq!(b.mode(), Mode::Fallback);
     until(|| b.mode() == Mode::Primary).await;
     assert_eq!(b.mode(), Mode::Primary);
-    assert_eq!(admitted(&b, &bucket, 60).await, 40);
-    assert_eq!(admitted(&a, &bucket, 60).await, 10);
+    assert_eq!(common::admitted(&b, &bucket, 60, Duration::ZERO).await, 40);
+    assert_eq!(common::admitted(&a, &bucket, 60, Duration::ZERO).await, 10);
 }
 
 #[tokio::test]
@@ -290,16 +299,12 @@ async fn after_that_time_a_key_given_back_counts_what_the_fleet_spent() {
     let short = Duration::from_millis(200);
     let a = instance(&primary, slow(short, Duration::from_millis(400))).await;
     let b = instance(&primary, fleet(short)).await;
-    down.store(true, Ordering::SeqCst);
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    assert_eq!(admitted(&b, &bucket, 40).await, 40);
-    assert_eq!(admitted(&a, &bucket, 10).await, 10);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    down.store(false, Ordering::SeqCst);
+    outage(&down, &bucket, &[(&b, 40), (&a, 10)]).await;
     until(|| (a.mode(), b.mode()) == (Mode::Primary, Mode::Primary)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     down.store(true, Ordering::SeqCst);
-    assert_eq!(admitted(&a, &bucket, 50).await, 25);
+    assert_eq!(common::admitted(&a, &bucket, 50, Duration::ZERO).await, 25);
     assert_eq!(a.mode(), Mode::Fallback);
 }
 
@@ -388,7 +393,7 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     assert!(a.apply(&charge()).await.unwrap().allowed);
     assert_eq!(a.mode(), Mode::Fallback);
     until(|| a.mode() == Mode::Primary).await;
-    assert_eq!(admitted(&a, &bucket, 39).await, 39);
+    assert_eq!(common::admitted(&a, &bucket, 39, Duration::ZERO).await, 39);
 
     let (first, second) = (charge(), charge());
     let (found, answered) = tokio::join!(b.apply(&first), async {
@@ -403,8 +408,8 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     assert_eq!(b.mode(), Mode::Fallback);
     until(|| b.mode() == Mode::Primary).await;
     assert_eq!(b.mode(), Mode::Primary);
-    let from_b = 2 + admitted(&b, &bucket, 60).await;
-    let from_a = 40 + admitted(&a, &bucket, 60).await;
+    let from_b = 2 + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
+    let from_a = 40 + common::admitted(&a, &bucket, 60, Duration::ZERO).await;
     assert_eq!((from_a, from_b), (50, 50), "admitted by A and by B");
 }
 
@@ -423,7 +428,7 @@ async fn a_request_decided_the_moment_an_instance_returns_is_charged_on_its_shar
     .await;
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
     down.store(true, Ordering::SeqCst);
-    assert_eq!(admitted(&a, &bucket, 60).await, 50);
+    assert_eq!(common::admitted(&a, &bucket, 60, Duration::ZERO).await, 50);
     let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
     let _ = b.apply(&Batch::charge(vec![other])).await;
     assert_eq!((a.mode(), b.mode()), (Mode::Fallback, Mode::Fallback));
@@ -467,5 +472,9 @@ async fn a_request_decided_the_moment_an_instance_returns_is_charged_on_its_shar
         Some(true),
         "the request at the return"
     );
-    assert_eq!(1 + admitted(&b, &bucket, 60).await, 50, "admitted by B");
+    assert_eq!(
+        1 + common::admitted(&b, &bucket, 60, Duration::ZERO).await,
+        50,
+        "admitted by B"
+    );
 }

@@ -159,27 +159,6 @@ async fn spend(stores: &[FallbackStore<RedisStore>], bucket: &Bucket, n: usize) 
     }
 }
 
-/// How many of `n` charges of `bucket` through `store` are admitted, `pause` apart.
-async fn admitted(
-    store: &FallbackStore<RedisStore>,
-    bucket: &Bucket,
-    n: usize,
-    pause: Duration,
-) -> u64 {
-    let mut admitted = 0;
-    for _ in 0..n {
-        let d = store
-            .apply(&Batch::charge(vec![bucket.clone()]))
-            .await
-            .unwrap();
-        admitted += u64::from(d.allowed);
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    admitted
-}
-
 /// What Redis holds for `bucket` now, as another instance sees it: what remains.
 async fn remaining_on_redis(server: &RedisServer, bucket: &Bucket) -> u64 {
     let outsider = RedisStore::builder()
@@ -342,7 +321,7 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
     let key = Bucket::new("sign-in", "restart", lockout());
     spend(std::slice::from_ref(&store), &key, 3).await;
     server.restart();
-    let admitted = admitted(&store, &key, 10, Duration::from_millis(20)).await;
+    let admitted = common::admitted(&store, &key, 10, Duration::from_millis(20)).await;
     wait_for_mode(&store, Mode::Primary, RECOVERY).await;
     eprintln!("restart empty at 3 of 5: admitted {admitted} more");
     assert!((2..=3).contains(&admitted), "admitted {admitted}");
@@ -364,7 +343,7 @@ async fn without_the_mirror_an_empty_restart_forgets_the_count() {
     let key = Bucket::new("sign-in", "forgotten", lockout());
     spend(std::slice::from_ref(&store), &key, 3).await;
     server.restart();
-    let admitted = admitted(&store, &key, 10, Duration::from_millis(20)).await;
+    let admitted = common::admitted(&store, &key, 10, Duration::from_millis(20)).await;
     assert!(admitted >= 5, "admitted {admitted}");
 }
 
@@ -434,7 +413,7 @@ async fn a_refusal_served_from_the_cache_does_not_roll_the_mirror_back() {
     assert_eq!(cached.buckets[1].remaining, 18, "answered from the cache");
 
     server.kill();
-    let admitted = admitted(&store, &global, 30, Duration::ZERO).await;
+    let admitted = common::admitted(&store, &global, 30, Duration::ZERO).await;
     assert_eq!(store.mode(), Mode::Fallback);
     assert_eq!(
         admitted, 16,
@@ -522,12 +501,12 @@ async fn what_memory_admitted_is_charged_to_redis_to_leave_when_memory_s_count_w
     // The first call times out (it reaches Redis when Redis resumes, and counts then): on
     // a key of its own.
     let trigger = Bucket::new("placed", "trigger", Limit::sliding(quota));
-    admitted(&store, &trigger, 1, Duration::ZERO).await;
+    common::admitted(&store, &trigger, 1, Duration::ZERO).await;
     assert_eq!(store.mode(), Mode::Fallback);
     for (key, on_memory, _) in &keys {
         assert_eq!(
-            admitted(&store, key, *on_memory, Duration::ZERO).await,
-            *on_memory as u64
+            common::admitted(&store, key, *on_memory, Duration::ZERO).await,
+            *on_memory
         );
     }
     let peek = |key: &Bucket| Batch::new(Op::Peek, vec![key.clone()]);

@@ -76,17 +76,14 @@ where
             // Decided at once (the memory store): no future to wait on.
             // (The admitted outcome's `After` is taken from the slot, not moved out with a
             // pattern: that move copies its several hundred bytes once more.)
-            Start::Now => match &mut outcome {
-                Outcome::Proceed(after) => {
+            Start::Now => match outcome {
+                Outcome::Proceed(ref mut after) => {
                     After::put_in_request(after, self.limiter.engine.id, &mut parts.extensions);
                     let req = Request::from_parts(parts, body);
                     ResponseFuture::calling(self.inner.call(req), after.take())
                 }
-                Outcome::Respond(_) | Outcome::Refuse(_) => match outcome {
-                    Outcome::Refuse(refused) => ResponseFuture::respond(refused.respond(&parts)),
-                    Outcome::Respond(response) => ResponseFuture::respond(response),
-                    Outcome::Proceed(_) => unreachable!("matched above"),
-                },
+                Outcome::Refuse(refused) => ResponseFuture::respond(refused.respond(&parts)),
+                Outcome::Respond(response) => ResponseFuture::respond(response),
             },
             Start::Later(decide) => {
                 let req = Request::from_parts(parts, body);

@@ -93,3 +93,25 @@ pub fn uncached(server: &tollgate_testkit::RedisServer) -> RedisStore {
         .build()
         .unwrap()
 }
+
+/// How many of `n` charges of `bucket` through `store` are admitted, one after another,
+/// `pause` apart.
+pub async fn admitted(
+    store: &impl tollgate_core::Store,
+    bucket: &tollgate_core::Bucket,
+    n: usize,
+    pause: Duration,
+) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let d = store
+            .apply(&tollgate_core::Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        admitted += usize::from(d.allowed);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    admitted
+}
