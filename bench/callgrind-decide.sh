@@ -5,7 +5,10 @@
 #   bench/callgrind-decide.sh governor | tollgate_gcra | tollgate_sliding
 #
 # Runs the contender twice (100,000 and 300,000 decisions after the same warm-up) and prints
-# the difference divided by 200,000.
+# the difference divided by 200,000. Only the decisions are counted (`--toggle-collect` on
+# the loop that makes them): the clocks calibrate themselves during the warm-up for a time,
+# not a number of instructions, which moved the difference by up to 50 between two runs of
+# the same build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
@@ -17,7 +20,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ir() {
   DECIDE_PROFILE="$name" DECIDE_ITERS=$1 \
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bench" 2>&1 |
+    valgrind --tool=callgrind --toggle-collect='decide::run*' --callgrind-out-file="$out/cg.$1" "$bench" 2>&1 |
     awk '/Collected/ {print $4}'
   if [ -n "${KEEP:-}" ]; then cp "$out/cg.$1" "$KEEP.$1"; fi
 }

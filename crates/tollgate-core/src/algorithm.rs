@@ -921,50 +921,59 @@ impl State {
         }
     }
 
-    /// Charges `cost` if it fits (call after [`State::advance`]): the verdict, then what
-    /// [`State::report_and_expiry`] says after it. A sliding window's segments are summed
-    /// once, where a fit and a report would each sum them: after the charge the newest
-    /// segment holds `cost` more, and is the newest counted one.
-    pub(crate) fn charge(&mut self, limit: &Limit, cost: u64, now: u64) -> (Fit, BucketState, u64) {
-        if cost > limit.capacity() {
-            let (report, expires_at) = self.report_and_expiry(limit, Fit::Never, cost, now);
-            return (Fit::Never, report, expires_at);
-        }
-        let fit = match self {
-            State::Segments(ring) => {
-                // The segments summed once: after the charge the newest segment holds `cost`
-                // more, and is the newest counted one.
-                let window = limit.quota().period_micros();
-                let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
-                let fit = ring.fit(limit, cost, now, used);
-                if fit == Fit::Now {
-                    ring.add(cost, now);
-                    used = used.saturating_add(cost);
-                    expires_at = ring.segment(ring.head).1.saturating_add(window);
+    /// Charges `cost` if it fits (call after [`State::advance`]): the verdict and when the
+    /// state is fresh again, with what [`State::report_and_expiry`] says after it written
+    /// into `report` (in the caller's place: a report moved back through the store's calls
+    /// was copied at each). A sliding window's segments are summed once, where a fit and a
+    /// report would each sum them: after the charge the newest segment holds `cost` more,
+    /// and is the newest counted one.
+    pub(crate) fn charge(
+        &mut self,
+        limit: &Limit,
+        cost: u64,
+        now: u64,
+        report: &mut BucketState,
+    ) -> (Fit, u64) {
+        let fit = if cost > limit.capacity() {
+            Fit::Never
+        } else {
+            match self {
+                State::Segments(ring) => {
+                    // The segments summed once: after the charge the newest segment holds
+                    // `cost` more, and is the newest counted one.
+                    let window = limit.quota().period_micros();
+                    let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
+                    let fit = ring.fit(limit, cost, now, used);
+                    if fit == Fit::Now {
+                        ring.add(cost, now);
+                        used = used.saturating_add(cost);
+                        expires_at = ring.segment(ring.head).1.saturating_add(window);
+                    }
+                    *report = Self::report_from(limit, fit, cost, now, used, expires_at);
+                    return (fit, expires_at);
                 }
-                let report = Self::report_from(limit, fit, cost, now, used, expires_at);
-                return (fit, report, expires_at);
-            }
-            // One GCRA step: the new TAT, and the wait if it does not fit.
-            State::Tat { tat, .. } => {
-                let (new_tat, wait) = gcra(*tat, limit, cost, now);
-                if wait == 0 {
-                    *tat = new_tat;
-                    Fit::Now
-                } else {
-                    Fit::After(wait)
+                // One GCRA step: the new TAT, and the wait if it does not fit.
+                State::Tat { tat, .. } => {
+                    let (new_tat, wait) = gcra(*tat, limit, cost, now);
+                    if wait == 0 {
+                        *tat = new_tat;
+                        Fit::Now
+                    } else {
+                        Fit::After(wait)
+                    }
                 }
-            }
-            _ => {
-                let fit = self.fit(limit, cost, now);
-                if fit == Fit::Now {
-                    self.add(limit, cost, now);
+                _ => {
+                    let fit = self.fit(limit, cost, now);
+                    if fit == Fit::Now {
+                        self.add(limit, cost, now);
+                    }
+                    fit
                 }
-                fit
             }
         };
-        let (report, expires_at) = self.report_and_expiry(limit, fit, cost, now);
-        (fit, report, expires_at)
+        let expires_at;
+        (*report, expires_at) = self.report_and_expiry(limit, fit, cost, now);
+        (fit, expires_at)
     }
 
     /// The bucket's answer for verdict `fit`, from what the state counts (`used`) and when
@@ -1109,7 +1118,8 @@ mod tests {
                     long.add(limit, cost, now);
                 }
                 let expected = long.report_and_expiry(limit, fit, cost, now);
-                let (got_fit, report, expires_at) = one.charge(limit, cost, now);
+                let mut report = BucketState::default();
+                let (got_fit, expires_at) = one.charge(limit, cost, now, &mut report);
                 assert_eq!(got_fit, fit, "{limit:?} step {step}");
                 assert_eq!((report, expires_at), expected, "{limit:?} step {step}");
                 assert_eq!(

@@ -593,7 +593,7 @@ impl MemoryStore {
         if let ([bucket], [state]) = (buckets, &mut *states) {
             // One bucket (the common request): one lock, no scratch space.
             let p = inner.place(bucket);
-            *state = inner.apply_one(
+            inner.apply_one(
                 &mut lock(&inner.shards[p.shard]),
                 &p,
                 op,
@@ -601,6 +601,7 @@ impl MemoryStore {
                 false,
                 None,
                 now_us,
+                state,
             );
             return now;
         }
@@ -638,7 +639,7 @@ impl MemoryStore {
         if op != Op::Charge {
             // Any other call decides each bucket on its own.
             for ((bucket, p), state) in buckets.iter().zip(&placed).zip(states) {
-                *state = inner.apply_one(&mut guards[p.guard], p, op, bucket, false, None, now_us);
+                inner.apply_one(&mut guards[p.guard], p, op, bucket, false, None, now_us, state);
             }
             return now;
         }
@@ -653,7 +654,7 @@ impl MemoryStore {
         let mut refused = None;
         for (k, ((bucket, p), state)) in buckets.iter().zip(&placed).zip(&mut *states).enumerate() {
             let mut before = Held::New;
-            *state = inner.apply_one(
+            inner.apply_one(
                 &mut guards[p.guard],
                 p,
                 op,
@@ -661,6 +662,7 @@ impl MemoryStore {
                 false,
                 Some(&mut before),
                 now_us,
+                state,
             );
             if !state.allowed {
                 refused = Some(k);
@@ -673,7 +675,7 @@ impl MemoryStore {
                 if let Held::New = before {
                     let (bucket, p) = (&buckets[j], &placed[j]);
                     let shard = &mut guards[p.guard];
-                    states[j] = inner.apply_one(shard, p, op, bucket, true, None, now_us);
+                    inner.apply_one(shard, p, op, bucket, true, None, now_us, &mut states[j]);
                 }
             }
             return now;
@@ -1163,7 +1165,7 @@ impl Inner {
         })
     }
 
-    /// Applies `op` to one bucket and reports it. `admitted`: every bucket of a charge of
+    /// Applies `op` to one bucket and reports it in `out`. `admitted`: every bucket of a charge of
     /// several admitted, so this one (a new key) is charged without deciding again.
     /// `held`, for the first pass of such a charge, is set to what puts the bucket back as
     /// it was if it admits; a new key is then only seen to fit and have room, and not
@@ -1178,11 +1180,13 @@ impl Inner {
         admitted: bool,
         mut held: Option<&mut Held>,
         now: u64,
-    ) -> BucketState {
+        out: &mut BucketState,
+    ) {
         let (limit, cost) = (&bucket.limit, bucket.cost);
         if op == Op::Reset {
             shard.remove(p.hash);
-            return State::fresh(limit, now).report(limit, Fit::Now, cost, now);
+            *out = State::fresh(limit, now).report(limit, Fit::Now, cost, now);
+            return;
         }
         // What to answer for this bucket, and whether its state changes.
         let decide = |state: &State| match op {
@@ -1196,13 +1200,12 @@ impl Inner {
         };
         let found = shard.update(p, now, |state| {
             catch_up(state, limit, now);
-            let (report, expires_at) = if op == Op::Charge && !admitted {
+            let expires_at = if op == Op::Charge && !admitted {
                 // A charge: fit, add and report in one.
                 if let Some(held) = held.as_deref_mut() {
                     *held = Held::Was(state.undo_record());
                 }
-                let (_, report, expires_at) = state.charge(limit, cost, now);
-                (report, expires_at)
+                state.charge(limit, cost, now, out).1
             } else {
                 let (fit, changes) = decide(state);
                 if changes {
@@ -1213,41 +1216,47 @@ impl Inner {
                         Op::Peek | Op::Reset => {}
                     }
                 }
-                state.report_and_expiry(limit, fit, cost, now)
+                let expires_at;
+                (*out, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+                expires_at
             };
-            let a = after(&report, expires_at, now);
-            (report, Some(a))
+            ((), Some(after(out, expires_at, now)))
         });
-        if let Some(report) = found {
-            return report;
+        if found.is_some() {
+            return;
         }
         let mut state = State::fresh(limit, now);
         let (fit, changes) = decide(&state);
         if !(changes && matches!(op, Op::Charge | Op::Penalize)) {
             // Nothing to remember: a refusal or a peek of a fresh key, or a refund of
             // nothing.
-            return state.report(limit, fit, cost, now);
+            *out = state.report(limit, fit, cost, now);
+            return;
         }
         // A charge (or a penalty) of a new key: make room first.
         let part = match self.make_room(shard, bucket, now) {
             Ok(part) => part,
-            Err(wait) => return state.report(limit, Fit::Full(wait), cost, now),
+            Err(wait) => {
+                *out = state.report(limit, Fit::Full(wait), cost, now);
+                return;
+            }
         };
         if let Some(held) = held {
             // Stored, and reported, once every bucket of the charge admits (`held` stays
             // `New`); until then it only admits.
             debug_assert!(matches!(held, Held::New));
-            return BucketState {
+            *out = BucketState {
                 allowed: true,
                 ..BucketState::default()
             };
+            return;
         }
         state.add(limit, cost, now);
-        let (report, a) = reported(&state, limit, fit, cost, now);
+        let a;
+        (*out, a) = reported(&state, limit, fit, cost, now);
         if a.expires_at > now {
             shard.insert(p.hash, part, a.seen, state, a.expires_at);
         }
-        report
     }
 
     /// Puts a bucket a charge admitted back as it was `before` it (a later bucket of the
