@@ -609,6 +609,7 @@ impl State {
     /// TAT worked out with another emission interval (the limit's sustained rate changed)
     /// is converted to the limit's: what it counts, in tokens, carries over
     /// ([`rescale_tat`]).
+    #[inline]
     pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
         match self {
             State::Segments(ring) => {
@@ -927,6 +928,7 @@ impl State {
     /// was copied at each). A sliding window's segments are summed once, where a fit and a
     /// report would each sum them: after the charge the newest segment holds `cost` more,
     /// and is the newest counted one.
+    #[inline]
     pub(crate) fn charge(
         &mut self,
         limit: &Limit,

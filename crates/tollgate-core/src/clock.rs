@@ -85,7 +85,9 @@ pub struct FastClock(Arc<FastInner>);
 
 struct FastInner {
     clock: quanta::Clock,
-    start: quanta::Instant,
+    /// The clock's raw reading when made (its counter's units: scaled to nanoseconds only
+    /// as a difference, without going through a `Duration`).
+    start: u64,
     /// Unix microseconds minus microseconds since `start`, as of the last anchoring.
     offset: AtomicU64,
     /// Microseconds since `start` at which to read the system clock again.
@@ -99,7 +101,7 @@ impl FastClock {
     /// A clock anchored to the system clock now.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let start = clock.now();
+        let start = clock.raw();
         let inner = FastInner {
             clock,
             start,
@@ -126,11 +128,7 @@ impl Clock for FastClock {
     #[inline]
     fn now(&self) -> Timestamp {
         let inner = &*self.0;
-        let elapsed = inner
-            .clock
-            .now()
-            .saturating_duration_since(inner.start)
-            .as_micros() as u64;
+        let elapsed = inner.clock.delta_as_nanos(inner.start, inner.clock.raw()) / 1_000;
         let next = inner.next_anchor.load(Ordering::Relaxed);
         if elapsed >= next
             && inner

@@ -639,7 +639,16 @@ impl MemoryStore {
         if op != Op::Charge {
             // Any other call decides each bucket on its own.
             for ((bucket, p), state) in buckets.iter().zip(&placed).zip(states) {
-                inner.apply_one(&mut guards[p.guard], p, op, bucket, false, None, now_us, state);
+                inner.apply_one(
+                    &mut guards[p.guard],
+                    p,
+                    op,
+                    bucket,
+                    false,
+                    None,
+                    now_us,
+                    state,
+                );
             }
             return now;
         }
@@ -1165,11 +1174,12 @@ impl Inner {
         })
     }
 
-    /// Applies `op` to one bucket and reports it in `out`. `admitted`: every bucket of a charge of
-    /// several admitted, so this one (a new key) is charged without deciding again.
-    /// `held`, for the first pass of such a charge, is set to what puts the bucket back as
-    /// it was if it admits; a new key is then only seen to fit and have room, and not
-    /// stored.
+    /// Applies `op` to one bucket and reports it in `out` (the caller's slot: a report
+    /// returned through the table's update was copied at each step). `admitted`: every
+    /// bucket of a charge of several admitted, so this one (a new key) is charged without
+    /// deciding again. `held`, for the first pass of such a charge, is set to what puts the
+    /// bucket back as it was if it admits; a new key is then only seen to fit and have
+    /// room, and not stored.
     #[allow(clippy::too_many_arguments)]
     fn apply_one(
         &self,

@@ -465,6 +465,7 @@ impl Batch {
 /// # Errors
 ///
 /// [`StoreError::InvalidBatch`].
+#[inline]
 pub fn validate_buckets(op: Op, buckets: &[Bucket]) -> Result<(), StoreError> {
     if buckets.is_empty() {
         return Err(StoreError::InvalidBatch(
