@@ -639,16 +639,8 @@ impl MemoryStore {
         if op != Op::Charge {
             // Any other call decides each bucket on its own.
             for ((bucket, p), state) in buckets.iter().zip(&placed).zip(states) {
-                inner.apply_one(
-                    &mut guards[p.guard],
-                    p,
-                    op,
-                    bucket,
-                    false,
-                    None,
-                    now_us,
-                    state,
-                );
+                let shard = &mut guards[p.guard];
+                inner.apply_one(shard, p, op, bucket, false, None, now_us, state);
             }
             return now;
         }

@@ -49,9 +49,11 @@
 //!   meanwhile is added to memory's counts, not taken as them, since a primary that
 //!   restarted holds what other instances admitted on their own shares after it (taken as
 //!   this instance's share of the count, it cost this instance what another spent: two
-//!   instances admitted 364 to 500 of 500 in a review's burst after an idle restart). A
-//!   call whose connection broke after the primary ran it counts twice (as an abandoned
-//!   call may). A timeout, or an error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`),
+//!   instances admitted 364 to 500 of 500 in a review's burst after an idle restart);
+//!   what it refuses them raises memory's count of the key to this instance's share of
+//!   the primary's, so a key the fleet spent on the restarted primary is not admitted
+//!   again from memory. A call whose connection broke after the primary ran it counts
+//!   twice (as an abandoned call may). A timeout, or an error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`),
 //!   is not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
@@ -1393,24 +1395,37 @@ impl<P: Primary> Shared<P> {
     /// counts: while it decides, in the time after a return (this instance's share,
     /// [`Shared::in_return_grace`]), and until the call that found the connection broken
     /// knows. A refund or a reset that came late is left out: memory keeps the higher
-    /// count.
+    /// count. A refusal raises memory's count of each bucket that refused to this
+    /// instance's share of the primary's (never lowering it): the primary holds it full,
+    /// which memory may not know (a key this instance never saw, spent by the fleet on a
+    /// restarted primary), and would admit again once it decides.
     ///
     /// If the store came back to the primary and left it again since the call was sent,
     /// what it mirrored meanwhile may include this charge already: it is added anyway
     /// (counted twice, memory refuses early), since it may not.
     fn absorb_late(&self, batch: &Batch, decision: &Decision) {
+        let own = !self.on_primary() || self.in_return_grace() || !self.sure();
+        if !own {
+            return;
+        }
         let charged = match batch.op {
             Op::Charge => decision.allowed,
             Op::Penalize => true,
             Op::Peek | Op::Refund | Op::RefundAt(_) | Op::Reset => false,
         };
-        let own = !self.on_primary() || self.in_return_grace() || !self.sure();
-        if !charged || !own {
-            return;
-        }
-        let scaled = self.scaled_all(&batch.buckets);
-        if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
-            tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
+        if charged {
+            let scaled = self.scaled_all(&batch.buckets);
+            if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
+                tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
+            }
+        } else if batch.op == Op::Charge && self.config.mirror_keys > 0 {
+            for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
+                if !state.allowed {
+                    let scaled = self.scaled(bucket);
+                    let used = share_used(&bucket.limit, &scaled.limit, state);
+                    self.raise(&scaled, used, state.reset_after);
+                }
+            }
         }
     }
 

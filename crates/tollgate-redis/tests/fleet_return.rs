@@ -3,8 +3,8 @@
 //! meanwhile: the primary does not have it until that instance gives it back. So for a
 //! time after its return an instance charges its own share too; what it counts then, and
 //! what it starts the next outage from, are the other tests here, and what an instance
-//! counts when the primary restarted and answers before the instance knows, or decides a
-//! request the moment it returns.
+//! counts when the primary restarted and answers (an admission, a refusal) before the
+//! instance knows, or decides a request the moment it returns.
 
 mod common;
 
@@ -411,6 +411,46 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     let from_b = 2 + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
     let from_a = 40 + common::admitted(&a, &bucket, 60, Duration::ZERO).await;
     assert_eq!((from_a, from_b), (50, 50), "admitted by A and by B");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_of_a_restarted_primary_before_the_instance_knows_is_kept_in_memory() {
+    // The primary restarts, and the fleet's other instances spend a client's 100 on it
+    // again. Then B's first call finds its connection broken and asks whether the primary
+    // restarted; meanwhile another goes through the fresh connection and is refused: the
+    // primary holds the client full. The restart found, B decides from memory, which knew
+    // nothing of the client: it admitted the call that found the restart and its whole
+    // share after it (50 more than the client's 100). Kept as memory's count, the refusal
+    // refuses them.
+    let primary = Arc::new(Restarting {
+        remote: Mutex::new(MemoryStore::new()),
+        run_id: AtomicU64::new(1),
+    });
+    let b = connected(&primary).await;
+    primary.restart();
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    {
+        let remote = primary.remote.lock().unwrap();
+        for _ in 0..100 {
+            let spent = remote.charge(std::slice::from_ref(&bucket)).unwrap();
+            assert!(spent.allowed, "spent by the other instances");
+        }
+    }
+    let charge = || Batch::charge(vec![bucket.clone()]);
+    let (first, second) = (charge(), charge());
+    let (found, answered) = tokio::join!(b.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        b.apply(&second).await
+    });
+    assert!(
+        !answered.unwrap().allowed,
+        "refused by the restarted primary"
+    );
+    assert_eq!(b.mode(), Mode::Fallback);
+    let from_memory = usize::from(found.unwrap().allowed)
+        + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
+    assert_eq!(b.mode(), Mode::Fallback);
+    assert_eq!(from_memory, 0, "admitted from memory");
 }
 
 #[tokio::test]
