@@ -1395,7 +1395,8 @@ impl<P: Primary> Shared<P> {
     /// counts: while it decides, in the time after a return (this instance's share,
     /// [`Shared::in_return_grace`]), and until the call that found the connection broken
     /// knows. A refund or a reset that came late is left out: memory keeps the higher
-    /// count. A refusal raises memory's count of each bucket that refused to this
+    /// count. A refusal the backend answered (not the primary's cache, whose counts may be
+    /// older, `origin`) raises memory's count of each bucket that refused to this
     /// instance's share of the primary's (never lowering it): the primary holds it full,
     /// which memory may not know (a key this instance never saw, spent by the fleet on a
     /// restarted primary), and would admit again once it decides.
@@ -1403,7 +1404,7 @@ impl<P: Primary> Shared<P> {
     /// If the store came back to the primary and left it again since the call was sent,
     /// what it mirrored meanwhile may include this charge already: it is added anyway
     /// (counted twice, memory refuses early), since it may not.
-    fn absorb_late(&self, batch: &Batch, decision: &Decision) {
+    fn absorb_late(&self, batch: &Batch, decision: &Decision, origin: Origin) {
         let own = !self.on_primary() || self.in_return_grace() || !self.sure();
         if !own {
             return;
@@ -1418,7 +1419,7 @@ impl<P: Primary> Shared<P> {
             if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
                 tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
             }
-        } else if batch.op == Op::Charge && self.config.mirror_keys > 0 {
+        } else if batch.op == Op::Charge && origin == Origin::Backend && self.mirrors() {
             for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
                 if !state.allowed {
                     let scaled = self.scaled(bucket);
@@ -1466,7 +1467,7 @@ impl<P: Primary> Shared<P> {
 
     /// [`Shared::mirror`] and [`Shared::mirror_given_back`], as `counts` says.
     fn keep_answers(&self, batch: &Batch, decision: &Decision, origin: Origin, counts: Counts) {
-        if self.config.mirror_keys == 0 || origin != Origin::Backend {
+        if !self.mirrors() || origin != Origin::Backend {
             return;
         }
         let given_back = counts == Counts::Raise;
@@ -1501,6 +1502,12 @@ impl<P: Primary> Shared<P> {
                 self.memory.mirror(&scaled, used, state.reset_after);
             }
         }
+    }
+
+    /// Whether the primary's answers are kept in memory at all
+    /// ([`FallbackConfig::with_mirror_keys`] above 0).
+    fn mirrors(&self) -> bool {
+        self.config.mirror_keys > 0
     }
 
     /// Raises memory's count of `scaled`'s key to `used`, fresh again in `fresh_in`; never
@@ -1700,7 +1707,7 @@ impl<P: Primary> Store for FallbackStore<P> {
                         }
                         shared.mirror(batch, &decision, origin, grace);
                     } else if share.is_none() {
-                        shared.absorb_late(batch, &decision);
+                        shared.absorb_late(batch, &decision, origin);
                     }
                     drop(sent);
                     Ok(decision)
