@@ -1389,22 +1389,26 @@ impl<P: Primary> Shared<P> {
     /// before the store left it for memory, or received while a call that found its
     /// connection broken asks whether the primary restarted ([`Unsure`]; it may answer from
     /// an empty restart, holding only what other instances gave back and admitted since,
-    /// and this instance's share of that is not what it spent). The request it answered
-    /// was admitted by the primary, so memory counts what it charged on top of its own
-    /// count (not in the ledger: the primary has it), wherever memory keeps its own
-    /// counts: while it decides, in the time after a return (this instance's share,
-    /// [`Shared::in_return_grace`]), and until the call that found the connection broken
-    /// knows. A refund or a reset that came late is left out: memory keeps the higher
-    /// count. A refusal the backend answered (not the primary's cache, whose counts may be
-    /// older, `origin`) raises memory's count of each bucket that refused to this
-    /// instance's share of the primary's (never lowering it): the primary holds it full,
-    /// which memory may not know (a key this instance never saw, spent by the fleet on a
-    /// restarted primary), and would admit again once it decides.
+    /// and this instance's share of that is not what it spent). Kept wherever memory keeps
+    /// its own counts, or may decide next: while it decides, in the time after a return
+    /// (this instance's share, [`Shared::in_return_grace`]), and until the call that found
+    /// the connection broken knows.
+    ///
+    /// The request it answered was admitted by the primary: memory counts what it charged
+    /// on top of its own count (not in the ledger: the primary has it), unless it was
+    /// charged on this instance's share already (`on_share`). It was refused: the primary's
+    /// count of each bucket that refused may be one memory does not know (a key this
+    /// instance never saw, spent by the fleet on a restarted primary), so memory's count of
+    /// it is raised to this instance's share of the primary's plus what memory admitted
+    /// since that the primary does not have yet (as a give-back's answers are,
+    /// [`Shared::mirror_given_back`]), and never lowered; not for an answer of the
+    /// primary's cache, whose counts may be older. A refund or a reset that came late is
+    /// left out: memory keeps the higher count.
     ///
     /// If the store came back to the primary and left it again since the call was sent,
     /// what it mirrored meanwhile may include this charge already: it is added anyway
     /// (counted twice, memory refuses early), since it may not.
-    fn absorb_late(&self, batch: &Batch, decision: &Decision, origin: Origin) {
+    fn absorb_late(&self, batch: &Batch, decision: &Decision, origin: Origin, on_share: bool) {
         let own = !self.on_primary() || self.in_return_grace() || !self.sure();
         if !own {
             return;
@@ -1415,16 +1419,21 @@ impl<P: Primary> Shared<P> {
             Op::Peek | Op::Refund | Op::RefundAt(_) | Op::Reset => false,
         };
         if charged {
+            if on_share {
+                return;
+            }
             let scaled = self.scaled_all(&batch.buckets);
             if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
                 tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
             }
         } else if batch.op == Op::Charge && origin == Origin::Backend && self.mirrors() {
-            for (bucket, state) in batch.buckets.iter().zip(&decision.buckets) {
+            let owed = self.ledger.debts(&batch.buckets);
+            let answers = batch.buckets.iter().zip(&decision.buckets).zip(owed);
+            for ((bucket, state), owed) in answers {
                 if !state.allowed {
                     let scaled = self.scaled(bucket);
                     let used = share_used(&bucket.limit, &scaled.limit, state);
-                    self.raise(&scaled, used, state.reset_after);
+                    self.raise(&scaled, used.saturating_add(owed), state.reset_after);
                 }
             }
         }
@@ -1700,14 +1709,14 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // Only if the store has not left the primary since the call was sent,
                     // and no call is finding out whether it restarted; else what it
                     // admitted is added to memory's count (unless charged there already,
-                    // on the share).
+                    // on the share), and what it refused raises it.
                     if shared.state.load(Ordering::Acquire) == state && shared.sure() {
                         if grace {
                             shared.follow_on_share(batch, &decision, share.is_some());
                         }
                         shared.mirror(batch, &decision, origin, grace);
-                    } else if share.is_none() {
-                        shared.absorb_late(batch, &decision, origin);
+                    } else {
+                        shared.absorb_late(batch, &decision, origin, share.is_some());
                     }
                     drop(sent);
                     Ok(decision)

@@ -370,6 +370,28 @@ async fn connected(primary: &Arc<Restarting>) -> FallbackStore<Connection> {
     FallbackStore::connect_with_memory(connection, MemoryStore::new(), fleet(LONG)).await
 }
 
+/// `n` charges of `bucket` made on `primary` by the fleet's other instances.
+fn spent_elsewhere(primary: &Restarting, bucket: &Bucket, n: usize) {
+    let remote = primary.remote.lock().unwrap();
+    for _ in 0..n {
+        let spent = remote.charge(std::slice::from_ref(bucket)).unwrap();
+        assert!(spent.allowed, "spent by the other instances");
+    }
+}
+
+/// Two charges of `bucket` on `store`, the second 1 ms after the first: the first finds
+/// the connection to a restarted primary broken and asks whether it restarted (5 ms), the
+/// second goes through the fresh connection meanwhile. Whether each was admitted.
+async fn broken_then_answered(store: &FallbackStore<Connection>, bucket: &Bucket) -> (bool, bool) {
+    let charge = || Batch::charge(vec![bucket.clone()]);
+    let (first, second) = (charge(), charge());
+    let (found, answered) = tokio::join!(store.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        store.apply(&second).await
+    });
+    (found.unwrap().allowed, answered.unwrap().allowed)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_admission() {
     // The primary restarts empty while both instances are idle. A finds out first and,
@@ -395,16 +417,9 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     until(|| a.mode() == Mode::Primary).await;
     assert_eq!(common::admitted(&a, &bucket, 39, Duration::ZERO).await, 39);
 
-    let (first, second) = (charge(), charge());
-    let (found, answered) = tokio::join!(b.apply(&first), async {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        b.apply(&second).await
-    });
-    assert!(found.unwrap().allowed, "decided from memory");
-    assert!(
-        answered.unwrap().allowed,
-        "answered by the restarted primary"
-    );
+    let (found, answered) = broken_then_answered(&b, &bucket).await;
+    assert!(found, "decided from memory");
+    assert!(answered, "answered by the restarted primary");
     assert_eq!(b.mode(), Mode::Fallback);
     until(|| b.mode() == Mode::Primary).await;
     assert_eq!(b.mode(), Mode::Primary);
@@ -429,28 +444,51 @@ async fn a_refusal_of_a_restarted_primary_before_the_instance_knows_is_kept_in_m
     let b = connected(&primary).await;
     primary.restart();
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    {
-        let remote = primary.remote.lock().unwrap();
-        for _ in 0..100 {
-            let spent = remote.charge(std::slice::from_ref(&bucket)).unwrap();
-            assert!(spent.allowed, "spent by the other instances");
-        }
-    }
-    let charge = || Batch::charge(vec![bucket.clone()]);
-    let (first, second) = (charge(), charge());
-    let (found, answered) = tokio::join!(b.apply(&first), async {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        b.apply(&second).await
-    });
-    assert!(
-        !answered.unwrap().allowed,
-        "refused by the restarted primary"
-    );
+    spent_elsewhere(&primary, &bucket, 100);
+    let (found, refused) = broken_then_answered(&b, &bucket).await;
+    assert!(!refused, "refused by the restarted primary");
     assert_eq!(b.mode(), Mode::Fallback);
-    let from_memory = usize::from(found.unwrap().allowed)
-        + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
+    let from_memory = usize::from(found) + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
     assert_eq!(b.mode(), Mode::Fallback);
     assert_eq!(from_memory, 0, "admitted from memory");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_answered_in_the_time_after_a_return_before_the_instance_knows_is_kept_too() {
+    // As above, in the time after B's return, when a charge is counted on B's share as
+    // well: the refused charge's share is given back, and the refusal was dropped with it
+    // (B admitted its whole share, 50, from memory after the restart was found). Kept, it
+    // leaves one: the call that found the restart held a charge on the share when the
+    // refusal raised memory's count, gave it back when it failed, and was then decided
+    // from memory (one past what remains, as each instance of a fleet may admit).
+    let primary = Arc::new(Restarting {
+        remote: Mutex::new(MemoryStore::new()),
+        run_id: AtomicU64::new(1),
+    });
+    let b = connected(&primary).await;
+    primary.restart();
+    let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
+    assert!(b.apply(&Batch::charge(vec![other])).await.unwrap().allowed);
+    assert_eq!(b.mode(), Mode::Fallback);
+    until(|| b.mode() == Mode::Primary).await;
+    assert_eq!(
+        b.mode(),
+        Mode::Primary,
+        "back, in the time after its return"
+    );
+    primary.restart();
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    spent_elsewhere(&primary, &bucket, 100);
+    let (found, refused) = broken_then_answered(&b, &bucket).await;
+    assert!(!refused, "refused by the restarted primary");
+    assert_eq!(b.mode(), Mode::Fallback);
+    assert!(
+        found,
+        "the call that found the restart, decided from memory"
+    );
+    let later = common::admitted(&b, &bucket, 60, Duration::ZERO).await;
+    assert_eq!(b.mode(), Mode::Fallback);
+    assert_eq!(later, 0, "admitted from memory after it");
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
 //! An answer of the primary that arrives after the store left it for memory (another call
-//! timed out meanwhile) still answered its request: what it admitted counts in memory too.
+//! timed out meanwhile) still answered its request: what it admitted counts in memory too,
+//! and what it refused raises memory's count to the primary's.
 //! (Found under load: with calls in flight when the fallback tripped, a parallel burst on
 //! a 100-request limit admitted 109–157.)
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tollgate_core::{
@@ -107,6 +108,54 @@ async fn a_late_answer_that_refused_counts_nothing_more() {
         .await
         .unwrap();
     assert_eq!(peek.buckets[0].remaining, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admitted_since() {
+    // As above; meanwhile other instances spent 8 of 10 on the primary, so A (cost 3) is
+    // refused there, 2 remaining. Memory, which admitted B, is raised to the primary's 8
+    // and B's 1 that the primary does not have: 1 more fits (10 in all). Raised to the
+    // primary's count alone, 2 fitted (11).
+    let primary = Arc::new(Scripted::new([
+        Some(Duration::ZERO),
+        None,
+        Some(Duration::from_millis(45)),
+    ]));
+    let store = FallbackStore::connect(
+        primary.clone(),
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    for _ in 0..8 {
+        let spent = primary
+            .remote
+            .charge(std::slice::from_ref(&bucket))
+            .unwrap();
+        assert!(spent.allowed, "spent by the other instances");
+    }
+    let (first, second) = (
+        Batch::charge(vec![bucket.clone()]),
+        Batch::charge(vec![bucket.clone().with_cost(3)]),
+    );
+    let (b, a) = tokio::join!(store.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        store.apply(&second).await
+    });
+    assert!(b.unwrap().allowed, "B, decided from memory");
+    assert!(!a.unwrap().allowed, "A, refused by the primary");
+    assert_eq!(store.mode(), Mode::Fallback);
+    let mut admitted = 0;
+    for _ in 0..5 {
+        let d = store
+            .apply(&Batch::charge(vec![bucket.clone()]))
+            .await
+            .unwrap();
+        admitted += usize::from(d.allowed);
+    }
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert_eq!(admitted, 1, "admitted from memory after A's answer");
 }
 
 #[tokio::test(start_paused = true)]
