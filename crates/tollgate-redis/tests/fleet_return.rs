@@ -319,6 +319,14 @@ struct Restarting {
 }
 
 impl Restarting {
+    /// A primary at its first run id, holding nothing.
+    fn new() -> Arc<Self> {
+        Arc::new(Restarting {
+            remote: Mutex::new(MemoryStore::new()),
+            run_id: AtomicU64::new(1),
+        })
+    }
+
     fn restart(&self) {
         *self.remote.lock().unwrap() = MemoryStore::new();
         self.run_id.fetch_add(1, Ordering::SeqCst);
@@ -370,15 +378,6 @@ async fn connected(primary: &Arc<Restarting>) -> FallbackStore<Connection> {
     FallbackStore::connect_with_memory(connection, MemoryStore::new(), fleet(LONG)).await
 }
 
-/// `n` charges of `bucket` made on `primary` by the fleet's other instances.
-fn spent_elsewhere(primary: &Restarting, bucket: &Bucket, n: usize) {
-    let remote = primary.remote.lock().unwrap();
-    for _ in 0..n {
-        let spent = remote.charge(std::slice::from_ref(bucket)).unwrap();
-        assert!(spent.allowed, "spent by the other instances");
-    }
-}
-
 /// Two charges of `bucket` on `store`, the second 1 ms after the first: the first finds
 /// the connection to a restarted primary broken and asks whether it restarted (5 ms), the
 /// second goes through the fresh connection meanwhile. Whether each was admitted.
@@ -392,6 +391,30 @@ async fn broken_then_answered(store: &FallbackStore<Connection>, bucket: &Bucket
     (found.unwrap().allowed, answered.unwrap().allowed)
 }
 
+/// The fleet's other instances spend all 100 of `bucket` on the restarted `primary`; then a
+/// burst reaches `b`: its first call finds the restart ([`broken_then_answered`]), its
+/// second is refused through the fresh connection. What `b` then admits from memory:
+/// whether the first call, and how many of 60 more.
+async fn refused_then_decided_from_memory(
+    primary: &Restarting,
+    b: &FallbackStore<Connection>,
+    bucket: &Bucket,
+) -> (bool, usize) {
+    {
+        let remote = primary.remote.lock().unwrap();
+        for _ in 0..100 {
+            let spent = remote.charge(std::slice::from_ref(bucket)).unwrap();
+            assert!(spent.allowed, "spent by the other instances");
+        }
+    }
+    let (found, answered) = broken_then_answered(b, bucket).await;
+    assert!(!answered, "refused by the restarted primary");
+    assert_eq!(b.mode(), Mode::Fallback);
+    let later = common::admitted(b, bucket, 60, Duration::ZERO).await;
+    assert_eq!(b.mode(), Mode::Fallback);
+    (found, later)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_admission() {
     // The primary restarts empty while both instances are idle. A finds out first and,
@@ -402,10 +425,7 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     // have cost B A's spending a second time: B then admitted 31 of its 50 (81 of 100 in
     // all, as a review's 364 to 500 of 500 in a burst after an idle restart). Counted as
     // what B admitted, B spends its whole share.
-    let primary = Arc::new(Restarting {
-        remote: Mutex::new(MemoryStore::new()),
-        run_id: AtomicU64::new(1),
-    });
+    let primary = Restarting::new();
     let (a, b) = (connected(&primary).await, connected(&primary).await);
     assert_eq!((a.mode(), b.mode()), (Mode::Primary, Mode::Primary));
     primary.restart();
@@ -437,20 +457,12 @@ async fn a_refusal_of_a_restarted_primary_before_the_instance_knows_is_kept_in_m
     // nothing of the client: it admitted the call that found the restart and its whole
     // share after it (50 more than the client's 100). Kept as memory's count, the refusal
     // refuses them.
-    let primary = Arc::new(Restarting {
-        remote: Mutex::new(MemoryStore::new()),
-        run_id: AtomicU64::new(1),
-    });
+    let primary = Restarting::new();
     let b = connected(&primary).await;
     primary.restart();
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    spent_elsewhere(&primary, &bucket, 100);
-    let (found, refused) = broken_then_answered(&b, &bucket).await;
-    assert!(!refused, "refused by the restarted primary");
-    assert_eq!(b.mode(), Mode::Fallback);
-    let from_memory = usize::from(found) + common::admitted(&b, &bucket, 60, Duration::ZERO).await;
-    assert_eq!(b.mode(), Mode::Fallback);
-    assert_eq!(from_memory, 0, "admitted from memory");
+    let (found, later) = refused_then_decided_from_memory(&primary, &b, &bucket).await;
+    assert_eq!(usize::from(found) + later, 0, "admitted from memory");
 }
 
 #[tokio::test(start_paused = true)]
@@ -461,10 +473,7 @@ async fn a_refusal_answered_in_the_time_after_a_return_before_the_instance_knows
     // leaves one: the call that found the restart held a charge on the share when the
     // refusal raised memory's count, gave it back when it failed, and was then decided
     // from memory (one past what remains, as each instance of a fleet may admit).
-    let primary = Arc::new(Restarting {
-        remote: Mutex::new(MemoryStore::new()),
-        run_id: AtomicU64::new(1),
-    });
+    let primary = Restarting::new();
     let b = connected(&primary).await;
     primary.restart();
     let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
@@ -478,16 +487,11 @@ async fn a_refusal_answered_in_the_time_after_a_return_before_the_instance_knows
     );
     primary.restart();
     let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    spent_elsewhere(&primary, &bucket, 100);
-    let (found, refused) = broken_then_answered(&b, &bucket).await;
-    assert!(!refused, "refused by the restarted primary");
-    assert_eq!(b.mode(), Mode::Fallback);
+    let (found, later) = refused_then_decided_from_memory(&primary, &b, &bucket).await;
     assert!(
         found,
         "the call that found the restart, decided from memory"
     );
-    let later = common::admitted(&b, &bucket, 60, Duration::ZERO).await;
-    assert_eq!(b.mode(), Mode::Fallback);
     assert_eq!(later, 0, "admitted from memory after it");
 }
 
