@@ -51,10 +51,11 @@
 //!   this instance's share of the count, it cost this instance what another spent: two
 //!   instances admitted 364 to 500 of 500 in a review's burst after an idle restart);
 //!   what it refuses them raises memory's count of the key to this instance's share of
-//!   the primary's, so a key the fleet spent on the restarted primary is not admitted
-//!   again from memory. A call whose connection broke after the primary ran it counts
-//!   twice (as an abandoned call may). A timeout, or an error the primary answered
-//!   (`NOSCRIPT`, `OOM`, `NOPERM`), is not made again.
+//!   the primary's (plus what memory admitted that the primary does not have), so a key
+//!   the fleet spent on the restarted primary is not admitted again from memory. A call
+//!   whose connection broke after the primary ran it counts twice (as an abandoned call
+//!   may). A timeout, or an error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is
+//!   not made again.
 //! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
 //!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
 //!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
