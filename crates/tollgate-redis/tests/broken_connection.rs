@@ -13,7 +13,11 @@ use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
 
-const TIMEOUT: Duration = Duration::from_millis(50);
+/// The calls' timeout: within it the call that finds its connection broken makes a fresh
+/// one, asks Redis's run id and is made again. Generous, so that a loaded machine does not
+/// send an instance to memory for being slow (50 ms did once, in a full test run on two
+/// cores); a healthy Redis answers far sooner, so no test waits for it.
+const TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn instance(server: &RedisServer) -> FallbackStore<RedisStore> {
     let store = FallbackStore::connect(
