@@ -1432,9 +1432,7 @@ impl<P: Primary> Shared<P> {
             let answers = batch.buckets.iter().zip(&decision.buckets).zip(owed);
             for ((bucket, state), owed) in answers {
                 if !state.allowed {
-                    let scaled = self.scaled(bucket);
-                    let used = share_used(&bucket.limit, &scaled.limit, state);
-                    self.raise(&scaled, used.saturating_add(owed), state.reset_after);
+                    self.raise_to_report(bucket, state, owed);
                 }
             }
         }
@@ -1503,12 +1501,11 @@ impl<P: Primary> Shared<P> {
             if !news {
                 continue;
             }
-            let scaled = self.scaled(bucket);
-            let used = share_used(&bucket.limit, &scaled.limit, state);
             if given_back {
-                let used = used.saturating_add(owed.get(i).copied().unwrap_or(0));
-                self.raise(&scaled, used, state.reset_after);
+                self.raise_to_report(bucket, state, owed.get(i).copied().unwrap_or(0));
             } else {
+                let scaled = self.scaled(bucket);
+                let used = share_used(&bucket.limit, &scaled.limit, state);
                 self.memory.mirror(&scaled, used, state.reset_after);
             }
         }
@@ -1518,6 +1515,15 @@ impl<P: Primary> Shared<P> {
     /// ([`FallbackConfig::with_mirror_keys`] above 0).
     fn mirrors(&self) -> bool {
         self.config.mirror_keys > 0
+    }
+
+    /// Raises memory's count of `bucket`'s key to this instance's share of what the primary
+    /// reported of it (`state`) plus `owed`, what memory admitted that the primary does not
+    /// have yet; never lowers it.
+    fn raise_to_report(&self, bucket: &Bucket, state: &BucketState, owed: u64) {
+        let scaled = self.scaled(bucket);
+        let used = share_used(&bucket.limit, &scaled.limit, state);
+        self.raise(&scaled, used.saturating_add(owed), state.reset_after);
     }
 
     /// Raises memory's count of `scaled`'s key to `used`, fresh again in `fresh_in`; never

@@ -4,6 +4,8 @@
 //! (Found under load: with calls in flight when the fallback tripped, a parallel burst on
 //! a 100-request limit admitted 109–157.)
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,14 +148,7 @@ async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admit
     assert!(b.unwrap().allowed, "B, decided from memory");
     assert!(!a.unwrap().allowed, "A, refused by the primary");
     assert_eq!(store.mode(), Mode::Fallback);
-    let mut admitted = 0;
-    for _ in 0..5 {
-        let d = store
-            .apply(&Batch::charge(vec![bucket.clone()]))
-            .await
-            .unwrap();
-        admitted += usize::from(d.allowed);
-    }
+    let admitted = common::admitted(&store, &bucket, 5, Duration::ZERO).await;
     assert_eq!(store.mode(), Mode::Fallback);
     assert_eq!(admitted, 1, "admitted from memory after A's answer");
 }

@@ -568,27 +568,23 @@ impl Engine {
         // The central layer's charge goes back first: at once on a store that answers at
         // once, else before this policy is charged, in the same future.
         let refund_later = refund_first.and_then(|charged| self.give_back_now(charged));
-        let plan = if policy.exempt {
-            None
-        } else {
-            let mut plan = Plan::new();
-            self.plan_into(
-                parts,
-                std::iter::once(policy).chain(&table.globals),
-                &mut plan,
-            );
-            Some(plan).filter(|plan| !plan.buckets.is_empty())
-        };
+        // The plan stays here (it is large): an exempt policy's has no buckets.
+        let mut plan = Plan::new();
+        if !policy.exempt {
+            let policies = std::iter::once(policy).chain(&table.globals);
+            self.plan_into(parts, policies, &mut plan);
+        }
+        let charges = !plan.buckets.is_empty();
         let path = request_path(parts);
-        let plan = match (plan, refund_later.is_some()) {
-            (None, false) => return Start::Pass,
-            (Some(plan), false) => {
+        let plan = match (charges, refund_later.is_some()) {
+            (false, false) => return Start::Pass,
+            (true, false) => {
                 if self.decide_now(&plan, &None, Target::of(parts, path), out) {
                     return Start::Now;
                 }
                 Some(plan.owned())
             }
-            (plan, true) => plan.map(|p| p.owned()),
+            (charges, true) => charges.then(|| plan.owned()),
         };
         let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));
         Start::Later(Box::pin(async move {
