@@ -59,12 +59,17 @@
 //!   Tables grow by doubling, so a table is between 44% and 88% full.
 //!   `cargo run --release -p tollgate-bench --bin bench-memory` measures bytes per live key.
 //! - No global lock: keys hash to one of `shards` mutexes; a request whose buckets fall in
-//!   several shards locks them in index order.
+//!   several shards locks them in index order. The mutexes are `parking_lot`'s, which spin
+//!   a little before sleeping: threads deciding for one hot key (a global bucket) take
+//!   turns in a few hundred nanoseconds, where the standard library's mutex sent them to
+//!   sleep in the kernel more often (about twice the time per decision, two threads).
 
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -1421,18 +1426,14 @@ impl Inner {
 #[repr(align(64))]
 struct Padded(Mutex<Shard>);
 
-/// Locks a shard; a poisoned lock (a panic elsewhere) still holds valid state.
+/// Locks a shard.
 fn lock(shard: &Padded) -> MutexGuard<'_, Shard> {
-    shard.0.lock().unwrap_or_else(|e| e.into_inner())
+    shard.0.lock()
 }
 
 /// Locks a shard if no one holds it.
 fn try_lock(shard: &Padded) -> Option<MutexGuard<'_, Shard>> {
-    match shard.0.try_lock() {
-        Ok(guard) => Some(guard),
-        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    }
+    shard.0.try_lock()
 }
 
 impl Store for MemoryStore {
