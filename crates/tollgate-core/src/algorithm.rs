@@ -234,13 +234,6 @@ impl Ring {
         };
     }
 
-    /// The segments that still count at `now`, oldest first: (count, last).
-    #[inline]
-    fn live(&self, window: u64, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.all()
-            .filter(move |&(c, last)| c > 0 && last.saturating_add(window) > now)
-    }
-
     /// What the segments counted within `window` of `now` add up to, and when the newest
     /// counted segment leaves the window (0: nothing counted). One walk from the newest
     /// segment back: segments leave oldest first (each one's last admission is later than
@@ -286,15 +279,15 @@ impl Ring {
             return Fit::Now;
         }
         let window = limit.quota().period_micros();
-        let mut freed = 0u64;
-        let mut leaves_at = now.saturating_add(window);
-        for (c, last) in self.live(window, now) {
-            freed = freed.saturating_add(c);
-            if freed >= need {
-                leaves_at = last.saturating_add(window);
-                break;
-            }
-        }
+        // Which form the segments take is decided once, not once per segment.
+        let leaves_at = match &self.segments {
+            Segments::Narrow {
+                counts, offsets, ..
+            } => self.freed_at(window, now, need, |i, start| {
+                (u64::from(counts[i]), start + u64::from(offsets[i]))
+            }),
+            Segments::Wide { slots, .. } => self.freed_at(window, now, need, |i, _| slots[i]),
+        };
         match leaves_at.saturating_sub(now) {
             0 => Fit::Now,
             wait => Fit::After(wait),
@@ -394,25 +387,38 @@ impl Ring {
         (used, expires_at)
     }
 
-    /// Every kept segment, oldest first: (count, last). Walks the ring's slots in order
-    /// (one division for the whole walk, not one per segment).
-    #[inline]
-    fn all(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    /// When `need` will have left the window: the time the segment that still counts at
+    /// `now` and with which, walking the kept segments oldest first (they leave in that
+    /// order), what counts adds up to `need` leaves, or `now + window` if it never does.
+    /// The segments are read by `get(slot, segment start)`; one division for the whole
+    /// walk, not one per segment.
+    #[inline(always)]
+    fn freed_at(
+        &self,
+        window: u64,
+        now: u64,
+        need: u64,
+        get: impl Fn(usize, u64) -> (u64, u64),
+    ) -> u64 {
         let len = self.segments.len();
         let oldest = self.head.saturating_sub(len as u64 - 1);
-        let first = (oldest % len as u64) as usize;
+        let mut slot = (oldest % len as u64) as usize;
         let unit = self.unit();
-        let start = oldest.saturating_mul(unit);
-        let kept = (self.head - oldest) as usize + 1;
-        (0..kept).map(move |n| {
-            let slot = if first + n >= len {
-                first + n - len
-            } else {
-                first + n
-            };
-            let seg_start = start.saturating_add((n as u64).saturating_mul(unit));
-            self.segments.get(slot, seg_start)
-        })
+        let mut start = oldest.saturating_mul(unit);
+        let mut freed = 0u64;
+        for _ in oldest..=self.head {
+            let (count, last) = get(slot, start);
+            let leaves_at = last.saturating_add(window);
+            if count > 0 && leaves_at > now {
+                freed = freed.saturating_add(count);
+                if freed >= need {
+                    return leaves_at;
+                }
+            }
+            slot = if slot + 1 == len { 0 } else { slot + 1 };
+            start = start.saturating_add(unit);
+        }
+        now.saturating_add(window)
     }
 }
 
