@@ -387,11 +387,10 @@ impl Ring {
         (used, expires_at)
     }
 
-    /// When `need` will have left the window: the time the segment that still counts at
-    /// `now` and with which, walking the kept segments oldest first (they leave in that
-    /// order), what counts adds up to `need` leaves, or `now + window` if it never does.
-    /// The segments are read by `get(slot, segment start)`; one division for the whole
-    /// walk, not one per segment.
+    /// When `need` of what counts at `now` will have left the window: walking the kept
+    /// segments oldest first (the order they leave in), when the segment that brings what
+    /// has left up to `need` leaves; `now + window` if they never add up to it. Segments
+    /// are read by `get(slot, segment start)`; one division for the whole walk.
     #[inline(always)]
     fn freed_at(
         &self,
