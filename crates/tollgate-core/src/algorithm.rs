@@ -1078,6 +1078,22 @@ mod tests {
         assert_eq!(r.reset_after, Duration::from_secs(60));
     }
 
+    #[test]
+    fn a_segment_leaving_at_this_very_moment_frees_nothing_more() {
+        let limit = Limit::sliding(Quota::per_minute(3)); // segments of 6 s
+        let t0 = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t0);
+        assert_eq!(charge(&mut s, &limit, 1, t0), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 2, t0 + MIN / 2), Fit::Now);
+        // A microsecond before the first admission leaves, it still counts.
+        assert_eq!(charge(&mut s, &limit, 1, t0 + MIN - 1), Fit::After(1));
+        // As it leaves, it is gone from the count and from what a wait counts on: a cost of
+        // 2 waits for the second segment (admitting it then would count 4 in (t0 + 30 s,
+        // t0 + 60 s]).
+        assert_eq!(charge(&mut s, &limit, 2, t0 + MIN), Fit::After(MIN / 2));
+        assert_eq!(charge(&mut s, &limit, 1, t0 + MIN), Fit::Now);
+    }
+
     /// `State::charge` answers and leaves the state exactly as a fit, an add when it fits
     /// and a report do, for every algorithm: across segment and window boundaries, rings not
     /// yet full, counts past what an inline ring holds, refusals and costs that never fit.
