@@ -1412,4 +1412,169 @@ mod tests {
         // The clock steps back a minute: what was spent stays spent.
         assert!(matches!(charge(&mut s, &limit, 1, 0), Fit::After(_)));
     }
+
+    // Found missing by mutation testing (cargo-mutants): each fails with the mutant it
+    // names applied.
+
+    /// A segment leaves a window after its *latest* admission: a clock that steps back
+    /// within the segment (another instance's report) does not pull its last admission
+    /// back. (Kills `Ring::add`: `c == 0` → `c != 0`.)
+    #[test]
+    fn a_clock_stepping_back_within_a_segment_keeps_its_latest_admission() {
+        let limit = Limit::sliding(Quota::per_minute(2)); // segments of 6 s
+        let t0 = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t0);
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 5_000_000), Fit::Now);
+        // 4 s behind, the same segment.
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 1_000_000), Fit::Now);
+        // Both leave a minute after t0 + 5 s, not after t0 + 1 s.
+        assert_eq!(
+            charge(&mut s, &limit, 1, t0 + MIN + 1_000_000),
+            Fit::After(4_000_000)
+        );
+        assert_eq!(charge(&mut s, &limit, 1, t0 + MIN + 5_000_000), Fit::Now);
+    }
+
+    /// Two charges in the same microsecond are one log entry, and a refund at that time
+    /// gives back from it. (Kills `State::add`: guard `*last == at` → false.)
+    #[test]
+    fn charges_in_one_microsecond_share_a_log_entry() {
+        let limit = Limit::sliding_exact(Quota::per_minute(5));
+        let t = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t);
+        assert_eq!(charge(&mut s, &limit, 1, t), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 2, t), Fit::Now);
+        let State::Log { entries, .. } = &s else {
+            panic!("a log")
+        };
+        assert_eq!(entries.len(), 1, "one entry per distinct admission time");
+        // The 2 charged at t given back: 1 is left.
+        s.sub(&limit, 2, Some(t), t);
+        assert_eq!(s.used(&limit, t), 1);
+    }
+
+    /// A refund at the time of a charge whose segment has left the ring gives nothing back
+    /// (it must not take from the segment now in that ring slot). (Kills `State::sub`:
+    /// `ring.len() - 1` → `+ 1` / `/ 1`.)
+    #[test]
+    fn a_refund_of_a_charge_whose_segment_is_gone_gives_nothing_back() {
+        let limit = Limit::sliding(Quota::per_minute(10)); // 10 segments of 6 s, 11 kept
+        let t0 = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t0);
+        assert_eq!(charge(&mut s, &limit, 1, t0), Fit::Now);
+        // 11 segments later: t0's segment is gone, its ring slot holds the newest.
+        let now = t0 + 66_000_000;
+        assert_eq!(charge(&mut s, &limit, 3, now), Fit::Now);
+        s.sub(&limit, 1, Some(t0), now);
+        assert_eq!(s.used(&limit, now), 3);
+    }
+
+    /// Without a time a refund takes from the newest segment on to older ones; with one,
+    /// from that charge's segment only. (Kills `State::sub`: `left == 0` → `!=`, and
+    /// `||` → `&&`.)
+    #[test]
+    fn a_refund_walks_older_segments_only_without_a_time() {
+        let limit = Limit::sliding(Quota::per_minute(10));
+        let t0 = 1_000 * MIN;
+        let t1 = t0 + 6_000_000; // the next segment
+        let mut s = State::fresh(&limit, t0);
+        assert_eq!(charge(&mut s, &limit, 2, t0), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 2, t1), Fit::Now);
+        s.sub(&limit, 3, None, t1);
+        assert_eq!(s.used(&limit, t1), 1, "the newest 2, then 1 of the older");
+        assert_eq!(charge(&mut s, &limit, 2, t1), Fit::Now); // t1: 2, t0: 1
+        s.sub(&limit, 3, Some(t1), t1);
+        assert_eq!(s.used(&limit, t1), 1, "only t1's segment gives back");
+    }
+
+    /// An exact log: a refund for an entry that left the window gives nothing back, nor
+    /// does one at a time after every entry (the charge already given back whole).
+    /// (Kills `State::sub`: guard `at + W <= now` → false; guard `i < entries.len()` →
+    /// true, and `<` → `<=`: an index past the end.)
+    #[test]
+    fn a_log_refund_of_a_gone_entry_gives_nothing_back() {
+        let limit = Limit::sliding_exact(Quota::per_minute(5));
+        let t0 = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t0);
+        assert_eq!(charge(&mut s, &limit, 1, t0), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 2, t0 + 50_000_000), Fit::Now);
+        let now = t0 + MIN + 1;
+        s.advance(&limit, now);
+        s.sub(&limit, 1, Some(t0), now);
+        assert_eq!(s.used(&limit, now), 2, "t0's entry has left");
+
+        let mut s = State::fresh(&limit, t0);
+        assert_eq!(charge(&mut s, &limit, 1, t0), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 1, t0 + 1), Fit::Now);
+        s.sub(&limit, 1, Some(t0 + 1), t0 + 1);
+        // The same refund again: its entry went with the first.
+        s.sub(&limit, 1, Some(t0 + 1), t0 + 1);
+        assert_eq!(s.used(&limit, t0 + 1), 1);
+    }
+
+    /// A token bucket pushed past the clock's range (a penalty of u64::MAX, a ban) refuses
+    /// until the end of the clock, and says so. (Kills `gcra`: `u64::MAX - now` → `/`.)
+    #[test]
+    fn a_bucket_past_the_clock_range_waits_until_its_end() {
+        let limit = Limit::token_bucket(Quota::per_minute(10), 10).unwrap();
+        let now = 1_000 * MIN;
+        let mut s = State::fresh(&limit, now);
+        s.add(&limit, u64::MAX, now);
+        assert_eq!(charge(&mut s, &limit, 1, now), Fit::After(u64::MAX - now));
+    }
+
+    /// A saturated log's total is recounted when a refund takes it below `u64::MAX`: the
+    /// refund's own report shows it. (Kills `State::sub`: `*total == u64::MAX` → `!=`.)
+    #[test]
+    fn a_refund_of_a_saturated_log_recounts_it() {
+        let limit = Limit::sliding_exact(Quota::per_minute(5));
+        let t = 1_000 * MIN;
+        let mut s = State::fresh(&limit, t);
+        assert_eq!(charge(&mut s, &limit, 1, t), Fit::Now);
+        s.add(&limit, u64::MAX, t + 1);
+        s.sub(&limit, u64::MAX, None, t + 1);
+        assert_eq!(s.used(&limit, t + 1), 1);
+        assert_eq!(s.report(&limit, Fit::Now, 1, t + 1).remaining, 4);
+    }
+
+    /// A window whose segment length does not divide it (1 s in 7 segments of 142,858 µs)
+    /// lets a second segment leave before the oldest's slot comes round: in the last
+    /// microseconds of a segment, what the second-oldest segment counted has left, whatever
+    /// ring slot it is in. (Kills `Ring::narrow_used_and_expiry`: the forward walk's next
+    /// slot, `slot + 1 == len` → `!=` / `slot * 1 == len`, and `slot + 1` → `slot * 1`.)
+    #[test]
+    fn a_second_segment_leaving_is_taken_out_in_every_ring_slot() {
+        let limit =
+            Limit::sliding_segments(Quota::new(2, Duration::from_secs(1)).unwrap(), 7).unwrap();
+        let unit = limit.segment_micros();
+        assert_eq!(unit, 142_858);
+        let base = 10_000_000_000u64; // segment index, about 1.4e15 µs
+        for h in base..base + 8 {
+            let a = (h - 6) * unit; // the second-oldest segment's start
+            let mut s = State::fresh(&limit, a);
+            assert_eq!(charge(&mut s, &limit, 1, a), Fit::Now);
+            assert_eq!(charge(&mut s, &limit, 1, h * unit), Fit::Now);
+            // The last µs of segment h: a's admission left at h·unit + 142,852.
+            let now = h * unit + unit - 1;
+            s.advance(&limit, now);
+            assert_eq!(s.used(&limit, now), 1, "head {h}");
+            assert_eq!(charge(&mut s, &limit, 1, now), Fit::Now, "head {h}");
+        }
+    }
+
+    /// A clock near the Unix epoch (a test's `ManualClock::new(Duration::ZERO)`): a ring
+    /// not yet full of kept segments counts and waits like any other. (Kills
+    /// `Ring::used_and_expiry`'s guard `head >= len` → true / `<`, its closure's
+    /// `start + offset` → `-` / `*`, and `State::advance`'s `current - head` → `/`.)
+    #[test]
+    fn a_clock_near_the_epoch_counts_like_any_other() {
+        let limit = Limit::sliding(Quota::per_minute(2)); // 10 segments of 6 s
+        let mut s = State::fresh(&limit, 0);
+        assert_eq!(charge(&mut s, &limit, 1, 5_000_000), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 1, 5_000_000), Fit::Now);
+        assert_eq!(charge(&mut s, &limit, 1, MIN), Fit::After(5_000_000));
+        let r = s.report(&limit, Fit::Now, 1, MIN);
+        assert_eq!((r.remaining, r.reset_after), (0, Duration::from_secs(5)));
+        assert_eq!(charge(&mut s, &limit, 2, MIN + 5_000_000), Fit::Now);
+    }
 }

@@ -595,3 +595,224 @@ fn keep_counts_holds_a_partial_count_through_a_flood_of_invented_keys() {
         }
     }
 }
+
+// The store's bookkeeping, found missing by mutation testing (cargo-mutants): each test
+// fails with the mutant of `memory.rs` it names applied.
+
+/// A sliding window penalized past what an inline ring holds (a count past 2^32) moves to
+/// the boxed table with its expiry: a sweep does not take it for fresh and forget the ban.
+/// (Kills `update_in`: `after.expires_at == u64::MAX` → `!=`.)
+#[test]
+fn a_window_penalized_past_u32_keeps_its_count_through_a_sweep() {
+    let (clock, store) = one_shard(1000);
+    let key = Bucket::new("api", "203.0.113.7", Limit::sliding(Quota::per_minute(10)));
+    let one = std::slice::from_ref;
+    assert!(store.charge(one(&key)).unwrap().allowed);
+    let ban = key.clone().with_cost(5_000_000_000);
+    store.apply_now(Op::Penalize, one(&ban)).unwrap();
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(store.purge_expired(), 0, "the banned key is not fresh");
+    let d = store.charge(one(&key)).unwrap();
+    assert!(!d.allowed, "the ban was forgotten: {d:?}");
+}
+
+/// A key still at its limit whose expiry moves earlier (a refund of part of a penalty)
+/// than a full share's remembered refusal makes the share decide afresh: once that key is
+/// fresh, a new key is taken, not refused until the refusal's old time. (Kills
+/// `update_in`: `expires_at < share.refusing_until` → `==` / `>`.)
+#[test]
+fn a_held_key_fresh_sooner_ends_a_remembered_refusal() {
+    let (clock, store) = one_shard(64);
+    // 2 an hour, bursts of 2: a token every 30 minutes.
+    let limit = Limit::token_bucket(Quota::per_hour(2), 2).unwrap();
+    let key = |k: &str| Bucket::new("api", k, limit);
+    let one = std::slice::from_ref;
+    for i in 0..64 {
+        let penalty = key(&format!("held-{i}")).with_cost(5); // 2.5 hours
+        assert!(
+            store
+                .apply_now(Op::Penalize, one(&penalty))
+                .unwrap()
+                .allowed
+        );
+    }
+    let refused = store.charge(one(&key("new-0"))).unwrap();
+    assert!(!refused.allowed, "the share is full of limited keys");
+    // Half of held-0's penalty given back: it is still limited (1.5 hours counted), and
+    // fresh an hour sooner than the refusal remembered.
+    let back = key("held-0").with_cost(2);
+    let state = store.apply_now(Op::Refund, one(&back)).unwrap().buckets[0].clone();
+    assert_eq!(state.remaining, 0);
+    assert_eq!(state.reset_after, Duration::from_secs(90 * 60));
+    clock.advance(Duration::from_secs(90 * 60));
+    let d = store.charge(one(&key("new-1"))).unwrap();
+    assert!(d.allowed, "held-0 is fresh: its room is free ({d:?})");
+}
+
+/// An entry dropped because a call found it fresh (a peek after its window) leaves its
+/// share's count: keys coming and going never fill a share that holds nothing. (Kills
+/// `update_in`: `count(parts, part, -1)` → `count(parts, part, 1)`.)
+#[test]
+fn keys_dropped_as_fresh_leave_their_share() {
+    let (clock, store) = one_shard(64);
+    let limit = Limit::sliding(Quota::per_second(10));
+    for i in 0..200 {
+        let key = Bucket::new("api", &format!("k{i}"), limit);
+        let d = store.charge(std::slice::from_ref(&key)).unwrap();
+        assert!(d.allowed, "key {i} refused: {d:?}");
+        clock.advance(Duration::from_secs(2));
+        store
+            .apply_now(Op::Peek, std::slice::from_ref(&key))
+            .unwrap();
+        assert_eq!(store.len(), 0, "the peek dropped k{i}");
+    }
+    assert_eq!(store.stats().refused_full, 0);
+}
+
+/// A full share evicts its least recently seen eighth, no more, even when many keys were
+/// last seen in the same microsecond. (Kills `Shard::evict`: `left -= 1` → `+=` / `/=`.)
+#[test]
+fn a_full_share_evicts_an_eighth_even_among_keys_seen_at_once() {
+    let (_clock, store) = one_shard(64);
+    let limit = Limit::sliding(Quota::per_minute(10));
+    let key = |k: &str| Bucket::new("api", k, limit);
+    // 64 keys, below their limit, all in one microsecond (the clock does not move).
+    for i in 0..64 {
+        assert!(store.charge(&[key(&format!("k{i}"))]).unwrap().allowed);
+    }
+    assert!(store.charge(&[key("new")]).unwrap().allowed);
+    let stats = store.stats();
+    assert_eq!((stats.evicted, stats.entries), (8, 57), "{stats:?}");
+}
+
+/// The eviction counter counts each evicted key once, whichever tables a share's keys
+/// live in. (Kills `Shard::evict`'s sum of the tables' evictions: `+` → `*`.)
+#[test]
+fn evictions_across_tables_are_counted_once_each() {
+    let (clock, store) = one_shard(64);
+    let token = Limit::token_bucket(Quota::per_minute(10), 10).unwrap();
+    let fixed = Limit::fixed(Quota::per_minute(10));
+    // One share ("api"), its keys alternating between the token-bucket and fixed-window
+    // tables, each seen after the one before.
+    for i in 0..64 {
+        let limit = if i % 2 == 0 { token } else { fixed };
+        let b = Bucket::new("api", &format!("k{i}"), limit);
+        assert!(store.charge(&[b]).unwrap().allowed);
+        clock.advance(Duration::from_micros(1));
+    }
+    assert!(
+        store
+            .charge(&[Bucket::new("api", "new", token)])
+            .unwrap()
+            .allowed
+    );
+    let stats = store.stats();
+    // The eighth least recently seen: 4 of each table.
+    assert_eq!((stats.evicted, stats.entries), (8, 57), "{stats:?}");
+}
+
+/// A penalty of nothing on a new key stores nothing (the key is fresh).
+/// (Kills `Inner::apply_one`: `a.expires_at > now` → `>=`.)
+#[test]
+fn a_penalty_of_nothing_stores_no_key() {
+    let (_clock, store) = one_shard(64);
+    let key = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10))).with_cost(0);
+    assert!(store.apply_now(Op::Penalize, &[key]).unwrap().allowed);
+    assert_eq!(store.len(), 0);
+}
+
+/// `purge_expired` drops an entry at the very microsecond it is fresh again, and counts
+/// every dropped entry once whichever table held it. (Kills `Inner::sweep`: `at > now` →
+/// `>=`, and its sum of the tables' counts: `+` → `-` / `*`.)
+#[test]
+fn purge_drops_entries_fresh_this_microsecond_and_counts_each_once() {
+    let (clock, store) = one_shard(64);
+    let fixed = Limit::fixed(Quota::per_minute(10));
+    let token = Limit::token_bucket(Quota::per_minute(60), 10).unwrap(); // 1 s a token
+    let fill = || {
+        for i in 0..2 {
+            let b = Bucket::new("api", &format!("t{i}"), token);
+            assert!(store.charge(&[b]).unwrap().allowed);
+        }
+        for i in 0..3 {
+            let b = Bucket::new("api", &format!("f{i}"), fixed);
+            assert!(store.charge(&[b]).unwrap().allowed);
+        }
+    };
+    fill();
+    // T0 is 20 s into a minute: the fixed windows end in 40 s, the tokens are back in 1 s.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(store.purge_expired(), 2, "fresh at this very microsecond");
+    clock.advance(Duration::from_secs(39));
+    assert_eq!(store.purge_expired(), 3);
+    assert_eq!(store.stats().expired, 5);
+
+    // Both tables at once.
+    fill();
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(store.purge_expired(), 5);
+    assert_eq!(store.stats().expired, 10);
+}
+
+/// A new key refused for want of room is taken when it retries at exactly its
+/// `retry_after` (when the first held key is fresh again), not refused once more from the
+/// remembered refusal. (Kills `Inner::make_room`: `now < until` → `<=` / `==`.)
+#[test]
+fn a_new_key_refused_for_room_is_taken_at_its_retry_time() {
+    let (clock, store) = one_shard(64);
+    let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
+    for i in 0..64 {
+        let b = Bucket::new("sign-in", &format!("junk-{i}"), lockout).with_cost(5);
+        assert!(store.charge(&[b]).unwrap().allowed);
+    }
+    clock.advance(Duration::from_secs(1));
+    let new = Bucket::new("sign-in", "new", lockout);
+    let refused = store.charge(std::slice::from_ref(&new)).unwrap();
+    let wait = refused.retry_after().expect("refused for room");
+    assert_eq!(wait, Duration::from_secs(30 * 60 - 1));
+    clock.advance(wait);
+    let d = store.charge(std::slice::from_ref(&new)).unwrap();
+    assert!(d.allowed, "refused at its retry time: {d:?}");
+}
+
+/// Under `WhenFull::EvictLimited` a share full of limited keys evicts a sixty-fourth of
+/// them for a new key (15 of 1,000), no more. (Kills `Inner::make_room`:
+/// `shard_cap / 64` → `%`.)
+#[test]
+fn evict_limited_frees_a_sixty_fourth_of_the_share() {
+    let (_clock, store) = one_shard(1000);
+    let tight = Limit::sliding(Quota::per_hour(1));
+    let key = |k: &str| Bucket::new("tight", k, tight).with_when_full(WhenFull::EvictLimited);
+    for i in 0..1000 {
+        assert!(store.charge(&[key(&format!("k{i}"))]).unwrap().allowed);
+    }
+    assert!(store.charge(&[key("new")]).unwrap().allowed);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.evicted_limited, stats.entries),
+        (15, 986),
+        "{stats:?}"
+    );
+}
+
+/// A full share evicts exactly its least recently seen eighth: the key seen just after
+/// them keeps its count. (Kills `Inner::make_room`: `batch.min(seen.len()) - 1` → `/ 1`,
+/// which takes the cutoff one key later and may evict that key instead of an older one;
+/// the table's order is random per store, so 20 stores.)
+#[test]
+fn a_full_share_evicts_exactly_its_least_recently_seen_eighth() {
+    for _ in 0..20 {
+        let (clock, store) = one_shard(64);
+        let limit = Limit::sliding(Quota::per_minute(10));
+        let key = |k: &str| Bucket::new("api", k, limit);
+        for i in 0..64 {
+            assert!(store.charge(&[key(&format!("k{i}"))]).unwrap().allowed);
+            clock.advance(Duration::from_micros(1));
+        }
+        assert!(store.charge(&[key("new")]).unwrap().allowed);
+        for i in 8..64 {
+            let peek = store.apply_now(Op::Peek, &[key(&format!("k{i}"))]).unwrap();
+            assert_eq!(peek.buckets[0].remaining, 9, "k{i} was evicted");
+        }
+    }
+}
