@@ -1836,4 +1836,53 @@ mod tests {
             .build()
             .is_ok());
     }
+
+    /// axum serves `/a/` from neither `/a` nor `/a/{x}`: an empty last segment is
+    /// no parameter, so its raw reading is the default (charged besides `/a`), and
+    /// between two exempt readings it is not the exempt `/a/{x}`.
+    #[test]
+    fn a_trailing_slash_is_no_parameter() {
+        let t = table(&[("/*", "default"), ("/a", "list"), ("/a/{x}", "item")]);
+        assert_eq!(all(&t, Method::GET, "/a/"), ["list", "default"]);
+        let t = table(&[
+            ("/*", "default"),
+            ("/a", "exempt-a"),
+            ("/a/{x}", "exempt-x"),
+        ]);
+        assert_eq!(all(&t, Method::GET, "/a/"), ["default"]);
+    }
+
+    /// An escape that stays escaped keeps both its hex digits: a rule spelt with
+    /// `%2F` takes that spelling (and only it), as axum routes it.
+    #[test]
+    fn an_escaped_reserved_character_keeps_its_hex_digits() {
+        let t = table(&[
+            ("/*", "default"),
+            ("/files/a%2Fb", "exempt-file"),
+            ("/upload/a%2Fb", "upload"),
+        ]);
+        assert_eq!(all(&t, Method::GET, "/files/a%2Fb"), ["exempt-file"]);
+        assert_eq!(all(&t, Method::POST, "/upload/a%2Fb"), ["upload"]);
+        assert_eq!(all(&t, Method::POST, "/upload/a%3Fb"), ["default"]);
+    }
+
+    /// A path of exactly [`MAX_PATH_LEN`] bytes is within the limit: read in full, and
+    /// it may be exempt; one byte more is over it.
+    #[test]
+    fn a_path_of_exactly_the_length_limit_is_within_it() {
+        let t = table(&[("/*", "default"), ("/hooks/*", "exempt-hooks")]);
+        let path = format!("/hooks/{}", "a".repeat(MAX_PATH_LEN - "/hooks/".len()));
+        assert_eq!(path.len(), MAX_PATH_LEN);
+        assert_eq!(all(&t, Method::POST, &path), ["exempt-hooks"]);
+        assert_eq!(all(&t, Method::POST, &format!("{path}a")), ["default"]);
+    }
+
+    /// A path whose every segment is spelt differently from its canonical reading
+    /// (here its only one) is still read canonically: `/%6Cogin` is `/login`.
+    #[test]
+    fn a_path_escaped_in_every_segment_is_read_canonically() {
+        let t = table(&[("/*", "default"), ("POST /login", "login")]);
+        assert_eq!(all(&t, Method::POST, "/%6Cogin"), ["login", "default"]);
+        assert_eq!(all(&t, Method::POST, "/%6C%6Fgin"), ["login", "default"]);
+    }
 }
