@@ -119,7 +119,7 @@ impl Segments {
         match self {
             Segments::Narrow {
                 counts, offsets, ..
-            } => (u64::from(counts[i]), start + u64::from(offsets[i])),
+            } => narrow_segment(counts, offsets, i, start),
             Segments::Wide { slots, .. } => slots[i],
         }
     }
@@ -150,6 +150,18 @@ impl Segments {
             Segments::Wide { slots, .. } => slots.fill((0, 0)),
         }
     }
+}
+
+/// An inline ring's slot `i`, holding the segment that starts at `start`: its count and
+/// last admission (kept as an offset from the segment's start).
+#[inline(always)]
+fn narrow_segment(
+    counts: &[u32; NARROW],
+    offsets: &[u32; NARROW],
+    i: usize,
+    start: u64,
+) -> (u64, u64) {
+    (u64::from(counts[i]), start + u64::from(offsets[i]))
 }
 
 impl Ring {
@@ -253,7 +265,7 @@ impl Ring {
             Segments::Narrow {
                 counts, offsets, ..
             } => self.sum_newest_first(window, now, |i, start| {
-                (u64::from(counts[i]), start + u64::from(offsets[i]))
+                narrow_segment(counts, offsets, i, start)
             }),
             Segments::Wide { slots, .. } => self.sum_newest_first(window, now, |i, _| slots[i]),
         }
@@ -284,7 +296,7 @@ impl Ring {
             Segments::Narrow {
                 counts, offsets, ..
             } => self.freed_at(window, now, need, |i, start| {
-                (u64::from(counts[i]), start + u64::from(offsets[i]))
+                narrow_segment(counts, offsets, i, start)
             }),
             Segments::Wide { slots, .. } => self.freed_at(window, now, need, |i, _| slots[i]),
         };

@@ -1353,7 +1353,7 @@ impl<P: Primary> Shared<P> {
     /// memory's clock): its end ([`Shared::end_grace`]) is run when it is over, unless the
     /// store returned again meanwhile (that return's own end follows).
     fn start_grace(self: &Arc<Self>, left: u64) {
-        if self.config.divisor <= 1 || self.config.mirror_keys == 0 {
+        if self.config.divisor <= 1 || !self.mirrors() {
             return;
         }
         let grace = self.config.return_grace();
@@ -1427,7 +1427,7 @@ impl<P: Primary> Shared<P> {
             if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
                 tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");
             }
-        } else if batch.op == Op::Charge && origin == Origin::Backend && self.mirrors() {
+        } else if batch.op == Op::Charge && self.keeps(origin) {
             let owed = self.ledger.debts(&batch.buckets);
             let answers = batch.buckets.iter().zip(&decision.buckets).zip(owed);
             for ((bucket, state), owed) in answers {
@@ -1475,7 +1475,7 @@ impl<P: Primary> Shared<P> {
 
     /// [`Shared::mirror`] and [`Shared::mirror_given_back`], as `counts` says.
     fn keep_answers(&self, batch: &Batch, decision: &Decision, origin: Origin, counts: Counts) {
-        if !self.mirrors() || origin != Origin::Backend {
+        if !self.keeps(origin) {
             return;
         }
         let given_back = counts == Counts::Raise;
@@ -1515,6 +1515,12 @@ impl<P: Primary> Shared<P> {
     /// ([`FallbackConfig::with_mirror_keys`] above 0).
     fn mirrors(&self) -> bool {
         self.config.mirror_keys > 0
+    }
+
+    /// Whether memory takes counts from an answer of this origin: the primary's backend's
+    /// (not its refusal cache's, whose counts may be older), if it mirrors at all.
+    fn keeps(&self, origin: Origin) -> bool {
+        self.mirrors() && origin == Origin::Backend
     }
 
     /// Raises memory's count of `bucket`'s key to this instance's share of what the primary

@@ -40,6 +40,11 @@ impl Store for Switchable {
     }
 }
 
+/// The client every test counts: 100 a minute, a sliding window.
+fn client() -> Bucket {
+    Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)))
+}
+
 /// Waits until `done` holds, for 3 s at most.
 async fn until(done: impl Fn() -> bool) {
     for _ in 0..300 {
@@ -56,7 +61,7 @@ async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_
     let a = instance(&primary, fleet(LONG)).await;
     // B checks the primary again only a minute after its first check fails.
     let b = instance(&primary, slow(LONG, Duration::from_secs(60))).await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     // 40 before the outage, spread over both instances (one each in turn).
     for _ in 0..20 {
         assert_eq!(
@@ -98,7 +103,7 @@ async fn the_first_instance_back_admits_no_more_than_its_share_until_the_others_
 async fn once_back_a_charge_that_fits_its_share_is_charged_on_both_and_counted_once() {
     let (primary, down) = primary();
     let a = instance(&primary, fleet(LONG)).await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     assert_eq!(common::admitted(&a, &bucket, 10, Duration::ZERO).await, 10);
     down.store(true, Ordering::SeqCst);
     // A's share of the 90 remaining is 45: 10 of them spent on memory.
@@ -222,7 +227,7 @@ async fn just_back_each_instance_spends_its_own_share_whatever_the_others_spent(
         instance(&primary, fleet(LONG)).await,
     );
     blip(&down, &[&a, &b]).await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     assert_eq!(common::admitted(&a, &bucket, 60, Duration::ZERO).await, 50);
     assert_eq!(common::admitted(&b, &bucket, 60, Duration::ZERO).await, 50);
 }
@@ -279,7 +284,7 @@ async fn what_another_instance_gave_back_first_does_not_take_from_this_ones_shar
     let (primary, down) = primary();
     let a = instance(&primary, fleet(LONG)).await;
     let b = instance(&primary, slow(LONG, Duration::from_millis(400))).await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     outage(&down, &bucket, &[(&a, 40), (&b, 10)]).await;
     until(|| a.mode() == Mode::Primary).await;
     assert_eq!(b.mode(), Mode::Fallback);
@@ -299,7 +304,7 @@ async fn after_that_time_a_key_given_back_counts_what_the_fleet_spent() {
     let short = Duration::from_millis(200);
     let a = instance(&primary, slow(short, Duration::from_millis(400))).await;
     let b = instance(&primary, fleet(short)).await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     outage(&down, &bucket, &[(&b, 40), (&a, 10)]).await;
     until(|| (a.mode(), b.mode()) == (Mode::Primary, Mode::Primary)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -391,15 +396,23 @@ async fn broken_then_answered(store: &FallbackStore<Connection>, bucket: &Bucket
     (found.unwrap().allowed, answered.unwrap().allowed)
 }
 
-/// The fleet's other instances spend all 100 of `bucket` on the restarted `primary`; then a
-/// burst reaches `b`: its first call finds the restart ([`broken_then_answered`]), its
-/// second is refused through the fresh connection. What `b` then admits from memory:
+/// B, connected to a primary that has just restarted (B does not know yet).
+async fn restarted_under_b() -> (Arc<Restarting>, FallbackStore<Connection>) {
+    let primary = Restarting::new();
+    let b = connected(&primary).await;
+    primary.restart();
+    (primary, b)
+}
+
+/// The fleet's other instances spend all 100 of the [`client`] on the restarted `primary`;
+/// then a burst reaches `b`: its first call finds the restart ([`broken_then_answered`]),
+/// its second is refused through the fresh connection. What `b` then admits from memory:
 /// whether the first call, and how many of 60 more.
 async fn refused_then_decided_from_memory(
     primary: &Restarting,
     b: &FallbackStore<Connection>,
-    bucket: &Bucket,
 ) -> (bool, usize) {
+    let bucket = &client();
     {
         let remote = primary.remote.lock().unwrap();
         for _ in 0..100 {
@@ -429,7 +442,7 @@ async fn an_answer_of_a_restarted_primary_before_the_instance_knows_is_its_own_a
     let (a, b) = (connected(&primary).await, connected(&primary).await);
     assert_eq!((a.mode(), b.mode()), (Mode::Primary, Mode::Primary));
     primary.restart();
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     let charge = || Batch::charge(vec![bucket.clone()]);
     // A's first call finds the restart; decided from memory, then given back.
     assert!(a.apply(&charge()).await.unwrap().allowed);
@@ -457,11 +470,8 @@ async fn a_refusal_of_a_restarted_primary_before_the_instance_knows_is_kept_in_m
     // nothing of the client: it admitted the call that found the restart and its whole
     // share after it (50 more than the client's 100). Kept as memory's count, the refusal
     // refuses them.
-    let primary = Restarting::new();
-    let b = connected(&primary).await;
-    primary.restart();
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    let (found, later) = refused_then_decided_from_memory(&primary, &b, &bucket).await;
+    let (primary, b) = restarted_under_b().await;
+    let (found, later) = refused_then_decided_from_memory(&primary, &b).await;
     assert_eq!(usize::from(found) + later, 0, "admitted from memory");
 }
 
@@ -473,9 +483,7 @@ async fn a_refusal_answered_in_the_time_after_a_return_before_the_instance_knows
     // leaves one: the call that found the restart held a charge on the share when the
     // refusal raised memory's count, gave it back when it failed, and was then decided
     // from memory (one past what remains, as each instance of a fleet may admit).
-    let primary = Restarting::new();
-    let b = connected(&primary).await;
-    primary.restart();
+    let (primary, b) = restarted_under_b().await;
     let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
     assert!(b.apply(&Batch::charge(vec![other])).await.unwrap().allowed);
     assert_eq!(b.mode(), Mode::Fallback);
@@ -486,8 +494,7 @@ async fn a_refusal_answered_in_the_time_after_a_return_before_the_instance_knows
         "back, in the time after its return"
     );
     primary.restart();
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
-    let (found, later) = refused_then_decided_from_memory(&primary, &b, &bucket).await;
+    let (found, later) = refused_then_decided_from_memory(&primary, &b).await;
     assert!(
         found,
         "the call that found the restart, decided from memory"
@@ -508,7 +515,7 @@ async fn a_request_decided_the_moment_an_instance_returns_is_charged_on_its_shar
         slow(LONG, Duration::from_millis(400)).with_failure_threshold(1),
     )
     .await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(100)));
+    let bucket = client();
     down.store(true, Ordering::SeqCst);
     assert_eq!(common::admitted(&a, &bucket, 60, Duration::ZERO).await, 50);
     let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));
