@@ -634,6 +634,25 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_network_shorter_than_96_bits_is_rejected_as_host_bits() {
+        // Its IPv4-mapped address lies in host bits; there is no IPv4 network to fold it to.
+        assert_eq!(
+            ClientIp::peer()
+                .trust_proxies(["::ffff:10.0.0.0/80"])
+                .validate(),
+            Err(ClientIpError::HostBitsSet {
+                input: "::ffff:10.0.0.0/80".into(),
+                network: "::/80".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_ipv6_prefix_of_128_is_valid() {
+        assert_eq!(ClientIp::peer().ipv6_prefix(128).validate(), Ok(()));
+    }
+
+    #[test]
     fn warns_about_trusting_everyone_and_coarse_prefixes() {
         assert!(ClientIp::peer()
             .trust_proxies(["10.0.0.0/8"])
@@ -650,6 +669,14 @@ mod tests {
         );
         assert!(w[1].contains("`::/0`"), "{w:?}");
         assert!(w[2].contains("ipv6_prefix(32)"), "{w:?}");
+    }
+
+    #[test]
+    fn an_ipv6_prefix_of_48_does_not_warn_but_47_does() {
+        assert!(ClientIp::peer().ipv6_prefix(48).warnings().is_empty());
+        let w = ClientIp::peer().ipv6_prefix(47).warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("ipv6_prefix(47)"), "{w:?}");
     }
 
     #[test]
@@ -867,6 +894,31 @@ mod tests {
             h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.3"));
         }
         assert_eq!(c.resolve(Some(ip(PROXY)), &h), Some(ip("10.0.0.3")));
+    }
+
+    #[test]
+    fn an_entry_of_exactly_max_entry_len_bytes_is_read() {
+        let c = behind_proxy(ProxyHeader::XForwardedFor);
+        let padded = |len: usize| format!("{:>len$}", "203.0.113.7");
+        let resolve = |entry: String| {
+            let value = format!("1.2.3.4,{entry}");
+            c.resolve(Some(ip(PROXY)), &headers(&[("x-forwarded-for", &value)]))
+        };
+        assert_eq!(resolve(padded(MAX_ENTRY_LEN)), Some(ip("203.0.113.7")));
+        assert_eq!(resolve(padded(MAX_ENTRY_LEN + 1)), Some(ip(PROXY)));
+    }
+
+    #[test]
+    fn an_overlong_leftmost_entry_is_unreadable_even_if_it_holds_an_address() {
+        let c = behind_proxy(ProxyHeader::XForwardedFor);
+        let resolve =
+            |value: &str| c.resolve(Some(ip(PROXY)), &headers(&[("x-forwarded-for", value)]));
+        let overlong = format!("{:<300}", "203.0.113.7");
+        assert_eq!(resolve(&overlong), Some(ip(PROXY)));
+        assert_eq!(
+            resolve(&format!("{overlong}, 10.0.0.3")),
+            Some(ip("10.0.0.3"))
+        );
     }
 
     #[test]
