@@ -283,8 +283,10 @@ impl ClientIp {
         Some(match self.header {
             ProxyHeader::XForwardedFor => self.walk(peer, lines, parse_node),
             ProxyHeader::Forwarded => self.walk(peer, lines, forwarded_for),
+            // One entry: longer than an entry may be, it is unreadable, as in a list.
             ProxyHeader::XRealIp => lines
                 .next_back()
+                .filter(|line| line.len() <= MAX_ENTRY_LEN)
                 .and_then(|line| parse_node(line.as_bytes()))
                 .map_or(peer, |ip| ip.to_canonical()),
         })
@@ -871,6 +873,11 @@ mod tests {
             Some(ip(PROXY))
         );
         assert_eq!(resolve(&headers(&[])), Some(ip(PROXY)));
+        // An entry's length at most, as in a list: one byte more is unreadable.
+        let padded = |len: usize| format!("{:>len$}", "203.0.113.7");
+        let one = |value: String| resolve(&headers(&[("x-real-ip", &value)]));
+        assert_eq!(one(padded(MAX_ENTRY_LEN)), Some(ip("203.0.113.7")));
+        assert_eq!(one(padded(MAX_ENTRY_LEN + 1)), Some(ip(PROXY)));
     }
 
     #[test]
