@@ -251,4 +251,31 @@ mod tests {
         assert_eq!(made, d);
         assert_eq!(made.clone().limiter.0, 0);
     }
+
+    #[test]
+    fn too_many_requests_is_the_response_it_wraps() {
+        let response = || {
+            let mut response = Response::new(Bytes::from_static(b"{}"));
+            *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+            response
+                .headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("7"));
+            TooManyRequests::from(response)
+        };
+        let mut refusal = response();
+        assert_eq!(refusal.status(), 429);
+        assert_eq!(refusal.headers()["retry-after"], "7");
+        assert_eq!(refusal.body(), "{}");
+        refusal
+            .headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("r1"));
+        let inner = refusal.into_inner();
+        assert_eq!(inner.status(), 429);
+        assert_eq!(inner.headers()["x-request-id"], "r1");
+        assert_eq!(inner.body(), "{}");
+        let converted: Response<Bytes> = response().into();
+        assert_eq!(converted.status(), 429);
+        assert_eq!(converted.headers()["retry-after"], "7");
+        assert_eq!(converted.body(), "{}");
+    }
 }

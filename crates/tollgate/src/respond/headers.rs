@@ -820,6 +820,107 @@ mod tests {
     }
 
     #[test]
+    fn merging_takes_the_first_line_of_a_repeated_one_bucket_field() {
+        // `X-RateLimit-*` and `Retry-After` describe one bucket: of several lines, the
+        // first; only the IETF lists are joined.
+        let mut charged = HeaderMap::new();
+        for (name, value) in [
+            (X_RATELIMIT_REMAINING, "3"),
+            (X_RATELIMIT_REMAINING, "7"),
+            (RETRY_AFTER, "5"),
+            (RETRY_AFTER, "9"),
+        ] {
+            charged.append(name, HeaderValue::from_static(value));
+        }
+        for response in [HeaderMap::new(), map(&[("ratelimit", "\"a\";r=1;t=10")])] {
+            let mut response = response;
+            merge_rate_limit_headers(&mut response, &charged);
+            assert_eq!(
+                response
+                    .get_all(X_RATELIMIT_REMAINING)
+                    .iter()
+                    .collect::<Vec<_>>(),
+                ["3"]
+            );
+            assert_eq!(
+                response.get_all(RETRY_AFTER).iter().collect::<Vec<_>>(),
+                ["5"]
+            );
+        }
+    }
+
+    #[test]
+    fn merging_a_bucket_with_as_much_remaining_keeps_theirs() {
+        let ours = map(&[
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-reset", "60"),
+        ]);
+        let mut theirs = map(&[
+            ("x-ratelimit-limit", "9"),
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-reset", "900"),
+        ]);
+        let before = theirs.clone();
+        merge_rate_limit_headers(&mut theirs, &ours);
+        assert_eq!(theirs, before);
+    }
+
+    #[test]
+    fn merging_joins_their_list_in_lines_even_when_it_adds_no_item() {
+        let ours = map(&[("ratelimit", "\"ip\";r=4;t=60")]);
+        let mut theirs = HeaderMap::new();
+        theirs.append(RATELIMIT, HeaderValue::from_static("\"a\";r=1;t=10"));
+        theirs.append(RATELIMIT, HeaderValue::from_static("\"ip\";r=4;t=60"));
+        merge_rate_limit_headers(&mut theirs, &ours);
+        assert_eq!(
+            theirs.get_all(RATELIMIT).iter().collect::<Vec<_>>(),
+            ["\"a\";r=1;t=10, \"ip\";r=4;t=60"]
+        );
+    }
+
+    #[test]
+    fn an_empty_bucket_name_is_an_empty_string_item() {
+        let info = single(
+            "",
+            Quota::per_minute(10),
+            Timestamp::from_micros(0),
+            state(10, 9, Duration::from_secs(60), None),
+            "/",
+        );
+        let mut headers = HeaderMap::new();
+        HeaderStyle::ietf().write(&info, &mut headers);
+        assert_eq!(headers[RATELIMIT], r#""";r=9;t=60"#);
+        assert_eq!(headers[RATELIMIT_POLICY], r#""";q=10;w=60"#);
+    }
+
+    #[test]
+    fn a_clamped_wait_beside_nothing_remaining_is_written_whole() {
+        // The longest `t` beside the shortest `r` and a one-letter name.
+        let info = single(
+            "b",
+            Quota::per_minute(10),
+            Timestamp::from_micros(0),
+            state(10, 0, Duration::MAX, Some(Duration::MAX)),
+            "/",
+        );
+        let mut headers = HeaderMap::new();
+        HeaderStyle::ietf().write(&info, &mut headers);
+        assert_eq!(headers[RATELIMIT], r#""b";r=0;t=999999999999999"#);
+    }
+
+    #[test]
+    fn style_getters_say_what_each_style_writes() {
+        let x = HeaderStyle::x_ratelimit(ResetFormat::HttpDate);
+        assert!(!x.writes_ietf());
+        assert!(!HeaderStyle::none().writes_ietf());
+        assert!(HeaderStyle::ietf().writes_ietf());
+        assert!(!x.resets_at_retry());
+        assert!(!HeaderStyle::default().resets_at_retry());
+        assert!(x.with_reset_at_retry().resets_at_retry());
+    }
+
+    #[test]
     fn digits_counts_what_itoa_writes() {
         let mut buf = itoa::Buffer::new();
         for n in [0, 1, 9, 10, 99, 100, 12_345, 999_999_999_999_999, u64::MAX] {

@@ -384,6 +384,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_most_restrictive_bucket_left_without_a_name_falls_back_to_the_first() {
+        // The second bucket refused, but only the first was named: the first describes the
+        // request, as when there is no most restrictive bucket.
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(0),
+            buckets: vec![
+                state(10, 5, Duration::from_secs(60), None),
+                state(
+                    10,
+                    0,
+                    Duration::from_secs(60),
+                    Some(Duration::from_secs(30)),
+                ),
+            ],
+        };
+        assert_eq!(decision.most_restrictive(), Some(1));
+        let info = RateLimitOutcome::from_decision(
+            "p",
+            &decision,
+            [("a", Quota::per_minute(10))],
+            Method::GET,
+            "/",
+        );
+        assert_eq!(info.most_restrictive, 0);
+        assert_eq!(&*info.most_restrictive_bucket().unwrap().name, "a");
+        assert_eq!(info.reset_at(), Some(Timestamp::from_micros(60_000_000)));
+    }
+
+    #[test]
     fn mismatched_or_empty_bucket_lists_do_not_panic() {
         let decision = Decision {
             allowed: false,
