@@ -557,6 +557,11 @@ mod tests {
 
     const PROXY: &str = "10.0.0.2";
 
+    /// `203.0.113.7` with spaces before it, `len` bytes in all.
+    fn padded(len: usize) -> String {
+        format!("{:>len$}", "203.0.113.7")
+    }
+
     fn behind_proxy(header: ProxyHeader) -> ClientIp {
         ClientIp::peer()
             .trust_proxies(["10.0.0.0/8", "2001:db8:ffff::/48"])
@@ -874,7 +879,6 @@ mod tests {
         );
         assert_eq!(resolve(&headers(&[])), Some(ip(PROXY)));
         // An entry's length at most, as in a list: one byte more is unreadable.
-        let padded = |len: usize| format!("{:>len$}", "203.0.113.7");
         let one = |value: String| resolve(&headers(&[("x-real-ip", &value)]));
         assert_eq!(one(padded(MAX_ENTRY_LEN)), Some(ip("203.0.113.7")));
         assert_eq!(one(padded(MAX_ENTRY_LEN + 1)), Some(ip(PROXY)));
@@ -906,7 +910,6 @@ mod tests {
     #[test]
     fn an_entry_of_exactly_max_entry_len_bytes_is_read() {
         let c = behind_proxy(ProxyHeader::XForwardedFor);
-        let padded = |len: usize| format!("{:>len$}", "203.0.113.7");
         let resolve = |entry: String| {
             let value = format!("1.2.3.4,{entry}");
             c.resolve(Some(ip(PROXY)), &headers(&[("x-forwarded-for", &value)]))
