@@ -284,3 +284,43 @@ async fn a_refusal_for_an_unknown_bucket_still_says_when_to_retry() {
     let headers = limiter.rate_limit_headers("export", &refused);
     assert_eq!(headers["x-ratelimit-remaining"], "0");
 }
+
+/// With the decision in the response's extensions only, an outer layer still reads it
+/// there (and the handler finds none in the request's).
+#[tokio::test]
+async fn the_decision_goes_into_the_response_alone_when_the_request_does_not_carry_it() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .read_env(false)
+        .decision_in_request(false)
+        .decision_in_response(true)
+        .route("/api/*", Policy::named("default").per_ip("3/min"))
+        .build()
+        .unwrap();
+    async fn handler(d: Option<Extension<RateLimitDecision>>) -> &'static str {
+        if d.is_some() {
+            "present"
+        } else {
+            "absent"
+        }
+    }
+    let app = Router::new()
+        .route("/api/me", get(handler))
+        .layer(limiter.layer())
+        .layer(middleware::from_fn(|request: Request, next: Next| async {
+            let response = next.run(request).await;
+            let seen = response
+                .extensions()
+                .get::<RateLimitDecision>()
+                .map_or("none".to_string(), |d| {
+                    format!("{}:{}:{}", d.bucket, d.remaining, d.allowed)
+                });
+            ([("x-seen", seen)], response)
+        }));
+    let server = serve(app).await;
+    let response = server.get("/api/me").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-seen"), "default:ip:2:true");
+    assert_eq!(response.text().await.unwrap(), "absent");
+}

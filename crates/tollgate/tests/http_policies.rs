@@ -616,6 +616,36 @@ async fn a_closed_failure_answers_in_the_problem_shape_the_429s_use() {
     assert_eq!(body["title"], "Service Unavailable");
 }
 
+/// A policy decides how a store failure ends only for the requests it spends a bucket of:
+/// a global per-user policy that fails closed leaves an anonymous request (no user bucket)
+/// to the class, which fails open; a signed-in request is refused with 503.
+#[tokio::test]
+async fn a_policy_without_a_bucket_in_the_request_does_not_close_its_store_failure() {
+    let limiter = Limiter::builder()
+        .store(Down)
+        .identity(user_header)
+        .route(
+            "/*",
+            Policy::named("open")
+                .per_ip("100/min")
+                .on_store_failure(FailureMode::Open),
+        )
+        .global_policy(
+            Policy::named("users")
+                .per_user("100/min")
+                .on_store_failure(FailureMode::Closed),
+        )
+        .build()
+        .unwrap();
+    let server = serve(Router::new().route("/x", get(ok)).layer(limiter.layer())).await;
+    assert_eq!(server.status("/x").await, 200, "anonymous: fails open");
+    assert_eq!(
+        status_of(server.get("/x").header("x-user", "alice")).await,
+        503,
+        "signed in: the user's policy fails closed"
+    );
+}
+
 #[tokio::test]
 async fn plan_tiers_costs_and_runtime_overrides() {
     let (_clock, store) = clock_and_store();

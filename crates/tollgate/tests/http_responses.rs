@@ -9,7 +9,8 @@ use axum::routing::get;
 use axum::Router;
 use common::{clock_and_store, header, serve, Server, T0};
 use tollgate::{
-    ErrorBody, HeaderStyle, Key, Limiter, ManualClock, MemoryStore, Policy, Rate, ResetFormat,
+    ErrorBody, HeaderStyle, Key, Limit, Limiter, ManualClock, MemoryStore, Policy, Quota, Rate,
+    ResetFormat,
 };
 
 async fn ok() -> &'static str {
@@ -409,5 +410,136 @@ async fn a_token_bucket_wider_than_its_count_shows_its_burst() {
             "\"default-ip\";q=30;w=180",
             "\"default-ip\";r=29;t=6"
         ]
+    );
+}
+
+/// A per-key override's bucket is in `RateLimit-Policy` beside the policy's own (its value
+/// is made per response: it is not one of the compiled limits).
+#[tokio::test]
+async fn an_overrides_bucket_is_listed_in_the_policy_field() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::ietf())
+        .route("/api/*", Policy::named("default").per_ip("5/min"))
+        .build()
+        .unwrap();
+    limiter
+        .set_override(&Key::ip(), "127.0.0.1", "2/min")
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(
+        headers(&r, &["ratelimit-policy", "ratelimit"]),
+        [
+            r#""default-ip";q=5;w=60, "override-ip";q=2;w=60"#,
+            r#""default-ip";r=4;t=60, "override-ip";r=1;t=60"#
+        ]
+    );
+}
+
+/// A quota chosen per key (`limit_with`) shows each key's own quota in
+/// `RateLimit-Policy`, not the first key's: its value is made per response.
+#[tokio::test]
+async fn a_per_key_quota_shows_each_keys_own_quota_in_the_policy_field() {
+    let (_clock, store) = clock_and_store();
+    let org = Key::tenant(common::user_header);
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::ietf())
+        .route(
+            "/api/*",
+            Policy::named("points").limit_with(org, |org, _parts| {
+                let per_minute = if org == "acme" { 1000 } else { 100 };
+                Some(Limit::sliding(Quota::per_minute(per_minute)))
+            }),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    for (org, policy) in [
+        ("acme", r#""points-tenant";q=1000;w=60"#),
+        ("tiny", r#""points-tenant";q=100;w=60"#),
+        ("acme", r#""points-tenant";q=1000;w=60"#),
+    ] {
+        let r = server
+            .get("/api/items")
+            .header("x-user", org)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&r, "ratelimit-policy"), policy, "{org}");
+    }
+}
+
+/// DEFECT (found judging mutants of the limits' bit mask, `engine/settle.rs` `Engine::headers`
+/// and `engine/plan.rs` `plan_into`): the cached `RateLimit-Policy` values of a class are indexed by a mask of its limits' bits,
+/// which `plan_into` numbers over the class's limits then the global ones. A request whose
+/// path reads two ways (`PATCH /v1/contacts/%2e%2e`: `/v1` and `/v1/contacts/{id}`) spends
+/// a second class, whose limits take the bits the global limits have in a one-class request:
+/// an anonymous such request (no user bucket) has the mask of a signed-in one-class request
+/// to `/v1/*`, and fills that cache slot with the second class's bucket. From then on, every
+/// signed-in request to `/v1/*` is told `"contacts-ip";q=3` (a bucket it did not spend), and
+/// not its user bucket, for the life of the process (the other way round, a signed-in request
+/// first shows the user bucket to the two-class request).
+#[tokio::test]
+#[ignore = "defect: a path read two ways fills a class's RateLimit-Policy cache slot with another class's bucket"]
+async fn a_path_read_two_ways_does_not_change_the_policy_field_of_other_requests() {
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .header_style(HeaderStyle::ietf())
+        .identity(common::user_header)
+        .route("/v1/*", Policy::named("api").per_ip("10/min"))
+        .route(
+            "PATCH /v1/contacts/{id}",
+            Policy::named("contacts").per_ip("3/min"),
+        )
+        .global_policy(Policy::named("users").per_user("100/min"))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/v1/items", get(ok))
+        .route("/v1/contacts/{id}", axum::routing::patch(ok))
+        .layer(limiter.layer());
+    let policy = |method: &str, path: &str, user: Option<&str>| {
+        let mut request = http::Request::builder().method(method).uri(path);
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from((
+                [192, 0, 2, 1],
+                5000,
+            ))));
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(request).await.unwrap();
+            r.headers()
+                .get("ratelimit-policy")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        }
+    };
+    // Both classes are spent, and shown.
+    assert_eq!(
+        policy("PATCH", "/v1/contacts/%2e%2e", None).await,
+        r#""api-ip";q=10;w=60, "contacts-ip";q=3;w=60"#
+    );
+    // A signed-in request to /v1/* spends its IP and user buckets: it shows them.
+    assert_eq!(
+        policy("GET", "/v1/items", Some("alice")).await,
+        r#""api-ip";q=10;w=60, "users-user";q=100;w=60"#
     );
 }

@@ -397,3 +397,69 @@ fn every_metric_is_described_and_reloads_start_at_zero() {
     reloads.sort();
     assert_eq!(reloads, ["refused=Counter(0)", "reloaded=Counter(0)"]);
 }
+
+/// A response that does not count moves no counter: a 304 whose charge is given back
+/// counted one admission (its charge), not two; a guard that counts only 401s counts a 401
+/// once, when its response counts, and a 200 not at all.
+#[tokio::test]
+async fn a_charge_given_back_counts_no_second_admission() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let answering = |status: StatusCode| {
+        service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        })
+    };
+    let request = || {
+        let mut req = Request::get("/api/items")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([192, 0, 2, 1], 4000)));
+        req
+    };
+    let limiter = build(
+        &recorder,
+        Limiter::builder().store(MemoryStore::new()).route(
+            "/api/*",
+            Policy::named("etags")
+                .per_ip("100/min")
+                .refund_if(|s| s == StatusCode::NOT_MODIFIED),
+        ),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(answering(StatusCode::NOT_MODIFIED));
+    assert_eq!(svc.oneshot(request()).await.unwrap().status(), 304);
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[(
+            "tollgate_requests_total{policy=etags,bucket=etags:ip,outcome=admitted}",
+            1.0
+        )])
+    );
+
+    let limiter = build(&recorder, Limiter::builder().store(MemoryStore::new()));
+    let guard = metrics::with_local_recorder(&recorder, || {
+        limiter.guard(
+            Policy::named("sign-in")
+                .per_ip("100/min")
+                .count_only_if(|s| s == StatusCode::UNAUTHORIZED),
+        )
+    });
+    let _ = moved(&snapshotter);
+    for (status, counted) in [(StatusCode::OK, 0.0), (StatusCode::UNAUTHORIZED, 1.0)] {
+        let svc = ServiceBuilder::new()
+            .layer(guard.clone())
+            .service(answering(status));
+        assert_eq!(svc.oneshot(request()).await.unwrap().status(), status);
+        let admitted = "tollgate_requests_total{policy=sign-in,bucket=sign-in:ip,outcome=admitted}";
+        assert_eq!(
+            moved(&snapshotter).get(admitted).copied().unwrap_or(0.0),
+            counted,
+            "{status}"
+        );
+    }
+}

@@ -6,7 +6,9 @@ mod common;
 
 use common::{echo, request};
 use http::StatusCode;
-use tollgate::{ClientIp, Limiter, Policy};
+use tollgate::{
+    Batch, BoxFuture, ClientIp, Decision, Limiter, MemoryStore, Op, Policy, Store, StoreError,
+};
 use tollgate_testkit::EventLog;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
@@ -322,5 +324,79 @@ fn a_store_failure_names_the_rule_not_the_path() {
     assert!(failures[0].contains("route=/users/*"), "{}", failures[0]);
     for secret in ["alice@example.com", "tok_SECRET123"] {
         assert!(!all.contains(secret), "{all}");
+    }
+}
+
+/// A memory store whose backend fails every call made after a response: giving a charge
+/// back, counting a response.
+#[derive(Debug, Clone)]
+struct FailsAfterResponses(MemoryStore);
+
+impl Store for FailsAfterResponses {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        match batch.op {
+            Op::Charge | Op::Peek => self.0.apply(batch),
+            _ => Box::pin(async {
+                Err(StoreError::Unavailable(
+                    "test: down after the response".into(),
+                ))
+            }),
+        }
+    }
+}
+
+/// A store that could not give a charge back (a 304 under `refund_if`), and one that could
+/// not count a response (a 401 seen by a guard that counts only 401s), each say which it
+/// was.
+#[test]
+fn a_failed_refund_and_a_failed_count_after_a_response_are_told_apart() {
+    let answering = |status: StatusCode| {
+        service_fn(move |_req: http::Request<common::Body>| async move {
+            let mut response = http::Response::new(common::Body::default());
+            *response.status_mut() = status;
+            Ok::<_, std::convert::Infallible>(response)
+        })
+    };
+    for (guard, status, said) in [
+        (
+            false,
+            StatusCode::NOT_MODIFIED,
+            "could not give a charge back",
+        ),
+        (true, StatusCode::UNAUTHORIZED, "could not count a response"),
+    ] {
+        let events = logged(async move {
+            let etags = Policy::named("etags")
+                .per_ip("5/min")
+                .refund_if(|s| s == StatusCode::NOT_MODIFIED);
+            let builder = Limiter::builder().store(FailsAfterResponses(MemoryStore::new()));
+            let limiter = if guard {
+                builder.build().unwrap()
+            } else {
+                builder.route("/*", etags).build().unwrap()
+            };
+            let layer = if guard {
+                limiter.guard(
+                    Policy::named("sign-in")
+                        .per_ip("5/min")
+                        .count_only_if(|s| s == StatusCode::UNAUTHORIZED),
+                )
+            } else {
+                limiter.layer()
+            };
+            let svc = ServiceBuilder::new()
+                .layer(layer)
+                .service(answering(status));
+            let response = svc
+                .oneshot(request("/x", Some("192.0.2.1:5000"), None))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status);
+        });
+        let all = events.join("\n");
+        let warned: Vec<&String> = events.iter().filter(|e| e.contains("could not")).collect();
+        assert_eq!(warned.len(), 1, "{said}: {all}");
+        assert!(warned[0].starts_with("WARN"), "{all}");
+        assert!(warned[0].contains(said), "{said}: {all}");
     }
 }
