@@ -348,6 +348,20 @@ impl Engine {
                 plan.on_failure = stricter(plan.on_failure, policy.on_failure);
             }
         }
+        // The first policy's `RateLimit-Policy` values are cached by a bit per limit laid
+        // out for its own limits and then the global ones. A request that spends another
+        // class too (a path read two ways) numbers its limits otherwise: its value is not
+        // taken from that cache nor put in it, or the slot of another set of buckets would
+        // show this request's (and that set the other's, for the life of the process).
+        let laid_out = plan
+            .groups
+            .first()
+            .is_some_and(|first| Some(first.policy_values.len()) == 1usize.checked_shl(bit as u32));
+        if !laid_out {
+            for meta in &mut plan.meta {
+                meta.bit = None;
+            }
+        }
     }
 }
 
