@@ -66,6 +66,15 @@ async fn a_handler_reads_the_decision_and_an_outer_layer_reads_the_responses() {
     assert_eq!(header(&refused, "x-seen"), "default:ip:0:false");
 }
 
+/// A handler that answers whether the request carries a decision.
+async fn present_or_absent(d: Option<Extension<RateLimitDecision>>) -> &'static str {
+    if d.is_some() {
+        "present"
+    } else {
+        "absent"
+    }
+}
+
 #[tokio::test]
 async fn without_the_switch_no_decision_is_inserted() {
     let limiter = Limiter::builder()
@@ -74,15 +83,8 @@ async fn without_the_switch_no_decision_is_inserted() {
         .route("/api/*", Policy::named("default").per_ip("3/min"))
         .build()
         .unwrap();
-    async fn handler(d: Option<Extension<RateLimitDecision>>) -> &'static str {
-        if d.is_some() {
-            "present"
-        } else {
-            "absent"
-        }
-    }
     let app = Router::new()
-        .route("/api/me", get(handler))
+        .route("/api/me", get(present_or_absent))
         .layer(limiter.layer());
     let server = serve(app).await;
     let response = server.get("/api/me").send().await.unwrap();
@@ -298,15 +300,8 @@ async fn the_decision_goes_into_the_response_alone_when_the_request_does_not_car
         .route("/api/*", Policy::named("default").per_ip("3/min"))
         .build()
         .unwrap();
-    async fn handler(d: Option<Extension<RateLimitDecision>>) -> &'static str {
-        if d.is_some() {
-            "present"
-        } else {
-            "absent"
-        }
-    }
     let app = Router::new()
-        .route("/api/me", get(handler))
+        .route("/api/me", get(present_or_absent))
         .layer(limiter.layer())
         .layer(middleware::from_fn(|request: Request, next: Next| async {
             let response = next.run(request).await;
