@@ -20,7 +20,7 @@ use tollgate::{
 };
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-use common::{Down, Recording};
+use common::{answering, request, Down, Recording};
 
 /// What moved since the last snapshot: `name{label=value,...}` → value (counters: by how
 /// much; histograms: their number of samples; gauges: their value if not 0, the debugging
@@ -405,21 +405,7 @@ fn every_metric_is_described_and_reloads_start_at_zero() {
 async fn a_charge_given_back_counts_no_second_admission() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let answering = |status: StatusCode| {
-        service_fn(move |_req: Request<Full<Bytes>>| async move {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = status;
-            Ok::<_, Infallible>(response)
-        })
-    };
-    let request = || {
-        let mut req = Request::get("/api/items")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        req.extensions_mut()
-            .insert(SocketAddr::from(([192, 0, 2, 1], 4000)));
-        req
-    };
+    let request = || request("/api/items", Some("192.0.2.1:4000"), None);
     let limiter = build(
         &recorder,
         Limiter::builder().store(MemoryStore::new()).route(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{echo, request};
+use common::{answering, echo, request};
 use http::StatusCode;
 use tollgate::{
     Batch, BoxFuture, ClientIp, Decision, Limiter, MemoryStore, Op, Policy, Store, StoreError,
@@ -350,13 +350,6 @@ impl Store for FailsAfterResponses {
 /// was.
 #[test]
 fn a_failed_refund_and_a_failed_count_after_a_response_are_told_apart() {
-    let answering = |status: StatusCode| {
-        service_fn(move |_req: http::Request<common::Body>| async move {
-            let mut response = http::Response::new(common::Body::default());
-            *response.status_mut() = status;
-            Ok::<_, std::convert::Infallible>(response)
-        })
-    };
     for (guard, status, said) in [
         (
             false,

@@ -157,6 +157,20 @@ pub fn request(path: &str, peer: Option<&str>, api_key: Option<&str>) -> http::R
     req
 }
 
+/// What a plain tower service answers: a response, or never an error.
+pub type Answer = std::future::Ready<Result<http::Response<Body>, std::convert::Infallible>>;
+
+/// A plain tower service answering `status`, with an empty body.
+pub fn answering(
+    status: http::StatusCode,
+) -> tower::util::ServiceFn<impl Fn(http::Request<Body>) -> Answer + Clone> {
+    tower::service_fn(move |_req: http::Request<Body>| {
+        let mut response = http::Response::new(Body::default());
+        *response.status_mut() = status;
+        std::future::ready(Ok(response))
+    })
+}
+
 /// A plain tower service answering `hello`.
 pub async fn echo(
     _req: http::Request<Body>,
