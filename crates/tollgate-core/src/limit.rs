@@ -299,6 +299,22 @@ mod tests {
         assert_eq!(share.shown_count(), 2, "{share}");
     }
 
+    /// A token bucket whose burst is its count shows its quota as written, even when the
+    /// count does not divide the window: 7/min burst 7 refills in 60.000003 s and shows
+    /// 7/min, not 7 per 60.001 s; only a burst above the count shows the refill time.
+    #[test]
+    fn a_bucket_whose_burst_is_its_count_shows_its_quota_as_written() {
+        let even = Limit::token_bucket(Quota::per_minute(7), 7).unwrap();
+        assert_eq!(even.shown_quota(), Quota::per_minute(7));
+        assert_eq!(even.shown_count(), 7);
+        let wider = Limit::token_bucket(Quota::per_minute(7), 8).unwrap();
+        assert_eq!(
+            wider.shown_quota(),
+            Quota::new(8, std::time::Duration::from_millis(68_572)).unwrap()
+        );
+        assert_eq!(wider.shown_count(), 8);
+    }
+
     #[test]
     fn constructors_validate() {
         let q = Quota::per_minute(100);
@@ -318,6 +334,13 @@ mod tests {
         assert!(Limit::sliding_segments(q, 0).is_err());
         assert!(Limit::sliding_segments(q, 1001).is_err());
         assert!(Limit::sliding_segments(Quota::parse("1/5ms").unwrap(), 6).is_err());
+        // 1000 segments are the most a window may have, and may be had.
+        let finest = Limit::sliding_segments(q, 1000).unwrap();
+        assert_eq!(
+            finest.algorithm(),
+            Algorithm::SlidingWindow { segments: 1000 }
+        );
+        assert_eq!(finest.segment_micros(), 60_000);
         assert_eq!(
             Limit::sliding(Quota::parse("1/5ms").unwrap()).algorithm(),
             Algorithm::SlidingWindow { segments: 5 }

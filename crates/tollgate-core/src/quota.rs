@@ -395,6 +395,45 @@ mod tests {
         assert_eq!(q("20/S").period(), Duration::from_secs(1));
         assert_eq!(q("3/250ms").period(), Duration::from_millis(250));
         assert_eq!(q("1/2w").period(), Duration::from_secs(14 * 86_400));
+        // A first group of three digits before a separator is a thousands group too.
+        assert_eq!(q("100,000/min"), Quota::per_minute(100_000));
+        assert_eq!(q("999_999 requests/day"), Quota::per_day(999_999));
+    }
+
+    /// The largest count (2^53 − 1) and the longest period (400 days) are quotas, in text
+    /// and in code; one more of either is [`QuotaError::Overflow`].
+    #[test]
+    fn the_largest_count_and_period_are_accepted_and_one_more_is_not() {
+        let largest = q("9007199254740991/min");
+        assert_eq!(largest.count(), 9_007_199_254_740_991);
+        assert_eq!(largest.count(), MAX_COUNT);
+        assert!(matches!(
+            Quota::parse("9007199254740992/min"),
+            Err(QuotaError::Overflow { .. })
+        ));
+        assert!(matches!(
+            Quota::parse("18446744073709551615/min"),
+            Err(QuotaError::Overflow { .. })
+        ));
+        assert_eq!(q("1/400d").period(), Duration::from_secs(400 * 86_400));
+        assert_eq!(q("1/400d").period(), MAX_PERIOD);
+        assert_eq!(q("1/34560000000ms"), q("1/400d"));
+        assert!(matches!(
+            Quota::parse("1/34560000001ms"),
+            Err(QuotaError::Overflow { .. })
+        ));
+        assert!(matches!(
+            Quota::parse("1/401d"),
+            Err(QuotaError::Overflow { .. })
+        ));
+        assert_eq!(
+            Quota::new(MAX_COUNT, MAX_PERIOD),
+            Ok(q("9007199254740991/400d"))
+        );
+        assert!(matches!(
+            Quota::new(1, MAX_PERIOD + Duration::from_millis(1)),
+            Err(QuotaError::Overflow { .. })
+        ));
     }
 
     #[test]

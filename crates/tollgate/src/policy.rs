@@ -378,3 +378,48 @@ impl fmt::Debug for Policy {
         d.field("shadow", &self.shadow).finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy tells its name and whether it is exempt; its debug output lists its name,
+    /// bucket, limits and cost (and `exempt` only for an exempt policy).
+    #[test]
+    fn name_exemption_and_debug() {
+        let invoices = Policy::named("invoices")
+            .bucket("billing")
+            .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20))
+            .per_ip("12/fortnight")
+            .limit_with(Key::ip(), |_, _| None)
+            .cost(5)
+            .shadow();
+        assert_eq!(invoices.name(), "invoices");
+        assert!(!invoices.is_exempt());
+        let debug = format!("{invoices:?}");
+        assert!(
+            debug.starts_with(
+                "Policy { name: \"invoices\", bucket: \"billing\", limits: \
+                 [\"api_key Rate(100/min burst 20)\", \"ip Rate(invalid \\\"12/fortnight\\\": "
+            ),
+            "{debug}"
+        );
+        assert!(
+            debug.ends_with("\"ip per-key quota\"], cost: 5, shadow: true, .. }"),
+            "{debug}"
+        );
+
+        let exempt = Policy::exempt();
+        assert_eq!(exempt.name(), "exempt");
+        assert!(exempt.is_exempt());
+        assert_eq!(
+            format!("{exempt:?}"),
+            "Policy { name: \"exempt\", exempt: true, limits: [], cost: 1, shadow: false, .. }"
+        );
+        let per_request = Policy::named("points").cost_fn(|_| 3);
+        assert_eq!(
+            format!("{per_request:?}"),
+            "Policy { name: \"points\", limits: [], cost: \"fn\", shadow: false, .. }"
+        );
+    }
+}

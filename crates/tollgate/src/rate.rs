@@ -193,4 +193,22 @@ mod tests {
         let zero = Rate::token_bucket("1/min", 0).limit().unwrap_err();
         assert_eq!(zero.source, QuotaError::ZeroBurst);
     }
+
+    /// A rate's debug output names its limit, or the text that did not parse and why.
+    #[test]
+    fn debug_shows_the_limit_or_the_bad_input() {
+        assert_eq!(
+            format!("{:?}", Rate::token_bucket("100/min", 20)),
+            "Rate(100/min burst 20)"
+        );
+        assert_eq!(
+            format!("{:?}", Rate::from("20/15m")),
+            "Rate(20/15min sliding)"
+        );
+        let bad = format!("{:?}", Rate::exact("12/fortnight"));
+        assert!(
+            bad.starts_with("Rate(invalid \"12/fortnight\": `12/fortnight`: unknown time unit"),
+            "{bad}"
+        );
+    }
 }
