@@ -327,6 +327,18 @@ mod tests {
         assert!(Key::global().kind_is_valid());
     }
 
+    #[test]
+    fn debug_shows_the_kind_and_whether_hashed() {
+        assert_eq!(
+            format!("{:?}", Key::api_key("x-api-key")),
+            "Key { kind: \"api_key\", hashed: true }"
+        );
+        assert_eq!(
+            format!("{:?}", Key::network(48)),
+            "Key { kind: \"network:48\", hashed: false }"
+        );
+    }
+
     impl Key {
         fn source_is_bad_header(&self) -> bool {
             matches!(self.source, Source::Header(Err(_)))

@@ -25,13 +25,14 @@ fn an_empty_file_builds_a_limiter_that_limits_nothing_and_says_so() {
     let events = capture.clone();
     let empty_yaml = write_temp("empty.yaml", "");
     let comments_toml = write_temp("comments.toml", "# limits go here\n\n");
+    let markers_yaml = write_temp("markers.yaml", "---\n# limits go here\n...\n");
     let settings_only = write_temp("settings.yaml", "---\nshadow: false\nbody: message\n");
     let with_routes = write_temp(
         "routes.yaml",
         "routes:\n  - { path: /*, limits: [{ limit: 5/min }] }\n",
     );
     tracing::subscriber::with_default(capture, || {
-        for path in [&empty_yaml, &comments_toml, &settings_only] {
+        for path in [&empty_yaml, &comments_toml, &markers_yaml, &settings_only] {
             let limiter = Limiter::from_config(path).unwrap();
             // Nothing is limited: no rule, no global limit, no bucket.
             assert!(limiter.describe().is_empty(), "{}", path.display());
@@ -52,6 +53,12 @@ fn an_empty_file_builds_a_limiter_that_limits_nothing_and_says_so() {
     assert_eq!(warned(&empty_yaml.display().to_string(), empty), 1, "{all}");
     assert_eq!(
         warned(&comments_toml.display().to_string(), empty),
+        1,
+        "{all}"
+    );
+    // YAML's document markers (`---`, `...`) hold nothing either.
+    assert_eq!(
+        warned(&markers_yaml.display().to_string(), empty),
         1,
         "{all}"
     );

@@ -664,9 +664,9 @@ async fn global_limits_of_one_key_are_one_policy() {
     );
 }
 
-/// Settings that could never take effect are errors at their field, not silence: what
-/// only a charge uses on a route never charged, and a method left blank (which would
-/// have made the rule one for every method).
+/// Settings that could never take effect are errors at their field, not silence: limits
+/// or what only a charge uses on a route never charged, and a method left blank (which
+/// would have made the rule one for every method).
 #[test]
 fn settings_that_would_do_nothing_are_errors_at_their_field() {
     let cases = [
@@ -684,6 +684,16 @@ fn settings_that_would_do_nothing_are_errors_at_their_field() {
             "routes:\n  - { path: /hook, exempt: true, refund_statuses: [304] }\n",
             "routes[0].refund_statuses (/hook)",
             "`refund_statuses:` does nothing",
+        ),
+        (
+            "routes:\n  - { path: /hook, exempt: true, limits: [{ limit: 3/min }] }\n",
+            "routes[0].exempt (/hook)",
+            "an exempt route takes no limits",
+        ),
+        (
+            "routes:\n  - { path: /hook, exempt: true, rate_limit: { sustained: 3/min } }\n",
+            "routes[0].exempt (/hook)",
+            "an exempt route takes no limits",
         ),
         (
             "routes:\n  - { path: /a, methods: [''], limits: [{ per: ip, limit: 3/min }] }\n",
@@ -716,4 +726,110 @@ fn a_blank_or_spaced_key_prefix_is_an_error_at_its_value() {
         );
     }
     assert!(Config::from_yaml("store: { kind: env, prefix: \"tollgate:billing:\" }\n").is_ok());
+}
+
+/// A header key with its header name left blank (`tenant:`, `header: `, `api_key:`) is an
+/// error where it is written, saying what to write: not a key on a header no request has.
+#[test]
+fn a_header_key_without_its_header_is_an_error_at_the_key() {
+    for (per, what) in [
+        ("tenant:", "tenant"),
+        ("header: ", "header"),
+        ("api_key:", "api_key"),
+    ] {
+        let yaml =
+            format!("routes:\n  - path: /*\n    limits: [{{ per: \"{per}\", limit: 1/min }}]\n");
+        match Config::from_yaml(&yaml).unwrap_err() {
+            ConfigError::Parse { line, message, .. } => {
+                assert_eq!(line, Some(3), "{per}: {message}");
+                let says = format!(
+                    "`{}`: say which header, as in `{what}:x-tenant-id`",
+                    per.trim()
+                );
+                assert!(message.contains(&says), "{per}: {message}");
+            }
+            other => panic!("{per}: not a parse error: {other:?}"),
+        }
+    }
+}
+
+/// `buckets:` written as a list rather than a map of names is an error that says what
+/// was expected; a YAML error shows its location once, in front.
+#[test]
+fn buckets_that_are_not_a_map_say_a_map_was_expected() {
+    let err = Config::from_yaml("buckets:\n  - sign-in\n").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, ConfigError::Parse { line: Some(2), column: Some(3), message, .. }
+            if message == "buckets: invalid type: sequence, expected a map of names to limits"),
+        "{err:?}"
+    );
+    assert_eq!(
+        text,
+        "<yaml>:2:3: buckets: invalid type: sequence, expected a map of names to limits"
+    );
+}
+
+/// A global limit without a key (`per:` left out, or `per: global`) is the one bucket
+/// every request spends, the policy `global`, not a policy per key kind; `when_full:` on
+/// it is an error at the field, where the global limits with a key may each repeat the
+/// same `when_full:`.
+#[test]
+fn global_limits_without_a_key_are_the_global_policy() {
+    let path = write_temp(
+        "global-keyless.yaml",
+        "global:\n  - { limit: 5/min }\n  - { per: global, limit: 50/h }\n",
+    );
+    let limiter = Limiter::from_config(&path).unwrap();
+    let described: Vec<(String, Vec<String>)> = limiter
+        .describe()
+        .iter()
+        .map(|r| {
+            (
+                r.policy.clone(),
+                r.limits.iter().map(|l| l.bucket.clone()).collect(),
+            )
+        })
+        .collect();
+    // (The second bucket is named as any second limit of a kind is: `<name>:<kind>#2`.)
+    assert_eq!(
+        described,
+        [(
+            "global".to_string(),
+            vec!["global".to_string(), "global:global#2".to_string()]
+        )]
+    );
+    for per in ["", "per: global, "] {
+        let path = write_temp(
+            "global-when-full.yaml",
+            &format!("global:\n  - {{ {per}limit: 5/min, when_full: evict_limited }}\n"),
+        );
+        let err = LimiterBuilder::from_config(&path).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Rule { line: Some(2), field, .. } if field == "global[0].when_full"),
+            "{per}: {err:?}"
+        );
+    }
+    let path = write_temp(
+        "global-same-when-full.yaml",
+        "global:\n  - { per: ip, limit: 5/min, when_full: evict_limited }\n  - { per: ip, limit: 50/h, when_full: evict_limited }\n",
+    );
+    Limiter::from_config(&path).unwrap();
+}
+
+/// The global limits with a key are the policies `global-<kind>`, not `global`: an
+/// unnamed rule for `/global` beside them has a budget of its own and builds.
+#[test]
+fn a_rule_for_global_beside_keyed_global_limits_builds() {
+    let path = write_temp(
+        "global-route-keyed.yaml",
+        "global:\n  - { per: ip, limit: 100/s }\nroutes:\n  - { path: /global, limits: [{ per: ip, limit: 3/min }] }\n",
+    );
+    let limiter = Limiter::from_config(&path).unwrap();
+    let policies: Vec<String> = limiter
+        .describe()
+        .iter()
+        .map(|r| r.policy.clone())
+        .collect();
+    assert_eq!(policies, ["global", "global-ip"]);
 }

@@ -6,9 +6,9 @@ use std::io::Write;
 
 use axum::routing::get;
 use axum::Router;
-use common::{clock_and_store, header, serve, times};
+use common::{clock_and_store, header, serve, status_of, times};
 use tollgate::config::ConfigError;
-use tollgate::{Limiter, LimiterBuilder, ManualClock};
+use tollgate::{Limit, Limiter, LimiterBuilder, ManualClock, Quota};
 
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-{}", std::process::id()));
@@ -273,5 +273,93 @@ async fn reset_at_retry_makes_a_refusals_reset_its_retry() {
             "{reset_at_retry}"
         );
         assert_eq!(header(&refused, "ratelimit"), r#""api-ip";r=0;t=12"#);
+    }
+}
+
+/// `per: global` is one budget that every client spends: three clients of a 2/min rule
+/// are refused on the third request between them.
+#[tokio::test]
+async fn per_global_is_one_budget_shared_by_every_client() {
+    let path = write_temp(
+        "per-global.yaml",
+        "client_ip: { trusted_proxies: [127.0.0.1/32] }\n\
+         routes:\n  - { path: /v1/*, name: api, limits: [{ per: global, limit: 2/min }] }\n",
+    );
+    let (_clock, server) = serve_file(&path).await;
+    let mut got = Vec::new();
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        got.push(status_of(server.get("/v1/invoices").header("x-forwarded-for", ip)).await);
+    }
+    assert_eq!(got, [200, 200, 429]);
+}
+
+/// `algorithm: sliding` is the default rolling window, whatever the period: a window
+/// shorter than ten milliseconds (fewer milliseconds than the default segments) builds as
+/// it does without `algorithm:`.
+#[test]
+fn algorithm_sliding_is_the_default_window_even_under_ten_milliseconds() {
+    let mut limits = Vec::new();
+    for algorithm in ["", ", algorithm: sliding"] {
+        let path = write_temp(
+            "sliding-5ms.yaml",
+            &format!(
+                "routes:\n  - {{ path: /*, name: api, limits: [{{ limit: 2/5ms{algorithm} }}] }}\n"
+            ),
+        );
+        let limiter = Limiter::from_config(&path).unwrap();
+        limits.push(limiter.describe()[0].limits[0].limit);
+    }
+    let quota: Quota = "2/5ms".parse().unwrap();
+    assert_eq!(limits, [Some(Limit::sliding(quota)); 2]);
+}
+
+/// A rule without `name:` is named after its pattern: letters and digits lowercased, `_`
+/// and `.` kept, anything else one `-` between words (`GET /v1/Invoices` is
+/// `get-v1-invoices`), `all` for a pattern without a word.
+#[test]
+fn unnamed_rules_are_named_after_their_pattern() {
+    let path = write_temp(
+        "unnamed.yaml",
+        "routes:\n  - { path: /v1/Invoices, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: /v1/report_2024.csv, limits: [{ limit: 5/min }] }\n  - { path: /*, limits: [{ limit: 5/min }] }\n",
+    );
+    let limiter = Limiter::from_config(&path).unwrap();
+    let mut policies: Vec<String> = limiter
+        .describe()
+        .iter()
+        .map(|r| r.policy.clone())
+        .collect();
+    policies.sort();
+    assert_eq!(policies, ["all", "get-v1-invoices", "v1-report_2024.csv"]);
+}
+
+/// `refund_statuses:` gives back the charge of a response of those statuses: a rule of
+/// 1/min whose 200s are refunded admits every request.
+#[tokio::test]
+async fn refund_statuses_give_back_the_charge_of_those_responses() {
+    let path = write_temp(
+        "refund.yaml",
+        "routes:\n  - { path: /*, name: api, refund_statuses: [200], limits: [{ limit: 1/min }] }\n",
+    );
+    let (_clock, server) = serve_file(&path).await;
+    assert_eq!(server.statuses("/v1/invoices", 3).await, times(200, 3));
+}
+
+/// `headers: { x_ratelimit: none }` drops the `X-RateLimit-*` headers and keeps the IETF
+/// fields (on by default); with `ietf: false` as well, responses carry neither.
+#[tokio::test]
+async fn x_ratelimit_none_keeps_the_ietf_fields_unless_they_are_off_too() {
+    for (ietf, expected) in [("", r#""api-ip";r=4;t=60"#), (", ietf: false", "")] {
+        let path = write_temp(
+            "x-none.yaml",
+            &format!(
+                "headers: {{ x_ratelimit: none{ietf} }}\n\
+                 routes:\n  - {{ path: /*, name: api, limits: [{{ limit: 5/min }}] }}\n"
+            ),
+        );
+        let (_clock, server) = serve_file(&path).await;
+        let response = server.get("/v1/invoices").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-ratelimit-limit"), "", "{ietf}");
+        assert_eq!(header(&response, "ratelimit"), expected, "{ietf}");
     }
 }
