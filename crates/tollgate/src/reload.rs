@@ -374,4 +374,64 @@ mod tests {
         assert_eq!(limit_of(&limiter), 7);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A watched file that turns unreadable counts one refused reload (and is warned of
+    /// once) until it reads again, however many polls fail; the running rules stay.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn an_unreadable_file_counts_one_refused_reload_until_it_reads_again() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // The refused reloads counted since the last look.
+        let refused = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter(|(key, ..)| {
+                    let key = key.key();
+                    key.name() == crate::observe::CONFIG_RELOADS_TOTAL
+                        && key.labels().any(|l| l.value() == "refused")
+                })
+                .map(|(.., value)| match value {
+                    DebugValue::Counter(n) => n,
+                    other => panic!("{other:?}"),
+                })
+                .sum::<u64>()
+        };
+        let dir = std::env::temp_dir().join(format!("tollgate-unread-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("limits.yaml");
+        std::fs::write(&path, RULES).unwrap();
+        let limiter = Limiter::from_config(&path).unwrap();
+        let watch = Watch {
+            limiter: limiter.clone(),
+            path: path.clone(),
+            adjust: None,
+            customize: None,
+            seen: Mutex::new(Seen {
+                content: RULES.to_string(),
+                unreadable: false,
+                changed: None,
+            }),
+        };
+        let polls = |n: usize| {
+            ::metrics::with_local_recorder(&recorder, || (0..n).for_each(|_| watch.poll()));
+        };
+        std::fs::remove_file(&path).unwrap();
+        polls(3);
+        assert_eq!(refused(), 1, "three polls of a missing file: one refusal");
+        assert_eq!(limit_of(&limiter), 2);
+        // Read again (unchanged: nothing to reload), then gone again: counted again.
+        std::fs::write(&path, RULES).unwrap();
+        polls(1);
+        assert_eq!(refused(), 0);
+        std::fs::remove_file(&path).unwrap();
+        polls(2);
+        assert_eq!(refused(), 1, "unreadable again after a read: one more");
+        assert_eq!(limit_of(&limiter), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

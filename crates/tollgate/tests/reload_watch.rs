@@ -1,16 +1,19 @@
 //! A `ConfigWatcher` reloads an edited file, logs a broken edit and keeps the last good
-//! rules. Alone in its binary: its subscriber is the process's global one, to see the
-//! events of the watcher's thread.
+//! rules, refuses the file it started on emptied, and is stopped once `stop` returns.
+//! Alone in its binary: its subscriber is the process's global one, to see the events of
+//! the watcher's thread.
 
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::request;
-use tollgate::config::KeyText;
+use tollgate::config::{ConfigError, KeyText};
 use tollgate::reload::ConfigWatcher;
-use tollgate::{Limiter, RateLimitLayer};
+use tollgate::{Limiter, Policy, RateLimitLayer};
 use tollgate_testkit::EventLog;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -162,6 +165,96 @@ fn a_watcher_adjusts_and_customizes_like_the_build() {
         rules[1].limits[0].limit.unwrap().quota().to_string(),
         "50/min"
     );
+    drop(watcher);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The file a watcher starts on is taken as what the limiter runs, even for a limiter built
+/// in code: it declares limits, so the file emptied is refused and the limits stay.
+#[tokio::test]
+async fn the_file_a_watcher_starts_on_declares_limits_an_emptied_file_may_not_lift() {
+    let dir = std::env::temp_dir().join(format!("tollgate-watch-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    write(&path, RULES);
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .route("/a/*", Policy::named("a").per_ip("2/min"))
+        .build()
+        .unwrap();
+    let watcher = ConfigWatcher::builder(&limiter, &path)
+        .every(Duration::from_secs(3600))
+        .start()
+        .unwrap();
+    write(&path, "");
+    let emptied = watcher.reload_now();
+    assert!(
+        matches!(emptied, Err(ConfigError::NoLimits { .. })),
+        "{emptied:?}"
+    );
+    assert_eq!(statuses(&limiter.layer(), 3).await, [200, 200, 429]);
+    watcher.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `stop` returns once the watcher's thread has ended: a reload under way when it is
+/// called has finished by then.
+#[test]
+fn stop_waits_for_a_reload_under_way() {
+    let dir = std::env::temp_dir().join(format!("tollgate-watch-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    write(&path, RULES);
+    let limiter = Limiter::from_config(&path).unwrap();
+    let (entered, reloading) = mpsc::channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
+    let watcher = ConfigWatcher::builder(&limiter, &path)
+        .every(Duration::from_millis(10))
+        .customize(move |rules| {
+            let _ = entered.send(());
+            // A slow reload: still under way when `stop` is called.
+            std::thread::sleep(Duration::from_millis(200));
+            done.store(true, Ordering::SeqCst);
+            rules
+        })
+        .start()
+        .unwrap();
+    write(&path, &RULES.replace("2/s", "5/s"));
+    reloading
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the edit is being reloaded");
+    watcher.stop();
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "stop returned while a reload was under way"
+    );
+    assert_eq!(burst(&limiter), 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A watcher and its builder print the file they watch (the builder its interval too).
+#[test]
+fn a_watcher_and_its_builder_print_the_file_watched() {
+    let dir = std::env::temp_dir().join(format!("tollgate-watch-debug-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    write(&path, RULES);
+    let limiter = Limiter::from_config(&path).unwrap();
+    let builder = ConfigWatcher::builder(&limiter, &path).every(Duration::from_millis(250));
+    let debug = format!("{builder:?}");
+    assert!(
+        debug.starts_with("WatchBuilder") && debug.contains("limits.yaml"),
+        "{debug}"
+    );
+    assert!(debug.contains("250ms"), "{debug}");
+    let watcher = builder.start().unwrap();
+    let debug = format!("{watcher:?}");
+    assert!(
+        debug.starts_with("ConfigWatcher") && debug.contains("limits.yaml"),
+        "{debug}"
+    );
+    assert_eq!(watcher.path(), path);
     drop(watcher);
     let _ = std::fs::remove_dir_all(&dir);
 }
