@@ -2128,4 +2128,393 @@ mod tests {
         let probes = store.primary().probes.load(Ordering::Relaxed);
         assert!((5..=14).contains(&probes), "{probes} probes");
     }
+
+    /// A connection that broke and was answered through a fresh one (the primary did not
+    /// restart) leaves the store sure of the primary again: its later answers are memory's
+    /// counts, what other instances spent included, so the next departure starts from the
+    /// primary's count (the key is one the store remembers, `mirrored_keys`). Had the call
+    /// stayed unsure, memory would count only this instance's own admissions (2 of 10
+    /// where the primary held 7).
+    #[tokio::test(start_paused = true)]
+    async fn after_a_connection_made_again_the_primarys_answers_are_memorys_counts_again() {
+        let primary = Restarting {
+            memory: MemoryStore::new(),
+            run_id: AtomicU64::new(1),
+            broken: AtomicBool::new(false),
+        };
+        let store = FallbackStore::connect_with_memory(
+            primary,
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        assert_eq!(store.mode(), Mode::Primary);
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let batch = Batch::charge(vec![bucket.clone()]);
+        // The connection breaks: the call is made again through a fresh one.
+        store.primary().broken.store(true, Ordering::Release);
+        assert!(store.apply(&batch).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Primary);
+        // Other instances spend 5; this one's next charge is the 7th.
+        for _ in 0..5 {
+            let spent = store
+                .primary()
+                .memory
+                .apply_now(Op::Charge, std::slice::from_ref(&bucket))
+                .unwrap();
+            assert!(spent.allowed);
+        }
+        assert_eq!(store.apply(&batch).await.unwrap().buckets[0].remaining, 3);
+        assert_eq!(store.mirrored_keys(), 1);
+        // The primary restarts: the next charge is decided from memory, which holds 7.
+        store.primary().restart();
+        let decided = store.apply(&batch).await.unwrap();
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert!(decided.allowed);
+        assert_eq!(decided.buckets[0].remaining, 2);
+    }
+
+    /// A primary that fails every call while `down` and every check (the probe's write)
+    /// while `checks_fail`, and otherwise decides in a memory store of its own; `calls`
+    /// counts every call. While
+    /// `hold` is set, each give-back call (a penalty other than the probe's) waits for a
+    /// permit of `release`; `give_backs` counts them, and the one numbered `fail_give_back`
+    /// (from 1; 0: none) fails; every reset fails while `fail_resets`.
+    #[derive(Debug)]
+    struct Gated {
+        redis: MemoryStore,
+        down: AtomicBool,
+        checks_fail: AtomicBool,
+        hold: AtomicBool,
+        release: tokio::sync::Semaphore,
+        give_backs: AtomicU32,
+        fail_give_back: AtomicU32,
+        calls: AtomicU32,
+        fail_resets: AtomicBool,
+    }
+
+    impl Gated {
+        fn new() -> Self {
+            Gated {
+                redis: MemoryStore::new(),
+                down: AtomicBool::new(false),
+                checks_fail: AtomicBool::new(false),
+                hold: AtomicBool::new(false),
+                release: tokio::sync::Semaphore::new(0),
+                give_backs: AtomicU32::new(0),
+                fail_give_back: AtomicU32::new(0),
+                calls: AtomicU32::new(0),
+                fail_resets: AtomicBool::new(false),
+            }
+        }
+
+        /// How much of `bucket` the primary has left.
+        fn remaining(&self, bucket: &Bucket) -> u64 {
+            let seen = self.redis.apply_now(Op::Peek, std::slice::from_ref(bucket));
+            seen.unwrap().buckets[0].remaining
+        }
+    }
+
+    impl Primary for Gated {}
+
+    impl Store for Gated {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::AcqRel);
+                if self.down.load(Ordering::Acquire) {
+                    return Err(StoreError::Unavailable("down".into()));
+                }
+                if batch.op == Op::Reset && self.fail_resets.load(Ordering::Acquire) {
+                    return Err(StoreError::Unavailable("resets fail".into()));
+                }
+                let probe = batch.buckets[0].key == "tollgate-probe:health";
+                if probe && self.checks_fail.load(Ordering::Acquire) {
+                    return Err(StoreError::Unavailable("checks fail".into()));
+                }
+                if batch.op == Op::Penalize && !probe {
+                    let n = self.give_backs.fetch_add(1, Ordering::AcqRel) + 1;
+                    if self.hold.load(Ordering::Acquire) {
+                        self.release.acquire().await.unwrap().forget();
+                    }
+                    if n == self.fail_give_back.load(Ordering::Acquire) {
+                        return Err(StoreError::Unavailable("give-back failed".into()));
+                    }
+                }
+                self.redis.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// Sleeps (on the paused clock) until `done` holds, for 5 s at most.
+    async fn until(done: impl Fn() -> bool) {
+        let started = tokio::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(5), "timed out");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Below the failure threshold, a batch that fails open (or closed) does not use
+    /// memory: it waits, up to the call timeout, for the check under way, and is decided
+    /// on the primary once the check passed; if it does not pass in time, the batch fails
+    /// (`Unavailable`) and the primary is not asked (it may have restarted empty, its
+    /// counts not yet written back).
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_fails_open_waits_for_the_check_and_is_decided_only_once_it_passed() {
+        let config = FallbackConfig::default().with_failure_threshold(10);
+        let store =
+            FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await;
+        assert_eq!(store.mode(), Mode::Primary);
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let fallback = Batch::charge(vec![bucket.clone()]);
+        let open = fallback.clone().with_failure_mode(FailureMode::Open);
+
+        // A failed call sends the store to memory; the primary answers the check made at once.
+        store.primary().down.store(true, Ordering::Release);
+        assert!(store.apply(&fallback).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        store.primary().down.store(false, Ordering::Release);
+        let decided = store.apply(&open).await.unwrap();
+        assert!(decided.allowed);
+        assert_eq!(store.mode(), Mode::Primary);
+        // Decided on the primary, after memory's admission was given back to it.
+        assert_eq!(decided.buckets[0].remaining, 8);
+        assert_eq!(store.primary().remaining(&bucket), 8);
+        // (The return is over: what memory decided during it was given back.)
+        tokio::time::sleep(Duration::from_millis(1)).await;
+
+        // Again, and now the checks fail while charges would pass.
+        store.primary().down.store(true, Ordering::Release);
+        assert!(store.apply(&fallback).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        store.primary().checks_fail.store(true, Ordering::Release);
+        store.primary().down.store(false, Ordering::Release);
+        let started = tokio::time::Instant::now();
+        let err = store.apply(&open).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(why) if why.contains("being checked")),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), FallbackConfig::default().timeout());
+        assert_eq!(
+            store.primary().remaining(&bucket),
+            8,
+            "the primary was asked"
+        );
+    }
+
+    /// While the last give-back runs (memory decides nothing then), a charge waits for the
+    /// return and is decided on the primary, which holds every admission memory made by
+    /// then; it is not decided from memory in the meantime. The give-backs before it are
+    /// repeated only while more than one call's worth is owed: a give-back of one key
+    /// (a's) is followed by the last one (b's).
+    #[tokio::test(start_paused = true)]
+    async fn a_charge_made_during_the_last_give_back_waits_and_is_decided_on_the_primary() {
+        let store = FallbackStore::connect_with_memory(
+            Gated::new(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let user = Bucket::new("user", "u", Limit::sliding(Quota::per_hour(10)));
+        let charge = |key: &str| {
+            let bucket = Bucket::new("user", key, Limit::sliding(Quota::per_hour(10)));
+            Batch::charge(vec![bucket])
+        };
+        let gated = store.primary();
+        gated.hold.store(true, Ordering::Release);
+        gated.down.store(true, Ordering::Release);
+        assert!(store.apply(&charge("u")).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        gated.down.store(false, Ordering::Release);
+        // The first give-back (u's) is held; memory admits a, owed for the next one.
+        until(|| gated.give_backs.load(Ordering::Acquire) == 1).await;
+        assert!(store.apply(&charge("a")).await.unwrap().allowed);
+        gated.release.add_permits(1);
+        // The second (a's) is held; memory admits b, owed for the last one.
+        until(|| gated.give_backs.load(Ordering::Acquire) == 2).await;
+        assert!(store.apply(&charge("b")).await.unwrap().allowed);
+        gated.release.add_permits(1);
+        // The last one (b's) is held: memory decides nothing meanwhile.
+        until(|| gated.give_backs.load(Ordering::Acquire) == 3).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.apply(&charge("u")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished(), "decided during the last give-back");
+        gated.release.add_permits(1);
+        let decided = waiting.await.unwrap().unwrap();
+        assert!(decided.allowed);
+        assert_eq!(store.mode(), Mode::Primary);
+        // On the primary: the outage's admission given back, and this one.
+        assert_eq!(decided.buckets[0].remaining, 8);
+        assert_eq!(store.primary().remaining(&user), 8);
+    }
+
+    /// A give-back of more keys than one call carries whose second call fails: what the
+    /// first call delivered is not owed again, so each key is counted once on the primary
+    /// once the store returns (a key given back twice would cost its client a request).
+    #[tokio::test(start_paused = true)]
+    async fn a_give_back_that_fails_part_way_gives_back_only_what_was_not_delivered() {
+        let store = FallbackStore::connect_with_memory(
+            Gated::new(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let keys: Vec<Bucket> = (0..=GIVE_BACK_BATCH)
+            .map(|i| Bucket::new("ip", &i.to_string(), Limit::sliding(Quota::per_hour(10))))
+            .collect();
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        for key in &keys {
+            assert!(
+                store
+                    .apply(&Batch::charge(vec![key.clone()]))
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert_eq!(store.mode(), Mode::Fallback);
+        // The first give-back's second call fails; the next check delivers the rest.
+        gated.fail_give_back.store(2, Ordering::Release);
+        gated.down.store(false, Ordering::Release);
+        until(|| store.mode() == Mode::Primary).await;
+        assert_eq!(gated.give_backs.load(Ordering::Acquire), 3);
+        for key in &keys {
+            assert_eq!(gated.remaining(key), 9, "{}", key.key);
+        }
+    }
+
+    /// What the primary answers to a give-back raises memory's count of the key while
+    /// memory still decides: if the store cannot return yet (here the last give-back
+    /// fails), memory goes on from the primary's count, what other instances spent
+    /// during the outage included, not from its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_give_backs_answer_raises_memory_to_the_primarys_count_while_memory_decides() {
+        let store = FallbackStore::connect_with_memory(
+            Gated::new(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let bucket = |key: &str| Bucket::new("api", key, Limit::sliding(Quota::per_hour(10)));
+        let charge = |key: &str| Batch::charge(vec![bucket(key)]);
+        let gated = store.primary();
+        gated.hold.store(true, Ordering::Release);
+        gated.down.store(true, Ordering::Release);
+        assert!(store.apply(&charge("k")).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        // Other instances spend 8 of k on the primary meanwhile.
+        for _ in 0..8 {
+            let spent = gated.redis.apply_now(Op::Charge, &[bucket("k")]).unwrap();
+            assert!(spent.allowed);
+        }
+        gated.down.store(false, Ordering::Release);
+        // k's give-back (the primary then holds 9); x and y are admitted meanwhile, and
+        // the last give-back (y's) fails.
+        until(|| gated.give_backs.load(Ordering::Acquire) == 1).await;
+        assert!(store.apply(&charge("x")).await.unwrap().allowed);
+        gated.release.add_permits(1);
+        until(|| gated.give_backs.load(Ordering::Acquire) == 2).await;
+        assert!(store.apply(&charge("y")).await.unwrap().allowed);
+        gated.fail_give_back.store(3, Ordering::Release);
+        gated.release.add_permits(1);
+        until(|| gated.give_backs.load(Ordering::Acquire) == 3).await;
+        gated.release.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        // Memory holds k at 9: 1 more, where its own count (1) would admit 9.
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += u32::from(store.apply(&charge("k")).await.unwrap().allowed);
+        }
+        assert_eq!(admitted, 1);
+    }
+
+    /// With the mirror off (`with_mirror_keys(0)`), memory keeps nothing of what the
+    /// primary answered: it starts empty at each outage (10 of 10 admitted on memory after
+    /// 5 were spent on the primary), and nothing is owed to the primary (no debt lost).
+    #[tokio::test(start_paused = true)]
+    async fn with_the_mirror_off_memory_starts_empty_at_an_outage() {
+        let config = FallbackConfig::default().with_mirror_keys(0);
+        let store =
+            FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await;
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let batch = Batch::charge(vec![bucket]);
+        for _ in 0..5 {
+            assert!(store.apply(&batch).await.unwrap().allowed);
+        }
+        store.primary().down.store(true, Ordering::Release);
+        let mut admitted = 0;
+        for _ in 0..12 {
+            admitted += u32::from(store.apply(&batch).await.unwrap().allowed);
+        }
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert_eq!(admitted, 10);
+        // Nothing is remembered, so no debt is lost either.
+        assert_eq!(store.mirrored_keys(), 0);
+        assert_eq!(store.lost_give_backs(), 0);
+    }
+
+    /// Checks of a primary that stays down back off: the first at once, then after the
+    /// first wait, doubling up to the longest (10, 20, ..., 320, then 640 ms: 10 checks in
+    /// 3 s, where checking every 10 ms would be 300).
+    #[tokio::test(start_paused = true)]
+    async fn checks_of_a_primary_that_stays_down_back_off() {
+        let config = FallbackConfig::default()
+            .with_failure_threshold(1)
+            .with_probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
+        let store =
+            FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await;
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(10)),
+        )]);
+        assert!(store.apply(&batch).await.unwrap().allowed);
+        let calls = gated.calls.load(Ordering::Acquire);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        // A check that fails other than by the timeout is made once more at once: two calls.
+        let checks = (gated.calls.load(Ordering::Acquire) - calls) / 2;
+        assert!((8..=12).contains(&checks), "{checks} checks");
+    }
+
+    /// A reset made from memory during an outage whose delivery fails is owed still: the
+    /// next check delivers it, and the client is admitted on the primary again.
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_whose_give_back_fails_is_delivered_by_the_next_check() {
+        let store = FallbackStore::connect_with_memory(
+            Gated::new(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(5)));
+        let charge = Batch::charge(vec![bucket.clone()]);
+        for _ in 0..5 {
+            assert!(store.apply(&charge).await.unwrap().allowed);
+        }
+        assert!(!store.apply(&charge).await.unwrap().allowed);
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        let reset = Batch::new(Op::Reset, vec![bucket.clone()]);
+        store.apply(&reset).await.unwrap();
+        assert_eq!(store.mode(), Mode::Fallback);
+        // The first check's give-back cannot deliver the reset; the next one can.
+        gated.fail_resets.store(true, Ordering::Release);
+        gated.down.store(false, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        gated.fail_resets.store(false, Ordering::Release);
+        until(|| store.mode() == Mode::Primary).await;
+        assert_eq!(gated.remaining(&bucket), 5);
+        assert!(store.apply(&charge).await.unwrap().allowed);
+    }
 }

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tollgate_core::{
-    Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Op, Quota, Store, StoreError,
+    Batch, BoxFuture, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
+    StoreError,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
 use tollgate_testkit::EventLog;
@@ -273,6 +274,92 @@ async fn just_back_a_penalty_counts_on_the_share_too() {
         common::admitted(&store, &lockout, 5, Duration::ZERO).await,
         0
     );
+}
+
+#[tokio::test]
+async fn just_back_a_charge_above_the_share_is_left_to_the_primary_and_one_at_it_must_fit() {
+    // A share of 5 of 10. A charge of 6 could never fit it: the primary alone decides it
+    // (10 left there: admitted), and it then counts on the share, which is spent: 1 more
+    // is refused though the primary has 4 left. A charge of exactly 5 must fit what is
+    // left of the share: after 1, it does not, though the primary has 9 left.
+    let (primary, down) = primary();
+    let store = instance(&primary, fleet(LONG)).await;
+    blip(&down, &[&store]).await;
+    let limit = Limit::sliding(Quota::per_minute(10));
+    let costing = |bucket: &Bucket, cost| Batch::charge(vec![bucket.clone().with_cost(cost)]);
+    let above = Bucket::new("api", "above", limit);
+    assert!(store.apply(&costing(&above, 6)).await.unwrap().allowed);
+    assert!(!store.apply(&costing(&above, 1)).await.unwrap().allowed);
+    let at = Bucket::new("api", "at", limit);
+    assert!(store.apply(&costing(&at, 1)).await.unwrap().allowed);
+    assert!(!store.apply(&costing(&at, 5)).await.unwrap().allowed);
+    let peek = primary
+        .remote
+        .apply_now(Op::Peek, &[above.clone(), at.clone()])
+        .unwrap();
+    assert_eq!(
+        (peek.buckets[0].remaining, peek.buckets[1].remaining),
+        (4, 9),
+        "what the primary counted"
+    );
+}
+
+#[tokio::test]
+async fn after_that_time_a_charge_needs_to_fit_only_the_primary() {
+    // Once that time is over, the share no longer limits what the instance admits: the
+    // primary alone decides (10 of 10, where the share was 5).
+    let (primary, down) = primary();
+    let store = instance(&primary, fleet(Duration::from_millis(200))).await;
+    blip(&down, &[&store]).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
+    assert_eq!(
+        common::admitted(&store, &bucket, 12, Duration::ZERO).await,
+        10
+    );
+}
+
+#[tokio::test]
+async fn without_a_divisor_memory_takes_the_primarys_counts_at_once_after_a_return() {
+    // One instance's limits are not divided: there is no time after a return, so the
+    // primary's answers are memory's counts at once. B spends 8 of 10 on the primary, A
+    // (back from a blip) 1: a new outage starts A from the primary's 9, not from its own 1.
+    let (primary, down) = primary();
+    let whole = FallbackConfig::default().with_return_grace(LONG);
+    let (a, b) = (
+        instance(&primary, whole.clone()).await,
+        instance(&primary, whole).await,
+    );
+    blip(&down, &[&a]).await;
+    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
+    assert_eq!(common::admitted(&b, &bucket, 8, Duration::ZERO).await, 8);
+    assert_eq!(common::admitted(&a, &bucket, 1, Duration::ZERO).await, 1);
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(common::admitted(&a, &bucket, 10, Duration::ZERO).await, 1);
+    assert_eq!(a.mode(), Mode::Fallback);
+}
+
+#[tokio::test]
+async fn that_time_ends_on_memorys_clock_exactly_when_it_says() {
+    // That time is 1 s on memory's clock (a manual one here). A microsecond before its
+    // end a charge must still fit the share (5 of 10); at its end the primary alone
+    // decides (10 of 10).
+    let (primary, down) = primary();
+    let clock = ManualClock::new(Duration::from_secs(1_000_000));
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let config = fleet(Duration::from_secs(1));
+    let store = FallbackStore::connect_with_memory(primary.clone(), memory, config).await;
+    blip(&down, &[&store]).await;
+    let limit = Limit::sliding(Quota::per_minute(10));
+    clock.advance(Duration::from_micros(999_999));
+    let before = Bucket::new("api", "before", limit);
+    assert_eq!(
+        common::admitted(&store, &before, 12, Duration::ZERO).await,
+        5
+    );
+    clock.advance(Duration::from_micros(1));
+    let at = Bucket::new("api", "at", limit);
+    assert_eq!(common::admitted(&store, &at, 12, Duration::ZERO).await, 10);
 }
 
 #[tokio::test]

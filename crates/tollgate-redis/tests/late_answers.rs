@@ -154,6 +154,45 @@ async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admit
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_the_mirror_off_a_late_refusal_leaves_memory_as_it_was() {
+    // As above, with the mirror off (`with_mirror_keys(0)`): memory keeps no count of the
+    // primary's, so A's late refusal (other instances spent 10 of 10) does not raise it:
+    // memory, which admitted B, admits 9 more.
+    let primary = Arc::new(Scripted::new([
+        Some(Duration::ZERO),
+        None,
+        Some(Duration::from_millis(45)),
+    ]));
+    let config = FallbackConfig::default()
+        .with_timeout(TIMEOUT)
+        .with_mirror_keys(0);
+    let store = FallbackStore::connect(primary.clone(), config).await;
+    assert_eq!(store.mode(), Mode::Primary);
+    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
+    for _ in 0..10 {
+        let spent = primary
+            .remote
+            .charge(std::slice::from_ref(&bucket))
+            .unwrap();
+        assert!(spent.allowed, "spent by the other instances");
+    }
+    let (first, second) = (
+        Batch::charge(vec![bucket.clone()]),
+        Batch::charge(vec![bucket.clone()]),
+    );
+    let (b, a) = tokio::join!(store.apply(&first), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        store.apply(&second).await
+    });
+    assert!(b.unwrap().allowed, "B, decided from memory");
+    assert!(!a.unwrap().allowed, "A, refused by the primary");
+    assert_eq!(store.mode(), Mode::Fallback);
+    let admitted = common::admitted(&store, &bucket, 10, Duration::ZERO).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert_eq!(admitted, 9, "admitted from memory after A's answer");
+}
+
+#[tokio::test(start_paused = true)]
 async fn calls_still_under_way_count_against_what_memory_admits() {
     // B never answers (the fallback trips at 50 ms); five calls sent at 10 ms are admitted
     // by the primary and answer at 55 ms; meanwhile, at 51 ms, ten more requests are
