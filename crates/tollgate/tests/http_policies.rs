@@ -1305,3 +1305,173 @@ fn rules_that_would_limit_nothing_they_seem_to_are_build_errors() {
         );
     }
 }
+
+/// A route whose `policy` layer has seen a request is left to that layer: a client who
+/// spent the central class is not refused by it there, and the route's first request,
+/// charged to the class provisionally, gave that charge back, whether the decision goes
+/// into the request's extensions or the layers mark the request instead, and whether the
+/// store answers at once (memory) or through its future (as Redis does).
+#[tokio::test]
+async fn a_route_with_its_own_policy_is_left_to_it_once_seen() {
+    for (decision_in_request, through_future) in [(true, false), (false, false), (true, true)] {
+        let (_clock, store) = clock_and_store();
+        let builder = Limiter::builder();
+        // `Recording` answers only through its future.
+        let builder = if through_future {
+            builder.store(Recording::new(store))
+        } else {
+            builder.store(store)
+        };
+        let limiter = builder
+            .decision_in_request(decision_in_request)
+            .route("/api/*", Policy::named("default").per_ip("2/min"))
+            .build()
+            .unwrap();
+        let chat = limiter.policy(Policy::named("chat").per_ip("4/min"));
+        let app = Router::new()
+            .route("/api/chat", post(ok).layer(chat))
+            .route("/api/items", get(ok))
+            .layer(limiter.layer());
+        let server = serve(app).await;
+        let case = format!("in request: {decision_in_request}, future: {through_future}");
+        assert_eq!(status_of(server.post("/api/chat")).await, 200, "{case}");
+        // The class is whole: the chat request's provisional charge was given back.
+        assert_eq!(
+            server.statuses("/api/items", 3).await,
+            vec![200, 200, 429],
+            "{case}"
+        );
+        // The class is spent; chat still has its own 3 left.
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let r = server.post("/api/chat").send().await.unwrap();
+            statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
+        }
+        let (four, refused) = ((200, "4".to_string()), (429, "4".to_string()));
+        assert_eq!(
+            statuses,
+            vec![four.clone(), four.clone(), four, refused],
+            "{case}"
+        );
+    }
+}
+
+/// Two `policy` layers of one limiter on one request (one on a nested router, one on its
+/// route): the outer one charges it, the inner one passes it on, as without a central
+/// layer; the central layer's provisional charge is given back once.
+#[tokio::test]
+async fn of_two_per_route_layers_on_a_request_the_outer_one_charges() {
+    for central in [false, true] {
+        let (_clock, store) = clock_and_store();
+        let limiter = Limiter::builder()
+            .store(store)
+            .route("/api/*", Policy::named("default").per_ip("2/min"))
+            .build()
+            .unwrap();
+        let outer = limiter.policy(Policy::named("outer").per_ip("3/min"));
+        let inner = limiter.policy(Policy::named("inner").per_ip("1/min"));
+        let nested = Router::new()
+            .route("/chat", post(ok).layer(inner))
+            .layer(outer);
+        let mut app = Router::new()
+            .nest("/api", nested)
+            .route("/api/items", get(ok));
+        if central {
+            app = app.layer(limiter.layer());
+        }
+        let server = serve(app).await;
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let r = server.post("/api/chat").send().await.unwrap();
+            statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-remaining")));
+        }
+        assert_eq!(
+            statuses,
+            vec![
+                (200, "2".to_string()),
+                (200, "1".to_string()),
+                (200, "0".to_string()),
+                (429, "0".to_string())
+            ],
+            "central layer: {central}"
+        );
+        if central {
+            assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
+        }
+    }
+}
+
+/// A `policy_at` pattern broader than the route its layer is on leaves the other routes it
+/// covers to the central class from the very first request, before its layer saw any.
+#[tokio::test]
+async fn a_broader_declared_pattern_charges_its_other_routes_before_its_layer_is_seen() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/api/*", Policy::named("default").per_ip("2/min"))
+        .build()
+        .unwrap();
+    let chat = limiter.policy_at("POST /api/*", Policy::named("chat").per_ip("5/min"));
+    let app = Router::new()
+        .route("/api/chat", post(ok).layer(chat))
+        .route("/api/upload", post(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = server.post("/api/upload").send().await.unwrap();
+        statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
+    }
+    let (class, refused) = ((200, "2".to_string()), (429, "2".to_string()));
+    assert_eq!(statuses, vec![class.clone(), class, refused]);
+}
+
+/// A `policy_at` layer put on another route than its pattern names is noticed at its first
+/// request: only that request spent the central class too (the central layer marks what it
+/// charges from then on, so the layer takes its requests over), and the pattern's own route
+/// is no longer left to the layer, with or without axum's `MatchedPath` (the limiter
+/// wrapped around the whole router).
+#[tokio::test]
+async fn a_misplaced_declared_layer_is_noticed_at_its_first_request() {
+    for wrapped_outside in [false, true] {
+        let (_clock, store) = clock_and_store();
+        let limiter = Limiter::builder()
+            .store(store)
+            .route("/api/*", Policy::named("default").per_ip("3/min"))
+            .build()
+            .unwrap();
+        // Meant for the upload route, declared for the chat route.
+        let upload = limiter.policy_at("POST /api/chat", Policy::named("upload").per_ip("9/min"));
+        let routes = Router::new()
+            .route("/api/upload", post(ok).layer(upload))
+            .route("/api/chat", post(ok))
+            .route("/api/items", get(ok));
+        let app = if wrapped_outside {
+            Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
+        } else {
+            routes.layer(limiter.layer())
+        };
+        let server = serve(app).await;
+        let case = format!("wrapped outside the router: {wrapped_outside}");
+        let mut uploads = Vec::new();
+        for _ in 0..3 {
+            let r = server.post("/api/upload").send().await.unwrap();
+            uploads.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
+        }
+        // The first, charged by both, shows the class's headers (the outer layer's).
+        let (class, own) = ((200, "3".to_string()), (200, "9".to_string()));
+        assert_eq!(uploads, vec![class, own.clone(), own], "{case}");
+        // The first upload spent one of the class's 3, the others none.
+        assert_eq!(
+            server.statuses("/api/items", 3).await,
+            vec![200, 200, 429],
+            "{case}"
+        );
+        if !wrapped_outside {
+            // The chat route is the central class's again: spent.
+            let r = server.post("/api/chat").send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{case}");
+            assert_eq!(header(&r, "x-ratelimit-limit"), "3", "{case}");
+        }
+    }
+}

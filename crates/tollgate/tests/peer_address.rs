@@ -84,6 +84,32 @@ async fn with_the_option_a_request_without_a_peer_gets_a_500_that_says_how_to_fi
     assert_eq!(limiter.stats().no_peer, 1);
 }
 
+/// A per-route policy refuses a request without a peer under the option too (its layer may
+/// be the only one the request meets); an exempt per-route policy passes it, uncounted.
+#[tokio::test]
+async fn with_the_option_a_per_route_policy_refuses_a_request_without_a_peer() {
+    let limiter = builder().require_peer_address().build().unwrap();
+    let app = Router::new()
+        .route(
+            "/api/chat",
+            get(|| async { "chat" }).layer(limiter.policy(Policy::named("chat").per_ip("5/min"))),
+        )
+        .route(
+            "/api/health",
+            get(|| async { "ok" }).layer(limiter.policy(Policy::exempt())),
+        );
+    let base = serve_without_peer(app).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = |path: &'static str| {
+        let request = client.get(format!("{base}{path}"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/api/chat").await, 500);
+    assert_eq!(status("/api/health").await, 200);
+    assert_eq!(limiter.stats().no_peer, 1);
+    assert_eq!(limiter.stats().admitted, 0);
+}
+
 #[tokio::test]
 async fn the_option_is_refused_on_reload() {
     let limiter = builder().build().unwrap();

@@ -121,3 +121,17 @@ fn layer_and_service_are_clone_debug_send_sync() {
     check::<tollgate::Key>();
     check::<tollgate::Rate>();
 }
+
+/// A layer's and a service's `Debug` say which layer it is: the central table, or the
+/// per-route policy by name.
+#[test]
+fn debug_names_the_central_layer_or_the_per_route_policy() {
+    let limiter = limiter();
+    let central = format!("{:?}", limiter.layer());
+    assert!(central.contains("scope: Central"), "{central}");
+    let chat = limiter.policy(Policy::named("chat").per_ip("5/min"));
+    let layer = format!("{chat:?}");
+    assert!(layer.contains("scope: Route(chat)"), "{layer}");
+    let service = format!("{:?}", tower::Layer::layer(&chat, service_fn(echo)));
+    assert!(service.contains("scope: Route(chat)"), "{service}");
+}

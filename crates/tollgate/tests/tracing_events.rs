@@ -393,3 +393,68 @@ fn a_failed_refund_and_a_failed_count_after_a_response_are_told_apart() {
         assert!(warned[0].contains(said), "{said}: {all}");
     }
 }
+
+/// A per-route policy whose requests the central layer charges first (a plain tower stack,
+/// without axum's matched route) is warned about once, however many requests follow; a
+/// store that cannot take the central class's charge back says so on each of them.
+#[test]
+fn a_route_charged_centrally_first_is_warned_once_and_a_failed_give_back_each_time() {
+    let events = logged(async {
+        let limiter = Limiter::builder()
+            .store(FailsAfterResponses(MemoryStore::new()))
+            .route("/*", Policy::named("default").per_ip("100/min"))
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(limiter.layer())
+            .layer(limiter.policy(Policy::named("chat").per_ip("5/min")))
+            .service(service_fn(echo));
+        for _ in 0..3 {
+            let response = svc
+                .clone()
+                .oneshot(request("/chat", Some("192.0.2.1:5000"), None))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    });
+    let all = events.join("\n");
+    let count = |said: &str| {
+        events
+            .iter()
+            .filter(|e| e.starts_with("WARN") && e.contains(said))
+            .count()
+    };
+    assert_eq!(count("first charged to the central class"), 1, "{all}");
+    assert_eq!(
+        count("could not give the central class's charge back"),
+        3,
+        "{all}"
+    );
+}
+
+/// Requests without a peer address are logged about once, not each of them.
+#[test]
+fn a_missing_peer_address_is_logged_once() {
+    let events = logged(async {
+        let limiter = Limiter::builder()
+            .route("/*", Policy::named("default").per_ip("100/min"))
+            .build()
+            .unwrap();
+        let svc = echo_behind(&limiter);
+        for _ in 0..3 {
+            let _ = svc
+                .clone()
+                .oneshot(request("/x", None, None))
+                .await
+                .unwrap();
+        }
+        assert_eq!(limiter.stats().no_peer, 3);
+    });
+    let all = events.join("\n");
+    let errors: Vec<&String> = events
+        .iter()
+        .filter(|e| e.starts_with("ERROR") && e.contains("no client address"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{all}");
+}
