@@ -1475,3 +1475,48 @@ async fn a_misplaced_declared_layer_is_noticed_at_its_first_request() {
         }
     }
 }
+
+/// Methods a client invents are not remembered as routes with their own policy (their
+/// requests take the refund path): however many a client sends, a route whose policy layer
+/// is seen later is still left to it, and a client who spent the central class is not
+/// refused by the class there.
+#[tokio::test]
+async fn invented_methods_do_not_crowd_out_the_routes_left_to_their_policy() {
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route("/api/*", Policy::named("default").per_ip("2/min"))
+        .build()
+        .unwrap();
+    let chat = limiter.policy(Policy::named("chat").per_ip("5/min"));
+    let late = limiter.policy(Policy::named("late").per_ip("5/min"));
+    let app = Router::new()
+        .route("/api/chat", post(ok).layer(chat))
+        .route("/api/late", post(ok).layer(late))
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let peer: std::net::SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let send = |method: &str, path: &str| {
+        let mut req = http::Request::builder()
+            .method(http::Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    // As many invented methods as the registry holds routes.
+    for n in 0..4096 {
+        send(&format!("X{n}"), "/api/chat").await;
+    }
+    assert_eq!(send("POST", "/api/late").await, 200);
+    for expected in [200, 200, 429] {
+        assert_eq!(send("GET", "/api/items").await, expected);
+    }
+    // The class is spent; the late route is its policy's.
+    assert_eq!(send("POST", "/api/late").await, 200);
+}

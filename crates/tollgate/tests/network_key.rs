@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use common::{clock_and_store, header, serve, Server};
 use tollgate::config::Config;
-use tollgate::{BuildError, ClientIp, Key, Limiter, Policy};
+use tollgate::{BuildError, ClientIp, Key, Limiter, Policy, WhenFull};
 
 async fn authenticate(request: Request, next: Next) -> Response {
     if request.headers().get("x-api-key").map(|v| v.as_bytes()) != Some(b"key-acme") {
@@ -138,6 +138,13 @@ async fn a_prefix_no_address_has_is_a_build_error() {
         other => panic!("expected BadNetworkPrefix, got {other:?}"),
     }
     assert_eq!(Key::network(64).kind(), "network:64");
+    // `/128`, one address, is a prefix every address has: a policy's key and a bucket for
+    // direct use may take it.
+    let longest = Limiter::builder()
+        .route("/*", Policy::named("api").per_network(128, "50/min"))
+        .bucket_per_network("one", "5/min", WhenFull::EvictLimited, 128)
+        .build();
+    assert!(longest.is_ok(), "{:?}", longest.err());
 }
 
 #[tokio::test]
