@@ -174,12 +174,14 @@ fn reply_complete(reply: &[u8]) -> bool {
     len < 0 || reply.len() >= eol + 2 + len as usize + 2
 }
 
-/// A temporary directory removed on drop.
+/// A temporary directory of a test's own (`tollgate-<tag>-<pid>-<n>-<nanos>` under the
+/// system's), removed on drop, a panicking test's included.
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> std::io::Result<Self> {
+    /// Creates a new, empty directory whose name starts `tollgate-<tag>-`.
+    pub fn new(tag: &str) -> std::io::Result<Self> {
         static N: AtomicU64 = AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
             "tollgate-{tag}-{}-{}-{}",
@@ -189,6 +191,11 @@ impl TempDir {
         ));
         std::fs::create_dir_all(&path)?;
         Ok(Self(path))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 }
 

@@ -326,25 +326,18 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use tollgate_testkit::TempDir;
+
     use super::*;
 
     const RULES: &str = "routes:\n  - { path: /*, name: a, limits: [{ limit: 2/min }] }\n";
 
-    fn limit_of(limiter: &Limiter) -> u64 {
-        limiter.describe()[0].limits[0]
-            .limit
-            .unwrap()
-            .quota()
-            .count()
-    }
-
-    /// A change is loaded when a second poll reads it again (not half-written); a file
-    /// that declares no limits where the running one did is never loaded.
-    #[test]
-    fn a_change_is_loaded_once_it_reads_the_same_twice_and_an_emptied_file_never() {
-        let dir = std::env::temp_dir().join(format!("tollgate-poll-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("limits.yaml");
+    /// `limits.yaml` holding [`RULES`] in a directory of its own (removed when dropped),
+    /// the limiter built from it, and a watch of it as [`WatchBuilder::start`] makes one
+    /// (the file read once).
+    fn watching(tag: &str) -> (TempDir, PathBuf, Limiter, Watch) {
+        let dir = TempDir::new(tag).unwrap();
+        let path = dir.path().join("limits.yaml");
         std::fs::write(&path, RULES).unwrap();
         let limiter = Limiter::from_config(&path).unwrap();
         let watch = Watch {
@@ -358,6 +351,22 @@ mod tests {
                 changed: None,
             }),
         };
+        (dir, path, limiter, watch)
+    }
+
+    fn limit_of(limiter: &Limiter) -> u64 {
+        limiter.describe()[0].limits[0]
+            .limit
+            .unwrap()
+            .quota()
+            .count()
+    }
+
+    /// A change is loaded when a second poll reads it again (not half-written); a file
+    /// that declares no limits where the running one did is never loaded.
+    #[test]
+    fn a_change_is_loaded_once_it_reads_the_same_twice_and_an_emptied_file_never() {
+        let (_dir, path, limiter, watch) = watching("poll");
         // Written in place, read mid-write, then whole.
         std::fs::write(&path, &RULES[..RULES.len() / 2]).unwrap();
         watch.poll();
@@ -372,7 +381,6 @@ mod tests {
         watch.poll();
         watch.poll();
         assert_eq!(limit_of(&limiter), 7);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A watched file that turns unreadable counts one refused reload (and is warned of
@@ -401,22 +409,7 @@ mod tests {
                 })
                 .sum::<u64>()
         };
-        let dir = std::env::temp_dir().join(format!("tollgate-unread-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("limits.yaml");
-        std::fs::write(&path, RULES).unwrap();
-        let limiter = Limiter::from_config(&path).unwrap();
-        let watch = Watch {
-            limiter: limiter.clone(),
-            path: path.clone(),
-            adjust: None,
-            customize: None,
-            seen: Mutex::new(Seen {
-                content: RULES.to_string(),
-                unreadable: false,
-                changed: None,
-            }),
-        };
+        let (_dir, path, limiter, watch) = watching("unread");
         let polls = |n: usize| {
             ::metrics::with_local_recorder(&recorder, || (0..n).for_each(|_| watch.poll()));
         };
@@ -432,6 +425,5 @@ mod tests {
         polls(2);
         assert_eq!(refused(), 1, "unreadable again after a read: one more");
         assert_eq!(limit_of(&limiter), 2);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use common::request;
 use tollgate::config::{ConfigError, KeyText};
 use tollgate::reload::ConfigWatcher;
 use tollgate::{Limiter, Policy, RateLimitLayer};
-use tollgate_testkit::EventLog;
+use tollgate_testkit::{EventLog, TempDir};
 use tower::{service_fn, Layer, ServiceExt};
 
 const RULES: &str =
@@ -52,14 +52,19 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// `limits.yaml` holding [`RULES`], in a directory of its own (removed when dropped).
+fn rules_file(tag: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag).unwrap();
+    let path = dir.path().join("limits.yaml");
+    write(&path, RULES);
+    (dir, path)
+}
+
 #[tokio::test]
 async fn an_edited_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_rules() {
     let log = EventLog::default();
     tracing::subscriber::set_global_default(log.clone()).unwrap();
-    let dir = std::env::temp_dir().join(format!("tollgate-watch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    write(&path, RULES);
+    let (_dir, path) = rules_file("watch");
 
     let limiter = Limiter::from_config(&path).unwrap();
     let watcher = ConfigWatcher::builder(&limiter, &path)
@@ -141,16 +146,12 @@ async fn an_edited_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_rules(
     write(&path, &RULES.replace("2/s", "3/s"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(burst(&limiter), 9);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_watcher_adjusts_and_customizes_like_the_build() {
     // Covered by the seed-004 black-box test end to end; here, only that the hooks run.
-    let dir = std::env::temp_dir().join(format!("tollgate-watch-hooks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    write(&path, RULES);
+    let (_dir, path) = rules_file("watch-hooks");
     let limiter = Limiter::from_config_with(&path, |b| b.global("100/min")).unwrap();
     let watcher = ConfigWatcher::builder(&limiter, &path)
         .adjust(|config| config.default_key = Some(KeyText::ApiKey("x-api-key".into())))
@@ -166,17 +167,13 @@ fn a_watcher_adjusts_and_customizes_like_the_build() {
         "50/min"
     );
     drop(watcher);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The file a watcher starts on is taken as what the limiter runs, even for a limiter built
 /// in code: it declares limits, so the file emptied is refused and the limits stay.
 #[tokio::test]
 async fn the_file_a_watcher_starts_on_declares_limits_an_emptied_file_may_not_lift() {
-    let dir = std::env::temp_dir().join(format!("tollgate-watch-start-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    write(&path, RULES);
+    let (_dir, path) = rules_file("watch-start");
     let limiter = Limiter::builder()
         .read_env(false)
         .route("/a/*", Policy::named("a").per_ip("2/min"))
@@ -194,17 +191,13 @@ async fn the_file_a_watcher_starts_on_declares_limits_an_emptied_file_may_not_li
     );
     assert_eq!(statuses(&limiter.layer(), 3).await, [200, 200, 429]);
     watcher.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `stop` returns once the watcher's thread has ended: a reload under way when it is
 /// called has finished by then.
 #[test]
 fn stop_waits_for_a_reload_under_way() {
-    let dir = std::env::temp_dir().join(format!("tollgate-watch-stop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    write(&path, RULES);
+    let (_dir, path) = rules_file("watch-stop");
     let limiter = Limiter::from_config(&path).unwrap();
     let (entered, reloading) = mpsc::channel();
     let finished = Arc::new(AtomicBool::new(false));
@@ -230,16 +223,12 @@ fn stop_waits_for_a_reload_under_way() {
         "stop returned while a reload was under way"
     );
     assert_eq!(burst(&limiter), 5);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A watcher and its builder print the file they watch (the builder its interval too).
 #[test]
 fn a_watcher_and_its_builder_print_the_file_watched() {
-    let dir = std::env::temp_dir().join(format!("tollgate-watch-debug-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    write(&path, RULES);
+    let (_dir, path) = rules_file("watch-debug");
     let limiter = Limiter::from_config(&path).unwrap();
     let builder = ConfigWatcher::builder(&limiter, &path).every(Duration::from_millis(250));
     let debug = format!("{builder:?}");
@@ -256,5 +245,4 @@ fn a_watcher_and_its_builder_print_the_file_watched() {
     );
     assert_eq!(watcher.path(), path);
     drop(watcher);
-    let _ = std::fs::remove_dir_all(&dir);
 }
