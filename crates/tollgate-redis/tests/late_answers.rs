@@ -112,25 +112,25 @@ async fn a_late_answer_that_refused_counts_nothing_more() {
     assert_eq!(peek.buckets[0].remaining, 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admitted_since() {
-    // As above; meanwhile other instances spent 8 of 10 on the primary, so A (cost 3) is
-    // refused there, 2 remaining. Memory, which admitted B, is raised to the primary's 8
-    // and B's 1 that the primary does not have: 1 more fits (10 in all). Raised to the
-    // primary's count alone, 2 fitted (11).
+/// B (cost 1) is sent first and never answers: the store trips to memory at 50 ms, which
+/// admits it. A (cost `cost`), sent at 10 ms, is refused by the primary at 55 ms, where
+/// other instances spent `spent` of the bucket's 10 meanwhile. Returns how many of `tries`
+/// requests memory admits then.
+async fn admitted_after_a_late_refusal(
+    config: FallbackConfig,
+    spent: usize,
+    cost: u64,
+    tries: usize,
+) -> usize {
     let primary = Arc::new(Scripted::new([
         Some(Duration::ZERO),
         None,
         Some(Duration::from_millis(45)),
     ]));
-    let store = FallbackStore::connect(
-        primary.clone(),
-        FallbackConfig::default().with_timeout(TIMEOUT),
-    )
-    .await;
+    let store = FallbackStore::connect(primary.clone(), config.with_timeout(TIMEOUT)).await;
     assert_eq!(store.mode(), Mode::Primary);
     let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
-    for _ in 0..8 {
+    for _ in 0..spent {
         let spent = primary
             .remote
             .charge(std::slice::from_ref(&bucket))
@@ -139,7 +139,7 @@ async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admit
     }
     let (first, second) = (
         Batch::charge(vec![bucket.clone()]),
-        Batch::charge(vec![bucket.clone().with_cost(3)]),
+        Batch::charge(vec![bucket.clone().with_cost(cost)]),
     );
     let (b, a) = tokio::join!(store.apply(&first), async {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -148,47 +148,28 @@ async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admit
     assert!(b.unwrap().allowed, "B, decided from memory");
     assert!(!a.unwrap().allowed, "A, refused by the primary");
     assert_eq!(store.mode(), Mode::Fallback);
-    let admitted = common::admitted(&store, &bucket, 5, Duration::ZERO).await;
+    let admitted = common::admitted(&store, &bucket, tries, Duration::ZERO).await;
     assert_eq!(store.mode(), Mode::Fallback);
+    admitted
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_refusal_raises_memory_to_the_primary_count_and_what_memory_admitted_since() {
+    // Other instances spent 8 of 10 on the primary, so A (cost 3) is refused there, 2
+    // remaining. Memory, which admitted B, is raised to the primary's 8 and B's 1 that the
+    // primary does not have: 1 more fits (10 in all). Raised to the primary's count alone,
+    // 2 fitted (11).
+    let admitted = admitted_after_a_late_refusal(FallbackConfig::default(), 8, 3, 5).await;
     assert_eq!(admitted, 1, "admitted from memory after A's answer");
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_the_mirror_off_a_late_refusal_leaves_memory_as_it_was() {
-    // As above, with the mirror off (`with_mirror_keys(0)`): memory keeps no count of the
-    // primary's, so A's late refusal (other instances spent 10 of 10) does not raise it:
-    // memory, which admitted B, admits 9 more.
-    let primary = Arc::new(Scripted::new([
-        Some(Duration::ZERO),
-        None,
-        Some(Duration::from_millis(45)),
-    ]));
-    let config = FallbackConfig::default()
-        .with_timeout(TIMEOUT)
-        .with_mirror_keys(0);
-    let store = FallbackStore::connect(primary.clone(), config).await;
-    assert_eq!(store.mode(), Mode::Primary);
-    let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_minute(10)));
-    for _ in 0..10 {
-        let spent = primary
-            .remote
-            .charge(std::slice::from_ref(&bucket))
-            .unwrap();
-        assert!(spent.allowed, "spent by the other instances");
-    }
-    let (first, second) = (
-        Batch::charge(vec![bucket.clone()]),
-        Batch::charge(vec![bucket.clone()]),
-    );
-    let (b, a) = tokio::join!(store.apply(&first), async {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        store.apply(&second).await
-    });
-    assert!(b.unwrap().allowed, "B, decided from memory");
-    assert!(!a.unwrap().allowed, "A, refused by the primary");
-    assert_eq!(store.mode(), Mode::Fallback);
-    let admitted = common::admitted(&store, &bucket, 10, Duration::ZERO).await;
-    assert_eq!(store.mode(), Mode::Fallback);
+    // With the mirror off (`with_mirror_keys(0)`), memory keeps no count of the primary's,
+    // so A's late refusal (other instances spent 10 of 10) does not raise it: memory,
+    // which admitted B, admits 9 more.
+    let config = FallbackConfig::default().with_mirror_keys(0);
+    let admitted = admitted_after_a_late_refusal(config, 10, 1, 10).await;
     assert_eq!(admitted, 9, "admitted from memory after A's answer");
 }
 
