@@ -305,21 +305,6 @@ async fn just_back_a_charge_above_the_share_is_left_to_the_primary_and_one_at_it
 }
 
 #[tokio::test]
-async fn after_that_time_a_charge_needs_to_fit_only_the_primary() {
-    // Once that time is over, the share no longer limits what the instance admits: the
-    // primary alone decides (10 of 10, where the share was 5).
-    let (primary, down) = primary();
-    let store = instance(&primary, fleet(Duration::from_millis(200))).await;
-    blip(&down, &[&store]).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let bucket = Bucket::new("api", "client", Limit::sliding(Quota::per_minute(10)));
-    assert_eq!(
-        common::admitted(&store, &bucket, 12, Duration::ZERO).await,
-        10
-    );
-}
-
-#[tokio::test]
 async fn without_a_divisor_memory_takes_the_primarys_counts_at_once_after_a_return() {
     // One instance's limits are not divided: there is no time after a return, so the
     // primary's answers are memory's counts at once. B spends 8 of 10 on the primary, A
