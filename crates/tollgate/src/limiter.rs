@@ -1391,6 +1391,13 @@ fn parse_switch(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_core::ManualClock;
+
+    /// A memory store on a stopped clock (no window ends during a test).
+    fn stopped_store() -> MemoryStore {
+        let clock = ManualClock::new(Duration::from_secs(1_717_200_000));
+        MemoryStore::builder().clock(clock).build()
+    }
 
     #[test]
     fn switch_values() {
@@ -1401,5 +1408,65 @@ mod tests {
             assert_eq!(parse_switch(off), Some(false));
         }
         assert_eq!(parse_switch("maybe"), None);
+    }
+
+    /// The `Debug` output of a limiter and of a builder names the type and its main
+    /// settings (what a user sees in a log line or a panic message).
+    #[test]
+    fn limiter_and_builder_debug_show_their_settings() {
+        let rules = Limiter::builder().route("/a/*", Policy::named("a").per_ip("5/min"));
+        let builder = format!("{rules:?}");
+        assert!(builder.starts_with("LimiterBuilder {"), "{builder}");
+        assert!(builder.contains("routes: [(\"/a/*\""), "{builder}");
+        let limiter = rules.global("100/min").read_env(false).build().unwrap();
+        let limiter = format!("{limiter:?}");
+        assert!(limiter.starts_with("Limiter {"), "{limiter}");
+        assert!(limiter.contains("enabled: true"), "{limiter}");
+        assert!(limiter.contains("globals: 1"), "{limiter}");
+    }
+
+    /// `bucket_hashed` adds a bucket for direct use to the rules declared before it, and
+    /// stores its keys hashed.
+    #[tokio::test]
+    async fn a_hashed_bucket_is_added_to_the_rules_before_it() {
+        let limiter = Limiter::builder()
+            .route("/a/*", Policy::named("a").per_ip("5/min"))
+            .bucket_hashed("sign-in", "2/min", WhenFull::KeepCounts)
+            .store(stopped_store())
+            .read_env(false)
+            .build()
+            .unwrap();
+        assert_eq!(limiter.classify(&Method::GET, "/a/x").as_deref(), Some("a"));
+        let stored = limiter.stored_key("sign-in", "ann@example.com").unwrap();
+        assert!(stored.starts_with('#'), "{stored}");
+        assert!(!stored.contains("ann"), "{stored}");
+        let mut admitted = Vec::new();
+        for _ in 0..3 {
+            let decision = limiter.check("sign-in", "ann@example.com").await.unwrap();
+            admitted.push(decision.allowed);
+        }
+        assert_eq!(admitted, [true, true, false]);
+    }
+
+    /// A charge to a bucket for direct use counts in the limiter's stats, admitted or
+    /// refused as decided; a look (`peek`) or a refund decides nothing and counts nothing.
+    #[tokio::test]
+    async fn direct_charges_are_counted_in_the_stats_and_looks_are_not() {
+        let limiter = Limiter::builder()
+            .bucket_when_full("otp", "2/min", WhenFull::KeepCounts)
+            .store(stopped_store())
+            .read_env(false)
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            limiter.check("otp", "ann").await.unwrap();
+        }
+        let stats = limiter.stats();
+        assert_eq!((stats.admitted, stats.refused), (2, 1));
+        limiter.peek("otp", "ann").await.unwrap();
+        limiter.refund("otp", "ann").await.unwrap();
+        limiter.peek("otp", "ann").await.unwrap();
+        let stats = limiter.stats();
+        assert_eq!((stats.admitted, stats.refused), (2, 1));
     }
 }

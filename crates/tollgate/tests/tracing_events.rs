@@ -458,3 +458,61 @@ fn a_missing_peer_address_is_logged_once() {
         .collect();
     assert_eq!(errors.len(), 1, "{all}");
 }
+
+/// A reload that drops only a route, or only a global limit, is warned about too, each
+/// time with the counts it dropped from.
+#[test]
+fn a_reload_that_drops_only_a_route_or_only_a_global_limit_is_warned_about() {
+    let rules = |routes: &[&str], globals: &[&str]| {
+        let mut rules = Limiter::builder();
+        for (i, pattern) in routes.iter().enumerate() {
+            rules = rules.route(pattern, Policy::named(format!("r{i}")).per_ip("5/min"));
+        }
+        for (i, rate) in globals.iter().enumerate() {
+            rules = rules.global_policy(Policy::named(format!("g{i}")).per_ip(*rate));
+        }
+        rules
+    };
+    let events = logged(async {
+        let limiter = rules(&["/a/*", "/b/*"], &["100/min", "1000/hour"])
+            .read_env(false)
+            .build()
+            .unwrap();
+        limiter
+            .reload(rules(&["/a/*"], &["100/min", "1000/hour"]))
+            .unwrap();
+        limiter.reload(rules(&["/a/*"], &["100/min"])).unwrap();
+    });
+    let warnings: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("fewer routes or global limits"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    for field in ["routes=1", "were_routes=2", "global_policies=2"] {
+        assert!(warnings[0].contains(field), "{field}: {}", warnings[0]);
+    }
+    for field in ["routes=1", "were_routes=1", "were_global_policies=2"] {
+        assert!(warnings[1].contains(field), "{field}: {}", warnings[1]);
+    }
+}
+
+/// Building a disabled limiter warns that requests pass unlimited; an enabled one (two
+/// here) does not. A reload that turns shadow mode on warns that nothing will be refused, once: a
+/// reload that leaves it off, or keeps it on (twice here), does not.
+#[test]
+fn disabled_and_newly_shadowed_limiters_are_warned_about() {
+    let rules = || Limiter::builder().route("/*", Policy::named("default").per_ip("5/min"));
+    let events = logged(async {
+        rules().read_env(false).enabled(false).build().unwrap();
+        rules().read_env(false).enabled(true).build().unwrap();
+        let limiter = rules().read_env(false).build().unwrap();
+        limiter.reload(rules()).unwrap();
+        for _ in 0..3 {
+            limiter.reload(rules().shadow(true)).unwrap();
+        }
+    });
+    let all = events.join("\n");
+    let count = |text: &str| events.iter().filter(|e| e.contains(text)).count();
+    assert_eq!(count("rate limiting is disabled"), 1, "{all}");
+    assert_eq!(count("shadow mode: nothing will be refused"), 1, "{all}");
+}
