@@ -497,8 +497,8 @@ fn a_reload_that_drops_only_a_route_or_only_a_global_limit_is_warned_about() {
 }
 
 /// Building a disabled limiter warns that requests pass unlimited; an enabled one (two
-/// here) does not. A reload that turns shadow mode on warns that nothing will be refused, once: a
-/// reload that leaves it off, or keeps it on (twice here), does not.
+/// here) does not. A reload that turns shadow mode on warns that nothing will be refused,
+/// once: a reload that leaves it off, or keeps it on (twice here), does not.
 #[test]
 fn disabled_and_newly_shadowed_limiters_are_warned_about() {
     let rules = || Limiter::builder().route("/*", Policy::named("default").per_ip("5/min"));
