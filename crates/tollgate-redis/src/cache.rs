@@ -388,6 +388,120 @@ mod tests {
         assert!(cache.len() <= SHARDS);
     }
 
+    /// Keys spread over every shard: a cache of one key per shard, offered many keys,
+    /// holds one in each (all of them hashed to one shard would hold a single key, and
+    /// send every other refusal to Redis).
+    #[test]
+    fn keys_fill_every_shard() {
+        let cache = RefusalCache::new(SHARDS);
+        let t0 = Instant::now();
+        let d = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(0),
+            buckets: vec![refused(Duration::from_secs(60))],
+        };
+        for i in 0..1000 {
+            let b = Bucket::new("ip", &i.to_string(), Limit::sliding(Quota::per_minute(2)));
+            cache.record(&[b], &d, t0, cache.generations());
+        }
+        assert_eq!(cache.len(), SHARDS);
+    }
+
+    /// A full shard makes room by dropping the refusals that have run out, never a live
+    /// one, and still takes a newer refusal of a key it holds; the count of keys held
+    /// (shown in the store's `Debug`) follows.
+    #[test]
+    fn a_full_shard_drops_only_expired_refusals_and_updates_held_keys() {
+        let cache = RefusalCache::new(1); // one key per shard
+        let limit = Limit::sliding(Quota::per_minute(2));
+        let wait = Duration::from_secs(60);
+        let d = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(0),
+            buckets: vec![refused(wait)],
+        };
+        let t0 = Instant::now();
+        let Some(long_ago) = t0.checked_sub(Duration::from_secs(120)) else {
+            return; // the clock started too recently to date a refusal back
+        };
+        // Two keys of one shard.
+        let same_shard = |cache: &RefusalCache| {
+            let first = Bucket::new("ip", "0", limit);
+            let shard = cache.index(&first.key);
+            let second = (1..10_000)
+                .map(|i| Bucket::new("ip", &i.to_string(), limit))
+                .find(|b| cache.index(&b.key) == shard)
+                .expect("another key of the shard");
+            [first, second]
+        };
+        let [live, newcomer] = same_shard(&cache);
+
+        // A live refusal fills the shard: another key is left to Redis.
+        cache.record(std::slice::from_ref(&live), &d, t0, cache.generations());
+        cache.record(std::slice::from_ref(&newcomer), &d, t0, cache.generations());
+        assert!(cache.lookup(std::slice::from_ref(&live), t0).is_some());
+        assert!(cache.lookup(std::slice::from_ref(&newcomer), t0).is_none());
+        assert_eq!(cache.len(), 1);
+
+        // A newer refusal of the held key replaces it, though the shard is full.
+        let later = t0 + Duration::from_secs(1);
+        cache.record(std::slice::from_ref(&live), &d, later, cache.generations());
+        let hit = cache.lookup(std::slice::from_ref(&live), later).unwrap();
+        assert_eq!(hit.retry_after(), Some(wait));
+        assert_eq!(cache.len(), 1);
+
+        // Once the held refusal has run out, a new key takes its place.
+        let cache = RefusalCache::new(1);
+        let [expired, newcomer] = same_shard(&cache);
+        cache.record(
+            std::slice::from_ref(&expired),
+            &d,
+            long_ago,
+            cache.generations(),
+        );
+        assert_eq!(cache.len(), 1);
+        cache.record(std::slice::from_ref(&newcomer), &d, t0, cache.generations());
+        assert!(cache.lookup(std::slice::from_ref(&newcomer), t0).is_some());
+        assert_eq!(cache.len(), 1);
+    }
+
+    /// Two buckets refused with different waits: once the shorter has passed, that bucket
+    /// is reported as admitting while the longer still refuses; a bucket whose cost equals
+    /// its capacity is refused over its limit (with a wait), not for its cost.
+    #[test]
+    fn each_bucket_reports_its_own_wait() {
+        let cache = RefusalCache::new(100);
+        let short = Bucket::new("short", "k", Limit::sliding(Quota::per_minute(2)));
+        let long = Bucket::new("long", "k", Limit::sliding(Quota::per_minute(2)));
+        let whole = Bucket::new("whole", "k", Limit::sliding(Quota::per_minute(1)));
+        let buckets = [short, long, whole];
+        let t0 = Instant::now();
+        let decision = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(0),
+            buckets: vec![
+                refused(Duration::from_secs(5)),
+                refused(Duration::from_secs(10)),
+                refused(Duration::from_secs(8)),
+            ],
+        };
+        cache.record(&buckets, &decision, t0, cache.generations());
+
+        let hit = cache.lookup(&buckets, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(hit.buckets[0].retry_after, Some(Duration::from_secs(4)));
+        assert_eq!(hit.buckets[2].retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(hit.buckets[2].refusal, Some(Refusal::OverLimit));
+        assert!(!hit.buckets[2].allowed);
+
+        let hit = cache.lookup(&buckets, t0 + Duration::from_secs(5)).unwrap();
+        assert!(!hit.allowed);
+        assert!(hit.buckets[0].allowed);
+        assert_eq!(hit.buckets[0].retry_after, None);
+        assert_eq!(hit.buckets[0].refusal, None);
+        assert_eq!(hit.buckets[1].retry_after, Some(Duration::from_secs(5)));
+        assert_eq!(hit.retry_after(), Some(Duration::from_secs(5)));
+    }
+
     #[test]
     fn a_refusal_sent_before_a_refund_answered_is_not_recorded() {
         let cache = RefusalCache::new(100);
