@@ -1180,11 +1180,9 @@ async fn other_per_route_layers_do_not_take_a_declared_route_from_its_layer() {
         }
         // The client spends its class.
         while status_of(server.post("/api/other")).await == 200 {}
-        let mut statuses = Vec::new();
-        for _ in 0..6 {
-            let r = server.post("/api/chat").send().await.unwrap();
-            statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
-        }
+        let statuses = server
+            .posts_showing("/api/chat", 6, "x-ratelimit-limit")
+            .await;
         let five = (200, "5".to_string());
         let refused = (429, "5".to_string());
         assert_eq!(
@@ -1342,11 +1340,9 @@ async fn a_route_with_its_own_policy_is_left_to_it_once_seen() {
             "{case}"
         );
         // The class is spent; chat still has its own 3 left.
-        let mut statuses = Vec::new();
-        for _ in 0..4 {
-            let r = server.post("/api/chat").send().await.unwrap();
-            statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
-        }
+        let statuses = server
+            .posts_showing("/api/chat", 4, "x-ratelimit-limit")
+            .await;
         let (four, refused) = ((200, "4".to_string()), (429, "4".to_string()));
         assert_eq!(
             statuses,
@@ -1380,11 +1376,9 @@ async fn of_two_per_route_layers_on_a_request_the_outer_one_charges() {
             app = app.layer(limiter.layer());
         }
         let server = serve(app).await;
-        let mut statuses = Vec::new();
-        for _ in 0..4 {
-            let r = server.post("/api/chat").send().await.unwrap();
-            statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-remaining")));
-        }
+        let statuses = server
+            .posts_showing("/api/chat", 4, "x-ratelimit-remaining")
+            .await;
         assert_eq!(
             statuses,
             vec![
@@ -1417,11 +1411,9 @@ async fn a_broader_declared_pattern_charges_its_other_routes_before_its_layer_is
         .route("/api/upload", post(ok))
         .layer(limiter.layer());
     let server = serve(app).await;
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        let r = server.post("/api/upload").send().await.unwrap();
-        statuses.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
-    }
+    let statuses = server
+        .posts_showing("/api/upload", 3, "x-ratelimit-limit")
+        .await;
     let (class, refused) = ((200, "2".to_string()), (429, "2".to_string()));
     assert_eq!(statuses, vec![class.clone(), class, refused]);
 }
@@ -1453,11 +1445,9 @@ async fn a_misplaced_declared_layer_is_noticed_at_its_first_request() {
         };
         let server = serve(app).await;
         let case = format!("wrapped outside the router: {wrapped_outside}");
-        let mut uploads = Vec::new();
-        for _ in 0..3 {
-            let r = server.post("/api/upload").send().await.unwrap();
-            uploads.push((r.status().as_u16(), header(&r, "x-ratelimit-limit")));
-        }
+        let uploads = server
+            .posts_showing("/api/upload", 3, "x-ratelimit-limit")
+            .await;
         // The first, charged by both, shows the class's headers (the outer layer's).
         let (class, own) = ((200, "3".to_string()), (200, "9".to_string()));
         assert_eq!(uploads, vec![class, own.clone(), own], "{case}");

@@ -65,6 +65,16 @@ impl Server {
         out
     }
 
+    /// The status and the `name` header of `n` POSTs to `path`, one after another.
+    pub async fn posts_showing(&self, path: &str, n: usize, name: &str) -> Vec<(u16, String)> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let response = self.post(path).send().await.unwrap();
+            out.push((response.status().as_u16(), header(&response, name)));
+        }
+        out
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.base.trim_start_matches("http://").parse().unwrap()
     }
