@@ -421,9 +421,6 @@ mod tests {
             buckets: vec![refused(wait)],
         };
         let t0 = Instant::now();
-        let Some(long_ago) = t0.checked_sub(Duration::from_secs(120)) else {
-            return; // the clock started too recently to date a refusal back
-        };
         // Two keys of one shard.
         let same_shard = |cache: &RefusalCache| {
             let first = Bucket::new("ip", "0", limit);
@@ -451,6 +448,9 @@ mod tests {
         assert_eq!(cache.len(), 1);
 
         // Once the held refusal has run out, a new key takes its place.
+        let Some(long_ago) = t0.checked_sub(Duration::from_secs(120)) else {
+            return; // the monotonic clock started too recently to date a refusal back
+        };
         let cache = RefusalCache::new(1);
         let [expired, newcomer] = same_shard(&cache);
         cache.record(
