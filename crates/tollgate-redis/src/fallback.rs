@@ -2245,6 +2245,11 @@ mod tests {
         }
     }
 
+    /// A store on a [`Gated`] primary (up), with an empty memory.
+    async fn gated(config: FallbackConfig) -> FallbackStore<Gated> {
+        FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await
+    }
+
     /// Sleeps (on the paused clock) until `done` holds, for 5 s at most.
     async fn until(done: impl Fn() -> bool) {
         let started = tokio::time::Instant::now();
@@ -2262,8 +2267,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_that_fails_open_waits_for_the_check_and_is_decided_only_once_it_passed() {
         let config = FallbackConfig::default().with_failure_threshold(10);
-        let store =
-            FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await;
+        let store = gated(config).await;
         assert_eq!(store.mode(), Mode::Primary);
         let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
         let fallback = Batch::charge(vec![bucket.clone()]);
@@ -2310,12 +2314,7 @@ mod tests {
     /// (a's) is followed by the last one (b's).
     #[tokio::test(start_paused = true)]
     async fn a_charge_made_during_the_last_give_back_waits_and_is_decided_on_the_primary() {
-        let store = FallbackStore::connect_with_memory(
-            Gated::new(),
-            MemoryStore::new(),
-            FallbackConfig::default(),
-        )
-        .await;
+        let store = gated(FallbackConfig::default()).await;
         let user = Bucket::new("user", "u", Limit::sliding(Quota::per_hour(10)));
         let charge = |key: &str| {
             let bucket = Bucket::new("user", key, Limit::sliding(Quota::per_hour(10)));
@@ -2358,12 +2357,7 @@ mod tests {
     /// once the store returns (a key given back twice would cost its client a request).
     #[tokio::test(start_paused = true)]
     async fn a_give_back_that_fails_part_way_gives_back_only_what_was_not_delivered() {
-        let store = FallbackStore::connect_with_memory(
-            Gated::new(),
-            MemoryStore::new(),
-            FallbackConfig::default(),
-        )
-        .await;
+        let store = gated(FallbackConfig::default()).await;
         let keys: Vec<Bucket> = (0..=GIVE_BACK_BATCH)
             .map(|i| Bucket::new("ip", &i.to_string(), Limit::sliding(Quota::per_hour(10))))
             .collect();
@@ -2395,12 +2389,7 @@ mod tests {
     /// during the outage included, not from its own.
     #[tokio::test(start_paused = true)]
     async fn a_give_backs_answer_raises_memory_to_the_primarys_count_while_memory_decides() {
-        let store = FallbackStore::connect_with_memory(
-            Gated::new(),
-            MemoryStore::new(),
-            FallbackConfig::default(),
-        )
-        .await;
+        let store = gated(FallbackConfig::default()).await;
         let bucket = |key: &str| Bucket::new("api", key, Limit::sliding(Quota::per_hour(10)));
         let charge = |key: &str| Batch::charge(vec![bucket(key)]);
         let gated = store.primary();
@@ -2441,8 +2430,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_the_mirror_off_memory_starts_empty_at_an_outage() {
         let config = FallbackConfig::default().with_mirror_keys(0);
-        let store =
-            FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await;
+        let store = gated(config).await;
         let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
         let batch = Batch::charge(vec![bucket]);
         for _ in 0..5 {
@@ -2468,8 +2456,7 @@ mod tests {
         let config = FallbackConfig::default()
             .with_failure_threshold(1)
             .with_probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
-        let store =
-            FallbackStore::connect_with_memory(Gated::new(), MemoryStore::new(), config).await;
+        let store = gated(config).await;
         let gated = store.primary();
         gated.down.store(true, Ordering::Release);
         let batch = Batch::charge(vec![Bucket::new(
@@ -2490,12 +2477,7 @@ mod tests {
     /// next check delivers it, and the client is admitted on the primary again.
     #[tokio::test(start_paused = true)]
     async fn a_reset_whose_give_back_fails_is_delivered_by_the_next_check() {
-        let store = FallbackStore::connect_with_memory(
-            Gated::new(),
-            MemoryStore::new(),
-            FallbackConfig::default(),
-        )
-        .await;
+        let store = gated(FallbackConfig::default()).await;
         let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(5)));
         let charge = Batch::charge(vec![bucket.clone()]);
         for _ in 0..5 {

@@ -27,10 +27,15 @@ async fn server(style: HeaderStyle, body: ErrorBody) -> (ManualClock, Server) {
         .route("/api/*", Policy::named("default").per_ip("5/min"))
         .build()
         .unwrap();
+    (clock, items_behind(&limiter).await)
+}
+
+/// A server whose `/api/items` is behind `limiter`'s layer.
+async fn items_behind(limiter: &Limiter) -> Server {
     let app = Router::new()
         .route("/api/items", get(ok))
         .layer(limiter.layer());
-    (clock, serve(app).await)
+    serve(app).await
 }
 
 /// The headers named `names` of a response, in order.
@@ -266,10 +271,7 @@ async fn a_refusal_for_a_full_store_says_nothing_remains_until_the_retry() {
         )
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/api/items", get(ok))
-        .layer(limiter.layer());
-    let server = serve(app).await;
+    let server = items_behind(&limiter).await;
     let call = |key: String| server.get("/api/items").header("x-api-key", key).send();
     // 64 keys, each at its limit: the share is full of limited keys.
     for i in 0..64 {
@@ -389,10 +391,7 @@ async fn a_token_bucket_wider_than_its_count_shows_its_burst() {
         )
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/api/items", get(ok))
-        .layer(limiter.layer());
-    let server = serve(app).await;
+    let server = items_behind(&limiter).await;
     let r = server.get("/api/items").send().await.unwrap();
     assert_eq!(
         headers(
@@ -427,10 +426,7 @@ async fn an_overrides_bucket_is_listed_in_the_policy_field() {
     limiter
         .set_override(&Key::ip(), "127.0.0.1", "2/min")
         .unwrap();
-    let app = Router::new()
-        .route("/api/items", get(ok))
-        .layer(limiter.layer());
-    let server = serve(app).await;
+    let server = items_behind(&limiter).await;
     let r = server.get("/api/items").send().await.unwrap();
     assert_eq!(
         headers(&r, &["ratelimit-policy", "ratelimit"]),
@@ -459,10 +455,7 @@ async fn a_per_key_quota_shows_each_keys_own_quota_in_the_policy_field() {
         )
         .build()
         .unwrap();
-    let app = Router::new()
-        .route("/api/items", get(ok))
-        .layer(limiter.layer());
-    let server = serve(app).await;
+    let server = items_behind(&limiter).await;
     for (org, policy) in [
         ("acme", r#""points-tenant";q=1000;w=60"#),
         ("tiny", r#""points-tenant";q=100;w=60"#),

@@ -25,6 +25,14 @@ fn logged(test: impl std::future::Future<Output = ()>) -> Vec<String> {
     events.events()
 }
 
+/// The events at `level` (`"WARN"`, `"ERROR"`...; `""`: any) that say `text`, in order.
+fn saying<'a>(events: &'a [String], level: &str, text: &str) -> Vec<&'a String> {
+    events
+        .iter()
+        .filter(|e| e.starts_with(level) && e.contains(text))
+        .collect()
+}
+
 /// `echo` behind `limiter`'s layer, as a plain tower service.
 fn echo_behind(
     limiter: &Limiter,
@@ -83,10 +91,7 @@ fn refusals_and_warnings_are_logged_without_secrets() {
     });
     let all = events.join("\n");
     assert!(!all.contains("sk_live_secret"), "{all}");
-    let refusals: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("rate limit exceeded"))
-        .collect();
+    let refusals = saying(&events, "", "rate limit exceeded");
     assert_eq!(refusals.len(), 1, "{all}");
     assert!(refusals[0].starts_with("INFO"), "{all}");
     for field in [
@@ -103,27 +108,14 @@ fn refusals_and_warnings_are_logged_without_secrets() {
             refusals[0]
         );
     }
-    let shadow: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("would refuse"))
-        .collect();
+    let shadow = saying(&events, "", "would refuse");
     // Refusal events are sampled: at most one per second per policy (the second one of
     // `trial`, a few milliseconds later, is counted in `would_refuse`, not logged).
     assert_eq!(shadow.len(), 1, "{all}");
     assert!(shadow[0].contains("policy=trial") && shadow[0].contains("shadow=true"));
+    assert_eq!(saying(&events, "WARN", "0.0.0.0/0").len(), 1, "{all}");
     assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.starts_with("WARN") && e.contains("0.0.0.0/0"))
-            .count(),
-        1,
-        "{all}"
-    );
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.starts_with("ERROR") && e.contains("into_make_service_with_connect_info"))
-            .count(),
+        saying(&events, "ERROR", "into_make_service_with_connect_info").len(),
         1,
         "{all}"
     );
@@ -147,10 +139,7 @@ fn a_reload_that_drops_rules_is_warned_about() {
             .reload(Limiter::builder().route("/a/*", Policy::named("a").per_ip("5/min")))
             .unwrap();
     });
-    let warnings: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("fewer routes or global limits"))
-        .collect();
+    let warnings = saying(&events, "", "fewer routes or global limits");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     for field in [
         "routes=1",
@@ -208,10 +197,7 @@ fn a_refusal_names_the_route_not_the_path() {
         );
     });
     let all = events.join("\n");
-    let refusals: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("rate limit exceeded"))
-        .collect();
+    let refusals = saying(&events, "", "rate limit exceeded");
     assert_eq!(refusals.len(), 2, "{all}");
     assert!(
         refusals[0].contains("route=/users/{email}/reset"),
@@ -316,10 +302,7 @@ fn a_store_failure_names_the_rule_not_the_path() {
         assert_eq!(response.status(), StatusCode::OK, "fails open by default");
     });
     let all = events.join("\n");
-    let failures: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("rate-limit store failed"))
-        .collect();
+    let failures = saying(&events, "", "rate-limit store failed");
     assert_eq!(failures.len(), 1, "{all}");
     assert!(failures[0].contains("route=/users/*"), "{}", failures[0]);
     for secret in ["alice@example.com", "tok_SECRET123"] {
@@ -387,7 +370,7 @@ fn a_failed_refund_and_a_failed_count_after_a_response_are_told_apart() {
             assert_eq!(response.status(), status);
         });
         let all = events.join("\n");
-        let warned: Vec<&String> = events.iter().filter(|e| e.contains("could not")).collect();
+        let warned = saying(&events, "", "could not");
         assert_eq!(warned.len(), 1, "{said}: {all}");
         assert!(warned[0].starts_with("WARN"), "{all}");
         assert!(warned[0].contains(said), "{said}: {all}");
@@ -419,12 +402,7 @@ fn a_route_charged_centrally_first_is_warned_once_and_a_failed_give_back_each_ti
         }
     });
     let all = events.join("\n");
-    let count = |said: &str| {
-        events
-            .iter()
-            .filter(|e| e.starts_with("WARN") && e.contains(said))
-            .count()
-    };
+    let count = |said: &str| saying(&events, "WARN", said).len();
     assert_eq!(count("first charged to the central class"), 1, "{all}");
     assert_eq!(
         count("could not give the central class's charge back"),
@@ -452,10 +430,7 @@ fn a_missing_peer_address_is_logged_once() {
         assert_eq!(limiter.stats().no_peer, 3);
     });
     let all = events.join("\n");
-    let errors: Vec<&String> = events
-        .iter()
-        .filter(|e| e.starts_with("ERROR") && e.contains("no client address"))
-        .collect();
+    let errors = saying(&events, "ERROR", "no client address");
     assert_eq!(errors.len(), 1, "{all}");
 }
 
@@ -483,10 +458,7 @@ fn a_reload_that_drops_only_a_route_or_only_a_global_limit_is_warned_about() {
             .unwrap();
         limiter.reload(rules(&["/a/*"], &["100/min"])).unwrap();
     });
-    let warnings: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("fewer routes or global limits"))
-        .collect();
+    let warnings = saying(&events, "", "fewer routes or global limits");
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     for field in ["routes=1", "were_routes=2", "global_policies=2"] {
         assert!(warnings[0].contains(field), "{field}: {}", warnings[0]);
@@ -512,7 +484,7 @@ fn disabled_and_newly_shadowed_limiters_are_warned_about() {
         }
     });
     let all = events.join("\n");
-    let count = |text: &str| events.iter().filter(|e| e.contains(text)).count();
+    let count = |text: &str| saying(&events, "", text).len();
     assert_eq!(count("rate limiting is disabled"), 1, "{all}");
     assert_eq!(count("shadow mode: nothing will be refused"), 1, "{all}");
 }

@@ -717,6 +717,11 @@ mod tests {
             .collect()
     }
 
+    /// Every line of field `name` in `headers`, in order.
+    fn lines(headers: &HeaderMap, name: HeaderName) -> Vec<&HeaderValue> {
+        headers.get_all(name).iter().collect()
+    }
+
     #[test]
     fn merging_keeps_every_bucket_and_the_tighter_one_in_x_ratelimit() {
         let ours = map(&[
@@ -772,7 +777,7 @@ mod tests {
         theirs.append(RATELIMIT, HeaderValue::from_static("\"b\";r=2;t=10"));
         merge_rate_limit_headers(&mut theirs, &ours);
         assert_eq!(
-            theirs.get_all(RATELIMIT).iter().collect::<Vec<_>>(),
+            lines(&theirs, RATELIMIT),
             ["\"a\";r=1;t=10, \"b\";r=2;t=10, \"ip\";r=4;t=60, \"user\";r=8;t=60"]
         );
         // A bucket of the same name in both: the lists keep theirs, and `X-RateLimit-*`
@@ -835,17 +840,8 @@ mod tests {
         for response in [HeaderMap::new(), map(&[("ratelimit", "\"a\";r=1;t=10")])] {
             let mut response = response;
             merge_rate_limit_headers(&mut response, &charged);
-            assert_eq!(
-                response
-                    .get_all(X_RATELIMIT_REMAINING)
-                    .iter()
-                    .collect::<Vec<_>>(),
-                ["3"]
-            );
-            assert_eq!(
-                response.get_all(RETRY_AFTER).iter().collect::<Vec<_>>(),
-                ["5"]
-            );
+            assert_eq!(lines(&response, X_RATELIMIT_REMAINING), ["3"]);
+            assert_eq!(lines(&response, RETRY_AFTER), ["5"]);
         }
     }
 
@@ -874,7 +870,7 @@ mod tests {
         theirs.append(RATELIMIT, HeaderValue::from_static("\"ip\";r=4;t=60"));
         merge_rate_limit_headers(&mut theirs, &ours);
         assert_eq!(
-            theirs.get_all(RATELIMIT).iter().collect::<Vec<_>>(),
+            lines(&theirs, RATELIMIT),
             ["\"a\";r=1;t=10, \"ip\";r=4;t=60"]
         );
     }
