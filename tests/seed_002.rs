@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{header, Example};
+use common::{header, Example, RawConnection};
 use reqwest::{Method, Response};
 use tollgate_testkit::RedisServer;
 
@@ -173,6 +173,40 @@ async fn no_api_key_is_401_and_unguarded_routes_are_not_limited() {
         assert_eq!(r.status(), 200);
         assert_eq!(header(&r, "x-ratelimit-limit"), "");
     }
+}
+
+/// A path of the API spelled so that the key guard does not see `/v1` in it (`//v1/...`,
+/// `/./v1/...`: axum answers 404, while the limiter reads it as a normaliser in front of the
+/// app would, `/v1/...`) spends nothing of the key it carries, and is answered alike for a
+/// partner's key and an invented one: keys nobody checked neither spend partners' budgets
+/// nor tell which keys exist (nor fill the store with invented keys).
+#[test]
+fn a_key_the_guard_did_not_check_is_charged_nothing() {
+    let app = Example::start("seed_002", &[]);
+    let mut connection = RawConnection::connect(&app.base);
+    let spellings = [
+        "//v1/analytics",
+        "/./v1/analytics",
+        "/x/../v1/analytics",
+        "/%761/analytics",
+    ];
+    for path in spellings {
+        for key in ["key_alpha", "key_invented"] {
+            for i in 0..5 {
+                let r = connection.send("GET", path, &[("x-api-key", key)]);
+                let seen = (
+                    r.status,
+                    r.header("x-ratelimit-limit"),
+                    r.header("x-ratelimit-remaining"),
+                );
+                assert_eq!(seen, (404, "", ""), "{key} on {path} #{i}");
+            }
+        }
+    }
+    // The partner's budget of GET /v1/analytics is whole.
+    let r = connection.send("GET", "/v1/analytics", &[("x-api-key", "key_alpha")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-remaining"), "29");
 }
 
 /// Every request of `key` admitted, none with an `X-RateLimit-*` header.

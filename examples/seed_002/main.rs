@@ -17,7 +17,8 @@
 //!
 //! Authentication is a stand-in for the page's API key guard: [`API_KEYS`] lists the valid
 //! keys; `/v1` requests with another key (or none) get `401` before the per-key limits are
-//! looked at. Those `401`s are limited per client IP and per client network
+//! looked at; any other request loses its `x-api-key` (a key nobody checked is charged
+//! nothing). Those `401`s are limited per client IP and per client network
 //! ([`tollgate_suite::failed_auth_guard`]: an IPv6 client is counted by its /64, and one
 //! holding a /48 holds 65,536 of those), by [`Limiter::guard`] outside the key guard, with
 //! [`Policy::failed_auth_per_ip`], so guessing keys is throttled, and they carry the
@@ -93,10 +94,18 @@ fn endpoint_method(method: &Method) -> &str {
     }
 }
 
-/// The API key guard: `/v1` requests need a known `x-api-key`.
-async fn api_key_guard(request: Request, next: Next) -> Response {
+/// The API key guard: `/v1` requests need a known `x-api-key`; any other request loses the
+/// key it carries.
+async fn api_key_guard(mut request: Request, next: Next) -> Response {
     // Only the API needs a key (see `tollgate_suite::is_under`).
     if !tollgate_suite::is_under(request.uri().path(), "/v1") {
+        // A key nobody checked is no key. The limiter reads a path as a normaliser in front
+        // of the app would (`//v1/users` and `/./v1/users` are `GET /v1/users` to it, though
+        // axum answers them 404): charged to the key, unchecked, they would let anyone spend
+        // a partner's budgets with its key, tell a key in use from an invented one by the
+        // budget left, and fill the store's share of a bucket with invented keys, pushing
+        // partners' counts out.
+        request.headers_mut().remove(API_KEY);
         return next.run(request).await;
     }
     let known = request

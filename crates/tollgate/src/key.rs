@@ -9,6 +9,16 @@
 //! key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
 //! process, so instances sharing Redis share the bucket and Redis never holds the secret.
 //!
+//! A credential read from a header is charged whatever its value: key a limit on a credential
+//! only behind the authentication that checks it, so that keys a client invents are refused
+//! before they are counted, or on what that authentication found (a request extension, as
+//! [`Key::tenant`] below). An authentication layer that asks for a credential on some paths
+//! only must ask on every spelling the limiter classifies as those paths (it reads a path
+//! normalised: `//v1/users` and `/./v1/users` are `/v1/users` to it), or remove the
+//! credential from the requests it did not check. Otherwise anyone can spend a client's
+//! budget with its key, tell a key in use from an invented one by the budget left, and fill
+//! the store with invented keys.
+//!
 //! ```
 //! use tollgate::{Key, Policy};
 //!
