@@ -759,3 +759,49 @@ async fn the_largest_quota_spent_in_full_refuses_as_memory_does() {
         assert_eq!(answers, [true, true, false, false, false], "{limit}");
     }
 }
+
+/// A cost above the largest quota count (2^53 − 1) is more than any capacity: 2^53 and
+/// u64::MAX (which the scripts receive as 2^53, where Lua's numbers stop being exact) are
+/// refused on a fresh key of the largest quota as costing more than its capacity, for every
+/// algorithm, as memory refuses them, and count nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_above_the_largest_quota_is_refused_as_over_capacity() {
+    let server = RedisServer::start();
+    let both = Both::new(&server);
+    let max = tollgate_core::MAX_COUNT;
+    let quota = Quota::new(max, Duration::from_secs(3600)).unwrap();
+    for (step, limit) in [
+        Limit::sliding(quota),
+        Limit::sliding_exact(quota),
+        Limit::fixed(quota),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for cost in [max + 1, u64::MAX] {
+            let bucket = Bucket::new("over", &format!("{limit}:{cost}"), limit);
+            let d = both
+                .apply(
+                    &Batch::charge(vec![bucket.clone().with_cost(cost)]),
+                    0,
+                    step,
+                )
+                .await;
+            assert!(!d.allowed, "{limit}, cost {cost}");
+            assert_eq!(
+                (d.buckets[0].refusal, d.buckets[0].remaining),
+                (
+                    Some(tollgate_core::Refusal::CostExceedsCapacity {
+                        cost,
+                        capacity: max
+                    }),
+                    max
+                ),
+                "{limit}, cost {cost}"
+            );
+            let d = both.apply(&Batch::charge(vec![bucket]), 0, step).await;
+            assert!(d.allowed, "{limit}, cost {cost}");
+            assert_eq!(d.buckets[0].remaining, max - 1, "{limit}, cost {cost}");
+        }
+    }
+}
