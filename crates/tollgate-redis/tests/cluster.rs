@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_core::{Batch, Bucket, Limit, ManualClock, Op, Quota, Store, Timestamp};
 use tollgate_redis::RedisStore;
 use tollgate_testkit::RedisCluster;
 
@@ -186,4 +186,55 @@ async fn fixed_windows_on_a_cluster() {
         store.apply(&reset).await.unwrap();
         assert_eq!(store.apply(&peek).await.unwrap().buckets[0].remaining, 3);
     }
+}
+
+/// A fixed window whose bucket's own key is on another slot of the same node, where a script
+/// could read it: the calls still never read it. A peek of a window no charge has touched yet
+/// does not carry over a count left there in the format before window keys, and a reset
+/// leaves that key alone. Decided on a manual clock in the middle of the hour, so the window
+/// cannot turn during the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_never_reads_its_own_key_on_another_slot_of_its_node() {
+    let cluster = RedisCluster::start(3);
+    // The middle of this hour: the window ends half an hour later on the store's clock.
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let start = std::time::Duration::from_secs(real.as_secs() / 3600 * 3600 + 1800);
+    let now = Timestamp::from_micros(start.as_micros() as u64);
+    let limit = Limit::fixed(Quota::per_hour(3));
+    let store = RedisStore::builder()
+        .cluster(cluster.urls())
+        .refusal_cache(0)
+        .clock(ManualClock::new(start))
+        .build()
+        .unwrap();
+    let bucket = (0..256)
+        .map(|i| Bucket::new(&format!("fw{i}"), "k", limit))
+        .find(|b| {
+            let own = node_of(&cluster, &store.redis_key(b));
+            let window = node_of(&cluster, &store.redis_key_at(b, now));
+            own.0 != window.0 && own.1 == window.1
+        })
+        .expect("a bucket whose two keys are on one node, in two slots");
+    let old = store.redis_key(&bucket);
+    let owner = node_of(&cluster, &old).1;
+    let node = cluster.nodes().iter().find(|n| n.port() == owner).unwrap();
+    // Two counted in the format before window keys, expiring with the window.
+    node.cli(["SET", &old, "-2", "PX", "1800000"]);
+
+    let peek = Batch::new(Op::Peek, vec![bucket.clone()]);
+    let d = store.apply(&peek).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[0].remaining, 3, "nothing carried over");
+    store
+        .apply(&Batch::new(Op::Reset, vec![bucket.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        node.cli(["GET", &old]).trim(),
+        "-2",
+        "the old key is left alone"
+    );
+    assert_eq!(store.apply(&peek).await.unwrap().buckets[0].remaining, 3);
 }
