@@ -330,6 +330,25 @@ mod tests {
         assert_eq!(json["windowSeconds"], 60);
     }
 
+    /// Each algorithm has its own name in the JSON form (`/rate-limits`, the admin table):
+    /// a fixed window is not the fallback `sliding window`.
+    #[test]
+    fn the_json_names_each_algorithm() {
+        let all = limiter().describe();
+        let json =
+            |rule: usize, limit: usize| serde_json::to_value(&all[rule].limits[limit]).unwrap();
+        assert_eq!(
+            json(3, 2),
+            serde_json::json!({
+                "bucket": "tiers:api_key#3", "key": "api_key", "quota": "10000/day",
+                "limit": 10000, "windowSeconds": 86_400, "algorithm": "fixed window",
+            })
+        );
+        assert_eq!(json(2, 0)["algorithm"], "sliding window");
+        assert_eq!(json(3, 1)["algorithm"], "token bucket");
+        assert_eq!(json(6, 0)["algorithm"], "sliding window (exact)");
+    }
+
     #[test]
     fn every_rule_in_order_with_its_limits() {
         let limiter = limiter();
