@@ -203,6 +203,27 @@ async fn peek_changes_nothing_and_reset_unblocks_the_client() {
     );
 }
 
+/// The global bucket has one key whatever key an operator names: a lookup by any key
+/// shows what every request spent, and a reset by any key frees it.
+#[tokio::test]
+async fn the_global_bucket_is_one_key_whatever_key_is_named() {
+    let (_clock, store) = clock_and_store();
+    let limiter = limiter(store);
+    let server = app(&limiter).await;
+    assert_eq!(server.statuses("/api/projects", 2).await, vec![200, 200]);
+    let (status, state) = json_of(server.get("/admin/buckets/global/203.0.113.7")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&state["limit"], &state["remaining"], &state["storedKey"]),
+        (&json!(1000), &json!(998), &json!("all"))
+    );
+    let (status, after) = json_of(server.post("/admin/buckets/global/anyone/reset")).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["remaining"], 1000);
+    let (_, state) = json_of(server.get("/admin/buckets/global/127.0.0.1")).await;
+    assert_eq!(state["remaining"], 1000);
+}
+
 #[tokio::test]
 async fn direct_buckets_and_keys_that_are_not_plain_segments() {
     let (_clock, store) = clock_and_store();
