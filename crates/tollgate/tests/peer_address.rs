@@ -47,6 +47,25 @@ async fn without_the_option_requests_without_a_peer_share_one_bucket_and_are_cou
     }
     assert_eq!(statuses, [200, 200, 429]);
     assert_eq!(limiter.stats().no_peer, 3);
+
+    // An operator reaches the shared bucket by its name, `unknown-peer`: a lookup shows it
+    // spent, and a reset lets such requests through again.
+    let state = limiter.peek_bucket("api:ip", "unknown-peer").await.unwrap();
+    assert_eq!((state.buckets[0].limit, state.buckets[0].remaining), (2, 0));
+    assert_eq!(
+        limiter.stored_key("api:ip", "unknown-peer").unwrap(),
+        "unknown-peer"
+    );
+    limiter
+        .reset_bucket("api:ip", "unknown-peer")
+        .await
+        .unwrap();
+    let r = client
+        .get(format!("{base}/api/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }
 
 #[tokio::test]
