@@ -366,6 +366,17 @@ fn mistakes_are_typed_errors_and_leave_the_document_alone() {
         Publisher::new(&limiter).annotate(&mut not_openapi),
         Err(PublishError::NotOpenApi("no `paths` object"))
     );
+    // `components`, or its `responses`, that is not an object: an error, not a panic.
+    for components in [json!(5), json!({ "responses": [] })] {
+        let mut doc = document();
+        doc["components"] = components;
+        let before = doc.clone();
+        assert_eq!(
+            Publisher::new(&limiter).annotate(&mut doc),
+            Err(PublishError::NotOpenApi("`components` is not an object"))
+        );
+        assert_eq!(doc, before, "unchanged");
+    }
 }
 
 #[test]
