@@ -379,6 +379,38 @@ fn mistakes_are_typed_errors_and_leave_the_document_alone() {
     }
 }
 
+/// A path parameter is a whole segment: a handler's bucket declared for
+/// `GET /api/exports/{id}` is published on that operation only, not on
+/// `/api/exports/{export}.csv` nor `/api/exports/v{n}`.
+#[test]
+fn a_path_parameter_is_a_whole_segment() {
+    let limiter = limiter();
+    let mut doc = json!({ "openapi": "3.1.0", "paths": {
+        "/api/exports/{export}": { "get": operation("An export") },
+        "/api/exports/{export}.csv": { "get": operation("An export as CSV") },
+        "/api/exports/v{n}": { "get": operation("An export format") },
+    }});
+    Publisher::new(&limiter)
+        .handler_buckets("GET /api/exports/{id}", &["sign-in-failures"])
+        .annotate(&mut doc)
+        .unwrap();
+    let default = vec![
+        row("default:ip", "ip", Some("5/min"), "middleware"),
+        row("default:user", "user", Some("100/h"), "middleware"),
+        row("global", "global", Some("1000/min"), "middleware"),
+    ];
+    let mut with_handler = default.clone();
+    with_handler.push(row(
+        "sign-in-failures",
+        "direct",
+        Some("5/30min"),
+        "handler",
+    ));
+    assert_eq!(summary(&doc, "/api/exports/{export}", "get"), with_handler);
+    assert_eq!(summary(&doc, "/api/exports/{export}.csv", "get"), default);
+    assert_eq!(summary(&doc, "/api/exports/v{n}", "get"), default);
+}
+
 #[test]
 fn the_html_tables_list_every_rule_and_operation() {
     let limiter = limiter();
