@@ -19,6 +19,12 @@ use axum::Router;
 /// first waiting for it (see [`DeadlineBody`]): a handler that reads a body a client stops
 /// sending would wait for it, holding its connection, for ever.
 ///
+/// A response to a request whose body was announced and not read to its end (a refusal
+/// made before the body is read, a handler that ignores it) says `Connection: close`: the
+/// connection cannot carry another request before that body, so hyper closes it after the
+/// response unless the rest of the body has already arrived, and a client told nothing
+/// would send its next request on a connection going away (see [`ReadToEnd`]).
+///
 /// # Errors
 ///
 /// A bad `HOST`/`PORT`, or an address that cannot be bound.
@@ -66,10 +72,18 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
             _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = app.clone().map_request(
+        let app = app.clone();
+        let service = tower::service_fn(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
-                request.map(|body| DeadlineBody::new(body, BODY_READ_TIMEOUT))
+                let (request, read) =
+                    ReadToEnd::request(request.map(|b| DeadlineBody::new(b, BODY_READ_TIMEOUT)));
+                let app = app.clone();
+                async move {
+                    let mut response = app.oneshot(request).await?;
+                    read.close_if_unread(&mut response);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             },
         );
         let connection =
@@ -114,6 +128,84 @@ impl<B> DeadlineBody<B> {
             timeout,
             deadline: None,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes whether it was read to its end, for the response to say
+    /// whether its connection can carry another request (see [`serve`]).
+    pub struct ReadToEnd<B> {
+        #[pin]
+        inner: B,
+        ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+/// Whether the body of a request [`ReadToEnd::request`] wrapped was read to its end.
+#[derive(Debug, Clone)]
+pub struct BodyRead {
+    /// Whether the request announced a body over HTTP/1 (`None`: it did not).
+    ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl<B: http_body::Body> ReadToEnd<B> {
+    /// `request`, its body noting whether it is read to its end, and where to see it.
+    pub fn request(request: axum::http::Request<B>) -> (axum::http::Request<Self>, BodyRead) {
+        let announced =
+            !request.body().is_end_stream() && request.version() <= axum::http::Version::HTTP_11;
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = BodyRead {
+            ended: announced.then(|| ended.clone()),
+        };
+        (request.map(|inner| ReadToEnd { inner, ended }), read)
+    }
+}
+
+impl BodyRead {
+    /// Adds `Connection: close` to `response` if its request announced a body that was not
+    /// read to its end.
+    pub fn close_if_unread<T>(&self, response: &mut axum::http::Response<T>) {
+        let unread = self
+            .ended
+            .as_ref()
+            .is_some_and(|ended| !ended.load(std::sync::atomic::Ordering::Acquire));
+        if unread {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ReadToEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let frame = inner.as_mut().poll_frame(cx);
+        let end = match &frame {
+            std::task::Poll::Ready(None) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+            _ => false,
+        };
+        if end {
+            this.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

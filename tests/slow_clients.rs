@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::Example;
+use common::{Example, RawConnection};
 
 /// Reads until the server closes the connection; how long that took and what it sent
 /// (`None`: still open after `limit`).
@@ -113,4 +113,30 @@ fn a_hangup_does_not_stop_the_server() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A request answered without its body being read (the demo's sign-in refused by the AUTH
+/// bucket, charged before the body is read) is answered `Connection: close`: the server
+/// cannot read the connection's next request before that body, and closes it after the
+/// answer unless the body had all arrived. Told nothing, a client whose body followed its
+/// head in a write of its own (as many send it) sent its next request on a connection going
+/// away, and that request failed. Answers that read the body keep the connection.
+#[test]
+fn an_answer_leaving_a_body_unread_says_the_connection_closes() {
+    let ex = Example::start("demo", &[]);
+    let mut connection = RawConnection::connect(&ex.base);
+    let mut sign_in = |i: usize| {
+        let body = format!(r#"{{"email":"guess{i}@example.com","password":"wrong"}}"#);
+        let headers = [("content-type", "application/json")];
+        let pause = Duration::from_millis(20);
+        let r = connection.send_body_after(pause, "POST", "/api/auth/sign-in", &headers, &body);
+        (r.status, r.header("connection").to_string())
+    };
+    // AUTH: 20 attempts per IP; each of these is read (a wrong password, 401).
+    for i in 0..20 {
+        assert_eq!(sign_in(i), (401, String::new()), "attempt {i}");
+    }
+    for i in 20..23 {
+        assert_eq!(sign_in(i), (429, "close".to_string()), "attempt {i}");
+    }
 }

@@ -189,9 +189,15 @@ pub fn times(status: u16, n: usize) -> Vec<u16> {
 /// One keep-alive HTTP/1.1 connection that sends request targets exactly as given (no
 /// normalisation of `..` or `%2E`, unlike `reqwest`), and reads each response in turn.
 /// Blocking: the example runs in its own process.
+///
+/// Like any HTTP/1.1 client, it opens a new connection for the request after a response
+/// that said `Connection: close`.
 pub struct RawConnection {
+    base: String,
     reader: BufReader<std::net::TcpStream>,
     writer: std::net::TcpStream,
+    /// The last response said `Connection: close`.
+    closed: bool,
 }
 
 /// A response read by [`RawConnection`].
@@ -224,8 +230,10 @@ impl RawConnection {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         RawConnection {
+            base: base.to_string(),
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
+            closed: false,
         }
     }
 
@@ -242,12 +250,45 @@ impl RawConnection {
         headers: &[(&str, &str)],
         body: &str,
     ) -> RawResponse {
+        self.send_parts(method, target, headers, body, None)
+    }
+
+    /// [`RawConnection::send_body`], the body sent `pause` after the head (as many clients
+    /// send it: in a write of its own).
+    pub fn send_body_after(
+        &mut self,
+        pause: Duration,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> RawResponse {
+        self.send_parts(method, target, headers, body, Some(pause))
+    }
+
+    fn send_parts(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        pause: Option<Duration>,
+    ) -> RawResponse {
         use std::io::{Read, Write};
+        if self.closed {
+            *self = RawConnection::connect(&self.base);
+        }
         let mut request = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
-        request.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+        request.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        if let Some(pause) = pause {
+            self.writer.write_all(request.as_bytes()).unwrap();
+            std::thread::sleep(pause);
+            request.clear();
+        }
+        request.push_str(body);
         self.writer.write_all(request.as_bytes()).unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
@@ -273,6 +314,9 @@ impl RawConnection {
             .map_or(0, |(_, v)| v.parse().unwrap());
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body).unwrap();
+        self.closed = headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
         RawResponse {
             status,
             headers,

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::request::Parts;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
@@ -96,10 +97,11 @@ where
         }
     }
 
-    pub(crate) fn respond(response: Response<Bytes>) -> Self {
+    /// The limiter's own answer to the request of `parts` (see [`answer`]).
+    pub(crate) fn respond(response: Response<Bytes>, parts: &Parts) -> Self {
         Self {
             state: State::Refused {
-                response: Some(response),
+                response: Some(answer(response, parts)),
             },
         }
     }
@@ -139,19 +141,6 @@ where
                 } => {
                     let outcome = ready!(decide.as_mut().poll(cx));
                     match outcome {
-                        Outcome::Respond(response) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                        }
-                        Outcome::Refuse(refused) => {
-                            let Some(req) = req.take() else {
-                                unreachable!("ResponseFuture polled after it was taken apart");
-                            };
-                            let (parts, _body) = req.into_parts();
-                            this.state.set(State::Done);
-                            let response = refused.respond(&parts);
-                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                        }
                         Outcome::Proceed(mut after) => {
                             let (Some(mut inner), Some(mut req)) = (inner.take(), req.take())
                             else {
@@ -164,6 +153,20 @@ where
                             After::put_in_request(&mut after, limiter, req.extensions_mut());
                             let fut = inner.call(req);
                             this.state.set(State::Calling { fut, after });
+                        }
+                        answered => {
+                            let Some(req) = req.take() else {
+                                unreachable!("ResponseFuture polled after it was taken apart");
+                            };
+                            let (parts, _body) = req.into_parts();
+                            this.state.set(State::Done);
+                            let response = match answered {
+                                Outcome::Refuse(refused) => refused.respond(&parts),
+                                Outcome::Respond(response) => response,
+                                Outcome::Proceed(_) => unreachable!("matched above"),
+                            };
+                            let response = answer(response, &parts);
+                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
                         }
                     }
                 }
@@ -211,6 +214,27 @@ where
             }
         }
     }
+}
+
+/// The limiter's own answer (a 429, or a 500/503 it makes) to the request of `parts`, whose
+/// body it drops unread: over HTTP/1, a request that announced a body (`Content-Length`
+/// other than 0, or `Transfer-Encoding`) is answered with `Connection: close`. The server
+/// cannot read the next request of the connection before that body, which nobody reads,
+/// so it closes the connection after the answer (hyper does so whenever the body has not
+/// all arrived yet); without the header a client sends its next request on a connection
+/// that is going away, and that request fails.
+fn answer(mut response: Response<Bytes>, parts: &Parts) -> Response<Bytes> {
+    let headers = &parts.headers;
+    let announced_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if announced_body && parts.version <= Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

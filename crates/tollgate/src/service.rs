@@ -82,8 +82,10 @@ where
                     let req = Request::from_parts(parts, body);
                     ResponseFuture::calling(self.inner.call(req), after.take())
                 }
-                Outcome::Refuse(refused) => ResponseFuture::respond(refused.respond(&parts)),
-                Outcome::Respond(response) => ResponseFuture::respond(response),
+                Outcome::Refuse(refused) => {
+                    ResponseFuture::respond(refused.respond(&parts), &parts)
+                }
+                Outcome::Respond(response) => ResponseFuture::respond(response, &parts),
             },
             Start::Later(decide) => {
                 let req = Request::from_parts(parts, body);

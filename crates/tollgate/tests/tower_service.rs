@@ -6,10 +6,10 @@ use std::convert::Infallible;
 
 use std::time::Duration;
 
-use common::{echo, request, Body};
-use http::{Request, Response, StatusCode};
+use common::{echo, request, Body, Down, Recording};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use tollgate::{Limiter, ManualClock, MemoryStore, Policy, ResponseBody};
+use tollgate::{FailureMode, Limiter, ManualClock, MemoryStore, Policy, ResponseBody, Store};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 async fn body_text(r: Response<ResponseBody<Body>>) -> (StatusCode, String) {
@@ -61,6 +61,111 @@ async fn any_tower_service_with_one_body_type() {
         .await
         .unwrap();
     assert_eq!(other.status(), StatusCode::OK);
+}
+
+/// The limiter's own answers (a 429; a 503 when the store is down) drop the request's body
+/// unread. Over HTTP/1 a request that announced a body is answered `Connection: close`: the
+/// connection cannot carry another request before that body, so the server closes it, and a
+/// client told nothing would send its next request on it. A request without a body, or over
+/// HTTP/2, keeps its connection. Alike whether the store decides at once (memory) or in a
+/// future (any other).
+#[tokio::test]
+async fn an_answer_leaving_a_body_unread_closes_an_http1_connection() {
+    let memory = || MemoryStore::builder().build();
+    let (refused, down) = (
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::SERVICE_UNAVAILABLE,
+    );
+    answers_leaving_bodies_unread(memory(), "memory", StatusCode::OK, refused).await;
+    answers_leaving_bodies_unread(
+        Recording::new(memory()),
+        "in a future",
+        StatusCode::OK,
+        refused,
+    )
+    .await;
+    answers_leaving_bodies_unread(Down, "down", down, down).await;
+}
+
+/// After a first request (answered `first`), requests of several versions, methods and body
+/// headers through a limiter of one request an hour on `store` (failing closed), each answered `answered`,
+/// with `Connection: close` where the request announced a body over HTTP/1.
+async fn answers_leaving_bodies_unread(
+    store: impl Store,
+    name: &str,
+    first: StatusCode,
+    answered: StatusCode,
+) {
+    let peer = Some("192.0.2.1:5000");
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/*",
+            Policy::named("default")
+                .per_ip("1/h")
+                .on_store_failure(FailureMode::Closed),
+        )
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(limiter.layer())
+        .service(service_fn(echo));
+    let r = svc
+        .clone()
+        .oneshot(request("/x", peer, None))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), first, "{name}");
+    for (version, method, header, close) in [
+        (
+            Version::HTTP_11,
+            Method::POST,
+            Some(("content-length", "5")),
+            "close",
+        ),
+        (
+            Version::HTTP_11,
+            Method::POST,
+            Some(("transfer-encoding", "chunked")),
+            "close",
+        ),
+        (
+            Version::HTTP_10,
+            Method::PUT,
+            Some(("content-length", "5")),
+            "close",
+        ),
+        (
+            Version::HTTP_11,
+            Method::POST,
+            Some(("content-length", "0")),
+            "",
+        ),
+        (Version::HTTP_11, Method::GET, None, ""),
+        (
+            Version::HTTP_2,
+            Method::POST,
+            Some(("content-length", "5")),
+            "",
+        ),
+    ] {
+        let mut req = request("/x", peer, None);
+        *req.version_mut() = version;
+        *req.method_mut() = method.clone();
+        if let Some((header, value)) = header {
+            req.headers_mut().insert(header, value.parse().unwrap());
+        }
+        let r = svc.clone().oneshot(req).await.unwrap();
+        let connection = r
+            .headers()
+            .get("connection")
+            .map_or("", |v| v.to_str().unwrap());
+        assert_eq!(
+            (r.status(), connection),
+            (answered, close),
+            "{name}: {version:?} {method} {header:?}"
+        );
+    }
 }
 
 #[tokio::test]
