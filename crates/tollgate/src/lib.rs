@@ -128,6 +128,11 @@
 //!
 //! [`too_many_requests`] puts them together.
 //!
+//! The layer refuses a request without reading its body. Over HTTP/1, its answer to a
+//! request that announced one (`Content-Length` other than 0, or `Transfer-Encoding`) says
+//! `Connection: close`: the server closes the connection after the answer unless the body
+//! had all arrived, and a client told nothing would send its next request on it.
+//!
 //! ```
 //! use std::time::Duration;
 //! use http::{Method, StatusCode};
