@@ -493,3 +493,62 @@ async fn a_paused_redis_is_not_diagnosed_as_a_bad_configuration() {
         "{diagnosis}"
     );
 }
+
+/// A refused password costs Redis one round of connection attempts per second, not one per
+/// call: the connection is made afresh only once calls have failed for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_is_not_tried_again_on_every_call() {
+    let server = RedisServer::start();
+    server.cli(["CONFIG", "SET", "requirepass", "s3cret"]);
+    let connections = || {
+        let stats = server.cli(["-a", "s3cret", "--no-auth-warning", "INFO", "stats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let url = format!("redis://:wrong@127.0.0.1:{}/", server.port());
+    let store = RedisStore::open(&url).unwrap();
+    let batch = Batch::charge(vec![Bucket::new(
+        "pw",
+        "k",
+        Limit::sliding(Quota::per_minute(5)),
+    )]);
+    store.apply(&batch).await.unwrap_err();
+    let before = connections();
+    for _ in 0..4 {
+        store.apply(&batch).await.unwrap_err();
+    }
+    // The only connection since: the one that read the count.
+    assert_eq!(connections() - before, 1);
+}
+
+/// A call to a Redis that does not answer fails after the store's own response timeout
+/// ([`RedisStoreBuilder::response_timeout`](tollgate_redis::RedisStoreBuilder::response_timeout)),
+/// not the default half second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_paused_redis_fails_after_the_response_timeout_set() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .response_timeout(TIMEOUT)
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let batch = Batch::charge(vec![Bucket::new(
+        "slow",
+        "k",
+        Limit::sliding(Quota::per_hour(10)),
+    )]);
+    assert!(store.apply(&batch).await.unwrap().allowed);
+    server.pause();
+    let started = Instant::now();
+    let result = store.apply(&batch).await;
+    let took = started.elapsed();
+    server.resume();
+    assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+    assert!(took < TIMEOUT + MARGIN, "failed after {took:?}");
+}
