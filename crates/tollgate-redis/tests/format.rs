@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::connect;
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
-use tollgate_redis::redis;
+use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store, Timestamp};
+use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 
 async fn server_micros(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
@@ -518,4 +518,48 @@ async fn a_token_bucket_whose_sustained_rate_falls_admits_no_sooner_than_its_cou
             converted - 60_000_000 - d.now.as_micros()
         ))
     );
+}
+
+/// [`RedisStore::script_call`] is what the store sends, under its prefix: replayed by hand
+/// (`EVALSHA` and those arguments, as the benchmark replays them), it charges the key the
+/// store charges, [`RedisStore::script_decision`] reads its reply as the store would, and
+/// [`RedisStore::script_args`] is the same call without the SHA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_call_replayed_by_hand_charges_the_stores_key() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .prefix("app:")
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    assert_eq!(store.prefix(), "app:");
+    let mut conn = connect(&server.url()).await;
+    let batch = Batch::charge(vec![Bucket::new(
+        "login",
+        "ip",
+        Limit::sliding_exact(Quota::per_hour(3)),
+    )]);
+    // Only a fixed window is placed by the time given.
+    let at = Timestamp::from_micros(0);
+    let call = store.script_call(&batch, at).unwrap();
+    assert_eq!(call[..3], [RedisStore::script_sha(), "1", "app:login:ip"]);
+    assert_eq!(store.script_args(&batch).unwrap(), call[1..]);
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(RedisStore::script_source())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let reply: redis::Value = redis::cmd("EVALSHA")
+        .arg(&call)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let d = store.script_decision(&batch, at, &reply).unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.buckets[0].remaining, 2);
+    // The store counts on in the same key.
+    assert_eq!(store.apply(&batch).await.unwrap().buckets[0].remaining, 1);
+    assert!(exists(&mut conn, "app:login:ip").await);
 }
