@@ -142,3 +142,33 @@ async fn refused_clients_are_answered_locally_until_their_wait_is_over() {
     }
     assert_eq!(calls(&mut admin, "evalsha").await - before, 10);
 }
+
+/// A charge this store admits forgets what its cached refusals said of the buckets it
+/// charged: a refused client's next answer shows the shared bucket as it is after that
+/// charge, not as it was when the client was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_charge_refreshes_what_cached_refusals_say_of_its_buckets() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let global = Bucket::new("global", "all", Limit::sliding(Quota::per_hour(1_000)));
+    let client = |ip| {
+        Batch::charge(vec![
+            Bucket::new("per-ip", ip, Limit::sliding_exact(Quota::per_hour(1))),
+            global.clone(),
+        ])
+    };
+    let (a, b) = (client("a"), client("b"));
+    assert!(store.apply(&a).await.unwrap().allowed);
+    let refused = store.apply(&a).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.buckets[1].remaining, 999);
+    let admitted = store.apply(&b).await.unwrap();
+    assert!(admitted.allowed);
+    assert_eq!(admitted.buckets[1].remaining, 998);
+    let refused = store.apply(&a).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(
+        refused.buckets[1].remaining, 998,
+        "the global bucket as it is"
+    );
+}
