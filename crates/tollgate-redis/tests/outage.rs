@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::wait_for_mode;
 use tollgate_core::{
-    Batch, Bucket, FailureMode, Limit, ManualClock, MemoryStore, Op, Quota, Store,
+    Batch, Bucket, FailureMode, Limit, ManualClock, MemoryStore, Op, Quota, Store, StoreError,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
@@ -370,6 +370,18 @@ async fn a_redis_that_refuses_info_is_still_used() {
     let key = Bucket::new("sign-in", "acl", lockout());
     spend(std::slice::from_ref(&store), &key, 5).await;
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
+
+/// A Redis that cannot be reached is not one that refuses `INFO`: its `run_id` is an error,
+/// not "cannot tell".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_id_of_a_redis_that_is_down_is_an_error() {
+    let mut server = RedisServer::start();
+    let redis = RedisStore::open(&server.url()).unwrap();
+    assert!(redis.run_id().await.unwrap().is_some());
+    server.kill();
+    let error = redis.run_id().await.unwrap_err();
+    assert!(matches!(error, StoreError::Backend(_)), "{error}");
 }
 
 /// Answers the refusal cache serves repeat counts Redis reported earlier; the mirror keeps
