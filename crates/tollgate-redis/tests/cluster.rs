@@ -81,6 +81,14 @@ async fn multi_slot_requests_decide_correctly() {
         "refusals gave their charges back"
     );
     assert_eq!(peek.buckets[1].remaining, 44);
+    // A peek says what a charge would answer: refused while one slot's bucket is spent.
+    let peek = store
+        .apply(&Batch::new(Op::Peek, vec![loose.clone(), tight.clone()]))
+        .await
+        .unwrap();
+    assert!(!peek.allowed);
+    assert!(peek.buckets[0].allowed && !peek.buckets[1].allowed);
+    assert_eq!(peek.buckets[1].remaining, 0);
 
     // Concurrent multi-slot charges stay exact in the refusing bucket, and every slot ends
     // with exactly the admitted charges.
