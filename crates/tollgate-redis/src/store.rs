@@ -1248,6 +1248,28 @@ mod tests {
         assert!(!connection_broke(&StoreError::Protocol("odd".into())));
     }
 
+    /// The builder keeps what it is given, and shows it without the URL's password.
+    #[test]
+    fn the_builder_keeps_its_settings_and_hides_the_password() {
+        let builder = RedisStore::builder()
+            .url("redis://user:s3cret@127.0.0.1:6390/2")
+            .prefix("app:")
+            .refusal_cache(7)
+            .response_timeout(Duration::from_millis(50))
+            .connection_timeout(Duration::from_secs(2));
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        for setting in [
+            "127.0.0.1:6390/2",
+            "prefix: \"app:\"",
+            "refusal_cache: 7",
+            "response_timeout: 50ms",
+            "connection_timeout: 2s",
+        ] {
+            assert!(shown.contains(setting), "{setting} in {shown}");
+        }
+    }
+
     #[test]
     fn info_fields_are_read_whole() {
         let text = info(5, "volatile-lru");
