@@ -519,11 +519,14 @@ async fn a_refused_password_is_not_tried_again_on_every_call() {
     )]);
     store.apply(&batch).await.unwrap_err();
     let before = connections();
+    let started = Instant::now();
     for _ in 0..4 {
         store.apply(&batch).await.unwrap_err();
     }
-    // The only connection since: the one that read the count.
-    assert_eq!(connections() - before, 1);
+    // The one that read the count, and a round of attempts per second the calls took
+    // (none where they took less, as they do but on a stalled machine).
+    let rounds = started.elapsed().as_secs();
+    assert!(connections() - before <= 1 + rounds, "{rounds} s");
 }
 
 /// A call to a Redis that does not answer fails after the store's own response timeout
