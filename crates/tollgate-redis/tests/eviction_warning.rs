@@ -8,31 +8,22 @@ use tollgate_testkit::{EventLog, RedisServer};
 
 #[test]
 fn a_redis_that_may_evict_keys_is_warned_about_once() {
-    let recorder = EventLog::default();
-    let events = recorder.clone();
-    tracing::subscriber::with_default(recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let evicting = RedisServer::start();
-            evicting.cli(["CONFIG", "SET", "maxmemory", "64mb"]);
-            evicting.cli(["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
-            let store = RedisStore::open(&evicting.url()).unwrap();
-            let clone = store.clone();
-            for store in [&store, &clone, &store] {
-                assert!(store.run_id().await.unwrap().is_some());
-            }
-            // Writes fail instead when full: nothing to warn about.
-            let refusing = RedisServer::start();
-            refusing.cli(["CONFIG", "SET", "maxmemory", "64mb"]);
-            refusing.cli(["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
-            let store = RedisStore::open(&refusing.url()).unwrap();
+    let events = EventLog::during(async {
+        let evicting = RedisServer::start();
+        evicting.cli(["CONFIG", "SET", "maxmemory", "64mb"]);
+        evicting.cli(["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+        let store = RedisStore::open(&evicting.url()).unwrap();
+        let clone = store.clone();
+        for store in [&store, &clone, &store] {
             assert!(store.run_id().await.unwrap().is_some());
-        });
+        }
+        // Writes fail instead when full: nothing to warn about.
+        let refusing = RedisServer::start();
+        refusing.cli(["CONFIG", "SET", "maxmemory", "64mb"]);
+        refusing.cli(["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+        let store = RedisStore::open(&refusing.url()).unwrap();
+        assert!(store.run_id().await.unwrap().is_some());
     });
-    let events = events.events();
     let warnings: Vec<&String> = events
         .iter()
         .filter(|e| e.contains("maxmemory-policy"))

@@ -14,27 +14,18 @@ const RECOVERY: Duration = Duration::from_secs(4);
 
 #[test]
 fn every_transition_is_a_tracing_event_with_its_reason() {
-    let recorder = EventLog::default();
-    let events = recorder.clone();
-    tracing::subscriber::with_default(recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut server = RedisServer::start();
-            server.kill();
-            let store = FallbackStore::connect(
-                RedisStore::open(&server.url()).unwrap(),
-                FallbackConfig::default().with_timeout(Duration::from_millis(50)),
-            )
-            .await;
-            assert_eq!(store.mode(), Mode::Fallback);
-            server.restart();
-            wait_for_mode(&store, Mode::Primary, RECOVERY).await;
-        });
+    let events = EventLog::during(async {
+        let mut server = RedisServer::start();
+        server.kill();
+        let store = FallbackStore::connect(
+            RedisStore::open(&server.url()).unwrap(),
+            FallbackConfig::default().with_timeout(Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        server.restart();
+        wait_for_mode(&store, Mode::Primary, RECOVERY).await;
     });
-    let events = events.events();
     let transitions: Vec<&String> = events
         .iter()
         .filter(|e| e.contains("tollgate::store") && !e.starts_with("DEBUG"))

@@ -620,6 +620,22 @@ impl EventLog {
     pub fn events(&self) -> Vec<String> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// The events logged while `test` runs to its end, in order: on a current-thread
+    /// runtime (timers and I/O enabled) of its own, with a new log as the thread's
+    /// subscriber.
+    pub fn during(test: impl std::future::Future<Output = ()>) -> Vec<String> {
+        let log = EventLog::default();
+        let events = log.clone();
+        tracing::subscriber::with_default(log, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime")
+                .block_on(test);
+        });
+        events.events()
+    }
 }
 
 impl tracing::Subscriber for EventLog {

@@ -12,19 +12,6 @@ use tollgate::{
 use tollgate_testkit::EventLog;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-/// The events logged while `test` runs (on a current-thread runtime), in order.
-fn logged(test: impl std::future::Future<Output = ()>) -> Vec<String> {
-    let capture = EventLog::default();
-    let events = capture.clone();
-    tracing::subscriber::with_default(capture, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(test);
-    });
-    events.events()
-}
-
 /// The events at `level` (`"WARN"`, `"ERROR"`...; `""`: any) that say `text`, in order.
 fn saying<'a>(events: &'a [String], level: &str, text: &str) -> Vec<&'a String> {
     events
@@ -48,7 +35,7 @@ fn echo_behind(
 
 #[test]
 fn refusals_and_warnings_are_logged_without_secrets() {
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = Limiter::builder()
             .client_ip(ClientIp::peer().trust_proxies(["0.0.0.0/0"]))
             .route(
@@ -132,7 +119,7 @@ fn a_reload_that_drops_rules_is_warned_about() {
             .route("/b/*", Policy::named("b").per_ip(limit))
             .global("100/min")
     };
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = rules("5/min").read_env(false).build().unwrap();
         limiter.reload(rules("6/min")).unwrap();
         limiter
@@ -155,7 +142,7 @@ fn a_reload_that_drops_rules_is_warned_about() {
 /// carry what does not belong in logs (here an e-mail address).
 #[test]
 fn a_refusal_names_the_route_not_the_path() {
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = Limiter::builder()
             .route("/*", Policy::named("reset").per_ip("1/min"))
             .route(
@@ -219,7 +206,7 @@ fn a_refusal_names_the_route_not_the_path() {
 /// hashed, never as given.
 #[test]
 fn overrides_and_resets_are_logged_with_the_stored_key() {
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = Limiter::builder()
             .route(
                 "/*",
@@ -283,7 +270,7 @@ fn overrides_and_resets_are_logged_with_the_stored_key() {
 /// the path requested, which can carry an e-mail or a token.
 #[test]
 fn a_store_failure_names_the_rule_not_the_path() {
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = Limiter::builder()
             .store(common::Down)
             .route("/users/*", Policy::named("users").per_ip("10/min"))
@@ -341,7 +328,7 @@ fn a_failed_refund_and_a_failed_count_after_a_response_are_told_apart() {
         ),
         (true, StatusCode::UNAUTHORIZED, "could not count a response"),
     ] {
-        let events = logged(async move {
+        let events = EventLog::during(async move {
             let etags = Policy::named("etags")
                 .per_ip("5/min")
                 .refund_if(|s| s == StatusCode::NOT_MODIFIED);
@@ -382,7 +369,7 @@ fn a_failed_refund_and_a_failed_count_after_a_response_are_told_apart() {
 /// store that cannot take the central class's charge back says so on each of them.
 #[test]
 fn a_route_charged_centrally_first_is_warned_once_and_a_failed_give_back_each_time() {
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = Limiter::builder()
             .store(FailsAfterResponses(MemoryStore::new()))
             .route("/*", Policy::named("default").per_ip("100/min"))
@@ -414,7 +401,7 @@ fn a_route_charged_centrally_first_is_warned_once_and_a_failed_give_back_each_ti
 /// Requests without a peer address are logged about once, not each of them.
 #[test]
 fn a_missing_peer_address_is_logged_once() {
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = Limiter::builder()
             .route("/*", Policy::named("default").per_ip("100/min"))
             .build()
@@ -448,7 +435,7 @@ fn a_reload_that_drops_only_a_route_or_only_a_global_limit_is_warned_about() {
         }
         rules
     };
-    let events = logged(async {
+    let events = EventLog::during(async {
         let limiter = rules(&["/a/*", "/b/*"], &["100/min", "1000/hour"])
             .read_env(false)
             .build()
@@ -474,7 +461,7 @@ fn a_reload_that_drops_only_a_route_or_only_a_global_limit_is_warned_about() {
 #[test]
 fn disabled_and_newly_shadowed_limiters_are_warned_about() {
     let rules = || Limiter::builder().route("/*", Policy::named("default").per_ip("5/min"));
-    let events = logged(async {
+    let events = EventLog::during(async {
         rules().read_env(false).enabled(false).build().unwrap();
         rules().read_env(false).enabled(true).build().unwrap();
         let limiter = rules().read_env(false).build().unwrap();
