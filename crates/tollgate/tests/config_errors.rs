@@ -833,3 +833,169 @@ fn a_rule_for_global_beside_keyed_global_limits_builds() {
         .collect();
     assert_eq!(policies, ["global", "global-ip"]);
 }
+
+/// A limit without `per:` (keyed by `default_key`) before the limit that needs an identity
+/// is not the one blamed: the error is at the `per: user` entry.
+#[test]
+fn per_user_after_a_limit_without_per_names_the_user_entry() {
+    let yaml = "routes:\n  - path: /*\n    limits:\n      - { limit: 50/min }\n      - { per: user, limit: 10/min }\n";
+    let path = write_temp("user-after-default.yaml", yaml);
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (5, 16, "routes[0].limits[1].per (/*)")
+    );
+    assert!(matches!(source, BuildError::NoIdentity { .. }), "{source}");
+}
+
+/// Route patterns the builder refuses name the part at fault: the methods of a rule with
+/// a method that is no method, the path of one whose path is malformed, and the path of a
+/// rule that more specific rules always beat.
+#[test]
+fn a_refused_pattern_names_its_methods_or_its_path() {
+    let path = write_temp(
+        "lowercase-method.yaml",
+        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /b, methods: [get], limits: [{ limit: 5/min }] }\n",
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 26, "routes[1].methods (get /b)")
+    );
+    assert!(matches!(source, BuildError::Route(_)), "{source}");
+    let path = write_temp(
+        "bad-path.yaml",
+        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: b/c, limits: [{ limit: 5/min }] }\n",
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 13, "routes[1].path (b/c)")
+    );
+    assert!(matches!(source, BuildError::Route(_)), "{source}");
+    let path = write_temp(
+        "never-matches.yaml",
+        "routes:\n  - { path: /x, name: a, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}', name: b, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}/*', name: c, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/*', name: d, methods: [GET], limits: [{ limit: 5/min }] }\n",
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (5, 13, "routes[3].path (GET /x/*)")
+    );
+    assert!(matches!(source, BuildError::Route(_)), "{source}");
+}
+
+/// An IPv6 prefix longer than 128 bits names `client_ip.ipv6_prefix`.
+#[test]
+fn an_ipv6_prefix_over_128_names_its_field() {
+    let path = write_temp(
+        "ipv6-prefix.yaml",
+        &format!("client_ip:\n  ipv6_prefix: 129\n{ROUTE}"),
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (2, 16, "client_ip.ipv6_prefix")
+    );
+    assert!(matches!(source, BuildError::ClientIp(_)), "{source}");
+}
+
+/// A bucket added in code under the name of one of the file's `buckets:` names the
+/// file's bucket.
+#[test]
+fn a_bucket_added_in_code_twice_names_the_files_bucket() {
+    let path = write_temp(
+        "bucket-in-code.yaml",
+        &format!("{ROUTE}buckets:\n  sign-in: {{ limit: 5/min }}\n"),
+    );
+    let err = Limiter::from_config_with(&path, |b| b.bucket("sign-in", "9/min")).unwrap_err();
+    let (line, column, field, source) = invalid(err);
+    assert_eq!((line, column, field.as_str()), (4, 12, "buckets.sign-in"));
+    assert!(
+        matches!(&source, BuildError::DuplicateBucket { name } if name == "sign-in"),
+        "{source}"
+    );
+}
+
+/// An unnamed rule whose pattern gives it a reserved name names its path, not an earlier
+/// rule's.
+#[test]
+fn a_reserved_name_from_a_pattern_names_that_rules_path() {
+    let path = write_temp(
+        "reserved-from-path.yaml",
+        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /override, limits: [{ limit: 5/min }] }\n",
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 13, "routes[1].path (/override)")
+    );
+    assert!(
+        matches!(source, BuildError::ReservedName { .. }),
+        "{source}"
+    );
+}
+
+/// Three rules share a bucket and the third declares other limits: the third is named,
+/// not the second that agrees with the first.
+#[test]
+fn the_rule_that_differs_on_a_shared_bucket_is_named() {
+    let path = write_temp(
+        "shared-third.yaml",
+        "routes:\n  - { path: /a, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /b, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /c, bucket: auth, limits: [{ limit: 6/min }] }\n",
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (4, 25, "routes[2].bucket (/c)")
+    );
+    assert!(
+        matches!(&source, BuildError::SharedBucketMismatch { second, .. } if second == "c"),
+        "{source}"
+    );
+}
+
+/// A header key whose kind is too long for a bucket name names the rule that has it.
+#[test]
+fn a_key_kind_too_long_names_its_rule() {
+    let long = format!("x-{}", "a".repeat(60));
+    let path = write_temp(
+        "long-kind.yaml",
+        &format!(
+            "routes:\n  - {{ path: /a, limits: [{{ per: 'header:{long}', limit: 5/min }}] }}\n"
+        ),
+    );
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!((line, column, field.as_str()), (2, 5, "routes[0] (/a)"));
+    assert!(matches!(source, BuildError::BadKeyKind { .. }), "{source}");
+}
+
+/// A location with a line and no column is shown as `file:line`.
+#[test]
+fn an_error_with_a_line_and_no_column_shows_the_line() {
+    let err = ConfigError::Rule {
+        file: "limits.yaml".into(),
+        line: Some(3),
+        column: None,
+        field: "routes[0]".into(),
+        message: "wrong".into(),
+    };
+    assert_eq!(err.to_string(), "limits.yaml:3: routes[0]: wrong");
+}
+
+/// A zero cost on a later rule names that rule's `cost:`, not an earlier rule that has a
+/// cost of its own.
+#[test]
+fn a_zero_cost_after_a_costed_rule_names_the_zero_cost() {
+    let yaml = "routes:\n  - { path: /a, name: a, cost: 2, limits: [{ limit: 5/min }] }\n  - { path: /heavy, name: heavy, cost: 0, limits: [{ limit: 5/min }] }\n";
+    let path = write_temp("cost-second.yaml", yaml);
+    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    assert_eq!(
+        (line, column, field.as_str()),
+        (3, 40, "routes[1].cost (/heavy)")
+    );
+    assert!(
+        matches!(&source, BuildError::ZeroCost { policy } if policy == "heavy"),
+        "{source}"
+    );
+}
