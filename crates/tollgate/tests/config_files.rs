@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::Router;
 use common::{clock_and_store, header, serve, status_of, times};
 use tollgate::config::ConfigError;
-use tollgate::{Limit, Limiter, LimiterBuilder, ManualClock, Quota};
+use tollgate::{Limit, Limiter, LimiterBuilder, ManualClock, Quota, Refusal};
 
 fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-{}", std::process::id()));
@@ -362,4 +362,30 @@ async fn x_ratelimit_none_keeps_the_ietf_fields_unless_they_are_off_too() {
         assert_eq!(header(&response, "x-ratelimit-limit"), "", "{ietf}");
         assert_eq!(header(&response, "ratelimit"), expected, "{ietf}");
     }
+}
+
+/// `store.max_entries` bounds the memory store the file builds: with the smallest store,
+/// a bucket holds at most 1024 keys at their limit (64 in each of 16 shards) and refuses
+/// new keys beyond them for room; the default store holds all 2048.
+#[tokio::test]
+async fn store_max_entries_bounds_the_memory_store() {
+    let buckets = "buckets:\n  sign-in: { limit: 1/30min }\n";
+    let mut admitted = Vec::new();
+    for store in ["", "store: { kind: memory, max_entries: 1024 }\n"] {
+        let path = write_temp("max-entries.yaml", &format!("{store}{buckets}"));
+        let limiter = Limiter::from_config(&path).unwrap();
+        let (mut allowed, mut refused_for_room) = (0, 0);
+        for i in 0..2048 {
+            let decision = limiter.check("sign-in", &format!("key-{i}")).await.unwrap();
+            if decision.allowed {
+                allowed += 1;
+            } else if decision.buckets[0].refusal == Some(Refusal::StoreFull) {
+                refused_for_room += 1;
+            }
+        }
+        assert_eq!(allowed + refused_for_room, 2048, "{store}");
+        admitted.push(allowed);
+    }
+    assert_eq!(admitted[0], 2048);
+    assert!(admitted[1] <= 1024 && admitted[1] > 0, "{admitted:?}");
 }
