@@ -633,3 +633,86 @@ async fn a_reload_under_which_an_override_admits_nothing_is_refused() {
     assert!(limiter.remove_override(&tollgate::Key::ip(), ip));
     limiter.reload(costly()).unwrap();
 }
+
+/// A limiter built from a file reloads, through `reload_config_with`, a configuration
+/// that declares limits; one that declares none is refused as an emptied file, and the
+/// rules stay.
+#[test]
+fn reload_config_with_tells_a_file_with_limits_from_an_emptied_one() {
+    let dir = std::env::temp_dir().join(format!("tollgate-reload-with-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    let good =
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
+    std::fs::write(&path, good).unwrap();
+    let limiter = Limiter::from_config(&path).unwrap();
+    let file = path.display().to_string();
+    let raised = Config::from_yaml(&good.replace("3/min", "4/min")).unwrap();
+    limiter
+        .reload_config_with(&raised, &file, |rules| rules)
+        .unwrap();
+    assert_eq!(quota(&limiter, 0), "4/min");
+    let emptied = Config::from_yaml("# routes moved\n").unwrap();
+    let refused = limiter.reload_config_with(&emptied, &file, |rules| rules);
+    assert!(
+        matches!(&refused, Err(ConfigError::NoLimits { file: f }) if *f == file),
+        "{refused:?}"
+    );
+    assert_eq!(quota(&limiter, 0), "4/min");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fixed setting changed to an empty value (`enabled: ~`) is named at that value's line
+/// and column, not at the top of the file.
+#[test]
+fn a_setting_emptied_by_a_reload_is_located_at_its_value() {
+    let dir = std::env::temp_dir().join(format!("tollgate-reload-null-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    let good =
+        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
+    std::fs::write(&path, format!("{good}enabled: true\n")).unwrap();
+    let limiter = Limiter::from_config(&path).unwrap();
+    std::fs::write(&path, format!("{good}enabled: ~\n")).unwrap();
+    let refused = limiter.reload_file(&path);
+    match &refused {
+        Err(ConfigError::NotReloadable {
+            field,
+            line,
+            column,
+            ..
+        }) => assert_eq!(
+            (field.as_str(), *line, *column),
+            ("enabled", Some(6), Some(10))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A file emptied of everything, reloaded into a limiter whose file held settings and no
+/// limits, names the setting that changed at the top of the file (it has no line of its
+/// own there): `limits.yaml:1:1: headers: cannot change ...`.
+#[test]
+fn an_emptied_settings_file_names_the_setting_at_the_top_of_the_file() {
+    let dir = std::env::temp_dir().join(format!("tollgate-reload-emptied-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    std::fs::write(&path, "headers: { x_ratelimit: seconds }\n").unwrap();
+    let limiter = Limiter::from_config(&path).unwrap();
+    std::fs::write(&path, "").unwrap();
+    let refused = limiter.reload_file(&path);
+    match &refused {
+        Err(ConfigError::NotReloadable {
+            field,
+            line,
+            column,
+            ..
+        }) => assert_eq!(
+            (field.as_str(), *line, *column),
+            ("headers", Some(1), Some(1))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
