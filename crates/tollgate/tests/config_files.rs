@@ -386,6 +386,6 @@ async fn store_max_entries_bounds_the_memory_store() {
         assert_eq!(allowed + refused_for_room, 2048, "{store}");
         admitted.push(allowed);
     }
-    assert_eq!(admitted[0], 2048);
-    assert!(admitted[1] <= 1024 && admitted[1] > 0, "{admitted:?}");
+    // 2048 keys fill each shard's 64 (128 a shard on average).
+    assert_eq!(admitted, [2048, 1024]);
 }

@@ -13,6 +13,7 @@ use tollgate::config::{Config, ConfigError};
 use tollgate::{
     BuildError, CheckError, Limiter, LimiterBuilder, MemoryStore, Policy, Rate, RateLimitLayer,
 };
+use tollgate_testkit::TempDir;
 use tower::{service_fn, Layer, ServiceExt};
 
 const PEER: &str = "203.0.113.7:4000";
@@ -469,14 +470,21 @@ async fn a_request_in_flight_finishes_under_the_rules_it_started_with() {
     assert_eq!(&*arc, "a");
 }
 
+/// One rule in a file: `/a/*`, named `a`, 3 a minute per IP.
+const GOOD: &str =
+    "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
+
+/// A rules file holding `text`, in a directory of its own that the `TempDir` removes.
+fn limits_file(text: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("reload").unwrap();
+    let path = dir.path().join("limits.yaml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
 #[test]
 fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
-    let dir = std::env::temp_dir().join(format!("tollgate-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    let good =
-        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
-    std::fs::write(&path, good).unwrap();
+    let (_dir, path) = limits_file(GOOD);
     let limiter = Limiter::from_config(&path).unwrap();
 
     std::fs::write(&path, "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/fortnight }\n").unwrap();
@@ -488,7 +496,7 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     std::fs::write(
         &path,
         format!(
-            "{good}  - path: /a/*\n    name: b\n    limits:\n      - {{ per: ip, limit: 1/min }}\n"
+            "{GOOD}  - path: /a/*\n    name: b\n    limits:\n      - {{ per: ip, limit: 1/min }}\n"
         ),
     )
     .unwrap();
@@ -499,7 +507,7 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     );
     std::fs::write(
         &path,
-        format!("{good}store: {{ kind: memory, max_entries: 5000 }}\n"),
+        format!("{GOOD}store: {{ kind: memory, max_entries: 5000 }}\n"),
     )
     .unwrap();
     let store = limiter.reload_file(&path);
@@ -511,7 +519,7 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     }
     assert_eq!(quota(&limiter, 0), "3/min");
 
-    std::fs::write(&path, good.replace("3/min", "4/min")).unwrap();
+    std::fs::write(&path, GOOD.replace("3/min", "4/min")).unwrap();
     limiter.reload_file(&path).unwrap();
     assert_eq!(quota(&limiter, 0), "4/min");
 
@@ -530,7 +538,7 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     // declares no limits (it was refused as a changed `headers:`).
     std::fs::write(
         &path,
-        format!("headers: {{ x_ratelimit: seconds }}\n{good}"),
+        format!("headers: {{ x_ratelimit: seconds }}\n{GOOD}"),
     )
     .unwrap();
     let with_settings = Limiter::from_config(&path).unwrap();
@@ -545,7 +553,6 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     let settings_only = Limiter::from_config(&path).unwrap();
     std::fs::write(&path, "# still nothing\n").unwrap();
     settings_only.reload_file(&path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -639,15 +646,10 @@ async fn a_reload_under_which_an_override_admits_nothing_is_refused() {
 /// rules stay.
 #[test]
 fn reload_config_with_tells_a_file_with_limits_from_an_emptied_one() {
-    let dir = std::env::temp_dir().join(format!("tollgate-reload-with-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    let good =
-        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
-    std::fs::write(&path, good).unwrap();
+    let (_dir, path) = limits_file(GOOD);
     let limiter = Limiter::from_config(&path).unwrap();
     let file = path.display().to_string();
-    let raised = Config::from_yaml(&good.replace("3/min", "4/min")).unwrap();
+    let raised = Config::from_yaml(&GOOD.replace("3/min", "4/min")).unwrap();
     limiter
         .reload_config_with(&raised, &file, |rules| rules)
         .unwrap();
@@ -659,21 +661,15 @@ fn reload_config_with_tells_a_file_with_limits_from_an_emptied_one() {
         "{refused:?}"
     );
     assert_eq!(quota(&limiter, 0), "4/min");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A fixed setting changed to an empty value (`enabled: ~`) is named at that value's line
 /// and column, not at the top of the file.
 #[test]
 fn a_setting_emptied_by_a_reload_is_located_at_its_value() {
-    let dir = std::env::temp_dir().join(format!("tollgate-reload-null-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    let good =
-        "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
-    std::fs::write(&path, format!("{good}enabled: true\n")).unwrap();
+    let (_dir, path) = limits_file(&format!("{GOOD}enabled: true\n"));
     let limiter = Limiter::from_config(&path).unwrap();
-    std::fs::write(&path, format!("{good}enabled: ~\n")).unwrap();
+    std::fs::write(&path, format!("{GOOD}enabled: ~\n")).unwrap();
     let refused = limiter.reload_file(&path);
     match &refused {
         Err(ConfigError::NotReloadable {
@@ -687,7 +683,6 @@ fn a_setting_emptied_by_a_reload_is_located_at_its_value() {
         ),
         other => panic!("{other:?}"),
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A file emptied of everything, reloaded into a limiter whose file held settings and no
@@ -695,10 +690,7 @@ fn a_setting_emptied_by_a_reload_is_located_at_its_value() {
 /// own there): `limits.yaml:1:1: headers: cannot change ...`.
 #[test]
 fn an_emptied_settings_file_names_the_setting_at_the_top_of_the_file() {
-    let dir = std::env::temp_dir().join(format!("tollgate-reload-emptied-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("limits.yaml");
-    std::fs::write(&path, "headers: { x_ratelimit: seconds }\n").unwrap();
+    let (_dir, path) = limits_file("headers: { x_ratelimit: seconds }\n");
     let limiter = Limiter::from_config(&path).unwrap();
     std::fs::write(&path, "").unwrap();
     let refused = limiter.reload_file(&path);
@@ -714,5 +706,4 @@ fn an_emptied_settings_file_names_the_setting_at_the_top_of_the_file() {
         ),
         other => panic!("{other:?}"),
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
