@@ -2179,7 +2179,8 @@ mod tests {
     /// counts every call. While
     /// `hold` is set, each give-back call (a penalty other than the probe's) waits for a
     /// permit of `release`; `give_backs` counts them, and the one numbered `fail_give_back`
-    /// (from 1; 0: none) fails; every reset fails while `fail_resets`.
+    /// (from 1; 0: none) fails; every reset fails while `fail_resets`. While `slow`, every
+    /// call takes 1 ms (on tokio's clock) before it answers.
     #[derive(Debug)]
     struct Gated {
         redis: MemoryStore,
@@ -2191,6 +2192,7 @@ mod tests {
         fail_give_back: AtomicU32,
         calls: AtomicU32,
         fail_resets: AtomicBool,
+        slow: AtomicBool,
     }
 
     impl Gated {
@@ -2205,6 +2207,7 @@ mod tests {
                 fail_give_back: AtomicU32::new(0),
                 calls: AtomicU32::new(0),
                 fail_resets: AtomicBool::new(false),
+                slow: AtomicBool::new(false),
             }
         }
 
@@ -2221,6 +2224,9 @@ mod tests {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::AcqRel);
+                if self.slow.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 if self.down.load(Ordering::Acquire) {
                     return Err(StoreError::Unavailable("down".into()));
                 }
@@ -2498,5 +2504,160 @@ mod tests {
         until(|| store.mode() == Mode::Primary).await;
         assert_eq!(gated.remaining(&bucket), 5);
         assert!(store.apply(&charge).await.unwrap().allowed);
+    }
+
+    /// Calls that fail together (sent while on the primary, failing after the store left
+    /// it) leave the primary once: one check runs, backing off as after a single failure,
+    /// not one check per failed call, each probing a primary that is down.
+    #[tokio::test(start_paused = true)]
+    async fn calls_that_fail_together_start_one_check_of_the_primary() {
+        let config = FallbackConfig::default()
+            .with_failure_threshold(1)
+            .with_probe_backoff(Duration::from_millis(10), Duration::from_millis(640));
+        let store = gated(config).await;
+        let gated = store.primary();
+        gated.slow.store(true, Ordering::Release);
+        gated.down.store(true, Ordering::Release);
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(10)),
+        )]);
+        let calls = gated.calls.load(Ordering::Acquire);
+        let (a, b) = tokio::join!(store.apply(&batch), store.apply(&batch));
+        assert!(a.unwrap().allowed);
+        assert!(b.unwrap().allowed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        // The two charges, then two calls a check (one failing other than by the
+        // timeout is made once more at once): at once, then after 10, 20, ..., 320, 640,
+        // 640 ms.
+        let checks = (gated.calls.load(Ordering::Acquire) - calls - 2) / 2;
+        assert_eq!(checks, 10);
+    }
+
+    /// At the failure threshold (1 here) the first failed call is an outage: a batch that
+    /// fails open is answered `circuit open` at once, without waiting for the check (below
+    /// the threshold it would wait the call timeout for it). A threshold of 0 is taken
+    /// as 1.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_at_the_threshold_opens_the_circuit_at_once() {
+        assert_eq!(
+            FallbackConfig::default()
+                .with_failure_threshold(0)
+                .failure_threshold(),
+            1
+        );
+        let config = FallbackConfig::default()
+            .with_timeout(Duration::from_millis(80))
+            .with_failure_threshold(1);
+        let store = gated(config).await;
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        gated.checks_fail.store(true, Ordering::Release);
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let fallback = Batch::charge(vec![bucket]);
+        let open = fallback.clone().with_failure_mode(FailureMode::Open);
+        assert!(store.apply(&fallback).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        let started = tokio::time::Instant::now();
+        let err = store.apply(&open).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(why) if why == "circuit open: rate-limit store unavailable: down"),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// Each setting reads back as set, raised to its least where it has one; the time
+    /// after a return defaults to the longest wait between checks plus two call timeouts.
+    #[test]
+    fn settings_read_back_as_set_and_raised_to_their_least() {
+        let ms = Duration::from_millis;
+        let default = FallbackConfig::default();
+        assert_eq!(default.timeout(), ms(50));
+        assert_eq!(default.failure_threshold(), 3);
+        assert_eq!(default.probe_backoff(), (ms(100), ms(250)));
+        assert_eq!(default.fallback_divisor(), 1);
+        assert_eq!(default.mirror_keys(), 50_000);
+        assert_eq!(default.return_grace(), ms(350));
+
+        let set = FallbackConfig::default()
+            .with_timeout(ms(20))
+            .with_failure_threshold(5)
+            .with_probe_backoff(ms(10), ms(40))
+            .with_fallback_divisor(4)
+            .with_mirror_keys(7);
+        assert_eq!(set.timeout(), ms(20));
+        assert_eq!(set.failure_threshold(), 5);
+        assert_eq!(set.probe_backoff(), (ms(10), ms(40)));
+        assert_eq!(set.fallback_divisor(), 4);
+        assert_eq!(set.mirror_keys(), 7);
+        // Derived from the settings until set.
+        assert_eq!(set.return_grace(), ms(80));
+        assert_eq!(
+            set.clone().with_return_grace(ms(900)).return_grace(),
+            ms(900)
+        );
+        assert_eq!(
+            set.with_return_grace(Duration::ZERO).return_grace(),
+            Duration::ZERO
+        );
+
+        let least = FallbackConfig::default()
+            .with_timeout(Duration::ZERO)
+            .with_failure_threshold(0)
+            .with_probe_backoff(Duration::ZERO, Duration::ZERO)
+            .with_fallback_divisor(0)
+            .with_mirror_keys(0);
+        assert_eq!(least.timeout(), ms(1));
+        assert_eq!(least.failure_threshold(), 1);
+        assert_eq!(least.probe_backoff(), (ms(1), ms(1)));
+        assert_eq!(least.fallback_divisor(), 1);
+        assert_eq!(least.mirror_keys(), 0);
+        // The longest wait is at least the first.
+        let backoff = FallbackConfig::default().with_probe_backoff(ms(300), ms(30));
+        assert_eq!(backoff.probe_backoff(), (ms(300), ms(300)));
+    }
+
+    /// A call sent before the store left the primary and answered after it returned (the
+    /// departure and the return both came meanwhile) is a late answer all the same: its
+    /// report is not taken as memory's count of the key (it may come from a primary that
+    /// restarted empty), so the next outage starts the key where memory had it. Had
+    /// departures not been counted, only whether the store is on the primary, memory would
+    /// have taken the primary's 6 of 10 as its own count (3 left at the next outage, not 9).
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_to_a_call_sent_before_a_departure_and_a_return_is_late() {
+        let config = FallbackConfig::default().with_timeout(Duration::from_secs(10));
+        let store = gated(config).await;
+        let gated = store.primary();
+        let limit = Limit::sliding(Quota::per_hour(10));
+        let a = Bucket::new("api", "a", limit.clone());
+        // Other instances spent 5 of a's 10 on the primary.
+        let spent = gated
+            .redis
+            .apply_now(Op::Penalize, &[a.clone().with_cost(5)]);
+        assert_eq!(spent.unwrap().buckets[0].remaining, 5);
+        gated.hold.store(true, Ordering::Release);
+        let penalty = Batch::new(Op::Penalize, vec![a.clone()]);
+        let other = Batch::charge(vec![Bucket::new("api", "b", limit)])
+            .with_failure_mode(FailureMode::Open);
+        let (late, ()) = tokio::join!(store.apply(&penalty), async {
+            // The penalty is held on the primary; meanwhile the store leaves it and returns.
+            until(|| gated.give_backs.load(Ordering::Acquire) == 1).await;
+            gated.down.store(true, Ordering::Release);
+            assert!(store.apply(&other).await.is_err());
+            assert_eq!(store.mode(), Mode::Fallback);
+            gated.down.store(false, Ordering::Release);
+            until(|| store.mode() == Mode::Primary).await;
+            gated.release.add_permits(1);
+        });
+        assert_eq!(late.unwrap().buckets[0].remaining, 4);
+        gated.hold.store(false, Ordering::Release);
+        gated.down.store(true, Ordering::Release);
+        let decided = store.apply(&Batch::charge(vec![a])).await.unwrap();
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert!(decided.allowed);
+        assert_eq!(decided.buckets[0].remaining, 9);
     }
 }
