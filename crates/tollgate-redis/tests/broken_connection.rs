@@ -111,3 +111,23 @@ async fn a_connection_redis_closed_while_idle_is_made_again_and_redis_decides() 
     );
     assert_eq!(b.mode(), Mode::Primary, "B went to memory");
 }
+
+/// An error Redis answered (here `READONLY`: a replica after a failover) is not a broken
+/// connection: the charge is not made again (Redis runs it once), and memory decides it.
+#[tokio::test]
+async fn an_error_redis_answered_is_not_made_again() {
+    let server = RedisServer::start();
+    let store = instance(&server).await;
+    let batch = Batch::charge(vec![Bucket::new("user", "u", per_user())]);
+    assert_eq!(store.apply(&batch).await.unwrap().buckets[0].remaining, 29);
+    server.cli(["REPLICAOF", "127.0.0.1", "1"]);
+    let before = common::calls_in(&server.cli(["INFO", "commandstats"]), "evalsha");
+    let decided = store.apply(&batch).await.unwrap();
+    // Counted before the check this failure starts can run: `cli` blocks the test's only
+    // thread.
+    let after = common::calls_in(&server.cli(["INFO", "commandstats"]), "evalsha");
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert!(decided.allowed);
+    assert_eq!(decided.buckets[0].remaining, 28);
+    assert_eq!(after - before, 1, "the charge was sent again");
+}

@@ -19,11 +19,7 @@ async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u
         .query_async(conn)
         .await
         .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    common::calls_in(&info, command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

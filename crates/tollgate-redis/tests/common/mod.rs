@@ -115,3 +115,12 @@ pub async fn admitted(
     }
     admitted
 }
+
+/// How many times Redis ran `command`, from the text of `INFO commandstats`.
+pub fn calls_in(info: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
