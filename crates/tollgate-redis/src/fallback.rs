@@ -1033,7 +1033,15 @@ impl<P: Primary> Shared<P> {
 
     /// Counts a failure; an outage at the threshold.
     fn count_failure(&self, reason: &str) {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        // Saturating: the checks of a long outage keep counting, from the threshold for one
+        // from startup, and the threshold may be `u32::MAX`.
+        let failures = self
+            .failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                Some(f.saturating_add(1))
+            })
+            .unwrap_or_else(|f| f)
+            .saturating_add(1);
         if failures >= self.config.failure_threshold && !self.tripped.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 target: "tollgate::store",
@@ -2659,5 +2667,34 @@ mod tests {
         assert_eq!(store.mode(), Mode::Fallback);
         assert!(decided.allowed);
         assert_eq!(decided.buckets[0].remaining, 9);
+    }
+
+    /// A primary down at startup is an outage at once, whatever the failure threshold
+    /// (the largest here): a batch that fails open is answered `circuit open` without
+    /// waiting for a check. And the checks that follow, failing, do not overflow the count
+    /// of failures (a panic in a debug build, which ended the checks: the store never
+    /// returned to the primary).
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_down_at_startup_opens_the_circuit_whatever_the_threshold() {
+        let gated = Gated::new();
+        gated.down.store(true, Ordering::Release);
+        let config = FallbackConfig::default().with_failure_threshold(u32::MAX);
+        let store = FallbackStore::connect_with_memory(gated, MemoryStore::new(), config).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let open = Batch::charge(vec![bucket]).with_failure_mode(FailureMode::Open);
+        let started = tokio::time::Instant::now();
+        let err = store.apply(&open).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(why)
+                if why == "circuit open: at startup: rate-limit store unavailable: down"),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // Checks keep counting failures past the threshold; once the primary answers,
+        // the store is back on it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.primary().down.store(false, Ordering::Release);
+        until(|| store.mode() == Mode::Primary).await;
     }
 }
