@@ -2697,4 +2697,109 @@ mod tests {
         store.primary().down.store(false, Ordering::Release);
         until(|| store.mode() == Mode::Primary).await;
     }
+
+    /// A primary shared through an `Arc` answers for itself whether a connection broke: a
+    /// broken pipe is made again through a fresh connection (and decided by the primary),
+    /// and any other failure is not (the charge reaches the primary once).
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_in_an_arc_tells_whether_its_connection_broke() {
+        let restarting = Arc::new(Restarting {
+            memory: MemoryStore::new(),
+            run_id: AtomicU64::new(1),
+            broken: AtomicBool::new(false),
+        });
+        let config = FallbackConfig::default();
+        let store =
+            FallbackStore::connect_with_memory(restarting, MemoryStore::new(), config).await;
+        assert_eq!(store.mode(), Mode::Primary);
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(10)),
+        )]);
+        store.primary().broken.store(true, Ordering::Release);
+        assert_eq!(store.apply(&batch).await.unwrap().buckets[0].remaining, 9);
+        assert_eq!(store.mode(), Mode::Primary);
+
+        let gated = Arc::new(Gated::new());
+        let config = FallbackConfig::default();
+        let store = FallbackStore::connect_with_memory(gated, MemoryStore::new(), config).await;
+        store.primary().down.store(true, Ordering::Release);
+        let calls = store.primary().calls.load(Ordering::Acquire);
+        assert!(store.apply(&batch).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        // (Before the check this failure starts: it has not run yet.)
+        assert_eq!(store.primary().calls.load(Ordering::Acquire) - calls, 1);
+    }
+
+    /// The store shows its parts: the settings it was made with, the memory store it
+    /// decides from (holding what it decided), and a debug form naming its mode.
+    #[tokio::test(start_paused = true)]
+    async fn the_store_shows_its_settings_memory_and_mode() {
+        let config = FallbackConfig::default().with_fallback_divisor(2);
+        let store = gated(config.clone()).await;
+        assert_eq!(store.config(), &config);
+        let debug = format!("{store:?}");
+        assert!(
+            debug.starts_with("FallbackStore { mode: Primary"),
+            "{debug}"
+        );
+        store.primary().down.store(true, Ordering::Release);
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        assert!(
+            store
+                .apply(&Batch::charge(vec![bucket.clone()]))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(format!("{store:?}").starts_with("FallbackStore { mode: Fallback"));
+        // Memory counts the key against this instance's share: 1 of 5.
+        let scaled = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(5)));
+        let seen = store.memory().apply_now(Op::Peek, &[scaled]).unwrap();
+        assert_eq!(seen.buckets[0].remaining, 4);
+    }
+
+    /// The default [`Primary::restore`] leaves a key that counts as much already alone,
+    /// in one call (a read), and raises one that counts less, in a second.
+    #[tokio::test]
+    async fn the_default_restore_charges_only_what_a_key_lacks() {
+        let gated = Gated::new();
+        let bucket = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let spent = gated
+            .redis
+            .apply_now(Op::Penalize, &[bucket.clone().with_cost(5)]);
+        assert_eq!(spent.unwrap().buckets[0].remaining, 5);
+        let hour = Duration::from_secs(3600);
+        let enough = [(bucket.clone().with_cost(3), hour)];
+        let restored = gated.restore(&enough).await.unwrap();
+        assert_eq!(restored.buckets[0].remaining, 5);
+        assert_eq!(gated.calls.load(Ordering::Acquire), 1);
+        let lacking = [(bucket.clone().with_cost(7), hour)];
+        let restored = gated.restore(&lacking).await.unwrap();
+        assert_eq!(restored.buckets[0].remaining, 3);
+        assert_eq!(gated.calls.load(Ordering::Acquire), 3);
+        assert_eq!(gated.remaining(&bucket), 3);
+    }
+
+    /// A debt the ledger has no room for is forgotten, and counted: with room for one key,
+    /// charges of three keys from memory forget two debts.
+    #[tokio::test(start_paused = true)]
+    async fn debts_the_ledger_has_no_room_for_are_counted_as_lost() {
+        let store = gated(FallbackConfig::default().with_mirror_keys(1)).await;
+        store.primary().down.store(true, Ordering::Release);
+        for key in ["a", "b", "c"] {
+            let bucket = Bucket::new("api", key, Limit::sliding(Quota::per_hour(10)));
+            assert!(
+                store
+                    .apply(&Batch::charge(vec![bucket]))
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert_eq!(store.mirrored_keys(), 1);
+        assert_eq!(store.lost_give_backs(), 2);
+    }
 }
