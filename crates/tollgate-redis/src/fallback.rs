@@ -2640,7 +2640,7 @@ mod tests {
         let store = gated(config).await;
         let gated = store.primary();
         let limit = Limit::sliding(Quota::per_hour(10));
-        let a = Bucket::new("api", "a", limit.clone());
+        let a = Bucket::new("api", "a", limit);
         // Other instances spent 5 of a's 10 on the primary.
         let spent = gated
             .redis
