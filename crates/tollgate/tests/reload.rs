@@ -470,6 +470,19 @@ async fn a_request_in_flight_finishes_under_the_rules_it_started_with() {
     assert_eq!(&*arc, "a");
 }
 
+/// The field, line and column a reload refused as `NotReloadable` names.
+fn not_reloadable_at(refused: &Result<(), ConfigError>) -> (&str, Option<usize>, Option<usize>) {
+    match refused {
+        Err(ConfigError::NotReloadable {
+            field,
+            line,
+            column,
+            ..
+        }) => (field.as_str(), *line, *column),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// One rule in a file: `/a/*`, named `a`, 3 a minute per IP.
 const GOOD: &str =
     "routes:\n  - path: /a/*\n    name: a\n    limits:\n      - { per: ip, limit: 3/min }\n";
@@ -511,12 +524,7 @@ fn a_file_that_does_not_load_or_build_is_refused_with_its_error() {
     )
     .unwrap();
     let store = limiter.reload_file(&path);
-    match &store {
-        Err(ConfigError::NotReloadable { field, line, .. }) => {
-            assert_eq!((field.as_str(), *line), ("store", Some(6)));
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(not_reloadable_at(&store), ("store", Some(6), Some(8)));
     assert_eq!(quota(&limiter, 0), "3/min");
 
     std::fs::write(&path, GOOD.replace("3/min", "4/min")).unwrap();
@@ -671,18 +679,7 @@ fn a_setting_emptied_by_a_reload_is_located_at_its_value() {
     let limiter = Limiter::from_config(&path).unwrap();
     std::fs::write(&path, format!("{GOOD}enabled: ~\n")).unwrap();
     let refused = limiter.reload_file(&path);
-    match &refused {
-        Err(ConfigError::NotReloadable {
-            field,
-            line,
-            column,
-            ..
-        }) => assert_eq!(
-            (field.as_str(), *line, *column),
-            ("enabled", Some(6), Some(10))
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(not_reloadable_at(&refused), ("enabled", Some(6), Some(10)));
 }
 
 /// A file emptied of everything, reloaded into a limiter whose file held settings and no
@@ -694,16 +691,5 @@ fn an_emptied_settings_file_names_the_setting_at_the_top_of_the_file() {
     let limiter = Limiter::from_config(&path).unwrap();
     std::fs::write(&path, "").unwrap();
     let refused = limiter.reload_file(&path);
-    match &refused {
-        Err(ConfigError::NotReloadable {
-            field,
-            line,
-            column,
-            ..
-        }) => assert_eq!(
-            (field.as_str(), *line, *column),
-            ("headers", Some(1), Some(1))
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(not_reloadable_at(&refused), ("headers", Some(1), Some(1)));
 }
