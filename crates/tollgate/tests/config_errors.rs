@@ -21,6 +21,12 @@ fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// `(line, column, field, error)` of the located build error of a file `name` holding
+/// `text` (see [`invalid`]).
+fn build_error_in(name: &str, text: &str) -> (usize, usize, String, BuildError) {
+    invalid(Limiter::from_config(write_temp(name, text)).unwrap_err())
+}
+
 /// `(line, column, field, problem)` of a `ConfigError::Value`.
 fn value_error(err: ConfigError) -> (usize, usize, String, ValueProblem) {
     match err {
@@ -208,8 +214,7 @@ fn a_cidr_with_host_bits_names_its_entry() {
 #[test]
 fn a_zero_cost_names_the_cost() {
     let toml = "[[routes]]\npath = \"/*\"\nname = \"api\"\nlimits = [{ per = \"ip\", limit = \"5/min\" }]\n\n[[routes]]\npath = \"/heavy\"\nname = \"heavy\"\ncost = 0\nlimits = [{ per = \"ip\", limit = \"5/min\" }]\n";
-    let path = write_temp("cost.toml", toml);
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("cost.toml", toml);
     assert_eq!(
         (line, column, field.as_str()),
         (9, 8, "routes[1].cost (/heavy)")
@@ -217,8 +222,7 @@ fn a_zero_cost_names_the_cost() {
     assert!(matches!(source, BuildError::ZeroCost { .. }), "{source}");
     // A cost no limit can ever admit, likewise.
     let yaml = "routes:\n  - path: /*\n    cost: 10\n    limits: [{ per: ip, limit: 5/min }]\n";
-    let path = write_temp("cost.yaml", yaml);
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("cost.yaml", yaml);
     assert_eq!(
         (line, column, field.as_str()),
         (3, 11, "routes[0].cost (/*)")
@@ -247,13 +251,11 @@ fn per_user_without_an_identity_names_the_key_and_builds_with_one() {
     assert_eq!(limiter.describe().len(), 1);
     // `default_key: user` is blamed where it is set.
     let yaml = "default_key: user\nroutes:\n  - { path: /*, name: api, rate_limit: { sustained: 5/min } }\n";
-    let path = write_temp("default-user.yaml", yaml);
-    let (line, column, field, _) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, _) = build_error_in("default-user.yaml", yaml);
     assert_eq!((line, column, field.as_str()), (1, 14, "default_key"));
     // A global limit per user.
     let yaml = "global:\n  - { per: ip, limit: 100/min }\n  - { per: user, limit: 50/min }\n";
-    let path = write_temp("global-user.yaml", yaml);
-    let (line, column, field, _) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, _) = build_error_in("global-user.yaml", yaml);
     assert_eq!((line, column, field.as_str()), (3, 12, "global[1].per"));
 }
 
@@ -277,15 +279,13 @@ fn bad_bucket_and_policy_names_name_their_field() {
         "{text}"
     );
     let toml = "[buckets.\"sign in\"]\nlimit = \"5/30min\"\n";
-    let path = write_temp("direct.toml", toml);
-    let (line, _, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, _, field, source) = build_error_in("direct.toml", toml);
     assert_eq!((line, field.as_str()), (1, "buckets.sign in"));
     assert!(matches!(source, BuildError::BadName { .. }), "{source}");
     // `override` is where per-key overrides live: a policy of that name would share their
     // keys (its token bucket and an override's window overwrote each other: no limit held).
     let yaml = "routes:\n  - { path: /v1/reports, name: override, limits: [{ limit: 5/min }] }\n";
-    let path = write_temp("override.yaml", yaml);
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("override.yaml", yaml);
     assert_eq!(
         (line, column, field.as_str()),
         (2, 32, "routes[0].name (/v1/reports)")
@@ -313,8 +313,7 @@ fn bad_bucket_and_policy_names_name_their_field() {
     }
     // Two rules sharing a bucket with different limits: the second one.
     let yaml = "routes:\n  - { path: /a, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /b, bucket: auth, limits: [{ limit: 6/min }] }\n";
-    let path = write_temp("shared.yaml", yaml);
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("shared.yaml", yaml);
     assert_eq!(
         (line, column, field.as_str()),
         (3, 25, "routes[1].bucket (/b)")
@@ -839,8 +838,7 @@ fn a_rule_for_global_beside_keyed_global_limits_builds() {
 #[test]
 fn per_user_after_a_limit_without_per_names_the_user_entry() {
     let yaml = "routes:\n  - path: /*\n    limits:\n      - { limit: 50/min }\n      - { per: user, limit: 10/min }\n";
-    let path = write_temp("user-after-default.yaml", yaml);
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("user-after-default.yaml", yaml);
     assert_eq!(
         (line, column, field.as_str()),
         (5, 16, "routes[0].limits[1].per (/*)")
@@ -853,31 +851,22 @@ fn per_user_after_a_limit_without_per_names_the_user_entry() {
 /// rule that more specific rules always beat.
 #[test]
 fn a_refused_pattern_names_its_methods_or_its_path() {
-    let path = write_temp(
-        "lowercase-method.yaml",
-        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /b, methods: [get], limits: [{ limit: 5/min }] }\n",
-    );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("lowercase-method.yaml",
+        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /b, methods: [get], limits: [{ limit: 5/min }] }\n",);
     assert_eq!(
         (line, column, field.as_str()),
         (3, 26, "routes[1].methods (get /b)")
     );
     assert!(matches!(source, BuildError::Route(_)), "{source}");
-    let path = write_temp(
-        "bad-path.yaml",
-        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: b/c, limits: [{ limit: 5/min }] }\n",
-    );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("bad-path.yaml",
+        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: b/c, limits: [{ limit: 5/min }] }\n",);
     assert_eq!(
         (line, column, field.as_str()),
         (3, 13, "routes[1].path (b/c)")
     );
     assert!(matches!(source, BuildError::Route(_)), "{source}");
-    let path = write_temp(
-        "never-matches.yaml",
-        "routes:\n  - { path: /x, name: a, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}', name: b, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}/*', name: c, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/*', name: d, methods: [GET], limits: [{ limit: 5/min }] }\n",
-    );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("never-matches.yaml",
+        "routes:\n  - { path: /x, name: a, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}', name: b, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}/*', name: c, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/*', name: d, methods: [GET], limits: [{ limit: 5/min }] }\n",);
     assert_eq!(
         (line, column, field.as_str()),
         (5, 13, "routes[3].path (GET /x/*)")
@@ -888,11 +877,10 @@ fn a_refused_pattern_names_its_methods_or_its_path() {
 /// An IPv6 prefix longer than 128 bits names `client_ip.ipv6_prefix`.
 #[test]
 fn an_ipv6_prefix_over_128_names_its_field() {
-    let path = write_temp(
+    let (line, column, field, source) = build_error_in(
         "ipv6-prefix.yaml",
         &format!("client_ip:\n  ipv6_prefix: 129\n{ROUTE}"),
     );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
     assert_eq!(
         (line, column, field.as_str()),
         (2, 16, "client_ip.ipv6_prefix")
@@ -921,11 +909,8 @@ fn a_bucket_added_in_code_twice_names_the_files_bucket() {
 /// rule's.
 #[test]
 fn a_reserved_name_from_a_pattern_names_that_rules_path() {
-    let path = write_temp(
-        "reserved-from-path.yaml",
-        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /override, limits: [{ limit: 5/min }] }\n",
-    );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("reserved-from-path.yaml",
+        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /override, limits: [{ limit: 5/min }] }\n",);
     assert_eq!(
         (line, column, field.as_str()),
         (3, 13, "routes[1].path (/override)")
@@ -940,11 +925,10 @@ fn a_reserved_name_from_a_pattern_names_that_rules_path() {
 /// not the second that agrees with the first.
 #[test]
 fn the_rule_that_differs_on_a_shared_bucket_is_named() {
-    let path = write_temp(
+    let (line, column, field, source) = build_error_in(
         "shared-third.yaml",
         "routes:\n  - { path: /a, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /b, bucket: auth, limits: [{ limit: 5/min }] }\n  - { path: /c, bucket: auth, limits: [{ limit: 6/min }] }\n",
     );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
     assert_eq!(
         (line, column, field.as_str()),
         (4, 25, "routes[2].bucket (/c)")
@@ -959,13 +943,12 @@ fn the_rule_that_differs_on_a_shared_bucket_is_named() {
 #[test]
 fn a_key_kind_too_long_names_its_rule() {
     let long = format!("x-{}", "a".repeat(60));
-    let path = write_temp(
+    let (line, column, field, source) = build_error_in(
         "long-kind.yaml",
         &format!(
             "routes:\n  - {{ path: /a, limits: [{{ per: 'header:{long}', limit: 5/min }}] }}\n"
         ),
     );
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
     assert_eq!((line, column, field.as_str()), (2, 5, "routes[0] (/a)"));
     assert!(matches!(source, BuildError::BadKeyKind { .. }), "{source}");
 }
@@ -988,8 +971,7 @@ fn an_error_with_a_line_and_no_column_shows_the_line() {
 #[test]
 fn a_zero_cost_after_a_costed_rule_names_the_zero_cost() {
     let yaml = "routes:\n  - { path: /a, name: a, cost: 2, limits: [{ limit: 5/min }] }\n  - { path: /heavy, name: heavy, cost: 0, limits: [{ limit: 5/min }] }\n";
-    let path = write_temp("cost-second.yaml", yaml);
-    let (line, column, field, source) = invalid(Limiter::from_config(&path).unwrap_err());
+    let (line, column, field, source) = build_error_in("cost-second.yaml", yaml);
     assert_eq!(
         (line, column, field.as_str()),
         (3, 40, "routes[1].cost (/heavy)")

@@ -23,6 +23,16 @@ fn x_style() -> HeaderStyle {
     HeaderStyle::x_ratelimit(ResetFormat::Seconds)
 }
 
+/// A limiter on a stopped clock whose one class, `/api/*` (`default`), allows `rate` per IP.
+fn api_class(rate: &str) -> Limiter {
+    let (_clock, store) = clock_and_store();
+    Limiter::builder()
+        .store(store)
+        .route("/api/*", Policy::named("default").per_ip(rate))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn most_specific_rule_wins() {
     let (_clock, store) = clock_and_store();
@@ -1066,12 +1076,7 @@ async fn a_bucket_named_twice_in_one_request_is_charged_once() {
 #[tokio::test]
 async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request() {
     for wrapped_outside in [false, true] {
-        let (_clock, store) = clock_and_store();
-        let limiter = Limiter::builder()
-            .store(store)
-            .route("/api/*", Policy::named("default").per_ip("2/min"))
-            .build()
-            .unwrap();
+        let limiter = api_class("2/min");
         let chat = Policy::named("chat").per_ip("4/min");
         let routes = Router::new().route("/api/items", get(ok)).route(
             "/api/chat",
@@ -1206,12 +1211,7 @@ async fn other_per_route_layers_do_not_take_a_declared_route_from_its_layer() {
 /// them, as it does any request, and the route's own budget stays whole.
 #[tokio::test]
 async fn a_per_route_policy_charges_only_the_methods_its_pattern_names() {
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route("/api/*", Policy::named("default").per_ip("100/min"))
-        .build()
-        .unwrap();
+    let limiter = api_class("100/min");
     let chat = Policy::named("chat").per_ip("3/min");
     let app = Router::new()
         .route(
@@ -1358,12 +1358,7 @@ async fn a_route_with_its_own_policy_is_left_to_it_once_seen() {
 #[tokio::test]
 async fn of_two_per_route_layers_on_a_request_the_outer_one_charges() {
     for central in [false, true] {
-        let (_clock, store) = clock_and_store();
-        let limiter = Limiter::builder()
-            .store(store)
-            .route("/api/*", Policy::named("default").per_ip("2/min"))
-            .build()
-            .unwrap();
+        let limiter = api_class("2/min");
         let outer = limiter.policy(Policy::named("outer").per_ip("3/min"));
         let inner = limiter.policy(Policy::named("inner").per_ip("1/min"));
         let nested = Router::new()
@@ -1399,12 +1394,7 @@ async fn of_two_per_route_layers_on_a_request_the_outer_one_charges() {
 /// covers to the central class from the very first request, before its layer saw any.
 #[tokio::test]
 async fn a_broader_declared_pattern_charges_its_other_routes_before_its_layer_is_seen() {
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route("/api/*", Policy::named("default").per_ip("2/min"))
-        .build()
-        .unwrap();
+    let limiter = api_class("2/min");
     let chat = limiter.policy_at("POST /api/*", Policy::named("chat").per_ip("5/min"));
     let app = Router::new()
         .route("/api/chat", post(ok).layer(chat))
@@ -1426,12 +1416,7 @@ async fn a_broader_declared_pattern_charges_its_other_routes_before_its_layer_is
 #[tokio::test]
 async fn a_misplaced_declared_layer_is_noticed_at_its_first_request() {
     for wrapped_outside in [false, true] {
-        let (_clock, store) = clock_and_store();
-        let limiter = Limiter::builder()
-            .store(store)
-            .route("/api/*", Policy::named("default").per_ip("3/min"))
-            .build()
-            .unwrap();
+        let limiter = api_class("3/min");
         // Meant for the upload route, declared for the chat route.
         let upload = limiter.policy_at("POST /api/chat", Policy::named("upload").per_ip("9/min"));
         let routes = Router::new()
@@ -1475,12 +1460,7 @@ async fn invented_methods_do_not_crowd_out_the_routes_left_to_their_policy() {
     use axum::extract::ConnectInfo;
     use tower::ServiceExt;
 
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route("/api/*", Policy::named("default").per_ip("2/min"))
-        .build()
-        .unwrap();
+    let limiter = api_class("2/min");
     let chat = limiter.policy(Policy::named("chat").per_ip("5/min"));
     let late = limiter.policy(Policy::named("late").per_ip("5/min"));
     let app = Router::new()
