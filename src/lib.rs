@@ -7,8 +7,8 @@ use axum::Router;
 /// (default `default_port`; `0` picks a free port), HTTP/1.1, with the peer address
 /// available to the limiter (`ConnectInfo<SocketAddr>`, as axum's
 /// `into_make_service_with_connect_info` gives it). Prints `listening on http://ADDR`
-/// first, which the black-box tests wait for. Logs go to standard error (`RUST_LOG`,
-/// default `info`). Ctrl-C stops accepting and lets requests in flight finish; `SIGHUP` does
+/// first, which the black-box tests wait for. (Logging is set up by [`main`], before the
+/// example builds its limiter.) Ctrl-C stops accepting and lets requests in flight finish; `SIGHUP` does
 /// not stop it.
 ///
 /// A connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] of
@@ -34,7 +34,6 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
 
-    init_logging();
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let port = match std::env::var("PORT") {
         Ok(p) => p.trim().parse().map_err(|_| {
@@ -252,7 +251,7 @@ where
 }
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -349,11 +348,17 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// What an example's `main` returns: success, or its error printed as its message
+/// An example's `main`: sets up logging (to standard error, filtered by `RUST_LOG`,
+/// default `info`), then runs `example`, so that what the example logs while it builds its
+/// limiter (configuration warnings: limiting disabled, every address trusted as a proxy) is
+/// seen. Returns success, or the example's error printed as its message
 /// (`error: rate-limits.yaml:4:7: routes[0]...`), not in Rust's debug form, and exit
 /// status 1.
-pub fn exit_code(result: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
-    match result {
+pub async fn main(
+    example: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+) -> std::process::ExitCode {
+    init_logging();
+    match example.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

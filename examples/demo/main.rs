@@ -65,11 +65,10 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tollgate_suite::exit_code(run().await)
+    tollgate_suite::main(run()).await
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tollgate_suite::init_logging();
     let client_ip = tollgate_suite::client_ip_from_env();
     // The recorder first: the limiter registers its metrics when it is built.
     let metrics = PrometheusBuilder::new().install_recorder()?;

@@ -227,7 +227,7 @@ fn app(limiter: &Limiter) -> Router {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tollgate_suite::exit_code(run().await)
+    tollgate_suite::main(run()).await
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -453,11 +453,10 @@ fn admin_token() -> Option<Arc<str>> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tollgate_suite::exit_code(run().await)
+    tollgate_suite::main(run()).await
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tollgate_suite::init_logging();
     let (limiter, watcher) = limiter(&config_path())?;
     #[cfg(unix)]
     reload_on_sighup(Arc::new(watcher))?;

@@ -21,6 +21,8 @@ pub struct Example {
     /// The lines the example wrote to standard error, if started with
     /// [`Example::start_logged`] (else they go to the test's).
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread reading standard error into [`Example::stderr`].
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     child: Child,
 }
 
@@ -82,14 +84,14 @@ impl Example {
         }
         let mut child = command.spawn().expect("start the example");
         let logged = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let stderr_reader = child.stderr.take().map(|stderr| {
             let logged = logged.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     logged.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -120,8 +122,20 @@ impl Example {
             base,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
             stderr: logged,
+            stderr_reader,
             child,
         }
+    }
+
+    /// Stops the example and returns every line it logged (see [`Example::start_logged`]),
+    /// to its last.
+    pub fn stop_logged(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.logged()
     }
 
     /// A request builder for `method` on `path`.

@@ -295,6 +295,8 @@ impl Limiter {
         builder.require_peer = Some(engine.require_peer);
         builder.decision_in_request = Some(engine.decision_in_request);
         builder.decision_in_response = Some(engine.decision_in_response);
+        // What it shares with the limiter was warned about when the limiter was built.
+        builder.derived = true;
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
         code.guards.push(guard.engine.clone());
@@ -896,6 +898,9 @@ pub struct LimiterBuilder {
     decision_in_response: Option<bool>,
     refusal_hook: Option<engine::RefusalHook>,
     store_name: Option<String>,
+    /// Made from a limiter already built (a guard): the configuration it shares was
+    /// warned about when that limiter was built, and is not again.
+    derived: bool,
 }
 
 impl fmt::Debug for LimiterBuilder {
@@ -1298,7 +1303,8 @@ impl LimiterBuilder {
 
         let client_ip = self.client_ip.take().unwrap_or_else(ClientIp::peer);
         client_ip.validate()?;
-        for warning in client_ip.warnings() {
+        let warn = !self.derived;
+        for warning in client_ip.warnings().into_iter().filter(|_| warn) {
             tracing::warn!(target: "tollgate", "{warning}");
         }
 
@@ -1308,10 +1314,10 @@ impl LimiterBuilder {
             &CodeRules::default(),
         )?;
 
-        if !enabled {
+        if !enabled && warn {
             tracing::warn!(target: "tollgate", "rate limiting is disabled: requests pass unlimited");
         }
-        if self.shadow {
+        if self.shadow && warn {
             tracing::warn!(target: "tollgate", "rate limiting is in shadow mode: nothing will be refused");
         }
 

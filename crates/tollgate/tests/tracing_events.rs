@@ -475,3 +475,30 @@ fn disabled_and_newly_shadowed_limiters_are_warned_about() {
     assert_eq!(count("rate limiting is disabled"), 1, "{all}");
     assert_eq!(count("shadow mode: nothing will be refused"), 1, "{all}");
 }
+
+/// What building a limiter warns about (every IPv4 address trusted as a proxy, limiting
+/// disabled, shadow mode) is logged once, by the build: the limiter's guards share that
+/// configuration and do not log it again (an operator read it twice per guard).
+#[test]
+fn a_limiters_warnings_are_not_repeated_by_its_guards() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .route("/*", Policy::named("default").per_ip("5/min"))
+            .client_ip(ClientIp::peer().trust_proxies(["0.0.0.0/0"]))
+            .read_env(false)
+            .enabled(false)
+            .shadow(true)
+            .build()
+            .unwrap();
+        limiter.guard(Policy::named("failed-auth").per_ip("20/min"));
+        limiter.guard(Policy::named("failed-admin").per_ip("10/min"));
+    });
+    let all = events.join("\n");
+    for text in [
+        "`0.0.0.0/0`, i.e. every IPv4 address",
+        "rate limiting is disabled",
+        "shadow mode: nothing will be refused",
+    ] {
+        assert_eq!(saying(&events, "WARN", text).len(), 1, "{text}:\n{all}");
+    }
+}

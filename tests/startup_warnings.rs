@@ -1,0 +1,47 @@
+//! Every example warns its operator at start-up about a configuration that weakens its
+//! limits (`RATE_LIMIT_ENABLED=false`, `TRUSTED_PROXIES` trusting every address), once each:
+//! logging is set up before the example builds its limiter, and the limiter's guards do
+//! not repeat what its build said.
+
+mod common;
+
+use common::Example;
+
+const EXAMPLES: [&str; 5] = ["demo", "seed_001", "seed_002", "seed_003", "seed_004"];
+
+/// `setting`, with the admin routers on (the demo's and seed 004's, each behind a guard of
+/// the limiter).
+fn with_admin(setting: (&'static str, &'static str)) -> [(&'static str, &'static str); 3] {
+    [
+        setting,
+        ("ADMIN_TOKEN", "startup-warnings-admin-token"),
+        ("ENDPOINTWISE_ADMIN_TOKEN", "startup-warnings-admin-token"),
+    ]
+}
+
+/// The lines of `logged` that say `text`.
+fn saying(logged: &[String], text: &str) -> usize {
+    logged.iter().filter(|line| line.contains(text)).count()
+}
+
+#[test]
+fn every_example_warns_once_about_limits_switched_off() {
+    for name in EXAMPLES {
+        let example = Example::start_logged(name, &with_admin(("RATE_LIMIT_ENABLED", "false")));
+        let logged = example.stop_logged();
+        let text = "rate limiting is disabled: requests pass unlimited";
+        assert_eq!(saying(&logged, text), 1, "{name}: {logged:#?}");
+    }
+}
+
+#[test]
+fn every_example_warns_once_about_trusting_every_address() {
+    for name in EXAMPLES {
+        let example =
+            Example::start_logged(name, &with_admin(("TRUSTED_PROXIES", "0.0.0.0/0,::/0")));
+        let logged = example.stop_logged();
+        for text in ["`0.0.0.0/0`, i.e. every IPv4", "`::/0`, i.e. every IPv6"] {
+            assert_eq!(saying(&logged, text), 1, "{name}: {text}: {logged:#?}");
+        }
+    }
+}
