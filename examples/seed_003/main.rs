@@ -13,7 +13,11 @@
 //! resets"), given back when the response is a 304 ([`Policy::refund_if`]), with the
 //! seed's body ([`ErrorBody::code_details`]) and `X-RateLimit-*` headers in Unix seconds. A
 //! conditional request still needs budget to be answered at all: over the limit it gets
-//! 429 like any other.
+//! 429 like any other. Its charge counts until its 304 gives it back (on Redis, until that
+//! refund's round trip is answered), so a tenant's conditional requests in flight hold
+//! budget its other requests may be refused for meanwhile; on a fleet sharing Redis, an
+//! instance that refused the tenant sees a refund made through another within a second
+//! (`tollgate::redis::REFUSAL_CACHE_MAX_AGE`).
 //!
 //! Authentication is a stand-in: [`CREDENTIALS`] maps API keys (`Authorization: Bearer
 //! <key>`) and session ids (cookie `session=<id>`) to tenants; other requests to `/api` get

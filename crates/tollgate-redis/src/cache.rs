@@ -3,11 +3,13 @@
 //!
 //! A refusal can only end sooner than Redis said if some bucket gets budget back: a refund or
 //! reset through this store forgets the keys it touches, but one made by another instance is
-//! seen here only after T. Charges by other instances only make refusals longer, so a cached
+//! not seen here. Charges by other instances only make refusals longer, so a cached
 //! refusal never refuses what Redis would admit, except after such a foreign refund or reset
-//! (or a Redis restarted empty), and then at most until T. The deadline is counted from when
-//! the request was *sent*, so the cache lets go no later than Redis would (it may ask Redis
-//! again a round trip early, which then refuses again).
+//! (or a Redis restarted empty), and then for at most [`REFUSAL_CACHE_MAX_AGE`]: an entry
+//! answers for that long after its request was sent, or until T if sooner, and the next
+//! charge asks Redis again (a key hammered while refused costs one call per that time). The
+//! deadline is counted from when the request was *sent*, so the cache lets go no later than
+//! Redis would (it may ask Redis again a round trip early, which then refuses again).
 //!
 //! A hit needs the state of every bucket of the batch from a recent refusal, each with the
 //! same limit and at the cost it had then (the usual case: a client hammering the same
@@ -34,6 +36,11 @@ use tollgate_core::{Bucket, BucketState, Decision, Limit, Refusal, Timestamp};
 /// The default capacity of the cache (keys).
 pub const DEFAULT_REFUSAL_CACHE: usize = 10_000;
 
+/// How long a cached refusal answers for at most, from when its request was sent (a
+/// shorter wait ends it sooner): what a refund or reset made through *another* instance
+/// takes at most to be seen by this one, whose cache it does not reach.
+pub const REFUSAL_CACHE_MAX_AGE: Duration = Duration::from_secs(1);
+
 const SHARDS: usize = 16;
 
 #[derive(Debug, Clone)]
@@ -44,7 +51,8 @@ struct Entry {
     sent_at: Instant,
     /// The server's time in that decision.
     server_now: Timestamp,
-    /// Until when the entry may serve (the refusal's longest wait).
+    /// Until when the entry may serve (the refusal's longest wait, at most
+    /// [`REFUSAL_CACHE_MAX_AGE`]).
     valid_until: Instant,
     /// What the charge cost in this bucket.
     cost: u64,
@@ -197,7 +205,7 @@ impl RefusalCache {
             return; // refused only because a cost exceeds a capacity: nothing to wait for
         };
         let now = Instant::now();
-        let valid_until = sent_at + longest;
+        let valid_until = sent_at + longest.min(REFUSAL_CACHE_MAX_AGE);
         for (bucket, state) in buckets.iter().zip(&decision.buckets) {
             let refused = match (state.refusal, state.retry_after) {
                 (Some(Refusal::OverLimit), Some(wait)) => Some(sent_at + wait),
@@ -294,11 +302,16 @@ mod tests {
         cache.record(&buckets, &decision, t0, cache.generations());
         assert_eq!(cache.len(), 2);
 
-        let hit = cache.lookup(&buckets, t0 + Duration::from_secs(4)).unwrap();
+        let hit = cache
+            .lookup(&buckets, t0 + Duration::from_millis(400))
+            .unwrap();
         assert!(!hit.allowed);
-        assert_eq!(hit.now, Timestamp::from_micros(5_000_000));
-        assert_eq!(hit.buckets[0].retry_after, Some(Duration::from_secs(6)));
-        assert_eq!(hit.retry_after(), Some(Duration::from_secs(6)));
+        assert_eq!(hit.now, Timestamp::from_micros(1_400_000));
+        assert_eq!(
+            hit.buckets[0].retry_after,
+            Some(Duration::from_millis(9_600))
+        );
+        assert_eq!(hit.retry_after(), Some(Duration::from_millis(9_600)));
         assert_eq!(hit.buckets[1].remaining, 40);
         assert!(hit.buckets[1].allowed);
 
@@ -326,6 +339,56 @@ mod tests {
         cache.forget(std::slice::from_ref(&ip));
         assert!(cache.lookup(&buckets, t0).is_none());
         assert_eq!(cache.len(), 1);
+    }
+
+    /// A refusal answers here for at most `REFUSAL_CACHE_MAX_AGE` from when its request was
+    /// sent, however long its wait: a refund or reset made through another instance, which
+    /// this cache never hears of, is seen that soon (a review saw a tenant refused by one
+    /// instance for 25 s after its refunds went through the other). A shorter wait ends
+    /// it sooner.
+    #[test]
+    fn a_refusal_answers_here_for_at_most_the_max_age() {
+        let cache = RefusalCache::new(100);
+        let tenant = vec![Bucket::new(
+            "tenant",
+            "acme",
+            Limit::fixed(Quota::per_minute(100)),
+        )];
+        let t0 = Instant::now();
+        let minute = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(1_000_000),
+            buckets: vec![refused(Duration::from_secs(47))],
+        };
+        cache.record(&tenant, &minute, t0, cache.generations());
+        let before = t0 + REFUSAL_CACHE_MAX_AGE - Duration::from_millis(1);
+        let hit = cache.lookup(&tenant, before).unwrap();
+        assert_eq!(
+            hit.retry_after(),
+            Some(Duration::from_secs(47) - REFUSAL_CACHE_MAX_AGE + Duration::from_millis(1)),
+            "the wait Redis gave, less the time passed"
+        );
+        assert!(cache.lookup(&tenant, t0 + REFUSAL_CACHE_MAX_AGE).is_none());
+        // Redis refuses again: recorded again, for as long again.
+        let t1 = t0 + REFUSAL_CACHE_MAX_AGE;
+        cache.record(&tenant, &minute, t1, cache.generations());
+        assert!(cache
+            .lookup(&tenant, t1 + REFUSAL_CACHE_MAX_AGE / 2)
+            .is_some());
+        assert!(cache.lookup(&tenant, t1 + REFUSAL_CACHE_MAX_AGE).is_none());
+
+        let short = Decision {
+            allowed: false,
+            now: Timestamp::from_micros(1_000_000),
+            buckets: vec![refused(REFUSAL_CACHE_MAX_AGE / 4)],
+        };
+        cache.record(&tenant, &short, t0, cache.generations());
+        assert!(cache
+            .lookup(&tenant, t0 + REFUSAL_CACHE_MAX_AGE / 8)
+            .is_some());
+        assert!(cache
+            .lookup(&tenant, t0 + REFUSAL_CACHE_MAX_AGE / 4)
+            .is_none());
     }
 
     #[test]
@@ -480,26 +543,30 @@ mod tests {
             allowed: false,
             now: Timestamp::from_micros(0),
             buckets: vec![
-                refused(Duration::from_secs(5)),
-                refused(Duration::from_secs(10)),
-                refused(Duration::from_secs(8)),
+                refused(Duration::from_millis(500)),
+                refused(Duration::from_millis(1_000)),
+                refused(Duration::from_millis(800)),
             ],
         };
         cache.record(&buckets, &decision, t0, cache.generations());
 
-        let hit = cache.lookup(&buckets, t0 + Duration::from_secs(1)).unwrap();
-        assert_eq!(hit.buckets[0].retry_after, Some(Duration::from_secs(4)));
-        assert_eq!(hit.buckets[2].retry_after, Some(Duration::from_secs(7)));
+        let hit = cache
+            .lookup(&buckets, t0 + Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(hit.buckets[0].retry_after, Some(Duration::from_millis(400)));
+        assert_eq!(hit.buckets[2].retry_after, Some(Duration::from_millis(700)));
         assert_eq!(hit.buckets[2].refusal, Some(Refusal::OverLimit));
         assert!(!hit.buckets[2].allowed);
 
-        let hit = cache.lookup(&buckets, t0 + Duration::from_secs(5)).unwrap();
+        let hit = cache
+            .lookup(&buckets, t0 + Duration::from_millis(500))
+            .unwrap();
         assert!(!hit.allowed);
         assert!(hit.buckets[0].allowed);
         assert_eq!(hit.buckets[0].retry_after, None);
         assert_eq!(hit.buckets[0].refusal, None);
-        assert_eq!(hit.buckets[1].retry_after, Some(Duration::from_secs(5)));
-        assert_eq!(hit.retry_after(), Some(Duration::from_secs(5)));
+        assert_eq!(hit.buckets[1].retry_after, Some(Duration::from_millis(500)));
+        assert_eq!(hit.retry_after(), Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -59,7 +59,10 @@
 //! (29 to 130 times more), and Redis received nothing. While the cache is empty it costs one atomic load per
 //! request. What it trades: a refund or
 //! reset made by *another* instance (or Redis restarting empty) is seen by this instance
-//! only when T passes; refunds and resets made through this store take effect at once.
+//! when T passes or [`REFUSAL_CACHE_MAX_AGE`] (1 s) after the refusal, whichever is first: a
+//! cached refusal answers for at most that long, then the next charge asks Redis again (so
+//! a key hammered while refused costs each instance one Redis call a second); refunds and
+//! resets made through this store take effect at once.
 //! Refusals are never extended by the cache: its deadline is counted from when the request
 //! was sent, so it lets go no later than Redis would.
 //!
@@ -102,7 +105,7 @@ mod slot;
 pub mod store;
 mod under_way;
 
-pub use cache::DEFAULT_REFUSAL_CACHE;
+pub use cache::{DEFAULT_REFUSAL_CACHE, REFUSAL_CACHE_MAX_AGE};
 pub use env::{
     fallback_config_from_env, from_env, from_env_with, redis_url_from_env, EnvStore,
     FALLBACK_VARIABLES, URL_VARIABLES,

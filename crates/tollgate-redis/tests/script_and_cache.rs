@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::connect;
 use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
-use tollgate_redis::{redis, RedisStore};
+use tollgate_redis::{redis, RedisStore, REFUSAL_CACHE_MAX_AGE};
 use tollgate_testkit::RedisServer;
 
 /// How many times Redis ran `command` (from `INFO commandstats`).
@@ -137,6 +137,45 @@ async fn refused_clients_are_answered_locally_until_their_wait_is_over() {
         assert!(!uncached.apply(&hourly).await.unwrap().allowed);
     }
     assert_eq!(calls(&mut admin, "evalsha").await - before, 10);
+}
+
+/// A refund made through another instance (another `RedisStore` on the same Redis: a
+/// fleet) never reaches this one's refusal cache: a refusal this one cached is let go
+/// within `REFUSAL_CACHE_MAX_AGE`, not at the end of the wait Redis gave (a review saw a
+/// seed 003 tenant refused by one instance for 25 s after its 304s were refunded through
+/// the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_through_another_instance_is_seen_within_the_max_age() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        RedisStore::open(&server.url()).unwrap(),
+        RedisStore::open(&server.url()).unwrap(),
+    );
+    let tenant = Batch::charge(vec![Bucket::new(
+        "tenant",
+        "acme",
+        Limit::sliding_exact(Quota::per_hour(2)),
+    )]);
+    assert!(a.apply(&tenant).await.unwrap().allowed);
+    assert!(a.apply(&tenant).await.unwrap().allowed);
+    let refused_at = std::time::Instant::now();
+    let refused = b.apply(&tenant).await.unwrap();
+    assert!(!refused.allowed);
+    assert!(refused.retry_after().unwrap() > Duration::from_secs(3_000));
+    a.apply(&Batch::new(Op::Refund, tenant.buckets.clone()))
+        .await
+        .unwrap();
+    // Until the max age, `b` answers from what it cached (if the machine is that quick).
+    while refused_at.elapsed() < REFUSAL_CACHE_MAX_AGE - Duration::from_millis(200) {
+        assert!(!b.apply(&tenant).await.unwrap().allowed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(REFUSAL_CACHE_MAX_AGE.saturating_sub(refused_at.elapsed())).await;
+    assert!(
+        b.apply(&tenant).await.unwrap().allowed,
+        "the charge given back through the other instance"
+    );
+    assert!(!b.apply(&tenant).await.unwrap().allowed);
 }
 
 /// A charge this store admits forgets what its cached refusals said of the buckets it

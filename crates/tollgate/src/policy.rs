@@ -236,6 +236,15 @@ impl Policy {
     /// it took. A request that gets no response (the client went away, a timeout further
     /// out gave up on it) keeps its charge, on every store: only a response whose status
     /// satisfies `refund` gives it back.
+    ///
+    /// Until then the charge counts: each request reserves its cost while it runs, and on
+    /// Redis until the refund's own round trip is answered. So requests in flight that
+    /// will be given back can refuse others meanwhile (a review sent a tenant's 300
+    /// conditional and 100 plain requests at once over 200 connections to seed 003 on
+    /// Redis: 75 to 80 of the plain ones were admitted, where the limit left room for all
+    /// 100; on memory, 100). [`Policy::count_only_if`] reserves the same way; a guard's
+    /// policy ([`Limiter::guard`](crate::Limiter::guard)) does not: it looks before and
+    /// counts after, so requests in flight together may all be admitted past the limit.
     pub fn refund_if<F>(mut self, refund: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,
