@@ -544,6 +544,15 @@ fn parse_path(path: &str) -> Result<(Vec<Segment>, bool), InvalidReason> {
         return Err(InvalidReason::TooManySegments);
     }
     let mut segments = Vec::with_capacity(parts.len());
+    // A name given twice: axum refuses such a route, so no request would reach the rule.
+    let mut names: Vec<&str> = Vec::new();
+    let mut name_once = |name| {
+        if names.contains(&name) {
+            return Err(InvalidReason::RepeatedParam(name.to_owned()));
+        }
+        names.push(name);
+        Ok(())
+    };
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
         if is_catch_all(part) {
@@ -551,11 +560,17 @@ fn parse_path(path: &str) -> Result<(Vec<Segment>, bool), InvalidReason> {
                 return Err(InvalidReason::WildcardNotLast);
             }
             if *part != "*" {
-                check_param_name(&part[2..part.len() - 1], part)?;
+                let name = &part[2..part.len() - 1];
+                check_param_name(name, part)?;
+                name_once(name)?;
             }
             return Ok((segments, true));
         }
-        segments.push(parse_segment(part, last)?);
+        let segment = parse_segment(part, last)?;
+        if let Some(name) = param_name(part) {
+            name_once(name)?;
+        }
+        segments.push(segment);
     }
     Ok((segments, false))
 }
@@ -851,6 +866,12 @@ pub(crate) enum InvalidReason {
     /// `/a/x{id}`, `{}`, `{a-b}`.
     #[error("`{0}`: a parameter is a whole segment, `{{name}}` or `:name`, name of letters, digits, `_`")]
     PartialParam(String),
+    /// `/x/{id}/{id}`: a parameter name given twice.
+    #[error(
+        "parameter `{0}` is named twice: axum refuses such a route, so no request would reach \
+         the rule (name each parameter once: `/x/{{a}}/{{b}}`)"
+    )]
+    RepeatedParam(String),
     /// A character that cannot appear in a URI path.
     #[error("character {0:?} cannot appear in a URI path; percent-encode it")]
     BadChar(char),
@@ -1511,6 +1532,12 @@ mod tests {
             ("/a/{}", InvalidReason::PartialParam("{}".into())),
             ("/a/:", InvalidReason::PartialParam(":".into())),
             ("/a/{a-b}", InvalidReason::PartialParam("{a-b}".into())),
+            ("/x/{id}/{id}", InvalidReason::RepeatedParam("id".into())),
+            ("/x/:id/y/{id}", InvalidReason::RepeatedParam("id".into())),
+            (
+                "/x/{rest}/{*rest}",
+                InvalidReason::RepeatedParam("rest".into()),
+            ),
             ("/a/caf\u{e9}", InvalidReason::BadChar('\u{e9}')),
             ("/a/%zz", InvalidReason::BadPercent),
             ("/a?x=1", InvalidReason::QueryOrFragment),

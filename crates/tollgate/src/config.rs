@@ -692,6 +692,23 @@ impl LimitConfig {
     /// On error, the field of this entry at fault (`None`: the entry as a whole).
     fn rates(&self, default: &KeyText) -> Result<(Key, Vec<Rate>), EntryError> {
         let key = self.per.as_ref().unwrap_or(default).key();
+        // `limit:` is one limit, the trio another: in one entry, `algorithm` (and whatever
+        // else is read as going with `limit`) would silently apply to only one of them.
+        let trio = [
+            ("sustained", self.sustained.is_some()),
+            ("burst", self.burst.is_some()),
+            ("daily", self.daily.is_some()),
+        ];
+        if let Some((field, _)) = trio.iter().find(|(_, set)| *set && self.limit.is_some()) {
+            return Err((
+                Some(field),
+                format!(
+                    "`{field}` beside `limit`: an entry is `limit` (with `algorithm`) or \
+                     `sustained`/`burst`/`daily`; give each limit an entry of its own in \
+                     `limits:`"
+                ),
+            ));
+        }
         let mut rates = Vec::new();
         if let Some(q) = self.limit {
             let limit = match self.algorithm {
@@ -819,19 +836,37 @@ impl Config {
         if is_blank(text, Format::Yaml) {
             return Self::default().read_from(text, Format::Yaml, file);
         }
-        let config: Self = serde_yaml_ng::from_str(text).map_err(|e| {
-            let location = e.location();
-            let message = e.to_string();
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = FieldPath::of(e.path());
+            let e = e.into_inner();
+            let location = e.location().map(|l| (l.line(), l.column()));
+            let mut message = e.to_string();
             // The crate appends " at line L column C"; the location is shown once, in front.
-            let message = match message.rfind(" at line ") {
-                Some(i) if location.is_some() => message[..i].to_string(),
-                _ => message,
-            };
+            if let Some(i) = message.rfind(" at line ").filter(|_| location.is_some()) {
+                message.truncate(i);
+            }
+            // It also names the field it was reading, which may only enclose the one at
+            // fault (`routes[0].rate_limit`, for its `burst`), and places the error there:
+            // the field is named once, in full, and placed at its value.
+            let field = path.to_string();
+            let mut location = location;
+            if let Some((named, rest)) = message.split_once(": ") {
+                if !named.is_empty() && field.starts_with(named) {
+                    if field.len() > named.len() {
+                        location = locate::position(text, Format::Yaml, &path.0).or(location);
+                    }
+                    message = rest.to_string();
+                }
+            }
             ConfigError::Parse {
                 file: file.to_string(),
-                line: location.as_ref().map(|l| l.line()),
-                column: location.as_ref().map(|l| l.column()),
-                message,
+                line: location.map(|(line, _)| line),
+                column: location.map(|(_, column)| column),
+                message: match field.as_str() {
+                    "" => message,
+                    field => format!("{field}: {message}"),
+                },
             }
         })?;
         config.read_from(text, Format::Yaml, file)
@@ -1631,6 +1666,21 @@ impl FieldPath {
     fn join(mut self, rest: &FieldPath) -> Self {
         self.0.extend(rest.0.iter().cloned());
         self
+    }
+
+    /// The field a deserializer was reading when it failed.
+    #[cfg(feature = "yaml")]
+    fn of(path: &serde_path_to_error::Path) -> Self {
+        use serde_path_to_error::Segment;
+        Self(
+            path.iter()
+                .filter_map(|segment| match segment {
+                    Segment::Map { key } => Some(Seg::Key(key.clone())),
+                    Segment::Seq { index } => Some(Seg::Index(*index)),
+                    Segment::Enum { .. } | Segment::Unknown => None,
+                })
+                .collect(),
+        )
     }
 }
 

@@ -468,6 +468,11 @@ impl Limiter {
     /// [`ClientIp::key`] does), here and in the operators' lookups, so a client cannot
     /// escape a handler's per-IP bucket by changing addresses within its /64.
     ///
+    /// Every `key` is a budget, the empty one too: callers whose key is empty (an e-mail
+    /// left blank) share one. (The middleware is the other way round: a limit whose key a
+    /// request does not have, or has empty, does not apply to it.) Check for an empty value
+    /// first where it means nobody.
+    ///
     /// # Errors
     ///
     /// [`CheckError::UnknownBucket`], or the store's error.

@@ -97,7 +97,10 @@ pub(crate) enum Cost {
 
 impl Policy {
     /// An empty policy named `name` (the name appears in logs, in the IETF headers and, by
-    /// default, in bucket names). Add limits with [`Policy::per_ip`] and the like.
+    /// default, in bucket names). Add limits with [`Policy::per_ip`] and the like. The
+    /// name `global` is the one of [`LimiterBuilder::global`](crate::LimiterBuilder::global)'s
+    /// policy: a policy of that name beside it is a build error (two policies sharing a
+    /// bucket).
     pub fn named(name: impl Into<String>) -> Self {
         Self {
             name: name.into().into(),

@@ -531,6 +531,87 @@ fn toml_errors_name_the_field() {
     }
 }
 
+/// A value that does not parse inside a YAML mapping is placed at its own field, as in
+/// TOML: serde_yaml_ng names and places only the mapping around it (a review got
+/// `4:7: routes[0].rate_limit` for a bad `burst` on line 5: the line of the valid
+/// `sustained`, and no `.burst`).
+#[test]
+fn a_yaml_value_that_does_not_parse_is_placed_at_its_field() {
+    let cases = [
+        (
+            "routes:\n  - path: /v1/invoices\n    rate_limit:\n      sustained: 100/min\n      burst: 20/fortnight\n",
+            "routes[0].rate_limit.burst: `20/fortnight`",
+            (5, 14),
+        ),
+        (
+            "routes:\n  - path: /x\n    limits:\n      - per: ip\n        limit: 5/fortnight\n",
+            "routes[0].limits[0].limit: `5/fortnight`",
+            (5, 16),
+        ),
+        (
+            "routes:\n  - path: /x\n    rate_limit: { sustained: 100/fortnight }\n",
+            "routes[0].rate_limit.sustained: `100/fortnight`",
+            (3, 30),
+        ),
+        (
+            "routes:\n  - path: /x\n    limits: [{ per: ip, limit: 0/min }]\n",
+            "routes[0].limits[0].limit: ",
+            (3, 32),
+        ),
+    ];
+    for (yaml, field, (line, column)) in cases {
+        match Config::from_yaml(yaml).unwrap_err() {
+            ConfigError::Parse {
+                line: at_line,
+                column: at_column,
+                message,
+                ..
+            } => {
+                assert!(message.starts_with(field), "{yaml}: {message}");
+                assert_eq!(
+                    (at_line, at_column),
+                    (Some(line), Some(column)),
+                    "{yaml}: {message}"
+                );
+            }
+            other => panic!("{yaml}: not a parse error: {other}"),
+        }
+    }
+}
+
+/// An entry is `limit:` (with `algorithm:`) or `sustained`/`burst`/`daily`: one with both
+/// was two limits, `algorithm` applying to one only (`algorithm: fixed` left the daily cap
+/// rolling). It is refused at the first field of the trio.
+#[test]
+fn an_entry_with_limit_and_the_trio_is_an_error_at_the_trio() {
+    for (entry, field, column) in [
+        (
+            "{ per: ip, limit: 5/min, sustained: 7/min, algorithm: fixed }",
+            "sustained",
+            50,
+        ),
+        (
+            "{ limit: 5/min, daily: 9/day, algorithm: fixed }",
+            "daily",
+            37,
+        ),
+        ("{ limit: 5/min, burst: 3/s }", "burst", 37),
+    ] {
+        let yaml = format!("routes:\n  - path: /x\n    limits: [{entry}]\n");
+        let err = LimiterBuilder::from_config(write_temp("mixed.yaml", &yaml)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, ConfigError::Rule { line: Some(3), column: Some(c), field: f, .. }
+                if *c == column && *f == format!("routes[0].limits[0].{field} (/x)")),
+            "{entry}: {err:?}"
+        );
+        assert!(
+            text.contains(&format!("`{field}` beside `limit`")),
+            "{text}"
+        );
+    }
+}
+
 /// A rule without `name:` is named after its pattern, and two patterns can give one name
 /// (`/v1/items` and `/v1/items/*` are both `v1-items`): one name would be one budget, so
 /// the later rule must be named, at its line.
