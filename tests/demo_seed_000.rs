@@ -637,3 +637,42 @@ async fn a_sign_in_email_that_is_no_address_is_a_400() {
     assert_eq!(r.status(), 200);
     assert!(header(&r, "set-cookie").starts_with("session=ann@example.com; Path=/"));
 }
+
+/// The page: "If Redis is unavailable or misconfigured, the server falls back to an
+/// in-memory store for that process only". Redis settings the demo cannot use (a URL that
+/// does not parse; `rediss://`, which this build cannot open) are logged as an error and
+/// the demo counts in memory; it stopped with the error before. The page's REST API
+/// variables, which tollgate does not read, are warned about.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_settings_that_cannot_be_used_fall_back_to_memory() {
+    for (name, value, says) in [
+        ("REDIS_URL", "notaurl", "the Redis settings cannot be used"),
+        (
+            "KV_URL",
+            "rediss://default:secret-token@127.0.0.1:6399",
+            "the Redis settings cannot be used",
+        ),
+        (
+            "KV_REST_API_URL",
+            "https://example.upstash.io",
+            "KV_REST_API_URL is not read",
+        ),
+    ] {
+        let ex = Example::start_logged(
+            "demo",
+            &[("TRUSTED_PROXIES", "127.0.0.1/32"), (name, value)],
+        );
+        for remaining in ["499", "498"] {
+            let response = send(get(&ex, "203.0.113.91", "/api/projects")).await;
+            assert_eq!(response.status(), 200, "{name}={value}");
+            assert_eq!(header(&response, "x-ratelimit-remaining"), remaining);
+        }
+        let logged = ex.stop_logged().join("\n");
+        assert!(logged.contains(says), "{name}={value}: {logged}");
+        assert!(
+            logged.contains("counting in memory, for this process only"),
+            "{logged}"
+        );
+        assert!(!logged.contains("secret-token"), "{logged}");
+    }
+}

@@ -63,6 +63,43 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
     }
 }
 
+/// The store: Redis (`REDIS_URL`, or `KV_URL`) behind a fallback to memory, or memory;
+/// `max_entries` (`MEMORY_MAX_ENTRIES`) sizes the memory store, the store itself or Redis's
+/// fallback. As the page says, "if Redis is unavailable or misconfigured, the server falls
+/// back to an in-memory store for that process only": Redis settings that cannot be used
+/// (a URL that does not parse, a `rediss://` URL, which this build cannot open, a bad
+/// `TOLLGATE_FALLBACK_*` value) are logged as an error, and the demo counts in memory. The
+/// page's `KV_REST_API_URL` and `KV_REST_API_TOKEN` (a REST API) are not read: tollgate
+/// speaks Redis's protocol (`REDIS_URL`); set alone, they are warned about.
+fn store_from_env(max_entries: Option<usize>) -> tollgate::redis::EnvStore {
+    use tollgate::redis::{EnvStore, FallbackConfig, FallbackStore, RedisStore};
+    let memory = || match max_entries {
+        Some(n) => tollgate::MemoryStore::builder().max_entries(n).build(),
+        None => tollgate::MemoryStore::new(),
+    };
+    let Some(url) = tollgate::redis::redis_url_from_env() else {
+        if std::env::var_os("KV_REST_API_URL").is_some() {
+            tracing::warn!(
+                "KV_REST_API_URL is not read (a REST API): set REDIS_URL (or KV_URL) to the \
+                 Redis URL to share counts; counting in memory, for this process only"
+            );
+        }
+        return EnvStore::Memory(memory());
+    };
+    let redis = tollgate::redis::fallback_config_from_env(FallbackConfig::default())
+        .and_then(|config| Ok((RedisStore::builder().url(url).build()?, config)));
+    match redis {
+        Ok((redis, config)) => EnvStore::Redis(FallbackStore::with_memory(redis, memory(), config)),
+        Err(e) => {
+            tracing::error!(
+                "the Redis settings cannot be used ({e}): counting in memory, for this process \
+                 only"
+            );
+            EnvStore::Memory(memory())
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tollgate_suite::main(run()).await
@@ -82,25 +119,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             upkeep.run_upkeep();
         }
     });
-    // `MEMORY_MAX_ENTRIES` sizes the memory store: the store itself, or Redis's fallback.
-    let store = match memory_max_entries_from_env()? {
-        None => tollgate::store_from_env()?,
-        Some(n) => {
-            let memory = tollgate::MemoryStore::builder().max_entries(n).build();
-            match tollgate::redis::redis_url_from_env() {
-                None => tollgate::redis::EnvStore::Memory(memory),
-                Some(url) => {
-                    use tollgate::redis::{FallbackConfig, FallbackStore, RedisStore};
-                    let config =
-                        tollgate::redis::fallback_config_from_env(FallbackConfig::default())?;
-                    let redis = RedisStore::builder().url(url).build()?;
-                    tollgate::redis::EnvStore::Redis(FallbackStore::with_memory(
-                        redis, memory, config,
-                    ))
-                }
-            }
-        }
-    };
+    let store = store_from_env(memory_max_entries_from_env()?);
     let limiter = limits::limiter(store, client_ip.clone(), session::staff_user_of)?;
     let state = AppState {
         limiter: limiter.clone(),

@@ -8,7 +8,8 @@
 //! `X-RateLimit-Remaining` (points left), `X-RateLimit-Reset` (an HTTP date) and, on a
 //! 429, `Retry-After` (seconds); either of the last two says when a refused client can
 //! restart, so on a 429 the date is the one `Retry-After` names
-//! ([`HeaderStyle::with_reset_at_retry`]).
+//! ([`HeaderStyle::with_reset_at_retry`]), rounded up to the second: it may be a second
+//! later than `Date` plus `Retry-After` (never earlier).
 //!
 //! How it maps onto tollgate: one policy, `points`, keyed by the organization
 //! ([`Key::tenant`]) with its quota chosen per request from the organization's plan

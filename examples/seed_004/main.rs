@@ -5,7 +5,9 @@
 //! `sustained` refill rate and a `burst` capacity (`/v1/invoices`: 100/min, burst 20;
 //! `/v1/reports`: 5/min, burst 2); a `daily` hard cap (10000/day); limits per API key that
 //! stack with the endpoint's (the more restrictive applies); a gateway-wide
-//! `global_rate_limit` (1000/min). Responses carry `X-RateLimit-Limit`, `-Remaining` and
+//! `global_rate_limit` (1000/min, no burst given: a token bucket of 1,000 refilled at
+//! 1,000 a minute, so up to 2,000 in the first minute from full, 1,000 a minute after: a
+//! review admitted 1,999 of 7,571 sent in one minute). Responses carry `X-RateLimit-Limit`, `-Remaining` and
 //! `-Reset` (Unix seconds), and a 429 `Retry-After` and the body
 //!
 //! ```text
