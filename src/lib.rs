@@ -8,8 +8,8 @@ use axum::Router;
 /// available to the limiter (`ConnectInfo<SocketAddr>`, as axum's
 /// `into_make_service_with_connect_info` gives it). Prints `listening on http://ADDR`
 /// first, which the black-box tests wait for. (Logging is set up by [`main`], before the
-/// example builds its limiter.) Ctrl-C stops accepting and lets requests in flight finish; `SIGHUP` does
-/// not stop it.
+/// example builds its limiter.) Ctrl-C stops accepting and lets requests in flight finish;
+/// `SIGHUP` does not stop it.
 ///
 /// A connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] of
 /// starting one (or of the previous response, on a kept-alive connection) is closed: a rate

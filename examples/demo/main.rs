@@ -68,7 +68,7 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
 /// fallback. As the page says, "if Redis is unavailable or misconfigured, the server falls
 /// back to an in-memory store for that process only": Redis settings that cannot be used
 /// (a URL that does not parse, a `rediss://` URL, which this build cannot open, a bad
-/// `TOLLGATE_FALLBACK_*` value) are logged as an error, and the demo counts in memory. The
+/// `TOLLGATE_*` fallback setting) are logged as an error, and the demo counts in memory. The
 /// page's `KV_REST_API_URL` and `KV_REST_API_TOKEN` (a REST API) are not read: tollgate
 /// speaks Redis's protocol (`REDIS_URL`); set alone, they are warned about.
 fn store_from_env(max_entries: Option<usize>) -> tollgate::redis::EnvStore {

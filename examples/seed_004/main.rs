@@ -7,8 +7,9 @@
 //! stack with the endpoint's (the more restrictive applies); a gateway-wide
 //! `global_rate_limit` (1000/min, no burst given: a token bucket of 1,000 refilled at
 //! 1,000 a minute, so up to 2,000 in the first minute from full, 1,000 a minute after: a
-//! review admitted 1,999 of 7,571 sent in one minute). Responses carry `X-RateLimit-Limit`, `-Remaining` and
-//! `-Reset` (Unix seconds), and a 429 `Retry-After` and the body
+//! review admitted 1,999 of 7,571 sent in one minute). Responses carry
+//! `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds), and a 429 `Retry-After`
+//! and the body
 //!
 //! ```text
 //! {

@@ -240,8 +240,9 @@ impl ClientIp {
         Ok(())
     }
 
-    /// Settings that are valid but probably not meant; [`LimiterBuilder::build`](crate::LimiterBuilder::build)
-    /// logs them (once per limiter: its guards do not again).
+    /// Settings that are valid but probably not meant;
+    /// [`LimiterBuilder::build`](crate::LimiterBuilder::build) logs them (once per limiter:
+    /// its guards do not again).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings: Vec<String> =
             self.trusted
