@@ -219,11 +219,19 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A store named in the file cannot be made here (e.g. `kind: redis` without the
-    /// `redis` feature, or without a `url`).
-    #[error("{file}: store: {message}")]
+    /// `redis` feature, or without a `url`; a `url` that does not parse), or the
+    /// environment's store settings, which override the file's, are not valid.
+    #[error("{file}{location}: {field}: {message}", location = Location(*line, *column))]
     Store {
         /// The file.
         file: String,
+        /// The line of the field, from 1, where known (not for the environment's settings).
+        line: Option<usize>,
+        /// The column of the field, from 1, where known.
+        column: Option<usize>,
+        /// Which field: `store.url`, `store.kind`, or `store` for the environment's settings
+        /// (`REDIS_URL`, `TOLLGATE_FALLBACK_DIVISOR`...).
+        field: String,
         /// What was wrong.
         message: String,
     },
@@ -989,7 +997,20 @@ impl Config {
         if let Some(enabled) = self.enabled {
             builder = builder.enabled(enabled);
         }
-        builder = self.store.apply(builder, file)?;
+        builder = self.store.apply(builder).map_err(|problem| {
+            let path = FieldPath::root().key("store").maybe_key(problem.field);
+            let (line, column) = match problem.field {
+                Some(_) => self.locate(&path),
+                None => (None, None),
+            };
+            ConfigError::Store {
+                file: file.to_string(),
+                line,
+                column,
+                field: path.to_string(),
+                message: problem.message,
+            }
+        })?;
         if !self.client_ip.trusted_proxies.is_empty() || self.client_ip.ipv6_prefix.is_some() {
             let mut ip = ClientIp::peer().trust_proxies(&self.client_ip.trusted_proxies);
             if let Some(bits) = self.client_ip.ipv6_prefix {
@@ -1350,26 +1371,48 @@ fn redis_url_from_env() -> Option<String> {
         .find(|v| !v.is_empty())
 }
 
+/// Why the store a file names cannot be made: the field of `store:` at fault (`None`:
+/// the environment's settings, which override the file) and why.
+struct StoreProblem {
+    field: Option<&'static str>,
+    message: String,
+}
+
+impl StoreProblem {
+    fn of(field: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a Redis URL was read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UrlFrom {
+    /// `REDIS_URL` or `KV_URL`.
+    Environment,
+    /// `store.url`.
+    File,
+}
+
 impl StoreConfig {
     /// The Redis URL to use, if any: `REDIS_URL` or `KV_URL` from the environment when set
     /// (they override the file), else `url:` for `kind: redis`.
-    fn redis_url(&self, file: &str) -> Result<Option<String>, ConfigError> {
+    fn redis_url(&self) -> Result<Option<(String, UrlFrom)>, StoreProblem> {
         // The environment overrides the file, whatever its `kind`.
         if let Some(url) = redis_url_from_env() {
-            return Ok(Some(url));
+            return Ok(Some((url, UrlFrom::Environment)));
         }
         match self.kind {
             StoreKind::Memory | StoreKind::Env => Ok(None),
-            StoreKind::Redis => self
-                .url
-                .clone()
-                .map(Some)
-                .ok_or_else(|| ConfigError::Store {
-                    file: file.to_string(),
-                    message:
-                        "`kind: redis` needs `url: redis://host:6379/` (or REDIS_URL / KV_URL)"
-                            .into(),
-                }),
+            StoreKind::Redis => match &self.url {
+                Some(url) => Ok(Some((url.clone(), UrlFrom::File))),
+                None => Err(StoreProblem::of(
+                    Some("kind"),
+                    "`kind: redis` needs `url: redis://host:6379/` (or REDIS_URL / KV_URL)",
+                )),
+            },
         }
     }
 
@@ -1381,10 +1424,10 @@ impl StoreConfig {
         memory.build()
     }
 
-    fn apply(&self, builder: LimiterBuilder, file: &str) -> Result<LimiterBuilder, ConfigError> {
-        match self.redis_url(file)? {
+    fn apply(&self, builder: LimiterBuilder) -> Result<LimiterBuilder, StoreProblem> {
+        match self.redis_url()? {
             None => Ok(builder.store(self.memory())),
-            Some(url) => self.redis(builder, file, url),
+            Some((url, from)) => self.redis(builder, url, from),
         }
     }
 
@@ -1392,17 +1435,17 @@ impl StoreConfig {
     fn redis(
         &self,
         builder: LimiterBuilder,
-        file: &str,
         url: String,
-    ) -> Result<LimiterBuilder, ConfigError> {
+        from: UrlFrom,
+    ) -> Result<LimiterBuilder, StoreProblem> {
         use tollgate_redis::{FallbackConfig, FallbackStore, RedisStore};
         let mut redis = RedisStore::builder().url(url);
         if let Some(prefix) = &self.prefix {
             redis = redis.prefix(prefix.clone());
         }
-        let redis = redis.build().map_err(|e| ConfigError::Store {
-            file: file.to_string(),
-            message: e.to_string(),
+        let redis = redis.build().map_err(|e| match from {
+            UrlFrom::File => StoreProblem::of(Some("url"), e.to_string()),
+            UrlFrom::Environment => StoreProblem::of(None, format!("REDIS_URL / KV_URL: {e}")),
         })?;
         let mut config = FallbackConfig::default();
         if let Some(ms) = self.timeout_ms {
@@ -1412,11 +1455,8 @@ impl StoreConfig {
             config = config.with_fallback_divisor(n);
         }
         // TOLLGATE_FALLBACK_DIVISOR / TOLLGATE_REDIS_TIMEOUT_MS, when set, win over the file.
-        let config =
-            tollgate_redis::fallback_config_from_env(config).map_err(|e| ConfigError::Store {
-                file: file.to_string(),
-                message: e.to_string(),
-            })?;
+        let config = tollgate_redis::fallback_config_from_env(config)
+            .map_err(|e| StoreProblem::of(None, e.to_string()))?;
         Ok(builder.store(FallbackStore::with_memory(redis, self.memory(), config)))
     }
 
@@ -1424,13 +1464,14 @@ impl StoreConfig {
     fn redis(
         &self,
         _builder: LimiterBuilder,
-        file: &str,
         _url: String,
-    ) -> Result<LimiterBuilder, ConfigError> {
-        Err(ConfigError::Store {
-            file: file.to_string(),
-            message: "a Redis store needs tollgate's `redis` feature".into(),
-        })
+        from: UrlFrom,
+    ) -> Result<LimiterBuilder, StoreProblem> {
+        let field = (from == UrlFrom::File).then_some("kind");
+        Err(StoreProblem::of(
+            field,
+            "a Redis store needs tollgate's `redis` feature",
+        ))
     }
 }
 

@@ -78,3 +78,54 @@ fn fallback_settings_from_the_environment_are_checked_at_build_time() {
     );
     assert!(ok.is_ok());
 }
+
+/// A store the file names that cannot be made is an error at its field, with the line and
+/// column: a `url:` that does not parse, `kind: redis` without `url:` (a review found
+/// neither placed). The environment's settings, which override the file, have no place in
+/// it: their field is `store`, and the message names the variable.
+#[test]
+fn a_store_that_cannot_be_made_is_an_error_at_its_field() {
+    let env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = [
+        (
+            "config-env-bad-url",
+            "store: { kind: redis, url: \"not a url\" }\nroutes: []\n",
+            "store.url",
+            (1, 28),
+            "invalid Redis URL",
+        ),
+        (
+            "config-env-no-url",
+            "routes: []\nstore:\n  kind: redis\n",
+            "store.kind",
+            (3, 9),
+            "`kind: redis` needs `url:",
+        ),
+    ];
+    for (name, yaml, field, (line, column), says) in cases {
+        let path = limits_file(name, yaml.as_bytes());
+        let err = Limiter::from_config(&path).unwrap_err();
+        assert!(
+            matches!(&err, tollgate::config::ConfigError::Store {
+                line: Some(l), column: Some(c), field: f, message, ..
+            } if (*l, *c) == (line, column) && f == field && message.contains(says)),
+            "{name}: {err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:{line}:{column}: {field}: ", path.display())),
+            "{err}"
+        );
+    }
+    let path = limits_file("config-env-env-url", b"routes: []\n");
+    std::env::set_var("REDIS_URL", "notaurl");
+    let err = Limiter::from_config(&path).unwrap_err();
+    std::env::remove_var("REDIS_URL");
+    drop(env);
+    assert!(
+        matches!(&err, tollgate::config::ConfigError::Store {
+            line: None, column: None, field, message, ..
+        } if field == "store" && message.starts_with("REDIS_URL / KV_URL: invalid Redis URL")),
+        "{err:?}"
+    );
+}
