@@ -7,7 +7,8 @@
 //! refusal never refuses what Redis would admit, except after such a foreign refund or reset
 //! (or a Redis restarted empty), and then for at most [`REFUSAL_CACHE_MAX_AGE`]: an entry
 //! answers for that long after its request was sent, or until T if sooner, and the next
-//! charge asks Redis again (a key hammered while refused costs one call per that time). The
+//! charge asks Redis again (a key hammered while refused costs, per that time, the calls
+//! that arrive within one round trip of the entry's end: they all miss it). The
 //! deadline is counted from when the request was *sent*, so the cache lets go no later than
 //! Redis would (it may ask Redis again a round trip early, which then refuses again).
 //!

@@ -56,12 +56,14 @@
 //! the benchmark (`cargo bench -p tollgate-redis --features deadpool --bench throughput`,
 //! 2 shared cores, eleven runs on two machines): 64 tasks hammering one refused key got 0.9
 //! to 4.7 million answers per second from the cache against 18,000 to 160,000 through Redis
-//! (29 to 130 times more), and Redis received nothing. While the cache is empty it costs one atomic load per
+//! (29 to 130 times more), and Redis received nothing (that was before a cached refusal
+//! answered for at most a second, below). While the cache is empty it costs one atomic load per
 //! request. What it trades: a refund or
 //! reset made by *another* instance (or Redis restarting empty) is seen by this instance
 //! when T passes or [`REFUSAL_CACHE_MAX_AGE`] (1 s) after the refusal, whichever is first: a
 //! cached refusal answers for at most that long, then the next charge asks Redis again (so
-//! a key hammered while refused costs each instance one Redis call a second); refunds and
+//! a key hammered while refused costs each instance, each second, the calls that arrive
+//! within one round trip of the entry's end); refunds and
 //! resets made through this store take effect at once.
 //! Refusals are never extended by the cache: its deadline is counted from when the request
 //! was sent, so it lets go no later than Redis would.

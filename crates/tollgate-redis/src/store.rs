@@ -577,8 +577,9 @@ impl RedisStoreBuilder {
     }
 
     /// How many keys the local cache of refusals may hold; 0 turns it off. Default
-    /// 10 000: a client hammering while refused then costs one Redis call per
-    /// [`REFUSAL_CACHE_MAX_AGE`](crate::REFUSAL_CACHE_MAX_AGE) until its wait is over. See
+    /// 10 000: a client hammering while refused then costs, per
+    /// [`REFUSAL_CACHE_MAX_AGE`](crate::REFUSAL_CACHE_MAX_AGE), only the Redis calls it sends
+    /// within one round trip of a cached refusal's end, until its wait is over. See
     /// [`RedisStore`]'s "Refusal cache" notes in the crate documentation.
     pub fn refusal_cache(mut self, max_keys: usize) -> Self {
         self.refusal_cache = max_keys;
