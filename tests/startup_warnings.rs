@@ -1,7 +1,7 @@
 //! Every example warns its operator at start-up about a configuration that weakens its
 //! limits (`RATE_LIMIT_ENABLED=false`, `TRUSTED_PROXIES` trusting every address), once each:
 //! logging is set up before the example builds its limiter, and the limiter's guards do
-//! not repeat what its build said.
+//! not repeat what its build said. Off a terminal, the log is plain text.
 
 mod common;
 
@@ -31,6 +31,8 @@ fn every_example_warns_once_about_limits_switched_off() {
         let logged = example.stop_logged();
         let text = "rate limiting is disabled: requests pass unlimited";
         assert_eq!(saying(&logged, text), 1, "{name}: {logged:#?}");
+        // Plain text off a terminal (a file, a log collector): no colour codes.
+        assert_eq!(saying(&logged, "\u{1b}["), 0, "{name}: {logged:#?}");
     }
 }
 

@@ -55,7 +55,9 @@ use tollgate_core::{
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
-use crate::engine::{self, CodeRules, Delegation, DirectKey, Engine, Overrides, Routes, Rules};
+use crate::engine::{
+    self, refusal_due_now, CodeRules, Delegation, DirectKey, Engine, Overrides, Routes, Rules,
+};
 use crate::error::{BuildError, CheckError};
 use crate::inspect::InspectError;
 use crate::key::{self, Extractor, Key};
@@ -633,10 +635,10 @@ impl Limiter {
             });
         }
         let stored = self.engine.direct_key(key, direct.key);
-        let bucket = Bucket::new(bucket, &stored, direct.limit)
+        let charged = Bucket::new(bucket, &stored, direct.limit)
             .with_cost(cost)
             .with_when_full(direct.when_full);
-        let batch = Batch::new(op, vec![bucket]).with_failure_mode(table.defaults.on_failure);
+        let batch = Batch::new(op, vec![charged]).with_failure_mode(table.defaults.on_failure);
         let answer = self.engine.store.apply(&batch).await;
         // A charge is a request decided, as the middleware's are: counted in the limiter's
         // stats and its bucket's metrics (a look, a refund or a reset decides nothing).
@@ -648,9 +650,25 @@ impl Limiter {
                         direct.metrics.admitted(state);
                     }
                 }
-                Ok(_) => {
+                Ok(decision) => {
                     self.engine.stats.refused.fetch_add(1, Ordering::Relaxed);
                     direct.metrics.refused(false);
+                    // As the middleware's refusals are logged, at most one a second (its
+                    // name for the policy too, as its metrics label it; never the key).
+                    if tracing::enabled!(target: "tollgate", tracing::Level::INFO) {
+                        if let Some(unlogged) = refusal_due_now(&direct.refusals_logged) {
+                            tracing::info!(
+                                target: "tollgate",
+                                policy = %bucket,
+                                bucket = %bucket,
+                                key_kind = %"direct",
+                                retry_after_ms =
+                                    decision.retry_after().map(|d| d.as_millis() as u64),
+                                unlogged_refusals = unlogged,
+                                "rate limit exceeded"
+                            );
+                        }
+                    }
                 }
                 // (The caller has the error to log.)
                 Err(_) => {
@@ -665,9 +683,13 @@ impl Limiter {
     /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket of
     /// `rate` shared by all routes, so the more restrictive of key and endpoint applies
     /// (a customer's own limit on its API key). Takes effect on the next request, no
-    /// restart. The override's bucket is a bucket of its own: it starts empty (a client
-    /// that already spent 100 of its route's 500 a minute, given 50 a minute, is admitted 50
-    /// more; lower the route's limit, or reset the key, to count what was spent), and it is
+    /// restart. The override's bucket is a bucket of its own: it does not count what the
+    /// route's buckets did (a client that already spent 100 of its route's 500 a minute,
+    /// given 50 a minute, is admitted 50 more; lower the route's limit, or reset the key, to
+    /// count what was spent), but it keeps its own count while its window runs: replacing
+    /// the override's rate, or removing it and setting it again, counts what the key spent
+    /// under it (set at 3 a minute and spent, removed and set again, the key is refused
+    /// until the minute lets requests through; reset the key to start it afresh), and it is
     /// spent by the middleware's policies (routes, global limits, guards), not by the
     /// buckets for direct use that handlers check ([`Limiter::check`]): routes a handler
     /// limits itself are not reached.
@@ -1042,7 +1064,11 @@ impl LimiterBuilder {
     /// [`LimiterBuilder::bucket_when_full`] for a bucket keyed by personal data (an e-mail
     /// address, an account name): its keys are stored as digests (SHA-256, as
     /// [`Key::hashed`](crate::Key::hashed) stores a policy's), so neither the store (Redis
-    /// keys) nor the limiter's logs (an operator's reset) hold them in clear. Checks, and
+    /// keys) nor the limiter's logs (an operator's reset) hold them in clear. A digest
+    /// without a secret is a pseudonym, not a protection against guessing: whoever has the
+    /// logs or the Redis keys and a list of candidate e-mails can tell which of them are
+    /// there (a review did, with one line of Python). Keys of high entropy (API keys,
+    /// tokens) cannot be guessed that way. Checks, and
     /// the operators' lookups and resets ([`Limiter::peek_bucket`],
     /// [`Limiter::reset_bucket`], the admin router), take the key as given and find it.
     ///

@@ -64,7 +64,10 @@
 //!   (`/users/{email}/reset`), not the path requested, which can carry identifiers;
 //!   without one (a path no axum route matches, a plain tower stack) the rule of the
 //!   table that classed the request (`/api/*`), else `-`. Store failures name the request
-//!   the same way.
+//!   the same way. A bucket for direct use ([`Limiter::check`](crate::Limiter::check) and
+//!   [`Limiter::check_cost`](crate::Limiter::check_cost)) logs its refusals the same way,
+//!   at most one per second per bucket, with `policy` and `bucket` its name (as its
+//!   metrics label it), `key_kind` `direct`, `retry_after_ms` and `unlogged_refusals`.
 //! - `INFO` events for what operators change at runtime, the key as it is stored (hashed if
 //!   its kind is secret, an IPv6 address as its network): `rate-limit override set` (fields
 //!   `kind`, `key`, `limit`), `rate-limit override removed` (`kind`, `key`) and

@@ -502,3 +502,50 @@ fn a_limiters_warnings_are_not_repeated_by_its_guards() {
         assert_eq!(saying(&events, "WARN", text).len(), 1, "{text}:\n{all}");
     }
 }
+
+/// A refusal of a bucket for direct use (`Limiter::check`: a handler's sign-in cap, a
+/// lockout) is an `INFO` event as the middleware's are, at most one a second per bucket,
+/// never with the key: a review found the demo's lockout and sign-in cap refusing 21,307
+/// requests without a line, where the docs promise refusal events.
+#[test]
+fn refusals_of_a_bucket_for_direct_use_are_logged_without_the_key() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .bucket("sign-in-failures", "2/30min")
+            .read_env(false)
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let d = limiter
+                .check("sign-in-failures", "victim@example.com")
+                .await
+                .unwrap();
+            assert!(d.allowed);
+        }
+        for _ in 0..3 {
+            let d = limiter
+                .check("sign-in-failures", "victim@example.com")
+                .await
+                .unwrap();
+            assert!(!d.allowed);
+        }
+    });
+    let all = events.join("\n");
+    assert!(!all.contains("victim"), "{all}");
+    let refusals = saying(&events, "INFO", "rate limit exceeded");
+    // Three refusals within a second: one event.
+    assert_eq!(refusals.len(), 1, "{all}");
+    for field in [
+        "policy=sign-in-failures",
+        "bucket=sign-in-failures",
+        "key_kind=direct",
+        "unlogged_refusals=0",
+        "retry_after_ms=17999",
+    ] {
+        assert!(
+            refusals[0].contains(field),
+            "{field} missing in {}",
+            refusals[0]
+        );
+    }
+}

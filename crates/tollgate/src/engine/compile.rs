@@ -410,6 +410,8 @@ pub(crate) struct Direct {
     /// How a key given to it is stored.
     pub(crate) key: DirectKey,
     pub(crate) metrics: BucketMetrics,
+    /// Its refusal events (see [`refusal_due`]).
+    pub(crate) refusals_logged: Sampled,
 }
 
 /// A limiter's compiled rules: the central table, the global policies, the buckets for
@@ -557,6 +559,7 @@ pub(crate) fn compile_table(
                         when_full: rule.when_full,
                         key: rule.key,
                         metrics,
+                        refusals_logged: Sampled::new(),
                     },
                 )
                 .is_some()
@@ -665,11 +668,20 @@ impl Table {
     }
 }
 
-/// Whether a refusal event should be logged now for `policy` (at most one per second per
-/// policy); `Some(n)`: log, `n` refusals were not logged since the last one.
-pub(crate) fn log_refusal(policy: &Compiled, now_ms: u64) -> Option<u64> {
+/// Whether a refusal event should be logged at `now_ms` (Unix milliseconds) for the policy
+/// or bucket whose events `logged` samples: at most one per second each. `Some(n)`: log, `n`
+/// refusals were not logged since the last one.
+pub(crate) fn refusal_due(logged: &Sampled, now_ms: u64) -> Option<u64> {
     const EVERY_MS: u64 = 1_000;
-    policy.refusals_logged.due(now_ms, EVERY_MS)
+    logged.due(now_ms, EVERY_MS)
+}
+
+/// [`refusal_due`] now.
+pub(crate) fn refusal_due_now(logged: &Sampled) -> Option<u64> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    refusal_due(logged, now_ms)
 }
 
 #[cfg(test)]
@@ -800,12 +812,12 @@ mod tests {
     fn refusal_events_are_sampled_per_policy() {
         let policy = Policy::named("p").per_ip("1/min");
         let c = compile(&policy, &defaults(), false, &mut Signatures::new(), 0).unwrap();
-        assert_eq!(log_refusal(&c, 10_000), Some(0));
+        assert_eq!(refusal_due(&c.refusals_logged, 10_000), Some(0));
         for _ in 0..99 {
-            assert_eq!(log_refusal(&c, 10_500), None);
+            assert_eq!(refusal_due(&c.refusals_logged, 10_500), None);
         }
         assert_eq!(
-            log_refusal(&c, 11_000),
+            refusal_due(&c.refusals_logged, 11_000),
             Some(99),
             "a second later, with the count"
         );

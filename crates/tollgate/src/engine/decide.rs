@@ -13,7 +13,7 @@ use http::Method;
 use smallvec::{smallvec, SmallVec};
 use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
-use super::compile::{log_refusal, Compiled};
+use super::compile::{refusal_due_now, Compiled};
 use super::plan::{Group, Plan, INLINE};
 use super::settle::{After, Settled, Visible};
 use super::{Engine, Provisional};
@@ -371,10 +371,7 @@ impl Engine {
             return;
         }
         let policy = plan.policy(i);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let Some(unlogged) = log_refusal(policy, now_ms) else {
+        let Some(unlogged) = refusal_due_now(&policy.refusals_logged) else {
             return;
         };
         let shadow = plan.shadow(i);

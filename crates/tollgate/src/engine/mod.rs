@@ -32,8 +32,8 @@ use crate::observe::StoreMetrics;
 use crate::respond::{ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome};
 
 pub(crate) use compile::{
-    compile_table, name_is_valid, policy_item, CodeRules, Compiled, Defaults, DirectKey, Rules,
-    Table,
+    compile_table, name_is_valid, policy_item, refusal_due_now, CodeRules, Compiled, Defaults,
+    DirectKey, Rules, Table,
 };
 pub(crate) use decide::Outcome;
 use decide::{OwnedTarget, Target};
