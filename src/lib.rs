@@ -136,7 +136,8 @@ pin_project_lite::pin_project! {
     pub struct ReadToEnd<B> {
         #[pin]
         inner: B,
-        ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        // Only for a body announced over HTTP/1 (see `BodyRead`).
+        ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     }
 }
 
@@ -152,9 +153,11 @@ impl<B: http_body::Body> ReadToEnd<B> {
     pub fn request(request: axum::http::Request<B>) -> (axum::http::Request<Self>, BodyRead) {
         let announced =
             !request.body().is_end_stream() && request.version() <= axum::http::Version::HTTP_11;
-        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A request without a body (most of them) costs no flag.
+        let ended =
+            announced.then(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
         let read = BodyRead {
-            ended: announced.then(|| ended.clone()),
+            ended: ended.clone(),
         };
         (request.map(|inner| ReadToEnd { inner, ended }), read)
     }
@@ -193,8 +196,8 @@ impl<B: http_body::Body> http_body::Body for ReadToEnd<B> {
             std::task::Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
             _ => false,
         };
-        if end {
-            this.ended.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(ended) = this.ended.as_ref().filter(|_| end) {
+            ended.store(true, std::sync::atomic::Ordering::Release);
         }
         frame
     }

@@ -1335,8 +1335,10 @@ impl LimiterBuilder {
         let client_ip = self.client_ip.take().unwrap_or_else(ClientIp::peer);
         client_ip.validate()?;
         let warn = !self.derived;
-        for warning in client_ip.warnings().into_iter().filter(|_| warn) {
-            tracing::warn!(target: "tollgate", "{warning}");
+        if warn {
+            for warning in client_ip.warnings() {
+                tracing::warn!(target: "tollgate", "{warning}");
+            }
         }
 
         let table = engine::compile_table(

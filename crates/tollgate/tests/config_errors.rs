@@ -932,27 +932,27 @@ fn per_user_after_a_limit_without_per_names_the_user_entry() {
 /// rule that more specific rules always beat.
 #[test]
 fn a_refused_pattern_names_its_methods_or_its_path() {
-    let (line, column, field, source) = build_error_in("lowercase-method.yaml",
-        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /b, methods: [get], limits: [{ limit: 5/min }] }\n",);
-    assert_eq!(
-        (line, column, field.as_str()),
-        (3, 26, "routes[1].methods (get /b)")
-    );
-    assert!(matches!(source, BuildError::Route(_)), "{source}");
-    let (line, column, field, source) = build_error_in("bad-path.yaml",
-        "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: b/c, limits: [{ limit: 5/min }] }\n",);
-    assert_eq!(
-        (line, column, field.as_str()),
-        (3, 13, "routes[1].path (b/c)")
-    );
-    assert!(matches!(source, BuildError::Route(_)), "{source}");
-    let (line, column, field, source) = build_error_in("never-matches.yaml",
-        "routes:\n  - { path: /x, name: a, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}', name: b, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}/*', name: c, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/*', name: d, methods: [GET], limits: [{ limit: 5/min }] }\n",);
-    assert_eq!(
-        (line, column, field.as_str()),
-        (5, 13, "routes[3].path (GET /x/*)")
-    );
-    assert!(matches!(source, BuildError::Route(_)), "{source}");
+    for (name, yaml, at) in [
+        (
+            "lowercase-method.yaml",
+            "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: /b, methods: [get], limits: [{ limit: 5/min }] }\n",
+            (3, 26, "routes[1].methods (get /b)"),
+        ),
+        (
+            "bad-path.yaml",
+            "routes:\n  - { path: /a, limits: [{ limit: 5/min }] }\n  - { path: b/c, limits: [{ limit: 5/min }] }\n",
+            (3, 13, "routes[1].path (b/c)"),
+        ),
+        (
+            "never-matches.yaml",
+            "routes:\n  - { path: /x, name: a, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}', name: b, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/{id}/*', name: c, methods: [GET], limits: [{ limit: 5/min }] }\n  - { path: '/x/*', name: d, methods: [GET], limits: [{ limit: 5/min }] }\n",
+            (5, 13, "routes[3].path (GET /x/*)"),
+        ),
+    ] {
+        let (line, column, field, source) = build_error_in(name, yaml);
+        assert_eq!((line, column, field.as_str()), at, "{name}");
+        assert!(matches!(source, BuildError::Route(_)), "{name}: {source}");
+    }
 }
 
 /// An IPv6 prefix longer than 128 bits names `client_ip.ipv6_prefix`.
