@@ -21,9 +21,11 @@ use axum::Router;
 ///
 /// A response to a request whose body was announced and not read to its end (a refusal
 /// made before the body is read, a handler that ignores it) says `Connection: close`: the
-/// connection cannot carry another request before that body, so hyper closes it after the
-/// response unless the rest of the body has already arrived, and a client told nothing
-/// would send its next request on a connection going away (see [`ReadToEnd`]).
+/// connection cannot carry another request before that body, and a client told nothing
+/// would send its next request on a connection going away. The rest of such a body is read
+/// and discarded while the response is sent, then the connection closes: closed under
+/// bytes still arriving, it would be reset, and a client that writes its whole body before
+/// reading (many do) would see the reset instead of the response (see [`ReadToEnd`]).
 ///
 /// # Errors
 ///
@@ -130,15 +132,23 @@ impl<B> DeadlineBody<B> {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request body that notes whether it was read to its end, for the response to say
-    /// whether its connection can carry another request (see [`serve`]).
-    pub struct ReadToEnd<B> {
-        #[pin]
-        inner: B,
-        // Only for a body announced over HTTP/1 (see `BodyRead`).
-        ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    }
+/// A request body that notes whether it was read to its end, for the response to say
+/// whether its connection can carry another request (see [`serve`]), and that reads the
+/// rest of an announced body (discarding it) once it is dropped unread: a client that writes
+/// its whole body before reading the answer (a refusal made before the body is read) then
+/// reads the answer where the connection closing under its unread bytes would reset it,
+/// the answer lost (RFC 9112 section 9.6). The rest is read in a task of its own while the
+/// answer is sent, as long as the body takes to arrive (with [`DeadlineBody`], at most its
+/// timeout); the connection closes after it. A request that asked to be told before
+/// sending its body (`Expect: 100-continue`) is not read: asking for its body would invite
+/// it.
+pub struct ReadToEnd<B> {
+    // `None` once dropped (its rest is being read).
+    inner: Option<B>,
+    // Only for a body announced over HTTP/1 (see `BodyRead`).
+    ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    // Reads the rest of `inner` if it is dropped unread (`None`: it is not).
+    linger: Option<fn(B)>,
 }
 
 /// Whether the body of a request [`ReadToEnd::request`] wrapped was read to its end.
@@ -148,18 +158,59 @@ pub struct BodyRead {
     ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
-impl<B: http_body::Body> ReadToEnd<B> {
+impl<B> ReadToEnd<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+{
     /// `request`, its body noting whether it is read to its end, and where to see it.
+    /// Dropped unread, the body is read to its end in a task of the current Tokio runtime
+    /// (none: it is not).
     pub fn request(request: axum::http::Request<B>) -> (axum::http::Request<Self>, BodyRead) {
         let announced =
             !request.body().is_end_stream() && request.version() <= axum::http::Version::HTTP_11;
         // A request without a body (most of them) costs no flag.
         let ended =
             announced.then(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let expects_continue = request
+            .headers()
+            .get(axum::http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let linger = (announced && !expects_continue).then_some(read_rest::<B> as fn(B));
         let read = BodyRead {
             ended: ended.clone(),
         };
-        (request.map(|inner| ReadToEnd { inner, ended }), read)
+        let request = request.map(|inner| ReadToEnd {
+            inner: Some(inner),
+            ended,
+            linger,
+        });
+        (request, read)
+    }
+}
+
+/// Reads `body` to its end (or its first error) in a task of the current Tokio runtime,
+/// discarding it.
+fn read_rest<B>(mut body: B)
+where
+    B: http_body::Body + Unpin + Send + 'static,
+{
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let mut body = std::pin::Pin::new(&mut body);
+            while let Some(Ok(_)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
+        });
+    }
+}
+
+impl<B> Drop for ReadToEnd<B> {
+    fn drop(&mut self) {
+        let ended = self
+            .ended
+            .as_ref()
+            .is_some_and(|ended| ended.load(std::sync::atomic::Ordering::Acquire));
+        if let (Some(read_rest), Some(body), false) = (self.linger, self.inner.take(), ended) {
+            read_rest(body);
+        }
     }
 }
 
@@ -180,7 +231,7 @@ impl BodyRead {
     }
 }
 
-impl<B: http_body::Body> http_body::Body for ReadToEnd<B> {
+impl<B: http_body::Body + Unpin> http_body::Body for ReadToEnd<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -188,8 +239,11 @@ impl<B: http_body::Body> http_body::Body for ReadToEnd<B> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let mut inner = this.inner;
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let mut inner = std::pin::Pin::new(inner);
         let frame = inner.as_mut().poll_frame(cx);
         let end = match &frame {
             std::task::Poll::Ready(None) => true,
@@ -203,11 +257,13 @@ impl<B: http_body::Body> http_body::Body for ReadToEnd<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), B::size_hint)
     }
 }
 

@@ -118,7 +118,7 @@ fn a_hangup_does_not_stop_the_server() {
 /// A request answered without its body being read (the demo's sign-in refused by the AUTH
 /// bucket, charged before the body is read) is answered `Connection: close`: the server
 /// cannot read the connection's next request before that body, and closes it after the
-/// answer unless the body had all arrived. Told nothing, a client whose body followed its
+/// answer (and the body: see the next test). Told nothing, a client whose body followed its
 /// head in a write of its own (as many send it) sent its next request on a connection going
 /// away, and that request failed. Answers that read the body keep the connection.
 #[test]
@@ -139,4 +139,27 @@ fn an_answer_leaving_a_body_unread_says_the_connection_closes() {
     for i in 20..23 {
         assert_eq!(sign_in(i), (429, "close".to_string()), "attempt {i}");
     }
+}
+
+/// A refused request whose body the client writes whole before reading the answer (as
+/// Python's `http.client` does) gets its answer: the server reads and discards the rest of
+/// the body while it answers, then closes the connection. Closed under bytes still
+/// arriving, the connection was reset: the client's write failed (a broken pipe) or its
+/// read found the reset, the `429` and its `Retry-After` lost.
+#[test]
+fn a_refused_request_with_a_large_body_gets_its_answer() {
+    let ex = Example::start("demo", &[]);
+    let mut connection = RawConnection::connect(&ex.base);
+    let headers = [("content-type", "application/json")];
+    // The chat policy: 60 a minute per IP; its handler does not read the body.
+    for i in 0..60 {
+        let r = connection.send_body("POST", "/api/assistant/chat", &headers, "{}");
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let body = "x".repeat(20 << 20);
+    let r = connection.send_body("POST", "/api/assistant/chat", &headers, &body);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("connection"), "close");
+    let wait: u64 = r.header("retry-after").parse().expect("a Retry-After");
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
 }

@@ -130,8 +130,12 @@
 //!
 //! The layer refuses a request without reading its body. Over HTTP/1, its answer to a
 //! request that announced one (`Content-Length` other than 0, or `Transfer-Encoding`) says
-//! `Connection: close`: the server closes the connection after the answer unless the body
-//! had all arrived, and a client told nothing would send its next request on it.
+//! `Connection: close`: the connection cannot carry another request before that body, and a
+//! client told nothing would send its next request on a connection the server closes.
+//! Closed while the body still arrives, a connection is reset, and a client that writes its
+//! whole body before reading sees the reset rather than the 429: a server should read and
+//! discard the rest for a while before closing (hyper alone does not; the repository's
+//! examples do).
 //!
 //! ```
 //! use std::time::Duration;
