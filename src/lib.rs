@@ -381,6 +381,20 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Whether `request` is a CORS preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`), which a browser sends before a cross-origin call that
+/// carries an API key or `Authorization`, and which never carries credentials itself (the
+/// Fetch standard). The examples do not ask it for credentials: answered 401, it counted as
+/// a failed authentication, and 20 from a browser behind an address others share turned
+/// every client of that address away for a minute, valid keys included.
+pub fn is_cors_preflight<B>(request: &axum::http::Request<B>) -> bool {
+    use axum::http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
+    let headers = request.headers();
+    request.method() == axum::http::Method::OPTIONS
+        && headers.contains_key(ORIGIN)
+        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+}
+
 /// Whether the secret `given` is `expected`, compared in time that depends on neither
 /// where the first difference is nor `expected`'s length (only on `given`'s, which the
 /// client knows): an operator's token is not to be guessed byte by byte, or its length

@@ -169,3 +169,39 @@ async fn paths_outside_the_api_spend_no_guessing_budget() {
         );
     }
 }
+
+/// A CORS preflight carries no credentials (the Fetch standard): none of the examples asks
+/// it for any, so it spends nothing of the guessing budget. Answered 401 and counted, 20
+/// preflights (a browser's cross-origin calls) from an address turned every client of it
+/// away, valid keys included.
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_preflights_spend_no_guessing_budget() {
+    for (name, api) in [
+        ("seed_001", "/v1/contacts"),
+        ("seed_002", "/v1/campaigns"),
+        ("seed_003", "/api/tickets"),
+        ("seed_004", "/v1/invoices"),
+        ("seed_004", "/admin/keys"),
+    ] {
+        let app = Example::start(name, &[]);
+        for _ in 0..LIMIT + 5 {
+            let r = app
+                .request(reqwest::Method::OPTIONS, api)
+                .header("origin", "https://app.partner.example")
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "x-api-key, authorization")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            assert!(status != 401 && status != 429, "{name} {api}: {status}");
+        }
+        let r = app.get(api).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{name} {api}");
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining"),
+            (LIMIT - 1).to_string(),
+            "{name} {api}"
+        );
+    }
+}

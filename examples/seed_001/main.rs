@@ -151,7 +151,10 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
 /// `Authorization: Bearer <token>` → the token's organization, or `401`.
 async fn authenticate(mut request: Request, next: Next) -> Response {
     // Only the API needs credentials (see `tollgate_suite::is_under`).
-    if !tollgate_suite::is_under(request.uri().path(), "/v1") {
+    // Nor a CORS preflight (see `tollgate_suite::is_cors_preflight`).
+    if !tollgate_suite::is_under(request.uri().path(), "/v1")
+        || tollgate_suite::is_cors_preflight(&request)
+    {
         return next.run(request).await;
     }
     let org = tollgate_suite::bearer(request.headers())

@@ -98,7 +98,10 @@ fn endpoint_method(method: &Method) -> &str {
 /// key it carries.
 async fn api_key_guard(mut request: Request, next: Next) -> Response {
     // Only the API needs a key (see `tollgate_suite::is_under`).
-    if !tollgate_suite::is_under(request.uri().path(), "/v1") {
+    // Nor a CORS preflight (see `tollgate_suite::is_cors_preflight`).
+    if !tollgate_suite::is_under(request.uri().path(), "/v1")
+        || tollgate_suite::is_cors_preflight(&request)
+    {
         // A key nobody checked is no key. The limiter reads a path as a normaliser in front
         // of the app would (`//v1/users` and `/./v1/users` are `GET /v1/users` to it, though
         // axum answers them 404): charged to the key, unchecked, they would let anyone spend

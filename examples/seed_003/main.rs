@@ -98,7 +98,10 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 /// Credential → tenant, or `401`.
 async fn authenticate(mut request: Request, next: Next) -> Response {
     // Only the API needs credentials (see `tollgate_suite::is_under`).
-    if !tollgate_suite::is_under(request.uri().path(), "/api") {
+    // Nor a CORS preflight (see `tollgate_suite::is_cors_preflight`).
+    if !tollgate_suite::is_under(request.uri().path(), "/api")
+        || tollgate_suite::is_cors_preflight(&request)
+    {
         return next.run(request).await;
     }
     let tenant = credential(request.headers())
