@@ -101,7 +101,13 @@
 //!   reported earlier, which may be older than those kept since.)
 //! - **The give-back**: what memory decides while the primary fails (admitted charges,
 //!   penalties, less refunds; resets) is noted in the ledger, and charged to the primary
-//!   (penalties, 64 keys a call) before the store decides on it again, so the count after
+//!   (penalties, 64 keys a call) before the store decides on it again. A reset is given
+//!   back as a refund of what the primary had last reported counted for the key (if that
+//!   still counts): what the key counted when it was reset, as far as this instance knew.
+//!   Not as a reset, which would also take away what other instances counted on the
+//!   primary since (a sign-in's reset noted during one instance's outage lifted a lockout
+//!   that formed through another instance meanwhile); what the primary counted that this
+//!   instance never saw stays counted. So the count after
 //!   an outage includes what was admitted during it, as far as it still counts then: no
 //!   more than memory's own count of the key at that moment (a token bucket's refill
 //!   during the outage, a fixed window's earlier windows and a rolling window's admissions
@@ -135,8 +141,12 @@
 //!   between two requests is seen only at the next failure.
 //! - **Several instances**: with `fallback_divisor(N)`, each instance's share of what Redis
 //!   last said remained (rounded up) is what it has left on memory, so N instances behind a
-//!   balancer that spreads each client's requests admit at most what remained plus N. An
-//!   instance that had not seen a key starts it at its divided limit.
+//!   balancer that spreads each client's requests admit at most what remained plus N, when
+//!   all of them are on memory. An instance that had not seen a key starts it at its
+//!   divided limit. When only some lose the primary (a `maxclients` refusal, a stalled
+//!   path, one instance's timeouts), the others decide on the primary, which does not see
+//!   what memory admits until the give-back: k of N on memory admit up to the limit plus
+//!   k/N of it, charged to the primary when they return.
 //!
 //! Bounds: one client sending one request at a time is admitted at most the limit plus one
 //! across a kill, a pause, an empty restart or a Redis refusing writes (the request in
@@ -958,13 +968,17 @@ impl<P: Primary> Shared<P> {
         counted: &[(u64, Duration)],
         restore: bool,
     ) -> Result<(), StoreError> {
-        let resets: Vec<Bucket> = chunk
+        // A reset made from memory takes from the primary's key what it counted then (as
+        // last reported here): a refund. Resetting the key would also take away what other
+        // instances counted there since, still on the primary (a lockout formed meanwhile,
+        // lifted by a sign-in's reset delivered late).
+        let cleared: Vec<Bucket> = chunk
             .iter()
-            .filter(|o| o.reset)
-            .map(|o| o.bucket.clone())
+            .filter(|o| o.cleared > 0)
+            .map(|o| o.bucket.clone().with_cost(o.cleared))
             .collect();
-        if !resets.is_empty() {
-            self.call(&Batch::new(Op::Reset, resets)).await?;
+        if !cleared.is_empty() {
+            self.call(&Batch::new(Op::Refund, cleared)).await?;
         }
         // On a primary that restarted: each key raised back to what it reported before, in
         // one call (another instance may be writing it back at the same moment: the key
@@ -2187,7 +2201,7 @@ mod tests {
     /// counts every call. While
     /// `hold` is set, each give-back call (a penalty other than the probe's) waits for a
     /// permit of `release`; `give_backs` counts them, and the one numbered `fail_give_back`
-    /// (from 1; 0: none) fails; every reset fails while `fail_resets`. While `slow`, every
+    /// (from 1; 0: none) fails; every refund fails while `fail_refunds`. While `slow`, every
     /// call takes 1 ms (on tokio's clock) before it answers.
     #[derive(Debug)]
     struct Gated {
@@ -2199,7 +2213,7 @@ mod tests {
         give_backs: AtomicU32,
         fail_give_back: AtomicU32,
         calls: AtomicU32,
-        fail_resets: AtomicBool,
+        fail_refunds: AtomicBool,
         slow: AtomicBool,
     }
 
@@ -2214,7 +2228,7 @@ mod tests {
                 give_backs: AtomicU32::new(0),
                 fail_give_back: AtomicU32::new(0),
                 calls: AtomicU32::new(0),
-                fail_resets: AtomicBool::new(false),
+                fail_refunds: AtomicBool::new(false),
                 slow: AtomicBool::new(false),
             }
         }
@@ -2238,8 +2252,8 @@ mod tests {
                 if self.down.load(Ordering::Acquire) {
                     return Err(StoreError::Unavailable("down".into()));
                 }
-                if batch.op == Op::Reset && self.fail_resets.load(Ordering::Acquire) {
-                    return Err(StoreError::Unavailable("resets fail".into()));
+                if batch.op == Op::Refund && self.fail_refunds.load(Ordering::Acquire) {
+                    return Err(StoreError::Unavailable("refunds fail".into()));
                 }
                 let probe = batch.buckets[0].key == "tollgate-probe:health";
                 if probe && self.checks_fail.load(Ordering::Acquire) {
@@ -2504,14 +2518,46 @@ mod tests {
         store.apply(&reset).await.unwrap();
         assert_eq!(store.mode(), Mode::Fallback);
         // The first check's give-back cannot deliver the reset; the next one can.
-        gated.fail_resets.store(true, Ordering::Release);
+        gated.fail_refunds.store(true, Ordering::Release);
         gated.down.store(false, Ordering::Release);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(store.mode(), Mode::Fallback);
-        gated.fail_resets.store(false, Ordering::Release);
+        gated.fail_refunds.store(false, Ordering::Release);
         until(|| store.mode() == Mode::Primary).await;
         assert_eq!(gated.remaining(&bucket), 5);
         assert!(store.apply(&charge).await.unwrap().allowed);
+    }
+
+    /// A reset made from memory during an outage (an account's owner signing in, clearing
+    /// its failures) takes away on the primary what the key counted then, as last
+    /// reported here: failures another instance counted on the primary since stay. It was
+    /// given back as a reset, which deleted them too and lifted the lockout they made.
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_made_from_memory_leaves_what_others_counted_since() {
+        let store = gated(FallbackConfig::default()).await;
+        let bucket = Bucket::new("lockout", "alice", Limit::sliding(Quota::per_hour(5)));
+        let charge = Batch::charge(vec![bucket.clone()]);
+        for _ in 0..2 {
+            assert!(store.apply(&charge).await.unwrap().allowed);
+        }
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        store
+            .apply(&Batch::new(Op::Reset, vec![bucket.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(store.mode(), Mode::Fallback);
+        // Another instance, still on the primary, counts three more.
+        for _ in 0..3 {
+            let other = gated
+                .redis
+                .apply_now(Op::Charge, std::slice::from_ref(&bucket))
+                .unwrap();
+            assert!(other.allowed);
+        }
+        gated.down.store(false, Ordering::Release);
+        until(|| store.mode() == Mode::Primary).await;
+        assert_eq!(gated.remaining(&bucket), 2);
     }
 
     /// Calls that fail together (sent while on the primary, failing after the store left

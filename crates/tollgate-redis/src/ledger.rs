@@ -27,8 +27,12 @@ struct Entry {
     /// What memory charged the key since (admitted charges and penalties, less refunds),
     /// not yet charged to the primary.
     debt: u64,
-    /// Whether memory reset the key since: the primary's key is reset too.
-    reset: bool,
+    /// What memory's resets of the key took away since: what the primary had last reported
+    /// counted when the key was reset (if that report still counted), to be refunded to the
+    /// primary. Not a reset of the primary's key, which would also take away what other
+    /// instances counted there after this one's reset (a sign-in's reset noted during an
+    /// outage, delivered later, lifted a lockout formed through another instance since).
+    cleared: u64,
     /// When the record last changed (µs): the least recently changed go first.
     seen: u64,
 }
@@ -38,11 +42,12 @@ impl Entry {
     /// window that counts nothing still reports its window's end) or is fresh again, and
     /// nothing is owed.
     fn idle(&self, now: u64) -> bool {
-        (self.used == 0 || self.until <= now) && self.debt == 0 && !self.reset
+        (self.used == 0 || self.until <= now) && self.debt == 0 && self.cleared == 0
     }
 
     /// The order records are evicted in, smallest first, by what forgetting one could
-    /// admit beyond its limit: keys below their limit before keys at it (or reset), then
+    /// admit beyond its limit: keys below their limit before keys at it (or with a reset
+    /// owed), then
     /// the smaller share of its limit held (the report still counting, plus what is owed;
     /// as a share, so a lockout at 4 of 5 outranks a key at 5 of 10,000), then the fewer
     /// held, then a report before a debt of the same size (the primary has the report until
@@ -57,7 +62,7 @@ impl Entry {
         // The share held, in 2^-32ths of the limit.
         let share = (u128::from(held.min(capacity)) << 32) / u128::from(capacity);
         (
-            self.reset || held >= capacity,
+            self.cleared > 0 || held >= capacity,
             u64::try_from(share).unwrap_or(u64::MAX),
             held,
             self.debt > 0,
@@ -82,8 +87,8 @@ pub(crate) struct Owed {
     pub(crate) fresh_in: std::time::Duration,
     /// What memory charged since.
     pub(crate) debt: u64,
-    /// Whether memory reset the key since.
-    pub(crate) reset: bool,
+    /// What memory's resets took away since, to refund to the primary.
+    pub(crate) cleared: u64,
 }
 
 /// The ledger's keys and what it remembers of each.
@@ -194,7 +199,7 @@ impl Ledger {
                 used,
                 until,
                 debt: 0,
-                reset: false,
+                cleared: 0,
                 seen: now,
             },
             now,
@@ -212,8 +217,9 @@ impl Ledger {
         let entry = match table.get_mut(bucket.key.as_str()) {
             Some(entry) => entry,
             None => {
-                if matches!(op, Op::Refund | Op::RefundAt(_)) {
-                    return; // nothing owed to take from
+                if matches!(op, Op::Refund | Op::RefundAt(_) | Op::Reset) {
+                    // Nothing owed to take from, nothing reported to clear.
+                    return;
                 }
                 let fresh = Entry {
                     limit: bucket.limit,
@@ -222,7 +228,7 @@ impl Ledger {
                     used: 0,
                     until: 0,
                     debt: 0,
-                    reset: false,
+                    cleared: 0,
                     seen: now,
                 };
                 if !self.insert(&mut table, bucket, fresh, now) {
@@ -240,7 +246,8 @@ impl Ledger {
             Op::Charge | Op::Penalize => entry.debt = entry.debt.saturating_add(bucket.cost),
             Op::Refund | Op::RefundAt(_) => entry.debt = entry.debt.saturating_sub(bucket.cost),
             Op::Reset => {
-                entry.reset = true;
+                let counted = if entry.until > now { entry.used } else { 0 };
+                entry.cleared = entry.cleared.saturating_add(counted);
                 entry.debt = 0;
                 entry.used = 0;
                 entry.until = 0;
@@ -249,15 +256,15 @@ impl Ledger {
         }
     }
 
-    /// Takes what is owed: every key with a debt or a reset, and with `restore` also every
-    /// key whose last report still counts something. Debts and resets are cleared; give
+    /// Takes what is owed: every key with a debt or a reset's refund, and with `restore` also
+    /// every key whose last report still counts something. Debts and refunds are cleared; give
     /// back what could not be delivered with [`Ledger::put_back`].
     pub(crate) fn take(&self, restore: bool, now: u64) -> Vec<Owed> {
         let mut table = self.lock();
         let mut owed = Vec::new();
         for (key, entry) in table.iter_mut() {
             let counts = entry.until > now && entry.used > 0;
-            if entry.debt == 0 && !entry.reset && !(restore && counts) {
+            if entry.debt == 0 && entry.cleared == 0 && !(restore && counts) {
                 continue;
             }
             owed.push(Owed {
@@ -265,10 +272,10 @@ impl Ledger {
                 used: if counts { entry.used } else { 0 },
                 fresh_in: std::time::Duration::from_micros(entry.until.saturating_sub(now)),
                 debt: entry.debt,
-                reset: entry.reset,
+                cleared: entry.cleared,
             });
             entry.debt = 0;
-            entry.reset = false;
+            entry.cleared = 0;
         }
         owed
     }
@@ -303,13 +310,14 @@ impl Ledger {
             .collect()
     }
 
-    /// Puts back debts and resets [`Ledger::take`] handed over that could not be delivered.
+    /// Puts back debts and resets' refunds [`Ledger::take`] handed over that could not be
+    /// delivered.
     pub(crate) fn put_back(&self, owed: &[Owed], now: u64) {
         let mut table = self.lock();
-        for o in owed.iter().filter(|o| o.debt > 0 || o.reset) {
+        for o in owed.iter().filter(|o| o.debt > 0 || o.cleared > 0) {
             if let Some(entry) = table.get_mut(o.bucket.key.as_str()) {
                 entry.debt = entry.debt.saturating_add(o.debt);
-                entry.reset |= o.reset;
+                entry.cleared = entry.cleared.saturating_add(o.cleared);
                 continue;
             }
             let entry = Entry {
@@ -319,7 +327,7 @@ impl Ledger {
                 used: 0,
                 until: 0,
                 debt: o.debt,
-                reset: o.reset,
+                cleared: o.cleared,
                 seen: now,
             };
             if !self.insert(&mut table, &o.bucket, entry, now) {
@@ -346,7 +354,7 @@ impl Ledger {
             table.retain(|_, e| {
                 if left > 0 && e.rank(now) <= cutoff {
                     left -= 1;
-                    lost += u64::from(e.debt > 0 || e.reset);
+                    lost += u64::from(e.debt > 0 || e.cleared > 0);
                     false
                 } else {
                     true
@@ -562,10 +570,23 @@ mod tests {
         ledger.owe(Op::Penalize, &b, true, 0);
         ledger.owe(Op::Refund, &b.clone().with_cost(2), true, 0);
         let owed = ledger.take(false, 0);
-        assert_eq!((owed[0].debt, owed[0].reset), (4, false));
+        assert_eq!((owed[0].debt, owed[0].cleared), (4, 0));
+        // A reset takes away what memory owed and what the primary last reported still
+        // counting (7 of 10, for 60 s), which is refunded to the primary, not reset there.
+        let seven = BucketState {
+            limit: 10,
+            ..report(3, 60)
+        };
+        ledger.note_all(Op::Charge, std::slice::from_ref(&b), &[seven.clone()], 0);
         ledger.owe(Op::Charge, &b, true, 0);
         ledger.owe(Op::Reset, &b, true, 0);
         let owed = ledger.take(true, 0);
-        assert_eq!((owed[0].used, owed[0].debt, owed[0].reset), (0, 0, true));
+        assert_eq!((owed[0].used, owed[0].debt, owed[0].cleared), (0, 0, 7));
+        // A report that no longer counts is nothing to clear; a key never seen, nothing
+        // to note.
+        ledger.note_all(Op::Charge, std::slice::from_ref(&b), &[seven], 0);
+        ledger.owe(Op::Reset, &b, true, 61_000_000);
+        ledger.owe(Op::Reset, &Bucket::new("api", "new", limit), true, 0);
+        assert!(ledger.take(true, 61_000_000).is_empty());
     }
 }
