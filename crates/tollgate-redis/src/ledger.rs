@@ -577,14 +577,24 @@ mod tests {
             limit: 10,
             ..report(3, 60)
         };
-        ledger.note_all(Op::Charge, std::slice::from_ref(&b), &[seven.clone()], 0);
+        ledger.note_all(
+            Op::Charge,
+            std::slice::from_ref(&b),
+            std::slice::from_ref(&seven),
+            0,
+        );
         ledger.owe(Op::Charge, &b, true, 0);
         ledger.owe(Op::Reset, &b, true, 0);
         let owed = ledger.take(true, 0);
         assert_eq!((owed[0].used, owed[0].debt, owed[0].cleared), (0, 0, 7));
         // A report that no longer counts is nothing to clear; a key never seen, nothing
         // to note.
-        ledger.note_all(Op::Charge, std::slice::from_ref(&b), &[seven], 0);
+        ledger.note_all(
+            Op::Charge,
+            std::slice::from_ref(&b),
+            std::slice::from_ref(&seven),
+            0,
+        );
         ledger.owe(Op::Reset, &b, true, 61_000_000);
         ledger.owe(Op::Reset, &Bucket::new("api", "new", limit), true, 0);
         assert!(ledger.take(true, 61_000_000).is_empty());
