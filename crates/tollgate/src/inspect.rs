@@ -157,6 +157,9 @@ impl Limiter {
     }
 
     /// Forgets everything `bucket` counted for `key`: its next request starts afresh.
+    /// Made while a Redis store decides from its memory fallback, the reset is made there,
+    /// and once Redis answers again takes from Redis what Redis had last reported to this
+    /// instance for the key; what other instances counted there meanwhile stays counted.
     ///
     /// # Errors
     ///
