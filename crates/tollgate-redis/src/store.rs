@@ -148,10 +148,10 @@ enum Connection {
     /// A pool of connections, one per request in flight.
     #[cfg(feature = "deadpool")]
     Pool(deadpool_redis::Pool),
-    /// Redis Cluster, connected on first use.
+    /// Redis Cluster, connected on first use and renewed as [`Renewing`] says.
     Cluster {
         client: ClusterClient,
-        connection: tokio::sync::OnceCell<ClusterConnection>,
+        connection: Renewing<ClusterConnection>,
     },
 }
 
@@ -194,57 +194,49 @@ async fn run<C: ConnectionLike>(conn: &mut C, call: Call<'_>) -> Result<Decision
     }
 }
 
-/// How long a [`SharedManager`] may answer nothing but errors before it is replaced.
+/// How long a [`Renewing`] connection may answer nothing but errors before it is replaced.
 const RENEW_AFTER: Duration = Duration::from_secs(1);
 
-/// The multiplexed connection of [`Connection::Manager`], made on first use: lazily, so that
-/// building the store needs neither a runtime nor Redis.
+/// A connection made on first use, and made afresh once it has answered nothing but errors
+/// for [`RENEW_AFTER`]; a call its caller gave up on (the fallback's timeout) counts as an
+/// error, as it never answered.
 ///
 /// A `ConnectionManager` makes its connection again only after I/O errors: one whose
 /// connection failed otherwise (a password Redis refused, during a password rotation, say;
 /// a database that does not exist) would fail every call until the process restarts, and
-/// the store would never go back to Redis. So one that has answered nothing but errors for
-/// [`RENEW_AFTER`] is replaced by a new one, which connects afresh.
-struct SharedManager {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    current: ArcSwapOption<ConnectionManager>,
+/// the store would never go back to Redis. A Redis Cluster connection that a failover left
+/// refreshing its slots for ever had every call wait until its caller gave up, and was
+/// never replaced either (a review: a master killed under load, its replica promoted, and
+/// the store on memory for good after 6 of 10 such failovers).
+struct Renewing<C> {
+    current: ArcSwapOption<C>,
+    /// Held while one is made: a cluster connection is made by connecting, and every call
+    /// waiting for one would otherwise make its own.
+    making: tokio::sync::Mutex<()>,
     /// Set while calls fail.
     failing: AtomicBool,
-    /// Since when calls fail, or since the manager was last replaced.
+    /// Since when calls fail, or since the connection was last replaced.
     failing_since: Mutex<Option<Instant>>,
 }
 
-impl SharedManager {
-    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Self {
+impl<C> Renewing<C> {
+    fn new() -> Self {
         Self {
-            client,
-            config,
             current: ArcSwapOption::empty(),
+            making: tokio::sync::Mutex::new(()),
             failing: AtomicBool::new(false),
             failing_since: Mutex::new(None),
         }
     }
 
-    /// The manager, made if there is none.
-    fn get(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(m) = &*self.current.load() {
-            return Ok(ConnectionManager::clone(m));
-        }
-        let made = Arc::new(
-            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-                .map_err(backend)?,
-        );
-        // Two calls may make one at once: the first stored is everyone's.
-        let before = self
-            .current
-            .compare_and_swap(&None::<Arc<_>>, Some(made.clone()));
-        Ok(ConnectionManager::clone(before.as_deref().unwrap_or(&made)))
+    /// Notes whether a call through the connection succeeded, dropping a connection that
+    /// has failed every call for [`RENEW_AFTER`] (the next call makes another).
+    fn note(&self, ok: bool) {
+        self.note_at(ok, Instant::now());
     }
 
-    /// Notes whether a call through the manager succeeded, replacing a manager that has
-    /// failed every call for [`RENEW_AFTER`].
-    fn note(&self, ok: bool) {
+    /// [`Renewing::note`], at `now`.
+    fn note_at(&self, ok: bool, now: Instant) {
         if ok {
             if self.failing.load(Ordering::Relaxed) {
                 self.failing.store(false, Ordering::Relaxed);
@@ -252,7 +244,6 @@ impl SharedManager {
             }
             return;
         }
-        let now = Instant::now();
         let mut since = lock(&self.failing_since);
         match *since {
             None => {
@@ -270,18 +261,86 @@ impl SharedManager {
             Some(_) => {}
         }
     }
+}
 
-    /// Runs `call`, noting whether its connection worked: an error Redis answered (`OOM`
-    /// when full, `READONLY` on a replica) says it did, and `broken` tells the others.
+impl<C: Clone> Renewing<C> {
+    /// The connection, made by `make` if there is none.
+    async fn get(
+        &self,
+        make: impl AsyncFnOnce() -> Result<C, StoreError>,
+    ) -> Result<C, StoreError> {
+        if let Some(c) = &*self.current.load() {
+            return Ok(C::clone(c));
+        }
+        let _making = self.making.lock().await;
+        if let Some(c) = &*self.current.load() {
+            return Ok(C::clone(c));
+        }
+        let made = make().await?;
+        self.current.store(Some(Arc::new(made.clone())));
+        Ok(made)
+    }
+
+    /// Runs `call` on the connection (made by `make` if there is none), noting whether it
+    /// worked: an error Redis answered (`OOM` when full, `READONLY` on a replica) says it
+    /// did, and `broken` tells the others; a call dropped before it finished did not.
+    async fn run<T, E>(
+        &self,
+        make: impl AsyncFnOnce() -> Result<C, StoreError>,
+        call: impl AsyncFnOnce(&mut C) -> Result<T, E>,
+        broken: fn(&E) -> bool,
+    ) -> Result<Result<T, E>, StoreError> {
+        let mut noted = Noted {
+            connection: self,
+            ok: false,
+        };
+        let mut conn = self.get(make).await?;
+        let result = call(&mut conn).await;
+        noted.ok = !result.as_ref().is_err_and(broken);
+        Ok(result)
+    }
+}
+
+/// Notes a call's outcome on its [`Renewing`] connection when dropped: finished or not.
+struct Noted<'a, C> {
+    connection: &'a Renewing<C>,
+    ok: bool,
+}
+
+impl<C> Drop for Noted<'_, C> {
+    fn drop(&mut self) {
+        self.connection.note(self.ok);
+    }
+}
+
+/// The multiplexed connection of [`Connection::Manager`], made on first use: lazily, so that
+/// building the store needs neither a runtime nor Redis; renewed as [`Renewing`] says.
+struct SharedManager {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    connection: Renewing<ConnectionManager>,
+}
+
+impl SharedManager {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Self {
+        Self {
+            client,
+            config,
+            connection: Renewing::new(),
+        }
+    }
+
+    /// [`Renewing::run`] on the manager.
     async fn run<T, E>(
         &self,
         call: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, E>,
         broken: fn(&E) -> bool,
     ) -> Result<Result<T, E>, StoreError> {
-        let mut conn = self.get()?;
-        let result = call(&mut conn).await;
-        self.note(!result.as_ref().is_err_and(broken));
-        Ok(result)
+        let make = async || {
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+                .map_err(backend)
+        };
+        self.connection.run(make, call, broken).await
     }
 }
 
@@ -344,11 +403,10 @@ impl Connection {
                 run(&mut conn, call).await
             }
             Connection::Cluster { client, connection } => {
-                let conn = connection
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await
-                    .map_err(backend)?;
-                run(&mut conn.clone(), call).await
+                let make = async || client.get_async_connection().await.map_err(backend);
+                connection
+                    .run(make, async |conn| run(conn, call).await, broken_store)
+                    .await?
             }
         }
     }
@@ -655,7 +713,7 @@ impl RedisStoreBuilder {
                     })?;
                 Connection::Cluster {
                     client,
-                    connection: tokio::sync::OnceCell::new(),
+                    connection: Renewing::new(),
                 }
             }
             #[cfg(feature = "deadpool")]
@@ -1166,6 +1224,36 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection whose calls are all given up on (a cluster connection stuck refreshing
+    /// its slots after a failover: each call waited until the fallback's timeout dropped
+    /// it) is made afresh after [`RENEW_AFTER`], as one whose calls fail; one call that
+    /// works in between keeps it.
+    #[tokio::test]
+    async fn a_connection_whose_calls_never_answer_is_made_afresh() {
+        let made = std::sync::atomic::AtomicU64::new(0);
+        let make = async || Ok::<_, StoreError>(made.fetch_add(1, Ordering::Relaxed) + 1);
+        let connection = Renewing::<u64>::new();
+        let never = async |_: &mut u64| std::future::pending::<Result<(), ()>>().await;
+        let given_up = connection.run(make, never, |_| true);
+        let waited = tokio::time::timeout(Duration::from_millis(1), given_up).await;
+        assert!(waited.is_err());
+        let since = lock(&connection.failing_since).expect("a call given up on is a failure");
+        assert_eq!(connection.get(make).await.unwrap(), 1);
+        connection.note_at(false, since + RENEW_AFTER / 2);
+        assert_eq!(connection.get(make).await.unwrap(), 1);
+        connection.note_at(false, since + RENEW_AFTER);
+        assert_eq!(connection.get(make).await.unwrap(), 2);
+        // Calls that answer keep the connection.
+        let answers = async |conn: &mut u64| Ok::<u64, ()>(*conn);
+        assert_eq!(
+            connection.run(make, answers, |_| true).await.unwrap(),
+            Ok(2)
+        );
+        assert!(lock(&connection.failing_since).is_none());
+        connection.note_at(false, since + RENEW_AFTER * 3);
+        assert_eq!(connection.get(make).await.unwrap(), 2);
+    }
 
     /// The shape of Redis 7's `INFO memory` (lines end in `\r\n`; names share prefixes).
     fn info(maxmemory: u64, policy: &str) -> String {
