@@ -8,8 +8,12 @@
 //!   without charging any bucket when one refuses, and setting an expiry on every key it
 //!   writes. It gives the same decisions as
 //!   [`MemoryStore`](tollgate_core::MemoryStore) for every algorithm, operation, cost and set
-//!   of buckets. Connects through one multiplexed connection (the default, and the fastest),
-//!   an application's `deadpool_redis::Pool` (feature `deadpool`), or Redis Cluster.
+//!   of buckets (on Redis Cluster, one script per hash slot: a refusal in one slot gives
+//!   back the charges made in the others, and a request's buckets are decided together only
+//!   when the prefix's hash tag, `{app}:`, puts them in one slot). Connects through one
+//!   multiplexed connection (the default, and the fastest), an application's
+//!   `deadpool_redis::Pool` (feature `deadpool`), or Redis Cluster (in code,
+//!   [`RedisStoreBuilder::cluster`]; [`from_env`]'s URL names one server).
 //! - [`FallbackStore`]: a per-call timeout and a circuit breaker in front of a primary store;
 //!   decides from memory (or fails open / closed, per batch) while the primary fails, probes it
 //!   in the background and returns to it.

@@ -82,7 +82,8 @@
 //! # Time
 //!
 //! Sliding windows, sliding logs and token buckets are decided on the Redis server's clock
-//! (the script reads `TIME`), so app instances whose clocks differ share one timeline.
+//! (the script reads `TIME`), so app instances whose clocks differ share one timeline,
+//! except in requests that include a fixed window (below).
 //! [`Decision::now`] is that time. On a cluster, each node's clock is used for its own keys.
 //!
 //! **Fixed windows are placed by the instance's clock** ([`RedisStoreBuilder::clock`],
@@ -92,7 +93,11 @@
 //! instances whose clocks differ, a window's boundary moves by the skew: an instance whose
 //! clock runs ahead starts the next window (a fresh count) that much earlier. A request that
 //! includes a fixed window is decided entirely on the instance's clock (its other buckets
-//! too), and [`Decision::now`] is then the instance's time. Every key outlives its state by
+//! too), and [`Decision::now`] is then the instance's time: a token bucket or sliding
+//! window charged alongside a fixed window by an instance whose clock is off is written on
+//! that clock, and other instances, on the server's, see it that far ahead or behind (a
+//! shared token bucket refusing the fleet's other clients, when the skew is beyond its
+//! burst interval). Every key outlives its state by
 //! a second, so that an instance whose clock runs behind the server's (or another
 //! instance's) by less than that still finds what counts; beyond a second of skew, a key can
 //! expire while that instance would still count it.
