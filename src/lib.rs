@@ -55,7 +55,8 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     println!("listening on http://{}", listener.local_addr()?);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF_SIZE);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
@@ -99,6 +100,18 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The most a connection's read buffer holds (hyper's default is about 400 KiB): a request
+/// head must fit (a longer one is answered `431`), and a body being read, or the rest of an
+/// unread one being discarded (see [`ReadToEnd`]), holds no more than this per connection.
+/// At the default, connections draining refused bodies held about 180 KiB each (a review:
+/// 800 of them at once took the demo from 9 to about 200 MB).
+pub const MAX_BUF_SIZE: usize = 64 * 1024;
+
+/// How long the rest of an unread body may pause before its connection is closed under it
+/// (see [`ReadToEnd`]): a client still sending keeps it open, one that stopped does not
+/// hold its connection and buffer for the whole [`BODY_READ_TIMEOUT`].
+pub const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a connection may take to send a request head (see [`serve`]).
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -138,8 +151,8 @@ impl<B> DeadlineBody<B> {
 /// its whole body before reading the answer (a refusal made before the body is read) then
 /// reads the answer where the connection closing under its unread bytes would reset it,
 /// the answer lost (RFC 9112 section 9.6). The rest is read in a task of its own while the
-/// answer is sent, as long as the body takes to arrive (with [`DeadlineBody`], at most its
-/// timeout); the connection closes after it. A request that asked to be told before
+/// answer is sent, as long as the body keeps arriving (a pause of [`LINGER_IDLE`] ends it;
+/// with [`DeadlineBody`], at most its timeout in all); the connection closes after it. A request that asked to be told before
 /// sending its body (`Expect: 100-continue`) is not read: asking for its body would invite
 /// it.
 pub struct ReadToEnd<B> {
@@ -188,8 +201,8 @@ where
     }
 }
 
-/// Reads `body` to its end (or its first error) in a task of the current Tokio runtime,
-/// discarding it.
+/// Reads `body` to its end (or its first error, or until nothing arrives for
+/// [`LINGER_IDLE`]) in a task of the current Tokio runtime, discarding it.
 fn read_rest<B>(mut body: B)
 where
     B: http_body::Body + Unpin + Send + 'static,
@@ -197,7 +210,14 @@ where
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let mut body = std::pin::Pin::new(&mut body);
-            while let Some(Ok(_)) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
+            loop {
+                let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx));
+                match tokio::time::timeout(LINGER_IDLE, frame).await {
+                    Ok(Some(Ok(_))) => {}
+                    // The end, an error, or a client that stopped sending.
+                    _ => break,
+                }
+            }
         });
     }
 }
@@ -381,18 +401,25 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Whether `request` is a CORS preflight (`OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`), which a browser sends before a cross-origin call that
-/// carries an API key or `Authorization`, and which never carries credentials itself (the
-/// Fetch standard). The examples do not ask it for credentials: answered 401, it counted as
-/// a failed authentication, and 20 from a browser behind an address others share turned
-/// every client of that address away for a minute, valid keys included.
-pub fn is_cors_preflight<B>(request: &axum::http::Request<B>) -> bool {
+/// The answer to `request` if it is a CORS preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`): `204 No Content`, without the `Access-Control-Allow-*`
+/// fields (the examples allow no cross-origin call, so a browser goes no further). A
+/// browser sends one before a cross-origin call that carries an API key or
+/// `Authorization`, and it never carries credentials itself (the Fetch standard). The
+/// examples' authentication answers it before asking for credentials and before their
+/// limiters: answered 401, it counted as a failed authentication (20 from a browser behind
+/// an address others share turned every client of that address away for a minute, valid
+/// keys included); let through unauthenticated, it spent seed 004's gateway-wide backstop,
+/// which one anonymous client could then empty alone. It describes no call, and spends no
+/// budget.
+pub fn preflight_answer<B>(request: &axum::http::Request<B>) -> Option<axum::response::Response> {
     use axum::http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
+    use axum::response::IntoResponse;
     let headers = request.headers();
-    request.method() == axum::http::Method::OPTIONS
+    let preflight = request.method() == axum::http::Method::OPTIONS
         && headers.contains_key(ORIGIN)
-        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+    preflight.then(|| axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
 /// Whether the secret `given` is `expected`, compared in time that depends on neither

@@ -152,11 +152,12 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
 
 /// `Authorization: Bearer <token>` → the token's organization, or `401`.
 async fn authenticate(mut request: Request, next: Next) -> Response {
+    // Before anything else (see `tollgate_suite::preflight_answer`).
+    if let Some(answer) = tollgate_suite::preflight_answer(&request) {
+        return answer;
+    }
     // Only the API needs credentials (see `tollgate_suite::is_under`).
-    // Nor a CORS preflight (see `tollgate_suite::is_cors_preflight`).
-    if !tollgate_suite::is_under(request.uri().path(), "/v1")
-        || tollgate_suite::is_cors_preflight(&request)
-    {
+    if !tollgate_suite::is_under(request.uri().path(), "/v1") {
         return next.run(request).await;
     }
     let org = tollgate_suite::bearer(request.headers())

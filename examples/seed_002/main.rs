@@ -97,11 +97,12 @@ fn endpoint_method(method: &Method) -> &str {
 /// The API key guard: `/v1` requests need a known `x-api-key`; any other request loses the
 /// key it carries.
 async fn api_key_guard(mut request: Request, next: Next) -> Response {
+    // Before anything else (see `tollgate_suite::preflight_answer`).
+    if let Some(answer) = tollgate_suite::preflight_answer(&request) {
+        return answer;
+    }
     // Only the API needs a key (see `tollgate_suite::is_under`).
-    // Nor a CORS preflight (see `tollgate_suite::is_cors_preflight`).
-    if !tollgate_suite::is_under(request.uri().path(), "/v1")
-        || tollgate_suite::is_cors_preflight(&request)
-    {
+    if !tollgate_suite::is_under(request.uri().path(), "/v1") {
         // A key nobody checked is no key. The limiter reads a path as a normaliser in front
         // of the app would (`//v1/users` and `/./v1/users` are `GET /v1/users` to it, though
         // axum answers them 404): charged to the key, unchecked, they would let anyone spend

@@ -97,11 +97,12 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 
 /// Credential → tenant, or `401`.
 async fn authenticate(mut request: Request, next: Next) -> Response {
+    // Before anything else (see `tollgate_suite::preflight_answer`).
+    if let Some(answer) = tollgate_suite::preflight_answer(&request) {
+        return answer;
+    }
     // Only the API needs credentials (see `tollgate_suite::is_under`).
-    // Nor a CORS preflight (see `tollgate_suite::is_cors_preflight`).
-    if !tollgate_suite::is_under(request.uri().path(), "/api")
-        || tollgate_suite::is_cors_preflight(&request)
-    {
+    if !tollgate_suite::is_under(request.uri().path(), "/api") {
         return next.run(request).await;
     }
     let tenant = credential(request.headers())

@@ -280,18 +280,19 @@ fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
 }
 
 /// `/v1` needs a known key (writes a write-scoped one), except the public status, which
-/// loses any key it carries; `/admin` needs the admin token. A CORS preflight needs
-/// nothing and loses any key it carries.
+/// loses any key it carries; `/admin` needs the admin token.
 async fn authenticate(
     State(gateway): State<Gateway>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    // Before anything else (see `tollgate_suite::preflight_answer`).
+    if let Some(answer) = tollgate_suite::preflight_answer(&request) {
+        return answer;
+    }
     let path = request.uri().path();
     let error = |status: StatusCode, code: &str| (status, Json(json!({ "error": code })));
-    // A CORS preflight carries no credentials (see `tollgate_suite::is_cors_preflight`).
-    let preflight = tollgate_suite::is_cors_preflight(&request);
-    if path.starts_with("/admin/") && !preflight {
+    if path.starts_with("/admin/") {
         let token = tollgate_suite::bearer(request.headers());
         let valid = match (token, &gateway.admin_token) {
             (Some(given), Some(expected)) => tollgate_suite::same_secret(given, expected),
@@ -300,7 +301,7 @@ async fn authenticate(
         if !valid {
             return error(StatusCode::UNAUTHORIZED, "invalid_admin_token").into_response();
         }
-    } else if path.starts_with("/v1/") && path != "/v1/status" && !preflight {
+    } else if path.starts_with("/v1/") && path != "/v1/status" {
         let key = request
             .headers()
             .get(API_KEY)
