@@ -23,9 +23,11 @@ use axum::Router;
 /// made before the body is read, a handler that ignores it) says `Connection: close`: the
 /// connection cannot carry another request before that body, and a client told nothing
 /// would send its next request on a connection going away. The rest of such a body is read
-/// and discarded while the response is sent, then the connection closes: closed under
-/// bytes still arriving, it would be reset, and a client that writes its whole body before
-/// reading (many do) would see the reset instead of the response (see [`ReadToEnd`]).
+/// and discarded while the response is sent, as long as it keeps arriving ([`LINGER_IDLE`]),
+/// then the connection closes: closed under bytes still arriving, it would be reset, and a
+/// client that writes its whole body before reading (many do) would see the reset instead
+/// of the response (see [`ReadToEnd`]). A connection's read buffer holds at most
+/// [`MAX_BUF_SIZE`].
 ///
 /// # Errors
 ///
