@@ -418,9 +418,12 @@ pub fn preflight_answer<B>(request: &axum::http::Request<B>) -> Option<axum::res
     use axum::http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
     use axum::response::IntoResponse;
     let headers = request.headers();
+    // (The Fetch standard's preflight always names the method it asks about.)
     let preflight = request.method() == axum::http::Method::OPTIONS
         && headers.contains_key(ORIGIN)
-        && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+        && headers
+            .get(ACCESS_CONTROL_REQUEST_METHOD)
+            .is_some_and(|method| !method.is_empty());
     preflight.then(|| axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
