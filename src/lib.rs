@@ -154,9 +154,9 @@ impl<B> DeadlineBody<B> {
 /// reads the answer where the connection closing under its unread bytes would reset it,
 /// the answer lost (RFC 9112 section 9.6). The rest is read in a task of its own while the
 /// answer is sent, as long as the body keeps arriving (a pause of [`LINGER_IDLE`] ends it;
-/// with [`DeadlineBody`], at most its timeout in all); the connection closes after it. A request that asked to be told before
-/// sending its body (`Expect: 100-continue`) is not read: asking for its body would invite
-/// it.
+/// with [`DeadlineBody`], at most its timeout in all); the connection closes after it. A
+/// request that asked to be told before sending its body (`Expect: 100-continue`) is not
+/// read: asking for its body would invite it.
 pub struct ReadToEnd<B> {
     // `None` once dropped (its rest is being read).
     inner: Option<B>,
@@ -186,11 +186,14 @@ where
         // A request without a body (most of them) costs no flag.
         let ended =
             announced.then(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let expects_continue = request
-            .headers()
-            .get(axum::http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let linger = (announced && !expects_continue).then_some(read_rest::<B> as fn(B));
+        // (The header is looked at only for a request with a body.)
+        let expects_continue = || {
+            request
+                .headers()
+                .get(axum::http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        };
+        let linger = (announced && !expects_continue()).then_some(read_rest::<B> as fn(B));
         let read = BodyRead {
             ended: ended.clone(),
         };

@@ -72,12 +72,12 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
 /// page's `KV_REST_API_URL` and `KV_REST_API_TOKEN` (a REST API) are not read: tollgate
 /// speaks Redis's protocol (`REDIS_URL`); set alone, they are warned about.
 fn store_from_env(max_entries: Option<usize>) -> tollgate::redis::EnvStore {
-    use tollgate::redis::{EnvStore, FallbackConfig, FallbackStore, RedisStore};
+    use tollgate::redis::{EnvStore, FallbackConfig, RedisStore};
     let memory = || match max_entries {
         Some(n) => tollgate::MemoryStore::builder().max_entries(n).build(),
         None => tollgate::MemoryStore::new(),
     };
-    let Some(url) = tollgate::redis::redis_url_from_env() else {
+    if tollgate::redis::redis_url_from_env().is_none() {
         if std::env::var_os("KV_REST_API_URL").is_some() {
             tracing::warn!(
                 "KV_REST_API_URL is not read (a REST API): set REDIS_URL (or KV_URL) to the \
@@ -85,11 +85,14 @@ fn store_from_env(max_entries: Option<usize>) -> tollgate::redis::EnvStore {
             );
         }
         return EnvStore::Memory(memory());
-    };
-    let redis = tollgate::redis::fallback_config_from_env(FallbackConfig::default())
-        .and_then(|config| Ok((RedisStore::builder().url(url).build()?, config)));
-    match redis {
-        Ok((redis, config)) => EnvStore::Redis(FallbackStore::with_memory(redis, memory(), config)),
+    }
+    let store = tollgate::redis::from_env_with_memory(
+        RedisStore::builder(),
+        FallbackConfig::default(),
+        memory(),
+    );
+    match store {
+        Ok(store) => store,
         Err(e) => {
             tracing::error!(
                 "the Redis settings cannot be used ({e}): counting in memory, for this process \

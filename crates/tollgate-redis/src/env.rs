@@ -185,10 +185,26 @@ pub fn from_env_with(
     redis: RedisStoreBuilder,
     config: FallbackConfig,
 ) -> Result<EnvStore, RedisConfigError> {
+    from_env_with_memory(redis, config, MemoryStore::new())
+}
+
+/// [`from_env_with`], with the memory store to use: the store itself without a URL, the
+/// fallback's memory with one (a store bounded with [`MemoryStore::builder`]'s
+/// `max_entries`, say).
+///
+/// # Errors
+///
+/// [`RedisConfigError::InvalidUrl`], [`RedisConfigError::InvalidEnv`].
+pub fn from_env_with_memory(
+    redis: RedisStoreBuilder,
+    config: FallbackConfig,
+    memory: MemoryStore,
+) -> Result<EnvStore, RedisConfigError> {
     from_url(
         redis_url_from_env(),
         redis,
         fallback_config_from_env(config)?,
+        memory,
     )
 }
 
@@ -196,10 +212,15 @@ fn from_url(
     url: Option<String>,
     redis: RedisStoreBuilder,
     config: FallbackConfig,
+    memory: MemoryStore,
 ) -> Result<EnvStore, RedisConfigError> {
     Ok(match url {
-        None => EnvStore::Memory(MemoryStore::new()),
-        Some(url) => EnvStore::Redis(FallbackStore::with_config(redis.url(url).build()?, config)),
+        None => EnvStore::Memory(memory),
+        Some(url) => EnvStore::Redis(FallbackStore::with_memory(
+            redis.url(url).build()?,
+            memory,
+            config,
+        )),
     })
 }
 
@@ -236,7 +257,13 @@ mod tests {
     #[test]
     fn the_memory_store_of_the_environment_decides_synchronously() {
         use tollgate_core::{Bucket, BucketState, Limit, Op, Quota};
-        let store = from_url(None, RedisStore::builder(), FallbackConfig::default()).unwrap();
+        let store = from_url(
+            None,
+            RedisStore::builder(),
+            FallbackConfig::default(),
+            MemoryStore::new(),
+        )
+        .unwrap();
         let buckets = [Bucket::new("b", "k", Limit::sliding(Quota::per_minute(2)))];
         let mut states = [BucketState::default()];
         for allowed in [true, true, false] {
@@ -249,6 +276,7 @@ mod tests {
             Some("redis://127.0.0.1:1/".into()),
             RedisStore::builder(),
             FallbackConfig::default(),
+            MemoryStore::new(),
         )
         .unwrap();
         assert!(redis
@@ -258,12 +286,19 @@ mod tests {
 
     #[test]
     fn memory_without_url_and_typed_error_for_a_bad_one() {
-        let store = from_url(None, RedisStore::builder(), FallbackConfig::default()).unwrap();
+        let store = from_url(
+            None,
+            RedisStore::builder(),
+            FallbackConfig::default(),
+            MemoryStore::new(),
+        )
+        .unwrap();
         assert!(store.redis().is_none());
         let err = from_url(
             Some("http://user:pw@host".into()),
             RedisStore::builder(),
             FallbackConfig::default(),
+            MemoryStore::new(),
         )
         .unwrap_err();
         assert!(matches!(err, RedisConfigError::InvalidUrl { .. }));
@@ -272,6 +307,7 @@ mod tests {
             Some("redis://127.0.0.1:1/".into()),
             RedisStore::builder(),
             FallbackConfig::default(),
+            MemoryStore::new(),
         )
         .unwrap();
         assert!(store.redis().is_some());
@@ -318,6 +354,7 @@ mod tests {
             Some("rediss://default:pw@kv.example.com:6379".into()),
             RedisStore::builder(),
             FallbackConfig::default(),
+            MemoryStore::new(),
         )
         .unwrap_err();
         assert!(matches!(err, RedisConfigError::InvalidUrl { .. }), "{err}");

@@ -113,8 +113,8 @@ mod under_way;
 
 pub use cache::{DEFAULT_REFUSAL_CACHE, REFUSAL_CACHE_MAX_AGE};
 pub use env::{
-    fallback_config_from_env, from_env, from_env_with, redis_url_from_env, EnvStore,
-    FALLBACK_VARIABLES, URL_VARIABLES,
+    fallback_config_from_env, from_env, from_env_with, from_env_with_memory, redis_url_from_env,
+    EnvStore, FALLBACK_VARIABLES, URL_VARIABLES,
 };
 pub use error::RedisConfigError;
 pub use fallback::{

@@ -818,17 +818,8 @@ impl Config {
     #[cfg(feature = "toml")]
     fn toml_named(text: &str, file: &str) -> Result<Self, ConfigError> {
         let parse_error = |e: toml::de::Error, field: &str| {
-            let (line, column) = e.span().map(|span| line_col(text, span.start)).unzip();
-            ConfigError::Parse {
-                file: file.to_string(),
-                line,
-                column,
-                // The field first, as YAML's errors name it: `routes[0].limits[0].limit: ...`.
-                message: match field {
-                    "" | "." => e.message().to_string(),
-                    field => format!("{field}: {}", e.message()),
-                },
-            }
+            let location = e.span().map(|span| line_col(text, span.start));
+            parse_error(file, location, field, e.message())
         };
         let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(e, ""))?;
         let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -867,15 +858,7 @@ impl Config {
                     message = rest.to_string();
                 }
             }
-            ConfigError::Parse {
-                file: file.to_string(),
-                line: location.map(|(line, _)| line),
-                column: location.map(|(_, column)| column),
-                message: match field.as_str() {
-                    "" => message,
-                    field => format!("{field}: {message}"),
-                },
-            }
+            parse_error(file, location, &field, &message)
         })?;
         config.read_from(text, Format::Yaml, file)
     }
@@ -1498,6 +1481,27 @@ fn policy_name(pattern: &str) -> String {
 fn same_route(a: &str, b: &str) -> bool {
     let read = |p: &str| p.parse::<crate::classify::RoutePattern>().ok();
     read(a).is_some_and(|a| Some(a) == read(b))
+}
+
+/// A file that does not parse, at `location` (line and column, from 1), the field at fault
+/// named first in both formats (`routes[0].limits[0].limit: ...`; none, or `.`, for the
+/// document as a whole).
+#[cfg(any(feature = "toml", feature = "yaml"))]
+fn parse_error(
+    file: &str,
+    location: Option<(usize, usize)>,
+    field: &str,
+    message: &str,
+) -> ConfigError {
+    ConfigError::Parse {
+        file: file.to_string(),
+        line: location.map(|(line, _)| line),
+        column: location.map(|(_, column)| column),
+        message: match field {
+            "" | "." => message.to_string(),
+            field => format!("{field}: {message}"),
+        },
+    }
 }
 
 /// 1-based line and column of byte `offset` in `text`.

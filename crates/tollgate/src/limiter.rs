@@ -56,7 +56,7 @@ use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
 use crate::engine::{
-    self, refusal_due_now, CodeRules, Delegation, DirectKey, Engine, Overrides, Routes, Rules,
+    self, refusal_to_log, CodeRules, Delegation, DirectKey, Engine, Overrides, Routes, Rules,
 };
 use crate::error::{BuildError, CheckError};
 use crate::inspect::InspectError;
@@ -655,19 +655,16 @@ impl Limiter {
                     direct.metrics.refused(false);
                     // As the middleware's refusals are logged, at most one a second (its
                     // name for the policy too, as its metrics label it; never the key).
-                    if tracing::enabled!(target: "tollgate", tracing::Level::INFO) {
-                        if let Some(unlogged) = refusal_due_now(&direct.refusals_logged) {
-                            tracing::info!(
-                                target: "tollgate",
-                                policy = %bucket,
-                                bucket = %bucket,
-                                key_kind = %"direct",
-                                retry_after_ms =
-                                    decision.retry_after().map(|d| d.as_millis() as u64),
-                                unlogged_refusals = unlogged,
-                                "rate limit exceeded"
-                            );
-                        }
+                    if let Some(unlogged) = refusal_to_log(&direct.refusals_logged) {
+                        tracing::info!(
+                            target: "tollgate",
+                            policy = %bucket,
+                            bucket = %bucket,
+                            key_kind = %"direct",
+                            retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
+                            unlogged_refusals = unlogged,
+                            "rate limit exceeded"
+                        );
                     }
                 }
                 // (The caller has the error to log.)

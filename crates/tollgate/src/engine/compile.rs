@@ -676,8 +676,12 @@ pub(crate) fn refusal_due(logged: &Sampled, now_ms: u64) -> Option<u64> {
     logged.due(now_ms, EVERY_MS)
 }
 
-/// [`refusal_due`] now.
-pub(crate) fn refusal_due_now(logged: &Sampled) -> Option<u64> {
+/// [`refusal_due`] now, for a refusal event of the sampler `logged`: `None` also when
+/// `tollgate`'s `INFO` events are off (nothing is counted then).
+pub(crate) fn refusal_to_log(logged: &Sampled) -> Option<u64> {
+    if !tracing::enabled!(target: "tollgate", tracing::Level::INFO) {
+        return None;
+    }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -13,7 +13,7 @@ use http::Method;
 use smallvec::{smallvec, SmallVec};
 use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
-use super::compile::{refusal_due_now, Compiled};
+use super::compile::{refusal_to_log, Compiled};
 use super::plan::{Group, Plan, INLINE};
 use super::settle::{After, Settled, Visible};
 use super::{Engine, Provisional};
@@ -367,11 +367,8 @@ impl Engine {
         state: &BucketState,
         target: Target<'_>,
     ) {
-        if !tracing::enabled!(target: "tollgate", tracing::Level::INFO) {
-            return;
-        }
         let policy = plan.policy(i);
-        let Some(unlogged) = refusal_due_now(&policy.refusals_logged) else {
+        let Some(unlogged) = refusal_to_log(&policy.refusals_logged) else {
             return;
         };
         let shadow = plan.shadow(i);

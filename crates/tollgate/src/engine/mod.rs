@@ -32,7 +32,7 @@ use crate::observe::StoreMetrics;
 use crate::respond::{ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome};
 
 pub(crate) use compile::{
-    compile_table, name_is_valid, policy_item, refusal_due_now, CodeRules, Compiled, Defaults,
+    compile_table, name_is_valid, policy_item, refusal_to_log, CodeRules, Compiled, Defaults,
     DirectKey, Rules, Table,
 };
 pub(crate) use decide::Outcome;
