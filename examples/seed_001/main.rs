@@ -9,9 +9,9 @@
 //! 429, `Retry-After` (seconds); either of the last two says when a refused client can
 //! restart, so on a 429 the date is the one `Retry-After` names
 //! ([`HeaderStyle::with_reset_at_retry`]), rounded up to the second: it may be a second
-//! later than `Date` plus `Retry-After` (never earlier, unless the system clock was
-//! stepped back: hyper renews its cached `Date` once the clock passes the next second
-//! after it, so for as long as the step, `Date` stays ahead).
+//! later than `Date` plus `Retry-After`, never earlier (after a step back of the system
+//! clock, more: the memory store's clock slews it, and hyper keeps its cached `Date`
+//! until the clock passes it again).
 //!
 //! How it maps onto tollgate: one policy, `points`, keyed by the organization
 //! ([`Key::tenant`]) with its quota chosen per request from the organization's plan

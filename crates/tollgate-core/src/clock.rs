@@ -12,7 +12,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,11 +80,32 @@ impl Clock for SystemClock {
 /// costs a few nanoseconds where [`SystemTime::now`] costs tens. It follows the system
 /// clock (re-anchored every second), so calendar windows and reset times stay on UTC.
 /// The default clock of the [`MemoryStore`](crate::MemoryStore). Clones share one anchor.
+///
+/// **A step back is slewed, not followed.** What a store counted lies ahead of a clock
+/// stepped back, so a store following such a step would refuse every client that had spent
+/// from a token bucket for as long as the step (an hour back: an hour refused). When the
+/// system clock is found behind this clock by more than a millisecond, this clock runs at
+/// half speed until the system clock catches up with it (twice the step's length), never
+/// going back by more than 5 ms: in the meantime windows last up to twice as long, token
+/// buckets refill at up to half their rate, and reset times lie up to the step ahead of
+/// the system clock. A step back of more than a day ([`FastClock::MAX_SLEW`]) is followed at once, as
+/// halving every rate for days would be worse than the refusals. A step forward is
+/// followed at once (windows end early by the step).
+///
+/// ```
+/// use tollgate_core::{Clock, FastClock};
+///
+/// let clock = FastClock::new();
+/// let (a, b) = (clock.now(), clock.now());
+/// assert!(b >= a);
+/// ```
 #[derive(Clone)]
 pub struct FastClock(Arc<FastInner>);
 
 struct FastInner {
     clock: quanta::Clock,
+    /// The system clock, in Unix microseconds (another in tests).
+    wall: fn() -> u64,
     /// The clock's raw reading when made (its counter's units: scaled to nanoseconds only
     /// as a difference, without going through a `Duration`).
     start: u64,
@@ -92,23 +113,81 @@ struct FastInner {
     offset: AtomicU64,
     /// Microseconds since `start` at which to read the system clock again.
     next_anchor: AtomicU64,
+    /// Microseconds since `start` at the last anchoring.
+    last_anchor: AtomicU64,
+    /// Whether the last anchoring found the system clock behind (read and written only by
+    /// the caller that anchors).
+    slewing: AtomicBool,
 }
 
 /// How often [`FastClock`] reads the system clock (microseconds).
 const ANCHOR_EVERY_US: u64 = 1_000_000;
 
+/// How often [`FastClock`] reads the system clock while it slews (microseconds): each
+/// reading gives back half the time since the last, so a reading between two of them may
+/// show up to half this much more than the next.
+const ANCHOR_SLEWING_US: u64 = 10_000;
+
+/// How far the system clock may be behind [`FastClock`] before it slews (microseconds):
+/// the counter's drift between two anchorings, and slews of the system clock itself, are
+/// far less.
+const SLEW_ABOVE_US: u64 = 1_000;
+
 impl FastClock {
+    /// The largest step back of the system clock that is slewed: one day. A larger one is
+    /// followed at once.
+    pub const MAX_SLEW: Duration = Duration::from_secs(24 * 60 * 60);
+
     /// A clock anchored to the system clock now.
     pub fn new() -> Self {
-        let clock = quanta::Clock::new();
+        Self::with_sources(quanta::Clock::new(), || SystemClock.now().0)
+    }
+
+    /// A clock counting with `clock`, anchored to `wall` (Unix microseconds).
+    fn with_sources(clock: quanta::Clock, wall: fn() -> u64) -> Self {
         let start = clock.raw();
         let inner = FastInner {
             clock,
+            wall,
             start,
-            offset: AtomicU64::new(SystemClock.now().0),
+            offset: AtomicU64::new(wall()),
             next_anchor: AtomicU64::new(ANCHOR_EVERY_US),
+            last_anchor: AtomicU64::new(0),
+            slewing: AtomicBool::new(false),
         };
         Self(Arc::new(inner))
+    }
+}
+
+impl FastInner {
+    /// Reads the system clock at `elapsed` µs since `start` (the caller won the right to),
+    /// and sets the offset the next readings add, and when to read it again.
+    #[cold]
+    fn anchor(&self, elapsed: u64) {
+        let target = (self.wall)().wrapping_sub(elapsed);
+        let offset = self.offset.load(Ordering::Relaxed);
+        let behind = offset.wrapping_sub(target);
+        let slewing = target < offset
+            && behind > SLEW_ABOVE_US
+            && behind <= FastClock::MAX_SLEW.as_micros() as u64;
+        let (offset, every) = if slewing {
+            // Half the time since the last reading is given back, never more than the
+            // system clock is behind; nothing at the first (readings since the last may
+            // have shown up to a second more than half of it).
+            let since = elapsed.saturating_sub(self.last_anchor.load(Ordering::Relaxed));
+            let back = if self.slewing.load(Ordering::Relaxed) {
+                (since / 2).min(behind)
+            } else {
+                0
+            };
+            (offset - back, ANCHOR_SLEWING_US)
+        } else {
+            (target, ANCHOR_EVERY_US)
+        };
+        self.offset.store(offset, Ordering::Relaxed);
+        self.slewing.store(slewing, Ordering::Relaxed);
+        self.last_anchor.store(elapsed, Ordering::Relaxed);
+        self.next_anchor.store(elapsed + every, Ordering::Relaxed);
     }
 }
 
@@ -130,19 +209,14 @@ impl Clock for FastClock {
         let inner = &*self.0;
         let elapsed = inner.clock.delta_as_nanos(inner.start, inner.clock.raw()) / 1_000;
         let next = inner.next_anchor.load(Ordering::Relaxed);
+        // One caller anchors: the one that moves `next_anchor` out of the way first.
         if elapsed >= next
             && inner
                 .next_anchor
-                .compare_exchange(
-                    next,
-                    elapsed + ANCHOR_EVERY_US,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
+                .compare_exchange(next, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let offset = SystemClock.now().0.wrapping_sub(elapsed);
-            inner.offset.store(offset, Ordering::Relaxed);
+            inner.anchor(elapsed);
         }
         Timestamp(elapsed.wrapping_add(inner.offset.load(Ordering::Relaxed)))
     }
@@ -184,5 +258,129 @@ impl Clock for ManualClock {
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         (**self).now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Bucket, Limit, MemoryStore, Quota};
+
+    const HOUR: u64 = 3_600_000_000;
+    const START: u64 = 1_717_200_000_000_000;
+
+    /// A [`FastClock`] on a counter and a system clock moved by hand: `wall`, which
+    /// `read` reads (each test its own: `read` is a plain function).
+    fn clock(wall: &AtomicU64, read: fn() -> u64) -> (FastClock, Arc<quanta::Mock>) {
+        wall.store(START, Ordering::SeqCst);
+        let (counter, mock) = quanta::Clock::mock();
+        (FastClock::with_sources(counter, read), mock)
+    }
+
+    static WALL_A: AtomicU64 = AtomicU64::new(0);
+    static WALL_B: AtomicU64 = AtomicU64::new(0);
+    static WALL_C: AtomicU64 = AtomicU64::new(0);
+    static WALL_D: AtomicU64 = AtomicU64::new(0);
+
+    /// Moves the counter and the system clock on by `micros` (a real second passing), and
+    /// reads the clock.
+    fn pass(clock: &FastClock, mock: &quanta::Mock, wall: &AtomicU64, micros: u64) -> u64 {
+        mock.increment(micros * 1_000);
+        wall.fetch_add(micros, Ordering::SeqCst);
+        clock.now().as_micros()
+    }
+
+    #[test]
+    fn it_follows_the_system_clock_forward_and_its_small_corrections() {
+        let (clock, mock) = clock(&WALL_A, || WALL_A.load(Ordering::SeqCst));
+        assert_eq!(clock.now().as_micros(), START);
+        assert_eq!(pass(&clock, &mock, &WALL_A, 500_000), START + 500_000);
+        // Stepped forward an hour: followed at the next reading of the system clock.
+        WALL_A.fetch_add(HOUR, Ordering::SeqCst);
+        assert_eq!(
+            pass(&clock, &mock, &WALL_A, 600_000),
+            START + HOUR + 1_100_000
+        );
+        // Half a millisecond back (a correction, not a step): followed.
+        WALL_A.fetch_sub(500, Ordering::SeqCst);
+        assert_eq!(
+            pass(&clock, &mock, &WALL_A, 1_000_000),
+            START + HOUR + 2_100_000 - 500
+        );
+    }
+
+    #[test]
+    fn a_step_back_is_slewed_at_half_speed_until_the_system_clock_catches_up() {
+        let (clock, mock) = clock(&WALL_B, || WALL_B.load(Ordering::SeqCst));
+        pass(&clock, &mock, &WALL_B, 1_000_000);
+        // The system clock is stepped back an hour.
+        WALL_B.fetch_sub(HOUR, Ordering::SeqCst);
+        let mut last = pass(&clock, &mock, &WALL_B, 1_000_000);
+        assert_eq!(last, START + 2_000_000, "not followed back");
+        // Read every millisecond for a minute: it never goes back by more than a few
+        // milliseconds, and moves at half speed.
+        let mut worst_back = 0;
+        for _ in 0..60_000 {
+            let now = pass(&clock, &mock, &WALL_B, 1_000);
+            worst_back = worst_back.max(last.saturating_sub(now));
+            last = now;
+        }
+        assert!(
+            worst_back <= ANCHOR_SLEWING_US / 2,
+            "went back {worst_back} µs"
+        );
+        let moved = last - (START + 2_000_000);
+        assert!(
+            (29_900_000..=30_100_000).contains(&moved),
+            "moved {moved} µs in 60 s"
+        );
+        // Two hours on (read every second), the system clock has caught up: followed again.
+        for _ in 0..2 * 3_600 {
+            last = pass(&clock, &mock, &WALL_B, 1_000_000);
+        }
+        assert_eq!(last, WALL_B.load(Ordering::SeqCst));
+        assert_eq!(
+            pass(&clock, &mock, &WALL_B, 1_000_000),
+            WALL_B.load(Ordering::SeqCst)
+        );
+    }
+
+    #[test]
+    fn a_step_back_of_more_than_a_day_is_followed() {
+        let (clock, mock) = clock(&WALL_C, || WALL_C.load(Ordering::SeqCst));
+        WALL_C.fetch_sub(25 * HOUR, Ordering::SeqCst);
+        assert_eq!(
+            pass(&clock, &mock, &WALL_C, 1_000_000),
+            START - 25 * HOUR + 1_000_000
+        );
+    }
+
+    /// What the slewing is for: a memory store's token bucket, spent, whose clock is
+    /// stepped back an hour, refills (at half speed) instead of refusing for the hour.
+    #[test]
+    fn a_spent_token_bucket_is_not_locked_out_by_a_step_back() {
+        let (clock, mock) = clock(&WALL_D, || WALL_D.load(Ordering::SeqCst));
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let limit = Limit::token_bucket(Quota::parse("100/min").unwrap(), 100).unwrap();
+        let bucket = [Bucket::new("api", "client", limit)];
+        pass(&clock, &mock, &WALL_D, 950_000);
+        for _ in 0..100 {
+            assert!(store.charge(&bucket).unwrap().allowed);
+        }
+        assert!(!store.charge(&bucket).unwrap().allowed);
+        WALL_D.fetch_sub(HOUR, Ordering::SeqCst);
+        pass(&clock, &mock, &WALL_D, 100_000); // the step is seen
+        let refused = store.charge(&bucket).unwrap();
+        assert!(
+            refused.retry_after().unwrap() <= std::time::Duration::from_secs(1),
+            "{:?}",
+            refused.retry_after()
+        );
+        // 1.3 s on, a token is back (0.6 s each at 100/min, at half speed).
+        for _ in 0..130 {
+            pass(&clock, &mock, &WALL_D, 10_000);
+        }
+        assert!(store.charge(&bucket).unwrap().allowed);
+        assert!(!store.charge(&bucket).unwrap().allowed);
     }
 }
