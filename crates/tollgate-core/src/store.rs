@@ -541,6 +541,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn mode(&self) -> StoreMode {
         StoreMode::Memory
     }
+
+    /// How many times this store has switched to deciding from its memory fallback since
+    /// it was made: 0 unless the store says otherwise (the fallback store counts its
+    /// departures from its primary), and wrappers forward it. Counted where the switch is
+    /// made, so each counts once, however the answers around it interleave.
+    fn fallbacks(&self) -> u64 {
+        0
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -560,6 +568,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn mode(&self) -> StoreMode {
         (**self).mode()
     }
+
+    fn fallbacks(&self) -> u64 {
+        (**self).fallbacks()
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -578,6 +590,10 @@ impl<S: Store + ?Sized> Store for Box<S> {
 
     fn mode(&self) -> StoreMode {
         (**self).mode()
+    }
+
+    fn fallbacks(&self) -> u64 {
+        (**self).fallbacks()
     }
 }
 

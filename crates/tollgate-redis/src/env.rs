@@ -158,6 +158,13 @@ impl Store for EnvStore {
             EnvStore::Redis(store) => Store::mode(store),
         }
     }
+
+    fn fallbacks(&self) -> u64 {
+        match self {
+            EnvStore::Memory(_) => 0,
+            EnvStore::Redis(store) => store.fallbacks(),
+        }
+    }
 }
 
 /// The store of the environment: `REDIS_URL` (or `KV_URL`) set → a [`FallbackStore`] over a

@@ -1692,6 +1692,11 @@ impl<P: Primary> Store for FallbackStore<P> {
         }
     }
 
+    fn fallbacks(&self) -> u64 {
+        // The bits above `ON_PRIMARY` count the departures from the primary.
+        self.shared.state.load(Ordering::Acquire) >> 1
+    }
+
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(async move {
             batch.validate()?;
@@ -2558,6 +2563,38 @@ mod tests {
         gated.down.store(false, Ordering::Release);
         until(|| store.mode() == Mode::Primary).await;
         assert_eq!(gated.remaining(&bucket), 2);
+    }
+
+    /// A limit raised (a reload) while memory decides: what memory admitted under the new
+    /// limit is charged to the primary whole, not only as much as the old limit held (a
+    /// review: 10/min raised to 50 during an outage, 49 admitted from memory were given
+    /// back as 10, and 39 more were admitted once the primary answered: 89 in a minute).
+    #[tokio::test(start_paused = true)]
+    async fn what_memory_admitted_under_a_raised_limit_is_given_back_whole() {
+        let store = gated(FallbackConfig::default()).await;
+        let before = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        assert!(
+            store
+                .apply(&Batch::charge(vec![before]))
+                .await
+                .unwrap()
+                .allowed
+        );
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        let raised = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(50)));
+        let charge = Batch::charge(vec![raised.clone()]);
+        for _ in 0..49 {
+            assert!(store.apply(&charge).await.unwrap().allowed);
+        }
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert!(!store.apply(&charge).await.unwrap().allowed);
+        gated.down.store(false, Ordering::Release);
+        until(|| store.mode() == Mode::Primary).await;
+        assert_eq!(gated.remaining(&raised), 0);
+        assert!(!store.apply(&charge).await.unwrap().allowed);
+        // One departure from the primary, counted once (the metrics' switches).
+        assert_eq!(Store::fallbacks(&store), 1);
     }
 
     /// Calls that fail together (sent while on the primary, failing after the store left

@@ -242,6 +242,11 @@ impl Ledger {
             }
         };
         entry.seen = now;
+        // The limit memory decided by: the one what is owed is read and given back under
+        // (a record from before a reload that raised the limit, kept, would count at most
+        // the old limit of what memory admitted under the new one).
+        entry.limit = bucket.limit;
+        entry.when_full = bucket.when_full;
         match op {
             Op::Charge | Op::Penalize => entry.debt = entry.debt.saturating_add(bucket.cost),
             Op::Refund | Op::RefundAt(_) => entry.debt = entry.debt.saturating_sub(bucket.cost),

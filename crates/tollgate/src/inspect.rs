@@ -134,8 +134,9 @@ impl Limiter {
 
     /// The key `bucket` stores `key` under, as [`Limiter::peek_bucket`] and
     /// [`Limiter::reset_bucket`] find it: an address folded to its client's key (or its
-    /// network's, for [`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network)),
-    /// a secret kind's key as its digest, any other key as given. What an operator sees to
+    /// network's, for [`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network),
+    /// whose keys must be addresses or networks as stored: another is
+    /// [`InspectError::BadIp`]), a secret kind's key as its digest, any other key as given. What an operator sees to
     /// know which key a lookup reached (an IPv6 address stands for its /64 or /48).
     ///
     /// ```
@@ -292,6 +293,15 @@ impl Limiter {
             return Err(InspectError::EmptyKey);
         }
         match self.find(bucket)? {
+            // A bucket keyed by client network counts addresses' networks only: a key that
+            // is neither an address nor a network as stored (`::/0`, `127.0.0.0/8`) names
+            // nothing it holds, and a lookup or reset of it would answer for nothing.
+            Found::Direct(_, how)
+                if how.network.is_some()
+                    && self.engine.client_ip.fold_text(key, how.network).is_none() =>
+            {
+                Err(InspectError::BadIp(key.to_string()))
+            }
             Found::Direct(limit, how) => Ok((self.engine.direct_key(key, how), Some(limit))),
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
@@ -430,6 +440,30 @@ mod tests {
         // An IPv4 client is its address.
         limiter.check("net", "198.51.100.7").await.unwrap();
         assert_eq!(remaining("net", "::ffff:198.51.100.7").await, 9);
+        // What is neither an address nor the network as stored names nothing the bucket
+        // holds: an error, not the fresh state of a key no client reaches (a review: `::/0`
+        // looked up and reset with 200s while the real /48 stayed locked).
+        for key in [
+            "::/0",
+            "127.0.0.0/8",
+            "2001:db8::/32",
+            "2001:db8:1:5::9/64",
+            "alice",
+        ] {
+            assert!(
+                matches!(limiter.peek_bucket("net", key).await, Err(InspectError::BadIp(k)) if k == key),
+                "{key}"
+            );
+            assert!(
+                matches!(
+                    limiter.reset_bucket("net", key).await,
+                    Err(InspectError::BadIp(_))
+                ),
+                "{key}"
+            );
+        }
+        // A plain bucket takes any key.
+        assert_eq!(remaining("per-client", "alice").await, 10);
         // A prefix no address has is a build error.
         let bad = Limiter::builder()
             .bucket_per_network("net", "10/min", tollgate_core::WhenFull::EvictLimited, 129)

@@ -10,7 +10,7 @@
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
 //! | [`STORE_FALLBACK`] `tollgate_store_fallback` | gauge | `store` | 1 while a fallback store decides from memory because its shared store fails, else 0 (updated with every answer of a store that waits) |
-//! | [`STORE_FALLBACKS_TOTAL`] `tollgate_store_fallbacks_total` | counter | `store` | each switch to the memory fallback seen in an answer (a pause shorter than a scrape still shows) |
+//! | [`STORE_FALLBACKS_TOTAL`] `tollgate_store_fallbacks_total` | counter | `store` | each switch to the memory fallback, as the store counts them ([`Store::fallbacks`](tollgate_core::Store::fallbacks): each departure from its shared store, below the failure threshold too), read with every answer of a store that waits (a pause shorter than a scrape still shows) |
 //! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). A watched file that turns unreadable (deleted, its permissions changed) counts one `refused` until it reads again. Alert on `refused`: a broken edit leaves the old rules in force |
 //!
 //! Labels are configuration names, never a client's key: `policy` is the policy's name,
@@ -249,9 +249,9 @@ pub(crate) struct StoreMetrics {
     fallback: ::metrics::Gauge,
     #[cfg(feature = "metrics")]
     fallbacks: ::metrics::Counter,
-    /// Whether the last answer came from the fallback (to count each switch once).
+    /// The store's count of switches to its fallback the counter has reached.
     #[cfg(feature = "metrics")]
-    in_fallback: std::sync::atomic::AtomicBool,
+    fallbacks_seen: std::sync::atomic::AtomicU64,
 }
 
 impl StoreMetrics {
@@ -266,9 +266,9 @@ impl StoreMetrics {
                 duration: ::metrics::histogram!(STORE_DURATION_SECONDS, "store" => store.to_string()),
                 fallback: ::metrics::gauge!(STORE_FALLBACK, "store" => store.to_string()),
                 fallbacks: ::metrics::counter!(STORE_FALLBACKS_TOTAL, "store" => store.to_string()),
-                in_fallback: std::sync::atomic::AtomicBool::new(false),
+                fallbacks_seen: std::sync::atomic::AtomicU64::new(0),
             };
-            this.mode(mode);
+            this.mode(mode, 0);
             this
         }
         #[cfg(not(feature = "metrics"))]
@@ -282,28 +282,34 @@ impl StoreMetrics {
         self.errors.increment(1);
     }
 
-    /// The store answered (or failed) after `elapsed`, and now decides in `mode`.
+    /// The store answered (or failed) after `elapsed`, and now decides in `mode`, having
+    /// switched to its fallback `fallbacks` times ([`Store::fallbacks`](tollgate_core::Store::fallbacks)).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn answered(&self, elapsed: Duration, mode: StoreMode) {
+    pub(crate) fn answered(&self, elapsed: Duration, mode: StoreMode, fallbacks: u64) {
         #[cfg(feature = "metrics")]
         {
             self.duration.record(elapsed.as_secs_f64());
-            self.mode(mode);
+            self.mode(mode, fallbacks);
         }
     }
 
     #[cfg(feature = "metrics")]
-    fn mode(&self, mode: StoreMode) {
+    fn mode(&self, mode: StoreMode, fallbacks: u64) {
         use std::sync::atomic::Ordering;
-        let fallback = mode == StoreMode::Fallback;
-        self.fallback.set(if fallback { 1.0 } else { 0.0 });
-        // Each switch counted once: a pause shorter than a scrape leaves a trace. (Read
-        // first: while the mode holds, the flag is not written.)
-        if fallback != self.in_fallback.load(Ordering::Relaxed) {
-            let was = self.in_fallback.swap(fallback, Ordering::Relaxed);
-            if fallback && !was {
-                self.fallbacks.increment(1);
+        self.fallback.set(if mode == StoreMode::Fallback {
+            1.0
+        } else {
+            0.0
+        });
+        // Each switch counted once, as the store counted it: a pause shorter than a scrape
+        // leaves a trace, and answers read around a switch (one still on the primary after
+        // one from memory) do not count it twice. (Read first: while the count holds, it is
+        // not written.)
+        if fallbacks > self.fallbacks_seen.load(Ordering::Relaxed) {
+            let seen = self.fallbacks_seen.fetch_max(fallbacks, Ordering::Relaxed);
+            if fallbacks > seen {
+                self.fallbacks.increment(fallbacks - seen);
             }
         }
     }

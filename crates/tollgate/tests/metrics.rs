@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -192,11 +192,24 @@ async fn shadow_refusals_and_overrides_have_their_own_series() {
 }
 
 /// A store that waits (no synchronous answer), says it is on a fallback while `fallback`
-/// is set, and answers from memory.
+/// is set and has switched to it `switches` times, and answers from memory.
 #[derive(Debug, Clone)]
 struct Switching {
     memory: Recording,
     fallback: Arc<AtomicBool>,
+    switches: Arc<AtomicU64>,
+}
+
+impl Switching {
+    /// Switches to the fallback (counted), or back.
+    fn set(&self, fallback: bool) {
+        if fallback && !self.fallback.swap(true, Ordering::Relaxed) {
+            self.switches.fetch_add(1, Ordering::Relaxed);
+        }
+        if !fallback {
+            self.fallback.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Store for Switching {
@@ -211,21 +224,25 @@ impl Store for Switching {
             StoreMode::Shared
         }
     }
+
+    fn fallbacks(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
+    }
 }
 
 #[tokio::test]
 async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let fallback = Arc::new(AtomicBool::new(false));
     let store = Switching {
         memory: Recording::new(MemoryStore::new()),
-        fallback: fallback.clone(),
+        fallback: Arc::default(),
+        switches: Arc::default(),
     };
     let limiter = build(
         &recorder,
         Limiter::builder()
-            .store(store)
+            .store(store.clone())
             .route("/api/*", Policy::named("default").per_ip("100/min")),
     );
     let _ = moved(&snapshotter);
@@ -234,27 +251,40 @@ async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
     assert_eq!(first["tollgate_store_duration_seconds{store=shared}"], 1.0);
     assert_eq!(first.get("tollgate_store_fallback{store=shared}"), None);
 
-    fallback.store(true, Ordering::Relaxed);
+    store.set(true);
     assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
     let second = moved(&snapshotter);
     assert_eq!(second["tollgate_store_fallback{store=shared}"], 1.0);
     assert_eq!(second["tollgate_store_duration_seconds{store=shared}"], 1.0);
     assert_eq!(second["tollgate_store_fallbacks_total{store=shared}"], 1.0);
 
-    // Each switch counts once: not every answer from the fallback, and again after a
-    // return (the gauge alone misses a pause shorter than a scrape).
+    // Each switch counts once: not every answer from the fallback, nor again after an
+    // answer that still read the primary's mode (a call answered as the store left it:
+    // a review saw one outage counted twice), but again after a return.
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    store.fallback.store(false, Ordering::Relaxed); // the mode read late, no new switch
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    store.fallback.store(true, Ordering::Relaxed);
     assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
     let third = moved(&snapshotter);
     assert_eq!(
         third.get("tollgate_store_fallbacks_total{store=shared}"),
         None
     );
-    fallback.store(false, Ordering::Relaxed);
+    store.set(false);
     assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
-    fallback.store(true, Ordering::Relaxed);
+    store.set(true);
     assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
     let fourth = moved(&snapshotter);
     assert_eq!(fourth["tollgate_store_fallbacks_total{store=shared}"], 1.0);
+    // A switch and its return between two answers (a pause shorter than a request) show.
+    store.set(false);
+    store.set(true);
+    store.set(false);
+    assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
+    let fifth = moved(&snapshotter);
+    assert_eq!(fifth["tollgate_store_fallbacks_total{store=shared}"], 1.0);
+    assert_eq!(fifth.get("tollgate_store_fallback{store=shared}"), None);
 }
 
 #[tokio::test]
