@@ -59,6 +59,21 @@ impl Timestamp {
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// How far this clock is ahead of the system clock while it runs at half speed to let
+    /// the system clock catch up (a [`FastClock`] after a step back), in microseconds; 0
+    /// otherwise (the default). A wait of `w` on the clock then takes `w + min(w, ahead)`
+    /// of real time, which is what the memory store tells a client to wait.
+    fn ahead(&self) -> u64 {
+        0
+    }
+}
+
+/// The real time a wait of `wait` on a clock `ahead` µs ahead of the system clock (at half
+/// speed until the system clock catches up, [`Clock::ahead`]) takes: twice the wait while
+/// the clock slews, then at full speed.
+pub(crate) fn real_wait(wait: Duration, ahead: u64) -> Duration {
+    wait.saturating_add(wait.min(Duration::from_micros(ahead)))
 }
 
 /// The system's wall clock ([`SystemTime::now`]).
@@ -88,9 +103,11 @@ impl Clock for SystemClock {
 /// half speed until the system clock catches up with it (twice the step's length), never
 /// going back by more than 5 ms: in the meantime windows last up to twice as long, token
 /// buckets refill at up to half their rate, and reset times lie up to the step ahead of
-/// the system clock. A step back of more than a day ([`FastClock::MAX_SLEW`]) is followed at once, as
-/// halving every rate for days would be worse than the refusals. A step forward is
-/// followed at once (windows end early by the step).
+/// the system clock; [`Clock::ahead`] says by how much, and the memory store tells
+/// clients real waits from it. A step back that leaves the system clock more than a day
+/// ([`FastClock::MAX_SLEW`]) behind this clock (one step, or several in a row) is
+/// followed at once, as halving every rate for days would be worse than the refusals. A
+/// step forward is followed at once (windows end early by the step).
 ///
 /// ```
 /// use tollgate_core::{Clock, FastClock};
@@ -115,6 +132,9 @@ struct FastInner {
     next_anchor: AtomicU64,
     /// Microseconds since `start` at the last anchoring.
     last_anchor: AtomicU64,
+    /// How far the system clock was behind this clock at the last anchoring, while it
+    /// slews (µs; 0 otherwise): [`Clock::ahead`].
+    ahead: AtomicU64,
     /// Whether the last anchoring found the system clock behind (read and written only by
     /// the caller that anchors).
     slewing: AtomicBool,
@@ -153,6 +173,7 @@ impl FastClock {
             offset: AtomicU64::new(wall()),
             next_anchor: AtomicU64::new(ANCHOR_EVERY_US),
             last_anchor: AtomicU64::new(0),
+            ahead: AtomicU64::new(0),
             slewing: AtomicBool::new(false),
         };
         Self(Arc::new(inner))
@@ -170,7 +191,7 @@ impl FastInner {
         let slewing = target < offset
             && behind > SLEW_ABOVE_US
             && behind <= FastClock::MAX_SLEW.as_micros() as u64;
-        let (offset, every) = if slewing {
+        let (offset, every, ahead) = if slewing {
             // Half the time since the last reading is given back, never more than the
             // system clock is behind; nothing at the first (readings since the last may
             // have shown up to a second more than half of it).
@@ -180,11 +201,12 @@ impl FastInner {
             } else {
                 0
             };
-            (offset - back, ANCHOR_SLEWING_US)
+            (offset - back, ANCHOR_SLEWING_US, behind - back)
         } else {
-            (target, ANCHOR_EVERY_US)
+            (target, ANCHOR_EVERY_US, 0)
         };
         self.offset.store(offset, Ordering::Relaxed);
+        self.ahead.store(ahead, Ordering::Relaxed);
         self.slewing.store(slewing, Ordering::Relaxed);
         self.last_anchor.store(elapsed, Ordering::Relaxed);
         self.next_anchor.store(elapsed + every, Ordering::Relaxed);
@@ -219,6 +241,11 @@ impl Clock for FastClock {
             inner.anchor(elapsed);
         }
         Timestamp(elapsed.wrapping_add(inner.offset.load(Ordering::Relaxed)))
+    }
+
+    #[inline]
+    fn ahead(&self) -> u64 {
+        self.0.ahead.load(Ordering::Relaxed)
     }
 }
 
@@ -258,6 +285,10 @@ impl Clock for ManualClock {
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         (**self).now()
+    }
+
+    fn ahead(&self) -> u64 {
+        (**self).ahead()
     }
 }
 
@@ -370,14 +401,19 @@ mod tests {
         assert!(!store.charge(&bucket).unwrap().allowed);
         WALL_D.fetch_sub(HOUR, Ordering::SeqCst);
         pass(&clock, &mock, &WALL_D, 100_000); // the step is seen
-        let refused = store.charge(&bucket).unwrap();
+                                               // The wait told is the real one (0.5 s of the clock's, at half speed: 1 s): a
+                                               // client that waits less is refused, one that waits it is admitted.
+        let wait = store.charge(&bucket).unwrap().retry_after().unwrap();
         assert!(
-            refused.retry_after().unwrap() <= std::time::Duration::from_secs(1),
-            "{:?}",
-            refused.retry_after()
+            (990_000..=1_010_000).contains(&wait.as_micros()),
+            "{wait:?}"
         );
-        // 1.3 s on, a token is back (0.6 s each at 100/min, at half speed).
-        for _ in 0..130 {
+        let steps = wait.as_micros() as u64 / 10_000;
+        for _ in 0..steps - 3 {
+            pass(&clock, &mock, &WALL_D, 10_000);
+        }
+        assert!(!store.charge(&bucket).unwrap().allowed);
+        for _ in 0..6 {
             pass(&clock, &mock, &WALL_D, 10_000);
         }
         assert!(store.charge(&bucket).unwrap().allowed);

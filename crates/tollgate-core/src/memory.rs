@@ -74,7 +74,7 @@ use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 use crate::algorithm::{Fit, Interval, Ring, State, Undo};
-use crate::clock::{Clock, FastClock, Timestamp};
+use crate::clock::{real_wait, Clock, FastClock, Timestamp};
 use crate::decision::{BucketState, Decision};
 use crate::limit::{Algorithm, Limit};
 use crate::sampled::Sampled;
@@ -592,6 +592,20 @@ impl MemoryStore {
     /// a share is full and must be made room in).
     fn apply_into(&self, op: Op, buckets: &[Bucket], states: &mut [BucketState]) -> Timestamp {
         let now = self.inner.clock.now();
+        self.apply_at(op, buckets, states, now);
+        // A clock that slews a step back runs at half speed: the waits told are real ones.
+        let ahead = self.inner.clock.ahead();
+        if ahead > 0 {
+            for state in states {
+                state.reset_after = real_wait(state.reset_after, ahead);
+                state.retry_after = state.retry_after.map(|w| real_wait(w, ahead));
+            }
+        }
+        now
+    }
+
+    /// [`MemoryStore::apply_into`] at `now`.
+    fn apply_at(&self, op: Op, buckets: &[Bucket], states: &mut [BucketState], now: Timestamp) {
         let now_us = now.as_micros();
         let inner = &*self.inner;
         if let ([bucket], [state]) = (buckets, &mut *states) {
@@ -607,7 +621,7 @@ impl MemoryStore {
                 now_us,
                 state,
             );
-            return now;
+            return;
         }
         // The scratch vectors are filled by `push`, which inlines (collecting into them
         // does not, and costs more than the rest of this function).
@@ -646,7 +660,7 @@ impl MemoryStore {
                 let shard = &mut guards[p.guard];
                 inner.apply_one(shard, p, op, bucket, false, None, now_us, state);
             }
-            return now;
+            return;
         }
         // A charge of several buckets: each held key is charged as if alone, what it held
         // kept aside; a new key is only seen to fit (and to have room, as a charge would
@@ -683,7 +697,7 @@ impl MemoryStore {
                     inner.apply_one(shard, p, op, bucket, true, None, now_us, &mut states[j]);
                 }
             }
-            return now;
+            return;
         };
         for (j, before) in held.into_iter().enumerate() {
             let (bucket, p) = (&buckets[j], &placed[j]);
@@ -693,7 +707,6 @@ impl MemoryStore {
             let (bucket, p) = (&buckets[j], &placed[j]);
             states[j] = inner.look(&mut guards[p.guard], p, bucket, now_us);
         }
-        now
     }
 
     /// Sets `bucket`'s key to what another store reported for it: `used` counted against

@@ -55,7 +55,8 @@
 //! # Errors
 //!
 //! `{"error": code, "message": text}`: `404` `unknown_bucket`, `unknown_key_kind`,
-//! `no_override`; `400` `bad_key` (also a path segment that is not UTF-8 once decoded),
+//! `no_override`, `not_found` (a path under the mount point the router does not serve);
+//! `405` `method_not_allowed`; `400` `bad_key` (also a path segment that is not UTF-8 once decoded),
 //! `invalid_rate`, `invalid_body`, `override_below_cost` (an override smaller than one
 //! request of a policy limiting by its kind costs); `409`
 //! `quota_per_request` (a bucket whose quota is chosen per request can be reset, not read);
@@ -93,7 +94,28 @@ where
             "/overrides/{kind}/{key}",
             put(set_override).delete(remove_override),
         )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(limiter.clone())
+}
+
+/// A path the router does not serve: `404` `not_found`, in the API's error shape.
+async fn not_found(uri: axum::http::Uri) -> Failure {
+    Failure(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no operators' endpoint at `{}`", uri.path()),
+    )
+}
+
+/// A method a path does not take: `405` `method_not_allowed`, in the API's error shape
+/// (axum adds the `Allow` field).
+async fn method_not_allowed(method: axum::http::Method) -> Failure {
+    Failure(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("the endpoint does not take {method}"),
+    )
 }
 
 /// An error answer: `{"error": code, "message": text}`.

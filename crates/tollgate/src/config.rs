@@ -2130,6 +2130,9 @@ impl Config {
                     .skip(1)
                     .find(|&&i| self.routes[i].policy_name() == *second)
                     .or(sharing.get(1))
+                    // One route: it shares the bucket with a global limit (a route named
+                    // `global` beside `gateway`).
+                    .or(sharing.first())
                     .copied()?;
                 let sub = match (&self.routes[i].bucket, &self.routes[i].name) {
                     (Some(_), _) => "bucket",

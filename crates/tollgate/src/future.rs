@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{in_background, After, Outcome, Settled};
+use crate::engine::{in_background, After, Left, Outcome, Settled};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -52,7 +52,7 @@ pin_project! {
                     let settle = std::mem::replace(settle, Box::pin(std::future::pending()));
                     in_background(settle);
                 }
-                StateProj::Refused { .. } | StateProj::Done => {}
+                StateProj::Watching { .. } | StateProj::Refused { .. } | StateProj::Done => {}
             }
         }
     }
@@ -76,6 +76,13 @@ pin_project! {
             fut: S::Future,
             after: Option<After>,
         },
+        // Left to a per-route layer further in that has not seen a request yet: whether
+        // it did is looked at once the response comes.
+        Watching {
+            #[pin]
+            fut: S::Future,
+            left: Option<Left>,
+        },
         Settling {
             settle: BoxFuture<'static, Settled>,
             response: Option<S::Response>,
@@ -94,6 +101,17 @@ where
     pub(crate) fn calling(fut: S::Future, after: Option<After>) -> Self {
         Self {
             state: State::Calling { fut, after },
+        }
+    }
+
+    /// Calls the inner service with a request left to a per-route layer that has not seen
+    /// any yet ([`Left::answered`] once it answers).
+    pub(crate) fn watching(fut: S::Future, left: Left) -> Self {
+        Self {
+            state: State::Watching {
+                fut,
+                left: Some(left),
+            },
         }
     }
 
@@ -193,6 +211,21 @@ where
                             return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                         }
                     }
+                }
+                StateProj::Watching { fut, left } => {
+                    let answered = ready!(fut.poll(cx));
+                    if let Some(left) = left.take() {
+                        // An error ends as a server error further out.
+                        left.answered(
+                            answered
+                                .as_ref()
+                                .map_or(StatusCode::INTERNAL_SERVER_ERROR, |response| {
+                                    response.status()
+                                }),
+                        );
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(answered.map(|r| r.map(ResponseBody::inner)));
                 }
                 StateProj::Settling { settle, response } => {
                     let settled = ready!(settle.as_mut().poll(cx));

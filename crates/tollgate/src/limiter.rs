@@ -152,7 +152,13 @@ impl Limiter {
     /// [`Limiter::policy`]); a client whose class is spent is refused until then. Declare
     /// the route itself to have it left to the layer from the first request. A layer put on
     /// another route than its pattern names is noticed at that route's first request (a
-    /// warning), and its pattern's route is no longer left to it from then on.
+    /// warning), and its pattern's route is no longer left to it from then on; a request of
+    /// the pattern answered before the layer has seen any (the layer on another route, in a
+    /// router that is not served, or behind a check that turned the request away) is
+    /// counted by the central class once answered, and the class charges the pattern's
+    /// requests from then on (a warning), its charges taken over by the layer once it sees
+    /// one, when its route is left to it again. So a misplaced layer leaves no route
+    /// unlimited either.
     ///
     /// Requests of a method the pattern does not name are not the policy's, though its
     /// layer sees them (axum's `MethodRouter::layer` wraps the method router's 405 fallback

@@ -73,6 +73,10 @@ where
             Start::Pass => {
                 ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)), None)
             }
+            Start::Left(left) => {
+                let fut = self.inner.call(Request::from_parts(parts, body));
+                ResponseFuture::watching(fut, left)
+            }
             // Decided at once (the memory store): no future to wait on.
             // (The admitted outcome's `After` is taken from the slot, not moved out with a
             // pattern: that move copies its several hundred bytes once more.)

@@ -431,6 +431,19 @@ async fn mistakes_are_json_errors_with_their_status() {
             400,
             "invalid_body",
         ),
+        // Paths and methods the router does not serve: the error shape too (they were
+        // axum's empty answers).
+        (server.get("/admin/nothing-here"), 404, "not_found"),
+        (server.get("/admin/buckets/default:ip"), 404, "not_found"),
+        (server.post("/admin/limits"), 405, "method_not_allowed"),
+        (
+            server.client.delete(format!(
+                "{}/admin/buckets/default:ip/127.0.0.1",
+                server.base
+            )),
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (request, status, code) in cases {
         let (got, body) = json_of(request).await;

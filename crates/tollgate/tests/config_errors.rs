@@ -1020,6 +1020,29 @@ fn the_rule_that_differs_on_a_shared_bucket_is_named() {
     );
 }
 
+/// A rule named `global` beside the global limits shares their bucket with other limits:
+/// the rule is named, with its line (it was `limiter`, without a place in the file).
+#[test]
+fn a_rule_named_like_the_global_limits_is_named() {
+    for (file, yaml) in [
+        (
+            "global-name.yaml",
+            "routes:\n  - path: /a\n    name: global\n    limits: [{ per: global, limit: 5/s }]\ngateway:\n  global_rate_limit: { sustained: 1000/min }\n",
+        ),
+        (
+            "global-name-ip.yaml",
+            "routes:\n  - path: /a\n    name: global\n    limits: [{ per: ip, limit: 5/s }]\nglobal:\n  - { per: global, limit: 10/s }\n",
+        ),
+    ] {
+        let (line, column, field, source) = build_error_in(file, yaml);
+        assert_eq!((line, column, field.as_str()), (3, 11, "routes[0].name (/a)"), "{file}");
+        assert!(
+            matches!(&source, BuildError::SharedBucketMismatch { bucket, .. } if bucket == "global"),
+            "{source}"
+        );
+    }
+}
+
 /// A header key whose kind is too long for a bucket name names the rule that has it.
 #[test]
 fn a_key_kind_too_long_names_its_rule() {

@@ -1145,6 +1145,114 @@ async fn a_declared_pattern_leaves_only_its_layers_route() {
     assert_eq!(header(&r, "x-ratelimit-limit"), "3");
 }
 
+/// A `policy_at` layer attached, but not on its pattern's route (put on another route, or
+/// on a router that is not served), leaves the pattern's route to the central class: its
+/// first request, left to the layer, is counted by the class once answered without the
+/// layer having seen it, and the class charges the next ones. (Before: the route had no
+/// limit at all, without a warning: 100 of 100 admitted against 10 a minute.)
+#[tokio::test]
+async fn a_declared_pattern_whose_layer_is_elsewhere_stays_limited() {
+    for case in ["on another route", "on a router not served"] {
+        let limiter = api_class("10/min");
+        let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
+        let mut app = Router::new().route("/api/chat", post(ok));
+        let mut unserved = None;
+        match case {
+            "on another route" => app = app.route("/api/other", post(ok).layer(chat)),
+            _ => unserved = Some(Router::<()>::new().route("/api/chat", post(ok).layer(chat))),
+        }
+        let server = serve(app.layer(limiter.layer())).await;
+        let statuses = server
+            .posts_showing("/api/chat", 12, "x-ratelimit-limit")
+            .await;
+        let mut expected = vec![(200, String::new())];
+        expected.extend((0..9).map(|_| (200, "10".to_string())));
+        expected.extend((0..2).map(|_| (429, "10".to_string())));
+        assert_eq!(statuses, expected, "{case}");
+        drop(unserved);
+    }
+}
+
+/// Once its layer has seen a request, a declared route whose requests were charged to the
+/// class (a request answered before reaching the layer, here by a check in front of it)
+/// is left to the layer again, and the class's charges are taken over meanwhile.
+#[tokio::test]
+async fn a_declared_pattern_is_left_to_its_layer_again_once_the_layer_sees_a_request() {
+    let limiter = api_class("3/min");
+    let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
+    let turned_away = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = turned_away.clone();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/chat", post(ok).layer(chat))
+        .route_layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let gate = gate.clone();
+                async move {
+                    if gate.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        return StatusCode::UNAUTHORIZED.into_response();
+                    }
+                    next.run(request).await
+                }
+            },
+        ))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    // Turned away before the layer: counted by the class (2 of 3 left after the next).
+    assert_eq!(status_of(server.post("/api/chat")).await, 401);
+    let r = server.post("/api/chat").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-limit"),
+        "5",
+        "taken over by the layer"
+    );
+    assert!(!turned_away.load(std::sync::atomic::Ordering::Relaxed));
+    let statuses = server
+        .posts_showing("/api/chat", 5, "x-ratelimit-limit")
+        .await;
+    let five = |status| (status, "5".to_string());
+    assert_eq!(
+        statuses,
+        vec![five(200), five(200), five(200), five(200), five(429)]
+    );
+    // The class counted the request turned away, and none of the layer's.
+    let r = server.get("/api/items").send().await.unwrap();
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "1");
+}
+
+/// A per-route layer on a request's way twice (on the route and as a route layer, or
+/// twice on the route) charges it once, as the central layer does; `policy_at`'s charged
+/// it twice (2 of a 4/min policy admitted).
+#[tokio::test]
+async fn a_per_route_layer_put_on_a_route_twice_charges_once() {
+    for (case, declared) in [("policy_at", true), ("policy", false)] {
+        let limiter = api_class("100/min");
+        let layer = || {
+            let policy = Policy::named("chat").per_ip("4/min");
+            if declared {
+                limiter.policy_at("POST /api/chat", policy)
+            } else {
+                limiter.policy(policy)
+            }
+        };
+        let app = Router::new()
+            .route("/api/chat", post(ok).layer(layer()))
+            .route_layer(layer())
+            .layer(limiter.layer());
+        let server = serve(app).await;
+        let statuses = server
+            .posts_showing("/api/chat", 5, "x-ratelimit-remaining")
+            .await;
+        let expected: Vec<(u16, String)> =
+            [(200, "3"), (200, "2"), (200, "1"), (200, "0"), (429, "0")]
+                .into_iter()
+                .map(|(status, left)| (status, left.to_string()))
+                .collect();
+        assert_eq!(statuses, expected, "{case}");
+    }
+}
+
 /// A `policy_at` route is left to its layer from the first request whatever other
 /// per-route layers exist: one made with `Limiter::policy` (attached or not), or another
 /// `policy_at` layer put on a route its pattern does not name, changes nothing for it (they

@@ -161,6 +161,12 @@ pub(crate) struct Delegation {
     /// than the pattern names): the central layer then leaves it only the routes the
     /// layer was seen on.
     mismatched: AtomicBool,
+    /// Whether its layer saw a request its pattern matches: it is on the pattern's route.
+    seen: AtomicBool,
+    /// Whether a request the central layer left to it was answered before its layer saw
+    /// any (the layer is on another route, or on a router that is not served): the central
+    /// layer then charges the pattern's requests until the layer sees one.
+    absent: AtomicBool,
 }
 
 impl Delegation {
@@ -171,6 +177,8 @@ impl Delegation {
             index,
             attached: AtomicBool::new(false),
             mismatched: AtomicBool::new(false),
+            seen: AtomicBool::new(false),
+            absent: AtomicBool::new(false),
         }
     }
 
@@ -183,13 +191,95 @@ impl Delegation {
     /// layer was attached, and the route axum matched (`matched`) is the pattern's own (not
     /// one of several routes a broader pattern covers, whose other routes do not pass
     /// through the layer), unless the layer was seen on another route. Without `matched` (a
-    /// plain tower stack), the pattern is all there is.
+    /// plain tower stack), the pattern is all there is. Not while the pattern's requests
+    /// are answered without reaching the layer ([`Delegation::answered`]).
     fn leaves(&self, matched: Option<&str>) -> bool {
         self.attached.load(Ordering::Relaxed)
+            && (self.seen.load(Ordering::Relaxed) || !self.absent.load(Ordering::Relaxed))
             && matched.is_none_or(|route| {
                 !self.mismatched.load(Ordering::Relaxed) && self.pattern.is_route(route)
             })
     }
+
+    /// Whether its layer has seen a request its pattern matches.
+    pub(crate) fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// A request the central layer left to the layer before the layer had seen any was
+    /// answered: whether the layer has still seen none. Then it is not on the pattern's
+    /// route (put on another route, or on a router that is not served), and the central
+    /// layer charges the pattern's requests from now on (provisionally: a layer seen later
+    /// takes the charges over, and is left the requests again).
+    fn answered(&self) -> bool {
+        if self.seen() {
+            return false;
+        }
+        if self.absent.swap(true, Ordering::Relaxed) {
+            return true;
+        }
+        tracing::warn!(
+            target: "tollgate",
+            pattern = %self.pattern,
+            "a request of a per-route policy's pattern was answered without reaching the \
+             policy's layer (is the layer on the pattern's route, in a router that is \
+             served?); the central class charges the pattern's requests until the layer \
+             sees one"
+        );
+        true
+    }
+}
+
+/// A request the central layer left to a per-route layer that had not seen any yet, and
+/// the plan of its class.
+pub(crate) struct Left {
+    delegation: Arc<Delegation>,
+    engine: Arc<Engine>,
+    /// Its class and the global limits, not charged.
+    plan: Plan<Arc<Compiled>>,
+}
+
+impl Left {
+    /// The request was answered with `status`: if the per-route layer never saw it, what its
+    /// class counts of such a response is charged now (it was served: counted whether it
+    /// fits or not), so a layer put on another route leaves no request of its pattern
+    /// uncounted.
+    pub(crate) fn answered(self, status: http::StatusCode) {
+        if !self.delegation.answered() {
+            return;
+        }
+        let plan = &self.plan;
+        let counted: Vec<Bucket> = (0..plan.buckets.len())
+            .filter(|&i| {
+                let policy = plan.policy(i);
+                match policy.after_response(Some(status)) {
+                    Some(op) => op == Op::Penalize,
+                    None => !policy.count_after,
+                }
+            })
+            .map(|i| plan.buckets[i].clone())
+            .collect();
+        if counted.is_empty() {
+            return;
+        }
+        let mut states = vec![tollgate_core::BucketState::default(); counted.len()];
+        let engine = self.engine;
+        match engine.store.apply_sync(Op::Penalize, &counted, &mut states) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => count_failed(&e),
+            None => in_background(Box::pin(async move {
+                let batch = Batch::new(Op::Penalize, counted);
+                if let Err(e) = engine.store.apply(&batch).await {
+                    count_failed(&e);
+                }
+            })),
+        }
+    }
+}
+
+/// A request served without reaching its per-route layer could not be counted.
+fn count_failed(error: &tollgate_core::StoreError) {
+    tracing::warn!(target: "tollgate", error = %error, "could not count a request its per-route layer did not see");
 }
 
 #[derive(Default)]
@@ -322,6 +412,9 @@ pub(crate) enum Scope {
 pub(crate) enum Start {
     /// Nothing: call the inner service, touch nothing.
     Pass,
+    /// Left to a per-route layer whose pattern the request matches, before that layer has
+    /// seen any request: call the inner service, then [`Left::answered`].
+    Left(Left),
     /// Decided at once: the outcome is in the caller's slot. (It is written there, not
     /// returned: an admitted outcome holds its headers, several hundred bytes that every
     /// move on the way out would copy; boxing them would allocate per request.)
@@ -408,15 +501,24 @@ impl Engine {
         // it, the route the request matched is left to the layer once the layer has seen it
         // (the registry above); until then this layer charges it provisionally and the
         // route's layer takes the charge over. So a pattern broader than the route its layer
-        // is on, or a layer never attached, leaves no route unlimited.
+        // is on, or a layer never attached, leaves no route unlimited; nor does a layer on
+        // another route (see `Left`).
+        // Until the layer has seen a request, the request is left to it but its class is
+        // worked out, to be charged after the response if the layer never saw it (it is on
+        // another route, or on a router that is not served).
         let mut delegated = false;
+        let mut left = None;
         for route in &routes.delegated {
             if route.table.classify(&parts.method, path).is_none() {
                 continue;
             }
             delegated = true;
             if route.leaves(matched) {
-                return Start::Pass;
+                if route.seen() {
+                    return Start::Pass;
+                }
+                left = Some(route.clone());
+                break;
             }
         }
         // Both classes when the path's two readings disagree: a request is charged at
@@ -435,6 +537,13 @@ impl Engine {
         self.plan_into(parts, classes.into_iter().chain(&table.globals), &mut plan);
         if plan.buckets.is_empty() {
             return Start::Pass;
+        }
+        if let Some(delegation) = left {
+            return Start::Left(Left {
+                delegation,
+                engine: self.clone(),
+                plan: plan.owned(),
+            });
         }
         let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
         // The plan stays here (it is large): the store answers for it by reference.
@@ -499,26 +608,28 @@ impl Engine {
         // central layer charged it. From now on it marks what it charges, so this layer can
         // give that back, and it no longer leaves the pattern's own route to this layer
         // (which may not be on it).
+        // A request it does match says the layer is on the pattern's route.
         if let Some(delegation) = delegation {
-            if !delegation.mismatched.load(Ordering::Relaxed)
-                && delegation
-                    .table
-                    .classify(&parts.method, request_path(parts))
-                    .is_none()
-            {
-                delegation.mismatched.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    target: "tollgate",
-                    policy = %policy.name,
-                    method = %parts.method,
-                    route = %matched_path(parts).unwrap_or(request_path(parts)),
-                    "a per-route policy's pattern does not match its route's requests as the \
-                     central layer sees them (check the full path, including any `nest` \
-                     prefix); its requests may be charged to the central class too"
-                );
-                if !routes.marks {
-                    self.mark_requests();
-                    routes = self.routes.load();
+            let mismatched = delegation.mismatched.load(Ordering::Relaxed);
+            if !mismatched || !delegation.seen() {
+                let path = request_path(parts);
+                if delegation.table.classify(&parts.method, path).is_some() {
+                    delegation.seen.store(true, Ordering::Relaxed);
+                } else if !mismatched {
+                    delegation.mismatched.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "tollgate",
+                        policy = %policy.name,
+                        method = %parts.method,
+                        route = %matched_path(parts).unwrap_or(path),
+                        "a per-route policy's pattern does not match its route's requests as \
+                         the central layer sees them (check the full path, including any \
+                         `nest` prefix); its requests may be charged to the central class too"
+                    );
+                    if !routes.marks {
+                        self.mark_requests();
+                        routes = self.routes.load();
+                    }
                 }
             }
         }
@@ -562,9 +673,9 @@ impl Engine {
             // declared to take over from): this policy charges too.
             Some(Mark::Admitted) | None => None,
         };
-        if routes.marks {
-            set_mark(&mut parts.extensions, self.id, Mark::Route, Keep::Replace);
-        }
+        // This layer has the request: a per-route layer of the limiter further in (this
+        // one again, put on the route twice) passes it on, so it is charged once.
+        set_mark(&mut parts.extensions, self.id, Mark::Route, Keep::Replace);
         // The central layer's charge goes back first: at once on a store that answers at
         // once, else before this policy is charged, in the same future.
         let refund_later = refund_first.and_then(|charged| self.give_back_now(charged));
