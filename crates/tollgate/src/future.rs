@@ -81,7 +81,7 @@ pin_project! {
         Watching {
             #[pin]
             fut: S::Future,
-            left: Option<Left>,
+            left: Option<Box<Left>>,
         },
         Settling {
             settle: BoxFuture<'static, Settled>,
@@ -106,7 +106,7 @@ where
 
     /// Calls the inner service with a request left to a per-route layer that has not seen
     /// any yet ([`Left::answered`] once it answers).
-    pub(crate) fn watching(fut: S::Future, left: Left) -> Self {
+    pub(crate) fn watching(fut: S::Future, left: Box<Left>) -> Self {
         Self {
             state: State::Watching {
                 fut,

@@ -413,8 +413,9 @@ pub(crate) enum Start {
     /// Nothing: call the inner service, touch nothing.
     Pass,
     /// Left to a per-route layer whose pattern the request matches, before that layer has
-    /// seen any request: call the inner service, then [`Left::answered`].
-    Left(Left),
+    /// seen any request: call the inner service, then [`Left::answered`]. (Boxed: its plan
+    /// is large, and only the first requests of such a route carry one.)
+    Left(Box<Left>),
     /// Decided at once: the outcome is in the caller's slot. (It is written there, not
     /// returned: an admitted outcome holds its headers, several hundred bytes that every
     /// move on the way out would copy; boxing them would allocate per request.)
@@ -539,11 +540,11 @@ impl Engine {
             return Start::Pass;
         }
         if let Some(delegation) = left {
-            return Start::Left(Left {
+            return Start::Left(Box::new(Left {
                 delegation,
                 engine: self.clone(),
                 plan: plan.owned(),
-            });
+            }));
         }
         let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
         // The plan stays here (it is large): the store answers for it by reference.
