@@ -240,7 +240,8 @@ impl Quota {
                 .parse()
                 .map_err(|_| QuotaError::Overflow { input: owned() })?
         };
-        if unit.is_empty() {
+        // No unit, or a multiplier that is not a whole number (`0.5s`: not a unit `.5s`).
+        if unit.is_empty() || unit.starts_with(['.', ',']) {
             return Err(QuotaError::BadPeriod {
                 input: owned(),
                 period: excerpt(period),
@@ -488,6 +489,14 @@ mod tests {
             matches!(fortnight, QuotaError::UnknownUnit { ref unit, .. } if unit == "fortnight")
         );
         assert!(fortnight.to_string().contains("`100/min`"), "{fortnight}");
+        // A period that is not a whole number is named whole, not as a unit `.5s`.
+        for bad in ["1/0.5s", "1/1,5min"] {
+            let error = Quota::parse(bad).unwrap_err();
+            assert!(
+                matches!(error, QuotaError::BadPeriod { ref period, .. } if bad.ends_with(period.as_str())),
+                "{bad}: {error}"
+            );
+        }
         assert!(matches!(
             Quota::parse("99999999999999999999999/min"),
             Err(QuotaError::Overflow { .. })

@@ -508,8 +508,9 @@ pub enum BodyText {
 pub struct RouteConfig {
     /// The path pattern: `/api/*`, `/v1/campaigns/{id}`, `/v1/campaigns/:id`.
     pub path: String,
-    /// Methods the rule is for (all if empty).
-    #[serde(default)]
+    /// Methods the rule is for (all if empty; left out in a file, as `methods: []` names
+    /// none and is refused).
+    #[serde(default, deserialize_with = "methods_named")]
     pub methods: Vec<String>,
     /// The policy's name (default: from the pattern, `GET /v1/invoices` → `get-v1-invoices`).
     #[serde(default)]
@@ -1218,6 +1219,18 @@ impl HeadersConfig {
             base
         }
     }
+}
+
+/// A rule's `methods:` list, which names at least one method: an empty list would read as
+/// every method, the opposite of what it says.
+fn methods_named<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let methods = Vec::<String>::deserialize(d)?;
+    if methods.is_empty() {
+        return Err(serde::de::Error::custom(
+            "`methods: []` names no method: name one (`[GET]`), or leave `methods:` out for every method",
+        ));
+    }
+    Ok(methods)
 }
 
 impl RouteConfig {
@@ -2148,9 +2161,7 @@ impl Config {
                     None
                 }
             }
-            BuildError::Rate { policy, key, .. } if key == "direct" => {
-                Some((field("buckets").key(policy), None))
-            }
+            BuildError::BucketRate { bucket, .. } => Some((field("buckets").key(bucket), None)),
             BuildError::Rate { policy, .. }
             | BuildError::EmptyPolicy { policy }
             | BuildError::BadKeyKind { policy, .. }

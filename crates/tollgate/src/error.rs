@@ -22,6 +22,16 @@ pub enum BuildError {
         #[source]
         source: Box<RateError>,
     },
+    /// A bucket for direct use ([`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket)
+    /// and its kin) whose rate did not parse, or is impossible.
+    #[error("bucket `{bucket}`: {source}")]
+    BucketRate {
+        /// The bucket.
+        bucket: String,
+        /// What was wrong.
+        #[source]
+        source: Box<RateError>,
+    },
     /// A route pattern is malformed, two patterns tie, or a pattern can never match.
     #[error(transparent)]
     Route(#[from] PatternError),
@@ -246,8 +256,9 @@ fn shared_bucket_message(bucket: &str, first: &str, second: &str) -> String {
     if first == second {
         format!(
             "two policies named `{first}` share bucket `{bucket}` but declare different limits \
-             (a policy's name names its buckets, and `global` is the global limits' own): give \
-             one of them another name, or both the same limits"
+             (a policy's name names its buckets, a file's rule without `name:` is named after \
+             its pattern, and `global` is the global limits' own): give one of them another \
+             name, or both the same limits"
         )
     } else {
         format!(

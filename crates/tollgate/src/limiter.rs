@@ -511,7 +511,10 @@ impl Limiter {
         self.direct(Op::Peek, bucket, key, 1).await
     }
 
-    /// Counts 1 against `key` whether or not it fits (a failed sign-in).
+    /// Counts 1 against `key` whether or not it fits (a failed sign-in). A count, not a
+    /// check: the decision is always `allowed`, its bucket's `remaining` saying what is
+    /// left (0 once the key is at or past its limit); ask [`Limiter::peek`] or
+    /// [`Limiter::check`] whether a request would be admitted.
     ///
     /// # Errors
     ///

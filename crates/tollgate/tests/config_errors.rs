@@ -1085,3 +1085,33 @@ fn a_zero_cost_after_a_costed_rule_names_the_zero_cost() {
         "{source}"
     );
 }
+
+/// A bucket for direct use whose rate is impossible is named as a bucket (it read `policy
+/// `b`, limit per direct: …`).
+#[test]
+fn a_direct_buckets_bad_rate_names_the_bucket() {
+    let built = Limiter::builder().bucket("exports", "0/min").build();
+    let Err(error) = built else {
+        panic!("built");
+    };
+    assert!(
+        matches!(&error, BuildError::BucketRate { bucket, .. } if bucket == "exports"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().starts_with("bucket `exports`: "),
+        "{error}"
+    );
+}
+
+/// `methods: []` names no method: refused where it is written (it meant every method).
+#[test]
+fn an_empty_methods_list_is_refused() {
+    let path = write_temp(
+        "no-methods.yaml",
+        "routes:\n  - path: /a\n    methods: []\n    limits: [{ limit: 5/min }]\n",
+    );
+    let error = Limiter::from_config(&path).unwrap_err().to_string();
+    assert!(error.contains(":3:"), "{error}");
+    assert!(error.contains("names no method"), "{error}");
+}

@@ -542,9 +542,8 @@ pub(crate) fn compile_table(
                 prefix,
             });
         }
-        let limit = rate.limit().map_err(|source| BuildError::Rate {
-            policy: name.clone(),
-            key: "direct".into(),
+        let limit = rate.limit().map_err(|source| BuildError::BucketRate {
+            bucket: name.clone(),
             source: Box::new(source),
         })?;
         let bucket: Arc<str> = name.as_str().into();
