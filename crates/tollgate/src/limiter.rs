@@ -152,13 +152,19 @@ impl Limiter {
     /// [`Limiter::policy`]); a client whose class is spent is refused until then. Declare
     /// the route itself to have it left to the layer from the first request. A layer put on
     /// another route than its pattern names is noticed at that route's first request (a
-    /// warning), and its pattern's route is no longer left to it from then on; a request of
-    /// the pattern answered before the layer has seen any (the layer on another route, in a
-    /// router that is not served, or behind a check that turned the request away) is
-    /// counted by the central class once answered, and the class charges the pattern's
-    /// requests from then on (a warning), its charges taken over by the layer once it sees
-    /// one, when its route is left to it again. So a misplaced layer leaves no route
-    /// unlimited either.
+    /// warning), and its pattern's route is no longer left to it from then on. And as the
+    /// central layer cannot see where the layer is, a method of the pattern is left to it for
+    /// good only once the layer has seen a request of that method: until then one request
+    /// at a time goes to the layer without the class's charge (a probe; it is charged to
+    /// the class once answered if the layer did not see it), and the others are charged to
+    /// their class provisionally, the layer taking the charge over. A probe the layer did
+    /// not see (the layer on another route or method, in a router that is not served, or
+    /// behind a check that turned the request away) is logged as a warning, and the next
+    /// waits a second, doubling up to ten minutes. So a misplaced layer leaves its
+    /// pattern's route limited by its class, give or take a probe now and then (counted),
+    /// and a layer that is there is left its route from its first request: a client whose
+    /// class is spent may be refused by the class only while another request is the probe,
+    /// or in the wait after one was turned away before the layer.
     ///
     /// Requests of a method the pattern does not name are not the policy's, though its
     /// layer sees them (axum's `MethodRouter::layer` wraps the method router's 405 fallback

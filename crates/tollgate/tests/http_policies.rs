@@ -1169,8 +1169,143 @@ async fn a_declared_pattern_whose_layer_is_elsewhere_stays_limited() {
         expected.extend((0..9).map(|_| (200, "10".to_string())));
         expected.extend((0..2).map(|_| (429, "10".to_string())));
         assert_eq!(statuses, expected, "{case}");
+        // The request counted once answered is counted as admitted, as served.
+        assert_eq!(limiter.stats().admitted, 10, "{case}");
         drop(unserved);
     }
+}
+
+/// A misplaced layer's pattern under concurrent first requests: one is left to the layer
+/// (a probe, counted once answered), the others are charged to the class: the class's
+/// limit and the probe, not every request under way before the first answer (a review: 50
+/// of 50 with a handler of 100 ms, against 10).
+#[tokio::test]
+async fn concurrent_first_requests_to_a_misplaced_pattern_are_charged() {
+    let limiter = api_class("10/min");
+    let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        "ok"
+    }
+    let app = Router::new()
+        .route("/api/chat", post(slow))
+        .route("/api/other", post(ok).layer(chat))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let sent: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(server.post("/api/chat").send()))
+        .collect();
+    let mut statuses = Vec::new();
+    for request in sent {
+        statuses.push(request.await.unwrap().unwrap().status().as_u16());
+    }
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(admitted, 11, "{statuses:?}");
+    // The probe was counted: the class is spent.
+    assert_eq!(status_of(server.post("/api/chat")).await, 429);
+}
+
+/// A pattern for every method whose layer is on one method's handler: the methods the layer
+/// has not seen stay with the class (a review: after one `POST`, `GET` went unlimited).
+#[tokio::test]
+async fn a_declared_pattern_is_left_only_for_the_methods_its_layer_sees() {
+    let limiter = api_class("3/min");
+    let chat = limiter.policy_at("/api/chat", Policy::named("chat").per_ip("5/min"));
+    let app = Router::new()
+        .route("/api/chat", post(ok).layer(chat).get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(status_of(server.post("/api/chat")).await, 200);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(status_of(server.get("/api/chat")).await);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    // POST stays the layer's: 4 more of its 5.
+    let posts = server
+        .posts_showing("/api/chat", 4, "x-ratelimit-limit")
+        .await;
+    assert!(
+        posts.iter().all(|p| *p == (200, "5".to_string())),
+        "{posts:?}"
+    );
+}
+
+/// A check in front of a declared route that turns the first request away does not hand
+/// the route to the class for good: the first request of another client to reach the
+/// layer gives it back, and a client whose class is spent is then admitted by the route's
+/// own policy (a review: one 401 at start-up left such a client refused by the class until
+/// another client's request reached the layer, which then is what gives it back).
+#[tokio::test]
+async fn a_declared_route_turned_away_once_is_given_back_to_its_layer() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/api/*",
+            Policy::named("default").per_header("x-client", "2/min"),
+        )
+        .build()
+        .unwrap();
+    let chat = limiter.policy_at(
+        "POST /api/chat",
+        Policy::named("chat").per_header("x-client", "5/min"),
+    );
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/chat", post(ok).layer(chat))
+        .route_layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                if request.headers().contains_key("authorization") {
+                    next.run(request).await
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            },
+        ))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    let as_client = |request: reqwest::RequestBuilder, client: &str| {
+        request
+            .header("authorization", "Bearer t")
+            .header("x-client", client)
+    };
+    // Client x spends its class.
+    for expected in [200, 200, 429] {
+        assert_eq!(
+            status_of(as_client(server.get("/api/items"), "x")).await,
+            expected
+        );
+    }
+    // An anonymous request turned away before the layer: counted by its class.
+    assert_eq!(
+        status_of(server.post("/api/chat").header("x-client", "anon")).await,
+        401
+    );
+    // Client y, whose class is not spent, reaches the layer: the route is the layer's.
+    let y = as_client(server.post("/api/chat"), "y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (y.status().as_u16(), header(&y, "x-ratelimit-limit")),
+        (200, "5".into())
+    );
+    // Client x, spent on its class, is admitted by the route's policy.
+    let x = as_client(server.post("/api/chat"), "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (x.status().as_u16(), header(&x, "x-ratelimit-limit")),
+        (200, "5".into())
+    );
+    // And y's provisional class charge was taken over: y still has its class.
+    let items = as_client(server.get("/api/items"), "y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&items, "x-ratelimit-remaining"), "1");
 }
 
 /// Once its layer has seen a request, a declared route whose requests were charged to the

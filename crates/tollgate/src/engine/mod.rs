@@ -16,7 +16,7 @@ mod plan;
 mod settle;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -147,6 +147,17 @@ pub(crate) struct Routes {
 
 /// A route declared with [`Limiter::policy_at`](crate::Limiter::policy_at), shared by its
 /// layer and the central layer, which leaves the route's requests to the layer.
+///
+/// The central layer cannot see where the layer is: attached to some service, it may be on
+/// another route, or in a router that is not served. So a method of the pattern is left to
+/// the layer for good only once the layer has seen a request of it ([`Delegation::see`]).
+/// Until then one request at a time is left to it (a probe, [`Left`]), and the others are
+/// charged to their class provisionally (the layer, if it is there, takes the charge
+/// over). A probe answered without the layer having seen it is charged to its class then,
+/// and the next probe waits, from a second up to ten minutes: so a misplaced layer leaves
+/// its pattern's route limited by its class, give or take a probe now and then (counted),
+/// and a layer that is there is left its route from the first request, a client whose
+/// class is spent included.
 pub(crate) struct Delegation {
     /// The pattern, as a table of its own spelling (a request's method and path match it).
     pub(crate) table: RouteTable<()>,
@@ -161,12 +172,36 @@ pub(crate) struct Delegation {
     /// than the pattern names): the central layer then leaves it only the routes the
     /// layer was seen on.
     mismatched: AtomicBool,
-    /// Whether its layer saw a request its pattern matches: it is on the pattern's route.
-    seen: AtomicBool,
-    /// Whether a request the central layer left to it was answered before its layer saw
-    /// any (the layer is on another route, or on a router that is not served): the central
-    /// layer then charges the pattern's requests until the layer sees one.
-    absent: AtomicBool,
+    /// The methods ([`method_bit`]) its layer saw a request of that its pattern matches.
+    seen: AtomicU16,
+    /// Whether a probe is under way.
+    probing: AtomicBool,
+    /// When the next probe may go, in ms since `made` (0: at once).
+    next_probe_ms: AtomicU64,
+    /// How long the last wait between probes was, in ms (0: no probe went unseen yet).
+    backoff_ms: AtomicU64,
+    made: std::time::Instant,
+}
+
+/// The first wait after a probe its layer did not see, and the longest (doubling between).
+const PROBE_BACKOFF_MS: (u64, u64) = (1_000, 600_000);
+
+/// A method's bit in [`Delegation::seen`]: the standard methods one each, the others one
+/// together.
+fn method_bit(method: &Method) -> u16 {
+    let i = match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    };
+    1 << i
 }
 
 impl Delegation {
@@ -177,8 +212,11 @@ impl Delegation {
             index,
             attached: AtomicBool::new(false),
             mismatched: AtomicBool::new(false),
-            seen: AtomicBool::new(false),
-            absent: AtomicBool::new(false),
+            seen: AtomicU16::new(0),
+            probing: AtomicBool::new(false),
+            next_probe_ms: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(0),
+            made: std::time::Instant::now(),
         }
     }
 
@@ -187,99 +225,170 @@ impl Delegation {
         self.attached.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the central layer leaves a request its pattern matches to the layer: its
+    /// Whether the central layer may leave a request its pattern matches to the layer: its
     /// layer was attached, and the route axum matched (`matched`) is the pattern's own (not
     /// one of several routes a broader pattern covers, whose other routes do not pass
     /// through the layer), unless the layer was seen on another route. Without `matched` (a
-    /// plain tower stack), the pattern is all there is. Not while the pattern's requests
-    /// are answered without reaching the layer ([`Delegation::answered`]).
+    /// plain tower stack), the pattern is all there is.
     fn leaves(&self, matched: Option<&str>) -> bool {
         self.attached.load(Ordering::Relaxed)
-            && (self.seen.load(Ordering::Relaxed) || !self.absent.load(Ordering::Relaxed))
             && matched.is_none_or(|route| {
                 !self.mismatched.load(Ordering::Relaxed) && self.pattern.is_route(route)
             })
     }
 
-    /// Whether its layer has seen a request its pattern matches.
-    pub(crate) fn seen(&self) -> bool {
-        self.seen.load(Ordering::Relaxed)
+    /// Whether its layer has seen a request of `method` its pattern matches.
+    pub(crate) fn seen(&self, method: &Method) -> bool {
+        self.seen.load(Ordering::Relaxed) & method_bit(method) != 0
     }
 
-    /// A request the central layer left to the layer before the layer had seen any was
-    /// answered: whether the layer has still seen none. Then it is not on the pattern's
-    /// route (put on another route, or on a router that is not served), and the central
-    /// layer charges the pattern's requests from now on (provisionally: a layer seen later
-    /// takes the charges over, and is left the requests again).
-    fn answered(&self) -> bool {
-        if self.seen() {
-            return false;
+    /// Its layer sees a request of `method` its pattern matches.
+    pub(crate) fn see(&self, method: &Method) {
+        let bit = method_bit(method);
+        if self.seen.load(Ordering::Relaxed) & bit == 0 {
+            self.seen.fetch_or(bit, Ordering::Relaxed);
         }
-        if self.absent.swap(true, Ordering::Relaxed) {
-            return true;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.made.elapsed().as_millis() as u64
+    }
+
+    /// Whether a request may be left to the layer as a probe now: none is under way, and
+    /// the wait after the last unseen one is over. (It then is under way.)
+    fn try_probe(&self) -> bool {
+        let next = self.next_probe_ms.load(Ordering::Relaxed);
+        (next == 0 || self.now_ms() >= next)
+            && self
+                .probing
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// A probe of `method` was answered (or dropped): whether its layer had not seen it.
+    /// Then the layer is not on the pattern's route for that method (put on another route,
+    /// or in a router that is not served, or behind a check that turned the probe away),
+    /// and the next probe waits.
+    fn probed(&self, method: &Method) -> bool {
+        let unseen = !self.seen(method);
+        if unseen {
+            let last = self.backoff_ms.load(Ordering::Relaxed);
+            let wait = if last == 0 {
+                tracing::warn!(
+                    target: "tollgate",
+                    pattern = %self.pattern,
+                    method = %method,
+                    "a request of a per-route policy's pattern was answered without reaching \
+                     the policy's layer (is the layer on the pattern's route, for this method, \
+                     in a router that is served?); its class charges the pattern's requests \
+                     until the layer sees one"
+                );
+                PROBE_BACKOFF_MS.0
+            } else {
+                (last * 2).min(PROBE_BACKOFF_MS.1)
+            };
+            self.backoff_ms.store(wait, Ordering::Relaxed);
+            self.next_probe_ms
+                .store(self.now_ms().saturating_add(wait).max(1), Ordering::Relaxed);
         }
-        tracing::warn!(
-            target: "tollgate",
-            pattern = %self.pattern,
-            "a request of a per-route policy's pattern was answered without reaching the \
-             policy's layer (is the layer on the pattern's route, in a router that is \
-             served?); the central class charges the pattern's requests until the layer \
-             sees one"
-        );
-        true
+        self.probing.store(false, Ordering::Release);
+        unseen
     }
 }
 
-/// A request the central layer left to a per-route layer that had not seen any yet, and
-/// the plan of its class.
+/// A request the central layer left to a per-route layer that had not seen one of its
+/// method yet (a probe, see [`Delegation`]), and the plan of its class.
 pub(crate) struct Left {
     delegation: Arc<Delegation>,
     engine: Arc<Engine>,
+    method: Method,
     /// Its class and the global limits, not charged.
     plan: Plan<Arc<Compiled>>,
+    /// Whether its answer was seen to.
+    done: bool,
 }
 
 impl Left {
-    /// The request was answered with `status`: if the per-route layer never saw it, what its
-    /// class counts of such a response is charged now (it was served: counted whether it
-    /// fits or not), so a layer put on another route leaves no request of its pattern
-    /// uncounted.
-    pub(crate) fn answered(self, status: http::StatusCode) {
-        if !self.delegation.answered() {
+    /// The request was answered with `status`: see [`Left::finish`].
+    pub(crate) fn answered(mut self, status: http::StatusCode) {
+        self.finish(Some(status));
+    }
+
+    /// The request was answered with `status` (`None`: it was dropped unanswered): if the
+    /// per-route layer never saw it, what its class counts of such an answer is charged now
+    /// (it was served: counted whether it fits or not; one dropped keeps its charge, as a
+    /// charge does), so a layer elsewhere leaves no request of its pattern uncounted.
+    fn finish(&mut self, status: Option<http::StatusCode>) {
+        self.done = true;
+        if !self.delegation.probed(&self.method) {
             return;
         }
         let plan = &self.plan;
-        let counted: Vec<Bucket> = (0..plan.buckets.len())
+        let counted: Vec<usize> = (0..plan.buckets.len())
             .filter(|&i| {
                 let policy = plan.policy(i);
-                match policy.after_response(Some(status)) {
+                match policy.after_response(status) {
                     Some(op) => op == Op::Penalize,
                     None => !policy.count_after,
                 }
             })
-            .map(|i| plan.buckets[i].clone())
             .collect();
         if counted.is_empty() {
             return;
         }
-        let mut states = vec![tollgate_core::BucketState::default(); counted.len()];
-        let engine = self.engine;
-        match engine.store.apply_sync(Op::Penalize, &counted, &mut states) {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => count_failed(&e),
-            None => in_background(Box::pin(async move {
-                let batch = Batch::new(Op::Penalize, counted);
-                if let Err(e) = engine.store.apply(&batch).await {
-                    count_failed(&e);
+        let buckets: Vec<Bucket> = counted.iter().map(|&i| plan.buckets[i].clone()).collect();
+        let mut states = vec![tollgate_core::BucketState::default(); buckets.len()];
+        match self
+            .engine
+            .store
+            .apply_sync(Op::Penalize, &buckets, &mut states)
+        {
+            Some(answer) => Self::counted(&self.engine, plan, &counted, answer.map(|_| states)),
+            None => {
+                let (engine, plan) = (self.engine.clone(), plan.owned());
+                in_background(Box::pin(async move {
+                    let batch = Batch::new(Op::Penalize, buckets);
+                    let answer = engine.store.apply(&batch).await.map(|d| d.buckets);
+                    Self::counted(&engine, &plan, &counted, answer);
+                }));
+            }
+        }
+    }
+
+    /// The store's answer to the charge of the buckets at `counted` in `plan`: the request
+    /// counts as admitted (it was served), in the stats and its buckets' metrics.
+    fn counted(
+        engine: &Engine,
+        plan: &Plan<Arc<Compiled>>,
+        counted: &[usize],
+        answer: Result<Vec<tollgate_core::BucketState>, tollgate_core::StoreError>,
+    ) {
+        match answer {
+            Ok(states) => {
+                engine.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                if crate::observe::ENABLED {
+                    for (&i, state) in counted.iter().zip(&states) {
+                        if let Some(metrics) = plan.metrics(i) {
+                            metrics.admitted(state);
+                        }
+                    }
                 }
-            })),
+            }
+            Err(e) => tracing::warn!(
+                target: "tollgate",
+                error = %e,
+                "could not count a request its per-route layer did not see"
+            ),
         }
     }
 }
 
-/// A request served without reaching its per-route layer could not be counted.
-fn count_failed(error: &tollgate_core::StoreError) {
-    tracing::warn!(target: "tollgate", error = %error, "could not count a request its per-route layer did not see");
+impl Drop for Left {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(None);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -504,9 +613,9 @@ impl Engine {
         // route's layer takes the charge over. So a pattern broader than the route its layer
         // is on, or a layer never attached, leaves no route unlimited; nor does a layer on
         // another route (see `Left`).
-        // Until the layer has seen a request, the request is left to it but its class is
-        // worked out, to be charged after the response if the layer never saw it (it is on
-        // another route, or on a router that is not served).
+        // Until the layer has seen a request of the method, one request at a time is left to
+        // it as a probe, its class worked out to be charged after the answer if the layer
+        // never saw it; the others are charged provisionally (see `Delegation`).
         let mut delegated = false;
         let mut left = None;
         for route in &routes.delegated {
@@ -515,11 +624,13 @@ impl Engine {
             }
             delegated = true;
             if route.leaves(matched) {
-                if route.seen() {
+                if route.seen(&parts.method) {
                     return Start::Pass;
                 }
-                left = Some(route.clone());
-                break;
+                if route.try_probe() {
+                    left = Some(route.clone());
+                    break;
+                }
             }
         }
         // Both classes when the path's two readings disagree: a request is charged at
@@ -543,7 +654,9 @@ impl Engine {
             return Start::Left(Box::new(Left {
                 delegation,
                 engine: self.clone(),
+                method: parts.method.clone(),
                 plan: plan.owned(),
+                done: false,
             }));
         }
         let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
@@ -612,10 +725,10 @@ impl Engine {
         // A request it does match says the layer is on the pattern's route.
         if let Some(delegation) = delegation {
             let mismatched = delegation.mismatched.load(Ordering::Relaxed);
-            if !mismatched || !delegation.seen() {
+            if !mismatched || !delegation.seen(&parts.method) {
                 let path = request_path(parts);
                 if delegation.table.classify(&parts.method, path).is_some() {
-                    delegation.seen.store(true, Ordering::Relaxed);
+                    delegation.see(&parts.method);
                 } else if !mismatched {
                     delegation.mismatched.store(true, Ordering::Relaxed);
                     tracing::warn!(
