@@ -67,6 +67,11 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn ahead(&self) -> u64 {
         0
     }
+
+    /// [`Clock::now`] and [`Clock::ahead`] in one call (what a store reads per decision).
+    fn now_and_ahead(&self) -> (Timestamp, u64) {
+        (self.now(), self.ahead())
+    }
 }
 
 /// The real time a wait of `wait` on a clock `ahead` µs ahead of the system clock (at half
@@ -247,6 +252,11 @@ impl Clock for FastClock {
     fn ahead(&self) -> u64 {
         self.0.ahead.load(Ordering::Relaxed)
     }
+
+    #[inline]
+    fn now_and_ahead(&self) -> (Timestamp, u64) {
+        (self.now(), self.ahead())
+    }
 }
 
 /// A clock that only moves when told to. Clones share one time.
@@ -289,6 +299,10 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 
     fn ahead(&self) -> u64 {
         (**self).ahead()
+    }
+
+    fn now_and_ahead(&self) -> (Timestamp, u64) {
+        (**self).now_and_ahead()
     }
 }
 

@@ -311,6 +311,7 @@ impl Limiter {
         builder.decision_in_response = Some(engine.decision_in_response);
         // What it shares with the limiter was warned about when the limiter was built.
         builder.derived = true;
+        builder.store_metrics = Some(engine.store_metrics.clone());
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
         code.guards.push(guard.engine.clone());
@@ -940,6 +941,9 @@ pub struct LimiterBuilder {
     /// Made from a limiter already built (a guard): the configuration it shares was
     /// warned about when that limiter was built, and is not again.
     derived: bool,
+    /// A guard's: the store metrics of the limiter it is made from, whose store it shares
+    /// (each its own counted every switch of that store to its fallback once more).
+    store_metrics: Option<Arc<crate::observe::StoreMetrics>>,
 }
 
 impl fmt::Debug for LimiterBuilder {
@@ -1372,7 +1376,10 @@ impl LimiterBuilder {
             Some(name) => return Err(BuildError::BadName { name }),
             None => crate::observe::default_store_name(store.mode()).into(),
         };
-        let store_metrics = crate::observe::StoreMetrics::new(&store_name, store.mode());
+        let store_metrics = match self.store_metrics.take() {
+            Some(shared) => shared,
+            None => Arc::new(crate::observe::StoreMetrics::new(&store_name, store.mode())),
+        };
 
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let engine = Engine {

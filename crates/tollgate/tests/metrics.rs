@@ -287,6 +287,51 @@ async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
     assert_eq!(fifth.get("tollgate_store_fallback{store=shared}"), None);
 }
 
+/// A guard shares its limiter's store, and its metrics: a switch of that store to its
+/// fallback counts once, not once for the limiter and once for each guard that saw it (a
+/// review: the demo, whose admin router has a guard, counted every outage twice).
+#[tokio::test]
+async fn a_switch_seen_by_a_limiter_and_its_guard_counts_once() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let store = Switching {
+        memory: Recording::new(MemoryStore::new()),
+        fallback: Arc::default(),
+        switches: Arc::default(),
+    };
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(store.clone())
+            .route("/api/*", Policy::named("default").per_ip("100/min")),
+    );
+    let guard = metrics::with_local_recorder(&recorder, || {
+        limiter.guard(Policy::named("failures").per_ip("10/min"))
+    });
+    let _ = moved(&snapshotter);
+    store.set(true);
+    for _ in 0..3 {
+        let handler = service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let svc = ServiceBuilder::new()
+            .layer(limiter.layer())
+            .layer(guard.clone())
+            .service(handler);
+        let mut req = Request::get("/api/items")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        req.extensions_mut()
+            .insert(SocketAddr::from(([198, 51, 100, 2], 4000)));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+    }
+    let seen = moved(&snapshotter);
+    assert_eq!(
+        seen["tollgate_store_fallbacks_total{store=shared}"], 1.0,
+        "{seen:#?}"
+    );
+}
+
 #[tokio::test]
 async fn store_errors_count_under_the_stores_name() {
     let recorder = DebuggingRecorder::new();

@@ -87,7 +87,8 @@ pub(crate) struct Engine {
     pub(crate) refusal_hook: Option<RefusalHook>,
     /// The store's name (the `store` label of metrics and spans).
     pub(crate) store_name: Arc<str>,
-    pub(crate) store_metrics: StoreMetrics,
+    /// Shared with the guards made from the limiter, which share its store.
+    pub(crate) store_metrics: Arc<StoreMetrics>,
 }
 
 /// A function that makes the whole refused response.
