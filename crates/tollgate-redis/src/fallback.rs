@@ -1520,14 +1520,15 @@ impl<P: Primary> Shared<P> {
         };
         let answers = batch.buckets.iter().zip(&decision.buckets).zip(news);
         for (i, ((bucket, state), news)) in answers.enumerate() {
-            if !news {
+            // (`None`: an earlier answer than the one noted.)
+            let Some(counted) = news else {
                 continue;
-            }
+            };
             if given_back {
                 self.raise_to_report(bucket, state, owed.get(i).copied().unwrap_or(0));
             } else {
                 let scaled = self.scaled(bucket);
-                let used = share_used(&bucket.limit, &scaled.limit, state);
+                let used = share_of(&bucket.limit, &scaled.limit, counted);
                 self.memory.mirror(&scaled, used, state.reset_after);
             }
         }
@@ -1612,11 +1613,17 @@ fn share_used(limit: &Limit, scaled: &Limit, state: &BucketState) -> u64 {
     )
 }
 
-/// [`share_used`] of a report that `used` was counted against `limit`.
+/// [`share_used`] of a report that `used` was counted against `limit` (past it too: a
+/// count kept past a limit lowered since, see [`Ledger::note`](crate::ledger::Ledger)).
 fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
     let (cap, share) = (limit.capacity(), scaled.capacity());
     if cap == share {
-        return used.min(cap);
+        return used;
+    }
+    if used > cap {
+        // Past the limit: the share of the count, rounded up.
+        let part = (u128::from(used) * u128::from(share)).div_ceil(u128::from(cap.max(1)));
+        return u64::try_from(part).unwrap_or(u64::MAX);
     }
     let remaining = u128::from(cap.saturating_sub(used));
     let left = (remaining * u128::from(share)).div_ceil(u128::from(cap.max(1)));
@@ -2595,6 +2602,39 @@ mod tests {
         assert!(!store.apply(&charge).await.unwrap().allowed);
         // One departure from the primary, counted once (the metrics' switches).
         assert_eq!(Store::fallbacks(&store), 1);
+    }
+
+    /// A limit lowered, its key refused at the lower limit (the primary reports nothing
+    /// remaining, not how far past it the count is), then raised again while memory decides:
+    /// memory holds the count the primary reported under the higher limit, not the lower
+    /// limit's capacity (a review: 10 of 10/min, lowered to 5 and refused, Redis paused,
+    /// raised to 10: 5 more admitted from memory, 15 in the minute).
+    #[tokio::test(start_paused = true)]
+    async fn a_count_past_a_lowered_limit_is_kept_when_it_is_raised_again() {
+        let store = gated(FallbackConfig::default()).await;
+        let ten = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(10)));
+        let five = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(5)));
+        for _ in 0..10 {
+            assert!(
+                store
+                    .apply(&Batch::charge(vec![ten.clone()]))
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert!(
+            !store
+                .apply(&Batch::charge(vec![five]))
+                .await
+                .unwrap()
+                .allowed
+        );
+        let gated = store.primary();
+        gated.down.store(true, Ordering::Release);
+        let decision = store.apply(&Batch::charge(vec![ten])).await.unwrap();
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert!(!decision.allowed, "{decision:?}");
     }
 
     /// Calls that fail together (sent while on the primary, failing after the store left

@@ -131,18 +131,22 @@ impl Ledger {
     }
 
     /// Notes what the primary reported for each of `buckets` (answered by `states` to
-    /// `op`) at `now`, under one lock. Returns, per bucket, whether its answer was news:
-    /// `false` for one found earlier than the record (see [`Ledger::note`]), which the
-    /// memory store's mirror skips too.
+    /// `op`) at `now`, under one lock. Returns, per bucket, what the key counts as noted
+    /// (see [`Ledger::note`]), or `None` for an answer found earlier than the record, which
+    /// the memory store's mirror skips too.
     pub(crate) fn note_all(
         &self,
         op: Op,
         buckets: &[Bucket],
         states: &[BucketState],
         now: u64,
-    ) -> SmallVec<[bool; 8]> {
+    ) -> SmallVec<[Option<u64>; 8]> {
         if self.capacity == 0 {
-            return smallvec::smallvec![true; buckets.len()];
+            return buckets
+                .iter()
+                .zip(states)
+                .map(|(b, state)| Some(b.limit.capacity().saturating_sub(state.remaining)))
+                .collect();
         }
         let mut table = self.lock();
         buckets
@@ -157,8 +161,14 @@ impl Ledger {
     /// that counts less than the record, and is fresh again no later (give or take the
     /// 100 ms it may have waited to be noted), is an earlier one, and the record keeps the
     /// larger count (a key filled by 50 requests at once was remembered at 47 to 49, and
-    /// restored so after an empty restart). Refunds and resets lower it. Returns `false`
-    /// for such an earlier answer.
+    /// restored so after an empty restart). Refunds and resets lower it. Returns what the
+    /// key counts as noted, or `None` for such an earlier answer.
+    ///
+    /// An answer with nothing remaining says only that the key is at its limit or past it:
+    /// under a limit lowered since the record (a reload), the record's count, if it still
+    /// counts, is kept where it is larger (10 counted under 10 a minute, then refused under
+    /// 5: still 10, not 5, or the limit raised again during an outage would let memory admit
+    /// the difference once more).
     fn note(
         &self,
         table: &mut Table,
@@ -166,8 +176,8 @@ impl Ledger {
         bucket: &Bucket,
         state: &BucketState,
         now: u64,
-    ) -> bool {
-        let used = bucket.limit.capacity().saturating_sub(state.remaining);
+    ) -> Option<u64> {
+        let mut used = bucket.limit.capacity().saturating_sub(state.remaining);
         let reset_us = u64::try_from(state.reset_after.as_micros()).unwrap_or(u64::MAX);
         let until = now.saturating_add(reset_us);
         if let Some(entry) = table.get_mut(bucket.key.as_str()) {
@@ -177,17 +187,22 @@ impl Ledger {
                 && entry.until.saturating_add(NOTED_LATE_US) >= until;
             if earlier {
                 entry.seen = now;
-                return false;
+                return None;
+            }
+            let at_limit =
+                state.remaining == 0 && matches!(op, Op::Charge | Op::Peek | Op::Penalize);
+            if at_limit && entry.until > now {
+                used = used.max(entry.used);
             }
             entry.limit = bucket.limit;
             entry.when_full = bucket.when_full;
             entry.used = used;
             entry.until = until;
             entry.seen = now;
-            return true;
+            return Some(used);
         }
         if used == 0 {
-            return true;
+            return Some(0);
         }
         self.insert(
             table,
@@ -204,7 +219,7 @@ impl Ledger {
             },
             now,
         );
-        true
+        Some(used)
     }
 
     /// Notes what memory did to `bucket` while the primary failed: `op`, and for a

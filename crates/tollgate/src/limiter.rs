@@ -157,10 +157,13 @@ impl Limiter {
     /// good only once the layer has seen a request of that method: until then one request
     /// at a time goes to the layer without the class's charge (a probe; it is charged to
     /// the class once answered if the layer did not see it), and the others are charged to
-    /// their class provisionally, the layer taking the charge over. A probe the layer did
-    /// not see (the layer on another route or method, in a router that is not served, or
-    /// behind a check that turned the request away) is logged as a warning, and the next
-    /// waits a second, doubling up to ten minutes. So a misplaced layer leaves its
+    /// their class provisionally, the layer taking the charge over. After a probe the layer
+    /// did not see (the layer on another route or method, in a router that is not served,
+    /// or behind a check that turned the request away; the first is logged as a warning),
+    /// the next waits a second, doubling up to ten minutes. A layer axum puts on a service
+    /// only at its first request (`get(handler.layer(..))`, `Handler::layer`) is not
+    /// attached before: its route is charged to its class, provisionally, until a request
+    /// reaches it. So a misplaced layer leaves its
     /// pattern's route limited by its class, give or take a probe now and then (counted),
     /// and a layer that is there is left its route from its first request: a client whose
     /// class is spent may be refused by the class only while another request is the probe,

@@ -1308,6 +1308,77 @@ async fn a_declared_route_turned_away_once_is_given_back_to_its_layer() {
     assert_eq!(header(&items, "x-ratelimit-remaining"), "1");
 }
 
+/// A request its class does not charge (anonymous, under a per-user class) is not a probe:
+/// it took the probe and never gave it back, so the route was charged to its class for
+/// good, a user whose class is spent refused (a review: 60 of 60 in 6 s).
+#[tokio::test]
+async fn a_request_its_class_does_not_charge_holds_no_probe() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .identity(user_header)
+        .route("/api/*", Policy::named("default").per_user("2/min"))
+        .build()
+        .unwrap();
+    let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_user("5/min"));
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/chat", post(ok).layer(chat))
+        .route_layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                if request.headers().contains_key("x-user") {
+                    next.run(request).await
+                } else {
+                    StatusCode::UNAUTHORIZED.into_response()
+                }
+            },
+        ))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    for expected in [200, 200, 429] {
+        let status = status_of(server.get("/api/items").header("x-user", "u")).await;
+        assert_eq!(status, expected);
+    }
+    assert_eq!(status_of(server.post("/api/chat")).await, 401);
+    let r = server
+        .post("/api/chat")
+        .header("x-user", "u")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-ratelimit-limit")),
+        (200, "5".into())
+    );
+}
+
+/// A probe the layer has seen no longer holds the next back: while a slow first `GET` is
+/// answered, a first `POST` of the same pattern goes to the layer too (a review: a client
+/// whose class was spent was refused by the class 10 of 10 until the `GET` answered).
+#[tokio::test]
+async fn a_probe_the_layer_saw_does_not_hold_the_next_back() {
+    let limiter = api_class("2/min");
+    let chat = limiter.policy_at("/api/chat", Policy::named("chat").per_ip("5/min"));
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        "ok"
+    }
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/chat", get(slow).post(ok).layer(chat))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
+    let first_get = tokio::spawn(server.get("/api/chat").send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let post = server.post("/api/chat").send().await.unwrap();
+    assert_eq!(
+        (post.status().as_u16(), header(&post, "x-ratelimit-limit")),
+        (200, "5".into())
+    );
+    assert_eq!(first_get.await.unwrap().unwrap().status().as_u16(), 200);
+}
+
 /// Once its layer has seen a request, a declared route whose requests were charged to the
 /// class (a request answered before reaching the layer, here by a check in front of it)
 /// is left to the layer again, and the class's charges are taken over meanwhile.

@@ -243,11 +243,13 @@ impl Delegation {
         self.seen.load(Ordering::Relaxed) & method_bit(method) != 0
     }
 
-    /// Its layer sees a request of `method` its pattern matches.
+    /// Its layer sees a request of `method` its pattern matches: that method is its for
+    /// good, and a probe under way (of any method) no longer holds the next back.
     pub(crate) fn see(&self, method: &Method) {
         let bit = method_bit(method);
         if self.seen.load(Ordering::Relaxed) & bit == 0 {
             self.seen.fetch_or(bit, Ordering::Relaxed);
+            self.probing.store(false, Ordering::Release);
         }
     }
 
@@ -291,8 +293,8 @@ impl Delegation {
             self.backoff_ms.store(wait, Ordering::Relaxed);
             self.next_probe_ms
                 .store(self.now_ms().saturating_add(wait).max(1), Ordering::Relaxed);
+            self.probing.store(false, Ordering::Release);
         }
-        self.probing.store(false, Ordering::Release);
         unseen
     }
 }
@@ -628,10 +630,8 @@ impl Engine {
                 if route.seen(&parts.method) {
                     return Start::Pass;
                 }
-                if route.try_probe() {
-                    left = Some(route.clone());
-                    break;
-                }
+                left = Some(route);
+                break;
             }
         }
         // Both classes when the path's two readings disagree: a request is charged at
@@ -651,9 +651,11 @@ impl Engine {
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
-        if let Some(delegation) = left {
+        // (The probe is taken only here, past every answer that is not a charge, which
+        // would not give it back.)
+        if let Some(delegation) = left.filter(|route| route.try_probe()) {
             return Start::Left(Box::new(Left {
-                delegation,
+                delegation: delegation.clone(),
                 engine: self.clone(),
                 method: parts.method.clone(),
                 plan: plan.owned(),
