@@ -76,8 +76,8 @@ pin_project! {
             fut: S::Future,
             after: Option<After>,
         },
-        // Left to a per-route layer further in that has not seen a request yet: whether
-        // it did is looked at once the response comes.
+        // A probe left to a per-route layer further in that has not seen a request of its
+        // method yet: whether it did is looked at once the response comes.
         Watching {
             #[pin]
             fut: S::Future,

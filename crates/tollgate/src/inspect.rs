@@ -136,8 +136,9 @@ impl Limiter {
     /// [`Limiter::reset_bucket`] find it: an address folded to its client's key (or its
     /// network's, for [`LimiterBuilder::bucket_per_network`](crate::LimiterBuilder::bucket_per_network),
     /// whose keys must be addresses or networks as stored: another is
-    /// [`InspectError::BadIp`]), a secret kind's key as its digest, any other key as given. What an operator sees to
-    /// know which key a lookup reached (an IPv6 address stands for its /64 or /48).
+    /// [`InspectError::BadIp`]), a secret kind's key as its digest, any other key as given.
+    /// What an operator sees to know which key a lookup reached (an IPv6 address stands for
+    /// its /64 or /48).
     ///
     /// ```
     /// use tollgate::{Limiter, Policy};

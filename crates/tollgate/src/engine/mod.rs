@@ -524,8 +524,9 @@ pub(crate) enum Scope {
 pub(crate) enum Start {
     /// Nothing: call the inner service, touch nothing.
     Pass,
-    /// Left to a per-route layer whose pattern the request matches, before that layer has
-    /// seen any request: call the inner service, then [`Left::answered`]. (Boxed: its plan
+    /// Left to a per-route layer whose pattern the request matches, as a probe, before that
+    /// layer has seen a request of its method: call the inner service, then
+    /// [`Left::answered`]. (Boxed: its plan
     /// is large, and only the first requests of such a route carry one.)
     Left(Box<Left>),
     /// Decided at once: the outcome is in the caller's slot. (It is written there, not
@@ -615,10 +616,9 @@ impl Engine {
         // (the registry above); until then this layer charges it provisionally and the
         // route's layer takes the charge over. So a pattern broader than the route its layer
         // is on, or a layer never attached, leaves no route unlimited; nor does a layer on
-        // another route (see `Left`).
-        // Until the layer has seen a request of the method, one request at a time is left to
-        // it as a probe, its class worked out to be charged after the answer if the layer
-        // never saw it; the others are charged provisionally (see `Delegation`).
+        // another route: until the layer has seen a request of the method, one request at a
+        // time is left to it as a probe, its class worked out to be charged after the answer
+        // if the layer never saw it, and the others are charged provisionally (`Delegation`).
         let mut delegated = false;
         let mut left = None;
         for route in &routes.delegated {
@@ -724,8 +724,8 @@ impl Engine {
         // layer reads it (a `nest` prefix, a typo, the layer put on another route): the
         // central layer charged it. From now on it marks what it charges, so this layer can
         // give that back, and it no longer leaves the pattern's own route to this layer
-        // (which may not be on it).
-        // A request it does match says the layer is on the pattern's route.
+        // (which may not be on it). A request it does match says the layer is on the
+        // pattern's route, for that method.
         if let Some(delegation) = delegation {
             let mismatched = delegation.mismatched.load(Ordering::Relaxed);
             if !mismatched || !delegation.seen(&parts.method) {
