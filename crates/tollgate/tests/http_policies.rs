@@ -24,6 +24,20 @@ fn x_style() -> HeaderStyle {
 }
 
 /// A limiter on a stopped clock whose one class, `/api/*` (`default`), allows `rate` per IP.
+/// `routes` behind a check that answers `401` to a request without `header`, in front of
+/// each route's own layers (an authentication check).
+fn behind_check(routes: Router, header: &'static str) -> Router {
+    routes.route_layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            if request.headers().contains_key(header) {
+                next.run(request).await
+            } else {
+                StatusCode::UNAUTHORIZED.into_response()
+            }
+        },
+    ))
+}
+
 fn api_class(rate: &str) -> Limiter {
     let (_clock, store) = clock_and_store();
     Limiter::builder()
@@ -1251,19 +1265,10 @@ async fn a_declared_route_turned_away_once_is_given_back_to_its_layer() {
         "POST /api/chat",
         Policy::named("chat").per_header("x-client", "5/min"),
     );
-    let app = Router::new()
+    let routes = Router::new()
         .route("/api/items", get(ok))
-        .route("/api/chat", post(ok).layer(chat))
-        .route_layer(axum::middleware::from_fn(
-            |request: axum::extract::Request, next: axum::middleware::Next| async move {
-                if request.headers().contains_key("authorization") {
-                    next.run(request).await
-                } else {
-                    StatusCode::UNAUTHORIZED.into_response()
-                }
-            },
-        ))
-        .layer(limiter.layer());
+        .route("/api/chat", post(ok).layer(chat));
+    let app = behind_check(routes, "authorization").layer(limiter.layer());
     let server = serve(app).await;
     let as_client = |request: reqwest::RequestBuilder, client: &str| {
         request
@@ -1321,19 +1326,10 @@ async fn a_request_its_class_does_not_charge_holds_no_probe() {
         .build()
         .unwrap();
     let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_user("5/min"));
-    let app = Router::new()
+    let routes = Router::new()
         .route("/api/items", get(ok))
-        .route("/api/chat", post(ok).layer(chat))
-        .route_layer(axum::middleware::from_fn(
-            |request: axum::extract::Request, next: axum::middleware::Next| async move {
-                if request.headers().contains_key("x-user") {
-                    next.run(request).await
-                } else {
-                    StatusCode::UNAUTHORIZED.into_response()
-                }
-            },
-        ))
-        .layer(limiter.layer());
+        .route("/api/chat", post(ok).layer(chat));
+    let app = behind_check(routes, "x-user").layer(limiter.layer());
     let server = serve(app).await;
     for expected in [200, 200, 429] {
         let status = status_of(server.get("/api/items").header("x-user", "u")).await;

@@ -200,6 +200,23 @@ struct Switching {
     switches: Arc<AtomicU64>,
 }
 
+/// A [`Switching`] store on the shared side, and a limiter on it (`/api/*`, 100 a minute
+/// per IP) built under `recorder`.
+fn switching(recorder: &DebuggingRecorder) -> (Switching, Limiter) {
+    let store = Switching {
+        memory: Recording::new(MemoryStore::new()),
+        fallback: Arc::default(),
+        switches: Arc::default(),
+    };
+    let limiter = build(
+        recorder,
+        Limiter::builder()
+            .store(store.clone())
+            .route("/api/*", Policy::named("default").per_ip("100/min")),
+    );
+    (store, limiter)
+}
+
 impl Switching {
     /// Switches to the fallback (counted), or back.
     fn set(&self, fallback: bool) {
@@ -234,17 +251,7 @@ impl Store for Switching {
 async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let store = Switching {
-        memory: Recording::new(MemoryStore::new()),
-        fallback: Arc::default(),
-        switches: Arc::default(),
-    };
-    let limiter = build(
-        &recorder,
-        Limiter::builder()
-            .store(store.clone())
-            .route("/api/*", Policy::named("default").per_ip("100/min")),
-    );
+    let (store, limiter) = switching(&recorder);
     let _ = moved(&snapshotter);
     assert_eq!(send(&limiter, [198, 51, 100, 1], None).await, 200);
     let first = moved(&snapshotter);
@@ -294,17 +301,7 @@ async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
 async fn a_switch_seen_by_a_limiter_and_its_guard_counts_once() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let store = Switching {
-        memory: Recording::new(MemoryStore::new()),
-        fallback: Arc::default(),
-        switches: Arc::default(),
-    };
-    let limiter = build(
-        &recorder,
-        Limiter::builder()
-            .store(store.clone())
-            .route("/api/*", Policy::named("default").per_ip("100/min")),
-    );
+    let (store, limiter) = switching(&recorder);
     let guard = metrics::with_local_recorder(&recorder, || {
         limiter.guard(Policy::named("failures").per_ip("10/min"))
     });
