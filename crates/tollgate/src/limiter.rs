@@ -163,11 +163,12 @@ impl Limiter {
     /// the next waits a second, doubling up to ten minutes. A layer axum puts on a service
     /// only at its first request (`get(handler.layer(..))`, `Handler::layer`) is not
     /// attached before: its route is charged to its class, provisionally, until a request
-    /// reaches it. So a misplaced layer leaves its
-    /// pattern's route limited by its class, give or take a probe now and then (counted),
-    /// and a layer that is there is left its route from its first request: a client whose
-    /// class is spent may be refused by the class only while another request is the probe,
-    /// or in the wait after one was turned away before the layer.
+    /// reaches it. So a misplaced layer leaves its pattern's route limited by its class,
+    /// give or take a probe now and then (a probe goes through whatever its class and the
+    /// global limits hold, and is counted by them once answered), and a layer that is there
+    /// is left its route from its first request: a client whose class is spent may be
+    /// refused by the class only while another request is the probe, or in the wait after
+    /// one was turned away before the layer.
     ///
     /// Requests of a method the pattern does not name are not the policy's, though its
     /// layer sees them (axum's `MethodRouter::layer` wraps the method router's 405 fallback
