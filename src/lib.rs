@@ -162,7 +162,8 @@ pub struct ReadToEnd<B> {
     inner: Option<B>,
     // Only for a body announced over HTTP/1 (see `BodyRead`).
     ended: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    // Reads the rest of `inner` if it is dropped unread (`None`: it is not).
+    // Reads the rest of `inner` if it is dropped unread (`None`: it is not). A function
+    // and not a flag: `Drop` cannot ask for the bounds reading needs (`read_rest`).
     linger: Option<fn(B)>,
 }
 

@@ -12,7 +12,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,22 +60,18 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
     fn now(&self) -> Timestamp;
 
-    /// How far this clock is ahead of the system clock while it runs at half speed to let
-    /// the system clock catch up (a [`FastClock`] after a step back), in microseconds; 0
-    /// otherwise (the default). A wait of `w` on the clock then takes `w + min(w, ahead)`
-    /// of real time, which is what the memory store tells a client to wait.
-    fn ahead(&self) -> u64 {
-        0
-    }
-
-    /// [`Clock::now`] and [`Clock::ahead`] in one call (what a store reads per decision).
+    /// The current time, and how far this clock is ahead of the system clock while it runs
+    /// at half speed to let the system clock catch up (a [`FastClock`] after a step back),
+    /// in microseconds; 0 otherwise (the default). A wait of `w` on the clock then takes
+    /// `w + min(w, ahead)` of real time, which is what the memory store tells a client to
+    /// wait. One call: what a store reads per decision.
     fn now_and_ahead(&self) -> (Timestamp, u64) {
-        (self.now(), self.ahead())
+        (self.now(), 0)
     }
 }
 
 /// The real time a wait of `wait` on a clock `ahead` µs ahead of the system clock (at half
-/// speed until the system clock catches up, [`Clock::ahead`]) takes: twice the wait while
+/// speed until the system clock catches up, [`Clock::now_and_ahead`]) takes: twice the wait while
 /// the clock slews, then at full speed.
 pub(crate) fn real_wait(wait: Duration, ahead: u64) -> Duration {
     wait.saturating_add(wait.min(Duration::from_micros(ahead)))
@@ -108,7 +104,7 @@ impl Clock for SystemClock {
 /// half speed until the system clock catches up with it (twice the step's length), never
 /// going back by more than 5 ms: in the meantime windows last up to twice as long, token
 /// buckets refill at up to half their rate, and reset times lie up to the step ahead of
-/// the system clock; [`Clock::ahead`] says by how much, and the memory store tells
+/// the system clock; [`Clock::now_and_ahead`] says by how much, and the memory store tells
 /// clients real waits from it. A step back that leaves the system clock more than a day
 /// ([`FastClock::MAX_SLEW`]) behind this clock (one step, or several in a row) is
 /// followed at once, as halving every rate for days would be worse than the refusals. A
@@ -138,11 +134,9 @@ struct FastInner {
     /// Microseconds since `start` at the last anchoring.
     last_anchor: AtomicU64,
     /// How far the system clock was behind this clock at the last anchoring, while it
-    /// slews (µs; 0 otherwise): [`Clock::ahead`].
+    /// slews (µs; 0 otherwise): [`Clock::now_and_ahead`]. Above 0, the next anchoring
+    /// gives time back.
     ahead: AtomicU64,
-    /// Whether the last anchoring found the system clock behind (read and written only by
-    /// the caller that anchors).
-    slewing: AtomicBool,
 }
 
 /// How often [`FastClock`] reads the system clock (microseconds).
@@ -179,7 +173,6 @@ impl FastClock {
             next_anchor: AtomicU64::new(ANCHOR_EVERY_US),
             last_anchor: AtomicU64::new(0),
             ahead: AtomicU64::new(0),
-            slewing: AtomicBool::new(false),
         };
         Self(Arc::new(inner))
     }
@@ -201,7 +194,7 @@ impl FastInner {
             // system clock is behind; nothing at the first (readings since the last may
             // have shown up to a second more than half of it).
             let since = elapsed.saturating_sub(self.last_anchor.load(Ordering::Relaxed));
-            let back = if self.slewing.load(Ordering::Relaxed) {
+            let back = if self.ahead.load(Ordering::Relaxed) > 0 {
                 (since / 2).min(behind)
             } else {
                 0
@@ -212,7 +205,6 @@ impl FastInner {
         };
         self.offset.store(offset, Ordering::Relaxed);
         self.ahead.store(ahead, Ordering::Relaxed);
-        self.slewing.store(slewing, Ordering::Relaxed);
         self.last_anchor.store(elapsed, Ordering::Relaxed);
         self.next_anchor.store(elapsed + every, Ordering::Relaxed);
     }
@@ -249,13 +241,8 @@ impl Clock for FastClock {
     }
 
     #[inline]
-    fn ahead(&self) -> u64 {
-        self.0.ahead.load(Ordering::Relaxed)
-    }
-
-    #[inline]
     fn now_and_ahead(&self) -> (Timestamp, u64) {
-        (self.now(), self.ahead())
+        (self.now(), self.0.ahead.load(Ordering::Relaxed))
     }
 }
 
@@ -295,10 +282,6 @@ impl Clock for ManualClock {
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         (**self).now()
-    }
-
-    fn ahead(&self) -> u64 {
-        (**self).ahead()
     }
 
     fn now_and_ahead(&self) -> (Timestamp, u64) {

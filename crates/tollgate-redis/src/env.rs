@@ -235,6 +235,16 @@ fn from_url(
 mod tests {
     use super::*;
 
+    /// The store of `url` with the default settings and memory store.
+    fn url_store(url: Option<&str>) -> Result<EnvStore, RedisConfigError> {
+        from_url(
+            url.map(String::from),
+            RedisStore::builder(),
+            FallbackConfig::default(),
+            MemoryStore::new(),
+        )
+    }
+
     /// An environment of `pairs`.
     fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name: &str| {
@@ -264,13 +274,7 @@ mod tests {
     #[test]
     fn the_memory_store_of_the_environment_decides_synchronously() {
         use tollgate_core::{Bucket, BucketState, Limit, Op, Quota};
-        let store = from_url(
-            None,
-            RedisStore::builder(),
-            FallbackConfig::default(),
-            MemoryStore::new(),
-        )
-        .unwrap();
+        let store = url_store(None).unwrap();
         let buckets = [Bucket::new("b", "k", Limit::sliding(Quota::per_minute(2)))];
         let mut states = [BucketState::default()];
         for allowed in [true, true, false] {
@@ -279,13 +283,7 @@ mod tests {
             assert_eq!(states[0].allowed, allowed);
         }
         // Redis never answers on the calling thread.
-        let redis = from_url(
-            Some("redis://127.0.0.1:1/".into()),
-            RedisStore::builder(),
-            FallbackConfig::default(),
-            MemoryStore::new(),
-        )
-        .unwrap();
+        let redis = url_store(Some("redis://127.0.0.1:1/")).unwrap();
         assert!(redis
             .apply_sync(Op::Charge, &buckets, &mut states)
             .is_none());
@@ -293,30 +291,12 @@ mod tests {
 
     #[test]
     fn memory_without_url_and_typed_error_for_a_bad_one() {
-        let store = from_url(
-            None,
-            RedisStore::builder(),
-            FallbackConfig::default(),
-            MemoryStore::new(),
-        )
-        .unwrap();
+        let store = url_store(None).unwrap();
         assert!(store.redis().is_none());
-        let err = from_url(
-            Some("http://user:pw@host".into()),
-            RedisStore::builder(),
-            FallbackConfig::default(),
-            MemoryStore::new(),
-        )
-        .unwrap_err();
+        let err = url_store(Some("http://user:pw@host")).unwrap_err();
         assert!(matches!(err, RedisConfigError::InvalidUrl { .. }));
         assert!(!err.to_string().contains("pw"), "{err}");
-        let store = from_url(
-            Some("redis://127.0.0.1:1/".into()),
-            RedisStore::builder(),
-            FallbackConfig::default(),
-            MemoryStore::new(),
-        )
-        .unwrap();
+        let store = url_store(Some("redis://127.0.0.1:1/")).unwrap();
         assert!(store.redis().is_some());
     }
 
@@ -357,13 +337,7 @@ mod tests {
     #[cfg(not(feature = "tls"))]
     #[test]
     fn rediss_without_the_tls_feature_is_a_config_error() {
-        let err = from_url(
-            Some("rediss://default:pw@kv.example.com:6379".into()),
-            RedisStore::builder(),
-            FallbackConfig::default(),
-            MemoryStore::new(),
-        )
-        .unwrap_err();
+        let err = url_store(Some("rediss://default:pw@kv.example.com:6379")).unwrap_err();
         assert!(matches!(err, RedisConfigError::InvalidUrl { .. }), "{err}");
     }
 }

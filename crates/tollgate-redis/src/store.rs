@@ -236,19 +236,20 @@ impl<C> Renewing<C> {
 
     /// Notes whether a call through the connection succeeded, dropping a connection that
     /// has failed every call for [`RENEW_AFTER`] (the next call makes another).
+    /// (A call that worked costs an atomic load: the clock is read for failures only.)
     fn note(&self, ok: bool) {
-        self.note_at(ok, Instant::now());
-    }
-
-    /// [`Renewing::note`], at `now`.
-    fn note_at(&self, ok: bool, now: Instant) {
-        if ok {
-            if self.failing.load(Ordering::Relaxed) {
-                self.failing.store(false, Ordering::Relaxed);
-                *lock(&self.failing_since) = None;
-            }
+        if !ok {
+            self.failed_at(Instant::now());
             return;
         }
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Relaxed);
+            *lock(&self.failing_since) = None;
+        }
+    }
+
+    /// A call through the connection failed at `now` ([`Renewing::note`]).
+    fn failed_at(&self, now: Instant) {
         let mut since = lock(&self.failing_since);
         match *since {
             None => {
@@ -1245,9 +1246,9 @@ mod tests {
         assert!(waited.is_err());
         let since = lock(&connection.failing_since).expect("a call given up on is a failure");
         assert_eq!(connection.get(make).await.unwrap(), 1);
-        connection.note_at(false, since + RENEW_AFTER / 2);
+        connection.failed_at(since + RENEW_AFTER / 2);
         assert_eq!(connection.get(make).await.unwrap(), 1);
-        connection.note_at(false, since + RENEW_AFTER);
+        connection.failed_at(since + RENEW_AFTER);
         assert_eq!(connection.get(make).await.unwrap(), 2);
         // Calls that answer keep the connection.
         let answers = async |conn: &mut u64| Ok::<u64, ()>(*conn);
@@ -1256,7 +1257,7 @@ mod tests {
             Ok(2)
         );
         assert!(lock(&connection.failing_since).is_none());
-        connection.note_at(false, since + RENEW_AFTER * 3);
+        connection.failed_at(since + RENEW_AFTER * 3);
         assert_eq!(connection.get(make).await.unwrap(), 2);
     }
 

@@ -313,8 +313,8 @@ impl Limiter {
         builder.require_peer = Some(engine.require_peer);
         builder.decision_in_request = Some(engine.decision_in_request);
         builder.decision_in_response = Some(engine.decision_in_response);
-        // What it shares with the limiter was warned about when the limiter was built.
-        builder.derived = true;
+        // What it shares with the limiter was warned about when the limiter was built, and
+        // its store's metrics are the limiter's.
         builder.store_metrics = Some(engine.store_metrics.clone());
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
@@ -942,11 +942,10 @@ pub struct LimiterBuilder {
     decision_in_response: Option<bool>,
     refusal_hook: Option<engine::RefusalHook>,
     store_name: Option<String>,
-    /// Made from a limiter already built (a guard): the configuration it shares was
-    /// warned about when that limiter was built, and is not again.
-    derived: bool,
-    /// A guard's: the store metrics of the limiter it is made from, whose store it shares
-    /// (each its own counted every switch of that store to its fallback once more).
+    /// Set for a guard, which is made from a limiter already built: that limiter's store
+    /// metrics, as it shares its store (each its own counted every switch of that store to
+    /// its fallback once more); and the configuration it shares was warned about when that
+    /// limiter was built, and is not again.
     store_metrics: Option<Arc<crate::observe::StoreMetrics>>,
 }
 
@@ -1354,7 +1353,7 @@ impl LimiterBuilder {
 
         let client_ip = self.client_ip.take().unwrap_or_else(ClientIp::peer);
         client_ip.validate()?;
-        let warn = !self.derived;
+        let warn = self.store_metrics.is_none();
         if warn {
             for warning in client_ip.warnings() {
                 tracing::warn!(target: "tollgate", "{warning}");

@@ -282,15 +282,16 @@ impl StoreMetrics {
         self.errors.increment(1);
     }
 
-    /// The store answered (or failed) after `elapsed`, and now decides in `mode`, having
-    /// switched to its fallback `fallbacks` times ([`Store::fallbacks`](tollgate_core::Store::fallbacks)).
+    /// `store` answered (or failed) after `elapsed`: where it decides now, and how many
+    /// times it has switched to its fallback ([`Store::fallbacks`](tollgate_core::Store::fallbacks)),
+    /// are read only when metrics are on.
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn answered(&self, elapsed: Duration, mode: StoreMode, fallbacks: u64) {
+    pub(crate) fn answered(&self, elapsed: Duration, store: &dyn tollgate_core::Store) {
         #[cfg(feature = "metrics")]
         {
             self.duration.record(elapsed.as_secs_f64());
-            self.mode(mode, fallbacks);
+            self.mode(store.mode(), store.fallbacks());
         }
     }
 

@@ -93,6 +93,16 @@ impl Compiled {
         }
     }
 
+    /// Whether a response of `status` (`None`: none) counts against this policy's buckets:
+    /// a guard's when it counts it after the response, a charged policy's unless it gives
+    /// its charge back for it.
+    pub(crate) fn counts(&self, status: Option<http::StatusCode>) -> bool {
+        match self.after_response(status) {
+            Some(op) => op == Op::Penalize,
+            None => !self.count_after,
+        }
+    }
+
     /// The override bucket of key kind `kind`.
     pub(crate) fn override_bucket(&self, kind: &str) -> Option<&OverrideBucket> {
         self.overrides.iter().find(|o| &*o.kind == kind)

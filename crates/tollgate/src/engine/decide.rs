@@ -207,8 +207,7 @@ impl Engine {
             let started = Instant::now();
             let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
             let elapsed = started.elapsed();
-            self.store_metrics
-                .answered(elapsed, self.store.mode(), self.store.fallbacks());
+            self.store_metrics.answered(elapsed, &*self.store);
             let (answer, mut states) = match answer {
                 Ok((now, states)) => (Ok(now), States::from_vec(states)),
                 Err(e) => (Err(e), States::new()),

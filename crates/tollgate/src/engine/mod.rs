@@ -328,13 +328,7 @@ impl Left {
         }
         let plan = &self.plan;
         let counted: Vec<usize> = (0..plan.buckets.len())
-            .filter(|&i| {
-                let policy = plan.policy(i);
-                match policy.after_response(status) {
-                    Some(op) => op == Op::Penalize,
-                    None => !policy.count_after,
-                }
-            })
+            .filter(|&i| plan.policy(i).counts(status))
             .collect();
         if counted.is_empty() {
             return;
