@@ -49,7 +49,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use tollgate_core::{
-    Batch, Bucket, Decision, FailureMode, Limit, MemoryStore, Op, Store, WhenFull,
+    Batch, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore, Op, Store, WhenFull,
 };
 
 use crate::classify::{RoutePattern, RouteTable};
@@ -62,6 +62,7 @@ use crate::error::{BuildError, CheckError};
 use crate::inspect::InspectError;
 use crate::key::{self, Extractor, Key};
 use crate::layer::RateLimitLayer;
+use crate::observe;
 use crate::policy::Policy;
 use crate::rate::Rate;
 use crate::respond::{self, ErrorBody, HeaderStyle};
@@ -672,7 +673,9 @@ impl Limiter {
                 }
                 Ok(decision) => {
                     self.engine.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    direct.metrics.refused(false);
+                    let none = BucketState::default();
+                    let state = decision.buckets.first().unwrap_or(&none);
+                    direct.metrics.refused(false, state);
                     // As the middleware's refusals are logged, at most one a second (its
                     // name for the policy too, as its metrics label it; never the key).
                     if let Some(unlogged) = refusal_to_log(&direct.refusals_logged) {
@@ -681,9 +684,11 @@ impl Limiter {
                             policy = %bucket,
                             bucket = %bucket,
                             key_kind = %"direct",
+                            reason = %observe::refusal_reason(state),
                             retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
                             unlogged_refusals = unlogged,
-                            "rate limit exceeded"
+                            "{}",
+                            observe::refusal_message(false, state)
                         );
                     }
                 }

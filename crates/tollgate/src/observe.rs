@@ -5,7 +5,7 @@
 //!
 //! | name | kind | labels | moves |
 //! |---|---|---|---|
-//! | [`REQUESTS_TOTAL`] `tollgate_requests_total` | counter | `policy`, `bucket`, `outcome` | once per bucket a request was decided by: `outcome="admitted"` for every bucket an admitted request spent; `"refused"` for the bucket (or buckets) that refused a refused request (the others were not charged and do not count); `"shadow_refused"` for a dry-run bucket that would have refused. A guard that counts only some responses (`Policy::failed_auth_per_ip`) counts `admitted` for the responses it counted, not for the requests it looked at; a charge given back after the response (a 304) stays counted. A bucket for direct use (`Limiter::check`, `check_cost`) counts under `policy` and `bucket` both its name |
+//! | [`REQUESTS_TOTAL`] `tollgate_requests_total` | counter | `policy`, `bucket`, `outcome` | once per bucket a request was decided by: `outcome="admitted"` for every bucket an admitted request spent; `"refused"` for the bucket (or buckets) that refused a refused request (the others were not charged and do not count); `"store_full"` for a bucket that refused a key because its share of the memory store was full of keys it could not evict ([`Refusal::StoreFull`](tollgate_core::Refusal::StoreFull): the key is not over its limit; the middleware answers such a request with a 429 as for `refused`, a handler's direct check decides itself what follows); `"shadow_refused"` for a dry-run bucket that would have refused. A guard that counts only some responses (`Policy::failed_auth_per_ip`) counts `admitted` for the responses it counted, not for the requests it looked at; a charge given back after the response (a 304) stays counted. A bucket for direct use (`Limiter::check`, `check_cost`) counts under `policy` and `bucket` both its name |
 //! | [`NEAR_LIMIT_TOTAL`] `tollgate_near_limit_total` | counter | `policy`, `bucket` | a bucket admitted a request and has less than 10% of its limit left |
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
@@ -59,15 +59,18 @@
 //!   off, the span costs a check of the level filter.
 //! - `INFO` events for refusals and for what a shadow policy would refuse, at most one per
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
-//!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `retry_after_ms`,
-//!   `method`, `route`; never the key). `route` is the route template axum matched
+//!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `reason`,
+//!   `retry_after_ms`, `method`, `route`; never the key). `reason` is `over_limit`,
+//!   `cost_exceeds_capacity` or `store_full` (the bucket's share of the memory store had no
+//!   room for a new key: the message says so rather than "rate limit exceeded"). `route` is the route template axum matched
 //!   (`/users/{email}/reset`), not the path requested, which can carry identifiers;
 //!   without one (a path no axum route matches, a plain tower stack) the rule of the
 //!   table that classed the request (`/api/*`), else `-`. Store failures name the request
 //!   the same way. A bucket for direct use ([`Limiter::check`](crate::Limiter::check) and
 //!   [`Limiter::check_cost`](crate::Limiter::check_cost)) logs its refusals the same way,
 //!   at most one per second per bucket, with `policy` and `bucket` its name (as its
-//!   metrics label it), `key_kind` `direct`, `retry_after_ms` and `unlogged_refusals`.
+//!   metrics label it), `key_kind` `direct`, `reason`, `retry_after_ms` and
+//!   `unlogged_refusals`.
 //! - `INFO` events for what operators change at runtime, the key as it is stored (hashed if
 //!   its kind is secret, an IPv6 address as its network): `rate-limit override set` (fields
 //!   `kind`, `key`, `limit`), `rate-limit override removed` (`kind`, `key`) and
@@ -86,7 +89,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_core::{BucketState, StoreMode};
+use tollgate_core::{BucketState, Refusal, StoreMode};
 
 /// `tollgate_requests_total{policy, bucket, outcome}`.
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -179,6 +182,8 @@ pub(crate) struct BucketMetrics {
     #[cfg(feature = "metrics")]
     refused: ::metrics::Counter,
     #[cfg(feature = "metrics")]
+    store_full: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
     shadow_refused: ::metrics::Counter,
     #[cfg(feature = "metrics")]
     near_limit: ::metrics::Counter,
@@ -201,6 +206,7 @@ impl BucketMetrics {
             Self {
                 admitted: requests("admitted"),
                 refused: requests("refused"),
+                store_full: requests("store_full"),
                 shadow_refused: requests("shadow_refused"),
                 near_limit: ::metrics::counter!(
                     NEAR_LIMIT_TOTAL,
@@ -226,16 +232,39 @@ impl BucketMetrics {
         }
     }
 
-    /// The bucket refused a request (`shadow`: a dry run, the request went on).
+    /// The bucket refused a request, answering `state` (`shadow`: a dry run, the request
+    /// went on).
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn refused(&self, shadow: bool) {
+    pub(crate) fn refused(&self, shadow: bool, state: &BucketState) {
         #[cfg(feature = "metrics")]
         if shadow {
             self.shadow_refused.increment(1);
+        } else if state.refusal == Some(Refusal::StoreFull) {
+            self.store_full.increment(1);
         } else {
             self.refused.increment(1);
         }
+    }
+}
+
+/// Why a bucket refused, as refusal events name it (`reason`).
+pub(crate) fn refusal_reason(state: &BucketState) -> &'static str {
+    match state.refusal {
+        Some(Refusal::StoreFull) => "store_full",
+        Some(Refusal::CostExceedsCapacity { .. }) => "cost_exceeds_capacity",
+        _ => "over_limit",
+    }
+}
+
+/// The message of a refusal event: a key refused for want of room in the store is not
+/// over its limit, and its event does not say it is.
+pub(crate) fn refusal_message(shadow: bool, state: &BucketState) -> &'static str {
+    match (shadow, state.refusal == Some(Refusal::StoreFull)) {
+        (false, false) => "rate limit exceeded",
+        (true, false) => "rate limit would refuse (shadow)",
+        (false, true) => "no room for a new key in the store: refused",
+        (true, true) => "no room for a new key in the store: would refuse (shadow)",
     }
 }
 

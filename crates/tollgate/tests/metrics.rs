@@ -521,3 +521,69 @@ async fn a_charge_given_back_counts_no_second_admission() {
         );
     }
 }
+
+/// A key refused because the bucket's share of the memory store is full of keys at their
+/// limit is not over its own limit: it counts as `store_full`, not `refused`, through the
+/// middleware and through a direct check alike (a handler may serve it otherwise, as the
+/// demo's sign-in counts such e-mails per network).
+#[tokio::test]
+async fn a_key_the_store_has_no_room_for_counts_as_store_full() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let store = || MemoryStore::builder().max_entries(64).shards(1).build();
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(store())
+            .route("/api/*", Policy::named("default").per_ip("1/min"))
+            .bucket("otp", "1/min"),
+    );
+    // 64 keys at their limit fill each share.
+    for i in 0..64u8 {
+        assert_eq!(send(&limiter, [198, 51, 100, i], None).await, 200);
+        assert!(
+            limiter
+                .check("otp", &format!("user{i}"))
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let _ = moved(&snapshotter);
+    // Over its limit: refused.
+    assert_eq!(send(&limiter, [198, 51, 100, 0], None).await, 429);
+    assert!(!limiter.check("otp", "user0").await.unwrap().allowed);
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[
+            (
+                "tollgate_requests_total{policy=default,bucket=default:ip,outcome=refused}",
+                1.0
+            ),
+            (
+                "tollgate_requests_total{policy=otp,bucket=otp,outcome=refused}",
+                1.0
+            ),
+        ])
+    );
+    // A new key with no room: store_full.
+    assert_eq!(send(&limiter, [203, 0, 113, 9], None).await, 429);
+    let decision = limiter.check("otp", "someone-new").await.unwrap();
+    assert_eq!(
+        decision.buckets[0].refusal,
+        Some(tollgate::Refusal::StoreFull)
+    );
+    assert_eq!(
+        moved(&snapshotter),
+        expect(&[
+            (
+                "tollgate_requests_total{policy=default,bucket=default:ip,outcome=store_full}",
+                1.0
+            ),
+            (
+                "tollgate_requests_total{policy=otp,bucket=otp,outcome=store_full}",
+                1.0
+            ),
+        ])
+    );
+}

@@ -86,6 +86,7 @@ fn refusals_and_warnings_are_logged_without_secrets() {
         r#"bucket=keys:api_key"#,
         r#"key_kind=api_key"#,
         "shadow=false",
+        "reason=over_limit",
         // Without axum's matched route, the rule of the table that classed the request.
         "route=/*",
     ] {
@@ -539,6 +540,7 @@ fn refusals_of_a_bucket_for_direct_use_are_logged_without_the_key() {
         "policy=sign-in-failures",
         "bucket=sign-in-failures",
         "key_kind=direct",
+        "reason=over_limit",
         "unlogged_refusals=0",
         "retry_after_ms=17999",
     ] {
@@ -547,5 +549,55 @@ fn refusals_of_a_bucket_for_direct_use_are_logged_without_the_key() {
             "{field} missing in {}",
             refusals[0]
         );
+    }
+}
+
+/// A key refused because its bucket's share of the memory store is full of keys at their
+/// limit is not over its limit: its event says the store had no room (`reason=store_full`),
+/// not "rate limit exceeded" (a review counted 217,114 such lockout "refusals" in the logs
+/// and metrics of sign-ins the demo served per network instead).
+#[test]
+fn a_key_refused_for_want_of_room_is_not_logged_as_over_its_limit() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .store(MemoryStore::builder().max_entries(64).shards(1).build())
+            .route("/*", Policy::named("default").per_ip("1/min"))
+            .bucket("lockout", "1/min")
+            .read_env(false)
+            .build()
+            .unwrap();
+        let svc = echo_behind(&limiter);
+        for i in 0..64 {
+            let peer = format!("198.51.100.{i}:4000");
+            let r = svc.clone().oneshot(request("/x", Some(&peer), None));
+            assert_eq!(r.await.unwrap().status(), StatusCode::OK);
+            assert!(
+                limiter
+                    .check("lockout", &format!("u{i}"))
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        let r = svc
+            .clone()
+            .oneshot(request("/x", Some("203.0.113.9:4000"), None));
+        assert_eq!(r.await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(!limiter.check("lockout", "new").await.unwrap().allowed);
+    });
+    let all = events.join("\n");
+    assert!(
+        saying(&events, "", "rate limit exceeded").is_empty(),
+        "{all}"
+    );
+    let full = saying(
+        &events,
+        "INFO",
+        "no room for a new key in the store: refused",
+    );
+    assert_eq!(full.len(), 2, "{all}");
+    for (event, policy) in full.iter().zip(["default", "lockout"]) {
+        assert!(event.contains("reason=store_full"), "{event}");
+        assert!(event.contains(&format!("policy={policy}")), "{event}");
     }
 }

@@ -307,7 +307,7 @@ impl Engine {
             enforced |= !shadow;
             if observe::ENABLED {
                 if let Some(metrics) = plan.metrics(i) {
-                    metrics.refused(shadow);
+                    metrics.refused(shadow, state);
                 }
             }
             self.log_refusal(plan, i, state, target);
@@ -378,12 +378,13 @@ impl Engine {
             bucket = %plan.label(i),
             key_kind = %plan.kind(i),
             shadow,
+            reason = %observe::refusal_reason(state),
             retry_after_ms = state.retry_after.map(|d| d.as_millis() as u64),
             method = %target.method,
             route = %self.route_for_log(plan, target),
             unlogged_refusals = unlogged,
             "{}",
-            if shadow { "rate limit would refuse (shadow)" } else { "rate limit exceeded" }
+            observe::refusal_message(shadow, state)
         );
     }
 
