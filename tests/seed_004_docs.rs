@@ -31,11 +31,22 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
     let daily = json!({ "policy": "daily", "bucket": "daily:api_key", "per": "api_key",
                         "quota": "25/day", "limit": 25, "windowSeconds": 86400,
                         "algorithm": "sliding window", "enforcedBy": "middleware" });
+    // The failed-authentication guard every `/v1` request passes through: a client address
+    // it holds is refused valid keys too, so every operation lists it.
+    let guard = |bucket: &str, per: &str, n: u64| {
+        json!({ "policy": "failed-auth", "bucket": bucket, "per": per,
+                "quota": format!("{n}/min"), "limit": n, "windowSeconds": 60,
+                "algorithm": "sliding window", "enforcedBy": "guard" })
+    };
+    let (guard_ip, guard_network) = (
+        guard("failed-auth:ip", "ip", 20),
+        guard("failed-auth:network:48", "network:48", 100),
+    );
     assert_eq!(
         limits("/v1/invoices", "get"),
         json!({ "throttled": true, "limits": [
             token_bucket("get-v1-invoices", "get-v1-invoices:api_key", "api_key", "100/min", 100, 20),
-            global, daily,
+            global, daily, guard_ip, guard_network,
         ]})
     );
     assert_eq!(
@@ -52,7 +63,7 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
     // The YAML limits GET only: a POST has the gateway's limits alone.
     assert_eq!(
         limits("/v1/invoices", "post")["limits"],
-        json!([global, daily])
+        json!([global, daily, guard_ip, guard_network])
     );
     // The public status takes no key: its limits are per client IP, per client network
     // and the gateway's, never the daily cap per API key.
@@ -63,7 +74,12 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
         .iter()
         .map(|l| l["per"].as_str().unwrap())
         .collect();
-    assert_eq!(per, ["ip", "network:48", "global"], "{status}");
+    assert_eq!(
+        per,
+        ["ip", "network:48", "global", "ip", "network:48"],
+        "{status}"
+    );
+    assert_eq!(status[3]["enforcedBy"], "guard", "{status}");
     assert_eq!(
         doc["paths"]["/v1/reports"]["get"]["responses"]["429"]["$ref"],
         "#/components/responses/TooManyRequests"

@@ -43,8 +43,11 @@ fn document() -> Value {
 pub fn routes(limiter: &Limiter) -> Router {
     // The public status takes no key (authentication removes any it carries before the
     // limiter sees it): a limit per API key never applies there, so it is not published.
+    // Every `/v1` request passes through the failed-authentication guard (`app`): a client
+    // address it holds is refused on every operation, valid keys included.
     let publisher = Publisher::new(limiter)
-        .applies(|_, path, limit| !(path == "/v1/status" && limit.key == "api_key"));
+        .applies(|_, path, limit| !(path == "/v1/status" && limit.key == "api_key"))
+        .guard_at("/v1/*", "failed-auth");
     let openapi = {
         let publisher = publisher.clone();
         move || {
@@ -57,7 +60,10 @@ pub fn routes(limiter: &Limiter) -> Router {
         let intro = "Every endpoint's rate limits, as the gateway enforces them: a token bucket per \
                      endpoint (sustained rate and burst), a daily cap and the gateway's global limit. \
                      Responses carry X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset; \
-                     a 429 also Retry-After. Per-key limits stack with these: the more restrictive applies.";
+                     a 429 also Retry-After. Per-key limits stack with these: the more restrictive applies. \
+                     A client address that sent too many invalid keys (failed-auth, enforced by the \
+                     guard) is refused on every endpoint, valid keys included, until it waits out \
+                     its Retry-After.";
         let result = publisher.html_page("Rate limits", intro, Some(&document()));
         async move { respond(result, "text/html; charset=utf-8") }
     };

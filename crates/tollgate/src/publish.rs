@@ -56,6 +56,11 @@
 //! - The global limits, unless the rule is exempt.
 //! - The direct-use buckets its handler checks ([`Publisher::handler_buckets`], enforced by
 //!   `handler`).
+//! - The limits of the guards whose layers it passes through ([`Publisher::guard_at`],
+//!   enforced by `guard`), exempt rules included.
+//!
+//! The patterns given to the publisher are `[METHODS ]PATH`, the path a template of the
+//! document (`/api/documents/{id}`); a trailing `/*` takes in every path under it.
 //!
 //! A limit whose key never exists on an operation (e.g. the identity function names no
 //! user there) can be left out with [`Publisher::applies`].
@@ -67,7 +72,7 @@
 //! [`Publisher::bucket_key`]), `quota` (`"500/min"`), `limit`, `windowSeconds`,
 //! `algorithm` (`sliding window`, `sliding window (exact)`, `token bucket`, `fixed
 //! window`), `burst` (token buckets only) and `enforcedBy` (`middleware`, `route`,
-//! `handler`). The numbers are `null` for a quota chosen per request. A throttled operation
+//! `handler`, `guard`). The numbers are `null` for a quota chosen per request. A throttled operation
 //! without a `429` response gets one referring to `#/components/responses/TooManyRequests`,
 //! which is added if the document has none.
 
@@ -100,6 +105,15 @@ pub enum PublishError {
     BadPattern {
         /// The pattern as given.
         pattern: String,
+    },
+    /// [`Publisher::guard_at`] names a policy no guard of the limiter has (make the guard
+    /// with [`Limiter::guard`] first).
+    #[error("`{pattern}`: the limiter has no guard whose policy is named `{policy}` (make the guard first)")]
+    UnknownGuard {
+        /// The pattern as given.
+        pattern: String,
+        /// The policy's name as given.
+        policy: String,
     },
     /// [`Publisher::route_policy`] names a policy the limiter has not made (make the
     /// route's layer with [`Limiter::policy_at`] first).
@@ -143,15 +157,19 @@ pub enum EnforcedBy {
     Route,
     /// The handler, with a bucket for direct use ([`Limiter::check`]).
     Handler,
+    /// A guard's layer ([`Limiter::guard`]) the operation's requests pass through
+    /// ([`Publisher::guard_at`]).
+    Guard,
 }
 
 impl EnforcedBy {
-    /// `middleware`, `route` or `handler`.
+    /// `middleware`, `route`, `handler` or `guard`.
     pub const fn as_str(self) -> &'static str {
         match self {
             EnforcedBy::Middleware => "middleware",
             EnforcedBy::Route => "route",
             EnforcedBy::Handler => "handler",
+            EnforcedBy::Guard => "guard",
         }
     }
 }
@@ -207,12 +225,15 @@ pub struct OperationLimits {
 
 type AppliesFn = Arc<dyn Fn(&Method, &str, &RuleLimit) -> bool + Send + Sync>;
 
-/// `[METHODS ]PATH`, parsed: empty methods for any.
+/// `[METHODS ]PATH`, parsed: empty methods for any; a trailing `/*` for any path under
+/// the rest (zero or more segments, as in the route table).
 #[derive(Debug, Clone)]
 struct Pattern {
     text: String,
     methods: Vec<Method>,
     segments: Vec<Segment>,
+    /// Ends in `/*`.
+    under: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,14 +262,23 @@ impl Pattern {
         if !path.starts_with('/') {
             return Err(bad());
         }
+        let (path, under) = match path.strip_suffix("/*") {
+            Some(prefix) => (prefix, true),
+            None => (path, false),
+        };
         Ok(Self {
             text: text.to_string(),
             methods,
             segments: segments(path),
+            under,
         })
     }
 
     fn matches(&self, method: &Method, path: &[Segment]) -> bool {
+        let path = match path.get(..self.segments.len()) {
+            Some(head) if self.under => head,
+            _ => path,
+        };
         (self.methods.is_empty() || self.methods.contains(method)) && self.segments == path
     }
 }
@@ -292,6 +322,7 @@ pub struct Publisher {
     base_path: String,
     route_policies: Vec<(Pattern, String)>,
     handler_buckets: Vec<(Pattern, Vec<String>)>,
+    guards: Vec<(Pattern, String)>,
     bucket_keys: HashMap<String, String>,
     applies: Option<AppliesFn>,
     /// The first mistake in what the publisher was told, reported by every output.
@@ -304,6 +335,7 @@ impl std::fmt::Debug for Publisher {
             .field("base_path", &self.base_path)
             .field("route_policies", &self.route_policies)
             .field("handler_buckets", &self.handler_buckets)
+            .field("guards", &self.guards)
             .field("bucket_keys", &self.bucket_keys)
             .finish_non_exhaustive()
     }
@@ -317,6 +349,7 @@ impl Publisher {
             base_path: String::new(),
             route_policies: Vec::new(),
             handler_buckets: Vec::new(),
+            guards: Vec::new(),
             bucket_keys: HashMap::new(),
             applies: None,
             error: None,
@@ -354,6 +387,22 @@ impl Publisher {
         self
     }
 
+    /// The operations `pattern` (`"/v1/*"`: every operation under `/v1`; `"GET /v1/reports"`)
+    /// pass through the layer of the guard whose
+    /// policy is named `policy` ([`Limiter::guard`]): its limits are published on them
+    /// (a guard's layer wraps whatever routes the application puts it on, which the
+    /// limiter cannot tell). A guard that counts only some responses
+    /// ([`Policy::failed_auth_per_ip`](crate::Policy::failed_auth_per_ip)) refuses every
+    /// request of a client it has refused, valid ones included: a client reading the
+    /// documentation should find that limit on the operations it refuses.
+    pub fn guard_at(mut self, pattern: &str, policy: &str) -> Self {
+        match Pattern::parse(pattern) {
+            Ok(p) => self.guards.push((p, policy.to_string())),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
     /// Whose key the handlers pass when they charge the bucket for direct use `bucket`
     /// (`"email"`, `"ip"`): what `per` says (default `direct`).
     pub fn bucket_key(mut self, bucket: &str, per: &str) -> Self {
@@ -366,7 +415,8 @@ impl Publisher {
         self
     }
 
-    /// Publish a limit of the route's rule or of a global policy on the operation `method`
+    /// Publish a limit of the route's rule, of a global policy or of a guard
+    /// ([`Publisher::guard_at`]) on the operation `method`
     /// `path` (the request path template) only if `applies` says so: for limits whose key
     /// never exists there (e.g. the identity function names no user on some paths).
     pub fn applies<F>(mut self, applies: F) -> Self
@@ -437,24 +487,38 @@ impl Publisher {
                 }
             }
         };
-        if !rule.as_ref().is_some_and(|r| r.exempt) {
-            let globals = all.iter().filter(|r| r.source == RuleSource::Global);
-            let rules = rule
+        let mut guards = Vec::new();
+        for (pattern, name) in self.guards.iter().filter(|(p, _)| p.matches(method, &segs)) {
+            let guard = all
                 .iter()
-                .map(|r| (r, enforced_by))
-                .chain(globals.map(|r| (r, EnforcedBy::Middleware)));
-            for (r, by) in rules.filter(|(r, _)| !r.shadow) {
-                for l in &r.limits {
-                    let wanted = self.applies.as_ref().is_none_or(|f| f(method, path, l));
-                    if wanted && !out.iter().any(|o| o.bucket == l.bucket) {
-                        out.push(AppliedLimit {
-                            policy: r.policy.clone(),
-                            bucket: l.bucket.clone(),
-                            per: l.key.clone(),
-                            limit: l.limit,
-                            enforced_by: by,
-                        });
-                    }
+                .find(|r| r.source == RuleSource::Guard && r.policy == *name)
+                .ok_or_else(|| PublishError::UnknownGuard {
+                    pattern: pattern.text.clone(),
+                    policy: name.clone(),
+                })?;
+            guards.push((guard, EnforcedBy::Guard));
+        }
+        // An exempt route is exempt from its class and the global limits, not from a
+        // guard's layer around it.
+        let exempt = rule.as_ref().is_some_and(|r| r.exempt);
+        let globals = all.iter().filter(|r| r.source == RuleSource::Global);
+        let rules = rule
+            .iter()
+            .map(|r| (r, enforced_by))
+            .chain(globals.map(|r| (r, EnforcedBy::Middleware)))
+            .filter(|_| !exempt)
+            .chain(guards);
+        for (r, by) in rules.filter(|(r, _)| !r.shadow) {
+            for l in &r.limits {
+                let wanted = self.applies.as_ref().is_none_or(|f| f(method, path, l));
+                if wanted && !out.iter().any(|o| o.bucket == l.bucket) {
+                    out.push(AppliedLimit {
+                        policy: r.policy.clone(),
+                        bucket: l.bucket.clone(),
+                        per: l.key.clone(),
+                        limit: l.limit,
+                        enforced_by: by,
+                    });
                 }
             }
         }
@@ -591,7 +655,8 @@ impl Publisher {
             .route_policies
             .iter()
             .map(|(p, _)| p)
-            .chain(self.handler_buckets.iter().map(|(p, _)| p));
+            .chain(self.handler_buckets.iter().map(|(p, _)| p))
+            .chain(self.guards.iter().map(|(p, _)| p));
         for pattern in patterns {
             if !ops.iter().any(|(m, segs)| pattern.matches(m, segs)) {
                 return Err(PublishError::NoSuchOperation {

@@ -169,6 +169,64 @@ fn every_operation_gets_the_limits_of_its_rule_the_globals_and_its_handler() {
     );
 }
 
+/// A guard's layer wraps whatever routes the application puts it on: told which
+/// operations pass through it (`guard_at`), the publisher lists its limits there, exempt
+/// routes included (their exemption is from their class, not from the guard), and nowhere
+/// else. A review found seed 004's failed-authentication guard refusing valid keys on
+/// operations whose published limits did not name it.
+#[test]
+fn a_guard_is_published_on_the_operations_it_wraps() {
+    let limiter = limiter();
+    let _guard = limiter.guard(Policy::failed_auth_per_ip("20/min").per_network(48, "100/min"));
+    let mut doc = document();
+    publisher(&limiter)
+        .guard_at("/api/*", "failed-auth")
+        .annotate(&mut doc)
+        .unwrap();
+    let guard = [
+        row("failed-auth:ip", "ip", Some("20/min"), "guard"),
+        row(
+            "failed-auth:network:48",
+            "network:48",
+            Some("100/min"),
+            "guard",
+        ),
+    ];
+    let mut projects = vec![
+        row("default:ip", "ip", Some("5/min"), "middleware"),
+        row("default:user", "user", Some("100/h"), "middleware"),
+        row("global", "global", Some("1000/min"), "middleware"),
+    ];
+    projects.extend(guard.clone());
+    assert_eq!(summary(&doc, "/api/projects", "get"), projects);
+    assert_eq!(summary(&doc, "/api/stripe/webhook", "post"), guard);
+    assert_eq!(x(&doc, "/api/stripe/webhook", "post")["throttled"], true);
+    assert_eq!(
+        summary(&doc, "/health", "get"),
+        [row("global", "global", Some("1000/min"), "middleware")]
+    );
+
+    for (publisher, expected) in [
+        (
+            Publisher::new(&limiter).guard_at("/api/*", "failed-auths"),
+            PublishError::UnknownGuard {
+                pattern: "/api/*".into(),
+                policy: "failed-auths".into(),
+            },
+        ),
+        (
+            Publisher::new(&limiter).guard_at("/nowhere/*", "failed-auth"),
+            PublishError::NoSuchOperation {
+                pattern: "/nowhere/*".into(),
+            },
+        ),
+    ] {
+        let mut doc = document();
+        assert_eq!(publisher.annotate(&mut doc), Err(expected));
+        assert_eq!(doc, document(), "unchanged");
+    }
+}
+
 /// Every published limit is, number for number, a limit of the limiter's table, under the
 /// rule the central table really gives a request to that operation.
 #[test]
