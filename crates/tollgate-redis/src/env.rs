@@ -224,7 +224,7 @@ fn from_url(
     Ok(match url {
         None => EnvStore::Memory(memory),
         Some(url) => EnvStore::Redis(FallbackStore::with_memory(
-            redis.url(url).build()?,
+            redis.url(url).for_fallback(&config).build()?,
             memory,
             config,
         )),
@@ -339,5 +339,42 @@ mod tests {
     fn rediss_without_the_tls_feature_is_a_config_error() {
         let err = url_store(Some("rediss://default:pw@kv.example.com:6379")).unwrap_err();
         assert!(matches!(err, RedisConfigError::InvalidUrl { .. }), "{err}");
+    }
+
+    /// A fallback timeout longer than the Redis store's own response timeout (500 ms by
+    /// default) is what a call waits: a review set `TOLLGATE_REDIS_TIMEOUT_MS=2000` and saw
+    /// every call to a Redis slow for a second give up at 500 ms and leave for memory.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_call_waits_the_fallback_timeout_not_the_stores_default() {
+        use std::time::{Duration, Instant};
+        use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+
+        let server = tollgate_testkit::RedisServer::start();
+        let timeout = Duration::from_millis(2000);
+        let store = from_url(
+            Some(server.url()),
+            RedisStore::builder(),
+            FallbackConfig::default().with_timeout(timeout),
+            MemoryStore::new(),
+        )
+        .unwrap();
+        let batch = Batch::charge(vec![Bucket::new(
+            "slow",
+            "k",
+            Limit::sliding(Quota::per_minute(10)),
+        )]);
+        assert!(store.apply(&batch).await.unwrap().allowed, "connected");
+        // Redis stalls for 900 ms: longer than the store's default, shorter than the
+        // fallback's timeout.
+        server.pause();
+        let started = Instant::now();
+        let (answer, ()) = tokio::join!(store.apply(&batch), async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            server.resume();
+        });
+        assert!(answer.unwrap().allowed);
+        assert!(started.elapsed() >= Duration::from_millis(850));
+        assert_eq!(store.fallbacks(), 0, "answered by Redis, never left it");
+        assert_eq!(store.mode(), tollgate_core::StoreMode::Shared);
     }
 }

@@ -245,7 +245,11 @@ impl Default for FallbackConfig {
 /// getters are the plain names.
 impl FallbackConfig {
     /// The longest a call may wait for the primary (at least 1 ms). Default
-    /// [`DEFAULT_TIMEOUT`] (50 ms).
+    /// [`DEFAULT_TIMEOUT`] (50 ms). The primary's own timeout applies too: a
+    /// [`RedisStore`](crate::RedisStore) gives up after its response timeout (500 ms by
+    /// default); make it with
+    /// [`RedisStoreBuilder::for_fallback`](crate::RedisStoreBuilder::for_fallback) to wait
+    /// this long (the stores made from the environment and from files are).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
         self

@@ -659,6 +659,17 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Waits for an answer at least as long as a [`FallbackStore`](crate::FallbackStore)
+    /// of `config` waits for its primary: a store behind a fallback whose timeout
+    /// ([`FallbackConfig::with_timeout`](crate::FallbackConfig::with_timeout)) is longer
+    /// than this store's response timeout would otherwise fail its calls at the shorter one
+    /// (a review set 2 s and saw every call give up at 500 ms). The stores made from the
+    /// environment and from configuration files are made this way.
+    pub fn for_fallback(self, config: &crate::FallbackConfig) -> Self {
+        let timeout = self.response_timeout.max(config.timeout());
+        self.response_timeout(timeout)
+    }
+
     /// How long one connection attempt may take. Default [`DEFAULT_CONNECTION_TIMEOUT`].
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;

@@ -1435,14 +1435,6 @@ impl StoreConfig {
         from: UrlFrom,
     ) -> Result<LimiterBuilder, StoreProblem> {
         use tollgate_redis::{FallbackConfig, FallbackStore, RedisStore};
-        let mut redis = RedisStore::builder().url(url);
-        if let Some(prefix) = &self.prefix {
-            redis = redis.prefix(prefix.clone());
-        }
-        let redis = redis.build().map_err(|e| match from {
-            UrlFrom::File => StoreProblem::of(Some("url"), e.to_string()),
-            UrlFrom::Environment => StoreProblem::of(None, format!("REDIS_URL / KV_URL: {e}")),
-        })?;
         let mut config = FallbackConfig::default();
         if let Some(ms) = self.timeout_ms {
             config = config.with_timeout(std::time::Duration::from_millis(ms));
@@ -1453,6 +1445,14 @@ impl StoreConfig {
         // TOLLGATE_FALLBACK_DIVISOR / TOLLGATE_REDIS_TIMEOUT_MS, when set, win over the file.
         let config = tollgate_redis::fallback_config_from_env(config)
             .map_err(|e| StoreProblem::of(None, e.to_string()))?;
+        let mut redis = RedisStore::builder().url(url).for_fallback(&config);
+        if let Some(prefix) = &self.prefix {
+            redis = redis.prefix(prefix.clone());
+        }
+        let redis = redis.build().map_err(|e| match from {
+            UrlFrom::File => StoreProblem::of(Some("url"), e.to_string()),
+            UrlFrom::Environment => StoreProblem::of(None, format!("REDIS_URL / KV_URL: {e}")),
+        })?;
         Ok(builder.store(FallbackStore::with_memory(redis, self.memory(), config)))
     }
 

@@ -79,6 +79,37 @@ fn fallback_settings_from_the_environment_are_checked_at_build_time() {
     assert!(ok.is_ok());
 }
 
+/// A file's `timeout_ms` longer than the Redis store's own response timeout (500 ms by
+/// default) is what a request waits for Redis: a review set 2 s and saw requests to a
+/// Redis slow for a second leave for memory at 500 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_timeout_above_half_a_second_is_waited_out() {
+    let redis = RedisServer::start();
+    let yaml = format!(
+        "store: {{ kind: redis, url: \"{}\", timeout_ms: 2000 }}\nroutes:\n  - {{ path: /*, name: api, limits: [{{ per: ip, limit: 5/min }}] }}\n",
+        redis.url()
+    );
+    let path = limits_file("config-env-timeout", yaml.as_bytes());
+    let limiter = {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        Limiter::from_config(&path).unwrap()
+    };
+    let app = Router::new()
+        .route("/x", get(|| async { "ok" }))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.statuses("/x", 1).await, vec![200]);
+    redis.pause();
+    let started = std::time::Instant::now();
+    let (statuses, ()) = tokio::join!(server.statuses("/x", 1), async {
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        redis.resume();
+    });
+    assert_eq!(statuses, vec![200]);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(850));
+    assert_eq!(limiter.store_mode(), tollgate::StoreMode::Shared);
+}
+
 /// A store the file names that cannot be made is an error at its field, with the line and
 /// column: a `url:` that does not parse, `kind: redis` without `url:` (a review found
 /// neither placed). The environment's settings, which override the file, have no place in
