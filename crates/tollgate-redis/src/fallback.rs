@@ -126,8 +126,9 @@
 //!   only what memory counted of it since. What cannot be delivered is kept for the next
 //!   check.
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
-//!   `run_id`, from `INFO server`). When it changed, the primary restarted and may have come
-//!   back empty: every key of the ledger whose reported count still counts is raised back
+//!   `run_id`, from `INFO server`, and its replication id, from `INFO replication`). When
+//!   it changed, the primary restarted, or was made a replica (a full sync replaces its
+//!   keys with its master's) and a master again, and may have come back without its counts: every key of the ledger whose reported count still counts is raised back
 //!   to at least that count ([`Primary::restore`]: on [`RedisStore`] one script call that
 //!   leaves a key counting as much alone, so instances writing back at the same moment
 //!   raise it to the larger of their counts, not their sum, and a Redis that restarted
@@ -377,8 +378,9 @@ pub trait Primary: Store {
         Box::pin(async move { Ok((self.apply(batch).await?, Origin::Backend)) })
     }
 
-    /// An identifier of the primary's current incarnation (Redis's `run_id`): when it
-    /// changes between two checks, the primary restarted and may have lost its state.
+    /// An identifier of the primary's current incarnation (Redis's `run_id` and replication
+    /// id): when it changes between two checks, the primary restarted, or took another's
+    /// data, and may have lost its state.
     /// `None` (the default) if the primary cannot tell.
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(std::future::ready(Ok(None)))
@@ -483,8 +485,9 @@ impl Primary for RedisStore {
         crate::store::connection_broke(error)
     }
 
+    /// [`RedisStore::incarnation`]: its `run_id` and replication id.
     fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
-        Box::pin(self.run_id())
+        Box::pin(RedisStore::incarnation(self))
     }
 
     /// In one script call per hash slot ([`RedisStore`]'s `restore`).
@@ -901,7 +904,7 @@ impl<P: Primary> Shared<P> {
         if restarted {
             tracing::warn!(
                 target: "tollgate::store",
-                "rate-limit store primary restarted (new run_id): writing back the counts this instance holds"
+                "rate-limit store primary restarted or took another server's data (new run_id or replication id): writing back the counts this instance holds"
             );
         }
         self.give_back(restarted).await?;

@@ -1046,6 +1046,30 @@ impl RedisStore {
         Ok(info_field(&server, "run_id").map(str::to_owned))
     }
 
+    /// What identifies the data the server holds: its `run_id` and its replication id
+    /// (`master_replid`, from `INFO replication`), which changes when the server takes
+    /// another's data (made a replica, a full sync replaces its keys with its master's)
+    /// and when a replica is promoted. [`FallbackStore`](crate::FallbackStore) writes the
+    /// counts it holds back when this changes: a review made the store's Redis a replica
+    /// of an empty one and then a master again, with the same `run_id` and none of its
+    /// counts (8 failures of a lockout of 5 answered). `None` as for
+    /// [`RedisStore::run_id`]; without `INFO replication`, the `run_id` alone.
+    ///
+    /// # Errors
+    ///
+    /// The server could not be reached or did not answer `INFO`.
+    pub async fn incarnation(&self) -> Result<Option<String>, StoreError> {
+        let Some(run_id) = self.run_id().await? else {
+            return Ok(None);
+        };
+        let replication = self.inner.connection.info("replication").await?;
+        let replid = replication
+            .as_deref()
+            .and_then(|info| info_field(info, "master_replid"))
+            .unwrap_or_default();
+        Ok(Some(format!("{run_id}/{replid}")))
+    }
+
     /// Why a connection made afresh fails, if it does: what a call that only timed out
     /// hides (the multiplexed connection retries by itself), such as a wrong password or a
     /// database that does not exist. `None` if it connects or does not answer within a

@@ -328,6 +328,42 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
 }
 
+/// Redis made a replica of an empty server (a full sync replaces its keys with its
+/// master's) and then a master again keeps its `run_id` but not its counts: its new
+/// replication id makes the store write them back, as after an empty restart (a review:
+/// 8 failures of a lockout of 5 answered, 601 of 500 per IP, the counts gone unnoticed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_made_a_replica_and_a_master_again_is_given_its_counts_back() {
+    let empty = RedisServer::start();
+    let server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", "resynced", lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    // The full sync at once (diskless syncs wait 5 s for more replicas by default).
+    empty.cli(["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    server.cli(["REPLICAOF", "127.0.0.1", &empty.port().to_string()]);
+    let synced = std::time::Instant::now();
+    while !(server
+        .cli(["INFO", "replication"])
+        .contains("master_link_status:up")
+        && server.cli(["DBSIZE"]).trim() == "0")
+    {
+        assert!(synced.elapsed() < RECOVERY, "no full sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Writes are refused (READONLY): memory answers, from the mirror (4 of 5).
+    let during = common::admitted(&store, &key, 1, Duration::ZERO).await;
+    assert_eq!((during, store.mode()), (1, Mode::Fallback));
+    server.cli(["REPLICAOF", "NO", "ONE"]);
+    let after = common::admitted(&store, &key, 10, Duration::from_millis(20)).await;
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    assert!(
+        (1..=2).contains(&after),
+        "admitted {after} more after 3 and 1 from memory"
+    );
+    assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
+
 /// Without the mirror (`mirror_keys(0)`), the same restart forgets the key: this is what
 /// the mirror prevents (and shows the test above can fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
