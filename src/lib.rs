@@ -102,8 +102,10 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The most a connection's read buffer holds (hyper's default is about 400 KiB): a request
-/// head must fit (a longer one is answered `431`), and a body being read, or the rest of an
+/// The most a connection's read buffer holds before hyper stops reading into it (hyper's
+/// default is about 400 KiB): a request head must fit, with the read that passed this
+/// (a longer one is answered `431`; a review found heads up to 112 KiB read, 114,689 bytes
+/// answered `431`), and a body being read, or the rest of an
 /// unread one being discarded (see [`ReadToEnd`]), holds no more than this per connection.
 /// At the default, connections draining refused bodies held about 180 KiB each (a review:
 /// 800 of them at once took the demo from 9 to about 200 MB).
