@@ -138,8 +138,12 @@
 //!   give-back. Through one
 //!   multiplexed connection (the default, RESP2) a restart is always seen: the first call
 //!   on the old connection fails, and that failure starts a check. Through a pool (which
-//!   replaces broken connections quietly) or RESP3 (which reconnects by itself), a restart
-//!   between two requests is seen only at the next failure.
+//!   replaces broken connections quietly) or RESP3 (which reconnects by itself), and for a
+//!   primary that took another server's data without a call failing (made a replica and a
+//!   master again, its connection kept), the store on the primary asks its incarnation
+//!   every [`WATCH_EVERY`] (5 s) and checks it as a failed one when it changed: what is
+//!   decided on it before then is decided on the counts it has (the counts this instance
+//!   learns from those answers are what it writes back).
 //! - **Several instances**: with `fallback_divisor(N)`, each instance's share of what Redis
 //!   last said remained (rounded up) is what it has left on memory, so N instances behind a
 //!   balancer that spreads each client's requests admit at most what remained plus N, when
@@ -660,6 +664,9 @@ fn probe_batch() -> Batch {
 /// often.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
+/// How often a store on its primary asks the primary's incarnation ([`watch`]).
+pub const WATCH_EVERY: Duration = Duration::from_secs(5);
+
 impl<P: Primary> FallbackStore<P> {
     /// A fallback store over `primary` with the default settings and memory store.
     pub fn new(primary: P) -> Self {
@@ -863,6 +870,7 @@ impl<P: Primary> Shared<P> {
     /// The first check: on the primary if it answers (noting its incarnation), otherwise
     /// on memory at once.
     async fn start(self: &Arc<Self>) {
+        tokio::spawn(watch(Arc::downgrade(self)));
         let checked = match self.check().await {
             Ok(()) => self.bounded(self.primary.incarnation()).await,
             Err(e) => Err(e),
@@ -1640,6 +1648,38 @@ fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
 /// Checks the primary with backoff until a check passes, then returns to it: the first
 /// check after `first`, or at once with `at_once` (the wait after it is then `first`).
 /// Ends when the store is dropped.
+/// While the store decides on the primary, asks the primary's incarnation every
+/// [`WATCH_EVERY`]: a primary that lost its counts without a call failing (made a replica
+/// of another server and a master again, its connection kept; restarted between two
+/// requests through a pool or RESP3, which reconnect quietly) is left and checked as a
+/// failed one is, so its counts are written back (a review: a Redis made a replica of an
+/// empty one and a master again while the instance was idle, every count lost unnoticed).
+/// A failed or refused question is not a failure: the calls find those. Ends with the
+/// store.
+async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !shared.on_primary() {
+            continue;
+        }
+        let Ok(Some(now)) = shared.bounded(shared.primary.incarnation()).await else {
+            continue;
+        };
+        let changed = lock(&shared.incarnation)
+            .as_ref()
+            .is_some_and(|known| *known != now);
+        if changed {
+            shared.leave(
+                "the primary's incarnation changed (restarted, or took another server's data)",
+                true,
+            );
+        }
+    }
+}
+
 async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: bool) {
     let mut delay = first;
     let mut wait = !at_once || first.is_zero();

@@ -364,6 +364,42 @@ async fn a_redis_made_a_replica_and_a_master_again_is_given_its_counts_back() {
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
 }
 
+/// The same while this instance sends nothing: no call fails (the connection is kept, no
+/// write meets `READONLY`), and the store, asking the primary's incarnation every
+/// `WATCH_EVERY` while on it, finds it changed and writes the count back before the next
+/// request (a re-check found every count lost: 8 of a lockout of 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_made_a_replica_and_a_master_again_while_idle_is_given_its_counts_back() {
+    let empty = RedisServer::start();
+    let server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", "idle-resync", lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    empty.cli(["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    server.cli(["REPLICAOF", "127.0.0.1", &empty.port().to_string()]);
+    let started = std::time::Instant::now();
+    while !(server
+        .cli(["INFO", "replication"])
+        .contains("master_link_status:up")
+        && server.cli(["DBSIZE"]).trim() == "0")
+    {
+        assert!(started.elapsed() < RECOVERY, "no full sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.cli(["REPLICAOF", "NO", "ONE"]);
+    let promoted = std::time::Instant::now();
+    while remaining_on_redis(&server, &key).await != 2 {
+        assert!(
+            promoted.elapsed() < tollgate_redis::WATCH_EVERY + RECOVERY,
+            "the count was not written back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    let after = common::admitted(&store, &key, 10, Duration::ZERO).await;
+    assert_eq!(after, 2, "3 counted before, 5 in all");
+}
+
 /// Without the mirror (`mirror_keys(0)`), the same restart forgets the key: this is what
 /// the mirror prevents (and shows the test above can fail).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
