@@ -251,7 +251,7 @@ impl Default for FallbackConfig {
 impl FallbackConfig {
     /// The longest a call may wait for the primary (at least 1 ms). Default
     /// [`DEFAULT_TIMEOUT`] (50 ms). The primary's own timeout applies too: a
-    /// [`RedisStore`](crate::RedisStore) gives up after its response timeout (500 ms by
+    /// [`RedisStore`] gives up after its response timeout (500 ms by
     /// default); make it with
     /// [`RedisStoreBuilder::for_fallback`](crate::RedisStoreBuilder::for_fallback) to wait
     /// this long (the stores made from the environment and from files are).
@@ -664,7 +664,10 @@ fn probe_batch() -> Batch {
 /// often.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
-/// How often a store on its primary asks the primary's incarnation ([`watch`]).
+/// How often a store deciding on its primary asks the primary's incarnation
+/// ([`Primary::incarnation`]): a primary that lost its counts without a call failing (made
+/// a replica and a master again; restarted behind a pool or RESP3) is then checked as a
+/// failed one is, and given its counts back.
 pub const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 impl<P: Primary> FallbackStore<P> {
