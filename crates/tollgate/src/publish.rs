@@ -418,7 +418,9 @@ impl Publisher {
     /// Publish a limit of the route's rule, of a global policy or of a guard
     /// ([`Publisher::guard_at`]) on the operation `method`
     /// `path` (the request path template) only if `applies` says so: for limits whose key
-    /// never exists there (e.g. the identity function names no user on some paths).
+    /// never exists there (e.g. the identity function names no user on some paths). The
+    /// rules table ([`Publisher::rules_html`]) asks it too, for each rule of the central
+    /// table, with the rule's path (`/api/portal/*`) and methods (`GET` for every method).
     pub fn applies<F>(mut self, applies: F) -> Self
     where
         F: Fn(&Method, &str, &RuleLimit) -> bool + Send + Sync + 'static,
@@ -667,6 +669,21 @@ impl Publisher {
         Ok(())
     }
 
+    /// Whether [`Publisher::applies`] lets `limit` of a rule of the central table show:
+    /// asked with the rule's path (`/api/portal/*`) and each of its methods (`GET` for a
+    /// rule of every method), shown if any says so. Other rules show every limit.
+    fn applies_to_rule(&self, rule: &RouteLimits, limit: &RuleLimit) -> bool {
+        let (Some(applies), RuleSource::Route, Some(path)) =
+            (&self.applies, rule.source, &rule.path)
+        else {
+            return true;
+        };
+        if rule.methods.is_empty() {
+            return applies(&Method::GET, path, limit);
+        }
+        rule.methods.iter().any(|m| applies(m, path, limit))
+    }
+
     /// An HTML `<table>` of every rule of the limiter ([`Limiter::describe`]): what it
     /// applies to, its policy, its limits (`500/min per ip (sliding window, bucket
     /// default:ip)`).
@@ -699,6 +716,7 @@ impl Publisher {
             } else {
                 rule.limits
                     .iter()
+                    .filter(|l| self.applies_to_rule(&rule, l))
                     .map(|l| {
                         let per = match rule.source {
                             RuleSource::Bucket => self.per_of_bucket(&l.bucket),

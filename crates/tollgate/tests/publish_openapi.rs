@@ -358,6 +358,18 @@ fn limits_that_never_apply_can_be_left_out_and_a_base_path_added() {
         ["default:ip", "default:user", "global"]
     );
     assert_eq!(buckets("/sign-in", "post"), ["default:ip", "global"]);
+
+    // The rules table asks it too, with each rule's path: a user's limit of the `/api/*`
+    // rule is left out where the identity names no user (a review found the demo's
+    // rules table promising a per-user limit on routes where none applies).
+    let rules = Publisher::new(&limiter)
+        .applies(|_, path, limit| limit.key != "user" || path != "/api/*")
+        .rules_html();
+    assert!(
+        rules.contains("<tr><td><code>/api/*</code></td><td>default</td><td>5/min per ip <small>(sliding window, bucket default:ip)</small></td></tr>"),
+        "{rules}"
+    );
+    assert!(!rules.contains("default:user"), "{rules}");
 }
 
 #[test]
