@@ -328,6 +328,22 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
 }
 
+/// Makes `server` a replica of `empty` and waits for the full sync that replaces its keys
+/// with none (at once: diskless syncs wait 5 s for more replicas by default).
+async fn replicate_empty(server: &RedisServer, empty: &RedisServer) {
+    empty.cli(["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    server.cli(["REPLICAOF", "127.0.0.1", &empty.port().to_string()]);
+    let started = std::time::Instant::now();
+    while !(server
+        .cli(["INFO", "replication"])
+        .contains("master_link_status:up")
+        && server.cli(["DBSIZE"]).trim() == "0")
+    {
+        assert!(started.elapsed() < RECOVERY, "no full sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Redis made a replica of an empty server (a full sync replaces its keys with its
 /// master's) and then a master again keeps its `run_id` but not its counts: its new
 /// replication id makes the store write them back, as after an empty restart (a review:
@@ -339,18 +355,7 @@ async fn a_redis_made_a_replica_and_a_master_again_is_given_its_counts_back() {
     let store = instance(&server, 1).await;
     let key = Bucket::new("sign-in", "resynced", lockout());
     spend(std::slice::from_ref(&store), &key, 3).await;
-    // The full sync at once (diskless syncs wait 5 s for more replicas by default).
-    empty.cli(["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
-    server.cli(["REPLICAOF", "127.0.0.1", &empty.port().to_string()]);
-    let synced = std::time::Instant::now();
-    while !(server
-        .cli(["INFO", "replication"])
-        .contains("master_link_status:up")
-        && server.cli(["DBSIZE"]).trim() == "0")
-    {
-        assert!(synced.elapsed() < RECOVERY, "no full sync");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    replicate_empty(&server, &empty).await;
     // Writes are refused (READONLY): memory answers, from the mirror (4 of 5).
     let during = common::admitted(&store, &key, 1, Duration::ZERO).await;
     assert_eq!((during, store.mode()), (1, Mode::Fallback));
@@ -375,17 +380,7 @@ async fn a_redis_made_a_replica_and_a_master_again_while_idle_is_given_its_count
     let store = instance(&server, 1).await;
     let key = Bucket::new("sign-in", "idle-resync", lockout());
     spend(std::slice::from_ref(&store), &key, 3).await;
-    empty.cli(["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
-    server.cli(["REPLICAOF", "127.0.0.1", &empty.port().to_string()]);
-    let started = std::time::Instant::now();
-    while !(server
-        .cli(["INFO", "replication"])
-        .contains("master_link_status:up")
-        && server.cli(["DBSIZE"]).trim() == "0")
-    {
-        assert!(started.elapsed() < RECOVERY, "no full sync");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    replicate_empty(&server, &empty).await;
     server.cli(["REPLICAOF", "NO", "ONE"]);
     let promoted = std::time::Instant::now();
     while remaining_on_redis(&server, &key).await != 2 {
