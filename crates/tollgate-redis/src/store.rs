@@ -1166,21 +1166,29 @@ impl RedisStore {
         if give_back {
             // In a task of its own, with owned arguments: dropping this call's future (a
             // caller's timeout, such as FallbackStore's) does not cancel the give-back.
-            let owed: Vec<Vec<(String, Limit, u64, bool)>> = groups
+            // Each slot's charge is given back at the time its node placed it: a plain
+            // refund takes an exact log's newest entry, which may be a later request's
+            // (its own, older, then leaves the window early: a review saw 21 of 20 admitted
+            // within a window), and another node's time may be after it (nothing found).
+            type Owed = (Timestamp, Vec<(String, Limit, u64, bool)>);
+            let owed: Vec<Owed> = groups
                 .iter()
                 .zip(&results)
-                .filter(|(_, r)| charged(r))
-                .map(|((_, group), _)| {
-                    group
-                        .iter()
-                        .map(|a| (a.key.to_owned(), *a.limit, a.cost, a.no_migration))
-                        .collect()
+                .filter_map(|((_, group), r)| match r {
+                    Ok(d) if charged(r) => Some((
+                        d.now,
+                        group
+                            .iter()
+                            .map(|a| (a.key.to_owned(), *a.limit, a.cost, a.no_migration))
+                            .collect(),
+                    )),
+                    _ => None,
                 })
                 .collect();
             let inner = self.inner.clone();
             let refunds = tokio::spawn(async move {
                 let inner = &inner;
-                futures_util::future::join_all(owed.iter().map(|group| async move {
+                futures_util::future::join_all(owed.iter().map(|(at, group)| async move {
                     let args: Vec<Arg<'_>> = group
                         .iter()
                         .map(|(key, limit, cost, no_migration)| Arg {
@@ -1194,7 +1202,7 @@ impl RedisStore {
                     inner
                         .connection
                         .run(Call {
-                            op: Op::Refund,
+                            op: Op::RefundAt(*at),
                             buckets: &args,
                             now,
                         })
@@ -1223,11 +1231,15 @@ impl RedisStore {
 
         let mut states = vec![None; args.len()];
         let mut allowed = true;
-        let mut now = None;
+        // The earliest of the nodes' times: a charge given back at it after the response
+        // (`Op::RefundAt`, a `304` under `refund_if`) finds each slot's own entry at or
+        // after it. At the latest, a node that answered earlier found none in an exact
+        // log, and kept the charge (a review: 10 refunded requests left 3 and 7 counted).
+        let mut now: Option<Timestamp> = None;
         for ((idx, _), result) in groups.iter().zip(results) {
             let d = result?;
             allowed &= d.allowed;
-            now = now.max(Some(d.now));
+            now = Some(now.map_or(d.now, |n| n.min(d.now)));
             for (i, state) in idx.iter().zip(d.buckets) {
                 states[*i] = Some(state);
             }

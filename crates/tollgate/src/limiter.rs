@@ -1040,7 +1040,9 @@ impl LimiterBuilder {
 
     /// A global limit: one bucket for the whole service, spent by every non-exempt request
     /// on top of its class (a backstop for the whole fleet). Several calls add several limits (e.g. a
-    /// token bucket and a daily cap) to the policy named `global`.
+    /// token bucket and a daily cap) to the policy named `global`. It counts requests: a
+    /// request costs it 1 whatever its class's policy costs (`Policy::cost`); to count
+    /// points globally, give [`LimiterBuilder::global_policy`] a policy with its own cost.
     pub fn global(mut self, rate: impl Into<Rate>) -> Self {
         let policy = self
             .global
