@@ -128,7 +128,8 @@
 //! - **An empty restart**: each check asks the primary's incarnation ([`Primary`]: Redis's
 //!   `run_id`, from `INFO server`, and its replication id, from `INFO replication`). When
 //!   it changed, the primary restarted, or was made a replica (a full sync replaces its
-//!   keys with its master's) and a master again, and may have come back without its counts: every key of the ledger whose reported count still counts is raised back
+//!   keys with its master's) and a master again, and may have come back without its
+//!   counts: every key of the ledger whose reported count still counts is raised back
 //!   to at least that count ([`Primary::restore`]: on [`RedisStore`] one script call that
 //!   leaves a key counting as much alone, so instances writing back at the same moment
 //!   raise it to the larger of their counts, not their sum, and a Redis that restarted
@@ -1648,9 +1649,6 @@ fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
     share.saturating_sub(u64::try_from(left).unwrap_or(u64::MAX))
 }
 
-/// Checks the primary with backoff until a check passes, then returns to it: the first
-/// check after `first`, or at once with `at_once` (the wait after it is then `first`).
-/// Ends when the store is dropped.
 /// While the store decides on the primary, asks the primary's incarnation every
 /// [`WATCH_EVERY`]: a primary that lost its counts without a call failing (made a replica
 /// of another server and a master again, its connection kept; restarted between two
@@ -1683,6 +1681,9 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
     }
 }
 
+/// Checks the primary with backoff until a check passes, then returns to it: the first
+/// check after `first`, or at once with `at_once` (the wait after it is then `first`).
+/// Ends when the store is dropped.
 async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: bool) {
     let mut delay = first;
     let mut wait = !at_once || first.is_zero();

@@ -62,8 +62,8 @@
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `reason`,
 //!   `retry_after_ms`, `method`, `route`; never the key). `reason` is `over_limit`,
 //!   `cost_exceeds_capacity` or `store_full` (the bucket's share of the memory store had no
-//!   room for a new key: the message says so rather than "rate limit exceeded"). `route` is the route template axum matched
-//!   (`/users/{email}/reset`), not the path requested, which can carry identifiers;
+//!   room for a new key: the message says so rather than "rate limit exceeded"). `route`
+//!   is the route template axum matched (`/users/{email}/reset`), not the path requested, which can carry identifiers;
 //!   without one (a path no axum route matches, a plain tower stack) the rule of the
 //!   table that classed the request (`/api/*`), else `-`. Store failures name the request
 //!   the same way. A bucket for direct use ([`Limiter::check`](crate::Limiter::check) and

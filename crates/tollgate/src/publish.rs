@@ -72,9 +72,9 @@
 //! [`Publisher::bucket_key`]), `quota` (`"500/min"`), `limit`, `windowSeconds`,
 //! `algorithm` (`sliding window`, `sliding window (exact)`, `token bucket`, `fixed
 //! window`), `burst` (token buckets only) and `enforcedBy` (`middleware`, `route`,
-//! `handler`, `guard`). The numbers are `null` for a quota chosen per request. A throttled operation
-//! without a `429` response gets one referring to `#/components/responses/TooManyRequests`,
-//! which is added if the document has none.
+//! `handler`, `guard`). The numbers are `null` for a quota chosen per request. A throttled
+//! operation without a `429` response gets one referring to
+//! `#/components/responses/TooManyRequests`, which is added if the document has none.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -388,8 +388,8 @@ impl Publisher {
     }
 
     /// The operations `pattern` (`"/v1/*"`: every operation under `/v1`; `"GET /v1/reports"`)
-    /// pass through the layer of the guard whose
-    /// policy is named `policy` ([`Limiter::guard`]): its limits are published on them
+    /// pass through the layer of the guard whose policy is named `policy`
+    /// ([`Limiter::guard`]): its limits are published on them
     /// (a guard's layer wraps whatever routes the application puts it on, which the
     /// limiter cannot tell). A guard that counts only some responses
     /// ([`Policy::failed_auth_per_ip`](crate::Policy::failed_auth_per_ip)) refuses every
