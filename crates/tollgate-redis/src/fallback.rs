@@ -142,9 +142,10 @@
 //!   replaces broken connections quietly) or RESP3 (which reconnects by itself), and for a
 //!   primary that took another server's data without a call failing (made a replica and a
 //!   master again, its connection kept), the store on the primary asks its incarnation
-//!   every [`WATCH_EVERY`] (5 s) and checks it as a failed one when it changed: what is
-//!   decided on it before then is decided on the counts it has (the counts this instance
-//!   learns from those answers are what it writes back).
+//!   every [`WATCH_EVERY`] (1 s) and checks it as a failed one when it changed. A key
+//!   decided on it before then is decided on the count it has, and that is the count
+//!   this instance learns and writes back: what the key counted before is lost (a re-check:
+//!   a key used a second after the change was admitted its limit again).
 //! - **Several instances**: with `fallback_divisor(N)`, each instance's share of what Redis
 //!   last said remained (rounded up) is what it has left on memory, so N instances behind a
 //!   balancer that spreads each client's requests admit at most what remained plus N, when
@@ -669,7 +670,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(5);
 /// ([`Primary::incarnation`]): a primary that lost its counts without a call failing (made
 /// a replica and a master again; restarted behind a pool or RESP3) is then checked as a
 /// failed one is, and given its counts back.
-pub const WATCH_EVERY: Duration = Duration::from_secs(5);
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl<P: Primary> FallbackStore<P> {
     /// A fallback store over `primary` with the default settings and memory store.

@@ -1166,25 +1166,36 @@ impl RedisStore {
         if give_back {
             // In a task of its own, with owned arguments: dropping this call's future (a
             // caller's timeout, such as FallbackStore's) does not cancel the give-back.
-            // Each slot's charge is given back at the time its node placed it: a plain
-            // refund takes an exact log's newest entry, which may be a later request's
-            // (its own, older, then leaves the window early: a review saw 21 of 20 admitted
-            // within a window), and another node's time may be after it (nothing found).
-            type Owed = (Timestamp, Vec<(String, Limit, u64, bool)>);
-            let owed: Vec<Owed> = groups
-                .iter()
-                .zip(&results)
-                .filter_map(|((_, group), r)| match r {
-                    Ok(d) if charged(r) => Some((
-                        d.now,
-                        group
-                            .iter()
-                            .map(|a| (a.key.to_owned(), *a.limit, a.cost, a.no_migration))
-                            .collect(),
-                    )),
-                    _ => None,
-                })
-                .collect();
+            // An exact log's charge is given back at the time its node placed it: a plain
+            // refund takes the log's newest entry, which may be a later request's (its own,
+            // older, then leaves the window early: a review saw 21 of 20 admitted within a
+            // window), and another node's time may be after it (nothing found). Other
+            // algorithms are given back whole: a token bucket given back at the charge's
+            // time keeps what refilled since, and overlapping give-backs added up to a token
+            // kept (a re-check).
+            type Owed = (Option<Timestamp>, Vec<(String, Limit, u64, bool)>);
+            let mut owed: Vec<Owed> = Vec::new();
+            // Where each call's answers go: the group's index in `results`, the buckets'
+            // places in it.
+            let mut places: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (g, ((_, group), r)) in groups.iter().zip(&results).enumerate() {
+                let Ok(d) = r else { continue };
+                if !charged(r) {
+                    continue;
+                }
+                for log in [true, false] {
+                    let (spots, args): (Vec<usize>, Vec<_>) = group
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| (a.limit.algorithm() == Algorithm::SlidingLog) == log)
+                        .map(|(j, a)| (j, (a.key.to_owned(), *a.limit, a.cost, a.no_migration)))
+                        .unzip();
+                    if !args.is_empty() {
+                        places.push((g, spots));
+                        owed.push((log.then_some(d.now), args));
+                    }
+                }
+            }
             let inner = self.inner.clone();
             let refunds = tokio::spawn(async move {
                 let inner = &inner;
@@ -1202,7 +1213,7 @@ impl RedisStore {
                     inner
                         .connection
                         .run(Call {
-                            op: Op::RefundAt(*at),
+                            op: at.map_or(Op::Refund, Op::RefundAt),
                             buckets: &args,
                             now,
                         })
@@ -1220,11 +1231,12 @@ impl RedisStore {
             })
             .await
             .unwrap_or_default(); // the task panicked: the charges stay, as if undelivered
-            let mut refunds = refunds.into_iter();
-            for r in results.iter_mut().filter(|r| charged(r)) {
-                // The bucket fit but was not charged: report it as it is now.
-                if let (Some(Some(refund)), Ok(d)) = (refunds.next(), r) {
-                    d.buckets = refund.buckets;
+                                  // The buckets fit but were not charged: report them as they are now.
+            for ((g, spots), refund) in places.iter().zip(refunds) {
+                if let (Some(refund), Ok(d)) = (refund, &mut results[*g]) {
+                    for (&j, state) in spots.iter().zip(refund.buckets) {
+                        d.buckets[j] = state;
+                    }
                 }
             }
         }

@@ -346,3 +346,47 @@ async fn a_give_back_after_a_refusal_removes_its_own_entry() {
     assert!(charged_at.elapsed() < std::time::Duration::from_millis(2100));
     assert_eq!(left.buckets[0].remaining, 1);
 }
+
+/// Requests refused by one slot while another slot's token bucket charged them, many at
+/// once: every charge is given back whole, and the bucket is full again (a re-check found
+/// give-backs at the charges' times keeping what refilled between charge and give-back,
+/// which added up to a token kept when they overlapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_give_backs_leave_a_token_bucket_full() {
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::builder()
+        .cluster(cluster.urls())
+        .refusal_cache(0)
+        .build()
+        .unwrap();
+    let mut by_node = std::collections::BTreeMap::new();
+    for i in 0..64 {
+        let key = format!("tollgate:t{i}:k");
+        by_node.entry(node_of(&cluster, &key).1).or_insert(i);
+    }
+    let mut names = by_node.values().map(|i| format!("t{i}"));
+    let (a, b) = (names.next().unwrap(), names.next().unwrap());
+    let a = Bucket::new(
+        &a,
+        "k",
+        Limit::token_bucket(Quota::per_hour(10), 10).unwrap(),
+    );
+    let b = Bucket::new(&b, "k", Limit::sliding(Quota::per_hour(1)));
+    assert!(
+        store
+            .apply(&Batch::charge(vec![b.clone()]))
+            .await
+            .unwrap()
+            .allowed
+    );
+    for round in 0..5 {
+        let both = Batch::charge(vec![a.clone(), b.clone()]);
+        let answers = futures_util::future::join_all((0..32).map(|_| store.apply(&both))).await;
+        assert!(answers.iter().all(|d| !d.as_ref().unwrap().allowed));
+        let left = store
+            .apply(&Batch::new(Op::Peek, vec![a.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(left.buckets[0].remaining, 10, "round {round}");
+    }
+}
