@@ -31,24 +31,39 @@ fn node_of(cluster: &RedisCluster, key: &str) -> (u16, u16) {
     panic!("no node owns slot {slot}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multi_slot_requests_decide_correctly() {
-    let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
+/// A store on `cluster` without a refusal cache: every call reaches Redis.
+fn store_on(cluster: &RedisCluster) -> RedisStore {
+    RedisStore::builder()
         .cluster(cluster.urls())
         .refusal_cache(0)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// One bucket name `<prefix><i>` per node, whose key (`tollgate:<name>:k`) that node
+/// serves, with the node's port, in port order.
+fn names_on_each_node(cluster: &RedisCluster, prefix: &str) -> Vec<(u16, String)> {
+    let mut by_node = std::collections::BTreeMap::new();
+    for i in 0..64 {
+        let name = format!("{prefix}{i}");
+        let port = node_of(cluster, &format!("tollgate:{name}:k")).1;
+        by_node.entry(port).or_insert(name);
+    }
+    by_node.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_slot_requests_decide_correctly() {
+    let cluster = RedisCluster::start(3);
+    let store = store_on(&cluster);
     assert!(store.is_cluster());
 
     // Three buckets whose keys live on three different nodes.
-    let mut by_node = std::collections::BTreeMap::new();
-    for i in 0..64 {
-        let key = format!("tollgate:b{i}:k");
-        by_node.entry(node_of(&cluster, &key).1).or_insert(i);
-    }
-    assert_eq!(by_node.len(), 3, "keys on every node");
-    let names: Vec<String> = by_node.values().map(|i| format!("b{i}")).collect();
+    let names: Vec<String> = names_on_each_node(&cluster, "b")
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    assert_eq!(names.len(), 3, "keys on every node");
     let tight = Bucket::new(&names[0], "k", Limit::sliding_exact(Quota::per_hour(3)));
     let loose = Bucket::new(&names[1], "k", Limit::sliding(Quota::per_hour(100)));
     let burst = Bucket::new(
@@ -256,17 +271,11 @@ async fn a_fixed_window_never_reads_its_own_key_on_another_slot_of_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_given_back_at_its_time_leaves_nothing_on_any_slot() {
     let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
-        .cluster(cluster.urls())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
-    let mut by_node = std::collections::BTreeMap::new();
-    for i in 0..64 {
-        let key = format!("tollgate:r{i}:k");
-        by_node.entry(node_of(&cluster, &key).1).or_insert(i);
-    }
-    let names: Vec<String> = by_node.values().map(|i| format!("r{i}")).collect();
+    let store = store_on(&cluster);
+    let names: Vec<String> = names_on_each_node(&cluster, "r")
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     let limit = Limit::sliding_exact(Quota::per_hour(50));
     let buckets: Vec<Bucket> = names.iter().map(|n| Bucket::new(n, "k", limit)).collect();
     for round in 0..10 {
@@ -292,28 +301,14 @@ async fn a_charge_given_back_at_its_time_leaves_nothing_on_any_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_give_back_after_a_refusal_removes_its_own_entry() {
     let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
-        .cluster(cluster.urls())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
+    let store = store_on(&cluster);
     // Two keys on two nodes.
-    let mut by_node = std::collections::BTreeMap::new();
-    for i in 0..64 {
-        let key = format!("tollgate:g{i}:k");
-        by_node.entry(node_of(&cluster, &key).1).or_insert(i);
-    }
-    let mut nodes = by_node.into_iter();
-    let (port_a, a) = nodes.next().unwrap();
+    let mut nodes = names_on_each_node(&cluster, "g").into_iter();
+    let (_, a) = nodes.next().unwrap();
     let (port_b, b) = nodes.next().unwrap();
-    assert_ne!(port_a, port_b);
     let window = Quota::new(2, std::time::Duration::from_secs(2)).unwrap();
-    let a = Bucket::new(&format!("g{a}"), "k", Limit::sliding_exact(window));
-    let b = Bucket::new(
-        &format!("g{b}"),
-        "k",
-        Limit::sliding_exact(Quota::per_hour(1)),
-    );
+    let a = Bucket::new(&a, "k", Limit::sliding_exact(window));
+    let b = Bucket::new(&b, "k", Limit::sliding_exact(Quota::per_hour(1)));
     assert!(
         store
             .apply(&Batch::charge(vec![b.clone()]))
@@ -354,17 +349,10 @@ async fn a_give_back_after_a_refusal_removes_its_own_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_give_backs_leave_a_token_bucket_full() {
     let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
-        .cluster(cluster.urls())
-        .refusal_cache(0)
-        .build()
-        .unwrap();
-    let mut by_node = std::collections::BTreeMap::new();
-    for i in 0..64 {
-        let key = format!("tollgate:t{i}:k");
-        by_node.entry(node_of(&cluster, &key).1).or_insert(i);
-    }
-    let mut names = by_node.values().map(|i| format!("t{i}"));
+    let store = store_on(&cluster);
+    let mut names = names_on_each_node(&cluster, "t")
+        .into_iter()
+        .map(|(_, name)| name);
     let (a, b) = (names.next().unwrap(), names.next().unwrap());
     let a = Bucket::new(
         &a,
