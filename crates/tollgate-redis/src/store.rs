@@ -1230,8 +1230,9 @@ impl RedisStore {
                 .await
             })
             .await
-            .unwrap_or_default(); // the task panicked: the charges stay, as if undelivered
-                                  // The buckets fit but were not charged: report them as they are now.
+            // (If the task panicked, the charges stay, as if undelivered.)
+            .unwrap_or_default();
+            // The buckets fit but were not charged: report them as they are now.
             for ((g, spots), refund) in places.iter().zip(refunds) {
                 if let (Some(refund), Ok(d)) = (refund, &mut results[*g]) {
                     for (&j, state) in spots.iter().zip(refund.buckets) {
