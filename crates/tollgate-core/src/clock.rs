@@ -397,9 +397,10 @@ mod tests {
         }
         assert!(!store.charge(&bucket).unwrap().allowed);
         WALL_D.fetch_sub(HOUR, Ordering::SeqCst);
-        pass(&clock, &mock, &WALL_D, 100_000); // the step is seen
-                                               // The wait told is the real one (0.5 s of the clock's, at half speed: 1 s): a
-                                               // client that waits less is refused, one that waits it is admitted.
+        // The step is seen.
+        pass(&clock, &mock, &WALL_D, 100_000);
+        // The wait told is the real one (0.5 s of the clock's, at half speed: 1 s): a
+        // client that waits less is refused, one that waits it is admitted.
         let wait = store.charge(&bucket).unwrap().retry_after().unwrap();
         assert!(
             (990_000..=1_010_000).contains(&wait.as_micros()),

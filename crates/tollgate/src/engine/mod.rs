@@ -361,16 +361,7 @@ impl Left {
         answer: Result<Vec<tollgate_core::BucketState>, tollgate_core::StoreError>,
     ) {
         match answer {
-            Ok(states) => {
-                engine.stats.admitted.fetch_add(1, Ordering::Relaxed);
-                if crate::observe::ENABLED {
-                    for (&i, state) in counted.iter().zip(&states) {
-                        if let Some(metrics) = plan.metrics(i) {
-                            metrics.admitted(state);
-                        }
-                    }
-                }
-            }
+            Ok(states) => plan.count_response(&engine.stats, counted.iter().copied(), &states),
             Err(e) => tracing::warn!(
                 target: "tollgate",
                 error = %e,

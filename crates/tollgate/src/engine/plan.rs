@@ -110,6 +110,27 @@ impl<G: AsRef<Compiled>> Plan<G> {
         }
     }
 
+    /// A response counted after the request (`Op::Penalize`, answered with `states` for
+    /// the buckets at `at`): admitted, as a charge is, in `stats` and each bucket's
+    /// metrics.
+    pub(crate) fn count_response(
+        &self,
+        stats: &super::Counters,
+        at: impl Iterator<Item = usize>,
+        states: &[tollgate_core::BucketState],
+    ) {
+        stats
+            .admitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if crate::observe::ENABLED {
+            for (i, state) in at.zip(states) {
+                if let Some(metrics) = self.metrics(i) {
+                    metrics.admitted(state);
+                }
+            }
+        }
+    }
+
     /// [`Plan::label`], interned (see [`intern`](super::compile::intern)).
     pub(crate) fn static_label(&self, i: usize) -> &'static str {
         let meta = &self.meta[i];

@@ -266,17 +266,12 @@ impl Pending {
         match answer {
             Ok(states) => {
                 // A response counted after a look spent the guard's budget, as a charge
-                // does: in the stats and in each bucket's metrics.
-                let counted = op == Op::Penalize;
-                if counted {
-                    self.engine.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                // does.
+                if op == Op::Penalize {
+                    let at = touched.iter().map(|&pos| self.charged[pos]);
+                    self.plan.count_response(&self.engine.stats, at, &states);
                 }
                 for (&pos, state) in touched.iter().zip(states) {
-                    if crate::observe::ENABLED && counted {
-                        if let Some(metrics) = self.plan.metrics(self.charged[pos]) {
-                            metrics.admitted(&state);
-                        }
-                    }
                     self.states[pos] = state;
                 }
             }

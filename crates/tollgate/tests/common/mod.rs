@@ -69,8 +69,7 @@ impl Server {
     pub async fn posts_showing(&self, path: &str, n: usize, name: &str) -> Vec<(u16, String)> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let response = self.post(path).send().await.unwrap();
-            out.push((response.status().as_u16(), header(&response, name)));
+            out.push(showing(self.post(path), name).await);
         }
         out
     }
@@ -83,6 +82,12 @@ impl Server {
 /// Sends `request` and returns its status.
 pub async fn status_of(request: reqwest::RequestBuilder) -> u16 {
     request.send().await.unwrap().status().as_u16()
+}
+
+/// Sends `request` and returns its status and its `name` header ("" if absent).
+pub async fn showing(request: reqwest::RequestBuilder, name: &str) -> (u16, String) {
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), header(&response, name))
 }
 
 /// `n` times `status`.
