@@ -63,9 +63,9 @@
 //! route's buckets. Two consequences: until a request of the route gets through to its
 //! layer, the route's requests are refused while their key's central class is exhausted
 //! (with the central bucket's headers); and without axum's `MatchedPath` (a plain tower
-//! stack) the provisional charge and refund happen on every request. Declaring the
-//! route's pattern ([`Limiter::policy_at`]) avoids both: the central layer leaves it alone
-//! from the start.
+//! stack, the central layer outside the router) the provisional charge and refund happen
+//! on every request. Declaring the route's pattern ([`Limiter::policy_at`]) avoids both
+//! where the central layer sees `MatchedPath`: it leaves the route alone from the start.
 //!
 //! # Client address
 //!

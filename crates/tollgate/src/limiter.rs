@@ -137,12 +137,17 @@ impl Limiter {
     /// A per-route policy for the route `pattern` (`"POST /api/assistant/chat"`), declared
     /// to the central table too: `post(chat).layer(limiter.policy_at("POST
     /// /api/assistant/chat", policy))`. The central layer then leaves the route's requests to
-    /// this policy from the very first one, also without axum's `MatchedPath` (a plain tower
-    /// stack). Prefer it to [`Limiter::policy`], whose route the central layer only learns
-    /// from a request that reaches it.
+    /// this policy from the very first one. Prefer it to [`Limiter::policy`], whose route the
+    /// central layer only learns from a request that reaches it.
     ///
-    /// Only the route the layer is on is left to it. With axum's `MatchedPath`, a request is
-    /// left to the layer from the first one when its matched route is the pattern's own
+    /// Only the route the layer is on is left to it, and the central layer knows the route
+    /// from axum's `MatchedPath`: put it on the router (`Router::layer`). A request without
+    /// one (a path only a fallback answers; every request when the central layer is outside
+    /// the router, or in a plain tower stack) is charged to its class provisionally, and the
+    /// layer takes the charge over if the request reaches it: such a route spends only its
+    /// own policy, but is refused with its class while that is spent, and a path under the
+    /// pattern that the layer does not see is never left unlimited. With `MatchedPath`, a
+    /// request is left to the layer from the first one when its matched route is the pattern's own
     /// (`{id}` and `:id`, `*` and `{*rest}` alike); a route the pattern covers but does not
     /// name (`POST /api/*` with the layer on `/api/chat`) stays with the central table, as
     /// does every route while the returned layer is not put on any service. So a layer

@@ -1087,8 +1087,12 @@ async fn a_bucket_named_twice_in_one_request_is_charged_once() {
 }
 
 /// `policy_at` declares the route to the central table: its requests spend only its own
-/// policy from the first one on, even when the central class is already spent, and even
-/// without axum's `MatchedPath` (the limiter wrapped around the whole router).
+/// policy from the first one on, even when the central class is already spent. Wrapped
+/// around the whole router (no axum `MatchedPath`: the central layer cannot tell which
+/// route serves a request), the class is charged provisionally and the route's layer takes
+/// the charge over: the route spends only its own policy while the class has room, and is
+/// refused with the class once that is spent (so that a request no route with the layer
+/// serves is never left unlimited: `a_declared_pattern_leaves_no_request_its_layer_does_not_see`).
 #[tokio::test]
 async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request() {
     for wrapped_outside in [false, true] {
@@ -1104,21 +1108,27 @@ async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request()
             routes.layer(limiter.layer())
         };
         let server = serve(app).await;
-        // Spend the central class first.
-        assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
-        let mut chat_statuses = Vec::new();
-        for _ in 0..5 {
-            let r = server.post("/api/chat").send().await.unwrap();
-            chat_statuses.push(r.status().as_u16());
+        let case = format!("wrapped outside the router: {wrapped_outside}");
+        let spent = vec![200, 200, 429];
+        if !wrapped_outside {
+            assert_eq!(server.statuses("/api/items", 3).await, spent, "{case}");
         }
-        assert_eq!(
-            chat_statuses,
-            vec![200, 200, 200, 200, 429],
-            "wrapped outside the router: {wrapped_outside}"
-        );
+        let chat_statuses = server
+            .posts_showing("/api/chat", 5, "x-ratelimit-limit")
+            .await;
+        let (own, refused) = ((200, "4".to_string()), (429, "4".to_string()));
+        let mut expected = vec![own; 4];
+        expected.push(refused);
+        assert_eq!(chat_statuses, expected, "{case}");
+        if wrapped_outside {
+            // Chat gave the class its charges back: all of it is left.
+            assert_eq!(server.statuses("/api/items", 3).await, spent, "{case}");
+            let r = server.post("/api/chat").send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{case}");
+        }
         // The class was not charged by chat: still refused (spent), not more refused.
         let r = server.get("/api/items").send().await.unwrap();
-        assert_eq!(header(&r, "x-ratelimit-limit"), "2");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "2", "{case}");
     }
 }
 
@@ -1717,6 +1727,58 @@ async fn a_broader_declared_pattern_charges_its_other_routes_before_its_layer_is
     assert_eq!(statuses, vec![class.clone(), class, refused]);
 }
 
+/// A request a `policy_at` pattern covers that no route with the layer serves is charged
+/// to its class and the global limits, however many of the layer's own requests came
+/// before: with the layer on a nested router, a path under it that only the outer
+/// router's fallback answers; with the limiter wrapped around the whole router (no
+/// `MatchedPath` to tell routes apart), a sibling route under the pattern too. (A review:
+/// once the layer had seen one `GET /api/a`, 300 of 300 `GET /api/nope` and 100 of 100
+/// `GET /api/special` were admitted, without headers, against 10 a minute and a global 20.)
+#[tokio::test]
+async fn a_declared_pattern_leaves_no_request_its_layer_does_not_see() {
+    for wrapped_outside in [false, true] {
+        let (_clock, store) = clock_and_store();
+        let limiter = Limiter::builder()
+            .store(store)
+            .route("/*", Policy::named("default").per_ip("3/min"))
+            .global("100/min")
+            .build()
+            .unwrap();
+        let api = Router::new()
+            .route("/a", get(ok))
+            .layer(limiter.policy_at("GET /api/*", Policy::named("api").per_ip("5/min")));
+        let routes = Router::new()
+            .nest("/api", api)
+            .route("/api/special", get(ok))
+            .fallback(ok);
+        let app = if wrapped_outside {
+            Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
+        } else {
+            routes.layer(limiter.layer())
+        };
+        let server = serve(app).await;
+        let case = format!("wrapped outside the router: {wrapped_outside}");
+        // The layer's own route: its 5, shown by its headers.
+        let own = server.get("/api/a");
+        assert_eq!(
+            showing(own, "x-ratelimit-limit").await,
+            (200, "5".into()),
+            "{case}"
+        );
+        // Every path the layer does not see: the class's 3, then refused.
+        let mut statuses = Vec::new();
+        for path in ["/api/nope", "/api", "/api/special", "/api/x/y"] {
+            statuses.push(showing(server.get(path), "x-ratelimit-limit").await);
+        }
+        let (class, refused) = ((200, "3".to_string()), (429, "3".to_string()));
+        let expected = vec![class.clone(), class.clone(), class, refused];
+        assert_eq!(statuses, expected, "{case}");
+        // The global limit counted them: 1 own + 3 admitted (a refusal spends nothing).
+        let global = limiter.peek_bucket("global", "global").await.unwrap();
+        assert_eq!(global.buckets[0].remaining, 96, "{case}");
+    }
+}
+
 /// A `policy_at` layer put on another route than its pattern names is noticed at its first
 /// request: only that request spent the central class too (the central layer marks what it
 /// charges from then on, so the layer takes its requests over), and the pattern's own route
@@ -1751,12 +1813,10 @@ async fn a_misplaced_declared_layer_is_noticed_at_its_first_request() {
             vec![200, 200, 429],
             "{case}"
         );
-        if !wrapped_outside {
-            // The chat route is the central class's again: spent.
-            let r = server.post("/api/chat").send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{case}");
-            assert_eq!(header(&r, "x-ratelimit-limit"), "3", "{case}");
-        }
+        // The chat route is the central class's again: spent.
+        let r = server.post("/api/chat").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{case}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), "3", "{case}");
     }
 }
 

@@ -229,11 +229,13 @@ impl Delegation {
     /// Whether the central layer may leave a request its pattern matches to the layer: its
     /// layer was attached, and the route axum matched (`matched`) is the pattern's own (not
     /// one of several routes a broader pattern covers, whose other routes do not pass
-    /// through the layer), unless the layer was seen on another route. Without `matched` (a
-    /// plain tower stack), the pattern is all there is.
+    /// through the layer), unless the layer was seen on another route. Without `matched`
+    /// nothing says the request goes through the layer (a path only a fallback answers; the
+    /// limiter outside the router, or a plain tower stack, where any service may answer):
+    /// it is charged provisionally, and the layer takes the charge over if it sees it.
     fn leaves(&self, matched: Option<&str>) -> bool {
         self.attached.load(Ordering::Relaxed)
-            && matched.is_none_or(|route| {
+            && matched.is_some_and(|route| {
                 !self.mismatched.load(Ordering::Relaxed) && self.pattern.is_route(route)
             })
     }
@@ -595,9 +597,10 @@ impl Engine {
             }
         }
         let path = request_path(parts);
-        // A route declared with `policy_at`. Without axum's `MatchedPath` (a plain tower
-        // stack) its pattern is all there is: the request is left to the route's layer. With
-        // it, the route the request matched is left to the layer once the layer has seen it
+        // A route declared with `policy_at`. Without axum's `MatchedPath` (a fallback, a
+        // plain tower stack) nothing says the request reaches the route's layer: it is charged
+        // provisionally, and the layer takes the charge over if it sees it. With `MatchedPath`,
+        // the route the request matched is left to the layer once the layer has seen it
         // (the registry above); until then this layer charges it provisionally and the
         // route's layer takes the charge over. So a pattern broader than the route its layer
         // is on, or a layer never attached, leaves no route unlimited; nor does a layer on
