@@ -336,13 +336,37 @@ async fn authorize(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// The body of `POST /admin/keys`.
+/// The body of `POST /admin/keys`. A field it does not know is refused, not dropped: a
+/// misspelt `rate_limit` would otherwise create a key without the limit meant for it.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewKey {
-    name: String,
+    name: KeyName,
     scope: Scope,
     #[serde(default)]
     rate_limit: Option<String>,
+}
+
+/// A key's name: not blank, at most [`KeyName::MAX`] characters (it is stored and shown).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct KeyName(String);
+
+impl KeyName {
+    const MAX: usize = 200;
+}
+
+impl TryFrom<String> for KeyName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        let name = name.trim();
+        match name.chars().count() {
+            0 => Err("name: must not be blank".into()),
+            n if n > Self::MAX => Err(format!("name: at most {} characters", Self::MAX)),
+            _ => Ok(Self(name.to_string())),
+        }
+    }
 }
 
 /// `POST /admin/keys`: a new partner key. A body that is not the expected JSON gets the
@@ -364,7 +388,7 @@ async fn create_key(
     hasher.write_u64(n);
     let key = format!("ew_live_{:016x}{n}", hasher.finish());
     let info = ApiKey {
-        name: new.name,
+        name: new.name.0,
         scope: new.scope,
         rate_limit: new.rate_limit,
     };
