@@ -802,8 +802,10 @@ impl Config {
         Self::from_path_text(path, &text)
     }
 
-    /// The configuration in `text`, read from `path` (its extension says the format).
+    /// The configuration in `text`, read from `path` (its extension says the format). A
+    /// byte-order mark some editors put first in a UTF-8 file is not part of the text.
     pub(crate) fn from_path_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let name = path.display().to_string();
         match path.extension().and_then(|e| e.to_str()) {
             #[cfg(feature = "toml")]

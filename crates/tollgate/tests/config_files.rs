@@ -75,6 +75,23 @@ async fn the_gateway_global_limit_is_a_backstop_over_every_route() {
     assert_eq!(server.status("/v1/invoices").await, 429);
 }
 
+/// A file saved with a byte-order mark (as some Windows editors save UTF-8) reads as
+/// without one, in both formats (a review: YAML refused seed 004's file as "more than
+/// one document", and seed 004 would not start).
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_file() {
+    let page = include_str!("fixtures/seed_004.yaml");
+    let toml = "[[routes]]\npath = \"/*\"\nlimits = [{ limit = \"5/min\" }]\n";
+    for (name, text) in [("bom.yaml", page), ("bom.toml", toml)] {
+        let plain = LimiterBuilder::from_config(write_temp(name, text)).unwrap();
+        let path = write_temp(name, &format!("\u{feff}{text}"));
+        let marked = LimiterBuilder::from_config(&path);
+        assert!(marked.is_ok(), "{name}: {:?}", marked.err());
+        let described = |b: LimiterBuilder| format!("{:?}", b.build().unwrap().describe());
+        assert_eq!(described(marked.unwrap()), described(plain), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn toml_routes_exemptions_keys_daily_caps_and_headers() {
     let path = write_temp(
