@@ -894,6 +894,16 @@ impl Config {
         Ok(self)
     }
 
+    /// How many routes and global limits the file declares (a reload that declares fewer
+    /// than the running file did may have been read mid-write).
+    pub(crate) fn declared(&self) -> (usize, usize) {
+        let gateway = self
+            .gateway
+            .as_ref()
+            .is_some_and(|g| g.global_rate_limit.is_some());
+        (self.routes.len(), self.global.len() + usize::from(gateway))
+    }
+
     pub(crate) fn declares_no_limits(&self) -> bool {
         self.routes.is_empty()
             && self.global.is_empty()
