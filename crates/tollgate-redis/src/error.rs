@@ -12,7 +12,7 @@ pub enum RedisConfigError {
     NoConnection,
     /// The URL could not be parsed (or names TLS, `rediss://`, without the `tls` feature).
     /// The password, if any, is not shown.
-    #[error("invalid Redis URL `{url}` (expected `redis://[user:password@]host[:port][/db]`, `rediss://...` with the `tls` feature, or `unix:///path`): {source}")]
+    #[error("invalid Redis URL `{url}` (expected `redis://[user:password@]host[:port][/db]`, `rediss://...` with the `tls` feature of tollgate or tollgate-redis, or `unix:///path`): {source}")]
     InvalidUrl {
         /// The URL, its password replaced by `***`.
         url: String,

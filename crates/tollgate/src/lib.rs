@@ -203,6 +203,7 @@
 //! | `openapi` | `tollgate::publish`: limits in an OpenAPI document and an HTML table (no extra dependencies) | on |
 //! | `config` | `yaml` and `toml` (the single feature of earlier versions) | via `yaml` + `toml` |
 //! | `deadpool` | `RedisStoreBuilder::pool`: an application's deadpool-redis pool (implies `redis`) | off |
+//! | `tls` | `rediss://` URLs: Redis over TLS, rustls with the webpki roots (implies `redis`) | off |
 //! | `admin` | `tollgate::admin`: an axum router for operators (implies `axum`) | off |
 //!
 //! The defaults are what a service behind axum, run as several instances sharing Redis and
