@@ -26,9 +26,13 @@
 //! - An entry is dropped once its state is back to fresh (nothing counted against it):
 //!   lazily, when a shard grows to twice its size since its last sweep, and when a share is
 //!   full.
-//! - When a bucket's share is full, the store drops fresh entries, then evicts the least
-//!   recently seen eighth of that bucket's keys that are *not* at their limit, so a flood
-//!   of invented keys cannot free a limited client. If fewer than an eighth of the share's
+//! - When a bucket's share is full, the store drops fresh entries, then evicts an eighth
+//!   of that bucket's keys that are *not* at their limit: those below half their limit
+//!   first, least recently seen first, then those past half. So a flood of invented keys
+//!   cannot free a limited client, and a flood of keys seen once or twice makes room among
+//!   its own keys, not with a client most of the way to its limit (that client's count
+//!   goes only once such keys are fewer than an eighth of the share, or under a flood
+//!   whose keys each spend half their limit too). If fewer than an eighth of the share's
 //!   keys in the key's shard are below their limit, the share counts as full of keys at
 //!   their limit there (evicting
 //!   its last few would let a few new keys take turns in their slots, each counted
@@ -91,9 +95,15 @@ type Hasher = foldhash::quality::RandomState;
 /// Set in a slot's `seen` while the entry is at its limit.
 const LIMITED: u64 = 1 << 63;
 
+/// Set in a slot's `seen` while the entry has spent half its limit or more, short of all
+/// of it: eviction takes keys below half first (a flood of keys seen once does not make
+/// room with a client most of the way to its limit), and among them the least recently
+/// seen. Under [`PART_SHIFT`]; the time is below it.
+const HALF_SPENT: u64 = 1 << 54;
+
 /// Where a slot's `seen` word keeps the share it counts in (its index in
-/// [`Shard::parts`]): the 8 bits under [`LIMITED`]. The time below them is in microseconds
-/// (2^55 of them: 1,142 years from 1970).
+/// [`Shard::parts`]): the 8 bits under [`LIMITED`]. Under them, [`HALF_SPENT`], and the
+/// time in microseconds (2^54 of them: 571 years from 1970).
 const PART_SHIFT: u32 = 55;
 
 /// The bits of a slot's `seen` word that hold its share.
@@ -111,9 +121,10 @@ const OVERFLOW_PART: u32 = u32::MAX;
 struct Slot<K: Kept> {
     hash: Word,
     /// When it was last charged or checked (microseconds), with [`LIMITED`] set while it
-    /// is at its limit, and its share in [`PART_BITS`]. Eviction takes the smallest
-    /// [`Slot::seen`] of a share first: keys not at their limit, least recently seen,
-    /// before any that is.
+    /// is at its limit ([`HALF_SPENT`] while it has spent half of it), and its share in
+    /// [`PART_BITS`]. Eviction takes the smallest [`Slot::seen`] of a share first: keys
+    /// below half their limit, least recently seen, then keys past half, before any at
+    /// its limit.
     seen_part: Word,
     kept: K,
     _align: K::Align,
@@ -133,7 +144,8 @@ impl<K: Kept> Slot<K> {
         self.hash.get()
     }
 
-    /// When it was last seen, with [`LIMITED`] (its share's bits cleared).
+    /// When it was last seen, with [`LIMITED`] and [`HALF_SPENT`] (its share's bits
+    /// cleared).
     fn seen(&self) -> u64 {
         self.seen_part.get() & !PART_BITS
     }
@@ -148,11 +160,12 @@ impl<K: Kept> Slot<K> {
     }
 }
 
-/// `seen` (microseconds, with [`LIMITED`]) and share `part` in one word; a time past
-/// 2^55 microseconds is kept as that.
+/// `seen` (microseconds, with [`LIMITED`] and [`HALF_SPENT`]) and share `part` in one
+/// word; a time past 2^54 microseconds is kept as that.
 fn with_part(seen: u64, part: u8) -> u64 {
-    let micros = (seen & !LIMITED).min((1 << PART_SHIFT) - 1);
-    (seen & LIMITED) | (u64::from(part) << PART_SHIFT) | micros
+    let flags = LIMITED | HALF_SPENT;
+    let micros = (seen & !flags).min(HALF_SPENT - 1);
+    (seen & flags) | (u64::from(part) << PART_SHIFT) | micros
 }
 
 /// A `u64` at 4-byte alignment, so that a slot whose state needs no more (a token
@@ -1113,8 +1126,15 @@ impl Shard {
 /// `expires_at` is when the state is fresh again (as [`State::report_and_expiry`] says).
 fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
     let limited = !report.allowed || report.remaining == 0;
+    let flag = if limited {
+        LIMITED
+    } else if report.remaining.saturating_mul(2) <= report.limit {
+        HALF_SPENT
+    } else {
+        0
+    };
     After {
-        seen: (now & !LIMITED) | if limited { LIMITED } else { 0 },
+        seen: (now & !(LIMITED | HALF_SPENT)) | flag,
         expires_at: expires_at.max(now),
     }
 }
