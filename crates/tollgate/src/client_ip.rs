@@ -113,7 +113,9 @@ pub enum ClientIpError {
 /// The header is read from the right (the hop nearest to us) to the left,
 /// skipping trusted proxies, and the first address that is not a trusted proxy
 /// is the client. A value that cannot be read (garbage, `unknown`, an
-/// obfuscated `Forwarded` node) stops the walk: the client is then the last
+/// obfuscated `Forwarded` node; an obfuscated port, `for="192.0.2.60:_a1"`, hides only
+/// the port, and commas or semicolons inside a quoted `Forwarded` value separate
+/// nothing) stops the walk: the client is then the last
 /// trusted hop (at worst the proxy itself), never an address the client chose.
 /// Work is bounded: at most [`ClientIp::MAX_HOPS`] entries of at most [`ClientIp::MAX_ENTRY_LEN`]
 /// bytes are looked at, however long the header or however many lines it has.
@@ -303,8 +305,10 @@ impl ClientIp {
         read: fn(&[u8]) -> Option<IpAddr>,
     ) -> IpAddr {
         let mut last_trusted = peer;
+        let quoted = self.header == ProxyHeader::Forwarded;
         let mut entries = lines.rev().flat_map(|line| RevEntries {
             rest: Some(line.as_bytes()),
+            quoted,
         });
         for _ in 0..MAX_HOPS {
             let Some(entry) = entries.next() else {
@@ -427,9 +431,33 @@ fn key_address(ip: IpAddr) -> IpAddr {
 
 /// Yields the comma-separated entries of one header line from the right; an
 /// entry longer than [`MAX_ENTRY_LEN`] comes out as `None` (and ends the line),
-/// so no more than that is scanned per entry.
+/// so no more than that is scanned per entry. With `quoted` (`Forwarded`), a comma
+/// inside a quoted string (`host="a,b"`) separates nothing.
 struct RevEntries<'a> {
     rest: Option<&'a [u8]>,
+    quoted: bool,
+}
+
+/// Where the last separator `sep` of `text` is, outside quoted strings if `quoted`
+/// (a quote escaped by a backslash, `\"`, opens or closes none).
+fn rposition_of(text: &[u8], sep: u8, quoted: bool) -> Option<usize> {
+    if !quoted {
+        return text.iter().rposition(|&b| b == sep);
+    }
+    let mut inside = false;
+    for i in (0..text.len()).rev() {
+        match text[i] {
+            b'"' => {
+                let escapes = text[..i].iter().rev().take_while(|&&b| b == b'\\').count();
+                if escapes % 2 == 0 {
+                    inside = !inside;
+                }
+            }
+            b if b == sep && !inside => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 impl<'a> Iterator for RevEntries<'a> {
@@ -438,7 +466,7 @@ impl<'a> Iterator for RevEntries<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.rest?;
         let window = rest.len().saturating_sub(MAX_ENTRY_LEN + 1);
-        match rest[window..].iter().rposition(|&b| b == b',') {
+        match rposition_of(&rest[window..], b',', self.quoted) {
             Some(at) => {
                 let comma = window + at;
                 self.rest = Some(&rest[..comma]);
@@ -479,13 +507,22 @@ fn parse_node(entry: &[u8]) -> Option<IpAddr> {
 }
 
 /// The `for=` node of one `Forwarded` element
-/// (`for=192.0.2.60;proto=http;by=203.0.113.43`, `for="[2001:db8::1]:4711"`).
-/// `unknown`, obfuscated nodes, a missing or repeated `for` are unreadable.
+/// (`for=192.0.2.60;proto=http;by=203.0.113.43`, `for="[2001:db8::1]:4711"`, an
+/// obfuscated port: `for="192.0.2.60:_a1"`). `unknown`, obfuscated nodes, a missing or
+/// repeated `for` are unreadable. Semicolons inside another pair's quoted value
+/// (`host="a;b"`) separate nothing.
 fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(element).ok()?;
     let mut found = None;
+    let mut pairs = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rposition_of(rest.as_bytes(), b';', true) {
+        pairs.push(&rest[at + 1..]);
+        rest = &rest[..at];
+    }
+    pairs.push(rest);
     // RFC 7239 allows empty pairs (`for=192.0.2.60;`, `;for=192.0.2.60`).
-    for pair in text.split(';').filter(|p| !p.trim().is_empty()) {
+    for pair in pairs.into_iter().filter(|p| !p.trim().is_empty()) {
         let (key, value) = pair.split_once('=')?;
         if !key.trim().eq_ignore_ascii_case("for") {
             continue;
@@ -500,9 +537,29 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
                 .filter(|v| !v.contains(['"', '\\']))?,
             None => value,
         };
-        found = Some(value);
+        found = Some(without_obfuscated_port(value));
     }
     parse_node(found?.as_bytes())
+}
+
+/// A `Forwarded` node without its obfuscated port (RFC 7239 section 6.3: `_` and letters,
+/// digits, `.`, `_` or `-`): `192.0.2.60:_a1` is `192.0.2.60`, `[2001:db8::1]:_p` is
+/// `[2001:db8::1]`. The address is real; only the port is hidden.
+fn without_obfuscated_port(node: &str) -> &str {
+    let Some((address, port)) = node.rsplit_once(':') else {
+        return node;
+    };
+    let obfuscated = port.strip_prefix('_').is_some_and(|p| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    });
+    // Only where a port may be: after a bracketed IPv6 address, or an IPv4 one.
+    if obfuscated && (address.ends_with(']') || !address.contains(':')) {
+        address
+    } else {
+        node
+    }
 }
 
 /// The TCP peer address of a request: axum's `ConnectInfo<SocketAddr>` (with
@@ -840,6 +897,51 @@ mod tests {
         assert_eq!(resolve(r#"for="[2001:db8::1"#), Some(ip(PROXY)));
         assert_eq!(resolve(r#"for="2001:db8::1\"""#), Some(ip(PROXY)));
         assert_eq!(resolve("garbage"), Some(ip(PROXY)));
+    }
+
+    /// RFC 7239 as proxies write it beyond the plain node: an obfuscated port hides the
+    /// port, not the address; commas and semicolons inside a quoted value (`host="a,b"`)
+    /// separate nothing. (A review: both read as no client at all, so every client behind
+    /// such a proxy shared the proxy's key.)
+    #[test]
+    fn forwarded_reads_obfuscated_ports_and_quoted_separators() {
+        let c = behind_proxy(ProxyHeader::Forwarded);
+        let resolve = |value: &str| c.resolve(Some(ip(PROXY)), &headers(&[("forwarded", value)]));
+        assert_eq!(resolve(r#"for="192.0.2.60:_port""#), Some(ip("192.0.2.60")));
+        assert_eq!(
+            resolve(r#"for="[2001:db8::1]:_p-1.x""#),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            resolve(r#"for="192.0.2.60:_""#),
+            Some(ip(PROXY)),
+            "empty obfport"
+        );
+        assert_eq!(resolve(r#"for="192.0.2.60:_a b""#), Some(ip(PROXY)));
+        assert_eq!(
+            resolve(r#"for=192.0.2.60;host="a,b""#),
+            Some(ip("192.0.2.60"))
+        );
+        assert_eq!(
+            resolve(r#"for=6.6.6.6, for=192.0.2.60;host="a,b""#),
+            Some(ip("192.0.2.60"))
+        );
+        assert_eq!(
+            resolve(r#"for=192.0.2.60;host="a;b=c""#),
+            Some(ip("192.0.2.60"))
+        );
+        assert_eq!(
+            resolve(r#"for=192.0.2.60;host="x\",for=6.6.6.6""#),
+            Some(ip("192.0.2.60")),
+            "an escaped quote does not end the value"
+        );
+        // The right-most element is still the one read first.
+        assert_eq!(
+            resolve(r#"for=6.6.6.6;host="a,b", for=192.0.2.60"#),
+            Some(ip("192.0.2.60"))
+        );
+        // An unterminated quote: unreadable.
+        assert_eq!(resolve(r#"for=192.0.2.60;host="a,b"#), Some(ip(PROXY)));
     }
 
     #[test]
