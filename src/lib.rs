@@ -39,6 +39,12 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     use tower::ServiceExt;
 
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    // An IPv6 address as URLs write it (`[::1]`) is the address.
+    let host = host.trim();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let port = match std::env::var("PORT") {
         Ok(p) => p.trim().parse().map_err(|_| {
             std::io::Error::new(
@@ -48,7 +54,9 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
         })?,
         Err(_) => default_port,
     };
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("HOST={host} PORT={port}: {e}")))?;
     // `SIGHUP` (a closed terminal, an operator's reload habit) must not stop a server:
     // registering it once replaces the default action (terminate) for the process. The
     // examples that reload on it listen for it themselves.

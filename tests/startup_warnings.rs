@@ -47,3 +47,29 @@ fn every_example_warns_once_about_trusting_every_address() {
         }
     }
 }
+
+/// `HOST` may name an IPv6 address as URLs write it (`[::1]`): the example listens there
+/// (a review: `HOST=[::]` stopped every example with "failed to lookup address
+/// information", naming neither `HOST` nor its value). A host that does not resolve is
+/// named in the error.
+#[tokio::test]
+async fn host_may_be_an_ipv6_address_in_brackets() {
+    let example = Example::start("seed_001", &[("HOST", "[::1]")]);
+    assert!(
+        example.base.starts_with("http://[::1]:"),
+        "{}",
+        example.base
+    );
+    let r = example.get("/v1/contacts").send().await.unwrap();
+    assert_eq!(r.status(), 401, "served: no key, so unauthorized");
+    let out = std::process::Command::new(common::example_path("seed_001"))
+        .env("HOST", "nope.invalid")
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("HOST=nope.invalid"),
+        "{said}"
+    );
+}
