@@ -272,7 +272,9 @@ impl Limiter {
     }
 
     /// [`Limiter::guard`], returning configuration mistakes as errors (also
-    /// [`BuildError::DuplicateBucket`] for a bucket name this limiter already uses).
+    /// [`BuildError::DuplicateBucket`] for a bucket name this limiter already uses, unless
+    /// by a guard of the same name and limits: the same guard asked for again, as an app
+    /// built twice does, is the same budget).
     ///
     /// # Errors
     ///
@@ -290,13 +292,11 @@ impl Limiter {
             count_after: policy.count_only_if.is_some(),
             ..policy
         };
-        if let Some(name) = bucket
-            .as_deref()
-            .filter(|name| table.binds(name) || code.guard_binds(name))
-        {
-            return Err(BuildError::DuplicateBucket {
-                name: name.to_string(),
-            });
+        let duplicate = |name: &str| BuildError::DuplicateBucket {
+            name: name.to_string(),
+        };
+        if let Some(name) = bucket.as_deref().filter(|name| table.binds(name)) {
+            return Err(duplicate(name));
         }
         let mut builder = Limiter::builder()
             .shared_store(engine.store.clone())
@@ -324,6 +324,21 @@ impl Limiter {
         builder.store_metrics = Some(engine.store_metrics.clone());
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
+        // A guard of its name counts in its buckets: under the same limits, it is that
+        // guard (one budget, listed and counted once); under others, an error.
+        if let Some(name) = bucket.as_deref() {
+            let signature = |engine: &Engine| engine.table.load().signatures.get(name).cloned();
+            let own = signature(&guard.engine);
+            if let Some(same) = code.guards.iter().find(|g| g.table.load().binds(name)) {
+                if signature(same) != own {
+                    return Err(duplicate(name));
+                }
+                let same = Limiter {
+                    engine: same.clone(),
+                };
+                return Ok(same.layer());
+            }
+        }
         code.guards.push(guard.engine.clone());
         Ok(guard.layer())
     }

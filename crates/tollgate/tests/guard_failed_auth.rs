@@ -191,6 +191,42 @@ fn a_guard_bucket_named_like_one_of_the_limiters_is_an_error() {
     );
 }
 
+/// The same guard asked for again (an app built twice: a test per app, two listeners)
+/// is the same budget, as `policy_at` with one policy is: both layers count in one bucket
+/// (a review: the second `guard` call panicked, "bucket `failed-auth` is declared
+/// twice"). A guard of that name with other limits is still refused.
+#[tokio::test]
+async fn the_same_guard_asked_for_twice_is_one_budget() {
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
+        .route("/v1/*", Policy::named("default").per_ip("100/min"))
+        .build()
+        .unwrap();
+    let (first, second) = (serve(app(&limiter)).await, serve(app(&limiter)).await);
+    let ip = "203.0.113.9";
+    let mut statuses = Vec::new();
+    for server in [&first, &second, &first, &second, &first, &second] {
+        statuses.push(send(server, ip, Some("guess")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    // One guard: described once.
+    let described = limiter.describe();
+    let guards = described
+        .iter()
+        .filter(|r| r.policy == "failed-auth")
+        .count();
+    assert_eq!(guards, 1);
+    let err = limiter
+        .try_guard(Policy::failed_auth_per_ip("6/min"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, tollgate::BuildError::DuplicateBucket { name } if name == "failed-auth"),
+        "{err}"
+    );
+}
+
 /// More authenticated requests in flight at once from one IP than the guard's limit: all
 /// are admitted. The guard looks before a request runs and counts it once its response
 /// is a 401, so requests in flight never refuse each other (it held 1 per request in flight
