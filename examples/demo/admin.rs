@@ -8,8 +8,9 @@
 //! typed names another, unused key, and its reset frees nobody); a client's IP as it
 //! connects, an IPv6 address standing for its /64 (for the network buckets,
 //! `auth-network` and `sign-in-failures-network`, for its /48: any address of the network,
-//! or the network as stored, `2001:db8:1::%2F48`); and `failed-auth:ip` is the wrong
-//! tokens' guard, per IP.
+//! or the network as stored, `2001:db8:1::%2F48`); and `failed-auth:ip` and
+//! `failed-auth:network:48` are the wrong tokens' guard, per IP and per /48: an operator
+//! refused by it resets the one that refuses (both, if the network spent its 50).
 //!
 //! ```text
 //! ADMIN_TOKEN=s3cret cargo run --example demo

@@ -731,7 +731,12 @@ impl Limiter {
     /// count what was spent), but it keeps its own count while its window runs: replacing
     /// the override's rate, or removing it and setting it again, counts what the key spent
     /// under it (set at 3 a minute and spent, removed and set again, the key is refused
-    /// until the minute lets requests through; reset the key to start it afresh), and it is
+    /// until the minute lets requests through; reset the key to start it afresh), as a
+    /// reloaded limit does: a new quota of the same algorithm and window keeps the count,
+    /// while a new algorithm or window starts it afresh on the memory store (on Redis it
+    /// carries over, except to or from a fixed window; a review moved a key through four
+    /// algorithms at 20 a minute on memory and was admitted 100 in seconds: to tighten a
+    /// key already limited, keep its algorithm and window, or lower its quota), and it is
     /// spent by the middleware's policies (routes, global limits, guards), not by the
     /// buckets for direct use that handlers check ([`Limiter::check`]): routes a handler
     /// limits itself are not reached.
