@@ -236,6 +236,27 @@ async fn generate_admits_300_and_route_classes_spend_their_own_buckets() {
     );
 }
 
+/// "5 / 30 minutes" counts failures: a successful sign-in between them gives back its own
+/// attempt and lifts none of them, so the fifth failure in 30 minutes locks the e-mail
+/// whatever succeeded in between (a review: wrong four times, right, wrong twice, right:
+/// six failures in a second and no lock, as a success cleared the count; each of the
+/// owner's sign-ins gave a guesser four more tries).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successful_sign_in_does_not_lift_the_failures_before_it() {
+    let ex = demo();
+    let ip = "198.51.100.30";
+    let sign_in = |password: &str| {
+        post(&ex, ip, "/api/auth/sign-in").json(&credentials("d@example.com", password))
+    };
+    let mut statuses = Vec::new();
+    for password in ["wrong", "wrong", "wrong", "wrong", "demo-password", "wrong"] {
+        statuses.push(status(sign_in(password)).await);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 200, 401]);
+    // Five failures in 30 minutes: locked, the right password too.
+    assert_refusal(send(sign_in("demo-password")).await, 5, 1800).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_bucket_is_shared_and_failed_sign_ins_lock_the_email() {
     let ex = demo();

@@ -184,7 +184,8 @@ async fn body_after_charge(request: Request, state: &AppState) -> Result<Bytes, 
 
 /// `POST /api/auth/sign-in`: the shared AUTH bucket per IP and per network (charged before
 /// the body is read), then the lockout per e-mail (5 failures in 30 minutes lock it; a
-/// successful sign-in clears the count). An attempt the lockout refuses has spent AUTH, as
+/// successful sign-in gives back its own attempt, and lifts none of the failures). An
+/// attempt the lockout refuses has spent AUTH, as
 /// every request to an auth route does: giving it back would make requests to a locked
 /// account free, bodies and all.
 pub async fn staff_sign_in(
@@ -257,16 +258,16 @@ async fn staff_sign_in_charged(
         }
         return Err(failed);
     }
-    // Only failures count: a successful sign-in clears the e-mail's, or gives back the
-    // attempt its network was charged (the network's count is other clients' failures too:
-    // it stays).
-    let cleared = if bucket == SIGN_IN_FAILURES {
-        failures.reset(bucket, &email).await
+    // Only failures count: a successful sign-in gives back its own attempt, and lifts none
+    // of the failures before it ("5 / 30 minutes": a success between failures is no reset,
+    // or each of the owner's sign-ins would give a guesser four more tries).
+    let key = if bucket == SIGN_IN_FAILURES {
+        &email[..]
     } else {
-        failures.refund(bucket, network).await
+        network
     };
-    if let Err(error) = cleared {
-        tracing::warn!(%error, "could not clear the failed sign-in");
+    if let Err(error) = failures.refund(bucket, key).await {
+        tracing::warn!(%error, "could not give back a successful sign-in's attempt");
     }
     Ok((
         [(
