@@ -27,12 +27,13 @@
 //!   lazily, when a shard grows to twice its size since its last sweep, and when a share is
 //!   full.
 //! - When a bucket's share is full, the store drops fresh entries, then evicts an eighth
-//!   of that bucket's keys that are *not* at their limit: those below half their limit
-//!   first, least recently seen first, then those past half. So a flood of invented keys
-//!   cannot free a limited client, and a flood of keys seen once or twice makes room among
-//!   its own keys, not with a client most of the way to its limit (that client's count
-//!   goes only once such keys are fewer than an eighth of the share, or under a flood
-//!   whose keys each spend half their limit too). If fewer than an eighth of the share's
+//!   of that bucket's keys that are *not* at their limit: those that spent least first
+//!   (by binary order of magnitude: 1, 2-3, 4-7, ... 128 or more requests or points),
+//!   least recently seen first among equals. So a flood of invented keys cannot free a
+//!   limited client, and a flood of keys seen once makes room among its own keys, not with
+//!   a client that spent more: to evict a client that spent `n`, a flood must spend about
+//!   `n` on each of its keys (up to 128), or hold so many keys of that order that fewer
+//!   than an eighth of the share are below it. If fewer than an eighth of the share's
 //!   keys in the key's shard are below their limit, the share counts as full of keys at
 //!   their limit there (evicting
 //!   its last few would let a few new keys take turns in their slots, each counted
@@ -95,15 +96,23 @@ type Hasher = foldhash::quality::RandomState;
 /// Set in a slot's `seen` while the entry is at its limit.
 const LIMITED: u64 = 1 << 63;
 
-/// Set in a slot's `seen` while the entry has spent half its limit or more, short of all
-/// of it: eviction takes keys below half first (a flood of keys seen once does not make
-/// room with a client most of the way to its limit), and among them the least recently
-/// seen. Under [`PART_SHIFT`]; the time is below it.
-const HALF_SPENT: u64 = 1 << 54;
+/// Where a slot's `seen` word keeps how much the entry has spent short of its limit: 3 bits
+/// under [`PART_SHIFT`], the binary order of magnitude of what it spent (0 for 1 or
+/// nothing, 1 for 2 or 3, ... 7 for 128 or more, in requests or points). Eviction takes
+/// keys of the lowest order first, and among them the least recently seen: a flood of keys
+/// seen once makes room among its own keys, not with a client that spent more, and a flood
+/// that would evict a client who spent `n` must spend about `n` on each of its keys.
+const SPENT_SHIFT: u32 = 52;
+
+/// The bits of a slot's `seen` word that hold [`SPENT_SHIFT`]'s order.
+const SPENT_BITS: u64 = 0b111 << SPENT_SHIFT;
+
+/// `seen`'s flags: [`LIMITED`] and the order of what it spent ([`SPENT_BITS`]).
+const FLAGS: u64 = LIMITED | SPENT_BITS;
 
 /// Where a slot's `seen` word keeps the share it counts in (its index in
-/// [`Shard::parts`]): the 8 bits under [`LIMITED`]. Under them, [`HALF_SPENT`], and the
-/// time in microseconds (2^54 of them: 571 years from 1970).
+/// [`Shard::parts`]): the 8 bits under [`LIMITED`]. Under them, [`SPENT_BITS`], and the
+/// time in microseconds (2^52 of them: 142 years from 1970).
 const PART_SHIFT: u32 = 55;
 
 /// The bits of a slot's `seen` word that hold its share.
@@ -121,10 +130,9 @@ const OVERFLOW_PART: u32 = u32::MAX;
 struct Slot<K: Kept> {
     hash: Word,
     /// When it was last charged or checked (microseconds), with [`LIMITED`] set while it
-    /// is at its limit ([`HALF_SPENT`] while it has spent half of it), and its share in
+    /// is at its limit (else the order of what it spent, [`SPENT_BITS`]), and its share in
     /// [`PART_BITS`]. Eviction takes the smallest [`Slot::seen`] of a share first: keys
-    /// below half their limit, least recently seen, then keys past half, before any at
-    /// its limit.
+    /// that spent least, least recently seen first, before any at its limit.
     seen_part: Word,
     kept: K,
     _align: K::Align,
@@ -144,7 +152,7 @@ impl<K: Kept> Slot<K> {
         self.hash.get()
     }
 
-    /// When it was last seen, with [`LIMITED`] and [`HALF_SPENT`] (its share's bits
+    /// When it was last seen, with [`LIMITED`] and [`SPENT_BITS`] (its share's bits
     /// cleared).
     fn seen(&self) -> u64 {
         self.seen_part.get() & !PART_BITS
@@ -160,12 +168,11 @@ impl<K: Kept> Slot<K> {
     }
 }
 
-/// `seen` (microseconds, with [`LIMITED`] and [`HALF_SPENT`]) and share `part` in one
-/// word; a time past 2^54 microseconds is kept as that.
+/// `seen` (microseconds, with [`FLAGS`]) and share `part` in one word; a time past 2^52
+/// microseconds is kept as that.
 fn with_part(seen: u64, part: u8) -> u64 {
-    let flags = LIMITED | HALF_SPENT;
-    let micros = (seen & !flags).min(HALF_SPENT - 1);
-    (seen & flags) | (u64::from(part) << PART_SHIFT) | micros
+    let micros = (seen & !FLAGS).min((1 << SPENT_SHIFT) - 1);
+    (seen & FLAGS) | (u64::from(part) << PART_SHIFT) | micros
 }
 
 /// A `u64` at 4-byte alignment, so that a slot whose state needs no more (a token
@@ -1128,13 +1135,12 @@ fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
     let limited = !report.allowed || report.remaining == 0;
     let flag = if limited {
         LIMITED
-    } else if report.remaining.saturating_mul(2) <= report.limit {
-        HALF_SPENT
     } else {
-        0
+        let spent = report.limit.saturating_sub(report.remaining).max(1);
+        u64::from(spent.ilog2().min(7)) << SPENT_SHIFT
     };
     After {
-        seen: (now & !(LIMITED | HALF_SPENT)) | flag,
+        seen: (now & !FLAGS) | flag,
         expires_at: expires_at.max(now),
     }
 }
