@@ -213,6 +213,11 @@ async fn keys_created_at_run_time_get_their_own_limit() {
         ),
         ("application/json", r#"{"name": " ", "scope": "read"}"#, 422),
         ("application/json", &long_name, 422),
+        (
+            "application/json",
+            r#"{"name": "a\u0000b\nc", "scope": "read"}"#,
+            422,
+        ),
     ] {
         let r = app
             .post("/admin/keys")

@@ -347,7 +347,8 @@ struct NewKey {
     rate_limit: Option<String>,
 }
 
-/// A key's name: not blank, at most [`KeyName::MAX`] characters (it is stored and shown).
+/// A key's name: not blank, at most [`KeyName::MAX`] characters, no control characters
+/// (it is stored, shown and logged).
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "String")]
 struct KeyName(String);
@@ -362,8 +363,11 @@ impl TryFrom<String> for KeyName {
     fn try_from(name: String) -> Result<Self, String> {
         let name = name.trim();
         match name.chars().count() {
-            0 => Err("name: must not be blank".into()),
-            n if n > Self::MAX => Err(format!("name: at most {} characters", Self::MAX)),
+            0 => Err("must not be blank".into()),
+            n if n > Self::MAX => Err(format!("at most {} characters", Self::MAX)),
+            _ if name.chars().any(char::is_control) => {
+                Err("no control characters (newlines, tabs, escapes)".into())
+            }
             _ => Ok(Self(name.to_string())),
         }
     }

@@ -313,10 +313,10 @@ impl Watch {
                         tracing::warn!(
                             target: "tollgate",
                             file = %self.path.display(),
-                            routes = now.0,
-                            were_routes = were.0,
-                            global_limits = now.1,
-                            were_global_limits = were.1,
+                            file_routes = now.0,
+                            file_routes_loaded = were.0,
+                            file_global_limits = now.1,
+                            file_global_limits_loaded = were.1,
                             "the rate-limit configuration now declares fewer routes or global \
                              limits: it is loaded if it reads the same for {DROP_READS} polls \
                              (a file read mid-write would lift the limits not written yet)"
