@@ -250,8 +250,8 @@ struct Seen {
     unreadable: bool,
     /// A new content, and how many polls in a row read it: it is loaded when the next
     /// poll reads it again (after [`DROP_READS`], if it declares fewer routes or global
-    /// limits than `content`), so that a file read while it was being written is not
-    /// loaded half-written.
+    /// limits than the file last loaded, `declared`), so that a file read while it was
+    /// being written is not loaded half-written.
     changed: Option<(String, u32)>,
     /// What the file last loaded declared (routes, global limits).
     declared: Option<(usize, usize)>,

@@ -25,7 +25,6 @@ fn x_style() -> HeaderStyle {
     HeaderStyle::x_ratelimit(ResetFormat::Seconds)
 }
 
-/// A limiter on a stopped clock whose one class, `/api/*` (`default`), allows `rate` per IP.
 /// `routes` behind a check that answers `401` to a request without `header`, in front of
 /// each route's own layers (an authentication check).
 fn behind_check(routes: Router, header: &'static str) -> Router {
@@ -40,6 +39,35 @@ fn behind_check(routes: Router, header: &'static str) -> Router {
     ))
 }
 
+/// A limiter on a stopped clock whose one class, `/*` (`default`), allows `rate` per IP,
+/// under a global limit of `global`.
+fn everywhere(rate: &str, global: &str) -> Limiter {
+    let (_clock, store) = clock_and_store();
+    Limiter::builder()
+        .store(store)
+        .route("/*", Policy::named("default").per_ip(rate))
+        .global(global)
+        .build()
+        .unwrap()
+}
+
+/// `routes` served behind `limiter`'s central layer, on the router or wrapped around it
+/// (`wrapped_outside`: no `MatchedPath` there), and the case's name for messages.
+async fn serve_central(
+    limiter: &Limiter,
+    routes: Router,
+    wrapped_outside: bool,
+) -> (common::Server, String) {
+    let app = if wrapped_outside {
+        Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
+    } else {
+        routes.layer(limiter.layer())
+    };
+    let case = format!("wrapped outside the router: {wrapped_outside}");
+    (serve(app).await, case)
+}
+
+/// A limiter on a stopped clock whose one class, `/api/*` (`default`), allows `rate` per IP.
 fn api_class(rate: &str) -> Limiter {
     let (_clock, store) = clock_and_store();
     Limiter::builder()
@@ -1047,13 +1075,7 @@ fn the_default_rule_is_found_however_it_is_written() {
 
 #[tokio::test]
 async fn concurrent_requests_admit_exactly_the_limit() {
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route("/*", Policy::named("default").per_ip("20/min"))
-        .global("1000/min")
-        .build()
-        .unwrap();
+    let limiter = everywhere("20/min", "1000/min");
     let server = serve(Router::new().route("/x", get(ok)).layer(limiter.layer())).await;
     let requests = (0..60).map(|_| {
         let request = server.get("/x");
@@ -1102,13 +1124,7 @@ async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request()
             "/api/chat",
             post(ok).layer(limiter.policy_at("POST /api/chat", chat)),
         );
-        let app = if wrapped_outside {
-            Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
-        } else {
-            routes.layer(limiter.layer())
-        };
-        let server = serve(app).await;
-        let case = format!("wrapped outside the router: {wrapped_outside}");
+        let (server, case) = serve_central(&limiter, routes, wrapped_outside).await;
         let spent = vec![200, 200, 429];
         if !wrapped_outside {
             assert_eq!(server.statuses("/api/items", 3).await, spent, "{case}");
@@ -1737,13 +1753,7 @@ async fn a_broader_declared_pattern_charges_its_other_routes_before_its_layer_is
 #[tokio::test]
 async fn a_declared_pattern_leaves_no_request_its_layer_does_not_see() {
     for wrapped_outside in [false, true] {
-        let (_clock, store) = clock_and_store();
-        let limiter = Limiter::builder()
-            .store(store)
-            .route("/*", Policy::named("default").per_ip("3/min"))
-            .global("100/min")
-            .build()
-            .unwrap();
+        let limiter = everywhere("3/min", "100/min");
         let api = Router::new()
             .route("/a", get(ok))
             .layer(limiter.policy_at("GET /api/*", Policy::named("api").per_ip("5/min")));
@@ -1751,13 +1761,7 @@ async fn a_declared_pattern_leaves_no_request_its_layer_does_not_see() {
             .nest("/api", api)
             .route("/api/special", get(ok))
             .fallback(ok);
-        let app = if wrapped_outside {
-            Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
-        } else {
-            routes.layer(limiter.layer())
-        };
-        let server = serve(app).await;
-        let case = format!("wrapped outside the router: {wrapped_outside}");
+        let (server, case) = serve_central(&limiter, routes, wrapped_outside).await;
         // The layer's own route: its 5, shown by its headers.
         let own = server.get("/api/a");
         assert_eq!(
@@ -1794,13 +1798,7 @@ async fn a_misplaced_declared_layer_is_noticed_at_its_first_request() {
             .route("/api/upload", post(ok).layer(upload))
             .route("/api/chat", post(ok))
             .route("/api/items", get(ok));
-        let app = if wrapped_outside {
-            Router::new().fallback_service(tower::Layer::layer(&limiter.layer(), routes))
-        } else {
-            routes.layer(limiter.layer())
-        };
-        let server = serve(app).await;
-        let case = format!("wrapped outside the router: {wrapped_outside}");
+        let (server, case) = serve_central(&limiter, routes, wrapped_outside).await;
         let uploads = server
             .posts_showing("/api/upload", 3, "x-ratelimit-limit")
             .await;
