@@ -146,7 +146,12 @@ impl Limiter {
     /// the router, or in a plain tower stack) is charged to its class provisionally, and the
     /// layer takes the charge over if the request reaches it: such a route spends only its
     /// own policy, but is refused with its class while that is spent, and a path under the
-    /// pattern that the layer does not see is never left unlimited. With `MatchedPath`, a
+    /// pattern that the layer does not see is never left unlimited. A request left to the
+    /// layer is still checked: one answered without reaching it (a check or a cache between
+    /// the central layer and the route's layer, another router sharing this limiter with a
+    /// route of that name) is charged to its class once answered, and from then on the
+    /// route is charged provisionally, the layer taking the charge over (so a client whose
+    /// class is spent is refused there too). With `MatchedPath`, a
     /// request is left to the layer from the first one when its matched route is the pattern's own
     /// (`{id}` and `:id`, `*` and `{*rest}` alike); a route the pattern covers but does not
     /// name (`POST /api/*` with the layer on `/api/chat`) stays with the central table, as

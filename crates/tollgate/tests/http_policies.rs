@@ -1783,6 +1783,91 @@ async fn a_declared_pattern_leaves_no_request_its_layer_does_not_see() {
     }
 }
 
+/// A route left to its own layer (seen there) whose requests are then answered before
+/// they reach that layer (a check between the central layer and the route's: `route_layer`
+/// authentication; or another router sharing the limiter, with the same route and no layer
+/// of its own) is charged to its class: the first such answer is counted once answered,
+/// and from then on the route is charged provisionally, the layer taking the charge over.
+/// (A review: after one good request reached the layer, 200 of 200 `401`s, and 200 of 200
+/// requests to a second router's same route, were admitted without headers against a
+/// class of 10 and a global 20.)
+#[tokio::test]
+async fn a_route_left_to_its_layer_is_charged_when_answered_before_the_layer() {
+    for declared in [true, false] {
+        let limiter = everywhere("3/min", "100/min");
+        let own = Policy::named("data").per_ip("50/min");
+        let layer = if declared {
+            limiter.policy_at("GET /api/data", own)
+        } else {
+            limiter.policy(own)
+        };
+        let public = behind_check(
+            Router::new().route("/api/data", get(ok).layer(layer)),
+            "authorization",
+        )
+        .layer(limiter.layer());
+        let internal = Router::new()
+            .route("/api/data", get(ok))
+            .layer(limiter.layer());
+        let (public, internal) = (serve(public).await, serve(internal).await);
+        let case = format!("policy_at: {declared}");
+        // One request reaches the layer: the route is its.
+        let good = public.get("/api/data").header("authorization", "yes");
+        assert_eq!(
+            showing(good, "x-ratelimit-limit").await,
+            (200, "50".into()),
+            "{case}"
+        );
+        // Turned away before the layer: charged to the class, 3 then refused.
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(status_of(public.get("/api/data")).await);
+        }
+        assert_eq!(statuses, [401, 401, 401, 429, 429], "{case}");
+        // The layer still takes its own requests over (the class is spent: refused by it).
+        let good = public.get("/api/data").header("authorization", "yes");
+        assert_eq!(
+            showing(good, "x-ratelimit-limit").await,
+            (429, "3".into()),
+            "{case}"
+        );
+        // Another router's route of that name, without the layer: the class's (spent).
+        let other = showing(internal.get("/api/data"), "x-ratelimit-limit").await;
+        assert_eq!(other, (429, "3".into()), "{case}");
+        // The global limit counted the admitted: 1 own + 3 turned away.
+        let global = limiter.peek_bucket("global", "global").await.unwrap();
+        assert_eq!(global.buckets[0].remaining, 96, "{case}");
+    }
+}
+
+/// A per-route layer on a merged router wraps that router's fallback, which axum's `merge`
+/// makes the app's 404: a request its pattern does not cover is not its to take over (the
+/// class charged it, and keeps it). (A review: an exempt `policy_at("POST /hooks/*")` on
+/// merged webhooks took over every `POST /nope`, 100 of 100 admitted without headers.)
+#[tokio::test]
+async fn a_per_route_layer_takes_over_only_what_its_pattern_covers() {
+    let limiter = everywhere("3/min", "100/min");
+    let hooks = Router::new()
+        .route("/hooks/stripe", post(ok))
+        .layer(limiter.policy_at("POST /hooks/*", Policy::exempt()));
+    let app = Router::new()
+        .route("/a", get(ok))
+        .merge(hooks)
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    // Its own route: exempt.
+    assert_eq!(
+        server
+            .posts_showing("/hooks/stripe", 5, "x-ratelimit-limit")
+            .await,
+        vec![(200, String::new()); 5]
+    );
+    // The app's 404s through its layer: the class's 3.
+    let statuses = server.posts_showing("/nope", 4, "x-ratelimit-limit").await;
+    let (class, refused) = ((404, "3".to_string()), (429, "3".to_string()));
+    assert_eq!(statuses, vec![class.clone(), class.clone(), class, refused]);
+}
+
 /// A `policy_at` layer put on another route than its pattern names is noticed at its first
 /// request: only that request spent the central class too (the central layer marks what it
 /// charges from then on, so the layer takes its requests over), and the pattern's own route

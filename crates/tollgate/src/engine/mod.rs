@@ -139,6 +139,9 @@ impl Overrides {
 pub(crate) struct Routes {
     /// `"<METHOD> <matched path>"` of routes whose own layer was seen.
     pub(crate) per_route: HashSet<Box<str>>,
+    /// Those of them a request was answered on without reaching the layer (a check before
+    /// it, another router's route of that name): charged provisionally from then on.
+    pub(crate) unverified: HashSet<Box<str>>,
     /// Patterns declared with `policy_at`.
     pub(crate) delegated: Vec<Arc<Delegation>>,
     /// Whether a per-route layer without a pattern exists: only then does the central
@@ -175,6 +178,9 @@ pub(crate) struct Delegation {
     mismatched: AtomicBool,
     /// The methods ([`method_bit`]) its layer saw a request of that its pattern matches.
     seen: AtomicU16,
+    /// The methods a request left to the layer was answered on without reaching it (a check
+    /// before the layer, another router's route of that name): no longer left to it.
+    unverified: AtomicU16,
     /// Whether a probe is under way.
     probing: AtomicBool,
     /// When the next probe may go, in ms since `made` (0: at once).
@@ -214,6 +220,7 @@ impl Delegation {
             attached: AtomicBool::new(false),
             mismatched: AtomicBool::new(false),
             seen: AtomicU16::new(0),
+            unverified: AtomicU16::new(0),
             probing: AtomicBool::new(false),
             next_probe_ms: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(0),
@@ -243,6 +250,11 @@ impl Delegation {
     /// Whether its layer has seen a request of `method` its pattern matches.
     pub(crate) fn seen(&self, method: &Method) -> bool {
         self.seen.load(Ordering::Relaxed) & method_bit(method) != 0
+    }
+
+    /// Whether a request of `method` left to its layer was answered without reaching it.
+    fn unverified(&self, method: &Method) -> bool {
+        self.unverified.load(Ordering::Relaxed) & method_bit(method) != 0
     }
 
     /// Its layer sees a request of `method` its pattern matches: that method is its for
@@ -301,16 +313,32 @@ impl Delegation {
     }
 }
 
-/// A request the central layer left to a per-route layer that had not seen one of its
-/// method yet (a probe, see [`Delegation`]), and the plan of its class.
+/// A request the central layer left to a per-route layer without charging it, and the plan
+/// of its class, charged if the layer turns out not to have seen it.
 pub(crate) struct Left {
-    delegation: Arc<Delegation>,
+    to: LeftTo,
     engine: Arc<Engine>,
     method: Method,
     /// Its class and the global limits, not charged.
     plan: Plan<Arc<Compiled>>,
     /// Whether its answer was seen to.
     done: bool,
+}
+
+/// Whom a request was left to.
+pub(crate) enum LeftTo {
+    /// A per-route layer that had not seen a request of its method yet (a probe, see
+    /// [`Delegation`]): judged by whether the layer has seen one since.
+    Probe(Arc<Delegation>),
+    /// The layer of a route it was seen on (its pattern's, or one in the registry of
+    /// [`Routes::per_route`]): judged by whether it took this request over (its mark).
+    Seen(Arc<Provisional>, SeenRoute),
+}
+
+/// A route left to its layer for good.
+pub(crate) enum SeenRoute {
+    Pattern(Arc<Delegation>),
+    Registered(Box<str>),
 }
 
 impl Left {
@@ -325,7 +353,19 @@ impl Left {
     /// charge does), so a layer elsewhere leaves no request of its pattern uncounted.
     fn finish(&mut self, status: Option<http::StatusCode>) {
         self.done = true;
-        if !self.delegation.probed(&self.method) {
+        let unseen = match &self.to {
+            LeftTo::Probe(delegation) => delegation.probed(&self.method),
+            LeftTo::Seen(mark, route) => {
+                let unseen = !mark.taken_over.load(Ordering::Acquire);
+                // Answered before the layer: its route is no longer left to the layer (a
+                // request dropped unanswered says nothing of where the layer is).
+                if unseen && status.is_some() {
+                    self.engine.unverify(route, &self.method);
+                }
+                unseen
+            }
+        };
+        if !unseen {
             return;
         }
         let plan = &self.plan;
@@ -511,10 +551,10 @@ pub(crate) enum Scope {
 pub(crate) enum Start {
     /// Nothing: call the inner service, touch nothing.
     Pass,
-    /// Left to a per-route layer whose pattern the request matches, as a probe, before that
-    /// layer has seen a request of its method: call the inner service, then
-    /// [`Left::answered`]. (Boxed: its plan
-    /// is large, and only the first requests of such a route carry one.)
+    /// Left to a per-route layer, uncharged: as a probe, before that layer has seen a request
+    /// of its method, or to the layer of a route it was seen on: call the inner service,
+    /// then [`Left::answered`], which charges the class if the layer did not see it.
+    /// (Boxed: its plan is large.)
     Left(Box<Left>),
     /// Decided at once: the outcome is in the caller's slot. (It is written there, not
     /// returned: an admitted outcome holds its headers, several hundred bytes that every
@@ -588,12 +628,14 @@ impl Engine {
         let matched = (!routes.per_route.is_empty() || !routes.delegated.is_empty())
             .then(|| matched_path(parts))
             .flatten();
+        // A route left to its layer for good (seen there) is still checked per request: the
+        // layer marks what it takes over, and a request answered without reaching it (a
+        // check before the layer, another router's route of that name) is charged then.
+        let mut left_for_good = None;
         if let Some(path) = matched.filter(|_| !routes.per_route.is_empty()) {
-            if routes
-                .per_route
-                .contains(route_id(&parts.method, path).as_str())
-            {
-                return Start::Pass;
+            let id = route_id(&parts.method, path);
+            if routes.per_route.contains(id.as_str()) && !routes.unverified.contains(id.as_str()) {
+                left_for_good = Some(SeenRoute::Registered(id.as_str().into()));
             }
         }
         let path = request_path(parts);
@@ -609,16 +651,17 @@ impl Engine {
         // if the layer never saw it, and the others are charged provisionally (`Delegation`).
         let mut delegated = false;
         let mut left = None;
-        for route in &routes.delegated {
+        for route in routes.delegated.iter().filter(|_| left_for_good.is_none()) {
             if route.table.classify(&parts.method, path).is_none() {
                 continue;
             }
             delegated = true;
-            if route.leaves(matched) {
+            if route.leaves(matched) && !route.unverified(&parts.method) {
                 if route.seen(&parts.method) {
-                    return Start::Pass;
+                    left_for_good = Some(SeenRoute::Pattern(route.clone()));
+                } else {
+                    left = Some(route);
                 }
-                left = Some(route);
                 break;
             }
         }
@@ -639,11 +682,27 @@ impl Engine {
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
+        if let Some(route) = left_for_good {
+            let mark = Arc::<Provisional>::default();
+            set_mark(
+                &mut parts.extensions,
+                self.id,
+                Mark::Central(mark.clone()),
+                Keep::Replace,
+            );
+            return Start::Left(Box::new(Left {
+                to: LeftTo::Seen(mark, route),
+                engine: self.clone(),
+                method: parts.method.clone(),
+                plan: plan.owned(),
+                done: false,
+            }));
+        }
         // (The probe is taken only here, past every answer that is not a charge, which
         // would not give it back.)
         if let Some(delegation) = left.filter(|route| route.try_probe()) {
             return Start::Left(Box::new(Left {
-                delegation: delegation.clone(),
+                to: LeftTo::Probe(delegation.clone()),
                 engine: self.clone(),
                 method: parts.method.clone(),
                 plan: plan.owned(),
@@ -716,9 +775,18 @@ impl Engine {
         // pattern's route, for that method.
         if let Some(delegation) = delegation {
             let mismatched = delegation.mismatched.load(Ordering::Relaxed);
-            if !mismatched || !delegation.seen(&parts.method) {
+            let covered = || {
                 let path = request_path(parts);
-                if delegation.table.classify(&parts.method, path).is_some() {
+                delegation.table.classify(&parts.method, path).is_some()
+            };
+            // A request of no route (a fallback this layer wraps: axum's `merge` makes a
+            // merged router's the app's 404) that its pattern does not cover is not this
+            // policy's: the central layer charged it, and keeps it.
+            if matched_path(parts).is_none() && !covered() {
+                return Start::Pass;
+            }
+            if !mismatched || !delegation.seen(&parts.method) {
+                if covered() {
                     delegation.see(&parts.method);
                 } else if !mismatched {
                     delegation.mismatched.store(true, Ordering::Relaxed);
@@ -726,7 +794,7 @@ impl Engine {
                         target: "tollgate",
                         policy = %policy.name,
                         method = %parts.method,
-                        route = %matched_path(parts).unwrap_or(path),
+                        route = %matched_path(parts).unwrap_or(request_path(parts)),
                         "a per-route policy's pattern does not match its route's requests as \
                          the central layer sees them (check the full path, including any \
                          `nest` prefix); its requests may be charged to the central class too"
@@ -757,9 +825,15 @@ impl Engine {
         let refund_first = match mark_in(&parts.extensions, self.id) {
             Some(Mark::Route) => return Start::Pass,
             Some(Mark::Central(p)) => {
+                p.taken_over.store(true, Ordering::Release);
+                let charged = lock(&p.charged).take();
                 // (A route declared with `policy_at` is charged so until its layer has seen
-                // it: expected, and nothing to warn about.)
-                if pattern.is_none() && !policy.warned_central.swap(true, Ordering::Relaxed) {
+                // it: expected, and nothing to warn about. A route left to this layer is
+                // marked with nothing charged.)
+                if pattern.is_none()
+                    && charged.is_some()
+                    && !policy.warned_central.swap(true, Ordering::Relaxed)
+                {
                     tracing::warn!(
                         target: "tollgate",
                         policy = %policy.name,
@@ -771,8 +845,7 @@ impl Engine {
                          leaves the route to it"
                     );
                 }
-                p.taken_over.store(true, Ordering::Release);
-                lock(&p.charged).take()
+                charged
             }
             // Admitted by a central layer that charged it for good (no per-route layer was
             // declared to take over from): this policy charges too.
@@ -858,6 +931,42 @@ impl Engine {
 
     /// From now on, the central layer marks the requests it charges, so a per-route layer
     /// further in can take them over.
+    /// A request left to the layer of `route` was answered without reaching it: the route
+    /// (for `method`) is charged provisionally from now on, the layer taking the charge over.
+    fn unverify(&self, route: &SeenRoute, method: &Method) {
+        let name = match route {
+            SeenRoute::Pattern(delegation) => {
+                let bit = method_bit(method);
+                if delegation.unverified.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+                    return;
+                }
+                delegation.pattern.to_string()
+            }
+            SeenRoute::Registered(id) => {
+                let mut added = false;
+                self.routes.rcu(|routes| {
+                    let mut routes = Routes::clone(routes);
+                    added = routes.unverified.len() < MAX_PER_ROUTE_ENTRIES
+                        && routes.unverified.insert(id.clone());
+                    routes
+                });
+                if !added {
+                    return;
+                }
+                id.to_string()
+            }
+        };
+        tracing::warn!(
+            target: "tollgate",
+            route = %name,
+            method = %method,
+            "a request of a route with its own policy was answered without reaching the \
+             policy's layer (a check or a cache between the central layer and the route's, or \
+             another router's route of that name?); its class charges the route's requests \
+             from now on, and the layer takes the charge over when it sees them"
+        );
+    }
+
     pub(crate) fn mark_requests(&self) {
         if !self.routes.load().marks {
             self.routes.rcu(|routes| {
