@@ -151,7 +151,8 @@ impl Limiter {
     /// the central layer and the route's layer, another router sharing this limiter with a
     /// route of that name) is charged to its class once answered, and from then on the
     /// route is charged provisionally, the layer taking the charge over (so a client whose
-    /// class is spent is refused there too). With `MatchedPath`, a
+    /// class is spent is refused there too; requests under way before that first answer are
+    /// counted as they are answered, not refused). With `MatchedPath`, a
     /// request is left to the layer from the first one when its matched route is the pattern's own
     /// (`{id}` and `:id`, `*` and `{*rest}` alike); a route the pattern covers but does not
     /// name (`POST /api/*` with the layer on `/api/chat`) stays with the central table, as

@@ -335,10 +335,12 @@ pub(crate) enum LeftTo {
     Seen(Arc<Provisional>, SeenRoute),
 }
 
-/// A route left to its layer for good.
-pub(crate) enum SeenRoute {
-    Pattern(Arc<Delegation>),
-    Registered(Box<str>),
+/// A route left to its layer for good: `"<METHOD> <matched path>"`, and the pattern it was
+/// declared with, if any (whose bit for the method covers the methods the registry does not
+/// keep).
+pub(crate) struct SeenRoute {
+    id: Box<str>,
+    pattern: Option<Arc<Delegation>>,
 }
 
 impl Left {
@@ -631,11 +633,18 @@ impl Engine {
         // A route left to its layer for good (seen there) is still checked per request: the
         // layer marks what it takes over, and a request answered without reaching it (a
         // check before the layer, another router's route of that name) is charged then.
+        // Either way (the registry, a declared pattern) it is known by its route.
         let mut left_for_good = None;
-        if let Some(path) = matched.filter(|_| !routes.per_route.is_empty()) {
-            let id = route_id(&parts.method, path);
-            if routes.per_route.contains(id.as_str()) && !routes.unverified.contains(id.as_str()) {
-                left_for_good = Some(SeenRoute::Registered(id.as_str().into()));
+        let id = matched.map(|path| route_id(&parts.method, path));
+        let unverified = id
+            .as_ref()
+            .is_some_and(|id| routes.unverified.contains(id.as_str()));
+        if let Some(id) = id.as_ref().filter(|_| !unverified) {
+            if routes.per_route.contains(id.as_str()) {
+                left_for_good = Some(SeenRoute {
+                    id: id.as_str().into(),
+                    pattern: None,
+                });
             }
         }
         let path = request_path(parts);
@@ -656,9 +665,12 @@ impl Engine {
                 continue;
             }
             delegated = true;
-            if route.leaves(matched) && !route.unverified(&parts.method) {
-                if route.seen(&parts.method) {
-                    left_for_good = Some(SeenRoute::Pattern(route.clone()));
+            if route.leaves(matched) && !unverified && !route.unverified(&parts.method) {
+                if let (true, Some(id)) = (route.seen(&parts.method), &id) {
+                    left_for_good = Some(SeenRoute {
+                        id: id.as_str().into(),
+                        pattern: Some(route.clone()),
+                    });
                 } else {
                     left = Some(route);
                 }
@@ -929,37 +941,33 @@ impl Engine {
         crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), how.hashed)
     }
 
-    /// From now on, the central layer marks the requests it charges, so a per-route layer
-    /// further in can take them over.
-    /// A request left to the layer of `route` was answered without reaching it: the route
-    /// (for `method`) is charged provisionally from now on, the layer taking the charge over.
+    /// A request left to the layer of `route` was answered without reaching it: the route is
+    /// charged provisionally from now on, the layer taking the charge over. Both ways it was
+    /// left by are closed (the registry by its route, a declared pattern for the method).
     fn unverify(&self, route: &SeenRoute, method: &Method) {
-        let name = match route {
-            SeenRoute::Pattern(delegation) => {
-                let bit = method_bit(method);
-                if delegation.unverified.fetch_or(bit, Ordering::Relaxed) & bit != 0 {
-                    return;
-                }
-                delegation.pattern.to_string()
-            }
-            SeenRoute::Registered(id) => {
-                let mut added = false;
-                self.routes.rcu(|routes| {
-                    let mut routes = Routes::clone(routes);
-                    added = routes.unverified.len() < MAX_PER_ROUTE_ENTRIES
-                        && routes.unverified.insert(id.clone());
-                    routes
-                });
-                if !added {
-                    return;
-                }
-                id.to_string()
-            }
-        };
+        let bit = method_bit(method);
+        let newly_for_pattern = route
+            .pattern
+            .as_ref()
+            .is_some_and(|d| d.unverified.fetch_or(bit, Ordering::Relaxed) & bit == 0);
+        // (Only standard methods: a client chooses the method, and must not fill the set;
+        // the others are one bit of the pattern's.)
+        let standard = crate::classify::STANDARD_METHODS.contains(method);
+        let mut newly_for_route = false;
+        if standard && !self.routes.load().unverified.contains(&route.id) {
+            self.routes.rcu(|routes| {
+                let mut routes = Routes::clone(routes);
+                newly_for_route = routes.unverified.len() < MAX_PER_ROUTE_ENTRIES
+                    && routes.unverified.insert(route.id.clone());
+                routes
+            });
+        }
+        if !(newly_for_pattern || newly_for_route) {
+            return;
+        }
         tracing::warn!(
             target: "tollgate",
-            route = %name,
-            method = %method,
+            route = %route.id,
             "a request of a route with its own policy was answered without reaching the \
              policy's layer (a check or a cache between the central layer and the route's, or \
              another router's route of that name?); its class charges the route's requests \
@@ -967,6 +975,8 @@ impl Engine {
         );
     }
 
+    /// From now on, the central layer marks the requests it charges, so a per-route layer
+    /// further in can take them over.
     pub(crate) fn mark_requests(&self) {
         if !self.routes.load().marks {
             self.routes.rcu(|routes| {
