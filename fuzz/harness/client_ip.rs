@@ -148,12 +148,52 @@ fn node(entry: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// `text` split on `sep` outside quoted strings, as read from the right (the end a trusted
+/// proxy wrote): a `"` opens or closes one unless an odd run of backslashes comes before it.
+/// Pieces left to right.
+fn split_unquoted(text: &[u8], sep: u8) -> Vec<&[u8]> {
+    let mut pieces = Vec::new();
+    let mut inside = false;
+    let mut end = text.len();
+    for i in (0..text.len()).rev() {
+        if text[i] == b'"' {
+            let backslashes = text[..i].iter().rev().take_while(|&&b| b == b'\\').count();
+            inside ^= backslashes % 2 == 0;
+        } else if text[i] == sep && !inside {
+            pieces.push(&text[i + 1..end]);
+            end = i;
+        }
+    }
+    pieces.push(&text[..end]);
+    pieces.reverse();
+    pieces
+}
+
+/// A `for=` value without its obfuscated port (`_` then letters, digits, `.`, `_`, `-`),
+/// where a port may be: after `[v6]` or an IPv4 address.
+fn without_obfport(value: &str) -> &str {
+    match value.rsplit_once(":_") {
+        Some((host, port))
+            if !port.is_empty()
+                && port
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && (host.ends_with(']') || !host.contains(':')) =>
+        {
+            host
+        }
+        _ => value,
+    }
+}
+
 /// The `for=` node of one `Forwarded` element; exactly one `for`, every non-empty pair
-/// `k=v` (RFC 7239 allows empty ones), a quoted value without inner quotes or backslashes.
+/// `k=v` (RFC 7239 allows empty ones; `;` inside a quoted value separates nothing), a
+/// quoted value without inner quotes or backslashes, an obfuscated port dropped.
 fn forwarded_node(element: &[u8]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(element).ok()?;
+    std::str::from_utf8(element).ok()?;
     let mut values = Vec::new();
-    for pair in text.split(';') {
+    for pair in split_unquoted(element, b';') {
+        let pair = std::str::from_utf8(pair).ok()?;
         if pair.trim().is_empty() {
             continue;
         }
@@ -174,11 +214,11 @@ fn forwarded_node(element: &[u8]) -> Option<IpAddr> {
     } else {
         value
     };
-    node(value.as_bytes())
+    node(without_obfport(value).as_bytes())
 }
 
-/// The client by the plain reading: the header's entries (every line split on `,`),
-/// right to left.
+/// The client by the plain reading: the header's entries (every line split on `,`; for
+/// `Forwarded`, outside quoted strings), right to left.
 fn expected(client_ip: &ClientIp, header: ProxyHeader, peer: IpAddr, lines: &[Vec<u8>]) -> IpAddr {
     let peer = peer.to_canonical();
     if !client_ip.is_trusted(peer) {
@@ -193,7 +233,14 @@ fn expected(client_ip: &ClientIp, header: ProxyHeader, peer: IpAddr, lines: &[Ve
     let entries: Vec<&[u8]> = lines
         .iter()
         .rev()
-        .flat_map(|line| line.split(|&b| b == b',').rev())
+        .flat_map(|line| {
+            match header {
+                ProxyHeader::Forwarded => split_unquoted(line, b','),
+                _ => line.split(|&b| b == b',').collect(),
+            }
+            .into_iter()
+            .rev()
+        })
         .take(MAX_HOPS)
         .collect();
     let mut client = peer;
