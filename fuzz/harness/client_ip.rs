@@ -217,6 +217,15 @@ fn forwarded_node(element: &[u8]) -> Option<IpAddr> {
     node(without_obfport(value).as_bytes())
 }
 
+/// A header line's entries, left to right: split on `,` (for `Forwarded`, outside quoted
+/// strings).
+fn entries(header: ProxyHeader, line: &[u8]) -> Vec<&[u8]> {
+    match header {
+        ProxyHeader::Forwarded => split_unquoted(line, b','),
+        _ => line.split(|&b| b == b',').collect(),
+    }
+}
+
 /// The client by the plain reading: the header's entries (every line split on `,`; for
 /// `Forwarded`, outside quoted strings), right to left.
 fn expected(client_ip: &ClientIp, header: ProxyHeader, peer: IpAddr, lines: &[Vec<u8>]) -> IpAddr {
@@ -233,14 +242,7 @@ fn expected(client_ip: &ClientIp, header: ProxyHeader, peer: IpAddr, lines: &[Ve
     let entries: Vec<&[u8]> = lines
         .iter()
         .rev()
-        .flat_map(|line| {
-            match header {
-                ProxyHeader::Forwarded => split_unquoted(line, b','),
-                _ => line.split(|&b| b == b',').collect(),
-            }
-            .into_iter()
-            .rev()
-        })
+        .flat_map(|line| entries(header, line).into_iter().rev())
         .take(MAX_HOPS)
         .collect();
     let mut client = peer;
@@ -331,7 +333,8 @@ pub fn run(data: &[u8]) {
     if client != peer.to_canonical() {
         assert!(client_ip.is_trusted(peer));
         let written = lines.iter().any(|line| {
-            line.split(|&b| b == b',')
+            entries(header, line)
+                .into_iter()
                 .filter_map(|entry| match header {
                     ProxyHeader::Forwarded => forwarded_node(entry),
                     _ => node(entry),
