@@ -906,14 +906,19 @@ impl<P: Primary> Shared<P> {
         }
     }
 
+    /// Whether `id` is another incarnation of the primary than the one it was last checked
+    /// as (both known): it restarted, or took another server's data, since.
+    fn is_new_incarnation(&self, id: &Option<String>) -> bool {
+        matches!((&*lock(&self.incarnation), id), (Some(was), Some(now)) if was != now)
+    }
+
     /// What must pass before deciding on the primary again: a write goes through; if the
     /// primary restarted (a new incarnation), it is given back the counts it last
     /// reported; and it is charged what memory decided meanwhile.
     async fn sync(&self) -> Result<(), StoreError> {
         self.probe_once().await?;
         let id = self.bounded(self.primary.incarnation()).await?;
-        let restarted =
-            matches!((&*lock(&self.incarnation), &id), (Some(was), Some(now)) if was != now);
+        let restarted = self.is_new_incarnation(&id);
         if restarted {
             tracing::warn!(
                 target: "tollgate::store",
@@ -1667,13 +1672,10 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
         if !shared.on_primary() {
             continue;
         }
-        let Ok(Some(now)) = shared.bounded(shared.primary.incarnation()).await else {
+        let Ok(id) = shared.bounded(shared.primary.incarnation()).await else {
             continue;
         };
-        let changed = lock(&shared.incarnation)
-            .as_ref()
-            .is_some_and(|known| *known != now);
-        if changed {
+        if shared.is_new_incarnation(&id) {
             shared.leave(
                 "the primary's incarnation changed (restarted, or took another server's data)",
                 true,

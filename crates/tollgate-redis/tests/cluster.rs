@@ -42,6 +42,14 @@ fn store_on(cluster: &RedisCluster) -> RedisStore {
 
 /// One bucket name `<prefix><i>` per node, whose key (`tollgate:<name>:k`) that node
 /// serves, with the node's port, in port order.
+/// The store's answer to `op` on `buckets`.
+async fn apply(store: &RedisStore, op: Op, buckets: &[Bucket]) -> tollgate_core::Decision {
+    store
+        .apply(&Batch::new(op, buckets.to_vec()))
+        .await
+        .unwrap()
+}
+
 fn names_on_each_node(cluster: &RedisCluster, prefix: &str) -> Vec<(u16, String)> {
     let mut by_node = std::collections::BTreeMap::new();
     for i in 0..64 {
@@ -279,16 +287,10 @@ async fn a_charge_given_back_at_its_time_leaves_nothing_on_any_slot() {
     let limit = Limit::sliding_exact(Quota::per_hour(50));
     let buckets: Vec<Bucket> = names.iter().map(|n| Bucket::new(n, "k", limit)).collect();
     for round in 0..10 {
-        let d = store.apply(&Batch::charge(buckets.clone())).await.unwrap();
+        let d = apply(&store, Op::Charge, &buckets).await;
         assert!(d.allowed, "round {round}");
-        store
-            .apply(&Batch::new(Op::RefundAt(d.now), buckets.clone()))
-            .await
-            .unwrap();
-        let left = store
-            .apply(&Batch::new(Op::Peek, buckets.clone()))
-            .await
-            .unwrap();
+        apply(&store, Op::RefundAt(d.now), &buckets).await;
+        let left = apply(&store, Op::Peek, &buckets).await;
         let remaining: Vec<u64> = left.buckets.iter().map(|b| b.remaining).collect();
         assert_eq!(remaining, vec![50; names.len()], "round {round}");
     }
@@ -310,10 +312,8 @@ async fn a_give_back_after_a_refusal_removes_its_own_entry() {
     let a = Bucket::new(&a, "k", Limit::sliding_exact(window));
     let b = Bucket::new(&b, "k", Limit::sliding_exact(Quota::per_hour(1)));
     assert!(
-        store
-            .apply(&Batch::charge(vec![b.clone()]))
+        apply(&store, Op::Charge, std::slice::from_ref(&b))
             .await
-            .unwrap()
             .allowed
     );
 
@@ -325,7 +325,7 @@ async fn a_give_back_after_a_refusal_removes_its_own_entry() {
     let both = Batch::charge(vec![a.clone(), b.clone()]);
     let (refused, admitted) = tokio::join!(store.apply(&both), async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let d = store.apply(&Batch::charge(vec![a.clone()])).await.unwrap();
+        let d = apply(&store, Op::Charge, std::slice::from_ref(&a)).await;
         node_b.resume();
         d
     });
@@ -334,10 +334,7 @@ async fn a_give_back_after_a_refusal_removes_its_own_entry() {
     // Once the first entry's window is over, the second request's entry still counts.
     tokio::time::sleep(std::time::Duration::from_millis(2050).saturating_sub(charged_at.elapsed()))
         .await;
-    let left = store
-        .apply(&Batch::new(Op::Peek, vec![a.clone()]))
-        .await
-        .unwrap();
+    let left = apply(&store, Op::Peek, std::slice::from_ref(&a)).await;
     assert!(charged_at.elapsed() < std::time::Duration::from_millis(2100));
     assert_eq!(left.buckets[0].remaining, 1);
 }
@@ -361,20 +358,15 @@ async fn overlapping_give_backs_leave_a_token_bucket_full() {
     );
     let b = Bucket::new(&b, "k", Limit::sliding(Quota::per_hour(1)));
     assert!(
-        store
-            .apply(&Batch::charge(vec![b.clone()]))
+        apply(&store, Op::Charge, std::slice::from_ref(&b))
             .await
-            .unwrap()
             .allowed
     );
     for round in 0..5 {
         let both = Batch::charge(vec![a.clone(), b.clone()]);
         let answers = futures_util::future::join_all((0..32).map(|_| store.apply(&both))).await;
         assert!(answers.iter().all(|d| !d.as_ref().unwrap().allowed));
-        let left = store
-            .apply(&Batch::new(Op::Peek, vec![a.clone()]))
-            .await
-            .unwrap();
+        let left = apply(&store, Op::Peek, std::slice::from_ref(&a)).await;
         assert_eq!(left.buckets[0].remaining, 10, "round {round}");
     }
 }

@@ -328,6 +328,20 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
 }
 
+/// An instance on a Redis whose key `name` (a lockout) counted 3, then made a replica of an
+/// empty server (returned second, to keep running) until the full sync replaced its keys with none.
+async fn emptied_by_a_sync(
+    name: &str,
+) -> (RedisServer, RedisServer, FallbackStore<RedisStore>, Bucket) {
+    let empty = RedisServer::start();
+    let server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", name, lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    replicate_empty(&server, &empty).await;
+    (server, empty, store, key)
+}
+
 /// Makes `server` a replica of `empty` and waits for the full sync that replaces its keys
 /// with none (at once: diskless syncs wait 5 s for more replicas by default).
 async fn replicate_empty(server: &RedisServer, empty: &RedisServer) {
@@ -350,12 +364,7 @@ async fn replicate_empty(server: &RedisServer, empty: &RedisServer) {
 /// 8 failures of a lockout of 5 answered, 601 of 500 per IP, the counts gone unnoticed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_made_a_replica_and_a_master_again_is_given_its_counts_back() {
-    let empty = RedisServer::start();
-    let server = RedisServer::start();
-    let store = instance(&server, 1).await;
-    let key = Bucket::new("sign-in", "resynced", lockout());
-    spend(std::slice::from_ref(&store), &key, 3).await;
-    replicate_empty(&server, &empty).await;
+    let (server, _empty, store, key) = emptied_by_a_sync("resynced").await;
     // Writes are refused (READONLY): memory answers, from the mirror (4 of 5).
     let during = common::admitted(&store, &key, 1, Duration::ZERO).await;
     assert_eq!((during, store.mode()), (1, Mode::Fallback));
@@ -375,12 +384,7 @@ async fn a_redis_made_a_replica_and_a_master_again_is_given_its_counts_back() {
 /// request (a re-check found every count lost: 8 of a lockout of 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_made_a_replica_and_a_master_again_while_idle_is_given_its_counts_back() {
-    let empty = RedisServer::start();
-    let server = RedisServer::start();
-    let store = instance(&server, 1).await;
-    let key = Bucket::new("sign-in", "idle-resync", lockout());
-    spend(std::slice::from_ref(&store), &key, 3).await;
-    replicate_empty(&server, &empty).await;
+    let (server, _empty, store, key) = emptied_by_a_sync("idle-resync").await;
     server.cli(["REPLICAOF", "NO", "ONE"]);
     let promoted = std::time::Instant::now();
     while remaining_on_redis(&server, &key).await != 2 {

@@ -339,7 +339,7 @@ pub(crate) enum LeftTo {
 /// declared with, if any (whose bit for the method covers the methods the registry does not
 /// keep).
 pub(crate) struct SeenRoute {
-    id: Box<str>,
+    id: StoreKey,
     pattern: Option<Arc<Delegation>>,
 }
 
@@ -642,7 +642,7 @@ impl Engine {
         if let Some(id) = id.as_ref().filter(|_| !unverified) {
             if routes.per_route.contains(id.as_str()) {
                 left_for_good = Some(SeenRoute {
-                    id: id.as_str().into(),
+                    id: id.clone(),
                     pattern: None,
                 });
             }
@@ -668,7 +668,7 @@ impl Engine {
             if route.leaves(matched) && !unverified && !route.unverified(&parts.method) {
                 if let (true, Some(id)) = (route.seen(&parts.method), &id) {
                     left_for_good = Some(SeenRoute {
-                        id: id.as_str().into(),
+                        id: id.clone(),
                         pattern: Some(route.clone()),
                     });
                 } else {
@@ -787,18 +787,22 @@ impl Engine {
         // pattern's route, for that method.
         if let Some(delegation) = delegation {
             let mismatched = delegation.mismatched.load(Ordering::Relaxed);
-            let covered = || {
-                let path = request_path(parts);
-                delegation.table.classify(&parts.method, path).is_some()
-            };
+            let unrouted = matched_path(parts).is_none();
+            let looks = !mismatched || !delegation.seen(&parts.method);
+            // (Read once, and only where it decides something.)
+            let covered = (unrouted || looks)
+                && delegation
+                    .table
+                    .classify(&parts.method, request_path(parts))
+                    .is_some();
             // A request of no route (a fallback this layer wraps: axum's `merge` makes a
             // merged router's the app's 404) that its pattern does not cover is not this
             // policy's: the central layer charged it, and keeps it.
-            if matched_path(parts).is_none() && !covered() {
+            if unrouted && !covered {
                 return Start::Pass;
             }
-            if !mismatched || !delegation.seen(&parts.method) {
-                if covered() {
+            if looks {
+                if covered {
                     delegation.see(&parts.method);
                 } else if !mismatched {
                     delegation.mismatched.store(true, Ordering::Relaxed);
@@ -954,11 +958,12 @@ impl Engine {
         // the others are one bit of the pattern's.)
         let standard = crate::classify::STANDARD_METHODS.contains(method);
         let mut newly_for_route = false;
-        if standard && !self.routes.load().unverified.contains(&route.id) {
+        let id = route.id.as_str();
+        if standard && !self.routes.load().unverified.contains(id) {
             self.routes.rcu(|routes| {
                 let mut routes = Routes::clone(routes);
                 newly_for_route = routes.unverified.len() < MAX_PER_ROUTE_ENTRIES
-                    && routes.unverified.insert(route.id.clone());
+                    && routes.unverified.insert(id.into());
                 routes
             });
         }
@@ -967,7 +972,7 @@ impl Engine {
         }
         tracing::warn!(
             target: "tollgate",
-            route = %route.id,
+            route = %id,
             "a request of a route with its own policy was answered without reaching the \
              policy's layer (a check or a cache between the central layer and the route's, or \
              another router's route of that name?); its class charges the route's requests \
