@@ -305,15 +305,23 @@ pub enum ResetFormat {
 ///
 ///   The item is the bucket's name with `:` turned into `-` (other characters outside
 ///   printable ASCII become `_`; `"` and `\` are escaped), `q` the quota count, `w` the
-///   window in seconds, `r` what is left and `t` the seconds until more of it is
-///   available, as draft 10 defines it: on a bucket that refused the request, until the
-///   request would be admitted (what `Retry-After` says for it); otherwise until the
-///   bucket is full again, which for a sliding window or a token bucket is an upper bound
-///   (some comes back sooner). Windows and times are rounded up. Integers above the 15 digits a structured
-///   field allows are clamped. A token bucket whose burst is above its count shows its
-///   burst as the limit (`X-RateLimit-Limit` and `q`) and the time the bucket takes to
-///   refill it as `w` (`10/min burst 30`: `q=30;w=180`), so what is left never shows more
-///   than the limit ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota)).
+///   window in seconds, `r` what is left and `t` a number of seconds. Draft 10 defines
+///   `t` as the time until more quota is made available. On a bucket that refused the
+///   request it is that: until the request would be admitted (what `Retry-After` says for
+///   it). On a bucket that admitted it, `t` is the time until the bucket is full again:
+///   for a fixed window that is when more comes back (its window's end), but for a
+///   rolling window or a token bucket it is an upper bound, not the draft's value: quota
+///   comes back bit by bit before it (a review: a token bucket of 5 a minute, burst 2,
+///   said `r=0;t=24` and admitted the next request 12 s later). Draft 10 lets a server
+///   vary `t` between responses for sliding windows, and a client that waits `t` is
+///   never refused for waiting too little; one that wants the earliest moment retries
+///   and reads `Retry-After`. Windows and times are rounded up. Integers above the 15
+///   digits a structured field allows are clamped. A token bucket shows its sustained
+///   count and window as the limit (`X-RateLimit-Limit`, `q` and `w`: `100/min burst 20`
+///   is `q=100;w=60`, of which at most 20 fit at once); one whose burst is above its
+///   count shows its burst as the limit and the time the bucket takes to refill it as
+///   `w` (`10/min burst 30`: `q=30;w=180`), so what is left never shows more than the
+///   limit ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota)).
 /// - **`Retry-After`**: on refused requests only, whole seconds rounded up and never 0;
 ///   absent when waiting cannot help (a request that costs more than the bucket holds).
 ///   It is written by every style, [`HeaderStyle::none`] included, since it is part of
