@@ -138,7 +138,11 @@
 //!   count and when it is fresh again, not when each admission leaves), before the
 //!   give-back. Through one
 //!   multiplexed connection (the default, RESP2) a restart is always seen: the first call
-//!   on the old connection fails, and that failure starts a check. Through a pool (which
+//!   on the old connection fails, and that failure starts a check, the store's own question
+//!   of the incarnation (below) included, which is that first call when the instance was
+//!   idle through the restart (the client connects afresh after it, and requests through
+//!   the new connection would not fail: a review had three idle instances admit 800 of 500
+//!   on the emptied Redis before the next question). Through a pool (which
 //!   replaces broken connections quietly) or RESP3 (which reconnects by itself), and for a
 //!   primary that took another server's data without a call failing (made a replica and a
 //!   master again, its connection kept), the store on the primary asks its incarnation
@@ -1661,8 +1665,12 @@ fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
 /// requests through a pool or RESP3, which reconnect quietly) is left and checked as a
 /// failed one is, so its counts are written back (a review: a Redis made a replica of an
 /// empty one and a master again while the instance was idle, every count lost unnoticed).
-/// A failed or refused question is not a failure: the calls find those. Ends with the
-/// store.
+/// A question that timed out or was refused is not a failure: the calls find those. One
+/// that found the connection broken is: the client connects afresh by itself after it,
+/// and the calls that follow, through the new connection, would not fail, on a primary
+/// that may have restarted empty meanwhile (a review: three instances idle while Redis
+/// restarted admitted 800 of 500 before the next question found the new `run_id`).
+/// Ends with the store.
 async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
@@ -1672,8 +1680,13 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
         if !shared.on_primary() {
             continue;
         }
-        let Ok(id) = shared.bounded(shared.primary.incarnation()).await else {
-            continue;
+        let id = match shared.bounded(shared.primary.incarnation()).await {
+            Ok(id) => id,
+            Err(e) if shared.primary.connection_broke(&e) => {
+                shared.leave(&e.to_string(), true);
+                continue;
+            }
+            Err(_) => continue,
         };
         if shared.is_new_incarnation(&id) {
             shared.leave(

@@ -328,6 +328,40 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
 }
 
+/// Redis restarted empty while this instance sent nothing: the store's question of the
+/// primary's incarnation (every `WATCH_EVERY`) is the first call to meet the broken
+/// connection, and the client connects afresh by itself after it. The requests that
+/// follow, through the new connection, were decided on the empty Redis until the next
+/// question found the new `run_id` (a review: three idle instances admitted 800 of 500
+/// after a restart, a lockout lifted). A question that finds the connection broken now
+/// has the primary checked as a failed call does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_restart_while_idle_is_found_before_the_next_request() {
+    let mut server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", "idle-restart", lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    server.restart();
+    // Nothing is sent until the store has connected again, which only its question of
+    // the incarnation makes it do (the test's own `redis-cli` runs `CLIENT LIST`).
+    let restarted = std::time::Instant::now();
+    while !server
+        .cli(["CLIENT", "LIST"])
+        .lines()
+        .any(|client| client.contains("cmd=") && !client.contains("cmd=client|list"))
+    {
+        assert!(
+            restarted.elapsed() < 2 * tollgate_redis::WATCH_EVERY + RECOVERY,
+            "the store did not connect again"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let admitted = common::admitted(&store, &key, 10, Duration::ZERO).await;
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    assert_eq!(admitted, 2, "3 counted before the restart, 5 in all");
+    assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
+
 /// An instance on a Redis whose key `name` (a lockout) counted 3, then made a replica of an
 /// empty server (returned second, to keep running) until the full sync replaced its keys with none.
 async fn emptied_by_a_sync(
