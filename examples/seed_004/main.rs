@@ -37,7 +37,11 @@
 //! - Per-key limits ([`Limiter::set_override`]) come from the key table: the `Limited
 //!   Partner` key created at start-up has 20/min, and `POST /admin/keys` (the page's `npx
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
-//!   their own limit, effective on their first request.
+//!   their own limit, effective on their first request. The key table is this process's
+//!   (a stand-in for the page's key service): a key created through one instance of a
+//!   fleet is unknown to the others, where it is a `401` that spends the client's
+//!   failed-authentication budget (20 a minute per IP), as any unknown key does. Give
+//!   every instance the key, or keep the table where all of them read it.
 //!
 //! - The reference docs page: `GET /docs` lists every endpoint's limits and `GET
 //!   /openapi.json` has them as `x-ratelimit`, generated from the limiter (`docs.rs`).
