@@ -73,8 +73,10 @@
 //! [`FallbackStore`](crate::FallbackStore)'s shorter per-call timeout) has usually been sent
 //! already: Redis may still run it after the caller was answered otherwise (from memory, or
 //! with an error). Such a charge then counts twice (in Redis and in the answer the caller
-//! got) or counts although the request was turned away. The excess is bounded by the
-//! requests a key makes during one timeout (timeout × rate), and only while Redis is slow.
+//! got) or counts although the request was turned away, and what the request gives back
+//! afterwards (a refund) is given back where it was answered (the fallback's memory), so
+//! Redis keeps that charge for its window. The excess is bounded by the requests a key
+//! makes during one timeout (timeout × rate), and only while Redis is slow.
 //! [`FallbackStore`](crate::FallbackStore) makes a call whose connection broke once more
 //! through a fresh connection: if Redis ran it before the connection broke, it counts
 //! twice (a charge: one request refused early).
