@@ -736,8 +736,13 @@ impl MemoryStore {
     /// admitted as late as `fresh_in` allows (see below), so the key admits no sooner here
     /// than it would have there. A `used` of 0 (or a `fresh_in` of zero) forgets the key.
     ///
-    /// A new key takes room like a charge does; if the bucket's share is full of keys at
-    /// their limit ([`WhenFull::RefuseNewKeys`]) it is not stored, and this returns `false`.
+    /// A new key takes room like a charge does, and where a charge would be refused for want
+    /// of room (a share full of keys at their limit, or under [`WhenFull::KeepCounts`] of
+    /// keys that count) it takes the place of keys that spent no more than it, the least
+    /// recently seen of those that spent least first: the store holds the other store's
+    /// counts of the keys that spent most, and a flood of keys each at one cannot keep out a
+    /// lockout reached since. If every key there spent more, it is not stored, and this
+    /// returns `false`.
     ///
     /// tollgate-redis's `FallbackStore` calls it with
     /// every answer of Redis, so that deciding from memory starts from Redis's counts.
@@ -785,7 +790,7 @@ impl MemoryStore {
         let Some(state) = pending else {
             return true;
         };
-        match inner.make_room(&mut shard, bucket, now) {
+        match inner.make_room(&mut shard, bucket, now, Some(seen & FLAGS)) {
             Ok(part) => {
                 shard.insert(p.hash, part, seen, state, expires_at);
                 true
@@ -1200,7 +1205,7 @@ impl Inner {
         found.unwrap_or_else(|| {
             let state = State::fresh(limit, now);
             let fit = match state.fit(limit, cost, now) {
-                Fit::Now => match self.make_room(shard, bucket, now) {
+                Fit::Now => match self.make_room(shard, bucket, now, None) {
                     Ok(_) => Fit::Now,
                     Err(wait) => Fit::Full(wait),
                 },
@@ -1280,7 +1285,7 @@ impl Inner {
             return;
         }
         // A charge (or a penalty) of a new key: make room first.
-        let part = match self.make_room(shard, bucket, now) {
+        let part = match self.make_room(shard, bucket, now, None) {
             Ok(part) => part,
             Err(wait) => {
                 *out = state.report(limit, Fit::Full(wait), cost, now);
@@ -1397,7 +1402,21 @@ impl Inner {
     /// first of them expires ([`WhenFull::RefuseNewKeys`]). Under [`WhenFull::KeepCounts`]
     /// it evicts nothing but fresh entries, and answers that wait once none is left.
     /// Returns the share.
-    fn make_room(&self, shard: &mut Shard, bucket: &Bucket, now: u64) -> Result<u8, u64> {
+    ///
+    /// A count mirrored from another store ([`MemoryStore::mirror`]) brings `mirrored`, the
+    /// [`FLAGS`] its entry will have: where the share would refuse it, it takes the place of
+    /// keys that spent no more than it, those that spent least and were least recently
+    /// seen first (a sixty-fourth of the share, at least one). Memory holds a copy of the other store's counts then, and the copy should
+    /// hold the keys that spent most: a flood of keys each at one must not keep out a
+    /// lockout reached since (a review: a locked account answered 10 of 10 through the
+    /// fallback, its count never copied into a share that such a flood had filled).
+    fn make_room(
+        &self,
+        shard: &mut Shard,
+        bucket: &Bucket,
+        now: u64,
+        mirrored: Option<u64>,
+    ) -> Result<u8, u64> {
         let part = shard.part_of(self.name_hash(bucket));
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
@@ -1405,7 +1424,7 @@ impl Inner {
         // Refused for want of room already, and none of the share's keys changed since:
         // nothing to look at again before the soonest of them expires.
         let until = shard.parts[index].refusing_until;
-        if full && now < until {
+        if full && now < until && mirrored.is_none() {
             self.refused_for_room(bucket, now);
             return Err(until - now);
         }
@@ -1420,9 +1439,27 @@ impl Inner {
             return Ok(part);
         }
         let (mut seen, soonest) = shard.seen_of(part);
+        // A mirrored count takes the place of keys that spent no more than it: the least
+        // recently seen sixty-fourth of the share's (at least one), those that spent least
+        // first, so that a flood of mirrored keys does not look at the whole share each.
+        let refuse_unless_mirrored = |shard: &mut Shard, seen: &mut Vec<u64>| {
+            if let Some(flags) = mirrored {
+                seen.retain(|&s| s & FLAGS <= flags);
+                if !seen.is_empty() {
+                    let n = (self.shard_cap / 64).clamp(1, seen.len());
+                    let (_, &mut cutoff, _) = seen.select_nth_unstable(n - 1);
+                    let evicted = shard.evict(part, 0, cutoff, n);
+                    self.counters
+                        .evicted
+                        .fetch_add(evicted as u64, Ordering::Relaxed);
+                    return Ok(part);
+                }
+            }
+            Err(self.refuse_for_room(shard, index, bucket, soonest, now))
+        };
         if bucket.when_full == WhenFull::KeepCounts {
             // Every key left counts something (fresh ones were just swept).
-            return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
+            return refuse_unless_mirrored(shard, &mut seen);
         }
         let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
         // Keys below their limit make room while they are an eighth of the share or more
@@ -1438,7 +1475,7 @@ impl Inner {
             seen.retain(|&t| t & LIMITED != 0);
             ((self.shard_cap / 64).clamp(1, seen.len().max(1)), LIMITED)
         } else {
-            return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
+            return refuse_unless_mirrored(shard, &mut seen);
         };
         if seen.is_empty() {
             return Ok(part);

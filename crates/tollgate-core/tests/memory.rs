@@ -379,6 +379,60 @@ fn mirrored_counts_hold_and_take_no_room_from_limited_keys() {
     assert!(!store.charge(std::slice::from_ref(&u0)).unwrap().allowed);
 }
 
+/// A count mirrored from another store into a share that is full takes the place of the
+/// key there that spent least, least recently seen first, if that one spent no more: the
+/// share holds what the other store reported of the keys that spent most. A flood of
+/// invented keys, each at one, filled a lockout's share (`KeepCounts`) while Redis
+/// answered, and an account locked there afterwards was not in memory when Redis failed
+/// (a review: 10 of 10 wrong passwords answered through the fallback for a locked account,
+/// 15 counted against 5 in all). A mirrored key that spent less than every key held is
+/// still not stored, and a charge of a new key still evicts nothing under `KeepCounts`.
+#[test]
+fn a_mirrored_count_takes_the_place_of_a_key_that_spent_no_more() {
+    let lockout = Limit::sliding_exact(Quota::parse("5/30min").expect("quota"));
+    let (clock, store) = one_shard(64);
+    let key = |k: &str| Bucket::new("sign-in", k, lockout).with_when_full(WhenFull::KeepCounts);
+    let fresh_in = Duration::from_secs(20 * 60);
+    for i in 0..64 {
+        clock.advance(Duration::from_millis(1));
+        assert!(store.mirror(&key(&format!("junk-{i}")), 1, fresh_in));
+    }
+    // Locked, and at 3 of 5, on the other store: both kept, in place of junk-0 and junk-1.
+    clock.advance(Duration::from_millis(1));
+    let (locked, partial) = (key("locked"), key("partial"));
+    assert!(store.mirror(&locked, 5, fresh_in));
+    assert!(store.mirror(&partial, 3, fresh_in));
+    assert_eq!(store.len(), 64);
+    let refused = store.charge(std::slice::from_ref(&locked)).unwrap();
+    assert_eq!(refused.buckets[0].refusal, Some(Refusal::OverLimit));
+    assert_eq!(remaining(&store, &partial), 2);
+    assert_eq!(remaining(&store, &key("junk-0")), 5, "junk-0 made room");
+    // Another key at one: the least recently seen of the junk goes.
+    assert!(store.mirror(&key("junk-new"), 1, fresh_in));
+    assert_eq!(remaining(&store, &key("junk-2")), 5, "junk-2 made room");
+    assert_eq!(remaining(&store, &key("junk-3")), 4, "junk-3 kept");
+    assert_eq!(remaining(&store, &key("junk-new")), 4);
+    // A charge of a new key still evicts nothing.
+    let d = store.charge(std::slice::from_ref(&key("charged"))).unwrap();
+    assert_eq!(d.buckets[0].refusal, Some(Refusal::StoreFull));
+    assert_eq!(remaining(&store, &partial), 2);
+
+    // A share full of keys at their limit (the default `RefuseNewKeys`): a mirrored key that
+    // spent less is not stored; one at its limit takes the least recently seen one's place.
+    let (clock, store) = one_shard(64);
+    let key = |k: &str| Bucket::new("sign-in", k, lockout);
+    for i in 0..64 {
+        clock.advance(Duration::from_millis(1));
+        assert!(store.mirror(&key(&format!("u{i}")), 5, fresh_in));
+    }
+    assert!(!store.mirror(&key("new"), 4, fresh_in));
+    assert!(store.mirror(&key("locked"), 5, fresh_in));
+    assert_eq!(store.len(), 64);
+    assert_eq!(remaining(&store, &key("u0")), 5, "u0 made room");
+    assert_eq!(remaining(&store, &key("u1")), 0);
+    assert_eq!(remaining(&store, &key("locked")), 0);
+}
+
 /// A share left with a few keys below their limit among keys at it (a flood of limited
 /// addresses, one that stopped short): new keys taking turns must not evict each other
 /// and each be counted afresh. Two keys alternating were each admitted every request

@@ -507,6 +507,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Whether Redis's eviction policy was looked at ([`RedisStore::run_id`]).
     eviction_checked: AtomicBool,
+    /// Whether a refused `INFO` was warned about ([`RedisStore::run_id`]).
+    info_refusal_warned: AtomicBool,
 }
 
 /// A [`Store`] keeping bucket state in Redis (a server, or Redis Cluster). Clones share one
@@ -788,6 +790,7 @@ impl RedisStore {
                 cache: (refusal_cache > 0).then(|| RefusalCache::new(refusal_cache)),
                 clock,
                 eviction_checked: AtomicBool::new(false),
+                info_refusal_warned: AtomicBool::new(false),
             }),
         }
     }
@@ -1024,7 +1027,10 @@ impl RedisStore {
     /// The Redis server's `run_id` (from `INFO server`): it changes when the server
     /// restarts, which is how [`FallbackStore`](crate::FallbackStore) knows that Redis may
     /// have come back empty. `None` on Redis Cluster, and when the server refuses `INFO`
-    /// (an ACL user without it, a renamed command): a restart is then not noticed.
+    /// (an ACL user without it, a renamed command): a restart is then not noticed, which
+    /// is logged as a warning the first time (a review: a Redis restarted empty, a
+    /// lockout's 5 failures answered 5 more and 500 more of a spent 500 a minute admitted,
+    /// and nothing said why).
     ///
     /// # Errors
     ///
@@ -1032,6 +1038,15 @@ impl RedisStore {
     pub async fn run_id(&self) -> Result<Option<String>, StoreError> {
         let connection = &self.inner.connection;
         let Some(server) = connection.info("server").await? else {
+            if !self.is_cluster() && !self.inner.info_refusal_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    target: "tollgate",
+                    "Redis refuses INFO (an ACL user without it, or a renamed command): a Redis \
+                     that restarts empty is not noticed, so the counts this instance holds are \
+                     not written back to it, and whether Redis may evict counts is not checked; \
+                     allow INFO for this user (`+info`)"
+                );
+            }
             return Ok(None);
         };
         // Once per store, the first time Redis answers it: whether it may evict the counts.

@@ -1,13 +1,14 @@
 //! A Redis that may evict the store's keys when its memory is full (`maxmemory` set, a
 //! `maxmemory-policy` other than `noeviction`) is warned about, once per store, the first
-//! time it answers `INFO` ([`RedisStore::run_id`], which the fallback store's checks call).
+//! time it answers `INFO` ([`RedisStore::run_id`], which the fallback store's checks call);
+//! one that refuses `INFO` (the store then cannot notice a restart) the first time it does.
 //! In a test binary of its own: tracing caches a callsite's interest process-wide.
 
 use tollgate_redis::RedisStore;
 use tollgate_testkit::{EventLog, RedisServer};
 
 #[test]
-fn a_redis_that_may_evict_keys_is_warned_about_once() {
+fn what_the_store_cannot_check_on_redis_is_warned_about_once() {
     let events = EventLog::during(async {
         let evicting = RedisServer::start();
         evicting.cli(["CONFIG", "SET", "maxmemory", "64mb"]);
@@ -23,7 +24,26 @@ fn a_redis_that_may_evict_keys_is_warned_about_once() {
         refusing.cli(["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
         let store = RedisStore::open(&refusing.url()).unwrap();
         assert!(store.run_id().await.unwrap().is_some());
+        // An ACL user without INFO: no run_id, said once.
+        refusing.cli([
+            "ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-info",
+        ]);
+        let url = format!("redis://limited:pw@127.0.0.1:{}/", refusing.port());
+        let limited = RedisStore::open(&url).unwrap();
+        for _ in 0..3 {
+            assert_eq!(limited.run_id().await.unwrap(), None);
+        }
     });
+    let refused: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("refuses INFO"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:#?}");
+    assert!(
+        refused[0].starts_with("WARN tollgate:") && refused[0].contains("restarts empty"),
+        "{}",
+        refused[0]
+    );
     let warnings: Vec<&String> = events
         .iter()
         .filter(|e| e.contains("maxmemory-policy"))

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::wait_for_mode;
 use tollgate_core::{
-    Batch, Bucket, FailureMode, Limit, ManualClock, MemoryStore, Op, Quota, Store, StoreError,
+    Batch, Bucket, FailureMode, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, Store,
+    StoreError, WhenFull,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
@@ -360,6 +361,57 @@ async fn an_empty_restart_while_idle_is_found_before_the_next_request() {
     wait_for_mode(&store, Mode::Primary, RECOVERY).await;
     assert_eq!(admitted, 2, "3 counted before the restart, 5 in all");
     assert_eq!(remaining_on_redis(&server, &key).await, 0);
+}
+
+/// A lockout's share of the fallback's memory (`KeepCounts`) filled by invented e-mails,
+/// one failure each, while Redis answered; an account locked on Redis after that, and one
+/// at 3 of 5: through an outage memory refuses the first as over its limit and admits the
+/// second twice. Their counts were not copied into the full share, and memory refused both
+/// for want of room instead, which the demo counts per client network (a review: 10 of 10
+/// wrong passwords answered for the locked account from 10 addresses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockout_reached_after_a_flood_filled_memory_holds_through_an_outage() {
+    let mut server = RedisServer::start();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let memory = MemoryStore::builder()
+        .clock(ManualClock::new(now))
+        .max_entries(64)
+        .shards(1)
+        .build();
+    let store = FallbackStore::connect_with_memory(
+        RedisStore::open(&server.url()).unwrap(),
+        memory,
+        FallbackConfig::default().with_timeout(TIMEOUT),
+    )
+    .await;
+    let key = |k: &str| Bucket::new("sign-in", k, lockout()).with_when_full(WhenFull::KeepCounts);
+    for i in 0..100 {
+        spend(std::slice::from_ref(&store), &key(&format!("junk-{i}")), 1).await;
+    }
+    let (locked, partial) = (key("locked"), key("partial"));
+    spend(std::slice::from_ref(&store), &locked, 5).await;
+    spend(std::slice::from_ref(&store), &partial, 3).await;
+    server.kill();
+    let charge = async |bucket: &Bucket| {
+        let d = store.apply(&Batch::charge(vec![bucket.clone()])).await;
+        d.unwrap().buckets[0].refusal
+    };
+    let refused = charge(&locked).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    assert_eq!(refused, Some(Refusal::OverLimit));
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(charge(&partial).await);
+    }
+    assert_eq!(
+        answers,
+        [
+            None,
+            None,
+            Some(Refusal::OverLimit),
+            Some(Refusal::OverLimit)
+        ]
+    );
 }
 
 /// An instance on a Redis whose key `name` (a lockout) counted 3, then made a replica of an
