@@ -582,6 +582,9 @@ impl Drop for Unsure<'_> {
 /// the departures from it.
 const ON_PRIMARY: u64 = 1;
 
+/// The most charges [`Shared::late_admissions`] keeps until the next check.
+const LATE_ADMISSIONS: usize = 10_000;
+
 struct Shared<P> {
     primary: P,
     memory: MemoryStore,
@@ -602,6 +605,13 @@ struct Shared<P> {
     /// incarnation ([`Unsure`]): until they know, the primary may have restarted, and its
     /// answers are not taken as memory's counts.
     unsure: AtomicU32,
+    /// Charges the primary admitted whose answers came while it may have restarted
+    /// ([`Shared::absorb_late`]), at most [`LATE_ADMISSIONS`]: if it did (the next check
+    /// finds a new incarnation), they were counted on the emptied primary, where the
+    /// write-back, raising each key to what it reported before, would take them in; they
+    /// are added to what is written back then ([`Ledger::add_to_report`]), and forgotten
+    /// otherwise.
+    late_admissions: Mutex<Vec<Bucket>>,
     /// Why the store left the primary last.
     reason: Mutex<String>,
     /// When the store last returned to the primary, and the check wait that preceded it.
@@ -737,6 +747,7 @@ impl<P: Primary> FallbackStore<P> {
                 failures: AtomicU32::new(0),
                 incarnation: Mutex::new(None),
                 unsure: AtomicU32::new(0),
+                late_admissions: Mutex::new(Vec::new()),
                 reason: Mutex::new(String::new()),
                 closed: Mutex::new(None),
                 grace_until: AtomicU64::new(0),
@@ -852,6 +863,9 @@ impl<P: Primary> Shared<P> {
         };
         match tokio::time::timeout_at(deadline, again).await {
             Ok(Some(Ok(answer))) => {
+                // The same incarnation: what was admitted meanwhile was counted where it
+                // stays.
+                lock(&self.late_admissions).clear();
                 tracing::debug!(
                     target: "tollgate::store",
                     error = %error,
@@ -923,11 +937,18 @@ impl<P: Primary> Shared<P> {
         self.probe_once().await?;
         let id = self.bounded(self.primary.incarnation()).await?;
         let restarted = self.is_new_incarnation(&id);
+        let late = std::mem::take(&mut *lock(&self.late_admissions));
         if restarted {
             tracing::warn!(
                 target: "tollgate::store",
                 "rate-limit store primary restarted or took another server's data (new run_id or replication id): writing back the counts this instance holds"
             );
+            // Admitted by the emptied primary before this instance knew: added to the
+            // counts written back, which would otherwise take them in.
+            let now = self.memory.now().as_micros();
+            for bucket in &late {
+                self.ledger.add_to_report(bucket, now);
+            }
         }
         self.give_back(restarted).await?;
         if id.is_some() {
@@ -1174,6 +1195,8 @@ impl<P: Primary> Shared<P> {
     /// Back on the primary, after a check waited `delay`.
     fn enter(&self, delay: Duration) {
         *lock(&self.closed) = Some((Instant::now(), delay));
+        // Answers that came after the check that returns: counted where they stay.
+        lock(&self.late_admissions).clear();
         self.failures.store(0, Ordering::Release);
         self.state.fetch_or(ON_PRIMARY, Ordering::AcqRel);
         // After the switch: a decision that sees the drain over sees the primary.
@@ -1474,6 +1497,11 @@ impl<P: Primary> Shared<P> {
             if on_share {
                 return;
             }
+            let mut late = lock(&self.late_admissions);
+            if late.len() + batch.buckets.len() <= LATE_ADMISSIONS {
+                late.extend(batch.buckets.iter().cloned());
+            }
+            drop(late);
             let scaled = self.scaled_all(&batch.buckets);
             if let Err(e) = self.memory.apply_now(Op::Penalize, &scaled) {
                 tracing::debug!(target: "tollgate::store", error = %e, "could not count a late answer in memory");

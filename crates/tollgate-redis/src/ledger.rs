@@ -318,6 +318,19 @@ impl Ledger {
             .collect()
     }
 
+    /// Adds `bucket.cost` to the count the primary last reported of its key, if that report
+    /// still counts at `now`: a charge the primary admitted after it lost its counts (it
+    /// restarted empty, before this instance knew), which writing the report back would
+    /// otherwise take in. A key without such a report is not written back, and keeps the
+    /// charge where it was counted.
+    pub(crate) fn add_to_report(&self, bucket: &Bucket, now: u64) {
+        if let Some(entry) = self.lock().get_mut(bucket.key.as_str()) {
+            if entry.until > now && entry.used > 0 {
+                entry.used = entry.used.saturating_add(bucket.cost);
+            }
+        }
+    }
+
     /// What memory charged each of `buckets` since the ledger's debts were last taken.
     pub(crate) fn debts(&self, buckets: &[Bucket]) -> SmallVec<[u64; 8]> {
         if self.capacity == 0 {
