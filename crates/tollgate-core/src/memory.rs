@@ -1406,10 +1406,11 @@ impl Inner {
     /// A count mirrored from another store ([`MemoryStore::mirror`]) brings `mirrored`, the
     /// [`FLAGS`] its entry will have: where the share would refuse it, it takes the place of
     /// keys that spent no more than it, those that spent least and were least recently
-    /// seen first (a sixty-fourth of the share, at least one). Memory holds a copy of the other store's counts then, and the copy should
-    /// hold the keys that spent most: a flood of keys each at one must not keep out a
-    /// lockout reached since (a review: a locked account answered 10 of 10 through the
-    /// fallback, its count never copied into a share that such a flood had filled).
+    /// seen first (a sixty-fourth of the share, at least one). Memory holds a copy of the
+    /// other store's counts then, and the copy should hold the keys that spent most: a
+    /// flood of keys each at one must not keep out a lockout reached since (a review: a
+    /// locked account answered 10 of 10 through the fallback, its count never copied into
+    /// a share that such a flood had filled).
     fn make_room(
         &self,
         shard: &mut Shard,

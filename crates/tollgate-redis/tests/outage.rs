@@ -366,10 +366,10 @@ async fn an_empty_restart_while_idle_is_found_before_the_next_request() {
 /// Redis restarted empty, then a burst from one client at once: the first call finds the
 /// connection broken and asks whether Redis restarted, and calls sent meanwhile through
 /// the fresh connection are admitted by the emptied Redis. Writing the counts back raises
-/// each key to what Redis reported before, which took those admissions in: they are owed
-/// on top of it (a review: 529 of 500 admitted by three instances, the count Redis held
-/// after the write-back short of what had been admitted; one instance here held 485 of
-/// 500 admitted, and admitted 15 more).
+/// each key to what Redis reported before, which took those admissions in: they are added
+/// to what is written back (a review: 529 of 500 admitted by three instances, the count
+/// Redis held after the write-back short of what had been admitted; one instance here
+/// held 485 of 500 admitted, and admitted 15 more).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admissions_on_an_emptied_redis_before_the_restart_is_known_are_written_back() {
     let mut server = RedisServer::start();
