@@ -1440,28 +1440,9 @@ impl Inner {
             return Ok(part);
         }
         let (mut seen, soonest) = shard.seen_of(part);
-        // A mirrored count takes the place of keys that spent no more than it: the least
-        // recently seen sixty-fourth of the share's (at least one), those that spent least
-        // first, so that a flood of mirrored keys does not look at the whole share each.
-        let refuse_unless_mirrored = |shard: &mut Shard, seen: &mut Vec<u64>| {
-            if let Some(flags) = mirrored {
-                seen.retain(|&s| s & FLAGS <= flags);
-                if !seen.is_empty() {
-                    let n = (self.shard_cap / 64).clamp(1, seen.len());
-                    let (_, &mut cutoff, _) = seen.select_nth_unstable(n - 1);
-                    let evicted = shard.evict(part, 0, cutoff, n);
-                    self.counters
-                        .evicted
-                        .fetch_add(evicted as u64, Ordering::Relaxed);
-                    return Ok(part);
-                }
-            }
-            Err(self.refuse_for_room(shard, index, bucket, soonest, now))
-        };
-        if bucket.when_full == WhenFull::KeepCounts {
-            // Every key left counts something (fresh ones were just swept).
-            return refuse_unless_mirrored(shard, &mut seen);
-        }
+        // Under `KeepCounts` every key left counts something (fresh ones were just swept):
+        // none makes room but for a mirrored count (below).
+        let keep = bucket.when_full == WhenFull::KeepCounts;
         let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
         // Keys below their limit make room while they are an eighth of the share or more
         // (the least recently seen eighth goes). Fewer, the share counts as full of keys
@@ -1470,13 +1451,22 @@ impl Inner {
         // limit and each counted afresh (50 addresses were admitted 45,100 requests
         // against 20 each once a flood had filled the share with limited ones).
         let eighth = (self.shard_cap / 8).max(1);
-        let (batch, floor) = if free >= eighth {
+        let (batch, floor) = if !keep && free >= eighth {
             (eighth, 0)
-        } else if bucket.when_full == WhenFull::EvictLimited {
+        } else if !keep && bucket.when_full == WhenFull::EvictLimited {
             seen.retain(|&t| t & LIMITED != 0);
             ((self.shard_cap / 64).clamp(1, seen.len().max(1)), LIMITED)
+        } else if let Some(flags) = mirrored {
+            // A mirrored count takes the place of keys that spent no more than it: a
+            // sixty-fourth of the share (at least one), those that spent least and were
+            // least recently seen first.
+            seen.retain(|&s| s & FLAGS <= flags);
+            if seen.is_empty() {
+                return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
+            }
+            ((self.shard_cap / 64).clamp(1, seen.len()), 0)
         } else {
-            return refuse_unless_mirrored(shard, &mut seen);
+            return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
         };
         if seen.is_empty() {
             return Ok(part);

@@ -308,6 +308,7 @@ impl ClientIp {
         let quoted = self.header == ProxyHeader::Forwarded;
         let mut entries = lines.rev().flat_map(|line| RevEntries {
             rest: Some(line.as_bytes()),
+            sep: b',',
             quoted,
         });
         for _ in 0..MAX_HOPS {
@@ -429,12 +430,14 @@ fn key_address(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Yields the comma-separated entries of one header line from the right; an
-/// entry longer than [`MAX_ENTRY_LEN`] comes out as `None` (and ends the line),
-/// so no more than that is scanned per entry. With `quoted` (`Forwarded`), a comma
-/// inside a quoted string (`host="a,b"`) separates nothing.
+/// Yields the `sep`-separated entries of one header line (or the pairs of one
+/// `Forwarded` element) from the right; an entry longer than [`MAX_ENTRY_LEN`] comes
+/// out as `None` (and ends the line), so no more than that is scanned per entry. With
+/// `quoted` (`Forwarded`), a separator inside a quoted string (`host="a,b"`) separates
+/// nothing.
 struct RevEntries<'a> {
     rest: Option<&'a [u8]>,
+    sep: u8,
     quoted: bool,
 }
 
@@ -466,7 +469,7 @@ impl<'a> Iterator for RevEntries<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.rest?;
         let window = rest.len().saturating_sub(MAX_ENTRY_LEN + 1);
-        match rposition_of(&rest[window..], b',', self.quoted) {
+        match rposition_of(&rest[window..], self.sep, self.quoted) {
             Some(at) => {
                 let comma = window + at;
                 self.rest = Some(&rest[..comma]);
@@ -512,17 +515,20 @@ fn parse_node(entry: &[u8]) -> Option<IpAddr> {
 /// repeated `for` are unreadable. Semicolons inside another pair's quoted value
 /// (`host="a;b"`) separate nothing.
 fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(element).ok()?;
     let mut found = None;
-    let mut pairs = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rposition_of(rest.as_bytes(), b';', true) {
-        pairs.push(&rest[at + 1..]);
-        rest = &rest[..at];
-    }
-    pairs.push(rest);
-    // RFC 7239 allows empty pairs (`for=192.0.2.60;`, `;for=192.0.2.60`).
-    for pair in pairs.into_iter().filter(|p| !p.trim().is_empty()) {
+    // Pairs from the right (which `for` is found first does not matter: a repeated one
+    // is unreadable). An element is an entry, so none is longer than `MAX_ENTRY_LEN`.
+    let pairs = RevEntries {
+        rest: Some(element),
+        sep: b';',
+        quoted: true,
+    };
+    for pair in pairs {
+        let pair = std::str::from_utf8(pair?).ok()?;
+        // RFC 7239 allows empty pairs (`for=192.0.2.60;`, `;for=192.0.2.60`).
+        if pair.trim().is_empty() {
+            continue;
+        }
         let (key, value) = pair.split_once('=')?;
         if !key.trim().eq_ignore_ascii_case("for") {
             continue;
