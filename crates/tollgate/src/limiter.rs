@@ -164,7 +164,9 @@ impl Limiter {
     /// [`Limiter::policy`]); a client whose class is spent is refused until then. Declare
     /// the route itself to have it left to the layer from the first request. A layer put on
     /// another route than its pattern names is noticed at that route's first request (a
-    /// warning), and its pattern's route is no longer left to it from then on. And as the
+    /// warning), and its pattern's route is no longer left to it from then on; it takes
+    /// over nothing its pattern does not cover, so the route it is on keeps its class, as
+    /// do the other routes of a `Router::route_layer` that puts it on several. And as the
     /// central layer cannot see where the layer is, a method of the pattern is left to it for
     /// good only once the layer has seen a request of that method: until then one request
     /// at a time goes to the layer without the class's charge (a probe; it is charged to
@@ -686,7 +688,14 @@ impl Limiter {
             .with_cost(cost)
             .with_when_full(direct.when_full);
         let batch = Batch::new(op, vec![charged]).with_failure_mode(table.defaults.on_failure);
-        let answer = self.engine.store.apply(&batch).await;
+        let store = &*self.engine.store;
+        let started = std::time::Instant::now();
+        let answer = store.apply(&batch).await;
+        // A store that waits is timed as the middleware's calls are (the memory store, which
+        // the middleware asks synchronously, is not).
+        if store.mode() != tollgate_core::StoreMode::Memory {
+            self.engine.store_metrics.answered(started.elapsed(), store);
+        }
         // A charge is a request decided, as the middleware's are: counted in the limiter's
         // stats and its bucket's metrics (a look, a refund or a reset decides nothing).
         if op == Op::Charge {

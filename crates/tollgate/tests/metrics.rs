@@ -294,6 +294,42 @@ async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
     assert_eq!(fifth.get("tollgate_store_fallback{store=shared}"), None);
 }
 
+/// A handler's own charge ([`Limiter::check`]) on a store that waits is timed, and shows
+/// the store's fallback, as the middleware's calls are. (A review: 25 sign-in charges on
+/// Redis moved the histogram by none.)
+#[tokio::test]
+async fn a_handler_s_charge_on_a_store_that_waits_is_timed_and_its_fallback_shows() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let store = Switching {
+        memory: Recording::new(MemoryStore::new()),
+        fallback: Arc::default(),
+        switches: Arc::default(),
+    };
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(store.clone())
+            .route("/api/*", Policy::named("default").per_ip("100/min"))
+            .bucket("sign-in", "5/min"),
+    );
+    let _ = moved(&snapshotter);
+    store.set(true);
+    for _ in 0..3 {
+        assert!(
+            limiter
+                .check("sign-in", "a@example.com")
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let after = moved(&snapshotter);
+    assert_eq!(after["tollgate_store_duration_seconds{store=shared}"], 3.0);
+    assert_eq!(after["tollgate_store_fallback{store=shared}"], 1.0);
+    assert_eq!(after["tollgate_store_fallbacks_total{store=shared}"], 1.0);
+}
+
 /// A guard shares its limiter's store, and its metrics: a switch of that store to its
 /// fallback counts once, not once for the limiter and once for each guard that saw it (a
 /// review: the demo, whose admin router has a guard, counted every outage twice).

@@ -172,9 +172,10 @@ pub(crate) struct Delegation {
     /// Whether its layer was put on a service ([`Layer::layer`](tower_layer::Layer::layer)):
     /// a layer never attached leaves nothing to it.
     attached: AtomicBool,
-    /// Whether its layer saw a request its pattern does not match (it is on another route
-    /// than the pattern names): the central layer then leaves it only the routes the
-    /// layer was seen on.
+    /// Whether its layer saw a routed request its pattern does not match (it is on another
+    /// route than the pattern names, or on several): the central layer then leaves it only
+    /// the routes the layer was seen on. The layer passes such requests on uncharged: their
+    /// class charged them.
     mismatched: AtomicBool,
     /// The methods ([`method_bit`]) its layer saw a request of that its pattern matches.
     seen: AtomicU16,
@@ -778,49 +779,40 @@ impl Engine {
             }
         }
         // One snapshot for the request (loaded again only after this request changes it).
-        let mut routes = self.routes.load();
-        // A layer declared for a pattern that does not match the request as the central
-        // layer reads it (a `nest` prefix, a typo, the layer put on another route): the
-        // central layer charged it. From now on it marks what it charges, so this layer can
-        // give that back, and it no longer leaves the pattern's own route to this layer
-        // (which may not be on it). A request it does match says the layer is on the
-        // pattern's route, for that method.
+        let routes = self.routes.load();
+        // A request its pattern does not cover, as the central layer reads it, is not this
+        // policy's, wherever the layer is: on several routes (`Router::route_layer` wraps
+        // every route declared before it), on another route than its pattern names (a typo,
+        // a `nest` prefix left out), or on a merged router's fallback (which `merge` makes
+        // the app's 404). The central layer charged it by its class, and keeps it: a layer
+        // never puts a route its pattern does not name on its own policy, which could be
+        // looser than the route's class (a review: `route_layer` of an export policy put a
+        // sign-in route's 5 per 15 minutes on the export's 20 a minute). A routed request it
+        // does not cover says the layer is (also) on another route: the central layer then
+        // leaves it only the routes it was seen on (the first such is logged). One it does
+        // cover says the layer is on the pattern's route, for that method.
         if let Some(delegation) = delegation {
-            let mismatched = delegation.mismatched.load(Ordering::Relaxed);
-            let unrouted = matched_path(parts).is_none();
-            let looks = !mismatched || !delegation.seen(&parts.method);
-            // (Read once, and only where it decides something.)
-            let covered = (unrouted || looks)
-                && delegation
-                    .table
-                    .classify(&parts.method, request_path(parts))
-                    .is_some();
-            // A request of no route (a fallback this layer wraps: axum's `merge` makes a
-            // merged router's the app's 404) that its pattern does not cover is not this
-            // policy's: the central layer charged it, and keeps it.
-            if unrouted && !covered {
-                return Start::Pass;
-            }
-            if looks {
-                if covered {
-                    delegation.see(&parts.method);
-                } else if !mismatched {
-                    delegation.mismatched.store(true, Ordering::Relaxed);
+            let covered = delegation
+                .table
+                .classify(&parts.method, request_path(parts))
+                .is_some();
+            if !covered {
+                let routed = matched_path(parts);
+                if routed.is_some() && !delegation.mismatched.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         target: "tollgate",
                         policy = %policy.name,
                         method = %parts.method,
-                        route = %matched_path(parts).unwrap_or(request_path(parts)),
-                        "a per-route policy's pattern does not match its route's requests as \
-                         the central layer sees them (check the full path, including any \
-                         `nest` prefix); its requests may be charged to the central class too"
+                        route = %routed.unwrap_or_default(),
+                        "a per-route policy's layer is on a route its pattern does not match as \
+                         the central layer sees it (a layer on several routes, as `route_layer` \
+                         puts it; a pattern without its `nest` prefix): that route's requests \
+                         are charged to their central class, not to this policy"
                     );
-                    if !routes.marks {
-                        self.mark_requests();
-                        routes = self.routes.load();
-                    }
                 }
+                return Start::Pass;
             }
+            delegation.see(&parts.method);
         }
         if let Some(path) = matched_path(parts) {
             // Only standard methods are remembered (a client chooses the method: extension
