@@ -346,12 +346,15 @@ where
 }
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `info`), in colour only on a
-/// terminal (a file or a log collector gets plain text).
+/// terminal (a file or a log collector gets plain text). A span the filter lets through
+/// is logged when it closes, with its fields: `RUST_LOG=tollgate=debug` shows each
+/// decision's `tollgate.decide` span (its policy, store and the store's latency).
 fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

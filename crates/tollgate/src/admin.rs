@@ -35,7 +35,7 @@
 //!
 //! | method and path | does | answers |
 //! |---|---|---|
-//! | `GET /` | a summary | `{"enabled", "store": {"mode"}, "stats": {"admitted", "refused", "wouldRefuse", "storeErrors"}}` |
+//! | `GET /` | a summary | `{"enabled", "store": {"mode"}, "stats": {"admitted", "refused", "wouldRefuse", "storeErrors", "noPeer"}}` (as [`Limiter::stats`](crate::Limiter::stats) counts them) |
 //! | `GET /limits` | the enforced table | `{"enabled", "rules": [..]}`, each rule as [`RouteLimits`](crate::RouteLimits) serializes |
 //! | `GET /store` | where the store decides | `{"mode": "memory" \| "shared" \| "fallback"}` |
 //! | `GET /buckets/{bucket}/{key}` | the key's state, changing nothing | a [state](#state) |

@@ -752,9 +752,11 @@ impl Limiter {
     /// carries over, except to or from a fixed window; a review moved a key through four
     /// algorithms at 20 a minute on memory and was admitted 100 in seconds: to tighten a
     /// key already limited, keep its algorithm and window, or lower its quota), and it is
-    /// spent by the middleware's policies (routes, global limits, guards), not by the
-    /// buckets for direct use that handlers check ([`Limiter::check`]): routes a handler
-    /// limits itself are not reached.
+    /// spent by the middleware's policies (routes and global limits), not by guards
+    /// ([`Limiter::guard`]: a guard counts what its own policy counts, a failed
+    /// authentication's guard the failures, in buckets of its own), nor by the buckets for
+    /// direct use that handlers check ([`Limiter::check`]): routes a handler limits itself
+    /// are not reached.
     ///
     /// # Errors
     ///

@@ -14,8 +14,9 @@
 //! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). A watched file that turns unreadable (deleted, its permissions changed) counts one `refused` until it reads again. Alert on `refused`: a broken edit leaves the old rules in force |
 //!
 //! Labels are configuration names, never a client's key: `policy` is the policy's name,
-//! `bucket` the bucket's name as headers show it (`default:ip`, `auth`, `override:api_key`
-//! for per-key overrides), `store` the store's name ([`LimiterBuilder::store_name`];
+//! `bucket` the bucket's name as the logs, [`Limiter::describe`](crate::Limiter::describe)
+//! and the admin router give it (`default:ip`, `auth`, `override:api_key` for per-key
+//! overrides; the IETF headers write `:` as `-`, `"default-ip"`), `store` the store's name ([`LimiterBuilder::store_name`];
 //! `memory` or `shared` by default). Series are bounded by the configuration.
 //!
 //! To count requests (rather than bucket decisions), pick one bucket every request of a
@@ -115,7 +116,7 @@ pub(crate) fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         REQUESTS_TOTAL,
-        "Requests decided per policy and bucket: outcome admitted, refused or shadow_refused (a dry run's)"
+        "Requests decided per policy and bucket: outcome admitted, refused, store_full (no room for a new key) or shadow_refused (a dry run's)"
     );
     describe_counter!(
         NEAR_LIMIT_TOTAL,

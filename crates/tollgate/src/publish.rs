@@ -68,7 +68,8 @@
 //! # `x-ratelimit`
 //!
 //! `{"throttled": bool, "limits": [..]}`, one entry per limit: `policy`, `bucket` (as in
-//! the `RateLimit-Policy` header and the logs), `per` (the key kind, or the key given by
+//! the logs and the metrics, `default:ip`; the `RateLimit-Policy` header writes `:` as `-`,
+//! `"default-ip"`), `per` (the key kind, or the key given by
 //! [`Publisher::bucket_key`]), `quota` (`"500/min"`), `limit`, `windowSeconds`,
 //! `algorithm` (`sliding window`, `sliding window (exact)`, `token bucket`, `fixed
 //! window`), `burst` (token buckets only) and `enforcedBy` (`middleware`, `route`,
@@ -686,11 +687,19 @@ impl Publisher {
 
     /// An HTML `<table>` of every rule of the limiter ([`Limiter::describe`]): what it
     /// applies to, its policy, its limits (`500/min per ip (sliding window, bucket
-    /// default:ip)`).
+    /// default:ip)`). As published limits are the enforced ones, a dry run's limits are
+    /// marked as not enforced, and while limiting is off the table says so in its one row.
     pub fn rules_html(&self) -> String {
         let mut out = String::from(
             "<table class=\"rate-limit-rules\">\n<tr><th>Rule</th><th>Policy</th><th>Limits</th></tr>\n",
         );
+        if !self.limiter.is_enabled() {
+            out.push_str(
+                "<tr><td colspan=\"3\">Rate limiting is off: no request is limited.</td></tr>\n",
+            );
+            out.push_str("</table>\n");
+            return out;
+        }
         for rule in self.limiter.describe() {
             let what = match rule.source {
                 RuleSource::Route => rule.pattern.clone().unwrap_or_default(),
@@ -713,6 +722,8 @@ impl Publisher {
             };
             let limits: Vec<String> = if rule.exempt {
                 vec!["not limited by the middleware".into()]
+            } else if rule.shadow {
+                vec!["not enforced (a dry run: counted, never refused)".into()]
             } else {
                 rule.limits
                     .iter()

@@ -547,6 +547,13 @@ fn dry_runs_and_a_limiter_turned_off_publish_no_limits() {
     let trial = described.iter().find(|r| r.policy == "trial").unwrap();
     assert!(trial.shadow);
     assert_eq!(serde_json::to_value(trial).unwrap()["shadow"], true);
+    // The rules table says so too (it showed a dry run's limit as any other).
+    let table = publisher.rules_html();
+    assert!(
+        table.contains("<tr><td><code>/api/new/*</code></td><td>trial</td><td>not enforced (a dry run: counted, never refused)</td></tr>"),
+        "{table}"
+    );
+    assert!(table.contains("5/min per ip"), "{table}");
 
     let off = rules().enabled(false).build().unwrap();
     let publisher = Publisher::new(&off);
@@ -554,4 +561,11 @@ fn dry_runs_and_a_limiter_turned_off_publish_no_limits() {
         let limits = publisher.operation(&Method::GET, path).unwrap();
         assert!(!limits.throttled && limits.limits.is_empty(), "{path}");
     }
+    // The rules table lists no limit while limiting is off (a review: the demo run with
+    // RATE_LIMIT_ENABLED=false published every rule's limit on its page).
+    assert_eq!(
+        publisher.rules_html(),
+        "<table class=\"rate-limit-rules\">\n<tr><th>Rule</th><th>Policy</th><th>Limits</th></tr>\n\
+         <tr><td colspan=\"3\">Rate limiting is off: no request is limited.</td></tr>\n</table>\n"
+    );
 }
