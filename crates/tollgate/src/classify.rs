@@ -1182,21 +1182,30 @@ impl<T> RouteTableBuilder<T> {
 fn check_ties<T>(table: &RouteTable<T>) -> Result<(), PatternError> {
     for (i, first) in table.rules.iter().enumerate() {
         for second in &table.rules[i + 1..] {
-            let (a, b) = (&first.pattern, &second.pattern);
-            if a.same_path_shape(b) && a.methods_overlap(b) {
-                let method = a
-                    .methods
-                    .as_ref()
-                    .and_then(|list| list.iter().find(|m| b.methods().unwrap_or(&[]).contains(m)));
-                return Err(PatternError::Tie {
-                    first: Box::new(a.clone()),
-                    second: Box::new(b.clone()),
-                    example: a.example_request(method),
-                });
-            }
+            first.pattern.check_tie(&second.pattern)?;
         }
     }
     Ok(())
+}
+
+impl RoutePattern {
+    /// [`PatternError::Tie`] if `self` (added first) and `later` have the same path shape
+    /// and overlapping methods: both match some request equally well.
+    pub(crate) fn check_tie(&self, later: &Self) -> Result<(), PatternError> {
+        let (a, b) = (self, later);
+        if a.same_path_shape(b) && a.methods_overlap(b) {
+            let method = a
+                .methods
+                .as_ref()
+                .and_then(|list| list.iter().find(|m| b.methods().unwrap_or(&[]).contains(m)));
+            return Err(PatternError::Tie {
+                first: Box::new(a.clone()),
+                second: Box::new(b.clone()),
+                example: a.example_request(method),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A rule can be chosen if some request it matches has no more specific rule.

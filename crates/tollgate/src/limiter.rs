@@ -204,8 +204,10 @@ impl Limiter {
     ///
     /// # Errors
     ///
-    /// [`BuildError::Route`] for a bad pattern, [`BuildError::PolicyAtMatchesNoRule`] for
-    /// a pattern no rule of the central table matches (a route inside `Router::nest`
+    /// [`BuildError::Route`] for a bad pattern, or one that ties with a pattern declared
+    /// for another policy ([`PatternError::Tie`](crate::PatternError::Tie): the same path
+    /// and a method in common; one policy per route), [`BuildError::PolicyAtMatchesNoRule`]
+    /// for a pattern no rule of the central table matches (a route inside `Router::nest`
     /// given without the nest's prefix), and the errors of [`Limiter::try_policy`].
     pub fn try_policy_at(
         &self,
@@ -231,6 +233,18 @@ impl Limiter {
             return Err(BuildError::PolicyAtMatchesNoRule {
                 pattern: pattern.to_string(),
             });
+        }
+        // One policy per route: a pattern that ties with one declared for another policy
+        // would leave the route to whichever the central layer finds first. (The same
+        // policy declared again for it, as an app built twice does, is no mistake.)
+        let per_route = &self.engine.table.load().per_route;
+        for declared in self.engine.routes.load().delegated.iter() {
+            let same_policy = per_route
+                .get(declared.index)
+                .is_some_and(|p| *p.name == *policy.name);
+            if !same_policy {
+                declared.pattern.check_tie(&parsed)?;
+            }
         }
         // The route's own spelling only: an unusual spelling of its path is never taken
         // away from the central table (it may not reach the route's layer at all).

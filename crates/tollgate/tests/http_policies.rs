@@ -1975,6 +1975,41 @@ fn first_items(responses: Vec<(u16, String)>) -> Vec<(u16, String)> {
         .collect()
 }
 
+/// One policy per route: a pattern that ties with one declared for another policy (the
+/// same path, a method in common) is a typed error naming both; the same policy declared
+/// again for it (an app built twice) and a pattern of other methods are not. (A review:
+/// two layers for `POST /api/y` with different policies were returned without an error.)
+#[test]
+fn a_pattern_declared_for_two_policies_is_a_build_error() {
+    let limiter = api_class("10/min");
+    let _chat = limiter
+        .try_policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"))
+        .unwrap();
+    let _item = limiter
+        .try_policy_at("PUT /api/items/{id}", Policy::named("item").per_ip("5/min"))
+        .unwrap();
+    for (pattern, first) in [
+        ("POST /api/chat", "POST /api/chat"),
+        ("GET,POST /api/chat", "POST /api/chat"),
+        ("PUT /api/items/:item", "PUT /api/items/{id}"),
+    ] {
+        let err = limiter
+            .try_policy_at(pattern, Policy::named("upload").per_ip("9/min"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, BuildError::Route(tollgate::PatternError::Tie { .. })),
+            "{pattern}: {err:?}"
+        );
+        assert!(err.to_string().contains(&format!("`{first}`")), "{err}");
+    }
+    assert!(limiter
+        .try_policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"))
+        .is_ok());
+    assert!(limiter
+        .try_policy_at("GET /api/chat", Policy::named("upload").per_ip("9/min"))
+        .is_ok());
+}
+
 /// Methods a client invents are not remembered as routes with their own policy (their
 /// requests take the refund path): however many a client sends, a route whose policy layer
 /// is seen later is still left to it, and a client who spent the central class is not
