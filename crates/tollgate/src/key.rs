@@ -177,6 +177,31 @@ impl Key {
     /// Any function of the request, under a kind name of your own (shown in logs and used
     /// in bucket names: letters, digits, `_`, `-`, `.`, other than `global`, which is
     /// [`Key::global`]'s; checked when the limiter is built).
+    ///
+    /// A function that falls back to the client's address takes it as the limiter does,
+    /// from the same [`ClientIp`](crate::ClientIp): [`peer_addr`](crate::peer_addr) alone
+    /// is the proxy's address behind one (every client one key), and a forwarding header
+    /// read by hand is whatever a client writes there. An API key, else the address:
+    ///
+    /// ```
+    /// use tollgate::{peer_addr, ClientIp, Key, Limiter, Policy};
+    ///
+    /// let client_ip = ClientIp::peer().trust_proxies(["10.0.0.0/8"]);
+    /// let ip = client_ip.clone();
+    /// let caller = Key::custom("caller", move |parts| {
+    ///     match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+    ///         Some(api_key) if !api_key.is_empty() => Some(format!("key:{api_key}")),
+    ///         _ => ip
+    ///             .resolve(peer_addr(&parts.extensions), &parts.headers)
+    ///             .map(|addr| format!("ip:{}", ip.key(addr))),
+    ///     }
+    /// });
+    /// let limiter = Limiter::builder()
+    ///     .client_ip(client_ip)
+    ///     .route("/*", Policy::named("default").limit(caller.hashed(), "100/min"))
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
     pub fn custom<F>(kind: &str, f: F) -> Self
     where
         F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
