@@ -957,6 +957,7 @@ impl<P: Primary> Shared<P> {
         // What memory decided during that give-back (a large one takes a while), again,
         // until about one call's worth is owed.
         for _ in 0..GIVE_BACK_ROUNDS {
+            self.owe_late(restarted);
             if self.give_back(false).await? <= GIVE_BACK_BATCH {
                 break;
             }
@@ -968,6 +969,7 @@ impl<P: Primary> Shared<P> {
             let _alone = write(&self.deciding);
             self.draining.store(true, Ordering::Release);
         }
+        self.owe_late(restarted);
         if let Err(e) = self.give_back(false).await {
             // Memory decides again; what was not delivered is owed still.
             self.draining.store(false, Ordering::Release);
@@ -975,6 +977,21 @@ impl<P: Primary> Shared<P> {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The emptied primary's admissions whose answers came after the write-back took them
+    /// (answers of calls sent before this instance knew it restarted, slow under load): the
+    /// write-back may have taken them in as those before it, so they are charged to it again
+    /// with what memory decided (and counted twice if the primary made them after the
+    /// write-back: it errs towards refusing). Without a restart they stay where counted.
+    fn owe_late(&self, restarted: bool) {
+        let late = std::mem::take(&mut *lock(&self.late_admissions));
+        if restarted {
+            let now = self.memory.now().as_micros();
+            for bucket in &late {
+                self.ledger.owe(Op::Charge, bucket, true, now);
+            }
+        }
     }
 
     /// Charges the primary what memory decided since the last give-back (and with
