@@ -69,8 +69,8 @@
 //!
 //! `{"throttled": bool, "limits": [..]}`, one entry per limit: `policy`, `bucket` (as in
 //! the logs and the metrics, `default:ip`; the `RateLimit-Policy` header writes `:` as `-`,
-//! `"default-ip"`), `per` (the key kind, or the key given by
-//! [`Publisher::bucket_key`]), `quota` (`"500/min"`), `limit`, `windowSeconds`,
+//! `"default-ip"`), `per` (the key kind, or the key given by [`Publisher::bucket_key`]),
+//! `quota` (`"500/min"`), `limit`, `windowSeconds`,
 //! `algorithm` (`sliding window`, `sliding window (exact)`, `token bucket`, `fixed
 //! window`), `burst` (token buckets only) and `enforcedBy` (`middleware`, `route`,
 //! `handler`, `guard`). The numbers are `null` for a quota chosen per request. A throttled

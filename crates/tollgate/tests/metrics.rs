@@ -203,11 +203,7 @@ struct Switching {
 /// A [`Switching`] store on the shared side, and a limiter on it (`/api/*`, 100 a minute
 /// per IP) built under `recorder`.
 fn switching(recorder: &DebuggingRecorder) -> (Switching, Limiter) {
-    let store = Switching {
-        memory: Recording::new(MemoryStore::new()),
-        fallback: Arc::default(),
-        switches: Arc::default(),
-    };
+    let store = Switching::new();
     let limiter = build(
         recorder,
         Limiter::builder()
@@ -218,6 +214,15 @@ fn switching(recorder: &DebuggingRecorder) -> (Switching, Limiter) {
 }
 
 impl Switching {
+    /// On the primary, never switched yet.
+    fn new() -> Self {
+        Self {
+            memory: Recording::new(MemoryStore::new()),
+            fallback: Arc::default(),
+            switches: Arc::default(),
+        }
+    }
+
     /// Switches to the fallback (counted), or back.
     fn set(&self, fallback: bool) {
         if fallback && !self.fallback.swap(true, Ordering::Relaxed) {
@@ -301,11 +306,7 @@ async fn a_store_that_waits_is_timed_and_its_fallback_shows() {
 async fn a_handler_s_charge_on_a_store_that_waits_is_timed_and_its_fallback_shows() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let store = Switching {
-        memory: Recording::new(MemoryStore::new()),
-        fallback: Arc::default(),
-        switches: Arc::default(),
-    };
+    let store = Switching::new();
     let limiter = build(
         &recorder,
         Limiter::builder()
