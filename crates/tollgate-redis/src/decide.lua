@@ -48,7 +48,9 @@
 -- this bucket's state as a restore places its count, fresh no sooner than this bucket's
 -- window from now (as if admitted now: placed to leave when the other state is fresh, a
 -- count of a shorter window would leave this one early, and alternating calls could then
--- admit more than either limit in this one's window), and the call is decided on that. The
+-- admit more than either limit in this one's window), and the call is decided on that. A
+-- call it refuses, or a look, is told to wait, and when the bucket is full again, as of when
+-- the other state is fresh: until then each call places it anew. The
 -- key is written in this bucket's shape only by a call that changes it (a refusal or a peek
 -- leaves the other state as it is, but for what the key's own shape rewrites on a look: a
 -- log read under another window, a token bucket's TAT read in another interval), so
@@ -344,7 +346,7 @@ end
 
 -- Per bucket: whether the key held anything (PR), whether that was another limit's state
 -- (RP), the state (X, Y: see each algorithm), the fit (FT), whether a restore raised it (PL).
-local PR, RP, X, Y, FT, PL = {}, {}, {}, {}, {}, {}
+local PR, RP, X, Y, FT, PL, CF = {}, {}, {}, {}, {}, {}, {}
 -- Fixed windows: the bucket's key in the format before, whose count this window took.
 local OLD = {}
 -- Sliding windows: the segments that still count, newest first, all buckets in a row
@@ -739,6 +741,7 @@ for i = 1, n do
     local used, fresh = carried(key, v)
     if used > 0 and fresh > 0 then
       raise(i, key, alg, unit, W, used, max(fresh, W))
+      CF[i] = fresh
     end
   end
   if restore then
@@ -781,6 +784,13 @@ for i = 1, n do
     fit = max(new - now - cap * unit, 0)
   elseif X[i] + cost > cap then
     fit = Y[i] - now
+  end
+  -- Refused on what another shape's state counts: each call places that anew, as if
+  -- admitted then, so the wait is until that state is fresh (all of it gone; sooner if
+  -- enough of it leaves first), not what this shape's placement says (a token bucket
+  -- told a minute-long window's client to come back every second, and refused each time).
+  if fit > 0 and CF[i] then
+    fit = CF[i]
   end
   FT[i] = fit
 end
@@ -1024,6 +1034,10 @@ for i = 1, n do
     elseif present then
       redis.call('DEL', key)
     end
+  end
+  -- A key left holding another shape's state is full again when that state is fresh.
+  if CF[i] and not change then
+    reset = CF[i]
   end
   out[#out + 1] = fit
   out[#out + 1] = remaining

@@ -123,7 +123,10 @@ async fn a_limit_reloaded_with_another_shape_keeps_what_was_counted() {
 /// What carries over counts as admitted now: a sliding window reads a token bucket's TAT as
 /// tokens that leave this window a whole window from now (not at the TAT, which may be
 /// sooner), and a token bucket places a sliding window's count as a TAT as far ahead as the
-/// count is fresh, at least a window (at most the count's worth): the waits follow.
+/// count is fresh, at least a window (at most the count's worth). As every call places it
+/// anew, a call refused on it is told to wait until the other state is fresh, and a look
+/// sees the bucket full again then. (A review: a sliding 20/min spent, then reloaded as a
+/// token bucket of 60/min burst 20, told `Retry-After: 1` on every call for a minute.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_carries_over_counts_as_admitted_now() {
     let server = RedisServer::start();
@@ -131,9 +134,13 @@ async fn what_carries_over_counts_as_admitted_now() {
     let per_minute = Quota::per_minute(5);
     let bucket = Limit::token_bucket(per_minute, 2).unwrap();
     let window = Limit::sliding(per_minute);
+    let about = |d: Duration, secs: u64| {
+        d <= Duration::from_secs(secs) && d > Duration::from_secs(secs - 2)
+    };
 
-    // 2 tokens spent (24 s ahead), then read by the sliding window: 2 counted, placed now,
-    // to leave in a minute.
+    // 2 tokens spent (24 s ahead), then read by the sliding window: 2 counted, placed now
+    // (a charge now would leave them in a minute); nothing else coming, the key is fresh
+    // when the token bucket's state is, in 24 s.
     let tb = Bucket::new("leave", "tb", bucket);
     assert!(charge(&store, &tb).await && charge(&store, &tb).await);
     let d = store
@@ -145,15 +152,15 @@ async fn what_carries_over_counts_as_admitted_now() {
         .unwrap();
     assert_eq!(d.buckets[0].remaining, 3);
     assert!(
-        d.buckets[0].reset_after <= Duration::from_secs(60)
-            && d.buckets[0].reset_after > Duration::from_secs(58),
+        about(d.buckets[0].reset_after, 24),
         "{:?}",
         d.buckets[0].reset_after
     );
 
     // 5 counted in a sliding window now, read by the token bucket: fresh again in a
-    // minute, 5 tokens' worth, so its TAT is a minute ahead and one token (12 s of a 24 s
-    // burst) fits in 48 s.
+    // minute, 5 tokens' worth, so its TAT is a minute ahead; each call places it so, and
+    // the first admitted is the one after the window's count leaves, in a minute (it was
+    // told 48 s, when one token of the bucket so placed fits).
     let sw = Bucket::new("leave", "sw", window);
     for _ in 0..5 {
         assert!(charge(&store, &sw).await);
@@ -164,11 +171,32 @@ async fn what_carries_over_counts_as_admitted_now() {
         .unwrap();
     assert!(!d.allowed);
     let wait = d.buckets[0].retry_after.unwrap();
+    assert!(about(wait, 60), "{wait:?}");
     assert!(
-        wait <= Duration::from_secs(48) && wait > Duration::from_secs(46),
-        "{wait:?}"
+        about(d.buckets[0].reset_after, 60),
+        "{:?}",
+        d.buckets[0].reset_after
     );
     assert_eq!(d.buckets[0].remaining, 0);
+
+    // The review's reload: a sliding 20/min spent, then a token bucket of 60/min, burst 20.
+    let sliding = Limit::sliding(Quota::per_minute(20));
+    let refilling = Limit::token_bucket(Quota::per_minute(60), 20).unwrap();
+    let spent = Bucket::new("reload", "spent", sliding);
+    for _ in 0..20 {
+        assert!(charge(&store, &spent).await);
+    }
+    for _ in 0..3 {
+        let d = store
+            .apply(&Batch::charge(vec![Bucket::new(
+                "reload", "spent", refilling,
+            )]))
+            .await
+            .unwrap();
+        assert!(!d.allowed);
+        let wait = d.buckets[0].retry_after.unwrap();
+        assert!(about(wait, 60), "{wait:?}");
+    }
 }
 
 /// Alternating instances stay within the looser limit in its window, not only at one

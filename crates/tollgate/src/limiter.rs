@@ -422,7 +422,8 @@ impl Limiter {
     /// - a limit whose algorithm or window changed (`100/min` to `6000/h`) starts its keys
     ///   afresh on the memory store; on Redis what they counted carries over into the new
     ///   shape (instances of a fleet then stay limited while they disagree), except to or
-    ///   from a fixed window, whose keys are its own;
+    ///   from a fixed window, whose keys are its own: a key refused on what it carries over
+    ///   is told to wait until the old count leaves;
     /// - a limit whose bucket name changed (a renamed policy or bucket) starts afresh.
     ///
     /// ```
