@@ -5,6 +5,11 @@
 //! **It has no authentication of its own**: mount it behind yours (an operator token, an
 //! internal network), never on a public router as is.
 //!
+//! It acts on the instance that answers. A state, a reset, a look are the store's, so on a
+//! store a fleet shares (Redis) they are the fleet's; overrides are the process's: set,
+//! change and remove them on every instance (an override's count is in the store, shared,
+//! but which keys have one, and at what limit, is each instance's).
+//!
 //! ```
 //! use axum::{extract::Request, http::StatusCode, middleware::{self, Next}, response::Response, Router};
 //! use tollgate::{Limiter, Policy};

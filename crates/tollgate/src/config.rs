@@ -774,7 +774,7 @@ impl Config {
     /// [`ConfigError::Parse`] with the line and column.
     #[cfg(feature = "toml")]
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::toml_named(text, "<toml>")
+        Self::toml_named(text, "<toml>").map(|c| c.warned("<toml>"))
     }
 
     /// Reads YAML text (feature `yaml`).
@@ -784,7 +784,7 @@ impl Config {
     /// [`ConfigError::Parse`] with the line and column.
     #[cfg(feature = "yaml")]
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        Self::yaml_named(text, "<yaml>")
+        Self::yaml_named(text, "<yaml>").map(|c| c.warned("<yaml>"))
     }
 
     /// Reads a file, TOML or YAML by its extension.
@@ -799,7 +799,8 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_path_text(path, &text)
+        let file = path.display().to_string();
+        Self::from_path_text(path, &text).map(|c| c.warned(&file))
     }
 
     /// The configuration in `text`, read from `path` (its extension says the format). A
@@ -866,16 +867,26 @@ impl Config {
         config.read_from(text, Format::Yaml, file)
     }
 
-    /// Keeps the text (for error locations), checks value ranges, and warns about a file
-    /// that limits nothing.
+    /// Keeps the text (for error locations) and checks value ranges.
     fn read_from(mut self, text: &str, format: Format, file: &str) -> Result<Self, ConfigError> {
         self.origin = Some(Arc::new(Origin {
             text: text.to_string(),
             format,
         }));
         self.check_values(file)?;
+        Ok(self)
+    }
+
+    /// Warns about a configuration read from `file` that limits nothing: when it is loaded,
+    /// not when a watcher reads a changed file it may refuse (a file emptied mid-write is
+    /// waited for, then refused, while the running rules stay).
+    pub(crate) fn warned(self, file: &str) -> Self {
         if self.declares_no_limits() {
-            if is_blank(text, format) {
+            let blank = self
+                .origin
+                .as_ref()
+                .is_some_and(|o| is_blank(&o.text, o.format));
+            if blank {
                 tracing::warn!(
                     target: "tollgate",
                     file,
@@ -891,7 +902,7 @@ impl Config {
                 );
             }
         }
-        Ok(self)
+        self
     }
 
     /// How many routes and global limits the file declares (a reload that declares fewer

@@ -755,7 +755,8 @@ impl Limiter {
     /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket of
     /// `rate` shared by all routes, so the more restrictive of key and endpoint applies
     /// (a customer's own limit on its API key). Takes effect on the next request, no
-    /// restart. The override's bucket is a bucket of its own: it does not count what the
+    /// restart, in this process only: on a fleet, set it on every instance (its count is
+    /// in the store, shared by the instances that have the override). The override's bucket is a bucket of its own: it does not count what the
     /// route's buckets did (a client that already spent 100 of its route's 500 a minute,
     /// given 50 a minute, is admitted 50 more; lower the route's limit, or reset the key, to
     /// count what was spent), but it keeps its own count while its window runs: replacing

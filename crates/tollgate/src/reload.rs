@@ -375,6 +375,9 @@ impl Watch {
                 Some(customize) => customize(rules),
                 None => rules,
             })?;
+        // Loaded: now a file that declares nothing is worth a warning (one refused, or
+        // waited for as maybe mid-write, was not loaded and is not).
+        config.warned(&file);
         lock(&self.seen).declared = Some(declared);
         Ok(())
     }

@@ -129,6 +129,14 @@ async fn an_edited_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_rules(
     })
     .await;
     assert_eq!(burst(&limiter), 9);
+    // Not loaded, so not said to limit nothing (a review saw that warning on every poll
+    // while the file was waited for, before this refusal).
+    let said = log
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("the limiter limits nothing"))
+        .collect::<Vec<_>>();
+    assert!(said.is_empty(), "{said:#?}");
     assert!(matches!(
         watcher.reload_now(),
         Err(tollgate::config::ConfigError::NoLimits { .. })
