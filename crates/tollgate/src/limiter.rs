@@ -280,7 +280,10 @@ impl Limiter {
     /// request once its response counts: a guard is meant to throttle failures, and
     /// requests in flight at once must not refuse each other while none has failed (holding
     /// a charge per request in flight would refuse a client's valid requests as soon as more
-    /// of them than the limit were running).
+    /// of them than the limit were running). Its requests of a key run no more at once than
+    /// the key has left (in this process): the others wait, up to 10 s, and look again once
+    /// one of those running is counted, so requests that fail together are answered no
+    /// more than the limit (see [`Policy::failed_auth_per_ip`]).
     ///
     /// # Panics
     ///
@@ -329,6 +332,7 @@ impl Limiter {
             .enabled(engine.enabled)
             .shadow(table.defaults.shadow)
             .on_store_failure(table.defaults.on_failure);
+        let counts_after = policy.count_after;
         // An exempt guard limits nothing: a guard turned off.
         if !policy.exempt {
             builder = builder.global_policy(policy);
@@ -344,6 +348,7 @@ impl Limiter {
         // What it shares with the limiter was warned about when the limiter was built, and
         // its store's metrics are the limiter's.
         builder.store_metrics = Some(engine.store_metrics.clone());
+        builder.gate = counts_after;
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
         // A guard of its name counts in its buckets: under the same limits, it is that
@@ -1010,6 +1015,9 @@ pub struct LimiterBuilder {
     /// its fallback once more); and the configuration it shares was warned about when that
     /// limiter was built, and is not again.
     store_metrics: Option<Arc<crate::observe::StoreMetrics>>,
+    /// Set for a guard that counts only some responses: its requests of a key run no more
+    /// at once than the key has left ([`engine::Gate`]).
+    gate: bool,
 }
 
 impl fmt::Debug for LimiterBuilder {
@@ -1476,6 +1484,7 @@ impl LimiterBuilder {
             refusal_hook: self.refusal_hook,
             store_name,
             store_metrics,
+            gate: self.gate.then(Arc::default),
         };
         Ok(Limiter {
             engine: Arc::new(engine),

@@ -331,14 +331,14 @@ impl Policy {
     /// `Retry-After`) until the window lets one through, authenticated or not: the guard
     /// runs before credentials are checked.
     ///
-    /// The price of never refusing valid requests in flight: failures in flight together
-    /// are each let through before any is counted. An IP that sends many guesses at once,
-    /// while under its limit, has them all answered; they all count, and it then waits for
-    /// them to leave the window like any failures (a sliding window of 20 a minute: 100
-    /// guesses sent together are 100 answered, then a minute's wait). So the guard bounds
-    /// guesses sent one after another, not guesses sent together: against those, bound
-    /// the requests in flight per client in front of it (a connection or concurrency
-    /// limit at the proxy).
+    /// Requests sent together are let run no more at once than the IP has failures left
+    /// (per process): the others wait for a place, and look again once one of those
+    /// running is answered (and counted, if it failed). So guesses sent together are
+    /// answered no more than the limit (a review had 300 of 300 answered at once against
+    /// 20 a minute before), and a client's valid requests all run, that many at a time. A
+    /// request waits at most 10 s for a place, then runs without one (responses that take
+    /// that long, long polls, do not hold a client's other requests back for good). A fleet
+    /// of N instances lets N times the failures left run at once.
     ///
     /// Its store-failure mode is [`FailureMode::Fallback`] whatever the limiter's default (a
     /// limiter set to fail open would otherwise let guessing run at full speed through an

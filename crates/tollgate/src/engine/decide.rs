@@ -11,9 +11,10 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
+use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, StoreMode, Timestamp};
 
 use super::compile::{refusal_to_log, Compiled};
+use super::gate::Waiting;
 use super::plan::{Group, Plan, INLINE};
 use super::settle::{After, Settled, Visible};
 use super::{Engine, Provisional};
@@ -149,8 +150,12 @@ impl Engine {
         target: Target<'_>,
         out: &mut Outcome,
     ) -> bool {
-        let mut active = every_index(plan.buckets.len());
         let op = plan.op();
+        // A guard's look behind a gate may have to wait for a place: through the future.
+        if op == Op::Peek && self.gate.is_some() {
+            return false;
+        }
+        let mut active = every_index(plan.buckets.len());
         // The memory store answers in tens of nanoseconds: it is timed only for the span
         // (while `DEBUG` is on for this crate's target).
         let timed = tracing::enabled!(target: "tollgate", tracing::Level::DEBUG);
@@ -201,17 +206,41 @@ impl Engine {
         let mut active = every_index(plan.buckets.len());
         let op = plan.op();
         let mut out = Outcome::Proceed(None);
+        // A guard's look: its requests of a key run no more at once than the key has left.
+        let gate = self.gate.clone().filter(|_| op == Op::Peek);
+        let mut waiting = Waiting::new();
+        // (The memory store, asked here only behind a gate, is not timed: it waits for
+        // nothing.)
+        let timed = gate.is_none() || self.store.mode() != StoreMode::Memory;
         loop {
+            let place = match &gate {
+                Some(gate) => {
+                    let keys = active.iter().map(|&i| plan.buckets[i].key.clone());
+                    Some(gate.place(keys, &waiting).await)
+                }
+                None => None,
+            };
             let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();
             let batch = Batch::new(op, buckets).with_failure_mode(plan.on_failure);
             let started = Instant::now();
             let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
             let elapsed = started.elapsed();
-            self.store_metrics.answered(elapsed, &*self.store);
+            if timed {
+                self.store_metrics.answered(elapsed, &*self.store);
+            }
             let (answer, mut states) = match answer {
                 Ok((now, states)) => (Ok(now), States::from_vec(states)),
                 Err(e) => (Err(e), States::new()),
             };
+            // Admitted by the look, but as many of a key run already as it has left: look
+            // again once one of them is answered (and counted, if it failed).
+            if let Some(place) = &place {
+                let admitted = answer.is_ok() && states.iter().all(|s| s.allowed);
+                if admitted && !place.fits(&states) && !waiting.expired() {
+                    waiting.saw(&states);
+                    continue;
+                }
+            }
             let span = self.span(&plan, elapsed);
             let step = span.in_scope(|| {
                 self.conclude(
@@ -226,7 +255,13 @@ impl Engine {
                 )
             });
             match step {
-                Step::Done => return out,
+                Step::Done => {
+                    // An admitted request holds its places until its response is counted.
+                    if let (Some(place), Outcome::Proceed(Some(after))) = (place, &mut out) {
+                        after.hold(place);
+                    }
+                    return out;
+                }
                 Step::Without(rest) => active = rest,
             }
         }

@@ -12,6 +12,7 @@
 
 mod compile;
 mod decide;
+mod gate;
 mod plan;
 mod settle;
 
@@ -37,6 +38,7 @@ pub(crate) use compile::{
 };
 pub(crate) use decide::Outcome;
 use decide::{OwnedTarget, Target};
+pub(crate) use gate::Gate;
 use plan::Plan;
 pub(crate) use settle::{in_background, After, Settled};
 
@@ -89,6 +91,8 @@ pub(crate) struct Engine {
     pub(crate) store_name: Arc<str>,
     /// Shared with the guards made from the limiter, which share its store.
     pub(crate) store_metrics: Arc<StoreMetrics>,
+    /// A guard's requests in flight, when it counts only some responses.
+    pub(crate) gate: Option<Arc<Gate>>,
 }
 
 /// A function that makes the whole refused response.

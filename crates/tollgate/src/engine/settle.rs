@@ -12,6 +12,7 @@ use tollgate_core::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op,
 
 use super::compile::Compiled;
 use super::decide::States;
+use super::gate::Place;
 use super::plan::{Group, Plan, INLINE};
 use super::{mark_admitted, Engine, Provisional};
 use crate::respond::{sf, Fields, RateLimitDecision, Shown, ShownResponse};
@@ -61,6 +62,8 @@ pub(crate) struct After {
 }
 
 struct Pending {
+    /// A guard's places in its gate, given up with this (once the response is counted).
+    place: Option<Place>,
     engine: Arc<Engine>,
     plan: Plan<Arc<Compiled>>,
     /// The indices of the charged buckets in the plan, one per state.
@@ -98,6 +101,7 @@ impl After {
             // (It borrows the states, which the refund keeps.)
             drop(visible);
             let pending = Pending {
+                place: None,
                 engine: engine.clone(),
                 plan: plan.owned(),
                 charged: active.iter().copied().collect(),
@@ -123,6 +127,14 @@ impl After {
         };
         engine.headers(plan, &visible, now, &mut after.headers);
         after
+    }
+
+    /// Holds a guard's `place` in its gate until the response is counted (or the request
+    /// dropped).
+    pub(crate) fn hold(&mut self, place: Place) {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.place = Some(place);
+        }
     }
 
     /// No response goes out through this layer: the request's future was dropped (`None`:
