@@ -3,7 +3,8 @@
 //! A request meets, in order: [`Engine::start`] (switch, marks, classification),
 //! [`plan`] (the request's buckets), [`decide`] (the store's answer, at once on the memory
 //! store), then [`settle`] (headers and refunds after the response). Policies were
-//! checked and their constant parts made once, by [`compile`].
+//! checked and their constant parts made once, by [`compile`]. A guard's looks pass its
+//! [`gate`] (no more of a key's requests run at once than the key has left).
 //!
 //! Nothing on the request path takes a lock for state that only configuration changes:
 //! the compiled table, the per-route registry and the per-key overrides are immutable
