@@ -227,6 +227,46 @@ async fn the_same_guard_asked_for_twice_is_one_budget() {
     );
 }
 
+/// A limiter on a stopped clock with no rules of its own, behind a proxy on loopback (the
+/// client's address in `X-Forwarded-For`), for a guard.
+fn behind_proxy() -> (tollgate::ManualClock, Limiter) {
+    let (clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
+        .build()
+        .unwrap();
+    (clock, limiter)
+}
+
+/// `n` requests from `ip` sent at once, each with API key `key(i)`: each one's status,
+/// whether it shows the guard's budget, and its body.
+async fn together(
+    server: &Server,
+    n: usize,
+    ip: &'static str,
+    key: impl Fn(usize) -> String,
+) -> Vec<(u16, bool, String)> {
+    let url = format!("http://{}/v1/items", server.addr());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (url, key) = (url.clone(), key(i));
+        tasks.spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let r = client
+                .get(url)
+                .header("x-forwarded-for", ip)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap();
+            let shown = r.headers().contains_key("x-ratelimit-limit");
+            (r.status().as_u16(), shown, r.text().await.unwrap())
+        });
+    }
+    tasks.join_all().await
+}
+
 /// More authenticated requests in flight at once from one IP than the guard's limit: all
 /// are admitted, none refused. The guard looks before a request runs and counts it once its
 /// response is a 401, so requests in flight never refuse each other (it held 1 per request
@@ -237,12 +277,7 @@ async fn the_same_guard_asked_for_twice_is_one_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticated_requests_in_flight_together_never_refuse_each_other() {
     const IN_FLIGHT: usize = 12;
-    let (clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
-        .build()
-        .unwrap();
+    let (clock, limiter) = behind_proxy();
     // Every request stays a while in the handler, which notes how many are there at once.
     let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -265,25 +300,8 @@ async fn authenticated_requests_in_flight_together_never_refuse_each_other() {
         .layer(limiter.guard(Policy::failed_auth_per_ip("5/min")));
     let server = serve(app).await;
     let ip = "198.51.100.20";
-    let url = format!("http://{}/v1/items", server.addr());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..IN_FLIGHT {
-        let url = url.clone();
-        tasks.spawn(async move {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
-            let r = client
-                .get(url)
-                .header("x-forwarded-for", ip)
-                .header("x-api-key", "key-acme")
-                .send()
-                .await
-                .unwrap();
-            // A response the guard does not count shows nothing of its budget.
-            let shown = r.headers().contains_key("x-ratelimit-limit");
-            (r.status().as_u16(), shown, r.text().await.unwrap())
-        });
-    }
-    let answers = tasks.join_all().await;
+    let answers = together(&server, IN_FLIGHT, ip, |_| "key-acme".to_string()).await;
+    // A response the guard does not count shows nothing of its budget.
     assert_eq!(
         answers,
         vec![(200, false, "items".to_string()); IN_FLIGHT],
@@ -309,12 +327,7 @@ async fn authenticated_requests_in_flight_together_never_refuse_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_sent_together_are_answered_no_more_than_the_limit() {
     const SENT: usize = 60;
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .client_ip(ClientIp::peer().trust_proxies(["127.0.0.1/32"]))
-        .build()
-        .unwrap();
+    let (_clock, limiter) = behind_proxy();
     async fn slow_check(request: Request, next: Next) -> Response {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         authenticate(request, next).await
@@ -324,23 +337,8 @@ async fn guesses_sent_together_are_answered_no_more_than_the_limit() {
         .layer(middleware::from_fn(slow_check))
         .layer(limiter.guard(Policy::failed_auth_per_ip("5/min")));
     let server = serve(app).await;
-    let url = format!("http://{}/v1/items", server.addr());
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..SENT {
-        let url = url.clone();
-        tasks.spawn(async move {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
-            let r = client
-                .get(url)
-                .header("x-forwarded-for", "198.51.100.30")
-                .header("x-api-key", format!("guess-{i}"))
-                .send()
-                .await
-                .unwrap();
-            r.status().as_u16()
-        });
-    }
-    let statuses = tasks.join_all().await;
+    let answers = together(&server, SENT, "198.51.100.30", |i| format!("guess-{i}")).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, ..)| *status).collect();
     let answered = statuses.iter().filter(|&&s| s == 401).count();
     let refused = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!((answered, refused), (5, SENT - 5), "{statuses:?}");
