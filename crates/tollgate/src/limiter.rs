@@ -281,9 +281,9 @@ impl Limiter {
     /// requests in flight at once must not refuse each other while none has failed (holding
     /// a charge per request in flight would refuse a client's valid requests as soon as more
     /// of them than the limit were running). Its requests of a key run no more at once than
-    /// the key has left (in this process): the others wait, up to 10 s, and look again once
-    /// one of those running is counted, so requests that fail together are answered no
-    /// more than the limit (see [`Policy::failed_auth_per_ip`]).
+    /// the key has left (in this process): the others wait and look again once one of those
+    /// running is counted, so requests that fail together are answered no more than the
+    /// limit (see [`Policy::failed_auth_per_ip`], and its 2 s wait).
     ///
     /// # Panics
     ///

@@ -336,9 +336,11 @@ impl Policy {
     /// running is answered (and counted, if it failed). So guesses sent together are
     /// answered no more than the limit (a review had 300 of 300 answered at once against
     /// 20 a minute before), and a client's valid requests all run, that many at a time. A
-    /// request waits at most 10 s for a place, then runs without one (responses that take
-    /// that long, long polls, do not hold a client's other requests back for good). A fleet
-    /// of N instances lets N times the failures left run at once.
+    /// request that waited 2 s for a place may run as one more than the key has left, one
+    /// such at a time: a client with as many long requests running as it has failures left
+    /// (long polls, uploads, several users behind one address) has its other requests run
+    /// one after another, each after waiting up to 2 s. A fleet of N instances lets N times
+    /// the failures left run at once.
     ///
     /// Its store-failure mode is [`FailureMode::Fallback`] whatever the limiter's default (a
     /// limiter set to fail open would otherwise let guessing run at full speed through an

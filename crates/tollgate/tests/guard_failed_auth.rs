@@ -351,3 +351,78 @@ async fn guesses_sent_together_are_answered_no_more_than_the_limit() {
         .unwrap();
     assert_eq!(other.status(), 401);
 }
+
+/// As many long requests of an IP running as it has failures left (long polls, uploads):
+/// a request that waited 2 s for a place runs as one more, one at a time, so the IP's
+/// other requests are not held back for good, and guesses sent meanwhile are still
+/// answered no more than the limit. (A re-check: with a wait of 10 s and no more than one
+/// extra at a time, a client's requests behind 20 withheld uploads waited 9.7 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_long_requests_one_more_runs_at_a_time_after_a_wait() {
+    let (_clock, limiter) = behind_proxy();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let hold = release.clone();
+    let app = Router::new()
+        .route(
+            "/v1/items",
+            get(move |request: Request| {
+                let hold = hold.clone();
+                async move {
+                    // The tenant's long requests (a header says so) wait until released.
+                    if request.headers().contains_key("x-long") {
+                        hold.notified().await;
+                    }
+                    "items"
+                }
+            }),
+        )
+        .layer(middleware::from_fn(authenticate))
+        .layer(limiter.guard(Policy::failed_auth_per_ip("5/min")));
+    let server = std::sync::Arc::new(serve(app).await);
+    let ip = "198.51.100.40";
+    // Five long requests hold the five places.
+    let mut long = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let server = server.clone();
+        long.spawn(async move {
+            server
+                .get("/v1/items")
+                .header("x-forwarded-for", ip)
+                .header("x-api-key", "key-acme")
+                .header("x-long", "1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A short request and ten guesses wait, then run one more at a time.
+    let started = std::time::Instant::now();
+    let short = send(&server, ip, Some("key-acme")).await;
+    let waited = started.elapsed();
+    assert_eq!(short.status(), 200);
+    assert!(
+        waited >= std::time::Duration::from_millis(1500)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // Guesses sent meanwhile: one runs after its wait and fails, leaving four while five
+    // run; the others wait for the long requests, which end 3 s later.
+    let guessing = {
+        let server = server.clone();
+        tokio::spawn(async move { together(&server, 10, ip, |i| format!("guess-{i}")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    release.notify_waiters();
+    assert_eq!(long.join_all().await, [200; 5]);
+    let guesses = guessing.await.unwrap();
+    let statuses: Vec<u16> = guesses.iter().map(|(status, ..)| *status).collect();
+    let answered = statuses.iter().filter(|&&s| s == 401).count();
+    assert_eq!(
+        (answered, statuses.len() - answered),
+        (5, 5),
+        "{statuses:?}"
+    );
+}

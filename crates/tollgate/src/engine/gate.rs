@@ -7,8 +7,9 @@
 //! time) until one of those running is answered and counted, then look again.
 //!
 //! Per process: instances of a fleet each let a key's remaining count run at once. A
-//! request that waited [`MAX_WAIT`] goes on without a place (responses that do not come,
-//! long polls, must not hold a client's other requests back for good).
+//! request that waited [`MAX_WAIT`] may run as one more than the key has left, one such at a
+//! time (responses that take long, long polls, must not hold a client's other requests back
+//! for good, nor let every request waiting behind them run at once when the wait is over).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,9 @@ use tollgate_core::{BucketState, StoreKey};
 
 use super::plan::INLINE;
 
-/// The longest a request waits for a place before it goes on without one.
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(10);
+/// How long a request waits for a place before it may run as one more than its key has
+/// left.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a waiting request looks again without being woken (a safety net: each
 /// answered request wakes the waiting ones).
@@ -59,9 +61,10 @@ impl Waiting {
         }
     }
 
-    /// Whether it waited long enough to go on without a place.
-    pub(crate) fn expired(&self) -> bool {
-        self.since.elapsed() >= MAX_WAIT
+    /// How many more than a key has left may run once this request runs: one when it
+    /// waited [`MAX_WAIT`], else none.
+    pub(crate) fn slack(&self) -> u64 {
+        u64::from(self.since.elapsed() >= MAX_WAIT)
     }
 
     /// Notes what the keys had left at a look whose place did not fit.
@@ -72,8 +75,8 @@ impl Waiting {
 
 impl Gate {
     /// A place for a request of `keys`, once one may be worth a look: at once the first
-    /// time, then when fewer of each key run than it had left at the last look (or the
-    /// wait is over). Waits for places to be given up meanwhile.
+    /// time, then when fewer of each key run than it had left at the last look (plus its
+    /// [`Waiting::slack`]). Waits for places to be given up meanwhile.
     pub(crate) async fn place(
         self: &Arc<Self>,
         keys: impl Iterator<Item = StoreKey> + Clone,
@@ -103,12 +106,12 @@ impl Gate {
                 (key, before)
             })
             .collect();
-        let worth = waiting.expired()
-            || waiting.left.as_ref().is_none_or(|left| {
-                keys.iter()
-                    .zip(left)
-                    .all(|((_, before), left)| before < left)
-            });
+        let slack = waiting.slack();
+        let worth = waiting.left.as_ref().is_none_or(|left| {
+            keys.iter()
+                .zip(left)
+                .all(|((_, before), left)| *before < left + slack)
+        });
         if !worth {
             return None;
         }
@@ -124,12 +127,13 @@ impl Gate {
 
 impl Place {
     /// Whether the request may run on the look that answered `states`: fewer of each key
-    /// ran before it than the key has left.
-    pub(crate) fn fits(&self, states: &[BucketState]) -> bool {
+    /// ran before it than the key has left (plus the request's [`Waiting::slack`]).
+    pub(crate) fn fits(&self, states: &[BucketState], waiting: &Waiting) -> bool {
+        let slack = waiting.slack();
         self.keys
             .iter()
             .zip(states)
-            .all(|((_, before), state)| *before < state.remaining)
+            .all(|((_, before), state)| *before < state.remaining + slack)
     }
 }
 
@@ -174,8 +178,8 @@ mod tests {
         let first = gate.place(keys(), &waiting).await;
         let second = gate.place(keys(), &waiting).await;
         // Two left: both fit; one left: only the first.
-        assert!(first.fits(&[state(2)]) && second.fits(&[state(2)]));
-        assert!(first.fits(&[state(1)]) && !second.fits(&[state(1)]));
+        assert!(first.fits(&[state(2)], &waiting) && second.fits(&[state(2)], &waiting));
+        assert!(first.fits(&[state(1)], &waiting) && !second.fits(&[state(1)], &waiting));
         // A request that saw one left while one runs waits for a place...
         let mut seen = Waiting::new();
         seen.saw(&[state(1)]);
@@ -184,13 +188,33 @@ mod tests {
         // ...given when the running one is answered.
         drop(first);
         let third = gate.try_place(keys(), &seen).unwrap();
-        assert!(third.fits(&[state(1)]));
+        assert!(third.fits(&[state(1)], &seen));
         // Another key is not held back.
         assert!(gate
             .try_place(std::iter::once(key("ip:2")), &seen)
             .is_some());
         drop(third);
         assert!(super::super::lock(&gate.running).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waited_long_may_run_as_one_more_one_at_a_time() {
+        let gate = Arc::new(Gate::default());
+        let keys = || std::iter::once(key("ip:1"));
+        // One left, one running (a long request): a request that waited long may run as a
+        // second; a third that waited as long may not, until one of them is answered.
+        let long = gate.place(keys(), &Waiting::new()).await;
+        let mut waited = Waiting {
+            left: None,
+            since: Instant::now() - MAX_WAIT,
+        };
+        waited.saw(&[state(1)]);
+        let second = gate.try_place(keys(), &waited).unwrap();
+        assert!(second.fits(&[state(1)], &waited));
+        assert!(gate.try_place(keys(), &waited).is_none());
+        drop(second);
+        assert!(gate.try_place(keys(), &waited).is_some());
+        drop(long);
     }
 
     #[tokio::test]
@@ -202,7 +226,7 @@ mod tests {
         seen.saw(&[state(1)]);
         let waiter = {
             let gate = gate.clone();
-            tokio::spawn(async move { gate.place(keys(), &seen).await.fits(&[state(1)]) })
+            tokio::spawn(async move { gate.place(keys(), &seen).await.fits(&[state(1)], &seen) })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
