@@ -757,27 +757,28 @@ impl Limiter {
     }
 
     /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
-    /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket of
-    /// `rate` shared by all routes, so the more restrictive of key and endpoint applies
-    /// (a customer's own limit on its API key). Takes effect on the next request, no
-    /// restart, in this process only: on a fleet, set it on every instance (its count is
-    /// in the store, shared by the instances that have the override). The override's bucket is a bucket of its own: it does not count what the
-    /// route's buckets did (a client that already spent 100 of its route's 500 a minute,
-    /// given 50 a minute, is admitted 50 more; lower the route's limit, or reset the key, to
-    /// count what was spent), but it keeps its own count while its window runs: replacing
-    /// the override's rate, or removing it and setting it again, counts what the key spent
-    /// under it (set at 3 a minute and spent, removed and set again, the key is refused
-    /// until the minute lets requests through; reset the key to start it afresh), as a
-    /// reloaded limit does: a new quota of the same algorithm and window keeps the count,
-    /// while a new algorithm or window starts it afresh on the memory store (on Redis it
-    /// carries over, except to or from a fixed window; a review moved a key through four
-    /// algorithms at 20 a minute on memory and was admitted 100 in seconds: to tighten a
-    /// key already limited, keep its algorithm and window, or lower its quota), and it is
-    /// spent by the middleware's policies (routes and global limits), not by guards
-    /// ([`Limiter::guard`]: a guard counts what its own policy counts, a failed
-    /// authentication's guard the failures, in buckets of its own), nor by the buckets for
-    /// direct use that handlers check ([`Limiter::check`]): routes a handler limits itself
-    /// are not reached.
+    /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket
+    /// of `rate` shared by all routes, so the more restrictive of key and endpoint
+    /// applies (a customer's own limit on its API key). Takes effect on the next
+    /// request, no restart, in this process only: on a fleet, set it on every instance
+    /// (its count is in the store, shared by the instances that have the override). The
+    /// override's bucket is a bucket of its own: it does not count what the route's
+    /// buckets did (a client that already spent 100 of its route's 500 a minute, given
+    /// 50 a minute, is admitted 50 more; lower the route's limit, or reset the key, to
+    /// count what was spent), but it keeps its own count while its window runs:
+    /// replacing the override's rate, or removing it and setting it again, counts what
+    /// the key spent under it (set at 3 a minute and spent, removed and set again, the
+    /// key is refused until the minute lets requests through; reset the key to start it
+    /// afresh), as a reloaded limit does: a new quota of the same algorithm and window
+    /// keeps the count, while a new algorithm or window starts it afresh on the memory
+    /// store (on Redis it carries over, except to or from a fixed window; a review
+    /// moved a key through four algorithms at 20 a minute on memory and was admitted
+    /// 100 in seconds: to tighten a key already limited, keep its algorithm and window,
+    /// or lower its quota), and it is spent by the middleware's policies (routes and
+    /// global limits), not by guards ([`Limiter::guard`]: a guard counts what its own
+    /// policy counts, a failed authentication's guard the failures, in buckets of its
+    /// own), nor by the buckets for direct use that handlers check
+    /// ([`Limiter::check`]): routes a handler limits itself are not reached.
     ///
     /// # Errors
     ///
