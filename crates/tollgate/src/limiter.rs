@@ -283,7 +283,7 @@ impl Limiter {
     /// of them than the limit were running). Its requests of a key run no more at once than
     /// the key has left (in this process): the others wait and look again once one of those
     /// running is counted, so requests that fail together are answered no more than the
-    /// limit (see [`Policy::failed_auth_per_ip`], and its 2 s wait).
+    /// limit (see [`Policy::failed_auth_per_ip`], and its keys held by long requests).
     ///
     /// # Panics
     ///

@@ -335,12 +335,14 @@ impl Policy {
     /// (per process): the others wait for a place, and look again once one of those
     /// running is answered (and counted, if it failed). So guesses sent together are
     /// answered no more than the limit (a review had 300 of 300 answered at once against
-    /// 20 a minute before), and a client's valid requests all run, that many at a time. A
-    /// request that waited 2 s for a place may run as one more than the key has left, one
-    /// such at a time: a client with as many long requests running as it has failures left
-    /// (long polls, uploads, several users behind one address) has its other requests run
-    /// one after another, each after waiting up to 2 s. A fleet of N instances lets N times
-    /// the failures left run at once.
+    /// 20 a minute before), and a client's valid requests all run, that many at a time. When
+    /// no place of a key was given up for 2 s (its places held by long requests: long
+    /// polls, slow uploads, several users behind one address), a request that waited 2 s
+    /// may run as one more than the key has left, one such at a time: the client's other
+    /// requests run one after another rather than wait for a long one to end (a failure
+    /// among them leaves fewer than run, and the rest wait again). Failures answered stay
+    /// within the limit, or one more where failures themselves take 2 s to be answered. A
+    /// fleet of N instances lets N times the failures left run at once.
     ///
     /// Its store-failure mode is [`FailureMode::Fallback`] whatever the limiter's default (a
     /// limiter set to fail open would otherwise let guessing run at full speed through an

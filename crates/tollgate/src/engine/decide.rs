@@ -236,7 +236,7 @@ impl Engine {
             // again once one of them is answered (and counted, if it failed).
             if let Some(place) = &place {
                 let admitted = answer.is_ok() && states.iter().all(|s| s.allowed);
-                if admitted && !place.fits(&states, &waiting) {
+                if admitted && !place.fits(&states) {
                     waiting.saw(&states);
                     continue;
                 }

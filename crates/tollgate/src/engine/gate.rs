@@ -6,10 +6,12 @@
 //! left: the others wait (they are not refused: a client's valid requests run, a few at a
 //! time) until one of those running is answered and counted, then look again.
 //!
-//! Per process: instances of a fleet each let a key's remaining count run at once. A
-//! request that waited [`MAX_WAIT`] may run as one more than the key has left, one such at a
-//! time (responses that take long, long polls, must not hold a client's other requests back
-//! for good, nor let every request waiting behind them run at once when the wait is over).
+//! Per process: instances of a fleet each let a key's remaining count run at once. When no
+//! place of a key was given up for [`MAX_WAIT`] (its places held by long requests: long
+//! polls, slow uploads), a request that waited that long may run as one more than the key
+//! has left, one such at a time, so the client's other requests are not held back for good.
+//! Such a place does not count as one given up: when the long requests end, those waiting
+//! take the places they free, no more than the key has left.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,9 +34,19 @@ const RECHECK: Duration = Duration::from_millis(200);
 /// The requests of each key running past a guard's look, in this process.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
-    running: Mutex<HashMap<StoreKey, u64>>,
+    running: Mutex<HashMap<StoreKey, Running>>,
     /// Woken whenever a place is given up.
     freed: Notify,
+}
+
+/// A key's requests running past the look.
+#[derive(Debug)]
+struct Running {
+    count: u64,
+    /// Whether one of them runs as one more than the key has left.
+    extra: bool,
+    /// When the key last gave up a place (other than the extra one), or took its first.
+    moved: Instant,
 }
 
 /// The places one request holds (one per bucket key), given up when it is dropped: once
@@ -44,6 +56,8 @@ pub(crate) struct Place {
     gate: Arc<Gate>,
     /// Each key, and how many of its requests ran before this one took its place.
     keys: SmallVec<[(StoreKey, u64); INLINE]>,
+    /// Whether it runs as one more than its keys have left.
+    extra: bool,
 }
 
 /// What a waiting request knows: what each key had left when it last looked, and since
@@ -61,10 +75,9 @@ impl Waiting {
         }
     }
 
-    /// How many more than a key has left may run once this request runs: one when it
-    /// waited [`MAX_WAIT`], else none.
-    pub(crate) fn slack(&self) -> u64 {
-        u64::from(self.since.elapsed() >= MAX_WAIT)
+    /// Whether it waited [`MAX_WAIT`].
+    fn waited_long(&self) -> bool {
+        self.since.elapsed() >= MAX_WAIT
     }
 
     /// Notes what the keys had left at a look whose place did not fit.
@@ -75,8 +88,8 @@ impl Waiting {
 
 impl Gate {
     /// A place for a request of `keys`, once one may be worth a look: at once the first
-    /// time, then when fewer of each key run than it had left at the last look (plus its
-    /// [`Waiting::slack`]). Waits for places to be given up meanwhile.
+    /// time, then when fewer of each key run than it had left at the last look, or as the
+    /// one more of keys held by long requests. Waits for places to be given up meanwhile.
     pub(crate) async fn place(
         self: &Arc<Self>,
         keys: impl Iterator<Item = StoreKey> + Clone,
@@ -102,34 +115,53 @@ impl Gate {
         let mut running = super::lock(&self.running);
         let keys: SmallVec<[(StoreKey, u64); INLINE]> = keys
             .map(|key| {
-                let before = running.get(&key).copied().unwrap_or(0);
+                let before = running.get(&key).map_or(0, |r| r.count);
                 (key, before)
             })
             .collect();
-        let slack = waiting.slack();
-        let worth = waiting.left.as_ref().is_none_or(|left| {
-            keys.iter()
-                .zip(left)
-                .all(|((_, before), left)| *before < left + slack)
-        });
-        if !worth {
+        let below = |slack: u64| {
+            waiting.left.as_ref().is_none_or(|left| {
+                keys.iter()
+                    .zip(left)
+                    .all(|((_, before), left)| *before < left + slack)
+            })
+        };
+        let extra = if below(0) {
+            false
+        } else if waiting.waited_long()
+            && below(1)
+            && keys.iter().all(|(key, _)| {
+                running
+                    .get(key)
+                    .is_some_and(|r| !r.extra && r.moved.elapsed() >= MAX_WAIT)
+            })
+        {
+            true
+        } else {
             return None;
-        }
+        };
         for (key, _) in &keys {
-            *running.entry(key.clone()).or_insert(0) += 1;
+            let entry = running.entry(key.clone()).or_insert_with(|| Running {
+                count: 0,
+                extra: false,
+                moved: Instant::now(),
+            });
+            entry.count += 1;
+            entry.extra |= extra;
         }
         Some(Place {
             gate: self.clone(),
             keys,
+            extra,
         })
     }
 }
 
 impl Place {
     /// Whether the request may run on the look that answered `states`: fewer of each key
-    /// ran before it than the key has left (plus the request's [`Waiting::slack`]).
-    pub(crate) fn fits(&self, states: &[BucketState], waiting: &Waiting) -> bool {
-        let slack = waiting.slack();
+    /// ran before it than the key has left (one more, for the extra place).
+    pub(crate) fn fits(&self, states: &[BucketState]) -> bool {
+        let slack = u64::from(self.extra);
         self.keys
             .iter()
             .zip(states)
@@ -141,10 +173,14 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut running = super::lock(&self.gate.running);
         for (key, _) in &self.keys {
-            if let Some(n) = running.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(r) = running.get_mut(key) {
+                r.count -= 1;
+                if r.count == 0 {
                     running.remove(key);
+                } else if self.extra {
+                    r.extra = false;
+                } else {
+                    r.moved = Instant::now();
                 }
             }
         }
@@ -155,6 +191,7 @@ impl Drop for Place {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lock;
     use super::*;
 
     fn state(remaining: u64) -> BucketState {
@@ -178,8 +215,8 @@ mod tests {
         let first = gate.place(keys(), &waiting).await;
         let second = gate.place(keys(), &waiting).await;
         // Two left: both fit; one left: only the first.
-        assert!(first.fits(&[state(2)], &waiting) && second.fits(&[state(2)], &waiting));
-        assert!(first.fits(&[state(1)], &waiting) && !second.fits(&[state(1)], &waiting));
+        assert!(first.fits(&[state(2)]) && second.fits(&[state(2)]));
+        assert!(first.fits(&[state(1)]) && !second.fits(&[state(1)]));
         // A request that saw one left while one runs waits for a place...
         let mut seen = Waiting::new();
         seen.saw(&[state(1)]);
@@ -188,33 +225,48 @@ mod tests {
         // ...given when the running one is answered.
         drop(first);
         let third = gate.try_place(keys(), &seen).unwrap();
-        assert!(third.fits(&[state(1)], &seen));
+        assert!(third.fits(&[state(1)]));
         // Another key is not held back.
         assert!(gate
             .try_place(std::iter::once(key("ip:2")), &seen)
             .is_some());
         drop(third);
-        assert!(super::super::lock(&gate.running).is_empty());
+        assert!(lock(&gate.running).is_empty());
     }
 
     #[tokio::test]
-    async fn a_request_that_waited_long_may_run_as_one_more_one_at_a_time() {
+    async fn keys_held_by_long_requests_let_one_more_run_at_a_time() {
         let gate = Arc::new(Gate::default());
         let keys = || std::iter::once(key("ip:1"));
-        // One left, one running (a long request): a request that waited long may run as a
-        // second; a third that waited as long may not, until one of them is answered.
-        let long = gate.place(keys(), &Waiting::new()).await;
+        let long_ago = Instant::now() - MAX_WAIT;
         let mut waited = Waiting {
             left: None,
-            since: Instant::now() - MAX_WAIT,
+            since: long_ago,
         };
         waited.saw(&[state(1)]);
-        let second = gate.try_place(keys(), &waited).unwrap();
-        assert!(second.fits(&[state(1)], &waited));
+        // One left, one running: not one more while that place is fresh...
+        let long = gate.place(keys(), &Waiting::new()).await;
         assert!(gate.try_place(keys(), &waited).is_none());
-        drop(second);
+        // ...but once it has run long, one more, and only one, until it is given up.
+        lock(&gate.running).get_mut(&key("ip:1")).unwrap().moved = long_ago;
+        let extra = gate.try_place(keys(), &waited).unwrap();
+        assert!(extra.fits(&[state(1)]) && !extra.fits(&[state(0)]));
+        assert!(gate.try_place(keys(), &waited).is_none());
+        drop(extra);
         assert!(gate.try_place(keys(), &waited).is_some());
+        // The long one ends: those waiting take what it frees, no more than is left.
         drop(long);
+        let mut after = Waiting {
+            left: None,
+            since: long_ago,
+        };
+        after.saw(&[state(1)]);
+        let one = gate.try_place(keys(), &after).unwrap();
+        assert!(one.fits(&[state(1)]));
+        assert!(
+            gate.try_place(keys(), &after).is_none(),
+            "no extra: a place moved"
+        );
     }
 
     #[tokio::test]
@@ -226,7 +278,7 @@ mod tests {
         seen.saw(&[state(1)]);
         let waiter = {
             let gate = gate.clone();
-            tokio::spawn(async move { gate.place(keys(), &seen).await.fits(&[state(1)], &seen) })
+            tokio::spawn(async move { gate.place(keys(), &seen).await.fits(&[state(1)]) })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
