@@ -937,19 +937,13 @@ impl<P: Primary> Shared<P> {
         self.probe_once().await?;
         let id = self.bounded(self.primary.incarnation()).await?;
         let restarted = self.is_new_incarnation(&id);
-        let late = std::mem::take(&mut *lock(&self.late_admissions));
         if restarted {
             tracing::warn!(
                 target: "tollgate::store",
                 "rate-limit store primary restarted or took another server's data (new run_id or replication id): writing back the counts this instance holds"
             );
-            // Admitted by the emptied primary before this instance knew: added to the
-            // counts written back, which would otherwise take them in.
-            let now = self.memory.now().as_micros();
-            for bucket in &late {
-                self.ledger.add_to_report(bucket, now);
-            }
         }
+        self.note_late(restarted, false);
         self.give_back(restarted).await?;
         if id.is_some() {
             *lock(&self.incarnation) = id;
@@ -957,7 +951,7 @@ impl<P: Primary> Shared<P> {
         // What memory decided during that give-back (a large one takes a while), again,
         // until about one call's worth is owed.
         for _ in 0..GIVE_BACK_ROUNDS {
-            self.owe_late(restarted);
+            self.note_late(restarted, true);
             if self.give_back(false).await? <= GIVE_BACK_BATCH {
                 break;
             }
@@ -969,7 +963,7 @@ impl<P: Primary> Shared<P> {
             let _alone = write(&self.deciding);
             self.draining.store(true, Ordering::Release);
         }
-        self.owe_late(restarted);
+        self.note_late(restarted, true);
         if let Err(e) = self.give_back(false).await {
             // Memory decides again; what was not delivered is owed still.
             self.draining.store(false, Ordering::Release);
@@ -979,17 +973,24 @@ impl<P: Primary> Shared<P> {
         Ok(())
     }
 
-    /// The emptied primary's admissions whose answers came after the write-back took them
-    /// (answers of calls sent before this instance knew it restarted, slow under load): the
-    /// write-back may have taken them in as those before it, so they are charged to it again
-    /// with what memory decided (and counted twice if the primary made them after the
-    /// write-back: it errs towards refusing). Without a restart they stay where counted.
-    fn owe_late(&self, restarted: bool) {
+    /// Takes the late admissions ([`Shared::late_admissions`]) into the ledger if the
+    /// primary `restarted` (without a restart they stay where they were counted). Before the
+    /// write-back they are added to the counts it writes, which would otherwise take them
+    /// in; those whose answers came after it (calls sent before this instance knew, slow
+    /// under load) may have been taken in as well, so once `written_back` they are charged
+    /// to the primary with what memory decided (counted twice if the primary made them after
+    /// the write-back: it errs towards refusing).
+    fn note_late(&self, restarted: bool, written_back: bool) {
         let late = std::mem::take(&mut *lock(&self.late_admissions));
-        if restarted {
-            let now = self.memory.now().as_micros();
-            for bucket in &late {
+        if !restarted {
+            return;
+        }
+        let now = self.memory.now().as_micros();
+        for bucket in &late {
+            if written_back {
                 self.ledger.owe(Op::Charge, bucket, true, now);
+            } else {
+                self.ledger.add_to_report(bucket, now);
             }
         }
     }

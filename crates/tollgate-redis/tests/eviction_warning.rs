@@ -34,27 +34,24 @@ fn what_the_store_cannot_check_on_redis_is_warned_about_once() {
             assert_eq!(limited.run_id().await.unwrap(), None);
         }
     });
-    let refused: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("refuses INFO"))
-        .collect();
-    assert_eq!(refused.len(), 1, "{events:#?}");
+    let refused = the_one(&events, "refuses INFO");
     assert!(
-        refused[0].starts_with("WARN tollgate:") && refused[0].contains("restarts empty"),
-        "{}",
-        refused[0]
+        refused.starts_with("WARN tollgate:") && refused.contains("restarts empty"),
+        "{refused}"
     );
-    let warnings: Vec<&String> = events
-        .iter()
-        .filter(|e| e.contains("maxmemory-policy"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{events:#?}");
+    let warning = the_one(&events, "maxmemory-policy");
     assert!(
-        warnings[0].starts_with("WARN tollgate:")
-            && warnings[0].contains("(67108864 bytes)")
-            && warnings[0].contains("maxmemory-policy allkeys-lru")
-            && warnings[0].contains("noeviction"),
-        "{}",
-        warnings[0]
+        warning.starts_with("WARN tollgate:")
+            && warning.contains("(67108864 bytes)")
+            && warning.contains("maxmemory-policy allkeys-lru")
+            && warning.contains("noeviction"),
+        "{warning}"
     );
+}
+
+/// The one event that contains `needle` (there must be exactly one).
+fn the_one<'a>(events: &'a [String], needle: &str) -> &'a String {
+    let found: Vec<&String> = events.iter().filter(|e| e.contains(needle)).collect();
+    assert_eq!(found.len(), 1, "{needle}: {events:#?}");
+    found[0]
 }

@@ -311,17 +311,26 @@ async fn three_instances_with_divisor_three_admit_at_most_three_over_the_limit_a
     assert!((10..=23).contains(&auth), "AUTH admitted {auth}");
 }
 
+/// A Redis, one instance on it, and a lockout key `name` at 3 of 5 there; then Redis
+/// restarted empty.
+async fn at_three_of_five_then_emptied(
+    name: &str,
+) -> (RedisServer, FallbackStore<RedisStore>, Bucket) {
+    let mut server = RedisServer::start();
+    let store = instance(&server, 1).await;
+    let key = Bucket::new("sign-in", name, lockout());
+    spend(std::slice::from_ref(&store), &key, 3).await;
+    server.restart();
+    (server, store, key)
+}
+
 /// Redis restarts empty while a key is at 3 of 5, with no request in between: the first
 /// request finds the connection broken and is answered from memory (from the mirror: 4
 /// of 5), the new run_id makes the store write 3 back and charge the 1, and Redis admits
 /// the last one. The remaining 2 are admitted, never the 5 an empty Redis would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_two() {
-    let mut server = RedisServer::start();
-    let store = instance(&server, 1).await;
-    let key = Bucket::new("sign-in", "restart", lockout());
-    spend(std::slice::from_ref(&store), &key, 3).await;
-    server.restart();
+    let (server, store, key) = at_three_of_five_then_emptied("restart").await;
     let admitted = common::admitted(&store, &key, 10, Duration::from_millis(20)).await;
     wait_for_mode(&store, Mode::Primary, RECOVERY).await;
     eprintln!("restart empty at 3 of 5: admitted {admitted} more");
@@ -338,11 +347,7 @@ async fn an_empty_restart_with_a_key_at_three_of_five_admits_only_the_remaining_
 /// has the primary checked as a failed call does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_restart_while_idle_is_found_before_the_next_request() {
-    let mut server = RedisServer::start();
-    let store = instance(&server, 1).await;
-    let key = Bucket::new("sign-in", "idle-restart", lockout());
-    spend(std::slice::from_ref(&store), &key, 3).await;
-    server.restart();
+    let (server, store, key) = at_three_of_five_then_emptied("idle-restart").await;
     // Nothing is sent until the store has connected again, which only its question of
     // the incarnation makes it do (the test's own `redis-cli` runs `CLIENT LIST`).
     let restarted = std::time::Instant::now();

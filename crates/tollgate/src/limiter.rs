@@ -708,14 +708,20 @@ impl Limiter {
             .with_cost(cost)
             .with_when_full(direct.when_full);
         let batch = Batch::new(op, vec![charged]).with_failure_mode(table.defaults.on_failure);
-        let store = &*self.engine.store;
-        let started = std::time::Instant::now();
-        let answer = store.apply(&batch).await;
-        // A store that waits is timed as the middleware's calls are (the memory store, which
-        // the middleware asks synchronously, is not).
-        if store.mode() != tollgate_core::StoreMode::Memory {
-            self.engine.store_metrics.answered(started.elapsed(), store);
-        }
+        // Asked as the middleware asks (a store that waits is timed).
+        let answer = match batch.validate() {
+            Ok(()) => self
+                .engine
+                .ask(&batch)
+                .await
+                .0
+                .map(|(now, states)| Decision {
+                    allowed: states.iter().all(|s| s.allowed),
+                    now,
+                    buckets: states.into_vec(),
+                }),
+            Err(e) => Err(e),
+        };
         // A charge is a request decided, as the middleware's are: counted in the limiter's
         // stats and its bucket's metrics (a look, a refund or a reset decides nothing).
         if op == Op::Charge {

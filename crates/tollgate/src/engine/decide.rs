@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, StoreMode, Timestamp};
+use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{refusal_to_log, Compiled};
 use super::gate::Waiting;
@@ -209,9 +209,6 @@ impl Engine {
         // A guard's look: its requests of a key run no more at once than the key has left.
         let gate = self.gate.clone().filter(|_| op == Op::Peek);
         let mut waiting = Waiting::new();
-        // (The memory store, asked here only behind a gate, is not timed: it waits for
-        // nothing.)
-        let timed = gate.is_none() || self.store.mode() != StoreMode::Memory;
         loop {
             let place = match &gate {
                 Some(gate) => {
@@ -222,14 +219,9 @@ impl Engine {
             };
             let buckets = active.iter().map(|&i| plan.buckets[i].clone()).collect();
             let batch = Batch::new(op, buckets).with_failure_mode(plan.on_failure);
-            let started = Instant::now();
-            let answer = self.store.apply(&batch).await.map(|d| (d.now, d.buckets));
-            let elapsed = started.elapsed();
-            if timed {
-                self.store_metrics.answered(elapsed, &*self.store);
-            }
+            let (answer, elapsed) = self.ask(&batch).await;
             let (answer, mut states) = match answer {
-                Ok((now, states)) => (Ok(now), States::from_vec(states)),
+                Ok((now, states)) => (Ok(now), states),
                 Err(e) => (Err(e), States::new()),
             };
             // Admitted by the look, but as many of a key run already as it has left: look
@@ -265,6 +257,28 @@ impl Engine {
                 Step::Without(rest) => active = rest,
             }
         }
+    }
+
+    /// The store's answer for `batch`, whose buckets are valid ([`Batch::validate`]): at
+    /// once from a store that answers so (the memory store, asked here behind a guard's gate
+    /// or by a handler), else through its future, timed (a store that waits: only those are
+    /// in the store's duration histogram). With how long the store took.
+    pub(crate) async fn ask(
+        &self,
+        batch: &Batch,
+    ) -> (Result<(Timestamp, States), StoreError>, Duration) {
+        let mut states: States = smallvec![BucketState::default(); batch.buckets.len()];
+        if let Some(answer) = self.store.apply_sync(batch.op, &batch.buckets, &mut states) {
+            return (answer.map(|now| (now, states)), Duration::ZERO);
+        }
+        let started = Instant::now();
+        let answer = self.store.apply(batch).await;
+        let elapsed = started.elapsed();
+        self.store_metrics.answered(elapsed, &*self.store);
+        (
+            answer.map(|d| (d.now, States::from_vec(d.buckets))),
+            elapsed,
+        )
     }
 
     /// The `DEBUG` span of one decision: the route's policy, the store, and how long the
