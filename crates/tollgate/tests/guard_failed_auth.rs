@@ -352,14 +352,17 @@ async fn guesses_sent_together_are_answered_no_more_than_the_limit() {
     assert_eq!(other.status(), 401);
 }
 
-/// As many long requests of an IP running as it has failures left (long polls, uploads):
-/// a request that waited 2 s for a place runs as one more, one at a time, so the IP's
-/// other requests are not held back for good, and guesses sent meanwhile are still
-/// answered no more than the limit. (A re-check: with a wait of 10 s and no more than one
-/// extra at a time, a client's requests behind 20 withheld uploads waited 9.7 s.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_long_requests_one_more_runs_at_a_time_after_a_wait() {
-    let (_clock, limiter) = behind_proxy();
+/// An app behind the guard whose requests with `x-long` wait until `release` is notified,
+/// and `n` such long requests from `ip` holding the key's places.
+async fn held_by_long_requests(
+    limiter: &Limiter,
+    ip: &'static str,
+    n: usize,
+) -> (
+    std::sync::Arc<Server>,
+    std::sync::Arc<tokio::sync::Notify>,
+    tokio::task::JoinSet<u16>,
+) {
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let hold = release.clone();
     let app = Router::new()
@@ -379,10 +382,8 @@ async fn behind_long_requests_one_more_runs_at_a_time_after_a_wait() {
         .layer(middleware::from_fn(authenticate))
         .layer(limiter.guard(Policy::failed_auth_per_ip("5/min")));
     let server = std::sync::Arc::new(serve(app).await);
-    let ip = "198.51.100.40";
-    // Five long requests hold the five places.
     let mut long = tokio::task::JoinSet::new();
-    for _ in 0..5 {
+    for _ in 0..n {
         let server = server.clone();
         long.spawn(async move {
             server
@@ -398,6 +399,20 @@ async fn behind_long_requests_one_more_runs_at_a_time_after_a_wait() {
         });
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    (server, release, long)
+}
+
+/// As many long requests of an IP running as it has failures left (long polls, uploads):
+/// a request that waited 2 s for a place runs as one more, one at a time, so the IP's
+/// other requests are not held back for good, and guesses sent meanwhile are still
+/// answered no more than the limit. (A re-check: with a wait of 10 s and no more than one
+/// extra at a time, a client's requests behind 20 withheld uploads waited 9.7 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_long_requests_one_more_runs_at_a_time_after_a_wait() {
+    let (_clock, limiter) = behind_proxy();
+    let ip = "198.51.100.40";
+    // Five long requests hold the five places.
+    let (server, release, long) = held_by_long_requests(&limiter, ip, 5).await;
     // A short request and ten guesses wait, then run one more at a time.
     let started = std::time::Instant::now();
     let short = send(&server, ip, Some("key-acme")).await;
@@ -425,4 +440,46 @@ async fn behind_long_requests_one_more_runs_at_a_time_after_a_wait() {
         (5, 5),
         "{statuses:?}"
     );
+}
+
+/// A client's short requests arriving one by one behind its long ones: each takes a place
+/// for its first look, which does not fit, and gives it up. Those looks are no sign that
+/// the long requests move, so the first runs after its 2 s wait and those after it one
+/// after another, while the long requests still run. (A re-check: each arrival counted as
+/// a place that moved and started the 2 s again, so none ran until the long requests
+/// ended, 9 s; here none of 12 before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_one_by_one_behind_long_ones_run_after_their_wait() {
+    let (_clock, limiter) = behind_proxy();
+    let ip = "198.51.100.41";
+    let (server, release, long) = held_by_long_requests(&limiter, ip, 5).await;
+    // One every 400 ms until the long requests end, 4.8 s after the first.
+    let started = std::time::Instant::now();
+    let mut short = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let server = server.clone();
+        short.spawn(async move {
+            let sent = started.elapsed();
+            let response = send(&server, ip, Some("key-acme")).await;
+            (response.status().as_u16(), sent, started.elapsed())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    let mut before_release = Vec::new();
+    while let Some(done) = short.try_join_next() {
+        before_release.push(done.unwrap());
+    }
+    release.notify_waiters();
+    // The first ran about 2 s after it was sent, and those after it as it was answered.
+    assert!(before_release.len() >= 3, "{before_release:?}");
+    for (status, sent, answered) in &before_release {
+        assert_eq!(*status, 200);
+        assert!(
+            *answered - *sent >= std::time::Duration::from_millis(1500),
+            "sent at {sent:?}, answered at {answered:?}"
+        );
+    }
+    assert_eq!(long.join_all().await, [200; 5]);
+    let rest: Vec<u16> = short.join_all().await.iter().map(|r| r.0).collect();
+    assert_eq!(rest, vec![200; 12 - before_release.len()]);
 }

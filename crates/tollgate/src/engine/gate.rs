@@ -45,7 +45,8 @@ struct Running {
     count: u64,
     /// Whether one of them runs as one more than the key has left.
     extra: bool,
-    /// When the key last gave up a place (other than the extra one), or took its first.
+    /// When a request of the key that ran last gave up its place (other than the extra
+    /// one), or the key took its first.
     moved: Instant,
 }
 
@@ -58,6 +59,10 @@ pub(crate) struct Place {
     keys: SmallVec<[(StoreKey, u64); INLINE]>,
     /// Whether it runs as one more than its keys have left.
     extra: bool,
+    /// Whether its request ran past the look ([`Place::ran`]): only such a place given up
+    /// is a place that moved. One taken for a look that did not fit, or refused, shows
+    /// nothing about the requests holding the key.
+    ran: bool,
 }
 
 /// What a waiting request knows: what each key had left when it last looked, and since
@@ -153,11 +158,18 @@ impl Gate {
             gate: self.clone(),
             keys,
             extra,
+            ran: false,
         })
     }
 }
 
 impl Place {
+    /// Marks its request as running past the look, held until its response is counted.
+    pub(crate) fn ran(mut self) -> Self {
+        self.ran = true;
+        self
+    }
+
     /// Whether the request may run on the look that answered `states`: fewer of each key
     /// ran before it than the key has left (one more, for the extra place).
     pub(crate) fn fits(&self, states: &[BucketState]) -> bool {
@@ -179,7 +191,7 @@ impl Drop for Place {
                     running.remove(key);
                 } else if self.extra {
                     r.extra = false;
-                } else {
+                } else if self.ran {
                     r.moved = Instant::now();
                 }
             }
@@ -267,6 +279,36 @@ mod tests {
             gate.try_place(keys(), &after).is_none(),
             "no extra: a place moved"
         );
+    }
+
+    #[tokio::test]
+    async fn looks_that_did_not_fit_do_not_hold_back_the_one_more() {
+        let gate = Arc::new(Gate::default());
+        let keys = || std::iter::once(key("ip:1"));
+        let long_ago = Instant::now() - MAX_WAIT;
+        let long = gate.place(keys(), &Waiting::new()).await.ran();
+        lock(&gate.running).get_mut(&key("ip:1")).unwrap().moved = long_ago;
+        // Requests arriving behind the long one take a place for their first look, which
+        // does not fit, and give it up: no place of a request that ran moved.
+        for _ in 0..3 {
+            let looked = gate.place(keys(), &Waiting::new()).await;
+            assert!(!looked.fits(&[state(1)]));
+        }
+        let mut waited = Waiting {
+            left: None,
+            since: long_ago,
+        };
+        waited.saw(&[state(1)]);
+        let extra = gate
+            .try_place(keys(), &waited)
+            .expect("one more after the wait");
+        assert!(extra.fits(&[state(1)]));
+        // A request that ran and is answered is a place that moved.
+        drop(extra);
+        let quick = gate.place(keys(), &Waiting::new()).await.ran();
+        drop(quick);
+        assert!(gate.try_place(keys(), &waited).is_none());
+        drop(long);
     }
 
     #[tokio::test]

@@ -133,7 +133,7 @@ impl After {
     /// dropped).
     pub(crate) fn hold(&mut self, place: Place) {
         if let Some(pending) = self.pending.as_mut() {
-            pending.place = Some(place);
+            pending.place = Some(place.ran());
         }
     }
 
