@@ -560,6 +560,18 @@ async fn rate_limit_enabled_false_turns_every_limit_off() {
     let right =
         post(&ex, ip, "/api/auth/sign-in").json(&credentials("a@example.com", "demo-password"));
     assert_eq!(status(right).await, 200);
+    // What it publishes says so: no operation lists limits, and the document's description
+    // does not say routes are throttled.
+    let doc: Value = send(ex.get("/openapi.json")).await.json().await.unwrap();
+    let description = doc["info"]["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("Rate limiting is off") && !description.contains("are throttled"),
+        "{description}"
+    );
+    let chat = &doc["paths"]["/api/assistant/chat"]["post"]["x-ratelimit"];
+    assert_eq!(chat["throttled"], false, "{chat}");
+    let page = send(ex.get("/rate-limits")).await.text().await.unwrap();
+    assert!(page.contains("Rate limiting is off"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,3 +122,34 @@ async fn the_docs_page_shows_every_endpoint_with_its_limits() {
         assert_eq!(html.matches(&row).count(), 1, "{row}");
     }
 }
+
+/// With limiting off, neither page says a limit is enforced (a review: the OpenAPI
+/// description said each endpoint's limits were listed, and the page's introduction said
+/// "as the gateway enforces them", under a table saying limiting was off).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_limiting_off_the_pages_say_so() {
+    let app = Example::start("seed_004", &[("RATE_LIMIT_ENABLED", "false")]);
+    let doc: Value = app
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let description = doc["info"]["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("Rate limiting is off"),
+        "{description}"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/invoices"]["get"]["x-ratelimit"],
+        json!({ "throttled": false, "limits": [] })
+    );
+    let page = app.get("/docs").send().await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("Rate limiting is off (RATE_LIMIT_ENABLED=false)"),
+        "{page}"
+    );
+    assert!(!page.contains("as the gateway enforces them"), "{page}");
+}

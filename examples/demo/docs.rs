@@ -118,7 +118,7 @@ impl Api {
     /// The router, with `GET /openapi.json` and `GET /rate-limits` added. Both are made from
     /// the limiter on each request, so they show what it enforces now.
     pub fn into_router(self) -> Router<AppState> {
-        let doc = document(self.paths);
+        let doc = document(self.paths, self.limiter.is_enabled());
         let publisher = self.publisher;
         let openapi = {
             let (publisher, doc) = (publisher.clone(), doc.clone());
@@ -177,14 +177,21 @@ fn operation_id(method: &Method, path: &str) -> String {
 }
 
 /// The OpenAPI document around `paths`, with the demo's 429 response (its header style).
-fn document(paths: Map<String, Value>) -> Value {
+/// Its description says what is throttled, or that nothing is when limiting is off
+/// (`RATE_LIMIT_ENABLED=false`).
+fn document(paths: Map<String, Value>, limiting: bool) -> Value {
     let int = json!({ "schema": { "type": "integer" } });
+    let description = if limiting {
+        "Most JSON API routes under /api/* are throttled. When a limit is hit the server answers 429 Too Many Requests with a JSON body that includes retryAfter (seconds) and the headers Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset. Counters use a rolling window. Each operation's x-ratelimit lists the limits it is subject to: per IP, per signed-in staff user (on /api/* outside /api/portal/ and /api/auth/), and the caps its handler applies itself."
+    } else {
+        "Rate limiting is off (RATE_LIMIT_ENABLED=false): no request is throttled, and no operation lists limits."
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "tollgate demo (seed 000)",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Most JSON API routes under /api/* are throttled. When a limit is hit the server answers 429 Too Many Requests with a JSON body that includes retryAfter (seconds) and the headers Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset. Counters use a rolling window. Each operation's x-ratelimit lists the limits it is subject to: per IP, per signed-in staff user (on /api/* outside /api/portal/ and /api/auth/), and the caps its handler applies itself.",
+            "description": description,
         },
         "paths": paths,
         "components": { "responses": { "TooManyRequests": {

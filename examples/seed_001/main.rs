@@ -115,7 +115,10 @@ const TOKENS: [(&str, Org); 4] = [
 ];
 
 /// What each route costs, in points. Routes under `/v1` that are not listed (and unknown
-/// paths) cost 1.
+/// paths under it) cost 1. The limiter classifies a path as it stands once normalized (a
+/// trailing slash, `//`, `/./`, percent-encoded letters): another spelling of a listed
+/// route costs that route's points, also where the router answers it `404` or `405`
+/// (`GET /v1/export/` costs 10), so no spelling is cheaper than the route.
 const COSTS: [(&str, u64); 9] = [
     // Low complexity: a single resource.
     ("GET /v1/contacts/{id}", 1),

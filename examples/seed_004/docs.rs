@@ -13,8 +13,12 @@ use serde_json::{json, Value};
 use tollgate::publish::Publisher;
 use tollgate::Limiter;
 
+/// What the pages say when limiting is off (`RATE_LIMIT_ENABLED=false`), in place of what
+/// they say is enforced.
+const OFF: &str = "Rate limiting is off (RATE_LIMIT_ENABLED=false): no limit is enforced.";
+
 /// The gateway's endpoints, without their limits.
-fn document() -> Value {
+fn document(limiting: bool) -> Value {
     let op = |summary: &str, public: bool| {
         let mut op = json!({ "summary": summary, "responses": { "200": { "description": "OK" } } });
         if !public {
@@ -27,7 +31,7 @@ fn document() -> Value {
         "info": {
             "title": "Endpointwise gateway (seed 004)",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Each endpoint's limits are listed in its x-ratelimit, per API key (x-api-key) unless stated. A key's own limit (set when the key is created) stacks with them: the more restrictive applies.",
+            "description": if limiting { "Each endpoint's limits are listed in its x-ratelimit, per API key (x-api-key) unless stated. A key's own limit (set when the key is created) stacks with them: the more restrictive applies." } else { OFF },
         },
         "paths": {
             "/v1/invoices": { "get": op("List invoices", false), "post": op("Create an invoice", false) },
@@ -48,10 +52,11 @@ pub fn routes(limiter: &Limiter) -> Router {
     let publisher = Publisher::new(limiter)
         .applies(|_, path, limit| !(path == "/v1/status" && limit.key == "api_key"))
         .guard_at("/v1/*", "failed-auth");
+    let limiting = limiter.is_enabled();
     let openapi = {
         let publisher = publisher.clone();
         move || {
-            let mut doc = document();
+            let mut doc = document(limiting);
             let result = publisher.annotate(&mut doc).map(|()| doc.to_string());
             async move { respond(result, "application/json") }
         }
@@ -64,7 +69,8 @@ pub fn routes(limiter: &Limiter) -> Router {
                      A client address that sent too many invalid keys (failed-auth, enforced by the \
                      guard) is refused on every endpoint, valid keys included, until it waits out \
                      its Retry-After.";
-        let result = publisher.html_page("Rate limits", intro, Some(&document()));
+        let intro = if limiting { intro } else { OFF };
+        let result = publisher.html_page("Rate limits", intro, Some(&document(limiting)));
         async move { respond(result, "text/html; charset=utf-8") }
     };
     Router::new()
