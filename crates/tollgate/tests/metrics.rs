@@ -624,3 +624,47 @@ async fn a_key_the_store_has_no_room_for_counts_as_store_full() {
         ])
     );
 }
+
+/// A guard spends no per-key overrides (they are its limiter's), so it registers no
+/// `override:` series: a review saw `bucket="override:ip"` and `"override:network:48"`
+/// series under the demo's `failed-auth` policy stay at 0 with an override set for the
+/// client. The limiter's own policies keep theirs.
+#[tokio::test]
+async fn a_guard_registers_no_override_series() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let limiter = build(
+        &recorder,
+        Limiter::builder()
+            .store(MemoryStore::new())
+            .route("/api/*", Policy::named("default").per_ip("100/min")),
+    );
+    let _guard = metrics::with_local_recorder(&recorder, || {
+        limiter.guard(Policy::failed_auth_per_ip("20/min"))
+    });
+    let mut buckets: Vec<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tollgate_requests_total")
+        .map(|(key, ..)| {
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .filter(|l| l.key() != "outcome")
+                .map(|l| l.value().to_string())
+                .collect();
+            labels.join(" ")
+        })
+        .collect();
+    buckets.sort();
+    buckets.dedup();
+    assert_eq!(
+        buckets,
+        [
+            "default default:ip",
+            "default override:ip",
+            "failed-auth failed-auth:ip",
+        ]
+    );
+}

@@ -21,6 +21,9 @@ use crate::respond::{number, sf};
 pub(crate) struct Defaults {
     pub(crate) shadow: bool,
     pub(crate) on_failure: FailureMode,
+    /// Whether the limiter's per-key overrides apply to its policies (a guard's limiter
+    /// has none: its policies get no override buckets, nor their metrics series).
+    pub(crate) overrides: bool,
 }
 
 /// What a bucket name is bound to: the first policy that used it and its limits.
@@ -337,7 +340,7 @@ pub(crate) fn compile(
             ),
             CompiledQuota::PerKey(_) => (None, None),
         };
-        if compiled.override_bucket(key.kind()).is_none() {
+        if defaults.overrides && compiled.override_bucket(key.kind()).is_none() {
             let label: Arc<str> = format!("override:{}", key.kind()).into();
             compiled.overrides.push(OverrideBucket {
                 kind: key.kind.clone(),
@@ -705,6 +708,7 @@ mod tests {
         Defaults {
             shadow: false,
             on_failure: FailureMode::Fallback,
+            overrides: true,
         }
     }
 
