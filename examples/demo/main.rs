@@ -8,7 +8,12 @@
 //! Open <http://127.0.0.1:3000/rate-limits> for the table, `/openapi.json` for the same in
 //! OpenAPI (`x-ratelimit` on each operation), `/metrics` for the limiter's metrics in
 //! Prometheus's text format (`tollgate_requests_total{policy, bucket, outcome}` and the
-//! rest, see `tollgate::observe`). The policy itself is in `limits.rs`.
+//! rest, see `tollgate::observe`). The policy itself is in `limits.rs`. Where the page's
+//! `/openapi.json` redirects to a static build artifact, the demo's answers the document
+//! itself (`200`), made from the limiter on each request. Of the page's platform "view as"
+//! (the operator's user id on `/platform` and `/api/platform/*`), the demo serves the API
+//! only (`/api/platform/view-as/{user_id}`, charged to the operator's bucket): `/platform`
+//! is the page's web app, outside `/api/*` and its limits.
 //!
 //! **Sign-in is a stand-in, for demos only** (see `session.rs`):
 //! `Authorization: Bearer <user-id>` or a cookie `session=<user-id>` is a signed-in staff
