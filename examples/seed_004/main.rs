@@ -23,6 +23,11 @@
 //!
 //! How it maps onto tollgate:
 //!
+//! - `X-RateLimit-Limit` is the endpoint's sustained rate (`100` for invoices, as the
+//!   page's example shows), `-Remaining` the tokens its bucket holds now, at most the burst
+//!   (`19` after a first call to invoices): what a partner may send at once. The page's
+//!   example pair (`100`, `84`) cannot come from a bucket of 20; remaining counted against
+//!   the sustained rate would promise calls the burst refuses.
 //! - `endpointwise.yaml`, next to this file, is the page's configuration exactly as printed
 //!   (its `routes:` and its `gateway:` block). It names no key, so this example keys its
 //!   endpoint limits by the partner's API key (`x-api-key`): each partner has its own
