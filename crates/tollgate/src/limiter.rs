@@ -1361,7 +1361,8 @@ impl LimiterBuilder {
             defaults: engine::Defaults {
                 shadow: self.shadow,
                 on_failure: self.on_failure.unwrap_or_default(),
-                // A guard spends no per-key overrides.
+                // A guard (the one builder given its limiter's store metrics, by
+                // `try_guard`) spends no per-key overrides.
                 overrides: self.store_metrics.is_none(),
             },
             require_default: self.require_default,
