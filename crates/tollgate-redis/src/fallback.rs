@@ -408,6 +408,16 @@ pub trait Primary: Store {
         false
     }
 
+    /// Which part of the primary `bucket`'s key is written in: a call for keys of one part
+    /// is applied whole or not at all, where a call across parts may be applied in some and
+    /// fail in others (Redis Cluster's hash slots). A give-back after an outage goes in
+    /// calls of one part each, so that one that fails is given again alone, not with what
+    /// other parts took already. The default: one part.
+    fn part_of(&self, bucket: &Bucket) -> u64 {
+        let _ = bucket;
+        0
+    }
+
     /// Why the primary cannot be reached, when a check only timed out: the error of a
     /// connection made afresh (a wrong password, a database that does not exist), which a
     /// connection that retries by itself hides behind the timeout. `None` (the default) if
@@ -500,6 +510,15 @@ impl Primary for RedisStore {
         Box::pin(RedisStore::incarnation(self))
     }
 
+    /// Its hash slot on Redis Cluster; one part otherwise.
+    fn part_of(&self, bucket: &Bucket) -> u64 {
+        self.slot_of(bucket).map_or(0, |slot| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&slot, &mut hasher);
+            std::hash::Hasher::finish(&hasher)
+        })
+    }
+
     /// In one script call per hash slot ([`RedisStore`]'s `restore`).
     fn restore<'a>(
         &'a self,
@@ -545,6 +564,10 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
 
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
         (**self).diagnose()
+    }
+
+    fn part_of(&self, bucket: &Bucket) -> u64 {
+        (**self).part_of(bucket)
     }
 
     fn connection_broke(&self, error: &StoreError) -> bool {
@@ -1001,23 +1024,30 @@ impl<P: Primary> Shared<P> {
     /// next time.
     async fn give_back(&self, restore: bool) -> Result<usize, StoreError> {
         let now = self.memory.now().as_micros();
-        let owed = self.ledger.take(restore, now);
+        let mut owed = self.ledger.take(restore, now);
         if owed.is_empty() {
             return Ok(0);
         }
+        // In calls of one part of the primary each (a hash slot of Redis Cluster).
+        owed.sort_by_cached_key(|o| self.primary.part_of(&o.bucket));
+        let parts: Vec<u64> = owed
+            .iter()
+            .map(|o| self.primary.part_of(&o.bucket))
+            .collect();
         // What still counts, read from memory before anything here writes to it (a
         // restore's answer replaces memory's counts with the primary's).
         let counted: Vec<(u64, Duration)> = owed.iter().map(|o| self.still_counted(o)).collect();
         let mut delivered = 0;
-        for (chunk, counted) in owed
-            .chunks(GIVE_BACK_BATCH)
-            .zip(counted.chunks(GIVE_BACK_BATCH))
-        {
+        while delivered < owed.len() {
+            let end = (delivered + 1..owed.len())
+                .find(|&i| i - delivered == GIVE_BACK_BATCH || parts[i] != parts[delivered])
+                .unwrap_or(owed.len());
+            let (chunk, counted) = (&owed[delivered..end], &counted[delivered..end]);
             if let Err(e) = self.give_back_chunk(chunk, counted, restore).await {
                 self.ledger.put_back(&owed[delivered..], now);
                 return Err(e);
             }
-            delivered += chunk.len();
+            delivered = end;
         }
         tracing::debug!(
             target: "tollgate::store",
@@ -2151,6 +2181,110 @@ mod tests {
     async fn a_failed_last_give_back_keeps_its_debts() {
         let admitted = user_admitted_across_a_slow_give_back(true).await;
         assert!(admitted <= 31, "admitted {admitted} of 30");
+    }
+
+    /// A primary in two parts, as Redis Cluster's slots: keys of bucket `b` on one, the
+    /// others on the other. A give-back call (a penalty other than the probe's) applies
+    /// what it holds of the other part, then fails if it holds `b` while `fail_b` counts
+    /// down, as a call across slots does when one slot's node does not answer.
+    #[derive(Debug)]
+    struct Parted {
+        redis: MemoryStore,
+        down: AtomicBool,
+        fail_b: AtomicU32,
+    }
+
+    impl Primary for Parted {
+        fn part_of(&self, bucket: &Bucket) -> u64 {
+            u64::from(bucket.key.starts_with("b:"))
+        }
+    }
+
+    impl Store for Parted {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                if self.down.load(Ordering::Acquire) {
+                    return Err(StoreError::Unavailable("down".into()));
+                }
+                if batch.op != Op::Penalize || batch.buckets[0].key == "tollgate-probe:health" {
+                    return self.redis.apply_now(batch.op, &batch.buckets);
+                }
+                let (b, other): (Vec<Bucket>, Vec<Bucket>) = batch
+                    .buckets
+                    .iter()
+                    .cloned()
+                    .partition(|x| self.part_of(x) == 1);
+                let mut states = Vec::new();
+                let mut now = tollgate_core::Timestamp::default();
+                for part in [other, b] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    if self.part_of(&part[0]) == 1
+                        && self
+                            .fail_b
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                            .is_ok()
+                    {
+                        return Err(StoreError::Timeout(Duration::from_millis(50)));
+                    }
+                    let d = self.redis.apply_now(Op::Penalize, &part)?;
+                    now = d.now;
+                    states.extend(d.buckets);
+                }
+                Ok(Decision {
+                    allowed: true,
+                    now,
+                    buckets: states,
+                })
+            })
+        }
+    }
+
+    /// After an outage, a give-back whose call fails on one part of the primary (a paused
+    /// Redis Cluster node) after the other took its share: each part is given back in its
+    /// own calls, so what the other part took is not given again with the retry. Before,
+    /// both parts went in one call, and each of its three failures charged `a` again: 12
+    /// for 3 admitted.
+    #[tokio::test(start_paused = true)]
+    async fn a_give_back_failing_on_one_part_is_not_given_again_on_the_others() {
+        let primary = Parted {
+            redis: MemoryStore::new(),
+            down: AtomicBool::new(false),
+            fail_b: AtomicU32::new(0),
+        };
+        let config = FallbackConfig::default()
+            .with_failure_threshold(1)
+            .with_probe_backoff(Duration::from_millis(10), Duration::from_millis(10));
+        let store = FallbackStore::connect_with_memory(primary, MemoryStore::new(), config).await;
+        let limit = Limit::sliding(Quota::per_hour(100));
+        let both = vec![Bucket::new("a", "1", limit), Bucket::new("b", "1", limit)];
+        store.primary().down.store(true, Ordering::Release);
+        for _ in 0..3 {
+            assert!(
+                store
+                    .apply(&Batch::charge(both.clone()))
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert_eq!(store.mode(), Mode::Fallback);
+        store.primary().fail_b.store(3, Ordering::Release);
+        store.primary().down.store(false, Ordering::Release);
+        let healed = tokio::time::Instant::now();
+        while store.mode() != Mode::Primary {
+            assert!(healed.elapsed() < Duration::from_secs(5), "not back");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(store.primary().fail_b.load(Ordering::Acquire), 0);
+        let held = store.primary().redis.apply_now(Op::Peek, &both).unwrap();
+        let remaining: Vec<u64> = held.buckets.iter().map(|s| s.remaining).collect();
+        assert_eq!(
+            remaining,
+            [97, 97],
+            "each key charged the 3 memory admitted"
+        );
     }
 
     /// Answers to charges sent together, noted out of order: memory keeps the larger

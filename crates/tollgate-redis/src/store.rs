@@ -126,7 +126,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Value};
+use redis::{RedisError, RedisResult, Value};
 use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, Clock, Decision, Limit, Op, Store, StoreError,
     SystemClock, Timestamp,
@@ -137,6 +137,7 @@ use crate::error::{redact, RedisConfigError};
 use crate::fallback::{lock, Origin};
 use crate::script::{self, Arg, Call, Placed};
 use crate::slot::slot;
+use redis::cluster_routing::Slot;
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate:";
@@ -460,16 +461,63 @@ impl Connection {
             }
             Connection::Cluster { .. } => return Ok(None),
         };
-        match reply {
-            Err(e) if e.code().is_some() => Ok(None),
-            Err(e) => Err(backend(e)),
-            Ok(Value::ServerError(_)) => Ok(None),
-            Ok(Value::BulkString(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-            Ok(Value::VerbatimString { text, .. }) => Ok(Some(text)),
-            Ok(other) => Err(StoreError::Protocol(format!(
-                "expected text from INFO {section}, got {other:?}"
-            ))),
+        info_text(section, reply)
+    }
+
+    /// On Redis Cluster, `INFO <section>` of every master, by address (sorted); `None` on
+    /// a single server, or if a master refuses `INFO`. Fails if a master does not answer.
+    async fn info_of_masters(
+        &self,
+        section: &str,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let Connection::Cluster { client, connection } = self else {
+            return Ok(None);
+        };
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(section);
+        let make = async || client.get_async_connection().await.map_err(backend);
+        // `INFO` goes to every master; the answer maps each address to its text.
+        let reply = connection
+            .run(
+                make,
+                async |conn| conn.req_packed_command(&cmd).await,
+                broken,
+            )
+            .await?
+            .map_err(backend)?;
+        let Value::Map(nodes) = reply else {
+            return Err(StoreError::Protocol(format!(
+                "expected a map of nodes from INFO {section} on Redis Cluster, got {reply:?}"
+            )));
+        };
+        let mut texts = Vec::with_capacity(nodes.len());
+        for (address, text) in nodes {
+            let address = match address {
+                Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Value::SimpleString(text) => text,
+                other => format!("{other:?}"),
+            };
+            match info_text(section, Ok(text))? {
+                Some(text) => texts.push((address, text)),
+                None => return Ok(None),
+            }
         }
+        texts.sort();
+        Ok(Some(texts))
+    }
+}
+
+/// The text of an `INFO <section>` reply; `None` if the server refused the command.
+fn info_text(section: &str, reply: RedisResult<Value>) -> Result<Option<String>, StoreError> {
+    match reply {
+        Err(e) if e.code().is_some() => Ok(None),
+        Err(e) => Err(backend(e)),
+        Ok(Value::ServerError(_)) => Ok(None),
+        Ok(Value::BulkString(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Ok(Value::VerbatimString { text, .. }) => Ok(Some(text)),
+        Ok(other) => Err(StoreError::Protocol(format!(
+            "expected text from INFO {section}, got {other:?}"
+        ))),
     }
 }
 
@@ -609,8 +657,22 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connect to Redis Cluster through these initial nodes (the rest of the cluster is
-    /// discovered). Keys are grouped by hash slot; see the [module documentation](crate::store).
+    /// Connect to Redis Cluster through these initial nodes, each a URL as for
+    /// [`RedisStoreBuilder::url`] (the rest of the cluster is discovered). Keys are grouped
+    /// by hash slot; see the [module documentation](crate::store).
+    ///
+    /// ```
+    /// use tollgate_redis::{FallbackConfig, RedisStore};
+    ///
+    /// let store = RedisStore::builder()
+    ///     .cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     // Each request's keys in one slot: one script call per request.
+    ///     .prefix("{app}:")
+    ///     .for_fallback(&FallbackConfig::default())
+    ///     .build()?;
+    /// assert!(store.is_cluster());
+    /// # Ok::<(), tollgate_redis::RedisConfigError>(())
+    /// ```
     pub fn cluster<I, S>(mut self, nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -1076,6 +1138,9 @@ impl RedisStore {
     ///
     /// The server could not be reached or did not answer `INFO`.
     pub async fn incarnation(&self) -> Result<Option<String>, StoreError> {
+        if self.is_cluster() {
+            return self.cluster_incarnation().await;
+        }
         let Some(run_id) = self.run_id().await? else {
             return Ok(None);
         };
@@ -1087,12 +1152,49 @@ impl RedisStore {
         Ok(Some(format!("{run_id}/{replid}")))
     }
 
+    /// On Redis Cluster: each master's address, `run_id` and replication id. It changes
+    /// when a master restarts, or a replica takes over from one, which may have lost counts
+    /// either way; and it fails while a master does not answer, so that
+    /// [`FallbackStore`](crate::FallbackStore) gives nothing back to the cluster until
+    /// every master does (a review: calls that gave back an outage's admissions, queued on
+    /// a paused master and sent again at each return, ran together when it resumed, and
+    /// charged keys up to 14 times for one admission).
+    async fn cluster_incarnation(&self) -> Result<Option<String>, StoreError> {
+        let connection = &self.inner.connection;
+        let Some(servers) = connection.info_of_masters("server").await? else {
+            return Ok(None);
+        };
+        let Some(replication) = connection.info_of_masters("replication").await? else {
+            return Ok(None);
+        };
+        let ids: Vec<String> = servers
+            .iter()
+            .map(|(address, server)| {
+                let replid = replication
+                    .iter()
+                    .find(|(a, _)| a == address)
+                    .and_then(|(_, text)| info_field(text, "master_replid"))
+                    .unwrap_or_default();
+                let run_id = info_field(server, "run_id").unwrap_or_default();
+                format!("{address}={run_id}/{replid}")
+            })
+            .collect();
+        Ok(Some(ids.join(",")))
+    }
+
     /// Why a connection made afresh fails, if it does: what a call that only timed out
     /// hides (the multiplexed connection retries by itself), such as a wrong password or a
     /// database that does not exist. `None` if it connects or does not answer within a
     /// second.
     pub async fn connect_error(&self) -> Option<String> {
         self.inner.connection.connect_error().await
+    }
+
+    /// On Redis Cluster, the hash slot `bucket`'s key is in now (a fixed window's key is
+    /// its current window's); `None` on a single server.
+    pub(crate) fn slot_of(&self, bucket: &Bucket) -> Option<Slot> {
+        self.is_cluster()
+            .then(|| slot(&self.redis_key_at(bucket, self.inner.clock.now())))
     }
 
     /// Whether this store talks to Redis Cluster.
