@@ -1024,16 +1024,17 @@ impl<P: Primary> Shared<P> {
     /// next time.
     async fn give_back(&self, restore: bool) -> Result<usize, StoreError> {
         let now = self.memory.now().as_micros();
-        let mut owed = self.ledger.take(restore, now);
+        let owed = self.ledger.take(restore, now);
         if owed.is_empty() {
             return Ok(0);
         }
         // In calls of one part of the primary each (a hash slot of Redis Cluster).
-        owed.sort_by_cached_key(|o| self.primary.part_of(&o.bucket));
-        let parts: Vec<u64> = owed
-            .iter()
-            .map(|o| self.primary.part_of(&o.bucket))
+        let mut by_part: Vec<(u64, Owed)> = owed
+            .into_iter()
+            .map(|o| (self.primary.part_of(&o.bucket), o))
             .collect();
+        by_part.sort_by_key(|(part, _)| *part);
+        let (parts, owed): (Vec<u64>, Vec<Owed>) = by_part.into_iter().unzip();
         // What still counts, read from memory before anything here writes to it (a
         // restore's answer replaces memory's counts with the primary's).
         let counted: Vec<(u64, Duration)> = owed.iter().map(|o| self.still_counted(o)).collect();

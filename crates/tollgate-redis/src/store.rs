@@ -126,6 +126,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{RedisError, RedisResult, Value};
 use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, Clock, Decision, Limit, Op, Store, StoreError,
@@ -137,7 +138,6 @@ use crate::error::{redact, RedisConfigError};
 use crate::fallback::{lock, Origin};
 use crate::script::{self, Arg, Call, Placed};
 use crate::slot::slot;
-use redis::cluster_routing::Slot;
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate:";
