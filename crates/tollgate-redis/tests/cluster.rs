@@ -9,28 +9,6 @@ use tollgate_core::{Batch, Bucket, Limit, ManualClock, Op, Quota, Store, Timesta
 use tollgate_redis::RedisStore;
 use tollgate_testkit::RedisCluster;
 
-/// The slot of `key` and the port of the node serving it, asked from the cluster itself.
-fn node_of(cluster: &RedisCluster, key: &str) -> (u16, u16) {
-    let first = &cluster.nodes()[0];
-    let slot: u16 = first
-        .cli(["CLUSTER", "KEYSLOT", key])
-        .trim()
-        .parse()
-        .unwrap();
-    // Lines: <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
-    for line in first.cli(["CLUSTER", "NODES"]).lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-        for range in &fields[8..] {
-            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-            if (lo.parse().unwrap()..=hi.parse().unwrap()).contains(&slot) {
-                return (slot, port);
-            }
-        }
-    }
-    panic!("no node owns slot {slot}");
-}
-
 /// A store on `cluster` without a refusal cache: every call reaches Redis.
 fn store_on(cluster: &RedisCluster) -> RedisStore {
     RedisStore::builder()
@@ -54,7 +32,7 @@ fn names_on_each_node(cluster: &RedisCluster, prefix: &str) -> Vec<(u16, String)
     let mut by_node = std::collections::BTreeMap::new();
     for i in 0..64 {
         let name = format!("{prefix}{i}");
-        let port = node_of(cluster, &format!("tollgate:{name}:k")).1;
+        let port = cluster.node_of(&format!("tollgate:{name}:k")).1;
         by_node.entry(port).or_insert(name);
     }
     by_node.into_iter().collect()
@@ -148,7 +126,7 @@ async fn multi_slot_requests_decide_correctly() {
         .build()
         .unwrap();
     assert!(tagged.apply(&batch).await.unwrap().allowed);
-    let (slot, port) = node_of(&cluster, "{tollgate}:anything");
+    let (slot, port) = cluster.node_of("{tollgate}:anything");
     let owner = cluster.nodes().iter().find(|n| n.port() == port).unwrap();
     let count = owner.cli(["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
     assert_eq!(count.trim(), "2", "both keys of the request in slot {slot}");
@@ -183,13 +161,13 @@ async fn fixed_windows_on_a_cluster() {
                 let b = Bucket::new(n, "k", limit);
                 let at = tollgate_core::Timestamp::from_micros(hour_end_ms * 1000 - 1);
                 prefix.contains('{')
-                    || node_of(&cluster, &store.redis_key(&b)).1
-                        != node_of(&cluster, &store.redis_key_at(&b, at)).1
+                    || cluster.node_of(&store.redis_key(&b)).1
+                        != cluster.node_of(&store.redis_key_at(&b, at)).1
             })
             .unwrap();
         let bucket = Bucket::new(&name, "k", limit);
         let old = store.redis_key(&bucket);
-        let owner = node_of(&cluster, &old).1;
+        let owner = cluster.node_of(&old).1;
         let node = cluster.nodes().iter().find(|n| n.port() == owner).unwrap();
         node.cli(["SET", &old, "-2", "PXAT", &hour_end_ms.to_string()]);
 
@@ -243,13 +221,13 @@ async fn a_fixed_window_never_reads_its_own_key_on_another_slot_of_its_node() {
     let bucket = (0..256)
         .map(|i| Bucket::new(&format!("fw{i}"), "k", limit))
         .find(|b| {
-            let own = node_of(&cluster, &store.redis_key(b));
-            let window = node_of(&cluster, &store.redis_key_at(b, now));
+            let own = cluster.node_of(&store.redis_key(b));
+            let window = cluster.node_of(&store.redis_key_at(b, now));
             own.0 != window.0 && own.1 == window.1
         })
         .expect("a bucket whose two keys are on one node, in two slots");
     let old = store.redis_key(&bucket);
-    let owner = node_of(&cluster, &old).1;
+    let owner = cluster.node_of(&old).1;
     let node = cluster.nodes().iter().find(|n| n.port() == owner).unwrap();
     // Two counted in the format before window keys, expiring with the window.
     node.cli(["SET", &old, "-2", "PX", "1800000"]);

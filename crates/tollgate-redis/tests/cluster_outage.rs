@@ -11,26 +11,9 @@ use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Op, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisCluster;
 
-/// The port of the node serving `key`, asked from the cluster itself.
+/// The port of the node serving `key`.
 fn port_of(cluster: &RedisCluster, key: &str) -> u16 {
-    let first = &cluster.nodes()[0];
-    let slot: u16 = first
-        .cli(["CLUSTER", "KEYSLOT", key])
-        .trim()
-        .parse()
-        .unwrap();
-    // Lines: <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
-    for line in first.cli(["CLUSTER", "NODES"]).lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-        for range in &fields[8..] {
-            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-            if (lo.parse().unwrap()..=hi.parse().unwrap()).contains(&slot) {
-                return port;
-            }
-        }
-    }
-    panic!("no node owns slot {slot}");
+    cluster.node_of(key).1
 }
 
 fn store_on(cluster: &RedisCluster) -> RedisStore {
@@ -63,6 +46,24 @@ fn two_nodes(cluster: &RedisCluster) -> (Bucket, Bucket, usize) {
     )
 }
 
+/// A fallback store on `cluster`, with the default settings.
+async fn fallback_on(cluster: &RedisCluster) -> FallbackStore<RedisStore> {
+    FallbackStore::connect_with_memory(
+        store_on(cluster),
+        MemoryStore::new(),
+        FallbackConfig::default(),
+    )
+    .await
+}
+
+/// Charges `buckets` together `n` times through `store`: each admitted.
+async fn charge_admitted(store: &FallbackStore<RedisStore>, buckets: &[Bucket], n: usize) {
+    for _ in 0..n {
+        let batch = Batch::charge(buckets.to_vec());
+        assert!(store.apply(&batch).await.unwrap().allowed);
+    }
+}
+
 /// What `buckets` have left on the cluster; `None` while it does not answer.
 async fn remaining(cluster: &RedisCluster, buckets: &[Bucket]) -> Option<Vec<u64>> {
     let d = store_on(cluster)
@@ -83,31 +84,11 @@ async fn a_paused_master_gets_each_admission_back_once() {
     let cluster = RedisCluster::start(3);
     let (on_paused, on_live, down) = two_nodes(&cluster);
     let both = vec![on_paused, on_live];
-    let store = FallbackStore::connect_with_memory(
-        store_on(&cluster),
-        MemoryStore::new(),
-        FallbackConfig::default(),
-    )
-    .await;
+    let store = fallback_on(&cluster).await;
     assert_eq!(store.mode(), Mode::Primary);
-    assert!(
-        store
-            .apply(&Batch::charge(both.clone()))
-            .await
-            .unwrap()
-            .allowed
-    );
-
+    charge_admitted(&store, &both, 1).await;
     cluster.nodes()[down].pause();
-    for _ in 0..3 {
-        assert!(
-            store
-                .apply(&Batch::charge(both.clone()))
-                .await
-                .unwrap()
-                .allowed
-        );
-    }
+    charge_admitted(&store, &both, 3).await;
     assert_eq!(store.mode(), Mode::Fallback);
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.nodes()[down].resume();
@@ -128,21 +109,8 @@ async fn a_master_restarted_empty_gets_its_counts_written_back() {
     let mut cluster = RedisCluster::start(3);
     let (on_restarted, on_live, down) = two_nodes(&cluster);
     let both = vec![on_restarted, on_live];
-    let store = FallbackStore::connect_with_memory(
-        store_on(&cluster),
-        MemoryStore::new(),
-        FallbackConfig::default(),
-    )
-    .await;
-    for _ in 0..5 {
-        assert!(
-            store
-                .apply(&Batch::charge(both.clone()))
-                .await
-                .unwrap()
-                .allowed
-        );
-    }
+    let store = fallback_on(&cluster).await;
+    charge_admitted(&store, &both, 5).await;
     cluster.nodes_mut()[down].restart();
     // The store's watch finds the new incarnation, leaves the cluster and writes back.
     let started = std::time::Instant::now();

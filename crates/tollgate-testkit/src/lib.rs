@@ -544,6 +544,35 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+
+    /// The hash slot of `key` and the port of the master serving it, asked from the
+    /// cluster itself (`CLUSTER KEYSLOT`, `CLUSTER NODES`).
+    pub fn node_of(&self, key: &str) -> (u16, u16) {
+        let first = &self.nodes()[0];
+        let slot: u16 = first
+            .cli(["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("a slot number");
+        // Lines: <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <state> <slots>...
+        for line in first.cli(["CLUSTER", "NODES"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port: u16 = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("a node address");
+            for range in fields.iter().skip(8) {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        return (slot, port);
+                    }
+                }
+            }
+        }
+        panic!("no node owns slot {slot}");
+    }
 }
 
 #[cfg(test)]
