@@ -196,10 +196,37 @@ async fn run<C: ConnectionLike>(conn: &mut C, call: Call<'_>) -> Result<Decision
     if is_noscript(&reply) {
         reply = conn.req_packed_command(&call.command(true)?).await;
     }
-    match reply.map_err(backend)? {
+    let reply = reply.map_err(|e| match (e.code(), e.detail()) {
+        (Some(code), detail) if is_redirect(code) => redirected(code, detail),
+        _ => backend(e),
+    })?;
+    match reply {
+        Value::ServerError(e) if is_redirect(e.code()) => Err(redirected(e.code(), e.details())),
         Value::ServerError(e) => Err(backend(e)),
         reply => call.decision(&reply),
     }
+}
+
+/// Whether an error code is a Redis Cluster node's redirection.
+fn is_redirect(code: &str) -> bool {
+    matches!(code, "MOVED" | "ASK")
+}
+
+/// A redirection answered to a store made on one server's URL: that server is a node of
+/// Redis Cluster, and the error says how to connect to one (a review: the demo's
+/// `REDIS_URL` named a cluster node, and its warning said only `Moved: 12561 ...`).
+fn redirected(code: &str, detail: Option<&str>) -> StoreError {
+    backend(ClusterNode {
+        answer: format!("{code} {}", detail.unwrap_or_default()),
+    })
+}
+
+/// A Redis Cluster node's redirection (`MOVED`, `ASK`), answered to a store made on one
+/// server's URL.
+#[derive(Debug, thiserror::Error)]
+#[error("Redis answered `{answer}`: it is a node of Redis Cluster, which a store on one URL (`REDIS_URL`, `store.url`) cannot use; connect with `RedisStoreBuilder::cluster`")]
+struct ClusterNode {
+    answer: String,
 }
 
 /// How long a [`Renewing`] connection may answer nothing but errors before it is replaced.

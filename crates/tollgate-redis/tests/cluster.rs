@@ -348,3 +348,26 @@ async fn overlapping_give_backs_leave_a_token_bucket_full() {
         assert_eq!(left.buckets[0].remaining, 10, "round {round}");
     }
 }
+
+/// A store made on one node's URL (`REDIS_URL` naming a node of a cluster): a key another
+/// node serves is refused with a redirection, and the error says how to connect to a
+/// cluster (a review: the demo's warning said only `Moved: 12561 127.0.0.1:58002`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_one_node_of_a_cluster_says_to_connect_to_the_cluster() {
+    let cluster = RedisCluster::start(3);
+    let first = &cluster.nodes()[0];
+    let store = RedisStore::open(&first.url()).unwrap();
+    let elsewhere = (0..256)
+        .map(|i| Bucket::new(&format!("m{i}"), "k", Limit::sliding(Quota::per_hour(10))))
+        .find(|b| cluster.node_of(&store.redis_key(b)).1 != first.port())
+        .unwrap();
+    let error = store
+        .apply(&Batch::charge(vec![elsewhere]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("MOVED") && error.contains("RedisStoreBuilder::cluster"),
+        "{error}"
+    );
+}
