@@ -160,6 +160,10 @@ enum Connection {
     Cluster {
         client: ClusterClient,
         connection: Renewing<ClusterConnection>,
+        /// The longest a call may take: a response's timeout, and a connection's when one
+        /// is made afresh. The cluster client retries a call that timed out and connects
+        /// again by itself, which took up to 8 s with a master paused (a review).
+        limit: Duration,
     },
 }
 
@@ -438,11 +442,16 @@ impl Connection {
                 let mut conn = pool.get().await.map_err(backend)?;
                 run(&mut conn, call).await
             }
-            Connection::Cluster { client, connection } => {
+            Connection::Cluster {
+                client,
+                connection,
+                limit,
+            } => {
                 let make = async || client.get_async_connection().await.map_err(backend);
-                connection
-                    .run(make, async |conn| run(conn, call).await, broken_store)
-                    .await?
+                let call = connection.run(make, async |conn| run(conn, call).await, broken_store);
+                tokio::time::timeout(*limit, call)
+                    .await
+                    .map_err(|_| StoreError::Timeout(*limit))??
             }
         }
     }
@@ -497,7 +506,10 @@ impl Connection {
         &self,
         section: &str,
     ) -> Result<Option<Vec<(String, String)>>, StoreError> {
-        let Connection::Cluster { client, connection } = self else {
+        let Connection::Cluster {
+            client, connection, ..
+        } = self
+        else {
             return Ok(None);
         };
         let mut cmd = redis::cmd("INFO");
@@ -746,7 +758,9 @@ impl RedisStoreBuilder {
     /// How long one command may wait for its answer before it fails. Default
     /// [`DEFAULT_RESPONSE_TIMEOUT`]. ([`FallbackStore`](crate::FallbackStore) has its own,
     /// shorter, per-call timeout.) Not used with a deadpool-redis pool (feature
-    /// `deadpool`), whose own configuration applies.
+    /// `deadpool`), whose own configuration applies. On Redis Cluster, a call (the client's
+    /// retries and a connection made afresh included) fails after this and the
+    /// [connection timeout](RedisStoreBuilder::connection_timeout) together.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -824,6 +838,7 @@ impl RedisStoreBuilder {
                 Connection::Cluster {
                     client,
                     connection: Renewing::new(),
+                    limit: self.response_timeout + self.connection_timeout,
                 }
             }
             #[cfg(feature = "deadpool")]

@@ -371,3 +371,43 @@ async fn a_store_on_one_node_of_a_cluster_says_to_connect_to_the_cluster() {
         "{error}"
     );
 }
+
+/// A master paused, on a store without a fallback: each call on its keys fails within the
+/// store's timeouts (the answer's, and a connection's when one is made afresh), not after
+/// the cluster client's retries and reconnections (a review: up to 8 s, p90 5.5 s, with a
+/// response timeout of 500 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_paused_master_fail_within_the_store_s_timeouts() {
+    let cluster = RedisCluster::start(3);
+    let (response, connection) = (
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_millis(300),
+    );
+    let store = RedisStore::builder()
+        .cluster(cluster.urls())
+        .refusal_cache(0)
+        .response_timeout(response)
+        .connection_timeout(connection)
+        .build()
+        .unwrap();
+    let first = &cluster.nodes()[0];
+    let on_first = (0..256)
+        .map(|i| Bucket::new(&format!("p{i}"), "k", Limit::sliding(Quota::per_hour(1000))))
+        .find(|b| cluster.node_of(&store.redis_key(b)).1 == first.port())
+        .unwrap();
+    let charge = Batch::charge(vec![on_first]);
+    assert!(store.apply(&charge).await.unwrap().allowed);
+    first.pause();
+    let mut slowest = std::time::Duration::ZERO;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(4) {
+        let sent = std::time::Instant::now();
+        assert!(store.apply(&charge).await.is_err());
+        slowest = slowest.max(sent.elapsed());
+    }
+    first.resume();
+    assert!(
+        slowest <= response + connection + std::time::Duration::from_millis(200),
+        "a call took {slowest:?}"
+    );
+}
