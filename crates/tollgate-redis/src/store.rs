@@ -546,6 +546,49 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// On Redis Cluster, how many masters serve its slots (`CLUSTER SLOTS`), those marked
+    /// failing included; 0 on a single server.
+    async fn masters(&self) -> Result<usize, StoreError> {
+        let Connection::Cluster {
+            client, connection, ..
+        } = self
+        else {
+            return Ok(0);
+        };
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let make = async || client.get_async_connection().await.map_err(backend);
+        let reply = connection
+            .run(
+                make,
+                async |conn| conn.req_packed_command(&cmd).await,
+                broken,
+            )
+            .await?
+            .map_err(backend)?;
+        let Value::Array(ranges) = reply else {
+            return Err(StoreError::Protocol(format!(
+                "expected an array of slot ranges from CLUSTER SLOTS, got {reply:?}"
+            )));
+        };
+        // Each range: start, end, then its master ([ip, port, id, ...]) and replicas.
+        let mut masters: Vec<String> = ranges
+            .iter()
+            .filter_map(|range| match range {
+                Value::Array(fields) => match fields.get(2) {
+                    Some(Value::Array(node)) => Some(format!("{node:?}")),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        masters.sort();
+        masters.dedup();
+        Ok(masters.len())
+    }
+}
+
 /// The text of an `INFO <section>` reply; `None` if the server refused the command.
 fn info_text(section: &str, reply: RedisResult<Value>) -> Result<Option<String>, StoreError> {
     match reply {
@@ -1209,6 +1252,17 @@ impl RedisStore {
         let Some(replication) = connection.info_of_masters("replication").await? else {
             return Ok(None);
         };
+        // `INFO` reaches the masters the client knows: one it dropped after it went down
+        // is missing from the answer, which is not a restart (a re-check saw a killed
+        // master reported restarted while it was still down). The cluster still names it
+        // as a master until a replica takes over.
+        let masters = connection.masters().await?;
+        if servers.len() < masters {
+            return Err(StoreError::Unavailable(format!(
+                "{} of the {masters} masters of the Redis Cluster answered",
+                servers.len()
+            )));
+        }
         let ids: Vec<String> = servers
             .iter()
             .map(|(address, server)| {

@@ -128,3 +128,25 @@ async fn a_master_restarted_empty_gets_its_counts_written_back() {
     wait_for_mode(&store, Mode::Primary, Duration::from_secs(10)).await;
     assert_eq!(remaining(&cluster, &both).await.unwrap(), [95, 95]);
 }
+
+/// A master killed and not yet back: the cluster's incarnation cannot be told (an error),
+/// not a new one. Once the client dropped the dead master, `INFO` reached only the others,
+/// and the store was told the cluster had restarted while the master was still down (a
+/// re-check: "restarted" logged at the kill, before the outage was even noticed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_down_is_not_taken_for_a_restart() {
+    let mut cluster = RedisCluster::start(3);
+    let (on_killed, _, down) = two_nodes(&cluster);
+    let store = store_on(&cluster);
+    let before = store.incarnation().await.unwrap().unwrap();
+    cluster.nodes_mut()[down].kill();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        // Calls on the dead master's keys make the client drop it.
+        let _ = store.apply(&Batch::charge(vec![on_killed.clone()])).await;
+        if let Ok(id) = store.incarnation().await {
+            assert_eq!(id.as_deref(), Some(before.as_str()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
