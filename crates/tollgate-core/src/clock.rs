@@ -102,13 +102,17 @@ impl Clock for SystemClock {
 /// from a token bucket for as long as the step (an hour back: an hour refused). When the
 /// system clock is found behind this clock by more than a millisecond, this clock runs at
 /// half speed until the system clock catches up with it (twice the step's length), never
-/// going back by more than 5 ms: in the meantime windows last up to twice as long, token
+/// going back (it stands still for 5 ms of every 10): in the meantime windows last up to
+/// twice as long, token
 /// buckets refill at up to half their rate, and reset times lie up to the step ahead of
 /// the system clock; [`Clock::now_and_ahead`] says by how much, and the memory store tells
 /// clients real waits from it. A step back that leaves the system clock more than a day
 /// ([`FastClock::MAX_SLEW`]) behind this clock (one step, or several in a row) is
 /// followed at once, as halving every rate for days would be worse than the refusals. A
-/// step forward is followed at once (windows end early by the step).
+/// step forward is followed at once (windows end early by the step). A smaller difference
+/// found back (the counter's drift, a correction of the system clock) is not followed back
+/// either: the clock stands still until it has made it up. So, but for a step of more than
+/// a day, no reading is earlier than one before it.
 ///
 /// ```
 /// use tollgate_core::{Clock, FastClock};
@@ -137,14 +141,20 @@ struct FastInner {
     /// slews (µs; 0 otherwise): [`Clock::now_and_ahead`]. Above 0, the next anchoring
     /// gives time back.
     ahead: AtomicU64,
+    /// The least a reading shows (Unix µs): the reading just before an anchoring last moved
+    /// the offset back (a correction, or a slew's step), so that the clock stands still
+    /// until it passes it rather than go back; 0 after a step back it follows at once. A
+    /// correction of a few microseconds back had a store place a count after the time of
+    /// the next request's decision: a guard's wait came out a few microseconds over its
+    /// window, and `Retry-After` (rounded up) said 61 for a minute (a review).
+    floor: AtomicU64,
 }
 
 /// How often [`FastClock`] reads the system clock (microseconds).
 const ANCHOR_EVERY_US: u64 = 1_000_000;
 
 /// How often [`FastClock`] reads the system clock while it slews (microseconds): each
-/// reading gives back half the time since the last, so a reading between two of them may
-/// show up to half this much more than the next.
+/// reading gives back half the time since the last, the clock standing still meanwhile.
 const ANCHOR_SLEWING_US: u64 = 10_000;
 
 /// How far the system clock may be behind [`FastClock`] before it slews (microseconds):
@@ -173,6 +183,7 @@ impl FastClock {
             next_anchor: AtomicU64::new(ANCHOR_EVERY_US),
             last_anchor: AtomicU64::new(0),
             ahead: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
         };
         Self(Arc::new(inner))
     }
@@ -189,6 +200,13 @@ impl FastInner {
         let slewing = target < offset
             && behind > SLEW_ABOVE_US
             && behind <= FastClock::MAX_SLEW.as_micros() as u64;
+        // Back, but not a step followed at once: readings stand still until they pass the
+        // last one.
+        let floor = if target < offset && behind <= FastClock::MAX_SLEW.as_micros() as u64 {
+            elapsed.wrapping_add(offset)
+        } else {
+            0
+        };
         let (offset, every, ahead) = if slewing {
             // Half the time since the last reading is given back, never more than the
             // system clock is behind; nothing at the first (readings since the last may
@@ -203,7 +221,9 @@ impl FastInner {
         } else {
             (target, ANCHOR_EVERY_US, 0)
         };
-        self.offset.store(offset, Ordering::Relaxed);
+        // The floor first: a reading that sees the new offset sees it.
+        self.floor.store(floor, Ordering::Relaxed);
+        self.offset.store(offset, Ordering::Release);
         self.ahead.store(ahead, Ordering::Relaxed);
         self.last_anchor.store(elapsed, Ordering::Relaxed);
         self.next_anchor.store(elapsed + every, Ordering::Relaxed);
@@ -237,7 +257,8 @@ impl Clock for FastClock {
         {
             inner.anchor(elapsed);
         }
-        Timestamp(elapsed.wrapping_add(inner.offset.load(Ordering::Relaxed)))
+        let reading = elapsed.wrapping_add(inner.offset.load(Ordering::Acquire));
+        Timestamp(reading.max(inner.floor.load(Ordering::Relaxed)))
     }
 
     #[inline]
@@ -329,12 +350,35 @@ mod tests {
             pass(&clock, &mock, &WALL_A, 600_000),
             START + HOUR + 1_100_000
         );
-        // Half a millisecond back (a correction, not a step): followed.
+        // Half a millisecond back (a correction, not a step): followed, standing still
+        // until it has made up the 500 µs rather than going back.
         WALL_A.fetch_sub(500, Ordering::SeqCst);
-        assert_eq!(
-            pass(&clock, &mock, &WALL_A, 1_000_000),
-            START + HOUR + 2_100_000 - 500
-        );
+        let before = START + HOUR + 2_100_000;
+        assert_eq!(pass(&clock, &mock, &WALL_A, 1_000_000), before);
+        assert_eq!(pass(&clock, &mock, &WALL_A, 300), before);
+        assert_eq!(pass(&clock, &mock, &WALL_A, 300), before + 100);
+    }
+
+    /// The counter a few microseconds fast against the system clock: each anchoring finds
+    /// the system clock behind, and no reading is earlier than one before it. Before, the
+    /// clock went back by the difference at each anchoring (a memory store then placed a
+    /// count after the next request's decision, and told a wait over the window).
+    #[test]
+    fn a_counter_running_fast_never_makes_it_go_back() {
+        static WALL: AtomicU64 = AtomicU64::new(0);
+        let (clock, mock) = clock(&WALL, || WALL.load(Ordering::SeqCst));
+        let mut last = clock.now().as_micros();
+        // Read every 5 µs for 5 s; the system clock stands still one step in 100,000
+        // (10 µs a second).
+        for i in 0..1_000_000u64 {
+            mock.increment(5_000);
+            WALL.fetch_add(if i % 100_000 == 0 { 0 } else { 5 }, Ordering::SeqCst);
+            let now = clock.now().as_micros();
+            assert!(now >= last, "went back {} µs", last - now);
+            last = now;
+        }
+        let wall = WALL.load(Ordering::SeqCst);
+        assert!(last >= wall && last - wall <= 20, "{last} {wall}");
     }
 
     #[test]
@@ -345,18 +389,14 @@ mod tests {
         WALL_B.fetch_sub(HOUR, Ordering::SeqCst);
         let mut last = pass(&clock, &mock, &WALL_B, 1_000_000);
         assert_eq!(last, START + 2_000_000, "not followed back");
-        // Read every millisecond for a minute: it never goes back by more than a few
-        // milliseconds, and moves at half speed.
+        // Read every millisecond for a minute: it never goes back, and moves at half speed.
         let mut worst_back = 0;
         for _ in 0..60_000 {
             let now = pass(&clock, &mock, &WALL_B, 1_000);
             worst_back = worst_back.max(last.saturating_sub(now));
             last = now;
         }
-        assert!(
-            worst_back <= ANCHOR_SLEWING_US / 2,
-            "went back {worst_back} µs"
-        );
+        assert_eq!(worst_back, 0, "went back {worst_back} µs");
         let moved = last - (START + 2_000_000);
         assert!(
             (29_900_000..=30_100_000).contains(&moved),
