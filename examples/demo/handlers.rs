@@ -266,17 +266,28 @@ async fn staff_sign_in_charged(
     } else {
         network
     };
-    if let Err(error) = failures.refund(bucket, key).await {
-        tracing::warn!(%error, "could not give back a successful sign-in's attempt");
-    }
-    Ok((
+    let given_back = failures.refund(bucket, key).await;
+    let mut signed_in = (
         [(
             SET_COOKIE,
             format!("session={email}; Path=/; HttpOnly; SameSite=Lax"),
         )],
         Json(json!({ "userId": email })),
     )
-        .into_response())
+        .into_response();
+    // A success shows the lockout it was checked against too, as a failure does: how many
+    // failures the e-mail (or the network) still has, as it stands once this attempt was
+    // given back.
+    match given_back {
+        Ok(decision) => tollgate::merge_rate_limit_headers(
+            signed_in.headers_mut(),
+            &failures.rate_limit_headers(bucket, &decision),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "could not give back a successful sign-in's attempt")
+        }
+    }
+    Ok(signed_in)
 }
 
 /// `POST /api/portal/auth/sign-in`: the shared AUTH bucket per IP and per network (charged
