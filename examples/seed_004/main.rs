@@ -74,7 +74,9 @@
 //!
 //! That budget is this example's own rule, per client IP; the page's limits are per partner
 //! key and endpoint. Once an IP has spent it, every request from that IP is refused (`429`,
-//! with the guessing budget's headers) until the window lets one through, valid keys and
+//! with the guessing budget's headers, and the page's body, whose `limit` is that budget's,
+//! 20, and whose message names the request refused, not an endpoint limit of 20) until the
+//! window lets one through, valid keys and
 //! admin tokens included: the guard answers before they are checked, or guesses could go
 //! on at full speed. So a client guessing from an address others share (a NAT, an office)
 //! holds their valid requests back for up to a minute too ([`Policy::failed_auth_per_ip`]
