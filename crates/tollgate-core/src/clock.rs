@@ -103,10 +103,9 @@ impl Clock for SystemClock {
 /// system clock is found behind this clock by more than a millisecond, this clock runs at
 /// half speed until the system clock catches up with it (twice the step's length), never
 /// going back (it stands still for 5 ms of every 10): in the meantime windows last up to
-/// twice as long, token
-/// buckets refill at up to half their rate, and reset times lie up to the step ahead of
-/// the system clock; [`Clock::now_and_ahead`] says by how much, and the memory store tells
-/// clients real waits from it. A step back that leaves the system clock more than a day
+/// twice as long, token buckets refill at up to half their rate, and reset times lie up to
+/// the step ahead of the system clock; [`Clock::now_and_ahead`] says by how much, and the
+/// memory store tells clients real waits from it. A step back that leaves the system clock more than a day
 /// ([`FastClock::MAX_SLEW`]) behind this clock (one step, or several in a row) is
 /// followed at once, as halving every rate for days would be worse than the refusals. A
 /// step forward is followed at once (windows end early by the step). A smaller difference
@@ -203,7 +202,9 @@ impl FastInner {
         // Back, but not a step followed at once: readings stand still until they pass the
         // last one.
         let floor = if target < offset && behind <= FastClock::MAX_SLEW.as_micros() as u64 {
-            elapsed.wrapping_add(offset)
+            elapsed
+                .wrapping_add(offset)
+                .max(self.floor.load(Ordering::Relaxed))
         } else {
             0
         };
