@@ -658,7 +658,13 @@ async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_
         post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "demo-password"));
     let r = send(right).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "x-ratelimit-remaining"), "17");
+    // A success shows both too: the lockout it was checked against (its own attempt given
+    // back, the failure before still counting), and AUTH, which it spent.
+    assert_eq!(
+        header(&r, "ratelimit"),
+        "\"sign-in-failures\";r=4;t=1800, \"auth\";r=17;t=900"
+    );
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "4");
 }
 
 /// A sign-in e-mail that is not an address a cookie can carry is a 400, never a 500 or a
