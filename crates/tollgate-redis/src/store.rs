@@ -506,24 +506,12 @@ impl Connection {
         &self,
         section: &str,
     ) -> Result<Option<Vec<(String, String)>>, StoreError> {
-        let Connection::Cluster {
-            client, connection, ..
-        } = self
-        else {
-            return Ok(None);
-        };
         let mut cmd = redis::cmd("INFO");
         cmd.arg(section);
-        let make = async || client.get_async_connection().await.map_err(backend);
         // `INFO` goes to every master; the answer maps each address to its text.
-        let reply = connection
-            .run(
-                make,
-                async |conn| conn.req_packed_command(&cmd).await,
-                broken,
-            )
-            .await?
-            .map_err(backend)?;
+        let Some(reply) = self.on_cluster(&cmd).await? else {
+            return Ok(None);
+        };
         let Value::Map(nodes) = reply else {
             return Err(StoreError::Protocol(format!(
                 "expected a map of nodes from INFO {section} on Redis Cluster, got {reply:?}"
@@ -547,26 +535,35 @@ impl Connection {
 }
 
 impl Connection {
-    /// On Redis Cluster, how many masters serve its slots (`CLUSTER SLOTS`), those marked
-    /// failing included; 0 on a single server.
-    async fn masters(&self) -> Result<usize, StoreError> {
+    /// On Redis Cluster, the answer to `cmd`, routed as the cluster client routes it; `None`
+    /// on a single server.
+    async fn on_cluster(&self, cmd: &redis::Cmd) -> Result<Option<Value>, StoreError> {
         let Connection::Cluster {
             client, connection, ..
         } = self
         else {
-            return Ok(0);
+            return Ok(None);
         };
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SLOTS");
         let make = async || client.get_async_connection().await.map_err(backend);
         let reply = connection
             .run(
                 make,
-                async |conn| conn.req_packed_command(&cmd).await,
+                async |conn| conn.req_packed_command(cmd).await,
                 broken,
             )
             .await?
             .map_err(backend)?;
+        Ok(Some(reply))
+    }
+
+    /// On Redis Cluster, how many masters serve its slots (`CLUSTER SLOTS`), those marked
+    /// failing included; 0 on a single server.
+    async fn masters(&self) -> Result<usize, StoreError> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let Some(reply) = self.on_cluster(&cmd).await? else {
+            return Ok(0);
+        };
         let Value::Array(ranges) = reply else {
             return Err(StoreError::Protocol(format!(
                 "expected an array of slot ranges from CLUSTER SLOTS, got {reply:?}"
