@@ -532,9 +532,7 @@ impl Connection {
         texts.sort();
         Ok(Some(texts))
     }
-}
 
-impl Connection {
     /// On Redis Cluster, the answer to `cmd`, routed as the cluster client routes it; `None`
     /// on a single server.
     async fn on_cluster(&self, cmd: &redis::Cmd) -> Result<Option<Value>, StoreError> {

@@ -2,24 +2,16 @@
 //! (and nodes) are decided per slot, and a refusal in one slot gives back the charges made in
 //! the others.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use common::cluster_store;
 use tollgate_core::{Batch, Bucket, Limit, ManualClock, Op, Quota, Store, Timestamp};
 use tollgate_redis::RedisStore;
 use tollgate_testkit::RedisCluster;
 
-/// A store on `cluster` without a refusal cache: every call reaches Redis.
-fn store_on(cluster: &RedisCluster) -> RedisStore {
-    RedisStore::builder()
-        .cluster(cluster.urls())
-        .refusal_cache(0)
-        .build()
-        .unwrap()
-}
-
-/// One bucket name `<prefix><i>` per node, whose key (`tollgate:<name>:k`) that node
-/// serves, with the node's port, in port order.
 /// The store's answer to `op` on `buckets`.
 async fn apply(store: &RedisStore, op: Op, buckets: &[Bucket]) -> tollgate_core::Decision {
     store
@@ -28,6 +20,8 @@ async fn apply(store: &RedisStore, op: Op, buckets: &[Bucket]) -> tollgate_core:
         .unwrap()
 }
 
+/// One bucket name `<prefix><i>` per node, whose key (`tollgate:<name>:k`) that node
+/// serves, with the node's port, in port order.
 fn names_on_each_node(cluster: &RedisCluster, prefix: &str) -> Vec<(u16, String)> {
     let mut by_node = std::collections::BTreeMap::new();
     for i in 0..64 {
@@ -41,7 +35,7 @@ fn names_on_each_node(cluster: &RedisCluster, prefix: &str) -> Vec<(u16, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_slot_requests_decide_correctly() {
     let cluster = RedisCluster::start(3);
-    let store = store_on(&cluster);
+    let store = cluster_store(&cluster);
     assert!(store.is_cluster());
 
     // Three buckets whose keys live on three different nodes.
@@ -257,7 +251,7 @@ async fn a_fixed_window_never_reads_its_own_key_on_another_slot_of_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_charge_given_back_at_its_time_leaves_nothing_on_any_slot() {
     let cluster = RedisCluster::start(3);
-    let store = store_on(&cluster);
+    let store = cluster_store(&cluster);
     let names: Vec<String> = names_on_each_node(&cluster, "r")
         .into_iter()
         .map(|(_, name)| name)
@@ -281,7 +275,7 @@ async fn a_charge_given_back_at_its_time_leaves_nothing_on_any_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_give_back_after_a_refusal_removes_its_own_entry() {
     let cluster = RedisCluster::start(3);
-    let store = store_on(&cluster);
+    let store = cluster_store(&cluster);
     // Two keys on two nodes.
     let mut nodes = names_on_each_node(&cluster, "g").into_iter();
     let (_, a) = nodes.next().unwrap();
@@ -324,7 +318,7 @@ async fn a_give_back_after_a_refusal_removes_its_own_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_give_backs_leave_a_token_bucket_full() {
     let cluster = RedisCluster::start(3);
-    let store = store_on(&cluster);
+    let store = cluster_store(&cluster);
     let mut names = names_on_each_node(&cluster, "t")
         .into_iter()
         .map(|(_, name)| name);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::wait_for_mode;
+use common::{cluster_store, wait_for_mode};
 use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Op, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisCluster;
@@ -14,14 +14,6 @@ use tollgate_testkit::RedisCluster;
 /// The port of the node serving `key`.
 fn port_of(cluster: &RedisCluster, key: &str) -> u16 {
     cluster.node_of(key).1
-}
-
-fn store_on(cluster: &RedisCluster) -> RedisStore {
-    RedisStore::builder()
-        .cluster(cluster.urls())
-        .refusal_cache(0)
-        .build()
-        .unwrap()
 }
 
 /// Two buckets of 100 an hour: one on the node `down` will name (not the one the
@@ -49,7 +41,7 @@ fn two_nodes(cluster: &RedisCluster) -> (Bucket, Bucket, usize) {
 /// A fallback store on `cluster`, with the default settings.
 async fn fallback_on(cluster: &RedisCluster) -> FallbackStore<RedisStore> {
     FallbackStore::connect_with_memory(
-        store_on(cluster),
+        cluster_store(cluster),
         MemoryStore::new(),
         FallbackConfig::default(),
     )
@@ -66,7 +58,7 @@ async fn charge_admitted(store: &FallbackStore<RedisStore>, buckets: &[Bucket], 
 
 /// What `buckets` have left on the cluster; `None` while it does not answer.
 async fn remaining(cluster: &RedisCluster, buckets: &[Bucket]) -> Option<Vec<u64>> {
-    let d = store_on(cluster)
+    let d = cluster_store(cluster)
         .apply(&Batch::new(Op::Peek, buckets.to_vec()))
         .await
         .ok()?;
@@ -137,7 +129,7 @@ async fn a_master_restarted_empty_gets_its_counts_written_back() {
 async fn a_master_down_is_not_taken_for_a_restart() {
     let mut cluster = RedisCluster::start(3);
     let (on_killed, _, down) = two_nodes(&cluster);
-    let store = store_on(&cluster);
+    let store = cluster_store(&cluster);
     let before = store.incarnation().await.unwrap().unwrap();
     cluster.nodes_mut()[down].kill();
     let started = std::time::Instant::now();

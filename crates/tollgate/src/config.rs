@@ -774,7 +774,7 @@ impl Config {
     /// [`ConfigError::Parse`] with the line and column.
     #[cfg(feature = "toml")]
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::toml_named(text, "<toml>").map(|c| c.warned("<toml>"))
+        Self::toml_named(text, "<toml>").inspect(|c| c.warn_if_it_limits_nothing("<toml>"))
     }
 
     /// Reads YAML text (feature `yaml`).
@@ -784,7 +784,7 @@ impl Config {
     /// [`ConfigError::Parse`] with the line and column.
     #[cfg(feature = "yaml")]
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        Self::yaml_named(text, "<yaml>").map(|c| c.warned("<yaml>"))
+        Self::yaml_named(text, "<yaml>").inspect(|c| c.warn_if_it_limits_nothing("<yaml>"))
     }
 
     /// Reads a file, TOML or YAML by its extension.
@@ -800,7 +800,7 @@ impl Config {
             source,
         })?;
         let file = path.display().to_string();
-        Self::from_path_text(path, &text).map(|c| c.warned(&file))
+        Self::from_path_text(path, &text).inspect(|c| c.warn_if_it_limits_nothing(&file))
     }
 
     /// The configuration in `text`, read from `path` (its extension says the format). A
@@ -880,7 +880,7 @@ impl Config {
     /// Warns about a configuration read from `file` that limits nothing: when it is loaded,
     /// not when a watcher reads a changed file it may refuse (a file emptied mid-write is
     /// waited for, then refused, while the running rules stay).
-    pub(crate) fn warned(self, file: &str) -> Self {
+    pub(crate) fn warn_if_it_limits_nothing(&self, file: &str) {
         if self.declares_no_limits() {
             let blank = self
                 .origin
@@ -902,7 +902,6 @@ impl Config {
                 );
             }
         }
-        self
     }
 
     /// How many routes and global limits the file declares (a reload that declares fewer

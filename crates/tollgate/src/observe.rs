@@ -17,7 +17,8 @@
 //! `bucket` the bucket's name as the logs, [`Limiter::describe`](crate::Limiter::describe)
 //! and the admin router give it (`default:ip`, `auth`, `override:api_key` for per-key
 //! overrides; the IETF headers write `:` as `-`, `"default-ip"`), `store` the store's
-//! name ([`LimiterBuilder::store_name`]; `memory` or `shared` by default). Series are bounded by the configuration.
+//! name ([`LimiterBuilder::store_name`]; `memory` or `shared` by default). Series are
+//! bounded by the configuration.
 //!
 //! To count requests (rather than bucket decisions), pick one bucket every request of a
 //! policy spends: `sum(rate(tollgate_requests_total{bucket="default:ip"}[5m])) by (outcome)`.

@@ -377,7 +377,7 @@ impl Watch {
             })?;
         // Loaded: now a file that declares nothing is worth a warning (one refused, or
         // waited for as maybe mid-write, was not loaded and is not).
-        config.warned(&file);
+        config.warn_if_it_limits_nothing(&file);
         lock(&self.seen).declared = Some(declared);
         Ok(())
     }

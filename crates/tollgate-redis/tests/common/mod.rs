@@ -124,3 +124,12 @@ pub fn calls_in(info: &str, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
 }
+
+/// A store on Redis Cluster `cluster` without a refusal cache: every call reaches Redis.
+pub fn cluster_store(cluster: &tollgate_testkit::RedisCluster) -> RedisStore {
+    RedisStore::builder()
+        .cluster(cluster.urls())
+        .refusal_cache(0)
+        .build()
+        .unwrap()
+}
