@@ -60,7 +60,10 @@
 //! # Errors
 //!
 //! `{"error": code, "message": text}`: `404` `unknown_bucket`, `unknown_key_kind`,
-//! `no_override`, `not_found` (a path under the mount point the router does not serve);
+//! `no_override`, `not_found` (a path under the mount point the router does not serve,
+//! named as the request spelled it; the mount point with a trailing slash,
+//! `/admin/rate-limits/`, is not passed to the router by axum's `nest`: it gets the outer
+//! router's answer);
 //! `405` `method_not_allowed`; `400` `bad_key` (also a path segment that is not UTF-8 once decoded),
 //! `invalid_rate`, `invalid_body`, `override_below_cost` (an override smaller than one
 //! request of a policy limiting by its kind costs); `409`
@@ -104,8 +107,11 @@ where
         .with_state(limiter.clone())
 }
 
-/// A path the router does not serve: `404` `not_found`, in the API's error shape.
-async fn not_found(uri: axum::http::Uri) -> Failure {
+/// A path the router does not serve: `404` `not_found`, in the API's error shape. The
+/// message names the path as the request spelled it: nested, the router sees it with its
+/// mount point taken off, and with it the empty segments that kept it from matching
+/// (`/admin//limits` reached it as `/limits`, and was told there was no `/limits`).
+async fn not_found(uri: axum::extract::OriginalUri) -> Failure {
     Failure(
         StatusCode::NOT_FOUND,
         "not_found",

@@ -457,6 +457,26 @@ async fn mistakes_are_json_errors_with_their_status() {
     assert!(limiter.overrides().is_empty(), "no mistake set anything");
 }
 
+/// A path the router does not serve is named as the client spelled it, not as the router
+/// saw it once its mount point was taken off: `/admin//limits` was answered "no operators'
+/// endpoint at `/limits`", an endpoint that exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_it_does_not_serve_is_named_as_sent() {
+    let (_clock, store) = clock_and_store();
+    let limiter = limiter(store);
+    let server = app(&limiter).await;
+    for (path, named) in [
+        ("/admin//limits", "`/admin//limits`"),
+        ("/admin/nothing-here", "`/admin/nothing-here`"),
+    ] {
+        let (status, body) = json_of(server.get(path)).await;
+        assert_eq!(status.as_u16(), 404, "{body}");
+        assert_eq!(body["error"], "not_found", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.ends_with(named), "{path}: {message}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_mode_follows_redis() {
     let mut redis = tollgate_testkit::RedisServer::start();
