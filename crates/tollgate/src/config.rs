@@ -40,7 +40,7 @@
 //! `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
 //! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
-//! `20/s` is 20) and `daily:` (a hard cap per rolling window, `10000/day`: never more in
+//! `20/s` is 20) and `daily:` (a hard cap per day, `10000/day`, over a rolling window: never more in
 //! any 24 hours, erring towards refusing as a rolling window does: a client at a steady
 //! pace can be refused above about 91% of the cap; `limit: 10000/day` with
 //! `algorithm: exact` counts every call, `algorithm: fixed` is a calendar day that resets
@@ -92,6 +92,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tollgate_core::{Algorithm, FailureMode, Limit, Quota, WhenFull, DEFAULT_SEGMENTS};
@@ -754,6 +755,18 @@ impl LimitConfig {
             (None, None) => {}
         }
         if let Some(d) = self.daily {
+            // Named for a day: another window here is a slip (`10/min` for `10/day`), not
+            // a way to write one, which `limit:` is.
+            if d.period() != Duration::from_secs(24 * 60 * 60) {
+                return Err((
+                    Some("daily"),
+                    format!(
+                        "`{d}`: `daily` is a cap per day, as in `{}/day`; for a limit over \
+                         another window, give it an entry of its own with `limit:`",
+                        d.count()
+                    ),
+                ));
+            }
             rates.push(Rate::sliding(d));
         }
         if rates.is_empty() {

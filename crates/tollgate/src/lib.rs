@@ -141,7 +141,7 @@
 //! use std::time::Duration;
 //! use http::{Method, StatusCode};
 //! use tollgate::{too_many_requests, ErrorBody, HeaderStyle, RateLimitOutcome, ResetFormat};
-//! use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+//! use tollgate::{BucketState, Decision, Quota, Refusal, Timestamp};
 //!
 //! // What the store answered: the tenant's 100/min bucket is empty for 22.4 more seconds.
 //! let decision = Decision {

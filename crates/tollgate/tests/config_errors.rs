@@ -612,6 +612,41 @@ fn an_entry_with_limit_and_the_trio_is_an_error_at_the_trio() {
     }
 }
 
+/// `daily:` is a cap per day: another window there was taken as it stood (`daily: 10/min`
+/// capped 10 a minute, where a cap of 10 a day was meant or a `limit:`), without a word.
+#[test]
+fn a_daily_cap_over_another_window_than_a_day_is_an_error_at_it() {
+    for (rate, accepted) in [
+        ("10/min", false),
+        ("1000/h", false),
+        ("100/2d", false),
+        ("10000/day", true),
+        ("10000/24h", true),
+        ("10000/1d", true),
+    ] {
+        let yaml = format!(
+            "routes:\n  - path: /x\n    rate_limit: {{ sustained: 10/min, daily: {rate} }}\n"
+        );
+        let result = LimiterBuilder::from_config(write_temp("daily.yaml", &yaml));
+        match result {
+            Ok(_) => assert!(accepted, "{rate} accepted"),
+            Err(err) => {
+                assert!(!accepted, "{rate}: {err}");
+                let text = err.to_string();
+                assert!(
+                    matches!(&err, ConfigError::Rule { line: Some(3), field, .. }
+                        if field == "routes[0].rate_limit.daily (/x)"),
+                    "{rate}: {err:?}"
+                );
+                assert!(
+                    text.contains(&format!("`{rate}`: `daily` is a cap per day")),
+                    "{text}"
+                );
+            }
+        }
+    }
+}
+
 /// A rule without `name:` is named after its pattern, and two patterns can give one name
 /// (`/v1/items` and `/v1/items/*` are both `v1-items`): one name would be one budget, so
 /// the later rule must be named, at its line.
@@ -655,6 +690,18 @@ fn unnamed_rules_whose_names_coincide_are_an_error_at_the_later_one() {
     assert!(
         matches!(&err, ConfigError::Invalid { line: Some(3), .. })
             && !err.to_string().contains("after its pattern"),
+        "{err:?}"
+    );
+    // With different limits too: the tie is what is wrong, not the bucket their names
+    // share (which was said first, and renaming one rule then led to the tie).
+    let tie = write_temp(
+        "coincide-tie-limits.yaml",
+        "routes:\n  - { path: /a/*, limits: [{ per: ip, limit: 5/min }] }\n  - { path: /a/*, limits: [{ per: ip, limit: 6/min }] }\n",
+    );
+    let err = Limiter::from_config(&tie).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { line: Some(3), .. })
+            && err.to_string().contains("rules `/a/*` and `/a/*` tie"),
         "{err:?}"
     );
     // Budgets of their own (`bucket:`) share nothing, whatever the names.

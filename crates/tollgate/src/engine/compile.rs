@@ -490,10 +490,23 @@ pub(crate) fn compile_table(
         .filter(|p| !p.exempt)
         .map(|p| p.limits.len())
         .sum();
+    let patterns = rules
+        .routes
+        .iter()
+        .map(|(pattern, _)| RoutePattern::parse(pattern))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The patterns' own mistakes first (ties, rules never matched), which do not depend on
+    // the policies: a file's two rules of one pattern, both named after it, were told
+    // their policies share a bucket, and renaming one led to the tie.
+    patterns
+        .iter()
+        .fold(RouteTable::builder(), |table, pattern| {
+            table.route(pattern.clone(), ())
+        })
+        .build()?;
     let mut classes = RouteTable::builder().lenient(|class: &Arc<Compiled>| class.exempt);
     let mut has_default = false;
-    for (pattern, policy) in rules.routes {
-        let pattern = RoutePattern::parse(pattern)?;
+    for (pattern, (_, policy)) in patterns.into_iter().zip(rules.routes) {
         let compiled = compile(
             policy,
             &defaults,

@@ -291,7 +291,7 @@ fn ready_body(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Bytes {
 /// use std::time::Duration;
 /// use http::Method;
 /// use tollgate::{too_many_requests, ErrorBody, HeaderStyle, RateLimitOutcome, ResetFormat};
-/// use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+/// use tollgate::{BucketState, Decision, Quota, Refusal, Timestamp};
 ///
 /// let decision = Decision {
 ///     allowed: false,

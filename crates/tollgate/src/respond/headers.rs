@@ -446,7 +446,7 @@ impl HeaderStyle {
     /// use std::time::Duration;
     /// use http::{HeaderMap, Method};
     /// use tollgate::{HeaderStyle, RateLimitOutcome, ResetFormat};
-    /// use tollgate_core::{BucketState, Decision, Quota, Timestamp};
+    /// use tollgate::{BucketState, Decision, Quota, Timestamp};
     ///
     /// let decision = Decision {
     ///     allowed: true,

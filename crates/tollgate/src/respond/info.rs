@@ -68,7 +68,7 @@ impl RateLimitOutcome {
     /// use std::time::Duration;
     /// use http::Method;
     /// use tollgate::RateLimitOutcome;
-    /// use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
+    /// use tollgate::{Bucket, Limit, MemoryStore, Quota};
     ///
     /// let store = MemoryStore::new();
     /// let (ip, user) = (Quota::per_minute(500), Quota::per_hour(10_000));
@@ -86,7 +86,7 @@ impl RateLimitOutcome {
     /// assert!(info.allowed);
     /// assert_eq!(&*info.most_restrictive_bucket().unwrap().name, "default:ip");
     /// assert_eq!(info.retry_after_secs(), None);
-    /// # Ok::<(), tollgate_core::StoreError>(())
+    /// # Ok::<(), tollgate::StoreError>(())
     /// ```
     pub fn from_decision<I, N>(
         policy: impl Into<Arc<str>>,
