@@ -111,7 +111,10 @@ impl Limiter {
 
     /// The middleware for the central route table: classifies each request, charges its
     /// class and the global limits, answers 429 when over. Use with `Router::layer`,
-    /// `Router::route_layer`, on one route, or on any tower service. A request that goes
+    /// `Router::route_layer`, on one route, or on any tower service. `route_layer` wraps
+    /// the routes only, not the router's fallback: requests no route matches (the `404`s
+    /// of a class's paths, `/api/anything`) then go uncharged, where `Router::layer`
+    /// charges them to their class. A request that goes
     /// through two of these layers of one limiter (a router's, and a nested router's) is
     /// charged once, by the outer one.
     pub fn layer(&self) -> RateLimitLayer {
@@ -253,6 +256,30 @@ impl Limiter {
             .lenient(|_| true)
             .build()?;
         let (index, name) = self.add_route_policy(policy)?;
+        // The same policy declared again for the same pattern (an app built twice, one copy
+        // served) is the same route: its layers share one delegation, so that whichever
+        // copy serves, the central layer sees its layer (with one each, it left the first
+        // request to the first copy's, which a dropped copy never sees).
+        let again = self
+            .engine
+            .routes
+            .load()
+            .delegated
+            .iter()
+            .find_map(|declared| {
+                let same_policy = per_route
+                    .get(declared.index)
+                    .is_some_and(|p| *p.name == *name);
+                (same_policy && declared.pattern == parsed).then(|| declared.clone())
+            });
+        if let Some(delegation) = again {
+            return Ok(RateLimitLayer::route(
+                self.clone(),
+                index,
+                name,
+                Some(delegation),
+            ));
+        }
         let delegation = Arc::new(Delegation::new(table, parsed, index));
         self.engine.routes.rcu(|routes| {
             let mut routes = Routes::clone(routes);

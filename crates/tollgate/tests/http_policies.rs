@@ -1148,6 +1148,42 @@ async fn a_declared_per_route_policy_replaces_the_class_from_the_first_request()
     }
 }
 
+/// An app built twice (one copy served, the other dropped, or the other way round) declares
+/// the same policy for its pattern twice: the route is still its policy's from the first
+/// request, whichever copy is served. (A review: the central layer left the first request
+/// to the first declaration's layer, which the dropped copy had, so that request was
+/// charged to its policy and to the class, and a warning blamed a misplaced layer.)
+#[tokio::test]
+async fn an_app_built_twice_leaves_the_route_to_its_policy_from_the_first_request() {
+    for served in [0, 1] {
+        let limiter = api_class("3/min");
+        let build = |limiter: &Limiter| {
+            let chat = Policy::named("chat").per_ip("4/min");
+            Router::new()
+                .route(
+                    "/api/chat",
+                    post(ok).layer(limiter.policy_at("POST /api/chat", chat)),
+                )
+                .route("/api/items", get(ok))
+                .layer(limiter.layer())
+        };
+        let mut copies = vec![build(&limiter), build(&limiter)];
+        let server = serve(copies.swap_remove(served)).await;
+        drop(copies);
+        let mut chat = Vec::new();
+        for _ in 0..5 {
+            chat.push(status_of(server.post("/api/chat")).await);
+        }
+        assert_eq!(chat, [200, 200, 200, 200, 429], "copy {served} served");
+        // The class was not charged by chat: all of its 3 are left.
+        assert_eq!(
+            server.statuses("/api/items", 4).await,
+            [200, 200, 200, 429],
+            "copy {served} served"
+        );
+    }
+}
+
 /// `policy_at` leaves to its layer only the route the layer is on: a pattern broader than
 /// that route (`POST /api/*` on `/api/chat`) leaves the other routes it covers to the
 /// central class and the global limit, and a layer never attached leaves nothing.
