@@ -117,8 +117,12 @@ pub enum ClientIpError {
 /// the port, and commas or semicolons inside a quoted `Forwarded` value separate
 /// nothing) stops the walk: the client is then the last
 /// trusted hop (at worst the proxy itself), never an address the client chose.
-/// Work is bounded: at most [`ClientIp::MAX_HOPS`] entries of at most [`ClientIp::MAX_ENTRY_LEN`]
-/// bytes are looked at, however long the header or however many lines it has.
+/// Work is bounded: at most [`ClientIp::MAX_HOPS`] entries are looked at, however many
+/// lines the header has; an `X-Forwarded-For` entry or `X-Real-IP` value longer than
+/// [`ClientIp::MAX_ENTRY_LEN`] bytes is not read further. A `Forwarded` element is read
+/// whatever its length, each byte once (its `host=` holds the `Host` a client sent, which a
+/// long one made unreadable, keying the client as the proxy), and its `for=` node is
+/// unreadable past `MAX_ENTRY_LEN`.
 ///
 /// Read exactly one header, the one your proxy sets ([`ProxyHeader`]; default
 /// `X-Forwarded-For`): a proxy that appends to `X-Forwarded-For` passes a
@@ -181,7 +185,8 @@ impl ClientIp {
     /// The most entries of a forwarding header read, right to left.
     pub const MAX_HOPS: usize = MAX_HOPS;
 
-    /// The longest forwarding-header entry read; a longer entry ends the walk.
+    /// The longest forwarding-header entry read (an `X-Forwarded-For` entry, an
+    /// `X-Real-IP` value, a `Forwarded` element's `for=` node); a longer one ends the walk.
     pub const MAX_ENTRY_LEN: usize = MAX_ENTRY_LEN;
 
     /// The TCP peer is the client; no header is trusted.
@@ -305,11 +310,17 @@ impl ClientIp {
         read: fn(&[u8]) -> Option<IpAddr>,
     ) -> IpAddr {
         let mut last_trusted = peer;
-        let quoted = self.header == ProxyHeader::Forwarded;
+        // A `Forwarded` element holds more than its node (a `host=` as long as the client
+        // made its `Host`): only its node is bounded, in `forwarded_for`.
+        let (quoted, max_len) = match self.header {
+            ProxyHeader::Forwarded => (true, usize::MAX),
+            _ => (false, MAX_ENTRY_LEN),
+        };
         let mut entries = lines.rev().flat_map(|line| RevEntries {
             rest: Some(line.as_bytes()),
             sep: b',',
             quoted,
+            max_len,
         });
         for _ in 0..MAX_HOPS {
             let Some(entry) = entries.next() else {
@@ -431,14 +442,14 @@ fn key_address(ip: IpAddr) -> IpAddr {
 }
 
 /// Yields the `sep`-separated entries of one header line (or the pairs of one
-/// `Forwarded` element) from the right; an entry longer than [`MAX_ENTRY_LEN`] comes
-/// out as `None` (and ends the line), so no more than that is scanned per entry. With
-/// `quoted` (`Forwarded`), a separator inside a quoted string (`host="a,b"`) separates
-/// nothing.
+/// `Forwarded` element) from the right; an entry longer than `max_len` comes out as
+/// `None` (and ends the line), so no more than that is scanned per entry. With `quoted`
+/// (`Forwarded`), a separator inside a quoted string (`host="a,b"`) separates nothing.
 struct RevEntries<'a> {
     rest: Option<&'a [u8]>,
     sep: u8,
     quoted: bool,
+    max_len: usize,
 }
 
 /// Where the last separator `sep` of `text` is, outside quoted strings if `quoted`
@@ -468,14 +479,14 @@ impl<'a> Iterator for RevEntries<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.rest?;
-        let window = rest.len().saturating_sub(MAX_ENTRY_LEN + 1);
+        let window = rest.len().saturating_sub(self.max_len.saturating_add(1));
         match rposition_of(&rest[window..], self.sep, self.quoted) {
             Some(at) => {
                 let comma = window + at;
                 self.rest = Some(&rest[..comma]);
                 Some(Some(&rest[comma + 1..]))
             }
-            None if rest.len() <= MAX_ENTRY_LEN => {
+            None if rest.len() <= self.max_len => {
                 self.rest = None;
                 Some(Some(rest))
             }
@@ -517,11 +528,12 @@ fn parse_node(entry: &[u8]) -> Option<IpAddr> {
 fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
     let mut found = None;
     // Pairs from the right (which `for` is found first does not matter: a repeated one
-    // is unreadable). An element is an entry, so none is longer than `MAX_ENTRY_LEN`.
+    // is unreadable), whatever their length: the node alone is bounded.
     let pairs = RevEntries {
         rest: Some(element),
         sep: b';',
         quoted: true,
+        max_len: usize::MAX,
     };
     for pair in pairs {
         let pair = std::str::from_utf8(pair?).ok()?;
@@ -545,7 +557,7 @@ fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
         };
         found = Some(without_obfuscated_port(value));
     }
-    parse_node(found?.as_bytes())
+    parse_node(found.filter(|node| node.len() <= MAX_ENTRY_LEN)?.as_bytes())
 }
 
 /// A `Forwarded` node without its obfuscated port (RFC 7239 section 6.3: `_` and letters,
@@ -903,6 +915,39 @@ mod tests {
         assert_eq!(resolve(r#"for="[2001:db8::1"#), Some(ip(PROXY)));
         assert_eq!(resolve(r#"for="2001:db8::1\"""#), Some(ip(PROXY)));
         assert_eq!(resolve("garbage"), Some(ip(PROXY)));
+    }
+
+    /// A `Forwarded` element's other pairs may be long (`host=` holds the `Host` a client
+    /// sent): only its `for=` node is bounded. (A review: a client sending a `Host` of
+    /// 240 bytes made the proxy's element longer than `MAX_ENTRY_LEN`, unreadable, and was
+    /// keyed as the proxy, spending its budget and then every such client's.)
+    #[test]
+    fn a_forwarded_element_is_read_whatever_the_length_of_its_other_pairs() {
+        let c = behind_proxy(ProxyHeader::Forwarded);
+        let resolve = |value: &str| c.resolve(Some(ip(PROXY)), &headers(&[("forwarded", value)]));
+        let host = "h".repeat(10_000);
+        assert_eq!(
+            resolve(&format!(r#"for=203.0.113.7;proto=https;host="{host}""#)),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            resolve(&format!(r#"host={host};for="203.0.113.7:_p""#)),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            resolve(&format!(
+                r#"for=6.6.6.6, for=203.0.113.7;host="{host}", for=10.0.0.3;host="{host}""#
+            )),
+            Some(ip("203.0.113.7"))
+        );
+        // The node itself: at most `MAX_ENTRY_LEN`, as an entry of the other headers.
+        let node = |len: usize| resolve(&format!("for=\"{}\";host={host}", padded(len)));
+        assert_eq!(node(MAX_ENTRY_LEN), Some(ip("203.0.113.7")));
+        assert_eq!(node(MAX_ENTRY_LEN + 1), Some(ip(PROXY)));
+        // One enormous element is read once, and holds no node.
+        assert_eq!(resolve(&"x".repeat(100_000)), Some(ip(PROXY)));
+        let unbalanced = format!("for=203.0.113.7;host=\"{}", "a,".repeat(50_000));
+        assert_eq!(resolve(&unbalanced), Some(ip(PROXY)));
     }
 
     /// RFC 7239 as proxies write it beyond the plain node: an obfuscated port hides the
