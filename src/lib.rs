@@ -45,14 +45,15 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let port = match std::env::var("PORT") {
-        Ok(p) => p.trim().parse().map_err(|_| {
+    // Set but empty is unset, as for the Redis URL.
+    let port = match std::env::var("PORT").ok().filter(|p| !p.trim().is_empty()) {
+        Some(p) => p.trim().parse().map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("PORT={p} is not a port number"),
             )
         })?,
-        Err(_) => default_port,
+        None => default_port,
     };
     let listener = tokio::net::TcpListener::bind((host, port))
         .await

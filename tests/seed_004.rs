@@ -269,6 +269,22 @@ async fn keys_created_at_run_time_get_their_own_limit() {
     assert_eq!(header(&r, "x-ratelimit-limit"), "20");
 }
 
+/// `ENDPOINTWISE_DAILY_CAP` set but empty is the default cap, as an empty Redis URL is no
+/// Redis (a review: the example exited, "empty quota").
+#[tokio::test]
+async fn an_empty_daily_cap_setting_is_the_default_cap() {
+    let app = Example::start("seed_004", &[("ENDPOINTWISE_DAILY_CAP", "")]);
+    let r = get(&app, "ew_live_full", "/v1/customers").await;
+    assert_eq!(r.status(), 200);
+    let published = app.get("/openapi.json").send().await.unwrap();
+    let published = published.text().await.unwrap();
+    assert!(
+        published.contains(r#""bucket":"daily:api_key""#)
+            && published.contains(r#""quota":"10000/day""#),
+        "{published}"
+    );
+}
+
 #[tokio::test]
 async fn the_daily_cap_is_a_rolling_24_hours_per_key() {
     let app = Example::start("seed_004", &[("ENDPOINTWISE_DAILY_CAP", "25/day")]);

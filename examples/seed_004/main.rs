@@ -209,7 +209,11 @@ fn adjust(config: &mut Config) {
 /// backstop against unexpected traffic does; the limits per IP and per network
 /// ([`STATUS_PER_NETWORK`]) only keep one client from doing it alone.
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
-    let daily = std::env::var("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|_| "10000/day".into());
+    // Set but empty is unset, as for the Redis URL.
+    let daily = std::env::var("ENDPOINTWISE_DAILY_CAP")
+        .ok()
+        .filter(|cap| !cap.trim().is_empty())
+        .unwrap_or_else(|| "10000/day".into());
     let daily = Rate::sliding(daily);
     move |rules| {
         rules

@@ -800,7 +800,8 @@ impl State {
     /// than it holds, never more). A charge whose segment, entry or window is gone gives
     /// nothing back. Without `at`,
     /// newest counts first, on to older ones. A log entry given back whole is dropped if it
-    /// is the newest; one before it stays, counting 0.
+    /// is the newest (and so are those counting 0 before it); one before an entry that
+    /// counts stays, counting 0.
     pub(crate) fn sub(&mut self, limit: &Limit, cost: u64, at: Option<u64>, now: u64) {
         match self {
             State::Segments(ring) => {
@@ -841,14 +842,18 @@ impl State {
                     if *total != u64::MAX {
                         *total -= take;
                     }
-                    // Given back whole, the newest entry goes; one before it stays, counting
-                    // 0, until it leaves the window (as the Redis script keeps its entries).
-                    if *c == 0 && i + 1 == entries.len() {
-                        entries.pop_back();
-                    }
                     if at.is_some() {
                         break;
                     }
+                }
+                // Given back whole, the newest entry goes, and with it those counting 0 it
+                // leaves newest; one before an entry that counts stays, counting 0, until it
+                // leaves the window (as the Redis script keeps its entries). The newest
+                // entry says when the log is empty again: one counting 0 there said later
+                // than that (a reset 800 ms away with nothing counted). (A refund of nothing
+                // touches no entry.)
+                while left < cost && entries.back().is_some_and(|&(_, c)| c == 0) {
+                    entries.pop_back();
                 }
                 if *total == u64::MAX {
                     *total = log_total(entries);

@@ -40,7 +40,9 @@ pub enum Algorithm {
     /// is counted). It errs only towards refusing: a request is refused only if more than
     /// N − cost were admitted in the last W + ⌈W/k⌉ µs. The wait a refused request is told
     /// is the true one (a retry then is admitted, if nothing else was charged meanwhile) and
-    /// never longer than W; so is the reset time.
+    /// never longer than W; so is the reset time. (On a clock that has gone back, counts
+    /// made at the later time still count until W after it: the wait is then longer than
+    /// W by as much as the clock went back, as nothing is un-spent.)
     SlidingWindow {
         /// Segments per window, 1 to 1000.
         segments: u16,

@@ -957,9 +957,9 @@ for i = 1, n do
         -- A refund: from the newest entry on to older ones; or, of the charge at AT, from
         -- the entry it was added to and no other (the first at or after AT: entries are in
         -- time order, found by halves), unless it left the window. Given back whole, the
-        -- newest entry goes; one before it stays, counting 0, until it leaves the window
-        -- (the indices between h and n stay whole), as in memory. A saturated total is
-        -- recounted after.
+        -- newest entry goes, and with it those counting 0 it leaves newest; one before an
+        -- entry that counts stays, counting 0, until it leaves the window (the indices
+        -- between h and n stay whole), as in memory. A saturated total is recounted after.
         local full, left, at = lg.t >= LIM, cost, lg.n - 1
         if AT then
           local lo, hi = lg.h, lg.n
@@ -983,14 +983,19 @@ for i = 1, n do
           left = left - take
           lg.c[at] = lg.c[at] - take
           lg.mod[at] = true
-          if lg.c[at] == 0 and at == lg.n - 1 then
-            lg.at[at] = false
-            lg.n = at
-          end
           if AT then
             break
           end
           at = at - 1
+        end
+        while left < cost and lg.n > lg.h do
+          local last = lg.n - 1
+          entry(lg, key, last)
+          if lg.c[last] ~= 0 then
+            break
+          end
+          lg.at[last], lg.mod[last] = false, true
+          lg.n = last
         end
         if full then
           lg.t = log_sum(lg, key)

@@ -688,6 +688,64 @@ async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
     assert_eq!(d.buckets[0].remaining, 4);
 }
 
+/// An exact log whose charges are all given back is empty again: full, and reset now, on
+/// both stores. (A review: refunding an older entry left it counting 0, kept since a newer
+/// one followed; refunding the newer one then dropped only that, and the entry counting 0
+/// said the log was reset 800 ms later, while nothing counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_given_back_whole_is_reset_at_once() {
+    let server = RedisServer::start();
+    let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let clock = ManualClock::new(start);
+    let redis = RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let log = Bucket::new(
+        "given-back",
+        "k",
+        Limit::sliding_exact(Quota::new(5, Duration::from_secs(1)).unwrap()),
+    );
+    // (A fixed window in the batch: the Redis store then decides at this clock's time.)
+    let clock_bucket = Bucket::new("given-back", "clock", Limit::fixed(Quota::per_day(1_000)));
+    let batch = |op: Op| Batch::new(op, vec![log.clone(), clock_bucket.clone()]);
+    let first = Timestamp::from_micros(start.as_micros() as u64);
+    let second = Timestamp::from_micros(first.as_micros() + 100_000);
+    let steps = [
+        (Duration::ZERO, batch(Op::Charge)),
+        (Duration::from_millis(100), batch(Op::Charge)),
+        // The older charge first: its entry stays, counting 0, the newer one counting.
+        (Duration::from_millis(50), batch(Op::RefundAt(first))),
+        (Duration::from_millis(50), batch(Op::RefundAt(second))),
+        (Duration::from_millis(50), batch(Op::Peek)),
+    ];
+    let mut last = Vec::new();
+    for (i, (advance, batch)) in steps.iter().enumerate() {
+        clock.advance(*advance);
+        let on_redis = redis.apply(batch).await.unwrap();
+        let on_memory = memory.apply(batch).await.unwrap();
+        let (r, m) = (&on_redis.buckets[0], &on_memory.buckets[0]);
+        assert_eq!(
+            (r.remaining, r.reset_after),
+            (m.remaining, m.reset_after),
+            "step {i}\nredis: {on_redis:#?}\nmemory: {on_memory:#?}"
+        );
+        last.push((r.remaining, r.reset_after));
+    }
+    assert_eq!(
+        last[2..],
+        [
+            (4, Duration::from_millis(950)),
+            (5, Duration::ZERO),
+            (5, Duration::ZERO)
+        ],
+        "after each refund, then a look"
+    );
+}
+
 /// An exact log keeps its entries when its window grows (as the memory store does), so its
 /// expiry must grow too, even when the call that first sees the new window changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
