@@ -121,8 +121,8 @@ pub enum ClientIpError {
 /// lines the header has; an `X-Forwarded-For` entry or `X-Real-IP` value longer than
 /// [`ClientIp::MAX_ENTRY_LEN`] bytes is not read further. A `Forwarded` element is read
 /// whatever its length, each byte once (its `host=` holds the `Host` a client sent, which a
-/// long one made unreadable, keying the client as the proxy), and its `for=` node is
-/// unreadable past `MAX_ENTRY_LEN`.
+/// long one made unreadable, keying the client as the proxy), and its `for=` node (without
+/// its quotes and an obfuscated port) is unreadable past `MAX_ENTRY_LEN`.
 ///
 /// Read exactly one header, the one your proxy sets ([`ProxyHeader`]; default
 /// `X-Forwarded-For`): a proxy that appends to `X-Forwarded-For` passes a
@@ -186,7 +186,8 @@ impl ClientIp {
     pub const MAX_HOPS: usize = MAX_HOPS;
 
     /// The longest forwarding-header entry read (an `X-Forwarded-For` entry, an
-    /// `X-Real-IP` value, a `Forwarded` element's `for=` node); a longer one ends the walk.
+    /// `X-Real-IP` value, a `Forwarded` element's `for=` node without its quotes and an
+    /// obfuscated port); a longer one ends the walk.
     pub const MAX_ENTRY_LEN: usize = MAX_ENTRY_LEN;
 
     /// The TCP peer is the client; no header is trusted.
