@@ -120,7 +120,7 @@ pub enum ClientIpError {
 /// Work is bounded: at most [`ClientIp::MAX_HOPS`] entries are looked at, however many
 /// lines the header has; an `X-Forwarded-For` entry or `X-Real-IP` value longer than
 /// [`ClientIp::MAX_ENTRY_LEN`] bytes is not read further. A `Forwarded` element is read
-/// whatever its length, each byte once (its `host=` holds the `Host` a client sent, which a
+/// whatever its length, in time proportional to it (its `host=` holds the `Host` a client sent, which a
 /// long one made unreadable, keying the client as the proxy), and its `for=` node (without
 /// its quotes and an obfuscated port) is unreadable past `MAX_ENTRY_LEN`.
 ///
