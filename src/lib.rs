@@ -38,16 +38,15 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
 
-    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let host = setting("HOST").unwrap_or_else(|| "127.0.0.1".into());
     // An IPv6 address as URLs write it (`[::1]`) is the address.
-    let host = host.trim();
+    let host = host.as_str();
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    // Set but empty is unset, as for the Redis URL.
-    let port = match std::env::var("PORT").ok().filter(|p| !p.trim().is_empty()) {
-        Some(p) => p.trim().parse().map_err(|_| {
+    let port = match setting("PORT") {
+        Some(p) => p.parse().map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("PORT={p} is not a port number"),
@@ -398,12 +397,21 @@ pub fn failed_auth_guard() -> tollgate::Policy {
         .per_network(NETWORK_BITS, FAILED_AUTH_PER_NETWORK)
 }
 
+/// The examples' setting `name` from the environment, trimmed: `None` when unset or set
+/// but empty (`PORT=`, as an empty `REDIS_URL` is no Redis: the default).
+pub fn setting(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().to_string())
+        .filter(|value| !value.is_empty())
+}
+
 /// How every example finds its clients' addresses: the TCP peer, or behind the proxies
 /// listed in `TRUSTED_PROXIES` (comma-separated CIDRs or addresses; none if unset) the
 /// client they forward for (an entry that is not a proxy address or network is an error
 /// when the limiter is built).
 pub fn client_ip_from_env() -> tollgate::ClientIp {
-    let proxies = std::env::var("TRUSTED_PROXIES").unwrap_or_default();
+    let proxies = setting("TRUSTED_PROXIES").unwrap_or_default();
     let proxies: Vec<&str> = proxies
         .split(',')
         .map(str::trim)

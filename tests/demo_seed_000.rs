@@ -733,3 +733,24 @@ async fn redis_settings_that_cannot_be_used_fall_back_to_memory() {
         assert!(!logged.contains("secret-token"), "{logged}");
     }
 }
+
+/// A setting set but empty is its default, as an empty `REDIS_URL` is no Redis (a review:
+/// `HOST=` and `MEMORY_MAX_ENTRIES=` stopped the demo, `PORT=` every example).
+#[tokio::test]
+async fn settings_set_but_empty_are_their_defaults() {
+    let ex = Example::start(
+        "demo",
+        &[
+            ("HOST", ""),
+            ("MEMORY_MAX_ENTRIES", " "),
+            ("TRUSTED_PROXIES", ""),
+            ("ADMIN_TOKEN", ""),
+        ],
+    );
+    assert!(ex.base.starts_with("http://127.0.0.1:"), "{}", ex.base);
+    let r = ex.get("/api/projects").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-limit"), "500");
+    let admin = ex.get("/admin/rate-limits").send().await.unwrap();
+    assert_eq!(admin.status(), 404, "no admin router without a token");
+}

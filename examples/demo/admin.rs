@@ -48,11 +48,9 @@ pub const FAILED_TOKENS_PER_NETWORK: &str = "50/min";
 
 /// `router` with the admin router nested at [`PATH`], if `ADMIN_TOKEN` is set.
 pub fn mount(router: Router, limiter: &Limiter) -> Router {
-    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
-    let token = token.trim();
-    if token.is_empty() {
+    let Some(token) = tollgate_suite::setting(TOKEN_ENV) else {
         return router;
-    }
+    };
     let token: Arc<str> = token.into();
     let guard = middleware::from_fn(move |request: Request, next: Next| {
         let token = token.clone();

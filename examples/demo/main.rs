@@ -55,8 +55,8 @@ use limits::{
 
 /// `MEMORY_MAX_ENTRIES`: how many keys per bucket the in-memory store holds, if set.
 fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Error>> {
-    match std::env::var("MEMORY_MAX_ENTRIES") {
-        Ok(text) => match text.trim().parse::<usize>() {
+    match tollgate_suite::setting("MEMORY_MAX_ENTRIES") {
+        Some(text) => match text.parse::<usize>() {
             Ok(n) if n >= tollgate::config::MIN_MAX_ENTRIES => Ok(Some(n)),
             _ => Err(format!(
                 "MEMORY_MAX_ENTRIES={text} is not a number of at least {}",
@@ -64,7 +64,7 @@ fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Er
             )
             .into()),
         },
-        Err(_) => Ok(None),
+        None => Ok(None),
     }
 }
 

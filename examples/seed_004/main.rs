@@ -209,11 +209,8 @@ fn adjust(config: &mut Config) {
 /// backstop against unexpected traffic does; the limits per IP and per network
 /// ([`STATUS_PER_NETWORK`]) only keep one client from doing it alone.
 fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
-    // Set but empty is unset, as for the Redis URL.
-    let daily = std::env::var("ENDPOINTWISE_DAILY_CAP")
-        .ok()
-        .filter(|cap| !cap.trim().is_empty())
-        .unwrap_or_else(|| "10000/day".into());
+    let daily =
+        tollgate_suite::setting("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|| "10000/day".into());
     let daily = Rate::sliding(daily);
     move |rules| {
         rules
@@ -490,14 +487,12 @@ fn app(gateway: Gateway) -> Router {
 /// The admin token of `ENDPOINTWISE_ADMIN_TOKEN`, trimmed; `None` (and a warning: `/admin`
 /// stays closed) without one.
 fn admin_token() -> Option<Arc<str>> {
-    let token = std::env::var("ENDPOINTWISE_ADMIN_TOKEN").unwrap_or_default();
-    let token = token.trim();
-    if token.is_empty() {
+    let Some(token) = tollgate_suite::setting("ENDPOINTWISE_ADMIN_TOKEN") else {
         tracing::warn!(
             "ENDPOINTWISE_ADMIN_TOKEN is not set: every /admin request is refused (401)"
         );
         return None;
-    }
+    };
     Some(token.into())
 }
 

@@ -120,9 +120,9 @@ pub enum ClientIpError {
 /// Work is bounded: at most [`ClientIp::MAX_HOPS`] entries are looked at, however many
 /// lines the header has; an `X-Forwarded-For` entry or `X-Real-IP` value longer than
 /// [`ClientIp::MAX_ENTRY_LEN`] bytes is not read further. A `Forwarded` element is read
-/// whatever its length, in time proportional to it (its `host=` holds the `Host` a client sent, which a
-/// long one made unreadable, keying the client as the proxy), and its `for=` node (without
-/// its quotes and an obfuscated port) is unreadable past `MAX_ENTRY_LEN`.
+/// whatever its length, in time proportional to it (its `host=` holds the `Host` a client
+/// sent, which a long one made unreadable, keying the client as the proxy), and its `for=`
+/// node (without its quotes and an obfuscated port) is unreadable past `MAX_ENTRY_LEN`.
 ///
 /// Read exactly one header, the one your proxy sets ([`ProxyHeader`]; default
 /// `X-Forwarded-For`): a proxy that appends to `X-Forwarded-For` passes a

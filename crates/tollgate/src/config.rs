@@ -40,9 +40,9 @@
 //! `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
 //! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
-//! `20/s` is 20) and `daily:` (a hard cap per day, `10000/day`, over a rolling window: never more in
-//! any 24 hours, erring towards refusing as a rolling window does: a client at a steady
-//! pace can be refused above about 91% of the cap; `limit: 10000/day` with
+//! `20/s` is 20) and `daily:` (a hard cap per day, `10000/day`, over a rolling window:
+//! never more in any 24 hours, erring towards refusing as a rolling window does: a client
+//! at a steady pace can be refused above about 91% of the cap; `limit: 10000/day` with
 //! `algorithm: exact` counts every call, `algorithm: fixed` is a calendar day that resets
 //! at 00:00 UTC). `when_full: evict_limited` on a route,
 //! a bucket or a global limit with a key serves new keys when the memory store's share of

@@ -238,15 +238,21 @@ impl Limiter {
             });
         }
         // One policy per route: a pattern that ties with one declared for another policy
-        // would leave the route to whichever the central layer finds first. (The same
-        // policy declared again for it, as an app built twice does, is no mistake.)
+        // would leave the route to whichever the central layer finds first. The same
+        // policy declared again for it, as an app built twice does, is no mistake: for the
+        // same pattern, it is the same route, and its layers share one delegation, so that
+        // whichever copy serves, the central layer sees its layer (with one each, it left
+        // the first request to the first copy's, which a dropped copy never sees).
         let per_route = &self.engine.table.load().per_route;
+        let mut again = None;
         for declared in self.engine.routes.load().delegated.iter() {
             let same_policy = per_route
                 .get(declared.index)
                 .is_some_and(|p| *p.name == *policy.name);
             if !same_policy {
                 declared.pattern.check_tie(&parsed)?;
+            } else if declared.pattern == parsed {
+                again = Some(declared.clone());
             }
         }
         // The route's own spelling only: an unusual spelling of its path is never taken
@@ -256,22 +262,6 @@ impl Limiter {
             .lenient(|_| true)
             .build()?;
         let (index, name) = self.add_route_policy(policy)?;
-        // The same policy declared again for the same pattern (an app built twice, one copy
-        // served) is the same route: its layers share one delegation, so that whichever
-        // copy serves, the central layer sees its layer (with one each, it left the first
-        // request to the first copy's, which a dropped copy never sees).
-        let again = self
-            .engine
-            .routes
-            .load()
-            .delegated
-            .iter()
-            .find_map(|declared| {
-                let same_policy = per_route
-                    .get(declared.index)
-                    .is_some_and(|p| *p.name == *name);
-                (same_policy && declared.pattern == parsed).then(|| declared.clone())
-            });
         if let Some(delegation) = again {
             return Ok(RateLimitLayer::route(
                 self.clone(),
