@@ -260,9 +260,13 @@ impl Policy {
     /// only `401`s). A request is still refused while the budget is spent; each request
     /// reserves its cost while it runs, and the charge is given back when its response
     /// does not count. (A guard's policy, [`Limiter::guard`](crate::Limiter::guard),
-    /// reserves nothing: it looks before the request and counts the response after.) A request that gets no response (its future dropped: the client
-    /// went away, a timeout further out gave up) counts for nothing either; an inner
-    /// service's error counts as the `500` it ends as. On a store that answers through a
+    /// reserves nothing: it looks before the request and counts the response after.) A
+    /// request that gets no response (its future dropped: the client went away, a timeout
+    /// further out gave up) counts for nothing either; an inner service's error counts as
+    /// the `500` it ends as. A panic is no response through the layer (the inner service's
+    /// `call` or its future panicked), unless a layer that catches panics
+    /// (`tower_http::catch_panic`) sits inside the limiter: the limiter then sees its `500`,
+    /// which counts if `counts` says so. On a store that answers through a
     /// future (Redis), what they reserved is given back on the Tokio runtime the request
     /// ran on. So answer failures as fast as
     /// successes: a handler that delays its `401`s (a sleep against guessing) tells a

@@ -229,3 +229,35 @@ async fn a_panic_in_the_inner_services_call_leaves_nothing_to_finish() {
     let_background_work_finish().await;
     assert_eq!(RESUMED.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// An inner service whose `call` panics (a `map_request` in front of the handler, a
+/// `service_fn` that panics before its future) gives no response through the layer: what
+/// a policy that counts only some responses reserved comes back, as for a dropped future.
+/// (A review: the reservation stayed, a failure counted, on every store.)
+#[tokio::test]
+async fn a_panic_in_the_inner_services_call_gives_back_what_a_count_only_if_policy_reserved() {
+    for limiter in [
+        // Decided at once: the service calls the inner service itself.
+        limiter(memory(), sign_in()),
+        limiter(common::Recording::new(memory()), sign_in()),
+        // Decided later: the response future calls it.
+        limiter(Later(memory()), sign_in()),
+    ] {
+        for _ in 0..5 {
+            let svc = ServiceBuilder::new().layer(limiter.layer()).service(Panics);
+            let mut call = Box::pin(svc.oneshot(request("/ok", PEER, None)));
+            let mut cx = Context::from_waker(Waker::noop());
+            let panicked = (0..3).any(|_| {
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    call.as_mut().poll(&mut cx).is_ready()
+                }));
+                assert!(!matches!(polled, Ok(true)), "answered");
+                polled.is_err()
+            });
+            assert!(panicked, "the inner service was not called");
+            drop(call);
+            let_background_work_finish().await;
+        }
+        assert_eq!(statuses(&limiter, "/wrong", 3).await, vec![401, 401, 429]);
+    }
+}

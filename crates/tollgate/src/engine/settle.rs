@@ -143,14 +143,20 @@ impl After {
     /// charge ([`Pending::settle`]) is done without headers, at once on a store that answers
     /// at once, else on the Tokio runtime the request ran on (without one, it stays as
     /// charged).
-    pub(crate) fn abandon(self, status: Option<StatusCode>) {
+    pub(crate) fn abandon(mut self, status: Option<StatusCode>) {
+        self.give_up(status);
+    }
+
+    /// [`After::abandon`], once: what is to be given back is taken out.
+    fn give_up(&mut self, status: Option<StatusCode>) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
         if self.taken_over() {
             return;
         }
-        if let Some(pending) = self.pending {
-            if let Settle::AfterStore(giving_back) = pending.settle(status) {
-                in_background(giving_back);
-            }
+        if let Settle::AfterStore(giving_back) = pending.settle(status) {
+            in_background(giving_back);
         }
     }
 
@@ -215,6 +221,16 @@ impl After {
         self.provisional
             .as_ref()
             .is_some_and(|p| p.taken_over.load(Ordering::Acquire))
+    }
+}
+
+/// Dropped without its response or an [`After::abandon`] (the inner service's `call`
+/// panicked with it in hand, before a future held it): no response goes out through this
+/// layer, as when the future is dropped. (A review: a guard counting only 401s kept the
+/// place its look took, a failure, when a `map_request` in front of the handler panicked.)
+impl Drop for After {
+    fn drop(&mut self) {
+        self.give_up(None);
     }
 }
 
