@@ -43,11 +43,8 @@ pin_project! {
                         }
                     }));
                 }
-                StateProj::Calling { after, .. } => {
-                    if let Some(after) = after.take() {
-                        after.abandon(None);
-                    }
-                }
+                // (Its `After`, dropped with it, gives back what is to be given back.)
+                StateProj::Calling { .. } => {}
                 StateProj::Settling { settle, .. } => {
                     let settle = std::mem::replace(settle, Box::pin(std::future::pending()));
                     in_background(settle);

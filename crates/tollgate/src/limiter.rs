@@ -114,9 +114,8 @@ impl Limiter {
     /// `Router::route_layer`, on one route, or on any tower service. `route_layer` wraps
     /// the routes only, not the router's fallback: requests no route matches (the `404`s
     /// of a class's paths, `/api/anything`) then go uncharged, where `Router::layer`
-    /// charges them to their class. A request that goes
-    /// through two of these layers of one limiter (a router's, and a nested router's) is
-    /// charged once, by the outer one.
+    /// charges them to their class. A request that goes through two of these layers of one
+    /// limiter (a router's, and a nested router's) is charged once, by the outer one.
     pub fn layer(&self) -> RateLimitLayer {
         RateLimitLayer::central(self.clone())
     }

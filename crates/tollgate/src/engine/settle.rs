@@ -224,10 +224,10 @@ impl After {
     }
 }
 
-/// Dropped without its response or an [`After::abandon`] (the inner service's `call`
-/// panicked with it in hand, before a future held it): no response goes out through this
-/// layer, as when the future is dropped. (A review: a guard counting only 401s kept the
-/// place its look took, a failure, when a `map_request` in front of the handler panicked.)
+/// Dropped without its response or an [`After::abandon`] (the response future dropped, or
+/// the inner service's `call` panicked with it in hand, before a future held it): no
+/// response goes out through this layer. (A review: a policy counting only `401`s kept what
+/// it reserved, a failure counted, when a `map_request` in front of the handler panicked.)
 impl Drop for After {
     fn drop(&mut self) {
         self.give_up(None);
