@@ -627,15 +627,9 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
     }
 }
 
-/// An exact log's total saturates at 2^53 (u64::MAX is sent as 2^53, each entry saturates
-/// too): once a saturated entry leaves the window, the total is recounted from the entries
-/// still in it, as the memory store recounts a saturated total. The script took the
-/// leaving entry's 2^53 off a total of 2^53 and admitted (4 remaining) while the second
-/// penalty still counted. Decided on a manual clock (a fixed window in each batch: the
-/// call is then decided on the instance's clock), the memory store on the same one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
-    let server = RedisServer::start();
+/// The Redis store on `server` and the memory store, both on one manual clock set to now:
+/// a batch with a fixed window in it is decided on Redis at this clock's time.
+fn on_one_clock(server: &RedisServer) -> (ManualClock, RedisStore, MemoryStore) {
     let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let clock = ManualClock::new(start);
     let redis = RedisStore::builder()
@@ -645,6 +639,19 @@ async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
         .build()
         .unwrap();
     let memory = MemoryStore::builder().clock(clock.clone()).build();
+    (clock, redis, memory)
+}
+
+/// An exact log's total saturates at 2^53 (u64::MAX is sent as 2^53, each entry saturates
+/// too): once a saturated entry leaves the window, the total is recounted from the entries
+/// still in it, as the memory store recounts a saturated total. The script took the
+/// leaving entry's 2^53 off a total of 2^53 and admitted (4 remaining) while the second
+/// penalty still counted. Decided on a manual clock (a fixed window in each batch: the
+/// call is then decided on the instance's clock), the memory store on the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
+    let server = RedisServer::start();
+    let (clock, redis, memory) = on_one_clock(&server);
     let log = Bucket::new(
         "saturated",
         "k",
@@ -695,15 +702,7 @@ async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_given_back_whole_is_reset_at_once() {
     let server = RedisServer::start();
-    let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let clock = ManualClock::new(start);
-    let redis = RedisStore::builder()
-        .url(server.url())
-        .refusal_cache(0)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let (clock, redis, memory) = on_one_clock(&server);
     let log = Bucket::new(
         "given-back",
         "k",
@@ -712,7 +711,7 @@ async fn a_log_given_back_whole_is_reset_at_once() {
     // (A fixed window in the batch: the Redis store then decides at this clock's time.)
     let clock_bucket = Bucket::new("given-back", "clock", Limit::fixed(Quota::per_day(1_000)));
     let batch = |op: Op| Batch::new(op, vec![log.clone(), clock_bucket.clone()]);
-    let first = Timestamp::from_micros(start.as_micros() as u64);
+    let first = tollgate_core::Clock::now(&clock);
     let second = Timestamp::from_micros(first.as_micros() + 100_000);
     let steps = [
         (Duration::ZERO, batch(Op::Charge)),
