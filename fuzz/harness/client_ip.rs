@@ -5,8 +5,9 @@
 //! the headers say; only the configured header is read; a trusted peer's client is what
 //! a separate, plain reading of the header gives (walk from the right past trusted hops,
 //! stop at the first unreadable entry, at most `MAX_HOPS` entries of at most
-//! `MAX_ENTRY_LEN` bytes); the result is the peer or an address written in the header;
-//! keys never panic.
+//! `MAX_ENTRY_LEN` bytes; a `Forwarded` element of any length, its `for=` node without
+//! quotes and obfuscated port at most `MAX_ENTRY_LEN`); the result is the peer or an
+//! address written in the header; keys never panic.
 #![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -188,7 +189,9 @@ fn without_obfport(value: &str) -> &str {
 
 /// The `for=` node of one `Forwarded` element; exactly one `for`, every non-empty pair
 /// `k=v` (RFC 7239 allows empty ones; `;` inside a quoted value separates nothing), a
-/// quoted value without inner quotes or backslashes, an obfuscated port dropped.
+/// quoted value without inner quotes or backslashes, an obfuscated port dropped, what is
+/// left at most `MAX_ENTRY_LEN` bytes (the element itself may be longer: a `host=` holds
+/// what the client sent).
 fn forwarded_node(element: &[u8]) -> Option<IpAddr> {
     std::str::from_utf8(element).ok()?;
     let mut values = Vec::new();
@@ -214,7 +217,11 @@ fn forwarded_node(element: &[u8]) -> Option<IpAddr> {
     } else {
         value
     };
-    node(without_obfport(value).as_bytes())
+    let value = without_obfport(value);
+    if value.len() > MAX_ENTRY_LEN {
+        return None;
+    }
+    node(value.as_bytes())
 }
 
 /// A header line's entries, left to right: split on `,` (for `Forwarded`, outside quoted
@@ -247,7 +254,7 @@ fn expected(client_ip: &ClientIp, header: ProxyHeader, peer: IpAddr, lines: &[Ve
         .collect();
     let mut client = peer;
     for entry in entries {
-        if entry.len() > MAX_ENTRY_LEN {
+        if entry.len() > MAX_ENTRY_LEN && header != ProxyHeader::Forwarded {
             break;
         }
         let read = match header {
