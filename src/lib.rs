@@ -40,11 +40,10 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
 
     let host = setting("HOST").unwrap_or_else(|| "127.0.0.1".into());
     // An IPv6 address as URLs write it (`[::1]`) is the address.
-    let host = host.as_str();
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+        .unwrap_or(&host);
     let port = match setting("PORT") {
         Some(p) => p.parse().map_err(|_| {
             std::io::Error::new(

@@ -129,14 +129,7 @@ async fn the_docs_page_shows_every_endpoint_with_its_limits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_limiting_off_the_pages_say_so() {
     let app = Example::start("seed_004", &[("RATE_LIMIT_ENABLED", "false")]);
-    let doc: Value = app
-        .get("/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.json("/openapi.json").await;
     let description = doc["info"]["description"].as_str().unwrap();
     assert!(
         description.starts_with("Rate limiting is off"),

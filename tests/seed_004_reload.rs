@@ -80,14 +80,7 @@ async fn reports(app: &Example, key: &str, n: usize) -> Vec<u16> {
 
 /// The burst `/openapi.json` publishes for `GET /v1/reports` (the limits as enforced).
 async fn published_burst(app: &Example) -> u64 {
-    let doc: Value = app
-        .get("/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.json("/openapi.json").await;
     doc["paths"]["/v1/reports"]["get"]["x-ratelimit"]["limits"][0]["burst"]
         .as_u64()
         .unwrap()

@@ -169,6 +169,11 @@ impl Example {
         self.request(reqwest::Method::POST, path)
     }
 
+    /// The JSON `GET path` answers (`/openapi.json`).
+    pub async fn json(&self, path: &str) -> serde_json::Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     /// The status of each of `n` requests made by `make`, one after another.
     pub async fn statuses(&self, n: usize, make: impl Fn() -> reqwest::RequestBuilder) -> Vec<u16> {
         let mut out = Vec::with_capacity(n);

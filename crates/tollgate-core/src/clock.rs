@@ -196,12 +196,11 @@ impl FastInner {
         let target = (self.wall)().wrapping_sub(elapsed);
         let offset = self.offset.load(Ordering::Relaxed);
         let behind = offset.wrapping_sub(target);
-        let slewing = target < offset
-            && behind > SLEW_ABOVE_US
-            && behind <= FastClock::MAX_SLEW.as_micros() as u64;
         // Back, but not a step followed at once: readings stand still until they pass the
-        // last one.
-        let floor = if target < offset && behind <= FastClock::MAX_SLEW.as_micros() as u64 {
+        // last one (and past a millisecond, the clock slews).
+        let back = target < offset && behind <= FastClock::MAX_SLEW.as_micros() as u64;
+        let slewing = back && behind > SLEW_ABOVE_US;
+        let floor = if back {
             elapsed
                 .wrapping_add(offset)
                 .max(self.floor.load(Ordering::Relaxed))

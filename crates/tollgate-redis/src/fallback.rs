@@ -512,11 +512,10 @@ impl Primary for RedisStore {
 
     /// Its hash slot on Redis Cluster; one part otherwise.
     fn part_of(&self, bucket: &Bucket) -> u64 {
-        self.slot_of(bucket).map_or(0, |slot| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&slot, &mut hasher);
-            std::hash::Hasher::finish(&hasher)
-        })
+        // (`Slot` shows no number: its hash stands for it.)
+        let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
+        self.slot_of(bucket)
+            .map_or(0, |slot| std::hash::BuildHasher::hash_one(&hasher, slot))
     }
 
     /// In one script call per hash slot ([`RedisStore`]'s `restore`).

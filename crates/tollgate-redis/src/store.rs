@@ -157,14 +157,7 @@ enum Connection {
     #[cfg(feature = "deadpool")]
     Pool(deadpool_redis::Pool),
     /// Redis Cluster, connected on first use and renewed as [`Renewing`] says.
-    Cluster {
-        client: ClusterClient,
-        connection: Renewing<ClusterConnection>,
-        /// The longest a call may take: a response's timeout, and a connection's when one
-        /// is made afresh. The cluster client retries a call that timed out and connects
-        /// again by itself, which took up to 8 s with a master paused (a review).
-        limit: Duration,
-    },
+    Cluster(SharedCluster),
 }
 
 impl fmt::Debug for Connection {
@@ -175,7 +168,7 @@ impl fmt::Debug for Connection {
             }
             #[cfg(feature = "deadpool")]
             Connection::Pool(pool) => f.debug_tuple("Pool").field(&pool.status()).finish(),
-            Connection::Cluster { .. } => f.write_str("Cluster"),
+            Connection::Cluster(_) => f.write_str("Cluster"),
         }
     }
 }
@@ -384,6 +377,31 @@ impl SharedManager {
     }
 }
 
+/// The connection of [`Connection::Cluster`], made on first use.
+struct SharedCluster {
+    client: ClusterClient,
+    connection: Renewing<ClusterConnection>,
+    /// The longest a call may take: a response's timeout, and a connection's when one is
+    /// made afresh. The cluster client retries a call that timed out and connects again by
+    /// itself, which took up to 8 s with a master paused (a review).
+    limit: Duration,
+}
+
+impl SharedCluster {
+    /// [`Renewing::run`] on the cluster connection, failing after [`SharedCluster::limit`]:
+    /// the scripts, and the `INFO` and `CLUSTER SLOTS` that tell a restarted master.
+    async fn run<T, E>(
+        &self,
+        call: impl AsyncFnOnce(&mut ClusterConnection) -> Result<T, E>,
+        broken: fn(&E) -> bool,
+    ) -> Result<Result<T, E>, StoreError> {
+        let make = async || self.client.get_async_connection().await.map_err(backend);
+        tokio::time::timeout(self.limit, self.connection.run(make, call, broken))
+            .await
+            .map_err(|_| StoreError::Timeout(self.limit))?
+    }
+}
+
 /// Whether a Redis error says the connection failed, not that Redis answered about its
 /// own state or the script's (full, a replica, loading, busy, the script unknown): a new
 /// connection would get the same answer. Anything else counts as failed, an `ERR` too
@@ -442,16 +460,10 @@ impl Connection {
                 let mut conn = pool.get().await.map_err(backend)?;
                 run(&mut conn, call).await
             }
-            Connection::Cluster {
-                client,
-                connection,
-                limit,
-            } => {
-                let make = async || client.get_async_connection().await.map_err(backend);
-                let call = connection.run(make, async |conn| run(conn, call).await, broken_store);
-                tokio::time::timeout(*limit, call)
-                    .await
-                    .map_err(|_| StoreError::Timeout(*limit))??
+            Connection::Cluster(cluster) => {
+                cluster
+                    .run(async |conn| run(conn, call).await, broken_store)
+                    .await?
             }
         }
     }
@@ -495,7 +507,7 @@ impl Connection {
                 let mut conn = pool.get().await.map_err(backend)?;
                 conn.req_packed_command(&cmd).await
             }
-            Connection::Cluster { .. } => return Ok(None),
+            Connection::Cluster(_) => return Ok(None),
         };
         info_text(section, reply)
     }
@@ -536,19 +548,11 @@ impl Connection {
     /// On Redis Cluster, the answer to `cmd`, routed as the cluster client routes it; `None`
     /// on a single server.
     async fn on_cluster(&self, cmd: &redis::Cmd) -> Result<Option<Value>, StoreError> {
-        let Connection::Cluster {
-            client, connection, ..
-        } = self
-        else {
+        let Connection::Cluster(cluster) = self else {
             return Ok(None);
         };
-        let make = async || client.get_async_connection().await.map_err(backend);
-        let reply = connection
-            .run(
-                make,
-                async |conn| conn.req_packed_command(cmd).await,
-                broken,
-            )
+        let reply = cluster
+            .run(async |conn| conn.req_packed_command(cmd).await, broken)
             .await?
             .map_err(backend)?;
         Ok(Some(reply))
@@ -873,11 +877,11 @@ impl RedisStoreBuilder {
                             .join(","),
                         source,
                     })?;
-                Connection::Cluster {
+                Connection::Cluster(SharedCluster {
                     client,
                     connection: Renewing::new(),
                     limit: self.response_timeout + self.connection_timeout,
-                }
+                })
             }
             #[cfg(feature = "deadpool")]
             Target::Pool(pool) => Connection::Pool(pool),
@@ -1290,7 +1294,7 @@ impl RedisStore {
 
     /// Whether this store talks to Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner.connection, Connection::Cluster { .. })
+        matches!(self.inner.connection, Connection::Cluster(_))
     }
 
     /// Decides `batch`: from the refusal cache if it knows the refusal

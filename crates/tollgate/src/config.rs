@@ -92,7 +92,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 use tollgate_core::{Algorithm, FailureMode, Limit, Quota, WhenFull, DEFAULT_SEGMENTS};
@@ -757,7 +756,7 @@ impl LimitConfig {
         if let Some(d) = self.daily {
             // Named for a day: another window here is a slip (`10/min` for `10/day`), not
             // a way to write one, which `limit:` is.
-            if d.period() != Duration::from_secs(24 * 60 * 60) {
+            if d.period() != Quota::per_day(1).period() {
                 return Err((
                     Some("daily"),
                     format!(
