@@ -44,7 +44,8 @@
 //! never more in any 24 hours, erring towards refusing as a rolling window does: a client
 //! at a steady pace can be refused above about 91% of the cap; `limit: 10000/day` with
 //! `algorithm: exact` counts every call, `algorithm: fixed` is a calendar day that resets
-//! at 00:00 UTC). `when_full: evict_limited` on a route,
+//! at 00:00 UTC; a fixed window of several days is counted from 1 January 1970: see
+//! [`Rate::fixed`]). `when_full: evict_limited` on a route,
 //! a bucket or a global limit with a key serves new keys when the memory store's share of
 //! the bucket is full of keys at their limit (see [`WhenFull`]; `refuse_new_keys` is the
 //! default; `keep_counts` evicts no key that still counts, for a lockout per account).
@@ -94,7 +95,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tollgate_core::{Algorithm, FailureMode, Limit, Quota, WhenFull, DEFAULT_SEGMENTS};
+use tollgate_core::{Algorithm, FailureMode, Limit, Quota, QuotaError, WhenFull, DEFAULT_SEGMENTS};
 
 use crate::client_ip::ClientIp;
 use crate::error::BuildError;
@@ -577,7 +578,7 @@ pub struct LimitConfig {
     #[serde(default)]
     pub sustained: Option<Quota>,
     /// Token bucket capacity (the count; `20/s` is 20).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "burst")]
     pub burst: Option<Quota>,
     /// A hard cap per rolling window (`10000/day`: never more in any 24 hours), counted as
     /// `limit:` is by default ([`Rate::sliding`]).
@@ -589,6 +590,21 @@ pub struct LimitConfig {
     /// [`WhenFull`]). A route's limits take it from the route's `when_full:`.
     #[serde(default)]
     pub when_full: Option<WhenFull>,
+}
+
+/// Reads `burst:`, whose count of 0 is a burst of 0 ([`QuotaError::ZeroBurst`]), not a
+/// quota of 0 (whose error suggests exempting the route).
+fn burst<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Quota>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    match Quota::parse(&text) {
+        Err(QuotaError::ZeroCount { .. }) => Err(serde::de::Error::custom(format_args!(
+            "`{text}`: {}",
+            QuotaError::ZeroBurst
+        ))),
+        parsed => parsed.map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A key, as text: `ip`, `network:<bits>`, `user`, `api_key`, `api_key:<header>`,

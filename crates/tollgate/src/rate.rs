@@ -11,7 +11,7 @@
 //! let rolling: Rate = "500/min".into();                   // sliding window (segmented)
 //! let exact = Rate::exact("60/60s");                       // sliding log, exact
 //! let bucket = Rate::token_bucket("100/min", 20);          // sustained 100/min, burst 20
-//! let daily = Rate::fixed("10000/day");                    // calendar window, UTC days
+//! let daily = Rate::fixed("10000/day");                    // fixed window, UTC days
 //! let typed: Rate = Limit::sliding(Quota::per_hour(10_000)).into();
 //! assert_eq!(bucket.limit().unwrap().capacity(), 20);
 //! assert_eq!(daily.limit().unwrap().to_string(), "10000/day fixed");
@@ -75,7 +75,10 @@ impl Rate {
         Self::map_quota(quota, Limit::sliding_exact)
     }
 
-    /// A fixed calendar window ([`Limit::fixed`]): `10000/day` resets at 00:00 UTC.
+    /// A fixed window ([`Limit::fixed`]), aligned to the Unix epoch: `10000/day` resets at
+    /// 00:00 UTC, `5/h` on the hour; a window of several days is counted from 1 January
+    /// 1970, not from a calendar's week, month or year (`5/7d` resets on Thursdays at
+    /// 00:00 UTC, `5/365d` on whatever day 365-day steps from 1970 reach).
     pub fn fixed(quota: impl Into<Rate>) -> Self {
         Self::map_quota(quota, Limit::fixed)
     }

@@ -558,6 +558,13 @@ fn a_yaml_value_that_does_not_parse_is_placed_at_its_field() {
             "routes[0].limits[0].limit: ",
             (3, 32),
         ),
+        // A burst of 0 is told as one, not as a quota of 0 with its advice to exempt the
+        // route (a review's `burst: 0/s`).
+        (
+            "routes:\n  - path: /x\n    rate_limit: { sustained: 100/min, burst: 0/s }\n",
+            "routes[0].rate_limit.burst: `0/s`: a burst (bucket capacity) must be at least 1",
+            (3, 46),
+        ),
     ];
     for (yaml, field, (line, column)) in cases {
         match Config::from_yaml(yaml).unwrap_err() {

@@ -315,7 +315,9 @@ pub enum ResetFormat {
 ///   said `r=0;t=24` and admitted the next request 12 s later). Draft 10 lets a server
 ///   vary `t` between responses for sliding windows, and a client that waits `t` is
 ///   never refused for waiting too little; one that wants the earliest moment retries
-///   and reads `Retry-After`. Windows and times are rounded up. Integers above the 15
+///   and reads `Retry-After`. Windows and times are rounded up (a window under a
+///   second shows as `w=1`: `5/1ms` is told as `q=5;w=1`, fewer than it admits in a
+///   second, as a window of `1500ms` is told as `w=2`). Integers above the 15
 ///   digits a structured field allows are clamped. A token bucket shows its sustained
 ///   count and window as the limit (`X-RateLimit-Limit`, `q` and `w`: `100/min burst 20`
 ///   is `q=100;w=60`, of which at most 20 fit at once); one whose burst is above its
