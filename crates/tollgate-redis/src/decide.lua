@@ -359,6 +359,15 @@ local top = 0
 -- another shape's state, its GET: a string, or an error for a hash).
 local V = {}
 
+-- A key holding what no algorithm writes (a list, a set: written by another program at
+-- a name of ours) is dropped and read as absent: left, its error failed every call that
+-- reads it, and a fallback store's give-back to Redis with it, which kept every client's
+-- decisions off Redis (a review).
+local function foreign(key)
+  redis.call('DEL', key)
+  return false
+end
+
 -- What the keys hold: read and told apart, each key once, before the helpers below are
 -- made (a closure costs time on every call that makes one: only the helpers a call needs
 -- are made, and those for another shape's state only when a key holds one, or for a
@@ -373,8 +382,12 @@ for i = 1, n do
     logs = true
     local r = redis.pcall('HMGET', key, 'h', 'n', 't', 'u')
     if r.err then
-      present, other = true, true -- a string: another algorithm's state
-      v = redis.call('GET', key)
+      v = redis.pcall('GET', key)
+      if type(v) == 'string' then
+        present, other = true, true -- a string: another algorithm's state
+      else
+        v = foreign(key)
+      end
     elseif r[1] then
       present, v = true, r
     end
@@ -382,11 +395,12 @@ for i = 1, n do
     v = redis.pcall('GET', key)
     local b1 = 0
     if v then
-      present = true
-      if v.err then
-        other = true -- a hash: a log's state
+      if type(v) == 'string' then
+        present, b1 = true, string.byte(v)
+      elseif redis.call('TYPE', key).ok == 'hash' then
+        present, other = true, true -- a hash: a log's state
       else
-        b1 = string.byte(v)
+        v = foreign(key)
       end
     end
     if alg == '1' then

@@ -16,7 +16,18 @@
 
 local c = tonumber(ARGV[1])
 local k = KEYS[1]
-local n = redis.call('INCRBY', k, c)
+local n = redis.pcall('INCRBY', k, c)
+if type(n) == 'table' then
+  -- The key holds what this script never writes (a list, text: another program's, at a
+  -- name of ours): dropped, and the window counted from here. Any other error (out of
+  -- memory, a permission) is the reply, the count kept.
+  local e = n.err or ''
+  if not (string.find(e, 'WRONGTYPE', 1, true) or string.find(e, 'not an integer', 1, true)) then
+    return n
+  end
+  redis.call('DEL', k)
+  n = redis.call('INCRBY', k, c)
+end
 if n == c then
   -- The window's first charge. The format before this script kept the count, negated, in
   -- the bucket's own key, expiring when the window ended (or, before 0.2, as

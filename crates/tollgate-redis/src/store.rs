@@ -177,6 +177,14 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// Whether an error says the server wants a password first: `NOAUTH`, or the protocol
+/// error it answers a long command of a client that did not authenticate with (a review:
+/// "unauthenticated multibulk length" was all a missing password was told as).
+fn asks_for_password(code: &str, detail: Option<&str>) -> bool {
+    code == "NOAUTH"
+        || (code == "ERR" && detail.is_some_and(|d| d.contains("Protocol error: unauthenticated")))
+}
+
 /// Whether a reply or an error says the server does not have the script.
 fn is_noscript(reply: &Result<Value, RedisError>) -> bool {
     match reply {
@@ -193,14 +201,25 @@ async fn run<C: ConnectionLike>(conn: &mut C, call: Call<'_>) -> Result<Decision
     if is_noscript(&reply) {
         reply = conn.req_packed_command(&call.command(true)?).await;
     }
-    let reply = reply.map_err(|e| match (e.code(), e.detail()) {
-        (Some(code), detail) if is_redirect(code) => redirected(code, detail),
-        _ => backend(e),
-    })?;
     match reply {
-        Value::ServerError(e) if is_redirect(e.code()) => Err(redirected(e.code(), e.details())),
-        Value::ServerError(e) => Err(backend(e)),
-        reply => call.decision(&reply),
+        Err(e) => Err(script_error(e)),
+        Ok(Value::ServerError(e)) => Err(script_error(e.into())),
+        Ok(reply) => call.decision(&reply),
+    }
+}
+
+/// The store's error for the script's error reply: a redirection and a password asked
+/// for are told as such.
+fn script_error(e: RedisError) -> StoreError {
+    let detail = e.detail();
+    match e.code() {
+        Some(code) if is_redirect(code) => redirected(code, detail),
+        Some(code) if asks_for_password(code, detail) => StoreError::Unavailable(format!(
+            "Redis asks for a password, and the URL gives none it takes \
+             (`redis://:<password>@host:port/`, or `redis://<user>:<password>@...` for an ACL \
+             user): {e}"
+        )),
+        _ => backend(e),
     }
 }
 
@@ -588,12 +607,20 @@ impl Connection {
     }
 }
 
-/// The text of an `INFO <section>` reply; `None` if the server refused the command.
+/// The text of an `INFO <section>` reply; `None` if the server refuses the command for
+/// good (an ACL user without it, or a renamed command). Another error (busy with a script,
+/// loading, a password asked) is one: the server may answer later. (A review: every error
+/// was taken as a refusal, and logged as an ACL's.)
 fn info_text(section: &str, reply: RedisResult<Value>) -> Result<Option<String>, StoreError> {
+    let refused = |code: &str, detail: Option<&str>| {
+        code == "NOPERM"
+            || (code == "ERR" && detail.is_some_and(|d| d.starts_with("unknown command")))
+    };
     match reply {
-        Err(e) if e.code().is_some() => Ok(None),
+        Err(e) if e.code().is_some_and(|code| refused(code, e.detail())) => Ok(None),
         Err(e) => Err(backend(e)),
-        Ok(Value::ServerError(_)) => Ok(None),
+        Ok(Value::ServerError(e)) if refused(e.code(), e.details()) => Ok(None),
+        Ok(Value::ServerError(e)) => Err(backend(e)),
         Ok(Value::BulkString(bytes)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
         Ok(Value::VerbatimString { text, .. }) => Ok(Some(text)),
         Ok(other) => Err(StoreError::Protocol(format!(

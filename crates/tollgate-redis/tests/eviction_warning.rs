@@ -1,7 +1,8 @@
 //! A Redis that may evict the store's keys when its memory is full (`maxmemory` set, a
 //! `maxmemory-policy` other than `noeviction`) is warned about, once per store, the first
 //! time it answers `INFO` ([`RedisStore::run_id`], which the fallback store's checks call);
-//! one that refuses `INFO` (the store then cannot notice a restart) the first time it does.
+//! one that refuses `INFO` (the store then cannot notice a restart) the first time it does;
+//! one that fails it for a while (asking for a password) is not said to refuse it.
 //! In a test binary of its own: tracing caches a callsite's interest process-wide.
 
 use tollgate_redis::RedisStore;
@@ -33,6 +34,18 @@ fn what_the_store_cannot_check_on_redis_is_warned_about_once() {
         for _ in 0..3 {
             assert_eq!(limited.run_id().await.unwrap(), None);
         }
+        // A server that asks for a password refuses INFO until it has one: a failed check
+        // (tried again later), not a refusal for good, nor an ACL's warning (a review).
+        let asking = RedisServer::start();
+        asking.cli(["CONFIG", "SET", "requirepass", "pw"]);
+        let unauthenticated = RedisStore::open(&asking.url()).unwrap();
+        let answer = unauthenticated.run_id().await;
+        assert!(
+            answer
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("NOAUTH")),
+            "{answer:?}"
+        );
     });
     let refused = the_one(&events, "refuses INFO");
     assert!(
