@@ -87,8 +87,8 @@ fn a_flood_of_limited_addresses_leaves_room_for_new_clients() {
             r#"{"email":"newcomer@example.com","password":"demo-password"}"#,
         );
         assert_eq!(r.status, 200, "{ip} was refused: {}", r.body);
-        // Its AUTH budget is fresh (the success shows the e-mail's lockout first, the more
-        // restrictive, then AUTH).
+        // Its AUTH budget is fresh (the success shows AUTH; the e-mail's lockout, with no
+        // failure counted, shows nothing).
         let ratelimit = r.header("ratelimit");
         assert!(ratelimit.contains(r#""auth";r=19;"#), "{ip}: {ratelimit}");
     }

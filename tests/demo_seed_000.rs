@@ -667,6 +667,33 @@ async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_
     assert_eq!(header(&r, "x-ratelimit-remaining"), "4");
 }
 
+/// Successful sign-ins of an e-mail without failures show the AUTH bucket they spend,
+/// counting down from the page's 20, not the untouched lockout (a review read `5` left,
+/// never moving, on the first 15).
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ins_without_failures_show_the_auth_bucket_they_spend() {
+    let ex = demo();
+    let ip = "192.0.2.71";
+    let mut shown = Vec::new();
+    for _ in 0..21 {
+        let right = post(&ex, ip, "/api/auth/sign-in")
+            .json(&credentials("fresh@example.com", "demo-password"));
+        let r = send(right).await;
+        shown.push((
+            r.status().as_u16(),
+            header(&r, "x-ratelimit-limit"),
+            header(&r, "x-ratelimit-remaining"),
+        ));
+    }
+    let expected: Vec<(u16, String, String)> = (0..21)
+        .map(|i| match i {
+            20 => (429, "20".to_string(), "0".to_string()),
+            _ => (200, "20".to_string(), (19 - i).to_string()),
+        })
+        .collect();
+    assert_eq!(shown, expected);
+}
+
 /// A sign-in e-mail that is not an address a cookie can carry is a 400, never a 500 or a
 /// cookie with attributes the client chose: a `;` would add cookie attributes, a newline
 /// made the response fail (500), 200 kB made a header no client reads.

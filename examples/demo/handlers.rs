@@ -275,14 +275,20 @@ async fn staff_sign_in_charged(
         Json(json!({ "userId": email })),
     )
         .into_response();
-    // A success shows the lockout it was checked against too, as a failure does: how many
-    // failures the e-mail (or the network) still has, as it stands once this attempt was
-    // given back.
+    // A success shows the lockout it was checked against too, as a failure does, once the
+    // e-mail (or the network) has failures counted: how many it still has, as it stands
+    // once this attempt was given back. A lockout with none counted shows nothing, as the
+    // middleware's guard shows nothing of its budget on a response it does not count:
+    // `X-RateLimit-*` then describe AUTH, which successes spend (a review read a fresh
+    // lockout's `5` left, never moving, on 15 sign-ins where AUTH's 20 was spent).
     match given_back {
-        Ok(decision) => tollgate::merge_rate_limit_headers(
-            signed_in.headers_mut(),
-            &failures.rate_limit_headers(bucket, &decision),
-        ),
+        Ok(decision) if decision.buckets.iter().all(|b| b.remaining < b.limit) => {
+            tollgate::merge_rate_limit_headers(
+                signed_in.headers_mut(),
+                &failures.rate_limit_headers(bucket, &decision),
+            )
+        }
+        Ok(_) => {}
         Err(error) => {
             tracing::warn!(%error, "could not give back a successful sign-in's attempt")
         }
