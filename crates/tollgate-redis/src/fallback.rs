@@ -418,9 +418,10 @@ pub trait Primary: Store {
         0
     }
 
-    /// Why the primary cannot be reached, when a check only timed out: the error of a
-    /// connection made afresh (a wrong password, a database that does not exist), which a
-    /// connection that retries by itself hides behind the timeout. `None` (the default) if
+    /// Why the primary cannot be reached, when a check only timed out or found its
+    /// connection broken: the error of a connection made afresh (a wrong password, a
+    /// database that does not exist, a password asked for since), which a connection that
+    /// retries by itself hides behind the timeout or a broken pipe. `None` (the default) if
     /// the primary cannot tell.
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
         Box::pin(std::future::ready(None))
@@ -1175,9 +1176,10 @@ impl<P: Primary> Shared<P> {
         self.leave(&reason, broke);
     }
 
-    /// Once per departure, when a check only timed out: asks why a fresh connection fails
-    /// ([`Primary::diagnose`]); an answer is logged (`warn`) and becomes the reason the
-    /// store gives (a wrong password is not network latency).
+    /// Once per departure, when a check only timed out or found its connection broken: asks
+    /// why a fresh connection fails ([`Primary::diagnose`]); an answer is logged (`warn`)
+    /// and becomes the reason the store gives (a wrong password is not network latency,
+    /// and a password asked for since is not a broken pipe).
     async fn diagnose(&self) {
         if self.diagnosed.swap(true, Ordering::AcqRel) {
             return;
@@ -1188,8 +1190,8 @@ impl<P: Primary> Shared<P> {
         tracing::warn!(
             target: "tollgate::store",
             error = %why,
-            "rate-limit store primary does not answer within the timeout; a fresh connection \
-             fails: check its URL, password and database"
+            "rate-limit store primary fails, and a fresh connection fails too: check its URL, \
+             password and database"
         );
         let mut reason = lock(&self.reason);
         *reason = format!("{reason} (a fresh connection fails: {why})");
@@ -1816,7 +1818,7 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
                 return;
             }
             Err(e) => {
-                if matches!(e, StoreError::Timeout(_)) {
+                if matches!(e, StoreError::Timeout(_)) || shared.primary.connection_broke(&e) {
                     shared.diagnose().await;
                 }
                 shared.count_failure(&e.to_string());

@@ -502,9 +502,18 @@ impl Connection {
         let Connection::Manager { manager, .. } = self else {
             return None;
         };
-        let connecting = manager.client.get_multiplexed_async_connection();
-        match tokio::time::timeout(DIAGNOSIS_TIMEOUT, connecting).await {
-            Ok(Err(e)) if !e.is_timeout() => Some(e.to_string()),
+        // Connected without a password, the client has not been asked for one yet: a
+        // `PING` is (a password required since the store connected, its connection then
+        // cut, showed only as a broken pipe).
+        let asked = async {
+            let mut conn = manager.client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<Value>(&mut conn).await
+        };
+        match tokio::time::timeout(DIAGNOSIS_TIMEOUT, asked).await {
+            Ok(Err(e)) if !e.is_timeout() => match script_error(e) {
+                StoreError::Unavailable(why) => Some(why),
+                other => Some(other.to_string()),
+            },
             _ => None,
         }
     }

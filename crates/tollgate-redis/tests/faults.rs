@@ -424,6 +424,42 @@ async fn a_wrong_password_is_reported_as_such_not_as_a_timeout() {
     assert_eq!(store.mode(), Mode::Fallback);
 }
 
+/// A password asked for while the store runs (`requirepass` set, the clients cut off):
+/// the server answers the store's next call by closing its connection, so every call fails
+/// with a broken pipe or a reset, but the store asks a fresh connection why and says that
+/// Redis asks for a password (a review saw only "broken pipe").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_asked_for_while_running_is_reported_as_such() {
+    let server = RedisServer::start();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    let bucket = Bucket::new("pw-later", "k", Limit::sliding(Quota::per_minute(5)));
+    let open = Batch::charge(vec![bucket]).with_failure_mode(FailureMode::Open);
+    store.apply(&open).await.unwrap();
+    assert_eq!(store.mode(), Mode::Primary);
+    server.cli(["CONFIG", "SET", "requirepass", "s3cret"]);
+    server.cli([
+        "-a",
+        "s3cret",
+        "--no-auth-warning",
+        "CLIENT",
+        "KILL",
+        "TYPE",
+        "normal",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reason = loop {
+        let reason = match store.apply(&open).await {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        if reason.contains("fresh connection fails") || Instant::now() > deadline {
+            break reason;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains("Redis asks for a password"), "{reason}");
+}
+
 /// A password rotation done in the wrong order: the instance's password is refused for a
 /// while, then accepted. (A connection that failed its `AUTH` was never made again: the
 /// store stayed on memory until the process restarted.)
