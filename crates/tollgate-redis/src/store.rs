@@ -494,10 +494,11 @@ const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(1);
 impl Connection {
     /// The error of a connection made afresh, outside the multiplexed one (which retries by
     /// itself, so that a call only times out): a wrong password, a database that does not
-    /// exist. `None` if it connects, does not answer within [`DIAGNOSIS_TIMEOUT`] (nor
-    /// within the client's own connection timeout: a paused or overloaded server, which
-    /// says nothing about the configuration), or is a pool or a cluster (which report their
-    /// own errors).
+    /// exist, a password asked for (a `PING` on it). `None` if it connects and answers,
+    /// cannot be reached (refused, cut off: a server down), does not answer within
+    /// [`DIAGNOSIS_TIMEOUT`] (nor within the client's own connection timeout: a paused or
+    /// overloaded server), none of which says anything about the configuration, or is a
+    /// pool or a cluster (which report their own errors).
     async fn connect_error(&self) -> Option<String> {
         let Connection::Manager { manager, .. } = self else {
             return None;
@@ -510,7 +511,9 @@ impl Connection {
             redis::cmd("PING").query_async::<Value>(&mut conn).await
         };
         match tokio::time::timeout(DIAGNOSIS_TIMEOUT, asked).await {
-            Ok(Err(e)) if !e.is_timeout() => match script_error(e) {
+            // The server's answers only: one that cannot be reached (refused, cut off) says
+            // nothing about the URL's password or database (a Redis killed, say).
+            Ok(Err(e)) if !e.is_timeout() && !e.is_io_error() => match script_error(e) {
                 StoreError::Unavailable(why) => Some(why),
                 other => Some(other.to_string()),
             },

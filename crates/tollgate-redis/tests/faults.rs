@@ -528,6 +528,11 @@ async fn a_paused_redis_is_not_diagnosed_as_a_bad_configuration() {
             || diagnosis.contains("password"),
         "{diagnosis}"
     );
+    // Nor is a Redis that is down (its connection refused): a store whose connection broke
+    // asks too, and must not blame its URL.
+    let mut server = server;
+    server.kill();
+    assert_eq!(store.diagnose().await, None, "a Redis that is down");
 }
 
 /// A refused password costs Redis one round of connection attempts per second, not one per
