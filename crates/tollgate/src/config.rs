@@ -1012,7 +1012,10 @@ impl Config {
     }
 
     /// Applies the file to `builder`: every field maps onto a builder call. `file` names the
-    /// source in errors. If the builder's `build` then fails, its error is pointed at the
+    /// source in errors. A file without `store:` (or one that says only what the default
+    /// says, `kind: memory`) leaves a store the builder was given ([`LimiterBuilder::store`]),
+    /// and one without `headers:` a header style; `REDIS_URL` / `KV_URL` override the
+    /// file's store, not one given in code. If the builder's `build` then fails, its error is pointed at the
     /// rule of the file ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
     /// [`Config::build_error`] makes it).
     ///
@@ -1031,20 +1034,26 @@ impl Config {
         if let Some(enabled) = self.enabled {
             builder = builder.enabled(enabled);
         }
-        builder = self.store.apply(builder).map_err(|problem| {
-            let path = FieldPath::root().key("store").maybe_key(problem.field);
-            let (line, column) = match problem.field {
-                Some(_) => self.locate(&path),
-                None => (None, None),
-            };
-            ConfigError::Store {
-                file: file.to_string(),
-                line,
-                column,
-                field: path.to_string(),
-                message: problem.message,
-            }
-        })?;
+        // A file without `store:` or `headers:` leaves the store and the header style the
+        // builder was given in code (a review: a Redis store set in code became a memory
+        // store per process, `HeaderStyle::none()` wrote every header).
+        let (has_store, has_style) = builder.has_store_and_style();
+        if !has_store || self.store != StoreConfig::default() {
+            builder = self.store.apply(builder).map_err(|problem| {
+                let path = FieldPath::root().key("store").maybe_key(problem.field);
+                let (line, column) = match problem.field {
+                    Some(_) => self.locate(&path),
+                    None => (None, None),
+                };
+                ConfigError::Store {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    field: path.to_string(),
+                    message: problem.message,
+                }
+            })?;
+        }
         if !self.client_ip.trusted_proxies.is_empty() || self.client_ip.ipv6_prefix.is_some() {
             let mut ip = ClientIp::peer().trust_proxies(&self.client_ip.trusted_proxies);
             if let Some(bits) = self.client_ip.ipv6_prefix {
@@ -1052,7 +1061,9 @@ impl Config {
             }
             builder = builder.client_ip(ip);
         }
-        builder = builder.header_style(self.headers.style());
+        if !has_style || self.headers != HeadersConfig::default() {
+            builder = builder.header_style(self.headers.style());
+        }
         if let Some(body) = self.body {
             builder = builder.error_body(match body {
                 BodyText::RetryAfter => ErrorBody::retry_after_camel(),

@@ -1261,6 +1261,12 @@ impl LimiterBuilder {
         self
     }
 
+    /// Whether a store and a header style were given (a configuration file applied to
+    /// the builder leaves them when it says nothing of them).
+    pub(crate) fn has_store_and_style(&self) -> (bool, bool) {
+        (self.store.is_some(), self.header_style.is_some())
+    }
+
     /// The body of 429 responses. Default: see [`ErrorBody`].
     pub fn error_body(mut self, body: ErrorBody) -> Self {
         self.error_body = Some(body);

@@ -406,3 +406,35 @@ async fn store_max_entries_bounds_the_memory_store() {
     // 2048 keys fill each shard's 64 (128 a shard on average).
     assert_eq!(admitted, [2048, 1024]);
 }
+
+/// A file applied to a builder that was given a store and a header style in code, and
+/// whose `store:` and `headers:` say nothing, leaves both (a review: the store given was
+/// replaced by a memory store of the file's own, a Redis store in code becoming one
+/// budget per process, and `HeaderStyle::none()` by the default headers). A file that
+/// names them sets them.
+#[tokio::test]
+async fn a_file_without_store_or_headers_keeps_those_given_in_code() {
+    use tollgate::config::Config;
+    use tollgate::HeaderStyle;
+    let routes = "routes:\n  - { path: /*, name: api, limits: [{ limit: 5/min }] }\n";
+    for (file, store_used, headers) in [
+        (String::new(), true, ""),
+        (
+            "store: { kind: memory, max_entries: 2048 }\nheaders: { ietf: true }\n".to_string(),
+            false,
+            r#""api-ip";r=4;t=60"#,
+        ),
+    ] {
+        let (_clock, store) = clock_and_store();
+        let builder = Limiter::builder()
+            .store(store.clone())
+            .header_style(HeaderStyle::none());
+        let config = Config::from_yaml(&format!("{file}{routes}")).unwrap();
+        let limiter = config.apply(builder, "inline").unwrap().build().unwrap();
+        let server = serve(app(&limiter)).await;
+        let response = server.get("/v1/invoices").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "ratelimit"), headers, "{file}");
+        assert_eq!(store.len() == 1, store_used, "{file}");
+    }
+}
