@@ -138,6 +138,16 @@ pub enum BuildError {
         /// The policy.
         policy: String,
     },
+    /// A status both [`Policy::refund_if`](crate::Policy::refund_if) and
+    /// [`Policy::count_only_if`](crate::Policy::count_only_if) say yes to: its response
+    /// would be both given back and counted (it was given back: the policy counted none).
+    #[error("policy `{policy}`: a {status} response is both given back (`refund_if`) and counted (`count_only_if`); a response is one or the other: drop it from one of them")]
+    RefundedAndCounted {
+        /// The policy.
+        policy: String,
+        /// The first status both say yes to.
+        status: u16,
+    },
     /// Rules reloaded while a per-key override ([`Limiter::set_override`]) holds less than
     /// one request of a policy limiting by the override's kind now costs: every request of
     /// that key would be refused, as [`Limiter::set_override`] refuses to arrange. The

@@ -248,6 +248,8 @@ impl Policy {
     /// 100; on memory, 100). [`Policy::count_only_if`] reserves the same way; a guard's
     /// policy ([`Limiter::guard`](crate::Limiter::guard)) does not: it looks before and
     /// counts after, so requests in flight together may all be admitted past the limit.
+    /// A status both `refund` and [`Policy::count_only_if`] say yes to is a build error
+    /// ([`BuildError::RefundedAndCounted`](crate::BuildError::RefundedAndCounted)).
     pub fn refund_if<F>(mut self, refund: F) -> Self
     where
         F: Fn(StatusCode) -> bool + Send + Sync + 'static,

@@ -259,6 +259,19 @@ pub(crate) fn compile(
             policy: name.to_string(),
         });
     }
+    if let (Some(refunds), Some(counts)) = (&policy.refund_if, &policy.count_only_if) {
+        // (A file's `refund_statuses` and `count_only_statuses` are checked as they are
+        // read; functions, for every status there is.)
+        let both = (100..=599u16)
+            .filter_map(|code| http::StatusCode::from_u16(code).ok())
+            .find(|&status| refunds(status) && counts(status));
+        if let Some(status) = both {
+            return Err(BuildError::RefundedAndCounted {
+                policy: name.to_string(),
+                status: status.as_u16(),
+            });
+        }
+    }
     let fixed_cost = match policy.cost {
         Cost::Fixed(0) => {
             return Err(BuildError::ZeroCost {
@@ -817,6 +830,21 @@ mod tests {
             bad(Policy::named("x").per_ip("1/min").cost(0)),
             Some(BuildError::ZeroCost { .. })
         ));
+        // A response both given back and counted (a review: five 401s under both left the
+        // policy's 3 untouched: it counted none), unlike two lists apart.
+        let status = |code: u16| move |s: http::StatusCode| s.as_u16() == code;
+        assert!(matches!(
+            bad(Policy::named("x")
+                .per_ip("3/min")
+                .refund_if(|s| s.is_client_error())
+                .count_only_if(status(401))),
+            Some(BuildError::RefundedAndCounted { status: 401, .. })
+        ));
+        assert!(bad(Policy::named("x")
+            .per_ip("3/min")
+            .refund_if(status(304))
+            .count_only_if(status(401)))
+        .is_none());
         let _ = &mut sigs;
     }
 
