@@ -319,3 +319,48 @@ async fn the_decision_goes_into_the_response_alone_when_the_request_does_not_car
     assert_eq!(header(&response, "x-seen"), "default:ip:2:true");
     assert_eq!(response.text().await.unwrap(), "absent");
 }
+
+/// A store answering other than one state per bucket (here none, refused, for one bucket)
+/// breaks the store's contract: an error of the store, as a store that is down is, never an
+/// admission (a review: such a store had every request admitted, silently).
+#[tokio::test]
+async fn a_store_answering_no_state_per_bucket_is_an_error_not_an_admission() {
+    #[derive(Debug, Clone, Copy)]
+    struct NoStates;
+    impl tollgate::Store for NoStates {
+        fn apply<'a>(
+            &'a self,
+            _batch: &'a tollgate::Batch,
+        ) -> tollgate::BoxFuture<'a, Result<tollgate::Decision, tollgate::StoreError>> {
+            Box::pin(async {
+                Ok(tollgate::Decision {
+                    allowed: false,
+                    now: tollgate::Timestamp::from_micros(0),
+                    buckets: Vec::new(),
+                })
+            })
+        }
+    }
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .store(NoStates)
+        .bucket("exports", "1/h")
+        .route(
+            "/*",
+            Policy::named("api")
+                .per_ip("5/min")
+                .on_store_failure(tollgate::FailureMode::Closed),
+        )
+        .build()
+        .unwrap();
+    let check = limiter.check("exports", "k").await;
+    assert!(
+        matches!(&check, Err(e) if e.to_string().contains("one state per bucket")),
+        "{check:?}"
+    );
+    let app = Router::new()
+        .route("/x", get(|| async { "x" }))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    assert_eq!(server.get("/x").send().await.unwrap().status(), 503);
+}
