@@ -221,10 +221,19 @@ impl StoreKey {
         }
     }
 
-    /// Shortens the key to `len` bytes (a char boundary).
+    /// Shortens the key to at most `len` bytes: to the last character boundary at or
+    /// before `len` (a character is never cut), whatever the key's length.
     pub fn truncate(&mut self, len: usize) {
+        let text = self.as_str();
+        if len >= text.len() {
+            return;
+        }
+        let len = (0..=len)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         match &mut self.0 {
-            KeyRepr::Inline { len: l, .. } => *l = (*l).min(u8::try_from(len).unwrap_or(u8::MAX)),
+            KeyRepr::Inline { len: l, .. } => *l = u8::try_from(len).unwrap_or(u8::MAX),
             KeyRepr::Heap(heap) => heap.truncate(len),
         }
     }
@@ -636,6 +645,19 @@ mod tests {
 
     /// A key reads as what was appended, held inline or (past [`INLINE_KEY`]) on the heap;
     /// `push_ascii` appends ASCII only, and leaves the key alone otherwise.
+    /// A cut inside a character goes back to its start, inline or on the heap alike (a
+    /// review: a long key panicked, a short one read `a` beside a length of 2).
+    #[test]
+    fn truncating_never_cuts_a_character() {
+        for tail in ["", &"x".repeat(100)] {
+            let mut key = StoreKey::from(format!("a\u{e9}{tail}").as_str());
+            key.truncate(2);
+            assert_eq!((key.as_str(), key.len()), ("a", 1), "{tail}");
+            key.truncate(5);
+            assert_eq!(key.as_str(), "a");
+        }
+    }
+
     #[test]
     fn a_key_reads_as_what_was_appended() {
         let mut key = StoreKey::new();

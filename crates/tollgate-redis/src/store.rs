@@ -142,6 +142,9 @@ use crate::slot::slot;
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate:";
 
+/// The shortest response and connection timeouts (shorter ones are taken as this).
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// The default time a command may wait for Redis's answer before failing.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -841,9 +844,11 @@ impl RedisStoreBuilder {
     /// shorter, per-call timeout.) Not used with a deadpool-redis pool (feature
     /// `deadpool`), whose own configuration applies. On Redis Cluster, a call (the client's
     /// retries and a connection made afresh included) fails after this and the
-    /// [connection timeout](RedisStoreBuilder::connection_timeout) together.
+    /// [connection timeout](RedisStoreBuilder::connection_timeout) together. At least
+    /// 1 ms (as [`FallbackConfig::with_timeout`](crate::FallbackConfig::with_timeout)):
+    /// zero would fail calls that Redis answers at once.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
+        self.response_timeout = timeout.max(MIN_TIMEOUT);
         self
     }
 
@@ -858,9 +863,10 @@ impl RedisStoreBuilder {
         self.response_timeout(timeout)
     }
 
-    /// How long one connection attempt may take. Default [`DEFAULT_CONNECTION_TIMEOUT`].
+    /// How long one connection attempt may take. Default [`DEFAULT_CONNECTION_TIMEOUT`];
+    /// at least 1 ms.
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_timeout = timeout;
+        self.connection_timeout = timeout.max(MIN_TIMEOUT);
         self
     }
 
@@ -919,7 +925,9 @@ impl RedisStoreBuilder {
                 Connection::Cluster(SharedCluster {
                     client,
                     connection: Renewing::new(),
-                    limit: self.response_timeout + self.connection_timeout,
+                    limit: self
+                        .response_timeout
+                        .saturating_add(self.connection_timeout),
                 })
             }
             #[cfg(feature = "deadpool")]
@@ -1677,6 +1685,27 @@ mod tests {
         ] {
             assert!(shown.contains(setting), "{setting} in {shown}");
         }
+    }
+
+    /// Timeouts out of range are taken in range, never a panic (a review: the largest
+    /// durations panicked building a cluster's store, adding the two; zero failed calls
+    /// Redis answered at once).
+    #[test]
+    fn timeouts_are_taken_in_range() {
+        let zero = RedisStore::builder()
+            .url("redis://127.0.0.1:6390/")
+            .response_timeout(Duration::ZERO)
+            .connection_timeout(Duration::ZERO);
+        let shown = format!("{zero:?}");
+        for setting in ["response_timeout: 1ms", "connection_timeout: 1ms"] {
+            assert!(shown.contains(setting), "{setting} in {shown}");
+        }
+        let largest = RedisStore::builder()
+            .cluster(["redis://127.0.0.1:6390/"])
+            .response_timeout(Duration::MAX)
+            .connection_timeout(Duration::MAX)
+            .build();
+        assert!(largest.is_ok());
     }
 
     #[test]
