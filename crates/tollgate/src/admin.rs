@@ -46,7 +46,7 @@
 //! | `GET /buckets/{bucket}/{key}` | the key's state, changing nothing | a [state](#state) |
 //! | `POST /buckets/{bucket}/{key}/reset` | forgets what the bucket counted for the key | the state afterwards |
 //! | `GET /overrides` | every per-key override | `{"overrides": [{"kind", "key", "limit"}]}` |
-//! | `PUT /overrides/{kind}/{key}` | sets a key's own limit, on top of the endpoints' ([`Limiter::set_override`]); body `{"rate": "20/min"}`, optionally `"algorithm"` (`sliding`, `exact`, `fixed`, `token_bucket`) and `"burst"` | `{"kind", "key", "limit"}` |
+//! | `PUT /overrides/{kind}/{key}` | sets a key's own limit, on top of the endpoints' ([`Limiter::set_override`]); body `{"rate": "20/min"}`, optionally `"algorithm"` (`sliding`, `exact`, `fixed`, `token_bucket`, or the names `GET /overrides` shows) and `"burst"` | `{"kind", "key", "storedKey", "limit"}`: `storedKey` as `GET /overrides` lists it |
 //! | `DELETE /overrides/{kind}/{key}` | removes it | `204`, or `404` if there was none |
 //!
 //! # State
@@ -250,14 +250,20 @@ struct NewOverride {
 impl NewOverride {
     fn rate(&self) -> Result<Rate, Failure> {
         let bad = |message: String| Failure(StatusCode::BAD_REQUEST, "invalid_rate", message);
-        let algorithm = self
-            .algorithm
-            .as_deref()
-            .unwrap_or(if self.burst.is_some() {
-                "token_bucket"
-            } else {
-                "sliding"
-            });
+        // The names `GET /overrides` shows an algorithm by are read too, so that what it
+        // shows can be sent back (a review's `"sliding window"` was an unknown algorithm).
+        let algorithm = match self.algorithm.as_deref() {
+            Some("sliding window") => Some("sliding"),
+            Some("sliding window (exact)") => Some("exact"),
+            Some("fixed window") => Some("fixed"),
+            Some("token bucket") => Some("token_bucket"),
+            other => other,
+        };
+        let algorithm = algorithm.unwrap_or(if self.burst.is_some() {
+            "token_bucket"
+        } else {
+            "sliding"
+        });
         if self.burst.is_some() && algorithm != "token_bucket" {
             return Err(bad("`burst` is for the `token_bucket` algorithm".into()));
         }
@@ -290,9 +296,15 @@ async fn set_override(
     let rate = new.rate()?;
     let limit = rate.limit().map_err(InspectError::from)?;
     limiter.set_override_for_kind(&kind, &key, rate)?;
+    // The key as the override is stored, as `GET /overrides` lists it (an IPv6 address as
+    // its /64, a secret as its digest).
+    let stored = limiter
+        .key_of_kind(&kind)
+        .map(|of_kind| limiter.stored_value(&of_kind, &key));
     Ok(Json(json!({
         "kind": kind,
         "key": key,
+        "storedKey": stored,
         "limit": crate::describe::LimitJson::new(Some(limit)),
     })))
 }

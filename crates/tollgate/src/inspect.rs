@@ -342,7 +342,7 @@ impl Limiter {
     }
 
     /// A key of kind `kind` as the table's policies declare it.
-    fn key_of_kind(&self, kind: &str) -> Option<Key> {
+    pub(crate) fn key_of_kind(&self, kind: &str) -> Option<Key> {
         self.with_policies(|policies| {
             policies
                 .flat_map(|p| &p.limits)

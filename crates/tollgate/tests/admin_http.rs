@@ -286,8 +286,10 @@ async fn overrides_set_at_runtime_take_effect_on_the_next_request() {
     ))
     .await;
     assert_eq!(status, 200);
+    let mut shown = body.clone();
+    let stored_key = shown.as_object_mut().unwrap().remove("storedKey");
     assert_eq!(
-        body,
+        shown,
         json!({ "kind": "api_key", "key": "key-1", "limit": { "quota": "2/min", "limit": 2,
                 "windowSeconds": 60, "algorithm": "sliding window" } })
     );
@@ -314,6 +316,32 @@ async fn overrides_set_at_runtime_take_effect_on_the_next_request() {
     assert!(
         stored.starts_with('#') && !stored.contains("key-1"),
         "API keys are stored hashed: {stored}"
+    );
+    // The reply to the `PUT` named the key as it is listed (a review: an IPv6 address's
+    // reply gave it as sent, listed as its /64).
+    assert_eq!(stored_key, Some(json!(stored)));
+    // What the list shows can be sent back: its algorithms' names are read too.
+    for (algorithm, burst) in [
+        ("sliding window", None),
+        ("sliding window (exact)", None),
+        ("fixed window", None),
+        ("token bucket", Some(2)),
+    ] {
+        let mut again = json!({"rate": "2/min", "algorithm": algorithm});
+        if let Some(burst) = burst {
+            again["burst"] = json!(burst);
+        }
+        let (status, body) = json_of(put("/admin/overrides/api_key/key-3", again)).await;
+        assert_eq!(status, 200, "{algorithm}: {body}");
+        assert_eq!(body["limit"]["algorithm"], algorithm);
+    }
+    assert_eq!(
+        delete("/admin/overrides/api_key/key-3")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
     );
     let (_, state) = json_of(server.get("/admin/buckets/override:api_key/key-1")).await;
     assert_eq!(
