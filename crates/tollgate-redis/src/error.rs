@@ -7,8 +7,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisConfigError {
-    /// The builder was given no URL, cluster nodes, connection manager or pool.
-    #[error("no Redis connection configured: give a URL (`redis://host:6379`), cluster nodes, a ConnectionManager or a deadpool-redis Pool")]
+    /// The builder was given no URL, cluster nodes or pool.
+    #[error("no Redis connection configured: give a URL (`RedisStoreBuilder::url(\"redis://host:6379\")`), cluster nodes (`cluster`), or a deadpool-redis pool (`pool`, with the `deadpool` feature)")]
     NoConnection,
     /// The URL could not be parsed (or names TLS, `rediss://`, without the `tls` feature).
     /// The password, if any, is not shown.

@@ -592,19 +592,53 @@ pub struct LimitConfig {
     pub when_full: Option<WhenFull>,
 }
 
-/// Reads `burst:`, whose count of 0 is a burst of 0 ([`QuotaError::ZeroBurst`]), not a
-/// quota of 0 (whose error suggests exempting the route).
+/// Reads `burst:`: a count alone (`20`), or a quota whose count is taken (`20/s`). A
+/// count of 0 is a burst of 0 ([`QuotaError::ZeroBurst`]), not a quota of 0 (whose error
+/// suggests exempting the route).
 fn burst<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Quota>, D::Error> {
-    let Some(text) = Option::<String>::deserialize(d)? else {
-        return Ok(None);
-    };
-    match Quota::parse(&text) {
-        Err(QuotaError::ZeroCount { .. }) => Err(serde::de::Error::custom(format_args!(
-            "`{text}`: {}",
-            QuotaError::ZeroBurst
-        ))),
-        parsed => parsed.map(Some).map_err(serde::de::Error::custom),
+    struct Burst;
+    impl<'v> serde::de::Visitor<'v> for Burst {
+        type Value = Option<Quota>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a burst: a count (`20`) or a quota (`20/s`)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, count: u64) -> Result<Self::Value, E> {
+            if count == 0 {
+                return Err(E::custom(format_args!("`0`: {}", QuotaError::ZeroBurst)));
+            }
+            Quota::new(count, std::time::Duration::from_secs(1))
+                .map(Some)
+                .map_err(|e| E::custom(format_args!("`{count}`: {e}")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, count: i64) -> Result<Self::Value, E> {
+            match u64::try_from(count) {
+                Ok(count) => self.visit_u64(count),
+                Err(_) => Err(E::custom(format_args!(
+                    "`{count}`: {}",
+                    QuotaError::ZeroBurst
+                ))),
+            }
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            match Quota::parse(text) {
+                Err(QuotaError::ZeroCount { .. }) => Err(E::custom(format_args!(
+                    "`{text}`: {}",
+                    QuotaError::ZeroBurst
+                ))),
+                parsed => parsed.map(Some).map_err(E::custom),
+            }
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'v>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
     }
+    d.deserialize_any(Burst)
 }
 
 /// A key, as text: `ip`, `network:<bits>`, `user`, `api_key`, `api_key:<header>`,

@@ -293,7 +293,7 @@ fn shared_bucket_message(bucket: &str, first: &str, second: &str) -> String {
 pub enum CheckError {
     /// No bucket of that name was declared with
     /// [`LimiterBuilder::bucket`](crate::LimiterBuilder::bucket).
-    #[error("no bucket named `{0}` (declare it with `.bucket(name, rate)` on the builder, or under `buckets:` in a configuration file)")]
+    #[error("no bucket for direct use named `{0}` (declare it with `.bucket(name, rate)` on the builder, or under `buckets:` in a configuration file; a route's or a global limit's bucket is looked at with `peek_bucket` and `reset_bucket`)")]
     UnknownBucket(String),
     /// The store could not answer.
     #[error(transparent)]

@@ -1361,7 +1361,8 @@ impl LimiterBuilder {
         self
     }
 
-    /// Dry run for every policy: count and log what would be refused, refuse nothing.
+    /// Dry run for every policy: count and log what would be refused, refuse nothing (and
+    /// write no rate-limit headers: see [`Policy::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self

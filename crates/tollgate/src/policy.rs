@@ -282,7 +282,9 @@ impl Policy {
     }
 
     /// Dry run: count, log what would be refused (and count it in
-    /// [`LimiterStats::would_refuse`](crate::LimiterStats)), refuse nothing.
+    /// [`LimiterStats::would_refuse`](crate::LimiterStats)), refuse nothing. A shadow
+    /// policy's buckets write no rate-limit headers: a client is not told of a limit that
+    /// is not enforced.
     pub fn shadow(mut self) -> Self {
         self.shadow = true;
         self

@@ -438,3 +438,33 @@ async fn a_file_without_store_or_headers_keeps_those_given_in_code() {
         assert_eq!(store.len() == 1, store_used, "{file}");
     }
 }
+
+/// `burst:` is a count (its docs say so): `20` reads as `20/s` does, in YAML and TOML (a
+/// review's `burst: 20` was "`20` has no `/`"); `0` is a burst of 0.
+#[test]
+fn a_burst_is_a_count_alone_or_a_quota() {
+    use tollgate::config::Config;
+    let yaml = |burst: &str| {
+        Config::from_yaml(&format!(
+            "routes:\n  - path: /x\n    rate_limit: {{ sustained: 100/min, burst: {burst} }}\n"
+        ))
+    };
+    let toml = |burst: &str| {
+        Config::from_toml(&format!(
+            "[[routes]]\npath = \"/x\"\nrate_limit = {{ sustained = \"100/min\", burst = {burst} }}\n"
+        ))
+    };
+    let routes = |config: Config| format!("{:?}", config.routes);
+    let quota = routes(yaml("20/s").unwrap());
+    assert!(quota.contains("burst: Some(Quota { count: 20"), "{quota}");
+    assert_eq!(routes(yaml("20").unwrap()), quota);
+    assert_eq!(routes(toml("20").unwrap()), quota);
+    assert_eq!(routes(toml("\"20/s\"").unwrap()), quota);
+    for zero in [yaml("0").unwrap_err(), toml("0").unwrap_err()] {
+        assert!(
+            zero.to_string()
+                .contains("a burst (bucket capacity) must be at least 1"),
+            "{zero}"
+        );
+    }
+}
