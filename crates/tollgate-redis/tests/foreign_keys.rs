@@ -46,6 +46,12 @@ fn poison(server: &RedisServer, key: &str, foreign: &[&str]) -> usize {
     names.len()
 }
 
+/// What `bucket` has left, by a look through `store`.
+async fn remaining(store: &impl Store, bucket: Bucket) -> u64 {
+    let peek = store.apply(&Batch::new(Op::Peek, vec![bucket])).await;
+    peek.unwrap().buckets[0].remaining
+}
+
 /// Every operation on a poisoned key answers, and the key counts afresh: a charge, a
 /// peek, a refund, and a charge of it beside a bucket of another algorithm (the general
 /// path of the script).
@@ -63,18 +69,12 @@ async fn a_key_holding_what_no_algorithm_writes_is_counted_afresh() {
             }
             assert!(poison(&server, &key, foreign) > 0, "{key}: no key written");
 
-            let case = format!("{key}: peek");
-            let peek = store
-                .apply(&Batch::new(Op::Peek, vec![bucket.clone()]))
-                .await;
-            assert!(peek.is_ok(), "{case}: {peek:?}");
-            poison(&server, &key, foreign);
-            let case = format!("{key}: refund");
-            let refund = store
-                .apply(&Batch::new(Op::Refund, vec![bucket.clone()]))
-                .await;
-            assert!(refund.is_ok(), "{case}: {refund:?}");
-            poison(&server, &key, foreign);
+            // A look and a refund answer, each on a poisoned key.
+            for op in [Op::Peek, Op::Refund] {
+                let answer = store.apply(&Batch::new(op, vec![bucket.clone()])).await;
+                assert!(answer.is_ok(), "{key}: {op:?}: {answer:?}");
+                poison(&server, &key, foreign);
+            }
 
             // Beside another bucket (the general path): both answer, the poisoned one fresh.
             let other = Bucket::new(
@@ -130,11 +130,7 @@ async fn a_poisoned_key_keeps_the_fallback_store_on_redis() {
         }
         assert_eq!(store.mode(), Mode::Primary, "{name}");
         // The charges were counted on Redis: 3 since the poison, 2 left.
-        let peek = store
-            .apply(&Batch::new(Op::Peek, vec![bucket]))
-            .await
-            .unwrap();
-        assert_eq!(peek.buckets[0].remaining, 2, "{name}");
+        assert_eq!(remaining(&store, bucket).await, 2, "{name}");
     }
 }
 
@@ -155,11 +151,11 @@ async fn a_charge_refused_out_of_memory_keeps_the_count() {
         let refused = store.apply(&charge).await;
         server.cli(["CONFIG", "SET", "maxmemory", "0"]);
         assert!(refused.is_err(), "{name}: {refused:?}");
-        let peek = store
-            .apply(&Batch::new(Op::Peek, vec![bucket]))
-            .await
-            .unwrap();
-        assert_eq!(peek.buckets[0].remaining, 3, "{name}: the two charges kept");
+        assert_eq!(
+            remaining(&store, bucket).await,
+            3,
+            "{name}: the two charges kept"
+        );
     }
 }
 
