@@ -39,8 +39,8 @@
 //! code), `api_key` (the `x-api-key` header) or `api_key:<header>`, `header:<name>`,
 //! `tenant:<header>`, `global`.
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
-//! trio `sustained:` (token bucket refill), `burst:` (its capacity: the count of
-//! `20/s` is 20) and `daily:` (a hard cap per day, `10000/day`, over a rolling window:
+//! trio `sustained:` (token bucket refill), `burst:` (its capacity: a count, `20`, or the
+//! count of a quota, `20/s`) and `daily:` (a hard cap per day, `10000/day`, over a rolling window:
 //! never more in any 24 hours, erring towards refusing as a rolling window does: a client
 //! at a steady pace can be refused above about 91% of the cap; `limit: 10000/day` with
 //! `algorithm: exact` counts every call, `algorithm: fixed` is a calendar day that resets
@@ -577,7 +577,7 @@ pub struct LimitConfig {
     /// Token bucket refill rate.
     #[serde(default)]
     pub sustained: Option<Quota>,
-    /// Token bucket capacity (the count; `20/s` is 20).
+    /// Token bucket capacity: a count (`20`), or a quota's count (`20/s` is 20).
     #[serde(default, deserialize_with = "burst")]
     pub burst: Option<Quota>,
     /// A hard cap per rolling window (`10000/day`: never more in any 24 hours), counted as
