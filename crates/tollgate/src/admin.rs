@@ -280,7 +280,9 @@ impl NewOverride {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown algorithm `{other}`: use sliding, exact, fixed or token_bucket"
+                    "unknown algorithm `{other}`: use sliding, exact, fixed or token_bucket (or \
+                     the names `GET /overrides` shows: `sliding window`, `sliding window \
+                     (exact)`, `fixed window`, `token bucket`)"
                 )))
             }
         })

@@ -620,6 +620,10 @@ fn burst<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Quota>, D::Err
             }
         }
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            // A count in quotes (TOML users quote every quota) is a count.
+            if let Ok(count) = text.trim().parse::<u64>() {
+                return self.visit_u64(count);
+            }
             match Quota::parse(text) {
                 Err(QuotaError::ZeroCount { .. }) => Err(E::custom(format_args!(
                     "`{text}`: {}",

@@ -285,7 +285,7 @@ impl Limiter {
         let on_failure = self.engine.table.load().defaults.on_failure;
         let batch =
             Batch::new(op, vec![Bucket::new(name, stored, limit)]).with_failure_mode(on_failure);
-        Ok(self.engine.store.apply(&batch).await?)
+        Ok(self.engine.apply(&batch).await?)
     }
 
     /// The stored key and limit of `bucket` for the request key `key`.

@@ -460,6 +460,8 @@ fn a_burst_is_a_count_alone_or_a_quota() {
     assert_eq!(routes(yaml("20").unwrap()), quota);
     assert_eq!(routes(toml("20").unwrap()), quota);
     assert_eq!(routes(toml("\"20/s\"").unwrap()), quota);
+    assert_eq!(routes(toml("\"20\"").unwrap()), quota);
+    assert_eq!(routes(yaml("\"20\"").unwrap()), quota);
     for zero in [yaml("0").unwrap_err(), toml("0").unwrap_err()] {
         assert!(
             zero.to_string()

@@ -358,6 +358,12 @@ async fn a_store_answering_no_state_per_bucket_is_an_error_not_an_admission() {
         matches!(&check, Err(e) if e.to_string().contains("one state per bucket")),
         "{check:?}"
     );
+    // An operator's look at a route's bucket too (a re-check: it read `(false, 0)`).
+    let look = limiter.peek_bucket("api:ip", "203.0.113.7").await;
+    assert!(
+        matches!(&look, Err(e) if e.to_string().contains("one state per bucket")),
+        "{look:?}"
+    );
     let app = Router::new()
         .route("/x", get(|| async { "x" }))
         .layer(limiter.layer());

@@ -262,7 +262,7 @@ pub(crate) fn compile(
     if let (Some(refunds), Some(counts)) = (&policy.refund_if, &policy.count_only_if) {
         // (A file's `refund_statuses` and `count_only_statuses` are checked as they are
         // read; functions, for every status there is.)
-        let both = (100..=599u16)
+        let both = (100..=999u16)
             .filter_map(|code| http::StatusCode::from_u16(code).ok())
             .find(|&status| refunds(status) && counts(status));
         if let Some(status) = both {
@@ -845,6 +845,14 @@ mod tests {
             .refund_if(status(304))
             .count_only_if(status(401)))
         .is_none());
+        // Every status a response can have, those past 599 included.
+        assert!(matches!(
+            bad(Policy::named("x")
+                .per_ip("3/min")
+                .refund_if(status(600))
+                .count_only_if(|s| s.as_u16() >= 600)),
+            Some(BuildError::RefundedAndCounted { status: 600, .. })
+        ));
         let _ = &mut sigs;
     }
 

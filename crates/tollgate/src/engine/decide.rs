@@ -272,26 +272,32 @@ impl Engine {
             return (answer.map(|now| (now, states)), Duration::ZERO);
         }
         let started = Instant::now();
-        let answer = self.store.apply(batch).await;
+        let answer = self.apply(batch).await;
         let elapsed = started.elapsed();
         self.store_metrics.answered(elapsed, &*self.store);
-        // A store's answer is one state per bucket, and admits if every state does: one
-        // that breaks that is an error of the store, not an admission (a review's store
-        // answered no state, refused, for three buckets: the request was admitted).
-        let answer = answer.and_then(|d| {
-            let admits = d.buckets.iter().all(|s| s.allowed);
-            if d.buckets.len() != batch.buckets.len() || d.allowed != admits {
-                return Err(StoreError::Protocol(format!(
-                    "the store answered {} bucket states ({}) for {} buckets: one state per \
-                     bucket, admitted only if every state is",
-                    d.buckets.len(),
-                    if d.allowed { "admitted" } else { "refused" },
-                    batch.buckets.len()
-                )));
-            }
-            Ok((d.now, States::from_vec(d.buckets)))
-        });
-        (answer, elapsed)
+        (
+            answer.map(|d| (d.now, States::from_vec(d.buckets))),
+            elapsed,
+        )
+    }
+
+    /// The store's future's answer for `batch`: every call through a store's future goes
+    /// here. A store's answer is one state per bucket, and admits if every state does: one
+    /// that breaks that is an error of the store, not an admission (a review's store
+    /// answered no state, refused, for three buckets: the request was admitted).
+    pub(crate) async fn apply(&self, batch: &Batch) -> Result<tollgate_core::Decision, StoreError> {
+        let d = self.store.apply(batch).await?;
+        let admits = d.buckets.iter().all(|s| s.allowed);
+        if d.buckets.len() != batch.buckets.len() || d.allowed != admits {
+            return Err(StoreError::Protocol(format!(
+                "the store answered {} bucket states ({}) for {} buckets: one state per \
+                 bucket, admitted only if every state is",
+                d.buckets.len(),
+                if d.allowed { "admitted" } else { "refused" },
+                batch.buckets.len()
+            )));
+        }
+        Ok(d)
     }
 
     /// The `DEBUG` span of one decision: the route's policy, the store, and how long the

@@ -395,7 +395,7 @@ impl Left {
                 let (engine, plan) = (self.engine.clone(), plan.owned());
                 in_background(Box::pin(async move {
                     let batch = Batch::new(Op::Penalize, buckets);
-                    let answer = engine.store.apply(&batch).await.map(|d| d.buckets);
+                    let answer = engine.apply(&batch).await.map(|d| d.buckets);
                     Self::counted(&engine, &plan, &counted, answer);
                 }));
             }
@@ -922,11 +922,7 @@ impl Engine {
 
     /// [`Engine::give_back_now`] through the store's future.
     async fn give_back(&self, (buckets, at): (Vec<Bucket>, Timestamp)) {
-        if let Err(e) = self
-            .store
-            .apply(&Batch::new(Op::RefundAt(at), buckets))
-            .await
-        {
+        if let Err(e) = self.apply(&Batch::new(Op::RefundAt(at), buckets)).await {
             give_back_failed(&e);
         }
     }

@@ -277,7 +277,7 @@ impl Pending {
         }
         Settle::AfterStore(Box::pin(async move {
             let batch = Batch::new(sent, buckets.into_vec());
-            let answer = pending.engine.store.apply(&batch).await;
+            let answer = pending.engine.apply(&batch).await;
             pending.answered(op, &touched, answer.map(|d| States::from_vec(d.buckets)));
             pending.settled(true)
         }))
