@@ -38,14 +38,14 @@
 //! `<bits>`: `network:48`, a backstop beside `ip`), `user` (needs an identity function in
 //! code), `api_key` (the `x-api-key` header) or `api_key:<header>`, `header:<name>`,
 //! `tenant:<header>`, `global`.
-//! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or the
-//! trio `sustained:` (token bucket refill), `burst:` (its capacity: a count, `20`, or the
-//! count of a quota, `20/s`) and `daily:` (a hard cap per day, `10000/day`, over a rolling window:
-//! never more in any 24 hours, erring towards refusing as a rolling window does: a client
-//! at a steady pace can be refused above about 91% of the cap; `limit: 10000/day` with
-//! `algorithm: exact` counts every call, `algorithm: fixed` is a calendar day that resets
-//! at 00:00 UTC; a fixed window of several days is counted from 1 January 1970: see
-//! [`Rate::fixed`]). `when_full: evict_limited` on a route,
+//! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or
+//! the trio `sustained:` (token bucket refill), `burst:` (its capacity: a count, `20`, or
+//! the count of a quota, `20/s`) and `daily:` (a hard cap per day, `10000/day`, over a
+//! rolling window: never more in any 24 hours, erring towards refusing as a rolling window
+//! does: a client at a steady pace can be refused above about 91% of the cap; `limit:
+//! 10000/day` with `algorithm: exact` counts every call, `algorithm: fixed` is a calendar
+//! day that resets at 00:00 UTC; a fixed window of several days is counted from 1 January
+//! 1970: see [`Rate::fixed`]). `when_full: evict_limited` on a route,
 //! a bucket or a global limit with a key serves new keys when the memory store's share of
 //! the bucket is full of keys at their limit (see [`WhenFull`]; `refuse_new_keys` is the
 //! default; `keep_counts` evicts no key that still counts, for a lockout per account).
@@ -1051,10 +1051,10 @@ impl Config {
 
     /// Applies the file to `builder`: every field maps onto a builder call. `file` names the
     /// source in errors. A file without `store:` (or one that says only what the default
-    /// says, `kind: memory`) leaves a store the builder was given ([`LimiterBuilder::store`]),
-    /// and one without `headers:` a header style; `REDIS_URL` / `KV_URL` override the
-    /// file's store, not one given in code. If the builder's `build` then fails, its error is pointed at the
-    /// rule of the file ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
+    /// says, `kind: memory`) leaves a store the builder was given
+    /// ([`LimiterBuilder::store`]), and one without `headers:` a header style; `REDIS_URL`
+    /// / `KV_URL` override the file's store, not one given in code. If the builder's
+    /// `build` then fails, its error is pointed at the rule of the file ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
     /// [`Config::build_error`] makes it).
     ///
     /// # Errors

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Batch, BucketState, FailureMode, Op, StoreError, Timestamp};
+use tollgate_core::{Batch, BucketState, Decision, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{refusal_to_log, Compiled};
 use super::gate::Waiting;
@@ -285,7 +285,7 @@ impl Engine {
     /// here. A store's answer is one state per bucket, and admits if every state does: one
     /// that breaks that is an error of the store, not an admission (a review's store
     /// answered no state, refused, for three buckets: the request was admitted).
-    pub(crate) async fn apply(&self, batch: &Batch) -> Result<tollgate_core::Decision, StoreError> {
+    pub(crate) async fn apply(&self, batch: &Batch) -> Result<Decision, StoreError> {
         let d = self.store.apply(batch).await?;
         let admits = d.buckets.iter().all(|s| s.allowed);
         if d.buckets.len() != batch.buckets.len() || d.allowed != admits {
