@@ -381,7 +381,9 @@ impl Limiter {
                 .client_ip
                 .fold_text(value, network)
                 .ok_or_else(|| InspectError::BadIp(value.to_string()))?,
-            _ => value.to_string(),
+            _ => key
+                .read_credential(value.as_bytes())
+                .unwrap_or_else(|| value.to_string()),
         })
     }
 }

@@ -83,7 +83,35 @@ impl Source {
     }
 }
 
+/// An `Authorization` (or `Proxy-Authorization`) value as one credential: the scheme
+/// case-folded, the blanks around it and after it dropped (RFC 9110 §11.1: a scheme is
+/// case-insensitive; `1*SP` separates it from the credential). `None` for a value that
+/// already reads so, or is no scheme and credential (a bare token, not UTF-8).
+pub(crate) fn credential(raw: &[u8]) -> Option<String> {
+    const BLANK: [char; 2] = [' ', '\t'];
+    let text = std::str::from_utf8(raw).ok()?.trim_matches(BLANK);
+    let (scheme, rest) = text.split_once(BLANK)?;
+    let rest = rest.trim_start_matches(BLANK);
+    let plain = text.len() == raw.len()
+        && !scheme.bytes().any(|b| b.is_ascii_uppercase())
+        && scheme.len() + 1 + rest.len() == text.len()
+        && text.as_bytes()[scheme.len()] == b' ';
+    (!plain).then(|| format!("{} {rest}", scheme.to_ascii_lowercase()))
+}
+
 impl Key {
+    /// `raw` as this key reads it, if not as it is: from an `Authorization` or
+    /// `Proxy-Authorization` header, the credential it holds ([`credential`]). The one
+    /// reading of a request's value and an operator's.
+    pub(crate) fn read_credential(&self, raw: &[u8]) -> Option<String> {
+        let reads = matches!(
+            &self.source,
+            Source::Header(Ok(h)) if *h == http::header::AUTHORIZATION
+                || *h == http::header::PROXY_AUTHORIZATION
+        );
+        reads.then(|| credential(raw)).flatten()
+    }
+
     /// The client IP ([`LimiterBuilder::client_ip`](crate::LimiterBuilder::client_ip)):
     /// the TCP peer, or the forwarded client behind trusted proxies; IPv6 by its /64.
     pub fn ip() -> Self {
@@ -127,7 +155,12 @@ impl Key {
     }
 
     /// The API key sent in `header` (e.g. `x-api-key`, or `authorization` for bearer
-    /// tokens). Always hashed before it reaches the store. Kind `api_key`.
+    /// tokens). Always hashed before it reaches the store. Kind `api_key`. From
+    /// `authorization` (or `proxy-authorization`) the key is the credential, not its
+    /// spelling: the scheme is read case-insensitively and the blanks around it are dropped
+    /// (RFC 9110 §11), so `Bearer t`, `bearer t` and `Bearer   t` are one key, as an
+    /// authentication layer reading the token takes them (a review spent 3 a minute 113
+    /// times over with spellings of one token). Of a header sent several times, the first.
     pub fn api_key(header: &str) -> Self {
         let mut key = Self::new(Source::Header(parse_header(header)), "api_key");
         key.hashed = true;
@@ -135,8 +168,12 @@ impl Key {
     }
 
     /// The value of `header`. Hashed if the header is `authorization`,
-    /// `proxy-authorization` or `cookie` (or if [`Key::hashed`] is used). Kind
-    /// `header:<name>`.
+    /// `proxy-authorization` or `cookie` (or if [`Key::hashed`] is used); an
+    /// `authorization` credential read as [`Key::api_key`] reads it. Kind `header:<name>`.
+    /// Of a header sent several times, the first. A header the client writes as it likes
+    /// is a key it can change at will: `cookie`, whole, changes with every cookie added;
+    /// key by the session a cookie names with [`Key::custom`] (or by
+    /// [`LimiterBuilder::identity`](crate::LimiterBuilder::identity)) instead.
     pub fn header(name: &str) -> Self {
         Self::of_header(
             name,
@@ -328,6 +365,26 @@ mod tests {
         // Computed independently: SHA-256("tollgate-key\0sk_live_123"), first 16 bytes.
         assert_eq!(k, "#f2795ce9bb62232f9699b5061dbbc985");
         assert_ne!(k, store_key(b"sk_live_124", true));
+    }
+
+    /// One credential, however its scheme is spelled and spaced; distinct tokens apart.
+    #[test]
+    fn a_credential_is_read_whatever_its_spelling() {
+        for spelling in [
+            "Bearer tok",
+            "bearer tok",
+            "BeArEr tok",
+            "Bearer   tok",
+            "Bearer\ttok",
+            " Bearer tok ",
+        ] {
+            let read = credential(spelling.as_bytes()).unwrap_or_else(|| spelling.to_string());
+            assert_eq!(read, "bearer tok", "{spelling:?}");
+        }
+        assert_eq!(credential(b"bearer tok"), None, "already so");
+        assert_eq!(credential(b"Bearer TOK").as_deref(), Some("bearer TOK"));
+        assert_eq!(credential(b"tok"), None, "a bare token");
+        assert_eq!(credential(b"Basic a b").as_deref(), Some("basic a b"));
     }
 
     #[test]

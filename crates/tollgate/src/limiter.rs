@@ -857,6 +857,8 @@ impl Limiter {
     /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`,
     /// or to a [`Key::network`]'s prefix).
     pub(crate) fn stored_value(&self, key: &Key, value: &str) -> String {
+        let read = key.read_credential(value.as_bytes());
+        let value = read.as_deref().unwrap_or(value);
         let folded = key
             .source
             .address_network()

@@ -226,3 +226,62 @@ async fn unusual_spellings_do_not_reach_an_exempt_class() {
     }
     assert_eq!(statuses, vec![200, 200, 200, 429]);
 }
+
+/// A bearer token keyed from `Authorization` is one budget however its scheme is spelled
+/// and spaced, as the authentication reading it takes them (a review spent 3 a minute 113
+/// times over, one spelling at a time); an operator's override of it, given in any
+/// spelling, reaches the same key.
+#[tokio::test]
+async fn a_bearer_token_is_one_budget_whatever_its_spelling() {
+    use tollgate::Key;
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/*",
+            Policy::named("api").limit(Key::api_key("authorization"), "3/min"),
+        )
+        .build()
+        .unwrap();
+    let server = serve(
+        Router::new()
+            .route("/api/items", get(ok))
+            .layer(limiter.layer()),
+    )
+    .await;
+    let spellings = [
+        "Bearer tok",
+        "bearer tok",
+        "BEARER tok",
+        "Bearer   tok",
+        "Bearer\ttok",
+    ];
+    let mut admitted = 0;
+    for spelling in spellings {
+        for _ in 0..2 {
+            let request = server.get("/api/items").header("authorization", spelling);
+            admitted += usize::from(status_of(request).await == 200);
+        }
+    }
+    assert_eq!(admitted, 3);
+    // Another token is another budget.
+    let other = server
+        .get("/api/items")
+        .header("authorization", "Bearer TOK");
+    assert_eq!(status_of(other).await, 200);
+    // An override given as `bEaReR tok` is the override of that token.
+    limiter
+        .set_override(&Key::api_key("authorization"), "bEaReR  tok", "10/min")
+        .unwrap();
+    let overridden = server
+        .get("/api/items")
+        .header("authorization", "Bearer tok");
+    let response = overridden.send().await.unwrap();
+    assert_eq!(response.status(), 429, "the endpoint's 3 still spent");
+    let stored = limiter.overrides();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].key,
+        limiter.stored_key("api:api_key", "Bearer tok").unwrap()
+    );
+}

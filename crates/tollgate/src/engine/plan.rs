@@ -249,7 +249,13 @@ impl<'a, 'p> Keys<'a, 'p> {
                 )
             }
             Source::Global => Value::Text("all"),
-            Source::Header(Ok(name)) => Value::Bytes(self.parts.headers.get(name)?.as_bytes()),
+            Source::Header(Ok(name)) => {
+                let raw = self.parts.headers.get(name)?.as_bytes();
+                match key.read_credential(raw) {
+                    Some(read) => Value::Owned(read),
+                    None => Value::Bytes(raw),
+                }
+            }
             Source::Header(Err(_)) => return None,
             Source::Custom(f) => Value::Owned(f(self.parts)?),
         };
