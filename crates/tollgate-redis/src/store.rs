@@ -44,8 +44,14 @@
 //! up to the sum of their limits while they disagree. A token bucket's TAT in the formats
 //! before its interval was stored (`<tat>`, `T<tat>`) says no count to another shape and is
 //! not carried. A fixed window's keys are its own, so a fixed window and another algorithm
-//! are two counters: its count
-//! outlives a change to another algorithm and back within the window, as in memory. A fixed
+//! are two counters: its count outlives a change to another algorithm and back within the
+//! window, as in memory. Its own only while one bucket counts every key by one kind of
+//! algorithm: a window's key is the bucket's key and `:<window index>`, which is also the
+//! key of the value `<value>:<window index>` under another algorithm, so a bucket counting
+//! some keys by a fixed window and others by another (a per-key quota choosing the
+//! algorithm, instances disagreeing mid-rollout) lets a client whose value it chooses
+//! write over a window's count, which then starts afresh (a review: 33 admitted in a
+//! minute against 3). Give each algorithm its own bucket name. A fixed
 //! window whose period changes starts afresh, as in memory (another period, another window
 //! index); if the period changes back within the old period's window, that window's count
 //! counts again (the memory store starts afresh).

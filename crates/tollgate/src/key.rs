@@ -182,7 +182,9 @@ impl Key {
     }
 
     /// The tenant named by the value of `header` (e.g. `x-tenant-id`): [`Key::header`] under
-    /// kind `tenant`. A tenant found some other way is [`Key::tenant`].
+    /// kind `tenant`. A tenant found some other way is [`Key::tenant`]; the two share the
+    /// kind, and so a tenant's override ([`Limiter::set_override`](crate::Limiter::set_override)):
+    /// a header any client writes beside a verified tenant lets a client spend another's.
     pub fn tenant_header(header: &str) -> Self {
         Self::of_header(header, "tenant")
     }

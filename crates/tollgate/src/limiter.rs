@@ -780,7 +780,11 @@ impl Limiter {
 
     /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
     /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket
-    /// of `rate` shared by all routes, so the more restrictive of key and endpoint
+    /// of `rate` shared by all routes, and by every source of that kind: a kind read from
+    /// a verified source in one policy ([`Key::tenant`]) and from a header any client
+    /// writes in another ([`Key::tenant_header`]), or a custom kind named like a built-in
+    /// one (`ip`, `user`), pools them, so a client naming `acme` in the header spends
+    /// `acme`'s override (give the two sources kinds of their own), so the more restrictive of key and endpoint
     /// applies (a customer's own limit on its API key). Takes effect on the next
     /// request, no restart, in this process only: on a fleet, set it on every instance
     /// (its count is in the store, shared by the instances that have the override). The
