@@ -46,7 +46,7 @@
 //! | `GET /buckets/{bucket}/{key}` | the key's state, changing nothing | a [state](#state) |
 //! | `POST /buckets/{bucket}/{key}/reset` | forgets what the bucket counted for the key | the state afterwards |
 //! | `GET /overrides` | every per-key override | `{"overrides": [{"kind", "key", "limit"}]}` |
-//! | `PUT /overrides/{kind}/{key}` | sets a key's own limit, on top of the endpoints' ([`Limiter::set_override`]); body `{"rate": "20/min"}`, optionally `"algorithm"` (`sliding`, `exact`, `fixed`, `token_bucket`, or the names `GET /overrides` shows) and `"burst"` | `{"kind", "key", "storedKey", "limit"}`: `storedKey` as `GET /overrides` lists it |
+//! | `PUT /overrides/{kind}/{key}` | sets a key's own limit, on top of the endpoints' ([`Limiter::set_override`]); body `{"rate": "20/min"}`, optionally `"algorithm"` (`sliding`, `exact`, `fixed`, `token_bucket`, or the names `GET /overrides` shows) and `"burst"` | `{"kind", "key", "storedKeys", "limit"}`: `storedKeys` as `GET /overrides` lists the key (one, or one per way the kind reads a value: an API key from `x-api-key` and from `authorization`) |
 //! | `DELETE /overrides/{kind}/{key}` | removes it | `204`, or `404` if there was none |
 //!
 //! # State
@@ -299,14 +299,12 @@ async fn set_override(
     let limit = rate.limit().map_err(InspectError::from)?;
     limiter.set_override_for_kind(&kind, &key, rate)?;
     // The key as the override is stored, as `GET /overrides` lists it (an IPv6 address as
-    // its /64, a secret as its digest).
-    let stored = limiter
-        .key_of_kind(&kind)
-        .map(|of_kind| limiter.stored_value(&of_kind, &key));
+    // its /64, a secret as its digest): once per way the kind reads a value.
+    let stored = limiter.stored_values_of_kind(&kind, &key);
     Ok(Json(json!({
         "kind": kind,
         "key": key,
-        "storedKey": stored,
+        "storedKeys": stored,
         "limit": crate::describe::LimitJson::new(Some(limit)),
     })))
 }

@@ -198,7 +198,10 @@ impl Limiter {
 
     /// [`Limiter::set_override`] with the key named by its kind (`api_key`, `ip`, a custom
     /// kind), as the table uses it (hashed if its policies hash it; an IPv6 address folded to
-    /// its prefix like the client's address).
+    /// its prefix like the client's address). A kind read two ways (an API key from
+    /// `x-api-key` as sent, and from `authorization` as a credential,
+    /// [`Key::api_key`](crate::Key::api_key)) gets the override under each reading, so it
+    /// applies whichever header a request sends the key in.
     ///
     /// # Errors
     ///
@@ -209,10 +212,17 @@ impl Limiter {
         value: &str,
         rate: impl Into<Rate>,
     ) -> Result<(), InspectError> {
-        let key = self
-            .key_of_kind(kind)
-            .ok_or_else(|| InspectError::UnknownKeyKind(kind.to_string()))?;
-        self.set_override(&key, value, rate)
+        let keys = self.keys_of_kind(kind)?;
+        let rate = rate.into();
+        // Every reading checked before any is set.
+        let limit = rate.limit()?;
+        for key in &keys {
+            self.override_value(key, value, &limit)?;
+        }
+        for key in &keys {
+            self.set_override(key, value, rate.clone())?;
+        }
+        Ok(())
     }
 
     /// The stored value of an override of `limit` for `key` given as `value`, once it is
@@ -251,11 +261,19 @@ impl Limiter {
     ///
     /// [`InspectError::UnknownKeyKind`], [`InspectError::BadIp`].
     pub fn remove_override_for_kind(&self, kind: &str, value: &str) -> Result<bool, InspectError> {
-        let key = self
-            .key_of_kind(kind)
-            .ok_or_else(|| InspectError::UnknownKeyKind(kind.to_string()))?;
-        let value = self.request_value(&key, value)?;
-        Ok(self.remove_override(&key, &value))
+        let mut removed = false;
+        for key in self.keys_of_kind(kind)? {
+            let value = self.request_value(&key, value)?;
+            removed |= self.remove_override(&key, &value);
+        }
+        Ok(removed)
+    }
+
+    /// How the override of `value` for key kind `kind` is stored, once per way the kind
+    /// reads a value ([`Limiter::set_override_for_kind`]).
+    pub(crate) fn stored_values_of_kind(&self, kind: &str, value: &str) -> Vec<String> {
+        let keys = self.keys_of_kind(kind).unwrap_or_default();
+        keys.iter().map(|k| self.stored_value(k, value)).collect()
     }
 
     /// Every per-key override, by kind and key.
@@ -342,13 +360,29 @@ impl Limiter {
     }
 
     /// A key of kind `kind` as the table's policies declare it.
-    pub(crate) fn key_of_kind(&self, kind: &str) -> Option<Key> {
-        self.with_policies(|policies| {
-            policies
-                .flat_map(|p| &p.limits)
-                .find(|l| l.key.kind() == kind)
-                .map(|l| l.key.clone())
-        })
+    fn key_of_kind(&self, kind: &str) -> Option<Key> {
+        self.keys_of_kind(kind).ok()?.into_iter().next()
+    }
+
+    /// The keys of kind `kind` as the table's policies declare them, one per way they read
+    /// a value (a credential, or a value as sent); [`InspectError::UnknownKeyKind`] if no
+    /// policy limits by the kind.
+    fn keys_of_kind(&self, kind: &str) -> Result<Vec<Key>, InspectError> {
+        let keys = self.with_policies(|policies| {
+            let mut keys: Vec<Key> = Vec::new();
+            for limit in policies.flat_map(|p| &p.limits) {
+                let key = &limit.key;
+                let read = key.reads_credentials();
+                if key.kind() == kind && !keys.iter().any(|k| k.reads_credentials() == read) {
+                    keys.push(key.clone());
+                }
+            }
+            keys
+        });
+        if keys.is_empty() {
+            return Err(InspectError::UnknownKeyKind(kind.to_string()));
+        }
+        Ok(keys)
     }
 
     /// Runs `f` over every compiled policy: the central table's, the global ones, the

@@ -1269,6 +1269,7 @@ impl LimiterBuilder {
 
     /// Whether a store and a header style were given (a configuration file applied to
     /// the builder leaves them when it says nothing of them).
+    #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) fn has_store_and_style(&self) -> (bool, bool) {
         (self.store.is_some(), self.header_style.is_some())
     }

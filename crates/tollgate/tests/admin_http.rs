@@ -287,7 +287,7 @@ async fn overrides_set_at_runtime_take_effect_on_the_next_request() {
     .await;
     assert_eq!(status, 200);
     let mut shown = body.clone();
-    let stored_key = shown.as_object_mut().unwrap().remove("storedKey");
+    let stored_keys = shown.as_object_mut().unwrap().remove("storedKeys");
     assert_eq!(
         shown,
         json!({ "kind": "api_key", "key": "key-1", "limit": { "quota": "2/min", "limit": 2,
@@ -319,7 +319,7 @@ async fn overrides_set_at_runtime_take_effect_on_the_next_request() {
     );
     // The reply to the `PUT` named the key as it is listed (a review: an IPv6 address's
     // reply gave it as sent, listed as its /64).
-    assert_eq!(stored_key, Some(json!(stored)));
+    assert_eq!(stored_keys, Some(json!([stored])));
     // What the list shows can be sent back: its algorithms' names are read too.
     for (algorithm, burst) in [
         ("sliding window", None),

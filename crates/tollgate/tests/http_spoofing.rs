@@ -285,3 +285,84 @@ async fn a_bearer_token_is_one_budget_whatever_its_spelling() {
         limiter.stored_key("api:api_key", "Bearer tok").unwrap()
     );
 }
+
+/// An API key read two ways under one kind (from `x-api-key` as sent, from `authorization`
+/// as a credential): an override by kind applies whichever header a request sends it in (a
+/// re-check: set by kind, it was stored under the first reading only, and a bearer token
+/// it named was admitted 3 of 3 where 1).
+#[tokio::test]
+async fn an_override_by_kind_applies_to_each_reading_of_the_kind() {
+    use tollgate::Key;
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/keys/*",
+            Policy::named("keys").limit(Key::api_key("x-api-key"), "3/min"),
+        )
+        .route(
+            "/*",
+            Policy::named("bearer").limit(Key::api_key("authorization"), "3/min"),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/keys/items", get(ok))
+        .route("/api/items", get(ok))
+        .layer(limiter.layer());
+    let server = serve(app).await;
+    for value in ["Bearer tok_9", "k1"] {
+        limiter
+            .set_override_for_kind("api_key", value, "1/min")
+            .unwrap();
+    }
+    for (path, header, value) in [
+        ("/api/items", "authorization", "bearer  tok_9"),
+        ("/keys/items", "x-api-key", "k1"),
+    ] {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(status_of(server.get(path).header(header, value)).await);
+        }
+        assert_eq!(statuses, [200, 429, 429], "{header}: {value}");
+    }
+    // `Bearer tok_9` under both readings, `k1` under one (its two readings are one).
+    assert_eq!(limiter.overrides().len(), 3);
+    assert!(limiter
+        .remove_override_for_kind("api_key", "Bearer tok_9")
+        .unwrap());
+    assert_eq!(limiter.overrides().len(), 1, "k1's stays");
+}
+
+/// A per-key quota function is given the credential as the client sent it (its scheme as
+/// spelled: a function reading `Bearer <token>` keeps working), while the budget is the
+/// token's whatever its spelling (a re-check: the function was given `bearer tok` and
+/// skipped the limit).
+#[tokio::test]
+async fn a_quota_function_reads_the_credential_as_sent() {
+    use tollgate::{Key, Limit, Quota};
+    let (_clock, store) = clock_and_store();
+    let limiter = Limiter::builder()
+        .store(store)
+        .route(
+            "/*",
+            Policy::named("api").limit_with(Key::api_key("authorization"), |value, _| {
+                value
+                    .strip_prefix("Bearer ")
+                    .map(|_| Limit::sliding(Quota::per_minute(2)))
+            }),
+        )
+        .build()
+        .unwrap();
+    let server = serve(
+        Router::new()
+            .route("/api/items", get(ok))
+            .layer(limiter.layer()),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for spelling in ["Bearer tok", "Bearer  tok", "Bearer tok"] {
+        statuses.push(status_of(server.get("/api/items").header("authorization", spelling)).await);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+}

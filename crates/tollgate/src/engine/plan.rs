@@ -249,13 +249,7 @@ impl<'a, 'p> Keys<'a, 'p> {
                 )
             }
             Source::Global => Value::Text("all"),
-            Source::Header(Ok(name)) => {
-                let raw = self.parts.headers.get(name)?.as_bytes();
-                match key.read_credential(raw) {
-                    Some(read) => Value::Owned(read),
-                    None => Value::Bytes(raw),
-                }
-            }
+            Source::Header(Ok(name)) => Value::Bytes(self.parts.headers.get(name)?.as_bytes()),
             Source::Header(Err(_)) => return None,
             Source::Custom(f) => Value::Owned(f(self.parts)?),
         };
@@ -333,7 +327,11 @@ impl Engine {
                 };
                 let mut key = limit.key_prefix.clone();
                 let key_at = key.len();
-                push_store_key(value.as_bytes(), limit.key.hashed, &mut key);
+                // The value as sent goes to a per-key quota function; the store keeps what
+                // the key reads in it (a credential, whatever its spelling).
+                let read = limit.key.read_credential(value.as_bytes());
+                let stored = read.as_deref().map_or(value.as_bytes(), str::as_bytes);
+                push_store_key(stored, limit.key.hashed, &mut key);
                 let bucket = Bucket::from_key(key, limit.bucket.len(), quota)
                     .with_cost(cost)
                     .with_when_full(limit.when_full);
