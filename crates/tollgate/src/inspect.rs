@@ -271,6 +271,7 @@ impl Limiter {
 
     /// How the override of `value` for key kind `kind` is stored, once per way the kind
     /// reads a value ([`Limiter::set_override_for_kind`]).
+    #[cfg(feature = "admin")]
     pub(crate) fn stored_values_of_kind(&self, kind: &str, value: &str) -> Vec<String> {
         let keys = self.keys_of_kind(kind).unwrap_or_default();
         keys.iter().map(|k| self.stored_value(k, value)).collect()
