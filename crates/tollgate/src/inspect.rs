@@ -274,7 +274,10 @@ impl Limiter {
     #[cfg(feature = "admin")]
     pub(crate) fn stored_values_of_kind(&self, kind: &str, value: &str) -> Vec<String> {
         let keys = self.keys_of_kind(kind).unwrap_or_default();
-        keys.iter().map(|k| self.stored_value(k, value)).collect()
+        let mut stored: Vec<String> = keys.iter().map(|k| self.stored_value(k, value)).collect();
+        // (A value both readings store alike, `bearer t`, is one override.)
+        stored.dedup();
+        stored
     }
 
     /// Every per-key override, by kind and key.

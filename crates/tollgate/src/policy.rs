@@ -183,7 +183,10 @@ impl Policy {
 
     /// A limit whose quota is chosen per request by `quota(key, parts)` (plan tiers:
     /// 1000 points/min on one plan, 100 on another). `None` skips the limit for that
-    /// request. Changing the quota a key gets takes effect on its next request.
+    /// request. Changing the quota a key gets takes effect on its next request. The
+    /// function is given the key's value as the request sent it; a credential from
+    /// `authorization` is one bucket whatever its spelling ([`Key::api_key`]), so read its
+    /// scheme case-insensitively, or a spelling the function does not know goes unlimited.
     pub fn limit_with<F>(mut self, key: Key, quota: F) -> Self
     where
         F: Fn(&str, &Parts) -> Option<Limit> + Send + Sync + 'static,
