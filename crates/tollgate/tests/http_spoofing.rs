@@ -227,6 +227,32 @@ async fn unusual_spellings_do_not_reach_an_exempt_class() {
     assert_eq!(statuses, vec![200, 200, 200, 429]);
 }
 
+/// A limiter of `routes` on a memory store, serving `/api/items` and `/keys/items`.
+async fn credential_server(routes: Vec<(&str, Policy)>) -> (Limiter, Server) {
+    let (_clock, store) = clock_and_store();
+    let limiter = routes
+        .into_iter()
+        .fold(Limiter::builder().store(store), |b, (pattern, policy)| {
+            b.route(pattern, policy)
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/keys/items", get(ok))
+        .layer(limiter.layer());
+    (limiter, serve(app).await)
+}
+
+/// The statuses of requests to `path`, one per value of `header` in `values`.
+async fn statuses_with(server: &Server, path: &str, header: &str, values: &[&str]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for value in values {
+        statuses.push(status_of(server.get(path).header(header, *value)).await);
+    }
+    statuses
+}
+
 /// A bearer token keyed from `Authorization` is one budget however its scheme is spelled
 /// and spaced, as the authentication reading it takes them (a review spent 3 a minute 113
 /// times over, one spelling at a time); an operator's override of it, given in any
@@ -234,21 +260,8 @@ async fn unusual_spellings_do_not_reach_an_exempt_class() {
 #[tokio::test]
 async fn a_bearer_token_is_one_budget_whatever_its_spelling() {
     use tollgate::Key;
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route(
-            "/*",
-            Policy::named("api").limit(Key::api_key("authorization"), "3/min"),
-        )
-        .build()
-        .unwrap();
-    let server = serve(
-        Router::new()
-            .route("/api/items", get(ok))
-            .layer(limiter.layer()),
-    )
-    .await;
+    let bearer = Policy::named("api").limit(Key::api_key("authorization"), "3/min");
+    let (limiter, server) = credential_server(vec![("/*", bearer)]).await;
     let spellings = [
         "Bearer tok",
         "bearer tok",
@@ -256,28 +269,18 @@ async fn a_bearer_token_is_one_budget_whatever_its_spelling() {
         "Bearer   tok",
         "Bearer\ttok",
     ];
-    let mut admitted = 0;
-    for spelling in spellings {
-        for _ in 0..2 {
-            let request = server.get("/api/items").header("authorization", spelling);
-            admitted += usize::from(status_of(request).await == 200);
-        }
-    }
-    assert_eq!(admitted, 3);
+    let twice: Vec<&str> = spellings.iter().flat_map(|s| [*s, *s]).collect();
+    let statuses = statuses_with(&server, "/api/items", "authorization", &twice).await;
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 3);
     // Another token is another budget.
-    let other = server
-        .get("/api/items")
-        .header("authorization", "Bearer TOK");
-    assert_eq!(status_of(other).await, 200);
+    let other = statuses_with(&server, "/api/items", "authorization", &["Bearer TOK"]).await;
+    assert_eq!(other, [200]);
     // An override given as `bEaReR tok` is the override of that token.
     limiter
         .set_override(&Key::api_key("authorization"), "bEaReR  tok", "10/min")
         .unwrap();
-    let overridden = server
-        .get("/api/items")
-        .header("authorization", "Bearer tok");
-    let response = overridden.send().await.unwrap();
-    assert_eq!(response.status(), 429, "the endpoint's 3 still spent");
+    let overridden = statuses_with(&server, "/api/items", "authorization", &["Bearer tok"]);
+    assert_eq!(overridden.await, [429], "the endpoint's 3 still spent");
     let stored = limiter.overrides();
     assert_eq!(stored.len(), 1);
     assert_eq!(
@@ -293,24 +296,17 @@ async fn a_bearer_token_is_one_budget_whatever_its_spelling() {
 #[tokio::test]
 async fn an_override_by_kind_applies_to_each_reading_of_the_kind() {
     use tollgate::Key;
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route(
+    let (limiter, server) = credential_server(vec![
+        (
             "/keys/*",
             Policy::named("keys").limit(Key::api_key("x-api-key"), "3/min"),
-        )
-        .route(
+        ),
+        (
             "/*",
             Policy::named("bearer").limit(Key::api_key("authorization"), "3/min"),
-        )
-        .build()
-        .unwrap();
-    let app = Router::new()
-        .route("/keys/items", get(ok))
-        .route("/api/items", get(ok))
-        .layer(limiter.layer());
-    let server = serve(app).await;
+        ),
+    ])
+    .await;
     for value in ["Bearer tok_9", "k1"] {
         limiter
             .set_override_for_kind("api_key", value, "1/min")
@@ -320,10 +316,7 @@ async fn an_override_by_kind_applies_to_each_reading_of_the_kind() {
         ("/api/items", "authorization", "bearer  tok_9"),
         ("/keys/items", "x-api-key", "k1"),
     ] {
-        let mut statuses = Vec::new();
-        for _ in 0..3 {
-            statuses.push(status_of(server.get(path).header(header, value)).await);
-        }
+        let statuses = statuses_with(&server, path, header, &[value; 3]).await;
         assert_eq!(statuses, [200, 429, 429], "{header}: {value}");
     }
     // `Bearer tok_9` under both readings, `k1` under one (its two readings are one).
@@ -341,28 +334,13 @@ async fn an_override_by_kind_applies_to_each_reading_of_the_kind() {
 #[tokio::test]
 async fn a_quota_function_reads_the_credential_as_sent() {
     use tollgate::{Key, Limit, Quota};
-    let (_clock, store) = clock_and_store();
-    let limiter = Limiter::builder()
-        .store(store)
-        .route(
-            "/*",
-            Policy::named("api").limit_with(Key::api_key("authorization"), |value, _| {
-                value
-                    .strip_prefix("Bearer ")
-                    .map(|_| Limit::sliding(Quota::per_minute(2)))
-            }),
-        )
-        .build()
-        .unwrap();
-    let server = serve(
-        Router::new()
-            .route("/api/items", get(ok))
-            .layer(limiter.layer()),
-    )
-    .await;
-    let mut statuses = Vec::new();
-    for spelling in ["Bearer tok", "Bearer  tok", "Bearer tok"] {
-        statuses.push(status_of(server.get("/api/items").header("authorization", spelling)).await);
-    }
+    let tiered = Policy::named("api").limit_with(Key::api_key("authorization"), |value, _| {
+        value
+            .strip_prefix("Bearer ")
+            .map(|_| Limit::sliding(Quota::per_minute(2)))
+    });
+    let (_limiter, server) = credential_server(vec![("/*", tiered)]).await;
+    let spellings = ["Bearer tok", "Bearer  tok", "Bearer tok"];
+    let statuses = statuses_with(&server, "/api/items", "authorization", &spellings).await;
     assert_eq!(statuses, [200, 200, 429]);
 }
