@@ -643,8 +643,6 @@ impl fmt::Display for StoreMode {
 mod tests {
     use super::*;
 
-    /// A key reads as what was appended, held inline or (past [`INLINE_KEY`]) on the heap;
-    /// `push_ascii` appends ASCII only, and leaves the key alone otherwise.
     /// A cut inside a character goes back to its start, inline or on the heap alike (a
     /// review: a long key panicked, a short one read `a` beside a length of 2).
     #[test]
@@ -658,6 +656,8 @@ mod tests {
         }
     }
 
+    /// A key reads as what was appended, held inline or (past [`INLINE_KEY`]) on the heap;
+    /// `push_ascii` appends ASCII only, and leaves the key alone otherwise.
     #[test]
     fn a_key_reads_as_what_was_appended() {
         let mut key = StoreKey::new();

@@ -642,6 +642,19 @@ fn on_one_clock(server: &RedisServer) -> (ManualClock, RedisStore, MemoryStore) 
     (clock, redis, memory)
 }
 
+/// An exact log of 5 per `window` in bucket `name`, and a bucket to charge beside it at
+/// no cost: a fixed window, so that the Redis store decides the batch at the instance's
+/// (manual) clock's time.
+fn log_on_the_clock(name: &str, window: Duration) -> (Bucket, Bucket) {
+    let log = Bucket::new(
+        name,
+        "k",
+        Limit::sliding_exact(Quota::new(5, window).unwrap()),
+    );
+    let clock = Bucket::new(name, "clock", Limit::fixed(Quota::per_day(1_000)));
+    (log, clock)
+}
+
 /// An exact log's total saturates at 2^53 (u64::MAX is sent as 2^53, each entry saturates
 /// too): once a saturated entry leaves the window, the total is recounted from the entries
 /// still in it, as the memory store recounts a saturated total. The script took the
@@ -652,12 +665,7 @@ fn on_one_clock(server: &RedisServer) -> (ManualClock, RedisStore, MemoryStore) 
 async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
     let server = RedisServer::start();
     let (clock, redis, memory) = on_one_clock(&server);
-    let log = Bucket::new(
-        "saturated",
-        "k",
-        Limit::sliding_exact(Quota::new(5, Duration::from_secs(2)).unwrap()),
-    );
-    let clock_bucket = Bucket::new("saturated", "clock", Limit::fixed(Quota::per_day(1_000)));
+    let (log, clock_bucket) = log_on_the_clock("saturated", Duration::from_secs(2));
     let penalty = Batch::new(
         Op::Penalize,
         vec![
@@ -703,13 +711,7 @@ async fn a_saturated_log_is_recounted_when_a_penalty_leaves() {
 async fn a_log_given_back_whole_is_reset_at_once() {
     let server = RedisServer::start();
     let (clock, redis, memory) = on_one_clock(&server);
-    let log = Bucket::new(
-        "given-back",
-        "k",
-        Limit::sliding_exact(Quota::new(5, Duration::from_secs(1)).unwrap()),
-    );
-    // (A fixed window in the batch: the Redis store then decides at this clock's time.)
-    let clock_bucket = Bucket::new("given-back", "clock", Limit::fixed(Quota::per_day(1_000)));
+    let (log, clock_bucket) = log_on_the_clock("given-back", Duration::from_secs(1));
     let batch = |op: Op| Batch::new(op, vec![log.clone(), clock_bucket.clone()]);
     let first = tollgate_core::Clock::now(&clock);
     let second = Timestamp::from_micros(first.as_micros() + 100_000);

@@ -81,6 +81,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate_core::Decision;
 
+use crate::describe::ALGORITHM_NAMES;
 use crate::inspect::InspectError;
 use crate::limiter::Limiter;
 use crate::rate::Rate;
@@ -252,13 +253,12 @@ impl NewOverride {
         let bad = |message: String| Failure(StatusCode::BAD_REQUEST, "invalid_rate", message);
         // The names `GET /overrides` shows an algorithm by are read too, so that what it
         // shows can be sent back (a review's `"sliding window"` was an unknown algorithm).
-        let algorithm = match self.algorithm.as_deref() {
-            Some("sliding window") => Some("sliding"),
-            Some("sliding window (exact)") => Some("exact"),
-            Some("fixed window") => Some("fixed"),
-            Some("token bucket") => Some("token_bucket"),
-            other => other,
-        };
+        let algorithm = self.algorithm.as_deref().map(|name| {
+            ALGORITHM_NAMES
+                .iter()
+                .find(|(_, shown)| *shown == name)
+                .map_or(name, |(text, _)| *text)
+        });
         let algorithm = algorithm.unwrap_or(if self.burst.is_some() {
             "token_bucket"
         } else {
@@ -279,11 +279,15 @@ impl NewOverride {
                 Rate::token_bucket(rate, burst)
             }
             other => {
+                let shown: Vec<String> = ALGORITHM_NAMES
+                    .iter()
+                    .map(|(_, shown)| format!("`{shown}`"))
+                    .collect();
                 return Err(bad(format!(
                     "unknown algorithm `{other}`: use sliding, exact, fixed or token_bucket (or \
-                     the names `GET /overrides` shows: `sliding window`, `sliding window \
-                     (exact)`, `fixed window`, `token bucket`)"
-                )))
+                     the names `GET /overrides` shows: {})",
+                    shown.join(", ")
+                )));
             }
         })
     }
@@ -297,10 +301,9 @@ async fn set_override(
     let Json(new) = body?;
     let rate = new.rate()?;
     let limit = rate.limit().map_err(InspectError::from)?;
-    limiter.set_override_for_kind(&kind, &key, rate)?;
     // The key as the override is stored, as `GET /overrides` lists it (an IPv6 address as
     // its /64, a secret as its digest): once per way the kind reads a value.
-    let stored = limiter.stored_values_of_kind(&kind, &key);
+    let stored = limiter.set_override_stored(&kind, &key, rate)?;
     Ok(Json(json!({
         "kind": kind,
         "key": key,

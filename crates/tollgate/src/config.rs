@@ -1054,7 +1054,8 @@ impl Config {
     /// says, `kind: memory`) leaves a store the builder was given
     /// ([`LimiterBuilder::store`]), and one without `headers:` a header style; `REDIS_URL`
     /// / `KV_URL` override the file's store, not one given in code. If the builder's
-    /// `build` then fails, its error is pointed at the rule of the file ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
+    /// `build` then fails, its error is pointed at the rule of the file
+    /// ([`BuildError::Config`] holding a [`ConfigError::Invalid`], as
     /// [`Config::build_error`] makes it).
     ///
     /// # Errors

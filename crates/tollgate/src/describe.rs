@@ -179,15 +179,26 @@ impl RuleSource {
     }
 }
 
+/// Each algorithm's name in a request or a file (`sliding`) and the name documentation
+/// gives it (`sliding window`): what [`algorithm_name`] shows, and what the admin router
+/// reads back.
+#[cfg(feature = "admin")]
+pub(crate) const ALGORITHM_NAMES: [(&str, &str); 4] = [SLIDING, EXACT, FIXED, TOKEN_BUCKET];
+const SLIDING: (&str, &str) = ("sliding", "sliding window");
+const EXACT: (&str, &str) = ("exact", "sliding window (exact)");
+const FIXED: (&str, &str) = ("fixed", "fixed window");
+const TOKEN_BUCKET: (&str, &str) = ("token_bucket", "token bucket");
+
 /// The name documentation gives an algorithm: `sliding window`, `sliding window (exact)`,
 /// `token bucket` or `fixed window`.
 pub(crate) fn algorithm_name(limit: &Limit) -> &'static str {
-    match limit.algorithm() {
-        Algorithm::SlidingLog => "sliding window (exact)",
-        Algorithm::TokenBucket { .. } => "token bucket",
-        Algorithm::FixedWindow => "fixed window",
-        _ => "sliding window",
-    }
+    let (_, shown) = match limit.algorithm() {
+        Algorithm::SlidingLog => EXACT,
+        Algorithm::TokenBucket { .. } => TOKEN_BUCKET,
+        Algorithm::FixedWindow => FIXED,
+        _ => SLIDING,
+    };
+    shown
 }
 
 /// A limit's numbers as JSON shows them (`null`s for a quota chosen per request).

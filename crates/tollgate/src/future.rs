@@ -35,21 +35,22 @@ pin_project! {
         // count, and a store call under way is finished rather than cut short.
         fn drop(this: Pin<&mut Self>) {
             match this.project().state.project() {
+                // (An admitted outcome's `After`, dropped, gives back what is to be given
+                // back, as one the future held when calling does.)
                 StateProj::Deciding { decide, .. } => {
                     let decide = std::mem::replace(decide, Box::pin(std::future::pending()));
                     in_background(Box::pin(async move {
-                        if let Outcome::Proceed(Some(after)) = decide.await {
-                            after.abandon(None);
-                        }
+                        drop(decide.await);
                     }));
                 }
-                // (Its `After`, dropped with it, gives back what is to be given back.)
-                StateProj::Calling { .. } => {}
                 StateProj::Settling { settle, .. } => {
                     let settle = std::mem::replace(settle, Box::pin(std::future::pending()));
                     in_background(settle);
                 }
-                StateProj::Watching { .. } | StateProj::Refused { .. } | StateProj::Done => {}
+                StateProj::Calling { .. }
+                | StateProj::Watching { .. }
+                | StateProj::Refused { .. }
+                | StateProj::Done => {}
             }
         }
     }

@@ -212,17 +212,30 @@ impl Limiter {
         value: &str,
         rate: impl Into<Rate>,
     ) -> Result<(), InspectError> {
-        let keys = self.keys_of_kind(kind)?;
-        let rate = rate.into();
+        self.set_override_stored(kind, value, rate).map(drop)
+    }
+
+    /// [`Limiter::set_override_for_kind`]; how the override is stored, once per way the
+    /// kind reads a value (what the admin router answers).
+    pub(crate) fn set_override_stored(
+        &self,
+        kind: &str,
+        value: &str,
+        rate: impl Into<Rate>,
+    ) -> Result<Vec<String>, InspectError> {
+        let limit = rate.into().limit()?;
         // Every reading checked before any is set.
-        let limit = rate.limit()?;
-        for key in &keys {
-            self.override_value(key, value, &limit)?;
+        let mut stored = self
+            .keys_of_kind(kind)?
+            .iter()
+            .map(|key| self.override_value(key, value, &limit))
+            .collect::<Result<Vec<_>, _>>()?;
+        // (A value both readings store alike, `bearer t`, is one override.)
+        stored.dedup();
+        for stored in &stored {
+            self.put_override(kind, stored, limit);
         }
-        for key in &keys {
-            self.set_override(key, value, rate.clone())?;
-        }
-        Ok(())
+        Ok(stored)
     }
 
     /// The stored value of an override of `limit` for `key` given as `value`, once it is
@@ -267,17 +280,6 @@ impl Limiter {
             removed |= self.remove_override(&key, &value);
         }
         Ok(removed)
-    }
-
-    /// How the override of `value` for key kind `kind` is stored, once per way the kind
-    /// reads a value ([`Limiter::set_override_for_kind`]).
-    #[cfg(feature = "admin")]
-    pub(crate) fn stored_values_of_kind(&self, kind: &str, value: &str) -> Vec<String> {
-        let keys = self.keys_of_kind(kind).unwrap_or_default();
-        let mut stored: Vec<String> = keys.iter().map(|k| self.stored_value(k, value)).collect();
-        // (A value both readings store alike, `bearer t`, is one override.)
-        stored.dedup();
-        stored
     }
 
     /// Every per-key override, by kind and key.

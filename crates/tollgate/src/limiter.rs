@@ -780,12 +780,12 @@ impl Limiter {
 
     /// Sets (or replaces) a limit for one key, on top of the endpoint limits: requests
     /// whose `key` (by kind, e.g. [`Key::api_key`]) equals `value` also spend a bucket
-    /// of `rate` shared by all routes, and by every source of that kind: a kind read from
-    /// a verified source in one policy ([`Key::tenant`]) and from a header any client
-    /// writes in another ([`Key::tenant_header`]), or a custom kind named like a built-in
-    /// one (`ip`, `user`), pools them, so a client naming `acme` in the header spends
-    /// `acme`'s override (give the two sources kinds of their own), so the more restrictive of key and endpoint
-    /// applies (a customer's own limit on its API key). Takes effect on the next
+    /// of `rate` shared by all routes, so the more restrictive of key and endpoint applies
+    /// (a customer's own limit on its API key). The bucket is shared by every source of
+    /// that kind too: a kind read from a verified source in one policy ([`Key::tenant`])
+    /// and from a header any client writes in another ([`Key::tenant_header`]), or a custom
+    /// kind named like a built-in one (`ip`, `user`), pools them, so a client naming `acme`
+    /// in the header spends `acme`'s override (give the two sources kinds of their own). Takes effect on the next
     /// request, no restart, in this process only: on a fleet, set it on every instance
     /// (its count is in the store, shared by the instances that have the override). The
     /// override's bucket is a bucket of its own: it does not count what the route's
@@ -821,20 +821,26 @@ impl Limiter {
     ) -> Result<(), InspectError> {
         let limit = rate.into().limit()?;
         let stored = self.override_value(key, value, &limit)?;
+        self.put_override(key.kind(), &stored, limit);
+        Ok(())
+    }
+
+    /// Sets the override of the key of kind `kind` stored as `stored`, checked already
+    /// ([`Limiter::override_value`]).
+    pub(crate) fn put_override(&self, kind: &str, stored: &str, limit: Limit) {
         self.engine.overrides.rcu(|current| {
             let mut next = Overrides::clone(current);
-            next.set(key.kind(), &stored, limit);
+            next.set(kind, stored, limit);
             next
         });
         // The audit trail of what operators change (the key as stored: hashed if secret).
         tracing::info!(
             target: "tollgate",
-            kind = %key.kind(),
+            kind = %kind,
             key = %stored,
             limit = %limit,
             "rate-limit override set"
         );
-        Ok(())
     }
 
     /// Removes a per-key override; returns whether there was one.

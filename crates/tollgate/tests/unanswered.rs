@@ -45,6 +45,17 @@ fn limiter(store: impl Store, policy: Policy) -> Limiter {
         .unwrap()
 }
 
+/// Limiters of `policy` on each way a store answers: at once (the memory store: the service
+/// calls the inner service itself), through its future (dropped while the handler runs),
+/// and yielding first (the response future decides, then calls the inner service).
+fn on_every_store(policy: impl Fn() -> Policy) -> [Limiter; 3] {
+    [
+        limiter(memory(), policy()),
+        limiter(common::Recording::new(memory()), policy()),
+        limiter(Later(memory()), policy()),
+    ]
+}
+
 fn sign_in() -> Policy {
     Policy::named("sign-in")
         .per_ip("2/min")
@@ -110,13 +121,8 @@ async fn drop_requests(limiter: &Limiter, path: &str, n: usize) {
 
 #[tokio::test]
 async fn a_dropped_request_gives_back_what_a_count_only_if_policy_reserved() {
-    for limiter in [
-        limiter(memory(), sign_in()),
-        // The store answers through its future: dropped while the handler runs.
-        limiter(common::Recording::new(memory()), sign_in()),
-        // The store yields first: dropped while the store decides.
-        limiter(Later(memory()), sign_in()),
-    ] {
+    // (The store that yields first is dropped while it decides.)
+    for limiter in on_every_store(sign_in) {
         drop_requests(&limiter, "/hang", 5).await;
         // No response came, so none counted: the whole budget of 2 failures is there.
         assert_eq!(statuses(&limiter, "/wrong", 3).await, vec![401, 401, 429]);
@@ -236,13 +242,7 @@ async fn a_panic_in_the_inner_services_call_leaves_nothing_to_finish() {
 /// (A review: the reservation stayed, a failure counted, on every store.)
 #[tokio::test]
 async fn a_panic_in_the_inner_services_call_gives_back_what_a_count_only_if_policy_reserved() {
-    for limiter in [
-        // Decided at once: the service calls the inner service itself.
-        limiter(memory(), sign_in()),
-        limiter(common::Recording::new(memory()), sign_in()),
-        // Decided later: the response future calls it.
-        limiter(Later(memory()), sign_in()),
-    ] {
+    for limiter in on_every_store(sign_in) {
         for _ in 0..5 {
             let svc = ServiceBuilder::new().layer(limiter.layer()).service(Panics);
             let mut call = Box::pin(svc.oneshot(request("/ok", PEER, None)));
