@@ -223,10 +223,10 @@ impl Limiter {
         value: &str,
         rate: impl Into<Rate>,
     ) -> Result<Vec<String>, InspectError> {
+        let keys = self.keys_of_kind(kind)?;
         let limit = rate.into().limit()?;
         // Every reading checked before any is set.
-        let mut stored = self
-            .keys_of_kind(kind)?
+        let mut stored = keys
             .iter()
             .map(|key| self.override_value(key, value, &limit))
             .collect::<Result<Vec<_>, _>>()?;
