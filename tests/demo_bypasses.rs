@@ -201,6 +201,33 @@ fn post_large(ex: &Example, path: &str, ip: &str, body_len: usize) -> (u16, bool
     (last, true)
 }
 
+/// A sign-in body over the demo's 2 MB limit is answered `413` as the demo's other errors
+/// are: JSON, `{"error": ...}`, with the AUTH bucket's headers it spent.
+#[tokio::test]
+async fn an_oversized_sign_in_body_is_answered_in_json() {
+    let ex = demo();
+    let response = ex
+        .post("/api/auth/sign-in")
+        .header("x-forwarded-for", "203.0.113.162")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        common::header(&response, "content-type"),
+        "application/json"
+    );
+    assert_eq!(common::header(&response, "x-ratelimit-limit"), "20");
+    assert_eq!(common::header(&response, "x-ratelimit-remaining"), "19");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "error": "Failed to buffer the request body: length limit exceeded" })
+    );
+}
+
 /// Sign-in bodies over the demo's 2 MB limit are refused (413), but only after the shared
 /// AUTH bucket (20 per 15 minutes per IP) is charged: of 30 posts of 3 MB from one IP, the
 /// first 20 are read and refused as too large, the next 10 are refused by the limit before

@@ -175,11 +175,13 @@ struct Credentials {
 
 /// The body of `request`, read only now, after the caller charged its buckets: a body too
 /// large for axum's limit (2 MB by default) is a `413`, but it has spent the charge, so a
-/// client cannot skip a sign-in limit by sending bodies nobody reads.
+/// client cannot skip a sign-in limit by sending bodies nobody reads. A body that cannot be
+/// read is answered as the demo's other errors are, `{"error": ...}` (axum's own answer is
+/// plain text).
 async fn body_after_charge(request: Request, state: &AppState) -> Result<Bytes, Response> {
     Bytes::from_request(request, state)
         .await
-        .map_err(IntoResponse::into_response)
+        .map_err(|rejection| error(rejection.status(), &rejection.body_text()))
 }
 
 /// `POST /api/auth/sign-in`: the shared AUTH bucket per IP and per network (charged before

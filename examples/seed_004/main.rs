@@ -69,8 +69,9 @@
 //! client IP and per client network ([`tollgate_suite::failed_auth_guard`]: an IPv6 client
 //! is counted by its /64, and one holding a /48 holds 65,536 of those), by
 //! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`], so
-//! guessing keys is throttled, and, like every response, they carry the rate-limit headers
-//! (of that budget).
+//! guessing keys is throttled, and, like every response but a CORS preflight's `204`
+//! (answered before any limiter, see [`tollgate_suite::preflight_answer`]), they carry the
+//! rate-limit headers (of that budget).
 //!
 //! That budget is this example's own rule, per client IP; the page's limits are per partner
 //! key and endpoint. Once an IP has spent it, every request from that IP is refused (`429`,
