@@ -48,13 +48,17 @@
 -- this bucket's state as a restore places its count, fresh no sooner than this bucket's
 -- window from now (as if admitted now: placed to leave when the other state is fresh, a
 -- count of a shorter window would leave this one early, and alternating calls could then
--- admit more than either limit in this one's window), and the call is decided on that. A
--- call it refuses, or a look, is told to wait, and when the bucket is full again, as of when
--- the other state is fresh: until then each call places it anew. The
--- key is written in this bucket's shape only by a call that changes it (a refusal or a peek
--- leaves the other state as it is, but for what the key's own shape rewrites on a look: a
--- log read under another window, a token bucket's TAT read in another interval), so
--- alternating calls of two shapes admit at most what the looser limit does in its window. A token bucket's TAT without its interval ('<tat>', 'T<tat>') and
+-- admit more than either limit in this one's window), and the call is decided on that. If
+-- this shape so placed counts at least as much as the other state until that is fresh (a
+-- longer window; a token bucket's TAT far enough ahead), any call but a look writes the key
+-- in this shape, refused or not (left as it was, the count would leave with the other
+-- state, and the client have this window's quota again). Otherwise the key is written in
+-- this bucket's shape only by a call that changes it (a refusal or a peek leaves the other
+-- state as it is, but for what the key's own shape rewrites on a look: a log read under
+-- another window, a token bucket's TAT read in another interval), so alternating calls of
+-- two shapes admit at most what the looser limit does in its window; a call refused on it
+-- is told to wait until enough of it leaves for the cost to fit, and that the bucket is
+-- full again when all of it has: until then each call places it anew. A token bucket's TAT without its interval ('<tat>', 'T<tat>') and
 -- a fixed window's count in the bucket's own key ('-<used>', 'F...') do not say what they
 -- count in another shape and are not carried. Fixed windows count in keys of their own: a
 -- fixed window and another algorithm are two counters. Only the general path does any of
@@ -346,7 +350,7 @@ end
 
 -- Per bucket: whether the key held anything (PR), whether that was another limit's state
 -- (RP), the state (X, Y: see each algorithm), the fit (FT), whether a restore raised it (PL).
-local PR, RP, X, Y, FT, PL, CF = {}, {}, {}, {}, {}, {}, {}
+local PR, RP, X, Y, FT, PL, CF, CW, PS = {}, {}, {}, {}, {}, {}, {}, {}, {}
 -- Fixed windows: the bucket's key in the format before, whose count this window took.
 local OLD = {}
 -- Sliding windows: the segments that still count, newest first, all buckets in a row
@@ -608,46 +612,57 @@ end
 local carried, raise
 if others or restore then
   -- What the state of another shape in `key` (its value `v`: a string, or else the key
-  -- holds a log's hash) still counts, read under its own limit, and in how many µs it is
-  -- fresh again; 0 if nothing, or a state that does not say (a fixed window's count in the
-  -- format before window keys: fixed windows count apart; a token bucket's TAT without its
-  -- interval).
-  carried = function(key, v)
+  -- holds a log's hash) still counts, read under its own limit, in how many µs it is fresh
+  -- again, and in how many it counts no more than `R` (as enough of it leaves); 0 if
+  -- nothing, or a state that does not say (a fixed window's count in the format before
+  -- window keys: fixed windows count apart; a token bucket's TAT without its interval).
+  carried = function(key, v, R)
     if type(v) ~= 'string' then
       local r = redis.call('HMGET', key, 'h', 'n', 't', 'u')
       if not r[1] then
-        return 0, 0
+        return 0, 0, 0
       end
       local u = tonumber(r[4])
       if not u then
         -- Written before a log recorded its window: its total, until the key expires.
         local pe = redis.call('PEXPIRETIME', key)
-        return tonumber(r[3]), pe > 0 and (pe - slack) * 1000 - now or 0
+        local fresh = pe > 0 and (pe - slack) * 1000 - now or 0
+        return tonumber(r[3]), fresh, fresh
       end
       local lg = load_log(key, r, u)
       if lg.n > lg.h then
-        return lg.t, entry(lg, key, lg.n - 1) + u - now
+        -- Its entries leave oldest first, each a window after its time.
+        local left, fits = lg.t, 0
+        for idx = lg.h, lg.n - 1 do
+          if left <= R then
+            break
+          end
+          fits = entry(lg, key, idx) + u - now
+          left = left - lg.c[idx]
+        end
+        return lg.t, entry(lg, key, lg.n - 1) + u - now, max(fits, 0)
       end
-      return 0, 0
+      return 0, 0, 0
     end
     local tat, T = read_tat(v)
     if tat then
-      -- A token bucket: ceil((tat - now) / T) tokens, fresh at tat.
+      -- A token bucket: ceil((tat - now) / T) tokens, fresh at tat, R of them at tat - R T.
       if tat > now then
-        return ceil((tat - now) / max(tonumber(T), 1)), tat - now
+        T = max(tonumber(T), 1)
+        return ceil((tat - now) / T), tat - now, max(tat - max(R, 0) * T - now, 0)
       end
-      return 0, 0
+      return 0, 0, 0
     end
     local k, s, p = match(v, '^(%d+):(%d+)|()')
     local head, counts
     if k then
       if (#v - p + 1) % 19 ~= 0 then
-        return 0, 0
+        return 0, 0, 0
       end
     else
       k, s, head, counts = match(v, '^S(%d+):(%d+):(%d+):(.*)$')
       if not k then
-        return 0, 0
+        return 0, 0, 0
       end
     end
     -- A sliding window of k segments of s µs: its window is at most k * s (s is W / k
@@ -657,8 +672,17 @@ if others or restore then
     local b = top + 1
     local used = segments(v, p, s, k * s, k, head, counts)
     local fresh = top >= b and SL[b] + k * s - now or 0
+    -- Its segments leave oldest (last pushed) first, each a window after its last admission.
+    local left, fits = used, 0
+    for x = top, b, -1 do
+      if left <= R then
+        break
+      end
+      left = left - SC[x]
+      fits = SL[x] + k * s - now
+    end
     top = b - 1
-    return min(used, LIM), fresh
+    return min(used, LIM), fresh, max(fits, 0)
   end
 
   -- Raises bucket i's state to at least `want` counted (with `add`, by `want`), what it
@@ -750,12 +774,28 @@ for i = 1, n do
   -- The state of another shape (instances that disagree on the limit, mid-rollout or after
   -- a reload): what it still counts carries over, placed as a restore places a count, but
   -- fresh no sooner than this bucket's window from now (as if admitted now), so that it
-  -- counts in every window of this limit that the other limit's admissions fall in.
+  -- counts in every window of this limit that the other limit's admissions fall in. If
+  -- this shape so placed counts at least as much as the other state at every time until
+  -- that is fresh (a window at least as long; a token bucket's TAT far enough ahead that
+  -- its tokens still number the count then), any call but a look writes it in this shape
+  -- (`PS`), whatever the call decides: left as it was, a longer window's count would leave
+  -- with the shorter window's state, and the client have this window's whole quota again
+  -- (a review: 50 admitted, then 50 more 61 s after a reload from 50/min to 50/h).
+  -- Otherwise the other state stays, and each call places it anew: written over, what it
+  -- counts would leave this shape sooner than it leaves its own, and alternating calls of
+  -- the two shapes admit more than the looser limit in its window.
   if RP[i] and alg ~= '4' then
-    local used, fresh = carried(key, v)
+    local used, fresh, fits = carried(key, v, cap - cost)
     if used > 0 and fresh > 0 then
       raise(i, key, alg, unit, W, used, max(fresh, W))
-      CF[i] = fresh
+      CF[i], CW[i] = fresh, fits
+      if op ~= '1' then
+        if alg == '3' then
+          PS[i] = X[i] - now - fresh > (used - 1) * unit
+        else
+          PS[i] = W >= fresh
+        end
+      end
     end
   end
   if restore then
@@ -799,12 +839,14 @@ for i = 1, n do
   elseif X[i] + cost > cap then
     fit = Y[i] - now
   end
-  -- Refused on what another shape's state counts: each call places that anew, as if
-  -- admitted then, so the wait is until that state is fresh (all of it gone; sooner if
-  -- enough of it leaves first), not what this shape's placement says (a token bucket
-  -- told a minute-long window's client to come back every second, and refused each time).
-  if fit > 0 and CF[i] then
-    fit = CF[i]
+  -- Refused on what another shape's state counts, left in that shape: each call places it
+  -- anew, as if admitted then, so the wait is until enough of that state leaves for the
+  -- cost to fit, not what this shape's placement says (a token bucket told a minute-long
+  -- window's client to come back every second, and refused each time; told when all of
+  -- the other state leaves, a client of a token bucket of 1/h, burst 50, was sent away for
+  -- 50 hours where one sufficed).
+  if fit > 0 and CF[i] and not PS[i] then
+    fit = CW[i]
   end
   FT[i] = fit
 end
@@ -844,9 +886,9 @@ for i = 1, n do
     local s = unit
     local b, m, H = SB[i], SN[i], HD[i]
     local used = X[i]
-    local write = false
+    local write = PS[i] or false
     if restore then
-      write = PL[i]
+      write = PL[i] or write
     elseif add then
       used = min(used + cost, LIM)
       if m > 0 and SJ[b] == H then
@@ -930,7 +972,7 @@ for i = 1, n do
     if tat > now then
       remaining = max(cap - ceil((tat - now) / T), 0)
       reset = tat - now
-      if change or Y[i] then
+      if change or Y[i] or PS[i] then
         redis.call('SET', key, tat_value(tat, ARGV[o + 4]), 'PXAT', ceil(tat / 1000) + slack)
       end
     elseif present then
@@ -961,6 +1003,9 @@ for i = 1, n do
     end
   else
     local lg = LG[i]
+    if PS[i] then
+      lg.dirty = true
+    end
     if change then
       lg.dirty = true
       if restore then
@@ -1055,7 +1100,7 @@ for i = 1, n do
     end
   end
   -- A key left holding another shape's state is full again when that state is fresh.
-  if CF[i] and not change then
+  if CF[i] and not change and not PS[i] then
     reset = CF[i]
   end
   out[#out + 1] = fit

@@ -257,3 +257,122 @@ async fn alternating_shapes_stay_within_the_looser_limit_over_its_window() {
         clock.advance(Duration::from_secs(120));
     }
 }
+
+/// A store on `clock` (a fixed window in each call puts the script on the instance's clock).
+fn on_clock(server: &RedisServer, clock: &tollgate_core::ManualClock) -> RedisStore {
+    RedisStore::builder()
+        .url(server.url())
+        .refusal_cache(0)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+/// A charge of `bucket` beside a fixed window (so decided on the store's clock): whether it
+/// was admitted, and the wait it was told.
+async fn charge_on_clock(store: &RedisStore, bucket: &Bucket) -> (bool, Option<Duration>) {
+    let clocked = Bucket::new("clock", "any", Limit::fixed(Quota::per_day(1_000_000)));
+    let d = store
+        .apply(&Batch::charge(vec![clocked, bucket.clone()]))
+        .await
+        .unwrap();
+    (d.allowed, d.buckets[1].retry_after)
+}
+
+/// A limit reloaded with a longer window holds what the shorter one counted for the whole
+/// of the new window from the change, in every shape: the key is written in the new shape
+/// by the first call, refused or not. A review: a sliding 50/min spent, reloaded as 50/h,
+/// was refused and told 60 s, the key left in the old shape, and 61 s later it expired
+/// and the hour's 50 were admitted again (100 in 61 s against 50/h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lengthened_window_holds_what_was_counted_for_its_own_window() {
+    let server = RedisServer::start();
+    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let store = on_clock(&server, &clock);
+    let hour = Quota::per_hour(5);
+    for (name, after) in [
+        ("sliding", Limit::sliding(hour)),
+        ("exact", Limit::sliding_exact(hour)),
+        ("token bucket", Limit::token_bucket(hour, 5).unwrap()),
+    ] {
+        let before = Bucket::new("lengthened", name, Limit::sliding(Quota::per_minute(5)));
+        for _ in 0..5 {
+            assert!(charge_on_clock(&store, &before).await.0, "{name}");
+        }
+        let after = Bucket::new("lengthened", name, after);
+        let (admitted, wait) = charge_on_clock(&store, &after).await;
+        assert!(!admitted, "{name}");
+        let wait = wait.unwrap();
+        // (At least one token's time of the hour's five.)
+        assert!(
+            wait >= Duration::from_secs(12 * 60),
+            "{name}: told {wait:?}"
+        );
+        // The minute the old shape counted in is over: the hour's is not.
+        clock.advance(Duration::from_secs(61));
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += usize::from(charge_on_clock(&store, &after).await.0);
+        }
+        assert_eq!(admitted, 0, "{name}: after 61 s");
+        // An hour after the change the whole quota is there again.
+        clock.advance(Duration::from_secs(3600));
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += usize::from(charge_on_clock(&store, &after).await.0);
+        }
+        assert_eq!(admitted, 5, "{name}: an hour on");
+        clock.advance(Duration::from_secs(7200));
+    }
+}
+
+/// Refused on what another shape still counts (a shorter window now: the old state is left
+/// as it is), a call is told to wait until enough of it leaves for the cost to fit, and is
+/// admitted then, not when all of it has left. A review: a token bucket of 1/h, burst 50,
+/// spent, reloaded as a sliding 50/min, was told `Retry-After` of 50 hours, and one
+/// request was admitted an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_on_what_another_shape_counts_waits_until_enough_of_it_leaves() {
+    let server = RedisServer::start();
+    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let store = on_clock(&server, &clock);
+    let minute = Limit::sliding(Quota::per_minute(5));
+    let about = |d: Duration, secs: u64| {
+        d <= Duration::from_secs(secs) && d > Duration::from_secs(secs - 2)
+    };
+
+    // 5 tokens of 1/h taken: one is back in an hour, all of them in five.
+    let spent = Bucket::new(
+        "shortened",
+        "tb",
+        Limit::token_bucket(Quota::per_hour(1), 5).unwrap(),
+    );
+    for _ in 0..5 {
+        assert!(charge_on_clock(&store, &spent).await.0);
+    }
+    let after = Bucket::new("shortened", "tb", minute);
+    let (admitted, wait) = charge_on_clock(&store, &after).await;
+    assert!(!admitted);
+    let wait = wait.unwrap();
+    assert!(about(wait, 3600), "told {wait:?}");
+    clock.advance(wait);
+    assert!(charge_on_clock(&store, &after).await.0);
+
+    // A sliding 5/h: 3 admitted, then 2 half an hour later. Under 5/min one must leave: the
+    // 3 do, half an hour on (not an hour, when the 2 do).
+    let hourly = Bucket::new("shortened", "sw", Limit::sliding(Quota::per_hour(5)));
+    for _ in 0..3 {
+        assert!(charge_on_clock(&store, &hourly).await.0);
+    }
+    clock.advance(Duration::from_secs(1800));
+    for _ in 0..2 {
+        assert!(charge_on_clock(&store, &hourly).await.0);
+    }
+    let after = Bucket::new("shortened", "sw", minute);
+    let (admitted, wait) = charge_on_clock(&store, &after).await;
+    assert!(!admitted);
+    let wait = wait.unwrap();
+    assert!(about(wait, 1800), "told {wait:?}");
+    clock.advance(wait);
+    assert!(charge_on_clock(&store, &after).await.0);
+}
