@@ -208,15 +208,7 @@ async fn what_carries_over_counts_as_admitted_now() {
 async fn alternating_shapes_stay_within_the_looser_limit_over_its_window() {
     let server = RedisServer::start();
     let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
-    let store = || {
-        RedisStore::builder()
-            .url(server.url())
-            .refusal_cache(0)
-            .clock(clock.clone())
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (store(), store());
+    let (a, b) = (on_clock(&server, &clock), on_clock(&server, &clock));
     let on_clock = Bucket::new("clock", "any", Limit::fixed(Quota::per_day(1_000_000)));
     let looser = Quota::new(10, Duration::from_secs(120)).unwrap();
     for (name, limit_a, limit_b) in [
@@ -337,9 +329,6 @@ async fn a_refusal_on_what_another_shape_counts_waits_until_enough_of_it_leaves(
     let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
     let store = on_clock(&server, &clock);
     let minute = Limit::sliding(Quota::per_minute(5));
-    let about = |d: Duration, secs: u64| {
-        d <= Duration::from_secs(secs) && d > Duration::from_secs(secs - 2)
-    };
 
     // 5 tokens of 1/h taken: one is back in an hour, all of them in five.
     let spent = Bucket::new(
@@ -351,12 +340,7 @@ async fn a_refusal_on_what_another_shape_counts_waits_until_enough_of_it_leaves(
         assert!(charge_on_clock(&store, &spent).await.0);
     }
     let after = Bucket::new("shortened", "tb", minute);
-    let (admitted, wait) = charge_on_clock(&store, &after).await;
-    assert!(!admitted);
-    let wait = wait.unwrap();
-    assert!(about(wait, 3600), "told {wait:?}");
-    clock.advance(wait);
-    assert!(charge_on_clock(&store, &after).await.0);
+    refused_until(&store, &clock, &after, 3600).await;
 
     // A sliding 5/h: 3 admitted, then 2 half an hour later. Under 5/min one must leave: the
     // 3 do, half an hour on (not an hour, when the 2 do).
@@ -369,10 +353,25 @@ async fn a_refusal_on_what_another_shape_counts_waits_until_enough_of_it_leaves(
         assert!(charge_on_clock(&store, &hourly).await.0);
     }
     let after = Bucket::new("shortened", "sw", minute);
-    let (admitted, wait) = charge_on_clock(&store, &after).await;
-    assert!(!admitted);
+    refused_until(&store, &clock, &after, 1800).await;
+}
+
+/// A charge of `bucket` is refused and told to wait about `secs` seconds, and once they
+/// have passed on `clock` a charge is admitted.
+async fn refused_until(
+    store: &RedisStore,
+    clock: &tollgate_core::ManualClock,
+    bucket: &Bucket,
+    secs: u64,
+) {
+    let (admitted, wait) = charge_on_clock(store, bucket).await;
+    assert!(!admitted, "{}", bucket.key);
     let wait = wait.unwrap();
-    assert!(about(wait, 1800), "told {wait:?}");
+    assert!(
+        wait <= Duration::from_secs(secs) && wait > Duration::from_secs(secs - 2),
+        "{}: told {wait:?}",
+        bucket.key
+    );
     clock.advance(wait);
-    assert!(charge_on_clock(&store, &after).await.0);
+    assert!(charge_on_clock(store, bucket).await.0, "{}", bucket.key);
 }
