@@ -58,11 +58,12 @@
 -- another window, a token bucket's TAT read in another interval), so alternating calls of
 -- two shapes admit at most what the looser limit does in its window; a call refused on it
 -- is told to wait until enough of it leaves for the cost to fit, and that the bucket is
--- full again when all of it has: until then each call places it anew. A token bucket's TAT without its interval ('<tat>', 'T<tat>') and
--- a fixed window's count in the bucket's own key ('-<used>', 'F...') do not say what they
--- count in another shape and are not carried. Fixed windows count in keys of their own: a
--- fixed window and another algorithm are two counters. Only the general path does any of
--- this: the fast paths take a key holding another shape's state there, unchanged.
+-- full again when all of it has: until then each call places it anew. A token bucket's
+-- TAT without its interval ('<tat>', 'T<tat>') and a fixed window's count in the bucket's
+-- own key ('-<used>', 'F...') do not say what they count in another shape and are not
+-- carried. Fixed windows count in keys of their own: a fixed window and another algorithm
+-- are two counters. Only the general path does any of this: the fast paths take a key
+-- holding another shape's state there, unchanged.
 --
 -- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
 -- reset_after (microseconds) }.
