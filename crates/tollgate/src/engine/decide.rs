@@ -354,14 +354,7 @@ impl Engine {
                 let charged = active.iter().map(|&i| plan.buckets[i].clone()).collect();
                 *super::lock(&p.charged) = Some((charged, now));
             }
-            *out = Outcome::Proceed(Some(After::new(
-                self,
-                plan,
-                active,
-                states,
-                now,
-                provisional.clone(),
-            )));
+            After::write_into(self, plan, active, states, now, provisional.clone(), out);
             return Step::Done;
         }
         let mut enforced = false;

@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use tollgate_core::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op, Timestamp};
 
 use super::compile::Compiled;
-use super::decide::States;
+use super::decide::{Outcome, States};
 use super::gate::Place;
 use super::plan::{Group, Plan, INLINE};
 use super::{mark_admitted, Engine, Provisional};
@@ -85,16 +85,19 @@ enum Settle {
 
 impl After {
     /// What an admitted charge of the `active` buckets of `plan` leaves to do after the
-    /// response. (The `states` are taken only if a charge may be given back: they are
-    /// hundreds of bytes, which a move copies.)
-    pub(crate) fn new<G: Group>(
+    /// response, written into the outcome slot `out` ([`Outcome::Proceed`]). (Made where it
+    /// is kept: an `After` is several hundred bytes, which returning it, then moving it into
+    /// the slot, copied twice. The `states` are taken only if a charge may be given back:
+    /// they are hundreds of bytes, which a move copies.)
+    pub(crate) fn write_into<G: Group>(
         engine: &Arc<Engine>,
         plan: &Plan<G>,
         active: &[usize],
         states: &mut States,
         now: Timestamp,
         provisional: Option<Arc<Provisional>>,
-    ) -> Self {
+        out: &mut Outcome,
+    ) {
         let visible = Visible::of(plan, active, states);
         let decision = engine.decision(plan, &visible, now);
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
@@ -108,25 +111,27 @@ impl After {
                 states: std::mem::take(states),
                 now,
             };
-            return Self {
+            *out = Outcome::Proceed(Some(Self {
                 headers: Fields::default(),
                 decision,
                 in_request: engine.decision_in_request,
                 in_response: engine.decision_in_response,
                 pending: Some(Box::new(pending)),
                 provisional,
-            };
+            }));
+            return;
         }
-        let mut after = Self {
+        *out = Outcome::Proceed(Some(Self {
             headers: Fields::default(),
             decision,
             in_request: engine.decision_in_request,
             in_response: engine.decision_in_response,
             pending: None,
             provisional,
-        };
-        engine.headers(plan, &visible, now, &mut after.headers);
-        after
+        }));
+        if let Outcome::Proceed(Some(after)) = out {
+            engine.headers(plan, &visible, now, &mut after.headers);
+        }
     }
 
     /// Holds a guard's `place` in its gate until the response is counted (or the request
