@@ -185,6 +185,10 @@ impl<G: Group> Plan<G> {
 /// A key's value in one request.
 enum Value<'a> {
     Text(&'a str),
+    /// A client address's key as [`push_address_key`] wrote it (digits, hex, `.`, `:`, `/`;
+    /// or `unknown-peer`): what [`push_store_key`] keeps as it is when the key is not
+    /// hashed.
+    Address(&'a [u8]),
     Bytes(&'a [u8]),
     Owned(String),
 }
@@ -193,7 +197,7 @@ impl Value<'_> {
     fn as_bytes(&self) -> &[u8] {
         match self {
             Value::Text(t) => t.as_bytes(),
-            Value::Bytes(b) => b,
+            Value::Bytes(b) | Value::Address(b) => b,
             Value::Owned(s) => s.as_bytes(),
         }
     }
@@ -202,7 +206,7 @@ impl Value<'_> {
     fn text(&self) -> Cow<'_, str> {
         match self {
             Value::Text(t) => Cow::Borrowed(t),
-            Value::Bytes(b) => String::from_utf8_lossy(b),
+            Value::Bytes(b) | Value::Address(b) => String::from_utf8_lossy(b),
             Value::Owned(s) => Cow::Borrowed(s),
         }
     }
@@ -233,7 +237,7 @@ impl<'a, 'p> Keys<'a, 'p> {
                         self.addresses.len() - 1
                     }
                 };
-                Value::Bytes(self.addresses[made].1.as_bytes())
+                Value::Address(self.addresses[made].1.as_bytes())
             }
             Source::User => {
                 let (engine, parts) = (self.engine, self.parts);
@@ -329,9 +333,18 @@ impl Engine {
                 let key_at = key.len();
                 // The value as sent goes to a per-key quota function; the store keeps what
                 // the key reads in it (a credential, whatever its spelling).
-                let read = limit.key.read_credential(value.as_bytes());
-                let stored = read.as_deref().map_or(value.as_bytes(), str::as_bytes);
-                push_store_key(stored, limit.key.hashed, &mut key);
+                match value {
+                    // Printable ASCII, no braces, not `#`, short: kept as it is, without
+                    // looking at each byte again.
+                    Value::Address(address) if !limit.key.hashed => {
+                        key.push_ascii(address);
+                    }
+                    _ => {
+                        let read = limit.key.read_credential(value.as_bytes());
+                        let stored = read.as_deref().map_or(value.as_bytes(), str::as_bytes);
+                        push_store_key(stored, limit.key.hashed, &mut key);
+                    }
+                }
                 let bucket = Bucket::from_key(key, limit.bucket.len(), quota)
                     .with_cost(cost)
                     .with_when_full(limit.when_full);
@@ -438,6 +451,30 @@ mod tests {
             .extensions
             .insert(SocketAddr::from(([203, 0, 113, 7], 4000)));
         parts
+    }
+
+    /// An address key goes into the store key as it is: what `push_store_key` makes of it
+    /// when it is not hashed, for every form `push_address_key` writes.
+    #[test]
+    fn address_keys_are_stored_as_they_are() {
+        let addresses: [std::net::IpAddr; 5] = [
+            [203, 0, 113, 7].into(),
+            [0, 0, 0, 0].into(),
+            [255, 255, 255, 255].into(),
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            "64:ff9b::c000:207".parse().unwrap(),
+        ];
+        for ip in addresses {
+            for prefix in [0, 48, 64, 127, 128] {
+                let key = super::address_key(Some(ip), prefix);
+                assert_eq!(crate::key::store_key(key.as_bytes(), false), key.as_str());
+            }
+        }
+        let unknown = super::address_key(None, 64);
+        assert_eq!(
+            crate::key::store_key(unknown.as_bytes(), false),
+            unknown.as_str()
+        );
     }
 
     /// The plan of the request of `parts` for `policies`.
