@@ -185,10 +185,10 @@ impl<G: Group> Plan<G> {
 /// A key's value in one request.
 enum Value<'a> {
     Text(&'a str),
-    /// A client address's key as [`push_address_key`] wrote it (digits, hex, `.`, `:`, `/`;
-    /// or `unknown-peer`): what [`push_store_key`] keeps as it is when the key is not
-    /// hashed.
-    Address(&'a [u8]),
+    /// What [`push_store_key`] keeps as it is when the key is not hashed (printable ASCII,
+    /// no braces, no leading `#`, short): a client address's key as [`push_address_key`]
+    /// wrote it (digits, hex, `.`, `:`, `/`; or `unknown-peer`), the global key (`all`).
+    Kept(&'a [u8]),
     Bytes(&'a [u8]),
     Owned(String),
 }
@@ -197,7 +197,7 @@ impl Value<'_> {
     fn as_bytes(&self) -> &[u8] {
         match self {
             Value::Text(t) => t.as_bytes(),
-            Value::Bytes(b) | Value::Address(b) => b,
+            Value::Bytes(b) | Value::Kept(b) => b,
             Value::Owned(s) => s.as_bytes(),
         }
     }
@@ -206,7 +206,7 @@ impl Value<'_> {
     fn text(&self) -> Cow<'_, str> {
         match self {
             Value::Text(t) => Cow::Borrowed(t),
-            Value::Bytes(b) | Value::Address(b) => String::from_utf8_lossy(b),
+            Value::Bytes(b) | Value::Kept(b) => String::from_utf8_lossy(b),
             Value::Owned(s) => Cow::Borrowed(s),
         }
     }
@@ -237,7 +237,7 @@ impl<'a, 'p> Keys<'a, 'p> {
                         self.addresses.len() - 1
                     }
                 };
-                Value::Address(self.addresses[made].1.as_bytes())
+                Value::Kept(self.addresses[made].1.as_bytes())
             }
             Source::User => {
                 let (engine, parts) = (self.engine, self.parts);
@@ -252,7 +252,7 @@ impl<'a, 'p> Keys<'a, 'p> {
                         .as_deref()?,
                 )
             }
-            Source::Global => Value::Text("all"),
+            Source::Global => Value::Kept(GLOBAL_KEY),
             Source::Header(Ok(name)) => Value::Bytes(self.parts.headers.get(name)?.as_bytes()),
             Source::Header(Err(_)) => return None,
             Source::Custom(f) => Value::Owned(f(self.parts)?),
@@ -275,6 +275,9 @@ impl<'a, 'p> Keys<'a, 'p> {
         })
     }
 }
+
+/// The key of the global limits' one bucket.
+const GLOBAL_KEY: &[u8] = b"all";
 
 /// The key of client address `addr`, IPv6 folded to `prefix` bits; without one, the one
 /// key every request without a peer address shares.
@@ -334,10 +337,9 @@ impl Engine {
                 // The value as sent goes to a per-key quota function; the store keeps what
                 // the key reads in it (a credential, whatever its spelling).
                 match value {
-                    // Printable ASCII, no braces, not `#`, short: kept as it is, without
-                    // looking at each byte again.
-                    Value::Address(address) if !limit.key.hashed => {
-                        key.push_ascii(address);
+                    // Kept as it is, without looking at each byte again.
+                    Value::Kept(kept) if !limit.key.hashed => {
+                        key.push_ascii(kept);
                     }
                     _ => {
                         let read = limit.key.read_credential(value.as_bytes());
@@ -453,10 +455,13 @@ mod tests {
         parts
     }
 
-    /// An address key goes into the store key as it is: what `push_store_key` makes of it
-    /// when it is not hashed, for every form `push_address_key` writes.
+    /// An address key and the global key go into the store key as they are: what
+    /// `push_store_key` makes of them when they are not hashed, for every form
+    /// `push_address_key` writes.
     #[test]
-    fn address_keys_are_stored_as_they_are() {
+    fn kept_keys_are_stored_as_they_are() {
+        let global = super::GLOBAL_KEY;
+        assert_eq!(crate::key::store_key(global, false).as_bytes(), global);
         let addresses: [std::net::IpAddr; 5] = [
             [203, 0, 113, 7].into(),
             [0, 0, 0, 0].into(),
