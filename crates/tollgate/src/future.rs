@@ -177,7 +177,7 @@ where
                             let (parts, _body) = req.into_parts();
                             this.state.set(State::Done);
                             let response = match answered {
-                                Outcome::Refuse(refused) => refused.respond(&parts),
+                                Outcome::Refuse(mut refused) => refused.respond(&parts),
                                 Outcome::Respond(response) => response,
                                 Outcome::Proceed(_) => unreachable!("matched above"),
                             };
@@ -226,7 +226,7 @@ where
                     return Poll::Ready(answered.map(|r| r.map(ResponseBody::inner)));
                 }
                 StateProj::Settling { settle, response } => {
-                    let settled = ready!(settle.as_mut().poll(cx));
+                    let mut settled = ready!(settle.as_mut().poll(cx));
                     let response = response.take();
                     this.state.set(State::Done);
                     if let Some(mut response) = response {

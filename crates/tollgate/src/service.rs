@@ -86,7 +86,8 @@ where
                     let req = Request::from_parts(parts, body);
                     ResponseFuture::calling(self.inner.call(req), after.take())
                 }
-                Outcome::Refuse(refused) => {
+                // (Answered from the slot, not moved out of it: see above.)
+                Outcome::Refuse(ref mut refused) => {
                     ResponseFuture::respond(refused.respond(&parts), &parts)
                 }
                 Outcome::Respond(response) => ResponseFuture::respond(response, &parts),

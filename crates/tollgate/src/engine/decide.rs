@@ -44,7 +44,9 @@ pub(crate) struct Refused {
 impl Refused {
     /// The 429 for the request of `parts`: the refusal hook's response (or the error body),
     /// plus the rate-limit headers it did not set, and the decision in its extensions.
-    pub(crate) fn respond(self, parts: &Parts) -> http::Response<Bytes> {
+    /// (By reference: a refusal holds its headers, 240 bytes, which a move copies; they are
+    /// taken out.)
+    pub(crate) fn respond(&mut self, parts: &Parts) -> http::Response<Bytes> {
         let engine = &self.engine;
         let mut response = match &engine.refusal_hook {
             Some(hook) => hook(&self.info, parts),
@@ -381,8 +383,12 @@ impl Engine {
             *out = Outcome::Refuse(Refused {
                 engine: self.clone(),
                 info: self.info(plan, &visible, now, target),
-                settled: self.settled(plan, &visible, now, true),
+                settled: Settled::default(),
             });
+            // (Its headers made where they are kept.)
+            if let Outcome::Refuse(refused) = out {
+                self.settle_into(plan, &visible, now, true, &mut refused.settled);
+            }
             return Step::Done;
         }
         self.stats.would_refuse.fetch_add(1, Ordering::Relaxed);
