@@ -49,10 +49,11 @@
 -- window from now (as if admitted now: placed to leave when the other state is fresh, a
 -- count of a shorter window would leave this one early, and alternating calls could then
 -- admit more than either limit in this one's window), and the call is decided on that. If
--- this shape so placed counts at least as much as the other state until that is fresh (a
--- longer window; a token bucket's TAT far enough ahead), any call but a look writes the key
--- in this shape, refused or not (left as it was, the count would leave with the other
--- state, and the client have this window's quota again). Otherwise the key is written in
+-- the other state's window is shorter than this one's (a sliding window's or a log's) and
+-- this shape so placed counts at least as much as it until it is fresh (a token bucket's
+-- TAT far enough ahead), any call but a look writes the key in this shape, refused or not
+-- (left as it was, the count would leave with the other state, and the client have this
+-- window's quota again). Otherwise the key is written in
 -- this bucket's shape only by a call that changes it (a refusal or a peek leaves the other
 -- state as it is, but for what the key's own shape rewrites on a look: a log read under
 -- another window, a token bucket's TAT read in another interval), so alternating calls of
@@ -614,9 +615,10 @@ local carried, raise
 if others or restore then
   -- What the state of another shape in `key` (its value `v`: a string, or else the key
   -- holds a log's hash) still counts, read under its own limit, in how many µs it is fresh
-  -- again, and in how many it counts no more than `R` (as enough of it leaves); 0 if
-  -- nothing, or a state that does not say (a fixed window's count in the format before
-  -- window keys: fixed windows count apart; a token bucket's TAT without its interval).
+  -- again, in how many it counts no more than `R` (as enough of it leaves), and its window
+  -- (µs; 0 for a state that does not say: a token bucket's); 0 if nothing, or a state that
+  -- does not say what it counts (a fixed window's count in the format before window keys:
+  -- fixed windows count apart; a token bucket's TAT without its interval).
   carried = function(key, v, R)
     if type(v) ~= 'string' then
       local r = redis.call('HMGET', key, 'h', 'n', 't', 'u')
@@ -628,7 +630,7 @@ if others or restore then
         -- Written before a log recorded its window: its total, until the key expires.
         local pe = redis.call('PEXPIRETIME', key)
         local fresh = pe > 0 and (pe - slack) * 1000 - now or 0
-        return tonumber(r[3]), fresh, fresh
+        return tonumber(r[3]), fresh, fresh, 0
       end
       local lg = load_log(key, r, u)
       if lg.n > lg.h then
@@ -641,7 +643,7 @@ if others or restore then
           fits = entry(lg, key, idx) + u - now
           left = left - lg.c[idx]
         end
-        return lg.t, entry(lg, key, lg.n - 1) + u - now, max(fits, 0)
+        return lg.t, entry(lg, key, lg.n - 1) + u - now, max(fits, 0), u
       end
       return 0, 0, 0
     end
@@ -650,7 +652,7 @@ if others or restore then
       -- A token bucket: ceil((tat - now) / T) tokens, fresh at tat, R of them at tat - R T.
       if tat > now then
         T = max(tonumber(T), 1)
-        return ceil((tat - now) / T), tat - now, max(tat - max(R, 0) * T - now, 0)
+        return ceil((tat - now) / T), tat - now, max(tat - max(R, 0) * T - now, 0), 0
       end
       return 0, 0, 0
     end
@@ -683,7 +685,7 @@ if others or restore then
       fits = SL[x] + k * s - now
     end
     top = b - 1
-    return min(used, LIM), fresh, max(fits, 0)
+    return min(used, LIM), fresh, max(fits, 0), k * s
   end
 
   -- Raises bucket i's state to at least `want` counted (with `add`, by `want`), what it
@@ -776,25 +778,28 @@ for i = 1, n do
   -- a reload): what it still counts carries over, placed as a restore places a count, but
   -- fresh no sooner than this bucket's window from now (as if admitted now), so that it
   -- counts in every window of this limit that the other limit's admissions fall in. If
-  -- this shape so placed counts at least as much as the other state at every time until
-  -- that is fresh (a window at least as long; a token bucket's TAT far enough ahead that
-  -- its tokens still number the count then), any call but a look writes it in this shape
-  -- (`PS`), whatever the call decides: left as it was, a longer window's count would leave
-  -- with the shorter window's state, and the client have this window's whole quota again
-  -- (a review: 50 admitted, then 50 more 61 s after a reload from 50/min to 50/h).
-  -- Otherwise the other state stays, and each call places it anew: written over, what it
-  -- counts would leave this shape sooner than it leaves its own, and alternating calls of
-  -- the two shapes admit more than the looser limit in its window.
+  -- the other state's window is shorter than this one's (a window lengthened) and this
+  -- shape so placed counts at least as much as it at every time until it is fresh (a token
+  -- bucket's TAT far enough ahead that its tokens still number the count then), any call
+  -- but a look writes it in this shape (`PS`), whatever the call decides: left as it was,
+  -- the count would leave with the shorter window's state, and the client have this
+  -- window's whole quota again (a review: 50 admitted, then 50 more 61 s after a reload
+  -- from 50/min to 50/h). Otherwise the other state stays, and each call places it anew:
+  -- written over, what it counts would leave this shape sooner than it leaves its own,
+  -- and alternating calls of the two shapes admit more than the looser limit in its
+  -- window; or, written over by a refusal, a count of a window as long or longer would be
+  -- dated anew by each refusal, on either side, and a client alternating between them
+  -- never admitted (a review: 0 admitted in 62 s against 5/2s beside 5/20s).
   if RP[i] and alg ~= '4' then
-    local used, fresh, fits = carried(key, v, cap - cost)
+    local used, fresh, fits, span = carried(key, v, cap - cost)
     if used > 0 and fresh > 0 then
       raise(i, key, alg, unit, W, used, max(fresh, W))
       CF[i], CW[i] = fresh, fits
-      if op ~= '1' then
+      if op ~= '1' and span > 0 and span < W then
         if alg == '3' then
           PS[i] = X[i] - now - fresh > (used - 1) * unit
         else
-          PS[i] = W >= fresh
+          PS[i] = true
         end
       end
     end

@@ -36,11 +36,14 @@
 //! `decide.lua`). So a fleet whose instances disagree on a limit stays limited
 //! (alternating requests admit at most what the looser limit allows in its window) and a
 //! reload keeps what was counted. The key is rewritten in the new shape by the first call
-//! (a look excepted), refused or not, when the new shape holds the count at least as long
-//! as the old state would (a longer window; a token bucket's TAT far enough ahead): a
-//! limit lengthened from a minute to an hour holds a client that spent it for the hour
-//! from the change. Otherwise only by a call that changes it, and a call refused on the
-//! old state is told to wait until enough of it leaves for its cost to fit. (A call the
+//! (a look excepted), refused or not, when the old state is a sliding window's or a log's
+//! of a shorter window and the new shape holds its count at least as long (a token
+//! bucket's TAT far enough ahead): a limit lengthened from a minute to an hour holds a
+//! client that spent it for the hour from the change. Otherwise only by a call that
+//! changes it (a refusal written over a count of a window as long or longer would date it
+//! anew, and a client alternating between two instances be refused for as long as it
+//! keeps sending), and a call refused on the old state is told to wait until enough of it
+//! leaves for its cost to fit. (A call the
 //! shorter window admits writes the count in its shape, which leaves with that window: the
 //! longer window's instance can then admit its quota again before its own window is over.) The memory store starts afresh on a shape change
 //! within one process (it keeps each algorithm's state of a key apart); on Redis the count

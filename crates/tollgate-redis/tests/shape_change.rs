@@ -375,3 +375,64 @@ async fn refused_until(
     clock.advance(wait);
     assert!(charge_on_clock(store, bucket).await.0, "{}", bucket.key);
 }
+
+/// Two instances holding two shapes of one limit, a client spent on the first and then
+/// sending to each in turn: it is admitted again once what it spent has left the longer
+/// window, not refused for as long as it keeps sending. A review (of the fix that writes a
+/// lengthened window's count in its shape): each refusal, on either side, dated the count
+/// anew, and a client alternating between 5/2s and 5/20s was admitted 0 times in 62 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_alternating_between_two_shapes_is_admitted_once_its_count_leaves() {
+    let server = RedisServer::start();
+    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let (a, b) = (on_clock(&server, &clock), on_clock(&server, &clock));
+    let ten_minutes = Quota::new(5, Duration::from_secs(600)).unwrap();
+    for (name, spent_on, other, window, step) in [
+        (
+            "sliding 5/10min beside 5/min",
+            Limit::sliding(ten_minutes),
+            Limit::sliding(Quota::per_minute(5)),
+            600,
+            30,
+        ),
+        (
+            "sliding 5/min beside exact 5/min",
+            Limit::sliding(Quota::per_minute(5)),
+            Limit::sliding_exact(Quota::per_minute(5)),
+            60,
+            5,
+        ),
+        (
+            "exact 5/min beside sliding 5/min",
+            Limit::sliding_exact(Quota::per_minute(5)),
+            Limit::sliding(Quota::per_minute(5)),
+            60,
+            5,
+        ),
+    ] {
+        let on_a = Bucket::new("alternating", name, spent_on);
+        let on_b = Bucket::new("alternating", name, other);
+        for _ in 0..5 {
+            assert!(charge_on_clock(&a, &on_a).await.0, "{name}");
+        }
+        let mut first = None;
+        for turn in 1..=(2 * window / step) {
+            clock.advance(Duration::from_secs(step));
+            let (store, bucket) = if turn % 2 == 0 {
+                (&a, &on_a)
+            } else {
+                (&b, &on_b)
+            };
+            if charge_on_clock(store, bucket).await.0 {
+                first = Some(turn * step);
+                break;
+            }
+        }
+        let first = first.unwrap_or_else(|| panic!("{name}: never admitted"));
+        assert!(
+            (window..=window + step).contains(&first),
+            "{name}: first admitted at {first} s"
+        );
+        clock.advance(Duration::from_secs(3600));
+    }
+}
