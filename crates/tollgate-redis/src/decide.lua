@@ -49,22 +49,22 @@
 -- window from now (as if admitted now: placed to leave when the other state is fresh, a
 -- count of a shorter window would leave this one early, and alternating calls could then
 -- admit more than either limit in this one's window), and the call is decided on that. If
--- the other state's window is shorter than this one's (a sliding window's or a log's) and
--- this shape so placed counts at least as much as it until it is fresh (a token bucket's
--- TAT far enough ahead), any call but a look writes the key in this shape, refused or not
--- (left as it was, the count would leave with the other state, and the client have this
--- window's quota again). Otherwise the key is written in
--- this bucket's shape only by a call that changes it (a refusal or a peek leaves the other
--- state as it is, but for what the key's own shape rewrites on a look: a log read under
--- another window, a token bucket's TAT read in another interval), so alternating calls of
--- two shapes admit at most what the looser limit does in its window; a call refused on it
--- is told to wait until enough of it leaves for the cost to fit, and that the bucket is
--- full again when all of it has: until then each call places it anew. A token bucket's
--- TAT without its interval ('<tat>', 'T<tat>') and a fixed window's count in the bucket's
--- own key ('-<used>', 'F...') do not say what they count in another shape and are not
--- carried. Fixed windows count in keys of their own: a fixed window and another algorithm
--- are two counters. Only the general path does any of this: the fast paths take a key
--- holding another shape's state there, unchanged.
+-- the other state's window is shorter than this one's (a token bucket's: until it is fresh)
+-- and this shape so placed counts at least as much as it until it is fresh (a token
+-- bucket's TAT far enough ahead), any call but a look writes the key in this shape, refused
+-- or not (left as it was, the count would leave with the other state, and the client have
+-- this window's quota again). Otherwise the key is written in this bucket's shape only by a
+-- call that changes it (a refusal or a peek leaves the other state as it is, but for what
+-- the key's own shape rewrites on a look: a log read under another window, a token bucket's
+-- TAT read in another interval), so alternating calls of two shapes admit at most what the
+-- looser limit does in its window; a call refused on it is told to wait until enough of it
+-- leaves for the cost to fit, and that the bucket is full again when all of it has: until
+-- then each call places it anew. A token bucket's TAT without its interval ('<tat>',
+-- 'T<tat>') and a fixed window's count in the bucket's own key ('-<used>', 'F...') do not
+-- say what they count in another shape and are not carried. Fixed windows count in keys of
+-- their own: a fixed window and another algorithm are two counters. Only the general path
+-- does any of this: the fast paths take a key holding another shape's state there,
+-- unchanged.
 --
 -- Reply: { now, then per bucket: wait (0 fits, -1 never fits, else microseconds), remaining,
 -- reset_after (microseconds) }.
@@ -616,9 +616,10 @@ if others or restore then
   -- What the state of another shape in `key` (its value `v`: a string, or else the key
   -- holds a log's hash) still counts, read under its own limit, in how many µs it is fresh
   -- again, in how many it counts no more than `R` (as enough of it leaves), and its window
-  -- (µs; 0 for a state that does not say: a token bucket's); 0 if nothing, or a state that
-  -- does not say what it counts (a fixed window's count in the format before window keys:
-  -- fixed windows count apart; a token bucket's TAT without its interval).
+  -- (µs; a token bucket's until it is fresh; 0 for a log that does not say); 0 if nothing,
+  -- or a state that does not say what it counts (a fixed window's count in the format
+  -- before window keys: fixed windows count apart; a token bucket's TAT without its
+  -- interval).
   carried = function(key, v, R)
     if type(v) ~= 'string' then
       local r = redis.call('HMGET', key, 'h', 'n', 't', 'u')
@@ -649,10 +650,11 @@ if others or restore then
     end
     local tat, T = read_tat(v)
     if tat then
-      -- A token bucket: ceil((tat - now) / T) tokens, fresh at tat, R of them at tat - R T.
+      -- A token bucket: ceil((tat - now) / T) tokens, fresh at tat, R of them at tat - R T;
+      -- its window, as far as its state says, until it is fresh (no longer than a burst's).
       if tat > now then
         T = max(tonumber(T), 1)
-        return ceil((tat - now) / T), tat - now, max(tat - max(R, 0) * T - now, 0), 0
+        return ceil((tat - now) / T), tat - now, max(tat - max(R, 0) * T - now, 0), tat - now
       end
       return 0, 0, 0
     end
@@ -777,19 +779,20 @@ for i = 1, n do
   -- The state of another shape (instances that disagree on the limit, mid-rollout or after
   -- a reload): what it still counts carries over, placed as a restore places a count, but
   -- fresh no sooner than this bucket's window from now (as if admitted now), so that it
-  -- counts in every window of this limit that the other limit's admissions fall in. If
-  -- the other state's window is shorter than this one's (a window lengthened) and this
-  -- shape so placed counts at least as much as it at every time until it is fresh (a token
-  -- bucket's TAT far enough ahead that its tokens still number the count then), any call
-  -- but a look writes it in this shape (`PS`), whatever the call decides: left as it was,
-  -- the count would leave with the shorter window's state, and the client have this
-  -- window's whole quota again (a review: 50 admitted, then 50 more 61 s after a reload
-  -- from 50/min to 50/h). Otherwise the other state stays, and each call places it anew:
-  -- written over, what it counts would leave this shape sooner than it leaves its own,
-  -- and alternating calls of the two shapes admit more than the looser limit in its
-  -- window; or, written over by a refusal, a count of a window as long or longer would be
-  -- dated anew by each refusal, on either side, and a client alternating between them
-  -- never admitted (a review: 0 admitted in 62 s against 5/2s beside 5/20s).
+  -- counts in every window of this limit that the other limit's admissions fall in. If the
+  -- other state's window is shorter than this one's (a window lengthened; a token bucket's,
+  -- until it is fresh: its burst is not stored) and this shape so placed counts at least as
+  -- much as it at every time until it is fresh (a token bucket's TAT far enough ahead that
+  -- its tokens still number the count then), any call but a look writes it in this shape
+  -- (`PS`), whatever the call decides: left as it was, the count would leave with the
+  -- shorter window's state, and the client have this window's whole quota again (a review:
+  -- 50 admitted, then 50 more 61 s after a reload from 50/min to 50/h). Otherwise the other
+  -- state stays, and each call places it anew: written over, what it counts would leave
+  -- this shape sooner than it leaves its own, and alternating calls of the two shapes admit
+  -- more than the looser limit in its window; or, written over by a refusal, a count of a
+  -- window as long or longer would be dated anew by each refusal, on either side, and a
+  -- client alternating between them never admitted (a review: 0 admitted in 62 s against
+  -- 5/2s beside 5/20s).
   if RP[i] and alg ~= '4' then
     local used, fresh, fits, span = carried(key, v, cap - cost)
     if used > 0 and fresh > 0 then

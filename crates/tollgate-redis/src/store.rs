@@ -36,9 +36,9 @@
 //! `decide.lua`). So a fleet whose instances disagree on a limit stays limited
 //! (alternating requests admit at most what the looser limit allows in its window) and a
 //! reload keeps what was counted. The key is rewritten in the new shape by the first call
-//! (a look excepted), refused or not, when the old state is a sliding window's or a log's
-//! of a shorter window and the new shape holds its count at least as long (a token
-//! bucket's TAT far enough ahead): a limit lengthened from a minute to an hour holds a
+//! (a look excepted), refused or not, when the old state is of a shorter window (a token
+//! bucket's: until it is full again) and the new shape holds its count at least as long (a
+//! token bucket's TAT far enough ahead): a limit lengthened from a minute to an hour holds a
 //! client that spent it for the hour from the change. Otherwise only by a call that
 //! changes it (a refusal written over a count of a window as long or longer would date it
 //! anew, and a client alternating between two instances be refused for as long as it

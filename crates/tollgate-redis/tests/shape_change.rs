@@ -282,12 +282,22 @@ async fn a_lengthened_window_holds_what_was_counted_for_its_own_window() {
     let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
     let store = on_clock(&server, &clock);
     let hour = Quota::per_hour(5);
-    for (name, after) in [
-        ("sliding", Limit::sliding(hour)),
-        ("exact", Limit::sliding_exact(hour)),
-        ("token bucket", Limit::token_bucket(hour, 5).unwrap()),
+    let minute = Quota::per_minute(5);
+    for (name, before, after) in [
+        ("sliding", Limit::sliding(minute), Limit::sliding(hour)),
+        ("exact", Limit::sliding(minute), Limit::sliding_exact(hour)),
+        (
+            "token bucket",
+            Limit::sliding(minute),
+            Limit::token_bucket(hour, 5).unwrap(),
+        ),
+        (
+            "from a token bucket",
+            Limit::token_bucket(minute, 5).unwrap(),
+            Limit::sliding(hour),
+        ),
     ] {
-        let before = Bucket::new("lengthened", name, Limit::sliding(Quota::per_minute(5)));
+        let before = Bucket::new("lengthened", name, before);
         for _ in 0..5 {
             assert!(charge_on_clock(&store, &before).await.0, "{name}");
         }
@@ -406,6 +416,13 @@ async fn a_client_alternating_between_two_shapes_is_admitted_once_its_count_leav
             "exact 5/min beside sliding 5/min",
             Limit::sliding_exact(Quota::per_minute(5)),
             Limit::sliding(Quota::per_minute(5)),
+            60,
+            5,
+        ),
+        (
+            "sliding 5/min beside a token bucket of 5/min",
+            Limit::sliding(Quota::per_minute(5)),
+            Limit::token_bucket(Quota::per_minute(5), 5).unwrap(),
             60,
             5,
         ),
