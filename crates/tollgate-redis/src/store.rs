@@ -38,14 +38,14 @@
 //! reload keeps what was counted. The key is rewritten in the new shape by the first call
 //! (a look excepted), refused or not, when the old state is of a shorter window (a token
 //! bucket's: until it is full again) and the new shape holds its count at least as long (a
-//! token bucket's TAT far enough ahead): a limit lengthened from a minute to an hour holds a
-//! client that spent it for the hour from the change. Otherwise only by a call that
+//! token bucket's TAT far enough ahead): a limit lengthened from a minute to an hour holds
+//! a client that spent it for the hour from the change. Otherwise only by a call that
 //! changes it (a refusal written over a count of a window as long or longer would date it
-//! anew, and a client alternating between two instances be refused for as long as it
-//! keeps sending), and a call refused on the old state is told to wait until enough of it
-//! leaves for its cost to fit. (A call the
-//! shorter window admits writes the count in its shape, which leaves with that window: the
-//! longer window's instance can then admit its quota again before its own window is over.) The memory store starts afresh on a shape change
+//! anew, and a client alternating between two instances be refused for as long as it keeps
+//! sending), and a call refused on the old state is told to wait until enough of it leaves
+//! for its cost to fit. (A call the shorter window admits writes the count in its shape,
+//! which leaves with that window: the longer window's instance can then admit its quota
+//! again before its own window is over.) The memory store starts afresh on a shape change
 //! within one process (it keeps each algorithm's state of a key apart); on Redis the count
 //! carries over. An exact log of another window is not another shape: its entries keep
 //! their times and each instance counts them in its own window (a shorter window's call
