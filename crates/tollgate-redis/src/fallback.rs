@@ -185,7 +185,7 @@ use tollgate_core::{
 };
 
 use crate::ledger::{Ledger, Owed};
-use crate::store::RedisStore;
+use crate::store::{RedisStore, MIN_TIMEOUT};
 use crate::under_way::UnderWay;
 
 /// The default per-call timeout.
@@ -262,7 +262,7 @@ impl FallbackConfig {
     /// [`RedisStoreBuilder::for_fallback`](crate::RedisStoreBuilder::for_fallback) to wait
     /// this long (the stores made from the environment and from files are).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
+        self.timeout = timeout.max(MIN_TIMEOUT);
         self
     }
 

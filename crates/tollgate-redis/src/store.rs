@@ -157,8 +157,9 @@ use crate::slot::slot;
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate:";
 
-/// The shortest response and connection timeouts (shorter ones are taken as this).
-const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest response and connection timeouts, and fallback timeout (shorter ones are
+/// taken as this).
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// The default time a command may wait for Redis's answer before failing.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);

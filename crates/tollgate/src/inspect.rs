@@ -265,7 +265,7 @@ impl Limiter {
                 capacity,
             });
         }
-        Ok(self.stored_value(key, &value))
+        Ok(store_key(value.as_bytes(), key.hashed))
     }
 
     /// [`Limiter::remove_override`] with the key named by its kind; whether there was one.
@@ -277,7 +277,7 @@ impl Limiter {
         let mut removed = false;
         for key in self.keys_of_kind(kind)? {
             let value = self.request_value(&key, value)?;
-            removed |= self.remove_override(&key, &value);
+            removed |= self.remove_stored(kind, &store_key(value.as_bytes(), key.hashed));
         }
         Ok(removed)
     }

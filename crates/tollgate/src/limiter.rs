@@ -785,9 +785,10 @@ impl Limiter {
     /// that kind too: a kind read from a verified source in one policy ([`Key::tenant`])
     /// and from a header any client writes in another ([`Key::tenant_header`]), or a custom
     /// kind named like a built-in one (`ip`, `user`), pools them, so a client naming `acme`
-    /// in the header spends `acme`'s override (give the two sources kinds of their own). Takes effect on the next
-    /// request, no restart, in this process only: on a fleet, set it on every instance
-    /// (its count is in the store, shared by the instances that have the override). The
+    /// in the header spends `acme`'s override (give the two sources kinds of their own).
+    /// Takes effect on the next request, no restart, in this process only: on a fleet, set
+    /// it on every instance (its count is in the store, shared by the instances that have
+    /// the override). The
     /// override's bucket is a bucket of its own: it does not count what the route's
     /// buckets did (a client that already spent 100 of its route's 500 a minute, given
     /// 50 a minute, is admitted 50 more; lower the route's limit, or reset the key, to
@@ -845,17 +846,22 @@ impl Limiter {
 
     /// Removes a per-key override; returns whether there was one.
     pub fn remove_override(&self, key: &Key, value: &str) -> bool {
-        let stored = self.stored_value(key, value);
+        self.remove_stored(key.kind(), &self.stored_value(key, value))
+    }
+
+    /// Removes the override of the key of kind `kind` stored as `stored`; whether there was
+    /// one.
+    pub(crate) fn remove_stored(&self, kind: &str, stored: &str) -> bool {
         let mut removed = false;
         self.engine.overrides.rcu(|current| {
             let mut next = Overrides::clone(current);
-            removed = next.remove(key.kind(), &stored);
+            removed = next.remove(kind, stored);
             next
         });
         if removed {
             tracing::info!(
                 target: "tollgate",
-                kind = %key.kind(),
+                kind = %kind,
                 key = %stored,
                 "rate-limit override removed"
             );
