@@ -224,13 +224,17 @@ impl StoreKey {
     /// Shortens the key to at most `len` bytes: to the last character boundary at or
     /// before `len` (a character is never cut), whatever the key's length.
     pub fn truncate(&mut self, len: usize) {
-        let text = self.as_str();
-        if len >= text.len() {
+        // On the bytes: reading the key as `&str` validated it as UTF-8 each time (most of
+        // what a caller that reuses a bucket, `truncate(0)` then `push_str`, paid per
+        // request). The key is UTF-8, so a boundary is where no continuation byte
+        // (`0b10xx_xxxx`) starts.
+        let bytes = self.as_bytes();
+        if len >= bytes.len() {
             return;
         }
         let len = (0..=len)
             .rev()
-            .find(|&i| text.is_char_boundary(i))
+            .find(|&i| i == 0 || (bytes[i] as i8) >= -0x40)
             .unwrap_or(0);
         match &mut self.0 {
             KeyRepr::Inline { len: l, .. } => *l = u8::try_from(len).unwrap_or(u8::MAX),
