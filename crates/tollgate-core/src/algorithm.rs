@@ -70,9 +70,12 @@ const NARROW: usize = 11;
 /// [`Segments::set`] tell them apart.
 #[derive(Debug, Clone)]
 enum Segments {
-    /// `len` segments of `unit` µs; the ones past `len` stay zero.
+    /// `len` segments of `unit` µs; the ones past `len` stay zero. `head_slot` is the
+    /// ring's newest segment's slot (`head % len`), kept as the head moves so that finding
+    /// a segment's slot takes no division (it lies in the enum's padding: no larger).
     Narrow {
         len: u8,
+        head_slot: u8,
         unit: u32,
         counts: [u32; NARROW],
         offsets: [u32; NARROW],
@@ -82,10 +85,12 @@ enum Segments {
 }
 
 impl Segments {
-    fn new(len: usize, unit: u64) -> Self {
+    /// `len` empty segments of `unit` µs, the newest of which is segment `head`.
+    fn new(head: u64, len: usize, unit: u64) -> Self {
         match (u8::try_from(len), u32::try_from(unit)) {
             (Ok(narrow), Ok(short)) if Ring::fits_inline(len, unit) => Segments::Narrow {
                 len: narrow,
+                head_slot: (head % len as u64) as u8,
                 unit: short,
                 counts: [0; NARROW],
                 offsets: [0; NARROW],
@@ -179,8 +184,40 @@ impl Ring {
     fn new(head: u64, len: usize, unit: u64) -> Self {
         Self {
             head,
-            segments: Segments::new(len, unit),
+            segments: Segments::new(head, len, unit),
         }
+    }
+
+    /// The ring slot of segment `j` (`j % len`): for an inline ring and one of its kept
+    /// segments, counted back from the newest's slot, without a division.
+    #[inline]
+    fn slot(&self, j: u64) -> usize {
+        if let Segments::Narrow { len, head_slot, .. } = self.segments {
+            let (len, head_slot) = (usize::from(len), usize::from(head_slot));
+            if let Some(back) = self.head.checked_sub(j).filter(|&b| b < len as u64) {
+                let back = back as usize;
+                return if head_slot >= back {
+                    head_slot - back
+                } else {
+                    head_slot + len - back
+                };
+            }
+        }
+        (j % self.len()) as usize
+    }
+
+    /// Moves the newest segment to `head` (later than the current one), its slot with it.
+    fn set_head(&mut self, head: u64) {
+        if let Segments::Narrow { len, head_slot, .. } = &mut self.segments {
+            let ahead = head - self.head;
+            *head_slot = if ahead < u64::from(*len) {
+                let slot = *head_slot + ahead as u8;
+                slot.checked_sub(*len).unwrap_or(slot)
+            } else {
+                (head % u64::from(*len)) as u8
+            };
+        }
+        self.head = head;
     }
 
     /// The segment length in µs.
@@ -215,12 +252,12 @@ impl Ring {
     /// The count and last admission time of segment `j` (one of the last k+1).
     #[inline]
     fn segment(&self, j: u64) -> (u64, u64) {
-        self.segments
-            .get((j % self.len()) as usize, j.saturating_mul(self.unit()))
+        self.segments.get(self.slot(j), j.saturating_mul(self.unit()))
     }
 
-    /// Sets segment `j` (one of the last k+1).
-    fn set_segment(&mut self, j: u64, count: u64, last: u64) {
+    /// Sets segment `j` (one of the last k+1); returns its last admission as it now
+    /// reads.
+    fn set_segment(&mut self, j: u64, count: u64, last: u64) -> u64 {
         let start = j.saturating_mul(self.unit());
         let last = last.max(start);
         if let Segments::Narrow { .. } = self.segments {
@@ -228,8 +265,9 @@ impl Ring {
                 self.widen();
             }
         }
-        let i = (j % self.len()) as usize;
+        let i = self.slot(j);
         self.segments.set(i, start, count, last);
+        last
     }
 
     /// Turns a narrow ring wide, keeping every segment's count and time.
@@ -272,12 +310,12 @@ impl Ring {
     }
 
     /// Counts `cost` in the newest segment, admitted at `now` (or at its last admission, if
-    /// later).
-    fn add(&mut self, cost: u64, now: u64) {
+    /// later); returns the newest segment's last admission.
+    fn add(&mut self, cost: u64, now: u64) -> u64 {
         let head = self.head;
         let (c, last) = self.segment(head);
         let last = if c == 0 { now } else { last.max(now) };
-        self.set_segment(head, c.saturating_add(cost), last);
+        self.set_segment(head, c.saturating_add(cost), last)
     }
 
     /// Whether `cost` fits now in a window whose segments count `used` (as
@@ -328,7 +366,7 @@ impl Ring {
         let leaves_at =
             |slot: usize, start: u64| (start + u64::from(offsets[slot])).saturating_add(window);
         // The newest counted segment: there is one, as the total is not zero.
-        let head_slot = (self.head % len as u64) as usize;
+        let head_slot = self.slot(self.head);
         let mut slot = head_slot;
         let mut start = self.head.saturating_mul(unit);
         while counts[slot] == 0 {
@@ -376,7 +414,7 @@ impl Ring {
     ) -> (u64, u64) {
         let len = self.segments.len();
         let kept = self.head.min(len as u64 - 1) as usize + 1;
-        let mut slot = (self.head % len as u64) as usize;
+        let mut slot = self.slot(self.head);
         let unit = self.unit();
         let mut start = self.head.saturating_mul(unit);
         let mut used = 0u64;
@@ -413,7 +451,7 @@ impl Ring {
     ) -> u64 {
         let len = self.segments.len();
         let oldest = self.head.saturating_sub(len as u64 - 1);
-        let mut slot = (oldest % len as u64) as usize;
+        let mut slot = self.slot(oldest);
         let unit = self.unit();
         let mut start = oldest.saturating_mul(unit);
         let mut freed = 0u64;
@@ -630,7 +668,14 @@ impl State {
     pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
         match self {
             State::Segments(ring) => {
-                let current = now / limit.segment_micros();
+                // Still in the newest segment (the common case): no division. (A segment
+                // past the clock's range never starts.)
+                let unit = limit.segment_micros();
+                let starts = ring.head.checked_add(1).and_then(|n| n.checked_mul(unit));
+                if starts.is_none_or(|next| now < next) {
+                    return;
+                }
+                let current = now / unit;
                 if current > ring.head {
                     if current - ring.head >= ring.len() {
                         ring.segments.clear();
@@ -639,7 +684,7 @@ impl State {
                             ring.set_segment(j, 0, 0);
                         }
                     }
-                    ring.head = current;
+                    ring.set_head(current);
                 }
             }
             State::Log { entries, total } => {
@@ -731,7 +776,9 @@ impl State {
     /// Counts `cost` against the state (a charge or a penalty; it may go over the limit).
     pub(crate) fn add(&mut self, limit: &Limit, cost: u64, now: u64) {
         match self {
-            State::Segments(ring) => ring.add(cost, now),
+            State::Segments(ring) => {
+                ring.add(cost, now);
+            }
             State::Log { entries, total } => {
                 let at = entries.back().map_or(now, |&(last, _)| last.max(now));
                 match entries.back_mut() {
@@ -969,9 +1016,9 @@ impl State {
                     let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
                     let fit = ring.fit(limit, cost, now, used);
                     if fit == Fit::Now {
-                        ring.add(cost, now);
+                        let last = ring.add(cost, now);
                         used = used.saturating_add(cost);
-                        expires_at = ring.segment(ring.head).1.saturating_add(window);
+                        expires_at = last.saturating_add(window);
                     }
                     *report = Self::report_from(limit, fit, cost, now, used, expires_at);
                     return (fit, expires_at);
