@@ -646,6 +646,7 @@ impl State {
     /// Whether this state belongs to `limit`'s algorithm (a limit changed at runtime starts
     /// its keys afresh, except a token bucket's: [`State::advance`] converts it to the
     /// limit's emission interval).
+    #[inline]
     pub(crate) fn fits_algorithm(&self, limit: &Limit) -> bool {
         match (self, limit.algorithm()) {
             (State::Segments(ring), Algorithm::SlidingWindow { segments }) => {
@@ -722,6 +723,7 @@ impl State {
 
     /// What is counted against the window now, in the quota's units (for the token bucket,
     /// the tokens missing from a full bucket, rounded up).
+    #[inline]
     fn used(&self, limit: &Limit, now: u64) -> u64 {
         match self {
             State::Segments(ring) => ring.used_and_expiry(limit.quota().period_micros(), now).0,
@@ -923,6 +925,7 @@ impl State {
 
     /// When the state is back to fresh (nothing counted): the entry can be dropped then.
     /// Zero if it is fresh already.
+    #[inline]
     pub(crate) fn expires_at(&self, limit: &Limit) -> u64 {
         match self {
             State::Segments(ring) => {

@@ -1136,6 +1136,7 @@ impl Shard {
 /// What a call answered, as an entry remembers it: when the state is fresh again, and
 /// when it was seen (with whether it is at its limit).
 /// `expires_at` is when the state is fresh again (as [`State::report_and_expiry`] says).
+#[inline]
 fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
     let limited = !report.allowed || report.remaining == 0;
     let flag = if limited {
@@ -1151,6 +1152,7 @@ fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
 }
 
 /// `state`'s report for verdict `fit`, and what its entry notes ([`after`]).
+#[inline]
 fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (BucketState, After) {
     let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
     let a = after(&report, expires_at, now);
@@ -1159,6 +1161,7 @@ fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (Buc
 
 /// Brings the state up to `now`; a state of another algorithm (the limit changed) starts
 /// afresh.
+#[inline]
 fn catch_up(state: &mut State, limit: &Limit, now: u64) {
     if !state.fits_algorithm(limit) {
         *state = State::fresh(limit, now);
