@@ -252,7 +252,8 @@ impl Ring {
     /// The count and last admission time of segment `j` (one of the last k+1).
     #[inline]
     fn segment(&self, j: u64) -> (u64, u64) {
-        self.segments.get(self.slot(j), j.saturating_mul(self.unit()))
+        self.segments
+            .get(self.slot(j), j.saturating_mul(self.unit()))
     }
 
     /// Sets segment `j` (one of the last k+1); returns its last admission as it now
@@ -267,7 +268,7 @@ impl Ring {
         }
         let i = self.slot(j);
         self.segments.set(i, start, count, last);
-        last
+        self.segments.get(i, start).1
     }
 
     /// Turns a narrow ring wide, keeping every segment's count and time.
@@ -313,6 +314,26 @@ impl Ring {
     /// later); returns the newest segment's last admission.
     fn add(&mut self, cost: u64, now: u64) -> u64 {
         let head = self.head;
+        // An inline ring whose newest count stays within a `u32` (every charge but one
+        // past 2^32): its newest slot read and written in place, as `set_segment` would.
+        if let Segments::Narrow {
+            head_slot,
+            unit,
+            counts,
+            offsets,
+            ..
+        } = &mut self.segments
+        {
+            let i = usize::from(*head_slot);
+            let start = head.saturating_mul(u64::from(*unit));
+            let (c, last) = narrow_segment(counts, offsets, i, start);
+            if let Ok(count) = u32::try_from(c.saturating_add(cost)) {
+                let last = if c == 0 { now } else { last.max(now) }.max(start);
+                counts[i] = count;
+                offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
+                return start + u64::from(offsets[i]);
+            }
+        }
         let (c, last) = self.segment(head);
         let last = if c == 0 { now } else { last.max(now) };
         self.set_segment(head, c.saturating_add(cost), last)
