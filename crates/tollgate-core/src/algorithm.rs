@@ -686,7 +686,7 @@ impl State {
     /// TAT worked out with another emission interval (the limit's sustained rate changed)
     /// is converted to the limit's: what it counts, in tokens, carries over
     /// ([`rescale_tat`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn advance(&mut self, limit: &Limit, now: u64) {
         match self {
             State::Segments(ring) => {
@@ -978,7 +978,7 @@ impl State {
     /// [`State::report`], and when the state is back to fresh (as [`State::expires_at`];
     /// the report's `reset_after` is this minus `now`, at least zero, but a fixed window's
     /// is its window's end: see [`State::reset_at`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn report_and_expiry(
         &self,
         limit: &Limit,
@@ -1021,7 +1021,7 @@ impl State {
     /// was copied at each). A sliding window's segments are summed once, where a fit and a
     /// report would each sum them: after the charge the newest segment holds `cost` more,
     /// and is the newest counted one.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn charge(
         &mut self,
         limit: &Limit,

@@ -1161,7 +1161,7 @@ fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (Buc
 
 /// Brings the state up to `now`; a state of another algorithm (the limit changed) starts
 /// afresh.
-#[inline]
+#[inline(always)]
 fn catch_up(state: &mut State, limit: &Limit, now: u64) {
     if !state.fits_algorithm(limit) {
         *state = State::fresh(limit, now);
@@ -1252,30 +1252,50 @@ impl Inner {
             Op::Peek => (state.fit(limit, cost, now), false),
             Op::Refund | Op::RefundAt(_) | Op::Penalize | Op::Reset => (Fit::Now, true),
         };
-        let found = shard.update(p, now, |state| {
-            catch_up(state, limit, now);
-            let expires_at = if op == Op::Charge && !admitted {
-                // A charge: fit, add and report in one.
-                if let Some(held) = held.as_deref_mut() {
-                    *held = Held::Was(state.undo_record());
+        // What a found key goes through (a macro: each use is a closure of its own).
+        macro_rules! found {
+            () => {
+                |state| {
+                    catch_up(state, limit, now);
+                    let expires_at = if op == Op::Charge && !admitted {
+                        // A charge: fit, add and report in one.
+                        if let Some(held) = held.as_deref_mut() {
+                            *held = Held::Was(state.undo_record());
+                        }
+                        state.charge(limit, cost, now, out).1
+                    } else {
+                        let (fit, changes) = decide(state);
+                        if changes {
+                            match op {
+                                Op::Charge | Op::Penalize => state.add(limit, cost, now),
+                                Op::Refund => state.sub(limit, cost, None, now),
+                                Op::RefundAt(at) => {
+                                    state.sub(limit, cost, Some(at.as_micros()), now)
+                                }
+                                Op::Peek | Op::Reset => {}
+                            }
+                        }
+                        let expires_at;
+                        (*out, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+                        expires_at
+                    };
+                    ((), Some(after(out, expires_at, now)))
                 }
-                state.charge(limit, cost, now, out).1
-            } else {
-                let (fit, changes) = decide(state);
-                if changes {
-                    match op {
-                        Op::Charge | Op::Penalize => state.add(limit, cost, now),
-                        Op::Refund => state.sub(limit, cost, None, now),
-                        Op::RefundAt(at) => state.sub(limit, cost, Some(at.as_micros()), now),
-                        Op::Peek | Op::Reset => {}
-                    }
-                }
-                let expires_at;
-                (*out, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-                expires_at
             };
-            ((), Some(after(out, expires_at, now)))
-        });
+        }
+        // A token bucket's key is looked up in its own table through a closure called
+        // from there alone, which is then inlined where the state's form is known (the
+        // matches on it fold away); any other kind goes through `Shard::update`, as the
+        // token bucket's would (its table, and the boxed one for a state that changed
+        // form).
+        let found = if p.kind == Kind::Tat {
+            let Shard {
+                tat, boxed, parts, ..
+            } = &mut *shard;
+            update_in(tat, boxed, parts, p.hash, now, found!()).ok()
+        } else {
+            shard.update(p, now, found!())
+        };
         if found.is_some() {
             return;
         }
