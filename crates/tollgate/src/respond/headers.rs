@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use smallvec::SmallVec;
 use tollgate_core::{BucketState, Quota, Timestamp};
@@ -511,13 +512,36 @@ impl HeaderStyle {
         let Some(most) = view.buckets.get(view.most_restrictive) else {
             return;
         };
+        // The values that vary with every request (a remaining count past the static
+        // table, the `RateLimit` list) are written into one buffer: one allocation for all
+        // of them, each field a slice of it.
+        let remaining = most.state.remaining;
+        let remaining_len =
+            (self.x_ratelimit.is_some() && remaining >= SMALL).then(|| digits(remaining));
+        let current_len = if self.ietf {
+            current_len(view.buckets)
+        } else {
+            0
+        };
+        let mut varying = text(remaining_len.unwrap_or(0) + current_len, |out| {
+            if remaining_len.is_some() {
+                out.number(remaining);
+            }
+            if self.ietf {
+                write_current(view.buckets, out);
+            }
+        });
         if let Some(format) = self.x_ratelimit {
             let limit = match most.limit_value {
                 Some(value) if most.quota.count() == most.state.limit => value.clone(),
                 _ => number(most.state.limit),
             };
             out(Field::Limit, limit);
-            out(Field::Remaining, number(most.state.remaining));
+            let remaining = match remaining_len {
+                Some(len) => shared_value(varying.split_to(len)),
+                None => number(remaining),
+            };
+            out(Field::Remaining, remaining);
             let reset_after = if self.reset_at_retry {
                 shown_reset(most.state)
             } else {
@@ -549,7 +573,7 @@ impl HeaderStyle {
                 ascii_value(&text)
             });
             out(Field::Policy, policy);
-            out(Field::Current, current_value(view.buckets));
+            out(Field::Current, shared_value(varying));
         }
         if self.retry_after && !view.allowed {
             if let Some(wait) = most.state.retry_after {
@@ -559,42 +583,108 @@ impl HeaderStyle {
     }
 }
 
-/// The `RateLimit` field's value: `"<name>";r=<remaining>;t=<seconds>` per bucket. Its
-/// length is worked out first, so the value is one allocation of exactly its size, handed
-/// to the header value without a copy.
-fn current_value(buckets: &[Shown<'_>]) -> HeaderValue {
-    let numbers = |b: &Shown<'_>| {
-        let remaining = sf::clamp(b.state.remaining);
-        (remaining, sf::clamp(ceil_secs(shown_reset(b.state))))
-    };
-    let len: usize = buckets
+/// Room for the varying values of one response ([`HeaderStyle::emit`]) in the allocation
+/// that holds them: a remaining count and the `RateLimit` items of three buckets with names
+/// of twenty characters take about 130 bytes. Longer texts take a buffer of their own.
+const TEXT_INLINE: usize = 128;
+
+/// The varying values of one response, of up to [`TEXT_INLINE`] bytes.
+struct Inline {
+    len: usize,
+    bytes: [u8; TEXT_INLINE],
+}
+
+impl AsRef<[u8]> for Inline {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The `len` bytes `write` writes, in one allocation (none if `len` is 0).
+fn text(len: usize, write: impl FnOnce(&mut Cursor<'_>)) -> Bytes {
+    if len == 0 {
+        return Bytes::new();
+    }
+    if len <= TEXT_INLINE {
+        let mut inline = Inline {
+            len,
+            bytes: [0; TEXT_INLINE],
+        };
+        write(&mut Cursor::new(&mut inline.bytes[..len]));
+        return Bytes::from_owner(inline);
+    }
+    let mut bytes = vec![0; len];
+    write(&mut Cursor::new(&mut bytes));
+    Bytes::from(bytes)
+}
+
+/// Writes into a buffer of the length worked out first.
+struct Cursor<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(out: &'a mut [u8]) -> Self {
+        Self { out, at: 0 }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.at + bytes.len();
+        self.out[self.at..end].copy_from_slice(bytes);
+        self.at = end;
+    }
+
+    fn number(&mut self, n: u64) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
+    }
+}
+
+/// The two numbers of a bucket's `RateLimit` item: what is left, and the seconds `t`.
+fn current_numbers(b: &Shown<'_>) -> (u64, u64) {
+    (
+        sf::clamp(b.state.remaining),
+        sf::clamp(ceil_secs(shown_reset(b.state))),
+    )
+}
+
+/// The length of the `RateLimit` field's value ([`write_current`]).
+#[inline]
+fn current_len(buckets: &[Shown<'_>]) -> usize {
+    buckets
         .iter()
         .map(|b| {
-            let (r, t) = numbers(b);
+            let (r, t) = current_numbers(b);
             b.sf_name.len() + ";r=".len() + digits(r) + ";t=".len() + digits(t)
         })
         .sum::<usize>()
-        + ", ".len() * buckets.len().saturating_sub(1);
-    let mut text = Vec::with_capacity(len);
-    let mut buf = itoa::Buffer::new();
+        + ", ".len() * buckets.len().saturating_sub(1)
+}
+
+/// Writes the `RateLimit` field's value: `"<name>";r=<remaining>;t=<seconds>` per bucket.
+fn write_current(buckets: &[Shown<'_>], out: &mut Cursor<'_>) {
     for (i, b) in buckets.iter().enumerate() {
         if i > 0 {
-            text.extend_from_slice(b", ");
+            out.push(b", ");
         }
-        let (r, t) = numbers(b);
-        text.extend_from_slice(b.sf_name.as_bytes());
-        text.extend_from_slice(b";r=");
-        text.extend_from_slice(buf.format(r).as_bytes());
-        text.extend_from_slice(b";t=");
-        text.extend_from_slice(buf.format(t).as_bytes());
+        let (r, t) = current_numbers(b);
+        out.push(b.sf_name.as_bytes());
+        out.push(b";r=");
+        out.number(r);
+        out.push(b";t=");
+        out.number(t);
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// How many decimal digits `n` has.
 fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// A header value of text [`HeaderStyle::emit`] wrote (printable ASCII only, by
+/// construction), without a copy.
+fn shared_value(text: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// One bucket a response describes.
@@ -1092,6 +1182,43 @@ mod tests {
             Method::GET,
             "/api/things",
         )
+    }
+
+    /// The varying values (a remaining count past the static table, the `RateLimit` list)
+    /// share one buffer, in the allocation that holds them or, past [`TEXT_INLINE`]
+    /// bytes, in one of their own: each field is its own text either way.
+    #[test]
+    fn varying_values_of_any_length_are_each_their_own() {
+        for buckets in [1, 8] {
+            let names: Vec<String> = (0..buckets)
+                .map(|i| format!("a-rather-long-bucket-name:{i}"))
+                .collect();
+            let decision = Decision {
+                allowed: true,
+                now: Timestamp::from_micros(JUNE_1),
+                buckets: (0..buckets)
+                    .map(|i| state(1_000_000, 123_456 + i, Duration::from_secs(60), None))
+                    .collect(),
+            };
+            let info = RateLimitOutcome::from_decision(
+                "default",
+                &decision,
+                names
+                    .iter()
+                    .map(|n| (n.as_str(), Quota::per_minute(1_000_000))),
+                Method::GET,
+                "/",
+            );
+            let mut headers = HeaderMap::new();
+            HeaderStyle::default().write(&info, &mut headers);
+            let current: Vec<String> = (0..buckets)
+                .map(|i| format!("\"a-rather-long-bucket-name-{i}\";r={};t=60", 123_456 + i))
+                .collect();
+            let current = current.join(", ");
+            assert_eq!(buckets == 8, current.len() > TEXT_INLINE, "{current}");
+            assert_eq!(headers[X_RATELIMIT_REMAINING], "123456");
+            assert_eq!(headers[RATELIMIT], current.as_str());
+        }
     }
 
     #[test]
