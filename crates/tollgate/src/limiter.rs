@@ -829,6 +829,8 @@ impl Limiter {
     /// Sets the override of the key of kind `kind` stored as `stored`, checked already
     /// ([`Limiter::override_value`]).
     pub(crate) fn put_override(&self, kind: &str, stored: &str, limit: Limit) {
+        // Before the override: a request that finds it finds the flag set too.
+        self.engine.overrides_set.store(true, Ordering::Release);
         self.engine.overrides.rcu(|current| {
             let mut next = Overrides::clone(current);
             next.set(kind, stored, limit);
@@ -1526,6 +1528,7 @@ impl LimiterBuilder {
             #[cfg(any(feature = "yaml", feature = "toml"))]
             file_declares_limits: Mutex::new(self.file_declares_limits),
             overrides: ArcSwap::default(),
+            overrides_set: AtomicBool::new(false),
             routes: ArcSwap::default(),
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),

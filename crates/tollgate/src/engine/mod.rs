@@ -72,6 +72,10 @@ pub(crate) struct Engine {
     pub(crate) file_declares_limits: Mutex<bool>,
     /// Per-key overrides.
     pub(crate) overrides: ArcSwap<Overrides>,
+    /// Whether an override was ever set ([`Engine::overrides`]): until then a request does
+    /// not look at them (loading a snapshot costs more than anything else a request
+    /// without overrides does with them).
+    pub(crate) overrides_set: AtomicBool,
     /// What the central layer leaves to per-route layers.
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) stats: Counters,

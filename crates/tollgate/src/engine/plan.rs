@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -11,7 +12,7 @@ use smallvec::SmallVec;
 use tollgate_core::{Bucket, FailureMode, Op, StoreKey};
 
 use super::compile::{Compiled, CompiledQuota};
-use super::Engine;
+use super::{Engine, Overrides};
 use crate::client_ip::{peer_addr, push_address_key};
 use crate::key::{push_store_key, Key, Source};
 use crate::observe::BucketMetrics;
@@ -291,6 +292,15 @@ fn address_key(addr: Option<IpAddr>, prefix: u8) -> StoreKey {
 }
 
 impl Engine {
+    /// The per-key overrides, if there are any: nothing is loaded before one was ever set
+    /// ([`Engine::overrides_set`]).
+    pub(crate) fn overrides(&self) -> Option<arc_swap::Guard<Arc<Overrides>>> {
+        if !self.overrides_set.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.overrides.load()).filter(|overrides| !overrides.is_empty())
+    }
+
     /// The buckets `policies` (the class or per-route policy, then the global ones) charge
     /// for this request, into an empty `plan` the caller holds (a plan is several hundred
     /// bytes, which returning it would copy): each limit whose key the request has, at the
@@ -309,7 +319,7 @@ impl Engine {
             addresses: SmallVec::new(),
             user: None,
         };
-        let overrides = self.overrides.load();
+        let overrides = self.overrides();
         let mut bit = 0usize;
         for policy in policies.filter(|p| !p.exempt) {
             let group = plan.groups.len() as u8;
@@ -351,9 +361,7 @@ impl Engine {
                     .with_cost(cost)
                     .with_when_full(limit.when_full);
                 let bit = (fixed && this_bit < 8).then_some(this_bit as u8);
-                let over = if overrides.is_empty() {
-                    None
-                } else {
+                let over = overrides.as_ref().and_then(|overrides| {
                     let stored = &bucket.key[key_at..];
                     overrides.get(limit.key.kind(), stored).map(|l| {
                         let label: Arc<str> = format!("override:{}", limit.key.kind()).into();
@@ -362,7 +370,7 @@ impl Engine {
                             .with_when_full(limit.when_full);
                         (bucket, label)
                     })
-                };
+                });
                 plan.push(
                     bucket,
                     Meta {
