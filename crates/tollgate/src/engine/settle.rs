@@ -502,7 +502,7 @@ impl Engine {
                     HeaderValue::from_str(&parts.join(", "))
                         .unwrap_or_else(|_| HeaderValue::from_static(""))
                 });
-                view.policy = Some(value.clone());
+                view.policy = Some(value);
             }
         }
         self.header_style

@@ -559,7 +559,7 @@ impl HeaderStyle {
             out(Field::Reset, reset);
         }
         if self.ietf {
-            let policy = view.policy.clone().unwrap_or_else(|| {
+            let policy = view.policy.cloned().unwrap_or_else(|| {
                 let mut text = String::new();
                 for (i, b) in view.buckets.iter().enumerate() {
                     if i > 0 {
@@ -707,7 +707,7 @@ pub(crate) struct ShownResponse<'a> {
     pub(crate) most_restrictive: usize,
     pub(crate) buckets: &'a [Shown<'a>],
     /// The `RateLimit-Policy` value, if made already.
-    pub(crate) policy: Option<HeaderValue>,
+    pub(crate) policy: Option<&'a HeaderValue>,
 }
 
 /// A header value from text this module built (printable ASCII only, by construction).
