@@ -738,10 +738,11 @@ struct Reading<T> {
 
 /// The path as axum's router reads it (`/` separated, nothing decoded: after one leading
 /// `/`, each `/` starts a segment), and its shape. Past [`MAX_SEGMENTS`] segments the rest
-/// is not looked at: it cannot change which rule matches.
-fn scan(path: &str) -> (PathShape, Reading<&str>) {
+/// is not looked at: it cannot change which rule matches. The reading is made in `raw`, a
+/// blank one the caller keeps (it is a few hundred bytes, which returning it would copy).
+fn scan<'a>(path: &'a str, raw: &mut Reading<&'a str>) -> PathShape {
     let bytes = path.as_bytes();
-    let mut segments = Segments::new();
+    let segments = &mut raw.segments;
     let body = usize::from(bytes.first() == Some(&b'/'));
     let mut start = body;
     // A segment is irregular if it is empty (`//`) or starts with `.`.
@@ -749,11 +750,8 @@ fn scan(path: &str) -> (PathShape, Reading<&str>) {
     while let Some(len) = find_slash(&bytes[start..]) {
         if segments.len() == MAX_SEGMENTS {
             // One segment too many: the rest cannot change which rule matches.
-            let cut = Reading {
-                segments,
-                more: true,
-            };
-            return (PathShape::OverLimit, cut);
+            raw.more = true;
+            return PathShape::OverLimit;
         }
         let end = start + len;
         segments.push(&path[start..end]);
@@ -774,14 +772,14 @@ fn scan(path: &str) -> (PathShape, Reading<&str>) {
             };
         }
     }
-    let shape = if more || bytes.len() > MAX_PATH_LEN {
+    raw.more = more;
+    if more || bytes.len() > MAX_PATH_LEN {
         PathShape::OverLimit
     } else if plain && !bytes.contains(&b'%') {
         PathShape::Plain
     } else {
         PathShape::Irregular
-    };
-    (shape, Reading { segments, more })
+    }
 }
 
 /// Where the first `/` of `bytes` is: byte by byte in the short rest of a usual path,
@@ -1065,8 +1063,11 @@ impl<T> RouteTable<T> {
 
     /// The rule `classify` answers, then the other rule to charge, if any.
     fn classify_indexes(&self, method: &Method, path: &str) -> [Option<usize>; 2] {
-        let (shape, raw) = scan(path);
-        match shape {
+        let mut raw = Reading {
+            segments: Segments::new(),
+            more: false,
+        };
+        match scan(path, &mut raw) {
             // The usual path: its canonical reading is its raw one.
             PathShape::Plain => return [self.best(method, &raw, false), None],
             // As axum routes it (exactly: its first segments decide), and never in a
@@ -1275,6 +1276,15 @@ fn check_reachable<T>(table: &RouteTable<T>) -> Result<(), PatternError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path's shape and reading ([`scan`](super::scan)).
+    fn scan(path: &str) -> (PathShape, Reading<&str>) {
+        let mut raw = Reading {
+            segments: Segments::new(),
+            more: false,
+        };
+        (super::scan(path, &mut raw), raw)
+    }
 
     fn reads_the_same(path: &str) -> bool {
         scan(path).0 == PathShape::Plain
