@@ -631,8 +631,17 @@ impl<'a> Cursor<'a> {
 
     fn push(&mut self, bytes: &[u8]) {
         let end = self.at + bytes.len();
-        self.out[self.at..end].copy_from_slice(bytes);
-        self.at = end;
+        // The length was worked out from the same numbers: past it nothing is written (the
+        // value then holds a zero byte, and an empty one is written instead), rather than a
+        // panic on a request.
+        debug_assert!(
+            end <= self.out.len(),
+            "a header value longer than worked out"
+        );
+        if let Some(to) = self.out.get_mut(self.at..end) {
+            to.copy_from_slice(bytes);
+            self.at = end;
+        }
     }
 
     fn number(&mut self, n: u64) {
