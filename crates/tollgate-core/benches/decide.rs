@@ -458,8 +458,8 @@ fn median(values: &mut [f64]) -> f64 {
 
 criterion_group!(benches, decide);
 
-/// `DECIDE_PROFILE=<contender> DECIDE_ITERS=<n>`: warms one contender and runs `n`
-/// decisions on one thread, nothing else, for instruction counts under callgrind
+/// `DECIDE_PROFILE=<contender> DECIDE_ITERS=<n>`: warms one contender (or one of
+/// [`profile_other`]'s) and runs `n` decisions on one thread, nothing else, for instruction counts under callgrind
 /// (`bench/callgrind-decide.sh`). The sustained rate is 100,000 per day, so that under
 /// callgrind's slowdown a token bucket's state still stays live between two visits.
 fn profile(name: &str) {
@@ -468,11 +468,57 @@ fn profile(name: &str) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let order = key_order();
+    if let Some(contender) = profile_other(name) {
+        warm(contender.as_ref());
+        run(contender.as_ref(), &order, 1, iters);
+        return;
+    }
     let contenders = contenders_at(100_000);
     let Some((_, contender)) = contenders.iter().find(|(n, _)| *n == name) else {
         panic!("no contender named {name}");
     };
     run(contender.as_ref(), &order, 1, iters);
+}
+
+/// The interleaved run's other cases, by name, for [`profile`]: `governor_hot`,
+/// `tollgate_sliding_hot`, `tollgate_gcra_hot` (one key, each decision for it, as the "one
+/// hot key" rows) and `governor_3`, `tollgate_sliding_3`, `tollgate_gcra_3` (IP + user +
+/// global for key n, as the three-bucket rows). The token buckets as [`profile`]'s
+/// (100,000 per day, burst [`PER_DAY`]); the sliding window 1,000,000 per hour, as in the
+/// interleaved run: the hot key (and the global bucket) takes every decision, warm-up
+/// included, which 100,000 per hour would refuse.
+fn profile_other(name: &str) -> Option<Box<dyn Decide>> {
+    let per_day = 100_000;
+    let q = Quota::per_day(per_day);
+    let sliding = Limit::sliding(Quota::per_hour(u64::from(PER_DAY)));
+    let gcra = Limit::token_bucket(q, u64::from(PER_DAY)).expect("valid burst");
+    let store = || MemoryStore::builder().max_entries(1_000_000).build();
+    let gov = || RateLimiter::keyed(governor_quota_at(per_day as u32));
+    Some(match name {
+        "governor_hot" => Box::new(GovernorHot { limiter: gov() }),
+        "tollgate_sliding_hot" => Box::new(TollgateHot {
+            store: store(),
+            limit: sliding,
+        }),
+        "tollgate_gcra_hot" => Box::new(TollgateHot {
+            store: store(),
+            limit: gcra,
+        }),
+        "governor_3" => Box::new(Governor3 {
+            ip: gov(),
+            user: gov(),
+            global: RateLimiter::direct(governor_quota_at(per_day as u32)),
+        }),
+        "tollgate_sliding_3" => Box::new(Tollgate3 {
+            store: store(),
+            limit: sliding,
+        }),
+        "tollgate_gcra_3" => Box::new(Tollgate3 {
+            store: store(),
+            limit: gcra,
+        }),
+        _ => return None,
+    })
 }
 
 fn main() {
