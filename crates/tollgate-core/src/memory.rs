@@ -631,9 +631,20 @@ impl MemoryStore {
         let inner = &*self.inner;
         if let ([bucket], [state]) = (buckets, &mut *states) {
             // One bucket (the common request): one lock, no scratch space.
-            let p = inner.place(bucket);
+            let mut p = inner.place(bucket);
+            let mut shard = lock(&inner.shards[p.shard]);
+            // A charge of a key held in its kind's own table: the common request, through
+            // a path of its own (`apply_one` handles every call, and costs for it). A key
+            // it found absent is not looked for again.
+            if op == Op::Charge {
+                match charge_held(&mut shard, &p, bucket, now_us, state) {
+                    Some(true) => return,
+                    Some(false) => p.absent = true,
+                    None => {}
+                }
+            }
             inner.apply_one(
-                &mut lock(&inner.shards[p.shard]),
+                &mut shard,
                 &p,
                 op,
                 bucket,
@@ -852,6 +863,9 @@ struct Placed {
     shard: usize,
     guard: usize,
     kind: Kind,
+    /// Known not to be held (a charge looked for it already): `Inner::apply_one` does not
+    /// look again.
+    absent: bool,
 }
 
 /// What a bucket held before a charge of several buckets charged it: a new key (not
@@ -1159,6 +1173,52 @@ fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (Buc
     (report, a)
 }
 
+/// [`Op::Charge`] of one bucket whose key is held in the table of its kind (a token
+/// bucket's or an inline sliding window's), as [`Inner::apply_one`] charges it; `false`
+/// (nothing done) if the key is not there, for `apply_one` to store it. Its own
+/// function, so that the common request does not pay for the closures and arguments
+/// `apply_one` takes for every other call. `Some(true)`: charged; `Some(false)`: the store
+/// does not hold the key; `None`: not looked for here.
+#[inline]
+fn charge_held(
+    shard: &mut Shard,
+    p: &Placed,
+    bucket: &Bucket,
+    now: u64,
+    out: &mut BucketState,
+) -> Option<bool> {
+    let (limit, cost) = (&bucket.limit, bucket.cost);
+    // A closure of its own for each table (a macro), so that each is inlined where the
+    // state's form is known and the matches on it fold away.
+    macro_rules! charge {
+        () => {
+            |state: &mut State| {
+                catch_up(state, limit, now);
+                let expires_at = state.charge(limit, cost, now, out).1;
+                ((), Some(after(out, expires_at, now)))
+            }
+        };
+    }
+    let Shard {
+        tat,
+        window,
+        boxed,
+        parts,
+        ..
+    } = shard;
+    match p.kind {
+        // (`apply_one` looks for a token bucket's key in its own table alone.)
+        Kind::Tat => Some(update_in(tat, boxed, parts, p.hash, now, charge!()).is_ok()),
+        // A window that outgrew its slot lives with the boxed (`Shard::update`).
+        Kind::Window => match update_in(window, boxed, parts, p.hash, now, charge!()) {
+            Ok(()) => Some(true),
+            Err(_) if boxed.is_empty() => Some(false),
+            Err(_) => None,
+        },
+        Kind::Fixed | Kind::Boxed => None,
+    }
+}
+
 /// Brings the state up to `now`; a state of another algorithm (the limit changed) starts
 /// afresh.
 #[inline(always)]
@@ -1180,6 +1240,7 @@ impl Inner {
             shard: self.shard_of(hash),
             guard: 0,
             kind: Kind::of(&bucket.limit),
+            absent: false,
         }
     }
 
@@ -1288,7 +1349,9 @@ impl Inner {
         // matches on it fold away); any other kind goes through `Shard::update`, as the
         // token bucket's would (its table, and the boxed one for a state that changed
         // form).
-        let found = if p.kind == Kind::Tat {
+        let found = if p.absent {
+            None
+        } else if p.kind == Kind::Tat {
             let Shard {
                 tat, boxed, parts, ..
             } = &mut *shard;
