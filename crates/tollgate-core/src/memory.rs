@@ -201,8 +201,14 @@ trait Kept: Sized {
     /// table's kind.
     fn keep(state: State, expires_at: u64) -> Result<Self, State>;
     /// Runs `f` on the state, which answers when the state expires now (`None`:
-    /// unchanged); gives the state back if it no longer has this table's form.
-    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>);
+    /// unchanged); gives the state back in `moved` (which the caller set to `None`) if it
+    /// no longer has this table's form. (Through a place of the caller's, not returned: an
+    /// `Option<State>` returned was written out whole, a hundred bytes, on every call.)
+    fn update<R>(
+        &mut self,
+        moved: &mut Option<State>,
+        f: impl FnOnce(&mut State) -> (R, Option<u64>),
+    ) -> R;
     /// When the state is back to fresh.
     fn expires_at(&self) -> u64;
     /// Reads the end of the kept state, to bring its last cache line in.
@@ -232,19 +238,21 @@ impl Kept for Tat {
     }
 
     #[inline]
-    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+    fn update<R>(
+        &mut self,
+        moved: &mut Option<State>,
+        f: impl FnOnce(&mut State) -> (R, Option<u64>),
+    ) -> R {
         let mut state = State::Tat {
             tat: self.tat,
             interval: self.interval,
         };
         let (r, _) = f(&mut state);
         match state {
-            State::Tat { tat, interval } => {
-                *self = Tat { tat, interval };
-                (r, None)
-            }
-            other => (r, Some(other)),
+            State::Tat { tat, interval } => *self = Tat { tat, interval },
+            other => *moved = Some(other),
         }
+        r
     }
 
     fn expires_at(&self) -> u64 {
@@ -279,7 +287,11 @@ impl Kept for Fixed {
     }
 
     #[inline]
-    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+    fn update<R>(
+        &mut self,
+        moved: &mut Option<State>,
+        f: impl FnOnce(&mut State) -> (R, Option<u64>),
+    ) -> R {
         let mut state = State::Fixed {
             window: self.window,
             used: self.used,
@@ -287,12 +299,10 @@ impl Kept for Fixed {
         };
         let (r, _) = f(&mut state);
         match Fixed::keep(state, 0) {
-            Ok(kept) => {
-                *self = kept;
-                (r, None)
-            }
-            Err(other) => (r, Some(other)),
+            Ok(kept) => *self = kept,
+            Err(other) => *moved = Some(other),
         }
+        r
     }
 
     fn expires_at(&self) -> u64 {
@@ -322,10 +332,14 @@ impl Kept for Window {
     }
 
     #[inline]
-    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+    fn update<R>(
+        &mut self,
+        moved: &mut Option<State>,
+        f: impl FnOnce(&mut State) -> (R, Option<u64>),
+    ) -> R {
         let (r, _) = f(&mut self.0);
         match &self.0 {
-            State::Segments(ring) if ring.is_narrow() => (r, None),
+            State::Segments(ring) if ring.is_narrow() => {}
             // Widened (or of another algorithm): the caller moves it to the boxed table
             // and drops this entry.
             _ => {
@@ -333,9 +347,10 @@ impl Kept for Window {
                     tat: 0,
                     interval: Interval::of(0),
                 };
-                (r, Some(std::mem::replace(&mut self.0, empty)))
+                *moved = Some(std::mem::replace(&mut self.0, empty));
             }
         }
+        r
     }
 
     fn expires_at(&self) -> u64 {
@@ -371,12 +386,16 @@ impl Kept for Boxed {
     }
 
     #[inline]
-    fn update<R>(&mut self, f: impl FnOnce(&mut State) -> (R, Option<u64>)) -> (R, Option<State>) {
+    fn update<R>(
+        &mut self,
+        _: &mut Option<State>,
+        f: impl FnOnce(&mut State) -> (R, Option<u64>),
+    ) -> R {
         let (r, expires_at) = f(&mut self.state);
         if let Some(at) = expires_at {
             self.expires_at = at;
         }
-        (r, None)
+        r
     }
 
     fn expires_at(&self) -> u64 {
@@ -903,7 +922,8 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     };
     let slot = found.get_mut();
     let mut noted = None;
-    let (r, moved) = slot.kept.update(|state| {
+    let mut moved = None;
+    let r = slot.kept.update(&mut moved, |state| {
         let (r, a) = f(state);
         let expires_at = a.as_ref().map(|a| a.expires_at);
         noted = a;
