@@ -1078,6 +1078,7 @@ impl State {
     /// with nothing remaining and a reset no sooner than its wait: its own state is fresh,
     /// but until a held key expires the bucket has nothing to give it, and a client that
     /// trusted a full `remaining` or a reset of now would retry at once and be refused again.
+    #[inline(always)]
     fn report_from(
         limit: &Limit,
         fit: Fit,
