@@ -312,6 +312,7 @@ impl Ring {
 
     /// Counts `cost` in the newest segment, admitted at `now` (or at its last admission, if
     /// later); returns the newest segment's last admission.
+    #[inline]
     fn add(&mut self, cost: u64, now: u64) -> u64 {
         let head = self.head;
         // An inline ring whose newest count stays within a `u32` (every charge but one
@@ -1038,7 +1039,12 @@ impl State {
                     // `cost` more, and is the newest counted one.
                     let window = limit.quota().period_micros();
                     let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
-                    let fit = ring.fit(limit, cost, now, used);
+                    // What `Ring::fit` answers first, without a call: it fits.
+                    let fit = if used.saturating_add(cost) <= limit.capacity() {
+                        Fit::Now
+                    } else {
+                        ring.fit(limit, cost, now, used)
+                    };
                     if fit == Fit::Now {
                         let last = ring.add(cost, now);
                         used = used.saturating_add(cost);
