@@ -656,7 +656,7 @@ impl MemoryStore {
             // a path of its own (`apply_one` handles every call, and costs for it). A key
             // it found absent is not looked for again.
             if op == Op::Charge {
-                match charge_held(&mut shard, &p, bucket, now_us, state) {
+                match charge_held(&mut shard, &p, bucket, now_us, |_| {}, state) {
                     Some(true) => return,
                     Some(false) => p.absent = true,
                     None => {}
@@ -722,18 +722,26 @@ impl MemoryStore {
         // all fit first took two.)
         let mut held: Scratch<Held> = Scratch::new();
         let mut refused = None;
-        for (k, ((bucket, p), state)) in buckets.iter().zip(&placed).zip(&mut *states).enumerate() {
+        for (k, ((bucket, p), state)) in buckets
+            .iter()
+            .zip(&mut placed)
+            .zip(&mut *states)
+            .enumerate()
+        {
             let mut before = Held::New;
-            inner.apply_one(
-                &mut guards[p.guard],
-                p,
-                op,
-                bucket,
-                false,
-                Some(&mut before),
-                now_us,
-                state,
-            );
+            let shard = &mut guards[p.guard];
+            // A held key through the charge's own path (as for one bucket); any other
+            // through `apply_one`, which does not look again for a key found absent.
+            let record = |state: &State| before = Held::Was(state.undo_record());
+            match charge_held(shard, p, bucket, now_us, record, state) {
+                Some(true) => {}
+                found => {
+                    p.absent = found == Some(false);
+                    inner.apply_one(shard, p, op, bucket, false, Some(&mut before), now_us, state);
+                    // The second pass (below) looks for it again, as it always did.
+                    p.absent = false;
+                }
+            }
             if !state.allowed {
                 refused = Some(k);
                 break;
@@ -1198,13 +1206,17 @@ fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (Buc
 /// (nothing done) if the key is not there, for `apply_one` to store it. Its own
 /// function, so that the common request does not pay for the closures and arguments
 /// `apply_one` takes for every other call. `Some(true)`: charged; `Some(false)`: the store
-/// does not hold the key; `None`: not looked for here.
+/// does not hold the key; `None`: not looked for here. `before` sees the state as it is
+/// before the charge (brought up to `now`): the first pass of a charge of several buckets
+/// records what puts it back there, as `apply_one` does (a function of each caller's own,
+/// so that a single bucket's path has nothing of it).
 #[inline]
 fn charge_held(
     shard: &mut Shard,
     p: &Placed,
     bucket: &Bucket,
     now: u64,
+    mut before: impl FnMut(&State),
     out: &mut BucketState,
 ) -> Option<bool> {
     let (limit, cost) = (&bucket.limit, bucket.cost);
@@ -1214,6 +1226,7 @@ fn charge_held(
         () => {
             |state: &mut State| {
                 catch_up(state, limit, now);
+                before(state);
                 let expires_at = state.charge(limit, cost, now, out).1;
                 ((), Some(after(out, expires_at, now)))
             }
