@@ -662,16 +662,7 @@ impl MemoryStore {
                     None => {}
                 }
             }
-            inner.apply_one(
-                &mut shard,
-                &p,
-                op,
-                bucket,
-                false,
-                None,
-                now_us,
-                state,
-            );
+            inner.apply_one(&mut shard, &p, op, bucket, false, None, now_us, state);
             return;
         }
         // The scratch vectors are filled by `push`, which inlines (collecting into them
@@ -737,7 +728,16 @@ impl MemoryStore {
                 Some(true) => {}
                 found => {
                     p.absent = found == Some(false);
-                    inner.apply_one(shard, p, op, bucket, false, Some(&mut before), now_us, state);
+                    inner.apply_one(
+                        shard,
+                        p,
+                        op,
+                        bucket,
+                        false,
+                        Some(&mut before),
+                        now_us,
+                        state,
+                    );
                     // The second pass (below) looks for it again, as it always did.
                     p.absent = false;
                 }
