@@ -656,11 +656,10 @@ impl MemoryStore {
             // a path of its own (`apply_one` handles every call, and costs for it). A key
             // it found absent is not looked for again.
             if op == Op::Charge {
-                match charge_held(&mut shard, &p, bucket, now_us, |_| {}, state) {
-                    Some(true) => return,
-                    Some(false) => p.absent = true,
-                    None => {}
+                if charge_held(&mut shard, &p, bucket, now_us, |_| {}, state) {
+                    return;
                 }
+                p.absent = true;
             }
             inner.apply_one(&mut shard, &p, op, bucket, false, None, now_us, state);
             return;
@@ -721,26 +720,23 @@ impl MemoryStore {
         {
             let mut before = Held::New;
             let shard = &mut guards[p.guard];
-            // A held key through the charge's own path (as for one bucket); any other
-            // through `apply_one`, which does not look again for a key found absent.
+            // A held key through the charge's own path (as for one bucket); a new one
+            // through `apply_one`, which does not look for it again.
             let record = |state: &State| before = Held::Was(state.undo_record());
-            match charge_held(shard, p, bucket, now_us, record, state) {
-                Some(true) => {}
-                found => {
-                    p.absent = found == Some(false);
-                    inner.apply_one(
-                        shard,
-                        p,
-                        op,
-                        bucket,
-                        false,
-                        Some(&mut before),
-                        now_us,
-                        state,
-                    );
-                    // The second pass (below) looks for it again, as it always did.
-                    p.absent = false;
-                }
+            if !charge_held(shard, p, bucket, now_us, record, state) {
+                p.absent = true;
+                inner.apply_one(
+                    shard,
+                    p,
+                    op,
+                    bucket,
+                    false,
+                    Some(&mut before),
+                    now_us,
+                    state,
+                );
+                // The second pass (below) looks for it again, as it always did.
+                p.absent = false;
             }
             if !state.allowed {
                 refused = Some(k);
@@ -1201,15 +1197,13 @@ fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (Buc
     (report, a)
 }
 
-/// [`Op::Charge`] of one bucket whose key is held in the table of its kind (a token
-/// bucket's or an inline sliding window's), as [`Inner::apply_one`] charges it; `false`
-/// (nothing done) if the key is not there, for `apply_one` to store it. Its own
-/// function, so that the common request does not pay for the closures and arguments
-/// `apply_one` takes for every other call. `Some(true)`: charged; `Some(false)`: the store
-/// does not hold the key; `None`: not looked for here. `before` sees the state as it is
-/// before the charge (brought up to `now`): the first pass of a charge of several buckets
-/// records what puts it back there, as `apply_one` does (a function of each caller's own,
-/// so that a single bucket's path has nothing of it).
+/// [`Op::Charge`] of one bucket whose key the store holds: fit, add and report in one;
+/// `false` (nothing done) if the key is not there, for [`Inner::apply_one`] to store it.
+/// Every charge of a held key goes through here, the common request among them, which so
+/// does not pay for the closures and arguments `apply_one` takes for every other call.
+/// `before` sees the state as it is before the charge (brought up to `now`): the first
+/// pass of a charge of several buckets records what puts it back there (a function of each
+/// caller's own, so that a single bucket's path has nothing of it).
 #[inline]
 fn charge_held(
     shard: &mut Shard,
@@ -1218,7 +1212,7 @@ fn charge_held(
     now: u64,
     mut before: impl FnMut(&State),
     out: &mut BucketState,
-) -> Option<bool> {
+) -> bool {
     let (limit, cost) = (&bucket.limit, bucket.cost);
     // A closure of its own for each table (a macro), so that each is inlined where the
     // state's form is known and the matches on it fold away.
@@ -1232,23 +1226,21 @@ fn charge_held(
             }
         };
     }
+    // A token bucket's and an inline window's table looked up here, each with its own
+    // closure (the common requests); the others as `Shard::update` finds them.
     let Shard {
         tat,
         window,
         boxed,
         parts,
         ..
-    } = shard;
+    } = &mut *shard;
     match p.kind {
-        // (`apply_one` looks for a token bucket's key in its own table alone.)
-        Kind::Tat => Some(update_in(tat, boxed, parts, p.hash, now, charge!()).is_ok()),
-        // A window that outgrew its slot lives with the boxed (`Shard::update`).
-        Kind::Window => match update_in(window, boxed, parts, p.hash, now, charge!()) {
-            Ok(()) => Some(true),
-            Err(_) if boxed.is_empty() => Some(false),
-            Err(_) => None,
-        },
-        Kind::Fixed | Kind::Boxed => None,
+        Kind::Tat => update_in(tat, boxed, parts, p.hash, now, charge!()).is_ok(),
+        Kind::Window if boxed.is_empty() => {
+            update_in(window, boxed, parts, p.hash, now, charge!()).is_ok()
+        }
+        Kind::Window | Kind::Fixed | Kind::Boxed => shard.update(p, now, charge!()).is_some(),
     }
 }
 
@@ -1326,7 +1318,7 @@ impl Inner {
         op: Op,
         bucket: &Bucket,
         admitted: bool,
-        mut held: Option<&mut Held>,
+        held: Option<&mut Held>,
         now: u64,
         out: &mut BucketState,
     ) {
@@ -1346,51 +1338,26 @@ impl Inner {
             Op::Peek => (state.fit(limit, cost, now), false),
             Op::Refund | Op::RefundAt(_) | Op::Penalize | Op::Reset => (Fit::Now, true),
         };
-        // What a found key goes through (a macro: each use is a closure of its own).
-        macro_rules! found {
-            () => {
-                |state| {
-                    catch_up(state, limit, now);
-                    let expires_at = if op == Op::Charge && !admitted {
-                        // A charge: fit, add and report in one.
-                        if let Some(held) = held.as_deref_mut() {
-                            *held = Held::Was(state.undo_record());
-                        }
-                        state.charge(limit, cost, now, out).1
-                    } else {
-                        let (fit, changes) = decide(state);
-                        if changes {
-                            match op {
-                                Op::Charge | Op::Penalize => state.add(limit, cost, now),
-                                Op::Refund => state.sub(limit, cost, None, now),
-                                Op::RefundAt(at) => {
-                                    state.sub(limit, cost, Some(at.as_micros()), now)
-                                }
-                                Op::Peek | Op::Reset => {}
-                            }
-                        }
-                        let expires_at;
-                        (*out, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-                        expires_at
-                    };
-                    ((), Some(after(out, expires_at, now)))
-                }
-            };
-        }
-        // A token bucket's key is looked up in its own table through a closure called
-        // from there alone, which is then inlined where the state's form is known (the
-        // matches on it fold away); any other kind goes through `Shard::update`, as the
-        // token bucket's would (its table, and the boxed one for a state that changed
-        // form).
+        // A held key's charge went through `charge_held`, which found this one absent.
+        debug_assert!(op != Op::Charge || admitted || p.absent);
         let found = if p.absent {
             None
-        } else if p.kind == Kind::Tat {
-            let Shard {
-                tat, boxed, parts, ..
-            } = &mut *shard;
-            update_in(tat, boxed, parts, p.hash, now, found!()).ok()
         } else {
-            shard.update(p, now, found!())
+            shard.update(p, now, |state| {
+                catch_up(state, limit, now);
+                let (fit, changes) = decide(state);
+                if changes {
+                    match op {
+                        Op::Charge | Op::Penalize => state.add(limit, cost, now),
+                        Op::Refund => state.sub(limit, cost, None, now),
+                        Op::RefundAt(at) => state.sub(limit, cost, Some(at.as_micros()), now),
+                        Op::Peek | Op::Reset => {}
+                    }
+                }
+                let expires_at;
+                (*out, expires_at) = state.report_and_expiry(limit, fit, cost, now);
+                ((), Some(after(out, expires_at, now)))
+            })
         };
         if found.is_some() {
             return;

@@ -102,6 +102,14 @@ impl After {
     ) {
         let visible = Visible::of(plan, active, states);
         let decision = engine.decision(plan, &visible, now);
+        let after = |pending| Self {
+            headers: Fields::default(),
+            decision,
+            in_request: engine.decision_in_request,
+            in_response: engine.decision_in_response,
+            pending,
+            provisional,
+        };
         if active.iter().any(|&i| plan.policy(i).may_refund()) {
             // (It borrows the states, which the refund keeps.)
             drop(visible);
@@ -113,24 +121,10 @@ impl After {
                 states: std::mem::take(states),
                 now,
             };
-            *out = Outcome::Proceed(Some(Self {
-                headers: Fields::default(),
-                decision,
-                in_request: engine.decision_in_request,
-                in_response: engine.decision_in_response,
-                pending: Some(Box::new(pending)),
-                provisional,
-            }));
+            *out = Outcome::Proceed(Some(after(Some(Box::new(pending)))));
             return;
         }
-        *out = Outcome::Proceed(Some(Self {
-            headers: Fields::default(),
-            decision,
-            in_request: engine.decision_in_request,
-            in_response: engine.decision_in_response,
-            pending: None,
-            provisional,
-        }));
+        *out = Outcome::Proceed(Some(after(None)));
         if let Outcome::Proceed(Some(after)) = out {
             engine.headers(plan, &visible, now, &mut after.headers);
         }
