@@ -63,9 +63,10 @@ const NARROW: usize = 11;
 
 /// A ring's segments: counts and last admission times. Up to [`NARROW`] segments whose
 /// counts fit in a `u32` and whose segment is shorter than 2^32 µs (71 minutes) are held
-/// in the state itself (104 bytes with the ring's head, so that the memory store's slot
-/// takes two cache lines), each last time as its offset from the segment's start, so the
-/// memory store finds a key and its whole window in one table slot. Anything else holds
+/// in the state itself (112 bytes with the ring's head, so that the memory store's slot
+/// takes two cache lines), each last time as its offset from the segment's start, with
+/// the sum of their counts, so the memory store finds a key and its whole window in one
+/// table slot and a decision does not add the segments up. Anything else holds
 /// `u64` pairs in one allocation. Both hold the same numbers; only [`Segments::get`] and
 /// [`Segments::set`] tell them apart.
 #[derive(Debug, Clone)]
@@ -73,10 +74,14 @@ enum Segments {
     /// `len` segments of `unit` µs; the ones past `len` stay zero. `head_slot` is the
     /// ring's newest segment's slot (`head % len`), kept as the head moves so that finding
     /// a segment's slot takes no division (it lies in the enum's padding: no larger).
+    /// `total` is the sum of `counts`, kept with every change of them (they are written
+    /// only by [`Segments::set`], [`Segments::clear`] and [`Ring::add`]), so that a
+    /// decision reads it rather than add the segments up.
     Narrow {
         len: u8,
         head_slot: u8,
         unit: u32,
+        total: u64,
         counts: [u32; NARROW],
         offsets: [u32; NARROW],
     },
@@ -92,6 +97,7 @@ impl Segments {
                 len: narrow,
                 head_slot: (head % len as u64) as u8,
                 unit: short,
+                total: 0,
                 counts: [0; NARROW],
                 offsets: [0; NARROW],
             },
@@ -133,11 +139,16 @@ impl Segments {
     fn set(&mut self, i: usize, start: u64, count: u64, last: u64) {
         match self {
             Segments::Narrow {
-                counts, offsets, ..
+                total,
+                counts,
+                offsets,
+                ..
             } => {
                 // `Ring::set_segment` widens a ring before a count past `u32::MAX`; an
                 // offset is below the segment length, at most 2^32.
-                counts[i] = u32::try_from(count).unwrap_or(u32::MAX);
+                let count = u32::try_from(count).unwrap_or(u32::MAX);
+                *total = *total - u64::from(counts[i]) + u64::from(count);
+                counts[i] = count;
                 offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
             }
             Segments::Wide { slots, .. } => slots[i] = (count, last),
@@ -147,8 +158,12 @@ impl Segments {
     fn clear(&mut self) {
         match self {
             Segments::Narrow {
-                counts, offsets, ..
+                total,
+                counts,
+                offsets,
+                ..
             } => {
+                *total = 0;
                 counts.fill(0);
                 offsets.fill(0);
             }
@@ -295,11 +310,12 @@ impl Ring {
         match &self.segments {
             Segments::Narrow {
                 len,
+                total,
                 counts,
                 offsets,
                 ..
             } if self.head >= u64::from(*len) => {
-                self.narrow_used_and_expiry(usize::from(*len), counts, offsets, window, now)
+                self.narrow_used_and_expiry(usize::from(*len), *total, counts, offsets, window, now)
             }
             Segments::Narrow {
                 counts, offsets, ..
@@ -320,6 +336,7 @@ impl Ring {
         if let Segments::Narrow {
             head_slot,
             unit,
+            total,
             counts,
             offsets,
             ..
@@ -330,6 +347,8 @@ impl Ring {
             let (c, last) = narrow_segment(counts, offsets, i, start);
             if let Ok(count) = u32::try_from(c.saturating_add(cost)) {
                 let last = if c == 0 { now } else { last.max(now) }.max(start);
+                // `count` is `c + cost`, within a `u32`.
+                *total += cost;
                 counts[i] = count;
                 offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
                 return start + u64::from(offsets[i]);
@@ -367,20 +386,19 @@ impl Ring {
     }
 
     /// [`Ring::used_and_expiry`] of an inline ring whose every slot holds a kept segment:
-    /// the sum of all counts (no branch per segment), less the oldest segments that have
+    /// the sum of all counts (`total`, kept as they change), less the oldest segments that have
     /// left (segments leave oldest first, so those are a run from the oldest, and usually
     /// none), and the newest counted segment's time (usually the newest segment's).
     #[inline]
     fn narrow_used_and_expiry(
         &self,
         len: usize,
+        total: u64,
         counts: &[u32; NARROW],
         offsets: &[u32; NARROW],
         window: u64,
         now: u64,
     ) -> (u64, u64) {
-        // Slots past `len` stay zero.
-        let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
         if total == 0 {
             return (0, 0);
         }
@@ -1424,6 +1442,83 @@ mod tests {
             panic!("a sliding state")
         };
         assert!(matches!(ring.segments, Segments::Wide { .. }));
+    }
+
+    /// Whether an inline ring's kept total is the sum of its counts (a wide ring keeps
+    /// none).
+    fn total_is_exact(state: &State) -> bool {
+        match state {
+            State::Segments(Ring {
+                segments: Segments::Narrow { total, counts, .. },
+                ..
+            }) => *total == counts.iter().map(|&c| u64::from(c)).sum::<u64>(),
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn an_inline_rings_total_is_the_sum_of_its_counts_after_any_change() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11
+        };
+        for segments in [1, 3, 10] {
+            let limit = Limit::sliding_segments(Quota::per_minute(50), segments).unwrap();
+            let mut now = 1_000 * MIN;
+            let mut state = State::fresh(&limit, now);
+            let mut undo = state.undo_record();
+            let mut widened = 0;
+            for step in 0..20_000 {
+                // Mostly within a segment or two; now and then past the whole window.
+                now += match next() % 10 {
+                    0 => next() % (3 * MIN),
+                    1..=3 => 0,
+                    _ => next() % 3_000_000,
+                };
+                state.advance(&limit, now);
+                // Now and then a count past a `u32`: the ring widens (and keeps no total),
+                // and starts inline again when reset.
+                if step % 1_000 == 999 {
+                    state.add(&limit, 5_000_000_000, now);
+                    widened += 1;
+                    assert!(total_is_exact(&state));
+                    let State::Segments(ring) = &state else {
+                        panic!("a sliding state")
+                    };
+                    assert!(!ring.is_narrow());
+                    state = State::fresh(&limit, now);
+                    continue;
+                }
+                let cost = next() % 9;
+                match next() % 12 {
+                    0..=3 => {
+                        if state.fit(&limit, cost.max(1), now) == Fit::Now {
+                            state.add(&limit, cost.max(1), now);
+                        }
+                    }
+                    4 => state.add(&limit, cost * 1_000, now),
+                    5 => state.sub(&limit, cost, None, now),
+                    6 => state.sub(&limit, cost, Some(now - next() % MIN), now),
+                    7 => undo = state.undo_record(),
+                    8 => state.undo(undo),
+                    9 => {
+                        let mut report = BucketState::default();
+                        state.charge(&limit, cost.max(1), now, &mut report);
+                    }
+                    10 => state = State::assumed(&limit, next() % 60, next() % MIN, now),
+                    _ => state.sub(&limit, next() % 200, None, now),
+                }
+                assert!(total_is_exact(&state), "step {step}: {state:?}");
+                let State::Segments(ring) = &state else {
+                    panic!("a sliding state")
+                };
+                assert!(ring.is_narrow(), "step {step}");
+            }
+            assert!(widened > 0);
+        }
     }
 
     #[test]
