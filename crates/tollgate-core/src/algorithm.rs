@@ -385,10 +385,35 @@ impl Ring {
         }
     }
 
+    /// What [`Ring::used_and_expiry`] says the segments count, without when the newest
+    /// counted one leaves (which a charge that fits does not need: the newest segment is
+    /// that one after it).
+    #[inline]
+    fn used(&self, window: u64, now: u64) -> u64 {
+        match &self.segments {
+            Segments::Narrow {
+                len,
+                head_slot,
+                total,
+                counts,
+                offsets,
+                ..
+            } if self.head >= u64::from(*len) => self.narrow_used(
+                usize::from(*len),
+                usize::from(*head_slot),
+                *total,
+                counts,
+                offsets,
+                window,
+                now,
+            ),
+            _ => self.used_and_expiry(window, now).0,
+        }
+    }
+
     /// [`Ring::used_and_expiry`] of an inline ring whose every slot holds a kept segment:
-    /// the sum of all counts (`total`, kept as they change), less the oldest segments that have
-    /// left (segments leave oldest first, so those are a run from the oldest, and usually
-    /// none), and the newest counted segment's time (usually the newest segment's).
+    /// what [`Ring::narrow_used`] counts, and the newest counted segment's time (usually
+    /// the newest segment's).
     #[inline]
     fn narrow_used_and_expiry(
         &self,
@@ -403,8 +428,6 @@ impl Ring {
             return (0, 0);
         }
         let unit = self.unit();
-        let leaves_at =
-            |slot: usize, start: u64| (start + u64::from(offsets[slot])).saturating_add(window);
         // The newest counted segment: there is one, as the total is not zero.
         let head_slot = self.slot(self.head);
         let mut slot = head_slot;
@@ -413,14 +436,36 @@ impl Ring {
             slot = if slot == 0 { len - 1 } else { slot - 1 };
             start = start.saturating_sub(unit);
         }
-        let expires_at = leaves_at(slot, start);
+        let expires_at = (start + u64::from(offsets[slot])).saturating_add(window);
         if expires_at <= now {
             return (0, expires_at);
         }
+        let used = self.narrow_used(len, head_slot, total, counts, offsets, window, now);
+        (used, expires_at)
+    }
+
+    /// What an inline ring whose every slot holds a kept segment counts within `window` of
+    /// `now`: the sum of all counts (`total`, kept as they change), less the oldest
+    /// segments that have left (segments leave oldest first, so those are a run from the
+    /// oldest, and usually none). `head_slot` is the newest segment's slot.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn narrow_used(
+        &self,
+        len: usize,
+        head_slot: usize,
+        total: u64,
+        counts: &[u32; NARROW],
+        offsets: &[u32; NARROW],
+        window: u64,
+        now: u64,
+    ) -> u64 {
         // From the oldest forward, take out what has left. Only a segment that started a
         // window or more ago can have (its last admission is not before its start): the
-        // oldest one or two. The newest counted segment has not, so the walk stops there
-        // at the latest.
+        // oldest one or two. A segment that started less than a window ago has not, and
+        // neither has any counted after it, so the walk stops there (or once every
+        // segment has left: `len` steps at most).
+        let unit = self.unit();
         let oldest = self.head - (len as u64 - 1);
         // The oldest segment's slot follows the newest's (`oldest ≡ head + 1 mod len`).
         let mut slot = if head_slot + 1 == len {
@@ -430,10 +475,13 @@ impl Ring {
         };
         let mut start = oldest.saturating_mul(unit);
         let mut used = total;
-        while start.saturating_add(window) <= now {
+        for _ in 0..len {
+            if start.saturating_add(window) > now {
+                break;
+            }
             let count = counts[slot];
             if count != 0 {
-                if leaves_at(slot, start) > now {
+                if (start + u64::from(offsets[slot])).saturating_add(window) > now {
                     break;
                 }
                 used -= u64::from(count);
@@ -441,7 +489,7 @@ impl Ring {
             slot = if slot + 1 == len { 0 } else { slot + 1 };
             start = start.saturating_add(unit);
         }
-        (used, expires_at)
+        used
     }
 
     /// [`Ring::used_and_expiry`]'s walk over segments read by `get(slot, segment start)`.
@@ -1037,8 +1085,8 @@ impl State {
     /// Charges `cost` if it fits (call after [`State::advance`]): the verdict and when the
     /// state is fresh again, with what [`State::report_and_expiry`] says after it written
     /// into `report` (in the caller's place: a report moved back through the store's calls
-    /// was copied at each). A sliding window's segments are summed once, where a fit and a
-    /// report would each sum them: after the charge the newest segment holds `cost` more,
+    /// was copied at each). A sliding window's segments are read once, where a fit and a
+    /// report would each read them: after the charge the newest segment holds `cost` more,
     /// and is the newest counted one.
     #[inline(always)]
     pub(crate) fn charge(
@@ -1053,21 +1101,25 @@ impl State {
         } else {
             match self {
                 State::Segments(ring) => {
-                    // The segments summed once: after the charge the newest segment holds
-                    // `cost` more, and is the newest counted one.
+                    // What the segments count, read once: after the charge the newest
+                    // segment holds `cost` more, and is the newest counted one.
                     let window = limit.quota().period_micros();
-                    let (mut used, mut expires_at) = ring.used_and_expiry(window, now);
-                    // What `Ring::fit` answers first, without a call: it fits.
+                    let mut used = ring.used(window, now);
+                    // What `Ring::fit` answers first, without a call: it fits. (When the
+                    // newest counted segment leaves is only looked for if not: after a
+                    // charge, the newest segment is that one.)
                     let fit = if used.saturating_add(cost) <= limit.capacity() {
                         Fit::Now
                     } else {
                         ring.fit(limit, cost, now, used)
                     };
-                    if fit == Fit::Now {
+                    let expires_at = if fit == Fit::Now {
                         let last = ring.add(cost, now);
                         used = used.saturating_add(cost);
-                        expires_at = last.saturating_add(window);
-                    }
+                        last.saturating_add(window)
+                    } else {
+                        ring.used_and_expiry(window, now).1
+                    };
                     *report = Self::report_from(limit, fit, cost, now, used, expires_at);
                     return (fit, expires_at);
                 }
@@ -1516,6 +1568,17 @@ mod tests {
                     panic!("a sliding state")
                 };
                 assert!(ring.is_narrow(), "step {step}");
+                // What a charge reads alone is what the whole walk says, now and later
+                // (segments leaving, all of them gone).
+                let window = limit.quota().period_micros();
+                for later in [0, 1, MIN / 7, MIN - 1, MIN, 2 * MIN, u64::MAX - now] {
+                    let at = now + later;
+                    assert_eq!(
+                        ring.used(window, at),
+                        ring.used_and_expiry(window, at).0,
+                        "step {step}, {later} µs later: {ring:?}"
+                    );
+                }
             }
             assert!(widened > 0);
         }
