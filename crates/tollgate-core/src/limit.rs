@@ -192,6 +192,7 @@ impl Limit {
     /// assert_eq!(wide.shown_count(), wide.shown_quota().count());
     /// # Ok::<(), tollgate_core::QuotaError>(())
     /// ```
+    #[inline]
     pub const fn shown_count(&self) -> u64 {
         match self.wide() {
             Some((burst, _)) => burst,
