@@ -632,10 +632,19 @@ impl MemoryStore {
 
     /// Applies `op` to `buckets` at the clock's current time, one state per bucket into
     /// `states`; returns that time. Nothing here allocates for up to four buckets (unless
-    /// a share is full and must be made room in).
+    /// a share is full and must be made room in). (Inlined into its two callers, with the
+    /// path of one bucket; the path of several buckets and [`Inner::apply_one`] are not
+    /// inlined, so that the common request, a charge of one held key, sets up small call
+    /// frames.)
+    #[inline(always)]
     fn apply_into(&self, op: Op, buckets: &[Bucket], states: &mut [BucketState]) -> Timestamp {
         let (now, ahead) = self.inner.clock.now_and_ahead();
-        self.apply_at(op, buckets, states, now);
+        let now_us = now.as_micros();
+        if let ([bucket], [state]) = (buckets, &mut *states) {
+            self.apply_alone(op, bucket, state, now_us);
+        } else {
+            self.apply_several(op, buckets, states, now_us);
+        }
         // A clock that slews a step back runs at half speed: the waits told are real ones.
         if ahead > 0 {
             for state in states {
@@ -646,28 +655,30 @@ impl MemoryStore {
         now
     }
 
-    /// [`MemoryStore::apply_into`] at `now`. (Inlined: its one caller is on every request's
-    /// path.)
+    /// [`MemoryStore::apply_into`] of one bucket (the common request) at `now_us`: one
+    /// lock, no scratch space. (Inlined: its one caller is on every request's path.)
     #[inline(always)]
-    fn apply_at(&self, op: Op, buckets: &[Bucket], states: &mut [BucketState], now: Timestamp) {
-        let now_us = now.as_micros();
+    fn apply_alone(&self, op: Op, bucket: &Bucket, state: &mut BucketState, now_us: u64) {
         let inner = &*self.inner;
-        if let ([bucket], [state]) = (buckets, &mut *states) {
-            // One bucket (the common request): one lock, no scratch space.
-            let mut p = inner.place(bucket);
-            let mut shard = lock(&inner.shards[p.shard]);
-            // A charge of a key held in its kind's own table: the common request, through
-            // a path of its own (`apply_one` handles every call, and costs for it). A key
-            // it found absent is not looked for again.
-            if op == Op::Charge {
-                if charge_held(&mut shard, &p, bucket, now_us, |_| {}, state) {
-                    return;
-                }
-                p.absent = true;
+        let mut p = inner.place(bucket);
+        let mut shard = lock(&inner.shards[p.shard]);
+        // A charge of a key held in its kind's own table: the common request, through a
+        // path of its own (`apply_one` handles every call, and costs for it). A key it
+        // found absent is not looked for again.
+        if op == Op::Charge {
+            if charge_held(&mut shard, &p, bucket, now_us, |_| {}, state) {
+                return;
             }
-            inner.apply_one(&mut shard, &p, op, bucket, false, None, now_us, state);
-            return;
+            p.absent = true;
         }
+        inner.apply_one(&mut shard, &p, op, bucket, false, None, now_us, state);
+    }
+
+    /// [`MemoryStore::apply_into`] of several buckets at `now_us`. (Not inlined: its
+    /// scratch space makes a large call frame, which a call of one bucket does not set up.)
+    #[inline(never)]
+    fn apply_several(&self, op: Op, buckets: &[Bucket], states: &mut [BucketState], now_us: u64) {
+        let inner = &*self.inner;
         // The scratch vectors are filled by `push`, which inlines (collecting into them
         // does not, and costs more than the rest of this function).
         let mut placed: Scratch<Placed> = Scratch::new();
@@ -1313,8 +1324,10 @@ impl Inner {
     /// bucket of a charge of several admitted, so this one (a new key) is charged without
     /// deciding again. `held`, for the first pass of such a charge, is set to what puts the
     /// bucket back as it was if it admits; a new key is then only seen to fit and have
-    /// room, and not stored.
+    /// room, and not stored. (Not inlined: a charge of a held key, the common request,
+    /// goes through `charge_held`, and its caller's call frame is not made for this.)
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn apply_one(
         &self,
         shard: &mut Shard,
