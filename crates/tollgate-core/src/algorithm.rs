@@ -327,8 +327,9 @@ impl Ring {
     }
 
     /// Counts `cost` in the newest segment, admitted at `now` (or at its last admission, if
-    /// later); returns the newest segment's last admission.
-    #[inline]
+    /// later); returns the newest segment's last admission. (Inlined: a charge that fits
+    /// makes it, where a call cost about as much as its inline path.)
+    #[inline(always)]
     fn add(&mut self, cost: u64, now: u64) -> u64 {
         let head = self.head;
         // An inline ring whose newest count stays within a `u32` (every charge but one
