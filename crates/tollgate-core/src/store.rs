@@ -222,7 +222,10 @@ impl StoreKey {
     }
 
     /// Shortens the key to at most `len` bytes: to the last character boundary at or
-    /// before `len` (a character is never cut), whatever the key's length.
+    /// before `len` (a character is never cut), whatever the key's length. (Inlined: a
+    /// caller that reuses a bucket's key, `truncate(0)` then `push_str` per request, has
+    /// it fold to setting the length.)
+    #[inline]
     pub fn truncate(&mut self, len: usize) {
         // On the bytes: reading the key as `&str` validated it as UTF-8 each time (most of
         // what a caller that reuses a bucket, `truncate(0)` then `push_str`, paid per
