@@ -184,6 +184,7 @@ impl StoreKey {
     }
 
     /// Appends `s`.
+    #[inline]
     pub fn push_str(&mut self, s: &str) {
         self.push_utf8(s.as_bytes());
     }
@@ -198,24 +199,34 @@ impl StoreKey {
         ascii
     }
 
-    /// Appends `s`, which is UTF-8.
+    /// Appends `s`, which is UTF-8. (Inlined, with only the copy into an inline key: a
+    /// key building up (a request's) had the heap's path's call frame set up at each.)
+    #[inline]
     fn push_utf8(&mut self, s: &[u8]) {
+        if let KeyRepr::Inline { len, bytes } = &mut self.0 {
+            let at = usize::from(*len);
+            if let Some(room) = bytes.get_mut(at..at + s.len()) {
+                room.copy_from_slice(s);
+                // At most INLINE_KEY (62): fits.
+                *len = (at + s.len()) as u8;
+                return;
+            }
+        }
+        self.push_on_heap(s);
+    }
+
+    /// Appends `s` (UTF-8) to a key held on the heap, or too long for the inline one (which
+    /// moves to the heap).
+    #[cold]
+    #[inline(never)]
+    fn push_on_heap(&mut self, s: &[u8]) {
         match &mut self.0 {
             KeyRepr::Inline { len, bytes } => {
                 let at = usize::from(*len);
-                match bytes.get_mut(at..at + s.len()) {
-                    Some(room) => {
-                        room.copy_from_slice(s);
-                        // At most INLINE_KEY (62): fits.
-                        *len = (at + s.len()) as u8;
-                    }
-                    None => {
-                        let mut heap = String::with_capacity(at + s.len());
-                        heap.push_str(inline_str(bytes, at));
-                        heap.push_str(&String::from_utf8_lossy(s));
-                        self.0 = KeyRepr::Heap(heap);
-                    }
-                }
+                let mut heap = String::with_capacity(at + s.len());
+                heap.push_str(inline_str(bytes, at));
+                heap.push_str(&String::from_utf8_lossy(s));
+                self.0 = KeyRepr::Heap(heap);
             }
             KeyRepr::Heap(heap) => heap.push_str(&String::from_utf8_lossy(s)),
         }
