@@ -398,26 +398,17 @@ pub(crate) fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_c
     use std::fmt::Write as _;
     match key_address(ip) {
         IpAddr::V4(v4) => {
-            // Dotted decimal into a stack buffer, then one copy into the key.
-            let mut text = [0u8; 15];
+            // Dotted decimal into a stack buffer (each octet's text from a table, copied
+            // whole: the buffer has room past the last octet's), then one copy into the key.
+            let mut text = [0u8; 16];
             let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    text[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    text[len] = b'0' + octet / 10 % 10;
-                    len += 1;
-                }
-                text[len] = b'0' + octet % 10;
-                len += 1;
+            for octet in v4.octets() {
+                let (digits, n) = OCTET_TEXT[usize::from(octet)];
+                text[len..len + 4].copy_from_slice(&digits);
+                len += usize::from(n);
             }
-            out.push_ascii(&text[..len]);
+            // (The last octet's `.` is not part of the key.)
+            out.push_ascii(&text[..len - 1]);
         }
         IpAddr::V6(v6) => {
             let prefix = ipv6_prefix.min(128);
@@ -430,6 +421,29 @@ pub(crate) fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_c
         }
     }
 }
+
+/// Every octet's decimal text followed by a `.` (left-aligned in four bytes), and the
+/// length of that text with its `.`: what [`push_address_key`] writes an IPv4 address with.
+const OCTET_TEXT: [([u8; 4], u8); 256] = {
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let (hundreds, tens, ones) = (
+            (octet / 100) as u8,
+            (octet / 10 % 10) as u8,
+            (octet % 10) as u8,
+        );
+        table[octet] = if octet >= 100 {
+            ([b'0' + hundreds, b'0' + tens, b'0' + ones, b'.'], 4)
+        } else if octet >= 10 {
+            ([b'0' + tens, b'0' + ones, b'.', 0], 3)
+        } else {
+            ([b'0' + ones, b'.', 0, 0], 2)
+        };
+        octet += 1;
+    }
+    table
+};
 
 /// The address a client is keyed by ([`ClientIp::key`]): an IPv4 client written as IPv6
 /// (`::ffff:a.b.c.d`, or in the NAT64 well-known prefix `64:ff9b::/96`) as its IPv4 address.
@@ -615,6 +629,12 @@ mod tests {
             let mut key = tollgate_core::StoreKey::new();
             push_address_key(ip(text), client_ip.prefix(None), &mut key);
             assert_eq!(key.as_str(), text);
+        }
+        for octet in 0..=255u8 {
+            let address = std::net::Ipv4Addr::new(octet, 255 - octet, octet / 3, octet);
+            let mut key = tollgate_core::StoreKey::new();
+            push_address_key(IpAddr::V4(address), client_ip.prefix(None), &mut key);
+            assert_eq!(key.as_str(), address.to_string());
         }
         // An IPv4-mapped IPv6 address is its IPv4 client.
         let mut key = tollgate_core::StoreKey::new();
