@@ -123,13 +123,15 @@ impl OwnedTarget {
     }
 }
 
-/// `0..n`, filled by `push` (which inlines; collecting a range into a `SmallVec` does not).
+/// `0..n`: up to [`INLINE`], the first `n` of a ready array (no push per index); past it,
+/// on the heap.
+#[inline]
 fn every_index(n: usize) -> SmallVec<[usize; INLINE]> {
-    let mut all = SmallVec::new();
-    for i in 0..n {
-        all.push(i);
+    if n <= INLINE {
+        SmallVec::from_buf_and_len(std::array::from_fn(|i| i), n)
+    } else {
+        (0..n).collect()
     }
-    all
 }
 
 /// What one answer of the store means for the plan.
@@ -522,6 +524,17 @@ impl Engine {
             Outcome::Respond(respond::unavailable(&self.error_body))
         } else {
             Outcome::Proceed(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_index_is_the_range_inline_or_not() {
+        for n in 0..=super::INLINE + 3 {
+            let expected: Vec<usize> = (0..n).collect();
+            assert_eq!(super::every_index(n).as_slice(), expected.as_slice());
         }
     }
 }
