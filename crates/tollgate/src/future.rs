@@ -102,6 +102,17 @@ where
         }
     }
 
+    /// [`ResponseFuture::calling`] with the `After` taken out of `after` (by reference:
+    /// an `After` is several hundred bytes, which taking it out and then moving it into
+    /// the future copies twice).
+    pub(crate) fn calling_with(fut: S::Future, after: &mut Option<After>) -> Self {
+        let mut this = Self::calling(fut, None);
+        if let State::Calling { after: slot, .. } = &mut this.state {
+            std::mem::swap(slot, after);
+        }
+        this
+    }
+
     /// Calls the inner service with a request left to a per-route layer that has not seen
     /// any yet ([`Left::answered`] once it answers).
     pub(crate) fn watching(fut: S::Future, left: Box<Left>) -> Self {

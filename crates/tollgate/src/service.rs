@@ -84,7 +84,7 @@ where
                 Outcome::Proceed(ref mut after) => {
                     After::put_in_request(after, self.limiter.engine.id, &mut parts.extensions);
                     let req = Request::from_parts(parts, body);
-                    ResponseFuture::calling(self.inner.call(req), after.take())
+                    ResponseFuture::calling_with(self.inner.call(req), after)
                 }
                 // (Answered from the slot, not moved out of it: see above.)
                 Outcome::Refuse(ref mut refused) => {
