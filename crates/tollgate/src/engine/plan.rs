@@ -357,9 +357,11 @@ impl Engine {
                         push_store_key(stored, limit.key.hashed, &mut key);
                     }
                 }
-                let bucket = Bucket::from_key(key, limit.bucket.len(), quota)
-                    .with_cost(cost)
-                    .with_when_full(limit.when_full);
+                // (Its cost and `WhenFull` set in place: the builder methods take and return
+                // the bucket, a copy of its 120 bytes each.)
+                let mut bucket = Bucket::from_key(key, limit.bucket.len(), quota);
+                bucket.cost = cost;
+                bucket.when_full = limit.when_full;
                 let bit = (fixed && this_bit < 8).then_some(this_bit as u8);
                 let over = overrides.as_ref().and_then(|overrides| {
                     let stored = &bucket.key[key_at..];
