@@ -233,9 +233,12 @@ impl<'a, 'p> Keys<'a, 'p> {
                 let prefix = self.engine.client_ip.prefix(network);
                 let made = match self.addresses.iter().position(|(p, _)| *p == prefix) {
                     Some(i) => i,
+                    // (Written where it is kept: a key made apart is 64 bytes to copy in.)
                     None => {
-                        self.addresses.push((prefix, address_key(addr, prefix)));
-                        self.addresses.len() - 1
+                        self.addresses.push((prefix, StoreKey::new()));
+                        let at = self.addresses.len() - 1;
+                        push_key_of_address(addr, prefix, &mut self.addresses[at].1);
+                        at
                     }
                 };
                 Value::Kept(self.addresses[made].1.as_bytes())
@@ -280,15 +283,21 @@ impl<'a, 'p> Keys<'a, 'p> {
 /// The key of the global limits' one bucket.
 const GLOBAL_KEY: &[u8] = b"all";
 
-/// The key of client address `addr`, IPv6 folded to `prefix` bits; without one, the one
-/// key every request without a peer address shares.
+/// [`push_key_of_address`] into a key of its own.
+#[cfg(test)]
 fn address_key(addr: Option<IpAddr>, prefix: u8) -> StoreKey {
     let mut key = StoreKey::new();
+    push_key_of_address(addr, prefix, &mut key);
+    key
+}
+
+/// Appends to `key` the key of client address `addr`, IPv6 folded to `prefix` bits;
+/// without one, the one key every request without a peer address shares.
+fn push_key_of_address(addr: Option<IpAddr>, prefix: u8, key: &mut StoreKey) {
     match addr {
-        Some(ip) => push_address_key(ip, prefix, &mut key),
+        Some(ip) => push_address_key(ip, prefix, key),
         None => key.push_str("unknown-peer"),
     }
-    key
 }
 
 impl Engine {
