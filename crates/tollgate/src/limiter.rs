@@ -270,7 +270,7 @@ impl Limiter {
             ));
         }
         let delegation = Arc::new(Delegation::new(table, parsed, index));
-        self.engine.routes.rcu(|routes| {
+        self.engine.update_routes(|routes| {
             let mut routes = Routes::clone(routes);
             routes.delegated.push(delegation.clone());
             routes
@@ -1529,6 +1529,7 @@ impl LimiterBuilder {
             file_declares_limits: Mutex::new(self.file_declares_limits),
             overrides: ArcSwap::default(),
             overrides_set: AtomicBool::new(false),
+            routes_set: AtomicBool::new(false),
             routes: ArcSwap::default(),
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),

@@ -78,6 +78,10 @@ pub(crate) struct Engine {
     pub(crate) overrides_set: AtomicBool,
     /// What the central layer leaves to per-route layers.
     pub(crate) routes: ArcSwap<Routes>,
+    /// Whether anything was ever left to per-route layers ([`Engine::update_routes`]): until
+    /// then the central layer does not look at [`Engine::routes`] (loading the snapshot
+    /// costs more than what a request does with an empty one).
+    pub(crate) routes_set: AtomicBool,
     pub(crate) stats: Counters,
     pub(crate) warned_no_peer: AtomicBool,
     /// Requests in a row on which the identity function found no user where a per-user
@@ -635,11 +639,12 @@ impl Engine {
         if charged_by(&parts.extensions, self.id) {
             return Start::Pass;
         }
-        let routes = self.routes.load();
+        let snapshot = self.routes_if_any();
+        let routes: Option<&Routes> = snapshot.as_deref().map(|routes| &**routes);
         // The route axum matched, looked up once, and only where a per-route layer exists.
-        let matched = (!routes.per_route.is_empty() || !routes.delegated.is_empty())
-            .then(|| matched_path(parts))
-            .flatten();
+        let matched = routes
+            .filter(|routes| !routes.per_route.is_empty() || !routes.delegated.is_empty())
+            .and_then(|_| matched_path(parts));
         // A route left to its layer for good (seen there) is still checked per request: the
         // layer marks what it takes over, and a request answered without reaching it (a
         // check before the layer, another router's route of that name) is charged then.
@@ -648,8 +653,9 @@ impl Engine {
         let id = matched.map(|path| route_id(&parts.method, path));
         let unverified = id
             .as_ref()
-            .is_some_and(|id| routes.unverified.contains(id.as_str()));
-        if let Some(id) = id.as_ref().filter(|_| !unverified) {
+            .zip(routes)
+            .is_some_and(|(id, routes)| routes.unverified.contains(id.as_str()));
+        if let Some((id, routes)) = id.as_ref().zip(routes).filter(|_| !unverified) {
             if routes.per_route.contains(id.as_str()) {
                 left_for_good = Some(SeenRoute {
                     id: id.clone(),
@@ -670,7 +676,8 @@ impl Engine {
         // if the layer never saw it, and the others are charged provisionally (`Delegation`).
         let mut delegated = false;
         let mut left = None;
-        for route in routes.delegated.iter().filter(|_| left_for_good.is_none()) {
+        let delegations = routes.map_or(&[][..], |routes| &routes.delegated);
+        for route in delegations.iter().filter(|_| left_for_good.is_none()) {
             if route.table.classify(&parts.method, path).is_none() {
                 continue;
             }
@@ -731,7 +738,8 @@ impl Engine {
                 done: false,
             }));
         }
-        let provisional = (routes.marks || delegated).then(Arc::<Provisional>::default);
+        let marks = routes.is_some_and(|routes| routes.marks);
+        let provisional = (marks || delegated).then(Arc::<Provisional>::default);
         // The plan stays here (it is large): the store answers for it by reference.
         if self.decide_now(&plan, &provisional, Target::of(parts, path), out) {
             if let (Outcome::Proceed(Some(_)), Some(p)) = (&*out, provisional) {
@@ -830,7 +838,7 @@ impl Engine {
             let standard = crate::classify::STANDARD_METHODS.contains(&parts.method);
             let id = route_id(&parts.method, path);
             if standard && !routes.per_route.contains(id.as_str()) {
-                self.routes.rcu(|routes| {
+                self.update_routes(|routes| {
                     let mut routes = Routes::clone(routes);
                     if routes.per_route.len() < MAX_PER_ROUTE_ENTRIES {
                         routes.per_route.insert(id.as_str().into());
@@ -957,7 +965,7 @@ impl Engine {
         let mut newly_for_route = false;
         let id = route.id.as_str();
         if standard && !self.routes.load().unverified.contains(id) {
-            self.routes.rcu(|routes| {
+            self.update_routes(|routes| {
                 let mut routes = Routes::clone(routes);
                 newly_for_route = routes.unverified.len() < MAX_PER_ROUTE_ENTRIES
                     && routes.unverified.insert(id.into());
@@ -977,11 +985,27 @@ impl Engine {
         );
     }
 
+    /// Changes what the central layer leaves to per-route layers ([`ArcSwap::rcu`] of
+    /// [`Engine::routes`] with `change`); from then on requests look at it
+    /// ([`Engine::routes_set`]).
+    pub(crate) fn update_routes(&self, change: impl FnMut(&Arc<Routes>) -> Routes) {
+        self.routes.rcu(change);
+        self.routes_set.store(true, Ordering::Release);
+    }
+
+    /// What the central layer leaves to per-route layers, if anything ever was
+    /// ([`Engine::routes_set`]).
+    fn routes_if_any(&self) -> Option<arc_swap::Guard<Arc<Routes>>> {
+        self.routes_set
+            .load(Ordering::Acquire)
+            .then(|| self.routes.load())
+    }
+
     /// From now on, the central layer marks the requests it charges, so a per-route layer
     /// further in can take them over.
     pub(crate) fn mark_requests(&self) {
         if !self.routes.load().marks {
-            self.routes.rcu(|routes| {
+            self.update_routes(|routes| {
                 let mut routes = Routes::clone(routes);
                 routes.marks = true;
                 routes
