@@ -61,6 +61,86 @@ pub(crate) struct Ring {
 /// How many segments a ring holds inline: windows of up to 10 segments (the default).
 const NARROW: usize = 11;
 
+/// An inline ring whose every slot holds a kept segment (its head is past its length), read
+/// as [`Ring::used`] and [`Ring::used_and_expiry`] read it: without a branch per segment.
+struct FullNarrow<'a> {
+    len: usize,
+    /// The newest segment's slot.
+    head_slot: usize,
+    /// The sum of `counts`.
+    total: u64,
+    counts: &'a [u32; NARROW],
+    offsets: &'a [u32; NARROW],
+}
+
+impl FullNarrow<'_> {
+    /// [`Ring::used_and_expiry`] of `ring` (which this reads): what [`FullNarrow::used`]
+    /// counts, and the newest counted segment's time (usually the newest segment's).
+    #[inline]
+    fn used_and_expiry(&self, ring: &Ring, window: u64, now: u64) -> (u64, u64) {
+        if self.total == 0 {
+            return (0, 0);
+        }
+        let unit = ring.unit();
+        // The newest counted segment: there is one, as the total is not zero (and the walk
+        // goes no further than the ring, whatever the total says).
+        let mut slot = self.head_slot;
+        let mut start = ring.head.saturating_mul(unit);
+        let mut back = 0;
+        while self.counts[slot] == 0 {
+            back += 1;
+            if back == self.len {
+                debug_assert!(false, "a ring's total out of step with its counts");
+                return (0, 0);
+            }
+            slot = if slot == 0 { self.len - 1 } else { slot - 1 };
+            start = start.saturating_sub(unit);
+        }
+        let expires_at = (start + u64::from(self.offsets[slot])).saturating_add(window);
+        if expires_at <= now {
+            return (0, expires_at);
+        }
+        (self.used(ring, window, now), expires_at)
+    }
+
+    /// What `ring` (which this reads) counts within `window` of `now`: the sum of all
+    /// counts (`total`, kept as they change), less the oldest segments that have left
+    /// (segments leave oldest first, so those are a run from the oldest, and usually none).
+    #[inline]
+    fn used(&self, ring: &Ring, window: u64, now: u64) -> u64 {
+        // From the oldest forward, take out what has left. Only a segment that started a
+        // window or more ago can have (its last admission is not before its start): the
+        // oldest one or two. A segment that started less than a window ago has not, and
+        // neither has any counted after it, so the walk stops there (or once every
+        // segment has left: `len` steps at most).
+        let unit = ring.unit();
+        let oldest = ring.head - (self.len as u64 - 1);
+        // The oldest segment's slot follows the newest's (`oldest ≡ head + 1 mod len`).
+        let mut slot = if self.head_slot + 1 == self.len {
+            0
+        } else {
+            self.head_slot + 1
+        };
+        let mut start = oldest.saturating_mul(unit);
+        let mut used = self.total;
+        for _ in 0..self.len {
+            if start.saturating_add(window) > now {
+                break;
+            }
+            let count = self.counts[slot];
+            if count != 0 {
+                if (start + u64::from(self.offsets[slot])).saturating_add(window) > now {
+                    break;
+                }
+                used -= u64::from(count);
+            }
+            slot = if slot + 1 == self.len { 0 } else { slot + 1 };
+            start = start.saturating_add(unit);
+        }
+        used
+    }
+}
+
 /// A ring's segments: counts and last admission times. Up to [`NARROW`] segments whose
 /// counts fit in a `u32` and whose segment is shorter than 2^32 µs (71 minutes) are held
 /// in the state itself (112 bytes with the ring's head, so that the memory store's slot
@@ -307,16 +387,10 @@ impl Ring {
     #[inline]
     fn used_and_expiry(&self, window: u64, now: u64) -> (u64, u64) {
         // Which form the segments take is decided once, not once per segment.
+        if let Some(full) = self.full_narrow() {
+            return full.used_and_expiry(self, window, now);
+        }
         match &self.segments {
-            Segments::Narrow {
-                len,
-                total,
-                counts,
-                offsets,
-                ..
-            } if self.head >= u64::from(*len) => {
-                self.narrow_used_and_expiry(usize::from(*len), *total, counts, offsets, window, now)
-            }
             Segments::Narrow {
                 counts, offsets, ..
             } => self.sum_newest_first(window, now, |i, start| {
@@ -391,6 +465,15 @@ impl Ring {
     /// that one after it).
     #[inline]
     fn used(&self, window: u64, now: u64) -> u64 {
+        match self.full_narrow() {
+            Some(full) => full.used(self, window, now),
+            None => self.used_and_expiry(window, now).0,
+        }
+    }
+
+    /// The ring as [`FullNarrow`], if it is inline and every slot holds a kept segment.
+    #[inline(always)]
+    fn full_narrow(&self) -> Option<FullNarrow<'_>> {
         match &self.segments {
             Segments::Narrow {
                 len,
@@ -399,98 +482,15 @@ impl Ring {
                 counts,
                 offsets,
                 ..
-            } if self.head >= u64::from(*len) => self.narrow_used(
-                usize::from(*len),
-                usize::from(*head_slot),
-                *total,
+            } if self.head >= u64::from(*len) => Some(FullNarrow {
+                len: usize::from(*len),
+                head_slot: usize::from(*head_slot),
+                total: *total,
                 counts,
                 offsets,
-                window,
-                now,
-            ),
-            _ => self.used_and_expiry(window, now).0,
+            }),
+            _ => None,
         }
-    }
-
-    /// [`Ring::used_and_expiry`] of an inline ring whose every slot holds a kept segment:
-    /// what [`Ring::narrow_used`] counts, and the newest counted segment's time (usually
-    /// the newest segment's).
-    #[inline]
-    fn narrow_used_and_expiry(
-        &self,
-        len: usize,
-        total: u64,
-        counts: &[u32; NARROW],
-        offsets: &[u32; NARROW],
-        window: u64,
-        now: u64,
-    ) -> (u64, u64) {
-        if total == 0 {
-            return (0, 0);
-        }
-        let unit = self.unit();
-        // The newest counted segment: there is one, as the total is not zero.
-        let head_slot = self.slot(self.head);
-        let mut slot = head_slot;
-        let mut start = self.head.saturating_mul(unit);
-        while counts[slot] == 0 {
-            slot = if slot == 0 { len - 1 } else { slot - 1 };
-            start = start.saturating_sub(unit);
-        }
-        let expires_at = (start + u64::from(offsets[slot])).saturating_add(window);
-        if expires_at <= now {
-            return (0, expires_at);
-        }
-        let used = self.narrow_used(len, head_slot, total, counts, offsets, window, now);
-        (used, expires_at)
-    }
-
-    /// What an inline ring whose every slot holds a kept segment counts within `window` of
-    /// `now`: the sum of all counts (`total`, kept as they change), less the oldest
-    /// segments that have left (segments leave oldest first, so those are a run from the
-    /// oldest, and usually none). `head_slot` is the newest segment's slot.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn narrow_used(
-        &self,
-        len: usize,
-        head_slot: usize,
-        total: u64,
-        counts: &[u32; NARROW],
-        offsets: &[u32; NARROW],
-        window: u64,
-        now: u64,
-    ) -> u64 {
-        // From the oldest forward, take out what has left. Only a segment that started a
-        // window or more ago can have (its last admission is not before its start): the
-        // oldest one or two. A segment that started less than a window ago has not, and
-        // neither has any counted after it, so the walk stops there (or once every
-        // segment has left: `len` steps at most).
-        let unit = self.unit();
-        let oldest = self.head - (len as u64 - 1);
-        // The oldest segment's slot follows the newest's (`oldest ≡ head + 1 mod len`).
-        let mut slot = if head_slot + 1 == len {
-            0
-        } else {
-            head_slot + 1
-        };
-        let mut start = oldest.saturating_mul(unit);
-        let mut used = total;
-        for _ in 0..len {
-            if start.saturating_add(window) > now {
-                break;
-            }
-            let count = counts[slot];
-            if count != 0 {
-                if (start + u64::from(offsets[slot])).saturating_add(window) > now {
-                    break;
-                }
-                used -= u64::from(count);
-            }
-            slot = if slot + 1 == len { 0 } else { slot + 1 };
-            start = start.saturating_add(unit);
-        }
-        used
     }
 
     /// [`Ring::used_and_expiry`]'s walk over segments read by `get(slot, segment start)`.
@@ -1794,7 +1794,7 @@ mod tests {
     /// A window whose segment length does not divide it (1 s in 7 segments of 142,858 µs)
     /// lets a second segment leave before the oldest's slot comes round: in the last
     /// microseconds of a segment, what the second-oldest segment counted has left, whatever
-    /// ring slot it is in. (Kills `Ring::narrow_used_and_expiry`: the forward walk's next
+    /// ring slot it is in. (Kills `FullNarrow::used`: the forward walk's next
     /// slot, `slot + 1 == len` → `!=` / `slot * 1 == len`, and `slot + 1` → `slot * 1`.)
     #[test]
     fn a_second_segment_leaving_is_taken_out_in_every_ring_slot() {
