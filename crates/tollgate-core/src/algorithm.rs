@@ -155,8 +155,8 @@ enum Segments {
     /// ring's newest segment's slot (`head % len`), kept as the head moves so that finding
     /// a segment's slot takes no division (it lies in the enum's padding: no larger).
     /// `total` is the sum of `counts`, kept with every change of them (they are written
-    /// only by [`Segments::set`], [`Segments::clear`] and [`Ring::add`]), so that a
-    /// decision reads it rather than add the segments up.
+    /// only by [`set_narrow`] and [`Segments::clear`]), so that a decision reads it rather
+    /// than add the segments up.
     Narrow {
         len: u8,
         head_slot: u8,
@@ -224,12 +224,9 @@ impl Segments {
                 offsets,
                 ..
             } => {
-                // `Ring::set_segment` widens a ring before a count past `u32::MAX`; an
-                // offset is below the segment length, at most 2^32.
+                // `Ring::set_segment` widens a ring before a count past `u32::MAX`.
                 let count = u32::try_from(count).unwrap_or(u32::MAX);
-                *total = *total - u64::from(counts[i]) + u64::from(count);
-                counts[i] = count;
-                offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
+                set_narrow(total, counts, offsets, i, start, count, last);
             }
             Segments::Wide { slots, .. } => slots[i] = (count, last),
         }
@@ -250,6 +247,25 @@ impl Segments {
             Segments::Wide { slots, .. } => slots.fill((0, 0)),
         }
     }
+}
+
+/// Writes an inline ring's segment in slot `i`, which started at `start`: its `count` and
+/// its `last` admission (an offset from `start`: below the segment length, at most 2^32),
+/// keeping `total` the sum of the counts. Every count of an inline ring is written here, but
+/// all of them at once by [`Segments::clear`].
+#[inline(always)]
+fn set_narrow(
+    total: &mut u64,
+    counts: &mut [u32; NARROW],
+    offsets: &mut [u32; NARROW],
+    i: usize,
+    start: u64,
+    count: u32,
+    last: u64,
+) {
+    *total = *total - u64::from(counts[i]) + u64::from(count);
+    counts[i] = count;
+    offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
 }
 
 /// An inline ring's slot `i`, holding the segment that starts at `start`: its count and
@@ -422,10 +438,7 @@ impl Ring {
             let (c, last) = narrow_segment(counts, offsets, i, start);
             if let Ok(count) = u32::try_from(c.saturating_add(cost)) {
                 let last = if c == 0 { now } else { last.max(now) }.max(start);
-                // `count` is `c + cost`, within a `u32`.
-                *total += cost;
-                counts[i] = count;
-                offsets[i] = u32::try_from(last - start).unwrap_or(u32::MAX);
+                set_narrow(total, counts, offsets, i, start, count, last);
                 return start + u64::from(offsets[i]);
             }
         }
@@ -436,14 +449,19 @@ impl Ring {
 
     /// Whether `cost` fits now in a window whose segments count `used` (as
     /// [`Ring::used_and_expiry`] says), and if not, when: segments leave oldest first, each
-    /// a window after its last admission.
+    /// a window after its last admission. (Inlined: a charge that fits, the usual one,
+    /// answers here; the wait is looked for out of line.)
+    #[inline(always)]
     fn fit(&self, limit: &Limit, cost: u64, now: u64, used: u64) -> Fit {
-        let Some(need) = (used.saturating_add(cost)).checked_sub(limit.capacity()) else {
-            return Fit::Now;
-        };
-        if need == 0 {
-            return Fit::Now;
+        match used.saturating_add(cost).checked_sub(limit.capacity()) {
+            None | Some(0) => Fit::Now,
+            Some(need) => self.fit_after(limit, need, now),
         }
+    }
+
+    /// [`Ring::fit`] of a cost `need` past the capacity: when enough has left.
+    #[inline(never)]
+    fn fit_after(&self, limit: &Limit, need: u64, now: u64) -> Fit {
         let window = limit.quota().period_micros();
         // Which form the segments take is decided once, not once per segment.
         let leaves_at = match &self.segments {
@@ -1106,14 +1124,9 @@ impl State {
                     // segment holds `cost` more, and is the newest counted one.
                     let window = limit.quota().period_micros();
                     let mut used = ring.used(window, now);
-                    // What `Ring::fit` answers first, without a call: it fits. (When the
-                    // newest counted segment leaves is only looked for if not: after a
-                    // charge, the newest segment is that one.)
-                    let fit = if used.saturating_add(cost) <= limit.capacity() {
-                        Fit::Now
-                    } else {
-                        ring.fit(limit, cost, now, used)
-                    };
+                    let fit = ring.fit(limit, cost, now, used);
+                    // When the newest counted segment leaves is only looked for if it does
+                    // not fit: after a charge, the newest segment is that one.
                     let expires_at = if fit == Fit::Now {
                         let last = ring.add(cost, now);
                         used = used.saturating_add(cost);

@@ -270,7 +270,7 @@ impl Limiter {
             ));
         }
         let delegation = Arc::new(Delegation::new(table, parsed, index));
-        self.engine.update_routes(|routes| {
+        self.engine.routes.change(|routes| {
             let mut routes = Routes::clone(routes);
             routes.delegated.push(delegation.clone());
             routes
@@ -829,9 +829,7 @@ impl Limiter {
     /// Sets the override of the key of kind `kind` stored as `stored`, checked already
     /// ([`Limiter::override_value`]).
     pub(crate) fn put_override(&self, kind: &str, stored: &str, limit: Limit) {
-        // Before the override: a request that finds it finds the flag set too.
-        self.engine.overrides_set.store(true, Ordering::Release);
-        self.engine.overrides.rcu(|current| {
+        self.engine.overrides.change(|current| {
             let mut next = Overrides::clone(current);
             next.set(kind, stored, limit);
             next
@@ -855,7 +853,7 @@ impl Limiter {
     /// one.
     pub(crate) fn remove_stored(&self, kind: &str, stored: &str) -> bool {
         let mut removed = false;
-        self.engine.overrides.rcu(|current| {
+        self.engine.overrides.change(|current| {
             let mut next = Overrides::clone(current);
             removed = next.remove(kind, stored);
             next
@@ -1527,10 +1525,8 @@ impl LimiterBuilder {
             file_settings: self.file_settings,
             #[cfg(any(feature = "yaml", feature = "toml"))]
             file_declares_limits: Mutex::new(self.file_declares_limits),
-            overrides: ArcSwap::default(),
-            overrides_set: AtomicBool::new(false),
-            routes_set: AtomicBool::new(false),
-            routes: ArcSwap::default(),
+            overrides: Default::default(),
+            routes: Default::default(),
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),
             anonymous_streak: AtomicU64::new(0),

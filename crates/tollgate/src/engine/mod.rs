@@ -16,6 +16,7 @@ mod decide;
 mod gate;
 mod plan;
 mod settle;
+mod snapshot;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -42,6 +43,7 @@ use decide::{OwnedTarget, Target};
 pub(crate) use gate::Gate;
 use plan::Plan;
 pub(crate) use settle::{in_background, After, Settled};
+pub(crate) use snapshot::Snapshot;
 
 /// A limiter's shared state: its configuration, the snapshots that configuration calls
 /// change, and its counters. [`Limiter`](crate::Limiter) is a handle to it.
@@ -70,18 +72,11 @@ pub(crate) struct Engine {
     /// (check, reload, record), taken before `code`, never while holding it.
     #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) file_declares_limits: Mutex<bool>,
-    /// Per-key overrides.
-    pub(crate) overrides: ArcSwap<Overrides>,
-    /// Whether an override was ever set ([`Engine::overrides`]): until then a request does
-    /// not look at them (loading a snapshot costs more than anything else a request
-    /// without overrides does with them).
-    pub(crate) overrides_set: AtomicBool,
-    /// What the central layer leaves to per-route layers.
-    pub(crate) routes: ArcSwap<Routes>,
-    /// Whether anything was ever left to per-route layers ([`Engine::update_routes`]): until
-    /// then the central layer does not look at [`Engine::routes`] (loading the snapshot
-    /// costs more than what a request does with an empty one).
-    pub(crate) routes_set: AtomicBool,
+    /// Per-key overrides (a request loads them once one was ever set: [`Engine::overrides`]).
+    pub(crate) overrides: Snapshot<Overrides>,
+    /// What the central layer leaves to per-route layers (loaded by a request once anything
+    /// ever was).
+    pub(crate) routes: Snapshot<Routes>,
     pub(crate) stats: Counters,
     pub(crate) warned_no_peer: AtomicBool,
     /// Requests in a row on which the identity function found no user where a per-user
@@ -639,7 +634,7 @@ impl Engine {
         if charged_by(&parts.extensions, self.id) {
             return Start::Pass;
         }
-        let snapshot = self.routes_if_any();
+        let snapshot = self.routes.if_changed();
         let routes: Option<&Routes> = snapshot.as_deref().map(|routes| &**routes);
         // The route axum matched, looked up once, and only where a per-route layer exists.
         let matched = routes
@@ -838,7 +833,7 @@ impl Engine {
             let standard = crate::classify::STANDARD_METHODS.contains(&parts.method);
             let id = route_id(&parts.method, path);
             if standard && !routes.per_route.contains(id.as_str()) {
-                self.update_routes(|routes| {
+                self.routes.change(|routes| {
                     let mut routes = Routes::clone(routes);
                     if routes.per_route.len() < MAX_PER_ROUTE_ENTRIES {
                         routes.per_route.insert(id.as_str().into());
@@ -965,7 +960,7 @@ impl Engine {
         let mut newly_for_route = false;
         let id = route.id.as_str();
         if standard && !self.routes.load().unverified.contains(id) {
-            self.update_routes(|routes| {
+            self.routes.change(|routes| {
                 let mut routes = Routes::clone(routes);
                 newly_for_route = routes.unverified.len() < MAX_PER_ROUTE_ENTRIES
                     && routes.unverified.insert(id.into());
@@ -985,27 +980,11 @@ impl Engine {
         );
     }
 
-    /// Changes what the central layer leaves to per-route layers ([`ArcSwap::rcu`] of
-    /// [`Engine::routes`] with `change`); from then on requests look at it
-    /// ([`Engine::routes_set`]).
-    pub(crate) fn update_routes(&self, change: impl FnMut(&Arc<Routes>) -> Routes) {
-        self.routes.rcu(change);
-        self.routes_set.store(true, Ordering::Release);
-    }
-
-    /// What the central layer leaves to per-route layers, if anything ever was
-    /// ([`Engine::routes_set`]).
-    fn routes_if_any(&self) -> Option<arc_swap::Guard<Arc<Routes>>> {
-        self.routes_set
-            .load(Ordering::Acquire)
-            .then(|| self.routes.load())
-    }
-
     /// From now on, the central layer marks the requests it charges, so a per-route layer
     /// further in can take them over.
     pub(crate) fn mark_requests(&self) {
         if !self.routes.load().marks {
-            self.update_routes(|routes| {
+            self.routes.change(|routes| {
                 let mut routes = Routes::clone(routes);
                 routes.marks = true;
                 routes

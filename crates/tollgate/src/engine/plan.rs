@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -301,13 +300,11 @@ fn push_key_of_address(addr: Option<IpAddr>, prefix: u8, key: &mut StoreKey) {
 }
 
 impl Engine {
-    /// The per-key overrides, if there are any: nothing is loaded before one was ever set
-    /// ([`Engine::overrides_set`]).
+    /// The per-key overrides, if there are any: nothing is loaded before one was ever set.
     pub(crate) fn overrides(&self) -> Option<arc_swap::Guard<Arc<Overrides>>> {
-        if !self.overrides_set.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(self.overrides.load()).filter(|overrides| !overrides.is_empty())
+        self.overrides
+            .if_changed()
+            .filter(|overrides| !overrides.is_empty())
     }
 
     /// The buckets `policies` (the class or per-route policy, then the global ones) charge
