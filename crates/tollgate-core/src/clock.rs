@@ -110,8 +110,12 @@ impl Clock for SystemClock {
 /// followed at once, as halving every rate for days would be worse than the refusals. A
 /// step forward is followed at once (windows end early by the step). A smaller difference
 /// found back (the counter's drift, a correction of the system clock) is not followed back
-/// either: the clock stands still until it has made it up. So, but for a step of more than
-/// a day, no reading is earlier than one before it.
+/// either: the clock stands still until it has made it up. The system clock is measured
+/// against the latest reading given, not against where the counter would have taken this
+/// clock since: after an idle spell, what the counter's scale was off by over all of it
+/// (no reading showed it) is dropped, not slewed. So, but for a step of more than a day,
+/// no reading is earlier than one before it, and none is more than a millisecond ahead of
+/// the system clock but while it slews after a step back.
 ///
 /// ```
 /// use tollgate_core::{Clock, FastClock};
@@ -146,9 +150,10 @@ struct FastInner {
     /// slews (µs; 0 otherwise): [`Clock::now_and_ahead`]. Above 0, the next anchoring
     /// gives time back.
     ahead: AtomicU64,
-    /// The least a reading shows (Unix µs): the reading just before an anchoring last moved
-    /// the offset back (a correction, or a slew's step), so that the clock stands still
-    /// until it passes it rather than go back; 0 after a step back it follows at once. A
+    /// The least a reading shows (Unix µs): the latest reading that can have been given
+    /// before the last anchoring, so that the clock stands still until it passes it rather
+    /// than go back where the anchoring moved the offset back (a correction, or a slew's
+    /// step); 0 after a step back it follows at once. A
     /// correction of a few microseconds back had a store place a count after the time of
     /// the next request's decision: a guard's wait came out a few microseconds over its
     /// window, and `Retry-After` (rounded up) said 61 for a minute (a review).
@@ -161,6 +166,10 @@ const ANCHOR_EVERY_US: u64 = 1_000_000;
 /// How often [`FastClock`] reads the system clock while it slews (microseconds): each
 /// reading gives back half the time since the last, the clock standing still meanwhile.
 const ANCHOR_SLEWING_US: u64 = 10_000;
+
+/// `next_anchor` while a caller anchors: no reading is past it, so every other caller past
+/// the due time waits for the anchoring.
+const ANCHORING: u64 = u64::MAX;
 
 /// How far the system clock may be behind [`FastClock`] before it slews (microseconds):
 /// the counter's drift between two anchorings, and slews of the system clock itself, are
@@ -199,44 +208,90 @@ impl FastClock {
 }
 
 impl FastInner {
-    /// Reads the system clock at `elapsed` µs since `start` (the caller won the right to),
-    /// and sets the offset the next readings add, and when to read it again.
+    /// Reads the system clock at `elapsed` µs since `start`, the anchoring that was due at
+    /// `due` (the caller won the right to make it), and sets the offset the next readings
+    /// add, the least they show, and when to read the system clock again.
+    ///
+    /// What counts is the latest reading given since the last anchoring, not where the
+    /// counter's extrapolation has got to: a reading adds the offset only to a time before
+    /// `due` (a caller past it waits for this anchoring, [`FastInner::catch_up`]), so none
+    /// was later than `due` plus the offset, or the floor. After an idle spell the
+    /// extrapolation runs on for all of it, and its scale's error (up to a few hundred
+    /// parts per million for the time-stamp counter) adds up: taken for a step back of the
+    /// system clock, it had the clock stand still, or slew, ahead of the system clock by
+    /// milliseconds no reading had shown, and a store tell waits and resets that much past
+    /// a window (`Retry-After: 1801` for 30 minutes, a reset a second late, a review).
     #[cold]
-    fn anchor(&self, elapsed: u64) {
-        let target = (self.wall)().wrapping_sub(elapsed);
+    fn anchor(&self, elapsed: u64, due: u64) {
+        let wall = (self.wall)();
+        let target = wall.wrapping_sub(elapsed);
         let offset = self.offset.load(Ordering::Relaxed);
-        let behind = offset.wrapping_sub(target);
-        // Back, but not a step followed at once: readings stand still until they pass the
-        // last one (and past a millisecond, the clock slews).
-        let back = target < offset && behind <= FastClock::MAX_SLEW.as_micros() as u64;
-        let slewing = back && behind > SLEW_ABOVE_US;
-        let floor = if back {
-            elapsed
-                .wrapping_add(offset)
-                .max(self.floor.load(Ordering::Relaxed))
+        let seen = due
+            .wrapping_add(offset)
+            .max(self.floor.load(Ordering::Relaxed));
+        let behind = seen.saturating_sub(wall);
+        let (offset, floor, every, ahead) = if behind > FastClock::MAX_SLEW.as_micros() as u64 {
+            // A step back of more than a day: followed at once.
+            (target, 0, ANCHOR_EVERY_US, 0)
+        } else if behind <= SLEW_ABOVE_US {
+            // Level with what was seen, or ahead of it (a step forward is followed at
+            // once), or a little behind (the counter's drift, a correction): the system
+            // clock's time, standing still until it passes the latest reading given (a
+            // caller that read the counter before this anchoring and adds the new offset
+            // does not go back either).
+            (target, seen, ANCHOR_EVERY_US, 0)
         } else {
-            0
-        };
-        let (offset, every, ahead) = if slewing {
-            // Half the time since the last reading is given back, never more than the
-            // system clock is behind; nothing at the first (readings since the last may
-            // have shown up to a second more than half of it).
+            // Slewing: half the time since the last anchoring is given back, never more
+            // than the system clock is behind, the clock standing still until it passes
+            // what was seen; nothing at the first (readings since the last may have shown
+            // up to a second more than half of it).
             let since = elapsed.saturating_sub(self.last_anchor.load(Ordering::Relaxed));
-            let back = if self.ahead.load(Ordering::Relaxed) > 0 {
-                (since / 2).min(behind)
+            let lead = offset.saturating_sub(target);
+            let give = if self.ahead.load(Ordering::Relaxed) > 0 {
+                (since / 2).min(lead)
             } else {
                 0
             };
-            (offset - back, ANCHOR_SLEWING_US, behind - back)
-        } else {
-            (target, ANCHOR_EVERY_US, 0)
+            (offset - give, seen, ANCHOR_SLEWING_US, lead - give)
         };
-        // The floor first: a reading that sees the new offset sees it.
+        // The floor first: a reading that sees the new offset sees it; the offset before
+        // when the next anchoring is due: a caller that sees the new due sees the offset.
         self.floor.store(floor, Ordering::Relaxed);
         self.offset.store(offset, Ordering::Release);
         self.ahead.store(ahead, Ordering::Relaxed);
         self.last_anchor.store(elapsed, Ordering::Relaxed);
-        self.next_anchor.store(elapsed + every, Ordering::Relaxed);
+        self.next_anchor.store(elapsed + every, Ordering::Release);
+    }
+
+    /// Anchors at `elapsed` µs since `start`, past `due`: the first caller past it
+    /// anchors; another waits until that one is done (its reading of the counter is past
+    /// what the old offset may be added to), or anchors again if it is past the new due.
+    #[cold]
+    fn catch_up(&self, elapsed: u64, mut due: u64) {
+        let mut spins = 0u32;
+        while elapsed >= due {
+            if due == ANCHORING {
+                // Another caller is anchoring: a few hundred nanoseconds, unless it was
+                // preempted.
+                spins += 1;
+                if spins < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                due = self.next_anchor.load(Ordering::Acquire);
+                continue;
+            }
+            match self.next_anchor.compare_exchange(
+                due,
+                ANCHORING,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return self.anchor(elapsed, due),
+                Err(now_due) => due = now_due,
+            }
+        }
     }
 }
 
@@ -258,15 +313,9 @@ impl Clock for FastClock {
         let inner = &*self.0;
         let ticks = inner.clock.raw().saturating_sub(inner.start);
         let elapsed = ((u128::from(ticks) * u128::from(inner.micros_per_tick)) >> 64) as u64;
-        let next = inner.next_anchor.load(Ordering::Relaxed);
-        // One caller anchors: the one that moves `next_anchor` out of the way first.
-        if elapsed >= next
-            && inner
-                .next_anchor
-                .compare_exchange(next, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            inner.anchor(elapsed);
+        let due = inner.next_anchor.load(Ordering::Acquire);
+        if elapsed >= due {
+            inner.catch_up(elapsed, due);
         }
         let reading = elapsed.wrapping_add(inner.offset.load(Ordering::Acquire));
         Timestamp(reading.max(inner.floor.load(Ordering::Relaxed)))
@@ -423,6 +472,82 @@ mod tests {
         }
         let wall = WALL.load(Ordering::SeqCst);
         assert!(last >= wall && last - wall <= 20, "{last} {wall}");
+    }
+
+    /// Moves the system clock on by `micros` and the counter by `micros` and `ppm` parts
+    /// per million more (a counter whose scale is off: the time-stamp counter's, calibrated
+    /// by `quanta`, was seen off by up to 220 ppm), and reads the clock.
+    fn pass_fast(
+        clock: &FastClock,
+        mock: &quanta::Mock,
+        wall: &AtomicU64,
+        micros: u64,
+        ppm: u64,
+    ) -> (u64, u64) {
+        mock.increment(micros * 1_000 + micros * ppm / 1_000);
+        wall.fetch_add(micros, Ordering::SeqCst);
+        let (now, ahead) = clock.now_and_ahead();
+        (now.as_micros(), ahead)
+    }
+
+    /// After an idle spell, the counter's error over all of it (which no reading showed)
+    /// is not taken for a step back of the system clock: the first reading is the system
+    /// clock's, not ahead of it, and the clock does not slew. Before, 150 s idle on a
+    /// counter 250 ppm fast put it 37.5 ms ahead, slewing (a store told waits that much
+    /// past their window: `Retry-After: 1801` for 30 minutes), and 3 s idle had it stand
+    /// still 750 µs ahead.
+    #[test]
+    fn an_idle_spell_does_not_put_it_ahead_of_the_system_clock() {
+        static WALL: AtomicU64 = AtomicU64::new(0);
+        let (clock, mock) = clock(&WALL, || WALL.load(Ordering::SeqCst));
+        let mut last = 0;
+        // Busy for 3 s (read every millisecond), then idle, and again, for spells of up to
+        // two hours.
+        for idle in [3_000_000, 150_000_000, 7_200_000_000, 1_500_000] {
+            for _ in 0..3_000 {
+                let (now, ahead) = pass_fast(&clock, &mock, &WALL, 1_000, 250);
+                assert!(now >= last, "went back {} µs", last - now);
+                let wall = WALL.load(Ordering::SeqCst);
+                assert!(now - wall <= 250 + 1, "{} µs ahead", now - wall);
+                assert_eq!(ahead, 0);
+                last = now;
+            }
+            let (now, ahead) = pass_fast(&clock, &mock, &WALL, idle, 250);
+            assert_eq!(now, WALL.load(Ordering::SeqCst), "after {idle} µs idle");
+            assert_eq!(ahead, 0, "after {idle} µs idle");
+            last = now;
+        }
+    }
+
+    /// The same counter, slow: after an idle spell the clock moves on to the system
+    /// clock's time (as after a step forward).
+    #[test]
+    fn after_an_idle_spell_a_slow_counter_catches_up() {
+        static WALL: AtomicU64 = AtomicU64::new(0);
+        let (clock, mock) = clock(&WALL, || WALL.load(Ordering::SeqCst));
+        pass(&clock, &mock, &WALL, 500_000);
+        mock.increment(150_000_000 * 1_000 - 37_500_000);
+        WALL.fetch_add(150_000_000, Ordering::SeqCst);
+        assert_eq!(clock.now().as_micros(), WALL.load(Ordering::SeqCst));
+    }
+
+    /// What it means for a client: a window spent after an idle spell is told a wait of
+    /// the window, not the window and the counter's error over the spell.
+    #[test]
+    fn a_wait_told_after_an_idle_spell_is_the_window() {
+        static WALL: AtomicU64 = AtomicU64::new(0);
+        let (clock, mock) = clock(&WALL, || WALL.load(Ordering::SeqCst));
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let limit = Limit::sliding_exact(Quota::parse("5/30min").unwrap());
+        let bucket = [Bucket::new("sign-in", "client", limit)];
+        assert!(store.charge(&bucket).unwrap().allowed);
+        pass_fast(&clock, &mock, &WALL, 2 * HOUR, 250);
+        for _ in 0..5 {
+            assert!(store.charge(&bucket).unwrap().allowed);
+        }
+        let refused = store.charge(&bucket).unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(30 * 60)));
     }
 
     #[test]
