@@ -19,7 +19,7 @@ use super::plan::{Group, Plan, INLINE};
 use super::settle::{After, Settled, Visible};
 use super::{Engine, Provisional};
 use crate::observe;
-use crate::respond::{self, BucketOutcome, RateLimitOutcome};
+use crate::respond::{self, BucketOutcome, Most, RateLimitOutcome};
 
 /// The store's answer, turned into what the service does. Its headers are held inline
 /// (boxing them would allocate on every request), so the admitted variant is the large one.
@@ -36,9 +36,17 @@ pub(crate) enum Outcome {
 /// A refusal, before its response is made (the refusal hook sees the request's parts).
 pub(crate) struct Refused {
     engine: Arc<Engine>,
-    info: RateLimitOutcome,
+    body: Body,
     /// Its rate-limit headers and decision, as an admitted response's.
     settled: Settled,
+}
+
+/// What a refusal's body is made from.
+enum Body {
+    /// A ready shape's bytes, made already (without the outcome: nothing else needs it).
+    Ready(Bytes),
+    /// The outcome, for the refusal hook or a custom body.
+    Info(RateLimitOutcome),
 }
 
 impl Refused {
@@ -48,9 +56,14 @@ impl Refused {
     /// taken out.)
     pub(crate) fn respond(&mut self, parts: &Parts) -> http::Response<Bytes> {
         let engine = &self.engine;
-        let mut response = match &engine.refusal_hook {
-            Some(hook) => hook(&self.info, parts),
-            None => respond::refusal(&self.info, &engine.error_body),
+        let mut response = match &mut self.body {
+            Body::Ready(bytes) => {
+                respond::refusal_of(std::mem::take(bytes), engine.error_body.content_type())
+            }
+            Body::Info(info) => match &engine.refusal_hook {
+                Some(hook) => hook(info, parts),
+                None => respond::refusal(info, &engine.error_body),
+            },
         };
         self.settled.apply(&mut response);
         response
@@ -384,7 +397,7 @@ impl Engine {
             let visible = Visible::of(plan, active, states);
             *out = Outcome::Refuse(Refused {
                 engine: self.clone(),
-                info: self.info(plan, &visible, now, target),
+                body: self.refusal_body(plan, &visible, now, target),
                 settled: Settled::default(),
             });
             // (Its headers made where they are kept.)
@@ -404,6 +417,37 @@ impl Engine {
             return Step::Done;
         }
         Step::Without(rest)
+    }
+
+    /// What the 429's body is made from: a ready body's bytes when no refusal hook is set
+    /// (made from the most restrictive bucket alone, as [`ErrorBody::render`] makes them of
+    /// the outcome), else the outcome.
+    ///
+    /// [`ErrorBody::render`]: crate::ErrorBody::render
+    fn refusal_body<G: AsRef<Compiled>>(
+        &self,
+        plan: &Plan<G>,
+        visible: &Visible<'_>,
+        now: Timestamp,
+        target: Target<'_>,
+    ) -> Body {
+        if self.refusal_hook.is_none() {
+            let most = Most {
+                state: visible.most.map(|j| visible.states[j]),
+                now,
+                allowed: visible.allowed,
+            };
+            let period = visible
+                .most
+                .map(|j| plan.buckets[visible.index[j]].limit.shown_quota().period());
+            let ready = self
+                .error_body
+                .ready(most, period, target.method, target.path);
+            if let Some(bytes) = ready {
+                return Body::Ready(bytes);
+            }
+        }
+        Body::Info(self.info(plan, visible, now, target))
     }
 
     /// What logs name a request by: the route axum matched (`/users/{email}/reset`), else

@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::headers::HeaderStyle;
-use super::info::RateLimitOutcome;
+use super::info::{Most, RateLimitOutcome};
 
 /// A closure that renders a body: the info, and whether to pretty-print.
 type Render = dyn Fn(&RateLimitOutcome, bool) -> Result<Vec<u8>, serde_json::Error> + Send + Sync;
@@ -227,16 +227,22 @@ struct Inputs {
 impl Inputs {
     /// What ready `shape` makes of `info`.
     fn of(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Self {
-        let bucket = info.most_restrictive_bucket();
+        let period = info.most_restrictive_bucket().map(|b| b.quota.period());
+        Self::from_most(shape, pretty, info.most(), period)
+    }
+
+    /// What ready `shape` makes of an outcome whose most restrictive bucket is `most`'s,
+    /// of a quota of `period`.
+    fn from_most(shape: Ready, pretty: bool, most: Most<'_>, period: Option<Duration>) -> Self {
         Self {
             shape,
             pretty,
-            limit: bucket.map(|b| b.state.limit),
-            remaining: bucket.map(|b| b.state.remaining),
-            period: bucket.map(|b| b.quota.period()),
-            retry_after: info.retry_after_secs(),
-            never_fits: info.never_fits(),
-            reset_at: info.reset_at().map(|t| t.as_unix_secs_ceil()),
+            limit: most.state.map(|s| s.limit),
+            remaining: most.state.map(|s| s.remaining),
+            period,
+            retry_after: most.retry_after_secs(),
+            never_fits: most.never_fits(),
+            reset_at: most.reset_at().map(|t| t.as_unix_secs_ceil()),
         }
     }
 }
@@ -260,21 +266,26 @@ thread_local! {
 /// of the same inputs, else a new one.
 fn ready_body(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Bytes {
     let inputs = Inputs::of(shape, info, pretty);
-    let with_line = shape == Ready::Message;
+    reuse_or_make(inputs, &info.method, &info.path)
+}
+
+/// The body of ready `inputs` for a request of `method` to `path`: the one made last on
+/// this thread when it was made of the same inputs, else a new one.
+fn reuse_or_make(inputs: Inputs, method: &http::Method, path: &str) -> Bytes {
+    let with_line = inputs.shape == Ready::Message;
     LAST_BODY.with(|last| {
         let mut last = last.borrow_mut();
         if let Some(last) = last.as_ref().filter(|last| {
-            last.inputs == inputs
-                && (!with_line || (last.method == info.method && last.path == info.path))
+            last.inputs == inputs && (!with_line || (last.method == method && last.path == path))
         }) {
             return last.bytes.clone();
         }
-        let bytes = Bytes::from(ready_shape(&inputs, &info.method, &info.path));
+        let bytes = Bytes::from(ready_shape(&inputs, method, path));
         *last = Some(LastBody {
             inputs,
-            method: info.method.clone(),
+            method: method.clone(),
             path: if with_line {
-                info.path.clone()
+                path.to_owned()
             } else {
                 String::new()
             },
@@ -282,6 +293,29 @@ fn ready_body(shape: Ready, info: &RateLimitOutcome, pretty: bool) -> Bytes {
         });
         bytes
     })
+}
+
+impl ErrorBody {
+    /// The body for an outcome whose most restrictive bucket is `most`'s, of a quota of
+    /// `period`, for a request of `method` to `path`, if it is a ready shape (the bytes
+    /// [`ErrorBody::render`] makes of that outcome, made without it); `None` for a custom
+    /// body, which needs the outcome.
+    pub(crate) fn ready(
+        &self,
+        most: Most<'_>,
+        period: Option<Duration>,
+        method: &http::Method,
+        path: &str,
+    ) -> Option<Bytes> {
+        match self.shape {
+            Shape::Ready(ready) => Some(reuse_or_make(
+                Inputs::from_most(ready, self.pretty, most, period),
+                method,
+                path,
+            )),
+            Shape::Custom(_) => None,
+        }
+    }
 }
 
 /// The whole refusal: `429 Too Many Requests`, the body's `Content-Type`, the
@@ -328,12 +362,17 @@ pub fn too_many_requests(
 
 /// A 429 with `body` for `info` and its content type, before any rate-limit header.
 pub(crate) fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Bytes> {
-    let mut response = Response::new(body.render(info));
+    refusal_of(body.render(info), body.content_type())
+}
+
+/// A 429 of `bytes`, sent as `content_type`, before any rate-limit header.
+pub(crate) fn refusal_of(bytes: Bytes, content_type: HeaderValue) -> Response<Bytes> {
+    let mut response = Response::new(bytes);
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     // Room for the rate-limit headers added next (growing the map would move it).
     let headers = response.headers_mut();
     *headers = http::HeaderMap::with_capacity(8);
-    headers.insert(CONTENT_TYPE, body.content_type());
+    headers.insert(CONTENT_TYPE, content_type);
     response
 }
 

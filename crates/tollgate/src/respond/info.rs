@@ -131,16 +131,13 @@ impl RateLimitOutcome {
     /// How long a refused request should wait before retrying; `None` if it was admitted,
     /// or if waiting cannot help (see [`RateLimitOutcome::never_fits`]).
     pub fn retry_after(&self) -> Option<Duration> {
-        if self.allowed {
-            return None;
-        }
-        self.most_restrictive_bucket()?.state.retry_after
+        self.most().retry_after()
     }
 
     /// [`RateLimitOutcome::retry_after`] in whole seconds, rounded up and never 0: what
     /// `Retry-After` says. 1 µs is 1, exactly 2 s is 2, 2.000001 s is 3.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after().map(retry_secs)
+        self.most().retry_after_secs()
     }
 
     /// When the most restrictive bucket is back to its full state (nothing counted against
@@ -150,8 +147,7 @@ impl RateLimitOutcome {
     ///
     /// [`HeaderStyle::with_reset_at_retry`]: crate::HeaderStyle::with_reset_at_retry
     pub fn reset_at(&self) -> Option<Timestamp> {
-        let bucket = self.most_restrictive_bucket()?;
-        Some(self.now.saturating_add(bucket.state.reset_after))
+        self.most().reset_at()
     }
 
     /// The decision as the request's extensions carry it: the most restrictive bucket's.
@@ -170,10 +166,58 @@ impl RateLimitOutcome {
     /// Set when the request was refused because it costs more than a bucket can ever
     /// hold: `(cost, capacity)`. Retrying cannot help, so there is no `Retry-After`.
     pub fn never_fits(&self) -> Option<(u64, u64)> {
+        self.most().never_fits()
+    }
+
+    /// What the methods above read: the most restrictive bucket's state, the time and
+    /// whether the request was admitted.
+    pub(crate) fn most(&self) -> Most<'_> {
+        Most {
+            state: self.most_restrictive_bucket().map(|b| &b.state),
+            now: self.now,
+            allowed: self.allowed,
+        }
+    }
+}
+
+/// The part of a [`RateLimitOutcome`] its wait, its reset and whether it can ever fit are
+/// read from, without the outcome: a ready 429 body is made of these alone, so the layer
+/// reads them from the store's answer and builds no outcome when nothing else needs one.
+#[derive(Clone, Copy)]
+pub(crate) struct Most<'a> {
+    /// The most restrictive bucket's state (`None`: no bucket shows).
+    pub(crate) state: Option<&'a BucketState>,
+    /// When the store decided.
+    pub(crate) now: Timestamp,
+    /// Whether the request was admitted.
+    pub(crate) allowed: bool,
+}
+
+impl Most<'_> {
+    /// [`RateLimitOutcome::retry_after`].
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         if self.allowed {
             return None;
         }
-        match self.most_restrictive_bucket()?.state.refusal? {
+        self.state?.retry_after
+    }
+
+    /// [`RateLimitOutcome::retry_after_secs`].
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after().map(retry_secs)
+    }
+
+    /// [`RateLimitOutcome::reset_at`].
+    pub(crate) fn reset_at(&self) -> Option<Timestamp> {
+        Some(self.now.saturating_add(self.state?.reset_after))
+    }
+
+    /// [`RateLimitOutcome::never_fits`].
+    pub(crate) fn never_fits(&self) -> Option<(u64, u64)> {
+        if self.allowed {
+            return None;
+        }
+        match self.state?.refusal? {
             Refusal::CostExceedsCapacity { cost, capacity } => Some((cost, capacity)),
             _ => None,
         }

@@ -6,7 +6,7 @@ mod headers;
 mod info;
 pub(crate) mod sf;
 
-pub(crate) use body::{fixed_response, refusal, unavailable};
+pub(crate) use body::{fixed_response, refusal, refusal_of, unavailable};
 pub use body::{too_many_requests, ErrorBody};
 pub use decision::{RateLimitDecision, TooManyRequests};
 pub use headers::{
@@ -14,5 +14,5 @@ pub use headers::{
     X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub(crate) use headers::{number, Fields, Shown, ShownResponse};
-pub(crate) use info::ceil_secs;
+pub(crate) use info::{ceil_secs, Most};
 pub use info::{BucketOutcome, RateLimitOutcome};
