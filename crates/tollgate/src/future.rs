@@ -7,7 +7,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
@@ -266,17 +266,36 @@ where
 /// all arrived yet); without the header a client sends its next request on a connection
 /// that is going away, and that request fails.
 fn answer(mut response: Response<Bytes>, parts: &Parts) -> Response<Bytes> {
-    let headers = &parts.headers;
-    let announced_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() != b"0");
-    if announced_body && parts.version <= Version::HTTP_11 {
+    if parts.version <= Version::HTTP_11 && announces_body(&parts.headers) {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Whether a request of `headers` announced a body: `Transfer-Encoding`, or a
+/// `Content-Length` (its first line) other than 0. The names of a request of a few fields
+/// are looked at one by one, which costs less than the two lookups (a hash each) that
+/// larger ones take; a `Content-Length` is read only if there is one.
+fn announces_body(headers: &HeaderMap) -> bool {
+    let (chunked, length) = if headers.keys_len() <= 16 {
+        headers
+            .keys()
+            .fold((false, false), |(chunked, length), name| {
+                (
+                    chunked || name == header::TRANSFER_ENCODING,
+                    length || name == header::CONTENT_LENGTH,
+                )
+            })
+    } else {
+        (headers.contains_key(header::TRANSFER_ENCODING), true)
+    };
+    chunked
+        || (length
+            && headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0"))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
