@@ -147,6 +147,16 @@ fn every_index(n: usize) -> SmallVec<[usize; INLINE]> {
     }
 }
 
+/// `n` blank states for a store to answer into: made in place when they fit inline
+/// (`smallvec!` pushes a clone of one blank state at a time).
+fn blank_states(n: usize) -> States {
+    if n <= INLINE {
+        SmallVec::from_buf_and_len(std::array::from_fn(|_| BucketState::default()), n)
+    } else {
+        smallvec![BucketState::default(); n]
+    }
+}
+
 /// What one answer of the store means for the plan.
 enum Step {
     /// Decided: the outcome is written.
@@ -177,7 +187,7 @@ impl Engine {
         // (while `DEBUG` is on for this crate's target).
         let timed = tracing::enabled!(target: "tollgate", tracing::Level::DEBUG);
         loop {
-            let mut states: States = smallvec![BucketState::default(); active.len()];
+            let mut states = blank_states(active.len());
             let started = timed.then(Instant::now);
             let answer = if active.len() == plan.buckets.len() {
                 self.store.apply_sync(op, &plan.buckets, &mut states)
