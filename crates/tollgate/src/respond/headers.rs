@@ -97,21 +97,18 @@ impl Fields {
     /// `Retry-After` already there stays.
     /// (By reference: the fields are 240 bytes, which a move copies; each is taken out.)
     pub(crate) fn merge_into(&mut self, headers: &mut HeaderMap) {
+        if headers.is_empty() {
+            // A response without any field: nothing to merge with, nothing of theirs to
+            // keep before ours.
+            return self.fill_empty(headers);
+        }
         let count = self.0.iter().flatten().count();
         if count == 0 {
             // Nothing to merge (a quiet header style, or a handler's map without any).
             return;
         }
-        let [limit, remaining, reset, policy, current, retry_after] = &mut self.0;
-        if headers.is_empty() {
-            // A response without any field: nothing to merge with, nothing of theirs to
-            // keep before ours.
-            return fill_empty(
-                headers,
-                [remaining, limit, reset, policy, current, retry_after],
-            );
-        }
         headers.reserve(count);
+        let [limit, remaining, reset, policy, current, retry_after] = &mut self.0;
         if headers.len() <= 8 && !has_rate_limit_fields(headers) {
             // The usual response has none of them: each is appended, without the entry
             // lookup a merge takes (a third more than this look at a few names; past a few
@@ -168,41 +165,56 @@ const APPEND_ORDER: [HeaderName; 6] = [
 /// names in that order (each with an empty value), made once.
 static NAMED: [OnceLock<HeaderMap>; 64] = [const { OnceLock::new() }; 64];
 
-/// Sets the empty `headers` to the fields of `ordered` (in [`APPEND_ORDER`]), each taken
-/// out, as appending them one by one does, but from a copy of the map of their names
-/// ([`NAMED`]) with the values put in place: a copy does not hash each name again, where
-/// an append does (a third of the cost of the headers of an admitted response). A limit or
-/// a reset without what remains describes no bucket and is left out, as a merge leaves it.
-fn fill_empty(headers: &mut HeaderMap, ordered: [&mut Option<HeaderValue>; 6]) {
-    if ordered[0].is_none() {
-        // (Left out: dropped here rather than with the rest.)
-        *ordered[1] = None;
-        *ordered[2] = None;
-    }
-    let set = ordered
-        .iter()
-        .enumerate()
-        .fold(0, |set, (i, value)| set | usize::from(value.is_some()) << i);
-    let mut map = NAMED[set]
-        .get_or_init(|| {
-            let mut named = HeaderMap::with_capacity(set.count_ones() as usize);
-            for (i, name) in APPEND_ORDER.into_iter().enumerate() {
-                if set & (1 << i) != 0 {
-                    named.append(name, HeaderValue::from_static(""));
+impl Fields {
+    /// Sets the empty `headers` to the fields, each taken out, as [`Fields::merge_into`]
+    /// appends them (in [`APPEND_ORDER`]), but from a copy of the map of their names
+    /// ([`NAMED`]) with the values put in place: a copy does not hash each name again,
+    /// where an append does (a third of the cost of the headers of an admitted response).
+    /// A limit or a reset without what remains describes no bucket and is left out, as a
+    /// merge leaves it; without any field, `headers` is left as it is.
+    /// (Out of line: inlined, it costs a merge into a map with fields of its own a few dozen
+    /// instructions more.)
+    #[inline(never)]
+    fn fill_empty(&mut self, headers: &mut HeaderMap) {
+        let [limit, remaining, reset, policy, current, retry_after] = &mut self.0;
+        if remaining.is_none() {
+            // (Left out: dropped here rather than with the rest.)
+            *limit = None;
+            *reset = None;
+        }
+        let ordered = [remaining, limit, reset, policy, current, retry_after];
+        let set = ordered
+            .iter()
+            .enumerate()
+            .fold(0, |set, (i, value)| set | usize::from(value.is_some()) << i);
+        if set == 0 {
+            return;
+        }
+        let mut map = NAMED[set]
+            .get_or_init(|| {
+                // (Grown by the appends, to room for six fields, rather than reserved:
+                // `HeaderMap::with_capacity` or `reserve` called here too is no longer
+                // inlined where a response is made or merged into, tens of instructions
+                // more there.)
+                let mut named = HeaderMap::new();
+                for (i, name) in APPEND_ORDER.into_iter().enumerate() {
+                    if set & (1 << i) != 0 {
+                        named.append(name, HeaderValue::from_static(""));
+                    }
+                }
+                named
+            })
+            .clone();
+        let mut slots = map.values_mut();
+        for value in ordered {
+            if let Some(value) = value.take() {
+                if let Some(slot) = slots.next() {
+                    *slot = value;
                 }
             }
-            named
-        })
-        .clone();
-    let mut slots = map.values_mut();
-    for value in ordered {
-        if let Some(value) = value.take() {
-            if let Some(slot) = slots.next() {
-                *slot = value;
-            }
         }
+        *headers = map;
     }
-    *headers = map;
 }
 
 /// Adds the rate-limit fields of `from` (the headers of a bucket a handler charged, from
