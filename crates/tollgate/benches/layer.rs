@@ -46,6 +46,11 @@ async fn ok(_req: Req) -> Result<Response<axum::body::Body>, Infallible> {
     Ok(Response::new(axum::body::Body::from("ok")))
 }
 
+/// A handler's response as axum makes it of a `&str` or a `String`: with its content type.
+async fn ok_text(_req: Req) -> Result<Response<axum::body::Body>, Infallible> {
+    Ok(axum::response::IntoResponse::into_response("ok"))
+}
+
 fn limiter(policy: Policy, global: bool) -> Limiter {
     limiter_with(policy, global, |b| b)
 }
@@ -150,6 +155,11 @@ fn contenders() -> Vec<Contender> {
         contender(
             "tollgate, refused (429)",
             ServiceBuilder::new().layer(refuse.layer()).service_fn(ok),
+        ),
+        contender("no layer, text response", service_fn(ok_text)),
+        contender(
+            "tollgate, one per-IP limit, text response",
+            ServiceBuilder::new().layer(ip.layer()).service_fn(ok_text),
         ),
         contender(
             "tollgate, one per-IP limit, no decision in the request",

@@ -56,16 +56,21 @@ impl Refused {
     /// taken out.)
     pub(crate) fn respond(&mut self, parts: &Parts) -> http::Response<Bytes> {
         let engine = &self.engine;
-        let mut response = match &mut self.body {
-            Body::Ready(bytes) => {
-                respond::refusal_of(std::mem::take(bytes), engine.error_body.content_type())
-            }
+        let body = &engine.error_body;
+        let (mut response, content_type) = match &mut self.body {
+            Body::Ready(bytes) => (
+                respond::refusal_of(std::mem::take(bytes)),
+                Some(body.content_type()),
+            ),
             Body::Info(info) => match &engine.refusal_hook {
-                Some(hook) => hook(info, parts),
-                None => respond::refusal(info, &engine.error_body),
+                Some(hook) => (hook(info, parts), None),
+                None => (
+                    respond::refusal_of(body.render(info)),
+                    Some(body.content_type()),
+                ),
             },
         };
-        self.settled.apply(&mut response);
+        self.settled.apply_with(&mut response, content_type);
         response
     }
 }

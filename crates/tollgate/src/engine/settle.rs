@@ -33,6 +33,24 @@ impl Settled {
         Self::add(&mut self.headers, self.decision.take(), response);
     }
 
+    /// [`Settled::apply`] to a response of the limiter's own that holds its body alone (a
+    /// 429's): its header map is made at once, `content_type` then the rate-limit headers;
+    /// without a content type (a refusal hook's response), [`Settled::apply`].
+    pub(crate) fn apply_with<B>(
+        &mut self,
+        response: &mut http::Response<B>,
+        content_type: Option<HeaderValue>,
+    ) {
+        match content_type {
+            Some(content_type) => {
+                self.headers
+                    .fill(response.headers_mut(), Some(content_type));
+                Self::put(self.decision.take(), response);
+            }
+            None => self.apply(response),
+        }
+    }
+
     /// [`Settled::apply`] of its two parts.
     fn add<B>(
         headers: &mut Fields,
@@ -40,6 +58,11 @@ impl Settled {
         response: &mut http::Response<B>,
     ) {
         headers.merge_into(response.headers_mut());
+        Self::put(decision, response);
+    }
+
+    /// `decision` (if any) into `response`'s extensions.
+    fn put<B>(decision: Option<RateLimitDecision>, response: &mut http::Response<B>) {
         if let Some(decision) = decision {
             response.extensions_mut().insert(decision);
         }

@@ -361,18 +361,20 @@ pub fn too_many_requests(
 }
 
 /// A 429 with `body` for `info` and its content type, before any rate-limit header.
-pub(crate) fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Bytes> {
-    refusal_of(body.render(info), body.content_type())
-}
-
-/// A 429 of `bytes`, sent as `content_type`, before any rate-limit header.
-pub(crate) fn refusal_of(bytes: Bytes, content_type: HeaderValue) -> Response<Bytes> {
-    let mut response = Response::new(bytes);
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+fn refusal(info: &RateLimitOutcome, body: &ErrorBody) -> Response<Bytes> {
+    let mut response = refusal_of(body.render(info));
     // Room for the rate-limit headers added next (growing the map would move it).
     let headers = response.headers_mut();
     *headers = http::HeaderMap::with_capacity(8);
-    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(CONTENT_TYPE, body.content_type());
+    response
+}
+
+/// A 429 of `bytes`, without any header yet (the layer makes its map at once: its content
+/// type and rate-limit headers, `Settled::apply_with`).
+pub(crate) fn refusal_of(bytes: Bytes) -> Response<Bytes> {
+    let mut response = Response::new(bytes);
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     response
 }
 

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use smallvec::SmallVec;
 use tollgate_core::{BucketState, Quota, Timestamp};
 
@@ -99,8 +99,9 @@ impl Fields {
     pub(crate) fn merge_into(&mut self, headers: &mut HeaderMap) {
         if headers.is_empty() {
             // A response without any field: nothing to merge with, nothing of theirs to
-            // keep before ours.
-            return self.fill_empty(headers);
+            // keep before ours. (One with a content type alone, as axum makes them, is
+            // appended to: taking its content type out into a copy costs more.)
+            return self.fill(headers, None);
         }
         let count = self.0.iter().flatten().count();
         if count == 0 {
@@ -161,21 +162,22 @@ const APPEND_ORDER: [HeaderName; 6] = [
     RETRY_AFTER,
 ];
 
-/// For each set of the fields of [`APPEND_ORDER`] (a bit per position), a map of their
-/// names in that order (each with an empty value), made once.
-static NAMED: [OnceLock<HeaderMap>; 64] = [const { OnceLock::new() }; 64];
+/// For each set of the fields of [`APPEND_ORDER`] (a bit per position), and with or
+/// without a `Content-Type` before them (the seventh bit), a map of their names in that
+/// order (each with an empty value), made once.
+static NAMED: [OnceLock<HeaderMap>; 128] = [const { OnceLock::new() }; 128];
 
 impl Fields {
-    /// Sets the empty `headers` to the fields, each taken out, as [`Fields::merge_into`]
-    /// appends them (in [`APPEND_ORDER`]), but from a copy of the map of their names
-    /// ([`NAMED`]) with the values put in place: a copy does not hash each name again,
-    /// where an append does (a third of the cost of the headers of an admitted response).
-    /// A limit or a reset without what remains describes no bucket and is left out, as a
-    /// merge leaves it; without any field, `headers` is left as it is.
+    /// Sets the empty `headers` to `content_type` (if any), then the fields, each taken out,
+    /// as inserting it and then [`Fields::merge_into`]'s appends (in [`APPEND_ORDER`]) make
+    /// them, but from a copy of the map of their names ([`NAMED`]) with the values put in
+    /// place: a copy does not hash each name again, where an append does (a third of the
+    /// cost of the headers of an admitted response). A limit or a reset without what
+    /// remains describes no bucket and is left out, as a merge leaves it.
     /// (Out of line: inlined, it costs a merge into a map with fields of its own a few dozen
     /// instructions more.)
     #[inline(never)]
-    fn fill_empty(&mut self, headers: &mut HeaderMap) {
+    pub(crate) fn fill(&mut self, headers: &mut HeaderMap, content_type: Option<HeaderValue>) {
         let [limit, remaining, reset, policy, current, retry_after] = &mut self.0;
         if remaining.is_none() {
             // (Left out: dropped here rather than with the rest.)
@@ -188,8 +190,12 @@ impl Fields {
             .enumerate()
             .fold(0, |set, (i, value)| set | usize::from(value.is_some()) << i);
         if set == 0 {
+            if let Some(content_type) = content_type {
+                headers.insert(CONTENT_TYPE, content_type);
+            }
             return;
         }
+        let set = set | usize::from(content_type.is_some()) << APPEND_ORDER.len();
         let mut map = NAMED[set]
             .get_or_init(|| {
                 // (Grown by the appends, to room for six fields, rather than reserved:
@@ -197,6 +203,9 @@ impl Fields {
                 // inlined where a response is made or merged into, tens of instructions
                 // more there.)
                 let mut named = HeaderMap::new();
+                if set >> APPEND_ORDER.len() != 0 {
+                    named.append(CONTENT_TYPE, HeaderValue::from_static(""));
+                }
                 for (i, name) in APPEND_ORDER.into_iter().enumerate() {
                     if set & (1 << i) != 0 {
                         named.append(name, HeaderValue::from_static(""));
@@ -206,6 +215,12 @@ impl Fields {
             })
             .clone();
         let mut slots = map.values_mut();
+        // (The map has a slot for each value there is, in order.)
+        if let Some(value) = content_type {
+            if let Some(slot) = slots.next() {
+                *slot = value;
+            }
+        }
         for value in ordered {
             if let Some(value) = value.take() {
                 if let Some(slot) = slots.next() {
@@ -1025,31 +1040,53 @@ mod tests {
         }
     }
 
-    /// Into a map without any field, the fields come out as appending each in turn puts
-    /// them, for every set of them (a limit or a reset without what remains left out).
+    /// Into a map without any field, or with a content type alone (merged into, or made at
+    /// once by `Fields::fill`), the fields come out as appending each in turn after the
+    /// content type puts them, for every set of them (a limit or a reset without what
+    /// remains left out).
     #[test]
     fn merging_into_an_empty_map_appends_in_order() {
         let values = ["3", "10", "60", "\"p\";q=10;w=60", "\"p\";r=3;t=60", "7"];
-        for set in 0..64usize {
-            let mut fields = Fields::default();
-            let mut expected = Vec::new();
-            for (i, (name, value)) in APPEND_ORDER.into_iter().zip(values).enumerate() {
-                if set & (1 << i) == 0 {
-                    continue;
-                }
-                let field = Field::ALL.into_iter().find(|f| f.name() == name).unwrap();
-                fields.set(field, HeaderValue::from_static(value));
-                if set & 1 != 0 || !matches!(i, 1 | 2) {
-                    expected.push((name.to_string(), value.to_string()));
-                }
-            }
-            let mut headers = HeaderMap::new();
-            fields.merge_into(&mut headers);
-            let got: Vec<(String, String)> = headers
+        let text = HeaderValue::from_static("text/plain");
+        let listed = |headers: &HeaderMap| -> Vec<(String, String)> {
+            headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
-                .collect();
-            assert_eq!(got, expected, "{set:#b}");
+                .collect()
+        };
+        for set in 0..64usize {
+            for (start, made_at_once) in [(None, false), (Some(&text), false), (Some(&text), true)]
+            {
+                let mut fields = Fields::default();
+                let mut expected = HeaderMap::new();
+                if let Some(content_type) = start {
+                    expected.append(CONTENT_TYPE, content_type.clone());
+                }
+                for (i, (name, value)) in APPEND_ORDER.into_iter().zip(values).enumerate() {
+                    if set & (1 << i) == 0 {
+                        continue;
+                    }
+                    let field = Field::ALL.into_iter().find(|f| f.name() == name).unwrap();
+                    fields.set(field, HeaderValue::from_static(value));
+                    if set & 1 != 0 || !matches!(i, 1 | 2) {
+                        expected.append(name, HeaderValue::from_static(value));
+                    }
+                }
+                let mut headers = HeaderMap::new();
+                if made_at_once {
+                    fields.fill(&mut headers, start.cloned());
+                } else {
+                    if let Some(content_type) = start {
+                        headers.insert(CONTENT_TYPE, content_type.clone());
+                    }
+                    fields.merge_into(&mut headers);
+                }
+                assert_eq!(
+                    listed(&headers),
+                    listed(&expected),
+                    "{set:#b} {start:?} {made_at_once}"
+                );
+            }
         }
     }
 

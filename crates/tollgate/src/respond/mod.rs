@@ -6,7 +6,7 @@ mod headers;
 mod info;
 pub(crate) mod sf;
 
-pub(crate) use body::{fixed_response, refusal, refusal_of, unavailable};
+pub(crate) use body::{fixed_response, refusal_of, unavailable};
 pub use body::{too_many_requests, ErrorBody};
 pub use decision::{RateLimitDecision, TooManyRequests};
 pub use headers::{
