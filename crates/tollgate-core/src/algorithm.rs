@@ -78,8 +78,19 @@ impl FullNarrow<'_> {
     /// counts, and the newest counted segment's time (usually the newest segment's).
     #[inline]
     fn used_and_expiry(&self, ring: &Ring, window: u64, now: u64) -> (u64, u64) {
+        match self.expiry(ring, window) {
+            Some(expires_at) if expires_at > now => (self.used(ring, window, now), expires_at),
+            Some(expires_at) => (0, expires_at),
+            None => (0, 0),
+        }
+    }
+
+    /// When `ring`'s (which this reads) newest counted segment leaves a `window` (usually
+    /// the newest segment's); `None` if nothing is counted.
+    #[inline]
+    fn expiry(&self, ring: &Ring, window: u64) -> Option<u64> {
         if self.total == 0 {
-            return (0, 0);
+            return None;
         }
         let unit = ring.unit();
         // The newest counted segment: there is one, as the total is not zero (and the walk
@@ -91,16 +102,12 @@ impl FullNarrow<'_> {
             back += 1;
             if back == self.len {
                 debug_assert!(false, "a ring's total out of step with its counts");
-                return (0, 0);
+                return None;
             }
             slot = if slot == 0 { self.len - 1 } else { slot - 1 };
             start = start.saturating_sub(unit);
         }
-        let expires_at = (start + u64::from(self.offsets[slot])).saturating_add(window);
-        if expires_at <= now {
-            return (0, expires_at);
-        }
-        (self.used(ring, window, now), expires_at)
+        Some((start + u64::from(self.offsets[slot])).saturating_add(window))
     }
 
     /// What `ring` (which this reads) counts within `window` of `now`: the sum of all
@@ -486,6 +493,16 @@ impl Ring {
         match self.full_narrow() {
             Some(full) => full.used(self, window, now),
             None => self.used_and_expiry(window, now).0,
+        }
+    }
+
+    /// When the newest counted segment leaves (0 if none), as [`Ring::used_and_expiry`]
+    /// says, without what the segments count (a refused charge has that already).
+    #[inline]
+    fn expiry(&self, window: u64, now: u64) -> u64 {
+        match self.full_narrow() {
+            Some(full) => full.expiry(self, window).unwrap_or(0),
+            None => self.used_and_expiry(window, now).1,
         }
     }
 
@@ -1132,7 +1149,7 @@ impl State {
                         used = used.saturating_add(cost);
                         last.saturating_add(window)
                     } else {
-                        ring.used_and_expiry(window, now).1
+                        ring.expiry(window, now)
                     };
                     *report = Self::report_from(limit, fit, cost, now, used, expires_at);
                     return (fit, expires_at);
@@ -1590,6 +1607,11 @@ mod tests {
                     assert_eq!(
                         ring.used(window, at),
                         ring.used_and_expiry(window, at).0,
+                        "step {step}, {later} µs later: {ring:?}"
+                    );
+                    assert_eq!(
+                        ring.expiry(window, at),
+                        ring.used_and_expiry(window, at).1,
                         "step {step}, {later} µs later: {ring:?}"
                     );
                 }

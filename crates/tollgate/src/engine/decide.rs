@@ -57,18 +57,15 @@ impl Refused {
     pub(crate) fn respond(&mut self, parts: &Parts) -> http::Response<Bytes> {
         let engine = &self.engine;
         let body = &engine.error_body;
-        let (mut response, content_type) = match &mut self.body {
-            Body::Ready(bytes) => (
-                respond::refusal_of(std::mem::take(bytes)),
-                Some(body.content_type()),
-            ),
-            Body::Info(info) => match &engine.refusal_hook {
-                Some(hook) => (hook(info, parts), None),
-                None => (
-                    respond::refusal_of(body.render(info)),
-                    Some(body.content_type()),
-                ),
-            },
+        let (mut response, content_type) = match (&mut self.body, &engine.refusal_hook) {
+            (Body::Info(info), Some(hook)) => (hook(info, parts), None),
+            (made, _) => {
+                let bytes = match made {
+                    Body::Ready(bytes) => std::mem::take(bytes),
+                    Body::Info(info) => body.render(info),
+                };
+                (respond::refusal_of(bytes), Some(body.content_type()))
+            }
         };
         self.settled.apply_with(&mut response, content_type);
         response
