@@ -405,18 +405,50 @@ pub fn setting(name: &str) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
+/// A setting of the environment that cannot be used: named with its value, so that the
+/// operator who set it knows which to mend (a limiter built from a file would otherwise
+/// blame the file for a value it does not hold).
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value}: {source}")]
+pub struct BadSetting {
+    /// The environment variable.
+    pub name: &'static str,
+    /// Its value, as read (trimmed).
+    pub value: String,
+    /// Why it cannot be used.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BadSetting {
+    /// The setting `name`, whose `value` cannot be used because of `source`.
+    pub fn new(
+        name: &'static str,
+        value: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            name,
+            value: value.into(),
+            source: source.into(),
+        }
+    }
+}
+
 /// How every example finds its clients' addresses: the TCP peer, or behind the proxies
 /// listed in `TRUSTED_PROXIES` (comma-separated CIDRs or addresses; none if unset) the
-/// client they forward for (an entry that is not a proxy address or network is an error
-/// when the limiter is built).
-pub fn client_ip_from_env() -> tollgate::ClientIp {
+/// client they forward for.
+///
+/// # Errors
+///
+/// [`BadSetting`] naming `TRUSTED_PROXIES` if an entry is not a proxy address or network.
+pub fn client_ip_from_env() -> Result<tollgate::ClientIp, BadSetting> {
     let proxies = setting("TRUSTED_PROXIES").unwrap_or_default();
-    let proxies: Vec<&str> = proxies
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    tollgate::ClientIp::peer().trust_proxies(proxies)
+    let entries = proxies.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let client_ip = tollgate::ClientIp::peer().trust_proxies(entries);
+    client_ip
+        .validate()
+        .map_err(|e| BadSetting::new("TRUSTED_PROXIES", proxies, e))?;
+    Ok(client_ip)
 }
 
 /// Whether `path` is `prefix` or below it (`/v1`, `/v1/...`; not `/v10`): an example's API,

@@ -386,6 +386,18 @@ async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
     let second = get(&app, "ew_live_full", "/v1/invoices/x/y").await;
     assert_eq!(second.status(), 404);
     assert_eq!(x_ratelimit(&second, 60.0).1, 998);
+    // The API's root, with a slash or without, is an unknown path of it too (a review had
+    // both answered an empty 404 without headers, uncounted).
+    let mut remaining = 998;
+    for root in ["/v1", "/v1/"] {
+        let r = get(&app, "ew_live_full", root).await;
+        assert_eq!(r.status(), 404, "{root}");
+        remaining -= 1;
+        let (limit, left, _) = x_ratelimit(&r, 60.0);
+        assert_eq!((limit, left), (1000, remaining), "{root}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "not_found", "{root}");
+    }
     let anonymous = app.get("/v1/no-such-endpoint").send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert!(!header(&anonymous, "x-ratelimit-limit").is_empty());
@@ -394,7 +406,7 @@ async fn an_unknown_path_is_a_404_with_the_rate_limit_headers() {
     assert_eq!(outside.status(), 404);
     assert_eq!(header(&outside, "x-ratelimit-limit"), "");
     let next = get(&app, "ew_live_full", "/v1/no-such-endpoint").await;
-    assert_eq!(x_ratelimit(&next, 60.0).1, 997);
+    assert_eq!(x_ratelimit(&next, 60.0).1, remaining - 1);
 }
 
 /// Anonymous traffic cannot spend the gateway-wide backstop every partner shares: the

@@ -73,3 +73,40 @@ async fn host_may_be_an_ipv6_address_in_brackets() {
         "{said}"
     );
 }
+
+/// What example `name` says on stderr when started with `env`, which must stop it.
+fn refused_start(name: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(common::example_path(name))
+        .envs(env.iter().copied())
+        .env("PORT", "0")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{name} started with {env:?}: {said}");
+    said
+}
+
+/// A setting of the environment that cannot be used stops an example, and the error names
+/// the setting and its value: the limiter built from a file said the file held it (a
+/// review: `TRUSTED_PROXIES=notanip` and `ENDPOINTWISE_DAILY_CAP=abc` were blamed on
+/// `limits.yaml` and `endpointwise.yaml`, which hold neither).
+#[test]
+fn every_example_names_a_setting_it_cannot_use() {
+    for name in EXAMPLES {
+        let said = refused_start(name, &[("TRUSTED_PROXIES", "10.0.0.0/8, notanip")]);
+        assert!(
+            said.contains("TRUSTED_PROXIES=10.0.0.0/8, notanip: ") && said.contains("`notanip`"),
+            "{name}: {said}"
+        );
+        assert!(!said.contains(".yaml"), "{name}: {said}");
+    }
+    for cap in ["abc", "25/fortnight", "0/day", "25"] {
+        let said = refused_start("seed_004", &[("ENDPOINTWISE_DAILY_CAP", cap)]);
+        assert!(
+            said.contains(&format!("ENDPOINTWISE_DAILY_CAP={cap}: ")) && !said.contains(".yaml"),
+            "{cap}: {said}"
+        );
+    }
+    let said = refused_start("demo", &[("MEMORY_MAX_ENTRIES", "12")]);
+    assert!(said.contains("MEMORY_MAX_ENTRIES=12: "), "{said}");
+}

@@ -54,15 +54,18 @@ use limits::{
 };
 
 /// `MEMORY_MAX_ENTRIES`: how many keys per bucket the in-memory store holds, if set.
-fn memory_max_entries_from_env() -> Result<Option<usize>, Box<dyn std::error::Error>> {
+fn memory_max_entries_from_env() -> Result<Option<usize>, tollgate_suite::BadSetting> {
     match tollgate_suite::setting("MEMORY_MAX_ENTRIES") {
         Some(text) => match text.parse::<usize>() {
             Ok(n) if n >= tollgate::config::MIN_MAX_ENTRIES => Ok(Some(n)),
-            _ => Err(format!(
-                "MEMORY_MAX_ENTRIES={text} is not a number of at least {}",
-                tollgate::config::MIN_MAX_ENTRIES
-            )
-            .into()),
+            _ => Err(tollgate_suite::BadSetting::new(
+                "MEMORY_MAX_ENTRIES",
+                text,
+                format!(
+                    "not a number of at least {}",
+                    tollgate::config::MIN_MAX_ENTRIES
+                ),
+            )),
         },
         None => Ok(None),
     }
@@ -114,7 +117,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let client_ip = tollgate_suite::client_ip_from_env();
+    let client_ip = tollgate_suite::client_ip_from_env()?;
     // The recorder first: the limiter registers its metrics when it is built.
     let metrics = PrometheusBuilder::new().install_recorder()?;
     // Histogram samples wait in the recorder until they are drained: drain them on a timer,

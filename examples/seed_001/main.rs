@@ -134,7 +134,7 @@ const COSTS: [(&str, u64); 9] = [
     ("/v1/*", 1),
 ];
 
-fn limiter() -> Result<Limiter, tollgate::BuildError> {
+fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     let org = Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.id.to_string()));
     let points = Policy::named("points").limit_with(org, |_org, parts| {
         let plan = parts.extensions.get::<Org>()?.plan;
@@ -142,7 +142,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
     });
     let mut builder = Limiter::builder()
         .store(tollgate_suite::store_from_env("tollgate:seed_001:")?)
-        .client_ip(tollgate_suite::client_ip_from_env())
+        .client_ip(tollgate_suite::client_ip_from_env()?)
         // "Retry-After (seconds) or X-RateLimit-Reset (date) ... to know when you can
         // restart": on a 429 the date is when the request fits again, as Retry-After says.
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::HttpDate).with_reset_at_retry());
@@ -150,7 +150,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
         // Clones of one policy: one shared `points` bucket, a cost per route.
         builder = builder.route(route, points.clone().cost(cost));
     }
-    builder.build()
+    Ok(builder.build()?)
 }
 
 /// `Authorization: Bearer <token>` → the token's organization, or `401`.

@@ -68,10 +68,9 @@ fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     })
     .hashed();
     let default = Policy::named("default").limit(key_and_endpoint, Rate::exact("60/60s"));
+    let client_ip = tollgate_suite::client_ip_from_env()?;
     Ok(Limiter::from_config_with(CONFIG, |builder| {
-        builder
-            .route("/v1/*", default)
-            .client_ip(tollgate_suite::client_ip_from_env())
+        builder.route("/v1/*", default).client_ip(client_ip)
     })?)
 }
 

@@ -66,11 +66,11 @@ const CREDENTIALS: [(&str, Tenant); 4] = [
 /// The service catalog's current ETag.
 const CATALOG_ETAG: &str = "\"etag-abc123\"";
 
-fn limiter() -> Result<Limiter, tollgate::BuildError> {
+fn limiter() -> Result<Limiter, Box<dyn std::error::Error>> {
     let tenant = Key::tenant(|parts| parts.extensions.get::<Tenant>().map(|t| t.0.to_string()));
-    Limiter::builder()
+    Ok(Limiter::builder()
         .store(tollgate_suite::store_from_env("tollgate:seed_003:")?)
-        .client_ip(tollgate_suite::client_ip_from_env())
+        .client_ip(tollgate_suite::client_ip_from_env()?)
         .route(
             "/api/*",
             Policy::named("tenant")
@@ -79,7 +79,7 @@ fn limiter() -> Result<Limiter, tollgate::BuildError> {
         )
         .header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds))
         .error_body(ErrorBody::code_details())
-        .build()
+        .build()?)
 }
 
 /// The credential a request carries: a bearer API key, or else a `session` cookie.

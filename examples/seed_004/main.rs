@@ -69,9 +69,13 @@
 //! client IP and per client network ([`tollgate_suite::failed_auth_guard`]: an IPv6 client
 //! is counted by its /64, and one holding a /48 holds 65,536 of those), by
 //! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`], so
-//! guessing keys is throttled, and, like every response but a CORS preflight's `204`
-//! (answered before any limiter, see [`tollgate_suite::preflight_answer`]), they carry the
-//! rate-limit headers (of that budget).
+//! guessing keys is throttled, and, like every response of the API (a path under `/v1`, or
+//! `/v1` itself) but a CORS preflight's `204` (answered before any limiter, see
+//! [`tollgate_suite::preflight_answer`]), they carry the rate-limit headers (of that
+//! budget). What is not the API carries no rate-limit headers and spends no partner's
+//! budget: the docs (`/docs`, `/openapi.json`), what `/admin` answers an operator holding
+//! the token, and paths the router does not take for the API's (`/V1/invoices`,
+//! `//v1/invoices`: its plain `404`).
 //!
 //! That budget is this example's own rule, per client IP; the page's limits are per partner
 //! key and endpoint. Once an IP has spent it, every request from that IP is refused (`429`,
@@ -112,7 +116,8 @@ use serde_json::{json, Value};
 use tollgate::config::{ClientIpConfig, Config, HeadersConfig, KeyText, StoreConfig};
 use tollgate::reload::ConfigWatcher;
 use tollgate::{
-    ErrorBody, HeaderStyle, Key, Limiter, LimiterBuilder, Policy, Rate, ResetFormat, WhenFull,
+    ErrorBody, HeaderStyle, Key, Limit, Limiter, LimiterBuilder, Policy, Rate, ResetFormat,
+    WhenFull,
 };
 
 /// The page's configuration file, as printed.
@@ -156,14 +161,18 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// Adds a key to the table, with its per-key limit if it has one.
-    /// Adds `key`; its rate limit, if any, is kept (and shown) as parsed (`20 / min` is
-    /// `20/min`).
+    /// Adds `key` to the table, with its per-key limit if it has one; the limit is kept
+    /// (and shown) as parsed (`20 / min` is `20/min`). It is a rolling window counted in 60
+    /// segments (where its window has 60 milliseconds), so a partner sending at a steady
+    /// pace under its key's limit is admitted: the default ten segments refuse one above
+    /// about 91% of it (a review: 3 refusals in 78 at 95% of 20 per 10 s).
     fn add_key(&self, key: &str, mut info: ApiKey) -> Result<ApiKey, tollgate::InspectError> {
         if let Some(rate) = &info.rate_limit {
             let quota = tollgate::Rate::from(rate.as_str()).limit()?.quota();
+            let limit =
+                Limit::sliding_segments(quota, 60).unwrap_or_else(|_| Limit::sliding(quota));
             self.limiter
-                .set_override(&Key::api_key(API_KEY), key, quota)?;
+                .set_override(&Key::api_key(API_KEY), key, limit)?;
             info.rate_limit = Some(quota.to_string());
         }
         self.keys
@@ -209,11 +218,22 @@ fn adjust(config: &mut Config) {
 /// spend it, and partners are then refused until it refills. That is what a gateway-wide
 /// backstop against unexpected traffic does; the limits per IP and per network
 /// ([`STATUS_PER_NETWORK`]) only keep one client from doing it alone.
-fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static {
-    let daily =
-        tollgate_suite::setting("ENDPOINTWISE_DAILY_CAP").unwrap_or_else(|| "10000/day".into());
-    let daily = Rate::sliding(daily);
-    move |rules| {
+///
+/// # Errors
+///
+/// [`BadSetting`](tollgate_suite::BadSetting) if `ENDPOINTWISE_DAILY_CAP` is not a quota.
+fn daily_cap() -> Result<
+    impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Sync + 'static,
+    tollgate_suite::BadSetting,
+> {
+    const DAILY_CAP: &str = "ENDPOINTWISE_DAILY_CAP";
+    let daily = tollgate_suite::setting(DAILY_CAP).unwrap_or_else(|| "10000/day".into());
+    let rate = Rate::sliding(daily.as_str());
+    if let Err(e) = rate.limit() {
+        return Err(tollgate_suite::BadSetting::new(DAILY_CAP, daily, e));
+    }
+    let daily = rate;
+    Ok(move |rules: LimiterBuilder| {
         rules
             .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
             // Every method: a `POST` or `OPTIONS` to it is anonymous too (a 405), and
@@ -228,7 +248,7 @@ fn daily_cap() -> impl Fn(LimiterBuilder) -> LimiterBuilder + Clone + Send + Syn
                     .when_full(WhenFull::EvictLimited),
             )
             .route("/admin/*", Policy::exempt())
-    }
+    })
 }
 
 /// Requests to the public `/v1/status` per client IP.
@@ -247,7 +267,7 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     let file = path.display().to_string();
     let mut config = Config::from_path(path)?;
     adjust(&mut config);
-    let rules = daily_cap();
+    let rules = daily_cap()?;
     let mut builder = rules(config.apply(Limiter::builder(), &file)?);
     // The page's headers and body, and the store and trusted proxies from the environment,
     // where the file does not choose its own (what it sets is what runs).
@@ -255,7 +275,7 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
         builder = builder.store(tollgate_suite::store_from_env("tollgate:seed_004:")?);
     }
     if config.client_ip == ClientIpConfig::default() {
-        builder = builder.client_ip(tollgate_suite::client_ip_from_env());
+        builder = builder.client_ip(tollgate_suite::client_ip_from_env()?);
     }
     if config.headers == HeadersConfig::default() {
         builder = builder.header_style(HeaderStyle::x_ratelimit(ResetFormat::UnixSeconds));
@@ -450,8 +470,9 @@ async fn status() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// A path the gateway does not serve: answered behind the same layers as its routes, so it
-/// carries the rate-limit headers too ("every gateway response") and counts like any call.
+/// A path of the API the gateway does not serve (`/v1/nothing`, and `/v1` and `/v1/`
+/// themselves): answered behind the same layers as its routes, so it carries the
+/// rate-limit headers too ("every gateway response") and counts like any call.
 async fn not_found() -> (StatusCode, Json<Value>) {
     (
         StatusCode::NOT_FOUND,
@@ -472,6 +493,8 @@ fn app(gateway: Gateway) -> Router {
         // counted like any other, with its headers); axum's default fallback (a path outside
         // the API) stays outside them.
         .route("/v1/{*rest}", any(not_found))
+        .route("/v1", any(not_found))
+        .route("/v1/", any(not_found))
         // The layer added last runs first: the failed-authentication guard, then
         // authenticate, then limit, then authorize.
         .layer(middleware::from_fn(authorize))
