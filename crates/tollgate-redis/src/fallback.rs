@@ -21,8 +21,12 @@
 //! # Behaviour
 //!
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
-//!   that takes longer is a failure, answered as below. No request waits on a dead or paused
-//!   Redis longer than that. The abandoned call may still reach Redis and be counted there
+//!   that takes longer is a failure, answered as below. A request waits on a dead or paused
+//!   Redis no longer than that, plus, if it comes while the store checks a primary that
+//!   just failed, up to that again for the check (see the circuit breaker and the
+//!   give-back below): twice the timeout at most (a review: one request of a fail-open
+//!   policy answered in 1,006 ms at a timeout of 500 ms, the others in 505 ms, as Redis
+//!   was paused). The abandoned call may still reach Redis and be counted there
 //!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
 //!   be charged up to (timeout × its request rate) more than it was answered.
 //! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
@@ -79,8 +83,10 @@
 //!   runs it. Neither fails.
 //! - **Observability**: an outage is a `tracing` event (target `tollgate::store`): `warn`
 //!   when the store leaves the primary for it, with the reason, `info` when it returns; a
-//!   primary that restarted is a `warn`. [`FallbackStore::mode`] tells where decisions are
-//!   made now.
+//!   primary that restarted is a `warn`. A departure short of an outage (one call timed
+//!   out, a connection broke: memory decides until a check passes) is a `warn` too, at most
+//!   once a minute, counting the departures since the last (each is a `debug` event).
+//!   [`FallbackStore::mode`] tells where decisions are made now.
 //!
 //! # Nothing is forgotten
 //!
@@ -637,6 +643,9 @@ struct Shared<P> {
     late_admissions: Mutex<Vec<Bucket>>,
     /// Why the store left the primary last.
     reason: Mutex<String>,
+    /// When a departure was last logged at `warn` ([`Shared::warn_departure`]), and how
+    /// many departures there had been then.
+    departure_warned: Mutex<Option<(Instant, u64)>>,
     /// When the store last returned to the primary, and the check wait that preceded it.
     closed: Mutex<Option<(Instant, Duration)>>,
     /// Until when (µs, memory's clock) charges must fit this instance's share too, after
@@ -696,6 +705,10 @@ fn probe_batch() -> Batch {
         )],
     )
 }
+
+/// How often, at most, a departure from the primary that is not an outage is logged at
+/// `warn` ([`Shared::warn_departure`]).
+const DEPARTURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// How long the primary must stay healthy after the store returned to it for the next
 /// departure to check it at once again; a departure sooner carries on the backoff where it
@@ -772,6 +785,7 @@ impl<P: Primary> FallbackStore<P> {
                 unsure: AtomicU32::new(0),
                 late_admissions: Mutex::new(Vec::new()),
                 reason: Mutex::new(String::new()),
+                departure_warned: Mutex::new(None),
                 closed: Mutex::new(None),
                 grace_until: AtomicU64::new(0),
                 entered: tokio::sync::Notify::new(),
@@ -1232,6 +1246,10 @@ impl<P: Primary> Shared<P> {
             reason,
             "rate-limit store deciding from memory until the primary is checked"
         );
+        // An outage (the circuit breaker's threshold) was logged as one.
+        if !self.tripped.load(Ordering::Acquire) {
+            self.warn_departure(reason);
+        }
         let max = self.config.probe_max;
         let first = match *lock(&self.closed) {
             Some((at, delay)) if at.elapsed() < STABLE_AFTER => {
@@ -1240,6 +1258,33 @@ impl<P: Primary> Shared<P> {
             _ => Duration::ZERO,
         };
         tokio::spawn(recover(Arc::downgrade(self), first, at_once));
+    }
+
+    /// Logs a departure below the circuit breaker's threshold (one call timed out, a
+    /// connection broke) at `warn`, at most once per [`DEPARTURE_WARNING_EVERY`], with how
+    /// many departures there were since the last such warning. Memory decides what comes
+    /// meanwhile, each instance alone (without a divisor, up to the whole of what remained:
+    /// a review's three instances admitted up to 252 of 100 in a burst on a loaded machine,
+    /// its calls timing out one at a time), and an operator without the store's metrics
+    /// learnt of it only at `debug`.
+    fn warn_departure(&self, reason: &str) {
+        let departures = self.state.load(Ordering::Acquire) >> 1;
+        let mut warned = lock(&self.departure_warned);
+        if warned.is_some_and(|(at, _)| at.elapsed() < DEPARTURE_WARNING_EVERY) {
+            return;
+        }
+        let since = departures - warned.map_or(0, |(_, then)| then);
+        *warned = Some((Instant::now(), departures));
+        drop(warned);
+        tracing::warn!(
+            target: "tollgate::store",
+            reason,
+            departures = since,
+            timeout_ms = self.config.timeout.as_millis() as u64,
+            "rate-limit store deciding from memory until a check of the primary passes \
+             (`reason`: why it left; `departures`: how many times it left since the last \
+             such warning, logged at most once a minute)"
+        );
     }
 
     /// Back on the primary, after a check waited `delay`.

@@ -1,0 +1,94 @@
+//! A departure from the primary short of an outage (one call failed; memory decides until
+//! a check passes) is logged at `warn`, at most once a minute: a review's three instances
+//! without a divisor admitted up to 252 of 100 from memory while their calls timed out one
+//! at a time, and nothing was logged above `debug` (the outage's warning waits for the
+//! circuit breaker's threshold). In a test binary of its own: tracing caches a callsite's
+//! interest process-wide.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::{
+    Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Quota, Store, StoreError,
+};
+use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
+use tollgate_testkit::EventLog;
+
+/// A primary deciding in a memory store of its own, failing every call while `down`.
+#[derive(Debug)]
+struct Switchable {
+    remote: MemoryStore,
+    down: AtomicBool,
+}
+
+impl Primary for Switchable {}
+
+impl Store for Switchable {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let down = self.down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
+            self.remote.apply_now(batch.op, &batch.buckets)
+        })
+    }
+}
+
+#[test]
+fn a_departure_short_of_an_outage_is_warned_about_at_most_once_a_minute() {
+    let events = EventLog::during(async {
+        let primary = Arc::new(Switchable {
+            remote: MemoryStore::new(),
+            down: AtomicBool::new(false),
+        });
+        // No outage: the breaker's threshold is out of reach.
+        let config = FallbackConfig::default().with_failure_threshold(1000);
+        let store =
+            FallbackStore::connect_with_memory(primary.clone(), MemoryStore::new(), config).await;
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "client",
+            Limit::sliding(Quota::per_minute(100)),
+        )]);
+        for _ in 0..3 {
+            primary.down.store(true, Ordering::SeqCst);
+            // Decided from memory: admitted all the same.
+            assert!(store.apply(&batch).await.unwrap().allowed);
+            assert_eq!(store.mode(), Mode::Fallback);
+            primary.down.store(false, Ordering::SeqCst);
+            for _ in 0..300 {
+                if store.mode() == Mode::Primary {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(store.mode(), Mode::Primary);
+        }
+    });
+    let warned: Vec<&String> = events
+        .iter()
+        .filter(|line| line.contains("deciding from memory until a check of the primary passes"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{events:#?}");
+    assert!(
+        warned[0].starts_with("WARN tollgate::store:")
+            && warned[0].contains("down for the test")
+            && warned[0].contains("departures=1"),
+        "{}",
+        warned[0]
+    );
+    // Each departure is still a `debug` event; none was an outage.
+    let left = events
+        .iter()
+        .filter(|line| line.contains("deciding from memory until the primary is checked"))
+        .count();
+    assert_eq!(left, 3, "{events:#?}");
+    assert!(
+        !events
+            .iter()
+            .any(|line| line.contains("switched to the in-memory fallback")),
+        "{events:#?}"
+    );
+}
