@@ -42,7 +42,8 @@
 //! - Per-key limits ([`Limiter::set_override`]) come from the key table: the `Limited
 //!   Partner` key created at start-up has 20/min, and `POST /admin/keys` (the page's `npx
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
-//!   their own limit, effective on their first request. The key table is this process's
+//!   their own limit, effective on their first request: a rolling window in 60 segments,
+//!   so a partner sending at a steady pace under it is admitted. The key table is this process's
 //!   (a stand-in for the page's key service): a key created through one instance of a
 //!   fleet is unknown to the others, where it is a `401` that spends the client's
 //!   failed-authentication budget (20 a minute per IP), as any unknown key does. Give
@@ -163,7 +164,7 @@ struct Gateway {
 impl Gateway {
     /// Adds `key` to the table, with its per-key limit if it has one; the limit is kept
     /// (and shown) as parsed (`20 / min` is `20/min`). It is a rolling window counted in 60
-    /// segments (where its window has 60 milliseconds), so a partner sending at a steady
+    /// segments (where its window is at least 60 ms long), so a partner sending at a steady
     /// pace under its key's limit is admitted: the default ten segments refuse one above
     /// about 91% of it (a review: 3 refusals in 78 at 95% of 20 per 10 s).
     fn add_key(&self, key: &str, mut info: ApiKey) -> Result<ApiKey, tollgate::InspectError> {
@@ -232,10 +233,9 @@ fn daily_cap() -> Result<
     if let Err(e) = rate.limit() {
         return Err(tollgate_suite::BadSetting::new(DAILY_CAP, daily, e));
     }
-    let daily = rate;
     Ok(move |rules: LimiterBuilder| {
         rules
-            .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), daily.clone()))
+            .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), rate.clone()))
             // Every method: a `POST` or `OPTIONS` to it is anonymous too (a 405), and
             // spends the backstop like a `GET`.
             // Keyed by address: a share full of addresses at their limit evicts the least
