@@ -48,7 +48,11 @@ pub struct BucketState {
 }
 
 /// The answer for every bucket of a request, in the order the buckets were given.
+///
+/// `#[must_use]`: a refusal is a decision with `allowed: false`, not an error, so a
+/// decision dropped unread (`limiter.check(..).await?;`) would admit every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a refused request is a `Decision` with `allowed: false`: read it, or nothing is limited"]
 pub struct Decision {
     /// Admitted only if every bucket admitted. A refused request charged no bucket.
     pub allowed: bool,

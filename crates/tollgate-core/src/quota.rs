@@ -327,6 +327,11 @@ fn parse_count(part: &str) -> Result<u64, CountFault> {
 }
 
 fn unit_millis(unit: &str) -> Option<u64> {
+    // Units are read in any case, but `M` alone is a month to many (`10000/M`): read as a
+    // minute, such a quota would be 43,200 times what was meant. Months are no unit.
+    if unit == "M" {
+        return None;
+    }
     let unit = unit.to_ascii_lowercase();
     let ms = match unit.as_str() {
         "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1,
@@ -529,6 +534,21 @@ mod tests {
         for bad in ["", "abc", "0/min", "10/0s", "10/fortnight"] {
             let msg = Quota::parse(bad).unwrap_err().to_string();
             assert!(msg.contains("min"), "{bad}: {msg}");
+        }
+        // `M` alone may mean a month: not read as a minute (a review: `100/M` was 100 a
+        // minute), in any spelling of the period; `m` and `MIN` still are minutes.
+        for month in ["100/M", "10000/1M", "5/ 2 M"] {
+            assert!(
+                matches!(Quota::parse(month), Err(QuotaError::UnknownUnit { .. })),
+                "{month}"
+            );
+        }
+        for minute in ["100/m", "100/MIN", "100/Min"] {
+            assert_eq!(
+                Quota::parse(minute).unwrap(),
+                Quota::per_minute(100),
+                "{minute}"
+            );
         }
         // A huge input is echoed cut (an admin endpoint answered a 100 KB rate whole).
         let huge = format!("5/{}", "é".repeat(100_000));

@@ -32,11 +32,11 @@ fn exact_window_penalties_past_u64_max_age_out_cleanly() {
     let limit = Limit::sliding_exact(Quota::per_second(5));
     let bucket = Bucket::new("exact", "client", limit);
     let huge = bucket.clone().with_cost(u64::MAX);
-    store
+    let _ = store
         .apply_now(Op::Penalize, std::slice::from_ref(&huge))
         .unwrap();
     clock.advance(Duration::from_millis(1));
-    store
+    let _ = store
         .apply_now(Op::Penalize, std::slice::from_ref(&huge))
         .unwrap();
     // Both penalties leave the window: the key is fresh again.

@@ -331,12 +331,12 @@ fn a_full_share_takes_a_new_key_as_soon_as_its_keys_change() {
     }
     // One key reset: its room is free.
     let held = |i: usize| Bucket::new("api", &format!("held-{i}"), limit);
-    store.apply_now(Op::Reset, &[held(0)]).unwrap();
+    let _ = store.apply_now(Op::Reset, &[held(0)]).unwrap();
     assert!(charge("taken-1").allowed);
     refused();
     // An eighth of the share below its limit (each given a charge back): they make room.
     for i in 1..8 {
-        store.apply_now(Op::Refund, &[held(i)]).unwrap();
+        let _ = store.apply_now(Op::Refund, &[held(i)]).unwrap();
     }
     assert!(charge("taken-2").allowed);
     // The window over, every key is fresh again.
@@ -475,7 +475,7 @@ fn charge_in_turn(
     keys: impl IntoIterator<Item = Bucket>,
 ) {
     for key in keys {
-        store.charge(std::slice::from_ref(&key)).unwrap();
+        let _ = store.charge(std::slice::from_ref(&key)).unwrap();
         clock.advance(Duration::from_micros(10));
     }
 }
@@ -626,7 +626,7 @@ fn keep_counts_holds_a_partial_count_through_a_flood_of_invented_keys() {
                 .with_when_full(mode);
             let d = store.charge(std::slice::from_ref(&junk)).unwrap();
             for _ in 0..3 {
-                store.charge(std::slice::from_ref(&junk)).unwrap();
+                let _ = store.charge(std::slice::from_ref(&junk)).unwrap();
             }
             if d.buckets[0].refusal == Some(Refusal::StoreFull) {
                 refused_full += 1;
@@ -670,7 +670,7 @@ fn a_flood_makes_room_with_the_keys_that_spent_least() {
             |k: &str| Bucket::new("api", k, Limit::sliding(per(500, 60))).with_when_full(mode);
         let charge = |bucket: &Bucket, n: usize| {
             for _ in 0..n {
-                store.charge(std::slice::from_ref(bucket)).unwrap();
+                let _ = store.charge(std::slice::from_ref(bucket)).unwrap();
             }
         };
         let (busy, light, steady, once) = (key("busy"), key("light"), key("steady"), key("once"));
@@ -709,7 +709,7 @@ fn a_window_penalized_past_u32_keeps_its_count_through_a_sweep() {
     let one = std::slice::from_ref;
     assert!(store.charge(one(&key)).unwrap().allowed);
     let ban = key.clone().with_cost(5_000_000_000);
-    store.apply_now(Op::Penalize, one(&ban)).unwrap();
+    let _ = store.apply_now(Op::Penalize, one(&ban)).unwrap();
     clock.advance(Duration::from_secs(1));
     assert_eq!(store.purge_expired(), 0, "the banned key is not fresh");
     let d = store.charge(one(&key)).unwrap();
@@ -761,7 +761,7 @@ fn keys_dropped_as_fresh_leave_their_share() {
         let d = store.charge(std::slice::from_ref(&key)).unwrap();
         assert!(d.allowed, "key {i} refused: {d:?}");
         clock.advance(Duration::from_secs(2));
-        store
+        let _ = store
             .apply_now(Op::Peek, std::slice::from_ref(&key))
             .unwrap();
         assert_eq!(store.len(), 0, "the peek dropped k{i}");

@@ -156,7 +156,7 @@ fn penalize_counts_even_past_the_limit() {
         // The penalty counts beyond the limit: it takes at least as long to recover as a
         // plain exhaustion, and longer where the algorithm keeps the debt (GCRA).
         let (plain, _) = manual_store();
-        apply(&plain, Op::Charge, limit, 5);
+        let _ = apply(&plain, Op::Charge, limit, 5);
         let plain_wait = apply(&plain, Op::Charge, limit, 1).retry_after();
         assert!(refused.retry_after() >= plain_wait, "{limit}");
         if limit.to_string().contains("burst") {
@@ -256,7 +256,7 @@ fn a_refund_takes_its_own_charge_out_of_a_rolling_window_not_a_newer_one() {
         clock.advance(Duration::from_secs(5));
         assert_eq!(admitted(&store, limit), 4, "{limit}");
         clock.advance(Duration::from_secs(1));
-        apply(&store, Op::RefundAt(slow.now), limit, 1);
+        let _ = apply(&store, Op::RefundAt(slow.now), limit, 1);
         assert_eq!(admitted(&store, limit), 1, "{limit}");
         // A minute after the slow request: its charge, given back, leaves nothing to free;
         // the five after it count until a minute after them (the last, 6 s after it).
@@ -275,14 +275,14 @@ fn a_token_bucket_refund_gives_back_its_cost_less_the_time_since_its_charge() {
     // Its token is back 12 s later; the bucket is full again when the burst comes.
     clock.advance(Duration::from_secs(30));
     assert_eq!(admitted(&store, limit), 5);
-    apply(&store, Op::RefundAt(slow.now), limit, 1);
+    let _ = apply(&store, Op::RefundAt(slow.now), limit, 1);
     assert_eq!(admitted(&store, limit), 0, "a sixth in the burst");
     // Half of a token's time refilled since the charge: half of it comes back.
     let (store, clock) = manual_store();
     let charged = apply(&store, Op::Charge, limit, 1);
     assert_eq!(admitted(&store, limit), 4);
     clock.advance(Duration::from_secs(6));
-    apply(&store, Op::RefundAt(charged.now), limit, 1);
+    let _ = apply(&store, Op::RefundAt(charged.now), limit, 1);
     assert_eq!(
         admitted(&store, limit),
         1,
@@ -297,7 +297,7 @@ fn a_refund_of_nothing_changes_nothing() {
         let charged = apply(&store, Op::Charge, limit, 2);
         // A penalty of 0 10 s later: an exact log's newest entry counts nothing.
         clock.advance(Duration::from_secs(10));
-        apply(&store, Op::Penalize, limit, 0);
+        let _ = apply(&store, Op::Penalize, limit, 0);
         let before = apply(&store, Op::Peek, limit, 0);
         for op in [Op::Refund, Op::RefundAt(charged.now)] {
             let d = apply(&store, op, limit, 0);
@@ -522,8 +522,8 @@ fn a_batch_naming_one_key_twice_is_rejected_and_charges_nothing() {
 fn huge_penalties_on_an_exact_log_saturate_instead_of_overflowing() {
     let (store, _clock) = manual_store();
     let limit = Limit::sliding_exact(Quota::per_minute(5));
-    apply(&store, Op::Penalize, limit, u64::MAX);
-    apply(&store, Op::Penalize, limit, u64::MAX);
+    let _ = apply(&store, Op::Penalize, limit, u64::MAX);
+    let _ = apply(&store, Op::Penalize, limit, u64::MAX);
     let d = apply(&store, Op::Charge, limit, 1);
     assert!(!d.allowed);
     assert_eq!(d.buckets[0].refusal, Some(Refusal::OverLimit));

@@ -577,7 +577,7 @@ proptest! {
                     prop_assert!(micros(refunded.buckets[0].reset_after) <= w);
                 }
             } else {
-                store.charge(&b).unwrap();
+                let _ = store.charge(&b).unwrap();
             }
         }
     }

@@ -1091,7 +1091,7 @@ impl<P: Primary> Shared<P> {
             .map(|o| o.bucket.clone().with_cost(o.cleared))
             .collect();
         if !cleared.is_empty() {
-            self.call(&Batch::new(Op::Refund, cleared)).await?;
+            let _ = self.call(&Batch::new(Op::Refund, cleared)).await?;
         }
         // On a primary that restarted: each key raised back to what it reported before, in
         // one call (another instance may be writing it back at the same moment: the key
@@ -2821,7 +2821,7 @@ mod tests {
         let gated = store.primary();
         gated.down.store(true, Ordering::Release);
         let reset = Batch::new(Op::Reset, vec![bucket.clone()]);
-        store.apply(&reset).await.unwrap();
+        let _ = store.apply(&reset).await.unwrap();
         assert_eq!(store.mode(), Mode::Fallback);
         // The first check's give-back cannot deliver the reset; the next one can.
         gated.fail_refunds.store(true, Ordering::Release);
@@ -2848,7 +2848,7 @@ mod tests {
         }
         let gated = store.primary();
         gated.down.store(true, Ordering::Release);
-        store
+        let _ = store
             .apply(&Batch::new(Op::Reset, vec![bucket.clone()]))
             .await
             .unwrap();

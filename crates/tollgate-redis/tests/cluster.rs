@@ -186,7 +186,7 @@ async fn fixed_windows_on_a_cluster() {
         assert!(d.allowed, "{prefix}");
         assert_eq!(d.buckets[1].remaining, 2 - carried, "{prefix}");
         let reset = Batch::new(Op::Reset, vec![bucket.clone()]);
-        store.apply(&reset).await.unwrap();
+        let _ = store.apply(&reset).await.unwrap();
         assert_eq!(store.apply(&peek).await.unwrap().buckets[0].remaining, 3);
     }
 }
@@ -230,7 +230,7 @@ async fn a_fixed_window_never_reads_its_own_key_on_another_slot_of_its_node() {
     let d = store.apply(&peek).await.unwrap();
     assert!(d.allowed);
     assert_eq!(d.buckets[0].remaining, 3, "nothing carried over");
-    store
+    let _ = store
         .apply(&Batch::new(Op::Reset, vec![bucket.clone()]))
         .await
         .unwrap();
@@ -261,7 +261,7 @@ async fn a_charge_given_back_at_its_time_leaves_nothing_on_any_slot() {
     for round in 0..10 {
         let d = apply(&store, Op::Charge, &buckets).await;
         assert!(d.allowed, "round {round}");
-        apply(&store, Op::RefundAt(d.now), &buckets).await;
+        let _ = apply(&store, Op::RefundAt(d.now), &buckets).await;
         let left = apply(&store, Op::Peek, &buckets).await;
         let remaining: Vec<u64> = left.buckets.iter().map(|b| b.remaining).collect();
         assert_eq!(remaining, vec![50; names.len()], "round {round}");

@@ -533,7 +533,7 @@ async fn every_key_expires_when_fresh_again() {
     );
     // A refund back to nothing deletes the key instead of leaving it to expire.
     let bucket = Bucket::new("ttl", "0", limits[0]).with_cost(3);
-    store
+    let _ = store
         .apply(&Batch::new(Op::Refund, vec![bucket]))
         .await
         .unwrap();

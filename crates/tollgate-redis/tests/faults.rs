@@ -434,7 +434,7 @@ async fn a_password_asked_for_while_running_is_reported_as_such() {
     let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
     let bucket = Bucket::new("pw-later", "k", Limit::sliding(Quota::per_minute(5)));
     let open = Batch::charge(vec![bucket]).with_failure_mode(FailureMode::Open);
-    store.apply(&open).await.unwrap();
+    let _ = store.apply(&open).await.unwrap();
     assert_eq!(store.mode(), Mode::Primary);
     server.cli(["CONFIG", "SET", "requirepass", "s3cret"]);
     server.cli([
@@ -475,7 +475,7 @@ async fn goes_back_to_redis_once_a_refused_password_is_accepted() {
     // Refused for a while (every call fails the same way, well past the retries).
     let refused_until = Instant::now() + Duration::from_millis(1_500);
     while Instant::now() < refused_until {
-        store.apply(&batch).await.unwrap();
+        let _ = store.apply(&batch).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(store.mode(), Mode::Fallback);
@@ -490,7 +490,7 @@ async fn goes_back_to_redis_once_a_refused_password_is_accepted() {
     ]);
     // A connection failing for a second is made afresh, then the probe finds Redis.
     wait_for_mode(&store, Mode::Primary, Duration::from_secs(5)).await;
-    store.apply(&batch).await.unwrap();
+    let _ = store.apply(&batch).await.unwrap();
     let count = server.cli(["-a", "new", "--no-auth-warning", "DBSIZE"]);
     assert_ne!(count.trim(), "0", "decided on Redis: its keys are there");
 }

@@ -202,14 +202,14 @@ async fn just_back_what_is_given_back_or_reset_frees_the_share_too() {
         let decision = store.apply(&charge()).await.unwrap();
         assert!(decision.allowed, "request {i} refused");
         let refund = Batch::new(Op::RefundAt(decision.now), vec![bucket.clone()]);
-        store.apply(&refund).await.unwrap();
+        let _ = store.apply(&refund).await.unwrap();
     }
     // The share spent (5), then an operator's reset: admitted again.
     assert_eq!(
         common::admitted(&store, &bucket, 10, Duration::ZERO).await,
         5
     );
-    store
+    let _ = store
         .apply(&Batch::new(Op::Reset, vec![bucket.clone()]))
         .await
         .unwrap();
@@ -264,7 +264,7 @@ async fn just_back_a_penalty_counts_on_the_share_too() {
     blip(&down, &[&store]).await;
     let lockout = Bucket::new("login", "alice", Limit::sliding(Quota::per_minute(5)));
     let penalty = Batch::new(Op::Penalize, vec![lockout.clone().with_cost(5)]);
-    store.apply(&penalty).await.unwrap();
+    let _ = store.apply(&penalty).await.unwrap();
     // Redis fails again (a call on another key finds it), still within that time.
     down.store(true, Ordering::SeqCst);
     let other = Bucket::new("api", "other", Limit::sliding(Quota::per_minute(100)));

@@ -239,7 +239,7 @@ async fn a_fixed_window_counts_in_its_windows_key() {
     assert_eq!(get(&mut conn, &key).await.unwrap(), "2");
     // The general script (a penalty, a charge of two buckets) writes the same.
     let other = Bucket::new("now", "sliding", Limit::sliding(Quota::per_day(5)));
-    store
+    let _ = store
         .apply(&Batch::new(Op::Penalize, vec![bucket.clone()]))
         .await
         .unwrap();
@@ -320,7 +320,7 @@ async fn a_fixed_window_in_the_format_before_window_keys_keeps_counting() {
     assert_eq!(get(&mut conn, &window_key("pair")).await.unwrap(), "5");
 
     // A reset clears both.
-    store
+    let _ = store
         .apply(&Batch::new(Op::Reset, vec![old("reset")]))
         .await
         .unwrap();

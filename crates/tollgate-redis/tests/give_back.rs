@@ -204,7 +204,7 @@ async fn a_penalty_past_the_burst_is_given_back_whole() {
     let s = setup(Limit::token_bucket(Quota::per_minute(1), 5).unwrap()).await;
     s.outage().await;
     let penalty = Batch::new(Op::Penalize, vec![s.bucket.clone().with_cost(20)]);
-    s.store.apply(&penalty).await.unwrap();
+    let _ = s.store.apply(&penalty).await.unwrap();
     s.recover().await;
     s.clock.advance(Duration::from_secs(120));
     assert_eq!(

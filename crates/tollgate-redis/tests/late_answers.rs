@@ -278,7 +278,7 @@ async fn a_look_while_a_charge_is_under_way_writes_nothing() {
     for i in 0..64 {
         let other = Bucket::new("api", &format!("o{i}"), key.limit);
         for _ in 0..5 {
-            store
+            let _ = store
                 .apply(&Batch::charge(vec![other.clone()]))
                 .await
                 .unwrap();
@@ -286,7 +286,7 @@ async fn a_look_while_a_charge_is_under_way_writes_nothing() {
     }
     let evicted = memory.stats().evicted;
     let peek = Batch::new(Op::Peek, vec![key.clone()]);
-    store.apply(&peek).await.unwrap();
+    let _ = store.apply(&peek).await.unwrap();
     assert_eq!(
         memory.stats().evicted,
         evicted,
@@ -295,7 +295,7 @@ async fn a_look_while_a_charge_is_under_way_writes_nothing() {
     // The key spent at t0 (9 of 10 fit beside the one under way), looked at 2 s later,
     // in the same segment of its window.
     for _ in 0..10 {
-        store
+        let _ = store
             .apply(&Batch::charge(vec![key.clone()]))
             .await
             .unwrap();

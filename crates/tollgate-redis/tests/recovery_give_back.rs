@@ -41,7 +41,7 @@ async fn a_user_is_admitted_at_most_the_limit_plus_one_across_a_give_back_of_man
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let ip = Bucket::new("ip", &format!("{t}.{}.{}", i / 256, i % 256), per_ip);
-                    store.apply(&Batch::charge(vec![ip])).await.unwrap();
+                    let _ = store.apply(&Batch::charge(vec![ip])).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             })

@@ -50,7 +50,7 @@ async fn instances_restoring_a_key_at_once_raise_it_to_the_larger_count_never_th
                 b.restore(&from_b)
             );
             for r in [ra, rb, ra2, rb2] {
-                r.unwrap();
+                let _ = r.unwrap();
             }
             assert_eq!(
                 peek(&a, &bucket).await.0,
@@ -58,7 +58,8 @@ async fn instances_restoring_a_key_at_once_raise_it_to_the_larger_count_never_th
                 "{name} round {round}: 3 counted"
             );
             // A key that counts as much already is left alone.
-            a.restore(&[(bucket.clone().with_cost(1), fresh)])
+            let _ = a
+                .restore(&[(bucket.clone().with_cost(1), fresh)])
                 .await
                 .unwrap();
             assert_eq!(peek(&a, &bucket).await.0, 2, "{name} round {round}");
@@ -103,10 +104,12 @@ async fn a_restored_count_leaves_when_it_would_have() {
     let fresh = Duration::from_secs(24 * 60);
     for (name, limit) in limits() {
         let bucket = Bucket::new(name, "onto", limit);
-        s.apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
+        let _ = s
+            .apply(&Batch::charge(vec![bucket.clone().with_cost(2)]))
             .await
             .unwrap();
-        s.restore(&[(bucket.clone().with_cost(4), fresh)])
+        let _ = s
+            .restore(&[(bucket.clone().with_cost(4), fresh)])
             .await
             .unwrap();
         assert_eq!(peek(&s, &bucket).await.0, 1, "{name}");

@@ -119,7 +119,7 @@ async fn refused_clients_are_answered_locally_until_their_wait_is_over() {
     assert!(store.apply(&hourly).await.unwrap().allowed);
     assert!(store.apply(&hourly).await.unwrap().allowed);
     assert!(!store.apply(&hourly).await.unwrap().allowed);
-    store
+    let _ = store
         .apply(&Batch::new(Op::Refund, hourly.buckets.clone()))
         .await
         .unwrap();
@@ -162,7 +162,8 @@ async fn a_refund_through_another_instance_is_seen_within_the_max_age() {
     let refused = b.apply(&tenant).await.unwrap();
     assert!(!refused.allowed);
     assert!(refused.retry_after().unwrap() > Duration::from_secs(3_000));
-    a.apply(&Batch::new(Op::Refund, tenant.buckets.clone()))
+    let _ = a
+        .apply(&Batch::new(Op::Refund, tenant.buckets.clone()))
         .await
         .unwrap();
     // Until the max age, `b` answers from what it cached (if the machine is that quick).

@@ -54,7 +54,7 @@ async fn redis_is_shared_and_the_fallback_store_says_when_it_is_on_memory() {
         tollgate_core::Limit::sliding(tollgate_core::Quota::per_minute(10)),
     )]);
     for _ in 0..3 {
-        fallback.apply(&batch).await.unwrap(); // answered from memory: never an error
+        let _ = fallback.apply(&batch).await.unwrap(); // answered from memory: never an error
     }
     assert_eq!(fallback.mode(), Mode::Fallback);
     for mode in [

@@ -18,7 +18,7 @@
 //! // What a client at 203.0.113.7 has left in the default class, and a fresh start for it:
 //! let state = limiter.peek_bucket("default:ip", "203.0.113.7").await?;
 //! assert_eq!(state.buckets[0].remaining, 500);
-//! limiter.reset_bucket("default:ip", "203.0.113.7").await?;
+//! let _ = limiter.reset_bucket("default:ip", "203.0.113.7").await?; // the bucket, full again
 //! assert_eq!(limiter.store_mode(), StoreMode::Memory);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
@@ -475,13 +475,13 @@ mod tests {
         assert_eq!(remaining("net", "2001:db8:2::1").await, 10, "another /48");
         // A plain bucket: the client's /64 (the /48 given as stored is a key of its own).
         assert_eq!(remaining("per-client", "2001:db8:1:2::9").await, 9);
-        limiter
+        let _ = limiter
             .reset_bucket("net", "2001:db8:1:4::1")
             .await
             .unwrap();
         assert_eq!(remaining("net", "2001:db8:1::/48").await, 10);
         // An IPv4 client is its address.
-        limiter.check("net", "198.51.100.7").await.unwrap();
+        let _ = limiter.check("net", "198.51.100.7").await.unwrap();
         assert_eq!(remaining("net", "::ffff:198.51.100.7").await, 9);
         // What is neither an address nor the network as stored names nothing the bucket
         // holds: an error, not the fresh state of a key no client reaches (a review: `::/0`
@@ -599,7 +599,7 @@ mod tests {
     async fn a_direct_buckets_ip_keys_are_folded_like_clients() {
         let limiter = limiter();
         for ip in ["2001:db8:1:2::a", "2001:db8:1:2::b", "2001:db8:1:2::/64"] {
-            limiter.check("sign-in-failures", ip).await.unwrap();
+            let _ = limiter.check("sign-in-failures", ip).await.unwrap();
         }
         let peek = limiter
             .peek_bucket("sign-in-failures", "2001:db8:1:2::ffff")
@@ -612,7 +612,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(other.buckets[0].remaining, 5);
-        limiter
+        let _ = limiter
             .reset_bucket("sign-in-failures", "2001:db8:1:2::c")
             .await
             .unwrap();
@@ -628,7 +628,7 @@ mod tests {
     async fn peek_and_reset_policy_direct_and_global_buckets() {
         let limiter = limiter();
         // Direct bucket: public API and inspect agree.
-        limiter
+        let _ = limiter
             .check("sign-in-failures", "a@example.com")
             .await
             .unwrap();
@@ -637,7 +637,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(peek.buckets[0].remaining, 4);
-        limiter
+        let _ = limiter
             .reset_bucket("sign-in-failures", "a@example.com")
             .await
             .unwrap();
@@ -687,7 +687,7 @@ mod tests {
             InspectError::QuotaPerRequest(_)
         ));
         // A per-request quota can still be reset.
-        limiter.reset_bucket("tiers:api_key", "k").await.unwrap();
+        let _ = limiter.reset_bucket("tiers:api_key", "k").await.unwrap();
         assert!(matches!(
             err(limiter.peek_bucket("default:ip", "not-an-ip").await),
             InspectError::BadIp(_)

@@ -33,8 +33,9 @@
 //!     return Ok(false); // locked: answer 429 (see `Limiter::refusal`)
 //! }
 //! if password_ok {
-//!     // Only failures count: a successful sign-in clears them.
-//!     limiter.reset("sign-in-failures", email).await?;
+//!     // Only failures count: a successful sign-in clears them (the decision a reset
+//!     // answers, the bucket full again, is not needed here).
+//!     let _ = limiter.reset("sign-in-failures", email).await?;
 //! }
 //! # Ok(password_ok) }
 //! ```
@@ -1646,13 +1647,13 @@ mod tests {
             .build()
             .unwrap();
         for _ in 0..3 {
-            limiter.check("otp", "ann").await.unwrap();
+            let _ = limiter.check("otp", "ann").await.unwrap();
         }
         let stats = limiter.stats();
         assert_eq!((stats.admitted, stats.refused), (2, 1));
-        limiter.peek("otp", "ann").await.unwrap();
-        limiter.refund("otp", "ann").await.unwrap();
-        limiter.peek("otp", "ann").await.unwrap();
+        let _ = limiter.peek("otp", "ann").await.unwrap();
+        let _ = limiter.refund("otp", "ann").await.unwrap();
+        let _ = limiter.peek("otp", "ann").await.unwrap();
         let stats = limiter.stats();
         assert_eq!((stats.admitted, stats.refused), (2, 1));
     }

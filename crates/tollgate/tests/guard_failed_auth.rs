@@ -119,7 +119,7 @@ async fn a_guards_bucket_is_looked_at_reset_and_counted_through_its_limiter() {
     assert_eq!((stats.admitted, stats.refused), (5, 2), "{stats:?}");
     let seen = limiter.peek_bucket("failed-auth:ip", ip).await.unwrap();
     assert_eq!((seen.allowed, seen.buckets[0].remaining), (false, 0));
-    limiter.reset_bucket("failed-auth:ip", ip).await.unwrap();
+    let _ = limiter.reset_bucket("failed-auth:ip", ip).await.unwrap();
     let seen = limiter.peek_bucket("failed-auth:ip", ip).await.unwrap();
     assert_eq!((seen.allowed, seen.buckets[0].remaining), (true, 5));
     // The reset is the guard's: the IP's valid key gets through again.

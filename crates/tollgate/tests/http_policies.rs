@@ -869,10 +869,10 @@ async fn direct_use_from_a_handler_locks_out_an_email() {
             return refusal.into_response();
         }
         if headers.get("x-password").is_some_and(|p| p == "right") {
-            limiter.reset("sign-in-failures", &email).await.unwrap();
+            let _ = limiter.reset("sign-in-failures", &email).await.unwrap();
             StatusCode::OK.into_response()
         } else {
-            limiter.penalize("sign-in-failures", &email).await.unwrap();
+            let _ = limiter.penalize("sign-in-failures", &email).await.unwrap();
             StatusCode::UNAUTHORIZED.into_response()
         }
     }

@@ -110,7 +110,7 @@ async fn an_operator_finds_a_networks_count_by_any_address_in_it() {
         .peek_bucket("failed-auth:network:48", "2001:db8:cc::/64")
         .await
         .is_err());
-    limiter
+    let _ = limiter
         .reset_bucket("failed-auth:network:48", "2001:db8:cc:5::5")
         .await
         .unwrap();

@@ -56,7 +56,7 @@ async fn without_the_option_requests_without_a_peer_share_one_bucket_and_are_cou
         limiter.stored_key("api:ip", "unknown-peer").unwrap(),
         "unknown-peer"
     );
-    limiter
+    let _ = limiter
         .reset_bucket("api:ip", "unknown-peer")
         .await
         .unwrap();

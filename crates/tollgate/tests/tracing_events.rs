@@ -231,7 +231,7 @@ fn overrides_and_resets_are_logged_with_the_stored_key() {
         assert!(!limiter
             .remove_override_for_kind("api_key", "sk_live_secret")
             .unwrap());
-        limiter.reset_bucket("keys:ip", "192.0.2.7").await.unwrap();
+        let _ = limiter.reset_bucket("keys:ip", "192.0.2.7").await.unwrap();
     });
     let all = events.join("\n");
     assert!(!all.contains("sk_live_secret"), "{all}");

@@ -1032,8 +1032,8 @@ impl Engine {
                 "the identity function found no signed-in user on {ANONYMOUS_STREAK_WARNING} \
                  requests in a row with per-user limits, so none of them spent a per-user \
                  limit. If users were signed in, the limiter runs before the middleware that \
-                 signs them in: add the limiter's layer inside it (with axum, `.layer(limiter \
-                 .layer())` before the auth layer, so that auth runs first)"
+                 signs them in: add the limiter's layer inside it (with axum, \
+                 `.layer(limiter.layer())` before the auth layer, so that auth runs first)"
             );
         }
     }

@@ -21,7 +21,8 @@ use super::decision::RateLimitDecision;
 #[non_exhaustive]
 pub struct BucketOutcome {
     /// The bucket's name, as the policy names it (`"default:ip"`, `"auth"`), without the
-    /// client's key. The IETF fields use it as the policy identifier.
+    /// client's key. The IETF fields use it as the policy identifier, as a
+    /// structured-field string with `:` written `-` (`"default-ip"`).
     pub name: Arc<str>,
     /// The quota the bucket was charged against (after per-key overrides), as responses
     /// show it ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota): a token bucket
