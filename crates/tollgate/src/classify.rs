@@ -157,6 +157,25 @@ enum Segment {
 /// Methods are upper case and comma separated. Literal segments are written
 /// as they appear in a URI (`%`-escapes allowed; `%7E` and `~` are the same).
 /// Parameters and wildcards must be whole segments; a wildcard only at the end.
+///
+/// # Which rule a request belongs to
+///
+/// Of the rules of a limiter ([`LimiterBuilder::route`](crate::LimiterBuilder::route)), the
+/// **most specific** that matches the request:
+///
+/// - segment by segment from the left, a literal segment beats a parameter (`{id}` or
+///   `:id`), and a parameter beats a trailing wildcard (`/*`), so an exact path beats a
+///   parameter, a parameter beats a wildcard and a longer prefix beats a shorter one;
+/// - for the same path, a rule that names the method beats one that does not (a `GET`
+///   rule also covers `HEAD`, as axum's `get` handlers do, unless another rule names
+///   `HEAD`).
+///
+/// Two rules that tie (the same path shape with overlapping methods: `GET /v1/items/{id}`
+/// and `GET,HEAD /v1/items/:item`) and a rule that can never be chosen (every request it
+/// matches goes to more specific rules) are errors when the limiter is built, naming the
+/// rules. A path is read as received and as normalised (`//`, `.`, `..`, escaped
+/// unreserved characters): where the two readings fall under different rules, the request
+/// is charged under both, so no spelling escapes the rule of the route that serves it.
 #[derive(Clone, Debug)]
 pub struct RoutePattern {
     /// `None`: any method. Otherwise sorted and deduplicated.

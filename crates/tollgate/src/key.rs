@@ -1,36 +1,5 @@
 //! [`Key`]: whose budget a limit spends (client IP, user, API key, tenant, a header, or any
 //! function of the request).
-//!
-//! A limit whose key is absent from a request (nobody signed in, no API key sent) does not
-//! apply to that request; an empty value (`x-api-key:` sent blank, a function returning
-//! `Some("")`) counts as absent. So a key a client can leave out or blank is never the
-//! only limit on a route: pair it with one it cannot (`per_ip`). Keys that carry secrets
-//! (API keys, `Authorization`, cookies, or any
-//! key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
-//! process, so instances sharing Redis share the bucket and Redis never holds the secret.
-//!
-//! A credential read from a header is charged whatever its value: key a limit on a credential
-//! only behind the authentication that checks it, so that keys a client invents are refused
-//! before they are counted, or on what that authentication found (a request extension, as
-//! [`Key::tenant`] below). An authentication layer that asks for a credential on some paths
-//! only must ask on every spelling the limiter classifies as those paths (it reads a path
-//! normalised: `//v1/users` and `/./v1/users` are `/v1/users` to it), or remove the
-//! credential from the requests it did not check. Otherwise anyone can spend a client's
-//! budget with its key, tell a key in use from an invented one by the budget left, and fill
-//! the store with invented keys.
-//!
-//! ```
-//! use tollgate::{Key, Policy};
-//!
-//! struct Org(String);
-//! let policy = Policy::named("api")
-//!     .limit(Key::api_key("x-api-key"), "60/60s")
-//!     .limit(Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.0.clone())), "100/min")
-//!     .limit(Key::header("x-device-id"), "10/s");
-//! assert_eq!(Key::api_key("x-api-key").kind(), "api_key");
-//! assert_eq!(Key::header("X-Device-Id").kind(), "header:x-device-id");
-//! # let _ = policy;
-//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,6 +16,37 @@ pub(crate) type Extractor = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 pub(crate) const MAX_PLAIN_KEY: usize = 128;
 
 /// Whose budget a limit spends. Cheap to clone.
+///
+/// A limit whose key is absent from a request (nobody signed in, no API key sent) does not
+/// apply to that request; an empty value (`x-api-key:` sent blank, a function returning
+/// `Some("")`) counts as absent. So a key a client can leave out or blank is never the
+/// only limit on a route: pair it with one it cannot (`per_ip`). Keys that carry secrets
+/// (API keys, `Authorization`, cookies, or any
+/// key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
+/// process, so instances sharing Redis share the bucket and Redis never holds the secret.
+///
+/// A credential read from a header is charged whatever its value: key a limit on a credential
+/// only behind the authentication that checks it, so that keys a client invents are refused
+/// before they are counted, or on what that authentication found (a request extension, as
+/// [`Key::tenant`] below). An authentication layer that asks for a credential on some paths
+/// only must ask on every spelling the limiter classifies as those paths (it reads a path
+/// normalised: `//v1/users` and `/./v1/users` are `/v1/users` to it), or remove the
+/// credential from the requests it did not check. Otherwise anyone can spend a client's
+/// budget with its key, tell a key in use from an invented one by the budget left, and fill
+/// the store with invented keys.
+///
+/// ```
+/// use tollgate::{Key, Policy};
+///
+/// struct Org(String);
+/// let policy = Policy::named("api")
+///     .limit(Key::api_key("x-api-key"), "60/60s")
+///     .limit(Key::tenant(|parts| parts.extensions.get::<Org>().map(|o| o.0.clone())), "100/min")
+///     .limit(Key::header("x-device-id"), "10/s");
+/// assert_eq!(Key::api_key("x-api-key").kind(), "api_key");
+/// assert_eq!(Key::header("X-Device-Id").kind(), "header:x-device-id");
+/// # let _ = policy;
+/// ```
 #[derive(Clone)]
 pub struct Key {
     pub(crate) source: Source,

@@ -1,44 +1,5 @@
 //! [`Limiter`]: the configured rate limiter, its [`LimiterBuilder`], and direct use from
 //! handlers.
-//!
-//! ```
-//! use tollgate::{ClientIp, Limiter, Policy};
-//!
-//! # #[derive(Clone)] struct Session { user_id: String }
-//! let limiter = Limiter::builder()
-//!     .client_ip(ClientIp::peer().trust_proxies(["10.0.0.0/8"]))
-//!     .identity(|parts| parts.extensions.get::<Session>().map(|s| s.user_id.clone()))
-//!     .route("/api/stripe/webhook", Policy::exempt())
-//!     .route("POST /api/templates/{id}/generate", Policy::named("generate").per_ip("300/min").per_user("3000/h"))
-//!     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
-//!     .global("1000/min")
-//!     .bucket("sign-in-failures", "5/30min")
-//!     .build()?;
-//!
-//! // A typo is an error here, not at request time:
-//! let err = Limiter::builder().route("/*", Policy::named("x").per_ip("10/fortnight")).build();
-//! assert!(err.unwrap_err().to_string().contains("fortnight"));
-//! # let _ = limiter;
-//! # Ok::<(), tollgate::BuildError>(())
-//! ```
-//!
-//! Direct use (a lockout: 5 failed sign-ins per 30 minutes per e-mail):
-//!
-//! ```
-//! # use tollgate::Limiter;
-//! # async fn sign_in(limiter: &Limiter, email: &str, password_ok: bool) -> Result<bool, tollgate::CheckError> {
-//! // Count the attempt before checking the password: a charge is atomic, so concurrent
-//! // guesses cannot all slip past the limit (a `peek` followed by a `penalize` could).
-//! if !limiter.check("sign-in-failures", email).await?.allowed {
-//!     return Ok(false); // locked: answer 429 (see `Limiter::refusal`)
-//! }
-//! if password_ok {
-//!     // Only failures count: a successful sign-in clears them (the decision a reset
-//!     // answers, the bucket full again, is not needed here).
-//!     let _ = limiter.reset("sign-in-failures", email).await?;
-//! }
-//! # Ok(password_ok) }
-//! ```
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,6 +39,45 @@ pub const ENABLED_ENV: &str = "RATE_LIMIT_ENABLED";
 /// Use it as middleware with [`Limiter::layer`] (the central route table) and
 /// [`Limiter::policy`] (a per-route policy), or directly with [`Limiter::check`],
 /// [`Limiter::peek`], [`Limiter::penalize`], [`Limiter::reset`].
+///
+/// ```
+/// use tollgate::{ClientIp, Limiter, Policy};
+///
+/// # #[derive(Clone)] struct Session { user_id: String }
+/// let limiter = Limiter::builder()
+///     .client_ip(ClientIp::peer().trust_proxies(["10.0.0.0/8"]))
+///     .identity(|parts| parts.extensions.get::<Session>().map(|s| s.user_id.clone()))
+///     .route("/api/stripe/webhook", Policy::exempt())
+///     .route("POST /api/templates/{id}/generate", Policy::named("generate").per_ip("300/min").per_user("3000/h"))
+///     .route("/api/*", Policy::named("default").per_ip("500/min").per_user("10000/h"))
+///     .global("1000/min")
+///     .bucket("sign-in-failures", "5/30min")
+///     .build()?;
+///
+/// // A typo is an error here, not at request time:
+/// let err = Limiter::builder().route("/*", Policy::named("x").per_ip("10/fortnight")).build();
+/// assert!(err.unwrap_err().to_string().contains("fortnight"));
+/// # let _ = limiter;
+/// # Ok::<(), tollgate::BuildError>(())
+/// ```
+///
+/// Direct use (a lockout: 5 failed sign-ins per 30 minutes per e-mail):
+///
+/// ```
+/// # use tollgate::Limiter;
+/// # async fn sign_in(limiter: &Limiter, email: &str, password_ok: bool) -> Result<bool, tollgate::CheckError> {
+/// // Count the attempt before checking the password: a charge is atomic, so concurrent
+/// // guesses cannot all slip past the limit (a `peek` followed by a `penalize` could).
+/// if !limiter.check("sign-in-failures", email).await?.allowed {
+///     return Ok(false); // locked: answer 429 (see `Limiter::refusal`)
+/// }
+/// if password_ok {
+///     // Only failures count: a successful sign-in clears them (the decision a reset
+///     // answers, the bucket full again, is not needed here).
+///     let _ = limiter.reset("sign-in-failures", email).await?;
+/// }
+/// # Ok(password_ok) }
+/// ```
 #[derive(Clone)]
 pub struct Limiter {
     pub(crate) engine: Arc<Engine>,

@@ -1,39 +1,4 @@
 //! [`Policy`]: a named set of limits for a class of routes, and what a request costs in it.
-//!
-//! ```
-//! use http::StatusCode;
-//! use tollgate::{FailureMode, Key, Limit, Policy, Quota, Rate};
-//!
-//! // One `auth` bucket shared by sign-in, forgot and reset password.
-//! let auth = Policy::named("auth").per_ip("20/15min");
-//!
-//! // 60/min per IP and 30/min per signed-in user.
-//! let chat = Policy::named("chat").per_ip("60/min").per_user("30/min");
-//!
-//! // A token bucket (sustained 100/min, burst 20) and a daily cap, per API key.
-//! let invoices = Policy::named("invoices")
-//!     .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20))
-//!     .limit(Key::api_key("x-api-key"), Rate::fixed("10000/day"));
-//!
-//! // Points per organisation, the quota depends on the plan.
-//! let points = Policy::named("points")
-//!     .limit_with(Key::tenant(|p| p.headers.get("x-org").and_then(|v| v.to_str().ok()).map(String::from)),
-//!         |_org, parts| Some(Limit::sliding(Quota::per_minute(
-//!             if parts.headers.contains_key("x-enterprise") { 1000 } else { 100 }))))
-//!     .cost(5);
-//!
-//! // A 304 Not Modified does not count.
-//! let tenant = Policy::named("tenant")
-//!     .per_tenant(|p| p.extensions.get::<String>().cloned(), "100/min")
-//!     .refund_if(|status| status == StatusCode::NOT_MODIFIED);
-//!
-//! // A sign-in limit that only counts failures, failing closed if the store is down.
-//! let sign_in = Policy::named("sign-in")
-//!     .per_ip("5/min")
-//!     .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
-//!     .on_store_failure(FailureMode::Closed);
-//! # let _ = (auth, chat, invoices, points, tenant, sign_in);
-//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,6 +23,41 @@ pub(crate) type StatusFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
 /// Bucket state is keyed by the policy's bucket name ([`Policy::bucket`], the policy's name
 /// by default), the key's kind and the key, so policies with the same bucket name share
 /// their budgets (they must then declare the same limits: checked at build).
+///
+/// ```
+/// use http::StatusCode;
+/// use tollgate::{FailureMode, Key, Limit, Policy, Quota, Rate};
+///
+/// // One `auth` bucket shared by sign-in, forgot and reset password.
+/// let auth = Policy::named("auth").per_ip("20/15min");
+///
+/// // 60/min per IP and 30/min per signed-in user.
+/// let chat = Policy::named("chat").per_ip("60/min").per_user("30/min");
+///
+/// // A token bucket (sustained 100/min, burst 20) and a daily cap, per API key.
+/// let invoices = Policy::named("invoices")
+///     .limit(Key::api_key("x-api-key"), Rate::token_bucket("100/min", 20))
+///     .limit(Key::api_key("x-api-key"), Rate::fixed("10000/day"));
+///
+/// // Points per organisation, the quota depends on the plan.
+/// let points = Policy::named("points")
+///     .limit_with(Key::tenant(|p| p.headers.get("x-org").and_then(|v| v.to_str().ok()).map(String::from)),
+///         |_org, parts| Some(Limit::sliding(Quota::per_minute(
+///             if parts.headers.contains_key("x-enterprise") { 1000 } else { 100 }))))
+///     .cost(5);
+///
+/// // A 304 Not Modified does not count.
+/// let tenant = Policy::named("tenant")
+///     .per_tenant(|p| p.extensions.get::<String>().cloned(), "100/min")
+///     .refund_if(|status| status == StatusCode::NOT_MODIFIED);
+///
+/// // A sign-in limit that only counts failures, failing closed if the store is down.
+/// let sign_in = Policy::named("sign-in")
+///     .per_ip("5/min")
+///     .count_only_if(|status| status == StatusCode::UNAUTHORIZED)
+///     .on_store_failure(FailureMode::Closed);
+/// # let _ = (auth, chat, invoices, points, tenant, sign_in);
+/// ```
 #[derive(Clone)]
 pub struct Policy {
     pub(crate) name: Arc<str>,

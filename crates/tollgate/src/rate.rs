@@ -1,23 +1,5 @@
 //! [`Rate`]: a limit as a policy is written, `"300/min"` or a [`Limit`], checked when the
 //! [`Limiter`](crate::Limiter) is built.
-//!
-//! Policies take quotas as text so a table reads like the page it implements; a typo is a
-//! [`BuildError`](crate::BuildError) from [`LimiterBuilder::build`](crate::LimiterBuilder::build),
-//! never a panic or a failure at request time.
-//!
-//! ```
-//! use tollgate::{Limit, Quota, Rate};
-//!
-//! let rolling: Rate = "500/min".into();                   // sliding window (segmented)
-//! let exact = Rate::exact("60/60s");                       // sliding log, exact
-//! let bucket = Rate::token_bucket("100/min", 20);          // sustained 100/min, burst 20
-//! let daily = Rate::fixed("10000/day");                    // fixed window, UTC days
-//! let typed: Rate = Limit::sliding(Quota::per_hour(10_000)).into();
-//! assert_eq!(bucket.limit().unwrap().capacity(), 20);
-//! assert_eq!(daily.limit().unwrap().to_string(), "10000/day fixed");
-//! assert!(Rate::from("10/fortnight").limit().is_err());
-//! # let _ = (rolling, exact, typed);
-//! ```
 
 use std::fmt;
 
@@ -39,6 +21,24 @@ pub struct RateError {
 ///
 /// From text or a [`Quota`] it is a sliding window ([`Limit::sliding`]); the constructors
 /// choose another algorithm.
+///
+/// Policies take quotas as text so a table reads like the page it implements; a typo is a
+/// [`BuildError`](crate::BuildError) from [`LimiterBuilder::build`](crate::LimiterBuilder::build),
+/// never a panic or a failure at request time.
+///
+/// ```
+/// use tollgate::{Limit, Quota, Rate};
+///
+/// let rolling: Rate = "500/min".into();                   // sliding window (segmented)
+/// let exact = Rate::exact("60/60s");                       // sliding log, exact
+/// let bucket = Rate::token_bucket("100/min", 20);          // sustained 100/min, burst 20
+/// let daily = Rate::fixed("10000/day");                    // fixed window, UTC days
+/// let typed: Rate = Limit::sliding(Quota::per_hour(10_000)).into();
+/// assert_eq!(bucket.limit().unwrap().capacity(), 20);
+/// assert_eq!(daily.limit().unwrap().to_string(), "10000/day fixed");
+/// assert!(Rate::from("10/fortnight").limit().is_err());
+/// # let _ = (rolling, exact, typed);
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Rate(Result<Limit, RateError>);
 
