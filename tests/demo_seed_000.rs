@@ -696,12 +696,13 @@ async fn sign_ins_without_failures_show_the_auth_bucket_they_spend() {
 
 /// A sign-in e-mail that is not an address a cookie can carry is a 400, never a 500 or a
 /// cookie with attributes the client chose: a `;` would add cookie attributes, a newline
-/// made the response fail (500), 200 kB made a header no client reads.
+/// made the response fail (500), 200 kB made a header no client reads (a body that large
+/// is now a 413 unread, `demo_bypasses.rs`: 10 kB is read, and refused as no address).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sign_in_email_that_is_no_address_is_a_400() {
     let ex = demo();
     let ip = "192.0.2.70";
-    let long = format!("{}@example.com", "a".repeat(200_000));
+    let long = format!("{}@example.com", "a".repeat(10_000));
     for email in [
         "a@x.com; Domain=evil.example; Max-Age=99999999",
         "a@x.com\nX-Evil: 1",
