@@ -5,44 +5,20 @@
 //! circuit breaker's threshold). In a test binary of its own: tracing caches a callsite's
 //! interest process-wide.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tollgate_core::{
-    Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Quota, Store, StoreError,
-};
-use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
+use common::primary;
+use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
+use tollgate_redis::{FallbackConfig, FallbackStore, Mode};
 use tollgate_testkit::EventLog;
-
-/// A primary deciding in a memory store of its own, failing every call while `down`.
-#[derive(Debug)]
-struct Switchable {
-    remote: MemoryStore,
-    down: AtomicBool,
-}
-
-impl Primary for Switchable {}
-
-impl Store for Switchable {
-    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        let down = self.down.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if down {
-                return Err(StoreError::Unavailable("down for the test".into()));
-            }
-            self.remote.apply_now(batch.op, &batch.buckets)
-        })
-    }
-}
 
 #[test]
 fn a_departure_short_of_an_outage_is_warned_about_at_most_once_a_minute() {
     let events = EventLog::during(async {
-        let primary = Arc::new(Switchable {
-            remote: MemoryStore::new(),
-            down: AtomicBool::new(false),
-        });
+        let (primary, down) = primary();
         // No outage: the breaker's threshold is out of reach.
         let config = FallbackConfig::default().with_failure_threshold(1000);
         let store =
@@ -53,11 +29,11 @@ fn a_departure_short_of_an_outage_is_warned_about_at_most_once_a_minute() {
             Limit::sliding(Quota::per_minute(100)),
         )]);
         for _ in 0..3 {
-            primary.down.store(true, Ordering::SeqCst);
+            down.store(true, Ordering::SeqCst);
             // Decided from memory: admitted all the same.
             assert!(store.apply(&batch).await.unwrap().allowed);
             assert_eq!(store.mode(), Mode::Fallback);
-            primary.down.store(false, Ordering::SeqCst);
+            down.store(false, Ordering::SeqCst);
             for _ in 0..300 {
                 if store.mode() == Mode::Primary {
                     break;
@@ -74,7 +50,7 @@ fn a_departure_short_of_an_outage_is_warned_about_at_most_once_a_minute() {
     assert_eq!(warned.len(), 1, "{events:#?}");
     assert!(
         warned[0].starts_with("WARN tollgate::store:")
-            && warned[0].contains("down for the test")
+            && warned[0].contains(r#"reason="rate-limit store unavailable: down""#)
             && warned[0].contains("departures=1"),
         "{}",
         warned[0]

@@ -12,34 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{primary, Switchable};
 use tollgate_core::{
     Batch, BoxFuture, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
     StoreError,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
 use tollgate_testkit::EventLog;
-
-/// A primary deciding in a memory store of its own, failing every call at once while
-/// `down`.
-#[derive(Debug)]
-struct Switchable {
-    remote: MemoryStore,
-    down: Arc<AtomicBool>,
-}
-
-impl Primary for Switchable {}
-
-impl Store for Switchable {
-    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        let down = self.down.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if down {
-                return Err(StoreError::Unavailable("down".into()));
-            }
-            self.remote.apply_now(batch.op, &batch.buckets)
-        })
-    }
-}
 
 /// The client every test counts: 100 a minute, a sliding window.
 fn client() -> Bucket {
@@ -122,16 +101,6 @@ async fn once_back_a_charge_that_fits_its_share_is_charged_on_both_and_counted_o
         peek.buckets[0].remaining, 45,
         "the primary counted each once"
     );
-}
-
-/// A primary, and the switch that takes it down.
-fn primary() -> (Arc<Switchable>, Arc<AtomicBool>) {
-    let down = Arc::new(AtomicBool::new(false));
-    let primary = Arc::new(Switchable {
-        remote: MemoryStore::new(),
-        down: down.clone(),
-    });
-    (primary, down)
 }
 
 /// An instance of a fleet of two (a divisor of 2) whose charges must fit its share for

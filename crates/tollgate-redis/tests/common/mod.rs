@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Limit, Quota};
-use tollgate_redis::{redis, FallbackStore, Mode, RedisStore};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tollgate_core::{Batch, BoxFuture, Decision, Limit, MemoryStore, Quota, Store, StoreError};
+use tollgate_redis::{redis, FallbackStore, Mode, Primary, RedisStore};
 
 /// A small deterministic generator (SplitMix64), so failures replay from their seed.
 pub struct Rng(u64);
@@ -132,4 +135,38 @@ pub fn cluster_store(cluster: &tollgate_testkit::RedisCluster) -> RedisStore {
         .refusal_cache(0)
         .build()
         .unwrap()
+}
+
+/// A primary deciding in a memory store of its own, failing every call at once while
+/// `down`.
+#[derive(Debug)]
+pub struct Switchable {
+    /// Where it decides.
+    pub remote: MemoryStore,
+    /// Whether every call fails (`StoreError::Unavailable("down")`).
+    pub down: Arc<AtomicBool>,
+}
+
+impl Primary for Switchable {}
+
+impl Store for Switchable {
+    fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        let down = self.down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.remote.apply_now(batch.op, &batch.buckets)
+        })
+    }
+}
+
+/// A primary, and the switch that takes it down.
+pub fn primary() -> (Arc<Switchable>, Arc<AtomicBool>) {
+    let down = Arc::new(AtomicBool::new(false));
+    let primary = Arc::new(Switchable {
+        remote: MemoryStore::new(),
+        down: down.clone(),
+    });
+    (primary, down)
 }
