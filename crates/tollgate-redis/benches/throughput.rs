@@ -215,7 +215,7 @@ fn decisions_per_second(
                             x ^= x << 13;
                             x ^= x >> 7;
                             x ^= x << 17;
-                            store
+                            let _ = store
                                 .apply(&batch(x % KEYSPACE))
                                 .await
                                 .expect("redis answers");
