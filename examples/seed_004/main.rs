@@ -334,7 +334,9 @@ async fn authenticate(
         if !valid {
             return error(StatusCode::UNAUTHORIZED, "invalid_admin_token").into_response();
         }
-    } else if path.starts_with("/v1/") && path != "/v1/status" {
+    } else if tollgate_suite::is_under(path, "/v1") && path != "/v1/status" {
+        // `/v1` itself too: it is a path of the API (a 404 behind the limiter), and
+        // anonymous it would spend the gateway-wide backstop every partner shares.
         let key = request
             .headers()
             .get(API_KEY)

@@ -1273,7 +1273,7 @@ impl<P: Primary> Shared<P> {
         if warned.is_some_and(|(at, _)| at.elapsed() < DEPARTURE_WARNING_EVERY) {
             return;
         }
-        let since = departures - warned.map_or(0, |(_, then)| then);
+        let since = departures.saturating_sub(warned.map_or(0, |(_, then)| then));
         *warned = Some((Instant::now(), departures));
         drop(warned);
         tracing::warn!(
