@@ -29,6 +29,7 @@ use crate::service::RateLimit;
 /// # Ok::<(), tollgate::BuildError>(())
 /// ```
 #[derive(Clone)]
+#[must_use = "a layer limits nothing until it wraps a service (`.layer(limiter.layer())`)"]
 pub struct RateLimitLayer {
     limiter: Limiter,
     scope: Scope,

@@ -491,8 +491,8 @@ fn a_limiters_warnings_are_not_repeated_by_its_guards() {
             .shadow(true)
             .build()
             .unwrap();
-        limiter.guard(Policy::named("failed-auth").per_ip("20/min"));
-        limiter.guard(Policy::named("failed-admin").per_ip("10/min"));
+        let _ = limiter.guard(Policy::named("failed-auth").per_ip("20/min"));
+        let _ = limiter.guard(Policy::named("failed-admin").per_ip("10/min"));
     });
     let all = events.join("\n");
     for text in [
