@@ -23,6 +23,10 @@ enum Expected {
 }
 
 fn unit_ms(unit: &str) -> Option<u128> {
+    // `M` alone is no unit: a month to many, refused rather than read as a minute.
+    if unit == "M" {
+        return None;
+    }
     const UNITS: [(&[&str], u128); 6] = [
         (&["ms", "msec", "msecs", "millisecond", "milliseconds"], 1),
         (&["s", "sec", "secs", "second", "seconds"], 1_000),

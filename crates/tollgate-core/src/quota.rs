@@ -193,7 +193,8 @@ impl Quota {
 
     /// Parses a quota as users write it: `count/period`, where the period is an optional
     /// whole multiplier and a unit (`ms`, `s`/`sec`/`second`, `m`/`min`/`minute`,
-    /// `h`/`hr`/`hour`, `d`/`day`, `w`/`week`, plurals too, any case). Spaces are allowed
+    /// `h`/`hr`/`hour`, `d`/`day`, `w`/`week`, plurals too, any case, except `M` alone: a
+    /// month to many, it is refused rather than read as a minute). Spaces are allowed
     /// around the parts, the count may use `,` or `_` as thousands separators (between
     /// groups of three digits) and may be followed by a word for what is counted
     /// (`60 requests / 60 s`; also `calls`, `points`, `tokens`, `hits`, `req`).
