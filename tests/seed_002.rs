@@ -87,6 +87,11 @@ async fn exhaust(app: &Example, key: &str, method: &str, path: &str, limit: u64)
         now_ms() + (retry - 1) * 1000 <= reset,
         "retry {retry}, reset {reset}"
     );
+    // On a 429 the reset is when the request fits again (see the test below).
+    assert!(
+        reset <= now_ms() + retry * 1000 + 1000,
+        "retry {retry}, reset {reset}"
+    );
 }
 
 #[tokio::test]
@@ -259,4 +264,32 @@ async fn on_redis_limits_apply_and_when_redis_dies_requests_pass_without_headers
     // key_beta: key_alpha was just refused, and the Redis store remembers refusals until
     // their Retry-After without asking Redis (a known-exhausted key may stay refused).
     assert_fails_open(&app, "key_beta", 60).await;
+}
+
+/// "Honor Retry-After or wait until X-RateLimit-Reset, then retry": on a 429 both say when
+/// the request fits again, also when the window's requests were spread out (a review: a
+/// first request, 30 s, then 29 more: `Retry-After: 22` with a reset 60 s ahead, when the
+/// window would be whole again).
+#[tokio::test]
+async fn a_refusals_reset_is_when_to_retry() {
+    let app = Example::start("seed_002", &[]);
+    let path = "/v1/campaigns/5/statistics"; // 30 per 60 s
+    assert_eq!(call(&app, "key_alpha", "GET", path).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    for i in 2..=30 {
+        let r = call(&app, "key_alpha", "GET", path).await;
+        assert_eq!(r.status(), 200, "#{i}");
+    }
+    let refused = call(&app, "key_alpha", "GET", path).await;
+    assert_eq!(refused.status(), 429);
+    let (_, _, reset) = x_ratelimit(&refused);
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    let now = now_ms();
+    // The first request leaves the window 60 s after it was sent, about 57 s from now.
+    assert!((55..=58).contains(&retry), "Retry-After {retry}");
+    assert!(
+        reset + 1_000 >= now + (retry - 1) * 1_000 && reset <= now + retry * 1_000,
+        "Retry-After {retry}, reset {} ms from now",
+        reset as i64 - now as i64
+    );
 }

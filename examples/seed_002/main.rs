@@ -7,6 +7,13 @@
 //! (Unix milliseconds); a 429 adds `Retry-After` (seconds). When the rate-limit backend is
 //! unavailable the request is allowed, without `X-RateLimit-*` headers.
 //!
+//! The page tells a refused client to "honor Retry-After or wait until X-RateLimit-Reset,
+//! then retry": two ways to one wait. So on a 429 `X-RateLimit-Reset` is when the request
+//! fits again, the moment `Retry-After` (rounded up to whole seconds) points at, as in seed
+//! 001 (`reset_at_retry: true` in `limits.yaml`); on an admitted response it is when the
+//! window is whole again. (It was that on a 429 too: up to a window after `Retry-After`,
+//! which a review found disagreeing with it.)
+//!
 //! How it maps onto tollgate: the table is `limits.yaml`, next to this file (exact sliding
 //! windows, keyed by `x-api-key`, reset in Unix milliseconds, `on_store_failure: open`,
 //! the store from `REDIS_URL`). The default rule is added here because its key is the API
