@@ -95,17 +95,12 @@ async fn seed_004_admits_95_percent_of_a_keys_own_limit_across_windows() {
     // minute, under the endpoint's sustained 100). A review's key of 20 per 10 s was
     // refused 3 times in 78 at that pace when per-key limits counted in ten segments.
     let app = Example::start("seed_004", &[("ENDPOINTWISE_ADMIN_TOKEN", "steady-admin")]);
-    let created: serde_json::Value = app
-        .post("/admin/keys")
-        .bearer_auth("steady-admin")
-        .json(&serde_json::json!({ "name": "Steady", "scope": "read", "rate_limit": "30/30s" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = created["key"].as_str().unwrap().to_string();
+    let key = app
+        .created_key(
+            "steady-admin",
+            serde_json::json!({ "name": "Steady", "scope": "read", "rate_limit": "30/30s" }),
+        )
+        .await;
     let read = || app.get("/v1/invoices").header("x-api-key", key.as_str());
     let window = Duration::from_secs(30);
     let refused = unexplained_refusals(

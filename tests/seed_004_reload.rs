@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Example;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ADMIN: &str = "admin-test-token";
 /// The environment that opens `/admin` with [`ADMIN`].
@@ -59,17 +59,8 @@ impl Drop for Copy {
 
 /// A new read-scoped partner key (no limit of its own).
 async fn new_key(app: &Example) -> String {
-    let created: Value = app
-        .post("/admin/keys")
-        .bearer_auth(ADMIN)
-        .json(&json!({ "name": "Reload Test", "scope": "read" }))
-        .send()
+    app.created_key(ADMIN, json!({ "name": "Reload Test", "scope": "read" }))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    created["key"].as_str().unwrap().to_string()
 }
 
 /// The statuses of `n` `GET /v1/reports` with `key`.

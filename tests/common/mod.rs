@@ -169,6 +169,22 @@ impl Example {
         self.request(reqwest::Method::POST, path)
     }
 
+    /// A partner key seed 004 creates (`POST /admin/keys` with the admin token `admin` and
+    /// the key's description `key`, as `{"name", "scope", "rate_limit"}`).
+    pub async fn created_key(&self, admin: &str, key: serde_json::Value) -> String {
+        let created: serde_json::Value = self
+            .post("/admin/keys")
+            .bearer_auth(admin)
+            .json(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["key"].as_str().unwrap().to_string()
+    }
+
     /// The JSON `GET path` answers (`/openapi.json`).
     pub async fn json(&self, path: &str) -> serde_json::Value {
         self.get(path).send().await.unwrap().json().await.unwrap()
