@@ -394,6 +394,14 @@ pub trait Primary: Store {
         Box::pin(async move { Ok((self.apply(batch).await?, Origin::Backend)) })
     }
 
+    /// How long the primary itself waits for an answer before its call fails, if it has
+    /// such a limit: a [`FallbackStore`] whose timeout
+    /// ([`FallbackConfig::with_timeout`]) is longer sees its calls fail at this one, and
+    /// warns when it is made. `None` (the default): no limit of its own, or it cannot tell.
+    fn gives_up_after(&self) -> Option<Duration> {
+        None
+    }
+
     /// An identifier of the primary's current incarnation (Redis's `run_id` and replication
     /// id): when it changes between two checks, the primary restarted, or took another's
     /// data, and may have lost its state.
@@ -506,6 +514,13 @@ impl Primary for RedisStore {
         Box::pin(self.connect_error())
     }
 
+    /// Its response timeout ([`RedisStoreBuilder::response_timeout`](crate::RedisStoreBuilder::response_timeout));
+    /// on Redis Cluster with the connection timeout added; `None` for a deadpool-redis pool,
+    /// whose own configuration applies.
+    fn gives_up_after(&self) -> Option<Duration> {
+        RedisStore::gives_up_after(self)
+    }
+
     /// An I/O error that says the connection dropped (a broken pipe, a reset, the server
     /// closing it), not a refused connection nor a timeout.
     fn connection_broke(&self, error: &StoreError) -> bool {
@@ -570,6 +585,10 @@ impl<P: Primary + ?Sized> Primary for Arc<P> {
 
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
         (**self).diagnose()
+    }
+
+    fn gives_up_after(&self) -> Option<Duration> {
+        (**self).gives_up_after()
     }
 
     fn part_of(&self, bucket: &Bucket) -> u64 {
@@ -729,6 +748,12 @@ impl<P: Primary> FallbackStore<P> {
     }
 
     /// A fallback store over `primary` with `config` and the default memory store.
+    ///
+    /// A [`RedisStore`] gives up on a call after its own response timeout (500 ms by
+    /// default): with a longer [`FallbackConfig::with_timeout`], build it with
+    /// [`RedisStoreBuilder::for_fallback`](crate::RedisStoreBuilder::for_fallback), or its
+    /// calls fail at its limit, not the fallback's (a warning says so when the store is
+    /// made; [`Primary::gives_up_after`]).
     pub fn with_config(primary: P, config: FallbackConfig) -> Self {
         Self::with_memory(primary, MemoryStore::new(), config)
     }
@@ -771,6 +796,19 @@ impl<P: Primary> FallbackStore<P> {
     }
 
     fn unchecked(primary: P, memory: MemoryStore, config: FallbackConfig) -> Self {
+        if let Some(primary_timeout) = primary.gives_up_after().filter(|t| *t < config.timeout()) {
+            // Its calls would fail at the primary's limit: the fallback's longer wait
+            // would never be waited.
+            tracing::warn!(
+                target: "tollgate::store",
+                primary_timeout_ms = primary_timeout.as_millis() as u64,
+                fallback_timeout_ms = config.timeout().as_millis() as u64,
+                "the Redis store gives up on a call before the fallback's timeout: calls \
+                 fail at its limit, not the fallback's; build it with \
+                 `RedisStoreBuilder::for_fallback(&config)` (or a response timeout at least \
+                 the fallback's)"
+            );
+        }
         Self {
             shared: Arc::new(Shared {
                 primary,

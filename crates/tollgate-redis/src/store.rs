@@ -696,6 +696,8 @@ struct Inner {
     eviction_checked: AtomicBool,
     /// Whether a refused `INFO` was warned about ([`RedisStore::run_id`]).
     info_refusal_warned: AtomicBool,
+    /// The builder's response timeout: a call Redis answers later fails. `None` for a pool.
+    response_timeout: Option<Duration>,
 }
 
 /// A [`Store`] keeping bucket state in Redis (a server, or Redis Cluster). Clones share one
@@ -949,11 +951,18 @@ impl RedisStoreBuilder {
             #[cfg(feature = "deadpool")]
             Target::Pool(pool) => Connection::Pool(pool),
         };
+        // A pool's own configuration applies, not the builder's timeout.
+        #[cfg(feature = "deadpool")]
+        let response_timeout =
+            (!matches!(connection, Connection::Pool(_))).then_some(self.response_timeout);
+        #[cfg(not(feature = "deadpool"))]
+        let response_timeout = Some(self.response_timeout);
         Ok(RedisStore::with_connection(
             connection,
             self.prefix,
             self.refusal_cache,
             self.clock,
+            response_timeout,
         ))
     }
 }
@@ -983,6 +992,7 @@ impl RedisStore {
             DEFAULT_PREFIX.to_owned(),
             DEFAULT_REFUSAL_CACHE,
             Arc::new(SystemClock),
+            None,
         )
     }
 
@@ -991,6 +1001,7 @@ impl RedisStore {
         prefix: String,
         refusal_cache: usize,
         clock: Arc<dyn Clock>,
+        response_timeout: Option<Duration>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -1000,8 +1011,15 @@ impl RedisStore {
                 clock,
                 eviction_checked: AtomicBool::new(false),
                 info_refusal_warned: AtomicBool::new(false),
+                response_timeout,
             }),
         }
+    }
+
+    /// How long a call waits for Redis's answer before it fails (the builder's response
+    /// timeout); `None` for a deadpool-redis pool, whose own configuration applies.
+    pub(crate) fn gives_up_after(&self) -> Option<Duration> {
+        self.inner.response_timeout
     }
 
     /// The key prefix.
