@@ -601,3 +601,49 @@ fn a_key_refused_for_want_of_room_is_not_logged_as_over_its_limit() {
         assert!(event.contains(&format!("policy={policy}")), "{event}");
     }
 }
+
+#[test]
+fn a_per_route_layer_on_a_route_its_pattern_does_not_match_is_warned_about_by_its_pattern() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .route("/api/*", Policy::named("default").per_ip("100/min"))
+            .build()
+            .unwrap();
+        // The pattern misspells the route the layer is on.
+        let chat = limiter.policy_at(
+            "POST /api/assistant/chats",
+            Policy::named("chat").per_ip("5/min"),
+        );
+        let app = axum::Router::new()
+            .route(
+                "/api/assistant/chat",
+                axum::routing::post(|| async { "chat" }).layer(chat),
+            )
+            .layer(limiter.layer());
+        for _ in 0..2 {
+            let mut req = request("/api/assistant/chat", Some("192.0.2.1:5000"), None);
+            *req.method_mut() = http::Method::POST;
+            let response = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            // Charged to its class, not to the policy the layer's pattern names.
+            assert_eq!(
+                response.headers()["ratelimit-policy"],
+                "\"default-ip\";q=100;w=60"
+            );
+        }
+    });
+    let warned = saying(
+        &events,
+        "WARN",
+        "a per-route policy's layer is on a route its pattern does not match",
+    );
+    assert_eq!(warned.len(), 1, "{events:#?}");
+    assert!(
+        warned[0].contains("policy=chat")
+            && warned[0].contains("pattern=POST /api/assistant/chats")
+            && warned[0].contains("route=/api/assistant/chat"),
+        "{}",
+        warned[0]
+    );
+}

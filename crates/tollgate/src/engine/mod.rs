@@ -814,6 +814,7 @@ impl Engine {
                     tracing::warn!(
                         target: "tollgate",
                         policy = %policy.name,
+                        pattern = %delegation.pattern,
                         method = %parts.method,
                         route = %routed.unwrap_or_default(),
                         "a per-route policy's layer is on a route its pattern does not match as \
