@@ -565,7 +565,8 @@ impl Limiter {
         self.direct(Op::Charge, bucket, key, 1).await
     }
 
-    /// [`Limiter::check`] with a cost.
+    /// [`Limiter::check`] with a cost in points (0 is counted as 1, as a policy's
+    /// [`Policy::cost_fn`] is: every check spends something).
     ///
     /// # Errors
     ///
