@@ -224,6 +224,7 @@ mod client_ip;
 #[cfg(any(feature = "yaml", feature = "toml"))]
 pub mod config;
 mod describe;
+mod direct;
 mod engine;
 mod error;
 mod future;
@@ -251,6 +252,7 @@ pub use tollgate_redis as redis;
 pub use classify::{PatternError, RoutePattern};
 pub use client_ip::{peer_addr, ClientIp, ClientIpError, ProxyHeader};
 pub use describe::{RouteLimits, RuleLimit, RuleSource};
+pub use direct::DirectBucket;
 pub use error::{BuildError, CheckError};
 pub use future::ResponseFuture;
 pub use inspect::{InspectError, OverrideInfo};

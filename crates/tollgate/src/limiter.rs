@@ -17,6 +17,7 @@ use tollgate_core::{
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::ClientIp;
 use crate::describe::{RouteLimits, RuleSource};
+use crate::direct::DirectBucket;
 use crate::engine::{
     self, refusal_to_log, CodeRules, Delegation, DirectKey, Engine, Overrides, Routes, Rules,
 };
@@ -547,7 +548,26 @@ impl Limiter {
         self.engine.enabled
     }
 
+    /// The bucket for direct use named `name`, to check through
+    /// ([`DirectBucket::check`] and the like): asked for when the application starts, a
+    /// name no bucket has is an error there, not a `500` at the first request that
+    /// checks it.
+    ///
+    /// # Errors
+    ///
+    /// [`CheckError::UnknownBucket`] for a name no bucket for direct use has
+    /// ([`LimiterBuilder::bucket`], or `buckets:` in a configuration file).
+    pub fn direct_bucket(&self, name: &str) -> Result<DirectBucket, CheckError> {
+        if self.engine.table.load().direct.contains_key(name) {
+            Ok(DirectBucket::new(self.clone(), name))
+        } else {
+            Err(CheckError::UnknownBucket(name.to_string()))
+        }
+    }
+
     /// Charges 1 to the direct-use bucket `bucket` for `key`: admitted iff it fits.
+    /// A name no bucket has is an error at each call (a `500` from a handler that returns
+    /// it): name the bucket once at start-up with [`Limiter::direct_bucket`] instead.
     /// When limiting is disabled, answers admitted with no bucket state. A `key` that is an
     /// IP address is folded like a request's client (an IPv6 address to its network, as
     /// [`ClientIp::key`] does), here and in the operators' lookups, so a client cannot

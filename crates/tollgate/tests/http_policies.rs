@@ -923,6 +923,54 @@ async fn direct_use_from_a_handler_locks_out_an_email() {
     ));
 }
 
+#[tokio::test]
+async fn a_bucket_for_direct_use_named_at_start_up_refuses_a_misspelt_name_there() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .bucket("sign-in-failures", tollgate::Rate::exact("3/30min"))
+        .build()
+        .unwrap();
+    let err = limiter.direct_bucket("sign-in-failure").unwrap_err();
+    assert!(
+        matches!(&err, tollgate::CheckError::UnknownBucket(name) if name == "sign-in-failure"),
+        "{err:?}"
+    );
+    let failures = limiter.direct_bucket("sign-in-failures").unwrap();
+    assert_eq!(failures.name(), "sign-in-failures");
+    // The same bucket as the limiter's calls by name: one count.
+    let remaining = |d: tollgate::Decision| (d.allowed, d.buckets[0].remaining);
+    assert_eq!(
+        remaining(failures.penalize("a@x").await.unwrap()),
+        (true, 2)
+    );
+    assert_eq!(
+        remaining(limiter.penalize("sign-in-failures", "a@x").await.unwrap()),
+        (true, 1)
+    );
+    assert_eq!(remaining(failures.check("a@x").await.unwrap()), (true, 0));
+    let refused = failures.check("a@x").await.unwrap();
+    assert!(!refused.allowed);
+    let response = failures.refusal(&refused, &http::Method::POST, "/sign-in");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        failures.rate_limit_headers(&refused)["x-ratelimit-limit"],
+        "3"
+    );
+    assert_eq!(remaining(failures.refund("a@x").await.unwrap()), (true, 1));
+    assert_eq!(remaining(failures.peek("a@x").await.unwrap()), (true, 1));
+    assert_eq!(
+        remaining(failures.check_cost("a@x", 2).await.unwrap()),
+        (false, 1)
+    );
+    assert_eq!(remaining(failures.reset("a@x").await.unwrap()), (true, 3));
+    // A reload cannot take it away: the handle never meets an unknown name.
+    assert!(matches!(
+        limiter.reload(Limiter::builder()),
+        Err(BuildError::DirectBucketDropped { .. })
+    ));
+    assert_eq!(remaining(failures.check("a@x").await.unwrap()), (true, 2));
+}
+
 #[test]
 fn configuration_mistakes_are_typed_build_errors() {
     let bad_quota = Limiter::builder()
