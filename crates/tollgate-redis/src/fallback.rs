@@ -21,8 +21,13 @@
 //! # Behaviour
 //!
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
-//!   that takes longer is a failure, answered as below. A request waits on a dead or paused
-//!   Redis no longer than that, plus, if it comes while the store checks a primary that
+//!   that takes longer while the primary answers nothing is a failure, answered as below.
+//!   While the primary answers other calls, a call waits on, a timeout at a time, up to
+//!   [`PATIENCE`] timeouts in all (500 ms by default): its answer is queued behind theirs
+//!   (a burst on one connection, an instance slow to read its answers), and the primary is
+//!   not failing (a review's burst of 300 requests at once on a healthy Redis otherwise
+//!   timed out by the dozen at 50 ms). A request waits on a dead or paused
+//!   Redis no longer than the timeout, plus, if it comes while the store checks a primary that
 //!   just failed, up to that again for the check (see the circuit breaker and the
 //!   give-back below): twice the timeout at most (a review: one request of a fail-open
 //!   policy answered in 1,006 ms at a timeout of 500 ms, the others in 505 ms, as Redis
@@ -60,13 +65,17 @@
 //!   whose connection broke after the primary ran it counts twice (as an abandoned call
 //!   may). A timeout, or an error the primary answered (`NOSCRIPT`, `OOM`, `NOPERM`), is
 //!   not made again.
-//! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (calls,
-//!   then checks) are an outage: logged at `warn`, and batches with [`FailureMode::Open`] or
-//!   [`FailureMode::Closed`] no longer try the primary. Below it, those batches wait (up to
-//!   the call timeout) for the check under way and are decided on the primary once it
-//!   passed, never before: the primary may have restarted empty, and is used again only
-//!   after what it forgot was written back. A wait that ends without it counts as a failed
-//!   call.
+//! - **Circuit breaker**: [`FallbackConfig::with_failure_threshold`] failures in a row (the
+//!   call that took the store off the primary, then each failed check) are an outage:
+//!   logged at `warn`, and batches with [`FailureMode::Open`] or [`FailureMode::Closed`] no
+//!   longer try the primary. Calls that fail together with the one that left count as
+//!   one: they were under way at the same time, one sign of trouble, not several (a
+//!   burst that held up a healthy Redis is not an outage, and a review saw seed 002,
+//!   failing open, admit unchecked for seconds after one when each of them counted).
+//!   Below it, those batches wait (up to the call timeout) for the check under way and
+//!   are decided on the primary once it passed, never before: the primary may have
+//!   restarted empty, and is used again only after what it forgot was written back. A
+//!   wait that ends without it answers the batch's failure, and is not counted.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
 //!   [`FailureMode`]: [`FailureMode::Fallback`] (the default) decides from the in-memory
 //!   store; [`FailureMode::Open`] and [`FailureMode::Closed`] return the [`StoreError`], for the
@@ -261,7 +270,8 @@ impl Default for FallbackConfig {
 /// Setters are `with_*` (by value, for chaining from [`FallbackConfig::default`]);
 /// getters are the plain names.
 impl FallbackConfig {
-    /// The longest a call may wait for the primary (at least 1 ms). Default
+    /// The longest a call may wait for the primary while it answers nothing (at least
+    /// 1 ms); while it answers other calls, up to [`PATIENCE`] times this. Default
     /// [`DEFAULT_TIMEOUT`] (50 ms). The primary's own timeout applies too: a
     /// [`RedisStore`] gives up after its response timeout (500 ms by
     /// default); make it with
@@ -272,7 +282,8 @@ impl FallbackConfig {
         self
     }
 
-    /// How many failures in a row (calls, then checks of the primary) make an outage (at
+    /// How many failures in a row (the call that took the store off the primary, then
+    /// each failed check of it; calls failing together count once) make an outage (at
     /// least 1). Default 3. Below it, the store answers from memory only until one check
     /// of the primary passes, and batches with [`FailureMode::Open`] or
     /// [`FailureMode::Closed`] still try the primary; at it, the switch is logged at
@@ -643,6 +654,9 @@ struct Shared<P> {
     /// Whether the failures in a row reached the threshold (an outage).
     tripped: AtomicBool,
     failures: AtomicU32,
+    /// How many calls the primary answered: a call that times out while it grows waits on
+    /// ([`Shared::bounded`]).
+    answers: AtomicU64,
     /// What the primary told this instance last, and what memory decided since.
     ledger: Ledger,
     /// The charges sent to the primary and not answered yet.
@@ -724,6 +738,11 @@ fn probe_batch() -> Batch {
         )],
     )
 }
+
+/// How many timeouts in all a call may wait while the primary answers other calls
+/// ([`Shared::bounded`]): a call whose answer is queued behind theirs waits on, a timeout
+/// at a time, while answers keep coming.
+pub const PATIENCE: u32 = 10;
 
 /// How often, at most, a departure from the primary that is not an outage is logged at
 /// `warn` ([`Shared::warn_departure`]).
@@ -819,6 +838,7 @@ impl<P: Primary> FallbackStore<P> {
                 state: AtomicU64::new(ON_PRIMARY),
                 tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
+                answers: AtomicU64::new(0),
                 incarnation: Mutex::new(None),
                 unsure: AtomicU32::new(0),
                 late_admissions: Mutex::new(Vec::new()),
@@ -890,14 +910,38 @@ impl<P: Primary> Shared<P> {
         self.state.load(Ordering::Acquire) & ON_PRIMARY != 0
     }
 
-    /// `fut` within the timeout.
+    /// `fut` within the timeout, or longer while the primary answers other calls: a call
+    /// whose answer is queued behind theirs (a burst on one connection, an instance slow
+    /// to read its answers) is not a primary that stopped answering, and waits on, a
+    /// timeout at a time, up to [`PATIENCE`] timeouts in all. A primary that answers
+    /// nothing for a timeout fails the call at once, as before. (A review's burst of 300
+    /// requests at once on a healthy Redis timed out by the dozen at 50 ms, and a policy
+    /// failing open admitted them all.)
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.config.timeout, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(self.config.timeout)),
+        let timeout = self.config.timeout;
+        let give_up = tokio::time::Instant::now() + timeout.saturating_mul(PATIENCE);
+        let mut fut = std::pin::pin!(fut);
+        let mut answered = self.answers.load(Ordering::Acquire);
+        loop {
+            let until = (tokio::time::Instant::now() + timeout).min(give_up);
+            match tokio::time::timeout_at(until, fut.as_mut()).await {
+                Ok(result) => {
+                    if result.is_ok() {
+                        self.answers.fetch_add(1, Ordering::AcqRel);
+                    }
+                    return result;
+                }
+                Err(_) => {
+                    let now = self.answers.load(Ordering::Acquire);
+                    if now == answered || tokio::time::Instant::now() >= give_up {
+                        return Err(StoreError::Timeout(timeout));
+                    }
+                    answered = now;
+                }
+            }
         }
     }
 
@@ -1222,10 +1266,14 @@ impl<P: Primary> Shared<P> {
     /// A call to the primary failed: decide from memory until a check passes. With
     /// `broke` (its connection broke, and the call made again did not pass), the first
     /// check is made at once, even soon after a return to the primary.
+    ///
+    /// Only the call that takes the store off the primary counts towards the circuit
+    /// breaker: calls failing with it were under way at the same time, and are one sign,
+    /// not several (a burst that held up a healthy primary is not an outage); the checks
+    /// that follow count one each.
     fn failed(self: &Arc<Self>, error: &StoreError, broke: bool) {
         let reason = error.to_string();
-        self.count_failure(&reason);
-        self.leave(&reason, broke);
+        self.leave_counting(&reason, broke, true);
     }
 
     /// Once per departure, when a check only timed out or found its connection broken: asks
@@ -1269,6 +1317,12 @@ impl<P: Primary> Shared<P> {
     /// With `at_once` (a connection that broke), the first check is made at once anyway,
     /// and the next after that wait.
     fn leave(self: &Arc<Self>, reason: &str, at_once: bool) {
+        self.leave_counting(reason, at_once, false);
+    }
+
+    /// [`Shared::leave`], counting a failure towards the circuit breaker with `count` if
+    /// this call is the one that leaves.
+    fn leave_counting(self: &Arc<Self>, reason: &str, at_once: bool, count: bool) {
         let left = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
@@ -1277,6 +1331,9 @@ impl<P: Primary> Shared<P> {
             .is_ok();
         if !left {
             return;
+        }
+        if count {
+            self.count_failure(reason);
         }
         *lock(&self.reason) = reason.to_owned();
         tracing::debug!(
@@ -1951,10 +2008,9 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // call timeout) for the check under way, to be decided on the primary
                     // only once it passed. Until then the primary may have restarted empty,
                     // its counts not yet written back: deciding there would admit what it
-                    // has forgotten. As long as a failed call: it counts towards the
-                    // circuit breaker.
+                    // has forgotten. (Not counted towards the circuit breaker: batches
+                    // waiting together are not signs of their own; the check is.)
                     let reason = lock(&shared.reason).clone();
-                    shared.count_failure(&reason);
                     return Err(StoreError::Unavailable(format!(
                         "the primary is being checked: {reason}"
                     )));
@@ -3256,5 +3312,132 @@ mod tests {
         assert_eq!(store.mode(), Mode::Fallback);
         assert_eq!(store.mirrored_keys(), 1);
         assert_eq!(store.lost_give_backs(), 2);
+    }
+
+    /// A primary that serves one call at a time, each in `service` (on tokio's clock), and
+    /// answers nothing before `stalled_until` (a primary held up, not down).
+    #[derive(Debug)]
+    struct Queued {
+        redis: MemoryStore,
+        service: Duration,
+        line: tokio::sync::Mutex<()>,
+        stalled_until: Mutex<Option<tokio::time::Instant>>,
+    }
+
+    impl Queued {
+        fn new(service: Duration) -> Self {
+            Queued {
+                redis: MemoryStore::new(),
+                service,
+                line: tokio::sync::Mutex::new(()),
+                stalled_until: Mutex::new(None),
+            }
+        }
+    }
+
+    impl Primary for Queued {}
+
+    impl Store for Queued {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                let stalled = *lock(&self.stalled_until);
+                if let Some(until) = stalled {
+                    tokio::time::sleep_until(until).await;
+                }
+                let _served = self.line.lock().await;
+                tokio::time::sleep(self.service).await;
+                self.redis.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    fn open_batch() -> Batch {
+        Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(100)),
+        )])
+        .with_failure_mode(FailureMode::Open)
+    }
+
+    /// A burst queued on a healthy primary: 30 calls at once, answered one after another
+    /// in 10 ms each (the last after 300 ms), with the 50 ms timeout. Answers keep coming,
+    /// so the calls behind them wait on: none times out, none is admitted unchecked (it
+    /// fails open), and the store never leaves the primary. (A review's burst of 300 at
+    /// once on a healthy Redis timed out by the dozen, and seed 002, failing open, admitted
+    /// up to 300 of 120.)
+    #[tokio::test(start_paused = true)]
+    async fn calls_queued_behind_answers_wait_on_and_the_store_stays_on_the_primary() {
+        let store = FallbackStore::connect_with_memory(
+            Queued::new(Duration::from_millis(10)),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let batch = open_batch();
+        let started = tokio::time::Instant::now();
+        let answers = futures_util::future::join_all((0..30).map(|_| store.apply(&batch))).await;
+        assert!(
+            answers.iter().all(|a| a.as_ref().is_ok_and(|d| d.allowed)),
+            "{answers:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(store.fallbacks(), 0);
+        let seen = store.primary().redis.apply_now(Op::Peek, &batch.buckets);
+        assert_eq!(seen.unwrap().buckets[0].remaining, 70);
+
+        // A call waits on only while answers come, and at most `PATIENCE` timeouts: of 40
+        // in a line of 20 ms each, the 25 answered within 500 ms pass, the others give up.
+        let slow = FallbackStore::connect_with_memory(
+            Queued::new(Duration::from_millis(20)),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let answers = futures_util::future::join_all((0..40).map(|_| slow.apply(&batch))).await;
+        let answered = answers.iter().filter(|a| a.is_ok()).count();
+        assert_eq!(answered, 25, "{answers:?}");
+        assert!(answers
+            .iter()
+            .skip(25)
+            .all(|a| matches!(a, Err(StoreError::Timeout(_)))));
+    }
+
+    /// A primary that answers nothing for 120 ms (held up, not down): the 20 calls under
+    /// way time out together. They are one departure and one failure towards the circuit
+    /// breaker (3), not 20: the check made at once fails too (2), the next passes, and the
+    /// store is back on the primary with no outage declared. Meanwhile a batch that fails
+    /// open waits for the check rather than being answered `circuit open` (which admits
+    /// it unchecked until a check passes: a review saw seed 002 admit 87 to 179 requests
+    /// one at a time in the 3 s after such a burst, against 120 a minute).
+    #[tokio::test(start_paused = true)]
+    async fn calls_that_time_out_together_are_one_failure_towards_the_circuit_breaker() {
+        let store = FallbackStore::connect_with_memory(
+            Queued::new(Duration::from_millis(1)),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let started = tokio::time::Instant::now();
+        *lock(&store.primary().stalled_until) = Some(started + Duration::from_millis(120));
+        let batch = open_batch();
+        let answers = futures_util::future::join_all((0..20).map(|_| store.apply(&batch))).await;
+        assert!(answers
+            .iter()
+            .all(|a| matches!(a, Err(StoreError::Timeout(_)))));
+        assert_eq!(store.mode(), Mode::Fallback);
+        // While the check is under way: not an outage.
+        tokio::time::sleep_until(started + Duration::from_millis(140)).await;
+        assert!(!store.shared.tripped.load(Ordering::Acquire));
+        let waited = store.apply(&batch).await.unwrap_err();
+        assert!(
+            matches!(&waited, StoreError::Unavailable(why) if why.starts_with("the primary is being checked")),
+            "{waited}"
+        );
+        tokio::time::sleep_until(started + Duration::from_millis(400)).await;
+        assert_eq!(store.mode(), Mode::Primary);
+        assert!(!store.shared.tripped.load(Ordering::Acquire));
+        assert_eq!(store.fallbacks(), 1);
+        assert!(store.apply(&batch).await.unwrap().allowed);
     }
 }

@@ -871,13 +871,16 @@ impl RedisStoreBuilder {
     }
 
     /// Waits for an answer at least as long as a [`FallbackStore`](crate::FallbackStore)
-    /// of `config` waits for its primary: a store behind a fallback whose timeout
-    /// ([`FallbackConfig::with_timeout`](crate::FallbackConfig::with_timeout)) is longer
-    /// than this store's response timeout would otherwise fail its calls at the shorter one
-    /// (a review set 2 s and saw every call give up at 500 ms). The stores made from the
-    /// environment and from configuration files are made this way.
+    /// of `config` may wait for its primary (its timeout, and while the primary answers
+    /// other calls [`PATIENCE`](crate::PATIENCE) times it): a store behind a fallback whose
+    /// timeout ([`FallbackConfig::with_timeout`](crate::FallbackConfig::with_timeout)) is
+    /// longer than this store's response timeout would otherwise fail its calls at the
+    /// shorter one (a review set 2 s and saw every call give up at 500 ms). The stores made
+    /// from the environment and from configuration files are made this way.
     pub fn for_fallback(self, config: &crate::FallbackConfig) -> Self {
-        let timeout = self.response_timeout.max(config.timeout());
+        let timeout = self
+            .response_timeout
+            .max(config.timeout().saturating_mul(crate::PATIENCE));
         self.response_timeout(timeout)
     }
 

@@ -257,11 +257,19 @@ async fn fail_open_and_closed_return_errors_not_refusals() {
     server.resume();
 
     server.kill();
-    // Until the circuit opens, each call fails on its own; then at once.
-    for _ in 0..3 {
-        assert!(store.apply(&closed).await.is_err());
-    }
+    // The call that fails takes the store off the primary, one failure towards the circuit
+    // breaker (3); the checks that follow fail too, one each. Until the circuit opens, a
+    // call waits for the check under way and fails on its own; then at once.
+    assert!(store.apply(&closed).await.is_err());
     assert_eq!(store.mode(), Mode::Fallback);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let err = store.apply(&closed).await.unwrap_err();
+        if matches!(&err, StoreError::Unavailable(why) if why.starts_with("circuit open")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the circuit did not open: {err}");
+    }
     let started = Instant::now();
     for batch in [&open, &closed] {
         let err = store.apply(batch).await.unwrap_err();
