@@ -29,11 +29,15 @@ use crate::respond;
 /// let failures = limiter.direct_bucket("sign-in-failures")?;
 /// assert!(limiter.direct_bucket("sign-in-failure").is_err());
 ///
-/// // In the handler, after a wrong password:
-/// let decision = failures.penalize("a@example.com").await?;
-/// assert_eq!(decision.buckets[0].remaining, 4);
-/// // After the right one:
-/// let _ = failures.reset("a@example.com").await?;
+/// // In the handler: each attempt is charged first (atomic: attempts sent together
+/// // cannot all pass), and a success gives the failures back.
+/// let attempt = failures.check("a@example.com").await?;
+/// assert!(attempt.allowed); // else: locked, answer `failures.refusal(..)`
+/// assert_eq!(attempt.buckets[0].remaining, 4);
+/// let password_ok = true;
+/// if password_ok {
+///     let _ = failures.reset("a@example.com").await?;
+/// }
 /// # Ok(()) }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```

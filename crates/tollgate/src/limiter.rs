@@ -600,7 +600,8 @@ impl Limiter {
         self.direct(Op::Charge, bucket, key, cost.max(1)).await
     }
 
-    /// What [`Limiter::check`] would answer, changing nothing.
+    /// What [`Limiter::check`] would answer, changing nothing: a look, not a reservation
+    /// (requests that peek at once all see the same room; see [`Limiter::penalize`]).
     ///
     /// # Errors
     ///
@@ -609,10 +610,16 @@ impl Limiter {
         self.direct(Op::Peek, bucket, key, 1).await
     }
 
-    /// Counts 1 against `key` whether or not it fits (a failed sign-in). A count, not a
-    /// check: the decision is always `allowed`, its bucket's `remaining` saying what is
-    /// left (0 once the key is at or past its limit); ask [`Limiter::peek`] or
-    /// [`Limiter::check`] whether a request would be admitted.
+    /// Counts 1 against `key` whether or not it fits (a failure found after the fact). A
+    /// count, not a check: the decision is always `allowed`, its bucket's `remaining`
+    /// saying what is left (0 once the key is at or past its limit).
+    ///
+    /// Not for a lockout's attempts: a [`Limiter::peek`] first and a `penalize` after a
+    /// failure is a check and then an act, and attempts sent together all pass the peek
+    /// before any is counted (a review: 50 wrong passwords for one e-mail at once, on Redis,
+    /// answered up to 21 times against 5). Charge each attempt first with
+    /// [`Limiter::check`], which is atomic, and give a success back with
+    /// [`Limiter::reset`] (or [`Limiter::refund`]), as [`Limiter`]'s example does.
     ///
     /// # Errors
     ///
@@ -1149,7 +1156,9 @@ impl LimiterBuilder {
     /// A rule of the central table: `pattern` is `[METHODS ]PATH` (`"/api/*"`,
     /// `"POST /api/templates/{id}/generate"`, `"GET,HEAD /v1/campaigns/:id"`). The most
     /// specific rule matching a request gives its class; two rules that tie are a build
-    /// error.
+    /// error. A path is the request's whole path: with the layer inside
+    /// `Router::nest("/api", ..)`, give `/api/items`, not the nested router's `/items`
+    /// (such a rule matches nothing there; the layer warns once, naming the route).
     pub fn route(mut self, pattern: &str, policy: Policy) -> Self {
         self.routes.push((pattern.to_string(), policy));
         self
@@ -1552,6 +1561,7 @@ impl LimiterBuilder {
             stats: engine::Counters::default(),
             warned_no_peer: AtomicBool::new(false),
             anonymous_streak: AtomicU64::new(0),
+            unmatched_checked: std::sync::atomic::AtomicU32::new(0),
             require_peer: self.require_peer.unwrap_or(false),
             decision_in_request: self.decision_in_request.unwrap_or(true),
             decision_in_response: self.decision_in_response.unwrap_or(false),

@@ -647,3 +647,39 @@ fn a_per_route_layer_on_a_route_its_pattern_does_not_match_is_warned_about_by_it
         warned[0]
     );
 }
+
+#[test]
+fn rules_written_without_the_nest_prefix_are_warned_about_once() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .route("/items/*", Policy::named("items").per_ip("3/min"))
+            .build()
+            .unwrap();
+        // Rules as the nested router declares its routes: axum's routes there carry the
+        // prefix (`/api/items/{id}`), which no rule matches.
+        let api = axum::Router::new()
+            .route("/items/{id}", axum::routing::get(|| async { "item" }))
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .layer(limiter.layer());
+        let app = axum::Router::new().nest("/api", api);
+        for path in ["/api/health", "/api/items/1", "/api/items/2", "/api/health"] {
+            for _ in 0..2 {
+                let req = request(path, Some("192.0.2.1:5000"), None);
+                let response = app.clone().oneshot(req).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                // Not limited: no rule matched.
+                assert!(response.headers().get("ratelimit-policy").is_none());
+            }
+        }
+    });
+    let warned = saying(&events, "WARN", "no rate-limit rule matches this route");
+    assert_eq!(warned.len(), 1, "{events:#?}");
+    assert!(
+        warned[0].contains(r#"route="/api/items/{id}""#)
+            && warned[0].contains("rule=/items/*")
+            && warned[0].contains(r#"prefix="/api""#),
+        "{}",
+        warned[0]
+    );
+}

@@ -19,7 +19,7 @@ mod settle;
 mod snapshot;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -82,6 +82,9 @@ pub(crate) struct Engine {
     /// Requests in a row on which the identity function found no user where a per-user
     /// limit applies; `u64::MAX` once that was warned about.
     pub(crate) anonymous_streak: AtomicU64,
+    /// Routes no rule matched that were looked at for a `nest` prefix left out of the
+    /// rules ([`Engine::note_unmatched`]); `u32::MAX` once that was warned about.
+    pub(crate) unmatched_checked: AtomicU32,
     /// Whether a request without a peer address is refused (500) rather than limited in
     /// one shared bucket.
     pub(crate) require_peer: bool,
@@ -599,6 +602,9 @@ fn matched_in(extensions: &http::Extensions) -> Option<&str> {
     None
 }
 
+/// How many requests no rule matched [`Engine::note_unmatched`] looks at.
+const UNMATCHED_CHECKS: u32 = 10_000;
+
 /// `"<METHOD> <path>"`, the key of the per-route registry.
 fn route_id(method: &Method, path: &str) -> StoreKey {
     let mut id = StoreKey::new();
@@ -696,6 +702,9 @@ impl Engine {
         let classes = table.classes.classify_all(&parts.method, path);
         if classes.first().is_some_and(|c| c.exempt) {
             return Start::Pass;
+        }
+        if classes.is_empty() {
+            self.note_unmatched(&table, parts);
         }
         if let Some(refused) = self.refuse_without_peer(parts) {
             *out = refused;
@@ -1036,6 +1045,50 @@ impl Engine {
                  signs them in: add the limiter's layer inside it (with axum, \
                  `.layer(limiter.layer())` before the auth layer, so that auth runs first)"
             );
+        }
+    }
+
+    /// A request no rule matched, whose route (axum's `MatchedPath`) a rule does match once
+    /// its first segments are left out: the layer is inside `Router::nest("/api", ..)`,
+    /// whose routes carry the prefix (`/api/items`), and the rules were written as the
+    /// nested router declares its routes (`/items`), so they limit nothing. Logged once, as
+    /// a warning naming the route and the rule; the first [`UNMATCHED_CHECKS`] such
+    /// requests are looked at (a route no rule is meant to match costs nothing after).
+    fn note_unmatched(&self, table: &Table, parts: &Parts) {
+        let checked = &self.unmatched_checked;
+        if checked.load(Ordering::Relaxed) >= UNMATCHED_CHECKS
+            || checked.fetch_add(1, Ordering::Relaxed) >= UNMATCHED_CHECKS
+        {
+            return;
+        }
+        let Some(route) = matched_path(parts) else {
+            return;
+        };
+        let mut rest = route;
+        while let Some(next) = rest.get(1..).and_then(|r| r.find('/')) {
+            rest = &rest[next + 1..];
+            let Some(rule) = table.classes.classify(&parts.method, rest) else {
+                continue;
+            };
+            if checked.swap(u32::MAX, Ordering::Relaxed) == u32::MAX {
+                return;
+            }
+            let pattern = table
+                .classes
+                .iter()
+                .find(|(_, r)| std::ptr::eq(*r, rule))
+                .map_or_else(String::new, |(pattern, _)| pattern.to_string());
+            tracing::warn!(
+                target: "tollgate",
+                route,
+                rule = %pattern,
+                prefix = &route[..route.len() - rest.len()],
+                "no rate-limit rule matches this route, but a rule matches it without its \
+                 first segments: inside `Router::nest`, routes carry the nest's prefix, so \
+                 give rules the full path (`/api/items`, not `/items`); this route is not \
+                 limited"
+            );
+            return;
         }
     }
 
