@@ -525,9 +525,9 @@ impl Primary for RedisStore {
         Box::pin(self.connect_error())
     }
 
-    /// Its response timeout ([`RedisStoreBuilder::response_timeout`](crate::RedisStoreBuilder::response_timeout));
-    /// on Redis Cluster with the connection timeout added; `None` for a deadpool-redis pool,
-    /// whose own configuration applies.
+    /// Its response timeout ([`RedisStoreBuilder::response_timeout`](crate::RedisStoreBuilder::response_timeout)),
+    /// on a server as on Redis Cluster; `None` for a deadpool-redis pool, whose own
+    /// configuration applies.
     fn gives_up_after(&self) -> Option<Duration> {
         RedisStore::gives_up_after(self)
     }

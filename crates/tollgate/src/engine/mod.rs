@@ -1056,9 +1056,11 @@ impl Engine {
     /// requests are looked at (a route no rule is meant to match costs nothing after).
     fn note_unmatched(&self, table: &Table, parts: &Parts) {
         let checked = &self.unmatched_checked;
-        if checked.load(Ordering::Relaxed) >= UNMATCHED_CHECKS
-            || checked.fetch_add(1, Ordering::Relaxed) >= UNMATCHED_CHECKS
-        {
+        // Counted up to the bound (`u32::MAX` once warned), never past it.
+        let counted = checked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < UNMATCHED_CHECKS).then_some(n + 1)
+        });
+        if counted.is_err() {
             return;
         }
         let Some(route) = matched_path(parts) else {
