@@ -1058,7 +1058,7 @@ impl Engine {
         let checked = &self.unmatched_checked;
         // Counted up to the bound (`u32::MAX` once warned), never past it.
         let counted = checked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < UNMATCHED_CHECKS).then_some(n + 1)
+            (n < UNMATCHED_CHECKS).then(|| n + 1)
         });
         if counted.is_err() {
             return;
