@@ -913,10 +913,12 @@ impl<P: Primary> Shared<P> {
     /// `fut` within the timeout, or longer while the primary answers other calls: a call
     /// whose answer is queued behind theirs (a burst on one connection, an instance slow
     /// to read its answers) is not a primary that stopped answering, and waits on, a
-    /// timeout at a time, up to [`PATIENCE`] timeouts in all. A primary that answers
-    /// nothing for a timeout fails the call at once, as before. (A review's burst of 300
-    /// requests at once on a healthy Redis timed out by the dozen at 50 ms, and a policy
-    /// failing open admitted them all.)
+    /// timeout at a time, up to [`PATIENCE`] timeouts in all. So does a call whose timer
+    /// ran half a timeout or more late (this instance's runtime was too busy to run it,
+    /// or to read answers, on time), and a call's answer that arrived with its timer is
+    /// taken. A primary that answers nothing for a timeout, on time, fails the call, as
+    /// before. (A review's burst of 300 requests at once on a healthy Redis timed out by
+    /// the dozen at 50 ms, and a policy failing open admitted them all.)
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
@@ -935,8 +937,22 @@ impl<P: Primary> Shared<P> {
                     return result;
                 }
                 Err(_) => {
+                    // How late this task ran after its deadline: a runtime too busy to run it
+                    // on time (a burst on a loaded machine) has not seen the answers either,
+                    // and its timer measured the wait for itself, not for the primary.
+                    let late = tokio::time::Instant::now().saturating_duration_since(until);
+                    // The connection's task may have been woken in the same turn as this
+                    // timer: let it read what arrived before deciding.
+                    tokio::task::yield_now().await;
+                    if let Some(result) = futures_util::FutureExt::now_or_never(fut.as_mut()) {
+                        if result.is_ok() {
+                            self.answers.fetch_add(1, Ordering::AcqRel);
+                        }
+                        return result;
+                    }
                     let now = self.answers.load(Ordering::Acquire);
-                    if now == answered || tokio::time::Instant::now() >= give_up {
+                    let stalled = late >= timeout / 2;
+                    if (now == answered && !stalled) || tokio::time::Instant::now() >= give_up {
                         return Err(StoreError::Timeout(timeout));
                     }
                     answered = now;
