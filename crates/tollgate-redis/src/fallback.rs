@@ -23,7 +23,7 @@
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
 //!   that takes longer while the primary answers nothing is a failure, answered as below.
 //!   While the primary answers other calls, a call waits on, a timeout at a time, up to
-//!   [`PATIENCE`] timeouts in all (500 ms by default): its answer is queued behind theirs
+//!   [`PATIENCE`] timeouts in all (1 s by default): its answer is queued behind theirs
 //!   (a burst on one connection, an instance slow to read its answers), and the primary is
 //!   not failing (a review's burst of 300 requests at once on a healthy Redis otherwise
 //!   timed out by the dozen at 50 ms). A request waits on a dead or paused
@@ -742,7 +742,9 @@ fn probe_batch() -> Batch {
 /// How many timeouts in all a call may wait while the primary answers other calls
 /// ([`Shared::bounded`]): a call whose answer is queued behind theirs waits on, a timeout
 /// at a time, while answers keep coming.
-pub const PATIENCE: u32 = 10;
+/// (A debug build on a loaded 2-core machine took up to 1.1 s to answer a burst of 300
+/// requests at once on two instances: at 10, some calls were cut short at 500 ms.)
+pub const PATIENCE: u32 = 20;
 
 /// How often, at most, a departure from the primary that is not an outage is logged at
 /// `warn` ([`Shared::warn_departure`]).
@@ -3402,20 +3404,20 @@ mod tests {
         let seen = store.primary().redis.apply_now(Op::Peek, &batch.buckets);
         assert_eq!(seen.unwrap().buckets[0].remaining, 70);
 
-        // A call waits on only while answers come, and at most `PATIENCE` timeouts: of 40
-        // in a line of 20 ms each, the 25 answered within 500 ms pass, the others give up.
+        // A call waits on only while answers come, and at most `PATIENCE` timeouts: of 60
+        // in a line of 20 ms each, the 50 answered within 1 s pass, the others give up.
         let slow = FallbackStore::connect_with_memory(
             Queued::new(Duration::from_millis(20)),
             MemoryStore::new(),
             FallbackConfig::default(),
         )
         .await;
-        let answers = futures_util::future::join_all((0..40).map(|_| slow.apply(&batch))).await;
+        let answers = futures_util::future::join_all((0..60).map(|_| slow.apply(&batch))).await;
         let answered = answers.iter().filter(|a| a.is_ok()).count();
-        assert_eq!(answered, 25, "{answers:?}");
+        assert_eq!(answered, 50, "{answers:?}");
         assert!(answers
             .iter()
-            .skip(25)
+            .skip(50)
             .all(|a| matches!(a, Err(StoreError::Timeout(_)))));
     }
 
