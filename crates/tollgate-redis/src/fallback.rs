@@ -72,8 +72,10 @@
 //!   one: they were under way at the same time, one sign of trouble, not several (a
 //!   burst that held up a healthy Redis is not an outage, and a review saw seed 002,
 //!   failing open, admit unchecked for seconds after one when each of them counted).
-//!   Below it, those batches wait (up to the call timeout) for the check under way and
-//!   are decided on the primary once it passed, never before: the primary may have
+//!   Below it, those batches wait for the check under way to end (as long as a call
+//!   waits: past the timeout only while the primary answers or the instance is too busy
+//!   to run its timers on time; between checks, up to the call timeout) and are decided
+//!   on the primary once it passed, never before: the primary may have
 //!   restarted empty, and is used again only after what it forgot was written back. A
 //!   wait that ends without it answers the batch's failure, and is not counted.
 //! - **A failure is never a refusal**: what a failed call answers depends on the batch's
@@ -686,6 +688,10 @@ struct Shared<P> {
     grace_until: AtomicU64,
     /// Woken when the store returns to the primary.
     entered: tokio::sync::Notify,
+    /// Whether a check of the primary is under way ([`recover`]).
+    checking: AtomicBool,
+    /// Wakes those waiting for a check to end, whether it passed or not.
+    check_ended: tokio::sync::Notify,
     /// Whether this departure's timeouts were diagnosed ([`Primary::diagnose`]).
     diagnosed: AtomicBool,
     /// Set while the last give-back before the return to the primary runs: memory decides
@@ -849,6 +855,8 @@ impl<P: Primary> FallbackStore<P> {
                 closed: Mutex::new(None),
                 grace_until: AtomicU64::new(0),
                 entered: tokio::sync::Notify::new(),
+                checking: AtomicBool::new(false),
+                check_ended: tokio::sync::Notify::new(),
                 diagnosed: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 deciding: RwLock::new(()),
@@ -1315,17 +1323,32 @@ impl<P: Primary> Shared<P> {
         *reason = format!("{reason} (a fresh connection fails: {why})");
     }
 
-    /// Waits, up to the call timeout, for the store to return to the primary (a check
-    /// passing); whether it did.
+    /// Waits for the store to return to the primary (a check passing); whether it did. A
+    /// check under way is waited for to its end, however long the primary makes it wait
+    /// (bounded as a call is: past the timeout only while the primary answers, or this
+    /// instance was too busy to run its timer on time; a review's burst on a loaded machine
+    /// queued the check behind the burst's own calls, and the batches that waited the
+    /// timeout alone were admitted unchecked); without one (between checks), up to the
+    /// call timeout.
     async fn wait_for_primary(&self) -> bool {
-        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.config.timeout;
+        let patient = start + self.config.timeout.saturating_mul(PATIENCE);
         loop {
             let entered = self.entered.notified();
+            let ended = self.check_ended.notified();
             if self.on_primary() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, entered).await.is_err() {
-                return self.on_primary();
+            let until = if self.checking.load(Ordering::Acquire) {
+                patient
+            } else {
+                deadline
+            };
+            tokio::select! {
+                () = entered => {}
+                () = ended => return self.on_primary(),
+                () = tokio::time::sleep_until(until) => return self.on_primary(),
             }
         }
     }
@@ -1933,6 +1956,15 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
     }
 }
 
+/// Wakes those waiting for a check to end ([`Shared::wait_for_primary`]) when dropped.
+struct CheckEnded<'a>(&'a tokio::sync::Notify);
+
+impl Drop for CheckEnded<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
 /// Checks the primary with backoff until a check passes, then returns to it: the first
 /// check after `first`, or at once with `at_once` (the wait after it is then `first`).
 /// Ends when the store is dropped.
@@ -1959,7 +1991,12 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
             delay
         };
         wait = true;
-        match shared.sync().await {
+        shared.checking.store(true, Ordering::Release);
+        let checked = shared.sync().await;
+        shared.checking.store(false, Ordering::Release);
+        // (After `enter` below if it passed: those waiting then find the primary.)
+        let _ended = CheckEnded(&shared.check_ended);
+        match checked {
             Ok(()) => {
                 // The time after the return first: a request that sees the return (another
                 // worker thread decides one as soon as `enter` wakes those waiting) sees it.
