@@ -21,19 +21,25 @@
 //! # Behaviour
 //!
 //! - **Timeout**: every call to the primary is bounded by [`FallbackConfig::with_timeout`]; a call
-//!   that takes longer while the primary answers nothing is a failure, answered as below.
-//!   While the primary answers other calls, a call waits on, a timeout at a time, up to
-//!   [`PATIENCE`] timeouts in all (1 s by default): its answer is queued behind theirs
-//!   (a burst on one connection, an instance slow to read its answers), and the primary is
-//!   not failing (a review's burst of 300 requests at once on a healthy Redis otherwise
-//!   timed out by the dozen at 50 ms). A request waits on a dead or paused
-//!   Redis no longer than the timeout, plus, if it comes while the store checks a primary that
-//!   just failed, up to that again for the check (see the circuit breaker and the
-//!   give-back below): twice the timeout at most (a review: one request of a fail-open
-//!   policy answered in 1,006 ms at a timeout of 500 ms, the others in 505 ms, as Redis
-//!   was paused). The abandoned call may still reach Redis and be counted there
-//!   (see [the store's notes](crate::store#abandoned-calls)): while Redis is slow, a key may
-//!   be charged up to (timeout × its request rate) more than it was answered.
+//!   that takes longer is a failure, answered as below, unless it is queued behind
+//!   answers: at its timeout a call waits on, a timeout at a time, up to the patience
+//!   ([`FallbackConfig::with_patience`]; 20 timeouts, 1 s, by default), while the primary
+//!   answers calls sent before it and none sent after it (a connection answers in order),
+//!   or when its timer ran half a timeout or more late (the instance too busy to run it on
+//!   time). A burst on one connection, or an instance slow to read its answers, is not a
+//!   primary that stopped answering (a review's burst of 300 requests at once on a healthy
+//!   Redis timed out by the dozen at 50 ms, and seed 002, failing open, admitted them all);
+//!   a dead Redis Cluster node or a broken pooled connection, while others answer, is
+//!   (later calls are answered first), and so are answers from [`RedisStore`]'s refusal
+//!   cache, which are no sign of Redis. A request waits on a dead or paused Redis no
+//!   longer than the timeout, or twice it for a call in flight when Redis stopped behind
+//!   calls it then answered, plus, if it comes while the store checks a primary that
+//!   just failed, the check (see the circuit breaker and the give-back below): a review saw
+//!   one request of a fail-open policy answered in 1,006 ms at a timeout of 500 ms, the
+//!   others in 505 ms, as Redis was paused. The abandoned call may still reach Redis and
+//!   be counted there (see [the store's notes](crate::store#abandoned-calls)): while Redis
+//!   is slow, a key may be charged up to (the time a call waits × its request rate) more
+//!   than it was answered.
 //! - **On memory until checked**: a failed call switches the store to [`Mode::Fallback`] at
 //!   once, and a background task (on the tokio runtime) checks the primary at once, then
 //!   again after [`FallbackConfig::with_probe_backoff`]'s first wait, doubling up to its maximum
@@ -49,8 +55,8 @@
 //! - **A broken connection is made again**: a call that fails because its connection broke
 //!   ([`Primary::connection_broke`]: on [`RedisStore`], a broken pipe or a reset, as when
 //!   Redis's `timeout` closed an idle connection, `CLIENT KILL`, or a proxy dropping idle
-//!   connections) is made once more, through a fresh connection, within the call's
-//!   timeout, and decided by the primary: memory never decides for a primary that answers
+//!   connections) is made once more, through a fresh connection, bounded as a call of its
+//!   own, and decided by the primary: memory never decides for a primary that answers
 //!   (it has not seen what other instances charged). Not after a restart: when the
 //!   primary's incarnation changed, the call fails as before, and the check writes the
 //!   counts back before the primary decides again. Other requests may go through the
@@ -247,6 +253,7 @@ impl fmt::Display for Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FallbackConfig {
     timeout: Duration,
+    patience: u32,
     failure_threshold: u32,
     probe_min: Duration,
     probe_max: Duration,
@@ -259,6 +266,7 @@ impl Default for FallbackConfig {
     fn default() -> Self {
         Self {
             timeout: DEFAULT_TIMEOUT,
+            patience: DEFAULT_PATIENCE,
             failure_threshold: 3,
             probe_min: Duration::from_millis(100),
             probe_max: DEFAULT_PROBE_MAX,
@@ -273,7 +281,7 @@ impl Default for FallbackConfig {
 /// getters are the plain names.
 impl FallbackConfig {
     /// The longest a call may wait for the primary while it answers nothing (at least
-    /// 1 ms); while it answers other calls, up to [`PATIENCE`] times this. Default
+    /// 1 ms); while it answers other calls, up to the patience ([`FallbackConfig::with_patience`]) times this. Default
     /// [`DEFAULT_TIMEOUT`] (50 ms). The primary's own timeout applies too: a
     /// [`RedisStore`] gives up after its response timeout (500 ms by
     /// default); make it with
@@ -281,6 +289,22 @@ impl FallbackConfig {
     /// this long (the stores made from the environment and from files are).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How many timeouts in all a call may wait while it is queued behind the primary's
+    /// answers (at least 1, which waits one timeout whatever comes). Default
+    /// [`DEFAULT_PATIENCE`] (20: 1 s at the default timeout). At its timeout a call waits
+    /// on, a timeout at a time, while the primary answers calls sent before it and none
+    /// sent after it (a connection answers in order: its answer is queued behind theirs),
+    /// or when its timer ran half a timeout or more late (the instance's runtime too busy
+    /// to run it on time); a primary that answers nothing, or answers later calls first (a
+    /// dead Redis Cluster node, a broken pooled connection), fails it at the timeout. The
+    /// price: a burst on a healthy but slow instance waits for its answers, up to this
+    /// many timeouts, where it would have been decided from memory (or failed open or
+    /// closed) at the first.
+    pub fn with_patience(mut self, timeouts: u32) -> Self {
+        self.patience = timeouts.max(1);
         self
     }
 
@@ -354,6 +378,12 @@ impl FallbackConfig {
     /// The per-call timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How many timeouts in all a call may wait while queued behind answers
+    /// ([`FallbackConfig::with_patience`]).
+    pub fn patience(&self) -> u32 {
+        self.patience
     }
 
     /// How many failures in a row make an outage.
@@ -656,9 +686,11 @@ struct Shared<P> {
     /// Whether the failures in a row reached the threshold (an outage).
     tripped: AtomicBool,
     failures: AtomicU32,
-    /// How many calls the primary answered: a call that times out while it grows waits on
-    /// ([`Shared::bounded`]).
-    answers: AtomicU64,
+    /// How many calls were sent to the primary: each call's number ([`Shared::bounded`]).
+    sent: AtomicU64,
+    /// The number of the newest call the primary's backend answered: a call at its
+    /// timeout waits on while this grows below its own ([`Shared::bounded`]).
+    answered: AtomicU64,
     /// What the primary told this instance last, and what memory decided since.
     ledger: Ledger,
     /// The charges sent to the primary and not answered yet.
@@ -745,12 +777,11 @@ fn probe_batch() -> Batch {
     )
 }
 
-/// How many timeouts in all a call may wait while the primary answers other calls
-/// ([`Shared::bounded`]): a call whose answer is queued behind theirs waits on, a timeout
-/// at a time, while answers keep coming.
-/// (A debug build on a loaded 2-core machine took up to 1.1 s to answer a burst of 300
-/// requests at once on two instances: at 10, some calls were cut short at 500 ms.)
-pub const PATIENCE: u32 = 20;
+/// How many timeouts in all a call may wait, by default, while it is queued behind the
+/// primary's answers ([`FallbackConfig::with_patience`]). (A debug build on a loaded
+/// 2-core machine took up to 1.1 s to answer a burst of 300 requests at once on two
+/// instances: at 10, some calls were cut short at 500 ms and failed open.)
+pub const DEFAULT_PATIENCE: u32 = 20;
 
 /// How often, at most, a departure from the primary that is not an outage is logged at
 /// `warn` ([`Shared::warn_departure`]).
@@ -846,7 +877,8 @@ impl<P: Primary> FallbackStore<P> {
                 state: AtomicU64::new(ON_PRIMARY),
                 tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
-                answers: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+                answered: AtomicU64::new(0),
                 incarnation: Mutex::new(None),
                 unsure: AtomicU32::new(0),
                 late_admissions: Mutex::new(Vec::new()),
@@ -920,65 +952,90 @@ impl<P: Primary> Shared<P> {
         self.state.load(Ordering::Acquire) & ON_PRIMARY != 0
     }
 
-    /// `fut` within the timeout, or longer while the primary answers other calls: a call
-    /// whose answer is queued behind theirs (a burst on one connection, an instance slow
-    /// to read its answers) is not a primary that stopped answering, and waits on, a
-    /// timeout at a time, up to [`PATIENCE`] timeouts in all. So does a call whose timer
-    /// ran half a timeout or more late (this instance's runtime was too busy to run it,
-    /// or to read answers, on time), and a call's answer that arrived with its timer is
-    /// taken. A primary that answers nothing for a timeout, on time, fails the call, as
-    /// before. (A review's burst of 300 requests at once on a healthy Redis timed out by
-    /// the dozen at 50 ms, and a policy failing open admitted them all.)
+    /// `fut`, a call sent now, within the timeout, or longer while it is queued behind
+    /// answers: a call whose answer waits behind those of calls sent before it (a burst on
+    /// one connection, an instance slow to read its answers) is not one to a primary that
+    /// stopped answering. At each timeout it waits on, up to the patience
+    /// ([`FallbackConfig::with_patience`]) in timeouts, if the primary answered a call sent
+    /// before it since the last one and none sent after it (a connection answers in
+    /// order: a later call answered means this one is not queued, as on a dead Redis
+    /// Cluster node or a broken pooled connection while others answer), or if its timer
+    /// ran half a timeout or more late (this instance's runtime was too busy to run it, or
+    /// to read answers, on time). An answer that arrived with its timer is taken. Only the
+    /// backend's answers count ([`Shared::call`]; a refusal cache's do not). (A review's
+    /// burst of 300 requests at once on a healthy Redis timed out by the dozen at 50 ms,
+    /// and a policy failing open admitted them all.)
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let sent = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        self.bounded_as(sent, fut).await
+    }
+
+    /// [`Shared::bounded`] for the call numbered `sent`.
+    async fn bounded_as<T>(
+        &self,
+        sent: u64,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let timeout = self.config.timeout;
-        let give_up = tokio::time::Instant::now() + timeout.saturating_mul(PATIENCE);
+        let start = tokio::time::Instant::now();
+        let give_up = start
+            .checked_add(timeout.saturating_mul(self.config.patience))
+            .unwrap_or(start + timeout);
         let mut fut = std::pin::pin!(fut);
-        let mut answered = self.answers.load(Ordering::Acquire);
+        let mut answered = self.answered.load(Ordering::Acquire);
         loop {
-            let until = (tokio::time::Instant::now() + timeout).min(give_up);
-            match tokio::time::timeout_at(until, fut.as_mut()).await {
-                Ok(result) => {
-                    if result.is_ok() {
-                        self.answers.fetch_add(1, Ordering::AcqRel);
-                    }
-                    return result;
-                }
-                Err(_) => {
-                    // How late this task ran after its deadline: a runtime too busy to run it
-                    // on time (a burst on a loaded machine) has not seen the answers either,
-                    // and its timer measured the wait for itself, not for the primary.
-                    let late = tokio::time::Instant::now().saturating_duration_since(until);
-                    // The connection's task may have been woken in the same turn as this
-                    // timer: let it read what arrived before deciding.
-                    tokio::task::yield_now().await;
-                    if let Some(result) = futures_util::FutureExt::now_or_never(fut.as_mut()) {
-                        if result.is_ok() {
-                            self.answers.fetch_add(1, Ordering::AcqRel);
-                        }
-                        return result;
-                    }
-                    let now = self.answers.load(Ordering::Acquire);
-                    let stalled = late >= timeout / 2;
-                    if (now == answered && !stalled) || tokio::time::Instant::now() >= give_up {
-                        return Err(StoreError::Timeout(timeout));
-                    }
-                    answered = now;
-                }
+            let now = tokio::time::Instant::now();
+            let until = now.checked_add(timeout).map_or(give_up, |t| t.min(give_up));
+            if let Ok(result) = tokio::time::timeout_at(until, fut.as_mut()).await {
+                return result;
             }
+            // How late this task ran after its deadline: a runtime too busy to run it on
+            // time (a burst on a loaded machine) has not seen the answers either, and its
+            // timer measured the wait for itself, not for the primary.
+            let late = tokio::time::Instant::now().saturating_duration_since(until);
+            // The connection's task may have been woken in the same turn as this timer:
+            // let it read what arrived before deciding.
+            tokio::task::yield_now().await;
+            if let Some(result) = futures_util::FutureExt::now_or_never(fut.as_mut()) {
+                return result;
+            }
+            let newest = self.answered.load(Ordering::Acquire);
+            let queued = newest != answered && newest < sent;
+            let stalled = late >= timeout / 2 && newest < sent;
+            if !(queued || stalled) || tokio::time::Instant::now() >= give_up {
+                return Err(StoreError::Timeout(timeout));
+            }
+            answered = newest;
         }
     }
 
-    /// One call to the primary within the timeout, and where its answer comes from.
+    /// One call to the primary within the timeout (as [`Shared::bounded`] bounds it), and
+    /// where its answer comes from. An answer of the backend ([`Origin::Backend`]) is noted
+    /// as the newest answered if it is ([`Shared::answered`]).
     async fn call(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
-        self.bounded(self.primary.apply_with_origin(batch)).await
+        let sent = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let result = self
+            .bounded_as(sent, self.primary.apply_with_origin(batch))
+            .await;
+        self.note_answered(sent, result.as_ref().ok().map(|(_, origin)| *origin));
+        result
+    }
+
+    /// Notes that the call numbered `sent` was answered from `origin` (`None`: it was
+    /// not): only the backend's answers say the primary answers ([`Shared::bounded`]).
+    fn note_answered(&self, sent: u64, origin: Option<Origin>) {
+        if origin == Some(Origin::Backend) {
+            self.answered.fetch_max(sent, Ordering::AcqRel);
+        }
     }
 
     /// A request's call to the primary: as [`Shared::call`], and if the connection broke
-    /// ([`Primary::connection_broke`]), made once more through a fresh one within what is
-    /// left of the timeout, unless the primary restarted since it was last checked (a new
+    /// ([`Primary::connection_broke`]), made once more through a fresh one, bounded as a
+    /// call of its own (a call that waited queued behind answers when its connection broke
+    /// gets its try), unless the primary restarted since it was last checked (a new
     /// incarnation: it may have come back empty, and is used again only after the counts
     /// were written back, by the check the failure starts). Also answers, if the call
     /// failed because its connection broke, an [`Unsure`] for the caller to hold until it
@@ -990,8 +1047,6 @@ impl<P: Primary> Shared<P> {
         &self,
         batch: &Batch,
     ) -> (Result<(Decision, Origin), StoreError>, Option<Unsure<'_>>) {
-        let timeout = self.config.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         let error = match self.call(batch).await {
             Err(e) if self.primary.connection_broke(&e) => e,
             other => return (other, None),
@@ -999,14 +1054,26 @@ impl<P: Primary> Shared<P> {
         // Other calls may go through the fresh connection meanwhile, to a primary that may
         // have restarted: their answers are not memory's counts until this one knows.
         let unsure = Unsure::new(&self.unsure);
+        // Bounded as a call of its own: a call that waited queued behind answers before its
+        // connection broke still gets its second try.
         let again = async {
-            let id = self.primary.incarnation().await.ok()?;
+            let id = match self.primary.incarnation().await {
+                Ok(id) => id,
+                Err(_) => return Ok(None),
+            };
             if id != *lock(&self.incarnation) {
-                return None;
+                return Ok(None);
             }
-            Some(self.primary.apply_with_origin(batch).await)
+            Ok(Some(self.primary.apply_with_origin(batch).await))
         };
-        match tokio::time::timeout_at(deadline, again).await {
+        let sent = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let again = self.bounded_as(sent, again).await;
+        let origin = match &again {
+            Ok(Some(Ok((_, origin)))) => Some(*origin),
+            _ => None,
+        };
+        self.note_answered(sent, origin);
+        match again {
             Ok(Some(Ok(answer))) => {
                 // The same incarnation: what was admitted meanwhile was counted where it
                 // stays.
@@ -1020,7 +1087,7 @@ impl<P: Primary> Shared<P> {
             }
             Ok(Some(Err(e))) => (Err(e), Some(unsure)),
             Ok(None) => (Err(error), Some(unsure)),
-            Err(_) => (Err(StoreError::Timeout(timeout)), Some(unsure)),
+            Err(e) => (Err(e), Some(unsure)),
         }
     }
 
@@ -1333,7 +1400,9 @@ impl<P: Primary> Shared<P> {
     async fn wait_for_primary(&self) -> bool {
         let start = tokio::time::Instant::now();
         let deadline = start + self.config.timeout;
-        let patient = start + self.config.timeout.saturating_mul(PATIENCE);
+        let patient = start
+            .checked_add(self.config.timeout.saturating_mul(self.config.patience))
+            .unwrap_or(deadline);
         loop {
             let entered = self.entered.notified();
             let ended = self.check_ended.notified();
@@ -3441,7 +3510,7 @@ mod tests {
         let seen = store.primary().redis.apply_now(Op::Peek, &batch.buckets);
         assert_eq!(seen.unwrap().buckets[0].remaining, 70);
 
-        // A call waits on only while answers come, and at most `PATIENCE` timeouts: of 60
+        // A call waits on only while answers come, and at most the patience: of 60
         // in a line of 20 ms each, the 50 answered within 1 s pass, the others give up.
         let slow = FallbackStore::connect_with_memory(
             Queued::new(Duration::from_millis(20)),
@@ -3494,5 +3563,302 @@ mod tests {
         assert!(!store.shared.tripped.load(Ordering::Acquire));
         assert_eq!(store.fallbacks(), 1);
         assert!(store.apply(&batch).await.unwrap().allowed);
+    }
+
+    /// A primary whose calls for keys ending in `dead` never answer (a dead Redis Cluster
+    /// node's slots, a half-open pooled connection), while every other call is answered
+    /// in 1 ms.
+    #[derive(Debug)]
+    struct PartlyDead {
+        redis: MemoryStore,
+    }
+
+    impl Primary for PartlyDead {}
+
+    impl Store for PartlyDead {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                if batch
+                    .buckets
+                    .iter()
+                    .any(|b| b.key.as_str().ends_with("dead"))
+                {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                self.redis.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// With one node of a cluster dead and the others answering, a call for a key on the
+    /// dead node is not queued behind their answers (calls sent after it are answered): it
+    /// fails at the timeout, as on a dead Redis (a review found it waiting the patience).
+    #[tokio::test(start_paused = true)]
+    async fn a_call_to_a_dead_node_waits_the_timeout_while_other_nodes_answer() {
+        let store = FallbackStore::connect_with_memory(
+            PartlyDead {
+                redis: MemoryStore::new(),
+            },
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        assert_eq!(store.mode(), Mode::Primary);
+        // Steady traffic on the healthy nodes: a request every 2 ms.
+        let load = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let healthy = Batch::charge(vec![Bucket::new(
+                    "api",
+                    "alive",
+                    Limit::sliding(Quota::per_hour(1_000_000)),
+                )]);
+                loop {
+                    let store = store.clone();
+                    let healthy = healthy.clone();
+                    tokio::spawn(async move { store.apply(&healthy).await });
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let dead = Batch::charge(vec![Bucket::new(
+            "api",
+            "dead",
+            Limit::sliding(Quota::per_hour(100)),
+        )]);
+        let started = tokio::time::Instant::now();
+        let answer = store.apply(&dead).await;
+        let waited = started.elapsed();
+        load.abort();
+        assert!(answer.unwrap().allowed, "decided from memory");
+        assert!(
+            waited <= Duration::from_millis(100),
+            "a call to a dead node waited {waited:?} (timeout 50 ms)"
+        );
+    }
+
+    /// A primary serving one call at a time in 10 ms whose connection breaks at
+    /// `breaks_at`: the calls still queued then fail with a broken pipe; calls made after
+    /// it (through the fresh connection) are served as before.
+    #[derive(Debug)]
+    struct BreaksInABurst {
+        redis: MemoryStore,
+        line: tokio::sync::Mutex<()>,
+        breaks_at: tokio::time::Instant,
+    }
+
+    impl Primary for BreaksInABurst {
+        fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+            Box::pin(std::future::ready(Ok(Some("1".to_owned()))))
+        }
+
+        fn connection_broke(&self, error: &StoreError) -> bool {
+            matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    impl Store for BreaksInABurst {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                let served = async {
+                    let _served = self.line.lock().await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    self.redis.apply_now(batch.op, &batch.buckets)
+                };
+                if tokio::time::Instant::now() >= self.breaks_at {
+                    return served.await;
+                }
+                tokio::select! {
+                    answer = served => answer,
+                    () = tokio::time::sleep_until(self.breaks_at) => {
+                        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+                        Err(StoreError::Backend(Box::new(pipe)))
+                    }
+                }
+            })
+        }
+    }
+
+    /// A burst queued on one connection waits on; the connection breaks at 120 ms (a
+    /// `CLIENT KILL`, a proxy reset). Each call made again through a fresh connection gets
+    /// a timeout of its own, and is decided by the primary (a review found the calls that
+    /// had waited past the timeout given no second try: `Timeout(50ms)`, and a policy
+    /// failing open admitted them unchecked).
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_connection_broke_after_a_patient_wait_is_made_again() {
+        let breaks_at =
+            tokio::time::Instant::now() + Duration::from_secs(1) + Duration::from_millis(120);
+        let store = FallbackStore::connect_with_memory(
+            BreaksInABurst {
+                redis: MemoryStore::new(),
+                line: tokio::sync::Mutex::new(()),
+                breaks_at,
+            },
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        assert_eq!(store.mode(), Mode::Primary);
+        tokio::time::sleep_until(breaks_at - Duration::from_millis(120)).await;
+        let batch = open_batch();
+        let answers = futures_util::future::join_all((0..30).map(|_| store.apply(&batch))).await;
+        let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of 30 failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    }
+
+    /// A paused Redis behind a refusal cache: a key it refused recently (`refused`) is
+    /// answered at once from the cache (`Origin::Cache`, as `RedisStore` does), every
+    /// other call hangs.
+    #[derive(Debug)]
+    struct PausedWithCache;
+
+    impl Primary for PausedWithCache {
+        fn apply_with_origin<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> BoxFuture<'a, Result<(Decision, Origin), StoreError>> {
+            Box::pin(async move {
+                if batch
+                    .buckets
+                    .iter()
+                    .any(|b| b.key.as_str().ends_with("refused"))
+                {
+                    // The key spent: what the cache would answer.
+                    let spent = MemoryStore::new();
+                    let full = batch
+                        .buckets
+                        .iter()
+                        .map(|b| b.clone().with_cost(b.limit.capacity()))
+                        .collect::<Vec<_>>();
+                    let _ = spent.apply_now(Op::Penalize, &full).unwrap();
+                    return Ok((
+                        spent.apply_now(batch.op, &batch.buckets).unwrap(),
+                        Origin::Cache,
+                    ));
+                }
+                std::future::pending().await
+            })
+        }
+    }
+
+    impl Store for PausedWithCache {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move { Ok(self.apply_with_origin(batch).await?.0) })
+        }
+    }
+
+    /// Redis is paused (nothing answers), but a client already refused keeps being
+    /// answered from the refusal cache without a round trip. Those answers are no sign of
+    /// Redis: every other call fails at the timeout (a review found them counted, and
+    /// calls waiting the patience on a Redis that answered nothing).
+    #[tokio::test(start_paused = true)]
+    async fn refusals_from_the_cache_do_not_keep_a_call_to_a_paused_redis_waiting() {
+        let store = FallbackStore::with_memory(
+            PausedWithCache,
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        );
+        let flood = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let refused = Batch::charge(vec![Bucket::new(
+                    "api",
+                    "refused",
+                    Limit::sliding(Quota::per_hour(10)),
+                )]);
+                loop {
+                    let answer = store.apply(&refused).await;
+                    assert!(!answer.unwrap().allowed);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "someone",
+            Limit::sliding(Quota::per_hour(10)),
+        )]);
+        let started = tokio::time::Instant::now();
+        let answer = store.apply(&batch).await;
+        let waited = started.elapsed();
+        flood.abort();
+        assert!(answer.unwrap().allowed, "decided from memory");
+        assert!(
+            waited <= Duration::from_millis(50),
+            "a call to a paused Redis waited {waited:?} (timeout 50 ms)"
+        );
+    }
+
+    /// A primary answering each call 10 ms after it is sent, until it pauses at
+    /// `pauses_at`: an answer due then or later never comes.
+    #[derive(Debug)]
+    struct PausesAt {
+        redis: MemoryStore,
+        pauses_at: tokio::time::Instant,
+    }
+
+    impl Primary for PausesAt {}
+
+    impl Store for PausesAt {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if tokio::time::Instant::now() >= self.pauses_at {
+                    std::future::pending::<()>().await;
+                }
+                self.redis.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// A request sent 5 ms before Redis pauses, on a busy store, sees the answers of the
+    /// calls before it and waits on once: twice the timeout, as the module docs say, not
+    /// the patience.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_when_redis_pauses_waits_twice_the_timeout_at_most() {
+        let pauses_at = tokio::time::Instant::now() + Duration::from_millis(200);
+        let store = FallbackStore::connect_with_memory(
+            PausesAt {
+                redis: MemoryStore::new(),
+                pauses_at,
+            },
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        assert_eq!(store.mode(), Mode::Primary);
+        let load = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let other = Batch::charge(vec![Bucket::new(
+                    "api",
+                    "other",
+                    Limit::sliding(Quota::per_hour(1_000_000)),
+                )]);
+                loop {
+                    let (store, other) = (store.clone(), other.clone());
+                    tokio::spawn(async move { store.apply(&other).await });
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        tokio::time::sleep_until(pauses_at - Duration::from_millis(5)).await;
+        let started = tokio::time::Instant::now();
+        let answer = store.apply(&open_batch()).await;
+        let waited = started.elapsed();
+        load.abort();
+        assert!(answer.is_err());
+        assert!(
+            waited <= Duration::from_millis(100),
+            "waited {waited:?} on a paused Redis (timeout 50 ms)"
+        );
     }
 }

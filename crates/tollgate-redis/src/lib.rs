@@ -118,8 +118,8 @@ pub use env::{
 };
 pub use error::RedisConfigError;
 pub use fallback::{
-    FallbackConfig, FallbackStore, Mode, Origin, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PROBE_MAX,
-    DEFAULT_TIMEOUT, PATIENCE, WATCH_EVERY,
+    FallbackConfig, FallbackStore, Mode, Origin, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PATIENCE,
+    DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT, WATCH_EVERY,
 };
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_PREFIX,

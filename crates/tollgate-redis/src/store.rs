@@ -91,7 +91,8 @@
 //! got) or counts although the request was turned away, and what the request gives back
 //! afterwards (a refund) is given back where it was answered (the fallback's memory), so
 //! Redis keeps that charge for its window. The excess is bounded by the requests a key
-//! makes during one timeout (timeout × rate), and only while Redis is slow.
+//! makes while a call waits (timeout × rate; with the fallback's patience, up to that many
+//! timeouts while calls are queued behind answers), and only while Redis is slow.
 //! [`FallbackStore`](crate::FallbackStore) makes a call whose connection broke once more
 //! through a fresh connection: if Redis ran it before the connection broke, it counts
 //! twice (a charge: one request refused early).
@@ -872,7 +873,7 @@ impl RedisStoreBuilder {
 
     /// Waits for an answer at least as long as a [`FallbackStore`](crate::FallbackStore)
     /// of `config` may wait for its primary (its timeout, and while the primary answers
-    /// other calls [`PATIENCE`](crate::PATIENCE) times it): a store behind a fallback whose
+    /// other calls its patience in timeouts, [`FallbackConfig::with_patience`](crate::FallbackConfig::with_patience)): a store behind a fallback whose
     /// timeout ([`FallbackConfig::with_timeout`](crate::FallbackConfig::with_timeout)) is
     /// longer than this store's response timeout would otherwise fail its calls at the
     /// shorter one (a review set 2 s and saw every call give up at 500 ms). The stores made
@@ -880,7 +881,7 @@ impl RedisStoreBuilder {
     pub fn for_fallback(self, config: &crate::FallbackConfig) -> Self {
         let timeout = self
             .response_timeout
-            .max(config.timeout().saturating_mul(crate::PATIENCE));
+            .max(config.timeout().saturating_mul(config.patience()));
         self.response_timeout(timeout)
     }
 

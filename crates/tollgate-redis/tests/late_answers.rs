@@ -395,7 +395,7 @@ impl Store for Pooled {
 #[tokio::test(start_paused = true)]
 async fn calls_waiting_for_a_pooled_connection_are_cut_short_at_their_timeout() {
     // 110 charges at once on one connection serving 10 ms each: while answers come, the
-    // calls behind them wait on (the primary is not failing), up to `PATIENCE` timeouts
+    // calls behind them wait on (the primary is not failing), up to the patience's 20 timeouts
     // (1 s): the first 100 are decided on the primary, the last 10 are cut short there
     // and decided from memory. Left waiting longer, they would hold the checks back behind
     // them (a review: back on the primary after 771 ms, not 71) and be sent later, on top
@@ -424,7 +424,7 @@ async fn calls_waiting_for_a_pooled_connection_are_cut_short_at_their_timeout() 
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let back = start.elapsed();
-    let cut = TIMEOUT * tollgate_redis::PATIENCE;
+    let cut = TIMEOUT * tollgate_redis::DEFAULT_PATIENCE;
     assert!(back >= cut, "back after {back:?}");
     assert!(
         back < cut + Duration::from_millis(200),

@@ -1,4 +1,4 @@
-//! [`DirectBucket`]: a bucket for direct use, looked up once.
+//! [`DirectBucket`]: a bucket for direct use, named once (checked at start-up).
 
 use std::sync::Arc;
 

@@ -673,7 +673,11 @@ fn rules_written_without_the_nest_prefix_are_warned_about_once() {
             }
         }
     });
-    let warned = saying(&events, "WARN", "no rate-limit rule matches this route");
+    let warned = saying(
+        &events,
+        "WARN",
+        "no rate-limit rule matches this route inside `Router::nest`",
+    );
     assert_eq!(warned.len(), 1, "{events:#?}");
     assert!(
         warned[0].contains(r#"route="/api/items/{id}""#)
@@ -682,4 +686,60 @@ fn rules_written_without_the_nest_prefix_are_warned_about_once() {
         "{}",
         warned[0]
     );
+}
+
+/// The nest warning says the rule does not apply, not that the route is unlimited: a
+/// global limit still limits it.
+#[test]
+fn the_nest_warning_with_a_global_limit_says_the_rule_does_not_apply() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .global("100/min")
+            .route("/items/*", Policy::named("items").per_ip("3/min"))
+            .build()
+            .unwrap();
+        let api = axum::Router::new()
+            .route("/items/{id}", axum::routing::get(|| async { "item" }))
+            .layer(limiter.layer());
+        let app = axum::Router::new().nest("/api", api);
+        let req = request("/api/items/1", Some("192.0.2.1:5000"), None);
+        let response = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            "\"global\";q=100;w=60"
+        );
+    });
+    let warned = saying(&events, "WARN", "inside `Router::nest`");
+    assert_eq!(warned.len(), 1, "{events:#?}");
+    assert!(
+        warned[0].contains("that rule does not apply to this route")
+            && !warned[0].contains("not limited"),
+        "{}",
+        warned[0]
+    );
+}
+
+/// A route left unlimited on purpose beside a rule for a shorter path, with no nest at
+/// all (`/admin/login` beside a rule for `/login`), is no nest to warn about.
+#[test]
+fn no_nest_warning_without_a_nest() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .route("POST /login", Policy::named("login").per_ip("5/min"))
+            .build()
+            .unwrap();
+        let app = axum::Router::new()
+            .route("/login", axum::routing::post(|| async { "login" }))
+            .route("/admin/login", axum::routing::post(|| async { "admin" }))
+            .layer(limiter.layer());
+        let mut req = request("/admin/login", Some("192.0.2.1:5000"), None);
+        *req.method_mut() = http::Method::POST;
+        let response = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    });
+    let warned = saying(&events, "WARN", "no rate-limit rule matches");
+    assert!(warned.is_empty(), "{warned:#?}");
 }

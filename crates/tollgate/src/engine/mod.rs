@@ -84,6 +84,7 @@ pub(crate) struct Engine {
     pub(crate) anonymous_streak: AtomicU64,
     /// Routes no rule matched that were looked at for a `nest` prefix left out of the
     /// rules ([`Engine::note_unmatched`]); `u32::MAX` once that was warned about.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) unmatched_checked: AtomicU32,
     /// Whether a request without a peer address is refused (500) rather than limited in
     /// one shared bucket.
@@ -603,6 +604,7 @@ fn matched_in(extensions: &http::Extensions) -> Option<&str> {
 }
 
 /// How many requests no rule matched [`Engine::note_unmatched`] looks at.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 const UNMATCHED_CHECKS: u32 = 10_000;
 
 /// `"<METHOD> <path>"`, the key of the per-route registry.
@@ -1048,13 +1050,20 @@ impl Engine {
         }
     }
 
-    /// A request no rule matched, whose route (axum's `MatchedPath`) a rule does match once
-    /// its first segments are left out: the layer is inside `Router::nest("/api", ..)`,
-    /// whose routes carry the prefix (`/api/items`), and the rules were written as the
-    /// nested router declares its routes (`/items`), so they limit nothing. Logged once, as
-    /// a warning naming the route and the rule; the first [`UNMATCHED_CHECKS`] such
-    /// requests are looked at (a route no rule is meant to match costs nothing after).
+    /// A request no rule matched, inside `Router::nest` (axum's `NestedPath`), whose route
+    /// (`MatchedPath`, which carries the nest's prefix: `/api/items`) a rule matches once
+    /// the prefix is left out (`/items`): the rules were written as the nested router
+    /// declares its routes, and do not apply. Logged once, as a warning naming the route,
+    /// the rule and the prefix; the first [`UNMATCHED_CHECKS`] such nested requests are
+    /// looked at (a nested route no rule is meant to match costs nothing after).
+    #[cfg(feature = "axum")]
     fn note_unmatched(&self, table: &Table, parts: &Parts) {
+        let Some(nest) = parts.extensions.get::<axum::extract::NestedPath>() else {
+            return;
+        };
+        let Some(route) = matched_path(parts) else {
+            return;
+        };
         let checked = &self.unmatched_checked;
         // Counted up to the bound (`u32::MAX` once warned), never past it.
         let counted = checked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -1063,36 +1072,35 @@ impl Engine {
         if counted.is_err() {
             return;
         }
-        let Some(route) = matched_path(parts) else {
+        let prefix = nest.as_str().trim_end_matches('/');
+        let Some(rest) = route.strip_prefix(prefix).filter(|r| r.starts_with('/')) else {
             return;
         };
-        let mut rest = route;
-        while let Some(next) = rest.get(1..).and_then(|r| r.find('/')) {
-            rest = &rest[next + 1..];
-            let Some(rule) = table.classes.classify(&parts.method, rest) else {
-                continue;
-            };
-            if checked.swap(u32::MAX, Ordering::Relaxed) == u32::MAX {
-                return;
-            }
-            let pattern = table
-                .classes
-                .iter()
-                .find(|(_, r)| std::ptr::eq(*r, rule))
-                .map_or_else(String::new, |(pattern, _)| pattern.to_string());
-            tracing::warn!(
-                target: "tollgate",
-                route,
-                rule = %pattern,
-                prefix = &route[..route.len() - rest.len()],
-                "no rate-limit rule matches this route, but a rule matches it without its \
-                 first segments: inside `Router::nest`, routes carry the nest's prefix, so \
-                 give rules the full path (`/api/items`, not `/items`); this route is not \
-                 limited"
-            );
+        let Some(rule) = table.classes.classify(&parts.method, rest) else {
+            return;
+        };
+        if checked.swap(u32::MAX, Ordering::Relaxed) == u32::MAX {
             return;
         }
+        let pattern = table
+            .classes
+            .iter()
+            .find(|(_, r)| std::ptr::eq(*r, rule))
+            .map_or_else(String::new, |(pattern, _)| pattern.to_string());
+        tracing::warn!(
+            target: "tollgate",
+            route,
+            rule = %pattern,
+            prefix,
+            "no rate-limit rule matches this route inside `Router::nest`, but a rule matches \
+             it without the nest's prefix: routes there carry the prefix, so give rules the \
+             full path (`/api/items`, not `/items`); that rule does not apply to this route"
+        );
     }
+
+    /// Without axum, no request is nested.
+    #[cfg(not(feature = "axum"))]
+    fn note_unmatched(&self, _table: &Table, _parts: &Parts) {}
 
     /// Counts a request without a peer address ([`LimiterStats::no_peer`]) and logs once
     /// that requests come without one.
