@@ -686,11 +686,15 @@ struct Shared<P> {
     /// Whether the failures in a row reached the threshold (an outage).
     tripped: AtomicBool,
     failures: AtomicU32,
-    /// How many calls were sent to the primary: each call's number ([`Shared::bounded`]).
-    sent: AtomicU64,
-    /// The number of the newest call the primary's backend answered: a call at its
-    /// timeout waits on while this grows below its own ([`Shared::bounded`]).
+    /// When the store was made: calls are stamped with the time since ([`Shared::sent_now`]).
+    made: tokio::time::Instant,
+    /// When the newest call the primary's backend answered was sent (since `made`, in
+    /// microseconds): a call at its timeout waits on while this moves on, and not past
+    /// its own ([`Shared::bounded`]).
     answered: AtomicU64,
+    /// How many calls the primary's backend answered: a call at its timeout waits on while
+    /// this grows ([`Shared::bounded`]).
+    answers: AtomicU64,
     /// What the primary told this instance last, and what memory decided since.
     ledger: Ledger,
     /// The charges sent to the primary and not answered yet.
@@ -877,8 +881,9 @@ impl<P: Primary> FallbackStore<P> {
                 state: AtomicU64::new(ON_PRIMARY),
                 tripped: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
-                sent: AtomicU64::new(0),
+                made: tokio::time::Instant::now(),
                 answered: AtomicU64::new(0),
+                answers: AtomicU64::new(0),
                 incarnation: Mutex::new(None),
                 unsure: AtomicU32::new(0),
                 late_admissions: Mutex::new(Vec::new()),
@@ -957,7 +962,8 @@ impl<P: Primary> Shared<P> {
     /// one connection, an instance slow to read its answers) is not one to a primary that
     /// stopped answering. At each timeout it waits on, up to the patience
     /// ([`FallbackConfig::with_patience`]) in timeouts, if the primary answered a call sent
-    /// before it since the last one and none sent after it (a connection answers in
+    /// before it since the last one and none sent half a timeout or more after it (a
+    /// connection answers in
     /// order: a later call answered means this one is not queued, as on a dead Redis
     /// Cluster node or a broken pooled connection while others answer), or if its timer
     /// ran half a timeout or more late (this instance's runtime was too busy to run it, or
@@ -969,11 +975,17 @@ impl<P: Primary> Shared<P> {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let sent = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let sent = self.sent_now();
         self.bounded_as(sent, fut).await
     }
 
-    /// [`Shared::bounded`] for the call numbered `sent`.
+    /// When a call sent now is sent (microseconds since the store was made).
+    fn sent_now(&self) -> u64 {
+        let since = tokio::time::Instant::now().saturating_duration_since(self.made);
+        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// [`Shared::bounded`] for a call sent at `sent` ([`Shared::sent_now`]).
     async fn bounded_as<T>(
         &self,
         sent: u64,
@@ -985,7 +997,7 @@ impl<P: Primary> Shared<P> {
             .checked_add(timeout.saturating_mul(self.config.patience))
             .unwrap_or(start + timeout);
         let mut fut = std::pin::pin!(fut);
-        let mut answered = self.answered.load(Ordering::Acquire);
+        let mut answers = self.answers.load(Ordering::Acquire);
         loop {
             let now = tokio::time::Instant::now();
             let until = now.checked_add(timeout).map_or(give_up, |t| t.min(give_up));
@@ -1002,13 +1014,19 @@ impl<P: Primary> Shared<P> {
             if let Some(result) = futures_util::FutureExt::now_or_never(fut.as_mut()) {
                 return result;
             }
+            // Calls sent within half a timeout after it may have reached the connection
+            // first (a task polled a little later): only a call answered that was sent
+            // later still says this one is not queued.
             let newest = self.answered.load(Ordering::Acquire);
-            let queued = newest != answered && newest < sent;
-            let stalled = late >= timeout / 2 && newest < sent;
+            let slack = u64::try_from((timeout / 2).as_micros()).unwrap_or(u64::MAX);
+            let behind = newest <= sent.saturating_add(slack);
+            let now_answers = self.answers.load(Ordering::Acquire);
+            let queued = now_answers != answers && behind;
+            let stalled = late >= timeout / 2 && behind;
             if !(queued || stalled) || tokio::time::Instant::now() >= give_up {
                 return Err(StoreError::Timeout(timeout));
             }
-            answered = newest;
+            answers = now_answers;
         }
     }
 
@@ -1016,7 +1034,7 @@ impl<P: Primary> Shared<P> {
     /// where its answer comes from. An answer of the backend ([`Origin::Backend`]) is noted
     /// as the newest answered if it is ([`Shared::answered`]).
     async fn call(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
-        let sent = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let sent = self.sent_now();
         let result = self
             .bounded_as(sent, self.primary.apply_with_origin(batch))
             .await;
@@ -1024,11 +1042,12 @@ impl<P: Primary> Shared<P> {
         result
     }
 
-    /// Notes that the call numbered `sent` was answered from `origin` (`None`: it was
-    /// not): only the backend's answers say the primary answers ([`Shared::bounded`]).
+    /// Notes that the call sent at `sent` was answered from `origin` (`None`: it was not):
+    /// only the backend's answers say the primary answers ([`Shared::bounded`]).
     fn note_answered(&self, sent: u64, origin: Option<Origin>) {
         if origin == Some(Origin::Backend) {
             self.answered.fetch_max(sent, Ordering::AcqRel);
+            self.answers.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -1066,7 +1085,7 @@ impl<P: Primary> Shared<P> {
             }
             Ok(Some(self.primary.apply_with_origin(batch).await))
         };
-        let sent = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
+        let sent = self.sent_now();
         let again = self.bounded_as(sent, again).await;
         let origin = match &again {
             Ok(Some(Ok((_, origin)))) => Some(*origin),
