@@ -690,8 +690,8 @@ struct Shared<P> {
     /// When the store was made: calls are stamped with the time since ([`Shared::sent_now`]).
     made: tokio::time::Instant,
     /// When the newest call the primary's backend answered was sent (since `made`, in
-    /// microseconds): a call at its timeout waits on while this moves on, and not past
-    /// its own ([`Shared::bounded`]).
+    /// microseconds): a call at its timeout waits on only while this is not a timeout or
+    /// more past its own ([`Shared::bounded`]).
     answered: AtomicU64,
     /// How many calls the primary's backend answered: a call at its timeout waits on while
     /// this grows ([`Shared::bounded`]).
