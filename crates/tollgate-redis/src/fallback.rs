@@ -3587,6 +3587,34 @@ mod tests {
         assert!(store.apply(&batch).await.unwrap().allowed);
     }
 
+    /// Other clients' traffic: a charge of a key of its own every 2 ms, each in a task of
+    /// its own (they do not wait for one another). Abort it when done.
+    fn traffic<P: Primary + 'static>(store: &FallbackStore<P>) -> tokio::task::JoinHandle<()> {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let other = Batch::charge(vec![Bucket::new(
+                "api",
+                "other",
+                Limit::sliding(Quota::per_hour(1_000_000)),
+            )]);
+            loop {
+                let (store, other) = (store.clone(), other.clone());
+                tokio::spawn(async move { store.apply(&other).await });
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    }
+
+    /// `batch` applied, and how long it took (on tokio's clock).
+    async fn timed_apply<P: Primary>(
+        store: &FallbackStore<P>,
+        batch: &Batch,
+    ) -> (Result<Decision, StoreError>, Duration) {
+        let started = tokio::time::Instant::now();
+        let answer = store.apply(batch).await;
+        (answer, started.elapsed())
+    }
+
     /// A primary whose calls for keys ending in `dead` never answer (a dead Redis Cluster
     /// node's slots, a half-open pooled connection), while every other call is answered
     /// in 1 ms.
@@ -3628,32 +3656,15 @@ mod tests {
         )
         .await;
         assert_eq!(store.mode(), Mode::Primary);
-        // Steady traffic on the healthy nodes: a request every 2 ms.
-        let load = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let healthy = Batch::charge(vec![Bucket::new(
-                    "api",
-                    "alive",
-                    Limit::sliding(Quota::per_hour(1_000_000)),
-                )]);
-                loop {
-                    let store = store.clone();
-                    let healthy = healthy.clone();
-                    tokio::spawn(async move { store.apply(&healthy).await });
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        };
+        // Steady traffic on the healthy nodes.
+        let load = traffic(&store);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let dead = Batch::charge(vec![Bucket::new(
             "api",
             "dead",
             Limit::sliding(Quota::per_hour(100)),
         )]);
-        let started = tokio::time::Instant::now();
-        let answer = store.apply(&dead).await;
-        let waited = started.elapsed();
+        let (answer, waited) = timed_apply(&store, &dead).await;
         load.abort();
         assert!(answer.unwrap().allowed, "decided from memory");
         assert!(
@@ -3809,9 +3820,7 @@ mod tests {
             "someone",
             Limit::sliding(Quota::per_hour(10)),
         )]);
-        let started = tokio::time::Instant::now();
-        let answer = store.apply(&batch).await;
-        let waited = started.elapsed();
+        let (answer, waited) = timed_apply(&store, &batch).await;
         flood.abort();
         assert!(answer.unwrap().allowed, "decided from memory");
         assert!(
@@ -3858,25 +3867,9 @@ mod tests {
         )
         .await;
         assert_eq!(store.mode(), Mode::Primary);
-        let load = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let other = Batch::charge(vec![Bucket::new(
-                    "api",
-                    "other",
-                    Limit::sliding(Quota::per_hour(1_000_000)),
-                )]);
-                loop {
-                    let (store, other) = (store.clone(), other.clone());
-                    tokio::spawn(async move { store.apply(&other).await });
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        };
+        let load = traffic(&store);
         tokio::time::sleep_until(pauses_at - Duration::from_millis(5)).await;
-        let started = tokio::time::Instant::now();
-        let answer = store.apply(&open_batch()).await;
-        let waited = started.elapsed();
+        let (answer, waited) = timed_apply(&store, &open_batch()).await;
         load.abort();
         assert!(answer.is_err());
         assert!(
