@@ -451,6 +451,13 @@ pub fn client_ip_from_env() -> Result<tollgate::ClientIp, BadSetting> {
     Ok(client_ip)
 }
 
+/// `quota` as a rolling window counted in 60 segments, so that a client at a steady pace
+/// under it is admitted (the default ten segments can refuse one above about 91% of it); a
+/// window too short for 60 segments (under 60 ms) keeps the default.
+pub fn steady_rolling(quota: tollgate::Quota) -> tollgate::Limit {
+    tollgate::Limit::sliding_segments(quota, 60).unwrap_or_else(|_| tollgate::Limit::sliding(quota))
+}
+
 /// Whether `path` is `prefix` or below it (`/v1`, `/v1/...`; not `/v10`): an example's API,
 /// the only paths its authentication asks credentials for. A path outside it (a browser's
 /// `/favicon.ico`) is answered 404 by the router and spends nothing, not even the

@@ -69,8 +69,7 @@ impl Plan {
     /// spending at a steady pace under its points is admitted (the default ten segments can
     /// refuse one spending more than about 91% of them).
     fn limit(self) -> Limit {
-        let quota = Quota::per_minute(self.points_per_minute());
-        Limit::sliding_segments(quota, 60).unwrap_or_else(|_| Limit::sliding(quota))
+        tollgate_suite::steady_rolling(Quota::per_minute(self.points_per_minute()))
     }
 }
 

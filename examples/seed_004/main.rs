@@ -117,8 +117,7 @@ use serde_json::{json, Value};
 use tollgate::config::{ClientIpConfig, Config, HeadersConfig, KeyText, StoreConfig};
 use tollgate::reload::ConfigWatcher;
 use tollgate::{
-    ErrorBody, HeaderStyle, Key, Limit, Limiter, LimiterBuilder, Policy, Rate, ResetFormat,
-    WhenFull,
+    ErrorBody, HeaderStyle, Key, Limiter, LimiterBuilder, Policy, Rate, ResetFormat, WhenFull,
 };
 
 /// The page's configuration file, as printed.
@@ -170,10 +169,11 @@ impl Gateway {
     fn add_key(&self, key: &str, mut info: ApiKey) -> Result<ApiKey, tollgate::InspectError> {
         if let Some(rate) = &info.rate_limit {
             let quota = tollgate::Rate::from(rate.as_str()).limit()?.quota();
-            let limit =
-                Limit::sliding_segments(quota, 60).unwrap_or_else(|_| Limit::sliding(quota));
-            self.limiter
-                .set_override(&Key::api_key(API_KEY), key, limit)?;
+            self.limiter.set_override(
+                &Key::api_key(API_KEY),
+                key,
+                tollgate_suite::steady_rolling(quota),
+            )?;
             info.rate_limit = Some(quota.to_string());
         }
         self.keys

@@ -980,6 +980,16 @@ impl<P: Primary> Shared<P> {
         self.bounded_as(sent, fut).await
     }
 
+    /// The longest a wait that began at `start` may last while queued behind answers: the
+    /// patience in timeouts ([`FallbackConfig::with_patience`]); one timeout if that
+    /// overflows the clock.
+    fn patient_deadline(&self, start: tokio::time::Instant) -> tokio::time::Instant {
+        let timeout = self.config.timeout;
+        start
+            .checked_add(timeout.saturating_mul(self.config.patience))
+            .unwrap_or(start + timeout)
+    }
+
     /// When a call sent now is sent (microseconds since the store was made).
     fn sent_now(&self) -> u64 {
         let since = tokio::time::Instant::now().saturating_duration_since(self.made);
@@ -993,10 +1003,7 @@ impl<P: Primary> Shared<P> {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let timeout = self.config.timeout;
-        let start = tokio::time::Instant::now();
-        let give_up = start
-            .checked_add(timeout.saturating_mul(self.config.patience))
-            .unwrap_or(start + timeout);
+        let give_up = self.patient_deadline(tokio::time::Instant::now());
         let mut fut = std::pin::pin!(fut);
         let mut answers = self.answers.load(Ordering::Acquire);
         loop {
@@ -1422,9 +1429,7 @@ impl<P: Primary> Shared<P> {
     async fn wait_for_primary(&self) -> bool {
         let start = tokio::time::Instant::now();
         let deadline = start + self.config.timeout;
-        let patient = start
-            .checked_add(self.config.timeout.saturating_mul(self.config.patience))
-            .unwrap_or(deadline);
+        let patient = self.patient_deadline(start);
         loop {
             let entered = self.entered.notified();
             let ended = self.check_ended.notified();

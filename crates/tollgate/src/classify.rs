@@ -1058,6 +1058,17 @@ impl<T> RouteTable<T> {
         self.rules.iter().map(|rule| (&rule.pattern, &rule.value))
     }
 
+    /// The pattern of the rule whose value holds `value` (the very value, as
+    /// [`RouteTable::classify`] answers it: compared by address).
+    pub(crate) fn pattern_of<U: ?Sized>(&self, value: &U) -> Option<&RoutePattern>
+    where
+        T: AsRef<U>,
+    {
+        self.iter()
+            .find(|(_, rule)| std::ptr::eq((*rule).as_ref(), value))
+            .map(|(pattern, _)| pattern)
+    }
+
     /// The number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()

@@ -474,14 +474,8 @@ impl Engine {
         let table = self.table.load();
         plan.groups
             .first()
-            .and_then(|class| {
-                let class: &Compiled = class.as_ref();
-                table
-                    .classes
-                    .iter()
-                    .find(|(_, rule)| std::ptr::eq(rule.as_ref(), class))
-            })
-            .map_or_else(|| "-".to_string(), |(pattern, _)| pattern.to_string())
+            .and_then(|class| table.classes.pattern_of::<Compiled>(class.as_ref()))
+            .map_or_else(|| "-".to_string(), ToString::to_string)
     }
 
     /// A refusal event: at most one per second per policy, with how many were not logged.

@@ -1058,13 +1058,17 @@ impl Engine {
     /// looked at (a nested route no rule is meant to match costs nothing after).
     #[cfg(feature = "axum")]
     fn note_unmatched(&self, table: &Table, parts: &Parts) {
+        let checked = &self.unmatched_checked;
+        // Once the bound is reached (or warned), one load and nothing more.
+        if checked.load(Ordering::Relaxed) >= UNMATCHED_CHECKS {
+            return;
+        }
         let Some(nest) = parts.extensions.get::<axum::extract::NestedPath>() else {
             return;
         };
         let Some(route) = matched_path(parts) else {
             return;
         };
-        let checked = &self.unmatched_checked;
         // Counted up to the bound (`u32::MAX` once warned), never past it.
         let counted = checked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             (n < UNMATCHED_CHECKS).then(|| n + 1)
@@ -1084,9 +1088,8 @@ impl Engine {
         }
         let pattern = table
             .classes
-            .iter()
-            .find(|(_, r)| std::ptr::eq(*r, rule))
-            .map_or_else(String::new, |(pattern, _)| pattern.to_string());
+            .pattern_of::<Compiled>(rule.as_ref())
+            .map_or_else(String::new, ToString::to_string);
         tracing::warn!(
             target: "tollgate",
             route,
