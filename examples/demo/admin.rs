@@ -1,7 +1,9 @@
 //! The operators' router (`tollgate::admin`) under `/admin/rate-limits`, behind a bearer
 //! token from `ADMIN_TOKEN`. Without the variable (or with it empty) it is not mounted at
-//! all: its paths answer `404` like any unknown path. Wrong tokens are limited per client
-//! IP (10 a minute), so the token cannot be guessed at the server's speed.
+//! all: its paths answer `404` like any unknown path (set but blank, a warning says so).
+//! Wrong tokens are limited per client IP (10 a minute), so the token cannot be guessed at
+//! the server's speed, while rate limiting is on: `RATE_LIMIT_ENABLED=false` switches this
+//! guard off with every other limit (a warning at start-up names it).
 //!
 //! Keys are as the handlers count them: the sign-in lockout's are e-mails trimmed and
 //! lowercased, so `Bob@Example.com` is reset as `bob%40example.com` (the address as
@@ -49,6 +51,11 @@ pub const FAILED_TOKENS_PER_NETWORK: &str = "50/min";
 /// `router` with the admin router nested at [`PATH`], if `ADMIN_TOKEN` is set.
 pub fn mount(router: Router, limiter: &Limiter) -> Router {
     let Some(token) = tollgate_suite::setting(TOKEN_ENV) else {
+        // Set, but blank (`ADMIN_TOKEN=` in a compose file, a secret that did not load):
+        // said, as the operator meant to mount it.
+        if std::env::var_os(TOKEN_ENV).is_some() {
+            tracing::warn!("{TOKEN_ENV} is set but blank: the operators' router is not mounted");
+        }
         return router;
     };
     let token: Arc<str> = token.into();

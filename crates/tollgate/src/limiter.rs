@@ -369,6 +369,17 @@ impl Limiter {
         builder.gate = counts_after;
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
+        // A guard is often what keeps credentials from being guessed: switched off with the
+        // limiter, it says so by name (the limiter's own warning says only that requests
+        // pass unlimited).
+        if let Some(name) = bucket.as_deref().filter(|_| !engine.enabled) {
+            tracing::warn!(
+                target: "tollgate",
+                guard = name,
+                "a guard of a limiter switched off is off too: what it counts (failed \
+                 authentication, say) is not limited"
+            );
+        }
         // A guard of its name counts in its buckets: under the same limits, it is that
         // guard (one budget, listed and counted once); under others, an error.
         if let Some(name) = bucket.as_deref() {
@@ -753,6 +764,9 @@ impl Limiter {
             .with_cost(cost)
             .with_when_full(direct.when_full);
         let batch = Batch::new(op, vec![charged]).with_failure_mode(table.defaults.on_failure);
+        // Timed for the decision's span, as the middleware's are (while `DEBUG` is on).
+        let started = tracing::enabled!(target: "tollgate", tracing::Level::DEBUG)
+            .then(std::time::Instant::now);
         // Asked as the middleware asks (a store that waits is timed).
         let answer = match batch.validate() {
             Ok(()) => self
@@ -767,6 +781,9 @@ impl Limiter {
                 }),
             Err(e) => Err(e),
         };
+        // Its span, as the middleware's decisions have one (the refusal's event in it).
+        let span = started.map(|t| self.engine.decide_span(bucket, t.elapsed()));
+        let _in_span = span.as_ref().map(tracing::Span::enter);
         // A charge is a request decided, as the middleware's are: counted in the limiter's
         // stats and its bucket's metrics (a look, a refund or a reset decides nothing).
         if op == Op::Charge {
@@ -1398,8 +1415,11 @@ impl LimiterBuilder {
     }
 
     /// Switch limiting on or off (default on). When off, requests pass untouched, without
-    /// headers. The environment variable [`ENABLED_ENV`] (`RATE_LIMIT_ENABLED`), when set,
-    /// overrides this.
+    /// headers, and so does everything made from the limiter: its guards
+    /// ([`Limiter::guard`], a failed-authentication guard included: credentials can then
+    /// be guessed at full speed; each guard warns at start-up) and direct checks
+    /// ([`Limiter::check`], a lockout included) admit everything. The environment variable
+    /// [`ENABLED_ENV`] (`RATE_LIMIT_ENABLED`), when set, overrides this.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = Some(enabled);
         self

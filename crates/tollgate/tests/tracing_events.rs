@@ -743,3 +743,45 @@ fn no_nest_warning_without_a_nest() {
     let warned = saying(&events, "WARN", "no rate-limit rule matches");
     assert!(warned.is_empty(), "{warned:#?}");
 }
+
+#[test]
+fn a_guard_of_a_disabled_limiter_says_it_is_off_by_name() {
+    let events = EventLog::during(async {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .enabled(false)
+            .route("/*", Policy::named("default").per_ip("100/min"))
+            .build()
+            .unwrap();
+        let guard = limiter.guard(Policy::failed_auth_per_ip("1/min"));
+        // Off indeed: two failures in a row, neither refused.
+        let svc = ServiceBuilder::new().layer(guard).service(service_fn(
+            |_req: http::Request<common::Body>| async {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .body(String::new())
+                        .unwrap(),
+                )
+            },
+        ));
+        for _ in 0..2 {
+            let response = svc
+                .clone()
+                .oneshot(request("/x", Some("192.0.2.1:5000"), None))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        // On, a guard says nothing of the kind.
+        let on = Limiter::builder().read_env(false).build().unwrap();
+        let _ = on.guard(Policy::failed_auth_per_ip("1/min"));
+    });
+    let off = saying(
+        &events,
+        "WARN",
+        "a guard of a limiter switched off is off too",
+    );
+    assert_eq!(off.len(), 1, "{events:#?}");
+    assert!(off[0].contains("failed-auth"), "{}", off[0]);
+}

@@ -91,3 +91,41 @@ fn each_decision_has_a_debug_span_with_policy_store_and_latency() {
         assert!(span.contains(" store_us="), "{span}");
     }
 }
+
+#[test]
+fn a_direct_check_has_the_span_of_a_decision_named_by_its_bucket() {
+    let log = SpanLog::default();
+    let spans = log.clone();
+    tracing::subscriber::with_default(log, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let limiter = Limiter::builder()
+                .read_env(false)
+                .store(MemoryStore::new())
+                .bucket("sign-in-failures", "5/30min")
+                .build()
+                .unwrap();
+            let decision = limiter
+                .check("sign-in-failures", "a@example.com")
+                .await
+                .unwrap();
+            assert!(decision.allowed);
+            let failures = limiter.direct_bucket("sign-in-failures").unwrap();
+            assert!(failures.peek("a@example.com").await.unwrap().allowed);
+        });
+    });
+    let spans = spans.0.lock().unwrap().clone();
+    let decides: Vec<&String> = spans
+        .iter()
+        .filter(|s| s.starts_with("tollgate.decide"))
+        .collect();
+    // The check and the look, each a call of the store.
+    assert_eq!(decides.len(), 2, "{spans:#?}");
+    for span in decides {
+        assert!(span.contains("policy=sign-in-failures"), "{span}");
+        assert!(span.contains("store=memory"), "{span}");
+        assert!(span.contains(" store_us="), "{span}");
+    }
+}

@@ -332,10 +332,16 @@ impl Engine {
     /// The `DEBUG` span of one decision: the route's policy, the store, and how long the
     /// store took.
     fn span<G: AsRef<Compiled>>(&self, plan: &Plan<G>, store: Duration) -> tracing::Span {
+        self.decide_span(plan.groups.first().map_or("", |g| &*g.as_ref().name), store)
+    }
+
+    /// The `DEBUG` span of one decision: of `policy` (a bucket's name, for direct use),
+    /// whose store call took `store`.
+    pub(crate) fn decide_span(&self, policy: &str, store: Duration) -> tracing::Span {
         tracing::debug_span!(
             target: "tollgate",
             "tollgate.decide",
-            policy = %plan.groups.first().map_or("", |g| &*g.as_ref().name),
+            policy = %policy,
             store = %self.store_name,
             store_us = store.as_micros() as u64,
         )
