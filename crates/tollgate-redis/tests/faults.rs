@@ -604,3 +604,21 @@ async fn a_call_to_a_paused_redis_fails_after_the_response_timeout_set() {
     assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
     assert!(took < TIMEOUT + MARGIN, "failed after {took:?}");
 }
+
+/// Redis slow to answer the first connection (paused at startup: the connection is
+/// accepted, its handshake unanswered): the store starts on memory, and is back on Redis
+/// within half a second of Redis answering, though each probe gives up on the connection
+/// being made after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connection_slower_than_the_timeout_does_not_keep_the_store_on_memory() {
+    let server = RedisServer::start();
+    server.pause();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    assert_eq!(store.mode(), Mode::Fallback);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resumed = Instant::now();
+    server.resume();
+    wait_for_mode(&store, Mode::Primary, RECOVERY).await;
+    eprintln!("back on Redis {:?} after it answered", resumed.elapsed());
+    assert_deciding_on_redis(&store, &server, "paused at startup").await;
+}

@@ -950,7 +950,11 @@ impl Limiter {
     /// added, then the global policies, the per-route policies made so far with
     /// [`Limiter::policy`] (one per name; with the pattern of [`Limiter::policy_at`]), the
     /// guards' policies ([`Limiter::guard`]), and the buckets for direct use (by name).
-    /// After a [`Limiter::reload`], the new rules.
+    /// After a [`Limiter::reload`], the new rules. Per-key overrides
+    /// ([`Limiter::set_override`]) are not rules and are not here: a key given its own
+    /// limit is limited by it on top of what is described ([`Limiter::overrides`] lists
+    /// them), so documents made from this (`tollgate::publish`) state what every client
+    /// gets, not what one key was given.
     pub fn describe(&self) -> Vec<RouteLimits> {
         let inner = self.engine.table.load();
         let table = inner.classes.iter().map(|(pattern, policy)| {
