@@ -369,17 +369,6 @@ impl Limiter {
         builder.gate = counts_after;
         builder = builder.store_name(&engine.store_name);
         let guard = builder.build()?;
-        // A guard is often what keeps credentials from being guessed: switched off with the
-        // limiter, it says so by name (the limiter's own warning says only that requests
-        // pass unlimited).
-        if let Some(name) = bucket.as_deref().filter(|_| !engine.enabled) {
-            tracing::warn!(
-                target: "tollgate",
-                guard = name,
-                "a guard of a limiter switched off is off too: what it counts (failed \
-                 authentication, say) is not limited"
-            );
-        }
         // A guard of its name counts in its buckets: under the same limits, it is that
         // guard (one budget, listed and counted once); under others, an error.
         if let Some(name) = bucket.as_deref() {
@@ -394,6 +383,17 @@ impl Limiter {
                 };
                 return Ok(same.layer());
             }
+        }
+        // A guard is often what keeps credentials from being guessed: switched off with the
+        // limiter, a new one says so by name (the limiter's own warning says only that
+        // requests pass unlimited).
+        if let Some(name) = bucket.as_deref().filter(|_| !engine.enabled) {
+            tracing::warn!(
+                target: "tollgate",
+                guard = name,
+                "a guard of a limiter switched off is off too: what it counts (failed \
+                 authentication, say) is not limited"
+            );
         }
         code.guards.push(guard.engine.clone());
         Ok(guard.layer())

@@ -57,9 +57,9 @@
 //!
 //! - a `DEBUG` span `tollgate.decide` per decision, with fields `policy` (the route's
 //!   policy; for direct use, [`Limiter::check`](crate::Limiter::check) and the other
-//!   calls of a bucket, the bucket's name), `store` (its name) and `store_us` (how long the store took, in microseconds;
-//!   the memory store is timed only while `DEBUG` is on for target `tollgate`). With `DEBUG`
-//!   off, the span costs a check of the level filter.
+//!   calls of a bucket, the bucket's name), `store` (its name) and `store_us` (how long
+//!   the store took, in microseconds; the memory store is timed only while `DEBUG` is on
+//!   for target `tollgate`). With `DEBUG` off, the span costs a check of the level filter.
 //! - `INFO` events for refusals and for what a shadow policy would refuse, at most one per
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `reason`,

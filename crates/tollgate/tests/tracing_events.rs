@@ -754,6 +754,8 @@ fn a_guard_of_a_disabled_limiter_says_it_is_off_by_name() {
             .build()
             .unwrap();
         let guard = limiter.guard(Policy::failed_auth_per_ip("1/min"));
+        // The same guard asked for again (an app built twice) is that guard: no second word.
+        let _ = limiter.guard(Policy::failed_auth_per_ip("1/min"));
         // Off indeed: two failures in a row, neither refused.
         let svc = ServiceBuilder::new().layer(guard).service(service_fn(
             |_req: http::Request<common::Body>| async {
