@@ -446,6 +446,18 @@ pub trait Primary: Store {
         None
     }
 
+    /// Whether the primary answers every call through one connection, in the order the
+    /// calls reach it (a multiplexed connection): while it answers any call, one of its
+    /// calls still unanswered is queued behind them, not lost, whichever was made first.
+    /// A [`FallbackStore`] then waits on for such a call while answers come (up to its
+    /// patience, [`FallbackConfig::with_patience`]), where with several connections (a
+    /// pool, Redis Cluster's nodes) it waits only while calls made after it are not
+    /// answered, one of them possibly dead. `false` (the default): several connections,
+    /// or it cannot tell.
+    fn answers_in_order(&self) -> bool {
+        false
+    }
+
     /// An identifier of the primary's current incarnation (Redis's `run_id` and replication
     /// id): when it changes between two checks, the primary restarted, or took another's
     /// data, and may have lost its state.
@@ -563,6 +575,12 @@ impl Primary for RedisStore {
     /// configuration applies.
     fn gives_up_after(&self) -> Option<Duration> {
         RedisStore::gives_up_after(self)
+    }
+
+    /// On one server through its multiplexed connection; not through a pool, nor on Redis
+    /// Cluster.
+    fn answers_in_order(&self) -> bool {
+        RedisStore::answers_in_order(self)
     }
 
     /// An I/O error that says the connection dropped (a broken pipe, a reset, the server
@@ -696,6 +714,9 @@ struct Shared<P> {
     /// How many calls the primary's backend answered: a call at its timeout waits on while
     /// this grows ([`Shared::bounded`]).
     answers: AtomicU64,
+    /// [`Primary::answers_in_order`], asked once: then any answer says an unanswered call
+    /// is queued ([`Shared::bounded`]).
+    in_order: bool,
     /// What the primary told this instance last, and what memory decided since.
     ledger: Ledger,
     /// The charges sent to the primary and not answered yet.
@@ -872,6 +893,7 @@ impl<P: Primary> FallbackStore<P> {
                  the fallback's)"
             );
         }
+        let in_order = primary.answers_in_order();
         Self {
             shared: Arc::new(Shared {
                 primary,
@@ -885,6 +907,7 @@ impl<P: Primary> FallbackStore<P> {
                 made: tokio::time::Instant::now(),
                 answered: AtomicU64::new(0),
                 answers: AtomicU64::new(0),
+                in_order,
                 incarnation: Mutex::new(None),
                 unsure: AtomicU32::new(0),
                 late_admissions: Mutex::new(Vec::new()),
@@ -1027,9 +1050,12 @@ impl<P: Primary> Shared<P> {
             // round trip): only a call answered that was sent later still says this one
             // is not queued. (Half a timeout took too many queued calls for stuck ones
             // under load: 5 of 7 bursts failed open on seed 002, 1 of 7 with a timeout.)
+            // On a primary that answers in order, any answer says this call is queued:
+            // calls made after it may reach the connection first (their tasks ran first,
+            // a burst on a debug build put 400 ms between), never after it was written.
             let newest = self.answered.load(Ordering::Acquire);
             let slack = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
-            let behind = newest <= sent.saturating_add(slack);
+            let behind = self.in_order || newest <= sent.saturating_add(slack);
             let now_answers = self.answers.load(Ordering::Acquire);
             let queued = now_answers != answers && behind;
             let stalled = late >= timeout / 2 && behind;
@@ -1046,7 +1072,10 @@ impl<P: Primary> Shared<P> {
     async fn call(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
         let sent = self.sent_now();
         let result = self
-            .bounded_as(sent, self.primary.apply_with_origin(batch))
+            .bounded_as(
+                sent,
+                tokio::task::unconstrained(self.primary.apply_with_origin(batch)),
+            )
             .await;
         self.note_answered(sent, result.as_ref().ok().map(|(_, origin)| *origin));
         result
@@ -2090,14 +2119,18 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
         shared.checking.store(true, Ordering::Release);
         let checked = shared.sync().await;
         shared.checking.store(false, Ordering::Release);
-        // (After `enter` below if it passed: those waiting then find the primary.)
-        let _ended = CheckEnded(&shared.check_ended);
+        // (After `enter` below if it passed: those waiting then find the primary. If it
+        // failed, before anything else: asking a fresh connection why waits up to its
+        // connection timeout on a paused Redis, which batches waiting for the check's end
+        // waited too, a second on seed 002, where the call timeout was promised.)
+        let ended = CheckEnded(&shared.check_ended);
         match checked {
             Ok(()) => {
                 // The time after the return first: a request that sees the return (another
                 // worker thread decides one as soon as `enter` wakes those waiting) sees it.
                 shared.start_grace(left);
                 shared.enter(delay);
+                drop(ended);
                 // Decisions made from memory during the last give-back, by calls that
                 // waited longer than the call timeout or failed late: given back now. If
                 // that fails, the store leaves the primary again and the check gives them
@@ -2109,6 +2142,7 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
                 return;
             }
             Err(e) => {
+                drop(ended);
                 if matches!(e, StoreError::Timeout(_)) || shared.primary.connection_broke(&e) {
                     shared.diagnose().await;
                 }
@@ -3499,6 +3533,87 @@ mod tests {
                 tokio::time::sleep(self.service).await;
                 self.redis.apply_now(batch.op, &batch.buckets)
             })
+        }
+    }
+
+    /// A primary that serves one call at a time, in 10 ms each, in the order the calls
+    /// reach it; with `delay_next` set, the next call reaches it only 200 ms after it was
+    /// made (its task ran late, as a burst's do on a busy instance), so calls made after
+    /// it are answered first.
+    #[derive(Debug)]
+    struct Overtaken {
+        redis: MemoryStore,
+        in_order: bool,
+        delay_next: AtomicBool,
+        line: tokio::sync::Mutex<()>,
+    }
+
+    impl Overtaken {
+        fn new(in_order: bool) -> Self {
+            Overtaken {
+                redis: MemoryStore::new(),
+                in_order,
+                delay_next: AtomicBool::new(false),
+                line: tokio::sync::Mutex::new(()),
+            }
+        }
+    }
+
+    impl Primary for Overtaken {
+        fn answers_in_order(&self) -> bool {
+            self.in_order
+        }
+    }
+
+    impl Store for Overtaken {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                if self.delay_next.swap(false, Ordering::AcqRel) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let _served = self.line.lock().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.redis.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// A call overtaken by calls made up to 200 ms after it (its task reached the
+    /// connection late), while answers keep coming: on a primary that answers in order
+    /// (one multiplexed connection) it is queued, and waits on for its answer; where
+    /// answers may come from other connections (a pool, Cluster's nodes) the calls made
+    /// a timeout after it and answered say it may be lost, and it gives up. (A review's
+    /// burst of 1,500 requests at once on each of two debug builds of seed 001 put up to
+    /// 400 ms between such calls, and the instances left a healthy Redis for memory.)
+    #[tokio::test(start_paused = true)]
+    async fn a_call_overtaken_by_later_ones_waits_on_where_the_primary_answers_in_order() {
+        for in_order in [true, false] {
+            let store = FallbackStore::connect_with_memory(
+                Overtaken::new(in_order),
+                MemoryStore::new(),
+                FallbackConfig::default(),
+            )
+            .await;
+            store.primary().delay_next.store(true, Ordering::Release);
+            let batch = open_batch();
+            let overtaken = store.apply(&batch);
+            // Others, one after another, made after it: answers every 10 ms for 300 ms.
+            let others = async {
+                for _ in 0..30 {
+                    let _ = store.apply(&batch).await;
+                }
+            };
+            let (overtaken, ()) = tokio::join!(overtaken, others);
+            if in_order {
+                assert!(overtaken.is_ok_and(|d| d.allowed));
+                assert_eq!(store.fallbacks(), 0);
+            } else {
+                assert!(
+                    matches!(overtaken, Err(StoreError::Timeout(_))),
+                    "{overtaken:?}"
+                );
+                assert_eq!(store.fallbacks(), 1);
+            }
         }
     }
 

@@ -1026,6 +1026,12 @@ impl RedisStore {
         self.inner.response_timeout
     }
 
+    /// Whether every call goes through one multiplexed connection, answered in the order
+    /// its calls were written: not a pool, not Redis Cluster.
+    pub(crate) fn answers_in_order(&self) -> bool {
+        matches!(self.inner.connection, Connection::Manager { .. })
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix

@@ -622,3 +622,43 @@ async fn a_first_connection_slower_than_the_timeout_does_not_keep_the_store_on_m
     eprintln!("back on Redis {:?} after it answered", resumed.elapsed());
     assert_deciding_on_redis(&store, &server, "paused at startup").await;
 }
+
+/// Redis paused: batches that fail open (or closed), arriving while the check of Redis is
+/// under way, are answered within twice the timeout (their wait for the check's end is
+/// bounded as a call is), not after the check has also asked a fresh connection why it
+/// failed (on a paused Redis, that waits up to the connection timeout: a review's seed 002
+/// held such requests a second at the start of every stall).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_fail_open_are_answered_within_twice_the_timeout_while_redis_is_paused() {
+    let server = RedisServer::start();
+    let store = FallbackStore::connect(RedisStore::open(&server.url()).unwrap(), config()).await;
+    let bucket = Bucket::new("open", "k", Limit::sliding(Quota::per_hour(1_000)));
+    let open = Batch::charge(vec![bucket]).with_failure_mode(FailureMode::Open);
+    assert!(store.apply(&open).await.unwrap().allowed);
+    server.pause();
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    // For a second, a batch every 20 ms, a few at once: each finds the first one's
+    // departure, a check under way, a check failed or the circuit open.
+    while started.elapsed() < Duration::from_secs(1) {
+        let calls = (0..3).map(|_| {
+            let (store, open) = (store.clone(), open.clone());
+            tokio::spawn(async move {
+                let at = Instant::now();
+                let answer = store.apply(&open).await;
+                (at.elapsed(), answer.is_err())
+            })
+        });
+        for call in futures_util::future::join_all(calls).await {
+            let (took, failed) = call.unwrap();
+            assert!(failed, "decided on a paused Redis");
+            slowest = slowest.max(took);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.resume();
+    assert!(
+        slowest < 2 * TIMEOUT + MARGIN,
+        "a batch failing open waited {slowest:?}"
+    );
+}
