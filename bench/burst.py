@@ -25,16 +25,13 @@ summary; exits 1 if any round was not exact. Stdlib only.
 import argparse
 import http.client
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from examples import Redis, example_binary, start_examples, stop_examples
 
 SEEDS = {
     "002": {
@@ -50,73 +47,6 @@ SEEDS = {
         "fixed_minute": True,
     },
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port, deadline):
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-class Redis:
-    """A redis-server of the script's own, on a free loopback port."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="burst-redis-")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait_for_port(self.port, time.time() + 10):
-            self.stop()
-            sys.exit("redis-server did not start")
-
-    def flush(self):
-        subprocess.run(["redis-cli", "-p", str(self.port), "FLUSHALL"],
-                       stdout=subprocess.DEVNULL, check=True)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def start_instances(seed, n, redis_port):
-    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
-                          "debug", "examples", f"seed_{seed}")
-    if not os.path.exists(binary):
-        sys.exit(f"{binary} is missing: run `cargo build --examples` first")
-    procs = []
-    for _ in range(n):
-        port = free_port()
-        env = dict(os.environ, PORT=str(port), REDIS_URL=f"redis://127.0.0.1:{redis_port}",
-                   RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-        proc = subprocess.Popen([binary], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append((proc, port))
-    for proc, port in procs:
-        if not wait_for_port(port, time.time() + 30):
-            stop_instances(procs)
-            sys.exit(f"seed_{seed} did not start on port {port}")
-    return procs
-
-
-def stop_instances(procs):
-    for proc, _ in procs:
-        proc.terminate()
-    for proc, _ in procs:
-        proc.wait()
 
 
 def get(port, spec, conn=None):
@@ -168,7 +98,7 @@ def round_(seed, spec, instances, redis, burst_size):
         left = 60 - time.time() % 60
         if left < 25:
             time.sleep(left + 0.5)
-    procs = start_instances(seed, instances, redis.port)
+    procs = start_examples(example_binary(seed), instances, redis)
     try:
         ports = [port for _, port in procs]
         results, took = burst(ports, spec, burst_size)
@@ -187,7 +117,7 @@ def round_(seed, spec, instances, redis, burst_size):
         return {"admitted": admitted, "unchecked": unchecked, "refused": refused,
                 "other": other, "after": after, "took": took, "exact": exact}
     finally:
-        stop_instances(procs)
+        stop_examples(procs)
 
 
 def main():

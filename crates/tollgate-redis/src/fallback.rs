@@ -24,14 +24,17 @@
 //!   that takes longer is a failure, answered as below, unless it is queued behind
 //!   answers: at its timeout a call waits on, a timeout at a time, up to the patience
 //!   ([`FallbackConfig::with_patience`]; 20 timeouts, 1 s, by default), while the primary
-//!   answers calls sent before it and none sent a timeout or more after it (a connection answers in order),
-//!   or when its timer ran half a timeout or more late (the instance too busy to run it on
+//!   answers other calls (over one connection, answered in order,
+//!   [`Primary::answers_in_order`], as [`RedisStore`] on one server: any answer; over
+//!   several, only while none sent a timeout or more after it was answered), or when its
+//!   timer ran half a timeout or more late (the instance too busy to run it on
 //!   time). A burst on one connection, or an instance slow to read its answers, is not a
 //!   primary that stopped answering (a review's burst of 300 requests at once on a healthy
 //!   Redis timed out by the dozen at 50 ms, and seed 002, failing open, admitted them all);
 //!   a dead Redis Cluster node or a broken pooled connection, while others answer, is
 //!   (later calls are answered first: such a call fails at its second timeout at the
-//!   latest), and answers from [`RedisStore`]'s refusal cache are no sign of Redis. A request waits on a dead or paused Redis no
+//!   latest; a request that first waited for a check of the primary then waits its own
+//!   patience for its call, up to twice the patience in all), and answers from [`RedisStore`]'s refusal cache are no sign of Redis. A request waits on a dead or paused Redis no
 //!   longer than the timeout, or twice it for a call in flight when Redis stopped behind
 //!   calls it then answered, plus, if it comes while the store checks a primary that
 //!   just failed, the check (see the circuit breaker and the give-back below): a review saw
@@ -295,11 +298,12 @@ impl FallbackConfig {
     /// How many timeouts in all a call may wait while it is queued behind the primary's
     /// answers (at least 1, which waits one timeout whatever comes). Default
     /// [`DEFAULT_PATIENCE`] (20: 1 s at the default timeout). At its timeout a call waits
-    /// on, a timeout at a time, while the primary answers calls sent before it and none
-    /// sent a timeout or more after it (a connection answers in order: its answer is
-    /// queued behind theirs),
-    /// or when its timer ran half a timeout or more late (the instance's runtime too busy
-    /// to run it on time); a primary that answers nothing, or answers later calls first (a
+    /// on, a timeout at a time, while the primary answers other calls (its answer is
+    /// queued behind theirs: over one connection answered in order,
+    /// [`Primary::answers_in_order`], whatever calls they were; over several, only while
+    /// none sent a timeout or more after it was answered), or when its timer ran half a
+    /// timeout or more late (the instance's runtime too busy to run it on time); a primary
+    /// that answers nothing, or over several connections answers later calls first (a
     /// dead Redis Cluster node, a broken pooled connection), fails it at the timeout. The
     /// price: a burst on a healthy but slow instance waits for its answers, up to this
     /// many timeouts, where it would have been decided from memory (or failed open or
@@ -452,8 +456,10 @@ pub trait Primary: Store {
     /// A [`FallbackStore`] then waits on for such a call while answers come (up to its
     /// patience, [`FallbackConfig::with_patience`]), where with several connections (a
     /// pool, Redis Cluster's nodes) it waits only while calls made after it are not
-    /// answered, one of them possibly dead. `false` (the default): several connections,
-    /// or it cannot tell.
+    /// answered, one of them possibly dead. (A connection replaced while calls on the old
+    /// one are under way, as [`RedisStore`] replaces one that failed every call for a
+    /// second, answers beside it: those calls may then wait their patience.) `false` (the
+    /// default): several connections, or it cannot tell.
     fn answers_in_order(&self) -> bool {
         false
     }
@@ -985,10 +991,11 @@ impl<P: Primary> Shared<P> {
     /// answers: a call whose answer waits behind those of calls sent before it (a burst on
     /// one connection, an instance slow to read its answers) is not one to a primary that
     /// stopped answering. At each timeout it waits on, up to the patience
-    /// ([`FallbackConfig::with_patience`]) in timeouts, if the primary answered a call sent
-    /// before it since the last one and none sent a timeout or more after it (a
-    /// connection answers in
-    /// order: a later call answered means this one is not queued, as on a dead Redis
+    /// ([`FallbackConfig::with_patience`]) in timeouts, if the primary answered a call
+    /// since the last one: over one connection answered in order
+    /// ([`Primary::answers_in_order`]), any call (one made after it may have reached the
+    /// connection first); over several, only while none sent a timeout or more after it
+    /// was answered (a later call answered there means this one may be on a dead Redis
     /// Cluster node or a broken pooled connection while others answer), or if its timer
     /// ran half a timeout or more late (this instance's runtime was too busy to run it, or
     /// to read answers, on time). An answer that arrived with its timer is taken. Only the
@@ -1072,10 +1079,7 @@ impl<P: Primary> Shared<P> {
     async fn call(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
         let sent = self.sent_now();
         let result = self
-            .bounded_as(
-                sent,
-                tokio::task::unconstrained(self.primary.apply_with_origin(batch)),
-            )
+            .bounded_as(sent, self.primary.apply_with_origin(batch))
             .await;
         self.note_answered(sent, result.as_ref().ok().map(|(_, origin)| *origin));
         result

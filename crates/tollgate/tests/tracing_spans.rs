@@ -43,48 +43,53 @@ impl tracing::Subscriber for SpanLog {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-#[test]
-fn each_decision_has_a_debug_span_with_policy_store_and_latency() {
+/// The `tollgate.decide` spans made while `run` runs (on a runtime of its own, under a
+/// [`SpanLog`]).
+fn decide_spans(run: impl std::future::Future<Output = ()>) -> Vec<String> {
     let log = SpanLog::default();
     let spans = log.clone();
     tracing::subscriber::with_default(log, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .build()
-            .unwrap();
-        runtime.block_on(async {
-            for (store, name) in [
-                (
-                    Arc::new(MemoryStore::new()) as Arc<dyn tollgate::Store>,
-                    "memory",
-                ),
-                // A store that waits (no synchronous answer), named.
-                (Arc::new(Recording::new(MemoryStore::new())), "recording"),
-            ] {
-                let limiter = Limiter::builder()
-                    .read_env(false)
-                    .shared_store(store)
-                    .store_name(name)
-                    .route("/*", Policy::named("default").per_ip("100/min"))
-                    .build()
-                    .unwrap();
-                assert_eq!(limiter.describe().len(), 1);
-                let svc = ServiceBuilder::new()
-                    .layer(limiter.layer())
-                    .service(service_fn(echo));
-                let response = svc
-                    .oneshot(request("/x", Some("192.0.2.1:5000"), None))
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200, "{name}");
-            }
-        });
+            .unwrap()
+            .block_on(run);
     });
-    let spans = spans.0.lock().unwrap().clone();
-    let decides: Vec<&String> = spans
-        .iter()
+    let all = spans.0.lock().unwrap().clone();
+    all.into_iter()
         .filter(|s| s.starts_with("tollgate.decide"))
-        .collect();
-    assert_eq!(decides.len(), 2, "{spans:#?}");
+        .collect()
+}
+
+#[test]
+fn each_decision_has_a_debug_span_with_policy_store_and_latency() {
+    let decides = decide_spans(async {
+        for (store, name) in [
+            (
+                Arc::new(MemoryStore::new()) as Arc<dyn tollgate::Store>,
+                "memory",
+            ),
+            // A store that waits (no synchronous answer), named.
+            (Arc::new(Recording::new(MemoryStore::new())), "recording"),
+        ] {
+            let limiter = Limiter::builder()
+                .read_env(false)
+                .shared_store(store)
+                .store_name(name)
+                .route("/*", Policy::named("default").per_ip("100/min"))
+                .build()
+                .unwrap();
+            assert_eq!(limiter.describe().len(), 1);
+            let svc = ServiceBuilder::new()
+                .layer(limiter.layer())
+                .service(service_fn(echo));
+            let response = svc
+                .oneshot(request("/x", Some("192.0.2.1:5000"), None))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{name}");
+        }
+    });
+    assert_eq!(decides.len(), 2, "{decides:#?}");
     for (span, store) in decides.iter().zip(["memory", "recording"]) {
         assert!(span.contains("policy=default"), "{span}");
         assert!(span.contains(&format!("store={store}")), "{span}");
@@ -94,35 +99,23 @@ fn each_decision_has_a_debug_span_with_policy_store_and_latency() {
 
 #[test]
 fn a_direct_check_has_the_span_of_a_decision_named_by_its_bucket() {
-    let log = SpanLog::default();
-    let spans = log.clone();
-    tracing::subscriber::with_default(log, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    let decides = decide_spans(async {
+        let limiter = Limiter::builder()
+            .read_env(false)
+            .store(MemoryStore::new())
+            .bucket("sign-in-failures", "5/30min")
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let limiter = Limiter::builder()
-                .read_env(false)
-                .store(MemoryStore::new())
-                .bucket("sign-in-failures", "5/30min")
-                .build()
-                .unwrap();
-            let decision = limiter
-                .check("sign-in-failures", "a@example.com")
-                .await
-                .unwrap();
-            assert!(decision.allowed);
-            let failures = limiter.direct_bucket("sign-in-failures").unwrap();
-            assert!(failures.peek("a@example.com").await.unwrap().allowed);
-        });
+        let decision = limiter
+            .check("sign-in-failures", "a@example.com")
+            .await
+            .unwrap();
+        assert!(decision.allowed);
+        let failures = limiter.direct_bucket("sign-in-failures").unwrap();
+        assert!(failures.peek("a@example.com").await.unwrap().allowed);
     });
-    let spans = spans.0.lock().unwrap().clone();
-    let decides: Vec<&String> = spans
-        .iter()
-        .filter(|s| s.starts_with("tollgate.decide"))
-        .collect();
     // The check and the look, each a call of the store.
-    assert_eq!(decides.len(), 2, "{spans:#?}");
+    assert_eq!(decides.len(), 2, "{decides:#?}");
     for span in decides {
         assert!(span.contains("policy=sign-in-failures"), "{span}");
         assert!(span.contains("store=memory"), "{span}");
