@@ -34,8 +34,9 @@
 //!   a dead Redis Cluster node or a broken pooled connection, while others answer, is
 //!   (later calls are answered first: such a call fails at its second timeout at the
 //!   latest; a request that first waited for a check of the primary then waits its own
-//!   patience for its call, up to twice the patience in all), and answers from [`RedisStore`]'s refusal cache are no sign of Redis. A request waits on a dead or paused Redis no
-//!   longer than the timeout, or twice it for a call in flight when Redis stopped behind
+//!   patience for its call, up to twice the patience in all), and answers from
+//!   [`RedisStore`]'s refusal cache are no sign of Redis. A request waits on a dead or
+//!   paused Redis no longer than the timeout, or twice it for a call in flight when Redis stopped behind
 //!   calls it then answered, plus, if it comes while the store checks a primary that
 //!   just failed, the check (see the circuit breaker and the give-back below): a review saw
 //!   one request of a fail-open policy answered in 1,006 ms at a timeout of 500 ms, the
