@@ -3505,13 +3505,18 @@ mod tests {
     }
 
     /// A primary that serves one call at a time, each in `service` (on tokio's clock), and
-    /// answers nothing before `stalled_until` (a primary held up, not down).
+    /// answers nothing before `stalled_until` (a primary held up, not down). With
+    /// `late_next` set, the next call joins the line only that long after it was made (its
+    /// task ran late, as a burst's do on a busy instance), so calls made after it are
+    /// answered first; `in_order` is its [`Primary::answers_in_order`].
     #[derive(Debug)]
     struct Queued {
         redis: MemoryStore,
         service: Duration,
         line: tokio::sync::Mutex<()>,
         stalled_until: Mutex<Option<tokio::time::Instant>>,
+        late_next: Mutex<Option<Duration>>,
+        in_order: bool,
     }
 
     impl Queued {
@@ -3521,11 +3526,21 @@ mod tests {
                 service,
                 line: tokio::sync::Mutex::new(()),
                 stalled_until: Mutex::new(None),
+                late_next: Mutex::new(None),
+                in_order: false,
             }
+        }
+
+        fn answering_in_order(self, in_order: bool) -> Self {
+            Queued { in_order, ..self }
         }
     }
 
-    impl Primary for Queued {}
+    impl Primary for Queued {
+        fn answers_in_order(&self) -> bool {
+            self.in_order
+        }
+    }
 
     impl Store for Queued {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
@@ -3534,50 +3549,12 @@ mod tests {
                 if let Some(until) = stalled {
                     tokio::time::sleep_until(until).await;
                 }
-                let _served = self.line.lock().await;
-                tokio::time::sleep(self.service).await;
-                self.redis.apply_now(batch.op, &batch.buckets)
-            })
-        }
-    }
-
-    /// A primary that serves one call at a time, in 10 ms each, in the order the calls
-    /// reach it; with `delay_next` set, the next call reaches it only 200 ms after it was
-    /// made (its task ran late, as a burst's do on a busy instance), so calls made after
-    /// it are answered first.
-    #[derive(Debug)]
-    struct Overtaken {
-        redis: MemoryStore,
-        in_order: bool,
-        delay_next: AtomicBool,
-        line: tokio::sync::Mutex<()>,
-    }
-
-    impl Overtaken {
-        fn new(in_order: bool) -> Self {
-            Overtaken {
-                redis: MemoryStore::new(),
-                in_order,
-                delay_next: AtomicBool::new(false),
-                line: tokio::sync::Mutex::new(()),
-            }
-        }
-    }
-
-    impl Primary for Overtaken {
-        fn answers_in_order(&self) -> bool {
-            self.in_order
-        }
-    }
-
-    impl Store for Overtaken {
-        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
-            Box::pin(async move {
-                if self.delay_next.swap(false, Ordering::AcqRel) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                let late = lock(&self.late_next).take();
+                if let Some(late) = late {
+                    tokio::time::sleep(late).await;
                 }
                 let _served = self.line.lock().await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(self.service).await;
                 self.redis.apply_now(batch.op, &batch.buckets)
             })
         }
@@ -3594,12 +3571,12 @@ mod tests {
     async fn a_call_overtaken_by_later_ones_waits_on_where_the_primary_answers_in_order() {
         for in_order in [true, false] {
             let store = FallbackStore::connect_with_memory(
-                Overtaken::new(in_order),
+                Queued::new(Duration::from_millis(10)).answering_in_order(in_order),
                 MemoryStore::new(),
                 FallbackConfig::default(),
             )
             .await;
-            store.primary().delay_next.store(true, Ordering::Release);
+            *lock(&store.primary().late_next) = Some(Duration::from_millis(200));
             let batch = open_batch();
             let overtaken = store.apply(&batch);
             // Others, one after another, made after it: answers every 10 ms for 300 ms.
@@ -3803,8 +3780,7 @@ mod tests {
     /// it (through the fresh connection) are served as before.
     #[derive(Debug)]
     struct BreaksInABurst {
-        redis: MemoryStore,
-        line: tokio::sync::Mutex<()>,
+        line: Queued,
         breaks_at: tokio::time::Instant,
     }
 
@@ -3822,11 +3798,7 @@ mod tests {
     impl Store for BreaksInABurst {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
-                let served = async {
-                    let _served = self.line.lock().await;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    self.redis.apply_now(batch.op, &batch.buckets)
-                };
+                let served = self.line.apply(batch);
                 if tokio::time::Instant::now() >= self.breaks_at {
                     return served.await;
                 }
@@ -3852,8 +3824,7 @@ mod tests {
             tokio::time::Instant::now() + Duration::from_secs(1) + Duration::from_millis(120);
         let store = FallbackStore::connect_with_memory(
             BreaksInABurst {
-                redis: MemoryStore::new(),
-                line: tokio::sync::Mutex::new(()),
+                line: Queued::new(Duration::from_millis(10)),
                 breaks_at,
             },
             MemoryStore::new(),

@@ -757,16 +757,9 @@ fn a_guard_of_a_disabled_limiter_says_it_is_off_by_name() {
         // The same guard asked for again (an app built twice) is that guard: no second word.
         let _ = limiter.guard(Policy::failed_auth_per_ip("1/min"));
         // Off indeed: two failures in a row, neither refused.
-        let svc = ServiceBuilder::new().layer(guard).service(service_fn(
-            |_req: http::Request<common::Body>| async {
-                Ok::<_, std::convert::Infallible>(
-                    http::Response::builder()
-                        .status(StatusCode::UNAUTHORIZED)
-                        .body(String::new())
-                        .unwrap(),
-                )
-            },
-        ));
+        let svc = ServiceBuilder::new()
+            .layer(guard)
+            .service(answering(StatusCode::UNAUTHORIZED));
         for _ in 0..2 {
             let response = svc
                 .clone()
