@@ -33,8 +33,9 @@
 //!   Redis timed out by the dozen at 50 ms, and seed 002, failing open, admitted them all);
 //!   a dead Redis Cluster node or a broken pooled connection, while others answer, is
 //!   (later calls are answered first: such a call fails at its second timeout at the
-//!   latest; a request that first waited for a check of the primary then waits its own
-//!   patience for its call, up to twice the patience in all), and answers from
+//!   latest; a request that first waited for a check of the primary under way waits the
+//!   patience in all, check and call, or one timeout for its call past a check that took
+//!   it all), and answers from
 //!   [`RedisStore`]'s refusal cache are no sign of Redis. A request waits on a dead or
 //!   paused Redis no longer than the timeout, or twice it for a call in flight when Redis stopped behind
 //!   calls it then answered, plus, if it comes while the store checks a primary that
@@ -297,7 +298,9 @@ impl FallbackConfig {
     }
 
     /// How many timeouts in all a call may wait while it is queued behind the primary's
-    /// answers (at least 1, which waits one timeout whatever comes). Default
+    /// answers (at least 1, which waits one timeout whatever comes); a request that first
+    /// waits for a check of the primary under way waits this long in all, check and call
+    /// (its call waits one timeout at least). Default
     /// [`DEFAULT_PATIENCE`] (20: 1 s at the default timeout). At its timeout a call waits
     /// on, a timeout at a time, while the primary answers other calls (its answer is
     /// queued behind theirs: over one connection answered in order,
@@ -1007,8 +1010,13 @@ impl<P: Primary> Shared<P> {
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let sent = self.sent_now();
-        self.bounded_as(sent, fut).await
+        self.bounded_as(self.sent_now(), self.patient_from_now(), fut)
+            .await
+    }
+
+    /// [`Shared::patient_deadline`] of a wait that begins now.
+    fn patient_from_now(&self) -> tokio::time::Instant {
+        self.patient_deadline(tokio::time::Instant::now())
     }
 
     /// The longest a wait that began at `start` may last while queued behind answers: the
@@ -1027,14 +1035,19 @@ impl<P: Primary> Shared<P> {
         u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// [`Shared::bounded`] for a call sent at `sent` ([`Shared::sent_now`]).
+    /// [`Shared::bounded`] for a call sent at `sent` ([`Shared::sent_now`]) that waits on
+    /// queued behind answers until `give_up` at the latest (the patience from when its
+    /// request began to wait, [`Shared::patient_deadline`]), but waits its first timeout
+    /// whatever came before it.
     async fn bounded_as<T>(
         &self,
         sent: u64,
+        give_up: tokio::time::Instant,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let timeout = self.config.timeout;
-        let give_up = self.patient_deadline(tokio::time::Instant::now());
+        let first = tokio::time::Instant::now().checked_add(timeout);
+        let give_up = first.map_or(give_up, |first| first.max(give_up));
         let mut fut = std::pin::pin!(fut);
         let mut answers = self.answers.load(Ordering::Acquire);
         loop {
@@ -1074,13 +1087,18 @@ impl<P: Primary> Shared<P> {
         }
     }
 
-    /// One call to the primary within the timeout (as [`Shared::bounded`] bounds it), and
-    /// where its answer comes from. An answer of the backend ([`Origin::Backend`]) is noted
-    /// as the newest answered if it is ([`Shared::answered`]).
-    async fn call(&self, batch: &Batch) -> Result<(Decision, Origin), StoreError> {
+    /// One call to the primary within the timeout, waiting on while queued behind answers
+    /// up to `give_up` ([`Shared::bounded_as`]), and where its answer comes from. An answer
+    /// of the backend ([`Origin::Backend`]) is noted as the newest answered if it is
+    /// ([`Shared::answered`]).
+    async fn call(
+        &self,
+        batch: &Batch,
+        give_up: tokio::time::Instant,
+    ) -> Result<(Decision, Origin), StoreError> {
         let sent = self.sent_now();
         let result = self
-            .bounded_as(sent, self.primary.apply_with_origin(batch))
+            .bounded_as(sent, give_up, self.primary.apply_with_origin(batch))
             .await;
         self.note_answered(sent, result.as_ref().ok().map(|(_, origin)| *origin));
         result
@@ -1104,21 +1122,25 @@ impl<P: Primary> Shared<P> {
     /// failed because its connection broke, an [`Unsure`] for the caller to hold until it
     /// has left the primary.
     ///
+    /// Both calls wait on queued behind answers up to `give_up` at most, the request's
+    /// patience ([`Shared::bounded_as`]); each waits its first timeout.
+    ///
     /// A call whose connection broke after the primary ran it is run twice: a charge is
     /// then counted twice (as a call abandoned at the timeout may be).
     async fn call_again_if_broken(
         &self,
         batch: &Batch,
+        give_up: tokio::time::Instant,
     ) -> (Result<(Decision, Origin), StoreError>, Option<Unsure<'_>>) {
-        let error = match self.call(batch).await {
+        let error = match self.call(batch, give_up).await {
             Err(e) if self.primary.connection_broke(&e) => e,
             other => return (other, None),
         };
         // Other calls may go through the fresh connection meanwhile, to a primary that may
         // have restarted: their answers are not memory's counts until this one knows.
         let unsure = Unsure::new(&self.unsure);
-        // Bounded as a call of its own: a call that waited queued behind answers before its
-        // connection broke still gets its second try.
+        // A timeout of its own at least: a call that waited queued behind answers before
+        // its connection broke still gets its second try.
         let again = async {
             let id = match self.primary.incarnation().await {
                 Ok(id) => id,
@@ -1130,7 +1152,7 @@ impl<P: Primary> Shared<P> {
             Ok(Some(self.primary.apply_with_origin(batch).await))
         };
         let sent = self.sent_now();
-        let again = self.bounded_as(sent, again).await;
+        let again = self.bounded_as(sent, give_up, again).await;
         let origin = match &again {
             Ok(Some(Ok((_, origin)))) => Some(*origin),
             _ => None,
@@ -1162,7 +1184,9 @@ impl<P: Primary> Shared<P> {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.call(&probe_batch()).await.map(drop)
+        self.call(&probe_batch(), self.patient_from_now())
+            .await
+            .map(drop)
     }
 
     /// The first check: on the primary if it answers (noting its incarnation), otherwise
@@ -1329,7 +1353,8 @@ impl<P: Primary> Shared<P> {
             .map(|o| o.bucket.clone().with_cost(o.cleared))
             .collect();
         if !cleared.is_empty() {
-            let _ = self.call(&Batch::new(Op::Refund, cleared)).await?;
+            let refund = Batch::new(Op::Refund, cleared);
+            let _ = self.call(&refund, self.patient_from_now()).await?;
         }
         // On a primary that restarted: each key raised back to what it reported before, in
         // one call (another instance may be writing it back at the same moment: the key
@@ -1454,14 +1479,13 @@ impl<P: Primary> Shared<P> {
     }
 
     /// Waits for the store to return to the primary (a check passing); whether it did. A
-    /// check under way is waited for to its end, however long the primary makes it wait
-    /// (bounded as a call is: past the timeout only while the primary answers, or this
-    /// instance was too busy to run its timer on time; a review's burst on a loaded machine
-    /// queued the check behind the burst's own calls, and the batches that waited the
-    /// timeout alone were admitted unchecked); without one (between checks), up to the
-    /// call timeout.
-    async fn wait_for_primary(&self) -> bool {
-        let start = tokio::time::Instant::now();
+    /// check under way is waited for to its end, up to the patience from `start`, when the
+    /// request began ([`Shared::patient_deadline`]; a check waits past the timeout only
+    /// while the primary answers, or this instance was too busy to run its timer on time:
+    /// a review's burst on a loaded machine queued the check behind the burst's own calls,
+    /// and the batches that waited the timeout alone were admitted unchecked); without one
+    /// (between checks), up to the call timeout from `start`.
+    async fn wait_for_primary(&self, start: tokio::time::Instant) -> bool {
         let deadline = start + self.config.timeout;
         let patient = self.patient_deadline(start);
         loop {
@@ -1598,8 +1622,13 @@ impl<P: Primary> Shared<P> {
     /// or, while the last give-back runs, once it is over: `None` if the store is back on
     /// the primary then (decide there), from memory if the give-back failed or took longer
     /// than the call timeout (what memory admits then is given back after the return).
-    async fn decide_off_primary(&self, batch: &Batch) -> Option<Result<Decision, StoreError>> {
-        let deadline = tokio::time::Instant::now() + self.config.timeout;
+    /// The wait for the give-back counts from `start`, when the request began.
+    async fn decide_off_primary(
+        &self,
+        batch: &Batch,
+        start: tokio::time::Instant,
+    ) -> Option<Result<Decision, StoreError>> {
+        let deadline = start + self.config.timeout;
         loop {
             let entered = self.entered.notified();
             if self.on_primary() {
@@ -2182,18 +2211,19 @@ impl<P: Primary> Store for FallbackStore<P> {
     fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(async move {
             batch.validate()?;
+            let start = tokio::time::Instant::now();
             let shared = &self.shared;
             let state = shared.state.load(Ordering::Acquire);
             if state & ON_PRIMARY == 0 {
                 if batch.on_failure == FailureMode::Fallback {
-                    if let Some(answer) = shared.decide_off_primary(batch).await {
+                    if let Some(answer) = shared.decide_off_primary(batch, start).await {
                         return answer;
                     }
                     // Back on the primary meanwhile: decided there.
                 } else if shared.tripped.load(Ordering::Acquire) {
                     let reason = lock(&shared.reason).clone();
                     return Err(StoreError::Unavailable(format!("circuit open: {reason}")));
-                } else if !shared.wait_for_primary().await {
+                } else if !shared.wait_for_primary(start).await {
                     // Not an outage yet: a batch that cannot use memory waited (up to the
                     // call timeout) for the check under way, to be decided on the primary
                     // only once it passed. Until then the primary may have restarted empty,
@@ -2217,7 +2247,11 @@ impl<P: Primary> Store for FallbackStore<P> {
             }
             // Under way until its answer counts where it should (or memory decides it).
             let sent = shared.under_way.send(batch);
-            let (result, unsure) = shared.call_again_if_broken(batch).await;
+            // Its calls wait on queued behind answers for what remains of the patience
+            // from when it began to wait: a request that waited for a check does not wait
+            // the patience again for its own call.
+            let give_up = shared.patient_deadline(start);
+            let (result, unsure) = shared.call_again_if_broken(batch, give_up).await;
             if let Some(share) = &share {
                 if !result.as_ref().is_ok_and(|(d, _)| d.allowed) {
                     // Not admitted there (or decided from memory below, charged once).
@@ -3508,7 +3542,8 @@ mod tests {
     /// answers nothing before `stalled_until` (a primary held up, not down). With
     /// `late_next` set, the next call joins the line only that long after it was made (its
     /// task ran late, as a burst's do on a busy instance), so calls made after it are
-    /// answered first; `in_order` is its [`Primary::answers_in_order`].
+    /// answered first; with `fail_next`, the next call fails at once (a refused
+    /// connection); `in_order` is its [`Primary::answers_in_order`].
     #[derive(Debug)]
     struct Queued {
         redis: MemoryStore,
@@ -3516,6 +3551,7 @@ mod tests {
         line: tokio::sync::Mutex<()>,
         stalled_until: Mutex<Option<tokio::time::Instant>>,
         late_next: Mutex<Option<Duration>>,
+        fail_next: AtomicBool,
         in_order: bool,
     }
 
@@ -3527,6 +3563,7 @@ mod tests {
                 line: tokio::sync::Mutex::new(()),
                 stalled_until: Mutex::new(None),
                 late_next: Mutex::new(None),
+                fail_next: AtomicBool::new(false),
                 in_order: false,
             }
         }
@@ -3545,6 +3582,9 @@ mod tests {
     impl Store for Queued {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
+                if self.fail_next.swap(false, Ordering::AcqRel) {
+                    return Err(StoreError::Unavailable("connection refused".into()));
+                }
                 let stalled = *lock(&self.stalled_until);
                 if let Some(until) = stalled {
                     tokio::time::sleep_until(until).await;
@@ -3597,6 +3637,66 @@ mod tests {
                 assert_eq!(store.fallbacks(), 1);
             }
         }
+    }
+
+    /// On a healthy primary answering one call in 20 ms, in order: `in_line` requests'
+    /// calls in line, then a call refused at once (the store leaves the primary, and checks
+    /// it behind the line), then, 1 ms later, `waiting` requests, which wait for the check
+    /// and make their calls. What the requests in line were answered, and each waiting
+    /// request's answer and how long it took.
+    async fn waiting_for_a_check_in_line(
+        in_line: usize,
+        waiting: usize,
+        config: FallbackConfig,
+    ) -> (
+        Vec<Result<Decision, StoreError>>,
+        Vec<(Result<Decision, StoreError>, Duration)>,
+    ) {
+        let store = FallbackStore::connect_with_memory(
+            Queued::new(Duration::from_millis(20)).answering_in_order(true),
+            MemoryStore::new(),
+            config,
+        )
+        .await;
+        let batch = open_batch();
+        let in_line = futures_util::future::join_all((0..in_line).map(|_| store.apply(&batch)));
+        let waited = async {
+            store.primary().fail_next.store(true, Ordering::Release);
+            assert!(store.apply(&batch).await.is_err());
+            assert_eq!(store.mode(), Mode::Fallback);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            futures_util::future::join_all((0..waiting).map(|_| timed_apply(&store, &batch))).await
+        };
+        tokio::join!(in_line, waited)
+    }
+
+    /// A request that comes while the store checks the primary waits for the check and then
+    /// makes its own call, within the patience in all from when it came, not the patience
+    /// for each: 40 calls in line and the check behind them pass at 820 ms; of 40 requests
+    /// that came meanwhile, the 9 answered by 1 s from when they came pass, the others give
+    /// up then (a review saw such requests wait up to 1.8 s; the code before waited 1.62 s
+    /// here).
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_waited_for_a_check_waits_the_patience_in_all() {
+        let (in_line, waited) =
+            waiting_for_a_check_in_line(40, 40, FallbackConfig::default()).await;
+        assert!(in_line.iter().all(|a| a.as_ref().is_ok_and(|d| d.allowed)));
+        let longest = waited.iter().map(|(_, took)| *took).max().unwrap();
+        assert_eq!(longest, Duration::from_secs(1));
+        let answered = waited.iter().filter(|(a, _)| a.is_ok()).count();
+        assert_eq!(answered, 9, "{waited:?}");
+    }
+
+    /// A request whose wait for a check took (nearly) all its patience still waits one
+    /// timeout for its own call: with a patience of one timeout (50 ms), a request that
+    /// came at 1 ms and saw the check pass at 40 ms is answered at 60 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_waited_for_a_check_waits_a_timeout_for_its_call() {
+        let config = FallbackConfig::default().with_patience(1);
+        let (_, waited) = waiting_for_a_check_in_line(1, 1, config).await;
+        let (answer, took) = &waited[0];
+        assert!(answer.as_ref().is_ok_and(|d| d.allowed), "{answer:?}");
+        assert_eq!(*took, Duration::from_millis(59));
     }
 
     fn open_batch() -> Batch {
