@@ -500,9 +500,10 @@ pub trait Primary: Store {
 
     /// Why the primary cannot be reached, when a check only timed out or found its
     /// connection broken: the error of a connection made afresh (a wrong password, a
-    /// database that does not exist, a password asked for since), which a connection that
-    /// retries by itself hides behind the timeout or a broken pipe. `None` (the default) if
-    /// the primary cannot tell.
+    /// database that does not exist, a password asked for since, a refused connection),
+    /// which a connection that retries by itself hides behind the timeout or a broken pipe.
+    /// It is logged (`warn`) and added to the reason the store gives. `None` (the default)
+    /// if the primary cannot tell.
     fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
         Box::pin(std::future::ready(None))
     }
@@ -762,6 +763,8 @@ struct Shared<P> {
     check_ended: tokio::sync::Notify,
     /// Whether this departure's timeouts were diagnosed ([`Primary::diagnose`]).
     diagnosed: AtomicBool,
+    /// What the diagnosis found, if anything ([`Shared::explained`]).
+    diagnosis: Mutex<Option<String>>,
     /// Set while the last give-back before the return to the primary runs: memory decides
     /// nothing then (a decision waits for the return, up to the call timeout), so nothing
     /// it admits is left out of what the primary is given before it decides again.
@@ -929,6 +932,7 @@ impl<P: Primary> FallbackStore<P> {
                 checking: AtomicBool::new(false),
                 check_ended: tokio::sync::Notify::new(),
                 diagnosed: AtomicBool::new(false),
+                diagnosis: Mutex::new(None),
                 draining: AtomicBool::new(false),
                 deciding: RwLock::new(()),
             }),
@@ -1471,11 +1475,22 @@ impl<P: Primary> Shared<P> {
         tracing::warn!(
             target: "tollgate::store",
             error = %why,
-            "rate-limit store primary fails, and a fresh connection fails too: check its URL, \
-             password and database"
+            "rate-limit store primary fails, and a fresh connection fails too: check that it \
+             runs, and its URL, password and database"
         );
+        *lock(&self.diagnosis) = Some(why);
         let mut reason = lock(&self.reason);
-        *reason = format!("{reason} (a fresh connection fails: {why})");
+        *reason = self.explained(&reason);
+    }
+
+    /// `failure` with what this departure's diagnosis found, if anything
+    /// ([`Shared::diagnose`]): a stopped Redis is a refused connection, not a call that did
+    /// not answer within the timeout.
+    fn explained(&self, failure: &str) -> String {
+        match &*lock(&self.diagnosis) {
+            Some(why) => format!("{failure} (a fresh connection fails: {why})"),
+            None => failure.to_owned(),
+        }
     }
 
     /// Waits for the store to return to the primary (a check passing); whether it did. A
@@ -1586,6 +1601,7 @@ impl<P: Primary> Shared<P> {
         self.state.fetch_or(ON_PRIMARY, Ordering::AcqRel);
         // After the switch: a decision that sees the drain over sees the primary.
         self.draining.store(false, Ordering::Release);
+        *lock(&self.diagnosis) = None;
         self.diagnosed.store(false, Ordering::Release);
         self.entered.notify_waiters();
         if self.tripped.swap(false, Ordering::AcqRel) {
@@ -2180,7 +2196,7 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
                 if matches!(e, StoreError::Timeout(_)) || shared.primary.connection_broke(&e) {
                     shared.diagnose().await;
                 }
-                shared.count_failure(&e.to_string());
+                shared.count_failure(&shared.explained(&e.to_string()));
                 tracing::debug!(
                     target: "tollgate::store",
                     error = %e,

@@ -514,11 +514,11 @@ const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(1);
 impl Connection {
     /// The error of a connection made afresh, outside the multiplexed one (which retries by
     /// itself, so that a call only times out): a wrong password, a database that does not
-    /// exist, a password asked for (a `PING` on it). `None` if it connects and answers,
-    /// cannot be reached (refused, cut off: a server down), does not answer within
-    /// [`DIAGNOSIS_TIMEOUT`] (nor within the client's own connection timeout: a paused or
-    /// overloaded server), none of which says anything about the configuration, or is a
-    /// pool or a cluster (which report their own errors).
+    /// exist, a password asked for (a `PING` on it), or a refused connection (nothing
+    /// listens at the address: a server stopped, a wrong port). `None` if it connects and
+    /// answers, is cut off, does not answer within [`DIAGNOSIS_TIMEOUT`] (nor within the
+    /// client's own connection timeout: a paused or overloaded server, which is what the
+    /// timeout says already), or is a pool or a cluster (which report their own errors).
     async fn connect_error(&self) -> Option<String> {
         let Connection::Manager { manager, .. } = self else {
             return None;
@@ -531,8 +531,10 @@ impl Connection {
             redis::cmd("PING").query_async::<Value>(&mut conn).await
         };
         match tokio::time::timeout(DIAGNOSIS_TIMEOUT, asked).await {
-            // The server's answers only: one that cannot be reached (refused, cut off) says
-            // nothing about the URL's password or database (a Redis killed, say).
+            // A refusal: the multiplexed connection's retries showed a stopped Redis as a
+            // call that did not answer within the timeout (two reviews read it as latency).
+            Ok(Err(e)) if e.is_connection_refusal() => Some(e.to_string()),
+            // Otherwise the server's answers only: a connection cut off says nothing more.
             Ok(Err(e)) if !e.is_timeout() && !e.is_io_error() => match script_error(e) {
                 StoreError::Unavailable(why) => Some(why),
                 other => Some(other.to_string()),
@@ -1369,9 +1371,9 @@ impl RedisStore {
     }
 
     /// Why a connection made afresh fails, if it does: what a call that only timed out
-    /// hides (the multiplexed connection retries by itself), such as a wrong password or a
-    /// database that does not exist. `None` if it connects or does not answer within a
-    /// second.
+    /// hides (the multiplexed connection retries by itself), such as a wrong password, a
+    /// database that does not exist, or a refused connection (nothing listens at the
+    /// address). `None` if it connects or does not answer within a second.
     pub async fn connect_error(&self) -> Option<String> {
         self.inner.connection.connect_error().await
     }

@@ -505,7 +505,8 @@ async fn goes_back_to_redis_once_a_refused_password_is_accepted() {
 
 /// A paused Redis (SIGSTOP) is not diagnosed as a configuration problem: a fresh connection
 /// that only times out says nothing about the URL, password or database (a wrong password
-/// does, and is still reported).
+/// does, and is still reported). A Redis that is down is a refused connection, which the
+/// timeouts hid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_is_not_diagnosed_as_a_bad_configuration() {
     use tollgate_redis::Primary;
@@ -536,11 +537,15 @@ async fn a_paused_redis_is_not_diagnosed_as_a_bad_configuration() {
             || diagnosis.contains("password"),
         "{diagnosis}"
     );
-    // Nor is a Redis that is down (its connection refused): a store whose connection broke
-    // asks too, and must not blame its URL.
+    // A Redis that is down: its connection refused, said as such (not as a password or a
+    // database, nor as a timeout).
     let mut server = server;
     server.kill();
-    assert_eq!(store.diagnose().await, None, "a Redis that is down");
+    let diagnosis = store
+        .diagnose()
+        .await
+        .expect("a refused connection is reported");
+    assert!(diagnosis.to_lowercase().contains("refused"), "{diagnosis}");
 }
 
 /// A refused password costs Redis one round of connection attempts per second, not one per
