@@ -765,6 +765,8 @@ struct Shared<P> {
     diagnosed: AtomicBool,
     /// What the diagnosis found, if anything ([`Shared::explained`]).
     diagnosis: Mutex<Option<String>>,
+    /// When a diagnosis was last logged at `warn`, and what it said ([`Shared::diagnose`]).
+    diagnosis_warned: Mutex<Option<(Instant, String)>>,
     /// Set while the last give-back before the return to the primary runs: memory decides
     /// nothing then (a decision waits for the return, up to the call timeout), so nothing
     /// it admits is left out of what the primary is given before it decides again.
@@ -933,6 +935,7 @@ impl<P: Primary> FallbackStore<P> {
                 check_ended: tokio::sync::Notify::new(),
                 diagnosed: AtomicBool::new(false),
                 diagnosis: Mutex::new(None),
+                diagnosis_warned: Mutex::new(None),
                 draining: AtomicBool::new(false),
                 deciding: RwLock::new(()),
             }),
@@ -1462,9 +1465,11 @@ impl<P: Primary> Shared<P> {
     }
 
     /// Once per departure, when a check only timed out or found its connection broken: asks
-    /// why a fresh connection fails ([`Primary::diagnose`]); an answer is logged (`warn`)
-    /// and becomes the reason the store gives (a wrong password is not network latency,
-    /// and a password asked for since is not a broken pipe).
+    /// why a fresh connection fails ([`Primary::diagnose`]); an answer becomes the reason
+    /// the store gives (a wrong password is not network latency, and a password asked for
+    /// since is not a broken pipe), and is logged (`warn`) unless the same answer was,
+    /// within [`DEPARTURE_WARNING_EVERY`] (a Redis restarted again and again is refused
+    /// at each departure).
     async fn diagnose(&self) {
         if self.diagnosed.swap(true, Ordering::AcqRel) {
             return;
@@ -1472,12 +1477,24 @@ impl<P: Primary> Shared<P> {
         let Some(why) = self.primary.diagnose().await else {
             return;
         };
-        tracing::warn!(
-            target: "tollgate::store",
-            error = %why,
-            "rate-limit store primary fails, and a fresh connection fails too: check that it \
-             runs, and its URL, password and database"
-        );
+        let said = {
+            let mut warned = lock(&self.diagnosis_warned);
+            let said = warned
+                .as_ref()
+                .is_some_and(|(at, was)| *was == why && at.elapsed() < DEPARTURE_WARNING_EVERY);
+            if !said {
+                *warned = Some((Instant::now(), why.clone()));
+            }
+            said
+        };
+        if !said {
+            tracing::warn!(
+                target: "tollgate::store",
+                error = %why,
+                "rate-limit store primary fails, and a fresh connection fails too: check that \
+                 it runs, and its URL, password and database"
+            );
+        }
         *lock(&self.diagnosis) = Some(why);
         let mut reason = lock(&self.reason);
         *reason = self.explained(&reason);
