@@ -11,7 +11,7 @@ const EXAMPLES: [&str; 5] = ["demo", "seed_001", "seed_002", "seed_003", "seed_0
 
 /// `setting`, with the admin routers on (the demo's and seed 004's, each behind a guard of
 /// the limiter).
-fn with_admin(setting: (&'static str, &'static str)) -> [(&'static str, &'static str); 3] {
+fn with_admin<'a>(setting: (&'a str, &'a str)) -> [(&'a str, &'a str); 3] {
     [
         setting,
         ("ADMIN_TOKEN", "startup-warnings-admin-token"),
@@ -45,6 +45,32 @@ fn every_example_warns_once_about_trusting_every_address() {
         for text in ["`0.0.0.0/0`, i.e. every IPv4", "`::/0`, i.e. every IPv6"] {
             assert_eq!(saying(&logged, text), 1, "{name}: {text}: {logged:#?}");
         }
+    }
+}
+
+/// A Redis down at start-up is warned about once: each example makes one store (seed 004
+/// made a second from its file's default store, connected it and dropped it: the warning
+/// twice, 7 ms apart).
+#[test]
+fn every_example_warns_once_about_a_redis_down_at_startup() {
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let text = "rate-limit store switched to the in-memory fallback";
+    for name in EXAMPLES {
+        let example = Example::start_logged(name, &with_admin(("REDIS_URL", &url)));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while saying(&example.logged(), text) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Time for a second store's check (seed 004's came 7 ms after the first).
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let logged = example.stop_logged();
+        assert_eq!(saying(&logged, text), 1, "{name}: {logged:#?}");
     }
 }
 

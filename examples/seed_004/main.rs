@@ -268,12 +268,16 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     let mut config = Config::from_path(path)?;
     adjust(&mut config);
     let rules = daily_cap()?;
-    let mut builder = rules(config.apply(Limiter::builder(), &file)?);
     // The page's headers and body, and the store and trusted proxies from the environment,
-    // where the file does not choose its own (what it sets is what runs).
+    // where the file does not choose its own (what it sets is what runs). The store is
+    // given before the file is applied, which then keeps it: given after, the file's
+    // default would have made a Redis store of its own from `REDIS_URL` first, connected
+    // and dropped (its start-up warning logged twice).
+    let mut builder = Limiter::builder();
     if config.store == StoreConfig::default() {
         builder = builder.store(tollgate_suite::store_from_env("tollgate:seed_004:")?);
     }
+    let mut builder = rules(config.apply(builder, &file)?);
     if config.client_ip == ClientIpConfig::default() {
         builder = builder.client_ip(tollgate_suite::client_ip_from_env()?);
     }
