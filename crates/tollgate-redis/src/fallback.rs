@@ -33,10 +33,11 @@
 //!   Redis timed out by the dozen at 50 ms, and seed 002, failing open, admitted them all);
 //!   a dead Redis Cluster node or a broken pooled connection, while others answer, is
 //!   (later calls are answered first: such a call fails at its second timeout at the
-//!   latest; a request that first waited for a check of the primary under way waits the
-//!   patience in all, check and call, or one timeout for its call past a check that took
-//!   it all), and answers from
-//!   [`RedisStore`]'s refusal cache are no sign of Redis. A request waits on a dead or
+//!   latest), and answers from [`RedisStore`]'s refusal cache are no sign of Redis. The
+//!   patience counts from when the request came: one that first waited for a check of the
+//!   primary under way, or whose call is made again through a fresh connection, waits it
+//!   in all, each call its first timeout at least (past a check that took all of it, one
+//!   timeout more for its call). A request waits on a dead or
 //!   paused Redis no longer than the timeout, or twice it for a call in flight when Redis stopped behind
 //!   calls it then answered, plus, if it comes while the store checks a primary that
 //!   just failed, the check (see the circuit breaker and the give-back below): a review saw
@@ -60,8 +61,9 @@
 //! - **A broken connection is made again**: a call that fails because its connection broke
 //!   ([`Primary::connection_broke`]: on [`RedisStore`], a broken pipe or a reset, as when
 //!   Redis's `timeout` closed an idle connection, `CLIENT KILL`, or a proxy dropping idle
-//!   connections) is made once more, through a fresh connection, bounded as a call of its
-//!   own, and decided by the primary: memory never decides for a primary that answers
+//!   connections) is made once more, through a fresh connection, with a first timeout of
+//!   its own (waiting on queued behind answers within what remains of the request's
+//!   patience), and decided by the primary: memory never decides for a primary that answers
 //!   (it has not seen what other instances charged). Not after a restart: when the
 //!   primary's incarnation changed, the call fails as before, and the check writes the
 //!   counts back before the primary decides again. Other requests may go through the
@@ -219,6 +221,11 @@ use crate::under_way::UnderWay;
 /// The default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// The longest timeout and probe wait [`FallbackConfig`] takes (an hour): a longer one is
+/// taken as this. (A wait of `Duration::MAX` overflowed the clock: the store panicked when
+/// it was made.)
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// The default longest wait between two probes of a failed primary
 /// ([`FallbackConfig::with_probe_backoff`]): a primary that answers again is used again within
 /// about this long plus one call.
@@ -286,14 +293,14 @@ impl Default for FallbackConfig {
 /// getters are the plain names.
 impl FallbackConfig {
     /// The longest a call may wait for the primary while it answers nothing (at least
-    /// 1 ms); while it answers other calls, up to the patience ([`FallbackConfig::with_patience`]) times this. Default
+    /// 1 ms, at most [`MAX_WAIT`]); while it answers other calls, up to the patience ([`FallbackConfig::with_patience`]) times this. Default
     /// [`DEFAULT_TIMEOUT`] (50 ms). The primary's own timeout applies too: a
     /// [`RedisStore`] gives up after its response timeout (500 ms by
     /// default); make it with
     /// [`RedisStoreBuilder::for_fallback`](crate::RedisStoreBuilder::for_fallback) to wait
     /// this long (the stores made from the environment and from files are).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(MIN_TIMEOUT);
+        self.timeout = timeout.clamp(MIN_TIMEOUT, MAX_WAIT);
         self
     }
 
@@ -332,11 +339,12 @@ impl FallbackConfig {
     /// The wait before the second check of a failed primary (the first is made at once),
     /// and the most it grows to (doubling after each failed check). Default 100 ms up to
     /// [`DEFAULT_PROBE_MAX`] (250 ms): a primary that answers again is used again within
-    /// about 0.3 s, after a restart as after a pause. A check of a primary that is down
+    /// about 0.3 s, after a restart as after a pause. Each is at least 1 ms and at most
+    /// [`MAX_WAIT`]. A check of a primary that is down
     /// costs one connection attempt (refused at once) or one call cut short by the timeout.
     pub fn with_probe_backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.probe_min = first.max(Duration::from_millis(1));
-        self.probe_max = max.max(self.probe_min);
+        self.probe_min = first.clamp(Duration::from_millis(1), MAX_WAIT);
+        self.probe_max = max.clamp(self.probe_min, MAX_WAIT);
         self
     }
 
@@ -1121,9 +1129,9 @@ impl<P: Primary> Shared<P> {
     }
 
     /// A request's call to the primary: as [`Shared::call`], and if the connection broke
-    /// ([`Primary::connection_broke`]), made once more through a fresh one, bounded as a
-    /// call of its own (a call that waited queued behind answers when its connection broke
-    /// gets its try), unless the primary restarted since it was last checked (a new
+    /// ([`Primary::connection_broke`]), made once more through a fresh one, with a first
+    /// timeout of its own (a call that waited queued behind answers when its connection
+    /// broke gets its try), unless the primary restarted since it was last checked (a new
     /// incarnation: it may have come back empty, and is used again only after the counts
     /// were written back, by the check the failure starts). Also answers, if the call
     /// failed because its connection broke, an [`Unsure`] for the caller to hold until it
@@ -2258,7 +2266,8 @@ impl<P: Primary> Store for FallbackStore<P> {
                     return Err(StoreError::Unavailable(format!("circuit open: {reason}")));
                 } else if !shared.wait_for_primary(start).await {
                     // Not an outage yet: a batch that cannot use memory waited (up to the
-                    // call timeout) for the check under way, to be decided on the primary
+                    // patience from when it came while a check was under way, the call
+                    // timeout between checks) for the check, to be decided on the primary
                     // only once it passed. Until then the primary may have restarted empty,
                     // its counts not yet written back: deciding there would admit what it
                     // has forgotten. (Not counted towards the circuit breaker: batches
@@ -3396,6 +3405,30 @@ mod tests {
         assert_eq!(backoff.probe_backoff(), (ms(300), ms(300)));
     }
 
+    /// Waits are at most [`MAX_WAIT`], an hour: `Duration::MAX` as the timeout overflowed
+    /// the clock where a check's patience was worked out, and the store panicked when it
+    /// was made (as the probe's backoff, doubled, would have in the task that checks).
+    #[tokio::test(start_paused = true)]
+    async fn waits_longer_than_an_hour_are_taken_as_an_hour() {
+        let most = FallbackConfig::default()
+            .with_timeout(Duration::MAX)
+            .with_probe_backoff(Duration::MAX, Duration::MAX);
+        assert_eq!(most.timeout(), MAX_WAIT);
+        assert_eq!(most.probe_backoff(), (MAX_WAIT, MAX_WAIT));
+        let store =
+            FallbackStore::connect_with_memory(ProbeOnly::new(), MemoryStore::new(), most).await;
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(100)),
+        )]);
+        // Charges fail: decided from memory, the check backing off.
+        assert!(store.apply(&batch).await.unwrap().allowed);
+        assert_eq!(store.mode(), Mode::Fallback);
+        tokio::time::sleep(MAX_WAIT * 3).await;
+        assert!(store.apply(&batch).await.unwrap().allowed);
+    }
+
     /// A call sent before the store left the primary and answered after it returned (the
     /// departure and the return both came meanwhile) is a late answer all the same: its
     /// report is not taken as memory's count of the key (it may come from a primary that
@@ -3675,8 +3708,9 @@ mod tests {
     /// On a healthy primary answering one call in 20 ms, in order: `in_line` requests'
     /// calls in line, then a call refused at once (the store leaves the primary, and checks
     /// it behind the line), then, 1 ms later, `waiting` requests, which wait for the check
-    /// and make their calls. What the requests in line were answered, and each waiting
-    /// request's answer and how long it took.
+    /// and make their calls. What the requests in line were answered, each waiting
+    /// request's answer and how long it took, and how many times the store left the
+    /// primary.
     async fn waiting_for_a_check_in_line(
         in_line: usize,
         waiting: usize,
@@ -3684,6 +3718,7 @@ mod tests {
     ) -> (
         Vec<Result<Decision, StoreError>>,
         Vec<(Result<Decision, StoreError>, Duration)>,
+        u64,
     ) {
         let store = FallbackStore::connect_with_memory(
             Queued::new(Duration::from_millis(20)).answering_in_order(true),
@@ -3700,7 +3735,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
             futures_util::future::join_all((0..waiting).map(|_| timed_apply(&store, &batch))).await
         };
-        tokio::join!(in_line, waited)
+        let (in_line, waited) = tokio::join!(in_line, waited);
+        (in_line, waited, store.fallbacks())
     }
 
     /// A request that comes while the store checks the primary waits for the check and then
@@ -3708,25 +3744,29 @@ mod tests {
     /// for each: 40 calls in line and the check behind them pass at 820 ms; of 40 requests
     /// that came meanwhile, the 9 answered by 1 s from when they came pass, the others give
     /// up then (a review saw such requests wait up to 1.8 s; the code before waited 1.62 s
-    /// here).
+    /// here). As calls that wait the patience do, those that give up take the store off
+    /// the primary: it leaves a second time.
     #[tokio::test(start_paused = true)]
     async fn a_request_that_waited_for_a_check_waits_the_patience_in_all() {
-        let (in_line, waited) =
+        let (in_line, waited, fallbacks) =
             waiting_for_a_check_in_line(40, 40, FallbackConfig::default()).await;
         assert!(in_line.iter().all(|a| a.as_ref().is_ok_and(|d| d.allowed)));
         let longest = waited.iter().map(|(_, took)| *took).max().unwrap();
         assert_eq!(longest, Duration::from_secs(1));
         let answered = waited.iter().filter(|(a, _)| a.is_ok()).count();
         assert_eq!(answered, 9, "{waited:?}");
+        assert_eq!(fallbacks, 2);
     }
 
     /// A request whose wait for a check took (nearly) all its patience still waits one
     /// timeout for its own call: with a patience of one timeout (50 ms), a request that
-    /// came at 1 ms and saw the check pass at 40 ms is answered at 60 ms.
+    /// came at 1 ms and saw the check pass at 40 ms is answered at 60 ms, where the rest of
+    /// its patience (11 ms) would have failed it. (The code before waited the patience
+    /// again for the call, and passes too: this guards the first timeout.)
     #[tokio::test(start_paused = true)]
     async fn a_request_that_waited_for_a_check_waits_a_timeout_for_its_call() {
         let config = FallbackConfig::default().with_patience(1);
-        let (_, waited) = waiting_for_a_check_in_line(1, 1, config).await;
+        let (_, waited, _) = waiting_for_a_check_in_line(1, 1, config).await;
         let (answer, took) = &waited[0];
         assert!(answer.as_ref().is_ok_and(|d| d.allowed), "{answer:?}");
         assert_eq!(*took, Duration::from_millis(59));

@@ -119,7 +119,7 @@ pub use env::{
 pub use error::RedisConfigError;
 pub use fallback::{
     FallbackConfig, FallbackStore, Mode, Origin, Primary, DEFAULT_MIRROR_KEYS, DEFAULT_PATIENCE,
-    DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT, WATCH_EVERY,
+    DEFAULT_PROBE_MAX, DEFAULT_TIMEOUT, MAX_WAIT, WATCH_EVERY,
 };
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_PREFIX,
