@@ -53,7 +53,7 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
         })?,
         None => default_port,
     };
-    let listener = tokio::net::TcpListener::bind((host, port))
+    let listener = listen(host, port)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("HOST={host} PORT={port}: {e}")))?;
     // `SIGHUP` (a closed terminal, an operator's reload habit) must not stop a server:
@@ -107,6 +107,42 @@ pub async fn serve(app: Router, default_port: u16) -> std::io::Result<()> {
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// How many connections the kernel holds for the examples before they are accepted (the
+/// system's `somaxconn` caps it). `TcpListener::bind` asks for 128: a burst of new
+/// connections filled that before the accept loop ran, and the kernel dropped the rest's
+/// handshakes, which their clients sent again after a second (a review's 1,500 connections
+/// opened at once to a debug build took 4 to 11 s, a second lost at every 129th).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `host` (a name or an address) and `port`, on the first of its addresses
+/// that binds, with room for [`LISTEN_BACKLOG`] connections waiting to be accepted.
+async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted example binds its port at once.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the host has no address to listen on",
+        )
+    }))
 }
 
 /// The most a connection's read buffer holds before hyper stops reading into it (hyper's

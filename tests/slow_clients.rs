@@ -190,3 +190,36 @@ fn an_unread_body_that_stops_arriving_is_not_waited_for() {
         "closed after {waited:?}"
     );
 }
+
+/// A burst of new connections waits to be accepted rather than being dropped: the examples
+/// listen with room for `tollgate_suite::LISTEN_BACKLOG` of them (the system's `somaxconn`
+/// capping it), where `TcpListener::bind` asks for 128 (a review's 1,500 connections opened
+/// at once to a debug build took 4 to 11 s: the kernel dropped a handshake at every 129th,
+/// and its client sent it again a second later). Read off the listening socket with `ss`.
+#[test]
+fn the_examples_listen_with_room_for_a_burst_of_connections() {
+    let example = Example::start("seed_001", &[]);
+    let port = example.base.rsplit(':').next().unwrap().to_string();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("`ss` (iproute2) lists the listening socket");
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    // `LISTEN <waiting> <backlog> <address> ...`
+    let backlog: u32 = listed
+        .split_whitespace()
+        .nth(2)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket on {port}: {listed:?}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        backlog,
+        tollgate_suite::LISTEN_BACKLOG.min(somaxconn),
+        "{listed}"
+    );
+    assert!(backlog > 128, "{listed}");
+}
