@@ -30,13 +30,16 @@ def wait_for_port(port, seconds):
     return False
 
 
-def example_binary(seed, binary=None):
-    """The debug build of example `seed_<seed>` (or `binary`), which must exist."""
+def example_binary(seed, binary=None, release=False):
+    """The debug (or `release`) build of example `seed_<seed>` (or `binary`), which must
+    exist."""
+    profile = "release" if release else "debug"
     binary = binary or os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
-        "debug", "examples", f"seed_{seed}")
+        profile, "examples", f"seed_{seed}")
     if not os.path.exists(binary):
-        sys.exit(f"{binary} is missing: run `cargo build --examples` first")
+        build = "cargo build --release --examples" if release else "cargo build --examples"
+        sys.exit(f"{binary} is missing: run `{build}` first")
     return binary
 
 
