@@ -3,8 +3,9 @@
 //!
 //! The fallback's settings can come from the environment too ([`FALLBACK_VARIABLES`]):
 //! `TOLLGATE_FALLBACK_DIVISOR` (the number of app instances, see
-//! [`FallbackConfig::fallback_divisor`]) and `TOLLGATE_REDIS_TIMEOUT_MS` (see
-//! [`FallbackConfig::timeout`]); [`from_env`] and [`from_env_with`] read them, over
+//! [`FallbackConfig::fallback_divisor`]), `TOLLGATE_REDIS_TIMEOUT_MS` (see
+//! [`FallbackConfig::timeout`]) and `TOLLGATE_REDIS_PATIENCE` (see
+//! [`FallbackConfig::patience`]); [`from_env`] and [`from_env_with`] read them, over
 //! the settings given in code, and [`fallback_config_from_env`] applies them to any
 //! settings.
 //!
@@ -31,11 +32,15 @@ use crate::store::{RedisStore, RedisStoreBuilder};
 pub const URL_VARIABLES: [&str; 2] = ["REDIS_URL", "KV_URL"];
 
 /// The environment variables of the fallback's settings: the divisor of limits on memory
-/// (the number of app instances, [`FallbackConfig::fallback_divisor`]) and the per-call
-/// timeout in milliseconds ([`FallbackConfig::timeout`]). Each, when set and not empty,
-/// must be a whole number of at least 1.
-pub const FALLBACK_VARIABLES: [&str; 2] =
-    ["TOLLGATE_FALLBACK_DIVISOR", "TOLLGATE_REDIS_TIMEOUT_MS"];
+/// (the number of app instances, [`FallbackConfig::fallback_divisor`]), the per-call
+/// timeout in milliseconds ([`FallbackConfig::timeout`]) and the patience, in timeouts, of
+/// a call queued behind Redis's answers ([`FallbackConfig::patience`]). Each, when set and
+/// not empty, must be a whole number of at least 1.
+pub const FALLBACK_VARIABLES: [&str; 3] = [
+    "TOLLGATE_FALLBACK_DIVISOR",
+    "TOLLGATE_REDIS_TIMEOUT_MS",
+    "TOLLGATE_REDIS_PATIENCE",
+];
 
 /// `config` with what the environment sets of [`FALLBACK_VARIABLES`] applied over it
 /// (unset or empty variables leave it as it is).
@@ -62,7 +67,7 @@ fn fallback_config_from(
     get: impl Fn(&str) -> Option<String>,
     mut config: FallbackConfig,
 ) -> Result<FallbackConfig, RedisConfigError> {
-    let [divisor, timeout] = FALLBACK_VARIABLES;
+    let [divisor, timeout, patience] = FALLBACK_VARIABLES;
     if let Some(n) = positive(
         &get,
         divisor,
@@ -72,6 +77,9 @@ fn fallback_config_from(
     }
     if let Some(ms) = positive(&get, timeout, "milliseconds, a whole number of at least 1")? {
         config = config.with_timeout(std::time::Duration::from_millis(ms));
+    }
+    if let Some(n) = positive(&get, patience, "timeouts, a whole number of at least 1")? {
+        config = config.with_patience(u32::try_from(n).unwrap_or(u32::MAX));
     }
     Ok(config)
 }
@@ -309,17 +317,21 @@ mod tests {
             vars(&[
                 ("TOLLGATE_FALLBACK_DIVISOR", "3"),
                 ("TOLLGATE_REDIS_TIMEOUT_MS", " 20 "),
+                ("TOLLGATE_REDIS_PATIENCE", "4"),
             ]),
             base.clone(),
         )
         .unwrap();
         assert_eq!(set.fallback_divisor(), 3);
         assert_eq!(set.timeout(), std::time::Duration::from_millis(20));
+        assert_eq!(set.patience(), 4);
         for (variable, value) in [
             ("TOLLGATE_FALLBACK_DIVISOR", "0"),
             ("TOLLGATE_FALLBACK_DIVISOR", "three"),
             ("TOLLGATE_REDIS_TIMEOUT_MS", "-5"),
             ("TOLLGATE_REDIS_TIMEOUT_MS", "1.5"),
+            ("TOLLGATE_REDIS_PATIENCE", "0"),
+            ("TOLLGATE_REDIS_PATIENCE", "1s"),
         ] {
             let get = move |name: &str| (name == variable).then(|| value.to_string());
             let err = fallback_config_from(get, base.clone()).unwrap_err();

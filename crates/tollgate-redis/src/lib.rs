@@ -18,8 +18,8 @@
 //!   decides from memory (or fails open / closed, per batch) while the primary fails, probes it
 //!   in the background and returns to it.
 //! - [`from_env`]: `REDIS_URL` / `KV_URL` set → `FallbackStore<RedisStore>`; unset → memory;
-//!   `TOLLGATE_FALLBACK_DIVISOR` and `TOLLGATE_REDIS_TIMEOUT_MS` set the fallback's divisor
-//!   and timeout.
+//!   `TOLLGATE_FALLBACK_DIVISOR`, `TOLLGATE_REDIS_TIMEOUT_MS` and `TOLLGATE_REDIS_PATIENCE`
+//!   set the fallback's divisor, timeout and patience.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -55,7 +55,8 @@
 //!
 //! - syntax, types, unknown fields and quotas that do not parse: [`ConfigError::Parse`];
 //! - values out of range: [`ConfigError::Value`]: `store.max_entries` below
-//!   [`MIN_MAX_ENTRIES`], `store.timeout_ms: 0`, `store.fallback_divisor: 0`, a status
+//!   [`MIN_MAX_ENTRIES`], `store.timeout_ms: 0`, `store.fallback_divisor: 0`,
+//!   `store.patience: 0`, a status
 //!   outside 100-599 in `refund_statuses` or `count_only_statuses`;
 //! - incomplete rules (`burst` without `sustained`): [`ConfigError::Rule`];
 //! - what the builder finds wrong (two routes that tie, a trusted proxy with host bits, a
@@ -258,6 +259,12 @@ pub enum ValueProblem {
     /// `store.fallback_divisor: 0`.
     #[error("the divisor is the number of instances sharing the store: use at least 1")]
     ZeroDivisor,
+    /// `store.patience: 0`.
+    #[error(
+        "the patience is how many timeouts a call queued behind Redis's answers may wait: \
+         use at least 1"
+    )]
+    ZeroPatience,
     /// `store.prefix` blank, or holding a space or control character.
     #[error(
         "a key prefix must be printable ASCII without spaces, like `tollgate:billing:` \
@@ -428,6 +435,12 @@ pub struct StoreConfig {
     /// overrides it.
     #[serde(default)]
     pub fallback_divisor: Option<u32>,
+    /// Redis: how many timeouts in all a request may wait while its call is queued behind
+    /// Redis's answers (a burst on a healthy Redis); at least 1, default 20
+    /// (`FallbackConfig::with_patience` in tollgate-redis). `TOLLGATE_REDIS_PATIENCE` in
+    /// the environment, when set, overrides it.
+    #[serde(default)]
+    pub patience: Option<u32>,
 }
 
 /// `store.kind`.
@@ -1003,6 +1016,9 @@ impl Config {
         if self.store.fallback_divisor == Some(0) {
             problems.push((store("fallback_divisor"), ValueProblem::ZeroDivisor));
         }
+        if self.store.patience == Some(0) {
+            problems.push((store("patience"), ValueProblem::ZeroPatience));
+        }
         if let Some(prefix) = &self.store.prefix {
             if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_graphic()) {
                 problems.push((store("prefix"), ValueProblem::BadPrefix));
@@ -1542,7 +1558,11 @@ impl StoreConfig {
         if let Some(n) = self.fallback_divisor {
             config = config.with_fallback_divisor(n);
         }
-        // TOLLGATE_FALLBACK_DIVISOR / TOLLGATE_REDIS_TIMEOUT_MS, when set, win over the file.
+        if let Some(n) = self.patience {
+            config = config.with_patience(n);
+        }
+        // TOLLGATE_FALLBACK_DIVISOR / _REDIS_TIMEOUT_MS / _REDIS_PATIENCE, when set, win
+        // over the file.
         let config = tollgate_redis::fallback_config_from_env(config)
             .map_err(|e| StoreProblem::of(None, e.to_string()))?;
         let mut redis = RedisStore::builder().url(url).for_fallback(&config);

@@ -79,6 +79,31 @@ fn fallback_settings_from_the_environment_are_checked_at_build_time() {
     assert!(ok.is_ok());
 }
 
+/// A file's `patience` is the Redis fallback's, and `TOLLGATE_REDIS_PATIENCE` overrides it
+/// (read off the limiter's store, which shows its settings).
+#[test]
+fn the_patience_comes_from_the_file_or_the_environment() {
+    let path = limits_file(
+        "config-env-patience",
+        b"store: { kind: redis, url: \"redis://127.0.0.1:1/\", patience: 3 }\nroutes:\n  - { path: /*, name: api, limits: [{ per: ip, limit: 2/min }] }\n",
+    );
+    let env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    let from_file = format!("{:?}", Limiter::from_config(&path).unwrap());
+    std::env::set_var("TOLLGATE_REDIS_PATIENCE", "7");
+    let from_env = format!("{:?}", Limiter::from_config(&path).unwrap());
+    std::env::set_var("TOLLGATE_REDIS_PATIENCE", "none");
+    let err = Limiter::from_config(&path).unwrap_err();
+    std::env::remove_var("TOLLGATE_REDIS_PATIENCE");
+    drop(env);
+    assert!(from_file.contains("patience: 3,"), "{from_file}");
+    assert!(from_env.contains("patience: 7,"), "{from_env}");
+    assert!(
+        matches!(err, tollgate::config::ConfigError::Store { ref message, .. }
+            if message.contains("TOLLGATE_REDIS_PATIENCE=\"none\"")),
+        "{err}"
+    );
+}
+
 /// A file's `timeout_ms` longer than the Redis store's own response timeout (500 ms by
 /// default) is what a request waits for Redis: a review set 2 s and saw requests to a
 /// Redis slow for a second leave for memory at 500 ms.

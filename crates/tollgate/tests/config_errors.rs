@@ -102,7 +102,7 @@ fn a_store_too_small_to_limit_is_an_error_at_its_line() {
 }
 
 #[test]
-fn a_zero_timeout_or_divisor_is_an_error_not_quietly_one() {
+fn a_zero_timeout_divisor_or_patience_is_an_error_not_quietly_one() {
     let err = Config::from_yaml("store: { kind: env, timeout_ms: 0 }\n").unwrap_err();
     assert_eq!(
         value_error(err),
@@ -123,7 +123,14 @@ fn a_zero_timeout_or_divisor_is_an_error_not_quietly_one() {
         text.starts_with("<toml>:3:20: store.fallback_divisor: "),
         "{text}"
     );
-    assert!(Config::from_yaml("store: { timeout_ms: 1, fallback_divisor: 1 }\n").is_ok());
+    let err = Config::from_yaml("store:\n  patience: 0\n").unwrap_err();
+    assert_eq!(
+        value_error(err),
+        (2, 13, "store.patience".into(), ValueProblem::ZeroPatience)
+    );
+    assert!(
+        Config::from_yaml("store: { timeout_ms: 1, fallback_divisor: 1, patience: 1 }\n").is_ok()
+    );
     // A configuration changed in code is checked when it is applied.
     let mut config = Config::from_yaml(ROUTE).unwrap();
     config.store.fallback_divisor = Some(0);
