@@ -231,13 +231,7 @@ async fn assert_fails_open(app: &Example, key: &str, n: usize) {
 
 #[tokio::test]
 async fn redis_unreachable_from_the_start_admits_without_headers() {
-    // A loopback port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("redis://127.0.0.1:{port}/");
+    let url = common::unreachable_redis_url();
     let app = Example::start("seed_002", &[("REDIS_URL", &url)]);
     // Twice the quota of /v1/analytics (30).
     assert_fails_open(&app, "key_alpha", 60).await;

@@ -53,13 +53,7 @@ fn every_example_warns_once_about_trusting_every_address() {
 /// twice, 7 ms apart).
 #[test]
 fn every_example_warns_once_about_a_redis_down_at_startup() {
-    // Nothing listens on a port just freed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("redis://127.0.0.1:{port}/");
+    let url = common::unreachable_redis_url();
     let text = "rate-limit store switched to the in-memory fallback";
     for name in EXAMPLES {
         let example = Example::start_logged(name, &with_admin(("REDIS_URL", &url)));

@@ -216,6 +216,17 @@ pub fn header(response: &reqwest::Response, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A Redis URL on a loopback port nothing listens on (one just freed): a Redis down from
+/// the start.
+pub fn unreachable_redis_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("redis://127.0.0.1:{port}/")
+}
+
 /// `n` times `status`.
 pub fn times(status: u16, n: usize) -> Vec<u16> {
     vec![status; n]
