@@ -1482,9 +1482,15 @@ impl<P: Primary> Shared<P> {
         if self.diagnosed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // The departure it diagnoses (the checks go on meanwhile): an answer that comes
+        // after the store returned to the primary, or left it again, is not kept.
+        let departure = self.state.load(Ordering::Acquire);
         let Some(why) = self.primary.diagnose().await else {
             return;
         };
+        if self.state.load(Ordering::Acquire) != departure {
+            return;
+        }
         let said = {
             let mut warned = lock(&self.diagnosis_warned);
             let said = warned
@@ -2195,9 +2201,9 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
         let checked = shared.sync().await;
         shared.checking.store(false, Ordering::Release);
         // (After `enter` below if it passed: those waiting then find the primary. If it
-        // failed, before anything else: asking a fresh connection why waits up to its
-        // connection timeout on a paused Redis, which batches waiting for the check's end
-        // waited too, a second on seed 002, where the call timeout was promised.)
+        // failed, at once: asking a fresh connection why, below, waits up to a second on a
+        // paused Redis, which batches waiting for the check's end waited too, where the
+        // call timeout was promised.)
         let ended = CheckEnded(&shared.check_ended);
         match checked {
             Ok(()) => {
@@ -2219,7 +2225,17 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
             Err(e) => {
                 drop(ended);
                 if matches!(e, StoreError::Timeout(_)) || shared.primary.connection_broke(&e) {
-                    shared.diagnose().await;
+                    // In a task of its own: on a paused Redis the fresh connection waits up
+                    // to a second, and the checks go on meanwhile (held by it, the circuit
+                    // opened 1.2 to 1.7 s into a pause, and a review's burst on seed 002,
+                    // failing open, waited a timeout a request for a check not coming:
+                    // 0.8 s for the last of 300).
+                    let diagnosing = Arc::downgrade(&shared);
+                    tokio::spawn(async move {
+                        if let Some(shared) = diagnosing.upgrade() {
+                            shared.diagnose().await;
+                        }
+                    });
                 }
                 shared.count_failure(&shared.explained(&e.to_string()));
                 tracing::debug!(
@@ -4118,6 +4134,75 @@ mod tests {
                 self.redis.apply_now(batch.op, &batch.buckets)
             })
         }
+    }
+
+    /// A primary that answers nothing once `silent` (a paused Redis), whose diagnosis takes
+    /// a second (a fresh connection to a paused Redis waits out its timeout) and then
+    /// answers.
+    #[derive(Debug, Default)]
+    struct Silent {
+        redis: MemoryStore,
+        silent: AtomicBool,
+    }
+
+    impl Primary for Silent {
+        fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some("no answer".into())
+            })
+        }
+    }
+
+    impl Store for Silent {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                if self.silent.load(Ordering::Acquire) {
+                    std::future::pending::<()>().await;
+                }
+                self.redis.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// The checks of a primary that answers nothing go on while its diagnosis waits: the
+    /// call that leaves it (at 50 ms) and two checks (at 100 ms, and after a wait of
+    /// 100 ms at 250 ms) open the circuit, and a batch failing open is answered at once
+    /// after that. (Checks held by the diagnosis opened it 1.2 to 1.7 s into a pause, and
+    /// meanwhile each such batch waited a timeout for a check that was not coming: a
+    /// review's burst of 300 on seed 002, its requests let through 20 at a time by the
+    /// failed-authentication guard, took 0.8 s.) The diagnosis, when it comes, is the
+    /// reason given.
+    #[tokio::test(start_paused = true)]
+    async fn the_checks_go_on_while_the_primary_is_diagnosed() {
+        let store = FallbackStore::connect_with_memory(
+            Silent::default(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let batch = open_batch();
+        assert!(store.apply(&batch).await.unwrap().allowed);
+        store.primary().silent.store(true, Ordering::Release);
+        let started = tokio::time::Instant::now();
+        let first = store.apply(&batch).await;
+        assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert!(!store.shared.tripped.load(Ordering::Acquire));
+        tokio::time::sleep_until(started + Duration::from_millis(300)).await;
+        assert!(store.shared.tripped.load(Ordering::Acquire));
+        let (answer, took) = timed_apply(&store, &batch).await;
+        assert!(
+            matches!(&answer, Err(StoreError::Unavailable(why)) if why.starts_with("circuit open")),
+            "{answer:?}"
+        );
+        assert_eq!(took, Duration::ZERO);
+        tokio::time::sleep_until(started + Duration::from_millis(1_200)).await;
+        let (answer, _) = timed_apply(&store, &batch).await;
+        assert!(
+            matches!(&answer, Err(StoreError::Unavailable(why)) if why.contains("(a fresh connection fails: no answer)")),
+            "{answer:?}"
+        );
     }
 
     /// A request sent 5 ms before Redis pauses, on a busy store, sees the answers of the
