@@ -121,18 +121,21 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
     let mut last = None;
     for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        // As `TcpListener::bind` does: a restarted example binds its port at once.
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(addr)
-            .and_then(|()| socket.listen(LISTEN_BACKLOG))
-        {
+        // Each step may fail for one address (IPv6 switched off in the kernel, say) and not
+        // for the next, as in `TcpListener::bind`.
+        let listener = (|| {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            // As `TcpListener::bind` does: a restarted example binds its port at once.
+            #[cfg(unix)]
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match listener {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }

@@ -221,5 +221,4 @@ fn the_examples_listen_with_room_for_a_burst_of_connections() {
         tollgate_suite::LISTEN_BACKLOG.min(somaxconn),
         "{listed}"
     );
-    assert!(backlog > 128, "{listed}");
 }

@@ -35,7 +35,8 @@ pub const URL_VARIABLES: [&str; 2] = ["REDIS_URL", "KV_URL"];
 /// (the number of app instances, [`FallbackConfig::fallback_divisor`]), the per-call
 /// timeout in milliseconds ([`FallbackConfig::timeout`]) and the patience, in timeouts, of
 /// a call queued behind Redis's answers ([`FallbackConfig::patience`]). Each, when set and
-/// not empty, must be a whole number of at least 1.
+/// not empty, must be a whole number of at least 1 (a timeout of more than an hour is
+/// taken as an hour, [`MAX_WAIT`](crate::MAX_WAIT)).
 pub const FALLBACK_VARIABLES: [&str; 3] = [
     "TOLLGATE_FALLBACK_DIVISOR",
     "TOLLGATE_REDIS_TIMEOUT_MS",

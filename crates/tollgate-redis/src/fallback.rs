@@ -109,8 +109,12 @@
 //!   when the store leaves the primary for it, with the reason, `info` when it returns; a
 //!   primary that restarted is a `warn`. A departure short of an outage (one call timed
 //!   out, a connection broke: memory decides until a check passes) is a `warn` too, at most
-//!   once a minute, counting the departures since the last (each is a `debug` event).
-//!   [`FallbackStore::mode`] tells where decisions are made now.
+//!   once a minute, counting the departures since the last (each is a `debug` event), and
+//!   the return from one so logged an `info`. Why a fresh connection fails, when a check
+//!   only timed out or found its connection broken ([`Primary::diagnose`]: a wrong
+//!   password, a refused connection), is a `warn` at most once a minute while it says the
+//!   same, and joins the reason. [`FallbackStore::mode`] tells where decisions are made
+//!   now.
 //!
 //! # Nothing is forgotten
 //!
@@ -758,6 +762,9 @@ struct Shared<P> {
     /// When a departure was last logged at `warn` ([`Shared::warn_departure`]), and how
     /// many departures there had been then.
     departure_warned: Mutex<Option<(Instant, u64)>>,
+    /// Whether this departure was logged at `warn`: its return is logged too
+    /// ([`Shared::enter`]).
+    departure_said: AtomicBool,
     /// When the store last returned to the primary, and the check wait that preceded it.
     closed: Mutex<Option<(Instant, Duration)>>,
     /// Until when (µs, memory's clock) charges must fit this instance's share too, after
@@ -936,6 +943,7 @@ impl<P: Primary> FallbackStore<P> {
                 late_admissions: Mutex::new(Vec::new()),
                 reason: Mutex::new(String::new()),
                 departure_warned: Mutex::new(None),
+                departure_said: AtomicBool::new(false),
                 closed: Mutex::new(None),
                 grace_until: AtomicU64::new(0),
                 entered: tokio::sync::Notify::new(),
@@ -1612,13 +1620,15 @@ impl<P: Primary> Shared<P> {
         let since = departures.saturating_sub(warned.map_or(0, |(_, then)| then));
         *warned = Some((Instant::now(), departures));
         drop(warned);
+        self.departure_said.store(true, Ordering::Release);
         tracing::warn!(
             target: "tollgate::store",
             reason,
             departures = since,
             timeout_ms = self.config.timeout.as_millis() as u64,
             "rate-limit store deciding from memory until a check of the primary passes \
-             (`reason`: why it left; `departures`: how many times it left since the last \
+             (policies set to fail open admit meanwhile, those set to fail closed refuse; \
+             `reason`: why it left; `departures`: how many times it left since the last \
              such warning, logged at most once a minute)"
         );
     }
@@ -1635,7 +1645,10 @@ impl<P: Primary> Shared<P> {
         *lock(&self.diagnosis) = None;
         self.diagnosed.store(false, Ordering::Release);
         self.entered.notify_waiters();
-        if self.tripped.swap(false, Ordering::AcqRel) {
+        // After an outage, or a departure logged at `warn`: an operator who read that the
+        // store left reads that it is back (a short pause logged only its departure).
+        let said = self.departure_said.swap(false, Ordering::AcqRel);
+        if self.tripped.swap(false, Ordering::AcqRel) || said {
             tracing::info!(
                 target: "tollgate::store",
                 "rate-limit store back on the primary"
@@ -3423,7 +3436,7 @@ mod tests {
 
     /// Waits are at most [`MAX_WAIT`], an hour: `Duration::MAX` as the timeout overflowed
     /// the clock where a check's patience was worked out, and the store panicked when it
-    /// was made (as the probe's backoff, doubled, would have in the task that checks).
+    /// was made (a probe's backoff as long would not have checked the primary again).
     #[tokio::test(start_paused = true)]
     async fn waits_longer_than_an_hour_are_taken_as_an_hour() {
         let most = FallbackConfig::default()
@@ -4138,18 +4151,19 @@ mod tests {
 
     /// A primary that answers nothing once `silent` (a paused Redis), whose diagnosis takes
     /// a second (a fresh connection to a paused Redis waits out its timeout) and then
-    /// answers.
+    /// answers "no answer", or nothing with `undiagnosed`.
     #[derive(Debug, Default)]
     struct Silent {
         redis: MemoryStore,
         silent: AtomicBool,
+        undiagnosed: AtomicBool,
     }
 
     impl Primary for Silent {
         fn diagnose(&self) -> BoxFuture<'_, Option<String>> {
             Box::pin(async {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                Some("no answer".into())
+                (!self.undiagnosed.load(Ordering::Acquire)).then(|| "no answer".into())
             })
         }
     }
@@ -4203,6 +4217,36 @@ mod tests {
             matches!(&answer, Err(StoreError::Unavailable(why)) if why.contains("(a fresh connection fails: no answer)")),
             "{answer:?}"
         );
+    }
+
+    /// A diagnosis is of its departure: once the store is back on the primary it is
+    /// forgotten, and a later departure that finds nothing to say (a paused Redis after a
+    /// killed one) is not told the earlier one's refusal.
+    #[tokio::test(start_paused = true)]
+    async fn a_diagnosis_is_forgotten_on_the_return() {
+        let store = FallbackStore::connect_with_memory(
+            Silent::default(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await;
+        let batch = open_batch();
+        store.primary().silent.store(true, Ordering::Release);
+        assert!(store.apply(&batch).await.is_err());
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(
+            store.shared.explained("x"),
+            "x (a fresh connection fails: no answer)"
+        );
+        store.primary().silent.store(false, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.mode(), Mode::Primary);
+        store.primary().undiagnosed.store(true, Ordering::Release);
+        store.primary().silent.store(true, Ordering::Release);
+        assert!(store.apply(&batch).await.is_err());
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(store.mode(), Mode::Fallback);
+        assert_eq!(store.shared.explained("x"), "x");
     }
 
     /// A request sent 5 ms before Redis pauses, on a busy store, sees the answers of the

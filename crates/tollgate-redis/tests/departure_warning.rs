@@ -2,8 +2,8 @@
 //! a check passes) is logged at `warn`, at most once a minute: a review's three instances
 //! without a divisor admitted up to 252 of 100 from memory while their calls timed out one
 //! at a time, and nothing was logged above `debug` (the outage's warning waits for the
-//! circuit breaker's threshold). In a test binary of its own: tracing caches a callsite's
-//! interest process-wide.
+//! circuit breaker's threshold). The return from a departure so warned about is an `info`.
+//! In a test binary of its own: tracing caches a callsite's interest process-wide.
 
 mod common;
 
@@ -67,4 +67,15 @@ fn a_departure_short_of_an_outage_is_warned_about_at_most_once_a_minute() {
             .any(|line| line.contains("switched to the in-memory fallback")),
         "{events:#?}"
     );
+    // The return from the departure warned about is said, once, right after it (a short
+    // pause logged its departure and never its end); the two not warned about, not.
+    let back: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.starts_with("INFO") && line.contains("back on the primary"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(back.len(), 1, "{events:#?}");
+    let warned_at = events.iter().position(|line| line == warned[0]).unwrap();
+    assert!(back[0] > warned_at, "{events:#?}");
 }

@@ -426,7 +426,8 @@ pub struct StoreConfig {
     /// [`MIN_MAX_ENTRIES`].
     #[serde(default)]
     pub max_entries: Option<usize>,
-    /// Redis: milliseconds to wait before answering from memory; at least 1.
+    /// Redis: milliseconds to wait before answering from memory; at least 1 (more than an
+    /// hour is taken as an hour).
     /// `TOLLGATE_REDIS_TIMEOUT_MS` in the environment, when set, overrides it.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
