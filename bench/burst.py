@@ -9,11 +9,11 @@ Each round starts the example (one or more instances, `REDIS_URL` to a `redis-se
 its own on a free port, emptied between rounds; never the one on 6379), sends a burst of
 requests at once (each on a connection of its own, opened first, spread over the
 instances; every request written in one turn of an event loop) for one client's limit,
-then one request of the least cost at a time for 3 seconds. A round is exact when the burst and those after it admitted the limit's points
-exactly, the burst all but what its dearest request costs (with requests of one point:
-the whole limit), and every admitted response carried the rate-limit headers (seed 002
-fails open: a response admitted without them was admitted because the store was taken
-for down).
+then one request of the least cost at a time for 3 seconds. A round is exact when the
+burst and those after it admitted the limit's points exactly, the burst all but what its
+dearest request costs (with requests of one point: the whole limit), and every admitted
+response carried the rate-limit headers (seed 002 fails open: a response admitted without
+them was admitted because the store was taken for down).
 
 - seed 001: one organization's 1,000 points per rolling minute (`tok_acme_ci`), spent by
   `GET`s of 1, 3, 5 and 10 points in turn; 1,500 requests per instance (a review's burst:

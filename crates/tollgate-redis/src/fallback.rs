@@ -297,10 +297,10 @@ impl Default for FallbackConfig {
 /// getters are the plain names.
 impl FallbackConfig {
     /// The longest a call may wait for the primary while it answers nothing (at least
-    /// 1 ms, at most [`MAX_WAIT`]); while it answers other calls, up to the patience ([`FallbackConfig::with_patience`]) times this. Default
-    /// [`DEFAULT_TIMEOUT`] (50 ms). The primary's own timeout applies too: a
-    /// [`RedisStore`] gives up after its response timeout (500 ms by
-    /// default); make it with
+    /// 1 ms, at most [`MAX_WAIT`]); while it answers other calls, up to the patience
+    /// ([`FallbackConfig::with_patience`]) times this. Default [`DEFAULT_TIMEOUT`] (50 ms).
+    /// The primary's own timeout applies too: a [`RedisStore`] gives up after its response
+    /// timeout (500 ms by default); make it with
     /// [`RedisStoreBuilder::for_fallback`](crate::RedisStoreBuilder::for_fallback) to wait
     /// this long (the stores made from the environment and from files are).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -1646,12 +1646,20 @@ impl<P: Primary> Shared<P> {
         self.diagnosed.store(false, Ordering::Release);
         self.entered.notify_waiters();
         // After an outage, or a departure logged at `warn`: an operator who read that the
-        // store left reads that it is back (a short pause logged only its departure).
+        // store left reads that it is back (a short pause logged only its departure). Two
+        // events: a test that watches for the return from an outage with a subscriber of
+        // its own, beside tests returning from departures on threads without one, missed
+        // a shared event (tracing caches its interest process-wide).
         let said = self.departure_said.swap(false, Ordering::AcqRel);
-        if self.tripped.swap(false, Ordering::AcqRel) || said {
+        if self.tripped.swap(false, Ordering::AcqRel) {
             tracing::info!(
                 target: "tollgate::store",
                 "rate-limit store back on the primary"
+            );
+        } else if said {
+            tracing::info!(
+                target: "tollgate::store",
+                "rate-limit store back on the primary after the departure warned about"
             );
         }
     }

@@ -56,8 +56,8 @@
 //! - syntax, types, unknown fields and quotas that do not parse: [`ConfigError::Parse`];
 //! - values out of range: [`ConfigError::Value`]: `store.max_entries` below
 //!   [`MIN_MAX_ENTRIES`], `store.timeout_ms: 0`, `store.fallback_divisor: 0`,
-//!   `store.patience: 0`, a status
-//!   outside 100-599 in `refund_statuses` or `count_only_statuses`;
+//!   `store.patience: 0`, a status outside 100-599 in `refund_statuses` or
+//!   `count_only_statuses`;
 //! - incomplete rules (`burst` without `sustained`): [`ConfigError::Rule`];
 //! - what the builder finds wrong (two routes that tie, a trusted proxy with host bits, a
 //!   `cost: 0`, `per: user` without an identity function, a bad bucket name):
