@@ -4176,6 +4176,16 @@ mod tests {
         }
     }
 
+    /// A store over a [`Silent`] primary, answering until told to stop.
+    async fn silent() -> FallbackStore<Silent> {
+        FallbackStore::connect_with_memory(
+            Silent::default(),
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        )
+        .await
+    }
+
     impl Store for Silent {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
@@ -4197,12 +4207,7 @@ mod tests {
     /// reason given.
     #[tokio::test(start_paused = true)]
     async fn the_checks_go_on_while_the_primary_is_diagnosed() {
-        let store = FallbackStore::connect_with_memory(
-            Silent::default(),
-            MemoryStore::new(),
-            FallbackConfig::default(),
-        )
-        .await;
+        let store = silent().await;
         let batch = open_batch();
         assert!(store.apply(&batch).await.unwrap().allowed);
         store.primary().silent.store(true, Ordering::Release);
@@ -4232,12 +4237,7 @@ mod tests {
     /// killed one) is not told the earlier one's refusal.
     #[tokio::test(start_paused = true)]
     async fn a_diagnosis_is_forgotten_on_the_return() {
-        let store = FallbackStore::connect_with_memory(
-            Silent::default(),
-            MemoryStore::new(),
-            FallbackConfig::default(),
-        )
-        .await;
+        let store = silent().await;
         let batch = open_batch();
         store.primary().silent.store(true, Ordering::Release);
         assert!(store.apply(&batch).await.is_err());
