@@ -1069,12 +1069,15 @@ impl<P: Primary> Shared<P> {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let timeout = self.config.timeout;
-        let first = tokio::time::Instant::now().checked_add(timeout);
-        let give_up = first.map_or(give_up, |first| first.max(give_up));
+        // One clock read for the first timeout and the first wait (a call on a healthy
+        // primary reads it once here).
+        let mut now = tokio::time::Instant::now();
+        let give_up = now
+            .checked_add(timeout)
+            .map_or(give_up, |first| first.max(give_up));
         let mut fut = std::pin::pin!(fut);
         let mut answers = self.answers.load(Ordering::Acquire);
         loop {
-            let now = tokio::time::Instant::now();
             let until = now.checked_add(timeout).map_or(give_up, |t| t.min(give_up));
             if let Ok(result) = tokio::time::timeout_at(until, fut.as_mut()).await {
                 return result;
@@ -1103,7 +1106,8 @@ impl<P: Primary> Shared<P> {
             let now_answers = self.answers.load(Ordering::Acquire);
             let queued = now_answers != answers && behind;
             let stalled = late >= timeout / 2 && behind;
-            if !(queued || stalled) || tokio::time::Instant::now() >= give_up {
+            now = tokio::time::Instant::now();
+            if !(queued || stalled) || now >= give_up {
                 return Err(StoreError::Timeout(timeout));
             }
             answers = now_answers;
