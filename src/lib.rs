@@ -203,8 +203,10 @@ impl<B> DeadlineBody<B> {
 /// the answer lost (RFC 9112 section 9.6). The rest is read in a task of its own while the
 /// answer is sent, as long as the body keeps arriving (a pause of [`LINGER_IDLE`] ends it;
 /// with [`DeadlineBody`], at most its timeout in all); the connection closes after it. A
-/// request that asked to be told before sending its body (`Expect: 100-continue`) is not
-/// read: asking for its body would invite it.
+/// request that asked to be told before sending its body (`Expect: 100-continue`) is read
+/// so only once its body was asked for (hyper answers `100 Continue` when a handler first
+/// reads it; a handler that stops reading, as at a size limit, leaves the rest coming):
+/// asking for a body never asked for would invite it.
 pub struct ReadToEnd<B> {
     // `None` once dropped (its rest is being read).
     inner: Option<B>,
@@ -213,6 +215,9 @@ pub struct ReadToEnd<B> {
     // Reads the rest of `inner` if it is dropped unread (`None`: it is not). A function
     // and not a flag: `Drop` cannot ask for the bounds reading needs (`read_rest`).
     linger: Option<fn(B)>,
+    // Whether the client sends the body without being asked, or was asked (read once):
+    // `false` for a request with `Expect: 100-continue` not read yet.
+    invited: bool,
 }
 
 /// Whether the body of a request [`ReadToEnd::request`] wrapped was read to its end.
@@ -242,7 +247,8 @@ where
                 .get(axum::http::header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         };
-        let linger = (announced && !expects_continue()).then_some(read_rest::<B> as fn(B));
+        let linger = announced.then_some(read_rest::<B> as fn(B));
+        let invited = !(announced && expects_continue());
         let read = BodyRead {
             ended: ended.clone(),
         };
@@ -250,6 +256,7 @@ where
             inner: Some(inner),
             ended,
             linger,
+            invited,
         });
         (request, read)
     }
@@ -282,7 +289,8 @@ impl<B> Drop for ReadToEnd<B> {
             .ended
             .as_ref()
             .is_some_and(|ended| ended.load(std::sync::atomic::Ordering::Acquire));
-        if let (Some(read_rest), Some(body), false) = (self.linger, self.inner.take(), ended) {
+        let rest = (self.linger, self.inner.take(), ended, self.invited);
+        if let (Some(read_rest), Some(body), false, true) = rest {
             read_rest(body);
         }
     }
@@ -317,6 +325,8 @@ impl<B: http_body::Body + Unpin> http_body::Body for ReadToEnd<B> {
         let Some(inner) = this.inner.as_mut() else {
             return std::task::Poll::Ready(None);
         };
+        // Asked for: a client that waited for `100 Continue` sends it now.
+        this.invited = true;
         let mut inner = std::pin::Pin::new(inner);
         let frame = inner.as_mut().poll_frame(cx);
         let end = match &frame {
@@ -511,12 +521,14 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
 /// fields (the examples allow no cross-origin call, so a browser goes no further). A
 /// browser sends one before a cross-origin call that carries an API key or
 /// `Authorization`, and it never carries credentials itself (the Fetch standard). The
-/// examples' authentication answers it before asking for credentials and before their
-/// limiters: answered 401, it counted as a failed authentication (20 from a browser behind
-/// an address others share turned every client of that address away for a minute, valid
-/// keys included); let through unauthenticated, it spent seed 004's gateway-wide backstop,
-/// which one anonymous client could then empty alone. It describes no call, and spends no
-/// budget.
+/// examples' authentication answers it before asking for credentials and before the
+/// limiters inside it: answered 401, it counted as a failed authentication (20 from a
+/// browser behind an address others share turned every client of that address away for a
+/// minute, valid keys included); let through unauthenticated, it spent seed 004's
+/// gateway-wide backstop, which one anonymous client could then empty alone. It describes
+/// no call, and spends no budget. The failed-authentication guard ([`failed_auth_guard`])
+/// is outside the authentication: once an address spent its budget, its preflights are
+/// refused (`429`) with the rest of its requests.
 pub fn preflight_answer<B>(request: &axum::http::Request<B>) -> Option<axum::response::Response> {
     use axum::http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
     use axum::response::IntoResponse;

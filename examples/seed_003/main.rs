@@ -26,8 +26,8 @@
 //! by its /64, and one holding a /48 holds 65,536 of those), by [`Limiter::guard`] outside
 //! the authentication layer, with [`Policy::failed_auth_per_ip`], so guessing credentials
 //! is throttled, and, like every response but a CORS preflight's `204` (answered before
-//! any limiter, see [`tollgate_suite::preflight_answer`]), they carry the rate-limit
-//! headers (of that budget).
+//! the limiters inside the authentication, see [`tollgate_suite::preflight_answer`]), they
+//! carry the rate-limit headers (of that budget).
 //!
 //! That budget is this example's own rule, per client IP; the page's limits are per tenant.
 //! Once an IP has spent it, every request from that IP is refused (`429`, with the guessing

@@ -71,9 +71,9 @@
 //! is counted by its /64, and one holding a /48 holds 65,536 of those), by
 //! [`Limiter::guard`] outside authentication, with [`Policy::failed_auth_per_ip`], so
 //! guessing keys is throttled, and, like every response of the API (a path under `/v1`, or
-//! `/v1` itself) but a CORS preflight's `204` (answered before any limiter, see
-//! [`tollgate_suite::preflight_answer`]), they carry the rate-limit headers (of that
-//! budget). What is not the API carries no rate-limit headers and spends no partner's
+//! `/v1` itself) but a CORS preflight's `204` (answered before the limiters inside the
+//! authentication, see [`tollgate_suite::preflight_answer`]), they carry the rate-limit
+//! headers (of that budget). What is not the API carries no rate-limit headers and spends no partner's
 //! budget: the docs (`/docs`, `/openapi.json`), what `/admin` answers an operator holding
 //! the token, and paths the router does not take for the API's (`/V1/invoices`,
 //! `//v1/invoices`: its plain `404`).

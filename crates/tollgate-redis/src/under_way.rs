@@ -10,13 +10,18 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use tokio::sync::Notify;
 use tollgate_core::{Batch, Bucket, Op, StoreKey};
 
 use crate::fallback::lock;
 
 /// What is under way, per key: the sum of the costs sent and not answered.
 #[derive(Debug, Default)]
-pub(crate) struct UnderWay(Mutex<HashMap<StoreKey, u64, foldhash::fast::RandomState>>);
+pub(crate) struct UnderWay {
+    costs: Mutex<HashMap<StoreKey, u64, foldhash::fast::RandomState>>,
+    /// Told each time the last charge under way is answered ([`UnderWay::answered`]).
+    none_left: Notify,
+}
 
 /// A batch's charges under way, until dropped.
 pub(crate) struct Sent<'a> {
@@ -31,7 +36,7 @@ impl UnderWay {
         if !matches!(batch.op, Op::Charge | Op::Penalize) {
             return None;
         }
-        let mut all = lock(&self.0);
+        let mut all = lock(&self.costs);
         for bucket in &batch.buckets {
             let cost = all.entry(bucket.key.clone()).or_insert(0);
             *cost = cost.saturating_add(bucket.cost);
@@ -45,7 +50,7 @@ impl UnderWay {
     /// The cost under way of each of `buckets` (0 for those with none); empty if nothing
     /// is under way at all.
     pub(crate) fn costs(&self, buckets: &[Bucket]) -> Vec<u64> {
-        let all = lock(&self.0);
+        let all = lock(&self.costs);
         if all.is_empty() {
             return Vec::new();
         }
@@ -54,11 +59,25 @@ impl UnderWay {
             .map(|b| all.get(b.key.as_str()).copied().unwrap_or(0))
             .collect()
     }
+
+    /// Waits until no charge is under way, or until `deadline`; answers whether none is.
+    pub(crate) async fn answered(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Made before the look: told of every answer that empties it after the look.
+            let told = self.none_left.notified();
+            if lock(&self.costs).is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, told).await.is_err() {
+                return lock(&self.costs).is_empty();
+            }
+        }
+    }
 }
 
 impl Drop for Sent<'_> {
     fn drop(&mut self) {
-        let mut all = lock(&self.under_way.0);
+        let mut all = lock(&self.under_way.costs);
         for bucket in &self.batch.buckets {
             if let Some(cost) = all.get_mut(bucket.key.as_str()) {
                 *cost = cost.saturating_sub(bucket.cost);
@@ -66,6 +85,11 @@ impl Drop for Sent<'_> {
                     all.remove(bucket.key.as_str());
                 }
             }
+        }
+        let none_left = all.is_empty();
+        drop(all);
+        if none_left {
+            self.under_way.none_left.notify_waiters();
         }
     }
 }
@@ -93,6 +117,6 @@ mod tests {
         assert_eq!(under_way.costs(&[a.clone(), b.clone()]), [2, 0]);
         drop(again);
         assert!(under_way.costs(&[a, b]).is_empty());
-        assert!(lock(&under_way.0).is_empty());
+        assert!(lock(&under_way.costs).is_empty());
     }
 }
