@@ -606,6 +606,42 @@ pub struct LimitConfig {
     pub when_full: Option<WhenFull>,
 }
 
+impl LimitConfig {
+    /// How many of its values this limit declares: a limit, a sustained rate, a burst, a
+    /// daily cap.
+    fn values(&self) -> usize {
+        [self.limit, self.sustained, self.burst, self.daily]
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+    }
+}
+
+/// What a file declares, counted ([`Config::declared`]): a change that declares fewer of
+/// any than the file running may have been read while it was written, the rest not
+/// written yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Declared {
+    /// Routes.
+    pub(crate) routes: usize,
+    /// Global limits (`global:`, `gateway:`).
+    pub(crate) global_limits: usize,
+    /// Limit values: each limit's rate, sustained rate, burst and daily cap (of routes,
+    /// global limits and buckets), and each route's cost: a file cut short after a
+    /// route's first lines drops its later ones (its burst, its daily cap, its cost),
+    /// lifting them.
+    pub(crate) values: usize,
+}
+
+impl Declared {
+    /// Whether this declares fewer of anything than `were`.
+    pub(crate) fn fewer_than(&self, were: &Declared) -> bool {
+        self.routes < were.routes
+            || self.global_limits < were.global_limits
+            || self.values < were.values
+    }
+}
+
 /// Reads `burst:`: a count alone (`20`), or a quota whose count is taken (`20/s`). A
 /// count of 0 is a burst of 0 ([`QuotaError::ZeroBurst`]), not a quota of 0 (whose error
 /// suggests exempting the route).
@@ -984,14 +1020,26 @@ impl Config {
         }
     }
 
-    /// How many routes and global limits the file declares (a reload that declares fewer
-    /// than the running file did may have been read mid-write).
-    pub(crate) fn declared(&self) -> (usize, usize) {
+    /// How many routes, global limits and limit values the file declares (a reload that
+    /// declares fewer of any than the running file did may have been read mid-write).
+    pub(crate) fn declared(&self) -> Declared {
         let gateway = self
             .gateway
             .as_ref()
-            .is_some_and(|g| g.global_rate_limit.is_some());
-        (self.routes.len(), self.global.len() + usize::from(gateway))
+            .and_then(|g| g.global_rate_limit.as_ref());
+        let routes = self.routes.iter();
+        let limits = routes
+            .clone()
+            .flat_map(|r| r.limits.iter().chain(&r.rate_limit))
+            .chain(&self.global)
+            .chain(gateway)
+            .chain(self.buckets.values());
+        Declared {
+            routes: self.routes.len(),
+            global_limits: self.global.len() + usize::from(gateway.is_some()),
+            values: limits.map(LimitConfig::values).sum::<usize>()
+                + routes.filter(|r| r.cost.is_some()).count(),
+        }
     }
 
     pub(crate) fn declares_no_limits(&self) -> bool {

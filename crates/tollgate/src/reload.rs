@@ -12,10 +12,11 @@
 //!
 //! Three guards against a file caught mid-edit: a change is loaded once two polls in a row
 //! read the same bytes (a write that finishes within one poll interval is not loaded
-//! half-written); a change that declares fewer routes or global limits than the file
-//! loaded before is loaded only once [`DROP_READS`] polls in a row read it the same (5 s
-//! at the default interval; warned of when first seen), so a writer that stalls for a
-//! second or two does not lift the limits it had not written yet; and a file that
+//! half-written); a change that declares fewer routes, global limits or limit values (a
+//! rate, a sustained rate, a burst, a daily cap, a route's cost) than the file loaded
+//! before is loaded only once [`DROP_READS`] polls in a row read it the same (5 s at the
+//! default interval; warned of when first seen), so a writer that stalls for a second or
+//! two does not lift the limits it had not written yet; and a file that
 //! declares no routes, global limits or buckets, where the one running did, is refused
 //! ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift every
 //! limit at once). [`ConfigWatcher::reload_now`] loads what the file holds at once. Write
@@ -48,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Declared};
 use crate::engine::lock;
 use crate::limiter::{Limiter, LimiterBuilder};
 
@@ -59,8 +60,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many polls in a row must read a change the same before a watcher loads it, when it
-/// declares fewer routes or global limits than the file loaded before (a change that
-/// declares as many is loaded at the second).
+/// declares fewer routes, global limits or limit values than the file loaded before (a
+/// change that declares as many is loaded at the second).
 pub const DROP_READS: u32 = 10;
 
 type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -249,12 +250,12 @@ struct Seen {
     /// Whether the last read failed (logged once, until it succeeds again).
     unreadable: bool,
     /// A new content, and how many polls in a row read it: it is loaded when the next
-    /// poll reads it again (after [`DROP_READS`], if it declares fewer routes or global
-    /// limits than the file last loaded, `declared`), so that a file read while it was
-    /// being written is not loaded half-written.
+    /// poll reads it again (after [`DROP_READS`], if it declares fewer routes, global
+    /// limits or limit values than the file last loaded, `declared`), so that a file read
+    /// while it was being written is not loaded half-written.
     changed: Option<(String, u32)>,
-    /// What the file last loaded declared (routes, global limits).
-    declared: Option<(usize, usize)>,
+    /// What the file last loaded declared.
+    declared: Option<Declared>,
 }
 
 impl Seen {
@@ -313,13 +314,16 @@ impl Watch {
                         tracing::warn!(
                             target: "tollgate",
                             file = %self.path.display(),
-                            file_routes = now.0,
-                            file_routes_loaded = were.0,
-                            file_global_limits = now.1,
-                            file_global_limits_loaded = were.1,
-                            "the rate-limit configuration now declares fewer routes or global \
-                             limits: it is loaded if it reads the same for {DROP_READS} polls \
-                             (a file read mid-write would lift the limits not written yet)"
+                            file_routes = now.routes,
+                            file_routes_loaded = were.routes,
+                            file_global_limits = now.global_limits,
+                            file_global_limits_loaded = were.global_limits,
+                            file_limit_values = now.values,
+                            file_limit_values_loaded = were.values,
+                            "the rate-limit configuration now declares fewer routes, global \
+                             limits or limit values: it is loaded if it reads the same for \
+                             {DROP_READS} polls (a file read mid-write would lift the limits \
+                             not written yet)"
                         );
                     }
                     return;
@@ -343,17 +347,13 @@ impl Watch {
         }
     }
 
-    /// What `content` declares (routes, global limits), and what the file last loaded
-    /// did (`loaded`), when `content` declares fewer of either. (Content that does not
-    /// read declares nothing to wait for: its error is logged at once.)
-    fn drops(
-        &self,
-        loaded: Option<(usize, usize)>,
-        content: &str,
-    ) -> Option<((usize, usize), (usize, usize))> {
+    /// What `content` declares, and what the file last loaded did (`loaded`), when
+    /// `content` declares fewer of anything. (Content that does not read declares nothing
+    /// to wait for: its error is logged at once.)
+    fn drops(&self, loaded: Option<Declared>, content: &str) -> Option<(Declared, Declared)> {
         let now = Config::from_path_text(&self.path, content).ok()?.declared();
         let were = loaded?;
-        (now.0 < were.0 || now.1 < were.1).then_some((now, were))
+        now.fewer_than(&were).then_some((now, were))
     }
 
     /// Reloads the limiter from `content`, the file's text: one reload tried.
@@ -490,6 +490,48 @@ mod tests {
         };
         watcher.reload_now().unwrap();
         assert_eq!(limiter.describe().len(), 1);
+    }
+
+    /// A route cut short after its first lines (the writer stalled before the rest of its
+    /// limits) declares fewer limit values, and waits as a dropped rule does: loaded at the
+    /// second read, a route's burst went from 20 to 1,200 and its daily cap of 50 went
+    /// (a review: 2,119 admitted to 10 keys that had spent the cap, while the writer
+    /// stalled 1.7 s). So does a route's cost, cut off: a lower cost admits more.
+    #[test]
+    fn a_route_cut_short_is_loaded_only_once_it_holds_still() {
+        let (_dir, path, _limiter, watch) = watching("cut");
+        let whole = "routes:\n  - path: /*\n    name: a\n    rate_limit:\n      \
+                     sustained: 1200/min\n      burst: 20/s\n      daily: 50/day\n    cost: 2\n";
+        std::fs::write(&path, whole).unwrap();
+        watch.poll();
+        watch.poll();
+        assert_eq!(
+            lock(&watch.seen).content,
+            whole,
+            "loaded at the second read"
+        );
+        let lines: Vec<&str> = whole.split_inclusive('\n').collect();
+        // Cut after the sustained rate (no burst, no daily cap), after the burst, and
+        // before the cost.
+        for kept in [5, 6, 7] {
+            let cut = lines[..kept].concat();
+            std::fs::write(&path, &cut).unwrap();
+            for read in 1..DROP_READS {
+                watch.poll();
+                let loaded = lock(&watch.seen).content.clone();
+                assert_eq!(loaded, whole, "{kept} lines, read {read} times: not loaded");
+            }
+            watch.poll();
+            assert_eq!(
+                lock(&watch.seen).content,
+                cut,
+                "read {DROP_READS} times: loaded"
+            );
+            std::fs::write(&path, whole).unwrap();
+            watch.poll();
+            watch.poll();
+            assert_eq!(lock(&watch.seen).content, whole, "the writer finished");
+        }
     }
 
     /// A watched file that turns unreadable counts one refused reload (and is warned of
