@@ -2251,7 +2251,8 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
                 "the primary's incarnation changed (restarted, or took another server's data)",
                 true,
             );
-            // Off the primary first: an answer that sees this decides from memory.
+            // Off the primary first: an admission that sees this stands only if memory has
+            // room for it.
             shared.restarts.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -3046,8 +3047,8 @@ mod tests {
     /// A key at 90 of 100 when the primary restarts empty, then 10 clients sending 10
     /// requests each at once: the first call finds the connection broken and asks the
     /// incarnation, and the others' calls, through the fresh connection, are admitted by
-    /// the emptied primary until it knows. Their answers wait for it, and are then decided
-    /// as failed calls are (from memory): 10 admitted in all. Before, each was admitted
+    /// the emptied primary until it knows. Their admissions wait for it, and stand only
+    /// where memory has room for them too: 10 admitted in all. Before, each was admitted
     /// as the primary answered (90 here; 374 of 100 in 1 of 1,000 runs of `outage`'s
     /// burst after an empty restart, its question slow on a loaded machine), and only added
     /// to the count written back.
