@@ -12,11 +12,12 @@
 //!
 //! Three guards against a file caught mid-edit: a change is loaded once two polls in a row
 //! read the same bytes (a write that finishes within one poll interval is not loaded
-//! half-written); a change that declares fewer routes, global limits or limit values (a
-//! rate, a sustained rate, a burst, a daily cap, a route's cost) than the file loaded
-//! before is loaded only once [`DROP_READS`] polls in a row read it the same (5 s at the
-//! default interval; warned of when first seen), so a writer that stalls for a second or
-//! two does not lift the limits it had not written yet; and a file that
+//! half-written); a change that may be the file loaded before caught mid-write (it drops a
+//! route, its last route says less than the loaded file's route of that path: fewer
+//! settings, or a cost or name cut short; or it declares fewer global limits or buckets,
+//! or values of those) is loaded only once [`DROP_READS`] polls in a row read it the
+//! same (5 s at the default interval; warned of when first seen), so a writer that stalls
+//! for a second or two does not lift the limits it had not written yet; and a file that
 //! declares no routes, global limits or buckets, where the one running did, is refused
 //! ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift every
 //! limit at once). [`ConfigWatcher::reload_now`] loads what the file holds at once. Write
@@ -60,8 +61,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many polls in a row must read a change the same before a watcher loads it, when it
-/// declares fewer routes, global limits or limit values than the file loaded before (a
-/// change that declares as many is loaded at the second).
+/// may be the file loaded before caught mid-write (it drops a route, its last route says
+/// less, it declares fewer global limits or buckets: see the module docs); other changes
+/// are loaded at the second.
 pub const DROP_READS: u32 = 10;
 
 type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -211,7 +213,7 @@ impl ConfigWatcher {
         crate::observe::reload_tried(read(&self.watch.path).and_then(|content| {
             let mut seen = lock(&self.watch.seen);
             *seen = Seen {
-                declared: seen.declared,
+                declared: seen.declared.take(),
                 ..Seen::new(content.clone())
             };
             drop(seen);
@@ -250,9 +252,9 @@ struct Seen {
     /// Whether the last read failed (logged once, until it succeeds again).
     unreadable: bool,
     /// A new content, and how many polls in a row read it: it is loaded when the next
-    /// poll reads it again (after [`DROP_READS`], if it declares fewer routes, global
-    /// limits or limit values than the file last loaded, `declared`), so that a file read
-    /// while it was being written is not loaded half-written.
+    /// poll reads it again (after [`DROP_READS`], if it may be the file last loaded caught
+    /// mid-write, `declared`), so that a file read while it was being written is not loaded
+    /// half-written.
     changed: Option<(String, u32)>,
     /// What the file last loaded declared.
     declared: Option<Declared>,
@@ -309,21 +311,19 @@ impl Watch {
                 }
             };
             if reads < DROP_READS {
-                if let Some((now, were)) = self.drops(seen.declared, &content) {
+                if let Some((now, were)) = self.drops(seen.declared.as_ref(), &content) {
                     if reads == 2 {
                         tracing::warn!(
                             target: "tollgate",
                             file = %self.path.display(),
-                            file_routes = now.routes,
-                            file_routes_loaded = were.routes,
+                            file_routes = now.routes(),
+                            file_routes_loaded = were.routes(),
                             file_global_limits = now.global_limits,
                             file_global_limits_loaded = were.global_limits,
-                            file_limit_values = now.values,
-                            file_limit_values_loaded = were.values,
-                            "the rate-limit configuration now declares fewer routes, global \
-                             limits or limit values: it is loaded if it reads the same for \
-                             {DROP_READS} polls (a file read mid-write would lift the limits \
-                             not written yet)"
+                            "the rate-limit configuration now drops a route, changes its last \
+                             route, or declares fewer global limits or buckets: it is loaded \
+                             if it reads the same for {DROP_READS} polls (a file read \
+                             mid-write would lift the limits not written yet)"
                         );
                     }
                     return;
@@ -350,10 +350,14 @@ impl Watch {
     /// What `content` declares, and what the file last loaded did (`loaded`), when
     /// `content` declares fewer of anything. (Content that does not read declares nothing
     /// to wait for: its error is logged at once.)
-    fn drops(&self, loaded: Option<Declared>, content: &str) -> Option<(Declared, Declared)> {
+    fn drops<'w>(
+        &self,
+        loaded: Option<&'w Declared>,
+        content: &str,
+    ) -> Option<(Declared, &'w Declared)> {
         let now = Config::from_path_text(&self.path, content).ok()?.declared();
         let were = loaded?;
-        now.fewer_than(&were).then_some((now, were))
+        now.fewer_than(were).then_some((now, were))
     }
 
     /// Reloads the limiter from `content`, the file's text: one reload tried.
@@ -492,46 +496,55 @@ mod tests {
         assert_eq!(limiter.describe().len(), 1);
     }
 
-    /// A route cut short after its first lines (the writer stalled before the rest of its
-    /// limits) declares fewer limit values, and waits as a dropped rule does: loaded at the
-    /// second read, a route's burst went from 20 to 1,200 and its daily cap of 50 went
-    /// (a review: 2,119 admitted to 10 keys that had spent the cap, while the writer
-    /// stalled 1.7 s). So does a route's cost, cut off: a lower cost admits more.
+    /// A route cut short (the writer stalled inside it) says less than the running file's
+    /// route of that path, and waits as a dropped rule does: loaded at the second read, a
+    /// route's burst went from 20 to 1,200 and its daily cap of 50 went (a review: 2,119
+    /// admitted to 10 keys that had spent the cap, while the writer stalled 1.7 s). So do
+    /// its later lines, each a limit lifted if cut: a cost (`cost: 15` cut to `cost: 1`),
+    /// its name (its counts start afresh), whose budget (`per:`), and the same cuts in an
+    /// edit that adds a route before it (the file's totals then stay as they were). An
+    /// edit of a route before the last is loaded at the second read.
     #[test]
     fn a_route_cut_short_is_loaded_only_once_it_holds_still() {
         let (_dir, path, _limiter, watch) = watching("cut");
-        let whole = "routes:\n  - path: /*\n    name: a\n    rate_limit:\n      \
-                     sustained: 1200/min\n      burst: 20/s\n      daily: 50/day\n    cost: 2\n";
-        std::fs::write(&path, whole).unwrap();
-        watch.poll();
-        watch.poll();
-        assert_eq!(
-            lock(&watch.seen).content,
-            whole,
-            "loaded at the second read"
-        );
-        let lines: Vec<&str> = whole.split_inclusive('\n').collect();
-        // Cut after the sustained rate (no burst, no daily cap), after the burst, and
-        // before the cost.
-        for kept in [5, 6, 7] {
-            let cut = lines[..kept].concat();
-            std::fs::write(&path, &cut).unwrap();
-            for read in 1..DROP_READS {
+        let route = "  - path: /b\n    rate_limit:\n      sustained: 1200/min\n      \
+                     burst: 20/s\n      daily: 50/day\n      per: global\n    cost: 15\n    \
+                     name: b\n";
+        let added = "  - path: /a\n    limits: [{ limit: 10/min }, { limit: 100/day }]\n";
+        let loaded = || lock(&watch.seen).content.clone();
+        for before in ["", added] {
+            let whole = format!("routes:\n{before}{route}");
+            std::fs::write(&path, &whole).unwrap();
+            watch.poll();
+            watch.poll();
+            assert_eq!(loaded(), whole, "loaded at the second read");
+            let cut_after = ["sustained: 1200/min\n", "burst: 20/s\n", "per: global\n"];
+            let cut_after = cut_after.map(|line| whole.find(line).unwrap() + line.len());
+            let ends = [
+                whole.len() - "5\n    name: b\n".len(),
+                whole.len() - "name: b\n".len(),
+            ];
+            for end in cut_after.into_iter().chain(ends) {
+                let cut = &whole[..end];
+                std::fs::write(&path, cut).unwrap();
+                for read in 1..DROP_READS {
+                    watch.poll();
+                    assert_eq!(loaded(), whole, "cut to {cut:?}, read {read} times");
+                }
                 watch.poll();
-                let loaded = lock(&watch.seen).content.clone();
-                assert_eq!(loaded, whole, "{kept} lines, read {read} times: not loaded");
+                assert_eq!(loaded(), cut, "read {DROP_READS} times: loaded");
+                std::fs::write(&path, &whole).unwrap();
+                watch.poll();
+                watch.poll();
+                assert_eq!(loaded(), whole, "the writer finished");
             }
-            watch.poll();
-            assert_eq!(
-                lock(&watch.seen).content,
-                cut,
-                "read {DROP_READS} times: loaded"
-            );
-            std::fs::write(&path, whole).unwrap();
-            watch.poll();
-            watch.poll();
-            assert_eq!(lock(&watch.seen).content, whole, "the writer finished");
         }
+        // An edit of the route before the last: at the second read.
+        let edited = format!("routes:\n{}{route}", added.replace("10/min", "20/min"));
+        std::fs::write(&path, &edited).unwrap();
+        watch.poll();
+        watch.poll();
+        assert_eq!(loaded(), edited);
     }
 
     /// A watched file that turns unreadable counts one refused reload (and is warned of
