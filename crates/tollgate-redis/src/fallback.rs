@@ -2547,6 +2547,22 @@ mod tests {
         }
     }
 
+    /// A broken pipe (as a multiplexed connection's first call after it broke fails) if
+    /// `broken` is set, which it clears.
+    fn broke_once(broken: &AtomicBool) -> Result<(), StoreError> {
+        if broken.swap(false, Ordering::AcqRel) {
+            let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+            return Err(StoreError::Backend(Box::new(pipe)));
+        }
+        Ok(())
+    }
+
+    /// Whether `error` is [`broke_once`]'s.
+    fn is_broken_pipe(error: &StoreError) -> bool {
+        matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    }
+
     /// A primary whose connection breaks when it restarts (a new incarnation): the next
     /// call fails with a broken pipe, as through a multiplexed connection.
     #[derive(Debug)]
@@ -2570,18 +2586,14 @@ mod tests {
         }
 
         fn connection_broke(&self, error: &StoreError) -> bool {
-            matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+            is_broken_pipe(error)
         }
     }
 
     impl Store for Restarting {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
-                if self.broken.swap(false, Ordering::AcqRel) {
-                    let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-                    return Err(StoreError::Backend(Box::new(pipe)));
-                }
+                broke_once(&self.broken)?;
                 self.memory.apply_now(batch.op, &batch.buckets)
             })
         }
@@ -3058,18 +3070,14 @@ mod tests {
         }
 
         fn connection_broke(&self, error: &StoreError) -> bool {
-            matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+            is_broken_pipe(error)
         }
     }
 
     impl Store for SlowToTell {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
-                if self.broken.swap(false, Ordering::AcqRel) {
-                    let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-                    return Err(StoreError::Backend(Box::new(pipe)));
-                }
+                broke_once(&self.broken)?;
                 lock(&self.redis).apply_now(batch.op, &batch.buckets)
             })
         }
@@ -4277,8 +4285,7 @@ mod tests {
         }
 
         fn connection_broke(&self, error: &StoreError) -> bool {
-            matches!(error, StoreError::Backend(e) if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+            is_broken_pipe(error)
         }
     }
 
