@@ -8,6 +8,7 @@
 //! new window: a race we leave.)
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -19,8 +20,10 @@ use crate::fallback::lock;
 #[derive(Debug, Default)]
 pub(crate) struct UnderWay {
     costs: Mutex<HashMap<StoreKey, u64, foldhash::fast::RandomState>>,
-    /// Told each time the last charge under way is answered ([`UnderWay::answered`]).
+    /// Told when the last charge under way is answered while [`UnderWay::answered`]
+    /// waits (`awaited`): a call's answer otherwise tells no one.
     none_left: Notify,
+    awaited: AtomicBool,
 }
 
 /// A batch's charges under way, until dropped.
@@ -61,17 +64,23 @@ impl UnderWay {
     }
 
     /// Waits until no charge is under way, or until `deadline`; answers whether none is.
+    /// (One waiter at a time: the store's check.)
     pub(crate) async fn answered(&self, deadline: tokio::time::Instant) -> bool {
-        loop {
+        // Set before the looks (under the lock an answer empties it with): an answer that
+        // empties it after a look tells.
+        self.awaited.store(true, Ordering::Release);
+        let none_left = loop {
             // Made before the look: told of every answer that empties it after the look.
             let told = self.none_left.notified();
             if lock(&self.costs).is_empty() {
-                return true;
+                break true;
             }
             if tokio::time::timeout_at(deadline, told).await.is_err() {
-                return lock(&self.costs).is_empty();
+                break lock(&self.costs).is_empty();
             }
-        }
+        };
+        self.awaited.store(false, Ordering::Release);
+        none_left
     }
 }
 
@@ -88,7 +97,7 @@ impl Drop for Sent<'_> {
         }
         let none_left = all.is_empty();
         drop(all);
-        if none_left {
+        if none_left && self.under_way.awaited.load(Ordering::Acquire) {
             self.under_way.none_left.notify_waiters();
         }
     }
