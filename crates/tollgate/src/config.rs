@@ -606,30 +606,15 @@ pub struct LimitConfig {
     pub when_full: Option<WhenFull>,
 }
 
-impl LimitConfig {
-    /// How many of its values this limit declares: a limit, a sustained rate, a burst, a
-    /// daily cap.
-    fn values(&self) -> usize {
-        [self.limit, self.sustained, self.burst, self.daily]
-            .iter()
-            .filter(|v| v.is_some())
-            .count()
-    }
-}
-
 /// What a file declares ([`Config::declared`]), for a reload to tell whether it may have
 /// been read while it was written, the rest not written yet ([`Declared::fewer_than`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Declared {
-    /// Each route, in the file's order.
-    routes: Vec<RouteShape>,
-    /// Global limits (`global:`, `gateway:`).
-    pub(crate) global_limits: usize,
-    /// Buckets for direct use.
-    buckets: usize,
-    /// The values of the global limits and the buckets: each one's rate, sustained rate,
-    /// burst and daily cap.
-    values: usize,
+    /// Each route, in the file's order: what it is for (its path and methods), and all it
+    /// says.
+    routes: Vec<((String, Vec<String>), String)>,
+    /// Each global limit and bucket, all it says.
+    others: Vec<String>,
 }
 
 impl Declared {
@@ -639,88 +624,20 @@ impl Declared {
     }
 
     /// Whether this may be `were`'s file caught mid-write: it drops a route of `were`
-    /// (or changes what one is for), its last route may be one of `were`'s cut short (a
-    /// file cut inside a route drops the route's later lines, or ends inside one:
-    /// [`RouteShape::cut_from`]), or it declares fewer global limits, buckets or values
-    /// of those. An edit that does any of these on purpose waits too.
+    /// (or changes what one is for), its last route is one of `were`'s saying anything
+    /// else (a file cut inside a route drops its later lines, or ends inside one: a
+    /// burst, a daily cap, `cost: 15` read as `cost: 1`, a name or a header's name cut
+    /// short, a list of statuses cut), or a global limit or bucket of `were` is gone or
+    /// says anything else. An edit that does any of these on purpose waits too.
     pub(crate) fn fewer_than(&self, were: &Declared) -> bool {
-        let has = |id: &RouteShape| self.routes.iter().any(|r| r.id == id.id);
-        let cut_inside = self.routes.last().is_some_and(|last| {
-            were.routes
-                .iter()
-                .any(|r| r.id == last.id && last.cut_from(r))
-        });
-        were.routes.iter().any(|r| !has(r))
+        let has = |id: &(String, Vec<String>)| self.routes.iter().any(|(i, _)| i == id);
+        let cut_inside = self
+            .routes
+            .last()
+            .is_some_and(|(id, said)| were.routes.iter().any(|(i, s)| i == id && s != said));
+        were.routes.iter().any(|(id, _)| !has(id))
             || cut_inside
-            || self.global_limits < were.global_limits
-            || self.buckets < were.buckets
-            || self.values < were.values
-    }
-}
-
-/// What a route of a file says, as far as a file cut short inside it shows
-/// ([`RouteShape::cut_from`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteShape {
-    /// What it is for: its path and methods.
-    id: (String, Vec<String>),
-    /// How many of its settings it gives (each of its limits' too).
-    settings: usize,
-    /// Its cost and its name.
-    cost: Option<u64>,
-    name: Option<String>,
-}
-
-impl RouteShape {
-    fn of(route: &RouteConfig) -> Self {
-        let given = [
-            !route.methods.is_empty(),
-            route.name.is_some(),
-            route.exempt,
-            route.bucket.is_some(),
-            route.cost.is_some(),
-            route.shadow,
-            route.on_store_failure.is_some(),
-            route.when_full.is_some(),
-            !route.refund_statuses.is_empty(),
-            !route.count_only_statuses.is_empty(),
-        ];
-        let limits = route.limits.iter().chain(&route.rate_limit);
-        let limit_settings = |l: &LimitConfig| {
-            l.values()
-                + [
-                    l.per.is_some(),
-                    l.algorithm.is_some(),
-                    l.when_full.is_some(),
-                ]
-                .iter()
-                .filter(|g| **g)
-                .count()
-        };
-        Self {
-            id: (route.path.clone(), route.methods.clone()),
-            settings: given.iter().filter(|g| **g).count()
-                + route.limits.len()
-                + limits.map(limit_settings).sum::<usize>(),
-            cost: route.cost,
-            name: route.name.clone(),
-        }
-    }
-
-    /// Whether this may be `were` (a route for the same path and methods) cut short: it
-    /// gives fewer settings (the lines after the cut: a burst, a daily cap, whose budget),
-    /// or its cost or name is the start of `were`'s (a line cut inside: `cost: 15` read
-    /// as `cost: 1`, a name cut, its counts starting afresh).
-    fn cut_from(&self, were: &RouteShape) -> bool {
-        let starts = |now: &str, was: &str| now.len() < was.len() && was.starts_with(now);
-        let cost = self.cost.zip(were.cost);
-        self.settings < were.settings
-            || cost.is_some_and(|(now, was)| starts(&now.to_string(), &was.to_string()))
-            || self
-                .name
-                .as_deref()
-                .zip(were.name.as_deref())
-                .is_some_and(|(now, was)| starts(now, was))
+            || were.others.iter().any(|o| !self.others.contains(o))
     }
 }
 
@@ -1109,16 +1026,15 @@ impl Config {
             .gateway
             .as_ref()
             .and_then(|g| g.global_rate_limit.as_ref());
-        let limits = self
-            .global
-            .iter()
-            .chain(gateway)
-            .chain(self.buckets.values());
+        let globals = self.global.iter().chain(gateway).map(|l| format!("{l:?}"));
+        let buckets = self.buckets.iter().map(|b| format!("{b:?}"));
         Declared {
-            routes: self.routes.iter().map(RouteShape::of).collect(),
-            global_limits: self.global.len() + usize::from(gateway.is_some()),
-            buckets: self.buckets.len(),
-            values: limits.map(LimitConfig::values).sum(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| ((r.path.clone(), r.methods.clone()), format!("{r:?}")))
+                .collect(),
+            others: globals.chain(buckets).collect(),
         }
     }
 

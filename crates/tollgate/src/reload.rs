@@ -13,9 +13,9 @@
 //! Three guards against a file caught mid-edit: a change is loaded once two polls in a row
 //! read the same bytes (a write that finishes within one poll interval is not loaded
 //! half-written); a change that may be the file loaded before caught mid-write (it drops a
-//! route, its last route says less than the loaded file's route of that path: fewer
-//! settings, or a cost or name cut short; or it declares fewer global limits or buckets,
-//! or values of those) is loaded only once [`DROP_READS`] polls in a row read it the
+//! route, or changes the file's last route, a global limit or a bucket: a file cut inside
+//! its last route drops the route's later lines or ends inside one) is loaded only once
+//! [`DROP_READS`] polls in a row read it the
 //! same (5 s at the default interval; warned of when first seen), so a writer that stalls
 //! for a second or two does not lift the limits it had not written yet; and a file that
 //! declares no routes, global limits or buckets, where the one running did, is refused
@@ -61,9 +61,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many polls in a row must read a change the same before a watcher loads it, when it
-/// may be the file loaded before caught mid-write (it drops a route, its last route says
-/// less, it declares fewer global limits or buckets: see the module docs); other changes
-/// are loaded at the second.
+/// may be the file loaded before caught mid-write (it drops a route, or changes the last
+/// route, a global limit or a bucket: see the module docs); other changes are loaded at
+/// the second.
 pub const DROP_READS: u32 = 10;
 
 type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -318,12 +318,10 @@ impl Watch {
                             file = %self.path.display(),
                             file_routes = now.routes(),
                             file_routes_loaded = were.routes(),
-                            file_global_limits = now.global_limits,
-                            file_global_limits_loaded = were.global_limits,
-                            "the rate-limit configuration now drops a route, changes its last \
-                             route, or declares fewer global limits or buckets: it is loaded \
-                             if it reads the same for {DROP_READS} polls (a file read \
-                             mid-write would lift the limits not written yet)"
+                            "the rate-limit configuration now drops a route, or changes its \
+                             last route, a global limit or a bucket: it is loaded if it reads \
+                             the same for {DROP_READS} polls (a file read mid-write would lift \
+                             the limits not written yet)"
                         );
                     }
                     return;
@@ -496,55 +494,82 @@ mod tests {
         assert_eq!(limiter.describe().len(), 1);
     }
 
-    /// A route cut short (the writer stalled inside it) says less than the running file's
-    /// route of that path, and waits as a dropped rule does: loaded at the second read, a
-    /// route's burst went from 20 to 1,200 and its daily cap of 50 went (a review: 2,119
-    /// admitted to 10 keys that had spent the cap, while the writer stalled 1.7 s). So do
-    /// its later lines, each a limit lifted if cut: a cost (`cost: 15` cut to `cost: 1`),
-    /// its name (its counts start afresh), whose budget (`per:`), and the same cuts in an
-    /// edit that adds a route before it (the file's totals then stay as they were). An
-    /// edit of a route before the last is loaded at the second read.
+    /// A route cut short (the writer stalled inside it) says something else than the
+    /// running file's route of that path, and waits as a dropped rule does: loaded at the
+    /// second read, a route's burst went from 20 to 1,200 and its daily cap of 50 went (a
+    /// review: 2,119 admitted to 10 keys that had spent the cap, while the writer stalled
+    /// 1.7 s). So do its later lines, each a limit lifted if cut: a cost (`cost: 15` cut to
+    /// `cost: 1`), its name (its counts start afresh), whose budget (`per:`, or a header's
+    /// name cut short), a list of statuses that count; and the same cuts in an edit that
+    /// adds a route before it, or a setting before the cut. An edit of a route before the
+    /// last is loaded at the second read; a global limit cut short waits too.
     #[test]
     fn a_route_cut_short_is_loaded_only_once_it_holds_still() {
         let (_dir, path, _limiter, watch) = watching("cut");
         let route = "  - path: /b\n    rate_limit:\n      sustained: 1200/min\n      \
-                     burst: 20/s\n      daily: 50/day\n      per: global\n    cost: 15\n    \
+                     burst: 20/s\n      daily: 50/day\n      per: header:x-api-key\n    \
+                     count_only_statuses:\n      - 401\n      - 403\n    cost: 15\n    \
                      name: b\n";
         let added = "  - path: /a\n    limits: [{ limit: 10/min }, { limit: 100/day }]\n";
+        let global =
+            "global:\n  - { limit: 1000/min }\n  - limit: 5000/hour\n    per: header:x-tenant\n";
         let loaded = || lock(&watch.seen).content.clone();
-        for before in ["", added] {
-            let whole = format!("routes:\n{before}{route}");
+        // Cut after each of these, or ending with each.
+        let cut_after = [
+            "sustained: 1200/min\n",
+            "burst: 20/s\n",
+            "per: header:x-api",
+            "- 401\n",
+            "cost: 1",
+            "cost: 15\n",
+            "per: header:x-ten",
+        ];
+        for whole in [
+            format!("routes:\n{route}"),
+            format!("routes:\n{added}{route}"),
+            format!(
+                "routes:\n{}",
+                route.replace("    rate_limit", "    shadow: false\n    rate_limit")
+            ),
+            format!("routes:\n{added}{route}{global}"),
+        ] {
             std::fs::write(&path, &whole).unwrap();
-            watch.poll();
-            watch.poll();
-            assert_eq!(loaded(), whole, "loaded at the second read");
-            let cut_after = ["sustained: 1200/min\n", "burst: 20/s\n", "per: global\n"];
-            let cut_after = cut_after.map(|line| whole.find(line).unwrap() + line.len());
-            let ends = [
-                whole.len() - "5\n    name: b\n".len(),
-                whole.len() - "name: b\n".len(),
-            ];
-            for end in cut_after.into_iter().chain(ends) {
+            for _ in 0..DROP_READS {
+                watch.poll();
+            }
+            assert_eq!(loaded(), whole, "loaded");
+            for end in cut_after
+                .iter()
+                .filter_map(|at| Some(whole.find(at)? + at.len()))
+            {
                 let cut = &whole[..end];
                 std::fs::write(&path, cut).unwrap();
                 for read in 1..DROP_READS {
                     watch.poll();
                     assert_eq!(loaded(), whole, "cut to {cut:?}, read {read} times");
                 }
-                watch.poll();
-                assert_eq!(loaded(), cut, "read {DROP_READS} times: loaded");
+                // The writer finishes.
                 std::fs::write(&path, &whole).unwrap();
                 watch.poll();
-                watch.poll();
-                assert_eq!(loaded(), whole, "the writer finished");
+                assert_eq!(loaded(), whole);
             }
         }
         // An edit of the route before the last: at the second read.
-        let edited = format!("routes:\n{}{route}", added.replace("10/min", "20/min"));
+        let edited = format!(
+            "routes:\n{}{route}{global}",
+            added.replace("10/min", "20/min")
+        );
         std::fs::write(&path, &edited).unwrap();
         watch.poll();
         watch.poll();
         assert_eq!(loaded(), edited);
+        // A cut held still is loaded after ten reads.
+        let cut = &edited[..edited.find("burst").unwrap()];
+        std::fs::write(&path, cut).unwrap();
+        for _ in 0..DROP_READS {
+            watch.poll();
+        }
+        assert_eq!(loaded(), cut);
     }
 
     /// A watched file that turns unreadable counts one refused reload (and is warned of
