@@ -500,9 +500,11 @@ pub fn client_ip_from_env() -> Result<tollgate::ClientIp, BadSetting> {
     Ok(client_ip)
 }
 
-/// `quota` as a rolling window counted in 60 segments, so that a client at a steady pace
-/// under it is admitted (the default ten segments can refuse one above about 91% of it); a
-/// window too short for 60 segments (under 60 ms) keeps the default.
+/// `quota` as a rolling window counted in 60 segments, so that a client at a steady pace up
+/// to about 98% of it is admitted (the oldest segment counts whole until it leaves: a
+/// review's clients at 98.5 to 100% of 500 a minute were refused 2 to 17 times in about
+/// 1,400; the default ten segments refuse one above about 91%); a window too short for 60
+/// segments (under 60 ms) keeps the default.
 pub fn steady_rolling(quota: tollgate::Quota) -> tollgate::Limit {
     tollgate::Limit::sliding_segments(quota, 60).unwrap_or_else(|_| tollgate::Limit::sliding(quota))
 }

@@ -49,8 +49,8 @@ pub const PORTAL_MESSAGES: &str = "portal-messages";
 
 /// The page's counters roll ("a rolling window, not fixed clock minutes"): each rolling
 /// limit is counted in sixtieths of its window (one-second segments for a minute), so a
-/// client sending at a steady pace under the limit is admitted. (The default ten segments
-/// can refuse one sending more than about 91% of the limit per window.)
+/// client sending at a steady pace up to about 98% of the limit is admitted. (The default
+/// ten segments can refuse one sending more than about 91% of the limit per window.)
 pub const ROLLING_SEGMENTS: u32 = 60;
 
 /// A rolling limit of the page: `quota` in [`ROLLING_SEGMENTS`] segments.

@@ -66,8 +66,8 @@ impl Plan {
     }
 
     /// The plan's points per rolling minute, counted in one-second segments: a client
-    /// spending at a steady pace under its points is admitted (the default ten segments can
-    /// refuse one spending more than about 91% of them).
+    /// spending at a steady pace up to about 98% of its points is admitted (the default ten
+    /// segments can refuse one spending more than about 91% of them).
     fn limit(self) -> Limit {
         tollgate_suite::steady_rolling(Quota::per_minute(self.points_per_minute()))
     }

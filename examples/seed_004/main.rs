@@ -37,13 +37,16 @@
 //!   24-hour window": a rolling window of 24 hours ([`Rate::sliding`], as configuration
 //!   files read `daily:`), so no 24 hours ever hold more than the cap, midnight or not (a
 //!   calendar day would let a partner spend it twice within seconds around 00:00 UTC). It
-//!   counts in ten segments of 2.4 hours, not a log of every call: what a partner spent
-//!   comes back a day after the last call of its segment.
+//!   counts in 60 segments of 24 minutes, not a log of every call: what a partner spent
+//!   comes back a day after the last call of its segment, and a partner calling at a
+//!   steady pace up to about 98% of the cap is admitted (in ten segments, as
+//!   configuration files count `daily:`, a review's partners were refused from about 92%
+//!   of it: 6 of 91 calls at 100%, 1 of 83 at 92%).
 //! - Per-key limits ([`Limiter::set_override`]) come from the key table: the `Limited
 //!   Partner` key created at start-up has 20/min, and `POST /admin/keys` (the page's `npx
 //!   endpointwise keys create --name .. --scope read --rate-limit 20/min`) creates keys with
 //!   their own limit, effective on their first request: a rolling window in 60 segments,
-//!   so a partner sending at a steady pace under it is admitted. The key table is this process's
+//!   so a partner sending at a steady pace up to about 98% of it is admitted. The key table is this process's
 //!   (a stand-in for the page's key service): a key created through one instance of a
 //!   fleet is unknown to the others, where it is a `401` that spends the client's
 //!   failed-authentication budget (20 a minute per IP), as any unknown key does. Give
@@ -229,10 +232,10 @@ fn daily_cap() -> Result<
 > {
     const DAILY_CAP: &str = "ENDPOINTWISE_DAILY_CAP";
     let daily = tollgate_suite::setting(DAILY_CAP).unwrap_or_else(|| "10000/day".into());
-    let rate = Rate::sliding(daily.as_str());
-    if let Err(e) = rate.limit() {
-        return Err(tollgate_suite::BadSetting::new(DAILY_CAP, daily, e));
-    }
+    let rate = match Rate::sliding(daily.as_str()).limit() {
+        Ok(limit) => Rate::from(tollgate_suite::steady_rolling(limit.quota())),
+        Err(e) => return Err(tollgate_suite::BadSetting::new(DAILY_CAP, daily, e)),
+    };
     Ok(move |rules: LimiterBuilder| {
         rules
             .global_policy(Policy::named("daily").limit(Key::api_key(API_KEY), rate.clone()))
