@@ -704,16 +704,15 @@ struct Share {
 struct Unsure<'a> {
     unsure: &'a AtomicU32,
     sure_again: &'a tokio::sync::Notify,
-    restarts: &'a AtomicU64,
     ask_again: &'a AtomicBool,
     /// Whether the call found the primary restarted, or could not tell: counted in
     /// [`Shared::restarts`] once the store left the primary, before this is dropped.
     doubts: bool,
     /// Whether the call learnt the answer (`doubts` says it). One dropped before (its
-    /// request cancelled while it asked) counts a restart as it goes: the admissions
-    /// waiting for it are then looked at in memory, not taken as a healthy primary's; and
-    /// the next request takes the store off the primary to check it
-    /// ([`Shared::ask_again`]), as the call would have.
+    /// request cancelled while it asked) sets [`Shared::ask_again`] as it goes: the
+    /// admissions waiting for it are then looked at in memory, not taken as a healthy
+    /// primary's, and the next request takes the store off the primary to check it, as
+    /// the call would have, counting a restart once it left.
     known: bool,
 }
 
@@ -723,7 +722,6 @@ impl<'a> Unsure<'a> {
         Self {
             unsure: &shared.unsure,
             sure_again: &shared.sure_again,
-            restarts: &shared.restarts,
             ask_again: &shared.ask_again,
             doubts: false,
             known: false,
@@ -735,7 +733,6 @@ impl Drop for Unsure<'_> {
     fn drop(&mut self) {
         if !self.known {
             self.ask_again.store(true, Ordering::Release);
-            self.restarts.fetch_add(1, Ordering::AcqRel);
         }
         if self.unsure.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.sure_again.notify_waiters();
@@ -793,7 +790,10 @@ struct Shared<P> {
     restarts: AtomicU64,
     /// Set when a call that found its connection broken was dropped before it learnt
     /// whether the primary restarted ([`Unsure`]): the next request takes the store off
-    /// the primary, for a check to find out.
+    /// the primary, for a check to find out, and counts a restart
+    /// ([`Shared::restarts`]) once it left; meanwhile an admission that sees it stands only
+    /// if memory has room for it. Cleared after the count (an answer that looks at it
+    /// first, then at the count, sees one or the other).
     ask_again: AtomicBool,
     /// Charges the primary admitted whose answers came while it may have restarted
     /// ([`Shared::absorb_late`]), at most [`LATE_ADMISSIONS`]: if it did (the next check
@@ -1844,7 +1844,10 @@ impl<P: Primary> Shared<P> {
         if decision.allowed {
             return Ok(batch.op == Op::Charge);
         }
-        let cannot_tell = decision.buckets.iter().any(|b| {
+        // Only if no bucket refuses for want of room (a bucket over its limit beside one
+        // memory cannot decide is refused: h127's review had a spent daily cap admitted
+        // beside a per-minute limit whose cost is above the share).
+        let cannot_tell = decision.buckets.iter().filter(|b| !b.allowed).all(|b| {
             matches!(
                 b.refusal,
                 Some(Refusal::CostExceedsCapacity { .. } | Refusal::StoreFull)
@@ -2419,14 +2422,16 @@ impl<P: Primary> Store for FallbackStore<P> {
             let start = tokio::time::Instant::now();
             let shared = &self.shared;
             // (The restarts before the state: see `Shared::restarts`.)
-            if shared.ask_again.load(Ordering::Acquire)
-                && shared.ask_again.swap(false, Ordering::AcqRel)
-            {
+            if shared.ask_again.load(Ordering::Acquire) {
+                // (Each request that sees it, until it is cleared: `leave` does nothing once
+                // the store left.)
                 shared.leave(
                     "a call that found the connection broken was cancelled before it knew whether \
                      the primary restarted",
                     true,
                 );
+                shared.restarts.fetch_add(1, Ordering::AcqRel);
+                shared.ask_again.store(false, Ordering::Release);
             }
             let (restarts, state) = loop {
                 let restarts = shared.restarts.load(Ordering::Acquire);
@@ -2499,7 +2504,9 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // write-back, which raises each key to what this instance knew. (A
                     // refusal stands, as below.)
                     let restarted = decision.allowed
-                        && (shared.restarts.load(Ordering::Acquire) != restarts || !shared.sure());
+                        && (shared.ask_again.load(Ordering::Acquire)
+                            || shared.restarts.load(Ordering::Acquire) != restarts
+                            || !shared.sure());
                     let mut counted = share.is_some();
                     if restarted && !counted {
                         match shared.admit_in_memory(batch) {
@@ -3269,6 +3276,21 @@ mod tests {
         let first = first_asking(&store, &batch).await;
         assert_eq!(admitted_at_once(&store, &batch, 2, 1).await, 2);
         first.await.unwrap();
+    }
+
+    /// As above, beside a bucket over its limit in the same charge: memory's refusal of
+    /// that one stands (a review: a key spent to 100 of 100 was admitted 3 of 3 times
+    /// beside a bucket whose cost, 30, is above the share, 25).
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_bucket_beside_one_above_the_share_is_refused() {
+        let spent = Bucket::new("api", "k", Limit::sliding(Quota::per_hour(100)));
+        let costly = Bucket::new("api", "g", Limit::sliding(Quota::per_hour(100))).with_cost(30);
+        let config = FallbackConfig::default().with_fallback_divisor(4);
+        let store = spent_then_restarted_empty_with(&spent, 100, config).await;
+        let both = Batch::charge(vec![spent, costly]);
+        let first = first_asking(&store, &both).await;
+        assert_eq!(admitted_at_once(&store, &both, 3, 1).await, 0);
+        assert!(!first.await.unwrap());
     }
 
     /// Admissions of the emptied primary that wait together for the question are woken

@@ -624,17 +624,18 @@ impl Declared {
     }
 
     /// Whether this may be `were`'s file caught mid-write: it drops a route of `were`
-    /// (or changes what one is for), its last route is one of `were`'s saying anything
-    /// else (a file cut inside a route drops its later lines, or ends inside one: a
-    /// burst, a daily cap, `cost: 15` read as `cost: 1`, a name or a header's name cut
-    /// short, a list of statuses cut), or a global limit or bucket of `were` is gone or
-    /// says anything else. An edit that does any of these on purpose waits too.
+    /// (or changes what one is for), its last route is not one of `were`'s as it was (a
+    /// file cut inside a route drops its later lines, or ends inside one: a burst, a
+    /// daily cap, `cost: 15` read as `cost: 1`, a name or a header's name cut short, a
+    /// list of statuses cut; a route added at the end, cut, takes its path from a broader
+    /// route without its own limits written), or a global limit or bucket of `were` is
+    /// gone or says anything else. An edit that does any of these on purpose waits too.
     pub(crate) fn fewer_than(&self, were: &Declared) -> bool {
         let has = |id: &(String, Vec<String>)| self.routes.iter().any(|(i, _)| i == id);
         let cut_inside = self
             .routes
             .last()
-            .is_some_and(|(id, said)| were.routes.iter().any(|(i, s)| i == id && s != said));
+            .is_some_and(|last| !were.routes.contains(last));
         were.routes.iter().any(|(id, _)| !has(id))
             || cut_inside
             || were.others.iter().any(|o| !self.others.contains(o))

@@ -13,8 +13,9 @@
 //! Three guards against a file caught mid-edit: a change is loaded once two polls in a row
 //! read the same bytes (a write that finishes within one poll interval is not loaded
 //! half-written); a change that may be the file loaded before caught mid-write (it drops a
-//! route, or changes the file's last route, a global limit or a bucket: a file cut inside
-//! its last route drops the route's later lines or ends inside one) is loaded only once
+//! route, adds or changes the file's last route, or changes a global limit or a bucket: a
+//! file cut inside its last route drops the route's later lines or ends inside one) is
+//! loaded only once
 //! [`DROP_READS`] polls in a row read it the
 //! same (5 s at the default interval; warned of when first seen), so a writer that stalls
 //! for a second or two does not lift the limits it had not written yet; and a file that
@@ -61,9 +62,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many polls in a row must read a change the same before a watcher loads it, when it
-/// may be the file loaded before caught mid-write (it drops a route, or changes the last
-/// route, a global limit or a bucket: see the module docs); other changes are loaded at
-/// the second.
+/// may be the file loaded before caught mid-write (it drops a route, adds or changes the
+/// last route, or changes a global limit or a bucket: see the module docs); other changes
+/// are loaded at the second.
 pub const DROP_READS: u32 = 10;
 
 type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -318,10 +319,10 @@ impl Watch {
                             file = %self.path.display(),
                             file_routes = now.routes(),
                             file_routes_loaded = were.routes(),
-                            "the rate-limit configuration now drops a route, or changes its \
-                             last route, a global limit or a bucket: it is loaded if it reads \
-                             the same for {DROP_READS} polls (a file read mid-write would lift \
-                             the limits not written yet)"
+                            "the rate-limit configuration now drops a route, adds or changes \
+                             its last route, or changes a global limit or a bucket: it is \
+                             loaded if it reads the same for {DROP_READS} polls (a file read \
+                             mid-write would lift the limits not written yet)"
                         );
                     }
                     return;
@@ -451,8 +452,9 @@ mod tests {
     /// is loaded only once [`DROP_READS`] polls read it the same: a writer that stalls
     /// mid-file for a second or two does not lift the limits it had not written yet (a
     /// review: a stall of 0.9 to 1.5 s dropped a route and the gateway's limit for as long
-    /// as it lasted). A change that declares as many is loaded at the second read, and
-    /// `reload_now` loads a shorter file at once.
+    /// as it lasted). A change that keeps every route, the last one as it was, is loaded
+    /// at the second read (a route added at the end waits too), and `reload_now` loads a
+    /// shorter file at once.
     #[test]
     fn a_change_that_drops_rules_is_loaded_only_once_it_holds_still() {
         let (_dir, path, limiter, watch) = watching("drops");
@@ -477,10 +479,12 @@ mod tests {
             1,
             "read {DROP_READS} times: loaded"
         );
-        // The writer finishes: loaded at the second read again.
+        // The writer finishes: a route added at the end (which, cut, could take a path
+        // from a broader route without its own limits written yet) waits as well.
         std::fs::write(&path, &two).unwrap();
-        watch.poll();
-        watch.poll();
+        for _ in 0..DROP_READS {
+            watch.poll();
+        }
         assert_eq!(limiter.describe().len(), 2);
         // On demand, at once.
         std::fs::write(&path, RULES).unwrap();
@@ -501,8 +505,10 @@ mod tests {
     /// 1.7 s). So do its later lines, each a limit lifted if cut: a cost (`cost: 15` cut to
     /// `cost: 1`), its name (its counts start afresh), whose budget (`per:`, or a header's
     /// name cut short), a list of statuses that count; and the same cuts in an edit that
-    /// adds a route before it, or a setting before the cut. An edit of a route before the
-    /// last is loaded at the second read; a global limit cut short waits too.
+    /// adds a route before it, or a setting before the cut; and a route added at the end,
+    /// cut (a review: its daily cap not written yet, the broader route's no longer
+    /// applying). An edit of a route before the last is loaded at the second read; a
+    /// global limit cut short waits too.
     #[test]
     fn a_route_cut_short_is_loaded_only_once_it_holds_still() {
         let (_dir, path, _limiter, watch) = watching("cut");
@@ -554,11 +560,34 @@ mod tests {
                 assert_eq!(loaded(), whole);
             }
         }
-        // An edit of the route before the last: at the second read.
-        let edited = format!(
-            "routes:\n{}{route}{global}",
-            added.replace("10/min", "20/min")
+        // A route added at the end, cut before its daily cap: the broader route's limits
+        // no longer apply to its path, and its own cap is not written yet.
+        let base = format!("routes:\n{added}{route}");
+        std::fs::write(&path, &base).unwrap();
+        for _ in 0..DROP_READS {
+            watch.poll();
+        }
+        assert_eq!(loaded(), base);
+        let more = format!(
+            "{base}  - path: /b/export\n    limits:\n      - limit: 100/min\n      - limit: 5/day\n"
         );
+        let cut = &more[..more.find("      - limit: 5/day").unwrap()];
+        std::fs::write(&path, cut).unwrap();
+        for read in 1..DROP_READS {
+            watch.poll();
+            assert_eq!(
+                loaded(),
+                base,
+                "a route added at the end, cut, read {read} times"
+            );
+        }
+        std::fs::write(&path, &more).unwrap();
+        for _ in 0..DROP_READS {
+            watch.poll();
+        }
+        assert_eq!(loaded(), more);
+        // An edit of the route before the last: at the second read.
+        let edited = more.replace("10/min", "20/min");
         std::fs::write(&path, &edited).unwrap();
         watch.poll();
         watch.poll();
