@@ -2503,10 +2503,15 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // admission (below); refused, its charge there is left to the
                     // write-back, which raises each key to what this instance knew. (A
                     // refusal stands, as below.)
+                    // (Whether a call is unsure first, then the flag, then the count: a
+                    // call that stops being unsure has flagged or counted what it found
+                    // before, and a request clears the flag only after its count. h128's
+                    // review: the other way round, an answer could miss a cancelled
+                    // question's flag set between its two looks.)
                     let restarted = decision.allowed
-                        && (shared.ask_again.load(Ordering::Acquire)
-                            || shared.restarts.load(Ordering::Acquire) != restarts
-                            || !shared.sure());
+                        && (!shared.sure()
+                            || shared.ask_again.load(Ordering::Acquire)
+                            || shared.restarts.load(Ordering::Acquire) != restarts);
                     let mut counted = share.is_some();
                     if restarted && !counted {
                         match shared.admit_in_memory(batch) {
