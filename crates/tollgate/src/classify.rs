@@ -404,6 +404,15 @@ impl RoutePattern {
         }
     }
 
+    /// Whether `self` matches, by path alone, a request of `other`'s shape (a path it
+    /// takes, with `x` for each parameter): a broader rule whose requests `other` would
+    /// take over.
+    pub(crate) fn takes_path_of(&self, other: &Self) -> bool {
+        let example = other.example_request(None);
+        let segments: Vec<&str> = example.split('/').skip(1).collect();
+        self.matches_path(&segments, false)
+    }
+
     /// A request that both `self` and a same-shaped rule match, for messages.
     fn example_request(&self, method: Option<&Method>) -> String {
         let mut out = String::new();

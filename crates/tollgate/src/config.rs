@@ -610,9 +610,8 @@ pub struct LimitConfig {
 /// been read while it was written, the rest not written yet ([`Declared::fewer_than`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Declared {
-    /// Each route, in the file's order: what it is for (its path and methods), and all it
-    /// says.
-    routes: Vec<((String, Vec<String>), String)>,
+    /// Each route, in the file's order.
+    routes: Vec<RouteShape>,
     /// Each global limit and bucket, all it says.
     others: Vec<String>,
 }
@@ -623,22 +622,130 @@ impl Declared {
         self.routes.len()
     }
 
-    /// Whether this may be `were`'s file caught mid-write: it drops a route of `were`
-    /// (or changes what one is for), its last route is not one of `were`'s as it was (a
-    /// file cut inside a route drops its later lines, or ends inside one: a burst, a
-    /// daily cap, `cost: 15` read as `cost: 1`, a name or a header's name cut short, a
-    /// list of statuses cut; a route added at the end, cut, takes its path from a broader
-    /// route without its own limits written), or a global limit or bucket of `were` is
-    /// gone or says anything else. An edit that does any of these on purpose waits too.
+    /// Whether this may be `were`'s file caught mid-write: it drops a route of `were` (or
+    /// changes what one is for); its last route says less than `were`'s route of that
+    /// path ([`RouteShape::cut_from`]); its last route is a new one whose path a route of
+    /// `were` takes (added at the end and cut, it would take those requests over without
+    /// its own limits written yet); or a global limit or bucket of `were` is gone or says
+    /// anything else. An edit that does any of these on purpose waits too; one that
+    /// changes a value of the last route (a burst 2 to 5) does not.
     pub(crate) fn fewer_than(&self, were: &Declared) -> bool {
-        let has = |id: &(String, Vec<String>)| self.routes.iter().any(|(i, _)| i == id);
-        let cut_inside = self
-            .routes
-            .last()
-            .is_some_and(|last| !were.routes.contains(last));
-        were.routes.iter().any(|(id, _)| !has(id))
+        let has = |id: &(String, Vec<String>)| self.routes.iter().any(|r| r.id == *id);
+        let cut_inside = self.routes.last().is_some_and(|last| {
+            match were.routes.iter().find(|r| r.id == last.id) {
+                Some(was) => last.cut_from(was),
+                None => were.routes.iter().any(|r| r.takes_path_of(last)),
+            }
+        });
+        were.routes.iter().any(|r| !has(&r.id))
             || cut_inside
             || were.others.iter().any(|o| !self.others.contains(o))
+    }
+}
+
+/// What a route of a file says, setting by setting, as far as a file cut short inside it
+/// shows ([`RouteShape::cut_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteShape {
+    /// What it is for: its path and methods.
+    id: (String, Vec<String>),
+    /// Each setting it gives (each of its limits' too, and each status of its lists),
+    /// named, with its value as written out.
+    settings: Vec<(String, String)>,
+}
+
+impl RouteShape {
+    fn of(route: &RouteConfig) -> Self {
+        let mut settings = Vec::new();
+        let mut give = |name: String, value: Option<String>| {
+            if let Some(value) = value {
+                settings.push((name, value));
+            }
+        };
+        give("name".into(), route.name.clone());
+        give("exempt".into(), route.exempt.then(|| "true".into()));
+        give("bucket".into(), route.bucket.clone());
+        give("cost".into(), route.cost.map(|c| c.to_string()));
+        give("shadow".into(), route.shadow.then(|| "true".into()));
+        give(
+            "on_store_failure".into(),
+            route.on_store_failure.map(|m| format!("{m:?}")),
+        );
+        give(
+            "when_full".into(),
+            route.when_full.map(|w| format!("{w:?}")),
+        );
+        for (list, statuses) in [
+            ("refund_statuses", &route.refund_statuses),
+            ("count_only_statuses", &route.count_only_statuses),
+        ] {
+            for (i, status) in statuses.iter().enumerate() {
+                give(format!("{list}[{i}]"), Some(status.to_string()));
+            }
+        }
+        let limits = route
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("limits[{i}]"), l));
+        for (at, limit) in limits.chain(route.rate_limit.iter().map(|l| ("rate_limit".into(), l))) {
+            let quota = |q: &Option<Quota>| q.map(|q| format!("{q:?}"));
+            give(
+                format!("{at}.per"),
+                limit.per.as_ref().map(|p| format!("{p:?}")),
+            );
+            give(format!("{at}.limit"), quota(&limit.limit));
+            give(
+                format!("{at}.algorithm"),
+                limit.algorithm.map(|a| format!("{a:?}")),
+            );
+            give(format!("{at}.sustained"), quota(&limit.sustained));
+            give(format!("{at}.burst"), quota(&limit.burst));
+            give(format!("{at}.daily"), quota(&limit.daily));
+            give(
+                format!("{at}.when_full"),
+                limit.when_full.map(|w| format!("{w:?}")),
+            );
+            give(at, Some(String::new()));
+        }
+        Self {
+            id: (route.path.clone(), route.methods.clone()),
+            settings,
+        }
+    }
+
+    /// Whether this may be `were` (a route for the same path and methods) cut short, or
+    /// an edit of it cut short: a setting of `were` is missing (the lines after the cut:
+    /// a burst, a daily cap, whose budget, a status of a list), or one's value is the
+    /// start of `were`'s (a line cut inside: `cost: 15` read as `cost: 1`, a name or a
+    /// header's name cut short).
+    fn cut_from(&self, were: &RouteShape) -> bool {
+        let value = |name: &str| {
+            self.settings
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+        };
+        were.settings.iter().any(|(name, was)| match value(name) {
+            None => true,
+            Some(now) => {
+                let start = now.trim_end_matches(['"', ')']);
+                now != was && start.len() < was.len() && was.starts_with(start)
+            }
+        })
+    }
+
+    /// Whether `were`'s path takes requests of `route`'s path (both read as patterns).
+    fn takes_path_of(&self, route: &RouteShape) -> bool {
+        use crate::classify::RoutePattern;
+        match (
+            RoutePattern::parse(&self.id.0),
+            RoutePattern::parse(&route.id.0),
+        ) {
+            (Ok(broad), Ok(narrow)) => broad.takes_path_of(&narrow),
+            // (Not a pattern: the reload refuses the file anyway.)
+            _ => false,
+        }
     }
 }
 
@@ -1030,11 +1137,7 @@ impl Config {
         let globals = self.global.iter().chain(gateway).map(|l| format!("{l:?}"));
         let buckets = self.buckets.iter().map(|b| format!("{b:?}"));
         Declared {
-            routes: self
-                .routes
-                .iter()
-                .map(|r| ((r.path.clone(), r.methods.clone()), format!("{r:?}")))
-                .collect(),
+            routes: self.routes.iter().map(RouteShape::of).collect(),
             others: globals.chain(buckets).collect(),
         }
     }

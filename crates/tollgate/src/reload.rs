@@ -13,9 +13,9 @@
 //! Three guards against a file caught mid-edit: a change is loaded once two polls in a row
 //! read the same bytes (a write that finishes within one poll interval is not loaded
 //! half-written); a change that may be the file loaded before caught mid-write (it drops a
-//! route, adds or changes the file's last route, or changes a global limit or a bucket: a
-//! file cut inside its last route drops the route's later lines or ends inside one) is
-//! loaded only once
+//! route; its last route says less than before, a setting missing or a value cut short,
+//! or is a new one a broader route's path covers; or it changes a global limit or a
+//! bucket) is loaded only once
 //! [`DROP_READS`] polls in a row read it the
 //! same (5 s at the default interval; warned of when first seen), so a writer that stalls
 //! for a second or two does not lift the limits it had not written yet; and a file that
@@ -62,9 +62,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many polls in a row must read a change the same before a watcher loads it, when it
-/// may be the file loaded before caught mid-write (it drops a route, adds or changes the
-/// last route, or changes a global limit or a bucket: see the module docs); other changes
-/// are loaded at the second.
+/// may be the file loaded before caught mid-write (see the module docs); other changes are
+/// loaded at the second.
 pub const DROP_READS: u32 = 10;
 
 type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -319,10 +318,10 @@ impl Watch {
                             file = %self.path.display(),
                             file_routes = now.routes(),
                             file_routes_loaded = were.routes(),
-                            "the rate-limit configuration now drops a route, adds or changes \
-                             its last route, or changes a global limit or a bucket: it is \
-                             loaded if it reads the same for {DROP_READS} polls (a file read \
-                             mid-write would lift the limits not written yet)"
+                            "the rate-limit configuration now drops a route, says less in its \
+                             last route, or changes a global limit or a bucket: it is loaded if \
+                             it reads the same for {DROP_READS} polls (a file read mid-write \
+                             would lift the limits not written yet)"
                         );
                     }
                     return;
@@ -452,9 +451,9 @@ mod tests {
     /// is loaded only once [`DROP_READS`] polls read it the same: a writer that stalls
     /// mid-file for a second or two does not lift the limits it had not written yet (a
     /// review: a stall of 0.9 to 1.5 s dropped a route and the gateway's limit for as long
-    /// as it lasted). A change that keeps every route, the last one as it was, is loaded
-    /// at the second read (a route added at the end waits too), and `reload_now` loads a
-    /// shorter file at once.
+    /// as it lasted). A change that keeps every route is loaded at the second read (a
+    /// route added at the end whose path a broader route covers waits too), and
+    /// `reload_now` loads a shorter file at once.
     #[test]
     fn a_change_that_drops_rules_is_loaded_only_once_it_holds_still() {
         let (_dir, path, limiter, watch) = watching("drops");
@@ -507,8 +506,8 @@ mod tests {
     /// name cut short), a list of statuses that count; and the same cuts in an edit that
     /// adds a route before it, or a setting before the cut; and a route added at the end,
     /// cut (a review: its daily cap not written yet, the broader route's no longer
-    /// applying). An edit of a route before the last is loaded at the second read; a
-    /// global limit cut short waits too.
+    /// applying). An edit of a value of the last route, or of a route before it, is loaded
+    /// at the second read; a global limit cut short waits.
     #[test]
     fn a_route_cut_short_is_loaded_only_once_it_holds_still() {
         let (_dir, path, _limiter, watch) = watching("cut");
@@ -516,7 +515,7 @@ mod tests {
                      burst: 20/s\n      daily: 50/day\n      per: header:x-api-key\n    \
                      count_only_statuses:\n      - 401\n      - 403\n    cost: 15\n    \
                      name: b\n";
-        let added = "  - path: /a\n    limits: [{ limit: 10/min }, { limit: 100/day }]\n";
+        let added = "  - path: /a/*\n    limits: [{ limit: 10/min }, { limit: 100/day }]\n";
         let global =
             "global:\n  - { limit: 1000/min }\n  - limit: 5000/hour\n    per: header:x-tenant\n";
         let loaded = || lock(&watch.seen).content.clone();
@@ -569,7 +568,7 @@ mod tests {
         }
         assert_eq!(loaded(), base);
         let more = format!(
-            "{base}  - path: /b/export\n    limits:\n      - limit: 100/min\n      - limit: 5/day\n"
+            "{base}  - path: /a/export\n    limits:\n      - limit: 100/min\n      - limit: 5/day\n"
         );
         let cut = &more[..more.find("      - limit: 5/day").unwrap()];
         std::fs::write(&path, cut).unwrap();
@@ -586,6 +585,14 @@ mod tests {
             watch.poll();
         }
         assert_eq!(loaded(), more);
+        // An edit of a value of the last route: at the second read (a burst raised, as
+        // seed 004's test of its file does).
+        let raised = more.replace("5/day", "6/day");
+        std::fs::write(&path, &raised).unwrap();
+        watch.poll();
+        watch.poll();
+        assert_eq!(loaded(), raised);
+        let more = raised;
         // An edit of the route before the last: at the second read.
         let edited = more.replace("10/min", "20/min");
         std::fs::write(&path, &edited).unwrap();
