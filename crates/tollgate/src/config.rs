@@ -716,9 +716,11 @@ impl RouteShape {
 
     /// Whether this may be `were` (a route for the same path and methods) cut short, or
     /// an edit of it cut short: a setting of `were` is missing (the lines after the cut:
-    /// a burst, a daily cap, whose budget, a status of a list), or one's value is the
-    /// start of `were`'s (a line cut inside: `cost: 15` read as `cost: 1`, a name or a
-    /// header's name cut short).
+    /// a burst, a daily cap, whose budget, a status of a list), one's value is the start
+    /// of `were`'s (a line cut inside: `cost: 15` read as `cost: 1`, a name or a header's
+    /// name cut short), or whose budget it is changed at all (its name, its bucket, a
+    /// limit's `per:`: `per: api_key` cut from `api_key:authorization` reads another
+    /// header, one no client sends).
     fn cut_from(&self, were: &RouteShape) -> bool {
         let value = |name: &str| {
             self.settings
@@ -726,11 +728,14 @@ impl RouteShape {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v)
         };
+        let whose = |name: &str| matches!(name, "name" | "bucket") || name.ends_with(".per");
         were.settings.iter().any(|(name, was)| match value(name) {
             None => true,
+            Some(now) if now == was => false,
+            Some(_) if whose(name) => true,
             Some(now) => {
                 let start = now.trim_end_matches(['"', ')']);
-                now != was && start.len() < was.len() && was.starts_with(start)
+                start.len() < was.len() && was.starts_with(start)
             }
         })
     }

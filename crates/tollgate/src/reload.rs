@@ -585,6 +585,27 @@ mod tests {
             watch.poll();
         }
         assert_eq!(loaded(), more);
+        // A key's header cut short to none: `per: api_key` reads `x-api-key`.
+        let keyed = more.replace(
+            "      - limit: 5/day\n",
+            "      - limit: 5/day\n        per: api_key:authorization\n",
+        );
+        std::fs::write(&path, &keyed).unwrap();
+        for _ in 0..DROP_READS {
+            watch.poll();
+        }
+        assert_eq!(loaded(), keyed);
+        let cut = &keyed[..keyed.len() - ":authorization\n".len()];
+        std::fs::write(&path, cut).unwrap();
+        for read in 1..DROP_READS {
+            watch.poll();
+            assert_eq!(loaded(), keyed, "`per: api_key` cut, read {read} times");
+        }
+        std::fs::write(&path, &more).unwrap();
+        for _ in 0..DROP_READS {
+            watch.poll();
+        }
+        assert_eq!(loaded(), more);
         // An edit of a value of the last route: at the second read (a burst raised, as
         // seed 004's test of its file does).
         let raised = more.replace("5/day", "6/day");
