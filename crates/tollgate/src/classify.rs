@@ -406,7 +406,8 @@ impl RoutePattern {
 
     /// Whether `self` matches, by path alone, a request of `other`'s shape (a path it
     /// takes, with `x` for each parameter): a broader rule whose requests `other` would
-    /// take over.
+    /// take over. (For the configuration file's reloads.)
+    #[cfg(any(feature = "yaml", feature = "toml"))]
     pub(crate) fn takes_path_of(&self, other: &Self) -> bool {
         let example = other.example_request(None);
         let segments: Vec<&str> = example.split('/').skip(1).collect();

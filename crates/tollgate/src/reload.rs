@@ -13,12 +13,12 @@
 //! Three guards against a file caught mid-edit: a change is loaded once two polls in a row
 //! read the same bytes (a write that finishes within one poll interval is not loaded
 //! half-written); a change that may be the file loaded before caught mid-write (it drops a
-//! route; its last route says less than before, a setting missing or a value cut short,
-//! or is a new one a broader route's path covers; or it changes a global limit or a
-//! bucket) is loaded only once
-//! [`DROP_READS`] polls in a row read it the
-//! same (5 s at the default interval; warned of when first seen), so a writer that stalls
-//! for a second or two does not lift the limits it had not written yet; and a file that
+//! route; its last route says less than before, a setting missing, a value cut short or
+//! whose budget it is changed, or is a new one a broader route's path covers; or it
+//! changes a global limit or a bucket) is loaded only once [`DROP_READS`] polls in a row
+//! read it the same (5 s at the default interval; warned of when first seen), so a writer
+//! that stalls for a second or two does not lift the limits it had not written yet; and a
+//! file that
 //! declares no routes, global limits or buckets, where the one running did, is refused
 //! ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift every
 //! limit at once). [`ConfigWatcher::reload_now`] loads what the file holds at once. Write
@@ -497,13 +497,14 @@ mod tests {
         assert_eq!(limiter.describe().len(), 1);
     }
 
-    /// A route cut short (the writer stalled inside it) says something else than the
-    /// running file's route of that path, and waits as a dropped rule does: loaded at the
+    /// A route cut short (the writer stalled inside it) says less than the running file's
+    /// route of that path, and waits as a dropped rule does: loaded at the
     /// second read, a route's burst went from 20 to 1,200 and its daily cap of 50 went (a
     /// review: 2,119 admitted to 10 keys that had spent the cap, while the writer stalled
     /// 1.7 s). So do its later lines, each a limit lifted if cut: a cost (`cost: 15` cut to
     /// `cost: 1`), its name (its counts start afresh), whose budget (`per:`, or a header's
-    /// name cut short), a list of statuses that count; and the same cuts in an edit that
+    /// name cut short, `per: api_key` cut from `api_key:authorization`), a list of
+    /// statuses that count; and the same cuts in an edit that
     /// adds a route before it, or a setting before the cut; and a route added at the end,
     /// cut (a review: its daily cap not written yet, the broader route's no longer
     /// applying). An edit of a value of the last route, or of a route before it, is loaded
