@@ -701,10 +701,8 @@ struct Share {
 /// ([`Shared::call_again_if_broken`]), until dropped: meanwhile the primary's answers are
 /// not taken as memory's counts ([`Shared::sure`]), and its admissions wait for it to know
 /// ([`Shared::until_sure`]). Held until the store left the primary if it did.
-struct Unsure<'a> {
-    unsure: &'a AtomicU32,
-    sure_again: &'a tokio::sync::Notify,
-    ask_again: &'a AtomicBool,
+struct Unsure<'a, P> {
+    shared: &'a Shared<P>,
     /// Whether the call found the primary restarted, or could not tell: counted in
     /// [`Shared::restarts`] once the store left the primary, before this is dropped.
     doubts: bool,
@@ -716,26 +714,24 @@ struct Unsure<'a> {
     known: bool,
 }
 
-impl<'a> Unsure<'a> {
-    fn new<P>(shared: &'a Shared<P>) -> Self {
+impl<'a, P> Unsure<'a, P> {
+    fn new(shared: &'a Shared<P>) -> Self {
         shared.unsure.fetch_add(1, Ordering::AcqRel);
         Self {
-            unsure: &shared.unsure,
-            sure_again: &shared.sure_again,
-            ask_again: &shared.ask_again,
+            shared,
             doubts: false,
             known: false,
         }
     }
 }
 
-impl Drop for Unsure<'_> {
+impl<P> Drop for Unsure<'_, P> {
     fn drop(&mut self) {
         if !self.known {
-            self.ask_again.store(true, Ordering::Release);
+            self.shared.ask_again.store(true, Ordering::Release);
         }
-        if self.unsure.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.sure_again.notify_waiters();
+        if self.shared.unsure.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.sure_again.notify_waiters();
         }
     }
 }
@@ -1042,6 +1038,25 @@ impl<P: Primary> FallbackStore<P> {
     }
 }
 
+/// Waits until `done`, told by `notify` each time it may have turned true, or until
+/// `deadline`; answers whether it is done.
+pub(crate) async fn wait_until(
+    notify: &tokio::sync::Notify,
+    deadline: tokio::time::Instant,
+    done: impl Fn() -> bool,
+) -> bool {
+    loop {
+        // Made before the look: told of every change after it.
+        let told = notify.notified();
+        if done() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, told).await.is_err() {
+            return done();
+        }
+    }
+}
+
 /// Locks a mutex whose holder may have panicked (the data is still valid).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -1206,7 +1221,10 @@ impl<P: Primary> Shared<P> {
         &self,
         batch: &Batch,
         give_up: tokio::time::Instant,
-    ) -> (Result<(Decision, Origin), StoreError>, Option<Unsure<'_>>) {
+    ) -> (
+        Result<(Decision, Origin), StoreError>,
+        Option<Unsure<'_, P>>,
+    ) {
         let error = match self.call(batch, give_up).await {
             Err(e) if self.primary.connection_broke(&e) => e,
             other => return (other, None),
@@ -1270,13 +1288,14 @@ impl<P: Primary> Shared<P> {
     /// Waits until no call that found its connection broken is asking whether the primary
     /// restarted ([`Shared::sure`]), or until `deadline`.
     async fn until_sure(&self, deadline: tokio::time::Instant) {
-        loop {
-            // Made before the look: told of every call that knows after it.
-            let told = self.sure_again.notified();
-            if self.sure() || tokio::time::timeout_at(deadline, told).await.is_err() {
-                return;
-            }
-        }
+        wait_until(&self.sure_again, deadline, || self.sure()).await;
+    }
+
+    /// Counts a restart of the primary found, or not ruled out ([`Shared::restarts`]):
+    /// only once the store left the primary, so that an answer to a call sent before
+    /// the departure sees one or the other.
+    fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::AcqRel);
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -1333,7 +1352,7 @@ impl<P: Primary> Shared<P> {
         let id = self.bounded(self.primary.incarnation()).await?;
         let restarted = self.is_new_incarnation(&id);
         if restarted {
-            self.restarts.fetch_add(1, Ordering::AcqRel);
+            self.count_restart();
             tracing::warn!(
                 target: "tollgate::store",
                 "rate-limit store primary restarted or took another server's data (new run_id or replication id): writing back the counts this instance holds"
@@ -2294,9 +2313,8 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
             Ok(id) => id,
             Err(e) if shared.primary.connection_broke(&e) => {
                 shared.leave(&e.to_string(), true);
-                // Whether the primary restarted is not known (after the departure, as
-                // below).
-                shared.restarts.fetch_add(1, Ordering::AcqRel);
+                // Whether the primary restarted is not known.
+                shared.count_restart();
                 continue;
             }
             Err(_) => continue,
@@ -2306,9 +2324,7 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
                 "the primary's incarnation changed (restarted, or took another server's data)",
                 true,
             );
-            // Off the primary first: an admission that sees this stands only if memory has
-            // room for it.
-            shared.restarts.fetch_add(1, Ordering::AcqRel);
+            shared.count_restart();
         }
     }
 }
@@ -2430,7 +2446,7 @@ impl<P: Primary> Store for FallbackStore<P> {
                      the primary restarted",
                     true,
                 );
-                shared.restarts.fetch_add(1, Ordering::AcqRel);
+                shared.count_restart();
                 shared.ask_again.store(false, Ordering::Release);
             }
             let (restarts, state) = loop {
@@ -2549,11 +2565,10 @@ impl<P: Primary> Store for FallbackStore<P> {
                     // Memory decides it now: it is no longer under way.
                     drop(sent);
                     shared.failed(&e, unsure.is_some());
-                    // Off the primary now: a restart found (or not ruled out) is counted
-                    // only after the departure (see `Shared::restarts`), and while this is
-                    // unsure, so that the admissions waiting for it see it.
+                    // Off the primary now; counted while this is unsure, so that the
+                    // admissions waiting for it see it.
                     if unsure.as_ref().is_some_and(|u| u.doubts) {
-                        shared.restarts.fetch_add(1, Ordering::AcqRel);
+                        shared.count_restart();
                     }
                     // Its answers are not taken as memory's counts.
                     drop(unsure);

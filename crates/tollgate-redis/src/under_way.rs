@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 use tollgate_core::{Batch, Bucket, Op, StoreKey};
 
-use crate::fallback::lock;
+use crate::fallback::{lock, wait_until};
 
 /// What is under way, per key: the sum of the costs sent and not answered.
 #[derive(Debug, Default)]
@@ -69,16 +69,8 @@ impl UnderWay {
         // Set before the looks (under the lock an answer empties it with): an answer that
         // empties it after a look tells.
         self.awaited.store(true, Ordering::Release);
-        let none_left = loop {
-            // Made before the look: told of every answer that empties it after the look.
-            let told = self.none_left.notified();
-            if lock(&self.costs).is_empty() {
-                break true;
-            }
-            if tokio::time::timeout_at(deadline, told).await.is_err() {
-                break lock(&self.costs).is_empty();
-            }
-        };
+        let none_left =
+            wait_until(&self.none_left, deadline, || lock(&self.costs).is_empty()).await;
         self.awaited.store(false, Ordering::Release);
         none_left
     }
