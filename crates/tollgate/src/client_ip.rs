@@ -275,10 +275,14 @@ impl ClientIp {
         warnings
     }
 
-    /// Whether `ip` is a trusted proxy.
+    /// Whether `ip` is a trusted proxy: in a trusted network as written, or as the IPv4
+    /// address it is keyed by ([`ClientIp::key`]: `::ffff:198.51.100.7` and, through a NAT64
+    /// translator, `64:ff9b::198.51.100.7` are the proxy `198.51.100.7`).
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.trusted.iter().any(|cidr| cidr.contains(&ip))
+        let (ip, keyed) = (ip.to_canonical(), key_address(ip));
+        self.trusted
+            .iter()
+            .any(|cidr| cidr.contains(&ip) || cidr.contains(&keyed))
     }
 
     /// The client address of a request from `peer` with `headers`, or `None`
@@ -819,6 +823,35 @@ mod tests {
             ClientIp::peer().ipv6_prefix(0).key(ip("2001:db8::9")),
             "::/0"
         );
+    }
+
+    #[test]
+    fn a_proxy_seen_through_nat64_is_the_ipv4_proxy_it_is_keyed_as() {
+        // (A review: trusted as `198.51.100.0/24`, the proxy reached the server through a
+        // NAT64 translator as `64:ff9b::198.51.100.7`, was not trusted, and every client
+        // behind it shared the one key `198.51.100.7`.)
+        let c = ClientIp::peer().trust_proxies(["198.51.100.0/24"]);
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, 64:ff9b::198.51.100.3")]);
+        for peer in [
+            "198.51.100.7",
+            "::ffff:198.51.100.7",
+            "64:ff9b::198.51.100.7",
+        ] {
+            assert!(c.is_trusted(ip(peer)), "{peer}");
+            assert_eq!(
+                c.resolve(Some(ip(peer)), &h),
+                Some(ip("203.0.113.9")),
+                "{peer}"
+            );
+        }
+        // Outside the well-known /96, or another IPv4 network: not the proxy.
+        for peer in ["64:ff9b:1::198.51.100.7", "64:ff9b::198.51.101.7"] {
+            assert!(!c.is_trusted(ip(peer)), "{peer}");
+            assert_eq!(c.resolve(Some(ip(peer)), &h), Some(ip(peer)), "{peer}");
+        }
+        // A NAT64 network listed as such is trusted as before.
+        let c6 = ClientIp::peer().trust_proxies(["64:ff9b::198.51.100.0/120"]);
+        assert!(c6.is_trusted(ip("64:ff9b::198.51.100.7")));
     }
 
     #[test]
