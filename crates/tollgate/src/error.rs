@@ -242,7 +242,8 @@ pub enum BuildError {
     #[cfg(any(feature = "yaml", feature = "toml"))]
     #[error(transparent)]
     Config(Box<crate::config::ConfigError>),
-    /// `RATE_LIMIT_ENABLED` holds something other than true/false.
+    /// `RATE_LIMIT_ENABLED` holds something other than a switch ([`ENABLED_ENV`](crate::ENABLED_ENV)
+    /// lists the spellings read).
     #[error(
         "RATE_LIMIT_ENABLED=`{value}` is not a switch: use true/false (or 1/0, on/off, yes/no)"
     )]

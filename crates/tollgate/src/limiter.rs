@@ -30,8 +30,10 @@ use crate::policy::Policy;
 use crate::rate::Rate;
 use crate::respond::{self, ErrorBody, HeaderStyle};
 
-/// The environment variable that switches rate limiting off (`false`) or on (`true`),
-/// overriding [`LimiterBuilder::enabled`].
+/// The environment variable that switches rate limiting off (`false`, `0`, `off`, `no`) or
+/// on (`true`, `1`, `on`, `yes`), in any case and with spaces around it ignored, overriding
+/// [`LimiterBuilder::enabled`]; set but empty, it is unset. Any other value is
+/// [`BuildError::BadEnvSwitch`].
 pub const ENABLED_ENV: &str = "RATE_LIMIT_ENABLED";
 
 /// The configured rate limiter. Cheap to clone (an `Arc`); every clone, and every layer
@@ -1601,7 +1603,7 @@ impl LimiterBuilder {
 }
 
 /// The store the environment names (feature `redis`): `REDIS_URL` or `KV_URL` set → Redis
-/// behind a [`FallbackStore`](tollgate_redis::FallbackStore) that answers from memory while
+/// behind a `tollgate::redis::FallbackStore` that answers from memory while
 /// Redis fails; unset → a [`MemoryStore`]. Never connects here: an unreachable Redis is not
 /// an error, a URL that does not parse is.
 ///

@@ -99,8 +99,10 @@ impl Policy {
     /// An empty policy named `name` (the name appears in logs, in the IETF headers and, by
     /// default, in bucket names). Add limits with [`Policy::per_ip`] and the like. The
     /// name `global` is the one of [`LimiterBuilder::global`](crate::LimiterBuilder::global)'s
-    /// policy: a policy of that name beside it is a build error (two policies sharing a
-    /// bucket).
+    /// policy: a policy of that name beside it shares its bucket, as two policies of one name
+    /// do. With the same limits, that is one count (a request both apply to is charged
+    /// once); with other limits, a build error
+    /// ([`BuildError::SharedBucketMismatch`](crate::BuildError::SharedBucketMismatch)).
     pub fn named(name: impl Into<String>) -> Self {
         Self {
             name: name.into().into(),
