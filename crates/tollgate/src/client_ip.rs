@@ -279,10 +279,9 @@ impl ClientIp {
     /// address it is keyed by ([`ClientIp::key`]: `::ffff:198.51.100.7` and, through a NAT64
     /// translator, `64:ff9b::198.51.100.7` are the proxy `198.51.100.7`).
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let in_trusted = |ip: IpAddr| self.trusted.iter().any(|cidr| cidr.contains(&ip));
         let (ip, keyed) = (ip.to_canonical(), key_address(ip));
-        self.trusted
-            .iter()
-            .any(|cidr| cidr.contains(&ip) || cidr.contains(&keyed))
+        in_trusted(ip) || (keyed != ip && in_trusted(keyed))
     }
 
     /// The client address of a request from `peer` with `headers`, or `None`
