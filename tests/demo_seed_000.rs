@@ -641,8 +641,9 @@ async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_
     let wrong = post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "no"));
     let r = send(wrong).await;
     assert_eq!(r.status(), 401);
-    // Both buckets the failure spent show; `X-RateLimit-*` the tighter: the e-mail's
-    // lockout, with 4 failures left.
+    // Every bucket the failure spent shows (AUTH's network share too: an IPv4 address is a
+    // network of its own); `X-RateLimit-*` the tighter: the e-mail's lockout, with 4
+    // failures left.
     assert_eq!(
         (
             header(&r, "x-ratelimit-limit"),
@@ -652,17 +653,18 @@ async fn handler_buckets_show_on_every_answer_and_a_capped_write_spends_nothing_
     );
     assert_eq!(
         header(&r, "ratelimit"),
-        "\"sign-in-failures\";r=4;t=1800, \"auth\";r=18;t=900"
+        "\"sign-in-failures\";r=4;t=1800, \"auth\";r=18;t=900, \"auth-network\";r=998;t=900"
     );
     let right =
         post(&ex, ip, "/api/auth/sign-in").json(&credentials("ann@example.com", "demo-password"));
     let r = send(right).await;
     assert_eq!(r.status(), 200);
-    // A success shows both too: the lockout it was checked against (its own attempt given
-    // back, the failure before still counting), and AUTH, which it spent.
+    // A success shows them too: the lockout it was checked against (its own attempt given
+    // back, the failure before still counting), and AUTH and its network share, which it
+    // spent.
     assert_eq!(
         header(&r, "ratelimit"),
-        "\"sign-in-failures\";r=4;t=1800, \"auth\";r=17;t=900"
+        "\"sign-in-failures\";r=4;t=1800, \"auth\";r=17;t=900, \"auth-network\";r=997;t=900"
     );
     assert_eq!(header(&r, "x-ratelimit-remaining"), "4");
 }

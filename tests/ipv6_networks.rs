@@ -115,6 +115,55 @@ fn seed_004s_status_admits_300_per_48_and_leaves_the_gateway_to_partners() {
     assert_eq!(invoices, [200]);
 }
 
+/// The demo's answers show the network budgets they spend beside the address's: where
+/// the network's other addresses spent more of it, what remains is the network's (a review:
+/// `r=10` shown of the address's bucket, and the next request refused by the network's).
+#[test]
+fn the_demos_answers_show_the_network_budget_they_spend() {
+    let app = Example::start("demo", &[PROXY]);
+    let json = ("content-type", "application/json");
+    let email = r#"{"email":"someone@example.com"}"#;
+    let magic = ("POST", "/api/portal/auth/magic-link");
+    // 130 of the /48's 150 from five of its /64s (30 in 15 minutes each).
+    let spent: usize = [(1, 30), (2, 30), (3, 30), (4, 30), (5, 10)]
+        .into_iter()
+        .map(|(n, k)| {
+            let ip = format!("2001:db8:ee:{n:x}::1");
+            count(&send_from(&app, &ip, magic, &[json], email, k), 202)
+        })
+        .sum();
+    assert_eq!(spent, 130);
+    // A sixth /64 has 30 of its own and 20 of the network's: its first answer says 19
+    // remain, and exactly 19 more are admitted.
+    let mut sixth = RawConnection::connect(&app.base);
+    let headers = [("x-forwarded-for", "2001:db8:ee:6::1"), json];
+    let mut send = || sixth.send_body(magic.0, magic.1, &headers, email);
+    let first = send();
+    assert_eq!(first.status, 202);
+    assert_eq!(
+        (
+            first.header("x-ratelimit-limit"),
+            first.header("x-ratelimit-remaining")
+        ),
+        ("150", "19")
+    );
+    let current = first.header("ratelimit");
+    assert!(
+        current.starts_with(r#""portal-magic-link";r=29;"#)
+            && current.contains(r#", "portal-magic-link-network";r=19;"#),
+        "{current}"
+    );
+    assert!(
+        first
+            .header("ratelimit-policy")
+            .contains(r#""portal-magic-link-network";q=150;w=900"#),
+        "{}",
+        first.header("ratelimit-policy")
+    );
+    let rest: Vec<u16> = (0..20).map(|_| send().status).collect();
+    assert_eq!((count(&rest, 202), rest[19]), (19, 429), "{rest:?}");
+}
+
 #[test]
 fn the_demos_sign_up_magic_links_and_admin_guard_are_bounded_per_48() {
     let app = Example::start("demo", &[PROXY, ("ADMIN_TOKEN", "the-admin-token")]);

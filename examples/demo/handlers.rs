@@ -75,7 +75,9 @@ impl FromRequestParts<AppState> for ClientNetwork {
 /// this example's backstops per client network (`networks`, for `client`'s network), in
 /// order. A request a network's budget refuses gives back what it charged before (a
 /// refused request spends nothing) and is answered with that budget's 429. The headers of
-/// the address's bucket.
+/// every bucket it spent: a network's budget, spent by the network's other addresses, can
+/// have less left than the address's (a review: `r=10` of the address's bucket shown, and
+/// the next request refused by its network's).
 async fn charge_client(
     state: &AppState,
     bucket: &str,
@@ -84,7 +86,7 @@ async fn charge_client(
     uri: &Uri,
 ) -> Result<HeaderMap, Response> {
     let (ip, network) = client;
-    let shown = charge(state, bucket, ip, uri).await?;
+    let mut shown = charge(state, bucket, ip, uri).await?;
     for (n, &network_bucket) in networks.iter().enumerate() {
         match state.limiter.check(network_bucket, network).await {
             Ok(decision) if !decision.allowed => {
@@ -96,7 +98,10 @@ async fn charge_client(
                 }
                 return Err(refusal(state, network_bucket, &decision, uri));
             }
-            Ok(_) => {}
+            Ok(decision) => {
+                let spent = state.limiter.rate_limit_headers(network_bucket, &decision);
+                tollgate::merge_rate_limit_headers(&mut shown, &spent);
+            }
             Err(error) => {
                 let bucket = network_bucket;
                 tracing::warn!(%error, bucket, "rate-limit check failed; admitting");

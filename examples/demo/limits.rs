@@ -23,7 +23,8 @@ pub const SIGN_IN_FAILURES: &str = "sign-in-failures";
 /// example's own backstop beside the page's per-IP bucket. IPv6 clients are keyed by /64,
 /// and whoever holds a /48 (a tunnel broker gives one away) holds 65,536 of those: without
 /// it, one /48 could guess passwords, or flood the lockout with invented e-mails, 65,536
-/// times as fast as the page allows one client. Shown on the responses it refuses.
+/// times as fast as the page allows one client. Shown on every answer that spends it, beside
+/// `AUTH`.
 pub const AUTH_NETWORK: &str = "auth-network";
 /// [`SIGN_UP`] for a whole client network: this example's backstop, as [`AUTH_NETWORK`]
 /// is for `AUTH` (one /48 would otherwise sign up 65,536 times the page's rate).
