@@ -26,8 +26,8 @@
 //! - `X-RateLimit-Limit` is the endpoint's sustained rate (`100` for invoices, as the
 //!   page's example shows; the burst where a route's burst is the larger, as in
 //!   `sustained: 5/min, burst: 10/s`, so that what remains is never more than the limit;
-//!   the 429 body's `limit` too), `-Remaining` the tokens its bucket holds now, at most the burst
-//!   (`19` after a first call to invoices): what a partner may send at once. The page's
+//!   the 429 body's `limit` too), `-Remaining` the tokens its bucket holds now, at most
+//!   the burst (`19` after a first call to invoices): what a partner may send at once. The page's
 //!   example pair (`100`, `84`) cannot come from a bucket of 20; remaining counted against
 //!   the sustained rate would promise calls the burst refuses.
 //! - `endpointwise.yaml`, next to this file, is the page's configuration exactly as printed

@@ -607,7 +607,7 @@ pub struct LimitConfig {
 }
 
 /// What a file declares ([`Config::declared`]), for a reload to tell whether it may have
-/// been read while it was written, the rest not written yet ([`Declared::fewer_than`]).
+/// been read while it was written, the rest not written yet ([`Declared::may_be_cut_from`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Declared {
     /// Each route, in the file's order.
@@ -629,7 +629,7 @@ impl Declared {
     /// its own limits written yet); or a global limit or bucket of `were` is gone or says
     /// anything else. An edit that does any of these on purpose waits too; one that
     /// changes a value of the last route (a burst 2 to 5) does not.
-    pub(crate) fn fewer_than(&self, were: &Declared) -> bool {
+    pub(crate) fn may_be_cut_from(&self, were: &Declared) -> bool {
         let has = |id: &(String, Vec<String>)| self.routes.iter().any(|r| r.id == *id);
         let cut_inside = self.routes.last().is_some_and(|last| {
             match were.routes.iter().find(|r| r.id == last.id) {
@@ -740,7 +740,7 @@ impl RouteShape {
         })
     }
 
-    /// Whether `were`'s path takes requests of `route`'s path (both read as patterns).
+    /// Whether this route's path takes requests of `route`'s path (both read as patterns).
     fn takes_path_of(&self, route: &RouteShape) -> bool {
         use crate::classify::RoutePattern;
         match (
@@ -1133,7 +1133,7 @@ impl Config {
     }
 
     /// What the file declares, as a reload compares it with the running file's (one that
-    /// declares less may have been read mid-write: [`Declared::fewer_than`]).
+    /// declares less may have been read mid-write: [`Declared::may_be_cut_from`]).
     pub(crate) fn declared(&self) -> Declared {
         let gateway = self
             .gateway

@@ -346,8 +346,8 @@ impl Watch {
     }
 
     /// What `content` declares, and what the file last loaded did (`loaded`), when
-    /// `content` declares fewer of anything. (Content that does not read declares nothing
-    /// to wait for: its error is logged at once.)
+    /// `content` may be that file caught mid-write ([`Declared::may_be_cut_from`]). (Content
+    /// that does not read declares nothing to wait for: its error is logged at once.)
     fn drops<'w>(
         &self,
         loaded: Option<&'w Declared>,
@@ -355,7 +355,7 @@ impl Watch {
     ) -> Option<(Declared, &'w Declared)> {
         let now = Config::from_path_text(&self.path, content).ok()?.declared();
         let were = loaded?;
-        now.fewer_than(were).then_some((now, were))
+        now.may_be_cut_from(were).then_some((now, were))
     }
 
     /// Reloads the limiter from `content`, the file's text: one reload tried.
@@ -520,6 +520,21 @@ mod tests {
         let global =
             "global:\n  - { limit: 1000/min }\n  - limit: 5000/hour\n    per: header:x-tenant\n";
         let loaded = || lock(&watch.seen).content.clone();
+        // `content` written, then read `reads` times.
+        let write_and_read = |content: &str, reads: u32| {
+            std::fs::write(&path, content).unwrap();
+            for _ in 0..reads {
+                watch.poll();
+            }
+        };
+        // `content` written, and read one time fewer than it takes: `running` stays.
+        let held_off = |content: &str, running: &str, what: &str| {
+            std::fs::write(&path, content).unwrap();
+            for read in 1..DROP_READS {
+                watch.poll();
+                assert_eq!(loaded(), running, "{what}, read {read} times");
+            }
+        };
         // Cut after each of these, or ending with each.
         let cut_after = [
             "sustained: 1200/min\n",
@@ -539,94 +554,55 @@ mod tests {
             ),
             format!("routes:\n{added}{route}{global}"),
         ] {
-            std::fs::write(&path, &whole).unwrap();
-            for _ in 0..DROP_READS {
-                watch.poll();
-            }
+            write_and_read(&whole, DROP_READS);
             assert_eq!(loaded(), whole, "loaded");
             for end in cut_after
                 .iter()
                 .filter_map(|at| Some(whole.find(at)? + at.len()))
             {
                 let cut = &whole[..end];
-                std::fs::write(&path, cut).unwrap();
-                for read in 1..DROP_READS {
-                    watch.poll();
-                    assert_eq!(loaded(), whole, "cut to {cut:?}, read {read} times");
-                }
+                held_off(cut, &whole, &format!("cut to {cut:?}"));
                 // The writer finishes.
-                std::fs::write(&path, &whole).unwrap();
-                watch.poll();
+                write_and_read(&whole, 1);
                 assert_eq!(loaded(), whole);
             }
         }
         // A route added at the end, cut before its daily cap: the broader route's limits
         // no longer apply to its path, and its own cap is not written yet.
         let base = format!("routes:\n{added}{route}");
-        std::fs::write(&path, &base).unwrap();
-        for _ in 0..DROP_READS {
-            watch.poll();
-        }
+        write_and_read(&base, DROP_READS);
         assert_eq!(loaded(), base);
         let more = format!(
             "{base}  - path: /a/export\n    limits:\n      - limit: 100/min\n      - limit: 5/day\n"
         );
         let cut = &more[..more.find("      - limit: 5/day").unwrap()];
-        std::fs::write(&path, cut).unwrap();
-        for read in 1..DROP_READS {
-            watch.poll();
-            assert_eq!(
-                loaded(),
-                base,
-                "a route added at the end, cut, read {read} times"
-            );
-        }
-        std::fs::write(&path, &more).unwrap();
-        for _ in 0..DROP_READS {
-            watch.poll();
-        }
+        held_off(cut, &base, "a route added at the end, cut");
+        write_and_read(&more, DROP_READS);
         assert_eq!(loaded(), more);
         // A key's header cut short to none: `per: api_key` reads `x-api-key`.
         let keyed = more.replace(
             "      - limit: 5/day\n",
             "      - limit: 5/day\n        per: api_key:authorization\n",
         );
-        std::fs::write(&path, &keyed).unwrap();
-        for _ in 0..DROP_READS {
-            watch.poll();
-        }
+        write_and_read(&keyed, DROP_READS);
         assert_eq!(loaded(), keyed);
         let cut = &keyed[..keyed.len() - ":authorization\n".len()];
-        std::fs::write(&path, cut).unwrap();
-        for read in 1..DROP_READS {
-            watch.poll();
-            assert_eq!(loaded(), keyed, "`per: api_key` cut, read {read} times");
-        }
-        std::fs::write(&path, &more).unwrap();
-        for _ in 0..DROP_READS {
-            watch.poll();
-        }
+        held_off(cut, &keyed, "`per: api_key` cut");
+        write_and_read(&more, DROP_READS);
         assert_eq!(loaded(), more);
         // An edit of a value of the last route: at the second read (a burst raised, as
         // seed 004's test of its file does).
         let raised = more.replace("5/day", "6/day");
-        std::fs::write(&path, &raised).unwrap();
-        watch.poll();
-        watch.poll();
+        write_and_read(&raised, 2);
         assert_eq!(loaded(), raised);
         let more = raised;
         // An edit of the route before the last: at the second read.
         let edited = more.replace("10/min", "20/min");
-        std::fs::write(&path, &edited).unwrap();
-        watch.poll();
-        watch.poll();
+        write_and_read(&edited, 2);
         assert_eq!(loaded(), edited);
         // A cut held still is loaded after ten reads.
         let cut = &edited[..edited.find("burst").unwrap()];
-        std::fs::write(&path, cut).unwrap();
-        for _ in 0..DROP_READS {
-            watch.poll();
-        }
+        write_and_read(cut, DROP_READS);
         assert_eq!(loaded(), cut);
     }
 
