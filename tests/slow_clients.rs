@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 
 use common::{Example, RawConnection};
 
+/// A connection of its own to `ex`.
+fn connect(ex: &Example) -> TcpStream {
+    TcpStream::connect(ex.base.trim_start_matches("http://")).unwrap()
+}
+
 /// Reads until the server closes the connection; how long that took and what it sent
 /// (`None`: still open after `limit`).
 fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<(Duration, Vec<u8>)> {
@@ -39,16 +44,15 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<(Duration, V
 #[test]
 fn a_request_head_that_never_ends_is_cut_off() {
     let ex = Example::start("seed_003", &[]);
-    let addr = ex.base.trim_start_matches("http://").to_string();
     let limit = tollgate_suite::HEADER_READ_TIMEOUT + Duration::from_secs(10);
 
     // Half a head, then silence.
-    let mut partial = TcpStream::connect(&addr).unwrap();
+    let mut partial = connect(&ex);
     partial
         .write_all(b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     // A kept-alive connection that goes quiet after its first answer.
-    let mut idle = TcpStream::connect(&addr).unwrap();
+    let mut idle = connect(&ex);
     idle.write_all(b"GET /api/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
 
@@ -71,9 +75,8 @@ fn a_request_head_that_never_ends_is_cut_off() {
 #[test]
 fn a_request_body_that_never_ends_is_cut_off() {
     let ex = Example::start("seed_003", &[]);
-    let addr = ex.base.trim_start_matches("http://").to_string();
     let timeout = tollgate_suite::BODY_READ_TIMEOUT;
-    let mut stream = TcpStream::connect(&addr).unwrap();
+    let mut stream = connect(&ex);
     // A head promising 100 bytes, then one byte of them.
     stream
         .write_all(
@@ -171,8 +174,7 @@ fn a_refused_request_with_a_large_body_gets_its_answer() {
 #[test]
 fn an_unread_body_that_stops_arriving_is_not_waited_for() {
     let ex = Example::start("demo", &[]);
-    let addr = ex.base.trim_start_matches("http://").to_string();
-    let mut stream = TcpStream::connect(&addr).unwrap();
+    let mut stream = connect(&ex);
     // The webhook's handler does not read its body.
     stream
         .write_all(
@@ -233,8 +235,7 @@ fn the_examples_listen_with_room_for_a_burst_of_connections() {
 #[test]
 fn an_invited_body_past_what_its_handler_reads_gets_its_answer() {
     let ex = Example::start("demo", &[]);
-    let addr = ex.base.trim_start_matches("http://").to_string();
-    let mut stream = TcpStream::connect(&addr).unwrap();
+    let mut stream = connect(&ex);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
