@@ -2133,3 +2133,71 @@ async fn invented_methods_do_not_crowd_out_the_routes_left_to_their_policy() {
     // The class is spent; the late route is its policy's.
     assert_eq!(send("POST", "/api/late").await, 200);
 }
+
+/// A probe dropped before it reaches its layer (the client went away while a middleware in
+/// front of the route ran) says nothing of where the layer is: the next request of the
+/// pattern is a probe at once, and nothing is logged. It was taken as a misplaced layer
+/// (a review: a warning, and for a second the route charged to its spent class, 429 3 of 3).
+#[tokio::test]
+async fn a_probe_dropped_before_its_layer_holds_nothing_back() {
+    use axum::extract::ConnectInfo;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tower::ServiceExt;
+
+    let limiter = api_class("2/min");
+    let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("100/min"));
+    let slow_once = std::sync::Arc::new(AtomicBool::new(true));
+    let app = Router::new()
+        .route("/api/items", get(ok))
+        .route("/api/chat", post(ok).layer(chat))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let slow = request.uri() == "/api/chat" && slow_once.swap(false, Ordering::Relaxed);
+                async move {
+                    if slow {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    next.run(request).await
+                }
+            },
+        ))
+        .layer(limiter.layer());
+    let send = |method: http::Method, path: &str| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(
+            "192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        app.clone().oneshot(req)
+    };
+    // The client's class spent.
+    for expected in [200, 200, 429] {
+        let response = send(http::Method::GET, "/api/items").await.unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+    }
+    // The first request of the pattern, dropped while the middleware holds it.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        send(http::Method::POST, "/api/chat"),
+    )
+    .await;
+    assert!(dropped.is_err(), "the slow request was answered");
+    // The next ones go to the route's layer at once.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let response = send(http::Method::POST, "/api/chat").await.unwrap();
+        let limit = response.headers()["x-ratelimit-limit"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        seen.push((response.status().as_u16(), limit));
+    }
+    let chat_admits = |status: u16| (status, "100".to_string());
+    assert_eq!(
+        seen,
+        vec![chat_admits(200), chat_admits(200), chat_admits(200)]
+    );
+}

@@ -295,13 +295,17 @@ impl Delegation {
                 .is_ok()
     }
 
-    /// A probe of `method` was answered (or dropped): whether its layer had not seen it.
-    /// Then the layer is not on the pattern's route for that method (put on another route,
-    /// or in a router that is not served, or behind a check that turned the probe away),
-    /// and the next probe waits.
-    fn probed(&self, method: &Method) -> bool {
+    /// A probe of `method` was answered (`answered`) or dropped: whether its layer had not
+    /// seen it. An answered probe its layer did not see says the layer is not on the
+    /// pattern's route for that method (put on another route, or in a router that is not
+    /// served, or behind a check that turned the probe away): that is logged, and the next
+    /// probe waits. A probe dropped unanswered says nothing of where the layer is (the
+    /// client went away before it got there): the next request is a probe at once.
+    fn probed(&self, method: &Method, answered: bool) -> bool {
         let unseen = !self.seen(method);
-        if unseen {
+        if unseen && !answered {
+            self.probing.store(false, Ordering::Release);
+        } else if unseen {
             let last = self.backoff_ms.load(Ordering::Relaxed);
             let wait = if last == 0 {
                 tracing::warn!(
@@ -369,7 +373,7 @@ impl Left {
     fn finish(&mut self, status: Option<http::StatusCode>) {
         self.done = true;
         let unseen = match &self.to {
-            LeftTo::Probe(delegation) => delegation.probed(&self.method),
+            LeftTo::Probe(delegation) => delegation.probed(&self.method, status.is_some()),
             LeftTo::Seen(mark, route) => {
                 let unseen = !mark.taken_over.load(Ordering::Acquire);
                 // Answered before the layer: its route is no longer left to the layer (a
