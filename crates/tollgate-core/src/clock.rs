@@ -332,9 +332,11 @@ impl Clock for FastClock {
 pub struct ManualClock(Arc<AtomicU64>);
 
 impl ManualClock {
-    /// A clock showing `since_epoch` after the Unix epoch.
+    /// A clock showing `since_epoch` after the Unix epoch (at most the last microsecond a
+    /// [`Timestamp`] holds, as [`ManualClock::advance`] stops there).
     pub fn new(since_epoch: Duration) -> Self {
-        Self(Arc::new(AtomicU64::new(since_epoch.as_micros() as u64)))
+        let micros = u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX);
+        Self(Arc::new(AtomicU64::new(micros)))
     }
 
     /// Moves the clock forward by `d` (stopping at the last microsecond a [`Timestamp`]
@@ -625,5 +627,17 @@ mod tests {
         }
         assert!(store.charge(&bucket).unwrap().allowed);
         assert!(!store.charge(&bucket).unwrap().allowed);
+    }
+
+    /// A manual clock set past the last microsecond a timestamp holds shows that
+    /// microsecond, as one moved past it does (it wrapped round to an early time).
+    #[test]
+    fn a_manual_clock_set_past_the_end_of_time_stops_there() {
+        let past = Duration::from_secs(u64::MAX / 1_000_000 + 1);
+        assert_eq!(ManualClock::new(past).now().as_micros(), u64::MAX);
+        assert_eq!(ManualClock::new(Duration::MAX).now().as_micros(), u64::MAX);
+        let moved = ManualClock::new(Duration::from_micros(u64::MAX - 1));
+        moved.advance(Duration::from_secs(1));
+        assert_eq!(moved.now().as_micros(), u64::MAX);
     }
 }

@@ -145,11 +145,13 @@ impl Quota {
         if count == 0 {
             return Err(QuotaError::ZeroCount { input: input() });
         }
-        if period.is_zero() || !period.subsec_nanos().is_multiple_of(1_000_000) {
-            return Err(QuotaError::ZeroPeriod { input: input() });
-        }
+        // (Too large first: `Duration::MAX` is not whole milliseconds either, and its
+        // fault is its size.)
         if count > MAX_COUNT || period > MAX_PERIOD {
             return Err(QuotaError::Overflow { input: input() });
+        }
+        if period.is_zero() || !period.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err(QuotaError::ZeroPeriod { input: input() });
         }
         Ok(Self {
             count,
@@ -437,6 +439,12 @@ mod tests {
             Quota::new(MAX_COUNT, MAX_PERIOD),
             Ok(q("9007199254740991/400d"))
         );
+        // The longest `Duration` is too long, though not whole milliseconds either (it
+        // was called a zero period).
+        assert!(matches!(
+            Quota::new(1, Duration::MAX),
+            Err(QuotaError::Overflow { .. })
+        ));
         assert!(matches!(
             Quota::new(1, MAX_PERIOD + Duration::from_millis(1)),
             Err(QuotaError::Overflow { .. })

@@ -272,7 +272,7 @@ pub use tollgate_core::StoreMode;
 pub use tollgate_core::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Clock, Decision, FailureMode, Limit,
     ManualClock, MemoryStats, MemoryStore, MemoryStoreBuilder, Op, Quota, QuotaError, Refusal,
-    Store, StoreError, StoreKey, Timestamp, WhenFull,
+    Store, StoreError, StoreKey, Timestamp, WhenFull, DEFAULT_SEGMENTS, MAX_COUNT, MAX_PERIOD,
 };
 
 /// The names of the rate-limit response headers tollgate writes.
@@ -289,7 +289,16 @@ pub mod __private {
     pub use crate::classify::{Classes, RouteTable, RouteTableBuilder};
 }
 
-/// The README's code blocks, compiled as doctests so the quick start stays true.
-#[cfg(doctest)]
+/// The README's code blocks, compiled as doctests so the quick start stays true. They use
+/// the default features (the Redis store, both file formats, `publish`, axum's handlers),
+/// so they are compiled only with all of those on.
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "redis",
+    feature = "yaml",
+    feature = "toml",
+    feature = "openapi"
+))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
