@@ -71,7 +71,8 @@
 //!
 //! Per-IP keys come from the TCP peer (axum's `ConnectInfo<SocketAddr>`, or a
 //! `SocketAddr` / `IpAddr` request extension), or from the forwarding header of a trusted
-//! proxy ([`ClientIp`]). A request with no peer address at all is a deployment mistake
+//! proxy ([`ClientIp`]); without axum, see [`RateLimit`] for how a tower or hyper stack
+//! gives it. A request with no peer address at all is a deployment mistake
 //! (axum served without `into_make_service_with_connect_info::<SocketAddr>()`): the first
 //! such request logs one `tracing` error saying how to fix it, and such requests then
 //! share one per-IP bucket (`unknown-peer`), so they are still limited and never answered

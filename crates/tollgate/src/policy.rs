@@ -243,7 +243,9 @@ impl Policy {
     /// gives nothing back). So a slow response never frees room that requests charged after
     /// it took. A request that gets no response (the client went away, a timeout further
     /// out gave up on it) keeps its charge, on every store: only a response whose status
-    /// satisfies `refund` gives it back.
+    /// satisfies `refund` gives it back. An inner service's error (a `LoadShed`'s
+    /// `Overloaded` inside the limiter) is judged as the `500` it ends as: `refund_if(|s|
+    /// s.is_server_error())` gives it back.
     ///
     /// Until then the charge counts: each request reserves its cost while it runs, and on
     /// Redis until the refund's own round trip is answered. So requests in flight that

@@ -14,8 +14,50 @@ use crate::limiter::Limiter;
 use crate::response_body::ResponseBody;
 
 /// Rate-limits the requests to `S` (made by [`RateLimitLayer`](crate::RateLimitLayer)).
-/// Works on any `Service<http::Request<B>>` whose responses are `http::Response`s; all
-/// clones enforce the same limits.
+/// Works on any `Service<http::Request<B>>` that is `Clone` and whose responses are
+/// `http::Response`s with a body whose chunks are made from [`Bytes`] (`Data:
+/// From<Bytes>`: axum's `Body`, `Full<Bytes>`, a stream of `Bytes`), as the 429's body is
+/// written in place of the service's; all clones enforce the same limits. A service that is
+/// not `Clone` (a `BoxService`) can be put behind `tower::buffer::Buffer` or boxed as a
+/// `BoxCloneService`.
+///
+/// `poll_ready` is the inner service's: behind a layer that holds requests back (a
+/// `ConcurrencyLimit`, a `Buffer`), a request waits for room there before it is even
+/// refused. Put such layers inside the limiter so that refused requests take no room.
+///
+/// Without axum (a plain tower or hyper stack), give each request its peer address as a
+/// `SocketAddr` (or `IpAddr`) extension, from the connection it came on:
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::convert::Infallible;
+/// use std::net::SocketAddr;
+///
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tollgate::{Limiter, Policy};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// let limiter = Limiter::builder()
+///     .route("/*", Policy::named("default").per_ip("1/min"))
+///     .build()?;
+/// // What a server does per connection: `peer` is the address `accept` gave.
+/// let peer: SocketAddr = "203.0.113.7:40000".parse()?;
+/// let service = ServiceBuilder::new()
+///     .map_request(move |mut request: http::Request<()>| {
+///         request.extensions_mut().insert(peer);
+///         request
+///     })
+///     .layer(limiter.layer())
+///     .service(service_fn(|_request| async {
+///         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("hello"))))
+///     }));
+/// let request = || http::Request::new(());
+/// assert_eq!(service.clone().oneshot(request()).await?.status(), 200);
+/// assert_eq!(service.oneshot(request()).await?.status(), 429);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
