@@ -48,6 +48,18 @@ fn every_example_warns_once_about_trusting_every_address() {
     }
 }
 
+/// A daily cap over another window than a day (`100/h` for `100/day`) is said at start-up
+/// (a review: `ENDPOINTWISE_DAILY_CAP=2/s` ran as 2 a second without a word); a day is not.
+#[test]
+fn seed_004_says_a_daily_cap_that_is_not_per_day() {
+    let text = "the daily cap counts over";
+    for (cap, warned) in [("2/s", 1), ("100/h", 1), ("25/day", 0), ("25/24h", 0)] {
+        let example = Example::start_logged("seed_004", &[("ENDPOINTWISE_DAILY_CAP", cap)]);
+        let logged = example.stop_logged();
+        assert_eq!(saying(&logged, text), warned, "{cap}: {logged:#?}");
+    }
+}
+
 /// A Redis down at start-up is warned about once: each example makes one store (seed 004
 /// made a second from its file's default store, connected it and dropped it: the warning
 /// twice, 7 ms apart).

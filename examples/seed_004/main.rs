@@ -35,7 +35,8 @@
 //!   endpoint limits by the partner's API key (`x-api-key`): each partner has its own
 //!   bucket per endpoint. The gateway limit is one bucket for all traffic.
 //! - The daily cap is per API key, on every route: 10000/day, or `ENDPOINTWISE_DAILY_CAP`
-//!   (e.g. `25/day`, so a demo can reach it). The page calls it a "hard cap on calls per
+//!   (e.g. `25/day`, so a demo can reach it; another window, `60/6s` to try the cap out in
+//!   seconds, is taken with a warning at start-up). The page calls it a "hard cap on calls per
 //!   24-hour window": a rolling window of 24 hours ([`Rate::sliding`], as configuration
 //!   files read `daily:`), so no 24 hours ever hold more than the cap, midnight or not (a
 //!   calendar day would let a partner spend it twice within seconds around 00:00 UTC). It
@@ -235,7 +236,17 @@ fn daily_cap() -> Result<
     const DAILY_CAP: &str = "ENDPOINTWISE_DAILY_CAP";
     let daily = tollgate_suite::setting(DAILY_CAP).unwrap_or_else(|| "10000/day".into());
     let rate = match Rate::sliding(daily.as_str()).limit() {
-        Ok(limit) => Rate::from(tollgate_suite::steady_rolling(limit.quota())),
+        Ok(limit) => {
+            // Another window is taken (a cap scaled down to try it out in seconds), but
+            // said: `100/h` for `100/day` is a slip a file's `daily:` refuses.
+            if limit.quota().period() != std::time::Duration::from_secs(86_400) {
+                tracing::warn!(
+                    "{DAILY_CAP}={daily}: the daily cap counts over {:?}, not a day",
+                    limit.quota().period()
+                );
+            }
+            Rate::from(tollgate_suite::steady_rolling(limit.quota()))
+        }
         Err(e) => return Err(tollgate_suite::BadSetting::new(DAILY_CAP, daily, e)),
     };
     Ok(move |rules: LimiterBuilder| {
