@@ -47,7 +47,8 @@
 //! any other policy with `maxmemory` set, the `volatile-*` ones included (every key the
 //! store writes has a time to live), a full Redis drops counts silently: a lockout, a
 //! daily cap. [`RedisStore::run_id`] (which [`FallbackStore`]'s checks call) reads
-//! `INFO memory` until it answers once, and logs a warning when Redis may evict.
+//! `INFO memory` once per server start (each new `run_id`), and logs a warning when Redis
+//! may evict.
 //!
 //! # Refusal cache
 //!

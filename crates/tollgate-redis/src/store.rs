@@ -695,8 +695,9 @@ struct Inner {
     cache: Option<RefusalCache>,
     /// Places fixed windows.
     clock: Arc<dyn Clock>,
-    /// Whether Redis's eviction policy was looked at ([`RedisStore::run_id`]).
-    eviction_checked: AtomicBool,
+    /// The `run_id` of the server whose eviction policy was looked at last
+    /// ([`RedisStore::run_id`]): a restarted or another server is looked at again.
+    eviction_checked: Mutex<Option<String>>,
     /// Whether a refused `INFO` was warned about ([`RedisStore::run_id`]).
     info_refusal_warned: AtomicBool,
     /// The builder's response timeout: a call Redis answers later fails. `None` for a pool.
@@ -1015,7 +1016,7 @@ impl RedisStore {
                 prefix,
                 cache: (refusal_cache > 0).then(|| RefusalCache::new(refusal_cache)),
                 clock,
-                eviction_checked: AtomicBool::new(false),
+                eviction_checked: Mutex::new(None),
                 info_refusal_warned: AtomicBool::new(false),
                 response_timeout,
             }),
@@ -1288,18 +1289,25 @@ impl RedisStore {
             }
             return Ok(None);
         };
-        // Once per store, the first time Redis answers it: whether it may evict the counts.
-        if !self.inner.eviction_checked.load(Ordering::Relaxed) {
+        let run_id = info_field(&server, "run_id").map(str::to_owned);
+        // Once per server start, the first time it answers: whether it may evict the
+        // counts (a review restarted Redis with another policy, or failed over to a server
+        // configured otherwise, and nothing was said).
+        let checked = |checked: &Option<String>| run_id.is_none() || *checked == run_id;
+        if !checked(&lock(&self.inner.eviction_checked)) {
             if let Ok(memory) = connection.info("memory").await {
                 let warning = memory.as_deref().and_then(eviction_warning);
-                if !self.inner.eviction_checked.swap(true, Ordering::Relaxed) {
+                let mut last = lock(&self.inner.eviction_checked);
+                if !checked(&last) {
+                    last.clone_from(&run_id);
+                    drop(last);
                     if let Some(warning) = warning {
                         tracing::warn!(target: "tollgate", "{warning}");
                     }
                 }
             }
         }
-        Ok(info_field(&server, "run_id").map(str::to_owned))
+        Ok(run_id)
     }
 
     /// What identifies the data the server holds: its `run_id` and its replication id

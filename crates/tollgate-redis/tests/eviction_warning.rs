@@ -1,6 +1,7 @@
 //! A Redis that may evict the store's keys when its memory is full (`maxmemory` set, a
-//! `maxmemory-policy` other than `noeviction`) is warned about, once per store, the first
-//! time it answers `INFO` ([`RedisStore::run_id`], which the fallback store's checks call);
+//! `maxmemory-policy` other than `noeviction`) is warned about, once per server start, the
+//! first time it answers `INFO` ([`RedisStore::run_id`], which the fallback store's checks
+//! call), and again when it restarts so configured;
 //! one that refuses `INFO` (the store then cannot notice a restart) the first time it does;
 //! one that fails it for a while (asking for a password) is not said to refuse it.
 //! In a test binary of its own: tracing caches a callsite's interest process-wide.
@@ -19,6 +20,24 @@ fn what_the_store_cannot_check_on_redis_is_warned_about_once() {
         for store in [&store, &clone, &store] {
             assert!(store.run_id().await.unwrap().is_some());
         }
+        // Restarted with an evicting policy (another server's configuration after a
+        // failover): said again, once (a review: nothing was said).
+        let mut restarted = RedisServer::start();
+        let store = RedisStore::open(&restarted.url()).unwrap();
+        assert!(store.run_id().await.unwrap().is_some());
+        restarted.restart();
+        restarted.cli(["CONFIG", "SET", "maxmemory", "32mb"]);
+        restarted.cli(["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+        let mut answered = 0;
+        for _ in 0..50 {
+            if store.run_id().await.is_ok_and(|id| id.is_some()) {
+                answered += 1;
+                if answered == 3 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(answered, 3, "the restarted server never answered");
         // Writes fail instead when full: nothing to warn about.
         let refusing = RedisServer::start();
         refusing.cli(["CONFIG", "SET", "maxmemory", "64mb"]);
@@ -52,13 +71,25 @@ fn what_the_store_cannot_check_on_redis_is_warned_about_once() {
         refused.starts_with("WARN tollgate:") && refused.contains("restarts empty"),
         "{refused}"
     );
-    let warning = the_one(&events, "maxmemory-policy");
+    let warning = the_one(&events, "(67108864 bytes)");
     assert!(
         warning.starts_with("WARN tollgate:")
-            && warning.contains("(67108864 bytes)")
             && warning.contains("maxmemory-policy allkeys-lru")
             && warning.contains("noeviction"),
         "{warning}"
+    );
+    let warning = the_one(&events, "(33554432 bytes)");
+    assert!(
+        warning.starts_with("WARN tollgate:") && warning.contains("maxmemory-policy volatile-lru"),
+        "{warning}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.contains("maxmemory-policy"))
+            .count(),
+        2,
+        "{events:#?}"
     );
 }
 
