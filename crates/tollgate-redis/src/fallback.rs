@@ -884,6 +884,12 @@ pub const DEFAULT_PATIENCE: u32 = 20;
 /// `warn` ([`Shared::warn_departure`]).
 const DEPARTURE_WARNING_EVERY: Duration = Duration::from_secs(60);
 
+/// How often an outage that goes on is logged again at `warn` ([`recover`]): a primary
+/// that will not answer until someone acts (a wrong password, a user without the commands,
+/// a replica given as the URL) was logged once, at start-up, while the instance counted
+/// alone in memory for good (a review: nothing more in 2.5 minutes of traffic).
+const STILL_WARNING_EVERY: Duration = Duration::from_secs(600);
+
 /// How long the primary must stay healthy after the store returned to it for the next
 /// departure to check it at once again; a departure sooner carries on the backoff where it
 /// was, so a primary that keeps failing soon after each check is checked less and less
@@ -2349,6 +2355,8 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
     let Some(left) = shared.upgrade().map(|s| s.memory.now().as_micros()) else {
         return;
     };
+    let since = tokio::time::Instant::now();
+    let mut said = since;
     loop {
         if wait && !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -2404,7 +2412,19 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
                         }
                     });
                 }
-                shared.count_failure(&shared.explained(&e.to_string()));
+                let failure = shared.explained(&e.to_string());
+                if said.elapsed() >= STILL_WARNING_EVERY {
+                    said = tokio::time::Instant::now();
+                    tracing::warn!(
+                        target: "tollgate::store",
+                        error = %failure,
+                        minutes = since.elapsed().as_secs() / 60,
+                        "rate-limit store still deciding from memory: every check of the \
+                         primary has failed for `minutes` (each instance counts alone; \
+                         logged every 10 minutes while it lasts)"
+                    );
+                }
+                shared.count_failure(&failure);
                 tracing::debug!(
                     target: "tollgate::store",
                     error = %e,
