@@ -82,21 +82,23 @@ pub enum BuildError {
         /// The name as given.
         header: String,
     },
-    /// A custom key kind is empty, holds unusable characters, or is `global` (the kind of
-    /// [`Key::global`](crate::Key::global)).
-    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`, other than `global`")]
+    /// A custom key kind is empty, holds unusable characters, or is `global` or `all`
+    /// ([`Key::global`](crate::Key::global)'s kind and key).
+    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`, other than `global` and `all`")]
     BadKeyKind {
         /// The policy.
         policy: String,
         /// The kind as given.
         kind: String,
     },
-    /// Two key kinds of one policy where one is the other followed by `:` (a custom
-    /// `header` beside [`Key::header`](crate::Key::header)'s `header:x-account`): a key of
-    /// the shorter kind taken from a request could name the other's bucket.
-    #[error("policy `{policy}`: key kinds `{kind}` and `{longer}` would share store keys (a `{kind}` key may start with what follows `{kind}:` in `{longer}`); rename `{kind}`")]
+    /// Two key kinds of the limiter where one is the other followed by `:` (a custom
+    /// `header` beside [`Key::header`](crate::Key::header)'s `header:x-account`, in one
+    /// policy or two): a key of the shorter kind taken from a request could name the
+    /// other's bucket, or its per-key override (`override:<kind>:<key>`, one for the
+    /// whole limiter).
+    #[error("policy `{policy}`: key kinds `{kind}` and `{longer}` would share store keys (a `{kind}` key may start with what follows `{kind}:` in `{longer}`, in a policy's buckets or the limiter's per-key overrides); rename `{kind}`")]
     KeyKindsOverlap {
-        /// The policy.
+        /// A policy with the shorter kind.
         policy: String,
         /// The shorter kind.
         kind: String,
@@ -188,6 +190,18 @@ pub enum BuildError {
         first: String,
         /// The policy seen second.
         second: String,
+    },
+    /// Two buckets show one name in the IETF `RateLimit` and `RateLimit-Policy` fields,
+    /// which write `:` as `-` (a policy `p`'s per-IP bucket `p:ip` and a global policy
+    /// named `p-ip`): a client could not tell their items apart.
+    #[error("buckets `{first}` and `{second}` both show as {shown} in the `RateLimit` and `RateLimit-Policy` fields (`:` is written `-` there); rename one")]
+    ShownAlike {
+        /// The bucket found first.
+        first: String,
+        /// The other bucket.
+        second: String,
+        /// The name both show (a structured-field string, quoted).
+        shown: String,
     },
     /// A bucket for direct use is declared twice, or has the name of a policy's bucket.
     #[error("bucket `{name}` is declared twice (or is also a policy's bucket name)")]

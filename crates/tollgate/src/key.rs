@@ -221,8 +221,10 @@ impl Key {
     }
 
     /// Any function of the request, under a kind name of your own (shown in logs and used
-    /// in bucket names: letters, digits, `_`, `-`, `.`, other than `global`, which is
-    /// [`Key::global`]'s; checked when the limiter is built).
+    /// in bucket names: letters, digits, `_`, `-`, `.`, other than `global` and `all`,
+    /// which are [`Key::global`]'s, and other than a built-in kind's part before its `:`,
+    /// `header` and `network`, when the limiter has such a kind; checked when the limiter
+    /// is built).
     ///
     /// A function that falls back to the client's address takes it as the limiter does,
     /// from the same [`ClientIp`](crate::ClientIp): [`peer_addr`](crate::peer_addr) alone
@@ -280,13 +282,15 @@ impl Key {
 
     /// Whether the kind name is usable in bucket names: a custom kind of letters, digits,
     /// `_`, `-` and `.` (as [`BuildError::BadKeyKind`](crate::BuildError::BadKeyKind) says);
-    /// the built-in kinds also hold `:` (`header:<name>`). `global` is [`Key::global`]'s
-    /// alone: its bucket is the policy's own name, so a custom kind of that name would put
-    /// a key taken from the request (`ip:203.0.113.9`) right after it, on another limit's
-    /// store key.
+    /// the built-in kinds also hold `:` (`header:<name>`). `global` and `all` are
+    /// [`Key::global`]'s alone: its bucket is the policy's own name and its key `all`, so a
+    /// custom kind `global` would put a key taken from the request (`ip:203.0.113.9`)
+    /// right after the policy's name, on another limit's store key, and a custom kind
+    /// `all` a key (`29944158`) on a fixed window's (`<policy>:all:<window>`: a review's
+    /// client reset a global 3 a minute with each request, 18 admitted).
     pub(crate) fn kind_is_valid(&self) -> bool {
         let custom = matches!(self.source, Source::Custom(_));
-        let reserved = custom && &*self.kind == "global";
+        let reserved = custom && matches!(&*self.kind, "global" | "all");
         !reserved
             && !self.kind.is_empty()
             && self.kind.len() <= 64
@@ -426,6 +430,7 @@ mod tests {
         assert!(!Key::custom("a b", |_| None).kind_is_valid());
         assert!(Key::custom("plan-tier", |_| None).kind_is_valid());
         assert!(!Key::custom("global", |_| None).kind_is_valid());
+        assert!(!Key::custom("all", |_| None).kind_is_valid());
         assert!(Key::global().kind_is_valid());
     }
 

@@ -374,27 +374,6 @@ pub(crate) fn compile(
             when_full: policy.when_full,
         });
     }
-    // A store key is `<bucket>:<kind>:<key>`: a kind that is another kind followed by `:`
-    // (a custom `header` beside `Key::header("x-account")`'s `header:x-account`) would let a
-    // key of the shorter kind (`x-account:alice`, from the request) land on the other's.
-    let kinds: Vec<&str> = per_kind
-        .keys()
-        .copied()
-        .filter(|k| *k != "global")
-        .collect();
-    for kind in &kinds {
-        if let Some(longer) = kinds.iter().find(|other| {
-            other
-                .strip_prefix(kind)
-                .is_some_and(|rest| rest.starts_with(':'))
-        }) {
-            return Err(BuildError::KeyKindsOverlap {
-                policy: name.to_string(),
-                kind: kind.to_string(),
-                longer: longer.to_string(),
-            });
-        }
-    }
     let shown = (compiled.limits.len() + global_limits) as u32;
     if shown <= MAX_CACHED_LIMITS {
         compiled.policy_values = (0..1usize << shown).map(|_| OnceLock::new()).collect();
@@ -615,14 +594,19 @@ pub(crate) fn compile_table(
         signatures,
         defaults,
     };
-    stored_one_way(table.policies())?;
+    table.check_whole()?;
     Ok(table)
 }
 
-/// Checks that each key kind of `policies` is stored one way, hashed or as given: an
-/// override, a peek or a reset of a kind stores its key one way
-/// ([`BuildError::KeyKindStoredTwoWays`]).
-fn stored_one_way<'a>(policies: impl Iterator<Item = &'a Arc<Compiled>>) -> Result<(), BuildError> {
+/// Checks the key kinds of `policies`, which per-key overrides, peeks and resets name
+/// across the whole limiter:
+/// - each is stored one way, hashed or as given: an override, a peek or a reset of a kind
+///   stores its key one way ([`BuildError::KeyKindStoredTwoWays`]);
+/// - none is another followed by `:` (a custom `network` beside `Key::network(48)`'s
+///   `network:48`, [`BuildError::KeyKindsOverlap`]): a store key is `<bucket>:<kind>:<key>`
+///   in a policy and `override:<kind>:<key>` for an override, so a key of the shorter kind
+///   (`48:203.0.113.7`, from the request) would land on the other's.
+fn kinds_agree<'a>(policies: impl Iterator<Item = &'a Arc<Compiled>>) -> Result<(), BuildError> {
     // Per kind: whether it is hashed, and the first policy that says so.
     let mut seen: HashMap<&str, (bool, &str)> = HashMap::new();
     for policy in policies {
@@ -648,10 +632,67 @@ fn stored_one_way<'a>(policies: impl Iterator<Item = &'a Arc<Compiled>>) -> Resu
             }
         }
     }
+    // Each kind's part before a `:`, where another kind has that name.
+    for &longer in seen.keys() {
+        let shorter = longer
+            .match_indices(':')
+            .map(|(at, _)| &longer[..at])
+            .find_map(|prefix| seen.get_key_value(prefix).filter(|(k, _)| **k != "global"));
+        if let Some((kind, (_, policy))) = shorter {
+            return Err(BuildError::KeyKindsOverlap {
+                policy: policy.to_string(),
+                kind: kind.to_string(),
+                longer: longer.to_string(),
+            });
+        }
+    }
     Ok(())
 }
 
 impl Table {
+    /// What holds across the table, each policy having been checked alone as it compiled:
+    /// its key kinds ([`kinds_agree`]) and the names its buckets show
+    /// ([`Table::shown_apart`]).
+    fn check_whole(&self) -> Result<(), BuildError> {
+        kinds_agree(self.policies())?;
+        self.shown_apart()
+    }
+
+    /// Checks that no two buckets show one name in the IETF `RateLimit` and
+    /// `RateLimit-Policy` fields, which write `:` as `-`: a policy `p`'s per-IP bucket
+    /// `p:ip` and a global policy named `p-ip` (a review: both as `"p-ip"` on one response,
+    /// a client unable to tell which limit is which). Buckets for direct use count too: a
+    /// handler shows them beside the middleware's.
+    fn shown_apart(&self) -> Result<(), BuildError> {
+        let policies = self.policies().flat_map(|policy| {
+            policy
+                .limits
+                .iter()
+                .map(|limit| (limit.sf_name.to_string(), &*limit.bucket))
+        });
+        let direct = self
+            .direct
+            .keys()
+            .map(|name| (sf::string(name), name.as_str()));
+        let mut shown: HashMap<String, &str> = HashMap::new();
+        for (name, bucket) in policies.chain(direct) {
+            match shown.get(&name) {
+                Some(first) if *first != bucket => {
+                    return Err(BuildError::ShownAlike {
+                        first: first.to_string(),
+                        second: bucket.to_string(),
+                        shown: name,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    shown.insert(name, bucket);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every policy of the table: its classes', its global ones and its per-route ones.
     pub(crate) fn policies(&self) -> impl Iterator<Item = &Arc<Compiled>> {
         self.classes
@@ -696,7 +737,7 @@ impl Table {
             signatures,
             defaults: self.defaults,
         };
-        stored_one_way(table.policies())?;
+        table.check_whole()?;
         Ok((table, compiled))
     }
 
@@ -736,6 +777,44 @@ mod tests {
             on_failure: FailureMode::Fallback,
             overrides: true,
         }
+    }
+
+    /// Two buckets that would show one name in the IETF fields (`:` written `-`) are a
+    /// build error naming both (a review: `"p-ip"` twice on one response); one bucket
+    /// shared by two policies shows once, and is not.
+    #[test]
+    fn buckets_that_would_show_one_name_are_refused() {
+        use crate::{Key, Limiter};
+        let shown_alike = |builder: crate::LimiterBuilder| match builder.build() {
+            Err(BuildError::ShownAlike {
+                first,
+                second,
+                shown,
+            }) => Some((first, second, shown)),
+            Err(e) => panic!("{e}"),
+            Ok(_) => None,
+        };
+        let base = || Limiter::builder().read_env(false);
+        let per_ip = || Policy::named("p").per_ip("11/min");
+        let with_global = base()
+            .route("/*", per_ip())
+            .global_policy(Policy::named("p-ip").limit(Key::global(), "9/min"));
+        let (first, second, shown) = shown_alike(with_global).unwrap();
+        assert_eq!(shown, "\"p-ip\"");
+        assert_eq!(
+            [first.as_str(), second.as_str()].map(|b| b.contains(':')),
+            [true, false]
+        );
+        let two_kinds = Policy::named("p")
+            .limit(Key::header("x-a"), "5/min")
+            .limit(Key::custom("header-x-a", |_| None), "7/min");
+        let (.., shown) = shown_alike(base().route("/*", two_kinds)).unwrap();
+        assert_eq!(shown, "\"p-header-x-a\"");
+        let direct = base().route("/*", per_ip()).bucket("p-ip", "5/min");
+        assert!(shown_alike(direct).is_some());
+        let shared = |n: &str| Policy::named(n).per_ip("5/min").bucket("shared");
+        let apart = base().route("/a/*", shared("a")).route("/b/*", shared("b"));
+        assert_eq!(shown_alike(apart), None);
     }
 
     #[test]
@@ -811,21 +890,41 @@ mod tests {
                 .per_key("global", |_| None, "1000/min")),
             Some(BuildError::BadKeyKind { kind, .. }) if kind == "global"
         ));
+        // In one policy or two (per-key overrides are the limiter's): a table of them.
+        let table = |policies: Vec<Policy>| {
+            let mut builder = crate::Limiter::builder().read_env(false);
+            for (i, policy) in policies.into_iter().enumerate() {
+                builder = builder.route(format!("/{i}/*").as_str(), policy);
+            }
+            builder.build().err()
+        };
         assert!(matches!(
-            bad(Policy::named("x")
+            table(vec![Policy::named("x")
                 .per_header("x-account", "3/min")
-                .per_key("header", |_| None, "100/min")),
+                .per_key("header", |_| None, "100/min")]),
             Some(BuildError::KeyKindsOverlap { kind, longer, .. })
                 if kind == "header" && longer == "header:x-account"
         ));
-        assert!(
-            bad(Policy::named("x").per_header("x-account", "3/min").per_key(
-                "headers",
-                |_| None,
-                "100/min"
-            ))
-            .is_none()
-        );
+        assert!(matches!(
+            table(vec![
+                Policy::named("x").per_network(48, "3/min"),
+                Policy::named("y").per_key("network", |_| None, "100/min"),
+            ]),
+            Some(BuildError::KeyKindsOverlap { policy, kind, longer })
+                if policy == "y" && kind == "network" && longer == "network:48"
+        ));
+        assert!(table(vec![Policy::named("x")
+            .per_header("x-account", "3/min")
+            .per_key("headers", |_| None, "100/min")])
+        .is_none());
+        // `all` is the global limit's key: a custom kind of that name would put a key on
+        // its fixed windows' (`x:all:<window>`).
+        assert!(matches!(
+            bad(Policy::named("x")
+                .limit(crate::Key::global(), crate::Rate::fixed("3/min"))
+                .per_key("all", |_| None, "100/min")),
+            Some(BuildError::BadKeyKind { kind, .. }) if kind == "all"
+        ));
         assert!(matches!(
             bad(Policy::named("x").per_ip("1/min").cost(0)),
             Some(BuildError::ZeroCost { .. })
