@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::BoxFuture;
 use tower_service::Service;
 
-use crate::engine::{in_background, After, Left, Outcome, Settled};
+use crate::engine::{in_background, After, Asking, Left, Outcome, Settled};
 use crate::response_body::ResponseBody;
 
 pin_project! {
@@ -37,6 +37,8 @@ pin_project! {
             match this.project().state.project() {
                 // (An admitted outcome's `After`, dropped, gives back what is to be given
                 // back, as one the future held when calling does.)
+                // A look waiting for its place (not asking the store) is dropped with it.
+                StateProj::Deciding { asking: Some(asking), .. } if !asking.now() => {}
                 StateProj::Deciding { decide, .. } => {
                     let decide = std::mem::replace(decide, Box::pin(std::future::pending()));
                     in_background(Box::pin(async move {
@@ -64,6 +66,8 @@ pin_project! {
     {
         Deciding {
             decide: BoxFuture<'static, Outcome>,
+            // A look's: whether it is asking the store (see `Asking`).
+            asking: Option<Asking>,
             inner: Option<S>,
             req: Option<Request<B>>,
             // The deciding limiter's id.
@@ -135,6 +139,7 @@ where
 
     pub(crate) fn deciding(
         decide: BoxFuture<'static, Outcome>,
+        asking: Option<Asking>,
         inner: S,
         req: Request<B>,
         limiter: u64,
@@ -142,6 +147,7 @@ where
         Self {
             state: State::Deciding {
                 decide,
+                asking,
                 inner: Some(inner),
                 req: Some(req),
                 limiter,
@@ -165,6 +171,7 @@ where
                     inner,
                     req,
                     limiter,
+                    ..
                 } => {
                     let outcome = ready!(decide.as_mut().poll(cx));
                     match outcome {

@@ -591,6 +591,10 @@ impl Limiter {
     /// request does not have, or has empty, does not apply to it.) Check for an empty value
     /// first where it means nobody.
     ///
+    /// A check dropped before its answer (the handler's request cancelled) may still be
+    /// charged: on a store that answers through its future (Redis), a call already sent is
+    /// applied there, though no stats or metrics count it. Treat a dropped check as made.
+    ///
     /// # Errors
     ///
     /// [`CheckError::UnknownBucket`], or the store's error.

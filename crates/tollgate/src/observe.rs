@@ -63,7 +63,8 @@
 //! - `INFO` events for refusals and for what a shadow policy would refuse, at most one per
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `reason`,
-//!   `retry_after_ms`, `method`, `route`; never the key). `reason` is `over_limit`,
+//!   `retry_after_ms`, `method`, `route`; never the key; a method longer than 32 bytes is
+//!   cut there). `reason` is `over_limit`,
 //!   `cost_exceeds_capacity` or `store_full` (the bucket's share of the memory store had no
 //!   room for a new key: the message says so rather than "rate limit exceeded"). `route`
 //!   is the route template axum matched (`/users/{email}/reset`), not the path requested, which can carry identifiers;
@@ -251,6 +252,23 @@ impl BucketMetrics {
     }
 }
 
+/// A request's method as events show it (`method`): a method a client invented longer than
+/// 32 bytes is cut there, with `…` (a review sent a 95,000-byte method and got a log line
+/// of that size).
+pub(crate) struct ShownMethod<'a>(pub(crate) &'a http::Method);
+
+impl std::fmt::Display for ShownMethod<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MAX: usize = 32;
+        // (A method is a token: ASCII, so any byte is a character boundary.)
+        let method = self.0.as_str();
+        match method.get(..MAX) {
+            Some(cut) if method.len() > MAX => write!(f, "{cut}…"),
+            _ => f.write_str(method),
+        }
+    }
+}
+
 /// Why a bucket refused, as refusal events name it (`reason`).
 pub(crate) fn refusal_reason(state: &BucketState) -> &'static str {
     match state.refusal {
@@ -354,5 +372,22 @@ pub(crate) fn default_store_name(mode: StoreMode) -> &'static str {
     match mode {
         StoreMode::Memory => "memory",
         _ => "shared",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShownMethod;
+
+    /// Events show a method as it is, up to 32 bytes: an invented method of 95,000 bytes
+    /// made a refusal's log line that long.
+    #[test]
+    fn a_long_invented_method_is_cut_in_events() {
+        let shown =
+            |m: &str| ShownMethod(&http::Method::from_bytes(m.as_bytes()).unwrap()).to_string();
+        assert_eq!(shown("GET"), "GET");
+        let exactly = "X".repeat(32);
+        assert_eq!(shown(&exactly), exactly);
+        assert_eq!(shown(&"Z".repeat(95_000)), format!("{}…", "Z".repeat(32)));
     }
 }

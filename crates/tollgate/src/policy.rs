@@ -277,7 +277,8 @@ impl Policy {
     /// (`tower_http::catch_panic`) sits inside the limiter: the limiter then sees its `500`,
     /// which counts if `counts` says so. On a store that answers through a
     /// future (Redis), what they reserved is given back on the Tokio runtime the request
-    /// ran on. So answer failures as fast as
+    /// ran on (a runtime shutting down drops such a give-back: what it reserved stays
+    /// counted for its window, erring towards refusing). So answer failures as fast as
     /// successes: a handler that delays its `401`s (a sleep against guessing) tells a
     /// client that gives up early that it failed, and that attempt goes uncounted.
     pub fn count_only_if<F>(mut self, counts: F) -> Self

@@ -134,12 +134,12 @@ where
                 }
                 Outcome::Respond(response) => ResponseFuture::respond(response, &parts),
             },
-            Start::Later(decide) => {
+            Start::Later(decide, asking) => {
                 let req = Request::from_parts(parts, body);
                 // The ready service goes into the future; a fresh clone stays here.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(decide, inner, req, self.limiter.engine.id)
+                ResponseFuture::deciding(decide, asking, inner, req, self.limiter.engine.id)
             }
         }
     }

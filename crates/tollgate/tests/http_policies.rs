@@ -2201,3 +2201,44 @@ async fn a_probe_dropped_before_its_layer_holds_nothing_back() {
         vec![chat_admits(200), chat_admits(200), chat_admits(200)]
     );
 }
+
+/// A declared route's request cut short between the central layer and the route's (a
+/// timeout's 408, a shed load's 503) says nothing of where the route's layer is: the route
+/// stays its layer's, where a check's answer (a 401) takes it from the layer. It was taken
+/// for good (a review: one request timed out in a slow middleware, and from then on every
+/// client whose class was spent was refused there by the class, 429 with its limit of 3).
+#[tokio::test]
+async fn a_request_cut_short_before_its_layer_leaves_the_route_to_it() {
+    for cut_short in [StatusCode::REQUEST_TIMEOUT, StatusCode::SERVICE_UNAVAILABLE] {
+        let limiter = api_class("3/min");
+        let chat = limiter.policy_at("GET /api/chat", Policy::named("chat").per_ip("10/min"));
+        let cut_next = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = cut_next.clone();
+        let app = Router::new()
+            .route("/api/items", get(ok))
+            .route("/api/chat", get(ok).layer(chat))
+            .route_layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let cut = cut.swap(false, std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        if cut {
+                            return cut_short.into_response();
+                        }
+                        next.run(request).await
+                    }
+                },
+            ))
+            .layer(limiter.layer());
+        let server = serve(app).await;
+        let chat_answer = || showing(server.get("/api/chat"), "x-ratelimit-limit");
+        assert_eq!(chat_answer().await, (200, "10".into()), "{cut_short}");
+        cut_next.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(status_of(server.get("/api/chat")).await, cut_short.as_u16());
+        // The class spent (the request cut short was charged to it, as answered before
+        // the layer): the route is still its layer's.
+        assert_eq!(server.statuses("/api/items", 3).await, vec![200, 200, 429]);
+        for _ in 0..3 {
+            assert_eq!(chat_answer().await, (200, "10".into()), "{cut_short}");
+        }
+    }
+}

@@ -38,7 +38,7 @@ pub(crate) use compile::{
     compile_table, name_is_valid, policy_item, refusal_to_log, CodeRules, Compiled, Defaults,
     DirectKey, Rules, Table,
 };
-pub(crate) use decide::Outcome;
+pub(crate) use decide::{Asking, Outcome};
 use decide::{OwnedTarget, Target};
 pub(crate) use gate::Gate;
 use plan::Plan;
@@ -295,15 +295,17 @@ impl Delegation {
                 .is_ok()
     }
 
-    /// A probe of `method` was answered (`answered`) or dropped: whether its layer had not
-    /// seen it. An answered probe its layer did not see says the layer is not on the
-    /// pattern's route for that method (put on another route, or in a router that is not
-    /// served, or behind a check that turned the probe away): that is logged, and the next
-    /// probe waits. A probe dropped unanswered says nothing of where the layer is (the
-    /// client went away before it got there): the next request is a probe at once.
-    fn probed(&self, method: &Method, answered: bool) -> bool {
+    /// A probe of `method` was answered (`told`: with an answer that tells where the layer
+    /// is, see [`Left::finish`]) or not: whether its layer had not seen it. A probe so
+    /// answered that its layer did not see says the layer is not on the pattern's route
+    /// for that method (put on another route, or in a router that is not served, or behind
+    /// a check that turned the probe away): that is logged, and the next probe waits. A
+    /// probe dropped unanswered or cut short says nothing of where the layer is (the client
+    /// went away before it got there, a timeout on the way): the next request is a probe at
+    /// once.
+    fn probed(&self, method: &Method, told: bool) -> bool {
         let unseen = !self.seen(method);
-        if unseen && !answered {
+        if unseen && !told {
             self.probing.store(false, Ordering::Release);
         } else if unseen {
             let last = self.backoff_ms.load(Ordering::Relaxed);
@@ -311,7 +313,7 @@ impl Delegation {
                 tracing::warn!(
                     target: "tollgate",
                     pattern = %self.pattern,
-                    method = %method,
+                    method = %crate::observe::ShownMethod(method),
                     "a request of a per-route policy's pattern was answered without reaching \
                      the policy's layer (is the layer on the pattern's route, for this method, \
                      in a router that is served?); its class charges the pattern's requests \
@@ -372,13 +374,18 @@ impl Left {
     /// charge does), so a layer elsewhere leaves no request of its pattern uncounted.
     fn finish(&mut self, status: Option<http::StatusCode>) {
         self.done = true;
+        // Whether the answer tells where the layer is: a request dropped unanswered does
+        // not, nor one cut short on its way (a timeout's 408, a server error: a
+        // `TimeoutLayer` or a `LoadShed` between the central layer and the route's), which
+        // a review saw take a route from its layer for good.
+        let told =
+            status.is_some_and(|s| s != http::StatusCode::REQUEST_TIMEOUT && !s.is_server_error());
         let unseen = match &self.to {
-            LeftTo::Probe(delegation) => delegation.probed(&self.method, status.is_some()),
+            LeftTo::Probe(delegation) => delegation.probed(&self.method, told),
             LeftTo::Seen(mark, route) => {
                 let unseen = !mark.taken_over.load(Ordering::Acquire);
-                // Answered before the layer: its route is no longer left to the layer (a
-                // request dropped unanswered says nothing of where the layer is).
-                if unseen && status.is_some() {
+                // Answered before the layer: its route is no longer left to the layer.
+                if unseen && told {
                     self.engine.unverify(route, &self.method);
                 }
                 unseen
@@ -579,8 +586,9 @@ pub(crate) enum Start {
     /// returned: an admitted outcome holds its headers, several hundred bytes that every
     /// move on the way out would copy; boxing them would allocate per request.)
     Now,
-    /// Ask the store, and wait for its answer.
-    Later(BoxFuture<'static, Outcome>),
+    /// Ask the store, and wait for its answer. With an [`Asking`], the decision is a look
+    /// that, dropped while it does not ask the store, has nothing to finish.
+    Later(BoxFuture<'static, Outcome>, Option<Asking>),
 }
 
 /// The path the request was made to (before axum's `nest` stripped a prefix).
@@ -772,11 +780,11 @@ impl Engine {
             );
         }
         let target = OwnedTarget::of(parts, request_path(parts));
-        Start::Later(Box::pin(self.clone().decide_later(
-            plan,
-            provisional,
-            target,
-        )))
+        let asking = (plan.op() == Op::Peek).then(Asking::default);
+        let decide = self
+            .clone()
+            .decide_later(plan, provisional, target, asking.clone());
+        Start::Later(Box::pin(decide), asking)
     }
 
     fn start_route(
@@ -830,7 +838,7 @@ impl Engine {
                         target: "tollgate",
                         policy = %policy.name,
                         pattern = %delegation.pattern,
-                        method = %parts.method,
+                        method = %crate::observe::ShownMethod(&parts.method),
                         route = %routed.unwrap_or_default(),
                         "a per-route policy's layer is on a route its pattern does not match as \
                          the central layer sees it (a layer on several routes, as `route_layer` \
@@ -873,8 +881,8 @@ impl Engine {
                     tracing::warn!(
                         target: "tollgate",
                         policy = %policy.name,
-                        method = %parts.method,
-                        route = %matched_path(parts).unwrap_or(request_path(parts)),
+                        method = %crate::observe::ShownMethod(&parts.method),
+                        route = %matched_path(parts).unwrap_or("-"),
                         "a route with its own policy was first charged to the central class \
                          (and may be refused by it before its policy sees it); attach the \
                          policy with `limiter.policy_at(pattern, policy)` so the central table \
@@ -912,15 +920,22 @@ impl Engine {
             (charges, true) => charges.then(|| plan.owned()),
         };
         let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));
-        Start::Later(Box::pin(async move {
+        // (A give-back first is finished, whatever follows it.)
+        let asking = plan
+            .as_ref()
+            .filter(|plan| plan.op() == Op::Peek && refund_later.is_none())
+            .map(|_| Asking::default());
+        let asked = asking.clone();
+        let decide = async move {
             if let Some(charged) = refund_later {
                 engine.give_back(charged).await;
             }
             match plan {
-                Some(plan) => engine.decide_later(plan, None, target).await,
+                Some(plan) => engine.decide_later(plan, None, target, asked).await,
                 None => Outcome::Proceed(None),
             }
-        }))
+        };
+        Start::Later(Box::pin(decide), asking)
     }
 
     /// Gives back what the central layer charged (at `at`) for a request a per-route layer
