@@ -83,8 +83,9 @@ pub enum BuildError {
         header: String,
     },
     /// A custom key kind is empty, holds unusable characters, or is `global` or `all`
-    /// ([`Key::global`](crate::Key::global)'s kind and key).
-    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`, other than `global` and `all`")]
+    /// ([`Key::global`](crate::Key::global)'s kind and key), `ip` or `user`
+    /// ([`Key::ip`](crate::Key::ip)'s and [`Key::user`](crate::Key::user)'s).
+    #[error("policy `{policy}`: key kind `{kind}` must be 1-64 letters, digits, `_`, `-`, `.`, other than `global`, `all`, `ip` and `user` (use `Key::ip()` or `Key::user()` for those)")]
     BadKeyKind {
         /// The policy.
         policy: String,

@@ -222,9 +222,9 @@ impl Key {
 
     /// Any function of the request, under a kind name of your own (shown in logs and used
     /// in bucket names: letters, digits, `_`, `-`, `.`, other than `global` and `all`,
-    /// which are [`Key::global`]'s, and other than a built-in kind's part before its `:`,
-    /// `header` and `network`, when the limiter has such a kind; checked when the limiter
-    /// is built).
+    /// which are [`Key::global`]'s, `ip` and `user`, which are [`Key::ip`]'s and
+    /// [`Key::user`]'s, and other than a built-in kind's part before its `:`, `header` and
+    /// `network`, when the limiter has such a kind; checked when the limiter is built).
     ///
     /// A function that falls back to the client's address takes it as the limiter does,
     /// from the same [`ClientIp`](crate::ClientIp): [`peer_addr`](crate::peer_addr) alone
@@ -287,10 +287,15 @@ impl Key {
     /// custom kind `global` would put a key taken from the request (`ip:203.0.113.9`)
     /// right after the policy's name, on another limit's store key, and a custom kind
     /// `all` a key (`29944158`) on a fixed window's (`<policy>:all:<window>`: a review's
-    /// client reset a global 3 a minute with each request, 18 admitted).
+    /// client reset a global 3 a minute with each request, 18 admitted). `ip` and `user`
+    /// are [`Key::ip`]'s and [`Key::user`]'s: a kind names the limiter's per-key overrides
+    /// (`override:<kind>:<key>`, one for every policy of the kind), so a custom kind of
+    /// either name, read from what a client sends, would spend the override of another
+    /// client's address or account (a review: 3 requests saying `192.0.2.9` spent that
+    /// address's override, and its first request was refused).
     pub(crate) fn kind_is_valid(&self) -> bool {
         let custom = matches!(self.source, Source::Custom(_));
-        let reserved = custom && matches!(&*self.kind, "global" | "all");
+        let reserved = custom && matches!(&*self.kind, "global" | "all" | "ip" | "user");
         !reserved
             && !self.kind.is_empty()
             && self.kind.len() <= 64
@@ -431,6 +436,9 @@ mod tests {
         assert!(Key::custom("plan-tier", |_| None).kind_is_valid());
         assert!(!Key::custom("global", |_| None).kind_is_valid());
         assert!(!Key::custom("all", |_| None).kind_is_valid());
+        assert!(!Key::custom("ip", |_| None).kind_is_valid());
+        assert!(!Key::custom("user", |_| None).kind_is_valid());
+        assert!(Key::ip().kind_is_valid() && Key::user().kind_is_valid());
         assert!(Key::global().kind_is_valid());
     }
 

@@ -319,7 +319,8 @@ impl Limiter {
     /// [`Limiter::guard`], returning configuration mistakes as errors (also
     /// [`BuildError::DuplicateBucket`] for a bucket name this limiter already uses, unless
     /// by a guard of the same name and limits: the same guard asked for again, as an app
-    /// built twice does, is the same budget).
+    /// built twice does, is the same budget; and [`BuildError::ShownAlike`] for a bucket
+    /// that would show the name of one of the limiter's in the IETF fields).
     ///
     /// # Errors
     ///
@@ -386,6 +387,11 @@ impl Limiter {
                 return Ok(same.layer());
             }
         }
+        // Its buckets answer the limiter's requests too: no two of them may show one name.
+        let others: Vec<_> = code.guards.iter().map(|g| g.table.load()).collect();
+        let guard_table = guard.engine.table.load();
+        let tables = [&**table, &**guard_table];
+        engine::shown_apart(tables.into_iter().chain(others.iter().map(|t| &***t)))?;
         // A guard is often what keeps credentials from being guessed: switched off with the
         // limiter, a new one says so by name (the limiter's own warning says only that
         // requests pass unlimited).

@@ -267,6 +267,40 @@ fn overrides_and_resets_are_logged_with_the_stored_key() {
     );
 }
 
+/// A method a client invents is shown cut to 32 bytes in every event that shows a method:
+/// a refusal's and a store failure's (a review: 95,000 bytes of method in one log line).
+#[test]
+fn a_long_invented_method_is_cut_in_events() {
+    let method = "Z".repeat(5_000);
+    let events = EventLog::during(async {
+        let limiters = [
+            Limiter::builder().route("/*", Policy::named("one").per_ip("1/min")),
+            Limiter::builder()
+                .store(common::Down)
+                .route("/*", Policy::named("down").per_ip("1/min")),
+        ];
+        for limiter in limiters {
+            let svc = echo_behind(&limiter.build().unwrap());
+            for _ in 0..2 {
+                let mut req = request("/x", Some("192.0.2.1:5000"), None);
+                *req.method_mut() = http::Method::from_bytes(method.as_bytes()).unwrap();
+                svc.clone().oneshot(req).await.unwrap();
+            }
+        }
+    });
+    let all = events.join("\n");
+    let cut = format!("method={}…", "Z".repeat(32));
+    for text in ["rate limit exceeded", "rate-limit store failed"] {
+        let logged = saying(&events, "", text);
+        assert_eq!(logged.len(), 1, "{text}: {all}");
+        assert!(
+            logged[0].contains(&cut) && logged[0].len() < 1_000,
+            "{}",
+            logged[0]
+        );
+    }
+}
+
 /// A store failure names the request as a refusal does: the rule that classed it, never
 /// the path requested, which can carry an e-mail or a token.
 #[test]

@@ -594,7 +594,7 @@ pub(crate) fn compile_table(
         signatures,
         defaults,
     };
-    table.check_whole()?;
+    table.check_whole(code)?;
     Ok(table)
 }
 
@@ -649,48 +649,63 @@ fn kinds_agree<'a>(policies: impl Iterator<Item = &'a Arc<Compiled>>) -> Result<
     Ok(())
 }
 
+/// Checks that no two buckets of `tables` (a limiter's and its guards', which answer the
+/// same requests) show one name in the IETF `RateLimit` and `RateLimit-Policy` fields,
+/// which write `:` as `-`: a policy `p`'s per-IP bucket `p:ip` and a global policy named
+/// `p-ip`, or a policy named `override-ip` and the per-key overrides of kind `ip` (a
+/// review: both as `"p-ip"` on one response, a client unable to tell which limit is which;
+/// from a guard, one of the two items left out of the merged fields).
+pub(crate) fn shown_apart<'a>(tables: impl Iterator<Item = &'a Table>) -> Result<(), BuildError> {
+    let mut shown: HashMap<String, &str> = HashMap::new();
+    for (name, bucket) in tables.flat_map(Table::shown) {
+        match shown.get(&name) {
+            Some(first) if *first != bucket => {
+                return Err(BuildError::ShownAlike {
+                    first: first.to_string(),
+                    second: bucket.to_string(),
+                    shown: name,
+                })
+            }
+            Some(_) => {}
+            None => {
+                shown.insert(name, bucket);
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Table {
-    /// What holds across the table, each policy having been checked alone as it compiled:
-    /// its key kinds ([`kinds_agree`]) and the names its buckets show
-    /// ([`Table::shown_apart`]).
-    fn check_whole(&self) -> Result<(), BuildError> {
+    /// What holds across the table and the guards of `code`, each policy having been
+    /// checked alone as it compiled: its key kinds ([`kinds_agree`]) and the names its
+    /// buckets show ([`shown_apart`]).
+    fn check_whole(&self, code: &CodeRules) -> Result<(), BuildError> {
         kinds_agree(self.policies())?;
-        self.shown_apart()
+        let guards: Vec<_> = code.guards.iter().map(|guard| guard.table.load()).collect();
+        shown_apart(std::iter::once(self).chain(guards.iter().map(|t| &***t)))
     }
 
-    /// Checks that no two buckets show one name in the IETF `RateLimit` and
-    /// `RateLimit-Policy` fields, which write `:` as `-`: a policy `p`'s per-IP bucket
-    /// `p:ip` and a global policy named `p-ip` (a review: both as `"p-ip"` on one response,
-    /// a client unable to tell which limit is which). Buckets for direct use count too: a
-    /// handler shows them beside the middleware's.
-    fn shown_apart(&self) -> Result<(), BuildError> {
+    /// The names this table's buckets show in the IETF `RateLimit` and `RateLimit-Policy`
+    /// fields, each with its bucket: its policies' buckets, the per-key overrides of their
+    /// key kinds, and its buckets for direct use (which a handler shows beside the
+    /// middleware's).
+    fn shown(&self) -> impl Iterator<Item = (String, &str)> {
         let policies = self.policies().flat_map(|policy| {
-            policy
+            let limits = policy
                 .limits
                 .iter()
-                .map(|limit| (limit.sf_name.to_string(), &*limit.bucket))
+                .map(|limit| (limit.sf_name.to_string(), &*limit.bucket));
+            let overrides = policy
+                .overrides
+                .iter()
+                .map(|o| (sf::string(o.label), o.label));
+            limits.chain(overrides)
         });
         let direct = self
             .direct
             .keys()
             .map(|name| (sf::string(name), name.as_str()));
-        let mut shown: HashMap<String, &str> = HashMap::new();
-        for (name, bucket) in policies.chain(direct) {
-            match shown.get(&name) {
-                Some(first) if *first != bucket => {
-                    return Err(BuildError::ShownAlike {
-                        first: first.to_string(),
-                        second: bucket.to_string(),
-                        shown: name,
-                    })
-                }
-                Some(_) => {}
-                None => {
-                    shown.insert(name, bucket);
-                }
-            }
-        }
-        Ok(())
+        policies.chain(direct)
     }
 
     /// Every policy of the table: its classes', its global ones and its per-route ones.
@@ -737,7 +752,7 @@ impl Table {
             signatures,
             defaults: self.defaults,
         };
-        table.check_whole()?;
+        table.check_whole(code)?;
         Ok((table, compiled))
     }
 
@@ -812,6 +827,23 @@ mod tests {
         assert_eq!(shown, "\"p-header-x-a\"");
         let direct = base().route("/*", per_ip()).bucket("p-ip", "5/min");
         assert!(shown_alike(direct).is_some());
+        // A policy named as a kind's per-key overrides show (`override:ip`).
+        let overrides = base()
+            .route("/*", Policy::named("a").per_ip("10/min"))
+            .global_policy(Policy::named("override-ip").limit(Key::global(), "100/min"));
+        let (.., shown) = shown_alike(overrides).unwrap();
+        assert_eq!(shown, "\"override-ip\"");
+        // A guard's buckets answer the limiter's requests too.
+        let limiter = base().route("/*", per_ip()).build().unwrap();
+        let guard = limiter.try_guard(Policy::named("p-ip").limit(Key::global(), "9/min"));
+        assert!(
+            matches!(guard, Err(BuildError::ShownAlike { .. })),
+            "{:?}",
+            guard.err()
+        );
+        assert!(limiter
+            .try_guard(Policy::named("g").limit(Key::global(), "9/min"))
+            .is_ok());
         let shared = |n: &str| Policy::named(n).per_ip("5/min").bucket("shared");
         let apart = base().route("/a/*", shared("a")).route("/b/*", shared("b"));
         assert_eq!(shown_alike(apart), None);

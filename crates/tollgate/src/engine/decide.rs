@@ -27,7 +27,10 @@ use crate::respond::{self, BucketOutcome, Most, RateLimitOutcome};
 /// place frees itself. Such a decision was run on in the background, still waiting and then
 /// looking for a client gone (a review: 20,000 requests dropped while a key's places were
 /// held kept 20,000 tasks, 157 MB and 1.4 cores on Redis, and a look refused afterwards
-/// was counted and logged as a refusal no client got). A store call under way is finished.
+/// was counted and logged as a refusal no client got). A look dropped while it asks the
+/// store is run on to its end: the call is finished, and a look admitted for which there is
+/// no place yet waits and looks again, for a client gone (a narrow window: the time of one
+/// store call).
 #[derive(Clone, Default)]
 pub(crate) struct Asking(Arc<std::sync::atomic::AtomicBool>);
 
@@ -606,7 +609,7 @@ impl Engine {
                 target: "tollgate",
                 error = %error,
                 fail = ?on_failure,
-                %method,
+                method = %observe::ShownMethod(method),
                 route = %route(),
                 unlogged_failures = unlogged,
                 "rate-limit store failed (logged at most every 10 s)"

@@ -35,8 +35,8 @@ use crate::observe::StoreMetrics;
 use crate::respond::{ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome};
 
 pub(crate) use compile::{
-    compile_table, name_is_valid, policy_item, refusal_to_log, CodeRules, Compiled, Defaults,
-    DirectKey, Rules, Table,
+    compile_table, name_is_valid, policy_item, refusal_to_log, shown_apart, CodeRules, Compiled,
+    Defaults, DirectKey, Rules, Table,
 };
 pub(crate) use decide::{Asking, Outcome};
 use decide::{OwnedTarget, Target};
@@ -1001,9 +1001,12 @@ impl Engine {
         if !(newly_for_pattern || newly_for_route) {
             return;
         }
+        // (The route's id is `<METHOD> <path>`: the method shown as events show it.)
+        let path = id.split_once(' ').map_or(id, |(_, path)| path);
         tracing::warn!(
             target: "tollgate",
-            route = %id,
+            method = %crate::observe::ShownMethod(method),
+            route = %path,
             "a request of a route with its own policy was answered without reaching the \
              policy's layer (a check or a cache between the central layer and the route's, or \
              another router's route of that name?); its class charges the route's requests \
