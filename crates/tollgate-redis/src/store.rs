@@ -695,9 +695,11 @@ struct Inner {
     cache: Option<RefusalCache>,
     /// Places fixed windows.
     clock: Arc<dyn Clock>,
-    /// The `run_id` of the server whose eviction policy was looked at last
-    /// ([`RedisStore::run_id`]): a restarted or another server is looked at again.
-    eviction_checked: Mutex<Option<String>>,
+    /// The `run_id` of the server whose eviction policy was looked at last (`None`: none
+    /// was; `Some(None)`: a server that gives none) ([`RedisStore::run_id`]): a restarted
+    /// or another server is looked at again.
+    #[allow(clippy::option_option)]
+    eviction_checked: Mutex<Option<Option<String>>>,
     /// Whether a refused `INFO` was warned about ([`RedisStore::run_id`]).
     info_refusal_warned: AtomicBool,
     /// The builder's response timeout: a call Redis answers later fails. `None` for a pool.
@@ -1293,13 +1295,13 @@ impl RedisStore {
         // Once per server start, the first time it answers: whether it may evict the
         // counts (a review restarted Redis with another policy, or failed over to a server
         // configured otherwise, and nothing was said).
-        let checked = |checked: &Option<String>| run_id.is_none() || *checked == run_id;
+        let checked = |checked: &Option<Option<String>>| checked.as_ref() == Some(&run_id);
         if !checked(&lock(&self.inner.eviction_checked)) {
             if let Ok(memory) = connection.info("memory").await {
                 let warning = memory.as_deref().and_then(eviction_warning);
                 let mut last = lock(&self.inner.eviction_checked);
                 if !checked(&last) {
-                    last.clone_from(&run_id);
+                    *last = Some(run_id.clone());
                     drop(last);
                     if let Some(warning) = warning {
                         tracing::warn!(target: "tollgate", "{warning}");
