@@ -698,7 +698,6 @@ struct Inner {
     /// The `run_id` of the server whose eviction policy was looked at last (`None`: none
     /// was; `Some(None)`: a server that gives none) ([`RedisStore::run_id`]): a restarted
     /// or another server is looked at again.
-    #[allow(clippy::option_option)]
     eviction_checked: Mutex<Option<Option<String>>>,
     /// Whether a refused `INFO` was warned about ([`RedisStore::run_id`]).
     info_refusal_warned: AtomicBool,
