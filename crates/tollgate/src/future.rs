@@ -35,10 +35,13 @@ pin_project! {
         // count, and a store call under way is finished rather than cut short.
         fn drop(this: Pin<&mut Self>) {
             match this.project().state.project() {
+                // A look waiting for its place (not asking the store) is dropped with it.
+                StateProj::Deciding {
+                    asking: Some(asking),
+                    ..
+                } if !asking.now() => {}
                 // (An admitted outcome's `After`, dropped, gives back what is to be given
                 // back, as one the future held when calling does.)
-                // A look waiting for its place (not asking the store) is dropped with it.
-                StateProj::Deciding { asking: Some(asking), .. } if !asking.now() => {}
                 StateProj::Deciding { decide, .. } => {
                     let decide = std::mem::replace(decide, Box::pin(std::future::pending()));
                     in_background(Box::pin(async move {

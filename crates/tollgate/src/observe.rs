@@ -64,9 +64,9 @@
 //!   second per policy, each with `unlogged_refusals`: how many were not logged since the
 //!   previous one (fields `policy`, `bucket`, `key_kind`, `shadow`, `reason`,
 //!   `retry_after_ms`, `method`, `route`; never the key; a method longer than 32 bytes is
-//!   cut there). `reason` is `over_limit`,
-//!   `cost_exceeds_capacity` or `store_full` (the bucket's share of the memory store had no
-//!   room for a new key: the message says so rather than "rate limit exceeded"). `route`
+//!   cut there). `reason` is `over_limit`, `cost_exceeds_capacity` or `store_full` (the
+//!   bucket's share of the memory store had no room for a new key: the message says so
+//!   rather than "rate limit exceeded"). `route`
 //!   is the route template axum matched (`/users/{email}/reset`), not the path requested, which can carry identifiers;
 //!   without one (a path no axum route matches, a plain tower stack) the rule of the
 //!   table that classed the request (`/api/*`), else `-`. Store failures name the request

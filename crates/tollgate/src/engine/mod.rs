@@ -200,6 +200,8 @@ pub(crate) struct Delegation {
     next_probe_ms: AtomicU64,
     /// How long the last wait between probes was, in ms (0: no probe went unseen yet).
     backoff_ms: AtomicU64,
+    /// Whether a probe answered without reaching the layer was logged.
+    warned: AtomicBool,
     made: std::time::Instant,
 }
 
@@ -237,6 +239,7 @@ impl Delegation {
             probing: AtomicBool::new(false),
             next_probe_ms: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(0),
+            warned: AtomicBool::new(false),
             made: std::time::Instant::now(),
         }
     }
@@ -295,21 +298,20 @@ impl Delegation {
                 .is_ok()
     }
 
-    /// A probe of `method` was answered (`told`: with an answer that tells where the layer
-    /// is, see [`Left::finish`]) or not: whether its layer had not seen it. A probe so
-    /// answered that its layer did not see says the layer is not on the pattern's route
-    /// for that method (put on another route, or in a router that is not served, or behind
-    /// a check that turned the probe away): that is logged, and the next probe waits. A
-    /// probe dropped unanswered or cut short says nothing of where the layer is (the client
-    /// went away before it got there, a timeout on the way): the next request is a probe at
-    /// once.
-    fn probed(&self, method: &Method, told: bool) -> bool {
+    /// A probe of `method` was answered (`answered`) or dropped: whether its layer had not
+    /// seen it. Then the next probe waits (1 s, doubling up to 10 minutes): the layer may
+    /// not be on the pattern's route for that method (put on another route, or in a router
+    /// that is not served, or behind a check that turned the probe away), and a probe goes
+    /// through unchecked. An answered probe says so, and is logged (once); a probe dropped
+    /// unanswered says nothing of where the layer is (the client went away before it got
+    /// there, in a correctly wired app too), and is not (a review: a warning blaming the
+    /// wiring). It still waits: a client dropping each request once the handler ran would
+    /// otherwise make each of them the next probe, admitted unchecked (a re-check of a
+    /// first fix that probed again at once).
+    fn probed(&self, method: &Method, answered: bool) -> bool {
         let unseen = !self.seen(method);
-        if unseen && !told {
-            self.probing.store(false, Ordering::Release);
-        } else if unseen {
-            let last = self.backoff_ms.load(Ordering::Relaxed);
-            let wait = if last == 0 {
+        if unseen {
+            if answered && !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     target: "tollgate",
                     pattern = %self.pattern,
@@ -319,6 +321,9 @@ impl Delegation {
                      in a router that is served?); its class charges the pattern's requests \
                      until the layer sees one"
                 );
+            }
+            let last = self.backoff_ms.load(Ordering::Relaxed);
+            let wait = if last == 0 {
                 PROBE_BACKOFF_MS.0
             } else {
                 (last * 2).min(PROBE_BACKOFF_MS.1)
@@ -374,18 +379,15 @@ impl Left {
     /// charge does), so a layer elsewhere leaves no request of its pattern uncounted.
     fn finish(&mut self, status: Option<http::StatusCode>) {
         self.done = true;
-        // Whether the answer tells where the layer is: a request dropped unanswered does
-        // not, nor one cut short on its way (a timeout's 408, a server error: a
-        // `TimeoutLayer` or a `LoadShed` between the central layer and the route's), which
-        // a review saw take a route from its layer for good.
-        let told =
-            status.is_some_and(|s| s != http::StatusCode::REQUEST_TIMEOUT && !s.is_server_error());
         let unseen = match &self.to {
-            LeftTo::Probe(delegation) => delegation.probed(&self.method, told),
+            LeftTo::Probe(delegation) => delegation.probed(&self.method, status.is_some()),
             LeftTo::Seen(mark, route) => {
                 let unseen = !mark.taken_over.load(Ordering::Acquire);
-                // Answered before the layer: its route is no longer left to the layer.
-                if unseen && told {
+                // Answered before the layer: its route is no longer left to the layer (a
+                // request dropped unanswered says nothing of where the layer is). (Any
+                // answer: a 5xx may be a handler's, of another router's route of that name,
+                // which is not behind the layer.)
+                if unseen && status.is_some() {
                     self.engine.unverify(route, &self.method);
                 }
                 unseen
