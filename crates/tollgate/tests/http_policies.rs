@@ -2163,44 +2163,33 @@ async fn after_a_probe_dropped_before_its_layer_the_layer_takes_its_requests_ove
             },
         ))
         .layer(limiter.layer());
-    let send = |method: http::Method, path: &str| {
+    let send = |method: http::Method, path: &str, peer: &str| {
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
             .body(axum::body::Body::empty())
             .unwrap();
-        req.extensions_mut().insert(ConnectInfo(
-            "192.0.2.1:5000".parse::<std::net::SocketAddr>().unwrap(),
-        ));
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req)
     };
+    let (spent, other) = ("192.0.2.1:5000", "192.0.2.2:5000");
     // The client's class spent.
     for expected in [200, 200, 429] {
-        let response = send(http::Method::GET, "/api/items").await.unwrap();
+        let response = send(http::Method::GET, "/api/items", spent).await.unwrap();
         assert_eq!(response.status().as_u16(), expected);
     }
     // The first request of the pattern, dropped while the middleware holds it.
     let dropped = tokio::time::timeout(
         Duration::from_millis(50),
-        send(http::Method::POST, "/api/chat"),
+        send(http::Method::POST, "/api/chat", spent),
     )
     .await;
     assert!(dropped.is_err(), "the slow request was answered");
     // Another client's requests: charged provisionally, taken over by the route's layer.
-    let send = |method: http::Method, path: &str| {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .body(axum::body::Body::empty())
-            .unwrap();
-        req.extensions_mut().insert(ConnectInfo(
-            "192.0.2.2:5000".parse::<std::net::SocketAddr>().unwrap(),
-        ));
-        app.clone().oneshot(req)
-    };
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let response = send(http::Method::POST, "/api/chat").await.unwrap();
+        let response = send(http::Method::POST, "/api/chat", other).await.unwrap();
         let limit = response.headers()["x-ratelimit-limit"]
             .to_str()
             .unwrap()

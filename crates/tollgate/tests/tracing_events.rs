@@ -636,17 +636,22 @@ fn a_key_refused_for_want_of_room_is_not_logged_as_over_its_limit() {
     }
 }
 
+/// A limiter whose one class, `/api/*` (`default`), allows 100 a minute per IP.
+fn api_default() -> Limiter {
+    Limiter::builder()
+        .read_env(false)
+        .route("/api/*", Policy::named("default").per_ip("100/min"))
+        .build()
+        .unwrap()
+}
+
 /// A declared route's probe dropped before it reaches the route's layer (the client went
 /// away while a middleware in front of the route ran) is not warned about: it says nothing
 /// of where the layer is (a review: a correctly wired app's log blamed its wiring).
 #[test]
 fn a_probe_dropped_before_its_layer_is_not_warned_about() {
     let events = EventLog::during(async {
-        let limiter = Limiter::builder()
-            .read_env(false)
-            .route("/api/*", Policy::named("default").per_ip("100/min"))
-            .build()
-            .unwrap();
+        let limiter = api_default();
         let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
         let slow = axum::middleware::from_fn(
             |request: axum::extract::Request, next: axum::middleware::Next| async move {
@@ -689,11 +694,7 @@ fn a_probe_dropped_before_its_layer_is_not_warned_about() {
 #[test]
 fn a_per_route_layer_on_a_route_its_pattern_does_not_match_is_warned_about_by_its_pattern() {
     let events = EventLog::during(async {
-        let limiter = Limiter::builder()
-            .read_env(false)
-            .route("/api/*", Policy::named("default").per_ip("100/min"))
-            .build()
-            .unwrap();
+        let limiter = api_default();
         // The pattern misspells the route the layer is on.
         let chat = limiter.policy_at(
             "POST /api/assistant/chats",
