@@ -10,7 +10,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::primary;
+use common::{primary, wait_for_mode};
 use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode};
 use tollgate_testkit::EventLog;
@@ -34,13 +34,7 @@ fn a_departure_short_of_an_outage_is_warned_about_at_most_once_a_minute() {
             assert!(store.apply(&batch).await.unwrap().allowed);
             assert_eq!(store.mode(), Mode::Fallback);
             down.store(false, Ordering::SeqCst);
-            for _ in 0..300 {
-                if store.mode() == Mode::Primary {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert_eq!(store.mode(), Mode::Primary);
+            wait_for_mode(&store, Mode::Primary, Duration::from_secs(3)).await;
         }
     });
     let warned: Vec<&String> = events

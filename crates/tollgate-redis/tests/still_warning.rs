@@ -10,7 +10,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::primary;
+use common::{primary, wait_for_mode};
 use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode};
 use tollgate_testkit::EventLog;
@@ -40,13 +40,7 @@ fn an_outage_that_goes_on_is_logged_every_ten_minutes() {
         tokio::time::sleep(Duration::from_secs(25 * 60)).await;
         assert_eq!(store.mode(), Mode::Fallback);
         down.store(false, Ordering::SeqCst);
-        for _ in 0..100 {
-            if store.mode() == Mode::Primary {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(store.mode(), Mode::Primary);
+        wait_for_mode(&store, Mode::Primary, Duration::from_secs(10)).await;
         // Back: nothing more is said of it.
         tokio::time::sleep(Duration::from_secs(15 * 60)).await;
     });

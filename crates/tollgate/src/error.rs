@@ -194,7 +194,9 @@ pub enum BuildError {
     },
     /// Two buckets show one name in the IETF `RateLimit` and `RateLimit-Policy` fields,
     /// which write `:` as `-` (a policy `p`'s per-IP bucket `p:ip` and a global policy
-    /// named `p-ip`): a client could not tell their items apart.
+    /// named `p-ip`): a client could not tell their items apart. Checked whatever the
+    /// header style, across the limiter's policies, the per-key overrides of their kinds
+    /// (named `override:<kind>`), its buckets for direct use and its guards.
     #[error("buckets `{first}` and `{second}` both show as {shown} in the `RateLimit` and `RateLimit-Policy` fields (`:` is written `-` there); rename one")]
     ShownAlike {
         /// The bucket found first.

@@ -388,10 +388,7 @@ impl Limiter {
             }
         }
         // Its buckets answer the limiter's requests too: no two of them may show one name.
-        let others: Vec<_> = code.guards.iter().map(|g| g.table.load()).collect();
-        let guard_table = guard.engine.table.load();
-        let tables = [&**table, &**guard_table];
-        engine::shown_apart(tables.into_iter().chain(others.iter().map(|t| &***t)))?;
+        code.shown_apart_from(&[&table, &guard.engine.table.load()])?;
         // A guard is often what keeps credentials from being guessed: switched off with the
         // limiter, a new one says so by name (the limiter's own warning says only that
         // requests pass unlimited).

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,13 +70,14 @@ pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Waits until `store` decides in `mode` (fails after `within`); how long it took.
-pub async fn wait_for_mode(
-    store: &FallbackStore<RedisStore>,
+/// Waits until `store` decides in `mode` (fails after `within`, on Tokio's clock: paused
+/// time too); how long it took.
+pub async fn wait_for_mode<P: Primary>(
+    store: &FallbackStore<P>,
     mode: Mode,
     within: Duration,
 ) -> Duration {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     while store.mode() != mode {
         assert!(
             started.elapsed() < within,

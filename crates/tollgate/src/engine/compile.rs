@@ -460,6 +460,13 @@ pub(crate) struct CodeRules {
 }
 
 impl CodeRules {
+    /// [`shown_apart`] for `tables` (a limiter's, a new guard's) and the guards' tables,
+    /// which answer the same requests.
+    pub(crate) fn shown_apart_from(&self, tables: &[&Table]) -> Result<(), BuildError> {
+        let guards: Vec<_> = self.guards.iter().map(|guard| guard.table.load()).collect();
+        shown_apart(tables.iter().copied().chain(guards.iter().map(|t| &***t)))
+    }
+
     /// Whether a guard uses the bucket name `name`.
     pub(crate) fn guard_binds(&self, name: &str) -> bool {
         self.guards
@@ -655,7 +662,7 @@ fn kinds_agree<'a>(policies: impl Iterator<Item = &'a Arc<Compiled>>) -> Result<
 /// `p-ip`, or a policy named `override-ip` and the per-key overrides of kind `ip` (a
 /// review: both as `"p-ip"` on one response, a client unable to tell which limit is which;
 /// from a guard, one of the two items left out of the merged fields).
-pub(crate) fn shown_apart<'a>(tables: impl Iterator<Item = &'a Table>) -> Result<(), BuildError> {
+fn shown_apart<'a>(tables: impl Iterator<Item = &'a Table>) -> Result<(), BuildError> {
     let mut shown: HashMap<String, &str> = HashMap::new();
     for (name, bucket) in tables.flat_map(Table::shown) {
         match shown.get(&name) {
@@ -681,8 +688,7 @@ impl Table {
     /// buckets show ([`shown_apart`]).
     fn check_whole(&self, code: &CodeRules) -> Result<(), BuildError> {
         kinds_agree(self.policies())?;
-        let guards: Vec<_> = code.guards.iter().map(|guard| guard.table.load()).collect();
-        shown_apart(std::iter::once(self).chain(guards.iter().map(|t| &***t)))
+        code.shown_apart_from(&[self])
     }
 
     /// The names this table's buckets show in the IETF `RateLimit` and `RateLimit-Policy`

@@ -35,8 +35,8 @@ use crate::observe::StoreMetrics;
 use crate::respond::{ErrorBody, HeaderStyle, RateLimitDecision, RateLimitOutcome};
 
 pub(crate) use compile::{
-    compile_table, name_is_valid, policy_item, refusal_to_log, shown_apart, CodeRules, Compiled,
-    Defaults, DirectKey, Rules, Table,
+    compile_table, name_is_valid, policy_item, refusal_to_log, CodeRules, Compiled, Defaults,
+    DirectKey, Rules, Table,
 };
 pub(crate) use decide::{Asking, Outcome};
 use decide::{OwnedTarget, Target};
@@ -922,22 +922,17 @@ impl Engine {
             (charges, true) => charges.then(|| plan.owned()),
         };
         let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));
-        // (A give-back first is finished, whatever follows it.)
-        let asking = plan
-            .as_ref()
-            .filter(|plan| plan.op() == Op::Peek && refund_later.is_none())
-            .map(|_| Asking::default());
-        let asked = asking.clone();
+        // (No look here: only a guard's plans look, and a guard has no per-route policies.)
         let decide = async move {
             if let Some(charged) = refund_later {
                 engine.give_back(charged).await;
             }
             match plan {
-                Some(plan) => engine.decide_later(plan, None, target, asked).await,
+                Some(plan) => engine.decide_later(plan, None, target, None).await,
                 None => Outcome::Proceed(None),
             }
         };
-        Start::Later(Box::pin(decide), asking)
+        Start::Later(Box::pin(decide), None)
     }
 
     /// Gives back what the central layer charged (at `at`) for a request a per-route layer
