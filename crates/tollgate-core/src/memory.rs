@@ -86,8 +86,14 @@ use crate::limit::{Algorithm, Limit};
 use crate::sampled::Sampled;
 use crate::store::{validate_buckets, Batch, BoxFuture, Bucket, Op, Store, StoreError, WhenFull};
 
-/// At most one warning per this many microseconds about new keys refused for a full share.
+/// At most one warning per this many microseconds, per bucket, about new keys refused for
+/// a full share.
 const FULL_WARNING_EVERY_US: u64 = 10_000_000;
+
+/// The buckets whose full shares are warned about each on their own ([`FullWarnings`]);
+/// past so many names (configuration names them: no client makes one), the rest share one
+/// warning.
+const FULL_WARNED_NAMES: usize = 256;
 
 /// The default for [`MemoryStoreBuilder::max_entries`]: keys per bucket name.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
@@ -488,7 +494,35 @@ struct Counters {
     evicted_limited: AtomicU64,
     refused_full: AtomicU64,
     /// Warnings about refused new keys (µs of the store's clock).
-    full_warned: Sampled,
+    full_warned: FullWarnings,
+}
+
+/// When each bucket's full share was last warned about, and how many of its new keys were
+/// refused since: a bucket filling up is warned about when it happens, with its own count,
+/// whatever other bucket was warned about just before (a review: one warning for the whole
+/// store told of a second bucket's full share 11 s late, its count holding the first's
+/// refusals too).
+#[derive(Default)]
+struct FullWarnings {
+    /// Per bucket name, up to [`FULL_WARNED_NAMES`] of them.
+    named: Mutex<hashbrown::HashMap<Box<str>, Sampled>>,
+    /// The buckets past those.
+    rest: Sampled,
+}
+
+impl FullWarnings {
+    /// A new key of `bucket` refused at `now`: `Some(n)` if it is to be warned about, `n`
+    /// being that bucket's refusals not warned about since ([`Sampled::due`]).
+    fn due(&self, bucket: &str, now: u64) -> Option<u64> {
+        let mut named = self.named.lock();
+        if !named.contains_key(bucket) && named.len() < FULL_WARNED_NAMES {
+            named.insert(bucket.into(), Sampled::new());
+        }
+        match named.get(bucket) {
+            Some(sampled) => sampled.due(now, FULL_WARNING_EVERY_US),
+            None => self.rest.due(now, FULL_WARNING_EVERY_US),
+        }
+    }
 }
 
 struct Inner {
@@ -1460,12 +1494,13 @@ impl Inner {
     }
 
     /// Counts a new key of `bucket` refused because its share is full of keys at their
-    /// limit, and warns about it at most once every [`FULL_WARNING_EVERY_US`]: a full share
+    /// limit, and warns about it at most once every [`FULL_WARNING_EVERY_US`] per bucket
+    /// ([`FullWarnings`]): a full share
     /// refuses every new client of that bucket (a sign-in lockout refuses accounts it never
     /// saw), which an operator must hear about.
     fn refused_for_room(&self, bucket: &Bucket, now: u64) {
         self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-        let Some(unreported) = self.counters.full_warned.due(now, FULL_WARNING_EVERY_US) else {
+        let Some(unreported) = self.counters.full_warned.due(bucket.name(), now) else {
             return;
         };
         tracing::warn!(

@@ -636,6 +636,66 @@ fn a_key_refused_for_want_of_room_is_not_logged_as_over_its_limit() {
     }
 }
 
+/// Each bucket whose share of the memory store is full is warned about when it fills, with
+/// its own count of refused new keys: another bucket warned about just before neither
+/// delays it nor adds its refusals to it (a review: a second bucket's full share was told
+/// of 11 s late, as `refused=7` where it had refused 2 and the other 5).
+#[test]
+fn each_full_share_is_warned_about_with_its_own_count() {
+    let events = EventLog::during(async {
+        let clock = tollgate::ManualClock::new(std::time::Duration::from_secs(1_700_000_000));
+        let limiter = Limiter::builder()
+            .store(
+                MemoryStore::builder()
+                    .clock(clock.clone())
+                    .max_entries(64)
+                    .shards(1)
+                    .build(),
+            )
+            .bucket_when_full("a", "5/30min", tollgate::WhenFull::KeepCounts)
+            .bucket_when_full("b", "5/30min", tollgate::WhenFull::KeepCounts)
+            .read_env(false)
+            .build()
+            .unwrap();
+        let check = |bucket: &'static str, key: String| {
+            let limiter = limiter.clone();
+            async move { limiter.check(bucket, &key).await.unwrap().allowed }
+        };
+        for bucket in ["a", "b"] {
+            for i in 0..64 {
+                assert!(check(bucket, format!("{i}")).await, "{bucket} {i}");
+            }
+            // Full: a new key is refused (`a` warned about; `b` too, at once).
+            assert!(!check(bucket, "new".into()).await);
+        }
+        // Four more of `a` within the interval: counted for its next warning.
+        for i in 0..4 {
+            assert!(!check("a", format!("more {i}")).await);
+        }
+        clock.advance(std::time::Duration::from_secs(11));
+        assert!(!check("b", "later".into()).await);
+        assert!(!check("a", "later".into()).await);
+    });
+    let all = events.join("\n");
+    // `bucket="a" ... refused=1` as `a:1`.
+    let warned: Vec<String> = saying(&events, "WARN", "refuses new keys of this bucket")
+        .iter()
+        .map(|w| {
+            let value = |field: &str| {
+                let rest = w.split(&format!(" {field}=")).nth(1).unwrap_or("?");
+                rest.split(' ')
+                    .next()
+                    .unwrap_or("?")
+                    .trim_matches('"')
+                    .to_owned()
+            };
+            format!("{}:{}", value("bucket"), value("refused"))
+        })
+        .collect();
+    // Before, one warning for the store: `["a:1", "b:6"]`.
+    assert_eq!(warned, ["a:1", "b:1", "b:1", "a:5"], "{all}");
+}
+
 /// A limiter whose one class, `/api/*` (`default`), allows 100 a minute per IP.
 fn api_default() -> Limiter {
     Limiter::builder()
