@@ -505,7 +505,7 @@ struct Counters {
 #[derive(Default)]
 struct FullWarnings {
     /// Per bucket name, up to [`FULL_WARNED_NAMES`] of them.
-    named: Mutex<hashbrown::HashMap<Box<str>, Sampled>>,
+    named: Mutex<hashbrown::HashMap<Box<str>, Sampled, Hasher>>,
     /// The buckets past those.
     rest: Sampled,
 }
