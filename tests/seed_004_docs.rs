@@ -84,6 +84,46 @@ async fn openapi_lists_each_endpoints_limits_as_enforced() {
         doc["paths"]["/v1/reports"]["get"]["responses"]["429"]["$ref"],
         "#/components/responses/TooManyRequests"
     );
+    // "Every gateway response includes" the `X-RateLimit-*` headers (the page): every
+    // operation's responses list them, and the 429 its `Retry-After` and its body's shape.
+    for (path, method) in [
+        ("/v1/invoices", "get"),
+        ("/v1/invoices", "post"),
+        ("/v1/status", "get"),
+    ] {
+        let headers = &doc["paths"][path][method]["responses"]["200"]["headers"];
+        for name in [
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        ] {
+            assert_eq!(
+                headers[name]["$ref"],
+                format!("#/components/headers/{name}"),
+                "{path} {method}: {headers}"
+            );
+        }
+    }
+    let reset = &doc["components"]["headers"]["X-RateLimit-Reset"]["description"];
+    assert!(
+        reset.as_str().unwrap().contains("Unix time in seconds"),
+        "{reset}"
+    );
+    let too_many = &doc["components"]["responses"]["TooManyRequests"];
+    assert!(too_many["headers"]["Retry-After"].is_object(), "{too_many}");
+    let example = &too_many["content"]["application/json"]["example"];
+    let mut keys: Vec<&str> = example
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["error", "limit", "message", "remaining", "reset_at"],
+        "{example}"
+    );
 
     // The published burst is what the gateway admits at once.
     let burst = limits("/v1/reports", "get")["limits"][0]["burst"]

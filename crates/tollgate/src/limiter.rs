@@ -86,15 +86,20 @@ pub struct Limiter {
     pub(crate) engine: Arc<Engine>,
 }
 
-/// What a limiter has done since it was built.
+/// What a limiter has done since it was built, in checks: each decision of a layer and
+/// each [`Limiter::check`] of a handler counts once, so a request its handler checks
+/// twice more counts three times, and a refused check need not be a refused request (a
+/// handler may answer otherwise, as the demo's sign-in does when its lockout has no room
+/// for a new key).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LimiterStats {
-    /// Requests admitted after a check (handlers' [`Limiter::check`]s included). A guard
-    /// that counts only some responses ([`Policy::failed_auth_per_ip`]) counts the
-    /// responses it counted, not the requests it looked at (as the metrics do).
+    /// Checks that admitted (the layers' and handlers' [`Limiter::check`]s). A guard that
+    /// counts only some responses ([`Policy::failed_auth_per_ip`]) counts the responses it
+    /// counted, not the requests it looked at (as the metrics do).
     pub admitted: u64,
-    /// Requests refused (429; handlers' [`Limiter::check`]s that refused included).
+    /// Checks that refused: the layers' (each a 429) and handlers' [`Limiter::check`]s,
+    /// a key refused because the memory store had no room for it included.
     pub refused: u64,
     /// Requests a shadow policy would have refused (admitted anyway).
     pub would_refuse: u64,

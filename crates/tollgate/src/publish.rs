@@ -76,6 +76,18 @@
 //! `handler`, `guard`). The numbers are `null` for a quota chosen per request. A throttled
 //! operation without a `429` response gets one referring to
 //! `#/components/responses/TooManyRequests`, which is added if the document has none.
+//!
+//! # Headers
+//!
+//! A layer writes its rate-limit fields on every answer to a request it charged, whatever
+//! the handler answered: each response of an operation a layer charges (`middleware` or
+//! `route`) lists them, as the limiter's [`HeaderStyle`] writes them (`X-RateLimit-Limit`,
+//! `-Remaining`, `-Reset` in its format, `RateLimit-Policy`, `RateLimit`), each referring to
+//! `#/components/headers/<name>`, added there if the document has none of that name. The
+//! `TooManyRequests` response added lists them too, and `Retry-After`, with an example of
+//! the limiter's [`ErrorBody`] (an example refusal's, made as every 429's is). A header a response
+//! lists already (in any case), a response given as a `$ref`, and a `429` of the
+//! document's own are left as they are.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -84,10 +96,11 @@ use std::sync::Arc;
 use http::Method;
 use serde::ser::{Serialize, Serializer};
 use serde_json::{json, Value};
-use tollgate_core::Limit;
+use tollgate_core::{BucketState, Decision, Limit, Quota, Refusal, Timestamp};
 
 use crate::describe::{algorithm_name, LimitJson, RouteLimits, RuleLimit, RuleSource};
 use crate::limiter::Limiter;
+use crate::respond::{ErrorBody, HeaderStyle, RateLimitOutcome, ResetFormat};
 
 /// The operations of a path item, in the order OpenAPI lists them.
 const METHODS: [&str; 8] = [
@@ -615,7 +628,10 @@ impl Publisher {
             let limits = self.limits_of(&method, &path, &all)?;
             annotated.push((method, listed, limits));
         }
+        let style = &self.limiter.engine.header_style;
+        let fields = rate_limit_fields(style);
         let mut throttled = false;
+        let mut fields_shown = false;
         for (method, listed, limits) in annotated {
             let op = &mut doc["paths"][&listed][method.as_str().to_ascii_lowercase()];
             if limits.throttled {
@@ -626,6 +642,18 @@ impl Publisher {
                     .entry("responses")
                     .or_insert_with(|| json!({}));
                 if let Some(responses) = responses.as_object_mut() {
+                    // A layer writes its fields on every answer to a request it charged,
+                    // whatever the handler answered: each of the operation's responses
+                    // lists them, but a `429` of the document's own, which describes the
+                    // refusal as its authors chose (as their `TooManyRequests` does).
+                    let by_layer = limits.limits.iter().any(|l| {
+                        matches!(l.enforced_by, EnforcedBy::Middleware | EnforcedBy::Route)
+                    });
+                    if by_layer && !fields.is_empty() {
+                        for (_, response) in responses.iter_mut().filter(|(s, _)| *s != "429") {
+                            fields_shown |= add_field_refs(response, &fields);
+                        }
+                    }
                     responses
                         .entry("429")
                         .or_insert_with(|| json!({ "$ref": TOO_MANY_REQUESTS_REF }));
@@ -635,17 +663,36 @@ impl Publisher {
         }
         if throttled {
             let root = doc.as_object_mut().expect("checked: has `paths`");
-            let components = root.entry("components").or_insert_with(|| json!({}));
+            let components = root
+                .entry("components")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("checked: an object");
             let responses = components
-                .as_object_mut()
-                .expect("checked: an object")
                 .entry("responses")
-                .or_insert_with(|| json!({}));
-            responses
+                .or_insert_with(|| json!({}))
                 .as_object_mut()
-                .expect("checked: an object")
-                .entry("TooManyRequests")
-                .or_insert_with(too_many_requests);
+                .expect("checked: an object");
+            let ours = !responses.contains_key("TooManyRequests");
+            if ours {
+                let body = &self.limiter.engine.error_body;
+                responses.insert(
+                    "TooManyRequests".into(),
+                    too_many_requests(style, &fields, body),
+                );
+            }
+            if (ours || fields_shown) && !fields.is_empty() {
+                // (A document's own `headers` that is not an object is left as it is.)
+                if let Some(headers) = components
+                    .entry("headers")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                {
+                    for (name, header) in &fields {
+                        headers.entry(*name).or_insert_with(|| header.clone());
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -828,14 +875,162 @@ impl Publisher {
 /// Where throttled operations' `429` response refers to.
 pub const TOO_MANY_REQUESTS_REF: &str = "#/components/responses/TooManyRequests";
 
-fn too_many_requests() -> Value {
-    json!({
-        "description": "Too many requests: a rate limit is exhausted. Retry after the number of seconds in `Retry-After`.",
-        "headers": { "Retry-After": {
-            "description": "Seconds to wait before retrying.",
-            "schema": { "type": "integer" },
-        } },
-    })
+/// Where the rate-limit fields' header objects are ([`rate_limit_fields`]).
+const HEADERS_REF: &str = "#/components/headers/";
+
+/// The response a throttled operation's `429` refers to (if the document has none): its
+/// `Retry-After` (if `style` writes it), the rate-limit `fields`, and an example of `body`.
+fn too_many_requests(style: &HeaderStyle, fields: &[(&str, Value)], body: &ErrorBody) -> Value {
+    let mut headers = serde_json::Map::new();
+    if style.writes_retry_after() {
+        headers.insert(
+            "Retry-After".into(),
+            json!({
+                "description": "Seconds to wait before retrying.",
+                "schema": { "type": "integer" },
+            }),
+        );
+    }
+    for (name, _) in fields {
+        headers.insert(
+            (*name).into(),
+            json!({ "$ref": format!("{HEADERS_REF}{name}") }),
+        );
+    }
+    let retry = if style.writes_retry_after() {
+        " Retry after the number of seconds in `Retry-After`."
+    } else {
+        ""
+    };
+    let mut response = json!({
+        "description": format!("Too many requests: a rate limit is exhausted.{retry}"),
+        "headers": headers,
+    });
+    if let Some((content_type, example)) = example_body(body) {
+        response["content"] = json!({ content_type: { "example": example } });
+    }
+    response
+}
+
+/// The body `body` writes for an example refusal (`GET /items`, a limit of 100 a minute
+/// spent, the request to be retried in 12 s), made as every 429's is, and its content
+/// type; `None` if it is not JSON.
+fn example_body(body: &ErrorBody) -> Option<(String, Value)> {
+    let wait = std::time::Duration::from_secs(12);
+    let decision = Decision {
+        allowed: false,
+        now: Timestamp::from_micros(1_717_200_048_000_000),
+        buckets: vec![BucketState {
+            allowed: false,
+            limit: 100,
+            remaining: 0,
+            reset_after: wait,
+            retry_after: Some(wait),
+            refusal: Some(Refusal::OverLimit),
+        }],
+    };
+    let outcome = RateLimitOutcome::from_decision(
+        "default",
+        &decision,
+        [("default:ip", Quota::per_minute(100))],
+        Method::GET,
+        "/items",
+    );
+    let example = serde_json::from_slice(&body.render(&outcome)).ok()?;
+    Some((body.content_type().to_str().ok()?.to_owned(), example))
+}
+
+/// The rate-limit fields `style` writes on every answer to a request a layer charged,
+/// admitted or refused (`Retry-After` apart: on refusals only), with their header objects.
+fn rate_limit_fields(style: &HeaderStyle) -> Vec<(&'static str, Value)> {
+    let described = |description: String, kind: &str| json!({ "description": description, "schema": { "type": kind } });
+    let mut out = Vec::new();
+    if let Some(format) = style.x_ratelimit_format() {
+        out.push((
+            "X-RateLimit-Limit",
+            described(
+                "The quota of the most restrictive limit on the request: the requests (or \
+                 points, where a request has a cost) its window allows."
+                    .into(),
+                "integer",
+            ),
+        ));
+        out.push((
+            "X-RateLimit-Remaining",
+            described("What that limit has left.".into(), "integer"),
+        ));
+        let when = if style.resets_at_retry() {
+            "When that limit is full again (on a 429: when the request can be retried)"
+        } else {
+            "When that limit is full again"
+        };
+        let (unit, kind) = match format {
+            ResetFormat::UnixSeconds => ("as Unix time in seconds", "integer"),
+            ResetFormat::UnixMillis => ("as Unix time in milliseconds", "integer"),
+            ResetFormat::Seconds => ("in seconds from now", "integer"),
+            ResetFormat::HttpDate => (
+                "as an HTTP date (`Sat, 01 Jun 2024 00:01:00 GMT`)",
+                "string",
+            ),
+        };
+        out.push((
+            "X-RateLimit-Reset",
+            described(format!("{when}, {unit}."), kind),
+        ));
+    }
+    if style.writes_ietf() {
+        out.push((
+            "RateLimit-Policy",
+            described(
+                "The limits on the request (draft-ietf-httpapi-ratelimit-headers-10), one item \
+                 each: `\"<name>\";q=<quota>;w=<window in seconds>`. Quotas count requests, or \
+                 points where a request has a cost."
+                    .into(),
+                "string",
+            ),
+        ));
+        out.push((
+            "RateLimit",
+            described(
+                "What each of those limits has left (draft-ietf-httpapi-ratelimit-headers-10): \
+                 `\"<name>\";r=<remaining>;t=<seconds until it is full again>`."
+                    .into(),
+                "string",
+            ),
+        ));
+    }
+    out
+}
+
+/// Adds a reference to each of `fields` to `response`'s headers (a response object of the
+/// document's own; a `$ref` is left alone, and so is a header it names already). Whether
+/// it added any.
+fn add_field_refs(response: &mut Value, fields: &[(&str, Value)]) -> bool {
+    let Some(response) = response.as_object_mut() else {
+        return false;
+    };
+    if response.contains_key("$ref") {
+        return false;
+    }
+    let Some(headers) = response
+        .entry("headers")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+    else {
+        return false;
+    };
+    let mut added = false;
+    for (name, _) in fields {
+        // (Header names are case-insensitive: one the document spells otherwise stays.)
+        if !headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+            headers.insert(
+                (*name).into(),
+                json!({ "$ref": format!("{HEADERS_REF}{name}") }),
+            );
+            added = true;
+        }
+    }
+    added
 }
 
 /// `500/min per ip <small>(sliding window, bucket default:ip)</small>`.

@@ -569,3 +569,150 @@ fn dry_runs_and_a_limiter_turned_off_publish_no_limits() {
          <tr><td colspan=\"3\">Rate limiting is off: no request is limited.</td></tr>\n</table>\n"
     );
 }
+
+/// The rate-limit fields a layer writes on every answer to a request it charged are listed
+/// on each response of the operations it charges, as the limiter's header style writes
+/// them (a review: seed 004's page says every response carries `X-RateLimit-*`, and its
+/// document listed none; the 429 only `Retry-After`). An exempt operation lists none, nor
+/// does a 429 of the document's own.
+#[test]
+fn the_fields_each_response_carries_are_listed_as_the_header_style_writes_them() {
+    let refs = |response: &Value| -> Vec<String> {
+        let mut names: Vec<String> = response["headers"]
+            .as_object()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let all = [
+        "RateLimit",
+        "RateLimit-Policy",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+    ];
+
+    // The default style: `X-RateLimit-*` in Unix seconds and the IETF fields.
+    let mut doc = document();
+    doc["paths"]["/api/projects"]["get"]["responses"]["404"] = json!({ "description": "No such project", "headers": { "x-ratelimit-limit": { "description": "mine" } } });
+    doc["paths"]["/api/projects"]["post"]["responses"]["429"] = json!({ "description": "custom" });
+    publisher(&limiter()).annotate(&mut doc).unwrap();
+    let responses = |path: &str, method: &str| doc["paths"][path][method]["responses"].clone();
+    assert_eq!(refs(&responses("/api/projects", "get")["200"]), all);
+    assert_eq!(
+        responses("/api/projects", "get")["200"]["headers"]["X-RateLimit-Reset"],
+        json!({ "$ref": "#/components/headers/X-RateLimit-Reset" })
+    );
+    // A field the document lists already, however it spells it, stays its own.
+    let not_found = responses("/api/projects", "get")["404"].clone();
+    assert_eq!(
+        not_found["headers"]["x-ratelimit-limit"],
+        json!({ "description": "mine" })
+    );
+    assert!(
+        not_found["headers"].get("X-RateLimit-Limit").is_none(),
+        "{not_found}"
+    );
+    assert_eq!(refs(&not_found).len(), all.len());
+    assert_eq!(
+        responses("/api/projects", "post")["429"],
+        json!({ "description": "custom" })
+    );
+    assert_eq!(
+        refs(&responses("/api/chat", "post")["200"]),
+        all,
+        "a route's own layer"
+    );
+    assert_eq!(
+        refs(&responses("/api/stripe/webhook", "post")["200"]),
+        Vec::<String>::new()
+    );
+    let headers = &doc["components"]["headers"];
+    assert_eq!(headers["X-RateLimit-Reset"]["schema"]["type"], "integer");
+    assert!(
+        headers["X-RateLimit-Reset"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Unix time in seconds"),
+        "{headers}"
+    );
+    assert_eq!(headers["RateLimit"]["schema"]["type"], "string");
+    let too_many = &doc["components"]["responses"]["TooManyRequests"];
+    assert_eq!(
+        refs(too_many),
+        [
+            "RateLimit",
+            "RateLimit-Policy",
+            "Retry-After",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset"
+        ]
+    );
+    assert_eq!(
+        too_many["headers"]["Retry-After"]["schema"]["type"],
+        "integer"
+    );
+    // The body as the limiter writes it (the default shape), for an example refusal.
+    assert_eq!(
+        too_many["content"]["application/json"]["example"],
+        json!({ "error": "Too Many Requests",
+                "message": "Rate limit exceeded; retry in 12 seconds.", "retryAfter": 12 })
+    );
+
+    // `X-RateLimit-*` alone, the reset an HTTP date (the retry moment on a 429).
+    let style =
+        tollgate::HeaderStyle::x_ratelimit(tollgate::ResetFormat::HttpDate).with_reset_at_retry();
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .header_style(style)
+        .error_body(tollgate::ErrorBody::problem())
+        .route("/api/*", Policy::named("default").per_ip("5/min"))
+        .build()
+        .unwrap();
+    let mut doc = document();
+    Publisher::new(&limiter).annotate(&mut doc).unwrap();
+    assert_eq!(
+        refs(&doc["paths"]["/api/projects"]["get"]["responses"]["200"]),
+        [
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset"
+        ]
+    );
+    let reset = &doc["components"]["headers"]["X-RateLimit-Reset"];
+    assert_eq!(reset["schema"]["type"], "string");
+    let description = reset["description"].as_str().unwrap();
+    assert!(
+        description.contains("HTTP date") && description.contains("retried"),
+        "{description}"
+    );
+    let problem = &doc["components"]["responses"]["TooManyRequests"]["content"]
+        ["application/problem+json"]["example"];
+    assert_eq!(problem["status"], 429, "{problem}");
+    assert_eq!(problem["retryAfter"], 12, "{problem}");
+
+    // No fields: nothing listed, and the 429 says `Retry-After` alone.
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .header_style(tollgate::HeaderStyle::none())
+        .route("/api/*", Policy::named("default").per_ip("5/min"))
+        .build()
+        .unwrap();
+    let mut doc = document();
+    Publisher::new(&limiter).annotate(&mut doc).unwrap();
+    assert_eq!(
+        refs(&doc["paths"]["/api/projects"]["get"]["responses"]["200"]),
+        Vec::<String>::new()
+    );
+    assert!(
+        doc["components"].get("headers").is_none(),
+        "{}",
+        doc["components"]
+    );
+    assert_eq!(
+        refs(&doc["components"]["responses"]["TooManyRequests"]),
+        ["Retry-After"]
+    );
+}

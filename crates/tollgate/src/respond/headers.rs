@@ -423,6 +423,11 @@ pub enum ResetFormat {
 ///   count shows its burst as the limit and the time the bucket takes to refill it as
 ///   `w` (`10/min burst 30`: `q=30;w=180`), so what is left never shows more than the
 ///   limit ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota)).
+///   Where requests have a cost ([`Policy::cost`](crate::Policy::cost)), `q` and `r` count
+///   the bucket's points, as `X-RateLimit-*` does. The draft's default unit is requests,
+///   and it has none for points (nor does tollgate send a `qu` it does not define): a
+///   client that reads `r=2` as two requests may find that one costs more. For an API
+///   priced in points, tell clients the costs, or send `X-RateLimit-*` alone.
 /// - **`Retry-After`**: on refused requests only, whole seconds rounded up and never 0;
 ///   absent when waiting cannot help (a request that costs more than the bucket holds).
 ///   It is written by every style, [`HeaderStyle::none`] included, since it is part of
@@ -538,6 +543,11 @@ impl HeaderStyle {
     /// Whether the IETF fields are written.
     pub const fn writes_ietf(&self) -> bool {
         self.ietf
+    }
+
+    /// Whether `Retry-After` is written on refusals.
+    pub(crate) const fn writes_retry_after(&self) -> bool {
+        self.retry_after
     }
 
     /// Writes this style's headers for `info` into `headers`, replacing any of the same
