@@ -875,8 +875,11 @@ impl Publisher {
 /// Where throttled operations' `429` response refers to.
 pub const TOO_MANY_REQUESTS_REF: &str = "#/components/responses/TooManyRequests";
 
-/// Where the rate-limit fields' header objects are ([`rate_limit_fields`]).
-const HEADERS_REF: &str = "#/components/headers/";
+/// A reference to the header object of the rate-limit field `name`, in
+/// `#/components/headers` ([`rate_limit_fields`]).
+fn header_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/headers/{name}") })
+}
 
 /// The response a throttled operation's `429` refers to (if the document has none): its
 /// `Retry-After` (if `style` writes it), the rate-limit `fields`, and an example of `body`.
@@ -892,10 +895,7 @@ fn too_many_requests(style: &HeaderStyle, fields: &[(&str, Value)], body: &Error
         );
     }
     for (name, _) in fields {
-        headers.insert(
-            (*name).into(),
-            json!({ "$ref": format!("{HEADERS_REF}{name}") }),
-        );
+        headers.insert((*name).into(), header_ref(name));
     }
     let retry = if style.writes_retry_after() {
         " Retry after the number of seconds in `Retry-After`."
@@ -1023,10 +1023,7 @@ fn add_field_refs(response: &mut Value, fields: &[(&str, Value)]) -> bool {
     for (name, _) in fields {
         // (Header names are case-insensitive: one the document spells otherwise stays.)
         if !headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
-            headers.insert(
-                (*name).into(),
-                json!({ "$ref": format!("{HEADERS_REF}{name}") }),
-            );
+            headers.insert((*name).into(), header_ref(name));
             added = true;
         }
     }
