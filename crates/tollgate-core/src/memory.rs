@@ -91,9 +91,9 @@ use crate::store::{validate_buckets, Batch, BoxFuture, Bucket, Op, Store, StoreE
 const FULL_WARNING_EVERY_US: u64 = 10_000_000;
 
 /// The buckets whose full shares are warned about each on their own ([`FullWarnings`]);
-/// past so many names (configuration names them: no client makes one), the rest share one
+/// past so many (configuration names buckets: no client makes one), the rest share one
 /// warning.
-const FULL_WARNED_NAMES: usize = 256;
+const FULL_WARNED_SHARES: usize = 64;
 
 /// The default for [`MemoryStoreBuilder::max_entries`]: keys per bucket name.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
@@ -501,27 +501,46 @@ struct Counters {
 /// refused since: a bucket filling up is warned about when it happens, with its own count,
 /// whatever other bucket was warned about just before (a review: one warning for the whole
 /// store told of a second bucket's full share 11 s late, its count holding the first's
-/// refusals too).
-#[derive(Default)]
+/// refusals too). A bucket is known by its name's hash, as its share is; without a lock,
+/// as a flood of new keys into a full share meets it on each request.
 struct FullWarnings {
-    /// Per bucket name, up to [`FULL_WARNED_NAMES`] of them.
-    named: Mutex<hashbrown::HashMap<Box<str>, Sampled, Hasher>>,
+    /// Up to [`FULL_WARNED_SHARES`] buckets: the name's hash + 1 (0: a free place), from
+    /// the place the hash names on, and its warnings.
+    named: [(AtomicU64, Sampled); FULL_WARNED_SHARES],
     /// The buckets past those.
     rest: Sampled,
 }
 
+impl Default for FullWarnings {
+    fn default() -> Self {
+        Self {
+            named: std::array::from_fn(|_| (AtomicU64::new(0), Sampled::new())),
+            rest: Sampled::new(),
+        }
+    }
+}
+
 impl FullWarnings {
-    /// A new key of `bucket` refused at `now`: `Some(n)` if it is to be warned about, `n`
-    /// being that bucket's refusals not warned about since ([`Sampled::due`]).
-    fn due(&self, bucket: &str, now: u64) -> Option<u64> {
-        let mut named = self.named.lock();
-        if !named.contains_key(bucket) && named.len() < FULL_WARNED_NAMES {
-            named.insert(bucket.into(), Sampled::new());
+    /// A new key of the bucket whose name hashes to `name_hash` refused at `now`: `Some(n)`
+    /// if it is to be warned about, `n` being that bucket's refusals not warned about since
+    /// ([`Sampled::due`]).
+    fn due(&self, name_hash: u32, now: u64) -> Option<u64> {
+        let id = u64::from(name_hash) + 1;
+        let first = name_hash as usize % FULL_WARNED_SHARES;
+        for i in 0..FULL_WARNED_SHARES {
+            let (held, sampled) = &self.named[(first + i) % FULL_WARNED_SHARES];
+            let mine = match held.load(Ordering::Relaxed) {
+                0 => match held.compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => true,
+                    Err(other) => other == id,
+                },
+                other => other == id,
+            };
+            if mine {
+                return sampled.due(now, FULL_WARNING_EVERY_US);
+            }
         }
-        match named.get(bucket) {
-            Some(sampled) => sampled.due(now, FULL_WARNING_EVERY_US),
-            None => self.rest.due(now, FULL_WARNING_EVERY_US),
-        }
+        self.rest.due(now, FULL_WARNING_EVERY_US)
     }
 }
 
@@ -1493,14 +1512,14 @@ impl Inner {
         gone
     }
 
-    /// Counts a new key of `bucket` refused because its share is full of keys at their
-    /// limit, and warns about it at most once every [`FULL_WARNING_EVERY_US`] per bucket
-    /// ([`FullWarnings`]): a full share
-    /// refuses every new client of that bucket (a sign-in lockout refuses accounts it never
-    /// saw), which an operator must hear about.
-    fn refused_for_room(&self, bucket: &Bucket, now: u64) {
+    /// Counts a new key of `bucket` (whose name hashes to `name_hash`) refused because its
+    /// share is full of keys at their limit, and warns about it at most once every
+    /// [`FULL_WARNING_EVERY_US`] per bucket ([`FullWarnings`]): a full share refuses every
+    /// new client of that bucket (a sign-in lockout refuses accounts it never saw), which
+    /// an operator must hear about.
+    fn refused_for_room(&self, bucket: &Bucket, name_hash: u32, now: u64) {
         self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-        let Some(unreported) = self.counters.full_warned.due(bucket.name(), now) else {
+        let Some(unreported) = self.counters.full_warned.due(name_hash, now) else {
             return;
         };
         tracing::warn!(
@@ -1528,7 +1547,7 @@ impl Inner {
         soonest: u64,
         now: u64,
     ) -> u64 {
-        self.refused_for_room(bucket, now);
+        self.refused_for_room(bucket, self.name_hash(bucket), now);
         shard.parts[index].refusing_until = soonest;
         soonest.saturating_sub(now).max(1)
     }
@@ -1556,7 +1575,8 @@ impl Inner {
         now: u64,
         mirrored: Option<u64>,
     ) -> Result<u8, u64> {
-        let part = shard.part_of(self.name_hash(bucket));
+        let name_hash = self.name_hash(bucket);
+        let part = shard.part_of(name_hash);
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
         let index = usize::from(part);
@@ -1564,7 +1584,7 @@ impl Inner {
         // nothing to look at again before the soonest of them expires.
         let until = shard.parts[index].refusing_until;
         if full && now < until && mirrored.is_none() {
-            self.refused_for_room(bucket, now);
+            self.refused_for_room(bucket, name_hash, now);
             return Err(until - now);
         }
         // Sweep when the shard doubled since the last sweep, or grew by an eighth and some
@@ -1669,3 +1689,32 @@ const _: () = assert!(std::mem::size_of::<Slot<Tat>>() == 28);
 const _: () = assert!(std::mem::size_of::<Slot<Fixed>>() == 40);
 const _: () = assert!(std::mem::size_of::<Slot<Boxed>>() == 32);
 const _: () = assert!(std::mem::size_of::<Slot<Window>>() == 128);
+
+#[cfg(test)]
+mod tests {
+    use super::{FullWarnings, FULL_WARNED_SHARES, FULL_WARNING_EVERY_US};
+
+    /// Each bucket's full share is warned about on its own schedule, with its own count;
+    /// past [`FULL_WARNED_SHARES`] buckets, the rest share one.
+    #[test]
+    fn full_shares_are_warned_about_per_bucket() {
+        let warnings = FullWarnings::default();
+        let later = 1 + FULL_WARNING_EVERY_US;
+        assert_eq!(warnings.due(7, 1), Some(0));
+        assert_eq!(warnings.due(7, 2), None);
+        assert_eq!(warnings.due(7, 3), None);
+        // Another bucket (on the same place: hashes equal modulo the places) is not held
+        // back by the first's warning.
+        let same_place = 7 + FULL_WARNED_SHARES as u32;
+        assert_eq!(warnings.due(same_place, 3), Some(0));
+        assert_eq!(warnings.due(7, later), Some(2));
+        assert_eq!(warnings.due(same_place, later + 2), Some(0));
+        // Every place taken (two above, these): the others share one warning.
+        for hash in 1000..1000 + FULL_WARNED_SHARES as u32 - 2 {
+            assert_eq!(warnings.due(hash, 5), Some(0), "{hash}");
+        }
+        assert_eq!(warnings.due(u32::MAX, 5), Some(0));
+        assert_eq!(warnings.due(u32::MAX - 1, 6), None);
+        assert_eq!(warnings.due(7, later + 3), None, "still its own");
+    }
+}
