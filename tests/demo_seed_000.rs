@@ -516,6 +516,18 @@ async fn openapi_and_html_are_generated_from_the_configuration() {
         doc["paths"]["/api/projects"]["get"]["responses"]["429"]["$ref"],
         "#/components/responses/TooManyRequests"
     );
+    // Every answer carries the fields the demo's header style writes: listed on each
+    // response, and on the demo's own 429.
+    for name in ["X-RateLimit-Remaining", "RateLimit", "RateLimit-Policy"] {
+        let listed = &doc["paths"]["/api/projects"]["get"]["responses"]["200"]["headers"][name];
+        assert_eq!(
+            listed["$ref"],
+            format!("#/components/headers/{name}"),
+            "{name}"
+        );
+        let too_many = &doc["components"]["responses"]["TooManyRequests"]["headers"][name];
+        assert!(too_many.is_object(), "{name}");
+    }
 
     let page = send(ex.get("/rate-limits")).await;
     assert_eq!(header(&page, "content-type"), "text/html; charset=utf-8");

@@ -181,6 +181,7 @@ fn operation_id(method: &Method, path: &str) -> String {
 /// (`RATE_LIMIT_ENABLED=false`).
 fn document(paths: Map<String, Value>, limiting: bool) -> Value {
     let int = json!({ "schema": { "type": "integer" } });
+    let text = json!({ "schema": { "type": "string" } });
     let description = if limiting {
         "Most JSON API routes under /api/* are throttled. When a limit is hit the server answers 429 Too Many Requests with a JSON body that includes retryAfter (seconds) and the headers Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset. Counters use a rolling window. Each operation's x-ratelimit lists the limits it is subject to: per IP, per signed-in staff user (on /api/* outside /api/portal/ and /api/auth/), and the caps its handler applies itself."
     } else {
@@ -201,6 +202,8 @@ fn document(paths: Map<String, Value>, limiting: bool) -> Value {
                 "X-RateLimit-Limit": int.clone(),
                 "X-RateLimit-Remaining": int.clone(),
                 "X-RateLimit-Reset": int,
+                "RateLimit-Policy": text.clone(),
+                "RateLimit": text,
             },
             "content": { "application/json": { "schema": {
                 "type": "object",

@@ -79,15 +79,18 @@
 //!
 //! # Headers
 //!
-//! A layer writes its rate-limit fields on every answer to a request it charged, whatever
-//! the handler answered: each response of an operation a layer charges (`middleware` or
-//! `route`) lists them, as the limiter's [`HeaderStyle`] writes them (`X-RateLimit-Limit`,
-//! `-Remaining`, `-Reset` in its format, `RateLimit-Policy`, `RateLimit`), each referring to
-//! `#/components/headers/<name>`, added there if the document has none of that name. The
-//! `TooManyRequests` response added lists them too, and `Retry-After`, with an example of
-//! the limiter's [`ErrorBody`] (an example refusal's, made as every 429's is). A header a response
-//! lists already (in any case), a response given as a `$ref`, and a `429` of the
-//! document's own are left as they are.
+//! Each response of a throttled operation lists the rate-limit fields the limiter's
+//! [`HeaderStyle`] writes (`X-RateLimit-Limit`, `-Remaining`, `-Reset` in its format,
+//! `RateLimit-Policy`, `RateLimit`), each referring to `#/components/headers/<name>`, added
+//! there if the document has none of that name. They are not `required`: what charges the
+//! request writes them on any answer to it (a layer on every one, a guard that counts
+//! failures on those it counts, a handler that adds its bucket's fields where it adds
+//! them), and none when a policy failing open admits a request the store could not
+//! charge, nor on the limiter's own `503`. The `TooManyRequests` response added lists them
+//! too, and `Retry-After` if the style writes it, with an example of the limiter's
+//! [`ErrorBody`] (an example refusal's, made as every 429's is). A header a response lists
+//! already (in any case), a response given as a `$ref`, and a `429` of the document's own
+//! are left as they are.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -610,10 +613,13 @@ impl Publisher {
     /// no operation of the document.
     pub fn annotate(&self, doc: &mut Value) -> Result<(), PublishError> {
         self.check()?;
-        if doc
-            .get("components")
-            .is_some_and(|c| !c.is_object() || c.get("responses").is_some_and(|r| !r.is_object()))
-        {
+        if doc.get("components").is_some_and(|c| {
+            !c.is_object()
+                || ["responses", "headers"]
+                    .iter()
+                    .any(|part| c.get(part).is_some_and(|v| !v.is_object()))
+        }) {
+            // (`responses` or `headers` too.)
             return Err(PublishError::NotOpenApi("`components` is not an object"));
         }
         let ops: Vec<(Method, String, String)> = self
@@ -642,14 +648,12 @@ impl Publisher {
                     .entry("responses")
                     .or_insert_with(|| json!({}));
                 if let Some(responses) = responses.as_object_mut() {
-                    // A layer writes its fields on every answer to a request it charged,
-                    // whatever the handler answered: each of the operation's responses
-                    // lists them, but a `429` of the document's own, which describes the
-                    // refusal as its authors chose (as their `TooManyRequests` does).
-                    let by_layer = limits.limits.iter().any(|l| {
-                        matches!(l.enforced_by, EnforcedBy::Middleware | EnforcedBy::Route)
-                    });
-                    if by_layer && !fields.is_empty() {
+                    // Whatever charges the request (a layer, a guard, a handler that
+                    // adds its bucket's fields) may write its fields on any answer: each
+                    // of the operation's responses lists them (not `required`), but a
+                    // `429` of the document's own, which describes the refusal as its
+                    // authors chose (as their `TooManyRequests` does).
+                    if !fields.is_empty() {
                         for (_, response) in responses.iter_mut().filter(|(s, _)| *s != "429") {
                             fields_shown |= add_field_refs(response, &fields);
                         }
@@ -914,7 +918,7 @@ fn too_many_requests(style: &HeaderStyle, fields: &[(&str, Value)], body: &Error
 
 /// The body `body` writes for an example refusal (`GET /items`, a limit of 100 a minute
 /// spent, the request to be retried in 12 s), made as every 429's is, and its content
-/// type; `None` if it is not JSON.
+/// type; `None` if it is neither JSON nor text.
 fn example_body(body: &ErrorBody) -> Option<(String, Value)> {
     let wait = std::time::Duration::from_secs(12);
     let decision = Decision {
@@ -936,8 +940,15 @@ fn example_body(body: &ErrorBody) -> Option<(String, Value)> {
         Method::GET,
         "/items",
     );
-    let example = serde_json::from_slice(&body.render(&outcome)).ok()?;
-    Some((body.content_type().to_str().ok()?.to_owned(), example))
+    let content_type = body.content_type().to_str().ok()?.to_owned();
+    let bytes = body.render(&outcome);
+    // (A JSON media type's example is the value; any other's, the text sent.)
+    let example = if content_type.contains("json") {
+        serde_json::from_slice(&bytes).ok()?
+    } else {
+        Value::String(String::from_utf8(bytes.to_vec()).ok()?)
+    };
+    Some((content_type, example))
 }
 
 /// The rate-limit fields `style` writes on every answer to a request a layer charged,
@@ -993,7 +1004,9 @@ fn rate_limit_fields(style: &HeaderStyle) -> Vec<(&'static str, Value)> {
             "RateLimit",
             described(
                 "What each of those limits has left (draft-ietf-httpapi-ratelimit-headers-10): \
-                 `\"<name>\";r=<remaining>;t=<seconds until it is full again>`."
+                 `\"<name>\";r=<remaining>;t=<seconds>`, `t` the seconds until the request \
+                 would be admitted on a limit that refused it (as `Retry-After`), and until \
+                 the limit is full again on the others."
                     .into(),
                 "string",
             ),

@@ -624,6 +624,8 @@ fn the_fields_each_response_carries_are_listed_as_the_header_style_writes_them()
         all,
         "a route's own layer"
     );
+    // A handler that adds its bucket's fields to its answers (`merge_rate_limit_headers`).
+    assert_eq!(refs(&responses("/api/sign-in", "post")["200"]), all);
     assert_eq!(
         refs(&responses("/api/stripe/webhook", "post")["200"]),
         Vec::<String>::new()
@@ -638,6 +640,8 @@ fn the_fields_each_response_carries_are_listed_as_the_header_style_writes_them()
         "{headers}"
     );
     assert_eq!(headers["RateLimit"]["schema"]["type"], "string");
+    let current = headers["RateLimit"]["description"].as_str().unwrap();
+    assert!(current.contains("as `Retry-After`"), "{current}");
     let too_many = &doc["components"]["responses"]["TooManyRequests"];
     assert_eq!(
         refs(too_many),
@@ -671,15 +675,29 @@ fn the_fields_each_response_carries_are_listed_as_the_header_style_writes_them()
         .route("/api/*", Policy::named("default").per_ip("5/min"))
         .build()
         .unwrap();
+    // A guard's operation lists them too (a guard writes them), one no limit applies to
+    // none.
+    let _guard = limiter.guard(Policy::named("plain").per_ip("100/min"));
     let mut doc = document();
-    Publisher::new(&limiter).annotate(&mut doc).unwrap();
+    Publisher::new(&limiter)
+        .guard_at("/health", "plain")
+        .annotate(&mut doc)
+        .unwrap();
+    let x_ratelimit = [
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+    ];
+    for path in ["/api/projects", "/health"] {
+        assert_eq!(
+            refs(&doc["paths"][path]["get"]["responses"]["200"]),
+            x_ratelimit,
+            "{path}"
+        );
+    }
     assert_eq!(
-        refs(&doc["paths"]["/api/projects"]["get"]["responses"]["200"]),
-        [
-            "X-RateLimit-Limit",
-            "X-RateLimit-Remaining",
-            "X-RateLimit-Reset"
-        ]
+        refs(&doc["paths"]["/v1/invoices"]["get"]["responses"]["200"]),
+        Vec::<String>::new()
     );
     let reset = &doc["components"]["headers"]["X-RateLimit-Reset"];
     assert_eq!(reset["schema"]["type"], "string");
@@ -692,6 +710,14 @@ fn the_fields_each_response_carries_are_listed_as_the_header_style_writes_them()
         ["application/problem+json"]["example"];
     assert_eq!(problem["status"], 429, "{problem}");
     assert_eq!(problem["retryAfter"], 12, "{problem}");
+
+    // Headers that are not an object: not a document references can go into.
+    let mut doc = document();
+    doc["components"] = json!({ "headers": "none" });
+    assert!(matches!(
+        Publisher::new(&limiter).annotate(&mut doc),
+        Err(PublishError::NotOpenApi(_))
+    ));
 
     // No fields: nothing listed, and the 429 says `Retry-After` alone.
     let limiter = Limiter::builder()
