@@ -951,8 +951,8 @@ fn example_body(body: &ErrorBody) -> Option<(String, Value)> {
     Some((content_type, example))
 }
 
-/// The rate-limit fields `style` writes on every answer to a request a layer charged,
-/// admitted or refused (`Retry-After` apart: on refusals only), with their header objects.
+/// The rate-limit fields `style` writes on the answers to a request it charged, admitted
+/// or refused (`Retry-After` apart: on refusals only), with their header objects.
 fn rate_limit_fields(style: &HeaderStyle) -> Vec<(&'static str, Value)> {
     let described = |description: String, kind: &str| json!({ "description": description, "schema": { "type": kind } });
     let mut out = Vec::new();
