@@ -315,7 +315,8 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     Ok((limiter, watcher))
 }
 
-/// `SIGHUP` reloads the file at once (unix).
+/// `SIGHUP` reloads the file at once (unix), but a change the watcher waits for as maybe
+/// caught mid-write, which it leaves to the watcher.
 #[cfg(unix)]
 fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -325,6 +326,10 @@ fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
             let file = watcher.path().display();
             match watcher.reload_now() {
                 Ok(()) => tracing::info!("SIGHUP: {file} reloaded"),
+                // Not refused: the watcher loads it once it holds still.
+                Err(e @ tollgate::config::ConfigError::Unsettled { .. }) => {
+                    tracing::warn!("SIGHUP: {e}; until then the previous limits stay in force")
+                }
                 Err(e) => tracing::error!("SIGHUP: {e}; the previous limits stay in force"),
             }
         }

@@ -211,6 +211,17 @@ pub enum ConfigError {
         /// The file.
         file: String,
     },
+    /// [`ConfigWatcher::reload_now`](crate::reload::ConfigWatcher::reload_now) read a file
+    /// that may be the running one caught mid-write (it drops a route, says less in its
+    /// last route, or changes a global limit or a bucket): not loaded now. The watcher
+    /// loads it once `polls` polls in a row read it the same.
+    #[error("{file}: drops a route, says less in its last route, or changes a global limit or a bucket, as a file caught while being written would: not loaded now; the watcher loads it once {polls} polls in a row read it the same")]
+    Unsettled {
+        /// The file.
+        file: String,
+        /// The polls that must read it the same ([`DROP_READS`](crate::reload::DROP_READS)).
+        polls: u32,
+    },
     /// A [`ConfigWatcher`](crate::reload::ConfigWatcher) could not start its thread.
     #[error("{path}: cannot watch: {source}")]
     Watch {
@@ -620,6 +631,11 @@ impl Declared {
     /// How many routes.
     pub(crate) fn routes(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Whether it declares no route, global limit or bucket.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.others.is_empty()
     }
 
     /// Whether this may be `were`'s file caught mid-write: it drops a route of `were` (or
