@@ -315,8 +315,8 @@ fn limiter(path: &Path) -> Result<(Limiter, ConfigWatcher), Box<dyn std::error::
     Ok((limiter, watcher))
 }
 
-/// `SIGHUP` reloads the file at once (unix), but a change the watcher waits for as maybe
-/// caught mid-write, which it leaves to the watcher.
+/// `SIGHUP` reloads the file at once (unix); a change the watcher would wait for, as maybe
+/// caught mid-write, is left to it.
 #[cfg(unix)]
 fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
