@@ -545,8 +545,9 @@ impl HeaderStyle {
         self.ietf
     }
 
-    /// Whether `Retry-After` is written on refusals.
-    pub(crate) const fn writes_retry_after(&self) -> bool {
+    /// Whether `Retry-After` is written on refusals (unless
+    /// [`HeaderStyle::without_retry_after`]).
+    pub const fn writes_retry_after(&self) -> bool {
         self.retry_after
     }
 
