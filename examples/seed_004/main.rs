@@ -59,7 +59,10 @@
 //!   /openapi.json` has them as `x-ratelimit`, generated from the limiter (`docs.rs`).
 //! - The configuration file is `ENDPOINTWISE_CONFIG` (default: `endpointwise.yaml` next to
 //!   this file). Edit it while the gateway runs and its limits are reloaded within a
-//!   second ([`ConfigWatcher`], which also runs on `SIGHUP`): an edit that does not load is
+//!   second ([`ConfigWatcher`], which also runs on `SIGHUP`), or, for an edit that drops a
+//!   route, says less in its last route or changes the gateway's limit (as a file caught
+//!   mid-write would), once it has read the same for 5 s (a `SIGHUP` does not hurry it:
+//!   it logs a warning): an edit that does not load is
 //!   logged and the last good limits stay; limits that did not change keep their counts.
 //!   The page's file sets no `store`, `headers`, `body` or `default_key`: the gateway then
 //!   uses the store of the environment (`REDIS_URL`), the page's headers (`X-RateLimit-*`,
@@ -326,7 +329,7 @@ fn reload_on_sighup(watcher: Arc<ConfigWatcher>) -> std::io::Result<()> {
             let file = watcher.path().display();
             match watcher.reload_now() {
                 Ok(()) => tracing::info!("SIGHUP: {file} reloaded"),
-                // Not refused: the watcher loads it once it holds still.
+                // Not refused: the watcher tries it once it holds still.
                 Err(e @ tollgate::config::ConfigError::Unsettled { .. }) => {
                     tracing::warn!("SIGHUP: {e}; until then the previous limits stay in force")
                 }

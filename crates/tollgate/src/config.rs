@@ -214,8 +214,9 @@ pub enum ConfigError {
     /// [`ConfigWatcher::reload_now`](crate::reload::ConfigWatcher::reload_now) read a file
     /// that may be the running one caught mid-write (it drops a route, says less in its
     /// last route, or changes a global limit or a bucket): not loaded now. The watcher
-    /// loads it once `polls` polls in a row read it the same.
-    #[error("{file}: drops a route, says less in its last route, or changes a global limit or a bucket, as a file caught while being written would: not loaded now; the watcher loads it once {polls} polls in a row read it the same")]
+    /// tries it once `polls` polls in a row read it the same (it may refuse it then, as
+    /// any reload: a setting that takes a restart, rules that do not build).
+    #[error("{file}: drops a route, says less in its last route, or changes a global limit or a bucket, as a file caught while being written would: not loaded now; the watcher tries it once {polls} polls in a row read it the same")]
     Unsettled {
         /// The file.
         file: String,

@@ -21,8 +21,9 @@
 //! file that
 //! declares no routes, global limits or buckets, where the one running did, is refused
 //! ([`ConfigError::NoLimits`]: an emptied or truncated file would otherwise lift every
-//! limit at once). [`ConfigWatcher::reload_now`] loads what the file holds at once, but a
-//! change the second guard waits for ([`ConfigError::Unsettled`]). Write
+//! limit at once). [`ConfigWatcher::reload_now`] loads what the file holds at once, except
+//! a change the second guard waits for, which it leaves to the watcher
+//! ([`ConfigError::Unsettled`]). Write
 //! the file elsewhere and rename it over the watched one, and no reader sees it
 //! half-written.
 //!
@@ -42,7 +43,8 @@
 //!     .customize(daily)
 //!     .every(Duration::from_secs(1))
 //!     .start()?;
-//! // ... serve; on SIGHUP, `watcher.reload_now()` reloads at once.
+//! // ... serve; on SIGHUP, `watcher.reload_now()` reloads at once (a change the watcher
+//! // waits for as maybe caught mid-write is left to it: `ConfigError::Unsettled`).
 //! # drop(watcher); Ok(()) }
 //! ```
 
@@ -207,7 +209,7 @@ impl ConfigWatcher {
     /// Reads the file and reloads it now, changed or not (e.g. on `SIGHUP`), unless it may
     /// be the running file caught mid-write (as the watcher judges it: it drops a route,
     /// says less in its last route, or changes a global limit or a bucket): that is left
-    /// to the watcher, which loads it once it reads the same for [`DROP_READS`] polls (a
+    /// to the watcher, which tries it once it reads the same for [`DROP_READS`] polls (a
     /// review: a `SIGHUP` during a write that stalled loaded a file without its last route
     /// and the global limit, admitting 12 of 12 where 8 were the limit). Logs nothing: the
     /// caller has the result.
