@@ -230,25 +230,25 @@ impl ConfigWatcher {
             Err(error) => return crate::observe::reload_tried(Err(error)),
         };
         let mut seen = lock(&watch.seen);
-        if seen.content != content {
-            if let Some((now, _)) = watch.drops(seen.declared.as_ref(), &content) {
-                // Left to the watcher, which loads it once it holds still (not counted as
-                // a refused reload: it is not refused). A file that declares nothing is
-                // refused below, as always.
-                if !now.is_empty() {
-                    return Err(ConfigError::Unsettled {
-                        file: watch.path.display().to_string(),
-                        polls: DROP_READS,
-                    });
-                }
-            }
+        // Left to the watcher, which tries it once it holds still (not counted as a refused
+        // reload: it is not refused). A file that declares nothing is refused below, as
+        // always.
+        let unsettled = seen.content != content
+            && watch
+                .drops(seen.declared.as_ref(), &content)
+                .is_some_and(|(now, _)| !now.is_empty());
+        if unsettled {
+            return Err(ConfigError::Unsettled {
+                file: watch.path.display().to_string(),
+                polls: DROP_READS,
+            });
         }
         *seen = Seen {
             declared: seen.declared.take(),
             ..Seen::new(content.clone())
         };
         drop(seen);
-        crate::observe::reload_tried(watch.load_rules(&content))
+        watch.load(&content)
     }
 
     /// Stops watching, and waits for the watcher's thread to end.
