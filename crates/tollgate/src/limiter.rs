@@ -123,8 +123,12 @@ impl Limiter {
     /// `Router::route_layer`, on one route, or on any tower service. `route_layer` wraps
     /// the routes only, not the router's fallback: requests no route matches (the `404`s
     /// of a class's paths, `/api/anything`) then go uncharged, where `Router::layer`
-    /// charges them to their class. A request that goes through two of these layers of one
-    /// limiter (a router's, and a nested router's) is charged once, by the outer one.
+    /// charges them to their class. On a router mounted with `Router::nest`, the layer
+    /// does not see the requests under the prefix that none of that router's routes match:
+    /// axum answers them with the outer router's fallback (unless the nested router has a
+    /// `fallback` of its own), so only a layer on the outer router charges them. A request
+    /// that goes through two of these layers of one limiter (a router's, and a nested
+    /// router's) is charged once, by the outer one.
     pub fn layer(&self) -> RateLimitLayer {
         RateLimitLayer::central(self.clone())
     }
@@ -154,7 +158,7 @@ impl Limiter {
     /// Only the route the layer is on is left to it, and the central layer knows the route
     /// from axum's `MatchedPath`: put it on the router (`Router::layer`). A request without
     /// one (a path only a fallback answers; every request when the central layer is outside
-    /// the router, or in a plain tower stack) is charged to its class provisionally, and the
+    /// the router, of a router mounted with `nest_service`, or in a plain tower stack) is charged to its class provisionally, and the
     /// layer takes the charge over if the request reaches it: such a route spends only its
     /// own policy, but is refused with its class while that is spent, and a path under the
     /// pattern that the layer does not see is never left unlimited. A request left to the

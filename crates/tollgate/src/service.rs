@@ -90,6 +90,17 @@ impl<S> RateLimit<S> {
     }
 }
 
+impl<S: Clone> RateLimit<S> {
+    /// Drops the inner service made ready for a request answered without it (a 429): what
+    /// its `poll_ready` reserved (a `ConcurrencyLimit`'s permit) is given up now, not held
+    /// by this instance until its next call (a review: a reused instance kept the only
+    /// permit after a refusal, and its clones waited). A fresh clone takes its place, as a
+    /// request decided later takes the ready service into its future.
+    fn release_ready(&mut self) {
+        self.inner = self.inner.clone();
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
@@ -130,9 +141,13 @@ where
                 }
                 // (Answered from the slot, not moved out of it: see above.)
                 Outcome::Refuse(ref mut refused) => {
+                    self.release_ready();
                     ResponseFuture::respond(refused.respond(&parts), &parts)
                 }
-                Outcome::Respond(response) => ResponseFuture::respond(response, &parts),
+                Outcome::Respond(response) => {
+                    self.release_ready();
+                    ResponseFuture::respond(response, &parts)
+                }
             },
             Start::Later(decide, asking) => {
                 let req = Request::from_parts(parts, body);

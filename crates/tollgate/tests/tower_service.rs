@@ -10,7 +10,7 @@ use common::{echo, request, Body, Down, Recording};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use tollgate::{FailureMode, Limiter, ManualClock, MemoryStore, Policy, ResponseBody, Store};
-use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 async fn body_text(r: Response<ResponseBody<Body>>) -> (StatusCode, String) {
     let status = r.status();
@@ -239,4 +239,30 @@ fn debug_names_the_central_layer_or_the_per_route_policy() {
     assert!(layer.contains("scope: Route(chat)"), "{layer}");
     let service = format!("{:?}", tower::Layer::layer(&chat, service_fn(echo)));
     assert!(service.contains("scope: Route(chat)"), "{service}");
+}
+
+/// A request refused at once does not keep what the inner service reserved for it in
+/// `poll_ready`: behind a concurrency limit of one, a refused instance left idle does not
+/// hold the permit its clones wait for (a review: it held it until its next call).
+#[tokio::test]
+async fn a_refusal_gives_up_what_the_inner_service_reserved_for_it() {
+    let limiter = limiter();
+    let svc = ServiceBuilder::new()
+        .layer(limiter.layer())
+        .concurrency_limit(1)
+        .service(service_fn(echo));
+    let peer = Some("192.0.2.1:5000");
+    let mut one = svc.clone();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let ready = one.ready().await.unwrap();
+        let r = ready.call(request("/x", peer, None)).await.unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // `one` stays, idle: its refusal's permit is free for another instance.
+    let mut other = svc.clone();
+    let ready = tokio::time::timeout(Duration::from_secs(5), other.ready()).await;
+    assert!(ready.is_ok(), "the refused instance still holds the permit");
+    drop(one);
 }

@@ -731,27 +731,32 @@ impl Engine {
         if plan.buckets.is_empty() {
             return Start::Pass;
         }
-        if let Some(route) = left_for_good {
-            let mark = Arc::<Provisional>::default();
+        // (The probe is taken only here, past every answer that is not a charge, which
+        // would not give it back.)
+        let left_to = match left_for_good {
+            Some(route) => Some(LeftTo::Seen(Arc::default(), route)),
+            None => left
+                .filter(|route| route.try_probe())
+                .map(|delegation| LeftTo::Probe(delegation.clone())),
+        };
+        if let Some(to) = left_to {
+            // Marked as charged with nothing, so that a layer of this limiter further in
+            // (on a nested router) passes it on to the route's layer, which takes it over.
+            // (A review: unmarked, a probe was charged to its class by the nested router's
+            // layer, and refused there once the class was spent, the route's layer never
+            // seeing one: a route declared with `policy_at` stayed on its class.)
+            let mark = match &to {
+                LeftTo::Seen(mark, _) => mark.clone(),
+                LeftTo::Probe(_) => Arc::default(),
+            };
             set_mark(
                 &mut parts.extensions,
                 self.id,
-                Mark::Central(mark.clone()),
+                Mark::Central(mark),
                 Keep::Replace,
             );
             return Start::Left(Box::new(Left {
-                to: LeftTo::Seen(mark, route),
-                engine: self.clone(),
-                method: parts.method.clone(),
-                plan: plan.owned(),
-                done: false,
-            }));
-        }
-        // (The probe is taken only here, past every answer that is not a charge, which
-        // would not give it back.)
-        if let Some(delegation) = left.filter(|route| route.try_probe()) {
-            return Start::Left(Box::new(Left {
-                to: LeftTo::Probe(delegation.clone()),
+                to,
                 engine: self.clone(),
                 method: parts.method.clone(),
                 plan: plan.owned(),
