@@ -128,14 +128,25 @@ impl Limiter {
     /// axum answers them with the outer router's fallback (unless the nested router has a
     /// `fallback` of its own), so only a layer on the outer router charges them. A request
     /// that goes through two of these layers of one limiter (a router's, and a nested
-    /// router's) is charged once, by the outer one.
+    /// router's) is charged once, by the outer one; two limiters are two, each charging,
+    /// even built from one configuration on one store (build the limiter once, and clone
+    /// it: clones are one limiter).
     pub fn layer(&self) -> RateLimitLayer {
         RateLimitLayer::central(self.clone())
     }
 
     /// A per-route policy (`post(chat).layer(limiter.policy(..))`): the route's requests
     /// spend this policy's buckets (and the global limits) instead of the class the
-    /// central table gives them.
+    /// central table gives them. The central layer learns the route from a request that
+    /// reaches this layer (axum's `MatchedPath`); until then it charges the route's
+    /// requests to their class provisionally, and this layer takes the charge over: a
+    /// client whose class is spent is refused by the class until the route's first request
+    /// gets through. [`Limiter::policy_at`] declares the route, and has none of that.
+    ///
+    /// Two per-route policies' layers on one route (a router-wide `route_layer` policy
+    /// and the route's own) both charge, in either order, each a limit the request must
+    /// fit; the global limits are charged once, by the outer. One policy twice (its layer
+    /// put on the route twice, or made again under its name) charges once.
     ///
     /// # Panics
     ///
@@ -164,10 +175,13 @@ impl Limiter {
     /// pattern that the layer does not see is never left unlimited. A request left to the
     /// layer is still checked: one answered without reaching it (a check or a cache between
     /// the central layer and the route's layer, another router sharing this limiter with a
-    /// route of that name) is charged to its class once answered, and from then on the
-    /// route is charged provisionally, the layer taking the charge over (so a client whose
-    /// class is spent is refused there too; requests under way before that first answer are
-    /// counted as they are answered, not refused). With `MatchedPath`, a
+    /// route of that name) is charged to its class once answered, and from then on, for
+    /// the life of the limiter, the route is charged provisionally, the layer taking the
+    /// charge over (so a client whose class is spent is refused there too; requests under
+    /// way before that first answer are counted as they are answered, not refused). Any
+    /// client's request so answered does it (a `401` from authentication between the two
+    /// layers): put such checks outside the central layer or inside the route's layer.
+    /// With `MatchedPath`, a
     /// request is left to the layer from the first one when its matched route is the pattern's own
     /// (`{id}` and `:id`, `*` and `{*rest}` alike); a route the pattern covers but does not
     /// name (`POST /api/*` with the layer on `/api/chat`) stays with the central table, as

@@ -1772,10 +1772,12 @@ async fn a_route_with_its_own_policy_is_left_to_it_once_seen() {
 }
 
 /// Two `policy` layers of one limiter on one request (one on a nested router, one on its
-/// route): the outer one charges it, the inner one passes it on, as without a central
-/// layer; the central layer's provisional charge is given back once.
+/// route): both charge it (each a limit it must fit: the inner one's 1 refuses the second,
+/// and the remaining shown is the lower), with or without a central layer; the central
+/// layer's provisional charge is given back once. (The outer one alone charged it, the
+/// route's own policy never.)
 #[tokio::test]
-async fn of_two_per_route_layers_on_a_request_the_outer_one_charges() {
+async fn of_two_per_route_layers_on_a_request_both_charge() {
     for central in [false, true] {
         let limiter = api_class("2/min");
         let outer = limiter.policy(Policy::named("outer").per_ip("3/min"));
@@ -1796,9 +1798,9 @@ async fn of_two_per_route_layers_on_a_request_the_outer_one_charges() {
         assert_eq!(
             statuses,
             vec![
-                (200, "2".to_string()),
-                (200, "1".to_string()),
                 (200, "0".to_string()),
+                (429, "0".to_string()),
+                (429, "0".to_string()),
                 (429, "0".to_string())
             ],
             "central layer: {central}"

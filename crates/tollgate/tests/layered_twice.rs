@@ -238,7 +238,10 @@ async fn a_declared_route_under_two_layers_of_one_limiter_spends_only_its_own_po
                 let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let r = app.oneshot(req).await.unwrap();
-                let policy = r.headers()["ratelimit-policy"].to_str().unwrap().to_string();
+                let policy = r.headers()["ratelimit-policy"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 (r.status().as_u16(), policy)
             }
         };
@@ -259,5 +262,75 @@ async fn a_declared_route_under_two_layers_of_one_limiter_spends_only_its_own_po
         // Each request is one check: 3 + 5 admitted, 1 + 1 + 1 refused.
         let stats = limiter.stats();
         assert_eq!((stats.admitted, stats.refused), (8, 3));
+    }
+}
+
+/// Two per-route policies' layers of one limiter on one route (a router-wide
+/// `route_layer` policy and the route's own, declared with `policy_at`): both charge, in
+/// either order, and the global limits once. (A review: the outer one alone charged.)
+#[tokio::test]
+async fn two_per_route_policies_on_one_route_both_charge_and_the_global_limits_once() {
+    for route_first in [false, true] {
+        for answers_later in [false, true] {
+            let builder = Limiter::builder().read_env(false).global("100/min");
+            let builder = match answers_later {
+                false => builder.store(memory()),
+                true => builder.store(common::Recording::new(memory())),
+            };
+            let limiter = builder
+                .route("/api/*", Policy::named("default").per_ip("3/min"))
+                .build()
+                .unwrap();
+            let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
+            let writes = limiter.policy(Policy::named("writes").per_ip("4/min"));
+            let chat_route = match route_first {
+                // The route's own layer inside the router-wide one.
+                false => Router::new()
+                    .route("/api/chat", post(|| async { "chat" }).layer(chat))
+                    .route_layer(writes),
+                // The router-wide policy on the method router, inside the route's own.
+                true => Router::new().route(
+                    "/api/chat",
+                    post(|| async { "chat" })
+                        .layer::<_, std::convert::Infallible>(writes)
+                        .layer(chat),
+                ),
+            };
+            let app = chat_route.layer(limiter.layer());
+            let mut statuses = Vec::new();
+            let mut first_policy = String::new();
+            for i in 0..6 {
+                let mut req = http::Request::post("/api/chat")
+                    .body(Body::empty())
+                    .unwrap();
+                let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let r = app.clone().oneshot(req).await.unwrap();
+                statuses.push(r.status().as_u16());
+                if i == 0 {
+                    first_policy = r.headers()["ratelimit-policy"].to_str().unwrap().into();
+                }
+            }
+            // The stricter of the two refuses: writes' 4.
+            assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "{route_first}");
+            for item in [
+                "\"chat-ip\";q=5;w=60",
+                "\"writes-ip\";q=4;w=60",
+                "\"global\";q=100;w=60",
+            ] {
+                assert!(first_policy.contains(item), "{first_policy}");
+            }
+            assert_eq!(first_policy.matches("global").count(), 1, "{first_policy}");
+            // The global limit was charged once per request the outer layer admitted (with
+            // its policy, as one charge): the 4 writes admitted when writes is outside; the
+            // 5 chat admitted when the route's own policy is (the inner writes refusing the
+            // fifth after).
+            let global = limiter.peek_bucket("global", "global").await.unwrap();
+            let expected = if route_first { 95 } else { 96 };
+            assert_eq!(
+                global.buckets[0].remaining, expected,
+                "{route_first} {answers_later}"
+            );
+        }
     }
 }

@@ -331,8 +331,11 @@ impl Delegation {
             self.backoff_ms.store(wait, Ordering::Relaxed);
             self.next_probe_ms
                 .store(self.now_ms().saturating_add(wait).max(1), Ordering::Relaxed);
-            self.probing.store(false, Ordering::Release);
         }
+        // (Cleared here too when the layer saw the method: a method seen between the
+        // central layer's look and its taking the probe left it set, holding back the
+        // probes of the pattern's other methods.)
+        self.probing.store(false, Ordering::Release);
         unseen
     }
 }
@@ -493,8 +496,10 @@ impl Clone for Marks {
 }
 
 enum Mark {
-    /// A per-route layer has taken charge of the request.
-    Route,
+    /// Per-route layers have taken charge of the request: their policies' names, interned
+    /// (a name is one policy: one declared again under it must be the same, and its
+    /// buckets are the same), the first of which charged the global limits too.
+    Route(SmallVec<[&'static str; 2]>),
     /// The central layer charged the request (provisionally, in case a per-route layer
     /// turns up further in).
     Central(Arc<Provisional>),
@@ -873,8 +878,23 @@ impl Engine {
                 });
             }
         }
+        // The per-route policies of the layers further out that took the request.
+        let mut taken = SmallVec::<[&'static str; 2]>::new();
         let refund_first = match mark_in(&parts.extensions, self.id) {
-            Some(Mark::Route) => return Start::Pass,
+            // This policy again (its layer put on the route twice, or one made again under
+            // its name): charged once.
+            Some(Mark::Route(before)) if before.contains(&policy.static_name) => {
+                return Start::Pass
+            }
+            // Another per-route policy's layer took it (a router-wide `route_layer` policy
+            // and the route's own): each layer on the route is a limit the request must
+            // fit, so both policies charge, in whichever order the layers are (a review:
+            // the outer one alone charged, the route's own policy never). The global limits
+            // were charged by the first.
+            Some(Mark::Route(before)) => {
+                taken.clone_from(before);
+                None
+            }
             Some(Mark::Central(p)) => {
                 p.taken_over.store(true, Ordering::Release);
                 let charged = lock(&p.charged).take();
@@ -902,16 +922,27 @@ impl Engine {
             // declared to take over from): this policy charges too.
             Some(Mark::Admitted) | None => None,
         };
-        // This layer has the request: a per-route layer of the limiter further in (this
-        // one again, put on the route twice) passes it on, so it is charged once.
-        set_mark(&mut parts.extensions, self.id, Mark::Route, Keep::Replace);
+        // This layer has the request: a central layer of the limiter further in passes it
+        // on, as does this one again (put on the route twice), so it is charged once.
+        let globals = if taken.is_empty() {
+            &table.globals[..]
+        } else {
+            &[]
+        };
+        taken.push(policy.static_name);
+        set_mark(
+            &mut parts.extensions,
+            self.id,
+            Mark::Route(taken),
+            Keep::Replace,
+        );
         // The central layer's charge goes back first: at once on a store that answers at
         // once, else before this policy is charged, in the same future.
         let refund_later = refund_first.and_then(|charged| self.give_back_now(charged));
         // The plan stays here (it is large): an exempt policy's has no buckets.
         let mut plan = Plan::new();
         if !policy.exempt {
-            let policies = std::iter::once(policy).chain(&table.globals);
+            let policies = std::iter::once(policy).chain(globals);
             self.plan_into(parts, policies, &mut plan);
         }
         let charges = !plan.buckets.is_empty();
