@@ -368,8 +368,16 @@ local V = {}
 -- A key holding what no algorithm writes (a list, a set: written by another program at
 -- a name of ours) is dropped and read as absent: left, its error failed every call that
 -- reads it, and a fallback store's give-back to Redis with it, which kept every client's
--- decisions off Redis (a review).
-local function foreign(key)
+-- decisions off Redis (a review). So is a hash whose fields (`r`: HMGET h n t) are not a
+-- log's, its head, next index and total, numbers with h <= n (a review: `h` set to text
+-- failed the call, as a list did); a log's fields are kept (returned).
+local function foreign(key, r)
+  if r then
+    local h, nx, t = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
+    if h and nx and t and h >= 0 and h <= nx and t >= 0 then
+      return r
+    end
+  end
   redis.call('DEL', key)
   return false
 end
@@ -394,8 +402,9 @@ for i = 1, n do
       else
         v = foreign(key)
       end
-    elseif r[1] then
-      present, v = true, r
+    elseif r[1] or r[2] or r[3] then
+      v = foreign(key, r)
+      present = v and true
     end
   else
     v = redis.pcall('GET', key)
@@ -403,7 +412,8 @@ for i = 1, n do
     if v then
       if type(v) == 'string' then
         present, b1 = true, string.byte(v)
-      elseif redis.call('TYPE', key).ok == 'hash' then
+      elseif redis.call('TYPE', key).ok == 'hash'
+        and foreign(key, redis.call('HMGET', key, 'h', 'n', 't')) then
         present, other = true, true -- a hash: a log's state
       else
         v = foreign(key)
@@ -496,13 +506,15 @@ end
 -- The helpers: logs'.
 local entry, log_sum, load_log, log_add
 if logs or others then
-  -- A log's entry `idx`: when it was admitted (its cost: lg.c[idx]), read once.
+  -- A log's entry `idx`: when it was admitted (its cost: lg.c[idx]), read once. One that
+  -- is not there, or not an entry (written by another program), counts nothing and has
+  -- left the window.
   entry = function(lg, key, idx)
     local at = lg.at[idx]
     if at == nil then
-      local a, c = match(redis.call('HGET', key, idx), '^(%d+) (%d+)$')
-      at = tonumber(a)
-      lg.at[idx], lg.c[idx] = at, tonumber(c)
+      local a, c = match(redis.call('HGET', key, idx) or '', '^(%d+) (%d+)$')
+      at = tonumber(a) or 0
+      lg.at[idx], lg.c[idx] = at, tonumber(c) or 0
     end
     return at
   end
@@ -538,7 +550,11 @@ if logs or others then
       lg.h = idx + 1
       lg.dirty, gone = true, true
     end
-    if full and gone then
+    if lg.h == lg.n then
+      -- No entry left counts anything (a total out of step with its entries, as one
+      -- another program wrote, is not kept).
+      lg.t = 0
+    elseif full and gone then
       lg.t = log_sum(lg, key)
     end
     return lg

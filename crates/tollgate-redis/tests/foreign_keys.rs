@@ -1,5 +1,6 @@
 //! A key of ours holding what no algorithm writes: a list, a set, a sorted set (another
-//! program writing at our prefix), or text where a fixed window counts. A review put one
+//! program writing at our prefix), text where a fixed window counts, or a hash whose
+//! fields are not an exact log's. A review put one
 //! at one client's key: every call that read it failed (`WRONGTYPE`), the fallback store
 //! left Redis for every client, and its give-back to Redis, which read the key again,
 //! failed each time, so no client was decided on Redis until someone deleted the key.
@@ -24,12 +25,17 @@ fn limits() -> Vec<(&'static str, Limit)> {
     ]
 }
 
-/// What another program might have written at a key: the commands to write it.
-const FOREIGN: [(&str, &[&str]); 4] = [
+/// What another program might have written at a key: the commands to write it. (A hash
+/// is what an exact log is stored as: one whose fields are not a log's failed the script
+/// where it read them, with a Lua error rather than `WRONGTYPE`, a review found.)
+const FOREIGN: [(&str, &[&str]); 7] = [
     ("a list", &["RPUSH", "x"]),
     ("a set", &["SADD", "x"]),
     ("a sorted set", &["ZADD", "1", "x"]),
     ("text", &["SET", "not a count"]),
+    ("a hash of text", &["HSET", "h", "garbage"]),
+    ("a hash of a head alone", &["HSET", "h", "0"]),
+    ("a hash without a head", &["HSET", "n", "5", "t", "5"]),
 ];
 
 /// Replaces every key holding `key` in its name with what `foreign` writes (the key
@@ -121,16 +127,55 @@ async fn a_poisoned_key_keeps_the_fallback_store_on_redis() {
     )
     .await;
     for (name, limit) in limits() {
-        let bucket = Bucket::new("foreign", name, limit);
-        let charge = Batch::charge(vec![bucket.clone()]);
-        assert!(store.apply(&charge).await.unwrap().allowed);
-        poison(&server, name, &["RPUSH", "x"]);
-        for _ in 0..3 {
-            let _ = store.apply(&charge).await.unwrap();
+        for foreign in [&["RPUSH", "x"][..], &["HSET", "h", "garbage"]] {
+            let key = format!("{name} {}", foreign[0]);
+            let bucket = Bucket::new("foreign", &key, limit);
+            let charge = Batch::charge(vec![bucket.clone()]);
+            assert!(store.apply(&charge).await.unwrap().allowed);
+            poison(&server, &key, foreign);
+            for _ in 0..3 {
+                let _ = store.apply(&charge).await.unwrap();
+            }
+            assert_eq!(store.mode(), Mode::Primary, "{key}");
+            // The charges were counted on Redis: 3 since the poison, 2 left.
+            assert_eq!(remaining(&store, bucket).await, 2, "{key}");
         }
-        assert_eq!(store.mode(), Mode::Primary, "{name}");
-        // The charges were counted on Redis: 3 since the poison, 2 left.
-        assert_eq!(remaining(&store, bucket).await, 2, "{name}");
+    }
+}
+
+/// An exact log whose entry another program overwrote answers: the entry counts nothing
+/// and has left the window; the log's total still holds its count until the log empties
+/// (errs towards refusing: one fewer admitted here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_entry_another_program_overwrote_counts_nothing() {
+    let server = RedisServer::start();
+    let store = common::uncached(&server);
+    for entry in ["garbage", ""] {
+        let key = format!("log with entry {entry:?}");
+        let bucket = Bucket::new("foreign", &key, Limit::sliding_exact(Quota::per_minute(5)));
+        let charge = Batch::charge(vec![bucket.clone()]);
+        for _ in 0..2 {
+            assert!(store.apply(&charge).await.unwrap().allowed, "{key}");
+            // (Apart in time: two entries.)
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let names = server.cli(["--scan", "--pattern", &format!("*{key}*")]);
+        let name = names.lines().find(|l| !l.is_empty()).unwrap().to_string();
+        let head = server.cli(["HGET", &name, "h"]);
+        let head = head.trim();
+        match entry {
+            "" => server.cli(["HDEL", &name, head]),
+            text => server.cli(["HSET", &name, head, text]),
+        };
+        let mut admitted = 0;
+        for _ in 0..8 {
+            let decision = store
+                .apply(&charge)
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            admitted += usize::from(decision.allowed);
+        }
+        assert_eq!(admitted, 3, "{key}");
     }
 }
 
