@@ -143,10 +143,11 @@ impl Limiter {
     /// client whose class is spent is refused by the class until the route's first request
     /// gets through. [`Limiter::policy_at`] declares the route, and has none of that.
     ///
-    /// Two per-route policies' layers on one route (a router-wide `route_layer` policy
-    /// and the route's own) both charge, in either order, each a limit the request must
-    /// fit; the global limits are charged once, by the outer. One policy twice (its layer
-    /// put on the route twice, or made again under its name) charges once.
+    /// One per-route layer of a limiter charges a request: of two on its way (a
+    /// router-wide `route_layer` policy and the route's own, or one layer put twice), the
+    /// outer one charges it and the inner one passes it on; another policy's layer passed
+    /// over is logged as a warning once. Put one per-route layer on a route (a policy with
+    /// several limits holds both budgets), or use two limiters.
     ///
     /// # Panics
     ///

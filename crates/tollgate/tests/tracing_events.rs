@@ -925,3 +925,45 @@ fn a_guard_of_a_disabled_limiter_says_it_is_off_by_name() {
     assert_eq!(off.len(), 1, "{events:#?}");
     assert!(off[0].contains("failed-auth"), "{}", off[0]);
 }
+
+/// Of two per-route policies' layers on a route, the outer one charges: the inner one,
+/// passed over, is warned about once (a review: silently, the route's own policy was never
+/// spent). One layer put on a route twice is not warned about.
+#[test]
+fn a_per_route_policy_passed_over_for_another_is_warned_about_once() {
+    let events = EventLog::during(async {
+        let limiter = api_default();
+        let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
+        let writes = limiter.policy(Policy::named("writes").per_ip("4/min"));
+        let twice = limiter.policy(Policy::named("twice").per_ip("4/min"));
+        let app = axum::Router::new()
+            .route(
+                "/api/chat",
+                axum::routing::post(|| async { "chat" }).layer(chat),
+            )
+            .route_layer(writes)
+            // (Added after `route_layer`: not under `writes`.)
+            .route(
+                "/api/twice",
+                axum::routing::post(|| async { "twice" })
+                    .layer::<_, std::convert::Infallible>(twice.clone())
+                    .layer(twice),
+            )
+            .layer(limiter.layer());
+        let mut statuses = Vec::new();
+        for path in ["/api/chat", "/api/twice"] {
+            for _ in 0..5 {
+                let mut req = request(path, Some("192.0.2.1:5000"), None);
+                *req.method_mut() = http::Method::POST;
+                statuses.push(app.clone().oneshot(req).await.unwrap().status().as_u16());
+            }
+        }
+        // `writes` (4) charges the chat route; `twice` (4) its own, once per request.
+        assert_eq!(statuses, [200, 200, 200, 200, 429, 200, 200, 200, 200, 429]);
+    });
+    let text = "after another per-route policy's layer of the limiter took it";
+    let warned = saying(&events, "WARN", text);
+    assert_eq!(warned.len(), 1, "{events:#?}");
+    assert!(warned[0].contains("policy=chat"), "{}", warned[0]);
+    assert!(warned[0].contains("outer=writes"), "{}", warned[0]);
+}

@@ -55,6 +55,9 @@ pub(crate) struct Compiled {
     /// Whether the warning about a per-route policy charged by the central class first
     /// was logged (once per policy).
     pub(crate) warned_central: AtomicBool,
+    /// Whether the warning about a per-route policy's layer passing a request another
+    /// per-route policy's layer took was logged (once per policy).
+    pub(crate) warned_outer: AtomicBool,
     /// Refusal events logged (Unix ms).
     pub(crate) refusals_logged: Sampled,
     /// `RateLimit-Policy` values by which of this policy's and the global policies' limits
@@ -242,6 +245,7 @@ pub(crate) fn compile(
         shadow: policy.shadow || defaults.shadow,
         on_failure: policy.on_failure.unwrap_or(defaults.on_failure),
         warned_central: AtomicBool::new(false),
+        warned_outer: AtomicBool::new(false),
         refusals_logged: Sampled::new(),
         policy_values: Box::default(),
         overrides: Vec::new(),

@@ -194,8 +194,11 @@ pub(crate) struct Delegation {
     /// The methods a request left to the layer was answered on without reaching it (a check
     /// before the layer, another router's route of that name): no longer left to it.
     unverified: AtomicU16,
-    /// Whether a probe is under way.
-    probing: AtomicBool,
+    /// The probe under way, by its number (0: none). A probe ends only its own: one whose
+    /// method the layer saw meanwhile does not end another's, taken since.
+    probing: AtomicU64,
+    /// How many probes were numbered.
+    probes: AtomicU64,
     /// When the next probe may go, in ms since `made` (0: at once).
     next_probe_ms: AtomicU64,
     /// How long the last wait between probes was, in ms (0: no probe went unseen yet).
@@ -236,7 +239,8 @@ impl Delegation {
             mismatched: AtomicBool::new(false),
             seen: AtomicU16::new(0),
             unverified: AtomicU16::new(0),
-            probing: AtomicBool::new(false),
+            probing: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
             next_probe_ms: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(0),
             warned: AtomicBool::new(false),
@@ -279,7 +283,7 @@ impl Delegation {
         let bit = method_bit(method);
         if self.seen.load(Ordering::Relaxed) & bit == 0 {
             self.seen.fetch_or(bit, Ordering::Relaxed);
-            self.probing.store(false, Ordering::Release);
+            self.probing.store(0, Ordering::Release);
         }
     }
 
@@ -288,14 +292,17 @@ impl Delegation {
     }
 
     /// Whether a request may be left to the layer as a probe now: none is under way, and
-    /// the wait after the last unseen one is over. (It then is under way.)
-    fn try_probe(&self) -> bool {
+    /// the wait after the last unseen one is over. (It then is under way: its number.)
+    fn try_probe(&self) -> Option<u64> {
         let next = self.next_probe_ms.load(Ordering::Relaxed);
-        (next == 0 || self.now_ms() >= next)
-            && self
-                .probing
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+        if (next != 0 && self.now_ms() < next) || self.probing.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        let probe = self.probes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.probing
+            .compare_exchange(0, probe, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| probe)
     }
 
     /// A probe of `method` was answered (`answered`) or dropped: whether its layer had not
@@ -307,8 +314,11 @@ impl Delegation {
     /// there, in a correctly wired app too), and is not (a review: a warning blaming the
     /// wiring). It still waits: a client dropping each request once the handler ran would
     /// otherwise make each of them the next probe, admitted unchecked (a re-check of a
-    /// first fix that probed again at once).
-    fn probed(&self, method: &Method, answered: bool) -> bool {
+    /// first fix that probed again at once). Either way the probe (numbered `probe`) is no
+    /// longer under way, if it still was: its method may have been seen between the
+    /// central layer's look and its taking the probe, which the layer's seeing it then did
+    /// not end (a review found it held the pattern's other methods' probes back).
+    fn probed(&self, method: &Method, answered: bool, probe: u64) -> bool {
         let unseen = !self.seen(method);
         if unseen {
             if answered && !self.warned.swap(true, Ordering::Relaxed) {
@@ -332,10 +342,9 @@ impl Delegation {
             self.next_probe_ms
                 .store(self.now_ms().saturating_add(wait).max(1), Ordering::Relaxed);
         }
-        // (Cleared here too when the layer saw the method: a method seen between the
-        // central layer's look and its taking the probe left it set, holding back the
-        // probes of the pattern's other methods.)
-        self.probing.store(false, Ordering::Release);
+        let _ = self
+            .probing
+            .compare_exchange(probe, 0, Ordering::Release, Ordering::Relaxed);
         unseen
     }
 }
@@ -355,8 +364,9 @@ pub(crate) struct Left {
 /// Whom a request was left to.
 pub(crate) enum LeftTo {
     /// A per-route layer that had not seen a request of its method yet (a probe, see
-    /// [`Delegation`]): judged by whether the layer has seen one since.
-    Probe(Arc<Delegation>),
+    /// [`Delegation`]), and the probe's number: judged by whether the layer has seen one
+    /// since.
+    Probe(Arc<Delegation>, u64),
     /// The layer of a route it was seen on (its pattern's, or one in the registry of
     /// [`Routes::per_route`]): judged by whether it took this request over (its mark).
     Seen(Arc<Provisional>, SeenRoute),
@@ -383,7 +393,9 @@ impl Left {
     fn finish(&mut self, status: Option<http::StatusCode>) {
         self.done = true;
         let unseen = match &self.to {
-            LeftTo::Probe(delegation) => delegation.probed(&self.method, status.is_some()),
+            LeftTo::Probe(delegation, probe) => {
+                delegation.probed(&self.method, status.is_some(), *probe)
+            }
             LeftTo::Seen(mark, route) => {
                 let unseen = !mark.taken_over.load(Ordering::Acquire);
                 // Answered before the layer: its route is no longer left to the layer (a
@@ -496,10 +508,8 @@ impl Clone for Marks {
 }
 
 enum Mark {
-    /// Per-route layers have taken charge of the request: their policies' names, interned
-    /// (a name is one policy: one declared again under it must be the same, and its
-    /// buckets are the same), the first of which charged the global limits too.
-    Route(SmallVec<[&'static str; 2]>),
+    /// A per-route layer has taken charge of the request: its policy's name, interned.
+    Route(&'static str),
     /// The central layer charged the request (provisionally, in case a per-route layer
     /// turns up further in).
     Central(Arc<Provisional>),
@@ -740,9 +750,7 @@ impl Engine {
         // would not give it back.)
         let left_to = match left_for_good {
             Some(route) => Some(LeftTo::Seen(Arc::default(), route)),
-            None => left
-                .filter(|route| route.try_probe())
-                .map(|delegation| LeftTo::Probe(delegation.clone())),
+            None => left.and_then(|route| Some(LeftTo::Probe(route.clone(), route.try_probe()?))),
         };
         if let Some(to) = left_to {
             // Marked as charged with nothing, so that a layer of this limiter further in
@@ -752,7 +760,7 @@ impl Engine {
             // seeing one: a route declared with `policy_at` stayed on its class.)
             let mark = match &to {
                 LeftTo::Seen(mark, _) => mark.clone(),
-                LeftTo::Probe(_) => Arc::default(),
+                LeftTo::Probe(..) => Arc::default(),
             };
             set_mark(
                 &mut parts.extensions,
@@ -878,22 +886,28 @@ impl Engine {
                 });
             }
         }
-        // The per-route policies of the layers further out that took the request.
-        let mut taken = SmallVec::<[&'static str; 2]>::new();
         let refund_first = match mark_in(&parts.extensions, self.id) {
-            // This policy again (its layer put on the route twice, or one made again under
-            // its name): charged once.
-            Some(Mark::Route(before)) if before.contains(&policy.static_name) => {
-                return Start::Pass
-            }
-            // Another per-route policy's layer took it (a router-wide `route_layer` policy
-            // and the route's own): each layer on the route is a limit the request must
-            // fit, so both policies charge, in whichever order the layers are (a review:
-            // the outer one alone charged, the route's own policy never). The global limits
-            // were charged by the first.
-            Some(Mark::Route(before)) => {
-                taken.clone_from(before);
-                None
+            // Another per-route layer of the limiter further out took it (this one again,
+            // put on the route twice; another policy's, a router-wide `route_layer` one):
+            // charged once, by that one. Another policy's is told of once: this policy
+            // does not limit the route.
+            Some(Mark::Route(outer)) => {
+                if *outer != policy.static_name
+                    && !policy.warned_outer.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        target: "tollgate",
+                        policy = %policy.name,
+                        outer = %outer,
+                        method = %crate::observe::ShownMethod(&parts.method),
+                        route = %matched_path(parts).unwrap_or("-"),
+                        "a request reached a per-route policy's layer after another per-route \
+                         policy's layer of the limiter took it: the outer policy charges it, \
+                         and this one is not spent on this route (put one per-route layer on a \
+                         route)"
+                    );
+                }
+                return Start::Pass;
             }
             Some(Mark::Central(p)) => {
                 p.taken_over.store(true, Ordering::Release);
@@ -922,18 +936,12 @@ impl Engine {
             // declared to take over from): this policy charges too.
             Some(Mark::Admitted) | None => None,
         };
-        // This layer has the request: a central layer of the limiter further in passes it
-        // on, as does this one again (put on the route twice), so it is charged once.
-        let globals = if taken.is_empty() {
-            &table.globals[..]
-        } else {
-            &[]
-        };
-        taken.push(policy.static_name);
+        // This layer has the request: a per-route layer of the limiter further in (this
+        // one again, put on the route twice) passes it on, so it is charged once.
         set_mark(
             &mut parts.extensions,
             self.id,
-            Mark::Route(taken),
+            Mark::Route(policy.static_name),
             Keep::Replace,
         );
         // The central layer's charge goes back first: at once on a store that answers at
@@ -942,7 +950,7 @@ impl Engine {
         // The plan stays here (it is large): an exempt policy's has no buckets.
         let mut plan = Plan::new();
         if !policy.exempt {
-            let policies = std::iter::once(policy).chain(globals);
+            let policies = std::iter::once(policy).chain(&table.globals);
             self.plan_into(parts, policies, &mut plan);
         }
         let charges = !plan.buckets.is_empty();
