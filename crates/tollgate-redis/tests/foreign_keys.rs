@@ -58,6 +58,20 @@ async fn remaining(store: &impl Store, bucket: Bucket) -> u64 {
     peek.unwrap().buckets[0].remaining
 }
 
+/// How many of `n` charges of `charge` through `store` were admitted (each must answer:
+/// `key` names the case when one does not).
+async fn admitted(store: &impl Store, charge: &Batch, n: usize, key: &str) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let decision = store
+            .apply(charge)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        admitted += usize::from(decision.allowed);
+    }
+    admitted
+}
+
 /// Every operation on a poisoned key answers, and the key counts afresh: a charge, a
 /// peek, a refund, and a charge of it beside a bucket of another algorithm (the general
 /// path of the script).
@@ -97,16 +111,9 @@ async fn a_key_holding_what_no_algorithm_writes_is_counted_afresh() {
 
             // Alone: four more admitted (five in all since the poison), then refused.
             poison(&server, &key, foreign);
-            let mut admitted = 0;
-            for _ in 0..8 {
-                let decision = store
-                    .apply(&charge)
-                    .await
-                    .unwrap_or_else(|e| panic!("{key}: {e}"));
-                admitted += usize::from(decision.allowed);
-            }
             assert_eq!(
-                admitted, 5,
+                admitted(&store, &charge, 8, &key).await,
+                5,
                 "{key}: the limit counts afresh from the poison"
             );
         }
@@ -167,15 +174,7 @@ async fn a_log_entry_another_program_overwrote_counts_nothing() {
             "" => server.cli(["HDEL", &name, head]),
             text => server.cli(["HSET", &name, head, text]),
         };
-        let mut admitted = 0;
-        for _ in 0..8 {
-            let decision = store
-                .apply(&charge)
-                .await
-                .unwrap_or_else(|e| panic!("{key}: {e}"));
-            admitted += usize::from(decision.allowed);
-        }
-        assert_eq!(admitted, 3, "{key}");
+        assert_eq!(admitted(&store, &charge, 8, &key).await, 3, "{key}");
     }
 }
 

@@ -170,8 +170,9 @@ impl Limiter {
     /// Only the route the layer is on is left to it, and the central layer knows the route
     /// from axum's `MatchedPath`: put it on the router (`Router::layer`). A request without
     /// one (a path only a fallback answers; every request when the central layer is outside
-    /// the router, of a router mounted with `nest_service`, or in a plain tower stack) is charged to its class provisionally, and the
-    /// layer takes the charge over if the request reaches it: such a route spends only its
+    /// the router, of a router mounted with `nest_service`, or in a plain tower stack) is
+    /// charged to its class provisionally, and the layer takes the charge over if the
+    /// request reaches it: such a route spends only its
     /// own policy, but is refused with its class while that is spent, and a path under the
     /// pattern that the layer does not see is never left unlimited. A request left to the
     /// layer is still checked: one answered without reaching it (a check or a cache between

@@ -21,6 +21,12 @@ async fn ok() -> &'static str {
     "ok"
 }
 
+/// A handler that answers after 300 ms.
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    "ok"
+}
+
 fn x_style() -> HeaderStyle {
     HeaderStyle::x_ratelimit(ResetFormat::Seconds)
 }
@@ -1465,10 +1471,6 @@ async fn a_request_its_class_does_not_charge_holds_no_probe() {
 async fn a_probe_the_layer_saw_does_not_hold_the_next_back() {
     let limiter = api_class("2/min");
     let chat = limiter.policy_at("/api/chat", Policy::named("chat").per_ip("5/min"));
-    async fn slow() -> &'static str {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        "ok"
-    }
     let app = Router::new()
         .route("/api/items", get(ok))
         .route("/api/chat", get(slow).post(ok).layer(chat))
@@ -1493,10 +1495,6 @@ async fn a_probe_the_layer_saw_does_not_hold_the_next_back() {
 async fn a_probe_ends_only_itself() {
     let limiter = api_class("1/min");
     let chat = limiter.policy_at("/api/chat", Policy::named("chat").per_ip("5/min"));
-    async fn slow() -> &'static str {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        "ok"
-    }
     async fn slower() -> &'static str {
         tokio::time::sleep(Duration::from_millis(900)).await;
         "ok"
