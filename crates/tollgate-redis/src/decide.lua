@@ -369,12 +369,16 @@ local V = {}
 -- a name of ours) is dropped and read as absent: left, its error failed every call that
 -- reads it, and a fallback store's give-back to Redis with it, which kept every client's
 -- decisions off Redis (a review). So is a hash whose fields (`r`: HMGET h n t) are not a
--- log's, its head, next index and total, numbers with h <= n (a review: `h` set to text
--- failed the call, as a list did); a log's fields are kept (returned).
+-- log's: its head and next index, whole numbers with h <= n and no more entries between
+-- them than the hash has fields (a log holds one per index), and its total (a review: `h`
+-- set to text failed the call, as a list did; and `n` set past the entries there are
+-- would have the log walk every index up to it, holding Redis for as long); a log's
+-- fields are kept (returned).
 local function foreign(key, r)
   if r then
     local h, nx, t = tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
-    if h and nx and t and h >= 0 and h <= nx and t >= 0 then
+    if h and nx and t and h >= 0 and h <= nx and t >= 0 and h % 1 == 0 and nx % 1 == 0
+      and nx - h <= redis.call('HLEN', key) then
       return r
     end
   end
@@ -508,7 +512,7 @@ local entry, log_sum, load_log, log_add
 if logs or others then
   -- A log's entry `idx`: when it was admitted (its cost: lg.c[idx]), read once. One that
   -- is not there, or not an entry (written by another program), counts nothing and has
-  -- left the window.
+  -- left the window (the newest so: the whole log has, and it is counted afresh).
   entry = function(lg, key, idx)
     local at = lg.at[idx]
     if at == nil then

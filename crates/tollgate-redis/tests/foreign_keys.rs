@@ -28,7 +28,7 @@ fn limits() -> Vec<(&'static str, Limit)> {
 /// What another program might have written at a key: the commands to write it. (A hash
 /// is what an exact log is stored as: one whose fields are not a log's failed the script
 /// where it read them, with a Lua error rather than `WRONGTYPE`, a review found.)
-const FOREIGN: [(&str, &[&str]); 7] = [
+const FOREIGN: [(&str, &[&str]); 10] = [
     ("a list", &["RPUSH", "x"]),
     ("a set", &["SADD", "x"]),
     ("a sorted set", &["ZADD", "1", "x"]),
@@ -36,6 +36,19 @@ const FOREIGN: [(&str, &[&str]); 7] = [
     ("a hash of text", &["HSET", "h", "garbage"]),
     ("a hash of a head alone", &["HSET", "h", "0"]),
     ("a hash without a head", &["HSET", "n", "5", "t", "5"]),
+    // Its next index far past the entries there are (a log walks them): at once.
+    (
+        "a hash of too many indices",
+        &["HSET", "h", "0", "n", "1e309", "t", "0"],
+    ),
+    (
+        "a hash of a gap",
+        &["HSET", "h", "0", "n", "3000000", "t", "1"],
+    ),
+    (
+        "a hash of a fractional head",
+        &["HSET", "h", "0.5", "n", "1", "t", "0"],
+    ),
 ];
 
 /// Replaces every key holding `key` in its name with what `foreign` writes (the key
@@ -152,7 +165,8 @@ async fn a_poisoned_key_keeps_the_fallback_store_on_redis() {
 
 /// An exact log whose entry another program overwrote answers: the entry counts nothing
 /// and has left the window; the log's total still holds its count until the log empties
-/// (errs towards refusing: one fewer admitted here).
+/// (errs towards refusing: one fewer admitted here, where the oldest entry is overwritten;
+/// the newest so, the whole log has left the window, and is counted afresh).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_entry_another_program_overwrote_counts_nothing() {
     let server = RedisServer::start();
