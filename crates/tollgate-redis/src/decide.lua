@@ -416,11 +416,12 @@ for i = 1, n do
     if v then
       if type(v) == 'string' then
         present, b1 = true, string.byte(v)
-      elseif redis.call('TYPE', key).ok == 'hash'
-        and foreign(key, redis.call('HMGET', key, 'h', 'n', 't')) then
+      elseif redis.call('TYPE', key).ok ~= 'hash' then
+        v = foreign(key)
+      elseif foreign(key, redis.call('HMGET', key, 'h', 'n', 't')) then
         present, other = true, true -- a hash: a log's state
       else
-        v = foreign(key)
+        v = false -- a hash that is not (dropped)
       end
     end
     if alg == '1' then
