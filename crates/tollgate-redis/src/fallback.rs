@@ -108,8 +108,18 @@
 //!   instances may still decide from memory, and the primary lacks what they admitted
 //!   until each gives it back, so the first instance back would admit it a second time.
 //! - **Startup**: [`FallbackStore::connect`] probes once and starts on memory if the primary
-//!   does not answer; [`FallbackStore::new`] probes in the background as soon as a tokio runtime
-//!   runs it. Neither fails.
+//!   does not answer; [`FallbackStore::new`] probes in the background, at once if made in a
+//!   tokio runtime, otherwise at its first call. Neither fails.
+//! - **Runtimes**: the store's background tasks (the first check, the watch of the
+//!   primary's incarnation, the checks that bring it back from memory) run on the runtime
+//!   of the call that started them, and end with it. A store used by one runtime after
+//!   another (a limiter in a `static` shared by `#[tokio::test]`s, each ending its own
+//!   runtime; a runtime used only at start-up) has those its last runtime took with it
+//!   started again by its next call, on that call's runtime. Until its first check has run
+//!   to its end, a store does not know the primary's incarnation: a connection found
+//!   broken then (as a multiplexed connection is when the runtime that drove it ends)
+//!   takes it to memory until a check passes, and a restart before that is not told from
+//!   a broken connection.
 //! - **Observability**: an outage is a `tracing` event (target `tollgate::store`): `warn`
 //!   when the store leaves the primary for it, with the reason, `info` when it returns; a
 //!   primary that restarted is a `warn`. A departure short of an outage (one call timed
@@ -176,7 +186,8 @@
 //!   when the newest admission the count includes would have: the ledger holds a key's
 //!   count and when it is fresh again, not when each admission leaves), before the
 //!   give-back. Through one
-//!   multiplexed connection (the default, RESP2) a restart is always seen: the first call
+//!   multiplexed connection (the default, RESP2) a restart is always seen (once the first
+//!   check learnt the incarnation: see **Runtimes** above): the first call
 //!   on the old connection fails, and that failure starts a check, the store's own question
 //!   of the incarnation (below) included, which is that first call when the instance was
 //!   idle through the restart (the client connects afresh after it, and requests through
@@ -832,6 +843,16 @@ struct Shared<P> {
     /// primary's answers to a give-back: a decision is either in what the give-back takes
     /// or made after it.
     deciding: RwLock<()>,
+    /// Whether the first check ([`Shared::start`]) was started, and did not end with the
+    /// runtime that ran it ([`Shared::keep_tasks`]).
+    started: AtomicBool,
+    /// Whether the watcher ([`watch`]) runs, on a runtime that has not ended.
+    watching: AtomicBool,
+    /// The number of the [`recover`] task under way, 0 if none (it ended, or ended with
+    /// its runtime); numbers from [`Shared::tasks`].
+    recovery: AtomicU64,
+    /// The last number given to a [`recover`] task.
+    tasks: AtomicU64,
 }
 
 /// A [`Store`] that decides on `P` (usually [`RedisStore`]) and falls back to a
@@ -923,17 +944,12 @@ impl<P: Primary> FallbackStore<P> {
     /// in it what the primary answers; see the [module documentation](crate::fallback)).
     ///
     /// It starts on the primary; if a tokio runtime is running, it checks the primary at
-    /// once in the background and switches to memory if that fails. Without a runtime the
-    /// first calls find out.
+    /// once in the background and switches to memory if that fails. Made outside a runtime
+    /// (before `main`'s runtime starts, in a `static`), the first call checks it so.
     pub fn with_memory(primary: P, memory: MemoryStore, config: FallbackConfig) -> Self {
         let store = Self::unchecked(primary, memory, config);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let shared = Arc::downgrade(&store.shared);
-            runtime.spawn(async move {
-                if let Some(shared) = shared.upgrade() {
-                    shared.start().await;
-                }
-            });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            store.shared.keep_tasks();
         }
         store
     }
@@ -952,7 +968,9 @@ impl<P: Primary> FallbackStore<P> {
         config: FallbackConfig,
     ) -> Self {
         let store = Self::unchecked(primary, memory, config);
+        store.shared.started.store(true, Ordering::Release);
         store.shared.start().await;
+        store.shared.keep_tasks();
         store
     }
 
@@ -1004,6 +1022,10 @@ impl<P: Primary> FallbackStore<P> {
                 diagnosis_warned: Mutex::new(None),
                 draining: AtomicBool::new(false),
                 deciding: RwLock::new(()),
+                started: AtomicBool::new(false),
+                watching: AtomicBool::new(false),
+                recovery: AtomicU64::new(0),
+                tasks: AtomicU64::new(0),
             }),
         }
     }
@@ -1313,7 +1335,6 @@ impl<P: Primary> Shared<P> {
     /// The first check: on the primary if it answers (noting its incarnation), otherwise
     /// on memory at once.
     async fn start(self: &Arc<Self>) {
-        tokio::spawn(watch(Arc::downgrade(self)));
         let checked = match self.check().await {
             Ok(()) => self.bounded(self.primary.incarnation()).await,
             Err(e) => Err(e),
@@ -1712,7 +1733,51 @@ impl<P: Primary> Shared<P> {
             }
             _ => Duration::ZERO,
         };
-        tokio::spawn(recover(Arc::downgrade(self), first, at_once));
+        self.spawn_recover(first, at_once);
+    }
+
+    /// Starts [`recover`] unless one is under way: the check of a store that left its
+    /// primary (`first`, `at_once`: as [`recover`] takes them).
+    fn spawn_recover(self: &Arc<Self>, first: Duration, at_once: bool) {
+        let number = self.tasks.fetch_add(1, Ordering::AcqRel) + 1;
+        if self
+            .recovery
+            .compare_exchange(0, number, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let alive = Alive::new(self, Task::Recover(number));
+        tokio::spawn(recover(alive, first, at_once));
+    }
+
+    /// Starts, on the runtime running the caller, the tasks this store needs and lacks: a
+    /// task runs on the runtime that started it, and ends with it. A store made outside a
+    /// runtime (in a `static`, before `main`'s runtime) has its first check and its watcher
+    /// started by its first call; one whose tasks ended with their runtime (a
+    /// `#[tokio::test]`'s, a runtime used only at start-up) has them started again by the
+    /// next call, on that call's runtime. (A review: a store left off the primary as the
+    /// runtime that checked it ended stayed on memory for good, what it admitted never
+    /// charged to Redis; one made outside a runtime never learnt the primary's incarnation,
+    /// and an empty restart of Redis lost every count.) Three atomic loads when nothing is
+    /// missing.
+    fn keep_tasks(self: &Arc<Self>) {
+        if !self.started.load(Ordering::Acquire) && !self.started.swap(true, Ordering::AcqRel) {
+            let alive = Alive::new(self, Task::Start);
+            tokio::spawn(async move {
+                let mut alive = alive;
+                if let Some(shared) = alive.shared.upgrade() {
+                    shared.start().await;
+                }
+                alive.done = true;
+            });
+        }
+        if !self.watching.load(Ordering::Acquire) && !self.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(watch(Alive::new(self, Task::Watch)));
+        }
+        if !self.on_primary() && self.recovery.load(Ordering::Acquire) == 0 {
+            self.spawn_recover(Duration::ZERO, true);
+        }
     }
 
     /// Logs a departure below the circuit breaker's threshold (one call timed out, a
@@ -2306,10 +2371,10 @@ fn share_of(limit: &Limit, scaled: &Limit, used: u64) -> u64 {
 /// that may have restarted empty meanwhile (a review: three instances idle while Redis
 /// restarted admitted 800 of 500 before the next question found the new `run_id`).
 /// Ends with the store.
-async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
+async fn watch<P: Primary>(alive: Alive<P>) {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(shared) = alive.shared.upgrade() else {
             return;
         };
         if !shared.on_primary() {
@@ -2335,6 +2400,70 @@ async fn watch<P: Primary>(shared: Weak<Shared<P>>) {
     }
 }
 
+/// A background task of a store ([`Shared::keep_tasks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// The first check ([`Shared::start`]).
+    Start,
+    /// [`watch`].
+    Watch,
+    /// [`recover`], with its number ([`Shared::recovery`]).
+    Recover(u64),
+}
+
+/// Held by a background task of a store: when the task ends without finishing (its
+/// runtime ended: a runtime drops the tasks it still holds), the store notes it is gone,
+/// so that its next call starts it again ([`Shared::keep_tasks`]); a check ended so
+/// leaves neither a check nor a drain under way.
+struct Alive<P> {
+    shared: Weak<Shared<P>>,
+    task: Task,
+    /// Set when the task finished its work (a first check made, a return to the primary
+    /// made).
+    done: bool,
+}
+
+impl<P> Alive<P> {
+    fn new(shared: &Arc<Shared<P>>, task: Task) -> Self {
+        Self {
+            shared: Arc::downgrade(shared),
+            task,
+            done: false,
+        }
+    }
+}
+
+impl<P> Drop for Alive<P> {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        match self.task {
+            Task::Start => {
+                if !self.done {
+                    shared.started.store(false, Ordering::Release);
+                }
+            }
+            Task::Watch => shared.watching.store(false, Ordering::Release),
+            Task::Recover(number) => {
+                let ended = shared
+                    .recovery
+                    .compare_exchange(number, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if ended && !self.done {
+                    // Dropped in its check, or in the last give-back: those waiting for
+                    // either wait no more (a later check runs its own).
+                    shared.checking.store(false, Ordering::Release);
+                    shared.check_ended.notify_waiters();
+                    if shared.draining.swap(false, Ordering::AcqRel) {
+                        shared.entered.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Wakes those waiting for a check to end ([`Shared::wait_for_primary`]) when dropped.
 struct CheckEnded<'a>(&'a tokio::sync::Notify);
 
@@ -2347,9 +2476,10 @@ impl Drop for CheckEnded<'_> {
 /// Checks the primary with backoff until a check passes, then returns to it: the first
 /// check after `first`, or at once with `at_once` (the wait after it is then `first`).
 /// Ends when the store is dropped.
-async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: bool) {
+async fn recover<P: Primary>(mut alive: Alive<P>, first: Duration, at_once: bool) {
     let mut delay = first;
     let mut wait = !at_once || first.is_zero();
+    let shared = alive.shared.clone();
     // When the store left the primary (memory's clock): the keys noted since (the
     // give-back's among them) are raised at the end of the time after the return.
     let Some(left) = shared.upgrade().map(|s| s.memory.now().as_micros()) else {
@@ -2392,6 +2522,14 @@ async fn recover<P: Primary>(shared: Weak<Shared<P>>, first: Duration, at_once: 
                 // that fails, the store leaves the primary again and the check gives them
                 // back before it returns.
                 tokio::task::yield_now().await;
+                // No longer under way first: a failure here leaves the primary again, and
+                // starts the next check.
+                alive.done = true;
+                drop(alive);
+                if !shared.on_primary() {
+                    // Left again before that (its check found none under way).
+                    shared.spawn_recover(Duration::ZERO, true);
+                }
                 if let Err(e) = shared.give_back(false).await {
                     shared.failed(&e, false);
                 }
@@ -2457,6 +2595,7 @@ impl<P: Primary> Store for FallbackStore<P> {
             batch.validate()?;
             let start = tokio::time::Instant::now();
             let shared = &self.shared;
+            shared.keep_tasks();
             // (The restarts before the state: see `Shared::restarts`.)
             if shared.ask_again.load(Ordering::Acquire) {
                 // (Each request that sees it, until it is cleared: `leave` does nothing once
@@ -2724,6 +2863,148 @@ mod tests {
                 "departure {departure}: back on the primary after {back_after:?}"
             );
         }
+    }
+
+    /// A runtime of its own, its clock paused (sleeps end at once when it idles), as a
+    /// `#[tokio::test]`'s: each ends when dropped, with the tasks it holds.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    /// Waits (up to 10 s of the runtime's clock) for `store` to decide on its primary.
+    async fn back_on_the_primary<P: Primary>(store: &FallbackStore<P>) -> bool {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.mode() != Mode::Primary && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        store.mode() == Mode::Primary
+    }
+
+    /// A store that left its primary as the runtime that was to check it ended (a
+    /// `#[tokio::test]` using a limiter in a `static`) is checked again by its next call,
+    /// on that call's runtime, and returns. Before, the check ended with its runtime and
+    /// nothing started another: the store decided from memory for good (a review: still on
+    /// memory after 15 s in a later runtime, what it admitted never charged to Redis).
+    #[test]
+    fn a_store_whose_check_ended_with_its_runtime_is_checked_by_its_next_call() {
+        let batch = Batch::charge(vec![Bucket::new(
+            "api",
+            "k",
+            Limit::sliding(Quota::per_hour(1_000)),
+        )]);
+        let first = runtime();
+        let store = first.block_on(async {
+            let primary = Restarting {
+                memory: MemoryStore::new(),
+                run_id: AtomicU64::new(1),
+                broken: AtomicBool::new(false),
+            };
+            let store =
+                FallbackStore::connect_with_memory(primary, MemoryStore::new(), Default::default())
+                    .await;
+            store.primary().restart();
+            assert!(store.apply(&batch).await.unwrap().allowed);
+            assert_eq!(store.mode(), Mode::Fallback);
+            store
+        });
+        // Its check was spawned, not yet run: it ends here.
+        drop(first);
+        runtime().block_on(async {
+            assert!(store.apply(&batch).await.unwrap().allowed);
+            assert!(back_on_the_primary(&store).await, "still on memory");
+            // What memory admitted went to the primary: the two charges, and the one
+            // before the restart (written back).
+            let used = store
+                .primary()
+                .memory
+                .apply_now(Op::Peek, &batch.buckets)
+                .unwrap();
+            assert_eq!(used.buckets[0].remaining, 1_000 - 2);
+        });
+    }
+
+    /// A primary that comes back empty when it restarts (a new incarnation, its connection
+    /// broken), as Redis without persistence does.
+    #[derive(Debug)]
+    struct Forgetful {
+        memory: Mutex<MemoryStore>,
+        run_id: AtomicU64,
+        broken: AtomicBool,
+    }
+
+    impl Forgetful {
+        fn restart(&self) {
+            *lock(&self.memory) = MemoryStore::new();
+            self.run_id.fetch_add(1, Ordering::AcqRel);
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    impl Primary for Forgetful {
+        fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+            let id = self.run_id.load(Ordering::Acquire).to_string();
+            Box::pin(std::future::ready(Ok(Some(id))))
+        }
+
+        fn connection_broke(&self, error: &StoreError) -> bool {
+            is_broken_pipe(error)
+        }
+    }
+
+    impl Store for Forgetful {
+        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
+            Box::pin(async move {
+                broke_once(&self.broken)?;
+                let memory = lock(&self.memory).clone();
+                memory.apply_now(batch.op, &batch.buckets)
+            })
+        }
+    }
+
+    /// A store made outside any runtime (before `main`'s runtime starts, in a `static`)
+    /// learns its primary's incarnation at its first call, and watches it: a primary that
+    /// restarts empty gets its counts back. Before, only a store made inside a runtime
+    /// checked its primary first: one made outside never learnt the incarnation, took the
+    /// restart for a broken connection, and decided on the emptied primary (a review: 7
+    /// admitted of 5 a minute).
+    #[test]
+    fn a_store_made_outside_a_runtime_gives_a_restarted_primary_its_counts_back() {
+        let store = FallbackStore::with_memory(
+            Forgetful {
+                memory: Mutex::new(MemoryStore::new()),
+                run_id: AtomicU64::new(1),
+                broken: AtomicBool::new(false),
+            },
+            MemoryStore::new(),
+            FallbackConfig::default(),
+        );
+        let batch = Batch::charge(vec![Bucket::new(
+            "user",
+            "alice",
+            Limit::sliding(Quota::per_minute(5)),
+        )]);
+        runtime().block_on(async {
+            for n in 0..5 {
+                assert!(store.apply(&batch).await.unwrap().allowed, "charge {n}");
+            }
+            assert!(!store.apply(&batch).await.unwrap().allowed);
+            // Idle a while: its tasks run.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            store.primary().restart();
+            // Refused from memory, then by the primary, given the counts back.
+            assert!(!store.apply(&batch).await.unwrap().allowed);
+            assert!(back_on_the_primary(&store).await, "still on memory");
+            for n in 0..3 {
+                assert!(
+                    !store.apply(&batch).await.unwrap().allowed,
+                    "admitted after the restart ({n})"
+                );
+            }
+        });
     }
 
     /// A primary that can be taken down, and whose give-back calls (penalties other than
