@@ -2084,9 +2084,17 @@ impl<P: Primary> Shared<P> {
     /// with a divisor above 1 (and the mirror on; [`Shared::start_grace`]): other instances
     /// may still decide from memory. Memory then counts this instance's own share (the primary's answers leave
     /// it as it is), and charges are made on it too ([`Shared::charge_share`]).
+    ///
+    /// Over at its end, and at once if memory's clock (the system's) was stepped back
+    /// since it began by more than what remained of it: from there it would last as long
+    /// as the step (a review: an instance whose clock was put back a day after a return
+    /// refused every request for that day, its charges made on memory's share, whose counts
+    /// lay a day ahead).
     fn in_return_grace(&self) -> bool {
         let until = self.grace_until.load(Ordering::Acquire);
-        until != 0 && self.memory.now().as_micros() < until
+        let now = self.memory.now().as_micros();
+        let grace = u64::try_from(self.config.return_grace().as_micros()).unwrap_or(u64::MAX);
+        until != 0 && now < until && until - now <= grace
     }
 
     /// Starts the time after a return ([`Shared::in_return_grace`]) with a divisor above 1
@@ -2110,7 +2118,11 @@ impl<P: Primary> Shared<P> {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             if let Some(shared) = shared.upgrade() {
-                if shared.grace_until.load(Ordering::Acquire) == until {
+                let ended = shared
+                    .grace_until
+                    .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if ended {
                     shared.end_grace(left);
                 }
             }

@@ -331,3 +331,69 @@ async fn an_instance_whose_clock_runs_behind_still_limits() {
         assert_eq!(admitted, 3, "{} bucket(s)", batch.len());
     }
 }
+
+/// Instances whose clocks differ place a fixed window's end differently; its key lives
+/// until the latest of their ends, whichever charged first or last: an instance still in
+/// the window finds its count there. One fixed window (`fixed.lua`), and a fixed window
+/// beside a sliding one (`decide.lua`), each charged in both orders. Before, `fixed.lua`
+/// kept the first writer's expiry and `decide.lua` the last writer's: an instance whose
+/// clock ran behind found the key gone half way through its own window and admitted the
+/// limit again in it (a review: 200 in one minute of 100; a day's 25 twice in one day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_windows_key_lives_until_the_latest_instances_end_of_it() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.url()).await;
+    let hour = 3_600_000_000u64;
+    let start = SystemClock.now().as_micros() / hour * hour;
+    // Both in one hour's window: one ten minutes in (fifty to go), one forty (twenty).
+    let instance = |minutes: u64| {
+        RedisStore::builder()
+            .url(server.url())
+            .refusal_cache(0)
+            .clock(tollgate_core::ManualClock::new(Duration::from_micros(
+                start + minutes * 60_000_000,
+            )))
+            .build()
+            .unwrap()
+    };
+    let (behind, ahead) = (instance(10), instance(40));
+    let (behind_now, ahead_now) = (
+        Timestamp::from_micros(start + 10 * 60_000_000),
+        Timestamp::from_micros(start + 40 * 60_000_000),
+    );
+    let sliding = Bucket::new("ends", "s", Limit::sliding(Quota::per_hour(100)));
+    for (name, with_sliding) in [("fixed.lua", false), ("decide.lua", true)] {
+        for (order, first_behind) in [("behind first", true), ("ahead first", false)] {
+            let fixed = Bucket::new(
+                "ends",
+                &format!("{name}-{order}"),
+                Limit::fixed(Quota::per_hour(10)),
+            );
+            let mut buckets = vec![fixed.clone()];
+            if with_sliding {
+                buckets.push(sliding.clone());
+            }
+            let charge = Batch::charge(buckets);
+            let (one, two) = if first_behind {
+                (&behind, &ahead)
+            } else {
+                (&ahead, &behind)
+            };
+            let sent = SystemClock.now().as_micros() / 1000;
+            for store in [one, two] {
+                assert!(store.apply(&charge).await.unwrap().allowed);
+            }
+            let key = behind.redis_key_at(&fixed, behind_now);
+            assert_eq!(key, ahead.redis_key_at(&fixed, ahead_now), "one window");
+            assert_eq!(get(&mut conn, &key).await.unwrap(), b"2", "{name}, {order}");
+            // Fifty minutes and a second from when the behind instance charged.
+            let at = expiry_ms(&mut conn, &key).await as u64;
+            let latest = sent + 50 * 60_000 + 1_000;
+            assert!(
+                (latest..latest + 2_000).contains(&at),
+                "{name}, {order}: expires {} ms after the charges, not 50 min",
+                at as i64 - sent as i64
+            );
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{primary, Switchable};
 use tollgate_core::{
     Batch, BoxFuture, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
-    StoreError,
+    StoreError, Timestamp,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
 use tollgate_testkit::EventLog;
@@ -314,6 +314,29 @@ async fn that_time_ends_on_memorys_clock_exactly_when_it_says() {
     clock.advance(Duration::from_micros(1));
     let at = Bucket::new("api", "at", limit);
     assert_eq!(common::admitted(&store, &at, 12, Duration::ZERO).await, 10);
+}
+
+/// Memory's clock (the system's) put back a day after that time ended (a clock a day
+/// ahead corrected): that time does not begin again, and the primary alone decides (10 of
+/// 10). Before, it lasted again as long as the step: a review's instance refused every
+/// request for the day, its charges made on memory's share.
+#[tokio::test]
+async fn that_time_does_not_begin_again_when_memorys_clock_is_put_back() {
+    let (primary, down) = primary();
+    let clock = ManualClock::new(Duration::from_secs(1_000_000));
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let store =
+        FallbackStore::connect_with_memory(primary.clone(), memory, fleet(Duration::from_secs(1)))
+            .await;
+    blip(&down, &[&store]).await;
+    clock.advance(Duration::from_secs(2));
+    clock.set(Timestamp::from_micros((1_000_000 - 86_400) * 1_000_000));
+    let limit = Limit::sliding(Quota::per_minute(10));
+    let back = Bucket::new("api", "back", limit);
+    assert_eq!(
+        common::admitted(&store, &back, 12, Duration::ZERO).await,
+        10
+    );
 }
 
 #[tokio::test]

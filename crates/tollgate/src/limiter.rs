@@ -131,6 +131,13 @@ impl Limiter {
     /// router's) is charged once, by the outer one; two limiters are two, each charging,
     /// even built from one configuration on one store (build the limiter once, and clone
     /// it: clones are one limiter).
+    ///
+    /// Its responses' body is a [`ResponseBody`](crate::ResponseBody) (the inner service's,
+    /// or the limiter's 429): inside a `Router` (`Router::layer`) axum turns it back into
+    /// its `Body`; around one (a `ServiceBuilder` given to `axum::serve`), map it back
+    /// (`.map_response(|r| r.map(axum::body::Body::new))`), as for any layer that changes
+    /// the body, and serve it with
+    /// `axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>`.
     pub fn layer(&self) -> RateLimitLayer {
         RateLimitLayer::central(self.clone())
     }

@@ -266,3 +266,48 @@ async fn a_refusal_gives_up_what_the_inner_service_reserved_for_it() {
     assert!(ready.is_ok(), "the refused instance still holds the permit");
     drop(one);
 }
+
+/// The layer around a whole `Router` (a `ServiceBuilder`, not `Router::layer`), served by
+/// `axum::serve` with the peer address: its body mapped back to axum's `Body`, as the docs
+/// of `Limiter::layer` say, the routes and the router's 404s are limited, with headers.
+#[tokio::test]
+async fn around_a_router_served_by_axum_with_its_body_mapped_back() {
+    let limiter = Limiter::builder()
+        .read_env(false)
+        .route("/*", Policy::named("default").per_ip("3/min"))
+        .build()
+        .unwrap();
+    let router = axum::Router::new().route("/x", axum::routing::get(|| async { "x" }));
+    let svc = ServiceBuilder::new()
+        .map_response(|r: Response<ResponseBody<axum::body::Body>>| r.map(axum::body::Body::new))
+        .layer(limiter.layer())
+        .service(router);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                std::net::SocketAddr,
+            >(svc),
+        )
+        .await
+        .unwrap()
+    });
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut seen = Vec::new();
+    for path in ["/x", "/nope", "/x", "/x"] {
+        let r = client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        let remaining = r.headers()["x-ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        seen.push((r.status().as_u16(), remaining));
+    }
+    let expected = [(200, "2"), (404, "1"), (200, "0"), (429, "0")];
+    assert_eq!(seen, expected.map(|(s, r)| (s, r.to_owned())));
+}
