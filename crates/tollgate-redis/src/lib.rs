@@ -21,6 +21,10 @@
 //!   `TOLLGATE_FALLBACK_DIVISOR`, `TOLLGATE_REDIS_TIMEOUT_MS` and `TOLLGATE_REDIS_PATIENCE`
 //!   set the fallback's divisor, timeout and patience.
 //!
+//! Both stores are made anywhere (in a `static`, before a runtime starts) but decide only
+//! in a tokio runtime with its I/O and time drivers enabled (`#[tokio::main]`'s, or
+//! `Builder::enable_all`): their calls and timeouts are tokio's.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
