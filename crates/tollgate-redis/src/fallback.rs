@@ -115,11 +115,15 @@
 //!   of the call that started them, and end with it. A store used by one runtime after
 //!   another (a limiter in a `static` shared by `#[tokio::test]`s, each ending its own
 //!   runtime; a runtime used only at start-up) has those its last runtime took with it
-//!   started again by its next call, on that call's runtime. Until its first check has run
-//!   to its end, a store does not know the primary's incarnation: a connection found
-//!   broken then (as a multiplexed connection is when the runtime that drove it ends)
-//!   takes it to memory until a check passes, and a restart before that is not told from
-//!   a broken connection.
+//!   started again by its next call, on that call's runtime, and they do their work if
+//!   that runtime runs long enough: a store that left the primary returns to it in a
+//!   runtime that lives until a check passes (within about 0.3 s of the primary
+//!   answering), not in one that ends with the call that started the check (a test making
+//!   one call). [`RedisStore`]'s connection is made afresh on the runtime of the first
+//!   call after the one it was made on ended (it needs that runtime's driver and timers).
+//!   Until its first check has run to its end, a store does not know the primary's
+//!   incarnation: a connection found broken then takes it to memory until a check passes,
+//!   and a restart before that is not told from a broken connection.
 //! - **Observability**: an outage is a `tracing` event (target `tollgate::store`): `warn`
 //!   when the store leaves the primary for it, with the reason, `info` when it returns; a
 //!   primary that restarted is a `warn`. A departure short of an outage (one call timed
@@ -822,6 +826,8 @@ struct Shared<P> {
     /// Until when (µs, memory's clock) charges must fit this instance's share too, after
     /// its last return to the primary ([`Shared::in_return_grace`]); 0: not since.
     grace_until: AtomicU64,
+    /// When that time began, on the monotonic clock ([`Shared::sent_now`]).
+    grace_began: AtomicU64,
     /// Woken when the store returns to the primary.
     entered: tokio::sync::Notify,
     /// Whether a check of the primary is under way ([`recover`]).
@@ -1014,6 +1020,7 @@ impl<P: Primary> FallbackStore<P> {
                 departure_said: AtomicBool::new(false),
                 closed: Mutex::new(None),
                 grace_until: AtomicU64::new(0),
+                grace_began: AtomicU64::new(0),
                 entered: tokio::sync::Notify::new(),
                 checking: AtomicBool::new(false),
                 check_ended: tokio::sync::Notify::new(),
@@ -2085,16 +2092,20 @@ impl<P: Primary> Shared<P> {
     /// may still decide from memory. Memory then counts this instance's own share (the primary's answers leave
     /// it as it is), and charges are made on it too ([`Shared::charge_share`]).
     ///
-    /// Over at its end, and at once if memory's clock (the system's) was stepped back
-    /// since it began by more than what remained of it: from there it would last as long
-    /// as the step (a review: an instance whose clock was put back a day after a return
-    /// refused every request for that day, its charges made on memory's share, whose counts
-    /// lay a day ahead).
+    /// Over at its end on memory's clock, and at the latest once it has lasted as long on
+    /// the monotonic one: memory's clock (the system's) put back would otherwise make it
+    /// last as long as the step (a review: an instance whose clock was put back a day after
+    /// a return refused every request for that day, its charges made on memory's share,
+    /// whose counts lay a day ahead).
     fn in_return_grace(&self) -> bool {
         let until = self.grace_until.load(Ordering::Acquire);
-        let now = self.memory.now().as_micros();
-        let grace = u64::try_from(self.config.return_grace().as_micros()).unwrap_or(u64::MAX);
-        until != 0 && now < until && until - now <= grace
+        if until == 0 || self.memory.now().as_micros() >= until {
+            return false;
+        }
+        let lasted = self
+            .sent_now()
+            .saturating_sub(self.grace_began.load(Ordering::Acquire));
+        lasted < u64::try_from(self.config.return_grace().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Starts the time after a return ([`Shared::in_return_grace`]) with a divisor above 1
@@ -2113,6 +2124,7 @@ impl<P: Primary> Shared<P> {
             .as_micros()
             .saturating_add(u64::try_from(grace.as_micros()).unwrap_or(u64::MAX))
             .max(1);
+        self.grace_began.store(self.sent_now(), Ordering::Release);
         self.grace_until.store(until, Ordering::Release);
         let shared = Arc::downgrade(self);
         tokio::spawn(async move {

@@ -280,7 +280,9 @@ const RENEW_AFTER: Duration = Duration::from_secs(1);
 /// never replaced either (a review: a master killed under load, its replica promoted, and
 /// the store on memory for good after 6 of 10 such failovers).
 struct Renewing<C> {
-    current: ArcSwapOption<C>,
+    /// The connection, and the runtime that drives it ([`Made`]); shared with that
+    /// runtime's [`Forget`] task.
+    current: Arc<ArcSwapOption<Made<C>>>,
     /// Held while one is made: a cluster connection is made by connecting, and every call
     /// waiting for one would otherwise make its own.
     making: tokio::sync::Mutex<()>,
@@ -290,10 +292,47 @@ struct Renewing<C> {
     failing_since: Mutex<Option<Instant>>,
 }
 
+/// A connection made by [`Renewing`], for as long as the runtime that made it runs: a
+/// connection's tasks (a multiplexed connection's driver, a `ConnectionManager`'s
+/// reconnection and its timers) run on the runtime it was made on, and one used from
+/// another runtime once that one ended fails every call, or panics where it polls a timer
+/// of the ended runtime (a review: a limiter whose store connected in a runtime used only
+/// at start-up panicked about twice per request in the next, for a second, until the
+/// connection was renewed). So a task of that runtime ([`Forget`]) forgets the connection
+/// when the runtime ends it, and the next call makes one on its own runtime.
+struct Made<C> {
+    connection: C,
+    /// Dropped with this: ends its [`Forget`] task, the connection replaced.
+    _replaced: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Held by a task on the runtime a [`Made`] connection was made on, until the connection is
+/// replaced: dropped by the runtime as it ends, it takes the connection out of its
+/// [`Renewing`] if it is still there.
+struct Forget<C> {
+    slot: std::sync::Weak<ArcSwapOption<Made<C>>>,
+    made: std::sync::Weak<Made<C>>,
+}
+
+impl<C> Drop for Forget<C> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.upgrade() else {
+            return;
+        };
+        let current = slot.load();
+        if current
+            .as_ref()
+            .is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), self.made.as_ptr()))
+        {
+            slot.compare_and_swap(&current, None);
+        }
+    }
+}
+
 impl<C> Renewing<C> {
     fn new() -> Self {
         Self {
-            current: ArcSwapOption::empty(),
+            current: Arc::new(ArcSwapOption::empty()),
             making: tokio::sync::Mutex::new(()),
             failing: AtomicBool::new(false),
             failing_since: Mutex::new(None),
@@ -335,22 +374,37 @@ impl<C> Renewing<C> {
     }
 }
 
-impl<C: Clone> Renewing<C> {
-    /// The connection, made by `make` if there is none.
+impl<C: Clone + Send + Sync + 'static> Renewing<C> {
+    /// The connection, made by `make` if there is none (or the runtime it was made on
+    /// ended: [`Made`]).
     async fn get(
         &self,
         make: impl AsyncFnOnce() -> Result<C, StoreError>,
     ) -> Result<C, StoreError> {
         if let Some(c) = &*self.current.load() {
-            return Ok(C::clone(c));
+            return Ok(C::clone(&c.connection));
         }
         let _making = self.making.lock().await;
         if let Some(c) = &*self.current.load() {
-            return Ok(C::clone(c));
+            return Ok(C::clone(&c.connection));
         }
-        let made = make().await?;
-        self.current.store(Some(Arc::new(made.clone())));
-        Ok(made)
+        let connection = make().await?;
+        let (replaced, ended) = tokio::sync::oneshot::channel::<()>();
+        let made = Arc::new(Made {
+            connection: connection.clone(),
+            _replaced: replaced,
+        });
+        let forget = Forget {
+            slot: Arc::downgrade(&self.current),
+            made: Arc::downgrade(&made),
+        };
+        self.current.store(Some(made));
+        tokio::spawn(async move {
+            let _forget = forget;
+            // (An error: the connection was replaced, or the store dropped.)
+            let _ = ended.await;
+        });
+        Ok(connection)
     }
 
     /// Runs `call` on the connection (made by `make` if there is none), noting whether it
