@@ -2817,16 +2817,35 @@ mod tests {
     }
 
     /// A primary whose connection breaks when it restarts (a new incarnation): the next
-    /// call fails with a broken pipe, as through a multiplexed connection.
+    /// call fails with a broken pipe, as through a multiplexed connection. One that
+    /// `forgets` comes back empty, as Redis without persistence does.
     #[derive(Debug)]
     struct Restarting {
-        memory: MemoryStore,
+        memory: Mutex<MemoryStore>,
         run_id: AtomicU64,
         broken: AtomicBool,
+        forgets: bool,
     }
 
     impl Restarting {
+        fn new(forgets: bool) -> Self {
+            Self {
+                memory: Mutex::new(MemoryStore::new()),
+                run_id: AtomicU64::new(1),
+                broken: AtomicBool::new(false),
+                forgets,
+            }
+        }
+
+        /// What it counts (clones share their state).
+        fn memory(&self) -> MemoryStore {
+            lock(&self.memory).clone()
+        }
+
         fn restart(&self) {
+            if self.forgets {
+                *lock(&self.memory) = MemoryStore::new();
+            }
             self.run_id.fetch_add(1, Ordering::AcqRel);
             self.broken.store(true, Ordering::Release);
         }
@@ -2847,7 +2866,7 @@ mod tests {
         fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
             Box::pin(async move {
                 broke_once(&self.broken)?;
-                self.memory.apply_now(batch.op, &batch.buckets)
+                self.memory().apply_now(batch.op, &batch.buckets)
             })
         }
     }
@@ -2859,11 +2878,7 @@ mod tests {
     /// its first check, every decision meanwhile made from memory.
     #[tokio::test(start_paused = true)]
     async fn a_broken_connection_is_checked_at_once_even_soon_after_a_return() {
-        let primary = Restarting {
-            memory: MemoryStore::new(),
-            run_id: AtomicU64::new(1),
-            broken: AtomicBool::new(false),
-        };
+        let primary = Restarting::new(false);
         let config = FallbackConfig::default()
             .with_probe_backoff(Duration::from_millis(100), Duration::from_millis(250));
         let store = FallbackStore::connect_with_memory(primary, MemoryStore::new(), config).await;
@@ -2922,11 +2937,7 @@ mod tests {
         )]);
         let first = runtime();
         let store = first.block_on(async {
-            let primary = Restarting {
-                memory: MemoryStore::new(),
-                run_id: AtomicU64::new(1),
-                broken: AtomicBool::new(false),
-            };
+            let primary = Restarting::new(false);
             let store =
                 FallbackStore::connect_with_memory(primary, MemoryStore::new(), Default::default())
                     .await;
@@ -2940,53 +2951,14 @@ mod tests {
         runtime().block_on(async {
             assert!(store.apply(&batch).await.unwrap().allowed);
             assert!(back_on_the_primary(&store).await, "still on memory");
-            // What memory admitted went to the primary: the two charges, and the one
-            // before the restart (written back).
+            // What memory admitted (both charges) went to the primary.
             let used = store
                 .primary()
-                .memory
+                .memory()
                 .apply_now(Op::Peek, &batch.buckets)
                 .unwrap();
             assert_eq!(used.buckets[0].remaining, 1_000 - 2);
         });
-    }
-
-    /// A primary that comes back empty when it restarts (a new incarnation, its connection
-    /// broken), as Redis without persistence does.
-    #[derive(Debug)]
-    struct Forgetful {
-        memory: Mutex<MemoryStore>,
-        run_id: AtomicU64,
-        broken: AtomicBool,
-    }
-
-    impl Forgetful {
-        fn restart(&self) {
-            *lock(&self.memory) = MemoryStore::new();
-            self.run_id.fetch_add(1, Ordering::AcqRel);
-            self.broken.store(true, Ordering::Release);
-        }
-    }
-
-    impl Primary for Forgetful {
-        fn incarnation(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
-            let id = self.run_id.load(Ordering::Acquire).to_string();
-            Box::pin(std::future::ready(Ok(Some(id))))
-        }
-
-        fn connection_broke(&self, error: &StoreError) -> bool {
-            is_broken_pipe(error)
-        }
-    }
-
-    impl Store for Forgetful {
-        fn apply<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<Decision, StoreError>> {
-            Box::pin(async move {
-                broke_once(&self.broken)?;
-                let memory = lock(&self.memory).clone();
-                memory.apply_now(batch.op, &batch.buckets)
-            })
-        }
     }
 
     /// A store made outside any runtime (before `main`'s runtime starts, in a `static`)
@@ -2998,11 +2970,7 @@ mod tests {
     #[test]
     fn a_store_made_outside_a_runtime_gives_a_restarted_primary_its_counts_back() {
         let store = FallbackStore::with_memory(
-            Forgetful {
-                memory: Mutex::new(MemoryStore::new()),
-                run_id: AtomicU64::new(1),
-                broken: AtomicBool::new(false),
-            },
+            Restarting::new(true),
             MemoryStore::new(),
             FallbackConfig::default(),
         );
@@ -3409,11 +3377,7 @@ mod tests {
     /// where the primary held 7).
     #[tokio::test(start_paused = true)]
     async fn after_a_connection_made_again_the_primarys_answers_are_memorys_counts_again() {
-        let primary = Restarting {
-            memory: MemoryStore::new(),
-            run_id: AtomicU64::new(1),
-            broken: AtomicBool::new(false),
-        };
+        let primary = Restarting::new(false);
         let store = FallbackStore::connect_with_memory(
             primary,
             MemoryStore::new(),
@@ -3431,7 +3395,7 @@ mod tests {
         for _ in 0..5 {
             let spent = store
                 .primary()
-                .memory
+                .memory()
                 .apply_now(Op::Charge, std::slice::from_ref(&bucket))
                 .unwrap();
             assert!(spent.allowed);
@@ -4301,11 +4265,7 @@ mod tests {
     /// and any other failure is not (the charge reaches the primary once).
     #[tokio::test(start_paused = true)]
     async fn a_primary_in_an_arc_tells_whether_its_connection_broke() {
-        let restarting = Arc::new(Restarting {
-            memory: MemoryStore::new(),
-            run_id: AtomicU64::new(1),
-            broken: AtomicBool::new(false),
-        });
+        let restarting = Arc::new(Restarting::new(false));
         let config = FallbackConfig::default();
         let store =
             FallbackStore::connect_with_memory(restarting, MemoryStore::new(), config).await;

@@ -293,17 +293,23 @@ async fn without_a_divisor_memory_takes_the_primarys_counts_at_once_after_a_retu
     assert_eq!(a.mode(), Mode::Fallback);
 }
 
+/// An instance whose memory runs on the manual clock returned, just back on the primary
+/// after a blip, at the start of the time after its return (`grace` long).
+async fn just_back(grace: Duration) -> (FallbackStore<Arc<Switchable>>, ManualClock) {
+    let (primary, down) = primary();
+    let clock = ManualClock::new(Duration::from_secs(1_000_000));
+    let memory = MemoryStore::builder().clock(clock.clone()).build();
+    let store = FallbackStore::connect_with_memory(primary.clone(), memory, fleet(grace)).await;
+    blip(&down, &[&store]).await;
+    (store, clock)
+}
+
 #[tokio::test]
 async fn that_time_ends_on_memorys_clock_exactly_when_it_says() {
     // That time is 1 s on memory's clock (a manual one here). A microsecond before its
     // end a charge must still fit the share (5 of 10); at its end the primary alone
     // decides (10 of 10).
-    let (primary, down) = primary();
-    let clock = ManualClock::new(Duration::from_secs(1_000_000));
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
-    let config = fleet(Duration::from_secs(1));
-    let store = FallbackStore::connect_with_memory(primary.clone(), memory, config).await;
-    blip(&down, &[&store]).await;
+    let (store, clock) = just_back(Duration::from_secs(1)).await;
     let limit = Limit::sliding(Quota::per_minute(10));
     clock.advance(Duration::from_micros(999_999));
     let before = Bucket::new("api", "before", limit);
@@ -322,13 +328,7 @@ async fn that_time_ends_on_memorys_clock_exactly_when_it_says() {
 /// request for the day, its charges made on memory's share.
 #[tokio::test(start_paused = true)]
 async fn that_time_does_not_begin_again_when_memorys_clock_is_put_back() {
-    let (primary, down) = primary();
-    let clock = ManualClock::new(Duration::from_secs(1_000_000));
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
-    let store =
-        FallbackStore::connect_with_memory(primary.clone(), memory, fleet(Duration::from_secs(1)))
-            .await;
-    blip(&down, &[&store]).await;
+    let (store, clock) = just_back(Duration::from_secs(1)).await;
     clock.advance(Duration::from_secs(2));
     tokio::time::advance(Duration::from_secs(2)).await;
     clock.set(Timestamp::from_micros((1_000_000 - 86_400) * 1_000_000));
@@ -638,13 +638,7 @@ async fn a_request_decided_the_moment_an_instance_returns_is_charged_on_its_shar
 /// the monotonic clock, whatever memory's says. (A first fix ended it at such a step.)
 #[tokio::test(start_paused = true)]
 async fn that_time_goes_on_through_a_small_step_back_and_lasts_no_longer() {
-    let (primary, down) = primary();
-    let clock = ManualClock::new(Duration::from_secs(1_000_000));
-    let memory = MemoryStore::builder().clock(clock.clone()).build();
-    let store =
-        FallbackStore::connect_with_memory(primary.clone(), memory, fleet(Duration::from_secs(10)))
-            .await;
-    blip(&down, &[&store]).await;
+    let (store, clock) = just_back(Duration::from_secs(10)).await;
     let limit = Limit::sliding(Quota::per_minute(10));
     clock.advance(Duration::from_secs(1));
     tokio::time::advance(Duration::from_secs(1)).await;
