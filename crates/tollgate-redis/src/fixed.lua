@@ -4,9 +4,9 @@
 -- the window by its clock). ARGV: cost (at least 1), capacity, and how long the key lives
 -- from now (ms, to a second after the window ends on the instance's clock: relative, so an
 -- instance whose clock runs behind the server's does not set an expiry already past, which
--- would drop the count at every charge; each charge may lengthen it, never shorten it). A fourth argument, if any, says that the bucket's
--- key in the format before this script is on another Redis Cluster slot and must not be
--- read.
+-- would drop the count at every charge; each charge may lengthen it, never shorten it).
+-- A fourth argument, if any, says that the bucket's key in the format before this script
+-- is on another Redis Cluster slot and must not be read.
 --
 -- Stored: the window's count, a plain integer. A refused charge is not counted: it is taken
 -- back at once, as the memory store never counts it.
