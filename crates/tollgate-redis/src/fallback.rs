@@ -120,7 +120,11 @@
 //!   runtime that lives until a check passes (within about 0.3 s of the primary
 //!   answering), not in one that ends with the call that started the check (a test making
 //!   one call). [`RedisStore`]'s connection is made afresh on the runtime of the first
-//!   call after the one it was made on ended (it needs that runtime's driver and timers).
+//!   call after the one it was made on ended (it needs that runtime's driver and timers);
+//!   a runtime kept but no longer driven (a current-thread runtime kept after its
+//!   `block_on`) is not ended: calls through a connection it made time out until it is
+//!   renewed, after a second of failures. End (drop) such a runtime, or make the
+//!   connection in the runtime that serves.
 //!   Until its first check has run to its end, a store does not know the primary's
 //!   incarnation: a connection found broken then takes it to memory until a check passes,
 //!   and a restart before that is not told from a broken connection.
