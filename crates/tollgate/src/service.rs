@@ -91,13 +91,14 @@ impl<S> RateLimit<S> {
 }
 
 impl<S: Clone> RateLimit<S> {
-    /// Drops the inner service made ready for a request answered without it (a 429): what
-    /// its `poll_ready` reserved (a `ConcurrencyLimit`'s permit) is given up now, not held
-    /// by this instance until its next call (a review: a reused instance kept the only
-    /// permit after a refusal, and its clones waited). A fresh clone takes its place, as a
-    /// request decided later takes the ready service into its future.
-    fn release_ready(&mut self) {
-        self.inner = self.inner.clone();
+    /// The inner service made ready for this request, a fresh clone taking its place: a
+    /// request decided later takes it into its future, and one answered without it (a
+    /// 429) drops it, so that what its `poll_ready` reserved (a `ConcurrencyLimit`'s
+    /// permit) is given up now, not held by this instance until its next call (a review: a
+    /// reused instance kept the only permit after a refusal, and its clones waited).
+    fn take_ready(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 
@@ -141,20 +142,23 @@ where
                 }
                 // (Answered from the slot, not moved out of it: see above.)
                 Outcome::Refuse(ref mut refused) => {
-                    self.release_ready();
+                    drop(self.take_ready());
                     ResponseFuture::respond(refused.respond(&parts), &parts)
                 }
                 Outcome::Respond(response) => {
-                    self.release_ready();
+                    drop(self.take_ready());
                     ResponseFuture::respond(response, &parts)
                 }
             },
             Start::Later(decide, asking) => {
                 let req = Request::from_parts(parts, body);
-                // The ready service goes into the future; a fresh clone stays here.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(decide, asking, inner, req, self.limiter.engine.id)
+                ResponseFuture::deciding(
+                    decide,
+                    asking,
+                    self.take_ready(),
+                    req,
+                    self.limiter.engine.id,
+                )
             }
         }
     }

@@ -27,6 +27,14 @@ async fn slow() -> &'static str {
     "ok"
 }
 
+/// A handler answering `ok` after `ms` milliseconds.
+fn answers_after(ms: u64) -> impl axum::handler::Handler<((),), ()> {
+    move || async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        "ok"
+    }
+}
+
 fn x_style() -> HeaderStyle {
     HeaderStyle::x_ratelimit(ResetFormat::Seconds)
 }
@@ -1315,12 +1323,8 @@ async fn a_declared_pattern_whose_layer_is_elsewhere_stays_limited() {
 async fn concurrent_first_requests_to_a_misplaced_pattern_are_charged() {
     let limiter = api_class("10/min");
     let chat = limiter.policy_at("POST /api/chat", Policy::named("chat").per_ip("5/min"));
-    async fn slow() -> &'static str {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        "ok"
-    }
     let app = Router::new()
-        .route("/api/chat", post(slow))
+        .route("/api/chat", post(answers_after(100)))
         .route("/api/other", post(ok).layer(chat))
         .layer(limiter.layer());
     let server = serve(app).await;
@@ -1495,13 +1499,9 @@ async fn a_probe_the_layer_saw_does_not_hold_the_next_back() {
 async fn a_probe_ends_only_itself() {
     let limiter = api_class("1/min");
     let chat = limiter.policy_at("/api/chat", Policy::named("chat").per_ip("5/min"));
-    async fn slower() -> &'static str {
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        "ok"
-    }
     let app = Router::new()
         .route("/api/items", get(ok))
-        .route("/api/chat", get(slow).layer(chat).post(slower))
+        .route("/api/chat", get(slow).layer(chat).post(answers_after(900)))
         .layer(limiter.layer());
     let server = serve(app).await;
     assert_eq!(server.statuses("/api/items", 2).await, vec![200, 429]);
