@@ -1026,16 +1026,7 @@ for i = 1, n do
     reset = close - now
     if used > 0 then
       if change then
-        -- Until the window ends on the clock of whichever instance's ends last: one whose
-        -- clock runs behind another's still counts in it when the other's has ended (a
-        -- review: set by the last writer, the key of a day placed by an instance a few
-        -- seconds before its midnight expired then, and another instance admitted the
-        -- day's limit again in its own day).
-        local at = unit + shift
-        if present and not RP[i] and not OLD[i] then
-          at = max(at, redis.call('PEXPIRETIME', key))
-        end
-        redis.call('SET', key, used, 'PXAT', at)
+        redis.call('SET', key, used, 'PXAT', unit + shift)
       end
     elseif present then
       redis.call('DEL', key)

@@ -4,9 +4,9 @@
 -- the window by its clock). ARGV: cost (at least 1), capacity, and how long the key lives
 -- from now (ms, to a second after the window ends on the instance's clock: relative, so an
 -- instance whose clock runs behind the server's does not set an expiry already past, which
--- would drop the count at every charge; each charge may lengthen it, never shorten it).
--- A fourth argument, if any, says that the bucket's key in the format before this script
--- is on another Redis Cluster slot and must not be read.
+-- would drop the count at every charge). A fourth argument, if any, says that the bucket's
+-- key in the format before this script is on another Redis Cluster slot and must not be
+-- read.
 --
 -- Stored: the window's count, a plain integer. A refused charge is not counted: it is taken
 -- back at once, as the memory store never counts it.
@@ -61,13 +61,6 @@ if n == c then
     end
   end
   redis.call('PEXPIRE', k, ARGV[3])
-else
-  -- Until the window ends on the clock of whichever instance's ends last (GT: never
-  -- shortened): one whose clock runs behind the first writer's still counts in it when
-  -- the first writer's has ended (a review: kept only until the first writer's end, the
-  -- count was gone half way through another instance's minute, which admitted its limit
-  -- again in it).
-  redis.call('PEXPIRE', k, ARGV[3], 'GT')
 end
 if n > tonumber(ARGV[2]) then
   -- The count before, as Redis computes it (exact: Lua's numbers are not above 2^53).
