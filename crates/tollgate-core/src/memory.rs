@@ -28,8 +28,10 @@
 //!   full.
 //! - When a bucket's share is full, the store drops fresh entries, then evicts an eighth
 //!   of that bucket's keys that are *not* at their limit: those that spent least first
-//!   (by binary order of magnitude: 1, 2-3, 4-7, ... 128 or more requests or points),
-//!   least recently seen first among equals. So a flood of invented keys cannot free a
+//!   (by binary order of magnitude: 1, 2-3, 4-7, ... 128 or more requests or points,
+//!   counted against what the limit holds at once, a token bucket's burst), least
+//!   recently seen first among equals. A key is at its limit when nothing remains: a
+//!   request refused for costing more than the key has left does not put it there. So a flood of invented keys cannot free a
 //!   limited client, and a flood of keys seen once makes room among its own keys, not with
 //!   a client that spent more: to evict a client that spent `n`, a flood must spend about
 //!   `n` on each of its keys (up to 128), or hold so many keys of that order that fewer
@@ -1240,15 +1242,22 @@ impl Shard {
 }
 
 /// What a call answered, as an entry remembers it: when the state is fresh again, and
-/// when it was seen (with whether it is at its limit).
+/// when it was seen (with whether it is at its limit, else the order of what it spent).
 /// `expires_at` is when the state is fresh again (as [`State::report_and_expiry`] says).
+///
+/// Both are read from what the key holds, not from whether this call was admitted: a
+/// refusal of a request costing more than the key has left leaves it where it was (a
+/// review: a flood of keys that each spent 1 point and then asked for 100 took them for
+/// keys at their limit, evicting a client at its own, or refusing every new key). What it
+/// spent is measured against what the limit can hold at once ([`Limit::capacity`]: a token
+/// bucket's burst, not its sustained count, which may be larger or smaller).
 #[inline]
-fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
-    let limited = !report.allowed || report.remaining == 0;
+fn after(report: &BucketState, limit: &Limit, expires_at: u64, now: u64) -> After {
+    let limited = report.remaining == 0;
     let flag = if limited {
         LIMITED
     } else {
-        let spent = report.limit.saturating_sub(report.remaining).max(1);
+        let spent = limit.capacity().saturating_sub(report.remaining).max(1);
         u64::from(spent.ilog2().min(7)) << SPENT_SHIFT
     };
     After {
@@ -1261,7 +1270,7 @@ fn after(report: &BucketState, expires_at: u64, now: u64) -> After {
 #[inline]
 fn reported(state: &State, limit: &Limit, fit: Fit, cost: u64, now: u64) -> (BucketState, After) {
     let (report, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-    let a = after(&report, expires_at, now);
+    let a = after(&report, limit, expires_at, now);
     (report, a)
 }
 
@@ -1290,7 +1299,7 @@ fn charge_held(
                 catch_up(state, limit, now);
                 before(state);
                 let expires_at = state.charge(limit, cost, now, out).1;
-                ((), Some(after(out, expires_at, now)))
+                ((), Some(after(out, limit, expires_at, now)))
             }
         };
     }
@@ -1426,7 +1435,7 @@ impl Inner {
                 }
                 let expires_at;
                 (*out, expires_at) = state.report_and_expiry(limit, fit, cost, now);
-                ((), Some(after(out, expires_at, now)))
+                ((), Some(after(out, limit, expires_at, now)))
             })
         };
         if found.is_some() {

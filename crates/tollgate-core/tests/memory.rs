@@ -480,6 +480,10 @@ fn charge_in_turn(
     }
 }
 
+fn admitted(store: &MemoryStore, bucket: &Bucket) -> bool {
+    store.charge(std::slice::from_ref(bucket)).unwrap().allowed
+}
+
 fn per(count: u64, secs: u64) -> Quota {
     Quota::new(count, Duration::from_secs(secs)).unwrap()
 }
@@ -693,6 +697,77 @@ fn a_flood_makes_room_with_the_keys_that_spent_least() {
         let left = [&busy, &light, &steady].map(|k| remaining(&store, k));
         assert_eq!(left, [50, 260, 500], "{mode:?}");
         assert!(store.len() <= 64);
+    }
+}
+
+/// A key is at its limit when nothing remains, not when a request was refused: a refusal
+/// of a request costing more than the key has left leaves it as it was (a review: 1,100
+/// addresses that each spent 1 point of 100 and then asked for 100 were taken for keys at
+/// their limit, and a client at its own limit was evicted, 200 admitted in a minute of
+/// 100; under the default mode every new address was refused as "store full"). A flood
+/// that spends 1 point a key makes room among its own keys, whatever its keys then ask for.
+#[test]
+fn a_refused_request_costing_more_than_is_left_does_not_put_a_key_at_its_limit() {
+    for mode in [WhenFull::RefuseNewKeys, WhenFull::EvictLimited] {
+        let (clock, store) = one_shard(64);
+        let key =
+            |k: &str| Bucket::new("points", k, Limit::sliding(per(100, 60))).with_when_full(mode);
+        let spent = key("spent");
+        for _ in 0..100 {
+            assert!(admitted(&store, &spent));
+        }
+        assert!(!admitted(&store, &spent));
+        clock.advance(Duration::from_millis(1));
+        for i in 0..640 {
+            let flood = key(&format!("flood-{i}"));
+            let _ = store.charge(std::slice::from_ref(&flood)).unwrap();
+            let oversized = store.charge(&[flood.with_cost(100)]).unwrap();
+            assert!(!oversized.allowed, "{mode:?}");
+            clock.advance(Duration::from_micros(10));
+        }
+        assert_eq!(
+            remaining(&store, &spent),
+            0,
+            "{mode:?}: the spent client was evicted"
+        );
+        let newcomer = store.charge(&[key("newcomer")]).unwrap();
+        assert!(
+            newcomer.allowed,
+            "{mode:?}: {:?}",
+            newcomer.buckets[0].refusal
+        );
+        assert!(store.len() <= 64);
+    }
+}
+
+/// What a token bucket's key spent is measured against its burst, not its sustained count
+/// (a review: under 1,000 an hour with a burst of 10, a client with 1 of its 10 left and a
+/// key seen once both counted as having spent about 1,000, and a flood of keys seen once
+/// evicted the client, who got its whole burst back; with a burst above the count, every
+/// key counted as having spent nothing).
+#[test]
+fn a_token_bucket_key_spent_is_measured_against_its_burst() {
+    for (limit, spend) in [
+        (Limit::token_bucket(per(1000, 3600), 10).unwrap(), 9),
+        (Limit::token_bucket(per(10, 60), 100).unwrap(), 50),
+    ] {
+        for mode in [WhenFull::RefuseNewKeys, WhenFull::EvictLimited] {
+            let (clock, store) = one_shard(64);
+            let key = |k: &str| Bucket::new("burst", k, limit).with_when_full(mode);
+            let client = key("client");
+            for _ in 0..spend {
+                assert!(admitted(&store, &client));
+            }
+            let left = limit.capacity() - spend;
+            assert_eq!(remaining(&store, &client), left);
+            clock.advance(Duration::from_millis(1));
+            charge_in_turn(&store, &clock, (0..640).map(|i| key(&format!("flood-{i}"))));
+            assert_eq!(
+                remaining(&store, &client),
+                left,
+                "{limit:?} {mode:?}: the client was evicted and got its burst back"
+            );
+        }
     }
 }
 
