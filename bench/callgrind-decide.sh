@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
-cargo bench -q --no-run -p tollgate-core --bench decide 2>/dev/null
+cargo bench -q --no-run -p tollgate-limits --bench decide 2>/dev/null
 target=${CARGO_TARGET_DIR:-target}
 bench=$(ls -t "$target"/release/deps/decide-* | grep -v '\.d$' | head -1)
 name=${1:?a contender: governor, tollgate_gcra or tollgate_sliding}

@@ -29,7 +29,7 @@ command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=no
 
 echo "== building (release)"
 cargo build --release -q -p tollgate-bench --bins
-cargo bench -q --no-run -p tollgate-core --bench decide 2>/dev/null
+cargo bench -q --no-run -p tollgate-limits --bench decide 2>/dev/null
 cargo bench -q --no-run -p tollgate --features metrics --bench layer 2>/dev/null
 
 # A process's CPU time so far, in clock ticks (user + system, all threads).
@@ -77,7 +77,7 @@ fi
 
 if part engine; then
 echo "== engine: one keyed decision beside governor (interleaved)"
-TOLLGATE_BENCH_OUT="$OUT/2-engine.md" cargo bench -q -p tollgate-core --bench decide -- interleaved 2>&1 | tail -n 30
+TOLLGATE_BENCH_OUT="$OUT/2-engine.md" cargo bench -q -p tollgate-limits --bench decide -- interleaved 2>&1 | tail -n 30
 fi
 
 if part layer; then

@@ -101,8 +101,8 @@ impl<'a> Input<'a> {
 impl Input<'_> {
     /// A limit of any algorithm: a period from `periods_ms`, a count that is 1 to 65,536
     /// once in `count_cases` (1 once, else 1 to 8).
-    pub fn limit(&mut self, periods_ms: &[u64], count_cases: usize) -> tollgate_core::Limit {
-        use tollgate_core::{Limit, Quota};
+    pub fn limit(&mut self, periods_ms: &[u64], count_cases: usize) -> tollgate_limits::Limit {
+        use tollgate_limits::{Limit, Quota};
         let count = match self.below(count_cases) {
             0 => 1 + u64::from(self.u16()),
             1 => 1,

@@ -26,7 +26,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Timestamp};
+use tollgate_limits::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Timestamp};
 use tollgate_redis::redis::{self, Value};
 use tollgate_redis::RedisStore;
 
@@ -211,7 +211,7 @@ pub fn run(data: &[u8]) {
             .layout
             .script_decision(&batch, at, &reply)
             .unwrap_or_else(|e| panic!("the script answered {reply:?}: {e}"));
-        let on_memory = ready(tollgate_core::Store::apply(&memory, &batch)).expect("valid");
+        let on_memory = ready(tollgate_limits::Store::apply(&memory, &batch)).expect("valid");
         // Times near 2^53 µs (a token bucket penalized for centuries) are not covered: the
         // run ends once memory's answer reaches 2^52 µs (Redis saturates at 2^53 - now).
         if on_memory

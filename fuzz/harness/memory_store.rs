@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, Batch, Bucket, Clock, Decision, Limit, ManualClock, MemoryStore, Op, Refusal, Store,
     Timestamp,
 };

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use tollgate::{Limit, Rate};
-use tollgate_core::{Algorithm, Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
+use tollgate_limits::{Algorithm, Quota, QuotaError, MAX_COUNT, MAX_PERIOD};
 
 /// What the grammar in `Quota::parse`'s documentation says about a text.
 #[derive(Debug, PartialEq, Eq)]

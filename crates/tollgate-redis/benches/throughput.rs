@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Batch, Bucket, Clock, Limit, Quota, Store, SystemClock};
+use tollgate_limits::{Batch, Bucket, Clock, Limit, Quota, Store, SystemClock};
 use tollgate_redis::{deadpool_redis, RedisStore};
 use tollgate_testkit::RedisServer;
 

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Bucket, BucketState, Decision, Limit, Refusal, Timestamp};
+use tollgate_limits::{Bucket, BucketState, Decision, Limit, Refusal, Timestamp};
 
 /// The default capacity of the cache (keys).
 pub const DEFAULT_REFUSAL_CACHE: usize = 10_000;
@@ -263,7 +263,7 @@ impl RefusalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_core::Quota;
+    use tollgate_limits::Quota;
 
     fn refused(wait: Duration) -> BucketState {
         BucketState {

@@ -1,6 +1,6 @@
 -- tollgate: one rate-limit decision over every bucket of a request, in one call.
 --
--- This mirrors tollgate-core's algorithm.rs and MemoryStore::apply_now; script.rs documents
+-- This mirrors tollgate-limits' algorithm.rs and MemoryStore::apply_now; script.rs documents
 -- the arguments and the reply. It is written for the server's time per call: no function is
 -- defined (each would be a closure created on every call), and a charge dispatches first on
 -- bucket count and algorithm to a straight path of its own: one token bucket (TIME, GET,

@@ -10,7 +10,7 @@
 //! settings.
 //!
 //! ```no_run
-//! use tollgate_core::Store;
+//! use tollgate_limits::Store;
 //!
 //! # fn demo() -> Result<(), tollgate_redis::RedisConfigError> {
 //! let store = tollgate_redis::from_env()?; // a bad URL is an error here; an unreachable Redis is not
@@ -21,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-use tollgate_core::{Batch, BoxFuture, Decision, MemoryStore, Store, StoreError};
+use tollgate_limits::{Batch, BoxFuture, Decision, MemoryStore, Store, StoreError};
 
 use crate::error::RedisConfigError;
 use crate::fallback::{FallbackConfig, FallbackStore};
@@ -150,10 +150,10 @@ impl Store for EnvStore {
 
     fn apply_sync(
         &self,
-        op: tollgate_core::Op,
-        buckets: &[tollgate_core::Bucket],
-        states: &mut [tollgate_core::BucketState],
-    ) -> Option<Result<tollgate_core::Timestamp, StoreError>> {
+        op: tollgate_limits::Op,
+        buckets: &[tollgate_limits::Bucket],
+        states: &mut [tollgate_limits::BucketState],
+    ) -> Option<Result<tollgate_limits::Timestamp, StoreError>> {
         match self {
             // In memory, decided on the calling thread like a bare `MemoryStore`.
             EnvStore::Memory(store) => store.apply_sync(op, buckets, states),
@@ -161,7 +161,7 @@ impl Store for EnvStore {
         }
     }
 
-    fn mode(&self) -> tollgate_core::StoreMode {
+    fn mode(&self) -> tollgate_limits::StoreMode {
         match self {
             EnvStore::Memory(store) => store.mode(),
             EnvStore::Redis(store) => Store::mode(store),
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_memory_store_of_the_environment_decides_synchronously() {
-        use tollgate_core::{Bucket, BucketState, Limit, Op, Quota};
+        use tollgate_limits::{Bucket, BucketState, Limit, Op, Quota};
         let store = url_store(None).unwrap();
         let buckets = [Bucket::new("b", "k", Limit::sliding(Quota::per_minute(2)))];
         let mut states = [BucketState::default()];
@@ -360,7 +360,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_call_waits_the_fallback_timeout_not_the_stores_default() {
         use std::time::{Duration, Instant};
-        use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+        use tollgate_limits::{Batch, Bucket, Limit, Quota, Store};
 
         let server = tollgate_testkit::RedisServer::start();
         let timeout = Duration::from_millis(2000);
@@ -388,6 +388,6 @@ mod tests {
         assert!(answer.unwrap().allowed);
         assert!(started.elapsed() >= Duration::from_millis(850));
         assert_eq!(store.fallbacks(), 0, "answered by Redis, never left it");
-        assert_eq!(store.mode(), tollgate_core::StoreMode::Shared);
+        assert_eq!(store.mode(), tollgate_limits::StoreMode::Shared);
     }
 }

@@ -237,7 +237,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore,
     Op, Quota, Refusal, Store, StoreError, StoreMode,
 };
@@ -3178,7 +3178,7 @@ mod tests {
                     .cloned()
                     .partition(|x| self.part_of(x) == 1);
                 let mut states = Vec::new();
-                let mut now = tollgate_core::Timestamp::default();
+                let mut now = tollgate_limits::Timestamp::default();
                 for part in [other, b] {
                     if part.is_empty() {
                         continue;

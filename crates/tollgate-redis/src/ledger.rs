@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use smallvec::SmallVec;
-use tollgate_core::{Bucket, BucketState, Limit, Op, Sampled, StoreKey, WhenFull};
+use tollgate_limits::{Bucket, BucketState, Limit, Op, Sampled, StoreKey, WhenFull};
 
 /// How much later than the answer it follows an earlier answer may be noted (µs): its
 /// freshness, worked out from when it is noted, moves by as much.
@@ -418,7 +418,7 @@ fn name_len(bucket: &Bucket) -> u16 {
 mod tests {
     use std::time::Duration;
 
-    use tollgate_core::Quota;
+    use tollgate_limits::Quota;
 
     use super::*;
 

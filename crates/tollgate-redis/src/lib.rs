@@ -1,13 +1,13 @@
 //! The Redis store of [tollgate](https://docs.rs/tollgate), and the fallback store that keeps
 //! limiting from memory when Redis is slow, down, restarting or failing over.
 //!
-//! - [`RedisStore`]: a [`Store`](tollgate_core::Store) keeping bucket state in Redis. One Lua
+//! - [`RedisStore`]: a [`Store`](tollgate_limits::Store) keeping bucket state in Redis. One Lua
 //!   script evaluates every bucket of a request in one round trip (`EVALSHA`, reloaded on
 //!   `NOSCRIPT`), on the Redis server's clock (fixed windows are placed by the instance's
 //!   clock, and a charge of one runs an `INCRBY`-shaped script of its own), refusing
 //!   without charging any bucket when one refuses, and setting an expiry on every key it
 //!   writes. It gives the same decisions as
-//!   [`MemoryStore`](tollgate_core::MemoryStore) for every algorithm, operation, cost and set
+//!   [`MemoryStore`](tollgate_limits::MemoryStore) for every algorithm, operation, cost and set
 //!   of buckets (on Redis Cluster, one script per hash slot: a refusal in one slot gives
 //!   back the charges made in the others, and a request's buckets are decided together only
 //!   when the prefix's hash tag, `{app}:`, puts them in one slot). Connects through one
@@ -27,7 +27,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+//! use tollgate_limits::{Batch, Bucket, Limit, Quota, Store};
 //! use tollgate_redis::{FallbackConfig, FallbackStore, RedisStore};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

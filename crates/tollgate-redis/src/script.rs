@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{Cmd, Value};
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, BucketState, Decision, Limit, Op, Refusal, StoreError, Timestamp, MAX_COUNT,
 };
 
@@ -346,7 +346,7 @@ fn decision(reply: &Value, buckets: &[Arg<'_>]) -> Result<Decision, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_core::Quota;
+    use tollgate_limits::Quota;
 
     fn strings(cmd: &Cmd) -> Vec<String> {
         cmd.args_iter()

@@ -123,7 +123,7 @@
 //! # Numbers
 //!
 //! The script computes in Lua numbers, exact up to 2^53, which covers every quota
-//! ([`MAX_COUNT`](tollgate_core::MAX_COUNT), 2^53 − 1) and every timestamp until the year
+//! ([`MAX_COUNT`](tollgate_limits::MAX_COUNT), 2^53 − 1) and every timestamp until the year
 //! 2255. Costs above 2^53 are sent as 2^53 (more than any capacity: the charge is refused
 //! the same way).
 //! Counts and times kept or replied saturate at 2^53 (where the memory store saturates at
@@ -144,7 +144,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{RedisError, RedisResult, Value};
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, Batch, BoxFuture, Bucket, Clock, Decision, Limit, Op, Store, StoreError,
     SystemClock, Timestamp,
 };
@@ -763,7 +763,7 @@ struct Inner {
 /// connection.
 ///
 /// ```no_run
-/// use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+/// use tollgate_limits::{Batch, Bucket, Limit, Quota, Store};
 /// use tollgate_redis::RedisStore;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -1269,7 +1269,7 @@ impl RedisStore {
     /// is placed as late as its freshness allows (as [`MemoryStore::mirror`] places a
     /// count), so it leaves when it would have.
     ///
-    /// [`MemoryStore::mirror`]: tollgate_core::MemoryStore::mirror
+    /// [`MemoryStore::mirror`]: tollgate_limits::MemoryStore::mirror
     pub(crate) async fn restore(
         &self,
         owed: &[(Bucket, Duration)],
@@ -1652,8 +1652,8 @@ impl Store for RedisStore {
     }
 
     /// Redis is shared by every process that uses it.
-    fn mode(&self) -> tollgate_core::StoreMode {
-        tollgate_core::StoreMode::Shared
+    fn mode(&self) -> tollgate_limits::StoreMode {
+        tollgate_limits::StoreMode::Shared
     }
 }
 

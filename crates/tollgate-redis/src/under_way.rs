@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
-use tollgate_core::{Batch, Bucket, Op, StoreKey};
+use tollgate_limits::{Batch, Bucket, Op, StoreKey};
 
 use crate::fallback::{lock, wait_until};
 
@@ -97,7 +97,7 @@ impl Drop for Sent<'_> {
 
 #[cfg(test)]
 mod tests {
-    use tollgate_core::{Limit, Quota};
+    use tollgate_limits::{Limit, Quota};
 
     use super::*;
 

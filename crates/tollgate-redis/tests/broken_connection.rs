@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use tollgate_core::{Batch, Bucket, Limit, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
 

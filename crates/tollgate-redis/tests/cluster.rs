@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::cluster_store;
-use tollgate_core::{Batch, Bucket, Limit, ManualClock, Op, Quota, Store, Timestamp};
+use tollgate_limits::{Batch, Bucket, Limit, ManualClock, Op, Quota, Store, Timestamp};
 use tollgate_redis::RedisStore;
 use tollgate_testkit::RedisCluster;
 
 /// The store's answer to `op` on `buckets`.
-async fn apply(store: &RedisStore, op: Op, buckets: &[Bucket]) -> tollgate_core::Decision {
+async fn apply(store: &RedisStore, op: Op, buckets: &[Bucket]) -> tollgate_limits::Decision {
     store
         .apply(&Batch::new(op, buckets.to_vec()))
         .await
@@ -153,7 +153,7 @@ async fn fixed_windows_on_a_cluster() {
             .map(|i| format!("fw{i}"))
             .find(|n| {
                 let b = Bucket::new(n, "k", limit);
-                let at = tollgate_core::Timestamp::from_micros(hour_end_ms * 1000 - 1);
+                let at = tollgate_limits::Timestamp::from_micros(hour_end_ms * 1000 - 1);
                 prefix.contains('{')
                     || cluster.node_of(&store.redis_key(&b)).1
                         != cluster.node_of(&store.redis_key_at(&b, at)).1

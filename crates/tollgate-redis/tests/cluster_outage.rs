@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{cluster_store, wait_for_mode};
-use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, MemoryStore, Op, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisCluster;
 

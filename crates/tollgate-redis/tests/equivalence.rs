@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{connect, short_limits, Rng};
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
     Timestamp,
 };
@@ -263,7 +263,7 @@ async fn sliding_windows_across_segment_and_window_boundaries() {
             let on_redis = both.apply(&batch, seed, step).await;
             if op == Op::Charge {
                 for (b, state) in batch.buckets.iter().zip(&on_redis.buckets) {
-                    if state.refusal == Some(tollgate_core::Refusal::OverLimit) {
+                    if state.refusal == Some(tollgate_limits::Refusal::OverLimit) {
                         was_refused.insert(b.key.to_string());
                     } else if on_redis.allowed && was_refused.remove(&b.key.to_string()) {
                         readmitted += 1;
@@ -439,7 +439,7 @@ async fn fixed_windows_across_window_boundaries() {
                 let (b, state) = (&batch.buckets[0], &on_redis.buckets[0]);
                 let window = on_redis.now.as_micros() / b.limit.quota().period_micros();
                 let key = b.key.to_string();
-                if state.refusal == Some(tollgate_core::Refusal::OverLimit) {
+                if state.refusal == Some(tollgate_limits::Refusal::OverLimit) {
                     refused += 1;
                     was_refused.insert((key, window));
                 } else if state.allowed && was_refused.iter().any(|(k, w)| *k == key && *w < window)
@@ -497,7 +497,7 @@ async fn every_key_expires_when_fresh_again() {
             .query_async(&mut conn)
             .await
             .unwrap();
-        if matches!(limit.algorithm(), tollgate_core::Algorithm::FixedWindow) {
+        if matches!(limit.algorithm(), tollgate_limits::Algorithm::FixedWindow) {
             // Decided on the instance's clock, and set as a time to live from it (so a clock
             // behind the server's sets no expiry already past): later by the time the call
             // took to reach the server.
@@ -558,7 +558,7 @@ async fn invalid_batches_are_typed_errors_without_a_round_trip() {
     for batch in [twice, free, Batch::charge(vec![])] {
         let err = store.apply(&batch).await.unwrap_err();
         assert!(
-            matches!(err, tollgate_core::StoreError::InvalidBatch(_)),
+            matches!(err, tollgate_limits::StoreError::InvalidBatch(_)),
             "{err}"
         );
     }
@@ -582,11 +582,11 @@ async fn a_huge_penalty_saturates_instead_of_poisoning_the_key() {
     ];
     // Twice 2^53 on one key (its saturated state is penalized again), twice u64::MAX on
     // another.
-    let max = tollgate_core::MAX_COUNT;
+    let max = tollgate_limits::MAX_COUNT;
     for limit in limits {
         for (key, cost) in [("a", max), ("a", max), ("b", u64::MAX), ("b", u64::MAX)] {
             let bucket = Bucket::new("huge", &format!("{limit}:{key}"), limit);
-            let mut at = tollgate_core::Timestamp::default();
+            let mut at = tollgate_limits::Timestamp::default();
             let penalty = Batch::new(Op::Penalize, vec![bucket.clone().with_cost(cost)]);
             for batch in [penalty, Batch::charge(vec![bucket.clone()])] {
                 let on_redis = redis
@@ -713,7 +713,7 @@ async fn a_log_given_back_whole_is_reset_at_once() {
     let (clock, redis, memory) = on_one_clock(&server);
     let (log, clock_bucket) = log_on_the_clock("given-back", Duration::from_secs(1));
     let batch = |op: Op| Batch::new(op, vec![log.clone(), clock_bucket.clone()]);
-    let first = tollgate_core::Clock::now(&clock);
+    let first = tollgate_limits::Clock::now(&clock);
     let second = Timestamp::from_micros(first.as_micros() + 100_000);
     let steps = [
         (Duration::ZERO, batch(Op::Charge)),
@@ -792,7 +792,7 @@ async fn the_largest_quota_spent_in_full_refuses_as_memory_does() {
     let server = RedisServer::start();
     let both = Both::new(&server);
     let (redis, memory, clock) = (&both.redis, &both.memory, &both.clock);
-    let max = tollgate_core::MAX_COUNT;
+    let max = tollgate_limits::MAX_COUNT;
     let quota = Quota::new(max, Duration::from_secs(3600)).unwrap();
     let limits = [
         Limit::sliding(quota),
@@ -827,7 +827,7 @@ async fn the_largest_quota_spent_in_full_refuses_as_memory_does() {
 async fn a_cost_above_the_largest_quota_is_refused_as_over_capacity() {
     let server = RedisServer::start();
     let both = Both::new(&server);
-    let max = tollgate_core::MAX_COUNT;
+    let max = tollgate_limits::MAX_COUNT;
     let quota = Quota::new(max, Duration::from_secs(3600)).unwrap();
     for (step, limit) in [
         Limit::sliding(quota),
@@ -850,7 +850,7 @@ async fn a_cost_above_the_largest_quota_is_refused_as_over_capacity() {
             assert_eq!(
                 (d.buckets[0].refusal, d.buckets[0].remaining),
                 (
-                    Some(tollgate_core::Refusal::CostExceedsCapacity {
+                    Some(tollgate_limits::Refusal::CostExceedsCapacity {
                         cost,
                         capacity: max
                     }),

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, Op, Quota, Store};
 use tollgate_redis::RedisStore;
 use tollgate_testkit::RedisServer;
 
@@ -51,7 +51,7 @@ async fn exactly_n_admitted_across_four_instances() {
         Limit::sliding(q),
         Limit::sliding_exact(q),
         Limit::token_bucket(Quota::per_day(N), N).unwrap(),
-        Limit::fixed(Quota::new(N, tollgate_core::MAX_PERIOD).unwrap()),
+        Limit::fixed(Quota::new(N, tollgate_limits::MAX_PERIOD).unwrap()),
     ];
     for (i, limit) in limits.iter().enumerate() {
         let bucket = Bucket::new("shared", &format!("key{i}"), *limit);

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::connect;
-use tollgate_core::{
+use tollgate_limits::{
     Batch, Bucket, Clock, Limit, Op, Quota, Refusal, Store, SystemClock, Timestamp,
 };
 use tollgate_redis::{redis, RedisStore};
@@ -313,7 +313,7 @@ async fn an_instance_whose_clock_runs_behind_still_limits() {
     let store = RedisStore::builder()
         .url(server.url())
         .refusal_cache(0)
-        .clock(tollgate_core::ManualClock::new(Duration::from_micros(
+        .clock(tollgate_limits::ManualClock::new(Duration::from_micros(
             behind,
         )))
         .build()

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::wait_for_mode;
-use tollgate_core::{Batch, Bucket, FailureMode, Limit, Quota, Store, StoreError};
+use tollgate_limits::{Batch, Bucket, FailureMode, Limit, Quota, Store, StoreError};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
 

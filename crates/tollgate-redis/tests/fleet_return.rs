@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{primary, Switchable};
-use tollgate_core::{
+use tollgate_limits::{
     Batch, BoxFuture, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
     StoreError, Timestamp,
 };

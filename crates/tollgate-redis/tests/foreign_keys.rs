@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, Op, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
 

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::connect;
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store, Timestamp};
+use tollgate_limits::{Batch, Bucket, Limit, Op, Quota, Store, Timestamp};
 use tollgate_redis::{redis, RedisStore};
 use tollgate_testkit::RedisServer;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tollgate_core::{
+use tollgate_limits::{
     Batch, BoxFuture, Bucket, Clock, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Store,
     StoreError,
 };
@@ -56,7 +56,7 @@ async fn setup(limit: Limit) -> Setup {
     setup_with(limit, MemoryStore::builder()).await
 }
 
-async fn setup_with(limit: Limit, memory: tollgate_core::MemoryStoreBuilder) -> Setup {
+async fn setup_with(limit: Limit, memory: tollgate_limits::MemoryStoreBuilder) -> Setup {
     let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
     let down = Arc::new(AtomicBool::new(false));
     let primary = Arc::new(Switchable {

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tollgate_core::{
+use tollgate_limits::{
     Batch, BoxFuture, Bucket, Decision, Limit, MemoryStore, Op, Quota, Store, StoreError,
 };
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, Primary};
@@ -266,7 +266,7 @@ async fn with_a_charge_under_way(memory: MemoryStore, key: &Bucket) -> FallbackS
 /// later last admission for its window, no room made by dropping other keys.
 #[tokio::test(start_paused = true)]
 async fn a_look_while_a_charge_is_under_way_writes_nothing() {
-    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let clock = tollgate_limits::ManualClock::new(Duration::from_secs(1_700_000_000));
     let memory = MemoryStore::builder()
         .clock(clock.clone())
         .max_entries(64)
@@ -324,7 +324,7 @@ async fn a_request_refused_for_charges_under_way_is_told_to_wait() {
     let state = &refused.buckets[0];
     assert_eq!(
         state.refusal,
-        Some(tollgate_core::Refusal::OverLimit),
+        Some(tollgate_limits::Refusal::OverLimit),
         "{state:?}"
     );
     let wait = state.retry_after.expect("a wait");
@@ -337,7 +337,7 @@ async fn a_request_refused_for_charges_under_way_is_told_to_wait() {
         .unwrap();
     assert_eq!(
         never.buckets[0].refusal,
-        Some(tollgate_core::Refusal::CostExceedsCapacity {
+        Some(tollgate_limits::Refusal::CostExceedsCapacity {
             cost: 2,
             capacity: 1
         })

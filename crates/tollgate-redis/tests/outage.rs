@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::wait_for_mode;
-use tollgate_core::{
+use tollgate_limits::{
     Batch, Bucket, FailureMode, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, Store,
     StoreError, WhenFull,
 };

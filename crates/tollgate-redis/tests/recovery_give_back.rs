@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::wait_for_mode;
-use tollgate_core::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode};
 use tollgate_testkit::RedisServer;
 

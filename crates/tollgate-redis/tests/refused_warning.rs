@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Batch, Bucket, FailureMode, Limit, Quota, Store};
+use tollgate_limits::{Batch, Bucket, FailureMode, Limit, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::{EventLog, RedisServer};
 

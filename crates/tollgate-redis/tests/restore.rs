@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, Op, Quota, Store};
 use tollgate_redis::{Primary, RedisStore};
 use tollgate_testkit::RedisServer;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::connect;
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, Op, Quota, Store};
 use tollgate_redis::{redis, RedisStore, REFUSAL_CACHE_MAX_AGE};
 use tollgate_testkit::RedisServer;
 

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use tollgate_core::{Batch, Bucket, Limit, Op, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, Op, Quota, Store};
 use tollgate_redis::RedisStore;
 use tollgate_testkit::RedisServer;
 
@@ -207,7 +207,7 @@ async fn what_carries_over_counts_as_admitted_now() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_shapes_stay_within_the_looser_limit_over_its_window() {
     let server = RedisServer::start();
-    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let clock = tollgate_limits::ManualClock::new(Duration::from_secs(1_700_000_000));
     let (a, b) = (on_clock(&server, &clock), on_clock(&server, &clock));
     let on_clock = Bucket::new("clock", "any", Limit::fixed(Quota::per_day(1_000_000)));
     let looser = Quota::new(10, Duration::from_secs(120)).unwrap();
@@ -251,7 +251,7 @@ async fn alternating_shapes_stay_within_the_looser_limit_over_its_window() {
 }
 
 /// A store on `clock` (a fixed window in each call puts the script on the instance's clock).
-fn on_clock(server: &RedisServer, clock: &tollgate_core::ManualClock) -> RedisStore {
+fn on_clock(server: &RedisServer, clock: &tollgate_limits::ManualClock) -> RedisStore {
     RedisStore::builder()
         .url(server.url())
         .refusal_cache(0)
@@ -279,7 +279,7 @@ async fn charge_on_clock(store: &RedisStore, bucket: &Bucket) -> (bool, Option<D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lengthened_window_holds_what_was_counted_for_its_own_window() {
     let server = RedisServer::start();
-    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let clock = tollgate_limits::ManualClock::new(Duration::from_secs(1_700_000_000));
     let store = on_clock(&server, &clock);
     let hour = Quota::per_hour(5);
     let minute = Quota::per_minute(5);
@@ -336,7 +336,7 @@ async fn a_lengthened_window_holds_what_was_counted_for_its_own_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_on_what_another_shape_counts_waits_until_enough_of_it_leaves() {
     let server = RedisServer::start();
-    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let clock = tollgate_limits::ManualClock::new(Duration::from_secs(1_700_000_000));
     let store = on_clock(&server, &clock);
     let minute = Limit::sliding(Quota::per_minute(5));
 
@@ -370,7 +370,7 @@ async fn a_refusal_on_what_another_shape_counts_waits_until_enough_of_it_leaves(
 /// have passed on `clock` a charge is admitted.
 async fn refused_until(
     store: &RedisStore,
-    clock: &tollgate_core::ManualClock,
+    clock: &tollgate_limits::ManualClock,
     bucket: &Bucket,
     secs: u64,
 ) {
@@ -394,7 +394,7 @@ async fn refused_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_alternating_between_two_shapes_is_admitted_once_its_count_leaves() {
     let server = RedisServer::start();
-    let clock = tollgate_core::ManualClock::new(Duration::from_secs(1_700_000_000));
+    let clock = tollgate_limits::ManualClock::new(Duration::from_secs(1_700_000_000));
     let (a, b) = (on_clock(&server, &clock), on_clock(&server, &clock));
     let ten_minutes = Quota::new(5, Duration::from_secs(600)).unwrap();
     for (name, spent_on, other, window, step) in [

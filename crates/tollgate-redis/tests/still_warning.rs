@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{primary, wait_for_mode};
-use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
+use tollgate_limits::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
 use tollgate_redis::{FallbackConfig, FallbackStore, Mode};
 use tollgate_testkit::EventLog;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::wait_for_mode;
-use tollgate_core::{MemoryStore, Store, StoreMode};
+use tollgate_limits::{MemoryStore, Store, StoreMode};
 use tollgate_redis::{EnvStore, FallbackConfig, FallbackStore, Mode, RedisStore};
 use tollgate_testkit::RedisServer;
 
@@ -48,10 +48,10 @@ async fn redis_is_shared_and_the_fallback_store_says_when_it_is_on_memory() {
 
     server.kill();
     // The circuit opens after three failed calls in a row.
-    let batch = tollgate_core::Batch::charge(vec![tollgate_core::Bucket::new(
+    let batch = tollgate_limits::Batch::charge(vec![tollgate_limits::Bucket::new(
         "mode-test",
         "k",
-        tollgate_core::Limit::sliding(tollgate_core::Quota::per_minute(10)),
+        tollgate_limits::Limit::sliding(tollgate_limits::Quota::per_minute(10)),
     )]);
     for _ in 0..3 {
         let _ = fallback.apply(&batch).await.unwrap(); // answered from memory: never an error

@@ -79,7 +79,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tollgate_core::Decision;
+use tollgate_limits::Decision;
 
 use crate::describe::ALGORITHM_NAMES;
 use crate::inspect::InspectError;

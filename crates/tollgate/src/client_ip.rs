@@ -384,7 +384,7 @@ impl ClientIp {
     /// limit: whoever holds an IPv6 /48 holds 65,536 /64s, each a client to
     /// [`ClientIp::key`]'s default.
     pub fn network_key(&self, ip: IpAddr, ipv6_prefix: u8) -> String {
-        let mut out = tollgate_core::StoreKey::new();
+        let mut out = tollgate_limits::StoreKey::new();
         push_address_key(ip, ipv6_prefix, &mut out);
         out.into()
     }
@@ -397,7 +397,7 @@ impl ClientIp {
 
 /// The key of `ip` with IPv6 addresses folded to their first `ipv6_prefix` bits, appended
 /// to `out` ([`ClientIp::key`], [`ClientIp::network_key`]).
-pub(crate) fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_core::StoreKey) {
+pub(crate) fn push_address_key(ip: IpAddr, ipv6_prefix: u8, out: &mut tollgate_limits::StoreKey) {
     use std::fmt::Write as _;
     match key_address(ip) {
         IpAddr::V4(v4) => {
@@ -629,18 +629,18 @@ mod tests {
             "255.255.255.255",
             "1.20.190.249",
         ] {
-            let mut key = tollgate_core::StoreKey::new();
+            let mut key = tollgate_limits::StoreKey::new();
             push_address_key(ip(text), client_ip.prefix(None), &mut key);
             assert_eq!(key.as_str(), text);
         }
         for octet in 0..=255u8 {
             let address = std::net::Ipv4Addr::new(octet, 255 - octet, octet / 3, octet);
-            let mut key = tollgate_core::StoreKey::new();
+            let mut key = tollgate_limits::StoreKey::new();
             push_address_key(IpAddr::V4(address), client_ip.prefix(None), &mut key);
             assert_eq!(key.as_str(), address.to_string());
         }
         // An IPv4-mapped IPv6 address is its IPv4 client.
-        let mut key = tollgate_core::StoreKey::new();
+        let mut key = tollgate_limits::StoreKey::new();
         push_address_key(ip("::ffff:10.0.0.1"), client_ip.prefix(None), &mut key);
         assert_eq!(key.as_str(), "10.0.0.1");
     }

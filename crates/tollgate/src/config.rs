@@ -96,7 +96,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tollgate_core::{Algorithm, FailureMode, Limit, Quota, QuotaError, WhenFull, DEFAULT_SEGMENTS};
+use tollgate_limits::{
+    Algorithm, FailureMode, Limit, Quota, QuotaError, WhenFull, DEFAULT_SEGMENTS,
+};
 
 use crate::client_ip::ClientIp;
 use crate::error::BuildError;
@@ -1699,8 +1701,8 @@ impl StoreConfig {
         }
     }
 
-    fn memory(&self) -> tollgate_core::MemoryStore {
-        let mut memory = tollgate_core::MemoryStore::builder();
+    fn memory(&self) -> tollgate_limits::MemoryStore {
+        let mut memory = tollgate_limits::MemoryStore::builder();
         if let Some(n) = self.max_entries {
             memory = memory.max_entries(n);
         }

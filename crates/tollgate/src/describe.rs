@@ -1,6 +1,6 @@
 use http::Method;
 use serde::ser::{Serialize, Serializer};
-use tollgate_core::{Algorithm, Limit};
+use tollgate_limits::{Algorithm, Limit};
 
 use crate::classify::RoutePattern;
 use crate::engine::Compiled;
@@ -300,7 +300,7 @@ impl Serialize for RouteLimits {
 #[cfg(test)]
 mod tests {
     use http::Method;
-    use tollgate_core::{Algorithm, Quota};
+    use tollgate_limits::{Algorithm, Quota};
 
     use super::RuleSource;
     use crate::{Key, Limiter, Policy, Rate};
@@ -333,10 +333,10 @@ mod tests {
 
     #[test]
     fn a_window_under_a_second_shows_as_one_second_like_the_policy_header() {
-        let short = super::Limit::sliding(tollgate_core::Quota::parse("10/500ms").unwrap());
+        let short = super::Limit::sliding(tollgate_limits::Quota::parse("10/500ms").unwrap());
         let json = serde_json::to_value(super::LimitJson::new(Some(short))).unwrap();
         assert_eq!(json["windowSeconds"], 1);
-        let minute = super::Limit::sliding(tollgate_core::Quota::per_minute(10));
+        let minute = super::Limit::sliding(tollgate_limits::Quota::per_minute(10));
         let json = serde_json::to_value(super::LimitJson::new(Some(minute))).unwrap();
         assert_eq!(json["windowSeconds"], 60);
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use http::Method;
-use tollgate_core::Decision;
+use tollgate_limits::Decision;
 
 use crate::error::CheckError;
 use crate::limiter::Limiter;

@@ -1,7 +1,7 @@
 //! Errors: [`BuildError`] for every configuration mistake (returned by
 //! [`LimiterBuilder::build`](crate::LimiterBuilder::build)), [`CheckError`] for direct use.
 
-use tollgate_core::StoreError;
+use tollgate_limits::StoreError;
 
 use crate::classify::PatternError;
 use crate::client_ip::ClientIpError;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
-use tollgate_core::BoxFuture;
+use tollgate_limits::BoxFuture;
 use tower_service::Service;
 
 use crate::engine::{in_background, After, Asking, Left, Outcome, Settled};

@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use tollgate_core::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
+use tollgate_limits::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
 
 use crate::engine::{Compiled, DirectKey};
 use crate::key::{store_key, Key, Source};
@@ -457,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn a_bucket_per_network_folds_addresses_to_its_network() {
         let limiter = Limiter::builder()
-            .bucket_per_network("net", "10/min", tollgate_core::WhenFull::EvictLimited, 48)
+            .bucket_per_network("net", "10/min", tollgate_limits::WhenFull::EvictLimited, 48)
             .bucket("per-client", "10/min")
             .build()
             .unwrap();
@@ -509,7 +509,12 @@ mod tests {
         assert_eq!(remaining("per-client", "alice").await, 10);
         // A prefix no address has is a build error.
         let bad = Limiter::builder()
-            .bucket_per_network("net", "10/min", tollgate_core::WhenFull::EvictLimited, 129)
+            .bucket_per_network(
+                "net",
+                "10/min",
+                tollgate_limits::WhenFull::EvictLimited,
+                129,
+            )
             .build();
         assert!(matches!(
             bad,

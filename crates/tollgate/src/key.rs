@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::HeaderName;
 use sha2::{Digest, Sha256};
-use tollgate_core::StoreKey;
+use tollgate_limits::StoreKey;
 
 /// A function of the request that names a key, or `None` when the request has none.
 pub(crate) type Extractor = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;

@@ -191,7 +191,7 @@
 //! - the `X-RateLimit-*` and IETF headers are written as usual: they describe the bucket
 //!   truthfully.
 //!
-//! [`Refusal::CostExceedsCapacity`]: tollgate_core::Refusal::CostExceedsCapacity
+//! [`Refusal::CostExceedsCapacity`]: tollgate_limits::Refusal::CostExceedsCapacity
 //!
 //! # Features
 //!
@@ -202,7 +202,7 @@
 //! | `yaml` | configuration files in YAML (`Limiter::from_config`, `Config::from_yaml`) | on |
 //! | `toml` | configuration files in TOML (`Limiter::from_config`, `Config::from_toml`) | on |
 //! | `openapi` | `tollgate::publish`: limits in an OpenAPI document and an HTML table (no extra dependencies) | on |
-//! | `config` | `yaml` and `toml` (the single feature of earlier versions) | via `yaml` + `toml` |
+//! | `config` | `yaml` and `toml` (both formats in one feature) | via `yaml` + `toml` |
 //! | `deadpool` | `RedisStoreBuilder::pool`: an application's deadpool-redis pool (implies `redis`) | off |
 //! | `tls` | `rediss://` URLs: Redis over TLS, rustls with the webpki roots (implies `redis`) | off |
 //! | `admin` | `tollgate::admin`: an axum router for operators (implies `axum`) | off |
@@ -214,6 +214,20 @@
 //! leaves out the Redis client and the TOML parser. `deadpool` is off because one
 //! multiplexed connection (the default) is faster, and so that deadpool-redis's major
 //! releases are not breaking changes for everyone.
+// The reloads from files exist with the `yaml` or `toml` feature only; without them their
+// names lead to the features.
+#![cfg_attr(
+    any(feature = "yaml", feature = "toml"),
+    doc = "",
+    doc = "[`Limiter::watch_file`]: crate::Limiter::watch_file",
+    doc = "[`reload`]: crate::reload"
+)]
+#![cfg_attr(
+    not(any(feature = "yaml", feature = "toml")),
+    doc = "",
+    doc = "[`Limiter::watch_file`]: crate#features",
+    doc = "[`reload`]: crate#features"
+)]
 
 // One path per type: the modules holding the middleware and its model are private and
 // their items are re-exported here, once; the optional parts are namespaces (`admin`,
@@ -269,8 +283,8 @@ pub use respond::{
 pub use response_body::ResponseBody;
 pub use service::RateLimit;
 
-pub use tollgate_core::StoreMode;
-pub use tollgate_core::{
+pub use tollgate_limits::StoreMode;
+pub use tollgate_limits::{
     Algorithm, Batch, BoxFuture, Bucket, BucketState, Clock, Decision, FailureMode, Limit,
     ManualClock, MemoryStats, MemoryStore, MemoryStoreBuilder, Op, Quota, QuotaError, Refusal,
     Store, StoreError, StoreKey, Timestamp, WhenFull, DEFAULT_SEGMENTS, MAX_COUNT, MAX_PERIOD,

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
-use tollgate_core::{
+use tollgate_limits::{
     Batch, Bucket, BucketState, Decision, FailureMode, Limit, MemoryStore, Op, Store, WhenFull,
 };
 
@@ -772,7 +772,7 @@ impl Limiter {
                 decision.buckets.first().and_then(|state| {
                     let window = state.reset_after.max(Duration::from_secs(1));
                     let window = Duration::from_secs(window.as_secs_f64().ceil() as u64);
-                    tollgate_core::Quota::new(state.limit.max(1), window).ok()
+                    tollgate_limits::Quota::new(state.limit.max(1), window).ok()
                 })
             }
         };
@@ -796,7 +796,7 @@ impl Limiter {
         if !self.engine.enabled {
             return Ok(Decision {
                 allowed: true,
-                now: tollgate_core::Timestamp::default(),
+                now: tollgate_limits::Timestamp::default(),
                 buckets: Vec::new(),
             });
         }
@@ -1675,7 +1675,7 @@ fn parse_switch(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_core::ManualClock;
+    use tollgate_limits::ManualClock;
 
     /// A memory store on a stopped clock (no window ends during a test).
     fn stopped_store() -> MemoryStore {

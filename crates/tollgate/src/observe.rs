@@ -10,7 +10,7 @@
 //! | [`STORE_ERRORS_TOTAL`] `tollgate_store_errors_total` | counter | `store` | the store could not answer a request's charge |
 //! | [`STORE_DURATION_SECONDS`] `tollgate_store_duration_seconds` | histogram | `store` | the time a store that waits (Redis, a fallback store) took to answer a charge |
 //! | [`STORE_FALLBACK`] `tollgate_store_fallback` | gauge | `store` | 1 while a fallback store decides from memory because its shared store fails, else 0 (updated with every answer of a store that waits) |
-//! | [`STORE_FALLBACKS_TOTAL`] `tollgate_store_fallbacks_total` | counter | `store` | each switch to the memory fallback, as the store counts them ([`Store::fallbacks`](tollgate_core::Store::fallbacks): each departure from its shared store, below the failure threshold too), read with every answer of a store that waits (a pause shorter than a scrape still shows) |
+//! | [`STORE_FALLBACKS_TOTAL`] `tollgate_store_fallbacks_total` | counter | `store` | each switch to the memory fallback, as the store counts them ([`Store::fallbacks`](tollgate_limits::Store::fallbacks): each departure from its shared store, below the failure threshold too), read with every answer of a store that waits (a pause shorter than a scrape still shows) |
 //! | [`CONFIG_RELOADS_TOTAL`] `tollgate_config_reloads_total` | counter | `outcome` | once per reload tried ([`Limiter::reload`], [`Limiter::reload_config_with`], [`Limiter::reload_file`], a file watcher's reload of a changed file or [`ConfigWatcher::reload_now`]): `outcome="reloaded"`, or `"refused"` for one that did not load or build (the running rules stayed; the error is logged by a watcher, returned otherwise). A watched file that turns unreadable (deleted, its permissions changed) counts one `refused` until it reads again. Alert on `refused`: a broken edit leaves the old rules in force |
 //!
 //! Labels are configuration names, never a client's key: `policy` is the policy's name,
@@ -85,15 +85,26 @@
 //!
 //! [`LimiterBuilder::store_name`]: crate::LimiterBuilder::store_name
 //! [`Limiter::reload`]: crate::Limiter::reload
-//! [`Limiter::reload_config_with`]: crate::Limiter::reload_config_with
-//! [`Limiter::reload_file`]: crate::Limiter::reload_file
-//! [`ConfigWatcher::reload_now`]: crate::reload::ConfigWatcher::reload_now
 //! [`Limiter::set_override`]: crate::Limiter::set_override
+// The reloads from files exist with the `yaml` or `toml` feature only; without them their
+// names lead to the features.
+#![cfg_attr(
+    any(feature = "yaml", feature = "toml"),
+    doc = "[`Limiter::reload_config_with`]: crate::Limiter::reload_config_with",
+    doc = "[`Limiter::reload_file`]: crate::Limiter::reload_file",
+    doc = "[`ConfigWatcher::reload_now`]: crate::reload::ConfigWatcher::reload_now"
+)]
+#![cfg_attr(
+    not(any(feature = "yaml", feature = "toml")),
+    doc = "[`Limiter::reload_config_with`]: crate#features",
+    doc = "[`Limiter::reload_file`]: crate#features",
+    doc = "[`ConfigWatcher::reload_now`]: crate#features"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate_core::{BucketState, Refusal, StoreMode};
+use tollgate_limits::{BucketState, Refusal, StoreMode};
 
 /// `tollgate_requests_total{policy, bucket, outcome}`.
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -333,11 +344,11 @@ impl StoreMetrics {
     }
 
     /// `store` answered (or failed) after `elapsed`: where it decides now, and how many
-    /// times it has switched to its fallback ([`Store::fallbacks`](tollgate_core::Store::fallbacks)),
+    /// times it has switched to its fallback ([`Store::fallbacks`](tollgate_limits::Store::fallbacks)),
     /// are read only when metrics are on.
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn answered(&self, elapsed: Duration, store: &dyn tollgate_core::Store) {
+    pub(crate) fn answered(&self, elapsed: Duration, store: &dyn tollgate_limits::Store) {
         #[cfg(feature = "metrics")]
         {
             self.duration.record(elapsed.as_secs_f64());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::StatusCode;
-use tollgate_core::{FailureMode, Limit, WhenFull};
+use tollgate_limits::{FailureMode, Limit, WhenFull};
 
 use crate::key::Key;
 use crate::rate::Rate;
@@ -237,7 +237,7 @@ impl Policy {
     /// `304 Not Modified` does not count).
     ///
     /// What is given back is this request's own charge, from where it was counted
-    /// ([`Op::RefundAt`](tollgate_core::Op::RefundAt)): a response that comes after its
+    /// ([`Op::RefundAt`](tollgate_limits::Op::RefundAt)): a response that comes after its
     /// fixed window ended gives nothing back in the next one, and a token bucket gets back
     /// its charge less the time the request took (a response slower than one token's time
     /// gives nothing back). So a slow response never frees room that requests charged after

@@ -99,7 +99,7 @@ use std::sync::Arc;
 use http::Method;
 use serde::ser::{Serialize, Serializer};
 use serde_json::{json, Value};
-use tollgate_core::{BucketState, Decision, Limit, Quota, Refusal, Timestamp};
+use tollgate_limits::{BucketState, Decision, Limit, Quota, Refusal, Timestamp};
 
 use crate::describe::{algorithm_name, LimitJson, RouteLimits, RuleLimit, RuleSource};
 use crate::limiter::Limiter;
@@ -1048,7 +1048,7 @@ fn limit_html(per: &str, limit: Option<Limit>, bucket: &str) -> String {
     match limit {
         Some(l) => {
             let algorithm = match l.algorithm() {
-                tollgate_core::Algorithm::TokenBucket { burst } => {
+                tollgate_limits::Algorithm::TokenBucket { burst } => {
                     format!("token bucket, burst {burst}")
                 }
                 _ => algorithm_name(&l).to_string(),

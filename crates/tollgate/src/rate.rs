@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use tollgate_core::{Limit, Quota, QuotaError};
+use tollgate_limits::{Limit, Quota, QuotaError};
 
 /// A quota that did not parse, with the text it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,7 +172,7 @@ impl From<Limit> for Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_core::Algorithm;
+    use tollgate_limits::Algorithm;
 
     #[test]
     fn text_and_constructors() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{request, Body};
 use http::{Response, StatusCode};
 use tollgate::{Limiter, ManualClock, MemoryStore, Policy, Store};
-use tollgate_core::{Batch, BoxFuture, Decision, StoreError};
+use tollgate_limits::{Batch, BoxFuture, Decision, StoreError};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 const PEER: Option<&str> = Some("192.0.2.1:5000");

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Quota, WhenFull};
+use tollgate_limits::{Bucket, Limit, ManualClock, MemoryStore, Quota, WhenFull};
 
 /// Keys the store holds per bucket name.
 const ENTRIES: usize = 100_000;

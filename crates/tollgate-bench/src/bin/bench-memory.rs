@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use governor::{Quota as GovernorQuota, RateLimiter};
-use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
+use tollgate_limits::{Bucket, Limit, MemoryStore, Quota};
 
 const N: u64 = 1_000_000;
 /// The exact log keeps an entry per admission: measured with fewer keys.

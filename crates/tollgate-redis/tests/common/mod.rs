@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tollgate_core::{Batch, BoxFuture, Decision, Limit, MemoryStore, Quota, Store, StoreError};
+use tollgate_limits::{Batch, BoxFuture, Decision, Limit, MemoryStore, Quota, Store, StoreError};
 use tollgate_redis::{redis, FallbackStore, Mode, Primary, RedisStore};
 
 /// A small deterministic generator (SplitMix64), so failures replay from their seed.
@@ -101,15 +101,15 @@ pub fn uncached(server: &tollgate_testkit::RedisServer) -> RedisStore {
 /// How many of `n` charges of `bucket` through `store` are admitted, one after another,
 /// `pause` apart.
 pub async fn admitted(
-    store: &impl tollgate_core::Store,
-    bucket: &tollgate_core::Bucket,
+    store: &impl tollgate_limits::Store,
+    bucket: &tollgate_limits::Bucket,
     n: usize,
     pause: Duration,
 ) -> usize {
     let mut admitted = 0;
     for _ in 0..n {
         let d = store
-            .apply(&tollgate_core::Batch::charge(vec![bucket.clone()]))
+            .apply(&tollgate_limits::Batch::charge(vec![bucket.clone()]))
             .await
             .unwrap();
         admitted += usize::from(d.allowed);

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
-use tollgate_core::{Bucket, FailureMode, Limit, Op, Quota, Sampled, StoreKey, WhenFull};
+use tollgate_limits::{Bucket, FailureMode, Limit, Op, Quota, Sampled, StoreKey, WhenFull};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::error::BuildError;

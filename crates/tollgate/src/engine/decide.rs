@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Method;
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Batch, BucketState, Decision, FailureMode, Op, StoreError, Timestamp};
+use tollgate_limits::{Batch, BucketState, Decision, FailureMode, Op, StoreError, Timestamp};
 
 use super::compile::{refusal_to_log, Compiled};
 use super::gate::Waiting;

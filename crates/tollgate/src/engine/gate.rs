@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use tokio::sync::Notify;
-use tollgate_core::{BucketState, StoreKey};
+use tollgate_limits::{BucketState, StoreKey};
 
 use super::plan::INLINE;
 

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use http::request::Parts;
 use http::Method;
 use smallvec::SmallVec;
-use tollgate_core::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey, Timestamp};
+use tollgate_limits::{Batch, BoxFuture, Bucket, Limit, Op, Store, StoreKey, Timestamp};
 
 use crate::classify::{RoutePattern, RouteTable};
 use crate::client_ip::{peer_addr, ClientIp};
@@ -419,7 +419,7 @@ impl Left {
             return;
         }
         let buckets: Vec<Bucket> = counted.iter().map(|&i| plan.buckets[i].clone()).collect();
-        let mut states = vec![tollgate_core::BucketState::default(); buckets.len()];
+        let mut states = vec![tollgate_limits::BucketState::default(); buckets.len()];
         match self
             .engine
             .store
@@ -443,7 +443,7 @@ impl Left {
         engine: &Engine,
         plan: &Plan<Arc<Compiled>>,
         counted: &[usize],
-        answer: Result<Vec<tollgate_core::BucketState>, tollgate_core::StoreError>,
+        answer: Result<Vec<tollgate_limits::BucketState>, tollgate_limits::StoreError>,
     ) {
         match answer {
             Ok(states) => plan.count_response(&engine.stats, counted.iter().copied(), &states),
@@ -473,7 +473,7 @@ pub(crate) struct Counters {
     /// Requests without a peer address.
     pub(crate) no_peer: AtomicU64,
     /// Warnings about store failures (Unix ms).
-    store_warned: tollgate_core::Sampled,
+    store_warned: tollgate_limits::Sampled,
 }
 
 /// At most one warning per this many milliseconds about a failing store: while it is down,
@@ -985,7 +985,7 @@ impl Engine {
         &self,
         (buckets, at): (Vec<Bucket>, Timestamp),
     ) -> Option<(Vec<Bucket>, Timestamp)> {
-        let mut states = vec![tollgate_core::BucketState::default(); buckets.len()];
+        let mut states = vec![tollgate_limits::BucketState::default(); buckets.len()];
         match self
             .store
             .apply_sync(Op::RefundAt(at), &buckets, &mut states)
@@ -1200,7 +1200,7 @@ const NO_PEER_BODY: &str = "The server is misconfigured: the rate limiter cannot
      `into_make_service_with_connect_info::<SocketAddr>()`; with plain tower, insert the \
      peer `SocketAddr` into the request extensions.\n";
 
-fn give_back_failed(e: &tollgate_core::StoreError) {
+fn give_back_failed(e: &tollgate_limits::StoreError) {
     tracing::warn!(target: "tollgate", error = %e, "could not give the central class's charge back");
 }
 

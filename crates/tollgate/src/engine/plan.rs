@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use smallvec::SmallVec;
-use tollgate_core::{Bucket, FailureMode, Op, StoreKey};
+use tollgate_limits::{Bucket, FailureMode, Op, StoreKey};
 
 use super::compile::{Compiled, CompiledQuota};
 use super::{Engine, Overrides};
@@ -117,7 +117,7 @@ impl<G: AsRef<Compiled>> Plan<G> {
         &self,
         stats: &super::Counters,
         at: impl Iterator<Item = usize>,
-        states: &[tollgate_core::BucketState],
+        states: &[tollgate_limits::BucketState],
     ) {
         stats
             .admitted

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
-use tollgate_core::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op, Timestamp};
+use tollgate_limits::{most_restrictive, Batch, BoxFuture, Bucket, BucketState, Op, Timestamp};
 
 use super::compile::Compiled;
 use super::decide::{Outcome, States};
@@ -313,7 +313,7 @@ impl Pending {
         &mut self,
         op: Op,
         touched: &[usize],
-        answer: Result<States, tollgate_core::StoreError>,
+        answer: Result<States, tollgate_limits::StoreError>,
     ) {
         match answer {
             Ok(states) => {

@@ -557,7 +557,7 @@ impl Serialize for Json<'_> {
 #[cfg(test)]
 mod tests {
     use http::Method;
-    use tollgate_core::{Decision, Quota, Timestamp};
+    use tollgate_limits::{Decision, Quota, Timestamp};
 
     use super::super::headers::ResetFormat;
     use super::super::info;
@@ -909,10 +909,10 @@ mod tests {
             text(response.body()),
             r#"{"error":"Rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","details":{"limit":null,"window":null,"retryAfter":null}}"#
         );
-        let max = tollgate_core::MAX_COUNT;
+        let max = tollgate_limits::MAX_COUNT;
         let huge = single(
             "b",
-            Quota::new(max, tollgate_core::MAX_PERIOD).unwrap(),
+            Quota::new(max, tollgate_limits::MAX_PERIOD).unwrap(),
             Timestamp::from_micros(u64::MAX),
             state(max, max, Duration::MAX, Some(Duration::MAX)),
             "/",

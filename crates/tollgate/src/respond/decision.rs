@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
-use tollgate_core::{BucketState, Timestamp};
+use tollgate_limits::{BucketState, Timestamp};
 
 use super::info::{ceil_secs, retry_secs};
 
@@ -229,7 +229,7 @@ mod tests {
             remaining: 0,
             reset_after: Duration::from_millis(59_001),
             retry_after: Some(Duration::from_millis(400)),
-            refusal: Some(tollgate_core::Refusal::OverLimit),
+            refusal: Some(tollgate_limits::Refusal::OverLimit),
         };
         let d = RateLimitDecision::new(
             "default".into(),

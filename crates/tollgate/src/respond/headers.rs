@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use smallvec::SmallVec;
-use tollgate_core::{BucketState, Quota, Timestamp};
+use tollgate_limits::{BucketState, Quota, Timestamp};
 
 use super::info::{ceil_secs, retry_secs, shown_reset, RateLimitOutcome};
 use super::sf;
@@ -391,7 +391,7 @@ pub enum ResetFormat {
 ///
 /// - **`X-RateLimit-*`** ([`HeaderStyle::x_ratelimit`]): `X-RateLimit-Limit`, `-Remaining`
 ///   and `-Reset` for the most restrictive bucket (see
-///   [`Decision::most_restrictive`](tollgate_core::Decision::most_restrictive)), reset in a
+///   [`Decision::most_restrictive`](tollgate_limits::Decision::most_restrictive)), reset in a
 ///   [`ResetFormat`].
 /// - **IETF** ([`HeaderStyle::ietf`]): `RateLimit-Policy` and `RateLimit` as in
 ///   draft-ietf-httpapi-ratelimit-headers-10, one item per bucket, so stacked limits
@@ -422,7 +422,7 @@ pub enum ResetFormat {
 ///   is `q=100;w=60`, of which at most 20 fit at once); one whose burst is above its
 ///   count shows its burst as the limit and the time the bucket takes to refill it as
 ///   `w` (`10/min burst 30`: `q=30;w=180`), so what is left never shows more than the
-///   limit ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota)).
+///   limit ([`Limit::shown_quota`](tollgate_limits::Limit::shown_quota)).
 ///   Where requests have a cost ([`Policy::cost`](crate::Policy::cost)), `q` and `r` count
 ///   the bucket's points, as `X-RateLimit-*` does. The draft's default unit is requests,
 ///   and it has none for points (nor does tollgate send a `qu` it does not define): a
@@ -923,7 +923,7 @@ mod tests {
     use std::time::Duration;
 
     use http::Method;
-    use tollgate_core::{Decision, Quota, Timestamp};
+    use tollgate_limits::{Decision, Quota, Timestamp};
 
     use super::super::info::tests::{never_fits, single, state};
     use super::*;
@@ -1544,12 +1544,12 @@ mod tests {
 
     #[test]
     fn huge_values_do_not_panic_and_stay_valid() {
-        let max = tollgate_core::MAX_COUNT;
+        let max = tollgate_limits::MAX_COUNT;
         let mut headers = HeaderMap::new();
         for now in [0, u64::MAX] {
             let info = single(
                 "b",
-                Quota::new(max, tollgate_core::MAX_PERIOD).unwrap(),
+                Quota::new(max, tollgate_limits::MAX_PERIOD).unwrap(),
                 Timestamp::from_micros(now),
                 state(max, max, Duration::MAX, Some(Duration::MAX)),
                 "/",

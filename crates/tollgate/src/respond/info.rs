@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
-use tollgate_core::{BucketState, Decision, Quota, Refusal, Timestamp};
+use tollgate_limits::{BucketState, Decision, Quota, Refusal, Timestamp};
 
 use super::decision::RateLimitDecision;
 
@@ -25,7 +25,7 @@ pub struct BucketOutcome {
     /// structured-field string with `:` written `-` (`"default-ip"`).
     pub name: Arc<str>,
     /// The quota the bucket was charged against (after per-key overrides), as responses
-    /// show it ([`Limit::shown_quota`](tollgate_core::Limit::shown_quota): a token bucket
+    /// show it ([`Limit::shown_quota`](tollgate_limits::Limit::shown_quota): a token bucket
     /// whose burst is above its count shows its burst): its period is the window headers
     /// and bodies show.
     pub quota: Quota,

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Quota};
+//! use tollgate_limits::{Bucket, Limit, ManualClock, MemoryStore, Quota};
 //!
 //! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
 //! let store = MemoryStore::builder().max_entries(10_000).clock(clock.clone()).build();
@@ -853,7 +853,7 @@ impl MemoryStore {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
+    /// use tollgate_limits::{Bucket, Limit, MemoryStore, Quota};
     ///
     /// let store = MemoryStore::new();
     /// let lockout = Bucket::new("login", "alice", Limit::sliding_exact(Quota::parse("5/30min")?));

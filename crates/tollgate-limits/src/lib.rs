@@ -3,7 +3,7 @@
 //! No HTTP, no async runtime.
 //!
 //! ```
-//! use tollgate_core::{Bucket, Limit, MemoryStore, Quota};
+//! use tollgate_limits::{Bucket, Limit, MemoryStore, Quota};
 //!
 //! let store = MemoryStore::new();
 //! let per_ip = Limit::sliding(Quota::parse("500/min")?);

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tollgate_core::Quota;
+//! use tollgate_limits::Quota;
 //!
 //! let q: Quota = "20/15min".parse()?;
 //! assert_eq!(q.count(), 20);
@@ -10,7 +10,7 @@
 //! assert_eq!(q.to_string(), "20/15min");
 //! assert_eq!(Quota::parse("10,000 / hour")?, Quota::per_hour(10_000));
 //! assert!(Quota::parse("10/fortnight").is_err());
-//! # Ok::<(), tollgate_core::QuotaError>(())
+//! # Ok::<(), tollgate_limits::QuotaError>(())
 //! ```
 
 use std::fmt;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, Batch, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, Store,
     StoreError, Timestamp,
 };
@@ -465,7 +465,7 @@ fn admitted_decisions_describe_the_bucket_with_least_left() {
     assert_eq!(d.most_restrictive(), Some(1));
     assert_eq!(d.most_restrictive_state().map(|b| b.remaining), Some(2));
     assert_eq!(d.retry_after(), None);
-    assert_eq!(d.now, tollgate_core::Clock::now(&clock));
+    assert_eq!(d.now, tollgate_limits::Clock::now(&clock));
     assert_eq!(d.buckets[1].reset_after, Duration::from_secs(3600));
     assert_eq!(d.buckets[1].limit, 3);
 }
@@ -573,5 +573,5 @@ fn every_algorithm_at_the_end_of_time_refuses_without_overflowing() {
         );
     }
     clock.advance(Duration::from_secs(3_600));
-    assert_eq!(tollgate_core::Clock::now(&clock).as_micros(), u64::MAX);
+    assert_eq!(tollgate_limits::Clock::now(&clock).as_micros(), u64::MAX);
 }

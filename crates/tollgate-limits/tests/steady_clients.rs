@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Quota};
+use tollgate_limits::{Bucket, Limit, ManualClock, MemoryStore, Quota};
 
 /// The times (µs from the start) at which a client sending `per_window` requests per
 /// window, evenly spaced, for `windows` windows, was admitted, and how many it was refused.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// lasts every request meets it, and a line per request would bury everything else.
 ///
 /// ```
-/// use tollgate_core::Sampled;
+/// use tollgate_limits::Sampled;
 ///
 /// let failures = Sampled::new();
 /// assert_eq!(failures.due(1_000, 10_000), Some(0)); // the first is reported

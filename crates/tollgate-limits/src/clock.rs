@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tollgate_core::{Clock, ManualClock};
+//! use tollgate_limits::{Clock, ManualClock};
 //!
 //! let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
 //! let before = clock.now();
@@ -118,7 +118,7 @@ impl Clock for SystemClock {
 /// the system clock but while it slews after a step back.
 ///
 /// ```
-/// use tollgate_core::{Clock, FastClock};
+/// use tollgate_limits::{Clock, FastClock};
 ///
 /// let clock = FastClock::new();
 /// let (a, b) = (clock.now(), clock.now());

@@ -3,7 +3,7 @@
 //! key order, in the same run.
 //!
 //! ```text
-//! cargo bench -p tollgate-core --bench decide -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p tollgate-limits --bench decide -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! - Keys: 100,000 strings `bench:<n>`, all live (decided once before measuring); each
@@ -24,7 +24,7 @@
 //! - After criterion's figures, the same contenders run again interleaved (one chunk of
 //!   each, round after round) and the median per-round ratio to governor is printed: on a
 //!   machine shared with other work, that ratio is the comparable figure. Only that part:
-//!   `cargo bench -p tollgate-core --bench decide -- interleaved`.
+//!   `cargo bench -p tollgate-limits --bench decide -- interleaved`.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use tollgate_core::{Bucket, BucketState, Limit, MemoryStore, Op, Quota, Store};
+use tollgate_limits::{Bucket, BucketState, Limit, MemoryStore, Op, Quota, Store};
 
 const KEYS: usize = 100_000;
 /// The per-key quota: this many per day, all of it at once if need be.
@@ -408,7 +408,7 @@ fn interleaved() {
     ];
     let mut out = String::new();
     out.push_str("## Engine: one decision on the memory store beside governor\n\n");
-    out.push_str("`cargo bench -p tollgate-core --bench decide -- interleaved`: ");
+    out.push_str("`cargo bench -p tollgate-limits --bench decide -- interleaved`: ");
     out.push_str(&format!(
         "{rounds} interleaved rounds of {CHUNK} decisions per contender; quota 1,000,000 per day, per hour for the sliding window (never refused).\n"
     ));

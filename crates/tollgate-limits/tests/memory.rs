@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, WhenFull};
+use tollgate_limits::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, WhenFull};
 
 const T0: Duration = Duration::from_secs(1_700_000_000);
 
@@ -74,7 +74,7 @@ fn assert_still_limited(store: &MemoryStore, keys: &[Bucket], when: &str) {
 
 /// 1,000,000 distinct keys into a store capped at 100,000: the store never holds more
 /// than the cap, keys checked during the flood and keys left alone during it all stay
-/// limited. About 1 s when tollgate-core and hashbrown are optimized in test builds
+/// limited. About 1 s when tollgate-limits and hashbrown are optimized in test builds
 /// (`[profile.dev.package.*]`); about 9 s of CPU in a plain debug build, where the
 /// unoptimized hash table dominates.
 #[test]

@@ -8,7 +8,7 @@
 //! | [`Algorithm::FixedWindow`] | at most N per calendar window aligned to the Unix epoch (UTC midnight for days) | a counter and the window |
 //!
 //! ```
-//! use tollgate_core::{Limit, Quota};
+//! use tollgate_limits::{Limit, Quota};
 //!
 //! let rolling = Limit::sliding(Quota::parse("500/min")?);
 //! let exact = Limit::sliding_exact(Quota::parse("60/60s")?);
@@ -16,7 +16,7 @@
 //! let daily = Limit::fixed(Quota::parse("10000/day")?);
 //! assert_eq!(bucket.capacity(), 20);
 //! assert_eq!(daily.to_string(), "10000/day fixed");
-//! # Ok::<(), tollgate_core::QuotaError>(())
+//! # Ok::<(), tollgate_limits::QuotaError>(())
 //! ```
 
 use std::fmt;
@@ -164,13 +164,13 @@ impl Limit {
     /// the burst, never exceeds the limit it shows, and the two still give the rate.
     ///
     /// ```
-    /// use tollgate_core::{Limit, Quota};
+    /// use tollgate_limits::{Limit, Quota};
     ///
     /// let wide = Limit::token_bucket(Quota::per_minute(10), 30)?;
     /// assert_eq!(wide.shown_quota(), Quota::parse("30/180s")?);
     /// let narrow = Limit::token_bucket(Quota::per_minute(100), 20)?;
     /// assert_eq!(narrow.shown_quota(), Quota::per_minute(100));
-    /// # Ok::<(), tollgate_core::QuotaError>(())
+    /// # Ok::<(), tollgate_limits::QuotaError>(())
     /// ```
     #[inline]
     pub fn shown_quota(&self) -> Quota {
@@ -186,11 +186,11 @@ impl Limit {
     /// the quota's count otherwise), without working out its window.
     ///
     /// ```
-    /// use tollgate_core::{Limit, Quota};
+    /// use tollgate_limits::{Limit, Quota};
     ///
     /// let wide = Limit::token_bucket(Quota::per_minute(10), 30)?;
     /// assert_eq!(wide.shown_count(), wide.shown_quota().count());
-    /// # Ok::<(), tollgate_core::QuotaError>(())
+    /// # Ok::<(), tollgate_limits::QuotaError>(())
     /// ```
     #[inline]
     pub const fn shown_count(&self) -> u64 {

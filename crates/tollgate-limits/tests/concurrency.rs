@@ -7,7 +7,7 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
-use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota};
+use tollgate_limits::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota};
 
 const THREADS: usize = 8;
 

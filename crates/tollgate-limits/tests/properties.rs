@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tollgate_core::{
+use tollgate_limits::{
     Algorithm, Bucket, Decision, Limit, ManualClock, MemoryStore, Op, Quota, Refusal, Timestamp,
 };
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tollgate_core::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota};
+use tollgate_limits::{Bucket, Limit, ManualClock, MemoryStore, Op, Quota};
 
 #[path = "../../../fuzz/harness/input.rs"]
 mod input;

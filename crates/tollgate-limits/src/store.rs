@@ -1,7 +1,7 @@
 //! The [`Store`] trait: where bucket state lives (memory, Redis), and what one call asks.
 //!
 //! ```
-//! use tollgate_core::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
+//! use tollgate_limits::{Batch, Bucket, Limit, MemoryStore, Quota, Store};
 //!
 //! # fn main() { futures_lite_block_on(async {
 //! let store = MemoryStore::new();
@@ -67,7 +67,7 @@ impl Bucket {
     /// a caller that makes many of them ([`Bucket::from_key`]) adds each key to a copy.
     ///
     /// ```
-    /// use tollgate_core::{Bucket, Limit, Quota};
+    /// use tollgate_limits::{Bucket, Limit, Quota};
     ///
     /// let limit = Limit::sliding(Quota::per_minute(10));
     /// let mut key = Bucket::key_prefix("default:ip");
