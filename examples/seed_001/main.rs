@@ -11,7 +11,10 @@
 //! ([`HeaderStyle::with_reset_at_retry`]), rounded up to the second: it may be a second
 //! later than `Date` plus `Retry-After`, never earlier (after a step back of the system
 //! clock, more: the memory store's clock slews it, and hyper keeps its cached `Date`
-//! until the clock passes it again).
+//! until the clock passes it again). On Redis, the date is on the Redis server's clock
+//! and `Date` on the instance's: they differ by as much as the two clocks do (a review:
+//! an instance 600 s ahead of Redis wrote a date 539 s before its own `Date`, 60 s after
+//! the true time). `Retry-After`, a length of time, is true whatever the clocks say.
 //!
 //! How it maps onto tollgate: one policy, `points`, keyed by the organization
 //! ([`Key::tenant`]) with its quota chosen per request from the organization's plan
