@@ -31,9 +31,9 @@
 //!   (by binary order of magnitude: 1, 2-3, 4-7, ... 128 or more requests or points,
 //!   counted against what the limit holds at once, a token bucket's burst), least
 //!   recently seen first among equals. A key is at its limit when nothing remains: a
-//!   request refused for costing more than the key has left does not put it there. So a flood of invented keys cannot free a
-//!   limited client, and a flood of keys seen once makes room among its own keys, not with
-//!   a client that spent more: to evict a client that spent `n`, a flood must spend about
+//!   request refused for costing more than the key has left does not put it there. So a
+//!   flood of invented keys cannot free a limited client, and a flood of keys seen once
+//!   makes room among its own keys, not with a client that spent more: to evict a client that spent `n`, a flood must spend about
 //!   `n` on each of its keys (up to 128), or hold so many keys of that order that fewer
 //!   than an eighth of the share are below it. If fewer than an eighth of the share's
 //!   keys in the key's shard are below their limit, the share counts as full of keys at
