@@ -120,10 +120,15 @@ impl Bucket {
 /// bucket comes and the bucket's share of the store is full of keys at their limit (after
 /// dropping every key whose state is fresh and every key not at its limit that it could).
 ///
-/// A key at its limit is never evicted to make room under [`WhenFull::RefuseNewKeys`], so a
-/// flood of invented keys cannot unlock a client that is being refused (a sign-in lockout
-/// stays locked). The price is that new keys of that bucket are refused until room frees
-/// up. [`WhenFull::EvictLimited`] serves new keys instead, at the risk of forgetting a
+/// A key at its limit (nothing remaining) is never evicted to make room under
+/// [`WhenFull::RefuseNewKeys`], so a flood of invented keys cannot unlock a client that is
+/// being refused for having nothing left (a sign-in lockout stays locked). The price is
+/// that new keys of that bucket are refused until room frees up. A key refused a request
+/// that costs more than it has left is not at its limit: it ranks by what it spent, as
+/// below (a flood spending 1 point a key and then asking for more than it has must not
+/// count as keys at their limit). So a client of a points API with less left than one
+/// request costs is refused but evictable, by a flood that spends about what the client
+/// spent (up to 128) on each of as many keys as the share holds. [`WhenFull::EvictLimited`] serves new keys instead, at the risk of forgetting a
 /// limited key (it then starts afresh).
 ///
 /// Which to choose depends on what a key costs a client. Keys anyone can invent for free
