@@ -909,7 +909,7 @@ impl MemoryStore {
         self.inner
             .shards
             .iter()
-            .map(|s| self.inner.sweep(&mut lock(s), now))
+            .map(|s| self.inner.sweep(&mut lock(s), now, None).0)
             .sum()
     }
 
@@ -1196,49 +1196,56 @@ impl Shard {
             .map_or(0, |share| share.held as usize)
     }
 
-    /// The `seen` of every key of share `part`, and the soonest expiry among them.
-    fn seen_of(&self, part: u8) -> (Vec<u64>, u64) {
-        let mut seen = Vec::with_capacity(self.held(part));
-        let mut soonest = u64::MAX;
-        let mut note = |slot_part: u8, s: u64, expires_at: u64| {
-            if slot_part == part {
-                seen.push(s);
-                soonest = soonest.min(expires_at);
+    /// Removes the keys `picked` (hashes, each with the table that holds it) from the
+    /// shard, counting them out of their shares; returns how many went.
+    fn remove_picked(&mut self, picked: impl IntoIterator<Item = Picked>) -> usize {
+        fn remove<K: Kept>(table: &mut HashTable<Slot<K>>, parts: &mut [Part], hash: u64) -> usize {
+            match table.find_entry(hash, |s| s.hash() == hash) {
+                Ok(found) => {
+                    let (slot, _) = found.remove();
+                    count(parts, slot.part(), -1);
+                    1
+                }
+                Err(_) => 0,
             }
-        };
-        for s in &self.tat {
-            note(s.part(), s.seen(), s.kept.expires_at());
         }
-        for s in &self.fixed {
-            note(s.part(), s.seen(), s.kept.expires_at());
-        }
-        for s in &self.window {
-            note(s.part(), s.seen(), s.kept.expires_at());
-        }
-        for s in &self.boxed {
-            note(s.part(), s.seen(), s.kept.expires_at());
-        }
-        (seen, soonest)
-    }
-
-    /// Evicts up to `n` keys of share `part` whose `seen` is between `floor` and `cutoff`
-    /// (a `floor` of [`LIMITED`]: only keys at their limit); returns how many.
-    fn evict(&mut self, part: u8, floor: u64, cutoff: u64, n: usize) -> usize {
-        let mut left = n;
-        let mut pick = |slot_part: u8, seen: u64| {
-            if left > 0 && slot_part == part && (floor..=cutoff).contains(&seen) {
-                left -= 1;
-                false
-            } else {
-                true
-            }
-        };
         let parts = &mut self.parts;
-        retain_in(&mut self.tat, parts, |s| pick(s.part(), s.seen()))
-            + retain_in(&mut self.fixed, parts, |s| pick(s.part(), s.seen()))
-            + retain_in(&mut self.window, parts, |s| pick(s.part(), s.seen()))
-            + retain_in(&mut self.boxed, parts, |s| pick(s.part(), s.seen()))
+        picked
+            .into_iter()
+            .map(|p| match p.table {
+                Table::Tat => remove(&mut self.tat, parts, p.hash),
+                Table::Fixed => remove(&mut self.fixed, parts, p.hash),
+                Table::Window => remove(&mut self.window, parts, p.hash),
+                Table::Boxed => remove(&mut self.boxed, parts, p.hash),
+            })
+            .sum()
     }
+}
+
+/// Which of a shard's tables holds a key.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Tat,
+    Fixed,
+    Window,
+    Boxed,
+}
+
+/// A key of a full share that a sweep kept, as eviction chooses among them: its `seen`
+/// (with [`FLAGS`]: the order eviction takes keys in), its hash and its table.
+#[derive(Debug, Clone, Copy)]
+struct Picked {
+    seen: u64,
+    hash: u64,
+    table: Table,
+}
+
+/// What a sweep kept of one share ([`Inner::sweep`]): every key, and the soonest expiry
+/// among them.
+#[derive(Debug, Default)]
+struct ShareKeys {
+    keys: Vec<Picked>,
+    soonest: u64,
 }
 
 /// What a call answered, as an entry remembers it: when the state is fresh again, and
@@ -1498,27 +1505,45 @@ impl Inner {
         found.unwrap_or_else(|| State::fresh(limit, now).report(limit, Fit::Now, cost, now))
     }
 
-    /// Drops fresh entries from `shard`; returns how many.
-    fn sweep(&self, shard: &mut Shard, now: u64) -> usize {
+    /// Drops fresh entries from `shard`; returns how many, and the keys it kept of share
+    /// `of` if one is given (for eviction to choose among: gathered in the same pass, so
+    /// that a full share costs one look through the shard, whose tables hold every
+    /// bucket's keys).
+    fn sweep(&self, shard: &mut Shard, now: u64, of: Option<u8>) -> (usize, ShareKeys) {
+        let mut share = ShareKeys {
+            keys: Vec::with_capacity(of.map_or(0, |part| shard.held(part))),
+            soonest: u64::MAX,
+        };
         let parts = &mut shard.parts;
         let mut min = u64::MAX;
-        let mut keep = |at: u64| {
+        let mut keep = |table: Table, hash: u64, part: u8, seen: u64, at: u64| {
             let kept = at > now;
             if kept {
                 min = min.min(at);
+                if of == Some(part) {
+                    share.keys.push(Picked { seen, hash, table });
+                    share.soonest = share.soonest.min(at);
+                }
             }
             kept
         };
-        let gone = retain_in(&mut shard.tat, parts, |s| keep(s.kept.expires_at()))
-            + retain_in(&mut shard.fixed, parts, |s| keep(s.kept.expires_at()))
-            + retain_in(&mut shard.window, parts, |s| keep(s.kept.expires_at()))
-            + retain_in(&mut shard.boxed, parts, |s| keep(s.kept.expires_at()));
+        macro_rules! sweep {
+            ($table:ident, $kind:expr) => {
+                retain_in(&mut shard.$table, parts, |s| {
+                    keep($kind, s.hash(), s.part(), s.seen(), s.kept.expires_at())
+                })
+            };
+        }
+        let gone = sweep!(tat, Table::Tat)
+            + sweep!(fixed, Table::Fixed)
+            + sweep!(window, Table::Window)
+            + sweep!(boxed, Table::Boxed);
         shard.swept_len = shard.len();
         shard.min_expiry = min;
         self.counters
             .expired
             .fetch_add(gone as u64, Ordering::Relaxed);
-        gone
+        (gone, share)
     }
 
     /// Counts a new key of `bucket` (whose name hashes to `name_hash`) refused because its
@@ -1600,17 +1625,22 @@ impl Inner {
         // entry has expired since: amortized, a sweep costs a few steps per insert.
         let grown = len >= 2 * shard.swept_len + 64
             || (now >= shard.min_expiry && len >= shard.swept_len + shard.swept_len / 8 + 16);
+        let mut share = ShareKeys::default();
         if grown || full {
-            self.sweep(shard, now);
+            share = self.sweep(shard, now, full.then_some(part)).1;
         }
         if shard.held(part) < self.shard_cap {
             return Ok(part);
         }
-        let (mut seen, soonest) = shard.seen_of(part);
+        // (Still full after a sweep: it was full before, and the sweep gathered its keys.)
+        let ShareKeys {
+            keys: mut seen,
+            soonest,
+        } = share;
         // Under `KeepCounts` every key left counts something (fresh ones were just swept):
         // none makes room but for a mirrored count (below).
         let keep = bucket.when_full == WhenFull::KeepCounts;
-        let free = seen.iter().filter(|&&t| t & LIMITED == 0).count();
+        let free = seen.iter().filter(|k| k.seen & LIMITED == 0).count();
         // Keys below their limit make room while they are an eighth of the share or more
         // (the least recently seen eighth goes). Fewer, the share counts as full of keys
         // at their limit: evicting its last few keys below their limit would let a few new
@@ -1621,13 +1651,13 @@ impl Inner {
         let (batch, floor) = if !keep && free >= eighth {
             (eighth, 0)
         } else if !keep && bucket.when_full == WhenFull::EvictLimited {
-            seen.retain(|&t| t & LIMITED != 0);
+            seen.retain(|k| k.seen & LIMITED != 0);
             ((self.shard_cap / 64).clamp(1, seen.len().max(1)), LIMITED)
         } else if let Some(flags) = mirrored {
             // A mirrored count takes the place of keys that spent no more than it: a
             // sixty-fourth of the share (at least one), those that spent least and were
             // least recently seen first.
-            seen.retain(|&s| s & FLAGS <= flags);
+            seen.retain(|k| k.seen & FLAGS <= flags);
             if seen.is_empty() {
                 return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
             }
@@ -1638,9 +1668,10 @@ impl Inner {
         if seen.is_empty() {
             return Ok(part);
         }
+        // The batch that spent least and were least recently seen.
         let nth = batch.min(seen.len()) - 1;
-        let (_, &mut cutoff, _) = seen.select_nth_unstable(nth);
-        let evicted = shard.evict(part, floor, cutoff, batch);
+        seen.select_nth_unstable_by_key(nth, |k| k.seen);
+        let evicted = shard.remove_picked(seen.drain(..=nth));
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
