@@ -880,7 +880,7 @@ impl MemoryStore {
         let (_, a) = reported(&state, limit, Fit::Now, 1, now);
         let mut shard = lock(&inner.shards[p.shard]);
         if a.expires_at <= now {
-            shard.remove(p.hash);
+            let _ = shard.remove(p.hash);
             return true;
         }
         let (seen, expires_at) = (a.seen, a.expires_at);
@@ -1122,8 +1122,8 @@ impl Shard {
         }
     }
 
-    /// Removes the key, wherever it is kept.
-    fn remove(&mut self, hash: u64) {
+    /// Removes the key, wherever it is kept; whether it was there.
+    fn remove(&mut self, hash: u64) -> bool {
         fn take<K: Kept>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u8> {
             let found = table.find_entry(hash, |s| s.hash() == hash).ok()?;
             Some(found.remove().0.part())
@@ -1135,12 +1135,13 @@ impl Shard {
         if let Some(part) = part {
             count(&mut self.parts, part, -1);
         }
+        part.is_some()
     }
 
     /// Stores a key absent from the table of its state's form (a state of another form,
     /// left by a limit that changed, is dropped: the key starts afresh).
     fn insert(&mut self, hash: u64, part: u8, seen: u64, state: State, expires_at: u64) {
-        self.remove(hash);
+        let _ = self.remove(hash);
         fn put<K: Kept>(
             table: &mut HashTable<Slot<K>>,
             hash: u64,
@@ -1195,49 +1196,14 @@ impl Shard {
             .get(usize::from(part))
             .map_or(0, |share| share.held as usize)
     }
-
-    /// Removes the keys `picked` (hashes, each with the table that holds it) from the
-    /// shard, counting them out of their shares; returns how many went.
-    fn remove_picked(&mut self, picked: impl IntoIterator<Item = Picked>) -> usize {
-        fn remove<K: Kept>(table: &mut HashTable<Slot<K>>, parts: &mut [Part], hash: u64) -> usize {
-            match table.find_entry(hash, |s| s.hash() == hash) {
-                Ok(found) => {
-                    let (slot, _) = found.remove();
-                    count(parts, slot.part(), -1);
-                    1
-                }
-                Err(_) => 0,
-            }
-        }
-        let parts = &mut self.parts;
-        picked
-            .into_iter()
-            .map(|p| match p.table {
-                Table::Tat => remove(&mut self.tat, parts, p.hash),
-                Table::Fixed => remove(&mut self.fixed, parts, p.hash),
-                Table::Window => remove(&mut self.window, parts, p.hash),
-                Table::Boxed => remove(&mut self.boxed, parts, p.hash),
-            })
-            .sum()
-    }
-}
-
-/// Which of a shard's tables holds a key.
-#[derive(Debug, Clone, Copy)]
-enum Table {
-    Tat,
-    Fixed,
-    Window,
-    Boxed,
 }
 
 /// A key of a full share that a sweep kept, as eviction chooses among them: its `seen`
-/// (with [`FLAGS`]: the order eviction takes keys in), its hash and its table.
+/// (with [`FLAGS`]: the order eviction takes keys in) and its hash.
 #[derive(Debug, Clone, Copy)]
 struct Picked {
     seen: u64,
     hash: u64,
-    table: Table,
 }
 
 /// What a sweep kept of one share ([`Inner::sweep`]): every key, and the soonest expiry
@@ -1516,28 +1482,25 @@ impl Inner {
         };
         let parts = &mut shard.parts;
         let mut min = u64::MAX;
-        let mut keep = |table: Table, hash: u64, part: u8, seen: u64, at: u64| {
+        let mut keep = |hash: u64, part: u8, seen: u64, at: u64| {
             let kept = at > now;
             if kept {
                 min = min.min(at);
                 if of == Some(part) {
-                    share.keys.push(Picked { seen, hash, table });
+                    share.keys.push(Picked { seen, hash });
                     share.soonest = share.soonest.min(at);
                 }
             }
             kept
         };
         macro_rules! sweep {
-            ($table:ident, $kind:expr) => {
+            ($table:ident) => {
                 retain_in(&mut shard.$table, parts, |s| {
-                    keep($kind, s.hash(), s.part(), s.seen(), s.kept.expires_at())
+                    keep(s.hash(), s.part(), s.seen(), s.kept.expires_at())
                 })
             };
         }
-        let gone = sweep!(tat, Table::Tat)
-            + sweep!(fixed, Table::Fixed)
-            + sweep!(window, Table::Window)
-            + sweep!(boxed, Table::Boxed);
+        let gone = sweep!(tat) + sweep!(fixed) + sweep!(window) + sweep!(boxed);
         shard.swept_len = shard.len();
         shard.min_expiry = min;
         self.counters
@@ -1671,7 +1634,10 @@ impl Inner {
         // The batch that spent least and were least recently seen.
         let nth = batch.min(seen.len()) - 1;
         seen.select_nth_unstable_by_key(nth, |k| k.seen);
-        let evicted = shard.remove_picked(seen.drain(..=nth));
+        let mut evicted = 0;
+        for key in &seen[..=nth] {
+            evicted += usize::from(shard.remove(key.hash));
+        }
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
