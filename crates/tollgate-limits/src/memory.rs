@@ -57,6 +57,15 @@
 //!   (85% or more, in a review) refuses some new keys that it used to admit. A flood costs
 //!   the share's size in distinct keys, each spending its limit; size the store for the
 //!   distinct keys a window sees.
+//! - What making room costs in CPU: a full share looks through its shard, whose tables
+//!   hold every bucket's keys, once per eighth of the share it makes room for. Keys below
+//!   their limit go an eighth at a time; under [`WhenFull::EvictLimited`], the look
+//!   chooses the eighth of the limited keys seen least recently, which then go a
+//!   sixty-fourth of the share per new key (a key seen again since keeps its place, and a
+//!   change that would choose otherwise, such as a key dropping below its limit, ends the
+//!   choice). A flood of new keys so costs a look at about 8 slots per new key for each
+//!   share in the shard that is as full: `cargo run --release -p tollgate-bench --bin
+//!   bench-full-shares`.
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 28 bytes for a token bucket
 //!   (one timestamp and the emission interval it counts in), 40 for a fixed window, 128
@@ -464,12 +473,32 @@ struct Part {
     id: u32,
     /// How many keys it holds here.
     held: u32,
-    /// Until when a new key of the share is refused for want of room (the soonest expiry of
-    /// its keys, found by the refusal that set it), so that a flood of new keys into a full
-    /// share is refused without scanning the shard for each; 0 when unknown. A change that
-    /// may make room clears it: a key in or out ([`count`]), one that drops below its limit
-    /// or is fresh sooner ([`update_in`]).
-    refusing_until: u64,
+    /// Until when what the last look through the full share found holds (the soonest
+    /// expiry of its keys then); 0 when nothing does. A change that may make room, or put
+    /// a key before those in `victims`, ends it ([`Part::forget`]): a key that drops below
+    /// its limit or is fresh sooner ([`update_in`]), a new key below its limit or fresh
+    /// sooner ([`Shard::insert`]), and, while `victims` is empty, any key in or out
+    /// ([`count`]).
+    until: u64,
+    /// What that look found. Empty: no room, so that a flood of new keys into a full share
+    /// is refused without scanning the shard for each. Else the next keys at their limit
+    /// that [`WhenFull::EvictLimited`] evicts, in the order it takes them (the least
+    /// recently seen last, taken first), so that it looks through the shard, whose tables
+    /// hold every bucket's keys, once per eighth of the share it evicts and not once per
+    /// batch (a review: a flood of new keys into a full share cost 13 times an ordinary
+    /// request with 24 shares full). A key seen since that look is not evicted: its slot's
+    /// `seen` is no longer the one kept here.
+    victims: Vec<Picked>,
+    /// When that look was: a clock set back before it ends it.
+    looked_at: u64,
+}
+
+impl Part {
+    /// Ends what the last look through the full share found.
+    fn forget(&mut self) {
+        self.until = 0;
+        self.victims.clear();
+    }
 }
 
 /// Counters describing what a [`MemoryStore`] did to stay bounded.
@@ -1019,13 +1048,14 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     } else {
         after.expires_at
     };
-    // A key no longer at its limit, or fresh again sooner than the share's remembered
-    // refusal, may make room: the refusal is decided afresh (a key dropped does so in
-    // `count`). A refused charge of a key at its limit, or a look, leaves it: a flood that
-    // mixes known keys with new ones is refused as cheaply as one of new keys alone.
+    // A key no longer at its limit, or fresh again sooner than the share's last look
+    // holds, may make room (or rank before the keys it chose to evict): the share is
+    // looked at afresh (a key dropped does so in `count`). A refused charge of a key at its
+    // limit, or a look, leaves it: a flood that mixes known keys with new ones is refused
+    // as cheaply as one of new keys alone.
     if let Some(share) = parts.get_mut(usize::from(part)) {
-        if (was_limited && after.seen & LIMITED == 0) || expires_at < share.refusing_until {
-            share.refusing_until = 0;
+        if (was_limited && after.seen & LIMITED == 0) || expires_at < share.until {
+            share.forget();
         }
     }
     if after.expires_at <= now {
@@ -1042,12 +1072,16 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
     Ok(r)
 }
 
-/// Adds to (or takes from) the count of share `part`; a key in or out decides a refusal
-/// for want of room afresh.
+/// Adds to (or takes from) the count of share `part`. A key in or out decides a refusal
+/// for want of room afresh; the keys a full share chose to evict stay chosen (each is
+/// checked as it goes, and [`Shard::insert`] ends the choice when a new key may rank
+/// before them).
 fn count(parts: &mut [Part], part: u8, delta: i32) {
     if let Some(share) = parts.get_mut(usize::from(part)) {
         share.held = share.held.saturating_add_signed(delta);
-        share.refusing_until = 0;
+        if share.victims.is_empty() {
+            share.until = 0;
+        }
     }
 }
 
@@ -1124,14 +1158,26 @@ impl Shard {
 
     /// Removes the key, wherever it is kept; whether it was there.
     fn remove(&mut self, hash: u64) -> bool {
-        fn take<K: Kept>(table: &mut HashTable<Slot<K>>, hash: u64) -> Option<u8> {
-            let found = table.find_entry(hash, |s| s.hash() == hash).ok()?;
+        self.remove_if(hash, |_| true)
+    }
+
+    /// Removes the key, wherever it is kept, if its slot's `seen` (with [`FLAGS`]) is one
+    /// `seen` takes; whether it went.
+    fn remove_if(&mut self, hash: u64, seen: impl Fn(u64) -> bool + Copy) -> bool {
+        fn take<K: Kept>(
+            table: &mut HashTable<Slot<K>>,
+            hash: u64,
+            seen: impl Fn(u64) -> bool,
+        ) -> Option<u8> {
+            let found = table
+                .find_entry(hash, |s| s.hash() == hash && seen(s.seen()))
+                .ok()?;
             Some(found.remove().0.part())
         }
-        let part = take(&mut self.tat, hash)
-            .or_else(|| take(&mut self.fixed, hash))
-            .or_else(|| take(&mut self.window, hash))
-            .or_else(|| take(&mut self.boxed, hash));
+        let part = take(&mut self.tat, hash, seen)
+            .or_else(|| take(&mut self.fixed, hash, seen))
+            .or_else(|| take(&mut self.window, hash, seen))
+            .or_else(|| take(&mut self.boxed, hash, seen));
         if let Some(part) = part {
             count(&mut self.parts, part, -1);
         }
@@ -1163,6 +1209,13 @@ impl Shard {
             let _ = put(&mut self.boxed, hash, part, seen, state, expires_at);
         }
         count(&mut self.parts, part, 1);
+        // A key below its limit may change how a full share makes room (those below are
+        // evicted first), and one fresh sooner ends its last look's hold.
+        if let Some(share) = self.parts.get_mut(usize::from(part)) {
+            if seen & LIMITED == 0 || expires_at < share.until {
+                share.forget();
+            }
+        }
         self.min_expiry = self.min_expiry.min(expires_at);
     }
 
@@ -1182,7 +1235,9 @@ impl Shard {
             self.parts.push(Part {
                 id,
                 held: 0,
-                refusing_until: 0,
+                until: 0,
+                victims: Vec::new(),
+                looked_at: 0,
             });
             self.parts.len() - 1
         });
@@ -1545,7 +1600,9 @@ impl Inner {
         now: u64,
     ) -> u64 {
         self.refused_for_room(bucket, self.name_hash(bucket), now);
-        shard.parts[index].refusing_until = soonest;
+        let share = &mut shard.parts[index];
+        share.forget();
+        share.until = soonest;
         soonest.saturating_sub(now).max(1)
     }
 
@@ -1577,12 +1634,22 @@ impl Inner {
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
         let index = usize::from(part);
-        // Refused for want of room already, and none of the share's keys changed since:
-        // nothing to look at again before the soonest of them expires.
-        let until = shard.parts[index].refusing_until;
-        if full && now < until && mirrored.is_none() {
-            self.refused_for_room(bucket, name_hash, now);
-            return Err(until - now);
+        // The share was looked through, full, and none of its keys changed since in a way
+        // that makes room: until the soonest of them expires, a new key is refused, or
+        // takes the place of the keys that look chose to evict.
+        let looked = &shard.parts[index];
+        if full && now < looked.until {
+            if looked.victims.is_empty() {
+                if mirrored.is_none() {
+                    self.refused_for_room(bucket, name_hash, now);
+                    return Err(looked.until - now);
+                }
+            } else if bucket.when_full == WhenFull::EvictLimited
+                && now >= looked.looked_at
+                && self.evict_chosen(shard, index, true) > 0
+            {
+                return Ok(part);
+            }
         }
         // Sweep when the shard doubled since the last sweep, or grew by an eighth and some
         // entry has expired since: amortized, a sweep costs a few steps per insert.
@@ -1611,11 +1678,15 @@ impl Inner {
         // limit and each counted afresh (50 addresses were admitted 45,100 requests
         // against 20 each once a flood had filled the share with limited ones).
         let eighth = (self.shard_cap / 8).max(1);
-        let (batch, floor) = if !keep && free >= eighth {
-            (eighth, 0)
+        // How many keys to choose (those that spent least and were least recently seen),
+        // and whether they are kept for later new keys ([`Part::victims`]).
+        let (chosen, limited) = if !keep && free >= eighth {
+            (eighth, false)
         } else if !keep && bucket.when_full == WhenFull::EvictLimited {
+            // A batch of limited keys goes now, and the next ones are chosen with it: up to
+            // an eighth of the share, evicted a batch at a time by the new keys to come.
             seen.retain(|k| k.seen & LIMITED != 0);
-            ((self.shard_cap / 64).clamp(1, seen.len().max(1)), LIMITED)
+            (eighth, true)
         } else if let Some(flags) = mirrored {
             // A mirrored count takes the place of keys that spent no more than it: a
             // sixty-fourth of the share (at least one), those that spent least and were
@@ -1624,30 +1695,57 @@ impl Inner {
             if seen.is_empty() {
                 return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
             }
-            ((self.shard_cap / 64).clamp(1, seen.len()), 0)
+            ((self.shard_cap / 64).max(1), false)
         } else {
             return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
         };
         if seen.is_empty() {
             return Ok(part);
         }
-        // The batch that spent least and were least recently seen.
-        let nth = batch.min(seen.len()) - 1;
+        let nth = chosen.min(seen.len()) - 1;
         seen.select_nth_unstable_by_key(nth, |k| k.seen);
+        seen.truncate(nth + 1);
+        // Taken from the end: the least recently seen last.
+        seen.sort_unstable_by_key(|k| std::cmp::Reverse(k.seen));
+        let share = &mut shard.parts[index];
+        share.victims = seen;
+        (share.until, share.looked_at) = (soonest, now);
+        self.evict_chosen(shard, index, limited);
+        shard.swept_len = shard.len();
+        Ok(part)
+    }
+
+    /// Evicts keys the share's last look chose ([`Part::victims`]), from the end: a batch
+    /// (a sixty-fourth of the share, at least one) of keys at their limit (`limited`),
+    /// else all of them; a key seen since is passed over. Returns how many went; when
+    /// none is left to choose, the look is over.
+    fn evict_chosen(&self, shard: &mut Shard, index: usize, limited: bool) -> usize {
+        let share = &mut shard.parts[index];
+        let batch = if limited {
+            (self.shard_cap / 64).max(1)
+        } else {
+            usize::MAX
+        };
+        let until = share.until;
+        let mut victims = std::mem::take(&mut share.victims);
         let mut evicted = 0;
-        for key in &seen[..=nth] {
-            evicted += usize::from(shard.remove(key.hash));
+        while evicted < batch {
+            let Some(key) = victims.pop() else { break };
+            evicted += usize::from(shard.remove_if(key.hash, |seen| seen == key.seen));
         }
+        // (Removing keys with no `victims` in place cleared `until`.)
+        let share = &mut shard.parts[index];
+        share.until = if victims.is_empty() { 0 } else { until };
+        share.victims = victims;
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);
-        if floor == LIMITED {
+        if limited {
             self.counters
                 .evicted_limited
                 .fetch_add(evicted as u64, Ordering::Relaxed);
         }
-        shard.swept_len = shard.len();
-        Ok(part)
+        evicted
     }
 }
 

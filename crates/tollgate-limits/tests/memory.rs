@@ -991,3 +991,126 @@ fn a_full_share_evicts_exactly_its_least_recently_seen_eighth() {
         }
     }
 }
+
+/// A share of 64 (one shard) under `WhenFull::EvictLimited`, full of keys at their limit
+/// (2 an hour, both spent at once), `k0` to `k63`, each seen a microsecond after the one
+/// before; then a new key, `new`, took the place of `k0`: the store chose the next keys
+/// to evict with it. Returns the key maker: a bucket of that share, at a cost of 2.
+fn full_of_limited_keys() -> (ManualClock, MemoryStore, impl Fn(&str) -> Bucket) {
+    let (clock, store) = one_shard(64);
+    let key = |k: &str| {
+        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
+            .with_cost(2)
+            .with_when_full(WhenFull::EvictLimited)
+    };
+    for i in 0..64 {
+        assert!(store.charge(&[key(&format!("k{i}"))]).unwrap().allowed);
+        clock.advance(Duration::from_micros(1));
+    }
+    assert!(store.charge(&[key("new")]).unwrap().allowed);
+    assert_eq!(store.stats().evicted_limited, 1);
+    (clock, store, key)
+}
+
+/// Whether the store holds `bucket`'s key (at its limit: a peek is refused).
+fn held(store: &MemoryStore, bucket: &Bucket) -> bool {
+    !store
+        .apply_now(Op::Peek, std::slice::from_ref(bucket))
+        .unwrap()
+        .allowed
+}
+
+/// Keys a full share chose to evict go one batch per new key, the least recently seen
+/// first, and a key seen since it was chosen is passed over: a limited client that keeps
+/// trying keeps its place. (Kills `Inner::evict_chosen`: `seen == key.seen` → `true`.)
+#[test]
+fn a_limited_key_seen_since_the_share_chose_it_is_not_evicted() {
+    let (clock, store, key) = full_of_limited_keys();
+    clock.advance(Duration::from_micros(1));
+    assert!(!store.charge(&[key("k1").with_cost(1)]).unwrap().allowed);
+    clock.advance(Duration::from_micros(1));
+    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    assert_eq!(store.stats().evicted_limited, 2);
+    assert!(held(&store, &key("k1")), "k1 was seen last: it stays");
+    assert!(!held(&store, &key("k2")), "k2 was the least recently seen");
+    assert!(held(&store, &key("k3")));
+}
+
+/// Once an eighth of a full share is below its limit, those keys make room, not keys at
+/// their limit, even when the share chose limited keys to evict before they came. (Kills
+/// `Shard::insert`: `seen & LIMITED == 0 ||` → `false &&`.)
+#[test]
+fn new_keys_below_their_limit_make_room_before_chosen_limited_ones() {
+    let (clock, store, key) = full_of_limited_keys();
+    // Eight new keys below their limit (1 of 2 spent) each take a limited key's place.
+    for i in 1..=8 {
+        clock.advance(Duration::from_micros(1));
+        assert!(
+            store
+                .charge(&[key(&format!("free-{i}")).with_cost(1)])
+                .unwrap()
+                .allowed
+        );
+    }
+    assert_eq!(store.stats().evicted_limited, 9);
+    // An eighth of the share is below its limit: those eight go for the next new key.
+    clock.advance(Duration::from_micros(1));
+    assert!(store.charge(&[key("new-9")]).unwrap().allowed);
+    let stats = store.stats();
+    assert_eq!((stats.evicted_limited, stats.evicted), (9, 17), "{stats:?}");
+    assert!(held(&store, &key("k9")), "k9 is at its limit: it stays");
+}
+
+/// Keys that drop below their limit after a full share chose keys to evict make room
+/// first too. (Kills `update_in`: `was_limited && after.seen & LIMITED == 0` → `false`.)
+#[test]
+fn keys_dropping_below_their_limit_make_room_before_chosen_limited_ones() {
+    let (clock, store, key) = full_of_limited_keys();
+    for i in 20..28 {
+        clock.advance(Duration::from_micros(1));
+        let back = store.apply_now(Op::Refund, &[key(&format!("k{i}")).with_cost(1)]);
+        assert_eq!(back.unwrap().buckets[0].remaining, 1);
+    }
+    clock.advance(Duration::from_micros(1));
+    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    let stats = store.stats();
+    assert_eq!((stats.evicted_limited, stats.evicted), (1, 9), "{stats:?}");
+    assert!(held(&store, &key("k1")), "k1 is at its limit: it stays");
+}
+
+/// A new key fresh again sooner than the keys a full share chose to evict is dropped when
+/// it is fresh, before any of them is evicted. (Kills `Shard::insert`:
+/// `expires_at < share.until` → `false`.)
+#[test]
+fn a_key_fresh_before_the_chosen_ones_makes_room_when_it_is() {
+    let (clock, store, key) = full_of_limited_keys();
+    let short = Bucket::new("tight", "short", Limit::sliding(Quota::per_second(2)))
+        .with_cost(2)
+        .with_when_full(WhenFull::EvictLimited);
+    assert!(store.charge(&[short]).unwrap().allowed);
+    assert_eq!(store.stats().evicted_limited, 2, "it took k1's place");
+    clock.advance(Duration::from_secs(3));
+    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    let stats = store.stats();
+    assert_eq!((stats.evicted_limited, stats.expired), (2, 1), "{stats:?}");
+    assert!(held(&store, &key("k2")), "k2 is at its limit: it stays");
+}
+
+/// A clock set back before a full share chose keys to evict ends that choice: the key
+/// seen least recently by the clock's time goes. (Kills `Inner::make_room`:
+/// `now >= looked.looked_at` → `true`.)
+#[test]
+fn a_clock_set_back_ends_a_full_shares_choice() {
+    let (clock, store, key) = full_of_limited_keys();
+    clock.set(tollgate_limits::Timestamp::from_micros(
+        T0.as_micros() as u64 - 1_000_000,
+    ));
+    assert!(!store.charge(&[key("k5").with_cost(1)]).unwrap().allowed);
+    clock.advance(Duration::from_micros(1));
+    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    assert!(
+        !held(&store, &key("k5")),
+        "k5 was seen earliest by the clock"
+    );
+    assert!(held(&store, &key("k1")));
+}
