@@ -225,6 +225,17 @@ pub enum ConfigError {
         /// The polls that must read it the same ([`DROP_READS`](crate::reload::DROP_READS)).
         polls: u32,
     },
+    /// The code given to a [`ConfigWatcher`](crate::reload::ConfigWatcher) (its
+    /// [`adjust`](crate::reload::WatchBuilder::adjust) or
+    /// [`customize`](crate::reload::WatchBuilder::customize) function) panicked while it
+    /// reloaded the file: nothing was reloaded, and the watcher goes on watching.
+    #[error("{file}: the watcher's adjust or customize function panicked ({message}); nothing was reloaded")]
+    Panicked {
+        /// The file.
+        file: String,
+        /// What the panic said (its message, when it has one).
+        message: String,
+    },
     /// A [`ConfigWatcher`](crate::reload::ConfigWatcher) could not start its thread.
     #[error("{path}: cannot watch: {source}")]
     Watch {

@@ -4,7 +4,9 @@
 //!
 //! A reload replaces the rules ([`Limiter::reload`] says which, and what happens to the
 //! counts); a file that does not load or build is logged (`tracing::error!`, target
-//! `tollgate`) and the running rules stay until the next edit. A watcher polls (every
+//! `tollgate`) and the running rules stay until the next edit, as they do when the code
+//! given to the watcher ([`WatchBuilder::adjust`], [`WatchBuilder::customize`]) panics
+//! ([`ConfigError::Panicked`]). A watcher polls (every
 //! 500 ms by default) on a thread of its own, so it needs no async runtime and no
 //! file-system notification support; it reads the whole file each time and reloads when
 //! its bytes changed (an editor's write-and-rename, a touch without a change, a Kubernetes
@@ -392,9 +394,25 @@ impl Watch {
         now.may_be_cut_from(were).then_some((now, were))
     }
 
-    /// Reloads the limiter from `content`, the file's text: one reload tried.
+    /// Reloads the limiter from `content`, the file's text: one reload tried. A panic of
+    /// the code given to the watcher (`adjust`, `customize`) is a reload that failed, not
+    /// the end of the watcher's thread (a review: one panic, and no later edit was ever
+    /// loaded); it comes before the rules are swapped, so the running ones stay.
     fn load(&self, content: &str) -> Result<(), ConfigError> {
-        crate::observe::reload_tried(self.load_rules(content))
+        let loaded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_rules(content)))
+                .unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|m| m.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".to_string());
+                    Err(ConfigError::Panicked {
+                        file: self.path.display().to_string(),
+                        message,
+                    })
+                });
+        crate::observe::reload_tried(loaded)
     }
 
     /// [`Watch::load`], not counted.
