@@ -35,6 +35,11 @@ pin_project! {
         // count, and a store call under way is finished rather than cut short.
         fn drop(this: Pin<&mut Self>) {
             match this.project().state.project() {
+                // A future that panicked while polled (a store's, a policy's code in it) is
+                // not run again: it would only panic again ("`async fn` resumed after
+                // panicking"), from a task of its own, blaming the limiter.
+                StateProj::Deciding { polling: true, .. }
+                | StateProj::Settling { polling: true, .. } => {}
                 // A look waiting for its place (not asking the store) is dropped with it.
                 StateProj::Deciding {
                     asking: Some(asking),
@@ -75,6 +80,9 @@ pin_project! {
             req: Option<Request<B>>,
             // The deciding limiter's id.
             limiter: u64,
+            // Set while `decide` is polled: still set when the future is dropped, it
+            // panicked.
+            polling: bool,
         },
         Calling {
             #[pin]
@@ -91,6 +99,8 @@ pin_project! {
         Settling {
             settle: BoxFuture<'static, Settled>,
             response: Option<S::Response>,
+            // As `Deciding`'s.
+            polling: bool,
         },
         Refused {
             response: Option<Response<Bytes>>,
@@ -154,6 +164,7 @@ where
                 inner: Some(inner),
                 req: Some(req),
                 limiter,
+                polling: false,
             },
         }
     }
@@ -174,9 +185,13 @@ where
                     inner,
                     req,
                     limiter,
+                    polling,
                     ..
                 } => {
-                    let outcome = ready!(decide.as_mut().poll(cx));
+                    *polling = true;
+                    let polled = decide.as_mut().poll(cx);
+                    *polling = false;
+                    let outcome = ready!(polled);
                     match outcome {
                         Outcome::Proceed(mut after) => {
                             let (Some(mut inner), Some(mut req)) = (inner.take(), req.take())
@@ -224,6 +239,7 @@ where
                         Some(settle) => this.state.set(State::Settling {
                             settle,
                             response: Some(response),
+                            polling: false,
                         }),
                         None => {
                             this.state.set(State::Done);
@@ -246,8 +262,15 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(answered.map(|r| r.map(ResponseBody::inner)));
                 }
-                StateProj::Settling { settle, response } => {
-                    let mut settled = ready!(settle.as_mut().poll(cx));
+                StateProj::Settling {
+                    settle,
+                    response,
+                    polling,
+                } => {
+                    *polling = true;
+                    let polled = settle.as_mut().poll(cx);
+                    *polling = false;
+                    let mut settled = ready!(polled);
                     let response = response.take();
                     this.state.set(State::Done);
                     if let Some(mut response) = response {

@@ -560,6 +560,34 @@ pub(crate) fn mark_admitted(extensions: &mut http::Extensions, id: u64) {
     set_mark(extensions, id, Mark::Admitted, Keep::Existing);
 }
 
+/// What the central layer charged for a request a per-route layer took over, to give back
+/// through the store's future ([`GiveBack::now`]). Dropped before that (the per-route
+/// policy's own code panicked while its buckets were worked out, say), it is given back in
+/// the background: a review saw a key function that panicked leave every such request
+/// charged to the central class on Redis, which then refused the route's requests.
+struct GiveBack {
+    engine: Arc<Engine>,
+    charged: Option<(Vec<Bucket>, Timestamp)>,
+}
+
+impl GiveBack {
+    /// Gives it back now.
+    async fn now(mut self) {
+        if let Some(charged) = self.charged.take() {
+            self.engine.give_back(charged).await;
+        }
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        if let Some(charged) = self.charged.take() {
+            let engine = self.engine.clone();
+            in_background(Box::pin(async move { engine.give_back(charged).await }));
+        }
+    }
+}
+
 /// Whether a layer of limiter `id` further out took the request of `extensions`: its
 /// decision there, or a mark of that limiter ([`After::put_in_request`]). A layer of the
 /// same limiter further in passes it on: a request through two of its layers (a router's,
@@ -945,8 +973,13 @@ impl Engine {
             Keep::Replace,
         );
         // The central layer's charge goes back first: at once on a store that answers at
-        // once, else before this policy is charged, in the same future.
-        let refund_later = refund_first.and_then(|charged| self.give_back_now(charged));
+        // once, else before this policy is charged, in the same future (or when it drops).
+        let refund_later = refund_first
+            .and_then(|charged| self.give_back_now(charged))
+            .map(|charged| GiveBack {
+                engine: self.clone(),
+                charged: Some(charged),
+            });
         // The plan stays here (it is large): an exempt policy's has no buckets.
         let mut plan = Plan::new();
         if !policy.exempt {
@@ -968,8 +1001,8 @@ impl Engine {
         let (engine, target) = (self.clone(), OwnedTarget::of(parts, path));
         // (No look here: only a guard's plans look, and a guard has no per-route policies.)
         let decide = async move {
-            if let Some(charged) = refund_later {
-                engine.give_back(charged).await;
+            if let Some(refund) = refund_later {
+                refund.now().await;
             }
             match plan {
                 Some(plan) => engine.decide_later(plan, None, target, None).await,

@@ -173,13 +173,17 @@ impl After {
 
     /// [`After::abandon`], once: what is to be given back is taken out.
     fn give_up(&mut self, status: Option<StatusCode>) {
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
         if self.taken_over() {
+            self.pending = None;
             return;
         }
-        if let Settle::AfterStore(giving_back) = pending.settle(status) {
+        // Judged before it is taken out (see `Pending::touched`).
+        let Some(touched) = self.pending.as_ref().map(|p| p.touched(status)) else {
+            return;
+        };
+        if let Some(Settle::AfterStore(giving_back)) =
+            self.pending.take().map(|p| p.settle(touched))
+        {
             in_background(giving_back);
         }
     }
@@ -226,12 +230,17 @@ impl After {
         if self.taken_over() {
             return None;
         }
-        let Some(pending) = self.pending.take() else {
+        // Judged before it is taken out (see `Pending::touched`).
+        let Some(touched) = self
+            .pending
+            .as_ref()
+            .map(|p| p.touched(Some(response.status())))
+        else {
             let decision = self.decision.take().filter(|_| self.in_response);
             Settled::add(&mut self.headers, decision, response);
             return None;
         };
-        match pending.settle(Some(response.status())) {
+        match self.pending.take().map(|p| p.settle(touched))? {
             Settle::Now(mut settled) => {
                 settled.apply(response);
                 None
@@ -259,23 +268,36 @@ impl Drop for After {
 }
 
 impl Pending {
-    /// The headers for a response of `status`, giving the charge back first if the response
-    /// does not count.
+    /// What a response of `status` does to the buckets: a plan either charged them (and
+    /// gives back what does not count) or looked at them (and counts what does): see
+    /// `Plan::op`. That op, and the positions in `charged` of the buckets it touches.
     ///
     /// `status` is `None` for a request that got no response (see
-    /// [`Compiled::after_response`]): [`After::abandon`].
-    fn settle(self: Box<Self>, status: Option<StatusCode>) -> Settle {
-        let mut pending = self;
-        // What the response does to the buckets: a plan either charged them (and gives back
-        // what does not count) or looked at them (and counts what does): see `Plan::op`.
-        let looked = pending.plan.op() == Op::Peek;
-        let op = if looked { Op::Penalize } else { Op::Refund };
-        let touched: SmallVec<[usize; INLINE]> = (0..pending.charged.len())
+    /// [`Compiled::after_response`]): [`After::abandon`]. Worked out while the charge is
+    /// still in its [`After`]: a policy's code judging a status may panic, and the charge
+    /// must then be there for the `After`'s drop to settle as a request without a
+    /// response (a review: a `count_only_if` function that panicked kept its reservation
+    /// for the rest of the window).
+    fn touched(&self, status: Option<StatusCode>) -> (Op, SmallVec<[usize; INLINE]>) {
+        let op = if self.plan.op() == Op::Peek {
+            Op::Penalize
+        } else {
+            Op::Refund
+        };
+        let touched = (0..self.charged.len())
             .filter(|&pos| {
-                let policy = pending.plan.policy(pending.charged[pos]);
+                let policy = self.plan.policy(self.charged[pos]);
                 policy.after_response(status) == Some(op)
             })
             .collect();
+        (op, touched)
+    }
+
+    /// The headers for a response, giving the charge back first if the response does not
+    /// count: `op` on the buckets at `touched` ([`Pending::touched`]).
+    fn settle(self: Box<Self>, (op, touched): (Op, SmallVec<[usize; INLINE]>)) -> Settle {
+        let mut pending = self;
+        let looked = op == Op::Penalize;
         if touched.is_empty() {
             // A response a guard does not count shows nothing of its budget (an
             // authenticated answer, or one admitted without headers while the store is
