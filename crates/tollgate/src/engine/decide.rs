@@ -185,13 +185,22 @@ fn every_index(n: usize) -> SmallVec<[usize; INLINE]> {
 }
 
 /// `n` blank states for a store to answer into: made in place when they fit inline
-/// (`smallvec!` pushes a clone of one blank state at a time).
+/// (`smallvec!` pushes a clone of one blank state at a time). Always inlined into its one
+/// caller, on every request's path: left to the compiler, it became a call of its own when
+/// unrelated code (the config watcher's) moved between codegen units.
+#[inline(always)]
 fn blank_states(n: usize) -> States {
     if n <= INLINE {
         SmallVec::from_buf_and_len(std::array::from_fn(|_| BucketState::default()), n)
     } else {
-        smallvec![BucketState::default(); n]
+        many_blank_states(n)
     }
+}
+
+/// [`blank_states`] past what fits inline.
+#[cold]
+fn many_blank_states(n: usize) -> States {
+    smallvec![BucketState::default(); n]
 }
 
 /// What one answer of the store means for the plan.
