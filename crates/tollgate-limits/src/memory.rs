@@ -61,11 +61,14 @@
 //!   hold every bucket's keys, once per eighth of the share it makes room for. Keys below
 //!   their limit go an eighth at a time; under [`WhenFull::EvictLimited`], the look
 //!   chooses the eighth of the limited keys seen least recently, which then go a
-//!   sixty-fourth of the share per new key (a key seen again since keeps its place, and a
-//!   change that would choose otherwise, such as a key dropping below its limit, ends the
-//!   choice). A flood of new keys so costs a look at about 8 slots per new key for each
-//!   share in the shard that is as full: `cargo run --release -p tollgate-bench --bin
-//!   bench-full-shares`.
+//!   sixty-fourth of the share each time a new key finds it full (a key seen again since
+//!   keeps its place, a look makes up a batch the chosen keys run short of, and a change
+//!   that would choose otherwise, such as a key dropping below its limit, ends the
+//!   choice), keeping 16 bytes per chosen key meanwhile (2 per key of a full share). A
+//!   flood of new keys so costs a look at about 8 slots per new key for each share in the
+//!   shard that is as full: `cargo run --release -p tollgate-bench --bin
+//!   bench-full-shares`. (Fresh entries of other buckets go with the next sweep as the
+//!   shard grows, not with every batch.)
 //! - An entry is one slot of a hash table of its kind, the key kept as a 64-bit keyed hash
 //!   of `<name>:<key>` (the store never holds the key itself): 28 bytes for a token bucket
 //!   (one timestamp and the emission interval it counts in), 40 for a fixed window, 128
@@ -487,9 +490,12 @@ struct Part {
     /// hold every bucket's keys, once per eighth of the share it evicts and not once per
     /// batch (a review: a flood of new keys into a full share cost 13 times an ordinary
     /// request with 24 shares full). A key seen since that look is not evicted: its slot's
-    /// `seen` is no longer the one kept here.
+    /// `seen` is no longer the one kept here. (16 bytes a key, an eighth of the share at
+    /// most: 2 bytes per key the share holds.)
     victims: Vec<Picked>,
-    /// When that look was: a clock set back before it ends it.
+    /// When that look was, or the last time a chosen key was seen if later (a clock set
+    /// back): a clock showing an earlier time ends the choice, as a key seen then would
+    /// rank before the chosen ones.
     looked_at: u64,
 }
 
@@ -497,7 +503,7 @@ impl Part {
     /// Ends what the last look through the full share found.
     fn forget(&mut self) {
         self.until = 0;
-        self.victims.clear();
+        self.victims = Vec::new();
     }
 }
 
@@ -1637,6 +1643,10 @@ impl Inner {
         // The share was looked through, full, and none of its keys changed since in a way
         // that makes room: until the soonest of them expires, a new key is refused, or
         // takes the place of the keys that look chose to evict.
+        // Keys at their limit still to evict for this key: a batch goes each time a new
+        // key finds the share full, whether the look's chosen keys last it out or not.
+        let batch = (self.shard_cap / 64).max(1);
+        let mut owed = None;
         let looked = &shard.parts[index];
         if full && now < looked.until {
             if looked.victims.is_empty() {
@@ -1644,11 +1654,14 @@ impl Inner {
                     self.refused_for_room(bucket, name_hash, now);
                     return Err(looked.until - now);
                 }
-            } else if bucket.when_full == WhenFull::EvictLimited
-                && now >= looked.looked_at
-                && self.evict_chosen(shard, index, true) > 0
-            {
-                return Ok(part);
+            } else if bucket.when_full == WhenFull::EvictLimited && now >= looked.looked_at {
+                let gone = self.evict_chosen(shard, index, batch, true);
+                if gone == batch {
+                    return Ok(part);
+                }
+                // The chosen keys ran out (or were seen since) before a batch went: a look
+                // evicts the rest, as one look would have evicted the whole batch.
+                owed = Some(batch - gone);
             }
         }
         // Sweep when the shard doubled since the last sweep, or grew by an eighth and some
@@ -1659,10 +1672,11 @@ impl Inner {
         if grown || full {
             share = self.sweep(shard, now, full.then_some(part)).1;
         }
-        if shard.held(part) < self.shard_cap {
+        if shard.held(part) < self.shard_cap && owed.is_none() {
             return Ok(part);
         }
-        // (Still full after a sweep: it was full before, and the sweep gathered its keys.)
+        // (Still full after a sweep, or a batch is owed: it was full before, and the sweep
+        // gathered its keys.)
         let ShareKeys {
             keys: mut seen,
             soonest,
@@ -1679,14 +1693,15 @@ impl Inner {
         // against 20 each once a flood had filled the share with limited ones).
         let eighth = (self.shard_cap / 8).max(1);
         // How many keys to choose (those that spent least and were least recently seen),
-        // and whether they are kept for later new keys ([`Part::victims`]).
-        let (chosen, limited) = if !keep && free >= eighth {
-            (eighth, false)
+        // how many of them go now, and whether the rest are kept for later new keys
+        // ([`Part::victims`]).
+        let (chosen, now_gone, limited) = if !keep && free >= eighth {
+            (eighth, eighth, false)
         } else if !keep && bucket.when_full == WhenFull::EvictLimited {
             // A batch of limited keys goes now, and the next ones are chosen with it: up to
             // an eighth of the share, evicted a batch at a time by the new keys to come.
             seen.retain(|k| k.seen & LIMITED != 0);
-            (eighth, true)
+            (eighth, owed.unwrap_or(batch), true)
         } else if let Some(flags) = mirrored {
             // A mirrored count takes the place of keys that spent no more than it: a
             // sixty-fourth of the share (at least one), those that spent least and were
@@ -1695,7 +1710,7 @@ impl Inner {
             if seen.is_empty() {
                 return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
             }
-            ((self.shard_cap / 64).max(1), false)
+            (batch, batch, false)
         } else {
             return Err(self.refuse_for_room(shard, index, bucket, soonest, now));
         };
@@ -1704,28 +1719,30 @@ impl Inner {
         }
         let nth = chosen.min(seen.len()) - 1;
         seen.select_nth_unstable_by_key(nth, |k| k.seen);
+        // Kept no larger than the keys chosen (it was made for the whole share).
         seen.truncate(nth + 1);
+        seen.shrink_to_fit();
         // Taken from the end: the least recently seen last.
         seen.sort_unstable_by_key(|k| std::cmp::Reverse(k.seen));
+        // A key seen after the last chosen one ranks after them all.
+        let last_seen = seen.first().map_or(0, |k| k.seen & !FLAGS);
         let share = &mut shard.parts[index];
         share.victims = seen;
-        (share.until, share.looked_at) = (soonest, now);
-        self.evict_chosen(shard, index, limited);
+        (share.until, share.looked_at) = (soonest, now.max(last_seen));
+        self.evict_chosen(shard, index, now_gone, limited);
+        if !limited {
+            // Keys below their limit all go at once: nothing is kept for later.
+            shard.parts[index].forget();
+        }
         shard.swept_len = shard.len();
         Ok(part)
     }
 
-    /// Evicts keys the share's last look chose ([`Part::victims`]), from the end: a batch
-    /// (a sixty-fourth of the share, at least one) of keys at their limit (`limited`),
-    /// else all of them; a key seen since is passed over. Returns how many went; when
-    /// none is left to choose, the look is over.
-    fn evict_chosen(&self, shard: &mut Shard, index: usize, limited: bool) -> usize {
+    /// Evicts up to `batch` keys the share's last look chose ([`Part::victims`]), from the
+    /// end (`limited`: keys at their limit, counted as such); a key seen since is passed
+    /// over. Returns how many went; when none is left to choose, the look is over.
+    fn evict_chosen(&self, shard: &mut Shard, index: usize, batch: usize, limited: bool) -> usize {
         let share = &mut shard.parts[index];
-        let batch = if limited {
-            (self.shard_cap / 64).max(1)
-        } else {
-            usize::MAX
-        };
         let until = share.until;
         let mut victims = std::mem::take(&mut share.victims);
         let mut evicted = 0;
@@ -1735,8 +1752,12 @@ impl Inner {
         }
         // (Removing keys with no `victims` in place cleared `until`.)
         let share = &mut shard.parts[index];
-        share.until = if victims.is_empty() { 0 } else { until };
-        share.victims = victims;
+        if victims.is_empty() {
+            share.forget();
+        } else {
+            share.until = until;
+            share.victims = victims;
+        }
         self.counters
             .evicted
             .fetch_add(evicted as u64, Ordering::Relaxed);

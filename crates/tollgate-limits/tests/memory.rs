@@ -1114,3 +1114,105 @@ fn a_clock_set_back_ends_a_full_shares_choice() {
     );
     assert!(held(&store, &key("k1")));
 }
+
+/// `n` keys at their limit filling `store`'s share, `{prefix}0` on, a microsecond apart.
+fn fill_limited(clock: &ManualClock, store: &MemoryStore, prefix: &str, n: usize) {
+    let key = |k: &str| {
+        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
+            .with_cost(2)
+            .with_when_full(WhenFull::EvictLimited)
+    };
+    for i in 0..n {
+        assert!(
+            store
+                .charge(&[key(&format!("{prefix}{i}"))])
+                .unwrap()
+                .allowed
+        );
+        clock.advance(Duration::from_micros(1));
+    }
+}
+
+/// Every new key that finds a full share evicts a whole batch, also when the keys a look
+/// chose run out mid-batch: a share of 200 (batches of 3, an eighth of 25) evicts 27 keys
+/// for 25 new ones (a batch each time one finds it full), as a look per batch did. (A
+/// review: the ninth batch was the 1 key left of the 25 chosen, and every later batch fell
+/// at other keys.)
+#[test]
+fn a_batch_goes_whole_when_the_chosen_keys_run_out() {
+    let (clock, store) = one_shard(200);
+    let key = |k: &str| {
+        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
+            .with_cost(2)
+            .with_when_full(WhenFull::EvictLimited)
+    };
+    fill_limited(&clock, &store, "k", 200);
+    fill_limited(&clock, &store, "new-", 25);
+    assert_eq!(store.stats().evicted_limited, 27);
+    assert!(!held(&store, &key("k26")), "k26 went in the ninth batch");
+    assert!(held(&store, &key("k27")));
+}
+
+/// A chosen key seen since is passed over, and the batch is made up from a new look: a
+/// share of 128 (batches of 2) evicts the 16 least recently seen keys for 16 new ones,
+/// passing over one seen again. (A review: the eighth batch was the 1 key left of the 16
+/// chosen, and every later batch fell at other keys.)
+#[test]
+fn a_batch_goes_whole_when_a_chosen_key_was_seen_since() {
+    let (clock, store) = one_shard(128);
+    let key = |k: &str| {
+        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
+            .with_cost(2)
+            .with_when_full(WhenFull::EvictLimited)
+    };
+    fill_limited(&clock, &store, "k", 128);
+    fill_limited(&clock, &store, "new-", 1);
+    assert!(!store.charge(&[key("k5").with_cost(1)]).unwrap().allowed);
+    clock.advance(Duration::from_micros(1));
+    fill_limited(&clock, &store, "more-", 15);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.evicted_limited, stats.entries),
+        (16, 128),
+        "{stats:?}"
+    );
+    assert!(held(&store, &key("k5")), "seen again: kept");
+    assert!(
+        !held(&store, &key("k16")),
+        "the 16th least recently seen went"
+    );
+    assert!(held(&store, &key("k17")));
+}
+
+/// Keys seen after a clock set back (before the look), but later than the look's time,
+/// still rank before chosen keys seen at the later time: the choice holds only from the
+/// last time a chosen key was seen. (Kills `Inner::make_room`: `now.max(last_seen)` →
+/// `now`.)
+#[test]
+fn a_clock_set_back_before_the_look_ends_the_choice_until_it_catches_up() {
+    let (clock, store) = one_shard(64);
+    let key = |k: &str| {
+        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
+            .with_cost(2)
+            .with_when_full(WhenFull::EvictLimited)
+    };
+    // One key fresh again in a minute: the choice would hold until then, so the new keys
+    // (fresh in an hour) do not end it by being fresh sooner.
+    let short = Bucket::new("tight", "short", Limit::sliding(Quota::per_minute(2)))
+        .with_cost(2)
+        .with_when_full(WhenFull::EvictLimited);
+    assert!(store.charge(&[short]).unwrap().allowed);
+    fill_limited(&clock, &store, "k", 63);
+    clock.set(tollgate_limits::Timestamp::from_micros(
+        T0.as_micros() as u64 - 1_000_000,
+    ));
+    // The look (which evicts `short`), a second before the keys it chooses from were seen.
+    assert!(store.charge(&[key("a")]).unwrap().allowed);
+    clock.advance(Duration::from_micros(1));
+    assert!(store.charge(&[key("b")]).unwrap().allowed);
+    assert!(
+        !held(&store, &key("a")),
+        "a was seen least recently by the clock"
+    );
+    assert!(held(&store, &key("k1")));
+}
