@@ -170,6 +170,19 @@ where
     }
 }
 
+/// Polls `fut` with `polling` set for as long as the poll runs: still set afterwards, the
+/// poll panicked (see the drop of [`ResponseFuture`]).
+fn poll_marked<T>(
+    fut: &mut BoxFuture<'static, T>,
+    polling: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<T> {
+    *polling = true;
+    let polled = fut.as_mut().poll(cx);
+    *polling = false;
+    polled
+}
+
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -188,10 +201,7 @@ where
                     polling,
                     ..
                 } => {
-                    *polling = true;
-                    let polled = decide.as_mut().poll(cx);
-                    *polling = false;
-                    let outcome = ready!(polled);
+                    let outcome = ready!(poll_marked(decide, polling, cx));
                     match outcome {
                         Outcome::Proceed(mut after) => {
                             let (Some(mut inner), Some(mut req)) = (inner.take(), req.take())
@@ -267,10 +277,7 @@ where
                     response,
                     polling,
                 } => {
-                    *polling = true;
-                    let polled = settle.as_mut().poll(cx);
-                    *polling = false;
-                    let mut settled = ready!(polled);
+                    let mut settled = ready!(poll_marked(settle, polling, cx));
                     let response = response.take();
                     this.state.set(State::Done);
                     if let Some(mut response) = response {
