@@ -992,24 +992,29 @@ fn a_full_share_evicts_exactly_its_least_recently_seen_eighth() {
     }
 }
 
+/// A key of the share "tight" under `WhenFull::EvictLimited`: 2 an hour, at a cost of 2
+/// (one request puts a new key at its limit).
+fn tight(k: &str) -> Bucket {
+    tight_at(k, Limit::sliding(Quota::per_hour(2)))
+}
+
+/// A key of the share "tight" under another limit, at a cost of 2.
+fn tight_at(k: &str, limit: Limit) -> Bucket {
+    Bucket::new("tight", k, limit)
+        .with_cost(2)
+        .with_when_full(WhenFull::EvictLimited)
+}
+
 /// A share of 64 (one shard) under `WhenFull::EvictLimited`, full of keys at their limit
 /// (2 an hour, both spent at once), `k0` to `k63`, each seen a microsecond after the one
 /// before; then a new key, `new`, took the place of `k0`: the store chose the next keys
-/// to evict with it. Returns the key maker: a bucket of that share, at a cost of 2.
-fn full_of_limited_keys() -> (ManualClock, MemoryStore, impl Fn(&str) -> Bucket) {
+/// to evict with it. Its keys are [`tight`]'s.
+fn full_of_limited_keys() -> (ManualClock, MemoryStore) {
     let (clock, store) = one_shard(64);
-    let key = |k: &str| {
-        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
-            .with_cost(2)
-            .with_when_full(WhenFull::EvictLimited)
-    };
-    for i in 0..64 {
-        assert!(store.charge(&[key(&format!("k{i}"))]).unwrap().allowed);
-        clock.advance(Duration::from_micros(1));
-    }
-    assert!(store.charge(&[key("new")]).unwrap().allowed);
+    fill_limited(&clock, &store, "k", 64);
+    assert!(store.charge(&[tight("new")]).unwrap().allowed);
     assert_eq!(store.stats().evicted_limited, 1);
-    (clock, store, key)
+    (clock, store)
 }
 
 /// Whether the store holds `bucket`'s key (at its limit: a peek is refused).
@@ -1025,15 +1030,18 @@ fn held(store: &MemoryStore, bucket: &Bucket) -> bool {
 /// trying keeps its place. (Kills `Inner::evict_chosen`: `seen == key.seen` → `true`.)
 #[test]
 fn a_limited_key_seen_since_the_share_chose_it_is_not_evicted() {
-    let (clock, store, key) = full_of_limited_keys();
+    let (clock, store) = full_of_limited_keys();
     clock.advance(Duration::from_micros(1));
-    assert!(!store.charge(&[key("k1").with_cost(1)]).unwrap().allowed);
+    assert!(!store.charge(&[tight("k1").with_cost(1)]).unwrap().allowed);
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
     assert_eq!(store.stats().evicted_limited, 2);
-    assert!(held(&store, &key("k1")), "k1 was seen last: it stays");
-    assert!(!held(&store, &key("k2")), "k2 was the least recently seen");
-    assert!(held(&store, &key("k3")));
+    assert!(held(&store, &tight("k1")), "k1 was seen last: it stays");
+    assert!(
+        !held(&store, &tight("k2")),
+        "k2 was the least recently seen"
+    );
+    assert!(held(&store, &tight("k3")));
 }
 
 /// Once an eighth of a full share is below its limit, those keys make room, not keys at
@@ -1041,13 +1049,13 @@ fn a_limited_key_seen_since_the_share_chose_it_is_not_evicted() {
 /// `Shard::insert`: `seen & LIMITED == 0 ||` → `false &&`.)
 #[test]
 fn new_keys_below_their_limit_make_room_before_chosen_limited_ones() {
-    let (clock, store, key) = full_of_limited_keys();
+    let (clock, store) = full_of_limited_keys();
     // Eight new keys below their limit (1 of 2 spent) each take a limited key's place.
     for i in 1..=8 {
         clock.advance(Duration::from_micros(1));
         assert!(
             store
-                .charge(&[key(&format!("free-{i}")).with_cost(1)])
+                .charge(&[tight(&format!("free-{i}")).with_cost(1)])
                 .unwrap()
                 .allowed
         );
@@ -1055,27 +1063,27 @@ fn new_keys_below_their_limit_make_room_before_chosen_limited_ones() {
     assert_eq!(store.stats().evicted_limited, 9);
     // An eighth of the share is below its limit: those eight go for the next new key.
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[key("new-9")]).unwrap().allowed);
+    assert!(store.charge(&[tight("new-9")]).unwrap().allowed);
     let stats = store.stats();
     assert_eq!((stats.evicted_limited, stats.evicted), (9, 17), "{stats:?}");
-    assert!(held(&store, &key("k9")), "k9 is at its limit: it stays");
+    assert!(held(&store, &tight("k9")), "k9 is at its limit: it stays");
 }
 
 /// Keys that drop below their limit after a full share chose keys to evict make room
 /// first too. (Kills `update_in`: `was_limited && after.seen & LIMITED == 0` → `false`.)
 #[test]
 fn keys_dropping_below_their_limit_make_room_before_chosen_limited_ones() {
-    let (clock, store, key) = full_of_limited_keys();
+    let (clock, store) = full_of_limited_keys();
     for i in 20..28 {
         clock.advance(Duration::from_micros(1));
-        let back = store.apply_now(Op::Refund, &[key(&format!("k{i}")).with_cost(1)]);
+        let back = store.apply_now(Op::Refund, &[tight(&format!("k{i}")).with_cost(1)]);
         assert_eq!(back.unwrap().buckets[0].remaining, 1);
     }
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
     let stats = store.stats();
     assert_eq!((stats.evicted_limited, stats.evicted), (1, 9), "{stats:?}");
-    assert!(held(&store, &key("k1")), "k1 is at its limit: it stays");
+    assert!(held(&store, &tight("k1")), "k1 is at its limit: it stays");
 }
 
 /// A new key fresh again sooner than the keys a full share chose to evict is dropped when
@@ -1083,17 +1091,15 @@ fn keys_dropping_below_their_limit_make_room_before_chosen_limited_ones() {
 /// `expires_at < share.until` → `false`.)
 #[test]
 fn a_key_fresh_before_the_chosen_ones_makes_room_when_it_is() {
-    let (clock, store, key) = full_of_limited_keys();
-    let short = Bucket::new("tight", "short", Limit::sliding(Quota::per_second(2)))
-        .with_cost(2)
-        .with_when_full(WhenFull::EvictLimited);
+    let (clock, store) = full_of_limited_keys();
+    let short = tight_at("short", Limit::sliding(Quota::per_second(2)));
     assert!(store.charge(&[short]).unwrap().allowed);
     assert_eq!(store.stats().evicted_limited, 2, "it took k1's place");
     clock.advance(Duration::from_secs(3));
-    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
     let stats = store.stats();
     assert_eq!((stats.evicted_limited, stats.expired), (2, 1), "{stats:?}");
-    assert!(held(&store, &key("k2")), "k2 is at its limit: it stays");
+    assert!(held(&store, &tight("k2")), "k2 is at its limit: it stays");
 }
 
 /// A clock set back before a full share chose keys to evict ends that choice: the key
@@ -1101,31 +1107,26 @@ fn a_key_fresh_before_the_chosen_ones_makes_room_when_it_is() {
 /// `now >= looked.looked_at` → `true`.)
 #[test]
 fn a_clock_set_back_ends_a_full_shares_choice() {
-    let (clock, store, key) = full_of_limited_keys();
+    let (clock, store) = full_of_limited_keys();
     clock.set(tollgate_limits::Timestamp::from_micros(
         T0.as_micros() as u64 - 1_000_000,
     ));
-    assert!(!store.charge(&[key("k5").with_cost(1)]).unwrap().allowed);
+    assert!(!store.charge(&[tight("k5").with_cost(1)]).unwrap().allowed);
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[key("new-2")]).unwrap().allowed);
+    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
     assert!(
-        !held(&store, &key("k5")),
+        !held(&store, &tight("k5")),
         "k5 was seen earliest by the clock"
     );
-    assert!(held(&store, &key("k1")));
+    assert!(held(&store, &tight("k1")));
 }
 
 /// `n` keys at their limit filling `store`'s share, `{prefix}0` on, a microsecond apart.
 fn fill_limited(clock: &ManualClock, store: &MemoryStore, prefix: &str, n: usize) {
-    let key = |k: &str| {
-        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
-            .with_cost(2)
-            .with_when_full(WhenFull::EvictLimited)
-    };
     for i in 0..n {
         assert!(
             store
-                .charge(&[key(&format!("{prefix}{i}"))])
+                .charge(&[tight(&format!("{prefix}{i}"))])
                 .unwrap()
                 .allowed
         );
@@ -1141,16 +1142,11 @@ fn fill_limited(clock: &ManualClock, store: &MemoryStore, prefix: &str, n: usize
 #[test]
 fn a_batch_goes_whole_when_the_chosen_keys_run_out() {
     let (clock, store) = one_shard(200);
-    let key = |k: &str| {
-        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
-            .with_cost(2)
-            .with_when_full(WhenFull::EvictLimited)
-    };
     fill_limited(&clock, &store, "k", 200);
     fill_limited(&clock, &store, "new-", 25);
     assert_eq!(store.stats().evicted_limited, 27);
-    assert!(!held(&store, &key("k26")), "k26 went in the ninth batch");
-    assert!(held(&store, &key("k27")));
+    assert!(!held(&store, &tight("k26")), "k26 went in the ninth batch");
+    assert!(held(&store, &tight("k27")));
 }
 
 /// A chosen key seen since is passed over, and the batch is made up from a new look: a
@@ -1160,14 +1156,9 @@ fn a_batch_goes_whole_when_the_chosen_keys_run_out() {
 #[test]
 fn a_batch_goes_whole_when_a_chosen_key_was_seen_since() {
     let (clock, store) = one_shard(128);
-    let key = |k: &str| {
-        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
-            .with_cost(2)
-            .with_when_full(WhenFull::EvictLimited)
-    };
     fill_limited(&clock, &store, "k", 128);
     fill_limited(&clock, &store, "new-", 1);
-    assert!(!store.charge(&[key("k5").with_cost(1)]).unwrap().allowed);
+    assert!(!store.charge(&[tight("k5").with_cost(1)]).unwrap().allowed);
     clock.advance(Duration::from_micros(1));
     fill_limited(&clock, &store, "more-", 15);
     let stats = store.stats();
@@ -1176,12 +1167,12 @@ fn a_batch_goes_whole_when_a_chosen_key_was_seen_since() {
         (16, 128),
         "{stats:?}"
     );
-    assert!(held(&store, &key("k5")), "seen again: kept");
+    assert!(held(&store, &tight("k5")), "seen again: kept");
     assert!(
-        !held(&store, &key("k16")),
+        !held(&store, &tight("k16")),
         "the 16th least recently seen went"
     );
-    assert!(held(&store, &key("k17")));
+    assert!(held(&store, &tight("k17")));
 }
 
 /// Keys seen after a clock set back (before the look), but later than the look's time,
@@ -1191,28 +1182,21 @@ fn a_batch_goes_whole_when_a_chosen_key_was_seen_since() {
 #[test]
 fn a_clock_set_back_before_the_look_ends_the_choice_until_it_catches_up() {
     let (clock, store) = one_shard(64);
-    let key = |k: &str| {
-        Bucket::new("tight", k, Limit::sliding(Quota::per_hour(2)))
-            .with_cost(2)
-            .with_when_full(WhenFull::EvictLimited)
-    };
     // One key fresh again in a minute: the choice would hold until then, so the new keys
     // (fresh in an hour) do not end it by being fresh sooner.
-    let short = Bucket::new("tight", "short", Limit::sliding(Quota::per_minute(2)))
-        .with_cost(2)
-        .with_when_full(WhenFull::EvictLimited);
+    let short = tight_at("short", Limit::sliding(Quota::per_minute(2)));
     assert!(store.charge(&[short]).unwrap().allowed);
     fill_limited(&clock, &store, "k", 63);
     clock.set(tollgate_limits::Timestamp::from_micros(
         T0.as_micros() as u64 - 1_000_000,
     ));
     // The look (which evicts `short`), a second before the keys it chooses from were seen.
-    assert!(store.charge(&[key("a")]).unwrap().allowed);
+    assert!(store.charge(&[tight("a")]).unwrap().allowed);
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[key("b")]).unwrap().allowed);
+    assert!(store.charge(&[tight("b")]).unwrap().allowed);
     assert!(
-        !held(&store, &key("a")),
+        !held(&store, &tight("a")),
         "a was seen least recently by the clock"
     );
-    assert!(held(&store, &key("k1")));
+    assert!(held(&store, &tight("k1")));
 }

@@ -6,6 +6,8 @@ mod common;
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -78,6 +80,20 @@ async fn handler(req: http::Request<Body>) -> Result<Response<Body>, std::io::Er
             Ok(response)
         }
     }
+}
+
+/// Counts, from now on, the panics (of any thread) whose message says `text`.
+fn panics_saying(text: &'static str) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains(text) {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    count
 }
 
 /// Polls `call` (up to three times) until it panics, then drops it, and lets what it
@@ -233,14 +249,7 @@ impl tower::Service<http::Request<Body>> for Panics {
 async fn a_panic_in_the_inner_services_call_leaves_nothing_to_finish() {
     // A decided request's future, dropped by the panic's unwinding, started its finished
     // decision again in the background: a second panic ("resumed after completion").
-    static RESUMED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.to_string().contains("resumed after completion") {
-            RESUMED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        previous(info);
-    }));
+    let resumed = panics_saying("resumed after completion");
     let limiter = limiter(Later(memory()), sign_in());
     let svc = ServiceBuilder::new().layer(limiter.layer()).service(Panics);
     let call = svc.oneshot(request("/ok", PEER, None));
@@ -253,7 +262,7 @@ async fn a_panic_in_the_inner_services_call_leaves_nothing_to_finish() {
     assert!(panicked.is_err());
     drop(call);
     let_background_work_finish().await;
-    assert_eq!(RESUMED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(resumed.load(Ordering::SeqCst), 0);
 }
 
 /// A store whose future panics when polled.
@@ -271,20 +280,13 @@ impl Store for PanicsDeciding {
 /// of its own, a second panic blaming the limiter; a review).
 #[tokio::test]
 async fn a_store_call_that_panicked_is_not_run_again() {
-    static RESUMED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.to_string().contains("resumed after panicking") {
-            RESUMED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        previous(info);
-    }));
+    let resumed = panics_saying("resumed after panicking");
     let limiter = limiter(PanicsDeciding, sign_in());
     let svc = ServiceBuilder::new()
         .layer(limiter.layer())
         .service(service_fn(handler));
     panic_in(svc.oneshot(request("/ok", PEER, None))).await;
-    assert_eq!(RESUMED.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(resumed.load(Ordering::SeqCst), 0);
 }
 
 /// An inner service whose `call` panics (a `map_request` in front of the handler, a
