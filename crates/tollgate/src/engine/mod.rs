@@ -391,6 +391,13 @@ impl Left {
     /// (it was served: counted whether it fits or not; one dropped keeps its charge, as a
     /// charge does), so a layer elsewhere leaves no request of its pattern uncounted.
     fn finish(&mut self, status: Option<http::StatusCode>) {
+        // What its class counts of the answer, judged before it is done: a policy's status
+        // function that panics leaves it to the drop, as a request without an answer (a
+        // review: it was counted nowhere, not even by the global limits).
+        let plan = &self.plan;
+        let counted: Vec<usize> = (0..plan.buckets.len())
+            .filter(|&i| plan.policy(i).counts(status))
+            .collect();
         self.done = true;
         let unseen = match &self.to {
             LeftTo::Probe(delegation, probe) => {
@@ -408,14 +415,7 @@ impl Left {
                 unseen
             }
         };
-        if !unseen {
-            return;
-        }
-        let plan = &self.plan;
-        let counted: Vec<usize> = (0..plan.buckets.len())
-            .filter(|&i| plan.policy(i).counts(status))
-            .collect();
-        if counted.is_empty() {
+        if !unseen || counted.is_empty() {
             return;
         }
         let buckets: Vec<Bucket> = counted.iter().map(|&i| plan.buckets[i].clone()).collect();
