@@ -225,11 +225,12 @@ pub enum ConfigError {
         /// The polls that must read it the same ([`DROP_READS`](crate::reload::DROP_READS)).
         polls: u32,
     },
-    /// The code given to a [`ConfigWatcher`](crate::reload::ConfigWatcher) (its
+    /// A [`ConfigWatcher`](crate::reload::ConfigWatcher)'s reload of the file panicked:
+    /// in the code given to the watcher (its
     /// [`adjust`](crate::reload::WatchBuilder::adjust) or
-    /// [`customize`](crate::reload::WatchBuilder::customize) function) panicked while it
-    /// reloaded the file: nothing was reloaded, and the watcher goes on watching.
-    #[error("{file}: the watcher's adjust or customize function panicked ({message}); nothing was reloaded")]
+    /// [`customize`](crate::reload::WatchBuilder::customize) function), or else in the
+    /// limiter's own. Nothing was reloaded, and the watcher goes on watching.
+    #[error("{file}: the reload panicked ({message}), in the watcher's adjust or customize function or the limiter's own code; nothing was reloaded")]
     Panicked {
         /// The file.
         file: String,
