@@ -33,6 +33,7 @@ pub mod decision;
 pub mod limit;
 pub mod memory;
 pub mod quota;
+pub mod redact;
 pub mod sampled;
 pub mod store;
 

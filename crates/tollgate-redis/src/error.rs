@@ -1,6 +1,8 @@
 //! Configuration errors: what [`RedisStoreBuilder::build`](crate::RedisStoreBuilder::build)
 //! and [`from_env`](crate::from_env) reject, before any request is served.
 
+use tollgate_limits::redact::hide_user_info;
+
 /// Why a Redis store could not be configured. Never returned because Redis is unreachable:
 /// connections are made lazily, and the [`FallbackStore`](crate::FallbackStore) covers an
 /// unreachable Redis.
@@ -39,55 +41,33 @@ pub enum RedisConfigError {
 
 /// `url` with the password of its user info, and the value of any query parameter that
 /// names a secret (`password=`, `auth=`, `token=`), replaced by `***`, for messages and
-/// logs. The user info ends at the last `@`: a password written without encoding may hold
-/// `/`, `?`, `#` or `@` (`redis://u:top/secret@host`, `redis://u:p#ss@host` are still
-/// hidden), unless that `@` is a query parameter's (`?client_name=svc@host`: a `?` or `#`
-/// before it is followed by a `name=`). A URL without `://` (a mistyped scheme,
-/// `redis//u:p@host`) is read as all user info and place. When in doubt it hides too much.
+/// logs. The user info is taken to end at the last `@` ([`hide_user_info`]): a password
+/// written without encoding may hold `/`, `?`, `#`, `=` or `@`, and a URL holding one may
+/// not parse, which is when its error prints it. So an `@` in a query
+/// (`?client_name=svc@host`) hides what comes before it too: it hides too much rather
+/// than too little (a review: `redis://u:Ab?cd=ef@host`, its `?cd=` read as a query before
+/// the `@`, was printed whole).
 pub(crate) fn redact(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(scheme_end) => url.split_at(scheme_end + 3),
-        None => ("", url),
+    let hidden = hide_user_info(url);
+    let Some((place, query)) = hidden.split_once('?') else {
+        return hidden;
     };
-    let query = rest.find(['?', '#']).unwrap_or(rest.len());
-    let at = match rest.rfind('@') {
-        // A query parameter's `@`: the user info's, if any, comes before the query.
-        Some(at) if at > query && rest[query..at].contains('=') => rest[..query].rfind('@'),
-        at => at,
-    };
-    let (userinfo, after) = match at {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            if !userinfo.contains(':') && !user.is_empty() {
-                // `redis://password@host` is also accepted by some clients: hide it all.
-                ("***@".to_string(), &rest[at + 1..])
-            } else {
-                (format!("{user}:***@"), &rest[at + 1..])
-            }
+    let mut out = format!("{place}?");
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
         }
-        None => (String::new(), rest),
-    };
-    let (place, query) = after.split_once('?').unwrap_or((after, ""));
-    let mut out = format!("{scheme}{userinfo}{place}");
-    if after.contains('?') {
-        out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
-            let lower = name.to_ascii_lowercase();
-            if pair.contains('=')
-                && ["pass", "auth", "token", "secret"]
-                    .iter()
-                    .any(|s| lower.contains(s))
-            {
-                out.push_str(name);
-                out.push_str("=***");
-            } else {
-                out.push_str(pair);
-            }
+        let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+        let lower = name.to_ascii_lowercase();
+        if pair.contains('=')
+            && ["pass", "auth", "token", "secret"]
+                .iter()
+                .any(|s| lower.contains(s))
+        {
+            out.push_str(name);
+            out.push_str("=***");
+        } else {
+            out.push_str(pair);
         }
     }
     out
@@ -126,13 +106,14 @@ mod tests {
             redact("redis://u:a@b@127.0.0.1:6379/0"),
             "redis://u:***@127.0.0.1:6379/0"
         );
+        // An `@` in a query cannot be told from a password's: hidden too much.
         assert_eq!(
             redact("redis://127.0.0.1:6379/0?client_name=svc@host"),
-            "redis://127.0.0.1:6379/0?client_name=svc@host"
+            "redis://127.0.0.1:***@host"
         );
         assert_eq!(
             redact("redis://u:s3@127.0.0.1:6379/0?client_name=svc@host"),
-            "redis://u:***@127.0.0.1:6379/0?client_name=svc@host"
+            "redis://u:***@host"
         );
         // `?` and `#` in a password, the URLs a client refuses, whose error prints them.
         assert_eq!(
@@ -146,6 +127,15 @@ mod tests {
         assert_eq!(
             redact("redis://127.0.0.1:6379/0?protocol=resp3&password=s3cret"),
             "redis://127.0.0.1:6379/0?protocol=resp3&password=***"
+        );
+        // `?` or `#` and then a `name=` in a password: not a query (a review: printed whole).
+        for password in ["Ab?cd=ef", "Ab#cd=ef", "x/y?z=1", ":Zq9?k=Lp2"] {
+            let url = format!("redis://default:{password}@127.0.0.1:35792");
+            assert_eq!(redact(&url), "redis://default:***@127.0.0.1:35792", "{url}");
+        }
+        assert_eq!(
+            redact("redis://default:p@ss?w=1@127.0.0.1:35792"),
+            "redis://default:***@127.0.0.1:35792"
         );
     }
 }

@@ -417,10 +417,20 @@ impl FileSettings {
 }
 
 /// The text a [`Config`] was read from.
-#[derive(Debug)]
 struct Origin {
     text: String,
     format: Format,
+}
+
+/// Without the text, which may hold a store's password (a review: `{config:?}` printed
+/// the whole file).
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("bytes", &self.text.len())
+            .field("format", &self.format)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,8 +441,8 @@ enum Format {
     Yaml,
 }
 
-/// `store:`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `store:`. Its `Debug` hides the URL's password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StoreConfig {
@@ -468,6 +478,32 @@ pub struct StoreConfig {
     /// the environment, when set, overrides it.
     #[serde(default)]
     pub patience: Option<u32>,
+}
+
+/// Hides the URL's password (a review: `{config:?}` printed it, where the Redis store's
+/// own `Debug` hides it).
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let StoreConfig {
+            kind,
+            url,
+            prefix,
+            max_entries,
+            timeout_ms,
+            fallback_divisor,
+            patience,
+        } = self;
+        let url = url.as_deref().map(tollgate_limits::redact::hide_user_info);
+        f.debug_struct("StoreConfig")
+            .field("kind", kind)
+            .field("url", &url)
+            .field("prefix", prefix)
+            .field("max_entries", max_entries)
+            .field("timeout_ms", timeout_ms)
+            .field("fallback_divisor", fallback_divisor)
+            .field("patience", patience)
+            .finish()
+    }
 }
 
 /// `store.kind`.
@@ -1811,12 +1847,16 @@ fn parse_error(
     field: &str,
     message: &str,
 ) -> ConfigError {
+    // A value the parser quotes may be a store's URL put in the wrong place (`store:
+    // "redis://user:password@host"`): its password is hidden, as the URL's own errors hide
+    // it (a review: a reload logged it at ERROR).
+    let message = tollgate_limits::redact::hide_url_credentials(message);
     ConfigError::Parse {
         file: file.to_string(),
         line: location.map(|(line, _)| line),
         column: location.map(|(_, column)| column),
         message: match field {
-            "" | "." => message.to_string(),
+            "" | "." => message,
             field => format!("{field}: {message}"),
         },
     }

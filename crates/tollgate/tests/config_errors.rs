@@ -1176,3 +1176,48 @@ fn an_empty_methods_list_is_refused() {
     assert!(error.contains(":3:"), "{error}");
     assert!(error.contains("names no method"), "{error}");
 }
+
+/// A store's URL put where the schema wants something else is quoted by the parse error
+/// with its password hidden (a review: `store: "redis://default:P@host"` and
+/// `kind: "redis://..."` printed it, and a watcher's reload logged it at ERROR); a loaded
+/// configuration's `Debug` hides it too (a review: printed twice, the URL and the file).
+#[test]
+fn a_store_password_is_not_printed_by_errors_or_debug() {
+    let misplaced = [
+        (
+            "store.yaml",
+            "store: \"redis://default:FILEPASS8@127.0.0.1:6379\"\n",
+        ),
+        (
+            "kind.yaml",
+            "store:\n  kind: \"redis://default:FILEPASS8@127.0.0.1:6379\"\n",
+        ),
+        (
+            "entries.yaml",
+            "store:\n  max_entries: \"redis://default:FILEPASS8@h:1\"\n",
+        ),
+        (
+            "store.toml",
+            "store = \"redis://default:FILEPASS8@127.0.0.1:6379\"\n",
+        ),
+    ];
+    for (name, text) in misplaced {
+        let err = Config::from_path(write_temp(name, text)).unwrap_err();
+        let (shown, debug) = (err.to_string(), format!("{err:?}"));
+        assert!(matches!(err, ConfigError::Parse { .. }), "{name}: {shown}");
+        assert!(shown.contains("redis://default:***@"), "{name}: {shown}");
+        assert!(!shown.contains("FILEPASS8"), "{name}: {shown}");
+        assert!(!debug.contains("FILEPASS8"), "{name}: {debug}");
+    }
+    let loaded = Config::from_path(write_temp(
+        "loaded.yaml",
+        "store:\n  kind: redis\n  url: redis://default:RightPass99@127.0.0.1:6379\n",
+    ))
+    .unwrap();
+    let debug = format!("{loaded:?}");
+    assert!(!debug.contains("RightPass99"), "{debug}");
+    assert!(
+        debug.contains("redis://default:***@127.0.0.1:6379"),
+        "{debug}"
+    );
+}
