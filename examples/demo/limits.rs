@@ -105,8 +105,10 @@ impl Per {
 
 /// The signed-in staff user's key. The demo's stand-in sign-in takes the credential
 /// itself (`Bearer <token>`, a `session=<token>` cookie) for the user, so the key reaches
-/// the store only as a digest: Redis never holds a credential. (An application whose
-/// identity function returns an opaque user id can use `per_user`.)
+/// the store only as a digest: Redis never holds a credential as sent. A digest hides only
+/// what cannot be guessed: the demo's stand-in tokens (`Bearer alice`) are found from it at
+/// once (see `tollgate::Key`). (An application whose identity function returns an opaque
+/// user id can use `per_user`.)
 fn staff() -> Key {
     Key::user().hashed()
 }

@@ -37,7 +37,10 @@
 //! Keys (`per:`): `ip`, `network:<bits>` (the client IP with IPv6 folded to its first
 //! `<bits>`: `network:48`, a backstop beside `ip`), `user` (needs an identity function in
 //! code), `api_key` (the `x-api-key` header) or `api_key:<header>`, `header:<name>`,
-//! `tenant:<header>`, `global`.
+//! `tenant:<header>`, `global`. `api_key` keys reach the store as a digest; `header:<name>`
+//! keys as they are read (a digest only for `authorization`, `proxy-authorization` and
+//! `cookie`), as `user` and `tenant:` keys: put a credential under `api_key:<header>`, not
+//! `header:<name>` (see [`Key`](crate::Key) on what a digest hides).
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or
 //! the trio `sustained:` (token bucket refill), `burst:` (its capacity: a count, `20`, or
 //! the count of a quota, `20/s`) and `daily:` (a hard cap per day, `10000/day`, over a

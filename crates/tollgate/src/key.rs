@@ -24,6 +24,16 @@ pub(crate) const MAX_PLAIN_KEY: usize = 128;
 /// (API keys, `Authorization`, cookies, or any
 /// key marked [`Key::hashed`]) reach the store only as a SHA-256 digest, the same in every
 /// process, so instances sharing Redis share the bucket and Redis never holds the secret.
+/// A digest is a pseudonym, not a lock: it is taken with a fixed, public prefix and no
+/// secret of yours, so whoever reads the store's keys (Redis's `SCAN`, `MONITOR`, a backup)
+/// finds any value that can be guessed by hashing guesses: an HTTP Basic credential (a
+/// user name and a common password), an e-mail, an IP address, a short id (a review
+/// recovered `alice:Summer2024!` from its key in a fraction of a millisecond). Key such a
+/// limit on what cannot be guessed (an API key, a bearer token), or on the user the
+/// authentication found rather than the credential it checked. Keys not hashed (the client
+/// IP, [`Key::user`], [`Key::tenant`], [`Key::header`] of any header but `Authorization`,
+/// `Proxy-Authorization` and `Cookie`, a function's) are stored as they are, in the store's
+/// keys and in the logs of overrides and resets.
 ///
 /// A credential read from a header is charged whatever its value: key a limit on a credential
 /// only behind the authentication that checks it, so that keys a client invents are refused
@@ -274,7 +284,9 @@ impl Key {
     }
 
     /// The key's kind: `ip`, `network:<bits>`, `user`, `api_key`, `tenant`, `global`,
-    /// `header:<name>`, or a custom kind. What logs show instead of the key itself.
+    /// `header:<name>`, or a custom kind. What a refusal's log, metrics and the rate-limit
+    /// headers show instead of the key itself (the logs of an override or a reset show the
+    /// key as stored: its digest if it is hashed, else as it is).
     pub fn kind(&self) -> &str {
         &self.kind
     }
