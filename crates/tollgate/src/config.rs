@@ -40,7 +40,7 @@
 //! `tenant:<header>`, `global`. `api_key` keys reach the store as a digest; `header:<name>`
 //! keys as they are read (a digest only for `authorization`, `proxy-authorization` and
 //! `cookie`), as `user` and `tenant:` keys: put a credential under `api_key:<header>`, not
-//! `header:<name>` (see [`Key`](crate::Key) on what a digest hides).
+//! `header:<name>` (see [`Key`] on what a digest hides).
 //! A limit is `limit:` (a rolling window; `algorithm:` `sliding` | `exact` | `fixed`) or
 //! the trio `sustained:` (token bucket refill), `burst:` (its capacity: a count, `20`, or
 //! the count of a quota, `20/s`) and `daily:` (a hard cap per day, `10000/day`, over a
