@@ -36,7 +36,9 @@
 //! Paths are relative to where the router is mounted. Buckets are named as in
 //! [`Limiter::describe`] (`default:ip`, `global`, `sign-in-failures`) or `override:<kind>`
 //! for a key's override; keys as requests carry them (an IP address, a user id, an API key:
-//! percent-encode what is not a plain path segment).
+//! percent-encode what is not a plain path segment), or a hashed key as `GET /overrides`
+//! lists it (`#` and 32 hex digits, `%23…` in a path), so that no credential need be put in
+//! a URL, which access logs keep.
 //!
 //! | method and path | does | answers |
 //! |---|---|---|

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tollgate_limits::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
 
 use crate::engine::{Compiled, DirectKey};
-use crate::key::{store_key, Key, Source};
+use crate::key::{operator_key, Key, Source};
 use crate::limiter::Limiter;
 use crate::policy::Cost;
 use crate::rate::{Rate, RateError};
@@ -265,7 +265,7 @@ impl Limiter {
                 capacity,
             });
         }
-        Ok(store_key(value.as_bytes(), key.hashed))
+        Ok(operator_key(&value, key.hashed))
     }
 
     /// [`Limiter::remove_override`] with the key named by its kind; whether there was one.
@@ -277,7 +277,7 @@ impl Limiter {
         let mut removed = false;
         for key in self.keys_of_kind(kind)? {
             let value = self.request_value(&key, value)?;
-            removed |= self.remove_stored(kind, &store_key(value.as_bytes(), key.hashed));
+            removed |= self.remove_stored(kind, &operator_key(&value, key.hashed));
         }
         Ok(removed)
     }
@@ -330,11 +330,11 @@ impl Limiter {
             Found::Direct(limit, how) => Ok((self.engine.direct_key(key, how), Some(limit))),
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
-                Ok((store_key(value.as_bytes(), k.hashed), limit))
+                Ok((operator_key(&value, k.hashed), limit))
             }
             Found::Override(k) => {
                 let value = self.request_value(&k, key)?;
-                let stored = store_key(value.as_bytes(), k.hashed);
+                let stored = operator_key(&value, k.hashed);
                 let limit = self
                     .engine
                     .overrides
@@ -730,7 +730,7 @@ mod tests {
             limiter.overrides(),
             vec![OverrideInfo {
                 kind: "api_key".into(),
-                key: store_key(b"secret-key", true),
+                key: crate::key::store_key(b"secret-key", true),
                 limit: Rate::from("20/min").limit().unwrap(),
             }]
         );
@@ -740,6 +740,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o.buckets[0].limit, 20);
+        // The key as listed names it too: an operator need not put the credential in a
+        // URL (a review: the digest named a digest of the digest, and removed nothing).
+        let listed = limiter.overrides()[0].key.clone();
+        let o = limiter
+            .peek_bucket("override:api_key", &listed)
+            .await
+            .unwrap();
+        assert_eq!(o.buckets[0].limit, 20);
+        assert!(limiter
+            .remove_override_for_kind("api_key", &listed)
+            .unwrap());
+        assert!(limiter.overrides().is_empty());
+        limiter
+            .set_override_for_kind("api_key", "secret-key", "20/min")
+            .unwrap();
         assert!(limiter.remove_override(&Key::api_key("x-api-key"), "secret-key"));
         assert!(!limiter
             .remove_override_for_kind("api_key", "secret-key")

@@ -956,9 +956,9 @@ impl Limiter {
         removed
     }
 
-    /// A key's value as the middleware stores it: hashed if the key is secret, and an IP
-    /// address folded like a client's (an IPv6 address to its network, `2001:db8::/64`,
-    /// or to a [`Key::network`]'s prefix).
+    /// A key's value as the middleware stores it: hashed if the key is secret (a digest
+    /// as listed names itself), and an IP address folded like a client's (an IPv6 address
+    /// to its network, `2001:db8::/64`, or to a [`Key::network`]'s prefix).
     pub(crate) fn stored_value(&self, key: &Key, value: &str) -> String {
         let read = key.read_credential(value.as_bytes());
         let value = read.as_deref().unwrap_or(value);
@@ -966,7 +966,7 @@ impl Limiter {
             .source
             .address_network()
             .and_then(|network| self.engine.client_ip.fold_text(value, network));
-        key::store_key(folded.as_deref().unwrap_or(value).as_bytes(), key.hashed)
+        key::operator_key(folded.as_deref().unwrap_or(value), key.hashed)
     }
 
     /// Counters of what the limiter has done.
