@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tollgate_limits::{Batch, Bucket, Decision, Limit, Op, Quota, StoreError, StoreMode};
 
 use crate::engine::{Compiled, DirectKey};
-use crate::key::{operator_key, Key, Source};
+use crate::key::{is_digest, operator_key, Key, Source};
 use crate::limiter::Limiter;
 use crate::policy::Cost;
 use crate::rate::{Rate, RateError};
@@ -327,7 +327,16 @@ impl Limiter {
             {
                 Err(InspectError::BadIp(key.to_string()))
             }
-            Found::Direct(limit, how) => Ok((self.engine.direct_key(key, how), Some(limit))),
+            Found::Direct(limit, how) => {
+                // A digest as stored names itself, as for an override (`operator_key`); a
+                // handler's direct call reads its key as given.
+                let stored = if how.hashed && is_digest(key) {
+                    key.to_string()
+                } else {
+                    self.engine.direct_key(key, how)
+                };
+                Ok((stored, Some(limit)))
+            }
             Found::Policy(k, limit) => {
                 let value = self.request_value(&k, key)?;
                 Ok((operator_key(&value, k.hashed), limit))

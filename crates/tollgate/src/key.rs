@@ -354,16 +354,20 @@ pub(crate) fn store_key(raw: &[u8], secret: bool) -> String {
 /// in a URL path that access logs keep; its digest named a digest of the digest.) Not for
 /// a request's keys: a client must not name another's bucket by its digest.
 pub(crate) fn operator_key(raw: &str, secret: bool) -> String {
-    let digest = raw.len() == 33
-        && raw.starts_with('#')
-        && raw[1..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if digest {
+    if is_digest(raw) {
         raw.to_string()
     } else {
         store_key(raw.as_bytes(), secret)
     }
+}
+
+/// Whether `raw` is a key as [`store_key`] stores a digest: `#` and 32 hex digits.
+pub(crate) fn is_digest(raw: &str) -> bool {
+    raw.len() == 33
+        && raw.starts_with('#')
+        && raw[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// [`store_key`], appended to `out` (no allocation for keys that fit inline).

@@ -1044,10 +1044,10 @@ impl Engine {
     /// network), or to `network`'s bits for a bucket keyed by client network, so a
     /// handler's raw address, its [`ClientIp::key`] and an operator's lookup all name one
     /// key; any other key as given; and for a bucket that hashes its keys, the result as a
-    /// digest (a digest as listed names itself, [`crate::key::operator_key`]).
+    /// digest.
     pub(crate) fn direct_key(&self, key: &str, how: DirectKey) -> String {
         let folded = self.client_ip.fold_text(key, how.network);
-        crate::key::operator_key(folded.as_deref().unwrap_or(key), how.hashed)
+        crate::key::store_key(folded.as_deref().unwrap_or(key).as_bytes(), how.hashed)
     }
 
     /// A request left to the layer of `route` was answered without reaching it: the route is
