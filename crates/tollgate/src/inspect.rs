@@ -330,7 +330,7 @@ impl Limiter {
             Found::Direct(limit, how) => {
                 // A digest as stored names itself, as for an override (`operator_key`); a
                 // handler's direct call reads its key as given.
-                let stored = if how.hashed && is_digest(key) {
+                let stored = if is_digest(key) {
                     key.to_string()
                 } else {
                     self.engine.direct_key(key, how)
