@@ -493,9 +493,10 @@ struct Part {
     /// `seen` is no longer the one kept here. (16 bytes a key, an eighth of the share at
     /// most: 2 bytes per key the share holds.)
     victims: Vec<Picked>,
-    /// When that look was, or the last time a chosen key was seen if later (a clock set
-    /// back): a clock showing an earlier time ends the choice, as a key seen then would
-    /// rank before the chosen ones.
+    /// While keys are chosen: when that look was, or the last time a chosen key was seen
+    /// if later (a clock set back); else 0. A key seen before it (a clock set back) would
+    /// rank before chosen ones: it ends the choice ([`update_in`], [`Shard::insert`]), and
+    /// a clock showing an earlier time does not use it.
     looked_at: u64,
 }
 
@@ -504,6 +505,7 @@ impl Part {
     fn forget(&mut self) {
         self.until = 0;
         self.victims = Vec::new();
+        self.looked_at = 0;
     }
 }
 
@@ -1055,12 +1057,16 @@ fn update_in<K: Kept, R, F: FnOnce(&mut State) -> (R, Option<After>)>(
         after.expires_at
     };
     // A key no longer at its limit, or fresh again sooner than the share's last look
-    // holds, may make room (or rank before the keys it chose to evict): the share is
-    // looked at afresh (a key dropped does so in `count`). A refused charge of a key at its
-    // limit, or a look, leaves it: a flood that mixes known keys with new ones is refused
-    // as cheaply as one of new keys alone.
+    // holds, may make room; one seen before the last key that look chose (a clock set
+    // back) ranks before the chosen ones: the share is looked at afresh (a key dropped
+    // does so in `count`). A refused charge of a key at its limit, or a look, leaves it: a
+    // flood that mixes known keys with new ones is refused as cheaply as one of new keys
+    // alone.
     if let Some(share) = parts.get_mut(usize::from(part)) {
-        if (was_limited && after.seen & LIMITED == 0) || expires_at < share.until {
+        if (was_limited && after.seen & LIMITED == 0)
+            || expires_at < share.until
+            || after.seen & !FLAGS < share.looked_at
+        {
             share.forget();
         }
     }
@@ -1216,9 +1222,10 @@ impl Shard {
         }
         count(&mut self.parts, part, 1);
         // A key below its limit may change how a full share makes room (those below are
-        // evicted first), and one fresh sooner ends its last look's hold.
+        // evicted first); one fresh sooner ends its last look's hold, and one seen before
+        // the last key that look chose (a clock set back) ranks before them.
         if let Some(share) = self.parts.get_mut(usize::from(part)) {
-            if seen & LIMITED == 0 || expires_at < share.until {
+            if seen & LIMITED == 0 || expires_at < share.until || seen & !FLAGS < share.looked_at {
                 share.forget();
             }
         }
@@ -1563,6 +1570,14 @@ impl Inner {
         }
         let gone = sweep!(tat) + sweep!(fixed) + sweep!(window) + sweep!(boxed);
         shard.swept_len = shard.len();
+        // A share no longer full needs no keys chosen to evict (a look chooses again when
+        // it is full again): their memory goes (a review: an eighth of a share's keys
+        // stayed chosen after a purge emptied it).
+        for share in &mut shard.parts {
+            if (share.held as usize) < self.shard_cap && !share.victims.is_empty() {
+                share.forget();
+            }
+        }
         shard.min_expiry = min;
         self.counters
             .expired

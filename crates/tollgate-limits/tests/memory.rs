@@ -1200,3 +1200,56 @@ fn a_clock_set_back_before_the_look_ends_the_choice_until_it_catches_up() {
     );
     assert!(held(&store, &tight("k1")));
 }
+
+/// `T0` moved by `us` microseconds (either way).
+fn at(us: i64) -> tollgate_limits::Timestamp {
+    tollgate_limits::Timestamp::from_micros((T0.as_micros() as i64 + us) as u64)
+}
+
+/// A share of 64 full of keys at their limit (`k0` to `k62`, then one fresh again in a
+/// minute, seen last: the keys a look chooses stay chosen until then).
+fn full_with_a_short_key() -> (ManualClock, MemoryStore) {
+    let (clock, store) = one_shard(64);
+    fill_limited(&clock, &store, "k", 63);
+    let short = tight_at("short", Limit::sliding(Quota::per_minute(2)));
+    assert!(store.charge(&[short]).unwrap().allowed);
+    (clock, store)
+}
+
+/// The new key a look (with the clock set back) makes room for is seen before the keys
+/// the look chose: it ranks before them, so the next new key evicts it, not one of them.
+/// (A review, comparing the store with the one before the choice was kept: it evicted `k1`
+/// and kept `a`. Kills `Shard::insert`: `|| seen & !FLAGS < share.looked_at` left out.)
+#[test]
+fn a_new_key_seen_before_the_chosen_ones_is_evicted_first() {
+    let (clock, store) = full_with_a_short_key();
+    clock.set(at(-1_000_000));
+    assert!(store.charge(&[tight("a")]).unwrap().allowed);
+    clock.set(at(1_000));
+    assert!(store.charge(&[tight("b")]).unwrap().allowed);
+    assert_eq!(store.stats().evicted_limited, 2);
+    assert!(
+        !held(&store, &tight("a")),
+        "a was seen earliest by the clock"
+    );
+    assert!(held(&store, &tight("k1")));
+}
+
+/// A held key seen while the clock is set back, after a look chose keys to evict, ranks
+/// before them: it goes first once the clock is back. (A review: `k1` went, `k20` stayed.
+/// Kills `update_in`: `|| after.seen & !FLAGS < share.looked_at` left out.)
+#[test]
+fn a_held_key_seen_before_the_chosen_ones_is_evicted_first() {
+    let (clock, store) = full_with_a_short_key();
+    clock.advance(Duration::from_micros(1));
+    assert!(store.charge(&[tight("new-0")]).unwrap().allowed);
+    clock.set(at(-1_000_000));
+    assert!(!store.charge(&[tight("k20").with_cost(1)]).unwrap().allowed);
+    clock.set(at(1_000));
+    assert!(store.charge(&[tight("new-1")]).unwrap().allowed);
+    assert!(
+        !held(&store, &tight("k20")),
+        "k20 was seen earliest by the clock"
+    );
+    assert!(held(&store, &tight("k1")));
+}
