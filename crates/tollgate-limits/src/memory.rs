@@ -1655,13 +1655,13 @@ impl Inner {
         let len = shard.len();
         let full = shard.held(part) >= self.shard_cap;
         let index = usize::from(part);
-        // The share was looked through, full, and none of its keys changed since in a way
-        // that makes room: until the soonest of them expires, a new key is refused, or
-        // takes the place of the keys that look chose to evict.
         // Keys at their limit still to evict for this key: a batch goes each time a new
         // key finds the share full, whether the look's chosen keys last it out or not.
         let batch = (self.shard_cap / 64).max(1);
         let mut owed = None;
+        // The share was looked through, full, and none of its keys changed since in a way
+        // that makes room: until the soonest of them expires, a new key is refused, or
+        // takes the place of the keys that look chose to evict.
         let looked = &shard.parts[index];
         if full && now < looked.until {
             if looked.victims.is_empty() {
