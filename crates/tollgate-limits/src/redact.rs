@@ -42,9 +42,13 @@ pub fn hide_url_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(sep) = rest.find("://") {
+        // (After the last character that is not a scheme's, whatever its length: a
+        // fuzzer's `é` before `userl://` made this cut it in two, a panic.)
         let start = rest[..sep]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[sep..].find(ends).map_or(rest.len(), |i| sep + i);
         out.push_str(&rest[..start]);
         out.push_str(&hide_user_info(&rest[start..end]));
@@ -72,5 +76,9 @@ mod tests {
             "a rediss://x:***@a and redis://y:***@b, then c://d"
         );
         assert_eq!(hide_url_credentials("no url here"), "no url here");
+        assert_eq!(
+            hide_url_credentials("obaèuserl://u:p@1 ="),
+            "obaèuserl://u:***@1 ="
+        );
     }
 }
