@@ -1734,21 +1734,19 @@ impl Inner {
         }
         let nth = chosen.min(seen.len()) - 1;
         seen.select_nth_unstable_by_key(nth, |k| k.seen);
-        // Kept no larger than the keys chosen (it was made for the whole share).
         seen.truncate(nth + 1);
-        seen.shrink_to_fit();
-        // Taken from the end: the least recently seen last.
-        seen.sort_unstable_by_key(|k| std::cmp::Reverse(k.seen));
-        // A key seen after the last chosen one ranks after them all.
-        let last_seen = seen.first().map_or(0, |k| k.seen & !FLAGS);
         let share = &mut shard.parts[index];
-        share.victims = seen;
-        (share.until, share.looked_at) = (soonest, now.max(last_seen));
-        self.evict_chosen(shard, index, now_gone, limited);
-        if !limited {
-            // Keys below their limit all go at once: nothing is kept for later.
-            shard.parts[index].forget();
+        if limited {
+            // Kept for the new keys to come (the others all go now): no larger than the
+            // keys chosen (it was made for the whole share), taken from the end, the least
+            // recently seen last. A key seen after the last chosen one ranks after them all.
+            seen.shrink_to_fit();
+            seen.sort_unstable_by_key(|k| std::cmp::Reverse(k.seen));
+            let last_seen = seen.first().map_or(0, |k| k.seen & !FLAGS);
+            (share.until, share.looked_at) = (soonest, now.max(last_seen));
         }
+        share.victims = seen;
+        self.evict_chosen(shard, index, now_gone, limited);
         shard.swept_len = shard.len();
         Ok(part)
     }
@@ -1757,21 +1755,15 @@ impl Inner {
     /// end (`limited`: keys at their limit, counted as such); a key seen since is passed
     /// over. Returns how many went; when none is left to choose, the look is over.
     fn evict_chosen(&self, shard: &mut Shard, index: usize, batch: usize, limited: bool) -> usize {
-        let share = &mut shard.parts[index];
-        let until = share.until;
-        let mut victims = std::mem::take(&mut share.victims);
         let mut evicted = 0;
         while evicted < batch {
-            let Some(key) = victims.pop() else { break };
+            let Some(key) = shard.parts[index].victims.pop() else {
+                break;
+            };
             evicted += usize::from(shard.remove_if(key.hash, |seen| seen == key.seen));
         }
-        // (Removing keys with no `victims` in place cleared `until`.)
-        let share = &mut shard.parts[index];
-        if victims.is_empty() {
-            share.forget();
-        } else {
-            share.until = until;
-            share.victims = victims;
+        if shard.parts[index].victims.is_empty() {
+            shard.parts[index].forget();
         }
         self.counters
             .evicted

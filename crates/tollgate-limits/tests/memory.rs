@@ -1005,6 +1005,11 @@ fn tight_at(k: &str, limit: Limit) -> Bucket {
         .with_when_full(WhenFull::EvictLimited)
 }
 
+/// `T0` moved by `us` microseconds (either way).
+fn at(us: i64) -> tollgate_limits::Timestamp {
+    tollgate_limits::Timestamp::from_micros((T0.as_micros() as i64 + us) as u64)
+}
+
 /// A share of 64 (one shard) under `WhenFull::EvictLimited`, full of keys at their limit
 /// (2 an hour, both spent at once), `k0` to `k63`, each seen a microsecond after the one
 /// before; then a new key, `new`, took the place of `k0`: the store chose the next keys
@@ -1012,7 +1017,7 @@ fn tight_at(k: &str, limit: Limit) -> Bucket {
 fn full_of_limited_keys() -> (ManualClock, MemoryStore) {
     let (clock, store) = one_shard(64);
     fill_limited(&clock, &store, "k", 64);
-    assert!(store.charge(&[tight("new")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new")));
     assert_eq!(store.stats().evicted_limited, 1);
     (clock, store)
 }
@@ -1032,9 +1037,9 @@ fn held(store: &MemoryStore, bucket: &Bucket) -> bool {
 fn a_limited_key_seen_since_the_share_chose_it_is_not_evicted() {
     let (clock, store) = full_of_limited_keys();
     clock.advance(Duration::from_micros(1));
-    assert!(!store.charge(&[tight("k1").with_cost(1)]).unwrap().allowed);
+    assert!(!admitted(&store, &tight("k1").with_cost(1)));
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-2")));
     assert_eq!(store.stats().evicted_limited, 2);
     assert!(held(&store, &tight("k1")), "k1 was seen last: it stays");
     assert!(
@@ -1053,17 +1058,12 @@ fn new_keys_below_their_limit_make_room_before_chosen_limited_ones() {
     // Eight new keys below their limit (1 of 2 spent) each take a limited key's place.
     for i in 1..=8 {
         clock.advance(Duration::from_micros(1));
-        assert!(
-            store
-                .charge(&[tight(&format!("free-{i}")).with_cost(1)])
-                .unwrap()
-                .allowed
-        );
+        assert!(admitted(&store, &tight(&format!("free-{i}")).with_cost(1)));
     }
     assert_eq!(store.stats().evicted_limited, 9);
     // An eighth of the share is below its limit: those eight go for the next new key.
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[tight("new-9")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-9")));
     let stats = store.stats();
     assert_eq!((stats.evicted_limited, stats.evicted), (9, 17), "{stats:?}");
     assert!(held(&store, &tight("k9")), "k9 is at its limit: it stays");
@@ -1080,7 +1080,7 @@ fn keys_dropping_below_their_limit_make_room_before_chosen_limited_ones() {
         assert_eq!(back.unwrap().buckets[0].remaining, 1);
     }
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-2")));
     let stats = store.stats();
     assert_eq!((stats.evicted_limited, stats.evicted), (1, 9), "{stats:?}");
     assert!(held(&store, &tight("k1")), "k1 is at its limit: it stays");
@@ -1093,10 +1093,10 @@ fn keys_dropping_below_their_limit_make_room_before_chosen_limited_ones() {
 fn a_key_fresh_before_the_chosen_ones_makes_room_when_it_is() {
     let (clock, store) = full_of_limited_keys();
     let short = tight_at("short", Limit::sliding(Quota::per_second(2)));
-    assert!(store.charge(&[short]).unwrap().allowed);
+    assert!(admitted(&store, &short));
     assert_eq!(store.stats().evicted_limited, 2, "it took k1's place");
     clock.advance(Duration::from_secs(3));
-    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-2")));
     let stats = store.stats();
     assert_eq!((stats.evicted_limited, stats.expired), (2, 1), "{stats:?}");
     assert!(held(&store, &tight("k2")), "k2 is at its limit: it stays");
@@ -1108,12 +1108,10 @@ fn a_key_fresh_before_the_chosen_ones_makes_room_when_it_is() {
 #[test]
 fn a_clock_set_back_ends_a_full_shares_choice() {
     let (clock, store) = full_of_limited_keys();
-    clock.set(tollgate_limits::Timestamp::from_micros(
-        T0.as_micros() as u64 - 1_000_000,
-    ));
-    assert!(!store.charge(&[tight("k5").with_cost(1)]).unwrap().allowed);
+    clock.set(at(-1_000_000));
+    assert!(!admitted(&store, &tight("k5").with_cost(1)));
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[tight("new-2")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-2")));
     assert!(
         !held(&store, &tight("k5")),
         "k5 was seen earliest by the clock"
@@ -1124,12 +1122,7 @@ fn a_clock_set_back_ends_a_full_shares_choice() {
 /// `n` keys at their limit filling `store`'s share, `{prefix}0` on, a microsecond apart.
 fn fill_limited(clock: &ManualClock, store: &MemoryStore, prefix: &str, n: usize) {
     for i in 0..n {
-        assert!(
-            store
-                .charge(&[tight(&format!("{prefix}{i}"))])
-                .unwrap()
-                .allowed
-        );
+        assert!(admitted(store, &tight(&format!("{prefix}{i}"))));
         clock.advance(Duration::from_micros(1));
     }
 }
@@ -1158,7 +1151,7 @@ fn a_batch_goes_whole_when_a_chosen_key_was_seen_since() {
     let (clock, store) = one_shard(128);
     fill_limited(&clock, &store, "k", 128);
     fill_limited(&clock, &store, "new-", 1);
-    assert!(!store.charge(&[tight("k5").with_cost(1)]).unwrap().allowed);
+    assert!(!admitted(&store, &tight("k5").with_cost(1)));
     clock.advance(Duration::from_micros(1));
     fill_limited(&clock, &store, "more-", 15);
     let stats = store.stats();
@@ -1185,25 +1178,18 @@ fn a_clock_set_back_before_the_look_ends_the_choice_until_it_catches_up() {
     // One key fresh again in a minute: the choice would hold until then, so the new keys
     // (fresh in an hour) do not end it by being fresh sooner.
     let short = tight_at("short", Limit::sliding(Quota::per_minute(2)));
-    assert!(store.charge(&[short]).unwrap().allowed);
+    assert!(admitted(&store, &short));
     fill_limited(&clock, &store, "k", 63);
-    clock.set(tollgate_limits::Timestamp::from_micros(
-        T0.as_micros() as u64 - 1_000_000,
-    ));
+    clock.set(at(-1_000_000));
     // The look (which evicts `short`), a second before the keys it chooses from were seen.
-    assert!(store.charge(&[tight("a")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("a")));
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[tight("b")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("b")));
     assert!(
         !held(&store, &tight("a")),
         "a was seen least recently by the clock"
     );
     assert!(held(&store, &tight("k1")));
-}
-
-/// `T0` moved by `us` microseconds (either way).
-fn at(us: i64) -> tollgate_limits::Timestamp {
-    tollgate_limits::Timestamp::from_micros((T0.as_micros() as i64 + us) as u64)
 }
 
 /// A share of 64 full of keys at their limit (`k0` to `k62`, then one fresh again in a
@@ -1212,7 +1198,7 @@ fn full_with_a_short_key() -> (ManualClock, MemoryStore) {
     let (clock, store) = one_shard(64);
     fill_limited(&clock, &store, "k", 63);
     let short = tight_at("short", Limit::sliding(Quota::per_minute(2)));
-    assert!(store.charge(&[short]).unwrap().allowed);
+    assert!(admitted(&store, &short));
     (clock, store)
 }
 
@@ -1224,9 +1210,9 @@ fn full_with_a_short_key() -> (ManualClock, MemoryStore) {
 fn a_new_key_seen_before_the_chosen_ones_is_evicted_first() {
     let (clock, store) = full_with_a_short_key();
     clock.set(at(-1_000_000));
-    assert!(store.charge(&[tight("a")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("a")));
     clock.set(at(1_000));
-    assert!(store.charge(&[tight("b")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("b")));
     assert_eq!(store.stats().evicted_limited, 2);
     assert!(
         !held(&store, &tight("a")),
@@ -1242,11 +1228,11 @@ fn a_new_key_seen_before_the_chosen_ones_is_evicted_first() {
 fn a_held_key_seen_before_the_chosen_ones_is_evicted_first() {
     let (clock, store) = full_with_a_short_key();
     clock.advance(Duration::from_micros(1));
-    assert!(store.charge(&[tight("new-0")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-0")));
     clock.set(at(-1_000_000));
-    assert!(!store.charge(&[tight("k20").with_cost(1)]).unwrap().allowed);
+    assert!(!admitted(&store, &tight("k20").with_cost(1)));
     clock.set(at(1_000));
-    assert!(store.charge(&[tight("new-1")]).unwrap().allowed);
+    assert!(admitted(&store, &tight("new-1")));
     assert!(
         !held(&store, &tight("k20")),
         "k20 was seen earliest by the clock"
